@@ -1,0 +1,250 @@
+/* ir.h - the typed IR of seqc.
+ *
+ * A module holds functions. A function is either
+ *   - a CELL: one time step. Its nodes compute, from parameters, the step's
+ *     inputs and the states entering the step (STATE nodes), the states leaving
+ *     the step (IrState.next) and the step's outputs (IrOutput.value); or
+ *   - a MODEL: a sequence-level composition. Its nodes are per-token maps over
+ *     whole sequences, plus CALL nodes that run a layer (a cell or a model) over
+ *     the sequence, forwards or backwards in time.
+ * Batch is implicit everywhere: types are per example. Time is implicit: a
+ * cell's types are per step, a model's are per token.
+ *
+ * Nodes live in one array per function and refer to each other by index
+ * (IrRef), always to earlier nodes, so the array is a topological order and a
+ * pass is a loop. Construction deduplicates identical nodes (hash-consing), so
+ * common subexpressions are shared from the start. Shapes are symbolic:
+ * polynomials over the function's named dimensions.
+ */
+#ifndef SEQ_IR_H
+#define SEQ_IR_H
+
+#include "ir/support.h"
+
+/* ---- Dimension expressions --------------------------------------------- */
+
+/* A polynomial with integer coefficients over a function's dims: 4*H,
+ * dt_rank + 2*d_state, H*H. Canonical form: terms sorted, no zero
+ * coefficients, variables within a term sorted; so equality is memcmp-free
+ * structural comparison (dim_eq). The zero polynomial has nterms == 0. */
+#define DIM_MAX_TERMS 6
+#define DIM_MAX_DEGREE 3
+typedef struct DimTerm {
+  int64_t coef;
+  int8_t nvars;
+  int16_t vars[DIM_MAX_DEGREE]; /* indices into IrFunc.dims, sorted */
+} DimTerm;
+typedef struct DimExpr {
+  int8_t nterms;
+  DimTerm t[DIM_MAX_TERMS];
+} DimExpr;
+
+DimExpr dim_const(int64_t c);
+DimExpr dim_var(int v);
+/* Arithmetic returns 0 on success, -1 if the result does not fit the
+ * representation (too many terms, degree, or coefficient overflow). */
+int dim_add(DimExpr a, DimExpr b, DimExpr *out);
+int dim_sub(DimExpr a, DimExpr b, DimExpr *out);
+int dim_mul(DimExpr a, DimExpr b, DimExpr *out);
+int dim_div_exact(DimExpr a, int64_t k, DimExpr *out); /* -1 unless every coef divisible */
+int dim_eq(DimExpr a, DimExpr b);
+int dim_is_const(DimExpr a, int64_t *value); /* 1 and *value if constant */
+/* Substitutes every variable v by sub[v]. */
+int dim_subst(DimExpr a, const DimExpr *sub, DimExpr *out);
+/* Evaluates with values[v]; -1 on overflow or a result outside
+ * [0, SEQ_MAX_DIM_VALUE] (negative dimensions are errors too). */
+int dim_eval(DimExpr a, const int64_t *values, int64_t *out);
+/* Prints "4*H", "dt_rank + 2*d_state"; names[v] names the variables. */
+void dim_print(FILE *out, DimExpr a, const char *const *names);
+char *dim_str(Arena *a, DimExpr e, const char *const *names);
+
+/* ---- Types -------------------------------------------------------------- */
+
+typedef enum {
+  IR_REAL,    /* float32 (float64 in the interpreter's f64 mode) */
+  IR_COMPLEX, /* complex64: pairs of reals */
+  IR_INT,     /* integer token index (scalar) */
+} IrElem;
+
+typedef struct IrType {
+  IrElem elem;
+  int rank; /* 0 = scalar, at most SEQ_MAX_RANK */
+  DimExpr *dims; /* rank entries, arena-owned and never mutated */
+} IrType;
+
+int ir_type_eq(IrType a, IrType b);
+
+/* ---- Ops ---------------------------------------------------------------- */
+
+enum {
+  IRF_EW = 1 << 0,
+  IRF_COMMUT = 1 << 1,
+  IRF_LIN0 = 1 << 2,
+  IRF_LIN1 = 1 << 3,
+  IRF_LINALL = 1 << 4,
+  IRF_LEAF = 1 << 5,
+};
+
+typedef enum {
+#define IR_OP(name, text, arity, flags) IR_##name,
+#include "ir/ops.def"
+#undef IR_OP
+  IR_NUM_OPS
+} IrOp;
+
+typedef struct IrOpInfo {
+  const char *text;
+  int arity; /* -1: variadic */
+  unsigned flags;
+} IrOpInfo;
+extern const IrOpInfo ir_op_info[IR_NUM_OPS];
+
+/* ---- Nodes -------------------------------------------------------------- */
+
+typedef int32_t IrRef; /* index into IrFunc.nodes; -1 = none */
+#define IR_NONE (-1)
+
+typedef struct IrNode {
+  IrOp op;
+  IrType type;
+  SrcLoc loc;
+  int nargs;
+  IrRef *args;
+  /* Attributes (which are meaningful depends on op; unused ones are zero so
+   * that hash-consing can compare them all). */
+  double cval;    /* CONST; eps of RMSNORM, LAYERNORM, L2NORM */
+  DimExpr dval;   /* DIMVAL */
+  int index;      /* PARAM, INPUT, STATE, CALL (layer), RESULT (output) */
+  int axis;       /* SLICE, INDEX, CONCAT, SUM/MEAN/AMAX/AMIN (-1: all axes) */
+  DimExpr start;  /* SLICE, INDEX */
+  DimExpr stop;   /* SLICE */
+} IrNode;
+
+/* ---- Functions ---------------------------------------------------------- */
+
+typedef enum { IR_FN_CELL, IR_FN_MODEL } IrFuncKind;
+
+typedef struct IrDim {
+  const char *name; /* "H"; fresh dims of layers are "l0.I" */
+  SrcLoc loc;
+  int in_signature; /* declared in the unit's header (cell LSTM(I, H)) */
+  int has_default;
+  int64_t deflt;
+} IrDim;
+
+typedef struct IrParam {
+  const char *name; /* "weight_ih", "in_proj.weight" */
+  IrType type;
+  SrcLoc loc;
+} IrParam;
+
+typedef struct IrInput {
+  const char *name;
+  IrType type;
+  SrcLoc loc;
+} IrInput;
+
+typedef struct IrState {
+  const char *name;
+  IrType type;
+  SrcLoc loc;
+  IrRef init; /* value before the first step; depends only on params/consts */
+  IrRef next; /* value leaving the step (== the STATE node itself if unchanged) */
+  int hidden; /* introduced by the compiler (causal_conv's window) */
+} IrState;
+
+typedef struct IrOutput {
+  const char *name;
+  IrType type;
+  SrcLoc loc;
+  IrRef value;
+} IrOutput;
+
+/* A layer of a model: an instance of another function. Every dim of the
+ * callee is bound to an expression over the caller's dims (dims the user did
+ * not pass become fresh dims of the caller, inferred later from weights).
+ * Parameter names of the instance are prefix + callee name + suffix. */
+typedef struct IrLayer {
+  const char *name; /* "l0", "layers.3" */
+  SrcLoc loc;
+  int callee;       /* index into IrModule.funcs */
+  DimExpr *dim_args; /* one per callee dim */
+  const char *prefix, *suffix;
+  int reverse; /* run backwards in time within each sequence's length */
+} IrLayer;
+
+typedef struct IrFunc {
+  const char *name;
+  IrFuncKind kind;
+  SrcLoc loc;
+  const char *doc;
+  VEC(IrDim) dims;
+  VEC(IrParam) params;
+  VEC(IrInput) inputs;
+  VEC(IrState) states;
+  VEC(IrOutput) outputs;
+  VEC(IrLayer) layers;
+  VEC(IrNode) nodes;
+  struct IrHash *cse; /* hash-consing table (builder-private) */
+} IrFunc;
+
+typedef struct IrModule {
+  Arena *arena;
+  VEC(IrFunc *) funcs;
+  int entry; /* the function `seqc run` executes: the last unit of the main file */
+} IrModule;
+
+/* ---- Building ----------------------------------------------------------- */
+
+IrModule *ir_module_new(Arena *a);
+IrFunc *ir_func_new(IrModule *m, const char *name, IrFuncKind kind, SrcLoc loc);
+int ir_func_index(const IrModule *m, const char *name); /* -1 if absent */
+
+IrType ir_type(Arena *a, IrElem elem, int rank, const DimExpr *dims);
+IrType ir_scalar(IrElem elem);
+
+/* Appends (or finds an identical) node. `proto` carries op, type, loc and
+ * attributes; args are copied. Returns IR_NONE on allocation failure. The
+ * type is not inferred here: see ir_infer_type. */
+IrRef ir_emit(IrFunc *f, Arena *a, const IrNode *proto, int nargs, const IrRef *args);
+
+/* Result-type rule of every op: fills *out from the operands' types and the
+ * attributes in proto. On a shape or type error returns -1 and, if msg is
+ * non-NULL, writes a human-readable reason ("cannot broadcast [H] with [4*H]")
+ * using the function's dim names. */
+int ir_infer_type(const IrFunc *f, Arena *a, const IrNode *proto, int nargs, const IrRef *args,
+                  IrType *out, char *msg, size_t msglen);
+
+/* ---- Printing and checking --------------------------------------------- */
+
+/* Stable text form (seqc --emit=ir). */
+void ir_print_module(FILE *out, const IrModule *m);
+void ir_print_func(FILE *out, const IrModule *m, const IrFunc *f);
+void ir_print_type(FILE *out, const IrFunc *f, IrType t);
+
+/* Checks the invariants (operands precede users, arities, types agree with
+ * ir_infer_type, indices in range, states' init/next well-typed, CALL only in
+ * models, STATE only in cells, layer dim bindings complete). Problems are
+ * reported as internal errors naming `after_pass`. Returns 0 if valid. */
+int ir_verify(const IrModule *m, DiagEngine *de, const char *after_pass);
+
+/* ---- Instances: flattened names, dims, weights -------------------------- */
+
+/* A parameter or state of the whole instance tree under a root function,
+ * with its full name (prefixes and suffixes applied) and its type expressed
+ * over the root's dims. */
+typedef struct IrFlatVar {
+  const char *name;   /* "weight_ih_l0", "layers.0.mixer.A_log", "l0.h" */
+  IrType type;        /* over root dims */
+  SrcLoc loc;         /* the declaration */
+  int hidden;         /* states only */
+} IrFlatVar;
+
+typedef struct IrFlat {
+  VEC(IrFlatVar) params;
+  VEC(IrFlatVar) states; /* state names are dotted layer paths: "l0.h" */
+} IrFlat;
+
+int ir_flatten(Arena *a, const IrModule *m, const IrFunc *root, IrFlat *out, DiagEngine *de);
+
+#endif

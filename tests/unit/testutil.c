@@ -1,0 +1,102 @@
+#include "testutil.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+char *tu_read_file(const char *path, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  size_t cap = 4096, n = 0;
+  char *buf = malloc(cap + 1);
+  size_t got;
+  while (buf && (got = fread(buf + n, 1, cap - n, f)) > 0) {
+    n += got;
+    if (n == cap) {
+      cap *= 2;
+      char *nb = realloc(buf, cap + 1);
+      if (!nb) {
+        free(buf);
+        buf = NULL;
+      } else {
+        buf = nb;
+      }
+    }
+  }
+  fclose(f);
+  if (!buf) return NULL;
+  buf[n] = 0;
+  if (len) *len = n;
+  return buf;
+}
+
+int tu_write_file(const char *path, const char *text) {
+  FILE *f = fopen(path, "wb");
+  if (!f) return -1;
+  fputs(text, f);
+  return fclose(f);
+}
+
+int tu_run(const char *cmd, char **out) {
+  char full[8192];
+  snprintf(full, sizeof full, "(%s) 2>&1", cmd);
+  FILE *p = popen(full, "r");
+  if (!p) return -1;
+  size_t cap = 4096, n = 0;
+  char *buf = malloc(cap + 1);
+  size_t got;
+  while (buf && (got = fread(buf + n, 1, cap - n, p)) > 0) {
+    n += got;
+    if (n == cap) {
+      cap *= 2;
+      char *nb = realloc(buf, cap + 1);
+      if (!nb) {
+        free(buf);
+        buf = NULL;
+      } else {
+        buf = nb;
+      }
+    }
+  }
+  int st = pclose(p);
+  if (buf) buf[n] = 0;
+  if (out) *out = buf;
+  else free(buf);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+const char *tu_src(const char *rel) {
+  static char bufs[8][4096];
+  static int k;
+  char *b = bufs[k++ & 7];
+  snprintf(b, 4096, "%s/%s", SEQ_SOURCE_DIR, rel);
+  return b;
+}
+
+void tu_check_golden(const char *actual, const char *expected_path) {
+  const char *path = tu_src(expected_path);
+  const char *upd = getenv("SEQ_UPDATE_GOLDEN");
+  if (upd && *upd == '1') {
+    assert_int_equal(tu_write_file(path, actual), 0);
+    return;
+  }
+  char *expected = tu_read_file(path, NULL);
+  if (!expected) fail_msg("golden file %s is missing (run with SEQ_UPDATE_GOLDEN=1)", path);
+  if (strcmp(expected, actual) != 0) {
+    print_error("golden mismatch for %s\n--- expected\n%s--- actual\n%s---\n", path, expected,
+                actual);
+    free(expected);
+    fail();
+  }
+  free(expected);
+}
+
+const char *tu_tmpdir(void) {
+  static char dir[256];
+  if (!dir[0]) {
+    snprintf(dir, sizeof dir, "/tmp/seqc-test-XXXXXX");
+    if (!mkdtemp(dir)) fail_msg("mkdtemp failed");
+  }
+  return dir;
+}

@@ -1,0 +1,25 @@
+/* testutil.h - helpers shared by the cmocka test programs. */
+#ifndef SEQ_TESTUTIL_H
+#define SEQ_TESTUTIL_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+/* Reads a whole file (NUL-terminated); NULL if it cannot be read. Caller frees. */
+char *tu_read_file(const char *path, size_t *len);
+int tu_write_file(const char *path, const char *text);
+/* Runs a shell command, capturing stdout and stderr together into *out
+ * (caller frees). Returns the exit status (or -1). */
+int tu_run(const char *cmd, char **out);
+/* Compares `actual` with the file at `expected_path` (relative to the source
+ * tree). With SEQ_UPDATE_GOLDEN=1 in the environment, rewrites the file. */
+void tu_check_golden(const char *actual, const char *expected_path);
+/* A fresh temporary directory for this test program (removed by the OS's tmp cleanup). */
+const char *tu_tmpdir(void);
+/* Absolute path inside the source tree (static buffer rotated among 8). */
+const char *tu_src(const char *rel);
+
+#endif

@@ -1,0 +1,635 @@
+/* seqc.c - the command-line driver. The whole pipeline is visible here:
+ * parse + check + lower (seq_compile_file), then either print the IR or bind
+ * dims and weights and run the reference interpreter. The contract is
+ * documented in docs/cli.md; keep the two in step.
+ *
+ * Exit status: 0 success, 1 an error in the user's input (diagnostics
+ * printed), 2 a usage error.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "frontend/frontend.h"
+#include "ir/interp.h"
+#include "ir/ir.h"
+#include "runtime/rt.h"
+
+#define MAX_BINDINGS 64
+#define MAX_DIM_ARGS 64
+
+typedef struct NamedFile {
+  const char *name;
+  const char *path;
+} NamedFile;
+
+typedef struct Options {
+  const char *cmd; /* "run" or NULL (emit) */
+  const char *file;
+  const char *emit; /* "ir" */
+  const char *out_path;
+  const char *weights;
+  int random_weights;
+  uint64_t seed;
+  const char *dims_arg;
+  const char *entry;
+  int f64;
+  int quiet;
+  NamedFile ins[MAX_BINDINGS];
+  int nins;
+  NamedFile outs[MAX_BINDINGS];
+  int nouts;
+  NamedFile expects[MAX_BINDINGS];
+  int nexpects;
+  double tol;
+} Options;
+
+static void usage(FILE *out) {
+  fputs("usage:\n"
+        "  seqc run FILE.seq (--weights W.safetensors | --random-weights [--seed N])\n"
+        "           [--dims H=256,I=64] --in NAME=FILE.npy ... [--out NAME=FILE.npy ...]\n"
+        "           [--expect NAME=FILE.npy ... [--tol X]] [--f64] [--entry UNIT] [--quiet]\n"
+        "  seqc --emit=ir FILE.seq [-o OUT] [--entry UNIT]\n"
+        "  seqc --help | --version\n"
+        "See docs/cli.md.\n",
+        out);
+}
+
+static int usage_error(const char *fmt, const char *arg) {
+  fprintf(stderr, "seqc: error: ");
+  fprintf(stderr, fmt, arg);
+  fputc('\n', stderr);
+  usage(stderr);
+  return 2;
+}
+
+/* Splits "NAME=PATH"; the name may contain dots ("l0.h"). */
+static int parse_named(const char *arg, NamedFile *nf) {
+  const char *eq = strchr(arg, '=');
+  if (!eq || eq == arg || !eq[1]) return -1;
+  char *name = strndup(arg, (size_t)(eq - arg));
+  if (!name) return -1;
+  nf->name = name;
+  nf->path = eq + 1;
+  return 0;
+}
+
+static int parse_args(int argc, char **argv, Options *o) {
+  memset(o, 0, sizeof *o);
+  o->tol = 1e-5;
+  int i = 1;
+  if (i < argc && strcmp(argv[i], "run") == 0) o->cmd = argv[i++];
+  for (; i < argc; i++) {
+    const char *a = argv[i];
+    const char *val = NULL;
+#define TAKE(flag)                                                                                 \
+  (strcmp(a, flag) == 0 ? (i + 1 < argc ? (val = argv[++i], 1) : -1)                               \
+                        : (strncmp(a, flag "=", sizeof(flag)) == 0 ? (val = a + sizeof(flag), 1) : 0))
+    int r;
+    if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+      usage(stdout);
+      exit(0);
+    } else if (strcmp(a, "--version") == 0) {
+      printf("seqc 0.1.0\n");
+      exit(0);
+    } else if ((r = TAKE("--emit")) != 0) {
+      if (r < 0) return usage_error("%s needs a value", a);
+      o->emit = val;
+    } else if ((r = TAKE("-o")) != 0) {
+      if (r < 0) return usage_error("%s needs a value", a);
+      o->out_path = val;
+    } else if ((r = TAKE("--weights")) != 0) {
+      if (r < 0) return usage_error("%s needs a value", a);
+      o->weights = val;
+    } else if (strcmp(a, "--random-weights") == 0) {
+      o->random_weights = 1;
+    } else if ((r = TAKE("--seed")) != 0) {
+      if (r < 0) return usage_error("%s needs a value", a);
+      char *end;
+      errno = 0;
+      unsigned long long s = strtoull(val, &end, 10);
+      if (errno || *end || !*val) return usage_error("--seed takes a non-negative integer, got '%s'", val);
+      o->seed = s;
+    } else if ((r = TAKE("--dims")) != 0) {
+      if (r < 0) return usage_error("%s needs a value", a);
+      o->dims_arg = val;
+    } else if ((r = TAKE("--entry")) != 0) {
+      if (r < 0) return usage_error("%s needs a value", a);
+      o->entry = val;
+    } else if ((r = TAKE("--in")) != 0) {
+      if (r < 0) return usage_error("%s needs NAME=FILE.npy", a);
+      if (o->nins == MAX_BINDINGS) return usage_error("too many --in arguments (%s)", val);
+      if (parse_named(val, &o->ins[o->nins++]))
+        return usage_error("--in takes NAME=FILE.npy, got '%s'", val);
+    } else if ((r = TAKE("--out")) != 0) {
+      if (r < 0) return usage_error("%s needs NAME=FILE.npy", a);
+      if (o->nouts == MAX_BINDINGS) return usage_error("too many --out arguments (%s)", val);
+      if (parse_named(val, &o->outs[o->nouts++]))
+        return usage_error("--out takes NAME=FILE.npy, got '%s'", val);
+    } else if ((r = TAKE("--expect")) != 0) {
+      if (r < 0) return usage_error("%s needs NAME=FILE.npy", a);
+      if (o->nexpects == MAX_BINDINGS) return usage_error("too many --expect arguments (%s)", val);
+      if (parse_named(val, &o->expects[o->nexpects++]))
+        return usage_error("--expect takes NAME=FILE.npy, got '%s'", val);
+    } else if ((r = TAKE("--tol")) != 0) {
+      if (r < 0) return usage_error("%s needs a value", a);
+      char *end;
+      errno = 0;
+      o->tol = strtod(val, &end);
+      if (errno || *end || !*val || !(o->tol >= 0))
+        return usage_error("--tol takes a non-negative number, got '%s'", val);
+    } else if (strcmp(a, "--f64") == 0) {
+      o->f64 = 1;
+    } else if (strcmp(a, "--quiet") == 0 || strcmp(a, "-q") == 0) {
+      o->quiet = 1;
+    } else if (a[0] == '-' && a[1]) {
+      return usage_error("unknown option '%s'", a);
+    } else if (!o->file) {
+      o->file = a;
+    } else {
+      return usage_error("unexpected argument '%s' (one .seq file at a time)", a);
+    }
+#undef TAKE
+  }
+  if (!o->file) return usage_error("%s", "no input file");
+  if (o->cmd) {
+    if (o->emit) return usage_error("%s", "'run' and --emit cannot be combined");
+    if (!!o->weights + o->random_weights != 1)
+      return usage_error("%s", "'run' needs exactly one of --weights FILE or --random-weights");
+  } else {
+    if (!o->emit) return usage_error("%s", "nothing to do: use 'seqc run' or --emit=ir");
+    if (strcmp(o->emit, "ir") != 0)
+      return usage_error("unknown --emit kind '%s' (this build supports: ir)", o->emit);
+    if (o->nins || o->nouts || o->nexpects || o->weights || o->random_weights)
+      return usage_error("%s", "--in, --out and weights belong to 'seqc run'");
+  }
+  return 0;
+}
+
+/* ---- --dims H=256,I=64 ---------------------------------------------------- */
+
+typedef struct DimArgs {
+  int n;
+  const char *names[MAX_DIM_ARGS];
+  int64_t values[MAX_DIM_ARGS];
+} DimArgs;
+
+static int parse_dims(Arena *a, const char *s, DimArgs *d) {
+  d->n = 0;
+  if (!s) return 0;
+  const char *p = s;
+  while (*p) {
+    const char *eq = strchr(p, '=');
+    const char *comma = strchr(p, ',');
+    if (!comma) comma = p + strlen(p);
+    if (!eq || eq > comma || eq == p) {
+      fprintf(stderr, "seqc: error: --dims takes NAME=N[,NAME=N...], got '%s'\n", s);
+      return -1;
+    }
+    if (d->n == MAX_DIM_ARGS) {
+      fprintf(stderr, "seqc: error: too many --dims entries\n");
+      return -1;
+    }
+    char *name = arena_strndup(a, p, (size_t)(eq - p));
+    char *num = arena_strndup(a, eq + 1, (size_t)(comma - eq - 1));
+    char *end;
+    errno = 0;
+    long long v = strtoll(num, &end, 10);
+    if (!name || !num || errno || *end || !*num || v < 0 || v > SEQ_MAX_DIM_VALUE) {
+      fprintf(stderr, "seqc: error: --dims: '%s' needs a non-negative integer value, got '%s'\n",
+              name ? name : "?", num ? num : "?");
+      return -1;
+    }
+    d->names[d->n] = name;
+    d->values[d->n++] = v;
+    p = *comma ? comma + 1 : comma;
+  }
+  return 0;
+}
+
+/* ---- Weights: safetensors with PyTorch's single-layer fallback ------------ */
+
+typedef struct WeightSource {
+  RtSafetensors *st;
+  const char *path;
+  int allow_l0;   /* the root is a single cell: accept `weight_ih_l0` for `weight_ih` */
+  char **used;    /* names actually bound, to report extras */
+  int nused, capused;
+} WeightSource;
+
+static const RtTensorInfo *find_weight(WeightSource *ws, const char *name, char *resolved,
+                                       size_t n) {
+  const RtTensorInfo *ti = rt_st_find(ws->st, name);
+  snprintf(resolved, n, "%s", name);
+  if (!ti && ws->allow_l0) {
+    snprintf(resolved, n, "%s_l0", name);
+    ti = rt_st_find(ws->st, resolved);
+  }
+  return ti;
+}
+
+static int lookup_shape(void *ctx, const char *name, int *ndim, int64_t *shape) {
+  char resolved[1024];
+  const RtTensorInfo *ti = find_weight(ctx, name, resolved, sizeof resolved);
+  if (!ti) return 0;
+  *ndim = ti->ndim;
+  memcpy(shape, ti->shape, sizeof(int64_t) * (size_t)ti->ndim);
+  return 1;
+}
+
+static int load_weight(void *ctx, const char *name, RtTensor *out, RtError *err) {
+  WeightSource *ws = ctx;
+  char resolved[1024];
+  if (!find_weight(ws, name, resolved, sizeof resolved)) {
+    snprintf(err->msg, sizeof err->msg, "%s: missing weight '%s'", ws->path, name);
+    return RT_ERR_MISSING;
+  }
+  if (ws->nused == ws->capused) {
+    int cap = ws->capused ? ws->capused * 2 : 16;
+    char **nu = realloc(ws->used, sizeof(char *) * (size_t)cap);
+    if (!nu) return RT_ERR_NOMEM;
+    ws->used = nu;
+    ws->capused = cap;
+  }
+  ws->used[ws->nused] = strdup(resolved);
+  if (ws->used[ws->nused]) ws->nused++;
+  return rt_st_read(ws->st, resolved, RT_F64, out, err);
+}
+
+/* Extra tensors are not an error (a checkpoint may hold more than one model
+ * uses) but a silent mismatch of names is a classic bug, so say so. */
+static void warn_unused_weights(WeightSource *ws) {
+  int nunused = 0;
+  for (int i = 0; i < rt_st_count(ws->st); i++) {
+    const char *name = rt_st_info(ws->st, i)->name;
+    int used = 0;
+    for (int j = 0; j < ws->nused && !used; j++) used = strcmp(ws->used[j], name) == 0;
+    if (!used) {
+      if (nunused < 8) fprintf(stderr, "seqc: warning: %s: tensor '%s' is not used by the model\n", ws->path, name);
+      nunused++;
+    }
+  }
+  if (nunused > 8) fprintf(stderr, "seqc: warning: %s: %d more unused tensors\n", ws->path, nunused - 8);
+}
+
+static void print_shape(FILE *out, const RtTensor *t);
+
+/* --expect NAME=FILE.npy: compares a result with a stored reference and
+ * reports the largest absolute difference; a mismatch fails the run. */
+static int check_expected(const char *name, const RtTensor *got, const char *path, double tol) {
+  RtError err;
+  RtTensor want, want64, got64;
+  if (rt_npy_read(path, &want, &err)) {
+    fprintf(stderr, "seqc: error: --expect %s: %s\n", name, err.msg);
+    return -1;
+  }
+  int rc = -1;
+  memset(&want64, 0, sizeof want64);
+  memset(&got64, 0, sizeof got64);
+  if (want.ndim != got->ndim || memcmp(want.shape, got->shape, sizeof(int64_t) * (size_t)got->ndim)) {
+    fprintf(stderr, "seqc: error: --expect %s: %s has shape ", name, path);
+    print_shape(stderr, &want);
+    fprintf(stderr, " but the result has shape ");
+    print_shape(stderr, got);
+    fputc('\n', stderr);
+    goto out;
+  }
+  if (rt_tensor_convert(&want, RT_F64, &want64, &err) || rt_tensor_convert(got, RT_F64, &got64, &err)) {
+    fprintf(stderr, "seqc: error: --expect %s: %s\n", name, err.msg);
+    goto out;
+  }
+  double maxerr = 0;
+  int64_t n = rt_numel(got), worst = 0;
+  for (int64_t i = 0; i < n; i++) {
+    double d = fabs(((double *)want64.data)[i] - ((double *)got64.data)[i]);
+    if (!(d <= maxerr)) { /* NaN counts as the worst */
+      maxerr = isnan(d) ? INFINITY : d;
+      worst = i;
+    }
+  }
+  int ok = maxerr <= tol;
+  printf("expect %s: max abs error %.3g (element %" PRId64 ") vs %s, tol %.3g: %s\n", name, maxerr,
+         worst, path, tol, ok ? "ok" : "MISMATCH");
+  rc = ok ? 0 : 1;
+out:
+  rt_tensor_free(&want);
+  rt_tensor_free(&want64);
+  rt_tensor_free(&got64);
+  return rc;
+}
+
+/* ---- run -------------------------------------------------------------------- */
+
+static int find_input(const IrFunc *f, const char *name) {
+  for (int i = 0; i < f->inputs.n; i++)
+    if (strcmp(f->inputs.v[i].name, name) == 0) return i;
+  return -1;
+}
+
+static int find_output(const IrFunc *f, const char *name) {
+  for (int i = 0; i < f->outputs.n; i++)
+    if (strcmp(f->outputs.v[i].name, name) == 0) return i;
+  return -1;
+}
+
+static int find_state(const IrFlat *fl, const char *name) {
+  for (int i = 0; i < fl->states.n; i++)
+    if (strcmp(fl->states.v[i].name, name) == 0) return i;
+  return -1;
+}
+
+static void list_names(const IrFunc *f, const IrFlat *fl, int with_outputs) {
+  fprintf(stderr, "  inputs:");
+  for (int i = 0; i < f->inputs.n; i++) fprintf(stderr, " %s", f->inputs.v[i].name);
+  fprintf(stderr, " lengths\n");
+  if (with_outputs) {
+    fprintf(stderr, "  outputs:");
+    for (int i = 0; i < f->outputs.n; i++) fprintf(stderr, " %s", f->outputs.v[i].name);
+    fputc('\n', stderr);
+  }
+  if (fl->states.n) {
+    fprintf(stderr, "  states:");
+    for (int i = 0; i < fl->states.n; i++) fprintf(stderr, " %s", fl->states.v[i].name);
+    fputc('\n', stderr);
+  }
+}
+
+static void print_shape(FILE *out, const RtTensor *t) {
+  fputc('[', out);
+  for (int d = 0; d < t->ndim; d++) fprintf(out, "%s%" PRId64, d ? ", " : "", t->shape[d]);
+  fputc(']', out);
+}
+
+/* The checksum printed for each output: the sum and the sum of absolute values
+ * in float64, enough to spot a changed result by eye. */
+static void print_summary(const char *kind, const char *name, const RtTensor *t) {
+  int64_t n = rt_numel(t);
+  double sum = 0, asum = 0;
+  for (int64_t i = 0; i < n; i++) {
+    double v = t->dtype == RT_F64 ? ((const double *)t->data)[i] : ((const float *)t->data)[i];
+    sum += v;
+    asum += fabs(v);
+  }
+  printf("%s %s: shape ", kind, name);
+  print_shape(stdout, t);
+  printf(" %s  sum %.9g  abs-sum %.9g\n", rt_dtype_name(t->dtype), sum, asum);
+}
+
+static int cmd_run(const Options *o, IrModule *mod, Arena *arena, DiagEngine *de,
+                   const DimArgs *dims) {
+  const IrFunc *root = mod->funcs.v[mod->entry];
+  IrBinding b;
+  int rc = 1;
+  RtTensor inputs[MAX_BINDINGS];
+  RtTensor loaded[MAX_BINDINGS];
+  int given[MAX_BINDINGS] = {0};
+  int nloaded = 0;
+  RtTensor *state_in = NULL, *state_out = NULL, *outputs = NULL;
+  int64_t *lengths = NULL;
+  WeightSource ws = {0};
+  RtError err;
+  memset(inputs, 0, sizeof inputs);
+
+  if (ir_binding_init(&b, arena, mod, root, de)) return 1;
+  for (int i = 0; i < dims->n; i++)
+    if (ir_binding_set_dim(&b, dims->names[i], dims->values[i], de)) return 1;
+
+  /* Read every --in file first: inputs fix B and T, states need B. */
+  int nstates = b.flat.states.n;
+  state_in = calloc((size_t)nstates + 1, sizeof *state_in);
+  state_out = calloc((size_t)nstates + 1, sizeof *state_out);
+  outputs = calloc((size_t)root->outputs.n + 1, sizeof *outputs);
+  if (!state_in || !state_out || !outputs) {
+    fprintf(stderr, "seqc: error: out of memory\n");
+    goto done;
+  }
+  int64_t B = -1, T = -1;
+  const char *bt_from = NULL;
+  for (int k = 0; k < o->nins; k++) {
+    const NamedFile *nf = &o->ins[k];
+    int is_len = strcmp(nf->name, "lengths") == 0;
+    int ii = find_input(root, nf->name);
+    int si = ii < 0 ? find_state(&b.flat, nf->name) : -1;
+    if (!is_len && ii < 0 && si < 0) {
+      fprintf(stderr, "seqc: error: --in %s: '%s' is not an input or state of '%s'; valid names:\n",
+              nf->name, nf->name, root->name);
+      list_names(root, &b.flat, 0);
+      goto done;
+    }
+    for (int j = 0; j < k; j++)
+      if (strcmp(o->ins[j].name, nf->name) == 0) {
+        fprintf(stderr, "seqc: error: --in %s given twice\n", nf->name);
+        goto done;
+      }
+    RtTensor *t = &loaded[nloaded];
+    if (rt_npy_read(nf->path, t, &err)) {
+      fprintf(stderr, "seqc: error: --in %s: %s\n", nf->name, err.msg);
+      goto done;
+    }
+    nloaded++;
+    if (is_len) {
+      if (t->dtype != RT_I32 && t->dtype != RT_I64) {
+        fprintf(stderr, "seqc: error: --in lengths: %s has dtype %s; expected int32 or int64\n",
+                nf->path, rt_dtype_name(t->dtype));
+        goto done;
+      }
+      if (t->ndim != 1) {
+        fprintf(stderr, "seqc: error: --in lengths: %s must have shape [B]\n", nf->path);
+        goto done;
+      }
+    } else if (ii >= 0) {
+      int elem_int = root->inputs.v[ii].type.elem == IR_INT;
+      if (t->ndim < 2) {
+        fprintf(stderr, "seqc: error: --in %s: %s has rank %d; a sequence is [B, T, ...]\n",
+                nf->name, nf->path, t->ndim);
+        goto done;
+      }
+      if (!elem_int && (t->dtype == RT_I32 || t->dtype == RT_I64)) {
+        fprintf(stderr, "seqc: error: --in %s: %s holds integers but '%s' is a real input\n",
+                nf->name, nf->path, nf->name);
+        goto done;
+      }
+      if (B < 0) {
+        B = t->shape[0];
+        T = t->shape[1];
+        bt_from = nf->name;
+      } else if (t->shape[0] != B || t->shape[1] != T) {
+        fprintf(stderr,
+                "seqc: error: --in %s: batch and time [%" PRId64 ", %" PRId64
+                "] differ from input '%s' [%" PRId64 ", %" PRId64 "]\n",
+                nf->name, t->shape[0], t->shape[1], bt_from, B, T);
+        goto done;
+      }
+      inputs[ii] = *t;
+      given[ii] = 1;
+    } else {
+      state_in[si] = *t;
+    }
+  }
+  for (int i = 0; i < root->inputs.n; i++)
+    if (!given[i]) {
+      fprintf(stderr, "seqc: error: missing input '%s': pass --in %s=FILE.npy\n",
+              root->inputs.v[i].name, root->inputs.v[i].name);
+      goto done;
+    }
+  if (B < 0) {
+    fprintf(stderr, "seqc: error: '%s' has no inputs to run over\n", root->name);
+    goto done;
+  }
+  for (int k = 0; k < o->nins; k++) {
+    if (strcmp(o->ins[k].name, "lengths") != 0) continue;
+    const RtTensor *t = &loaded[k];
+    if (t->shape[0] != B) {
+      fprintf(stderr, "seqc: error: --in lengths: %" PRId64 " lengths for a batch of %" PRId64 "\n",
+              t->shape[0], B);
+      goto done;
+    }
+    lengths = calloc((size_t)B + 1, sizeof *lengths);
+    if (!lengths) goto done;
+    for (int64_t i = 0; i < B; i++) {
+      lengths[i] = t->dtype == RT_I32 ? ((const int32_t *)t->data)[i] : ((const int64_t *)t->data)[i];
+      if (lengths[i] < 0 || lengths[i] > T) {
+        fprintf(stderr, "seqc: error: --in lengths: lengths[%" PRId64 "] = %" PRId64
+                        " is outside [0, T=%" PRId64 "]\n", i, lengths[i], T);
+        goto done;
+      }
+    }
+  }
+
+  /* Dims: from --dims, the weights' shapes and the inputs' per-token shapes. */
+  int in_ndims[MAX_BINDINGS];
+  const int64_t *in_shapes[MAX_BINDINGS];
+  for (int i = 0; i < root->inputs.n && i < MAX_BINDINGS; i++) {
+    in_ndims[i] = inputs[i].ndim - 2;
+    in_shapes[i] = given[i] ? inputs[i].shape + 2 : NULL;
+  }
+  if (o->weights) {
+    if (rt_st_open(o->weights, &ws.st, &err)) {
+      fprintf(stderr, "seqc: error: %s\n", err.msg);
+      goto done;
+    }
+    ws.path = o->weights;
+    ws.allow_l0 = root->kind == IR_FN_CELL;
+  }
+  if (ir_binding_infer(&b, ws.st ? lookup_shape : NULL, &ws, in_ndims, in_shapes, de)) goto done;
+  if (ws.st) {
+    if (ir_binding_load(&b, load_weight, &ws, de)) goto done;
+    warn_unused_weights(&ws);
+  } else if (ir_binding_random(&b, o->seed, de)) {
+    goto done;
+  }
+
+  InterpOptions iopt = {.f64 = o->f64};
+  int want_states = 0;
+  for (int k = 0; k < o->nouts; k++) want_states |= find_output(root, o->outs[k].name) < 0;
+  for (int k = 0; k < o->nexpects; k++) want_states |= find_output(root, o->expects[k].name) < 0;
+  if (interp_run(&b, B, T, inputs, lengths, state_in, outputs, want_states ? state_out : NULL,
+                 &iopt, de))
+    goto done;
+
+  /* Summaries, then the requested files. */
+  if (!o->quiet)
+    for (int i = 0; i < root->outputs.n; i++) print_summary("output", root->outputs.v[i].name, &outputs[i]);
+  for (int k = 0; k < o->nouts; k++) {
+    const NamedFile *nf = &o->outs[k];
+    int oi = find_output(root, nf->name);
+    int si = oi < 0 ? find_state(&b.flat, nf->name) : -1;
+    if (oi < 0 && si < 0) {
+      fprintf(stderr, "seqc: error: --out %s: '%s' is not an output or state of '%s'; valid names:\n",
+              nf->name, nf->name, root->name);
+      list_names(root, &b.flat, 1);
+      goto done;
+    }
+    const RtTensor *t = oi >= 0 ? &outputs[oi] : &state_out[si];
+    if (!o->quiet && oi < 0) print_summary("state", nf->name, t);
+    if (rt_npy_write(nf->path, t, &err)) {
+      fprintf(stderr, "seqc: error: --out %s: %s\n", nf->name, err.msg);
+      goto done;
+    }
+  }
+  rc = 0;
+  for (int k = 0; k < o->nexpects; k++) {
+    const NamedFile *nf = &o->expects[k];
+    int oi = find_output(root, nf->name);
+    int si = oi < 0 ? find_state(&b.flat, nf->name) : -1;
+    if (oi < 0 && si < 0) {
+      fprintf(stderr, "seqc: error: --expect %s: '%s' is not an output or state of '%s'\n",
+              nf->name, nf->name, root->name);
+      rc = 1;
+      continue;
+    }
+    if (check_expected(nf->name, oi >= 0 ? &outputs[oi] : &state_out[si], nf->path, o->tol)) rc = 1;
+  }
+
+done:
+  for (int i = 0; i < nloaded; i++) rt_tensor_free(&loaded[i]);
+  if (outputs)
+    for (int i = 0; i < root->outputs.n; i++) rt_tensor_free(&outputs[i]);
+  if (state_out)
+    for (int i = 0; i < nstates; i++) rt_tensor_free(&state_out[i]);
+  for (int i = 0; b.weights && i < b.flat.params.n; i++) rt_tensor_free(&b.weights[i]);
+  free(outputs);
+  free(state_in);
+  free(state_out);
+  free(lengths);
+  for (int i = 0; i < ws.nused; i++) free(ws.used[i]);
+  free(ws.used);
+  if (ws.st) rt_st_close(ws.st);
+  return rc;
+}
+
+int main(int argc, char **argv) {
+  Options o;
+  int rc = parse_args(argc, argv, &o);
+  if (rc) return rc;
+
+  Arena *arena = arena_create();
+  if (!arena) {
+    fprintf(stderr, "seqc: error: out of memory\n");
+    return 1;
+  }
+  DiagEngine de;
+  diag_init(&de, arena, stderr);
+  SrcMgr sm;
+  srcmgr_init(&sm, arena);
+
+  DimArgs dims;
+  if (parse_dims(arena, o.dims_arg, &dims)) {
+    arena_destroy(arena);
+    return 2;
+  }
+  FrontendOptions fopt = {0};
+  fopt.entry = o.entry;
+  fopt.ndim_overrides = dims.n;
+  fopt.dim_override_names = dims.names;
+  fopt.dim_override_values = dims.values;
+
+  IrModule *mod = seq_compile_file(arena, &sm, &de, o.file, &fopt);
+  if (!mod || de.nerrors) {
+    rc = 1;
+  } else if (o.emit) {
+    FILE *out = o.out_path ? fopen(o.out_path, "w") : stdout;
+    if (!out) {
+      fprintf(stderr, "seqc: error: cannot write '%s': %s\n", o.out_path, strerror(errno));
+      rc = 1;
+    } else {
+      ir_print_module(out, mod);
+      if (out != stdout && fclose(out)) {
+        fprintf(stderr, "seqc: error: cannot write '%s'\n", o.out_path);
+        rc = 1;
+      }
+    }
+  } else {
+    rc = cmd_run(&o, mod, arena, &de, &dims);
+  }
+  if (de.nerrors > de.max_errors)
+    fprintf(stderr, "seqc: %d errors in all (only the first %d shown)\n", de.nerrors, de.max_errors);
+  for (int i = 0; i < o.nins; i++) free((void *)o.ins[i].name);
+  for (int i = 0; i < o.nouts; i++) free((void *)o.outs[i].name);
+  for (int i = 0; i < o.nexpects; i++) free((void *)o.expects[i].name);
+  arena_destroy(arena);
+  return rc;
+}
