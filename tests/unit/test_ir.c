@@ -141,13 +141,24 @@ static IrFunc *build_lstm(IrModule *m, const char *name) {
   IrRef wih = leaf(f, IR_PARAM, 0), whh = leaf(f, IR_PARAM, 1);
   IrRef bih = leaf(f, IR_PARAM, 2), bhh = leaf(f, IR_PARAM, 3);
   IrRef x = leaf(f, IR_INPUT, 0), h = leaf(f, IR_STATE, sh), c = leaf(f, IR_STATE, sc);
-  IrRef gates = bin(f, IR_ADD, bin(f, IR_ADD, bin(f, IR_MATMUL, wih, x), bih),
-                    bin(f, IR_ADD, bin(f, IR_MATMUL, whh, h), bhh));
+  /* One node per statement: C leaves the order of argument evaluation
+   * open, and node numbering (so the golden text) depends on it. */
+  IrRef mx = bin(f, IR_MATMUL, wih, x);
+  IrRef gx = bin(f, IR_ADD, mx, bih);
+  IrRef mh = bin(f, IR_MATMUL, whh, h);
+  IrRef gh = bin(f, IR_ADD, mh, bhh);
+  IrRef gates = bin(f, IR_ADD, gx, gh);
   IrRef g[4];
   for (int k = 0; k < 4; k++) g[k] = slice(f, gates, 0, scale(k, V(H)), scale(k + 1, V(H)));
-  IrRef c2 = bin(f, IR_ADD, bin(f, IR_MUL, un(f, IR_SIGMOID, g[1]), c),
-                 bin(f, IR_MUL, un(f, IR_SIGMOID, g[0]), un(f, IR_TANH, g[2])));
-  IrRef h2 = bin(f, IR_MUL, un(f, IR_SIGMOID, g[3]), un(f, IR_TANH, c2));
+  IrRef si = un(f, IR_SIGMOID, g[0]);
+  IrRef sf = un(f, IR_SIGMOID, g[1]);
+  IrRef tg = un(f, IR_TANH, g[2]);
+  IrRef so = un(f, IR_SIGMOID, g[3]);
+  IrRef fc = bin(f, IR_MUL, sf, c);
+  IrRef ig = bin(f, IR_MUL, si, tg);
+  IrRef c2 = bin(f, IR_ADD, fc, ig);
+  IrRef tc = un(f, IR_TANH, c2);
+  IrRef h2 = bin(f, IR_MUL, so, tc);
   f->states.v[sh].next = h2;
   f->states.v[sc].next = c2;
   f->outputs.v[y].value = h2;
@@ -419,6 +430,279 @@ static void test_infer_complex_and_int(void **state) {
       "causal_conv needs u: [D], w: [D, K] or [D, 1, K], b: [D]; got [D], [D], [D]");
 }
 
+/* ---- Models: printing, verifying, flattening ------------------------------ */
+
+static IrLayer layer(const char *name, int callee, int ndims, const DimExpr *args,
+                     const char *prefix, const char *suffix, int reverse) {
+  DimExpr *d = arena_calloc(A, (size_t)ndims, sizeof *d);
+  assert_non_null(d);
+  memcpy(d, args, (size_t)ndims * sizeof *d);
+  IrLayer l = {name, {0}, callee, d, prefix, suffix, reverse};
+  return l;
+}
+
+static IrRef call(IrFunc *f, int li, IrType t, int nargs, const IrRef *args) {
+  IrNode p = P(IR_CALL);
+  p.index = li;
+  p.type = t;
+  return node(f, p, nargs, args);
+}
+
+/* model BiLSTM(I, H) { layer fwd = LSTM(I, H) suffix "_l0"; layer bwd =
+ * reverse LSTM(I, H) suffix "_l0_reverse"; y = concat(fwd(x), bwd(x)) } */
+static IrFunc *build_bilstm(IrModule *m, int lstm) {
+  IrFunc *f = ir_func_new(m, "BiLSTM", IR_FN_MODEL, (SrcLoc){0});
+  int I = add_dim(f, "I", 1, 0), H = add_dim(f, "H", 1, 0);
+  add_input(f, "x", T1(V(I)));
+  int y = add_output(f, "y", T1(scale(2, V(H))));
+  DimExpr args[2] = {V(I), V(H)};
+  assert_int_equal(vec_push(A, &f->layers, layer("fwd", lstm, 2, args, "", "_l0", 0)), 0);
+  assert_int_equal(vec_push(A, &f->layers, layer("bwd", lstm, 2, args, "", "_l0_reverse", 1)), 0);
+  IrRef x = leaf(f, IR_INPUT, 0);
+  IrRef cc[2];
+  cc[0] = call(f, 0, T1(V(H)), 1, &x);
+  cc[1] = call(f, 1, T1(V(H)), 1, &x);
+  IrNode cp = P(IR_CONCAT);
+  cp.axis = 0;
+  f->outputs.v[y].value = node(f, cp, 2, cc);
+  return f;
+}
+
+/* model Net(D, V=100, fresh enc.K): an embedding, then BiLSTM(I=D, H=2*D)
+ * loaded under "enc.", then a second BiLSTM whose H is a fresh dim. */
+static IrModule *build_net(void) {
+  IrModule *m = ir_module_new(A);
+  build_lstm(m, "LSTM");
+  build_bilstm(m, 0);
+  IrFunc *f = ir_func_new(m, "Net", IR_FN_MODEL, (SrcLoc){0});
+  f->doc = "A tiny two-layer network.\nUsed by test_ir.";
+  int D = add_dim(f, "D", 1, 0), Vd = add_dim(f, "V", 1, 100), K = add_dim(f, "dec.H", 0, 0);
+  add_param(f, "emb", T2(V(Vd), V(D)));
+  add_input(f, "tok", ir_scalar(IR_INT));
+  int y = add_output(f, "y", T1(scale(2, V(K))));
+  DimExpr enc_args[2] = {V(D), scale(2, V(D))};
+  DimExpr dec_args[2] = {scale(4, V(D)), V(K)};
+  assert_int_equal(vec_push(A, &f->layers, layer("enc", 1, 2, enc_args, "enc.", "", 0)), 0);
+  assert_int_equal(vec_push(A, &f->layers, layer("dec", 1, 2, dec_args, "dec.", "", 0)), 0);
+  IrRef a2[2];
+  a2[0] = leaf(f, IR_PARAM, 0);
+  a2[1] = leaf(f, IR_INPUT, 0);
+  IrRef e = node(f, P(IR_GATHER), 2, a2);
+  IrRef h = call(f, 0, T1(scale(4, V(D))), 1, &e);
+  IrNode sc = P(IR_CONST);
+  sc.cval = 0.1;
+  IrRef tenth = node(f, sc, 0, NULL);
+  IrNode dv = P(IR_DIMVAL);
+  dv.dval = V(D);
+  IrRef dval = node(f, dv, 0, NULL);
+  IrRef scaled = bin(f, IR_MUL, h, bin(f, IR_DIV, tenth, dval));
+  IrNode np = P(IR_RMSNORM);
+  np.cval = 1e-5;
+  IrRef an[2] = {scaled, scaled};
+  IrRef normed = node(f, np, 2, an);
+  IrNode mp = P(IR_MEAN);
+  mp.axis = -1;
+  IrRef mean = node(f, mp, 1, &normed);
+  IrRef out = call(f, 1, T1(scale(2, V(K))), 1, &normed);
+  f->outputs.v[y].value = bin(f, IR_ADD, out, mean);
+  m->entry = 2;
+  return m;
+}
+
+static char *print_to_string(const IrModule *m) {
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+  assert_non_null(f);
+  ir_print_module(f, m);
+  fclose(f);
+  return buf;
+}
+
+static void test_print_golden(void **state) {
+  (void)state;
+  IrModule *m = build_net();
+  char *text = print_to_string(m);
+  tu_check_golden(text, "tests/golden/ir/net.ir");
+  /* Printing is deterministic. */
+  char *again = print_to_string(m);
+  assert_string_equal(text, again);
+  free(text);
+  free(again);
+}
+
+static void test_print_type(void **state) {
+  (void)state;
+  IrModule *m = ir_module_new(A);
+  IrFunc *f = build_lstm(m, "LSTM");
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *out = open_memstream(&buf, &len);
+  ir_print_type(out, f, T2(scale(4, V(1)), V(0)));
+  fputc(' ', out);
+  ir_print_type(out, f, CT(T1(V(1))));
+  fputc(' ', out);
+  ir_print_type(out, f, ir_scalar(IR_INT));
+  fputc(' ', out);
+  ir_print_type(out, f, ir_scalar(IR_REAL));
+  fputc(' ', out);
+  ir_print_type(out, f, T1(V(7))); /* a dim the function does not have */
+  fclose(out);
+  assert_string_equal(buf, "[4*H, I] complex[H] int [] [$7]");
+  free(buf);
+}
+
+static int verify(const IrModule *m, const char *want) {
+  DiagEngine de;
+  diag_init(&de, A, NULL);
+  int rc = ir_verify(m, &de, "testpass");
+  if (want) {
+    int found = 0;
+    for (int i = 0; i < de.diags.n; i++)
+      if (strstr(de.diags.v[i].message, want)) found = 1;
+    if (!found) {
+      for (int i = 0; i < de.diags.n; i++) print_error("%s\n", de.diags.v[i].message);
+      fail_msg("no diagnostic containing \"%s\"", want);
+    }
+    assert_true(strncmp(de.diags.v[0].message, "internal error in testpass: ", 28) == 0);
+  } else {
+    for (int i = 0; i < de.diags.n; i++) print_error("%s\n", de.diags.v[i].message);
+    assert_int_equal(de.diags.n, 0);
+  }
+  return rc;
+}
+
+static void test_verify_ok(void **state) {
+  (void)state;
+  assert_int_equal(verify(build_net(), NULL), 0);
+}
+
+static void test_verify_broken(void **state) {
+  (void)state;
+  IrModule *m = build_net();
+  IrFunc *lstm = m->funcs.v[0];
+  /* An operand that refers forward. */
+  IrNode *n = &lstm->nodes.v[lstm->nodes.n - 1];
+  IrRef saved = n->args[0];
+  n->args[0] = lstm->nodes.n - 1;
+  assert_int_not_equal(verify(m, "LSTM, v26: operand 0 (v26) of mul does not precede its user"), 0);
+  n->args[0] = saved;
+  assert_int_equal(verify(m, NULL), 0);
+  /* A stored type that is not the inferred one. */
+  IrType t = n->type;
+  n->type = T1(scale(4, V(1)));
+  assert_int_not_equal(verify(m, "stored type of mul differs from the inferred one"), 0);
+  n->type = t;
+  /* A state whose initial value reads an input. */
+  IrRef init = lstm->states.v[0].init;
+  lstm->states.v[0].init = lstm->states.v[1].next;
+  assert_int_not_equal(verify(m, "initial value of state h depends on"), 0);
+  lstm->states.v[0].init = init;
+  /* An output of the wrong type. */
+  IrFunc *net = m->funcs.v[2];
+  IrRef yv = net->outputs.v[0].value;
+  net->outputs.v[0].value = 0;
+  assert_int_not_equal(verify(m, "value of output y is missing or not of its type"), 0);
+  net->outputs.v[0].value = yv;
+  /* A call whose result type is not the callee's output type. */
+  IrFunc *bi = m->funcs.v[1];
+  IrNode *c = &bi->nodes.v[1];
+  assert_int_equal(c->op, IR_CALL);
+  c->type = T1(V(0));
+  assert_int_not_equal(verify(m, "type differs from that of output y of fwd"), 0);
+  c->type = T1(V(1));
+  /* A layer that leaves out the callee's dims, and self-instantiation. */
+  DimExpr *da = bi->layers.v[0].dim_args;
+  bi->layers.v[0].dim_args = NULL;
+  assert_int_not_equal(verify(m, "layer fwd binds none of the dims of LSTM"), 0);
+  bi->layers.v[0].dim_args = da;
+  bi->layers.v[0].callee = 2;
+  assert_int_not_equal(verify(m, "instantiates itself through its layers"), 0);
+  bi->layers.v[0].callee = 0;
+  /* STATE in a model. */
+  IrState st = {"s", T1(V(0)), {0}, 0, 0, 0};
+  assert_int_equal(vec_push(A, &net->states, st), 0);
+  assert_int_not_equal(verify(m, "a model has states of its own"), 0);
+  net->states.n = 0;
+  assert_int_equal(verify(m, NULL), 0);
+  m->entry = 7;
+  assert_int_not_equal(verify(m, "entry 7 is not a function of the module"), 0);
+}
+
+static void test_flatten(void **state) {
+  (void)state;
+  IrModule *m = build_net();
+  DiagEngine de;
+  diag_init(&de, A, NULL);
+  IrFlat flat;
+  const IrFunc *net = m->funcs.v[2];
+  assert_int_equal(ir_flatten(A, m, net, &flat, &de), 0);
+  assert_int_equal(de.diags.n, 0);
+  /* Names and types over the root's dims (D = 0, V = 1, dec.H = 2). */
+  static const char *const want_params[] = {
+      "emb",
+      "enc.weight_ih_l0",
+      "enc.weight_hh_l0",
+      "enc.bias_ih_l0",
+      "enc.bias_hh_l0",
+      "enc.weight_ih_l0_reverse",
+      "enc.weight_hh_l0_reverse",
+      "enc.bias_ih_l0_reverse",
+      "enc.bias_hh_l0_reverse",
+      "dec.weight_ih_l0",
+      "dec.weight_hh_l0",
+      "dec.bias_ih_l0",
+      "dec.bias_hh_l0",
+      "dec.weight_ih_l0_reverse",
+      "dec.weight_hh_l0_reverse",
+      "dec.bias_ih_l0_reverse",
+      "dec.bias_hh_l0_reverse",
+  };
+  assert_int_equal(flat.params.n, 17);
+  for (int i = 0; i < 17; i++) assert_string_equal(flat.params.v[i].name, want_params[i]);
+  assert_true(ir_type_eq(flat.params.v[0].type, T2(V(1), V(0))));
+  /* enc: LSTM(I = D, H = 2*D): weight_ih is [8*D, D]. */
+  assert_true(ir_type_eq(flat.params.v[1].type, T2(scale(8, V(0)), V(0))));
+  /* dec: LSTM(I = 4*D, H = dec.H): weight_hh is [4*dec.H, dec.H]. */
+  assert_true(ir_type_eq(flat.params.v[10].type, T2(scale(4, V(2)), V(2))));
+  assert_true(ir_type_eq(flat.params.v[9].type, T2(scale(4, V(2)), scale(4, V(0)))));
+  static const char *const want_states[] = {"enc.fwd.h", "enc.fwd.c", "enc.bwd.h", "enc.bwd.c",
+                                            "dec.fwd.h", "dec.fwd.c", "dec.bwd.h", "dec.bwd.c"};
+  assert_int_equal(flat.states.n, 8);
+  for (int i = 0; i < 8; i++) assert_string_equal(flat.states.v[i].name, want_states[i]);
+  assert_true(ir_type_eq(flat.states.v[0].type, T1(scale(2, V(0)))));
+  assert_true(ir_type_eq(flat.states.v[7].type, T1(V(2))));
+
+  /* Flattening a cell is the identity. */
+  assert_int_equal(ir_flatten(A, m, m->funcs.v[0], &flat, &de), 0);
+  assert_int_equal(flat.params.n, 4);
+  assert_string_equal(flat.states.v[1].name, "c");
+  assert_true(ir_type_eq(flat.params.v[0].type, T2(scale(4, V(1)), V(0))));
+}
+
+static void test_flatten_shared_and_conflicting(void **state) {
+  (void)state;
+  IrModule *m = build_net();
+  IrFunc *net = m->funcs.v[2];
+  DiagEngine de;
+  diag_init(&de, A, NULL);
+  IrFlat flat;
+  /* Same prefix, same dims: the two instances share their weights. */
+  net->layers.v[1].prefix = "enc.";
+  DimExpr enc_args[2] = {V(0), scale(2, V(0))};
+  memcpy(net->layers.v[1].dim_args, enc_args, sizeof enc_args);
+  assert_int_equal(ir_flatten(A, m, net, &flat, &de), 0);
+  assert_int_equal(flat.params.n, 9);
+  assert_int_equal(flat.states.n, 8); /* states stay per instance */
+  /* Same names, different shapes: an error naming both. */
+  net->layers.v[1].dim_args[1] = V(2);
+  assert_int_equal(ir_flatten(A, m, net, &flat, &de), -1);
+  assert_true(de.diags.n > 0);
+  assert_string_equal(de.diags.v[0].message,
+                      "parameter enc.weight_ih_l0 declared with two shapes, [8*D, D] and "
+                      "[4*dec.H, D]");
+}
+
 static int setup(void **state) {
   (void)state;
   A = arena_create();
@@ -440,6 +724,12 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_infer_lstm, setup, teardown),
       cmocka_unit_test_setup_teardown(test_infer_errors, setup, teardown),
       cmocka_unit_test_setup_teardown(test_infer_complex_and_int, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_print_golden, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_print_type, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_verify_ok, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_verify_broken, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_flatten, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_flatten_shared_and_conflicting, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
