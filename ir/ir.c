@@ -368,7 +368,7 @@ static int infer_ew(Infer *cx, IrOp op, int nargs, const IrType *ts, IrType *out
   DimExpr dims[SEQ_MAX_RANK];
   int rank = ts[0].rank;
   if (nargs == 1) {
-    memcpy(dims, ts[0].dims, (size_t)rank * sizeof *dims);
+    if (rank > 0) memcpy(dims, ts[0].dims, (size_t)rank * sizeof *dims);
   } else if (broadcast_shape(cx, ts[0], ts[1], dims, &rank)) {
     return -1;
   }

@@ -200,6 +200,8 @@ IrModule *ir_module_new(Arena *a);
 IrFunc *ir_func_new(IrModule *m, const char *name, IrFuncKind kind, SrcLoc loc);
 int ir_func_index(const IrModule *m, const char *name); /* -1 if absent */
 
+/* Copies dims into the arena. A rank outside [0, SEQ_MAX_RANK] or a failed
+ * allocation gives a type of rank -1 (never equal to a valid type). */
 IrType ir_type(Arena *a, IrElem elem, int rank, const DimExpr *dims);
 IrType ir_scalar(IrElem elem);
 

@@ -703,6 +703,37 @@ static void test_flatten_shared_and_conflicting(void **state) {
                       "[4*dec.H, D]");
 }
 
+static void test_scalar_elementwise(void **state) {
+  (void)state;
+  IrModule *m = ir_module_new(A);
+  IrFunc *f = ir_func_new(m, "S", IR_FN_CELL, (SrcLoc){0});
+  IrRef c = cnst(f, 2.0);
+  IrRef t = un(f, IR_TANH, c);
+  assert_int_equal(f->nodes.v[t].type.rank, 0);
+  assert_int_equal(f->nodes.v[bin(f, IR_POW, t, c)].type.rank, 0);
+}
+
+/* Allocation failure makes ir_emit return IR_NONE, never crash. */
+static void test_emit_out_of_memory(void **state) {
+  (void)state;
+  IrModule *m = ir_module_new(A);
+  IrFunc *f = ir_func_new(m, "Oom", IR_FN_CELL, (SrcLoc){0});
+  assert_non_null(f);
+  seq_alloc_fail_after(0);
+  IrRef r = 0;
+  for (int i = 0; i < 1000000 && r != IR_NONE; i++) {
+    IrNode p = P(IR_CONST);
+    p.cval = i;
+    r = ir_emit(f, A, &p, 0, NULL);
+  }
+  seq_alloc_fail_after(-1);
+  assert_int_equal(r, IR_NONE);
+  /* The function is still usable afterwards. */
+  IrRef c = cnst(f, -1.0);
+  assert_int_equal(cnst(f, -1.0), c);
+  assert_int_equal(cnst(f, 3.0), 3);
+}
+
 static int setup(void **state) {
   (void)state;
   A = arena_create();
@@ -724,6 +755,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_infer_lstm, setup, teardown),
       cmocka_unit_test_setup_teardown(test_infer_errors, setup, teardown),
       cmocka_unit_test_setup_teardown(test_infer_complex_and_int, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_scalar_elementwise, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_emit_out_of_memory, setup, teardown),
       cmocka_unit_test_setup_teardown(test_print_golden, setup, teardown),
       cmocka_unit_test_setup_teardown(test_print_type, setup, teardown),
       cmocka_unit_test_setup_teardown(test_verify_ok, setup, teardown),
