@@ -357,7 +357,9 @@ int rt_npy_write(const char *path, const RtTensor *t, RtError *err) {
   if (n < 0) return rt_fail(err, RT_ERR_ARG, "%s: invalid tensor shape", path);
   if (n > 0 && !t->data) return rt_fail(err, RT_ERR_ARG, "%s: tensor has no data", path);
 
-  /* The dict exactly as numpy 1.x/2.x writes it, so files compare equal. */
+  /* The dict exactly as numpy writes it, so that our files and numpy's are
+   * byte-identical: keys sorted, then spare spaces that let the first
+   * dimension grow in place (GROWTH_AXIS_MAX_DIGITS = 21 in format.py). */
   char dict[512];
   int len = snprintf(dict, sizeof dict, "{'descr': '%s', 'fortran_order': False, 'shape': (",
                      descr[t->dtype]);
@@ -365,17 +367,22 @@ int rt_npy_write(const char *path, const RtTensor *t, RtError *err) {
     len += snprintf(dict + len, sizeof dict - (size_t)len, "%s%lld", i ? ", " : "",
                     (long long)t->shape[i]);
   len += snprintf(dict + len, sizeof dict - (size_t)len, "%s), }", t->ndim == 1 ? "," : "");
+  if (t->ndim > 0) {
+    int digits = snprintf(NULL, 0, "%lld", (long long)t->shape[0]);
+    len += snprintf(dict + len, sizeof dict - (size_t)len, "%*s", 21 - digits, "");
+  }
 
-  /* Pad with spaces so that preamble + header + '\n' is a multiple of 64.
+  /* Pad with spaces so that preamble + header + '\n' is a multiple of 64;
+   * like numpy, a header that is already aligned still gets 64 spaces.
    * Version 2.0 only when the header overflows 1.0's 16-bit length. */
   size_t prefix = 10, hlen = (size_t)len + 1;
-  hlen += (NPY_ALIGN - (prefix + hlen) % NPY_ALIGN) % NPY_ALIGN;
+  hlen += NPY_ALIGN - (prefix + hlen) % NPY_ALIGN;
   int major = 1;
   if (hlen > 0xffff) {
     major = 2;
     prefix = 12;
     hlen = (size_t)len + 1;
-    hlen += (NPY_ALIGN - (prefix + hlen) % NPY_ALIGN) % NPY_ALIGN;
+    hlen += NPY_ALIGN - (prefix + hlen) % NPY_ALIGN;
   }
   unsigned char pre[12];
   memcpy(pre, npy_magic, 6);

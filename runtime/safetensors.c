@@ -342,6 +342,9 @@ int rt_st_open(const char *path, RtSafetensors **out, RtError *err) {
     rc = rt_fail(err, RT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     goto fail;
   }
+  /* Reads are few and large (one per tensor): stdio's buffer would only add
+   * a copy, and would serve stale bytes if the file changed after opening. */
+  setvbuf(st->f, NULL, _IONBF, 0);
   int64_t total = rt_file_size(st->f);
   if (total < 0) {
     rc = rt_fail(err, RT_ERR_IO, "%s: cannot determine file size", path);
