@@ -1,0 +1,1401 @@
+/* interp.c - the reference interpreter: the oracle every compiled and
+ * parallelized form is tested against.
+ *
+ * It runs each example of the batch on its own. A cell runs step by step; a
+ * model runs node by node, each node over the whole sequence (a CALL node runs
+ * its layer's instance over the sequence, which is how layers compose). Values
+ * are double arrays in C order (complex: interleaved re, im); in float32 mode
+ * every op's result is rounded to float, so the oracle rounds where float32
+ * code would, while reductions and matrix products still accumulate in double.
+ *
+ * Before running, the instance tree is built once: per instance its concrete
+ * dims, the concrete shape and buffer of every node, and the flat index of
+ * every parameter and state (found by the full names ir_flatten gives them).
+ * Nodes that depend on no input, state or call ("invariant": weights, dims,
+ * constants and everything computed from them only) are evaluated once;
+ * the others per step (cells) or per position (models).
+ */
+#include "ir/interp.h"
+
+#include <complex.h>
+#include <math.h>
+#include <string.h>
+
+/* ---- Values ----------------------------------------------------------------- */
+
+/* A view of one per-example value: concrete shape and storage. */
+typedef struct Val {
+  int rank;
+  int64_t shape[SEQ_MAX_RANK];
+  int cplx;
+  int64_t n; /* elements; a complex element is two doubles */
+  double *d;
+} Val;
+
+static int64_t val_width(const Val *v) {
+  return v->cplx ? 2 * v->n : v->n;
+}
+
+/* Per node of an instance. */
+typedef struct Slot {
+  Val v;               /* shape; v.d is position 0 of the value */
+  int64_t stride;      /* models: doubles between positions (0: the same at every position) */
+  int live;            /* needed by an output, a state or a call */
+  int varying;         /* depends on an input, a state or a call */
+  Val *argv;           /* scratch views of the operands */
+  double **outs;       /* CALL: one T-position buffer per callee output (outs[0] == v.d) */
+  double *aux;         /* RMSNORM, LAYERNORM: weight and bias broadcast to x's shape */
+  struct Seq *seqargs; /* CALL: the operands as sequences */
+} Slot;
+
+/* A sequence handed to an instance: position t is at d + t*stride. */
+typedef struct Seq {
+  double *d;
+  int64_t stride;
+} Seq;
+
+typedef struct Inst Inst;
+struct Inst {
+  const IrFunc *fn;
+  const int64_t *dims;
+  Slot *slot;
+  int *param_flat;  /* local param -> index into binding flat.params */
+  int *state_flat;  /* local state -> index into binding flat.states */
+  Val *state_val;   /* cells: per state, shape and current value */
+  Inst **child;     /* models: per layer */
+  int *called;      /* models: per layer, whether some CALL node runs it */
+  Seq *no_inputs;   /* for running an uncalled layer over zero steps */
+  Seq *rev_inputs;  /* reversed models: their inputs, reversed within the length */
+  double **out_seq; /* per output: T positions of its width */
+  int64_t *out_width;
+};
+
+typedef struct Run {
+  const IrBinding *bind;
+  Arena *arena;
+  DiagEngine *de;
+  int f64;
+  int64_t T;
+  int64_t b, t; /* where we are, for run-time error messages */
+  const RtTensor *state_in;
+  RtTensor *state_out;
+} Run;
+
+#define MAX_DEPTH 64 /* nesting of layers; deeper trees are refused */
+
+static void round_f32(double *d, int64_t n) {
+  for (int64_t i = 0; i < n; i++) d[i] = (double)(float)d[i];
+}
+
+/* C11's CMPLX is missing from some libc/compiler pairs; a complex is laid
+ * out as double[2] (C11 6.2.5p13), and building it that way keeps infinities
+ * and NaNs in their part (re + im*I would not). */
+static double complex cmk(double re, double im) {
+  double parts[2] = {re, im};
+  double complex z;
+  memcpy(&z, parts, sizeof z);
+  return z;
+}
+
+static double complex cget(const Val *v, int64_t i) {
+  return v->cplx ? cmk(v->d[2 * i], v->d[2 * i + 1]) : cmk(v->d[i], 0.0);
+}
+
+static void cput(Val *v, int64_t i, double complex z) {
+  v->d[2 * i] = creal(z);
+  v->d[2 * i + 1] = cimag(z);
+}
+
+/* ---- Broadcasting ------------------------------------------------------------- */
+
+/* Walks the elements of an output shape, tracking the matching element of
+ * each operand under NumPy broadcasting (axes aligned on the right; an axis of
+ * size 1, or a missing one, repeats). */
+typedef struct BIter {
+  int rank, nin;
+  int64_t shape[SEQ_MAX_RANK], idx[SEQ_MAX_RANK];
+  int64_t st[3][SEQ_MAX_RANK];
+  int64_t off[3];
+} BIter;
+
+static void biter_init(BIter *it, const Val *o, int nin, const Val *const *in) {
+  memset(it, 0, sizeof *it);
+  it->rank = o->rank;
+  it->nin = nin;
+  memcpy(it->shape, o->shape, sizeof it->shape);
+  for (int k = 0; k < nin; k++) {
+    int64_t s = 1;
+    for (int i = o->rank - 1, j = in[k]->rank - 1; i >= 0; i--, j--) {
+      it->st[k][i] = j >= 0 && in[k]->shape[j] != 1 ? s : 0;
+      if (j >= 0) s *= in[k]->shape[j];
+    }
+  }
+}
+
+static void biter_next(BIter *it) {
+  for (int ax = it->rank - 1; ax >= 0; ax--) {
+    it->idx[ax]++;
+    for (int k = 0; k < it->nin; k++) it->off[k] += it->st[k][ax];
+    if (it->idx[ax] < it->shape[ax]) return;
+    for (int k = 0; k < it->nin; k++) it->off[k] -= it->st[k][ax] * it->shape[ax];
+    it->idx[ax] = 0;
+  }
+}
+
+/* Copies x broadcast to o's shape (same element kind; a real x into a
+ * complex o gets zero imaginary parts). */
+static void broadcast_copy(const Val *x, Val *o) {
+  if (x->n == o->n && x->cplx == o->cplx) {
+    memcpy(o->d, x->d, (size_t)val_width(o) * sizeof(double));
+    return;
+  }
+  BIter it;
+  const Val *in[1] = {x};
+  biter_init(&it, o, 1, in);
+  for (int64_t j = 0; j < o->n; j++, biter_next(&it)) {
+    if (o->cplx)
+      cput(o, j, cget(x, it.off[0]));
+    else
+      o->d[j] = x->d[it.off[0]];
+  }
+}
+
+/* ---- Elementwise ops ---------------------------------------------------------- */
+
+static double sigmoid(double x) {
+  /* Never exponentiates a large positive number. */
+  if (x >= 0) return 1.0 / (1.0 + exp(-x));
+  double e = exp(x);
+  return e / (1.0 + e);
+}
+
+/* As torch.nn.functional.softplus (beta 1, threshold 20). */
+static double softplus(double x) {
+  return x > 20.0 ? x : log1p(exp(x));
+}
+
+static double real_unary(IrOp op, double x) {
+  switch (op) {
+  case IR_NEG:
+    return -x;
+  case IR_EXP:
+    return exp(x);
+  case IR_LOG:
+    return log(x);
+  case IR_TANH:
+    return tanh(x);
+  case IR_SIGMOID:
+    return sigmoid(x);
+  case IR_LOGSIGMOID:
+    return -softplus(-x);
+  case IR_SOFTPLUS:
+    return softplus(x);
+  case IR_RELU:
+    return x < 0 ? 0.0 : x; /* NaN stays NaN, as in torch */
+  case IR_SILU:
+    return x * sigmoid(x);
+  case IR_GELU:
+    return 0.5 * x * (1.0 + erf(x * 0.70710678118654752440));
+  case IR_SQRT:
+    return sqrt(x);
+  case IR_RSQRT:
+    return 1.0 / sqrt(x);
+  case IR_ABS:
+    return fabs(x);
+  case IR_SIN:
+    return sin(x);
+  case IR_COS:
+    return cos(x);
+  case IR_RE:
+    return x;
+  case IR_IM:
+    return 0.0;
+  case IR_CONJ:
+    return x;
+  default:
+    return NAN;
+  }
+}
+
+/* 0 and *out, or -1 for an op without a complex form. */
+static int complex_unary(IrOp op, double complex z, double complex *out) {
+  switch (op) {
+  case IR_NEG:
+    *out = -z;
+    return 0;
+  case IR_EXP:
+    *out = cexp(z);
+    return 0;
+  case IR_LOG:
+    *out = clog(z);
+    return 0;
+  case IR_TANH:
+    *out = ctanh(z);
+    return 0;
+  case IR_SIGMOID:
+    *out = 1.0 / (1.0 + cexp(-z));
+    return 0;
+  case IR_SQRT:
+    *out = csqrt(z);
+    return 0;
+  case IR_RSQRT:
+    *out = 1.0 / csqrt(z);
+    return 0;
+  case IR_SIN:
+    *out = csin(z);
+    return 0;
+  case IR_COS:
+    *out = ccos(z);
+    return 0;
+  case IR_CONJ:
+    *out = conj(z);
+    return 0;
+  case IR_ABS:
+    *out = cabs(z);
+    return 0;
+  case IR_RE:
+    *out = creal(z);
+    return 0;
+  case IR_IM:
+    *out = cimag(z);
+    return 0;
+  default:
+    return -1;
+  }
+}
+
+static int ew_unary(Run *r, const IrNode *nd, const Val *x, Val *o) {
+  if (!x->cplx) {
+    if (o->cplx) { /* conj of a real promoted to complex */
+      for (int64_t j = 0; j < o->n; j++) cput(o, j, cmk(real_unary(nd->op, x->d[j]), 0.0));
+      return 0;
+    }
+    for (int64_t j = 0; j < o->n; j++) o->d[j] = real_unary(nd->op, x->d[j]);
+    return 0;
+  }
+  for (int64_t j = 0; j < o->n; j++) {
+    double complex z;
+    if (complex_unary(nd->op, cget(x, j), &z)) {
+      diag_error(r->de, nd->loc, "internal error in interp: %s of a complex value",
+                 ir_op_info[nd->op].text);
+      return -1;
+    }
+    if (o->cplx)
+      cput(o, j, z);
+    else
+      o->d[j] = creal(z);
+  }
+  return 0;
+}
+
+static double real_binary(IrOp op, double x, double y) {
+  switch (op) {
+  case IR_ADD:
+    return x + y;
+  case IR_SUB:
+    return x - y;
+  case IR_MUL:
+    return x * y;
+  case IR_DIV:
+    return x / y;
+  /* torch.minimum/maximum propagate NaN (x + y is NaN if either is). */
+  case IR_MIN:
+    return isnan(x) || isnan(y) ? x + y : (x < y ? x : y);
+  case IR_MAX:
+    return isnan(x) || isnan(y) ? x + y : (x > y ? x : y);
+  case IR_POW:
+    return pow(x, y);
+  default:
+    return NAN;
+  }
+}
+
+static int complex_binary(IrOp op, double complex x, double complex y, double complex *out) {
+  double a = creal(x), b = cimag(x), c = creal(y), d = cimag(y);
+  switch (op) {
+  case IR_ADD:
+    *out = x + y;
+    return 0;
+  case IR_SUB:
+    *out = x - y;
+    return 0;
+  /* The textbook formulas, which compiled code uses too (C's complex
+   * operators may take a slower, rescaling path). */
+  case IR_MUL:
+    *out = cmk(a * c - b * d, a * d + b * c);
+    return 0;
+  case IR_DIV: {
+    double den = c * c + d * d;
+    *out = cmk((a * c + b * d) / den, (b * c - a * d) / den);
+    return 0;
+  }
+  case IR_POW:
+    *out = cpow(x, y);
+    return 0;
+  default:
+    return -1;
+  }
+}
+
+static int ew_binary(Run *r, const IrNode *nd, const Val *x, const Val *y, Val *o) {
+  IrOp op = nd->op;
+  if (!o->cplx) {
+    const double *a = x->d, *b = y->d;
+    double *d = o->d;
+    if (x->n == o->n && y->n == o->n) {
+      for (int64_t j = 0; j < o->n; j++) d[j] = real_binary(op, a[j], b[j]);
+    } else if (x->n == o->n && y->n == 1) {
+      for (int64_t j = 0; j < o->n; j++) d[j] = real_binary(op, a[j], b[0]);
+    } else if (x->n == 1 && y->n == o->n) {
+      for (int64_t j = 0; j < o->n; j++) d[j] = real_binary(op, a[0], b[j]);
+    } else {
+      BIter it;
+      const Val *in[2] = {x, y};
+      biter_init(&it, o, 2, in);
+      for (int64_t j = 0; j < o->n; j++, biter_next(&it))
+        d[j] = real_binary(op, a[it.off[0]], b[it.off[1]]);
+    }
+    return 0;
+  }
+  BIter it;
+  const Val *in[2] = {x, y};
+  biter_init(&it, o, 2, in);
+  for (int64_t j = 0; j < o->n; j++, biter_next(&it)) {
+    if (op == IR_CPLX) { /* both operands real */
+      o->d[2 * j] = x->d[it.off[0]];
+      o->d[2 * j + 1] = y->d[it.off[1]];
+      continue;
+    }
+    double complex z;
+    if (complex_binary(op, cget(x, it.off[0]), cget(y, it.off[1]), &z)) {
+      diag_error(r->de, nd->loc, "internal error in interp: %s of complex values",
+                 ir_op_info[op].text);
+      return -1;
+    }
+    cput(o, j, z);
+  }
+  return 0;
+}
+
+/* ---- Linear algebra and data movement ----------------------------------------- */
+
+/* [M,K]@[K,N], [M,K]@[K], [K]@[K,N], [K]@[K]: vectors are a 1-row or
+ * 1-column matrix. Sums run over k in order, in double. */
+static void matmul(const Val *x, const Val *y, Val *o) {
+  int64_t M = x->rank == 2 ? x->shape[0] : 1, K = x->shape[x->rank - 1];
+  int64_t N = y->rank == 2 ? y->shape[1] : 1;
+  if (!o->cplx) {
+    const double *a = x->d, *b = y->d;
+    for (int64_t i = 0; i < M; i++) {
+      double *oi = o->d + i * N;
+      if (N == 1) {
+        double acc = 0;
+        for (int64_t k = 0; k < K; k++) acc += a[i * K + k] * b[k];
+        oi[0] = acc;
+        continue;
+      }
+      for (int64_t j = 0; j < N; j++) oi[j] = 0;
+      for (int64_t k = 0; k < K; k++) {
+        double xv = a[i * K + k];
+        const double *bk = b + k * N;
+        for (int64_t j = 0; j < N; j++) oi[j] += xv * bk[j];
+      }
+    }
+    return;
+  }
+  for (int64_t i = 0; i < M; i++)
+    for (int64_t j = 0; j < N; j++) {
+      double re = 0, im = 0;
+      for (int64_t k = 0; k < K; k++) {
+        double complex p = cget(x, i * K + k), q = cget(y, k * N + j);
+        re += creal(p) * creal(q) - cimag(p) * cimag(q);
+        im += creal(p) * cimag(q) + cimag(p) * creal(q);
+      }
+      cput(o, i * N + j, cmk(re, im));
+    }
+}
+
+static void outer(const Val *x, const Val *y, Val *o) {
+  int64_t M = x->shape[0], N = y->shape[0];
+  for (int64_t i = 0; i < M; i++)
+    for (int64_t j = 0; j < N; j++) {
+      if (!o->cplx) {
+        o->d[i * N + j] = x->d[i] * y->d[j];
+      } else {
+        double complex p = cget(x, i), q = cget(y, j);
+        cput(o, i * N + j,
+             cmk(creal(p) * creal(q) - cimag(p) * cimag(q),
+                 creal(p) * cimag(q) + cimag(p) * creal(q)));
+      }
+    }
+}
+
+static void transpose(const Val *x, Val *o) {
+  int64_t w = x->cplx ? 2 : 1;
+  if (x->rank < 2) {
+    memcpy(o->d, x->d, (size_t)val_width(x) * sizeof(double));
+    return;
+  }
+  int64_t R = x->shape[x->rank - 2], C = x->shape[x->rank - 1];
+  int64_t mat = R * C, nb = mat ? x->n / mat : 0;
+  for (int64_t b = 0; b < nb; b++)
+    for (int64_t i = 0; i < R; i++)
+      for (int64_t j = 0; j < C; j++)
+        for (int64_t c = 0; c < w; c++)
+          o->d[(b * mat + j * R + i) * w + c] = x->d[(b * mat + i * C + j) * w + c];
+}
+
+/* Sizes around an axis: outer = product of the axes before it, inner =
+ * doubles per step along it (product of the axes after it, times 2 if
+ * complex). */
+static void axis_split(const Val *v, int axis, int64_t *outer, int64_t *inner) {
+  int64_t a = 1, b = v->cplx ? 2 : 1;
+  for (int i = 0; i < axis; i++) a *= v->shape[i];
+  for (int i = axis + 1; i < v->rank; i++) b *= v->shape[i];
+  *outer = a;
+  *inner = b;
+}
+
+static void slice(const Val *x, int axis, int64_t start, int64_t len, Val *o) {
+  int64_t outer, inner;
+  axis_split(x, axis, &outer, &inner);
+  int64_t D = x->shape[axis];
+  for (int64_t i = 0; i < outer; i++)
+    memcpy(o->d + i * len * inner, x->d + (i * D + start) * inner,
+           (size_t)(len * inner) * sizeof(double));
+}
+
+static void concat(const Val *args, int nargs, int axis, Val *o) {
+  int64_t outer, inner;
+  axis_split(o, axis, &outer, &inner);
+  int64_t D = o->shape[axis];
+  for (int64_t i = 0; i < outer; i++) {
+    int64_t at = 0;
+    for (int k = 0; k < nargs; k++) {
+      int64_t Dk = args[k].shape[axis];
+      memcpy(o->d + (i * D + at) * inner, args[k].d + i * Dk * inner,
+             (size_t)(Dk * inner) * sizeof(double));
+      at += Dk;
+    }
+  }
+}
+
+/* ---- Reductions and normalizations -------------------------------------------- */
+
+static double reduce(IrOp op, const double *x, int64_t n, int64_t step) {
+  double acc = op == IR_AMAX ? -INFINITY : op == IR_AMIN ? INFINITY : 0.0;
+  for (int64_t i = 0; i < n; i++) {
+    double v = x[i * step];
+    switch (op) {
+    case IR_AMAX: /* a NaN sticks, as in torch.amax */
+      if (v > acc || isnan(v)) acc = isnan(acc) ? acc : v;
+      break;
+    case IR_AMIN:
+      if (v < acc || isnan(v)) acc = isnan(acc) ? acc : v;
+      break;
+    default:
+      acc += v;
+      break;
+    }
+  }
+  if (op == IR_MEAN) acc /= (double)n;
+  return acc;
+}
+
+static void reduction(const IrNode *nd, const Val *x, Val *o) {
+  if (nd->axis < 0) { /* all axes; a complex value reduces its parts separately */
+    if (x->cplx) {
+      o->d[0] = reduce(nd->op, x->d, x->n, 2);
+      o->d[1] = reduce(nd->op, x->d + 1, x->n, 2);
+    } else {
+      o->d[0] = reduce(nd->op, x->d, x->n, 1);
+    }
+    return;
+  }
+  int64_t outer, inner;
+  axis_split(x, nd->axis, &outer, &inner);
+  int64_t D = x->shape[nd->axis];
+  for (int64_t i = 0; i < outer; i++)
+    for (int64_t j = 0; j < inner; j++)
+      o->d[i * inner + j] = reduce(nd->op, x->d + i * D * inner + j, D, inner);
+}
+
+/* Over the last axis: RMSNORM x * rsqrt(mean(x^2) + eps) * w; LAYERNORM
+ * (x - mean) / sqrt(var + eps) * w + b with the biased variance (PyTorch);
+ * L2NORM x / sqrt(sum(x^2) + eps); SOFTMAX with the row max subtracted.
+ * w and b arrive already broadcast to x's shape. */
+static void normalize(const IrNode *nd, const Val *x, const double *w, const double *b, Val *o) {
+  int64_t D = x->rank ? x->shape[x->rank - 1] : 1;
+  int64_t rows = D ? x->n / D : 0;
+  double eps = nd->cval;
+  for (int64_t r = 0; r < rows; r++) {
+    const double *xr = x->d + r * D;
+    double *orow = o->d + r * D;
+    switch (nd->op) {
+    case IR_RMSNORM: {
+      double ss = 0;
+      for (int64_t i = 0; i < D; i++) ss += xr[i] * xr[i];
+      double s = 1.0 / sqrt(ss / (double)D + eps);
+      for (int64_t i = 0; i < D; i++) orow[i] = xr[i] * s * w[r * D + i];
+      break;
+    }
+    case IR_LAYERNORM: {
+      double mean = 0, var = 0;
+      for (int64_t i = 0; i < D; i++) mean += xr[i];
+      mean /= (double)D;
+      for (int64_t i = 0; i < D; i++) var += (xr[i] - mean) * (xr[i] - mean);
+      var /= (double)D;
+      double s = 1.0 / sqrt(var + eps);
+      for (int64_t i = 0; i < D; i++) orow[i] = (xr[i] - mean) * s * w[r * D + i] + b[r * D + i];
+      break;
+    }
+    case IR_L2NORM: {
+      double ss = 0;
+      for (int64_t i = 0; i < D; i++) ss += xr[i] * xr[i];
+      double s = sqrt(ss + eps);
+      for (int64_t i = 0; i < D; i++) orow[i] = xr[i] / s;
+      break;
+    }
+    default: { /* IR_SOFTMAX */
+      double m = -INFINITY, s = 0;
+      for (int64_t i = 0; i < D; i++)
+        if (xr[i] > m || isnan(xr[i])) m = xr[i];
+      for (int64_t i = 0; i < D; i++) s += (orow[i] = exp(xr[i] - m));
+      for (int64_t i = 0; i < D; i++) orow[i] /= s;
+      break;
+    }
+    }
+  }
+}
+
+/* ---- One node ------------------------------------------------------------------ */
+
+static int gather(Run *r, const IrNode *nd, const Val *tab, const Val *idx, Val *o) {
+  double t = idx->d[0];
+  int64_t V = tab->shape[0];
+  if (!(t == floor(t))) { /* also NaN and infinities */
+    diag_error(r->de, nd->loc, "token index %g is not an integer at batch %lld, step %lld", t,
+               (long long)r->b, (long long)r->t);
+    return -1;
+  }
+  if (t < 0 || t >= (double)V) {
+    diag_error(r->de, nd->loc, "token index %.0f out of range [0, %lld) at batch %lld, step %lld",
+               t, (long long)V, (long long)r->b, (long long)r->t);
+    return -1;
+  }
+  int64_t row = o->n;
+  memcpy(o->d, tab->d + (int64_t)t * row, (size_t)row * sizeof(double));
+  return 0;
+}
+
+/* Evaluates a per-step (or per-position) node from its operands' views a[]
+ * into o. Leaves that need the instance (PARAM, INPUT, STATE) and the
+ * sequence-level ops are handled by the callers. */
+static int eval_node(Run *r, Inst *in, const IrNode *nd, Slot *s, const Val *a, Val *o) {
+  switch (nd->op) {
+  case IR_CONST:
+    o->d[0] = nd->cval;
+    return 0;
+  case IR_DIMVAL: {
+    int64_t v;
+    if (dim_eval(nd->dval, in->dims, &v)) {
+      diag_error(r->de, nd->loc, "dimension value overflows");
+      return -1;
+    }
+    o->d[0] = (double)v;
+    return 0;
+  }
+  case IR_MATMUL:
+    matmul(&a[0], &a[1], o);
+    return 0;
+  case IR_OUTER:
+    outer(&a[0], &a[1], o);
+    return 0;
+  case IR_TRANSPOSE:
+    transpose(&a[0], o);
+    return 0;
+  case IR_BROADCAST:
+    broadcast_copy(&a[0], o);
+    return 0;
+  case IR_RESHAPE:
+    memcpy(o->d, a[0].d, (size_t)val_width(o) * sizeof(double));
+    return 0;
+  case IR_SLICE:
+  case IR_INDEX: {
+    int64_t start, stop = 0;
+    if (dim_eval(nd->start, in->dims, &start) ||
+        (nd->op == IR_SLICE && dim_eval(nd->stop, in->dims, &stop))) {
+      diag_error(r->de, nd->loc, "%s bounds overflow", ir_op_info[nd->op].text);
+      return -1;
+    }
+    int64_t len = nd->op == IR_SLICE ? stop - start : 1;
+    if (start < 0 || len < 0 || start + len > a[0].shape[nd->axis]) {
+      diag_error(r->de, nd->loc, "internal error in interp: %s [%lld, %lld) out of range",
+                 ir_op_info[nd->op].text, (long long)start, (long long)(start + len));
+      return -1;
+    }
+    slice(&a[0], nd->axis, start, len, o);
+    return 0;
+  }
+  case IR_CONCAT:
+    concat(a, nd->nargs, nd->axis, o);
+    return 0;
+  case IR_GATHER:
+    return gather(r, nd, &a[0], &a[1], o);
+  case IR_SUM:
+  case IR_MEAN:
+  case IR_AMAX:
+  case IR_AMIN:
+    reduction(nd, &a[0], o);
+    return 0;
+  case IR_RMSNORM:
+  case IR_LAYERNORM: {
+    Val w = a[0], b = a[0];
+    w.cplx = b.cplx = 0;
+    w.d = s->aux;
+    b.d = s->aux + a[0].n;
+    broadcast_copy(&a[1], &w);
+    if (nd->op == IR_LAYERNORM) broadcast_copy(&a[2], &b);
+    normalize(nd, &a[0], w.d, b.d, o);
+    return 0;
+  }
+  case IR_L2NORM:
+  case IR_SOFTMAX:
+    normalize(nd, &a[0], NULL, NULL, o);
+    return 0;
+  default:
+    break;
+  }
+  unsigned flags = ir_op_info[nd->op].flags;
+  if ((flags & IRF_EW) && nd->nargs == 1) return ew_unary(r, nd, &a[0], o);
+  if ((flags & IRF_EW) && nd->nargs == 2) return ew_binary(r, nd, &a[0], &a[1], o);
+  diag_error(r->de, nd->loc, "internal error in interp: %s cannot be evaluated in a %s",
+             ir_op_info[nd->op].text, in->fn->kind == IR_FN_CELL ? "cell" : "model here");
+  return -1;
+}
+
+/* Evaluates node i of an instance at one position: the operands' views are
+ * taken at position t (models) and the result is rounded in float32 mode. */
+static int eval_at(Run *r, Inst *in, int i, int64_t t) {
+  const IrNode *nd = &in->fn->nodes.v[i];
+  Slot *s = &in->slot[i];
+  for (int k = 0; k < nd->nargs; k++) {
+    const Slot *as = &in->slot[nd->args[k]];
+    s->argv[k] = as->v;
+    s->argv[k].d += t * as->stride;
+  }
+  Val o = s->v;
+  o.d += t * s->stride;
+  if (eval_node(r, in, nd, s, s->argv, &o)) return -1;
+  if (!r->f64) round_f32(o.d, val_width(&o));
+  return 0;
+}
+
+/* ---- Building the instance tree ---------------------------------------------- */
+
+static int find_flat(const IrFlatVar *vars, int n, const char *name) {
+  for (int i = 0; i < n; i++)
+    if (strcmp(vars[i].name, name) == 0) return i;
+  return -1;
+}
+
+static int oom(Run *r) {
+  diag_error(r->de, (SrcLoc){0}, "out of memory in the interpreter");
+  return -1;
+}
+
+/* Doubles for n elements (times 2 if complex) times `positions`; -1 on overflow. */
+static double *alloc_doubles(Run *r, int64_t n, int64_t positions) {
+  int64_t cnt;
+  if (__builtin_mul_overflow(n, positions, &cnt) || (uint64_t)cnt > SIZE_MAX / sizeof(double))
+    return NULL;
+  return arena_calloc(r->arena, (size_t)(cnt ? cnt : 1), sizeof(double));
+}
+
+/* The concrete shape of a type under an instance's dims. */
+static int shape_val(const Inst *in, IrType t, Val *v) {
+  memset(v, 0, sizeof *v);
+  if (t.rank < 0 || t.rank > SEQ_MAX_RANK) return -1;
+  v->rank = t.rank;
+  v->cplx = t.elem == IR_COMPLEX;
+  v->n = 1;
+  for (int i = 0; i < t.rank; i++) {
+    if (dim_eval(t.dims[i], in->dims, &v->shape[i])) return -1;
+    if (__builtin_mul_overflow(v->n, v->shape[i], &v->n)) return -1;
+  }
+  if (v->cplx && v->n > INT64_MAX / 2) return -1;
+  return 0;
+}
+
+/* Reachability from the roots, then which reachable nodes vary. */
+static void mark_nodes(Inst *in) {
+  const IrFunc *fn = in->fn;
+  Slot *sl = in->slot;
+  for (int k = 0; k < fn->outputs.n; k++)
+    if (fn->outputs.v[k].value >= 0) sl[fn->outputs.v[k].value].live = 1;
+  for (int k = 0; k < fn->states.n; k++) {
+    if (fn->states.v[k].next >= 0) sl[fn->states.v[k].next].live = 1;
+    if (fn->states.v[k].init >= 0) sl[fn->states.v[k].init].live = 1;
+  }
+  /* A layer runs even when its outputs go unused: its final states are
+   * results too. */
+  for (int i = 0; i < fn->nodes.n; i++)
+    if (fn->nodes.v[i].op == IR_CALL) sl[i].live = 1;
+  for (int i = fn->nodes.n - 1; i >= 0; i--)
+    if (sl[i].live)
+      for (int k = 0; k < fn->nodes.v[i].nargs; k++) sl[fn->nodes.v[i].args[k]].live = 1;
+  for (int i = 0; i < fn->nodes.n; i++) {
+    const IrNode *nd = &fn->nodes.v[i];
+    int v = nd->op == IR_INPUT || nd->op == IR_STATE || nd->op == IR_CALL || nd->op == IR_RESULT ||
+            nd->op == IR_CAUSAL_CONV;
+    for (int k = 0; k < nd->nargs && !v; k++) v = sl[nd->args[k]].varying;
+    sl[i].varying = v;
+  }
+}
+
+static int check_operands(Run *r, const IrFunc *fn) {
+  for (int i = 0; i < fn->nodes.n; i++) {
+    const IrNode *nd = &fn->nodes.v[i];
+    for (int k = 0; k < nd->nargs; k++)
+      if (nd->args[k] < 0 || nd->args[k] >= i) {
+        diag_error(r->de, nd->loc, "internal error in interp: node %d of '%s' has operand %d", i,
+                   fn->name, (int)nd->args[k]);
+        return -1;
+      }
+  }
+  for (int k = 0; k < fn->outputs.n; k++)
+    if (fn->outputs.v[k].value < 0 || fn->outputs.v[k].value >= fn->nodes.n) {
+      diag_error(r->de, fn->outputs.v[k].loc, "internal error in interp: output '%s' has no value",
+                 fn->outputs.v[k].name);
+      return -1;
+    }
+  for (int k = 0; k < fn->states.n; k++) {
+    const IrState *st = &fn->states.v[k];
+    if (st->next < 0 || st->next >= fn->nodes.n || st->init >= fn->nodes.n) {
+      diag_error(r->de, st->loc, "internal error in interp: state '%s' is malformed", st->name);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+static int inst_build(Run *r, const IrFunc *fn, const int64_t *dims, const char *pre,
+                      const char *suf, const char *spath, int reverse, int depth, Inst **out);
+
+/* Children of a model: one instance per layer, with the layer's dims
+ * evaluated under ours and its names composed the way ir_flatten does:
+ * parameters outer-prefix + layer prefix + name + layer suffix + outer-suffix,
+ * states "path.layer.name". */
+static int build_children(Run *r, Inst *in, const char *pre, const char *suf, const char *spath,
+                          int depth) {
+  const IrFunc *fn = in->fn;
+  const IrModule *m = r->bind->mod;
+  int nl = fn->layers.n;
+  in->child = arena_calloc(r->arena, (size_t)(nl ? nl : 1), sizeof *in->child);
+  in->called = arena_calloc(r->arena, (size_t)(nl ? nl : 1), sizeof *in->called);
+  if (!in->child || !in->called) return oom(r);
+  for (int l = 0; l < nl; l++) {
+    const IrLayer *ly = &fn->layers.v[l];
+    if (ly->callee < 0 || ly->callee >= m->funcs.n) {
+      diag_error(r->de, ly->loc, "internal error in interp: layer '%s' has no callee", ly->name);
+      return -1;
+    }
+    const IrFunc *callee = m->funcs.v[ly->callee];
+    int nd = callee->dims.n;
+    int64_t *cd = arena_calloc(r->arena, (size_t)(nd ? nd : 1), sizeof *cd);
+    if (!cd) return oom(r);
+    for (int k = 0; k < nd; k++)
+      if (!ly->dim_args || dim_eval(ly->dim_args[k], in->dims, &cd[k])) {
+        diag_error(r->de, ly->loc, "dimension %s of layer '%s' cannot be evaluated (overflow)",
+                   callee->dims.v[k].name, ly->name);
+        return -1;
+      }
+    const char *cpre = arena_printf(r->arena, "%s%s", pre, ly->prefix ? ly->prefix : "");
+    const char *csuf = arena_printf(r->arena, "%s%s", ly->suffix ? ly->suffix : "", suf);
+    const char *cpath = arena_printf(r->arena, "%s%s.", spath, ly->name);
+    if (!cpre || !csuf || !cpath) return oom(r);
+    if (inst_build(r, callee, cd, cpre, csuf, cpath, ly->reverse, depth + 1, &in->child[l]))
+      return -1;
+  }
+  for (int i = 0; i < fn->nodes.n; i++) {
+    const IrNode *nd = &fn->nodes.v[i];
+    if (nd->op != IR_CALL) continue;
+    if (nd->index < 0 || nd->index >= nl) {
+      diag_error(r->de, nd->loc, "internal error in interp: call of layer %d", nd->index);
+      return -1;
+    }
+    const Inst *c = in->child[nd->index];
+    if (nd->nargs != c->fn->inputs.n || c->fn->outputs.n < 1) {
+      diag_error(r->de, nd->loc,
+                 "internal error in interp: call of '%s' with %d arguments for %d inputs",
+                 c->fn->name, nd->nargs, c->fn->inputs.n);
+      return -1;
+    }
+    in->called[nd->index] = 1;
+  }
+  return 0;
+}
+
+/* Allocates the buffers of every live node and checks the node shapes that
+ * the evaluators rely on. */
+static int alloc_slots(Run *r, Inst *in) {
+  const IrFunc *fn = in->fn;
+  int model = fn->kind == IR_FN_MODEL;
+  for (int i = 0; i < fn->nodes.n; i++) {
+    const IrNode *nd = &fn->nodes.v[i];
+    Slot *s = &in->slot[i];
+    if (!s->live) continue;
+    if (shape_val(in, nd->type, &s->v)) {
+      diag_error(r->de, nd->loc, "the shape of this value overflows with the given dimensions");
+      return -1;
+    }
+    int64_t w = val_width(&s->v);
+    if (nd->nargs > 0 && !(s->argv = arena_calloc(r->arena, (size_t)nd->nargs, sizeof(Val))))
+      return oom(r);
+    if (nd->op == IR_INPUT || nd->op == IR_RESULT) continue; /* views, set when run */
+    int64_t positions = model && s->varying ? r->T : 1;
+    if (!(s->v.d = alloc_doubles(r, w, positions))) return oom(r);
+    s->stride = model && s->varying ? w : 0;
+    if (nd->op == IR_RMSNORM || nd->op == IR_LAYERNORM)
+      if (!(s->aux = alloc_doubles(r, s->v.n, 2))) return oom(r);
+    if (nd->op == IR_CALL) {
+      const Inst *c = in->child[nd->index];
+      int no = c->fn->outputs.n;
+      if (!(s->outs = arena_calloc(r->arena, (size_t)no, sizeof *s->outs))) return oom(r);
+      s->outs[0] = s->v.d;
+      if (!(s->seqargs = arena_calloc(r->arena, (size_t)(nd->nargs + 1), sizeof(Seq))))
+        return oom(r);
+      for (int k = 1; k < no; k++)
+        if (!(s->outs[k] = alloc_doubles(r, c->out_width[k], r->T))) return oom(r);
+      if (c->out_width[0] != w) {
+        diag_error(r->de, nd->loc, "internal error in interp: call result type disagrees");
+        return -1;
+      }
+    }
+  }
+  /* Shapes the evaluators index by: RESULT's type is its output's. */
+  for (int i = 0; i < fn->nodes.n; i++) {
+    const IrNode *nd = &fn->nodes.v[i];
+    Slot *s = &in->slot[i];
+    if (!s->live || nd->op != IR_RESULT) continue;
+    const IrNode *call = &fn->nodes.v[nd->args[0]];
+    const Inst *c = call->op == IR_CALL ? in->child[call->index] : NULL;
+    if (!c || nd->index < 0 || nd->index >= c->fn->outputs.n ||
+        c->out_width[nd->index] != val_width(&s->v)) {
+      diag_error(r->de, nd->loc, "internal error in interp: malformed result node");
+      return -1;
+    }
+    s->stride = val_width(&s->v);
+  }
+  return 0;
+}
+
+/* Evaluates the invariant live nodes once. */
+static int eval_invariants(Run *r, Inst *in) {
+  const IrFunc *fn = in->fn;
+  for (int i = 0; i < fn->nodes.n; i++) {
+    const IrNode *nd = &fn->nodes.v[i];
+    Slot *s = &in->slot[i];
+    if (!s->live || s->varying) continue;
+    if (nd->op == IR_PARAM) {
+      if (nd->index < 0 || nd->index >= fn->params.n) {
+        diag_error(r->de, nd->loc, "internal error in interp: param %d", nd->index);
+        return -1;
+      }
+      const RtTensor *wt = &r->bind->weights[in->param_flat[nd->index]];
+      int64_t w = val_width(&s->v);
+      if (!wt->data || wt->dtype != RT_F64 || rt_numel(wt) != w) {
+        diag_error(r->de, fn->params.v[nd->index].loc, "weight '%s' is not loaded",
+                   r->bind->flat.params.v[in->param_flat[nd->index]].name);
+        return -1;
+      }
+      memcpy(s->v.d, wt->data, (size_t)w * sizeof(double));
+      if (!r->f64) round_f32(s->v.d, w);
+      continue;
+    }
+    if (eval_at(r, in, i, 0)) return -1;
+  }
+  return 0;
+}
+
+static int inst_build(Run *r, const IrFunc *fn, const int64_t *dims, const char *pre,
+                      const char *suf, const char *spath, int reverse, int depth, Inst **out) {
+  if (depth > MAX_DEPTH) {
+    diag_error(r->de, fn->loc, "layers nest deeper than %d (is '%s' recursive?)", MAX_DEPTH,
+               fn->name);
+    return -1;
+  }
+  if (check_operands(r, fn)) return -1;
+  Inst *in = arena_alloc(r->arena, sizeof *in);
+  if (!in) return oom(r);
+  in->fn = fn;
+  in->dims = dims;
+  int nn = fn->nodes.n, np = fn->params.n, ns = fn->states.n, no = fn->outputs.n;
+  in->slot = arena_calloc(r->arena, (size_t)(nn ? nn : 1), sizeof *in->slot);
+  in->param_flat = arena_calloc(r->arena, (size_t)(np ? np : 1), sizeof(int));
+  in->state_flat = arena_calloc(r->arena, (size_t)(ns ? ns : 1), sizeof(int));
+  in->state_val = arena_calloc(r->arena, (size_t)(ns ? ns : 1), sizeof(Val));
+  in->out_seq = arena_calloc(r->arena, (size_t)(no ? no : 1), sizeof(double *));
+  in->out_width = arena_calloc(r->arena, (size_t)(no ? no : 1), sizeof(int64_t));
+  in->no_inputs = arena_calloc(r->arena, (size_t)(fn->inputs.n + 1), sizeof(Seq));
+  if (!in->slot || !in->param_flat || !in->state_flat || !in->state_val || !in->out_seq ||
+      !in->out_width || !in->no_inputs)
+    return oom(r);
+
+  for (int p = 0; p < np; p++) {
+    const char *name = arena_printf(r->arena, "%s%s%s", pre, fn->params.v[p].name, suf);
+    if (!name) return oom(r);
+    if ((in->param_flat[p] = find_flat(r->bind->flat.params.v, r->bind->flat.params.n, name)) < 0) {
+      diag_error(r->de, fn->params.v[p].loc,
+                 "internal error in interp: parameter '%s' is not in the flattened instance", name);
+      return -1;
+    }
+  }
+  for (int k = 0; k < ns; k++) {
+    const char *name = arena_printf(r->arena, "%s%s", spath, fn->states.v[k].name);
+    if (!name) return oom(r);
+    if ((in->state_flat[k] = find_flat(r->bind->flat.states.v, r->bind->flat.states.n, name)) < 0) {
+      diag_error(r->de, fn->states.v[k].loc,
+                 "internal error in interp: state '%s' is not in the flattened instance", name);
+      return -1;
+    }
+    if (shape_val(in, fn->states.v[k].type, &in->state_val[k]) ||
+        !(in->state_val[k].d = alloc_doubles(r, val_width(&in->state_val[k]), 1))) {
+      diag_error(r->de, fn->states.v[k].loc, "the shape of state '%s' overflows", name);
+      return -1;
+    }
+  }
+  for (int k = 0; k < no; k++) {
+    Val v;
+    if (shape_val(in, fn->outputs.v[k].type, &v)) {
+      diag_error(r->de, fn->outputs.v[k].loc, "the shape of output '%s' overflows",
+                 fn->outputs.v[k].name);
+      return -1;
+    }
+    in->out_width[k] = val_width(&v);
+    if (!(in->out_seq[k] = alloc_doubles(r, in->out_width[k], r->T))) return oom(r);
+  }
+  if (fn->kind == IR_FN_MODEL && reverse) {
+    int ni = fn->inputs.n;
+    if (!(in->rev_inputs = arena_calloc(r->arena, (size_t)(ni + 1), sizeof(Seq)))) return oom(r);
+    for (int k = 0; k < ni; k++) {
+      Val v;
+      if (shape_val(in, fn->inputs.v[k].type, &v)) {
+        diag_error(r->de, fn->inputs.v[k].loc, "the shape of input '%s' overflows",
+                   fn->inputs.v[k].name);
+        return -1;
+      }
+      in->rev_inputs[k].stride = val_width(&v);
+      if (!(in->rev_inputs[k].d = alloc_doubles(r, val_width(&v), r->T))) return oom(r);
+    }
+  }
+  if (fn->kind == IR_FN_MODEL && build_children(r, in, pre, suf, spath, depth)) return -1;
+  mark_nodes(in);
+  for (int i = 0; i < nn; i++) {
+    IrOp op = fn->nodes.v[i].op;
+    int seq_op = op == IR_CALL || op == IR_RESULT || op == IR_CAUSAL_CONV;
+    if (in->slot[i].live &&
+        ((fn->kind == IR_FN_CELL && seq_op) || (fn->kind == IR_FN_MODEL && op == IR_STATE))) {
+      diag_error(r->de, fn->nodes.v[i].loc, "internal error in interp: %s in a %s",
+                 ir_op_info[op].text, fn->kind == IR_FN_CELL ? "cell" : "model");
+      return -1;
+    }
+  }
+  if (alloc_slots(r, in) || eval_invariants(r, in)) return -1;
+  *out = in;
+  return 0;
+}
+
+/* ---- Running an instance over one sequence ------------------------------------- */
+
+static double tensor_get(const RtTensor *t, int64_t i) {
+  switch (t->dtype) {
+  case RT_F32:
+    return ((const float *)t->data)[i];
+  case RT_F64:
+    return ((const double *)t->data)[i];
+  case RT_I32:
+    return ((const int32_t *)t->data)[i];
+  case RT_I64:
+    return (double)((const int64_t *)t->data)[i];
+  default:
+    return NAN;
+  }
+}
+
+static void tensor_put(RtTensor *t, int64_t i, double v) {
+  if (t->dtype == RT_F32)
+    ((float *)t->data)[i] = (float)v;
+  else
+    ((double *)t->data)[i] = v;
+}
+
+static void state_init(Run *r, Inst *in, int k) {
+  const IrState *st = &in->fn->states.v[k];
+  Val *sv = &in->state_val[k];
+  int64_t w = val_width(sv);
+  const RtTensor *given = r->state_in ? &r->state_in[in->state_flat[k]] : NULL;
+  if (given && given->data) {
+    for (int64_t j = 0; j < w; j++) sv->d[j] = tensor_get(given, r->b * w + j);
+    if (!r->f64) round_f32(sv->d, w);
+  } else if (st->init >= 0) {
+    broadcast_copy(&in->slot[st->init].v, sv);
+  } else {
+    memset(sv->d, 0, (size_t)w * sizeof(double));
+  }
+}
+
+static void state_final(Run *r, Inst *in, int k) {
+  if (!r->state_out) return;
+  RtTensor *t = &r->state_out[in->state_flat[k]];
+  int64_t w = val_width(&in->state_val[k]);
+  for (int64_t j = 0; j < w; j++) tensor_put(t, r->b * w + j, in->state_val[k].d[j]);
+}
+
+static int run_inst(Run *r, Inst *in, const Seq *ins, int64_t len, int reverse);
+
+static int run_cell(Run *r, Inst *in, const Seq *ins, int64_t len, int reverse) {
+  const IrFunc *fn = in->fn;
+  for (int k = 0; k < fn->states.n; k++) state_init(r, in, k);
+  for (int64_t step = 0; step < len; step++) {
+    int64_t t = reverse ? len - 1 - step : step;
+    r->t = t;
+    for (int i = 0; i < fn->nodes.n; i++) {
+      Slot *s = &in->slot[i];
+      if (!s->live || !s->varying) continue;
+      const IrNode *nd = &fn->nodes.v[i];
+      if (nd->op == IR_INPUT) {
+        s->v.d = ins[nd->index].d + t * ins[nd->index].stride;
+      } else if (nd->op == IR_STATE) {
+        /* A copy, not a view: the state storage is overwritten at the end of
+         * the step while other states' next values may still read it. */
+        memcpy(s->v.d, in->state_val[nd->index].d, (size_t)val_width(&s->v) * sizeof(double));
+      } else if (eval_at(r, in, i, 0)) {
+        return -1;
+      }
+    }
+    for (int k = 0; k < fn->outputs.n; k++)
+      memcpy(in->out_seq[k] + t * in->out_width[k], in->slot[fn->outputs.v[k].value].v.d,
+             (size_t)in->out_width[k] * sizeof(double));
+    /* Every next value is computed before any state is stored. */
+    for (int k = 0; k < fn->states.n; k++)
+      memcpy(in->state_val[k].d, in->slot[fn->states.v[k].next].v.d,
+             (size_t)val_width(&in->state_val[k]) * sizeof(double));
+  }
+  for (int k = 0; k < fn->states.n; k++) state_final(r, in, k);
+  return 0;
+}
+
+/* Depthwise causal convolution over a sequence (Mamba's conv1d):
+ * out[t] = b + sum_k w[:, k] * u[t - K + 1 + k], with u = 0 before t = 0. */
+static void causal_conv(Run *r, Inst *in, int i, int64_t len) {
+  const IrNode *nd = &in->fn->nodes.v[i];
+  Slot *s = &in->slot[i];
+  const Slot *u = &in->slot[nd->args[0]], *w = &in->slot[nd->args[1]], *b = &in->slot[nd->args[2]];
+  int64_t D = s->v.n, K = w->v.shape[w->v.rank - 1];
+  for (int64_t t = 0; t < len; t++) {
+    double *o = s->v.d + t * s->stride;
+    for (int64_t d = 0; d < D; d++) {
+      double acc = b->v.d[d];
+      for (int64_t k = 0; k < K; k++) {
+        int64_t at = t - K + 1 + k;
+        if (at >= 0) acc += w->v.d[d * K + k] * u->v.d[at * u->stride + d];
+      }
+      o[d] = acc;
+    }
+    if (!r->f64) round_f32(o, D);
+  }
+}
+
+static int run_model(Run *r, Inst *in, const Seq *ins, int64_t len) {
+  const IrFunc *fn = in->fn;
+  for (int i = 0; i < fn->nodes.n; i++) {
+    Slot *s = &in->slot[i];
+    if (!s->live || !s->varying) continue;
+    const IrNode *nd = &fn->nodes.v[i];
+    switch (nd->op) {
+    case IR_INPUT:
+      s->v.d = ins[nd->index].d;
+      s->stride = ins[nd->index].stride;
+      break;
+    case IR_CALL: {
+      Inst *c = in->child[nd->index];
+      Seq *args = s->seqargs;
+      for (int k = 0; k < nd->nargs; k++)
+        args[k] = (Seq){in->slot[nd->args[k]].v.d, in->slot[nd->args[k]].stride};
+      if (run_inst(r, c, args, len, in->fn->layers.v[nd->index].reverse)) return -1;
+      for (int k = 0; k < c->fn->outputs.n; k++)
+        memcpy(s->outs[k], c->out_seq[k], (size_t)(r->T * c->out_width[k]) * sizeof(double));
+      break;
+    }
+    case IR_RESULT:
+      s->v.d = in->slot[nd->args[0]].outs[nd->index];
+      break;
+    case IR_CAUSAL_CONV:
+      causal_conv(r, in, i, len);
+      break;
+    default:
+      for (int64_t t = 0; t < len; t++) {
+        r->t = t;
+        if (eval_at(r, in, i, t)) return -1;
+      }
+      break;
+    }
+  }
+  for (int k = 0; k < fn->outputs.n; k++) {
+    const Slot *s = &in->slot[fn->outputs.v[k].value];
+    int64_t w = in->out_width[k];
+    for (int64_t t = 0; t < len; t++)
+      memcpy(in->out_seq[k] + t * w, s->v.d + t * s->stride, (size_t)w * sizeof(double));
+  }
+  /* A layer no node calls still has states: their final value is the initial one. */
+  for (int l = 0; l < fn->layers.n; l++)
+    if (!in->called[l] && run_inst(r, in->child[l], in->child[l]->no_inputs, 0, 0)) return -1;
+  return 0;
+}
+
+/* Runs an instance over positions [0, len) of its input sequences, writing
+ * its outputs' sequences (zero from len on) and its final states. */
+static int run_inst(Run *r, Inst *in, const Seq *ins, int64_t len, int reverse) {
+  for (int k = 0; k < in->fn->outputs.n; k++)
+    memset(in->out_seq[k], 0, (size_t)(r->T * in->out_width[k]) * sizeof(double));
+  if (in->fn->kind == IR_FN_CELL) return run_cell(r, in, ins, len, reverse);
+  if (!reverse || !in->rev_inputs) return run_model(r, in, ins, len);
+  /* A model run backwards in time: its inputs reversed within the length,
+   * run forwards, and its outputs put back at the positions they came from. */
+  for (int k = 0; k < in->fn->inputs.n; k++) {
+    int64_t w = in->rev_inputs[k].stride;
+    for (int64_t t = 0; t < len; t++)
+      memcpy(in->rev_inputs[k].d + t * w, ins[k].d + (len - 1 - t) * ins[k].stride,
+             (size_t)w * sizeof(double));
+  }
+  if (run_model(r, in, in->rev_inputs, len)) return -1;
+  for (int k = 0; k < in->fn->outputs.n; k++) {
+    int64_t w = in->out_width[k];
+    double *o = in->out_seq[k];
+    for (int64_t t = 0; t < len / 2; t++)
+      for (int64_t j = 0; j < w; j++) {
+        double tmp = o[t * w + j];
+        o[t * w + j] = o[(len - 1 - t) * w + j];
+        o[(len - 1 - t) * w + j] = tmp;
+      }
+  }
+  return 0;
+}
+
+/* ---- The entry point -------------------------------------------------------------- */
+
+static const char *shape_text(Arena *a, int ndim, const int64_t *shape) {
+  const char *s = "[";
+  for (int i = 0; i < ndim && s; i++)
+    s = arena_printf(a, "%s%s%lld", s, i ? ", " : "", (long long)shape[i]);
+  s = s ? arena_printf(a, "%s]", s) : NULL;
+  return s ? s : "?";
+}
+
+/* The tensor shape of a batch of values of type t: lead (B or B, T), the
+ * per-example dims, and a trailing 2 for complex. Returns the rank or -1. */
+static int batch_shape(const IrBinding *b, IrType t, int nlead, const int64_t *lead,
+                       int64_t *shape) {
+  int64_t per[SEQ_MAX_RANK];
+  if (ir_binding_shape(b, t, per)) return -1;
+  int n = 0;
+  for (int i = 0; i < nlead; i++) shape[n++] = lead[i];
+  for (int i = 0; i < t.rank; i++) {
+    if (n >= RT_MAX_RANK) return -1;
+    shape[n++] = per[i];
+  }
+  if (t.elem == IR_COMPLEX) {
+    if (n >= RT_MAX_RANK) return -1;
+    shape[n++] = 2;
+  }
+  return n;
+}
+
+static int check_tensor(Run *r, const char *what, const char *name, SrcLoc loc, const RtTensor *t,
+                        int n, const int64_t *want, int int_ok) {
+  if (!t->data && rt_numel(t) != 0) {
+    diag_error(r->de, loc, "%s '%s' has no data", what, name);
+    return -1;
+  }
+  if (t->dtype != RT_F32 && t->dtype != RT_F64 &&
+      !(int_ok && (t->dtype == RT_I32 || t->dtype == RT_I64))) {
+    diag_error(r->de, loc, "%s '%s' has dtype %s; expected f32 or f64%s", what, name,
+               rt_dtype_name(t->dtype), int_ok ? " (or i32, i64)" : "");
+    return -1;
+  }
+  if (t->ndim != n || memcmp(t->shape, want, (size_t)n * sizeof *want) != 0) {
+    diag_error(r->de, loc, "%s '%s' has shape %s but expected %s", what, name,
+               shape_text(r->arena, t->ndim, t->shape), shape_text(r->arena, n, want));
+    return -1;
+  }
+  return 0;
+}
+
+/* Everything interp_run checks before it runs anything. */
+static int check_args(Run *r, int64_t B, int64_t T, const RtTensor *inputs, const int64_t *lengths,
+                      const RtTensor *state_in) {
+  const IrBinding *b = r->bind;
+  const IrFunc *root = b->root;
+  if (B < 0 || T < 0) {
+    diag_error(r->de, (SrcLoc){0}, "batch size %lld and sequence length %lld must be >= 0",
+               (long long)B, (long long)T);
+    return -1;
+  }
+  for (int i = 0; i < root->dims.n; i++)
+    if (b->dims[i] < 0) {
+      diag_error(r->de, root->dims.v[i].loc, "cannot infer dimension '%s': pass --dims %s=N",
+                 root->dims.v[i].name, root->dims.v[i].name);
+      return -1;
+    }
+  for (int i = 0; i < b->flat.params.n; i++) {
+    int64_t shape[RT_MAX_RANK];
+    const IrFlatVar *p = &b->flat.params.v[i];
+    int n = batch_shape(b, p->type, 0, NULL, shape);
+    const RtTensor *w = &b->weights[i];
+    if (!w->data || w->dtype != RT_F64 || w->ndim != n ||
+        memcmp(w->shape, shape, (size_t)(n > 0 ? n : 0) * sizeof *shape) != 0) {
+      diag_error(r->de, p->loc, "weight '%s' is not loaded", p->name);
+      return -1;
+    }
+  }
+  if (root->inputs.n > 0 && !inputs) {
+    diag_error(r->de, root->loc, "'%s' takes %d inputs; none were given", root->name,
+               root->inputs.n);
+    return -1;
+  }
+  int64_t lead[2] = {B, T};
+  for (int i = 0; i < root->inputs.n; i++) {
+    const IrInput *in = &root->inputs.v[i];
+    int64_t shape[RT_MAX_RANK];
+    int n = batch_shape(b, in->type, 2, lead, shape);
+    if (n < 0) {
+      diag_error(r->de, in->loc, "input '%s' does not fit a tensor of rank %d", in->name,
+                 RT_MAX_RANK);
+      return -1;
+    }
+    if (check_tensor(r, "input", in->name, in->loc, &inputs[i], n, shape, in->type.elem == IR_INT))
+      return -1;
+  }
+  for (int64_t k = 0; lengths && k < B; k++)
+    if (lengths[k] < 0 || lengths[k] > T) {
+      diag_error(r->de, (SrcLoc){0}, "lengths[%lld] = %lld is outside [0, T] = [0, %lld]",
+                 (long long)k, (long long)lengths[k], (long long)T);
+      return -1;
+    }
+  for (int i = 0; state_in && i < b->flat.states.n; i++) {
+    const IrFlatVar *sv = &b->flat.states.v[i];
+    if (!state_in[i].data) continue;
+    int64_t shape[RT_MAX_RANK];
+    int n = batch_shape(b, sv->type, 1, &B, shape);
+    if (n < 0 || check_tensor(r, "initial state", sv->name, sv->loc, &state_in[i], n, shape, 0))
+      return -1;
+  }
+  return 0;
+}
+
+static int alloc_results(Run *r, int64_t B, int64_t T, RtTensor *outputs, RtTensor *state_out) {
+  const IrBinding *b = r->bind;
+  RtDType dt = r->f64 ? RT_F64 : RT_F32;
+  int64_t lead[2] = {B, T};
+  RtError err;
+  for (int i = 0; i < b->root->outputs.n; i++) {
+    const IrOutput *o = &b->root->outputs.v[i];
+    int64_t shape[RT_MAX_RANK];
+    int n = batch_shape(b, o->type, 2, lead, shape);
+    if (n < 0) {
+      diag_error(r->de, o->loc, "output '%s' does not fit a tensor of rank %d", o->name,
+                 RT_MAX_RANK);
+      return -1;
+    }
+    if (rt_tensor_alloc(&outputs[i], dt, n, shape, &err)) {
+      diag_error(r->de, o->loc, "cannot allocate output '%s': %s", o->name, err.msg);
+      return -1;
+    }
+  }
+  for (int i = 0; state_out && i < b->flat.states.n; i++) {
+    const IrFlatVar *sv = &b->flat.states.v[i];
+    int64_t shape[RT_MAX_RANK];
+    int n = batch_shape(b, sv->type, 1, &B, shape);
+    if (n < 0) {
+      diag_error(r->de, sv->loc, "state '%s' does not fit a tensor of rank %d", sv->name,
+                 RT_MAX_RANK);
+      return -1;
+    }
+    if (rt_tensor_alloc(&state_out[i], dt, n, shape, &err)) {
+      diag_error(r->de, sv->loc, "cannot allocate final state '%s': %s", sv->name, err.msg);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+int interp_run(const IrBinding *b, int64_t B, int64_t T, const RtTensor *inputs,
+               const int64_t *lengths, const RtTensor *state_in, RtTensor *outputs,
+               RtTensor *state_out, const InterpOptions *opt, DiagEngine *de) {
+  const IrFunc *root = b->root;
+  int nout = root->outputs.n, nstate = b->flat.states.n;
+  for (int i = 0; i < nout; i++) memset(&outputs[i], 0, sizeof outputs[i]);
+  for (int i = 0; state_out && i < nstate; i++) memset(&state_out[i], 0, sizeof state_out[i]);
+
+  Run run = {0};
+  Run *r = &run;
+  r->bind = b;
+  r->de = de;
+  r->f64 = opt && opt->f64;
+  r->T = T;
+  r->state_in = state_in;
+  r->state_out = state_out;
+  if (!(r->arena = arena_create())) {
+    diag_error(de, (SrcLoc){0}, "out of memory in the interpreter");
+    return -1;
+  }
+  int rc = -1;
+  Inst *top = NULL;
+  Seq *ins = NULL;
+  if (check_args(r, B, T, inputs, lengths, state_in) || alloc_results(r, B, T, outputs, state_out))
+    goto done;
+  if (inst_build(r, root, b->dims, "", "", "", 0, 0, &top)) goto done;
+
+  /* Root inputs are converted per example into double sequences. */
+  int ni = root->inputs.n;
+  ins = arena_calloc(r->arena, (size_t)(ni + 1), sizeof *ins);
+  int64_t *in_w = arena_calloc(r->arena, (size_t)(ni + 1), sizeof *in_w);
+  if (!ins || !in_w) {
+    oom(r);
+    goto done;
+  }
+  for (int i = 0; i < ni; i++) {
+    Val v;
+    if (shape_val(top, root->inputs.v[i].type, &v)) goto done;
+    in_w[i] = val_width(&v);
+    ins[i].stride = in_w[i];
+    if (!(ins[i].d = alloc_doubles(r, in_w[i], T))) {
+      oom(r);
+      goto done;
+    }
+  }
+  for (int64_t e = 0; e < B; e++) {
+    int64_t len = lengths ? lengths[e] : T;
+    r->b = e;
+    for (int i = 0; i < ni; i++) {
+      int64_t n = len * in_w[i], base = e * T * in_w[i];
+      for (int64_t j = 0; j < n; j++) ins[i].d[j] = tensor_get(&inputs[i], base + j);
+      /* Token indices stay exact; reals are what float32 code would read. */
+      if (!r->f64 && root->inputs.v[i].type.elem != IR_INT) round_f32(ins[i].d, n);
+    }
+    if (run_inst(r, top, ins, len, 0)) goto done;
+    for (int k = 0; k < nout; k++) {
+      int64_t n = T * top->out_width[k], base = e * n;
+      for (int64_t j = 0; j < n; j++) tensor_put(&outputs[k], base + j, top->out_seq[k][j]);
+    }
+  }
+  rc = 0;
+done:
+  if (rc) {
+    for (int i = 0; i < nout; i++) rt_tensor_free(&outputs[i]);
+    for (int i = 0; state_out && i < nstate; i++) rt_tensor_free(&state_out[i]);
+  }
+  arena_destroy(r->arena);
+  return rc;
+}
