@@ -284,20 +284,11 @@ int rt_npy_read(const char *path, RtTensor *out, RtError *err) {
   if (!path) return rt_fail(err, RT_ERR_ARG, "rt_npy_read: null path");
   if (!out) return rt_fail(err, RT_ERR_ARG, "%s: null output tensor", path);
   memset(out, 0, sizeof *out);
-  FILE *f = fopen(path, "rb");
-  if (!f) return rt_fail(err, RT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+  FILE *f;
+  int64_t total;
+  int rc = rt_open_file(path, &f, &total, err);
+  if (rc) return rc;
   unsigned char *head = NULL;
-  int rc = RT_OK;
-  int64_t total = rt_file_size(f);
-  if (total < 0) {
-    rc = rt_fail(err, RT_ERR_IO, "%s: cannot determine file size", path);
-    goto done;
-  }
-  if (total > RT_MAX_FILE_BYTES) {
-    rc = rt_fail(err, RT_ERR_LIMIT, "%s: %lld bytes exceeds the file size limit", path,
-                 (long long)total);
-    goto done;
-  }
   /* Read the preamble and the largest header we accept; the data goes
    * straight into the tensor afterwards, never through a second buffer. */
   size_t avail = total < 12 + (int64_t)NPY_MAX_HEADER ? (size_t)total : 12 + NPY_MAX_HEADER;

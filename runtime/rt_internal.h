@@ -19,8 +19,9 @@ void rt_swap_elements(void *data, size_t count, size_t elem_size);
 /* dtype is one of the six RtDType values (guards against garbage enums). */
 int rt_dtype_valid(int dtype);
 
-/* Size of an open file in bytes, or -1 (position is left at the start). */
-int64_t rt_file_size(FILE *f);
+/* Opens a regular file for reading and gets its size, refusing files over
+ * RT_MAX_FILE_BYTES; on failure *f is NULL and err names the path. */
+int rt_open_file(const char *path, FILE **f, int64_t *size, RtError *err);
 
 /* Reads exactly n bytes at offset off; 0 on success, -1 on a short read. */
 int rt_read_at(FILE *f, int64_t off, void *buf, size_t n);

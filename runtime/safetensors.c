@@ -337,24 +337,11 @@ int rt_st_open(const char *path, RtSafetensors **out, RtError *err) {
   char *json = NULL;
   unsigned char first8[8] = {0};
   uint64_t hlen;
-  st->f = fopen(path, "rb");
-  if (!st->f) {
-    rc = rt_fail(err, RT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    goto fail;
-  }
+  int64_t total;
+  if ((rc = rt_open_file(path, &st->f, &total, err))) goto fail;
   /* Reads are few and large (one per tensor): stdio's buffer would only add
    * a copy, and would serve stale bytes if the file changed after opening. */
   setvbuf(st->f, NULL, _IONBF, 0);
-  int64_t total = rt_file_size(st->f);
-  if (total < 0) {
-    rc = rt_fail(err, RT_ERR_IO, "%s: cannot determine file size", path);
-    goto fail;
-  }
-  if (total > RT_MAX_FILE_BYTES) {
-    rc = rt_fail(err, RT_ERR_LIMIT, "%s: %lld bytes exceeds the file size limit", path,
-                 (long long)total);
-    goto fail;
-  }
   if (total >= 8 && rt_read_at(st->f, 0, first8, 8) != 0) {
     rc = rt_fail(err, RT_ERR_IO, "%s: read failed", path);
     goto fail;

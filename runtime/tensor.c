@@ -7,6 +7,8 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 
 int rt_fail(RtError *err, int status, const char *fmt, ...) {
@@ -40,11 +42,27 @@ int rt_dtype_valid(int dtype) {
   return dtype >= RT_F32 && dtype <= RT_I64;
 }
 
-int64_t rt_file_size(FILE *f) {
-  if (fseeko(f, 0, SEEK_END) != 0) return -1;
-  off_t size = ftello(f);
-  if (size < 0 || fseeko(f, 0, SEEK_SET) != 0) return -1;
-  return (int64_t)size;
+int rt_open_file(const char *path, FILE **f, int64_t *size, RtError *err) {
+  *f = fopen(path, "rb");
+  if (!*f) return rt_fail(err, RT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+  /* Directories open fine on Linux and pipes have no size; both are
+   * refused here rather than failing obscurely later. */
+  struct stat sb;
+  int rc = RT_OK;
+  if (fstat(fileno(*f), &sb) != 0)
+    rc = rt_fail(err, RT_ERR_IO, "%s: cannot stat: %s", path, strerror(errno));
+  else if (!S_ISREG(sb.st_mode))
+    rc = rt_fail(err, RT_ERR_IO, "%s: not a regular file", path);
+  else if ((int64_t)sb.st_size > RT_MAX_FILE_BYTES)
+    rc = rt_fail(err, RT_ERR_LIMIT, "%s: %lld bytes exceeds the file size limit of %lld", path,
+                 (long long)sb.st_size, (long long)RT_MAX_FILE_BYTES);
+  if (rc) {
+    fclose(*f);
+    *f = NULL;
+    return rc;
+  }
+  *size = (int64_t)sb.st_size;
+  return RT_OK;
 }
 
 int rt_read_at(FILE *f, int64_t off, void *buf, size_t n) {

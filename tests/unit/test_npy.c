@@ -373,6 +373,9 @@ static void test_file_errors(void **state) {
   const char *missing = tmp_path("does-not-exist.npy");
   assert_int_equal(rt_npy_read(missing, &t, &err), RT_ERR_IO);
   assert_non_null(strstr(err.msg, missing));
+  /* Directories open on Linux; they must still be refused cleanly. */
+  assert_int_equal(rt_npy_read(tu_tmpdir(), &t, &err), RT_ERR_IO);
+  assert_non_null(strstr(err.msg, "not a regular file"));
   const char *empty = tmp_path("empty.npy");
   write_bytes(empty, "", 0);
   assert_int_equal(rt_npy_read(empty, &t, &err), RT_ERR_FORMAT);

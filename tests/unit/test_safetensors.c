@@ -430,6 +430,8 @@ static void test_file_errors(void **state) {
   assert_int_equal(rt_st_open(missing, &st, &err), RT_ERR_IO);
   assert_non_null(strstr(err.msg, missing));
   assert_null(st);
+  assert_int_equal(rt_st_open(tu_tmpdir(), &st, &err), RT_ERR_IO);
+  assert_non_null(strstr(err.msg, "not a regular file"));
 
   /* Tensors are read on demand: a file cut after opening is an I/O error. */
   float v[4] = {1, 2, 3, 4};
