@@ -279,6 +279,19 @@ int ir_binding_infer(IrBinding *b, IrShapeLookup lookup, void *ctx, const int *i
                  root->dims.v[i].name, root->dims.v[i].name);
       errors++;
     }
+  /* Missing weights and wrong ranks are reported even when some dim is
+   * unknown: they are often the reason it is. */
+  for (int i = 0; i < np; i++)
+    if (missing[i]) {
+      const IrFlatVar *p = &b->flat.params.v[i];
+      diag_error(de, p->loc, "missing weight '%s' (declared %s)", p->name, decl_str(b, p->type));
+      errors++;
+    }
+  for (int i = 0; i < ng; i++)
+    if (!rank_fits(&gs[i])) {
+      report_mismatch(b, &gs[i], de);
+      errors++;
+    }
   if (errors) return -1;
 
   /* Every dim is known: check every shape against it. */
@@ -297,12 +310,6 @@ int ir_binding_infer(IrBinding *b, IrShapeLookup lookup, void *ctx, const int *i
       errors++;
     }
   }
-  for (int i = 0; i < np; i++)
-    if (missing[i]) {
-      const IrFlatVar *p = &b->flat.params.v[i];
-      diag_error(de, p->loc, "missing weight '%s' (declared %s)", p->name, decl_str(b, p->type));
-      errors++;
-    }
   /* Parameters and states neither stored nor input-shaped must still have
    * evaluable shapes, or the interpreter could not allocate them. */
   for (int i = 0; i < np; i++) {

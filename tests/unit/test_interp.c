@@ -1138,6 +1138,14 @@ static void test_infer_dims(void **state) {
   assert_true(
       has_diag("weight 'weight_hh' has shape [1024, 100] but is declared [4*H, H] = [1024, 256]"));
 
+  /* A wrong rank is reported along with the dim it leaves unknown. */
+  lstm_shapes(&ws, 1024, 64, 256, 1);
+  ws.ndim[0] = 1;
+  assert_int_equal(ir_binding_init(&b, A, M, f, &DE), 0);
+  assert_int_not_equal(ir_binding_infer(&b, ws_lookup, &ws, NULL, NULL, &DE), 0);
+  assert_true(has_diag("weight 'weight_ih' has shape [1024] but is declared [4*H, I]"));
+  assert_true(has_diag("cannot infer dimension 'I': pass --dims I=N"));
+
   /* A missing weight. */
   lstm_shapes(&ws, 1024, 64, 256, 0);
   assert_int_equal(ir_binding_init(&b, A, M, f, &DE), 0);
