@@ -1,0 +1,133 @@
+/* sema.h - private to the frontend: the state shared by import.c (loading
+ * files and collecting units), sema.c (declarations, dims, layers, the
+ * pipeline) and lower.c (step and forward bodies to IR). Nothing outside
+ * frontend/ includes this; the public entry points are in frontend.h.
+ */
+#ifndef SEQ_SEMA_H
+#define SEQ_SEMA_H
+
+#include "frontend/frontend.h"
+
+/* The marker an expression lowers to after an error has been reported for
+ * it. Every consumer passes it through silently, so one mistake yields one
+ * diagnostic instead of a cascade. */
+#define REF_ERROR (-2)
+
+/* One loaded source file. Files are loaded once (deduplicated by realpath). */
+typedef struct SemaFile {
+  const SrcFile *src;
+  AstFile *ast;
+  const char *key; /* realpath, or NULL for a string */
+} SemaFile;
+
+/* A unit of the program, in the order files were completed (imports first). */
+typedef struct SemaUnit {
+  const AstUnit *ast;
+  const SemaFile *file;
+  int func;     /* index into IrModule.funcs once lowered, else -1 */
+  int visiting; /* on the model dependency stack (recursion check) */
+  int failed;   /* its declarations could not be built: callers skip it */
+  /* Header dims whose value was used as a layer count, and that value: a
+   * caller cannot rebind them, because the unrolling is already fixed. */
+  VEC(int) count_dims;
+  VEC(int64_t) count_values;
+} SemaUnit;
+
+typedef struct Sema {
+  Arena *a;
+  DiagEngine *de;
+  SrcMgr *sm;
+  const FrontendOptions *opt;
+  IrModule *m;
+  VEC(SemaFile *) files; /* post-order: every file after the files it imports */
+  SemaFile *main;
+  VEC(SemaUnit) units;
+  VEC(int) stack; /* model dependency stack (unit indices), for cycle messages */
+  int oom;        /* an allocation failed (reported once) */
+} Sema;
+
+/* ---- Lowering one unit ---------------------------------------------------- */
+
+typedef enum { DECL_NONE, DECL_PARAM, DECL_INPUT, DECL_STATE, DECL_OUTPUT, DECL_LAYER } DeclKind;
+
+/* A name visible in a body: a let-bound value, or (inside `for l in L`) a
+ * layer. Later entries shadow earlier ones. */
+typedef struct Binding {
+  const char *name;
+  IrRef ref; /* value, or REF_ERROR */
+  int layer; /* >= 0: the name is a layer (index into IrFunc.layers) */
+} Binding;
+
+typedef struct StateSlot {
+  IrRef read; /* the STATE node (value entering the step) */
+  IrRef next; /* the value assigned to h', or IR_NONE */
+  SrcLoc assigned_at;
+  const AstDecl *decl; /* NULL for hidden states */
+} StateSlot;
+
+typedef struct OutputSlot {
+  int assigned;
+  SrcLoc assigned_at;
+} OutputSlot;
+
+/* A layer of a model while its body is lowered. Callee dims the user did not
+ * pass stay unbound until the first call, where they are unified with the
+ * argument shapes; the rest then become fresh dims "<layer>.<dim>". */
+typedef struct LayerSlot {
+  const IrFunc *callee;
+  int callee_unit;
+  unsigned char *bound; /* per callee dim */
+  int final;            /* dim_args complete */
+  int failed;           /* the declaration had an error: calls yield REF_ERROR */
+} LayerSlot;
+
+/* A `layer NAME[...]` declaration (count == -1 for a single layer). */
+typedef struct LayerDecl {
+  const char *name;
+  SrcLoc loc;
+  int first, count;
+  int failed;
+} LayerDecl;
+
+typedef enum { MODE_INIT, MODE_STEP, MODE_FORWARD } LowerMode;
+
+typedef struct Lower {
+  Sema *S;
+  Arena *a;
+  DiagEngine *de;
+  IrFunc *f;
+  const AstUnit *unit;
+  int unit_index;
+  LowerMode mode;
+  const char *init_state; /* MODE_INIT: the state whose initializer this is */
+  VEC(Binding) env;
+  VEC(StateSlot) states;   /* parallel to f->states */
+  VEC(OutputSlot) outputs; /* parallel to f->outputs */
+  VEC(LayerSlot) layers;   /* parallel to f->layers */
+  VEC(LayerDecl) layer_decls;
+  int nsig;  /* header dims: f->dims[0..nsig) */
+  int nconv; /* causal_conv windows created so far */
+} Lower;
+
+/* import.c: loads the main file and, transitively, its imports; collects the
+ * units of all files. is_file: main_src was read from disk (so importing it
+ * again is a cycle). Returns 0 on success (errors are diagnostics). */
+int sema_load_program(Sema *S, const SrcFile *main_src, int is_file);
+
+/* sema.c helpers shared with lower.c */
+void sema_oom(Sema *S);
+const char *sema_suggest(const char *name, const char *const *cands, int n);
+int sema_dim_expr(Lower *L, const AstExpr *e, DimExpr *out);
+const char *sema_type_str(Lower *L, IrType t);
+int sema_find_decl(const Lower *L, const char *name, int *index);
+char *sema_path_str(Arena *a, const AstPath *p);
+int sema_finalize_layer(Lower *L, int layer, const IrRef *args, int nargs);
+
+/* lower.c */
+IrRef lower_expr(Lower *L, const AstExpr *e);
+IrRef lower_emit(Lower *L, IrOp op, SrcLoc loc, int nargs, const IrRef *args, const IrNode *attrs);
+IrRef lower_const(Lower *L, double v, SrcLoc loc);
+IrRef lower_broadcast_to(Lower *L, IrRef v, IrType t, SrcLoc loc, const char *what);
+void lower_body(Lower *L);
+
+#endif
