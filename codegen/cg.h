@@ -1,0 +1,85 @@
+/* cg.h - the LLVM CPU backend: lowering the IR of a bound root function to
+ * LLVM IR (lower.c), target machines, verification, optimization and object
+ * emission (target.c), the ORC JIT (jit.c), shared objects with a C header
+ * (aot.c) and the command-line entry points (driver.h).
+ *
+ * The backend compiles after binding: every dim has a concrete value, so loop
+ * trip counts are constants. The generated entry points, their argument order
+ * and the status codes are the ABI documented in docs/abi.md.
+ */
+#ifndef SEQ_CG_H
+#define SEQ_CG_H
+
+#include <llvm-c/Core.h>
+#include <llvm-c/TargetMachine.h>
+
+#include "ir/ir.h"
+
+/* Status codes returned by generated entry points (docs/abi.md). */
+enum {
+  CG_OK = 0,
+  CG_ERR_ARG = 1,    /* B < 0, T < 0, a required pointer is NULL, a blob of the wrong size */
+  CG_ERR_NOMEM = 2,  /* scratch allocation failed or B*T too large */
+  CG_ERR_TOKEN = 3,  /* an int token outside [0, V) */
+  CG_ERR_LENGTH = 4, /* lengths[b] outside [0, T] */
+};
+
+/* One named tensor of the interface, with its concrete per-example shape. */
+typedef struct CgTensor {
+  const char *name; /* full flat name: "weight_ih_l0", "l0.h" */
+  int is_int;       /* an int token input: int32 [B, T] */
+  int ndim;
+  int64_t shape[SEQ_MAX_RANK];
+  int64_t numel;
+} CgTensor;
+
+/* What a compiled root looks like from outside. */
+typedef struct CgSignature {
+  const char *func;   /* the IR function's name */
+  const char *symbol; /* C identifier prefix of the entry points */
+  int ndims;
+  const char **dim_names;
+  int64_t *dim_values;
+  VEC(CgTensor) params;  /* flat parameter order: own params, then layers depth-first */
+  VEC(CgTensor) inputs;  /* the root's inputs */
+  VEC(CgTensor) outputs; /* the root's outputs */
+  VEC(CgTensor) states;  /* flat states, layer paths dotted ("l0.h") */
+  int has_step;          /* 0 when a reversed layer or a model-level causal_conv needs
+                            the whole sequence */
+} CgSignature;
+
+/* Lowers `root` with the concrete values dims[v] of its dims into a new module
+ * in ctx. Defines the entry points
+ *   int32 SYM_forward(params, B, T, inputs, lengths, state_in, outputs, state_out)
+ *   int32 SYM_forward_blob(blob, blob_floats, B, T, inputs, lengths, state_in, outputs, state_out)
+ *   int32 SYM_step(params, B, inputs, state_in, outputs, state_out)   (if sig->has_step)
+ *   int32 SYM_dims(int64 *out)
+ * Unsupported constructs (complex numbers, ...) are diagnostics at the node.
+ * Returns 0 and *out (owned by the caller) on success. */
+int cg_lower(Arena *a, const IrModule *m, const IrFunc *root, const int64_t *dims,
+             const char *symbol, LLVMContextRef ctx, LLVMModuleRef *out, CgSignature *sig,
+             DiagEngine *de);
+
+/* Finds the parameter, input, output or state named `name`; -1 if absent. */
+int cg_find_tensor(const CgTensor *v, int n, const char *name);
+
+/* ---- target.c ---- */
+typedef struct CgOptions {
+  int opt_level;        /* 0..3 */
+  const char *cpu;      /* NULL or "": the host's */
+  const char *features; /* NULL or "": the host's (only with the host cpu) */
+} CgOptions;
+
+/* Initializes the native target once (thread-safe). */
+void cg_llvm_init(void);
+/* A target machine for the host triple; NULL with a diagnostic on failure. */
+LLVMTargetMachineRef cg_target_machine(const CgOptions *opt, LLVMRelocMode reloc, DiagEngine *de);
+/* Verifies, then runs the default<On> pipeline. 0 on success. */
+int cg_optimize(LLVMModuleRef mod, LLVMTargetMachineRef tm, int opt_level, DiagEngine *de);
+/* Writes an object or assembly file. */
+int cg_emit_file(LLVMModuleRef mod, LLVMTargetMachineRef tm, LLVMCodeGenFileType kind,
+                 const char *path, DiagEngine *de);
+/* Turns a symbol-safe C identifier from a unit name ("LSTM" -> "lstm"). */
+const char *cg_c_identifier(Arena *a, const char *name);
+
+#endif

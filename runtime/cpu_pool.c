@@ -1,0 +1,122 @@
+/* cpu_pool.c - a small pthread pool for generated code.
+ *
+ * Generated recurrences hand the pool one GEMM per time step, a few
+ * microseconds of work, a thousand times in a row. A condition-variable
+ * wake-up costs about as much as the work, so workers spin on a generation
+ * counter for a while before they sleep; the caller runs part 0 itself and
+ * spins until the others are done. Parts are claimed from a shared counter so
+ * a slow worker does not hold the rest back.
+ */
+#include "runtime/rt_cpu.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+
+#define SPIN_ITERS 200000
+
+typedef struct Pool {
+  pthread_mutex_t lock; /* guards sleeping and the worker list */
+  pthread_cond_t wake;
+  pthread_mutex_t call_lock; /* one parallel_for at a time */
+  int nworkers;              /* started worker threads */
+  int nthreads;              /* threads in effect, caller included */
+  int configured;
+  atomic_uint generation; /* bumped for every job */
+  atomic_int next_part;
+  atomic_int parts_done;
+  int nparts;
+  void (*fn)(void *, int);
+  void *ctx;
+  pthread_t threads[RT_CPU_MAX_THREADS];
+} Pool;
+
+static Pool pool = {.lock = PTHREAD_MUTEX_INITIALIZER,
+                    .wake = PTHREAD_COND_INITIALIZER,
+                    .call_lock = PTHREAD_MUTEX_INITIALIZER};
+
+static void run_parts(void) {
+  for (;;) {
+    int p = atomic_fetch_add(&pool.next_part, 1);
+    if (p >= pool.nparts) break;
+    pool.fn(pool.ctx, p);
+    atomic_fetch_add(&pool.parts_done, 1);
+  }
+}
+
+static void *worker(void *arg) {
+  (void)arg;
+  unsigned seen = atomic_load(&pool.generation);
+  for (;;) {
+    unsigned g;
+    long spins = 0;
+    while ((g = atomic_load(&pool.generation)) == seen && spins < SPIN_ITERS) spins++;
+    if (g == seen) {
+      pthread_mutex_lock(&pool.lock);
+      while ((g = atomic_load(&pool.generation)) == seen) pthread_cond_wait(&pool.wake, &pool.lock);
+      pthread_mutex_unlock(&pool.lock);
+    }
+    seen = g;
+    run_parts();
+  }
+  return NULL;
+}
+
+static void configure_default(void) {
+  if (pool.configured) return;
+  pool.configured = 1;
+  const char *env = getenv("SEQ_NUM_THREADS");
+  int n = env ? atoi(env) : 1;
+  pool.nthreads = n < 1 ? 1 : n > RT_CPU_MAX_THREADS ? RT_CPU_MAX_THREADS : n;
+}
+
+int rt_cpu_set_num_threads(int n) {
+  pthread_mutex_lock(&pool.call_lock);
+  pool.configured = 1;
+  pool.nthreads = n < 1 ? 1 : n > RT_CPU_MAX_THREADS ? RT_CPU_MAX_THREADS : n;
+  pthread_mutex_unlock(&pool.call_lock);
+  return pool.nthreads;
+}
+
+int rt_cpu_get_num_threads(void) {
+  pthread_mutex_lock(&pool.call_lock);
+  configure_default();
+  int n = pool.nthreads;
+  pthread_mutex_unlock(&pool.call_lock);
+  return n;
+}
+
+void rt_cpu_parallel_for(int n, void (*fn)(void *ctx, int i), void *ctx) {
+  if (n <= 0) return;
+  pthread_mutex_lock(&pool.call_lock);
+  configure_default();
+  /* Start workers lazily; if a thread cannot be created, run with fewer. */
+  pthread_mutex_lock(&pool.lock);
+  while (pool.nworkers < pool.nthreads - 1) {
+    if (pthread_create(&pool.threads[pool.nworkers], NULL, worker, NULL) != 0) break;
+    pthread_detach(pool.threads[pool.nworkers]);
+    pool.nworkers++;
+  }
+  pthread_mutex_unlock(&pool.lock);
+  if (n == 1 || pool.nworkers == 0) {
+    for (int i = 0; i < n; i++) fn(ctx, i);
+    pthread_mutex_unlock(&pool.call_lock);
+    return;
+  }
+  /* A worker still leaving the previous job must not claim a part of this one
+   * before it is fully described: park the counter out of range first. */
+  atomic_store(&pool.next_part, 1 << 30);
+  pool.fn = fn;
+  pool.ctx = ctx;
+  pool.nparts = n;
+  atomic_store(&pool.parts_done, 0);
+  atomic_store(&pool.next_part, 0);
+  pthread_mutex_lock(&pool.lock);
+  atomic_fetch_add(&pool.generation, 1);
+  pthread_cond_broadcast(&pool.wake);
+  pthread_mutex_unlock(&pool.lock);
+  run_parts();
+  while (atomic_load(&pool.parts_done) < n) {
+  }
+  pthread_mutex_unlock(&pool.call_lock);
+}
