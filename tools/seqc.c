@@ -86,8 +86,9 @@ static int parse_args(int argc, char **argv, Options *o) {
     const char *a = argv[i];
     const char *val = NULL;
 #define TAKE(flag)                                                                                 \
-  (strcmp(a, flag) == 0 ? (i + 1 < argc ? (val = argv[++i], 1) : -1)                               \
-                        : (strncmp(a, flag "=", sizeof(flag)) == 0 ? (val = a + sizeof(flag), 1) : 0))
+  (strcmp(a, flag) == 0                                                                            \
+       ? (i + 1 < argc ? (val = argv[++i], 1) : -1)                                                \
+       : (strncmp(a, flag "=", sizeof(flag)) == 0 ? (val = a + sizeof(flag), 1) : 0))
     int r;
     if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
       usage(stdout);
@@ -111,7 +112,8 @@ static int parse_args(int argc, char **argv, Options *o) {
       char *end;
       errno = 0;
       unsigned long long s = strtoull(val, &end, 10);
-      if (errno || *end || !*val) return usage_error("--seed takes a non-negative integer, got '%s'", val);
+      if (errno || *end || !*val || *val == '-')
+        return usage_error("--seed takes a non-negative integer, got '%s'", val);
       o->seed = s;
     } else if ((r = TAKE("--dims")) != 0) {
       if (r < 0) return usage_error("%s needs a value", a);
@@ -215,8 +217,8 @@ static int parse_dims(Arena *a, const char *s, DimArgs *d) {
 typedef struct WeightSource {
   RtSafetensors *st;
   const char *path;
-  int allow_l0;   /* the root is a single cell: accept `weight_ih_l0` for `weight_ih` */
-  char **used;    /* names actually bound, to report extras */
+  int allow_l0; /* the root is a single cell: accept `weight_ih_l0` for `weight_ih` */
+  char **used;  /* names actually bound, to report extras */
   int nused, capused;
 } WeightSource;
 
@@ -268,11 +270,14 @@ static void warn_unused_weights(WeightSource *ws) {
     int used = 0;
     for (int j = 0; j < ws->nused && !used; j++) used = strcmp(ws->used[j], name) == 0;
     if (!used) {
-      if (nunused < 8) fprintf(stderr, "seqc: warning: %s: tensor '%s' is not used by the model\n", ws->path, name);
+      if (nunused < 8)
+        fprintf(stderr, "seqc: warning: %s: tensor '%s' is not used by the model\n", ws->path,
+                name);
       nunused++;
     }
   }
-  if (nunused > 8) fprintf(stderr, "seqc: warning: %s: %d more unused tensors\n", ws->path, nunused - 8);
+  if (nunused > 8)
+    fprintf(stderr, "seqc: warning: %s: %d more unused tensors\n", ws->path, nunused - 8);
 }
 
 static void print_shape(FILE *out, const RtTensor *t);
@@ -289,7 +294,8 @@ static int check_expected(const char *name, const RtTensor *got, const char *pat
   int rc = -1;
   memset(&want64, 0, sizeof want64);
   memset(&got64, 0, sizeof got64);
-  if (want.ndim != got->ndim || memcmp(want.shape, got->shape, sizeof(int64_t) * (size_t)got->ndim)) {
+  if (want.ndim != got->ndim ||
+      memcmp(want.shape, got->shape, sizeof(int64_t) * (size_t)got->ndim)) {
     fprintf(stderr, "seqc: error: --expect %s: %s has shape ", name, path);
     print_shape(stderr, &want);
     fprintf(stderr, " but the result has shape ");
@@ -297,7 +303,8 @@ static int check_expected(const char *name, const RtTensor *got, const char *pat
     fputc('\n', stderr);
     goto out;
   }
-  if (rt_tensor_convert(&want, RT_F64, &want64, &err) || rt_tensor_convert(got, RT_F64, &got64, &err)) {
+  if (rt_tensor_convert(&want, RT_F64, &want64, &err) ||
+      rt_tensor_convert(got, RT_F64, &got64, &err)) {
     fprintf(stderr, "seqc: error: --expect %s: %s\n", name, err.msg);
     goto out;
   }
@@ -490,10 +497,13 @@ static int cmd_run(const Options *o, IrModule *mod, Arena *arena, DiagEngine *de
     lengths = calloc((size_t)B + 1, sizeof *lengths);
     if (!lengths) goto done;
     for (int64_t i = 0; i < B; i++) {
-      lengths[i] = t->dtype == RT_I32 ? ((const int32_t *)t->data)[i] : ((const int64_t *)t->data)[i];
+      lengths[i] =
+          t->dtype == RT_I32 ? ((const int32_t *)t->data)[i] : ((const int64_t *)t->data)[i];
       if (lengths[i] < 0 || lengths[i] > T) {
-        fprintf(stderr, "seqc: error: --in lengths: lengths[%" PRId64 "] = %" PRId64
-                        " is outside [0, T=%" PRId64 "]\n", i, lengths[i], T);
+        fprintf(stderr,
+                "seqc: error: --in lengths: lengths[%" PRId64 "] = %" PRId64
+                " is outside [0, T=%" PRId64 "]\n",
+                i, lengths[i], T);
         goto done;
       }
     }
@@ -532,13 +542,15 @@ static int cmd_run(const Options *o, IrModule *mod, Arena *arena, DiagEngine *de
 
   /* Summaries, then the requested files. */
   if (!o->quiet)
-    for (int i = 0; i < root->outputs.n; i++) print_summary("output", root->outputs.v[i].name, &outputs[i]);
+    for (int i = 0; i < root->outputs.n; i++)
+      print_summary("output", root->outputs.v[i].name, &outputs[i]);
   for (int k = 0; k < o->nouts; k++) {
     const NamedFile *nf = &o->outs[k];
     int oi = find_output(root, nf->name);
     int si = oi < 0 ? find_state(&b.flat, nf->name) : -1;
     if (oi < 0 && si < 0) {
-      fprintf(stderr, "seqc: error: --out %s: '%s' is not an output or state of '%s'; valid names:\n",
+      fprintf(stderr,
+              "seqc: error: --out %s: '%s' is not an output or state of '%s'; valid names:\n",
               nf->name, nf->name, root->name);
       list_names(root, &b.flat, 1);
       goto done;
@@ -626,7 +638,8 @@ int main(int argc, char **argv) {
     rc = cmd_run(&o, mod, arena, &de, &dims);
   }
   if (de.nerrors > de.max_errors)
-    fprintf(stderr, "seqc: %d errors in all (only the first %d shown)\n", de.nerrors, de.max_errors);
+    fprintf(stderr, "seqc: %d errors in all (only the first %d shown)\n", de.nerrors,
+            de.max_errors);
   for (int i = 0; i < o.nins; i++) free((void *)o.ins[i].name);
   for (int i = 0; i < o.nouts; i++) free((void *)o.outs[i].name);
   for (int i = 0; i < o.nexpects; i++) free((void *)o.expects[i].name);

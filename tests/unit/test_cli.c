@@ -1,0 +1,173 @@
+/* test_cli.c - the command-line contract of docs/cli.md: exit statuses, error
+ * messages that name the argument or file, and the run paths (inputs, states,
+ * lengths, outputs, --expect) end to end on a small cell. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/rt.h"
+#include "testutil.h"
+
+static char *run(const char *args, int *rc) {
+  char cmd[20000];
+  snprintf(cmd, sizeof cmd, "cd %s && %s %s", SEQ_SOURCE_DIR, SEQC_BIN, args);
+  char *out = NULL;
+  *rc = tu_run(cmd, &out);
+  return out;
+}
+
+#define EXPECT_RUN(args, want_rc, needle)                                                          \
+  do {                                                                                             \
+    int rc_;                                                                                       \
+    char *out_ = run(args, &rc_);                                                                  \
+    if (rc_ != (want_rc) || !out_ || !strstr(out_, needle))                                        \
+      print_error("seqc %s\nexit %d, output:\n%s\nwanted exit %d and '%s'\n", args, rc_,           \
+                  out_ ? out_ : "(none)", want_rc, needle);                                        \
+    assert_int_equal(rc_, want_rc);                                                                \
+    assert_non_null(strstr(out_, needle));                                                         \
+    free(out_);                                                                                    \
+  } while (0)
+
+/* A tiny diagonal cell: h' = a*h + x, y = h'. */
+static const char *cell_src = "cell Acc(D) {\n"
+                              "  param a: [D]\n"
+                              "  input x: [D]\n"
+                              "  state h: [D] = 0\n"
+                              "  output y: [D]\n"
+                              "  step {\n"
+                              "    h' = a * h + x\n"
+                              "    y = h'\n"
+                              "  }\n"
+                              "}\n";
+
+static char dir[256];
+
+static void write_npy(const char *name, RtDType dt, int ndim, const int64_t *shape,
+                      const double *vals) {
+  RtTensor t;
+  RtError err;
+  assert_int_equal(rt_tensor_alloc(&t, dt, ndim, shape, &err), 0);
+  int64_t n = rt_numel(&t);
+  for (int64_t i = 0; i < n; i++) {
+    if (dt == RT_F32)
+      ((float *)t.data)[i] = (float)vals[i];
+    else if (dt == RT_I64)
+      ((int64_t *)t.data)[i] = (int64_t)vals[i];
+    else
+      ((double *)t.data)[i] = vals[i];
+  }
+  char path[1024];
+  snprintf(path, sizeof path, "%s/%s", dir, name);
+  assert_int_equal(rt_npy_write(path, &t, &err), 0);
+  rt_tensor_free(&t);
+}
+
+static int setup(void **state) {
+  (void)state;
+  snprintf(dir, sizeof dir, "%s", tu_tmpdir());
+  char path[1024];
+  snprintf(path, sizeof path, "%s/acc.seq", dir);
+  tu_write_file(path, cell_src);
+  /* x: [B=2, T=3, D=2] = 1; a = 0.5 (weights); h0 = [[10,10],[0,0]]; lengths [3, 1] */
+  double ones[12], h0[4] = {10, 10, 0, 0}, len[2] = {3, 1}, a[2] = {0.5, 0.5};
+  for (int i = 0; i < 12; i++) ones[i] = 1;
+  write_npy("x.npy", RT_F32, 3, (int64_t[]){2, 3, 2}, ones);
+  write_npy("h0.npy", RT_F32, 2, (int64_t[]){2, 2}, h0);
+  write_npy("len.npy", RT_I64, 1, (int64_t[]){2}, len);
+  write_npy("badlen.npy", RT_I64, 1, (int64_t[]){2}, (double[]){4, 1});
+  write_npy("x_int.npy", RT_I64, 2, (int64_t[]){2, 3}, ones);
+  write_npy("a.npy", RT_F32, 1, (int64_t[]){2}, a);
+  RtTensor w;
+  RtError err;
+  assert_int_equal(rt_tensor_alloc(&w, RT_F32, 1, (int64_t[]){2}, &err), 0);
+  ((float *)w.data)[0] = ((float *)w.data)[1] = 0.5f;
+  const char *names[] = {"a"};
+  snprintf(path, sizeof path, "%s/w.safetensors", dir);
+  assert_int_equal(rt_st_write(path, 1, names, &w, &err), 0);
+  /* Expected with h0 and lengths: batch 0: 6, 4, 3 ; batch 1: 1, then zeros. */
+  double y[12] = {6, 6, 4, 4, 3, 3, 1, 1, 0, 0, 0, 0};
+  write_npy("y_expected.npy", RT_F32, 3, (int64_t[]){2, 3, 2}, y);
+  double hn[4] = {3, 3, 1, 1};
+  write_npy("hn_expected.npy", RT_F32, 2, (int64_t[]){2, 2}, hn);
+  return 0;
+}
+
+static void test_usage_errors(void **state) {
+  (void)state;
+  EXPECT_RUN("", 2, "no input file");
+  EXPECT_RUN("--bogus x.seq", 2, "unknown option '--bogus'");
+  EXPECT_RUN("--emit=wat examples/lstm.seq", 2, "unknown --emit kind 'wat'");
+  EXPECT_RUN("run examples/lstm.seq --in x=1.npy", 2, "exactly one of --weights");
+  EXPECT_RUN("run examples/lstm.seq --random-weights --in x", 2, "--in takes NAME=FILE.npy");
+  EXPECT_RUN("run examples/lstm.seq --random-weights --seed -3 --in x=a.npy", 2, "--seed");
+  EXPECT_RUN("--help", 0, "usage:");
+}
+
+static void test_missing_source(void **state) {
+  (void)state;
+  EXPECT_RUN("--emit=ir no/such/file.seq", 1, "cannot open 'no/such/file.seq'");
+}
+
+static void test_run_with_state_and_lengths(void **state) {
+  (void)state;
+  char args[16384];
+  snprintf(args, sizeof args,
+           "run %s/acc.seq --weights %s/w.safetensors --in x=%s/x.npy --in h=%s/h0.npy "
+           "--in lengths=%s/len.npy --out y=%s/y.npy --out h=%s/hn.npy "
+           "--expect y=%s/y_expected.npy --expect h=%s/hn_expected.npy",
+           dir, dir, dir, dir, dir, dir, dir, dir, dir);
+  EXPECT_RUN(args, 0, "expect h: max abs error 0");
+  EXPECT_RUN(args, 0, "output y: shape [2, 3, 2] f32");
+}
+
+static void test_run_errors_name_the_culprit(void **state) {
+  (void)state;
+  char args[16384];
+  snprintf(args, sizeof args, "run %s/acc.seq --weights %s/w.safetensors --in q=%s/x.npy", dir, dir,
+           dir);
+  EXPECT_RUN(args, 1, "'q' is not an input or state");
+  snprintf(args, sizeof args, "run %s/acc.seq --weights %s/w.safetensors --in h=%s/h0.npy", dir,
+           dir, dir);
+  EXPECT_RUN(args, 1, "missing input 'x'");
+  snprintf(args, sizeof args,
+           "run %s/acc.seq --weights %s/w.safetensors --in x=%s/x.npy --in lengths=%s/badlen.npy",
+           dir, dir, dir, dir);
+  EXPECT_RUN(args, 1, "lengths[0] = 4 is outside [0, T=3]");
+  snprintf(args, sizeof args, "run %s/acc.seq --weights %s/nope.safetensors --in x=%s/x.npy", dir,
+           dir, dir);
+  EXPECT_RUN(args, 1, "nope.safetensors");
+  snprintf(args, sizeof args, "run %s/acc.seq --weights %s/w.safetensors --in x=%s/x_int.npy", dir,
+           dir, dir);
+  EXPECT_RUN(args, 1, "holds integers");
+  snprintf(args, sizeof args,
+           "run %s/acc.seq --weights %s/w.safetensors --in x=%s/x.npy --expect y=%s/h0.npy", dir,
+           dir, dir, dir);
+  EXPECT_RUN(args, 1, "--expect y");
+  /* A weights file that is not safetensors at all. */
+  snprintf(args, sizeof args, "run %s/acc.seq --weights %s/x.npy --in x=%s/x.npy", dir, dir, dir);
+  EXPECT_RUN(args, 1, "x.npy");
+}
+
+static void test_random_weights_are_deterministic(void **state) {
+  (void)state;
+  char args[16384];
+  snprintf(args, sizeof args, "run %s/acc.seq --random-weights --seed 7 --in x=%s/x.npy", dir, dir);
+  int rc1, rc2;
+  char *a = run(args, &rc1), *b = run(args, &rc2);
+  assert_int_equal(rc1, 0);
+  assert_int_equal(rc2, 0);
+  assert_string_equal(a, b);
+  free(a);
+  free(b);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_usage_errors),
+      cmocka_unit_test(test_missing_source),
+      cmocka_unit_test(test_run_with_state_and_lengths),
+      cmocka_unit_test(test_run_errors_name_the_culprit),
+      cmocka_unit_test(test_random_weights_are_deterministic),
+  };
+  return cmocka_run_group_tests(tests, setup, NULL);
+}

@@ -1,0 +1,94 @@
+/* test_torch.c - the interpreter against PyTorch. Each directory under
+ * tests/reference/fixtures/ holds weights, inputs and PyTorch's outputs, written
+ * by tests/reference/make_torch_fixtures.py, and a case.txt manifest:
+ *     seq examples/lstm.seq
+ *     weights weights.safetensors
+ *     in x=x.npy          (inputs, initial states, lengths)
+ *     out y=y.npy         (expected outputs and final states)
+ *     tol 1e-5
+ * Each case runs `seqc run ... --expect NAME=FILE` through the documented CLI,
+ * so this also tests the contract in docs/cli.md. */
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "testutil.h"
+
+#define MAX_CASES 64
+
+static char case_dirs[MAX_CASES][1024];
+static char case_names[MAX_CASES][256];
+
+/* Builds the seqc command line for one case from its manifest. */
+static int build_command(const char *dir, char *cmd, size_t n) {
+  char path[1024];
+  snprintf(path, sizeof path, "%s/case.txt", dir);
+  char *text = tu_read_file(path, NULL);
+  if (!text) return -1;
+  char seq[4096] = "", weights[2048] = "", args[8192] = "", tol[64] = "1e-5";
+  for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+    char key[32], val[256];
+    if (sscanf(line, "%31s %511s", key, val) != 2) continue;
+    size_t len = strlen(args);
+    if (strcmp(key, "seq") == 0)
+      snprintf(seq, sizeof seq, "%s", tu_src(val));
+    else if (strcmp(key, "weights") == 0)
+      snprintf(weights, sizeof weights, "%s/%s", dir, val);
+    else if (strcmp(key, "tol") == 0)
+      snprintf(tol, sizeof tol, "%.60s", val);
+    else if (strcmp(key, "in") == 0 || strcmp(key, "out") == 0) {
+      char *eq = strchr(val, '=');
+      if (!eq) continue;
+      *eq = 0;
+      snprintf(args + len, sizeof args - len, " --%s %s=%s/%s",
+               strcmp(key, "in") == 0 ? "in" : "expect", val, dir, eq + 1);
+    }
+  }
+  free(text);
+  if (!seq[0] || !weights[0]) return -1;
+  snprintf(cmd, n, "%s run %s --weights %s%s --tol %s --quiet", SEQC_BIN, seq, weights, args, tol);
+  return 0;
+}
+
+static void run_case(void **state) {
+  const char *dir = *state;
+  char cmd[16384];
+  assert_int_equal(build_command(dir, cmd, sizeof cmd), 0);
+  char *out = NULL;
+  int rc = tu_run(cmd, &out);
+  if (rc != 0) print_error("command: %s\n%s", cmd, out ? out : "");
+  /* Every --expect line must have been checked and found ok. */
+  assert_int_equal(rc, 0);
+  assert_non_null(strstr(out, ": ok"));
+  assert_null(strstr(out, "MISMATCH"));
+  free(out);
+}
+
+static int by_name(const void *a, const void *b) {
+  return strcmp((const char *)a, (const char *)b);
+}
+
+int main(void) {
+  const char *root = tu_src("tests/reference/fixtures");
+  DIR *d = opendir(root);
+  if (!d) {
+    fprintf(stderr, "no fixtures at %s\n", root);
+    return 1;
+  }
+  int n = 0;
+  struct dirent *e;
+  while ((e = readdir(d)) && n < MAX_CASES) {
+    if (e->d_name[0] == '.') continue;
+    snprintf(case_names[n], sizeof case_names[n], "%s", e->d_name);
+    n++;
+  }
+  closedir(d);
+  qsort(case_names, (size_t)n, sizeof case_names[0], by_name);
+  struct CMUnitTest tests[MAX_CASES];
+  for (int i = 0; i < n; i++) {
+    snprintf(case_dirs[i], sizeof case_dirs[i], "%s/%s", root, case_names[i]);
+    tests[i] = (struct CMUnitTest){case_names[i], run_case, NULL, NULL, case_dirs[i]};
+  }
+  return _cmocka_run_group_tests("torch_fixtures", tests, (size_t)n, NULL, NULL);
+}
