@@ -390,7 +390,8 @@ static void matmul(const Val *x, const Val *y, Val *o) {
       double *oi = o->d + i * N;
       if (N == 1) {
         double acc = 0;
-        for (int64_t k = 0; k < K; k++) acc += a[i * K + k] * b[k];
+        const double *ai = a + i * K;
+        for (int64_t k = 0; k < K; k++) acc += ai[k] * b[k];
         oi[0] = acc;
         continue;
       }
@@ -753,7 +754,11 @@ static void mark_nodes(Inst *in) {
   }
 }
 
-static int check_operands(Run *r, const IrFunc *fn) {
+/* The evaluators index buffers by the node types, so IR whose types
+ * disagree with its operands (a compiler bug the verifier would report) must
+ * be refused here rather than read out of bounds. */
+static int check_func(Run *r, const IrFunc *fn) {
+  char msg[256];
   for (int i = 0; i < fn->nodes.n; i++) {
     const IrNode *nd = &fn->nodes.v[i];
     for (int k = 0; k < nd->nargs; k++)
@@ -762,16 +767,37 @@ static int check_operands(Run *r, const IrFunc *fn) {
                    fn->name, (int)nd->args[k]);
         return -1;
       }
-  }
-  for (int k = 0; k < fn->outputs.n; k++)
-    if (fn->outputs.v[k].value < 0 || fn->outputs.v[k].value >= fn->nodes.n) {
-      diag_error(r->de, fn->outputs.v[k].loc, "internal error in interp: output '%s' has no value",
-                 fn->outputs.v[k].name);
+    IrType t;
+    msg[0] = 0;
+    if (ir_infer_type(fn, r->arena, nd, nd->nargs, nd->args, &t, msg, sizeof msg) ||
+        !ir_type_eq(t, nd->type)) {
+      diag_error(r->de, nd->loc, "internal error in interp: node %d (%s) of '%s' is ill-typed%s%s",
+                 i, ir_op_info[nd->op].text, fn->name, msg[0] ? ": " : "", msg);
       return -1;
     }
+  }
+  for (int k = 0; k < fn->outputs.n; k++) {
+    const IrOutput *o = &fn->outputs.v[k];
+    if (o->value < 0 || o->value >= fn->nodes.n ||
+        !ir_type_eq(fn->nodes.v[o->value].type, o->type)) {
+      diag_error(r->de, o->loc, "internal error in interp: output '%s' has no value of its type",
+                 o->name);
+      return -1;
+    }
+  }
   for (int k = 0; k < fn->states.n; k++) {
     const IrState *st = &fn->states.v[k];
-    if (st->next < 0 || st->next >= fn->nodes.n || st->init >= fn->nodes.n) {
+    int ok = st->next >= 0 && st->next < fn->nodes.n && st->init < fn->nodes.n &&
+             ir_type_eq(fn->nodes.v[st->next].type, st->type);
+    if (ok && st->init >= 0) {
+      /* The initial value may be smaller than the state: it is broadcast. */
+      IrNode bc = {0};
+      bc.op = IR_BROADCAST;
+      bc.type = st->type;
+      IrType t;
+      ok = !ir_infer_type(fn, r->arena, &bc, 1, &st->init, &t, NULL, 0);
+    }
+    if (!ok) {
       diag_error(r->de, st->loc, "internal error in interp: state '%s' is malformed", st->name);
       return -1;
     }
@@ -867,6 +893,18 @@ static int alloc_slots(Run *r, Inst *in) {
         return oom(r);
       for (int k = 1; k < no; k++)
         if (!(s->outs[k] = alloc_doubles(r, c->out_width[k], r->T))) return oom(r);
+      for (int k = 0; k < nd->nargs; k++) {
+        Val want;
+        const Slot *as = &in->slot[nd->args[k]];
+        if (shape_val(c, c->fn->inputs.v[k].type, &want) || want.cplx != as->v.cplx ||
+            want.n != as->v.n) {
+          diag_error(r->de, nd->loc,
+                     "internal error in interp: argument %d of the call has the "
+                     "wrong shape",
+                     k + 1);
+          return -1;
+        }
+      }
       if (c->out_width[0] != w) {
         diag_error(r->de, nd->loc, "internal error in interp: call result type disagrees");
         return -1;
@@ -925,7 +963,7 @@ static int inst_build(Run *r, const IrFunc *fn, const int64_t *dims, const char 
                fn->name);
     return -1;
   }
-  if (check_operands(r, fn)) return -1;
+  if (check_func(r, fn)) return -1;
   Inst *in = arena_alloc(r->arena, sizeof *in);
   if (!in) return oom(r);
   in->fn = fn;
@@ -1335,6 +1373,11 @@ int interp_run(const IrBinding *b, int64_t B, int64_t T, const RtTensor *inputs,
                RtTensor *state_out, const InterpOptions *opt, DiagEngine *de) {
   const IrFunc *root = b->root;
   int nout = root->outputs.n, nstate = b->flat.states.n;
+  if ((nout > 0 && !outputs) || (root->inputs.n > 0 && !inputs)) {
+    diag_error(de, root->loc, "interp_run: '%s' needs %d input and %d output tensors", root->name,
+               root->inputs.n, nout);
+    return -1;
+  }
   for (int i = 0; i < nout; i++) memset(&outputs[i], 0, sizeof outputs[i]);
   for (int i = 0; state_out && i < nstate; i++) memset(&state_out[i], 0, sizeof state_out[i]);
 

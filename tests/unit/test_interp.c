@@ -999,6 +999,47 @@ static void test_swap_and_results(void **state) {
   rt_tensor_free(&sout[1]);
 }
 
+/* IR whose types disagree with its operands is refused, not read out of
+ * bounds; a layer no node calls still reports its (initial) final state. */
+static void test_malformed_and_uncalled(void **state) {
+  (void)state;
+  IrFunc *f = ir_func_new(M, "Bad", IR_FN_CELL, (SrcLoc){0});
+  add_input(f, "x", T1(C(3)));
+  int oy = add_output(f, "y", T1(C(7)));
+  IrRef x = leaf(f, IR_INPUT, 0);
+  IrNode bad = {.op = IR_TANH, .type = T1(C(7))};
+  f->outputs.v[oy].value = ir_emit(f, A, &bad, 1, &x);
+  IrBinding b;
+  WSet ws = {0};
+  bind_ok(&b, f, &ws);
+  double xd[3] = {1, 2, 3};
+  int64_t xs[3] = {1, 1, 3};
+  RtTensor in = tens(3, xs, xd), out;
+  assert_int_not_equal(interp_run(&b, 1, 1, &in, NULL, NULL, &out, NULL, &F64, &DE), 0);
+  assert_true(has_diag("ill-typed"));
+
+  IrFunc *acc = make_acc("Acc");
+  IrFunc *m = ir_func_new(M, "Idle", IR_FN_MODEL, (SrcLoc){0});
+  int H = add_dim(m, "H", 0);
+  add_input(m, "x", T1(V(H)));
+  int mo = add_output(m, "y", T1(V(H)));
+  DimExpr da[1] = {V(H)};
+  add_layer(m, "idle", acc, da, "i.", 0);
+  m->outputs.v[mo].value = un(m, IR_NEG, leaf(m, IR_INPUT, 0));
+  memset(&ws, 0, sizeof ws);
+  acc_weights(&ws, "i.a", "i.s");
+  bind_ok(&b, m, &ws);
+  double x2[2 * AH];
+  fill(x2, 2 * AH, 1);
+  int64_t x2s[3] = {1, 2, AH};
+  RtTensor in2 = tens(3, x2s, x2), sout;
+  assert_int_equal(interp_run(&b, 1, 2, &in2, NULL, NULL, &out, &sout, &F64, &DE), 0);
+  for (int i = 0; i < 2 * AH; i++) assert_true(out_at(&out, i) == -x2[i]);
+  for (int i = 0; i < AH; i++) assert_true(out_at(&sout, i) == 0.5 * acc_s[i]);
+  rt_tensor_free(&out);
+  rt_tensor_free(&sout);
+}
+
 static void test_causal_conv(void **state) {
   (void)state;
   enum { D = 3, K = 4, B = 2, T = 6 };
@@ -1245,6 +1286,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_bidirectional, setup, teardown),
       cmocka_unit_test_setup_teardown(test_reversed_model, setup, teardown),
       cmocka_unit_test_setup_teardown(test_swap_and_results, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_malformed_and_uncalled, setup, teardown),
       cmocka_unit_test_setup_teardown(test_causal_conv, setup, teardown),
       cmocka_unit_test_setup_teardown(test_gather, setup, teardown),
       cmocka_unit_test_setup_teardown(test_infer_dims, setup, teardown),
