@@ -62,6 +62,24 @@ static const char *resolve_std(Sema *S, const char *rest, const char **searched)
   return NULL;
 }
 
+/* The parser locates an import at its keyword; errors about the path point
+ * at the string itself, found as the first '"' after the keyword on the line. */
+static SrcLoc path_loc(const AstImport *imp) {
+  SrcLoc loc = imp->loc;
+  const SrcFile *f = loc.file;
+  if (!f || !f->text || loc.line < 1 || loc.col < 1) return loc;
+  const char *p = f->text, *end = f->text + f->len;
+  for (int line = 1; line < loc.line && p < end; p++)
+    if (*p == '\n') line++;
+  for (const char *q = p + loc.col - 1; q >= p && q < end && *q != '\n'; q++) {
+    if (*q == '"') {
+      loc.col = (int)(q - p) + 1;
+      break;
+    }
+  }
+  return loc;
+}
+
 /* Loads and parses one file (already resolved to `path`, shown as `name`). */
 static SemaFile *load_file(Sema *S, SrcLoc from, const char *name, const char *path,
                            const char *key) {
@@ -107,8 +125,9 @@ static void load_imports(Sema *S, SemaFile **stack, int depth) {
   SemaFile *file = stack[depth - 1];
   for (int i = 0; i < file->ast->nimports; i++) {
     const AstImport *imp = &file->ast->imports[i];
+    SrcLoc at = path_loc(imp);
     if (!imp->path || !*imp->path) {
-      diag_error(S->de, imp->loc, "empty import path");
+      diag_error(S->de, at, "empty import path");
       continue;
     }
     const char *name, *path;
@@ -117,7 +136,7 @@ static void load_imports(Sema *S, SemaFile **stack, int depth) {
       path = resolve_std(S, imp->path + 4, &searched);
       if (!path) {
         if (searched)
-          diag_error(S->de, imp->loc, "cannot find '%s' in the standard library (searched: %s)",
+          diag_error(S->de, at, "cannot find '%s' in the standard library (searched: %s)",
                      imp->path, *searched ? searched : "no directories");
         else
           sema_oom(S);
@@ -138,24 +157,22 @@ static void load_imports(Sema *S, SemaFile **stack, int depth) {
     }
     char real[PATH_MAX];
     if (!is_regular_file(path) || !realpath(path, real)) {
-      diag_error(S->de, imp->loc, "cannot find imported file '%s' (looked for %s)", imp->path,
-                 name);
+      diag_error(S->de, at, "cannot find imported file '%s' (looked for %s)", imp->path, name);
       continue;
     }
     for (int k = 0; k < depth; k++) {
       if (stack[k]->key && strcmp(stack[k]->key, real) == 0) {
         const char *cyc = cycle_text(S, stack, depth, real);
-        diag_error(S->de, imp->loc, "import cycle: %s", cyc ? cyc : "?");
+        diag_error(S->de, at, "import cycle: %s", cyc ? cyc : "?");
         goto next;
       }
     }
     if (find_loaded(S, real)) continue;
     if (depth >= SEQ_MAX_IMPORT_DEPTH) {
-      diag_error(S->de, imp->loc, "imports are nested more than %d files deep",
-                 SEQ_MAX_IMPORT_DEPTH);
+      diag_error(S->de, at, "imports are nested more than %d files deep", SEQ_MAX_IMPORT_DEPTH);
       continue;
     }
-    SemaFile *child = load_file(S, imp->loc, name, path, real);
+    SemaFile *child = load_file(S, at, name, path, real);
     if (!child) continue;
     stack[depth] = child;
     load_imports(S, stack, depth + 1);
