@@ -54,10 +54,6 @@ static IrRef emit(Lower *L, IrOp op, SrcLoc loc, int nargs, const IrRef *args, c
   return r;
 }
 
-IrRef lower_emit(Lower *L, IrOp op, SrcLoc loc, int nargs, const IrRef *args, const IrNode *attrs) {
-  return emit(L, op, loc, nargs, args, attrs, NULL);
-}
-
 static IrRef emit1(Lower *L, IrOp op, SrcLoc loc, IrRef x) {
   return emit(L, op, loc, 1, &x, NULL, NULL);
 }

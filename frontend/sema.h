@@ -125,7 +125,6 @@ int sema_finalize_layer(Lower *L, int layer, const IrRef *args, int nargs);
 
 /* lower.c */
 IrRef lower_expr(Lower *L, const AstExpr *e);
-IrRef lower_emit(Lower *L, IrOp op, SrcLoc loc, int nargs, const IrRef *args, const IrNode *attrs);
 IrRef lower_const(Lower *L, double v, SrcLoc loc);
 IrRef lower_broadcast_to(Lower *L, IrRef v, IrType t, SrcLoc loc, const char *what);
 void lower_body(Lower *L);

@@ -535,6 +535,8 @@ static const ModelCase model_errors[] = {
      "'{i}' in a prefix or suffix needs a layer array (layer l[n] = ...)"},
     {CELL_ID "cell Id(H) {\n input x: [H]\n output y: [H]\n step {\n y = x\n }\n}\n",
      "duplicate unit 'Id'"},
+    {"cell C(H) {\n input x: [H]\n output y: [H]\n step {\n let a = x\n a = a * 2\n y = a\n }\n}\n",
+     NULL},
     {CELL_ID "model M(D) {\n input x: [D]\n output y: [D]\n forward {\n y = x'\n }\n}\n",
      "'x' is not a state; only a state can be primed"},
 };
