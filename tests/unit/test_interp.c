@@ -826,9 +826,7 @@ static void test_lengths(void **state) {
 
 /* ---- Models: a bidirectional layer pair, a reversed model, causal conv ------------- */
 
-static IrRef call(IrFunc *f, int layer, const IrFunc *callee, IrType t, int nargs,
-                  const IrRef *args) {
-  (void)callee;
+static IrRef call(IrFunc *f, int layer, IrType t, int nargs, const IrRef *args) {
   return node(f, (IrNode){.op = IR_CALL, .index = layer, .type = t}, nargs, args);
 }
 
@@ -843,8 +841,8 @@ static void test_bidirectional(void **state) {
   int lf = add_layer(m, "fwd", acc, da, "f.", 0);
   int lb = add_layer(m, "bwd", acc, da, "b.", 1);
   IrRef x = leaf(m, IR_INPUT, 0);
-  IrRef cf = call(m, lf, acc, T1(V(H)), 1, &x);
-  IrRef cb = call(m, lb, acc, T1(V(H)), 1, &x);
+  IrRef cf = call(m, lf, T1(V(H)), 1, &x);
+  IrRef cb = call(m, lb, T1(V(H)), 1, &x);
   IrRef both[2] = {cf, cb};
   m->outputs.v[oy].value = node(m, (IrNode){.op = IR_CONCAT, .axis = 0}, 2, both);
 
@@ -903,8 +901,7 @@ static void test_reversed_model(void **state) {
   int wl = add_layer(wrap, "c", acc, wda, "c.", 0);
   IrRef wx = leaf(wrap, IR_INPUT, 0);
   /* y = 2 * c(x): a per-token op after the call */
-  wrap->outputs.v[wy].value =
-      bin(wrap, IR_MUL, call(wrap, wl, acc, T1(V(WH)), 1, &wx), cst(wrap, 2));
+  wrap->outputs.v[wy].value = bin(wrap, IR_MUL, call(wrap, wl, T1(V(WH)), 1, &wx), cst(wrap, 2));
 
   IrFunc *top = ir_func_new(M, "Top", IR_FN_MODEL, (SrcLoc){0});
   int H = add_dim(top, "H", 0);
@@ -913,7 +910,7 @@ static void test_reversed_model(void **state) {
   DimExpr da[1] = {V(H)};
   int l = add_layer(top, "r", wrap, da, "r.", 1);
   IrRef x = leaf(top, IR_INPUT, 0);
-  top->outputs.v[oy].value = call(top, l, wrap, T1(V(H)), 1, &x);
+  top->outputs.v[oy].value = call(top, l, T1(V(H)), 1, &x);
 
   WSet ws = {0};
   acc_weights(&ws, "r.c.a", "r.c.s");
@@ -965,7 +962,7 @@ static void test_swap_and_results(void **state) {
   DimExpr da[1] = {V(H)};
   int l = add_layer(m, "s", c, da, "s.", 0);
   IrRef mx = leaf(m, IR_INPUT, 0);
-  IrRef cl = call(m, l, c, T1(V(H)), 1, &mx);
+  IrRef cl = call(m, l, T1(V(H)), 1, &mx);
   IrRef z = node(m, (IrNode){.op = IR_RESULT, .index = 1, .type = T1(V(H))}, 1, &cl);
   /* o = 10 * y + z */
   m->outputs.v[oo].value = bin(m, IR_ADD, bin(m, IR_MUL, cst(m, 10), cl), z);
