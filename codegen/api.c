@@ -1,0 +1,360 @@
+/* api.c - include/seq.h on top of the frontend, the binding and the JIT.
+ * Each module owns its arena, diagnostics, binding and LLJIT, so modules share
+ * nothing mutable and compile independently on different threads; the context
+ * only marks the library's initialization. */
+#include "seq.h"
+
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "codegen/jit.h"
+#include "codegen/run.h"
+#include "frontend/frontend.h"
+#include "ir/interp.h"
+#include "runtime/rt_cpu.h"
+
+struct SeqContext {
+  int initialized;
+};
+
+struct SeqModule {
+  Arena *arena;
+  SrcMgr sm;
+  DiagEngine de;
+  IrModule *mod;
+  IrBinding bind;
+  CgSignature sig;
+  CgJit *jit;
+  SeqDiagnostic *diags;
+  int ndiags;
+  const float **params; /* per signature param: bound data or NULL */
+  float **owned;        /* copies made from safetensors */
+  CgForwardFn forward;
+  CgStepFn step;
+  int threads;
+  char error[512];
+};
+
+static SeqStatus fail(SeqModule *m, SeqStatus st, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static SeqStatus fail(SeqModule *m, SeqStatus st, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(m->error, sizeof m->error, fmt, ap);
+  va_end(ap);
+  return st;
+}
+
+SeqContext *seq_context_create(void) {
+  SeqContext *cx = seq_malloc(sizeof *cx);
+  if (!cx) return NULL;
+  cx->initialized = 1;
+  cg_llvm_init();
+  return cx;
+}
+
+void seq_context_destroy(SeqContext *cx) {
+  seq_free(cx);
+}
+
+/* Copies the engine's records into the public form. */
+static void collect_diags(SeqModule *m) {
+  m->ndiags = m->de.diags.n;
+  m->diags = arena_calloc(m->arena, (size_t)m->ndiags + 1, sizeof(SeqDiagnostic));
+  if (!m->diags) {
+    m->ndiags = 0;
+    return;
+  }
+  for (int i = 0; i < m->ndiags; i++) {
+    const Diag *d = &m->de.diags.v[i];
+    m->diags[i].file = d->loc.file ? d->loc.file->name : NULL;
+    m->diags[i].line = d->loc.file ? d->loc.line : 0;
+    m->diags[i].col = d->loc.file ? d->loc.col : 0;
+    m->diags[i].severity = d->severity == DIAG_ERROR     ? SEQ_SEVERITY_ERROR
+                           : d->severity == DIAG_WARNING ? SEQ_SEVERITY_WARNING
+                                                         : SEQ_SEVERITY_NOTE;
+    m->diags[i].message = d->message;
+  }
+}
+
+static const char *first_error(SeqModule *m) {
+  for (int i = 0; i < m->de.diags.n; i++)
+    if (m->de.diags.v[i].severity == DIAG_ERROR) return m->de.diags.v[i].message;
+  return "compilation failed";
+}
+
+static int st_lookup(void *ctx, const char *name, int *ndim, int64_t *shape) {
+  const RtTensorInfo *ti = rt_st_find(ctx, name);
+  if (!ti) return 0;
+  *ndim = ti->ndim;
+  memcpy(shape, ti->shape, sizeof(int64_t) * (size_t)ti->ndim);
+  return 1;
+}
+
+static int parse_dims(SeqModule *m, const char *spec) {
+  const char *p = spec;
+  while (p && *p) {
+    const char *eq = strchr(p, '='), *comma = strchr(p, ',');
+    if (!eq || (comma && comma < eq)) {
+      diag_error(&m->de, (SrcLoc){0}, "dims must look like H=256,I=64, got '%s'", spec);
+      return -1;
+    }
+    char *end;
+    long long v = strtoll(eq + 1, &end, 10);
+    if (end == eq + 1 || (*end && *end != ',')) {
+      diag_error(&m->de, (SrcLoc){0}, "dims must look like H=256,I=64, got '%s'", spec);
+      return -1;
+    }
+    char *name = arena_strndup(m->arena, p, (size_t)(eq - p));
+    if (!name || ir_binding_set_dim(&m->bind, name, v, &m->de)) return -1;
+    p = *end ? end + 1 : end;
+  }
+  return 0;
+}
+
+static SeqStatus compile(SeqContext *cx, const char *path, const char *name, const char *source,
+                         const SeqOptions *opt, SeqModule **out) {
+  if (!out) return SEQ_ERR_ARG;
+  *out = NULL;
+  if (!cx || (!path && !source)) return SEQ_ERR_ARG;
+  SeqModule *m = seq_malloc(sizeof *m);
+  if (!m) return SEQ_ERR_NOMEM;
+  memset(m, 0, sizeof *m);
+  m->arena = arena_create();
+  if (!m->arena) {
+    seq_free(m);
+    return SEQ_ERR_NOMEM;
+  }
+  *out = m;
+  SeqOptions o = {0};
+  if (opt) o = *opt;
+  srcmgr_init(&m->sm, m->arena);
+  diag_init(&m->de, m->arena, NULL);
+  FrontendOptions fo = {0};
+  fo.entry = o.entry;
+  m->mod =
+      path ? seq_compile_file(m->arena, &m->sm, &m->de, path, &fo)
+           : seq_compile_string(m->arena, &m->sm, &m->de, name ? name : "<string>", source, &fo);
+  SeqStatus st = SEQ_ERR_COMPILE;
+  RtSafetensors *sf = NULL;
+  if (!m->mod) goto done;
+  const IrFunc *root = m->mod->funcs.v[m->mod->entry];
+  st = SEQ_ERR_BIND;
+  if (ir_binding_init(&m->bind, m->arena, m->mod, root, &m->de)) goto done;
+  if (o.dims && parse_dims(m, o.dims)) goto done;
+  if (o.weights_path) {
+    RtError err;
+    if (rt_st_open(o.weights_path, &sf, &err)) {
+      diag_error(&m->de, (SrcLoc){0}, "%s", err.msg);
+      st = SEQ_ERR_IO;
+      goto done;
+    }
+  }
+  if (ir_binding_infer(&m->bind, sf ? st_lookup : NULL, sf, NULL, NULL, &m->de)) goto done;
+  CgOptions cg = {o.opt_level, o.target_cpu, o.target_features};
+  st = SEQ_ERR_COMPILE;
+  m->jit = cg_jit_compile(m->arena, m->mod, root, m->bind.dims, &cg, &m->sig, &m->de);
+  if (!m->jit) goto done;
+  m->forward = (CgForwardFn)(uintptr_t)cg_jit_lookup(
+      m->jit, arena_printf(m->arena, "%s_forward", m->sig.symbol), &m->de);
+  if (m->sig.has_step)
+    m->step = (CgStepFn)(uintptr_t)cg_jit_lookup(
+        m->jit, arena_printf(m->arena, "%s_step", m->sig.symbol), &m->de);
+  if (!m->forward) goto done;
+  m->params = arena_calloc(m->arena, (size_t)m->sig.params.n + 1, sizeof(float *));
+  m->owned = arena_calloc(m->arena, (size_t)m->sig.params.n + 1, sizeof(float *));
+  if (!m->params || !m->owned) {
+    st = SEQ_ERR_NOMEM;
+    goto done;
+  }
+  m->threads = o.num_threads;
+  st = SEQ_OK;
+done:
+  if (sf) rt_st_close(sf);
+  collect_diags(m);
+  if (st != SEQ_OK) {
+    fail(m, st, "%s", first_error(m));
+    return st;
+  }
+  if (o.weights_path) return seq_module_bind_safetensors(m, o.weights_path);
+  return SEQ_OK;
+}
+
+SeqStatus seq_module_from_file(SeqContext *cx, const char *path, const SeqOptions *opt,
+                               SeqModule **out) {
+  return compile(cx, path, NULL, NULL, opt, out);
+}
+
+SeqStatus seq_module_from_string(SeqContext *cx, const char *name, const char *source,
+                                 const SeqOptions *opt, SeqModule **out) {
+  return compile(cx, NULL, name, source, opt, out);
+}
+
+void seq_module_destroy(SeqModule *m) {
+  if (!m) return;
+  for (int i = 0; m->owned && i < m->sig.params.n; i++) seq_free(m->owned[i]);
+  cg_jit_destroy(m->jit);
+  arena_destroy(m->arena);
+  seq_free(m);
+}
+
+int seq_module_diag_count(const SeqModule *m) {
+  return m ? m->ndiags : 0;
+}
+
+const SeqDiagnostic *seq_module_diag(const SeqModule *m, int i) {
+  return m && i >= 0 && i < m->ndiags ? &m->diags[i] : NULL;
+}
+
+const char *seq_module_error(const SeqModule *m) {
+  return m ? m->error : "no module";
+}
+
+static const CgTensor *tensors(const SeqModule *m, SeqTensorKind k, int *n) {
+  switch (k) {
+  case SEQ_PARAM:
+    *n = m->sig.params.n;
+    return m->sig.params.v;
+  case SEQ_INPUT:
+    *n = m->sig.inputs.n;
+    return m->sig.inputs.v;
+  case SEQ_OUTPUT:
+    *n = m->sig.outputs.n;
+    return m->sig.outputs.v;
+  case SEQ_STATE:
+    *n = m->sig.states.n;
+    return m->sig.states.v;
+  }
+  *n = 0;
+  return NULL;
+}
+
+int seq_module_count(const SeqModule *m, SeqTensorKind kind) {
+  int n = 0;
+  if (m && m->jit) tensors(m, kind, &n);
+  return n;
+}
+
+SeqStatus seq_module_info(const SeqModule *m, SeqTensorKind kind, int i, SeqTensorInfo *info) {
+  int n = 0;
+  if (!m || !m->jit || !info) return SEQ_ERR_ARG;
+  const CgTensor *t = tensors(m, kind, &n);
+  if (i < 0 || i >= n) return SEQ_ERR_ARG;
+  memset(info, 0, sizeof *info);
+  info->name = t[i].name;
+  info->ndim = t[i].ndim;
+  for (int d = 0; d < t[i].ndim && d < 8; d++) info->shape[d] = t[i].shape[d];
+  info->numel = t[i].numel;
+  info->is_int = t[i].is_int;
+  return SEQ_OK;
+}
+
+int seq_module_dims(const SeqModule *m, const char **names, int64_t *values) {
+  if (!m || !m->jit) return 0;
+  for (int i = 0; i < m->sig.ndims; i++) {
+    if (names) names[i] = m->sig.dim_names[i];
+    if (values) values[i] = m->sig.dim_values[i];
+  }
+  return m->sig.ndims;
+}
+
+SeqStatus seq_module_bind_weight(SeqModule *m, const char *name, const float *data, int64_t numel) {
+  if (!m || !m->jit || !name || !data)
+    return m ? fail(m, SEQ_ERR_ARG, "bad argument") : SEQ_ERR_ARG;
+  int i = cg_find_tensor(m->sig.params.v, m->sig.params.n, name);
+  if (i < 0) return fail(m, SEQ_ERR_BIND, "the model has no parameter named %s", name);
+  if (numel != m->sig.params.v[i].numel)
+    return fail(m, SEQ_ERR_BIND, "parameter %s has %lld elements, not %lld", name,
+                (long long)m->sig.params.v[i].numel, (long long)numel);
+  m->params[i] = data;
+  return SEQ_OK;
+}
+
+SeqStatus seq_module_bind_safetensors(SeqModule *m, const char *path) {
+  if (!m || !m->jit || !path) return m ? fail(m, SEQ_ERR_ARG, "bad argument") : SEQ_ERR_ARG;
+  RtSafetensors *sf = NULL;
+  RtError err;
+  if (rt_st_open(path, &sf, &err)) return fail(m, SEQ_ERR_IO, "%s", err.msg);
+  SeqStatus st = SEQ_OK;
+  for (int i = 0; i < m->sig.params.n && st == SEQ_OK; i++) {
+    const CgTensor *p = &m->sig.params.v[i];
+    RtTensor t;
+    if (!rt_st_find(sf, p->name)) {
+      st = fail(m, SEQ_ERR_BIND, "%s: no tensor named %s", path, p->name);
+      break;
+    }
+    if (rt_st_read(sf, p->name, RT_F32, &t, &err)) {
+      st = fail(m, SEQ_ERR_BIND, "%s", err.msg);
+      break;
+    }
+    if (rt_numel(&t) != p->numel) {
+      st = fail(m, SEQ_ERR_BIND, "%s: tensor %s has %lld elements, the model needs %lld", path,
+                p->name, (long long)rt_numel(&t), (long long)p->numel);
+      rt_tensor_free(&t);
+      break;
+    }
+    float *copy = seq_malloc(sizeof(float) * (size_t)(p->numel ? p->numel : 1));
+    if (!copy) {
+      rt_tensor_free(&t);
+      st = fail(m, SEQ_ERR_NOMEM, "out of memory");
+      break;
+    }
+    memcpy(copy, t.data, sizeof(float) * (size_t)p->numel);
+    rt_tensor_free(&t);
+    seq_free(m->owned[i]);
+    m->owned[i] = copy;
+    m->params[i] = copy;
+  }
+  rt_st_close(sf);
+  return st;
+}
+
+static SeqStatus check_ready(SeqModule *m) {
+  if (!m || !m->jit) return SEQ_ERR_ARG;
+  for (int i = 0; i < m->sig.params.n; i++)
+    if (!m->params[i])
+      return fail(m, SEQ_ERR_BIND, "parameter %s is not bound", m->sig.params.v[i].name);
+  if (m->threads > 0) rt_cpu_set_num_threads(m->threads);
+  return SEQ_OK;
+}
+
+SeqStatus seq_module_forward(SeqModule *m, int64_t B, int64_t T, const void *const *inputs,
+                             const int32_t *lengths, const float *const *state_in,
+                             float *const *outputs, float *const *state_out) {
+  SeqStatus st = check_ready(m);
+  if (st != SEQ_OK) return st;
+  int rc = m->forward(m->params, B, T, inputs, lengths, state_in, outputs, state_out);
+  if (rc != 0)
+    return fail(m,
+                rc == CG_ERR_ARG     ? SEQ_ERR_ARG
+                : rc == CG_ERR_NOMEM ? SEQ_ERR_NOMEM
+                                     : SEQ_ERR_RUN,
+                "%s", cg_status_message(rc));
+  return SEQ_OK;
+}
+
+SeqStatus seq_module_step(SeqModule *m, int64_t B, const void *const *inputs,
+                          const float *const *state_in, float *const *outputs,
+                          float *const *state_out) {
+  SeqStatus st = check_ready(m);
+  if (st != SEQ_OK) return st;
+  if (!m->step)
+    return fail(m, SEQ_ERR_ARG, "%s has no step form (it reads whole sequences)", m->sig.func);
+  int rc = m->step(m->params, B, inputs, state_in, outputs, state_out);
+  if (rc != 0)
+    return fail(m,
+                rc == CG_ERR_ARG     ? SEQ_ERR_ARG
+                : rc == CG_ERR_NOMEM ? SEQ_ERR_NOMEM
+                                     : SEQ_ERR_RUN,
+                "%s", cg_status_message(rc));
+  return SEQ_OK;
+}
+
+void *seq_module_entry(SeqModule *m, const char *which) {
+  if (!m || !m->jit || !which) return NULL;
+  if (strcmp(which, "step") == 0 && !m->sig.has_step) return NULL;
+  DiagEngine de;
+  diag_init(&de, m->arena, NULL);
+  return cg_jit_lookup(m->jit, arena_printf(m->arena, "%s_%s", m->sig.symbol, which), &de);
+}

@@ -1,0 +1,109 @@
+/* seq.h - the seqc JIT API (libseq). Compile a .seq model inside a host
+ * program, bind its weights, and run it on the host's buffers.
+ *
+ *   SeqContext *cx = seq_context_create();
+ *   SeqOptions opt = {.opt_level = 2, .weights_path = "lstm.safetensors"};
+ *   SeqModule *m = NULL;
+ *   if (seq_module_from_file(cx, "lstm.seq", &opt, &m) != SEQ_OK)
+ *     for (int i = 0; i < seq_module_diag_count(m); i++) ... seq_module_diag(m, i) ...
+ *   seq_module_forward(m, B, T, inputs, NULL, NULL, outputs, NULL);
+ *   seq_module_destroy(m); seq_context_destroy(cx);
+ *
+ * Buffers follow docs/abi.md: float32, batch-first [B, T, ...], int tokens
+ * as int32. No call aborts or exits: every failure is a status plus a message
+ * (seq_module_error) and, for compile errors, diagnostics with locations.
+ * Modules are independent: two threads may compile and run two modules at
+ * once (one module is not to be used from two threads at the same time).
+ */
+#ifndef SEQ_H
+#define SEQ_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+  SEQ_OK = 0,
+  SEQ_ERR_ARG,     /* a NULL or out-of-range argument, a buffer of the wrong size */
+  SEQ_ERR_COMPILE, /* the source has errors, or the backend cannot compile it */
+  SEQ_ERR_BIND,    /* dims or weights missing, or of the wrong shape */
+  SEQ_ERR_IO,      /* a file cannot be read */
+  SEQ_ERR_NOMEM,
+  SEQ_ERR_RUN, /* the compiled code reported an error (a token out of range, bad lengths) */
+} SeqStatus;
+
+typedef enum { SEQ_SEVERITY_ERROR, SEQ_SEVERITY_WARNING, SEQ_SEVERITY_NOTE } SeqSeverity;
+
+typedef struct SeqDiagnostic {
+  const char *file; /* NULL when the message has no location */
+  int line, col;    /* from 1; 0 without a location */
+  SeqSeverity severity;
+  const char *message;
+} SeqDiagnostic;
+
+typedef struct SeqOptions {
+  int opt_level;               /* 0..3; 0 in a zeroed struct means -O0 */
+  const char *entry;           /* unit to compile; NULL = the file's last unit */
+  const char *dims;            /* "I=256,H=256" or NULL */
+  const char *weights_path;    /* safetensors file: infers dims and binds weights; or NULL */
+  const char *target_cpu;      /* NULL = the host's */
+  const char *target_features; /* NULL = the host's */
+  int num_threads;             /* threads for matrix products; <= 0: $SEQ_NUM_THREADS or 1 */
+} SeqOptions;
+
+typedef struct SeqContext SeqContext;
+typedef struct SeqModule SeqModule;
+
+SeqContext *seq_context_create(void); /* NULL only when out of memory */
+void seq_context_destroy(SeqContext *cx);
+
+/* Compile. *out is set even on failure (so its diagnostics can be read) unless
+ * memory ran out; destroy it either way. */
+SeqStatus seq_module_from_file(SeqContext *cx, const char *path, const SeqOptions *opt,
+                               SeqModule **out);
+SeqStatus seq_module_from_string(SeqContext *cx, const char *name, const char *source,
+                                 const SeqOptions *opt, SeqModule **out);
+void seq_module_destroy(SeqModule *m);
+
+int seq_module_diag_count(const SeqModule *m);
+const SeqDiagnostic *seq_module_diag(const SeqModule *m, int i); /* NULL if out of range */
+const char *seq_module_error(const SeqModule *m); /* the last failure's message, or "" */
+
+/* The interface: names and per-example shapes. */
+typedef enum { SEQ_PARAM, SEQ_INPUT, SEQ_OUTPUT, SEQ_STATE } SeqTensorKind;
+typedef struct SeqTensorInfo {
+  const char *name;
+  int ndim;
+  int64_t shape[8];
+  int64_t numel;
+  int is_int; /* int32 token input */
+} SeqTensorInfo;
+int seq_module_count(const SeqModule *m, SeqTensorKind kind);
+SeqStatus seq_module_info(const SeqModule *m, SeqTensorKind kind, int i, SeqTensorInfo *info);
+/* Dims compiled in: returns how many; writes names/values when not NULL. */
+int seq_module_dims(const SeqModule *m, const char **names, int64_t *values);
+
+/* Weights: from a safetensors file (copied, converted to float32), or caller
+ * memory (not copied: it must stay valid while the module runs). */
+SeqStatus seq_module_bind_safetensors(SeqModule *m, const char *path);
+SeqStatus seq_module_bind_weight(SeqModule *m, const char *name, const float *data, int64_t numel);
+
+/* Run on caller buffers (docs/abi.md). inputs/outputs: one pointer per input/
+ * output; lengths: NULL or B values; state_in/state_out: NULL or one pointer
+ * per state (NULL entries allowed). */
+SeqStatus seq_module_forward(SeqModule *m, int64_t B, int64_t T, const void *const *inputs,
+                             const int32_t *lengths, const float *const *state_in,
+                             float *const *outputs, float *const *state_out);
+SeqStatus seq_module_step(SeqModule *m, int64_t B, const void *const *inputs,
+                          const float *const *state_in, float *const *outputs,
+                          float *const *state_out);
+/* Address of a generated entry point ("forward", "forward_blob", "step",
+ * "dims"; signatures in docs/abi.md), NULL if absent. The caller casts it. */
+void *seq_module_entry(SeqModule *m, const char *which);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,204 @@
+/* test_jit.c - the public JIT API (include/seq.h) and AOT shared objects:
+ * compile errors as located diagnostics, binding from caller memory, forward
+ * and step, two threads compiling at once, and a generated .so (loaded with
+ * dlopen) equal to the JIT. */
+#include "testutil.h"
+
+#include <dlfcn.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "codegen/aot.h"
+#include "frontend/frontend.h"
+#include "seq.h"
+
+static SeqModule *compile_lstm(SeqContext *cx, const char *dims) {
+  SeqOptions opt = {0};
+  opt.opt_level = 2;
+  opt.dims = dims;
+  SeqModule *m = NULL;
+  SeqStatus st = seq_module_from_file(cx, tu_src("examples/lstm.seq"), &opt, &m);
+  if (st != SEQ_OK) fail_msg("compile: %s", seq_module_error(m));
+  return m;
+}
+
+static float *bind_random(SeqModule *m) {
+  int np = seq_module_count(m, SEQ_PARAM);
+  int64_t total = 0;
+  for (int i = 0; i < np; i++) {
+    SeqTensorInfo ti;
+    assert_int_equal(seq_module_info(m, SEQ_PARAM, i, &ti), SEQ_OK);
+    total += ti.numel;
+  }
+  float *blob = malloc(sizeof(float) * (size_t)total);
+  for (int64_t k = 0; k < total; k++) blob[k] = (float)((k * 7919 % 1000) / 1000.0 - 0.5) * 0.3f;
+  int64_t off = 0;
+  for (int i = 0; i < np; i++) {
+    SeqTensorInfo ti;
+    seq_module_info(m, SEQ_PARAM, i, &ti);
+    assert_int_equal(seq_module_bind_weight(m, ti.name, blob + off, ti.numel), SEQ_OK);
+    off += ti.numel;
+  }
+  return blob;
+}
+
+static void test_compile_error_diagnostics(void **st) {
+  (void)st;
+  SeqContext *cx = seq_context_create();
+  SeqModule *m = NULL;
+  const char *src =
+      "cell C(H) {\n  input x: [H]\n  output y: [H]\n  step {\n    y = x + zz\n  }\n}\n";
+  assert_int_equal(seq_module_from_string(cx, "bad.seq", src, NULL, &m), SEQ_ERR_COMPILE);
+  assert_non_null(m);
+  assert_true(seq_module_diag_count(m) >= 1);
+  const SeqDiagnostic *d = seq_module_diag(m, 0);
+  assert_non_null(d);
+  assert_int_equal(d->severity, SEQ_SEVERITY_ERROR);
+  assert_string_equal(d->file, "bad.seq");
+  assert_int_equal(d->line, 5);
+  assert_true(strlen(seq_module_error(m)) > 0);
+  seq_module_destroy(m);
+  /* Missing dims are a bind error, not a crash. */
+  assert_int_equal(seq_module_from_file(cx, tu_src("examples/lstm.seq"), NULL, &m), SEQ_ERR_BIND);
+  seq_module_destroy(m);
+  seq_context_destroy(cx);
+}
+
+static void test_forward_step_and_binding(void **st) {
+  (void)st;
+  SeqContext *cx = seq_context_create();
+  SeqModule *m = compile_lstm(cx, "I=5,H=7");
+  const char *names[4];
+  int64_t vals[4];
+  assert_int_equal(seq_module_dims(m, names, vals), 2);
+  assert_string_equal(names[0], "I");
+  assert_int_equal(vals[1], 7);
+  enum { B = 2, T = 9, I = 5, H = 7 };
+  float x[B * T * I], y[B * T * H], ys[B * H], h[B * H], c[B * H];
+  for (int k = 0; k < B * T * I; k++) x[k] = sinf((float)k);
+  const void *in[1] = {x};
+  float *out[1] = {y};
+  /* Unbound weights: a status and a message. */
+  assert_int_equal(seq_module_forward(m, B, T, in, NULL, NULL, out, NULL), SEQ_ERR_BIND);
+  float *blob = bind_random(m);
+  assert_int_equal(seq_module_bind_weight(m, "weight_ih", blob, 3), SEQ_ERR_BIND);
+  assert_int_equal(seq_module_bind_weight(m, "nope", blob, 3), SEQ_ERR_BIND);
+  assert_int_equal(seq_module_forward(m, B, T, in, NULL, NULL, out, NULL), SEQ_OK);
+  float *states[2] = {h, c};
+  float xt[B * I];
+  const void *tin[1] = {xt};
+  float *tout[1] = {ys};
+  for (int t = 0; t < T; t++) {
+    for (int b = 0; b < B; b++) memcpy(xt + b * I, x + (b * T + t) * I, sizeof(float) * I);
+    assert_int_equal(
+        seq_module_step(m, B, tin, t ? (const float *const *)states : NULL, tout, states), SEQ_OK);
+    for (int b = 0; b < B; b++)
+      for (int k = 0; k < H; k++)
+        assert_true(fabsf(ys[b * H + k] - y[(b * T + t) * H + k]) < 1e-5f);
+  }
+  int32_t bad[B] = {1, 99};
+  assert_int_equal(seq_module_forward(m, B, T, in, bad, NULL, out, NULL), SEQ_ERR_RUN);
+  assert_non_null(seq_module_entry(m, "forward_blob"));
+  assert_null(seq_module_entry(m, "nonexistent"));
+  free(blob);
+  seq_module_destroy(m);
+  seq_context_destroy(cx);
+}
+
+static SeqContext *shared_cx;
+static void *compile_thread(void *arg) {
+  SeqModule *m = compile_lstm(shared_cx, arg);
+  int ok = seq_module_count(m, SEQ_PARAM) == 4;
+  seq_module_destroy(m);
+  return ok ? arg : NULL;
+}
+
+static void test_two_threads(void **st) {
+  (void)st;
+  shared_cx = seq_context_create();
+  pthread_t a, b;
+  char da[] = "I=4,H=8", db[] = "I=3,H=16";
+  assert_int_equal(pthread_create(&a, NULL, compile_thread, da), 0);
+  assert_int_equal(pthread_create(&b, NULL, compile_thread, db), 0);
+  void *ra, *rb;
+  pthread_join(a, &ra);
+  pthread_join(b, &rb);
+  assert_ptr_equal(ra, da);
+  assert_ptr_equal(rb, db);
+  seq_context_destroy(shared_cx);
+}
+
+typedef int32_t (*BlobFn)(const float *, int64_t, int64_t, int64_t, const void *const *,
+                          const int32_t *, const float *const *, float *const *, float *const *);
+
+/* An AOT .so equals the JIT, checks its blob size, and needs no libLLVM. */
+static void test_aot_shared_object(void **st) {
+  (void)st;
+  Arena *a = arena_create();
+  SrcMgr sm;
+  DiagEngine de;
+  srcmgr_init(&sm, a);
+  diag_init(&de, a, stderr);
+  IrModule *mod = seq_compile_file(a, &sm, &de, tu_src("examples/lstm.seq"), NULL);
+  assert_non_null(mod);
+  int64_t dims[2] = {5, 7};
+  char so[512], hdr[512], cmd[1200];
+  snprintf(so, sizeof so, "%s/liblstm.so", tu_tmpdir());
+  snprintf(hdr, sizeof hdr, "%s/lstm.h", tu_tmpdir());
+  CgOptions opt = {2, NULL, NULL};
+  assert_int_equal(
+      cg_aot_build(a, mod, mod->funcs.v[mod->entry], dims, &opt, CG_EMIT_SO, so, hdr, &de), 0);
+  /* The header compiles. */
+  snprintf(cmd, sizeof cmd,
+           "echo '#include \"%s\"' | cc -std=c11 -Wall -Werror -fsyntax-only -x c -", hdr);
+  char *outp = NULL;
+  assert_int_equal(tu_run(cmd, &outp), 0);
+  free(outp);
+  snprintf(cmd, sizeof cmd, "ldd %s", so);
+  assert_int_equal(tu_run(cmd, &outp), 0);
+  assert_null(strstr(outp, "libLLVM"));
+  free(outp);
+  void *h = dlopen(so, RTLD_NOW | RTLD_LOCAL);
+  assert_non_null(h);
+  BlobFn fb = (BlobFn)(uintptr_t)dlsym(h, "lstm_forward_blob");
+  assert_non_null(fb);
+  SeqContext *cx = seq_context_create();
+  SeqModule *m = compile_lstm(cx, "I=5,H=7");
+  float *blob = bind_random(m);
+  enum { B = 3, T = 11 };
+  float x[B * T * 5], y1[B * T * 7], y2[B * T * 7];
+  for (int k = 0; k < B * T * 5; k++) x[k] = cosf((float)k * 0.3f);
+  const void *in[1] = {x};
+  float *o1[1] = {y1}, *o2[1] = {y2};
+  int32_t lengths[B] = {11, 4, 0};
+  assert_int_equal(seq_module_forward(m, B, T, in, lengths, NULL, o1, NULL), SEQ_OK);
+  int64_t total = 4 * 7 * 5 + 4 * 7 * 7 + 4 * 7 + 4 * 7;
+  assert_int_equal(fb(blob, total, B, T, in, lengths, NULL, o2, NULL), 0);
+  for (int k = 0; k < B * T * 7; k++) assert_true(fabsf(y1[k] - y2[k]) < 1e-6f);
+  assert_int_equal(fb(blob, total - 1, B, T, in, lengths, NULL, o2, NULL), 1);
+  dlclose(h);
+  free(blob);
+  seq_module_destroy(m);
+  seq_context_destroy(cx);
+  /* --emit=llvm and asm write text. */
+  snprintf(so, sizeof so, "%s/lstm.ll", tu_tmpdir());
+  assert_int_equal(
+      cg_aot_build(a, mod, mod->funcs.v[mod->entry], dims, &opt, CG_EMIT_LLVM, so, NULL, &de), 0);
+  char *text = tu_read_file(so, NULL);
+  assert_non_null(text);
+  assert_non_null(strstr(text, "@lstm_forward("));
+  free(text);
+  arena_destroy(a);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_compile_error_diagnostics),
+      cmocka_unit_test(test_forward_step_and_binding),
+      cmocka_unit_test(test_two_threads),
+      cmocka_unit_test(test_aot_shared_object),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
