@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "codegen/driver.h"
 #include "frontend/frontend.h"
 #include "ir/interp.h"
 #include "ir/ir.h"
@@ -45,6 +46,11 @@ typedef struct Options {
   NamedFile expects[MAX_BINDINGS];
   int nexpects;
   double tol;
+  const char *backend; /* "cpu" (default) or "interp" */
+  int threads;         /* 0: $SEQ_NUM_THREADS or 1 */
+  int opt_level;
+  const char *target_cpu, *target_features;
+  const char *header_path;
 } Options;
 
 static void usage(FILE *out) {
@@ -52,7 +58,10 @@ static void usage(FILE *out) {
         "  seqc run FILE.seq (--weights W.safetensors | --random-weights [--seed N])\n"
         "           [--dims H=256,I=64] --in NAME=FILE.npy ... [--out NAME=FILE.npy ...]\n"
         "           [--expect NAME=FILE.npy ... [--tol X]] [--f64] [--entry UNIT] [--quiet]\n"
-        "  seqc --emit=ir FILE.seq [-o OUT] [--entry UNIT]\n"
+        "           [--backend=cpu|interp] [--threads N] [-O0..-O3]\n"
+        "  seqc FILE.seq [--dims ...] [--weights W] -o libNAME.so [-H NAME.h] [-O0..-O3]\n"
+        "       [--target-cpu=CPU] [--target-features=+f,-g]\n"
+        "  seqc --emit=ir|llvm|asm|obj FILE.seq [-o OUT] [--entry UNIT]\n"
         "  seqc --help | --version\n"
         "See docs/cli.md.\n",
         out);
@@ -80,6 +89,8 @@ static int parse_named(const char *arg, NamedFile *nf) {
 static int parse_args(int argc, char **argv, Options *o) {
   memset(o, 0, sizeof *o);
   o->tol = 1e-5;
+  o->backend = "cpu";
+  o->opt_level = 2;
   int i = 1;
   if (i < argc && strcmp(argv[i], "run") == 0) o->cmd = argv[i++];
   for (; i < argc; i++) {
@@ -143,6 +154,32 @@ static int parse_args(int argc, char **argv, Options *o) {
       o->tol = strtod(val, &end);
       if (errno || *end || !*val || !(o->tol >= 0))
         return usage_error("--tol takes a non-negative number, got '%s'", val);
+    } else if ((r = TAKE("--backend")) != 0) {
+      if (r < 0) return usage_error("%s needs a value", a);
+      if (strcmp(val, "cpu") != 0 && strcmp(val, "interp") != 0)
+        return usage_error("unknown backend '%s' (cpu, interp)", val);
+      o->backend = val;
+    } else if ((r = TAKE("--threads")) != 0) {
+      if (r < 0) return usage_error("%s needs a value", a);
+      char *end;
+      errno = 0;
+      long t = strtol(val, &end, 10);
+      if (errno || *end || !*val || t < 1 || t > 1024)
+        return usage_error("--threads takes an integer in [1, 1024], got '%s'", val);
+      o->threads = (int)t;
+    } else if (a[0] == '-' && a[1] == 'O' && a[2] && !a[3]) {
+      if (a[2] < '0' || a[2] > '3')
+        return usage_error("unknown optimization level '%s' (-O0 to -O3)", a);
+      o->opt_level = a[2] - '0';
+    } else if ((r = TAKE("--target-cpu")) != 0) {
+      if (r < 0) return usage_error("%s needs a value", a);
+      o->target_cpu = val;
+    } else if ((r = TAKE("--target-features")) != 0) {
+      if (r < 0) return usage_error("%s needs a value", a);
+      o->target_features = val;
+    } else if ((r = TAKE("-H")) != 0) {
+      if (r < 0) return usage_error("%s needs a value", a);
+      o->header_path = val;
     } else if (strcmp(a, "--f64") == 0) {
       o->f64 = 1;
     } else if (strcmp(a, "--quiet") == 0 || strcmp(a, "-q") == 0) {
@@ -161,12 +198,18 @@ static int parse_args(int argc, char **argv, Options *o) {
     if (o->emit) return usage_error("%s", "'run' and --emit cannot be combined");
     if (!!o->weights + o->random_weights != 1)
       return usage_error("%s", "'run' needs exactly one of --weights FILE or --random-weights");
+    if (o->f64 && strcmp(o->backend, "interp") != 0)
+      return usage_error("%s", "--f64 needs --backend=interp (compiled code is float32)");
   } else {
-    if (!o->emit) return usage_error("%s", "nothing to do: use 'seqc run' or --emit=ir");
-    if (strcmp(o->emit, "ir") != 0)
-      return usage_error("unknown --emit kind '%s' (this build supports: ir)", o->emit);
-    if (o->nins || o->nouts || o->nexpects || o->weights || o->random_weights)
-      return usage_error("%s", "--in, --out and weights belong to 'seqc run'");
+    if (!o->emit && !o->out_path)
+      return usage_error("%s", "nothing to do: use 'seqc run', -o libNAME.so or --emit=ir");
+    if (o->emit && strcmp(o->emit, "ir") != 0 && strcmp(o->emit, "llvm") != 0 &&
+        strcmp(o->emit, "asm") != 0 && strcmp(o->emit, "obj") != 0)
+      return usage_error("unknown --emit kind '%s' (ir, llvm, asm, obj)", o->emit);
+    if (o->emit && strcmp(o->emit, "ir") != 0 && !o->out_path)
+      return usage_error("--emit=%s needs -o OUT", o->emit);
+    if (o->nins || o->nouts || o->nexpects || o->random_weights)
+      return usage_error("%s", "--in, --out, --expect and --random-weights belong to 'seqc run'");
   }
   return 0;
 }
@@ -533,12 +576,20 @@ static int cmd_run(const Options *o, IrModule *mod, Arena *arena, DiagEngine *de
   }
 
   InterpOptions iopt = {.f64 = o->f64};
+  CgOptions cgo = {.opt_level = o->opt_level, .cpu = o->target_cpu, .features = o->target_features};
   int want_states = 0;
   for (int k = 0; k < o->nouts; k++) want_states |= find_output(root, o->outs[k].name) < 0;
   for (int k = 0; k < o->nexpects; k++) want_states |= find_output(root, o->expects[k].name) < 0;
-  if (interp_run(&b, B, T, inputs, lengths, state_in, outputs, want_states ? state_out : NULL,
-                 &iopt, de))
+  int use_cpu = strcmp(o->backend, "cpu") == 0;
+  if (use_cpu ? cg_driver_run(&b, &cgo, o->threads, B, T, inputs, lengths, state_in, outputs,
+                              want_states ? state_out : NULL, de)
+              : interp_run(&b, B, T, inputs, lengths, state_in, outputs,
+                           want_states ? state_out : NULL, &iopt, de)) {
+    if (use_cpu)
+      fprintf(stderr,
+              "seqc: note: '--backend=interp' runs any model with the reference interpreter\n");
     goto done;
+  }
 
   /* Summaries, then the requested files. */
   if (!o->quiet)
@@ -593,6 +644,43 @@ done:
   return rc;
 }
 
+/* ---- seqc FILE.seq -o libNAME.so / --emit=llvm|asm|obj ------------------- */
+
+/* Ahead-of-time compilation specializes on concrete dims, which come from
+ * --dims and, if given, the shapes in --weights (nothing is read but the
+ * header). */
+static int cmd_compile(const Options *o, IrModule *mod, Arena *arena, DiagEngine *de,
+                       const DimArgs *dims) {
+  const IrFunc *root = mod->funcs.v[mod->entry];
+  IrBinding b;
+  WeightSource ws = {0};
+  RtError err;
+  int rc = 1;
+  if (ir_binding_init(&b, arena, mod, root, de)) return 1;
+  for (int i = 0; i < dims->n; i++)
+    if (ir_binding_set_dim(&b, dims->names[i], dims->values[i], de)) return 1;
+  if (o->weights) {
+    if (rt_st_open(o->weights, &ws.st, &err)) {
+      fprintf(stderr, "seqc: error: %s\n", err.msg);
+      return 1;
+    }
+    ws.path = o->weights;
+    ws.allow_l0 = root->kind == IR_FN_CELL;
+  }
+  if (ir_binding_infer(&b, ws.st ? lookup_shape : NULL, &ws, NULL, NULL, de) == 0) {
+    CgDriverOptions copt = {0};
+    copt.cg.opt_level = o->opt_level;
+    copt.cg.cpu = o->target_cpu;
+    copt.cg.features = o->target_features;
+    copt.out_path = o->out_path;
+    copt.header_path = o->header_path;
+    copt.emit = o->emit;
+    rc = cg_driver_build(&b, &copt, de) ? 1 : 0;
+  }
+  if (ws.st) rt_st_close(ws.st);
+  return rc;
+}
+
 int main(int argc, char **argv) {
   Options o;
   int rc = parse_args(argc, argv, &o);
@@ -622,6 +710,8 @@ int main(int argc, char **argv) {
   IrModule *mod = seq_compile_file(arena, &sm, &de, o.file, &fopt);
   if (!mod || de.nerrors) {
     rc = 1;
+  } else if (!o.cmd && (!o.emit || strcmp(o.emit, "ir") != 0)) {
+    rc = cmd_compile(&o, mod, arena, &de, &dims);
   } else if (o.emit) {
     FILE *out = o.out_path ? fopen(o.out_path, "w") : stdout;
     if (!out) {
