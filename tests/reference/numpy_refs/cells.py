@@ -1,0 +1,590 @@
+"""Float64 NumPy references for the std cells, written from each paper's
+equations and the reference implementation's conventions, not from seqc.
+
+Every cell is a function  cell(p, x, st) -> (y, final_states)  over ONE
+sequence: p maps parameter names (the .seq names, so the fixture's
+safetensors loads into seqc unchanged) to float64 arrays, x is [L, ...] (the
+sequence's valid steps only), st maps state names to initial values (missing
+states start at the paper's initial value, zero everywhere here). y is
+[L, ...]; final_states maps state names to the state after step L.
+
+Where it helps independence, a cell is evaluated in a different but
+equivalent form from the per-step recurrence the .seq writes: S4D as the
+reference's convolution kernel, Mamba-2 through the SSD "attention" (dual)
+form, linear attention and retention through their parallel (masked
+quadratic) forms, and the xLSTM cells both with and without the max
+stabilizer (the two must agree; the stabilized states are what seqc keeps).
+"""
+
+import math
+
+import numpy as np
+
+# ---------------------------------------------------------------- helpers
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def logsigmoid(x):
+    return -np.logaddexp(0.0, -x)
+
+
+def softplus(x):
+    return np.logaddexp(0.0, x)
+
+
+def silu(x):
+    return x * sigmoid(x)
+
+
+def gelu(x):
+    # exact (erf) GELU, as torch.nn.GELU() by default
+    erf = np.vectorize(math.erf)
+    return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
+
+
+def l2normalize(x):
+    """The papers' exact unit-norm map (DeltaNet eq. 2): x / ||x||."""
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def rms_norm(x, w, eps=1e-5):
+    """mamba-ssm's RMSNorm (eps 1e-5)."""
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
+
+
+def torch_causal_conv1d(u, w, b):
+    """nn.Conv1d(D, D, K, groups=D, padding=K-1)(u.T)[..., :L].T, as Mamba,
+    Mamba-2 and GAM apply it. u [L, D], w [D, 1, K] (PyTorch layout), b [D].
+    Cross-correlation: out[t] = b + sum_k w[:, 0, k] * u[t - (K - 1) + k]."""
+    L, D = u.shape
+    K = w.shape[-1]
+    pad = np.concatenate([np.zeros((K - 1, D)), u], axis=0)
+    out = np.empty((L, D))
+    for t in range(L):
+        out[t] = b + np.sum(w[:, 0, :].T * pad[t:t + K], axis=0)
+    return out
+
+
+def zeros_or(st, name, shape, dtype=float):
+    v = st.get(name)
+    return np.zeros(shape, dtype=dtype) if v is None else np.array(v, dtype=dtype)
+
+
+# ------------------------------------------------------ minGRU / minLSTM
+# Feng et al. 2024, "Were RNNs all we needed?", sections 3.1 and 3.2
+# (sequential mode).
+
+
+def mingru(p, x, st):
+    z = sigmoid(x @ p["linear_z.weight"].T + p["linear_z.bias"])
+    h_tilde = x @ p["linear_h.weight"].T + p["linear_h.bias"]
+    h = zeros_or(st, "h", h_tilde.shape[1:])
+    ys = []
+    for t in range(len(x)):
+        h = (1 - z[t]) * h + z[t] * h_tilde[t]
+        ys.append(h)
+    return np.array(ys), {"h": h}
+
+
+def minlstm(p, x, st):
+    f = sigmoid(x @ p["linear_f.weight"].T + p["linear_f.bias"])
+    i = sigmoid(x @ p["linear_i.weight"].T + p["linear_i.bias"])
+    f_prime, i_prime = f / (f + i), i / (f + i)
+    h_tilde = x @ p["linear_h.weight"].T + p["linear_h.bias"]
+    h = zeros_or(st, "h", h_tilde.shape[1:])
+    ys = []
+    for t in range(len(x)):
+        h = f_prime[t] * h + i_prime[t] * h_tilde[t]
+        ys.append(h)
+    return np.array(ys), {"h": h}
+
+
+# ------------------------------------------------------------------- LRU
+# Orvieto et al. 2023, section 3 and the appendix A code:
+#   Lambda = exp(-exp(nu_log) + 1j exp(theta_log))
+#   B_norm = (B_re + 1j B_im) * exp(gamma_log)[:, None]
+#   x_k = Lambda x_{k-1} + B_norm u_k;  y_k = (C x_k).real + D u_k
+
+
+def lru(p, x, st):
+    Lam = np.exp(-np.exp(p["nu_log"]) + 1j * np.exp(p["theta_log"]))
+    B_norm = (p["B_re"] + 1j * p["B_im"]) * np.exp(p["gamma_log"])[:, None]
+    C = p["C_re"] + 1j * p["C_im"]
+    s = zeros_or(st, "s", Lam.shape, complex)
+    ys = []
+    for u in x:
+        s = Lam * s + B_norm @ u
+        ys.append((C @ s).real + p["D"] * u)
+    return np.array(ys), {}
+
+
+# ------------------------------------------------------------------- S4D
+# Gu et al. 2022 (S4D), ZOH, evaluated as the reference S4DKernel does: a
+# length-L convolution kernel K[h, l] = 2 Re(sum_n C~[h,n] exp(dtA[h,n] l)),
+# C~ = C (exp(dtA) - 1) / A, then y = K * u (causal) + D u.
+
+
+def s4d(p, x, st):
+    L, H = x.shape
+    A = -np.exp(p["kernel.log_A_real"]) + 1j * p["kernel.A_imag"]
+    dt = np.exp(p["kernel.log_dt"])
+    dtA = A * dt[:, None]
+    C = p["kernel.C"][..., 0] + 1j * p["kernel.C"][..., 1]
+    C = C * (np.exp(dtA) - 1.0) / A
+    K = 2 * np.einsum("hn,hnl->hl", C, np.exp(dtA[..., None] * np.arange(L))).real
+    y = np.zeros((L, H))
+    for t in range(L):
+        for l in range(t + 1):
+            y[t] += K[:, l] * x[t - l]
+    return y + p["D"] * x, {}
+
+
+# -------------------------------------------------------------------- S5
+# Smith et al. 2023, eqs. 6-7 / ssm.py: ZOH, conjugate-symmetric output.
+
+
+def s5(p, x, st):
+    Lam = p["Lambda_re"] + 1j * p["Lambda_im"]
+    step = np.exp(p["log_step"][:, 0])
+    Lam_bar = np.exp(Lam * step)
+    B_tilde = p["B"][..., 0] + 1j * p["B"][..., 1]
+    C_tilde = p["C"][..., 0] + 1j * p["C"][..., 1]
+    B_bar = (1 / Lam * (Lam_bar - 1))[:, None] * B_tilde
+    # x_k = Lam_bar^k x_0 + sum_j Lam_bar^(k-j) B_bar u_j, unrolled directly
+    Bu = x @ B_bar.T
+    L = len(x)
+    s0 = zeros_or(st, "s", Lam.shape, complex)
+    ys = []
+    for k in range(L):
+        s = Lam_bar ** (k + 1) * s0
+        for j in range(k + 1):
+            s = s + Lam_bar ** (k - j) * Bu[j]
+        ys.append(2 * (C_tilde @ s).real + p["D"] * x[k])
+    return np.array(ys), {}
+
+
+# ------------------------------------------------------------- Mamba SSM
+# Gu & Dao 2023, Algorithm 2, as mamba-ssm's selective_scan_ref computes it:
+#   deltaA = exp(delta A), deltaB_u = delta B u, x = deltaA x + deltaB_u,
+#   y = x C, out = y + D u   (delta = softplus(dt_proj(dt) + delta_bias))
+
+
+def selective_scan(u, delta, A, B, C, D, s0):
+    deltaA = np.exp(np.einsum("ld,dn->ldn", delta, A))
+    deltaB_u = np.einsum("ld,ln,ld->ldn", delta, B, u)
+    s = s0
+    ys = []
+    for t in range(len(u)):
+        s = deltaA[t] * s + deltaB_u[t]
+        ys.append(np.einsum("dn,n->d", s, C[t]))
+    return np.array(ys) + u * D, s
+
+
+def mamba_ssm(p, x, st):
+    d_state = p["A_log"].shape[1]
+    dt_rank = p["dt_proj.weight"].shape[1]
+    x_dbl = x @ p["x_proj.weight"].T
+    dt, B, C = np.split(x_dbl, [dt_rank, dt_rank + d_state], axis=-1)
+    delta = softplus(dt @ p["dt_proj.weight"].T + p["dt_proj.bias"])
+    A = -np.exp(p["A_log"])
+    s0 = zeros_or(st, "s", A.shape)
+    y, s = selective_scan(x, delta, A, B, C, p["D"], s0)
+    return y, {"s": s}
+
+
+def mamba(p, x, st):
+    """The block of mamba_simple.py through mamba_inner_ref: in_proj, causal
+    depthwise conv + SiLU, x_proj, dt_proj (bias as delta_bias, softplus),
+    selective scan with z gating (y * silu(z)), out_proj."""
+    d_state = p["A_log"].shape[1]
+    dt_rank = p["dt_proj.weight"].shape[1]
+    xz = x @ p["in_proj.weight"].T
+    u, z = np.split(xz, 2, axis=-1)
+    u = silu(torch_causal_conv1d(u, p["conv1d.weight"], p["conv1d.bias"]))
+    x_dbl = u @ p["x_proj.weight"].T
+    dt, B, C = np.split(x_dbl, [dt_rank, dt_rank + d_state], axis=-1)
+    delta = softplus(dt @ p["dt_proj.weight"].T + p["dt_proj.bias"])
+    A = -np.exp(p["A_log"])
+    s0 = zeros_or(st, "s", A.shape)
+    y, s = selective_scan(u, delta, A, B, C, p["D"], s0)
+    y = y * silu(z)
+    return y @ p["out_proj.weight"].T, {"s": s}
+
+
+# --------------------------------------------------------------- Mamba-2
+# Dao & Gu 2024, mamba2_simple.py (one head, one group), with the SSD layer
+# evaluated in its quadratic "attention" form (section 4 / ssd_minimal's
+# segsum):  Y = (L o C B^T) (dt X),  L[t, s] = exp(sum_{r=s+1..t} dt_r A),
+# plus the initial state's contribution exp(sum_{r<=t} dt_r A) S0 C_t.
+
+
+def mamba2(p, x, st):
+    d_inner = p["norm.weight"].shape[0]
+    d_state = (p["conv1d.weight"].shape[0] - d_inner) // 2
+    zxbcdt = x @ p["in_proj.weight"].T
+    z, xBC, dt = np.split(zxbcdt, [d_inner, 2 * d_inner + 2 * d_state], axis=-1)
+    dt = softplus(dt + p["dt_bias"])[:, 0]  # [L], nheads = 1
+    xBC = silu(torch_causal_conv1d(xBC, p["conv1d.weight"], p["conv1d.bias"]))
+    u, B, C = np.split(xBC, [d_inner, d_inner + d_state], axis=-1)
+    A = -np.exp(p["A_log"][0])
+    L = len(x)
+    cs = np.cumsum(dt * A)  # cs[t] = sum_{r<=t} dt_r A
+    seg = cs[:, None] - cs[None, :]
+    mask = np.tril(np.ones((L, L), dtype=bool))
+    Lmat = np.where(mask, np.exp(np.where(mask, seg, 0.0)), 0.0)
+    scores = (C @ B.T) * Lmat  # [t, s]
+    S0 = zeros_or(st, "s", (d_inner, d_state))
+    y = scores @ (dt[:, None] * u) + np.exp(cs)[:, None] * (C @ S0.T)
+    s_final = np.exp(cs[-1]) * S0 + np.einsum(
+        "s,s,sd,sn->dn", np.exp(cs[-1] - cs), dt, u, B)
+    y = y + p["D"][0] * u
+    y = rms_norm(y * silu(z), p["norm.weight"])  # RMSNormGated, norm_before_gate=False
+    return y @ p["out_proj.weight"].T, {"s": s_final}
+
+
+# ------------------------------------------------------ linear attention
+# Katharopoulos et al. 2020, eq. 9 masked to j <= i (the causal form that
+# eqs. 16-20 compute recurrently), phi = elu + 1, eps 1e-6 added to the
+# denominator as in fast-transformers' CausalLinearAttention.
+
+
+def elu_plus_one(x):
+    return np.where(x > 0, x + 1.0, np.exp(np.minimum(x, 0.0)))
+
+
+def linear_attention(p, x, st):
+    q = elu_plus_one(x @ p["W_q"].T)
+    k = elu_plus_one(x @ p["W_k"].T)
+    v = x @ p["W_v"].T
+    L = len(x)
+    S0 = zeros_or(st, "S", (v.shape[1], k.shape[1]))  # seqc's layout [Dv, Dk]
+    z0 = zeros_or(st, "z", (k.shape[1],))
+    A = np.tril(q @ k.T)  # A[i, j] = phi(q_i) . phi(k_j), j <= i
+    num = A @ v + q @ S0.T
+    den = A.sum(axis=1) + q @ z0 + 1e-6
+    S = S0 + v.T @ k
+    z = z0 + k.sum(axis=0)
+    assert L == len(num)
+    return num / den[:, None], {"S": S, "z": z}
+
+
+# --------------------------------------------------------------- RetNet
+# Sun et al. 2023, the parallel representation eq. 5 (one head, no xPos),
+# Retention(X) = (Q K^T o D) V, D[n, m] = gamma^(n-m) (n >= m), with
+# gamma = 1 - 2^-5 and K scaled by d^-1/2 (section 2.2's normalisation);
+# an initial state S0 adds gamma^(n+1) Q_n S0.
+
+
+def retnet(p, x, st):
+    gamma = 1 - 2.0 ** -5
+    q = x @ p["W_q"].T
+    k = x @ p["W_k"].T / math.sqrt(p["W_k"].shape[0])
+    v = x @ p["W_v"].T
+    L = len(x)
+    n = np.arange(L)
+    D = np.where(n[:, None] >= n[None, :], gamma ** (n[:, None] - n[None, :]).astype(float), 0.0)
+    S0 = zeros_or(st, "S", (v.shape[1], k.shape[1]))  # [Dv, Dk]
+    y = ((q @ k.T) * D) @ v + (gamma ** (n + 1))[:, None] * (q @ S0.T)
+    S = gamma ** L * S0 + np.einsum("m,md,mk->dk", gamma ** (L - 1 - n), v, k)
+    return y, {"S": S}
+
+
+# ------------------------------------------------------------------- GLA
+# Yang et al. 2023, section 4.1: S_t = (alpha_t^T 1) o S_{t-1} + k_t^T v_t,
+# S [Dk, Dv] (the paper's orientation), o_t = q_t S_t,
+# alpha_t = sigmoid(x W_a1 W_a2 + b)^(1/16); q scaled by Dk^-1/2 as fla does.
+
+
+def gla(p, x, st):
+    Dk = p["W_q"].shape[0]
+    q = x @ p["W_q"].T / math.sqrt(Dk)
+    k = x @ p["W_k"].T
+    v = x @ p["W_v"].T
+    alpha = sigmoid(x @ p["W_a1"].T @ p["W_a2"].T + p["b_a"]) ** (1.0 / 16)
+    S = zeros_or(st, "S", (v.shape[1], Dk)).T.copy()  # seqc stores [Dv, Dk]
+    ys = []
+    for t in range(len(x)):
+        S = alpha[t][:, None] * S + np.outer(k[t], v[t])
+        ys.append(q[t] @ S)
+    return np.array(ys), {"S": S.T}
+
+
+# ----------------------------------------------------------------- mLSTM
+# Beck et al. 2024 (xLSTM), eqs. 19-27 with k_t = W_k x_t / sqrt(d) + b_k
+# (eq. 22: the bias is NOT scaled), sigmoid forget gate, exponential input
+# gate, and the stabilizer of appendix A. The unstabilized recurrence is run
+# alongside and must give the same h (the stabilized C, n are exp(-m) times
+# the true ones).
+
+
+def mlstm(p, x, st):
+    D = p["W_q"].shape[0]
+    q = x @ p["W_q"].T + p["b_q"]
+    k = x @ p["W_k"].T / math.sqrt(D) + p["b_k"]
+    v = x @ p["W_v"].T + p["b_v"]
+    o = sigmoid(x @ p["W_o"].T + p["b_o"])
+    i_tilde = x @ p["w_i"] + p["b_i"]
+    f_tilde = x @ p["w_f"] + p["b_f"]
+    C = zeros_or(st, "C", (D, D))
+    n = zeros_or(st, "n", (D,))
+    m = zeros_or(st, "m", ())
+    Ct, nt = C * np.exp(m), n * np.exp(m)  # unstabilized
+    ys = []
+    for t in range(len(x)):
+        log_f = logsigmoid(f_tilde[t])
+        m_new = max(log_f + m, i_tilde[t])
+        i_p = np.exp(i_tilde[t] - m_new)
+        f_p = np.exp(log_f + m - m_new)
+        C = f_p * C + i_p * np.outer(v[t], k[t])
+        n = f_p * n + i_p * k[t]
+        m = m_new
+        h = o[t] * (C @ q[t]) / max(abs(n @ q[t]), np.exp(-m))
+        # the paper without stabilization: i = exp(i~), f = sigmoid(f~)
+        ft, it = sigmoid(f_tilde[t]), np.exp(i_tilde[t])
+        Ct = ft * Ct + it * np.outer(v[t], k[t])
+        nt = ft * nt + it * k[t]
+        h_plain = o[t] * (Ct @ q[t]) / max(abs(nt @ q[t]), 1.0)
+        assert np.allclose(h, h_plain, rtol=1e-9, atol=1e-12), "mLSTM stabilizer"
+        ys.append(h)
+    return np.array(ys), {"C": C, "n": n, "m": np.array(m)}
+
+
+# ----------------------------------------------------------------- sLSTM
+# Beck et al. 2024 (xLSTM), eqs. 8-17, one head (dense R), gate order of
+# the reference i, f, z, o, sigmoid forget gate; stabilized and plain runs
+# must agree on h.
+
+
+def slstm(p, x, st):
+    H = p["R"].shape[1]
+    h = zeros_or(st, "h", (H,))
+    c = zeros_or(st, "c", (H,))
+    n = zeros_or(st, "n", (H,))
+    m = zeros_or(st, "m", (H,))
+    ct, nt = c * np.exp(m), n * np.exp(m)
+    ys = []
+    for t in range(len(x)):
+        raw = p["W"] @ x[t] + p["R"] @ h + p["b"]
+        i_t, f_t, z_t, o_t = np.split(raw, 4)
+        z, o = np.tanh(z_t), sigmoid(o_t)
+        log_f = logsigmoid(f_t)
+        m_new = np.maximum(log_f + m, i_t)
+        i_p = np.exp(i_t - m_new)
+        f_p = np.exp(log_f + m - m_new)
+        c = f_p * c + i_p * z
+        n = f_p * n + i_p
+        m = m_new
+        ct = sigmoid(f_t) * ct + np.exp(i_t) * z
+        nt = sigmoid(f_t) * nt + np.exp(i_t)
+        h_new = o * (c / n)
+        assert np.allclose(h_new, o * (ct / nt), rtol=1e-9, atol=1e-12), "sLSTM stabilizer"
+        h = h_new
+        ys.append(h)
+    return np.array(ys), {"h": h, "c": c, "n": n, "m": m}
+
+
+# ------------------------------------------------------- delta rule family
+# DeltaNet: S_t = S_{t-1} (I - beta k k^T) + beta v k^T, o_t = S_t q_t, with
+# exactly unit-norm q, k (Yang et al. 2024 eqs. 1-2). Written with the
+# identity matrix as the papers write it.
+
+
+def deltanet(p, x, st):
+    q = l2normalize(x @ p["W_q"].T)
+    k = l2normalize(x @ p["W_k"].T)
+    v = x @ p["W_v"].T
+    beta = sigmoid(x @ p["w_b"])
+    Dk = k.shape[1]
+    S = zeros_or(st, "S", (v.shape[1], Dk))
+    I = np.eye(Dk)
+    ys = []
+    for t in range(len(x)):
+        S = S @ (I - beta[t] * np.outer(k[t], k[t])) + beta[t] * np.outer(v[t], k[t])
+        ys.append(S @ q[t])
+    return np.array(ys), {"S": S}
+
+
+def gated_deltanet(p, x, st):
+    """Yang, Kautz & Hatamizadeh 2024 eq. 10:
+    S_t = S_{t-1} alpha_t (I - beta_t k k^T) + beta_t v k^T, fla's gate
+    alpha = exp(-exp(A_log) softplus(a + dt_bias)), q, k = l2(silu(.))."""
+    q = l2normalize(silu(x @ p["W_q"].T))
+    k = l2normalize(silu(x @ p["W_k"].T))
+    v = silu(x @ p["W_v"].T)
+    beta = sigmoid(x @ p["w_b"])
+    alpha = np.exp(-np.exp(p["A_log"]) * softplus(x @ p["w_a"] + p["dt_bias"]))
+    Dk = k.shape[1]
+    S = zeros_or(st, "S", (v.shape[1], Dk))
+    I = np.eye(Dk)
+    ys = []
+    for t in range(len(x)):
+        S = S @ (alpha[t] * (I - beta[t] * np.outer(k[t], k[t]))) + beta[t] * np.outer(v[t], k[t])
+        ys.append(S @ q[t])
+    return np.array(ys), {"S": S}
+
+
+def deltaproduct(p, x, st):
+    """Siems et al. 2025 eq. 4 with n_h = 2: per token, the product of two
+    generalized Householder transitions (I - beta_j k_j k_j^T), each with its
+    own write beta_j v_j k_j^T."""
+    Dk = p["W_q"].shape[0]
+    q = l2normalize(x @ p["W_q"].T)
+    kk = x @ p["W_k"].T
+    vv = x @ p["W_v"].T
+    bb = sigmoid(x @ p["W_b"].T)
+    Dv = vv.shape[1] // 2
+    ks = [l2normalize(kk[:, :Dk]), l2normalize(kk[:, Dk:])]
+    vs = [vv[:, :Dv], vv[:, Dv:]]
+    S = zeros_or(st, "S", (Dv, Dk))
+    I = np.eye(Dk)
+    ys = []
+    for t in range(len(x)):
+        for j in range(2):
+            k, v, b = ks[j][t], vs[j][t], bb[t, j]
+            S = S @ (I - b * np.outer(k, k)) + b * np.outer(v, k)
+        ys.append(S @ q[t])
+    return np.array(ys), {"S": S}
+
+
+# ----------------------------------------------------------------- pLSTM
+# Poeppel et al. 2025, 1D pLSTM as ml-jku/plstm's plstm_1d: the mark reads the
+# state entering step t, the direct term carries token t, the source writes
+# the state leaving t:  y_t = q_t^T (sum_j M_t^j C_{t-1}^j + D_t k_t v_t^T),
+# C_t^i = sum_j T_t^{ij} C_{t-1}^j + S_t^i k_t v_t^T, scaled by Dk^-1/2.
+# The S, T, M, D parameterization is the .seq's (stated there).
+
+
+def plstm(p, x, st):
+    Dk = p["W_q"].shape[0]
+    J = p["W_S"].shape[0]
+    q, k, v = x @ p["W_q"].T, x @ p["W_k"].T, x @ p["W_v"].T
+    S_g = sigmoid(x @ p["W_S"].T + p["b_S"])
+    T_g = np.tanh(np.einsum("abi,ti->tab", p["W_T"], x) + p["b_T"]) / J
+    M_g = sigmoid(x @ p["W_M"].T + p["b_M"])
+    D_g = sigmoid(x @ p["w_D"] + p["b_D"])
+    C = zeros_or(st, "C", (J, v.shape[1], Dk))  # [J, Dv, Dk]
+    ys = []
+    for t in range(len(x)):
+        kv = np.outer(v[t], k[t])
+        y = np.einsum("j,jvk,k->v", M_g[t], C, q[t]) + D_g[t] * kv @ q[t]
+        ys.append(y / math.sqrt(Dk))
+        C = np.einsum("ij,jvk->ivk", T_g[t], C) + S_g[t][:, None, None] * kv
+    return np.array(ys), {"C": C}
+
+
+# ------------------------------------------------------------------- GAM
+# Acharya 2025 / rishiraj/gam GAMBlock's mixer (the part between ln1 and
+# the residual): local = causal depthwise conv, global = softmax(x M^T) M,
+# fused with sigmoid gates.
+
+
+def gam(p, x, st):
+    local = torch_causal_conv1d(x, p["causal_conv.weight"], p["causal_conv.bias"])
+    scores = x @ p["memory_bank"].T
+    w = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    w = w / w.sum(axis=-1, keepdims=True)
+    glob = w @ p["memory_bank"]
+    g = x @ p["gate.weight"].T + p["gate.bias"]
+    g_l, g_g = np.split(g, 2, axis=-1)
+    return sigmoid(g_l) * local + sigmoid(g_g) * glob, {}
+
+
+# ------------------------------------------------------------ ParaRNN
+# apple/ml-pararnn gru_diag_mh.py and lstm_cifg_diag_mh.py recurrence_step,
+# with heads = 1:  Bx = einsum('hivj,hi->vhj', B, x).
+
+
+def paragru(p, x, st):
+    A, b = p["A"], p["b"]
+    Bxpb = np.einsum("hivj,ti->tvj", p["B"], x) + b  # [t, 3, H]
+    h = zeros_or(st, "h", (A.shape[1],))
+    ys = []
+    for t in range(len(x)):
+        z = sigmoid(A[0] * h + Bxpb[t, 0])
+        r = sigmoid(A[1] * h + Bxpb[t, 1])
+        h_new = np.tanh(A[2] * h * r + Bxpb[t, 2])
+        h = z * h_new + (1 - z) * h
+        ys.append(h)
+    return np.array(ys), {"h": h}
+
+
+def paralstm(p, x, st):
+    A, Cp, b = p["A"], p["C"], p["b"]
+    Bxpb = np.einsum("hivj,ti->tvj", p["B"], x) + b  # rows f, o, c
+    H = A.shape[1]
+    c = zeros_or(st, "c", (H,))
+    h = zeros_or(st, "h", (H,))
+    ys = []
+    for t in range(len(x)):
+        f_pre, o_pre, c_pre = A[0] * h + Bxpb[t, 0], A[1] * h + Bxpb[t, 1], A[2] * h + Bxpb[t, 2]
+        f = sigmoid(f_pre + Cp[0] * c)
+        c = f * c + (1 - f) * np.tanh(c_pre)
+        o = sigmoid(o_pre + Cp[1] * c)
+        h = o * np.tanh(c)
+        ys.append(h)
+    return np.array(ys), {"c": c, "h": h}
+
+
+# ---------------------------------------------------------------- RWKV-7
+# Peng et al. 2025, section 4, as RWKV-LM's rwkv_v7_demo.py computes one
+# head of RWKV_Tmix_x070 at layer 0 (no value residual), written with the
+# decay in the demo's later closed form exp(-e^-1/2 sigmoid(w0 + w)) (equal
+# to exp(-exp(-softplus(-(w0 + w)) - 1/2))), F.normalize for kk, and the
+# state update  state = state diag(w) + state (-kk)(kk a)^T + v k^T.
+
+
+def rwkv7(p, x, st):
+    C = x.shape[1]
+    v1 = lambda name: p[name].reshape(C)  # [1, 1, C] -> [C]
+    x_prev = zeros_or(st, "x_prev", (C,))
+    state = zeros_or(st, "S", (C, C))
+    xs_prev = np.concatenate([x_prev[None], x[:-1]], axis=0)
+    xx = xs_prev - x
+    xr, xw, xk = x + xx * v1("x_r"), x + xx * v1("x_w"), x + xx * v1("x_k")
+    xv, xa, xg = x + xx * v1("x_v"), x + xx * v1("x_a"), x + xx * v1("x_g")
+    r = xr @ p["receptance.weight"].T
+    k = xk @ p["key.weight"].T
+    v = xv @ p["value.weight"].T
+    w = np.tanh(xw @ p["w1"]) @ p["w2"]
+    a = sigmoid(v1("a0") + (xa @ p["a1"]) @ p["a2"])
+    g = sigmoid(xg @ p["g1"]) @ p["g2"]
+    kk = k * v1("k_k")
+    kk = kk / np.maximum(np.linalg.norm(kk, axis=-1, keepdims=True), 1e-12)
+    k = k * (1 + (a - 1) * v1("k_a"))
+    decay = np.exp(-0.606531 * sigmoid(v1("w0") + w))
+    decay_exact = np.exp(-np.exp(-softplus(-(v1("w0") + w)) - 0.5))
+    assert np.allclose(decay, decay_exact, rtol=1e-6)
+    decay = decay_exact  # 0.606531 is e^-0.5 to 6 digits only
+    outs = []
+    for t in range(len(x)):
+        ab = np.outer(-kk[t], kk[t] * a[t])
+        state = state * decay[t][None, :] + state @ ab + np.outer(v[t], k[t])
+        outs.append(state @ r[t])
+    o = np.array(outs)
+    # GroupNorm with one group (one head) over the C channels, eps 64e-5
+    mu = o.mean(axis=-1, keepdims=True)
+    var = o.var(axis=-1, keepdims=True)
+    o = (o - mu) / np.sqrt(var + 64e-5) * p["ln_x.weight"] + p["ln_x.bias"]
+    o = o + np.sum(r * k * p["r_k"].reshape(C), axis=-1, keepdims=True) * v
+    return (o * g) @ p["W_o"].T, {"x_prev": x[-1], "S": state}
+
+
+# -------------------------------------------------------------------- LM
+# examples/lm.seq: embedding, pre-norm residual blocks (RMSNorm, Mamba mixer,
+# RMSNorm, GELU MLP), final RMSNorm, head. x is [L] token ids.
+
+
+def lm(p, x, st):
+    h = p["embedding.weight"][x]
+    n_layer = 1 + max(int(k.split(".")[1]) for k in p if k.startswith("blocks."))
+    for i in range(n_layer):
+        pre = "blocks.%d." % i
+        mix = {k[len(pre) + len("mixer."):]: v for k, v in p.items() if k.startswith(pre + "mixer.")}
+        y, _ = mamba(mix, rms_norm(h, p[pre + "norm.weight"]), {})
+        h = h + y
+        up = rms_norm(h, p[pre + "mlp_norm.weight"]) @ p[pre + "mlp.up.weight"].T
+        h = h + gelu(up) @ p[pre + "mlp.down.weight"].T
+    return rms_norm(h, p["norm_f.weight"]) @ p["lm_head.weight"].T, {}
