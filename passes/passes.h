@@ -1,0 +1,87 @@
+/* passes.h - the passes' shared header: one section per file in passes/, in
+ * the order the pipeline runs them (QBE style). A pass reads the IR (ir/ir.h)
+ * and never includes a frontend header.
+ */
+#ifndef SEQ_PASSES_H
+#define SEQ_PASSES_H
+
+#include "ir/ir.h"
+
+/* ---- classify.c: recurrence classes and parallel strategies ------------ */
+
+/* How a state's new value depends on the old one (docs: ALGORITHMS.md §1).
+ * Read off the IR by dataflow: which STATE nodes `next` reaches, and whether
+ * the path from them is affine (over (+, x) or over (max, +)). */
+typedef enum {
+  REC_MAP,             /* next reads no earlier value of its own group */
+  REC_CARRIED,         /* next is the STATE node itself */
+  REC_SHIFT,           /* linear by data movement only: a sliding window */
+  REC_LIN_DIAG,        /* h' = a * h + b, a elementwise (real or complex) */
+  REC_LIN_MATRIX,      /* S' = diag(alpha) S + k v^T, alpha scalar or per axis */
+  REC_LIN_DPLR,        /* S' = gate * S - (S k) w^T + ...: diagonal plus low rank */
+  REC_LIN_SMALL_DENSE, /* C' = T C + ..., T an S-free matrix along one axis */
+  REC_LIN_DENSE,       /* any other linear map: W h + b, coupled linear states */
+  REC_MAXPLUS,         /* m' = max(a + m, b): linear over (max, +) */
+  REC_NONLINEAR,
+} RecClass;
+
+/* The coefficient of the diagonal part, relative to the state's axes of
+ * size other than 1: exactly 1; the same for every element; varying along
+ * some axes (a matrix state's diagonal gate); varying along all of them. */
+typedef enum { REC_GATE_NONE, REC_GATE_SCALAR, REC_GATE_DIAG, REC_GATE_FULL } RecGate;
+
+typedef enum {
+  REC_STRAT_KEEP,         /* carried: nothing to compute */
+  REC_STRAT_MAP,          /* parallel map over time */
+  REC_STRAT_WINDOW,       /* parallel map reading earlier inputs (shift) */
+  REC_STRAT_SCAN,         /* associative scan, diagonal combine */
+  REC_STRAT_SCAN_DENSE,   /* associative scan, dense (d x d) combine */
+  REC_STRAT_CHUNKED,      /* chunkwise-parallel with scalar/diagonal decay */
+  REC_STRAT_CHUNKED_WY,   /* chunkwise-parallel, WY form (delta rule) */
+  REC_STRAT_CHUNKED_TREE, /* chunkwise-parallel, tree of transition products */
+  REC_STRAT_SCAN_MAXPLUS, /* associative scan over (max, +) */
+  REC_STRAT_NEWTON,       /* Newton (DEER / ParaRNN); fallback: sequential */
+} RecStrategy;
+
+/* Structure of d next / d state within a nonlinear group. */
+typedef enum { REC_JAC_NONE, REC_JAC_DIAG, REC_JAC_BLOCK_DIAG, REC_JAC_DENSE } RecJacobian;
+
+typedef struct RecState {
+  int state; /* index into IrFunc.states */
+  RecClass cls;
+  RecGate gate;       /* LIN_DIAG, LIN_MATRIX, LIN_DPLR */
+  int gate_invariant; /* the gate reads only params and constants (time-invariant) */
+  int is_complex;     /* complex state or coefficient */
+  int group;          /* strongly connected group of the state graph, 0-based */
+  int *deps, ndeps;   /* states that `next` reads, ascending (may include itself) */
+  int *given, ngiven; /* deps outside the group: known before this group is solved */
+  const char *reason; /* in words, with locations: why this class */
+  SrcLoc reason_loc;  /* where the deciding op is (may have no file) */
+  RecStrategy strategy;
+  RecJacobian jacobian; /* REC_NONLINEAR only */
+  int block;            /* REC_JAC_BLOCK_DIAG: states per block */
+  const char *jacobian_reason;
+} RecState;
+
+typedef struct RecFunc {
+  const IrFunc *func;
+  RecState *states; /* one per func->states, same order */
+  int nstates;
+  int ngroups;
+} RecFunc;
+
+typedef struct ClassifyResult {
+  RecFunc *funcs; /* one per module function (models have no states) */
+  int nfuncs;
+} ClassifyResult;
+
+/* Classifies every state of f. Returns 0, or -1 with a diagnostic on
+ * malformed IR (an internal error) or allocation failure. */
+int classify_func(Arena *a, const IrFunc *f, RecFunc *out, DiagEngine *de);
+int classify_module(Arena *a, const IrModule *m, ClassifyResult **out, DiagEngine *de);
+/* A stable, readable report: one block per cell, one entry per state. */
+void classify_print_report(FILE *out, const IrModule *m, const ClassifyResult *r);
+const char *classify_class_name(RecClass c);
+const char *classify_strategy_name(RecStrategy s);
+
+#endif

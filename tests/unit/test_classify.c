@@ -1,0 +1,385 @@
+/* test_classify.c - the recurrence classification pass (passes/classify.c).
+ *
+ * Every cell in stdlib/ and examples/ is classified and each state's class is
+ * checked against a table written from the papers (ALGORITHMS.md §1 and the
+ * comment at the top of each .seq file), not from the pass's output. Golden
+ * reports pin the wording for a few cells; small cells written here cover
+ * classes the library does not use, and malformed IR and allocation failure
+ * must give an error, never a crash.
+ */
+#include "testutil.h"
+
+#include "frontend/frontend.h"
+#include "passes/passes.h"
+
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef struct Compiled {
+  Arena *arena;
+  SrcMgr sm;
+  DiagEngine de;
+  IrModule *m;
+  ClassifyResult *r;
+} Compiled;
+
+static void compile_and_classify(Compiled *c, const char *path, const char *text) {
+  c->arena = arena_create();
+  assert_non_null(c->arena);
+  srcmgr_init(&c->sm, c->arena);
+  diag_init(&c->de, c->arena, stderr);
+  c->m = text ? seq_compile_string(c->arena, &c->sm, &c->de, path, text, NULL)
+              : seq_compile_file(c->arena, &c->sm, &c->de, path, NULL);
+  if (!c->m) fail_msg("%s does not compile", path);
+  assert_int_equal(classify_module(c->arena, c->m, &c->r, &c->de), 0);
+  assert_non_null(c->r);
+  assert_int_equal(c->r->nfuncs, c->m->funcs.n);
+}
+
+static const RecState *find_state(const Compiled *c, const char *cell, const char *state) {
+  for (int i = 0; i < c->r->nfuncs; i++) {
+    const IrFunc *f = c->m->funcs.v[i];
+    if (strcmp(f->name, cell) != 0) continue;
+    for (int k = 0; k < c->r->funcs[i].nstates; k++)
+      if (strcmp(f->states.v[c->r->funcs[i].states[k].state].name, state) == 0)
+        return &c->r->funcs[i].states[k];
+  }
+  fail_msg("no state %s in cell %s", state, cell);
+  return NULL;
+}
+
+static char *report(const Compiled *c) {
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *out = open_memstream(&buf, &len);
+  assert_non_null(out);
+  classify_print_report(out, c->m, c->r);
+  fclose(out);
+  return buf;
+}
+
+/* ---- The library against the papers ------------------------------------- */
+
+#define ANY (-1)
+typedef struct Expect {
+  const char *cell, *state;
+  RecClass cls;
+  int gate;          /* RecGate, or ANY */
+  int jacobian;      /* RecJacobian, or ANY */
+  const char *given; /* the one state of an earlier group the update reads, or NULL */
+  int is_complex;
+} Expect;
+
+/* From the papers: the update of each state, written in the comment at the
+ * top of its .seq file, read against ALGORITHMS.md §1. */
+static const Expect EXPECTED[] = {
+    /* Nonlinear cells: h enters through a full recurrent matrix. */
+    {"LSTM", "h", REC_NONLINEAR, ANY, REC_JAC_DENSE, NULL, 0},
+    {"LSTM", "c", REC_NONLINEAR, ANY, REC_JAC_DENSE, NULL, 0},
+    {"GRU", "h", REC_NONLINEAR, ANY, REC_JAC_DENSE, NULL, 0},
+    {"RNN", "h", REC_NONLINEAR, ANY, REC_JAC_DENSE, NULL, 0},
+    /* sLSTM (xLSTM §2.2): recurrent R, exponential gating, coupled h, c, n, m. */
+    {"SLSTM", "h", REC_NONLINEAR, ANY, REC_JAC_DENSE, NULL, 0},
+    {"SLSTM", "c", REC_NONLINEAR, ANY, REC_JAC_DENSE, NULL, 0},
+    {"SLSTM", "n", REC_NONLINEAR, ANY, REC_JAC_DENSE, NULL, 0},
+    {"SLSTM", "m", REC_NONLINEAR, ANY, REC_JAC_DENSE, NULL, 0},
+    /* ParaRNN: vector recurrent weights; ParaLSTM's [c, h] gives 2x2 blocks. */
+    {"ParaGRU", "h", REC_NONLINEAR, ANY, REC_JAC_DIAG, NULL, 0},
+    {"ParaLSTM", "c", REC_NONLINEAR, ANY, REC_JAC_BLOCK_DIAG, NULL, 0},
+    {"ParaLSTM", "h", REC_NONLINEAR, ANY, REC_JAC_BLOCK_DIAG, NULL, 0},
+    /* Diagonal linear: minGRU/minLSTM (Feng et al. 2024), Mamba-1 (A diagonal,
+     * Delta per channel: a full elementwise gate), S4D/S5/LRU (complex). */
+    {"MinGRU", "h", REC_LIN_DIAG, REC_GATE_FULL, ANY, NULL, 0},
+    {"MinLSTM", "h", REC_LIN_DIAG, REC_GATE_FULL, ANY, NULL, 0},
+    {"MambaSSM", "s", REC_LIN_DIAG, REC_GATE_FULL, ANY, NULL, 0},
+    {"Mamba", "s", REC_LIN_DIAG, REC_GATE_FULL, ANY, "conv0.window", 0},
+    {"Mamba", "conv0.window", REC_SHIFT, ANY, ANY, NULL, 0},
+    {"S4D", "s", REC_LIN_DIAG, REC_GATE_FULL, ANY, NULL, 1},
+    {"S5", "s", REC_LIN_DIAG, REC_GATE_FULL, ANY, NULL, 1},
+    {"LRU", "s", REC_LIN_DIAG, REC_GATE_FULL, ANY, NULL, 1},
+    /* Matrix states: linear attention (no decay), its normalizer z (a
+     * cumulative sum), RetNet (constant scalar gamma), GLA (per-key gate),
+     * Mamba-2 (scalar A per head). */
+    {"LinearAttention", "S", REC_LIN_MATRIX, REC_GATE_NONE, ANY, NULL, 0},
+    {"LinearAttention", "z", REC_LIN_DIAG, REC_GATE_NONE, ANY, NULL, 0},
+    {"Retention", "S", REC_LIN_MATRIX, REC_GATE_SCALAR, ANY, NULL, 0},
+    {"GLA", "S", REC_LIN_MATRIX, REC_GATE_DIAG, ANY, NULL, 0},
+    {"Mamba2", "s", REC_LIN_MATRIX, REC_GATE_SCALAR, ANY, "conv0.window", 0},
+    {"Mamba2", "conv0.window", REC_SHIFT, ANY, ANY, NULL, 0},
+    /* mLSTM: m is (max, +) linear; C and n have the scalar gate f' that reads
+     * m (and m'), so they are linear given m. */
+    {"MLSTM", "m", REC_MAXPLUS, ANY, ANY, NULL, 0},
+    {"MLSTM", "C", REC_LIN_MATRIX, REC_GATE_SCALAR, ANY, "m", 0},
+    {"MLSTM", "n", REC_LIN_DIAG, REC_GATE_SCALAR, ANY, "m", 0},
+    /* Delta rules: generalized Householder transitions (I - beta k k^T),
+     * with a scalar decay (gated DeltaNet) or per-key decay (RWKV-7). */
+    {"DeltaNet", "S", REC_LIN_DPLR, REC_GATE_NONE, ANY, NULL, 0},
+    {"DeltaProduct", "S", REC_LIN_DPLR, REC_GATE_NONE, ANY, NULL, 0},
+    {"GatedDeltaNet", "S", REC_LIN_DPLR, REC_GATE_SCALAR, ANY, NULL, 0},
+    {"RWKV7", "S", REC_LIN_DPLR, REC_GATE_DIAG, ANY, "x_prev", 0},
+    /* RWKV's token shift: x_prev' = x, no recurrence at all. */
+    {"RWKV7", "x_prev", REC_MAP, ANY, ANY, NULL, 0},
+    /* pLSTM: C_t = T_t C_{t-1} + ..., T_t a J x J matrix. */
+    {"PLSTM", "C", REC_LIN_SMALL_DENSE, ANY, ANY, NULL, 0},
+    /* GAM's local branch is a causal convolution: its window only shifts. */
+    {"GAM", "conv0.window", REC_SHIFT, ANY, ANY, NULL, 0},
+};
+
+static const Expect *expected_for(const char *cell, const char *state) {
+  for (size_t i = 0; i < sizeof EXPECTED / sizeof *EXPECTED; i++)
+    if (strcmp(EXPECTED[i].cell, cell) == 0 && strcmp(EXPECTED[i].state, state) == 0)
+      return &EXPECTED[i];
+  return NULL;
+}
+
+static int check_file(const char *path) {
+  Compiled c;
+  int checked = 0;
+  compile_and_classify(&c, path, NULL);
+  for (int i = 0; i < c.r->nfuncs; i++) {
+    const IrFunc *f = c.m->funcs.v[i];
+    const RecFunc *rf = &c.r->funcs[i];
+    assert_ptr_equal(rf->func, f);
+    for (int k = 0; k < rf->nstates; k++) {
+      const RecState *rs = &rf->states[k];
+      const char *sn = f->states.v[rs->state].name;
+      const Expect *e = expected_for(f->name, sn);
+      if (!e) fail_msg("%s: no expected class for %s.%s: add it to EXPECTED", path, f->name, sn);
+      if (rs->cls != e->cls)
+        fail_msg("%s: %s.%s is %s, expected %s (%s)", path, f->name, sn,
+                 classify_class_name(rs->cls), classify_class_name(e->cls), rs->reason);
+      if (e->gate != ANY && (int)rs->gate != e->gate)
+        fail_msg("%s: %s.%s gate %d, expected %d", path, f->name, sn, rs->gate, e->gate);
+      if (e->jacobian != ANY && (int)rs->jacobian != e->jacobian)
+        fail_msg("%s: %s.%s jacobian %d, expected %d", path, f->name, sn, rs->jacobian,
+                 e->jacobian);
+      assert_int_equal(rs->is_complex, e->is_complex);
+      if (e->given) {
+        assert_int_equal(rs->ngiven, 1);
+        assert_string_equal(f->states.v[rs->given[0]].name, e->given);
+      } else {
+        assert_int_equal(rs->ngiven, 0);
+      }
+      assert_non_null(rs->reason);
+      checked++;
+    }
+  }
+  arena_destroy(c.arena);
+  return checked;
+}
+
+static int check_dir(const char *dir) {
+  DIR *d = opendir(dir);
+  int files = 0, checked = 0;
+  assert_non_null(d);
+  for (struct dirent *e; (e = readdir(d));) {
+    size_t n = strlen(e->d_name);
+    if (n < 5 || strcmp(e->d_name + n - 4, ".seq") != 0) continue;
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+    checked += check_file(path);
+    files++;
+  }
+  closedir(d);
+  assert_true(files > 0);
+  return checked;
+}
+
+static void test_stdlib_classes(void **state) {
+  (void)state;
+  assert_true(check_dir("stdlib") >= 30);
+}
+
+static void test_example_classes(void **state) {
+  (void)state;
+  assert_true(check_dir("examples") >= 10);
+}
+
+/* ---- Reasons in words ----------------------------------------------------- */
+
+static void test_lstm_reasons(void **state) {
+  (void)state;
+  Compiled c;
+  compile_and_classify(&c, "stdlib/lstm.seq", NULL);
+  const RecState *h = find_state(&c, "LSTM", "h"), *cs = find_state(&c, "LSTM", "c");
+  assert_non_null(strstr(h->reason, "h' depends on h through sigmoid at stdlib/lstm.seq:"));
+  assert_non_null(strstr(h->jacobian_reason, "matmul with weight_hh"));
+  assert_int_equal(h->group, cs->group);
+  assert_int_equal(h->strategy, REC_STRAT_NEWTON);
+  assert_int_equal(h->ndeps, 2);
+  arena_destroy(c.arena);
+}
+
+/* ---- Golden reports ----------------------------------------------------- */
+
+static void check_report(const char *name) {
+  char path[256], golden[256];
+  snprintf(path, sizeof path, "stdlib/%s.seq", name);
+  snprintf(golden, sizeof golden, "tests/golden/classify/%s.expected", name);
+  Compiled c;
+  compile_and_classify(&c, path, NULL);
+  char *text = report(&c);
+  tu_check_golden(text, golden);
+  free(text);
+  arena_destroy(c.arena);
+}
+
+static void test_golden_reports(void **state) {
+  (void)state;
+  const char *names[] = {"lstm", "mlstm", "deltanet", "paralstm", "plstm", "mamba", "rwkv7"};
+  for (size_t i = 0; i < sizeof names / sizeof *names; i++) check_report(names[i]);
+}
+
+/* ---- Classes the library does not exercise -------------------------------- */
+
+static const char SYNTH[] = "cell Synth(H) {\n"
+                            "  param W: [H, H]\n"
+                            "  param a: [H]\n"
+                            "  input  x: [H]\n"
+                            "  state  k: [H] = 0\n"
+                            "  state  d: [H] = 0\n"
+                            "  state  p: [H] = 0\n"
+                            "  state  u: [H] = 0\n"
+                            "  state  v: [H] = 0\n"
+                            "  state  g: [H] = 0\n"
+                            "  state  q: [H] = 0\n"
+                            "  state  m: [H] = 0\n"
+                            "  state  w: [H] = 0\n"
+                            "  output y: [H]\n"
+                            "  step {\n"
+                            "    d' = W @ d + x\n"
+                            "    p' = p * p + x\n"
+                            "    u' = a * v + x\n"
+                            "    v' = u - x\n"
+                            "    g' = tanh(x + g)\n"
+                            "    q' = exp(g) * q + x\n"
+                            "    m' = 2 * max(m + x, a)\n"
+                            "    w' = x / (w + 1)\n"
+                            "    y  = k + d' + p' + u' + q' + m' + w'\n"
+                            "  }\n"
+                            "}\n";
+
+static void test_synthetic(void **state) {
+  (void)state;
+  Compiled c;
+  compile_and_classify(&c, "synth.seq", SYNTH);
+  const RecState *k = find_state(&c, "Synth", "k");
+  assert_int_equal(k->cls, REC_CARRIED);
+  assert_int_equal(k->strategy, REC_STRAT_KEEP);
+
+  const RecState *d = find_state(&c, "Synth", "d");
+  assert_int_equal(d->cls, REC_LIN_DENSE);
+  assert_int_equal(d->strategy, REC_STRAT_SCAN_DENSE);
+
+  const RecState *p = find_state(&c, "Synth", "p");
+  assert_int_equal(p->cls, REC_NONLINEAR);
+  assert_non_null(strstr(p->reason, "product of two values"));
+  assert_int_equal(p->jacobian, REC_JAC_DIAG);
+
+  /* u and v read each other only: one linear group of two. */
+  const RecState *u = find_state(&c, "Synth", "u"), *v = find_state(&c, "Synth", "v");
+  assert_int_equal(u->group, v->group);
+  assert_int_equal(u->cls, REC_LIN_DENSE);
+  assert_int_equal(u->ngiven, 0);
+
+  const RecState *g = find_state(&c, "Synth", "g");
+  assert_int_equal(g->cls, REC_NONLINEAR);
+  assert_non_null(strstr(g->reason, "through tanh"));
+
+  /* q's gate reads g, a nonlinear state of an earlier group. */
+  const RecState *q = find_state(&c, "Synth", "q");
+  assert_int_equal(q->cls, REC_LIN_DIAG);
+  assert_int_equal(q->ngiven, 1);
+  assert_non_null(strstr(q->reason, "coefficient reads g"));
+
+  /* Scaling a (max, +) expression leaves the semiring. */
+  const RecState *m = find_state(&c, "Synth", "m");
+  assert_int_equal(m->cls, REC_NONLINEAR);
+
+  const RecState *w = find_state(&c, "Synth", "w");
+  assert_int_equal(w->cls, REC_NONLINEAR);
+  assert_non_null(strstr(w->reason, "division"));
+
+  char *text = report(&c);
+  assert_non_null(strstr(text, "cell Synth (synth.seq:1:1)"));
+  assert_non_null(strstr(text, "coupled with v"));
+  free(text);
+  arena_destroy(c.arena);
+}
+
+/* ---- Malformed IR and allocation failure --------------------------------- */
+
+static void test_malformed_ir(void **state) {
+  (void)state;
+  Arena *a = arena_create();
+  DiagEngine de;
+  diag_init(&de, a, NULL);
+  IrModule *m = ir_module_new(a);
+  IrFunc *f = ir_func_new(m, "Bad", IR_FN_CELL, (SrcLoc){0});
+  assert_non_null(f);
+  IrState s = {"h", ir_scalar(IR_REAL), {0}, IR_NONE, 42, 0};
+  assert_int_equal(vec_push(a, &f->states, s), 0);
+  ClassifyResult *r = NULL;
+  assert_int_equal(classify_module(a, m, &r, &de), -1);
+  assert_null(r);
+  assert_true(de.nerrors > 0);
+  assert_non_null(strstr(de.diags.v[0].message, "internal error in classify"));
+
+  /* A STATE node naming a state the function does not have. */
+  IrNode proto;
+  memset(&proto, 0, sizeof proto);
+  proto.op = IR_STATE;
+  proto.type = ir_scalar(IR_REAL);
+  proto.index = 7;
+  IrRef st = ir_emit(f, a, &proto, 0, NULL);
+  assert_true(st >= 0);
+  f->states.v[0].next = st;
+  RecFunc rf;
+  assert_int_equal(classify_func(a, f, &rf, &de), -1);
+  arena_destroy(a);
+}
+
+static void test_allocation_failure(void **state) {
+  (void)state;
+  Compiled c;
+  compile_and_classify(&c, "stdlib/mlstm.seq", NULL);
+  int succeeded = 0;
+  for (long n = 0; n < 2000 && !succeeded; n++) {
+    Arena *a = arena_create();
+    assert_non_null(a);
+    DiagEngine de;
+    diag_init(&de, a, NULL);
+    ClassifyResult *r = NULL;
+    seq_alloc_fail_after(n);
+    int rc = classify_module(a, c.m, &r, &de);
+    seq_alloc_fail_after(-1);
+    if (rc == 0) {
+      assert_non_null(r);
+      succeeded = 1;
+    } else {
+      assert_int_equal(rc, -1);
+      assert_null(r);
+    }
+    arena_destroy(a);
+  }
+  assert_true(succeeded);
+  arena_destroy(c.arena);
+}
+
+static int enter_source_dir(void **state) {
+  (void)state;
+  return chdir(SEQ_SOURCE_DIR);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_stdlib_classes),     cmocka_unit_test(test_example_classes),
+      cmocka_unit_test(test_lstm_reasons),       cmocka_unit_test(test_golden_reports),
+      cmocka_unit_test(test_synthetic),          cmocka_unit_test(test_malformed_ir),
+      cmocka_unit_test(test_allocation_failure),
+  };
+  return cmocka_run_group_tests(tests, enter_source_dir, NULL);
+}
