@@ -1,7 +1,8 @@
 /* ast.h - the syntax tree the parser builds. Parser actions only construct
  * these nodes; name resolution, shapes and lowering to IR live in sema.c.
- * Every node keeps the location of its first token so every error can point
- * at the source with a caret.
+ * Every node keeps the location of its first token (a binary operation keeps
+ * its operator's, where shape errors belong) so every error can point at the
+ * source with a caret.
  */
 #ifndef SEQ_AST_H
 #define SEQ_AST_H
@@ -24,7 +25,7 @@ typedef enum {
   AST_NUM,       /* number literal: num, is_int */
   AST_NAME,      /* path, primed (h' = the new value of state h) */
   AST_UNARY,     /* op ('-' or '+'), lhs */
-  AST_BINARY,    /* op ('+','-','*','/','@'), lhs, rhs */
+  AST_BINARY,    /* op ('+','-','*','/','@'), lhs, rhs; loc is the operator's */
   AST_CALL,      /* callee (AST_NAME), args (AST_KWARG for name=value) */
   AST_INDEX,     /* lhs[args]; args are exprs, AST_SLICE, AST_NONE */
   AST_TRANSPOSE, /* lhs^T */
@@ -38,12 +39,12 @@ typedef enum {
 struct AstExpr {
   AstExprKind kind;
   SrcLoc loc;
-  int op;            /* AST_UNARY / AST_BINARY: the operator character */
-  double num;        /* AST_NUM */
-  int is_int;        /* AST_NUM: written without '.', 'e' or 'E' */
-  const char *text;  /* AST_NUM: the literal as written; AST_STRING: contents */
-  AstPath path;      /* AST_NAME */
-  int primed;        /* AST_NAME: written with a trailing ' */
+  int op;             /* AST_UNARY / AST_BINARY: the operator character */
+  double num;         /* AST_NUM */
+  int is_int;         /* AST_NUM: written without '.', 'e' or 'E' */
+  const char *text;   /* AST_NUM: the literal as written; AST_STRING: contents */
+  AstPath path;       /* AST_NAME */
+  int primed;         /* AST_NAME: written with a trailing ' */
   const char *kwname; /* AST_KWARG */
   AstExpr *lhs, *rhs; /* operands; AST_SLICE: lhs = start, rhs = stop */
   AstExpr *callee;    /* AST_CALL */
@@ -89,27 +90,32 @@ typedef enum {
   AST_STATE,  /* state name: type [= init] */
   AST_OUTPUT, /* output name: type */
   AST_LAYER,  /* layer name[count] = [reverse] Callee(args) [prefix|suffix "..."] */
+  AST_DEF,    /* def name(p1, p2) = body: a function inlined where it is called */
 } AstDeclKind;
 
 typedef struct AstDecl {
   AstDeclKind kind;
   SrcLoc loc;
-  AstPath name;    /* parameters may have dotted names; others have one part */
-  AstType type;    /* PARAM, INPUT, STATE, OUTPUT */
-  AstExpr *init;   /* STATE: initial value (NULL means 0) */
-  AstExpr *count;  /* LAYER: array length or NULL */
-  int reverse;     /* LAYER: run the callee backwards in time */
+  AstPath name;       /* parameters may have dotted names; others have one part */
+  AstType type;       /* PARAM, INPUT, STATE, OUTPUT */
+  AstExpr *init;      /* STATE: initial value (NULL means 0) */
+  AstExpr *count;     /* LAYER: array length or NULL */
+  int reverse;        /* LAYER: run the callee backwards in time */
   const char *callee; /* LAYER: cell or model name */
   SrcLoc callee_loc;
-  int nargs;       /* LAYER: dimension arguments (AST_KWARG for D=expr) */
+  int nargs; /* LAYER: dimension arguments (AST_KWARG for D=expr) */
   AstExpr **args;
   const char *prefix; /* LAYER: name template for parameters; "{i}" is the index */
   const char *suffix;
+  int nfparams; /* DEF: parameter names */
+  const char **fparams;
+  SrcLoc *fparam_locs;
+  AstExpr *body; /* DEF: the function's value */
 } AstDecl;
 
 typedef struct AstDimParam {
   const char *name;
-  AstExpr *deflt; /* default value, or NULL */
+  AstExpr *deflt; /* default: an integer or an expression over earlier dims; or NULL */
   SrcLoc loc;
 } AstDimParam;
 
@@ -142,6 +148,8 @@ typedef struct AstFile {
   AstImport *imports;
   int nunits;
   AstUnit **units;
+  int ndefs; /* top-level `def`s (AST_DEF declarations) */
+  AstDecl **defs;
 } AstFile;
 
 /* Parses one source file. Syntax errors go to `de` (several per run where the

@@ -137,8 +137,10 @@ IrRef lower_broadcast_to(Lower *L, IrRef v, IrType t, SrcLoc loc, const char *wh
 
 /* ---- Names ----------------------------------------------------------------------- */
 
+/* Inside a def body only the def's own parameters are bound: the caller's
+ * locals (below fn_env_base) are out of sight. */
 static const Binding *find_binding(const Lower *L, const char *name) {
-  for (int i = L->env.n - 1; i >= 0; i--)
+  for (int i = L->env.n - 1; i >= L->fn_env_base; i--)
     if (strcmp(L->env.v[i].name, name) == 0) return &L->env.v[i];
   return NULL;
 }
@@ -206,6 +208,21 @@ static IrRef lower_name(Lower *L, const AstExpr *e) {
     return REF_ERROR;
   }
   int i, kind = sema_find_decl(L, name, &i);
+  if (L->fn_stack.n > 0) {
+    /* A function sees its parameters, and, when defined in a unit, the
+     * unit's params and dims: what is the same at every call. */
+    const AstDecl *fn = L->fn_stack.v[L->fn_stack.n - 1];
+    const Binding *b = e->path.nparts == 1 && !e->primed ? find_binding(L, name) : NULL;
+    if (!b && (e->primed || (kind != DECL_NONE && (kind != DECL_PARAM || L->fn_toplevel)))) {
+      static const char *const what[] = {"",        "a param",   "an input",
+                                         "a state", "an output", "a layer"};
+      diag_error(L->de, e->loc, "function '%s' may only use its parameters%s; '%s%s' is %s",
+                 fn->name.parts[0],
+                 L->fn_toplevel ? " (it is defined outside any unit)" : ", params and dims", name,
+                 e->primed ? "'" : "", e->primed ? "a new state value" : what[kind]);
+      return REF_ERROR;
+    }
+  }
   if (e->primed) {
     if (kind != DECL_STATE) {
       diag_error(L->de, e->loc, "'%s' is not a state; only a state can be primed", name);
@@ -419,7 +436,8 @@ static int lower_concat(Lower *L, const Builtin *b, const CallArgs *c, Tuple *ou
   if (lower_args(L, c, args)) return one(L, out, REF_ERROR);
   int rank = type_of(L, args[0]).rank;
   if (rank == 0) {
-    diag_error(L->de, c->pos[0]->loc, "concat needs values with at least one axis, not a scalar");
+    diag_error(L->de, sema_expr_start(c->pos[0]),
+               "concat needs values with at least one axis, not a scalar");
     return one(L, out, REF_ERROR);
   }
   int axis = get_axis(L, c, rank, rank - 1);
@@ -435,7 +453,7 @@ static int lower_split(Lower *L, const Builtin *b, const CallArgs *c, Tuple *out
   if (x < 0) return one(L, out, REF_ERROR);
   IrType t = type_of(L, x);
   if (t.rank == 0) {
-    diag_error(L->de, c->pos[0]->loc, "cannot split a scalar");
+    diag_error(L->de, sema_expr_start(c->pos[0]), "cannot split a scalar");
     return one(L, out, REF_ERROR);
   }
   int axis = get_axis(L, c, t.rank, t.rank - 1);
@@ -587,6 +605,69 @@ static int lower_causal_conv(Lower *L, const Builtin *bi, const CallArgs *c, Tup
   return one(L, out, emit2(L, IR_ADD, loc, y, b, "add"));
 }
 
+/* reshape(x, [d1, d2, ...]): the same elements, in the same (row-major)
+ * order, under a new shape of dim expressions. The element counts must be
+ * equal as polynomials, so the check holds for every value of the dims. */
+static int lower_reshape(Lower *L, const Builtin *b, const CallArgs *c, Tuple *out) {
+  (void)b;
+  IrRef x = lower_expr(L, c->pos[0]);
+  const AstExpr *how = c->pos[1];
+  if (how->kind != AST_LIST) {
+    diag_error(L->de, how->loc, "reshape takes the new shape as a list: reshape(x, [d1, d2, ...])");
+    return one(L, out, REF_ERROR);
+  }
+  if (x < 0) return one(L, out, REF_ERROR);
+  IrType t = type_of(L, x);
+  if (t.elem == IR_INT) {
+    diag_error(L->de, sema_expr_start(c->pos[0]), "an int token cannot be reshaped");
+    return one(L, out, REF_ERROR);
+  }
+  if (how->nargs > SEQ_MAX_RANK) {
+    diag_error(L->de, how->loc, "a value may have at most %d dimensions", SEQ_MAX_RANK);
+    return one(L, out, REF_ERROR);
+  }
+  DimExpr dims[SEQ_MAX_RANK], have = dim_const(1), want = dim_const(1);
+  for (int i = 0; i < how->nargs; i++) {
+    int64_t v;
+    if (sema_dim_expr(L, how->args[i], &dims[i])) return one(L, out, REF_ERROR);
+    if (dim_is_const(dims[i], &v) && (v < 0 || v > SEQ_MAX_DIM_VALUE)) {
+      diag_error(L->de, how->args[i]->loc, "dimension %lld is out of range", (long long)v);
+      return one(L, out, REF_ERROR);
+    }
+    if (dim_mul(want, dims[i], &want)) goto too_complex;
+  }
+  for (int i = 0; i < t.rank; i++)
+    if (dim_mul(have, t.dims[i], &have)) goto too_complex;
+  IrType nt = ir_type(L->a, t.elem, how->nargs, dims);
+  if (!dim_eq(have, want)) {
+    IrType th = {IR_REAL, 1, &have}, tw = {IR_REAL, 1, &want};
+    const char *sh = sema_type_str(L, th), *sw = sema_type_str(L, tw);
+    diag_error(L->de, c->call->loc, "cannot reshape %s to %s: they have %.*s and %.*s elements",
+               sema_type_str(L, t), sema_type_str(L, nt), (int)strlen(sh) - 2, sh + 1,
+               (int)strlen(sw) - 2, sw + 1);
+    return one(L, out, REF_ERROR);
+  }
+  if (ir_type_eq(nt, t)) return one(L, out, x);
+  return one(L, out, emit_to_type(L, IR_RESHAPE, c->call->loc, x, nt));
+too_complex:
+  diag_error(L->de, c->call->loc, "reshape: element count too complex to compare");
+  return one(L, out, REF_ERROR);
+}
+
+/* elu(x) with alpha 1: x for x > 0, exp(x) - 1 otherwise, written without a
+ * select as max(x, 0) + exp(min(x, 0)) - 1. */
+static int lower_elu(Lower *L, const Builtin *b, const CallArgs *c, Tuple *out) {
+  (void)b;
+  SrcLoc loc = c->call->loc;
+  IrRef x = lower_expr(L, c->pos[0]);
+  if (x < 0) return one(L, out, REF_ERROR);
+  IrRef zero = lower_const(L, 0.0, loc);
+  IrRef pos = emit2(L, IR_MAX, loc, x, zero, NULL);
+  IrRef neg = emit1(L, IR_EXP, loc, emit2(L, IR_MIN, loc, x, zero, NULL));
+  IrRef sum = emit2(L, IR_ADD, loc, pos, neg, "add");
+  return one(L, out, emit2(L, IR_SUB, loc, sum, lower_const(L, 1.0, loc), "subtract"));
+}
+
 static const Builtin builtins[] = {
     {"exp", 1, 1, 0, IR_EXP, 0, lower_unary_fn},
     {"log", 1, 1, 0, IR_LOG, 0, lower_unary_fn},
@@ -621,8 +702,16 @@ static const Builtin builtins[] = {
     {"split", 2, 2, KW_AXIS, IR_SLICE, 0, lower_split},
     {"concat", 1, -1, KW_AXIS, IR_CONCAT, 0, lower_concat},
     {"causal_conv", 3, 3, 0, IR_CAUSAL_CONV, 0, lower_causal_conv},
+    {"reshape", 2, 2, 0, IR_RESHAPE, 0, lower_reshape},
+    {"elu", 1, 1, 0, IR_MAX, 0, lower_elu},
 };
 #define NBUILTINS ((int)(sizeof builtins / sizeof builtins[0]))
+
+int lower_is_builtin(const char *name) {
+  for (int i = 0; i < NBUILTINS; i++)
+    if (strcmp(builtins[i].name, name) == 0) return 1;
+  return 0;
+}
 
 static void arity_error(Lower *L, const Builtin *b, SrcLoc loc, int got) {
   if (b->min_args == b->max_args)
@@ -738,7 +827,7 @@ static int lower_layer_call(Lower *L, const AstExpr *e, int li, Tuple *out) {
     if (subst_type(L, in->type, lay->dim_args, &want, e->args[i]->loc))
       return one(L, out, REF_ERROR);
     if (!ir_type_eq(want, got)) {
-      diag_error(L->de, e->args[i]->loc,
+      diag_error(L->de, sema_expr_start(e->args[i]),
                  "argument %d of layer '%s' is %s, but input '%s' of %s is %s here", i + 1,
                  lay->name, sema_type_str(L, got), in->name, cf->name, sema_type_str(L, want));
       bad = 1;
@@ -806,8 +895,91 @@ static int callee_layer(Lower *L, const AstExpr *callee) {
   return ld->first;
 }
 
+/* The `def` a call names: the unit's own first (unless we are inside a
+ * top-level def, which cannot see them), then the top-level ones. */
+static const AstDecl *find_def(const Lower *L, const char *name, int *toplevel) {
+  for (int i = 0; !L->fn_toplevel && i < L->defs.n; i++)
+    if (strcmp(L->defs.v[i]->name.parts[0], name) == 0) return *toplevel = 0, L->defs.v[i];
+  for (int i = 0; i < L->S->defs.n; i++)
+    if (strcmp(L->S->defs.v[i]->name.parts[0], name) == 0) return *toplevel = 1, L->S->defs.v[i];
+  return NULL;
+}
+
+/* Bounds the work of inlining: hash-consing shares the nodes, but a chain of
+ * functions each calling the next twice would still be lowered 2^n times. */
+#define MAX_INLINED 100000
+
+/* f(a, b) for `def f(x, y) = body`: the arguments are lowered here, in the
+ * caller's scope, then the body is lowered with x, y bound to them and
+ * nothing else of the caller in sight. The result is ordinary IR, as if the
+ * body had been written at the call. */
+static int lower_def_call(Lower *L, const AstExpr *e, const AstDecl *fn, int toplevel, Tuple *out) {
+  const char *name = fn->name.parts[0];
+  for (int i = 0; i < L->fn_stack.n; i++) {
+    if (L->fn_stack.v[i] != fn) continue;
+    char *chain = arena_strdup(L->a, "");
+    for (int k = i; k < L->fn_stack.n && chain; k++)
+      chain = arena_printf(L->a, "%s%s -> ", chain, L->fn_stack.v[k]->name.parts[0]);
+    diag_error(L->de, e->callee->loc, "function '%s' calls itself: %s%s (recursion is not allowed)",
+               name, chain ? chain : "", name);
+    return one(L, out, REF_ERROR);
+  }
+  if (++L->ninlined > MAX_INLINED) {
+    if (L->ninlined == MAX_INLINED + 1)
+      diag_error(L->de, e->loc, "more than %d function calls to inline in '%s'", MAX_INLINED,
+                 L->f->name);
+    return one(L, out, REF_ERROR);
+  }
+  IrRef *args = arena_calloc(L->a, (size_t)e->nargs + 1, sizeof *args);
+  if (!args) {
+    sema_oom(L->S);
+    return one(L, out, REF_ERROR);
+  }
+  int bad = 0;
+  for (int i = 0; i < e->nargs; i++) {
+    if (e->args[i]->kind == AST_KWARG) {
+      diag_error(L->de, e->args[i]->loc, "function '%s' takes no keyword arguments", name);
+      return one(L, out, REF_ERROR);
+    }
+    args[i] = lower_expr(L, e->args[i]);
+    bad |= args[i] < 0;
+  }
+  if (e->nargs != fn->nfparams) {
+    diag_error(L->de, e->loc, "function '%s' takes %d argument%s, got %d", name, fn->nfparams,
+               fn->nfparams == 1 ? "" : "s", e->nargs);
+    return one(L, out, REF_ERROR);
+  }
+  if (bad) return one(L, out, REF_ERROR);
+  int mark = L->env.n, base = L->fn_env_base, top = L->fn_toplevel, nsig = L->nsig;
+  int errors = L->de->nerrors;
+  if (vec_push(L->a, &L->fn_stack, fn)) {
+    sema_oom(L->S);
+    return one(L, out, REF_ERROR);
+  }
+  L->fn_env_base = L->env.n;
+  L->fn_toplevel = toplevel;
+  /* A top-level function has no dims: hide the unit's. */
+  if (toplevel) L->nsig = 0;
+  IrRef v = REF_ERROR;
+  int ok = 1;
+  for (int i = 0; i < fn->nfparams && ok; i++) ok = bind(L, fn->fparams[i], args[i], -1) == 0;
+  if (ok) v = lower_expr(L, fn->body);
+  L->fn_stack.n--;
+  L->env.n = mark;
+  L->fn_env_base = base;
+  L->fn_toplevel = top;
+  L->nsig = nsig;
+  /* The body's error points into the function; say which call led there. */
+  if (L->de->nerrors > errors) diag_note(L->de, e->loc, "in this call of '%s'", name);
+  return one(L, out, v);
+}
+
 static int lower_call(Lower *L, const AstExpr *e, Tuple *out) {
   int li = callee_layer(L, e->callee);
+  if (li >= 0 && L->fn_stack.n > 0) {
+    diag_error(L->de, e->callee->loc, "a function cannot call a layer");
+    return one(L, out, REF_ERROR);
+  }
   if (li >= 0) return lower_layer_call(L, e, li, out);
   if (li == -2) return one(L, out, REF_ERROR);
   if (e->callee->kind != AST_NAME || e->callee->primed) {
@@ -819,6 +991,9 @@ static int lower_call(Lower *L, const AstExpr *e, Tuple *out) {
     sema_oom(L->S);
     return one(L, out, REF_ERROR);
   }
+  int toplevel;
+  const AstDecl *fn = e->callee->path.nparts == 1 ? find_def(L, name, &toplevel) : NULL;
+  if (fn) return lower_def_call(L, e, fn, toplevel, out);
   const Builtin *b = NULL;
   for (int i = 0; i < NBUILTINS; i++)
     if (strcmp(builtins[i].name, name) == 0) b = &builtins[i];
@@ -1109,8 +1284,8 @@ static void lower_assign(Lower *L, const AstStmt *s) {
       return;
     }
     if (v >= 0 && !ir_type_eq(type_of(L, v), st->type)) {
-      diag_error(L->de, s->value->loc, "%s' has shape %s but state '%s' is declared %s", name,
-                 sema_type_str(L, type_of(L, v)), name, sema_type_str(L, st->type));
+      diag_error(L->de, sema_expr_start(s->value), "%s' has shape %s but state '%s' is declared %s",
+                 name, sema_type_str(L, type_of(L, v)), name, sema_type_str(L, st->type));
       v = REF_ERROR;
     }
     slot->next = v;
@@ -1141,8 +1316,8 @@ static void lower_assign(Lower *L, const AstStmt *s) {
     slot->assigned = 1;
     slot->assigned_at = t->loc;
     if (v >= 0 && !ir_type_eq(type_of(L, v), o->type)) {
-      diag_error(L->de, s->value->loc, "%s has shape %s but output '%s' is declared %s", name,
-                 sema_type_str(L, type_of(L, v)), name, sema_type_str(L, o->type));
+      diag_error(L->de, sema_expr_start(s->value), "%s has shape %s but output '%s' is declared %s",
+                 name, sema_type_str(L, type_of(L, v)), name, sema_type_str(L, o->type));
       return;
     }
     if (v >= 0) L->f->outputs.v[i].value = v;

@@ -65,6 +65,7 @@ typedef struct ParseState {
   const char *buf; /* the scanner's copy of src->text */
   VEC(AstImport) imports;
   VEC(AstUnit *) units;
+  VEC(AstDecl *) defs; /* top-level `def`s */
 
   int errors; /* diagnostics reported by this parse */
   int stop;   /* too many errors, or one that ends the parse: the scanner reports end of input */
@@ -86,6 +87,8 @@ typedef struct ParseState {
   int unary_pending; /* prefix operators still open in enclosing levels */
   int unary_saved[SEQ_MAX_NESTING + 2];
   size_t ident_end; /* offset just past the last identifier: a prime must start there */
+  size_t dot_end;   /* offset just past a '.' that directly follows a path part: a part
+                       written right there may be an integer or a keyword (ffn.0.weight) */
   const char *tok_text; /* the last token returned, quoted in syntax errors */
   size_t tok_len;
   int swallowed_nl;        /* a newline inside brackets went by since the last token */
@@ -163,6 +166,13 @@ static AstDecl *decl_new(ParseState *P, AstDeclKind kind, SrcLoc loc, const char
   return d;
 }
 
+/* A real literal as a dim's default is a slip worth naming here; other
+ * expressions are sema's to check. */
+static void dim_default_check(ParseState *P, const char *name, const AstExpr *e) {
+  if (e && e->kind == AST_NUM && !e->is_int)
+    ast_syntax_error(P, e->loc, "the default of dimension '%s' must be an integer", name);
+}
+
 static AstPath path_of(const StrVec *v, SrcLoc loc) {
   return (AstPath){v->n, v->v, loc};
 }
@@ -193,6 +203,7 @@ static AstPath path_of(const StrVec *v, SrcLoc loc) {
 %token <str> CELL "'cell'" MODEL "'model'"
 %token PARAM "'param'" INPUT "'input'" STATE "'state'" OUTPUT "'output'" LAYER "'layer'"
 %token STEP "'step'" FORWARD "'forward'" LET "'let'" FOR "'for'" IN "'in'" IMPORT "'import'"
+%token DEF "'def'"
 %token REVERSE "'reverse'" PREFIX "'prefix'" SUFFIX "'suffix'" COMPLEX "'complex'" INT "'int'"
 %token NONE "'None'" TRANSPOSE "'^T'" PRIME "prime (')"
 %token BAD "invalid token"
@@ -201,26 +212,27 @@ static AstPath path_of(const StrVec *v, SrcLoc loc) {
 %type <flag> body_kw reverse_opt
 %type <dimps> dims_opt dim_list
 %type <decls> decls
-%type <decl> decl
+%type <decl> decl fndef
 %type <type> type
 %type <expr> count_opt expr term unary postfix primary name arg index
 %type <exprs> expr_list args_opt args indices
 %type <naming> naming_opt
 %type <stmts> block stmts
 %type <stmt> stmt
-%type <names> let_names
+%type <names> let_names fparams_opt fparams
 %type <strs> path
 
 %start file
 
 %%
 
-/* file = { NL } { ( import | unit ) { NL } } */
+/* file = { NL } { ( import | unit | fndef NL ) { NL } } */
 file:
   %empty
 | file NL
 | file import
-| file unit    { PUSH(&P->units, $2); }
+| file unit     { PUSH(&P->units, $2); }
+| file fndef NL { PUSH(&P->defs, $2); }
   /* A broken unit header: skip tokens until something that can start the
    * next top-level item. */
 | file error
@@ -292,37 +304,26 @@ dims_opt:
 | '(' dim_list ')' { $$ = $2; }
 ;
 
-/* dimparam = IDENT [ "=" INT ] */
+/* dimparam = IDENT [ "=" expr ]   (sema: an integer, or a dim expression
+ * over the dims before it) */
 dim_list:
   IDENT {
     NEWVEC($$);
     PUSH($$, ((AstDimParam){$1, NULL, LOC(@1)}));
   }
-| IDENT '=' NUMBER {
-    AstExpr *e;
-    NEED(e = expr_new(P, AST_NUM, LOC(@3)));
-    e->num = $3.value;
-    e->is_int = $3.is_int;
-    e->text = $3.text;
-    if (!$3.is_int)
-      ast_syntax_error(P, LOC(@3), "the default of dimension '%s' must be an integer", $1);
+| IDENT '=' expr {
+    dim_default_check(P, $1, $3);
     NEWVEC($$);
-    PUSH($$, ((AstDimParam){$1, e, LOC(@1)}));
+    PUSH($$, ((AstDimParam){$1, $3, LOC(@1)}));
   }
 | dim_list ',' IDENT {
     $$ = $1;
     PUSH($$, ((AstDimParam){$3, NULL, LOC(@3)}));
   }
-| dim_list ',' IDENT '=' NUMBER {
-    AstExpr *e;
-    NEED(e = expr_new(P, AST_NUM, LOC(@5)));
-    e->num = $5.value;
-    e->is_int = $5.is_int;
-    e->text = $5.text;
-    if (!$5.is_int)
-      ast_syntax_error(P, LOC(@5), "the default of dimension '%s' must be an integer", $3);
+| dim_list ',' IDENT '=' expr {
+    dim_default_check(P, $3, $5);
     $$ = $1;
-    PUSH($$, ((AstDimParam){$3, e, LOC(@3)}));
+    PUSH($$, ((AstDimParam){$3, $5, LOC(@3)}));
   }
 ;
 
@@ -338,9 +339,11 @@ decls:
 /* decl = "param" path ":" type | "input" IDENT ":" type
  *      | "state" IDENT ":" type [ "=" expr ] | "output" IDENT ":" type
  *      | "layer" IDENT [ "[" expr "]" ] "=" [ "reverse" ] IDENT "(" [ args ] ")"
- *        [ ( "prefix" | "suffix" ) STRING ] */
+ *        [ ( "prefix" | "suffix" ) STRING ]
+ *      | fndef */
 decl:
-  PARAM path ':' type {
+  fndef
+| PARAM path ':' type {
     NEED($$ = arena_alloc(P->arena, sizeof *$$));
     $$->kind = AST_PARAM;
     $$->loc = LOC(@1);
@@ -374,6 +377,35 @@ decl:
     $$->args = $8->v;
     $$->prefix = $10.prefix;
     $$->suffix = $10.suffix;
+  }
+;
+
+/* fndef = "def" IDENT "(" [ IDENT { "," IDENT } ] ")" "=" expr */
+fndef:
+  DEF IDENT '(' fparams_opt ')' '=' expr {
+    NEED($$ = decl_new(P, AST_DEF, LOC(@1), $2, LOC(@2)));
+    $$->nfparams = $4->names.n;
+    $$->fparams = $4->names.v;
+    $$->fparam_locs = $4->locs.v;
+    $$->body = $7;
+  }
+;
+
+fparams_opt:
+  %empty { NEWVEC($$); }
+| fparams
+;
+
+fparams:
+  IDENT {
+    NEWVEC($$);
+    PUSH(&$$->names, $1);
+    PUSH(&$$->locs, LOC(@1));
+  }
+| fparams ',' IDENT {
+    $$ = $1;
+    PUSH(&$$->names, $3);
+    PUSH(&$$->locs, LOC(@3));
   }
 ;
 
@@ -472,16 +504,16 @@ expr_list:
 /* expr = term { ( "+" | "-" ) term } */
 expr:
   term
-| expr '+' term { NEED($$ = expr_op(P, AST_BINARY, '+', $1, $3, LOC(@1))); }
-| expr '-' term { NEED($$ = expr_op(P, AST_BINARY, '-', $1, $3, LOC(@1))); }
+| expr '+' term { NEED($$ = expr_op(P, AST_BINARY, '+', $1, $3, LOC(@2))); }
+| expr '-' term { NEED($$ = expr_op(P, AST_BINARY, '-', $1, $3, LOC(@2))); }
 ;
 
 /* term = unary { ( "*" | "/" | "@" ) unary } */
 term:
   unary
-| term '*' unary { NEED($$ = expr_op(P, AST_BINARY, '*', $1, $3, LOC(@1))); }
-| term '/' unary { NEED($$ = expr_op(P, AST_BINARY, '/', $1, $3, LOC(@1))); }
-| term '@' unary { NEED($$ = expr_op(P, AST_BINARY, '@', $1, $3, LOC(@1))); }
+| term '*' unary { NEED($$ = expr_op(P, AST_BINARY, '*', $1, $3, LOC(@2))); }
+| term '/' unary { NEED($$ = expr_op(P, AST_BINARY, '/', $1, $3, LOC(@2))); }
+| term '@' unary { NEED($$ = expr_op(P, AST_BINARY, '@', $1, $3, LOC(@2))); }
 ;
 
 /* unary = ( "-" | "+" ) unary | postfix */
@@ -553,7 +585,8 @@ name:
   }
 ;
 
-/* path = IDENT { "." IDENT } */
+/* path = IDENT { "." ( IDENT | INT | keyword ) }: the scanner turns an
+ * integer or keyword written right after such a '.' into an IDENT. */
 path:
   IDENT          { NEWVEC($$); PUSH($$, $1); }
 | path '.' IDENT { $$ = $1; PUSH($$, $3); }

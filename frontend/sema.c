@@ -74,6 +74,14 @@ char *sema_path_str(Arena *a, const AstPath *p) {
   return s;
 }
 
+/* Where an expression's text begins. A binary node is located at its
+ * operator (where an operand mismatch belongs); a message about the whole
+ * value (its shape against a declaration) points at its first token. */
+SrcLoc sema_expr_start(const AstExpr *e) {
+  while (e->kind == AST_BINARY && e->lhs) e = e->lhs;
+  return e->loc;
+}
+
 /* "[4*H, I]", "complex[H, N]", "int": the spelling of ir_print_type, for
  * messages that name a declared shape. */
 const char *sema_type_str(Lower *L, IrType t) {
@@ -237,24 +245,39 @@ static void declare_dims(Lower *L) {
     d.name = dup ? arena_printf(L->a, "%s#%d", p->name, i) : p->name;
     d.loc = p->loc;
     d.in_signature = 1;
-    if (p->deflt) {
-      int64_t v;
-      if (p->deflt->kind != AST_NUM || !p->deflt->is_int || int_literal(p->deflt, &v) || v < 0 ||
-          v > SEQ_MAX_DIM_VALUE) {
-        diag_error(L->de, p->deflt->loc,
-                   "the default of dimension '%s' must be an integer between 0 and %lld", p->name,
-                   (long long)SEQ_MAX_DIM_VALUE);
-      } else {
-        d.has_default = 1;
-        d.deflt = v;
-      }
+    /* A default is an integer, or a dim expression over the dims declared
+     * before this one (d_inner = 2*d_model): only those are visible. */
+    DimExpr e = dim_const(0);
+    int64_t v = 0;
+    int is_expr = 0;
+    L->nsig = L->f->dims.n;
+    if (p->deflt && sema_dim_expr(L, p->deflt, &e) == 0) {
+      if (!dim_is_const(e, &v))
+        is_expr = 1;
+      else if (v < 0 || v > SEQ_MAX_DIM_VALUE)
+        diag_error(L->de, p->deflt->loc, "the default of dimension '%s' must be between 0 and %lld",
+                   p->name, (long long)SEQ_MAX_DIM_VALUE);
+      else
+        d.has_default = 1, d.deflt = v;
     }
     if (!d.name || vec_push(L->a, &L->f->dims, d)) {
       sema_oom(L->S);
       return;
     }
+    IrDimDefault dd = {L->f->dims.n - 1, e};
+    if (is_expr && vec_push(L->a, &L->f->dim_defaults, dd)) {
+      sema_oom(L->S);
+      return;
+    }
   }
   L->nsig = L->f->dims.n;
+}
+
+/* The default expression of dim v of f, or NULL. */
+static const DimExpr *dim_default_expr(const IrFunc *f, int v) {
+  for (int i = 0; i < f->dim_defaults.n; i++)
+    if (f->dim_defaults.v[i].dim == v) return &f->dim_defaults.v[i].expr;
+  return NULL;
 }
 
 /* The type after ':' in a declaration. `int` is a token index and only an
@@ -295,6 +318,31 @@ static int lower_type(Lower *L, const AstType *t, int kind, IrType *out) {
 
 static const char *const decl_kind_name[] = {"", "param", "input", "state", "output", "layer"};
 
+/* def NAME(p1, ...) = body: the name may not be a builtin's (a call would be
+ * ambiguous) nor repeat one of `earlier`; parameters must be distinct.
+ * Returns 0 if the definition is usable. */
+static int check_def(Sema *S, const AstDecl *d, const AstDecl *const *earlier, int nearlier) {
+  const char *name = d->name.parts[0];
+  if (lower_is_builtin(name)) {
+    diag_error(S->de, d->name.loc, "function '%s' has the name of a builtin", name);
+    return -1;
+  }
+  for (int i = 0; i < nearlier; i++)
+    if (strcmp(earlier[i]->name.parts[0], name) == 0) {
+      diag_error(S->de, d->name.loc, "duplicate function '%s'", name);
+      diag_note(S->de, earlier[i]->name.loc, "'%s' was first defined here", name);
+      return -1;
+    }
+  for (int i = 0; i < d->nfparams; i++)
+    for (int k = 0; k < i; k++)
+      if (strcmp(d->fparams[i], d->fparams[k]) == 0) {
+        diag_error(S->de, d->fparam_locs[i], "function '%s' has two parameters named '%s'", name,
+                   d->fparams[i]);
+        return -1;
+      }
+  return 0;
+}
+
 static void lower_layer_decl(Lower *L, const AstDecl *d, const char *name);
 
 static void declare_decls(Lower *L) {
@@ -306,6 +354,11 @@ static void declare_decls(Lower *L) {
     if (!name) {
       sema_oom(L->S);
       return;
+    }
+    if (d->kind == AST_DEF) {
+      if (check_def(L->S, d, L->defs.v, L->defs.n) == 0 && vec_push(L->a, &L->defs, d))
+        sema_oom(L->S);
+      continue;
     }
     if (d->kind != AST_PARAM && d->name.nparts > 1) {
       diag_error(L->de, d->name.loc, "only parameter names may contain dots");
@@ -381,7 +434,7 @@ static void lower_state_inits(Lower *L) {
     if (!d) continue;
     const char *name = L->f->states.v[si].name;
     IrRef v;
-    SrcLoc at = d->init ? d->init->loc : d->name.loc;
+    SrcLoc at = d->init ? sema_expr_start(d->init) : d->name.loc;
     if (d->init) {
       L->mode = MODE_INIT;
       L->init_state = name;
@@ -426,23 +479,38 @@ static int layer_count(Lower *L, const AstDecl *d, int64_t *out) {
     sema_oom(L->S);
     return -1;
   }
+  /* Header dims in order, so that a default expression finds the dims it
+   * uses (always earlier ones) already valued. */
+  unsigned char *known = arena_calloc(L->a, (size_t)L->nsig + 1, 1);
+  if (!known) {
+    sema_oom(L->S);
+    return -1;
+  }
+  for (int v = 0; v < L->nsig; v++) {
+    const IrDim *dim = &L->f->dims.v[v];
+    for (int j = 0; opt && j < opt->ndim_overrides; j++) {
+      if (opt->dim_override_names && opt->dim_override_values &&
+          strcmp(opt->dim_override_names[j], dim->name) == 0) {
+        vals[v] = opt->dim_override_values[j];
+        known[v] = 1;
+      }
+    }
+    const DimExpr *de = dim_default_expr(L->f, v);
+    if (!known[v] && dim->has_default) {
+      vals[v] = dim->deflt;
+      known[v] = 1;
+    } else if (!known[v] && de) {
+      int all = 1;
+      for (int t = 0; t < de->nterms; t++)
+        for (int k = 0; k < de->t[t].nvars; k++) all &= known[de->t[t].vars[k]];
+      known[v] = all && dim_eval(*de, vals, &vals[v]) == 0;
+    }
+  }
   for (int t = 0; t < e.nterms; t++) {
     for (int k = 0; k < e.t[t].nvars; k++) {
       int v = e.t[t].vars[k];
       const IrDim *dim = &L->f->dims.v[v];
-      int known = 0;
-      for (int j = 0; opt && j < opt->ndim_overrides; j++) {
-        if (opt->dim_override_names && opt->dim_override_values &&
-            strcmp(opt->dim_override_names[j], dim->name) == 0) {
-          vals[v] = opt->dim_override_values[j];
-          known = 1;
-        }
-      }
-      if (!known && dim->has_default) {
-        vals[v] = dim->deflt;
-        known = 1;
-      }
-      if (!known) {
+      if (!known[v]) {
         diag_error(L->de, d->count->loc,
                    "the length of layer array '%s' must be known when compiling, but dimension "
                    "'%s' has no default (give it one, or set it with --dims %s=...)",
@@ -632,6 +700,19 @@ int sema_finalize_layer(Lower *L, int li, const IrRef *args, int nargs) {
   for (int v = 0; v < cf->dims.n; v++) {
     if (slot->bound[v]) continue;
     const IrDim *cd = &cf->dims.v[v];
+    /* A default expression follows the dims it uses (earlier ones, bound by
+     * now): d_inner = 2*d_model becomes 2*(whatever d_model is here). */
+    const DimExpr *de = dim_default_expr(cf, v);
+    if (de) {
+      if (dim_subst(*de, lay->dim_args, &lay->dim_args[v])) {
+        diag_error(L->de, lay->loc,
+                   "the default of dimension '%s' of '%s' is too complex once substituted",
+                   cd->name, cf->name);
+        return -1;
+      }
+      slot->bound[v] = 1;
+      continue;
+    }
     IrDim nd = {0};
     nd.name = arena_printf(L->a, "%s.%s", lay->name, cd->name);
     nd.loc = lay->loc;
@@ -753,6 +834,13 @@ static IrModule *compile(Arena *a, SrcMgr *sm, DiagEngine *de, const SrcFile *sr
     return NULL;
   }
   if (sema_load_program(&S, src, is_file)) return NULL;
+  /* Top-level functions share one namespace across files, like units. */
+  for (int i = 0; i < S.files.n; i++) {
+    const AstFile *af = S.files.v[i]->ast;
+    for (int k = 0; af && k < af->ndefs; k++)
+      if (check_def(&S, af->defs[k], S.defs.v, S.defs.n) == 0 && vec_push(a, &S.defs, af->defs[k]))
+        sema_oom(&S);
+  }
 
   /* Cells first (they instantiate nothing), then models callees-first, so a
    * layer's callee always has a lower function index than its caller. */

@@ -42,8 +42,9 @@ typedef struct Sema {
   VEC(SemaFile *) files; /* post-order: every file after the files it imports */
   SemaFile *main;
   VEC(SemaUnit) units;
-  VEC(int) stack; /* model dependency stack (unit indices), for cycle messages */
-  int oom;        /* an allocation failed (reported once) */
+  VEC(int) stack;            /* model dependency stack (unit indices), for cycle messages */
+  VEC(const AstDecl *) defs; /* top-level `def`s of every loaded file */
+  int oom;                   /* an allocation failed (reported once) */
 } Sema;
 
 /* ---- Lowering one unit ---------------------------------------------------- */
@@ -105,8 +106,13 @@ typedef struct Lower {
   VEC(OutputSlot) outputs; /* parallel to f->outputs */
   VEC(LayerSlot) layers;   /* parallel to f->layers */
   VEC(LayerDecl) layer_decls;
-  int nsig;  /* header dims: f->dims[0..nsig) */
-  int nconv; /* causal_conv windows created so far */
+  int nsig;                      /* header dims: f->dims[0..nsig) */
+  int nconv;                     /* causal_conv windows created so far */
+  VEC(const AstDecl *) defs;     /* this unit's `def`s */
+  VEC(const AstDecl *) fn_stack; /* `def`s being inlined, innermost last */
+  int fn_env_base; /* inside a def body: env entries below this are the caller's, hidden */
+  int fn_toplevel; /* the innermost def is a top-level one: the unit's names are hidden */
+  int ninlined;    /* def calls inlined in this unit (bounded) */
 } Lower;
 
 /* import.c: loads the main file and, transitively, its imports; collects the
@@ -121,9 +127,11 @@ int sema_dim_expr(Lower *L, const AstExpr *e, DimExpr *out);
 const char *sema_type_str(Lower *L, IrType t);
 int sema_find_decl(const Lower *L, const char *name, int *index);
 char *sema_path_str(Arena *a, const AstPath *p);
+SrcLoc sema_expr_start(const AstExpr *e);
 int sema_finalize_layer(Lower *L, int layer, const IrRef *args, int nargs);
 
 /* lower.c */
+int lower_is_builtin(const char *name);
 IrRef lower_expr(Lower *L, const AstExpr *e);
 IrRef lower_const(Lower *L, double v, SrcLoc loc);
 IrRef lower_broadcast_to(Lower *L, IrRef v, IrType t, SrcLoc loc, const char *what);

@@ -91,6 +91,13 @@ int ir_binding_set_dim(IrBinding *b, const char *name, int64_t value, DiagEngine
   return -1;
 }
 
+/* The default expression of dim v (d_inner = 2*d_model), or NULL. */
+static const DimExpr *default_expr(const IrFunc *f, int v) {
+  for (int i = 0; i < f->dim_defaults.n; i++)
+    if (f->dim_defaults.v[i].dim == v) return &f->dim_defaults.v[i].expr;
+  return NULL;
+}
+
 static int dims_known(const IrBinding *b, DimExpr e) {
   for (int i = 0; i < e.nterms; i++)
     for (int k = 0; k < e.t[i].nvars; k++) {
@@ -182,6 +189,48 @@ static void report_mismatch(IrBinding *b, const Given *g, DiagEngine *de) {
                decl_str(b, g->type));
 }
 
+/* Drops the axes of size 1. Returns the new rank. */
+static int squeeze(int ndim, const int64_t *shape, int64_t *out) {
+  int n = 0;
+  for (int i = 0; i < ndim; i++)
+    if (shape[i] != 1) out[n++] = shape[i];
+  return n;
+}
+
+/* Shapes that differ only by axes of size 1 ([1] and [], [1, 1, C] and [C])
+ * hold the same numbers in the same order: nn.Linear(I, 1)'s bias is stored
+ * [1] where a cell declares a scalar, a conv weight [C, 1, 1] where a cell
+ * declares [C]. Such a stored weight loads as the declared shape. */
+static int same_but_unit_axes(int na, const int64_t *a, int nb, const int64_t *b) {
+  int64_t sa[RT_MAX_RANK + 1], sb[RT_MAX_RANK + 1];
+  if (na > RT_MAX_RANK + 1 || nb > RT_MAX_RANK + 1) return 0;
+  int ka = squeeze(na, a, sa), kb = squeeze(nb, b, sb);
+  return ka == kb && memcmp(sa, sb, (size_t)ka * sizeof *sa) == 0;
+}
+
+/* A stored weight whose rank differs from the declared one: if dropping its
+ * unit axes and the declared axes that are the constant 1 leaves equally many
+ * axes, the weight stands in with the declared rank (1 where the declaration
+ * says 1, its other axes in order), so that the dims can be solved from it.
+ * The final shape check then compares the real numbers. */
+static void align_unit_axes(Given *g) {
+  int want = g->type.rank + (g->type.elem == IR_COMPLEX);
+  if (g->ndim == want || g->ndim > RT_MAX_RANK || want > RT_MAX_RANK) return;
+  int64_t sq[RT_MAX_RANK + 1];
+  int ns = squeeze(g->ndim, g->shape, sq);
+  int nfree = 0;
+  unsigned char one[RT_MAX_RANK + 1] = {0};
+  for (int k = 0; k < want; k++) {
+    int64_t c;
+    one[k] = k < g->type.rank && dim_is_const(g->type.dims[k], &c) && c == 1;
+    nfree += !one[k];
+  }
+  if (ns != nfree) return;
+  int j = 0;
+  for (int k = 0; k < want; k++) g->shape[k] = one[k] ? 1 : sq[j++];
+  g->ndim = want;
+}
+
 static int rank_fits(const Given *g) {
   return g->ndim == g->type.rank + (g->type.elem == IR_COMPLEX);
 }
@@ -242,6 +291,7 @@ int ir_binding_infer(IrBinding *b, IrShapeLookup lookup, void *ctx, const int *i
       errors++;
       continue;
     }
+    align_unit_axes(g);
     ng++;
   }
   for (int i = 0; i < ni && input_ndims && input_shapes; i++) {
@@ -267,10 +317,28 @@ int ir_binding_infer(IrBinding *b, IrShapeLookup lookup, void *ctx, const int *i
     }
     if (r < 0) return -1;
     int d = -1;
-    for (int i = 0; i < root->dims.n && d < 0; i++)
-      if (b->dims[i] < 0 && root->dims.v[i].has_default) d = i;
+    int64_t value = 0;
+    for (int i = 0; i < root->dims.n && d < 0; i++) {
+      if (b->dims[i] >= 0) continue;
+      const DimExpr *e = default_expr(root, i);
+      if (root->dims.v[i].has_default) {
+        d = i;
+        value = root->dims.v[i].deflt;
+      } else if (e && dims_known(b, *e)) {
+        /* d_inner = 2*d_model: only once d_model is known, however. */
+        if (dim_eval(*e, b->dims, &value)) {
+          const char *es = dim_str(b->arena, *e, root_dim_names(b));
+          diag_error(de, root->dims.v[i].loc,
+                     "the default of dimension '%s' (%s) is outside [0, %lld] with these "
+                     "dimensions",
+                     root->dims.v[i].name, es ? es : "?", (long long)SEQ_MAX_DIM_VALUE);
+          return -1;
+        }
+        d = i;
+      }
+    }
     if (d < 0) break;
-    b->dims[d] = root->dims.v[d].deflt;
+    b->dims[d] = value;
     b->dim_from[d] = root->dims.v[d].loc;
   }
   for (int i = 0; i < root->dims.n; i++)
@@ -340,11 +408,23 @@ int ir_binding_infer(IrBinding *b, IrShapeLookup lookup, void *ctx, const int *i
 static int weight_alloc(IrBinding *b, int i, int ndim, const int64_t *shape, DiagEngine *de) {
   RtTensor *w = &b->weights[i];
   int64_t n = 1;
-  for (int k = 0; k < ndim; k++)
-    if (__builtin_mul_overflow(n, shape[k], &n)) n = -1;
-  double *d = n >= 0 && (uint64_t)n <= SIZE_MAX / sizeof(double)
-                  ? arena_calloc(b->arena, (size_t)n, sizeof(double))
-                  : NULL;
+  for (int k = 0; k < ndim && n >= 0; k++)
+    if (shape[k] < 0 || __builtin_mul_overflow(n, shape[k], &n)) n = -1;
+  /* Weights are held in float64; the same bound as a weight file keeps a
+   * --dims typo ([H, H] with H = 2e9) a clear error rather than an attempt to
+   * allocate and fill exabytes. */
+  if (n < 0 || n > RT_MAX_FILE_BYTES / (int64_t)sizeof(double)) {
+    char dims[RT_MAX_RANK * 24 + 4] = "";
+    size_t len = 0;
+    for (int k = 0; k < ndim && len < sizeof dims; k++)
+      len += (size_t)snprintf(dims + len, sizeof dims - len, "%s%lld", k ? ", " : "",
+                              (long long)shape[k]);
+    diag_error(de, b->flat.params.v[i].loc,
+               "weight '%s' of shape [%s] is too large (more than %lld bytes as float64)",
+               b->flat.params.v[i].name, dims, (long long)RT_MAX_FILE_BYTES);
+    return -1;
+  }
+  double *d = arena_calloc(b->arena, (size_t)n, sizeof(double));
   if (!d) {
     diag_error(de, b->flat.params.v[i].loc, "out of memory for weight '%s'",
                b->flat.params.v[i].name);
@@ -404,7 +484,8 @@ int ir_binding_load(IrBinding *b, IrWeightLoad load, void *ctx, DiagEngine *de) 
       }
       src = &conv;
     }
-    if (src->ndim != n || memcmp(src->shape, want, (size_t)n * sizeof *want) != 0) {
+    int same = src->ndim == n && memcmp(src->shape, want, (size_t)n * sizeof *want) == 0;
+    if (!same && !same_but_unit_axes(src->ndim, src->shape, n, want)) {
       Given g = {"weight", p->name, p->type, p->loc, src->ndim, {0}};
       memcpy(g.shape, src->shape, (size_t)src->ndim * sizeof *g.shape);
       report_mismatch(b, &g, de);

@@ -132,6 +132,16 @@ typedef struct IrDim {
   int64_t deflt;
 } IrDim;
 
+/* A dim whose default is an expression over the dims before it:
+ * cell Mamba(d_model, d_inner = 2*d_model). Such a dim has has_default == 0
+ * in IrDim; the default applies (ir/bind.c) only when nothing else fixes the
+ * dim. It lives in a list beside the dims rather than in IrDim so that
+ * positional IrDim initializers elsewhere stay complete. */
+typedef struct IrDimDefault {
+  int dim;      /* index into IrFunc.dims */
+  DimExpr expr; /* over dims with smaller indices */
+} IrDimDefault;
+
 typedef struct IrParam {
   const char *name; /* "weight_ih", "in_proj.weight" */
   IrType type;
@@ -186,6 +196,7 @@ typedef struct IrFunc {
   VEC(IrLayer) layers;
   VEC(IrNode) nodes;
   struct IrHash *cse; /* hash-consing table (builder-private) */
+  VEC(IrDimDefault) dim_defaults; /* at most one per dim */
 } IrFunc;
 
 typedef struct IrModule {

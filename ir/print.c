@@ -184,6 +184,7 @@ static void print_header(FILE *out, const IrModule *m, const IrFunc *f) {
   fprintf(out, "%s%s %s(", entry ? "entry " : "", f->kind == IR_FN_CELL ? "cell" : "model",
           f->name);
   /* Signature dims first, in declaration order, then the fresh ones. */
+  const char **names = dim_names_new(f);
   int first = 1;
   for (int pass = 0; pass < 2; pass++)
     for (int i = 0; i < f->dims.n; i++) {
@@ -191,8 +192,14 @@ static void print_header(FILE *out, const IrModule *m, const IrFunc *f) {
       if ((pass == 0) != (d->in_signature != 0)) continue;
       fprintf(out, "%s%s%s", first ? "" : ", ", pass ? "fresh " : "", d->name);
       if (d->has_default) fprintf(out, "=%lld", (long long)d->deflt);
+      for (int k = 0; k < f->dim_defaults.n; k++)
+        if (f->dim_defaults.v[k].dim == i) {
+          fputc('=', out);
+          print_dim(out, f, names, f->dim_defaults.v[k].expr);
+        }
       first = 0;
     }
+  seq_free(names);
   fputs(") {\n", out);
 }
 

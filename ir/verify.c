@@ -187,6 +187,16 @@ static void verify_signature(Verify *v, const IrFunc *f) {
   int nd = f->dims.n;
   for (int i = 0; i < nd; i++)
     if (!f->dims.v[i].name) bad(v, f, IR_NONE, "dim %d has no name", i);
+  /* A default expression uses only earlier dims, so defaults resolve in dim
+   * order; a dim has one default at most. */
+  for (int i = 0; i < f->dim_defaults.n; i++) {
+    const IrDimDefault *d = &f->dim_defaults.v[i];
+    if (d->dim < 0 || d->dim >= nd || !dims_ok(d->expr, d->dim) || f->dims.v[d->dim].has_default)
+      bad(v, f, IR_NONE, "default expression %d is malformed", i);
+    for (int k = 0; k < i; k++)
+      if (f->dim_defaults.v[k].dim == d->dim)
+        bad(v, f, IR_NONE, "dim %d has two default expressions", d->dim);
+  }
   for (int i = 0; i < f->params.n; i++)
     if (!f->params.v[i].name || !type_ok(f->params.v[i].type, nd) ||
         f->params.v[i].type.elem == IR_INT)

@@ -183,7 +183,8 @@ static void test_tree_fields(void **state) {
   AstExpr *d0 = param->type.dims[0];
   assert_int_equal(d0->kind, AST_BINARY);
   assert_int_equal(d0->op, '*');
-  assert_int_equal(d0->loc.col, 33);
+  /* A binary operation is located at its operator (2*H: the '*'). */
+  assert_int_equal(d0->loc.col, 34);
   assert_int_equal(u->decls[1]->type.elem, AST_TY_INT);
   AstExpr *init = u->decls[2]->init;
   assert_int_equal(init->kind, AST_NUM);
@@ -221,7 +222,7 @@ static void test_tree_fields(void **state) {
   assert_true(assign->target->primed);
   AstExpr *sum = assign->value;
   assert_int_equal(sum->kind, AST_BINARY);
-  assert_int_equal(sum->loc.col, 10);
+  assert_int_equal(sum->loc.col, 23); /* the '+' */
   assert_int_equal(sum->lhs->kind, AST_TRANSPOSE);
   AstExpr *index = sum->lhs->lhs;
   assert_int_equal(index->kind, AST_INDEX);
