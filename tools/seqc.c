@@ -17,6 +17,7 @@
 #include "frontend/frontend.h"
 #include "ir/interp.h"
 #include "ir/ir.h"
+#include "passes/passes.h"
 #include "runtime/rt.h"
 
 #define MAX_BINDINGS 64
@@ -51,6 +52,7 @@ typedef struct Options {
   int opt_level;
   const char *target_cpu, *target_features;
   const char *header_path;
+  int report; /* --report: the recurrence classification of every cell */
 } Options;
 
 static void usage(FILE *out) {
@@ -62,6 +64,7 @@ static void usage(FILE *out) {
         "  seqc FILE.seq [--dims ...] [--weights W] -o libNAME.so [-H NAME.h] [-O0..-O3]\n"
         "       [--target-cpu=CPU] [--target-features=+f,-g]\n"
         "  seqc --emit=ir|llvm|asm|obj FILE.seq [-o OUT] [--entry UNIT]\n"
+        "  seqc --report FILE.seq      (each state's recurrence class and strategy)\n"
         "  seqc --help | --version\n"
         "See docs/cli.md.\n",
         out);
@@ -180,6 +183,8 @@ static int parse_args(int argc, char **argv, Options *o) {
     } else if ((r = TAKE("-H")) != 0) {
       if (r < 0) return usage_error("%s needs a value", a);
       o->header_path = val;
+    } else if (strcmp(a, "--report") == 0) {
+      o->report = 1;
     } else if (strcmp(a, "--f64") == 0) {
       o->f64 = 1;
     } else if (strcmp(a, "--quiet") == 0 || strcmp(a, "-q") == 0) {
@@ -201,8 +206,9 @@ static int parse_args(int argc, char **argv, Options *o) {
     if (o->f64 && strcmp(o->backend, "interp") != 0)
       return usage_error("%s", "--f64 needs --backend=interp (compiled code is float32)");
   } else {
-    if (!o->emit && !o->out_path)
-      return usage_error("%s", "nothing to do: use 'seqc run', -o libNAME.so or --emit=ir");
+    if (!o->emit && !o->out_path && !o->report)
+      return usage_error("%s",
+                         "nothing to do: use 'seqc run', -o libNAME.so, --emit=ir or --report");
     if (o->emit && strcmp(o->emit, "ir") != 0 && strcmp(o->emit, "llvm") != 0 &&
         strcmp(o->emit, "asm") != 0 && strcmp(o->emit, "obj") != 0)
       return usage_error("unknown --emit kind '%s' (ir, llvm, asm, obj)", o->emit);
@@ -710,6 +716,12 @@ int main(int argc, char **argv) {
   IrModule *mod = seq_compile_file(arena, &sm, &de, o.file, &fopt);
   if (!mod || de.nerrors) {
     rc = 1;
+  } else if (o.report) {
+    ClassifyResult *cr = NULL;
+    if (classify_module(arena, mod, &cr, &de) != 0)
+      rc = 1;
+    else
+      classify_print_report(stdout, mod, cr);
   } else if (!o.cmd && (!o.emit || strcmp(o.emit, "ir") != 0)) {
     rc = cmd_compile(&o, mod, arena, &de, &dims);
   } else if (o.emit) {

@@ -103,6 +103,12 @@ static void test_usage_errors(void **state) {
   EXPECT_RUN("--help", 0, "usage:");
 }
 
+static void test_report(void **state) {
+  (void)state;
+  EXPECT_RUN("--report examples/lstm.seq", 0, "state h [H]: nonlinear");
+  EXPECT_RUN("--report examples/mingru.seq", 0, "strategy: associative scan");
+}
+
 static void test_missing_source(void **state) {
   (void)state;
   EXPECT_RUN("--emit=ir no/such/file.seq", 1, "cannot open 'no/such/file.seq'");
@@ -165,6 +171,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_usage_errors),
       cmocka_unit_test(test_missing_source),
+      cmocka_unit_test(test_report),
       cmocka_unit_test(test_run_with_state_and_lengths),
       cmocka_unit_test(test_run_errors_name_the_culprit),
       cmocka_unit_test(test_random_weights_are_deterministic),
