@@ -1044,6 +1044,68 @@ static int inst_build(Run *r, const IrFunc *fn, const int64_t *dims, const char 
   return 0;
 }
 
+/* ---- Finite checks (InterpOptions.check_finite) -------------------------------- */
+
+/* The earliest non-finite value seen so far: ordered by time step, then by
+ * kind (an input before the outputs it poisons), then by batch example, so
+ * the report names where a NaN first enters, not where it was noticed. */
+typedef struct NonFinite {
+  int found;
+  int64_t t, b, j;
+  int kind; /* 0 input, 1 output */
+  int index;
+  double v;
+} NonFinite;
+
+static void nonfinite_scan(NonFinite *nf, const double *d, int64_t len, int64_t width, int64_t b,
+                           int kind, int index) {
+  for (int64_t t = 0; t < len; t++) {
+    if (nf->found && (t > nf->t || (t == nf->t && kind > nf->kind))) return;
+    for (int64_t j = 0; j < width; j++) {
+      double v = d[t * width + j];
+      if (isfinite(v)) continue;
+      if (nf->found && t == nf->t && kind == nf->kind && b > nf->b) return;
+      *nf = (NonFinite){1, t, b, j, kind, index, v};
+      return;
+    }
+  }
+}
+
+static int nonfinite_report(const IrFunc *root, const NonFinite *nf, DiagEngine *de) {
+  const char *kind = nf->kind == 0 ? "input" : "output";
+  const char *name =
+      nf->kind == 0 ? root->inputs.v[nf->index].name : root->outputs.v[nf->index].name;
+  SrcLoc loc = nf->kind == 0 ? root->inputs.v[nf->index].loc : root->outputs.v[nf->index].loc;
+  diag_error(de, loc,
+             "%s '%s' is not finite first at time step %lld (batch %lld, element %lld: %s)", kind,
+             name, (long long)nf->t, (long long)nf->b, (long long)nf->j,
+             isnan(nf->v) ? "nan"
+             : nf->v > 0  ? "inf"
+                          : "-inf");
+  return -1;
+}
+
+/* Final states are checked after the whole batch: they have no time step. */
+static int nonfinite_states(const IrBinding *b, const RtTensor *state_out, DiagEngine *de) {
+  for (int i = 0; state_out && i < b->flat.states.n; i++) {
+    const RtTensor *t = &state_out[i];
+    int64_t n = rt_numel(t);
+    for (int64_t j = 0; j < n; j++) {
+      double v = t->dtype == RT_F32 ? ((const float *)t->data)[j] : ((const double *)t->data)[j];
+      if (isfinite(v)) continue;
+      int64_t per = t->shape[0] > 0 ? n / t->shape[0] : 1;
+      diag_error(de, b->flat.states.v[i].loc,
+                 "final state '%s' is not finite (batch %lld, element %lld: %s)",
+                 b->flat.states.v[i].name, (long long)(j / per), (long long)(j % per),
+                 isnan(v) ? "nan"
+                 : v > 0  ? "inf"
+                          : "-inf");
+      return -1;
+    }
+  }
+  return 0;
+}
+
 /* ---- Running an instance over one sequence ------------------------------------- */
 
 static double tensor_get(const RtTensor *t, int64_t i) {
@@ -1396,6 +1458,8 @@ int interp_run(const IrBinding *b, int64_t B, int64_t T, const RtTensor *inputs,
   int rc = -1;
   Inst *top = NULL;
   Seq *ins = NULL;
+  int check_finite = opt && opt->check_finite;
+  NonFinite nf = {0};
   if (check_args(r, B, T, inputs, lengths, state_in) || alloc_results(r, B, T, outputs, state_out))
     goto done;
   if (inst_build(r, root, b->dims, "", "", "", 0, 0, &top)) goto done;
@@ -1426,13 +1490,20 @@ int interp_run(const IrBinding *b, int64_t B, int64_t T, const RtTensor *inputs,
       for (int64_t j = 0; j < n; j++) ins[i].d[j] = tensor_get(&inputs[i], base + j);
       /* Token indices stay exact; reals are what float32 code would read. */
       if (!r->f64 && root->inputs.v[i].type.elem != IR_INT) round_f32(ins[i].d, n);
+      if (check_finite) nonfinite_scan(&nf, ins[i].d, len, in_w[i], e, 0, i);
     }
     if (run_inst(r, top, ins, len, 0)) goto done;
     for (int k = 0; k < nout; k++) {
       int64_t n = T * top->out_width[k], base = e * n;
+      if (check_finite) nonfinite_scan(&nf, top->out_seq[k], len, top->out_width[k], e, 1, k);
       for (int64_t j = 0; j < n; j++) tensor_put(&outputs[k], base + j, top->out_seq[k][j]);
     }
   }
+  if (nf.found) {
+    nonfinite_report(root, &nf, de);
+    goto done;
+  }
+  if (check_finite && nonfinite_states(b, state_out, de)) goto done;
   rc = 0;
 done:
   if (rc) {

@@ -16,8 +16,8 @@ typedef struct IrBinding {
   const IrModule *mod;
   const IrFunc *root;
   IrFlat flat;
-  int64_t *dims;    /* per root dim; -1 while unknown */
-  SrcLoc *dim_from; /* unused by callers; where each dim was inferred */
+  int64_t *dims;     /* per root dim; -1 while unknown */
+  SrcLoc *dim_from;  /* unused by callers; where each dim was inferred */
   RtTensor *weights; /* per flat param (flat.params order), RT_F64, concrete shape */
 } IrBinding;
 
@@ -27,8 +27,7 @@ typedef int (*IrShapeLookup)(void *ctx, const char *name, int *ndim, int64_t *sh
 /* Loads a weight by full name as RT_F64 into *out; 0 on success. */
 typedef int (*IrWeightLoad)(void *ctx, const char *name, RtTensor *out, RtError *err);
 
-int ir_binding_init(IrBinding *b, Arena *a, const IrModule *m, const IrFunc *root,
-                    DiagEngine *de);
+int ir_binding_init(IrBinding *b, Arena *a, const IrModule *m, const IrFunc *root, DiagEngine *de);
 /* Sets a root dim by name (--dims H=256). Unknown names are errors. */
 int ir_binding_set_dim(IrBinding *b, const char *name, int64_t value, DiagEngine *de);
 /* Infers the remaining dims from the stored weights' shapes and the inputs'
@@ -47,6 +46,10 @@ int ir_binding_random(IrBinding *b, uint64_t seed, DiagEngine *de);
 
 typedef struct InterpOptions {
   int f64; /* keep float64 instead of rounding every result to float32 */
+  /* Fail with a diagnostic naming the first time step (over the whole batch)
+   * at which an input or output holds a NaN or an infinity, or the final
+   * state that does (seqc run --check-finite). */
+  int check_finite;
 } InterpOptions;
 
 /* Runs the root over a batch.

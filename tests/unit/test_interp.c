@@ -218,7 +218,7 @@ static void bind_ok(IrBinding *b, IrFunc *root, WSet *ws) {
   assert_int_equal(rc, 0);
 }
 
-static const InterpOptions F64 = {1}, F32 = {0};
+static const InterpOptions F64 = {.f64 = 1}, F32 = {.f64 = 0};
 
 /* ---- Elman RNN: h' = tanh(W x + U h + b) ------------------------------------- */
 
