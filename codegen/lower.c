@@ -42,6 +42,7 @@ typedef struct NodeInfo {
   int64_t shape[SEQ_MAX_RANK];
   int64_t numel;
   int is_int;
+  int w; /* floats per element: 2 for complex (re, im interleaved), else 1 */
   int uses;
   int gemm;    /* 'T': W[N,K] @ x (uses wt), 'N': x @ W[K,N] */
   int inplace; /* reuses operand 0's buffer */
@@ -293,6 +294,121 @@ static LLVMValueRef emit_binary(Lower *L, IrOp op, LLVMValueRef x, LLVMValueRef 
   }
 }
 
+/* ---- complex numbers ------------------------------------------------------
+ * A complex value is stored as interleaved (re, im) float pairs, the layout
+ * the interpreter and the ABI use (a trailing axis of 2). Arithmetic is the
+ * textbook formulas, as in the interpreter; a real operand of a complex op is
+ * (x, 0). */
+
+typedef struct Cx {
+  LLVMValueRef re, im;
+} Cx;
+
+/* Whether op has a complex form here (complex_op_ok) with this shape of
+ * operands; the ops the std SSMs (LRU, S4D, S5) need, and their neighbours. */
+static int complex_op_ok(IrOp op) {
+  switch (op) {
+  case IR_NEG:
+  case IR_EXP:
+  case IR_LOG:
+  case IR_ABS:
+  case IR_CONJ:
+  case IR_RE:
+  case IR_IM:
+  case IR_CPLX:
+  case IR_ADD:
+  case IR_SUB:
+  case IR_MUL:
+  case IR_DIV:
+  case IR_BROADCAST:
+    return 1;
+  default:
+    return 0;
+  }
+}
+
+static LLVMValueRef fmul(Lower *L, LLVMValueRef x, LLVMValueRef y) {
+  return LLVMBuildFMul(L->bld, x, y, "");
+}
+static LLVMValueRef fadd(Lower *L, LLVMValueRef x, LLVMValueRef y) {
+  return LLVMBuildFAdd(L->bld, x, y, "");
+}
+static LLVMValueRef fsub(Lower *L, LLVMValueRef x, LLVMValueRef y) {
+  return LLVMBuildFSub(L->bld, x, y, "");
+}
+
+static Cx cx_mul(Lower *L, Cx x, Cx y) {
+  return (Cx){fsub(L, fmul(L, x.re, y.re), fmul(L, x.im, y.im)),
+              fadd(L, fmul(L, x.re, y.im), fmul(L, x.im, y.re))};
+}
+
+/* |z| without overflow for large parts: hypotf from libm. */
+static LLVMValueRef cx_abs(Lower *L, Cx z) {
+  LLVMTypeRef pt[2] = {L->f32, L->f32};
+  LLVMValueRef a[2] = {z.re, z.im};
+  return call_fn(L, "hypotf", L->f32, pt, 2, a);
+}
+
+/* One elementwise op on complex operands; a real result (RE, IM, ABS) is
+ * returned in .re. */
+static Cx cx_op(Lower *L, IrOp op, Cx x, Cx y) {
+  LLVMBuilderRef b = L->bld;
+  switch (op) {
+  case IR_NEG:
+    return (Cx){LLVMBuildFNeg(b, x.re, ""), LLVMBuildFNeg(b, x.im, "")};
+  case IR_EXP: {
+    LLVMValueRef e = emit_exp(L, x.re);
+    return (Cx){fmul(L, e, intr1(L, "llvm.cos", x.im)), fmul(L, e, intr1(L, "llvm.sin", x.im))};
+  }
+  case IR_LOG: {
+    LLVMTypeRef pt[2] = {L->f32, L->f32};
+    LLVMValueRef a[2] = {x.im, x.re};
+    return (Cx){intr1(L, "llvm.log", cx_abs(L, x)), call_fn(L, "atan2f", L->f32, pt, 2, a)};
+  }
+  case IR_ABS:
+    return (Cx){cx_abs(L, x), cf(L, 0.0)};
+  case IR_CONJ:
+    return (Cx){x.re, LLVMBuildFNeg(b, x.im, "")};
+  case IR_RE:
+  case IR_BROADCAST:
+    return x;
+  case IR_IM:
+    return (Cx){x.im, cf(L, 0.0)};
+  case IR_CPLX:
+    return (Cx){x.re, y.re};
+  case IR_ADD:
+    return (Cx){fadd(L, x.re, y.re), fadd(L, x.im, y.im)};
+  case IR_SUB:
+    return (Cx){fsub(L, x.re, y.re), fsub(L, x.im, y.im)};
+  case IR_MUL:
+    return cx_mul(L, x, y);
+  case IR_DIV: {
+    LLVMValueRef den = fadd(L, fmul(L, y.re, y.re), fmul(L, y.im, y.im));
+    LLVMValueRef re = fadd(L, fmul(L, x.re, y.re), fmul(L, x.im, y.im));
+    LLVMValueRef im = fsub(L, fmul(L, x.im, y.re), fmul(L, x.re, y.im));
+    return (Cx){LLVMBuildFDiv(b, re, den, ""), LLVMBuildFDiv(b, im, den, "")};
+  }
+  default: /* refused by supported() */
+    return x;
+  }
+}
+
+/* Element `idx` of a buffer holding w floats per element, as a complex. */
+static Cx ldc(Lower *L, LLVMValueRef p, LLVMValueRef idx, int w) {
+  if (w == 1) return (Cx){ldf(L, p, idx), cf(L, 0.0)};
+  LLVMValueRef at = mul(L, idx, ci64(L, 2));
+  return (Cx){ldf(L, p, at), ldf(L, p, add(L, at, ci64(L, 1)))};
+}
+static void stc(Lower *L, Cx v, LLVMValueRef p, LLVMValueRef idx, int w) {
+  if (w == 1) {
+    stf(L, v.re, p, idx);
+    return;
+  }
+  LLVMValueRef at = mul(L, idx, ci64(L, 2));
+  stf(L, v.re, p, at);
+  stf(L, v.im, p, add(L, at, ci64(L, 1)));
+}
+
 /* ---- node shapes and classes -------------------------------------------- */
 
 static int eval_type(Lower *L, const Inst *in, IrType t, SrcLoc loc, int *rank, int64_t *shape,
@@ -314,6 +430,29 @@ static int eval_type(Lower *L, const Inst *in, IrType t, SrcLoc loc, int *rank, 
     n *= shape[i];
   }
   *numel = n;
+  return 0;
+}
+
+/* The interface shape of a value of type t: its dims plus, for a complex
+ * value, a trailing axis of 2 (re, im), as the interpreter's tensors have;
+ * numel counts floats. */
+static int interface_type(Lower *L, const Inst *in, IrType t, SrcLoc loc, CgTensor *ct) {
+  if (eval_type(L, in, t, loc, &ct->ndim, ct->shape, &ct->numel)) return -1;
+  if (t.elem != IR_COMPLEX) return 0;
+  if (ct->ndim >= SEQ_MAX_RANK) {
+    unsupported(L, loc, "a complex value of the largest rank");
+    return -1;
+  }
+  ct->shape[ct->ndim++] = 2;
+  ct->numel *= 2;
+  return 0;
+}
+
+/* Floats per example of a value of type t (complex: two per element). */
+static int type_floats(Lower *L, const Inst *in, IrType t, SrcLoc loc, int64_t *out) {
+  CgTensor ct = {0};
+  if (interface_type(L, in, t, loc, &ct)) return -1;
+  *out = ct.numel;
   return 0;
 }
 
@@ -340,23 +479,13 @@ static int flatten(Lower *L, const IrFunc *fn, const int64_t *dims, const char *
   for (int i = 0; i < fn->params.n; i++) {
     CgTensor t = {0};
     t.name = arena_printf(L->a, "%s%s%s", prefix, fn->params.v[i].name, suffix);
-    if (eval_type(L, &in, fn->params.v[i].type, fn->params.v[i].loc, &t.ndim, t.shape, &t.numel))
-      return -1;
-    if (fn->params.v[i].type.elem != IR_REAL) {
-      unsupported(L, fn->params.v[i].loc, "complex parameters");
-      return -1;
-    }
+    if (interface_type(L, &in, fn->params.v[i].type, fn->params.v[i].loc, &t)) return -1;
     if (vec_push(L->a, &L->sig->params, t)) return -1;
   }
   for (int i = 0; i < fn->states.n; i++) {
     CgTensor t = {0};
     t.name = arena_printf(L->a, "%s%s", path, fn->states.v[i].name);
-    if (eval_type(L, &in, fn->states.v[i].type, fn->states.v[i].loc, &t.ndim, t.shape, &t.numel))
-      return -1;
-    if (fn->states.v[i].type.elem != IR_REAL) {
-      unsupported(L, fn->states.v[i].loc, "complex states");
-      return -1;
-    }
+    if (interface_type(L, &in, fn->states.v[i].type, fn->states.v[i].loc, &t)) return -1;
     if (vec_push(L->a, &L->sig->states, t)) return -1;
   }
   int me = L->insts.n;
@@ -389,18 +518,25 @@ static int flatten(Lower *L, const IrFunc *fn, const int64_t *dims, const char *
 
 /* ---- rows ---------------------------------------------------------------- */
 
+/* Floats in one row of a node: complex elements are (re, im) pairs. */
+static int64_t row_floats(const NodeInfo *n) {
+  return n->numel * n->w;
+}
+
 /* Pointer to the current row of node r (see the class comment at the top). */
 static LLVMValueRef rowptr(Lower *L, IrRef r) {
   NodeInfo *n = &L->ni[r];
   if (n->cls == CLS_CONST) return n->base;
   LLVMValueRef row = n->cls == CLS_TOKEN ? L->r_tok : L->r_b;
-  LLVMValueRef off = mul(L, row, ci64(L, n->numel));
+  LLVMValueRef off = mul(L, row, ci64(L, row_floats(n)));
   if (n->is_int) return LLVMBuildGEP2(L->bld, L->i32, n->base, &off, 1, "");
   return gepf(L, n->base, off);
 }
 
 /* Loop nest over an output shape; operand j is read at sum(idx[d] * stride[j][d]). */
 typedef struct Nest {
+  int cplx; /* some operand or the result is complex: the Cx path */
+  int w[4], ow;
   int rank;
   int64_t shape[SEQ_MAX_RANK];
   int nops;
@@ -424,6 +560,12 @@ static void nest_operand(Nest *ns, int j, int r, const int64_t *s) {
 
 static void emit_ew_nest(Lower *L, IrOp op, Nest *ns, LLVMValueRef out, int d, LLVMValueRef *offs,
                          LLVMValueRef oofs) {
+  if (d == ns->rank && ns->cplx) {
+    Cx v[2] = {{NULL, NULL}, {NULL, NULL}};
+    for (int j = 0; j < ns->nops && j < 2; j++) v[j] = ldc(L, ns->ptr[j], offs[j], ns->w[j]);
+    stc(L, cx_op(L, op, v[0], v[1]), out, oofs, ns->ow);
+    return;
+  }
   if (d == ns->rank) {
     LLVMValueRef v[4];
     for (int j = 0; j < ns->nops; j++) v[j] = ldf(L, ns->ptr[j], offs[j]);
@@ -446,9 +588,13 @@ static void emit_ew_nest(Lower *L, IrOp op, Nest *ns, LLVMValueRef out, int d, L
 static void emit_ew(Lower *L, const IrNode *nd, NodeInfo *n, LLVMValueRef out) {
   Nest ns = {0};
   ns.nops = nd->nargs;
+  ns.ow = n->w;
+  ns.cplx = n->w == 2;
   int flat = 1;
   for (int j = 0; j < nd->nargs; j++) {
     NodeInfo *a = &L->ni[nd->args[j]];
+    ns.w[j] = a->w;
+    ns.cplx |= a->w == 2;
     ns.ptr[j] = rowptr(L, nd->args[j]);
     if (a->numel != n->numel && a->numel != 1) flat = 0;
   }
@@ -512,6 +658,7 @@ static void emit_reduce(Lower *L, const IrNode *nd, LLVMValueRef out) {
   } else {
     outer_inner(x, nd->axis, &outer, &len, &inner);
   }
+  inner *= x->w; /* a complex value reduces its parts separately */
   double init = nd->op == IR_AMAX ? -INFINITY : nd->op == IR_AMIN ? INFINITY : 0.0;
   Loop lo, li, lk;
   LLVMValueRef o = loop_begin(L, &lo, ci64(L, 0), ci64(L, outer));
@@ -628,12 +775,42 @@ static void emit_norm(Lower *L, const IrNode *nd, NodeInfo *n, LLVMValueRef out)
   loop_end(L, &lr);
 }
 
+/* Complex matrix product of one row (either operand may be real): sums in
+ * order over k, real and imaginary parts in two accumulators. */
+static void emit_cmatmul_row(Lower *L, const IrNode *nd, LLVMValueRef out) {
+  NodeInfo *x = &L->ni[nd->args[0]], *y = &L->ni[nd->args[1]];
+  int64_t M = x->rank == 2 ? x->shape[0] : 1, K = x->shape[x->rank - 1];
+  int64_t N = y->rank == 2 ? y->shape[1] : 1;
+  LLVMValueRef pa = rowptr(L, nd->args[0]), pb = rowptr(L, nd->args[1]);
+  Loop li, lj, lk;
+  LLVMValueRef i = loop_begin(L, &li, ci64(L, 0), ci64(L, M));
+  LLVMValueRef j = loop_begin(L, &lj, ci64(L, 0), ci64(L, N));
+  LLVMValueRef z = cf(L, 0.0);
+  LLVMValueRef k = loop_begin(L, &lk, ci64(L, 0), ci64(L, K));
+  LLVMValueRef pre = loop_phi(L, &lk, z, "re"), pim = loop_phi(L, &lk, z, "im");
+  Cx p = cx_mul(L, ldc(L, pa, add(L, mul(L, i, ci64(L, K)), k), x->w),
+                ldc(L, pb, add(L, mul(L, k, ci64(L, N)), j), y->w));
+  LLVMValueRef nre = fadd(L, pre, p.re), nim = fadd(L, pim, p.im);
+  set_reassoc(nre);
+  set_reassoc(nim);
+  loop_phi_next(L, pre, nre);
+  loop_phi_next(L, pim, nim);
+  loop_end(L, &lk);
+  stc(L, (Cx){pre, pim}, out, add(L, mul(L, i, ci64(L, N)), j), 2);
+  loop_end(L, &lj);
+  loop_end(L, &li);
+}
+
 /* Generic matrix product of one row: a as [M, K], b as [K, N]. */
 static void emit_matmul_row(Lower *L, const IrNode *nd, LLVMValueRef out) {
   NodeInfo *x = &L->ni[nd->args[0]], *y = &L->ni[nd->args[1]];
   int64_t M = x->rank == 2 ? x->shape[0] : 1, K = x->shape[x->rank - 1];
   int64_t N = y->rank == 2 ? y->shape[1] : 1;
   LLVMValueRef pa = rowptr(L, nd->args[0]), pb = rowptr(L, nd->args[1]);
+  if (x->w == 2 || y->w == 2) {
+    emit_cmatmul_row(L, nd, out);
+    return;
+  }
   Loop li, lk, lj;
   LLVMValueRef i = loop_begin(L, &li, ci64(L, 0), ci64(L, M));
   if (N == 1) {
@@ -699,8 +876,8 @@ static void emit_row(Lower *L, IrRef r) {
     LLVMValueRef i = loop_begin(L, &li, ci64(L, 0), ci64(L, Nx));
     LLVMValueRef j = loop_begin(L, &lj, ci64(L, 0), ci64(L, Mx));
     LLVMValueRef pb = mul(L, p, ci64(L, Mx * Nx));
-    stf(L, ldf(L, src, add(L, pb, add(L, mul(L, j, ci64(L, Nx)), i))), out,
-        add(L, pb, add(L, mul(L, i, ci64(L, Mx)), j)));
+    stc(L, ldc(L, src, add(L, pb, add(L, mul(L, j, ci64(L, Nx)), i)), x->w), out,
+        add(L, pb, add(L, mul(L, i, ci64(L, Mx)), j)), x->w);
     loop_end(L, &lj);
     loop_end(L, &li);
     loop_end(L, &lp);
@@ -711,6 +888,7 @@ static void emit_row(Lower *L, IrRef r) {
     NodeInfo *x = &L->ni[nd->args[0]];
     int64_t outer, len, inner, start = 0, stop = 0;
     outer_inner(x, nd->axis, &outer, &len, &inner);
+    inner *= x->w;
     if (dim_eval(nd->start, L->in->dims, &start) != 0) start = 0;
     if (nd->op == IR_SLICE) {
       if (dim_eval(nd->stop, L->in->dims, &stop) != 0) stop = start;
@@ -724,6 +902,7 @@ static void emit_row(Lower *L, IrRef r) {
   case IR_CONCAT: {
     int64_t outer, len, inner, off = 0;
     outer_inner(n, nd->axis, &outer, &len, &inner);
+    inner *= n->w; /* supported() checked that every operand has n's width */
     for (int j = 0; j < nd->nargs; j++) {
       NodeInfo *x = &L->ni[nd->args[j]];
       int64_t xl = x->shape[nd->axis];
@@ -740,9 +919,9 @@ static void emit_row(Lower *L, IrRef r) {
         LLVMBuildOr(L->bld, LLVMBuildICmp(L->bld, LLVMIntSLT, idx, ci64(L, 0), ""),
                     LLVMBuildICmp(L->bld, LLVMIntSGE, idx, ci64(L, tab->shape[0]), ""), "");
     fail_with(L, bad, CG_ERR_TOKEN);
-    LLVMValueRef src = gepf(L, rowptr(L, nd->args[0]), mul(L, idx, ci64(L, n->numel)));
+    LLVMValueRef src = gepf(L, rowptr(L, nd->args[0]), mul(L, idx, ci64(L, row_floats(n))));
     Loop lk;
-    LLVMValueRef k = loop_begin(L, &lk, ci64(L, 0), ci64(L, n->numel));
+    LLVMValueRef k = loop_begin(L, &lk, ci64(L, 0), ci64(L, row_floats(n)));
     stf(L, ldf(L, src, k), out, k);
     loop_end(L, &lk);
     return;
@@ -765,12 +944,15 @@ static void emit_row(Lower *L, IrRef r) {
   case IR_OUTER: {
     NodeInfo *y = &L->ni[nd->args[1]];
     LLVMValueRef pa = rowptr(L, nd->args[0]), pb = rowptr(L, nd->args[1]);
+    NodeInfo *x = &L->ni[nd->args[0]];
     Loop li, lj;
-    LLVMValueRef i = loop_begin(L, &li, ci64(L, 0), ci64(L, L->ni[nd->args[0]].numel));
-    LLVMValueRef ai = ldf(L, pa, i);
+    LLVMValueRef i = loop_begin(L, &li, ci64(L, 0), ci64(L, x->numel));
     LLVMValueRef j = loop_begin(L, &lj, ci64(L, 0), ci64(L, y->numel));
-    stf(L, LLVMBuildFMul(L->bld, ai, ldf(L, pb, j), ""), out,
-        add(L, mul(L, i, ci64(L, y->numel)), j));
+    LLVMValueRef o = add(L, mul(L, i, ci64(L, y->numel)), j);
+    if (n->w == 2)
+      stc(L, cx_mul(L, ldc(L, pa, i, x->w), ldc(L, pb, j, y->w)), out, o, 2);
+    else
+      stf(L, LLVMBuildFMul(L->bld, ldf(L, pa, i), ldf(L, pb, j), ""), out, o);
     loop_end(L, &lj);
     loop_end(L, &li);
     return;
@@ -791,18 +973,47 @@ static int is_alias_op(IrOp op) {
   return op == IR_PARAM || op == IR_INPUT || op == IR_STATE || op == IR_RESHAPE || op == IR_RESULT;
 }
 
-static int supported(Lower *L, const IrNode *nd) {
-  if (nd->type.elem == IR_COMPLEX) {
-    unsupported(L, nd->loc, "complex numbers");
+/* Complex values: elementwise ops with a complex form (complex_op_ok), data
+ * movement, sums and matrix products; not norms, softmax, min/max or
+ * convolutions. */
+static int complex_supported(Lower *L, const IrNode *nd) {
+  int any = nd->type.elem == IR_COMPLEX;
+  for (int j = 0; j < nd->nargs; j++) any |= L->fn->nodes.v[nd->args[j]].type.elem == IR_COMPLEX;
+  if (!any) return 1;
+  switch (nd->op) {
+  case IR_PARAM:
+  case IR_INPUT:
+  case IR_STATE:
+  case IR_RESHAPE:
+  case IR_RESULT:
+  case IR_CALL:
+  case IR_TRANSPOSE:
+  case IR_SLICE:
+  case IR_INDEX:
+  case IR_SUM:
+  case IR_MEAN:
+  case IR_MATMUL:
+  case IR_OUTER:
+    return 1;
+  case IR_CONCAT:
+    for (int j = 0; j < nd->nargs; j++)
+      if (L->fn->nodes.v[nd->args[j]].type.elem != nd->type.elem) {
+        unsupported(L, nd->loc, "concatenating real and complex values");
+        return 0;
+      }
+    return 1;
+  default:
+    if (complex_op_ok(nd->op)) return 1;
+    diag_error(L->de, nd->loc, "the CPU backend does not support %s of complex values",
+               ir_op_info[nd->op].text);
+    L->failed = 1;
     return 0;
   }
+}
+
+static int supported(Lower *L, const IrNode *nd) {
+  if (!complex_supported(L, nd)) return 0;
   switch (nd->op) {
-  case IR_CPLX:
-  case IR_RE:
-  case IR_IM:
-  case IR_CONJ:
-    unsupported(L, nd->loc, "complex numbers");
-    return 0;
   case IR_CAUSAL_CONV:
     if (L->fn->kind == IR_FN_CELL) {
       unsupported(L, nd->loc, "causal_conv inside a cell step");
@@ -834,6 +1045,7 @@ static void plan_gemm(Lower *L, IrRef r) {
   NodeInfo *n = &L->ni[r];
   if (nd->op != IR_MATMUL || n->cls == CLS_CONST) return;
   NodeInfo *x = &L->ni[nd->args[0]], *y = &L->ni[nd->args[1]];
+  if (n->w != 1 || x->w != 1 || y->w != 1) return; /* complex: per row */
   if (x->cls == CLS_CONST && x->rank == 2 && y->cls == n->cls && y->rank == 1) {
     n->gemm = 'T';
     n->gemm_k = x->shape[1];
@@ -846,6 +1058,12 @@ static void plan_gemm(Lower *L, IrRef r) {
 }
 
 /* ---- functions ------------------------------------------------------------ */
+
+/* The state whose old value node r is (through reshapes), or -1. */
+static int state_alias(Lower *L, IrRef r) {
+  while (r >= 0 && L->fn->nodes.v[r].op == IR_RESHAPE) r = L->fn->nodes.v[r].args[0];
+  return r >= 0 && L->fn->nodes.v[r].op == IR_STATE ? L->fn->nodes.v[r].index : -1;
+}
 
 static LLVMValueRef len_of(Lower *L, LLVMValueRef b) {
   /* lengths == NULL means every sequence has length T. */
@@ -1069,6 +1287,7 @@ static int plan_nodes(Lower *L) {
     if (nd->op == IR_STATE) n->cls = CLS_STATE;
     if (nd->op == IR_CAUSAL_CONV && n->cls < CLS_TOKEN) n->cls = CLS_TOKEN;
     n->is_int = nd->type.elem == IR_INT;
+    n->w = nd->type.elem == IR_COMPLEX ? 2 : 1;
     if (eval_type(L, L->in, nd->type, nd->loc, &n->rank, n->shape, &n->numel)) return -1;
     if (nd->op == IR_CALL) {
       for (int j = 0; j < nd->nargs; j++)
@@ -1112,13 +1331,12 @@ static int emit_function(Lower *L, Inst *in) {
     NodeInfo *n = &L->ni[r];
     const IrNode *nd = &fn->nodes.v[r];
     if (is_alias_op(nd->op)) continue;
-    int64_t sz = n->numel + 16;
+    int64_t sz = row_floats(n) + 16;
     if (nd->op == IR_CALL) {
       const Inst *child = &L->insts.v[in->layer_inst[nd->index]];
       for (int j = 0; j < child->fn->outputs.n; j++) {
-        int rk;
-        int64_t sh[SEQ_MAX_RANK], ne;
-        if (eval_type(L, child, child->fn->outputs.v[j].type, nd->loc, &rk, sh, &ne)) return -1;
+        int64_t ne;
+        if (type_floats(L, child, child->fn->outputs.v[j].type, nd->loc, &ne)) return -1;
         per_tok += ne + 16;
       }
       continue;
@@ -1131,7 +1349,8 @@ static int emit_function(Lower *L, Inst *in) {
       per_ex += sz;
     if (n->gemm == 'T') fixed += n->gemm_k * n->gemm_n + 16;
   }
-  for (int s = 0; s < fn->states.n; s++) per_ex += L->sig->states.v[in->state0 + s].numel + 16;
+  for (int s = 0; s < fn->states.n; s++)
+    per_ex += 2 * (L->sig->states.v[in->state0 + s].numel + 16);
   LLVMValueRef B = L->a_B, T = L->a_T;
   LLVMValueRef bad = LLVMBuildOr(bld, LLVMBuildICmp(bld, LLVMIntSLT, B, ci64(L, 0), ""),
                                  LLVMBuildICmp(bld, LLVMIntSLT, T, ci64(L, 0), ""), "");
@@ -1168,7 +1387,8 @@ static int emit_function(Lower *L, Inst *in) {
   LLVMValueRef *wt_offs = arena_calloc(L->a, (size_t)fn->nodes.n + 1, sizeof(LLVMValueRef));
   LLVMValueRef **call_offs = arena_calloc(L->a, (size_t)fn->nodes.n + 1, sizeof(LLVMValueRef *));
   LLVMValueRef *st_offs = arena_calloc(L->a, (size_t)fn->states.n + 1, sizeof(LLVMValueRef));
-  if (!offs || !wt_offs || !call_offs || !st_offs) return -1;
+  LLVMValueRef *st_tmp = arena_calloc(L->a, (size_t)fn->states.n + 1, sizeof(LLVMValueRef));
+  if (!offs || !wt_offs || !call_offs || !st_offs || !st_tmp) return -1;
   for (IrRef r = 0; r < fn->nodes.n; r++) {
     NodeInfo *n = &L->ni[r];
     const IrNode *nd = &fn->nodes.v[r];
@@ -1180,9 +1400,8 @@ static int emit_function(Lower *L, Inst *in) {
       n->outs = arena_calloc(L->a, (size_t)child->fn->outputs.n + 1, sizeof(LLVMValueRef));
       if (!call_offs[r] || !n->outs) return -1;
       for (int j = 0; j < child->fn->outputs.n; j++) {
-        int rk;
-        int64_t sh[SEQ_MAX_RANK], ne;
-        if (eval_type(L, child, child->fn->outputs.v[j].type, nd->loc, &rk, sh, &ne)) return -1;
+        int64_t ne;
+        if (type_floats(L, child, child->fn->outputs.v[j].type, nd->loc, &ne)) return -1;
         call_offs[r][j] = reserve(L, &al, mul(L, BT, ci64(L, ne)));
       }
       continue;
@@ -1199,18 +1418,22 @@ static int emit_function(Lower *L, Inst *in) {
       for (int i = 0; i < fn->outputs.n; i++) is_out |= fn->outputs.v[i].value == a0;
       for (int i = 0; i < fn->states.n; i++)
         is_out |= fn->states.v[i].next == a0 || fn->states.v[i].init == a0;
-      if (!is_out && a->uses == 1 && a->cls == n->cls && a->numel == n->numel &&
+      if (!is_out && a->uses == 1 && a->cls == n->cls && a->numel == n->numel && a->w == n->w &&
           !is_alias_op(an->op) && an->op != IR_CALL && !a->inplace && offs[a0]) {
         n->inplace = 1;
         offs[r] = offs[a0];
         continue;
       }
     }
-    offs[r] = reserve(L, &al, mul(L, rows, ci64(L, n->numel)));
+    offs[r] = reserve(L, &al, mul(L, rows, ci64(L, row_floats(n))));
     if (n->gemm == 'T') wt_offs[r] = reserve(L, &al, ci64(L, n->gemm_k * n->gemm_n));
   }
-  for (int s = 0; s < fn->states.n; s++)
-    st_offs[s] = reserve(L, &al, mul(L, B, ci64(L, L->sig->states.v[in->state0 + s].numel)));
+  for (int s = 0; s < fn->states.n; s++) {
+    LLVMValueRef sz = mul(L, B, ci64(L, L->sig->states.v[in->state0 + s].numel));
+    st_offs[s] = reserve(L, &al, sz);
+    int j = fn->states.v[s].next >= 0 ? state_alias(L, fn->states.v[s].next) : -1;
+    if (j >= 0 && j != s) st_tmp[s] = reserve(L, &al, sz);
+  }
   {
     LLVMTypeRef pt = L->i64;
     LLVMValueRef bytes = mul(L, al.off, ci64(L, 4));
@@ -1279,9 +1502,8 @@ static int emit_function(Lower *L, Inst *in) {
     LLVMBuildCondBr(bld, LLVMBuildIsNull(bld, L->a_lengths, ""), after, z);
     LLVMPositionBuilderAtEnd(bld, z);
     for (int o = 0; o < fn->outputs.n; o++) {
-      int rk;
-      int64_t sh[SEQ_MAX_RANK], ne;
-      if (eval_type(L, in, fn->outputs.v[o].type, fn->outputs.v[o].loc, &rk, sh, &ne)) return -1;
+      int64_t ne;
+      if (type_floats(L, in, fn->outputs.v[o].type, fn->outputs.v[o].loc, &ne)) return -1;
       LLVMValueRef dst = ldp(L, L->a_outputs, o);
       LLVMBuildMemSet(bld, dst, LLVMConstInt(LLVMInt8TypeInContext(L->cx), 0, 0),
                       mul(L, mul(L, BT, ci64(L, ne)), ci64(L, 4)), 4);
@@ -1299,9 +1521,8 @@ static int emit_function(Lower *L, Inst *in) {
       IrRef v = fn->outputs.v[o].value;
       if (v < 0 || L->ni[v].cls == CLS_STATE) continue;
       rows_open(L, &rl, CLS_TOKEN, NULL);
-      state_copy_rows(L, ldp(L, L->a_outputs, o),
-                      L->ni[v].cls == CLS_CONST ? L->ni[v].base : L->ni[v].base, L->ni[v].numel,
-                      L->r_tok, L->ni[v].cls == CLS_CONST ? ci64(L, 0) : L->r_tok);
+      state_copy_rows(L, ldp(L, L->a_outputs, o), L->ni[v].base, row_floats(&L->ni[v]), L->r_tok,
+                      L->ni[v].cls == CLS_CONST ? ci64(L, 0) : L->r_tok);
     }
     rows_close(L, &rl);
   }
@@ -1329,17 +1550,21 @@ static int emit_function(Lower *L, Inst *in) {
       LLVMBuildBr(bld, next);
       LLVMPositionBuilderAtEnd(bld, deflt);
       if (st->init >= 0) {
+        /* Element-wise, so that a real initial value (the usual "= 0")
+         * fills a complex state's real parts. */
         NodeInfo *iv = &L->ni[st->init];
+        int sw = st->type.elem == IR_COMPLEX ? 2 : 1;
+        int64_t elems = ct->numel / sw;
         Loop lb, lk;
         LLVMValueRef b = loop_begin(L, &lb, ci64(L, 0), B);
         LLVMValueRef row = gepf(L, storage, mul(L, b, ci64(L, ct->numel)));
-        LLVMValueRef k = loop_begin(L, &lk, ci64(L, 0), ci64(L, ct->numel));
-        LLVMValueRef src = iv->numel == ct->numel ? k : ci64(L, 0);
-        if (iv->numel != ct->numel && iv->numel != 1) {
+        LLVMValueRef k = loop_begin(L, &lk, ci64(L, 0), ci64(L, elems));
+        LLVMValueRef src = iv->numel == elems ? k : ci64(L, 0);
+        if ((iv->numel != elems && iv->numel != 1) || (iv->w == 2 && sw == 1)) {
           unsupported(L, st->loc, "a state initial value whose shape needs a partial broadcast");
           return -1;
         }
-        stf(L, ldf(L, iv->base, src), row, k);
+        stc(L, ldc(L, iv->base, src, iv->w), row, k, sw);
         loop_end(L, &lk);
         loop_end(L, &lb);
       }
@@ -1363,29 +1588,35 @@ static int emit_function(Lower *L, Inst *in) {
       for (int o = 0; o < fn->outputs.n; o++) {
         IrRef v = fn->outputs.v[o].value;
         if (v < 0 || L->ni[v].cls != CLS_STATE) continue;
-        state_copy_rows(L, ldp(L, L->a_outputs, o), L->ni[v].base, L->ni[v].numel, L->r_tok,
+        state_copy_rows(L, ldp(L, L->a_outputs, o), L->ni[v].base, row_floats(&L->ni[v]), L->r_tok,
                         L->r_b);
+      }
+      /* A new value that is another state's old value (a shift register,
+       * "a' = b") reads that state's storage, which this loop may already
+       * have overwritten: such rows go through a per-state temporary first. */
+      for (int s = 0; s < fn->states.n; s++) {
+        const IrState *st = &fn->states.v[s];
+        int j = st->next >= 0 ? state_alias(L, st->next) : -1;
+        if (j < 0 || j == s) continue;
+        state_copy_rows(L, gepf(L, L->scratch, st_tmp[s]), L->ni[st->next].base,
+                        L->sig->states.v[in->state0 + s].numel, L->r_b, L->r_b);
       }
       for (int s = 0; s < fn->states.n; s++) {
         const IrState *st = &fn->states.v[s];
         if (st->next < 0) continue;
-        if (fn->nodes.v[st->next].op == IR_STATE) {
-          if (fn->nodes.v[st->next].index == s) continue; /* carried unchanged */
-          unsupported(L, st->loc, "a state whose new value is another state's old value");
-          return -1;
-        }
+        int j = state_alias(L, st->next);
+        if (j == s) continue; /* carried unchanged */
         NodeInfo *nv = &L->ni[st->next];
-        LLVMValueRef srow = nv->cls == CLS_CONST   ? ci64(L, 0)
-                            : nv->cls == CLS_TOKEN ? L->r_tok
-                                                   : L->r_b;
-        if (nv->numel != L->sig->states.v[in->state0 + s].numel) {
-          unsupported(L, st->loc, "a state update of a different size than the state");
+        int64_t floats = L->sig->states.v[in->state0 + s].numel;
+        if (row_floats(nv) != floats) {
+          unsupported(L, st->loc, "a state update of a different size or type than the state");
           return -1;
         }
-        /* A next value that is itself another state's storage must be read
-         * before that state is overwritten; copy through the node buffers
-         * only when distinct (the common case). */
-        state_copy_rows(L, gepf(L, L->scratch, st_offs[s]), nv->base, nv->numel, L->r_b, srow);
+        LLVMValueRef src = j >= 0 ? gepf(L, L->scratch, st_tmp[s]) : nv->base;
+        LLVMValueRef srow = j >= 0 || nv->cls == CLS_STATE ? L->r_b
+                            : nv->cls == CLS_TOKEN         ? L->r_tok
+                                                           : ci64(L, 0);
+        state_copy_rows(L, gepf(L, L->scratch, st_offs[s]), src, floats, L->r_b, srow);
       }
       LLVMBuildBr(bld, skip);
       LLVMPositionBuilderAtEnd(bld, skip);
@@ -1578,20 +1809,18 @@ int cg_lower(Arena *a, const IrModule *m, const IrFunc *root, const int64_t *dim
     CgTensor t = {0};
     t.name = root->inputs.v[i].name;
     t.is_int = root->inputs.v[i].type.elem == IR_INT;
-    if (eval_type(&L, rin, root->inputs.v[i].type, root->inputs.v[i].loc, &t.ndim, t.shape,
-                  &t.numel) ||
+    if (interface_type(&L, rin, root->inputs.v[i].type, root->inputs.v[i].loc, &t) ||
         vec_push(a, &sig->inputs, t))
       return -1;
   }
   for (int i = 0; i < root->outputs.n; i++) {
     CgTensor t = {0};
     t.name = root->outputs.v[i].name;
-    if (root->outputs.v[i].type.elem != IR_REAL) {
-      unsupported(&L, root->outputs.v[i].loc, "complex or integer outputs");
+    if (root->outputs.v[i].type.elem == IR_INT) {
+      unsupported(&L, root->outputs.v[i].loc, "integer outputs");
       return -1;
     }
-    if (eval_type(&L, rin, root->outputs.v[i].type, root->outputs.v[i].loc, &t.ndim, t.shape,
-                  &t.numel) ||
+    if (interface_type(&L, rin, root->outputs.v[i].type, root->outputs.v[i].loc, &t) ||
         vec_push(a, &sig->outputs, t))
       return -1;
   }
