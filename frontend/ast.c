@@ -125,10 +125,15 @@ static void indent(FILE *out, int depth) {
 }
 
 static void print_decl(FILE *out, const AstDecl *d) {
-  static const char *const kinds[] = {"param", "input", "state", "output", "layer"};
+  static const char *const kinds[] = {"param", "input", "state", "output", "layer", "def"};
   fprintf(out, "(%s ", kinds[d->kind]);
   print_path(out, &d->name);
-  if (d->kind != AST_LAYER) {
+  if (d->kind == AST_DEF) {
+    fputs(" (", out);
+    for (int i = 0; i < d->nfparams; i++) fprintf(out, "%s%s", i ? " " : "", d->fparams[i]);
+    fputs(") ", out);
+    print_expr(out, d->body);
+  } else if (d->kind != AST_LAYER) {
     fputc(' ', out);
     print_type(out, &d->type);
     if (d->init) {
@@ -230,6 +235,10 @@ void ast_print(FILE *out, const AstFile *f) {
     fputs("(import ", out);
     print_string(out, f->imports[i].path);
     fputs(")\n", out);
+  }
+  for (int i = 0; i < f->ndefs; i++) {
+    print_decl(out, f->defs[i]);
+    fputc('\n', out);
   }
   for (int i = 0; i < f->nunits; i++) print_unit(out, f->units[i]);
 }

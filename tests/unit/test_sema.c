@@ -467,6 +467,29 @@ static const ErrorCase cell_errors[] = {
      "the initial value of state 'h' may only use params, dims and constants; 'h' is a state"},
     {"input x: [H]\n layer l = C(H)\n output y: [H]", "y = x",
      "cells cannot contain layers; compose cells in a model"},
+    {"input x: [H]\n output y: [2, H]", "y = reshape(x, [2, H])",
+     "cannot reshape [H] to [2, H]: they have H and 2*H elements"},
+    {"input x: [H]\n output y: [H]", "y = reshape(x, H)",
+     "reshape takes the new shape as a list: reshape(x, [d1, d2, ...])"},
+    {"input x: [H]\n output y: [H]", "y = reshape(x, [1, 1, 1, 1, 1, 1, 1, 1, H])",
+     "a value may have at most 8 dimensions"},
+    {"input x: [H]\n output y: [H]\n def exp(v) = v", "y = x",
+     "function 'exp' has the name of a builtin"},
+    {"input x: [H]\n output y: [H]\n def f(v) = v\n def f(w) = w", "y = f(x)",
+     "duplicate function 'f'"},
+    {"input x: [H]\n output y: [H]\n def f(v, v) = v", "y = x",
+     "function 'f' has two parameters named 'v'"},
+    {"input x: [H]\n output y: [H]\n def f(v) = v + x", "y = f(x)",
+     "function 'f' may only use its parameters, params and dims; 'x' is an input"},
+    {"input x: [H]\n state h: [H]\n output y: [H]\n def f(v) = v + h'", "h' = x\n y = f(x)",
+     "function 'f' may only use its parameters, params and dims; 'h'' is a new state value"},
+    {"input x: [H]\n output y: [H]\n def f(v) = v", "let a = x\n y = f(x, a)",
+     "function 'f' takes 1 argument, got 2"},
+    {"input x: [H]\n output y: [H]\n def f(v) = g(v)\n def g(v) = f(v) * 2", "y = f(x)",
+     "function 'f' calls itself: f -> g -> f (recursion is not allowed)"},
+    {"input x: [H]\n output y: [H]\n def f(v) = v * a", "let a = x\n y = f(x)", "unknown name 'a'"},
+    {"input x: [H]\n output y: [H]\n def f(v) = v + H", "y = f(x) @ x",
+     "y has shape [] but output 'y' is declared [H]"},
 };
 
 static void test_cell_errors(void **state) {
@@ -539,6 +562,28 @@ static const ModelCase model_errors[] = {
      NULL},
     {CELL_ID "model M(D) {\n input x: [D]\n output y: [D]\n forward {\n y = x'\n }\n}\n",
      "'x' is not a state; only a state can be primed"},
+    /* Top-level functions see only their parameters: no dims, no params. */
+    {"def f(v) = v * D\n" CELL_ID "model M(D) {\n input x: [D]\n output y: [D]\n forward {\n"
+     " y = f(x)\n }\n}\n",
+     "unknown name 'D'"},
+    {"def f(v) = v * p\ncell C(H) {\n param p: [H]\n input x: [H]\n output y: [H]\n step {\n"
+     " y = f(x)\n }\n}\n",
+     "function 'f' may only use its parameters (it is defined outside any unit); 'p' is a param"},
+    {"def f(v) = v\ndef f(v) = v * 2\n" CELL_ID, "duplicate function 'f'"},
+    {CELL_ID "model M(D) {\n input x: [D]\n output y: [D]\n layer l = Id(D)\n def f(v) = l(v)\n"
+             " forward {\n y = f(x)\n }\n}\n",
+     "a function cannot call a layer"},
+    {"cell C(A = 2*B, B) {\n input x: [A]\n output y: [A]\n step {\n y = x\n }\n}\n",
+     "unknown dimension 'B'"},
+    /* Functions work in models and in state initializers; a top-level one
+     * may call another. */
+    {"def sq(v) = v * v\ndef quad(v) = sq(sq(v))\n"
+     "cell C(H, K = H + 1) {\n param p: [K]\n def scaled(v) = quad(v) * mean(p) + H\n"
+     " input x: [H]\n state h: [H] = scaled(2)\n output y: [H]\n step {\n"
+     " h' = scaled(x) + h\n y = elu(h')\n }\n}\n"
+     "model M(D) {\n input x: [D]\n output y: [D]\n layer c = C(D)\n def g(v) = sq(v) + 1\n"
+     " forward {\n y = g(c(g(x)))\n }\n}\n",
+     NULL},
 };
 
 static void test_model_errors(void **state) {
@@ -646,6 +691,7 @@ int main(void) {
       IR("layer_array"),
       IR("embedding_model"),
       IR("builtins"),
+      IR("lang_features"),
       cmocka_unit_test(test_examples_compile),
       cmocka_unit_test(test_cell_structure),
       cmocka_unit_test(test_unassigned_state_carries),
