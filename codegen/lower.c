@@ -1550,22 +1550,28 @@ static int emit_function(Lower *L, Inst *in) {
       LLVMBuildBr(bld, next);
       LLVMPositionBuilderAtEnd(bld, deflt);
       if (st->init >= 0) {
-        /* Element-wise, so that a real initial value (the usual "= 0")
-         * fills a complex state's real parts. */
+        /* A broadcast of the initial value (numpy rules) into each row, so
+         * that "= 0" or a [N] parameter fills an [H, N] state, and a real
+         * value fills a complex state's real parts. */
         NodeInfo *iv = &L->ni[st->init];
-        int sw = st->type.elem == IR_COMPLEX ? 2 : 1;
-        int64_t elems = ct->numel / sw;
-        Loop lb, lk;
-        LLVMValueRef b = loop_begin(L, &lb, ci64(L, 0), B);
-        LLVMValueRef row = gepf(L, storage, mul(L, b, ci64(L, ct->numel)));
-        LLVMValueRef k = loop_begin(L, &lk, ci64(L, 0), ci64(L, elems));
-        LLVMValueRef src = iv->numel == elems ? k : ci64(L, 0);
-        if ((iv->numel != elems && iv->numel != 1) || (iv->w == 2 && sw == 1)) {
-          unsupported(L, st->loc, "a state initial value whose shape needs a partial broadcast");
+        if ((iv->w == 2 && st->type.elem != IR_COMPLEX) || iv->rank > ct->ndim) {
+          unsupported(L, st->loc, "this initial value of a state");
           return -1;
         }
-        stc(L, ldc(L, iv->base, src, iv->w), row, k, sw);
-        loop_end(L, &lk);
+        Nest ns = {0};
+        ns.nops = 1;
+        ns.w[0] = iv->w;
+        ns.ow = st->type.elem == IR_COMPLEX ? 2 : 1;
+        ns.cplx = ns.ow == 2;
+        ns.ptr[0] = iv->base;
+        ns.rank = ct->ndim - (ns.ow == 2);
+        memcpy(ns.shape, ct->shape, sizeof ns.shape);
+        nest_operand(&ns, 0, iv->rank, iv->shape);
+        Loop lb;
+        LLVMValueRef b = loop_begin(L, &lb, ci64(L, 0), B);
+        LLVMValueRef row = gepf(L, storage, mul(L, b, ci64(L, ct->numel)));
+        LLVMValueRef z[4] = {ci64(L, 0), ci64(L, 0), ci64(L, 0), ci64(L, 0)};
+        emit_ew_nest(L, IR_BROADCAST, &ns, row, 0, z, ci64(L, 0));
         loop_end(L, &lb);
       }
       LLVMBuildBr(bld, next);
