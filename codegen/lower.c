@@ -50,6 +50,7 @@ typedef struct NodeInfo {
   LLVMValueRef base;  /* float* (i32* for int inputs) */
   LLVMValueRef wt;    /* transposed weight for 'T' */
   LLVMValueRef *outs; /* CALL: one buffer per callee output */
+  LLVMValueRef *cins; /* CALL: [B*T] copies of inputs that do not vary over time */
 } NodeInfo;
 
 typedef struct Lower {
@@ -1169,8 +1170,17 @@ static void emit_call(Lower *L, IrRef r) {
   LLVMValueRef outs = LLVMBuildArrayAlloca(L->bld, L->ptr, ci64(L, cf_->outputs.n + 1), "outs");
   for (int j = 0; j < nd->nargs && j < cf_->inputs.n; j++) {
     LLVMValueRef idx = ci64(L, j);
-    LLVMBuildStore(L->bld, L->ni[nd->args[j]].base,
-                   LLVMBuildGEP2(L->bld, L->ptr, ins, &idx, 1, ""));
+    NodeInfo *a = &L->ni[nd->args[j]];
+    LLVMValueRef p = a->base;
+    if (a->cls == CLS_CONST) {
+      /* A layer reads an input per token: repeat the value for each. */
+      p = n->cins[j];
+      Loop lr;
+      LLVMValueRef row = loop_begin(L, &lr, ci64(L, 0), mul(L, L->a_B, L->a_T));
+      state_copy_rows(L, p, a->base, row_floats(a), row, ci64(L, 0));
+      loop_end(L, &lr);
+    }
+    LLVMBuildStore(L->bld, p, LLVMBuildGEP2(L->bld, L->ptr, ins, &idx, 1, ""));
   }
   for (int j = 0; j < cf_->outputs.n; j++) {
     LLVMValueRef idx = ci64(L, j);
@@ -1289,13 +1299,6 @@ static int plan_nodes(Lower *L) {
     n->is_int = nd->type.elem == IR_INT;
     n->w = nd->type.elem == IR_COMPLEX ? 2 : 1;
     if (eval_type(L, L->in, nd->type, nd->loc, &n->rank, n->shape, &n->numel)) return -1;
-    if (nd->op == IR_CALL) {
-      for (int j = 0; j < nd->nargs; j++)
-        if (L->ni[nd->args[j]].cls != CLS_TOKEN) {
-          unsupported(L, nd->loc, "a layer input that does not vary over time");
-          return -1;
-        }
-    }
     plan_gemm(L, r);
   }
   return count_uses(L);
@@ -1339,6 +1342,8 @@ static int emit_function(Lower *L, Inst *in) {
         if (type_floats(L, child, child->fn->outputs.v[j].type, nd->loc, &ne)) return -1;
         per_tok += ne + 16;
       }
+      for (int j = 0; j < nd->nargs; j++)
+        if (L->ni[nd->args[j]].cls == CLS_CONST) per_tok += row_floats(&L->ni[nd->args[j]]) + 16;
       continue;
     }
     if (n->cls == CLS_CONST)
@@ -1386,9 +1391,10 @@ static int emit_function(Lower *L, Inst *in) {
   LLVMValueRef *offs = arena_calloc(L->a, (size_t)fn->nodes.n + 1, sizeof(LLVMValueRef));
   LLVMValueRef *wt_offs = arena_calloc(L->a, (size_t)fn->nodes.n + 1, sizeof(LLVMValueRef));
   LLVMValueRef **call_offs = arena_calloc(L->a, (size_t)fn->nodes.n + 1, sizeof(LLVMValueRef *));
+  LLVMValueRef **cin_offs = arena_calloc(L->a, (size_t)fn->nodes.n + 1, sizeof(LLVMValueRef *));
   LLVMValueRef *st_offs = arena_calloc(L->a, (size_t)fn->states.n + 1, sizeof(LLVMValueRef));
   LLVMValueRef *st_tmp = arena_calloc(L->a, (size_t)fn->states.n + 1, sizeof(LLVMValueRef));
-  if (!offs || !wt_offs || !call_offs || !st_offs || !st_tmp) return -1;
+  if (!offs || !wt_offs || !call_offs || !cin_offs || !st_offs || !st_tmp) return -1;
   for (IrRef r = 0; r < fn->nodes.n; r++) {
     NodeInfo *n = &L->ni[r];
     const IrNode *nd = &fn->nodes.v[r];
@@ -1398,7 +1404,12 @@ static int emit_function(Lower *L, Inst *in) {
       const Inst *child = &L->insts.v[in->layer_inst[nd->index]];
       call_offs[r] = arena_calloc(L->a, (size_t)child->fn->outputs.n + 1, sizeof(LLVMValueRef));
       n->outs = arena_calloc(L->a, (size_t)child->fn->outputs.n + 1, sizeof(LLVMValueRef));
-      if (!call_offs[r] || !n->outs) return -1;
+      n->cins = arena_calloc(L->a, (size_t)nd->nargs + 1, sizeof(LLVMValueRef));
+      cin_offs[r] = arena_calloc(L->a, (size_t)nd->nargs + 1, sizeof(LLVMValueRef));
+      if (!call_offs[r] || !n->outs || !n->cins || !cin_offs[r]) return -1;
+      for (int j = 0; j < nd->nargs; j++)
+        if (L->ni[nd->args[j]].cls == CLS_CONST)
+          cin_offs[r][j] = reserve(L, &al, mul(L, BT, ci64(L, row_floats(&L->ni[nd->args[j]]))));
       for (int j = 0; j < child->fn->outputs.n; j++) {
         int64_t ne;
         if (type_floats(L, child, child->fn->outputs.v[j].type, nd->loc, &ne)) return -1;
@@ -1466,6 +1477,8 @@ static int emit_function(Lower *L, Inst *in) {
       const Inst *child = &L->insts.v[in->layer_inst[nd->index]];
       for (int j = 0; j < child->fn->outputs.n; j++)
         n->outs[j] = gepf(L, L->scratch, call_offs[r][j]);
+      for (int j = 0; j < nd->nargs; j++)
+        if (cin_offs[r][j]) n->cins[j] = gepf(L, L->scratch, cin_offs[r][j]);
       n->base = n->outs[0];
       break;
     }
