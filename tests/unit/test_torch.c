@@ -15,7 +15,7 @@
 
 #include "testutil.h"
 
-#define MAX_CASES 64
+#define MAX_CASES 256
 
 static char case_dirs[MAX_CASES][1024];
 static char case_names[MAX_CASES][256];
@@ -92,8 +92,13 @@ int main(void) {
   }
   int n = 0;
   struct dirent *e;
-  while ((e = readdir(d)) && n < MAX_CASES) {
+  while ((e = readdir(d))) {
     if (e->d_name[0] == '.') continue;
+    if (n == MAX_CASES) {
+      fprintf(stderr, "more than %d fixtures: raise MAX_CASES\n", MAX_CASES);
+      closedir(d);
+      return 1;
+    }
     snprintf(case_names[n], sizeof case_names[n], "%s", e->d_name);
     n++;
   }
