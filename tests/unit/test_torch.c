@@ -6,6 +6,7 @@
  *     in x=x.npy          (inputs, initial states, lengths)
  *     out y=y.npy         (expected outputs and final states)
  *     tol 1e-5
+ *     entry LSTMStack     (optional: the unit to run, --entry)
  * Each case runs `seqc run ... --expect NAME=FILE` through the documented CLI,
  * so this also tests the contract in docs/cli.md. */
 #include <dirent.h>
@@ -26,10 +27,10 @@ static int build_command(const char *dir, char *cmd, size_t n) {
   snprintf(path, sizeof path, "%s/case.txt", dir);
   char *text = tu_read_file(path, NULL);
   if (!text) return -1;
-  char seq[4096] = "", weights[2048] = "", args[8192] = "", tol[64] = "1e-5";
+  char seq[4096] = "", weights[2048] = "", args[8192] = "", tol[64] = "1e-5", entry[160] = "";
   for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
     char key[32], val[256];
-    if (sscanf(line, "%31s %511s", key, val) != 2) continue;
+    if (sscanf(line, "%31s %255s", key, val) != 2) continue;
     size_t len = strlen(args);
     if (strcmp(key, "seq") == 0)
       snprintf(seq, sizeof seq, "%s", tu_src(val));
@@ -37,6 +38,8 @@ static int build_command(const char *dir, char *cmd, size_t n) {
       snprintf(weights, sizeof weights, "%s/%s", dir, val);
     else if (strcmp(key, "tol") == 0)
       snprintf(tol, sizeof tol, "%.60s", val);
+    else if (strcmp(key, "entry") == 0)
+      snprintf(entry, sizeof entry, " --entry %.128s", val);
     else if (strcmp(key, "in") == 0 || strcmp(key, "out") == 0) {
       char *eq = strchr(val, '=');
       if (!eq) continue;
@@ -47,7 +50,8 @@ static int build_command(const char *dir, char *cmd, size_t n) {
   }
   free(text);
   if (!seq[0] || !weights[0]) return -1;
-  snprintf(cmd, n, "%s run %s --weights %s%s --tol %s --quiet", SEQC_BIN, seq, weights, args, tol);
+  snprintf(cmd, n, "%s run %s%s --weights %s%s --tol %s --quiet", SEQC_BIN, seq, entry, weights,
+           args, tol);
   return 0;
 }
 
