@@ -5,6 +5,7 @@
 #include "seq.h"
 
 #include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -84,8 +85,27 @@ static const char *first_error(SeqModule *m) {
   return "compilation failed";
 }
 
+/* A weights file and whether the root is a single cell, which also accepts
+ * `NAME_l0` for a missing `NAME` (a one-layer PyTorch state_dict), as the CLI
+ * does (docs/cli.md). */
+typedef struct StFile {
+  RtSafetensors *sf;
+  int allow_l0;
+} StFile;
+
+/* The stored name of parameter `name` (in buf if it is the _l0 form), or NULL. */
+static const char *st_resolve(const StFile *f, const char *name, char *buf, size_t n) {
+  if (rt_st_find(f->sf, name)) return name;
+  if (!f->allow_l0) return NULL;
+  snprintf(buf, n, "%s_l0", name);
+  return rt_st_find(f->sf, buf) ? buf : NULL;
+}
+
 static int st_lookup(void *ctx, const char *name, int *ndim, int64_t *shape) {
-  const RtTensorInfo *ti = rt_st_find(ctx, name);
+  char buf[512];
+  const StFile *f = ctx;
+  const char *stored = st_resolve(f, name, buf, sizeof buf);
+  const RtTensorInfo *ti = stored ? rt_st_find(f->sf, stored) : NULL;
   if (!ti) return 0;
   *ndim = ti->ndim;
   memcpy(shape, ti->shape, sizeof(int64_t) * (size_t)ti->ndim);
@@ -151,7 +171,8 @@ static SeqStatus compile(SeqContext *cx, const char *path, const char *name, con
       goto done;
     }
   }
-  if (ir_binding_infer(&m->bind, sf ? st_lookup : NULL, sf, NULL, NULL, &m->de)) goto done;
+  StFile stf = {sf, root->kind == IR_FN_CELL};
+  if (ir_binding_infer(&m->bind, sf ? st_lookup : NULL, &stf, NULL, NULL, &m->de)) goto done;
   CgOptions cg = {o.opt_level, o.target_cpu, o.target_features};
   st = SEQ_ERR_COMPILE;
   m->jit = cg_jit_compile(m->arena, m->mod, root, m->bind.dims, &cg, &m->sig, &m->de);
@@ -277,14 +298,17 @@ SeqStatus seq_module_bind_safetensors(SeqModule *m, const char *path) {
   RtError err;
   if (rt_st_open(path, &sf, &err)) return fail(m, SEQ_ERR_IO, "%s", err.msg);
   SeqStatus st = SEQ_OK;
+  StFile f = {sf, m->mod->funcs.v[m->mod->entry]->kind == IR_FN_CELL};
   for (int i = 0; i < m->sig.params.n && st == SEQ_OK; i++) {
     const CgTensor *p = &m->sig.params.v[i];
     RtTensor t;
-    if (!rt_st_find(sf, p->name)) {
+    char buf[512];
+    const char *stored = st_resolve(&f, p->name, buf, sizeof buf);
+    if (!stored) {
       st = fail(m, SEQ_ERR_BIND, "%s: no tensor named %s", path, p->name);
       break;
     }
-    if (rt_st_read(sf, p->name, RT_F32, &t, &err)) {
+    if (rt_st_read(sf, stored, RT_F32, &t, &err)) {
       st = fail(m, SEQ_ERR_BIND, "%s", err.msg);
       break;
     }
