@@ -1,8 +1,50 @@
 #!/usr/bin/env bash
-# Builds seqc with warnings as errors and the IR verifier on (Debug), then runs
-# the whole test suite under CTest.
+# The whole test suite, as CI runs it (see docs/testing.md):
+#   1. build seqc with warnings as errors and the IR verifier on (Debug) in
+#      build-test and run every test under CTest;
+#   2. build again with ASan + UBSan (-DSEQ_SANITIZE=ON) in build-asan and run
+#      every test there with LeakSanitizer on: any report fails the run
+#      (SEQ_TEST_SANITIZE=0 skips this stage);
+#   3. run each libFuzzer target for 30 s (tools/fuzz.sh), when clang-19 with
+#      libFuzzer is installed (SEQ_TEST_FUZZ=0 skips; SEQ_FUZZ_SECONDS changes
+#      the time per target).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
 SEQ_BUILD_DIR="${SEQ_BUILD_DIR:-build-test}" SEQ_BUILD_TYPE=Debug \
   SEQ_CMAKE_ARGS="-DSEQ_WERROR=ON ${SEQ_CMAKE_ARGS:-}" tools/setup.sh
 ctest --test-dir "${SEQ_BUILD_DIR:-build-test}" --output-on-failure -j2
+
+# ---- sanitizers ----------------------------------------------------------------
+if [ "${SEQ_TEST_SANITIZE:-1}" != 0 ]; then
+  echo "test.sh: ASan + UBSan + LeakSanitizer build in build-asan"
+  asan="${SEQ_ASAN_BUILD_DIR:-build-asan}"
+  cmake -S . -B "$asan" -DCMAKE_BUILD_TYPE=Debug -DSEQ_WERROR=ON -DSEQ_SANITIZE=ON >/dev/null
+  cmake --build "$asan" -j2
+  # Tests run seqc as a subprocess: it inherits these, so the CLI is checked too.
+  # UBSan does not recover (-fno-sanitize-recover), so UB fails the test.
+  ASAN_OPTIONS="detect_leaks=1:strict_string_checks=1:check_initialization_order=1" \
+    LSAN_OPTIONS="suppressions=$(pwd)/tools/lsan.supp:print_suppressions=0" \
+    UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
+    ctest --test-dir "$asan" --output-on-failure -j2 --timeout 900
+fi
+
+# ---- fuzzing ----------------------------------------------------------------------
+if [ "${SEQ_TEST_FUZZ:-1}" != 0 ]; then
+  if command -v clang-19 >/dev/null &&
+    [ -n "$(ls /usr/lib/llvm-19/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a 2>/dev/null)" ]; then
+    for t in frontend npy safetensors; do
+      echo "test.sh: fuzzing $t for ${SEQ_FUZZ_SECONDS:-30} s"
+      log="$(mktemp)"
+      if ! tools/fuzz.sh "$t" "${SEQ_FUZZ_SECONDS:-30}" >"$log" 2>&1; then
+        tail -n 60 "$log"
+        echo "test.sh: fuzz_$t failed (a crash is saved under build-fuzz/crashes/$t/)" >&2
+        exit 1
+      fi
+      grep -E "^(Done|stat::number_of_executed_units)" "$log" || true
+      rm -f "$log"
+    done
+  else
+    echo "test.sh: clang-19 with libFuzzer not installed; skipping the fuzz stage"
+  fi
+fi

@@ -127,6 +127,8 @@ static void test_mlstm_stabilizer_million_steps(void **state) {
    * denominator max(|n.q|, exp(-m)) may be small when n.q crosses 0.) */
   assert_true(fabs(((float *)st[2].data)[0] - 800.0f) < 1e-3);
   assert_true(max_abs(&st[1]) < (double)LONG_T * 4);
+  for (int k = 0; k < 3; k++) rt_tensor_free(&st[k]);
+  rt_tensor_free(&y);
   /* The same in float64. */
   assert_int_equal(run(&x, &y, st, 1), 0);
   assert_true(fabs(((double *)st[2].data)[0] - 800.0) < 1e-9);
