@@ -1433,6 +1433,10 @@ static int alloc_results(Run *r, int64_t B, int64_t T, RtTensor *outputs, RtTens
 int interp_run(const IrBinding *b, int64_t B, int64_t T, const RtTensor *inputs,
                const int64_t *lengths, const RtTensor *state_in, RtTensor *outputs,
                RtTensor *state_out, const InterpOptions *opt, DiagEngine *de) {
+  if (!b || !b->root || !b->dims) {
+    if (de) diag_error(de, (SrcLoc){0}, "interp_run: no binding (call ir_binding_init first)");
+    return -1;
+  }
   const IrFunc *root = b->root;
   int nout = root->outputs.n, nstate = b->flat.states.n;
   if ((nout > 0 && !outputs) || (root->inputs.n > 0 && !inputs)) {

@@ -435,6 +435,28 @@ static void test_check_finite(void **state) {
   rt_tensor_free(&x);
 }
 
+/* Null pointers into the runtime and the interpreter are errors with a message. */
+static void test_null_arguments(void **state) {
+  (void)state;
+  RtError err;
+  RtTensor t;
+  RtSafetensors *st = NULL;
+  assert_int_equal(rt_tensor_alloc(NULL, RT_F32, 0, NULL, &err), RT_ERR_ARG);
+  assert_int_equal(rt_tensor_alloc(&t, RT_F32, 2, NULL, &err), RT_ERR_ARG);
+  assert_int_equal(rt_npy_read_mem(NULL, 10, "x.npy", &t, &err) != 0, 1);
+  assert_int_equal(rt_st_open_mem(NULL, 10, "w", &st, &err) != 0, 1);
+  assert_int_equal(rt_st_read(NULL, "a", RT_F32, &t, &err), RT_ERR_ARG);
+  assert_int_equal(rt_st_read(NULL, "a", RT_F32, NULL, &err), RT_ERR_ARG);
+  assert_int_equal(rt_numel(NULL), -1);
+  rt_tensor_free(NULL);
+  rt_st_close(NULL);
+  IrBinding empty = {0};
+  diag_init(&DE, A ? A : (A = arena_create()), NULL);
+  assert_int_not_equal(interp_run(&empty, 1, 1, NULL, NULL, NULL, NULL, NULL, NULL, &DE), 0);
+  assert_int_not_equal(interp_run(NULL, 1, 1, NULL, NULL, NULL, NULL, NULL, NULL, NULL), 0);
+  assert_true(has_diag("no binding"));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_nesting_depth),
@@ -448,6 +470,7 @@ int main(void) {
       cmocka_unit_test(test_dtypes_and_weights),
       cmocka_unit_test(test_nonfinite_inputs_propagate),
       cmocka_unit_test(test_check_finite),
+      cmocka_unit_test(test_null_arguments),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
