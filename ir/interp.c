@@ -708,9 +708,28 @@ static int oom(Run *r) {
 /* Doubles for n elements (times 2 if complex) times `positions`; -1 on overflow. */
 static double *alloc_doubles(Run *r, int64_t n, int64_t positions) {
   int64_t cnt;
-  if (__builtin_mul_overflow(n, positions, &cnt) || (uint64_t)cnt > SIZE_MAX / sizeof(double))
+  /* The bound on tensor files bounds every buffer too: past it, a request is
+   * a dimension mistake, not something to hand to malloc. */
+  if (__builtin_mul_overflow(n, positions, &cnt) ||
+      cnt > RT_MAX_FILE_BYTES / (int64_t)sizeof(double))
     return NULL;
   return arena_calloc(r->arena, (size_t)(cnt ? cnt : 1), sizeof(double));
+}
+
+/* An intermediate value too large to hold: name it and say how large, since
+ * the cause is nearly always a dimension (outer(w, w) with a large --dims). */
+static int value_oom(Run *r, const IrNode *nd, int64_t width, int64_t positions) {
+  int64_t bytes;
+  if (__builtin_mul_overflow(width, positions, &bytes) ||
+      __builtin_mul_overflow(bytes, (int64_t)sizeof(double), &bytes))
+    bytes = INT64_MAX;
+  if (bytes > RT_MAX_FILE_BYTES)
+    diag_error(r->de, nd->loc, "this value needs %lld bytes, more than the limit of %lld",
+               (long long)bytes, (long long)RT_MAX_FILE_BYTES);
+  else
+    diag_error(r->de, nd->loc, "out of memory in the interpreter for this value (%lld bytes)",
+               (long long)bytes);
+  return -1;
 }
 
 /* The concrete shape of a type under an instance's dims. */
@@ -880,7 +899,7 @@ static int alloc_slots(Run *r, Inst *in) {
       return oom(r);
     if (nd->op == IR_INPUT || nd->op == IR_RESULT) continue; /* views, set when run */
     int64_t positions = model && s->varying ? r->T : 1;
-    if (!(s->v.d = alloc_doubles(r, w, positions))) return oom(r);
+    if (!(s->v.d = alloc_doubles(r, w, positions))) return value_oom(r, nd, w, positions);
     s->stride = model && s->varying ? w : 0;
     if (nd->op == IR_RMSNORM || nd->op == IR_LAYERNORM)
       if (!(s->aux = alloc_doubles(r, s->v.n, 2))) return oom(r);

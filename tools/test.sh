@@ -23,7 +23,9 @@ if [ "${SEQ_TEST_SANITIZE:-1}" != 0 ]; then
   cmake --build "$asan" -j2
   # Tests run seqc as a subprocess: it inherits these, so the CLI is checked too.
   # UBSan does not recover (-fno-sanitize-recover), so UB fails the test.
-  ASAN_OPTIONS="detect_leaks=1:strict_string_checks=1:check_initialization_order=1" \
+  # allocator_may_return_null: a failed malloc is NULL, as in production, so the
+  # tests of out-of-memory diagnostics test those and not ASan's own abort.
+  ASAN_OPTIONS="detect_leaks=1:allocator_may_return_null=1:strict_string_checks=1:check_initialization_order=1" \
     LSAN_OPTIONS="suppressions=$(pwd)/tools/lsan.supp:print_suppressions=0" \
     UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
     ctest --test-dir "$asan" --output-on-failure -j2 --timeout 900
@@ -33,7 +35,7 @@ fi
 if [ "${SEQ_TEST_FUZZ:-1}" != 0 ]; then
   if command -v clang-19 >/dev/null &&
     [ -n "$(ls /usr/lib/llvm-19/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a 2>/dev/null)" ]; then
-    for t in frontend npy safetensors; do
+    for t in frontend run npy safetensors; do
       echo "test.sh: fuzzing $t for ${SEQ_FUZZ_SECONDS:-30} s"
       log="$(mktemp)"
       if ! tools/fuzz.sh "$t" "${SEQ_FUZZ_SECONDS:-30}" >"$log" 2>&1; then

@@ -130,6 +130,10 @@ static int setup(void **state) {
   snprintf(dir, sizeof dir, "%s", tu_tmpdir());
   write_text("big.seq", big_src);
   write_text("acc.seq", acc_src);
+  write_text("state.seq", "cell S(D, H) {\n  input x: [D]\n  state h: [H, H] = 0\n"
+                          "  output y: [D]\n  step {\n    h' = h + 1\n    y = x\n  }\n}\n");
+  write_text("outer.seq", "cell O(D, H) {\n  param w: [H]\n  input x: [D]\n  output y: [D]\n"
+                          "  step {\n    let m = outer(w, w)\n    y = x + sum(m)\n  }\n}\n");
   int64_t s123[3] = {1, 2, 3}, s103[3] = {1, 0, 3}, s023[3] = {0, 2, 3};
   write_npy("x.npy", RT_F32, 3, s123, NULL, 1.0);
   write_npy("x_t0.npy", RT_F32, 3, s103, NULL, 0);
@@ -247,6 +251,15 @@ static void test_tensor_size_overflow(void **state) {
   EXPECT_RUN("run big.seq --random-weights --dims H=2000000000 --in x=x.npy", 1, "'w'");
   EXPECT_RUN("run big.seq --random-weights --dims H=1099511627776 --in x=x.npy --backend=interp", 1,
              "too large");
+  /* A state and an intermediate value that only the dims make huge. */
+  EXPECT_RUN("run state.seq --random-weights --dims H=3000000000,D=3 --in x=x.npy "
+             "--backend=interp",
+             1, "state 'h'");
+  EXPECT_RUN("run state.seq --random-weights --dims H=3000000000,D=3 --in x=x.npy", 1, "error");
+  EXPECT_RUN("run outer.seq --random-weights --dims H=10000000,D=3 --in x=x.npy --backend=interp",
+             1,
+             "outer.seq:6:13: error: this value needs 800000000000000 bytes, more than the limit");
+  EXPECT_RUN("run outer.seq --random-weights --dims H=10000000,D=3 --in x=x.npy", 1, "error");
   /* The library call: the binding refuses the weight. */
   IrModule *m = compile(big_src);
   assert_non_null(m);
