@@ -91,6 +91,31 @@ static double max_abs(const RtTensor *t) {
   return m;
 }
 
+/* Single-head mLSTM with the max-stabilizer (xLSTM, arXiv:2405.04517, appendix A),
+ * kept here rather than imported so that the test does not move with std/mlstm.seq. */
+static const char *mlstm_src =
+    "cell MLSTM(I, D) {\n"
+    "  param W_q: [D, I]\n  param b_q: [D]\n  param W_k: [D, I]\n  param b_k: [D]\n"
+    "  param W_v: [D, I]\n  param b_v: [D]\n  param W_o: [D, I]\n  param b_o: [D]\n"
+    "  param w_i: [I]\n  param b_i: []\n  param w_f: [I]\n  param b_f: []\n"
+    "  input  x: [I]\n  state  C: [D, D] = 0\n  state  n: [D] = 0\n  state  m: [] = 0\n"
+    "  output y: [D]\n"
+    "  step {\n"
+    "    let q  = W_q @ x + b_q\n"
+    "    let k  = (W_k @ x + b_k) / sqrt(D)\n"
+    "    let v  = W_v @ x + b_v\n"
+    "    let li = dot(w_i, x) + b_i\n"
+    "    let lf = logsigmoid(dot(w_f, x) + b_f)\n"
+    "    m' = max(lf + m, li)\n"
+    "    let i_s = exp(li - m')\n"
+    "    let f_s = exp(lf + m - m')\n"
+    "    C' = f_s * C + i_s * outer(v, k)\n"
+    "    n' = f_s * n + i_s * k\n"
+    "    let h = (C' @ q) / max(abs(dot(n', q)), exp(-m'))\n"
+    "    y  = sigmoid(W_o @ x + b_o) * h\n"
+    "  }\n"
+    "}\n";
+
 /* ---- a million steps ------------------------------------------------------------ */
 
 /* minGRU's update is a convex combination of h and h~: |h| never exceeds max |h~|. */
@@ -113,7 +138,7 @@ static void test_mingru_million_steps(void **state) {
  * keeps every exponential <= 1, so a million steps stay finite. */
 static void test_mlstm_stabilizer_million_steps(void **state) {
   (void)state;
-  bind("import \"std/mlstm.seq\"\n", "MLSTM", 2, (const char *[]){"I", "D"}, (int64_t[]){2, 2});
+  bind(mlstm_src, "MLSTM", 2, (const char *[]){"I", "D"}, (int64_t[]){2, 2});
   fill(weight("w_i"), 2, 0.0);
   weight("b_i")[0] = 800.0; /* exp(800) is inf even in float64 */
   fill(weight("w_f"), 2, 0.0);
@@ -227,7 +252,7 @@ static void test_gates_exactly_zero_and_one(void **state) {
   rt_tensor_free(&st[0]);
   rt_tensor_free(&x);
 
-  bind("import \"std/mlstm.seq\"\n", "MLSTM", 2, (const char *[]){"I", "D"}, (int64_t[]){2, 2});
+  bind(mlstm_src, "MLSTM", 2, (const char *[]){"I", "D"}, (int64_t[]){2, 2});
   fill(weight("w_f"), 2, 0.0);
   weight("b_f")[0] = -1e30;
   make_input(&x, 1000, 2, 1.0);
@@ -256,7 +281,12 @@ static void test_cpu_backend_million_steps(void **state) {
   snprintf(path, sizeof path, "%s/x_long.npy", dir);
   assert_int_equal(rt_npy_write(path, &x, &err), 0);
   rt_tensor_free(&x);
-  const char *cells[] = {"stdlib/mingru.seq --dims I=2,H=2", "stdlib/mlstm.seq --dims I=2,D=2"};
+  snprintf(path, sizeof path, "%s/mlstm.seq", dir);
+  assert_int_equal(tu_write_file(path, mlstm_src), 0);
+  char mlstm_arg[1024];
+  snprintf(mlstm_arg, sizeof mlstm_arg, "%s --dims I=2,D=2", path);
+  const char *cells[] = {"stdlib/mingru.seq --dims I=2,H=2", mlstm_arg};
+  snprintf(path, sizeof path, "%s/x_long.npy", dir);
   for (int c = 0; c < 2; c++) {
     char *outs[2] = {NULL, NULL};
     const char *backends[2] = {"cpu", "interp"};
