@@ -283,7 +283,7 @@ static void test_cpu_backend_million_steps(void **state) {
   rt_tensor_free(&x);
   snprintf(path, sizeof path, "%s/mlstm.seq", dir);
   assert_int_equal(tu_write_file(path, mlstm_src), 0);
-  char mlstm_arg[1024];
+  char mlstm_arg[sizeof path + 32];
   snprintf(mlstm_arg, sizeof mlstm_arg, "%s --dims I=2,D=2", path);
   const char *cells[] = {"stdlib/mingru.seq --dims I=2,H=2", mlstm_arg};
   snprintf(path, sizeof path, "%s/x_long.npy", dir);
