@@ -424,7 +424,11 @@ static int aff_rule(const Ctx *c, const AVal *av, IrRef r, AVal *o, int *why_kin
     IrRef coef = n->args[1 - d];
     IrType ct = c->f->nodes.v[coef].type;
     *o = av_broadcast(av[n->args[d]], c->f->nodes.v[n->args[d]].type, t);
-    if (ct.rank <= t.rank)
+    /* Scaling a term with no positioned part (a low-rank write beta (S k) k^T
+     * spelled as a broadcast product) is not a diagonal coefficient. */
+    if (!(o->terms & (T_DIAG | T_EXPAND | T_SHIFT)))
+      ;
+    else if (ct.rank <= t.rank)
       o->gvary |= (c->vary[coef] << (t.rank - ct.rank)) & nonone_mask(t);
     else
       o->gvary = nonone_mask(t);
@@ -729,12 +733,83 @@ static void classify_linear(const Ctx *c, RecState *rs, const AVal *v, int group
         arena_printf(c->a, "%s; its coefficient reads %s", rs->reason, f->states.v[v->gstate].name);
 }
 
+/* Is r, an S-free value with the state's trailing axes, an outer product
+ * over its last two axes (a rank-1 write v k^T, per head)? A product of two
+ * factors where one varies only along the second-to-last of those axes and
+ * the other only along the last, times factors constant on both. */
+static int is_outer_write(const Ctx *c, IrRef r, int depth) {
+  const IrNode *n = &c->f->nodes.v[r];
+  int rank = n->type.rank;
+  if (rank < 2 || depth > 16) return 0;
+  unsigned last2 = 3u << (rank - 2), row = 1u << (rank - 2), col = 1u << (rank - 1);
+  if (n->op == IR_OUTER) return 1;
+  if (n->op == IR_NEG || n->op == IR_BROADCAST) {
+    const IrNode *a = &c->f->nodes.v[n->args[0]];
+    return a->type.rank == rank && is_outer_write(c, n->args[0], depth + 1);
+  }
+  if (n->op != IR_MUL) return 0;
+  unsigned m[2];
+  for (int k = 0; k < 2; k++) {
+    IrType ot = c->f->nodes.v[n->args[k]].type;
+    m[k] = ot.rank <= rank ? (c->vary[n->args[k]] << (rank - ot.rank)) & last2 : last2;
+  }
+  if ((m[0] == row && m[1] == col) || (m[0] == col && m[1] == row)) return 1;
+  for (int k = 0; k < 2; k++)
+    if (!m[1 - k] && c->f->nodes.v[n->args[k]].type.rank == rank &&
+        is_outer_write(c, n->args[k], depth + 1))
+      return 1;
+  return 0;
+}
+
+/* Does the S-free part of `next` (its addends through + and -) consist of
+ * rank-1 writes? That, with a gate shared along an axis, is what makes a
+ * state with two or more axes a matrix state (ALGORITHMS.md §1); a vector per
+ * head written with a vector (mLSTM's n, linear attention's z) is diagonal. */
+static int writes_outer(const Ctx *c, IrRef r, int st, int depth) {
+  const IrNode *n = &c->f->nodes.v[r];
+  if (depth > 16) return 0;
+  if (!bit_get(deps_of(c, r), st)) return is_outer_write(c, r, 0);
+  if (n->op == IR_ADD || n->op == IR_SUB) {
+    int found = 0;
+    for (int k = 0; k < 2; k++) {
+      if (!bit_get(deps_of(c, n->args[k]), st) && !is_outer_write(c, n->args[k], 0)) return 0;
+      if (!bit_get(deps_of(c, n->args[k]), st))
+        found = 1;
+      else if (c->f->nodes.v[n->args[k]].op == IR_ADD || c->f->nodes.v[n->args[k]].op == IR_SUB)
+        found |= writes_outer(c, n->args[k], st, depth + 1);
+    }
+    return found;
+  }
+  return 0;
+}
+
 static void classify_linear_shape(const Ctx *c, RecState *rs, const AVal *v, int group_size,
                                   unsigned t, unsigned axes, int naxes, const char *at) {
   const IrFunc *f = c->f;
   const IrState *s = &f->states.v[rs->state];
   const char *sn = s->name;
   rs->gate_invariant = v->ginv;
+  /* Heads: leading axes of a multi-head state ([NH, Dv, Dk], [NH, DH]) along
+   * which the gate varies, with the gate shared along some later axis. Each
+   * head is an independent recurrence of the same class, so the gate is read
+   * off the axes after the heads: Mamba-2's exp(dt A) per head is a scalar
+   * gate, GLA's per-head per-key gate a diagonal one. Only for elementwise
+   * and low-rank terms, which never mix heads. */
+  unsigned heads = 0;
+  if (!(t & ~(unsigned)(T_DIAG | T_LOWRANK)) && !v->gone) {
+    for (int k = 0; k + 1 < s->type.rank; k++) {
+      if (!(axes >> k & 1)) continue;
+      if (!(v->gvary >> k & 1)) break;
+      heads |= 1u << k;
+    }
+    unsigned rest = axes & ~heads;
+    if (!rest || (v->gvary & rest) == rest) heads = 0;
+  }
+  if (heads) {
+    axes &= ~heads;
+    naxes = 0;
+    for (int k = 0; k < s->type.rank; k++) naxes += axes >> k & 1;
+  }
   if (v->gone)
     rs->gate = REC_GATE_NONE;
   else if (!(v->gvary & axes))
@@ -754,23 +829,26 @@ static void classify_linear_shape(const Ctx *c, RecState *rs, const AVal *v, int
     rs->reason = arena_printf(c->a, "%s' is linear over the reals only (real, imag or conj)", sn);
     return;
   }
+  const char *per_head = heads ? " per head" : "";
   if (t == T_DIAG) {
-    if (naxes >= 2 && rs->gate != REC_GATE_FULL) {
+    if (naxes >= 2 && rs->gate != REC_GATE_FULL && writes_outer(c, s->next, rs->state, 0)) {
       rs->cls = REC_LIN_MATRIX;
-      rs->reason = arena_printf(c->a, "%s' = gate * %s + b, %s", sn, sn, gate_words(rs));
+      rs->reason =
+          arena_printf(c->a, "%s' = gate * %s + b, %s%s", sn, sn, gate_words(rs), per_head);
     } else {
       rs->cls = REC_LIN_DIAG;
       rs->reason =
-          arena_printf(c->a, "%s' = a * %s + b%s, %s", sn, sn, rs->is_complex ? ", complex" : "",
-                       rs->gate == REC_GATE_NONE ? "a = 1" : gate_words(rs));
+          arena_printf(c->a, "%s' = a * %s + b%s, %s%s", sn, sn, rs->is_complex ? ", complex" : "",
+                       rs->gate == REC_GATE_NONE ? "a = 1" : gate_words(rs), per_head);
     }
   } else if (t == T_SHIFT) {
     rs->cls = REC_SHIFT;
     rs->reason = arena_printf(c->a, "%s' only moves elements of %s: a sliding window", sn, sn);
   } else if ((t & T_LOWRANK) && !(t & ~(unsigned)(T_DIAG | T_LOWRANK))) {
     rs->cls = REC_LIN_DPLR;
-    rs->reason = arena_printf(c->a, "%s' = gate * %s - (%s k) w^T + ..., %s; low-rank term at %s",
-                              sn, sn, sn, t & T_DIAG ? gate_words(rs) : "no diagonal part", at);
+    rs->reason = arena_printf(c->a, "%s' = gate * %s - (%s k) w^T + ..., %s%s; low-rank term at %s",
+                              sn, sn, sn, t & T_DIAG ? gate_words(rs) : "no diagonal part",
+                              t & T_DIAG ? per_head : "", at);
   } else if ((t & T_MIX) && !(t & ~(unsigned)(T_DIAG | T_MIX | T_LOWRANK))) {
     rs->cls = REC_LIN_SMALL_DENSE;
     rs->reason = arena_printf(c->a, "%s' contracts one axis of %s with a %s-free matrix at %s", sn,

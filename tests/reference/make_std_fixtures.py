@@ -35,6 +35,7 @@ FIXTURES = os.path.join(HERE, "fixtures")
 sys.path.insert(0, HERE)
 
 from numpy_refs import cells  # noqa: E402
+import functools  # noqa: E402
 
 B, T = 2, 9
 LENGTHS = [9, 4]
@@ -117,41 +118,64 @@ def w_mamba(rng, d_model=4, d_inner=8, d_state=4, d_conv=4, dt_rank=2):
     return p
 
 
-def w_mamba2(rng, d_model=4, d_inner=6, d_state=3, d_conv=4):
-    cd = d_inner + 2 * d_state
-    return {"in_proj.weight": lin(rng, 2 * d_inner + 2 * d_state + 1, d_model),
+def w_mamba2(rng, d_model=4, ngroups=1, nheads=3, headdim=2, d_state=3, d_conv=4):
+    d_inner = nheads * headdim
+    cd = d_inner + 2 * ngroups * d_state
+    return {"in_proj.weight": lin(rng, 2 * d_inner + 2 * ngroups * d_state + nheads, d_model),
             "conv1d.weight": rng.normal(0, 1 / math.sqrt(d_conv), (cd, 1, d_conv)),
             "conv1d.bias": rng.normal(0, 0.3, cd),
-            "dt_bias": inv_softplus(rng.uniform(0.2, 0.8, 1)),
-            "A_log": np.log(rng.uniform(0.5, 2.0, 1)),
-            "D": rng.normal(0, 1, 1),
+            "dt_bias": inv_softplus(rng.uniform(0.2, 0.8, nheads)),
+            "A_log": np.log(rng.uniform(0.5, 2.0, nheads)),
+            "D": rng.normal(0, 1, nheads),
             "norm.weight": 1 + rng.normal(0, 0.2, d_inner),
             "out_proj.weight": lin(rng, d_model, d_inner)}
+
+
+def w_mamba2_groups(rng):
+    return w_mamba2(rng, d_model=4, ngroups=2, nheads=4, headdim=2, d_state=3, d_conv=4)
 
 
 def w_qkv(rng, I=5, Dk=3, Dv=4):
     return {"W_q": lin(rng, Dk, I), "W_k": lin(rng, Dk, I), "W_v": lin(rng, Dv, I)}
 
 
-def w_gla(rng, I=5, Dk=3, Dv=4, R=2):
-    p = w_qkv(rng, I, Dk, Dv)
-    p.update({"W_a1": lin(rng, R, I), "W_a2": lin(rng, Dk, R), "b_a": rng.normal(0, 1, Dk)})
+# Multi-head cells: NH = 2 heads, key dim 3 (2 for GLA), value dim 2 per head.
+NH = 2
+
+
+def w_linear_attention(rng, I=5, Dk=3, Dv=2):
+    return w_qkv(rng, I, NH * Dk, NH * Dv)
+
+
+def w_retnet(rng, I=5, d=4, Dv=3):
+    """torchscale's MultiScaleRetention weights plus the two buffers its
+    state_dict holds: decay = log(1 - 2^(-5-h)) and angle (theta, each twice)."""
+    return {"q_proj.weight": lin(rng, NH * d, I), "k_proj.weight": lin(rng, NH * d, I),
+            "v_proj.weight": lin(rng, NH * Dv, I), "g_proj.weight": lin(rng, NH * Dv, I),
+            "out_proj.weight": lin(rng, I, NH * Dv),
+            "decay": np.log(cells.retnet_gamma(NH)),
+            "angle": np.repeat(cells.retnet_theta(d), 2)}
+
+
+def w_gla(rng, I=5, Dk=2, Dv=3, R=2):
+    p = w_qkv(rng, I, NH * Dk, NH * Dv)
+    p.update({"W_a1": lin(rng, R, I), "W_a2": lin(rng, NH * Dk, R), "b_a": rng.normal(0, 1, NH * Dk)})
     return p
 
 
-def w_mlstm(rng, I=5, D=4):
+def w_mlstm(rng, I=5, D=3):
     p = {}
     for g in "qkvo":
-        p["W_" + g] = lin(rng, D, I)
-        p["b_" + g] = rng.normal(0, 0.5, D)  # b_k != 0 on purpose: eq. 22
-    p.update({"w_i": rng.normal(0, 0.5, I), "b_i": np.array(rng.normal(0, 0.5)),
-              "w_f": rng.normal(0, 0.5, I), "b_f": np.array(1.5)})
+        p["W_" + g] = lin(rng, NH * D, I)
+        p["b_" + g] = rng.normal(0, 0.5, NH * D)  # b_k != 0 on purpose: eq. 22
+    p.update({"w_i": rng.normal(0, 0.5, (NH, I)), "b_i": rng.normal(0, 0.5, NH),
+              "w_f": rng.normal(0, 0.5, (NH, I)), "b_f": np.array([1.5, 3.0])})
     return p
 
 
-def w_mlstm_no_bk(rng, I=5, D=4):
+def w_mlstm_no_bk(rng, I=5, D=3):
     p = w_mlstm(rng, I, D)
-    p["b_k"] = np.zeros(D)  # where eq. 22 and mlstm.seq agree
+    p["b_k"] = np.zeros(NH * D)
     return p
 
 
@@ -161,16 +185,16 @@ def w_slstm(rng, I=5, H=4):
     return {"W": lin(rng, 4 * H, I), "R": lin(rng, 4 * H, H, 0.8), "b": b}
 
 
-def w_deltanet(rng, I=5, Dk=3, Dv=4):
-    p = w_qkv(rng, I, Dk, Dv)
-    p["w_b"] = rng.normal(0, 0.5, I)
+def w_deltanet(rng, I=5, Dk=3, Dv=2):
+    p = w_qkv(rng, I, NH * Dk, NH * Dv)
+    p["W_b"] = rng.normal(0, 0.5, (NH, I))
     return p
 
 
-def w_gated_deltanet(rng, I=5, Dk=3, Dv=4):
+def w_gated_deltanet(rng, I=5, Dk=3, Dv=2):
     p = w_deltanet(rng, I, Dk, Dv)
-    p.update({"w_a": rng.normal(0, 0.5, I), "A_log": np.array(math.log(0.5)),
-              "dt_bias": np.array(inv_softplus(0.5))})
+    p.update({"W_a": rng.normal(0, 0.5, (NH, I)), "A_log": np.log([0.5, 1.0]),
+              "dt_bias": inv_softplus(np.array([0.5, 0.3]))})
     return p
 
 
@@ -237,6 +261,16 @@ def w_lm(rng, vocab=11, d_model=4, d_ff=8, dt_rank=1, n_layer=2):
     return p
 
 
+def in_layer(ref, layer):
+    """ref run as layer `layer` of a model: its states are named LAYER.NAME."""
+    pre = layer + "."
+
+    def run(p, x, st):
+        y, fs = ref(p, x, {k[len(pre):]: v for k, v in st.items()})
+        return y, {pre + k: v for k, v in fs.items()}
+    return run
+
+
 # --------------------------------------------------------------- cases
 # name: (.seq, weight maker, reference, input feature shape (None: int tokens
 # < vocab), initial states {name: shape}, final states written, tol, seed).
@@ -251,21 +285,37 @@ CASES = {
     "std_s5": ("stdlib/s5.seq", w_s5, cells.s5, (4,), {}, [], "5e-6", 205),
     "std_mamba_ssm": ("stdlib/mamba_ssm.seq", w_mamba_ssm, cells.mamba_ssm, (6,), {"s": (6, 4)}, ["s"], "5e-6", 206),
     "std_mamba": ("stdlib/mamba.seq", w_mamba, cells.mamba, (4,), {"s": (8, 4)}, ["s"], "5e-6", 207),
-    "std_mamba2": ("stdlib/mamba2.seq", w_mamba2, cells.mamba2, (4,), {"s": (6, 3)}, ["s"], "5e-6", 208),
-    "std_linear_attention": ("stdlib/linear_attention.seq", w_qkv, cells.linear_attention, (5,),
-                             {"S": (4, 3), "z": (3,)}, ["S", "z"], "5e-6", 209),
-    "std_retnet": ("stdlib/retnet.seq", w_qkv, cells.retnet, (5,), {"S": (4, 3)}, ["S"], "5e-6", 210),
-    # GLA from a zero state, y only: there gla.seq (k / sqrt(Dk)) and fla (q / sqrt(Dk)) agree;
-    # std_gla_state (pending) checks a nonzero initial state and the final state.
-    "std_gla": ("stdlib/gla.seq", w_gla, cells.gla, (5,), {}, [], "5e-6", 211),
-    # b_k = 0 here; std_mlstm_bias (pending) has b_k != 0 (eq. 22 does not scale b_k).
+    "std_mamba2": ("stdlib/mamba2.seq", w_mamba2, cells.mamba2, (4,), {"s": (1, 3, 2, 3)}, ["s"],
+                   "5e-6", 208),
+    # ngroups = 2, 2 heads per group: the weights cannot tell ngroups (only
+    # ngroups * d_state), so the case runs a model fixing it (mamba2_g2.seq).
+    "std_mamba2_groups": ("tests/reference/fixtures/std_mamba2_groups/mamba2_g2.seq", w_mamba2_groups,
+                          in_layer(functools.partial(cells.mamba2, ngroups=2), "m"), (4,), {"m.s": (2, 2, 2, 3)},
+                          ["m.s"], "5e-6", 223),
+    # Linear attention and GLA have no per-head weight: the weights fix only
+    # NH * Dk, so these cases run a model fixing NH = 2 (CASE_SEQ below).
+    "std_linear_attention": ("tests/reference/fixtures/std_linear_attention/la_h2.seq", w_linear_attention,
+                             in_layer(functools.partial(cells.linear_attention, nh=NH), "c"), (5,),
+                             {"c.S": (NH, 2, 3), "c.z": lambda rng: np.abs(rng.normal(0, 0.5, (B, NH, 3)))},
+                             ["c.S", "c.z"], "5e-6", 209),
+    "std_retnet": ("stdlib/retnet.seq", w_retnet, cells.retnet, (5,),
+                   {"S": (NH, 3, 4), "pos": lambda rng: np.array([5.0, 0.0])}, ["S", "pos"], "5e-6", 210),
+    "std_gla": ("tests/reference/fixtures/std_gla/gla_h2.seq", w_gla,
+                in_layer(functools.partial(cells.gla, nh=NH), "c"), (5,), {}, [], "5e-6", 211),
+    "std_gla_state": ("tests/reference/fixtures/std_gla_state/gla_h2.seq", w_gla,
+                      in_layer(functools.partial(cells.gla, nh=NH), "c"), (5,), {"c.S": (NH, 3, 2)},
+                      ["c.S"], "1e-5", 224),
     "std_mlstm": ("stdlib/mlstm.seq", w_mlstm_no_bk, cells.mlstm, (5,),
-                  {"C": (4, 4), "n": (4,), "m": ()}, ["C", "n", "m"], "5e-6", 212),
+                  {"C": (NH, 3, 3), "n": (NH, 3), "m": (NH,)}, ["C", "n", "m"], "5e-6", 212),
+    # b_k != 0: eq. 22 does not scale the key bias.
+    "std_mlstm_bias": ("stdlib/mlstm.seq", w_mlstm, cells.mlstm, (5,),
+                       {"C": (NH, 3, 3), "n": (NH, 3), "m": (NH,)}, ["C", "n", "m"], "1e-5", 225),
     "std_slstm": ("stdlib/slstm.seq", w_slstm, cells.slstm, (5,),
                   {"h": (4,), "c": (4,), "n": (4,), "m": (4,)}, ["h", "c", "n", "m"], "5e-6", 213),
-    "std_deltanet": ("stdlib/deltanet.seq", w_deltanet, cells.deltanet, (5,), {"S": (4, 3)}, ["S"], "1e-5", 214),
+    "std_deltanet": ("stdlib/deltanet.seq", w_deltanet, cells.deltanet, (5,), {"S": (NH, 2, 3)}, ["S"],
+                     "5e-6", 214),
     "std_gated_deltanet": ("stdlib/gated_deltanet.seq", w_gated_deltanet, cells.gated_deltanet, (5,),
-                           {"S": (4, 3)}, ["S"], "1e-5", 215),
+                           {"S": (NH, 2, 3)}, ["S"], "5e-6", 215),
     "std_deltaproduct": ("stdlib/deltaproduct.seq", w_deltaproduct, cells.deltaproduct, (5,),
                          {"S": (4, 3)}, ["S"], "1e-5", 216),
     "std_plstm": ("stdlib/plstm.seq", w_plstm, cells.plstm, (5,), {"C": (2, 4, 3)}, ["C"], "5e-6", 217),
@@ -283,9 +333,60 @@ CASES = {
 # /tmp/std_pending, never into fixtures/, where test_torch would run them).
 # Move one into fixtures/ once the .seq follows the paper. See README.md.
 PENDING = {
-    "std_gla_state": ("stdlib/gla.seq", w_gla, cells.gla, (5,), {"S": (4, 3)}, ["S"], "1e-5", 211),
-    "std_mlstm_bias": ("stdlib/mlstm.seq", w_mlstm, cells.mlstm, (5,),
-                       {"C": (4, 4), "n": (4,), "m": ()}, ["C", "n", "m"], "1e-5", 212),
+}
+
+
+# .seq files a case writes into its own directory (models fixing a dim the
+# weights cannot tell).
+CASE_SEQ = {
+    "std_linear_attention": """# Linear attention with NH = 2 heads (the weights fix only NH * Dk).
+import "std/linear_attention.seq"
+
+model LinearAttentionHeads2(I, Dv) {
+  input  x: [I]
+  output y: [2*Dv]
+  layer c = LinearAttention(I, NH=2, Dv=Dv) prefix ""
+  forward {
+    y = c(x)
+  }
+}
+""",
+    "std_gla": """# GLA with NH = 2 heads (the weights fix only NH * Dk).
+import "std/gla.seq"
+
+model GLAHeads2(I, Dv) {
+  input  x: [I]
+  output y: [2*Dv]
+  layer c = GLA(I, NH=2, Dv=Dv) prefix ""
+  forward {
+    y = c(x)
+  }
+}
+""",
+    "std_gla_state": """# GLA with NH = 2 heads (the weights fix only NH * Dk).
+import "std/gla.seq"
+
+model GLAHeads2(I, Dv) {
+  input  x: [I]
+  output y: [2*Dv]
+  layer c = GLA(I, NH=2, Dv=Dv) prefix ""
+  forward {
+    y = c(x)
+  }
+}
+""",
+    "std_mamba2_groups": """# Mamba2 with ngroups = 2 (the weights fix only ngroups * d_state).
+import "std/mamba2.seq"
+
+model Mamba2G2(d_model) {
+  input  x: [d_model]
+  output y: [d_model]
+  layer m = Mamba2(d_model, ngroups=2) prefix ""
+  forward {
+    y = m(x)
+  }
+}
+""",
 }
 
 
@@ -334,13 +435,16 @@ def make_case(name, root=FIXTURES, table=None):
     else:
         x = f32(rng.normal(0, 1, (B, T) + feat))
     lengths = np.array(LENGTHS, dtype=np.int64)
-    init = {k: f32(rng.normal(0, 0.5, (B,) + s)) for k, s in init_shapes.items()}
+    init = {k: f32(s(rng) if callable(s) else rng.normal(0, 0.5, (B,) + s)) for k, s in init_shapes.items()}
     y, finals = run_reference(ref, params, x, lengths, init)
 
     d = os.path.join(root, name)
     if os.path.isdir(d):
         shutil.rmtree(d)
     os.makedirs(d)
+    if name in CASE_SEQ:
+        with open(os.path.join(REPO, seq), "w") as f:
+            f.write(CASE_SEQ[name])
     save_file({k: np.array(v, order="C") for k, v in sorted(params.items())},
               os.path.join(d, "weights.safetensors"))
     np.save(os.path.join(d, "x.npy"), x)

@@ -102,15 +102,18 @@ static const Expect EXPECTED[] = {
     {"LRU", "s", REC_LIN_DIAG, REC_GATE_FULL, ANY, NULL, 1},
     /* Matrix states: linear attention (no decay), its normalizer z (a
      * cumulative sum), RetNet (constant scalar gamma), GLA (per-key gate),
-     * Mamba-2 (scalar A per head). */
+     * Mamba-2 (scalar A per head). All multi-head: the gate is read per head. */
     {"LinearAttention", "S", REC_LIN_MATRIX, REC_GATE_NONE, ANY, NULL, 0},
     {"LinearAttention", "z", REC_LIN_DIAG, REC_GATE_NONE, ANY, NULL, 0},
-    {"Retention", "S", REC_LIN_MATRIX, REC_GATE_SCALAR, ANY, NULL, 0},
+    {"Retention", "S", REC_LIN_MATRIX, REC_GATE_SCALAR, ANY, "pos", 0},
+    /* RetNet's position counter (for the xPos rotation): pos' = pos + 1. */
+    {"Retention", "pos", REC_LIN_DIAG, REC_GATE_NONE, ANY, NULL, 0},
     {"GLA", "S", REC_LIN_MATRIX, REC_GATE_DIAG, ANY, NULL, 0},
     {"Mamba2", "s", REC_LIN_MATRIX, REC_GATE_SCALAR, ANY, "conv0.window", 0},
     {"Mamba2", "conv0.window", REC_SHIFT, ANY, ANY, NULL, 0},
-    /* mLSTM: m is (max, +) linear; C and n have the scalar gate f' that reads
-     * m (and m'), so they are linear given m. */
+    /* mLSTM: m is (max, +) linear; C and n have the scalar gate f' (one per
+     * head) that reads m (and m'), so they are linear given m. n is a vector
+     * per head: diagonal, not a matrix state. */
     {"MLSTM", "m", REC_MAXPLUS, ANY, ANY, NULL, 0},
     {"MLSTM", "C", REC_LIN_MATRIX, REC_GATE_SCALAR, ANY, "m", 0},
     {"MLSTM", "n", REC_LIN_DIAG, REC_GATE_SCALAR, ANY, "m", 0},

@@ -8,11 +8,15 @@ sequence's valid steps only), st maps state names to initial values (missing
 states start at the paper's initial value, zero everywhere here). y is
 [L, ...]; final_states maps state names to the state after step L.
 
+Multi-head cells (Mamba-2, linear attention, RetNet, GLA, mLSTM, DeltaNet,
+gated DeltaNet) are computed one head at a time on the head-major slices of
+the projections, each head as the single-head paper writes it.
+
 Where it helps independence, a cell is evaluated in a different but
 equivalent form from the per-step recurrence the .seq writes: S4D as the
 reference's convolution kernel, Mamba-2 through the SSD "attention" (dual)
 form, linear attention and retention through their parallel (masked
-quadratic) forms, and the xLSTM cells both with and without the max
+quadratic) forms, RetNet's rotation as complex multiplication, and the xLSTM cells both with and without the max
 stabilizer (the two must agree; the stabilized states are what seqc keeps).
 """
 
@@ -48,6 +52,13 @@ def gelu(x):
 def l2normalize(x):
     """The papers' exact unit-norm map (DeltaNet eq. 2): x / ||x||."""
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def l2normalize_fla(x, eps=1e-6):
+    """fla's l2norm (the DeltaNet / Gated DeltaNet reference code):
+    x / sqrt(sum(x^2) + eps). Equal to the exact map up to eps / (2 |x|^2):
+    ~1e-5 for SiLU'd keys of norm ~0.3, which is why those cells use it."""
+    return x / np.sqrt(np.sum(x * x, axis=-1, keepdims=True) + eps)
 
 
 def rms_norm(x, w, eps=1e-5):
@@ -215,141 +226,232 @@ def mamba(p, x, st):
 
 
 # --------------------------------------------------------------- Mamba-2
-# Dao & Gu 2024, mamba2_simple.py (one head, one group), with the SSD layer
-# evaluated in its quadratic "attention" form (section 4 / ssd_minimal's
-# segsum):  Y = (L o C B^T) (dt X),  L[t, s] = exp(sum_{r=s+1..t} dt_r A),
-# plus the initial state's contribution exp(sum_{r<=t} dt_r A) S0 C_t.
+# Dao & Gu 2024, mamba_ssm/modules/mamba2.py: nheads heads of headdim
+# channels, ngroups groups of B and C (head h reads group h // (nheads /
+# ngroups)), RMSNormGated(norm_before_gate=False, group_size = d_inner /
+# ngroups). ngroups is configuration, not a weight: the caller passes it.
+# Each head's SSD layer is evaluated in its quadratic "attention" form
+# (section 4 / ssd_minimal's segsum):  Y = (L o C B^T) (dt X),
+# L[t, s] = exp(sum_{r=s+1..t} dt_r A), plus the initial state's
+# contribution exp(sum_{r<=t} dt_r A) S0 C_t. States are mamba-ssm's
+# [nheads, headdim, d_state], returned as [ngroups, hpg, headdim, d_state]
+# (the .seq's split of the head axis; same elements).
 
 
-def mamba2(p, x, st):
-    d_inner = p["norm.weight"].shape[0]
-    d_state = (p["conv1d.weight"].shape[0] - d_inner) // 2
-    zxbcdt = x @ p["in_proj.weight"].T
-    z, xBC, dt = np.split(zxbcdt, [d_inner, 2 * d_inner + 2 * d_state], axis=-1)
-    dt = softplus(dt + p["dt_bias"])[:, 0]  # [L], nheads = 1
-    xBC = silu(torch_causal_conv1d(xBC, p["conv1d.weight"], p["conv1d.bias"]))
-    u, B, C = np.split(xBC, [d_inner, d_inner + d_state], axis=-1)
-    A = -np.exp(p["A_log"][0])
-    L = len(x)
+def ssd_head(u, dt, A, B, C, S0):
+    """One head: u [L, P], dt [L], A scalar, B, C [L, N], S0 [P, N]."""
+    L = len(u)
     cs = np.cumsum(dt * A)  # cs[t] = sum_{r<=t} dt_r A
     seg = cs[:, None] - cs[None, :]
     mask = np.tril(np.ones((L, L), dtype=bool))
     Lmat = np.where(mask, np.exp(np.where(mask, seg, 0.0)), 0.0)
-    scores = (C @ B.T) * Lmat  # [t, s]
-    S0 = zeros_or(st, "s", (d_inner, d_state))
-    y = scores @ (dt[:, None] * u) + np.exp(cs)[:, None] * (C @ S0.T)
-    s_final = np.exp(cs[-1]) * S0 + np.einsum(
-        "s,s,sd,sn->dn", np.exp(cs[-1] - cs), dt, u, B)
-    y = y + p["D"][0] * u
-    y = rms_norm(y * silu(z), p["norm.weight"])  # RMSNormGated, norm_before_gate=False
-    return y @ p["out_proj.weight"].T, {"s": s_final}
+    y = ((C @ B.T) * Lmat) @ (dt[:, None] * u) + np.exp(cs)[:, None] * (C @ S0.T)
+    S = np.exp(cs[-1]) * S0 + np.einsum("s,s,sp,sn->pn", np.exp(cs[-1] - cs), dt, u, B)
+    return y, S
+
+
+def mamba2(p, x, st, ngroups=1):
+    nheads = p["A_log"].shape[0]
+    d_inner = p["norm.weight"].shape[0]
+    headdim = d_inner // nheads
+    conv_dim = p["conv1d.weight"].shape[0]
+    d_state = (conv_dim - d_inner) // (2 * ngroups)
+    hpg = nheads // ngroups
+    zxbcdt = x @ p["in_proj.weight"].T
+    z, xBC, dt = np.split(zxbcdt, [d_inner, d_inner + conv_dim], axis=-1)
+    dt = softplus(dt + p["dt_bias"])  # [L, nheads]
+    xBC = silu(torch_causal_conv1d(xBC, p["conv1d.weight"].reshape(conv_dim, 1, -1),
+                                   p["conv1d.bias"]))
+    u, B, C = np.split(xBC, [d_inner, d_inner + ngroups * d_state], axis=-1)
+    L = len(x)
+    u = u.reshape(L, nheads, headdim)
+    B = B.reshape(L, ngroups, d_state)
+    C = C.reshape(L, ngroups, d_state)
+    A = -np.exp(p["A_log"])
+    S0 = zeros_or(st, "s", (ngroups, hpg, headdim, d_state)).reshape(nheads, headdim, d_state)
+    y = np.empty((L, nheads, headdim))
+    S = np.empty((nheads, headdim, d_state))
+    for h in range(nheads):
+        g = h // hpg
+        y[:, h], S[h] = ssd_head(u[:, h], dt[:, h], A[h], B[:, g], C[:, g], S0[h])
+    y = y + p["D"][:, None] * u
+    # RMSNormGated, norm_before_gate=False: rmsnorm(y * silu(z)) per group
+    g = (y.reshape(L, d_inner) * silu(z)).reshape(L, ngroups, d_inner // ngroups)
+    w = p["norm.weight"].reshape(ngroups, d_inner // ngroups)
+    y = rms_norm(g, w).reshape(L, d_inner)
+    return y @ p["out_proj.weight"].T, {"s": S.reshape(ngroups, hpg, headdim, d_state)}
 
 
 # ------------------------------------------------------ linear attention
 # Katharopoulos et al. 2020, eq. 9 masked to j <= i (the causal form that
 # eqs. 16-20 compute recurrently), phi = elu + 1, eps 1e-6 added to the
-# denominator as in fast-transformers' CausalLinearAttention.
+# denominator as in fast-transformers' CausalLinearAttention, per head
+# (projections split head-major into [NH, D]). NH is W_q's rows / the
+# state's head count: heads(p, st) below reads it from the initial state's
+# shape or the caller.
 
 
 def elu_plus_one(x):
     return np.where(x > 0, x + 1.0, np.exp(np.minimum(x, 0.0)))
 
 
-def linear_attention(p, x, st):
-    q = elu_plus_one(x @ p["W_q"].T)
-    k = elu_plus_one(x @ p["W_k"].T)
-    v = x @ p["W_v"].T
-    L = len(x)
-    S0 = zeros_or(st, "S", (v.shape[1], k.shape[1]))  # seqc's layout [Dv, Dk]
-    z0 = zeros_or(st, "z", (k.shape[1],))
-    A = np.tril(q @ k.T)  # A[i, j] = phi(q_i) . phi(k_j), j <= i
-    num = A @ v + q @ S0.T
-    den = A.sum(axis=1) + q @ z0 + 1e-6
-    S = S0 + v.T @ k
-    z = z0 + k.sum(axis=0)
-    assert L == len(num)
-    return num / den[:, None], {"S": S, "z": z}
+def split_heads(a, nh):
+    """[L, nh*D] -> [nh, L, D] (head-major rows, as the projections store them)."""
+    L = a.shape[0]
+    return a.reshape(L, nh, -1).transpose(1, 0, 2)
+
+
+def linear_attention(p, x, st, nh=1):
+    qs = split_heads(elu_plus_one(x @ p["W_q"].T), nh)
+    ks = split_heads(elu_plus_one(x @ p["W_k"].T), nh)
+    vs = split_heads(x @ p["W_v"].T, nh)
+    Dk, Dv = qs.shape[2], vs.shape[2]
+    S0 = zeros_or(st, "S", (nh, Dv, Dk))  # seqc's layout [NH, Dv, Dk]
+    z0 = zeros_or(st, "z", (nh, Dk))
+    ys, S, z = [], np.empty_like(S0), np.empty_like(z0)
+    for h in range(nh):
+        q, k, v = qs[h], ks[h], vs[h]
+        A = np.tril(q @ k.T)  # A[i, j] = phi(q_i) . phi(k_j), j <= i
+        num = A @ v + q @ S0[h].T
+        den = A.sum(axis=1) + q @ z0[h] + 1e-6
+        ys.append(num / den[:, None])
+        S[h] = S0[h] + v.T @ k
+        z[h] = z0[h] + k.sum(axis=0)
+    return np.concatenate(ys, axis=1), {"S": S, "z": z}
 
 
 # --------------------------------------------------------------- RetNet
-# Sun et al. 2023, the parallel representation eq. 5 (one head, no xPos),
-# Retention(X) = (Q K^T o D) V, D[n, m] = gamma^(n-m) (n >= m), with
-# gamma = 1 - 2^-5 and K scaled by d^-1/2 (section 2.2's normalisation);
-# an initial state S0 adds gamma^(n+1) Q_n S0.
+# Sun et al. 2023, multi-scale retention, the parallel representation eq. 5
+# per head, Retention(X) = (Q K^T o D) V, D[n, m] = gamma^(n-m) (n >= m),
+# gamma_h = 1 - 2^(-5-h) (section 2.2, computed here, not read from the
+# weights' `decay`, which must hold its log), K scaled by d^-1/2 (d = the
+# head's key dim), Q and K rotated by n theta (Theta_n = e^{i n theta},
+# section 2.1) on pairs (2j, 2j+1) with theta_j = 10000^(-j / (d/2 - 1))
+# (torchscale's angle, linspace(0, 1, d/2)), as complex numbers; an initial
+# state S0 at position n0 adds gamma^(n - n0 + 1) Q_n S0. Then eq. 8:
+# GroupNorm per head (no affine, eps 1e-6), swish(X W_G) gate, W_O.
+
+
+def retnet_gamma(nh):
+    return 1 - 2.0 ** (-5 - np.arange(nh))
+
+
+def retnet_theta(d):
+    return 1.0 / (10000 ** np.linspace(0, 1, d // 2))
 
 
 def retnet(p, x, st):
-    gamma = 1 - 2.0 ** -5
-    q = x @ p["W_q"].T
-    k = x @ p["W_k"].T / math.sqrt(p["W_k"].shape[0])
-    v = x @ p["W_v"].T
+    nh = p["decay"].shape[0]
+    gamma = retnet_gamma(nh)
+    assert np.allclose(np.exp(p["decay"]), gamma, rtol=1e-6), "decay holds log gamma"
+    d = p["q_proj.weight"].shape[0] // nh
+    theta = retnet_theta(d)
+    assert np.allclose(p["angle"], np.repeat(theta, 2), rtol=1e-6), "angle holds theta, each twice"
     L = len(x)
+    n0 = float(zeros_or(st, "pos", ()))
+    pos = n0 + np.arange(L)
+    rot = np.exp(1j * pos[:, None] * theta[None, :])  # [L, d/2]
+
+    def as_complex(a):  # [L, d] -> [L, d/2]: pairs (2j, 2j+1) as re, im
+        return a[:, 0::2] + 1j * a[:, 1::2]
+
+    qs = split_heads(x @ p["q_proj.weight"].T, nh)
+    ks = split_heads(x @ p["k_proj.weight"].T / math.sqrt(d), nh)
+    vs = split_heads(x @ p["v_proj.weight"].T, nh)
+    Dv = vs.shape[2]
+    S0 = zeros_or(st, "S", (nh, Dv, d))  # [NH, Dv, Dk], keys in rotated coordinates
     n = np.arange(L)
-    D = np.where(n[:, None] >= n[None, :], gamma ** (n[:, None] - n[None, :]).astype(float), 0.0)
-    S0 = zeros_or(st, "S", (v.shape[1], k.shape[1]))  # [Dv, Dk]
-    y = ((q @ k.T) * D) @ v + (gamma ** (n + 1))[:, None] * (q @ S0.T)
-    S = gamma ** L * S0 + np.einsum("m,md,mk->dk", gamma ** (L - 1 - n), v, k)
-    return y, {"S": S}
+    o, S = [], np.empty_like(S0)
+    for h in range(nh):
+        g = gamma[h]
+        q = as_complex(qs[h]) * rot
+        k = as_complex(ks[h]) * rot
+        # Re(q conj(k)) summed over pairs = the real dot product of the rotated vectors
+        qk = (q @ k.conj().T).real
+        D = np.where(n[:, None] >= n[None, :], g ** (n[:, None] - n[None, :]).astype(float), 0.0)
+        qr = np.stack([q.real, q.imag], axis=-1).reshape(L, d)
+        kr = np.stack([k.real, k.imag], axis=-1).reshape(L, d)
+        o.append((qk * D) @ vs[h] + (g ** (n + 1))[:, None] * (qr @ S0[h].T))
+        S[h] = g ** L * S0[h] + np.einsum("m,md,mk->dk", g ** (L - 1 - n), vs[h], kr)
+    o = np.stack(o, axis=1)  # [L, NH, Dv]
+    mu = o.mean(axis=-1, keepdims=True)
+    o = (o - mu) / np.sqrt(o.var(axis=-1, keepdims=True) + 1e-6)
+    y = silu(x @ p["g_proj.weight"].T) * o.reshape(L, nh * Dv)
+    return y @ p["out_proj.weight"].T, {"S": S, "pos": np.array(n0 + L)}
 
 
 # ------------------------------------------------------------------- GLA
-# Yang et al. 2023, section 4.1: S_t = (alpha_t^T 1) o S_{t-1} + k_t^T v_t,
-# S [Dk, Dv] (the paper's orientation), o_t = q_t S_t,
-# alpha_t = sigmoid(x W_a1 W_a2 + b)^(1/16); q scaled by Dk^-1/2 as fla does.
+# Yang et al. 2023, section 4.1, per head: S_t = (alpha_t^T 1) o S_{t-1} +
+# k_t^T v_t, S [Dk, Dv] (the paper's orientation), o_t = q_t S_t,
+# alpha_t = sigmoid(x W_a1 W_a2 + b)^(1/16) (NH*Dk logits, head-major);
+# q scaled by Dk^-1/2 (the head's key dim) as fla does.
 
 
-def gla(p, x, st):
-    Dk = p["W_q"].shape[0]
-    q = x @ p["W_q"].T / math.sqrt(Dk)
-    k = x @ p["W_k"].T
-    v = x @ p["W_v"].T
-    alpha = sigmoid(x @ p["W_a1"].T @ p["W_a2"].T + p["b_a"]) ** (1.0 / 16)
-    S = zeros_or(st, "S", (v.shape[1], Dk)).T.copy()  # seqc stores [Dv, Dk]
-    ys = []
-    for t in range(len(x)):
-        S = alpha[t][:, None] * S + np.outer(k[t], v[t])
-        ys.append(q[t] @ S)
-    return np.array(ys), {"S": S.T}
+def gla(p, x, st, nh=1):
+    qs = split_heads(x @ p["W_q"].T, nh)
+    ks = split_heads(x @ p["W_k"].T, nh)
+    vs = split_heads(x @ p["W_v"].T, nh)
+    als = split_heads(sigmoid(x @ p["W_a1"].T @ p["W_a2"].T + p["b_a"]) ** (1.0 / 16), nh)
+    Dk, Dv = qs.shape[2], vs.shape[2]
+    S0 = zeros_or(st, "S", (nh, Dv, Dk))
+    ys, Sf = [], np.empty_like(S0)
+    for h in range(nh):
+        S = S0[h].T.copy()  # seqc stores [Dv, Dk]
+        yh = []
+        for t in range(len(x)):
+            S = als[h, t][:, None] * S + np.outer(ks[h, t], vs[h, t])
+            yh.append(qs[h, t] / math.sqrt(Dk) @ S)
+        ys.append(np.array(yh))
+        Sf[h] = S.T
+    return np.concatenate(ys, axis=1), {"S": Sf}
 
 
 # ----------------------------------------------------------------- mLSTM
-# Beck et al. 2024 (xLSTM), eqs. 19-27 with k_t = W_k x_t / sqrt(d) + b_k
-# (eq. 22: the bias is NOT scaled), sigmoid forget gate, exponential input
-# gate, and the stabilizer of appendix A. The unstabilized recurrence is run
-# alongside and must give the same h (the stabilized C, n are exp(-m) times
-# the true ones).
+# Beck et al. 2024 (xLSTM), eqs. 19-27 per head (NH = w_i's rows; each head
+# has its own scalar input and forget gate), with k_t = W_k x_t / sqrt(d) +
+# b_k (eq. 22: the bias is NOT scaled; d the head dim), sigmoid forget gate,
+# exponential input gate, and the stabilizer of appendix A. The
+# unstabilized recurrence is run alongside and must give the same h (the
+# stabilized C, n are exp(-m) times the true ones).
 
 
 def mlstm(p, x, st):
-    D = p["W_q"].shape[0]
-    q = x @ p["W_q"].T + p["b_q"]
-    k = x @ p["W_k"].T / math.sqrt(D) + p["b_k"]
-    v = x @ p["W_v"].T + p["b_v"]
+    nh = p["w_i"].shape[0]
+    qs = split_heads(x @ p["W_q"].T + p["b_q"], nh)
+    d = qs.shape[2]
+    ks = split_heads(x @ p["W_k"].T / math.sqrt(d) + p["b_k"], nh)
+    vs = split_heads(x @ p["W_v"].T + p["b_v"], nh)
     o = sigmoid(x @ p["W_o"].T + p["b_o"])
-    i_tilde = x @ p["w_i"] + p["b_i"]
-    f_tilde = x @ p["w_f"] + p["b_f"]
-    C = zeros_or(st, "C", (D, D))
-    n = zeros_or(st, "n", (D,))
-    m = zeros_or(st, "m", ())
-    Ct, nt = C * np.exp(m), n * np.exp(m)  # unstabilized
-    ys = []
-    for t in range(len(x)):
-        log_f = logsigmoid(f_tilde[t])
-        m_new = max(log_f + m, i_tilde[t])
-        i_p = np.exp(i_tilde[t] - m_new)
-        f_p = np.exp(log_f + m - m_new)
-        C = f_p * C + i_p * np.outer(v[t], k[t])
-        n = f_p * n + i_p * k[t]
-        m = m_new
-        h = o[t] * (C @ q[t]) / max(abs(n @ q[t]), np.exp(-m))
-        # the paper without stabilization: i = exp(i~), f = sigmoid(f~)
-        ft, it = sigmoid(f_tilde[t]), np.exp(i_tilde[t])
-        Ct = ft * Ct + it * np.outer(v[t], k[t])
-        nt = ft * nt + it * k[t]
-        h_plain = o[t] * (Ct @ q[t]) / max(abs(nt @ q[t]), 1.0)
-        assert np.allclose(h, h_plain, rtol=1e-9, atol=1e-12), "mLSTM stabilizer"
-        ys.append(h)
-    return np.array(ys), {"C": C, "n": n, "m": np.array(m)}
+    i_tilde = x @ p["w_i"].T + p["b_i"]  # [L, NH]
+    f_tilde = x @ p["w_f"].T + p["b_f"]
+    C0 = zeros_or(st, "C", (nh, d, d))
+    n0 = zeros_or(st, "n", (nh, d))
+    m0 = zeros_or(st, "m", (nh,))
+    hs, Cf, nf, mf = [], np.empty_like(C0), np.empty_like(n0), np.empty_like(m0)
+    for hd in range(nh):
+        q, k, v = qs[hd], ks[hd], vs[hd]
+        C, n, m = C0[hd], n0[hd], m0[hd]
+        Ct, nt = C * np.exp(m), n * np.exp(m)  # unstabilized
+        out = []
+        for t in range(len(x)):
+            log_f = logsigmoid(f_tilde[t, hd])
+            m_new = max(log_f + m, i_tilde[t, hd])
+            i_p = np.exp(i_tilde[t, hd] - m_new)
+            f_p = np.exp(log_f + m - m_new)
+            C = f_p * C + i_p * np.outer(v[t], k[t])
+            n = f_p * n + i_p * k[t]
+            m = m_new
+            h = (C @ q[t]) / max(abs(n @ q[t]), np.exp(-m))
+            # the paper without stabilization: i = exp(i~), f = sigmoid(f~)
+            ft, it = sigmoid(f_tilde[t, hd]), np.exp(i_tilde[t, hd])
+            Ct = ft * Ct + it * np.outer(v[t], k[t])
+            nt = ft * nt + it * k[t]
+            h_plain = (Ct @ q[t]) / max(abs(nt @ q[t]), 1.0)
+            assert np.allclose(h, h_plain, rtol=1e-9, atol=1e-12), "mLSTM stabilizer"
+            out.append(h)
+        hs.append(np.array(out))
+        Cf[hd], nf[hd], mf[hd] = C, n, m
+    return o * np.concatenate(hs, axis=1), {"C": Cf, "n": nf, "m": mf}
 
 
 # ----------------------------------------------------------------- sLSTM
@@ -388,42 +490,56 @@ def slstm(p, x, st):
 
 # ------------------------------------------------------- delta rule family
 # DeltaNet: S_t = S_{t-1} (I - beta k k^T) + beta v k^T, o_t = S_t q_t, with
-# exactly unit-norm q, k (Yang et al. 2024 eqs. 1-2). Written with the
-# identity matrix as the papers write it.
+# unit-norm q, k (Yang et al. 2024 eqs. 1-2; normalized as fla's l2norm
+# does, with eps 1e-6), per head (NH = W_b's rows, one beta per head).
+# Written with the identity matrix as the papers write it.
 
 
 def deltanet(p, x, st):
-    q = l2normalize(x @ p["W_q"].T)
-    k = l2normalize(x @ p["W_k"].T)
-    v = x @ p["W_v"].T
-    beta = sigmoid(x @ p["w_b"])
-    Dk = k.shape[1]
-    S = zeros_or(st, "S", (v.shape[1], Dk))
+    nh = p["W_b"].shape[0]
+    qs = l2normalize_fla(split_heads(x @ p["W_q"].T, nh))
+    ks = l2normalize_fla(split_heads(x @ p["W_k"].T, nh))
+    vs = split_heads(x @ p["W_v"].T, nh)
+    beta = sigmoid(x @ p["W_b"].T)  # [L, NH]
+    Dk, Dv = ks.shape[2], vs.shape[2]
+    S0 = zeros_or(st, "S", (nh, Dv, Dk))
     I = np.eye(Dk)
-    ys = []
-    for t in range(len(x)):
-        S = S @ (I - beta[t] * np.outer(k[t], k[t])) + beta[t] * np.outer(v[t], k[t])
-        ys.append(S @ q[t])
-    return np.array(ys), {"S": S}
+    ys, Sf = [], np.empty_like(S0)
+    for h in range(nh):
+        S, out = S0[h], []
+        for t in range(len(x)):
+            k, b = ks[h, t], beta[t, h]
+            S = S @ (I - b * np.outer(k, k)) + b * np.outer(vs[h, t], k)
+            out.append(S @ qs[h, t])
+        ys.append(np.array(out))
+        Sf[h] = S
+    return np.concatenate(ys, axis=1), {"S": Sf}
 
 
 def gated_deltanet(p, x, st):
-    """Yang, Kautz & Hatamizadeh 2024 eq. 10:
+    """Yang, Kautz & Hatamizadeh 2024 eq. 10, per head:
     S_t = S_{t-1} alpha_t (I - beta_t k k^T) + beta_t v k^T, fla's gate
-    alpha = exp(-exp(A_log) softplus(a + dt_bias)), q, k = l2(silu(.))."""
-    q = l2normalize(silu(x @ p["W_q"].T))
-    k = l2normalize(silu(x @ p["W_k"].T))
-    v = silu(x @ p["W_v"].T)
-    beta = sigmoid(x @ p["w_b"])
-    alpha = np.exp(-np.exp(p["A_log"]) * softplus(x @ p["w_a"] + p["dt_bias"]))
-    Dk = k.shape[1]
-    S = zeros_or(st, "S", (v.shape[1], Dk))
+    alpha = exp(-exp(A_log) softplus(a + dt_bias)) (one per head),
+    q, k = l2(silu(.)) per head (fla's l2norm, eps 1e-6)."""
+    nh = p["W_b"].shape[0]
+    qs = l2normalize_fla(silu(split_heads(x @ p["W_q"].T, nh)))
+    ks = l2normalize_fla(silu(split_heads(x @ p["W_k"].T, nh)))
+    vs = silu(split_heads(x @ p["W_v"].T, nh))
+    beta = sigmoid(x @ p["W_b"].T)
+    alpha = np.exp(-np.exp(p["A_log"]) * softplus(x @ p["W_a"].T + p["dt_bias"]))  # [L, NH]
+    Dk, Dv = ks.shape[2], vs.shape[2]
+    S0 = zeros_or(st, "S", (nh, Dv, Dk))
     I = np.eye(Dk)
-    ys = []
-    for t in range(len(x)):
-        S = S @ (alpha[t] * (I - beta[t] * np.outer(k[t], k[t]))) + beta[t] * np.outer(v[t], k[t])
-        ys.append(S @ q[t])
-    return np.array(ys), {"S": S}
+    ys, Sf = [], np.empty_like(S0)
+    for h in range(nh):
+        S, out = S0[h], []
+        for t in range(len(x)):
+            k, b, a = ks[h, t], beta[t, h], alpha[t, h]
+            S = S @ (a * (I - b * np.outer(k, k))) + b * np.outer(vs[h, t], k)
+            out.append(S @ qs[h, t])
+        ys.append(np.array(out))
+        Sf[h] = S
+    return np.concatenate(ys, axis=1), {"S": Sf}
 
 
 def deltaproduct(p, x, st):
