@@ -54,7 +54,8 @@ typedef struct CgSignature {
  *   int32 SYM_forward_blob(blob, blob_floats, B, T, inputs, lengths, state_in, outputs, state_out)
  *   int32 SYM_step(params, B, inputs, state_in, outputs, state_out)   (if sig->has_step)
  *   int32 SYM_dims(int64 *out)
- * Unsupported constructs (complex numbers, ...) are diagnostics at the node.
+ * Complex values are (re, im) float pairs, in buffers and at the interface
+ * (a trailing axis of 2). Unsupported constructs are diagnostics at the node.
  * Returns 0 and *out (owned by the caller) on success. */
 int cg_lower(Arena *a, const IrModule *m, const IrFunc *root, const int64_t *dims,
              const char *symbol, LLVMContextRef ctx, LLVMModuleRef *out, CgSignature *sig,
