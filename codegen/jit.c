@@ -30,6 +30,8 @@ static int define_runtime(LLVMOrcLLJITRef jit, DiagEngine *de) {
   } fns[] = {
       {"rt_cpu_sgemm", (uintptr_t)rt_cpu_sgemm},
       {"rt_cpu_transpose", (uintptr_t)rt_cpu_transpose},
+      {"rt_cpu_pack_b", (uintptr_t)rt_cpu_pack_b},
+      {"rt_cpu_sgemm_packed", (uintptr_t)rt_cpu_sgemm_packed},
       {"rt_cpu_alloc", (uintptr_t)rt_cpu_alloc},
       {"rt_cpu_free", (uintptr_t)rt_cpu_free},
   };

@@ -20,6 +20,7 @@
  * LSTM: [B*T, I] x [I, 4H] before the loop, [B, H] x [H, 4H] per step).
  */
 #include "codegen/cg.h"
+#include "runtime/rt_cpu.h"
 
 #include <math.h>
 #include <string.h>
@@ -1139,26 +1140,24 @@ static void rows_close(Lower *L, RowLoop *rl) {
   rl->open = 0;
 }
 
+/* Floats of a GEMM's packed weight (runtime/rt_cpu.h, rt_cpu_packed_floats). */
+static int64_t packed_floats(const NodeInfo *n) {
+  return (n->gemm_n + RT_CPU_PACK_NR - 1) / RT_CPU_PACK_NR * RT_CPU_PACK_NR * n->gemm_k;
+}
+
 static void emit_gemm(Lower *L, IrRef r, LLVMValueRef rows) {
   const IrNode *nd = &L->fn->nodes.v[r];
   NodeInfo *n = &L->ni[r];
   IrRef xv = n->gemm == 'T' ? nd->args[1] : nd->args[0];
-  IrRef w = n->gemm == 'T' ? nd->args[0] : nd->args[1];
   NodeInfo *x = &L->ni[xv];
   int64_t per_row = n->gemm_k ? x->numel / n->gemm_k : 0;
   LLVMValueRef M = mul(L, rows, ci64(L, per_row));
-  LLVMValueRef wp = n->gemm == 'T' ? n->wt : L->ni[w].base;
-  LLVMTypeRef pt[9] = {L->i64, L->i64, L->i64, L->ptr, L->i64, L->ptr, L->i64, L->ptr, L->i64};
-  LLVMValueRef args[9] = {M,
-                          ci64(L, n->gemm_n),
-                          ci64(L, n->gemm_k),
-                          x->base,
-                          ci64(L, n->gemm_k),
-                          wp,
-                          ci64(L, n->gemm_n),
-                          n->base,
-                          ci64(L, n->gemm_n)};
-  call_fn(L, "rt_cpu_sgemm", L->void_t, pt, 9, args);
+  /* The weight was packed in phase 0 (n->wt). */
+  LLVMTypeRef pt[8] = {L->i64, L->i64, L->i64, L->ptr, L->i64, L->ptr, L->ptr, L->i64};
+  LLVMValueRef args[8] = {M,       ci64(L, n->gemm_n), ci64(L, n->gemm_k),
+                          x->base, ci64(L, n->gemm_k), n->wt,
+                          n->base, ci64(L, n->gemm_n)};
+  call_fn(L, "rt_cpu_sgemm_packed", L->void_t, pt, 8, args);
 }
 
 static void emit_call(Lower *L, IrRef r) {
@@ -1352,7 +1351,7 @@ static int emit_function(Lower *L, Inst *in) {
       per_tok += sz;
     else
       per_ex += sz;
-    if (n->gemm == 'T') fixed += n->gemm_k * n->gemm_n + 16;
+    if (n->gemm) fixed += packed_floats(n) + 16;
   }
   for (int s = 0; s < fn->states.n; s++)
     per_ex += 2 * (L->sig->states.v[in->state0 + s].numel + 16);
@@ -1437,7 +1436,7 @@ static int emit_function(Lower *L, Inst *in) {
       }
     }
     offs[r] = reserve(L, &al, mul(L, rows, ci64(L, row_floats(n))));
-    if (n->gemm == 'T') wt_offs[r] = reserve(L, &al, ci64(L, n->gemm_k * n->gemm_n));
+    if (n->gemm) wt_offs[r] = reserve(L, &al, ci64(L, packed_floats(n)));
   }
   for (int s = 0; s < fn->states.n; s++) {
     LLVMValueRef sz = mul(L, B, ci64(L, L->sig->states.v[in->state0 + s].numel));
@@ -1502,11 +1501,16 @@ static int emit_function(Lower *L, Inst *in) {
   }
   for (IrRef r = 0; r < fn->nodes.n; r++) {
     NodeInfo *n = &L->ni[r];
-    if (n->gemm == 'T' && n->uses > 0) {
-      LLVMTypeRef pt[4] = {L->i64, L->i64, L->ptr, L->ptr};
-      LLVMValueRef args[4] = {ci64(L, n->gemm_n), ci64(L, n->gemm_k),
-                              L->ni[fn->nodes.v[r].args[0]].base, n->wt};
-      call_fn(L, "rt_cpu_transpose", L->void_t, pt, 4, args);
+    if (n->gemm && n->uses > 0) {
+      /* The weight is packed once per call for rt_cpu_sgemm_packed: W[N,K]
+       * for W @ x (trans), W[K,N] for x @ W. */
+      int tr = n->gemm == 'T';
+      IrRef w = fn->nodes.v[r].args[tr ? 0 : 1];
+      LLVMTypeRef pt[6] = {L->i64, L->i64, L->ptr, L->i64, L->i32, L->ptr};
+      LLVMValueRef args[6] = {ci64(L, n->gemm_k), ci64(L, n->gemm_n),
+                              L->ni[w].base,      ci64(L, tr ? n->gemm_k : n->gemm_n),
+                              ci32(L, tr),        n->wt};
+      call_fn(L, "rt_cpu_pack_b", L->void_t, pt, 6, args);
     }
   }
   /* Outputs past a sequence's end are zero. */

@@ -2,10 +2,18 @@
  *
  * The recurrences seqc compiles spend their time in two shapes of product:
  * the hoisted input projection, [B*T, I] @ [I, 4H] (tall, compute-bound), and
- * the recurrent one, [B, H] @ [H, 4H] once per step (short, bandwidth-bound on
- * the weights). One register-blocked kernel serves both: a 4 x 64 block of C
- * lives in sixteen 16-float vectors while k runs over the whole of K, so a
- * 64-column panel of B (K*256 bytes) stays in L2 across all row blocks.
+ * the recurrent one, [B, H] @ [H, 4H] once per step (short, bound by reading
+ * the weights). Both multiply by a constant weight matrix, so the weights are
+ * packed once per call (rt_cpu_pack_b) into column panels of NR floats, k-major
+ * (Bp[(p*K + k)*NR + j]): the kernel then reads B as one contiguous stream,
+ * and a panel's K x NR block (32 KiB at K = 256) stays in L1 while every row
+ * block of A passes over it.
+ *
+ * The micro-kernel keeps an MR x NR = 12 x 32 block of C in 24 vectors (of 32
+ * AVX-512 registers) and broadcasts one element of A per row and k, the
+ * BLIS-style shape for two FMA ports. Short products (M < 4: the recurrent
+ * step at small batch) would be bound by FMA latency on so few accumulator
+ * chains, so the kernel then also splits k over U independent partial sums.
  * GCC/Clang vector extensions keep it portable; target_clones compiles an
  * AVX-512 and an AVX2 version beside the generic one and picks at load time.
  */
@@ -14,10 +22,24 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The project builds with -std=c11, under which GCC does not contract
+ * a * b + c into an FMA: the kernel would issue a multiply and an add per
+ * FMA and run at half speed. Contraction only changes rounding within the
+ * tolerance the backend promises. */
+#if defined(__clang__)
+#pragma clang fp contract(fast)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=fast")
+#endif
+
 typedef float v16 __attribute__((vector_size(64)));
 
-#define MR 4
-#define NR 64
+#define MR 12
+#define NR RT_CPU_PACK_NR
+#define KC 256 /* k block: a KC x NR panel of B (32 KiB) fits L1 */
+#define MC 240 /* row block: an MC x KC block of A (240 KiB) stays in L2 */
+
+_Static_assert(NR == 32, "the micro-kernel holds two 16-float vectors per row");
 
 /* Unaligned vector load/store as macros: passing 64-byte vectors by value
  * across functions would tie the ABI to AVX-512. */
@@ -25,112 +47,194 @@ typedef float v16 __attribute__((vector_size(64)));
 #define STORE16(p, v) memcpy((p), &(v), sizeof(v16))
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
+#define MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define MULTIVERSION
 #endif
+#define INLINE static inline __attribute__((always_inline))
 
-/* C[i0:i1, j0:j1] = A[i0:i1, :] @ B[:, j0:j1]. */
-MULTIVERSION
-static void gemm_block(int64_t i0, int64_t i1, int64_t j0, int64_t j1, int64_t K, const float *A,
-                       int64_t lda, const float *B, int64_t ldb, float *C, int64_t ldc) {
-  int64_t j = j0;
-  for (; j + NR <= j1; j += NR) {
-    int64_t i = i0;
-    for (; i + MR <= i1; i += MR) {
-      v16 c[MR][4];
-      memset(c, 0, sizeof c);
+int64_t rt_cpu_packed_floats(int64_t K, int64_t N) {
+  if (K < 0 || N < 0) return 0;
+  return (N + NR - 1) / NR * NR * K;
+}
+
+void rt_cpu_pack_b(int64_t K, int64_t N, const float *B, int64_t ldb, int trans, float *Bp) {
+  int64_t panels = (N + NR - 1) / NR;
+  for (int64_t p = 0; p < panels; p++) {
+    int64_t j0 = p * NR, nj = N - j0 < NR ? N - j0 : NR;
+    float *dst = Bp + p * K * NR;
+    if (!trans) {
       for (int64_t k = 0; k < K; k++) {
-        const float *b = B + k * ldb + j;
-        v16 b0, b1, b2, b3;
-        LOAD16(b0, b);
-        LOAD16(b1, b + 16);
-        LOAD16(b2, b + 32);
-        LOAD16(b3, b + 48);
-        for (int r = 0; r < MR; r++) {
-          float a = A[(i + r) * lda + k];
-          c[r][0] += a * b0;
-          c[r][1] += a * b1;
-          c[r][2] += a * b2;
-          c[r][3] += a * b3;
-        }
+        memcpy(dst + k * NR, B + k * ldb + j0, sizeof(float) * (size_t)nj);
+        for (int64_t j = nj; j < NR; j++) dst[k * NR + j] = 0.0f;
       }
-      for (int r = 0; r < MR; r++)
-        for (int q = 0; q < 4; q++) STORE16(C + (i + r) * ldc + j + 16 * q, c[r][q]);
-    }
-    for (; i < i1; i++) {
-      v16 c[4];
-      memset(c, 0, sizeof c);
-      for (int64_t k = 0; k < K; k++) {
-        const float *b = B + k * ldb + j;
-        float a = A[i * lda + k];
-        v16 b0, b1, b2, b3;
-        LOAD16(b0, b);
-        LOAD16(b1, b + 16);
-        LOAD16(b2, b + 32);
-        LOAD16(b3, b + 48);
-        c[0] += a * b0;
-        c[1] += a * b1;
-        c[2] += a * b2;
-        c[3] += a * b3;
-      }
-      for (int q = 0; q < 4; q++) STORE16(C + i * ldc + j + 16 * q, c[q]);
+    } else {
+      /* B[k, j] = W[j, k]: read W's rows (contiguous in k), scatter into the
+       * panel's columns; a panel is 32 KiB, so the scatter stays in L1. */
+      for (int64_t j = 0; j < NR; j++)
+        for (int64_t k = 0; k < K; k++) dst[k * NR + j] = j < nj ? B[(j0 + j) * ldb + k] : 0.0f;
     }
   }
-  /* Columns left over (N not a multiple of 64): a plain loop the compiler
-   * vectorizes over j. */
-  if (j < j1) {
-    for (int64_t i = i0; i < i1; i++) {
-      float *c = C + i * ldc;
-      for (int64_t jj = j; jj < j1; jj++) c[jj] = 0.0f;
-      for (int64_t k = 0; k < K; k++) {
-        float a = A[i * lda + k];
-        const float *b = B + k * ldb;
-        for (int64_t jj = j; jj < j1; jj++) c[jj] += a * b[jj];
+}
+
+/* C[0:mr, 0:nc] (+)= A[0:mr, 0:kc] @ Bp-panel[0:kc, 0:32], with mr a constant
+ * after inlining so that the accumulators become registers. U partial sums
+ * over k keep at least eight FMA chains in flight when mr is small. */
+INLINE void kernel(int mr, int64_t kc, const float *A, int64_t lda, const float *Bp, float *C,
+                   int64_t ldc, int64_t nc, int accumulate) {
+  enum { UMAX = 4 };
+  const int U = mr >= 4 ? 1 : mr >= 2 ? 2 : 4;
+  v16 c[UMAX][MR][2];
+  for (int u = 0; u < U; u++)
+    for (int r = 0; r < mr; r++) c[u][r][0] = c[u][r][1] = (v16){0};
+  int64_t k = 0;
+  for (; k + U <= kc; k += U)
+    for (int u = 0; u < U; u++) {
+      v16 b0, b1;
+      LOAD16(b0, Bp + (k + u) * NR);
+      LOAD16(b1, Bp + (k + u) * NR + 16);
+      for (int r = 0; r < mr; r++) {
+        float a = A[r * lda + k + u];
+        c[u][r][0] += a * b0;
+        c[u][r][1] += a * b1;
+      }
+    }
+  for (; k < kc; k++) {
+    v16 b0, b1;
+    LOAD16(b0, Bp + k * NR);
+    LOAD16(b1, Bp + k * NR + 16);
+    for (int r = 0; r < mr; r++) {
+      float a = A[r * lda + k];
+      c[0][r][0] += a * b0;
+      c[0][r][1] += a * b1;
+    }
+  }
+  for (int u = 1; u < U; u++)
+    for (int r = 0; r < mr; r++) {
+      c[0][r][0] += c[u][r][0];
+      c[0][r][1] += c[u][r][1];
+    }
+  for (int r = 0; r < mr; r++) {
+    float *cr = C + r * ldc;
+    if (nc == NR) {
+      if (accumulate) {
+        v16 o0, o1;
+        LOAD16(o0, cr);
+        LOAD16(o1, cr + 16);
+        c[0][r][0] += o0;
+        c[0][r][1] += o1;
+      }
+      STORE16(cr, c[0][r][0]);
+      STORE16(cr + 16, c[0][r][1]);
+    } else {
+      float tmp[NR];
+      STORE16(tmp, c[0][r][0]);
+      STORE16(tmp + 16, c[0][r][1]);
+      for (int64_t j = 0; j < nc; j++) cr[j] = accumulate ? cr[j] + tmp[j] : tmp[j];
+    }
+  }
+}
+
+/* C[i0:i1, panels p0:p1] = A[i0:i1, :] @ Bp, blocked for the caches: k in
+ * KC slices (the first overwrites C, later ones add), rows in MC blocks, then
+ * per panel every MR-row tile (the panel's KC x NR slice stays in L1). */
+MULTIVERSION
+static void gemm_range(int64_t i0, int64_t i1, int64_t p0, int64_t p1, int64_t N, int64_t K,
+                       const float *A, int64_t lda, const float *Bp, float *C, int64_t ldc) {
+  for (int64_t k0 = 0; k0 < K; k0 += KC) {
+    int64_t kc = K - k0 < KC ? K - k0 : KC;
+    int acc = k0 > 0;
+    for (int64_t m0 = i0; m0 < i1; m0 += MC) {
+      int64_t m1 = i1 - m0 < MC ? i1 : m0 + MC;
+      for (int64_t p = p0; p < p1; p++) {
+        int64_t j0 = p * NR, nc = N - j0 < NR ? N - j0 : NR;
+        const float *bp = Bp + (p * K + k0) * NR;
+        int64_t i = m0;
+        for (; i + MR <= m1; i += MR)
+          kernel(MR, kc, A + i * lda + k0, lda, bp, C + i * ldc + j0, ldc, nc, acc);
+        const float *a = A + i * lda + k0;
+        float *c = C + i * ldc + j0;
+        /* One call per leftover count, each with a constant mr. */
+        switch (m1 - i) {
+#define TAIL(n)                                                                                    \
+  case n:                                                                                          \
+    kernel(n, kc, a, lda, bp, c, ldc, nc, acc);                                                    \
+    break;
+          TAIL(1)
+          TAIL(2)
+          TAIL(3) TAIL(4) TAIL(5) TAIL(6) TAIL(7) TAIL(8) TAIL(9) TAIL(10) TAIL(11)
+#undef TAIL
+              default : break;
+        }
       }
     }
   }
 }
 
 typedef struct GemmTask {
-  int64_t M, N, K, lda, ldb, ldc;
-  const float *A, *B;
+  int64_t M, N, K, lda, ldc;
+  const float *A, *Bp;
   float *C;
   int nparts;
-  int split_rows; /* 1: parts are row ranges, 0: column ranges (multiples of NR) */
+  int split_rows; /* 1: parts are row ranges (multiples of MR), 0: panel ranges */
 } GemmTask;
 
-static void gemm_part(void *ctx, int p) {
+static void gemm_part(void *ctx, int part) {
   const GemmTask *t = ctx;
+  int64_t panels = (t->N + NR - 1) / NR;
   if (t->split_rows) {
-    int64_t rows = (t->M + t->nparts - 1) / t->nparts;
-    rows = (rows + MR - 1) / MR * MR;
-    int64_t i0 = rows * p, i1 = i0 + rows < t->M ? i0 + rows : t->M;
-    if (i0 < i1) gemm_block(i0, i1, 0, t->N, t->K, t->A, t->lda, t->B, t->ldb, t->C, t->ldc);
+    int64_t tiles = (t->M + MR - 1) / MR;
+    int64_t per = (tiles + t->nparts - 1) / t->nparts;
+    int64_t i0 = per * MR * part, i1 = i0 + per * MR < t->M ? i0 + per * MR : t->M;
+    if (i0 < i1) gemm_range(i0, i1, 0, panels, t->N, t->K, t->A, t->lda, t->Bp, t->C, t->ldc);
   } else {
-    int64_t panels = (t->N + NR - 1) / NR;
     int64_t per = (panels + t->nparts - 1) / t->nparts;
-    int64_t j0 = per * NR * p, j1 = j0 + per * NR < t->N ? j0 + per * NR : t->N;
-    if (j0 < j1) gemm_block(0, t->M, j0, j1, t->K, t->A, t->lda, t->B, t->ldb, t->C, t->ldc);
+    int64_t p0 = per * part, p1 = p0 + per < panels ? p0 + per : panels;
+    if (p0 < p1) gemm_range(0, t->M, p0, p1, t->N, t->K, t->A, t->lda, t->Bp, t->C, t->ldc);
   }
+}
+
+void rt_cpu_sgemm_packed(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+                         const float *Bp, float *C, int64_t ldc) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    for (int64_t i = 0; i < M; i++) memset(C + i * ldc, 0, sizeof(float) * (size_t)N);
+    return;
+  }
+  int64_t panels = (N + NR - 1) / NR;
+  int nt = rt_cpu_get_num_threads();
+  /* Below ~1M multiply-adds (a few hundred nanoseconds of work per thread)
+   * the hand-off to another core costs more than it saves. */
+  if (nt <= 1 || (double)M * (double)N * (double)K < 1048576.0) {
+    gemm_range(0, M, 0, panels, N, K, A, lda, Bp, C, ldc);
+    return;
+  }
+  GemmTask t = {M, N, K, lda, ldc, A, Bp, C, nt, 0};
+  /* Tall products split by rows (each thread streams its own rows of A and
+   * reads all of B); short ones by panels, so that each thread reads only
+   * its own part of the weights, which then stays in its own core's L2. */
+  t.split_rows = M >= (int64_t)MR * 8 * nt || panels < nt;
+  if (!t.split_rows && panels < t.nparts) t.nparts = (int)panels;
+  rt_cpu_parallel_for(t.nparts, gemm_part, &t);
 }
 
 void rt_cpu_sgemm(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B,
                   int64_t ldb, float *C, int64_t ldc) {
   if (M <= 0 || N <= 0) return;
-  int nt = rt_cpu_get_num_threads();
-  /* Below ~64K multiply-adds the hand-off to another core costs more than it saves. */
-  if (nt <= 1 || (double)M * (double)N * (double)K < 65536.0) {
-    gemm_block(0, M, 0, N, K, A, lda, B, ldb, C, ldc);
+  float *bp = rt_cpu_alloc(4 * rt_cpu_packed_floats(K, N));
+  if (!bp) {
+    /* Out of memory for the packed copy: a plain loop still gets it right. */
+    for (int64_t i = 0; i < M; i++)
+      for (int64_t j = 0; j < N; j++) {
+        float s = 0.0f;
+        for (int64_t k = 0; k < K; k++) s += A[i * lda + k] * B[k * ldb + j];
+        C[i * ldc + j] = s;
+      }
     return;
   }
-  GemmTask t = {M, N, K, lda, ldb, ldc, A, B, C, nt, 0};
-  int64_t panels = (N + NR - 1) / NR;
-  /* Tall products split by rows (each thread streams its own rows of A);
-   * short ones by column panels (each thread reads its own part of B). */
-  t.split_rows = M >= (int64_t)MR * 4 * nt || panels < nt;
-  if (!t.split_rows && panels < t.nparts) t.nparts = (int)panels;
-  rt_cpu_parallel_for(t.nparts, gemm_part, &t);
+  rt_cpu_pack_b(K, N, B, ldb, 0, bp);
+  rt_cpu_sgemm_packed(M, N, K, A, lda, bp, C, ldc);
+  rt_cpu_free(bp);
 }
 
 void rt_cpu_transpose(int64_t rows, int64_t cols, const float *src, float *dst) {

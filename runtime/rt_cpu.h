@@ -22,6 +22,21 @@ void rt_cpu_free(void *p);
 void rt_cpu_sgemm(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B,
                   int64_t ldb, float *C, int64_t ldc);
 
+/* Weights packed for rt_cpu_sgemm_packed: column panels of RT_CPU_PACK_NR
+ * floats, k-major within a panel, zero-padded to a whole panel. Constant
+ * matrices are packed once per call of a generated function, not per product. */
+#define RT_CPU_PACK_NR 32
+/* Floats a packed K x N matrix takes: K * roundup(N, RT_CPU_PACK_NR). */
+int64_t rt_cpu_packed_floats(int64_t K, int64_t N);
+/* Packs B[K,N] (trans = 0: B[k, n] at B[k*ldb + n]; trans = 1: B is given as
+ * its transpose W[N,K], B[k, n] at W[n*ldb + k]) into Bp, which must hold
+ * rt_cpu_packed_floats(K, N) floats. */
+void rt_cpu_pack_b(int64_t K, int64_t N, const float *B, int64_t ldb, int trans, float *Bp);
+/* C[M,N] = A[M,K] @ B[K,N] with B packed by rt_cpu_pack_b; otherwise as
+ * rt_cpu_sgemm. */
+void rt_cpu_sgemm_packed(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+                         const float *Bp, float *C, int64_t ldc);
+
 /* dst[c, r] = src[r, c] for a rows x cols row-major src. */
 void rt_cpu_transpose(int64_t rows, int64_t cols, const float *src, float *dst);
 

@@ -1,0 +1,40 @@
+"""torch_rnn.py - PyTorch CPU forward time of nn.LSTM / nn.GRU at T=1024,
+I=H=256, batch_first, for B in {1, 8, 64}: the baseline for bench_rnn.c.
+
+usage: python torch_rnn.py THREADS [REPS]
+Prints one header line (version, BLAS, threads) and one line per model and B,
+in the same shape as bench_rnn: "<model> threads=N B=b forward_ms=<median>".
+"""
+import statistics
+import sys
+import time
+
+import torch
+
+
+def main():
+    threads = int(sys.argv[1])
+    reps = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+    torch.set_num_threads(threads)
+    blas = "mkl" if torch.backends.mkl.is_available() else "other"
+    print(f"torch version={torch.__version__} blas={blas} "
+          f"mkldnn={torch.backends.mkldnn.is_available()} threads={torch.get_num_threads()}")
+    T, I, H = 1024, 256, 256
+    torch.manual_seed(0)
+    for name, cls in (("LSTM", torch.nn.LSTM), ("GRU", torch.nn.GRU)):
+        net = cls(I, H, batch_first=True).eval()
+        for B in (1, 8, 64):
+            x = torch.randn(B, T, I)
+            times = []
+            with torch.inference_mode():
+                net(x)  # warm-up
+                for _ in range(reps):
+                    t0 = time.perf_counter()
+                    net(x)
+                    times.append(time.perf_counter() - t0)
+            print(f"torch {name} threads={threads} B={B} "
+                  f"forward_ms={statistics.median(times) * 1e3:.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+/* test_cpu_gemm.c - the CPU runtime's GEMM (runtime/cpu_gemm.c) against a
+ * plain double-precision loop, at the edges of its blocking: every leftover
+ * row count of the 12-row kernel, column counts that are not whole 32-float
+ * panels, K past the 256-deep k block (the accumulate path), packing from W
+ * and from W's transpose, and one and two threads. */
+#include <math.h>
+#include <stdlib.h>
+
+#include "runtime/rt_cpu.h"
+#include "testutil.h"
+
+static float val(int64_t i, int salt) {
+  return (float)(((i * 7919 + salt * 104729) % 2001) / 1000.0 - 1.0);
+}
+
+/* C = A @ B with B given as B[K,N] (trans 0) or as W[N,K] (trans 1); checks
+ * every element of C within a tolerance scaled by K. */
+static void check(int64_t M, int64_t N, int64_t K, int trans, int threads) {
+  rt_cpu_set_num_threads(threads);
+  int64_t lda = K + 3, ldc = N + 5; /* strides wider than the rows */
+  float *A = malloc(sizeof(float) * (size_t)(M * lda + 1));
+  float *B = malloc(sizeof(float) * (size_t)(K * N + 1));
+  float *C = malloc(sizeof(float) * (size_t)(M * ldc + 1));
+  float *Bp = rt_cpu_alloc(4 * rt_cpu_packed_floats(K, N));
+  assert_non_null(A);
+  assert_non_null(B);
+  assert_non_null(C);
+  assert_non_null(Bp);
+  for (int64_t i = 0; i < M * lda; i++) A[i] = val(i, 1);
+  for (int64_t i = 0; i < K * N; i++) B[i] = val(i, 2);
+  for (int64_t i = 0; i < M * ldc; i++) C[i] = 1e30f; /* must all be overwritten */
+  rt_cpu_pack_b(K, N, B, trans ? K : N, trans, Bp);
+  rt_cpu_sgemm_packed(M, N, K, A, lda, Bp, C, ldc);
+  for (int64_t i = 0; i < M; i++)
+    for (int64_t j = 0; j < N; j++) {
+      double s = 0;
+      for (int64_t k = 0; k < K; k++)
+        s += (double)A[i * lda + k] * (trans ? B[j * K + k] : B[k * N + j]);
+      if (fabs(s - C[i * ldc + j]) > 1e-5 * (double)(K + 1)) {
+        print_error("M=%lld N=%lld K=%lld trans=%d threads=%d: C[%lld,%lld] = %g, want %g\n",
+                    (long long)M, (long long)N, (long long)K, trans, threads, (long long)i,
+                    (long long)j, (double)C[i * ldc + j], s);
+        fail();
+      }
+    }
+  /* The padding between rows of C is not written. */
+  for (int64_t i = 0; i < M; i++)
+    for (int64_t j = N; j < ldc; j++) assert_true(C[i * ldc + j] == 1e30f);
+  rt_cpu_free(Bp);
+  free(A);
+  free(B);
+  free(C);
+}
+
+static void test_row_tails(void **st) {
+  (void)st;
+  for (int64_t M = 1; M <= 26; M++) check(M, 64, 40, 0, 1);
+}
+
+static void test_column_tails(void **st) {
+  (void)st;
+  const int64_t Ns[] = {1, 7, 31, 33, 100};
+  for (int i = 0; i < 5; i++) {
+    check(5, Ns[i], 17, 0, 1);
+    check(13, Ns[i], 17, 1, 1);
+  }
+}
+
+static void test_deep_k(void **st) {
+  (void)st;
+  check(3, 70, 600, 0, 1);  /* three k blocks, small M: split partial sums */
+  check(30, 40, 257, 1, 1); /* one element past the first k block */
+}
+
+static void test_rnn_shapes(void **st) {
+  (void)st;
+  /* The recurrent step ([B, H] @ [H, 4H]) and a hoisted projection. */
+  check(1, 1024, 256, 1, 1);
+  check(8, 1024, 256, 1, 1);
+  check(300, 96, 64, 1, 1);
+}
+
+static void test_two_threads(void **st) {
+  (void)st;
+  check(1, 1024, 256, 1, 2);  /* split by panels */
+  check(8, 1024, 256, 0, 2);  /* split by panels */
+  check(500, 256, 64, 1, 2);  /* split by rows */
+  check(200, 100, 300, 0, 2); /* rows, ragged panels, two k blocks */
+  rt_cpu_set_num_threads(1);
+}
+
+static void test_empty_and_unpacked(void **st) {
+  (void)st;
+  /* K == 0 gives zeros; M == 0 or N == 0 writes nothing. */
+  float C[6] = {1, 2, 3, 4, 5, 6}, A[1] = {0}, Bp[32] = {0};
+  rt_cpu_sgemm_packed(2, 3, 0, A, 0, Bp, C, 3);
+  for (int i = 0; i < 6; i++) assert_true(C[i] == 0.0f);
+  C[0] = 9;
+  rt_cpu_sgemm_packed(0, 3, 4, A, 4, Bp, C, 3);
+  rt_cpu_sgemm_packed(2, 0, 4, A, 4, Bp, C, 3);
+  assert_true(C[0] == 9.0f);
+  assert_int_equal(rt_cpu_packed_floats(10, 33), 10 * 64);
+  assert_int_equal(rt_cpu_packed_floats(-1, 33), 0);
+  /* The unpacked entry point packs by itself. */
+  float a[2 * 3] = {1, 2, 3, 4, 5, 6}, b[3 * 2] = {1, 0, 0, 1, 1, 1}, c[4];
+  rt_cpu_sgemm(2, 2, 3, a, 3, b, 2, c, 2);
+  assert_true(c[0] == 4 && c[1] == 5 && c[2] == 10 && c[3] == 11);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_row_tails),   cmocka_unit_test(test_column_tails),
+      cmocka_unit_test(test_deep_k),      cmocka_unit_test(test_rnn_shapes),
+      cmocka_unit_test(test_two_threads), cmocka_unit_test(test_empty_and_unpacked),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
