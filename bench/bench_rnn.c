@@ -1,11 +1,18 @@
 /* bench_rnn.c - forward time of a compiled .seq RNN (JIT, include/seq.h) at
  * T=1024, I=H=256 for B in {1, 8, 64}, and the JIT compile time.
- * usage: bench_rnn FILE.seq THREADS   (prints one line per B) */
+ * usage: bench_rnn FILE.seq THREADS [REPS [B...]]
+ * Prints the compile time and one line per B with the median of REPS timed
+ * runs (after one warm-up run); the machine is shared, so medians, not bests. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 
 #include "seq.h"
+
+static int cmp(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
 
 static double now(void) {
   struct timespec ts;
@@ -39,24 +46,33 @@ int main(int argc, char **argv) {
     off += (int)ti.numel;
   }
   printf("%s threads=%s jit_compile_ms=%.1f\n", argv[1], argv[2], tc * 1e3);
-  const int Bs[] = {1, 8, 64};
-  for (int bi = 0; bi < 3; bi++) {
+  int reps = argc > 3 ? atoi(argv[3]) : 5;
+  if (reps < 1 || reps > 1000) reps = 5;
+  int Bs[16] = {1, 8, 64}, nb = 3;
+  if (argc > 4)
+    for (nb = 0; nb < 16 && 4 + nb < argc; nb++) Bs[nb] = atoi(argv[4 + nb]);
+  double *t = malloc(sizeof(double) * (size_t)reps);
+  for (int bi = 0; bi < nb; bi++) {
     int64_t B = Bs[bi], T = 1024;
     float *x = calloc((size_t)(B * T * 256), 4), *y = calloc((size_t)(B * T * 256), 4);
     const void *in[1] = {x};
     float *out[1] = {y};
     seq_module_forward(m, B, T, in, NULL, NULL, out, NULL);
-    double best = 1e9;
-    for (int r = 0; r < 3; r++) {
+    for (int r = 0; r < reps; r++) {
       double s = now();
-      seq_module_forward(m, B, T, in, NULL, NULL, out, NULL);
-      double e = now() - s;
-      if (e < best) best = e;
+      if (seq_module_forward(m, B, T, in, NULL, NULL, out, NULL) != SEQ_OK) {
+        fprintf(stderr, "%s\n", seq_module_error(m));
+        return 1;
+      }
+      t[r] = now() - s;
     }
-    printf("  B=%-3lld forward_ms=%.2f\n", (long long)B, best * 1e3);
+    qsort(t, (size_t)reps, sizeof(double), cmp);
+    printf("  B=%-3lld forward_ms=%.2f min_ms=%.2f\n", (long long)B, t[reps / 2] * 1e3, t[0] * 1e3);
+    fflush(stdout);
     free(x);
     free(y);
   }
+  free(t);
   free(blob);
   seq_module_destroy(m);
   seq_context_destroy(cx);

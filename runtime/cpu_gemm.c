@@ -17,10 +17,15 @@
  * GCC/Clang vector extensions keep it portable; target_clones compiles an
  * AVX-512 and an AVX2 version beside the generic one and picks at load time.
  */
+/* MAP_ANONYMOUS and MADV_HUGEPAGE are not POSIX. */
+#define _DEFAULT_SOURCE
 #include "runtime/rt_cpu.h"
 
+#include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 /* The project builds with -std=c11, under which GCC does not contract
  * a * b + c into an FMA: the kernel would issue a multiply and an add per
@@ -162,7 +167,9 @@ static void gemm_range(int64_t i0, int64_t i1, int64_t p0, int64_t p1, int64_t N
     break;
           TAIL(1)
           TAIL(2)
-          TAIL(3) TAIL(4) TAIL(5) TAIL(6) TAIL(7) TAIL(8) TAIL(9) TAIL(10) TAIL(11)
+          TAIL(3)
+          TAIL(4)
+          TAIL(5) TAIL(6) TAIL(7) TAIL(8) TAIL(9) TAIL(10) TAIL(11)
 #undef TAIL
               default : break;
         }
@@ -244,16 +251,81 @@ void rt_cpu_transpose(int64_t rows, int64_t cols, const float *src, float *dst) 
         for (int64_t c = c0; c < cols && c < c0 + 32; c++) dst[c * rows + r] = src[r * cols + c];
 }
 
+/* Scratch for one call of a generated function can be hundreds of MiB (the
+ * hoisted LSTM gates at B = 64 are 256 MiB), freshly faulted in on every
+ * call: in 4 KiB pages that was a fifth of the run time, and clearing fresh
+ * pages (in this VM) was still a fifth with 2 MiB pages. Large blocks are
+ * therefore mapped directly, 2 MiB-aligned and marked for transparent huge
+ * pages, and the largest one freed is kept for the next call (which only
+ * needs a memset: the memory is already mapped). Small ones come from
+ * malloc. A 64-byte header in front of every block says which. */
+#define HUGE_PAGE ((size_t)2 << 20)
+#define BIG_BLOCK ((size_t)4 << 20)
+typedef struct AllocHeader {
+  size_t mapped; /* bytes mapped at the header, or 0 for a malloc block */
+} AllocHeader;
+
+static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
+static AllocHeader *cached; /* one freed big block, or NULL */
+
+/* The cached block if it holds len bytes (removed from the cache), or NULL. */
+static AllocHeader *cache_take(size_t len) {
+  pthread_mutex_lock(&cache_lock);
+  AllocHeader *h = cached && cached->mapped >= len ? cached : NULL;
+  if (h) cached = NULL;
+  pthread_mutex_unlock(&cache_lock);
+  return h;
+}
+
+/* Keeps h (the larger of it and the cached block); unmaps the other. */
+static void cache_put(AllocHeader *h) {
+  pthread_mutex_lock(&cache_lock);
+  if (!cached || cached->mapped < h->mapped) {
+    AllocHeader *old = cached;
+    cached = h;
+    h = old;
+  }
+  pthread_mutex_unlock(&cache_lock);
+  if (h) munmap(h, h->mapped);
+}
+
 void *rt_cpu_alloc(int64_t bytes) {
   if (bytes < 0 || bytes > ((int64_t)1 << 46)) return NULL;
-  size_t n = ((size_t)bytes + 63) / 64 * 64;
-  if (n == 0) n = 64;
+  size_t n = ((size_t)bytes + 63) / 64 * 64 + 64;
+  if (n >= BIG_BLOCK) {
+    size_t len = (n + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE;
+    AllocHeader *h = cache_take(len);
+    if (h) {
+      memset((char *)h + 64, 0, n - 64);
+      return (char *)h + 64;
+    }
+    char *raw =
+        mmap(NULL, len + HUGE_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw != MAP_FAILED) {
+      char *p = (char *)(((uintptr_t)raw + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1));
+      if (p > raw) munmap(raw, (size_t)(p - raw));
+      if (p + len < raw + len + HUGE_PAGE)
+        munmap(p + len, (size_t)(raw + len + HUGE_PAGE - (p + len)));
+#ifdef MADV_HUGEPAGE
+      madvise(p, len, MADV_HUGEPAGE); /* only advice: without it, 4 KiB pages */
+#endif
+      ((AllocHeader *)p)->mapped = len;
+      return p + 64;
+    }
+    /* No mapping: fall back to malloc. */
+  }
   void *p = NULL;
   if (posix_memalign(&p, 64, n) != 0) return NULL;
   memset(p, 0, n);
-  return p;
+  ((AllocHeader *)p)->mapped = 0;
+  return (char *)p + 64;
 }
 
 void rt_cpu_free(void *p) {
-  free(p);
+  if (!p) return;
+  AllocHeader *h = (AllocHeader *)((char *)p - 64);
+  if (h->mapped)
+    cache_put(h);
+  else
+    free(h);
 }
