@@ -86,6 +86,7 @@ typedef struct ParseState {
   int unary_run;     /* consecutive prefix '+'/'-' at this bracket level */
   int unary_pending; /* prefix operators still open in enclosing levels */
   int unary_saved[SEQ_MAX_NESTING + 2];
+  int stmt_ops; /* operators and brackets since the last NL or brace (SEQ_MAX_STMT_OPS) */
   size_t ident_end; /* offset just past the last identifier: a prime must start there */
   size_t dot_end;   /* offset just past a '.' that directly follows a path part: a part
                        written right there may be an integer or a keyword (ffn.0.weight) */

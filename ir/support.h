@@ -127,6 +127,7 @@ SrcFile *srcmgr_add_string(SrcMgr *sm, const char *name, const char *text, size_
 #define SEQ_MAX_NESTING 256     /* parenthesis/bracket/expression depth */
 #define SEQ_MAX_IDENT_LEN 256   /* bytes in one identifier */
 #define SEQ_MAX_IMPORT_DEPTH 32 /* chain of nested imports */
+#define SEQ_MAX_STMT_OPS 10000  /* operators and brackets in one statement (AST depth) */
 #define SEQ_MAX_RANK 8          /* tensor rank */
 #define SEQ_MAX_DIM_VALUE ((int64_t)1 << 40) /* one dimension's value */
 

@@ -195,7 +195,33 @@ static void test_nesting_depth(void **state) {
   strcpy(src + len, "x\n  }\n}\n");
   assert_null(compile(src));
   assert_true(has_diag("nesting deeper than"));
-  /* Just inside the bound compiles. */
+  /* A flat chain nests nothing but is as deep as it is long: a 200000-term sum
+   * overflowed the stack in lowering. Operators per statement are bounded... */
+  free(src);
+  src = malloc(5 * 200000 + 200);
+  assert_non_null(src);
+  strcpy(src, "cell C(D) {\n  input x: [D]\n  output y: [D]\n  step {\n    y = x");
+  len = strlen(src);
+  for (int i = 0; i < 200000; i++) memcpy(src + len + 4 * (size_t)i, " + x", 4);
+  strcpy(src + len + 4 * 200000, "\n  }\n}\n");
+  assert_null(compile(src));
+  assert_true(has_diag("more than 10000 operators and brackets in one statement"));
+  /* ...and so are transposes and index brackets, which deepen the tree the same way. */
+  strcpy(src, "cell C(D) {\n  input x: [D, D]\n  output y: [D, D]\n  step {\n    y = x");
+  len = strlen(src);
+  for (int i = 0; i < 20000; i++) memcpy(src + len + 2 * (size_t)i, "^T", 2);
+  strcpy(src + len + 2 * 20000, "\n  }\n}\n");
+  assert_null(compile(src));
+  assert_true(has_diag("more than 10000 operators"));
+  /* Just under the bound, every recursive walk copes (also under ASan). */
+  strcpy(src, "cell C(D) {\n  input x: [D]\n  output y: [D]\n  step {\n    y = x");
+  len = strlen(src);
+  for (int i = 0; i < SEQ_MAX_STMT_OPS - 1; i++) memcpy(src + len + 4 * (size_t)i, " - x", 4);
+  strcpy(src + len + 4 * (SEQ_MAX_STMT_OPS - 1), "\n  }\n}\n");
+  IrModule *m = compile(src);
+  assert_non_null(m);
+  assert_int_equal(ir_verify(m, &DE, "test"), 0);
+  /* Just inside the nesting bound compiles. */
   strcpy(src, "cell C(D) {\n  input x: [D]\n  output y: [D]\n  step {\n    y = ");
   len = strlen(src);
   for (int i = 0; i < 200; i++) src[len++] = '(';

@@ -530,9 +530,17 @@ static void test_deep_nesting(void **state) {
   expect_nesting_error(s, 3, 9 + 256);
   free(s);
   /* Long flat chains are not nesting: the grammar is left-recursive. */
-  s = repeat(head, "x + -x * ", 100000, "x", "", 0, tail);
+  s = repeat(head, "x + -x * ", 3000, "x", "", 0, tail);
   p = parse_text(s);
   assert_int_equal(p->de.nerrors, 0);
+  parsed_free(p);
+  free(s);
+  /* But every operator deepens the tree that sema walks recursively, so a
+   * statement holds at most SEQ_MAX_STMT_OPS of them (test_hardening). */
+  s = repeat(head, "x + -x * ", 100000, "x", "", 0, tail);
+  p = parse_text(s);
+  assert_int_equal(p->de.nerrors, 1);
+  assert_non_null(strstr(p->de.diags.v[0].message, "more than 10000 operators"));
   parsed_free(p);
   free(s);
 
