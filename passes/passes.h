@@ -84,4 +84,17 @@ void classify_print_report(FILE *out, const IrModule *m, const ClassifyResult *r
 const char *classify_class_name(RecClass c);
 const char *classify_strategy_name(RecStrategy s);
 
+/* ---- rewrite.c: contractions to matrix products, algebraic identities -- */
+
+/* Returns in *out a rewritten copy of m (m itself is not changed: the
+ * interpreter keeps running it as the oracle). A sum over the shared axis of
+ * a broadcast product becomes a MATMUL with reshapes and transposes around
+ * it, and exact identities (x * 1, x + 0, reshape of reshape, ...) fold.
+ * Values are kept exactly, up to the order of the additions in a new matrix
+ * product. Functions, dims, parameters, inputs, states and outputs keep
+ * their order and names, so a binding of m serves *out, and function i of m
+ * is function i of *out. Returns 0, or -1 with a diagnostic (allocation
+ * failure or an internal error). */
+int rewrite_module(Arena *a, const IrModule *m, IrModule **out, DiagEngine *de);
+
 #endif

@@ -1,0 +1,508 @@
+/* rewrite.c - IR-to-IR rewriting before the CPU backend's lowering.
+ *
+ * The language has no einsum, so a contraction over a leading axis is
+ * written as a broadcast product and a sum:
+ *
+ *   sum(B[0] * x[:, None, None], axis=0)      B [1, I, 3, H], x [I]
+ *
+ * Evaluated as written, that materializes an [I, 3, H] product per token
+ * (and the backend hoists it over all B*T tokens) where one matrix product
+ * x @ reshape(B[0], [I, 3*H]) is meant. This pass finds such sums and turns
+ * them into MATMUL with RESHAPE/TRANSPOSE around it, and applies a few exact
+ * algebraic identities (x*1, reshape of reshape, ...) that the contraction
+ * rule leaves behind or that the user wrote.
+ *
+ * The rules are data, as in tinygrad: a table of patterns over one node and
+ * its operands, each with the operand that becomes the result (RULES below),
+ * plus one rule whose result is derived from the shapes (contract). Nodes are
+ * rebuilt in order into a fresh function through node(), which tries the
+ * rules on every node it is asked to build, including the nodes a rule
+ * builds, so chains such as reshape(reshape(reshape(x))) fold at once. Dead
+ * nodes are then dropped, and the whole is repeated until nothing fires.
+ *
+ * The rewritten module is a copy: the source module is left as it is, since
+ * the interpreter keeps running it as the oracle. Function indices, dims,
+ * parameters, inputs, states and outputs keep their order, so a binding of
+ * the source module serves the copy.
+ */
+#include "passes/passes.h"
+
+#include <string.h>
+
+/* ---- rules as data ---------------------------------------------------------- */
+
+/* What an operand of the matched node must be. */
+typedef enum {
+  PAT_ANY,       /* anything */
+  PAT_ZERO,      /* the real constant 0, or a broadcast of it */
+  PAT_ONE,       /* the real constant 1, or a broadcast of it */
+  PAT_SAME_OP,   /* a node with the matched node's op (its operand is "inner") */
+  PAT_UNIT_AXIS, /* an operand whose size along the node's axis is the constant 1 */
+} Pattern;
+
+/* What the matched node becomes. The result must have the node's type
+ * exactly; where the kept value has a smaller shape of the same element
+ * type (x * 1 with a broadcast 1), RULE_MAY_BROADCAST allows a BROADCAST to
+ * the node's type, which is what numpy broadcasting did. */
+typedef enum {
+  OUT_ARG0,    /* operand 0 */
+  OUT_ARG1,    /* operand 1 */
+  OUT_INNER,   /* the operand of operand 0 */
+  OUT_REBUILD, /* the node's own op, to the node's type, applied to the operand of operand 0 */
+  OUT_RESHAPE, /* operand 0 reshaped to the node's type */
+} Outcome;
+
+enum { RULE_MAY_BROADCAST = 1 };
+
+typedef struct Rule {
+  const char *text; /* the identity, for reading and for the report */
+  IrOp op;
+  Pattern arg[2];
+  Outcome out;
+  unsigned flags;
+} Rule;
+
+/* x + 0 -> x changes -0 + 0 = +0 into -0: equal values, so it is kept.
+ * x * 1, x - 0 and x / 1 are exact in IEEE arithmetic, NaN and inf included. */
+static const Rule RULES[] = {
+    {"x * 1 -> x", IR_MUL, {PAT_ANY, PAT_ONE}, OUT_ARG0, RULE_MAY_BROADCAST},
+    {"1 * x -> x", IR_MUL, {PAT_ONE, PAT_ANY}, OUT_ARG1, RULE_MAY_BROADCAST},
+    {"x + 0 -> x", IR_ADD, {PAT_ANY, PAT_ZERO}, OUT_ARG0, RULE_MAY_BROADCAST},
+    {"0 + x -> x", IR_ADD, {PAT_ZERO, PAT_ANY}, OUT_ARG1, RULE_MAY_BROADCAST},
+    {"x - 0 -> x", IR_SUB, {PAT_ANY, PAT_ZERO}, OUT_ARG0, RULE_MAY_BROADCAST},
+    {"x / 1 -> x", IR_DIV, {PAT_ANY, PAT_ONE}, OUT_ARG0, RULE_MAY_BROADCAST},
+    {"neg(neg(x)) -> x", IR_NEG, {PAT_SAME_OP}, OUT_INNER, 0},
+    {"transpose(transpose(x)) -> x", IR_TRANSPOSE, {PAT_SAME_OP}, OUT_INNER, 0},
+    {"reshape(reshape(x)) -> reshape(x)", IR_RESHAPE, {PAT_SAME_OP}, OUT_REBUILD, 0},
+    {"broadcast(broadcast(x)) -> broadcast(x)", IR_BROADCAST, {PAT_SAME_OP}, OUT_REBUILD, 0},
+    {"reshape(x) to x's own type -> x", IR_RESHAPE, {PAT_ANY}, OUT_ARG0, 0},
+    {"broadcast(x) to x's own type -> x", IR_BROADCAST, {PAT_ANY}, OUT_ARG0, 0},
+    {"index of an axis of size 1 -> reshape", IR_INDEX, {PAT_UNIT_AXIS}, OUT_RESHAPE, 0},
+};
+
+/* ---- the rewriter ------------------------------------------------------------- */
+
+typedef struct Rw {
+  Arena *a;
+  DiagEngine *de;
+  IrFunc *dst;
+  int fired; /* rules applied in this round */
+  int failed;
+} Rw;
+
+static IrNode *dnode(Rw *w, IrRef r) {
+  return &w->dst->nodes.v[r];
+}
+
+static int is_const_one(DimExpr d) {
+  int64_t v;
+  return dim_is_const(d, &v) && v == 1;
+}
+
+/* The real scalar constant c, seen through broadcasts. */
+static int is_real_const(Rw *w, IrRef r, double c) {
+  while (dnode(w, r)->op == IR_BROADCAST) r = dnode(w, r)->args[0];
+  const IrNode *n = dnode(w, r);
+  return n->op == IR_CONST && n->type.elem == IR_REAL && n->cval == c;
+}
+
+/* Builds a node in dst after type inference. A type error is not reported:
+ * a rule whose result does not type-check simply does not apply (quiet = 1);
+ * for the copy of a source node it is an internal error. */
+static IrRef emit(Rw *w, const IrNode *proto, int nargs, const IrRef *args, int quiet) {
+  IrNode p = *proto;
+  char msg[256];
+  if (ir_infer_type(w->dst, w->a, &p, nargs, args, &p.type, msg, sizeof msg)) {
+    if (!quiet) {
+      diag_internal(w->de, "rewrite", "%s: %s", w->dst->name, msg);
+      w->failed = 1;
+    }
+    return IR_NONE;
+  }
+  IrRef r = ir_emit(w->dst, w->a, &p, nargs, args);
+  if (r == IR_NONE) {
+    diag_error(w->de, proto->loc, "out of memory");
+    w->failed = 1;
+  }
+  return r;
+}
+
+static IrRef node(Rw *w, const IrNode *proto, int nargs, const IrRef *args);
+
+/* A data-movement node (RESHAPE, BROADCAST, TRANSPOSE) of x at loc. For
+ * TRANSPOSE the type is inferred and `to` is ignored. */
+static IrRef move(Rw *w, IrOp op, IrRef x, IrType to, SrcLoc loc) {
+  IrNode p = {0};
+  p.op = op;
+  p.loc = loc;
+  p.type = to;
+  return node(w, &p, 1, &x);
+}
+
+/* The kept value v must stand for a node of type t: as itself, or broadcast. */
+static IrRef fit(Rw *w, IrRef v, IrType t, unsigned flags, SrcLoc loc) {
+  if (v == IR_NONE) return IR_NONE;
+  IrType vt = dnode(w, v)->type;
+  if (ir_type_eq(vt, t)) return v;
+  if (!(flags & RULE_MAY_BROADCAST) || vt.elem != t.elem) return IR_NONE;
+  IrNode p = {0};
+  p.op = IR_BROADCAST;
+  p.loc = loc;
+  p.type = t;
+  return emit(w, &p, 1, &v, 1); /* does not type-check: no rule */
+}
+
+static int matches(Rw *w, const IrNode *proto, Pattern pat, IrRef x) {
+  const IrNode *n = dnode(w, x);
+  switch (pat) {
+  case PAT_ANY:
+    return 1;
+  case PAT_ZERO:
+    return is_real_const(w, x, 0.0);
+  case PAT_ONE:
+    return is_real_const(w, x, 1.0);
+  case PAT_SAME_OP:
+    return n->op == proto->op && n->nargs == 1;
+  case PAT_UNIT_AXIS: {
+    int64_t start;
+    return proto->axis >= 0 && proto->axis < n->type.rank &&
+           is_const_one(n->type.dims[proto->axis]) && dim_is_const(proto->start, &start) &&
+           start == 0;
+  }
+  }
+  return 0;
+}
+
+/* Tries the table on the node (op, attributes and type in proto) with
+ * operands args in dst; 1 and *out if one applied. */
+static int apply_rules(Rw *w, const IrNode *proto, int nargs, const IrRef *args, IrRef *out) {
+  for (size_t i = 0; i < sizeof RULES / sizeof RULES[0]; i++) {
+    const Rule *rl = &RULES[i];
+    int arity = ir_op_info[rl->op].arity;
+    if (rl->op != proto->op || arity != nargs) continue;
+    int ok = 1;
+    for (int j = 0; j < arity && ok; j++) ok = matches(w, proto, rl->arg[j], args[j]);
+    if (!ok) continue;
+    IrRef r = IR_NONE;
+    switch (rl->out) {
+    case OUT_ARG0:
+    case OUT_ARG1:
+      r = fit(w, args[rl->out == OUT_ARG1], proto->type, rl->flags, proto->loc);
+      break;
+    case OUT_INNER:
+      r = fit(w, dnode(w, args[0])->args[0], proto->type, rl->flags, proto->loc);
+      break;
+    case OUT_REBUILD:
+      r = move(w, proto->op, dnode(w, args[0])->args[0], proto->type, proto->loc);
+      break;
+    case OUT_RESHAPE:
+      r = move(w, IR_RESHAPE, args[0], proto->type, proto->loc);
+      break;
+    }
+    if (w->failed) return 0;
+    if (r != IR_NONE) {
+      w->fired++;
+      *out = r;
+      return 1;
+    }
+  }
+  return 0;
+}
+
+/* Builds (or finds) a node in dst, trying the rules first. The proto's type
+ * is the node's type as the source had it (or, for nodes a rule builds, the
+ * target type of RESHAPE/BROADCAST); every rule keeps it exactly. */
+static IrRef node(Rw *w, const IrNode *proto, int nargs, const IrRef *args) {
+  IrRef r;
+  if (proto->op != IR_CALL && proto->op != IR_RESULT && !(ir_op_info[proto->op].flags & IRF_LEAF)) {
+    IrNode p = *proto;
+    /* The type the rules must keep: inferred, since a rule-built proto
+     * carries only data-movement targets. */
+    if (ir_infer_type(w->dst, w->a, &p, nargs, args, &p.type, NULL, 0) == 0 &&
+        apply_rules(w, &p, nargs, args, &r))
+      return r;
+    if (w->failed) return IR_NONE;
+  }
+  return emit(w, proto, nargs, args, 1);
+}
+
+/* ---- contraction: sum over the shared axis of a broadcast product ---------- */
+
+/* The operand behind any BROADCASTs: multiplying by a broadcast value is
+ * multiplying by the value under numpy's rules, so the structure of the
+ * product is read off the unbroadcast operand. */
+static IrRef unbroadcast(Rw *w, IrRef r) {
+  while (dnode(w, r)->op == IR_BROADCAST) r = dnode(w, r)->args[0];
+  return r;
+}
+
+/* Whether operand type t, right-aligned in a product of rank `rank`, spans
+ * product axis i of size d (has the full size there rather than 1 or nothing). */
+static int spans(IrType t, int rank, int i, DimExpr d) {
+  int j = i - (rank - t.rank);
+  return j >= 0 && dim_eq(t.dims[j], d);
+}
+
+/* The product of dims[i] over the axes with role[i] == which. */
+static int dims_product(const IrType *s, const int *role, int which, DimExpr *out) {
+  DimExpr p = dim_const(1);
+  for (int i = 0; i < s->rank; i++)
+    if (role[i] == which && dim_mul(p, s->dims[i], &p)) return -1;
+  *out = p;
+  return 0;
+}
+
+/* Where the contracted axis k lies among operand `which`'s own axes:
+ * -1 before all of them, 1 after all, 0 in between (no matrix layout). */
+static int k_side(const int *role, int rank, int k, int which) {
+  int before = 0, after = 0;
+  for (int i = 0; i < rank; i++)
+    if (role[i] == which) {
+      if (i < k)
+        before++;
+      else
+        after++;
+    }
+  if (before && after) return 0;
+  return before ? 1 : -1;
+}
+
+/* Operand x as a matrix [rows, cols] (or the vector [cols] when rows is
+ * empty); its data is laid out [k_first ? cols : rows, ...] so a transpose
+ * may be needed. */
+static IrRef as_matrix(Rw *w, IrRef x, DimExpr outer, int has_outer, DimExpr kdim, int k_first,
+                       int k_is_row, SrcLoc loc) {
+  IrElem elem = dnode(w, x)->type.elem;
+  DimExpr d[2];
+  if (!has_outer) {
+    d[0] = kdim;
+    return move(w, IR_RESHAPE, x, ir_type(w->a, elem, 1, d), loc);
+  }
+  /* Stored order: k first gives [K, outer], else [outer, K]. */
+  d[0] = k_first ? kdim : outer;
+  d[1] = k_first ? outer : kdim;
+  IrRef m = move(w, IR_RESHAPE, x, ir_type(w->a, elem, 2, d), loc);
+  if (m == IR_NONE || k_first == k_is_row) return m;
+  return move(w, IR_TRANSPOSE, m, (IrType){0}, loc);
+}
+
+/* sum(a * b, axis=k) is a matrix product when, among the product's axes of
+ * size other than 1, both operands span k, and every other axis is spanned
+ * by exactly one of them: a's own axes M, b's own axes N. Then
+ *   sum_k a[m, k] b[k, n] = (A @ B)[m, n],  A = a as [M, K], B = b as [K, N]
+ * where M, N, K are the products of the sizes. The axes of M and N must each
+ * be contiguous in the result (all of one operand's before the other's)
+ * and k must lie before or after all of an operand's own axes, so that
+ * every operand is a matrix by reshape and at most one transpose; otherwise
+ * (and for batched products, where some axis is spanned by both) the sum
+ * stays. With no M and no N it is a dot product, which also stays. */
+static int contract(Rw *w, const IrNode *sum, IrRef prod, IrRef *out) {
+  const IrNode *mul = dnode(w, prod);
+  if (sum->op != IR_SUM || mul->op != IR_MUL || sum->axis < 0) return 0;
+  IrType s = mul->type;
+  int rank = s.rank, k = sum->axis;
+  IrRef opnd[2] = {unbroadcast(w, mul->args[0]), unbroadcast(w, mul->args[1])};
+  IrType ot[2] = {dnode(w, opnd[0])->type, dnode(w, opnd[1])->type};
+  /* role: 0 size 1 (ignored), 1 only operand 0, 2 only operand 1, 3 both */
+  int role[SEQ_MAX_RANK], count[4] = {0};
+  for (int i = 0; i < rank; i++) {
+    role[i] = spans(ot[0], rank, i, s.dims[i]) | spans(ot[1], rank, i, s.dims[i]) << 1;
+    if (is_const_one(s.dims[i])) role[i] = 0;
+    /* Both operands broadcast along an axis of size other than 1 (two
+     * BROADCAST nodes stretched them): the sum would replicate values. */
+    else if (role[i] == 0)
+      return 0;
+    if (i != k) count[role[i]]++;
+  }
+  if (role[k] != 3 || count[3] > 0 || (count[1] == 0 && count[2] == 0)) return 0;
+
+  /* Choose the left operand (its own axes come first in the result). */
+  int left;
+  int side[2] = {k_side(role, rank, k, 1), k_side(role, rank, k, 2)};
+  if (count[1] && count[2]) {
+    int last1 = -1, first2 = rank;
+    for (int i = 0; i < rank; i++) {
+      if (role[i] == 1) last1 = i;
+      if (role[i] == 2 && first2 == rank) first2 = i;
+    }
+    left = last1 < first2 ? 0 : 1;
+    for (int i = 0, seen_right = 0; i < rank; i++) {
+      if (role[i] == 2 - left) seen_right = 1;
+      if (role[i] == 1 + left && seen_right) return 0; /* interleaved */
+    }
+  } else {
+    /* One operand is a vector along k: put the matrix where its layout
+     * needs no transpose ([M, K] on the left, [K, N] on the right). */
+    int mat = count[1] ? 0 : 1;
+    left = side[mat] == 1 ? mat : 1 - mat;
+  }
+  int right = 1 - left;
+  if (side[left] == 0 || side[right] == 0) return 0; /* k amid an operand's axes */
+
+  DimExpr kdim = s.dims[k], m, n;
+  if (dims_product(&s, role, 1 + left, &m) || dims_product(&s, role, 1 + right, &n)) return 0;
+  IrRef A = as_matrix(w, opnd[left], m, count[1 + left] > 0, kdim, side[left] == -1, 0, sum->loc);
+  if (A == IR_NONE) return 0;
+  IrRef B =
+      as_matrix(w, opnd[right], n, count[1 + right] > 0, kdim, side[right] == -1, 1, sum->loc);
+  if (B == IR_NONE) return 0;
+  IrNode p = {0};
+  p.op = IR_MATMUL;
+  p.loc = sum->loc;
+  IrRef ab[2] = {A, B};
+  IrRef mm = node(w, &p, 2, ab);
+  if (mm == IR_NONE) return 0;
+  IrRef r = move(w, IR_RESHAPE, mm, sum->type, sum->loc);
+  if (r == IR_NONE) return 0;
+  w->fired++;
+  *out = r;
+  return 1;
+}
+
+/* ---- one round over a function ----------------------------------------------- */
+
+/* Uses of every node of f: operands, states' init and next, outputs. A CALL
+ * threads its layer's states, so it counts as used even when its results
+ * are not. */
+static int *count_uses(Arena *a, const IrFunc *f) {
+  int *uses = arena_calloc(a, (size_t)f->nodes.n + 1, sizeof *uses);
+  if (!uses) return NULL;
+  for (IrRef r = 0; r < f->nodes.n; r++) {
+    const IrNode *n = &f->nodes.v[r];
+    for (int j = 0; j < n->nargs; j++) uses[n->args[j]]++;
+    if (n->op == IR_CALL) uses[r]++;
+  }
+  for (int i = 0; i < f->states.n; i++) {
+    uses[f->states.v[i].init]++;
+    uses[f->states.v[i].next]++;
+  }
+  for (int i = 0; i < f->outputs.n; i++) uses[f->outputs.v[i].value]++;
+  return uses;
+}
+
+/* A function with src's signature and no nodes; its states still point into src. */
+static IrFunc *copy_signature(IrModule *m, const IrFunc *src) {
+  IrFunc *f = ir_func_new(m, src->name, src->kind, src->loc);
+  if (!f) return NULL;
+  f->doc = src->doc;
+  f->dims = src->dims;
+  f->params = src->params;
+  f->inputs = src->inputs;
+  f->layers = src->layers;
+  f->dim_defaults = src->dim_defaults;
+  /* Shared with src, so never grown in place. */
+  f->dims.cap = f->dims.n;
+  f->params.cap = f->params.n;
+  f->inputs.cap = f->inputs.n;
+  f->layers.cap = f->layers.n;
+  f->dim_defaults.cap = f->dim_defaults.n;
+  /* States and outputs name nodes, so they get their own arrays. */
+  for (int i = 0; i < src->states.n; i++)
+    if (vec_push(m->arena, &f->states, src->states.v[i])) return NULL;
+  for (int i = 0; i < src->outputs.n; i++)
+    if (vec_push(m->arena, &f->outputs, src->outputs.v[i])) return NULL;
+  return f;
+}
+
+/* Copies src into dst (a fresh copy_signature of it): with rules when
+ * `rewrite`, else only the nodes that are used (dead code removal). */
+static int copy_nodes(Rw *w, const IrFunc *src, int rewrite) {
+  IrRef *map = arena_calloc(w->a, (size_t)src->nodes.n + 1, sizeof *map);
+  int *uses = count_uses(w->a, src);
+  IrRef *args = arena_calloc(w->a, 64, sizeof *args);
+  int args_cap = 64;
+  if (!map || !uses || !args) {
+    diag_error(w->de, src->loc, "out of memory");
+    return -1;
+  }
+  /* Live nodes, walking back from the roots (operands precede users). */
+  char *live = arena_calloc(w->a, (size_t)src->nodes.n + 1, 1);
+  if (!live) {
+    diag_error(w->de, src->loc, "out of memory");
+    return -1;
+  }
+  for (IrRef r = src->nodes.n - 1; r >= 0; r--) {
+    const IrNode *n = &src->nodes.v[r];
+    if (n->op == IR_CALL) live[r] = 1;
+    for (int i = 0; i < src->states.n; i++)
+      if (src->states.v[i].init == r || src->states.v[i].next == r) live[r] = 1;
+    for (int i = 0; i < src->outputs.n; i++)
+      if (src->outputs.v[i].value == r) live[r] = 1;
+    if (live[r])
+      for (int j = 0; j < n->nargs; j++) live[n->args[j]] = 1;
+  }
+  for (IrRef r = 0; r < src->nodes.n; r++) {
+    map[r] = IR_NONE;
+    if (!live[r]) continue;
+    const IrNode *n = &src->nodes.v[r];
+    if (n->nargs > args_cap) {
+      args_cap = n->nargs;
+      args = arena_calloc(w->a, (size_t)args_cap, sizeof *args);
+      if (!args) {
+        diag_error(w->de, src->loc, "out of memory");
+        return -1;
+      }
+    }
+    for (int j = 0; j < n->nargs; j++) args[j] = map[n->args[j]];
+    IrRef out = IR_NONE;
+    /* The contraction rule needs the product to have no other user, or the
+     * product would be computed anyway and the matrix product on top. */
+    if (rewrite && n->op == IR_SUM && uses[n->args[0]] == 1 && contract(w, n, args[0], &out)) {
+      map[r] = out;
+      continue;
+    }
+    if (w->failed) return -1;
+    map[r] = rewrite ? node(w, n, n->nargs, args) : IR_NONE;
+    if (map[r] == IR_NONE && !w->failed) map[r] = emit(w, n, n->nargs, args, 0);
+    if (map[r] == IR_NONE) return -1;
+    /* Every rule keeps the type: anything else is a bug in a rule. */
+    if (!ir_type_eq(dnode(w, map[r])->type, n->type)) {
+      diag_internal(w->de, "rewrite", "%s: node v%d changed type", src->name, (int)r);
+      return -1;
+    }
+  }
+  for (int i = 0; i < w->dst->states.n; i++) {
+    IrState *s = &w->dst->states.v[i];
+    s->init = map[s->init];
+    s->next = map[s->next];
+  }
+  for (int i = 0; i < w->dst->outputs.n; i++)
+    w->dst->outputs.v[i].value = map[w->dst->outputs.v[i].value];
+  return 0;
+}
+
+/* Rounds of rewriting and dead code removal until no rule fires (a round
+ * count bounds it: every rule shrinks the graph, so a few suffice). */
+int rewrite_module(Arena *a, const IrModule *m, IrModule **out, DiagEngine *de) {
+  *out = NULL;
+  const IrModule *cur = m;
+  for (int round = 0; round < 8; round++) {
+    int fired = 0;
+    IrModule *rw = ir_module_new(a), *dce = ir_module_new(a);
+    if (!rw || !dce) {
+      diag_error(de, (SrcLoc){0}, "out of memory");
+      return -1;
+    }
+    rw->entry = dce->entry = cur->entry;
+    for (int i = 0; i < cur->funcs.n; i++) {
+      const IrFunc *src = cur->funcs.v[i];
+      Rw w = {a, de, copy_signature(rw, src), 0, 0};
+      if (!w.dst) {
+        diag_error(de, src->loc, "out of memory");
+        return -1;
+      }
+      if (copy_nodes(&w, src, 1)) return -1;
+      Rw d = {a, de, copy_signature(dce, w.dst), 0, 0};
+      if (!d.dst) {
+        diag_error(de, src->loc, "out of memory");
+        return -1;
+      }
+      if (copy_nodes(&d, w.dst, 0)) return -1;
+      fired += w.fired;
+    }
+    cur = dce;
+    *out = dce;
+    if (!fired) break;
+  }
+  return 0;
+}
