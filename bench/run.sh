@@ -1,0 +1,94 @@
+#!/bin/sh
+# run.sh - every CPU benchmark of issue 3 in one run, and a table of them:
+# LSTM and GRU forward at T=1024, I=H=256, B in {1, 8, 64}, one thread and two,
+# seqc (JIT) against PyTorch CPU, this machine's fp32 FMA peak (bench/fma_peak.c)
+# and the achieved fraction of it, and compile times (seqc to .so, and JIT).
+#
+# usage: bench/run.sh [REPS]      (from the repository root, after a release build)
+#   BUILD=build-perf   the release build directory (cmake -DCMAKE_BUILD_TYPE=Release)
+#   TORCH_PY=python    the Python with torch (default: $BUILD/venv/bin/python if
+#                      present, else /usr/bin/python3)
+# Raw output goes to $BUILD/bench/raw.txt, the table to stdout.
+set -eu
+REPS=${1:-7}
+BUILD=${BUILD:-build-perf}
+OUT=$BUILD/bench
+mkdir -p "$OUT"
+if [ -z "${TORCH_PY:-}" ]; then
+  if [ -x "$BUILD/venv/bin/python" ]; then TORCH_PY=$BUILD/venv/bin/python; else TORCH_PY=/usr/bin/python3; fi
+fi
+CC=${CC:-gcc}
+$CC -O2 -pthread bench/fma_peak.c -o "$OUT/fma_peak"
+$CC -O2 -Iinclude bench/bench_rnn.c -L"$BUILD" -lseq -Wl,-rpath,"$PWD/$BUILD" -o "$OUT/bench_rnn"
+RAW=$OUT/raw.txt
+: >"$RAW"
+{
+  echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) CPUs"
+  echo "compiler: $($CC --version | head -1)"
+  echo "seqc: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+} >>"$RAW"
+
+"$OUT/fma_peak" 2 >>"$RAW"
+for t in 1 2; do
+  for m in lstm gru; do
+    "$OUT/bench_rnn" "examples/$m.seq" "$t" "$REPS" | sed "s/^/seqc $m threads=$t /" >>"$RAW"
+  done
+  # PyTorch reads these two from the environment of this command only.
+  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$TORCH_PY" -W ignore bench/torch_rnn.py "$t" "$REPS" >>"$RAW"
+done
+"$OUT/fma_peak" 2 >>"$RAW"
+
+# Compile times of the std LSTM: seqc to a shared object (the whole CLI run,
+# linking included) and the JIT (seq_module_from_file), five runs each.
+for i in 1 2 3 4 5; do
+  s=$(date +%s%N)
+  "$BUILD/seqc" stdlib/lstm.seq --dims I=256,H=256 -o "$OUT/liblstm.so"
+  e=$(date +%s%N)
+  echo "compile aot_so_ms=$(((e - s) / 1000000))" >>"$RAW"
+  "$OUT/bench_rnn" stdlib/lstm.seq 1 1 1 | sed -n 's/.*jit_compile_ms=\([0-9.]*\).*/compile jit_ms=\1/p' >>"$RAW"
+done
+
+/usr/bin/python3 - "$RAW" <<'EOF'
+import re, statistics, sys
+raw = open(sys.argv[1]).read().splitlines()
+peak = {}      # threads -> max over the runs of the median-burst AVX-512 GFLOP/s
+ours, torch = {}, {}
+aot, jit = [], []
+model = None
+for line in raw:
+    m = re.match(r"fma_peak isa=avx512 threads=(\d+) gflops_median=([\d.]+)", line)
+    if m:
+        t = int(m[1]); peak[t] = max(peak.get(t, 0), float(m[2]))
+    m = re.match(r"seqc (\w+) threads=(\d+)\s+B=(\d+)\s+forward_ms=([\d.]+)", line)
+    if m:
+        ours[(m[1].upper(), int(m[2]), int(m[3]))] = float(m[4])
+    m = re.match(r"torch (\w+) threads=(\d+) B=(\d+) forward_ms=([\d.]+)", line)
+    if m:
+        torch[(m[1], int(m[2]), int(m[3]))] = float(m[4])
+    m = re.match(r"compile aot_so_ms=(\d+)", line)
+    if m: aot.append(float(m[1]))
+    m = re.match(r"compile jit_ms=([\d.]+)", line)
+    if m: jit.append(float(m[1]))
+for line in raw:
+    if line.startswith(("machine", "compiler", "seqc:", "torch version")):
+        print(line)
+print("fp32 FMA peak (AVX-512, median 1 ms burst, best of two runs): "
+      + ", ".join(f"{t} thread{'s' if t > 1 else ''} {p:.0f} GFLOP/s" for t, p in sorted(peak.items())))
+print()
+print("| model | threads | B | seqc ms | PyTorch ms | PyTorch / seqc | seqc GFLOP/s | seqc % of peak | PyTorch % of peak |")
+print("|---|---|---|---|---|---|---|---|---|")
+T, I, H = 1024, 256, 256
+for name, gates in (("LSTM", 4), ("GRU", 3)):
+    for t in (1, 2):
+        for b in (1, 8, 64):
+            s, p = ours.get((name, t, b)), torch.get((name, t, b))
+            if s is None or p is None:
+                continue
+            gf = 2.0 * b * T * (I + H) * gates * H * 1e-9
+            pk = peak.get(t, float("nan"))
+            print(f"| {name} | {t} | {b} | {s:.1f} | {p:.1f} | {p / s:.2f} | {gf / s * 1e3:.0f} | "
+                  f"{100 * gf / s * 1e3 / pk:.0f}% | {100 * gf / p * 1e3 / pk:.0f}% |")
+print()
+if aot: print(f"std LSTM compile, seqc to .so (whole CLI run): median {statistics.median(aot):.0f} ms of {len(aot)}")
+if jit: print(f"std LSTM compile, JIT (seq_module_from_file): median {statistics.median(jit):.0f} ms of {len(jit)}")
+EOF
