@@ -13,6 +13,7 @@
 #include "codegen/run.h"
 #include "frontend/frontend.h"
 #include "ir/interp.h"
+#include "passes/passes.h"
 #include "runtime/rt_cpu.h"
 
 struct SeqContext {
@@ -175,7 +176,12 @@ static SeqStatus compile(SeqContext *cx, const char *path, const char *name, con
   if (ir_binding_infer(&m->bind, sf ? st_lookup : NULL, &stf, NULL, NULL, &m->de)) goto done;
   CgOptions cg = {o.opt_level, o.target_cpu, o.target_features};
   st = SEQ_ERR_COMPILE;
-  m->jit = cg_jit_compile(m->arena, m->mod, root, m->bind.dims, &cg, &m->sig, &m->de);
+  /* The JIT compiles the rewritten IR (contractions as matrix products);
+   * the binding of the source module serves it unchanged. */
+  IrModule *rm;
+  const IrFunc *rroot;
+  if (rewrite_root(m->arena, m->mod, root, &rm, &rroot, &m->de)) goto done;
+  m->jit = cg_jit_compile(m->arena, rm, rroot, m->bind.dims, &cg, &m->sig, &m->de);
   if (!m->jit) goto done;
   m->forward = (CgForwardFn)(uintptr_t)cg_jit_lookup(
       m->jit, arena_printf(m->arena, "%s_forward", m->sig.symbol), &m->de);

@@ -6,6 +6,7 @@
 #include "codegen/aot.h"
 #include "codegen/jit.h"
 #include "codegen/run.h"
+#include "passes/passes.h"
 #include "runtime/rt_cpu.h"
 
 int cg_driver_check_opt_level(int level) {
@@ -34,8 +35,12 @@ int cg_driver_build(const IrBinding *b, const CgDriverOptions *o, DiagEngine *de
     diag_error(de, (SrcLoc){0}, "optimization level %d is not in 0..3", o->cg.opt_level);
     return -1;
   }
-  return cg_aot_build(b->arena, b->mod, b->root, b->dims, &o->cg, kind, o->out_path, o->header_path,
-                      de);
+  /* Lowering reads the rewritten IR (contractions as matrix products); the
+   * binding's dims and names serve it unchanged. */
+  IrModule *rm;
+  const IrFunc *root;
+  if (rewrite_root(b->arena, b->mod, b->root, &rm, &root, de)) return -1;
+  return cg_aot_build(b->arena, rm, root, b->dims, &o->cg, kind, o->out_path, o->header_path, de);
 }
 
 int cg_driver_run(const IrBinding *b, const CgOptions *opt, int threads, int64_t B, int64_t T,
@@ -43,7 +48,10 @@ int cg_driver_run(const IrBinding *b, const CgOptions *opt, int threads, int64_t
                   RtTensor *outputs, RtTensor *state_out, DiagEngine *de) {
   if (threads > 0) rt_cpu_set_num_threads(threads);
   CgSignature sig;
-  CgJit *j = cg_jit_compile(b->arena, b->mod, b->root, b->dims, opt, &sig, de);
+  IrModule *rm;
+  const IrFunc *root;
+  if (rewrite_root(b->arena, b->mod, b->root, &rm, &root, de)) return -1;
+  CgJit *j = cg_jit_compile(b->arena, rm, root, b->dims, opt, &sig, de);
   if (!j) return -1;
   int rc = -1;
   CgWeights w = {0};
