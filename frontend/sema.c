@@ -614,7 +614,11 @@ static void lower_layer_decl(Lower *L, const AstDecl *d, const char *name) {
     goto done;
   }
   const SemaUnit *cu = &S->units.v[ci];
-  if (cu->func < 0 || cu->failed) goto done; /* recursion or a broken callee: already reported */
+  /* Recursion or a broken callee: already reported. A callee still being
+   * visited is a model containing itself (directly, its function already
+   * exists but is the one being built: binding its dims would grow them
+   * while iterating over them). */
+  if (cu->func < 0 || cu->failed || cu->visiting) goto done;
   const IrFunc *cf = S->m->funcs.v[cu->func];
 
   int64_t count = 1;

@@ -18,6 +18,10 @@
  * the verifier would have reported; flattening refuses rather than recursing
  * without end. */
 #define FLATTEN_MAX_DEPTH 64
+/* Depth alone does not bound the tree: 30 models each holding two layers of
+ * the one before is 2^30 instances. Past this many, a program is a mistake
+ * (or an attack), and binding it would exhaust memory and time. */
+#define FLATTEN_MAX_INSTANCES (1 << 16)
 
 typedef struct {
   Arena *a;
@@ -26,7 +30,37 @@ typedef struct {
   IrFlat *out;
   DiagEngine *de;
   const char *const *root_names;
+  int ninstances;
+  /* Open-addressing index of out->params by name (entries are index + 1, 0 is
+   * empty), so that tied weights are found without a quadratic scan. */
+  int *by_name;
+  int cap;
 } Flatten;
+
+static unsigned name_hash(const char *s) {
+  unsigned h = 2166136261u; /* FNV-1a */
+  for (; *s; s++) h = (h ^ (unsigned char)*s) * 16777619u;
+  return h;
+}
+
+static int *name_slot(Flatten *cx, const char *name) {
+  unsigned i = name_hash(name) & (unsigned)(cx->cap - 1);
+  while (cx->by_name[i] && strcmp(cx->out->params.v[cx->by_name[i] - 1].name, name) != 0)
+    i = (i + 1) & (unsigned)(cx->cap - 1);
+  return &cx->by_name[i];
+}
+
+/* Keeps the index at most half full. */
+static int name_index_reserve(Flatten *cx, int n) {
+  if (2 * n < cx->cap) return 0;
+  int cap = cx->cap ? 2 * cx->cap : 64;
+  int *slots = arena_calloc(cx->a, (size_t)cap, sizeof *slots);
+  if (!slots) return -1;
+  cx->by_name = slots;
+  cx->cap = cap;
+  for (int i = 0; i < cx->out->params.n; i++) *name_slot(cx, cx->out->params.v[i].name) = i + 1;
+  return 0;
+}
 
 /* "[4*H, I]" over the root's dims, for diagnostics. */
 static const char *type_str(Flatten *cx, IrType t) {
@@ -66,9 +100,13 @@ static int subst_type(Flatten *cx, IrType t, int ndims, const DimExpr *sub, IrTy
 }
 
 static int add_param(Flatten *cx, const char *name, IrType t, SrcLoc loc) {
-  for (int i = 0; i < cx->out->params.n; i++) {
-    IrFlatVar *p = &cx->out->params.v[i];
-    if (strcmp(p->name, name) != 0) continue;
+  if (name_index_reserve(cx, cx->out->params.n + 1)) {
+    diag_error(cx->de, loc, "out of memory flattening parameters");
+    return -1;
+  }
+  int *slot = name_slot(cx, name);
+  if (*slot) {
+    IrFlatVar *p = &cx->out->params.v[*slot - 1];
     /* Two instances that name the same weight share it (tied embeddings);
      * that only makes sense if they agree on its shape. */
     if (ir_type_eq(p->type, t)) return 0;
@@ -82,6 +120,7 @@ static int add_param(Flatten *cx, const char *name, IrType t, SrcLoc loc) {
     diag_error(cx->de, loc, "out of memory flattening parameters");
     return -1;
   }
+  *slot = cx->out->params.n;
   return 0;
 }
 
@@ -90,6 +129,12 @@ static int flatten_func(Flatten *cx, const IrFunc *f, const DimExpr *sub, const 
   if (depth > FLATTEN_MAX_DEPTH) {
     diag_error(cx->de, at, "layers nested more than %d deep (does %s instantiate itself?)",
                FLATTEN_MAX_DEPTH, f->name);
+    return -1;
+  }
+  if (++cx->ninstances > FLATTEN_MAX_INSTANCES) {
+    if (cx->ninstances == FLATTEN_MAX_INSTANCES + 1) /* once, not once per pending layer */
+      diag_error(cx->de, at, "%s holds more than %d layer instances in all", cx->root->name,
+                 FLATTEN_MAX_INSTANCES);
     return -1;
   }
   int rc = 0;
@@ -186,6 +231,6 @@ int ir_flatten(Arena *a, const IrModule *m, const IrFunc *root, IrFlat *out, Dia
     }
     for (int i = 0; i < root->dims.n; i++) names[i] = root->dims.v[i].name;
   }
-  Flatten cx = {a, m, root, out, de, names};
+  Flatten cx = {a, m, root, out, de, names, 0, NULL, 0};
   return flatten_func(&cx, root, NULL, "", "", "", root->loc, 0);
 }

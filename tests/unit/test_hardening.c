@@ -306,6 +306,40 @@ static void test_tensor_size_overflow(void **state) {
   assert_non_null(strstr(err.msg, "too large"));
 }
 
+/* Thirty models each holding two layers of the one before: 2^30 instances
+ * from a 300-line file. Binding refuses it instead of exhausting memory. */
+static void test_instance_tree_size(void **state) {
+  (void)state;
+  size_t cap = 64 * 1024, len = 0;
+  char *src = malloc(cap);
+  assert_non_null(src);
+  len += (size_t)snprintf(src + len, cap - len,
+                          "cell C0(D) {\n  param w: [D]\n  input x: [D]\n  output y: [D]\n"
+                          "  step {\n    y = w * x\n  }\n}\n");
+  for (int i = 1; i <= 30; i++)
+    len += (size_t)snprintf(src + len, cap - len,
+                            "model M%d(D) {\n  layer a = %s%d(D = D)\n  layer b = %s%d(D = D)\n"
+                            "  input x: [D]\n  output y: [D]\n  forward {\n    y = a(x) + b(x)\n"
+                            "  }\n}\n",
+                            i, i == 1 ? "C" : "M", i - 1, i == 1 ? "C" : "M", i - 1);
+  write_text("tree.seq", src);
+  IrModule *m = compile(src);
+  assert_non_null(m);
+  IrBinding b;
+  assert_int_not_equal(ir_binding_init(&b, A, m, m->funcs.v[m->entry], &DE), 0);
+  assert_true(has_diag("M30 holds more than 65536 layer instances in all"));
+  assert_int_equal(DE.nerrors, 1);
+  /* A tree of 2^15 instances (15 levels) binds: the bound is not in the way of real models. */
+  IrBinding b15;
+  assert_int_equal(ir_binding_init(&b15, A, m, m->funcs.v[ir_func_index(m, "M15")], &DE), 0);
+  assert_int_equal(b15.flat.params.n, 1 << 15);
+  free(src);
+  EXPECT_RUN("run tree.seq --random-weights --in x=x.npy --backend=interp", 1,
+             "holds more than 65536 layer instances");
+  EXPECT_RUN("run tree.seq --random-weights --in x=x.npy", 1,
+             "holds more than 65536 layer instances");
+}
+
 static void test_import_depth(void **state) {
   (void)state;
   /* A chain of files each importing the next, deeper than SEQ_MAX_IMPORT_DEPTH. */
@@ -496,12 +530,88 @@ static void test_null_arguments(void **state) {
   assert_true(has_diag("no binding"));
 }
 
+/* ---- fuzz regressions ---------------------------------------------------------- */
+
+/* Every committed fuzz input (tests/fuzz/TARGET/: seeds and inputs that once
+ * crashed a target) goes through what its target calls; under the ASan stage
+ * of tools/test.sh this replays each crash with the sanitizers on. */
+static void replay_dir(const char *target, void (*one)(const char *path)) {
+  char cmd[1024], *list = NULL;
+  snprintf(cmd, sizeof cmd, "ls -1 %s/tests/fuzz/%s", SEQ_SOURCE_DIR, target);
+  assert_int_equal(tu_run(cmd, &list), 0);
+  int n = 0;
+  for (char *name = strtok(list, "\n"); name; name = strtok(NULL, "\n")) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/tests/fuzz/%s/%s", SEQ_SOURCE_DIR, target, name);
+    one(path);
+    n++;
+  }
+  free(list);
+  assert_true(n > 0);
+}
+
+static void replay_frontend(const char *path) {
+  size_t len;
+  char *text = tu_read_file(path, &len);
+  assert_non_null(text);
+  IrModule *m = compile(text);
+  if (m) {
+    assert_int_equal(ir_verify(m, &DE, "replay"), 0);
+    FILE *null = fopen("/dev/null", "w");
+    assert_non_null(null);
+    ir_print_module(null, m);
+    fclose(null);
+  }
+  free(text);
+}
+
+static void replay_npy(const char *path) {
+  RtTensor t;
+  RtError err;
+  if (rt_npy_read(path, &t, &err) == 0)
+    rt_tensor_free(&t);
+  else
+    assert_true(err.msg[0] != 0);
+}
+
+static void replay_safetensors(const char *path) {
+  RtSafetensors *st = NULL;
+  RtError err;
+  if (rt_st_open(path, &st, &err) != 0) {
+    assert_true(err.msg[0] != 0);
+    return;
+  }
+  for (int i = 0; i < rt_st_count(st); i++) {
+    RtTensor t;
+    if (rt_st_read(st, rt_st_info(st, i)->name, RT_F32, &t, &err) == 0) rt_tensor_free(&t);
+  }
+  rt_st_close(st);
+}
+
+static void test_fuzz_regressions(void **state) {
+  (void)state;
+  replay_dir("frontend", replay_frontend);
+  replay_dir("npy", replay_npy);
+  replay_dir("safetensors", replay_safetensors);
+  /* The first crash fuzz_frontend found: a model with a layer of itself and
+   * unbound dims went on to bind the layer's dims against the function being
+   * built, growing them while iterating. */
+  char path[1024];
+  snprintf(path, sizeof path, "%s/tests/fuzz/frontend/regress-self-layer-dims.seq", SEQ_SOURCE_DIR);
+  char *text = tu_read_file(path, NULL);
+  assert_non_null(text);
+  assert_null(compile(text));
+  assert_true(has_diag("model 'Block' contains itself"));
+  free(text);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_nesting_depth),
       cmocka_unit_test(test_identifier_length),
       cmocka_unit_test(test_dimension_values),
       cmocka_unit_test(test_tensor_size_overflow),
+      cmocka_unit_test(test_instance_tree_size),
       cmocka_unit_test(test_import_depth),
       cmocka_unit_test(test_file_sizes),
       cmocka_unit_test(test_empty_batch_and_time),
@@ -510,6 +620,7 @@ int main(void) {
       cmocka_unit_test(test_nonfinite_inputs_propagate),
       cmocka_unit_test(test_check_finite),
       cmocka_unit_test(test_null_arguments),
+      cmocka_unit_test(test_fuzz_regressions),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
