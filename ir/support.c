@@ -143,9 +143,12 @@ void diag_init(DiagEngine *de, Arena *a, FILE *print_to) {
 
 static const char *severity_name(DiagSeverity s) {
   switch (s) {
-  case DIAG_ERROR: return "error";
-  case DIAG_WARNING: return "warning";
-  case DIAG_NOTE: return "note";
+  case DIAG_ERROR:
+    return "error";
+  case DIAG_WARNING:
+    return "warning";
+  case DIAG_NOTE:
+    return "note";
   }
   return "error";
 }
@@ -225,8 +228,7 @@ SrcFile *srcmgr_add_string(SrcMgr *sm, const char *name, const char *text, size_
   return f;
 }
 
-SrcFile *srcmgr_load(SrcMgr *sm, DiagEngine *de, SrcLoc from, const char *name,
-                     const char *path) {
+SrcFile *srcmgr_load(SrcMgr *sm, DiagEngine *de, SrcLoc from, const char *name, const char *path) {
   FILE *fp = fopen(path, "rb");
   if (!fp) {
     diag_error(de, from, "cannot open '%s': %s", name, strerror(errno));
