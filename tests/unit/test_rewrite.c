@@ -263,6 +263,44 @@ static void test_small_cases(void **state) {
   check_golden("tests/golden/rewrite/algebra.seq", "tests/golden/rewrite/algebra.ir");
 }
 
+/* The CPU backend lowers the rewritten IR: the small cases, whose products
+ * put transposes on constant and state operands, must agree with the
+ * interpreter on the source IR through the command line. */
+static void test_cpu_backend_agrees(void **state) {
+  (void)state;
+  const char *dir = tu_tmpdir();
+  const char *outs[] = {"a", "b", "c", "g", "m", "n", "k", "d", "e", "f", "w"};
+  const char *names[] = {"x", "z"};
+  int64_t widths[] = {3, 4};
+  for (int i = 0; i < 2; i++) {
+    RtTensor t;
+    RtError err;
+    int64_t shape[3] = {2, 6, widths[i]};
+    assert_int_equal(rt_tensor_alloc(&t, RT_F32, 3, shape, &err), 0);
+    for (int64_t k = 0; k < rt_numel(&t); k++)
+      ((float *)t.data)[k] = (float)((k * 7 % 13) - 6) * 0.13f;
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s.npy", dir, names[i]);
+    assert_int_equal(rt_npy_write(path, &t, &err), 0);
+    rt_tensor_free(&t);
+  }
+  char cmd[8192], *out = NULL;
+  for (int be = 0; be < 2; be++) {
+    int n = snprintf(cmd, sizeof cmd,
+                     "%s run %s --backend=%s --random-weights --seed 3 --dims I=3,H=4,J=5 "
+                     "--in x=%s/x.npy --in z=%s/z.npy --quiet",
+                     SEQC_BIN, tu_src("tests/golden/rewrite/contractions.seq"),
+                     be ? "cpu --tol 1e-5" : "interp", dir, dir);
+    for (size_t k = 0; k < sizeof outs / sizeof outs[0]; k++)
+      n += snprintf(cmd + n, sizeof cmd - (size_t)n, " --%s %s=%s/%s.npy", be ? "expect" : "out",
+                    outs[k], dir, outs[k]);
+    int rc = tu_run(cmd, &out);
+    if (rc) print_error("%s\n%s", cmd, out);
+    assert_int_equal(rc, 0);
+    free(out);
+  }
+}
+
 /* A module with nothing to rewrite comes back with the same text. */
 static void test_nothing_to_do(void **state) {
   (void)state;
@@ -307,8 +345,9 @@ static void test_allocation_failure(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_paragru_paralstm),   cmocka_unit_test(test_plstm),
-      cmocka_unit_test(test_small_cases),        cmocka_unit_test(test_nothing_to_do),
-      cmocka_unit_test(test_interpreter_agrees), cmocka_unit_test(test_allocation_failure),
+      cmocka_unit_test(test_small_cases),        cmocka_unit_test(test_cpu_backend_agrees),
+      cmocka_unit_test(test_nothing_to_do),      cmocka_unit_test(test_interpreter_agrees),
+      cmocka_unit_test(test_allocation_failure),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
