@@ -110,7 +110,7 @@ int main(void) {
   qsort(case_names, (size_t)n, sizeof case_names[0], by_name);
   struct CMUnitTest tests[MAX_CASES];
   for (int i = 0; i < n; i++) {
-    snprintf(case_dirs[i], sizeof case_dirs[i], "%s/%s", root, case_names[i]);
+    snprintf(case_dirs[i], sizeof case_dirs[i], "%.700s/%.255s", root, case_names[i]);
     tests[i] = (struct CMUnitTest){case_names[i], run_case, NULL, NULL, case_dirs[i]};
   }
   return _cmocka_run_group_tests("torch_fixtures", tests, (size_t)n, NULL, NULL);
