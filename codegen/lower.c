@@ -23,6 +23,7 @@
 #include "runtime/rt_cpu.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define LIMIT_ELEMS ((int64_t)1 << 40)
@@ -47,9 +48,11 @@ typedef struct NodeInfo {
   int uses;
   int gemm;    /* 'T': W[N,K] @ x (uses wt), 'N': x @ W[K,N] */
   int inplace; /* reuses operand 0's buffer */
+  int chunked; /* a TOKEN scratch buffer holding one time chunk: rows b*Tc + j */
   int64_t gemm_k, gemm_n;
   LLVMValueRef base;  /* float* (i32* for int inputs) */
   LLVMValueRef wt;    /* transposed weight for 'T' */
+  LLVMValueRef gath;  /* chunked TOKEN GEMM over a whole-sequence operand: its chunk's rows */
   LLVMValueRef *outs; /* CALL: one buffer per callee output */
   LLVMValueRef *cins; /* CALL: [B*T] copies of inputs that do not vary over time */
 } NodeInfo;
@@ -75,8 +78,13 @@ typedef struct Lower {
   LLVMValueRef status; /* alloca i32 */
   LLVMBasicBlockRef cleanup;
   LLVMValueRef scratch; /* ptr */
-  /* current row context */
-  LLVMValueRef r_b, r_tok;
+  /* current row context: example, whole-sequence token row (b*T + t) and,
+   * in chunked cells, the chunk-local token row (b*Tc + t - t0) */
+  LLVMValueRef r_b, r_tok, r_tokc;
+  /* chunked cells: the time loop runs in chunks of Tc steps, and the
+   * TOKEN nodes are computed per chunk (see emit_function) */
+  int chunk_mode;
+  LLVMValueRef Tc, t0, tn;
 } Lower;
 
 static void unsupported(Lower *L, SrcLoc loc, const char *what) {
@@ -529,7 +537,7 @@ static int64_t row_floats(const NodeInfo *n) {
 static LLVMValueRef rowptr(Lower *L, IrRef r) {
   NodeInfo *n = &L->ni[r];
   if (n->cls == CLS_CONST) return n->base;
-  LLVMValueRef row = n->cls == CLS_TOKEN ? L->r_tok : L->r_b;
+  LLVMValueRef row = n->cls == CLS_TOKEN ? (n->chunked ? L->r_tokc : L->r_tok) : L->r_b;
   LLVMValueRef off = mul(L, row, ci64(L, row_floats(n)));
   if (n->is_int) return LLVMBuildGEP2(L->bld, L->i32, n->base, &off, 1, "");
   return gepf(L, n->base, off);
@@ -1118,7 +1126,19 @@ static void rows_open(Lower *L, RowLoop *rl, int phase, LLVMValueRef t) {
   L->r_b = loop_begin(L, &rl->lb, ci64(L, 0), L->a_B);
   LLVMValueRef len = len_of(L, L->r_b);
   LLVMValueRef bT = mul(L, L->r_b, L->a_T);
-  if (phase == CLS_TOKEN) {
+  if (phase == CLS_TOKEN && L->chunk_mode) {
+    /* This example's active steps in the chunk: j < min(tn, len - t0). The
+     * chunk row j holds step t0 + j, read at its token in the direction the
+     * instance runs, so the time loop finds it at b*Tc + t - t0. */
+    LLVMValueRef jn = LLVMBuildSub(L->bld, len, L->t0, "");
+    jn = LLVMBuildSelect(L->bld, LLVMBuildICmp(L->bld, LLVMIntSLT, jn, L->tn, ""), jn, L->tn, "");
+    LLVMValueRef j = loop_begin(L, &rl->lt, ci64(L, 0), jn);
+    LLVMValueRef tt = add(L, L->t0, j);
+    LLVMValueRef rt = LLVMBuildSub(L->bld, LLVMBuildSub(L->bld, len, ci64(L, 1), ""), tt, "");
+    LLVMValueRef isrev = LLVMBuildICmp(L->bld, LLVMIntNE, L->a_rev, ci32(L, 0), "");
+    L->r_tok = add(L, bT, LLVMBuildSelect(L->bld, isrev, rt, tt, ""));
+    L->r_tokc = add(L, mul(L, L->r_b, L->Tc), j);
+  } else if (phase == CLS_TOKEN) {
     LLVMValueRef tt = loop_begin(L, &rl->lt, ci64(L, 0), len);
     L->r_tok = add(L, bT, tt);
   } else {
@@ -1130,6 +1150,8 @@ static void rows_open(Lower *L, RowLoop *rl, int phase, LLVMValueRef t) {
     LLVMValueRef te = LLVMBuildSelect(L->bld, isrev, rt, t, "");
     te = LLVMBuildSelect(L->bld, active, te, ci64(L, 0), "");
     L->r_tok = add(L, bT, te);
+    if (L->chunk_mode)
+      L->r_tokc = add(L, mul(L, L->r_b, L->Tc), LLVMBuildSub(L->bld, t, L->t0, ""));
   }
 }
 
@@ -1145,6 +1167,19 @@ static int64_t packed_floats(const NodeInfo *n) {
   return (n->gemm_n + RT_CPU_PACK_NR - 1) / RT_CPU_PACK_NR * RT_CPU_PACK_NR * n->gemm_k;
 }
 
+/* Copies the current chunk's rows of a whole-sequence GEMM operand (a root
+ * input) into n->gath, so the chunk's product is one GEMM over B*Tc rows. */
+static void emit_gather(Lower *L, IrRef r) {
+  const IrNode *nd = &L->fn->nodes.v[r];
+  NodeInfo *n = &L->ni[r];
+  IrRef xv = n->gemm == 'T' ? nd->args[1] : nd->args[0];
+  NodeInfo *x = &L->ni[xv];
+  RowLoop rl = {0};
+  rows_open(L, &rl, CLS_TOKEN, NULL);
+  state_copy_rows(L, n->gath, x->base, row_floats(x), L->r_tokc, L->r_tok);
+  rows_close(L, &rl);
+}
+
 static void emit_gemm(Lower *L, IrRef r, LLVMValueRef rows) {
   const IrNode *nd = &L->fn->nodes.v[r];
   NodeInfo *n = &L->ni[r];
@@ -1152,10 +1187,15 @@ static void emit_gemm(Lower *L, IrRef r, LLVMValueRef rows) {
   NodeInfo *x = &L->ni[xv];
   int64_t per_row = n->gemm_k ? x->numel / n->gemm_k : 0;
   LLVMValueRef M = mul(L, rows, ci64(L, per_row));
+  LLVMValueRef A = x->base;
+  if (n->gath) {
+    emit_gather(L, r);
+    A = n->gath;
+  }
   /* The weight was packed in phase 0 (n->wt). */
   LLVMTypeRef pt[8] = {L->i64, L->i64, L->i64, L->ptr, L->i64, L->ptr, L->ptr, L->i64};
   LLVMValueRef args[8] = {M,       ci64(L, n->gemm_n), ci64(L, n->gemm_k),
-                          x->base, ci64(L, n->gemm_k), n->wt,
+                          A,       ci64(L, n->gemm_k), n->wt,
                           n->base, ci64(L, n->gemm_n)};
   call_fn(L, "rt_cpu_sgemm_packed", L->void_t, pt, 8, args);
 }
@@ -1249,7 +1289,9 @@ static void emit_phase(Lower *L, int phase, LLVMValueRef t) {
     if (n->gemm || nd->op == IR_CALL || nd->op == IR_CAUSAL_CONV) {
       rows_close(L, &rl);
       if (n->gemm) {
-        LLVMValueRef rows = phase == CLS_TOKEN ? mul(L, L->a_B, L->a_T) : L->a_B;
+        LLVMValueRef rows = phase != CLS_TOKEN ? L->a_B
+                            : L->chunk_mode    ? mul(L, L->a_B, L->Tc)
+                                               : mul(L, L->a_B, L->a_T);
         emit_gemm(L, r, rows);
       } else if (nd->op == IR_CALL) {
         emit_call(L, r);
@@ -1277,6 +1319,48 @@ static int count_uses(Lower *L) {
   return 0;
 }
 
+/* Hoisting policy. Computing a TOKEN node for all tokens before the time
+ * loop pays for matrix products (one GEMM over many rows instead of a small
+ * one per step), but an elementwise node whose row is much larger than the
+ * per-token rows it reads (S4D's dB * x[:, None], [H, N] complex per [H]
+ * token) would only write out a huge buffer (B*T rows) for the loop to read
+ * back once. Such nodes, when no hoisted GEMM needs them, are computed in
+ * the time loop from the token's inputs instead (class STATE), and so is
+ * everything downstream of them. */
+#define EXPANSION_RATIO 4
+static int demote_expansions(Lower *L) {
+  const IrFunc *fn = L->fn;
+  if (fn->kind != IR_FN_CELL || fn->states.n == 0) return 0;
+  char *feeds = arena_calloc(L->a, (size_t)fn->nodes.n + 1, 1);
+  if (!feeds) return -1;
+  /* feeds[r]: r is, or is read by, a TOKEN node that must stay hoisted. */
+  for (IrRef r = fn->nodes.n - 1; r >= 0; r--) {
+    const IrNode *nd = &fn->nodes.v[r];
+    NodeInfo *n = &L->ni[r];
+    if (n->cls != CLS_TOKEN) continue;
+    if (n->gemm || nd->op == IR_CALL || nd->op == IR_CAUSAL_CONV) feeds[r] = 1;
+    if (feeds[r])
+      for (int j = 0; j < nd->nargs; j++) feeds[nd->args[j]] = 1;
+  }
+  for (IrRef r = 0; r < fn->nodes.n; r++) {
+    const IrNode *nd = &fn->nodes.v[r];
+    NodeInfo *n = &L->ni[r];
+    if (n->cls != CLS_TOKEN) continue;
+    int64_t in = 0;
+    int after_demoted = 0;
+    for (int j = 0; j < nd->nargs; j++) {
+      const NodeInfo *a = &L->ni[nd->args[j]];
+      after_demoted |= a->cls == CLS_STATE;
+      if (a->cls == CLS_TOKEN) in += row_floats(a);
+    }
+    int ew = (ir_op_info[nd->op].flags & IRF_EW) || nd->op == IR_BROADCAST || nd->op == IR_OUTER;
+    if (after_demoted ||
+        (!feeds[r] && ew && !is_alias_op(nd->op) && row_floats(n) >= EXPANSION_RATIO * in))
+      n->cls = CLS_STATE;
+  }
+  return 0;
+}
+
 static int plan_nodes(Lower *L) {
   const IrFunc *fn = L->fn;
   L->ni = arena_calloc(L->a, (size_t)fn->nodes.n + 1, sizeof(NodeInfo));
@@ -1300,14 +1384,176 @@ static int plan_nodes(Lower *L) {
     if (eval_type(L, L->in, nd->type, nd->loc, &n->rank, n->shape, &n->numel)) return -1;
     plan_gemm(L, r);
   }
-  return count_uses(L);
+  return demote_expansions(L) ? -1 : count_uses(L);
 }
+
+/* Initial states: state_in's row if given, else the declared value
+ * (broadcast from the init node's shape). */
+static int emit_state_init(Lower *L, Inst *in, LLVMValueRef *st_offs) {
+  const IrFunc *fn = L->fn;
+  LLVMBuilderRef bld = L->bld;
+  LLVMValueRef B = L->a_B;
+  for (int s = 0; s < fn->states.n; s++) {
+    const IrState *st = &fn->states.v[s];
+    const CgTensor *ct = &L->sig->states.v[in->state0 + s];
+    LLVMValueRef storage = gepf(L, L->scratch, st_offs[s]);
+    int g = in->state0 + s;
+    LLVMBasicBlockRef given = block(L, "sgiven"), deflt = block(L, "sdefault"),
+                      next = block(L, "snext");
+    LLVMValueRef sin_null = LLVMBuildIsNull(bld, L->a_sin, "");
+    LLVMBasicBlockRef here = LLVMGetInsertBlock(bld);
+    LLVMBasicBlockRef check = block(L, "scheck");
+    LLVMBuildCondBr(bld, sin_null, deflt, check);
+    (void)here;
+    LLVMPositionBuilderAtEnd(bld, check);
+    LLVMValueRef p = ldp(L, L->a_sin, g);
+    LLVMBuildCondBr(bld, LLVMBuildIsNull(bld, p, ""), deflt, given);
+    LLVMPositionBuilderAtEnd(bld, given);
+    LLVMBuildMemCpy(bld, storage, 4, p, 4, mul(L, mul(L, B, ci64(L, ct->numel)), ci64(L, 4)));
+    LLVMBuildBr(bld, next);
+    LLVMPositionBuilderAtEnd(bld, deflt);
+    if (st->init >= 0) {
+      /* A broadcast of the initial value (numpy rules) into each row, so
+       * that "= 0" or a [N] parameter fills an [H, N] state, and a real
+       * value fills a complex state's real parts. */
+      NodeInfo *iv = &L->ni[st->init];
+      if ((iv->w == 2 && st->type.elem != IR_COMPLEX) || iv->rank > ct->ndim) {
+        unsupported(L, st->loc, "this initial value of a state");
+        return -1;
+      }
+      Nest ns = {0};
+      ns.nops = 1;
+      ns.w[0] = iv->w;
+      ns.ow = st->type.elem == IR_COMPLEX ? 2 : 1;
+      ns.cplx = ns.ow == 2;
+      ns.ptr[0] = iv->base;
+      ns.rank = ct->ndim - (ns.ow == 2);
+      memcpy(ns.shape, ct->shape, sizeof ns.shape);
+      nest_operand(&ns, 0, iv->rank, iv->shape);
+      Loop lb;
+      LLVMValueRef b = loop_begin(L, &lb, ci64(L, 0), B);
+      LLVMValueRef row = gepf(L, storage, mul(L, b, ci64(L, ct->numel)));
+      LLVMValueRef z[4] = {ci64(L, 0), ci64(L, 0), ci64(L, 0), ci64(L, 0)};
+      emit_ew_nest(L, IR_BROADCAST, &ns, row, 0, z, ci64(L, 0));
+      loop_end(L, &lb);
+    }
+    LLVMBuildBr(bld, next);
+    LLVMPositionBuilderAtEnd(bld, next);
+  }
+
+  return 0;
+}
+
+/* One step t of the time loop: the state-dependent nodes for all B
+ * examples, then per active example its outputs and new states. */
+static int emit_step(Lower *L, Inst *in, LLVMValueRef t, LLVMValueRef *st_offs,
+                     LLVMValueRef *st_tmp) {
+  const IrFunc *fn = L->fn;
+  LLVMBuilderRef bld = L->bld;
+  emit_phase(L, CLS_STATE, t);
+  /* Per active example: outputs of this step, then the new states. */
+  RowLoop rl = {0};
+  rows_open(L, &rl, CLS_STATE, t);
+  LLVMValueRef len = len_of(L, L->r_b);
+  LLVMBasicBlockRef act = block(L, "active"), skip = block(L, "inactive");
+  LLVMBuildCondBr(bld, LLVMBuildICmp(bld, LLVMIntSLT, t, len, ""), act, skip);
+  LLVMPositionBuilderAtEnd(bld, act);
+  for (int o = 0; o < fn->outputs.n; o++) {
+    IrRef v = fn->outputs.v[o].value;
+    if (v < 0 || L->ni[v].cls != CLS_STATE) continue;
+    state_copy_rows(L, ldp(L, L->a_outputs, o), L->ni[v].base, row_floats(&L->ni[v]), L->r_tok,
+                    L->r_b);
+  }
+  /* A new value that is another state's old value (a shift register,
+   * "a' = b") reads that state's storage, which this loop may already
+   * have overwritten: such rows go through a per-state temporary first. */
+  for (int s = 0; s < fn->states.n; s++) {
+    const IrState *st = &fn->states.v[s];
+    int j = st->next >= 0 ? state_alias(L, st->next) : -1;
+    if (j < 0 || j == s) continue;
+    state_copy_rows(L, gepf(L, L->scratch, st_tmp[s]), L->ni[st->next].base,
+                    L->sig->states.v[in->state0 + s].numel, L->r_b, L->r_b);
+  }
+  for (int s = 0; s < fn->states.n; s++) {
+    const IrState *st = &fn->states.v[s];
+    if (st->next < 0) continue;
+    int j = state_alias(L, st->next);
+    if (j == s) continue; /* carried unchanged */
+    NodeInfo *nv = &L->ni[st->next];
+    int64_t floats = L->sig->states.v[in->state0 + s].numel;
+    if (row_floats(nv) != floats) {
+      unsupported(L, st->loc, "a state update of a different size or type than the state");
+      return -1;
+    }
+    LLVMValueRef src = j >= 0 ? gepf(L, L->scratch, st_tmp[s]) : nv->base;
+    LLVMValueRef srow = j >= 0 || nv->cls == CLS_STATE ? L->r_b
+                        : nv->cls == CLS_CONST         ? ci64(L, 0)
+                        : nv->chunked                  ? L->r_tokc
+                                                       : L->r_tok;
+    state_copy_rows(L, gepf(L, L->scratch, st_offs[s]), src, floats, L->r_b, srow);
+  }
+  LLVMBuildBr(bld, skip);
+  LLVMPositionBuilderAtEnd(bld, skip);
+  rows_close(L, &rl);
+  return 0;
+}
+
+/* Outputs that do not depend on state, for the TOKEN rows of the current
+ * pass (all tokens, or one chunk's). */
+static void emit_token_outputs(Lower *L) {
+  const IrFunc *fn = L->fn;
+  RowLoop rl = {0};
+  for (int o = 0; o < fn->outputs.n; o++) {
+    IrRef v = fn->outputs.v[o].value;
+    if (v < 0 || L->ni[v].cls == CLS_STATE) continue;
+    NodeInfo *nv = &L->ni[v];
+    rows_open(L, &rl, CLS_TOKEN, NULL);
+    LLVMValueRef srow = nv->cls == CLS_CONST ? ci64(L, 0) : nv->chunked ? L->r_tokc : L->r_tok;
+    state_copy_rows(L, ldp(L, L->a_outputs, o), nv->base, row_floats(nv), L->r_tok, srow);
+  }
+  rows_close(L, &rl);
+}
+
+/* Whether this function's time loop runs in chunks (a cell with states whose
+ * TOKEN nodes need no whole sequence: no layer calls, no convolutions, and
+ * constant initial states), and which buffers then hold one chunk's rows.
+ * Returns the floats one token takes in those buffers (0: not chunked). */
+static int64_t plan_chunks(Lower *L) {
+  const IrFunc *fn = L->fn;
+  L->chunk_mode = 0;
+  if (fn->kind != IR_FN_CELL || fn->states.n == 0) return 0;
+  for (IrRef r = 0; r < fn->nodes.n; r++)
+    if (fn->nodes.v[r].op == IR_CALL || fn->nodes.v[r].op == IR_CAUSAL_CONV) return 0;
+  for (int s = 0; s < fn->states.n; s++)
+    if (fn->states.v[s].init >= 0 && L->ni[fn->states.v[s].init].cls != CLS_CONST) return 0;
+  int64_t floats = 0;
+  for (IrRef r = 0; r < fn->nodes.n; r++) {
+    const IrNode *nd = &fn->nodes.v[r];
+    NodeInfo *n = &L->ni[r];
+    if (n->cls != CLS_TOKEN) continue;
+    if (nd->op == IR_RESHAPE) {
+      n->chunked = L->ni[nd->args[0]].chunked;
+    } else if (!is_alias_op(nd->op) && n->uses > 0) {
+      n->chunked = 1;
+      floats += row_floats(n) + 16;
+      if (n->gemm) /* room for a gathered operand */
+        floats += row_floats(&L->ni[nd->args[n->gemm == 'T' ? 1 : 0]]) + 16;
+    }
+  }
+  L->chunk_mode = floats > 0;
+  return floats;
+}
+
+/* Floats the TOKEN buffers of one chunk may take: the chunk's GEMM output is
+ * still in L2 when its steps read it. */
+#define CHUNK_FLOATS ((int64_t)128 * 1024)
 
 static int emit_function(Lower *L, Inst *in) {
   L->in = in;
   L->fn = in->fn;
   const IrFunc *fn = in->fn;
   if (plan_nodes(L)) return -1;
+  int64_t chunk_floats = plan_chunks(L);
   LLVMBuilderRef bld = L->bld;
   L->fv = in->llfn;
   LLVMBasicBlockRef entry = block(L, "entry");
@@ -1385,20 +1631,39 @@ static int emit_function(Lower *L, Inst *in) {
     LLVMPositionBuilderAtEnd(bld, after);
   }
 
+  /* Chunk length: as many steps as keep B*Tc token rows within
+   * CHUNK_FLOATS, at least 1 and at most T. */
+  LLVMValueRef BTc = BT;
+  if (L->chunk_mode) {
+    LLVMValueRef Bm =
+        LLVMBuildSelect(bld, LLVMBuildICmp(bld, LLVMIntSGT, B, ci64(L, 1), ""), B, ci64(L, 1), "");
+    int64_t chunk_rows = CHUNK_FLOATS / chunk_floats;
+    const char *ev = getenv("SEQ_CHUNK_ROWS");
+    if (ev && atoll(ev) > 0) chunk_rows = atoll(ev);
+    LLVMValueRef tc = LLVMBuildSDiv(bld, ci64(L, chunk_rows), Bm, "");
+    tc = LLVMBuildSelect(bld, LLVMBuildICmp(bld, LLVMIntSLT, tc, T, ""), tc, T, "");
+    L->Tc = LLVMBuildSelect(bld, LLVMBuildICmp(bld, LLVMIntSGT, tc, ci64(L, 1), ""), tc, ci64(L, 1),
+                            "");
+    BTc = mul(L, B, L->Tc);
+  }
   /* Place every buffer. */
   Alloc al = {ci64(L, 0)};
   LLVMValueRef *offs = arena_calloc(L->a, (size_t)fn->nodes.n + 1, sizeof(LLVMValueRef));
   LLVMValueRef *wt_offs = arena_calloc(L->a, (size_t)fn->nodes.n + 1, sizeof(LLVMValueRef));
+  LLVMValueRef *gath_offs = arena_calloc(L->a, (size_t)fn->nodes.n + 1, sizeof(LLVMValueRef));
   LLVMValueRef **call_offs = arena_calloc(L->a, (size_t)fn->nodes.n + 1, sizeof(LLVMValueRef *));
   LLVMValueRef **cin_offs = arena_calloc(L->a, (size_t)fn->nodes.n + 1, sizeof(LLVMValueRef *));
   LLVMValueRef *st_offs = arena_calloc(L->a, (size_t)fn->states.n + 1, sizeof(LLVMValueRef));
   LLVMValueRef *st_tmp = arena_calloc(L->a, (size_t)fn->states.n + 1, sizeof(LLVMValueRef));
-  if (!offs || !wt_offs || !call_offs || !cin_offs || !st_offs || !st_tmp) return -1;
+  if (!offs || !wt_offs || !gath_offs || !call_offs || !cin_offs || !st_offs || !st_tmp) return -1;
   for (IrRef r = 0; r < fn->nodes.n; r++) {
     NodeInfo *n = &L->ni[r];
     const IrNode *nd = &fn->nodes.v[r];
     if (is_alias_op(nd->op)) continue;
-    LLVMValueRef rows = n->cls == CLS_CONST ? ci64(L, 1) : n->cls == CLS_TOKEN ? BT : B;
+    LLVMValueRef rows = n->cls == CLS_CONST   ? ci64(L, 1)
+                        : n->cls == CLS_STATE ? B
+                        : n->chunked          ? BTc
+                                              : BT;
     if (nd->op == IR_CALL) {
       const Inst *child = &L->insts.v[in->layer_inst[nd->index]];
       call_offs[r] = arena_calloc(L->a, (size_t)child->fn->outputs.n + 1, sizeof(LLVMValueRef));
@@ -1437,6 +1702,10 @@ static int emit_function(Lower *L, Inst *in) {
     }
     offs[r] = reserve(L, &al, mul(L, rows, ci64(L, row_floats(n))));
     if (n->gemm) wt_offs[r] = reserve(L, &al, ci64(L, packed_floats(n)));
+    if (n->gemm && n->chunked) {
+      NodeInfo *x = &L->ni[nd->args[n->gemm == 'T' ? 1 : 0]];
+      if (!x->chunked) gath_offs[r] = reserve(L, &al, mul(L, BTc, ci64(L, row_floats(x))));
+    }
   }
   for (int s = 0; s < fn->states.n; s++) {
     LLVMValueRef sz = mul(L, B, ci64(L, L->sig->states.v[in->state0 + s].numel));
@@ -1484,6 +1753,7 @@ static int emit_function(Lower *L, Inst *in) {
     default:
       if (offs[r]) n->base = gepf(L, L->scratch, offs[r]);
       if (wt_offs[r]) n->wt = gepf(L, L->scratch, wt_offs[r]);
+      if (gath_offs[r]) n->gath = gepf(L, L->scratch, gath_offs[r]);
     }
     if (!n->base && n->uses > 0) {
       diag_internal(L->de, "codegen", "node %d (%s) has no buffer", r, ir_op_info[nd->op].text);
@@ -1494,6 +1764,7 @@ static int emit_function(Lower *L, Inst *in) {
   /* Phase 0: constants, and transposed weights for the GEMMs. */
   L->r_b = ci64(L, 0);
   L->r_tok = ci64(L, 0);
+  L->r_tokc = ci64(L, 0);
   for (IrRef r = 0; r < fn->nodes.n; r++) {
     NodeInfo *n = &L->ni[r];
     const IrNode *nd = &fn->nodes.v[r];
@@ -1529,123 +1800,42 @@ static int emit_function(Lower *L, Inst *in) {
     LLVMPositionBuilderAtEnd(bld, after);
   }
 
-  /* Phase 1: everything that depends on inputs but not on state. */
-  emit_phase(L, CLS_TOKEN, NULL);
-  /* Outputs that do not depend on state are written now. */
-  {
-    RowLoop rl = {0};
-    for (int o = 0; o < fn->outputs.n; o++) {
-      IrRef v = fn->outputs.v[o].value;
-      if (v < 0 || L->ni[v].cls == CLS_STATE) continue;
-      rows_open(L, &rl, CLS_TOKEN, NULL);
-      state_copy_rows(L, ldp(L, L->a_outputs, o), L->ni[v].base, row_floats(&L->ni[v]), L->r_tok,
-                      L->ni[v].cls == CLS_CONST ? ci64(L, 0) : L->r_tok);
+  if (fn->kind == IR_FN_CELL && L->chunk_mode) {
+    /* Chunks of Tc steps: the chunk's TOKEN rows (its share of the hoisted
+     * input projections), then its steps, so those rows are read back from
+     * cache rather than from a [B*T, ...] buffer in memory. */
+    if (emit_state_init(L, in, st_offs)) return -1;
+    Loop lc;
+    LLVMValueRef nch =
+        LLVMBuildSDiv(bld, add(L, T, LLVMBuildSub(bld, L->Tc, ci64(L, 1), "")), L->Tc, "");
+    LLVMValueRef c = loop_begin(L, &lc, ci64(L, 0), nch);
+    L->t0 = mul(L, c, L->Tc);
+    LLVMValueRef rest = LLVMBuildSub(bld, T, L->t0, "");
+    L->tn = LLVMBuildSelect(bld, LLVMBuildICmp(bld, LLVMIntSLT, rest, L->Tc, ""), rest, L->Tc, "");
+    emit_phase(L, CLS_TOKEN, NULL);
+    emit_token_outputs(L);
+    Loop lt;
+    LLVMValueRef t = loop_begin(L, &lt, L->t0, add(L, L->t0, L->tn));
+    if (emit_step(L, in, t, st_offs, st_tmp)) return -1;
+    loop_end(L, &lt);
+    loop_end(L, &lc);
+  } else {
+    /* Phase 1: everything that depends on inputs but not on state. */
+    emit_phase(L, CLS_TOKEN, NULL);
+    emit_token_outputs(L);
+    if (fn->kind == IR_FN_CELL) {
+      if (emit_state_init(L, in, st_offs)) return -1;
+      /* Phase 2: the time loop over the state-dependent nodes. */
+      if (fn->states.n > 0) {
+        Loop lt;
+        LLVMValueRef t = loop_begin(L, &lt, ci64(L, 0), T);
+        if (emit_step(L, in, t, st_offs, st_tmp)) return -1;
+        loop_end(L, &lt);
+      }
     }
-    rows_close(L, &rl);
   }
 
   if (fn->kind == IR_FN_CELL) {
-    /* Initial states: state_in's row if given, else the declared value
-     * (broadcast from the init node's shape). */
-    for (int s = 0; s < fn->states.n; s++) {
-      const IrState *st = &fn->states.v[s];
-      const CgTensor *ct = &L->sig->states.v[in->state0 + s];
-      LLVMValueRef storage = gepf(L, L->scratch, st_offs[s]);
-      int g = in->state0 + s;
-      LLVMBasicBlockRef given = block(L, "sgiven"), deflt = block(L, "sdefault"),
-                        next = block(L, "snext");
-      LLVMValueRef sin_null = LLVMBuildIsNull(bld, L->a_sin, "");
-      LLVMBasicBlockRef here = LLVMGetInsertBlock(bld);
-      LLVMBasicBlockRef check = block(L, "scheck");
-      LLVMBuildCondBr(bld, sin_null, deflt, check);
-      (void)here;
-      LLVMPositionBuilderAtEnd(bld, check);
-      LLVMValueRef p = ldp(L, L->a_sin, g);
-      LLVMBuildCondBr(bld, LLVMBuildIsNull(bld, p, ""), deflt, given);
-      LLVMPositionBuilderAtEnd(bld, given);
-      LLVMBuildMemCpy(bld, storage, 4, p, 4, mul(L, mul(L, B, ci64(L, ct->numel)), ci64(L, 4)));
-      LLVMBuildBr(bld, next);
-      LLVMPositionBuilderAtEnd(bld, deflt);
-      if (st->init >= 0) {
-        /* A broadcast of the initial value (numpy rules) into each row, so
-         * that "= 0" or a [N] parameter fills an [H, N] state, and a real
-         * value fills a complex state's real parts. */
-        NodeInfo *iv = &L->ni[st->init];
-        if ((iv->w == 2 && st->type.elem != IR_COMPLEX) || iv->rank > ct->ndim) {
-          unsupported(L, st->loc, "this initial value of a state");
-          return -1;
-        }
-        Nest ns = {0};
-        ns.nops = 1;
-        ns.w[0] = iv->w;
-        ns.ow = st->type.elem == IR_COMPLEX ? 2 : 1;
-        ns.cplx = ns.ow == 2;
-        ns.ptr[0] = iv->base;
-        ns.rank = ct->ndim - (ns.ow == 2);
-        memcpy(ns.shape, ct->shape, sizeof ns.shape);
-        nest_operand(&ns, 0, iv->rank, iv->shape);
-        Loop lb;
-        LLVMValueRef b = loop_begin(L, &lb, ci64(L, 0), B);
-        LLVMValueRef row = gepf(L, storage, mul(L, b, ci64(L, ct->numel)));
-        LLVMValueRef z[4] = {ci64(L, 0), ci64(L, 0), ci64(L, 0), ci64(L, 0)};
-        emit_ew_nest(L, IR_BROADCAST, &ns, row, 0, z, ci64(L, 0));
-        loop_end(L, &lb);
-      }
-      LLVMBuildBr(bld, next);
-      LLVMPositionBuilderAtEnd(bld, next);
-    }
-
-    /* Phase 2: the time loop over the state-dependent nodes. */
-    int any_state_work = fn->states.n > 0;
-    if (any_state_work) {
-      Loop lt;
-      LLVMValueRef t = loop_begin(L, &lt, ci64(L, 0), T);
-      emit_phase(L, CLS_STATE, t);
-      /* Per active example: outputs of this step, then the new states. */
-      RowLoop rl = {0};
-      rows_open(L, &rl, CLS_STATE, t);
-      LLVMValueRef len = len_of(L, L->r_b);
-      LLVMBasicBlockRef act = block(L, "active"), skip = block(L, "inactive");
-      LLVMBuildCondBr(bld, LLVMBuildICmp(bld, LLVMIntSLT, t, len, ""), act, skip);
-      LLVMPositionBuilderAtEnd(bld, act);
-      for (int o = 0; o < fn->outputs.n; o++) {
-        IrRef v = fn->outputs.v[o].value;
-        if (v < 0 || L->ni[v].cls != CLS_STATE) continue;
-        state_copy_rows(L, ldp(L, L->a_outputs, o), L->ni[v].base, row_floats(&L->ni[v]), L->r_tok,
-                        L->r_b);
-      }
-      /* A new value that is another state's old value (a shift register,
-       * "a' = b") reads that state's storage, which this loop may already
-       * have overwritten: such rows go through a per-state temporary first. */
-      for (int s = 0; s < fn->states.n; s++) {
-        const IrState *st = &fn->states.v[s];
-        int j = st->next >= 0 ? state_alias(L, st->next) : -1;
-        if (j < 0 || j == s) continue;
-        state_copy_rows(L, gepf(L, L->scratch, st_tmp[s]), L->ni[st->next].base,
-                        L->sig->states.v[in->state0 + s].numel, L->r_b, L->r_b);
-      }
-      for (int s = 0; s < fn->states.n; s++) {
-        const IrState *st = &fn->states.v[s];
-        if (st->next < 0) continue;
-        int j = state_alias(L, st->next);
-        if (j == s) continue; /* carried unchanged */
-        NodeInfo *nv = &L->ni[st->next];
-        int64_t floats = L->sig->states.v[in->state0 + s].numel;
-        if (row_floats(nv) != floats) {
-          unsupported(L, st->loc, "a state update of a different size or type than the state");
-          return -1;
-        }
-        LLVMValueRef src = j >= 0 ? gepf(L, L->scratch, st_tmp[s]) : nv->base;
-        LLVMValueRef srow = j >= 0 || nv->cls == CLS_STATE ? L->r_b
-                            : nv->cls == CLS_TOKEN         ? L->r_tok
-                                                           : ci64(L, 0);
-        state_copy_rows(L, gepf(L, L->scratch, st_offs[s]), src, floats, L->r_b, srow);
-      }
-      LLVMBuildBr(bld, skip);
-      LLVMPositionBuilderAtEnd(bld, skip);
-      rows_close(L, &rl);
-      loop_end(L, &lt);
-    }
     /* Final states. */
     for (int s = 0; s < fn->states.n; s++) {
       const CgTensor *ct = &L->sig->states.v[in->state0 + s];
