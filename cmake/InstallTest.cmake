@@ -39,7 +39,7 @@ if(NOT rc EQUAL 0 OR NOT flags MATCHES "-lseq")
   message(FATAL_ERROR "pkg-config --cflags --libs seq: '${flags}'")
 endif()
 separate_arguments(flags UNIX_COMMAND "${flags}")
-run("cc with pkg-config" ${CC} -std=c11 -o ${WORK_DIR}/jit_lstm_pc ${host} ${flags}
+run("cc with pkg-config" ${CC} -std=c11 ${HOST_FLAGS} -o ${WORK_DIR}/jit_lstm_pc ${host} ${flags}
     -Wl,-rpath,${libdir})
 run("run (pkg-config build)" ${WORK_DIR}/jit_lstm_pc ${model_args})
 
@@ -52,7 +52,7 @@ add_executable(jit_lstm ${host})
 target_link_libraries(jit_lstm PRIVATE seq::seq)
 ")
 run("configure with find_package(seq)" ${CMAKE_COMMAND} -S ${WORK_DIR}/proj -B ${WORK_DIR}/proj/build
-    -DCMAKE_PREFIX_PATH=${prefix} -DCMAKE_C_COMPILER=${CC})
+    -DCMAKE_PREFIX_PATH=${prefix} -DCMAKE_C_COMPILER=${CC} "-DCMAKE_C_FLAGS=${HOST_FLAGS}")
 run("build with find_package(seq)" ${CMAKE_COMMAND} --build ${WORK_DIR}/proj/build)
 run("run (find_package build)" ${WORK_DIR}/proj/build/jit_lstm ${model_args})
 file(REMOVE_RECURSE ${WORK_DIR})

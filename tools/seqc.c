@@ -687,14 +687,24 @@ static int cmd_compile(const Options *o, IrModule *mod, Arena *arena, DiagEngine
   return rc;
 }
 
+static void free_options(Options *o) {
+  for (int i = 0; i < o->nins; i++) free((void *)o->ins[i].name);
+  for (int i = 0; i < o->nouts; i++) free((void *)o->outs[i].name);
+  for (int i = 0; i < o->nexpects; i++) free((void *)o->expects[i].name);
+}
+
 int main(int argc, char **argv) {
   Options o;
   int rc = parse_args(argc, argv, &o);
-  if (rc) return rc;
+  if (rc) {
+    free_options(&o);
+    return rc;
+  }
 
   Arena *arena = arena_create();
   if (!arena) {
     fprintf(stderr, "seqc: error: out of memory\n");
+    free_options(&o);
     return 1;
   }
   DiagEngine de;
@@ -704,6 +714,7 @@ int main(int argc, char **argv) {
 
   DimArgs dims;
   if (parse_dims(arena, o.dims_arg, &dims)) {
+    free_options(&o);
     arena_destroy(arena);
     return 2;
   }
@@ -742,9 +753,7 @@ int main(int argc, char **argv) {
   if (de.nerrors > de.max_errors)
     fprintf(stderr, "seqc: %d errors in all (only the first %d shown)\n", de.nerrors,
             de.max_errors);
-  for (int i = 0; i < o.nins; i++) free((void *)o.ins[i].name);
-  for (int i = 0; i < o.nouts; i++) free((void *)o.outs[i].name);
-  for (int i = 0; i < o.nexpects; i++) free((void *)o.expects[i].name);
+  free_options(&o);
   arena_destroy(arena);
   return rc;
 }

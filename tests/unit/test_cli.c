@@ -84,6 +84,7 @@ static int setup(void **state) {
   const char *names[] = {"a"};
   snprintf(path, sizeof path, "%s/w.safetensors", dir);
   assert_int_equal(rt_st_write(path, 1, names, &w, &err), 0);
+  rt_tensor_free(&w);
   /* Expected with h0 and lengths: batch 0: 6, 4, 3 ; batch 1: 1, then zeros. */
   double y[12] = {6, 6, 4, 4, 3, 3, 1, 1, 0, 0, 0, 0};
   write_npy("y_expected.npy", RT_F32, 3, (int64_t[]){2, 3, 2}, y);
