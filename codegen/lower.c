@@ -85,6 +85,10 @@ typedef struct Lower {
    * TOKEN nodes are computed per chunk (see emit_function) */
   int chunk_mode;
   LLVMValueRef Tc, t0, tn;
+  /* fused element loops (emit_fused): per node, its value in the current
+   * iteration if it belongs to the group being emitted */
+  LLVMValueRef *fval;
+  char *fmember;
 } Lower;
 
 static void unsupported(Lower *L, SrcLoc loc, const char *what) {
@@ -1276,6 +1280,99 @@ static void emit_causal_conv(Lower *L, IrRef r) {
   loop_end(L, &lb);
 }
 
+/* ---- fused element loops ------------------------------------------------
+ * Within a row, a run of real elementwise nodes of one size N (and slices
+ * that are a contiguous piece of their operand, such as LSTM's four gates)
+ * becomes one loop over N elements instead of a loop per node: values pass
+ * between the nodes in registers, and only those read outside the run (by
+ * later nodes, outputs or state updates) are stored. For LSTM that turns the
+ * 13 loops of the gate nonlinearities and the state update into one. */
+
+static int fusable(Lower *L, int phase, IrRef r, int64_t N) {
+  const IrNode *nd = &L->fn->nodes.v[r];
+  NodeInfo *n = &L->ni[r];
+  if (n->cls != phase || n->gemm || n->w != 1 || n->is_int || n->numel != N || n->uses == 0)
+    return 0;
+  if (nd->op == IR_SLICE || nd->op == IR_INDEX) {
+    NodeInfo *x = &L->ni[nd->args[0]];
+    int64_t outer, len, inner;
+    if (x->w != 1 || x->is_int) return 0;
+    outer_inner(x, nd->axis, &outer, &len, &inner);
+    return outer == 1;
+  }
+  if (!(ir_op_info[nd->op].flags & IRF_EW) && nd->op != IR_BROADCAST) return 0;
+  if (nd->op == IR_CPLX || nd->op == IR_RE || nd->op == IR_IM || nd->op == IR_CONJ) return 0;
+  if (nd->nargs < 1 || nd->nargs > 2) return 0;
+  for (int j = 0; j < nd->nargs; j++) {
+    NodeInfo *a = &L->ni[nd->args[j]];
+    if (a->w != 1 || a->is_int || (a->numel != N && a->numel != 1)) return 0;
+  }
+  return 1;
+}
+
+/* Whether node r is emitted by emit_phase in this phase (not skipped). */
+static int in_phase(Lower *L, int phase, IrRef r) {
+  const IrNode *nd = &L->fn->nodes.v[r];
+  NodeInfo *n = &L->ni[r];
+  return n->cls == phase && !is_alias_op(nd->op) && (n->uses > 0 || nd->op == IR_CALL);
+}
+
+/* The last node of the fusable run that starts at r, or r if the run has
+ * one node. */
+static IrRef fused_run_end(Lower *L, int phase, IrRef r) {
+  int64_t N = L->ni[r].numel;
+  if (!fusable(L, phase, r, N)) return r;
+  IrRef last = r;
+  for (IrRef q = r + 1; q < L->fn->nodes.n; q++) {
+    if (!in_phase(L, phase, q)) continue;
+    if (!fusable(L, phase, q, N)) break;
+    last = q;
+  }
+  return last;
+}
+
+static LLVMValueRef fused_operand(Lower *L, IrRef a, LLVMValueRef k) {
+  if (L->fmember[a]) return L->fval[a];
+  return ldf(L, rowptr(L, a), L->ni[a].numel == 1 ? ci64(L, 0) : k);
+}
+
+static void emit_fused(Lower *L, int phase, IrRef first, IrRef last) {
+  const IrFunc *fn = L->fn;
+  int64_t N = L->ni[first].numel;
+  for (IrRef r = first; r <= last; r++) L->fmember[r] = in_phase(L, phase, r);
+  Loop lk;
+  LLVMValueRef k = loop_begin(L, &lk, ci64(L, 0), ci64(L, N));
+  for (IrRef r = first; r <= last; r++) {
+    if (!L->fmember[r]) continue;
+    const IrNode *nd = &fn->nodes.v[r];
+    LLVMValueRef v;
+    if (nd->op == IR_SLICE || nd->op == IR_INDEX) {
+      NodeInfo *x = &L->ni[nd->args[0]];
+      int64_t outer, len, inner, start = 0;
+      outer_inner(x, nd->axis, &outer, &len, &inner);
+      if (dim_eval(nd->start, L->in->dims, &start) != 0) start = 0;
+      v = ldf(L, rowptr(L, nd->args[0]), add(L, k, ci64(L, start * inner)));
+    } else if (nd->nargs == 1) {
+      v = emit_unary(L, nd->op, fused_operand(L, nd->args[0], k));
+    } else {
+      v = emit_binary(L, nd->op, fused_operand(L, nd->args[0], k),
+                      fused_operand(L, nd->args[1], k));
+    }
+    L->fval[r] = v;
+    /* Stored only if something outside the run reads it. */
+    int inside = 0;
+    for (IrRef q = r + 1; q <= last; q++)
+      if (L->fmember[q])
+        for (int j = 0; j < fn->nodes.v[q].nargs; j++) inside += fn->nodes.v[q].args[j] == r;
+    if (inside < L->ni[r].uses) stf(L, v, rowptr(L, r), k);
+  }
+  loop_end(L, &lk);
+  for (IrRef r = first; r <= last; r++) {
+    L->fmember[r] = 0;
+    L->fval[r] = NULL;
+  }
+}
+
 /* Emits all nodes of `phase` in order, fusing runs of row-wise nodes into one
  * loop and breaking it for GEMMs, CALLs and causal convolutions. */
 static void emit_phase(Lower *L, int phase, LLVMValueRef t) {
@@ -1301,6 +1398,12 @@ static void emit_phase(Lower *L, int phase, LLVMValueRef t) {
       continue;
     }
     rows_open(L, &rl, phase, t);
+    IrRef last = fused_run_end(L, phase, r);
+    if (last > r) {
+      emit_fused(L, phase, r, last);
+      r = last;
+      continue;
+    }
     emit_row(L, r);
   }
   rows_close(L, &rl);
@@ -1553,6 +1656,9 @@ static int emit_function(Lower *L, Inst *in) {
   L->fn = in->fn;
   const IrFunc *fn = in->fn;
   if (plan_nodes(L)) return -1;
+  L->fval = arena_calloc(L->a, (size_t)fn->nodes.n + 1, sizeof(LLVMValueRef));
+  L->fmember = arena_calloc(L->a, (size_t)fn->nodes.n + 1, 1);
+  if (!L->fval || !L->fmember) return -1;
   int64_t chunk_floats = plan_chunks(L);
   LLVMBuilderRef bld = L->bld;
   L->fv = in->llfn;
