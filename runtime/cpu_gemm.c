@@ -169,7 +169,8 @@ static void gemm_range(int64_t i0, int64_t i1, int64_t p0, int64_t p1, int64_t N
           TAIL(2)
           TAIL(3)
           TAIL(4)
-          TAIL(5) TAIL(6) TAIL(7) TAIL(8) TAIL(9) TAIL(10) TAIL(11)
+          TAIL(5)
+          TAIL(6) TAIL(7) TAIL(8) TAIL(9) TAIL(10) TAIL(11)
 #undef TAIL
               default : break;
         }
@@ -210,9 +211,12 @@ void rt_cpu_sgemm_packed(int64_t M, int64_t N, int64_t K, const float *A, int64_
   }
   int64_t panels = (N + NR - 1) / NR;
   int nt = rt_cpu_get_num_threads();
-  /* Below ~1M multiply-adds (a few hundred nanoseconds of work per thread)
-   * the hand-off to another core costs more than it saves. */
-  if (nt <= 1 || (double)M * (double)N * (double)K < 1048576.0) {
+  /* Below ~4M multiply-adds (about 25 us of work) the hand-off to another
+   * core, and waiting for it when that core is busy with something else,
+   * costs more than it saves: measured on the LSTM step, [8, 256] @ [256,
+   * 1024] (2M) ran a third slower on two threads than on one, [64, 256] @
+   * [256, 1024] (16M) gains. */
+  if (nt <= 1 || (double)M * (double)N * (double)K < 4194304.0) {
     gemm_range(0, M, 0, panels, N, K, A, lda, Bp, C, ldc);
     return;
   }

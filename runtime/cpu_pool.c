@@ -13,7 +13,12 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 
-#define SPIN_ITERS 200000
+/* About 20-40 us of spinning: enough to bridge the elementwise work between
+ * two steps' GEMMs, short enough that a spinning worker does not take many
+ * time slices from the caller when the machine has no idle core (at 200000
+ * spins, two threads ran the LSTM a fifth slower than one on a loaded
+ * 2-vCPU machine; at 20000 the same). */
+#define SPIN_ITERS 20000
 
 typedef struct Pool {
   pthread_mutex_t lock; /* guards sleeping and the worker list */
