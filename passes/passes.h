@@ -102,4 +102,28 @@ int rewrite_module(Arena *a, const IrModule *m, IrModule **out, DiagEngine *de);
 int rewrite_root(Arena *a, const IrModule *m, const IrFunc *root, IrModule **out,
                  const IrFunc **root_out, DiagEngine *de);
 
+/* ---- jacobian.c: forward-mode derivatives of a cell's step ------------- */
+
+/* Builds in m a new cell "<cell>.jvp" computing the tangent map of the step
+ * (ALGORITHMS.md §4): ds -> J_t ds, J_t = d next / d state at (state, x_t),
+ * all states jointly. It has cell's dims, params and states (same init and
+ * next, so a run follows the primal trajectory), cell's inputs followed by
+ * one input "d<state>" per state (the tangent, the state's type), and the
+ * outputs "<state>'" (next) for every state, then "d<state>'" (J_t ds) for
+ * every state. One rule per op (jacobian.c); an op with no derivative in a
+ * step (a sequence-level op) or a model is a diagnostic. The new function is
+ * verified. Returns 0 and *out, or -1 with a diagnostic. */
+int jacobian_jvp_cell(Arena *a, IrModule *m, const IrFunc *cell, IrFunc **out, DiagEngine *de);
+/* Builds "<cell>.diag": the diagonals of the blocks of J_t for quasi-DEER.
+ * Same dims, params, inputs and states as cell; outputs "<state>'" for
+ * every state, then for every state j and every state k of j's type the
+ * elementwise derivative of next_k[i] by state_j[i], named "d<k>'/d<j>"
+ * (zero if next_k does not read state j). Derived by per-op rules for
+ * elementwise ops only: a path from a state through an op that mixes its
+ * elements (a product, a reduction over its axes, a norm, broadcasting it),
+ * or from a state to the next of a state of another type, means the block is
+ * not diagonal, and that is a diagnostic naming the op. For complex states
+ * the entry is the complex derivative (real-linear ops are refused). */
+int jacobian_diag_cell(Arena *a, IrModule *m, const IrFunc *cell, IrFunc **out, DiagEngine *de);
+
 #endif
