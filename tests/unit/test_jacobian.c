@@ -426,12 +426,94 @@ static void test_sequence_op_in_step(void **state) {
   arena_destroy(a);
 }
 
+/* ---- kinks: the documented subgradients, exactly ---------------------------- */
+
+/* At points where finite differences cannot judge: relu, |x| and max/min
+ * at 0 and on ties, amax on a tie, gelu at 0, |z| of a complex 0. */
+static void test_kinks(void **state) {
+  (void)state;
+  const char *src = "cell Kinks() {\n"
+                    "  state h: [4] = 0\n"
+                    "  state z: complex [4] = 0\n"
+                    "  state r: [4] = 0\n  state a: [4] = 0\n  state g: [4] = 0\n"
+                    "  state mx: [4] = 0\n  state mn: [4] = 0\n  state k: [] = 0\n"
+                    "  state q: [4] = 0\n"
+                    "  step {\n"
+                    "    h' = h\n    z' = z\n"
+                    "    r' = relu(h)\n    a' = abs(h)\n    g' = gelu(h)\n"
+                    "    mx' = max(h, 0.0)\n    mn' = min(h, 0.0)\n    k' = max(h)\n"
+                    "    q' = abs(z)\n"
+                    "  }\n}\n";
+  Compiled c;
+  c.arena = arena_create();
+  assert_non_null(c.arena);
+  srcmgr_init(&c.sm, c.arena);
+  diag_init(&c.de, c.arena, stderr);
+  c.m = seq_compile_string(c.arena, &c.sm, &c.de, "kinks.seq", src, NULL);
+  assert_non_null(c.m);
+  const IrFunc *cell = c.m->funcs.v[c.m->entry];
+  IrFunc *jvp = NULL;
+  assert_int_equal(jacobian_jvp_cell(c.arena, c.m, cell, &jvp, &c.de), 0);
+  IrBinding b;
+  assert_int_equal(ir_binding_init(&b, c.arena, c.m, cell, &c.de), 0);
+  assert_int_equal(ir_binding_infer(&b, NULL, NULL, NULL, NULL, &c.de), 0);
+  int ns = cell->states.n;
+  assert_int_equal(ns, 9);
+  RtTensor *s0 = arena_calloc(c.arena, (size_t)ns, sizeof *s0);
+  RtTensor *ins = arena_calloc(c.arena, (size_t)ns, sizeof *ins);
+  RtTensor *outs = arena_calloc(c.arena, (size_t)(2 * ns), sizeof *outs);
+  assert_true(s0 && ins && outs);
+  for (int k = 0; k < ns; k++) {
+    s0[k] = tensor(&b, cell->states.v[k].type, 1, 0, 0);
+    RtTensor ds = tensor(&b, cell->states.v[k].type, 1, 0, 0);
+    ins[k] = as_step_input(&ds);
+    rt_tensor_free(&ds);
+  }
+  const double h[4] = {0, 1, 1, -1}, dh[4] = {1, 2, 4, 8};
+  const double z[8] = {0, 0, 3, 4, 0, 0, 0, 0}, dz[8] = {1, 1, 1, 0, 0, 0, 0, 0};
+  for (int i = 0; i < B * 4; i++) {
+    dat(&s0[0])[i] = h[i % 4];
+    dat(&ins[0])[i] = dh[i % 4];
+  }
+  for (int i = 0; i < B * 8; i++) {
+    dat(&s0[1])[i] = z[i % 8];
+    dat(&ins[1])[i] = dz[i % 8];
+  }
+  assert_int_equal(run(&b, jvp, ins, s0, outs, NULL, &c.de), 0);
+  const double Phi1 = 0.84134474606854293, phi1 = 0.24197072451914337;
+  const struct {
+    int state;
+    double want[4];
+  } cases[] = {
+      {2, {0, 2, 4, 0}},  /* relu: slope 0 at 0 */
+      {3, {0, 2, 4, -8}}, /* |x|: slope 0 at 0 */
+      {4, {0.5, 2 * (Phi1 + phi1), 4 * (Phi1 + phi1), 8 * (1 - Phi1 - phi1)}}, /* gelu */
+      {5, {0, 2, 4, 0}},   /* max(h, 0): a tie takes 0's branch */
+      {6, {0, 0, 0, 8}},   /* min(h, 0): likewise */
+      {8, {0, 0.6, 0, 0}}, /* |z|: re(conj(z) dz) / |z|, 0 at z = 0 */
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    const double *got = dat(&outs[ns + cases[i].state]);
+    for (int e = 0; e < 4; e++)
+      if (!(fabs(got[e] - cases[i].want[e]) <= 1e-12))
+        fail_msg("%s: element %d is %.17g, not %.17g", jvp->outputs.v[ns + cases[i].state].name, e,
+                 got[e], cases[i].want[e]);
+  }
+  /* amax with two maxima: the mean of their tangents. */
+  assert_true(fabs(dat(&outs[ns + 7])[0] - 3.0) <= 1e-12);
+  free_all(s0, ns);
+  free_all(ins, ns);
+  free_all(outs, 2 * ns);
+  arena_destroy(c.arena);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_finite_differences),
       cmocka_unit_test(test_golden),
       cmocka_unit_test(test_refusals),
       cmocka_unit_test(test_sequence_op_in_step),
+      cmocka_unit_test(test_kinks),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
