@@ -50,9 +50,11 @@ typedef struct NodeInfo {
   int inplace; /* reuses operand 0's buffer */
   int chunked; /* a TOKEN scratch buffer holding one time chunk: rows b*Tc + j */
   int64_t gemm_k, gemm_n;
+  int cgemm;          /* 'T' with a complex constant W: run as a real GEMM on W's real form (wr) */
   LLVMValueRef base;  /* float* (i32* for int inputs) */
   LLVMValueRef wt;    /* transposed weight for 'T' */
   LLVMValueRef gath;  /* chunked TOKEN GEMM over a whole-sequence operand: its chunk's rows */
+  LLVMValueRef wr;    /* cgemm: the real [gemm_n, gemm_k] form of the complex weight */
   LLVMValueRef *outs; /* CALL: one buffer per callee output */
   LLVMValueRef *cins; /* CALL: [B*T] copies of inputs that do not vary over time */
 } NodeInfo;
@@ -1059,7 +1061,19 @@ static void plan_gemm(Lower *L, IrRef r) {
   NodeInfo *n = &L->ni[r];
   if (nd->op != IR_MATMUL || n->cls == CLS_CONST) return;
   NodeInfo *x = &L->ni[nd->args[0]], *y = &L->ni[nd->args[1]];
-  if (n->w != 1 || x->w != 1 || y->w != 1) return; /* complex: per row */
+  /* A complex constant matrix times a vector (LRU's B x, S5's C s): a
+   * complex product is a real one with the real form of W, [2N, K] for a
+   * real vector (rows re, im of each output) or [2N, 2K] for a complex one
+   * (the 2x2 blocks [re -im; im re]), on interleaved (re, im) floats. */
+  if (n->w == 2 && x->w == 2 && x->cls == CLS_CONST && x->rank == 2 && y->cls == n->cls &&
+      y->rank == 1) {
+    n->gemm = 'T';
+    n->cgemm = 1;
+    n->gemm_k = x->shape[1] * y->w;
+    n->gemm_n = x->shape[0] * 2;
+    return;
+  }
+  if (n->w != 1 || x->w != 1 || y->w != 1) return; /* other complex products: per row */
   if (x->cls == CLS_CONST && x->rank == 2 && y->cls == n->cls && y->rank == 1) {
     n->gemm = 'T';
     n->gemm_k = x->shape[1];
@@ -1171,6 +1185,32 @@ static int64_t packed_floats(const NodeInfo *n) {
   return (n->gemm_n + RT_CPU_PACK_NR - 1) / RT_CPU_PACK_NR * RT_CPU_PACK_NR * n->gemm_k;
 }
 
+/* n->wr = the real form of a cgemm's complex weight W[N, K] (see
+ * plan_gemm): row 2n + c is output part c (re, im) of W[n] @ y. */
+static void emit_complex_real_form(Lower *L, IrRef r) {
+  const IrNode *nd = &L->fn->nodes.v[r];
+  NodeInfo *n = &L->ni[r], *w = &L->ni[nd->args[0]], *y = &L->ni[nd->args[1]];
+  int64_t N = w->shape[0], K = w->shape[1], Kr = n->gemm_k;
+  Loop ln, lk;
+  LLVMValueRef i = loop_begin(L, &ln, ci64(L, 0), ci64(L, N));
+  LLVMValueRef k = loop_begin(L, &lk, ci64(L, 0), ci64(L, K));
+  Cx v = ldc(L, w->base, add(L, mul(L, i, ci64(L, K)), k), 2);
+  LLVMValueRef row_re = mul(L, mul(L, i, ci64(L, 2)), ci64(L, Kr));
+  LLVMValueRef row_im = add(L, row_re, ci64(L, Kr));
+  if (y->w == 1) {
+    stf(L, v.re, n->wr, add(L, row_re, k));
+    stf(L, v.im, n->wr, add(L, row_im, k));
+  } else {
+    LLVMValueRef c = mul(L, k, ci64(L, 2)), c1 = add(L, c, ci64(L, 1));
+    stf(L, v.re, n->wr, add(L, row_re, c));
+    stf(L, LLVMBuildFNeg(L->bld, v.im, ""), n->wr, add(L, row_re, c1));
+    stf(L, v.im, n->wr, add(L, row_im, c));
+    stf(L, v.re, n->wr, add(L, row_im, c1));
+  }
+  loop_end(L, &lk);
+  loop_end(L, &ln);
+}
+
 /* Copies the current chunk's rows of a whole-sequence GEMM operand (a root
  * input) into n->gath, so the chunk's product is one GEMM over B*Tc rows. */
 static void emit_gather(Lower *L, IrRef r) {
@@ -1189,7 +1229,7 @@ static void emit_gemm(Lower *L, IrRef r, LLVMValueRef rows) {
   NodeInfo *n = &L->ni[r];
   IrRef xv = n->gemm == 'T' ? nd->args[1] : nd->args[0];
   NodeInfo *x = &L->ni[xv];
-  int64_t per_row = n->gemm_k ? x->numel / n->gemm_k : 0;
+  int64_t per_row = n->gemm_k ? row_floats(x) / n->gemm_k : 0;
   LLVMValueRef M = mul(L, rows, ci64(L, per_row));
   LLVMValueRef A = x->base;
   if (n->gath) {
@@ -1757,11 +1797,13 @@ static int emit_function(Lower *L, Inst *in) {
   LLVMValueRef *offs = arena_calloc(L->a, (size_t)fn->nodes.n + 1, sizeof(LLVMValueRef));
   LLVMValueRef *wt_offs = arena_calloc(L->a, (size_t)fn->nodes.n + 1, sizeof(LLVMValueRef));
   LLVMValueRef *gath_offs = arena_calloc(L->a, (size_t)fn->nodes.n + 1, sizeof(LLVMValueRef));
+  LLVMValueRef *wr_offs = arena_calloc(L->a, (size_t)fn->nodes.n + 1, sizeof(LLVMValueRef));
   LLVMValueRef **call_offs = arena_calloc(L->a, (size_t)fn->nodes.n + 1, sizeof(LLVMValueRef *));
   LLVMValueRef **cin_offs = arena_calloc(L->a, (size_t)fn->nodes.n + 1, sizeof(LLVMValueRef *));
   LLVMValueRef *st_offs = arena_calloc(L->a, (size_t)fn->states.n + 1, sizeof(LLVMValueRef));
   LLVMValueRef *st_tmp = arena_calloc(L->a, (size_t)fn->states.n + 1, sizeof(LLVMValueRef));
-  if (!offs || !wt_offs || !gath_offs || !call_offs || !cin_offs || !st_offs || !st_tmp) return -1;
+  if (!offs || !wt_offs || !gath_offs || !wr_offs || !call_offs || !cin_offs || !st_offs || !st_tmp)
+    return -1;
   for (IrRef r = 0; r < fn->nodes.n; r++) {
     NodeInfo *n = &L->ni[r];
     const IrNode *nd = &fn->nodes.v[r];
@@ -1808,6 +1850,7 @@ static int emit_function(Lower *L, Inst *in) {
     }
     offs[r] = reserve(L, &al, mul(L, rows, ci64(L, row_floats(n))));
     if (n->gemm) wt_offs[r] = reserve(L, &al, ci64(L, packed_floats(n)));
+    if (n->cgemm) wr_offs[r] = reserve(L, &al, ci64(L, n->gemm_n * n->gemm_k));
     if (n->gemm && n->chunked) {
       NodeInfo *x = &L->ni[nd->args[n->gemm == 'T' ? 1 : 0]];
       if (!x->chunked) gath_offs[r] = reserve(L, &al, mul(L, BTc, ci64(L, row_floats(x))));
@@ -1860,6 +1903,7 @@ static int emit_function(Lower *L, Inst *in) {
       if (offs[r]) n->base = gepf(L, L->scratch, offs[r]);
       if (wt_offs[r]) n->wt = gepf(L, L->scratch, wt_offs[r]);
       if (gath_offs[r]) n->gath = gepf(L, L->scratch, gath_offs[r]);
+      if (wr_offs[r]) n->wr = gepf(L, L->scratch, wr_offs[r]);
     }
     if (!n->base && n->uses > 0) {
       diag_internal(L->de, "codegen", "node %d (%s) has no buffer", r, ir_op_info[nd->op].text);
@@ -1883,10 +1927,18 @@ static int emit_function(Lower *L, Inst *in) {
        * for W @ x (trans), W[K,N] for x @ W. */
       int tr = n->gemm == 'T';
       IrRef w = fn->nodes.v[r].args[tr ? 0 : 1];
+      LLVMValueRef wb = L->ni[w].base;
+      if (n->cgemm) {
+        emit_complex_real_form(L, r);
+        wb = n->wr;
+      }
       LLVMTypeRef pt[6] = {L->i64, L->i64, L->ptr, L->i64, L->i32, L->ptr};
-      LLVMValueRef args[6] = {ci64(L, n->gemm_k), ci64(L, n->gemm_n),
-                              L->ni[w].base,      ci64(L, tr ? n->gemm_k : n->gemm_n),
-                              ci32(L, tr),        n->wt};
+      LLVMValueRef args[6] = {ci64(L, n->gemm_k),
+                              ci64(L, n->gemm_n),
+                              wb,
+                              ci64(L, tr ? n->gemm_k : n->gemm_n),
+                              ci32(L, tr),
+                              n->wt};
       call_fn(L, "rt_cpu_pack_b", L->void_t, pt, 6, args);
     }
   }
