@@ -553,8 +553,8 @@ static int start(Jac *J, Arena *a, IrModule *m, const IrFunc *src, const char *s
   J->tan = arena_calloc(a, (size_t)nn + 1, sizeof *J->tan);
   J->live = arena_calloc(a, (size_t)nn + 1, 1);
   IrFunc *f = name ? ir_func_new(m, name, IR_FN_CELL, src->loc) : NULL;
-  if (!J->val || !J->tan || !J->live || !f) goto oom;
   J->dst = f;
+  if (!J->val || !J->tan || !J->live || !f) goto oom;
   f->doc = src->doc;
   for (int i = 0; i < src->dims.n; i++)
     if (vec_push(a, &f->dims, src->dims.v[i])) goto oom;
@@ -604,17 +604,37 @@ static int add_next_outputs(Jac *J) {
   return 0;
 }
 
-static int finish(Jac *J, IrModule *m, IrFunc **out) {
-  if (J->failed) return -1;
-  if (ir_verify(m, J->de, J->diag ? "jacobian (diag)" : "jacobian (jvp)")) return -1;
-  *out = J->dst;
+/* Verifies a finished function; a failed build leaves no half-built
+ * function in the module. */
+static int settle(Jac *J, IrModule *m, int rc, IrFunc **out) {
+  if (rc == 0 && !J->failed &&
+      ir_verify(m, J->de, J->diag ? "jacobian (diag)" : "jacobian (jvp)") == 0) {
+    if (out) *out = J->dst;
+    return 0;
+  }
+  if (J->dst && m->funcs.n > 0 && m->funcs.v[m->funcs.n - 1] == J->dst) m->funcs.n--;
+  return -1;
+}
+
+/* Building twice gives the function built the first time. */
+static int built_before(IrModule *m, const IrFunc *cell, const char *suffix, IrFunc **out) {
+  if (!cell || cell->kind != IR_FN_CELL) return 0;
+  for (int i = 0; i < m->funcs.n; i++) {
+    const char *n = m->funcs.v[i]->name;
+    size_t len = strlen(cell->name);
+    if (strncmp(n, cell->name, len) == 0 && n[len] == '.' && strcmp(n + len + 1, suffix) == 0) {
+      if (out) *out = m->funcs.v[i];
+      return 1;
+    }
+  }
   return 0;
 }
 
 int jacobian_jvp_cell(Arena *a, IrModule *m, const IrFunc *cell, IrFunc **out, DiagEngine *de) {
   Jac J;
   if (out) *out = NULL;
-  if (start(&J, a, m, cell, "jvp", de)) return -1;
+  if (built_before(m, cell, "jvp", out)) return 0;
+  if (start(&J, a, m, cell, "jvp", de)) return settle(&J, m, -1, out);
   IrFunc *f = J.dst;
   int ns = f->states.n;
   /* One tangent input per state, after the cell's own inputs. */
@@ -623,7 +643,7 @@ int jacobian_jvp_cell(Arena *a, IrModule *m, const IrFunc *cell, IrFunc **out, D
     IrInput in = {arena_printf(a, "d%s", st->name), st->type, st->loc};
     if (!in.name || vec_push(a, &f->inputs, in)) {
       diag_error(de, cell->loc, "out of memory");
-      return -1;
+      return settle(&J, m, -1, out);
     }
     IrNode p = {0};
     p.op = IR_INPUT;
@@ -633,7 +653,7 @@ int jacobian_jvp_cell(Arena *a, IrModule *m, const IrFunc *cell, IrFunc **out, D
       if (cell->nodes.v[i].op == IR_STATE && cell->nodes.v[i].index == k && J.live[i])
         J.tan[i] = emit(&J, &p, 0, NULL);
   }
-  if (J.failed || differentiate(&J)) return -1;
+  if (J.failed || differentiate(&J)) return settle(&J, m, -1, out);
   if (add_next_outputs(&J)) goto oom;
   for (int k = 0; k < ns; k++) {
     const IrState *st = &f->states.v[k];
@@ -642,16 +662,17 @@ int jacobian_jvp_cell(Arena *a, IrModule *m, const IrFunc *cell, IrFunc **out, D
     if (t == IR_NONE) t = filled(&J, st->type, 0.0);
     if (add_output(&J, arena_printf(a, "d%s'", st->name), t, st->loc)) goto oom;
   }
-  return finish(&J, m, out);
+  return settle(&J, m, 0, out);
 oom:
   if (!J.failed) diag_error(de, cell->loc, "out of memory");
-  return -1;
+  return settle(&J, m, -1, out);
 }
 
 int jacobian_diag_cell(Arena *a, IrModule *m, const IrFunc *cell, IrFunc **out, DiagEngine *de) {
   Jac J;
   if (out) *out = NULL;
-  if (start(&J, a, m, cell, "diag", de)) return -1;
+  if (built_before(m, cell, "diag", out)) return 0;
+  if (start(&J, a, m, cell, "diag", de)) return settle(&J, m, -1, out);
   IrFunc *f = J.dst;
   int ns = f->states.n;
   J.diag = 1;
@@ -666,7 +687,7 @@ int jacobian_diag_cell(Arena *a, IrModule *m, const IrFunc *cell, IrFunc **out, 
     for (IrRef i = 0; i < cell->nodes.n; i++)
       if (cell->nodes.v[i].op == IR_STATE && cell->nodes.v[i].index == j && J.live[i])
         J.tan[i] = ones;
-    if (J.failed || differentiate(&J)) return -1;
+    if (J.failed || differentiate(&J)) return settle(&J, m, -1, out);
     for (int k = 0; k < ns; k++) {
       const IrState *sk = &f->states.v[k], *sj = &f->states.v[j];
       IrRef t = J.tan[cell->states.v[k].next];
@@ -676,15 +697,15 @@ int jacobian_diag_cell(Arena *a, IrModule *m, const IrFunc *cell, IrFunc **out, 
                    "the Jacobian of '%s' is not block-diagonal: the next value of state '%s' "
                    "reads state '%s' of another shape",
                    cell->name, sk->name, sj->name);
-        return -1;
+        return settle(&J, m, -1, out);
       }
       J.loc = sk->loc;
       if (t == IR_NONE) t = filled(&J, sk->type, 0.0);
       if (add_output(&J, arena_printf(a, "d%s'/d%s", sk->name, sj->name), t, sk->loc)) goto oom;
     }
   }
-  return finish(&J, m, out);
+  return settle(&J, m, 0, out);
 oom:
   if (!J.failed) diag_error(de, cell->loc, "out of memory");
-  return -1;
+  return settle(&J, m, -1, out);
 }

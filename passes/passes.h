@@ -112,7 +112,8 @@ int rewrite_root(Arena *a, const IrModule *m, const IrFunc *root, IrModule **out
  * outputs "<state>'" (next) for every state, then "d<state>'" (J_t ds) for
  * every state. One rule per op (jacobian.c); an op with no derivative in a
  * step (a sequence-level op) or a model is a diagnostic. The new function is
- * verified. Returns 0 and *out, or -1 with a diagnostic. */
+ * verified; if m already has it (a second call), that one is returned. Returns
+ * 0 and *out, or -1 with a diagnostic and m as it was. */
 int jacobian_jvp_cell(Arena *a, IrModule *m, const IrFunc *cell, IrFunc **out, DiagEngine *de);
 /* Builds "<cell>.diag": the diagonals of the blocks of J_t for quasi-DEER.
  * Same dims, params, inputs and states as cell; outputs "<state>'" for

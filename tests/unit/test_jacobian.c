@@ -363,9 +363,17 @@ static void test_refusals(void **state) {
   DiagEngine de;
   diag_init(&de, c.arena, NULL);
   IrFunc *f = (IrFunc *)1;
+  int nf = c.m->funcs.n;
   assert_int_equal(jacobian_diag_cell(c.arena, c.m, c.m->funcs.v[c.m->entry], &f, &de), -1);
   assert_null(f);
   assert_true(has_diag(&de, "is not diagonal: matmul mixes its elements"));
+  assert_int_equal(c.m->funcs.n, nf); /* no half-built function left behind */
+  /* The JVP exists; asking twice gives the same function. */
+  IrFunc *j1 = NULL, *j2 = NULL;
+  assert_int_equal(jacobian_jvp_cell(c.arena, c.m, c.m->funcs.v[c.m->entry], &j1, &de), 0);
+  assert_int_equal(jacobian_jvp_cell(c.arena, c.m, c.m->funcs.v[c.m->entry], &j2, &de), 0);
+  assert_ptr_equal(j1, j2);
+  assert_int_equal(c.m->funcs.n, nf + 1);
   arena_destroy(c.arena);
 
   compile(&c, tu_src("examples/lm.seq"), stderr);
