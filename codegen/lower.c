@@ -1470,6 +1470,31 @@ static int count_uses(Lower *L) {
  * the time loop from the token's inputs instead (class STATE), and so is
  * everything downstream of them. */
 #define EXPANSION_RATIO 4
+
+/* A contiguous slice of a token row read only inside the time loop (GRU's
+ * three input gates): hoisted it would be a copy written and read back; in
+ * the loop it is a load at an offset inside the step's fused element loop. */
+static int state_only_slice(Lower *L, IrRef r) {
+  const IrFunc *fn = L->fn;
+  const IrNode *nd = &fn->nodes.v[r];
+  if (nd->op != IR_SLICE && nd->op != IR_INDEX) return 0;
+  NodeInfo *x = &L->ni[nd->args[0]];
+  int64_t outer, len, inner;
+  outer_inner(x, nd->axis, &outer, &len, &inner);
+  if (outer != 1) return 0;
+  for (int i = 0; i < fn->outputs.n; i++)
+    if (fn->outputs.v[i].value == r) return 0;
+  for (int i = 0; i < fn->states.n; i++)
+    if (fn->states.v[i].next == r || fn->states.v[i].init == r) return 0;
+  int users = 0;
+  for (IrRef q = r + 1; q < fn->nodes.n; q++)
+    for (int j = 0; j < fn->nodes.v[q].nargs; j++)
+      if (fn->nodes.v[q].args[j] == r) {
+        if (L->ni[q].cls != CLS_STATE) return 0;
+        users++;
+      }
+  return users > 0;
+}
 static int demote_expansions(Lower *L) {
   const IrFunc *fn = L->fn;
   if (fn->kind != IR_FN_CELL || fn->states.n == 0) return 0;
@@ -1497,7 +1522,8 @@ static int demote_expansions(Lower *L) {
     }
     int ew = (ir_op_info[nd->op].flags & IRF_EW) || nd->op == IR_BROADCAST || nd->op == IR_OUTER;
     if (after_demoted ||
-        (!feeds[r] && ew && !is_alias_op(nd->op) && row_floats(n) >= EXPANSION_RATIO * in))
+        (!feeds[r] && ew && !is_alias_op(nd->op) && row_floats(n) >= EXPANSION_RATIO * in) ||
+        (!feeds[r] && state_only_slice(L, r)))
       n->cls = CLS_STATE;
   }
   return 0;
