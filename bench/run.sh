@@ -26,6 +26,7 @@ RAW=$OUT/raw.txt
   echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) CPUs"
   echo "compiler: $($CC --version | head -1)"
   echo "seqc: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 } >>"$RAW"
 
 "$OUT/fma_peak" 2 >>"$RAW"
@@ -37,6 +38,7 @@ for t in 1 2; do
   env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$TORCH_PY" -W ignore bench/torch_rnn.py "$t" "$REPS" >>"$RAW"
 done
 "$OUT/fma_peak" 2 >>"$RAW"
+echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$RAW"
 
 # Compile times of the std LSTM: seqc to a shared object (the whole CLI run,
 # linking included) and the JIT (seq_module_from_file), five runs each.
@@ -70,7 +72,7 @@ for line in raw:
     m = re.match(r"compile jit_ms=([\d.]+)", line)
     if m: jit.append(float(m[1]))
 for line in raw:
-    if line.startswith(("machine", "compiler", "seqc:", "torch version")):
+    if line.startswith(("machine", "compiler", "seqc:", "torch version", "load average")):
         print(line)
 print("fp32 FMA peak (AVX-512, median 1 ms burst, best of two runs): "
       + ", ".join(f"{t} thread{'s' if t > 1 else ''} {p:.0f} GFLOP/s" for t, p in sorted(peak.items())))

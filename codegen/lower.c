@@ -88,7 +88,7 @@ typedef struct Lower {
   LLVMValueRef Tc, t0, tn;
   /* fused element loops (emit_fused): per node, its value in the current
    * iteration if it belongs to the group being emitted */
-  LLVMValueRef *fval;
+  LLVMValueRef *fval, *fval_im;
   char *fmember;
 } Lower;
 
@@ -1324,29 +1324,46 @@ static void emit_causal_conv(Lower *L, IrRef r) {
  * that are a contiguous piece of their operand, such as LSTM's four gates)
  * becomes one loop over N elements instead of a loop per node: values pass
  * between the nodes in registers, and only those read outside the run (by
- * later nodes, outputs or state updates) are stored. For LSTM that turns the
- * 13 loops of the gate nonlinearities and the state update into one. */
+ * later nodes, outputs or state updates) are stored. Complex values and
+ * operands broadcast to the run's shape (S4D's [H, N] state update) fuse too. For LSTM that turns
+ * the 13 loops of the gate nonlinearities and the state update into one. */
 
-static int fusable(Lower *L, int phase, IrRef r, int64_t N) {
+/* Whether operand a of a node of shape key can be read at the run's flat
+ * index: the same number of elements, a scalar, or (numpy rules) broadcast
+ * to key's shape, such as S4D's x[:, None] against [H, N]. */
+static int fused_readable(const NodeInfo *a, const NodeInfo *key, const NodeInfo *n) {
+  if (a->numel == key->numel || a->numel == 1) return 1;
+  if (n->rank != key->rank || memcmp(n->shape, key->shape, sizeof(int64_t) * (size_t)n->rank))
+    return 0;
+  if (a->rank > key->rank) return 0;
+  for (int d = 0; d < a->rank; d++) {
+    int64_t s = a->shape[d], t = key->shape[key->rank - a->rank + d];
+    if (s != t && s != 1) return 0;
+  }
+  return 1;
+}
+
+static int fusable(Lower *L, int phase, IrRef r, const NodeInfo *key) {
   const IrNode *nd = &L->fn->nodes.v[r];
   NodeInfo *n = &L->ni[r];
-  if (n->cls != phase || n->gemm || n->w != 1 || n->is_int || n->numel != N || n->uses == 0)
-    return 0;
+  if (n->cls != phase || n->gemm || n->is_int || n->numel != key->numel || n->uses == 0) return 0;
   if (nd->op == IR_SLICE || nd->op == IR_INDEX) {
     NodeInfo *x = &L->ni[nd->args[0]];
     int64_t outer, len, inner;
-    if (x->w != 1 || x->is_int) return 0;
+    if (n->w != 1 || x->w != 1 || x->is_int) return 0;
     outer_inner(x, nd->axis, &outer, &len, &inner);
     return outer == 1;
   }
   if (!(ir_op_info[nd->op].flags & IRF_EW) && nd->op != IR_BROADCAST) return 0;
-  if (nd->op == IR_CPLX || nd->op == IR_RE || nd->op == IR_IM || nd->op == IR_CONJ) return 0;
   if (nd->nargs < 1 || nd->nargs > 2) return 0;
+  int cplx = n->w == 2;
   for (int j = 0; j < nd->nargs; j++) {
     NodeInfo *a = &L->ni[nd->args[j]];
-    if (a->w != 1 || a->is_int || (a->numel != N && a->numel != 1)) return 0;
+    if (a->is_int || !fused_readable(a, key, n)) return 0;
+    cplx |= a->w == 2;
   }
-  return 1;
+  if (cplx) return complex_op_ok(nd->op);
+  return nd->op != IR_CPLX && nd->op != IR_RE && nd->op != IR_IM && nd->op != IR_CONJ;
 }
 
 /* Whether node r is emitted by emit_phase in this phase (not skipped). */
@@ -1359,56 +1376,106 @@ static int in_phase(Lower *L, int phase, IrRef r) {
 /* The last node of the fusable run that starts at r, or r if the run has
  * one node. */
 static IrRef fused_run_end(Lower *L, int phase, IrRef r) {
-  int64_t N = L->ni[r].numel;
-  if (!fusable(L, phase, r, N)) return r;
+  const NodeInfo *key = &L->ni[r];
+  if (!fusable(L, phase, r, key)) return r;
   IrRef last = r;
   for (IrRef q = r + 1; q < L->fn->nodes.n; q++) {
     if (!in_phase(L, phase, q)) continue;
-    if (!fusable(L, phase, q, N)) break;
+    if (!fusable(L, phase, q, key)) break;
     last = q;
   }
   return last;
 }
 
-static LLVMValueRef fused_operand(Lower *L, IrRef a, LLVMValueRef k) {
-  if (L->fmember[a]) return L->fval[a];
-  return ldf(L, rowptr(L, a), L->ni[a].numel == 1 ? ci64(L, 0) : k);
+/* Operand a at the run's flat index k (shape key), as a complex (im 0 for a
+ * real value). A broadcast operand is read at (o, i), k = o * last + i over
+ * the key's last axis: the part from o is loop-invariant in the inner loop,
+ * which stays contiguous (or constant) and vectorizes. */
+static Cx fused_operand(Lower *L, IrRef a, LLVMValueRef k, LLVMValueRef o, LLVMValueRef i,
+                        const NodeInfo *key) {
+  if (L->fmember[a]) return (Cx){L->fval[a], L->fval_im[a] ? L->fval_im[a] : cf(L, 0.0)};
+  NodeInfo *an = &L->ni[a];
+  LLVMValueRef idx = k;
+  if (an->numel == 1) {
+    idx = ci64(L, 0);
+  } else if (an->numel != key->numel) {
+    Nest ns = {0};
+    ns.rank = key->rank;
+    memcpy(ns.shape, key->shape, sizeof ns.shape);
+    nest_operand(&ns, 0, an->rank, an->shape);
+    int last = key->rank - 1;
+    idx = mul(L, i, ci64(L, ns.stride[0][last]));
+    int64_t inner = 1;
+    for (int d = last - 1; d >= 0; d--) {
+      if (ns.stride[0][d]) {
+        LLVMValueRef c = LLVMBuildUDiv(L->bld, o, ci64(L, inner), "");
+        c = LLVMBuildURem(L->bld, c, ci64(L, key->shape[d]), "");
+        idx = add(L, idx, mul(L, c, ci64(L, ns.stride[0][d])));
+      }
+      inner *= key->shape[d];
+    }
+  }
+  return ldc(L, rowptr(L, a), idx, an->w);
 }
 
 static void emit_fused(Lower *L, int phase, IrRef first, IrRef last) {
   const IrFunc *fn = L->fn;
-  int64_t N = L->ni[first].numel;
-  for (IrRef r = first; r <= last; r++) L->fmember[r] = in_phase(L, phase, r);
-  Loop lk;
-  LLVMValueRef k = loop_begin(L, &lk, ci64(L, 0), ci64(L, N));
+  const NodeInfo *key = &L->ni[first];
+  int bcast = 0;
+  for (IrRef r = first; r <= last; r++) {
+    L->fmember[r] = in_phase(L, phase, r);
+    const IrNode *nd = &fn->nodes.v[r];
+    if (L->fmember[r] && nd->op != IR_SLICE && nd->op != IR_INDEX)
+      for (int j = 0; j < nd->nargs; j++) {
+        const NodeInfo *a = &L->ni[nd->args[j]];
+        bcast |= a->numel != key->numel && a->numel != 1;
+      }
+  }
+  /* With a broadcast operand: a loop over the leading axes around one over
+   * the last (key's rank >= 1 then, see fused_readable). */
+  int64_t len = bcast ? key->shape[key->rank - 1] : key->numel;
+  Loop lo, lk;
+  LLVMValueRef o =
+      bcast ? loop_begin(L, &lo, ci64(L, 0), ci64(L, len ? key->numel / len : 0)) : ci64(L, 0);
+  LLVMValueRef i = loop_begin(L, &lk, ci64(L, 0), ci64(L, len));
+  LLVMValueRef k = bcast ? add(L, mul(L, o, ci64(L, len)), i) : i;
   for (IrRef r = first; r <= last; r++) {
     if (!L->fmember[r]) continue;
     const IrNode *nd = &fn->nodes.v[r];
-    LLVMValueRef v;
+    NodeInfo *n = &L->ni[r];
+    Cx v = {NULL, NULL};
+    int cplx = n->w == 2;
+    for (int j = 0; j < nd->nargs; j++) cplx |= L->ni[nd->args[j]].w == 2;
     if (nd->op == IR_SLICE || nd->op == IR_INDEX) {
       NodeInfo *x = &L->ni[nd->args[0]];
       int64_t outer, len, inner, start = 0;
       outer_inner(x, nd->axis, &outer, &len, &inner);
       if (dim_eval(nd->start, L->in->dims, &start) != 0) start = 0;
-      v = ldf(L, rowptr(L, nd->args[0]), add(L, k, ci64(L, start * inner)));
+      v.re = ldf(L, rowptr(L, nd->args[0]), add(L, k, ci64(L, start * inner)));
+    } else if (cplx) {
+      Cx a0 = fused_operand(L, nd->args[0], k, o, i, key);
+      Cx a1 = nd->nargs > 1 ? fused_operand(L, nd->args[1], k, o, i, key) : (Cx){NULL, NULL};
+      v = cx_op(L, nd->op, a0, a1);
     } else if (nd->nargs == 1) {
-      v = emit_unary(L, nd->op, fused_operand(L, nd->args[0], k));
+      v.re = emit_unary(L, nd->op, fused_operand(L, nd->args[0], k, o, i, key).re);
     } else {
-      v = emit_binary(L, nd->op, fused_operand(L, nd->args[0], k),
-                      fused_operand(L, nd->args[1], k));
+      v.re = emit_binary(L, nd->op, fused_operand(L, nd->args[0], k, o, i, key).re,
+                         fused_operand(L, nd->args[1], k, o, i, key).re);
     }
-    L->fval[r] = v;
+    L->fval[r] = v.re;
+    L->fval_im[r] = n->w == 2 ? v.im : NULL;
     /* Stored only if something outside the run reads it. */
     int inside = 0;
     for (IrRef q = r + 1; q <= last; q++)
       if (L->fmember[q])
         for (int j = 0; j < fn->nodes.v[q].nargs; j++) inside += fn->nodes.v[q].args[j] == r;
-    if (inside < L->ni[r].uses) stf(L, v, rowptr(L, r), k);
+    if (inside < n->uses) stc(L, v, rowptr(L, r), k, n->w);
   }
   loop_end(L, &lk);
+  if (bcast) loop_end(L, &lo);
   for (IrRef r = first; r <= last; r++) {
     L->fmember[r] = 0;
-    L->fval[r] = NULL;
+    L->fval[r] = L->fval_im[r] = NULL;
   }
 }
 
@@ -1724,8 +1791,9 @@ static int emit_function(Lower *L, Inst *in) {
   const IrFunc *fn = in->fn;
   if (plan_nodes(L)) return -1;
   L->fval = arena_calloc(L->a, (size_t)fn->nodes.n + 1, sizeof(LLVMValueRef));
+  L->fval_im = arena_calloc(L->a, (size_t)fn->nodes.n + 1, sizeof(LLVMValueRef));
   L->fmember = arena_calloc(L->a, (size_t)fn->nodes.n + 1, 1);
-  if (!L->fval || !L->fmember) return -1;
+  if (!L->fval || !L->fval_im || !L->fmember) return -1;
   int64_t chunk_floats = plan_chunks(L);
   LLVMBuilderRef bld = L->bld;
   L->fv = in->llfn;
