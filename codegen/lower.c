@@ -9,15 +9,24 @@
  *
  * Every IR node then belongs to one of three classes, read off its operands:
  *   0 CONST  depends on parameters and constants only: computed once per call;
- *   1 TOKEN  depends on inputs but not on state: computed for all B*T tokens
- *            before the time loop (hoisting; rows are b*T + t, so a root
- *            input's [B, T, ...] buffer is already such a node);
+ *   1 TOKEN  depends on inputs but not on state: computed for many tokens at
+ *            once ahead of the steps that read them (hoisting; rows are
+ *            b*T + t, so a root input's [B, T, ...] buffer is already such a
+ *            node);
  *   2 STATE  depends on a state: computed inside the time loop for all B
  *            examples at once, one row per example.
- * Within a class, nodes are emitted in order inside one loop over rows, which
- * fuses the elementwise work; a matrix product of a row-vector with a constant
- * matrix instead ends the loop and becomes one rt_cpu_sgemm over all rows (for
- * LSTM: [B*T, I] x [I, 4H] before the loop, [B, H] x [H, 4H] per step).
+ * Hoisting pays for matrix products, not for elementwise nodes that expand
+ * their token's data (S4D's dB * x[:, None]): those are moved to STATE
+ * (demote_expansions). In a cell the time loop runs in chunks of Tc steps
+ * and the TOKEN nodes are computed per chunk into buffers of B*Tc rows
+ * (b*Tc + t - t0), so the hoisted rows are still in cache when the steps
+ * read them (plan_chunks); models and cells with layer calls or
+ * convolutions compute TOKEN nodes for all B*T tokens before the loop.
+ * Within a class, nodes are emitted in order inside one loop over rows; a run
+ * of elementwise nodes of one shape becomes one element loop (emit_fused); a
+ * matrix product of a row-vector with a constant matrix ends the row loop and
+ * becomes one rt_cpu_sgemm_packed over all rows (for LSTM: [B*Tc, I] x
+ * [I, 4H] per chunk, [B, H] x [H, 4H] per step).
  */
 #include "codegen/cg.h"
 #include "runtime/rt_cpu.h"
