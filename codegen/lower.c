@@ -211,7 +211,7 @@ static LLVMValueRef call_fn(Lower *L, const char *name, LLVMTypeRef ret, LLVMTyp
  * degree-6 polynomial for e^r on |r| <= ln2/2 (Cephes expf coefficients),
  * 2^n built in the exponent bits. The clamp keeps 2^n a normal float; the
  * error is about 1 ulp, far inside the 1e-5 the backend promises. */
-static LLVMValueRef emit_exp(Lower *L, LLVMValueRef x) {
+static LLVMValueRef emit_exp_finite(Lower *L, LLVMValueRef x) {
   x = intr2(L, "llvm.minnum", intr2(L, "llvm.maxnum", x, cf(L, -87.0)), cf(L, 88.0));
   LLVMValueRef n =
       intr1(L, "llvm.floor",
@@ -231,6 +231,20 @@ static LLVMValueRef emit_exp(Lower *L, LLVMValueRef x) {
   LLVMValueRef bits =
       LLVMBuildShl(L->bld, LLVMBuildAdd(L->bld, ni, ci32(L, 127), ""), ci32(L, 23), "");
   return LLVMBuildFMul(L->bld, p, LLVMBuildBitCast(L->bld, bits, L->f32, ""), "");
+}
+
+/* The clamp above keeps the polynomial finite; the edges are put back here so
+ * compiled code agrees with the interpreter (and libm) where it matters for
+ * NaN/Inf checks: exp(NaN) = NaN, exp(x) = +inf past float32's overflow
+ * threshold (88.72), and exp(x) = 0 below the smallest subnormal's log. */
+static LLVMValueRef emit_exp(Lower *L, LLVMValueRef x) {
+  LLVMBuilderRef b = L->bld;
+  LLVMValueRef y = emit_exp_finite(L, x);
+  y = LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealOGT, x, cf(L, 88.7228391), ""),
+                      cf(L, INFINITY), y, "");
+  y = LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealOLT, x, cf(L, -103.972084), ""), cf(L, 0.0), y,
+                      "");
+  return LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealUNO, x, x, ""), x, y, "");
 }
 
 static LLVMValueRef emit_sigmoid(Lower *L, LLVMValueRef x) {
@@ -268,8 +282,8 @@ static LLVMValueRef emit_unary(Lower *L, IrOp op, LLVMValueRef x) {
   case IR_SOFTPLUS:
     return LLVMBuildFAdd(b, intr2(L, "llvm.maxnum", x, cf(L, 0.0)), emit_log1pexp_neg_abs(L, x),
                          "");
-  case IR_RELU:
-    return intr2(L, "llvm.maxnum", x, cf(L, 0.0));
+  case IR_RELU: /* NaN stays NaN, as in torch and the interpreter */
+    return intr2(L, "llvm.maximum", x, cf(L, 0.0));
   case IR_SILU:
     return LLVMBuildFMul(b, x, emit_sigmoid(L, x), "");
   case IR_GELU: {
@@ -307,10 +321,12 @@ static LLVMValueRef emit_binary(Lower *L, IrOp op, LLVMValueRef x, LLVMValueRef 
     return LLVMBuildFMul(b, x, y, "");
   case IR_DIV:
     return LLVMBuildFDiv(b, x, y, "");
+  /* llvm.minimum/maximum propagate NaN like torch.minimum/maximum (minnum and
+   * maxnum would drop it). */
   case IR_MIN:
-    return intr2(L, "llvm.minnum", x, y);
+    return intr2(L, "llvm.minimum", x, y);
   case IR_MAX:
-    return intr2(L, "llvm.maxnum", x, y);
+    return intr2(L, "llvm.maximum", x, y);
   case IR_POW:
     return intr2(L, "llvm.pow", x, y);
   default:
@@ -695,10 +711,10 @@ static void emit_reduce(Lower *L, const IrNode *nd, LLVMValueRef out) {
   LLVMValueRef v =
       ldf(L, src, add(L, mul(L, add(L, mul(L, o, ci64(L, len)), k), ci64(L, inner)), i));
   LLVMValueRef nv;
-  if (nd->op == IR_AMAX)
-    nv = intr2(L, "llvm.maxnum", phi, v);
+  if (nd->op == IR_AMAX) /* a NaN sticks, as in torch.amax */
+    nv = intr2(L, "llvm.maximum", phi, v);
   else if (nd->op == IR_AMIN)
-    nv = intr2(L, "llvm.minnum", phi, v);
+    nv = intr2(L, "llvm.minimum", phi, v);
   else {
     nv = LLVMBuildFAdd(L->bld, phi, v, "");
     set_reassoc(nv);
@@ -765,7 +781,7 @@ static void emit_norm(Lower *L, const IrNode *nd, NodeInfo *n, LLVMValueRef out)
     LLVMValueRef ninf = cf(L, -INFINITY);
     LLVMValueRef k = loop_begin(L, &lm, ci64(L, 0), ci64(L, len));
     LLVMValueRef phi = loop_phi(L, &lm, ninf, "mx");
-    LLVMValueRef nv = intr2(L, "llvm.maxnum", phi, ldf(L, src, add(L, base, k)));
+    LLVMValueRef nv = intr2(L, "llvm.maximum", phi, ldf(L, src, add(L, base, k)));
     loop_phi_next(L, phi, nv);
     loop_end(L, &lm);
     shift = phi;

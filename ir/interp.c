@@ -1536,3 +1536,44 @@ done:
   arena_destroy(r->arena);
   return rc;
 }
+
+/* The same check for results computed elsewhere (the CPU backend): inputs and
+ * outputs are scanned per example within its length, earliest time step first,
+ * then the final states. */
+int interp_check_finite(const IrBinding *b, int64_t B, int64_t T, const RtTensor *inputs,
+                        const int64_t *lengths, const RtTensor *outputs, const RtTensor *state_out,
+                        DiagEngine *de) {
+  const IrFunc *root = b->root;
+  NonFinite nf = {0};
+  double *row = NULL;
+  int rc = -1;
+  for (int64_t e = 0; e < B; e++) {
+    int64_t len = lengths ? lengths[e] : T;
+    for (int kind = 0; kind < 2; kind++) {
+      int n = kind == 0 ? root->inputs.n : root->outputs.n;
+      const RtTensor *ts = kind == 0 ? inputs : outputs;
+      for (int i = 0; i < n; i++) {
+        const RtTensor *t = &ts[i];
+        int64_t width = B && T ? rt_numel(t) / (B * T) : 0;
+        if (width <= 0 || len <= 0) continue;
+        double *nr = seq_realloc(row, sizeof(double) * (size_t)(len * width));
+        if (!nr) {
+          diag_error(de, (SrcLoc){0}, "out of memory checking for non-finite values");
+          goto done;
+        }
+        row = nr;
+        for (int64_t j = 0; j < len * width; j++) row[j] = tensor_get(t, e * T * width + j);
+        nonfinite_scan(&nf, row, len, width, e, kind, i);
+      }
+    }
+  }
+  if (nf.found) {
+    nonfinite_report(root, &nf, de);
+    goto done;
+  }
+  if (nonfinite_states(b, state_out, de)) goto done;
+  rc = 0;
+done:
+  seq_free(row);
+  return rc;
+}

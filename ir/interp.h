@@ -67,4 +67,11 @@ int interp_run(const IrBinding *b, int64_t B, int64_t T, const RtTensor *inputs,
                const int64_t *lengths, const RtTensor *state_in, RtTensor *outputs,
                RtTensor *state_out, const InterpOptions *opt, DiagEngine *de);
 
+/* The check_finite report for results computed by another backend: the first
+ * time step (per example, within its length) where an input or output is NaN
+ * or infinite, then any non-finite final state. 0 if everything is finite. */
+int interp_check_finite(const IrBinding *b, int64_t B, int64_t T, const RtTensor *inputs,
+                        const int64_t *lengths, const RtTensor *outputs, const RtTensor *state_out,
+                        DiagEngine *de);
+
 #endif

@@ -52,14 +52,16 @@ typedef struct Options {
   int opt_level;
   const char *target_cpu, *target_features;
   const char *header_path;
-  int report; /* --report: the recurrence classification of every cell */
+  int report;       /* --report: the recurrence classification of every cell */
+  int check_finite; /* --check-finite: report the first NaN/Inf and fail */
 } Options;
 
 static void usage(FILE *out) {
   fputs("usage:\n"
         "  seqc run FILE.seq (--weights W.safetensors | --random-weights [--seed N])\n"
         "           [--dims H=256,I=64] --in NAME=FILE.npy ... [--out NAME=FILE.npy ...]\n"
-        "           [--expect NAME=FILE.npy ... [--tol X]] [--f64] [--entry UNIT] [--quiet]\n"
+        "           [--expect NAME=FILE.npy ... [--tol X]] [--check-finite] [--f64] [--entry UNIT] "
+        "[--quiet]\n"
         "           [--backend=cpu|interp] [--threads N] [-O0..-O3]\n"
         "  seqc FILE.seq [--dims ...] [--weights W] -o libNAME.so [-H NAME.h] [-O0..-O3]\n"
         "       [--target-cpu=CPU] [--target-features=+f,-g]\n"
@@ -183,6 +185,8 @@ static int parse_args(int argc, char **argv, Options *o) {
     } else if ((r = TAKE("-H")) != 0) {
       if (r < 0) return usage_error("%s needs a value", a);
       o->header_path = val;
+    } else if (strcmp(a, "--check-finite") == 0) {
+      o->check_finite = 1;
     } else if (strcmp(a, "--report") == 0) {
       o->report = 1;
     } else if (strcmp(a, "--f64") == 0) {
@@ -254,6 +258,11 @@ static int parse_dims(Arena *a, const char *s, DimArgs *d) {
               name ? name : "?", num ? num : "?");
       return -1;
     }
+    for (int i = 0; i < d->n; i++)
+      if (strcmp(d->names[i], name) == 0) {
+        fprintf(stderr, "seqc: error: --dims: '%s' is given twice\n", name);
+        return -1;
+      }
     d->names[d->n] = name;
     d->values[d->n++] = v;
     p = *comma ? comma + 1 : comma;
@@ -360,7 +369,9 @@ static int check_expected(const char *name, const RtTensor *got, const char *pat
   double maxerr = 0;
   int64_t n = rt_numel(got), worst = 0;
   for (int64_t i = 0; i < n; i++) {
-    double d = fabs(((double *)want64.data)[i] - ((double *)got64.data)[i]);
+    double w = ((double *)want64.data)[i], g = ((double *)got64.data)[i];
+    /* NaN matches NaN and an infinity the same infinity: those are results too. */
+    double d = (isnan(w) && isnan(g)) || (isinf(w) && w == g) ? 0.0 : fabs(w - g);
     if (!(d <= maxerr)) { /* NaN counts as the worst */
       maxerr = isnan(d) ? INFINITY : d;
       worst = i;
@@ -581,11 +592,12 @@ static int cmd_run(const Options *o, IrModule *mod, Arena *arena, DiagEngine *de
     goto done;
   }
 
-  InterpOptions iopt = {.f64 = o->f64};
+  InterpOptions iopt = {.f64 = o->f64, .check_finite = o->check_finite};
   CgOptions cgo = {.opt_level = o->opt_level, .cpu = o->target_cpu, .features = o->target_features};
   int want_states = 0;
   for (int k = 0; k < o->nouts; k++) want_states |= find_output(root, o->outs[k].name) < 0;
   for (int k = 0; k < o->nexpects; k++) want_states |= find_output(root, o->expects[k].name) < 0;
+  want_states |= o->check_finite;
   int use_cpu = strcmp(o->backend, "cpu") == 0;
   if (use_cpu ? cg_driver_run(&b, &cgo, o->threads, B, T, inputs, lengths, state_in, outputs,
                               want_states ? state_out : NULL, de)
@@ -596,6 +608,9 @@ static int cmd_run(const Options *o, IrModule *mod, Arena *arena, DiagEngine *de
               "seqc: note: '--backend=interp' runs any model with the reference interpreter\n");
     goto done;
   }
+  if (use_cpu && o->check_finite &&
+      interp_check_finite(&b, B, T, inputs, lengths, outputs, want_states ? state_out : NULL, de))
+    goto done;
 
   /* Summaries, then the requested files. */
   if (!o->quiet)

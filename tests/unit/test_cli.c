@@ -1,6 +1,7 @@
 /* test_cli.c - the command-line contract of docs/cli.md: exit statuses, error
  * messages that name the argument or file, and the run paths (inputs, states,
  * lengths, outputs, --expect) end to end on a small cell. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,6 +41,17 @@ static const char *cell_src = "cell Acc(D) {\n"
                               "  }\n"
                               "}\n";
 
+/* Every elementwise function on special values: NaN and infinities must come
+ * out of compiled code as they come out of the interpreter (and torch). */
+static const char *special_src = "cell Special(D) {\n"
+                                 "  input x: [D]\n"
+                                 "  output y: [8*D]\n"
+                                 "  step {\n"
+                                 "    y = concat(tanh(x), sigmoid(x), exp(x), max(x, 0), relu(x),\n"
+                                 "               softplus(x), logsigmoid(x), min(x, 1))\n"
+                                 "  }\n"
+                                 "}\n";
+
 static char dir[256];
 
 static void write_npy(const char *name, RtDType dt, int ndim, const int64_t *shape,
@@ -68,6 +80,10 @@ static int setup(void **state) {
   char path[1024];
   snprintf(path, sizeof path, "%s/acc.seq", dir);
   tu_write_file(path, cell_src);
+  snprintf(path, sizeof path, "%s/special.seq", dir);
+  tu_write_file(path, special_src);
+  double special[8] = {NAN, INFINITY, -INFINITY, 0.0, 89.0, -120.0, 1.0, -1.0};
+  write_npy("special.npy", RT_F32, 3, (int64_t[]){1, 1, 8}, special);
   /* x: [B=2, T=3, D=2] = 1; a = 0.5 (weights); h0 = [[10,10],[0,0]]; lengths [3, 1] */
   double ones[12], h0[4] = {10, 10, 0, 0}, len[2] = {3, 1}, a[2] = {0.5, 0.5};
   for (int i = 0; i < 12; i++) ones[i] = 1;
@@ -155,6 +171,44 @@ static void test_run_errors_name_the_culprit(void **state) {
   EXPECT_RUN(args, 1, "x.npy");
 }
 
+static void test_special_values_agree(void **state) {
+  (void)state;
+  char args[16384];
+  snprintf(args, sizeof args,
+           "run %s/special.seq --backend=interp --random-weights --in x=%s/special.npy "
+           "--out y=%s/special_y.npy",
+           dir, dir, dir);
+  EXPECT_RUN(args, 0, "output y: shape [1, 1, 64]");
+  snprintf(args, sizeof args,
+           "run %s/special.seq --backend=cpu --random-weights --in x=%s/special.npy "
+           "--expect y=%s/special_y.npy --tol 1e-6",
+           dir, dir, dir);
+  EXPECT_RUN(args, 0, ": ok");
+}
+
+static void test_check_finite(void **state) {
+  (void)state;
+  char args[16384];
+  for (int cpu = 0; cpu < 2; cpu++) {
+    snprintf(args, sizeof args,
+             "run %s/special.seq --backend=%s --random-weights --in x=%s/special.npy "
+             "--check-finite",
+             dir, cpu ? "cpu" : "interp", dir);
+    EXPECT_RUN(args, 1, "input 'x' is not finite first at time step 0 (batch 0, element 0: nan)");
+    snprintf(args, sizeof args,
+             "run %s/acc.seq --backend=%s --weights %s/w.safetensors --in x=%s/x.npy "
+             "--check-finite",
+             dir, cpu ? "cpu" : "interp", dir, dir);
+    EXPECT_RUN(args, 0, "output y");
+  }
+}
+
+static void test_duplicate_dims(void **state) {
+  (void)state;
+  EXPECT_RUN("run examples/lstm.seq --random-weights --dims H=3,H=4 --in x=a.npy", 2,
+             "'H' is given twice");
+}
+
 static void test_random_weights_are_deterministic(void **state) {
   (void)state;
   char args[16384];
@@ -173,6 +227,9 @@ int main(void) {
       cmocka_unit_test(test_usage_errors),
       cmocka_unit_test(test_missing_source),
       cmocka_unit_test(test_report),
+      cmocka_unit_test(test_special_values_agree),
+      cmocka_unit_test(test_check_finite),
+      cmocka_unit_test(test_duplicate_dims),
       cmocka_unit_test(test_run_with_state_and_lengths),
       cmocka_unit_test(test_run_errors_name_the_culprit),
       cmocka_unit_test(test_random_weights_are_deterministic),
