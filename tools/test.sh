@@ -13,7 +13,11 @@ cd "$(dirname "$0")/.."
 
 SEQ_BUILD_DIR="${SEQ_BUILD_DIR:-build-test}" SEQ_BUILD_TYPE=Debug \
   SEQ_CMAKE_ARGS="-DSEQ_WERROR=ON ${SEQ_CMAKE_ARGS:-}" tools/setup.sh
-ctest --test-dir "${SEQ_BUILD_DIR:-build-test}" --output-on-failure -j2
+# Every ctest run's summary is kept so the last line of this script can count
+# all of them ("N passed, N failed").
+summaries="$(mktemp)"
+trap 'rm -f "$summaries"' EXIT
+ctest --test-dir "${SEQ_BUILD_DIR:-build-test}" --output-on-failure -j2 | tee -a "$summaries"
 
 # ---- sanitizers ----------------------------------------------------------------
 if [ "${SEQ_TEST_SANITIZE:-1}" != 0 ]; then
@@ -53,3 +57,11 @@ if [ "${SEQ_TEST_FUZZ:-1}" != 0 ]; then
     echo "test.sh: clang-19 with libFuzzer not installed; skipping the fuzz stage"
   fi
 fi
+
+# ---- summary --------------------------------------------------------------------
+# ctest prints "100% tests passed, 0 tests failed out of 24" per run; add them up.
+awk '/tests passed, [0-9]+ tests? failed out of/ {
+       for (i = 1; i <= NF; i++) if ($i == "of") total += $(i + 1)
+       for (i = 1; i <= NF; i++) if ($i ~ /^failed$/) failed += $(i - 2)
+     }
+     END { printf "tests: %d passed, %d failed\n", total - failed, failed }' "$summaries"
