@@ -240,8 +240,8 @@ static LLVMValueRef emit_exp_finite(Lower *L, LLVMValueRef x) {
 static LLVMValueRef emit_exp(Lower *L, LLVMValueRef x) {
   LLVMBuilderRef b = L->bld;
   LLVMValueRef y = emit_exp_finite(L, x);
-  y = LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealOGT, x, cf(L, 88.7228391), ""),
-                      cf(L, INFINITY), y, "");
+  y = LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealOGT, x, cf(L, 88.7228391), ""), cf(L, INFINITY),
+                      y, "");
   y = LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealOLT, x, cf(L, -103.972084), ""), cf(L, 0.0), y,
                       "");
   return LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealUNO, x, x, ""), x, y, "");
@@ -1398,16 +1398,26 @@ static int in_phase(Lower *L, int phase, IrRef r) {
   return n->cls == phase && !is_alias_op(nd->op) && (n->uses > 0 || nd->op == IR_CALL);
 }
 
+/* At most this many nodes share one fused loop. A chain of thousands of
+ * elementwise ops in one loop body made LLVM's per-loop analyses (SCEV,
+ * scheduling, register allocation over one huge block) superlinear: 2000 ops
+ * took 7 s, 10000 minutes. Past the cap the run continues in a new loop; the
+ * value crossing the cut is stored and reloaded, one extra pass over a row
+ * per FUSED_RUN_MAX ops, which costs nothing measurable. */
+enum { FUSED_RUN_MAX = 64 };
+
 /* The last node of the fusable run that starts at r, or r if the run has
  * one node. */
 static IrRef fused_run_end(Lower *L, int phase, IrRef r) {
   const NodeInfo *key = &L->ni[r];
   if (!fusable(L, phase, r, key)) return r;
   IrRef last = r;
-  for (IrRef q = r + 1; q < L->fn->nodes.n; q++) {
+  int members = 1;
+  for (IrRef q = r + 1; q < L->fn->nodes.n && members < FUSED_RUN_MAX; q++) {
     if (!in_phase(L, phase, q)) continue;
     if (!fusable(L, phase, q, key)) break;
     last = q;
+    members++;
   }
   return last;
 }
