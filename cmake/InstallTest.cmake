@@ -1,8 +1,9 @@
 # InstallTest.cmake - CTest script (cmake -P): installs the build into a fresh
 # prefix, then builds examples/host/jit_lstm.c against the installed libseq the
 # two usual ways, pkg-config and find_package(seq), and runs both builds on
-# the PyTorch LSTM data. Variables: BUILD_DIR, SOURCE_DIR, WORK_DIR, CC,
-# PKG_CONFIG.
+# the PyTorch LSTM data; then builds examples/lstm.seq into a .so with the
+# installed seqc and runs examples/host/aot_lstm.c on it. Variables:
+# BUILD_DIR, SOURCE_DIR, WORK_DIR, CC, PKG_CONFIG.
 cmake_minimum_required(VERSION 3.20)
 set(prefix ${WORK_DIR}/prefix)
 file(REMOVE_RECURSE ${WORK_DIR})
@@ -55,4 +56,17 @@ run("configure with find_package(seq)" ${CMAKE_COMMAND} -S ${WORK_DIR}/proj -B $
     -DCMAKE_PREFIX_PATH=${prefix} -DCMAKE_C_COMPILER=${CC} "-DCMAKE_C_FLAGS=${HOST_FLAGS}")
 run("build with find_package(seq)" ${CMAKE_COMMAND} --build ${WORK_DIR}/proj/build)
 run("run (find_package build)" ${WORK_DIR}/proj/build/jit_lstm ${model_args})
+
+# The installed seqc building a shared object: it must find the installed
+# libseqrt_cpu.a relative to itself (bin/../lib), not at a configure-time path.
+# SEQ_RT_CPU_LIB would override the search, so it is cleared.
+unset(ENV{SEQ_RT_CPU_LIB})
+file(MAKE_DIRECTORY ${WORK_DIR}/aot)
+run("installed seqc -o liblstm.so" ${prefix}/bin/seqc ${SOURCE_DIR}/examples/lstm.seq
+    --weights ${data}/lstm_weights.safetensors -o ${WORK_DIR}/aot/liblstm.so)
+run("cc against the generated header" ${CC} -std=c11 ${HOST_FLAGS} -I${WORK_DIR}/aot
+    -o ${WORK_DIR}/aot/aot_lstm ${SOURCE_DIR}/examples/host/aot_lstm.c ${WORK_DIR}/aot/liblstm.so
+    -Wl,-rpath,${WORK_DIR}/aot)
+run("run (installed seqc's .so)" ${WORK_DIR}/aot/aot_lstm ${data}/lstm_weights.safetensors
+    ${data}/lstm_x.npy ${data}/lstm_y.npy)
 file(REMOVE_RECURSE ${WORK_DIR})

@@ -18,10 +18,26 @@
 
 extern char **environ;
 
-static const char *runtime_archive(void) {
+/* Where libseqrt_cpu.a is: $SEQ_RT_CPU_LIB; else beside the running
+ * executable's install tree (<prefix>/bin/seqc -> <prefix>/<libdir>/), so an
+ * installed seqc works wherever the prefix was moved or --prefix put it; else
+ * the build tree (seqc run from its build directory); else the configure-time
+ * install path. The path is allocated in arena a. */
+static const char *runtime_archive(Arena *a) {
   const char *env = getenv("SEQ_RT_CPU_LIB");
   if (env && *env) return env;
   struct stat st;
+  char exe[4096];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (n > 0) {
+    exe[n] = 0;
+    char *slash = strrchr(exe, '/');
+    if (slash) {
+      *slash = 0;
+      const char *p = arena_printf(a, "%s/../%s/libseqrt_cpu.a", exe, SEQ_RT_CPU_LIBDIR);
+      if (p && stat(p, &st) == 0) return p;
+    }
+  }
   if (stat(SEQ_RT_CPU_BUILD_ARCHIVE, &st) == 0) return SEQ_RT_CPU_BUILD_ARCHIVE;
   return SEQ_RT_CPU_INSTALL_ARCHIVE;
 }
@@ -214,7 +230,7 @@ int cg_aot_build(Arena *a, const IrModule *m, const IrFunc *root, const int64_t 
                     "-o",
                     (char *)out_path,
                     obj,
-                    (char *)runtime_archive(),
+                    (char *)runtime_archive(a),
                     "-Wl,--exclude-libs,ALL",
                     "-lm",
                     "-lpthread",
