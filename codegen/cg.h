@@ -28,6 +28,7 @@ enum {
 typedef struct CgTensor {
   const char *name; /* full flat name: "weight_ih_l0", "l0.h" */
   int is_int;       /* an int token input: int32 [B, T] */
+  int is_complex;   /* complex: shape's last axis is the 2 of (re, im) */
   int ndim;
   int64_t shape[SEQ_MAX_RANK];
   int64_t numel;

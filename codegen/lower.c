@@ -485,6 +485,7 @@ static int interface_type(Lower *L, const Inst *in, IrType t, SrcLoc loc, CgTens
   }
   ct->shape[ct->ndim++] = 2;
   ct->numel *= 2;
+  ct->is_complex = 1;
   return 0;
 }
 

@@ -193,12 +193,39 @@ static void test_aot_shared_object(void **st) {
   arena_destroy(a);
 }
 
+/* The generated header names itself (liblru.h, the default beside liblru.so),
+ * and a complex tensor's trailing 2 is marked as (re, im). */
+static void test_aot_header_names_and_complex(void **st) {
+  (void)st;
+  Arena *a = arena_create();
+  SrcMgr sm;
+  DiagEngine de;
+  srcmgr_init(&sm, a);
+  diag_init(&de, a, stderr);
+  IrModule *mod = seq_compile_file(a, &sm, &de, tu_src("examples/lru.seq"), NULL);
+  assert_non_null(mod);
+  int64_t dims[2] = {8, 6};
+  char so[512], hdr[512];
+  snprintf(so, sizeof so, "%s/liblru.so", tu_tmpdir());
+  snprintf(hdr, sizeof hdr, "%s/liblru.h", tu_tmpdir());
+  CgOptions opt = {1, NULL, NULL};
+  assert_int_equal(
+      cg_aot_build(a, mod, mod->funcs.v[mod->entry], dims, &opt, CG_EMIT_SO, so, NULL, &de), 0);
+  char *text = tu_read_file(hdr, NULL);
+  assert_non_null(text);
+  assert_true(strncmp(text, "/* liblru.h - ", 14) == 0);
+  assert_non_null(strstr(text, "[B, 6, 2] complex: last axis (re, im) */"));
+  free(text);
+  arena_destroy(a);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_compile_error_diagnostics),
       cmocka_unit_test(test_forward_step_and_binding),
       cmocka_unit_test(test_two_threads),
       cmocka_unit_test(test_aot_shared_object),
+      cmocka_unit_test(test_aot_header_names_and_complex),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
