@@ -68,7 +68,7 @@ typedef enum {
 
 typedef struct IrType {
   IrElem elem;
-  int rank; /* 0 = scalar, at most SEQ_MAX_RANK */
+  int rank;      /* 0 = scalar, at most SEQ_MAX_RANK */
   DimExpr *dims; /* rank entries, arena-owned and never mutated */
 } IrType;
 
@@ -112,12 +112,12 @@ typedef struct IrNode {
   IrRef *args;
   /* Attributes (which are meaningful depends on op; unused ones are zero so
    * that hash-consing can compare them all). */
-  double cval;    /* CONST; eps of RMSNORM, LAYERNORM, L2NORM */
-  DimExpr dval;   /* DIMVAL */
-  int index;      /* PARAM, INPUT, STATE, CALL (layer), RESULT (output) */
-  int axis;       /* SLICE, INDEX, CONCAT, SUM/MEAN/AMAX/AMIN (-1: all axes) */
-  DimExpr start;  /* SLICE, INDEX */
-  DimExpr stop;   /* SLICE */
+  double cval;   /* CONST; eps of RMSNORM, LAYERNORM, L2NORM */
+  DimExpr dval;  /* DIMVAL */
+  int index;     /* PARAM, INPUT, STATE, CALL (layer), RESULT (output) */
+  int axis;      /* SLICE, INDEX, CONCAT, SUM/MEAN/AMAX/AMIN (-1: all axes) */
+  DimExpr start; /* SLICE, INDEX */
+  DimExpr stop;  /* SLICE */
 } IrNode;
 
 /* ---- Functions ---------------------------------------------------------- */
@@ -177,7 +177,7 @@ typedef struct IrOutput {
 typedef struct IrLayer {
   const char *name; /* "l0", "layers.3" */
   SrcLoc loc;
-  int callee;       /* index into IrModule.funcs */
+  int callee;        /* index into IrModule.funcs */
   DimExpr *dim_args; /* one per callee dim */
   const char *prefix, *suffix;
   int reverse; /* run backwards in time within each sequence's length */
@@ -195,7 +195,7 @@ typedef struct IrFunc {
   VEC(IrOutput) outputs;
   VEC(IrLayer) layers;
   VEC(IrNode) nodes;
-  struct IrHash *cse; /* hash-consing table (builder-private) */
+  struct IrHash *cse;             /* hash-consing table (builder-private) */
   VEC(IrDimDefault) dim_defaults; /* at most one per dim */
 } IrFunc;
 
@@ -247,10 +247,10 @@ int ir_verify(const IrModule *m, DiagEngine *de, const char *after_pass);
  * with its full name (prefixes and suffixes applied) and its type expressed
  * over the root's dims. */
 typedef struct IrFlatVar {
-  const char *name;   /* "weight_ih_l0", "layers.0.mixer.A_log", "l0.h" */
-  IrType type;        /* over root dims */
-  SrcLoc loc;         /* the declaration */
-  int hidden;         /* states only */
+  const char *name; /* "weight_ih_l0", "layers.0.mixer.A_log", "l0.h" */
+  IrType type;      /* over root dims */
+  SrcLoc loc;       /* the declaration */
+  int hidden;       /* states only */
 } IrFlatVar;
 
 typedef struct IrFlat {

@@ -40,12 +40,11 @@ typedef struct Arena Arena;
 
 Arena *arena_create(void);
 void arena_destroy(Arena *a);
-void *arena_alloc(Arena *a, size_t size);  /* zeroed, 16-byte aligned */
+void *arena_alloc(Arena *a, size_t size);            /* zeroed, 16-byte aligned */
 void *arena_calloc(Arena *a, size_t n, size_t size); /* overflow-checked */
 char *arena_strdup(Arena *a, const char *s);
 char *arena_strndup(Arena *a, const char *s, size_t n);
-char *arena_printf(Arena *a, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+char *arena_printf(Arena *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* The one allocator hook: every heap allocation in the compiler and runtime
  * goes through seq_malloc/seq_realloc/seq_free so tests can inject failures. */
@@ -67,8 +66,8 @@ void seq_alloc_fail_after(long n);
   }
 int vec_grow_(Arena *a, void **v, int *cap, int need, size_t elem);
 #define vec_push(a, vec, x)                                                                        \
-  ((vec)->n < (vec)->cap || vec_grow_((a), (void **)&(vec)->v, &(vec)->cap, (vec)->n + 1,         \
-                                      sizeof(*(vec)->v)) == 0                                      \
+  ((vec)->n < (vec)->cap ||                                                                        \
+           vec_grow_((a), (void **)&(vec)->v, &(vec)->cap, (vec)->n + 1, sizeof(*(vec)->v)) == 0   \
        ? ((vec)->v[(vec)->n++] = (x), 0)                                                           \
        : -1)
 
@@ -118,8 +117,7 @@ typedef struct SrcMgr {
 void srcmgr_init(SrcMgr *sm, Arena *a);
 /* Reads a file; on failure reports a diagnostic at `from` and returns NULL.
  * Files over SEQ_MAX_SOURCE_BYTES are refused with a diagnostic. */
-SrcFile *srcmgr_load(SrcMgr *sm, DiagEngine *de, SrcLoc from, const char *name,
-                     const char *path);
+SrcFile *srcmgr_load(SrcMgr *sm, DiagEngine *de, SrcLoc from, const char *name, const char *path);
 SrcFile *srcmgr_add_string(SrcMgr *sm, const char *name, const char *text, size_t len);
 
 /* ---- Limits (checked with diagnostics, never asserted) ----------------- */

@@ -170,7 +170,8 @@ static void gemm_range(int64_t i0, int64_t i1, int64_t p0, int64_t p1, int64_t N
           TAIL(3)
           TAIL(4)
           TAIL(5)
-          TAIL(6) TAIL(7) TAIL(8) TAIL(9) TAIL(10) TAIL(11)
+          TAIL(6)
+          TAIL(7) TAIL(8) TAIL(9) TAIL(10) TAIL(11)
 #undef TAIL
               default : break;
         }

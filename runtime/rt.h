@@ -22,8 +22,8 @@ typedef enum {
   RT_ERR_SHAPE,   /* shape mismatch */
   RT_ERR_MISSING, /* a named tensor is absent */
   RT_ERR_NOMEM,
-  RT_ERR_ARG,     /* bad argument (null pointer, out of range) */
-  RT_ERR_LIMIT,   /* a size bound was exceeded */
+  RT_ERR_ARG,   /* bad argument (null pointer, out of range) */
+  RT_ERR_LIMIT, /* a size bound was exceeded */
 } RtStatus;
 
 typedef struct RtError {
@@ -89,8 +89,7 @@ const RtTensorInfo *rt_st_info(const RtSafetensors *st, int i);
 const RtTensorInfo *rt_st_find(const RtSafetensors *st, const char *name); /* NULL if absent */
 /* Reads a tensor converted to float32 or float64 (F32, F64, F16, BF16 sources;
  * integer tensors are converted too). */
-int rt_st_read(const RtSafetensors *st, const char *name, RtDType to, RtTensor *out,
-               RtError *err);
+int rt_st_read(const RtSafetensors *st, const char *name, RtDType to, RtTensor *out, RtError *err);
 /* Writes tensors (names[i], tensors[i]) as a safetensors file. */
 int rt_st_write(const char *path, int n, const char *const *names, const RtTensor *tensors,
                 RtError *err);

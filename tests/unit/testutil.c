@@ -61,8 +61,10 @@ int tu_run(const char *cmd, char **out) {
   }
   int st = pclose(p);
   if (buf) buf[n] = 0;
-  if (out) *out = buf;
-  else free(buf);
+  if (out)
+    *out = buf;
+  else
+    free(buf);
   return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
