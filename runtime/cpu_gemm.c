@@ -159,22 +159,17 @@ static void gemm_range(int64_t i0, int64_t i1, int64_t p0, int64_t p1, int64_t N
           kernel(MR, kc, A + i * lda + k0, lda, bp, C + i * ldc + j0, ldc, nc, acc);
         const float *a = A + i * lda + k0;
         float *c = C + i * ldc + j0;
-        /* One call per leftover count, each with a constant mr. */
+        /* One call per leftover count, each with a constant mr (kept out of
+         * clang-format, which reflows these macro cases differently each run). */
+        // clang-format off
         switch (m1 - i) {
-#define TAIL(n)                                                                                    \
-  case n:                                                                                          \
-    kernel(n, kc, a, lda, bp, c, ldc, nc, acc);                                                    \
-    break;
-          TAIL(1)
-          TAIL(2)
-          TAIL(3)
-          TAIL(4)
-          TAIL(5)
-          TAIL(6)
-          TAIL(7) TAIL(8) TAIL(9) TAIL(10) TAIL(11)
+#define TAIL(n) case n: kernel(n, kc, a, lda, bp, c, ldc, nc, acc); break;
+        TAIL(1) TAIL(2) TAIL(3) TAIL(4) TAIL(5) TAIL(6)
+        TAIL(7) TAIL(8) TAIL(9) TAIL(10) TAIL(11)
 #undef TAIL
-              default : break;
+        default: break;
         }
+        // clang-format on
       }
     }
   }
