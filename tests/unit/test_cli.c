@@ -9,25 +9,8 @@
 #include "runtime/rt.h"
 #include "testutil.h"
 
-static char *run(const char *args, int *rc) {
-  char cmd[20000];
-  snprintf(cmd, sizeof cmd, "cd %s && %s %s", SEQ_SOURCE_DIR, SEQC_BIN, args);
-  char *out = NULL;
-  *rc = tu_run(cmd, &out);
-  return out;
-}
-
-#define EXPECT_RUN(args, want_rc, needle)                                                          \
-  do {                                                                                             \
-    int rc_;                                                                                       \
-    char *out_ = run(args, &rc_);                                                                  \
-    if (rc_ != (want_rc) || !out_ || !strstr(out_, needle))                                        \
-      print_error("seqc %s\nexit %d, output:\n%s\nwanted exit %d and '%s'\n", args, rc_,           \
-                  out_ ? out_ : "(none)", want_rc, needle);                                        \
-    assert_int_equal(rc_, want_rc);                                                                \
-    assert_non_null(strstr(out_, needle));                                                         \
-    free(out_);                                                                                    \
-  } while (0)
+/* Every command runs in the source tree, so paths like examples/lstm.seq work. */
+#define EXPECT_RUN(args, want_rc, needle) tu_expect_seqc(SEQ_SOURCE_DIR, args, want_rc, needle)
 
 /* A tiny diagonal cell: h' = a*h + x, y = h'. */
 static const char *cell_src = "cell Acc(D) {\n"
@@ -214,7 +197,9 @@ static void test_random_weights_are_deterministic(void **state) {
   char args[16384];
   snprintf(args, sizeof args, "run %s/acc.seq --random-weights --seed 7 --in x=%s/x.npy", dir, dir);
   int rc1, rc2;
-  char *a = run(args, &rc1), *b = run(args, &rc2);
+  char *a = NULL, *b = NULL;
+  rc1 = tu_seqc(SEQ_SOURCE_DIR, args, &a);
+  rc2 = tu_seqc(SEQ_SOURCE_DIR, args, &b);
   assert_int_equal(rc1, 0);
   assert_int_equal(rc2, 0);
   assert_string_equal(a, b);

@@ -20,25 +20,8 @@
 
 static char dir[256];
 
-static char *run(const char *args, int *rc) {
-  char cmd[20000];
-  snprintf(cmd, sizeof cmd, "cd %s && %s %s", dir, SEQC_BIN, args);
-  char *out = NULL;
-  *rc = tu_run(cmd, &out);
-  return out;
-}
-
-#define EXPECT_RUN(args, want_rc, needle)                                                          \
-  do {                                                                                             \
-    int rc_;                                                                                       \
-    char *out_ = run(args, &rc_);                                                                  \
-    if (rc_ != (want_rc) || !out_ || !strstr(out_, needle))                                        \
-      print_error("seqc %s\nexit %d, output:\n%s\nwanted exit %d and '%s'\n", args, rc_,           \
-                  out_ ? out_ : "(none)", want_rc, needle);                                        \
-    int ok_ = rc_ == (want_rc) && out_ && strstr(out_, needle);                                    \
-    free(out_);                                                                                    \
-    assert_true(ok_);                                                                              \
-  } while (0)
+/* Commands run in this program's temporary directory. */
+#define EXPECT_RUN(args, want_rc, needle) tu_expect_seqc(dir, args, want_rc, needle)
 
 static void write_text(const char *name, const char *text) {
   char path[1024];

@@ -278,11 +278,6 @@ static int check_diag(Compiled *c, const IrFunc *cell, const IrBinding *b, const
   return 1;
 }
 
-static int ends_with(const char *s, const char *suffix) {
-  size_t n = strlen(s), k = strlen(suffix);
-  return n >= k && strcmp(s + n - k, suffix) == 0;
-}
-
 /* Every cell defined in stdlib/, examples/ and the golden op file. */
 static void test_finite_differences(void **state) {
   (void)state;
@@ -293,7 +288,7 @@ static void test_finite_differences(void **state) {
     assert_non_null(dir);
     struct dirent *e;
     while ((e = readdir(dir))) {
-      if (!ends_with(e->d_name, ".seq")) continue;
+      if (!tu_ends_with(e->d_name, ".seq")) continue;
       char path[1024];
       snprintf(path, sizeof path, "%s/%s", tu_src(dirs[d]), e->d_name);
       Compiled c;

@@ -175,11 +175,6 @@ static int check_equivalent(Compiled *c, const char *path) {
   return 1;
 }
 
-static int ends_with(const char *s, const char *suffix) {
-  size_t n = strlen(s), k = strlen(suffix);
-  return n >= k && strcmp(s + n - k, suffix) == 0;
-}
-
 /* Every .seq in stdlib/ and examples/, and the golden cases. */
 static void test_interpreter_agrees(void **state) {
   (void)state;
@@ -190,7 +185,7 @@ static void test_interpreter_agrees(void **state) {
     assert_non_null(dir);
     struct dirent *e;
     while ((e = readdir(dir))) {
-      if (!ends_with(e->d_name, ".seq")) continue;
+      if (!tu_ends_with(e->d_name, ".seq")) continue;
       char path[1024];
       snprintf(path, sizeof path, "%s/%s", tu_src(dirs[d]), e->d_name);
       Compiled c;

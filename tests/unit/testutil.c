@@ -102,3 +102,29 @@ const char *tu_tmpdir(void) {
   }
   return dir;
 }
+
+int tu_seqc(const char *cwd, const char *args, char **out) {
+  size_t n = strlen(cwd) + strlen(SEQC_BIN) + strlen(args) + 16;
+  char *cmd = malloc(n);
+  if (!cmd) fail_msg("out of memory");
+  snprintf(cmd, n, "cd %s && %s %s", cwd, SEQC_BIN, args);
+  int rc = tu_run(cmd, out);
+  free(cmd);
+  return rc;
+}
+
+void tu_expect_seqc(const char *cwd, const char *args, int want_rc, const char *needle) {
+  char *out = NULL;
+  int rc = tu_seqc(cwd, args, &out);
+  int ok = rc == want_rc && out && strstr(out, needle);
+  if (!ok)
+    print_error("seqc %s\nexit %d, output:\n%s\nwanted exit %d and '%s'\n", args, rc,
+                out ? out : "(none)", want_rc, needle);
+  free(out);
+  assert_true(ok);
+}
+
+int tu_ends_with(const char *s, const char *suffix) {
+  size_t n = strlen(s), k = strlen(suffix);
+  return n >= k && strcmp(s + n - k, suffix) == 0;
+}

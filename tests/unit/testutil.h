@@ -22,4 +22,12 @@ const char *tu_tmpdir(void);
 /* Absolute path inside the source tree (static buffer rotated among 8). */
 const char *tu_src(const char *rel);
 
+/* Runs `seqc ARGS` in directory `cwd`, output captured into *out (caller
+ * frees); returns the exit status. */
+int tu_seqc(const char *cwd, const char *args, char **out);
+/* Fails the test unless `seqc ARGS` (run in cwd) exits with want_rc and prints
+ * `needle`; on failure prints the command and its whole output. */
+void tu_expect_seqc(const char *cwd, const char *args, int want_rc, const char *needle);
+int tu_ends_with(const char *s, const char *suffix);
+
 #endif
