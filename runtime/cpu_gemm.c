@@ -206,13 +206,14 @@ void rt_cpu_sgemm_packed(int64_t M, int64_t N, int64_t K, const float *A, int64_
     return;
   }
   int64_t panels = (N + NR - 1) / NR;
-  int nt = rt_cpu_get_num_threads();
-  /* Below ~4M multiply-adds (about 25 us of work) the hand-off to another
-   * core, and waiting for it when that core is busy with something else,
-   * costs more than it saves: measured on the LSTM step, [8, 256] @ [256,
-   * 1024] (2M) ran a third slower on two threads than on one, [64, 256] @
-   * [256, 1024] (16M) gains. */
-  if (nt <= 1 || (double)M * (double)N * (double)K < 4194304.0) {
+  /* Inside a batch slice (rt_cpu_forward_batched) the threads are taken. */
+  int nt = rt_cpu_in_parallel() ? 1 : rt_cpu_get_num_threads();
+  /* Below 128K multiply-adds (a few microseconds) the hand-off to a spinning
+   * worker costs more than it saves. Batches of two or more are split across
+   * threads a level up (rt_cpu_forward_batched), so what reaches this split
+   * is mostly the batch-1 step, [1, 256] @ [256, 1024] for LSTM (256K): on
+   * two free cores its forward went from 16-17 to 12-14 ms. */
+  if (nt <= 1 || (double)M * (double)N * (double)K < 131072.0) {
     gemm_range(0, M, 0, panels, N, K, A, lda, Bp, C, ldc);
     return;
   }

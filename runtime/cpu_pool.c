@@ -28,6 +28,7 @@ typedef struct Pool {
   int nthreads;              /* threads in effect, caller included */
   int configured;
   atomic_uint generation; /* bumped for every job */
+  atomic_int sleepers;    /* workers in (or entering) pthread_cond_wait */
   atomic_int next_part;
   atomic_int parts_done;
   int nparts;
@@ -40,13 +41,26 @@ static Pool pool = {.lock = PTHREAD_MUTEX_INITIALIZER,
                     .wake = PTHREAD_COND_INITIALIZER,
                     .call_lock = PTHREAD_MUTEX_INITIALIZER};
 
+/* Set while this thread runs a part of a parallel_for: a part that asks for
+ * the pool again (a batch slice of a forward call whose GEMMs would split
+ * across threads) runs its inner parts itself instead of waiting for the
+ * pool that it is part of. */
+static _Thread_local int in_part;
+
+int rt_cpu_in_parallel(void) {
+  return in_part;
+}
+
 static void run_parts(void) {
+  int outer = in_part;
+  in_part = 1;
   for (;;) {
     int p = atomic_fetch_add(&pool.next_part, 1);
     if (p >= pool.nparts) break;
     pool.fn(pool.ctx, p);
     atomic_fetch_add(&pool.parts_done, 1);
   }
+  in_part = outer;
 }
 
 static void *worker(void *arg) {
@@ -57,8 +71,12 @@ static void *worker(void *arg) {
     long spins = 0;
     while ((g = atomic_load(&pool.generation)) == seen && spins < SPIN_ITERS) spins++;
     if (g == seen) {
+      /* Counted as a sleeper before the last look at the generation, so a
+       * caller that bumps it afterwards sees the count and broadcasts. */
       pthread_mutex_lock(&pool.lock);
+      atomic_fetch_add(&pool.sleepers, 1);
       while ((g = atomic_load(&pool.generation)) == seen) pthread_cond_wait(&pool.wake, &pool.lock);
+      atomic_fetch_sub(&pool.sleepers, 1);
       pthread_mutex_unlock(&pool.lock);
     }
     seen = g;
@@ -93,16 +111,23 @@ int rt_cpu_get_num_threads(void) {
 
 void rt_cpu_parallel_for(int n, void (*fn)(void *ctx, int i), void *ctx) {
   if (n <= 0) return;
+  if (in_part) { /* nested: this thread is one of the pool's already */
+    for (int i = 0; i < n; i++) fn(ctx, i);
+    return;
+  }
   pthread_mutex_lock(&pool.call_lock);
   configure_default();
-  /* Start workers lazily; if a thread cannot be created, run with fewer. */
-  pthread_mutex_lock(&pool.lock);
-  while (pool.nworkers < pool.nthreads - 1) {
-    if (pthread_create(&pool.threads[pool.nworkers], NULL, worker, NULL) != 0) break;
-    pthread_detach(pool.threads[pool.nworkers]);
-    pool.nworkers++;
+  /* Start workers lazily; if a thread cannot be created, run with fewer.
+   * (nworkers changes only under call_lock, which this thread holds.) */
+  if (pool.nworkers < pool.nthreads - 1) {
+    pthread_mutex_lock(&pool.lock);
+    while (pool.nworkers < pool.nthreads - 1) {
+      if (pthread_create(&pool.threads[pool.nworkers], NULL, worker, NULL) != 0) break;
+      pthread_detach(pool.threads[pool.nworkers]);
+      pool.nworkers++;
+    }
+    pthread_mutex_unlock(&pool.lock);
   }
-  pthread_mutex_unlock(&pool.lock);
   if (n == 1 || pool.nworkers == 0) {
     for (int i = 0; i < n; i++) fn(ctx, i);
     pthread_mutex_unlock(&pool.call_lock);
@@ -116,10 +141,16 @@ void rt_cpu_parallel_for(int n, void (*fn)(void *ctx, int i), void *ctx) {
   pool.nparts = n;
   atomic_store(&pool.parts_done, 0);
   atomic_store(&pool.next_part, 0);
-  pthread_mutex_lock(&pool.lock);
+  /* Workers still spinning from the previous job see the new generation
+   * at once; the lock and the broadcast (a system call) are only for those
+   * asleep, which a recurrence handing the pool one GEMM per step rarely
+   * has. */
   atomic_fetch_add(&pool.generation, 1);
-  pthread_cond_broadcast(&pool.wake);
-  pthread_mutex_unlock(&pool.lock);
+  if (atomic_load(&pool.sleepers) > 0) {
+    pthread_mutex_lock(&pool.lock);
+    pthread_cond_broadcast(&pool.wake);
+    pthread_mutex_unlock(&pool.lock);
+  }
   run_parts();
   while (atomic_load(&pool.parts_done) < n) {
   }

@@ -50,7 +50,37 @@ int rt_cpu_get_num_threads(void);
 
 /* Runs fn(ctx, i) for i in [0, n) on the pool (the caller takes part) and
  * returns when all are done. Calls from several threads at once are
- * serialized. */
+ * serialized; a call from inside a part runs its n parts on the calling
+ * thread. */
 void rt_cpu_parallel_for(int n, void (*fn)(void *ctx, int i), void *ctx);
+/* Nonzero while the calling thread runs a part of rt_cpu_parallel_for. */
+int rt_cpu_in_parallel(void);
+
+/* The root function of a generated module (codegen/lower.c):
+ *   status = fn(params, B, T, inputs, lengths, state_in, outputs, state_out, reverse)
+ * over batch-first buffers: inputs and outputs [B, T, ...], states [B, ...],
+ * lengths[B] (each may be NULL where the ABI allows it). */
+typedef int32_t (*rt_cpu_root_fn)(void *const *params, int64_t B, int64_t T, void *const *inputs,
+                                  const int32_t *lengths, void *const *state_in,
+                                  void *const *outputs, void *const *state_out, int32_t reverse);
+/* Runs fn over the batch in slices, one per thread (examples are independent:
+ * nothing in a sequence model mixes two of them), each slice with its own
+ * pointers into the same buffers. layout describes the buffers in 4-byte
+ * elements:
+ *   layout[0..2] = number of inputs, states, outputs
+ *   layout[3]    = work per token (multiply-adds and element operations, an
+ *                  estimate that decides whether splitting pays)
+ *   then per input its elements per token, per state its elements per
+ *   example, per output its elements per token.
+ * With one thread, a batch of one, or too little work it is one call of fn.
+ * Returns the status of the first slice that failed (0 if none), or 2 (out of
+ * memory) if the slices' pointer arrays cannot be allocated. */
+/* How many slices rt_cpu_forward_batched makes of a batch of B with the given
+ * work per token on `threads` threads: min(threads, B), fewer when a slice
+ * would get under about 1M operations, 1 for arguments fn will reject. */
+int rt_cpu_batch_slices(int64_t B, int64_t T, int64_t work_per_token, int threads);
+int32_t rt_cpu_forward_batched(rt_cpu_root_fn fn, const int64_t *layout, void *const *params,
+                               int64_t B, int64_t T, void *const *inputs, const int32_t *lengths,
+                               void *const *state_in, void *const *outputs, void *const *state_out);
 
 #endif
