@@ -22,6 +22,7 @@ static int cmp(const void *a, const void *b) {
 
 int main(int argc, char **argv) {
   rt_cpu_set_num_threads(argc > 1 ? atoi(argv[1]) : 1);
+  printf("gemm kernel=%s threads=%d\n", rt_cpu_gemm_isa(), rt_cpu_get_num_threads());
   const int64_t K = 256, N = 1024, Ms[] = {1, 8, 64, 1024, 8192};
   float *W = malloc(sizeof(float) * K * N), *Bp = rt_cpu_alloc(4 * rt_cpu_packed_floats(K, N));
   for (int64_t i = 0; i < K * N; i++) W[i] = (float)((i * 7919 % 1000) / 1000.0 - 0.5);

@@ -14,8 +14,8 @@
  * BLIS-style shape for two FMA ports. Short products (M < 4: the recurrent
  * step at small batch) would be bound by FMA latency on so few accumulator
  * chains, so the kernel then also splits k over U independent partial sums.
- * GCC/Clang vector extensions keep it portable; target_clones compiles an
- * AVX-512 and an AVX2 version beside the generic one and picks at load time.
+ * GCC/Clang vector extensions keep it portable; an AVX-512 and an AVX2 copy
+ * are compiled beside the generic one and picked at the first call.
  */
 /* MAP_ANONYMOUS and MADV_HUGEPAGE are not POSIX. */
 #define _DEFAULT_SOURCE
@@ -51,11 +51,6 @@ _Static_assert(NR == 32, "the micro-kernel holds two 16-float vectors per row");
 #define LOAD16(dst, p) memcpy(&(dst), (p), sizeof(v16))
 #define STORE16(p, v) memcpy((p), &(v), sizeof(v16))
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define MULTIVERSION
-#endif
 #define INLINE static inline __attribute__((always_inline))
 
 int64_t rt_cpu_packed_floats(int64_t K, int64_t N) {
@@ -143,9 +138,8 @@ INLINE void kernel(int mr, int64_t kc, const float *A, int64_t lda, const float 
 /* C[i0:i1, panels p0:p1] = A[i0:i1, :] @ Bp, blocked for the caches: k in
  * KC slices (the first overwrites C, later ones add), rows in MC blocks, then
  * per panel every MR-row tile (the panel's KC x NR slice stays in L1). */
-MULTIVERSION
-static void gemm_range(int64_t i0, int64_t i1, int64_t p0, int64_t p1, int64_t N, int64_t K,
-                       const float *A, int64_t lda, const float *Bp, float *C, int64_t ldc) {
+INLINE void gemm_range_body(int64_t i0, int64_t i1, int64_t p0, int64_t p1, int64_t N, int64_t K,
+                            const float *A, int64_t lda, const float *Bp, float *C, int64_t ldc) {
   for (int64_t k0 = 0; k0 < K; k0 += KC) {
     int64_t kc = K - k0 < KC ? K - k0 : KC;
     int acc = k0 > 0;
@@ -173,6 +167,55 @@ static void gemm_range(int64_t i0, int64_t i1, int64_t p0, int64_t p1, int64_t N
       }
     }
   }
+}
+
+/* One copy of the blocked loop per instruction set, chosen once at run time
+ * by exactly the features each needs (AVX-512F, or AVX2 and FMA). GCC's
+ * target_clones("arch=x86-64-v4") would also demand AVX-512 CD/BW/DQ/VL,
+ * BMI2, MOVBE and more, which a virtual machine may hide while it exposes
+ * AVX-512F, and then quietly run the half-width kernel. */
+typedef void (*GemmRangeFn)(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, const float *,
+                            int64_t, const float *, float *, int64_t);
+#define GEMM_RANGE_VARIANT(name, attr)                                                             \
+  attr static void name(int64_t i0, int64_t i1, int64_t p0, int64_t p1, int64_t N, int64_t K,      \
+                        const float *A, int64_t lda, const float *Bp, float *C, int64_t ldc) {     \
+    gemm_range_body(i0, i1, p0, p1, N, K, A, lda, Bp, C, ldc);                                     \
+  }
+GEMM_RANGE_VARIANT(gemm_range_generic, )
+#if defined(__x86_64__) && defined(__GNUC__)
+#define SEQ_GEMM_X86 1
+GEMM_RANGE_VARIANT(gemm_range_avx512, __attribute__((target("avx512f,fma"))))
+GEMM_RANGE_VARIANT(gemm_range_avx2, __attribute__((target("avx2,fma"))))
+#endif
+
+static GemmRangeFn gemm_impl;
+static const char *gemm_isa = "generic";
+static pthread_once_t gemm_once = PTHREAD_ONCE_INIT;
+
+static void gemm_select(void) {
+  gemm_impl = gemm_range_generic;
+#ifdef SEQ_GEMM_X86
+  __builtin_cpu_init();
+  /* These check the OS's register-state support too (XCR0), not only CPUID. */
+  if (__builtin_cpu_supports("avx512f")) {
+    gemm_impl = gemm_range_avx512;
+    gemm_isa = "avx512f";
+  } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    gemm_impl = gemm_range_avx2;
+    gemm_isa = "avx2+fma";
+  }
+#endif
+}
+
+const char *rt_cpu_gemm_isa(void) {
+  pthread_once(&gemm_once, gemm_select);
+  return gemm_isa;
+}
+
+static void gemm_range(int64_t i0, int64_t i1, int64_t p0, int64_t p1, int64_t N, int64_t K,
+                       const float *A, int64_t lda, const float *Bp, float *C, int64_t ldc) {
+  pthread_once(&gemm_once, gemm_select);
+  gemm_impl(i0, i1, p0, p1, N, K, A, lda, Bp, C, ldc);
 }
 
 typedef struct GemmTask {

@@ -37,6 +37,10 @@ void rt_cpu_pack_b(int64_t K, int64_t N, const float *B, int64_t ldb, int trans,
 void rt_cpu_sgemm_packed(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
                          const float *Bp, float *C, int64_t ldc);
 
+/* The instruction set of the GEMM kernel in use on this machine: "avx512f",
+ * "avx2+fma" or "generic" (benchmarks print it). */
+const char *rt_cpu_gemm_isa(void);
+
 /* dst[c, r] = src[r, c] for a rows x cols row-major src. */
 void rt_cpu_transpose(int64_t rows, int64_t cols, const float *src, float *dst);
 

@@ -107,11 +107,28 @@ static void test_empty_and_unpacked(void **st) {
   assert_true(c[0] == 4 && c[1] == 5 && c[2] == 10 && c[3] == 11);
 }
 
+/* The kernel is chosen by the features it uses and nothing more: AVX-512F
+ * alone selects the 512-bit kernel (a VM may hide the rest of x86-64-v4). */
+static void test_kernel_isa(void **st) {
+  (void)st;
+  const char *isa = rt_cpu_gemm_isa();
+  const char *want = "generic";
+#if defined(__x86_64__) && defined(__GNUC__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f"))
+    want = "avx512f";
+  else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    want = "avx2+fma";
+#endif
+  assert_string_equal(isa, want);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_row_tails),   cmocka_unit_test(test_column_tails),
       cmocka_unit_test(test_deep_k),      cmocka_unit_test(test_rnn_shapes),
       cmocka_unit_test(test_two_threads), cmocka_unit_test(test_empty_and_unpacked),
+      cmocka_unit_test(test_kernel_isa),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
