@@ -5,12 +5,17 @@
 # and the achieved fraction of it, and compile times (seqc to .so, and JIT).
 #
 # usage: bench/run.sh [REPS]      (from the repository root, after a release build)
+#   ROUNDS=3           rounds per thread count; each round runs seqc (LSTM, GRU) and
+#                      then PyTorch, REPS forwards per shape, so both sides see the same
+#                      stretches of a noisy machine. The table gives the median of the
+#                      rounds' medians and, in brackets, their range.
 #   BUILD=build-perf   the release build directory (cmake -DCMAKE_BUILD_TYPE=Release)
 #   TORCH_PY=python    the Python with torch (default: $BUILD/venv/bin/python if
 #                      present, else /usr/bin/python3)
 # Raw output goes to $BUILD/bench/raw.txt, the table to stdout.
 set -eu
 REPS=${1:-7}
+ROUNDS=${ROUNDS:-3}
 BUILD=${BUILD:-build-perf}
 OUT=$BUILD/bench
 mkdir -p "$OUT"
@@ -20,6 +25,8 @@ fi
 CC=${CC:-gcc}
 $CC -O2 -pthread bench/fma_peak.c -o "$OUT/fma_peak"
 $CC -O2 -Iinclude bench/bench_rnn.c -L"$BUILD" -lseq -Wl,-rpath,"$PWD/$BUILD" -o "$OUT/bench_rnn"
+$CC -O3 -I. bench/gemm_bench.c runtime/cpu_gemm.c runtime/cpu_pool.c runtime/cpu_forward.c \
+  -pthread -lm -o "$OUT/gemm_bench"
 RAW=$OUT/raw.txt
 : >"$RAW"
 {
@@ -31,11 +38,14 @@ RAW=$OUT/raw.txt
 
 "$OUT/fma_peak" 2 >>"$RAW"
 for t in 1 2; do
-  for m in lstm gru; do
-    "$OUT/bench_rnn" "examples/$m.seq" "$t" "$REPS" | sed "s/^/seqc $m threads=$t /" >>"$RAW"
+  "$OUT/gemm_bench" "$t" >>"$RAW"
+  for r in $(seq "$ROUNDS"); do
+    for m in lstm gru; do
+      "$OUT/bench_rnn" "examples/$m.seq" "$t" "$REPS" | sed "s/^/seqc $m threads=$t /" >>"$RAW"
+    done
+    # PyTorch reads these two from the environment of this command only.
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$TORCH_PY" -W ignore bench/torch_rnn.py "$t" "$REPS" >>"$RAW"
   done
-  # PyTorch reads these two from the environment of this command only.
-  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$TORCH_PY" -W ignore bench/torch_rnn.py "$t" "$REPS" >>"$RAW"
 done
 "$OUT/fma_peak" 2 >>"$RAW"
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$RAW"
@@ -63,16 +73,16 @@ for line in raw:
         t = int(m[1]); peak[t] = max(peak.get(t, 0), float(m[2]))
     m = re.match(r"seqc (\w+) threads=(\d+)\s+B=(\d+)\s+forward_ms=([\d.]+)", line)
     if m:
-        ours[(m[1].upper(), int(m[2]), int(m[3]))] = float(m[4])
+        ours.setdefault((m[1].upper(), int(m[2]), int(m[3])), []).append(float(m[4]))
     m = re.match(r"torch (\w+) threads=(\d+) B=(\d+) forward_ms=([\d.]+)", line)
     if m:
-        torch[(m[1], int(m[2]), int(m[3]))] = float(m[4])
+        torch.setdefault((m[1], int(m[2]), int(m[3])), []).append(float(m[4]))
     m = re.match(r"compile aot_so_ms=(\d+)", line)
     if m: aot.append(float(m[1]))
     m = re.match(r"compile jit_ms=([\d.]+)", line)
     if m: jit.append(float(m[1]))
 for line in raw:
-    if line.startswith(("machine", "compiler", "seqc:", "torch version", "load average")):
+    if line.startswith(("machine", "compiler", "seqc:", "torch version", "load average", "gemm")):
         print(line)
 print("fp32 FMA peak (AVX-512, median 1 ms burst, best of two runs): "
       + ", ".join(f"{t} thread{'s' if t > 1 else ''} {p:.0f} GFLOP/s" for t, p in sorted(peak.items())))
@@ -83,13 +93,15 @@ T, I, H = 1024, 256, 256
 for name, gates in (("LSTM", 4), ("GRU", 3)):
     for t in (1, 2):
         for b in (1, 8, 64):
-            s, p = ours.get((name, t, b)), torch.get((name, t, b))
-            if s is None or p is None:
+            ss, ps = ours.get((name, t, b)), torch.get((name, t, b))
+            if not ss or not ps:
                 continue
+            s, p = statistics.median(ss), statistics.median(ps)
+            rng = lambda v: f" [{min(v):.1f}-{max(v):.1f}]" if len(v) > 1 else ""
             gf = 2.0 * b * T * (I + H) * gates * H * 1e-9
             pk = peak.get(t, float("nan"))
-            print(f"| {name} | {t} | {b} | {s:.1f} | {p:.1f} | {p / s:.2f} | {gf / s * 1e3:.0f} | "
-                  f"{100 * gf / s * 1e3 / pk:.0f}% | {100 * gf / p * 1e3 / pk:.0f}% |")
+            print(f"| {name} | {t} | {b} | {s:.1f}{rng(ss)} | {p:.1f}{rng(ps)} | {p / s:.2f} | "
+                  f"{gf / s * 1e3:.0f} | {100 * gf / s * 1e3 / pk:.0f}% | {100 * gf / p * 1e3 / pk:.0f}% |")
 print()
 if aot: print(f"std LSTM compile, seqc to .so (whole CLI run): median {statistics.median(aot):.0f} ms of {len(aot)}")
 if jit: print(f"std LSTM compile, JIT (seq_module_from_file): median {statistics.median(jit):.0f} ms of {len(jit)}")
