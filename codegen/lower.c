@@ -95,6 +95,8 @@ typedef struct Lower {
    * TOKEN nodes are computed per chunk (see emit_function) */
   int chunk_mode;
   LLVMValueRef Tc, t0, tn;
+  /* i1: this call's GEMM weights were packed in phase 0 (B*T >= PACK_MIN_TOKENS) */
+  LLVMValueRef packed;
   /* fused element loops (emit_fused): per node, its value in the current
    * iteration if it belongs to the group being emitted */
   LLVMValueRef *fval, *fval_im;
@@ -1278,12 +1280,25 @@ static void emit_gemm(Lower *L, IrRef r, LLVMValueRef rows) {
     emit_gather(L, r);
     A = n->gath;
   }
-  /* The weight was packed in phase 0 (n->wt). */
-  LLVMTypeRef pt[8] = {L->i64, L->i64, L->i64, L->ptr, L->i64, L->ptr, L->ptr, L->i64};
-  LLVMValueRef args[8] = {M,       ci64(L, n->gemm_n), ci64(L, n->gemm_k),
-                          A,       ci64(L, n->gemm_k), n->wt,
-                          n->base, ci64(L, n->gemm_n)};
-  call_fn(L, "rt_cpu_sgemm_packed", L->void_t, pt, 8, args);
+  /* The weight as given, and its packed form (n->wt, packed in phase 0)
+   * unless the call has too few tokens for packing to pay (L->packed). */
+  int tr = n->gemm == 'T';
+  LLVMValueRef W = n->cgemm ? n->wr : L->ni[nd->args[tr ? 0 : 1]].base;
+  LLVMValueRef Bp = LLVMBuildSelect(L->bld, L->packed, n->wt, LLVMConstNull(L->ptr), "");
+  LLVMTypeRef pt[11] = {L->i64, L->i64, L->i64, L->ptr, L->i64, L->ptr,
+                        L->i64, L->i32, L->ptr, L->ptr, L->i64};
+  LLVMValueRef args[11] = {M,
+                           ci64(L, n->gemm_n),
+                           ci64(L, n->gemm_k),
+                           A,
+                           ci64(L, n->gemm_k),
+                           W,
+                           ci64(L, tr ? n->gemm_k : n->gemm_n),
+                           ci32(L, tr),
+                           Bp,
+                           n->base,
+                           ci64(L, n->gemm_n)};
+  call_fn(L, "rt_cpu_sgemm_w", L->void_t, pt, 11, args);
 }
 
 static void emit_call(Lower *L, IrRef r) {
@@ -1838,6 +1853,11 @@ static int64_t plan_chunks(Lower *L) {
  * measured the same, a whole [B*T, 4H] buffer (256 MiB at B = 64) 7% slower. */
 #define CHUNK_FLOATS ((int64_t)256 * 1024)
 
+/* Calls with fewer tokens (B*T) than this multiply by unpacked weights: the
+ * LSTM step at I = H = 256 took 605 us unpacked and 706 packed at B = 32,
+ * 1189 and 989 at B = 64 (bench: one thread, the dev machine). */
+#define PACK_MIN_TOKENS 48
+
 static int emit_function(Lower *L, Inst *in) {
   L->in = in;
   L->fn = in->fn;
@@ -1944,6 +1964,12 @@ static int emit_function(Lower *L, Inst *in) {
                             "");
     BTc = mul(L, B, L->Tc);
   }
+  /* Packing a weight costs about as much as multiplying a hundred tokens by
+   * it: calls with fewer tokens (a step function, short sequences) multiply
+   * by the weights as given (rt_cpu_sgemm_w) and reserve no room for packed
+   * copies. An LSTM step at I = H = 256 and B = 8 took 480 us with packing
+   * (and zeroing the 2 MiB it packs into), most of the call. */
+  L->packed = LLVMBuildICmp(bld, LLVMIntSGE, BT, ci64(L, PACK_MIN_TOKENS), "packed");
   /* Place every buffer. */
   Alloc al = {ci64(L, 0)};
   LLVMValueRef *offs = arena_calloc(L->a, (size_t)fn->nodes.n + 1, sizeof(LLVMValueRef));
@@ -2001,7 +2027,9 @@ static int emit_function(Lower *L, Inst *in) {
       }
     }
     offs[r] = reserve(L, &al, mul(L, rows, ci64(L, row_floats(n))));
-    if (n->gemm) wt_offs[r] = reserve(L, &al, ci64(L, packed_floats(n)));
+    if (n->gemm)
+      wt_offs[r] = reserve(
+          L, &al, LLVMBuildSelect(bld, L->packed, ci64(L, packed_floats(n)), ci64(L, 0), ""));
     if (n->cgemm) wr_offs[r] = reserve(L, &al, ci64(L, n->gemm_n * n->gemm_k));
     if (n->gemm && n->chunked) {
       NodeInfo *x = &L->ni[nd->args[n->gemm == 'T' ? 1 : 0]];
@@ -2084,6 +2112,9 @@ static int emit_function(Lower *L, Inst *in) {
         emit_complex_real_form(L, r);
         wb = n->wr;
       }
+      LLVMBasicBlockRef pack = block(L, "pack"), packed = block(L, "packed");
+      LLVMBuildCondBr(bld, L->packed, pack, packed);
+      LLVMPositionBuilderAtEnd(bld, pack);
       LLVMTypeRef pt[6] = {L->i64, L->i64, L->ptr, L->i64, L->i32, L->ptr};
       LLVMValueRef args[6] = {ci64(L, n->gemm_k),
                               ci64(L, n->gemm_n),
@@ -2092,6 +2123,8 @@ static int emit_function(Lower *L, Inst *in) {
                               ci32(L, tr),
                               n->wt};
       call_fn(L, "rt_cpu_pack_b", L->void_t, pt, 6, args);
+      LLVMBuildBr(bld, packed);
+      LLVMPositionBuilderAtEnd(bld, packed);
     }
   }
   /* Outputs past a sequence's end are zero. */

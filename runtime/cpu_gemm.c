@@ -269,6 +269,129 @@ void rt_cpu_sgemm_packed(int64_t M, int64_t N, int64_t K, const float *A, int64_
   rt_cpu_parallel_for(t.nparts, gemm_part, &t);
 }
 
+/* ---- products straight from the weight, for calls with few tokens ------- */
+
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v4 __attribute__((vector_size(16)));
+
+/* The sum of a vector's 16 lanes by halving (4 shuffles and adds), not 15
+ * dependent scalar adds, which were the unpacked kernel's bottleneck. */
+INLINE float hsum16(v16 a) {
+  v8 b = __builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7) +
+         __builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15);
+  v4 c = __builtin_shufflevector(b, b, 0, 1, 2, 3) + __builtin_shufflevector(b, b, 4, 5, 6, 7);
+  return (c[0] + c[2]) + (c[1] + c[3]);
+}
+
+/* C[m, n] = sum_k A[m, k] W[n, k] (W given as [N, K], the `W @ x` case):
+ * 8 rows by 2 columns of dot products at a time, 16 lanes of k each, reduced
+ * at the end, so W is read once for every 8 rows of A (16 accumulators and 10
+ * loads per k step stay within the 32 vector registers). */
+INLINE void nt_body(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *W,
+                    int64_t ldw, float *C, int64_t ldc) {
+  enum { TM = 8, TN = 2 };
+  int64_t K16 = K / 16 * 16;
+  for (int64_t m0 = 0; m0 < M; m0 += TM) {
+    int mr = M - m0 < TM ? (int)(M - m0) : TM;
+    for (int64_t n0 = 0; n0 < N; n0 += TN) {
+      int nr = N - n0 < TN ? (int)(N - n0) : TN;
+      v16 acc[TM][TN];
+      for (int i = 0; i < TM; i++)
+        for (int j = 0; j < TN; j++) acc[i][j] = (v16){0};
+      for (int64_t k = 0; k < K16; k += 16) {
+        v16 w[TN];
+        for (int j = 0; j < TN; j++) {
+          if (j < nr)
+            LOAD16(w[j], W + (n0 + j) * ldw + k);
+          else
+            w[j] = (v16){0};
+        }
+        for (int i = 0; i < mr; i++) {
+          v16 a;
+          LOAD16(a, A + (m0 + i) * lda + k);
+          for (int j = 0; j < TN; j++) acc[i][j] += a * w[j];
+        }
+      }
+      for (int i = 0; i < mr; i++)
+        for (int j = 0; j < nr; j++) {
+          float sum = hsum16(acc[i][j]);
+          for (int64_t k = K16; k < K; k++) sum += A[(m0 + i) * lda + k] * W[(n0 + j) * ldw + k];
+          C[(m0 + i) * ldc + n0 + j] = sum;
+        }
+    }
+  }
+}
+
+/* C[m, :] = sum_k A[m, k] W[k, :] (W given as [K, N], the `x @ W` case): 4
+ * rows by 64 columns of C in registers, one row of W per k. */
+INLINE void nn_body(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *W,
+                    int64_t ldw, float *C, int64_t ldc) {
+  int64_t N64 = N / 64 * 64;
+  for (int64_t m0 = 0; m0 < M; m0 += 4) {
+    int mr = M - m0 < 4 ? (int)(M - m0) : 4;
+    for (int64_t n0 = 0; n0 < N64; n0 += 64) {
+      v16 acc[4][4];
+      for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 4; j++) acc[i][j] = (v16){0};
+      for (int64_t k = 0; k < K; k++) {
+        v16 w[4];
+        for (int j = 0; j < 4; j++) LOAD16(w[j], W + k * ldw + n0 + 16 * j);
+        for (int i = 0; i < mr; i++) {
+          float a = A[(m0 + i) * lda + k];
+          for (int j = 0; j < 4; j++) acc[i][j] += a * w[j];
+        }
+      }
+      for (int i = 0; i < mr; i++)
+        for (int j = 0; j < 4; j++) STORE16(C + (m0 + i) * ldc + n0 + 16 * j, acc[i][j]);
+    }
+    for (int i = 0; i < mr; i++)
+      for (int64_t n = N64; n < N; n++) {
+        float sum = 0.0f;
+        for (int64_t k = 0; k < K; k++) sum += A[(m0 + i) * lda + k] * W[k * ldw + n];
+        C[(m0 + i) * ldc + n] = sum;
+      }
+  }
+}
+
+typedef void (*DirectFn)(int64_t, int64_t, int64_t, const float *, int64_t, const float *, int64_t,
+                         float *, int64_t);
+#define DIRECT_VARIANT(name, body, attr)                                                           \
+  attr static void name(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,              \
+                        const float *W, int64_t ldw, float *C, int64_t ldc) {                      \
+    body(M, N, K, A, lda, W, ldw, C, ldc);                                                         \
+  }
+DIRECT_VARIANT(nt_generic, nt_body, )
+DIRECT_VARIANT(nn_generic, nn_body, )
+#ifdef SEQ_GEMM_X86
+DIRECT_VARIANT(nt_avx512, nt_body, __attribute__((target("avx512f,fma"))))
+DIRECT_VARIANT(nn_avx512, nn_body, __attribute__((target("avx512f,fma"))))
+DIRECT_VARIANT(nt_avx2, nt_body, __attribute__((target("avx2,fma"))))
+DIRECT_VARIANT(nn_avx2, nn_body, __attribute__((target("avx2,fma"))))
+#endif
+
+void rt_cpu_sgemm_w(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *W,
+                    int64_t ldw, int trans, const float *Bp, float *C, int64_t ldc) {
+  if (Bp) {
+    rt_cpu_sgemm_packed(M, N, K, A, lda, Bp, C, ldc);
+    return;
+  }
+  if (M <= 0 || N <= 0) return;
+  const char *isa = rt_cpu_gemm_isa();
+  DirectFn nt = nt_generic, nn = nn_generic;
+#ifdef SEQ_GEMM_X86
+  if (isa[3] == '5') { /* "avx512f" */
+    nt = nt_avx512;
+    nn = nn_avx512;
+  } else if (isa[0] == 'a') { /* "avx2+fma" */
+    nt = nt_avx2;
+    nn = nn_avx2;
+  }
+#else
+  (void)isa;
+#endif
+  (trans ? nt : nn)(M, N, K, A, lda, W, ldw, C, ldc);
+}
+
 void rt_cpu_sgemm(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B,
                   int64_t ldb, float *C, int64_t ldc) {
   if (M <= 0 || N <= 0) return;

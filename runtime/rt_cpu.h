@@ -41,6 +41,15 @@ void rt_cpu_sgemm_packed(int64_t M, int64_t N, int64_t K, const float *A, int64_
  * "avx2+fma" or "generic" (benchmarks print it). */
 const char *rt_cpu_gemm_isa(void);
 
+/* C[M,N] = A[M,K] @ B[K,N] where B is the weight W as given (trans = 1: W is
+ * [N, K], B[k, n] = W[n*ldw + k]; trans = 0: W is [K, N]) and Bp, if not
+ * NULL, is its packed form (then this is rt_cpu_sgemm_packed). Without Bp the
+ * product reads W directly, on the calling thread: for calls with few tokens
+ * (a step function), where packing the weights would cost more than the
+ * products. */
+void rt_cpu_sgemm_w(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *W,
+                    int64_t ldw, int trans, const float *Bp, float *C, int64_t ldc);
+
 /* dst[c, r] = src[r, c] for a rows x cols row-major src. */
 void rt_cpu_transpose(int64_t rows, int64_t cols, const float *src, float *dst);
 

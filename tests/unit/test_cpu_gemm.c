@@ -43,6 +43,25 @@ static void check(int64_t M, int64_t N, int64_t K, int trans, int threads) {
         fail();
       }
     }
+  /* The same product straight from the weight as given (no packing). */
+  float *C2 = malloc(sizeof(float) * (size_t)(M * ldc + 1));
+  assert_non_null(C2);
+  for (int64_t i = 0; i < M * ldc; i++) C2[i] = 1e30f;
+  rt_cpu_sgemm_w(M, N, K, A, lda, B, trans ? K : N, trans, NULL, C2, ldc);
+  for (int64_t i = 0; i < M; i++)
+    for (int64_t j = 0; j < ldc; j++) {
+      if (j >= N) {
+        assert_true(C2[i * ldc + j] == 1e30f);
+        continue;
+      }
+      if (fabs((double)C2[i * ldc + j] - (double)C[i * ldc + j]) > 1e-5 * (double)(K + 1)) {
+        print_error("unpacked M=%lld N=%lld K=%lld trans=%d: C[%lld,%lld] = %g, packed %g\n",
+                    (long long)M, (long long)N, (long long)K, trans, (long long)i, (long long)j,
+                    (double)C2[i * ldc + j], (double)C[i * ldc + j]);
+        fail();
+      }
+    }
+  free(C2);
   /* The padding between rows of C is not written. */
   for (int64_t i = 0; i < M; i++)
     for (int64_t j = N; j < ldc; j++) assert_true(C[i * ldc + j] == 1e30f);
@@ -55,6 +74,17 @@ static void check(int64_t M, int64_t N, int64_t K, int trans, int threads) {
 static void test_row_tails(void **st) {
   (void)st;
   for (int64_t M = 1; M <= 26; M++) check(M, 64, 40, 0, 1);
+}
+
+/* Every leftover of the unpacked kernels' 4-row, 4-column (trans) and
+ * 64-column (no trans) blocks and of their 16-deep k vectors, both ways. */
+static void test_unpacked_tails(void **st) {
+  (void)st;
+  const int64_t Ns[] = {1, 3, 5, 63, 64, 65, 130}, Ks[] = {1, 15, 16, 17, 40};
+  for (int64_t M = 1; M <= 9; M++)
+    for (int i = 0; i < 7; i++)
+      for (int k = 0; k < 5; k++)
+        for (int tr = 0; tr <= 1; tr++) check(M, Ns[i], Ks[k], tr, 1);
 }
 
 static void test_column_tails(void **st) {
@@ -128,7 +158,7 @@ int main(void) {
       cmocka_unit_test(test_row_tails),   cmocka_unit_test(test_column_tails),
       cmocka_unit_test(test_deep_k),      cmocka_unit_test(test_rnn_shapes),
       cmocka_unit_test(test_two_threads), cmocka_unit_test(test_empty_and_unpacked),
-      cmocka_unit_test(test_kernel_isa),
+      cmocka_unit_test(test_kernel_isa),  cmocka_unit_test(test_unpacked_tails),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
