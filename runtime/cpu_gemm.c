@@ -276,7 +276,8 @@ typedef float v4 __attribute__((vector_size(16)));
 
 /* The sum of a vector's 16 lanes by halving (4 shuffles and adds), not 15
  * dependent scalar adds, which were the unpacked kernel's bottleneck. */
-INLINE float hsum16(v16 a) {
+INLINE float hsum16(const v16 *ap) {
+  v16 a = *ap;
   v8 b = __builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7) +
          __builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15);
   v4 c = __builtin_shufflevector(b, b, 0, 1, 2, 3) + __builtin_shufflevector(b, b, 4, 5, 6, 7);
@@ -314,7 +315,7 @@ INLINE void nt_body(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda
       }
       for (int i = 0; i < mr; i++)
         for (int j = 0; j < nr; j++) {
-          float sum = hsum16(acc[i][j]);
+          float sum = hsum16(&acc[i][j]);
           for (int64_t k = K16; k < K; k++) sum += A[(m0 + i) * lda + k] * W[(n0 + j) * ldw + k];
           C[(m0 + i) * ldc + n0 + j] = sum;
         }
