@@ -34,6 +34,7 @@ static int define_runtime(LLVMOrcLLJITRef jit, DiagEngine *de) {
       {"rt_cpu_sgemm_packed", (uintptr_t)rt_cpu_sgemm_packed},
       {"rt_cpu_sgemm_w", (uintptr_t)rt_cpu_sgemm_w},
       {"rt_cpu_alloc", (uintptr_t)rt_cpu_alloc},
+      {"rt_cpu_alloc_uninit", (uintptr_t)rt_cpu_alloc_uninit},
       {"rt_cpu_free", (uintptr_t)rt_cpu_free},
       {"rt_cpu_forward_batched", (uintptr_t)rt_cpu_forward_batched},
   };

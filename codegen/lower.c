@@ -87,7 +87,8 @@ typedef struct Lower {
   LLVMValueRef a_params, a_B, a_T, a_inputs, a_lengths, a_sin, a_outputs, a_sout, a_rev;
   LLVMValueRef status; /* alloca i32 */
   LLVMBasicBlockRef cleanup;
-  LLVMValueRef scratch; /* ptr */
+  LLVMValueRef scratch;  /* ptr */
+  LLVMValueRef wscratch; /* ptr: packed weights, not zeroed */
   /* current row context: example, whole-sequence token row (b*T + t) and,
    * in chunked cells, the chunk-local token row (b*Tc + t - t0) */
   LLVMValueRef r_b, r_tok, r_tokc;
@@ -1891,6 +1892,8 @@ static int emit_function(Lower *L, Inst *in) {
   LLVMValueRef scratch_slot = LLVMBuildAlloca(bld, L->ptr, "scratch");
   LLVMBuildStore(bld, ci32(L, 0), L->status);
   LLVMBuildStore(bld, LLVMConstNull(L->ptr), scratch_slot);
+  LLVMValueRef wscratch_slot = LLVMBuildAlloca(bld, L->ptr, "wscratch");
+  LLVMBuildStore(bld, LLVMConstNull(L->ptr), wscratch_slot);
   L->cleanup = block(L, "cleanup");
 
   /* Sizes: reject B*T*(per-token floats) beyond the limit before multiplying. */
@@ -1972,6 +1975,10 @@ static int emit_function(Lower *L, Inst *in) {
   L->packed = LLVMBuildICmp(bld, LLVMIntSGE, BT, ci64(L, PACK_MIN_TOKENS), "packed");
   /* Place every buffer. */
   Alloc al = {ci64(L, 0)};
+  /* Packed weights and complex real forms are written whole before they are
+   * read: they go in a second block that is not zeroed (zeroing them was a
+   * tenth of a step call at B = 64). */
+  Alloc alw = {ci64(L, 0)};
   LLVMValueRef *offs = arena_calloc(L->a, (size_t)fn->nodes.n + 1, sizeof(LLVMValueRef));
   LLVMValueRef *wt_offs = arena_calloc(L->a, (size_t)fn->nodes.n + 1, sizeof(LLVMValueRef));
   LLVMValueRef *gath_offs = arena_calloc(L->a, (size_t)fn->nodes.n + 1, sizeof(LLVMValueRef));
@@ -2029,8 +2036,8 @@ static int emit_function(Lower *L, Inst *in) {
     offs[r] = reserve(L, &al, mul(L, rows, ci64(L, row_floats(n))));
     if (n->gemm)
       wt_offs[r] = reserve(
-          L, &al, LLVMBuildSelect(bld, L->packed, ci64(L, packed_floats(n)), ci64(L, 0), ""));
-    if (n->cgemm) wr_offs[r] = reserve(L, &al, ci64(L, n->gemm_n * n->gemm_k));
+          L, &alw, LLVMBuildSelect(bld, L->packed, ci64(L, packed_floats(n)), ci64(L, 0), ""));
+    if (n->cgemm) wr_offs[r] = reserve(L, &alw, ci64(L, n->gemm_n * n->gemm_k));
     if (n->gemm && n->chunked) {
       NodeInfo *x = &L->ni[nd->args[n->gemm == 'T' ? 1 : 0]];
       if (!x->chunked) gath_offs[r] = reserve(L, &al, mul(L, BTc, ci64(L, row_floats(x))));
@@ -2049,6 +2056,11 @@ static int emit_function(Lower *L, Inst *in) {
     LLVMBuildStore(bld, sp, scratch_slot);
     fail_with(L, LLVMBuildIsNull(bld, sp, ""), CG_ERR_NOMEM);
     L->scratch = sp;
+    LLVMValueRef wbytes = mul(L, alw.off, ci64(L, 4));
+    LLVMValueRef wp = call_fn(L, "rt_cpu_alloc_uninit", L->ptr, &pt, 1, &wbytes);
+    LLVMBuildStore(bld, wp, wscratch_slot);
+    fail_with(L, LLVMBuildIsNull(bld, wp, ""), CG_ERR_NOMEM);
+    L->wscratch = wp;
   }
   /* Bases. */
   for (IrRef r = 0; r < fn->nodes.n; r++) {
@@ -2081,9 +2093,9 @@ static int emit_function(Lower *L, Inst *in) {
     }
     default:
       if (offs[r]) n->base = gepf(L, L->scratch, offs[r]);
-      if (wt_offs[r]) n->wt = gepf(L, L->scratch, wt_offs[r]);
+      if (wt_offs[r]) n->wt = gepf(L, L->wscratch, wt_offs[r]);
       if (gath_offs[r]) n->gath = gepf(L, L->scratch, gath_offs[r]);
-      if (wr_offs[r]) n->wr = gepf(L, L->scratch, wr_offs[r]);
+      if (wr_offs[r]) n->wr = gepf(L, L->wscratch, wr_offs[r]);
     }
     if (!n->base && n->uses > 0) {
       diag_internal(L->de, "codegen", "node %d (%s) has no buffer", r, ir_op_info[nd->op].text);
@@ -2201,6 +2213,8 @@ static int emit_function(Lower *L, Inst *in) {
     LLVMTypeRef pt = L->ptr;
     LLVMValueRef sp = LLVMBuildLoad2(bld, L->ptr, scratch_slot, "");
     call_fn(L, "rt_cpu_free", L->void_t, &pt, 1, &sp);
+    LLVMValueRef wp = LLVMBuildLoad2(bld, L->ptr, wscratch_slot, "");
+    call_fn(L, "rt_cpu_free", L->void_t, &pt, 1, &wp);
     LLVMBuildRet(bld, LLVMBuildLoad2(bld, L->i32, L->status, ""));
   }
   return L->failed ? -1 : 0;

@@ -58,25 +58,6 @@ int64_t rt_cpu_packed_floats(int64_t K, int64_t N) {
   return (N + NR - 1) / NR * NR * K;
 }
 
-void rt_cpu_pack_b(int64_t K, int64_t N, const float *B, int64_t ldb, int trans, float *Bp) {
-  int64_t panels = (N + NR - 1) / NR;
-  for (int64_t p = 0; p < panels; p++) {
-    int64_t j0 = p * NR, nj = N - j0 < NR ? N - j0 : NR;
-    float *dst = Bp + p * K * NR;
-    if (!trans) {
-      for (int64_t k = 0; k < K; k++) {
-        memcpy(dst + k * NR, B + k * ldb + j0, sizeof(float) * (size_t)nj);
-        for (int64_t j = nj; j < NR; j++) dst[k * NR + j] = 0.0f;
-      }
-    } else {
-      /* B[k, j] = W[j, k]: read W's rows (contiguous in k), scatter into the
-       * panel's columns; a panel is 32 KiB, so the scatter stays in L1. */
-      for (int64_t j = 0; j < NR; j++)
-        for (int64_t k = 0; k < K; k++) dst[k * NR + j] = j < nj ? B[(j0 + j) * ldb + k] : 0.0f;
-    }
-  }
-}
-
 /* C[0:mr, 0:nc] (+)= A[0:mr, 0:kc] @ Bp-panel[0:kc, 0:32], with mr a constant
  * after inlining so that the accumulators become registers. U partial sums
  * over k keep at least eight FMA chains in flight when mr is small. */
@@ -216,6 +197,85 @@ static void gemm_range(int64_t i0, int64_t i1, int64_t p0, int64_t p1, int64_t N
                        const float *A, int64_t lda, const float *Bp, float *C, int64_t ldc) {
   pthread_once(&gemm_once, gemm_select);
   gemm_impl(i0, i1, p0, p1, N, K, A, lda, Bp, C, ldc);
+}
+
+/* ---- packing ---------------------------------------------------------- */
+
+/* r[i][c] -> r[c][i] for 16 vectors of 16: stage `bit` swaps that bit of the
+ * row index with the same bit of the column index (two-source permutes, one
+ * vpermt2ps each on AVX-512). */
+#define TRANSPOSE_STAGE(bit, I0, I1)                                                               \
+  for (int i = 0; i < 16; i++)                                                                     \
+    if (!(i & (bit))) {                                                                            \
+      v16 x_ = r[i], y_ = r[i + (bit)];                                                            \
+      r[i] = __builtin_shufflevector(x_, y_, EXPAND I0);                                           \
+      r[i + (bit)] = __builtin_shufflevector(x_, y_, EXPAND I1);                                   \
+    }
+#define EXPAND(...) __VA_ARGS__
+INLINE void transpose16(v16 *r) {
+  TRANSPOSE_STAGE(1, (0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30),
+                  (1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31));
+  TRANSPOSE_STAGE(2, (0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29),
+                  (2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31));
+  TRANSPOSE_STAGE(4, (0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27),
+                  (4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31));
+  TRANSPOSE_STAGE(8, (0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23),
+                  (8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31));
+}
+
+/* Packs B[K,N] into panels (see rt_cpu_pack_b). From W = B's transpose, a
+ * full panel goes through 16 x 16 register transposes: the scalar scatter it
+ * replaces was most of a step function's time at B = 64. */
+INLINE void pack_body(int64_t K, int64_t N, const float *B, int64_t ldb, int trans, float *Bp) {
+  int64_t panels = (N + NR - 1) / NR;
+  for (int64_t p = 0; p < panels; p++) {
+    int64_t j0 = p * NR, nj = N - j0 < NR ? N - j0 : NR;
+    float *dst = Bp + p * K * NR;
+    if (!trans) {
+      for (int64_t k = 0; k < K; k++) {
+        memcpy(dst + k * NR, B + k * ldb + j0, sizeof(float) * (size_t)nj);
+        for (int64_t j = nj; j < NR; j++) dst[k * NR + j] = 0.0f;
+      }
+      continue;
+    }
+    /* B[k, j] = W[j, k]. */
+    int64_t k16 = nj == NR ? K / 16 * 16 : 0;
+    for (int64_t jb = 0; jb < NR && k16 > 0; jb += 16)
+      for (int64_t k0 = 0; k0 < k16; k0 += 16) {
+        v16 r[16];
+        for (int i = 0; i < 16; i++) LOAD16(r[i], B + (j0 + jb + i) * ldb + k0);
+        transpose16(r);
+        for (int i = 0; i < 16; i++) STORE16(dst + (k0 + i) * NR + jb, r[i]);
+      }
+    /* The k tail, and partial panels (zero-padded), element by element. */
+    for (int64_t j = 0; j < NR; j++)
+      for (int64_t k = k16; k < K; k++) dst[k * NR + j] = j < nj ? B[(j0 + j) * ldb + k] : 0.0f;
+  }
+}
+
+typedef void (*PackFn)(int64_t, int64_t, const float *, int64_t, int, float *);
+#define PACK_VARIANT(name, attr)                                                                   \
+  attr static void name(int64_t K, int64_t N, const float *B, int64_t ldb, int trans, float *Bp) { \
+    pack_body(K, N, B, ldb, trans, Bp);                                                            \
+  }
+PACK_VARIANT(pack_generic, )
+#ifdef SEQ_GEMM_X86
+PACK_VARIANT(pack_avx512, __attribute__((target("avx512f,fma"))))
+PACK_VARIANT(pack_avx2, __attribute__((target("avx2,fma"))))
+#endif
+
+void rt_cpu_pack_b(int64_t K, int64_t N, const float *B, int64_t ldb, int trans, float *Bp) {
+  const char *isa = rt_cpu_gemm_isa();
+  PackFn f = pack_generic;
+#ifdef SEQ_GEMM_X86
+  if (isa[3] == '5')
+    f = pack_avx512;
+  else if (isa[0] == 'a')
+    f = pack_avx2;
+#else
+  (void)isa;
+#endif
+  f(K, N, B, ldb, trans, Bp);
 }
 
 typedef struct GemmTask {
@@ -481,16 +541,17 @@ static void cache_put(AllocHeader *h) {
   if (h) munmap(h, h->mapped);
 }
 
-void *rt_cpu_alloc(int64_t bytes) {
+static void *alloc_block(int64_t bytes, int zero) {
   if (bytes < 0 || bytes > ((int64_t)1 << 46)) return NULL;
   size_t n = ((size_t)bytes + 63) / 64 * 64 + 64;
   if (n >= BIG_BLOCK) {
     size_t len = (n + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE;
     AllocHeader *h = cache_take(len);
     if (h) {
-      memset((char *)h + 64, 0, n - 64);
+      if (zero) memset((char *)h + 64, 0, n - 64);
       return (char *)h + 64;
     }
+    /* Fresh anonymous pages read as zero. */
     char *raw =
         mmap(NULL, len + HUGE_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (raw != MAP_FAILED) {
@@ -508,9 +569,17 @@ void *rt_cpu_alloc(int64_t bytes) {
   }
   void *p = NULL;
   if (posix_memalign(&p, 64, n) != 0) return NULL;
-  memset(p, 0, n);
+  if (zero) memset(p, 0, n);
   ((AllocHeader *)p)->mapped = 0;
   return (char *)p + 64;
+}
+
+void *rt_cpu_alloc(int64_t bytes) {
+  return alloc_block(bytes, 1);
+}
+
+void *rt_cpu_alloc_uninit(int64_t bytes) {
+  return alloc_block(bytes, 0);
 }
 
 void rt_cpu_free(void *p) {

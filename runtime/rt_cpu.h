@@ -14,6 +14,9 @@
 
 /* Zeroed, 64-byte aligned; NULL on failure or a negative/absurd size. */
 void *rt_cpu_alloc(int64_t bytes);
+/* As rt_cpu_alloc, but the memory is not zeroed (for buffers written whole
+ * before they are read, such as packed weights). Freed with rt_cpu_free. */
+void *rt_cpu_alloc_uninit(int64_t bytes);
 void rt_cpu_free(void *p);
 
 /* C[M,N] = A[M,K] @ B[K,N] (row-major, leading dimensions lda, ldb, ldc; C is

@@ -87,6 +87,15 @@ static void test_unpacked_tails(void **st) {
         for (int tr = 0; tr <= 1; tr++) check(M, Ns[i], Ks[k], tr, 1);
 }
 
+/* Packing from W's transpose goes through 16 x 16 register transposes for
+ * full panels: every k leftover of the 16-deep blocks, and partial panels. */
+static void test_transposed_packing(void **st) {
+  (void)st;
+  const int64_t Ks[] = {1, 15, 16, 17, 33, 48, 300}, Ns[] = {16, 31, 32, 33, 64, 65};
+  for (int k = 0; k < 7; k++)
+    for (int n = 0; n < 6; n++) check(13, Ns[n], Ks[k], 1, 1);
+}
+
 static void test_column_tails(void **st) {
   (void)st;
   const int64_t Ns[] = {1, 7, 31, 33, 100};
@@ -155,10 +164,15 @@ static void test_kernel_isa(void **st) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_row_tails),   cmocka_unit_test(test_column_tails),
-      cmocka_unit_test(test_deep_k),      cmocka_unit_test(test_rnn_shapes),
-      cmocka_unit_test(test_two_threads), cmocka_unit_test(test_empty_and_unpacked),
-      cmocka_unit_test(test_kernel_isa),  cmocka_unit_test(test_unpacked_tails),
+      cmocka_unit_test(test_row_tails),
+      cmocka_unit_test(test_column_tails),
+      cmocka_unit_test(test_deep_k),
+      cmocka_unit_test(test_rnn_shapes),
+      cmocka_unit_test(test_two_threads),
+      cmocka_unit_test(test_empty_and_unpacked),
+      cmocka_unit_test(test_kernel_isa),
+      cmocka_unit_test(test_unpacked_tails),
+      cmocka_unit_test(test_transposed_packing),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
