@@ -3,7 +3,8 @@
  * width around 256, one thread, seeded random weights of scale 1/sqrt(fan-in)
  * and inputs in [-1, 1]. Prints a Markdown table: tokens per second (median of
  * five runs after a warm-up) and the JIT compile time.
- * usage: stdlib_throughput [SRCDIR]   (the source tree, default ".") */
+ * usage: stdlib_throughput [SRCDIR [ONLY]]   (the source tree, default "."; ONLY: a
+ * comma-separated list of substrings, to run only the cells whose file names contain one) */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -137,13 +138,29 @@ static int bench_one(SeqContext *cx, const char *srcdir, const Bench *bn) {
 
 int main(int argc, char **argv) {
   const char *srcdir = argc > 1 ? argv[1] : ".";
+  const char *only = argc > 2 ? argv[2] : NULL; /* comma-separated substrings of file names */
   SeqContext *cx = seq_context_create();
   if (!cx) return 1;
   printf("| cell | dims | tokens/s | ms per forward (B=%d, T=%d) | JIT compile ms |\n", B, T);
   printf("|---|---|---|---|---|\n");
   int failures = 0;
-  for (size_t i = 0; i < sizeof benches / sizeof benches[0]; i++)
+  for (size_t i = 0; i < sizeof benches / sizeof benches[0]; i++) {
+    if (only) {
+      int hit = 0;
+      for (const char *p = only; *p && !hit;) {
+        size_t n = strcspn(p, ",");
+        char want[64];
+        if (n > 0 && n < sizeof want) {
+          memcpy(want, p, n);
+          want[n] = '\0';
+          hit = strstr(benches[i].file, want) != NULL;
+        }
+        p += n + (p[n] == ',');
+      }
+      if (!hit) continue;
+    }
     failures += bench_one(cx, srcdir, &benches[i]);
+  }
   seq_context_destroy(cx);
   return failures ? 1 : 0;
 }
