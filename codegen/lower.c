@@ -1858,6 +1858,10 @@ static int64_t plan_chunks(Lower *L) {
  * LSTM step at I = H = 256 took 605 us unpacked and 706 packed at B = 32,
  * 1189 and 989 at B = 64 (bench: one thread, the dev machine). */
 #define PACK_MIN_TOKENS 48
+/* ... and calls with a batch of at least PACK_SWAP_MIN_B (runtime/cpu_gemm.c,
+ * SWAP_MIN_M) and fewer than PACK_MIN_STEPS steps. */
+#define PACK_SWAP_MIN_B 32
+#define PACK_MIN_STEPS 16
 
 static int emit_function(Lower *L, Inst *in) {
   L->in = in;
@@ -1972,7 +1976,15 @@ static int emit_function(Lower *L, Inst *in) {
    * by the weights as given (rt_cpu_sgemm_w) and reserve no room for packed
    * copies. An LSTM step at I = H = 256 and B = 8 took 480 us with packing
    * (and zeroing the 2 MiB it packs into), most of the call. */
-  L->packed = LLVMBuildICmp(bld, LLVMIntSGE, BT, ci64(L, PACK_MIN_TOKENS), "packed");
+  L->packed = LLVMBuildICmp(bld, LLVMIntSGE, BT, ci64(L, PACK_MIN_TOKENS), "");
+  /* A few steps of a large batch do not pack either: there the unpacked
+   * product of W @ x runs as (x^T W^T)^T on the full-speed kernel, a few
+   * percent slower per step than packed, and packing costs about one step. */
+  L->packed =
+      LLVMBuildAnd(bld, L->packed,
+                   LLVMBuildOr(bld, LLVMBuildICmp(bld, LLVMIntSLT, B, ci64(L, PACK_SWAP_MIN_B), ""),
+                               LLVMBuildICmp(bld, LLVMIntSGE, T, ci64(L, PACK_MIN_STEPS), ""), ""),
+                   "packed");
   /* Place every buffer. */
   Alloc al = {ci64(L, 0)};
   /* Packed weights and complex real forms are written whole before they are

@@ -430,6 +430,65 @@ DIRECT_VARIANT(nt_avx2, nt_body, __attribute__((target("avx2,fma"))))
 DIRECT_VARIANT(nn_avx2, nn_body, __attribute__((target("avx2,fma"))))
 #endif
 
+/* C[m, n] = D[n, m] for D [N, M] (row-major, ld M), 16 x 16 blocks in
+ * registers. */
+INLINE void trans_body(int64_t N, int64_t M, const float *D, float *C, int64_t ldc) {
+  int64_t N16 = N / 16 * 16, M16 = M / 16 * 16;
+  for (int64_t n0 = 0; n0 < N16; n0 += 16)
+    for (int64_t m0 = 0; m0 < M16; m0 += 16) {
+      v16 r[16];
+      for (int i = 0; i < 16; i++) LOAD16(r[i], D + (n0 + i) * M + m0);
+      transpose16(r);
+      for (int j = 0; j < 16; j++) STORE16(C + (m0 + j) * ldc + n0, r[j]);
+    }
+  for (int64_t m = 0; m < M; m++)
+    for (int64_t n = m < M16 ? N16 : 0; n < N; n++) C[m * ldc + n] = D[n * M + m];
+}
+typedef void (*TransFn)(int64_t, int64_t, const float *, float *, int64_t);
+#define TRANS_VARIANT(name, attr)                                                                  \
+  attr static void name(int64_t N, int64_t M, const float *D, float *C, int64_t ldc) {             \
+    trans_body(N, M, D, C, ldc);                                                                   \
+  }
+TRANS_VARIANT(trans_generic, )
+#ifdef SEQ_GEMM_X86
+TRANS_VARIANT(trans_avx512, __attribute__((target("avx512f,fma"))))
+TRANS_VARIANT(trans_avx2, __attribute__((target("avx2,fma"))))
+#endif
+
+/* C = A @ W^T for W [N, K] and at least SWAP_MIN_M rows of A, without
+ * packing W: compute D = W @ A^T instead, where W is the kernel's row operand
+ * (read in place, row by row) and A^T the packed operand (A packed: M x K
+ * floats, a fraction of W), then C = D^T. The two transposes cost a few
+ * percent of the product; packing W, which this avoids, cost as much as the
+ * whole product of a 64-row step. -1 if the temporaries cannot be had. */
+#define SWAP_MIN_M 32
+static int swapped_nt(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *W,
+                      int64_t ldw, float *C, int64_t ldc) {
+  float *Ap = rt_cpu_alloc_uninit(4 * rt_cpu_packed_floats(K, M));
+  float *D = rt_cpu_alloc_uninit(4 * N * M);
+  if (!Ap || !D) {
+    rt_cpu_free(Ap);
+    rt_cpu_free(D);
+    return -1;
+  }
+  rt_cpu_pack_b(K, M, A, lda, 1, Ap); /* B'[k, m] = A[m, k] */
+  rt_cpu_sgemm_packed(N, M, K, W, ldw, Ap, D, M);
+  const char *isa = rt_cpu_gemm_isa();
+  TransFn f = trans_generic;
+#ifdef SEQ_GEMM_X86
+  if (isa[3] == '5')
+    f = trans_avx512;
+  else if (isa[0] == 'a')
+    f = trans_avx2;
+#else
+  (void)isa;
+#endif
+  f(N, M, D, C, ldc);
+  rt_cpu_free(Ap);
+  rt_cpu_free(D);
+  return 0;
+}
+
 void rt_cpu_sgemm_w(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *W,
                     int64_t ldw, int trans, const float *Bp, float *C, int64_t ldc) {
   if (Bp) {
@@ -437,6 +496,7 @@ void rt_cpu_sgemm_w(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda
     return;
   }
   if (M <= 0 || N <= 0) return;
+  if (trans && M >= SWAP_MIN_M && K > 0 && swapped_nt(M, N, K, A, lda, W, ldw, C, ldc) == 0) return;
   const char *isa = rt_cpu_gemm_isa();
   DirectFn nt = nt_generic, nn = nn_generic;
 #ifdef SEQ_GEMM_X86

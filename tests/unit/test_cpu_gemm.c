@@ -85,6 +85,10 @@ static void test_unpacked_tails(void **st) {
     for (int i = 0; i < 7; i++)
       for (int k = 0; k < 5; k++)
         for (int tr = 0; tr <= 1; tr++) check(M, Ns[i], Ks[k], tr, 1);
+  /* From 32 rows up, W @ x without packing runs as (x^T W^T)^T. */
+  const int64_t Ms[] = {32, 33, 47, 64, 100};
+  for (int m = 0; m < 5; m++)
+    for (int i = 0; i < 7; i++) check(Ms[m], Ns[i], 40, 1, 1);
 }
 
 /* Packing from W's transpose goes through 16 x 16 register transposes for
