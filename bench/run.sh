@@ -5,17 +5,18 @@
 # and the achieved fraction of it, and compile times (seqc to .so, and JIT).
 #
 # usage: bench/run.sh [REPS]      (from the repository root, after a release build)
-#   ROUNDS=3           rounds per thread count; each round runs seqc (LSTM, GRU) and
-#                      then PyTorch, REPS forwards per shape, so both sides see the same
-#                      stretches of a noisy machine. The table gives the median of the
-#                      rounds' medians and, in brackets, their range.
+#   ROUNDS=5           rounds per shape; a round runs seqc, then PyTorch, REPS forwards
+#                      each, back to back, so both sides of a pair see the same stretch
+#                      of a noisy machine. The table gives the median of the rounds'
+#                      medians (in brackets their range) and the median of the
+#                      per-round ratios.
 #   BUILD=build-perf   the release build directory (cmake -DCMAKE_BUILD_TYPE=Release)
 #   TORCH_PY=python    the Python with torch (default: $BUILD/venv/bin/python if
 #                      present, else /usr/bin/python3)
 # Raw output goes to $BUILD/bench/raw.txt, the table to stdout.
 set -eu
 REPS=${1:-7}
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 BUILD=${BUILD:-build-perf}
 OUT=$BUILD/bench
 mkdir -p "$OUT"
@@ -36,15 +37,19 @@ RAW=$OUT/raw.txt
   echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 } >>"$RAW"
 
+env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$TORCH_PY" -W ignore bench/torch_rnn.py 1 1 none 0 >>"$RAW"
 "$OUT/fma_peak" 2 >>"$RAW"
 for t in 1 2; do
   "$OUT/gemm_bench" "$t" >>"$RAW"
-  for r in $(seq "$ROUNDS"); do
-    for m in lstm gru; do
-      "$OUT/bench_rnn" "examples/$m.seq" "$t" "$REPS" | sed "s/^/seqc $m threads=$t /" >>"$RAW"
+  for m in lstm gru; do
+    for b in 1 8 64; do
+      for r in $(seq "$ROUNDS"); do
+        "$OUT/bench_rnn" "examples/$m.seq" "$t" "$REPS" "$b" | sed -n "s/^ *B=/seqc $m threads=$t round=$r B=/p" >>"$RAW"
+        # PyTorch reads these two from the environment of this command only.
+        env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$TORCH_PY" -W ignore bench/torch_rnn.py "$t" "$REPS" "$m" "$b" |
+          sed -n "s/^torch \([A-Z]*\) threads=\([0-9]*\) /torch \1 threads=\2 round=$r /p" >>"$RAW"
+      done
     done
-    # PyTorch reads these two from the environment of this command only.
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$TORCH_PY" -W ignore bench/torch_rnn.py "$t" "$REPS" >>"$RAW"
   done
 done
 "$OUT/fma_peak" 2 >>"$RAW"
@@ -71,12 +76,12 @@ for line in raw:
     m = re.match(r"fma_peak isa=avx512 threads=(\d+) gflops_median=([\d.]+)", line)
     if m:
         t = int(m[1]); peak[t] = max(peak.get(t, 0), float(m[2]))
-    m = re.match(r"seqc (\w+) threads=(\d+)\s+B=(\d+)\s+forward_ms=([\d.]+)", line)
+    m = re.match(r"seqc (\w+) threads=(\d+) round=(\d+) B=(\d+)\s+forward_ms=([\d.]+)", line)
     if m:
-        ours.setdefault((m[1].upper(), int(m[2]), int(m[3])), []).append(float(m[4]))
-    m = re.match(r"torch (\w+) threads=(\d+) B=(\d+) forward_ms=([\d.]+)", line)
+        ours.setdefault((m[1].upper(), int(m[2]), int(m[4])), {})[int(m[3])] = float(m[5])
+    m = re.match(r"torch (\w+) threads=(\d+) round=(\d+) B=(\d+) forward_ms=([\d.]+)", line)
     if m:
-        torch.setdefault((m[1], int(m[2]), int(m[3])), []).append(float(m[4]))
+        torch.setdefault((m[1], int(m[2]), int(m[4])), {})[int(m[3])] = float(m[5])
     m = re.match(r"compile aot_so_ms=(\d+)", line)
     if m: aot.append(float(m[1]))
     m = re.match(r"compile jit_ms=([\d.]+)", line)
@@ -87,20 +92,25 @@ for line in raw:
 print("fp32 FMA peak (AVX-512, median 1 ms burst, best of two runs): "
       + ", ".join(f"{t} thread{'s' if t > 1 else ''} {p:.0f} GFLOP/s" for t, p in sorted(peak.items())))
 print()
-print("| model | threads | B | seqc ms | PyTorch ms | PyTorch / seqc | seqc GFLOP/s | seqc % of peak | PyTorch % of peak |")
+print("| model | threads | B | seqc ms | PyTorch ms | PyTorch / seqc (rounds) | seqc GFLOP/s | seqc % of peak | PyTorch % of peak |")
 print("|---|---|---|---|---|---|---|---|---|")
 T, I, H = 1024, 256, 256
 for name, gates in (("LSTM", 4), ("GRU", 3)):
     for t in (1, 2):
         for b in (1, 8, 64):
-            ss, ps = ours.get((name, t, b)), torch.get((name, t, b))
-            if not ss or not ps:
+            so, po = ours.get((name, t, b)), torch.get((name, t, b))
+            if not so or not po:
                 continue
+            ss, ps = list(so.values()), list(po.values())
             s, p = statistics.median(ss), statistics.median(ps)
+            # Ratio per round (seqc and PyTorch back to back), then their median.
+            ratios = [po[r] / so[r] for r in so if r in po]
+            rr = statistics.median(ratios)
             rng = lambda v: f" [{min(v):.1f}-{max(v):.1f}]" if len(v) > 1 else ""
+            rrng = f" [{min(ratios):.2f}-{max(ratios):.2f}]" if len(ratios) > 1 else ""
             gf = 2.0 * b * T * (I + H) * gates * H * 1e-9
             pk = peak.get(t, float("nan"))
-            print(f"| {name} | {t} | {b} | {s:.1f}{rng(ss)} | {p:.1f}{rng(ps)} | {p / s:.2f} | "
+            print(f"| {name} | {t} | {b} | {s:.1f}{rng(ss)} | {p:.1f}{rng(ps)} | {rr:.2f}{rrng} | "
                   f"{gf / s * 1e3:.0f} | {100 * gf / s * 1e3 / pk:.0f}% | {100 * gf / p * 1e3 / pk:.0f}% |")
 print()
 if aot: print(f"std LSTM compile, seqc to .so (whole CLI run): median {statistics.median(aot):.0f} ms of {len(aot)}")

@@ -1,7 +1,8 @@
 """torch_rnn.py - PyTorch CPU forward time of nn.LSTM / nn.GRU at T=1024,
 I=H=256, batch_first, for B in {1, 8, 64}: the baseline for bench_rnn.c.
 
-usage: python torch_rnn.py THREADS [REPS]
+usage: python torch_rnn.py THREADS [REPS [MODEL B]]   (MODEL LSTM or GRU: that shape only;
+MODEL none: the header line only)
 Prints one header line (version, BLAS, threads) and one line per model and B,
 in the same shape as bench_rnn: "<model> threads=N B=b forward_ms=<median> reps=n".
 
@@ -29,9 +30,14 @@ def main():
           f"mkldnn={torch.backends.mkldnn.is_available()} threads={torch.get_num_threads()}")
     T, I, H = 1024, 256, 256
     torch.manual_seed(0)
-    for name, cls in (("LSTM", torch.nn.LSTM), ("GRU", torch.nn.GRU)):
+    models = (("LSTM", torch.nn.LSTM), ("GRU", torch.nn.GRU))
+    batches = (1, 8, 64)
+    if len(sys.argv) > 4:
+        models = tuple(m for m in models if m[0] == sys.argv[3].upper())
+        batches = (int(sys.argv[4]),)
+    for name, cls in models:
         net = cls(I, H, batch_first=True).eval()
-        for B in (1, 8, 64):
+        for B in batches:
             x = torch.randn(B, T, I)
             times = []
             with torch.inference_mode():
