@@ -82,7 +82,9 @@ int32_t rt_cpu_forward_batched(rt_cpu_root_fn fn, const int64_t *layout, void *c
   s.status = malloc(sizeof(int32_t) * (size_t)n);
   int32_t rc = 2; /* CG_ERR_NOMEM, docs/abi.md */
   if (s.ptrs && s.status) {
-    rt_cpu_parallel_for((int)n, run_slice, &s);
+    /* A whole forward pass holds the pool for its duration: a second host
+     * thread's call runs its slices on its own thread rather than waiting. */
+    rt_cpu_parallel_for_nowait((int)n, run_slice, &s);
     rc = 0;
     for (int64_t i = 0; i < n && rc == 0; i++) rc = s.status[i];
   }

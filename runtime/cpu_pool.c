@@ -85,29 +85,46 @@ static void *worker(void *arg) {
   return NULL;
 }
 
-static void configure_default(void) {
-  if (pool.configured) return;
-  pool.configured = 1;
-  const char *env = getenv("SEQ_NUM_THREADS");
-  int n = env ? atoi(env) : 1;
-  pool.nthreads = n < 1 ? 1 : n > RT_CPU_MAX_THREADS ? RT_CPU_MAX_THREADS : n;
+/* The thread count has its own lock: a forward pass holds call_lock for its
+ * whole duration, and other host threads must still be able to read or set
+ * the count meanwhile. */
+static pthread_mutex_t conf_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int clamp_threads(int n) {
+  return n < 1 ? 1 : n > RT_CPU_MAX_THREADS ? RT_CPU_MAX_THREADS : n;
 }
 
 int rt_cpu_set_num_threads(int n) {
-  pthread_mutex_lock(&pool.call_lock);
+  pthread_mutex_lock(&conf_lock);
   pool.configured = 1;
-  pool.nthreads = n < 1 ? 1 : n > RT_CPU_MAX_THREADS ? RT_CPU_MAX_THREADS : n;
-  pthread_mutex_unlock(&pool.call_lock);
-  return pool.nthreads;
+  pool.nthreads = clamp_threads(n);
+  n = pool.nthreads;
+  pthread_mutex_unlock(&conf_lock);
+  return n;
 }
 
 int rt_cpu_get_num_threads(void) {
-  pthread_mutex_lock(&pool.call_lock);
-  configure_default();
+  pthread_mutex_lock(&conf_lock);
+  if (!pool.configured) {
+    pool.configured = 1;
+    const char *env = getenv("SEQ_NUM_THREADS");
+    pool.nthreads = clamp_threads(env ? atoi(env) : 1);
+  }
   int n = pool.nthreads;
-  pthread_mutex_unlock(&pool.call_lock);
+  pthread_mutex_unlock(&conf_lock);
   return n;
 }
+
+/* Runs the n parts on the calling thread, marked as a part so that what they
+ * ask of the pool runs there too. */
+static void run_inline(int n, void (*fn)(void *ctx, int i), void *ctx) {
+  int outer = in_part;
+  in_part = 1;
+  for (int i = 0; i < n; i++) fn(ctx, i);
+  in_part = outer;
+}
+
+static void run_locked(int n, void (*fn)(void *ctx, int i), void *ctx);
 
 void rt_cpu_parallel_for(int n, void (*fn)(void *ctx, int i), void *ctx) {
   if (n <= 0) return;
@@ -116,12 +133,27 @@ void rt_cpu_parallel_for(int n, void (*fn)(void *ctx, int i), void *ctx) {
     return;
   }
   pthread_mutex_lock(&pool.call_lock);
-  configure_default();
+  run_locked(n, fn, ctx);
+}
+
+int rt_cpu_parallel_for_nowait(int n, void (*fn)(void *ctx, int i), void *ctx) {
+  if (n <= 0) return 0;
+  if (in_part || pthread_mutex_trylock(&pool.call_lock) != 0) {
+    run_inline(n, fn, ctx);
+    return 1;
+  }
+  run_locked(n, fn, ctx);
+  return 0;
+}
+
+/* The body of a parallel_for, with call_lock held; releases it. */
+static void run_locked(int n, void (*fn)(void *ctx, int i), void *ctx) {
+  int want = rt_cpu_get_num_threads();
   /* Start workers lazily; if a thread cannot be created, run with fewer.
    * (nworkers changes only under call_lock, which this thread holds.) */
-  if (pool.nworkers < pool.nthreads - 1) {
+  if (pool.nworkers < want - 1) {
     pthread_mutex_lock(&pool.lock);
-    while (pool.nworkers < pool.nthreads - 1) {
+    while (pool.nworkers < want - 1) {
       if (pthread_create(&pool.threads[pool.nworkers], NULL, worker, NULL) != 0) break;
       pthread_detach(pool.threads[pool.nworkers]);
       pool.nworkers++;

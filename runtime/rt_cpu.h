@@ -56,10 +56,11 @@ void rt_cpu_sgemm_w(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda
 /* dst[c, r] = src[r, c] for a rows x cols row-major src. */
 void rt_cpu_transpose(int64_t rows, int64_t cols, const float *src, float *dst);
 
-/* Threads used by rt_cpu_sgemm (including the caller). The default is
- * $SEQ_NUM_THREADS if set, else 1. n < 1 means 1; the pool is capped at
- * RT_CPU_MAX_THREADS. Returns the number now in effect. Not to be called while
- * another thread is inside rt_cpu_sgemm. */
+/* Threads used by rt_cpu_sgemm and rt_cpu_forward_batched (including the
+ * caller). The default is $SEQ_NUM_THREADS if set, else 1. n < 1 means 1; the
+ * pool is capped at RT_CPU_MAX_THREADS. Returns the number now in effect.
+ * Safe from any thread at any time; a call already running keeps the split it
+ * started with. */
 #define RT_CPU_MAX_THREADS 64
 int rt_cpu_set_num_threads(int n);
 int rt_cpu_get_num_threads(void);
@@ -69,6 +70,11 @@ int rt_cpu_get_num_threads(void);
  * serialized; a call from inside a part runs its n parts on the calling
  * thread. */
 void rt_cpu_parallel_for(int n, void (*fn)(void *ctx, int i), void *ctx);
+/* As rt_cpu_parallel_for, but when the pool is busy with another thread's
+ * call (or the caller is itself a part) the n parts run one after another on
+ * the calling thread instead of waiting; returns 1 then, else 0. For work
+ * long enough that waiting for the pool could cost more than doing it alone. */
+int rt_cpu_parallel_for_nowait(int n, void (*fn)(void *ctx, int i), void *ctx);
 /* Nonzero while the calling thread runs a part of rt_cpu_parallel_for. */
 int rt_cpu_in_parallel(void);
 

@@ -12,6 +12,7 @@
 #include "testutil.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -204,6 +205,57 @@ static void test_step(void **st) {
   model_close(&three);
 }
 
+/* Two host threads run forwards on one module at once, with 2 pool threads:
+ * the pool is held by one whole forward at a time, so the other runs its
+ * slices on its own thread (rt_cpu_parallel_for_nowait) instead of waiting.
+ * Both must finish and match the serial results. */
+typedef struct Concurrent {
+  SeqModule *m;
+  Run *r;
+  int ok;
+} Concurrent;
+
+static void *concurrent_forward(void *arg) {
+  Concurrent *c = arg;
+  c->ok = 1;
+  for (int k = 0; k < 5 && c->ok; k++)
+    c->ok = seq_module_forward(c->m, B, T, (const void *const *)c->r->in, lengths,
+                               (const float *const *)c->r->s0, c->r->out, c->r->sf) == SEQ_OK;
+  return NULL;
+}
+
+static void test_two_host_threads(void **st) {
+  (void)st;
+  Model one, two;
+  model_open(&one, "examples/lstm.seq", "I=32,H=48", 1);
+  model_open(&two, "examples/lstm.seq", "I=32,H=48", 2);
+  Run ref, a, b;
+  run_alloc(&ref, one.m, T);
+  run_alloc(&a, two.m, T);
+  run_alloc(&b, two.m, T);
+  forward(one.m, &ref, 1, 1, 0);
+  Concurrent ca = {two.m, &a, 0}, cb = {two.m, &b, 0};
+  pthread_t ta, tb;
+  assert_int_equal(pthread_create(&ta, NULL, concurrent_forward, &ca), 0);
+  assert_int_equal(pthread_create(&tb, NULL, concurrent_forward, &cb), 0);
+  pthread_join(ta, NULL);
+  pthread_join(tb, NULL);
+  assert_true(ca.ok && cb.ok);
+  for (int i = 0; i < ref.nout; i++) {
+    expect_close("thread a", a.out[i], ref.out[i], ref.out_n[i]);
+    expect_close("thread b", b.out[i], ref.out[i], ref.out_n[i]);
+  }
+  for (int i = 0; i < ref.nst; i++) {
+    expect_close("thread a state", a.sf[i], ref.sf[i], ref.st_n[i]);
+    expect_close("thread b state", b.sf[i], ref.sf[i], ref.st_n[i]);
+  }
+  run_free(&ref);
+  run_free(&a);
+  run_free(&b);
+  model_close(&one);
+  model_close(&two);
+}
+
 /* A length outside [0, T] in the last slice fails the call with 3 threads as
  * with 1, and no slice has written its outputs. */
 static void test_bad_length(void **st) {
@@ -247,6 +299,7 @@ int main(void) {
       cmocka_unit_test(test_tokens_conv_complex),
       cmocka_unit_test(test_step),
       cmocka_unit_test(test_bad_length),
+      cmocka_unit_test(test_two_host_threads),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
