@@ -1,7 +1,7 @@
 /* cpu_forward.c - threads across the batch for generated forward functions.
  *
  * Every example of a batch is an independent recurrence, so the cheapest way
- * to use T threads is to give each a slice of the batch and let it run the
+ * to use N threads is to give each a slice of the batch and let it run the
  * whole forward pass (hoisted GEMMs, time loop, element loops) on its slice:
  * no synchronization per time step, each thread's packed weights stay in its
  * own core's caches, and a slice of B/T rows still makes a GEMM that the
@@ -69,6 +69,13 @@ int32_t rt_cpu_forward_batched(rt_cpu_root_fn fn, const int64_t *layout, void *c
   /* B, T and the pointers are fn's to check (docs/abi.md): only arguments
    * that are plainly valid split, anything else goes to fn whole. */
   int64_t n = inputs && outputs ? rt_cpu_batch_slices(B, T, layout[3], nt) : 1;
+  /* Buffers beyond 2^40 elements are fn's to reject; the slices' pointers
+   * into them are not even formed. */
+  if (n > 1) {
+    int64_t nbuf = layout[0] + layout[1] + layout[2];
+    for (int64_t k = 0; k < nbuf; k++)
+      if ((double)B * (double)T * (double)layout[4 + k] > 1099511627776.0) n = 1;
+  }
   /* A bad length fails the call before any slice writes anything, as it
    * does without threads. */
   if (n > 1 && lengths)
