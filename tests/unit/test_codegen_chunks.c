@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "seq.h"
+#include "jitmodel.h"
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
 static float uniform(void) {
@@ -22,37 +22,10 @@ static float uniform(void) {
   return (float)((double)(rng >> 11) / 9007199254740992.0 * 2 - 1);
 }
 
-typedef struct Model {
-  SeqContext *cx;
-  SeqModule *m;
-  float *weights[16];
-  int np;
-} Model;
+typedef TuModel Model;
 
 static void model_open(Model *md, const char *file) {
-  memset(md, 0, sizeof *md);
-  md->cx = seq_context_create();
-  assert_non_null(md->cx);
-  SeqOptions opt = {.opt_level = 2, .dims = "I=256,H=256", .num_threads = 1};
-  if (seq_module_from_file(md->cx, tu_src(file), &opt, &md->m) != SEQ_OK)
-    fail_msg("%s: %s", file, md->m ? seq_module_error(md->m) : "out of memory");
-  md->np = seq_module_count(md->m, SEQ_PARAM);
-  assert_true(md->np <= 16);
-  for (int i = 0; i < md->np; i++) {
-    SeqTensorInfo ti;
-    assert_int_equal(seq_module_info(md->m, SEQ_PARAM, i, &ti), SEQ_OK);
-    md->weights[i] = malloc(sizeof(float) * (size_t)ti.numel);
-    assert_non_null(md->weights[i]);
-    float k = 1.0f / sqrtf((float)ti.shape[ti.ndim - 1]);
-    for (int64_t j = 0; j < ti.numel; j++) md->weights[i][j] = k * uniform();
-    assert_int_equal(seq_module_bind_weight(md->m, ti.name, md->weights[i], ti.numel), SEQ_OK);
-  }
-}
-
-static void model_close(Model *md) {
-  for (int i = 0; i < md->np; i++) free(md->weights[i]);
-  seq_module_destroy(md->m);
-  seq_context_destroy(md->cx);
+  tu_model_open(md, file, "I=256,H=256", 1, uniform);
 }
 
 static float *randoms(int64_t n) {
@@ -114,7 +87,7 @@ static void test_forward_equals_steps(void **st) {
     free(x), free(y), free(h0), free(c0), free(hf), free(cf);
     free(xt), free(yt), free(h), free(c), free(h2), free(c2);
   }
-  model_close(&md);
+  tu_model_close(&md);
 }
 
 /* BiGRU (a forward and a reversed GRU layer) with lengths: each sequence of
@@ -146,7 +119,7 @@ static void test_lengths_and_reverse(void **st) {
                  (long long)k, (double)yb[k], (double)y1[k]);
   }
   free(x), free(y), free(y1);
-  model_close(&md);
+  tu_model_close(&md);
 }
 
 /* A large batch for a few steps multiplies by the weights unpacked, W @ x as
@@ -176,7 +149,7 @@ static void test_unpacked_large_batch(void **st) {
                  (double)yp[b * TP * H + k]);
     }
   free(x), free(xp), free(y), free(yp), free(h0);
-  model_close(&md);
+  tu_model_close(&md);
 }
 
 int main(void) {

@@ -17,7 +17,7 @@
 #include <string.h>
 
 #include "runtime/rt_cpu.h"
-#include "seq.h"
+#include "jitmodel.h"
 
 enum { B = 7, T = 60, MAXT = 16 };
 
@@ -29,40 +29,13 @@ static float uniform(void) {
   return (float)((double)(rng >> 11) / 9007199254740992.0 * 2 - 1);
 }
 
-typedef struct Model {
-  SeqContext *cx;
-  SeqModule *m;
-  float *weights[64];
-  int np;
-} Model;
+typedef TuModel Model;
 
 /* Compiles file for `threads` threads; weights from a fixed seed, so two
  * opens of the same file get the same weights. */
 static void model_open(Model *md, const char *file, const char *dims, int threads) {
-  memset(md, 0, sizeof *md);
-  md->cx = seq_context_create();
-  assert_non_null(md->cx);
-  SeqOptions opt = {.opt_level = 2, .dims = dims, .num_threads = threads};
-  if (seq_module_from_file(md->cx, tu_src(file), &opt, &md->m) != SEQ_OK)
-    fail_msg("%s: %s", file, md->m ? seq_module_error(md->m) : "out of memory");
-  md->np = seq_module_count(md->m, SEQ_PARAM);
-  assert_true(md->np <= 64);
   rng = 0x9e3779b97f4a7c15ull;
-  for (int i = 0; i < md->np; i++) {
-    SeqTensorInfo ti;
-    assert_int_equal(seq_module_info(md->m, SEQ_PARAM, i, &ti), SEQ_OK);
-    md->weights[i] = malloc(sizeof(float) * (size_t)ti.numel);
-    assert_non_null(md->weights[i]);
-    float k = 1.0f / sqrtf((float)ti.shape[ti.ndim - 1]);
-    for (int64_t j = 0; j < ti.numel; j++) md->weights[i][j] = k * uniform();
-    assert_int_equal(seq_module_bind_weight(md->m, ti.name, md->weights[i], ti.numel), SEQ_OK);
-  }
-}
-
-static void model_close(Model *md) {
-  for (int i = 0; i < md->np; i++) free(md->weights[i]);
-  seq_module_destroy(md->m);
-  seq_context_destroy(md->cx);
+  tu_model_open(md, file, dims, threads, uniform);
 }
 
 /* One call's buffers: inputs, outputs, initial and final states. */
@@ -158,8 +131,8 @@ static void compare(const char *file, const char *dims, int use_states, int use_
   for (int i = 0; i < a.nst; i++) expect_close(file, b.sf[i], a.sf[i], a.st_n[i]);
   run_free(&a);
   run_free(&b);
-  model_close(&one);
-  model_close(&three);
+  tu_model_close(&one);
+  tu_model_close(&three);
 }
 
 static void test_lstm(void **st) {
@@ -201,8 +174,8 @@ static void test_step(void **st) {
   for (int i = 0; i < a.nst; i++) expect_close("step state", b.sf[i], a.sf[i], a.st_n[i]);
   run_free(&a);
   run_free(&b);
-  model_close(&one);
-  model_close(&three);
+  tu_model_close(&one);
+  tu_model_close(&three);
 }
 
 /* Two host threads run forwards on one module at once, with 2 pool threads:
@@ -252,8 +225,8 @@ static void test_two_host_threads(void **st) {
   run_free(&ref);
   run_free(&a);
   run_free(&b);
-  model_close(&one);
-  model_close(&two);
+  tu_model_close(&one);
+  tu_model_close(&two);
 }
 
 /* A length outside [0, T] in the last slice fails the call with 3 threads as
@@ -271,7 +244,7 @@ static void test_bad_length(void **st) {
   for (int64_t k = 0; k < r.out_n[0]; k++)
     if (!isnan(r.out[0][k])) fail_msg("output %lld was written", (long long)k);
   run_free(&r);
-  model_close(&md);
+  tu_model_close(&md);
 }
 
 /* The decision the tests above rely on: their dims give at least 6M
