@@ -150,53 +150,68 @@ INLINE void gemm_range_body(int64_t i0, int64_t i1, int64_t p0, int64_t p1, int6
   }
 }
 
-/* One copy of the blocked loop per instruction set, chosen once at run time
- * by exactly the features each needs (AVX-512F, or AVX2 and FMA). GCC's
+/* One copy of each hot loop per instruction set, chosen once at run time by
+ * exactly the features the copies need (AVX-512F, or AVX2 and FMA). GCC's
  * target_clones("arch=x86-64-v4") would also demand AVX-512 CD/BW/DQ/VL,
  * BMI2, MOVBE and more, which a virtual machine may hide while it exposes
- * AVX-512F, and then quietly run the half-width kernel. */
-typedef void (*GemmRangeFn)(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, const float *,
-                            int64_t, const float *, float *, int64_t);
-#define GEMM_RANGE_VARIANT(name, attr)                                                             \
-  attr static void name(int64_t i0, int64_t i1, int64_t p0, int64_t p1, int64_t N, int64_t K,      \
-                        const float *A, int64_t lda, const float *Bp, float *C, int64_t ldc) {     \
-    gemm_range_body(i0, i1, p0, p1, N, K, A, lda, Bp, C, ldc);                                     \
-  }
-GEMM_RANGE_VARIANT(gemm_range_generic, )
+ * AVX-512F, and then quietly run the half-width kernel.
+ * ISA_VARIANTS(name, params, args) compiles name##_body for each set into
+ * the table name##_by_isa, indexed by isa(). */
+enum { ISA_GENERIC, ISA_AVX2, ISA_AVX512, ISA_COUNT };
+static const char *const isa_names[ISA_COUNT] = {"generic", "avx2+fma", "avx512f"};
+static int isa_level = ISA_GENERIC;
+static pthread_once_t isa_once = PTHREAD_ONCE_INIT;
+
+static void isa_select(void) {
 #if defined(__x86_64__) && defined(__GNUC__)
-#define SEQ_GEMM_X86 1
-GEMM_RANGE_VARIANT(gemm_range_avx512, __attribute__((target("avx512f,fma"))))
-GEMM_RANGE_VARIANT(gemm_range_avx2, __attribute__((target("avx2,fma"))))
-#endif
-
-static GemmRangeFn gemm_impl;
-static const char *gemm_isa = "generic";
-static pthread_once_t gemm_once = PTHREAD_ONCE_INIT;
-
-static void gemm_select(void) {
-  gemm_impl = gemm_range_generic;
-#ifdef SEQ_GEMM_X86
   __builtin_cpu_init();
   /* These check the OS's register-state support too (XCR0), not only CPUID. */
-  if (__builtin_cpu_supports("avx512f")) {
-    gemm_impl = gemm_range_avx512;
-    gemm_isa = "avx512f";
-  } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-    gemm_impl = gemm_range_avx2;
-    gemm_isa = "avx2+fma";
-  }
+  if (__builtin_cpu_supports("avx512f"))
+    isa_level = ISA_AVX512;
+  else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    isa_level = ISA_AVX2;
 #endif
+}
+
+static int isa(void) {
+  pthread_once(&isa_once, isa_select);
+  return isa_level;
 }
 
 const char *rt_cpu_gemm_isa(void) {
-  pthread_once(&gemm_once, gemm_select);
-  return gemm_isa;
+  return isa_names[isa()];
 }
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define ISA_VARIANTS(name, params, args)                                                           \
+  static void name##_generic params {                                                              \
+    name##_body args;                                                                              \
+  }                                                                                                \
+  __attribute__((target("avx2,fma"))) static void name##_avx2 params {                             \
+    name##_body args;                                                                              \
+  }                                                                                                \
+  __attribute__((target("avx512f,fma"))) static void name##_avx512 params {                        \
+    name##_body args;                                                                              \
+  }                                                                                                \
+  static void(*const name##_by_isa[ISA_COUNT])                                                     \
+      params = {name##_generic, name##_avx2, name##_avx512};
+#else
+#define ISA_VARIANTS(name, params, args)                                                           \
+  static void name##_generic params {                                                              \
+    name##_body args;                                                                              \
+  }                                                                                                \
+  static void(*const name##_by_isa[ISA_COUNT])                                                     \
+      params = {name##_generic, name##_generic, name##_generic};
+#endif
+
+ISA_VARIANTS(gemm_range,
+             (int64_t i0, int64_t i1, int64_t p0, int64_t p1, int64_t N, int64_t K, const float *A,
+              int64_t lda, const float *Bp, float *C, int64_t ldc),
+             (i0, i1, p0, p1, N, K, A, lda, Bp, C, ldc))
 
 static void gemm_range(int64_t i0, int64_t i1, int64_t p0, int64_t p1, int64_t N, int64_t K,
                        const float *A, int64_t lda, const float *Bp, float *C, int64_t ldc) {
-  pthread_once(&gemm_once, gemm_select);
-  gemm_impl(i0, i1, p0, p1, N, K, A, lda, Bp, C, ldc);
+  gemm_range_by_isa[isa()](i0, i1, p0, p1, N, K, A, lda, Bp, C, ldc);
 }
 
 /* ---- packing ---------------------------------------------------------- */
@@ -253,29 +268,11 @@ INLINE void pack_body(int64_t K, int64_t N, const float *B, int64_t ldb, int tra
   }
 }
 
-typedef void (*PackFn)(int64_t, int64_t, const float *, int64_t, int, float *);
-#define PACK_VARIANT(name, attr)                                                                   \
-  attr static void name(int64_t K, int64_t N, const float *B, int64_t ldb, int trans, float *Bp) { \
-    pack_body(K, N, B, ldb, trans, Bp);                                                            \
-  }
-PACK_VARIANT(pack_generic, )
-#ifdef SEQ_GEMM_X86
-PACK_VARIANT(pack_avx512, __attribute__((target("avx512f,fma"))))
-PACK_VARIANT(pack_avx2, __attribute__((target("avx2,fma"))))
-#endif
+ISA_VARIANTS(pack, (int64_t K, int64_t N, const float *B, int64_t ldb, int trans, float *Bp),
+             (K, N, B, ldb, trans, Bp))
 
 void rt_cpu_pack_b(int64_t K, int64_t N, const float *B, int64_t ldb, int trans, float *Bp) {
-  const char *isa = rt_cpu_gemm_isa();
-  PackFn f = pack_generic;
-#ifdef SEQ_GEMM_X86
-  if (isa[3] == '5')
-    f = pack_avx512;
-  else if (isa[0] == 'a')
-    f = pack_avx2;
-#else
-  (void)isa;
-#endif
-  f(K, N, B, ldb, trans, Bp);
+  pack_by_isa[isa()](K, N, B, ldb, trans, Bp);
 }
 
 typedef struct GemmTask {
@@ -414,21 +411,14 @@ INLINE void nn_body(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda
   }
 }
 
-typedef void (*DirectFn)(int64_t, int64_t, int64_t, const float *, int64_t, const float *, int64_t,
-                         float *, int64_t);
-#define DIRECT_VARIANT(name, body, attr)                                                           \
-  attr static void name(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,              \
-                        const float *W, int64_t ldw, float *C, int64_t ldc) {                      \
-    body(M, N, K, A, lda, W, ldw, C, ldc);                                                         \
-  }
-DIRECT_VARIANT(nt_generic, nt_body, )
-DIRECT_VARIANT(nn_generic, nn_body, )
-#ifdef SEQ_GEMM_X86
-DIRECT_VARIANT(nt_avx512, nt_body, __attribute__((target("avx512f,fma"))))
-DIRECT_VARIANT(nn_avx512, nn_body, __attribute__((target("avx512f,fma"))))
-DIRECT_VARIANT(nt_avx2, nt_body, __attribute__((target("avx2,fma"))))
-DIRECT_VARIANT(nn_avx2, nn_body, __attribute__((target("avx2,fma"))))
-#endif
+ISA_VARIANTS(nt,
+             (int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *W,
+              int64_t ldw, float *C, int64_t ldc),
+             (M, N, K, A, lda, W, ldw, C, ldc))
+ISA_VARIANTS(nn,
+             (int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *W,
+              int64_t ldw, float *C, int64_t ldc),
+             (M, N, K, A, lda, W, ldw, C, ldc))
 
 /* C[m, n] = D[n, m] for D [N, M] (row-major, ld M), 16 x 16 blocks in
  * registers. */
@@ -444,16 +434,8 @@ INLINE void trans_body(int64_t N, int64_t M, const float *D, float *C, int64_t l
   for (int64_t m = 0; m < M; m++)
     for (int64_t n = m < M16 ? N16 : 0; n < N; n++) C[m * ldc + n] = D[n * M + m];
 }
-typedef void (*TransFn)(int64_t, int64_t, const float *, float *, int64_t);
-#define TRANS_VARIANT(name, attr)                                                                  \
-  attr static void name(int64_t N, int64_t M, const float *D, float *C, int64_t ldc) {             \
-    trans_body(N, M, D, C, ldc);                                                                   \
-  }
-TRANS_VARIANT(trans_generic, )
-#ifdef SEQ_GEMM_X86
-TRANS_VARIANT(trans_avx512, __attribute__((target("avx512f,fma"))))
-TRANS_VARIANT(trans_avx2, __attribute__((target("avx2,fma"))))
-#endif
+ISA_VARIANTS(trans, (int64_t N, int64_t M, const float *D, float *C, int64_t ldc),
+             (N, M, D, C, ldc))
 
 /* C = A @ W^T for W [N, K] and at least SWAP_MIN_M rows of A, without
  * packing W: compute D = W @ A^T instead, where W is the kernel's row operand
@@ -473,17 +455,7 @@ static int swapped_nt(int64_t M, int64_t N, int64_t K, const float *A, int64_t l
   }
   rt_cpu_pack_b(K, M, A, lda, 1, Ap); /* B'[k, m] = A[m, k] */
   rt_cpu_sgemm_packed(N, M, K, W, ldw, Ap, D, M);
-  const char *isa = rt_cpu_gemm_isa();
-  TransFn f = trans_generic;
-#ifdef SEQ_GEMM_X86
-  if (isa[3] == '5')
-    f = trans_avx512;
-  else if (isa[0] == 'a')
-    f = trans_avx2;
-#else
-  (void)isa;
-#endif
-  f(N, M, D, C, ldc);
+  trans_by_isa[isa()](N, M, D, C, ldc);
   rt_cpu_free(Ap);
   rt_cpu_free(D);
   return 0;
@@ -497,20 +469,7 @@ void rt_cpu_sgemm_w(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda
   }
   if (M <= 0 || N <= 0) return;
   if (trans && M >= SWAP_MIN_M && K > 0 && swapped_nt(M, N, K, A, lda, W, ldw, C, ldc) == 0) return;
-  const char *isa = rt_cpu_gemm_isa();
-  DirectFn nt = nt_generic, nn = nn_generic;
-#ifdef SEQ_GEMM_X86
-  if (isa[3] == '5') { /* "avx512f" */
-    nt = nt_avx512;
-    nn = nn_avx512;
-  } else if (isa[0] == 'a') { /* "avx2+fma" */
-    nt = nt_avx2;
-    nn = nn_avx2;
-  }
-#else
-  (void)isa;
-#endif
-  (trans ? nt : nn)(M, N, K, A, lda, W, ldw, C, ldc);
+  (trans ? nt_by_isa : nn_by_isa)[isa()](M, N, K, A, lda, W, ldw, C, ldc);
 }
 
 void rt_cpu_sgemm(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B,
