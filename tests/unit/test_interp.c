@@ -60,31 +60,6 @@ static IrType CT(IrType t) {
   return t;
 }
 
-static int add_dim(IrFunc *f, const char *name, int64_t deflt) {
-  IrDim d = {name, {0}, 1, deflt > 0, deflt > 0 ? deflt : 0};
-  assert_int_equal(vec_push(A, &f->dims, d), 0);
-  return f->dims.n - 1;
-}
-static int add_param(IrFunc *f, const char *name, IrType t) {
-  IrParam p = {name, t, {0}};
-  assert_int_equal(vec_push(A, &f->params, p), 0);
-  return f->params.n - 1;
-}
-static int add_input(IrFunc *f, const char *name, IrType t) {
-  IrInput p = {name, t, {0}};
-  assert_int_equal(vec_push(A, &f->inputs, p), 0);
-  return f->inputs.n - 1;
-}
-static int add_state(IrFunc *f, const char *name, IrType t) {
-  IrState s = {name, t, {0}, IR_NONE, IR_NONE, 0};
-  assert_int_equal(vec_push(A, &f->states, s), 0);
-  return f->states.n - 1;
-}
-static int add_output(IrFunc *f, const char *name, IrType t) {
-  IrOutput o = {name, t, {0}, IR_NONE};
-  assert_int_equal(vec_push(A, &f->outputs, o), 0);
-  return f->outputs.n - 1;
-}
 static int add_layer(IrFunc *f, const char *name, const IrFunc *callee, const DimExpr *dim_args,
                      const char *prefix, int reverse) {
   int ci = ir_func_index(M, callee->name);
@@ -224,13 +199,13 @@ static const InterpOptions F64 = {.f64 = 1}, F32 = {.f64 = 0};
 
 static IrFunc *make_elman(void) {
   IrFunc *f = ir_func_new(M, "Elman", IR_FN_CELL, (SrcLoc){0});
-  int I = add_dim(f, "I", 0), H = add_dim(f, "H", 0);
-  int pW = add_param(f, "W", T2(V(H), V(I)));
-  int pU = add_param(f, "U", T2(V(H), V(H)));
-  int pb = add_param(f, "b", T1(V(H)));
-  int ix = add_input(f, "x", T1(V(I)));
-  int sh = add_state(f, "h", T1(V(H)));
-  int oy = add_output(f, "y", T1(V(H)));
+  int I = tu_ir_dim(A, f, "I", 1, 0), H = tu_ir_dim(A, f, "H", 1, 0);
+  int pW = tu_ir_param(A, f, "W", T2(V(H), V(I)));
+  int pU = tu_ir_param(A, f, "U", T2(V(H), V(H)));
+  int pb = tu_ir_param(A, f, "b", T1(V(H)));
+  int ix = tu_ir_input(A, f, "x", T1(V(I)));
+  int sh = tu_ir_state(A, f, "h", T1(V(H)));
+  int oy = tu_ir_output(A, f, "y", T1(V(H)));
   IrRef W = leaf(f, IR_PARAM, pW), U = leaf(f, IR_PARAM, pU), b = leaf(f, IR_PARAM, pb);
   IrRef x = leaf(f, IR_INPUT, ix), h = leaf(f, IR_STATE, sh);
   IrRef pre = bin(f, IR_ADD, bin(f, IR_ADD, bin(f, IR_MATMUL, W, x), bin(f, IR_MATMUL, U, h)), b);
@@ -384,11 +359,11 @@ static void run_op(const char *name, int nin, const IrType *in_types, double *co
   IrFunc *f = ir_func_new(M, name, IR_FN_CELL, (SrcLoc){0});
   IrRef in[4];
   for (int i = 0; i < nin; i++) {
-    add_input(f, arena_printf(A, "x%d", i), in_types[i]);
+    tu_ir_input(A, f, arena_printf(A, "x%d", i), in_types[i]);
     in[i] = leaf(f, IR_INPUT, i);
   }
   IrRef y = build(f, in);
-  int oy = add_output(f, "y", f->nodes.v[y].type);
+  int oy = tu_ir_output(A, f, "y", f->nodes.v[y].type);
   f->outputs.v[oy].value = y;
   IrBinding b;
   WSet ws = {0};
@@ -750,12 +725,12 @@ static void test_complex(void **state) {
 /* cell Acc(H): h' = a * h + x, y = h' (h starts at 0.5 * s, s a param) */
 static IrFunc *make_acc(const char *name) {
   IrFunc *f = ir_func_new(M, name, IR_FN_CELL, (SrcLoc){0});
-  int H = add_dim(f, "H", 0);
-  int pa = add_param(f, "a", T1(V(H)));
-  int ps = add_param(f, "s", T1(V(H)));
-  int ix = add_input(f, "x", T1(V(H)));
-  int sh = add_state(f, "h", T1(V(H)));
-  int oy = add_output(f, "y", T1(V(H)));
+  int H = tu_ir_dim(A, f, "H", 1, 0);
+  int pa = tu_ir_param(A, f, "a", T1(V(H)));
+  int ps = tu_ir_param(A, f, "s", T1(V(H)));
+  int ix = tu_ir_input(A, f, "x", T1(V(H)));
+  int sh = tu_ir_state(A, f, "h", T1(V(H)));
+  int oy = tu_ir_output(A, f, "y", T1(V(H)));
   IrRef a = leaf(f, IR_PARAM, pa), s = leaf(f, IR_PARAM, ps);
   IrRef x = leaf(f, IR_INPUT, ix), h = leaf(f, IR_STATE, sh);
   IrRef hn = bin(f, IR_ADD, bin(f, IR_MUL, a, h), x);
@@ -834,9 +809,9 @@ static void test_bidirectional(void **state) {
   (void)state;
   IrFunc *acc = make_acc("Acc");
   IrFunc *m = ir_func_new(M, "Bi", IR_FN_MODEL, (SrcLoc){0});
-  int H = add_dim(m, "H", 0);
-  add_input(m, "x", T1(V(H)));
-  int oy = add_output(m, "y", T1(scale(2, V(H))));
+  int H = tu_ir_dim(A, m, "H", 1, 0);
+  tu_ir_input(A, m, "x", T1(V(H)));
+  int oy = tu_ir_output(A, m, "y", T1(scale(2, V(H))));
   DimExpr da[1] = {V(H)};
   int lf = add_layer(m, "fwd", acc, da, "f.", 0);
   int lb = add_layer(m, "bwd", acc, da, "b.", 1);
@@ -894,9 +869,9 @@ static void test_reversed_model(void **state) {
   (void)state;
   IrFunc *acc = make_acc("Acc");
   IrFunc *wrap = ir_func_new(M, "Wrap", IR_FN_MODEL, (SrcLoc){0});
-  int WH = add_dim(wrap, "H", 0);
-  add_input(wrap, "x", T1(V(WH)));
-  int wy = add_output(wrap, "y", T1(V(WH)));
+  int WH = tu_ir_dim(A, wrap, "H", 1, 0);
+  tu_ir_input(A, wrap, "x", T1(V(WH)));
+  int wy = tu_ir_output(A, wrap, "y", T1(V(WH)));
   DimExpr wda[1] = {V(WH)};
   int wl = add_layer(wrap, "c", acc, wda, "c.", 0);
   IrRef wx = leaf(wrap, IR_INPUT, 0);
@@ -904,9 +879,9 @@ static void test_reversed_model(void **state) {
   wrap->outputs.v[wy].value = bin(wrap, IR_MUL, call(wrap, wl, T1(V(WH)), 1, &wx), cst(wrap, 2));
 
   IrFunc *top = ir_func_new(M, "Top", IR_FN_MODEL, (SrcLoc){0});
-  int H = add_dim(top, "H", 0);
-  add_input(top, "x", T1(V(H)));
-  int oy = add_output(top, "y", T1(V(H)));
+  int H = tu_ir_dim(A, top, "H", 1, 0);
+  tu_ir_input(A, top, "x", T1(V(H)));
+  int oy = tu_ir_output(A, top, "y", T1(V(H)));
   DimExpr da[1] = {V(H)};
   int l = add_layer(top, "r", wrap, da, "r.", 1);
   IrRef x = leaf(top, IR_INPUT, 0);
@@ -942,10 +917,10 @@ static void test_reversed_model(void **state) {
 static void test_swap_and_results(void **state) {
   (void)state;
   IrFunc *c = ir_func_new(M, "Swap", IR_FN_CELL, (SrcLoc){0});
-  int CH = add_dim(c, "H", 0);
-  add_input(c, "x", T1(V(CH)));
-  int sp = add_state(c, "p", T1(V(CH))), sq = add_state(c, "q", T1(V(CH)));
-  int oy = add_output(c, "y", T1(V(CH))), oz = add_output(c, "z", T1(V(CH)));
+  int CH = tu_ir_dim(A, c, "H", 1, 0);
+  tu_ir_input(A, c, "x", T1(V(CH)));
+  int sp = tu_ir_state(A, c, "p", T1(V(CH))), sq = tu_ir_state(A, c, "q", T1(V(CH)));
+  int oy = tu_ir_output(A, c, "y", T1(V(CH))), oz = tu_ir_output(A, c, "z", T1(V(CH)));
   IrRef p = leaf(c, IR_STATE, sp), q = leaf(c, IR_STATE, sq), x = leaf(c, IR_INPUT, 0);
   IrRef qn = bin(c, IR_ADD, p, x);
   c->states.v[sp].init = to_type(c, IR_BROADCAST, cst(c, 1.0), T1(V(CH)));
@@ -956,9 +931,9 @@ static void test_swap_and_results(void **state) {
   c->outputs.v[oz].value = qn;
 
   IrFunc *m = ir_func_new(M, "UseSwap", IR_FN_MODEL, (SrcLoc){0});
-  int H = add_dim(m, "H", 0);
-  add_input(m, "x", T1(V(H)));
-  int oo = add_output(m, "o", T1(V(H)));
+  int H = tu_ir_dim(A, m, "H", 1, 0);
+  tu_ir_input(A, m, "x", T1(V(H)));
+  int oo = tu_ir_output(A, m, "o", T1(V(H)));
   DimExpr da[1] = {V(H)};
   int l = add_layer(m, "s", c, da, "s.", 0);
   IrRef mx = leaf(m, IR_INPUT, 0);
@@ -1001,8 +976,8 @@ static void test_swap_and_results(void **state) {
 static void test_malformed_and_uncalled(void **state) {
   (void)state;
   IrFunc *f = ir_func_new(M, "Bad", IR_FN_CELL, (SrcLoc){0});
-  add_input(f, "x", T1(C(3)));
-  int oy = add_output(f, "y", T1(C(7)));
+  tu_ir_input(A, f, "x", T1(C(3)));
+  int oy = tu_ir_output(A, f, "y", T1(C(7)));
   IrRef x = leaf(f, IR_INPUT, 0);
   IrNode bad = {.op = IR_TANH, .type = T1(C(7))};
   f->outputs.v[oy].value = ir_emit(f, A, &bad, 1, &x);
@@ -1017,9 +992,9 @@ static void test_malformed_and_uncalled(void **state) {
 
   IrFunc *acc = make_acc("Acc");
   IrFunc *m = ir_func_new(M, "Idle", IR_FN_MODEL, (SrcLoc){0});
-  int H = add_dim(m, "H", 0);
-  add_input(m, "x", T1(V(H)));
-  int mo = add_output(m, "y", T1(V(H)));
+  int H = tu_ir_dim(A, m, "H", 1, 0);
+  tu_ir_input(A, m, "x", T1(V(H)));
+  int mo = tu_ir_output(A, m, "y", T1(V(H)));
   DimExpr da[1] = {V(H)};
   add_layer(m, "idle", acc, da, "i.", 0);
   m->outputs.v[mo].value = un(m, IR_NEG, leaf(m, IR_INPUT, 0));
@@ -1042,11 +1017,11 @@ static void test_causal_conv(void **state) {
   enum { D = 3, K = 4, B = 2, T = 6 };
   for (int w3 = 0; w3 < 2; w3++) {
     IrFunc *m = ir_func_new(M, w3 ? "Conv3" : "Conv2", IR_FN_MODEL, (SrcLoc){0});
-    int dD = add_dim(m, "D", 0), dK = add_dim(m, "K", 0);
-    int pw = add_param(m, "w", w3 ? T3(V(dD), C(1), V(dK)) : T2(V(dD), V(dK)));
-    int pb = add_param(m, "b", T1(V(dD)));
-    add_input(m, "u", T1(V(dD)));
-    int oy = add_output(m, "y", T1(V(dD)));
+    int dD = tu_ir_dim(A, m, "D", 1, 0), dK = tu_ir_dim(A, m, "K", 1, 0);
+    int pw = tu_ir_param(A, m, "w", w3 ? T3(V(dD), C(1), V(dK)) : T2(V(dD), V(dK)));
+    int pb = tu_ir_param(A, m, "b", T1(V(dD)));
+    tu_ir_input(A, m, "u", T1(V(dD)));
+    int oy = tu_ir_output(A, m, "y", T1(V(dD)));
     IrRef args[3] = {leaf(m, IR_INPUT, 0), leaf(m, IR_PARAM, pw), leaf(m, IR_PARAM, pb)};
     m->outputs.v[oy].value = node(m, (IrNode){.op = IR_CAUSAL_CONV}, 3, args);
     double w[D * K], bias[D], u[B * T * D];
@@ -1083,10 +1058,10 @@ static void test_causal_conv(void **state) {
 static void test_gather(void **state) {
   (void)state;
   IrFunc *m = ir_func_new(M, "Emb", IR_FN_MODEL, (SrcLoc){0});
-  int dV = add_dim(m, "V", 0), dE = add_dim(m, "E", 0);
-  int pt = add_param(m, "table", T2(V(dV), V(dE)));
-  add_input(m, "tok", ir_scalar(IR_INT));
-  int oy = add_output(m, "y", T1(V(dE)));
+  int dV = tu_ir_dim(A, m, "V", 1, 0), dE = tu_ir_dim(A, m, "E", 1, 0);
+  int pt = tu_ir_param(A, m, "table", T2(V(dV), V(dE)));
+  tu_ir_input(A, m, "tok", ir_scalar(IR_INT));
+  int oy = tu_ir_output(A, m, "y", T1(V(dE)));
   m->outputs.v[oy].value = bin(m, IR_GATHER, leaf(m, IR_PARAM, pt), leaf(m, IR_INPUT, 0));
   double table[5 * 2];
   fill(table, 10, 1);
@@ -1124,12 +1099,12 @@ static void test_gather(void **state) {
 
 static IrFunc *make_lstm_decls(void) {
   IrFunc *f = ir_func_new(M, "LSTM", IR_FN_CELL, (SrcLoc){0});
-  int I = add_dim(f, "I", 0), H = add_dim(f, "H", 0);
-  add_param(f, "weight_ih", T2(scale(4, V(H)), V(I)));
-  add_param(f, "weight_hh", T2(scale(4, V(H)), V(H)));
-  add_param(f, "bias_ih", T1(scale(4, V(H))));
-  add_param(f, "bias_hh", T1(scale(4, V(H))));
-  add_input(f, "x", T1(V(I)));
+  int I = tu_ir_dim(A, f, "I", 1, 0), H = tu_ir_dim(A, f, "H", 1, 0);
+  tu_ir_param(A, f, "weight_ih", T2(scale(4, V(H)), V(I)));
+  tu_ir_param(A, f, "weight_hh", T2(scale(4, V(H)), V(H)));
+  tu_ir_param(A, f, "bias_ih", T1(scale(4, V(H))));
+  tu_ir_param(A, f, "bias_hh", T1(scale(4, V(H))));
+  tu_ir_input(A, f, "x", T1(V(I)));
   return f;
 }
 
@@ -1219,14 +1194,14 @@ static void test_infer_dims(void **state) {
 static void test_infer_defaults(void **state) {
   (void)state;
   IrFunc *f = ir_func_new(M, "S4D", IR_FN_CELL, (SrcLoc){0});
-  int H = add_dim(f, "H", 0), N = add_dim(f, "N", 64), R = add_dim(f, "R", 0),
-      Q = add_dim(f, "Q", 8);
+  int H = tu_ir_dim(A, f, "H", 1, 0), N = tu_ir_dim(A, f, "N", 1, 64),
+      R = tu_ir_dim(A, f, "R", 1, 0), Q = tu_ir_dim(A, f, "Q", 1, 8);
   DimExpr hn, rn;
   assert_int_equal(dim_mul(V(H), V(N), &hn), 0);
   assert_int_equal(dim_add(V(R), V(N), &rn), 0);
-  add_param(f, "A", T1(hn));   /* H*N: not linear once both are unknown */
-  add_param(f, "B", T1(rn));   /* R + N */
-  add_param(f, "C", T1(V(Q))); /* Q: stored, so its default is not used */
+  tu_ir_param(A, f, "A", T1(hn));   /* H*N: not linear once both are unknown */
+  tu_ir_param(A, f, "B", T1(rn));   /* R + N */
+  tu_ir_param(A, f, "C", T1(V(Q))); /* Q: stored, so its default is not used */
   WSet ws = {0};
   int64_t sA[1] = {6 * 64}, sB[1] = {64 + 5}, sC[1] = {3};
   ws_add(&ws, "A", 1, sA, NULL);

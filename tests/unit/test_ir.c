@@ -39,32 +39,6 @@ static IrType CT(IrType t) {
   return t;
 }
 
-static int add_dim(IrFunc *f, const char *name, int sig, int64_t deflt) {
-  IrDim d = {name, {0}, sig, deflt > 0, deflt > 0 ? deflt : 0};
-  assert_int_equal(vec_push(A, &f->dims, d), 0);
-  return f->dims.n - 1;
-}
-static int add_param(IrFunc *f, const char *name, IrType t) {
-  IrParam p = {name, t, {0}};
-  assert_int_equal(vec_push(A, &f->params, p), 0);
-  return f->params.n - 1;
-}
-static int add_input(IrFunc *f, const char *name, IrType t) {
-  IrInput p = {name, t, {0}};
-  assert_int_equal(vec_push(A, &f->inputs, p), 0);
-  return f->inputs.n - 1;
-}
-static int add_state(IrFunc *f, const char *name, IrType t) {
-  IrState s = {name, t, {0}, IR_NONE, IR_NONE, 0};
-  assert_int_equal(vec_push(A, &f->states, s), 0);
-  return f->states.n - 1;
-}
-static int add_output(IrFunc *f, const char *name, IrType t) {
-  IrOutput o = {name, t, {0}, IR_NONE};
-  assert_int_equal(vec_push(A, &f->outputs, o), 0);
-  return f->outputs.n - 1;
-}
-
 /* Infers the type of the node and emits it; the test fails if either
  * fails. */
 static IrRef node(IrFunc *f, IrNode p, int nargs, const IrRef *args) {
@@ -120,16 +94,16 @@ static IrRef slice(IrFunc *f, IrRef x, int axis, DimExpr start, DimExpr stop) {
 static IrFunc *build_lstm(IrModule *m, const char *name) {
   IrFunc *f = ir_func_new(m, name, IR_FN_CELL, (SrcLoc){0});
   assert_non_null(f);
-  int I = add_dim(f, "I", 1, 0), H = add_dim(f, "H", 1, 0);
+  int I = tu_ir_dim(A, f, "I", 1, 0), H = tu_ir_dim(A, f, "H", 1, 0);
   DimExpr h4 = scale(4, V(H));
-  add_param(f, "weight_ih", T2(h4, V(I)));
-  add_param(f, "weight_hh", T2(h4, V(H)));
-  add_param(f, "bias_ih", T1(h4));
-  add_param(f, "bias_hh", T1(h4));
-  add_input(f, "x", T1(V(I)));
-  int sh = add_state(f, "h", T1(V(H)));
-  int sc = add_state(f, "c", T1(V(H)));
-  int y = add_output(f, "y", T1(V(H)));
+  tu_ir_param(A, f, "weight_ih", T2(h4, V(I)));
+  tu_ir_param(A, f, "weight_hh", T2(h4, V(H)));
+  tu_ir_param(A, f, "bias_ih", T1(h4));
+  tu_ir_param(A, f, "bias_hh", T1(h4));
+  tu_ir_input(A, f, "x", T1(V(I)));
+  int sh = tu_ir_state(A, f, "h", T1(V(H)));
+  int sc = tu_ir_state(A, f, "c", T1(V(H)));
+  int y = tu_ir_output(A, f, "y", T1(V(H)));
 
   IrRef zero = cnst(f, 0.0);
   IrNode bp = P(IR_BROADCAST);
@@ -250,8 +224,8 @@ static void test_call_not_deduped(void **state) {
   IrModule *m = ir_module_new(A);
   build_lstm(m, "LSTM");
   IrFunc *g = ir_func_new(m, "Net", IR_FN_MODEL, (SrcLoc){0});
-  int I = add_dim(g, "I", 1, 0), H = add_dim(g, "H", 1, 0);
-  add_input(g, "x", T1(V(I)));
+  int I = tu_ir_dim(A, g, "I", 1, 0), H = tu_ir_dim(A, g, "H", 1, 0);
+  tu_ir_input(A, g, "x", T1(V(I)));
   DimExpr *dargs = arena_calloc(A, 2, sizeof *dargs);
   dargs[0] = V(I);
   dargs[1] = V(H);
@@ -387,12 +361,13 @@ static void test_infer_complex_and_int(void **state) {
   (void)state;
   IrModule *m = ir_module_new(A);
   IrFunc *f = ir_func_new(m, "S4D", IR_FN_CELL, (SrcLoc){0});
-  int H = add_dim(f, "H", 1, 0), N = add_dim(f, "N", 1, 64), V_ = add_dim(f, "V", 1, 0);
-  add_param(f, "A_re", T2(V(H), V(N)));
-  add_param(f, "A_im", T2(V(H), V(N)));
-  add_param(f, "emb", T2(V(V_), V(H)));
-  add_input(f, "tok", ir_scalar(IR_INT));
-  add_state(f, "s", CT(T2(V(H), V(N))));
+  int H = tu_ir_dim(A, f, "H", 1, 0), N = tu_ir_dim(A, f, "N", 1, 64),
+      V_ = tu_ir_dim(A, f, "V", 1, 0);
+  tu_ir_param(A, f, "A_re", T2(V(H), V(N)));
+  tu_ir_param(A, f, "A_im", T2(V(H), V(N)));
+  tu_ir_param(A, f, "emb", T2(V(V_), V(H)));
+  tu_ir_input(A, f, "tok", ir_scalar(IR_INT));
+  tu_ir_state(A, f, "s", CT(T2(V(H), V(N))));
   IrRef re = leaf(f, IR_PARAM, 0), im = leaf(f, IR_PARAM, 1), emb = leaf(f, IR_PARAM, 2);
   IrRef tok = leaf(f, IR_INPUT, 0), s = leaf(f, IR_STATE, 0);
   IrRef z = bin(f, IR_CPLX, re, im);
@@ -419,10 +394,10 @@ static void test_infer_complex_and_int(void **state) {
   bad(f, P(IR_GATHER), 2, a2, "gather needs an int index, not []");
   /* Causal convolution. */
   IrFunc *g = ir_func_new(m, "Conv", IR_FN_CELL, (SrcLoc){0});
-  int D = add_dim(g, "D", 1, 0), K = add_dim(g, "K", 1, 4);
-  add_param(g, "w", T2(V(D), V(K)));
-  add_param(g, "b", T1(V(D)));
-  add_input(g, "u", T1(V(D)));
+  int D = tu_ir_dim(A, g, "D", 1, 0), K = tu_ir_dim(A, g, "K", 1, 4);
+  tu_ir_param(A, g, "w", T2(V(D), V(K)));
+  tu_ir_param(A, g, "b", T1(V(D)));
+  tu_ir_input(A, g, "u", T1(V(D)));
   IrRef a3[3] = {leaf(g, IR_INPUT, 0), leaf(g, IR_PARAM, 0), leaf(g, IR_PARAM, 1)};
   assert_true(ir_type_eq(g->nodes.v[node(g, P(IR_CAUSAL_CONV), 3, a3)].type, T1(V(D))));
   a3[1] = a3[0];
@@ -452,9 +427,9 @@ static IrRef call(IrFunc *f, int li, IrType t, int nargs, const IrRef *args) {
  * reverse LSTM(I, H) suffix "_l0_reverse"; y = concat(fwd(x), bwd(x)) } */
 static IrFunc *build_bilstm(IrModule *m, int lstm) {
   IrFunc *f = ir_func_new(m, "BiLSTM", IR_FN_MODEL, (SrcLoc){0});
-  int I = add_dim(f, "I", 1, 0), H = add_dim(f, "H", 1, 0);
-  add_input(f, "x", T1(V(I)));
-  int y = add_output(f, "y", T1(scale(2, V(H))));
+  int I = tu_ir_dim(A, f, "I", 1, 0), H = tu_ir_dim(A, f, "H", 1, 0);
+  tu_ir_input(A, f, "x", T1(V(I)));
+  int y = tu_ir_output(A, f, "y", T1(scale(2, V(H))));
   DimExpr args[2] = {V(I), V(H)};
   assert_int_equal(vec_push(A, &f->layers, layer("fwd", lstm, 2, args, "", "_l0", 0)), 0);
   assert_int_equal(vec_push(A, &f->layers, layer("bwd", lstm, 2, args, "", "_l0_reverse", 1)), 0);
@@ -476,10 +451,11 @@ static IrModule *build_net(void) {
   build_bilstm(m, 0);
   IrFunc *f = ir_func_new(m, "Net", IR_FN_MODEL, (SrcLoc){0});
   f->doc = "A tiny two-layer network.\nUsed by test_ir.";
-  int D = add_dim(f, "D", 1, 0), Vd = add_dim(f, "V", 1, 100), K = add_dim(f, "dec.H", 0, 0);
-  add_param(f, "emb", T2(V(Vd), V(D)));
-  add_input(f, "tok", ir_scalar(IR_INT));
-  int y = add_output(f, "y", T1(scale(2, V(K))));
+  int D = tu_ir_dim(A, f, "D", 1, 0), Vd = tu_ir_dim(A, f, "V", 1, 100),
+      K = tu_ir_dim(A, f, "dec.H", 0, 0);
+  tu_ir_param(A, f, "emb", T2(V(Vd), V(D)));
+  tu_ir_input(A, f, "tok", ir_scalar(IR_INT));
+  int y = tu_ir_output(A, f, "y", T1(scale(2, V(K))));
   DimExpr enc_args[2] = {V(D), scale(2, V(D))};
   DimExpr dec_args[2] = {scale(4, V(D)), V(K)};
   assert_int_equal(vec_push(A, &f->layers, layer("enc", 1, 2, enc_args, "enc.", "", 0)), 0);

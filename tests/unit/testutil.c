@@ -128,3 +128,33 @@ int tu_ends_with(const char *s, const char *suffix) {
   size_t n = strlen(s), k = strlen(suffix);
   return n >= k && strcmp(s + n - k, suffix) == 0;
 }
+
+int tu_ir_dim(Arena *a, IrFunc *f, const char *name, int sig, int64_t deflt) {
+  IrDim d = {name, {0}, sig, deflt > 0, deflt > 0 ? deflt : 0};
+  assert_int_equal(vec_push(a, &f->dims, d), 0);
+  return f->dims.n - 1;
+}
+
+int tu_ir_param(Arena *a, IrFunc *f, const char *name, IrType t) {
+  IrParam p = {name, t, {0}};
+  assert_int_equal(vec_push(a, &f->params, p), 0);
+  return f->params.n - 1;
+}
+
+int tu_ir_input(Arena *a, IrFunc *f, const char *name, IrType t) {
+  IrInput p = {name, t, {0}};
+  assert_int_equal(vec_push(a, &f->inputs, p), 0);
+  return f->inputs.n - 1;
+}
+
+int tu_ir_state(Arena *a, IrFunc *f, const char *name, IrType t) {
+  IrState s = {name, t, {0}, IR_NONE, IR_NONE, 0};
+  assert_int_equal(vec_push(a, &f->states, s), 0);
+  return f->states.n - 1;
+}
+
+int tu_ir_output(Arena *a, IrFunc *f, const char *name, IrType t) {
+  IrOutput o = {name, t, {0}, IR_NONE};
+  assert_int_equal(vec_push(a, &f->outputs, o), 0);
+  return f->outputs.n - 1;
+}

@@ -8,6 +8,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "ir/ir.h"
+
 /* Reads a whole file (NUL-terminated); NULL if it cannot be read. Caller frees. */
 char *tu_read_file(const char *path, size_t *len);
 int tu_write_file(const char *path, const char *text);
@@ -29,5 +31,13 @@ int tu_seqc(const char *cwd, const char *args, char **out);
  * `needle`; on failure prints the command and its whole output. */
 void tu_expect_seqc(const char *cwd, const char *args, int want_rc, const char *needle);
 int tu_ends_with(const char *s, const char *suffix);
+
+/* Signature entries of an IR function built by hand (arena a); each returns
+ * the new entry's index. A dim with deflt > 0 has that default. */
+int tu_ir_dim(Arena *a, IrFunc *f, const char *name, int sig, int64_t deflt);
+int tu_ir_param(Arena *a, IrFunc *f, const char *name, IrType t);
+int tu_ir_input(Arena *a, IrFunc *f, const char *name, IrType t);
+int tu_ir_state(Arena *a, IrFunc *f, const char *name, IrType t);
+int tu_ir_output(Arena *a, IrFunc *f, const char *name, IrType t);
 
 #endif
