@@ -12,7 +12,6 @@
 #include "frontend/frontend.h"
 #include "passes/passes.h"
 
-#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -175,18 +174,14 @@ static int check_file(const char *path) {
 }
 
 static int check_dir(const char *dir) {
-  DIR *d = opendir(dir);
   int files = 0, checked = 0;
-  assert_non_null(d);
-  for (struct dirent *e; (e = readdir(d));) {
-    size_t n = strlen(e->d_name);
-    if (n < 5 || strcmp(e->d_name + n - 4, ".seq") != 0) continue;
+  char **names = tu_list_dir(dir, ".seq", &files);
+  for (int i = 0; i < files; i++) {
     char path[512];
-    snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+    snprintf(path, sizeof path, "%s/%s", dir, names[i]);
     checked += check_file(path);
-    files++;
   }
-  closedir(d);
+  tu_free_list(names);
   assert_true(files > 0);
   return checked;
 }

@@ -20,7 +20,6 @@
 #include "ir/interp.h"
 #include "passes/passes.h"
 
-#include <dirent.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -284,13 +283,10 @@ static void test_finite_differences(void **state) {
   const char *dirs[] = {"stdlib", "examples", "tests/golden/jacobian"};
   int checked = 0, diagonal = 0;
   for (size_t d = 0; d < sizeof dirs / sizeof dirs[0]; d++) {
-    DIR *dir = opendir(tu_src(dirs[d]));
-    assert_non_null(dir);
-    struct dirent *e;
-    while ((e = readdir(dir))) {
-      if (!tu_ends_with(e->d_name, ".seq")) continue;
+    char **names = tu_list_dir(tu_src(dirs[d]), ".seq", NULL);
+    for (char **name = names; *name; name++) {
       char path[1024];
-      snprintf(path, sizeof path, "%s/%s", tu_src(dirs[d]), e->d_name);
+      snprintf(path, sizeof path, "%s/%s", tu_src(dirs[d]), *name);
       Compiled c;
       compile(&c, path, stderr);
       int nf = c.m->funcs.n; /* the pass appends functions */
@@ -305,13 +301,13 @@ static void test_finite_differences(void **state) {
           print_message("skipped (dims cannot be bound): %s %s\n", path, f->name);
           continue;
         }
-        check_jvp(&c, f, &b, e->d_name);
-        diagonal += check_diag(&c, f, &b, e->d_name);
+        check_jvp(&c, f, &b, *name);
+        diagonal += check_diag(&c, f, &b, *name);
         checked++;
       }
       arena_destroy(c.arena);
     }
-    closedir(dir);
+    tu_free_list(names);
   }
   print_message("%d cells checked, %d with a diagonal form\n", checked, diagonal);
   assert_true(checked >= 30);

@@ -6,7 +6,6 @@
 
 #include "runtime/rt.h"
 
-#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -174,14 +173,11 @@ static void test_numpy_files(void **state) {
 static void test_bad_seed_files(void **state) {
   (void)state;
   const char *dir = tu_src("tests/data/io/npy/bad");
-  DIR *d = opendir(dir);
-  assert_non_null(d);
   int seen = 0;
-  struct dirent *de;
-  while ((de = readdir(d))) {
-    if (de->d_name[0] == '.') continue;
+  char **names = tu_list_dir(dir, "", NULL);
+  for (char **name = names; *name; name++) {
     char path[1024];
-    snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+    snprintf(path, sizeof path, "%s/%s", dir, *name);
     RtError err = {{0}};
     RtTensor t;
     int rc = rt_npy_read(path, &t, &err);
@@ -190,7 +186,7 @@ static void test_bad_seed_files(void **state) {
     assert_null(t.data);
     seen++;
   }
-  closedir(d);
+  tu_free_list(names);
   assert_true(seen >= 10);
 }
 

@@ -4,7 +4,6 @@
  * allocation failure). */
 #include "testutil.h"
 
-#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,27 +78,13 @@ static void expect_first_error(const Parsed *p, int line, int col, const char *n
 
 /* ---- Golden files --------------------------------------------------------- */
 
-static int cmp_names(const void *a, const void *b) {
-  return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
 /* Every tests/golden/parse/NAME.seq is parsed; NAME.expected holds the AST
  * dump, or for err_*.seq the diagnostics (which must be non-empty). */
 static void test_golden(void **state) {
   (void)state;
   const char *dir = tu_src("tests/golden/parse");
-  DIR *d = opendir(dir);
-  assert_non_null(d);
-  char *names[256];
   int n = 0;
-  struct dirent *ent;
-  while ((ent = readdir(d))) {
-    size_t len = strlen(ent->d_name);
-    if (len > 4 && strcmp(ent->d_name + len - 4, ".seq") == 0 && n < 256)
-      names[n++] = strdup(ent->d_name);
-  }
-  closedir(d);
-  qsort(names, (size_t)n, sizeof *names, cmp_names);
+  char **names = tu_list_dir(dir, ".seq", &n);
   assert_true(n >= 10);
   for (int i = 0; i < n; i++) {
     char rel[512], expected[512];
@@ -121,8 +106,8 @@ static void test_golden(void **state) {
     free(out);
     free(text);
     parsed_free(p);
-    free(names[i]);
   }
+  tu_free_list(names);
 }
 
 /* ---- The tree ------------------------------------------------------------- */

@@ -14,7 +14,6 @@
 #include "ir/interp.h"
 #include "passes/passes.h"
 
-#include <dirent.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -181,20 +180,17 @@ static void test_interpreter_agrees(void **state) {
   const char *dirs[] = {"stdlib", "examples", "tests/golden/rewrite"};
   int compared = 0, contracted = 0;
   for (size_t d = 0; d < sizeof dirs / sizeof dirs[0]; d++) {
-    DIR *dir = opendir(tu_src(dirs[d]));
-    assert_non_null(dir);
-    struct dirent *e;
-    while ((e = readdir(dir))) {
-      if (!tu_ends_with(e->d_name, ".seq")) continue;
+    char **names = tu_list_dir(tu_src(dirs[d]), ".seq", NULL);
+    for (char **name = names; *name; name++) {
       char path[1024];
-      snprintf(path, sizeof path, "%s/%s", tu_src(dirs[d]), e->d_name);
+      snprintf(path, sizeof path, "%s/%s", tu_src(dirs[d]), *name);
       Compiled c;
       compile_and_rewrite(&c, path);
       contracted += count_op(c.rw, IR_MATMUL) > count_op(c.m, IR_MATMUL);
       compared += check_equivalent(&c, path);
       arena_destroy(c.arena);
     }
-    closedir(dir);
+    tu_free_list(names);
   }
   assert_true(compared >= 35);
   assert_true(contracted >= 4); /* ParaGRU, ParaLSTM, pLSTM, the golden cases */

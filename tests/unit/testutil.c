@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/wait.h>
 
 char *tu_read_file(const char *path, size_t *len) {
@@ -157,4 +158,38 @@ int tu_ir_output(Arena *a, IrFunc *f, const char *name, IrType t) {
   IrOutput o = {name, t, {0}, IR_NONE};
   assert_int_equal(vec_push(a, &f->outputs, o), 0);
   return f->outputs.n - 1;
+}
+
+static int by_name(const void *a, const void *b) {
+  return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+char **tu_list_dir(const char *dir, const char *suffix, int *n) {
+  DIR *d = opendir(dir);
+  if (!d) fail_msg("cannot read the directory %s", dir);
+  int count = 0, cap = 16;
+  char **names = malloc(sizeof *names * (size_t)cap);
+  assert_non_null(names);
+  for (struct dirent *e; (e = readdir(d));) {
+    if (e->d_name[0] == '.' || !tu_ends_with(e->d_name, suffix)) continue;
+    if (count + 1 >= cap) {
+      cap *= 2;
+      names = realloc(names, sizeof *names * (size_t)cap);
+      assert_non_null(names);
+    }
+    names[count] = strdup(e->d_name);
+    assert_non_null(names[count]);
+    count++;
+  }
+  closedir(d);
+  qsort(names, (size_t)count, sizeof *names, by_name);
+  names[count] = NULL;
+  if (n) *n = count;
+  return names;
+}
+
+void tu_free_list(char **names) {
+  if (!names) return;
+  for (char **p = names; *p; p++) free(*p);
+  free(names);
 }

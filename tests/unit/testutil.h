@@ -31,6 +31,11 @@ int tu_seqc(const char *cwd, const char *args, char **out);
  * `needle`; on failure prints the command and its whole output. */
 void tu_expect_seqc(const char *cwd, const char *args, int want_rc, const char *needle);
 int tu_ends_with(const char *s, const char *suffix);
+/* The names of the entries of `dir` that end with `suffix` ("" for all), dot
+ * files left out, sorted; NULL-terminated, *n (if not NULL) their count. Fails
+ * the test if dir cannot be read. Free with tu_free_list. */
+char **tu_list_dir(const char *dir, const char *suffix, int *n);
+void tu_free_list(char **names);
 
 /* Signature entries of an IR function built by hand (arena a); each returns
  * the new entry's index. A dim with deflt > 0 has that default. */
