@@ -96,7 +96,7 @@ typedef struct Lower {
    * TOKEN nodes are computed per chunk (see emit_function) */
   int chunk_mode;
   LLVMValueRef Tc, t0, tn;
-  /* i1: this call's GEMM weights were packed in phase 0 (B*T >= PACK_MIN_TOKENS) */
+  /* i1: this call's GEMM weights are packed in phase 0 (see PACK_MIN_TOKENS) */
   LLVMValueRef packed;
   /* fused element loops (emit_fused): per node, its value in the current
    * iteration if it belongs to the group being emitted */
@@ -1854,12 +1854,14 @@ static int64_t plan_chunks(Lower *L) {
  * measured the same, a whole [B*T, 4H] buffer (256 MiB at B = 64) 7% slower. */
 #define CHUNK_FLOATS ((int64_t)256 * 1024)
 
-/* Calls with fewer tokens (B*T) than this multiply by unpacked weights: the
- * LSTM step at I = H = 256 took 605 us unpacked and 706 packed at B = 32,
- * 1189 and 989 at B = 64 (bench: one thread, the dev machine). */
+/* Calls with fewer tokens (B*T) than this multiply by unpacked weights: with
+ * dot products, the LSTM step at I = H = 256 took 605 us unpacked and 706
+ * packed at B = 32, 1189 and 989 at B = 64 (one thread, the dev machine). */
 #define PACK_MIN_TOKENS 48
-/* ... and calls with a batch of at least PACK_SWAP_MIN_B (runtime/cpu_gemm.c,
- * SWAP_MIN_M) and fewer than PACK_MIN_STEPS steps. */
+/* ... and so do calls with a batch of at least PACK_SWAP_MIN_B
+ * (runtime/cpu_gemm.c, SWAP_MIN_M: there the unpacked product runs on the
+ * packed kernel as (x^T W^T)^T, 632 us for that B = 64 step) and fewer than
+ * PACK_MIN_STEPS steps. */
 #define PACK_SWAP_MIN_B 32
 #define PACK_MIN_STEPS 16
 
