@@ -82,7 +82,7 @@ static const char *field(Arena *a, const char *name) {
   return f;
 }
 
-static void shape_comment(FILE *f, const CgTensor *t, const char *lead) {
+static void shape_comment(FILE *f, const AbiTensor *t, const char *lead) {
   fprintf(f, " /* [%s", lead);
   for (int d = 0; d < t->ndim; d++)
     fprintf(f, "%s%lld", (d || *lead) ? ", " : "", (long long)t->shape[d]);
@@ -92,7 +92,7 @@ static void shape_comment(FILE *f, const CgTensor *t, const char *lead) {
                           : "");
 }
 
-static void fields(FILE *f, Arena *a, const char *type, const CgTensor *v, int n,
+static void fields(FILE *f, Arena *a, const char *type, const AbiTensor *v, int n,
                    const char *lead) {
   if (n == 0) fprintf(f, "  const void *unused_; /* no entries */\n");
   for (int i = 0; i < n; i++) {
@@ -101,7 +101,7 @@ static void fields(FILE *f, Arena *a, const char *type, const CgTensor *v, int n
   }
 }
 
-int cg_write_header(const CgSignature *sig, const char *path, DiagEngine *de) {
+int cg_write_header(const AbiSignature *sig, const char *path, DiagEngine *de) {
   FILE *f = fopen(path, "w");
   if (!f) {
     diag_error(de, (SrcLoc){0}, "cannot write %s: %s", path, strerror(errno));
@@ -205,7 +205,7 @@ int cg_aot_build(Arena *a, const IrModule *m, const IrFunc *root, const int64_t 
   LLVMContextRef ctx = LLVMContextCreate();
   LLVMModuleRef mod = NULL;
   LLVMTargetMachineRef tm = NULL;
-  CgSignature sig;
+  AbiSignature sig;
   int rc = -1;
   if (cg_lower(a, m, root, dims, sym, ctx, &mod, &sig, de)) goto done;
   tm = cg_target_machine(opt, LLVMRelocPIC, de);

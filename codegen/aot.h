@@ -11,6 +11,6 @@ int cg_aot_build(Arena *a, const IrModule *m, const IrFunc *root, const int64_t 
                  const CgOptions *opt, CgEmitKind kind, const char *out_path,
                  const char *header_path, DiagEngine *de);
 /* Writes the C header for a compiled signature. */
-int cg_write_header(const CgSignature *sig, const char *path, DiagEngine *de);
+int cg_write_header(const AbiSignature *sig, const char *path, DiagEngine *de);
 
 #endif

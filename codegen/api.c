@@ -26,14 +26,14 @@ struct SeqModule {
   DiagEngine de;
   IrModule *mod;
   IrBinding bind;
-  CgSignature sig;
+  AbiSignature sig;
   CgJit *jit;
   SeqDiagnostic *diags;
   int ndiags;
   const float **params; /* per signature param: bound data or NULL */
   float **owned;        /* copies made from safetensors */
-  CgForwardFn forward;
-  CgStepFn step;
+  AbiForwardFn forward;
+  AbiStepFn step;
   int threads;
   char error[512];
 };
@@ -183,10 +183,10 @@ static SeqStatus compile(SeqContext *cx, const char *path, const char *name, con
   if (rewrite_root(m->arena, m->mod, root, &rm, &rroot, &m->de)) goto done;
   m->jit = cg_jit_compile(m->arena, rm, rroot, m->bind.dims, &cg, &m->sig, &m->de);
   if (!m->jit) goto done;
-  m->forward = (CgForwardFn)(uintptr_t)cg_jit_lookup(
+  m->forward = (AbiForwardFn)(uintptr_t)cg_jit_lookup(
       m->jit, arena_printf(m->arena, "%s_forward", m->sig.symbol), &m->de);
   if (m->sig.has_step)
-    m->step = (CgStepFn)(uintptr_t)cg_jit_lookup(
+    m->step = (AbiStepFn)(uintptr_t)cg_jit_lookup(
         m->jit, arena_printf(m->arena, "%s_step", m->sig.symbol), &m->de);
   if (!m->forward) goto done;
   m->params = arena_calloc(m->arena, (size_t)m->sig.params.n + 1, sizeof(float *));
@@ -238,7 +238,7 @@ const char *seq_module_error(const SeqModule *m) {
   return m ? m->error : "no module";
 }
 
-static const CgTensor *tensors(const SeqModule *m, SeqTensorKind k, int *n) {
+static const AbiTensor *tensors(const SeqModule *m, SeqTensorKind k, int *n) {
   switch (k) {
   case SEQ_PARAM:
     *n = m->sig.params.n;
@@ -266,7 +266,7 @@ int seq_module_count(const SeqModule *m, SeqTensorKind kind) {
 SeqStatus seq_module_info(const SeqModule *m, SeqTensorKind kind, int i, SeqTensorInfo *info) {
   int n = 0;
   if (!m || !m->jit || !info) return SEQ_ERR_ARG;
-  const CgTensor *t = tensors(m, kind, &n);
+  const AbiTensor *t = tensors(m, kind, &n);
   if (i < 0 || i >= n) return SEQ_ERR_ARG;
   memset(info, 0, sizeof *info);
   info->name = t[i].name;
@@ -289,7 +289,7 @@ int seq_module_dims(const SeqModule *m, const char **names, int64_t *values) {
 SeqStatus seq_module_bind_weight(SeqModule *m, const char *name, const float *data, int64_t numel) {
   if (!m || !m->jit || !name || !data)
     return m ? fail(m, SEQ_ERR_ARG, "bad argument") : SEQ_ERR_ARG;
-  int i = cg_find_tensor(m->sig.params.v, m->sig.params.n, name);
+  int i = abi_find_tensor(m->sig.params.v, m->sig.params.n, name);
   if (i < 0) return fail(m, SEQ_ERR_BIND, "the model has no parameter named %s", name);
   if (numel != m->sig.params.v[i].numel)
     return fail(m, SEQ_ERR_BIND, "parameter %s has %lld elements, not %lld", name,
@@ -306,7 +306,7 @@ SeqStatus seq_module_bind_safetensors(SeqModule *m, const char *path) {
   SeqStatus st = SEQ_OK;
   StFile f = {sf, m->mod->funcs.v[m->mod->entry]->kind == IR_FN_CELL};
   for (int i = 0; i < m->sig.params.n && st == SEQ_OK; i++) {
-    const CgTensor *p = &m->sig.params.v[i];
+    const AbiTensor *p = &m->sig.params.v[i];
     RtTensor t;
     char buf[512];
     const char *stored = st_resolve(&f, p->name, buf, sizeof buf);
@@ -357,10 +357,10 @@ SeqStatus seq_module_forward(SeqModule *m, int64_t B, int64_t T, const void *con
   int rc = m->forward(m->params, B, T, inputs, lengths, state_in, outputs, state_out);
   if (rc != 0)
     return fail(m,
-                rc == CG_ERR_ARG     ? SEQ_ERR_ARG
-                : rc == CG_ERR_NOMEM ? SEQ_ERR_NOMEM
+                rc == ABI_ERR_ARG     ? SEQ_ERR_ARG
+                : rc == ABI_ERR_NOMEM ? SEQ_ERR_NOMEM
                                      : SEQ_ERR_RUN,
-                "%s", cg_status_message(rc));
+                "%s", abi_status_message(rc));
   return SEQ_OK;
 }
 
@@ -374,10 +374,10 @@ SeqStatus seq_module_step(SeqModule *m, int64_t B, const void *const *inputs,
   int rc = m->step(m->params, B, inputs, state_in, outputs, state_out);
   if (rc != 0)
     return fail(m,
-                rc == CG_ERR_ARG     ? SEQ_ERR_ARG
-                : rc == CG_ERR_NOMEM ? SEQ_ERR_NOMEM
+                rc == ABI_ERR_ARG     ? SEQ_ERR_ARG
+                : rc == ABI_ERR_NOMEM ? SEQ_ERR_NOMEM
                                      : SEQ_ERR_RUN,
-                "%s", cg_status_message(rc));
+                "%s", abi_status_message(rc));
   return SEQ_OK;
 }
 

@@ -14,40 +14,7 @@
 #include <llvm-c/TargetMachine.h>
 
 #include "ir/ir.h"
-
-/* Status codes returned by generated entry points (docs/abi.md). */
-enum {
-  CG_OK = 0,
-  CG_ERR_ARG = 1,    /* B < 0, T < 0, a required pointer is NULL, a blob of the wrong size */
-  CG_ERR_NOMEM = 2,  /* scratch allocation failed or B*T too large */
-  CG_ERR_TOKEN = 3,  /* an int token outside [0, V) */
-  CG_ERR_LENGTH = 4, /* lengths[b] outside [0, T] */
-};
-
-/* One named tensor of the interface, with its concrete per-example shape. */
-typedef struct CgTensor {
-  const char *name; /* full flat name: "weight_ih_l0", "l0.h" */
-  int is_int;       /* an int token input: int32 [B, T] */
-  int is_complex;   /* complex: shape's last axis is the 2 of (re, im) */
-  int ndim;
-  int64_t shape[SEQ_MAX_RANK];
-  int64_t numel;
-} CgTensor;
-
-/* What a compiled root looks like from outside. */
-typedef struct CgSignature {
-  const char *func;   /* the IR function's name */
-  const char *symbol; /* C identifier prefix of the entry points */
-  int ndims;
-  const char **dim_names;
-  int64_t *dim_values;
-  VEC(CgTensor) params;  /* flat parameter order: own params, then layers depth-first */
-  VEC(CgTensor) inputs;  /* the root's inputs */
-  VEC(CgTensor) outputs; /* the root's outputs */
-  VEC(CgTensor) states;  /* flat states, layer paths dotted ("l0.h") */
-  int has_step;          /* 0 when a reversed layer or a model-level causal_conv needs
-                            the whole sequence */
-} CgSignature;
+#include "sched/abi.h"
 
 /* Lowers `root` with the concrete values dims[v] of its dims into a new module
  * in ctx. Defines the entry points
@@ -59,11 +26,8 @@ typedef struct CgSignature {
  * (a trailing axis of 2). Unsupported constructs are diagnostics at the node.
  * Returns 0 and *out (owned by the caller) on success. */
 int cg_lower(Arena *a, const IrModule *m, const IrFunc *root, const int64_t *dims,
-             const char *symbol, LLVMContextRef ctx, LLVMModuleRef *out, CgSignature *sig,
+             const char *symbol, LLVMContextRef ctx, LLVMModuleRef *out, AbiSignature *sig,
              DiagEngine *de);
-
-/* Finds the parameter, input, output or state named `name`; -1 if absent. */
-int cg_find_tensor(const CgTensor *v, int n, const char *name);
 
 /* ---- target.c ---- */
 typedef struct CgOptions {

@@ -47,7 +47,7 @@ int cg_driver_run(const IrBinding *b, const CgOptions *opt, int threads, int64_t
                   const RtTensor *inputs, const int64_t *lengths, const RtTensor *state_in,
                   RtTensor *outputs, RtTensor *state_out, DiagEngine *de) {
   if (threads > 0) rt_cpu_set_num_threads(threads);
-  CgSignature sig;
+  AbiSignature sig;
   IrModule *rm;
   const IrFunc *root;
   if (rewrite_root(b->arena, b->mod, b->root, &rm, &root, de)) return -1;
@@ -55,7 +55,7 @@ int cg_driver_run(const IrBinding *b, const CgOptions *opt, int threads, int64_t
   if (!j) return -1;
   int rc = -1;
   CgWeights w = {0};
-  CgForwardFn fn = (CgForwardFn)(uintptr_t)cg_jit_lookup(
+  AbiForwardFn fn = (AbiForwardFn)(uintptr_t)cg_jit_lookup(
       j, arena_printf(b->arena, "%s_forward", sig.symbol), de);
   if (fn && cg_weights_from_binding(&sig, b, &w, de) == 0)
     rc = cg_run(&sig, fn, &w, b, B, T, inputs, lengths, state_in, outputs, state_out, de);

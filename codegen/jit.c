@@ -67,7 +67,7 @@ static int define_runtime(LLVMOrcLLJITRef jit, DiagEngine *de) {
 }
 
 CgJit *cg_jit_compile(Arena *a, const IrModule *m, const IrFunc *root, const int64_t *dims,
-                      const CgOptions *opt, CgSignature *sig, DiagEngine *de) {
+                      const CgOptions *opt, AbiSignature *sig, DiagEngine *de) {
   cg_llvm_init();
   const char *sym = cg_c_identifier(a, root->name);
   if (!sym) return NULL;

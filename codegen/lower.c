@@ -77,7 +77,7 @@ typedef struct Lower {
   LLVMTypeRef f32, i32, i64, i1, ptr, void_t;
   LLVMTypeRef inst_ty;
   VEC(Inst) insts;
-  CgSignature *sig;
+  AbiSignature *sig;
   int failed;
   /* per function being emitted */
   Inst *in;
@@ -496,7 +496,7 @@ static int eval_type(Lower *L, const Inst *in, IrType t, SrcLoc loc, int *rank, 
 /* The interface shape of a value of type t: its dims plus, for a complex
  * value, a trailing axis of 2 (re, im), as the interpreter's tensors have;
  * numel counts floats. */
-static int interface_type(Lower *L, const Inst *in, IrType t, SrcLoc loc, CgTensor *ct) {
+static int interface_type(Lower *L, const Inst *in, IrType t, SrcLoc loc, AbiTensor *ct) {
   if (eval_type(L, in, t, loc, &ct->ndim, ct->shape, &ct->numel)) return -1;
   if (t.elem != IR_COMPLEX) return 0;
   if (ct->ndim >= SEQ_MAX_RANK) {
@@ -511,7 +511,7 @@ static int interface_type(Lower *L, const Inst *in, IrType t, SrcLoc loc, CgTens
 
 /* Floats per example of a value of type t (complex: two per element). */
 static int type_floats(Lower *L, const Inst *in, IrType t, SrcLoc loc, int64_t *out) {
-  CgTensor ct = {0};
+  AbiTensor ct = {0};
   if (interface_type(L, in, t, loc, &ct)) return -1;
   *out = ct.numel;
   return 0;
@@ -538,13 +538,13 @@ static int flatten(Lower *L, const IrFunc *fn, const int64_t *dims, const char *
     return -1;
   }
   for (int i = 0; i < fn->params.n; i++) {
-    CgTensor t = {0};
+    AbiTensor t = {0};
     t.name = arena_printf(L->a, "%s%s%s", prefix, fn->params.v[i].name, suffix);
     if (interface_type(L, &in, fn->params.v[i].type, fn->params.v[i].loc, &t)) return -1;
     if (vec_push(L->a, &L->sig->params, t)) return -1;
   }
   for (int i = 0; i < fn->states.n; i++) {
-    CgTensor t = {0};
+    AbiTensor t = {0};
     t.name = arena_printf(L->a, "%s%s", path, fn->states.v[i].name);
     if (interface_type(L, &in, fn->states.v[i].type, fn->states.v[i].loc, &t)) return -1;
     if (vec_push(L->a, &L->sig->states, t)) return -1;
@@ -979,7 +979,7 @@ static void emit_row(Lower *L, IrRef r) {
     LLVMValueRef bad =
         LLVMBuildOr(L->bld, LLVMBuildICmp(L->bld, LLVMIntSLT, idx, ci64(L, 0), ""),
                     LLVMBuildICmp(L->bld, LLVMIntSGE, idx, ci64(L, tab->shape[0]), ""), "");
-    fail_with(L, bad, CG_ERR_TOKEN);
+    fail_with(L, bad, ABI_ERR_TOKEN);
     LLVMValueRef src = gepf(L, rowptr(L, nd->args[0]), mul(L, idx, ci64(L, row_floats(n))));
     Loop lk;
     LLVMValueRef k = loop_begin(L, &lk, ci64(L, 0), ci64(L, row_floats(n)));
@@ -1699,7 +1699,7 @@ static int emit_state_init(Lower *L, Inst *in, LLVMValueRef *st_offs) {
   LLVMValueRef B = L->a_B;
   for (int s = 0; s < fn->states.n; s++) {
     const IrState *st = &fn->states.v[s];
-    const CgTensor *ct = &L->sig->states.v[in->state0 + s];
+    const AbiTensor *ct = &L->sig->states.v[in->state0 + s];
     LLVMValueRef storage = gepf(L, L->scratch, st_offs[s]);
     int g = in->state0 + s;
     LLVMBasicBlockRef given = block(L, "sgiven"), deflt = block(L, "sdefault"),
@@ -1933,7 +1933,7 @@ static int emit_function(Lower *L, Inst *in) {
   LLVMValueRef B = L->a_B, T = L->a_T;
   LLVMValueRef bad = LLVMBuildOr(bld, LLVMBuildICmp(bld, LLVMIntSLT, B, ci64(L, 0), ""),
                                  LLVMBuildICmp(bld, LLVMIntSLT, T, ci64(L, 0), ""), "");
-  fail_with(L, bad, CG_ERR_ARG);
+  fail_with(L, bad, ABI_ERR_ARG);
   LLVMValueRef toobig =
       LLVMBuildOr(bld, LLVMBuildICmp(bld, LLVMIntSGT, B, ci64(L, (int64_t)1 << 31), ""),
                   LLVMBuildICmp(bld, LLVMIntSGT, T, ci64(L, (int64_t)1 << 31), ""), "");
@@ -1942,7 +1942,7 @@ static int emit_function(Lower *L, Inst *in) {
                        LLVMBuildICmp(bld, LLVMIntSGT, BT, ci64(L, LIMIT_ELEMS / per_tok), ""), "");
   toobig = LLVMBuildOr(bld, toobig,
                        LLVMBuildICmp(bld, LLVMIntSGT, B, ci64(L, LIMIT_ELEMS / per_ex), ""), "");
-  fail_with(L, toobig, CG_ERR_NOMEM);
+  fail_with(L, toobig, ABI_ERR_NOMEM);
   /* lengths must lie in [0, T]. */
   {
     LLVMBasicBlockRef chk = block(L, "lenchk"), after = block(L, "lenok");
@@ -1954,7 +1954,7 @@ static int emit_function(Lower *L, Inst *in) {
     fail_with(L,
               LLVMBuildOr(bld, LLVMBuildICmp(bld, LLVMIntSLT, len, ci64(L, 0), ""),
                           LLVMBuildICmp(bld, LLVMIntSGT, len, T, ""), ""),
-              CG_ERR_LENGTH);
+              ABI_ERR_LENGTH);
     loop_end(L, &lb);
     LLVMBuildBr(bld, after);
     LLVMPositionBuilderAtEnd(bld, after);
@@ -2068,12 +2068,12 @@ static int emit_function(Lower *L, Inst *in) {
     LLVMValueRef bytes = mul(L, al.off, ci64(L, 4));
     LLVMValueRef sp = call_fn(L, "rt_cpu_alloc", L->ptr, &pt, 1, &bytes);
     LLVMBuildStore(bld, sp, scratch_slot);
-    fail_with(L, LLVMBuildIsNull(bld, sp, ""), CG_ERR_NOMEM);
+    fail_with(L, LLVMBuildIsNull(bld, sp, ""), ABI_ERR_NOMEM);
     L->scratch = sp;
     LLVMValueRef wbytes = mul(L, alw.off, ci64(L, 4));
     LLVMValueRef wp = call_fn(L, "rt_cpu_alloc_uninit", L->ptr, &pt, 1, &wbytes);
     LLVMBuildStore(bld, wp, wscratch_slot);
-    fail_with(L, LLVMBuildIsNull(bld, wp, ""), CG_ERR_NOMEM);
+    fail_with(L, LLVMBuildIsNull(bld, wp, ""), ABI_ERR_NOMEM);
     L->wscratch = wp;
   }
   /* Bases. */
@@ -2207,7 +2207,7 @@ static int emit_function(Lower *L, Inst *in) {
   if (fn->kind == IR_FN_CELL) {
     /* Final states. */
     for (int s = 0; s < fn->states.n; s++) {
-      const CgTensor *ct = &L->sig->states.v[in->state0 + s];
+      const AbiTensor *ct = &L->sig->states.v[in->state0 + s];
       LLVMBasicBlockRef check = block(L, "ocheck"), copy = block(L, "ocopy"),
                         next = block(L, "onext");
       LLVMBuildCondBr(bld, LLVMBuildIsNull(bld, L->a_sout, ""), next, check);
@@ -2275,7 +2275,7 @@ static void emit_entries(Lower *L, const char *sym) {
     LLVMBasicBlockRef badb = block(L, "bad"), ok = block(L, "ok");
     LLVMBuildCondBr(L->bld, bad, badb, ok);
     LLVMPositionBuilderAtEnd(L->bld, badb);
-    LLVMBuildRet(L->bld, ci32(L, CG_ERR_ARG));
+    LLVMBuildRet(L->bld, ci32(L, ABI_ERR_ARG));
     LLVMPositionBuilderAtEnd(L->bld, ok);
     /* Every pointer inside the arrays must be non-NULL too. */
     struct {
@@ -2288,7 +2288,7 @@ static void emit_entries(Lower *L, const char *sym) {
         LLVMBasicBlockRef b2 = block(L, "bad"), ok2 = block(L, "ok");
         LLVMBuildCondBr(L->bld, LLVMBuildIsNull(L->bld, ldp(L, checks[c].arr, i), ""), b2, ok2);
         LLVMPositionBuilderAtEnd(L->bld, b2);
-        LLVMBuildRet(L->bld, ci32(L, CG_ERR_ARG));
+        LLVMBuildRet(L->bld, ci32(L, ABI_ERR_ARG));
         LLVMPositionBuilderAtEnd(L->bld, ok2);
       }
     /* The root runs over slices of the batch, one per thread
@@ -2334,7 +2334,7 @@ static void emit_entries(Lower *L, const char *sym) {
     LLVMBasicBlockRef badb = block(L, "bad"), ok = block(L, "ok");
     LLVMBuildCondBr(L->bld, bad, badb, ok);
     LLVMPositionBuilderAtEnd(L->bld, badb);
-    LLVMBuildRet(L->bld, ci32(L, CG_ERR_ARG));
+    LLVMBuildRet(L->bld, ci32(L, ABI_ERR_ARG));
     LLVMPositionBuilderAtEnd(L->bld, ok);
     LLVMValueRef arr = LLVMBuildArrayAlloca(L->bld, P, ci64(L, L->sig->params.n + 1), "params");
     int64_t off = 0;
@@ -2395,14 +2395,9 @@ static int needs_whole_sequence(Lower *L) {
   return 0;
 }
 
-int cg_find_tensor(const CgTensor *v, int n, const char *name) {
-  for (int i = 0; i < n; i++)
-    if (strcmp(v[i].name, name) == 0) return i;
-  return -1;
-}
 
 int cg_lower(Arena *a, const IrModule *m, const IrFunc *root, const int64_t *dims,
-             const char *symbol, LLVMContextRef ctx, LLVMModuleRef *out, CgSignature *sig,
+             const char *symbol, LLVMContextRef ctx, LLVMModuleRef *out, AbiSignature *sig,
              DiagEngine *de) {
   *out = NULL;
   memset(sig, 0, sizeof *sig);
@@ -2429,7 +2424,7 @@ int cg_lower(Arena *a, const IrModule *m, const IrFunc *root, const int64_t *dim
   if (flatten(&L, root, dims, "", "", "", 0)) return -1;
   Inst *rin = &L.insts.v[0];
   for (int i = 0; i < root->inputs.n; i++) {
-    CgTensor t = {0};
+    AbiTensor t = {0};
     t.name = root->inputs.v[i].name;
     t.is_int = root->inputs.v[i].type.elem == IR_INT;
     if (interface_type(&L, rin, root->inputs.v[i].type, root->inputs.v[i].loc, &t) ||
@@ -2437,7 +2432,7 @@ int cg_lower(Arena *a, const IrModule *m, const IrFunc *root, const int64_t *dim
       return -1;
   }
   for (int i = 0; i < root->outputs.n; i++) {
-    CgTensor t = {0};
+    AbiTensor t = {0};
     t.name = root->outputs.v[i].name;
     if (root->outputs.v[i].type.elem == IR_INT) {
       unsupported(&L, root->outputs.v[i].loc, "integer outputs");

@@ -3,23 +3,6 @@
 
 #include <string.h>
 
-const char *cg_status_message(int status) {
-  switch (status) {
-  case CG_OK:
-    return "ok";
-  case CG_ERR_ARG:
-    return "bad argument (negative B or T, a NULL buffer, or a weights blob of the wrong size)";
-  case CG_ERR_NOMEM:
-    return "out of memory (or B*T too large)";
-  case CG_ERR_TOKEN:
-    return "a token index is out of range";
-  case CG_ERR_LENGTH:
-    return "a sequence length is outside [0, T]";
-  default:
-    return "unknown status";
-  }
-}
-
 void cg_weights_free(CgWeights *w) {
   if (!w->data) return;
   for (int i = 0; i < w->n; i++) seq_free(w->data[i]);
@@ -28,7 +11,7 @@ void cg_weights_free(CgWeights *w) {
   w->n = 0;
 }
 
-int cg_weights_from_binding(const CgSignature *sig, const IrBinding *b, CgWeights *w,
+int cg_weights_from_binding(const AbiSignature *sig, const IrBinding *b, CgWeights *w,
                             DiagEngine *de) {
   w->n = sig->params.n;
   w->data = seq_malloc(sizeof(float *) * (size_t)(w->n + 1));
@@ -38,7 +21,7 @@ int cg_weights_from_binding(const CgSignature *sig, const IrBinding *b, CgWeight
   }
   memset(w->data, 0, sizeof(float *) * (size_t)(w->n + 1));
   for (int i = 0; i < w->n; i++) {
-    const CgTensor *p = &sig->params.v[i];
+    const AbiTensor *p = &sig->params.v[i];
     int k = -1;
     for (int j = 0; j < b->flat.params.n; j++)
       if (strcmp(b->flat.params.v[j].name, p->name) == 0) k = j;
@@ -81,7 +64,7 @@ static int flat_state(const IrBinding *b, const char *name) {
   return -1;
 }
 
-int cg_run(const CgSignature *sig, CgForwardFn fn, const CgWeights *w, const IrBinding *b,
+int cg_run(const AbiSignature *sig, AbiForwardFn fn, const CgWeights *w, const IrBinding *b,
            int64_t B, int64_t T, const RtTensor *inputs, const int64_t *lengths,
            const RtTensor *state_in, RtTensor *outputs, RtTensor *state_out, DiagEngine *de) {
   int rc = -1;
@@ -123,7 +106,7 @@ int cg_run(const CgSignature *sig, CgForwardFn fn, const CgWeights *w, const IrB
     in_ptrs[i] = conv[i].data;
   }
   for (int o = 0; o < no; o++) {
-    const CgTensor *t = &sig->outputs.v[o];
+    const AbiTensor *t = &sig->outputs.v[o];
     int64_t shape[RT_MAX_RANK];
     shape[0] = B;
     shape[1] = T;
@@ -148,7 +131,7 @@ int cg_run(const CgSignature *sig, CgForwardFn fn, const CgWeights *w, const IrB
       sin[s] = sconv[s].data;
     }
     if (state_out && k >= 0) {
-      const CgTensor *t = &sig->states.v[s];
+      const AbiTensor *t = &sig->states.v[s];
       int64_t shape[RT_MAX_RANK];
       shape[0] = B;
       for (int d = 0; d < t->ndim; d++) shape[1 + d] = t->shape[d];
@@ -171,7 +154,7 @@ int cg_run(const CgSignature *sig, CgForwardFn fn, const CgWeights *w, const IrB
   int st = fn((const float *const *)w->data, B, T, in_ptrs, lengths ? len32 : NULL,
               (const float *const *)sin, out_ptrs, state_out ? sout : NULL);
   if (st != 0) {
-    diag_error(de, (SrcLoc){0}, "compiled %s failed: %s", sig->func, cg_status_message(st));
+    diag_error(de, (SrcLoc){0}, "compiled %s failed: %s", sig->func, abi_status_message(st));
     goto done;
   }
   rc = 0;

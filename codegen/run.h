@@ -7,32 +7,20 @@
 #include "codegen/cg.h"
 #include "ir/interp.h"
 
-/* The generated SYM_forward (docs/abi.md). */
-typedef int32_t (*CgForwardFn)(const float *const *params, int64_t B, int64_t T,
-                               const void *const *inputs, const int32_t *lengths,
-                               const float *const *state_in, float *const *outputs,
-                               float *const *state_out);
-typedef int32_t (*CgStepFn)(const float *const *params, int64_t B, const void *const *inputs,
-                            const float *const *state_in, float *const *outputs,
-                            float *const *state_out);
-
 /* Float32 copies of the binding's weights in the signature's parameter
  * order (matched by name). */
 typedef struct CgWeights {
   int n;
   float **data;
 } CgWeights;
-int cg_weights_from_binding(const CgSignature *sig, const IrBinding *b, CgWeights *w,
+int cg_weights_from_binding(const AbiSignature *sig, const IrBinding *b, CgWeights *w,
                             DiagEngine *de);
 void cg_weights_free(CgWeights *w);
 
 /* Same contract as interp_run (state_in/state_out in b->flat.states order;
  * outputs and state_out allocated here as RT_F32). */
-int cg_run(const CgSignature *sig, CgForwardFn fn, const CgWeights *w, const IrBinding *b,
+int cg_run(const AbiSignature *sig, AbiForwardFn fn, const CgWeights *w, const IrBinding *b,
            int64_t B, int64_t T, const RtTensor *inputs, const int64_t *lengths,
            const RtTensor *state_in, RtTensor *outputs, RtTensor *state_out, DiagEngine *de);
-
-/* A message for a status returned by generated code. */
-const char *cg_status_message(int status);
 
 #endif

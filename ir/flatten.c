@@ -99,7 +99,9 @@ static int subst_type(Flatten *cx, IrType t, int ndims, const DimExpr *sub, IrTy
   return out->rank == t.rank ? 0 : -1;
 }
 
-static int add_param(Flatten *cx, const char *name, IrType t, SrcLoc loc) {
+/* Adds (or finds, for a tied weight) the flat parameter `name`; *index is
+ * its position in out->params. */
+static int add_param(Flatten *cx, const char *name, IrType t, SrcLoc loc, int *index) {
   if (name_index_reserve(cx, cx->out->params.n + 1)) {
     diag_error(cx->de, loc, "out of memory flattening parameters");
     return -1;
@@ -107,6 +109,7 @@ static int add_param(Flatten *cx, const char *name, IrType t, SrcLoc loc) {
   int *slot = name_slot(cx, name);
   if (*slot) {
     IrFlatVar *p = &cx->out->params.v[*slot - 1];
+    *index = *slot - 1;
     /* Two instances that name the same weight share it (tied embeddings);
      * that only makes sense if they agree on its shape. */
     if (ir_type_eq(p->type, t)) return 0;
@@ -121,11 +124,23 @@ static int add_param(Flatten *cx, const char *name, IrType t, SrcLoc loc) {
     return -1;
   }
   *slot = cx->out->params.n;
+  *index = cx->out->params.n - 1;
   return 0;
 }
 
+/* The identity substitution: the root's dims over themselves. */
+static DimExpr *root_dims(Flatten *cx, const IrFunc *f) {
+  DimExpr *d = arena_calloc(cx->a, (size_t)f->dims.n + 1, sizeof *d);
+  if (d)
+    for (int i = 0; i < f->dims.n; i++) d[i] = dim_var(i);
+  return d;
+}
+
+/* Appends the instance of f (dims `sub` over the root's; NULL for the root
+ * itself) and, depth first, its layers'. *index is its place in out->insts. */
 static int flatten_func(Flatten *cx, const IrFunc *f, const DimExpr *sub, const char *prefix,
-                        const char *suffix, const char *state_path, SrcLoc at, int depth) {
+                        const char *suffix, const char *state_path, SrcLoc at, int depth,
+                        int parent, int reverse, int *index) {
   if (depth > FLATTEN_MAX_DEPTH) {
     diag_error(cx->de, at, "layers nested more than %d deep (does %s instantiate itself?)",
                FLATTEN_MAX_DEPTH, f->name);
@@ -137,6 +152,18 @@ static int flatten_func(Flatten *cx, const IrFunc *f, const DimExpr *sub, const 
                  FLATTEN_MAX_INSTANCES);
     return -1;
   }
+  IrFlatInst inst = {f, NULL, NULL, NULL, NULL, parent, reverse};
+  inst.dims = sub ? (DimExpr *)sub : root_dims(cx, f);
+  inst.params = arena_calloc(cx->a, (size_t)f->params.n + 1, sizeof(int));
+  inst.states = arena_calloc(cx->a, (size_t)f->states.n + 1, sizeof(int));
+  inst.layers = arena_calloc(cx->a, (size_t)f->layers.n + 1, sizeof(int));
+  int me = cx->out->insts.n;
+  if (!inst.dims || !inst.params || !inst.states || !inst.layers ||
+      vec_push(cx->a, &cx->out->insts, inst)) {
+    diag_error(cx->de, at, "out of memory flattening %s", f->name);
+    return -1;
+  }
+  *index = me;
   int rc = 0;
   for (int i = 0; i < f->params.n; i++) {
     const IrParam *p = &f->params.v[i];
@@ -152,7 +179,7 @@ static int flatten_func(Flatten *cx, const IrFunc *f, const DimExpr *sub, const 
       rc = -1;
       continue;
     }
-    if (add_param(cx, name, t, p->loc)) rc = -1;
+    if (add_param(cx, name, t, p->loc, &cx->out->insts.v[me].params[i])) rc = -1;
   }
   for (int i = 0; i < f->states.n; i++) {
     const IrState *s = &f->states.v[i];
@@ -168,6 +195,7 @@ static int flatten_func(Flatten *cx, const IrFunc *f, const DimExpr *sub, const 
       rc = -1;
       continue;
     }
+    cx->out->insts.v[me].states[i] = cx->out->states.n;
     if (vec_push(cx->a, &cx->out->states, v)) {
       diag_error(cx->de, s->loc, "out of memory flattening states");
       return -1;
@@ -215,7 +243,10 @@ static int flatten_func(Flatten *cx, const IrFunc *f, const DimExpr *sub, const 
       diag_error(cx->de, l->loc, "out of memory flattening layer %s", l->name);
       return -1;
     }
-    if (flatten_func(cx, g, gsub, lp, ls, path, l->loc, depth + 1)) rc = -1;
+    int child = -1;
+    if (flatten_func(cx, g, gsub, lp, ls, path, l->loc, depth + 1, me, l->reverse, &child))
+      rc = -1;
+    cx->out->insts.v[me].layers[i] = child;
   }
   return rc;
 }
@@ -232,5 +263,6 @@ int ir_flatten(Arena *a, const IrModule *m, const IrFunc *root, IrFlat *out, Dia
     for (int i = 0; i < root->dims.n; i++) names[i] = root->dims.v[i].name;
   }
   Flatten cx = {a, m, root, out, de, names, 0, NULL, 0};
-  return flatten_func(&cx, root, NULL, "", "", "", root->loc, 0);
+  int index;
+  return flatten_func(&cx, root, NULL, "", "", "", root->loc, 0, -1, 0, &index);
 }

@@ -10,7 +10,7 @@
  *
  * Before running, the instance tree is built once: per instance its concrete
  * dims, the concrete shape and buffer of every node, and the flat index of
- * every parameter and state (found by the full names ir_flatten gives them).
+ * every parameter and state (from ir_flatten's instance tree).
  * Nodes that depend on no input, state or call ("invariant": weights, dims,
  * constants and everything computed from them only) are evaluated once;
  * the others per step (cells) or per position (models).
@@ -694,12 +694,6 @@ static int eval_at(Run *r, Inst *in, int i, int64_t t) {
 
 /* ---- Building the instance tree ---------------------------------------------- */
 
-static int find_flat(const IrFlatVar *vars, int n, const char *name) {
-  for (int i = 0; i < n; i++)
-    if (strcmp(vars[i].name, name) == 0) return i;
-  return -1;
-}
-
 static int oom(Run *r) {
   diag_error(r->de, (SrcLoc){0}, "out of memory in the interpreter");
   return -1;
@@ -824,15 +818,13 @@ static int check_func(Run *r, const IrFunc *fn) {
   return 0;
 }
 
-static int inst_build(Run *r, const IrFunc *fn, const int64_t *dims, const char *pre,
-                      const char *suf, const char *spath, int reverse, int depth, Inst **out);
+static int inst_build(Run *r, const IrFunc *fn, int flat, const int64_t *dims, int depth,
+                      Inst **out);
 
 /* Children of a model: one instance per layer, with the layer's dims
- * evaluated under ours and its names composed the way ir_flatten does:
- * parameters outer-prefix + layer prefix + name + layer suffix + outer-suffix,
- * states "path.layer.name". */
-static int build_children(Run *r, Inst *in, const char *pre, const char *suf, const char *spath,
-                          int depth) {
+ * evaluated under ours; flat.insts[flat].layers says which flat instance
+ * (and so which parameters and states) each is. */
+static int build_children(Run *r, Inst *in, int flat, int depth) {
   const IrFunc *fn = in->fn;
   const IrModule *m = r->bind->mod;
   int nl = fn->layers.n;
@@ -855,12 +847,16 @@ static int build_children(Run *r, Inst *in, const char *pre, const char *suf, co
                    callee->dims.v[k].name, ly->name);
         return -1;
       }
-    const char *cpre = arena_printf(r->arena, "%s%s", pre, ly->prefix ? ly->prefix : "");
-    const char *csuf = arena_printf(r->arena, "%s%s", ly->suffix ? ly->suffix : "", suf);
-    const char *cpath = arena_printf(r->arena, "%s%s.", spath, ly->name);
-    if (!cpre || !csuf || !cpath) return oom(r);
-    if (inst_build(r, callee, cd, cpre, csuf, cpath, ly->reverse, depth + 1, &in->child[l]))
+    /* The binding may come from another module with the same functions in
+     * the same order (a rewritten copy): only the tree's shape is shared. */
+    int child = r->bind->flat.insts.v[flat].layers[l];
+    if (child < 0 || child >= r->bind->flat.insts.n ||
+        r->bind->flat.insts.v[child].fn->params.n != callee->params.n ||
+        r->bind->flat.insts.v[child].fn->states.n != callee->states.n) {
+      diag_error(r->de, ly->loc, "internal error in interp: layer '%s' is not flattened", ly->name);
       return -1;
+    }
+    if (inst_build(r, callee, child, cd, depth + 1, &in->child[l])) return -1;
   }
   for (int i = 0; i < fn->nodes.n; i++) {
     const IrNode *nd = &fn->nodes.v[i];
@@ -975,8 +971,17 @@ static int eval_invariants(Run *r, Inst *in) {
   return 0;
 }
 
-static int inst_build(Run *r, const IrFunc *fn, const int64_t *dims, const char *pre,
-                      const char *suf, const char *spath, int reverse, int depth, Inst **out) {
+/* Builds an instance of fn, the function of flat.insts[flat] (or its
+ * counterpart in a rewritten module), with concrete dims `dims`. */
+static int inst_build(Run *r, const IrFunc *fn, int flat, const int64_t *dims, int depth,
+                      Inst **out) {
+  const IrFlatInst *fi = &r->bind->flat.insts.v[flat];
+  int reverse = fi->reverse;
+  if (fi->fn->params.n != fn->params.n || fi->fn->states.n != fn->states.n) {
+    diag_error(r->de, fn->loc, "internal error in interp: %s does not match its binding",
+               fn->name);
+    return -1;
+  }
   if (depth > MAX_DEPTH) {
     diag_error(r->de, fn->loc, "layers nest deeper than %d (is '%s' recursive?)", MAX_DEPTH,
                fn->name);
@@ -999,23 +1004,10 @@ static int inst_build(Run *r, const IrFunc *fn, const int64_t *dims, const char 
       !in->out_width || !in->no_inputs)
     return oom(r);
 
-  for (int p = 0; p < np; p++) {
-    const char *name = arena_printf(r->arena, "%s%s%s", pre, fn->params.v[p].name, suf);
-    if (!name) return oom(r);
-    if ((in->param_flat[p] = find_flat(r->bind->flat.params.v, r->bind->flat.params.n, name)) < 0) {
-      diag_error(r->de, fn->params.v[p].loc,
-                 "internal error in interp: parameter '%s' is not in the flattened instance", name);
-      return -1;
-    }
-  }
+  for (int p = 0; p < np; p++) in->param_flat[p] = fi->params[p];
   for (int k = 0; k < ns; k++) {
-    const char *name = arena_printf(r->arena, "%s%s", spath, fn->states.v[k].name);
-    if (!name) return oom(r);
-    if ((in->state_flat[k] = find_flat(r->bind->flat.states.v, r->bind->flat.states.n, name)) < 0) {
-      diag_error(r->de, fn->states.v[k].loc,
-                 "internal error in interp: state '%s' is not in the flattened instance", name);
-      return -1;
-    }
+    const char *name = r->bind->flat.states.v[fi->states[k]].name;
+    in->state_flat[k] = fi->states[k];
     if (shape_val(in, fn->states.v[k].type, &in->state_val[k]) ||
         !(in->state_val[k].d = alloc_doubles(r, val_width(&in->state_val[k]), 1))) {
       diag_error(r->de, fn->states.v[k].loc, "the shape of state '%s' overflows", name);
@@ -1046,7 +1038,7 @@ static int inst_build(Run *r, const IrFunc *fn, const int64_t *dims, const char 
       if (!(in->rev_inputs[k].d = alloc_doubles(r, val_width(&v), r->T))) return oom(r);
     }
   }
-  if (fn->kind == IR_FN_MODEL && build_children(r, in, pre, suf, spath, depth)) return -1;
+  if (fn->kind == IR_FN_MODEL && build_children(r, in, flat, depth)) return -1;
   mark_nodes(in);
   for (int i = 0; i < nn; i++) {
     IrOp op = fn->nodes.v[i].op;
@@ -1485,7 +1477,7 @@ int interp_run(const IrBinding *b, int64_t B, int64_t T, const RtTensor *inputs,
   NonFinite nf = {0};
   if (check_args(r, B, T, inputs, lengths, state_in) || alloc_results(r, B, T, outputs, state_out))
     goto done;
-  if (inst_build(r, root, b->dims, "", "", "", 0, 0, &top)) goto done;
+  if (inst_build(r, root, 0, b->dims, 0, &top)) goto done;
 
   /* Root inputs are converted per example into double sequences. */
   int ni = root->inputs.n;

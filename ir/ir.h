@@ -253,9 +253,24 @@ typedef struct IrFlatVar {
   int hidden;       /* states only */
 } IrFlatVar;
 
+/* One instance of the tree: the root (index 0) or a layer of an instance,
+ * in depth-first order (an instance before its layers). The naming rule
+ * (prefixes, suffixes, state paths) is applied once, in ir_flatten; every
+ * other stage finds an instance's parameters and states by these indices. */
+typedef struct IrFlatInst {
+  const IrFunc *fn;
+  DimExpr *dims; /* per dim of fn: its value as an expression over the root's dims */
+  int *params;   /* per param of fn: index into IrFlat.params (tied weights share one) */
+  int *states;   /* per state of fn: index into IrFlat.states */
+  int *layers;   /* per layer of fn: index into IrFlat.insts of its instance */
+  int parent;    /* -1 for the root */
+  int reverse;   /* the layer runs backwards in time relative to its parent */
+} IrFlatInst;
+
 typedef struct IrFlat {
   VEC(IrFlatVar) params;
   VEC(IrFlatVar) states; /* state names are dotted layer paths: "l0.h" */
+  VEC(IrFlatInst) insts; /* insts.v[0] is the root */
 } IrFlat;
 
 int ir_flatten(Arena *a, const IrModule *m, const IrFunc *root, IrFlat *out, DiagEngine *de);

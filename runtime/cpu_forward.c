@@ -87,7 +87,7 @@ int32_t rt_cpu_forward_batched(rt_cpu_root_fn fn, const int64_t *layout, void *c
               state_in, outputs, state_out, (int)n, NULL, NULL};
   s.ptrs = malloc(sizeof(void *) * (size_t)(n * (per > 0 ? per : 1)));
   s.status = malloc(sizeof(int32_t) * (size_t)n);
-  int32_t rc = 2; /* CG_ERR_NOMEM, docs/abi.md */
+  int32_t rc = 2; /* ABI_ERR_NOMEM, docs/abi.md */
   if (s.ptrs && s.status) {
     /* A whole forward pass holds the pool for its duration: a second host
      * thread's call runs its slices on its own thread rather than waiting. */

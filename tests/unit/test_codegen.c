@@ -24,13 +24,13 @@ typedef struct Compiled {
   DiagEngine de;
   IrModule *mod;
   IrBinding bind;
-  CgSignature sig;
+  AbiSignature sig;
   CgJit *jit;
-  CgForwardFn forward;
-  CgStepFn step;
+  AbiForwardFn forward;
+  AbiStepFn step;
   void *so; /* the same model built ahead of time */
-  CgForwardFn aot_forward;
-  CgStepFn aot_step;
+  AbiForwardFn aot_forward;
+  AbiStepFn aot_step;
   CgWeights w;
 } Compiled;
 
@@ -68,11 +68,11 @@ static int compile_example(Compiled *c, const char *file, int64_t dimval) {
   c->jit = cg_jit_compile(c->arena, c->mod, root, c->bind.dims, &opt, &c->sig, &c->de);
   if (!c->jit) return -1;
   const char *sym = c->sig.symbol;
-  c->forward = (CgForwardFn)(uintptr_t)cg_jit_lookup(
+  c->forward = (AbiForwardFn)(uintptr_t)cg_jit_lookup(
       c->jit, arena_printf(c->arena, "%s_forward", sym), &c->de);
   if (c->sig.has_step)
     c->step =
-        (CgStepFn)(uintptr_t)cg_jit_lookup(c->jit, arena_printf(c->arena, "%s_step", sym), &c->de);
+        (AbiStepFn)(uintptr_t)cg_jit_lookup(c->jit, arena_printf(c->arena, "%s_step", sym), &c->de);
   if (!c->forward) return -1;
   /* The AOT build of the same root: its own file name, since dlopen of a
    * path already loaded returns the loaded object. */
@@ -83,9 +83,9 @@ static int compile_example(Compiled *c, const char *file, int64_t dimval) {
     return -1;
   c->so = dlopen(so, RTLD_NOW | RTLD_LOCAL);
   if (!c->so) fail_msg("dlopen %s: %s", so, dlerror());
-  c->aot_forward = (CgForwardFn)(uintptr_t)dlsym(c->so, arena_printf(c->arena, "%s_forward", sym));
+  c->aot_forward = (AbiForwardFn)(uintptr_t)dlsym(c->so, arena_printf(c->arena, "%s_forward", sym));
   if (c->sig.has_step)
-    c->aot_step = (CgStepFn)(uintptr_t)dlsym(c->so, arena_printf(c->arena, "%s_step", sym));
+    c->aot_step = (AbiStepFn)(uintptr_t)dlsym(c->so, arena_printf(c->arena, "%s_step", sym));
   if (!c->aot_forward || (c->sig.has_step && !c->aot_step)) return -1;
   return cg_weights_from_binding(&c->sig, &c->bind, &c->w, &c->de);
 }
@@ -104,7 +104,7 @@ static int is_int_input(const Compiled *c, int i) {
 static void make_inputs(Compiled *c, int64_t B, int64_t T, RtTensor *in) {
   RtError err;
   for (int i = 0; i < c->sig.inputs.n; i++) {
-    const CgTensor *t = &c->sig.inputs.v[i];
+    const AbiTensor *t = &c->sig.inputs.v[i];
     int64_t shape[RT_MAX_RANK] = {B, T};
     for (int d = 0; d < t->ndim; d++) shape[2 + d] = t->shape[d];
     assert_int_equal(rt_tensor_alloc(&in[i], RT_F64, t->ndim + 2, shape, &err), 0);
@@ -189,7 +189,7 @@ static void compare(Compiled *c, int64_t B, int64_t T, int use_lengths, int use_
 }
 
 /* Chaining SYM_step over T tokens equals SYM_forward. */
-static void check_step(Compiled *c, CgForwardFn forward, CgStepFn step, int64_t B, int64_t T) {
+static void check_step(Compiled *c, AbiForwardFn forward, AbiStepFn step, int64_t B, int64_t T) {
   if (!step) return;
   int ni = c->sig.inputs.n, no = c->sig.outputs.n, ns = c->sig.states.n;
   int64_t per_in[8], per_out[8];
@@ -391,7 +391,7 @@ static void test_limits_are_diagnostics(void **st) {
   assert_non_null(mod);
   int64_t dims[2] = {(int64_t)1 << 21, (int64_t)1 << 21}; /* W is [4H, I]: 2^44 elements */
   CgOptions opt = {2, NULL, NULL};
-  CgSignature sig;
+  AbiSignature sig;
   assert_null(cg_jit_compile(a, mod, mod->funcs.v[mod->entry], dims, &opt, &sig, &de));
   int found = 0;
   for (int i = 0; i < de.diags.n; i++) found |= strstr(de.diags.v[i].message, "2^40") != NULL;
@@ -409,15 +409,15 @@ static void test_statuses(void **st) {
   float *op[1] = {y};
   const float *const *P = (const float *const *)c.w.data;
   for (int aot = 0; aot < 2; aot++) {
-    CgForwardFn f = aot ? c.aot_forward : c.forward;
-    assert_int_equal(f(P, -1, 2, ip, NULL, NULL, op, NULL), CG_ERR_ARG);
-    assert_int_equal(f(NULL, 1, 2, ip, NULL, NULL, op, NULL), CG_ERR_ARG);
-    assert_int_equal(f(P, 1, 2, NULL, NULL, NULL, op, NULL), CG_ERR_ARG);
+    AbiForwardFn f = aot ? c.aot_forward : c.forward;
+    assert_int_equal(f(P, -1, 2, ip, NULL, NULL, op, NULL), ABI_ERR_ARG);
+    assert_int_equal(f(NULL, 1, 2, ip, NULL, NULL, op, NULL), ABI_ERR_ARG);
+    assert_int_equal(f(P, 1, 2, NULL, NULL, NULL, op, NULL), ABI_ERR_ARG);
     int32_t bad_len[1] = {3};
-    assert_int_equal(f(P, 1, 2, ip, bad_len, NULL, op, NULL), CG_ERR_LENGTH);
-    assert_int_equal(f(P, (int64_t)1 << 40, 2, ip, NULL, NULL, op, NULL), CG_ERR_NOMEM);
-    assert_int_equal(f(P, 4, 2, ip, NULL, NULL, op, NULL), CG_OK);
-    assert_int_equal(f(P, 0, 0, ip, NULL, NULL, op, NULL), CG_OK);
+    assert_int_equal(f(P, 1, 2, ip, bad_len, NULL, op, NULL), ABI_ERR_LENGTH);
+    assert_int_equal(f(P, (int64_t)1 << 40, 2, ip, NULL, NULL, op, NULL), ABI_ERR_NOMEM);
+    assert_int_equal(f(P, 4, 2, ip, NULL, NULL, op, NULL), ABI_OK);
+    assert_int_equal(f(P, 0, 0, ip, NULL, NULL, op, NULL), ABI_OK);
   }
   release(&c);
 }
