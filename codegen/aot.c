@@ -66,7 +66,7 @@ static int run_command(char *const *argv, DiagEngine *de) {
 }
 
 static const char *field(Arena *a, const char *name) {
-  const char *s = cg_c_identifier(a, name);
+  const char *s = abi_c_identifier(a, name);
   /* Keep the user's case for field names: only replace what C rejects. */
   size_t n = strlen(name);
   char *f = arena_alloc(a, n + 2);
@@ -196,18 +196,14 @@ int cg_write_header(const AbiSignature *sig, const char *path, DiagEngine *de) {
   return 0;
 }
 
-int cg_aot_build(Arena *a, const IrModule *m, const IrFunc *root, const int64_t *dims,
-                 const CgOptions *opt, CgEmitKind kind, const char *out_path,
-                 const char *header_path, DiagEngine *de) {
+int cg_aot_build(Arena *a, const Schedule *s, const CgOptions *opt, CgEmitKind kind,
+                 const char *out_path, const char *header_path, DiagEngine *de) {
   cg_llvm_init();
-  const char *sym = cg_c_identifier(a, root->name);
-  if (!sym) return -1;
   LLVMContextRef ctx = LLVMContextCreate();
   LLVMModuleRef mod = NULL;
   LLVMTargetMachineRef tm = NULL;
-  AbiSignature sig;
   int rc = -1;
-  if (cg_lower(a, m, root, dims, sym, ctx, &mod, &sig, de)) goto done;
+  if (cg_lower(a, s, ctx, &mod, de)) goto done;
   tm = cg_target_machine(opt, LLVMRelocPIC, de);
   if (!tm) goto done;
   if (cg_optimize(mod, tm, opt ? opt->opt_level : 2, de)) goto done;
@@ -252,7 +248,7 @@ int cg_aot_build(Arena *a, const IrModule *m, const IrFunc *root, const int64_t 
       else
         h = arena_printf(a, "%s.h", out_path);
     }
-    rc = h ? cg_write_header(&sig, h, de) : -1;
+    rc = h ? cg_write_header(&s->sig, h, de) : -1;
   }
 done:
   if (tm) LLVMDisposeTargetMachine(tm);

@@ -7,9 +7,10 @@
 
 typedef enum { CG_EMIT_SO, CG_EMIT_LLVM, CG_EMIT_ASM, CG_EMIT_OBJ } CgEmitKind;
 
-int cg_aot_build(Arena *a, const IrModule *m, const IrFunc *root, const int64_t *dims,
-                 const CgOptions *opt, CgEmitKind kind, const char *out_path,
-                 const char *header_path, DiagEngine *de);
+/* Renders schedule s and writes it as `kind` to out_path; a shared object
+ * also gets its C header (header_path, or out_path with .so replaced by .h). */
+int cg_aot_build(Arena *a, const Schedule *s, const CgOptions *opt, CgEmitKind kind,
+                 const char *out_path, const char *header_path, DiagEngine *de);
 /* Writes the C header for a compiled signature. */
 int cg_write_header(const AbiSignature *sig, const char *path, DiagEngine *de);
 

@@ -1,11 +1,11 @@
-/* cg.h - the LLVM CPU backend: lowering the IR of a bound root function to
- * LLVM IR (lower.c), target machines, verification, optimization and object
- * emission (target.c), the ORC JIT (jit.c), shared objects with a C header
- * (aot.c) and the command-line entry points (driver.h).
+/* cg.h - the LLVM CPU backend: rendering a schedule (sched/sched.h) as LLVM
+ * IR (codegen/llvm.h lists the renderer's files), target machines,
+ * verification, optimization and object emission (target.c), the ORC JIT
+ * (jit.c) and shared objects with a C header (aot.c).
  *
- * The backend compiles after binding: every dim has a concrete value, so loop
+ * The backend renders after binding: every dim has a concrete value, so loop
  * trip counts are constants. The generated entry points, their argument order
- * and the status codes are the ABI documented in docs/abi.md.
+ * and the status codes are the ABI documented in docs/abi.md (sched/abi.h).
  */
 #ifndef SEQ_CG_H
 #define SEQ_CG_H
@@ -15,18 +15,17 @@
 
 #include "ir/ir.h"
 #include "sched/abi.h"
+#include "sched/sched.h"
 
-/* Lowers `root` with the concrete values dims[v] of its dims into a new module
- * in ctx. Defines the entry points
+/* Renders schedule s into a new module in ctx (codegen/llvm.h). Defines the
+ * entry points
  *   int32 SYM_forward(params, B, T, inputs, lengths, state_in, outputs, state_out)
  *   int32 SYM_forward_blob(blob, blob_floats, B, T, inputs, lengths, state_in, outputs, state_out)
- *   int32 SYM_step(params, B, inputs, state_in, outputs, state_out)   (if sig->has_step)
+ *   int32 SYM_step(params, B, inputs, state_in, outputs, state_out)   (if sig.has_step)
  *   int32 SYM_dims(int64 *out)
  * Complex values are (re, im) float pairs, in buffers and at the interface
- * (a trailing axis of 2). Unsupported constructs are diagnostics at the node.
- * Returns 0 and *out (owned by the caller) on success. */
-int cg_lower(Arena *a, const IrModule *m, const IrFunc *root, const int64_t *dims,
-             const char *symbol, LLVMContextRef ctx, LLVMModuleRef *out, AbiSignature *sig,
+ * (a trailing axis of 2). Returns 0 and *out (owned by the caller). */
+int cg_lower(Arena *a, const Schedule *s, LLVMContextRef ctx, LLVMModuleRef *out,
              DiagEngine *de);
 
 /* ---- target.c ---- */
@@ -45,7 +44,5 @@ int cg_optimize(LLVMModuleRef mod, LLVMTargetMachineRef tm, int opt_level, DiagE
 /* Writes an object or assembly file. */
 int cg_emit_file(LLVMModuleRef mod, LLVMTargetMachineRef tm, LLVMCodeGenFileType kind,
                  const char *path, DiagEngine *de);
-/* Turns a symbol-safe C identifier from a unit name ("LSTM" -> "lstm"). */
-const char *cg_c_identifier(Arena *a, const char *name);
 
 #endif

@@ -66,17 +66,14 @@ static int define_runtime(LLVMOrcLLJITRef jit, DiagEngine *de) {
   return 0;
 }
 
-CgJit *cg_jit_compile(Arena *a, const IrModule *m, const IrFunc *root, const int64_t *dims,
-                      const CgOptions *opt, AbiSignature *sig, DiagEngine *de) {
+CgJit *cg_jit_compile(Arena *a, const Schedule *s, const CgOptions *opt, DiagEngine *de) {
   cg_llvm_init();
-  const char *sym = cg_c_identifier(a, root->name);
-  if (!sym) return NULL;
   LLVMOrcThreadSafeContextRef tsc = LLVMOrcCreateNewThreadSafeContext();
   LLVMContextRef ctx = LLVMOrcThreadSafeContextGetContext(tsc);
   LLVMModuleRef mod = NULL;
   CgJit *j = NULL;
   LLVMTargetMachineRef tm = NULL;
-  if (cg_lower(a, m, root, dims, sym, ctx, &mod, sig, de)) goto fail;
+  if (cg_lower(a, s, ctx, &mod, de)) goto fail;
   tm = cg_target_machine(opt, LLVMRelocDefault, de);
   if (!tm) goto fail;
   if (cg_optimize(mod, tm, opt ? opt->opt_level : 2, de)) goto fail;

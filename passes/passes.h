@@ -96,12 +96,6 @@ const char *classify_strategy_name(RecStrategy s);
  * is function i of *out. Returns 0, or -1 with a diagnostic (allocation
  * failure or an internal error). */
 int rewrite_module(Arena *a, const IrModule *m, IrModule **out, DiagEngine *de);
-/* What a backend runs before lowering `root` of m: rewrite_module, then (in
- * SEQ_VERIFY_IR builds) ir_verify naming the pass. *root_out is root's
- * counterpart in *out. Returns 0, or -1 with a diagnostic. */
-int rewrite_root(Arena *a, const IrModule *m, const IrFunc *root, IrModule **out,
-                 const IrFunc **root_out, DiagEngine *de);
-
 /* ---- jacobian.c: forward-mode derivatives of a cell's step ------------- */
 
 /* Builds in m a new cell "<cell>.jvp" computing the tangent map of the step

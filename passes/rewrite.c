@@ -506,22 +506,3 @@ int rewrite_module(Arena *a, const IrModule *m, IrModule **out, DiagEngine *de) 
   }
   return 0;
 }
-
-int rewrite_root(Arena *a, const IrModule *m, const IrFunc *root, IrModule **out,
-                 const IrFunc **root_out, DiagEngine *de) {
-  *out = NULL;
-  *root_out = NULL;
-  int index = -1;
-  for (int i = 0; i < m->funcs.n; i++)
-    if (m->funcs.v[i] == root) index = i;
-  if (index < 0) {
-    diag_internal(de, "rewrite", "the root %s is not a function of its module", root->name);
-    return -1;
-  }
-  if (rewrite_module(a, m, out, de)) return -1;
-#ifdef SEQ_VERIFY_IR
-  if (ir_verify(*out, de, "rewrite")) return -1;
-#endif
-  *root_out = (*out)->funcs.v[index];
-  return 0;
-}

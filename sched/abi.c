@@ -25,3 +25,19 @@ int abi_find_tensor(const AbiTensor *v, int n, const char *name) {
     if (strcmp(v[i].name, name) == 0) return i;
   return -1;
 }
+
+const char *abi_c_identifier(Arena *a, const char *name) {
+  size_t n = strlen(name);
+  char *s = arena_alloc(a, n + 2);
+  if (!s) return NULL;
+  size_t j = 0;
+  if (n == 0 || (name[0] >= '0' && name[0] <= '9')) s[j++] = '_';
+  for (size_t i = 0; i < n; i++) {
+    char c = name[i];
+    if (c >= 'A' && c <= 'Z') c = (char)(c - 'A' + 'a');
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_')) c = '_';
+    s[j++] = c;
+  }
+  s[j] = 0;
+  return s;
+}

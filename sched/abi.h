@@ -48,6 +48,10 @@ typedef struct AbiSignature {
 /* Finds the parameter, input, output or state named `name`; -1 if absent. */
 int abi_find_tensor(const AbiTensor *v, int n, const char *name);
 
+/* The C identifier prefix of a root's entry points, from its unit name:
+ * lower case, other characters than [a-z0-9_] replaced ("LSTM" -> "lstm"). */
+const char *abi_c_identifier(Arena *a, const char *name);
+
 /* The generated SYM_forward and SYM_step (docs/abi.md). */
 typedef int32_t (*AbiForwardFn)(const float *const *params, int64_t B, int64_t T,
                                 const void *const *inputs, const int32_t *lengths,

@@ -1,7 +1,8 @@
-/* seqc.c - the command-line driver. The whole pipeline is visible here:
- * parse + check + lower (seq_compile_file), then either print the IR or bind
- * dims and weights and run the reference interpreter. The contract is
- * documented in docs/cli.md; keep the two in step.
+/* seqc.c - the command-line driver: arguments and files around the
+ * compiler's one pipeline (driver/pipeline.h), which it runs as far as the
+ * command needs (the IR, the report, the schedule, a shared object, or a JIT
+ * build to run), and the reference interpreter for --backend=interp. The
+ * contract is documented in docs/cli.md; keep the two in step.
  *
  * Exit status: 0 success, 1 an error in the user's input (diagnostics
  * printed), 2 a usage error.
@@ -13,12 +14,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "codegen/driver.h"
-#include "frontend/frontend.h"
-#include "ir/interp.h"
-#include "ir/ir.h"
-#include "passes/passes.h"
+#include "driver/pipeline.h"
+#include "driver/run.h"
 #include "runtime/rt.h"
+#include "runtime/rt_cpu.h"
 
 #define MAX_BINDINGS 64
 #define MAX_DIM_ARGS 64
@@ -65,7 +64,7 @@ static void usage(FILE *out) {
         "           [--backend=cpu|interp] [--threads N] [-O0..-O3]\n"
         "  seqc FILE.seq [--dims ...] [--weights W] -o libNAME.so [-H NAME.h] [-O0..-O3]\n"
         "       [--target-cpu=CPU] [--target-features=+f,-g]\n"
-        "  seqc --emit=ir|llvm|asm|obj FILE.seq [-o OUT] [--entry UNIT]\n"
+        "  seqc --emit=ir|sched|llvm|asm|obj FILE.seq [--dims ...] [-o OUT] [--entry UNIT]\n"
         "  seqc --report FILE.seq      (each state's recurrence class and strategy)\n"
         "  seqc --help | --version\n"
         "See docs/cli.md.\n",
@@ -213,10 +212,10 @@ static int parse_args(int argc, char **argv, Options *o) {
     if (!o->emit && !o->out_path && !o->report)
       return usage_error("%s",
                          "nothing to do: use 'seqc run', -o libNAME.so, --emit=ir or --report");
-    if (o->emit && strcmp(o->emit, "ir") != 0 && strcmp(o->emit, "llvm") != 0 &&
-        strcmp(o->emit, "asm") != 0 && strcmp(o->emit, "obj") != 0)
-      return usage_error("unknown --emit kind '%s' (ir, llvm, asm, obj)", o->emit);
-    if (o->emit && strcmp(o->emit, "ir") != 0 && !o->out_path)
+    if (o->emit && strcmp(o->emit, "ir") != 0 && strcmp(o->emit, "sched") != 0 &&
+        strcmp(o->emit, "llvm") != 0 && strcmp(o->emit, "asm") != 0 && strcmp(o->emit, "obj") != 0)
+      return usage_error("unknown --emit kind '%s' (ir, sched, llvm, asm, obj)", o->emit);
+    if (o->emit && strcmp(o->emit, "ir") != 0 && strcmp(o->emit, "sched") != 0 && !o->out_path)
       return usage_error("--emit=%s needs -o OUT", o->emit);
     if (o->nins || o->nouts || o->nexpects || o->random_weights)
       return usage_error("%s", "--in, --out, --expect and --random-weights belong to 'seqc run'");
@@ -445,10 +444,31 @@ static void print_summary(const char *kind, const char *name, const RtTensor *t)
   printf(" %s  sum %.9g  abs-sum %.9g\n", rt_dtype_name(t->dtype), sum, asum);
 }
 
-static int cmd_run(const Options *o, IrModule *mod, Arena *arena, DiagEngine *de,
-                   const DimArgs *dims) {
+/* The CPU backend: the pipeline's JIT build, run on the binding's weights
+ * with the interpreter's contract (driver/run.h). */
+static int run_compiled(const Options *o, Pipeline *p, PipeOptions *po, int64_t B, int64_t T,
+                        const RtTensor *inputs, const int64_t *lengths, const RtTensor *state_in,
+                        RtTensor *outputs, RtTensor *state_out) {
+  if (o->threads > 0) rt_cpu_set_num_threads(o->threads);
+  po->goal = PIPE_JIT;
+  if (pipeline_run(p, po)) return -1;
+  const AbiSignature *sig = &p->sched->sig;
+  AbiForwardFn fn = (AbiForwardFn)(uintptr_t)cg_jit_lookup(
+      p->jit, arena_printf(p->arena, "%s_forward", sig->symbol), p->de);
+  DrvWeights w = {0};
+  int rc = -1;
+  if (fn && drv_weights_from_binding(sig, &p->bind, &w, p->de) == 0)
+    rc = drv_run(sig, fn, &w, &p->bind, B, T, inputs, lengths, state_in, outputs, state_out,
+                 p->de);
+  drv_weights_free(&w);
+  return rc;
+}
+
+static int cmd_run(const Options *o, Pipeline *p, PipeOptions *po) {
+  const IrModule *mod = p->source;
   const IrFunc *root = mod->funcs.v[mod->entry];
-  IrBinding b;
+  IrBinding *bp = NULL;
+  IrFlat flat;
   int rc = 1;
   RtTensor inputs[MAX_BINDINGS];
   RtTensor loaded[MAX_BINDINGS];
@@ -460,12 +480,11 @@ static int cmd_run(const Options *o, IrModule *mod, Arena *arena, DiagEngine *de
   RtError err;
   memset(inputs, 0, sizeof inputs);
 
-  if (ir_binding_init(&b, arena, mod, root, de)) return 1;
-  for (int i = 0; i < dims->n; i++)
-    if (ir_binding_set_dim(&b, dims->names[i], dims->values[i], de)) return 1;
+  /* The flat state names, before anything is bound. */
+  if (ir_flatten(p->arena, mod, root, &flat, p->de)) return 1;
 
   /* Read every --in file first: inputs fix B and T, states need B. */
-  int nstates = b.flat.states.n;
+  int nstates = flat.states.n;
   state_in = calloc((size_t)nstates + 1, sizeof *state_in);
   state_out = calloc((size_t)nstates + 1, sizeof *state_out);
   outputs = calloc((size_t)root->outputs.n + 1, sizeof *outputs);
@@ -479,11 +498,11 @@ static int cmd_run(const Options *o, IrModule *mod, Arena *arena, DiagEngine *de
     const NamedFile *nf = &o->ins[k];
     int is_len = strcmp(nf->name, "lengths") == 0;
     int ii = find_input(root, nf->name);
-    int si = ii < 0 ? find_state(&b.flat, nf->name) : -1;
+    int si = ii < 0 ? find_state(&flat, nf->name) : -1;
     if (!is_len && ii < 0 && si < 0) {
       fprintf(stderr, "seqc: error: --in %s: '%s' is not an input or state of '%s'; valid names:\n",
               nf->name, nf->name, root->name);
-      list_names(root, &b.flat, 0);
+      list_names(root, &flat, 0);
       goto done;
     }
     for (int j = 0; j < k; j++)
@@ -584,32 +603,37 @@ static int cmd_run(const Options *o, IrModule *mod, Arena *arena, DiagEngine *de
     ws.path = o->weights;
     ws.allow_l0 = root->kind == IR_FN_CELL;
   }
-  if (ir_binding_infer(&b, ws.st ? lookup_shape : NULL, &ws, in_ndims, in_shapes, de)) goto done;
+  po->weight_shape = ws.st ? lookup_shape : NULL;
+  po->weight_ctx = &ws;
+  po->input_ndims = in_ndims;
+  po->input_shapes = in_shapes;
+  po->goal = PIPE_BOUND;
+  if (pipeline_run(p, po)) goto done;
+  bp = &p->bind;
   if (ws.st) {
-    if (ir_binding_load(&b, load_weight, &ws, de)) goto done;
+    if (ir_binding_load(bp, load_weight, &ws, p->de)) goto done;
     warn_unused_weights(&ws);
-  } else if (ir_binding_random(&b, o->seed, de)) {
+  } else if (ir_binding_random(bp, o->seed, p->de)) {
     goto done;
   }
 
   InterpOptions iopt = {.f64 = o->f64, .check_finite = o->check_finite};
-  CgOptions cgo = {.opt_level = o->opt_level, .cpu = o->target_cpu, .features = o->target_features};
   int want_states = 0;
   for (int k = 0; k < o->nouts; k++) want_states |= find_output(root, o->outs[k].name) < 0;
   for (int k = 0; k < o->nexpects; k++) want_states |= find_output(root, o->expects[k].name) < 0;
   want_states |= o->check_finite;
   int use_cpu = strcmp(o->backend, "cpu") == 0;
-  if (use_cpu ? cg_driver_run(&b, &cgo, o->threads, B, T, inputs, lengths, state_in, outputs,
-                              want_states ? state_out : NULL, de)
-              : interp_run(&b, B, T, inputs, lengths, state_in, outputs,
-                           want_states ? state_out : NULL, &iopt, de)) {
+  if (use_cpu ? run_compiled(o, p, po, B, T, inputs, lengths, state_in, outputs,
+                             want_states ? state_out : NULL)
+              : interp_run(bp, B, T, inputs, lengths, state_in, outputs,
+                           want_states ? state_out : NULL, &iopt, p->de)) {
     if (use_cpu)
       fprintf(stderr,
               "seqc: note: '--backend=interp' runs any model with the reference interpreter\n");
     goto done;
   }
   if (use_cpu && o->check_finite &&
-      interp_check_finite(&b, B, T, inputs, lengths, outputs, want_states ? state_out : NULL, de))
+      interp_check_finite(bp, B, T, inputs, lengths, outputs, want_states ? state_out : NULL, p->de))
     goto done;
 
   /* Summaries, then the requested files. */
@@ -619,12 +643,12 @@ static int cmd_run(const Options *o, IrModule *mod, Arena *arena, DiagEngine *de
   for (int k = 0; k < o->nouts; k++) {
     const NamedFile *nf = &o->outs[k];
     int oi = find_output(root, nf->name);
-    int si = oi < 0 ? find_state(&b.flat, nf->name) : -1;
+    int si = oi < 0 ? find_state(&flat, nf->name) : -1;
     if (oi < 0 && si < 0) {
       fprintf(stderr,
               "seqc: error: --out %s: '%s' is not an output or state of '%s'; valid names:\n",
               nf->name, nf->name, root->name);
-      list_names(root, &b.flat, 1);
+      list_names(root, &flat, 1);
       goto done;
     }
     const RtTensor *t = oi >= 0 ? &outputs[oi] : &state_out[si];
@@ -638,7 +662,7 @@ static int cmd_run(const Options *o, IrModule *mod, Arena *arena, DiagEngine *de
   for (int k = 0; k < o->nexpects; k++) {
     const NamedFile *nf = &o->expects[k];
     int oi = find_output(root, nf->name);
-    int si = oi < 0 ? find_state(&b.flat, nf->name) : -1;
+    int si = oi < 0 ? find_state(&flat, nf->name) : -1;
     if (oi < 0 && si < 0) {
       fprintf(stderr, "seqc: error: --expect %s: '%s' is not an output or state of '%s'\n",
               nf->name, nf->name, root->name);
@@ -654,7 +678,8 @@ done:
     for (int i = 0; i < root->outputs.n; i++) rt_tensor_free(&outputs[i]);
   if (state_out)
     for (int i = 0; i < nstates; i++) rt_tensor_free(&state_out[i]);
-  for (int i = 0; b.weights && i < b.flat.params.n; i++) rt_tensor_free(&b.weights[i]);
+  for (int i = 0; bp && bp->weights && i < bp->flat.params.n; i++)
+    rt_tensor_free(&bp->weights[i]);
   free(outputs);
   free(state_in);
   free(state_out);
@@ -670,33 +695,67 @@ done:
 /* Ahead-of-time compilation specializes on concrete dims, which come from
  * --dims and, if given, the shapes in --weights (nothing is read but the
  * header). */
-static int cmd_compile(const Options *o, IrModule *mod, Arena *arena, DiagEngine *de,
-                       const DimArgs *dims) {
-  const IrFunc *root = mod->funcs.v[mod->entry];
-  IrBinding b;
+static int cmd_compile(const Options *o, Pipeline *p, PipeOptions *po) {
   WeightSource ws = {0};
   RtError err;
-  int rc = 1;
-  if (ir_binding_init(&b, arena, mod, root, de)) return 1;
-  for (int i = 0; i < dims->n; i++)
-    if (ir_binding_set_dim(&b, dims->names[i], dims->values[i], de)) return 1;
   if (o->weights) {
     if (rt_st_open(o->weights, &ws.st, &err)) {
       fprintf(stderr, "seqc: error: %s\n", err.msg);
       return 1;
     }
     ws.path = o->weights;
-    ws.allow_l0 = root->kind == IR_FN_CELL;
+    ws.allow_l0 = p->source->funcs.v[p->source->entry]->kind == IR_FN_CELL;
+    po->weight_shape = lookup_shape;
+    po->weight_ctx = &ws;
   }
-  if (ir_binding_infer(&b, ws.st ? lookup_shape : NULL, &ws, NULL, NULL, de) == 0) {
-    CgDriverOptions copt = {0};
-    copt.cg.opt_level = o->opt_level;
-    copt.cg.cpu = o->target_cpu;
-    copt.cg.features = o->target_features;
-    copt.out_path = o->out_path;
-    copt.header_path = o->header_path;
-    copt.emit = o->emit;
-    rc = cg_driver_build(&b, &copt, de) ? 1 : 0;
+  po->goal = PIPE_OBJECT;
+  po->emit = CG_EMIT_SO;
+  if (o->emit && strcmp(o->emit, "llvm") == 0)
+    po->emit = CG_EMIT_LLVM;
+  else if (o->emit && strcmp(o->emit, "asm") == 0)
+    po->emit = CG_EMIT_ASM;
+  else if (o->emit && strcmp(o->emit, "obj") == 0)
+    po->emit = CG_EMIT_OBJ;
+  po->out_path = o->out_path;
+  po->header_path = o->header_path;
+  int rc = pipeline_run(p, po) ? 1 : 0;
+  if (ws.st) rt_st_close(ws.st);
+  return rc;
+}
+
+/* --emit=ir|sched: the IR of the source, or the schedule of the bound root,
+ * as text to stdout or -o. */
+static int cmd_emit_text(const Options *o, Pipeline *p, PipeOptions *po) {
+  int sched = strcmp(o->emit, "sched") == 0;
+  WeightSource ws = {0};
+  RtError err;
+  if (sched && o->weights) {
+    if (rt_st_open(o->weights, &ws.st, &err)) {
+      fprintf(stderr, "seqc: error: %s\n", err.msg);
+      return 1;
+    }
+    ws.path = o->weights;
+    ws.allow_l0 = p->source->funcs.v[p->source->entry]->kind == IR_FN_CELL;
+    po->weight_shape = lookup_shape;
+    po->weight_ctx = &ws;
+  }
+  po->goal = sched ? PIPE_SCHED : PIPE_IR;
+  int rc = 1;
+  if (pipeline_run(p, po) == 0) {
+    FILE *out = o->out_path ? fopen(o->out_path, "w") : stdout;
+    if (!out) {
+      fprintf(stderr, "seqc: error: cannot write '%s': %s\n", o->out_path, strerror(errno));
+    } else {
+      if (sched)
+        sched_print(out, p->sched);
+      else
+        ir_print_module(out, p->source);
+      rc = 0;
+      if (out != stdout && fclose(out)) {
+        fprintf(stderr, "seqc: error: cannot write '%s'\n", o->out_path);
+        rc = 1;
+      }
+    }
   }
   if (ws.st) rt_st_close(ws.st);
   return rc;
@@ -733,38 +792,28 @@ int main(int argc, char **argv) {
     arena_destroy(arena);
     return 2;
   }
-  FrontendOptions fopt = {0};
-  fopt.entry = o.entry;
-  fopt.ndim_overrides = dims.n;
-  fopt.dim_override_names = dims.names;
-  fopt.dim_override_values = dims.values;
-
-  IrModule *mod = seq_compile_file(arena, &sm, &de, o.file, &fopt);
-  if (!mod || de.nerrors) {
+  Pipeline p;
+  pipeline_init(&p, arena, &sm, &de);
+  PipeOptions po = {0};
+  po.path = o.file;
+  po.entry = o.entry;
+  po.ndims = dims.n;
+  po.dim_names = dims.names;
+  po.dim_values = dims.values;
+  po.cg = (CgOptions){o.opt_level, o.target_cpu, o.target_features};
+  po.goal = o.report ? PIPE_REPORT : PIPE_IR;
+  if (pipeline_run(&p, &po)) {
     rc = 1;
   } else if (o.report) {
-    ClassifyResult *cr = NULL;
-    if (classify_module(arena, mod, &cr, &de) != 0)
-      rc = 1;
-    else
-      classify_print_report(stdout, mod, cr);
-  } else if (!o.cmd && (!o.emit || strcmp(o.emit, "ir") != 0)) {
-    rc = cmd_compile(&o, mod, arena, &de, &dims);
-  } else if (o.emit) {
-    FILE *out = o.out_path ? fopen(o.out_path, "w") : stdout;
-    if (!out) {
-      fprintf(stderr, "seqc: error: cannot write '%s': %s\n", o.out_path, strerror(errno));
-      rc = 1;
-    } else {
-      ir_print_module(out, mod);
-      if (out != stdout && fclose(out)) {
-        fprintf(stderr, "seqc: error: cannot write '%s'\n", o.out_path);
-        rc = 1;
-      }
-    }
+    classify_print_report(stdout, p.rewritten, p.classes);
+  } else if (o.emit && (strcmp(o.emit, "ir") == 0 || strcmp(o.emit, "sched") == 0)) {
+    rc = cmd_emit_text(&o, &p, &po);
+  } else if (!o.cmd) {
+    rc = cmd_compile(&o, &p, &po);
   } else {
-    rc = cmd_run(&o, mod, arena, &de, &dims);
+    rc = cmd_run(&o, &p, &po);
   }
+  pipeline_release(&p);
   if (de.nerrors > de.max_errors)
     fprintf(stderr, "seqc: %d errors in all (only the first %d shown)\n", de.nerrors,
             de.max_errors);

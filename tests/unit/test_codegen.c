@@ -12,26 +12,22 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "codegen/aot.h"
-#include "codegen/jit.h"
-#include "codegen/run.h"
-#include "frontend/frontend.h"
-#include "ir/interp.h"
+#include "driver/pipeline.h"
+#include "driver/run.h"
 
 typedef struct Compiled {
   Arena *arena;
   SrcMgr sm;
   DiagEngine de;
-  IrModule *mod;
+  Pipeline pipe;
   IrBinding bind;
   AbiSignature sig;
-  CgJit *jit;
   AbiForwardFn forward;
   AbiStepFn step;
   void *so; /* the same model built ahead of time */
   AbiForwardFn aot_forward;
   AbiStepFn aot_step;
-  CgWeights w;
+  DrvWeights w;
 } Compiled;
 
 static uint64_t rng = 88172645463325252ull;
@@ -42,58 +38,72 @@ static double urand(void) {
   return (double)(rng >> 11) / 9007199254740992.0 * 2.0 - 1.0;
 }
 
-/* Compiles an example with every dim that has no default set to `dimval`. */
+/* Compiles an example through the pipeline with every dim that has no
+ * default set to `dimval`. */
 static int compile_example(Compiled *c, const char *file, int64_t dimval) {
   memset(c, 0, sizeof *c);
   c->arena = arena_create();
   srcmgr_init(&c->sm, c->arena);
   diag_init(&c->de, c->arena, stderr);
-  c->mod = seq_compile_file(c->arena, &c->sm, &c->de, file[0] == '/' ? file : tu_src(file), NULL);
-  if (!c->mod) return -1;
-  const IrFunc *root = c->mod->funcs.v[c->mod->entry];
-  if (ir_binding_init(&c->bind, c->arena, c->mod, root, &c->de)) return -1;
+  pipeline_init(&c->pipe, c->arena, &c->sm, &c->de);
+  PipeOptions po = {0};
+  po.path = file[0] == '/' ? file : tu_src(file);
+  po.cg = (CgOptions){2, NULL, NULL};
+  po.goal = PIPE_IR;
+  if (pipeline_run(&c->pipe, &po)) return -1;
+  const IrFunc *root = c->pipe.source->funcs.v[c->pipe.source->entry];
+  const char **names = arena_calloc(c->arena, (size_t)root->dims.n + 1, sizeof *names);
+  int64_t *values = arena_calloc(c->arena, (size_t)root->dims.n + 1, sizeof *values);
   for (int i = 0; i < root->dims.n; i++)
-    if (!root->dims.v[i].has_default &&
-        ir_binding_set_dim(&c->bind, root->dims.v[i].name, dimval, &c->de))
-      return -1;
-  if (ir_binding_infer(&c->bind, NULL, NULL, NULL, NULL, &c->de)) return -1;
-  if (ir_binding_random(&c->bind, 7, &c->de)) return -1;
+    if (!root->dims.v[i].has_default) {
+      names[po.ndims] = root->dims.v[i].name;
+      values[po.ndims++] = dimval;
+    }
+  po.dim_names = names;
+  po.dim_values = values;
+  po.goal = PIPE_BOUND;
+  if (pipeline_run(&c->pipe, &po)) return -1;
+  if (ir_binding_random(&c->pipe.bind, 7, &c->de)) return -1;
   /* Random weights can make an SSM unstable (S5's Lambda_re > 0 grows like
    * e^t), and float32 cannot hold a growing value to 1e-5: keep it stable. */
-  for (int i = 0; i < c->bind.flat.params.n; i++)
-    if (strcmp(c->bind.flat.params.v[i].name, "Lambda_re") == 0)
-      for (int64_t k = 0; k < rt_numel(&c->bind.weights[i]); k++)
-        ((double *)c->bind.weights[i].data)[k] = -fabs(((double *)c->bind.weights[i].data)[k]);
-  CgOptions opt = {2, NULL, NULL};
-  c->jit = cg_jit_compile(c->arena, c->mod, root, c->bind.dims, &opt, &c->sig, &c->de);
-  if (!c->jit) return -1;
+  IrBinding *b = &c->pipe.bind;
+  for (int i = 0; i < b->flat.params.n; i++)
+    if (strcmp(b->flat.params.v[i].name, "Lambda_re") == 0)
+      for (int64_t k = 0; k < rt_numel(&b->weights[i]); k++)
+        ((double *)b->weights[i].data)[k] = -fabs(((double *)b->weights[i].data)[k]);
+  po.goal = PIPE_JIT;
+  if (pipeline_run(&c->pipe, &po)) return -1;
+  c->bind = c->pipe.bind;
+  c->sig = c->pipe.sched->sig;
   const char *sym = c->sig.symbol;
   c->forward = (AbiForwardFn)(uintptr_t)cg_jit_lookup(
-      c->jit, arena_printf(c->arena, "%s_forward", sym), &c->de);
+      c->pipe.jit, arena_printf(c->arena, "%s_forward", sym), &c->de);
   if (c->sig.has_step)
-    c->step =
-        (AbiStepFn)(uintptr_t)cg_jit_lookup(c->jit, arena_printf(c->arena, "%s_step", sym), &c->de);
+    c->step = (AbiStepFn)(uintptr_t)cg_jit_lookup(c->pipe.jit,
+                                                  arena_printf(c->arena, "%s_step", sym), &c->de);
   if (!c->forward) return -1;
-  /* The AOT build of the same root: its own file name, since dlopen of a
-   * path already loaded returns the loaded object. */
+  /* The AOT build of the same schedule: its own file name, since dlopen of
+   * a path already loaded returns the loaded object. */
   static int nbuilt;
   char so[1024];
   snprintf(so, sizeof so, "%s/m%d.so", tu_tmpdir(), nbuilt++);
-  if (cg_aot_build(c->arena, c->mod, root, c->bind.dims, &opt, CG_EMIT_SO, so, NULL, &c->de))
-    return -1;
+  po.goal = PIPE_OBJECT;
+  po.emit = CG_EMIT_SO;
+  po.out_path = so;
+  if (pipeline_run(&c->pipe, &po)) return -1;
   c->so = dlopen(so, RTLD_NOW | RTLD_LOCAL);
   if (!c->so) fail_msg("dlopen %s: %s", so, dlerror());
   c->aot_forward = (AbiForwardFn)(uintptr_t)dlsym(c->so, arena_printf(c->arena, "%s_forward", sym));
   if (c->sig.has_step)
     c->aot_step = (AbiStepFn)(uintptr_t)dlsym(c->so, arena_printf(c->arena, "%s_step", sym));
   if (!c->aot_forward || (c->sig.has_step && !c->aot_step)) return -1;
-  return cg_weights_from_binding(&c->sig, &c->bind, &c->w, &c->de);
+  return drv_weights_from_binding(&c->sig, &c->bind, &c->w, &c->de);
 }
 
 static void release(Compiled *c) {
   if (c->so) dlclose(c->so);
-  cg_weights_free(&c->w);
-  cg_jit_destroy(c->jit);
+  drv_weights_free(&c->w);
+  pipeline_release(&c->pipe);
   arena_destroy(c->arena);
 }
 
@@ -162,7 +172,7 @@ static void compare(Compiled *c, int64_t B, int64_t T, int use_lengths, int use_
                               use_state ? sin : NULL, o1, s1, &io, &c->de),
                    0);
   for (int aot = 0; aot < 2; aot++) {
-    assert_int_equal(cg_run(&c->sig, aot ? c->aot_forward : c->forward, &c->w, &c->bind, B, T, in,
+    assert_int_equal(drv_run(&c->sig, aot ? c->aot_forward : c->forward, &c->w, &c->bind, B, T, in,
                             use_lengths ? lengths : NULL, use_state ? sin : NULL, o2, s2, &c->de),
                      0);
     const char *how = aot ? "AOT" : "JIT";
@@ -387,15 +397,22 @@ static void test_limits_are_diagnostics(void **st) {
   DiagEngine de;
   srcmgr_init(&sm, a);
   diag_init(&de, a, NULL);
-  IrModule *mod = seq_compile_file(a, &sm, &de, tu_src("examples/lstm.seq"), NULL);
-  assert_non_null(mod);
+  Pipeline p;
+  pipeline_init(&p, a, &sm, &de);
+  const char *names[2] = {"I", "H"};
   int64_t dims[2] = {(int64_t)1 << 21, (int64_t)1 << 21}; /* W is [4H, I]: 2^44 elements */
-  CgOptions opt = {2, NULL, NULL};
-  AbiSignature sig;
-  assert_null(cg_jit_compile(a, mod, mod->funcs.v[mod->entry], dims, &opt, &sig, &de));
+  PipeOptions po = {0};
+  po.path = tu_src("examples/lstm.seq");
+  po.ndims = 2;
+  po.dim_names = names;
+  po.dim_values = dims;
+  po.cg = (CgOptions){2, NULL, NULL};
+  po.goal = PIPE_JIT;
+  assert_int_equal(pipeline_run(&p, &po), -1);
   int found = 0;
   for (int i = 0; i < de.diags.n; i++) found |= strstr(de.diags.v[i].message, "2^40") != NULL;
   assert_true(found);
+  pipeline_release(&p);
   arena_destroy(a);
 }
 

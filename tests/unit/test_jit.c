@@ -10,8 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "codegen/aot.h"
-#include "frontend/frontend.h"
+#include "driver/pipeline.h"
 #include "seq.h"
 
 static SeqModule *compile_lstm(SeqContext *cx, const char *dims) {
@@ -130,26 +129,45 @@ static void test_two_threads(void **st) {
   seq_context_destroy(shared_cx);
 }
 
+/* Compiles `file` (in the source tree) with dims I, H or H, N (names[0..1]
+ * = values) ahead of time through the pipeline into `out`. */
+static int build_object(const char *file, const char *const *names, const int64_t *values,
+                        int opt_level, CgEmitKind kind, const char *out, const char *hdr) {
+  Arena *a = arena_create();
+  SrcMgr sm;
+  DiagEngine de;
+  srcmgr_init(&sm, a);
+  diag_init(&de, a, stderr);
+  Pipeline p;
+  pipeline_init(&p, a, &sm, &de);
+  PipeOptions po = {0};
+  po.path = tu_src(file);
+  po.ndims = 2;
+  po.dim_names = names;
+  po.dim_values = values;
+  po.cg = (CgOptions){opt_level, NULL, NULL};
+  po.goal = PIPE_OBJECT;
+  po.emit = kind;
+  po.out_path = out;
+  po.header_path = hdr;
+  int rc = pipeline_run(&p, &po);
+  pipeline_release(&p);
+  arena_destroy(a);
+  return rc;
+}
+
 typedef int32_t (*BlobFn)(const float *, int64_t, int64_t, int64_t, const void *const *,
                           const int32_t *, const float *const *, float *const *, float *const *);
 
 /* An AOT .so equals the JIT, checks its blob size, and needs no libLLVM. */
 static void test_aot_shared_object(void **st) {
   (void)st;
-  Arena *a = arena_create();
-  SrcMgr sm;
-  DiagEngine de;
-  srcmgr_init(&sm, a);
-  diag_init(&de, a, stderr);
-  IrModule *mod = seq_compile_file(a, &sm, &de, tu_src("examples/lstm.seq"), NULL);
-  assert_non_null(mod);
+  const char *names[2] = {"I", "H"};
   int64_t dims[2] = {5, 7};
   char so[512], hdr[512], cmd[1200];
   snprintf(so, sizeof so, "%s/liblstm.so", tu_tmpdir());
   snprintf(hdr, sizeof hdr, "%s/lstm.h", tu_tmpdir());
-  CgOptions opt = {2, NULL, NULL};
-  assert_int_equal(
-      cg_aot_build(a, mod, mod->funcs.v[mod->entry], dims, &opt, CG_EMIT_SO, so, hdr, &de), 0);
+  assert_int_equal(build_object("examples/lstm.seq", names, dims, 2, CG_EMIT_SO, so, hdr), 0);
   /* The header compiles. */
   snprintf(cmd, sizeof cmd,
            "echo '#include \"%s\"' | cc -std=c11 -Wall -Werror -fsyntax-only -x c -", hdr);
@@ -184,39 +202,28 @@ static void test_aot_shared_object(void **st) {
   seq_context_destroy(cx);
   /* --emit=llvm and asm write text. */
   snprintf(so, sizeof so, "%s/lstm.ll", tu_tmpdir());
-  assert_int_equal(
-      cg_aot_build(a, mod, mod->funcs.v[mod->entry], dims, &opt, CG_EMIT_LLVM, so, NULL, &de), 0);
+  assert_int_equal(build_object("examples/lstm.seq", names, dims, 2, CG_EMIT_LLVM, so, NULL), 0);
   char *text = tu_read_file(so, NULL);
   assert_non_null(text);
   assert_non_null(strstr(text, "@lstm_forward("));
   free(text);
-  arena_destroy(a);
 }
 
 /* The generated header names itself (liblru.h, the default beside liblru.so),
  * and a complex tensor's trailing 2 is marked as (re, im). */
 static void test_aot_header_names_and_complex(void **st) {
   (void)st;
-  Arena *a = arena_create();
-  SrcMgr sm;
-  DiagEngine de;
-  srcmgr_init(&sm, a);
-  diag_init(&de, a, stderr);
-  IrModule *mod = seq_compile_file(a, &sm, &de, tu_src("examples/lru.seq"), NULL);
-  assert_non_null(mod);
+  const char *names[2] = {"H", "N"};
   int64_t dims[2] = {8, 6};
   char so[512], hdr[512];
   snprintf(so, sizeof so, "%s/liblru.so", tu_tmpdir());
   snprintf(hdr, sizeof hdr, "%s/liblru.h", tu_tmpdir());
-  CgOptions opt = {1, NULL, NULL};
-  assert_int_equal(
-      cg_aot_build(a, mod, mod->funcs.v[mod->entry], dims, &opt, CG_EMIT_SO, so, NULL, &de), 0);
+  assert_int_equal(build_object("examples/lru.seq", names, dims, 1, CG_EMIT_SO, so, NULL), 0);
   char *text = tu_read_file(hdr, NULL);
   assert_non_null(text);
   assert_true(strncmp(text, "/* liblru.h - ", 14) == 0);
   assert_non_null(strstr(text, "[B, 6, 2] complex: last axis (re, im) */"));
   free(text);
-  arena_destroy(a);
 }
 
 int main(void) {

@@ -1,9 +1,9 @@
 /* run.c - adapters between RtTensors / IrBindings and the generated ABI. */
-#include "codegen/run.h"
+#include "driver/run.h"
 
 #include <string.h>
 
-void cg_weights_free(CgWeights *w) {
+void drv_weights_free(DrvWeights *w) {
   if (!w->data) return;
   for (int i = 0; i < w->n; i++) seq_free(w->data[i]);
   seq_free(w->data);
@@ -11,7 +11,7 @@ void cg_weights_free(CgWeights *w) {
   w->n = 0;
 }
 
-int cg_weights_from_binding(const AbiSignature *sig, const IrBinding *b, CgWeights *w,
+int drv_weights_from_binding(const AbiSignature *sig, const IrBinding *b, DrvWeights *w,
                             DiagEngine *de) {
   w->n = sig->params.n;
   w->data = seq_malloc(sizeof(float *) * (size_t)(w->n + 1));
@@ -27,28 +27,28 @@ int cg_weights_from_binding(const AbiSignature *sig, const IrBinding *b, CgWeigh
       if (strcmp(b->flat.params.v[j].name, p->name) == 0) k = j;
     if (k < 0 || !b->weights || !b->weights[k].data) {
       diag_error(de, (SrcLoc){0}, "no weight bound for parameter %s", p->name);
-      cg_weights_free(w);
+      drv_weights_free(w);
       return -1;
     }
     const RtTensor *t = &b->weights[k];
     if (rt_numel(t) != p->numel) {
       diag_error(de, (SrcLoc){0}, "weight %s has %lld elements, the compiled code expects %lld",
                  p->name, (long long)rt_numel(t), (long long)p->numel);
-      cg_weights_free(w);
+      drv_weights_free(w);
       return -1;
     }
     RtTensor f;
     RtError err;
     if (rt_tensor_convert(t, RT_F32, &f, &err)) {
       diag_error(de, (SrcLoc){0}, "%s", err.msg);
-      cg_weights_free(w);
+      drv_weights_free(w);
       return -1;
     }
     w->data[i] = seq_malloc(sizeof(float) * (size_t)(p->numel ? p->numel : 1));
     if (!w->data[i]) {
       rt_tensor_free(&f);
       diag_error(de, (SrcLoc){0}, "out of memory copying weights");
-      cg_weights_free(w);
+      drv_weights_free(w);
       return -1;
     }
     memcpy(w->data[i], f.data, sizeof(float) * (size_t)p->numel);
@@ -64,7 +64,7 @@ static int flat_state(const IrBinding *b, const char *name) {
   return -1;
 }
 
-int cg_run(const AbiSignature *sig, AbiForwardFn fn, const CgWeights *w, const IrBinding *b,
+int drv_run(const AbiSignature *sig, AbiForwardFn fn, const DrvWeights *w, const IrBinding *b,
            int64_t B, int64_t T, const RtTensor *inputs, const int64_t *lengths,
            const RtTensor *state_in, RtTensor *outputs, RtTensor *state_out, DiagEngine *de) {
   int rc = -1;

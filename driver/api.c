@@ -1,5 +1,5 @@
-/* api.c - include/seq.h on top of the frontend, the binding and the JIT.
- * Each module owns its arena, diagnostics, binding and LLJIT, so modules share
+/* api.c - include/seq.h on top of the pipeline (driver/pipeline.h). Each
+ * module owns its arena, diagnostics, pipeline and LLJIT, so modules share
  * nothing mutable and compile independently on different threads; the context
  * only marks the library's initialization. */
 #include "seq.h"
@@ -9,11 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "codegen/jit.h"
-#include "codegen/run.h"
-#include "frontend/frontend.h"
-#include "ir/interp.h"
-#include "passes/passes.h"
+#include "driver/pipeline.h"
+#include "driver/run.h"
 #include "runtime/rt_cpu.h"
 
 struct SeqContext {
@@ -24,9 +21,8 @@ struct SeqModule {
   Arena *arena;
   SrcMgr sm;
   DiagEngine de;
-  IrModule *mod;
-  IrBinding bind;
-  AbiSignature sig;
+  Pipeline pipe;
+  const AbiSignature *sig; /* the compiled root's, once compiled */
   CgJit *jit;
   SeqDiagnostic *diags;
   int ndiags;
@@ -86,18 +82,23 @@ static const char *first_error(SeqModule *m) {
   return "compilation failed";
 }
 
-/* A weights file and whether the root is a single cell, which also accepts
- * `NAME_l0` for a missing `NAME` (a one-layer PyTorch state_dict), as the CLI
- * does (docs/cli.md). */
+/* A weights file and, through the pipeline, whether the root is a single
+ * cell, which also accepts `NAME_l0` for a missing `NAME` (a one-layer
+ * PyTorch state_dict), as the CLI does (docs/cli.md). */
 typedef struct StFile {
   RtSafetensors *sf;
-  int allow_l0;
+  const Pipeline *pipe; /* NULL: no _l0 names */
 } StFile;
+
+static int allow_l0(const StFile *f) {
+  const IrModule *src = f->pipe ? f->pipe->source : NULL;
+  return src && src->funcs.v[src->entry]->kind == IR_FN_CELL;
+}
 
 /* The stored name of parameter `name` (in buf if it is the _l0 form), or NULL. */
 static const char *st_resolve(const StFile *f, const char *name, char *buf, size_t n) {
   if (rt_st_find(f->sf, name)) return name;
-  if (!f->allow_l0) return NULL;
+  if (!allow_l0(f)) return NULL;
   snprintf(buf, n, "%s_l0", name);
   return rt_st_find(f->sf, buf) ? buf : NULL;
 }
@@ -113,8 +114,14 @@ static int st_lookup(void *ctx, const char *name, int *ndim, int64_t *shape) {
   return 1;
 }
 
-static int parse_dims(SeqModule *m, const char *spec) {
+enum { MAX_DIMS = 64 };
+
+/* "H=256,I=64" into names and values; a dim given twice is an error, as on
+ * the command line. */
+static int parse_dims(SeqModule *m, const char *spec, const char **names, int64_t *values,
+                      int *n) {
   const char *p = spec;
+  *n = 0;
   while (p && *p) {
     const char *eq = strchr(p, '='), *comma = strchr(p, ',');
     if (!eq || (comma && comma < eq)) {
@@ -128,7 +135,18 @@ static int parse_dims(SeqModule *m, const char *spec) {
       return -1;
     }
     char *name = arena_strndup(m->arena, p, (size_t)(eq - p));
-    if (!name || ir_binding_set_dim(&m->bind, name, v, &m->de)) return -1;
+    if (!name) return -1;
+    for (int i = 0; i < *n; i++)
+      if (strcmp(names[i], name) == 0) {
+        diag_error(&m->de, (SrcLoc){0}, "dims: '%s' is given twice", name);
+        return -1;
+      }
+    if (*n == MAX_DIMS) {
+      diag_error(&m->de, (SrcLoc){0}, "dims: more than %d entries", MAX_DIMS);
+      return -1;
+    }
+    names[*n] = name;
+    values[(*n)++] = v;
     p = *end ? end + 1 : end;
   }
   return 0;
@@ -152,18 +170,26 @@ static SeqStatus compile(SeqContext *cx, const char *path, const char *name, con
   if (opt) o = *opt;
   srcmgr_init(&m->sm, m->arena);
   diag_init(&m->de, m->arena, NULL);
-  FrontendOptions fo = {0};
-  fo.entry = o.entry;
-  m->mod =
-      path ? seq_compile_file(m->arena, &m->sm, &m->de, path, &fo)
-           : seq_compile_string(m->arena, &m->sm, &m->de, name ? name : "<string>", source, &fo);
-  SeqStatus st = SEQ_ERR_COMPILE;
+  pipeline_init(&m->pipe, m->arena, &m->sm, &m->de);
+  const char *dim_names[MAX_DIMS];
+  int64_t dim_values[MAX_DIMS];
+  int ndims = 0;
   RtSafetensors *sf = NULL;
-  if (!m->mod) goto done;
-  const IrFunc *root = m->mod->funcs.v[m->mod->entry];
-  st = SEQ_ERR_BIND;
-  if (ir_binding_init(&m->bind, m->arena, m->mod, root, &m->de)) goto done;
-  if (o.dims && parse_dims(m, o.dims)) goto done;
+  StFile stf = {NULL, &m->pipe};
+  PipeOptions po = {0};
+  po.path = path;
+  po.name = name;
+  po.text = source;
+  po.entry = o.entry;
+  po.cg = (CgOptions){o.opt_level, o.target_cpu, o.target_features};
+  SeqStatus st = SEQ_ERR_BIND;
+  if (o.dims && parse_dims(m, o.dims, dim_names, dim_values, &ndims)) goto done;
+  po.ndims = ndims;
+  po.dim_names = dim_names;
+  po.dim_values = dim_values;
+  st = SEQ_ERR_COMPILE;
+  po.goal = PIPE_REPORT;
+  if (pipeline_run(&m->pipe, &po)) goto done;
   if (o.weights_path) {
     RtError err;
     if (rt_st_open(o.weights_path, &sf, &err)) {
@@ -171,26 +197,26 @@ static SeqStatus compile(SeqContext *cx, const char *path, const char *name, con
       st = SEQ_ERR_IO;
       goto done;
     }
+    stf.sf = sf;
+    po.weight_shape = st_lookup;
+    po.weight_ctx = &stf;
   }
-  StFile stf = {sf, root->kind == IR_FN_CELL};
-  if (ir_binding_infer(&m->bind, sf ? st_lookup : NULL, &stf, NULL, NULL, &m->de)) goto done;
-  CgOptions cg = {o.opt_level, o.target_cpu, o.target_features};
+  st = SEQ_ERR_BIND;
+  po.goal = PIPE_BOUND;
+  if (pipeline_run(&m->pipe, &po)) goto done;
   st = SEQ_ERR_COMPILE;
-  /* The JIT compiles the rewritten IR (contractions as matrix products);
-   * the binding of the source module serves it unchanged. */
-  IrModule *rm;
-  const IrFunc *rroot;
-  if (rewrite_root(m->arena, m->mod, root, &rm, &rroot, &m->de)) goto done;
-  m->jit = cg_jit_compile(m->arena, rm, rroot, m->bind.dims, &cg, &m->sig, &m->de);
-  if (!m->jit) goto done;
+  po.goal = PIPE_JIT;
+  if (pipeline_run(&m->pipe, &po)) goto done;
+  m->jit = m->pipe.jit;
+  m->sig = &m->pipe.sched->sig;
   m->forward = (AbiForwardFn)(uintptr_t)cg_jit_lookup(
-      m->jit, arena_printf(m->arena, "%s_forward", m->sig.symbol), &m->de);
-  if (m->sig.has_step)
+      m->jit, arena_printf(m->arena, "%s_forward", m->sig->symbol), &m->de);
+  if (m->sig->has_step)
     m->step = (AbiStepFn)(uintptr_t)cg_jit_lookup(
-        m->jit, arena_printf(m->arena, "%s_step", m->sig.symbol), &m->de);
+        m->jit, arena_printf(m->arena, "%s_step", m->sig->symbol), &m->de);
   if (!m->forward) goto done;
-  m->params = arena_calloc(m->arena, (size_t)m->sig.params.n + 1, sizeof(float *));
-  m->owned = arena_calloc(m->arena, (size_t)m->sig.params.n + 1, sizeof(float *));
+  m->params = arena_calloc(m->arena, (size_t)m->sig->params.n + 1, sizeof(float *));
+  m->owned = arena_calloc(m->arena, (size_t)m->sig->params.n + 1, sizeof(float *));
   if (!m->params || !m->owned) {
     st = SEQ_ERR_NOMEM;
     goto done;
@@ -220,8 +246,8 @@ SeqStatus seq_module_from_string(SeqContext *cx, const char *name, const char *s
 
 void seq_module_destroy(SeqModule *m) {
   if (!m) return;
-  for (int i = 0; m->owned && i < m->sig.params.n; i++) seq_free(m->owned[i]);
-  cg_jit_destroy(m->jit);
+  for (int i = 0; m->owned && i < m->sig->params.n; i++) seq_free(m->owned[i]);
+  pipeline_release(&m->pipe);
   arena_destroy(m->arena);
   seq_free(m);
 }
@@ -241,17 +267,17 @@ const char *seq_module_error(const SeqModule *m) {
 static const AbiTensor *tensors(const SeqModule *m, SeqTensorKind k, int *n) {
   switch (k) {
   case SEQ_PARAM:
-    *n = m->sig.params.n;
-    return m->sig.params.v;
+    *n = m->sig->params.n;
+    return m->sig->params.v;
   case SEQ_INPUT:
-    *n = m->sig.inputs.n;
-    return m->sig.inputs.v;
+    *n = m->sig->inputs.n;
+    return m->sig->inputs.v;
   case SEQ_OUTPUT:
-    *n = m->sig.outputs.n;
-    return m->sig.outputs.v;
+    *n = m->sig->outputs.n;
+    return m->sig->outputs.v;
   case SEQ_STATE:
-    *n = m->sig.states.n;
-    return m->sig.states.v;
+    *n = m->sig->states.n;
+    return m->sig->states.v;
   }
   *n = 0;
   return NULL;
@@ -279,21 +305,21 @@ SeqStatus seq_module_info(const SeqModule *m, SeqTensorKind kind, int i, SeqTens
 
 int seq_module_dims(const SeqModule *m, const char **names, int64_t *values) {
   if (!m || !m->jit) return 0;
-  for (int i = 0; i < m->sig.ndims; i++) {
-    if (names) names[i] = m->sig.dim_names[i];
-    if (values) values[i] = m->sig.dim_values[i];
+  for (int i = 0; i < m->sig->ndims; i++) {
+    if (names) names[i] = m->sig->dim_names[i];
+    if (values) values[i] = m->sig->dim_values[i];
   }
-  return m->sig.ndims;
+  return m->sig->ndims;
 }
 
 SeqStatus seq_module_bind_weight(SeqModule *m, const char *name, const float *data, int64_t numel) {
   if (!m || !m->jit || !name || !data)
     return m ? fail(m, SEQ_ERR_ARG, "bad argument") : SEQ_ERR_ARG;
-  int i = abi_find_tensor(m->sig.params.v, m->sig.params.n, name);
+  int i = abi_find_tensor(m->sig->params.v, m->sig->params.n, name);
   if (i < 0) return fail(m, SEQ_ERR_BIND, "the model has no parameter named %s", name);
-  if (numel != m->sig.params.v[i].numel)
+  if (numel != m->sig->params.v[i].numel)
     return fail(m, SEQ_ERR_BIND, "parameter %s has %lld elements, not %lld", name,
-                (long long)m->sig.params.v[i].numel, (long long)numel);
+                (long long)m->sig->params.v[i].numel, (long long)numel);
   m->params[i] = data;
   return SEQ_OK;
 }
@@ -304,9 +330,9 @@ SeqStatus seq_module_bind_safetensors(SeqModule *m, const char *path) {
   RtError err;
   if (rt_st_open(path, &sf, &err)) return fail(m, SEQ_ERR_IO, "%s", err.msg);
   SeqStatus st = SEQ_OK;
-  StFile f = {sf, m->mod->funcs.v[m->mod->entry]->kind == IR_FN_CELL};
-  for (int i = 0; i < m->sig.params.n && st == SEQ_OK; i++) {
-    const AbiTensor *p = &m->sig.params.v[i];
+  StFile f = {sf, &m->pipe};
+  for (int i = 0; i < m->sig->params.n && st == SEQ_OK; i++) {
+    const AbiTensor *p = &m->sig->params.v[i];
     RtTensor t;
     char buf[512];
     const char *stored = st_resolve(&f, p->name, buf, sizeof buf);
@@ -342,9 +368,9 @@ SeqStatus seq_module_bind_safetensors(SeqModule *m, const char *path) {
 
 static SeqStatus check_ready(SeqModule *m) {
   if (!m || !m->jit) return SEQ_ERR_ARG;
-  for (int i = 0; i < m->sig.params.n; i++)
+  for (int i = 0; i < m->sig->params.n; i++)
     if (!m->params[i])
-      return fail(m, SEQ_ERR_BIND, "parameter %s is not bound", m->sig.params.v[i].name);
+      return fail(m, SEQ_ERR_BIND, "parameter %s is not bound", m->sig->params.v[i].name);
   if (m->threads > 0) rt_cpu_set_num_threads(m->threads);
   return SEQ_OK;
 }
@@ -370,7 +396,7 @@ SeqStatus seq_module_step(SeqModule *m, int64_t B, const void *const *inputs,
   SeqStatus st = check_ready(m);
   if (st != SEQ_OK) return st;
   if (!m->step)
-    return fail(m, SEQ_ERR_ARG, "%s has no step form (it reads whole sequences)", m->sig.func);
+    return fail(m, SEQ_ERR_ARG, "%s has no step form (it reads whole sequences)", m->sig->func);
   int rc = m->step(m->params, B, inputs, state_in, outputs, state_out);
   if (rc != 0)
     return fail(m,
@@ -383,8 +409,8 @@ SeqStatus seq_module_step(SeqModule *m, int64_t B, const void *const *inputs,
 
 void *seq_module_entry(SeqModule *m, const char *which) {
   if (!m || !m->jit || !which) return NULL;
-  if (strcmp(which, "step") == 0 && !m->sig.has_step) return NULL;
+  if (strcmp(which, "step") == 0 && !m->sig->has_step) return NULL;
   DiagEngine de;
   diag_init(&de, m->arena, NULL);
-  return cg_jit_lookup(m->jit, arena_printf(m->arena, "%s_%s", m->sig.symbol, which), &de);
+  return cg_jit_lookup(m->jit, arena_printf(m->arena, "%s_%s", m->sig->symbol, which), &de);
 }

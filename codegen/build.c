@@ -1,0 +1,149 @@
+/* build.c - small IR-building helpers of the LLVM renderer: constants,
+ * float loads and stores, counted loops with phis, intrinsics and runtime
+ * calls, the failure exit. */
+#include "codegen/llvm.h"
+
+#include <string.h>
+
+LLVMValueRef ci64(Lower *L, int64_t v) {
+  return LLVMConstInt(L->i64, (unsigned long long)v, 1);
+}
+LLVMValueRef ci32(Lower *L, int v) {
+  return LLVMConstInt(L->i32, (unsigned long long)(int64_t)v, 1);
+}
+LLVMValueRef cf(Lower *L, double v) {
+  return LLVMConstReal(L->f32, v);
+}
+LLVMValueRef gepf(Lower *L, LLVMValueRef p, LLVMValueRef idx) {
+  return LLVMBuildGEP2(L->bld, L->f32, p, &idx, 1, "");
+}
+LLVMValueRef ldf(Lower *L, LLVMValueRef p, LLVMValueRef idx) {
+  return LLVMBuildLoad2(L->bld, L->f32, gepf(L, p, idx), "");
+}
+void stf(Lower *L, LLVMValueRef v, LLVMValueRef p, LLVMValueRef idx) {
+  LLVMBuildStore(L->bld, v, gepf(L, p, idx));
+}
+LLVMValueRef ldp(Lower *L, LLVMValueRef arr, int i) {
+  LLVMValueRef idx = ci64(L, i);
+  return LLVMBuildLoad2(L->bld, L->ptr, LLVMBuildGEP2(L->bld, L->ptr, arr, &idx, 1, ""), "");
+}
+LLVMValueRef mul(Lower *L, LLVMValueRef x, LLVMValueRef y) {
+  return LLVMBuildMul(L->bld, x, y, "");
+}
+LLVMValueRef add(Lower *L, LLVMValueRef x, LLVMValueRef y) {
+  return LLVMBuildAdd(L->bld, x, y, "");
+}
+LLVMValueRef fmul(Lower *L, LLVMValueRef x, LLVMValueRef y) {
+  return LLVMBuildFMul(L->bld, x, y, "");
+}
+LLVMValueRef fadd(Lower *L, LLVMValueRef x, LLVMValueRef y) {
+  return LLVMBuildFAdd(L->bld, x, y, "");
+}
+LLVMValueRef fsub(Lower *L, LLVMValueRef x, LLVMValueRef y) {
+  return LLVMBuildFSub(L->bld, x, y, "");
+}
+LLVMValueRef select_min(Lower *L, LLVMValueRef x, LLVMValueRef y) {
+  return LLVMBuildSelect(L->bld, LLVMBuildICmp(L->bld, LLVMIntSLT, x, y, ""), x, y, "");
+}
+LLVMBasicBlockRef block(Lower *L, const char *name) {
+  return LLVMAppendBasicBlockInContext(L->cx, L->fv, name);
+}
+
+LLVMValueRef loop_begin(Lower *L, Loop *lp, LLVMValueRef lo, LLVMValueRef hi) {
+  lp->pre = LLVMGetInsertBlock(L->bld);
+  lp->head = block(L, "loop");
+  lp->body = block(L, "body");
+  lp->exit = block(L, "done");
+  LLVMBuildBr(L->bld, lp->head);
+  LLVMPositionBuilderAtEnd(L->bld, lp->head);
+  lp->iv = LLVMBuildPhi(L->bld, L->i64, "i");
+  LLVMAddIncoming(lp->iv, &lo, &lp->pre, 1);
+  LLVMBuildCondBr(L->bld, LLVMBuildICmp(L->bld, LLVMIntSLT, lp->iv, hi, ""), lp->body, lp->exit);
+  LLVMPositionBuilderAtEnd(L->bld, lp->body);
+  return lp->iv;
+}
+
+void loop_end(Lower *L, Loop *lp) {
+  LLVMValueRef next = LLVMBuildNSWAdd(L->bld, lp->iv, ci64(L, 1), "");
+  LLVMBasicBlockRef from = LLVMGetInsertBlock(L->bld);
+  LLVMBuildBr(L->bld, lp->head);
+  LLVMAddIncoming(lp->iv, &next, &from, 1);
+  LLVMPositionBuilderAtEnd(L->bld, lp->exit);
+}
+
+LLVMValueRef loop_phi(Lower *L, Loop *lp, LLVMValueRef init, const char *name) {
+  LLVMBasicBlockRef cur = LLVMGetInsertBlock(L->bld);
+  LLVMPositionBuilderBefore(L->bld, LLVMGetNextInstruction(lp->iv));
+  LLVMValueRef phi = LLVMBuildPhi(L->bld, L->f32, name);
+  LLVMAddIncoming(phi, &init, &lp->pre, 1);
+  LLVMPositionBuilderAtEnd(L->bld, cur);
+  return phi;
+}
+
+void loop_phi_next(Lower *L, LLVMValueRef phi, LLVMValueRef v) {
+  LLVMBasicBlockRef latch = LLVMGetInsertBlock(L->bld);
+  LLVMAddIncoming(phi, &v, &latch, 1);
+}
+
+LLVMValueRef intrinsic(Lower *L, const char *name, LLVMValueRef *args, int n) {
+  unsigned id = LLVMLookupIntrinsicID(name, strlen(name));
+  LLVMTypeRef t = L->f32;
+  LLVMValueRef fn = LLVMGetIntrinsicDeclaration(L->mod, id, &t, 1);
+  LLVMTypeRef ft = LLVMIntrinsicGetType(L->cx, id, &t, 1);
+  return LLVMBuildCall2(L->bld, ft, fn, args, (unsigned)n, "");
+}
+LLVMValueRef intr1(Lower *L, const char *name, LLVMValueRef x) {
+  return intrinsic(L, name, &x, 1);
+}
+LLVMValueRef intr2(Lower *L, const char *name, LLVMValueRef x, LLVMValueRef y) {
+  LLVMValueRef a[2] = {x, y};
+  return intrinsic(L, name, a, 2);
+}
+
+LLVMValueRef call_fn(Lower *L, const char *name, LLVMTypeRef ret, LLVMTypeRef *pt, int np,
+                     LLVMValueRef *args) {
+  LLVMTypeRef ft = LLVMFunctionType(ret, pt, (unsigned)np, 0);
+  LLVMValueRef fn = LLVMGetNamedFunction(L->mod, name);
+  if (!fn) fn = LLVMAddFunction(L->mod, name, ft);
+  return LLVMBuildCall2(L->bld, ft, fn, args, (unsigned)np, "");
+}
+
+void set_reassoc(LLVMValueRef v) {
+#if LLVM_VERSION_MAJOR >= 18
+  if (LLVMCanValueUseFastMathFlags(v)) LLVMSetFastMathFlags(v, LLVMFastMathAllowReassoc);
+#else
+  (void)v;
+#endif
+}
+
+void fail_with(Lower *L, LLVMValueRef cond, int status) {
+  LLVMBasicBlockRef bad = block(L, "bad"), ok = block(L, "ok");
+  LLVMBuildCondBr(L->bld, cond, bad, ok);
+  LLVMPositionBuilderAtEnd(L->bld, bad);
+  LLVMBuildStore(L->bld, ci32(L, status), L->status);
+  LLVMBuildBr(L->bld, L->cleanup);
+  LLVMPositionBuilderAtEnd(L->bld, ok);
+}
+
+LLVMValueRef len_of(Lower *L, LLVMValueRef b) {
+  /* lengths == NULL means every sequence has length T. */
+  LLVMValueRef isnull = LLVMBuildIsNull(L->bld, L->a_lengths, "");
+  LLVMValueRef safe_b = LLVMBuildSelect(L->bld, isnull, ci64(L, 0), b, "");
+  LLVMValueRef p = LLVMBuildGEP2(L->bld, L->i32, L->a_lengths, &safe_b, 1, "");
+  /* A load through NULL must not be emitted: branchless select on a
+   * pointer to a zero constant instead. */
+  LLVMValueRef zero = LLVMGetNamedGlobal(L->mod, "seq.zero_i32");
+  LLVMValueRef pp = LLVMBuildSelect(L->bld, isnull, zero, p, "");
+  LLVMValueRef v = LLVMBuildSExt(L->bld, LLVMBuildLoad2(L->bld, L->i32, pp, ""), L->i64, "");
+  return LLVMBuildSelect(L->bld, isnull, L->a_T, v, "");
+}
+
+void copy_row(Lower *L, LLVMValueRef dst, LLVMValueRef src, int64_t numel, LLVMValueRef drow,
+              LLVMValueRef srow) {
+  Loop lk;
+  LLVMValueRef d = gepf(L, dst, mul(L, drow, ci64(L, numel)));
+  LLVMValueRef s = gepf(L, src, mul(L, srow, ci64(L, numel)));
+  LLVMValueRef k = loop_begin(L, &lk, ci64(L, 0), ci64(L, numel));
+  stf(L, ldf(L, s, k), d, k);
+  loop_end(L, &lk);
+}

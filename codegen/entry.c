@@ -1,0 +1,201 @@
+/* entry.c - the ABI's entry points (docs/abi.md) around the instance
+ * functions, and cg_lower, which renders a whole schedule into a module. */
+#include "codegen/llvm.h"
+
+#include <string.h>
+
+/* ---- entry points --------------------------------------------------------- */
+
+/* Full-width vectors for the element loops: LLVM's default on recent AVX-512
+ * cores is 256-bit, which halves the throughput of the gate math (sigmoid,
+ * tanh, exp), a quarter of an LSTM step. Every function gets it, the entry
+ * points too, since the instances are inlined into them. Targets without
+ * 512-bit vectors ignore the preference. */
+static void prefer_wide_vectors(Lower *L, LLVMValueRef f) {
+  static const char key[] = "prefer-vector-width", val[] = "512";
+  LLVMAddAttributeAtIndex(
+      f, LLVMAttributeFunctionIndex,
+      LLVMCreateStringAttribute(L->cx, key, sizeof key - 1, val, sizeof val - 1));
+}
+
+static LLVMValueRef add_entry(Lower *L, const char *name, LLVMTypeRef *pt, int np) {
+  LLVMTypeRef ft = LLVMFunctionType(L->i32, pt, (unsigned)np, 0);
+  LLVMValueRef f = LLVMAddFunction(L->mod, name, ft);
+  prefer_wide_vectors(L, f);
+  L->fv = f;
+  LLVMPositionBuilderAtEnd(L->bld, block(L, "entry"));
+  return f;
+}
+
+static void emit_entries(Lower *L, const char *sym) {
+  LLVMTypeRef P = L->ptr, I = L->i64;
+  LLVMValueRef root = L->inst_fn[0];
+  /* SYM_forward(params, B, T, inputs, lengths, state_in, outputs, state_out) */
+  LLVMTypeRef fpt[8] = {P, I, I, P, P, P, P, P};
+  LLVMValueRef f = add_entry(L, arena_printf(L->a, "%s_forward", sym), fpt, 8);
+  {
+    LLVMValueRef args[9];
+    for (int i = 0; i < 8; i++) args[i] = LLVMGetParam(f, (unsigned)i);
+    args[8] = ci32(L, 0);
+    /* NULL params, inputs or outputs are argument errors, not crashes. */
+    LLVMValueRef bad = LLVMBuildOr(L->bld, LLVMBuildIsNull(L->bld, args[0], ""),
+                                   LLVMBuildOr(L->bld, LLVMBuildIsNull(L->bld, args[3], ""),
+                                               LLVMBuildIsNull(L->bld, args[6], ""), ""),
+                                   "");
+    LLVMBasicBlockRef badb = block(L, "bad"), ok = block(L, "ok");
+    LLVMBuildCondBr(L->bld, bad, badb, ok);
+    LLVMPositionBuilderAtEnd(L->bld, badb);
+    LLVMBuildRet(L->bld, ci32(L, ABI_ERR_ARG));
+    LLVMPositionBuilderAtEnd(L->bld, ok);
+    /* Every pointer inside the arrays must be non-NULL too. */
+    struct {
+      LLVMValueRef arr;
+      int n;
+    } checks[3] = {
+        {args[0], L->s->sig.params.n}, {args[3], L->s->sig.inputs.n}, {args[6], L->s->sig.outputs.n}};
+    for (int c = 0; c < 3; c++)
+      for (int i = 0; i < checks[c].n; i++) {
+        LLVMBasicBlockRef b2 = block(L, "bad"), ok2 = block(L, "ok");
+        LLVMBuildCondBr(L->bld, LLVMBuildIsNull(L->bld, ldp(L, checks[c].arr, i), ""), b2, ok2);
+        LLVMPositionBuilderAtEnd(L->bld, b2);
+        LLVMBuildRet(L->bld, ci32(L, ABI_ERR_ARG));
+        LLVMPositionBuilderAtEnd(L->bld, ok2);
+      }
+    /* The root runs over slices of the batch, one per thread
+     * (runtime/cpu_forward.c); layout gives the per-token and per-example
+     * sizes of every buffer so the runtime can point into them. */
+    int nin = L->s->sig.inputs.n, nst = L->s->sig.states.n, nout = L->s->sig.outputs.n;
+    int nl = 4 + nin + nst + nout;
+    LLVMValueRef *lv = arena_calloc(L->a, (size_t)nl, sizeof(LLVMValueRef));
+    if (!lv) {
+      L->failed = 1;
+      return;
+    }
+    int k = 0;
+    lv[k++] = ci64(L, nin);
+    lv[k++] = ci64(L, nst);
+    lv[k++] = ci64(L, nout);
+    lv[k++] = ci64(L, L->s->work_per_token);
+    for (int i = 0; i < nin; i++) lv[k++] = ci64(L, L->s->sig.inputs.v[i].numel);
+    for (int i = 0; i < nst; i++) lv[k++] = ci64(L, L->s->sig.states.v[i].numel);
+    for (int i = 0; i < nout; i++) lv[k++] = ci64(L, L->s->sig.outputs.v[i].numel);
+    LLVMTypeRef lty = LLVMArrayType2(I, (uint64_t)nl);
+    LLVMValueRef layout = LLVMAddGlobal(L->mod, lty, arena_printf(L->a, "%s.layout", sym));
+    LLVMSetInitializer(layout, LLVMConstArray2(I, lv, (uint64_t)nl));
+    LLVMSetGlobalConstant(layout, 1);
+    LLVMSetLinkage(layout, LLVMPrivateLinkage);
+    LLVMTypeRef bpt[10] = {P, P, P, I, I, P, P, P, P, P};
+    LLVMValueRef bargs[10] = {root,    layout,  args[0], args[1], args[2],
+                              args[3], args[4], args[5], args[6], args[7]};
+    LLVMBuildRet(L->bld, call_fn(L, "rt_cpu_forward_batched", L->i32, bpt, 10, bargs));
+  }
+  LLVMTypeRef fwd_ty = LLVMFunctionType(L->i32, fpt, 8, 0);
+  /* SYM_forward_blob(blob, blob_floats, B, T, inputs, lengths, state_in, outputs, state_out):
+   * the parameters concatenated in flat order; the size is checked. */
+  LLVMTypeRef bpt[9] = {P, I, I, I, P, P, P, P, P};
+  LLVMValueRef fb = add_entry(L, arena_printf(L->a, "%s_forward_blob", sym), bpt, 9);
+  {
+    int64_t total = 0;
+    for (int i = 0; i < L->s->sig.params.n; i++) total += L->s->sig.params.v[i].numel;
+    LLVMValueRef blob = LLVMGetParam(fb, 0);
+    LLVMValueRef bad =
+        LLVMBuildOr(L->bld, LLVMBuildIsNull(L->bld, blob, ""),
+                    LLVMBuildICmp(L->bld, LLVMIntNE, LLVMGetParam(fb, 1), ci64(L, total), ""), "");
+    LLVMBasicBlockRef badb = block(L, "bad"), ok = block(L, "ok");
+    LLVMBuildCondBr(L->bld, bad, badb, ok);
+    LLVMPositionBuilderAtEnd(L->bld, badb);
+    LLVMBuildRet(L->bld, ci32(L, ABI_ERR_ARG));
+    LLVMPositionBuilderAtEnd(L->bld, ok);
+    LLVMValueRef arr = LLVMBuildArrayAlloca(L->bld, P, ci64(L, L->s->sig.params.n + 1), "params");
+    int64_t off = 0;
+    for (int i = 0; i < L->s->sig.params.n; i++) {
+      LLVMValueRef idx = ci64(L, i);
+      LLVMBuildStore(L->bld, gepf(L, blob, ci64(L, off)),
+                     LLVMBuildGEP2(L->bld, P, arr, &idx, 1, ""));
+      off += L->s->sig.params.v[i].numel;
+    }
+    LLVMValueRef args[8] = {arr,
+                            LLVMGetParam(fb, 2),
+                            LLVMGetParam(fb, 3),
+                            LLVMGetParam(fb, 4),
+                            LLVMGetParam(fb, 5),
+                            LLVMGetParam(fb, 6),
+                            LLVMGetParam(fb, 7),
+                            LLVMGetParam(fb, 8)};
+    LLVMBuildRet(L->bld, LLVMBuildCall2(L->bld, fwd_ty, f, args, 8, ""));
+  }
+  /* SYM_step(params, B, inputs, state_in, outputs, state_out): one token;
+   * [B, 1, ...] and [B, ...] are the same buffers. */
+  if (L->s->sig.has_step) {
+    LLVMTypeRef spt[6] = {P, I, P, P, P, P};
+    LLVMValueRef fs = add_entry(L, arena_printf(L->a, "%s_step", sym), spt, 6);
+    LLVMValueRef args[8] = {LLVMGetParam(fs, 0), LLVMGetParam(fs, 1), ci64(L, 1),
+                            LLVMGetParam(fs, 2), LLVMConstNull(P),    LLVMGetParam(fs, 3),
+                            LLVMGetParam(fs, 4), LLVMGetParam(fs, 5)};
+    LLVMBuildRet(L->bld, LLVMBuildCall2(L->bld, fwd_ty, f, args, 8, ""));
+  }
+  /* SYM_dims(int64 *out): the dims compiled in, in the root's order. */
+  LLVMValueRef fd = add_entry(L, arena_printf(L->a, "%s_dims", sym), &P, 1);
+  {
+    LLVMValueRef out = LLVMGetParam(fd, 0);
+    LLVMBasicBlockRef w = block(L, "write"), done = block(L, "done");
+    LLVMBuildCondBr(L->bld, LLVMBuildIsNull(L->bld, out, ""), done, w);
+    LLVMPositionBuilderAtEnd(L->bld, w);
+    for (int i = 0; i < L->s->sig.ndims; i++) {
+      LLVMValueRef idx = ci64(L, i);
+      LLVMBuildStore(L->bld, ci64(L, L->s->sig.dim_values[i]),
+                     LLVMBuildGEP2(L->bld, I, out, &idx, 1, ""));
+    }
+    LLVMBuildBr(L->bld, done);
+    LLVMPositionBuilderAtEnd(L->bld, done);
+    LLVMBuildRet(L->bld, ci32(L, L->s->sig.ndims));
+  }
+}
+
+int cg_lower(Arena *a, const Schedule *s, LLVMContextRef ctx, LLVMModuleRef *out,
+             DiagEngine *de) {
+  *out = NULL;
+  Lower L;
+  memset(&L, 0, sizeof L);
+  L.a = a;
+  L.s = s;
+  L.de = de;
+  L.cx = ctx;
+  L.inst_fn = arena_calloc(a, (size_t)s->insts.n + 1, sizeof(LLVMValueRef));
+  if (!L.inst_fn) {
+    diag_error(de, (SrcLoc){0}, "out of memory compiling %s", s->sig.func);
+    return -1;
+  }
+  const char *symbol = s->sig.symbol;
+  L.mod = LLVMModuleCreateWithNameInContext(symbol, ctx);
+  L.bld = LLVMCreateBuilderInContext(ctx);
+  L.f32 = LLVMFloatTypeInContext(ctx);
+  L.i32 = LLVMInt32TypeInContext(ctx);
+  L.i64 = LLVMInt64TypeInContext(ctx);
+  L.i1 = LLVMInt1TypeInContext(ctx);
+  L.ptr = LLVMPointerTypeInContext(ctx, 0);
+  L.void_t = LLVMVoidTypeInContext(ctx);
+  LLVMTypeRef pt[9] = {L.ptr, L.i64, L.i64, L.ptr, L.ptr, L.ptr, L.ptr, L.ptr, L.i32};
+  L.inst_ty = LLVMFunctionType(L.i32, pt, 9, 0);
+  LLVMValueRef zero = LLVMAddGlobal(L.mod, L.i32, "seq.zero_i32");
+  LLVMSetInitializer(zero, ci32(&L, 0));
+  LLVMSetGlobalConstant(zero, 1);
+  LLVMSetLinkage(zero, LLVMPrivateLinkage);
+  for (int i = 0; i < s->insts.n; i++) {
+    L.inst_fn[i] = LLVMAddFunction(
+        L.mod, arena_printf(a, "%s.%d.%s", symbol, i, s->insts.v[i].fn->name), L.inst_ty);
+    LLVMSetLinkage(L.inst_fn[i], LLVMInternalLinkage);
+    prefer_wide_vectors(&L, L.inst_fn[i]);
+  }
+  int rc = 0;
+  for (int i = 0; i < s->insts.n && rc == 0; i++) rc = emit_function(&L, i);
+  if (rc == 0 && !L.failed) emit_entries(&L, symbol);
+  LLVMDisposeBuilder(L.bld);
+  if (rc != 0 || L.failed) {
+    LLVMDisposeModule(L.mod);
+    return -1;
+  }
+  *out = L.mod;
+  return 0;
+}
+

@@ -1,0 +1,100 @@
+/* fuse.c - a run of elementwise nodes (chosen by the schedule) in one
+ * element loop: values pass between the nodes in registers, and only those
+ * read outside the run (by later nodes, outputs or state updates) are
+ * stored. */
+#include "codegen/llvm.h"
+
+#include <string.h>
+
+/* Operand a at the run's flat index k (shape key), as a complex (im 0 for a
+ * real value). A broadcast operand is read at (o, i), k = o * last + i over
+ * the key's last axis: the part from o is loop-invariant in the inner loop,
+ * which stays contiguous (or constant) and vectorizes. */
+static Cx fused_operand(Lower *L, IrRef a, LLVMValueRef k, LLVMValueRef o, LLVMValueRef i,
+                        const SchedValue *key) {
+  if (L->fmember[a]) return (Cx){L->fval[a], L->fval_im[a] ? L->fval_im[a] : cf(L, 0.0)};
+  const SchedValue *an = &L->v[a];
+  LLVMValueRef idx = k;
+  if (an->numel == 1) {
+    idx = ci64(L, 0);
+  } else if (an->numel != key->numel) {
+    Nest ns = {0};
+    ns.rank = key->rank;
+    memcpy(ns.shape, key->shape, sizeof ns.shape);
+    nest_operand(&ns, 0, an->rank, an->shape);
+    int last = key->rank - 1;
+    idx = mul(L, i, ci64(L, ns.stride[0][last]));
+    int64_t inner = 1;
+    for (int d = last - 1; d >= 0; d--) {
+      if (ns.stride[0][d]) {
+        LLVMValueRef c = LLVMBuildUDiv(L->bld, o, ci64(L, inner), "");
+        c = LLVMBuildURem(L->bld, c, ci64(L, key->shape[d]), "");
+        idx = add(L, idx, mul(L, c, ci64(L, ns.stride[0][d])));
+      }
+      inner *= key->shape[d];
+    }
+  }
+  return ldc(L, rowptr(L, a), idx, an->w);
+}
+
+void emit_fused(Lower *L, SchedClass phase, IrRef first, IrRef last) {
+  const IrFunc *fn = L->fn;
+  const SchedValue *key = &L->v[first];
+  int bcast = 0;
+  for (IrRef r = first; r <= last; r++) {
+    L->fmember[r] = sched_in_phase(L->in, phase, r);
+    const IrNode *nd = &fn->nodes.v[r];
+    if (L->fmember[r] && nd->op != IR_SLICE && nd->op != IR_INDEX)
+      for (int j = 0; j < nd->nargs; j++) {
+        const SchedValue *a = &L->v[nd->args[j]];
+        bcast |= a->numel != key->numel && a->numel != 1;
+      }
+  }
+  /* With a broadcast operand: a loop over the leading axes around one over
+   * the last (key's rank >= 1 then, see fused_readable). */
+  int64_t len = bcast ? key->shape[key->rank - 1] : key->numel;
+  Loop lo, lk;
+  LLVMValueRef o =
+      bcast ? loop_begin(L, &lo, ci64(L, 0), ci64(L, len ? key->numel / len : 0)) : ci64(L, 0);
+  LLVMValueRef i = loop_begin(L, &lk, ci64(L, 0), ci64(L, len));
+  LLVMValueRef k = bcast ? add(L, mul(L, o, ci64(L, len)), i) : i;
+  for (IrRef r = first; r <= last; r++) {
+    if (!L->fmember[r]) continue;
+    const IrNode *nd = &fn->nodes.v[r];
+    const SchedValue *n = &L->v[r];
+    Cx v = {NULL, NULL};
+    int cplx = n->w == 2;
+    for (int j = 0; j < nd->nargs; j++) cplx |= L->v[nd->args[j]].w == 2;
+    if (nd->op == IR_SLICE || nd->op == IR_INDEX) {
+      const SchedValue *x = &L->v[nd->args[0]];
+      int64_t outer, len, inner, start = 0;
+      sched_axis_split(x, nd->axis, &outer, &len, &inner);
+      if (dim_eval(nd->start, L->in->dims, &start) != 0) start = 0;
+      v.re = ldf(L, rowptr(L, nd->args[0]), add(L, k, ci64(L, start * inner)));
+    } else if (cplx) {
+      Cx a0 = fused_operand(L, nd->args[0], k, o, i, key);
+      Cx a1 = nd->nargs > 1 ? fused_operand(L, nd->args[1], k, o, i, key) : (Cx){NULL, NULL};
+      v = cx_op(L, nd->op, a0, a1);
+    } else if (nd->nargs == 1) {
+      v.re = emit_unary(L, nd->op, fused_operand(L, nd->args[0], k, o, i, key).re);
+    } else {
+      v.re = emit_binary(L, nd->op, fused_operand(L, nd->args[0], k, o, i, key).re,
+                         fused_operand(L, nd->args[1], k, o, i, key).re);
+    }
+    L->fval[r] = v.re;
+    L->fval_im[r] = n->w == 2 ? v.im : NULL;
+    /* Stored only if something outside the run reads it. */
+    int inside = 0;
+    for (IrRef q = r + 1; q <= last; q++)
+      if (L->fmember[q])
+        for (int j = 0; j < fn->nodes.v[q].nargs; j++) inside += fn->nodes.v[q].args[j] == r;
+    if (inside < n->uses) stc(L, v, rowptr(L, r), k, n->w);
+  }
+  loop_end(L, &lk);
+  if (bcast) loop_end(L, &lo);
+  for (IrRef r = first; r <= last; r++) {
+    L->fmember[r] = 0;
+    L->fval[r] = L->fval_im[r] = NULL;
+  }
+}
+

@@ -1,0 +1,183 @@
+/* llvm.h - what the files of the LLVM renderer share. The renderer turns a
+ * schedule (sched/sched.h) into LLVM IR and decides nothing: every loop,
+ * buffer and kernel is the schedule's. One file per concern:
+ *   build.c   IR-building helpers (constants, loads, counted loops, calls)
+ *   math.c    the op table as LLVM expressions: exp, tanh, complex numbers
+ *   rows.c    one node on the current row (data movement, reductions, norms)
+ *   fuse.c    a fused run of elementwise nodes in one element loop
+ *   gemm.c    GEMMs through the runtime, packed weights
+ *   frame.c   an instance's function: arguments, buffers, the stage tree
+ *   seq.c     the sequential form: time chunks, time steps, commits
+ *   entry.c   the ABI's entry points and cg_lower
+ *
+ * Every instance is one LLVM function
+ *   i32 inst(ptr params, i64 B, i64 T, ptr inputs, ptr lengths,
+ *            ptr state_in, ptr outputs, ptr state_out, i32 reverse)
+ * over batch-first buffers. Rows: a CONST value has one row; a TOKEN value
+ * one per token, at b*T + t (or b*Tc + t - t0 in a time chunk), so a root
+ * input's [B, T, ...] buffer is already such a value; a STEP value one per
+ * example, at b.
+ */
+#ifndef SEQ_CODEGEN_LLVM_H
+#define SEQ_CODEGEN_LLVM_H
+
+#include "codegen/cg.h"
+#include "sched/sched.h"
+
+/* The LLVM values of a node: its buffer and a GEMM's auxiliary ones. */
+typedef struct NodeLL {
+  LLVMValueRef base; /* float* (i32* for int inputs) */
+  LLVMValueRef wt;   /* GEMM: the packed weight */
+  LLVMValueRef gath; /* chunked GEMM over a whole-sequence operand: its chunk's rows */
+  LLVMValueRef wr;   /* cgemm: the real [gemm_n, gemm_k] form of the complex weight */
+  LLVMValueRef *outs; /* CALL: one buffer per callee output */
+  LLVMValueRef *cins; /* CALL: [B*T] copies of constant arguments */
+} NodeLL;
+
+typedef struct Lower {
+  Arena *a;
+  const Schedule *s;
+  DiagEngine *de;
+  LLVMContextRef cx;
+  LLVMModuleRef mod;
+  LLVMBuilderRef bld;
+  LLVMTypeRef f32, i32, i64, i1, ptr, void_t;
+  LLVMTypeRef inst_ty;
+  LLVMValueRef *inst_fn; /* per schedule instance */
+  int failed;
+  /* per function being emitted */
+  const SchedInst *in;
+  const IrFunc *fn;
+  const SchedValue *v; /* in->values */
+  NodeLL *ll;          /* per node */
+  LLVMValueRef *buf;   /* per schedule buffer: its address */
+  LLVMValueRef fv;
+  LLVMValueRef a_params, a_B, a_T, a_inputs, a_lengths, a_sin, a_outputs, a_sout, a_rev;
+  LLVMValueRef status; /* alloca i32 */
+  LLVMBasicBlockRef cleanup;
+  LLVMValueRef scratch;  /* ptr */
+  LLVMValueRef wscratch; /* ptr: packed weights, not zeroed */
+  /* current row: example, whole-sequence token row (b*T + t) and, in
+   * chunked cells, the chunk-local token row (b*Tc + t - t0) */
+  LLVMValueRef r_b, r_tok, r_tokc;
+  /* chunked cells: chunk length, first step of the chunk, steps in it */
+  LLVMValueRef Tc, t0, tn;
+  /* the current time step inside a time loop (NULL outside) */
+  LLVMValueRef t;
+  /* i1: this call's GEMM weights are packed */
+  LLVMValueRef packed;
+  /* fused element loops: per node, its value in the current iteration if it
+   * belongs to the run being emitted */
+  LLVMValueRef *fval, *fval_im;
+  char *fmember;
+} Lower;
+
+/* ---- build.c ---- */
+typedef struct Loop {
+  LLVMBasicBlockRef head, body, exit, pre;
+  LLVMValueRef iv;
+} Loop;
+
+LLVMValueRef ci64(Lower *L, int64_t v);
+LLVMValueRef ci32(Lower *L, int v);
+LLVMValueRef cf(Lower *L, double v);
+LLVMValueRef gepf(Lower *L, LLVMValueRef p, LLVMValueRef idx);
+LLVMValueRef ldf(Lower *L, LLVMValueRef p, LLVMValueRef idx);
+void stf(Lower *L, LLVMValueRef v, LLVMValueRef p, LLVMValueRef idx);
+LLVMValueRef ldp(Lower *L, LLVMValueRef arr, int i);
+LLVMValueRef mul(Lower *L, LLVMValueRef x, LLVMValueRef y);
+LLVMValueRef add(Lower *L, LLVMValueRef x, LLVMValueRef y);
+LLVMValueRef fmul(Lower *L, LLVMValueRef x, LLVMValueRef y);
+LLVMValueRef fadd(Lower *L, LLVMValueRef x, LLVMValueRef y);
+LLVMValueRef fsub(Lower *L, LLVMValueRef x, LLVMValueRef y);
+LLVMValueRef select_min(Lower *L, LLVMValueRef x, LLVMValueRef y); /* signed i64 */
+LLVMBasicBlockRef block(Lower *L, const char *name);
+/* A counted loop [lo, hi); the body is emitted between loop_begin and loop_end. */
+LLVMValueRef loop_begin(Lower *L, Loop *lp, LLVMValueRef lo, LLVMValueRef hi);
+void loop_end(Lower *L, Loop *lp);
+/* A float accumulator carried around loop lp, starting at init; the caller
+ * adds the latch value with loop_phi_next before loop_end. After the loop
+ * the phi holds the final value. */
+LLVMValueRef loop_phi(Lower *L, Loop *lp, LLVMValueRef init, const char *name);
+void loop_phi_next(Lower *L, LLVMValueRef phi, LLVMValueRef v);
+LLVMValueRef intrinsic(Lower *L, const char *name, LLVMValueRef *args, int n);
+LLVMValueRef intr1(Lower *L, const char *name, LLVMValueRef x);
+LLVMValueRef intr2(Lower *L, const char *name, LLVMValueRef x, LLVMValueRef y);
+LLVMValueRef call_fn(Lower *L, const char *name, LLVMTypeRef ret, LLVMTypeRef *pt, int np,
+                     LLVMValueRef *args);
+/* Reductions may be reassociated (so vectorized). */
+void set_reassoc(LLVMValueRef v);
+/* On cond: store status and leave through the cleanup block. */
+void fail_with(Lower *L, LLVMValueRef cond, int status);
+/* The length of sequence b (T when lengths is NULL). */
+LLVMValueRef len_of(Lower *L, LLVMValueRef b);
+/* dst[drow] = src[srow] for rows of numel floats. */
+void copy_row(Lower *L, LLVMValueRef dst, LLVMValueRef src, int64_t numel, LLVMValueRef drow,
+              LLVMValueRef srow);
+
+/* ---- math.c ---- */
+/* A complex value: interleaved (re, im) floats in buffers, two registers
+ * here; a real operand of a complex op is (x, 0). */
+typedef struct Cx {
+  LLVMValueRef re, im;
+} Cx;
+LLVMValueRef emit_exp(Lower *L, LLVMValueRef x);
+LLVMValueRef emit_unary(Lower *L, IrOp op, LLVMValueRef x);
+LLVMValueRef emit_binary(Lower *L, IrOp op, LLVMValueRef x, LLVMValueRef y);
+Cx cx_mul(Lower *L, Cx x, Cx y);
+/* One elementwise op on complex operands; a real result is in .re. */
+Cx cx_op(Lower *L, IrOp op, Cx x, Cx y);
+/* Element idx of a buffer of w floats per element, as a complex. */
+Cx ldc(Lower *L, LLVMValueRef p, LLVMValueRef idx, int w);
+void stc(Lower *L, Cx v, LLVMValueRef p, LLVMValueRef idx, int w);
+
+/* ---- rows.c ---- */
+/* Loop nest over an output shape; operand j is read at sum(idx[d] * stride[j][d]). */
+typedef struct Nest {
+  int cplx; /* some operand or the result is complex: the Cx path */
+  int w[4], ow;
+  int rank;
+  int64_t shape[SEQ_MAX_RANK];
+  int nops;
+  int64_t stride[4][SEQ_MAX_RANK];
+  LLVMValueRef ptr[4];
+} Nest;
+/* Strides of an operand of shape s (rank r) broadcast to the nest's shape. */
+void nest_operand(Nest *ns, int j, int r, const int64_t *s);
+void emit_ew_nest(Lower *L, IrOp op, Nest *ns, LLVMValueRef out, int d, LLVMValueRef *offs,
+                  LLVMValueRef oofs);
+/* Pointer to the current row of node r. */
+LLVMValueRef rowptr(Lower *L, IrRef r);
+/* Emits node r for the current row. */
+void emit_row(Lower *L, IrRef r);
+
+/* ---- fuse.c ---- */
+void emit_fused(Lower *L, SchedClass phase, IrRef first, IrRef last);
+
+/* ---- gemm.c ---- */
+/* GEMM node r over `rows` rows of its class. */
+void emit_gemm(Lower *L, IrRef r, LLVMValueRef rows);
+/* Packs GEMM r's weight (after its complex real form) when the call packs. */
+void emit_pack(Lower *L, IrRef r);
+
+/* ---- seq.c ---- */
+/* An open loop over the rows of a class (examples, or their tokens). */
+typedef struct RowLoop {
+  int open;
+  Loop lb, lt;
+  SchedClass cls;
+} RowLoop;
+void rows_open(Lower *L, RowLoop *rl, SchedClass cls);
+void rows_close(Lower *L, RowLoop *rl);
+void emit_chunk_loop(Lower *L, const SchedOp *op);
+void emit_time_loop(Lower *L, const SchedOp *op);
+void emit_commit(Lower *L);
+void emit_token_outputs(Lower *L);
+
+/* ---- frame.c ---- */
+/* Renders a list of stages in order. */
+void emit_ops(Lower *L, const SchedOp *ops, int n);
+/* Emits the function of schedule instance i. */
+int emit_function(Lower *L, int i);
+
+#endif

@@ -1,0 +1,226 @@
+/* math.c - the op table as LLVM expressions: float32 exp, sigmoid, tanh and
+ * the other elementwise functions, written to vectorize and to agree with the
+ * interpreter at the edges (NaN, infinities), and complex arithmetic on
+ * (re, im) pairs. */
+#include "codegen/llvm.h"
+
+#include <math.h>
+
+/* a * b + c, fused where the target has FMA (llvm.fmuladd: one instruction
+ * there, a multiply and an add elsewhere). Used only inside the
+ * approximations below, whose error it does not change beyond an ulp. */
+static LLVMValueRef fma3(Lower *L, LLVMValueRef a, LLVMValueRef b, LLVMValueRef c) {
+  LLVMValueRef args[3] = {a, b, c};
+  return intrinsic(L, "llvm.fmuladd", args, 3);
+}
+
+/* x clamped to [lo, hi], a NaN x to lo (callers put NaN back themselves):
+ * one vmaxps and one vminps on x86, where llvm.maxnum/minnum would cost three
+ * instructions each for their NaN rule. */
+static LLVMValueRef clamp(Lower *L, LLVMValueRef x, double lo, double hi) {
+  LLVMBuilderRef b = L->bld;
+  x = LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealULT, x, cf(L, lo), ""), cf(L, lo), x, "");
+  return LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealOGT, x, cf(L, hi), ""), cf(L, hi), x, "");
+}
+
+/* exp(x) in float32, vectorizable: Cody-Waite reduction x = n ln2 + r, a
+ * degree-6 polynomial for e^r on |r| <= ln2/2 (Cephes expf coefficients) in
+ * Horner form with fused multiply-adds, 2^n built in the exponent bits. The
+ * clamp keeps 2^n a normal float; the error is about 1 ulp, far inside the
+ * 1e-5 the backend promises. */
+static LLVMValueRef emit_exp_finite(Lower *L, LLVMValueRef x) {
+  x = clamp(L, x, -87.0, 88.0);
+  LLVMValueRef n = intr1(L, "llvm.floor", fma3(L, x, cf(L, 1.44269504088896341), cf(L, 0.5)));
+  LLVMValueRef r = fma3(L, n, cf(L, -0.693359375), x);
+  r = fma3(L, n, cf(L, 2.12194440e-4), r);
+  static const double c[] = {1.9875691500E-4, 1.3981999507E-3, 8.3334519073E-3,
+                             4.1665795894E-2, 1.6666665459E-1, 5.0000001201E-1};
+  LLVMValueRef p = cf(L, c[0]);
+  for (int i = 1; i < 6; i++) p = fma3(L, p, r, cf(L, c[i]));
+  LLVMValueRef r2 = LLVMBuildFMul(L->bld, r, r, "");
+  p = LLVMBuildFAdd(L->bld, fma3(L, p, r2, r), cf(L, 1.0), "");
+  LLVMValueRef ni = LLVMBuildFPToSI(L->bld, n, L->i32, "");
+  LLVMValueRef bits =
+      LLVMBuildShl(L->bld, LLVMBuildAdd(L->bld, ni, ci32(L, 127), ""), ci32(L, 23), "");
+  return LLVMBuildFMul(L->bld, p, LLVMBuildBitCast(L->bld, bits, L->f32, ""), "");
+}
+
+/* The clamp above keeps the polynomial finite; the edges are put back here so
+ * compiled code agrees with the interpreter (and libm) where it matters for
+ * NaN/Inf checks: exp(NaN) = NaN, exp(x) = +inf past float32's overflow
+ * threshold (88.72), and exp(x) = 0 below the smallest subnormal's log. */
+LLVMValueRef emit_exp(Lower *L, LLVMValueRef x) {
+  LLVMBuilderRef b = L->bld;
+  LLVMValueRef y = emit_exp_finite(L, x);
+  y = LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealOGT, x, cf(L, 88.7228391), ""), cf(L, INFINITY),
+                      y, "");
+  y = LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealOLT, x, cf(L, -103.972084), ""), cf(L, 0.0), y,
+                      "");
+  return LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealUNO, x, x, ""), x, y, "");
+}
+
+static LLVMValueRef emit_sigmoid(Lower *L, LLVMValueRef x) {
+  LLVMValueRef e = emit_exp(L, LLVMBuildFNeg(L->bld, x, ""));
+  return LLVMBuildFDiv(L->bld, cf(L, 1.0), LLVMBuildFAdd(L->bld, cf(L, 1.0), e, ""), "");
+}
+
+/* log(1 + exp(-|x|)): the tail shared by softplus and logsigmoid. */
+static LLVMValueRef emit_log1pexp_neg_abs(Lower *L, LLVMValueRef x) {
+  LLVMValueRef e = emit_exp(L, LLVMBuildFNeg(L->bld, intr1(L, "llvm.fabs", x), ""));
+  return intr1(L, "llvm.log", LLVMBuildFAdd(L->bld, cf(L, 1.0), e, ""));
+}
+
+LLVMValueRef emit_unary(Lower *L, IrOp op, LLVMValueRef x) {
+  LLVMBuilderRef b = L->bld;
+  switch (op) {
+  case IR_NEG:
+    return LLVMBuildFNeg(b, x, "");
+  case IR_EXP:
+    return emit_exp(L, x);
+  case IR_LOG:
+    return intr1(L, "llvm.log", x);
+  case IR_TANH: {
+    /* tanh x = sign(x) (1 - e) / (1 + e), e = exp(-2|x|): no overflow. */
+    LLVMValueRef e = emit_exp(L, LLVMBuildFMul(b, intr1(L, "llvm.fabs", x), cf(L, -2.0), ""));
+    LLVMValueRef t = LLVMBuildFDiv(b, LLVMBuildFSub(b, cf(L, 1.0), e, ""),
+                                   LLVMBuildFAdd(b, cf(L, 1.0), e, ""), "");
+    return intr2(L, "llvm.copysign", t, x);
+  }
+  case IR_SIGMOID:
+    return emit_sigmoid(L, x);
+  case IR_LOGSIGMOID:
+    return LLVMBuildFSub(b, intr2(L, "llvm.minnum", x, cf(L, 0.0)), emit_log1pexp_neg_abs(L, x),
+                         "");
+  case IR_SOFTPLUS:
+    return LLVMBuildFAdd(b, intr2(L, "llvm.maxnum", x, cf(L, 0.0)), emit_log1pexp_neg_abs(L, x),
+                         "");
+  case IR_RELU: /* NaN stays NaN, as in torch and the interpreter */
+    return intr2(L, "llvm.maximum", x, cf(L, 0.0));
+  case IR_SILU:
+    return LLVMBuildFMul(b, x, emit_sigmoid(L, x), "");
+  case IR_GELU: {
+    LLVMTypeRef t = L->f32;
+    LLVMValueRef arg = LLVMBuildFMul(b, x, cf(L, 0.70710678118654752), "");
+    LLVMValueRef erf = call_fn(L, "erff", L->f32, &t, 1, &arg);
+    return LLVMBuildFMul(b, LLVMBuildFMul(b, x, cf(L, 0.5), ""),
+                         LLVMBuildFAdd(b, cf(L, 1.0), erf, ""), "");
+  }
+  case IR_SQRT:
+    return intr1(L, "llvm.sqrt", x);
+  case IR_RSQRT:
+    return LLVMBuildFDiv(b, cf(L, 1.0), intr1(L, "llvm.sqrt", x), "");
+  case IR_ABS:
+    return intr1(L, "llvm.fabs", x);
+  case IR_SIN:
+    return intr1(L, "llvm.sin", x);
+  case IR_COS:
+    return intr1(L, "llvm.cos", x);
+  case IR_BROADCAST:
+    return x;
+  default:
+    return NULL;
+  }
+}
+
+LLVMValueRef emit_binary(Lower *L, IrOp op, LLVMValueRef x, LLVMValueRef y) {
+  LLVMBuilderRef b = L->bld;
+  switch (op) {
+  case IR_ADD:
+    return LLVMBuildFAdd(b, x, y, "");
+  case IR_SUB:
+    return LLVMBuildFSub(b, x, y, "");
+  case IR_MUL:
+    return LLVMBuildFMul(b, x, y, "");
+  case IR_DIV:
+    return LLVMBuildFDiv(b, x, y, "");
+  /* llvm.minimum/maximum propagate NaN like torch.minimum/maximum (minnum and
+   * maxnum would drop it). */
+  case IR_MIN:
+    return intr2(L, "llvm.minimum", x, y);
+  case IR_MAX:
+    return intr2(L, "llvm.maximum", x, y);
+  case IR_POW:
+    return intr2(L, "llvm.pow", x, y);
+  default:
+    return NULL;
+  }
+}
+
+/* ---- complex numbers ------------------------------------------------------
+ * A complex value is stored as interleaved (re, im) float pairs, the layout
+ * the interpreter and the ABI use (a trailing axis of 2). Arithmetic is the
+ * textbook formulas, as in the interpreter; a real operand of a complex op is
+ * (x, 0). */
+
+Cx cx_mul(Lower *L, Cx x, Cx y) {
+  return (Cx){fsub(L, fmul(L, x.re, y.re), fmul(L, x.im, y.im)),
+              fadd(L, fmul(L, x.re, y.im), fmul(L, x.im, y.re))};
+}
+
+/* |z| without overflow for large parts: hypotf from libm. */
+static LLVMValueRef cx_abs(Lower *L, Cx z) {
+  LLVMTypeRef pt[2] = {L->f32, L->f32};
+  LLVMValueRef a[2] = {z.re, z.im};
+  return call_fn(L, "hypotf", L->f32, pt, 2, a);
+}
+
+/* One elementwise op on complex operands; a real result (RE, IM, ABS) is
+ * returned in .re. */
+Cx cx_op(Lower *L, IrOp op, Cx x, Cx y) {
+  LLVMBuilderRef b = L->bld;
+  switch (op) {
+  case IR_NEG:
+    return (Cx){LLVMBuildFNeg(b, x.re, ""), LLVMBuildFNeg(b, x.im, "")};
+  case IR_EXP: {
+    LLVMValueRef e = emit_exp(L, x.re);
+    return (Cx){fmul(L, e, intr1(L, "llvm.cos", x.im)), fmul(L, e, intr1(L, "llvm.sin", x.im))};
+  }
+  case IR_LOG: {
+    LLVMTypeRef pt[2] = {L->f32, L->f32};
+    LLVMValueRef a[2] = {x.im, x.re};
+    return (Cx){intr1(L, "llvm.log", cx_abs(L, x)), call_fn(L, "atan2f", L->f32, pt, 2, a)};
+  }
+  case IR_ABS:
+    return (Cx){cx_abs(L, x), cf(L, 0.0)};
+  case IR_CONJ:
+    return (Cx){x.re, LLVMBuildFNeg(b, x.im, "")};
+  case IR_RE:
+  case IR_BROADCAST:
+    return x;
+  case IR_IM:
+    return (Cx){x.im, cf(L, 0.0)};
+  case IR_CPLX:
+    return (Cx){x.re, y.re};
+  case IR_ADD:
+    return (Cx){fadd(L, x.re, y.re), fadd(L, x.im, y.im)};
+  case IR_SUB:
+    return (Cx){fsub(L, x.re, y.re), fsub(L, x.im, y.im)};
+  case IR_MUL:
+    return cx_mul(L, x, y);
+  case IR_DIV: {
+    LLVMValueRef den = fadd(L, fmul(L, y.re, y.re), fmul(L, y.im, y.im));
+    LLVMValueRef re = fadd(L, fmul(L, x.re, y.re), fmul(L, x.im, y.im));
+    LLVMValueRef im = fsub(L, fmul(L, x.im, y.re), fmul(L, x.re, y.im));
+    return (Cx){LLVMBuildFDiv(b, re, den, ""), LLVMBuildFDiv(b, im, den, "")};
+  }
+  default: /* refused by the schedule (sched_complex_op_ok) */
+    return x;
+  }
+}
+
+/* Element `idx` of a buffer holding w floats per element, as a complex. */
+Cx ldc(Lower *L, LLVMValueRef p, LLVMValueRef idx, int w) {
+  if (w == 1) return (Cx){ldf(L, p, idx), cf(L, 0.0)};
+  LLVMValueRef at = mul(L, idx, ci64(L, 2));
+  return (Cx){ldf(L, p, at), ldf(L, p, add(L, at, ci64(L, 1)))};
+}
+void stc(Lower *L, Cx v, LLVMValueRef p, LLVMValueRef idx, int w) {
+  if (w == 1) {
+    stf(L, v.re, p, idx);
+    return;
+  }
+  LLVMValueRef at = mul(L, idx, ci64(L, 2));
+  stf(L, v.re, p, at);
+  stf(L, v.im, p, add(L, at, ci64(L, 1)));
+}
+

@@ -1,0 +1,420 @@
+/* rows.c - one node on the current row: elementwise ops with numpy
+ * broadcasting, data movement (transpose, slice, concat, gather), reductions,
+ * norms and softmax, and per-row matrix and outer products. */
+#include "codegen/llvm.h"
+
+#include <math.h>
+#include <string.h>
+
+/* Pointer to the current row of node r (see the class comment at the top). */
+LLVMValueRef rowptr(Lower *L, IrRef r) {
+  const SchedValue *n = &L->v[r];
+  LLVMValueRef base = L->ll[r].base;
+  if (n->cls == SCHED_CONST) return base;
+  LLVMValueRef row = n->cls == SCHED_TOKEN ? (n->chunked ? L->r_tokc : L->r_tok) : L->r_b;
+  LLVMValueRef off = mul(L, row, ci64(L, sched_row_floats(n)));
+  if (n->is_int) return LLVMBuildGEP2(L->bld, L->i32, base, &off, 1, "");
+  return gepf(L, base, off);
+}
+
+/* Strides of an operand of shape `s` (rank r) broadcast to the nest's shape. */
+void nest_operand(Nest *ns, int j, int r, const int64_t *s) {
+  int64_t st = 1;
+  for (int d = ns->rank - 1; d >= 0; d--) {
+    int k = d - (ns->rank - r);
+    if (k < 0 || s[k] == 1) {
+      ns->stride[j][d] = 0;
+    } else {
+      ns->stride[j][d] = st;
+      st *= s[k];
+    }
+  }
+}
+
+void emit_ew_nest(Lower *L, IrOp op, Nest *ns, LLVMValueRef out, int d, LLVMValueRef *offs,
+                         LLVMValueRef oofs) {
+  if (d == ns->rank && ns->cplx) {
+    Cx v[2] = {{NULL, NULL}, {NULL, NULL}};
+    for (int j = 0; j < ns->nops && j < 2; j++) v[j] = ldc(L, ns->ptr[j], offs[j], ns->w[j]);
+    stc(L, cx_op(L, op, v[0], v[1]), out, oofs, ns->ow);
+    return;
+  }
+  if (d == ns->rank) {
+    LLVMValueRef v[4];
+    for (int j = 0; j < ns->nops; j++) v[j] = ldf(L, ns->ptr[j], offs[j]);
+    LLVMValueRef r = ns->nops == 1 ? emit_unary(L, op, v[0]) : emit_binary(L, op, v[0], v[1]);
+    stf(L, r, out, oofs);
+    return;
+  }
+  Loop lp;
+  LLVMValueRef i = loop_begin(L, &lp, ci64(L, 0), ci64(L, ns->shape[d]));
+  LLVMValueRef o2[4];
+  for (int j = 0; j < ns->nops; j++)
+    o2[j] = ns->stride[j][d] ? add(L, offs[j], mul(L, i, ci64(L, ns->stride[j][d]))) : offs[j];
+  int64_t ost = 1;
+  for (int e = d + 1; e < ns->rank; e++) ost *= ns->shape[e];
+  emit_ew_nest(L, op, ns, out, d + 1, o2, add(L, oofs, mul(L, i, ci64(L, ost))));
+  loop_end(L, &lp);
+}
+
+/* Elementwise op (or broadcast copy) of the current row. */
+static void emit_ew(Lower *L, const IrNode *nd, const SchedValue *n, LLVMValueRef out) {
+  Nest ns = {0};
+  ns.nops = nd->nargs;
+  ns.ow = n->w;
+  ns.cplx = n->w == 2;
+  int flat = 1;
+  for (int j = 0; j < nd->nargs; j++) {
+    const SchedValue *a = &L->v[nd->args[j]];
+    ns.w[j] = a->w;
+    ns.cplx |= a->w == 2;
+    ns.ptr[j] = rowptr(L, nd->args[j]);
+    if (a->numel != n->numel && a->numel != 1) flat = 0;
+  }
+  /* Operands that are all full-size or scalar: one flat loop (the common case,
+   * and the one the loop vectorizer likes best). */
+  if (flat) {
+    ns.rank = 1;
+    ns.shape[0] = n->numel;
+    for (int j = 0; j < nd->nargs; j++) ns.stride[j][0] = L->v[nd->args[j]].numel == 1 ? 0 : 1;
+  } else {
+    ns.rank = n->rank;
+    memcpy(ns.shape, n->shape, sizeof ns.shape);
+    for (int j = 0; j < nd->nargs; j++) {
+      const SchedValue *a = &L->v[nd->args[j]];
+      nest_operand(&ns, j, a->rank, a->shape);
+    }
+  }
+  LLVMValueRef z[4] = {ci64(L, 0), ci64(L, 0), ci64(L, 0), ci64(L, 0)};
+  emit_ew_nest(L, nd->op, &ns, out, 0, z, ci64(L, 0));
+}
+
+
+/* dst[o, dst_off + k, i] = src[o, src_off + k, i] for k < count. */
+static void emit_axis_copy(Lower *L, LLVMValueRef dst, LLVMValueRef src, int64_t outer,
+                           int64_t inner, int64_t dst_len, int64_t dst_off, int64_t src_len,
+                           int64_t src_off, int64_t count) {
+  Loop lo, lk;
+  LLVMValueRef o = loop_begin(L, &lo, ci64(L, 0), ci64(L, outer));
+  LLVMValueRef k = loop_begin(L, &lk, ci64(L, 0), ci64(L, count * inner));
+  LLVMValueRef d = add(L, mul(L, o, ci64(L, dst_len * inner)), add(L, k, ci64(L, dst_off * inner)));
+  LLVMValueRef s = add(L, mul(L, o, ci64(L, src_len * inner)), add(L, k, ci64(L, src_off * inner)));
+  stf(L, ldf(L, src, s), dst, d);
+  loop_end(L, &lk);
+  loop_end(L, &lo);
+}
+
+
+/* Accumulates into a stack slot so the reduction can be vectorized (reassoc). */
+static void emit_reduce(Lower *L, const IrNode *nd, LLVMValueRef out) {
+  const SchedValue *x = &L->v[nd->args[0]];
+  LLVMValueRef src = rowptr(L, nd->args[0]);
+  int64_t outer, len, inner;
+  if (nd->axis < 0) {
+    outer = 1;
+    len = x->numel;
+    inner = 1;
+  } else {
+    sched_axis_split(x, nd->axis, &outer, &len, &inner);
+  }
+  inner *= x->w; /* a complex value reduces its parts separately */
+  double init = nd->op == IR_AMAX ? -INFINITY : nd->op == IR_AMIN ? INFINITY : 0.0;
+  Loop lo, li, lk;
+  LLVMValueRef o = loop_begin(L, &lo, ci64(L, 0), ci64(L, outer));
+  LLVMValueRef i = loop_begin(L, &li, ci64(L, 0), ci64(L, inner));
+  LLVMBasicBlockRef pre = LLVMGetInsertBlock(L->bld);
+  (void)pre;
+  LLVMValueRef acc = cf(L, init);
+  LLVMValueRef k = loop_begin(L, &lk, ci64(L, 0), ci64(L, len));
+  LLVMValueRef phi = loop_phi(L, &lk, acc, "acc");
+  LLVMValueRef v =
+      ldf(L, src, add(L, mul(L, add(L, mul(L, o, ci64(L, len)), k), ci64(L, inner)), i));
+  LLVMValueRef nv;
+  if (nd->op == IR_AMAX) /* a NaN sticks, as in torch.amax */
+    nv = intr2(L, "llvm.maximum", phi, v);
+  else if (nd->op == IR_AMIN)
+    nv = intr2(L, "llvm.minimum", phi, v);
+  else {
+    nv = LLVMBuildFAdd(L->bld, phi, v, "");
+    set_reassoc(nv);
+  }
+  loop_phi_next(L, phi, nv);
+  loop_end(L, &lk);
+  /* After the loop the phi holds the final value. */
+  LLVMValueRef res = phi;
+  if (nd->op == IR_MEAN) res = LLVMBuildFDiv(L->bld, res, cf(L, (double)(len ? len : 1)), "");
+  stf(L, res, out, add(L, mul(L, o, ci64(L, inner)), i));
+  loop_end(L, &li);
+  loop_end(L, &lo);
+}
+
+/* Sum of f(x[k]) over a row of n, with f the identity or a square. */
+static LLVMValueRef row_sum(Lower *L, LLVMValueRef src, LLVMValueRef base, int64_t n, int square,
+                            LLVMValueRef shift) {
+  Loop lk;
+  LLVMValueRef z = cf(L, 0.0);
+  LLVMValueRef k = loop_begin(L, &lk, ci64(L, 0), ci64(L, n));
+  LLVMValueRef phi = loop_phi(L, &lk, z, "acc");
+  LLVMValueRef v = ldf(L, src, add(L, base, k));
+  if (shift) v = LLVMBuildFSub(L->bld, v, shift, "");
+  if (square) v = LLVMBuildFMul(L->bld, v, v, "");
+  LLVMValueRef nv = LLVMBuildFAdd(L->bld, phi, v, "");
+  set_reassoc(nv);
+  loop_phi_next(L, phi, nv);
+  loop_end(L, &lk);
+  return phi;
+}
+
+/* Operand j of a norm, broadcast along the last axis (weight [n] or scalar). */
+static LLVMValueRef norm_operand(Lower *L, const IrNode *nd, int j, LLVMValueRef k) {
+  const SchedValue *w = &L->v[nd->args[j]];
+  LLVMValueRef p = rowptr(L, nd->args[j]);
+  return ldf(L, p, w->numel == 1 ? ci64(L, 0) : k);
+}
+
+static void emit_norm(Lower *L, const IrNode *nd, const SchedValue *n, LLVMValueRef out) {
+  LLVMValueRef src = rowptr(L, nd->args[0]);
+  int64_t len = n->rank ? n->shape[n->rank - 1] : 1;
+  int64_t rows = len ? n->numel / len : 0;
+  Loop lr, lk;
+  LLVMValueRef r = loop_begin(L, &lr, ci64(L, 0), ci64(L, rows));
+  LLVMValueRef base = mul(L, r, ci64(L, len));
+  LLVMValueRef scale = NULL, shift = NULL, denom = NULL;
+  LLVMValueRef eps = cf(L, nd->cval);
+  LLVMValueRef flen = cf(L, (double)(len ? len : 1));
+  if (nd->op == IR_RMSNORM) {
+    LLVMValueRef ms = LLVMBuildFDiv(L->bld, row_sum(L, src, base, len, 1, NULL), flen, "");
+    scale = LLVMBuildFDiv(L->bld, cf(L, 1.0),
+                          intr1(L, "llvm.sqrt", LLVMBuildFAdd(L->bld, ms, eps, "")), "");
+  } else if (nd->op == IR_L2NORM) {
+    LLVMValueRef ss = row_sum(L, src, base, len, 1, NULL);
+    scale = LLVMBuildFDiv(L->bld, cf(L, 1.0),
+                          intr1(L, "llvm.sqrt", LLVMBuildFAdd(L->bld, ss, eps, "")), "");
+  } else if (nd->op == IR_LAYERNORM) {
+    shift = LLVMBuildFDiv(L->bld, row_sum(L, src, base, len, 0, NULL), flen, "");
+    LLVMValueRef var = LLVMBuildFDiv(L->bld, row_sum(L, src, base, len, 1, shift), flen, "");
+    scale = LLVMBuildFDiv(L->bld, cf(L, 1.0),
+                          intr1(L, "llvm.sqrt", LLVMBuildFAdd(L->bld, var, eps, "")), "");
+  } else { /* SOFTMAX: max, then sum of exp(x - max) */
+    Loop lm;
+    LLVMValueRef ninf = cf(L, -INFINITY);
+    LLVMValueRef k = loop_begin(L, &lm, ci64(L, 0), ci64(L, len));
+    LLVMValueRef phi = loop_phi(L, &lm, ninf, "mx");
+    LLVMValueRef nv = intr2(L, "llvm.maximum", phi, ldf(L, src, add(L, base, k)));
+    loop_phi_next(L, phi, nv);
+    loop_end(L, &lm);
+    shift = phi;
+    Loop ls;
+    LLVMValueRef z = cf(L, 0.0);
+    k = loop_begin(L, &ls, ci64(L, 0), ci64(L, len));
+    LLVMValueRef acc = loop_phi(L, &ls, z, "sum");
+    LLVMValueRef e = emit_exp(L, LLVMBuildFSub(L->bld, ldf(L, src, add(L, base, k)), shift, ""));
+    stf(L, e, out, add(L, base, k));
+    LLVMValueRef na = LLVMBuildFAdd(L->bld, acc, e, "");
+    set_reassoc(na);
+    loop_phi_next(L, acc, na);
+    loop_end(L, &ls);
+    denom = acc;
+  }
+  LLVMValueRef k = loop_begin(L, &lk, ci64(L, 0), ci64(L, len));
+  LLVMValueRef idx = add(L, base, k);
+  LLVMValueRef v;
+  if (denom) {
+    v = LLVMBuildFDiv(L->bld, ldf(L, out, idx), denom, "");
+  } else {
+    v = ldf(L, src, idx);
+    if (shift) v = LLVMBuildFSub(L->bld, v, shift, "");
+    v = LLVMBuildFMul(L->bld, v, scale, "");
+    if (nd->op == IR_RMSNORM || nd->op == IR_LAYERNORM)
+      v = LLVMBuildFMul(L->bld, v, norm_operand(L, nd, 1, k), "");
+    if (nd->op == IR_LAYERNORM) v = LLVMBuildFAdd(L->bld, v, norm_operand(L, nd, 2, k), "");
+  }
+  stf(L, v, out, idx);
+  loop_end(L, &lk);
+  loop_end(L, &lr);
+}
+
+/* Complex matrix product of one row (either operand may be real): sums in
+ * order over k, real and imaginary parts in two accumulators. */
+static void emit_cmatmul_row(Lower *L, const IrNode *nd, LLVMValueRef out) {
+  const SchedValue *x = &L->v[nd->args[0]], *y = &L->v[nd->args[1]];
+  int64_t M = x->rank == 2 ? x->shape[0] : 1, K = x->shape[x->rank - 1];
+  int64_t N = y->rank == 2 ? y->shape[1] : 1;
+  LLVMValueRef pa = rowptr(L, nd->args[0]), pb = rowptr(L, nd->args[1]);
+  Loop li, lj, lk;
+  LLVMValueRef i = loop_begin(L, &li, ci64(L, 0), ci64(L, M));
+  LLVMValueRef j = loop_begin(L, &lj, ci64(L, 0), ci64(L, N));
+  LLVMValueRef z = cf(L, 0.0);
+  LLVMValueRef k = loop_begin(L, &lk, ci64(L, 0), ci64(L, K));
+  LLVMValueRef pre = loop_phi(L, &lk, z, "re"), pim = loop_phi(L, &lk, z, "im");
+  Cx p = cx_mul(L, ldc(L, pa, add(L, mul(L, i, ci64(L, K)), k), x->w),
+                ldc(L, pb, add(L, mul(L, k, ci64(L, N)), j), y->w));
+  LLVMValueRef nre = fadd(L, pre, p.re), nim = fadd(L, pim, p.im);
+  set_reassoc(nre);
+  set_reassoc(nim);
+  loop_phi_next(L, pre, nre);
+  loop_phi_next(L, pim, nim);
+  loop_end(L, &lk);
+  stc(L, (Cx){pre, pim}, out, add(L, mul(L, i, ci64(L, N)), j), 2);
+  loop_end(L, &lj);
+  loop_end(L, &li);
+}
+
+/* Generic matrix product of one row: a as [M, K], b as [K, N]. */
+static void emit_matmul_row(Lower *L, const IrNode *nd, LLVMValueRef out) {
+  const SchedValue *x = &L->v[nd->args[0]], *y = &L->v[nd->args[1]];
+  int64_t M = x->rank == 2 ? x->shape[0] : 1, K = x->shape[x->rank - 1];
+  int64_t N = y->rank == 2 ? y->shape[1] : 1;
+  LLVMValueRef pa = rowptr(L, nd->args[0]), pb = rowptr(L, nd->args[1]);
+  if (x->w == 2 || y->w == 2) {
+    emit_cmatmul_row(L, nd, out);
+    return;
+  }
+  Loop li, lk, lj;
+  LLVMValueRef i = loop_begin(L, &li, ci64(L, 0), ci64(L, M));
+  if (N == 1) {
+    LLVMValueRef z = cf(L, 0.0);
+    LLVMValueRef k = loop_begin(L, &lk, ci64(L, 0), ci64(L, K));
+    LLVMValueRef phi = loop_phi(L, &lk, z, "acc");
+    LLVMValueRef p =
+        LLVMBuildFMul(L->bld, ldf(L, pa, add(L, mul(L, i, ci64(L, K)), k)), ldf(L, pb, k), "");
+    LLVMValueRef nv = LLVMBuildFAdd(L->bld, phi, p, "");
+    set_reassoc(nv);
+    loop_phi_next(L, phi, nv);
+    loop_end(L, &lk);
+    stf(L, phi, out, i);
+  } else {
+    LLVMValueRef j = loop_begin(L, &lj, ci64(L, 0), ci64(L, N));
+    stf(L, cf(L, 0.0), out, add(L, mul(L, i, ci64(L, N)), j));
+    loop_end(L, &lj);
+    LLVMValueRef k = loop_begin(L, &lk, ci64(L, 0), ci64(L, K));
+    LLVMValueRef aik = ldf(L, pa, add(L, mul(L, i, ci64(L, K)), k));
+    j = loop_begin(L, &lj, ci64(L, 0), ci64(L, N));
+    LLVMValueRef o = add(L, mul(L, i, ci64(L, N)), j);
+    LLVMValueRef v = LLVMBuildFAdd(
+        L->bld, ldf(L, out, o),
+        LLVMBuildFMul(L->bld, aik, ldf(L, pb, add(L, mul(L, k, ci64(L, N)), j)), ""), "");
+    stf(L, v, out, o);
+    loop_end(L, &lj);
+    loop_end(L, &lk);
+  }
+  loop_end(L, &li);
+}
+
+
+/* Emits node r for the current row. */
+void emit_row(Lower *L, IrRef r) {
+  const IrNode *nd = &L->fn->nodes.v[r];
+  const SchedValue *n = &L->v[r];
+  LLVMValueRef out = rowptr(L, r);
+  switch (nd->op) {
+  case IR_CONST:
+    stf(L, cf(L, nd->cval), out, ci64(L, 0));
+    return;
+  case IR_DIMVAL: {
+    int64_t v = 0;
+    if (dim_eval(nd->dval, L->in->dims, &v) != 0) v = 0;
+    stf(L, cf(L, (double)v), out, ci64(L, 0));
+    return;
+  }
+  case IR_TRANSPOSE: {
+    const SchedValue *x = &L->v[nd->args[0]];
+    int64_t Mx = x->shape[x->rank - 2], Nx = x->shape[x->rank - 1];
+    int64_t P = (Mx * Nx) != 0 ? x->numel / (Mx * Nx) : 0;
+    LLVMValueRef src = rowptr(L, nd->args[0]);
+    Loop lp, li, lj;
+    LLVMValueRef p = loop_begin(L, &lp, ci64(L, 0), ci64(L, P));
+    LLVMValueRef i = loop_begin(L, &li, ci64(L, 0), ci64(L, Nx));
+    LLVMValueRef j = loop_begin(L, &lj, ci64(L, 0), ci64(L, Mx));
+    LLVMValueRef pb = mul(L, p, ci64(L, Mx * Nx));
+    stc(L, ldc(L, src, add(L, pb, add(L, mul(L, j, ci64(L, Nx)), i)), x->w), out,
+        add(L, pb, add(L, mul(L, i, ci64(L, Mx)), j)), x->w);
+    loop_end(L, &lj);
+    loop_end(L, &li);
+    loop_end(L, &lp);
+    return;
+  }
+  case IR_SLICE:
+  case IR_INDEX: {
+    const SchedValue *x = &L->v[nd->args[0]];
+    int64_t outer, len, inner, start = 0, stop = 0;
+    sched_axis_split(x, nd->axis, &outer, &len, &inner);
+    inner *= x->w;
+    if (dim_eval(nd->start, L->in->dims, &start) != 0) start = 0;
+    if (nd->op == IR_SLICE) {
+      if (dim_eval(nd->stop, L->in->dims, &stop) != 0) stop = start;
+    } else {
+      stop = start + 1;
+    }
+    emit_axis_copy(L, out, rowptr(L, nd->args[0]), outer, inner, stop - start, 0, len, start,
+                   stop - start);
+    return;
+  }
+  case IR_CONCAT: {
+    int64_t outer, len, inner, off = 0;
+    sched_axis_split(n, nd->axis, &outer, &len, &inner);
+    inner *= n->w; /* supported() checked that every operand has n's width */
+    for (int j = 0; j < nd->nargs; j++) {
+      const SchedValue *x = &L->v[nd->args[j]];
+      int64_t xl = x->shape[nd->axis];
+      emit_axis_copy(L, out, rowptr(L, nd->args[j]), outer, inner, len, off, xl, 0, xl);
+      off += xl;
+    }
+    return;
+  }
+  case IR_GATHER: {
+    const SchedValue *tab = &L->v[nd->args[0]];
+    LLVMValueRef ip = rowptr(L, nd->args[1]);
+    LLVMValueRef idx = LLVMBuildSExt(L->bld, LLVMBuildLoad2(L->bld, L->i32, ip, ""), L->i64, "");
+    LLVMValueRef bad =
+        LLVMBuildOr(L->bld, LLVMBuildICmp(L->bld, LLVMIntSLT, idx, ci64(L, 0), ""),
+                    LLVMBuildICmp(L->bld, LLVMIntSGE, idx, ci64(L, tab->shape[0]), ""), "");
+    fail_with(L, bad, ABI_ERR_TOKEN);
+    LLVMValueRef src = gepf(L, rowptr(L, nd->args[0]), mul(L, idx, ci64(L, sched_row_floats(n))));
+    Loop lk;
+    LLVMValueRef k = loop_begin(L, &lk, ci64(L, 0), ci64(L, sched_row_floats(n)));
+    stf(L, ldf(L, src, k), out, k);
+    loop_end(L, &lk);
+    return;
+  }
+  case IR_SUM:
+  case IR_MEAN:
+  case IR_AMAX:
+  case IR_AMIN:
+    emit_reduce(L, nd, out);
+    return;
+  case IR_RMSNORM:
+  case IR_LAYERNORM:
+  case IR_L2NORM:
+  case IR_SOFTMAX:
+    emit_norm(L, nd, n, out);
+    return;
+  case IR_MATMUL:
+    emit_matmul_row(L, nd, out);
+    return;
+  case IR_OUTER: {
+    const SchedValue *y = &L->v[nd->args[1]];
+    LLVMValueRef pa = rowptr(L, nd->args[0]), pb = rowptr(L, nd->args[1]);
+    const SchedValue *x = &L->v[nd->args[0]];
+    Loop li, lj;
+    LLVMValueRef i = loop_begin(L, &li, ci64(L, 0), ci64(L, x->numel));
+    LLVMValueRef j = loop_begin(L, &lj, ci64(L, 0), ci64(L, y->numel));
+    LLVMValueRef o = add(L, mul(L, i, ci64(L, y->numel)), j);
+    if (n->w == 2)
+      stc(L, cx_mul(L, ldc(L, pa, i, x->w), ldc(L, pb, j, y->w)), out, o, 2);
+    else
+      stf(L, LLVMBuildFMul(L->bld, ldf(L, pa, i), ldf(L, pb, j), ""), out, o);
+    loop_end(L, &lj);
+    loop_end(L, &li);
+    return;
+  }
+  default:
+    if (ir_op_info[nd->op].flags & IRF_EW || nd->op == IR_BROADCAST) {
+      emit_ew(L, nd, n, out);
+      return;
+    }
+    diag_internal(L->de, "codegen", "op %s reached emit_row", ir_op_info[nd->op].text);
+    L->failed = 1;
+  }
+}
+

@@ -1,0 +1,103 @@
+/* pipeline.c - the compiler in one function (pipeline.h). Each step is a
+ * call into the stage's own directory; this file only orders them and
+ * verifies the IR between passes that change it. */
+#include "driver/pipeline.h"
+
+#include <string.h>
+
+void pipeline_init(Pipeline *p, Arena *a, SrcMgr *sm, DiagEngine *de) {
+  memset(p, 0, sizeof *p);
+  p->arena = a;
+  p->sm = sm;
+  p->de = de;
+}
+
+void pipeline_release(Pipeline *p) {
+  cg_jit_destroy(p->jit);
+  p->jit = NULL;
+}
+
+/* In SEQ_VERIFY_IR builds, the IR is checked after every pass that makes
+ * it; a violation is an internal error naming the pass. */
+static int verify(const Pipeline *p, const IrModule *m, const char *after) {
+#ifdef SEQ_VERIFY_IR
+  return ir_verify(m, p->de, after);
+#else
+  (void)p, (void)m, (void)after;
+  return 0;
+#endif
+}
+
+/* Parse, check and lower the source (frontend/). */
+static int front(Pipeline *p, const PipeOptions *o) {
+  FrontendOptions fo = {0};
+  fo.entry = o->entry;
+  fo.ndim_overrides = o->ndims;
+  fo.dim_override_names = o->dim_names;
+  fo.dim_override_values = o->dim_values;
+  p->source = o->path ? seq_compile_file(p->arena, p->sm, p->de, o->path, &fo)
+                      : seq_compile_string(p->arena, p->sm, p->de, o->name ? o->name : "<string>",
+                                           o->text ? o->text : "", &fo);
+  return p->source && p->de->nerrors == 0 ? 0 : -1;
+}
+
+/* Dims from --dims, the stored weights' shapes, the inputs' shapes and the
+ * defaults (ir/bind.c). */
+static int bind_dims(Pipeline *p, const PipeOptions *o) {
+  const IrFunc *entry = p->source->funcs.v[p->source->entry];
+  if (ir_binding_init(&p->bind, p->arena, p->source, entry, p->de)) return -1;
+  for (int i = 0; i < o->ndims; i++)
+    if (ir_binding_set_dim(&p->bind, o->dim_names[i], o->dim_values[i], p->de)) return -1;
+  return ir_binding_infer(&p->bind, o->weight_shape, o->weight_ctx, o->input_ndims,
+                          o->input_shapes, p->de);
+}
+
+int pipeline_run(Pipeline *p, const PipeOptions *o) {
+  /* 1. Parse, check, lower to IR: the interpreter's oracle. */
+  if (p->reached < PIPE_IR) {
+    if (front(p, o)) return -1;
+    p->reached = PIPE_IR;
+  }
+  if (o->goal <= PIPE_IR) return 0;
+
+  /* 2. Rewrite (contractions to matrix products, identities) and classify
+   *    every recurrence of the rewritten module. */
+  if (p->reached < PIPE_REPORT) {
+    if (rewrite_module(p->arena, p->source, &p->rewritten, p->de) ||
+        verify(p, p->rewritten, "rewrite") ||
+        classify_module(p->arena, p->rewritten, &p->classes, p->de))
+      return -1;
+    /* The rewrite keeps every function at its index. */
+    p->root = p->rewritten->funcs.v[p->source->entry];
+    p->reached = PIPE_REPORT;
+  }
+  if (o->goal <= PIPE_REPORT) return 0;
+
+  /* 3. Bind the entry's dims. */
+  if (p->reached < PIPE_BOUND) {
+    if (bind_dims(p, o)) return -1;
+    p->reached = PIPE_BOUND;
+  }
+  if (o->goal <= PIPE_BOUND) return 0;
+
+  /* 4. Schedule: kernels, buffers and stages for the bound root. */
+  if (p->reached < PIPE_SCHED) {
+    const char *symbol = abi_c_identifier(p->arena, p->root->name);
+    if (!symbol ||
+        sched_build(p->arena, p->rewritten, p->root, p->bind.dims, symbol, &p->sched, p->de))
+      return -1;
+    p->reached = PIPE_SCHED;
+  }
+  if (o->goal <= PIPE_SCHED) return 0;
+
+  /* 5. Render: LLVM, compiled in memory or written to a file. */
+  if (o->goal == PIPE_JIT) {
+    if (!p->jit && !(p->jit = cg_jit_compile(p->arena, p->sched, &o->cg, p->de))) return -1;
+    p->reached = PIPE_JIT;
+    return 0;
+  }
+  if (cg_aot_build(p->arena, p->sched, &o->cg, o->emit, o->out_path, o->header_path, p->de))
+    return -1;
+  p->reached = PIPE_OBJECT;
+  return 0;
+}

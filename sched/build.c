@@ -1,0 +1,400 @@
+/* build.c - a schedule for one bound root: the instance tree and the
+ * signature (from ir_flatten, so names are made in one place), per instance
+ * the values (plan.c), the buffers in placement order and the stage tree.
+ */
+#include "sched/sched_internal.h"
+
+#include <string.h>
+
+/* Floats the TOKEN buffers of one time chunk may take (1 MiB): the chunk's
+ * GEMM output is still in L2 when its steps read it. For LSTM at I = H = 256
+ * that is about 200 token rows (B = 64: Tc = 3, B = 1: Tc = 200); 100 to 400
+ * rows measured the same, a whole [B*T, 4H] buffer (256 MiB at B = 64) 7%
+ * slower. */
+#define CHUNK_BUDGET ((int64_t)256 * 1024)
+
+/* Calls with fewer tokens (B*T) than this multiply by unpacked weights: with
+ * dot products, the LSTM step at I = H = 256 took 605 us unpacked and 706
+ * packed at B = 32, 1189 and 989 at B = 64 (one thread, the dev machine).
+ * Measured with the unpacked product as dot products; the swap below came
+ * later. */
+#define PACK_MIN_TOKENS 48
+/* ... and so do calls with a batch of at least PACK_SWAP_MIN_B
+ * (runtime/cpu_gemm.c, SWAP_MIN_M: there the unpacked product runs on the
+ * packed kernel as (x^T W^T)^T, 632 us for that B = 64 step) and fewer than
+ * PACK_MIN_STEPS steps. */
+#define PACK_SWAP_MIN_B 32
+#define PACK_MIN_STEPS 16
+
+static int oom(Plan *p) {
+  diag_error(p->de, (SrcLoc){0}, "out of memory scheduling %s", p->s->sig.func);
+  return -1;
+}
+
+/* ---- instances and the signature ------------------------------------------ */
+
+static int build_instances(Plan *p, const IrFunc *root, const int64_t *dims) {
+  IrFlat flat;
+  if (ir_flatten(p->a, p->m, root, &flat, p->de)) return -1;
+  Schedule *s = p->s;
+  for (int i = 0; i < flat.insts.n; i++) {
+    const IrFlatInst *fi = &flat.insts.v[i];
+    const IrFunc *fn = fi->fn;
+    SchedInst in = {0};
+    in.fn = fn;
+    in.dims = arena_calloc(p->a, (size_t)fn->dims.n + 1, sizeof(int64_t));
+    in.params = arena_calloc(p->a, (size_t)fn->params.n + 1, sizeof(int));
+    in.states = arena_calloc(p->a, (size_t)fn->states.n + 1, sizeof(int));
+    in.layers = arena_calloc(p->a, (size_t)fn->layers.n + 1, sizeof(int));
+    in.values = arena_calloc(p->a, (size_t)fn->nodes.n + 1, sizeof(SchedValue));
+    in.state_buf = arena_calloc(p->a, (size_t)fn->states.n + 1, sizeof(int));
+    in.state_tmp = arena_calloc(p->a, (size_t)fn->states.n + 1, sizeof(int));
+    if (!in.dims || !in.params || !in.states || !in.layers || !in.values || !in.state_buf ||
+        !in.state_tmp)
+      return oom(p);
+    if (fn->kind == IR_FN_MODEL && fn->states.n > 0) {
+      diag_error(p->de, fn->loc, "a model cannot have states of its own");
+      return -1;
+    }
+    for (int d = 0; d < fn->dims.n; d++)
+      if (dim_eval(fi->dims[d], dims, &in.dims[d]) != 0) {
+        diag_error(p->de, fn->dims.v[d].loc, "dimension %s of %s is negative or too large",
+                   fn->dims.v[d].name, fn->name);
+        return -1;
+      }
+    memcpy(in.params, fi->params, sizeof(int) * (size_t)fn->params.n);
+    memcpy(in.states, fi->states, sizeof(int) * (size_t)fn->states.n);
+    memcpy(in.layers, fi->layers, sizeof(int) * (size_t)fn->layers.n);
+    if (vec_push(p->a, &s->insts, in)) return oom(p);
+  }
+  /* Parameters and states, named once by ir_flatten; their shapes over the
+   * root's dims. */
+  const SchedInst *rin = &s->insts.v[0];
+  for (int i = 0; i < flat.params.n; i++) {
+    AbiTensor t = {0};
+    t.name = flat.params.v[i].name;
+    if (plan_interface_type(p, rin, flat.params.v[i].type, flat.params.v[i].loc, &t) ||
+        vec_push(p->a, &s->sig.params, t))
+      return -1;
+  }
+  for (int i = 0; i < flat.states.n; i++) {
+    AbiTensor t = {0};
+    t.name = flat.states.v[i].name;
+    if (plan_interface_type(p, rin, flat.states.v[i].type, flat.states.v[i].loc, &t) ||
+        vec_push(p->a, &s->sig.states, t))
+      return -1;
+  }
+  for (int i = 0; i < root->inputs.n; i++) {
+    AbiTensor t = {0};
+    t.name = root->inputs.v[i].name;
+    t.is_int = root->inputs.v[i].type.elem == IR_INT;
+    if (plan_interface_type(p, rin, root->inputs.v[i].type, root->inputs.v[i].loc, &t) ||
+        vec_push(p->a, &s->sig.inputs, t))
+      return -1;
+  }
+  for (int i = 0; i < root->outputs.n; i++) {
+    AbiTensor t = {0};
+    t.name = root->outputs.v[i].name;
+    if (root->outputs.v[i].type.elem == IR_INT) {
+      plan_unsupported(p, root->outputs.v[i].loc, "integer outputs");
+      return -1;
+    }
+    if (plan_interface_type(p, rin, root->outputs.v[i].type, root->outputs.v[i].loc, &t) ||
+        vec_push(p->a, &s->sig.outputs, t))
+      return -1;
+  }
+  return 0;
+}
+
+/* Whether the root needs the whole sequence at once (so has no step form):
+ * a convolution over the sequence, or a layer that reads it from its end. */
+static int needs_whole_sequence(const Schedule *s) {
+  for (int i = 0; i < s->insts.n; i++) {
+    const IrFunc *fn = s->insts.v[i].fn;
+    for (int r = 0; r < fn->nodes.n; r++)
+      if (fn->nodes.v[r].op == IR_CAUSAL_CONV) return 1;
+    for (int k = 0; k < fn->layers.n; k++)
+      if (fn->layers.v[k].reverse) return 1;
+  }
+  return 0;
+}
+
+/* ---- sizes and work ---------------------------------------------------------- */
+
+static int plan_limits(Plan *p) {
+  const IrFunc *fn = p->fn;
+  SchedInst *in = p->in;
+  int64_t per_tok = 16, per_ex = 16;
+  for (IrRef r = 0; r < fn->nodes.n; r++) {
+    const SchedValue *n = &p->v[r];
+    const IrNode *nd = &fn->nodes.v[r];
+    if (sched_is_view(nd->op)) continue;
+    int64_t sz = sched_row_floats(n) + 16;
+    if (nd->op == IR_CALL) {
+      const SchedInst *child = &p->s->insts.v[in->layers[nd->index]];
+      for (int j = 0; j < child->fn->outputs.n; j++) {
+        int64_t ne;
+        if (plan_type_floats(p, child, child->fn->outputs.v[j].type, nd->loc, &ne)) return -1;
+        per_tok += ne + 16;
+      }
+      for (int j = 0; j < nd->nargs; j++)
+        if (p->v[nd->args[j]].cls == SCHED_CONST) per_tok += sched_row_floats(&p->v[nd->args[j]]) + 16;
+      continue;
+    }
+    if (n->cls == SCHED_TOKEN)
+      per_tok += sz;
+    else if (n->cls == SCHED_STEP)
+      per_ex += sz;
+  }
+  for (int st = 0; st < fn->states.n; st++)
+    per_ex += 2 * (p->s->sig.states.v[in->states[st]].numel + 16);
+  in->per_token = per_tok;
+  in->per_example = per_ex;
+  /* Work per token: the runtime's estimate of whether splitting the batch
+   * across threads pays. */
+  for (IrRef r = 0; r < fn->nodes.n; r++) {
+    const SchedValue *n = &p->v[r];
+    if (n->cls == SCHED_CONST || n->uses == 0 || sched_is_view(fn->nodes.v[r].op)) continue;
+    int64_t w = n->gemm ? n->gemm_k * n->gemm_n : n->numel * n->w;
+    if (w > 0 && p->s->work_per_token < SCHED_LIMIT_ELEMS) p->s->work_per_token += w;
+  }
+  return 0;
+}
+
+/* ---- buffers ---------------------------------------------------------------- */
+
+static int add_buf(Plan *p, SchedBufKind kind, SchedRows rows, int64_t floats, int weights,
+                   IrRef node, int index) {
+  SchedBuf b = {kind, rows, floats, weights, node, index};
+  if (vec_push(p->a, &p->in->bufs, b)) return -1;
+  return p->in->bufs.n - 1;
+}
+
+/* Whether node r is read as an output, a state's next value or initial value
+ * (its buffer must then survive the node's other readers). */
+static int read_at_end(const IrFunc *fn, IrRef r) {
+  for (int i = 0; i < fn->outputs.n; i++)
+    if (fn->outputs.v[i].value == r) return 1;
+  for (int i = 0; i < fn->states.n; i++)
+    if (fn->states.v[i].next == r || fn->states.v[i].init == r) return 1;
+  return 0;
+}
+
+static int place_buffers(Plan *p) {
+  const IrFunc *fn = p->fn;
+  SchedInst *in = p->in;
+  for (IrRef r = 0; r < fn->nodes.n; r++) {
+    SchedValue *n = &p->v[r];
+    const IrNode *nd = &fn->nodes.v[r];
+    if (sched_is_view(nd->op)) continue;
+    SchedRows rows = n->cls == SCHED_CONST  ? SCHED_ROWS_ONE
+                     : n->cls == SCHED_STEP ? SCHED_ROWS_B
+                     : n->chunked           ? SCHED_ROWS_BTC
+                                            : SCHED_ROWS_BT;
+    if (nd->op == IR_CALL) {
+      const SchedInst *child = &p->s->insts.v[in->layers[nd->index]];
+      n->call_out = arena_calloc(p->a, (size_t)child->fn->outputs.n + 1, sizeof(int));
+      n->call_in = arena_calloc(p->a, (size_t)nd->nargs + 1, sizeof(int));
+      if (!n->call_out || !n->call_in) return oom(p);
+      for (int j = 0; j < nd->nargs; j++) {
+        n->call_in[j] = -1;
+        const SchedValue *a = &p->v[nd->args[j]];
+        /* A layer reads an input per token: a constant is repeated for each. */
+        if (a->cls == SCHED_CONST &&
+            (n->call_in[j] = add_buf(p, SCHED_BUF_CALL_IN, SCHED_ROWS_BT, sched_row_floats(a), 0,
+                                     r, j)) < 0)
+          return oom(p);
+      }
+      for (int j = 0; j < child->fn->outputs.n; j++) {
+        int64_t ne;
+        if (plan_type_floats(p, child, child->fn->outputs.v[j].type, nd->loc, &ne)) return -1;
+        if ((n->call_out[j] = add_buf(p, SCHED_BUF_CALL_OUT, SCHED_ROWS_BT, ne, 0, r, j)) < 0)
+          return oom(p);
+      }
+      continue;
+    }
+    if (n->uses == 0) continue;
+    /* An elementwise node whose first operand is a scratch buffer of the
+     * same class and size, read by nothing else, writes over it (the
+     * hoisted "W x + b" then costs one [B*T, 4H] buffer, not two). */
+    if ((ir_op_info[nd->op].flags & IRF_EW) && nd->nargs >= 1) {
+      IrRef a0 = nd->args[0];
+      const IrNode *an = &fn->nodes.v[a0];
+      const SchedValue *a = &p->v[a0];
+      if (!read_at_end(fn, a0) && a->uses == 1 && a->cls == n->cls && a->numel == n->numel &&
+          a->w == n->w && !sched_is_view(an->op) && an->op != IR_CALL && !a->inplace &&
+          a->buf >= 0) {
+        n->inplace = 1;
+        n->buf = a->buf;
+        continue;
+      }
+    }
+    if ((n->buf = add_buf(p, SCHED_BUF_NODE, rows, sched_row_floats(n), 0, r, 0)) < 0)
+      return oom(p);
+    if (n->gemm &&
+        (n->pack_buf = add_buf(p, SCHED_BUF_PACKED, SCHED_ROWS_ONE, sched_packed_floats(n), 1, r,
+                               0)) < 0)
+      return oom(p);
+    if (n->cgemm && (n->creal_buf = add_buf(p, SCHED_BUF_CREAL, SCHED_ROWS_ONE,
+                                            n->gemm_n * n->gemm_k, 1, r, 0)) < 0)
+      return oom(p);
+    if (n->gemm && n->chunked) {
+      const SchedValue *x = &p->v[nd->args[n->gemm == SCHED_GEMM_WX ? 1 : 0]];
+      if (!x->chunked && (n->gather_buf = add_buf(p, SCHED_BUF_GATHER, SCHED_ROWS_BTC,
+                                                  sched_row_floats(x), 0, r, 0)) < 0)
+        return oom(p);
+    }
+  }
+  for (int st = 0; st < fn->states.n; st++) {
+    int64_t floats = p->s->sig.states.v[in->states[st]].numel;
+    in->state_tmp[st] = -1;
+    if ((in->state_buf[st] = add_buf(p, SCHED_BUF_STATE, SCHED_ROWS_B, floats, 0, st, 0)) < 0)
+      return oom(p);
+    int j = fn->states.v[st].next >= 0 ? sched_state_alias(fn, fn->states.v[st].next) : -1;
+    if (j >= 0 && j != st &&
+        (in->state_tmp[st] = add_buf(p, SCHED_BUF_STATE_TMP, SCHED_ROWS_B, floats, 0, st, 0)) < 0)
+      return oom(p);
+  }
+  return 0;
+}
+
+/* ---- stages ----------------------------------------------------------------- */
+
+typedef VEC(SchedOp) OpList;
+
+static SchedOp *add_op(Plan *p, OpList *list, SchedOpKind kind, SchedClass cls, IrRef node,
+                       IrRef last) {
+  SchedOp op;
+  memset(&op, 0, sizeof op);
+  op.kind = kind;
+  op.cls = cls;
+  op.node = node;
+  op.last = last;
+  if (vec_push(p->a, list, op)) {
+    oom(p);
+    p->failed = 1;
+    return NULL;
+  }
+  return &list->v[list->n - 1];
+}
+
+/* The nodes of `phase` in order: runs of row-wise nodes inside loops over
+ * the phase's rows (fused where they can be), broken by GEMMs, layer calls
+ * and convolutions, which run over all rows at once. */
+static int build_phase(Plan *p, OpList *list, SchedClass phase) {
+  const IrFunc *fn = p->fn;
+  int rows = -1; /* index in list of the open ROWS op */
+  for (IrRef r = 0; r < fn->nodes.n; r++) {
+    const IrNode *nd = &fn->nodes.v[r];
+    const SchedValue *n = &p->v[r];
+    if (n->cls != phase || sched_is_view(nd->op)) continue;
+    if (n->uses == 0 && nd->op != IR_CALL) continue;
+    if (n->gemm || nd->op == IR_CALL || nd->op == IR_CAUSAL_CONV) {
+      rows = -1;
+      SchedOpKind k = n->gemm ? SCHED_OP_GEMM : nd->op == IR_CALL ? SCHED_OP_CALL : SCHED_OP_CONV;
+      if (!add_op(p, list, k, phase, r, r)) return -1;
+      continue;
+    }
+    if (rows < 0) {
+      if (!add_op(p, list, SCHED_OP_ROWS, phase, -1, -1)) return -1;
+      rows = list->n - 1;
+    }
+    IrRef last = plan_fused_run_end(p, phase, r);
+    OpList *body = (OpList *)&list->v[rows].body;
+    if (!add_op(p, body, last > r ? SCHED_OP_FUSED : SCHED_OP_NODE, phase, r, last)) return -1;
+    r = last;
+  }
+  return 0;
+}
+
+/* One step: the state-dependent nodes for all B examples, then per active
+ * example its outputs and new states. */
+static int build_time_loop(Plan *p, OpList *list) {
+  SchedOp *loop = add_op(p, list, SCHED_OP_TIME_LOOP, SCHED_STEP, -1, -1);
+  if (!loop) return -1;
+  OpList *body = (OpList *)&loop->body;
+  if (build_phase(p, body, SCHED_STEP)) return -1;
+  return add_op(p, body, SCHED_OP_COMMIT, SCHED_STEP, -1, -1) ? 0 : -1;
+}
+
+static int build_ops(Plan *p) {
+  const IrFunc *fn = p->fn;
+  SchedInst *in = p->in;
+  OpList *top = (OpList *)&in->ops;
+  /* Constants, once per call; then the GEMMs' packed weights. */
+  for (IrRef r = 0; r < fn->nodes.n; r++)
+    if (p->v[r].cls == SCHED_CONST && !sched_is_view(fn->nodes.v[r].op) && p->v[r].uses > 0 &&
+        !add_op(p, top, SCHED_OP_NODE, SCHED_CONST, r, r))
+      return -1;
+  for (IrRef r = 0; r < fn->nodes.n; r++)
+    if (p->v[r].gemm && p->v[r].uses > 0 && !add_op(p, top, SCHED_OP_PACK, SCHED_CONST, r, r))
+      return -1;
+  if (!add_op(p, top, SCHED_OP_ZERO_OUTPUTS, SCHED_CONST, -1, -1)) return -1;
+  int cell = fn->kind == IR_FN_CELL;
+  if (cell && in->chunked) {
+    /* Chunks of Tc steps: the chunk's TOKEN rows (its share of the hoisted
+     * input projections), then its steps, so those rows are read back from
+     * cache rather than from a [B*T, ...] buffer in memory. */
+    if (!add_op(p, top, SCHED_OP_STATE_INIT, SCHED_CONST, -1, -1)) return -1;
+    SchedOp *chunks = add_op(p, top, SCHED_OP_CHUNK_LOOP, SCHED_TOKEN, -1, -1);
+    if (!chunks) return -1;
+    OpList *body = (OpList *)&chunks->body;
+    if (build_phase(p, body, SCHED_TOKEN) ||
+        !add_op(p, body, SCHED_OP_TOKEN_OUTPUTS, SCHED_TOKEN, -1, -1) || build_time_loop(p, body))
+      return -1;
+  } else {
+    if (build_phase(p, top, SCHED_TOKEN) ||
+        !add_op(p, top, SCHED_OP_TOKEN_OUTPUTS, SCHED_TOKEN, -1, -1))
+      return -1;
+    if (cell) {
+      if (!add_op(p, top, SCHED_OP_STATE_INIT, SCHED_CONST, -1, -1)) return -1;
+      if (fn->states.n > 0 && build_time_loop(p, top)) return -1;
+    }
+  }
+  if (cell && !add_op(p, top, SCHED_OP_FINAL_STATES, SCHED_CONST, -1, -1)) return -1;
+  return p->failed ? -1 : 0;
+}
+
+/* ---- the schedule ------------------------------------------------------------- */
+
+int sched_build(Arena *a, const IrModule *m, const IrFunc *root, const int64_t *dims,
+                const char *symbol, Schedule **out, DiagEngine *de) {
+  *out = NULL;
+  Schedule *s = arena_calloc(a, 1, sizeof *s);
+  if (!s) {
+    diag_error(de, (SrcLoc){0}, "out of memory scheduling %s", root->name);
+    return -1;
+  }
+  Plan p = {a, m, de, s, NULL, NULL, NULL, 0};
+  s->mod = m;
+  s->chunk_budget = CHUNK_BUDGET;
+  s->pack_min_tokens = PACK_MIN_TOKENS;
+  s->pack_swap_min_b = PACK_SWAP_MIN_B;
+  s->pack_min_steps = PACK_MIN_STEPS;
+  AbiSignature *sig = &s->sig;
+  sig->func = root->name;
+  sig->symbol = symbol;
+  sig->ndims = root->dims.n;
+  sig->dim_names = arena_calloc(a, (size_t)root->dims.n + 1, sizeof(char *));
+  sig->dim_values = arena_calloc(a, (size_t)root->dims.n + 1, sizeof(int64_t));
+  if (!sig->dim_names || !sig->dim_values) return oom(&p);
+  for (int i = 0; i < root->dims.n; i++) {
+    if (dims[i] < 0) {
+      diag_error(de, root->dims.v[i].loc, "dimension %s has no value", root->dims.v[i].name);
+      return -1;
+    }
+    sig->dim_names[i] = root->dims.v[i].name;
+    sig->dim_values[i] = dims[i];
+  }
+  if (build_instances(&p, root, dims)) return -1;
+  sig->has_step = !needs_whole_sequence(s);
+  for (int i = 0; i < s->insts.n; i++) {
+    p.in = &s->insts.v[i];
+    p.fn = p.in->fn;
+    p.v = p.in->values;
+    if (plan_values(&p) || plan_limits(&p) || place_buffers(&p) || build_ops(&p) || p.failed)
+      return -1;
+  }
+  *out = s;
+  return 0;
+}

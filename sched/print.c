@@ -1,0 +1,181 @@
+/* print.c - the schedule as stable text (`seqc --emit=sched`): the
+ * signature, then per instance its buffers and its stage tree. Nodes are
+ * named as in `--emit=ir` (v12), so the two read side by side. */
+#include "sched/sched_internal.h"
+
+static const char *rows_name(SchedRows r) {
+  switch (r) {
+  case SCHED_ROWS_ONE:
+    return "1";
+  case SCHED_ROWS_B:
+    return "B";
+  case SCHED_ROWS_BT:
+    return "B*T";
+  case SCHED_ROWS_BTC:
+    return "B*Tc";
+  }
+  return "?";
+}
+
+/* Rows of a class's loop in instance in. */
+static const char *class_rows(const SchedInst *in, SchedClass c) {
+  return c == SCHED_STEP ? "B" : c == SCHED_CONST ? "1" : in->chunked ? "B*Tc" : "B*T";
+}
+
+static void print_tensor(FILE *out, const char *kind, const AbiTensor *t) {
+  fprintf(out, "  %s %s [", kind, t->name);
+  for (int d = 0; d < t->ndim; d++) fprintf(out, "%s%lld", d ? ", " : "", (long long)t->shape[d]);
+  fprintf(out, "]%s%s\n", t->is_int ? " int32" : "", t->is_complex ? " complex (re, im)" : "");
+}
+
+static void print_shape(FILE *out, const SchedValue *v) {
+  fputc('[', out);
+  for (int d = 0; d < v->rank; d++) fprintf(out, "%s%lld", d ? ", " : "", (long long)v->shape[d]);
+  fputc(']', out);
+  if (v->w == 2) fputs(" complex", out);
+}
+
+static void print_buf(FILE *out, const SchedInst *in, int i) {
+  const SchedBuf *b = &in->bufs.v[i];
+  fprintf(out, "    b%d ", i);
+  switch (b->kind) {
+  case SCHED_BUF_NODE:
+    fprintf(out, "v%d", b->node);
+    break;
+  case SCHED_BUF_PACKED:
+    fprintf(out, "packed weight of v%d (only when the call packs)", b->node);
+    break;
+  case SCHED_BUF_CREAL:
+    fprintf(out, "real form of the complex weight of v%d", b->node);
+    break;
+  case SCHED_BUF_GATHER:
+    fprintf(out, "chunk rows of the operand of v%d", b->node);
+    break;
+  case SCHED_BUF_CALL_OUT:
+    fprintf(out, "output %d of call v%d", b->index, b->node);
+    break;
+  case SCHED_BUF_CALL_IN:
+    fprintf(out, "argument %d of call v%d, per token", b->index, b->node);
+    break;
+  case SCHED_BUF_STATE:
+    fprintf(out, "state %s", in->fn->states.v[b->node].name);
+    break;
+  case SCHED_BUF_STATE_TMP:
+    fprintf(out, "next value of state %s", in->fn->states.v[b->node].name);
+    break;
+  }
+  fprintf(out, ": %s x %lld floats%s\n", rows_name(b->rows), (long long)b->row_floats,
+          b->weights_block ? ", weights block" : "");
+}
+
+static void indent(FILE *out, int depth) {
+  for (int i = 0; i < depth; i++) fputs("  ", out);
+}
+
+static void print_node(FILE *out, const SchedInst *in, IrRef r) {
+  const IrNode *nd = &in->fn->nodes.v[r];
+  fprintf(out, "v%d %s", r, ir_op_info[nd->op].text);
+}
+
+static void print_ops(FILE *out, const SchedInst *in, const SchedOp *ops, int n, int depth) {
+  for (int i = 0; i < n; i++) {
+    const SchedOp *op = &ops[i];
+    const SchedValue *v = op->node >= 0 ? &in->values[op->node] : NULL;
+    indent(out, depth);
+    switch (op->kind) {
+    case SCHED_OP_NODE:
+      print_node(out, in, op->node);
+      fputc(' ', out);
+      print_shape(out, v);
+      if (v->inplace) fputs(" in place", out);
+      fputc('\n', out);
+      break;
+    case SCHED_OP_FUSED: {
+      int members = 0;
+      for (IrRef r = op->node; r <= op->last; r++)
+        members += in->values[r].cls == op->cls && !sched_is_view(in->fn->nodes.v[r].op) &&
+                   (in->values[r].uses > 0);
+      fprintf(out, "fused v%d..v%d (%d nodes) over ", op->node, op->last, members);
+      print_shape(out, v);
+      fputc('\n', out);
+      break;
+    }
+    case SCHED_OP_ROWS:
+      fprintf(out, "rows %s:\n", class_rows(in, op->cls));
+      print_ops(out, in, op->body.v, op->body.n, depth + 1);
+      break;
+    case SCHED_OP_GEMM:
+      fprintf(out, "gemm v%d = %s, N=%lld K=%lld%s, over %s rows\n", op->node,
+              v->gemm == SCHED_GEMM_WX ? "W @ x" : "x @ W", (long long)v->gemm_n,
+              (long long)v->gemm_k, v->cgemm ? " (complex W as real)" : "",
+              class_rows(in, op->cls));
+      break;
+    case SCHED_OP_CALL:
+      fprintf(out, "call v%d layer %s (instance %d)%s\n", op->node,
+              in->fn->layers.v[in->fn->nodes.v[op->node].index].name,
+              in->layers[in->fn->nodes.v[op->node].index],
+              in->fn->layers.v[in->fn->nodes.v[op->node].index].reverse ? " reversed" : "");
+      break;
+    case SCHED_OP_CONV:
+      fprintf(out, "causal_conv v%d over the sequence\n", op->node);
+      break;
+    case SCHED_OP_PACK:
+      fprintf(out, "pack the weight of v%d%s (when the call packs)\n", op->node,
+              v->cgemm ? " after its real form" : "");
+      break;
+    case SCHED_OP_ZERO_OUTPUTS:
+      fputs("zero the outputs (with lengths)\n", out);
+      break;
+    case SCHED_OP_STATE_INIT:
+      fputs("initial states\n", out);
+      break;
+    case SCHED_OP_TOKEN_OUTPUTS:
+      fputs("outputs that read no state\n", out);
+      break;
+    case SCHED_OP_CHUNK_LOOP:
+      fprintf(out, "time chunks of Tc steps (%lld floats per token):\n",
+              (long long)in->chunk_floats);
+      print_ops(out, in, op->body.v, op->body.n, depth + 1);
+      break;
+    case SCHED_OP_TIME_LOOP:
+      fputs("time steps:\n", out);
+      print_ops(out, in, op->body.v, op->body.n, depth + 1);
+      break;
+    case SCHED_OP_COMMIT:
+      fputs("commit: outputs of the step, new states (active examples)\n", out);
+      break;
+    case SCHED_OP_FINAL_STATES:
+      fputs("final states\n", out);
+      break;
+    }
+  }
+}
+
+void sched_print(FILE *out, const Schedule *s) {
+  const AbiSignature *sig = &s->sig;
+  fprintf(out, "schedule %s (symbol %s)", sig->func, sig->symbol);
+  for (int i = 0; i < sig->ndims; i++)
+    fprintf(out, "%s%s=%lld", i ? ", " : " dims ", sig->dim_names[i],
+            (long long)sig->dim_values[i]);
+  fputc('\n', out);
+  for (int i = 0; i < sig->params.n; i++) print_tensor(out, "param", &sig->params.v[i]);
+  for (int i = 0; i < sig->inputs.n; i++) print_tensor(out, "input", &sig->inputs.v[i]);
+  for (int i = 0; i < sig->outputs.n; i++) print_tensor(out, "output", &sig->outputs.v[i]);
+  for (int i = 0; i < sig->states.n; i++) print_tensor(out, "state", &sig->states.v[i]);
+  fprintf(out, "  step entry point: %s\n", sig->has_step ? "yes" : "no (needs whole sequences)");
+  fprintf(out, "  work per token: %lld\n", (long long)s->work_per_token);
+  for (int i = 0; i < s->insts.n; i++) {
+    const SchedInst *in = &s->insts.v[i];
+    fprintf(out, "instance %d: %s %s", i, in->fn->kind == IR_FN_CELL ? "cell" : "model",
+            in->fn->name);
+    for (int d = 0; d < in->fn->dims.n; d++)
+      fprintf(out, "%s%s=%lld", d ? ", " : " (", in->fn->dims.v[d].name, (long long)in->dims[d]);
+    fputs(in->fn->dims.n ? ")\n" : "\n", out);
+    fprintf(out, "  limits: %lld floats per token, %lld per example\n",
+            (long long)in->per_token, (long long)in->per_example);
+    fputs("  buffers:\n", out);
+    for (int b = 0; b < in->bufs.n; b++) print_buf(out, in, b);
+    fputs("  stages:\n", out);
+    print_ops(out, in, in->ops.v, in->ops.n, 2);
+  }
+}

@@ -1,0 +1,188 @@
+/* sched.h - the schedule: everything compiled code will do, decided before
+ * any backend sees it, with no LLVM in it.
+ *
+ * A schedule is made for one bound root function (concrete dims) and one
+ * target. It flattens the instance tree (a cell, or a model and its layers)
+ * and, per instance, decides
+ *   - where every IR node is computed (SchedValue.cls):
+ *       CONST  params and constants only: once per call, one row;
+ *       TOKEN  reads inputs but no state: hoisted out of the time loop, one
+ *              row per token (B*T rows, or B*Tc per time chunk);
+ *       STEP   reads a state: inside the time loop, one row per example;
+ *   - which matrix products become one GEMM over all rows of their class,
+ *     and whose weights are packed;
+ *   - which runs of elementwise nodes share one element loop (fusion);
+ *   - every buffer (rows and floats per row; in-place reuse), in the order a
+ *     backend places them;
+ *   - the stages in dependency order, as a tree of SchedOps: loops over rows,
+ *     time chunks and time steps around nodes, fused runs and whole-sequence
+ *     kernels.
+ * A backend renders the tree; it decides nothing (sched_print shows it all:
+ * `seqc --emit=sched`).
+ */
+#ifndef SEQ_SCHED_H
+#define SEQ_SCHED_H
+
+#include <stdio.h>
+
+#include "ir/ir.h"
+#include "sched/abi.h"
+
+/* ---- Values ----------------------------------------------------------------- */
+
+/* Where a node is computed; also how many rows its buffer has (ONE, B*T or
+ * B*Tc, B). */
+typedef enum { SCHED_CONST, SCHED_TOKEN, SCHED_STEP } SchedClass;
+
+/* A matrix product run as one GEMM over all rows of its class. */
+typedef enum {
+  SCHED_GEMM_NONE = 0,
+  SCHED_GEMM_WX = 'T', /* W[N,K] @ x: the weight is the first operand (read transposed) */
+  SCHED_GEMM_XW = 'N', /* x @ W[K,N] */
+} SchedGemm;
+
+/* One per IR node of an instance. */
+typedef struct SchedValue {
+  SchedClass cls;
+  int rank;
+  int64_t shape[SEQ_MAX_RANK];
+  int64_t numel; /* elements per row */
+  int w;         /* floats per element: 2 for complex (re, im interleaved), else 1 */
+  int is_int;    /* an int token input (int32) */
+  int uses;      /* readers: nodes, outputs, states' init and next */
+  SchedGemm gemm;
+  int cgemm;              /* WX with a complex weight: a real GEMM on W's real form */
+  int64_t gemm_k, gemm_n; /* the GEMM's K and N (in real floats for cgemm) */
+  int chunked;            /* a TOKEN buffer holding one time chunk: rows b*Tc + j */
+  int inplace;            /* writes over operand 0's buffer */
+  int buf;                /* SchedInst.bufs index of its value; -1 for views and unused nodes */
+  int pack_buf;           /* GEMM: its packed weight (-1: none) */
+  int creal_buf;          /* cgemm: the real form of the complex weight */
+  int gather_buf;         /* chunked GEMM over a whole-sequence operand: its chunk's rows */
+  int *call_out;          /* CALL: per callee output, its buffer */
+  int *call_in;           /* CALL: per argument, a per-token copy of a CONST argument (-1: none) */
+} SchedValue;
+
+/* ---- Buffers ---------------------------------------------------------------- */
+
+typedef enum {
+  SCHED_ROWS_ONE, /* once per call */
+  SCHED_ROWS_B,   /* one row per example */
+  SCHED_ROWS_BT,  /* one row per token */
+  SCHED_ROWS_BTC, /* one row per token of a time chunk */
+} SchedRows;
+
+typedef enum {
+  SCHED_BUF_NODE,      /* a node's value */
+  SCHED_BUF_PACKED,    /* a GEMM weight packed for the runtime kernel (only when packing) */
+  SCHED_BUF_CREAL,     /* the real form of a complex GEMM weight */
+  SCHED_BUF_GATHER,    /* one chunk's rows of a whole-sequence GEMM operand */
+  SCHED_BUF_CALL_OUT,  /* a layer call's output sequence */
+  SCHED_BUF_CALL_IN,   /* a constant argument of a layer call, repeated per token */
+  SCHED_BUF_STATE,     /* a state's storage */
+  SCHED_BUF_STATE_TMP, /* a shifted state's new value, before it is stored */
+} SchedBufKind;
+
+/* Buffers are placed in order, each at a 16-float boundary, in one of two
+ * blocks: scratch is zeroed when allocated; the weights block (packed and
+ * real-form weights, written whole before they are read) is not. */
+typedef struct SchedBuf {
+  SchedBufKind kind;
+  SchedRows rows;
+  int64_t row_floats;
+  int weights_block;
+  IrRef node; /* the node it belongs to, or the state index for STATE and STATE_TMP */
+  int index;  /* CALL_OUT: output; CALL_IN: argument */
+} SchedBuf;
+
+/* ---- Stages ------------------------------------------------------------------- */
+
+typedef enum {
+  SCHED_OP_NODE,          /* node on the current row (or once, for CONST) */
+  SCHED_OP_FUSED,         /* nodes node..last of the loop's class in one element loop */
+  SCHED_OP_ROWS,          /* a loop over the rows of class `cls` around `body` */
+  SCHED_OP_GEMM,          /* node over all rows of its class: one runtime GEMM */
+  SCHED_OP_CALL,          /* node runs a layer over the whole sequence */
+  SCHED_OP_CONV,          /* node: causal convolution over the whole sequence */
+  SCHED_OP_PACK,          /* the weight of GEMM `node` packed (after its real form, for cgemm) */
+  SCHED_OP_ZERO_OUTPUTS,  /* outputs past each sequence's end are zero (with lengths) */
+  SCHED_OP_STATE_INIT,    /* states from state_in, else their declared initial value */
+  SCHED_OP_TOKEN_OUTPUTS, /* outputs that read no state, for the TOKEN rows in hand */
+  SCHED_OP_CHUNK_LOOP,    /* for each time chunk of Tc steps: body */
+  SCHED_OP_TIME_LOOP,     /* for each step t (of the chunk, or of [0, T)): body */
+  SCHED_OP_COMMIT,        /* per active example: this step's outputs, then the new states */
+  SCHED_OP_FINAL_STATES,  /* state_out from the states' storage */
+} SchedOpKind;
+
+typedef struct SchedOp SchedOp;
+struct SchedOp {
+  SchedOpKind kind;
+  SchedClass cls; /* ROWS: whose rows */
+  IrRef node, last;
+  VEC(SchedOp) body;
+};
+
+/* ---- Instances and the schedule ---------------------------------------------- */
+
+typedef struct SchedInst {
+  const IrFunc *fn;
+  int64_t *dims; /* concrete, per dim of fn */
+  int *params;   /* per param of fn: index into the signature's params */
+  int *states;   /* per state of fn: index into the signature's states */
+  int *layers;   /* per layer of fn: index into Schedule.insts */
+  SchedValue *values; /* per node of fn */
+  VEC(SchedBuf) bufs;
+  int *state_buf; /* per state: its storage */
+  int *state_tmp; /* per state: STATE_TMP buffer, or -1 */
+  /* The time loop runs in chunks of Tc steps, Tc = clamp(chunk_budget /
+   * (chunk_floats * max(B, 1)), 1, T), so a chunk's hoisted rows are still in
+   * cache when its steps read them. */
+  int chunked;
+  int64_t chunk_floats; /* floats one token takes in the chunk's buffers */
+  /* Size limits: calls with B*T*per_token or B*per_example floats past 2^40
+   * are refused (ABI_ERR_NOMEM) before anything is allocated. */
+  int64_t per_token, per_example;
+  VEC(SchedOp) ops;
+} SchedInst;
+
+typedef struct Schedule {
+  const IrModule *mod;
+  AbiSignature sig;
+  VEC(SchedInst) insts; /* insts.v[0] is the root, then its layers depth first */
+  /* Work per token over all instances (multiply-adds and element
+   * operations): the runtime's estimate of whether splitting the batch
+   * across threads pays. */
+  int64_t work_per_token;
+  /* Run-time policies with the measurements behind them (sched/plan.c). */
+  int64_t chunk_budget;    /* floats a time chunk's TOKEN buffers may take */
+  int64_t pack_min_tokens; /* calls with fewer tokens multiply by unpacked weights */
+  int64_t pack_swap_min_b; /* ... and so do calls with at least this batch */
+  int64_t pack_min_steps;  /*     and fewer steps than this */
+} Schedule;
+
+/* Schedules `root` of m with the concrete values dims[v] of its dims for the
+ * CPU. `symbol` prefixes the entry points. What the backend cannot run is a
+ * diagnostic at the construct. Returns 0 and *out (arena-owned). */
+int sched_build(Arena *a, const IrModule *m, const IrFunc *root, const int64_t *dims,
+                const char *symbol, Schedule **out, DiagEngine *de);
+
+/* The stable text form (`seqc --emit=sched`). */
+void sched_print(FILE *out, const Schedule *s);
+
+/* Elements of a row of v in floats (complex elements are pairs). */
+int64_t sched_row_floats(const SchedValue *v);
+/* Whether node r of fn is a view of another value (no buffer of its own). */
+int sched_is_view(IrOp op);
+/* For an axis of v: the product of the sizes before it, its size, and the
+ * product after it. */
+void sched_axis_split(const SchedValue *v, int axis, int64_t *outer, int64_t *len,
+                      int64_t *inner);
+/* Floats a packed K x N weight takes (the runtime's layout, rt_cpu.h). */
+int64_t sched_packed_floats(const SchedValue *v);
+/* Node r of in is computed in `phase`: of that class, not a view, and read
+ * by something (or a layer call, which runs for its states). */
+int sched_in_phase(const SchedInst *in, SchedClass phase, IrRef r);
+/* The state whose old value node r is (through reshapes), or -1. */
+int sched_state_alias(const IrFunc *fn, IrRef r);
+
+#endif

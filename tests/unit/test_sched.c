@@ -1,0 +1,159 @@
+/* test_sched.c - the schedule layer (sched/): `seqc --emit=sched` text for a
+ * set of models pinned by golden files (tests/golden/sched/NAME.sched; run
+ * with SEQ_UPDATE_GOLDEN=1 to rewrite them, then read the diff), and
+ * properties every schedule must have whatever the model: buffers of views
+ * are never placed, every node read by a stage has a buffer or is a view,
+ * and stages appear in dependency order. */
+#include "testutil.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "driver/pipeline.h"
+
+typedef struct Case {
+  const char *file;
+  const char *dims; /* "I=3,H=4" */
+  const char *golden; /* NULL: properties only */
+} Case;
+
+static const Case CASES[] = {
+    {"examples/lstm.seq", "I=3,H=4", "lstm"},
+    {"examples/gru.seq", "I=3,H=4", "gru"},
+    {"examples/lru.seq", "H=3,N=4", "lru"},
+    {"examples/s4d.seq", "H=3,N=4", "s4d"},
+    {"examples/bigru.seq", "I=3,H=4", "bigru"},
+    {"examples/lm.seq", "vocab=11,d_model=8,d_ff=16,dt_rank=2", "lm"},
+    {"stdlib/mamba2.seq", "d_model=4,ngroups=2,hpg=2,headdim=2,d_state=3,d_conv=4", NULL},
+    {"stdlib/mlstm.seq", "I=3,NH=2,DH=4", NULL},
+    {"stdlib/rwkv7.seq", "C=4,D_w=3,D_a=3,D_g=3", NULL},
+    {"stdlib/plstm.seq", "I=3,Dk=4,Dv=5,J=2", NULL},
+};
+
+typedef struct Built {
+  Arena *arena;
+  SrcMgr sm;
+  DiagEngine de;
+  Pipeline pipe;
+} Built;
+
+static void schedule(Built *b, const Case *c) {
+  b->arena = arena_create();
+  srcmgr_init(&b->sm, b->arena);
+  diag_init(&b->de, b->arena, stderr);
+  pipeline_init(&b->pipe, b->arena, &b->sm, &b->de);
+  const char *names[16];
+  int64_t values[16];
+  int n = 0;
+  char *spec = arena_strdup(b->arena, c->dims);
+  for (char *tok = strtok(spec, ","); tok && n < 16; tok = strtok(NULL, ",")) {
+    char *eq = strchr(tok, '=');
+    assert_non_null(eq);
+    *eq = 0;
+    names[n] = tok;
+    values[n++] = atoll(eq + 1);
+  }
+  PipeOptions po = {0};
+  po.path = tu_src(c->file);
+  po.ndims = n;
+  po.dim_names = names;
+  po.dim_values = values;
+  po.goal = PIPE_SCHED;
+  if (pipeline_run(&b->pipe, &po)) fail_msg("%s does not schedule", c->file);
+}
+
+/* Every node a stage computes has a buffer (or is a view), and its operands
+ * are computed by an earlier stage, are views, or are constants computed
+ * once at the start. */
+static void check_order(const SchedInst *in, const SchedOp *ops, int n, char *done) {
+  for (int i = 0; i < n; i++) {
+    const SchedOp *op = &ops[i];
+    if (op->body.n) check_order(in, op->body.v, op->body.n, done);
+    if (op->node < 0 || op->kind == SCHED_OP_PACK) continue;
+    IrRef last = op->kind == SCHED_OP_FUSED ? op->last : op->node;
+    for (IrRef r = op->node; r <= last; r++) {
+      const SchedValue *v = &in->values[r];
+      const IrNode *nd = &in->fn->nodes.v[r];
+      if (op->kind == SCHED_OP_FUSED && (v->cls != op->cls || sched_is_view(nd->op) || !v->uses))
+        continue;
+      if (nd->op != IR_CALL && v->buf < 0)
+        fail_msg("%s: v%d (%s) is computed but has no buffer", in->fn->name, r,
+                 ir_op_info[nd->op].text);
+      for (int j = 0; j < nd->nargs; j++) {
+        IrRef a = nd->args[j];
+        /* Views are ready when what they view is; walk down to a real value. */
+        while (a >= 0 && sched_is_view(in->fn->nodes.v[a].op) && in->fn->nodes.v[a].nargs > 0 &&
+               in->fn->nodes.v[a].op != IR_RESULT)
+          a = in->fn->nodes.v[a].args[0];
+        const IrNode *an = &in->fn->nodes.v[a];
+        if (sched_is_view(an->op) && an->op != IR_RESULT) continue;
+        if (an->op == IR_RESULT) a = an->args[0];
+        if (!done[a] && !(op->kind == SCHED_OP_FUSED && a >= op->node && a < r))
+          fail_msg("%s: v%d reads v%d before a stage computes it", in->fn->name, r, a);
+      }
+      done[r] = 1;
+    }
+  }
+}
+
+static void test_properties(void **st) {
+  (void)st;
+  for (size_t k = 0; k < sizeof CASES / sizeof CASES[0]; k++) {
+    Built b;
+    schedule(&b, &CASES[k]);
+    const Schedule *s = b.pipe.sched;
+    for (int i = 0; i < s->insts.n; i++) {
+      const SchedInst *in = &s->insts.v[i];
+      for (int j = 0; j < in->bufs.n; j++)
+        if (in->bufs.v[j].kind == SCHED_BUF_NODE &&
+            sched_is_view(in->fn->nodes.v[in->bufs.v[j].node].op))
+          fail_msg("%s: a view has a buffer", CASES[k].file);
+      char *done = arena_calloc(b.arena, (size_t)in->fn->nodes.n + 1, 1);
+      assert_non_null(done);
+      check_order(in, in->ops.v, in->ops.n, done);
+    }
+    pipeline_release(&b.pipe);
+    arena_destroy(b.arena);
+  }
+}
+
+static void test_golden(void **st) {
+  (void)st;
+  for (size_t k = 0; k < sizeof CASES / sizeof CASES[0]; k++) {
+    if (!CASES[k].golden) continue;
+    Built b;
+    schedule(&b, &CASES[k]);
+    char *text = NULL;
+    size_t len = 0;
+    FILE *out = open_memstream(&text, &len);
+    assert_non_null(out);
+    sched_print(out, b.pipe.sched);
+    fclose(out);
+    char path[256];
+    snprintf(path, sizeof path, "tests/golden/sched/%s.sched", CASES[k].golden);
+    tu_check_golden(text, path);
+    free(text);
+    pipeline_release(&b.pipe);
+    arena_destroy(b.arena);
+  }
+}
+
+/* The CLI prints the same text. */
+static void test_cli(void **st) {
+  (void)st;
+  char args[1024];
+  snprintf(args, sizeof args, "--emit=sched %s --dims I=3,H=4", tu_src("examples/lstm.seq"));
+  tu_expect_seqc(tu_tmpdir(), args, 0, "schedule LSTM (symbol lstm) dims I=3, H=4");
+  snprintf(args, sizeof args, "--emit=sched %s", tu_src("examples/lstm.seq"));
+  tu_expect_seqc(tu_tmpdir(), args, 1, "dim");
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_properties),
+      cmocka_unit_test(test_golden),
+      cmocka_unit_test(test_cli),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
