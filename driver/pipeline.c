@@ -80,17 +80,29 @@ int pipeline_run(Pipeline *p, const PipeOptions *o) {
   }
   if (o->goal <= PIPE_BOUND) return 0;
 
-  /* 4. Schedule: kernels, buffers and stages for the bound root. */
+  /* 4. Choose the form of every state (the request, or the cost model at
+   *    these dims) and rewrite cells into their parallel forms. */
+  if (p->reached < PIPE_FORMS) {
+    if (strategy_choose(p->arena, p->rewritten, p->root, p->classes, o->strategy, &p->plan,
+                        p->de) ||
+        scan_module(p->arena, p->rewritten, p->classes, p->plan, &p->parallel, p->de) ||
+        verify(p, p->parallel, "scan"))
+      return -1;
+    p->reached = PIPE_FORMS;
+  }
+  if (o->goal <= PIPE_FORMS) return 0;
+
+  /* 5. Schedule kernels, buffers and stages for the bound root. */
   if (p->reached < PIPE_SCHED) {
-    const char *symbol = abi_c_identifier(p->arena, p->root->name);
-    if (!symbol ||
-        sched_build(p->arena, p->rewritten, p->root, p->bind.dims, symbol, &p->sched, p->de))
+    const IrFunc *root = p->parallel->funcs.v[p->parallel->entry];
+    const char *symbol = abi_c_identifier(p->arena, root->name);
+    if (!symbol || sched_build(p->arena, p->parallel, root, p->bind.dims, symbol, &p->sched, p->de))
       return -1;
     p->reached = PIPE_SCHED;
   }
   if (o->goal <= PIPE_SCHED) return 0;
 
-  /* 5. Render: LLVM, compiled in memory or written to a file. */
+  /* 6. Render: LLVM, compiled in memory or written to a file. */
   if (o->goal == PIPE_JIT) {
     if (!p->jit && !(p->jit = cg_jit_compile(p->arena, p->sched, &o->cg, p->de))) return -1;
     p->reached = PIPE_JIT;

@@ -4,6 +4,7 @@
  *   rewrite, verify                    passes/rewrite.c
  *   classify                           passes/classify.c
  *   bind dims                          ir/bind.c
+ *   choose forms, parallelize, verify  passes/strategy.c, passes/scan.c
  *   schedule                           sched/
  *   render                             codegen/          (LLVM: JIT or a file)
  *
@@ -28,6 +29,7 @@ typedef enum {
   PIPE_IR,     /* the checked IR */
   PIPE_REPORT, /* + rewritten and classified */
   PIPE_BOUND,  /* + dims bound (the interpreter runs from here, once weights are loaded) */
+  PIPE_FORMS,  /* + a form chosen for every state, cells rewritten into parallel forms */
   PIPE_SCHED,  /* + scheduled */
   PIPE_JIT,    /* + rendered and compiled in memory */
   PIPE_OBJECT, /* + rendered and written to a file */
@@ -48,6 +50,7 @@ typedef struct PipeOptions {
   void *weight_ctx;
   const int *input_ndims;
   const int64_t *const *input_shapes;
+  const StrategyRequest *strategy;     /* --strategy; NULL: auto for every state */
   CgOptions cg;                        /* optimization level, target cpu and features */
   CgEmitKind emit;                     /* PIPE_OBJECT: what to write */
   const char *out_path, *header_path;  /* PIPE_OBJECT */
@@ -63,6 +66,8 @@ typedef struct Pipeline {
   const IrFunc *root;    /* the entry in rewritten */
   ClassifyResult *classes; /* of rewritten */
   IrBinding bind;        /* the entry of source, dims bound; weights are the caller's to load */
+  StrategyPlan *plan;    /* the form of every state */
+  IrModule *parallel;    /* rewritten with cells in their parallel forms (scan.c) */
   Schedule *sched;
   CgJit *jit;            /* PIPE_JIT; owned (pipeline_release) */
 } Pipeline;

@@ -761,7 +761,8 @@ static void mark_nodes(Inst *in) {
   for (int i = 0; i < fn->nodes.n; i++) {
     const IrNode *nd = &fn->nodes.v[i];
     int v = nd->op == IR_INPUT || nd->op == IR_STATE || nd->op == IR_CALL || nd->op == IR_RESULT ||
-            nd->op == IR_CAUSAL_CONV;
+            nd->op == IR_CAUSAL_CONV || nd->op == IR_SCAN || nd->op == IR_SCAN_MAX ||
+            nd->op == IR_DELAY || nd->op == IR_WINDOW;
     for (int k = 0; k < nd->nargs && !v; k++) v = sl[nd->args[k]].varying;
     sl[i].varying = v;
   }
@@ -894,9 +895,12 @@ static int alloc_slots(Run *r, Inst *in) {
     if (nd->nargs > 0 && !(s->argv = arena_calloc(r->arena, (size_t)nd->nargs, sizeof(Val))))
       return oom(r);
     if (nd->op == IR_INPUT || nd->op == IR_RESULT) continue; /* views, set when run */
-    int64_t positions = model && s->varying ? r->T : 1;
+    /* A state read in a model is its value entering the sequence: one
+     * position, the same at every step. */
+    int per_position = model && s->varying && nd->op != IR_STATE;
+    int64_t positions = per_position ? r->T : 1;
     if (!(s->v.d = alloc_doubles(r, w, positions))) return value_oom(r, nd, w, positions);
-    s->stride = model && s->varying ? w : 0;
+    s->stride = per_position ? w : 0;
     if (nd->op == IR_RMSNORM || nd->op == IR_LAYERNORM)
       if (!(s->aux = alloc_doubles(r, s->v.n, 2))) return oom(r);
     if (nd->op == IR_CALL) {
@@ -1042,9 +1046,10 @@ static int inst_build(Run *r, const IrFunc *fn, int flat, const int64_t *dims, i
   mark_nodes(in);
   for (int i = 0; i < nn; i++) {
     IrOp op = fn->nodes.v[i].op;
-    int seq_op = op == IR_CALL || op == IR_RESULT || op == IR_CAUSAL_CONV;
-    if (in->slot[i].live &&
-        ((fn->kind == IR_FN_CELL && seq_op) || (fn->kind == IR_FN_MODEL && op == IR_STATE))) {
+    int seq_op = op == IR_CALL || op == IR_RESULT || op == IR_CAUSAL_CONV || op == IR_SCAN ||
+                 op == IR_SCAN_MAX || op == IR_DELAY || op == IR_WINDOW;
+    if (in->slot[i].live && ((fn->kind == IR_FN_CELL && seq_op) ||
+                             (fn->kind == IR_FN_MODEL && op == IR_STATE && fn->states.n == 0))) {
       diag_error(r->de, fn->nodes.v[i].loc, "internal error in interp: %s in a %s",
                  ir_op_info[op].text, fn->kind == IR_FN_CELL ? "cell" : "model");
       return -1;
@@ -1218,8 +1223,96 @@ static void causal_conv(Run *r, Inst *in, int i, int64_t len) {
   }
 }
 
+/* A cell's parallel form (passes/scan.c), evaluated as its definition:
+ * SCAN h_t = a_t * h_{t-1} + b_t, SCAN_MAX h_t = max(a_t + h_{t-1}, b_t),
+ * with h_{-1} the initial value at position 0, over positions [0, len). The
+ * product (sum) and the sum (max) are rounded separately in float32 mode,
+ * as the cell's ops would be, so the parallel form agrees with the step
+ * form to the bit when the step is written a * h + b. */
+static void scan(Run *r, Inst *in, int i, int64_t len) {
+  const IrNode *nd = &in->fn->nodes.v[i];
+  Slot *s = &in->slot[i];
+  const Slot *a = &in->slot[nd->args[0]], *b = &in->slot[nd->args[1]], *h0 = &in->slot[nd->args[2]];
+  int maxplus = nd->op == IR_SCAN_MAX;
+  Val av = a->v;
+  const Val *avp[1] = {&av};
+  for (int64_t t = 0; t < len; t++) {
+    Val prev = s->v, bv = b->v, o = s->v;
+    prev.d = t ? s->v.d + (t - 1) * s->stride : h0->v.d;
+    av.d = a->v.d + t * a->stride;
+    bv.d = b->v.d + t * b->stride;
+    o.d = s->v.d + t * s->stride;
+    BIter it;
+    biter_init(&it, &o, 1, avp);
+    for (int64_t j = 0; j < o.n; j++, biter_next(&it)) {
+      if (o.cplx) {
+        double complex p = cget(&av, it.off[0]) * cget(&prev, j);
+        double pp[2] = {creal(p), cimag(p)};
+        if (!r->f64) round_f32(pp, 2);
+        double complex q = cmk(pp[0], pp[1]) + cget(&bv, j);
+        cput(&o, j, q);
+        if (!r->f64) round_f32(o.d + 2 * j, 2);
+      } else if (maxplus) {
+        double p = av.d[it.off[0]] + prev.d[j];
+        if (!r->f64) p = (double)(float)p;
+        o.d[j] = real_binary(IR_MAX, p, bv.d[j]);
+      } else {
+        double p = av.d[it.off[0]] * prev.d[j];
+        if (!r->f64) p = (double)(float)p;
+        o.d[j] = p + bv.d[j];
+        if (!r->f64) o.d[j] = (double)(float)o.d[j];
+      }
+    }
+  }
+}
+
+/* DELAY: position t holds x at t - 1, position 0 the initial value. */
+static void delay(Inst *in, int i, int64_t len) {
+  const IrNode *nd = &in->fn->nodes.v[i];
+  Slot *s = &in->slot[i];
+  const Slot *x = &in->slot[nd->args[0]], *x0 = &in->slot[nd->args[1]];
+  size_t bytes = (size_t)val_width(&s->v) * sizeof(double);
+  for (int64_t t = 0; t < len; t++)
+    memcpy(s->v.d + t * s->stride, t ? x->v.d + (t - 1) * x->stride : x0->v.d, bytes);
+}
+
+/* WINDOW: at step t, the entries [t*m, t*m + n) along the axis of the
+ * stream w0 (n entries), v_0 (m), v_1 (m), ...: what a shift register
+ * `w' = concat(w[m:], v)` holds entering step t. */
+static void window(Inst *in, int i, int64_t len) {
+  const IrNode *nd = &in->fn->nodes.v[i];
+  Slot *s = &in->slot[i];
+  const Slot *v = &in->slot[nd->args[0]], *w0 = &in->slot[nd->args[1]];
+  int64_t outer, inner; /* inner in doubles */
+  axis_split(&s->v, nd->axis, &outer, &inner);
+  int64_t n = s->v.shape[nd->axis], m = v->v.shape[nd->axis];
+  for (int64_t t = 0; t < len; t++) {
+    double *o = s->v.d + t * s->stride;
+    for (int64_t j = 0; j < n; j++) {
+      int64_t p = t * m + j; /* index into the stream */
+      const double *src;
+      int64_t at, extent;
+      if (p < n) {
+        src = w0->v.d;
+        at = p;
+        extent = n;
+      } else {
+        src = v->v.d + ((p - n) / m) * v->stride;
+        at = (p - n) % m;
+        extent = m;
+      }
+      for (int64_t q = 0; q < outer; q++)
+        memcpy(o + (q * n + j) * inner, src + (q * extent + at) * inner,
+               (size_t)inner * sizeof(double));
+    }
+  }
+}
+
 static int run_model(Run *r, Inst *in, const Seq *ins, int64_t len) {
   const IrFunc *fn = in->fn;
+  /* A model's own states (a cell's parallel form): the value entering the
+   * sequence; the final value is `next` at the sequence's last step. */
+  for (int k = 0; k < fn->states.n; k++) state_init(r, in, k);
   for (int i = 0; i < fn->nodes.n; i++) {
     Slot *s = &in->slot[i];
     if (!s->live || !s->varying) continue;
@@ -1245,6 +1338,19 @@ static int run_model(Run *r, Inst *in, const Seq *ins, int64_t len) {
     case IR_CAUSAL_CONV:
       causal_conv(r, in, i, len);
       break;
+    case IR_STATE:
+      memcpy(s->v.d, in->state_val[nd->index].d, (size_t)val_width(&s->v) * sizeof(double));
+      break;
+    case IR_SCAN:
+    case IR_SCAN_MAX:
+      scan(r, in, i, len);
+      break;
+    case IR_DELAY:
+      delay(in, i, len);
+      break;
+    case IR_WINDOW:
+      window(in, i, len);
+      break;
     default:
       for (int64_t t = 0; t < len; t++) {
         r->t = t;
@@ -1258,6 +1364,13 @@ static int run_model(Run *r, Inst *in, const Seq *ins, int64_t len) {
     int64_t w = in->out_width[k];
     for (int64_t t = 0; t < len; t++)
       memcpy(in->out_seq[k] + t * w, s->v.d + t * s->stride, (size_t)w * sizeof(double));
+  }
+  for (int k = 0; k < fn->states.n; k++) {
+    const Slot *nx = &in->slot[fn->states.v[k].next];
+    if (len > 0)
+      memcpy(in->state_val[k].d, nx->v.d + (len - 1) * nx->stride,
+             (size_t)val_width(&in->state_val[k]) * sizeof(double));
+    state_final(r, in, k);
   }
   /* A layer no node calls still has states: their final value is the initial one. */
   for (int l = 0; l < fn->layers.n; l++)

@@ -631,6 +631,42 @@ int ir_infer_type(const IrFunc *f, Arena *a, const IrNode *proto, int nargs, con
     return result(cx, IR_REAL, 1, u.dims, out);
   }
 
+  case IR_SCAN:
+  case IR_SCAN_MAX: {
+    /* The coefficient a broadcasts to the value b (numpy rules); the initial
+     * value has the result's type. A complex coefficient needs a complex b. */
+    IrType a = ts[0], b = ts[1], h0 = ts[2];
+    if (a.elem == IR_INT || b.elem == IR_INT) return fail(cx, "%s cannot take ints", info->text);
+    if (op == IR_SCAN_MAX && (need_real(cx, info->text, a) || need_real(cx, info->text, b)))
+      return -1;
+    if (a.elem == IR_COMPLEX && b.elem != IR_COMPLEX)
+      return fail(cx, "%s: a complex coefficient %s needs a complex value, not %s", info->text,
+                  tstr(cx, a), tstr(cx, b));
+    IrType as_b = a;
+    as_b.elem = b.elem;
+    if (check_broadcast(cx, as_b, b)) return -1;
+    if (!ir_type_eq(h0, b))
+      return fail(cx, "%s: the initial value %s is not of the value's type %s", info->text,
+                  tstr(cx, h0), tstr(cx, b));
+    return result(cx, b.elem, b.rank, b.dims, out);
+  }
+  case IR_WINDOW: {
+    IrType v = ts[0], w = ts[1];
+    if (check_axis(cx, "window", w, proto->axis)) return -1;
+    int ok = v.elem == w.elem && v.elem != IR_INT && v.rank == w.rank;
+    for (int i = 0; ok && i < w.rank; i++)
+      if (i != proto->axis && !dim_eq(v.dims[i], w.dims[i])) ok = 0;
+    if (!ok)
+      return fail(cx, "window: %s does not extend %s along axis %d", tstr(cx, v), tstr(cx, w),
+                  proto->axis);
+    return result(cx, w.elem, w.rank, w.dims, out);
+  }
+  case IR_DELAY:
+    if (ts[0].elem == IR_INT || !ir_type_eq(ts[0], ts[1]))
+      return fail(cx, "delay: the first value %s is not of the sequence's type %s",
+                  tstr(cx, ts[1]), tstr(cx, ts[0]));
+    return result(cx, ts[0].elem, ts[0].rank, ts[0].dims, out);
+
   default:
     if (info->flags & IRF_EW) return infer_ew(cx, op, nargs, ts, out);
     return fail(cx, "no type rule for %s", info->text);

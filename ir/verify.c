@@ -128,8 +128,13 @@ static void verify_nodes(Verify *v, const IrFunc *f) {
       bad(v, f, r, "%s has a malformed type", info->text);
       continue;
     }
-    if (n->op == IR_STATE && f->kind != IR_FN_CELL) bad(v, f, r, "state read outside a cell");
-    if ((n->op == IR_CALL || n->op == IR_RESULT) && f->kind != IR_FN_MODEL)
+    /* A model reads states only as a cell's parallel form does: the value
+     * entering the sequence. Sequence-level ops need a model. */
+    if (n->op == IR_STATE && f->kind != IR_FN_CELL && f->states.n == 0)
+      bad(v, f, r, "state read outside a cell");
+    if ((n->op == IR_CALL || n->op == IR_RESULT || n->op == IR_SCAN || n->op == IR_SCAN_MAX ||
+         n->op == IR_DELAY || n->op == IR_WINDOW) &&
+        f->kind != IR_FN_MODEL)
       bad(v, f, r, "%s outside a model", info->text);
     if (!dims_ok(n->dval, f->dims.n) || !dims_ok(n->start, f->dims.n) ||
         !dims_ok(n->stop, f->dims.n))
@@ -204,8 +209,10 @@ static void verify_signature(Verify *v, const IrFunc *f) {
   for (int i = 0; i < f->inputs.n; i++)
     if (!f->inputs.v[i].name || !type_ok(f->inputs.v[i].type, nd))
       bad(v, f, IR_NONE, "input %d is malformed", i);
-  if (f->kind == IR_FN_MODEL && f->states.n > 0)
-    bad(v, f, IR_NONE, "a model has states of its own");
+  /* A model has states only as a cell's parallel form (passes/scan.c),
+   * which has no layers. */
+  if (f->kind == IR_FN_MODEL && f->states.n > 0 && f->layers.n > 0)
+    bad(v, f, IR_NONE, "a model has states of its own and layers");
   for (int i = 0; i < f->states.n; i++) {
     const IrState *s = &f->states.v[i];
     if (!s->name || !type_ok(s->type, nd) || s->type.elem == IR_INT) {

@@ -393,6 +393,10 @@ static IrRef tangent(Jac *J, const IrNode *n, const IrRef *x, const IrRef *dx, I
   case IR_CALL:
   case IR_RESULT:
   case IR_CAUSAL_CONV:
+  case IR_SCAN:
+  case IR_SCAN_MAX:
+  case IR_DELAY:
+  case IR_WINDOW:
     not_differentiable(J, n, "is a sequence-level op, not part of a step");
     return IR_NONE;
   case IR_NUM_OPS:

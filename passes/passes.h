@@ -121,4 +121,65 @@ int jacobian_jvp_cell(Arena *a, IrModule *m, const IrFunc *cell, IrFunc **out, D
  * the entry is the complex derivative (real-linear ops are refused). */
 int jacobian_diag_cell(Arena *a, IrModule *m, const IrFunc *cell, IrFunc **out, DiagEngine *de);
 
+/* ---- strategy.c: the form that solves each state --------------------------- */
+
+/* How a state is computed over a sequence (docs/algorithms.md). */
+typedef enum {
+  FORM_AUTO,       /* the cost model's choice */
+  FORM_SEQUENTIAL, /* the step loop: any class */
+  FORM_SCAN,       /* an associative scan: maps, linear diagonal and matrix states, (max, +) */
+  FORM_CHUNKED,    /* chunkwise-parallel: a matrix state read through contractions */
+} Form;
+
+const char *form_name(Form f);
+
+/* --strategy: a form for every state, and forms for named states (flat
+ * names, "S" or "l0.S"). */
+typedef struct StrategyRequest {
+  Form all;
+  int n;
+  const char **names;
+  Form *forms;
+} StrategyRequest;
+
+/* Parses "auto", "scan", "S=chunked,z=scan", "sequential,l0.h=scan", ...
+ * Returns 0, or -1 with a message in err. */
+int strategy_parse(Arena *a, const char *spec, StrategyRequest *out, char *err, size_t errlen);
+
+/* The form of every state of every function of a module, and why. */
+typedef struct StateForm {
+  Form form;
+  const char *why; /* in words: the request, the cost model's numbers, or why not parallel */
+} StateForm;
+
+typedef struct StrategyPlan {
+  StateForm **funcs; /* per module function, per state */
+} StrategyPlan;
+
+/* Chooses the form of every state of m (the module the backends compile,
+ * classified as cr) under the request, for the root `root` with concrete
+ * root dims: a cell runs in parallel only when all its states do, and a
+ * form the class does not admit is an error naming the class when the
+ * request names it. Returns 0, or -1 with a diagnostic. */
+int strategy_choose(Arena *a, const IrModule *m, const IrFunc *root, const ClassifyResult *cr,
+                    const StrategyRequest *req, StrategyPlan **out, DiagEngine *de);
+
+/* ---- scan.c: a cell's parallel form as sequence-level IR ------------------ */
+
+/* Builds the parallel form of `cell` (whose classification is rf): a new
+ * model with the cell's name and signature in which every state's values
+ * over the sequence come from a scan, a scan over (max, +), a map or the
+ * initial value (scan.c says how), read back through delays. Returns 0 and
+ * *out; 1 and *why (in words) when a state has no such form; -1 with a
+ * diagnostic on an internal error. */
+int scan_cell(Arena *a, const IrFunc *cell, const RecFunc *rf, IrFunc **out, const char **why,
+              DiagEngine *de);
+/* A copy of m in which every cell whose states all have a parallel form in
+ * plan is its parallel form (scan_cell); function i of m is function i of
+ * *out, with the same names, parameters, states and outputs, so a binding
+ * of m serves *out. A cell the plan runs in parallel but that has no such
+ * form is an error (the plan checked what it could). */
+int scan_module(Arena *a, const IrModule *m, const ClassifyResult *cr, const StrategyPlan *plan,
+                IrModule **out, DiagEngine *de);
+
 #endif

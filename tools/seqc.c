@@ -51,6 +51,7 @@ typedef struct Options {
   int opt_level;
   const char *target_cpu, *target_features;
   const char *header_path;
+  const char *strategy; /* --strategy=auto|sequential|scan|chunked, or STATE=FORM,... */
   int report;       /* --report: the recurrence classification of every cell */
   int check_finite; /* --check-finite: report the first NaN/Inf and fail */
 } Options;
@@ -62,6 +63,7 @@ static void usage(FILE *out) {
         "           [--expect NAME=FILE.npy ... [--tol X]] [--check-finite] [--f64] [--entry UNIT] "
         "[--quiet]\n"
         "           [--backend=cpu|interp] [--threads N] [-O0..-O3]\n"
+        "           [--strategy=auto|sequential|scan|chunked|STATE=FORM,...]\n"
         "  seqc FILE.seq [--dims ...] [--weights W] -o libNAME.so [-H NAME.h] [-O0..-O3]\n"
         "       [--target-cpu=CPU] [--target-features=+f,-g]\n"
         "  seqc --emit=ir|sched|llvm|asm|obj FILE.seq [--dims ...] [-o OUT] [--entry UNIT]\n"
@@ -184,6 +186,9 @@ static int parse_args(int argc, char **argv, Options *o) {
     } else if ((r = TAKE("-H")) != 0) {
       if (r < 0) return usage_error("%s needs a value", a);
       o->header_path = val;
+    } else if ((r = TAKE("--strategy")) != 0) {
+      if (r < 0) return usage_error("%s needs a value", a);
+      o->strategy = val;
     } else if (strcmp(a, "--check-finite") == 0) {
       o->check_finite = 1;
     } else if (strcmp(a, "--report") == 0) {
@@ -801,6 +806,15 @@ int main(int argc, char **argv) {
   po.dim_names = dims.names;
   po.dim_values = dims.values;
   po.cg = (CgOptions){o.opt_level, o.target_cpu, o.target_features};
+  StrategyRequest strategy;
+  char serr[256];
+  if (strategy_parse(arena, o.strategy, &strategy, serr, sizeof serr)) {
+    rc = usage_error("%s", serr);
+    free_options(&o);
+    arena_destroy(arena);
+    return rc;
+  }
+  po.strategy = &strategy;
   po.goal = o.report ? PIPE_REPORT : PIPE_IR;
   if (pipeline_run(&p, &po)) {
     rc = 1;

@@ -1,0 +1,580 @@
+/* scan.c - a cell's parallel form as sequence-level IR.
+ *
+ * A cell is one time step. When every state of a cell is solved in parallel
+ * (its form, chosen by strategy.c, is not the step loop), the cell is
+ * rewritten into a model of the same name, dims, parameters, inputs, outputs
+ * and states, whose nodes are maps over the whole sequence plus:
+ *
+ *   - a linear state h' = a (.) h + b (a, b free of h; linear diagonal or
+ *     matrix-state classes) becomes  H = scan(a, b, h): the values h leaves
+ *     each step with, a and b computed per token;
+ *   - a (max, +) state m' = max(a + m, b) becomes  M = scan_max(a, b, m);
+ *   - a map state (h' reads no earlier h) is its next value, per token;
+ *   - a carried state is its initial value throughout;
+ *   - every read of h (the value entering a step) becomes delay(H, h), and
+ *     every read of h' becomes H.
+ *
+ * a and b come from a linearization of the state's next value: a walk over
+ * the nodes that depend on the state, in order, keeping for each the pair
+ * (coefficient, rest) of its value as coefficient (.) state + rest. Every
+ * rule is an identity of the algebra (a (.) h + b) + c = a (.) h + (b + c),
+ * (a (.) h + b) * c = (a c) (.) h + b c, ..., so the rewritten form computes
+ * the same values as the step, up to the order of float32 roundings where
+ * the step was not written as a * h + b; the interpreter runs both and the
+ * tests compare them. An op outside the rules (a product of two values that
+ * depend on the state, a division by one, a nonlinear function of it, a
+ * change of shape) means the state has no such form here: the caller keeps
+ * the cell as it is, or reports why when the user asked for the form.
+ *
+ * States are solved in the order of their dependencies (classify.c's
+ * `given` states): a coefficient may read another state's values, old or
+ * new, once that state's sequence exists.
+ */
+#include "passes/passes.h"
+
+#include <math.h>
+#include <string.h>
+
+/* A coefficient that is the identity of the semiring's product: 1 for
+ * (+, x), 0 for (max, +). IR_NONE stands for its zero (0, or -inf). */
+#define LIN_ID (-2)
+
+typedef struct Lin {
+  IrRef a; /* coefficient of the state (LIN_ID, IR_NONE or a node of dst) */
+  IrRef b; /* the rest, free of the state (IR_NONE: the zero) */
+} Lin;
+
+typedef struct Scan {
+  Arena *a;
+  DiagEngine *de;
+  const IrFunc *src;
+  IrFunc *dst;
+  IrRef *map;      /* per src node: its value in dst (IR_NONE: not built yet) */
+  IrRef *state_in; /* per state: dst's STATE node (the value entering the sequence) */
+  int *solved;     /* per state: its sequence exists (map holds its reads) */
+  const char *why; /* why a state has no parallel form */
+  int failed;      /* an internal error or out of memory (diagnosed) */
+} Scan;
+
+static void oom(Scan *S) {
+  if (!S->failed) diag_error(S->de, S->src->loc, "out of memory building the parallel form of %s",
+                             S->src->name);
+  S->failed = 1;
+}
+
+/* ---- building nodes in dst --------------------------------------------------- */
+
+/* A node of dst with op over args, its type inferred (attrs from proto if
+ * given). IR_NONE with a diagnostic when the type does not work out, which
+ * is a bug in a rule here. */
+static IrRef build(Scan *S, IrOp op, int nargs, const IrRef *args, const IrNode *attrs,
+                   SrcLoc loc) {
+  if (S->failed) return IR_NONE;
+  IrNode proto;
+  memset(&proto, 0, sizeof proto);
+  if (attrs) proto = *attrs;
+  proto.op = op;
+  proto.loc = loc;
+  char msg[256] = "";
+  IrType t;
+  if (ir_infer_type(S->dst, S->a, &proto, nargs, args, &t, msg, sizeof msg)) {
+    diag_internal(S->de, "scan", "%s: %s does not type: %s", S->src->name, ir_op_info[op].text,
+                  msg);
+    S->failed = 1;
+    return IR_NONE;
+  }
+  proto.type = t;
+  IrRef r = ir_emit(S->dst, S->a, &proto, nargs, args);
+  if (r == IR_NONE) oom(S);
+  return r;
+}
+
+static IrRef build2(Scan *S, IrOp op, IrRef x, IrRef y, SrcLoc loc) {
+  IrRef args[2] = {x, y};
+  return build(S, op, 2, args, NULL, loc);
+}
+
+static IrRef constant(Scan *S, double v, SrcLoc loc) {
+  IrNode c;
+  memset(&c, 0, sizeof c);
+  c.cval = v;
+  return build(S, IR_CONST, 0, NULL, &c, loc);
+}
+
+/* x with exactly type t: broadcast (numpy rules), and for a complex t a
+ * real x becomes complex(x, 0). */
+static IrRef fit(Scan *S, IrRef x, IrType t, SrcLoc loc) {
+  if (S->failed) return IR_NONE;
+  IrType xt = S->dst->nodes.v[x].type;
+  if (t.elem == IR_COMPLEX && xt.elem != IR_COMPLEX)
+    x = build2(S, IR_CPLX, x, constant(S, 0.0, loc), loc);
+  if (S->failed || ir_type_eq(S->dst->nodes.v[x].type, t)) return x;
+  IrNode bc;
+  memset(&bc, 0, sizeof bc);
+  bc.type = t;
+  return build(S, IR_BROADCAST, 1, &x, &bc, loc);
+}
+
+/* ---- mapping nodes of the step to maps over the sequence ---------------------- */
+
+/* src node r in dst: built on demand, operands first (an explicit stack, so
+ * a long chain does not exhaust the C stack). Reads of a state must have
+ * been given their sequence (map[] of its STATE and next nodes) first. */
+static IrRef map_node(Scan *S, IrRef root) {
+  if (S->failed) return IR_NONE;
+  if (S->map[root] != IR_NONE) return S->map[root];
+  const IrFunc *f = S->src;
+  IrRef *stack = arena_calloc(S->a, (size_t)f->nodes.n + 1, sizeof *stack);
+  int *next_arg = arena_calloc(S->a, (size_t)f->nodes.n + 1, sizeof *next_arg);
+  if (!stack || !next_arg) {
+    oom(S);
+    return IR_NONE;
+  }
+  int sp = 0;
+  stack[sp++] = root;
+  while (sp > 0 && !S->failed) {
+    IrRef r = stack[sp - 1];
+    const IrNode *n = &f->nodes.v[r];
+    if (n->op == IR_STATE) {
+      diag_internal(S->de, "scan", "%s: state %s is read before it is solved", f->name,
+                    f->states.v[n->index].name);
+      S->failed = 1;
+      break;
+    }
+    if (next_arg[r] < n->nargs) {
+      IrRef a = n->args[next_arg[r]++];
+      if (S->map[a] == IR_NONE) stack[sp++] = a;
+      continue;
+    }
+    IrRef *args = n->nargs ? arena_calloc(S->a, (size_t)n->nargs, sizeof *args) : NULL;
+    if (n->nargs && !args) {
+      oom(S);
+      break;
+    }
+    for (int j = 0; j < n->nargs; j++) args[j] = S->map[n->args[j]];
+    IrRef m = ir_emit(S->dst, S->a, n, n->nargs, args);
+    if (m == IR_NONE) oom(S);
+    S->map[r] = m;
+    sp--;
+  }
+  return S->failed ? IR_NONE : S->map[root];
+}
+
+/* ---- linearization -------------------------------------------------------------- */
+
+/* The semiring the state is linear over. */
+typedef enum { RING_SUM_PRODUCT, RING_MAX_PLUS } Ring;
+
+static int unsupported(Scan *S, const IrNode *n, const char *what) {
+  if (!S->why)
+    S->why = arena_printf(S->a, "%s at %s:%d:%d", what, n->loc.file ? n->loc.file->name : "?",
+                          n->loc.line, n->loc.col);
+  return -1;
+}
+
+/* The coefficient sum x + y (LIN_ID is 1, IR_NONE is 0). */
+static IrRef coef_add(Scan *S, IrRef x, IrRef y, int negate_y, SrcLoc loc) {
+  if (y == IR_NONE) return x;
+  IrRef yv = y == LIN_ID ? constant(S, 1.0, loc) : y;
+  if (x == IR_NONE) return negate_y ? build(S, IR_NEG, 1, &yv, NULL, loc) : y;
+  IrRef xv = x == LIN_ID ? constant(S, 1.0, loc) : x;
+  return build2(S, negate_y ? IR_SUB : IR_ADD, xv, yv, loc);
+}
+
+/* x op c for a coefficient x and a state-free c, op MUL or DIV. */
+static IrRef coef_scale(Scan *S, IrOp op, IrRef x, IrRef c, SrcLoc loc) {
+  if (x == IR_NONE) return IR_NONE;
+  if (x == LIN_ID) return op == IR_MUL ? c : build2(S, IR_DIV, constant(S, 1.0, loc), c, loc);
+  return build2(S, op, x, c, loc);
+}
+
+/* (max, +): the coefficient x + c (LIN_ID is 0, IR_NONE is -inf). */
+static IrRef trop_shift(Scan *S, IrRef x, IrRef c, int negate, SrcLoc loc) {
+  if (x == IR_NONE) return IR_NONE;
+  if (x == LIN_ID) return negate ? build(S, IR_NEG, 1, &c, NULL, loc) : c;
+  return build2(S, negate ? IR_SUB : IR_ADD, x, c, loc);
+}
+
+/* (max, +): max(x, y) of two coefficients or rests. */
+static IrRef trop_max(Scan *S, IrRef x, IrRef y, SrcLoc loc) {
+  if (x == IR_NONE) return y;
+  if (y == IR_NONE) return x;
+  if (x == LIN_ID && y == LIN_ID) return LIN_ID;
+  IrRef xv = x == LIN_ID ? constant(S, 0.0, loc) : x;
+  IrRef yv = y == LIN_ID ? constant(S, 0.0, loc) : y;
+  return build2(S, IR_MAX, xv, yv, loc);
+}
+
+/* lin[r] for node r that depends on the state; dep[] marks those nodes.
+ * Every such node must have the state's type (its value is positioned like
+ * the state: coefficient (.) state + rest). Returns -1 (with S->why) when a
+ * node is outside the rules. */
+static int lin_rule(Scan *S, Ring ring, const char *dep, Lin *lin, IrRef r, IrType st) {
+  const IrNode *n = &S->src->nodes.v[r];
+  SrcLoc loc = n->loc;
+  Lin *o = &lin[r];
+  if (n->op == IR_STATE) {
+    o->a = LIN_ID;
+    o->b = IR_NONE;
+    return 0;
+  }
+  if (!ir_type_eq(n->type, st))
+    return unsupported(S, n, "the state's value changes shape or element type");
+  int d0 = n->nargs > 0 && dep[n->args[0]], d1 = n->nargs > 1 && dep[n->args[1]];
+  /* The state-free operand of a binary op, in dst. */
+  IrRef c = IR_NONE;
+  if (n->nargs == 2 && d0 != d1) c = map_node(S, n->args[d0 ? 1 : 0]);
+  if (S->failed) return -1;
+  const Lin *x = d0 ? &lin[n->args[0]] : NULL, *y = d1 ? &lin[n->args[1]] : NULL;
+  switch (n->op) {
+  case IR_BROADCAST:
+  case IR_RESHAPE: /* to the state's own type: nothing moves */
+    *o = *x;
+    return 0;
+  default:
+    break;
+  }
+  if (ring == RING_MAX_PLUS) {
+    switch (n->op) {
+    case IR_ADD:
+      if (d0 && d1) return unsupported(S, n, "a sum of two values that depend on the state");
+      *o = d0 ? *x : *y;
+      o->a = trop_shift(S, o->a, c, 0, loc);
+      o->b = o->b == IR_NONE ? IR_NONE : build2(S, IR_ADD, o->b, c, loc);
+      return 0;
+    case IR_SUB:
+      if (d1) return unsupported(S, n, "the state subtracted (not linear over (max, +))");
+      *o = *x;
+      o->a = trop_shift(S, o->a, c, 1, loc);
+      o->b = o->b == IR_NONE ? IR_NONE : build2(S, IR_SUB, o->b, c, loc);
+      return 0;
+    case IR_MAX: {
+      Lin u = d0 ? *x : (Lin){IR_NONE, c}, v = d1 ? *y : (Lin){IR_NONE, c};
+      o->a = trop_max(S, u.a, v.a, loc);
+      o->b = trop_max(S, u.b, v.b, loc);
+      return 0;
+    }
+    default:
+      return unsupported(S, n, arena_printf(S->a, "%s of the state (not linear over (max, +))",
+                                            ir_op_info[n->op].text));
+    }
+  }
+  switch (n->op) {
+  case IR_NEG:
+    o->a = x->a == IR_NONE ? IR_NONE
+           : x->a == LIN_ID ? constant(S, -1.0, loc)
+                            : build(S, IR_NEG, 1, &x->a, NULL, loc);
+    o->b = x->b == IR_NONE ? IR_NONE : build(S, IR_NEG, 1, &x->b, NULL, loc);
+    return 0;
+  case IR_ADD:
+  case IR_SUB: {
+    int neg = n->op == IR_SUB;
+    Lin u = d0 ? *x : (Lin){IR_NONE, c}, v = d1 ? *y : (Lin){IR_NONE, c};
+    o->a = coef_add(S, u.a, v.a, neg, loc);
+    if (v.b == IR_NONE)
+      o->b = u.b;
+    else if (u.b == IR_NONE)
+      o->b = neg ? build(S, IR_NEG, 1, &v.b, NULL, loc) : v.b;
+    else
+      o->b = build2(S, n->op, u.b, v.b, loc);
+    return 0;
+  }
+  case IR_MUL:
+  case IR_DIV:
+    if (d0 && d1) return unsupported(S, n, "a product of two values that depend on the state");
+    if (n->op == IR_DIV && d1) return unsupported(S, n, "a division by the state");
+    *o = d0 ? *x : *y;
+    o->a = coef_scale(S, n->op, o->a, c, loc);
+    o->b = o->b == IR_NONE ? IR_NONE : build2(S, n->op, o->b, c, loc);
+    return 0;
+  default:
+    return unsupported(S, n, arena_printf(S->a, "%s of the state (not a linear diagonal map)",
+                                          ir_op_info[n->op].text));
+  }
+}
+
+/* The pair (a, b) of state k's next value, in dst; 0, or -1 with S->why
+ * (no such form) or S->failed. */
+static int linearize(Scan *S, int k, Ring ring, Lin *out) {
+  const IrFunc *f = S->src;
+  const IrState *st = &f->states.v[k];
+  char *dep = arena_calloc(S->a, (size_t)f->nodes.n + 1, 1);
+  Lin *lin = arena_calloc(S->a, (size_t)f->nodes.n + 1, sizeof *lin);
+  if (!dep || !lin) {
+    oom(S);
+    return -1;
+  }
+  /* Only the nodes the next value is made of: other reads of the state
+   * (outputs, other states' coefficients) are maps of its sequence. */
+  char *cone = arena_calloc(S->a, (size_t)f->nodes.n + 1, 1);
+  if (!cone) {
+    oom(S);
+    return -1;
+  }
+  cone[st->next] = 1;
+  for (IrRef r = st->next; r >= 0; r--)
+    if (cone[r])
+      for (int j = 0; j < f->nodes.v[r].nargs; j++) cone[f->nodes.v[r].args[j]] = 1;
+  for (IrRef r = 0; r <= st->next; r++) {
+    const IrNode *n = &f->nodes.v[r];
+    dep[r] = n->op == IR_STATE && n->index == k;
+    for (int j = 0; j < n->nargs && !dep[r]; j++) dep[r] = dep[n->args[j]];
+    if (dep[r] && cone[r] && lin_rule(S, ring, dep, lin, r, st->type)) return -1;
+    if (S->failed) return -1;
+  }
+  if (!dep[st->next]) {
+    *out = (Lin){IR_NONE, map_node(S, st->next)};
+    return S->failed ? -1 : 0;
+  }
+  *out = lin[st->next];
+  return 0;
+}
+
+/* ---- solving one state ---------------------------------------------------------- */
+
+static IrRef build_state_in(Scan *S, int k) {
+  IrNode leaf;
+  memset(&leaf, 0, sizeof leaf);
+  leaf.op = IR_STATE;
+  leaf.index = k;
+  leaf.type = S->src->states.v[k].type;
+  leaf.loc = S->src->states.v[k].loc;
+  IrRef r = ir_emit(S->dst, S->a, &leaf, 0, NULL);
+  if (r == IR_NONE) oom(S);
+  return r;
+}
+
+/* Records state k's values entering each step (reads of the state). */
+static void reads_are(Scan *S, int k, IrRef old) {
+  const IrFunc *f = S->src;
+  for (IrRef r = 0; r < f->nodes.n; r++)
+    if (f->nodes.v[r].op == IR_STATE && f->nodes.v[r].index == k) S->map[r] = old;
+}
+
+/* Records that state k's values leaving each step are `seq` (IR_NONE: the
+ * state is carried, its initial value throughout); those entering a step
+ * are then the previous step's. */
+static void solved(Scan *S, int k, IrRef seq) {
+  IrRef h0 = S->state_in[k];
+  if (seq != IR_NONE)
+    reads_are(S, k, build2(S, IR_DELAY, seq, h0, S->src->states.v[k].loc));
+  else
+    reads_are(S, k, h0);
+  S->dst->states.v[k].next = seq != IR_NONE ? seq : h0;
+  S->solved[k] = 1;
+}
+
+/* A shift register, w' = concat(w[m:], v) along an axis with v free of w
+ * (causal_conv's window): the values entering each step are a window over
+ * [w0, v_0, v_1, ...], and those leaving it the step's own concat. Other
+ * data movement has no form here. */
+static int solve_shift(Scan *S, int k) {
+  const IrFunc *f = S->src;
+  const IrState *st = &f->states.v[k];
+  const IrNode *nx = &f->nodes.v[st->next];
+  if (nx->op != IR_CONCAT || nx->nargs != 2) return unsupported(S, nx, "a shift of another shape");
+  const IrNode *kept = &f->nodes.v[nx->args[0]];
+  const IrNode *in = &f->nodes.v[nx->args[1]];
+  int ax = nx->axis;
+  if (kept->op != IR_SLICE || kept->axis != ax || f->nodes.v[kept->args[0]].op != IR_STATE ||
+      f->nodes.v[kept->args[0]].index != k || !dim_eq(kept->stop, st->type.dims[ax]) ||
+      !dim_eq(kept->start, in->type.dims[ax]))
+    return unsupported(S, nx, "a shift of another shape");
+  /* The new entries must not read the register itself. */
+  char *dep = arena_calloc(S->a, (size_t)f->nodes.n + 1, 1);
+  if (!dep) {
+    oom(S);
+    return -1;
+  }
+  for (IrRef r = 0; r <= nx->args[1]; r++) {
+    const IrNode *n = &f->nodes.v[r];
+    dep[r] = n->op == IR_STATE && n->index == k;
+    for (int j = 0; j < n->nargs && !dep[r]; j++) dep[r] = dep[n->args[j]];
+  }
+  if (dep[nx->args[1]]) return unsupported(S, in, "a shift whose new entries read the register");
+  IrRef v = map_node(S, nx->args[1]);
+  if (S->failed) return -1;
+  IrNode attrs;
+  memset(&attrs, 0, sizeof attrs);
+  attrs.axis = ax;
+  IrRef args[2] = {v, S->state_in[k]};
+  reads_are(S, k, build(S, IR_WINDOW, 2, args, &attrs, st->loc));
+  IrRef seq = map_node(S, st->next);
+  if (S->failed) return -1;
+  S->dst->states.v[k].next = seq;
+  S->solved[k] = 1;
+  return 0;
+}
+
+/* Solves state k of class cls; 0, or -1 with S->why or S->failed. */
+static int solve(Scan *S, int k, RecClass cls) {
+  const IrFunc *f = S->src;
+  const IrState *st = &f->states.v[k];
+  SrcLoc loc = st->loc;
+  switch (cls) {
+  case REC_CARRIED:
+    solved(S, k, IR_NONE);
+    return S->failed ? -1 : 0;
+  case REC_MAP: {
+    IrRef seq = map_node(S, st->next);
+    if (S->failed) return -1;
+    solved(S, k, seq);
+    S->map[st->next] = seq;
+    return S->failed ? -1 : 0;
+  }
+  case REC_LIN_DIAG:
+  case REC_LIN_MATRIX:
+  case REC_MAXPLUS: {
+    Ring ring = cls == REC_MAXPLUS ? RING_MAX_PLUS : RING_SUM_PRODUCT;
+    Lin l;
+    if (linearize(S, k, ring, &l)) return -1;
+    IrRef seq;
+    if (l.a == IR_NONE) { /* no term in the state after all: a map */
+      seq = fit(S, l.b, st->type, loc);
+    } else {
+      IrRef a = l.a == LIN_ID ? constant(S, ring == RING_MAX_PLUS ? 0.0 : 1.0, loc) : l.a;
+      IrRef b = l.b != IR_NONE ? l.b : constant(S, ring == RING_MAX_PLUS ? -INFINITY : 0.0, loc);
+      IrRef args[3] = {a, fit(S, b, st->type, loc), S->state_in[k]};
+      IrNode attrs;
+      memset(&attrs, 0, sizeof attrs);
+      attrs.index = k;
+      seq = build(S, ring == RING_MAX_PLUS ? IR_SCAN_MAX : IR_SCAN, 3, args, &attrs, loc);
+    }
+    if (S->failed) return -1;
+    solved(S, k, seq);
+    S->map[st->next] = seq;
+    return S->failed ? -1 : 0;
+  }
+  case REC_SHIFT:
+    return solve_shift(S, k);
+  default:
+    S->why = arena_printf(S->a, "state %s is %s", st->name, classify_class_name(cls));
+    return -1;
+  }
+}
+
+/* ---- the cell ------------------------------------------------------------------ */
+
+/* A model with src's signature (dims, params, inputs, outputs, states) and
+ * no nodes yet. */
+static IrFunc *new_model(IrModule *m, const IrFunc *src) {
+  IrFunc *f = ir_func_new(m, src->name, IR_FN_MODEL, src->loc);
+  if (!f) return NULL;
+  f->doc = src->doc;
+  f->dims = src->dims;
+  f->params = src->params;
+  f->inputs = src->inputs;
+  f->dim_defaults = src->dim_defaults;
+  /* Shared with src, so never grown in place. */
+  f->dims.cap = f->dims.n;
+  f->params.cap = f->params.n;
+  f->inputs.cap = f->inputs.n;
+  f->dim_defaults.cap = f->dim_defaults.n;
+  for (int i = 0; i < src->states.n; i++)
+    if (vec_push(m->arena, &f->states, src->states.v[i])) return NULL;
+  for (int i = 0; i < src->outputs.n; i++)
+    if (vec_push(m->arena, &f->outputs, src->outputs.v[i])) return NULL;
+  return f;
+}
+
+int scan_cell(Arena *a, const IrFunc *cell, const RecFunc *rf, IrFunc **out, const char **why,
+              DiagEngine *de) {
+  *out = NULL;
+  *why = NULL;
+  Scan S;
+  memset(&S, 0, sizeof S);
+  S.a = a;
+  S.de = de;
+  S.src = cell;
+  int nn = cell->nodes.n, ns = cell->states.n;
+  S.map = arena_calloc(a, (size_t)nn + 1, sizeof *S.map);
+  S.state_in = arena_calloc(a, (size_t)ns + 1, sizeof *S.state_in);
+  S.solved = arena_calloc(a, (size_t)ns + 1, sizeof *S.solved);
+  /* The model is built in a module of its own; scan_module takes it from
+   * there into the module it makes. */
+  IrModule *scratch = ir_module_new(a);
+  if (!S.map || !S.state_in || !S.solved || !scratch || !(S.dst = new_model(scratch, cell))) {
+    diag_error(de, cell->loc, "out of memory building the parallel form of %s", cell->name);
+    return -1;
+  }
+  for (int i = 0; i < nn; i++) S.map[i] = IR_NONE;
+  for (int k = 0; k < ns; k++) S.state_in[k] = build_state_in(&S, k);
+  /* States in the order of their dependencies: a state is solved once the
+   * states its update reads from other groups are. */
+  for (int done = 0; done < ns && !S.failed;) {
+    int progress = 0;
+    for (int k = 0; k < ns; k++) {
+      const RecState *rs = &rf->states[k];
+      if (S.solved[k]) continue;
+      int ready = 1;
+      for (int g = 0; g < rs->ngiven; g++) ready &= S.solved[rs->given[g]];
+      if (!ready) continue;
+      for (int j = 0; j < ns; j++)
+        if (j != k && rf->states[j].group == rs->group) {
+          S.why = arena_printf(a, "state %s is coupled with %s", cell->states.v[k].name,
+                               cell->states.v[j].name);
+          goto fail;
+        }
+      if (solve(&S, k, rs->cls)) goto fail;
+      done++;
+      progress = 1;
+    }
+    if (!progress) {
+      diag_internal(de, "scan", "%s: the states' dependencies form a cycle", cell->name);
+      return -1;
+    }
+  }
+  for (int k = 0; k < ns && !S.failed; k++) {
+    IrState *st = &S.dst->states.v[k];
+    st->init = st->init >= 0 ? map_node(&S, cell->states.v[k].init) : IR_NONE;
+  }
+  for (int i = 0; i < cell->outputs.n && !S.failed; i++)
+    S.dst->outputs.v[i].value = map_node(&S, cell->outputs.v[i].value);
+  if (S.failed) return -1;
+  *out = S.dst;
+  return 0;
+fail:
+  if (S.failed) return -1;
+  *why = S.why ? S.why : "no parallel form";
+  return 1;
+}
+
+/* Whether the plan runs every state of function fi in parallel. */
+static int all_parallel(const StrategyPlan *plan, const IrFunc *f, int fi) {
+  if (f->kind != IR_FN_CELL || f->states.n == 0) return 0;
+  for (int k = 0; k < f->states.n; k++)
+    if (plan->funcs[fi][k].form == FORM_SEQUENTIAL || plan->funcs[fi][k].form == FORM_AUTO)
+      return 0;
+  return 1;
+}
+
+int scan_module(Arena *a, const IrModule *m, const ClassifyResult *cr, const StrategyPlan *plan,
+                IrModule **out, DiagEngine *de) {
+  *out = NULL;
+  IrModule *pm = ir_module_new(a);
+  if (!pm) {
+    diag_error(de, (SrcLoc){0}, "out of memory");
+    return -1;
+  }
+  pm->entry = m->entry;
+  for (int i = 0; i < m->funcs.n; i++) {
+    IrFunc *f = m->funcs.v[i];
+    if (all_parallel(plan, f, i)) {
+      const char *why = NULL;
+      IrFunc *par = NULL;
+      int rc = scan_cell(a, f, &cr->funcs[i], &par, &why, de);
+      if (rc < 0) return -1;
+      if (rc > 0) {
+        diag_error(de, f->loc, "%s has no parallel form: %s", f->name, why);
+        return -1;
+      }
+      f = par;
+    }
+    if (vec_push(a, &pm->funcs, f)) {
+      diag_error(de, (SrcLoc){0}, "out of memory");
+      return -1;
+    }
+  }
+  *out = pm;
+  return 0;
+}

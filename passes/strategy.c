@@ -1,0 +1,265 @@
+/* strategy.c - which form solves each state: the user's request
+ * (--strategy), checked against what each class admits, and for `auto` the
+ * cost model.
+ *
+ * A cell runs in parallel only when all its states do (its parallel form is
+ * one model, scan.c), so forms are settled per cell: a state named in the
+ * request with a form its class does not admit, or a parallel form for a
+ * cell whose other states must stay sequential, is an error that says why;
+ * a form asked for every state applies where it is admitted.
+ */
+#include "passes/passes.h"
+
+#include <string.h>
+
+const char *form_name(Form f) {
+  switch (f) {
+  case FORM_AUTO:
+    return "auto";
+  case FORM_SEQUENTIAL:
+    return "sequential";
+  case FORM_SCAN:
+    return "scan";
+  case FORM_CHUNKED:
+    return "chunked";
+  }
+  return "?";
+}
+
+static int form_parse(const char *s, size_t n, Form *out) {
+  for (int f = FORM_AUTO; f <= FORM_CHUNKED; f++)
+    if (strlen(form_name((Form)f)) == n && strncmp(form_name((Form)f), s, n) == 0) {
+      *out = (Form)f;
+      return 0;
+    }
+  return -1;
+}
+
+int strategy_parse(Arena *a, const char *spec, StrategyRequest *out, char *err, size_t errlen) {
+  memset(out, 0, sizeof *out);
+  out->all = FORM_AUTO;
+  int cap = 1;
+  for (const char *p = spec; p && *p; p++) cap += *p == ',';
+  out->names = arena_calloc(a, (size_t)cap, sizeof *out->names);
+  out->forms = arena_calloc(a, (size_t)cap, sizeof *out->forms);
+  if (!out->names || !out->forms) {
+    snprintf(err, errlen, "out of memory");
+    return -1;
+  }
+  const char *p = spec ? spec : "";
+  int seen_all = 0;
+  while (*p) {
+    const char *end = strchr(p, ',');
+    size_t len = end ? (size_t)(end - p) : strlen(p);
+    const char *eq = memchr(p, '=', len);
+    const char *kind = eq ? eq + 1 : p;
+    size_t klen = eq ? len - (size_t)(eq + 1 - p) : len;
+    Form f;
+    if (form_parse(kind, klen, &f)) {
+      snprintf(err, errlen, "--strategy: unknown form '%.*s' (auto, sequential, scan, chunked)",
+               (int)klen, kind);
+      return -1;
+    }
+    if (!eq) {
+      if (seen_all++) {
+        snprintf(err, errlen, "--strategy: a form for every state is given twice");
+        return -1;
+      }
+      out->all = f;
+    } else {
+      if (eq == p) {
+        snprintf(err, errlen, "--strategy: '%.*s' names no state", (int)len, p);
+        return -1;
+      }
+      const char *name = arena_strndup(a, p, (size_t)(eq - p));
+      if (!name) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+      }
+      for (int i = 0; i < out->n; i++)
+        if (strcmp(out->names[i], name) == 0) {
+          snprintf(err, errlen, "--strategy: state '%s' is given twice", name);
+          return -1;
+        }
+      out->names[out->n] = name;
+      out->forms[out->n++] = f;
+    }
+    p += len;
+    if (*p == ',') p++;
+  }
+  return 0;
+}
+
+/* Whether class cls admits form f. */
+static int admits(RecClass cls, Form f) {
+  switch (f) {
+  case FORM_AUTO:
+  case FORM_SEQUENTIAL:
+    return 1;
+  case FORM_SCAN:
+    return cls == REC_MAP || cls == REC_CARRIED || cls == REC_SHIFT || cls == REC_LIN_DIAG ||
+           cls == REC_LIN_MATRIX || cls == REC_MAXPLUS;
+  case FORM_CHUNKED:
+    return cls == REC_LIN_MATRIX;
+  }
+  return 0;
+}
+
+/* The form a request for every state gives a state of class cls: the form
+ * where the class admits it; a chunked request scans the states of its cell
+ * that have no chunked form (a linear attention's normalizer), since a cell
+ * runs in parallel only as a whole. */
+static Form form_for_all(Form all, RecClass cls) {
+  if (admits(cls, all)) return all;
+  if (all == FORM_CHUNKED && admits(cls, FORM_SCAN)) return FORM_SCAN;
+  return FORM_SEQUENTIAL;
+}
+
+/* The flat state named `name` under root: its instance's function and the
+ * state's index there; -1 if there is none. */
+static int find_named_state(const IrFlat *flat, const char *name, const IrFunc **fn, int *k) {
+  for (int i = 0; i < flat->insts.n; i++) {
+    const IrFlatInst *in = &flat->insts.v[i];
+    for (int s = 0; s < in->fn->states.n; s++)
+      if (strcmp(flat->states.v[in->states[s]].name, name) == 0) {
+        *fn = in->fn;
+        *k = s;
+        return 0;
+      }
+  }
+  return -1;
+}
+
+int strategy_choose(Arena *a, const IrModule *m, const IrFunc *root, const ClassifyResult *cr,
+                    const StrategyRequest *req, StrategyPlan **out, DiagEngine *de) {
+  *out = NULL;
+  StrategyPlan *plan = arena_calloc(a, 1, sizeof *plan);
+  StateForm **funcs = arena_calloc(a, (size_t)m->funcs.n + 1, sizeof *funcs);
+  /* named[f][k]: the request names state k of function f (its form is pinned). */
+  char **named = arena_calloc(a, (size_t)m->funcs.n + 1, sizeof *named);
+  if (!plan || !funcs || !named) goto oom;
+  plan->funcs = funcs;
+  StrategyRequest none = {FORM_AUTO, 0, NULL, NULL};
+  if (!req) req = &none;
+  for (int i = 0; i < m->funcs.n; i++) {
+    const IrFunc *f = m->funcs.v[i];
+    funcs[i] = arena_calloc(a, (size_t)f->states.n + 1, sizeof **funcs);
+    named[i] = arena_calloc(a, (size_t)f->states.n + 1, 1);
+    if (!funcs[i] || !named[i]) goto oom;
+    for (int k = 0; k < f->states.n; k++) {
+      RecClass cls = cr->funcs[i].states[k].cls;
+      StateForm *sf = &funcs[i][k];
+      sf->form = form_for_all(req->all, cls);
+      sf->why = req->all == FORM_AUTO ? "auto"
+                : sf->form == req->all
+                    ? arena_printf(a, "--strategy=%s", form_name(req->all))
+                    : arena_printf(a, "--strategy=%s, which %s does not admit",
+                                   form_name(req->all), classify_class_name(cls));
+    }
+  }
+  /* Named states pin their function's state; the name must exist and its
+   * class must admit the form. */
+  IrFlat flat;
+  if (req->n && ir_flatten(a, m, root, &flat, de)) return -1;
+  for (int r = 0; r < req->n; r++) {
+    const IrFunc *fn = NULL;
+    int k = -1, fi = -1;
+    if (find_named_state(&flat, req->names[r], &fn, &k)) {
+      diag_error(de, root->loc, "--strategy: %s has no state named '%s'", root->name,
+                 req->names[r]);
+      return -1;
+    }
+    for (int i = 0; i < m->funcs.n; i++)
+      if (m->funcs.v[i] == fn) fi = i;
+    RecClass cls = cr->funcs[fi].states[k].cls;
+    if (!admits(cls, req->forms[r])) {
+      diag_error(de, fn->states.v[k].loc,
+                 "--strategy: state %s is %s, which has no %s form (it admits: sequential%s%s)",
+                 req->names[r], classify_class_name(cls), form_name(req->forms[r]),
+                 admits(cls, FORM_SCAN) ? ", scan" : "",
+                 admits(cls, FORM_CHUNKED) ? ", chunked" : "");
+      return -1;
+    }
+    if (named[fi][k] && funcs[fi][k].form != req->forms[r]) {
+      diag_error(de, fn->states.v[k].loc,
+                 "--strategy: two instances of %s ask for different forms of its state %s",
+                 fn->name, fn->states.v[k].name);
+      return -1;
+    }
+    named[fi][k] = 1;
+    funcs[fi][k].form = req->forms[r];
+    funcs[fi][k].why = arena_printf(a, "--strategy=%s=%s", req->names[r], form_name(req->forms[r]));
+  }
+  /* A cell runs in parallel as a whole. */
+  for (int i = 0; i < m->funcs.n; i++) {
+    const IrFunc *f = m->funcs.v[i];
+    if (f->kind != IR_FN_CELL || f->states.n == 0) continue;
+    StateForm *sf = funcs[i];
+    int nseq = 0, pinned_par = -1, seq_state = -1;
+    for (int k = 0; k < f->states.n; k++) {
+      if (sf[k].form == FORM_AUTO) sf[k].form = FORM_SEQUENTIAL; /* no cost model yet */
+      if (sf[k].form == FORM_SEQUENTIAL) {
+        nseq++;
+        if (seq_state < 0 || named[i][k]) seq_state = k;
+      } else if (named[i][k]) {
+        pinned_par = k;
+      }
+    }
+    if (nseq == 0) {
+      /* The parallel form must exist: a dry run says why not. */
+      IrFunc *par;
+      const char *why;
+      int rc = scan_cell(a, f, &cr->funcs[i], &par, &why, de);
+      if (rc < 0) return -1;
+      if (rc > 0) {
+        for (int k = 0; k < f->states.n; k++)
+          if (named[i][k]) {
+            diag_error(de, f->states.v[k].loc, "--strategy: %s has no parallel form: %s",
+                       f->name, why);
+            return -1;
+          }
+        for (int k = 0; k < f->states.n; k++) {
+          sf[k].form = FORM_SEQUENTIAL;
+          sf[k].why = arena_printf(a, "sequential: no parallel form of %s (%s)", f->name, why);
+        }
+      }
+      continue;
+    }
+    if (nseq == f->states.n) continue;
+    if (pinned_par >= 0) {
+      diag_error(de, f->states.v[pinned_par].loc,
+                 "--strategy: state %s of %s can run in parallel only with all of the cell's "
+                 "states, but %s is %s (%s)",
+                 f->states.v[pinned_par].name, f->name, f->states.v[seq_state].name,
+                 form_name(FORM_SEQUENTIAL), sf[seq_state].why);
+      return -1;
+    }
+    for (int k = 0; k < f->states.n; k++)
+      if (sf[k].form != FORM_SEQUENTIAL) {
+        sf[k].form = FORM_SEQUENTIAL;
+        sf[k].why = arena_printf(a, "sequential: %s of the same cell is sequential",
+                                 f->states.v[seq_state].name);
+      }
+  }
+  /* A request for every state that no state could take is a mistake. */
+  if (req->all == FORM_SCAN || req->all == FORM_CHUNKED) {
+    int any = 0;
+    for (int i = 0; i < m->funcs.n; i++)
+      for (int k = 0; k < m->funcs.v[i]->states.n; k++) any |= funcs[i][k].form == req->all;
+    if (!any) {
+      const char *why = "";
+      for (int i = 0; i < m->funcs.n; i++)
+        for (int k = 0; k < m->funcs.v[i]->states.n; k++)
+          why = arena_printf(a, "%s%s%s: %s", why, *why ? "; " : "",
+                             m->funcs.v[i]->states.v[k].name, funcs[i][k].why);
+      diag_error(de, root->loc, "--strategy=%s: no state of %s has that form (%s)",
+                 form_name(req->all), root->name, why);
+      return -1;
+    }
+  }
+  *out = plan;
+  return 0;
+oom:
+  diag_error(de, (SrcLoc){0}, "out of memory choosing forms");
+  return -1;
+}

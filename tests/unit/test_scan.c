@@ -1,0 +1,213 @@
+/* test_scan.c - the parallel form of cells as sequence-level IR
+ * (passes/scan.c), checked by the interpreter: every std cell and example
+ * whose states all admit a scan is rewritten under --strategy=scan, and the
+ * interpreter runs the rewritten module and the source on the same random
+ * batch (lengths, initial states) - outputs and final states must agree, in
+ * float64 (to rounding: the rewrite only regroups a * h + b) and float32.
+ * Which cells must have the form is a table written from their classes
+ * (docs/stdlib.md), not from the pass's output. */
+#include "testutil.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "driver/pipeline.h"
+
+typedef struct Case {
+  const char *file, *dims;
+  int parallel; /* the entry (or its layer) must be rewritten */
+} Case;
+
+static const Case CASES[] = {
+    {"examples/lstm.seq", "I=3,H=4", 0},
+    {"examples/mingru.seq", "I=3,H=4", 1},
+    {"examples/lru.seq", "H=3,N=4", 1},
+    {"examples/s4d.seq", "H=3,N=4", 1},
+    {"examples/mamba_ssm.seq", "d_inner=4,d_state=3,dt_rank=2", 1},
+    {"examples/linear_attention.seq", "I=3,Dk=4,Dv=5", 1},
+    {"examples/mlstm.seq", "I=3,D=4", 1},
+    {"examples/lm.seq", "vocab=11,d_model=8,d_ff=16,dt_rank=2", 1},
+    {"stdlib/mingru.seq", "I=3,H=4", 1},
+    {"stdlib/minlstm.seq", "I=3,H=4", 1},
+    {"stdlib/lru.seq", "H=3,N=4", 1},
+    {"stdlib/s4d.seq", "H=3,N=4", 1},
+    {"stdlib/s5.seq", "H=3,P=4", 1},
+    {"stdlib/mamba_ssm.seq", "d_inner=4,d_state=3,dt_rank=2", 1},
+    {"stdlib/linear_attention.seq", "I=3,NH=2,Dk=4,Dv=5", 1},
+    {"stdlib/retnet.seq", "I=3,NH=2,P=2,Dv=5", 1},
+    {"stdlib/gla.seq", "I=3,NH=2,Dk=4,Dv=5,R=2", 1},
+    {"stdlib/mlstm.seq", "I=3,NH=2,DH=4", 1},
+    {"stdlib/mamba.seq", "d_model=4,d_inner=8,d_state=3,d_conv=4,dt_rank=2", 1},
+    {"stdlib/mamba2.seq", "d_model=4,ngroups=2,hpg=2,headdim=2,d_state=3,d_conv=4", 1},
+    {"stdlib/gam.seq", "D=3,Mem=4,K=3", 1},
+    {"stdlib/rwkv7.seq", "C=4,D_w=3,D_a=3,D_g=3", 0},
+    {"stdlib/plstm.seq", "I=3,Dk=4,Dv=5,J=2", 0},
+    {"stdlib/slstm.seq", "I=3,H=4", 0},
+    {"stdlib/paralstm.seq", "I=3,H=4", 0},
+    {"stdlib/gru.seq", "I=3,H=4", 0},
+    {"stdlib/deltanet.seq", "I=3,NH=2,Dk=4,Dv=5", 0},
+};
+
+enum { B = 3 };
+
+static uint64_t rng = 0x243f6a8885a308d3ull;
+static double urand(void) {
+  rng ^= rng << 13;
+  rng ^= rng >> 7;
+  rng ^= rng << 17;
+  return (double)(rng >> 11) / 9007199254740992.0 * 2.0 - 1.0;
+}
+
+static int parse_dims(Arena *a, const char *spec, const char **names, int64_t *values) {
+  int n = 0;
+  char *s = arena_strdup(a, spec);
+  for (char *tok = strtok(s, ","); tok; tok = strtok(NULL, ",")) {
+    char *eq = strchr(tok, '=');
+    *eq = 0;
+    names[n] = tok;
+    values[n++] = atoll(eq + 1);
+  }
+  return n;
+}
+
+static double max_rel_err(const RtTensor *x, const RtTensor *y) {
+  assert_int_equal(rt_numel(x), rt_numel(y));
+  double e = 0, scale = 1e-30;
+  for (int64_t k = 0; k < rt_numel(x); k++) {
+    double u = x->dtype == RT_F64 ? ((double *)x->data)[k] : ((float *)x->data)[k];
+    double v = y->dtype == RT_F64 ? ((double *)y->data)[k] : ((float *)y->data)[k];
+    if (isnan(u) != isnan(v)) return INFINITY;
+    if (!isnan(u) && fabs(u - v) > e) e = fabs(u - v);
+    if (fabs(v) > scale) scale = fabs(v);
+  }
+  return e / (scale > 1 ? scale : 1);
+}
+
+/* Whether any function of the parallel module is a rewritten cell (a model
+ * with states). */
+static int rewritten(const IrModule *m) {
+  for (int i = 0; i < m->funcs.n; i++)
+    if (m->funcs.v[i]->kind == IR_FN_MODEL && m->funcs.v[i]->states.n > 0) return 1;
+  return 0;
+}
+
+static void run_case(const Case *c) {
+  Arena *a = arena_create();
+  SrcMgr sm;
+  DiagEngine de;
+  srcmgr_init(&sm, a);
+  diag_init(&de, a, stderr);
+  Pipeline p;
+  pipeline_init(&p, a, &sm, &de);
+  const char *names[16];
+  int64_t values[16];
+  StrategyRequest req;
+  char err[256];
+  assert_int_equal(strategy_parse(a, "scan", &req, err, sizeof err), 0);
+  PipeOptions po = {0};
+  po.path = tu_src(c->file);
+  po.ndims = parse_dims(a, c->dims, names, values);
+  po.dim_names = names;
+  po.dim_values = values;
+  po.strategy = &req;
+  po.goal = PIPE_FORMS;
+  DiagEngine quiet;
+  diag_init(&quiet, a, NULL);
+  p.de = c->parallel ? &de : &quiet;
+  int rc = pipeline_run(&p, &po);
+  if (!c->parallel) {
+    assert_true(rc != 0 || !rewritten(p.parallel));
+    arena_destroy(a);
+    return;
+  }
+  if (rc) fail_msg("%s does not compile under --strategy=scan", c->file);
+  if (!rewritten(p.parallel)) fail_msg("%s has no parallel form", c->file);
+  IrBinding b = p.bind;
+  assert_int_equal(ir_binding_random(&b, 11, &de), 0);
+  const IrFunc *root = b.root;
+  int ni = root->inputs.n, no = root->outputs.n, ns = b.flat.states.n;
+  static const int64_t Ts[] = {1, 2, 7, 33};
+  for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
+    int64_t T = Ts[ti];
+    RtTensor *ins = arena_calloc(a, (size_t)ni + 1, sizeof *ins);
+    RtTensor *sin = arena_calloc(a, (size_t)ns + 1, sizeof *sin);
+    RtError e;
+    for (int i = 0; i < ni; i++) {
+      IrType t = root->inputs.v[i].type;
+      int64_t shape[RT_MAX_RANK] = {B, T};
+      assert_int_equal(ir_binding_shape(&b, t, shape + 2), 0);
+      int nd = t.rank + 2;
+      RtDType dt = t.elem == IR_INT ? RT_I64 : RT_F64;
+      assert_int_equal(rt_tensor_alloc(&ins[i], dt, nd, shape, &e), 0);
+      for (int64_t k = 0; k < rt_numel(&ins[i]); k++) {
+        if (dt == RT_I64)
+          ((int64_t *)ins[i].data)[k] = k % 5;
+        else
+          ((double *)ins[i].data)[k] = urand();
+      }
+    }
+    for (int s = 0; s < ns; s++) {
+      const IrFlatVar *v = &b.flat.states.v[s];
+      int64_t shape[RT_MAX_RANK] = {B};
+      assert_int_equal(ir_binding_shape(&b, v->type, shape + 1), 0);
+      int rank = v->type.rank + 1;
+      if (v->type.elem == IR_COMPLEX) shape[rank++] = 2;
+      assert_int_equal(rt_tensor_alloc(&sin[s], RT_F64, rank, shape, &e), 0);
+      for (int64_t k = 0; k < rt_numel(&sin[s]); k++) ((double *)sin[s].data)[k] = 0.5 * urand();
+    }
+    int64_t lengths[B] = {T, T / 2, T > 1 ? T - 1 : 0};
+    for (int variant = 0; variant < 4; variant++) {
+      int use_len = variant & 1, use_state = variant & 2;
+      for (int f64 = 0; f64 < 2; f64++) {
+        InterpOptions io = {.f64 = f64};
+        RtTensor o1[8], o2[8], s1[16], s2[16];
+        assert_true(no <= 8 && ns <= 16);
+        IrBinding bs = b, bp = b;
+        bp.mod = p.parallel;
+        bp.root = p.parallel->funcs.v[p.parallel->entry];
+        assert_int_equal(interp_run(&bs, B, T, ins, use_len ? lengths : NULL,
+                                    use_state ? sin : NULL, o1, s1, &io, &de),
+                         0);
+        if (interp_run(&bp, B, T, ins, use_len ? lengths : NULL, use_state ? sin : NULL, o2, s2,
+                       &io, &de))
+          fail_msg("%s: the parallel form does not run in the interpreter", c->file);
+        double tol = f64 ? 1e-9 : 1e-5;
+        for (int k = 0; k < no; k++) {
+          double d = max_rel_err(&o2[k], &o1[k]);
+          if (!(d <= tol))
+            fail_msg("%s: output %s differs by %g (T=%lld len=%d state=%d f64=%d)", c->file,
+                     root->outputs.v[k].name, d, (long long)T, use_len, use_state, f64);
+          rt_tensor_free(&o1[k]);
+          rt_tensor_free(&o2[k]);
+        }
+        for (int k = 0; k < ns; k++) {
+          double d = max_rel_err(&s2[k], &s1[k]);
+          if (!(d <= tol))
+            fail_msg("%s: final state %s differs by %g (T=%lld len=%d state=%d f64=%d)", c->file,
+                     b.flat.states.v[k].name, d, (long long)T, use_len, use_state, f64);
+          rt_tensor_free(&s1[k]);
+          rt_tensor_free(&s2[k]);
+        }
+      }
+    }
+    for (int i = 0; i < ni; i++) rt_tensor_free(&ins[i]);
+    for (int s = 0; s < ns; s++) rt_tensor_free(&sin[s]);
+  }
+  for (int i = 0; i < b.flat.params.n; i++) rt_tensor_free(&b.weights[i]);
+  pipeline_release(&p);
+  arena_destroy(a);
+}
+
+static void test_interpreter_agrees(void **st) {
+  (void)st;
+  for (size_t k = 0; k < sizeof CASES / sizeof CASES[0]; k++) run_case(&CASES[k]);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_interpreter_agrees),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
