@@ -206,6 +206,18 @@ void emit_ops(Lower *L, const SchedOp *ops, int n) {
     case SCHED_OP_CONV:
       emit_causal_conv(L, op->node);
       break;
+    case SCHED_OP_SCAN:
+      emit_scan(L, op->node);
+      break;
+    case SCHED_OP_DELAY:
+      emit_delay(L, op->node);
+      break;
+    case SCHED_OP_WINDOW:
+      emit_window(L, op->node);
+      break;
+    case SCHED_OP_SEQ_FINAL_STATES:
+      emit_seq_final_states(L);
+      break;
     case SCHED_OP_PACK:
       emit_pack(L, op->node);
       break;

@@ -14,27 +14,7 @@ static Cx fused_operand(Lower *L, IrRef a, LLVMValueRef k, LLVMValueRef o, LLVMV
                         const SchedValue *key) {
   if (L->fmember[a]) return (Cx){L->fval[a], L->fval_im[a] ? L->fval_im[a] : cf(L, 0.0)};
   const SchedValue *an = &L->v[a];
-  LLVMValueRef idx = k;
-  if (an->numel == 1) {
-    idx = ci64(L, 0);
-  } else if (an->numel != key->numel) {
-    Nest ns = {0};
-    ns.rank = key->rank;
-    memcpy(ns.shape, key->shape, sizeof ns.shape);
-    nest_operand(&ns, 0, an->rank, an->shape);
-    int last = key->rank - 1;
-    idx = mul(L, i, ci64(L, ns.stride[0][last]));
-    int64_t inner = 1;
-    for (int d = last - 1; d >= 0; d--) {
-      if (ns.stride[0][d]) {
-        LLVMValueRef c = LLVMBuildUDiv(L->bld, o, ci64(L, inner), "");
-        c = LLVMBuildURem(L->bld, c, ci64(L, key->shape[d]), "");
-        idx = add(L, idx, mul(L, c, ci64(L, ns.stride[0][d])));
-      }
-      inner *= key->shape[d];
-    }
-  }
-  return ldc(L, rowptr(L, a), idx, an->w);
+  return ldc(L, rowptr(L, a), bcast_index(L, an, key, k, o, i), an->w);
 }
 
 void emit_fused(Lower *L, SchedClass phase, IrRef first, IrRef last) {

@@ -8,6 +8,7 @@
  *   gemm.c    GEMMs through the runtime, packed weights
  *   frame.c   an instance's function: arguments, buffers, the stage tree
  *   seq.c     the sequential form: time chunks, time steps, commits
+ *   scan.c    a cell's parallel form: scans, delays and windows over each sequence
  *   entry.c   the ABI's entry points and cg_lower
  *
  * Every instance is one LLVM function
@@ -146,6 +147,11 @@ typedef struct Nest {
 void nest_operand(Nest *ns, int j, int r, const int64_t *s);
 void emit_ew_nest(Lower *L, IrOp op, Nest *ns, LLVMValueRef out, int d, LLVMValueRef *offs,
                   LLVMValueRef oofs);
+/* The element of an operand an (numpy-broadcast to key's shape) at key's
+ * flat index k = o * last + i, i along key's last axis: the part from o is
+ * invariant in a loop over i, which stays contiguous (or constant). */
+LLVMValueRef bcast_index(Lower *L, const SchedValue *an, const SchedValue *key, LLVMValueRef k,
+                         LLVMValueRef o, LLVMValueRef i);
 /* Pointer to the current row of node r. */
 LLVMValueRef rowptr(Lower *L, IrRef r);
 /* Emits node r for the current row. */
@@ -159,6 +165,12 @@ void emit_fused(Lower *L, SchedClass phase, IrRef first, IrRef last);
 void emit_gemm(Lower *L, IrRef r, LLVMValueRef rows);
 /* Packs GEMM r's weight (after its complex real form) when the call packs. */
 void emit_pack(Lower *L, IrRef r);
+
+/* ---- scan.c ---- */
+void emit_scan(Lower *L, IrRef r);
+void emit_delay(Lower *L, IrRef r);
+void emit_window(Lower *L, IrRef r);
+void emit_seq_final_states(Lower *L);
 
 /* ---- seq.c ---- */
 /* An open loop over the rows of a class (examples, or their tokens). */

@@ -302,6 +302,28 @@ static void emit_matmul_row(Lower *L, const IrNode *nd, LLVMValueRef out) {
 }
 
 
+LLVMValueRef bcast_index(Lower *L, const SchedValue *an, const SchedValue *key, LLVMValueRef k,
+                         LLVMValueRef o, LLVMValueRef i) {
+  if (an->numel == 1) return ci64(L, 0);
+  if (an->numel == key->numel) return k;
+  Nest ns = {0};
+  ns.rank = key->rank;
+  memcpy(ns.shape, key->shape, sizeof ns.shape);
+  nest_operand(&ns, 0, an->rank, an->shape);
+  int last = key->rank - 1;
+  LLVMValueRef idx = mul(L, i, ci64(L, ns.stride[0][last]));
+  int64_t inner = 1;
+  for (int d = last - 1; d >= 0; d--) {
+    if (ns.stride[0][d]) {
+      LLVMValueRef c = LLVMBuildUDiv(L->bld, o, ci64(L, inner), "");
+      c = LLVMBuildURem(L->bld, c, ci64(L, key->shape[d]), "");
+      idx = add(L, idx, mul(L, c, ci64(L, ns.stride[0][d])));
+    }
+    inner *= key->shape[d];
+  }
+  return idx;
+}
+
 /* Emits node r for the current row. */
 void emit_row(Lower *L, IrRef r) {
   const IrNode *nd = &L->fn->nodes.v[r];

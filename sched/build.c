@@ -52,8 +52,8 @@ static int build_instances(Plan *p, const IrFunc *root, const int64_t *dims) {
     if (!in.dims || !in.params || !in.states || !in.layers || !in.values || !in.state_buf ||
         !in.state_tmp)
       return oom(p);
-    if (fn->kind == IR_FN_MODEL && fn->states.n > 0) {
-      diag_error(p->de, fn->loc, "a model cannot have states of its own");
+    if (fn->kind == IR_FN_MODEL && fn->states.n > 0 && fn->layers.n > 0) {
+      diag_error(p->de, fn->loc, "a model cannot have states of its own and layers");
       return -1;
     }
     for (int d = 0; d < fn->dims.n; d++)
@@ -289,9 +289,15 @@ static int build_phase(Plan *p, OpList *list, SchedClass phase) {
     const SchedValue *n = &p->v[r];
     if (n->cls != phase || sched_is_view(nd->op)) continue;
     if (n->uses == 0 && nd->op != IR_CALL) continue;
-    if (n->gemm || nd->op == IR_CALL || nd->op == IR_CAUSAL_CONV) {
+    SchedOpKind k = n->gemm                      ? SCHED_OP_GEMM
+                    : nd->op == IR_CALL            ? SCHED_OP_CALL
+                    : nd->op == IR_CAUSAL_CONV     ? SCHED_OP_CONV
+                    : nd->op == IR_SCAN || nd->op == IR_SCAN_MAX ? SCHED_OP_SCAN
+                    : nd->op == IR_DELAY           ? SCHED_OP_DELAY
+                    : nd->op == IR_WINDOW          ? SCHED_OP_WINDOW
+                                                   : SCHED_OP_NODE;
+    if (k != SCHED_OP_NODE) {
       rows = -1;
-      SchedOpKind k = n->gemm ? SCHED_OP_GEMM : nd->op == IR_CALL ? SCHED_OP_CALL : SCHED_OP_CONV;
       if (!add_op(p, list, k, phase, r, r)) return -1;
       continue;
     }
@@ -343,8 +349,15 @@ static int build_ops(Plan *p) {
         !add_op(p, body, SCHED_OP_TOKEN_OUTPUTS, SCHED_TOKEN, -1, -1) || build_time_loop(p, body))
       return -1;
   } else {
+    /* A model's own states (a cell's parallel form) are read from the
+     * start. */
+    if (!cell && fn->states.n > 0 && !add_op(p, top, SCHED_OP_STATE_INIT, SCHED_CONST, -1, -1))
+      return -1;
     if (build_phase(p, top, SCHED_TOKEN) ||
         !add_op(p, top, SCHED_OP_TOKEN_OUTPUTS, SCHED_TOKEN, -1, -1))
+      return -1;
+    if (!cell && fn->states.n > 0 &&
+        !add_op(p, top, SCHED_OP_SEQ_FINAL_STATES, SCHED_TOKEN, -1, -1))
       return -1;
     if (cell) {
       if (!add_op(p, top, SCHED_OP_STATE_INIT, SCHED_CONST, -1, -1)) return -1;

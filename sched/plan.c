@@ -146,7 +146,13 @@ static int complex_supported(Plan *p, const IrNode *nd) {
   }
 }
 
+/* The sequence ops of a cell's parallel form (passes/scan.c). */
+static int is_seq_op(IrOp op) {
+  return op == IR_SCAN || op == IR_SCAN_MAX || op == IR_DELAY || op == IR_WINDOW;
+}
+
 static int supported(Plan *p, const IrNode *nd) {
+  if (is_seq_op(nd->op)) return 1;
   if (!complex_supported(p, nd)) return 0;
   if (nd->op == IR_CAUSAL_CONV) {
     if (p->fn->kind == IR_FN_CELL) {
@@ -261,7 +267,7 @@ static int demote_expansions(Plan *p) {
     const IrNode *nd = &fn->nodes.v[r];
     SchedValue *n = &p->v[r];
     if (n->cls != SCHED_TOKEN) continue;
-    if (n->gemm || nd->op == IR_CALL || nd->op == IR_CAUSAL_CONV) feeds[r] = 1;
+    if (n->gemm || nd->op == IR_CALL || nd->op == IR_CAUSAL_CONV || is_seq_op(nd->op)) feeds[r] = 1;
     if (feeds[r])
       for (int j = 0; j < nd->nargs; j++) feeds[nd->args[j]] = 1;
   }
@@ -332,7 +338,13 @@ int plan_values(Plan *p) {
     }
     if (nd->op == IR_INPUT || nd->op == IR_CALL) n->cls = SCHED_TOKEN;
     if (nd->op == IR_STATE) n->cls = SCHED_STEP;
-    if (nd->op == IR_CAUSAL_CONV && n->cls < SCHED_TOKEN) n->cls = SCHED_TOKEN;
+    if ((nd->op == IR_CAUSAL_CONV || is_seq_op(nd->op)) && n->cls < SCHED_TOKEN)
+      n->cls = SCHED_TOKEN;
+    /* A model (a cell's parallel form) reads a state as one row per example
+     * (the value entering the sequence); what it computes from it is per
+     * token, read at that example's row. */
+    if (fn->kind == IR_FN_MODEL && nd->op != IR_STATE && n->cls == SCHED_STEP)
+      n->cls = SCHED_TOKEN;
     n->is_int = nd->type.elem == IR_INT;
     n->w = nd->type.elem == IR_COMPLEX ? 2 : 1;
     if (plan_eval_type(p, p->in, nd->type, nd->loc, &n->rank, n->shape, &n->numel)) return -1;

@@ -119,6 +119,17 @@ static void print_ops(FILE *out, const SchedInst *in, const SchedOp *ops, int n,
     case SCHED_OP_CONV:
       fprintf(out, "causal_conv v%d over the sequence\n", op->node);
       break;
+    case SCHED_OP_SCAN:
+      fprintf(out, "%s v%d over the sequence, ", in->fn->nodes.v[op->node].op == IR_SCAN_MAX ? "scan_max" : "scan", op->node);
+      print_shape(out, v);
+      fputs(" per token\n", out);
+      break;
+    case SCHED_OP_DELAY:
+      fprintf(out, "delay v%d\n", op->node);
+      break;
+    case SCHED_OP_WINDOW:
+      fprintf(out, "window v%d\n", op->node);
+      break;
     case SCHED_OP_PACK:
       fprintf(out, "pack the weight of v%d%s (when the call packs)\n", op->node,
               v->cgemm ? " after its real form" : "");
@@ -146,6 +157,9 @@ static void print_ops(FILE *out, const SchedInst *in, const SchedOp *ops, int n,
       break;
     case SCHED_OP_FINAL_STATES:
       fputs("final states\n", out);
+      break;
+    case SCHED_OP_SEQ_FINAL_STATES:
+      fputs("final states: next at each sequence's last step\n", out);
       break;
     }
   }

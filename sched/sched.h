@@ -104,6 +104,9 @@ typedef enum {
   SCHED_OP_GEMM,          /* node over all rows of its class: one runtime GEMM */
   SCHED_OP_CALL,          /* node runs a layer over the whole sequence */
   SCHED_OP_CONV,          /* node: causal convolution over the whole sequence */
+  SCHED_OP_SCAN,          /* node: scan or scan_max over the whole sequence, per example */
+  SCHED_OP_DELAY,         /* node: each token's previous token (the initial value first) */
+  SCHED_OP_WINDOW,        /* node: a shift register's window at each token */
   SCHED_OP_PACK,          /* the weight of GEMM `node` packed (after its real form, for cgemm) */
   SCHED_OP_ZERO_OUTPUTS,  /* outputs past each sequence's end are zero (with lengths) */
   SCHED_OP_STATE_INIT,    /* states from state_in, else their declared initial value */
@@ -112,6 +115,8 @@ typedef enum {
   SCHED_OP_TIME_LOOP,     /* for each step t (of the chunk, or of [0, T)): body */
   SCHED_OP_COMMIT,        /* per active example: this step's outputs, then the new states */
   SCHED_OP_FINAL_STATES,  /* state_out from the states' storage */
+  SCHED_OP_SEQ_FINAL_STATES, /* a parallel form's state_out: next at each sequence's last
+                                step (the initial value for an empty one) */
 } SchedOpKind;
 
 typedef struct SchedOp SchedOp;

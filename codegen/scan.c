@@ -1,0 +1,167 @@
+/* scan.c - a cell's parallel form (passes/scan.c): the sequence ops scan,
+ * scan_max, delay and window over each example's sequence, in the direction
+ * the instance runs, and the final states they leave.
+ *
+ * Token rows are physical positions (b*T + t); an instance run backwards
+ * (a reversed layer) processes step tau at t = len - 1 - tau, so "the
+ * previous step" is t + 1 there and the last step is t = 0.
+ */
+#include "codegen/llvm.h"
+
+/* The position of processing step tau of a sequence of length len. */
+static LLVMValueRef phys(Lower *L, LLVMValueRef len, LLVMValueRef tau) {
+  LLVMValueRef isrev = LLVMBuildICmp(L->bld, LLVMIntNE, L->a_rev, ci32(L, 0), "");
+  LLVMValueRef back = LLVMBuildSub(L->bld, LLVMBuildSub(L->bld, len, ci64(L, 1), ""), tau, "");
+  return LLVMBuildSelect(L->bld, isrev, back, tau, "");
+}
+
+/* Row pointer of node r for example b at position t (its class says which
+ * row: one for constants, the example's for states, the token's else). */
+static LLVMValueRef row_at(Lower *L, IrRef r, LLVMValueRef b, LLVMValueRef t) {
+  const SchedValue *v = &L->v[r];
+  LLVMValueRef row = v->cls == SCHED_CONST  ? ci64(L, 0)
+                     : v->cls == SCHED_STEP ? b
+                                            : add(L, mul(L, b, L->a_T), t);
+  return gepf(L, L->ll[r].base, mul(L, row, ci64(L, sched_row_floats(v))));
+}
+
+/* h_t = a_t * h_{t-1} + b_t (scan) or max(a_t + h_{t-1}, b_t) (scan_max)
+ * per example, h_{-1} the initial value, over the example's steps; the
+ * element loop runs along the value's last axis, where a broadcast
+ * coefficient is contiguous or constant. */
+void emit_scan(Lower *L, IrRef r) {
+  const IrNode *nd = &L->fn->nodes.v[r];
+  const SchedValue *n = &L->v[r], *av = &L->v[nd->args[0]];
+  int maxplus = nd->op == IR_SCAN_MAX;
+  int64_t last = n->rank ? n->shape[n->rank - 1] : 1;
+  int64_t outer = last ? n->numel / last : 0;
+  Loop lb, lt, lo, li;
+  LLVMValueRef b = loop_begin(L, &lb, ci64(L, 0), L->a_B);
+  LLVMValueRef len = len_of(L, b);
+  LLVMValueRef h0 = row_at(L, nd->args[2], b, ci64(L, 0));
+  LLVMValueRef tau = loop_begin(L, &lt, ci64(L, 0), len);
+  LLVMValueRef t = phys(L, len, tau);
+  LLVMValueRef isrev = LLVMBuildICmp(L->bld, LLVMIntNE, L->a_rev, ci32(L, 0), "");
+  LLVMValueRef tprev = LLVMBuildSelect(L->bld, isrev, add(L, t, ci64(L, 1)),
+                                       LLVMBuildSub(L->bld, t, ci64(L, 1), ""), "");
+  LLVMValueRef first = LLVMBuildICmp(L->bld, LLVMIntEQ, tau, ci64(L, 0), "");
+  /* Step 0 reads the initial value; the others the previous step's. */
+  LLVMValueRef prev = LLVMBuildSelect(
+      L->bld, first, h0, row_at(L, r, b, LLVMBuildSelect(L->bld, first, t, tprev, "")), "");
+  LLVMValueRef out = row_at(L, r, b, t);
+  LLVMValueRef pa = row_at(L, nd->args[0], b, t), pb = row_at(L, nd->args[1], b, t);
+  LLVMValueRef o = loop_begin(L, &lo, ci64(L, 0), ci64(L, outer));
+  LLVMValueRef i = loop_begin(L, &li, ci64(L, 0), ci64(L, last));
+  LLVMValueRef k = add(L, mul(L, o, ci64(L, last)), i);
+  LLVMValueRef ka = bcast_index(L, av, n, k, o, i);
+  if (n->w == 2) {
+    Cx h = cx_mul(L, ldc(L, pa, ka, av->w), ldc(L, prev, k, 2));
+    Cx y = ldc(L, pb, k, 2);
+    stc(L, (Cx){fadd(L, h.re, y.re), fadd(L, h.im, y.im)}, out, k, 2);
+  } else if (maxplus) {
+    LLVMValueRef s = fadd(L, ldf(L, pa, ka), ldf(L, prev, k));
+    stf(L, emit_binary(L, IR_MAX, s, ldf(L, pb, k)), out, k);
+  } else {
+    stf(L, fadd(L, fmul(L, ldf(L, pa, ka), ldf(L, prev, k)), ldf(L, pb, k)), out, k);
+  }
+  loop_end(L, &li);
+  loop_end(L, &lo);
+  loop_end(L, &lt);
+  loop_end(L, &lb);
+}
+
+/* Each step reads the previous step's value; the first the initial one. */
+void emit_delay(Lower *L, IrRef r) {
+  const IrNode *nd = &L->fn->nodes.v[r];
+  int64_t floats = sched_row_floats(&L->v[r]);
+  Loop lb, lt, lk;
+  LLVMValueRef b = loop_begin(L, &lb, ci64(L, 0), L->a_B);
+  LLVMValueRef len = len_of(L, b);
+  LLVMValueRef x0 = row_at(L, nd->args[1], b, ci64(L, 0));
+  LLVMValueRef tau = loop_begin(L, &lt, ci64(L, 0), len);
+  LLVMValueRef t = phys(L, len, tau);
+  LLVMValueRef isrev = LLVMBuildICmp(L->bld, LLVMIntNE, L->a_rev, ci32(L, 0), "");
+  LLVMValueRef first = LLVMBuildICmp(L->bld, LLVMIntEQ, tau, ci64(L, 0), "");
+  LLVMValueRef tprev = LLVMBuildSelect(L->bld, isrev, add(L, t, ci64(L, 1)),
+                                       LLVMBuildSub(L->bld, t, ci64(L, 1), ""), "");
+  LLVMValueRef src = LLVMBuildSelect(
+      L->bld, first, x0, row_at(L, nd->args[0], b, LLVMBuildSelect(L->bld, first, t, tprev, "")),
+      "");
+  LLVMValueRef dst = row_at(L, r, b, t);
+  LLVMValueRef k = loop_begin(L, &lk, ci64(L, 0), ci64(L, floats));
+  stf(L, ldf(L, src, k), dst, k);
+  loop_end(L, &lk);
+  loop_end(L, &lt);
+  loop_end(L, &lb);
+}
+
+/* A shift register's value entering step tau: along the axis, entries
+ * [tau*m, tau*m + n) of the stream w0 (n entries), v at step 0 (m), v at
+ * step 1 (m), ... */
+void emit_window(Lower *L, IrRef r) {
+  const IrNode *nd = &L->fn->nodes.v[r];
+  const SchedValue *n = &L->v[r], *v = &L->v[nd->args[0]];
+  int64_t outer, nlen, inner, vo, mlen, vi;
+  sched_axis_split(n, nd->axis, &outer, &nlen, &inner);
+  sched_axis_split(v, nd->axis, &vo, &mlen, &vi);
+  inner *= n->w;
+  Loop lb, lt, lj, lq, lk;
+  LLVMValueRef b = loop_begin(L, &lb, ci64(L, 0), L->a_B);
+  LLVMValueRef len = len_of(L, b);
+  LLVMValueRef w0 = row_at(L, nd->args[1], b, ci64(L, 0));
+  LLVMValueRef tau = loop_begin(L, &lt, ci64(L, 0), len);
+  LLVMValueRef dst = row_at(L, r, b, phys(L, len, tau));
+  LLVMValueRef j = loop_begin(L, &lj, ci64(L, 0), ci64(L, nlen));
+  LLVMValueRef p = add(L, mul(L, tau, ci64(L, mlen)), j);
+  LLVMValueRef from_w0 = LLVMBuildICmp(L->bld, LLVMIntSLT, p, ci64(L, nlen), "");
+  LLVMValueRef pv = LLVMBuildSub(L->bld, p, ci64(L, nlen), "");
+  /* Stream entries past w0: the m entries of v at step (p - n) / m. */
+  LLVMValueRef pvs = LLVMBuildSelect(L->bld, from_w0, ci64(L, 0), pv, "");
+  LLVMValueRef vstep = LLVMBuildSDiv(L->bld, pvs, ci64(L, mlen ? mlen : 1), "");
+  LLVMValueRef vat = LLVMBuildSRem(L->bld, pvs, ci64(L, mlen ? mlen : 1), "");
+  LLVMValueRef src =
+      LLVMBuildSelect(L->bld, from_w0, w0, row_at(L, nd->args[0], b, phys(L, len, vstep)), "");
+  LLVMValueRef at = LLVMBuildSelect(L->bld, from_w0, p, vat, "");
+  LLVMValueRef extent = LLVMBuildSelect(L->bld, from_w0, ci64(L, nlen), ci64(L, mlen), "");
+  LLVMValueRef q = loop_begin(L, &lq, ci64(L, 0), ci64(L, outer));
+  LLVMValueRef so = mul(L, add(L, mul(L, q, extent), at), ci64(L, inner));
+  LLVMValueRef dof = mul(L, add(L, mul(L, q, ci64(L, nlen)), j), ci64(L, inner));
+  LLVMValueRef k = loop_begin(L, &lk, ci64(L, 0), ci64(L, inner));
+  stf(L, ldf(L, src, add(L, so, k)), dst, add(L, dof, k));
+  loop_end(L, &lk);
+  loop_end(L, &lq);
+  loop_end(L, &lj);
+  loop_end(L, &lt);
+  loop_end(L, &lb);
+}
+
+/* state_out: next at each sequence's last step (t = len - 1, or 0 run
+ * backwards); the initial value when the sequence is empty. */
+void emit_seq_final_states(Lower *L) {
+  const IrFunc *fn = L->fn;
+  const SchedInst *in = L->in;
+  LLVMBuilderRef bld = L->bld;
+  for (int s = 0; s < fn->states.n; s++) {
+    IrRef nx = fn->states.v[s].next;
+    int64_t floats = in->bufs.v[in->state_buf[s]].row_floats;
+    LLVMBasicBlockRef check = block(L, "ocheck"), copy = block(L, "ocopy"),
+                      next = block(L, "onext");
+    LLVMBuildCondBr(bld, LLVMBuildIsNull(bld, L->a_sout, ""), next, check);
+    LLVMPositionBuilderAtEnd(bld, check);
+    LLVMValueRef dst = ldp(L, L->a_sout, in->states[s]);
+    LLVMBuildCondBr(bld, LLVMBuildIsNull(bld, dst, ""), next, copy);
+    LLVMPositionBuilderAtEnd(bld, copy);
+    Loop lb;
+    LLVMValueRef b = loop_begin(L, &lb, ci64(L, 0), L->a_B);
+    LLVMValueRef len = len_of(L, b);
+    LLVMValueRef empty = LLVMBuildICmp(bld, LLVMIntEQ, len, ci64(L, 0), "");
+    LLVMValueRef lastp = phys(L, len, LLVMBuildSub(bld, len, ci64(L, 1), ""));
+    lastp = LLVMBuildSelect(bld, empty, ci64(L, 0), lastp, "");
+    LLVMValueRef init = gepf(L, L->buf[in->state_buf[s]], mul(L, b, ci64(L, floats)));
+    LLVMValueRef src = LLVMBuildSelect(bld, empty, init, row_at(L, nx, b, lastp), "");
+    copy_row(L, dst, src, floats, b, ci64(L, 0));
+    loop_end(L, &lb);
+    LLVMBuildBr(bld, next);
+    LLVMPositionBuilderAtEnd(bld, next);
+  }
+}
