@@ -86,7 +86,9 @@ int pipeline_run(Pipeline *p, const PipeOptions *o) {
     if (strategy_choose(p->arena, p->rewritten, p->root, p->classes, o->strategy, &p->plan,
                         p->de) ||
         scan_module(p->arena, p->rewritten, p->classes, p->plan, &p->parallel, p->de) ||
-        verify(p, p->parallel, "scan"))
+        verify(p, p->parallel, "scan") ||
+        chunk_module(p->arena, p->parallel, p->plan, &p->parallel, p->de) ||
+        verify(p, p->parallel, "chunk"))
       return -1;
     p->reached = PIPE_FORMS;
   }

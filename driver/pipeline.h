@@ -4,7 +4,7 @@
  *   rewrite, verify                    passes/rewrite.c
  *   classify                           passes/classify.c
  *   bind dims                          ir/bind.c
- *   choose forms, parallelize, verify  passes/strategy.c, passes/scan.c
+ *   choose forms, parallelize, verify  passes/strategy.c, scan.c, chunk.c
  *   schedule                           sched/
  *   render                             codegen/          (LLVM: JIT or a file)
  *

@@ -762,7 +762,8 @@ static void mark_nodes(Inst *in) {
     const IrNode *nd = &fn->nodes.v[i];
     int v = nd->op == IR_INPUT || nd->op == IR_STATE || nd->op == IR_CALL || nd->op == IR_RESULT ||
             nd->op == IR_CAUSAL_CONV || nd->op == IR_SCAN || nd->op == IR_SCAN_MAX ||
-            nd->op == IR_DELAY || nd->op == IR_WINDOW;
+            nd->op == IR_DELAY || nd->op == IR_WINDOW || nd->op == IR_LINATTN ||
+            nd->op == IR_LINATTN_STATE;
     for (int k = 0; k < nd->nargs && !v; k++) v = sl[nd->args[k]].varying;
     sl[i].varying = v;
   }
@@ -903,6 +904,10 @@ static int alloc_slots(Run *r, Inst *in) {
     s->stride = per_position ? w : 0;
     if (nd->op == IR_RMSNORM || nd->op == IR_LAYERNORM)
       if (!(s->aux = alloc_doubles(r, s->v.n, 2))) return oom(r);
+    if (nd->op == IR_LINATTN) { /* the running state, [L..., V, K] */
+      const Val *S0 = &in->slot[nd->args[4]].v;
+      if (!(s->aux = alloc_doubles(r, S0->n, 1))) return oom(r);
+    }
     if (nd->op == IR_CALL) {
       const Inst *c = in->child[nd->index];
       int no = c->fn->outputs.n;
@@ -1047,7 +1052,8 @@ static int inst_build(Run *r, const IrFunc *fn, int flat, const int64_t *dims, i
   for (int i = 0; i < nn; i++) {
     IrOp op = fn->nodes.v[i].op;
     int seq_op = op == IR_CALL || op == IR_RESULT || op == IR_CAUSAL_CONV || op == IR_SCAN ||
-                 op == IR_SCAN_MAX || op == IR_DELAY || op == IR_WINDOW;
+                 op == IR_SCAN_MAX || op == IR_DELAY || op == IR_WINDOW || op == IR_LINATTN ||
+                 op == IR_LINATTN_STATE;
     if (in->slot[i].live && ((fn->kind == IR_FN_CELL && seq_op) ||
                              (fn->kind == IR_FN_MODEL && op == IR_STATE && fn->states.n == 0))) {
       diag_error(r->de, fn->nodes.v[i].loc, "internal error in interp: %s in a %s",
@@ -1308,6 +1314,54 @@ static void window(Inst *in, int i, int64_t len) {
   }
 }
 
+/* A matrix state's chunkwise-parallel form (passes/chunk.c), evaluated as
+ * its definition, step by step: S_t = S_{t-1} * exp(lg_t) along K +
+ * v_t k_t^T per lead slice, and LINATTN's readout sum_K S q_t after the
+ * update (before it when exclusive). The state is kept in float64 and
+ * rounded after each step in float32 mode, as the cell's ops would be. */
+static void linattn(Run *r, Inst *in, int i, int64_t len) {
+  const IrNode *nd = &in->fn->nodes.v[i];
+  Slot *s = &in->slot[i];
+  int readout = nd->op == IR_LINATTN, off = readout ? 1 : 0;
+  const Slot *q = readout ? &in->slot[nd->args[0]] : NULL;
+  const Slot *k = &in->slot[nd->args[off]], *v = &in->slot[nd->args[off + 1]],
+             *lg = &in->slot[nd->args[off + 2]], *S0 = &in->slot[nd->args[off + 3]];
+  int L = S0->v.rank - 2;
+  int64_t V = S0->v.shape[L], K = S0->v.shape[L + 1], Kg = lg->v.shape[L];
+  int64_t heads = V > 0 && K > 0 ? S0->v.n / (V * K) : 0;
+  double *S = readout ? s->aux : NULL;
+  for (int64_t t = 0; t < len; t++) {
+    const double *prev = t == 0 ? S0->v.d : readout ? S : s->v.d + (t - 1) * s->stride;
+    double *cur = readout ? S : s->v.d + t * s->stride;
+    if (readout && t == 0) memcpy(S, S0->v.d, (size_t)S0->v.n * sizeof(double));
+    const double *qt = readout ? q->v.d + t * q->stride : NULL;
+    const double *kt = k->v.d + t * k->stride, *vt = v->v.d + t * v->stride,
+                 *gt = lg->v.d + t * lg->stride;
+    double *o = readout ? s->v.d + t * s->stride : NULL;
+    for (int64_t h = 0; h < heads; h++) {
+      if (readout && nd->index)
+        for (int64_t a = 0; a < V; a++) {
+          double acc = 0;
+          for (int64_t j = 0; j < K; j++) acc += prev[(h * V + a) * K + j] * qt[h * K + j];
+          o[h * V + a] = acc;
+        }
+      for (int64_t a = 0; a < V; a++)
+        for (int64_t j = 0; j < K; j++) {
+          double g = exp(gt[h * Kg + (Kg == 1 ? 0 : j)]);
+          double x = prev[(h * V + a) * K + j] * g + vt[h * V + a] * kt[h * K + j];
+          cur[(h * V + a) * K + j] = r->f64 ? x : (double)(float)x;
+        }
+      if (readout && !nd->index)
+        for (int64_t a = 0; a < V; a++) {
+          double acc = 0;
+          for (int64_t j = 0; j < K; j++) acc += cur[(h * V + a) * K + j] * qt[h * K + j];
+          o[h * V + a] = acc;
+        }
+    }
+    if (o && !r->f64) round_f32(o, heads * V);
+  }
+}
+
 static int run_model(Run *r, Inst *in, const Seq *ins, int64_t len) {
   const IrFunc *fn = in->fn;
   /* A model's own states (a cell's parallel form): the value entering the
@@ -1350,6 +1404,10 @@ static int run_model(Run *r, Inst *in, const Seq *ins, int64_t len) {
       break;
     case IR_WINDOW:
       window(in, i, len);
+      break;
+    case IR_LINATTN:
+    case IR_LINATTN_STATE:
+      linattn(r, in, i, len);
       break;
     default:
       for (int64_t t = 0; t < len; t++) {

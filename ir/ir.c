@@ -78,6 +78,59 @@ int ir_func_index(const IrModule *m, const char *name) {
   return -1;
 }
 
+IrFunc *ir_func_prune(IrModule *m, const IrFunc *f) {
+  Arena *a = m->arena;
+  IrFunc *g = ir_func_new(m, f->name, f->kind, f->loc);
+  char *live = arena_calloc(a, (size_t)f->nodes.n + 1, 1);
+  IrRef *map = arena_calloc(a, (size_t)f->nodes.n + 1, sizeof *map);
+  if (!g || !live || !map) return NULL;
+  g->doc = f->doc;
+  g->dims = f->dims;
+  g->params = f->params;
+  g->inputs = f->inputs;
+  g->layers = f->layers;
+  g->dim_defaults = f->dim_defaults;
+  /* Shared with f, so never grown in place. */
+  g->dims.cap = g->dims.n;
+  g->params.cap = g->params.n;
+  g->inputs.cap = g->inputs.n;
+  g->layers.cap = g->layers.n;
+  g->dim_defaults.cap = g->dim_defaults.n;
+  for (int i = 0; i < f->states.n; i++) {
+    if (f->states.v[i].init >= 0) live[f->states.v[i].init] = 1;
+    if (f->states.v[i].next >= 0) live[f->states.v[i].next] = 1;
+  }
+  for (int i = 0; i < f->outputs.n; i++)
+    if (f->outputs.v[i].value >= 0) live[f->outputs.v[i].value] = 1;
+  for (IrRef r = f->nodes.n - 1; r >= 0; r--) {
+    const IrNode *n = &f->nodes.v[r];
+    if (n->op == IR_CALL) live[r] = 1;
+    if (live[r])
+      for (int j = 0; j < n->nargs; j++) live[n->args[j]] = 1;
+  }
+  for (IrRef r = 0; r < f->nodes.n; r++) {
+    map[r] = IR_NONE;
+    if (!live[r]) continue;
+    const IrNode *n = &f->nodes.v[r];
+    IrRef *args = n->nargs ? arena_calloc(a, (size_t)n->nargs, sizeof *args) : NULL;
+    if (n->nargs && !args) return NULL;
+    for (int j = 0; j < n->nargs; j++) args[j] = map[n->args[j]];
+    if ((map[r] = ir_emit(g, a, n, n->nargs, args)) == IR_NONE) return NULL;
+  }
+  for (int i = 0; i < f->states.n; i++) {
+    IrState s = f->states.v[i];
+    s.init = s.init >= 0 ? map[s.init] : IR_NONE;
+    s.next = s.next >= 0 ? map[s.next] : IR_NONE;
+    if (vec_push(a, &g->states, s)) return NULL;
+  }
+  for (int i = 0; i < f->outputs.n; i++) {
+    IrOutput o = f->outputs.v[i];
+    o.value = o.value >= 0 ? map[o.value] : IR_NONE;
+    if (vec_push(a, &g->outputs, o)) return NULL;
+  }
+  return g;
+}
+
 /* ---- Hash-consing ------------------------------------------------------------ */
 
 /* Open addressing with linear probing over node indices; the table lives in
@@ -660,6 +713,32 @@ int ir_infer_type(const IrFunc *f, Arena *a, const IrNode *proto, int nargs, con
       return fail(cx, "window: %s does not extend %s along axis %d", tstr(cx, v), tstr(cx, w),
                   proto->axis);
     return result(cx, w.elem, w.rank, w.dims, out);
+  }
+  case IR_LINATTN:
+  case IR_LINATTN_STATE: {
+    /* Operands: [q,] k, v, lg, S0; every one real, with the lead axes of S0. */
+    int off = op == IR_LINATTN ? 1 : 0;
+    IrType S = f->nodes.v[args[off + 3]].type, k = ts[off], v = ts[off + 1],
+           lg = f->nodes.v[args[off + 2]].type;
+    for (int i = 0; i < nargs; i++)
+      if (need_real(cx, info->text, f->nodes.v[args[i]].type)) return -1;
+    if (S.rank < 2) return fail(cx, "%s: the state %s is not a matrix", info->text, tstr(cx, S));
+    int L = S.rank - 2;
+    DimExpr V = S.dims[L], K = S.dims[L + 1];
+    int ok = k.rank == L + 1 && v.rank == L + 1 && lg.rank == L + 1 && dim_eq(k.dims[L], K) &&
+             dim_eq(v.dims[L], V) && (is_one(lg.dims[L]) || dim_eq(lg.dims[L], K));
+    if (op == IR_LINATTN) ok = ok && ts[0].rank == L + 1 && dim_eq(ts[0].dims[L], K);
+    for (int i = 0; ok && i < L; i++) {
+      ok = dim_eq(k.dims[i], S.dims[i]) && dim_eq(v.dims[i], S.dims[i]) &&
+           dim_eq(lg.dims[i], S.dims[i]);
+      if (op == IR_LINATTN) ok = ok && dim_eq(ts[0].dims[i], S.dims[i]);
+    }
+    if (!ok)
+      return fail(cx, "%s: operands do not fit the state %s ([..., V, K]: q, k [..., K], v [..., "
+                      "V], lg [..., 1 or K])",
+                  info->text, tstr(cx, S));
+    if (op == IR_LINATTN_STATE) return result(cx, IR_REAL, S.rank, S.dims, out);
+    return result(cx, IR_REAL, L + 1, S.dims, out);
   }
   case IR_DELAY:
     if (ts[0].elem == IR_INT || !ir_type_eq(ts[0], ts[1]))

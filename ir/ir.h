@@ -210,6 +210,10 @@ typedef struct IrModule {
 IrModule *ir_module_new(Arena *a);
 IrFunc *ir_func_new(IrModule *m, const char *name, IrFuncKind kind, SrcLoc loc);
 int ir_func_index(const IrModule *m, const char *name); /* -1 if absent */
+/* A copy of f in m with only its live nodes (those the outputs, the states'
+ * initial and next values and the layer calls read), in the same order;
+ * the signature is shared with f. NULL when memory runs out. */
+IrFunc *ir_func_prune(IrModule *m, const IrFunc *f);
 
 /* Copies dims into the arena. A rank outside [0, SEQ_MAX_RANK] or a failed
  * allocation gives a type of rank -1 (never equal to a valid type). */

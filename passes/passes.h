@@ -182,4 +182,17 @@ int scan_cell(Arena *a, const IrFunc *cell, const RecFunc *rf, IrFunc **out, con
 int scan_module(Arena *a, const IrModule *m, const ClassifyResult *cr, const StrategyPlan *plan,
                 IrModule **out, DiagEngine *de);
 
+/* ---- chunk.c: a matrix state's chunkwise-parallel form as IR ------------- */
+
+/* Rewrites f, a cell's parallel form (scan.c), with the states marked in
+ * chunked[] in their chunked form (linattn, linattn_state; chunk.c says
+ * what it needs). Returns 0 and *out (a function of its own module); 1
+ * and *why when a state has no such form; -1 with a diagnostic. */
+int chunk_func(Arena *a, const IrFunc *f, const char *chunked, IrFunc **out, const char **why,
+               DiagEngine *de);
+/* A copy of m (a module of parallel forms) with every state the plan runs
+ * chunked in that form; function i of m is function i of *out. */
+int chunk_module(Arena *a, const IrModule *m, const StrategyPlan *plan, IrModule **out,
+                 DiagEngine *de);
+
 #endif

@@ -551,8 +551,8 @@ static int all_parallel(const StrategyPlan *plan, const IrFunc *f, int fi) {
 int scan_module(Arena *a, const IrModule *m, const ClassifyResult *cr, const StrategyPlan *plan,
                 IrModule **out, DiagEngine *de) {
   *out = NULL;
-  IrModule *pm = ir_module_new(a);
-  if (!pm) {
+  IrModule *pm = ir_module_new(a), *scratch = ir_module_new(a);
+  if (!pm || !scratch) {
     diag_error(de, (SrcLoc){0}, "out of memory");
     return -1;
   }
@@ -568,7 +568,12 @@ int scan_module(Arena *a, const IrModule *m, const ClassifyResult *cr, const Str
         diag_error(de, f->loc, "%s has no parallel form: %s", f->name, why);
         return -1;
       }
-      f = par;
+      /* Reads a state's form does not need (a delay of a scan only its
+       * own next reads) go. */
+      if (!(f = ir_func_prune(scratch, par))) {
+        diag_error(de, (SrcLoc){0}, "out of memory");
+        return -1;
+      }
     }
     if (vec_push(a, &pm->funcs, f)) {
       diag_error(de, (SrcLoc){0}, "out of memory");

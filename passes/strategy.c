@@ -130,6 +130,36 @@ static int find_named_state(const IrFlat *flat, const char *name, const IrFunc *
   return -1;
 }
 
+/* The chunked forms of a cell whose parallel form is par: a dry run of
+ * chunk.c for the states sf asks chunked; a state that has none runs as a
+ * scan when it was asked for every state, and is an error when named. */
+static int chunked_forms(Arena *a, const IrFunc *f, StateForm *sf, const char *named,
+                         const IrFunc *par, DiagEngine *de) {
+  char *chunked = arena_calloc(a, (size_t)f->states.n + 1, 1);
+  if (!chunked) {
+    diag_error(de, (SrcLoc){0}, "out of memory choosing forms");
+    return -1;
+  }
+  for (int k = 0; k < f->states.n; k++) {
+    if (sf[k].form != FORM_CHUNKED) continue;
+    memset(chunked, 0, (size_t)f->states.n);
+    chunked[k] = 1;
+    IrFunc *out;
+    const char *why;
+    int rc = chunk_func(a, par, chunked, &out, &why, de);
+    if (rc < 0) return -1;
+    if (rc == 0) continue;
+    if (named[k]) {
+      diag_error(de, f->states.v[k].loc, "--strategy: state %s of %s has no chunked form: %s",
+                 f->states.v[k].name, f->name, why);
+      return -1;
+    }
+    sf[k].form = FORM_SCAN;
+    sf[k].why = arena_printf(a, "scan: no chunked form (%s)", why);
+  }
+  return 0;
+}
+
 int strategy_choose(Arena *a, const IrModule *m, const IrFunc *root, const ClassifyResult *cr,
                     const StrategyRequest *req, StrategyPlan **out, DiagEngine *de) {
   *out = NULL;
@@ -211,6 +241,7 @@ int strategy_choose(Arena *a, const IrModule *m, const IrFunc *root, const Class
       const char *why;
       int rc = scan_cell(a, f, &cr->funcs[i], &par, &why, de);
       if (rc < 0) return -1;
+      if (rc == 0 && chunked_forms(a, f, sf, named[i], par, de)) return -1;
       if (rc > 0) {
         for (int k = 0; k < f->states.n; k++)
           if (named[i][k]) {

@@ -1,0 +1,458 @@
+/* chunk.c - a matrix state's chunkwise-parallel form as IR.
+ *
+ * scan.c leaves a matrix state as H = scan(a, b, S): the state after every
+ * step, materialized, which a readout then contracts with a per-token
+ * vector. When the state is only read that way and its update is a gate
+ * along one axis plus a rank-one write, the readouts can be computed without
+ * ever forming S_t (docs/algorithms.md, the chunkwise-parallel form). This
+ * pass finds that structure and rewrites the function into the canonical
+ * ops (ir/ops.def), in the state's layout [L..., V, K]:
+ *
+ *   linattn(q, k, v, lg, S0)       o_t = S_t q_t (or S_{t-1} q_t)   [L..., V]
+ *   linattn_state(k, v, lg, S0)    S_t (only its last value is a result)
+ *
+ * where S_t = S_{t-1} diag_K(exp(lg_t)) + v_t k_t^T. Read off the scan:
+ *   - the contraction axis K is the one every readout sums over (the last or
+ *     the second last axis; V is the other, the axes before are lead axes);
+ *   - b must be a product of factors each varying along V or K but not both
+ *     (a rank-one write per lead slice): those along K make k, the others v;
+ *   - a must not vary along V, and must be provably positive so that its
+ *     logarithm is exact: exp(z) gives z, sigmoid(x) logsigmoid(x), products
+ *     sums of logarithms; a constant 1 is no gate;
+ *   - every read of H, or of delay(H) (then the readout is exclusive), must
+ *     be sum(H * q, axis=K) with q free of the state and of size 1 along V.
+ * Anything else leaves the state to its elementwise scan, and says why.
+ * The interpreter runs the rewritten function, so test_scan checks these
+ * steps; the backends run the ops with their chunked kernels.
+ */
+#include "passes/passes.h"
+
+#include <math.h>
+#include <string.h>
+
+typedef struct Chunk {
+  Arena *a;
+  DiagEngine *de;
+  const IrFunc *src;
+  IrFunc *dst;
+  IrRef *map;
+  const char *why;
+  int failed;
+} Chunk;
+
+static int refuse(Chunk *C, const IrNode *n, const char *what) {
+  if (!C->why)
+    C->why = n && n->loc.file ? arena_printf(C->a, "%s at %s:%d:%d", what, n->loc.file->name,
+                                             n->loc.line, n->loc.col)
+                              : what;
+  return -1;
+}
+
+static IrRef build(Chunk *C, IrOp op, int nargs, const IrRef *args, const IrNode *attrs,
+                   SrcLoc loc) {
+  if (C->failed) return IR_NONE;
+  IrNode proto;
+  memset(&proto, 0, sizeof proto);
+  if (attrs) proto = *attrs;
+  proto.op = op;
+  proto.loc = loc;
+  char msg[256] = "";
+  IrType t;
+  if (ir_infer_type(C->dst, C->a, &proto, nargs, args, &t, msg, sizeof msg)) {
+    diag_internal(C->de, "chunk", "%s: %s does not type: %s", C->src->name, ir_op_info[op].text,
+                  msg);
+    C->failed = 1;
+    return IR_NONE;
+  }
+  proto.type = t;
+  IrRef r = ir_emit(C->dst, C->a, &proto, nargs, args);
+  if (r == IR_NONE) {
+    diag_error(C->de, C->src->loc, "out of memory");
+    C->failed = 1;
+  }
+  return r;
+}
+
+static IrRef move(Chunk *C, IrOp op, IrRef x, IrType to, SrcLoc loc) {
+  if (C->failed) return IR_NONE;
+  if (ir_type_eq(C->dst->nodes.v[x].type, to)) return x;
+  IrNode attrs;
+  memset(&attrs, 0, sizeof attrs);
+  attrs.type = to;
+  return build(C, op, 1, &x, &attrs, loc);
+}
+
+static int dim_is_one(DimExpr d) {
+  int64_t v;
+  return dim_is_const(d, &v) && v == 1;
+}
+
+/* The size of t along axis ax of a value of rank r that t broadcasts to
+ * (axes aligned on the right; a missing axis has size 1). */
+static DimExpr aligned(IrType t, int r, int ax) {
+  int i = ax - (r - t.rank);
+  return i >= 0 ? t.dims[i] : dim_const(1);
+}
+
+/* x (of rank <= r, broadcastable to rank r) as rank r - 1 without axis
+ * `drop`, where x has size 1: a reshape that keeps the element order. */
+static IrRef drop_axis(Chunk *C, IrRef x, int r, int drop, SrcLoc loc) {
+  IrType t = C->dst->nodes.v[x].type;
+  DimExpr dims[SEQ_MAX_RANK];
+  int n = 0;
+  for (int ax = 0; ax < r; ax++)
+    if (ax != drop) dims[n++] = aligned(t, r, ax);
+  return move(C, IR_RESHAPE, x, ir_type(C->a, IR_REAL, n, dims), loc);
+}
+
+/* log(x) for a src node x that is provably positive; IR_NONE (with why)
+ * when it cannot be shown. */
+static IrRef log_of(Chunk *C, IrRef x) {
+  const IrNode *n = &C->src->nodes.v[x];
+  SrcLoc loc = n->loc;
+  switch (n->op) {
+  case IR_EXP:
+    return C->map[n->args[0]];
+  case IR_SIGMOID: {
+    IrRef y = C->map[n->args[0]];
+    return build(C, IR_LOGSIGMOID, 1, &y, NULL, loc);
+  }
+  case IR_CONST:
+    if (n->cval > 0) {
+      IrNode c;
+      memset(&c, 0, sizeof c);
+      c.cval = log(n->cval);
+      return build(C, IR_CONST, 0, NULL, &c, loc);
+    }
+    break;
+  case IR_RESHAPE:
+  case IR_BROADCAST: {
+    IrRef y = log_of(C, n->args[0]);
+    return y == IR_NONE ? IR_NONE : move(C, n->op, y, n->type, loc);
+  }
+  case IR_MUL:
+  case IR_DIV: {
+    IrRef u = log_of(C, n->args[0]), w = log_of(C, n->args[1]);
+    if (u == IR_NONE || w == IR_NONE) return IR_NONE;
+    IrRef args[2] = {u, w};
+    return build(C, n->op == IR_MUL ? IR_ADD : IR_SUB, 2, args, NULL, loc);
+  }
+  default:
+    break;
+  }
+  refuse(C, n, "a gate not provably positive (not exp, sigmoid or their products)");
+  return IR_NONE;
+}
+
+/* The factors of the rank-one write b (a tree of products), split by the
+ * axis they vary along: product of those along K (into *k) and of the
+ * others (*v), each as rank r - 1 without the other axis. */
+static int split_write(Chunk *C, IrRef b, int r, int vax, int kax, IrRef *v, IrRef *k) {
+  const IrFunc *f = C->src;
+  IrRef stack[64];
+  int sp = 0;
+  stack[sp++] = b;
+  *v = *k = IR_NONE;
+  while (sp > 0) {
+    IrRef x = stack[--sp];
+    const IrNode *n = &f->nodes.v[x];
+    if (n->op == IR_MUL && sp + 2 <= 64) {
+      stack[sp++] = n->args[0];
+      stack[sp++] = n->args[1];
+      continue;
+    }
+    if (n->op == IR_BROADCAST && n->type.rank == r) {
+      stack[sp++] = n->args[0];
+      continue;
+    }
+    if (n->type.rank > r) return refuse(C, n, "a write of higher rank than the state");
+    int along_v = !dim_is_one(aligned(n->type, r, vax));
+    int along_k = !dim_is_one(aligned(n->type, r, kax));
+    if (along_v && along_k)
+      return refuse(C, n, "a write that is not rank one (a factor varies along both axes)");
+    IrRef *side = along_k ? k : v;
+    IrRef part = drop_axis(C, C->map[x], r, along_k ? vax : kax, n->loc);
+    if (*side == IR_NONE) {
+      *side = part;
+    } else {
+      IrRef args[2] = {*side, part};
+      *side = build(C, IR_MUL, 2, args, NULL, n->loc);
+    }
+  }
+  return C->failed ? -1 : 0;
+}
+
+/* Users of every node of f (counts, then lists). */
+typedef struct Users {
+  int *n;
+  IrRef **of;
+} Users;
+
+static int users_of(Arena *a, const IrFunc *f, Users *u) {
+  u->n = arena_calloc(a, (size_t)f->nodes.n + 1, sizeof *u->n);
+  u->of = arena_calloc(a, (size_t)f->nodes.n + 1, sizeof *u->of);
+  if (!u->n || !u->of) return -1;
+  for (IrRef r = 0; r < f->nodes.n; r++)
+    for (int j = 0; j < f->nodes.v[r].nargs; j++) u->n[f->nodes.v[r].args[j]]++;
+  for (IrRef r = 0; r < f->nodes.n; r++) {
+    u->of[r] = arena_calloc(a, (size_t)u->n[r] + 1, sizeof **u->of);
+    if (!u->of[r]) return -1;
+    u->n[r] = 0;
+  }
+  for (IrRef r = 0; r < f->nodes.n; r++)
+    for (int j = 0; j < f->nodes.v[r].nargs; j++) {
+      IrRef a0 = f->nodes.v[r].args[j];
+      u->of[a0][u->n[a0]++] = r;
+    }
+  return 0;
+}
+
+/* What replaces a readout sum(X * q, axis=K). */
+typedef struct Readout {
+  IrRef sum, q;
+  int exclusive;
+} Readout;
+
+/* The plan for state s of f: its readouts, axes and scan; 0, or -1 with why. */
+typedef struct Plan {
+  int s;
+  IrRef scan, delay;
+  int r, vax, kax;
+  Readout *reads;
+  int nreads;
+} Plan;
+
+static int plan_state(Chunk *C, const Users *u, int s, Plan *p) {
+  const IrFunc *f = C->src;
+  const IrState *st = &f->states.v[s];
+  memset(p, 0, sizeof *p);
+  p->s = s;
+  p->delay = IR_NONE;
+  p->scan = st->next;
+  const IrNode *h = &f->nodes.v[p->scan];
+  if (h->op != IR_SCAN) return refuse(C, h, "the state is not a scan");
+  p->r = st->type.rank;
+  if (p->r < 2) return refuse(C, h, "the state is not a matrix");
+  p->reads = arena_calloc(C->a, (size_t)f->nodes.n + 1, sizeof *p->reads);
+  if (!p->reads) return -1;
+  p->kax = -1;
+  /* Every use of H and delay(H): the delay, a product contracted by sums. */
+  IrRef xs[2] = {p->scan, IR_NONE};
+  for (int xi = 0; xi < 2; xi++) {
+    IrRef x = xs[xi];
+    if (x == IR_NONE) continue;
+    for (int i = 0; i < u->n[x]; i++) {
+      IrRef use = u->of[x][i];
+      const IrNode *m = &f->nodes.v[use];
+      if (xi == 0 && m->op == IR_DELAY && m->args[0] == x) {
+        xs[1] = p->delay = use;
+        continue;
+      }
+      if (m->op != IR_MUL || !ir_type_eq(m->type, st->type) || (m->args[0] == x) == (m->args[1] == x))
+        return refuse(C, m, "the state is read other than through contractions");
+      IrRef q = m->args[m->args[0] == x ? 1 : 0];
+      const IrNode *qn = &f->nodes.v[q];
+      for (int k = 0; k < u->n[use]; k++) {
+        const IrNode *sum = &f->nodes.v[u->of[use][k]];
+        if (sum->op != IR_SUM || sum->axis < p->r - 2 || sum->axis >= p->r)
+          return refuse(C, sum, "a product with the state not summed over one of its last axes");
+        if (p->kax >= 0 && sum->axis != p->kax)
+          return refuse(C, sum, "readouts that sum over different axes");
+        p->kax = sum->axis;
+        p->vax = p->kax == p->r - 1 ? p->r - 2 : p->r - 1;
+        if (qn->type.rank > p->r || !dim_is_one(aligned(qn->type, p->r, p->vax)))
+          return refuse(C, qn, "a readout vector that varies along the value axis");
+        p->reads[p->nreads++] = (Readout){u->of[use][k], q, xi == 1};
+      }
+    }
+  }
+  if (p->kax < 0) return refuse(C, h, "the state is never read");
+  /* The state's other users: only its own next (the model's state). */
+  return 0;
+}
+
+/* The canonical operands shared by the readouts and the final state. */
+typedef struct Operands {
+  IrRef k, v, lg, S0;
+} Operands;
+
+static int operands(Chunk *C, const Plan *p, Operands *o) {
+  const IrFunc *f = C->src;
+  const IrNode *h = &f->nodes.v[p->scan];
+  const IrState *st = &f->states.v[p->s];
+  int r = p->r, L = r - 2;
+  SrcLoc loc = h->loc;
+  DimExpr lead[SEQ_MAX_RANK];
+  for (int i = 0; i < L; i++) lead[i] = st->type.dims[i];
+  DimExpr V = st->type.dims[p->vax], K = st->type.dims[p->kax];
+  if (split_write(C, h->args[1], r, p->vax, p->kax, &o->v, &o->k)) return -1;
+  DimExpr dv[SEQ_MAX_RANK], dk[SEQ_MAX_RANK];
+  memcpy(dv, lead, sizeof(DimExpr) * (size_t)L);
+  memcpy(dk, lead, sizeof(DimExpr) * (size_t)L);
+  dv[L] = V;
+  dk[L] = K;
+  IrNode one;
+  memset(&one, 0, sizeof one);
+  one.cval = 1.0;
+  if (o->v == IR_NONE) o->v = build(C, IR_CONST, 0, NULL, &one, loc);
+  if (o->k == IR_NONE) o->k = build(C, IR_CONST, 0, NULL, &one, loc);
+  o->v = move(C, IR_BROADCAST, o->v, ir_type(C->a, IR_REAL, L + 1, dv), loc);
+  o->k = move(C, IR_BROADCAST, o->k, ir_type(C->a, IR_REAL, L + 1, dk), loc);
+  /* The gate: free of V, positive; its log along K (or one per lead slice). */
+  IrRef a = h->args[0];
+  const IrNode *an = &f->nodes.v[a];
+  if (an->type.rank > r || !dim_is_one(aligned(an->type, r, p->vax)))
+    return refuse(C, an, "a gate that varies along the value axis");
+  IrRef lg = log_of(C, a);
+  if (lg == IR_NONE || C->failed) return -1;
+  lg = drop_axis(C, lg, r, p->vax, loc);
+  DimExpr dg[SEQ_MAX_RANK];
+  memcpy(dg, lead, sizeof(DimExpr) * (size_t)L);
+  dg[L] = dim_is_one(aligned(an->type, r, p->kax)) ? dim_const(1) : K;
+  o->lg = move(C, IR_BROADCAST, lg, ir_type(C->a, IR_REAL, L + 1, dg), loc);
+  /* The initial state in the canonical layout [L..., V, K]. */
+  o->S0 = C->map[h->args[2]];
+  if (p->kax == r - 2) o->S0 = build(C, IR_TRANSPOSE, 1, &o->S0, NULL, loc);
+  return C->failed ? -1 : 0;
+}
+
+/* Rewrites f with the matrix states marked in `chunked` in their chunked
+ * form; returns 0 and *out, 1 and *why, -1 on internal errors. */
+int chunk_func(Arena *a, const IrFunc *f, const char *chunked, IrFunc **out, const char **why,
+               DiagEngine *de) {
+  *out = NULL;
+  *why = NULL;
+  Chunk C;
+  memset(&C, 0, sizeof C);
+  C.a = a;
+  C.de = de;
+  C.src = f;
+  Users u;
+  IrModule *scratch = ir_module_new(a);
+  C.map = arena_calloc(a, (size_t)f->nodes.n + 1, sizeof *C.map);
+  Plan *plans = arena_calloc(a, (size_t)f->states.n + 1, sizeof *plans);
+  /* Per node: the readout that replaces it (its index + 1), if any. */
+  int *readout_of = arena_calloc(a, (size_t)f->nodes.n + 1, sizeof *readout_of);
+  int *plan_of = arena_calloc(a, (size_t)f->nodes.n + 1, sizeof *plan_of);
+  if (!scratch || !C.map || !plans || !readout_of || !plan_of || users_of(a, f, &u)) goto oom;
+  C.dst = ir_func_new(scratch, f->name, f->kind, f->loc);
+  if (!C.dst) goto oom;
+  C.dst->doc = f->doc;
+  C.dst->dims = f->dims;
+  C.dst->params = f->params;
+  C.dst->inputs = f->inputs;
+  C.dst->dim_defaults = f->dim_defaults;
+  C.dst->dims.cap = f->dims.n;
+  C.dst->params.cap = f->params.n;
+  C.dst->inputs.cap = f->inputs.n;
+  C.dst->dim_defaults.cap = f->dim_defaults.n;
+  for (int i = 0; i < f->states.n; i++)
+    if (vec_push(a, &C.dst->states, f->states.v[i])) goto oom;
+  for (int i = 0; i < f->outputs.n; i++)
+    if (vec_push(a, &C.dst->outputs, f->outputs.v[i])) goto oom;
+  for (int s = 0; s < f->states.n; s++) {
+    if (!chunked[s]) continue;
+    if (plan_state(&C, &u, s, &plans[s])) goto refused;
+    for (int i = 0; i < plans[s].nreads; i++) {
+      readout_of[plans[s].reads[i].sum] = i + 1;
+      plan_of[plans[s].reads[i].sum] = s;
+    }
+  }
+  /* Copy in order; a readout becomes linattn once its operands exist. */
+  Operands *ops = arena_calloc(a, (size_t)f->states.n + 1, sizeof *ops);
+  char *have = arena_calloc(a, (size_t)f->states.n + 1, 1);
+  if (!ops || !have) goto oom;
+  for (IrRef r = 0; r < f->nodes.n; r++) {
+    const IrNode *n = &f->nodes.v[r];
+    if (readout_of[r]) {
+      int s = plan_of[r];
+      const Plan *p = &plans[s];
+      if (!have[s]) {
+        if (operands(&C, p, &ops[s])) goto refused;
+        have[s] = 1;
+      }
+      const Readout *ro = &p->reads[readout_of[r] - 1];
+      IrRef q = drop_axis(&C, C.map[ro->q], p->r, p->vax, n->loc);
+      q = move(&C, IR_BROADCAST, q, C.dst->nodes.v[ops[s].k].type, n->loc);
+      IrNode attrs;
+      memset(&attrs, 0, sizeof attrs);
+      attrs.index = ro->exclusive;
+      IrRef args[5] = {q, ops[s].k, ops[s].v, ops[s].lg, ops[s].S0};
+      C.map[r] = build(&C, IR_LINATTN, 5, args, &attrs, n->loc);
+    } else {
+      IrRef *args = n->nargs ? arena_calloc(a, (size_t)n->nargs, sizeof *args) : NULL;
+      if (n->nargs && !args) goto oom;
+      for (int j = 0; j < n->nargs; j++) args[j] = C.map[n->args[j]];
+      C.map[r] = ir_emit(C.dst, a, n, n->nargs, args);
+      if (C.map[r] == IR_NONE) goto oom;
+    }
+    if (C.failed) return -1;
+  }
+  for (int s = 0; s < f->states.n; s++) {
+    IrState *st = &C.dst->states.v[s];
+    st->init = st->init >= 0 ? C.map[st->init] : IR_NONE;
+    if (!chunked[s]) {
+      st->next = C.map[st->next];
+      continue;
+    }
+    const Plan *p = &plans[s];
+    if (!have[s] && operands(&C, p, &ops[s])) goto refused;
+    IrRef args[4] = {ops[s].k, ops[s].v, ops[s].lg, ops[s].S0};
+    IrRef S = build(&C, IR_LINATTN_STATE, 4, args, NULL, f->nodes.v[p->scan].loc);
+    if (p->kax == p->r - 2) S = build(&C, IR_TRANSPOSE, 1, &S, NULL, f->nodes.v[p->scan].loc);
+    st->next = S;
+  }
+  for (int i = 0; i < f->outputs.n; i++)
+    C.dst->outputs.v[i].value = C.map[C.dst->outputs.v[i].value];
+  if (C.failed) return -1;
+  *out = C.dst;
+  return 0;
+refused:
+  if (C.failed) return -1;
+  *why = C.why ? C.why : "no chunked form";
+  return 1;
+oom:
+  diag_error(de, f->loc, "out of memory");
+  return -1;
+}
+
+int chunk_module(Arena *a, const IrModule *m, const StrategyPlan *plan, IrModule **out,
+                 DiagEngine *de) {
+  *out = NULL;
+  IrModule *cm = ir_module_new(a), *scratch = ir_module_new(a);
+  if (!cm || !scratch) {
+    diag_error(de, (SrcLoc){0}, "out of memory");
+    return -1;
+  }
+  cm->entry = m->entry;
+  for (int i = 0; i < m->funcs.n; i++) {
+    IrFunc *f = m->funcs.v[i];
+    char *chunked = arena_calloc(a, (size_t)f->states.n + 1, 1);
+    int any = 0;
+    if (!chunked) {
+      diag_error(de, (SrcLoc){0}, "out of memory");
+      return -1;
+    }
+    for (int k = 0; k < f->states.n; k++) any |= chunked[k] = plan->funcs[i][k].form == FORM_CHUNKED;
+    if (any && f->kind == IR_FN_MODEL) {
+      IrFunc *g;
+      const char *why;
+      int rc = chunk_func(a, f, chunked, &g, &why, de);
+      if (rc < 0) return -1;
+      if (rc > 0) {
+        diag_error(de, f->loc, "%s has no chunked form: %s", f->name, why);
+        return -1;
+      }
+      if (!(f = ir_func_prune(scratch, g))) {
+        diag_error(de, (SrcLoc){0}, "out of memory");
+        return -1;
+      }
+    }
+    if (vec_push(a, &cm->funcs, f)) {
+      diag_error(de, (SrcLoc){0}, "out of memory");
+      return -1;
+    }
+  }
+  *out = cm;
+  return 0;
+}
