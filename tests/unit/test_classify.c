@@ -277,10 +277,13 @@ static void test_synthetic(void **state) {
   assert_non_null(strstr(p->reason, "product of two values"));
   assert_int_equal(p->jacobian, REC_JAC_DIAG);
 
-  /* u and v read each other only: one linear group of two. */
+  /* u and v read each other only, elementwise: one linear group of two,
+   * a 2x2 block of diagonals per element. */
   const RecState *u = find_state(&c, "Synth", "u"), *v = find_state(&c, "Synth", "v");
   assert_int_equal(u->group, v->group);
-  assert_int_equal(u->cls, REC_LIN_DENSE);
+  assert_int_equal(u->cls, REC_LIN_BLOCK_DIAG);
+  assert_int_equal(u->block, 2);
+  assert_int_equal(u->strategy, REC_STRAT_SCAN_BLOCK);
   assert_int_equal(u->ngiven, 0);
 
   const RecState *g = find_state(&c, "Synth", "g");
@@ -304,6 +307,7 @@ static void test_synthetic(void **state) {
   char *text = report(&c);
   assert_non_null(strstr(text, "cell Synth (synth.seq:1:1)"));
   assert_non_null(strstr(text, "coupled with v"));
+  assert_non_null(strstr(text, "strategy: associative scan with 2x2 blocks of diagonals"));
   free(text);
   arena_destroy(c.arena);
 }
