@@ -959,8 +959,7 @@ static int aff_rule(const Ctx *c, const AVal *av, IrRef r, AVal *o, int *why_kin
       int keep_unit = n->op != IR_NEG && !(k == 1 && (n->op == IR_SUB || n->op == IR_CPLX));
       if (av_take_broadcast(c, o, av, n->args[k], keep_unit, r)) return 0;
     }
-    if (n->op == IR_CONJ || n->op == IR_RE || n->op == IR_IM || n->op == IR_CPLX)
-      o->real_only = 1;
+    if (n->op == IR_CONJ || n->op == IR_RE || n->op == IR_IM || n->op == IR_CPLX) o->real_only = 1;
     break;
   case IR_MUL:
   case IR_DIV: {
@@ -1567,9 +1566,8 @@ static void decide_matrix(const Ctx *c, RecState *rs, const NextShape *ns, unsig
   rs->heads = H;
   set_gate(rs, ns, g & (1u << K));
   int per_head = rs->gate != REC_GATE_NONE && (g & H);
-  rs->reason = arena_printf(c->a, "%s' = gate * %s + b, %s%s%s%s", s->name, s->name,
-                            gate_words(rs), per_head ? " per head" : "",
-                            rs->gate == REC_GATE_DIAG ? " along " : "",
+  rs->reason = arena_printf(c->a, "%s' = gate * %s + b, %s%s%s%s", s->name, s->name, gate_words(rs),
+                            per_head ? " per head" : "", rs->gate == REC_GATE_DIAG ? " along " : "",
                             rs->gate == REC_GATE_DIAG ? axis_words(c, s->type, K) : "");
 }
 
@@ -1585,10 +1583,9 @@ static void decide_diag(const Ctx *c, RecState *rs, const NextShape *ns) {
   set_gate(rs, ns, 0);
   if (rs->gate != REC_GATE_NONE && g == A && A) rs->gate = REC_GATE_FULL;
   if (rs->gate == REC_GATE_SCALAR) rs->heads = g;
-  rs->reason = arena_printf(c->a, "%s' = a * %s + b%s, %s%s", s->name, s->name,
-                            rs->is_complex ? ", complex" : "",
-                            rs->gate == REC_GATE_NONE ? "a = 1" : gate_words(rs),
-                            rs->heads ? " per head" : "");
+  rs->reason = arena_printf(
+      c->a, "%s' = a * %s + b%s, %s%s", s->name, s->name, rs->is_complex ? ", complex" : "",
+      rs->gate == REC_GATE_NONE ? "a = 1" : gate_words(rs), rs->heads ? " per head" : "");
 }
 
 /* REC_LIN_DPLR. Precondition: next = g (.) S + sum_r spread_K(b_r, S x_K a_r)
@@ -1629,6 +1626,11 @@ static void decide_small_dense(const Ctx *c, RecState *rs, const NextShape *ns) 
                             loc_str(c->a, c->f->nodes.v[ns->at].loc));
 }
 
+/* REC_LIN_DENSE. Precondition: next is affine in the group over (+, x),
+ * next = M S + b with M S-free; nothing is claimed about M, so any
+ * associative scan must combine it as a dense matrix. Also the class of a
+ * complex state that passes through real, imag, conj or complex(), which
+ * is linear over the reals only (`why` says so). */
 static void decide_dense(const Ctx *c, RecState *rs, IrRef at, const char *why) {
   const IrState *s = &c->f->states.v[rs->state];
   rs->cls = REC_LIN_DENSE;
@@ -1671,8 +1673,7 @@ static void classify_single(const Ctx *c, RecState *rs, const AVal *av, const ui
     decide_dense(c, rs, v->at, NULL);
   else if (ns.nother)
     decide_dense(c, rs, ns.at, NULL);
-  else if (!ns.nlow && !ns.nmix &&
-           matrix_split(A, ns.gunit ? 0 : ns.gvary & A, &v->off, &H, &K))
+  else if (!ns.nlow && !ns.nmix && matrix_split(A, ns.gunit ? 0 : ns.gvary & A, &v->off, &H, &K))
     decide_matrix(c, rs, &ns, H, K);
   else if (!ns.nlow && !ns.nmix)
     decide_diag(c, rs, &ns);
@@ -1693,8 +1694,7 @@ static void classify_single(const Ctx *c, RecState *rs, const AVal *av, const ui
  * by element, a k x k transition, so a scan combines k x k blocks of
  * diagonals. Coupling through anything else (a contraction, data movement)
  * is REC_LIN_DENSE. Returns the node that breaks it, or IR_NONE. */
-static IrRef block_diag_breaker(const Ctx *c, const int *group, int gi, const AVal *av,
-                                int *ok) {
+static IrRef block_diag_breaker(const Ctx *c, const int *group, int gi, const AVal *av, int *ok) {
   const IrFunc *f = c->f;
   IrType shape = {IR_REAL, -1, NULL};
   *ok = 1;
@@ -1739,8 +1739,9 @@ static void classify_linear_group(const Ctx *c, RecState *st, const int *group, 
                                 sn, gsize, gsize);
     } else {
       rs->cls = REC_LIN_DENSE;
-      rs->reason = arena_printf(c->a, "%s' is linear in its group jointly: a coupled transition (at %s)",
-                                sn, loc_str(c->a, rs->reason_loc));
+      rs->reason =
+          arena_printf(c->a, "%s' is linear in its group jointly: a coupled transition (at %s)", sn,
+                       loc_str(c->a, rs->reason_loc));
     }
   }
 }
@@ -1804,10 +1805,10 @@ static int *find_groups(const Ctx *c, int *ngroups) {
 /* The per-group scratch of classify_func, allocated once. */
 typedef struct Work {
   const int *group;
-  uint64_t *gset;      /* the group's states */
-  AVal *av;            /* pass 2, per node */
-  unsigned char *jd;   /* pass 3, per node */
-  IrRef *jwhy;         /* pass 3: where the Jacobian became dense */
+  uint64_t *gset;    /* the group's states */
+  AVal *av;          /* pass 2, per node */
+  unsigned char *jd; /* pass 3, per node */
+  IrRef *jwhy;       /* pass 3: where the Jacobian became dense */
 } Work;
 
 /* (max, +): one state is REC_MAXPLUS (its precondition is trop_rule's, at
@@ -1860,7 +1861,10 @@ static const char *dense_jacobian_words(const Ctx *c, IrRef dense_at, const Work
                       with ? " with " : "", with ? with : "", loc_str(c->a, dn->loc));
 }
 
-/* Nonlinear group: every member is solved jointly by Newton. */
+/* REC_NONLINEAR: some next of the group is neither affine over (+, x) nor
+ * over (max, +) in the group (analyse_group says where linearity was lost);
+ * every member is solved jointly by Newton, with the Jacobian structure of
+ * pass 3, and no scan is ever claimed. */
 static void classify_nonlinear_group(const Ctx *c, RecState *st, int gi, int gsize, int first,
                                      const Work *w) {
   const IrFunc *f = c->f;
@@ -1924,15 +1928,18 @@ static int classify_group(const Ctx *c, RecState *st, int gi, const Work *w) {
   for (int i = 0; i < c->ns; i++)
     if (w->group[i] == gi && sets_meet(c, deps_of(c, f->states.v[i].next), w->gset)) self = 1;
 
+  /* REC_MAP: next reads no state of its own group (then the group is one
+   * state), so every step is computed from given values alone. */
   RecState *rs = &st[first];
   const char *sn = f->states.v[first].name;
-  if (!self) { /* one state, reading no earlier value of itself */
+  if (!self) {
     rs->cls = REC_MAP;
     rs->reason_loc = f->nodes.v[f->states.v[first].next].loc;
     rs->reason = arena_printf(c->a, "%s' reads no earlier value of %s", sn, sn);
     rs->strategy = REC_STRAT_MAP;
     return 0;
   }
+  /* REC_CARRIED: next is the state's own STATE node. */
   const IrNode *nx = &f->nodes.v[f->states.v[first].next];
   if (gsize == 1 && nx->op == IR_STATE && nx->index == first) {
     rs->cls = REC_CARRIED;

@@ -18,15 +18,15 @@
 typedef enum {
   REC_MAP,             /* next reads no earlier value of its own group */
   REC_CARRIED,         /* next is the STATE node itself */
-  REC_SHIFT,           /* every element a copied state element or S-free: a shift register */
-  REC_LIN_DIAG,        /* h' = a * h + b, a S-free and elementwise (real or complex) */
-  REC_LIN_MATRIX,      /* S' = g * S + sum of rank-1 writes, g along heads and the key axis */
-  REC_LIN_DPLR,        /* S' = S (diag(g) - sum a b^T) along one axis + ...: diagonal plus low rank */
-  REC_LIN_SMALL_DENSE, /* C' = T C along one axis + ..., T an S-free matrix per slice */
+  REC_SHIFT,           /* elements copied from the state or S-free: a shift register */
+  REC_LIN_DIAG,        /* h' = a * h + b, a S-free, elementwise (real or complex) */
+  REC_LIN_MATRIX,      /* S' = g * S + rank-1 writes, g along heads and the key axis */
+  REC_LIN_DPLR,        /* S' = S (diag(g) - a b^T) along one axis + ...: DPLR */
+  REC_LIN_SMALL_DENSE, /* C' = T C along one axis + ..., T S-free per slice */
   REC_LIN_DENSE,       /* any other linear map: W h + b, coupling through a contraction */
   REC_MAXPLUS,         /* m' = max(a + m, b) elementwise: linear over (max, +) */
   REC_NONLINEAR,
-  REC_LIN_BLOCK_DIAG, /* k coupled states of one shape, coupled elementwise: k x k blocks of diagonals */
+  REC_LIN_BLOCK_DIAG, /* k states of one shape coupled elementwise: k x k blocks */
 } RecClass;
 
 /* The coefficient of the diagonal part, relative to the state's axes of

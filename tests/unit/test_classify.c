@@ -346,19 +346,19 @@ static const char FOOL_DECLS[] = "  param a: [H]\n"
 
 static const Fool FOOLS[] = {
     /* The coefficient reads the state: never a scan. */
-    {"gate reads the state", "state h: [H] = 0", "h' = sigmoid(h) * h + x", "h", REC_NONLINEAR,
-     ANY, ANY, 0},
+    {"gate reads the state", "state h: [H] = 0", "h' = sigmoid(h) * h + x", "h", REC_NONLINEAR, ANY,
+     ANY, 0},
     {"square", "state h: [H] = 0", "h' = h * h", "h", REC_NONLINEAR, ANY, ANY, 0},
     {"coefficient through a reduction", "state h: [H] = 0", "h' = sum(h) * h + x", "h",
      REC_NONLINEAR, ANY, ANY, 0},
     {"division by the state", "state h: [H] = 0", "h' = x / h", "h", REC_NONLINEAR, ANY, ANY, 0},
     /* One linear diagonal update, spelled in several ways. */
-    {"gate times a sum", "state h: [H] = 0", "h' = a * (h + x)", "h", REC_LIN_DIAG,
-     REC_GATE_FULL, ANY, 0},
+    {"gate times a sum", "state h: [H] = 0", "h' = a * (h + x)", "h", REC_LIN_DIAG, REC_GATE_FULL,
+     ANY, 0},
     {"operands swapped", "state h: [H] = 0", "h' = x + h * a", "h", REC_LIN_DIAG, REC_GATE_FULL,
      ANY, 0},
-    {"subtraction", "state h: [H] = 0", "h' = x - (-a) * h", "h", REC_LIN_DIAG, REC_GATE_FULL,
-     ANY, 0},
+    {"subtraction", "state h: [H] = 0", "h' = x - (-a) * h", "h", REC_LIN_DIAG, REC_GATE_FULL, ANY,
+     0},
     {"negation", "state h: [H] = 0", "h' = -(-a * h - x)", "h", REC_LIN_DIAG, REC_GATE_FULL, ANY,
      0},
     {"subtracted state: the coefficient is -1, not 1", "state h: [H] = 0", "h' = x - h", "h",
@@ -371,8 +371,8 @@ static const Fool FOOLS[] = {
      "w", REC_SHIFT, ANY, 0, 0},
     {"window moving the other way", WINDOW, "w' = concat(x[:, None], w[:, 0:K-1], axis=1)", "w",
      REC_SHIFT, ANY, 1, 0},
-    {"two places a step", "state w: [K] = 0", "w' = concat(w[2:], x[0:2])", "w", REC_SHIFT, ANY,
-     0, 0},
+    {"two places a step", "state w: [K] = 0", "w' = concat(w[2:], x[0:2])", "w", REC_SHIFT, ANY, 0,
+     0},
     /* Data movement whose elements never leave, or with arithmetic: no shift. */
     {"cyclic rotation", WINDOW, "w' = concat(w[:, 1:], w[:, 0:1], axis=1)", "w",
      REC_LIN_SMALL_DENSE, ANY, 1, 0},
@@ -391,8 +391,8 @@ static const Fool FOOLS[] = {
      "s", REC_LIN_SMALL_DENSE, ANY, 0, 0},
     {"accumulator", "state s: [2, N] = 0", "s' = concat(c[None], s[0:1] + s[1:2], axis=0)", "s",
      REC_LIN_SMALL_DENSE, ANY, 0, 0},
-    {"accumulator of one channel", "state s: [2] = 0", "s' = concat(x[0:1], s[0:1] + s[1:2])",
-     "s", REC_LIN_DENSE, ANY, ANY, 0},
+    {"accumulator of one channel", "state s: [2] = 0", "s' = concat(x[0:1], s[0:1] + s[1:2])", "s",
+     REC_LIN_DENSE, ANY, ANY, 0},
     /* Matrix states in any layout and operand order. */
     {"GLA in FLA's layout [H, K, V]", "state S: [NH, Dk, Dv] = 0",
      "S' = S * exp(gk)[:, :, None] + kh[:, :, None] * vh[:, None, :]", "S", REC_LIN_MATRIX,
@@ -423,8 +423,8 @@ static const Fool FOOLS[] = {
      REC_LIN_DIAG, REC_GATE_NONE, ANY, 0},
     /* Contractions with S-free matrices. */
     {"matrix product", "state h: [H] = 0", "h' = W @ h + x", "h", REC_LIN_DENSE, ANY, ANY, 0},
-    {"matrix along one axis", "state S: [H, N] = 0", "S' = W @ S", "S", REC_LIN_SMALL_DENSE, ANY,
-     0, 0},
+    {"matrix along one axis", "state S: [H, N] = 0", "S' = W @ S", "S", REC_LIN_SMALL_DENSE, ANY, 0,
+     0},
     {"delta rule, state transposed", "state S: [Dk, Dv] = 0", "S' = S - outer(k, k @ S - v)", "S",
      REC_LIN_DPLR, REC_GATE_NONE, 0, 0},
     /* Coupled linear states. */
@@ -444,8 +444,9 @@ static const Fool FOOLS[] = {
 
 static void check_fool(const Fool *t) {
   char text[4096];
-  snprintf(text, sizeof text, "cell Fool(H, K, N, NH, Dk, Dv) {\n%s  %s\n  step {\n    %s\n  }\n}\n",
-           FOOL_DECLS, t->states, t->step);
+  snprintf(text, sizeof text,
+           "cell Fool(H, K, N, NH, Dk, Dv) {\n%s  %s\n  step {\n    %s\n  }\n}\n", FOOL_DECLS,
+           t->states, t->step);
   Compiled c;
   compile_and_classify(&c, "fool.seq", text);
   const RecState *rs = find_state(&c, "Fool", t->state);
