@@ -1811,9 +1811,11 @@ typedef struct Work {
   IrRef *jwhy;       /* pass 3: where the Jacobian became dense */
 } Work;
 
-/* (max, +): one state is REC_MAXPLUS (its precondition is trop_rule's, at
- * next: next = max_i(S + a_i) element by element, a_i S-free); coupled
- * states are solved as one (max, +) system. */
+/* REC_MAXPLUS. Precondition: every next of the group is affine over
+ * (max, +) element by element (trop_rule): next = max_i(S_j + a_i) with the
+ * states in place and a_i S-free. One state is REC_MAXPLUS; coupled states
+ * are one (max, +) system, scanned with (max, +) matrix products. A group
+ * where some next is affine over (+, x) only is not one: it is nonlinear. */
 static void classify_maxplus_group(const Ctx *c, RecState *st, int gi, int gsize, const Work *w) {
   const IrFunc *f = c->f;
   for (int i = 0; i < c->ns; i++) {
@@ -1834,17 +1836,40 @@ static void classify_maxplus_group(const Ctx *c, RecState *st, int gi, int gsize
   }
 }
 
-/* The states of a nonlinear group coupled with `i` that are themselves
- * nonlinear, in words. */
-static const char *nonlinear_partners(const Ctx *c, int gi, int i, const Work *w) {
+/* The other states of group gi whose next is not affine over (+, x)
+ * (want_aff) or not over (max, +), in words, or NULL. */
+static const char *partners_without(const Ctx *c, int gi, int i, const Work *w, int want_aff,
+                                    int want_trop) {
   const char *names = NULL;
   for (int j = 0; j < c->ns; j++) {
     const AVal *v = &w->av[c->f->states.v[j].next];
-    if (w->group[j] != gi || j == i || v->aff || v->trop) continue;
+    if (w->group[j] != gi || j == i || (want_aff && v->aff) || (want_trop && v->trop)) continue;
     names = names ? arena_printf(c->a, "%s, %s", names, c->f->states.v[j].name)
                   : c->f->states.v[j].name;
   }
-  return names ? names : "?";
+  return names;
+}
+
+/* Why a state that is affine by itself is solved with its group by Newton:
+ * a partner is nonlinear, or is affine over the other semiring only (an
+ * update over (+, x) and one over (max, +) do not compose into either). */
+static const char *coupling_words(const Ctx *c, int gi, int i, const Work *w) {
+  const char *sn = c->f->states.v[i].name, *other;
+  if ((other = partners_without(c, gi, i, w, 1, 1)))
+    return arena_printf(c->a,
+                        "%s' is linear in its own group's values but coupled with %s, "
+                        "which is nonlinear",
+                        sn, other);
+  if (w->av[c->f->states.v[i].next].aff) {
+    other = partners_without(c, gi, i, w, 1, 0);
+    return arena_printf(c->a,
+                        "%s' is linear over (+, x) but coupled with %s, linear over (max, +) only",
+                        sn, other ? other : "?");
+  }
+  other = partners_without(c, gi, i, w, 0, 1);
+  return arena_printf(c->a,
+                      "%s' is linear over (max, +) but coupled with %s, linear over (+, x) only",
+                      sn, other ? other : "?");
 }
 
 static const char *dense_jacobian_words(const Ctx *c, IrRef dense_at, const Work *w) {
@@ -1888,10 +1913,7 @@ static void classify_nonlinear_group(const Ctx *c, RecState *st, int gi, int gsi
       rs->reason = why_words(c, v, sn);
       rs->reason_loc = f->nodes.v[v->why].loc;
     } else {
-      rs->reason = arena_printf(c->a,
-                                "%s' is linear in its own group's values but coupled with %s, "
-                                "which is nonlinear",
-                                sn, nonlinear_partners(c, gi, i, w));
+      rs->reason = coupling_words(c, gi, i, w);
       rs->reason_loc = f->nodes.v[f->states.v[i].next].loc;
     }
     if (!same) {
@@ -1950,14 +1972,14 @@ static int classify_group(const Ctx *c, RecState *st, int gi, const Work *w) {
   }
 
   analyse_group(c, w->gset, w->av);
-  int nonlinear = 0, all_aff = 1;
+  int all_aff = 1, all_trop = 1;
   for (int i = 0; i < c->ns; i++) {
     if (w->group[i] != gi) continue;
     const AVal *v = &w->av[f->states.v[i].next];
-    if (!v->aff && !v->trop) nonlinear = 1;
-    if (!v->aff) all_aff = 0;
+    all_aff = all_aff && v->aff;
+    all_trop = all_trop && v->trop;
   }
-  if (nonlinear) {
+  if (!all_aff && !all_trop) {
     classify_nonlinear_group(c, st, gi, gsize, first, w);
   } else if (!all_aff) {
     classify_maxplus_group(c, st, gi, gsize, w);

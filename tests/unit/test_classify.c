@@ -436,10 +436,12 @@ static const Fool FOOLS[] = {
      "p' = a * p + W @ q\n    q' = p + x", "q", REC_LIN_DENSE, ANY, ANY, 0},
     {"coupled states of two shapes", "state p: [H] = 0\n  state q: [] = 0",
      "p' = p + q\n    q' = sum(p)", "p", REC_LIN_DENSE, ANY, ANY, 0},
-    /* (max, +) only element by element. */
+    /* (max, +) only element by element, and never mixed with (+, x). */
     {"running max", "state m: [H] = 0", "m' = max(m + x, a)", "m", REC_MAXPLUS, ANY, ANY, 0},
     {"running max, shifted", "state m: [H] = 0", "m' = max(concat(m[1:], x[0:1]) + x, a)", "m",
      REC_NONLINEAR, ANY, ANY, 0},
+    {"(+, x) coupled with (max, +)", "state p: [H] = 0\n  state q: [H] = 0",
+     "p' = a * p + q\n    q' = max(q + x, p)", "p", REC_NONLINEAR, ANY, ANY, 0},
 };
 
 static void check_fool(const Fool *t) {
