@@ -279,6 +279,13 @@ static int first_state(const Ctx *c, IrRef r) {
   return -1;
 }
 
+/* The axis attribute of n when it names an axis of its first operand, else
+ * -1 (also for "all axes"): malformed IR gets a conservative answer. */
+static int axis_of(const Ctx *c, const IrNode *n) {
+  int rank = n->nargs > 0 ? c->f->nodes.v[n->args[0]].type.rank : 0;
+  return n->axis >= 0 && n->axis < rank ? n->axis : -1;
+}
+
 /* Which axes a node's value may vary along. A coefficient that does not vary
  * along an axis of the state is shared by all its slices: that is the
  * difference between a matrix state's scalar or per-key gate and a full
@@ -294,14 +301,14 @@ static unsigned vary_of(const Ctx *c, IrRef r) {
     return 0;
   case IR_BROADCAST: {
     IrType ot = c->f->nodes.v[n->args[0]].type;
-    return (c->vary[n->args[0]] << (t.rank - ot.rank)) & all;
+    return ot.rank <= t.rank ? (c->vary[n->args[0]] << (t.rank - ot.rank)) & all : all;
   }
   case IR_RESHAPE: {
     IrType ot = c->f->nodes.v[n->args[0]].type;
     return same_nonone_dims(ot, t) ? remap_nonone(c->vary[n->args[0]], ot, t) : all;
   }
   case IR_INDEX:
-    return n->axis >= 0 ? remove_axis(c->vary[n->args[0]], n->axis) & all : all;
+    return axis_of(c, n) >= 0 ? remove_axis(c->vary[n->args[0]], n->axis) & all : all;
   case IR_SLICE:
     return c->vary[n->args[0]] & all;
   case IR_TRANSPOSE: {
@@ -322,7 +329,8 @@ static unsigned vary_of(const Ctx *c, IrRef r) {
   case IR_MEAN:
   case IR_AMAX:
   case IR_AMIN:
-    return n->axis >= 0 ? remove_axis(c->vary[n->args[0]], n->axis) & all : 0;
+    if (n->axis < 0) return 0;
+    return axis_of(c, n) >= 0 ? remove_axis(c->vary[n->args[0]], n->axis) & all : all;
   default:
     break;
   }
@@ -658,6 +666,7 @@ static int writes_of_op(const Ctx *c, const uint64_t *g, const AVal *av, IrRef r
     return 0;
   case IR_SUM:
   case IR_MEAN:
+    if (n->axis >= 0 && axis_of(c, n) < 0) return -1;
     *o = av[n->args[0]].off;
     writes_sum(o, n->axis);
     return 0;
