@@ -2,22 +2,34 @@
  * the value leaving the step depends on the value entering it (ALGORITHMS.md
  * §1), and the parallel strategy that class admits.
  *
- * Three dataflow passes over the node array (a topological order):
+ * Later passes pick parallel forms (associative scans, chunkwise-parallel
+ * forms) from these classes, so a class is a precondition proved on the IR,
+ * never a guess from the layout of the state: the comment above the code that
+ * decides a class says exactly what it proves. Where a proof fails, the next
+ * less specific class is taken, in the end "linear, dense" or "nonlinear".
+ *
+ * Passes over the node array (a topological order):
  *   1. state dependencies: which STATE nodes each node reaches. States whose
  *      next values reach each other form a group (strongly connected
  *      component) and are analysed jointly; states of other groups are
  *      inputs ("given").
- *   2. per group, a small abstract interpretation: is each node free of the
- *      group, affine in it over (+, x), affine over (max, +), or nonlinear
- *      (and where linearity was lost)? Affine values carry the kinds of terms
- *      their linear part is made of (elementwise, projected, low rank, mixed
- *      along an axis, dense), which decides the class at `next`.
+ *   2. per group, an abstract interpretation: is each node free of the
+ *      group ("S-free"), affine in it over (+, x), affine over (max, +), or
+ *      nonlinear (and where linearity was lost)? The linear part of an
+ *      affine value is a short list of terms, each a state of the group moved
+ *      and combined axis by axis (kept in place, mapped by an S-free matrix,
+ *      or contracted with an S-free vector) times S-free factors whose
+ *      varying axes are known. The S-free part of every value is a sum of
+ *      products of factors whose varying axes are known: rank-1 writes are
+ *      read off it. A second walk follows single elements through pure data
+ *      movement to recognize shift registers.
  *   3. per nonlinear group, the Jacobian's structure: does the group enter
  *      `next` only through elementwise ops (diagonal, or k x k blocks of
  *      diagonals for k coupled states), or through a contraction (dense)?
- * The op flags of ops.def (IRF_EW, IRF_LIN0/1, IRF_LINALL) say which operand
- * positions are linear; the per-op cases below say what each does to the
- * structure of a linear map.
+ * Each op either has a case below saying what it does to these facts, or
+ * makes a value nonlinear; an op that is surely linear but whose structure
+ * the terms cannot say drops the structure ("dense"). Both can only make a
+ * class less specific.
  */
 #include "passes/passes.h"
 
@@ -85,9 +97,12 @@ static int trailing_equal(IrType a, IrType b) {
   return 1;
 }
 
+/* Never NULL, so that it can be printed: out of memory shows as "?" and is
+ * caught when the reason it is printed into is NULL. */
 static const char *loc_str(Arena *a, SrcLoc l) {
   if (!l.file) return "<unknown location>";
-  return arena_printf(a, "%s:%d:%d", l.file->name, l.line, l.col);
+  const char *s = arena_printf(a, "%s:%d:%d", l.file->name, l.line, l.col);
+  return s ? s : "?";
 }
 
 /* Looks through data movement for the parameter an operand is a view of, so
@@ -112,6 +127,113 @@ static const char *param_name(const IrFunc *f, IrRef r) {
   return NULL;
 }
 
+static int count_axes(unsigned m) {
+  int n = 0;
+  for (; m; m &= m - 1) n++;
+  return n;
+}
+
+static int lowest_axis(unsigned m) {
+  for (int k = 0; k < SEQ_MAX_RANK; k++)
+    if (m >> k & 1) return k;
+  return -1;
+}
+
+/* a <= b for every value of the dims: b - a has no negative coefficient,
+ * and dims are never negative. Only a sufficient test: d_conv - 2 >= 0 holds
+ * wherever such a slice is valid, but is not proved here. */
+static int dim_le(DimExpr a, DimExpr b) {
+  DimExpr d;
+  if (dim_sub(b, a, &d)) return 0;
+  for (int i = 0; i < d.nterms; i++)
+    if (d.t[i].coef < 0) return 0;
+  return 1;
+}
+
+/* Axis maps between a node and the node built from it: map[k] is the new
+ * axis of old axis k, or -1 where an axis of size 1 disappears. Numpy
+ * broadcasting aligns axes on the right. */
+static void broadcast_map(IrType from, IrType to, int *map) {
+  for (int k = 0; k < from.rank; k++) map[k] = k + to.rank - from.rank;
+}
+
+/* A reshape between same_nonone_dims types keeps the order of the elements:
+ * the k-th axis of size other than 1 stays the k-th. */
+static void reshape_map(IrType from, IrType to, int *map) {
+  int j = 0;
+  for (int i = 0; i < from.rank; i++) {
+    map[i] = -1;
+    if (dim_is_one(from.dims[i])) continue;
+    while (j < to.rank && dim_is_one(to.dims[j])) j++;
+    if (j < to.rank) map[i] = j++;
+  }
+}
+
+static void identity_map(int rank, int *map) {
+  for (int k = 0; k < rank; k++) map[k] = k;
+}
+
+static void transpose_map(int rank, int *map) {
+  identity_map(rank, map);
+  if (rank >= 2) map[rank - 2] = rank - 1, map[rank - 1] = rank - 2;
+}
+
+static unsigned move_mask(unsigned m, const int *map, int from_rank) {
+  unsigned out = 0;
+  for (int k = 0; k < from_rank; k++)
+    if ((m >> k & 1) && map[k] >= 0) out |= 1u << map[k];
+  return out;
+}
+
+/* Axes of `to` of size other than 1 that broadcasting `from` to it creates:
+ * new leading axes and axes of size 1 stretched. */
+static unsigned broadcast_new_axes(IrType from, IrType to) {
+  unsigned m = 0;
+  int shift = to.rank - from.rank;
+  for (int k = 0; k < to.rank; k++)
+    if (!dim_is_one(to.dims[k]) && (k < shift || dim_is_one(from.dims[k - shift]))) m |= 1u << k;
+  return m;
+}
+
+/* A matrix or outer product as a broadcast product summed over one axis:
+ * each operand's axes placed in a common index space (map[i] for operand i),
+ * which of that space's axes have a size other than 1, and the summed axis
+ * (-1 for outer). The result's axes are the space's but the summed one, in
+ * order: [M,K]@[K,N] is the space (M, K, N) summed over K. */
+typedef struct Einsum {
+  int rank, sum;
+  int map[2][2];
+  unsigned nonone;
+} Einsum;
+
+static int einsum_of(const IrFunc *f, const IrNode *n, Einsum *e) {
+  IrType a = f->nodes.v[n->args[0]].type, b = f->nodes.v[n->args[1]].type;
+  DimExpr dims[3];
+  if (n->op == IR_OUTER && a.rank == 1 && b.rank == 1) {
+    *e = (Einsum){2, -1, {{0, 0}, {1, 0}}, 0};
+    dims[0] = a.dims[0], dims[1] = b.dims[0];
+  } else if (n->op != IR_MATMUL) {
+    return -1;
+  } else if (a.rank == 2 && b.rank == 2) {
+    *e = (Einsum){3, 1, {{0, 1}, {1, 2}}, 0};
+    dims[0] = a.dims[0], dims[1] = a.dims[1], dims[2] = b.dims[1];
+  } else if (a.rank == 2 && b.rank == 1) {
+    *e = (Einsum){2, 1, {{0, 1}, {1, 0}}, 0};
+    dims[0] = a.dims[0], dims[1] = a.dims[1];
+  } else if (a.rank == 1 && b.rank == 2) {
+    *e = (Einsum){2, 0, {{0, 0}, {0, 1}}, 0};
+    dims[0] = a.dims[0], dims[1] = b.dims[1];
+  } else if (a.rank == 1 && b.rank == 1) {
+    *e = (Einsum){1, 0, {{0, 0}, {0, 0}}, 0};
+    dims[0] = a.dims[0];
+  } else {
+    return -1;
+  }
+  for (int k = 0; k < e->rank; k++)
+    if (!dim_is_one(dims[k])) e->nonone |= 1u << k;
+  return 0;
+}
+
 /* ---- Facts about single nodes, independent of the group ------------------ */
 
 typedef struct Ctx {
@@ -124,6 +246,7 @@ typedef struct Ctx {
   unsigned *vary;           /* axes along which each node's value may vary */
   unsigned char *invariant; /* reads no INPUT or STATE: constant over time */
   unsigned char *one;       /* exactly the constant 1 */
+  const char **dim_names;   /* for reasons that name an axis by its size */
 } Ctx;
 
 static uint64_t *deps_of(const Ctx *c, IrRef r) {
@@ -156,6 +279,13 @@ static int first_state(const Ctx *c, IrRef r) {
   return -1;
 }
 
+/* The axis attribute of n when it names an axis of its first operand, else
+ * -1 (also for "all axes"): malformed IR gets a conservative answer. */
+static int axis_of(const Ctx *c, const IrNode *n) {
+  int rank = n->nargs > 0 ? c->f->nodes.v[n->args[0]].type.rank : 0;
+  return n->axis >= 0 && n->axis < rank ? n->axis : -1;
+}
+
 /* Which axes a node's value may vary along. A coefficient that does not vary
  * along an axis of the state is shared by all its slices: that is the
  * difference between a matrix state's scalar or per-key gate and a full
@@ -171,21 +301,36 @@ static unsigned vary_of(const Ctx *c, IrRef r) {
     return 0;
   case IR_BROADCAST: {
     IrType ot = c->f->nodes.v[n->args[0]].type;
-    return (c->vary[n->args[0]] << (t.rank - ot.rank)) & all;
+    return ot.rank <= t.rank ? (c->vary[n->args[0]] << (t.rank - ot.rank)) & all : all;
   }
   case IR_RESHAPE: {
     IrType ot = c->f->nodes.v[n->args[0]].type;
     return same_nonone_dims(ot, t) ? remap_nonone(c->vary[n->args[0]], ot, t) : all;
   }
   case IR_INDEX:
-    return n->axis >= 0 ? remove_axis(c->vary[n->args[0]], n->axis) & all : all;
+    return axis_of(c, n) >= 0 ? remove_axis(c->vary[n->args[0]], n->axis) & all : all;
   case IR_SLICE:
     return c->vary[n->args[0]] & all;
+  case IR_TRANSPOSE: {
+    int map[SEQ_MAX_RANK];
+    transpose_map(t.rank, map);
+    return move_mask(c->vary[n->args[0]], map, t.rank) & all;
+  }
+  case IR_MATMUL:
+  case IR_OUTER: {
+    /* Summing over an axis keeps the other axes' invariance. */
+    Einsum e;
+    if (einsum_of(c->f, n, &e)) return all;
+    unsigned m = move_mask(c->vary[n->args[0]], e.map[0], c->f->nodes.v[n->args[0]].type.rank) |
+                 move_mask(c->vary[n->args[1]], e.map[1], c->f->nodes.v[n->args[1]].type.rank);
+    return (e.sum >= 0 ? remove_axis(m, e.sum) : m) & all;
+  }
   case IR_SUM:
   case IR_MEAN:
   case IR_AMAX:
   case IR_AMIN:
-    return n->axis >= 0 ? remove_axis(c->vary[n->args[0]], n->axis) & all : 0;
+    if (n->axis < 0) return 0;
+    return axis_of(c, n) >= 0 ? remove_axis(c->vary[n->args[0]], n->axis) & all : all;
   default:
     break;
   }
@@ -257,7 +402,9 @@ static int ctx_init(Ctx *c, Arena *a, const IrFunc *f) {
   c->vary = arena_calloc(a, (size_t)c->n + 1, sizeof *c->vary);
   c->invariant = arena_calloc(a, (size_t)c->n + 1, 1);
   c->one = arena_calloc(a, (size_t)c->n + 1, 1);
-  if (!c->deps || !c->vary || !c->invariant || !c->one) return -1;
+  c->dim_names = arena_calloc(a, (size_t)f->dims.n + 1, sizeof *c->dim_names);
+  if (!c->deps || !c->vary || !c->invariant || !c->one || !c->dim_names) return -1;
+  for (int i = 0; i < f->dims.n; i++) c->dim_names[i] = f->dims.v[i].name;
   for (IrRef r = 0; r < c->n; r++) {
     const IrNode *n = &f->nodes.v[r];
     uint64_t *d = deps_of(c, r);
@@ -277,140 +424,552 @@ static int ctx_init(Ctx *c, Arena *a, const IrFunc *f) {
 
 /* ---- Pass 2: affine analysis of one group --------------------------------- */
 
-/* Kinds of terms in the linear part of an affine value. */
+/* How one term treats one axis of the state it reads. */
 enum {
-  T_DIAG = 1 << 0,    /* coefficient (.) S, positioned like S */
-  T_EXPAND = 1 << 1,  /* S broadcast into more axes: S's are the trailing `srank` */
-  T_SHIFT = 1 << 2,   /* S's elements moved (slice, concat, transpose) */
-  T_PROJ = 1 << 3,    /* S contracted with an S-free vector: fewer elements */
-  T_LOWRANK = 1 << 4, /* an outer product of a projection with an S-free vector */
-  T_MIX = 1 << 5,     /* one axis of S contracted with an S-free matrix */
-  T_DENSE = 1 << 6,   /* a general linear map */
-  T_REAL = 1 << 7,    /* only real-linear (real, imag, conj of a complex value) */
+  AX_UNIT,   /* the axis has size 1: there is nothing to move */
+  AX_ID,     /* index i of the axis is index i of node axis `pos` */
+  AX_MATRIX, /* node axis `pos` is an S-free linear map of the axis (selection, embedding, mix) */
+  AX_PROJ,   /* the axis is contracted with an S-free vector (sum, product, index) */
 };
+
+/* Bounds on the lists below. A value needing more gives up its structure
+ * (terms) or merges factors (writes): both only lose precision. */
+#define MAX_TERMS 8
+#define MAX_WRITES 8
+#define MAX_FACTORS 6
+
+/* One term of the linear part of a value: a state of the group, moved axis
+ * by axis into the value's node, times S-free factors that vary only along
+ * the node axes `cvary`. A node axis that no state axis lands on is "free":
+ * the term is constant along it but for its factors. */
+typedef struct Term {
+  int state; /* index into IrFunc.states */
+  int srank; /* its rank */
+  signed char pos[SEQ_MAX_RANK];
+  unsigned char ax[SEQ_MAX_RANK];
+  unsigned cvary;
+  unsigned char unit; /* every factor is exactly 1: a copy of the state */
+  unsigned char cinv; /* the factors read only params and constants */
+  IrRef at;           /* the node that last changed how the state is moved */
+} Term;
+
+/* The S-free part of a value (its value with the group's states set to
+ * zero) as a sum of products; factor i of a product varies only along the
+ * node axes f[i]. A product whose factors each vary along one side of a split
+ * of the axes is rank 1 across that split. */
+typedef struct Write {
+  int nf;
+  unsigned f[MAX_FACTORS];
+} Write;
+
+typedef struct Writes {
+  int n;
+  Write w[MAX_WRITES];
+} Writes;
 
 /* Why linearity was lost at a node. */
 enum { WHY_OP, WHY_PRODUCT, WHY_DIVISOR, WHY_MIXED };
 
 typedef struct AVal {
-  unsigned char dep;  /* reaches a state of the group */
-  unsigned char aff;  /* affine over (+, x) */
-  unsigned char trop; /* affine over (max, +) */
-  unsigned char gone; /* the diagonal coefficient is exactly 1 */
-  unsigned char ginv; /* ... and reads only params and constants */
-  unsigned char cplx; /* a complex coefficient appears */
-  signed char srank;  /* T_EXPAND: how many trailing axes are the state's */
-  unsigned terms;
-  unsigned gvary; /* axes (of this node) the diagonal coefficient varies along */
-  IrRef at;       /* the node that made the most telling term (outer, contraction) */
-  int gstate;     /* a state outside the group that a coefficient reads, or -1 */
-  IrRef why;      /* nonlinear: where linearity was lost */
+  unsigned char dep;       /* reaches a state of the group */
+  unsigned char aff;       /* affine over (+, x) */
+  unsigned char trop;      /* affine over (max, +), element by element */
+  unsigned char dense;     /* affine, but the terms could not say how */
+  unsigned char real_only; /* went through real, imag, conj or complex() */
+  unsigned char cplx;      /* a complex factor appears */
+  int nterms;
+  Term t[MAX_TERMS];
+  Writes off;
+  IrRef at;   /* dense: where the structure was lost */
+  int gstate; /* a state outside the group that a factor reads, or -1 */
+  IrRef why;  /* nonlinear: where linearity was lost */
   int why_kind;
   int why_state;
 } AVal;
 
-/* What broadcasting an operand of type `from` to `to` does to its terms:
- * new leading axes or expanded size-1 axes turn a positioned term into an
- * expanded one, and a projection spread over the state is low rank. */
-static AVal av_broadcast(AVal v, IrType from, IrType to) {
-  if (dims_equal(from, to)) return v;
-  if (to.rank >= from.rank) v.gvary <<= (to.rank - from.rank);
-  if (v.terms & (T_DIAG | T_EXPAND)) {
-    int srank = (v.terms & T_EXPAND) ? v.srank : from.rank;
-    if (trailing_equal(to, from)) {
-      v.terms = (v.terms & ~(unsigned)T_DIAG) | T_EXPAND;
-      v.srank = (signed char)srank;
-    } else {
-      v.terms = (v.terms & ~(unsigned)(T_DIAG | T_EXPAND)) | T_SHIFT;
+/* ---- Writes: the S-free part ---- */
+
+static void write_factor(Write *w, unsigned f) {
+  if (w->nf < MAX_FACTORS)
+    w->f[w->nf++] = f;
+  else
+    w->f[MAX_FACTORS - 1] |= f;
+}
+
+static unsigned writes_union(const Writes *ws) {
+  unsigned m = 0;
+  for (int i = 0; i < ws->n; i++)
+    for (int k = 0; k < ws->w[i].nf; k++) m |= ws->w[i].f[k];
+  return m;
+}
+
+/* One factor varying along `mask`: all that is known of an opaque value. */
+static void writes_opaque(Writes *ws, unsigned mask) {
+  ws->n = 1;
+  ws->w[0].nf = 1;
+  ws->w[0].f[0] = mask;
+}
+
+static void writes_append(Writes *ws, const Write *w) {
+  if (ws->n < MAX_WRITES) {
+    ws->w[ws->n++] = *w;
+    return;
+  }
+  unsigned m = writes_union(ws);
+  for (int k = 0; k < w->nf; k++) m |= w->f[k];
+  writes_opaque(ws, m);
+}
+
+static void writes_move(Writes *ws, const int *map, int from_rank) {
+  for (int i = 0; i < ws->n; i++)
+    for (int k = 0; k < ws->w[i].nf; k++) ws->w[i].f[k] = move_mask(ws->w[i].f[k], map, from_rank);
+}
+
+static void writes_mask(Writes *ws, unsigned keep) {
+  for (int i = 0; i < ws->n; i++)
+    for (int k = 0; k < ws->w[i].nf; k++) ws->w[i].f[k] &= keep;
+}
+
+/* The product of two sums of products, both in the result's axes. */
+static void writes_product(Writes *out, const Writes *x, const Writes *y) {
+  out->n = 0;
+  if (!x->n || !y->n) return;
+  Writes a = *x, b = *y;
+  if (a.n * b.n > MAX_WRITES) {
+    writes_opaque(&a, writes_union(&a));
+    writes_opaque(&b, writes_union(&b));
+  }
+  for (int i = 0; i < a.n; i++)
+    for (int j = 0; j < b.n; j++) {
+      Write w = a.w[i];
+      for (int k = 0; k < b.w[j].nf; k++) write_factor(&w, b.w[j].f[k]);
+      out->w[out->n++] = w;
     }
-  }
-  if (v.terms & T_PROJ) v.terms = (v.terms & ~(unsigned)T_PROJ) | T_LOWRANK;
-  return v;
 }
 
-/* A contraction: S's elements are combined (matmul, outer, sum). */
-enum { C_PROJ, C_MIX, C_DENSE };
-static unsigned contract(unsigned t, int kind) {
-  unsigned out = t & T_REAL;
-  t &= ~(unsigned)T_REAL;
-  switch (kind) {
-  case C_PROJ:
-    if (t) out |= T_PROJ;
-    break;
-  case C_MIX:
-    if (t & (T_DIAG | T_EXPAND | T_SHIFT | T_MIX)) out |= T_MIX;
-    out |= t & (T_PROJ | T_LOWRANK | T_DENSE);
-    break;
+/* Summing a product over axis a: the factors that vary along a become one
+ * factor (their contraction); the others only lose the axis. a < 0: over
+ * all axes, leaving a scalar. */
+static void writes_sum(Writes *ws, int a) {
+  for (int i = 0; i < ws->n; i++) {
+    Write *w = &ws->w[i], nw = {0};
+    unsigned merged = 0;
+    int has = 0;
+    for (int k = 0; k < w->nf && a >= 0; k++) {
+      if (w->f[k] >> a & 1)
+        merged |= w->f[k], has = 1;
+      else
+        write_factor(&nw, remove_axis(w->f[k], a));
+    }
+    if (has) write_factor(&nw, remove_axis(merged & ~(1u << a), a));
+    *w = nw;
+  }
+}
+
+static void writes_drop_axis(Writes *ws, int a) {
+  for (int i = 0; i < ws->n; i++)
+    for (int k = 0; k < ws->w[i].nf; k++) ws->w[i].f[k] = remove_axis(ws->w[i].f[k], a);
+}
+
+/* The writes of operand `arg`, moved into the axes of `to` by numpy broadcasting. */
+static int writes_broadcast(const Ctx *c, const AVal *av, IrRef arg, IrType to, Writes *out) {
+  IrType from = c->f->nodes.v[arg].type;
+  int map[SEQ_MAX_RANK];
+  if (from.rank > to.rank) return -1;
+  *out = av[arg].off;
+  broadcast_map(from, to, map);
+  writes_move(out, map, from.rank);
+  return 0;
+}
+
+/* The S-free part of node r, for every node: an S-free value is its own
+ * S-free part, a group state has none. Exact algebra for sums, products,
+ * data movement and contractions; any other op is one opaque factor. */
+static int writes_of_op(const Ctx *c, const uint64_t *g, const AVal *av, IrRef r, Writes *o) {
+  const IrNode *n = &c->f->nodes.v[r];
+  IrType t = n->type;
+  int map[SEQ_MAX_RANK];
+  Writes x, y;
+  o->n = 0;
+  switch (n->op) {
+  case IR_STATE:
+    return bit_get(g, n->index) ? 0 : -1;
+  case IR_CONST:
+    if (n->cval != 0) o->n = 1, o->w[0].nf = 0;
+    return 0;
+  case IR_NEG:
+  case IR_CONJ:
+  case IR_RE:
+  case IR_IM:
+  case IR_SLICE:
+    *o = av[n->args[0]].off;
+    return 0;
+  case IR_ADD:
+  case IR_SUB:
+  case IR_CPLX:
+  case IR_BROADCAST:
+    for (int k = 0; k < n->nargs; k++) {
+      if (writes_broadcast(c, av, n->args[k], t, &x)) return -1;
+      for (int i = 0; i < x.n; i++) writes_append(o, &x.w[i]);
+    }
+    return 0;
+  case IR_MUL:
+  case IR_DIV:
+    if (writes_broadcast(c, av, n->args[0], t, &x) || writes_broadcast(c, av, n->args[1], t, &y))
+      return -1;
+    if (n->op == IR_DIV) {
+      IrType dt = c->f->nodes.v[n->args[1]].type;
+      broadcast_map(dt, t, map);
+      writes_opaque(&y, move_mask(c->vary[n->args[1]], map, dt.rank));
+    }
+    writes_product(o, &x, &y);
+    return 0;
+  case IR_MATMUL:
+  case IR_OUTER: {
+    Einsum e;
+    if (einsum_of(c->f, n, &e)) return -1;
+    x = av[n->args[0]].off, y = av[n->args[1]].off;
+    writes_move(&x, e.map[0], c->f->nodes.v[n->args[0]].type.rank);
+    writes_move(&y, e.map[1], c->f->nodes.v[n->args[1]].type.rank);
+    writes_product(o, &x, &y);
+    if (e.sum >= 0) writes_sum(o, e.sum);
+    return 0;
+  }
+  case IR_TRANSPOSE:
+    *o = av[n->args[0]].off;
+    transpose_map(t.rank, map);
+    writes_move(o, map, t.rank);
+    return 0;
+  case IR_RESHAPE: {
+    IrType from = c->f->nodes.v[n->args[0]].type;
+    if (!same_nonone_dims(from, t)) return -1;
+    *o = av[n->args[0]].off;
+    reshape_map(from, t, map);
+    writes_move(o, map, from.rank);
+    return 0;
+  }
+  case IR_INDEX:
+    if (n->axis < 0 || n->axis >= c->f->nodes.v[n->args[0]].type.rank) return -1;
+    *o = av[n->args[0]].off;
+    writes_drop_axis(o, n->axis);
+    return 0;
+  case IR_CONCAT:
+    /* Each part is zero outside its range of the axis: a factor along it. */
+    if (n->axis < 0 || n->axis >= t.rank) return -1;
+    for (int k = 0; k < n->nargs; k++) {
+      x = av[n->args[k]].off;
+      for (int i = 0; i < x.n; i++) {
+        if (n->nargs > 1) write_factor(&x.w[i], 1u << n->axis);
+        writes_append(o, &x.w[i]);
+      }
+    }
+    return 0;
+  case IR_SUM:
+  case IR_MEAN:
+    if (n->axis >= 0 && axis_of(c, n) < 0) return -1;
+    *o = av[n->args[0]].off;
+    writes_sum(o, n->axis);
+    return 0;
   default:
-    if (t & ~(unsigned)(T_PROJ | T_LOWRANK)) out |= T_DENSE;
-    out |= t & (T_PROJ | T_LOWRANK);
-    break;
+    return -1;
   }
-  return out;
 }
 
-/* Positioned terms moved around (concat, transpose, a partial slice). */
-static unsigned moved(unsigned t) {
-  if (t & (T_DIAG | T_EXPAND)) t = (t & ~(unsigned)(T_DIAG | T_EXPAND)) | T_SHIFT;
-  return t;
+static void writes_rule(const Ctx *c, const uint64_t *g, AVal *av, IrRef r) {
+  Writes *o = &av[r].off;
+  if (writes_of_op(c, g, av, r, o)) writes_opaque(o, c->vary[r]);
+  writes_mask(o, nonone_mask(c->f->nodes.v[r].type));
 }
 
-/* Combines two affine operands of a sum (already broadcast to the result). */
-static void av_join(AVal *o, const AVal *v, int *ndiag) {
-  if (v->terms & (T_DIAG | T_EXPAND)) {
-    if (++*ndiag > 1)
-      o->gone = 0;
+/* ---- Terms: the linear part ---- */
+
+/* Node axes that some state axis lands on. */
+static unsigned term_images(const Term *t) {
+  unsigned m = 0;
+  for (int s = 0; s < t->srank; s++)
+    if (t->ax[s] == AX_ID || t->ax[s] == AX_MATRIX) m |= 1u << t->pos[s];
+  return m;
+}
+
+static int term_projects(const Term *t) {
+  for (int s = 0; s < t->srank; s++)
+    if (t->ax[s] == AX_PROJ) return 1;
+  return 0;
+}
+
+static int term_same_motion(const Term *a, const Term *b) {
+  if (a->state != b->state || a->srank != b->srank) return 0;
+  for (int s = 0; s < a->srank; s++)
+    if (a->ax[s] != b->ax[s] || a->pos[s] != b->pos[s]) return 0;
+  return 1;
+}
+
+/* Moves a term to a node whose axis map[k] is the term's node axis k. A
+ * state axis mapped onto an axis of size 1 that disappears keeps one row of
+ * its matrix: a projection. */
+static void term_move(Term *t, const int *map, int from_rank) {
+  for (int s = 0; s < t->srank; s++) {
+    if (t->ax[s] != AX_ID && t->ax[s] != AX_MATRIX) continue;
+    int p = map[t->pos[s]];
+    if (p < 0)
+      t->ax[s] = AX_PROJ, t->pos[s] = -1;
     else
-      o->gone = v->gone;
-    o->ginv = o->ginv && v->ginv;
-    if (v->terms & T_EXPAND) o->srank = v->srank;
+      t->pos[s] = (signed char)p;
   }
-  o->terms |= v->terms;
-  o->gvary |= v->gvary;
+  t->cvary = move_mask(t->cvary, map, from_rank);
+}
+
+/* Adds a term to o's linear part. Terms that move the same state the same
+ * way add up into one (the sum of their factors): two diagonal terms are
+ * one diagonal term, two rank-1 maps along an axis are a rank-2 map. */
+static void av_add_term(AVal *o, const Term *t, IrRef r) {
+  for (int i = 0; i < o->nterms; i++) {
+    Term *u = &o->t[i];
+    if (!term_same_motion(u, t)) continue;
+    u->cvary |= t->cvary;
+    u->unit = 0;
+    u->cinv = u->cinv && t->cinv;
+    if (u->at == IR_NONE) u->at = t->at;
+    return;
+  }
+  if (o->nterms == MAX_TERMS) {
+    o->dense = 1;
+    if (o->at == IR_NONE) o->at = r;
+    return;
+  }
+  o->t[o->nterms++] = *t;
+}
+
+static void av_flags(AVal *o, const AVal *v) {
+  o->dense |= v->dense;
+  o->real_only |= v->real_only;
   o->cplx |= v->cplx;
   if (o->at == IR_NONE) o->at = v->at;
   if (o->gstate < 0) o->gstate = v->gstate;
 }
 
-/* Affine over (+, x): fills the structure of the result's linear part and
- * returns 1, or returns 0 (with *why_kind) if the op is not linear in its
- * group-dependent operands. Operands that depend on the group are all affine
- * when this is called. */
+/* Adds operand v's terms to o, moved by `map` into o's node. `fresh` are the
+ * node axes v's node did not have (with a size other than 1): a projected
+ * term spread along one of them becomes a rank-1 map, made here. `keep_unit`
+ * is 0 where the operand is scaled (negated, subtracted, times i). */
+static void av_take(AVal *o, const AVal *v, const int *map, int from_rank, unsigned fresh,
+                    int keep_unit, IrRef r) {
+  av_flags(o, v);
+  for (int i = 0; i < v->nterms; i++) {
+    Term t = v->t[i];
+    term_move(&t, map, from_rank);
+    if ((fresh & ~term_images(&t)) && term_projects(&t)) t.at = r;
+    if (!keep_unit) t.unit = 0;
+    av_add_term(o, &t, r);
+  }
+}
+
+/* Adds operand `arg`'s terms broadcast to node r's type. */
+static int av_take_broadcast(const Ctx *c, AVal *o, const AVal *av, IrRef arg, int keep_unit,
+                             IrRef r) {
+  IrType from = c->f->nodes.v[arg].type, to = c->f->nodes.v[r].type;
+  int map[SEQ_MAX_RANK];
+  if (from.rank > to.rank) return -1;
+  broadcast_map(from, to, map);
+  av_take(o, &av[arg], map, from.rank, broadcast_new_axes(from, to), keep_unit, r);
+  return 0;
+}
+
+/* Multiplies every term by an S-free coefficient varying along `cvary`. */
+static void av_scale(const Ctx *c, AVal *o, IrRef coef, unsigned cvary) {
+  for (int i = 0; i < o->nterms; i++) {
+    o->t[i].cvary |= cvary;
+    o->t[i].unit = o->t[i].unit && c->one[coef];
+    o->t[i].cinv = o->t[i].cinv && c->invariant[coef];
+  }
+  o->cplx |= c->f->nodes.v[coef].type.elem == IR_COMPLEX;
+  if (o->gstate < 0) o->gstate = first_state(c, coef);
+}
+
+/* Merges terms that a contraction left moving their state the same way. */
+static void av_remerge(AVal *o, IrRef r) {
+  Term t[MAX_TERMS];
+  int n = o->nterms;
+  memcpy(t, o->t, (size_t)n * sizeof *t);
+  o->nterms = 0;
+  for (int i = 0; i < n; i++) av_add_term(o, &t[i], r);
+}
+
+static int term_axis_on(const Term *t, int a) {
+  for (int s = 0; s < t->srank; s++)
+    if ((t->ax[s] == AX_ID || t->ax[s] == AX_MATRIX) && t->pos[s] == a) return s;
+  return -1;
+}
+
+static void term_close_axis(Term *t, int a) {
+  for (int s = 0; s < t->srank; s++)
+    if ((t->ax[s] == AX_ID || t->ax[s] == AX_MATRIX) && t->pos[s] > a) t->pos[s]--;
+  t->cvary = remove_axis(t->cvary, a);
+}
+
+/* Sums a term over axis a of its node (`nonone`: the node's axes of size
+ * other than 1). A free axis adds up the factors. The image of a state axis
+ * contracts that axis: with an S-free vector (a projection) unless the
+ * factors also vary along the summed axis (or already map it by a matrix)
+ * and along a free axis, which then receives an S-free matrix applied to the
+ * state axis (pLSTM's sum over j of T[i, j] C[j]). A matrix onto two or more
+ * free axes is not a form the terms have: -1. */
+static int term_sum(Term *t, int a, unsigned nonone, IrRef r) {
+  int s = term_axis_on(t, a);
+  if (nonone >> a & 1) t->unit = 0;
+  if (s >= 0) {
+    unsigned onto = t->cvary & nonone & ~term_images(t);
+    int mixes = t->ax[s] == AX_MATRIX || (t->cvary >> a & 1);
+    if (!mixes || !onto)
+      t->ax[s] = AX_PROJ, t->pos[s] = -1;
+    else if (count_axes(onto) == 1)
+      t->ax[s] = AX_MATRIX, t->pos[s] = (signed char)lowest_axis(onto);
+    else
+      return -1;
+    t->at = r;
+  }
+  term_close_axis(t, a);
+  return 0;
+}
+
+/* Picks one index of axis a (index, gather): a state axis landing there is
+ * projected on one element. */
+static void term_index(Term *t, int a, IrRef r) {
+  int s = term_axis_on(t, a);
+  if (s >= 0) {
+    t->ax[s] = AX_PROJ, t->pos[s] = -1;
+    t->unit = 0, t->at = r;
+  }
+  term_close_axis(t, a);
+}
+
+/* Keeps part of axis a (a slice) or places the term in part of it (one
+ * operand of a concat): a state axis landing on a is now selected or
+ * embedded by an S-free matrix; on a free axis, a concat's part is zero
+ * outside its range (a factor varying along a), a slice changes nothing. */
+static void term_part(Term *t, int a, int is_concat, unsigned nonone, IrRef r) {
+  int s = term_axis_on(t, a);
+  if (s >= 0) {
+    if (t->ax[s] == AX_ID) t->ax[s] = AX_MATRIX, t->at = r;
+    t->unit = 0;
+  } else if (is_concat && (nonone >> a & 1)) {
+    t->cvary |= 1u << a;
+    t->unit = 0;
+  }
+}
+
+static void av_lose_structure(AVal *o, IrRef r) {
+  o->dense = 1;
+  if (o->at == IR_NONE) o->at = r;
+}
+
+/* Matrix and outer products with one S-free operand: the other operand's
+ * terms placed in the einsum space, scaled by the S-free operand, summed. */
+static int aff_product(const Ctx *c, const AVal *av, IrRef r, int d, AVal *o) {
+  const IrNode *n = &c->f->nodes.v[r];
+  IrRef x = n->args[d], coef = n->args[1 - d];
+  IrType xt = c->f->nodes.v[x].type, ct = c->f->nodes.v[coef].type;
+  Einsum e;
+  if (einsum_of(c->f, n, &e)) {
+    av_flags(o, &av[x]);
+    av_lose_structure(o, r);
+    return 1;
+  }
+  unsigned fresh = e.nonone & ~move_mask(nonone_mask(xt), e.map[d], xt.rank);
+  av_take(o, &av[x], e.map[d], xt.rank, fresh, 1, r);
+  av_scale(c, o, coef, move_mask(c->vary[coef], e.map[1 - d], ct.rank) & e.nonone);
+  if (e.sum >= 0) {
+    for (int i = 0; i < o->nterms; i++)
+      if (term_sum(&o->t[i], e.sum, e.nonone, r)) av_lose_structure(o, r);
+    av_remerge(o, r);
+  }
+  return 1;
+}
+
+static int aff_sum(const Ctx *c, const AVal *av, IrRef r, AVal *o) {
+  const IrNode *n = &c->f->nodes.v[r];
+  IrType xt = c->f->nodes.v[n->args[0]].type;
+  int map[SEQ_MAX_RANK];
+  identity_map(xt.rank, map);
+  av_take(o, &av[n->args[0]], map, xt.rank, 0, 1, r);
+  if (n->axis >= xt.rank) return 0;
+  for (int i = 0; i < o->nterms; i++) {
+    Term *t = &o->t[i];
+    if (n->axis >= 0) {
+      if (term_sum(t, n->axis, nonone_mask(xt), r)) av_lose_structure(o, r);
+      continue;
+    }
+    for (int s = 0; s < t->srank; s++)
+      if (t->ax[s] == AX_ID || t->ax[s] == AX_MATRIX) t->ax[s] = AX_PROJ, t->pos[s] = -1;
+    t->cvary = 0, t->unit = 0, t->at = r;
+  }
+  av_remerge(o, r);
+  return 1;
+}
+
+/* Data movement along one axis: index, gather (axis 0 of the table), slice
+ * and concat. */
+static int aff_along_axis(const Ctx *c, const AVal *av, IrRef r, int d, AVal *o) {
+  const IrNode *n = &c->f->nodes.v[r];
+  IrType t = n->type, xt = c->f->nodes.v[n->args[d]].type;
+  int a = n->op == IR_GATHER ? 0 : n->axis;
+  int map[SEQ_MAX_RANK];
+  if (a < 0 || a >= xt.rank) return 0;
+  identity_map(xt.rank, map);
+  if (n->op == IR_CONCAT) {
+    for (int k = 0; k < n->nargs; k++) {
+      if (!av[n->args[k]].dep) continue;
+      AVal part = av[n->args[k]];
+      for (int i = 0; i < part.nterms && n->nargs > 1; i++)
+        term_part(&part.t[i], a, 1, nonone_mask(t), r);
+      av_take(o, &part, map, xt.rank, 0, 1, r);
+    }
+    return 1;
+  }
+  av_take(o, &av[n->args[d]], map, xt.rank, 0, 1, r);
+  for (int i = 0; i < o->nterms; i++) {
+    if (n->op == IR_SLICE) {
+      int full = dim_eq(n->start, dim_const(0)) && dim_eq(n->stop, xt.dims[a]);
+      if (!full) term_part(&o->t[i], a, 0, nonone_mask(xt), r);
+    } else {
+      term_index(&o->t[i], a, r);
+    }
+  }
+  av_remerge(o, r);
+  return 1;
+}
+
+/* Affine over (+, x): fills o's linear part and returns 1, or returns 0
+ * (with *why_kind) if the op is not linear in its group-dependent operands.
+ * Operands that depend on the group are all affine when this is called. */
 static int aff_rule(const Ctx *c, const AVal *av, IrRef r, AVal *o, int *why_kind) {
   const IrNode *n = &c->f->nodes.v[r];
   IrType t = n->type;
   int ndep = 0, d = -1;
+  int map[SEQ_MAX_RANK];
   for (int k = 0; k < n->nargs; k++)
     if (av[n->args[k]].dep) ndep++, d = d < 0 ? k : d;
   *why_kind = WHY_OP;
-  o->gone = 1, o->ginv = 1, o->at = IR_NONE, o->terms = 0, o->gvary = 0, o->gstate = -1;
 
   switch (n->op) {
   case IR_NEG:
-  case IR_BROADCAST: {
-    IrType ot = c->f->nodes.v[n->args[0]].type;
-    AVal v = av_broadcast(av[n->args[0]], ot, t);
-    *o = v;
-    return 1;
-  }
   case IR_CONJ:
   case IR_RE:
   case IR_IM:
-    *o = av[n->args[0]];
-    o->terms |= T_REAL;
-    return 1;
+  case IR_BROADCAST:
   case IR_ADD:
   case IR_SUB:
-  case IR_CPLX: {
-    int ndiag = 0;
+  case IR_CPLX:
+    /* Sums and signs: the terms of each operand, the second of a SUB and
+     * the imaginary part of complex() scaled. conj, real, imag and complex()
+     * are linear over the reals only. */
     for (int k = 0; k < n->nargs; k++) {
       if (!av[n->args[k]].dep) continue;
-      AVal v = av_broadcast(av[n->args[k]], c->f->nodes.v[n->args[k]].type, t);
-      av_join(o, &v, &ndiag);
+      int keep_unit = n->op != IR_NEG && !(k == 1 && (n->op == IR_SUB || n->op == IR_CPLX));
+      if (av_take_broadcast(c, o, av, n->args[k], keep_unit, r)) return 0;
     }
-    if (n->op == IR_CPLX) o->terms |= T_REAL;
-    return 1;
-  }
+    if (n->op == IR_CONJ || n->op == IR_RE || n->op == IR_IM || n->op == IR_CPLX) o->real_only = 1;
+    break;
   case IR_MUL:
   case IR_DIV: {
     if (ndep > 1) {
@@ -423,133 +982,68 @@ static int aff_rule(const Ctx *c, const AVal *av, IrRef r, AVal *o, int *why_kin
     }
     IrRef coef = n->args[1 - d];
     IrType ct = c->f->nodes.v[coef].type;
-    *o = av_broadcast(av[n->args[d]], c->f->nodes.v[n->args[d]].type, t);
-    /* Scaling a term with no positioned part (a low-rank write beta (S k) k^T
-     * spelled as a broadcast product) is not a diagonal coefficient. */
-    if (!(o->terms & (T_DIAG | T_EXPAND | T_SHIFT)))
-      ;
-    else if (ct.rank <= t.rank)
-      o->gvary |= (c->vary[coef] << (t.rank - ct.rank)) & nonone_mask(t);
-    else
-      o->gvary = nonone_mask(t);
-    o->gone = o->gone && c->one[coef];
-    o->ginv = o->ginv && c->invariant[coef];
-    o->cplx |= ct.elem == IR_COMPLEX;
-    if (o->gstate < 0) o->gstate = first_state(c, coef);
-    return 1;
+    if (ct.rank > t.rank || av_take_broadcast(c, o, av, n->args[d], 1, r)) return 0;
+    broadcast_map(ct, t, map);
+    av_scale(c, o, coef, move_mask(c->vary[coef], map, ct.rank) & nonone_mask(t));
+    break;
   }
   case IR_MATMUL:
-  case IR_OUTER: {
+  case IR_OUTER:
     if (ndep > 1) {
       *why_kind = WHY_PRODUCT;
       return 0;
     }
-    const AVal *v = &av[n->args[d]];
-    int rd = c->f->nodes.v[n->args[d]].type.rank;
-    int ro = c->f->nodes.v[n->args[1 - d]].type.rank;
-    *o = *v;
-    o->gvary = 0, o->gone = 0;
-    o->cplx |= c->f->nodes.v[n->args[1 - d]].type.elem == IR_COMPLEX;
-    if (o->gstate < 0) o->gstate = first_state(c, n->args[1 - d]);
-    if (n->op == IR_OUTER) {
-      unsigned t0 = v->terms & ~(unsigned)T_REAL;
-      o->terms = (v->terms & T_REAL) | ((t0 & (T_PROJ | T_LOWRANK)) ? T_LOWRANK : 0) |
-                 ((t0 & ~(unsigned)(T_PROJ | T_LOWRANK)) ? T_DENSE : 0);
-    } else {
-      o->terms = contract(v->terms, ro == 1 ? C_PROJ : rd >= 2 ? C_MIX : C_DENSE);
-    }
-    if (o->terms & (T_LOWRANK | T_MIX | T_DENSE)) o->at = r;
-    return 1;
-  }
+    return aff_product(c, av, r, d, o);
   case IR_TRANSPOSE:
-  case IR_CONCAT:
-  case IR_GATHER: {
-    if (n->op == IR_GATHER && d != 0) return 0;
-    int ndiag = 0;
-    for (int k = 0; k < n->nargs; k++) {
-      if (!av[n->args[k]].dep) continue;
-      AVal v = av[n->args[k]];
-      v.terms = moved(v.terms);
-      v.gvary = 0;
-      av_join(o, &v, &ndiag);
-    }
-    return 1;
-  }
+    transpose_map(t.rank, map);
+    av_take(o, &av[n->args[0]], map, t.rank, 0, 1, r);
+    break;
   case IR_RESHAPE: {
-    IrType ot = c->f->nodes.v[n->args[0]].type;
-    *o = av[n->args[0]];
-    if (!(o->terms & T_EXPAND) && same_nonone_dims(ot, t)) {
-      o->gvary = remap_nonone(o->gvary, ot, t);
-    } else {
-      o->terms = moved(o->terms);
-      o->gvary = 0;
-    }
-    return 1;
-  }
-  case IR_INDEX:
-  case IR_SLICE: {
-    IrType ot = c->f->nodes.v[n->args[0]].type;
-    *o = av[n->args[0]];
-    int lead = (o->terms & T_EXPAND) ? ot.rank - o->srank : 0;
-    if (n->axis < 0 || n->axis >= ot.rank) return 0;
-    if (n->op == IR_SLICE) {
-      DimExpr zero = dim_const(0);
-      int full = dim_eq(n->start, zero) && dim_eq(n->stop, ot.dims[n->axis]);
-      if (!full && n->axis >= lead) o->terms = moved(o->terms);
+    IrType from = c->f->nodes.v[n->args[0]].type;
+    if (!same_nonone_dims(from, t)) {
+      av_flags(o, &av[n->args[0]]);
+      av_lose_structure(o, r);
       return 1;
     }
-    /* An index on a broadcast axis picks one copy: still positioned. */
-    if (n->axis < lead) {
-      o->gvary = remove_axis(o->gvary, n->axis);
-      if (t.rank == o->srank) o->terms = (o->terms & ~(unsigned)T_EXPAND) | T_DIAG;
-    } else {
-      o->terms = moved(o->terms);
-      o->gvary = 0;
-    }
-    return 1;
+    reshape_map(from, t, map);
+    av_take(o, &av[n->args[0]], map, from.rank, 0, 1, r);
+    break;
   }
+  case IR_GATHER:
+    if (d != 0) return 0;
+    return aff_along_axis(c, av, r, d, o);
+  case IR_INDEX:
+  case IR_SLICE:
+  case IR_CONCAT:
+    return aff_along_axis(c, av, r, d, o);
   case IR_SUM:
-  case IR_MEAN: {
-    IrType ot = c->f->nodes.v[n->args[0]].type;
-    const AVal *v = &av[n->args[0]];
-    *o = *v;
-    int lead = (v->terms & T_EXPAND) ? ot.rank - v->srank : 0;
-    unsigned rest = v->terms & ~(unsigned)(T_DIAG | T_EXPAND | T_REAL);
-    o->terms = (v->terms & T_REAL) | (rest ? T_PROJ : 0);
-    o->gvary = 0;
-    if (!(v->terms & (T_DIAG | T_EXPAND))) return 1;
-    if (n->axis < 0) {
-      /* Sum over all axes: positioned only if every axis was a broadcast copy. */
-      o->terms |= (v->terms & T_EXPAND) && v->srank == 0 ? T_DIAG : T_PROJ;
-    } else if (n->axis < lead) {
-      /* Summing broadcast copies, each scaled: still a coefficient per element. */
-      o->gvary = remove_axis(v->gvary, n->axis);
-      o->terms |= lead - 1 > 0 ? T_EXPAND : T_DIAG;
-    } else if ((v->terms & T_EXPAND) && (v->gvary >> n->axis & 1) &&
-               (v->gvary & ((1u << lead) - 1))) {
-      /* The coefficient varies along the summed state axis and along a new
-       * leading axis: a matrix applied along that axis (pLSTM's T C). */
-      o->terms |= T_MIX;
-      o->at = r;
-    } else {
-      o->terms |= T_PROJ;
-    }
-    return 1;
-  }
+  case IR_MEAN:
+    return aff_sum(c, av, r, o);
   default:
     return 0;
   }
+  return 1;
 }
 
-/* Affine over (max, +): the state shifted by S-free amounts, maxed. */
+/* Affine over (max, +), element by element: every group-dependent operand
+ * is the state in place (no data movement other than reshapes that only add
+ * or drop axes of size 1, which keep the order of the elements) plus S-free
+ * amounts, and max combines such values. What REC_MAXPLUS needs. */
 static int trop_rule(const Ctx *c, const AVal *av, IrRef r) {
   const IrNode *n = &c->f->nodes.v[r];
   int ndep = 0;
-  for (int k = 0; k < n->nargs; k++)
-    if (av[n->args[k]].dep) {
-      if (!av[n->args[k]].trop) return 0;
-      ndep++;
+  for (int k = 0; k < n->nargs; k++) {
+    const AVal *v = &av[n->args[k]];
+    if (!v->dep) continue;
+    if (!v->trop) return 0;
+    ndep++;
+    IrType ot = c->f->nodes.v[n->args[k]].type;
+    if (n->op == IR_RESHAPE || n->op == IR_BROADCAST) {
+      if (!same_nonone_dims(ot, n->type)) return 0;
+    } else if (!dims_equal(ot, n->type)) {
+      return 0;
     }
+  }
   switch (n->op) {
   case IR_ADD:
     return ndep == 1;
@@ -558,14 +1052,26 @@ static int trop_rule(const Ctx *c, const AVal *av, IrRef r) {
   case IR_MAX:
   case IR_BROADCAST:
   case IR_RESHAPE:
-  case IR_INDEX:
-  case IR_SLICE:
-  case IR_CONCAT:
-  case IR_TRANSPOSE:
     return 1;
   default:
     return 0;
   }
+}
+
+static void state_term(const Ctx *c, IrRef r, AVal *o) {
+  const IrNode *n = &c->f->nodes.v[r];
+  Term *t = &o->t[0];
+  o->nterms = 1;
+  t->state = n->index;
+  t->srank = n->type.rank;
+  for (int s = 0; s < n->type.rank; s++) {
+    t->ax[s] = dim_is_one(n->type.dims[s]) ? AX_UNIT : AX_ID;
+    t->pos[s] = (signed char)s;
+  }
+  t->cvary = 0;
+  t->unit = t->cinv = 1;
+  t->at = IR_NONE;
+  o->cplx = n->type.elem == IR_COMPLEX;
 }
 
 static void analyse_group(const Ctx *c, const uint64_t *g, AVal *av) {
@@ -575,12 +1081,12 @@ static void analyse_group(const Ctx *c, const uint64_t *g, AVal *av) {
     memset(o, 0, sizeof *o);
     o->at = o->why = IR_NONE;
     o->why_state = o->gstate = -1;
+    writes_rule(c, g, av, r);
     if (!sets_meet(c, deps_of(c, r), g)) continue;
     o->dep = 1;
     if (n->op == IR_STATE) {
-      o->aff = o->trop = o->gone = o->ginv = 1;
-      o->terms = T_DIAG;
-      o->cplx = n->type.elem == IR_COMPLEX;
+      o->aff = o->trop = 1;
+      state_term(c, r, o);
       continue;
     }
     /* Nonlinearity is inherited from the first operand that has it. */
@@ -596,12 +1102,10 @@ static void analyse_group(const Ctx *c, const uint64_t *g, AVal *av) {
     int all_aff = 1, why_kind = WHY_OP;
     for (int k = 0; k < n->nargs; k++)
       if (av[n->args[k]].dep && !av[n->args[k]].aff) all_aff = 0;
-    AVal tmp;
-    memset(&tmp, 0, sizeof tmp);
-    if (all_aff && aff_rule(c, av, r, &tmp, &why_kind)) {
-      *o = tmp;
-      o->dep = 1, o->aff = 1;
-      o->why = IR_NONE, o->why_state = -1;
+    if (all_aff && aff_rule(c, av, r, o, &why_kind)) {
+      unsigned keep = nonone_mask(n->type);
+      for (int i = 0; i < o->nterms; i++) o->t[i].cvary &= keep;
+      o->aff = 1;
     } else if (!all_aff && (n->op == IR_ADD || n->op == IR_SUB || n->op == IR_MUL)) {
       why_kind = WHY_MIXED;
     }
@@ -616,6 +1120,228 @@ static void analyse_group(const Ctx *c, const uint64_t *g, AVal *av) {
         }
     }
   }
+}
+
+/* ---- Shift registers: following elements through data movement ------------ */
+
+/* A box of a value built from the state by data movement alone: a region of
+ * the node's index space (per axis [lo, hi)) holding either S-free values
+ * or copies of state elements. For a copy, the state index along state axis
+ * s is o[pos[s]] + off[s] for the node index o, or the constant off[s] where
+ * pos[s] < 0. */
+typedef struct Box {
+  unsigned char fresh;
+  signed char pos[SEQ_MAX_RANK];
+  DimExpr off[SEQ_MAX_RANK];
+  DimExpr lo[SEQ_MAX_RANK], hi[SEQ_MAX_RANK];
+} Box;
+
+#define MAX_BOXES 16
+
+typedef struct BoxList {
+  int n;
+  Box *v;
+} BoxList;
+
+typedef struct ShiftWalk {
+  const Ctx *c;
+  const uint64_t *g;
+  int state;  /* the one state of the group */
+  int budget; /* nodes left to visit: the walk follows a DAG as a tree */
+  int oom;
+} ShiftWalk;
+
+static int boxes_alloc(ShiftWalk *w, int n, BoxList *out) {
+  out->n = 0;
+  out->v = arena_calloc(w->c->a, (size_t)n + 1, sizeof *out->v);
+  if (!out->v) w->oom = 1;
+  return out->v ? 0 : -1;
+}
+
+/* The whole of a node of type t: S-free, or the state itself. */
+static int box_whole(ShiftWalk *w, IrType t, int fresh, BoxList *out) {
+  if (boxes_alloc(w, 1, out)) return -1;
+  Box *b = &out->v[out->n++];
+  b->fresh = (unsigned char)fresh;
+  for (int k = 0; k < t.rank; k++) {
+    b->lo[k] = dim_const(0), b->hi[k] = t.dims[k];
+    b->pos[k] = (signed char)k, b->off[k] = dim_const(0);
+  }
+  return 0;
+}
+
+/* The larger (want_max) or smaller of a and b, where that is provable. */
+static int dim_pick(DimExpr a, DimExpr b, int want_max, DimExpr *out) {
+  if (dim_le(a, b))
+    *out = want_max ? b : a;
+  else if (dim_le(b, a))
+    *out = want_max ? a : b;
+  else
+    return -1;
+  return 0;
+}
+
+/* Moves the copies of a box by `delta` along node axis a: the node index
+ * grows by delta, so the state index is o + off - delta. */
+static int box_shift(Box *b, int a, DimExpr delta, int srank) {
+  if (dim_add(b->lo[a], delta, &b->lo[a]) || dim_add(b->hi[a], delta, &b->hi[a])) return -1;
+  for (int s = 0; s < srank && !b->fresh; s++)
+    if (b->pos[s] == a && dim_sub(b->off[s], delta, &b->off[s])) return -1;
+  return 0;
+}
+
+/* Removes node axis a, where the node index is the constant `at`. */
+static int box_drop_axis(Box *b, int a, DimExpr at, int rank, int srank) {
+  for (int s = 0; s < srank && !b->fresh; s++) {
+    if (b->pos[s] == a) {
+      if (dim_add(b->off[s], at, &b->off[s])) return -1;
+      b->pos[s] = -1;
+    } else if (b->pos[s] > a) {
+      b->pos[s]--;
+    }
+  }
+  for (int k = a; k + 1 < rank; k++) b->lo[k] = b->lo[k + 1], b->hi[k] = b->hi[k + 1];
+  return 0;
+}
+
+/* Maps node axes by map (old axis k to map[k], -1: an axis of size 1
+ * dropped, where the index is 0); new axes of `to` hold the whole range. */
+static void box_remap(Box *b, const int *map, IrType from, IrType to, int srank) {
+  Box nb = *b;
+  for (int k = 0; k < to.rank; k++) nb.lo[k] = dim_const(0), nb.hi[k] = to.dims[k];
+  for (int k = 0; k < from.rank; k++)
+    if (map[k] >= 0 && !(dim_is_one(from.dims[k]) && !dim_is_one(to.dims[map[k]])))
+      nb.lo[map[k]] = b->lo[k], nb.hi[map[k]] = b->hi[k];
+  for (int s = 0; s < srank && !b->fresh; s++) {
+    if (b->pos[s] < 0) continue;
+    int p = map[b->pos[s]];
+    /* A stretched axis of size 1 reads index 0 of the old one everywhere. */
+    if (p >= 0 && dim_is_one(from.dims[b->pos[s]]) && !dim_is_one(to.dims[p])) p = -1;
+    nb.pos[s] = (signed char)p;
+  }
+  *b = nb;
+}
+
+static int box_walk(ShiftWalk *w, IrRef r, BoxList *out);
+
+/* slice, index: keeps the boxes that meet the kept range, clipped. */
+static int box_slice(ShiftWalk *w, const IrNode *n, const BoxList *in, BoxList *out) {
+  int a = n->axis, srank = w->c->f->states.v[w->state].type.rank;
+  IrType from = w->c->f->nodes.v[n->args[0]].type;
+  DimExpr start = n->start, stop;
+  if (a < 0 || a >= from.rank) return -1;
+  if (n->op == IR_INDEX ? dim_add(start, dim_const(1), &stop) : (stop = n->stop, 0)) return -1;
+  if (boxes_alloc(w, in->n, out)) return -1;
+  for (int i = 0; i < in->n; i++) {
+    Box b = in->v[i];
+    DimExpr lo, hi;
+    if (dim_le(b.hi[a], start) || dim_le(stop, b.lo[a])) continue; /* surely outside */
+    if (n->op == IR_INDEX) {
+      if (!dim_le(b.lo[a], start) || !dim_le(stop, b.hi[a])) return -1;
+      if (box_drop_axis(&b, a, start, from.rank, srank)) return -1;
+    } else {
+      if (dim_pick(b.lo[a], start, 1, &lo) || dim_pick(b.hi[a], stop, 0, &hi)) return -1;
+      if (dim_le(hi, lo)) continue; /* surely empty */
+      if (dim_sub(lo, start, &b.lo[a]) || dim_sub(hi, start, &b.hi[a])) return -1;
+      for (int s = 0; s < srank && !b.fresh; s++)
+        if (b.pos[s] == a && dim_add(b.off[s], start, &b.off[s])) return -1;
+    }
+    out->v[out->n++] = b;
+  }
+  return 0;
+}
+
+static int box_concat(ShiftWalk *w, const IrNode *n, BoxList *out) {
+  int a = n->axis, srank = w->c->f->states.v[w->state].type.rank;
+  DimExpr base = dim_const(0);
+  BoxList part;
+  if (a < 0 || a >= n->type.rank || boxes_alloc(w, MAX_BOXES, out)) return -1;
+  for (int k = 0; k < n->nargs; k++) {
+    if (box_walk(w, n->args[k], &part) || out->n + part.n > MAX_BOXES) return -1;
+    for (int i = 0; i < part.n; i++) {
+      Box b = part.v[i];
+      if (box_shift(&b, a, base, srank)) return -1;
+      out->v[out->n++] = b;
+    }
+    if (dim_add(base, w->c->f->nodes.v[n->args[k]].type.dims[a], &base)) return -1;
+  }
+  return 0;
+}
+
+/* Returns 0 and the boxes of node r if r is built from the state by data
+ * movement alone, else -1. */
+static int box_walk(ShiftWalk *w, IrRef r, BoxList *out) {
+  const IrNode *n = &w->c->f->nodes.v[r];
+  int map[SEQ_MAX_RANK], srank = w->c->f->states.v[w->state].type.rank;
+  BoxList in;
+  if (--w->budget < 0) return -1;
+  if (!sets_meet(w->c, deps_of(w->c, r), w->g)) return box_whole(w, n->type, 1, out);
+  switch (n->op) {
+  case IR_STATE:
+    return n->index == w->state ? box_whole(w, n->type, 0, out) : -1;
+  case IR_CONCAT:
+    return box_concat(w, n, out);
+  case IR_SLICE:
+  case IR_INDEX:
+    if (box_walk(w, n->args[0], &in)) return -1;
+    return box_slice(w, n, &in, out);
+  case IR_TRANSPOSE:
+  case IR_RESHAPE:
+  case IR_BROADCAST: {
+    IrType from = w->c->f->nodes.v[n->args[0]].type;
+    if (from.rank > n->type.rank && n->op == IR_BROADCAST) return -1;
+    if (n->op == IR_RESHAPE && !same_nonone_dims(from, n->type)) return -1;
+    if (n->op == IR_TRANSPOSE)
+      transpose_map(from.rank, map);
+    else if (n->op == IR_RESHAPE)
+      reshape_map(from, n->type, map);
+    else
+      broadcast_map(from, n->type, map);
+    if (box_walk(w, n->args[0], &in)) return -1;
+    for (int i = 0; i < in.n; i++) box_remap(&in.v[i], map, from, n->type, srank);
+    *out = in;
+    return 0;
+  }
+  default:
+    return -1;
+  }
+}
+
+/* REC_SHIFT. Precondition: next is built from S by data movement alone
+ * (slice, index, concat, reshape, transpose, broadcast; no arithmetic on
+ * any value that reads S), so every element of next is either an element of
+ * S, copied, or an S-free value; and along some axis a of S every copied
+ * element moves the same way, strictly: its index along a grows by at least
+ * one (or shrinks by at least one) in every step. Then an element of S
+ * leaves within size(a) steps, and next is a function of the S-free values
+ * of a window of the last size(a) steps. Returns that axis, or -1. */
+static int shift_axis(ShiftWalk *w, IrRef next) {
+  IrType st = w->c->f->states.v[w->state].type;
+  BoxList bl;
+  if (box_walk(w, next, &bl)) return -1;
+  int copies = 0;
+  for (int i = 0; i < bl.n; i++) copies += !bl.v[i].fresh;
+  if (!copies) return -1;
+  for (int a = 0; a < st.rank; a++) {
+    if (dim_is_one(st.dims[a])) continue;
+    for (int dir = 1; dir >= -1; dir -= 2) {
+      int ok = 1;
+      for (int i = 0; i < bl.n && ok; i++) {
+        const Box *b = &bl.v[i];
+        DimExpr lo1;
+        if (b->fresh) continue;
+        if (b->pos[a] == a) /* index o + off: off >= 1, or off <= -1 */
+          ok = dir > 0 ? dim_le(dim_const(1), b->off[a]) : dim_le(b->off[a], dim_const(-1));
+        else if (b->pos[a] < 0) /* a constant index past the box's range */
+          ok = dir > 0 ? dim_le(b->hi[a], b->off[a])
+                       : !dim_add(b->off[a], dim_const(1), &lo1) && dim_le(lo1, b->lo[a]);
+        else
+          ok = 0;
+      }
+      if (ok) return a;
+    }
+  }
+  return -1;
 }
 
 /* ---- Pass 3: Jacobian structure of a nonlinear group ---------------------- */
@@ -676,7 +1402,7 @@ static void jacobian(const Ctx *c, const uint64_t *g, IrType st, unsigned char *
   }
 }
 
-/* ---- Putting it together -------------------------------------------------- */
+/* ---- Deciding the class of a linear state ---------------------------------- */
 
 static const char *gate_words(const RecState *rs) {
   switch (rs->gate) {
@@ -713,151 +1439,323 @@ static const char *why_words(const Ctx *c, const AVal *v, const char *sname) {
   }
 }
 
-static void classify_linear_shape(const Ctx *c, RecState *rs, const AVal *v, int group_size,
-                                  unsigned t, unsigned axes, int naxes, const char *at);
-
-/* The class of one state of an affine group, from its next value's terms. */
-static void classify_linear(const Ctx *c, RecState *rs, const AVal *v, int group_size) {
-  const IrFunc *f = c->f;
-  const IrState *s = &f->states.v[rs->state];
-  unsigned t = v->terms & ~(unsigned)T_REAL;
-  unsigned axes = nonone_mask(s->type);
-  int naxes = 0;
-  for (int k = 0; k < s->type.rank; k++) naxes += axes >> k & 1;
-  const char *at = loc_str(c->a, v->at >= 0 ? f->nodes.v[v->at].loc : f->nodes.v[s->next].loc);
-  rs->reason_loc = v->at >= 0 ? f->nodes.v[v->at].loc : f->nodes.v[s->next].loc;
-  rs->is_complex = s->type.elem == IR_COMPLEX || v->cplx;
-  classify_linear_shape(c, rs, v, group_size, t, axes, naxes, at);
-  if (v->gstate >= 0 && rs->reason)
-    rs->reason =
-        arena_printf(c->a, "%s; its coefficient reads %s", rs->reason, f->states.v[v->gstate].name);
+/* "axis 2 (Dk)": an axis of a state, by position and size. */
+static const char *axis_words(const Ctx *c, IrType t, int a) {
+  DimExpr e = t.dims[a];
+  int named = 1;
+  for (int i = 0; i < e.nterms; i++)
+    for (int k = 0; k < e.t[i].nvars; k++)
+      if (e.t[i].vars[k] < 0 || e.t[i].vars[k] >= c->f->dims.n) named = 0;
+  const char *size = dim_str(c->a, e, named ? c->dim_names : NULL);
+  const char *s = arena_printf(c->a, "axis %d (%s)", a, size ? size : "?");
+  return s ? s : "?";
 }
 
-/* Is r, an S-free value with the state's trailing axes, an outer product
- * over its last two axes (a rank-1 write v k^T, per head)? A product of two
- * factors where one varies only along the second-to-last of those axes and
- * the other only along the last, times factors constant on both. */
-static int is_outer_write(const Ctx *c, IrRef r, int depth) {
-  const IrNode *n = &c->f->nodes.v[r];
-  int rank = n->type.rank;
-  if (rank < 2 || depth > 16) return 0;
-  unsigned last2 = 3u << (rank - 2), row = 1u << (rank - 2), col = 1u << (rank - 1);
-  if (n->op == IR_OUTER) return 1;
-  if (n->op == IR_NEG || n->op == IR_BROADCAST) {
-    const IrNode *a = &c->f->nodes.v[n->args[0]];
-    return a->type.rank == rank && is_outer_write(c, n->args[0], depth + 1);
+/* The terms of a state's next value (a node of the state's type), sorted by
+ * what they do to the state: a diagonal term keeps every axis in place; a
+ * low-rank or mixing term keeps all but one, which it contracts with a
+ * vector and spreads back (rank 1), or maps by a matrix. */
+enum { TS_DIAG, TS_LOWRANK, TS_MIX, TS_OTHER };
+
+static int term_shape(const Term *t, int *axis) {
+  int kind = TS_DIAG;
+  *axis = -1;
+  for (int s = 0; s < t->srank; s++) {
+    if (t->ax[s] == AX_UNIT || (t->ax[s] == AX_ID && t->pos[s] == s)) continue;
+    if (*axis >= 0) return TS_OTHER;
+    *axis = s;
+    if (t->ax[s] == AX_MATRIX && t->pos[s] == s)
+      kind = TS_MIX;
+    else if (t->ax[s] == AX_PROJ) /* node axis s is free: every other axis is in place */
+      kind = TS_LOWRANK;
+    else
+      return TS_OTHER;
   }
-  if (n->op != IR_MUL) return 0;
-  unsigned m[2];
-  for (int k = 0; k < 2; k++) {
-    IrType ot = c->f->nodes.v[n->args[k]].type;
-    m[k] = ot.rank <= rank ? (c->vary[n->args[k]] << (rank - ot.rank)) & last2 : last2;
+  return kind;
+}
+
+typedef struct NextShape {
+  int ndiag, nlow, nmix, nother;
+  unsigned gvary; /* where the diagonal terms' factors (the gate g) may vary */
+  int gunit;      /* g is exactly 1 */
+  int ginv;       /* g reads only params and constants */
+  int axis;       /* the one axis all low-rank and mixing terms act on, or -1 */
+  unsigned tvary; /* where any factor of the transition may vary */
+  IrRef at;       /* the node that made the first term that is not diagonal */
+} NextShape;
+
+static void next_shape(const AVal *v, NextShape *ns) {
+  memset(ns, 0, sizeof *ns);
+  ns->gunit = ns->ginv = 1;
+  ns->axis = -1;
+  ns->at = IR_NONE;
+  for (int i = 0; i < v->nterms; i++) {
+    const Term *t = &v->t[i];
+    int a, kind = term_shape(t, &a);
+    ns->tvary |= t->cvary;
+    if (kind == TS_DIAG) {
+      ns->ndiag++;
+      ns->gunit = ns->gunit && t->unit && ns->ndiag == 1;
+      ns->gvary |= t->cvary;
+      ns->ginv = ns->ginv && t->cinv;
+      continue;
+    }
+    if (ns->at == IR_NONE) ns->at = t->at;
+    if (kind == TS_OTHER || (ns->axis >= 0 && ns->axis != a)) {
+      ns->nother++;
+      continue;
+    }
+    ns->axis = a;
+    if (kind == TS_LOWRANK)
+      ns->nlow++;
+    else
+      ns->nmix++;
   }
-  if ((m[0] == row && m[1] == col) || (m[0] == col && m[1] == row)) return 1;
-  for (int k = 0; k < 2; k++)
-    if (!m[1 - k] && c->f->nodes.v[n->args[k]].type.rank == rank &&
-        is_outer_write(c, n->args[k], depth + 1))
-      return 1;
+}
+
+/* Does every product of `b` split across (H + V | H + K): each factor
+ * varying along heads and values only, or along heads and the key only, and
+ * some product varying along both a value axis and the key? */
+static int writes_split(const Writes *b, unsigned H, unsigned V, unsigned K) {
+  int spans = 0;
+  for (int i = 0; i < b->n; i++) {
+    unsigned all = 0;
+    for (int k = 0; k < b->w[i].nf; k++) {
+      unsigned f = b->w[i].f[k];
+      if ((f & ~(H | V)) && (f & ~(H | K))) return 0;
+      all |= f;
+    }
+    if ((all & V) && (all & K)) spans = 1;
+  }
+  return spans;
+}
+
+/* REC_LIN_MATRIX. Precondition: next = g (.) S + sum_r u_r (x) w_r with g,
+ * u_r, w_r S-free, where S's axes of size other than 1 split into heads H,
+ * values V (at least one) and one key axis K such that g varies only along
+ * H and K, every u_r only along H and V, every w_r only along H and K, and
+ * some write varies along both V and K. Per slice along H, S is then a
+ * matrix (V by K) updated by rank-1 writes, and its gate is shared by all
+ * values: a scalar, or a diagonal along K. The writes are read as products
+ * of factors, each on one side of the split, in any layout and operand
+ * order (outer, broadcast products, matrix products of a column and a row).
+ * Readouts are not part of it. Fewest heads first; the key is the axis the
+ * gate varies along, else the last one that works. Returns 1 and H, K. */
+static int matrix_split(unsigned A, unsigned gate, const Writes *b, unsigned *H, int *K) {
+  for (int nh = 0; nh + 2 <= count_axes(A); nh++)
+    for (unsigned h = 0; h < 1u << SEQ_MAX_RANK; h++) {
+      if ((h & ~A) || count_axes(h) != nh) continue;
+      for (int k = SEQ_MAX_RANK - 1; k >= 0; k--) {
+        unsigned kb = 1u << k, v = A & ~h & ~kb;
+        if (!(A & kb) || (h & kb) || !v || (gate & ~(h | kb))) continue;
+        if (writes_split(b, h, v, kb)) {
+          *H = h, *K = k;
+          return 1;
+        }
+      }
+    }
   return 0;
 }
 
-/* Does the S-free part of `next` (its addends through + and -) consist of
- * rank-1 writes? That, with a gate shared along an axis, is what makes a
- * state with two or more axes a matrix state (ALGORITHMS.md §1); a vector per
- * head written with a vector (mLSTM's n, linear attention's z) is diagonal. */
-static int writes_outer(const Ctx *c, IrRef r, int st, int depth) {
-  const IrNode *n = &c->f->nodes.v[r];
-  if (depth > 16) return 0;
-  if (!bit_get(deps_of(c, r), st)) return is_outer_write(c, r, 0);
-  if (n->op == IR_ADD || n->op == IR_SUB) {
-    int found = 0;
-    for (int k = 0; k < 2; k++) {
-      if (!bit_get(deps_of(c, n->args[k]), st) && !is_outer_write(c, n->args[k], 0)) return 0;
-      if (!bit_get(deps_of(c, n->args[k]), st))
-        found = 1;
-      else if (c->f->nodes.v[n->args[k]].op == IR_ADD || c->f->nodes.v[n->args[k]].op == IR_SUB)
-        found |= writes_outer(c, n->args[k], st, depth + 1);
-    }
-    return found;
-  }
-  return 0;
-}
-
-static void classify_linear_shape(const Ctx *c, RecState *rs, const AVal *v, int group_size,
-                                  unsigned t, unsigned axes, int naxes, const char *at) {
-  const IrFunc *f = c->f;
-  const IrState *s = &f->states.v[rs->state];
-  const char *sn = s->name;
-  rs->gate_invariant = v->ginv;
-  /* Heads: leading axes of a multi-head state ([NH, Dv, Dk], [NH, DH]) along
-   * which the gate varies, with the gate shared along some later axis. Each
-   * head is an independent recurrence of the same class, so the gate is read
-   * off the axes after the heads: Mamba-2's exp(dt A) per head is a scalar
-   * gate, GLA's per-head per-key gate a diagonal one. Only for elementwise
-   * and low-rank terms, which never mix heads. */
-  unsigned heads = 0;
-  if (!(t & ~(unsigned)(T_DIAG | T_LOWRANK)) && !v->gone) {
-    for (int k = 0; k + 1 < s->type.rank; k++) {
-      if (!(axes >> k & 1)) continue;
-      if (!(v->gvary >> k & 1)) break;
-      heads |= 1u << k;
-    }
-    unsigned rest = axes & ~heads;
-    if (!rest || (v->gvary & rest) == rest) heads = 0;
-  }
-  if (heads) {
-    axes &= ~heads;
-    naxes = 0;
-    for (int k = 0; k < s->type.rank; k++) naxes += axes >> k & 1;
-  }
-  if (v->gone)
+static void set_gate(RecState *rs, const NextShape *ns, unsigned along) {
+  rs->gate_invariant = ns->ginv;
+  if (ns->gunit)
     rs->gate = REC_GATE_NONE;
-  else if (!(v->gvary & axes))
+  else if (!along)
     rs->gate = REC_GATE_SCALAR;
-  else if ((v->gvary & axes) == axes)
-    rs->gate = REC_GATE_FULL;
   else
     rs->gate = REC_GATE_DIAG;
+}
 
-  if (group_size > 1) {
-    rs->cls = REC_LIN_DENSE;
-    rs->reason = arena_printf(c->a, "%s' is linear in its group jointly: a coupled transition", sn);
+static void decide_matrix(const Ctx *c, RecState *rs, const NextShape *ns, unsigned H, int K) {
+  const IrState *s = &c->f->states.v[rs->state];
+  unsigned g = ns->gunit ? 0 : ns->gvary & nonone_mask(s->type);
+  rs->cls = REC_LIN_MATRIX;
+  rs->axis = K;
+  rs->heads = H;
+  set_gate(rs, ns, g & (1u << K));
+  int per_head = rs->gate != REC_GATE_NONE && (g & H);
+  rs->reason = arena_printf(c->a, "%s' = gate * %s + b, %s%s%s%s", s->name, s->name, gate_words(rs),
+                            per_head ? " per head" : "", rs->gate == REC_GATE_DIAG ? " along " : "",
+                            rs->gate == REC_GATE_DIAG ? axis_words(c, s->type, K) : "");
+}
+
+/* REC_LIN_DIAG. Precondition: next = a (.) S + b with a and b S-free and
+ * (.) elementwise with numpy broadcasting of a to S's shape: the linear
+ * part is diagonal terms only, each keeping every axis of S in place. The
+ * gate is how a varies over S's axes; every element being independent, the
+ * axes a varies along are heads when it does not vary along all of them. */
+static void decide_diag(const Ctx *c, RecState *rs, const NextShape *ns) {
+  const IrState *s = &c->f->states.v[rs->state];
+  unsigned A = nonone_mask(s->type), g = ns->gunit ? 0 : ns->gvary & A;
+  rs->cls = REC_LIN_DIAG;
+  set_gate(rs, ns, 0);
+  if (rs->gate != REC_GATE_NONE && g == A && A) rs->gate = REC_GATE_FULL;
+  if (rs->gate == REC_GATE_SCALAR) rs->heads = g;
+  rs->reason = arena_printf(
+      c->a, "%s' = a * %s + b%s, %s%s", s->name, s->name, rs->is_complex ? ", complex" : "",
+      rs->gate == REC_GATE_NONE ? "a = 1" : gate_words(rs), rs->heads ? " per head" : "");
+}
+
+/* REC_LIN_DPLR. Precondition: next = g (.) S + sum_r spread_K(b_r, S x_K a_r)
+ * + B: every term keeps every axis of S in place but at most one, K, which
+ * the low-rank terms contract with an S-free vector a_r and spread back
+ * along K by an S-free vector b_r; g, a_r, b_r vary only along K and heads
+ * H (the other axes they vary along). Per slice along H, the transition
+ * along K is diag(g) - sum_r a_r b_r^T, shared by the remaining axes (the
+ * values, rows of the delta rule's S); B is S-free. */
+static void decide_dplr(const Ctx *c, RecState *rs, const NextShape *ns) {
+  const IrState *s = &c->f->states.v[rs->state];
+  unsigned A = nonone_mask(s->type), kb = 1u << ns->axis;
+  unsigned g = ns->gunit ? 0 : ns->gvary & A;
+  rs->cls = REC_LIN_DPLR;
+  rs->axis = ns->axis;
+  rs->heads = ns->tvary & A & ~kb;
+  set_gate(rs, ns, g & kb);
+  const char *gate = ns->ndiag ? gate_words(rs) : "no diagonal part";
+  if (!ns->ndiag) rs->gate = REC_GATE_SCALAR, rs->gate_invariant = 1;
+  int per_head = ns->ndiag && rs->gate != REC_GATE_NONE && (g & rs->heads);
+  rs->reason =
+      arena_printf(c->a, "%s' = gate * %s - (%s k) w^T + ... along %s, %s%s; low-rank term at %s",
+                   s->name, s->name, s->name, axis_words(c, s->type, ns->axis), gate,
+                   per_head ? " per head" : "", loc_str(c->a, c->f->nodes.v[ns->at].loc));
+}
+
+/* REC_LIN_SMALL_DENSE. Precondition: next = T x_a S + b: every term keeps
+ * every axis of S in place but one, a, which it maps by an S-free matrix
+ * (it may differ from slice to slice along the other axes), and S has at
+ * least two axes of size other than 1, so T acts along one axis, never on
+ * all of S at once (that is REC_LIN_DENSE). */
+static void decide_small_dense(const Ctx *c, RecState *rs, const NextShape *ns) {
+  const IrState *s = &c->f->states.v[rs->state];
+  rs->cls = REC_LIN_SMALL_DENSE;
+  rs->axis = ns->axis;
+  rs->reason = arena_printf(c->a, "%s' contracts %s of %s with a %s-free matrix at %s", s->name,
+                            axis_words(c, s->type, ns->axis), s->name, s->name,
+                            loc_str(c->a, c->f->nodes.v[ns->at].loc));
+}
+
+/* REC_LIN_DENSE. Precondition: next is affine in the group over (+, x),
+ * next = M S + b with M S-free; nothing is claimed about M, so any
+ * associative scan must combine it as a dense matrix. Also the class of a
+ * complex state that passes through real, imag, conj or complex(), which
+ * is linear over the reals only (`why` says so). */
+static void decide_dense(const Ctx *c, RecState *rs, IrRef at, const char *why) {
+  const IrState *s = &c->f->states.v[rs->state];
+  rs->cls = REC_LIN_DENSE;
+  if (at == IR_NONE) at = s->next;
+  rs->reason_loc = c->f->nodes.v[at].loc;
+  rs->reason = why ? arena_printf(c->a, "%s' is linear over the reals only (%s)", s->name, why)
+                   : arena_printf(c->a, "%s' is a general linear map of %s (at %s)", s->name,
+                                  s->name, loc_str(c->a, rs->reason_loc));
+}
+
+/* The class of the one state of an affine group. */
+static void classify_single(const Ctx *c, RecState *rs, const AVal *av, const uint64_t *g,
+                            int *oom) {
+  const IrState *s = &c->f->states.v[rs->state];
+  const AVal *v = &av[s->next];
+  unsigned A = nonone_mask(s->type);
+  ShiftWalk w = {c, g, rs->state, 256, 0};
+  rs->is_complex = s->type.elem == IR_COMPLEX || v->cplx;
+  rs->reason_loc = c->f->nodes.v[s->next].loc;
+  int shift = shift_axis(&w, s->next);
+  if (w.oom) {
+    *oom = 1;
     return;
   }
-  if (v->terms & T_REAL && rs->is_complex) {
-    rs->cls = REC_LIN_DENSE;
-    rs->reason = arena_printf(c->a, "%s' is linear over the reals only (real, imag or conj)", sn);
-    return;
-  }
-  const char *per_head = heads ? " per head" : "";
-  if (t == T_DIAG) {
-    if (naxes >= 2 && rs->gate != REC_GATE_FULL && writes_outer(c, s->next, rs->state, 0)) {
-      rs->cls = REC_LIN_MATRIX;
-      rs->reason =
-          arena_printf(c->a, "%s' = gate * %s + b, %s%s", sn, sn, gate_words(rs), per_head);
-    } else {
-      rs->cls = REC_LIN_DIAG;
-      rs->reason =
-          arena_printf(c->a, "%s' = a * %s + b%s, %s%s", sn, sn, rs->is_complex ? ", complex" : "",
-                       rs->gate == REC_GATE_NONE ? "a = 1" : gate_words(rs), per_head);
-    }
-  } else if (t == T_SHIFT) {
+  if (shift >= 0) {
     rs->cls = REC_SHIFT;
-    rs->reason = arena_printf(c->a, "%s' only moves elements of %s: a sliding window", sn, sn);
-  } else if ((t & T_LOWRANK) && !(t & ~(unsigned)(T_DIAG | T_LOWRANK))) {
-    rs->cls = REC_LIN_DPLR;
-    rs->reason = arena_printf(c->a, "%s' = gate * %s - (%s k) w^T + ..., %s%s; low-rank term at %s",
-                              sn, sn, sn, t & T_DIAG ? gate_words(rs) : "no diagonal part",
-                              t & T_DIAG ? per_head : "", at);
-  } else if ((t & T_MIX) && !(t & ~(unsigned)(T_DIAG | T_MIX | T_LOWRANK))) {
-    rs->cls = REC_LIN_SMALL_DENSE;
-    rs->reason = arena_printf(c->a, "%s' contracts one axis of %s with a %s-free matrix at %s", sn,
-                              sn, sn, at);
-  } else {
-    rs->cls = REC_LIN_DENSE;
-    rs->reason = arena_printf(c->a, "%s' is a general linear map of %s (at %s)", sn, sn, at);
+    rs->axis = shift;
+    rs->reason = arena_printf(c->a, "%s' only moves elements of %s: a sliding window along %s",
+                              s->name, s->name, axis_words(c, s->type, shift));
+    return;
+  }
+  NextShape ns;
+  next_shape(v, &ns);
+  if (ns.at != IR_NONE) rs->reason_loc = c->f->nodes.v[ns.at].loc;
+  unsigned H = 0;
+  int K = -1;
+  if (s->type.elem == IR_COMPLEX && v->real_only)
+    decide_dense(c, rs, IR_NONE, "real, imag or conj");
+  else if (v->dense || !v->nterms || !dims_equal(c->f->nodes.v[s->next].type, s->type))
+    decide_dense(c, rs, v->at, NULL);
+  else if (ns.nother)
+    decide_dense(c, rs, ns.at, NULL);
+  else if (!ns.nlow && !ns.nmix && matrix_split(A, ns.gunit ? 0 : ns.gvary & A, &v->off, &H, &K))
+    decide_matrix(c, rs, &ns, H, K);
+  else if (!ns.nlow && !ns.nmix)
+    decide_diag(c, rs, &ns);
+  else if (!ns.nmix)
+    decide_dplr(c, rs, &ns);
+  else if (count_axes(A) >= 2)
+    decide_small_dense(c, rs, &ns);
+  else
+    decide_dense(c, rs, ns.at, NULL);
+  if (v->gstate >= 0 && rs->reason)
+    rs->reason = arena_printf(c->a, "%s; its coefficient reads %s", rs->reason,
+                              c->f->states.v[v->gstate].name);
+}
+
+/* REC_LIN_BLOCK_DIAG. Precondition: the group's k >= 2 states have one
+ * shape, and each next_i = sum_j a_ij (.) S_j + b_i with a_ij and b_i
+ * S-free and (.) elementwise with numpy broadcasting to that shape: element
+ * by element, a k x k transition, so a scan combines k x k blocks of
+ * diagonals. Coupling through anything else (a contraction, data movement)
+ * is REC_LIN_DENSE. Returns the node that breaks it, or IR_NONE. */
+static IrRef block_diag_breaker(const Ctx *c, const int *group, int gi, const AVal *av, int *ok) {
+  const IrFunc *f = c->f;
+  IrType shape = {IR_REAL, -1, NULL};
+  *ok = 1;
+  for (int i = 0; i < c->ns; i++) {
+    if (group[i] != gi) continue;
+    const AVal *v = &av[f->states.v[i].next];
+    if (shape.rank < 0) shape = f->states.v[i].type;
+    if (!dims_equal(f->states.v[i].type, shape) || v->dense ||
+        (f->states.v[i].type.elem == IR_COMPLEX && v->real_only)) {
+      *ok = 0;
+      return v->dense ? v->at : f->states.v[i].next;
+    }
+    for (int k = 0; k < v->nterms; k++) {
+      int a;
+      if (term_shape(&v->t[k], &a) != TS_DIAG) {
+        *ok = 0;
+        return v->t[k].at != IR_NONE ? v->t[k].at : f->states.v[i].next;
+      }
+    }
+  }
+  return IR_NONE;
+}
+
+static void classify_linear_group(const Ctx *c, RecState *st, const int *group, int gi, int gsize,
+                                  const AVal *av) {
+  const IrFunc *f = c->f;
+  int ok;
+  IrRef at = block_diag_breaker(c, group, gi, av, &ok);
+  for (int i = 0; i < c->ns; i++) {
+    if (group[i] != gi) continue;
+    RecState *rs = &st[i];
+    const AVal *v = &av[f->states.v[i].next];
+    const char *sn = f->states.v[i].name;
+    rs->is_complex = f->states.v[i].type.elem == IR_COMPLEX || v->cplx;
+    rs->reason_loc = f->nodes.v[at != IR_NONE ? at : f->states.v[i].next].loc;
+    if (ok) {
+      rs->cls = REC_LIN_BLOCK_DIAG;
+      rs->block = gsize;
+      rs->reason = arena_printf(c->a,
+                                "%s' is linear in its group jointly and elementwise: %dx%d blocks "
+                                "of diagonals",
+                                sn, gsize, gsize);
+    } else {
+      rs->cls = REC_LIN_DENSE;
+      rs->reason =
+          arena_printf(c->a, "%s' is linear in its group jointly: a coupled transition (at %s)", sn,
+                       loc_str(c->a, rs->reason_loc));
+    }
   }
 }
+
+/* ---- Putting it together -------------------------------------------------- */
 
 static RecStrategy strategy_of(RecClass k) {
   switch (k) {
@@ -877,6 +1775,8 @@ static RecStrategy strategy_of(RecClass k) {
     return REC_STRAT_CHUNKED_TREE;
   case REC_LIN_DENSE:
     return REC_STRAT_SCAN_DENSE;
+  case REC_LIN_BLOCK_DIAG:
+    return REC_STRAT_SCAN_BLOCK;
   case REC_MAXPLUS:
     return REC_STRAT_SCAN_MAXPLUS;
   default:
@@ -911,169 +1811,237 @@ static int *find_groups(const Ctx *c, int *ngroups) {
   return group;
 }
 
+/* The per-group scratch of classify_func, allocated once. */
+typedef struct Work {
+  const int *group;
+  uint64_t *gset;    /* the group's states */
+  AVal *av;          /* pass 2, per node */
+  unsigned char *jd; /* pass 3, per node */
+  IrRef *jwhy;       /* pass 3: where the Jacobian became dense */
+} Work;
+
+/* REC_MAXPLUS. Precondition: every next of the group is affine over
+ * (max, +) element by element (trop_rule): next = max_i(S_j + a_i) with the
+ * states in place and a_i S-free. One state is REC_MAXPLUS; coupled states
+ * are one (max, +) system, scanned with (max, +) matrix products. A group
+ * where some next is affine over (+, x) only is not one: it is nonlinear. */
+static void classify_maxplus_group(const Ctx *c, RecState *st, int gi, int gsize, const Work *w) {
+  const IrFunc *f = c->f;
+  for (int i = 0; i < c->ns; i++) {
+    if (w->group[i] != gi) continue;
+    RecState *rs = &st[i];
+    const char *sn = f->states.v[i].name;
+    rs->reason_loc = f->nodes.v[f->states.v[i].next].loc;
+    if (gsize == 1) {
+      rs->cls = REC_MAXPLUS;
+      rs->reason = arena_printf(c->a, "%s' = max(%s + a, b), a and b %s-free, at %s", sn, sn, sn,
+                                loc_str(c->a, rs->reason_loc));
+      rs->strategy = REC_STRAT_SCAN_MAXPLUS;
+    } else {
+      rs->cls = REC_LIN_DENSE;
+      rs->reason = arena_printf(c->a, "%s' is linear over (max, +) jointly with its group", sn);
+      rs->strategy = REC_STRAT_SCAN_MAXPLUS;
+    }
+  }
+}
+
+/* The other states of group gi whose next is not affine over (+, x)
+ * (want_aff) or not over (max, +), in words, or NULL. */
+static const char *partners_without(const Ctx *c, int gi, int i, const Work *w, int want_aff,
+                                    int want_trop) {
+  const char *names = NULL;
+  for (int j = 0; j < c->ns; j++) {
+    const AVal *v = &w->av[c->f->states.v[j].next];
+    if (w->group[j] != gi || j == i || (want_aff && v->aff) || (want_trop && v->trop)) continue;
+    names = names ? arena_printf(c->a, "%s, %s", names, c->f->states.v[j].name)
+                  : c->f->states.v[j].name;
+  }
+  return names;
+}
+
+/* Why a state that is affine by itself is solved with its group by Newton:
+ * a partner is nonlinear, or is affine over the other semiring only (an
+ * update over (+, x) and one over (max, +) do not compose into either). */
+static const char *coupling_words(const Ctx *c, int gi, int i, const Work *w) {
+  const char *sn = c->f->states.v[i].name, *other;
+  if ((other = partners_without(c, gi, i, w, 1, 1)))
+    return arena_printf(c->a,
+                        "%s' is linear in its own group's values but coupled with %s, "
+                        "which is nonlinear",
+                        sn, other);
+  if (w->av[c->f->states.v[i].next].aff) {
+    other = partners_without(c, gi, i, w, 1, 0);
+    return arena_printf(c->a,
+                        "%s' is linear over (+, x) but coupled with %s, linear over (max, +) only",
+                        sn, other ? other : "?");
+  }
+  other = partners_without(c, gi, i, w, 0, 1);
+  return arena_printf(c->a,
+                      "%s' is linear over (max, +) but coupled with %s, linear over (+, x) only",
+                      sn, other ? other : "?");
+}
+
+static const char *dense_jacobian_words(const Ctx *c, IrRef dense_at, const Work *w) {
+  const IrNode *dn = &c->f->nodes.v[dense_at];
+  int sidx = -1;
+  const char *with = NULL;
+  for (int k = 0; k < dn->nargs; k++)
+    if (w->jd[dn->args[k]] != J_NONE && sidx < 0)
+      sidx = first_in(c, dn->args[k], w->gset);
+    else if (!with && w->jd[dn->args[k]] == J_NONE)
+      with = param_name(c->f, dn->args[k]);
+  return arena_printf(c->a, "%s enters through %s%s%s at %s",
+                      sidx >= 0 ? c->f->states.v[sidx].name : "the state", ir_op_info[dn->op].text,
+                      with ? " with " : "", with ? with : "", loc_str(c->a, dn->loc));
+}
+
+/* REC_NONLINEAR: some next of the group is neither affine over (+, x) nor
+ * over (max, +) in the group (analyse_group says where linearity was lost);
+ * every member is solved jointly by Newton, with the Jacobian structure of
+ * pass 3, and no scan is ever claimed. */
+static void classify_nonlinear_group(const Ctx *c, RecState *st, int gi, int gsize, int first,
+                                     const Work *w) {
+  const IrFunc *f = c->f;
+  IrType stype = f->states.v[first].type;
+  int same = 1;
+  for (int i = 0; i < c->ns; i++)
+    if (w->group[i] == gi && !dims_equal(f->states.v[i].type, stype)) same = 0;
+  jacobian(c, w->gset, stype, w->jd, w->jwhy);
+  IrRef dense_at = IR_NONE;
+  for (int i = 0; i < c->ns && dense_at == IR_NONE; i++)
+    if (w->group[i] == gi && w->jd[f->states.v[i].next] == J_DENSE)
+      dense_at = w->jwhy[f->states.v[i].next];
+  for (int i = 0; i < c->ns; i++) {
+    if (w->group[i] != gi) continue;
+    RecState *rs = &st[i];
+    const AVal *v = &w->av[f->states.v[i].next];
+    const char *sn = f->states.v[i].name;
+    rs->cls = REC_NONLINEAR;
+    rs->strategy = REC_STRAT_NEWTON;
+    if (!v->aff && !v->trop) {
+      rs->reason = why_words(c, v, sn);
+      rs->reason_loc = f->nodes.v[v->why].loc;
+    } else {
+      rs->reason = coupling_words(c, gi, i, w);
+      rs->reason_loc = f->nodes.v[f->states.v[i].next].loc;
+    }
+    if (!same) {
+      rs->jacobian = REC_JAC_DENSE;
+      rs->jacobian_reason = "coupled states of different shapes";
+    } else if (dense_at != IR_NONE) {
+      rs->jacobian = REC_JAC_DENSE;
+      rs->jacobian_reason = dense_jacobian_words(c, dense_at, w);
+    } else if (gsize == 1) {
+      rs->jacobian = REC_JAC_DIAG;
+      rs->jacobian_reason = arena_printf(c->a, "%s enters only through elementwise ops", sn);
+    } else {
+      rs->jacobian = REC_JAC_BLOCK_DIAG;
+      rs->block = gsize;
+      rs->jacobian_reason = arena_printf(
+          c->a, "the %d states enter only through elementwise ops: %dx%d blocks of diagonals",
+          gsize, gsize, gsize);
+    }
+  }
+}
+
+/* One group: a map, a carried state, or the class its analysis proves.
+ * Returns -1 when memory ran out. */
+static int classify_group(const Ctx *c, RecState *st, int gi, const Work *w) {
+  const IrFunc *f = c->f;
+  int gsize = 0, self = 0, first = -1;
+  memset(w->gset, 0, (size_t)c->nw * sizeof *w->gset);
+  for (int i = 0; i < c->ns; i++)
+    if (w->group[i] == gi) {
+      w->gset[i / 64] |= (uint64_t)1 << (i % 64);
+      gsize++;
+      if (first < 0) first = i;
+    }
+  for (int i = 0; i < c->ns; i++)
+    if (w->group[i] == gi && sets_meet(c, deps_of(c, f->states.v[i].next), w->gset)) self = 1;
+
+  /* REC_MAP: next reads no state of its own group (then the group is one
+   * state), so every step is computed from given values alone. */
+  RecState *rs = &st[first];
+  const char *sn = f->states.v[first].name;
+  if (!self) {
+    rs->cls = REC_MAP;
+    rs->reason_loc = f->nodes.v[f->states.v[first].next].loc;
+    rs->reason = arena_printf(c->a, "%s' reads no earlier value of %s", sn, sn);
+    rs->strategy = REC_STRAT_MAP;
+    return 0;
+  }
+  /* REC_CARRIED: next is the state's own STATE node. */
+  const IrNode *nx = &f->nodes.v[f->states.v[first].next];
+  if (gsize == 1 && nx->op == IR_STATE && nx->index == first) {
+    rs->cls = REC_CARRIED;
+    rs->reason_loc = f->states.v[first].loc;
+    rs->reason = arena_printf(c->a, "%s' is %s: it keeps its initial value", sn, sn);
+    rs->strategy = REC_STRAT_KEEP;
+    return 0;
+  }
+
+  analyse_group(c, w->gset, w->av);
+  int all_aff = 1, all_trop = 1;
+  for (int i = 0; i < c->ns; i++) {
+    if (w->group[i] != gi) continue;
+    const AVal *v = &w->av[f->states.v[i].next];
+    all_aff = all_aff && v->aff;
+    all_trop = all_trop && v->trop;
+  }
+  if (!all_aff && !all_trop) {
+    classify_nonlinear_group(c, st, gi, gsize, first, w);
+  } else if (!all_aff) {
+    classify_maxplus_group(c, st, gi, gsize, w);
+  } else if (gsize == 1) {
+    int oom = 0;
+    classify_single(c, rs, w->av, w->gset, &oom);
+    if (oom) return -1;
+    rs->strategy = strategy_of(rs->cls);
+  } else {
+    classify_linear_group(c, st, w->group, gi, gsize, w->av);
+    for (int i = 0; i < c->ns; i++)
+      if (w->group[i] == gi) st[i].strategy = strategy_of(st[i].cls);
+  }
+  return 0;
+}
+
+static int init_states(const Ctx *c, RecState *st, const int *group) {
+  for (int i = 0; i < c->ns; i++) {
+    const uint64_t *d = deps_of(c, c->f->states.v[i].next);
+    RecState *rs = &st[i];
+    rs->state = i;
+    rs->group = group[i];
+    rs->axis = -1;
+    rs->deps = arena_calloc(c->a, (size_t)c->ns, sizeof *rs->deps);
+    rs->given = arena_calloc(c->a, (size_t)c->ns, sizeof *rs->given);
+    if (!rs->deps || !rs->given) return -1;
+    for (int j = 0; j < c->ns; j++)
+      if (bit_get(d, j)) {
+        rs->deps[rs->ndeps++] = j;
+        if (group[j] != group[i]) rs->given[rs->ngiven++] = j;
+      }
+  }
+  return 0;
+}
+
 int classify_func(Arena *a, const IrFunc *f, RecFunc *out, DiagEngine *de) {
   memset(out, 0, sizeof *out);
   out->func = f;
   if (check_func(f, de)) return -1;
   if (f->states.n == 0) return 0;
   Ctx c;
-  int ns = f->states.n;
+  int ns = f->states.n, ngroups = 0;
   if (ctx_init(&c, a, f)) goto oom;
-  int ngroups = 0;
   int *group = find_groups(&c, &ngroups);
   RecState *st = arena_calloc(a, (size_t)ns, sizeof *st);
-  uint64_t *gset = arena_calloc(a, (size_t)c.nw, sizeof *gset);
-  AVal *av = arena_calloc(a, (size_t)c.n + 1, sizeof *av);
-  unsigned char *jd = arena_calloc(a, (size_t)c.n + 1, 1);
-  IrRef *jwhy = arena_calloc(a, (size_t)c.n + 1, sizeof *jwhy);
-  if (!group || !st || !gset || !av || !jd || !jwhy) goto oom;
+  Work w = {group, arena_calloc(a, (size_t)c.nw, sizeof(uint64_t)),
+            arena_calloc(a, (size_t)c.n + 1, sizeof(AVal)), arena_calloc(a, (size_t)c.n + 1, 1),
+            arena_calloc(a, (size_t)c.n + 1, sizeof(IrRef))};
+  if (!group || !st || !w.gset || !w.av || !w.jd || !w.jwhy) goto oom;
   out->states = st, out->nstates = ns, out->ngroups = ngroups;
-
-  for (int i = 0; i < ns; i++) {
-    const uint64_t *d = deps_of(&c, f->states.v[i].next);
-    RecState *rs = &st[i];
-    rs->state = i;
-    rs->group = group[i];
-    rs->deps = arena_calloc(a, (size_t)ns, sizeof *rs->deps);
-    rs->given = arena_calloc(a, (size_t)ns, sizeof *rs->given);
-    if (!rs->deps || !rs->given) goto oom;
-    for (int j = 0; j < ns; j++)
-      if (bit_get(d, j)) {
-        rs->deps[rs->ndeps++] = j;
-        if (group[j] != group[i]) rs->given[rs->ngiven++] = j;
-      }
-  }
-
-  for (int gi = 0; gi < ngroups; gi++) {
-    memset(gset, 0, (size_t)c.nw * sizeof *gset);
-    int gsize = 0, self = 0, first = -1;
-    for (int i = 0; i < ns; i++)
-      if (group[i] == gi) {
-        gset[i / 64] |= (uint64_t)1 << (i % 64);
-        gsize++;
-        if (first < 0) first = i;
-      }
-    for (int i = 0; i < ns; i++)
-      if (group[i] == gi && sets_meet(&c, deps_of(&c, f->states.v[i].next), gset)) self = 1;
-
-    if (!self) { /* one state, reading no earlier value of itself */
-      RecState *rs = &st[first];
-      rs->cls = REC_MAP;
-      rs->reason_loc = f->nodes.v[f->states.v[first].next].loc;
-      rs->reason = arena_printf(a, "%s' reads no earlier value of %s", f->states.v[first].name,
-                                f->states.v[first].name);
-      rs->strategy = REC_STRAT_MAP;
-      continue;
-    }
-    const IrNode *nx = &f->nodes.v[f->states.v[first].next];
-    if (gsize == 1 && nx->op == IR_STATE && nx->index == first) {
-      RecState *rs = &st[first];
-      rs->cls = REC_CARRIED;
-      rs->reason_loc = f->states.v[first].loc;
-      rs->reason = arena_printf(a, "%s' is %s: it keeps its initial value", f->states.v[first].name,
-                                f->states.v[first].name);
-      rs->strategy = REC_STRAT_KEEP;
-      continue;
-    }
-
-    analyse_group(&c, gset, av);
-    const AVal *nonlin = NULL;
-    int all_aff = 1;
-    for (int i = 0; i < ns; i++) {
-      if (group[i] != gi) continue;
-      const AVal *v = &av[f->states.v[i].next];
-      if (!v->aff && !v->trop && !nonlin) nonlin = v;
-      if (!v->aff) all_aff = 0;
-    }
-    if (!nonlin) {
-      for (int i = 0; i < ns; i++) {
-        if (group[i] != gi) continue;
-        RecState *rs = &st[i];
-        const AVal *v = &av[f->states.v[i].next];
-        if (all_aff) {
-          classify_linear(&c, rs, v, gsize);
-        } else if (gsize == 1) {
-          rs->cls = REC_MAXPLUS;
-          rs->reason_loc = f->nodes.v[f->states.v[i].next].loc;
-          rs->reason =
-              arena_printf(a, "%s' = max(%s + a, b), a and b %s-free, at %s", f->states.v[i].name,
-                           f->states.v[i].name, f->states.v[i].name, loc_str(a, rs->reason_loc));
-        } else {
-          rs->cls = REC_LIN_DENSE;
-          rs->reason_loc = f->nodes.v[f->states.v[i].next].loc;
-          rs->reason = arena_printf(a, "%s' is linear over (max, +) jointly with its group",
-                                    f->states.v[i].name);
-          rs->strategy = REC_STRAT_SCAN_MAXPLUS;
-          continue;
-        }
-        rs->strategy = strategy_of(rs->cls);
-      }
-      continue;
-    }
-
-    /* Nonlinear group: every member is solved jointly by Newton. */
-    IrType stype = f->states.v[first].type;
-    int same = 1;
-    for (int i = 0; i < ns; i++)
-      if (group[i] == gi && !dims_equal(f->states.v[i].type, stype)) same = 0;
-    jacobian(&c, gset, stype, jd, jwhy);
-    IrRef dense_at = IR_NONE;
-    for (int i = 0; i < ns && dense_at == IR_NONE; i++)
-      if (group[i] == gi && jd[f->states.v[i].next] == J_DENSE)
-        dense_at = jwhy[f->states.v[i].next];
-    const char *coupled_names = NULL;
-    for (int i = 0; i < ns; i++) {
-      if (group[i] != gi) continue;
-      RecState *rs = &st[i];
-      const AVal *v = &av[f->states.v[i].next];
-      const char *sn = f->states.v[i].name;
-      rs->cls = REC_NONLINEAR;
-      rs->strategy = REC_STRAT_NEWTON;
-      if (!v->aff && !v->trop) {
-        rs->reason = why_words(&c, v, sn);
-        rs->reason_loc = f->nodes.v[v->why].loc;
-      } else {
-        coupled_names = NULL;
-        for (int j = 0; j < ns; j++)
-          if (group[j] == gi && j != i &&
-              !(av[f->states.v[j].next].aff || av[f->states.v[j].next].trop))
-            coupled_names = coupled_names
-                                ? arena_printf(a, "%s, %s", coupled_names, f->states.v[j].name)
-                                : f->states.v[j].name;
-        rs->reason = arena_printf(a,
-                                  "%s' is linear in its own group's values but coupled with %s, "
-                                  "which is nonlinear",
-                                  sn, coupled_names ? coupled_names : "?");
-        rs->reason_loc = f->nodes.v[f->states.v[i].next].loc;
-      }
-      if (!same) {
-        rs->jacobian = REC_JAC_DENSE;
-        rs->jacobian_reason = "coupled states of different shapes";
-      } else if (dense_at != IR_NONE) {
-        const IrNode *dn = &f->nodes.v[dense_at];
-        int sidx = -1;
-        const char *with = NULL;
-        for (int k = 0; k < dn->nargs; k++)
-          if (jd[dn->args[k]] != J_NONE && sidx < 0)
-            sidx = first_in(&c, dn->args[k], gset);
-          else if (!with && jd[dn->args[k]] == J_NONE)
-            with = param_name(f, dn->args[k]);
-        rs->jacobian = REC_JAC_DENSE;
-        rs->jacobian_reason = arena_printf(
-            a, "%s enters through %s%s%s at %s", sidx >= 0 ? f->states.v[sidx].name : "the state",
-            ir_op_info[dn->op].text, with ? " with " : "", with ? with : "", loc_str(a, dn->loc));
-      } else if (gsize == 1) {
-        rs->jacobian = REC_JAC_DIAG;
-        rs->jacobian_reason = arena_printf(a, "%s enters only through elementwise ops", sn);
-      } else {
-        rs->jacobian = REC_JAC_BLOCK_DIAG;
-        rs->block = gsize;
-        rs->jacobian_reason = arena_printf(
-            a, "the %d states enter only through elementwise ops: %dx%d blocks of diagonals", gsize,
-            gsize, gsize);
-      }
-    }
-  }
+  if (init_states(&c, st, group)) goto oom;
+  for (int gi = 0; gi < ngroups; gi++)
+    if (classify_group(&c, st, gi, &w)) goto oom;
   for (int i = 0; i < ns; i++)
     if (!st[i].reason) goto oom;
   return 0;
@@ -1121,6 +2089,8 @@ const char *classify_class_name(RecClass k) {
     return "linear over (max, +)";
   case REC_NONLINEAR:
     return "nonlinear";
+  case REC_LIN_BLOCK_DIAG:
+    return "linear, block-diagonal";
   }
   return "?";
 }
@@ -1147,6 +2117,8 @@ const char *classify_strategy_name(RecStrategy s) {
     return "associative scan over (max, +)";
   case REC_STRAT_NEWTON:
     return "newton (DEER / ParaRNN)";
+  case REC_STRAT_SCAN_BLOCK:
+    return "associative scan with kxk blocks of diagonals";
   }
   return "?";
 }
@@ -1204,7 +2176,12 @@ void classify_print_report(FILE *out, const IrModule *m, const ClassifyResult *r
       if (rs->ndeps == 0) fputs("no state", out);
       print_states(out, f, rs->deps, rs->ndeps);
       fputc('\n', out);
-      fprintf(out, "    strategy: %s", classify_strategy_name(rs->strategy));
+      /* The block size is per state: "kxk" in the name is spelled out. */
+      if (rs->strategy == REC_STRAT_SCAN_BLOCK)
+        fprintf(out, "    strategy: associative scan with %dx%d blocks of diagonals", rs->block,
+                rs->block);
+      else
+        fprintf(out, "    strategy: %s", classify_strategy_name(rs->strategy));
       if (rs->strategy == REC_STRAT_NEWTON) {
         fprintf(out, ", jacobian %s", jacobian_name(rs->jacobian));
         if (rs->jacobian == REC_JAC_BLOCK_DIAG) fprintf(out, " %dx%d", rs->block, rs->block);

@@ -11,23 +11,30 @@
 
 /* How a state's new value depends on the old one (docs: ALGORITHMS.md §1).
  * Read off the IR by dataflow: which STATE nodes `next` reaches, and whether
- * the path from them is affine (over (+, x) or over (max, +)). */
+ * the path from them is affine (over (+, x) or over (max, +)). Each class is
+ * a precondition that classify.c proves on the IR (the comment above the code
+ * that decides it says exactly what); a parallel form may rely on it. Where
+ * a precondition cannot be proved, the next less specific class is taken. */
 typedef enum {
   REC_MAP,             /* next reads no earlier value of its own group */
   REC_CARRIED,         /* next is the STATE node itself */
-  REC_SHIFT,           /* linear by data movement only: a sliding window */
-  REC_LIN_DIAG,        /* h' = a * h + b, a elementwise (real or complex) */
-  REC_LIN_MATRIX,      /* S' = diag(alpha) S + k v^T, alpha scalar or per axis */
-  REC_LIN_DPLR,        /* S' = gate * S - (S k) w^T + ...: diagonal plus low rank */
-  REC_LIN_SMALL_DENSE, /* C' = T C + ..., T an S-free matrix along one axis */
-  REC_LIN_DENSE,       /* any other linear map: W h + b, coupled linear states */
-  REC_MAXPLUS,         /* m' = max(a + m, b): linear over (max, +) */
+  REC_SHIFT,           /* elements copied from the state or S-free: a shift register */
+  REC_LIN_DIAG,        /* h' = a * h + b, a S-free, elementwise (real or complex) */
+  REC_LIN_MATRIX,      /* S' = g * S + rank-1 writes, g along heads and the key axis */
+  REC_LIN_DPLR,        /* S' = S (diag(g) - a b^T) along one axis + ...: DPLR */
+  REC_LIN_SMALL_DENSE, /* C' = T C along one axis + ..., T S-free per slice */
+  REC_LIN_DENSE,       /* any other linear map: W h + b, coupling through a contraction */
+  REC_MAXPLUS,         /* m' = max(a + m, b) elementwise: linear over (max, +) */
   REC_NONLINEAR,
+  REC_LIN_BLOCK_DIAG, /* k states of one shape coupled elementwise: k x k blocks */
 } RecClass;
 
 /* The coefficient of the diagonal part, relative to the state's axes of
- * size other than 1: exactly 1; the same for every element; varying along
- * some axes (a matrix state's diagonal gate); varying along all of them. */
+ * size other than 1: exactly 1; the same for every element (of a head, when
+ * the gate varies along head axes only); varying along the key axis (a
+ * matrix state's diagonal gate); varying along all of them. A diagonal
+ * state's elements are all independent, so the axes its gate varies along,
+ * when not all, are read as heads: a scalar gate per head. */
 typedef enum { REC_GATE_NONE, REC_GATE_SCALAR, REC_GATE_DIAG, REC_GATE_FULL } RecGate;
 
 typedef enum {
@@ -41,6 +48,7 @@ typedef enum {
   REC_STRAT_CHUNKED_TREE, /* chunkwise-parallel, tree of transition products */
   REC_STRAT_SCAN_MAXPLUS, /* associative scan over (max, +) */
   REC_STRAT_NEWTON,       /* Newton (DEER / ParaRNN); fallback: sequential */
+  REC_STRAT_SCAN_BLOCK,   /* associative scan, combine of k x k blocks of diagonals */
 } RecStrategy;
 
 /* Structure of d next / d state within a nonlinear group. */
@@ -52,6 +60,13 @@ typedef struct RecState {
   RecGate gate;       /* LIN_DIAG, LIN_MATRIX, LIN_DPLR */
   int gate_invariant; /* the gate reads only params and constants (time-invariant) */
   int is_complex;     /* complex state or coefficient */
+  /* The axis of the state the class is about, or -1: LIN_MATRIX the key axis
+   * (the one its gate may vary along; the last possible one when the gate
+   * does not vary along either side of the writes), LIN_DPLR the axis the
+   * transition acts on, LIN_SMALL_DENSE the mixed axis, SHIFT the axis the
+   * elements move along. */
+  int axis;
+  unsigned heads;     /* LIN_DIAG, LIN_MATRIX, LIN_DPLR: axes read as heads (bit k = axis k) */
   int group;          /* strongly connected group of the state graph, 0-based */
   int *deps, ndeps;   /* states that `next` reads, ascending (may include itself) */
   int *given, ngiven; /* deps outside the group: known before this group is solved */
@@ -59,7 +74,7 @@ typedef struct RecState {
   SrcLoc reason_loc;  /* where the deciding op is (may have no file) */
   RecStrategy strategy;
   RecJacobian jacobian; /* REC_NONLINEAR only */
-  int block;            /* REC_JAC_BLOCK_DIAG: states per block */
+  int block;            /* REC_JAC_BLOCK_DIAG, REC_LIN_BLOCK_DIAG: states per block */
   const char *jacobian_reason;
 } RecState;
 

@@ -227,7 +227,7 @@ static void check_report(const char *name) {
 
 static void test_golden_reports(void **state) {
   (void)state;
-  const char *names[] = {"lstm", "mlstm", "deltanet", "paralstm", "plstm", "mamba", "rwkv7"};
+  const char *names[] = {"lstm", "mlstm", "deltanet", "paralstm", "plstm", "mamba", "rwkv7", "gla"};
   for (size_t i = 0; i < sizeof names / sizeof *names; i++) check_report(names[i]);
 }
 
@@ -277,10 +277,13 @@ static void test_synthetic(void **state) {
   assert_non_null(strstr(p->reason, "product of two values"));
   assert_int_equal(p->jacobian, REC_JAC_DIAG);
 
-  /* u and v read each other only: one linear group of two. */
+  /* u and v read each other only, elementwise: one linear group of two,
+   * a 2x2 block of diagonals per element. */
   const RecState *u = find_state(&c, "Synth", "u"), *v = find_state(&c, "Synth", "v");
   assert_int_equal(u->group, v->group);
-  assert_int_equal(u->cls, REC_LIN_DENSE);
+  assert_int_equal(u->cls, REC_LIN_BLOCK_DIAG);
+  assert_int_equal(u->block, 2);
+  assert_int_equal(u->strategy, REC_STRAT_SCAN_BLOCK);
   assert_int_equal(u->ngiven, 0);
 
   const RecState *g = find_state(&c, "Synth", "g");
@@ -304,7 +307,178 @@ static void test_synthetic(void **state) {
   char *text = report(&c);
   assert_non_null(strstr(text, "cell Synth (synth.seq:1:1)"));
   assert_non_null(strstr(text, "coupled with v"));
+  assert_non_null(strstr(text, "strategy: associative scan with 2x2 blocks of diagonals"));
   free(text);
+  arena_destroy(c.arena);
+}
+
+/* ---- Cells built to fool the classifier ---------------------------------- */
+
+/* Each cell tries to get a class it must not have, or must keep one under a
+ * rewriting. The expected class comes from the algebra of the update, with
+ * the gate kind for linear classes and the axis the class is about. */
+typedef struct Fool {
+  const char *what;
+  const char *states; /* declarations, beside the common ones below */
+  const char *step;
+  const char *state; /* the state checked */
+  RecClass cls;
+  int gate;  /* RecGate, or ANY */
+  int axis;  /* RecState.axis, or ANY */
+  int block; /* REC_LIN_BLOCK_DIAG: states per block */
+} Fool;
+
+static const char FOOL_DECLS[] = "  param a: [H]\n"
+                                 "  param W: [H, H]\n"
+                                 "  param theta: []\n"
+                                 "  input x: [H]\n"
+                                 "  input c: [N]\n"
+                                 "  input sn: [N]\n"
+                                 "  input k: [Dk]\n"
+                                 "  input v: [Dv]\n"
+                                 "  input gk: [NH, Dk]\n"
+                                 "  input gv: [NH, Dv]\n"
+                                 "  input kh: [NH, Dk]\n"
+                                 "  input vh: [NH, Dv]\n";
+
+#define WINDOW "state w: [H, K] = 0"
+#define GLA_HDV "state S: [NH, Dv, Dk] = 0"
+
+static const Fool FOOLS[] = {
+    /* The coefficient reads the state: never a scan. */
+    {"gate reads the state", "state h: [H] = 0", "h' = sigmoid(h) * h + x", "h", REC_NONLINEAR, ANY,
+     ANY, 0},
+    {"square", "state h: [H] = 0", "h' = h * h", "h", REC_NONLINEAR, ANY, ANY, 0},
+    {"coefficient through a reduction", "state h: [H] = 0", "h' = sum(h) * h + x", "h",
+     REC_NONLINEAR, ANY, ANY, 0},
+    {"division by the state", "state h: [H] = 0", "h' = x / h", "h", REC_NONLINEAR, ANY, ANY, 0},
+    /* One linear diagonal update, spelled in several ways. */
+    {"gate times a sum", "state h: [H] = 0", "h' = a * (h + x)", "h", REC_LIN_DIAG, REC_GATE_FULL,
+     ANY, 0},
+    {"operands swapped", "state h: [H] = 0", "h' = x + h * a", "h", REC_LIN_DIAG, REC_GATE_FULL,
+     ANY, 0},
+    {"subtraction", "state h: [H] = 0", "h' = x - (-a) * h", "h", REC_LIN_DIAG, REC_GATE_FULL, ANY,
+     0},
+    {"negation", "state h: [H] = 0", "h' = -(-a * h - x)", "h", REC_LIN_DIAG, REC_GATE_FULL, ANY,
+     0},
+    {"subtracted state: the coefficient is -1, not 1", "state h: [H] = 0", "h' = x - h", "h",
+     REC_LIN_DIAG, REC_GATE_SCALAR, ANY, 0},
+    {"cumulative sum", "state h: [H] = 0", "h' = h + x", "h", REC_LIN_DIAG, REC_GATE_NONE, ANY, 0},
+    /* Shift registers stay shifts, whatever the axis and direction. */
+    {"window along the last axis", WINDOW, "w' = concat(w[:, 1:], x[:, None], axis=1)", "w",
+     REC_SHIFT, ANY, 1, 0},
+    {"window along the first axis", "state w: [K, H] = 0", "w' = concat(w[1:], x[None], axis=0)",
+     "w", REC_SHIFT, ANY, 0, 0},
+    {"window moving the other way", WINDOW, "w' = concat(x[:, None], w[:, 0:K-1], axis=1)", "w",
+     REC_SHIFT, ANY, 1, 0},
+    {"two places a step", "state w: [K] = 0", "w' = concat(w[2:], x[0:2])", "w", REC_SHIFT, ANY, 0,
+     0},
+    /* Data movement whose elements never leave, or with arithmetic: no shift. */
+    {"cyclic rotation", WINDOW, "w' = concat(w[:, 1:], w[:, 0:1], axis=1)", "w",
+     REC_LIN_SMALL_DENSE, ANY, 1, 0},
+    {"last element kept", WINDOW, "w' = concat(w[:, 1:], w[:, K-1:K], axis=1)", "w",
+     REC_LIN_SMALL_DENSE, ANY, 1, 0},
+    {"scaled window", WINDOW, "w' = concat(0.5 * w[:, 1:], x[:, None], axis=1)", "w",
+     REC_LIN_SMALL_DENSE, ANY, 1, 0},
+    {"window plus a value", WINDOW, "w' = concat(w[:, 1:], x[:, None], axis=1) + 1", "w",
+     REC_LIN_SMALL_DENSE, ANY, 1, 0},
+    {"2x2 rotation per channel", "state s: [2, N] = 0",
+     "s' = concat(c * s[0:1] - sn * s[1:2], sn * s[0:1] + c * s[1:2], axis=0)", "s",
+     REC_LIN_SMALL_DENSE, ANY, 0, 0},
+    {"constant 2x2 rotation", "state s: [2, N] = 0",
+     "s' = concat(cos(theta) * s[0:1] - sin(theta) * s[1:2], "
+     "sin(theta) * s[0:1] + cos(theta) * s[1:2], axis=0)",
+     "s", REC_LIN_SMALL_DENSE, ANY, 0, 0},
+    {"accumulator", "state s: [2, N] = 0", "s' = concat(c[None], s[0:1] + s[1:2], axis=0)", "s",
+     REC_LIN_SMALL_DENSE, ANY, 0, 0},
+    {"accumulator of one channel", "state s: [2] = 0", "s' = concat(x[0:1], s[0:1] + s[1:2])", "s",
+     REC_LIN_DENSE, ANY, ANY, 0},
+    /* Matrix states in any layout and operand order. */
+    {"GLA in FLA's layout [H, K, V]", "state S: [NH, Dk, Dv] = 0",
+     "S' = S * exp(gk)[:, :, None] + kh[:, :, None] * vh[:, None, :]", "S", REC_LIN_MATRIX,
+     REC_GATE_DIAG, 1, 0},
+    {"GLA in the stdlib layout [H, V, K]", GLA_HDV,
+     "S' = exp(gk)[:, None, :] * S + vh[:, :, None] * kh[:, None, :]", "S", REC_LIN_MATRIX,
+     REC_GATE_DIAG, 2, 0},
+    {"GLA with the write first", GLA_HDV,
+     "S' = vh[:, :, None] * kh[:, None, :] + S * exp(gk)[:, None, :]", "S", REC_LIN_MATRIX,
+     REC_GATE_DIAG, 2, 0},
+    {"linear attention with outer", "state S: [Dv, Dk] = 0", "S' = S + outer(v, k)", "S",
+     REC_LIN_MATRIX, REC_GATE_NONE, ANY, 0},
+    {"linear attention with broadcasts", "state S: [Dv, Dk] = 0",
+     "S' = S + v[:, None] * k[None, :]", "S", REC_LIN_MATRIX, REC_GATE_NONE, ANY, 0},
+    {"linear attention, state transposed", "state S: [Dk, Dv] = 0", "S' = S + outer(k, v)", "S",
+     REC_LIN_MATRIX, REC_GATE_NONE, ANY, 0},
+    {"column times row", "state S: [Dv, Dk] = 0", "S' = S + v[:, None] @ k[None, :]", "S",
+     REC_LIN_MATRIX, REC_GATE_NONE, ANY, 0},
+    {"key gate, state transposed", "state S: [Dk, Dv] = 0",
+     "S' = exp(k)[:, None] * S + outer(k, v)", "S", REC_LIN_MATRIX, REC_GATE_DIAG, 0, 0},
+    /* Not matrix states: a full gate, a vector per head, a write of full rank. */
+    {"gate along values and keys", GLA_HDV,
+     "S' = exp(gv)[:, :, None] * exp(gk)[:, None, :] * S + vh[:, :, None] * kh[:, None, :]", "S",
+     REC_LIN_DIAG, REC_GATE_FULL, ANY, 0},
+    {"vector per head", "state n: [NH, Dk] = 0", "n' = exp(gk[:, 0])[:, None] * n + kh", "n",
+     REC_LIN_DIAG, REC_GATE_SCALAR, ANY, 0},
+    {"write of full rank", GLA_HDV, "S' = S + exp(gv[:, :, None] * gk[:, None, :])", "S",
+     REC_LIN_DIAG, REC_GATE_NONE, ANY, 0},
+    /* Contractions with S-free matrices. */
+    {"matrix product", "state h: [H] = 0", "h' = W @ h + x", "h", REC_LIN_DENSE, ANY, ANY, 0},
+    {"matrix along one axis", "state S: [H, N] = 0", "S' = W @ S", "S", REC_LIN_SMALL_DENSE, ANY, 0,
+     0},
+    {"delta rule, state transposed", "state S: [Dk, Dv] = 0", "S' = S - outer(k, k @ S - v)", "S",
+     REC_LIN_DPLR, REC_GATE_NONE, 0, 0},
+    /* Coupled linear states. */
+    {"coupled elementwise", "state p: [H] = 0\n  state q: [H] = 0",
+     "p' = a * p + x * q\n    q' = 2 * p + a * q", "p", REC_LIN_BLOCK_DIAG, ANY, ANY, 2},
+    {"three coupled elementwise", "state p: [H] = 0\n  state q: [H] = 0\n  state r: [H] = 0",
+     "p' = a * q + x\n    q' = r\n    r' = p * x", "r", REC_LIN_BLOCK_DIAG, ANY, ANY, 3},
+    {"coupled through a matrix product", "state p: [H] = 0\n  state q: [H] = 0",
+     "p' = a * p + W @ q\n    q' = p + x", "q", REC_LIN_DENSE, ANY, ANY, 0},
+    {"coupled states of two shapes", "state p: [H] = 0\n  state q: [] = 0",
+     "p' = p + q\n    q' = sum(p)", "p", REC_LIN_DENSE, ANY, ANY, 0},
+    /* (max, +) only element by element, and never mixed with (+, x). */
+    {"running max", "state m: [H] = 0", "m' = max(m + x, a)", "m", REC_MAXPLUS, ANY, ANY, 0},
+    {"running max, shifted", "state m: [H] = 0", "m' = max(concat(m[1:], x[0:1]) + x, a)", "m",
+     REC_NONLINEAR, ANY, ANY, 0},
+    {"(+, x) coupled with (max, +)", "state p: [H] = 0\n  state q: [H] = 0",
+     "p' = a * p + q\n    q' = max(q + x, p)", "p", REC_NONLINEAR, ANY, ANY, 0},
+};
+
+static void check_fool(const Fool *t) {
+  char text[4096];
+  snprintf(text, sizeof text,
+           "cell Fool(H, K, N, NH, Dk, Dv) {\n%s  %s\n  step {\n    %s\n  }\n}\n", FOOL_DECLS,
+           t->states, t->step);
+  Compiled c;
+  compile_and_classify(&c, "fool.seq", text);
+  const RecState *rs = find_state(&c, "Fool", t->state);
+  if (rs->cls != t->cls)
+    fail_msg("%s: %s' = ... is %s, expected %s (%s)", t->what, t->state,
+             classify_class_name(rs->cls), classify_class_name(t->cls), rs->reason);
+  if (t->gate != ANY && (int)rs->gate != t->gate)
+    fail_msg("%s: gate %d, expected %d (%s)", t->what, rs->gate, t->gate, rs->reason);
+  if (t->axis != ANY && rs->axis != t->axis)
+    fail_msg("%s: axis %d, expected %d (%s)", t->what, rs->axis, t->axis, rs->reason);
+  if (t->cls == REC_LIN_BLOCK_DIAG) assert_int_equal(rs->block, t->block);
+  if (t->cls == REC_NONLINEAR) assert_int_equal(rs->strategy, REC_STRAT_NEWTON);
+  assert_non_null(rs->reason);
+  arena_destroy(c.arena);
+}
+
+static void test_fooling_cells(void **state) {
+  (void)state;
+  for (size_t i = 0; i < sizeof FOOLS / sizeof *FOOLS; i++) check_fool(&FOOLS[i]);
+}
+
+/* The report says which axis a matrix state's gate varies along, relative
+ * to the state's own axes. */
+static void test_gate_axis_words(void **state) {
+  (void)state;
+  Compiled c;
+  compile_and_classify(&c, "stdlib/gla.seq", NULL);
+  const RecState *s = find_state(&c, "GLA", "S");
+  assert_int_equal(s->heads, 1u);
+  assert_non_null(strstr(s->reason, "diagonal gate per head along axis 2 (Dk)"));
   arena_destroy(c.arena);
 }
 
@@ -377,7 +551,8 @@ int main(void) {
       cmocka_unit_test(test_stdlib_classes),     cmocka_unit_test(test_example_classes),
       cmocka_unit_test(test_lstm_reasons),       cmocka_unit_test(test_golden_reports),
       cmocka_unit_test(test_synthetic),          cmocka_unit_test(test_malformed_ir),
-      cmocka_unit_test(test_allocation_failure),
+      cmocka_unit_test(test_allocation_failure), cmocka_unit_test(test_fooling_cells),
+      cmocka_unit_test(test_gate_axis_words),
   };
   return cmocka_run_group_tests(tests, enter_source_dir, NULL);
 }
