@@ -52,6 +52,7 @@ typedef struct Options {
   const char *target_cpu, *target_features;
   const char *header_path;
   const char *strategy; /* --strategy=auto|sequential|scan|chunked, or STATE=FORM,... */
+  const char *dump_after; /* --dump-after=rewrite|scan: the IR after that pass */
   int report;       /* --report: the recurrence classification of every cell */
   int check_finite; /* --check-finite: report the first NaN/Inf and fail */
 } Options;
@@ -67,6 +68,7 @@ static void usage(FILE *out) {
         "  seqc FILE.seq [--dims ...] [--weights W] -o libNAME.so [-H NAME.h] [-O0..-O3]\n"
         "       [--target-cpu=CPU] [--target-features=+f,-g]\n"
         "  seqc --emit=ir|sched|llvm|asm|obj FILE.seq [--dims ...] [-o OUT] [--entry UNIT]\n"
+        "  seqc --dump-after=rewrite|scan FILE.seq [--dims ...] [--strategy=...]\n"
         "  seqc --report FILE.seq      (each state's recurrence class and strategy)\n"
         "  seqc --help | --version\n"
         "See docs/cli.md.\n",
@@ -90,6 +92,13 @@ static int parse_named(const char *arg, NamedFile *nf) {
   nf->name = name;
   nf->path = eq + 1;
   return 0;
+}
+
+/* The --emit kinds printed as text (to stdout unless -o): the IR, the IR
+ * after a pass (--dump-after), the schedule. */
+static int is_text_emit(const char *emit) {
+  return strcmp(emit, "ir") == 0 || strcmp(emit, "sched") == 0 ||
+         strcmp(emit, "ir-rewrite") == 0 || strcmp(emit, "ir-scan") == 0;
 }
 
 static int parse_args(int argc, char **argv, Options *o) {
@@ -186,6 +195,11 @@ static int parse_args(int argc, char **argv, Options *o) {
     } else if ((r = TAKE("-H")) != 0) {
       if (r < 0) return usage_error("%s needs a value", a);
       o->header_path = val;
+    } else if ((r = TAKE("--dump-after")) != 0) {
+      if (r < 0) return usage_error("%s needs a value", a);
+      if (strcmp(val, "rewrite") != 0 && strcmp(val, "scan") != 0)
+        return usage_error("unknown pass '%s' for --dump-after (rewrite, scan)", val);
+      o->dump_after = val;
     } else if ((r = TAKE("--strategy")) != 0) {
       if (r < 0) return usage_error("%s needs a value", a);
       o->strategy = val;
@@ -214,13 +228,16 @@ static int parse_args(int argc, char **argv, Options *o) {
     if (o->f64 && strcmp(o->backend, "interp") != 0)
       return usage_error("%s", "--f64 needs --backend=interp (compiled code is float32)");
   } else {
+    if (o->dump_after && o->emit)
+      return usage_error("%s", "--dump-after and --emit cannot be combined");
+    if (o->dump_after) o->emit = o->dump_after[0] == 'r' ? "ir-rewrite" : "ir-scan";
     if (!o->emit && !o->out_path && !o->report)
       return usage_error("%s",
                          "nothing to do: use 'seqc run', -o libNAME.so, --emit=ir or --report");
-    if (o->emit && strcmp(o->emit, "ir") != 0 && strcmp(o->emit, "sched") != 0 &&
-        strcmp(o->emit, "llvm") != 0 && strcmp(o->emit, "asm") != 0 && strcmp(o->emit, "obj") != 0)
+    if (o->emit && !is_text_emit(o->emit) && strcmp(o->emit, "llvm") != 0 &&
+        strcmp(o->emit, "asm") != 0 && strcmp(o->emit, "obj") != 0)
       return usage_error("unknown --emit kind '%s' (ir, sched, llvm, asm, obj)", o->emit);
-    if (o->emit && strcmp(o->emit, "ir") != 0 && strcmp(o->emit, "sched") != 0 && !o->out_path)
+    if (o->emit && !is_text_emit(o->emit) && !o->out_path)
       return usage_error("--emit=%s needs -o OUT", o->emit);
     if (o->nins || o->nouts || o->nexpects || o->random_weights)
       return usage_error("%s", "--in, --out, --expect and --random-weights belong to 'seqc run'");
@@ -728,13 +745,14 @@ static int cmd_compile(const Options *o, Pipeline *p, PipeOptions *po) {
   return rc;
 }
 
-/* --emit=ir|sched: the IR of the source, or the schedule of the bound root,
- * as text to stdout or -o. */
+/* --emit=ir|sched and --dump-after=PASS: the IR of the source, the IR after
+ * a pass, or the schedule of the bound root, as text to stdout or -o. */
 static int cmd_emit_text(const Options *o, Pipeline *p, PipeOptions *po) {
   int sched = strcmp(o->emit, "sched") == 0;
+  int bound = sched || strcmp(o->emit, "ir-scan") == 0;
   WeightSource ws = {0};
   RtError err;
-  if (sched && o->weights) {
+  if (bound && o->weights) {
     if (rt_st_open(o->weights, &ws.st, &err)) {
       fprintf(stderr, "seqc: error: %s\n", err.msg);
       return 1;
@@ -744,7 +762,10 @@ static int cmd_emit_text(const Options *o, Pipeline *p, PipeOptions *po) {
     po->weight_shape = lookup_shape;
     po->weight_ctx = &ws;
   }
-  po->goal = sched ? PIPE_SCHED : PIPE_IR;
+  po->goal = sched                                  ? PIPE_SCHED
+             : strcmp(o->emit, "ir-scan") == 0    ? PIPE_FORMS
+             : strcmp(o->emit, "ir-rewrite") == 0 ? PIPE_REPORT
+                                                  : PIPE_IR;
   int rc = 1;
   if (pipeline_run(p, po) == 0) {
     FILE *out = o->out_path ? fopen(o->out_path, "w") : stdout;
@@ -754,7 +775,9 @@ static int cmd_emit_text(const Options *o, Pipeline *p, PipeOptions *po) {
       if (sched)
         sched_print(out, p->sched);
       else
-        ir_print_module(out, p->source);
+        ir_print_module(out, po->goal == PIPE_FORMS    ? p->parallel
+                             : po->goal == PIPE_REPORT ? p->rewritten
+                                                       : p->source);
       rc = 0;
       if (out != stdout && fclose(out)) {
         fprintf(stderr, "seqc: error: cannot write '%s'\n", o->out_path);
@@ -820,7 +843,7 @@ int main(int argc, char **argv) {
     rc = 1;
   } else if (o.report) {
     classify_print_report(stdout, p.rewritten, p.classes);
-  } else if (o.emit && (strcmp(o.emit, "ir") == 0 || strcmp(o.emit, "sched") == 0)) {
+  } else if (o.emit && is_text_emit(o.emit)) {
     rc = cmd_emit_text(&o, &p, &po);
   } else if (!o.cmd) {
     rc = cmd_compile(&o, &p, &po);
