@@ -3,7 +3,9 @@
  * whose states all admit a scan is rewritten under --strategy=scan, and the
  * interpreter runs the rewritten module and the source on the same random
  * batch (lengths, initial states) - outputs and final states must agree, in
- * float64 (to rounding: the rewrite only regroups a * h + b) and float32.
+ * float64 (to rounding: the rewrite only regroups a * h + b) and float32;
+ * the same for --strategy=chunked on every cell with a matrix state, whose
+ * readouts become linattn ops (passes/chunk.c).
  * Which cells must have the form is a table written from their classes
  * (docs/stdlib.md), not from the pass's output. */
 #include "testutil.h"
@@ -18,36 +20,37 @@
 typedef struct Case {
   const char *file, *dims;
   int parallel; /* the entry (or its layer) must be rewritten */
+  int chunked;  /* ... and must have a chunked form (a matrix state) */
 } Case;
 
 static const Case CASES[] = {
-    {"examples/lstm.seq", "I=3,H=4", 0},
-    {"examples/mingru.seq", "I=3,H=4", 1},
-    {"examples/lru.seq", "H=3,N=4", 1},
-    {"examples/s4d.seq", "H=3,N=4", 1},
-    {"examples/mamba_ssm.seq", "d_inner=4,d_state=3,dt_rank=2", 1},
-    {"examples/linear_attention.seq", "I=3,Dk=4,Dv=5", 1},
-    {"examples/mlstm.seq", "I=3,D=4", 1},
-    {"examples/lm.seq", "vocab=11,d_model=8,d_ff=16,dt_rank=2", 1},
-    {"stdlib/mingru.seq", "I=3,H=4", 1},
-    {"stdlib/minlstm.seq", "I=3,H=4", 1},
-    {"stdlib/lru.seq", "H=3,N=4", 1},
-    {"stdlib/s4d.seq", "H=3,N=4", 1},
-    {"stdlib/s5.seq", "H=3,P=4", 1},
-    {"stdlib/mamba_ssm.seq", "d_inner=4,d_state=3,dt_rank=2", 1},
-    {"stdlib/linear_attention.seq", "I=3,NH=2,Dk=4,Dv=5", 1},
-    {"stdlib/retnet.seq", "I=3,NH=2,P=2,Dv=5", 1},
-    {"stdlib/gla.seq", "I=3,NH=2,Dk=4,Dv=5,R=2", 1},
-    {"stdlib/mlstm.seq", "I=3,NH=2,DH=4", 1},
-    {"stdlib/mamba.seq", "d_model=4,d_inner=8,d_state=3,d_conv=4,dt_rank=2", 1},
-    {"stdlib/mamba2.seq", "d_model=4,ngroups=2,hpg=2,headdim=2,d_state=3,d_conv=4", 1},
-    {"stdlib/gam.seq", "D=3,Mem=4,K=3", 1},
-    {"stdlib/rwkv7.seq", "C=4,D_w=3,D_a=3,D_g=3", 0},
-    {"stdlib/plstm.seq", "I=3,Dk=4,Dv=5,J=2", 0},
-    {"stdlib/slstm.seq", "I=3,H=4", 0},
-    {"stdlib/paralstm.seq", "I=3,H=4", 0},
-    {"stdlib/gru.seq", "I=3,H=4", 0},
-    {"stdlib/deltanet.seq", "I=3,NH=2,Dk=4,Dv=5", 0},
+    {"examples/lstm.seq", "I=3,H=4", 0, 0},
+    {"examples/mingru.seq", "I=3,H=4", 1, 0},
+    {"examples/lru.seq", "H=3,N=4", 1, 0},
+    {"examples/s4d.seq", "H=3,N=4", 1, 0},
+    {"examples/mamba_ssm.seq", "d_inner=4,d_state=3,dt_rank=2", 1, 0},
+    {"examples/linear_attention.seq", "I=3,Dk=4,Dv=5", 1, 1},
+    {"examples/mlstm.seq", "I=3,D=4", 1, 1},
+    {"examples/lm.seq", "vocab=11,d_model=8,d_ff=16,dt_rank=2", 1, 0},
+    {"stdlib/mingru.seq", "I=3,H=4", 1, 0},
+    {"stdlib/minlstm.seq", "I=3,H=4", 1, 0},
+    {"stdlib/lru.seq", "H=3,N=4", 1, 0},
+    {"stdlib/s4d.seq", "H=3,N=4", 1, 0},
+    {"stdlib/s5.seq", "H=3,P=4", 1, 0},
+    {"stdlib/mamba_ssm.seq", "d_inner=4,d_state=3,dt_rank=2", 1, 0},
+    {"stdlib/linear_attention.seq", "I=3,NH=2,Dk=4,Dv=5", 1, 1},
+    {"stdlib/retnet.seq", "I=3,NH=2,P=2,Dv=5", 1, 1},
+    {"stdlib/gla.seq", "I=3,NH=2,Dk=4,Dv=5,R=2", 1, 1},
+    {"stdlib/mlstm.seq", "I=3,NH=2,DH=4", 1, 1},
+    {"stdlib/mamba.seq", "d_model=4,d_inner=8,d_state=3,d_conv=4,dt_rank=2", 1, 0},
+    {"stdlib/mamba2.seq", "d_model=4,ngroups=2,hpg=2,headdim=2,d_state=3,d_conv=4", 1, 1},
+    {"stdlib/gam.seq", "D=3,Mem=4,K=3", 1, 0},
+    {"stdlib/rwkv7.seq", "C=4,D_w=3,D_a=3,D_g=3", 0, 0},
+    {"stdlib/plstm.seq", "I=3,Dk=4,Dv=5,J=2", 0, 0},
+    {"stdlib/slstm.seq", "I=3,H=4", 0, 0},
+    {"stdlib/paralstm.seq", "I=3,H=4", 0, 0},
+    {"stdlib/gru.seq", "I=3,H=4", 0, 0},
+    {"stdlib/deltanet.seq", "I=3,NH=2,Dk=4,Dv=5", 0, 0},
 };
 
 enum { B = 3 };
@@ -93,7 +96,14 @@ static int rewritten(const IrModule *m) {
   return 0;
 }
 
-static void run_case(const Case *c) {
+static int has_op(const IrModule *m, IrOp op) {
+  for (int i = 0; i < m->funcs.n; i++)
+    for (int r = 0; r < m->funcs.v[i]->nodes.n; r++)
+      if (m->funcs.v[i]->nodes.v[r].op == op) return 1;
+  return 0;
+}
+
+static void run_case(const Case *c, const char *form) {
   Arena *a = arena_create();
   SrcMgr sm;
   DiagEngine de;
@@ -105,7 +115,7 @@ static void run_case(const Case *c) {
   int64_t values[16];
   StrategyRequest req;
   char err[256];
-  assert_int_equal(strategy_parse(a, "scan", &req, err, sizeof err), 0);
+  assert_int_equal(strategy_parse(a, form, &req, err, sizeof err), 0);
   PipeOptions po = {0};
   po.path = tu_src(c->file);
   po.ndims = parse_dims(a, c->dims, names, values);
@@ -122,8 +132,10 @@ static void run_case(const Case *c) {
     arena_destroy(a);
     return;
   }
-  if (rc) fail_msg("%s does not compile under --strategy=scan", c->file);
+  if (rc) fail_msg("%s does not compile under --strategy=%s", c->file, form);
   if (!rewritten(p.parallel)) fail_msg("%s has no parallel form", c->file);
+  if (strcmp(form, "chunked") == 0 && !has_op(p.parallel, IR_LINATTN_STATE))
+    fail_msg("%s has no chunked form", c->file);
   IrBinding b = p.bind;
   assert_int_equal(ir_binding_random(&b, 11, &de), 0);
   const IrFunc *root = b.root;
@@ -172,13 +184,14 @@ static void run_case(const Case *c) {
                          0);
         if (interp_run(&bp, B, T, ins, use_len ? lengths : NULL, use_state ? sin : NULL, o2, s2,
                        &io, &de))
-          fail_msg("%s: the parallel form does not run in the interpreter", c->file);
+          fail_msg("%s: the %s form does not run in the interpreter", c->file, form);
         double tol = f64 ? 1e-9 : 1e-5;
         for (int k = 0; k < no; k++) {
           double d = max_rel_err(&o2[k], &o1[k]);
           if (!(d <= tol))
-            fail_msg("%s: output %s differs by %g (T=%lld len=%d state=%d f64=%d)", c->file,
-                     root->outputs.v[k].name, d, (long long)T, use_len, use_state, f64);
+            fail_msg("%s --strategy=%s: output %s differs by %g (T=%lld len=%d state=%d f64=%d)",
+                     c->file, form, root->outputs.v[k].name, d, (long long)T, use_len,
+                     use_state, f64);
           rt_tensor_free(&o1[k]);
           rt_tensor_free(&o2[k]);
         }
@@ -202,7 +215,10 @@ static void run_case(const Case *c) {
 
 static void test_interpreter_agrees(void **st) {
   (void)st;
-  for (size_t k = 0; k < sizeof CASES / sizeof CASES[0]; k++) run_case(&CASES[k]);
+  for (size_t k = 0; k < sizeof CASES / sizeof CASES[0]; k++) {
+    run_case(&CASES[k], "scan");
+    if (CASES[k].chunked) run_case(&CASES[k], "chunked");
+  }
 }
 
 int main(void) {
