@@ -146,37 +146,67 @@ static IrRef log_of(Chunk *C, IrRef x) {
 
 /* The factors of the rank-one write b (a tree of products), split by the
  * axis they vary along: product of those along K (into *k) and of the
- * others (*v), each as rank r - 1 without the other axis. */
+ * others (*v), each as rank r - 1 without the other axis. outer(x, y) of a
+ * matrix state is the factors x along its first axis and y along its
+ * second. */
 static int split_write(Chunk *C, IrRef b, int r, int vax, int kax, IrRef *v, IrRef *k) {
   const IrFunc *f = C->src;
+  /* Pending factors: src nodes, or (negated) dst nodes already shaped. */
   IrRef stack[64];
+  int dst[64];
   int sp = 0;
-  stack[sp++] = b;
+  stack[sp] = b;
+  dst[sp++] = 0;
   *v = *k = IR_NONE;
   while (sp > 0) {
-    IrRef x = stack[--sp];
-    const IrNode *n = &f->nodes.v[x];
-    if (n->op == IR_MUL && sp + 2 <= 64) {
-      stack[sp++] = n->args[0];
-      stack[sp++] = n->args[1];
-      continue;
+    sp--;
+    IrRef x = stack[sp], part;
+    IrType t;
+    SrcLoc loc;
+    if (!dst[sp]) {
+      const IrNode *n = &f->nodes.v[x];
+      loc = n->loc;
+      if ((n->op == IR_MUL || n->op == IR_OUTER) && sp + 2 <= 64) {
+        IrRef u = n->args[0], w = n->args[1];
+        int shaped = n->op == IR_OUTER;
+        if (shaped) { /* x [M] as [M, 1], y [N] as [1, N] */
+          DimExpr du[2] = {f->nodes.v[u].type.dims[0], dim_const(1)};
+          DimExpr dw[2] = {dim_const(1), f->nodes.v[w].type.dims[0]};
+          u = move(C, IR_RESHAPE, C->map[u], ir_type(C->a, IR_REAL, 2, du), loc);
+          w = move(C, IR_RESHAPE, C->map[w], ir_type(C->a, IR_REAL, 2, dw), loc);
+          if (C->failed) return -1;
+        }
+        stack[sp] = u;
+        dst[sp++] = shaped;
+        stack[sp] = w;
+        dst[sp++] = shaped;
+        continue;
+      }
+      if (n->op == IR_BROADCAST && n->type.rank == r) {
+        stack[sp] = n->args[0];
+        dst[sp++] = 0;
+        continue;
+      }
+      if (n->type.elem != IR_REAL) return refuse(C, n, "a complex write");
+      t = n->type;
+      part = C->map[x];
+    } else {
+      part = x;
+      t = C->dst->nodes.v[x].type;
+      loc = C->dst->nodes.v[x].loc;
     }
-    if (n->op == IR_BROADCAST && n->type.rank == r) {
-      stack[sp++] = n->args[0];
-      continue;
-    }
-    if (n->type.rank > r) return refuse(C, n, "a write of higher rank than the state");
-    int along_v = !dim_is_one(aligned(n->type, r, vax));
-    int along_k = !dim_is_one(aligned(n->type, r, kax));
+    if (t.rank > r) return refuse(C, NULL, "a write of higher rank than the state");
+    int along_v = !dim_is_one(aligned(t, r, vax));
+    int along_k = !dim_is_one(aligned(t, r, kax));
     if (along_v && along_k)
-      return refuse(C, n, "a write that is not rank one (a factor varies along both axes)");
+      return refuse(C, NULL, "a write that is not rank one (a factor varies along both axes)");
     IrRef *side = along_k ? k : v;
-    IrRef part = drop_axis(C, C->map[x], r, along_k ? vax : kax, n->loc);
+    part = drop_axis(C, part, r, along_k ? vax : kax, loc);
     if (*side == IR_NONE) {
       *side = part;
     } else {
       IrRef args[2] = {*side, part};
-      *side = build(C, IR_MUL, 2, args, NULL, n->loc);
+      *side = build(C, IR_MUL, 2, args, NULL, loc);
     }
   }
   return C->failed ? -1 : 0;
@@ -211,6 +241,7 @@ static int users_of(Arena *a, const IrFunc *f, Users *u) {
 typedef struct Readout {
   IrRef sum, q;
   int exclusive;
+  int vector; /* q is already the [K] vector (a matrix-vector product) */
 } Readout;
 
 /* The plan for state s of f: its readouts, axes and scan; 0, or -1 with why. */
@@ -248,6 +279,17 @@ static int plan_state(Chunk *C, const Users *u, int s, Plan *p) {
         xs[1] = p->delay = use;
         continue;
       }
+      /* A matrix-vector product with a matrix state: the sum spelled as
+       * S @ q (over its last axis) or q @ S (over its first). */
+      if (m->op == IR_MATMUL && p->r == 2 && (m->args[0] == x) != (m->args[1] == x) &&
+          f->nodes.v[m->args[m->args[0] == x ? 1 : 0]].type.rank == 1) {
+        int ax = m->args[0] == x ? 1 : 0;
+        if (p->kax >= 0 && ax != p->kax) return refuse(C, m, "readouts over different axes");
+        p->kax = ax;
+        p->vax = 1 - ax;
+        p->reads[p->nreads++] = (Readout){use, m->args[m->args[0] == x ? 1 : 0], xi == 1, 1};
+        continue;
+      }
       if (m->op != IR_MUL || !ir_type_eq(m->type, st->type) || (m->args[0] == x) == (m->args[1] == x))
         return refuse(C, m, "the state is read other than through contractions");
       IrRef q = m->args[m->args[0] == x ? 1 : 0];
@@ -262,7 +304,7 @@ static int plan_state(Chunk *C, const Users *u, int s, Plan *p) {
         p->vax = p->kax == p->r - 1 ? p->r - 2 : p->r - 1;
         if (qn->type.rank > p->r || !dim_is_one(aligned(qn->type, p->r, p->vax)))
           return refuse(C, qn, "a readout vector that varies along the value axis");
-        p->reads[p->nreads++] = (Readout){u->of[use][k], q, xi == 1};
+        p->reads[p->nreads++] = (Readout){u->of[use][k], q, xi == 1, 0};
       }
     }
   }
@@ -372,7 +414,7 @@ int chunk_func(Arena *a, const IrFunc *f, const char *chunked, IrFunc **out, con
         have[s] = 1;
       }
       const Readout *ro = &p->reads[readout_of[r] - 1];
-      IrRef q = drop_axis(&C, C.map[ro->q], p->r, p->vax, n->loc);
+      IrRef q = ro->vector ? C.map[ro->q] : drop_axis(&C, C.map[ro->q], p->r, p->vax, n->loc);
       q = move(&C, IR_BROADCAST, q, C.dst->nodes.v[ops[s].k].type, n->loc);
       IrNode attrs;
       memset(&attrs, 0, sizeof attrs);
