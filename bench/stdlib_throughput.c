@@ -3,8 +3,9 @@
  * width around 256, one thread, seeded random weights of scale 1/sqrt(fan-in)
  * and inputs in [-1, 1]. Prints a Markdown table: tokens per second (median of
  * five runs after a warm-up) and the JIT compile time.
- * usage: stdlib_throughput [SRCDIR [ONLY]]   (the source tree, default "."; ONLY: a
- * comma-separated list of substrings, to run only the cells whose file names contain one) */
+ * usage: stdlib_throughput [SRCDIR [ONLY [STRATEGY]]]   (the source tree, default "."; ONLY: a
+ * comma-separated list of substrings, to run only the cells whose file names contain one, ""
+ * for all; STRATEGY: the --strategy of every cell, default auto) */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,10 +68,12 @@ static int cmp_double(const void *a, const void *b) {
 }
 
 /* Runs one cell; prints its table row. Returns 0 on success. */
+static const char *strategy; /* argv[3]: --strategy for every cell (NULL: auto) */
+
 static int bench_one(SeqContext *cx, const char *srcdir, const Bench *bn) {
   char path[1024];
   snprintf(path, sizeof path, "%s/%s", srcdir, bn->file);
-  SeqOptions opt = {.opt_level = 2, .dims = bn->dims, .num_threads = 1};
+  SeqOptions opt = {.opt_level = 2, .dims = bn->dims, .num_threads = 1, .strategy = strategy};
   SeqModule *m = NULL;
   double t0 = now();
   if (seq_module_from_file(cx, path, &opt, &m) != SEQ_OK) {
@@ -138,7 +141,8 @@ static int bench_one(SeqContext *cx, const char *srcdir, const Bench *bn) {
 
 int main(int argc, char **argv) {
   const char *srcdir = argc > 1 ? argv[1] : ".";
-  const char *only = argc > 2 ? argv[2] : NULL; /* comma-separated substrings of file names */
+  const char *only = argc > 2 && *argv[2] ? argv[2] : NULL; /* substrings of file names */
+  strategy = argc > 3 ? argv[3] : NULL;
   SeqContext *cx = seq_context_create();
   if (!cx) return 1;
   printf("| cell | dims | tokens/s | ms per forward (B=%d, T=%d) | JIT compile ms |\n", B, T);

@@ -207,7 +207,10 @@ void emit_ops(Lower *L, const SchedOp *ops, int n) {
       emit_causal_conv(L, op->node);
       break;
     case SCHED_OP_SCAN:
-      emit_scan(L, op->node);
+      if (op->group)
+        emit_scan_group(L, op);
+      else
+        emit_scan(L, op->node);
       break;
     case SCHED_OP_DELAY:
       emit_delay(L, op->node);
@@ -384,7 +387,7 @@ static int emit_buffers(Lower *L, LLVMValueRef scratch_slot, LLVMValueRef wscrat
       if (n->gather_buf >= 0) ll->gath = L->buf[n->gather_buf];
       if (n->creal_buf >= 0) ll->wr = L->buf[n->creal_buf];
     }
-    if (!ll->base && n->uses > 0) {
+    if (!ll->base && n->uses > 0 && (n->group < 0 || n->stored)) {
       diag_internal(L->de, "codegen", "node %d (%s) has no buffer", r, ir_op_info[nd->op].text);
       return -1;
     }

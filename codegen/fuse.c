@@ -10,11 +10,38 @@
  * real value). A broadcast operand is read at (o, i), k = o * last + i over
  * the key's last axis: the part from o is loop-invariant in the inner loop,
  * which stays contiguous (or constant) and vectorizes. */
-static Cx fused_operand(Lower *L, IrRef a, LLVMValueRef k, LLVMValueRef o, LLVMValueRef i,
-                        const SchedValue *key) {
+Cx fused_operand(Lower *L, IrRef a, LLVMValueRef k, LLVMValueRef o, LLVMValueRef i,
+                 const SchedValue *key) {
   if (L->fmember[a]) return (Cx){L->fval[a], L->fval_im[a] ? L->fval_im[a] : cf(L, 0.0)};
   const SchedValue *an = &L->v[a];
   return ldc(L, rowptr(L, a), bcast_index(L, an, key, k, o, i), an->w);
+}
+
+Cx fused_value(Lower *L, IrRef r, LLVMValueRef k, LLVMValueRef o, LLVMValueRef i,
+               const SchedValue *key) {
+  const IrNode *nd = &L->fn->nodes.v[r];
+  const SchedValue *n = &L->v[r];
+  Cx v = {NULL, NULL};
+  int cplx = n->w == 2;
+  for (int j = 0; j < nd->nargs; j++) cplx |= L->v[nd->args[j]].w == 2;
+  if (nd->op == IR_SLICE || nd->op == IR_INDEX) {
+    const SchedValue *x = &L->v[nd->args[0]];
+    int64_t outer, len, inner, start = 0;
+    sched_axis_split(x, nd->axis, &outer, &len, &inner);
+    if (dim_eval(nd->start, L->in->dims, &start) != 0) start = 0;
+    v.re = ldf(L, rowptr(L, nd->args[0]), add(L, k, ci64(L, start * inner)));
+  } else if (cplx) {
+    Cx a0 = fused_operand(L, nd->args[0], k, o, i, key);
+    Cx a1 = nd->nargs > 1 ? fused_operand(L, nd->args[1], k, o, i, key) : (Cx){NULL, NULL};
+    v = cx_op(L, nd->op, a0, a1);
+  } else if (nd->nargs == 1) {
+    v.re = emit_unary(L, nd->op, fused_operand(L, nd->args[0], k, o, i, key).re);
+  } else {
+    v.re = emit_binary(L, nd->op, fused_operand(L, nd->args[0], k, o, i, key).re,
+                       fused_operand(L, nd->args[1], k, o, i, key).re);
+  }
+  if (n->w != 2) v.im = NULL;
+  return v;
 }
 
 void emit_fused(Lower *L, SchedClass phase, IrRef first, IrRef last) {
@@ -40,27 +67,8 @@ void emit_fused(Lower *L, SchedClass phase, IrRef first, IrRef last) {
   LLVMValueRef k = bcast ? add(L, mul(L, o, ci64(L, len)), i) : i;
   for (IrRef r = first; r <= last; r++) {
     if (!L->fmember[r]) continue;
-    const IrNode *nd = &fn->nodes.v[r];
     const SchedValue *n = &L->v[r];
-    Cx v = {NULL, NULL};
-    int cplx = n->w == 2;
-    for (int j = 0; j < nd->nargs; j++) cplx |= L->v[nd->args[j]].w == 2;
-    if (nd->op == IR_SLICE || nd->op == IR_INDEX) {
-      const SchedValue *x = &L->v[nd->args[0]];
-      int64_t outer, len, inner, start = 0;
-      sched_axis_split(x, nd->axis, &outer, &len, &inner);
-      if (dim_eval(nd->start, L->in->dims, &start) != 0) start = 0;
-      v.re = ldf(L, rowptr(L, nd->args[0]), add(L, k, ci64(L, start * inner)));
-    } else if (cplx) {
-      Cx a0 = fused_operand(L, nd->args[0], k, o, i, key);
-      Cx a1 = nd->nargs > 1 ? fused_operand(L, nd->args[1], k, o, i, key) : (Cx){NULL, NULL};
-      v = cx_op(L, nd->op, a0, a1);
-    } else if (nd->nargs == 1) {
-      v.re = emit_unary(L, nd->op, fused_operand(L, nd->args[0], k, o, i, key).re);
-    } else {
-      v.re = emit_binary(L, nd->op, fused_operand(L, nd->args[0], k, o, i, key).re,
-                         fused_operand(L, nd->args[1], k, o, i, key).re);
-    }
+    Cx v = fused_value(L, r, k, o, i, key);
     L->fval[r] = v.re;
     L->fval_im[r] = n->w == 2 ? v.im : NULL;
     /* Stored only if something outside the run reads it. */

@@ -159,6 +159,13 @@ void emit_row(Lower *L, IrRef r);
 
 /* ---- fuse.c ---- */
 void emit_fused(Lower *L, SchedClass phase, IrRef first, IrRef last);
+/* Inside an element loop over key's shape at flat index k = o * last + i:
+ * operand a (a member's register, L->fmember, or its row read through
+ * broadcasting), and the value of elementwise node r from its operands. */
+Cx fused_operand(Lower *L, IrRef a, LLVMValueRef k, LLVMValueRef o, LLVMValueRef i,
+                 const SchedValue *key);
+Cx fused_value(Lower *L, IrRef r, LLVMValueRef k, LLVMValueRef o, LLVMValueRef i,
+               const SchedValue *key);
 
 /* ---- gemm.c ---- */
 /* GEMM node r over `rows` rows of its class. */
@@ -168,6 +175,7 @@ void emit_pack(Lower *L, IrRef r);
 
 /* ---- scan.c ---- */
 void emit_scan(Lower *L, IrRef r);
+void emit_scan_group(Lower *L, const SchedOp *op);
 void emit_delay(Lower *L, IrRef r);
 void emit_window(Lower *L, IrRef r);
 void emit_seq_final_states(Lower *L);

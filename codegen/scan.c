@@ -135,6 +135,118 @@ void emit_window(Lower *L, IrRef r) {
   loop_end(L, &lb);
 }
 
+/* A fused scan (sched/scan.c): per example, per block of the state's
+ * leading rows, per step, one element loop over the block computes the
+ * members in node order: the coefficients, the update of the running value
+ * (in the state's storage, so it ends as the final state), the reads of the
+ * new value and of the old (delay), and the sums over the last axis, which
+ * are stored per token after the loop over that axis. */
+void emit_scan_group(Lower *L, const SchedOp *op) {
+  const SchedScanGroup *g = op->group;
+  const IrFunc *fn = L->fn;
+  IrRef scan = op->node;
+  const IrNode *sn = &fn->nodes.v[scan];
+  const SchedValue *key = &L->v[scan];
+  int maxplus = sn->op == IR_SCAN_MAX;
+  int64_t last = key->rank ? key->shape[key->rank - 1] : 1;
+  int64_t outer = last ? key->numel / last : 0;
+  int64_t srow = L->in->bufs.v[L->in->state_buf[g->state]].row_floats;
+  for (int m = 0; m < g->nmembers; m++) L->fmember[g->members[m]] = 1;
+  Loop lb, lob, lt, lo, li;
+  LLVMValueRef b = loop_begin(L, &lb, ci64(L, 0), L->a_B);
+  L->r_b = b;
+  LLVMValueRef len = len_of(L, b);
+  LLVMValueRef h = gepf(L, L->buf[L->in->state_buf[g->state]], mul(L, b, ci64(L, srow)));
+  LLVMValueRef nblocks = ci64(L, g->block ? (outer + g->block - 1) / g->block : 0);
+  LLVMValueRef blk = loop_begin(L, &lob, ci64(L, 0), nblocks);
+  LLVMValueRef ob = mul(L, blk, ci64(L, g->block));
+  LLVMValueRef oend = select_min(L, add(L, ob, ci64(L, g->block)), ci64(L, outer));
+  LLVMValueRef tau = loop_begin(L, &lt, ci64(L, 0), len);
+  L->r_tok = add(L, mul(L, b, L->a_T), phys(L, len, tau));
+  LLVMValueRef o = loop_begin(L, &lo, ob, oend);
+  /* Accumulators of the sums, carried around the loop over the last axis. */
+  LLVMValueRef *acc = arena_calloc(L->a, (size_t)g->nmembers * 2 + 1, sizeof *acc);
+  if (!acc) {
+    L->failed = 1;
+    return;
+  }
+  LLVMValueRef i = loop_begin(L, &li, ci64(L, 0), ci64(L, last));
+  for (int m = 0; m < g->nmembers; m++) {
+    const IrNode *nd = &fn->nodes.v[g->members[m]];
+    if (nd->op == IR_SUM || nd->op == IR_MEAN || nd->op == IR_MATMUL) {
+      acc[2 * m] = loop_phi(L, &li, cf(L, 0.0), "acc");
+      if (L->v[g->members[m]].w == 2) acc[2 * m + 1] = loop_phi(L, &li, cf(L, 0.0), "acci");
+    }
+  }
+  LLVMValueRef k = add(L, mul(L, o, ci64(L, last)), i);
+  for (int m = 0; m < g->nmembers; m++) {
+    IrRef r = g->members[m];
+    const IrNode *nd = &fn->nodes.v[r];
+    const SchedValue *n = &L->v[r];
+    Cx v = {NULL, NULL};
+    if (r == scan) {
+      Cx a = fused_operand(L, sn->args[0], k, o, i, key);
+      Cx bv = fused_operand(L, sn->args[1], k, o, i, key);
+      Cx prev = ldc(L, h, k, n->w);
+      if (n->w == 2) {
+        Cx p = cx_mul(L, a, prev);
+        v = (Cx){fadd(L, p.re, bv.re), fadd(L, p.im, bv.im)};
+      } else if (maxplus) {
+        v.re = emit_binary(L, IR_MAX, fadd(L, a.re, prev.re), bv.re);
+      } else {
+        v.re = fadd(L, fmul(L, a.re, prev.re), bv.re);
+      }
+      stc(L, v, h, k, n->w);
+      if (g->delay >= 0) {
+        L->fval[g->delay] = prev.re;
+        L->fval_im[g->delay] = n->w == 2 ? prev.im : NULL;
+        if (L->v[g->delay].stored) stc(L, prev, rowptr(L, g->delay), k, n->w);
+      }
+    } else if (r == g->delay) {
+      continue;
+    } else if (nd->op == IR_SUM || nd->op == IR_MEAN || nd->op == IR_MATMUL) {
+      Cx x = fused_operand(L, nd->args[0], k, o, i, key);
+      if (nd->op == IR_MATMUL) x.re = fmul(L, x.re, ldf(L, rowptr(L, nd->args[1]), i));
+      LLVMValueRef s = fadd(L, acc[2 * m], x.re);
+      set_reassoc(s);
+      loop_phi_next(L, acc[2 * m], s);
+      if (n->w == 2) {
+        LLVMValueRef si = fadd(L, acc[2 * m + 1], x.im);
+        set_reassoc(si);
+        loop_phi_next(L, acc[2 * m + 1], si);
+      }
+      continue;
+    } else {
+      v = fused_value(L, r, k, o, i, key);
+    }
+    L->fval[r] = v.re;
+    L->fval_im[r] = n->w == 2 ? v.im : NULL;
+    if (n->stored) stc(L, v, rowptr(L, r), k, n->w);
+  }
+  loop_end(L, &li);
+  /* After the loop over the last axis, a phi holds its sum. */
+  for (int m = 0; m < g->nmembers; m++) {
+    IrRef r = g->members[m];
+    const IrNode *nd = &fn->nodes.v[r];
+    if (!(nd->op == IR_SUM || nd->op == IR_MEAN || nd->op == IR_MATMUL)) continue;
+    Cx s = {acc[2 * m], acc[2 * m + 1]};
+    if (nd->op == IR_MEAN) {
+      LLVMValueRef d = cf(L, (double)(last ? last : 1));
+      s.re = LLVMBuildFDiv(L->bld, s.re, d, "");
+      if (s.im) s.im = LLVMBuildFDiv(L->bld, s.im, d, "");
+    }
+    stc(L, s, rowptr(L, r), o, L->v[r].w);
+  }
+  loop_end(L, &lo);
+  loop_end(L, &lt);
+  loop_end(L, &lob);
+  loop_end(L, &lb);
+  for (int m = 0; m < g->nmembers; m++) {
+    L->fmember[g->members[m]] = 0;
+    L->fval[g->members[m]] = L->fval_im[g->members[m]] = NULL;
+  }
+}
+
 /* state_out: next at each sequence's last step (t = len - 1, or 0 run
  * backwards); the initial value when the sequence is empty. */
 void emit_seq_final_states(Lower *L) {
@@ -158,7 +270,11 @@ void emit_seq_final_states(Lower *L) {
     LLVMValueRef lastp = phys(L, len, LLVMBuildSub(bld, len, ci64(L, 1), ""));
     lastp = LLVMBuildSelect(bld, empty, ci64(L, 0), lastp, "");
     LLVMValueRef init = gepf(L, L->buf[in->state_buf[s]], mul(L, b, ci64(L, floats)));
-    LLVMValueRef src = LLVMBuildSelect(bld, empty, init, row_at(L, nx, b, lastp), "");
+    /* A fused scan runs in the state's storage, which ends as the final
+     * state (and holds the initial one when the sequence is empty). */
+    LLVMValueRef src = L->v[nx].group == nx
+                           ? init
+                           : LLVMBuildSelect(bld, empty, init, row_at(L, nx, b, lastp), "");
     copy_row(L, dst, src, floats, b, ci64(L, 0));
     loop_end(L, &lb);
     LLVMBuildBr(bld, next);

@@ -182,7 +182,15 @@ static SeqStatus compile(SeqContext *cx, const char *path, const char *name, con
   po.text = source;
   po.entry = o.entry;
   po.cg = (CgOptions){o.opt_level, o.target_cpu, o.target_features};
-  SeqStatus st = SEQ_ERR_BIND;
+  StrategyRequest strategy;
+  char serr[256];
+  SeqStatus st = SEQ_ERR_ARG;
+  if (strategy_parse(m->arena, o.strategy, &strategy, serr, sizeof serr)) {
+    diag_error(&m->de, (SrcLoc){0}, "%s", serr);
+    goto done;
+  }
+  po.strategy = &strategy;
+  st = SEQ_ERR_BIND;
   if (o.dims && parse_dims(m, o.dims, dim_names, dim_values, &ndims)) goto done;
   po.ndims = ndims;
   po.dim_names = dim_names;

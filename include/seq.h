@@ -51,6 +51,8 @@ typedef struct SeqOptions {
   const char *target_cpu;      /* NULL = the host's */
   const char *target_features; /* NULL = the host's */
   int num_threads;             /* threads for matrix products; <= 0: $SEQ_NUM_THREADS or 1 */
+  const char *strategy;        /* the form of each state: "auto" (NULL), "sequential", "scan",
+                                  "chunked", or per state "S=chunked,z=scan" (docs/cli.md) */
 } SeqOptions;
 
 typedef struct SeqContext SeqContext;

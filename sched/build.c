@@ -214,6 +214,8 @@ static int place_buffers(Plan *p) {
       continue;
     }
     if (n->uses == 0) continue;
+    /* A fused scan's members live in registers, unless read outside it. */
+    if (n->group >= 0 && !n->stored) continue;
     /* An elementwise node whose first operand is a scratch buffer of the
      * same class and size, read by nothing else, writes over it (the
      * hoisted "W x + b" then costs one [B*T, 4H] buffer, not two). */
@@ -223,7 +225,7 @@ static int place_buffers(Plan *p) {
       const SchedValue *a = &p->v[a0];
       if (!read_at_end(fn, a0) && a->uses == 1 && a->cls == n->cls && a->numel == n->numel &&
           a->w == n->w && !sched_is_view(an->op) && an->op != IR_CALL && !a->inplace &&
-          a->buf >= 0) {
+          a->buf >= 0 && n->group < 0 && a->group < 0) {
         n->inplace = 1;
         n->buf = a->buf;
         continue;
@@ -289,6 +291,15 @@ static int build_phase(Plan *p, OpList *list, SchedClass phase) {
     const SchedValue *n = &p->v[r];
     if (n->cls != phase || sched_is_view(nd->op)) continue;
     if (n->uses == 0 && nd->op != IR_CALL) continue;
+    /* A fused scan runs as one stage where its last member is. */
+    if (n->group >= 0 && !p->in->groups[r]) continue;
+    if (p->in->groups[r]) {
+      rows = -1;
+      SchedOp *op = add_op(p, list, SCHED_OP_SCAN, phase, n->group, r);
+      if (!op) return -1;
+      op->group = p->in->groups[r];
+      continue;
+    }
     SchedOpKind k = n->gemm                      ? SCHED_OP_GEMM
                     : nd->op == IR_CALL            ? SCHED_OP_CALL
                     : nd->op == IR_CAUSAL_CONV     ? SCHED_OP_CONV
@@ -405,7 +416,8 @@ int sched_build(Arena *a, const IrModule *m, const IrFunc *root, const int64_t *
     p.in = &s->insts.v[i];
     p.fn = p.in->fn;
     p.v = p.in->values;
-    if (plan_values(&p) || plan_limits(&p) || place_buffers(&p) || build_ops(&p) || p.failed)
+    if (plan_values(&p) || plan_scan_groups(&p) || plan_limits(&p) || place_buffers(&p) ||
+        build_ops(&p) || p.failed)
       return -1;
   }
   *out = s;

@@ -120,9 +120,21 @@ static void print_ops(FILE *out, const SchedInst *in, const SchedOp *ops, int n,
       fprintf(out, "causal_conv v%d over the sequence\n", op->node);
       break;
     case SCHED_OP_SCAN:
-      fprintf(out, "%s v%d over the sequence, ", in->fn->nodes.v[op->node].op == IR_SCAN_MAX ? "scan_max" : "scan", op->node);
+      fprintf(out, "%s v%d over the sequence, ",
+              in->fn->nodes.v[op->node].op == IR_SCAN_MAX ? "scan_max" : "scan", op->node);
       print_shape(out, v);
-      fputs(" per token\n", out);
+      if (!op->group) {
+        fputs(" per token, materialized\n", out);
+        break;
+      }
+      fprintf(out, ", fused in blocks of %lld rows with:", (long long)op->group->block);
+      for (int m = 0; m < op->group->nmembers; m++) {
+        IrRef q = op->group->members[m];
+        if (q == op->node) continue;
+        fprintf(out, " v%d %s%s", q, ir_op_info[in->fn->nodes.v[q].op].text,
+                in->values[q].stored ? " (stored)" : "");
+      }
+      fputc('\n', out);
       break;
     case SCHED_OP_DELAY:
       fprintf(out, "delay v%d\n", op->node);

@@ -61,6 +61,8 @@ typedef struct SchedValue {
   int gather_buf;         /* chunked GEMM over a whole-sequence operand: its chunk's rows */
   int *call_out;          /* CALL: per callee output, its buffer */
   int *call_in;           /* CALL: per argument, a per-token copy of a CONST argument (-1: none) */
+  IrRef group;            /* a member of the fused scan of this scan node (-1: none) */
+  int stored;             /* a group member read outside it: written per token */
 } SchedValue;
 
 /* ---- Buffers ---------------------------------------------------------------- */
@@ -120,11 +122,25 @@ typedef enum {
 } SchedOpKind;
 
 typedef struct SchedOp SchedOp;
+/* SCHED_OP_SCAN fused with the elementwise work around it (sched/scan.c):
+ * per example, per block of the state's leading elements, per step, one
+ * element loop computes the members in order (the coefficients, the
+ * update, the reads and sums of the new value), the state in its own
+ * storage throughout. */
+typedef struct SchedScanGroup {
+  IrRef *members; /* node order; the scan node among them */
+  int nmembers;
+  IrRef delay;    /* delay(scan) among the members (its value is the old state), or -1 */
+  int state;      /* the state whose storage holds the running value */
+  int64_t block;  /* leading elements (rows of the last axis) per block */
+} SchedScanGroup;
+
 struct SchedOp {
   SchedOpKind kind;
   SchedClass cls; /* ROWS: whose rows */
   IrRef node, last;
   VEC(SchedOp) body;
+  SchedScanGroup *group; /* SCHED_OP_SCAN fused; NULL: the scan alone, materialized */
 };
 
 /* ---- Instances and the schedule ---------------------------------------------- */
@@ -139,6 +155,7 @@ typedef struct SchedInst {
   VEC(SchedBuf) bufs;
   int *state_buf; /* per state: its storage */
   int *state_tmp; /* per state: STATE_TMP buffer, or -1 */
+  SchedScanGroup **groups; /* per node: the fused scan it anchors (its last member), or NULL */
   /* The time loop runs in chunks of Tc steps, Tc = clamp(chunk_budget /
    * (chunk_floats * max(B, 1)), 1, T), so a chunk's hoisted rows are still in
    * cache when its steps read them. */

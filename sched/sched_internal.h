@@ -43,4 +43,8 @@ IrRef plan_fused_run_end(const Plan *p, SchedClass phase, IrRef r);
  * shape (same size, scalar, or numpy-broadcast to it). */
 int sched_fused_readable(const SchedValue *a, const SchedValue *key, const SchedValue *n);
 
+/* Fuses every scan of a parallel form with the elementwise work around it
+ * (sched/scan.c); members get SchedValue.group, anchors in->groups. */
+int plan_scan_groups(Plan *p);
+
 #endif

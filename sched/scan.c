@@ -1,0 +1,195 @@
+/* scan.c - how a scan runs: fused with the elementwise work around it.
+ *
+ * A scan's coefficients are often expansions of small per-token values
+ * (S4D's dB * x[:, None], [H, N] from [H]) and its value is read by
+ * elementwise work that ends in a sum over the state's last axis (y =
+ * sum(C * s)): materialized per token, every one of those is a state-sized
+ * buffer written and read back for each of B*T tokens. Fused, one loop per
+ * step computes them in registers, from the small values, and stores only
+ * what leaves the group (the sums). The running state stays in its own
+ * storage (one row per example), and the loops run per example, per block
+ * of the state's leading elements, then over time, so a block of state
+ * stays in L1 across all steps (the loop order docs/algorithms.md asks of a
+ * diagonal recurrence).
+ *
+ * Members, decided here:
+ *   - the scan, and delay(scan) (its value is the old state);
+ *   - prologue: state-sized elementwise nodes that feed the scan's a or b and
+ *     that nothing outside the group reads;
+ *   - epilogue: state-sized elementwise nodes reading members (and values
+ *     computed before the group), and sums or means over the last axis of a
+ *     member, which are stored per token;
+ * a member read from outside the group is stored per token too. The group
+ * runs where its last member is in node order; a node outside it that reads
+ * a member earlier than that cuts the epilogue short.
+ */
+#include "sched/sched_internal.h"
+
+#include <string.h>
+
+/* Floats of one block of a state: a few KiB, so the block and the step's
+ * other rows stay in L1. */
+#define SCAN_BLOCK_FLOATS 2048
+
+static int elementwise(const Plan *p, IrRef r, const SchedValue *key) {
+  const IrNode *nd = &p->fn->nodes.v[r];
+  const SchedValue *n = &p->v[r];
+  if (n->cls != SCHED_TOKEN || n->gemm || n->is_int || n->numel != key->numel) return 0;
+  if (!(ir_op_info[nd->op].flags & IRF_EW) && nd->op != IR_BROADCAST) return 0;
+  if (nd->nargs < 1 || nd->nargs > 2) return 0;
+  int cplx = n->w == 2;
+  for (int j = 0; j < nd->nargs; j++) {
+    const SchedValue *a = &p->v[nd->args[j]];
+    if (a->is_int || !sched_fused_readable(a, key, n)) return 0;
+    cplx |= a->w == 2;
+  }
+  if (cplx) return sched_complex_op_ok(nd->op);
+  return nd->op != IR_CPLX && nd->op != IR_RE && nd->op != IR_IM && nd->op != IR_CONJ;
+}
+
+/* A sum or mean over the last axis of a state-sized value, or a product
+ * of a state-sized [M, K] matrix with a [K] vector (Mamba's s @ C), which is
+ * the sum over the last axis of the matrix times the broadcast vector. */
+static int last_axis_sum(const Plan *p, IrRef r, const SchedValue *key) {
+  const IrNode *nd = &p->fn->nodes.v[r];
+  if (p->v[r].cls != SCHED_TOKEN) return 0;
+  const SchedValue *x = &p->v[nd->args[0]];
+  if (nd->op == IR_MATMUL) {
+    const SchedValue *y = &p->v[nd->args[1]];
+    return x->numel == key->numel && x->rank == 2 && y->rank == 1 && x->w == 1 && y->w == 1 &&
+           !p->v[r].gemm;
+  }
+  if (nd->op != IR_SUM && nd->op != IR_MEAN) return 0;
+  return x->numel == key->numel && x->rank >= 1 && nd->axis == x->rank - 1;
+}
+
+/* Users of node r (r's readers among the nodes; outputs and states apart). */
+static int read_outside(const Plan *p, IrRef r, const char *member) {
+  const IrFunc *fn = p->fn;
+  for (int i = 0; i < fn->outputs.n; i++)
+    if (fn->outputs.v[i].value == r) return 1;
+  for (int i = 0; i < fn->states.n; i++)
+    if (fn->states.v[i].init == r) return 1;
+  for (IrRef q = r + 1; q < fn->nodes.n; q++)
+    if (!member[q])
+      for (int j = 0; j < fn->nodes.v[q].nargs; j++)
+        if (fn->nodes.v[q].args[j] == r) return 1;
+  return 0;
+}
+
+static int plan_group(Plan *p, IrRef scan) {
+  const IrFunc *fn = p->fn;
+  const IrNode *sn = &fn->nodes.v[scan];
+  const SchedValue *key = &p->v[scan];
+  int n = fn->nodes.n;
+  IrRef h0 = sn->args[2];
+  /* The running value lives in the state's storage: h0 must be the state
+   * itself, read by nothing but this scan and its delay, and the scan must
+   * be its next value (so its final value is the storage's). */
+  if (fn->nodes.v[h0].op != IR_STATE) return 0;
+  int state = fn->nodes.v[h0].index;
+  if (fn->states.v[state].next != scan) return 0;
+  char *member = arena_calloc(p->a, (size_t)n + 1, 1);
+  char *taint = arena_calloc(p->a, (size_t)n + 1, 1); /* depends on a member */
+  if (!member || !taint) return -1;
+  IrRef delay = IR_NONE;
+  for (IrRef q = 0; q < n; q++) {
+    const IrNode *nd = &fn->nodes.v[q];
+    for (int j = 0; j < nd->nargs; j++)
+      if (nd->args[j] == h0 && q != scan) {
+        if (nd->op != IR_DELAY || nd->args[0] != scan || delay != IR_NONE) return 0;
+        delay = q;
+      }
+  }
+  member[scan] = 1;
+  if (delay != IR_NONE) member[delay] = 1;
+  /* Prologue: candidates feeding a or b, then drop those read outside. */
+  for (IrRef q = scan - 1; q >= 0; q--) {
+    int feeds = 0;
+    for (IrRef u = q + 1; u <= scan && !feeds; u++)
+      if (member[u])
+        for (int j = 0; j < fn->nodes.v[u].nargs; j++)
+          feeds |= fn->nodes.v[u].args[j] == q && (u != scan || j < 2);
+    if (feeds && elementwise(p, q, key)) member[q] = 1;
+  }
+  for (int changed = 1; changed;) {
+    changed = 0;
+    for (IrRef q = 0; q < scan; q++)
+      if (member[q] && read_outside(p, q, member)) {
+        member[q] = 0;
+        changed = 1;
+      }
+  }
+  /* Epilogue, forward from the scan. */
+  for (IrRef q = 0; q < n; q++) {
+    const IrNode *nd = &fn->nodes.v[q];
+    for (int j = 0; j < nd->nargs; j++) taint[q] |= member[nd->args[j]] || taint[nd->args[j]];
+    if (q <= scan || member[q] || !taint[q]) continue;
+    int ok = elementwise(p, q, key) || last_axis_sum(p, q, key);
+    for (int j = 0; j < nd->nargs && ok; j++) {
+      IrRef a = nd->args[j];
+      ok = member[a] || !taint[a];
+    }
+    /* A matrix-vector product reduces its matrix operand: that one must be
+     * a member, the vector a value from before. */
+    if (ok && nd->op == IR_MATMUL) ok = member[nd->args[0]] && !member[nd->args[1]];
+    if (ok) {
+      member[q] = 1;
+      taint[q] = 0;
+    }
+  }
+  /* The group runs at its last member; an outside reader of a member that
+   * comes earlier would run before it: cut the epilogue there. */
+  for (;;) {
+    IrRef last = scan;
+    for (IrRef q = scan; q < n; q++)
+      if (member[q]) last = q;
+    IrRef cut = IR_NONE;
+    for (IrRef q = scan + 1; q < last && cut == IR_NONE; q++)
+      if (!member[q])
+        for (int j = 0; j < fn->nodes.v[q].nargs; j++)
+          if (member[fn->nodes.v[q].args[j]]) cut = q;
+    if (cut == IR_NONE) break;
+    for (IrRef q = cut + 1; q <= last; q++)
+      if (q != delay) member[q] = 0;
+  }
+  /* Shapes the element loop needs: a state of rank >= 1 (scalars loop once). */
+  SchedScanGroup *g = arena_calloc(p->a, 1, sizeof *g);
+  int count = 0;
+  for (IrRef q = 0; q < n; q++) count += member[q];
+  if (!g || !(g->members = arena_calloc(p->a, (size_t)count, sizeof(IrRef)))) return -1;
+  IrRef last = scan;
+  for (IrRef q = 0; q < n; q++)
+    if (member[q]) {
+      g->members[g->nmembers++] = q;
+      p->v[q].group = scan;
+      last = q;
+    }
+  for (int i = 0; i < g->nmembers; i++) {
+    IrRef q = g->members[i];
+    p->v[q].stored = last_axis_sum(p, q, key) || read_outside(p, q, member);
+  }
+  g->delay = delay;
+  g->state = state;
+  int64_t lastlen = key->rank ? key->shape[key->rank - 1] : 1;
+  int64_t outer = lastlen ? key->numel / lastlen : 0;
+  int64_t rowf = lastlen * key->w;
+  g->block = rowf ? SCAN_BLOCK_FLOATS / rowf : outer;
+  if (g->block < 1) g->block = 1;
+  if (g->block > outer) g->block = outer;
+  p->in->groups[last] = g;
+  return 0;
+}
+
+int plan_scan_groups(Plan *p) {
+  const IrFunc *fn = p->fn;
+  p->in->groups = arena_calloc(p->a, (size_t)fn->nodes.n + 1, sizeof *p->in->groups);
+  if (!p->in->groups) return -1;
+  for (IrRef r = 0; r < fn->nodes.n; r++) p->v[r].group = IR_NONE;
+  if (fn->kind != IR_FN_MODEL || fn->states.n == 0) return 0;
+  for (IrRef r = 0; r < fn->nodes.n; r++)
+    if ((fn->nodes.v[r].op == IR_SCAN || fn->nodes.v[r].op == IR_SCAN_MAX) &&
+        p->v[r].uses > 0 && plan_group(p, r))
+      return -1;
+  return 0;
+}
