@@ -105,4 +105,31 @@ int32_t rt_cpu_forward_batched(rt_cpu_root_fn fn, const int64_t *layout, void *c
                                int64_t B, int64_t T, void *const *inputs, const int32_t *lengths,
                                void *const *state_in, void *const *outputs, void *const *state_out);
 
+/* ---- linear attention, chunkwise parallel (cpu_linattn.c) ---------------- */
+
+/* One sequence of the linear recurrence with a matrix state, per head h < H:
+ *   S_t = S_{t-1} diag(g_t) + v_t k_t^T      S_t: [V, K]; g_t = exp(lg_t), per key (Kg == K)
+ *                                            or one per head (Kg == 1)
+ *   o_t = S_t q_t      (exclusive == 0)   or   o_t = S_{t-1} q_t  (exclusive == 1)
+ * for t = 0 .. T-1. Token t's data: q + t*ldq and k + t*ldk ([H, K] head-major,
+ * element j of head h at h*K + j), v + t*ldv ([H, V]), lg + t*ldg ([H, Kg]; lg == NULL:
+ * no gate, g = 1), o + t*ldo ([H, V]). Strides are in floats and may be negative (a
+ * sequence processed backwards). q == NULL (then o is ignored): only the state.
+ * S: [H, V, K] row-major; the initial state on entry, the final state on return.
+ * C: the chunk length (>= 1; C < 1 means RT_CPU_LINATTN_CHUNK); T >= 0 is any length
+ * (the last chunk may be short). work: rt_cpu_linattn_work(H, K, V, Kg, C) floats of
+ * scratch (caller-owned, any float alignment). Runs on the calling thread.
+ * Gates are expected in (0, 1] (lg <= 0); lg = -inf is a gate of exactly 0, and
+ * larger gates are fine while their products stay finite (exp(lg) is capped at
+ * exp(88)). H, K, V < 1 or Kg other than 1 and K: nothing is done. */
+void rt_cpu_linattn(int64_t T, int64_t H, int64_t K, int64_t V, const float *q, int64_t ldq,
+                    const float *k, int64_t ldk, const float *v, int64_t ldv, const float *lg,
+                    int64_t ldg, int64_t Kg, float *S, float *o, int64_t ldo, int64_t C,
+                    int exclusive, float *work);
+/* Floats of scratch rt_cpu_linattn needs (0 for shapes it rejects). Independent of T and
+ * of H (heads run one after another in the same buffers). */
+int64_t rt_cpu_linattn_work(int64_t H, int64_t K, int64_t V, int64_t Kg, int64_t C);
+/* The default chunk length. */
+#define RT_CPU_LINATTN_CHUNK 64
+
 #endif

@@ -1,0 +1,641 @@
+/* cpu_linattn.c - the chunkwise-parallel form of linear attention with a
+ * matrix state (docs/algorithms.md, section 3), for one sequence and every
+ * head, on the calling thread.
+ *
+ * Per head, S_t = S_{t-1} diag(g_t) + v_t k_t^T and o_t = S_t q_t (or
+ * S_{t-1} q_t). The step loop reads and writes the whole [V, K] state for
+ * every token: rank-one updates and matrix-vector products, bound by moving
+ * the state through the caches. Cut into chunks of C tokens, the same
+ * arithmetic becomes a handful of small matrix products per chunk, and the
+ * state is read and written once per chunk:
+ *
+ *   O   = (Q (.) Gamma) S0^T + ((Q K^T) (.) M) V      (M: causal decay mask)
+ *   S_C = S0 diag(Gamma_C) + V^T (K (.) Gamma_C / Gamma)
+ *
+ * Decay factors are formed as products of gates, never as ratios of
+ * cumulative products (1/Gamma overflows once the gates have decayed far):
+ * every factor used below is a product of the gates over a span of tokens,
+ * and so lies in [0, 1] when the gates do. A gate of exactly 0 (lg = -inf)
+ * then zeroes exactly the terms it should, with no -inf - -inf or 0 * inf
+ * on the way.
+ *
+ * Scalar gates (one per head) make the mask a C x C matrix of such products,
+ * built row by row. Per-key gates do not factor out of Q K^T, so the chunk
+ * is cut into sub-chunks of SUB tokens, each with a reference point at the
+ * token before it (section 3, "Per-key (diagonal) gate"): for a key in an
+ * earlier sub-chunk, the decay to a query splits into the key's decay up to
+ * the reference point and the query's decay from it, both products of gates,
+ * and those blocks are one matrix product. Within a sub-chunk's diagonal
+ * block the decays are carried token by token on the keys themselves.
+ *
+ * The state is kept transposed ([K, V]) while a call runs, so that both of
+ * its products (Q S^T and the update K^T V) stream rows of V floats. All
+ * operands of the products live in the caller's scratch with rows padded to
+ * 16 floats, so the register tiles never need column tails.
+ */
+#include "runtime/rt_cpu.h"
+
+#include <stdint.h>
+#include <string.h>
+
+/* As in cpu_gemm.c: under -std=c11 GCC would not contract a * b + c into an
+ * FMA, and the tiles would run at half speed. */
+#if defined(__clang__)
+#pragma clang fp contract(fast)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=fast")
+#endif
+
+/* Eight lanes, one AVX2 register. Not cpu_gemm.c's 16-float vectors: on
+ * an AVX2 target GCC 12 lowers arrays of those through the stack (its AVX2
+ * GEMM kernel runs at about 1 GFLOP/s on a Zen 3 core), and this kernel's
+ * first version, written with them, ran at 4.4 GFLOP/s. */
+typedef float v8 __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+#define LOAD8(dst, p) memcpy(&(dst), (p), sizeof(v8))
+#define STORE8(p, v) memcpy((p), &(v), sizeof(v8))
+#define INLINE static inline __attribute__((always_inline))
+
+/* A register tile is MR rows by one 16-float panel (two vectors): 12
+ * accumulators, enough independent FMA chains for two pipes of latency 4,
+ * and with the two B vectors and a broadcast within AVX2's 16 registers. */
+#define MR 6
+/* Sub-chunk length for per-key gates: one panel of scores per query in the
+ * diagonal block, and sub-chunk boundaries on the 16-float panel grid. */
+#define SUB 16
+
+static int64_t round16(int64_t n) {
+  return (n + 15) / 16 * 16;
+}
+
+static int64_t min64(int64_t a, int64_t b) {
+  return a < b ? a : b;
+}
+
+/* ---- prefetching the next chunk ------------------------------------------------ */
+
+/* A chunk's inputs come from memory, and fetched when the chunk starts they
+ * stall it (at T = 4096, H = 4: 430 K tokens/s against 590 K with the same
+ * work in cache). A burst of software prefetches stalls just the same once
+ * the miss buffers are full, so the next chunk's rows are prefetched a few
+ * lines at a time from between the register tiles of this chunk's
+ * products, where the misses overlap the arithmetic (530 K tokens/s). The
+ * cursor walks token by token over the arrays present. */
+typedef struct Prefetch {
+  const char *at[4]; /* the current token's slice of each array, 64-byte aligned */
+  int64_t ld[4];     /* bytes from one token to the next */
+  int64_t len[4];    /* bytes to fetch per token */
+  int narrays, arr;
+  int64_t off, tokens; /* position in the current slice; tokens left */
+} Prefetch;
+
+/* Lines handed to the prefetcher after each register tile: the next chunk's
+ * rows (about 50 lines per token at H = 4, K = V = 64) spread over the
+ * chunk's tiles (about 10 per token). */
+#define PREFETCH_LINES 8
+
+INLINE void prefetch_lines(Prefetch *p) {
+  for (int i = 0; i < PREFETCH_LINES && p->tokens > 0; i++) {
+    __builtin_prefetch(p->at[p->arr] + p->off);
+    p->off += 64;
+    if (p->off < p->len[p->arr]) continue;
+    p->off = 0;
+    if (++p->arr < p->narrays) continue;
+    p->arr = 0;
+    p->tokens--;
+    for (int j = 0; j < p->narrays; j++) p->at[j] += p->ld[j];
+  }
+}
+
+/* ---- scratch --------------------------------------------------------------- */
+
+/* One head's buffers, carved from the caller's work in this order. Rows
+ * that are the B operand or the result of a product have 16-float padding
+ * (Cp, Vp); the padding of vc and st is zero, that of kt is zeroed where a
+ * product reads it. */
+typedef struct Scratch {
+  int64_t Cp, Vp;
+  float *states; /* H x K x Vp: every head's state, transposed */
+  float *st;     /* the state of the head at hand */
+  float *qs;     /* C x K: queries times the decay since the chunk start */
+  float *qr;     /* SUB x K: queries times the decay since the sub-chunk start */
+  float *kt;     /* K x Cp: keys transposed; per-key gates: decayed to a reference */
+  float *vc;     /* C x Vp: values, padded (V not a multiple of 16) */
+  float *gc;     /* C x Kg: gates */
+  float *sc;     /* C x Cp: decayed scores */
+  float *oc;     /* C x Vp: outputs, padded (V not a multiple of 16) */
+  float *wd;     /* K x SUB: the diagonal block's decayed keys (per-key gates) */
+  float *pv;     /* K: product of the gates since the sub-chunk start */
+  float *gx;     /* K: product of the gates since the chunk start */
+  float *dr;     /* Cp: one row of the scalar decay mask */
+  Prefetch pf;
+} Scratch;
+
+/* Lays out the buffers from base (64-byte aligned) if base is not NULL, and
+ * returns how many floats they take. */
+static int64_t scratch_layout(int64_t H, int64_t K, int64_t V, int64_t Kg, int64_t C, float *base,
+                              Scratch *s) {
+  int64_t Cp = round16(C), Vp = round16(V), padded = V % 16 != 0 ? C * Vp : 0;
+  const int64_t sizes[] = {H * K * Vp, C * K,  SUB * K, K * Cp, padded, C * Kg,
+                           C * Cp,     padded, K * SUB, K,      K,      Cp};
+  float **ptrs[] = {&s->states, &s->qs, &s->qr, &s->kt, &s->vc, &s->gc,
+                    &s->sc,     &s->oc, &s->wd, &s->pv, &s->gx, &s->dr};
+  _Static_assert(sizeof sizes / sizeof sizes[0] == sizeof ptrs / sizeof ptrs[0], "one size each");
+  int64_t at = 0;
+  for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+    if (base) *ptrs[i] = base + at;
+    at += round16(sizes[i]);
+  }
+  s->Cp = Cp;
+  s->Vp = Vp;
+  return at;
+}
+
+static int valid_shape(int64_t H, int64_t K, int64_t V, int64_t Kg) {
+  return H >= 1 && K >= 1 && V >= 1 && (Kg == 1 || Kg == K) && K <= (1 << 20) && V <= (1 << 20);
+}
+
+int64_t rt_cpu_linattn_work(int64_t H, int64_t K, int64_t V, int64_t Kg, int64_t C) {
+  if (!valid_shape(H, K, V, Kg)) return 0;
+  if (C < 1) C = RT_CPU_LINATTN_CHUNK;
+  Scratch s;
+  /* 16 more floats let the call align its base to 64 bytes. */
+  return scratch_layout(H, K, V, Kg, C, NULL, &s) + 16;
+}
+
+/* ---- exp ------------------------------------------------------------------- */
+
+/* exp on 8 lanes, so that the per-key gates (K exps per token and head, as
+ * many as the state has columns) vectorize; libm's expf is a call per
+ * element. 2^n from the exponent bits times a degree-7 Taylor polynomial on
+ * |r| <= ln2/2 (truncation error r^8/8! < 6e-9, under float32 rounding).
+ * Results below 2^-125 (x < -87) are 0, so -inf gives exactly 0; x is
+ * capped at 88, where exp is near the float32 maximum. NaN stays NaN. */
+INLINE void exp8(v8 *xp) {
+  const float log2e = 1.44269504f, ln2_hi = 0.693115234375f, ln2_lo = 3.19461833e-05f;
+  /* Adding 1.5 * 2^23 rounds to an integer, which then sits in the low
+   * mantissa bits. */
+  const float round_magic = 12582912.0f;
+  const v8 zero = {0};
+  v8 x = *xp;
+  v8i under = x < -87.0f;
+  v8i over = x > 88.0f;
+  v8 xc = (v8)(((v8i)x & ~over) | ((v8i)(zero + 88.0f) & over));
+  xc = (v8)(((v8i)xc & ~under) | ((v8i)(zero - 87.0f) & under));
+  v8 t = xc * log2e + round_magic;
+  v8 n = t - round_magic;
+  v8i ni = (v8i)t - (v8i)(zero + round_magic);
+  /* n * ln2_hi is exact (ln2_hi has 12 significant bits, |n| < 2^7). */
+  v8 r = (xc - n * ln2_hi) - n * ln2_lo;
+  v8 p = 1.0f / 5040.0f + r * (1.0f / 40320.0f);
+  p = 1.0f / 720.0f + r * p;
+  p = 1.0f / 120.0f + r * p;
+  p = 1.0f / 24.0f + r * p;
+  p = 1.0f / 6.0f + r * p;
+  p = 0.5f + r * p;
+  p = 1.0f + r * p;
+  p = 1.0f + r * p;
+  v8 scale = (v8)((ni + 127) << 23);
+  v8 y = p * scale;
+  *xp = (v8)((v8i)y & ~under);
+}
+
+/* x[0:n] = exp(x[0:n]). */
+INLINE void exp_inplace(float *x, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    v8 a;
+    LOAD8(a, x + i);
+    exp8(&a);
+    STORE8(x + i, a);
+  }
+  if (i < n) {
+    float tmp[8] = {0};
+    memcpy(tmp, x + i, sizeof(float) * (size_t)(n - i));
+    v8 a;
+    LOAD8(a, tmp);
+    exp8(&a);
+    STORE8(tmp, a);
+    memcpy(x + i, tmp, sizeof(float) * (size_t)(n - i));
+  }
+}
+
+/* ---- small matrix products --------------------------------------------------- */
+
+enum { PROD_SET, PROD_ADD, PROD_SCALE };
+enum { TRI_NONE, TRI_N, TRI_K };
+
+/* One register tile: for rows r < mr and the 16 columns of one panel,
+ *   C[r, j] = (mode: 0 | C[r, j] | beta[r] C[r, j]) + sum_k A[r*lda + k] B[k*ldb + j].
+ * mr is a constant after inlining, so acc lives in registers. */
+INLINE void tile(int mr, int64_t kk, const float *A, int64_t lda, const float *B, int64_t ldb,
+                 float *C, int64_t ldc, int mode, const float *beta) {
+  v8 acc[MR][2];
+  for (int r = 0; r < mr; r++) acc[r][0] = acc[r][1] = (v8){0};
+  for (int64_t k = 0; k < kk; k++) {
+    v8 b0, b1;
+    LOAD8(b0, B + k * ldb);
+    LOAD8(b1, B + k * ldb + 8);
+    for (int r = 0; r < mr; r++) {
+      float a = A[r * lda + k];
+      acc[r][0] += a * b0;
+      acc[r][1] += a * b1;
+    }
+  }
+  for (int r = 0; r < mr; r++)
+    for (int j = 0; j < 2; j++) {
+      float *c = C + r * ldc + 8 * j;
+      if (mode != PROD_SET) {
+        v8 old;
+        LOAD8(old, c);
+        acc[r][j] += mode == PROD_SCALE ? beta[r] * old : old;
+      }
+      STORE8(c, acc[r][j]);
+    }
+}
+
+/* C[M, N] (op)= A[M, Kk] @ B[Kk, N], N a multiple of 16, in tiles of MR rows
+ * by one panel. tri == TRI_N: the rows of block i need only the columns
+ * below round16(i + MR) (the lower triangle of Q K^T); TRI_K: only the
+ * first i + MR terms of the sum (a lower-triangular A). */
+INLINE void product_body(int64_t M, int64_t N, int64_t Kk, const float *A, int64_t lda,
+                         const float *B, int64_t ldb, float *C, int64_t ldc, int mode,
+                         const float *beta, int tri, Prefetch *pf) {
+  for (int64_t i = 0; i < M; i += MR) {
+    int mr = M - i < MR ? (int)(M - i) : MR;
+    int64_t n = tri == TRI_N ? min64(N, round16(i + mr)) : N;
+    int64_t kk = tri == TRI_K ? min64(Kk, i + mr) : Kk;
+    const float *a = A + i * lda, *bt = beta ? beta + i : NULL;
+    float *c = C + i * ldc;
+    for (int64_t j = 0; j < n; j += 16) {
+      /* One call per row count, each with constant mr. */
+      switch (mr) {
+      case 1:
+        tile(1, kk, a, lda, B + j, ldb, c + j, ldc, mode, bt);
+        break;
+      case 2:
+        tile(2, kk, a, lda, B + j, ldb, c + j, ldc, mode, bt);
+        break;
+      case 3:
+        tile(3, kk, a, lda, B + j, ldb, c + j, ldc, mode, bt);
+        break;
+      case 4:
+        tile(4, kk, a, lda, B + j, ldb, c + j, ldc, mode, bt);
+        break;
+      case 5:
+        tile(5, kk, a, lda, B + j, ldb, c + j, ldc, mode, bt);
+        break;
+      default:
+        tile(MR, kk, a, lda, B + j, ldb, c + j, ldc, mode, bt);
+        break;
+      }
+      prefetch_lines(pf);
+    }
+  }
+}
+
+typedef void (*ProductFn)(int64_t M, int64_t N, int64_t Kk, const float *A, int64_t lda,
+                          const float *B, int64_t ldb, float *C, int64_t ldc, int mode,
+                          const float *beta, int tri, Prefetch *pf);
+
+/* dst[d*ldd + i] = src[i*lds + d] for i < n, d < m: 8 x 8 blocks go
+ * through registers (three rounds of shuffles), the edges element by
+ * element. Scattering a row into a column one float at a time (a store
+ * every 256 bytes) took a tenth of the kernel's time. */
+INLINE void transpose(int64_t n, int64_t m, const float *src, int64_t lds, float *dst,
+                      int64_t ldd) {
+  int64_t n8 = n / 8 * 8, m8 = m / 8 * 8;
+  for (int64_t i0 = 0; i0 < n8; i0 += 8)
+    for (int64_t d0 = 0; d0 < m8; d0 += 8) {
+      v8 r[8], t[8], u[8];
+      for (int i = 0; i < 8; i++) LOAD8(r[i], src + (i0 + i) * lds + d0);
+      /* t[2j], t[2j+1]: rows 2j and 2j+1 interleaved, columns {0,1,4,5}
+       * and {2,3,6,7}. */
+      for (int i = 0; i < 8; i += 2) {
+        t[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+        t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+      }
+      /* u[4b + c]: rows 4b .. 4b+3 of column c in the low half, of column
+       * c + 4 in the high half. */
+      for (int b = 0; b < 8; b += 4)
+        for (int c = 0; c < 4; c += 2) {
+          const v8 x = t[b + c / 2], y = t[b + c / 2 + 2];
+          u[b + c] = __builtin_shufflevector(x, y, 0, 1, 8, 9, 4, 5, 12, 13);
+          u[b + c + 1] = __builtin_shufflevector(x, y, 2, 3, 10, 11, 6, 7, 14, 15);
+        }
+      for (int c = 0; c < 4; c++) {
+        v8 lo = __builtin_shufflevector(u[c], u[4 + c], 0, 1, 2, 3, 8, 9, 10, 11);
+        v8 hi = __builtin_shufflevector(u[c], u[4 + c], 4, 5, 6, 7, 12, 13, 14, 15);
+        STORE8(dst + (d0 + c) * ldd + i0, lo);
+        STORE8(dst + (d0 + c + 4) * ldd + i0, hi);
+      }
+    }
+  for (int64_t d = 0; d < m; d++)
+    for (int64_t i = d < m8 ? n8 : 0; i < n; i++) dst[d * ldd + i] = src[i * lds + d];
+}
+
+/* ---- one chunk ------------------------------------------------------------------ */
+
+/* The arguments of rt_cpu_linattn. */
+typedef struct LinAttn {
+  int64_t T, H, K, V, Kg, C;
+  const float *q, *k, *v, *lg;
+  int64_t ldq, ldk, ldv, ldg, ldo;
+  float *S, *o;
+  int exclusive;
+} LinAttn;
+
+/* One chunk of one head: n tokens, token i's slice of each array at
+ * x + i * ldx. Queries and keys are read in place (the products take any
+ * row stride for their A operand, and Q K^T reads a transposed copy of the
+ * keys); values and outputs too when V is a multiple of 16, else through
+ * padded copies in the scratch. */
+typedef struct Chunk {
+  int64_t n;
+  const float *q, *k, *v;
+  float *o;
+  int64_t ldq, ldk, ldv, ldo;
+  const float *g; /* the gates, exponentiated: n x Kg in the scratch */
+} Chunk;
+
+/* Sets up tokens t0 .. t0+n-1 of head h: the views, the gates (1 without a
+ * gate), the transposed keys for scalar gates, the padded copy of V. */
+INLINE void load_chunk(const LinAttn *a, Scratch *s, int64_t h, int64_t t0, int64_t n, int per_key,
+                       Chunk *c) {
+  const int64_t K = a->K, V = a->V, Kg = a->Kg;
+  c->n = n;
+  c->q = a->q ? a->q + t0 * a->ldq + h * K : NULL;
+  c->ldq = a->ldq;
+  c->k = a->k + t0 * a->ldk + h * K;
+  c->ldk = a->ldk;
+  if (V % 16 == 0) {
+    c->v = a->v + t0 * a->ldv + h * V;
+    c->ldv = a->ldv;
+    c->o = a->q ? a->o + t0 * a->ldo + h * V : NULL;
+    c->ldo = a->ldo;
+  } else {
+    for (int64_t i = 0; i < n; i++)
+      memcpy(s->vc + i * s->Vp, a->v + (t0 + i) * a->ldv + h * V, sizeof(float) * (size_t)V);
+    c->v = s->vc;
+    c->o = s->oc;
+    c->ldv = c->ldo = s->Vp;
+  }
+  if (!per_key) {
+    transpose(n, K, c->k, c->ldk, s->kt, s->Cp);
+    /* Q K^T reads keys up to the next multiple of 16. */
+    for (int64_t d = 0; d < K; d++)
+      for (int64_t i = n; i < round16(n); i++) s->kt[d * s->Cp + i] = 0.0f;
+  }
+  c->g = s->gc;
+  if (!a->lg) {
+    for (int64_t i = 0; i < n * Kg; i++) s->gc[i] = 1.0f;
+    return;
+  }
+  for (int64_t i = 0; i < n; i++)
+    memcpy(s->gc + i * Kg, a->lg + (t0 + i) * a->ldg + h * Kg, sizeof(float) * (size_t)Kg);
+  exp_inplace(s->gc, n * Kg);
+}
+
+/* One chunk with a scalar gate g[i] per token. */
+INLINE void chunk_scalar(const LinAttn *a, Scratch *s, const Chunk *c, ProductFn product) {
+  const int64_t K = a->K, Cp = s->Cp, Vp = s->Vp, n = c->n;
+  const float *g = c->g;
+  float *dr = s->dr;
+  if (c->q) {
+    /* Between chunks: O = (Q (.) Gamma) S0^T, Gamma_i the product of the
+     * gates up to token i (exclusive: before it). */
+    float gamma = 1.0f;
+    for (int64_t i = 0; i < n; i++) {
+      if (!a->exclusive) gamma *= g[i];
+      for (int64_t d = 0; d < K; d++) s->qs[i * K + d] = c->q[i * c->ldq + d] * gamma;
+      if (a->exclusive) gamma *= g[i];
+    }
+    product(n, Vp, K, s->qs, K, s->st, Vp, c->o, c->ldo, PROD_SET, NULL, TRI_NONE, &s->pf);
+    /* Inside: the lower triangle of Q K^T, times the decay mask
+     * M[i, j] = g[j+1] ... g[i] (exclusive: ... g[i-1], and j < i). The
+     * row of M is carried from token to token in dr. Entries above the
+     * diagonal that the next product reads (up to its row block's end) are
+     * zeroed. */
+    product(n, round16(n), K, c->q, c->ldq, s->kt, Cp, s->sc, Cp, PROD_SET, NULL, TRI_N, &s->pf);
+    for (int64_t i = 0; i < n; i++) {
+      float *row = s->sc + i * Cp;
+      int64_t end = min64(i / MR * MR + MR, n);
+      if (a->exclusive) {
+        for (int64_t j = 0; j < i; j++) row[j] *= dr[j];
+        for (int64_t j = i; j < end; j++) row[j] = 0.0f;
+      }
+      for (int64_t j = 0; j < i; j++) dr[j] *= g[i];
+      dr[i] = 1.0f;
+      if (!a->exclusive) {
+        for (int64_t j = 0; j <= i; j++) row[j] *= dr[j];
+        for (int64_t j = i + 1; j < end; j++) row[j] = 0.0f;
+      }
+    }
+    product(n, Vp, n, s->sc, Cp, c->v, c->ldv, c->o, c->ldo, PROD_ADD, NULL, TRI_K, &s->pf);
+  }
+  /* The state: S^T = Gamma_n S0^T + (K^T diag(w)) V, w_j = g[j+1] ... g[n-1],
+   * the suffix products, formed from the end. */
+  float w = 1.0f;
+  for (int64_t j = n - 1; j >= 0; j--) {
+    dr[j] = w;
+    w *= g[j];
+  }
+  for (int64_t d = 0; d < K; d++) {
+    for (int64_t j = 0; j < n; j++) s->kt[d * Cp + j] *= dr[j];
+    s->gx[d] = w;
+  }
+  product(K, Vp, n, s->kt, Cp, c->v, c->ldv, s->st, Vp, PROD_SCALE, s->gx, TRI_NONE, &s->pf);
+}
+
+/* One token of a diagonal block for key d: the block's decayed keys wd[d]
+ * (one lane per token of the sub-chunk, two vectors) decay by g[d] and gain
+ * k[d] in lane i (e is the unit vector of lane i); the scores accumulate
+ * q[d] * wd[d], before the update for an exclusive readout. */
+INLINE void diag_step(float *wd, float q, float k, float g, const v8 *e, int exclusive, v8 *acc) {
+  for (int j = 0; j < 2; j++) {
+    v8 w;
+    LOAD8(w, wd + 8 * j);
+    if (exclusive) acc[j] += q * w;
+    w = w * g + k * e[j];
+    if (!exclusive) acc[j] += q * w;
+    STORE8(wd + 8 * j, w);
+  }
+}
+
+/* One chunk with per-key gates g[i*K + d]. */
+INLINE void chunk_per_key(const LinAttn *a, Scratch *s, const Chunk *c, ProductFn product) {
+  const int64_t K = a->K, Cp = s->Cp, Vp = s->Vp, n = c->n;
+  const float *g = c->g;
+  float *pv = s->pv, *gx = s->gx, *kt = s->kt;
+  if (!c->q) {
+    /* Only the state: kt[d, j] = k[j, d] times the gates after j. */
+    for (int64_t d = 0; d < K; d++) pv[d] = 1.0f;
+    for (int64_t j = n - 1; j >= 0; j--)
+      for (int64_t d = 0; d < K; d++) {
+        kt[d * Cp + j] = c->k[j * c->ldk + d] * pv[d];
+        pv[d] *= g[j * K + d];
+      }
+    product(K, Vp, n, kt, Cp, c->v, c->ldv, s->st, Vp, PROD_SCALE, pv, TRI_NONE, &s->pf);
+    return;
+  }
+  for (int64_t d = 0; d < K; d++) gx[d] = 1.0f;
+  for (int64_t j0 = 0; j0 < n; j0 += SUB) {
+    int64_t ni = min64(SUB, n - j0);
+    /* Invariant: kt[d, j] for j < j0 is k[j, d] times the gates after j up
+     * to token j0 - 1, the reference point; gx the gates up to j0 - 1. */
+    for (int64_t d = 0; d < K; d++) pv[d] = 1.0f;
+    memset(s->wd, 0, sizeof(float) * (size_t)(K * SUB));
+    for (int64_t i = 0; i < ni; i++) {
+      const float *gi = g + (j0 + i) * K, *qi = c->q + (j0 + i) * c->ldq;
+      const float *ki = c->k + (j0 + i) * c->ldk;
+      float *qr = s->qr + i * K, *qs = s->qs + i * K;
+      /* Queries decayed from the reference point (qr, for the earlier
+       * sub-chunks' keys) and from the chunk start (qs, for S0). */
+      if (!a->exclusive)
+        for (int64_t d = 0; d < K; d++) pv[d] *= gi[d];
+      for (int64_t d = 0; d < K; d++) {
+        qr[d] = qi[d] * pv[d];
+        qs[d] = qr[d] * gx[d];
+      }
+      if (a->exclusive)
+        for (int64_t d = 0; d < K; d++) pv[d] *= gi[d];
+      /* The diagonal block's row i; four partial sums keep eight FMA
+       * chains in flight. */
+      float unit[SUB] = {0};
+      unit[i] = 1.0f;
+      v8 e[2], acc[4][2] = {{{0}}};
+      LOAD8(e[0], unit);
+      LOAD8(e[1], unit + 8);
+      int64_t d = 0;
+      for (; d + 4 <= K; d += 4)
+        for (int u = 0; u < 4; u++)
+          diag_step(s->wd + (d + u) * SUB, qi[d + u], ki[d + u], gi[d + u], e, a->exclusive,
+                    acc[u]);
+      for (; d < K; d++) diag_step(s->wd + d * SUB, qi[d], ki[d], gi[d], e, a->exclusive, acc[0]);
+      for (int j = 0; j < 2; j++) {
+        v8 row = (acc[0][j] + acc[1][j]) + (acc[2][j] + acc[3][j]);
+        STORE8(s->sc + i * Cp + j0 + 8 * j, row);
+      }
+    }
+    /* Scores against the earlier sub-chunks: one product of bounded
+     * factors. Then the outputs: S0's part and the scores times V. */
+    if (j0 > 0) product(ni, j0, K, s->qr, K, kt, Cp, s->sc, Cp, PROD_SET, NULL, TRI_NONE, &s->pf);
+    float *o = c->o + j0 * c->ldo;
+    product(ni, Vp, K, s->qs, K, s->st, Vp, o, c->ldo, PROD_SET, NULL, TRI_NONE, &s->pf);
+    product(ni, Vp, j0 + ni, s->sc, Cp, c->v, c->ldv, o, c->ldo, PROD_ADD, NULL, TRI_NONE, &s->pf);
+    /* Move the reference point to the sub-chunk's last token: the earlier
+     * keys decay by its gates, and its own keys, decayed to its end, are
+     * what wd holds now (zero in lanes past ni). */
+    for (int64_t dd = 0; dd < K; dd++) {
+      float *kr = kt + dd * Cp;
+      for (int64_t j = 0; j < j0; j++) kr[j] *= pv[dd];
+      memcpy(kr + j0, s->wd + dd * SUB, sizeof(float) * SUB);
+      gx[dd] *= pv[dd];
+    }
+  }
+  /* The state: S^T = diag(gx) S0^T + kt V, kt decayed to the last token. */
+  product(K, Vp, n, kt, Cp, c->v, c->ldv, s->st, Vp, PROD_SCALE, gx, TRI_NONE, &s->pf);
+}
+
+/* Points the cursor at tokens t0 .. t0+n-1, every head. */
+static void prefetch_start(const LinAttn *a, Prefetch *p, int64_t t0, int64_t n) {
+  p->tokens = n;
+  if (n <= 0) return;
+  const float *base[4] = {a->q, a->k, a->v, a->lg};
+  const int64_t ld[4] = {a->ldq, a->ldk, a->ldv, a->ldg};
+  const int64_t width[4] = {a->H * a->K, a->H * a->K, a->H * a->V, a->H * a->Kg};
+  p->narrays = 0;
+  for (int i = 0; i < 4; i++) {
+    if (!base[i]) continue;
+    const float *row = base[i] + t0 * ld[i];
+    uintptr_t start = (uintptr_t)row & ~(uintptr_t)63;
+    p->at[p->narrays] = (const char *)start;
+    p->ld[p->narrays] = ld[i] * (int64_t)sizeof(float);
+    p->len[p->narrays] = (int64_t)((uintptr_t)(row + width[i]) - start);
+    p->narrays++;
+  }
+  p->arr = 0;
+  p->off = 0;
+}
+
+/* ---- all chunks, all heads -------------------------------------------------------------- */
+
+/* Chunks in order and, within a chunk, the heads: the heads' slices of a
+ * token's rows lie side by side, so a chunk reads its rows whole. Head by
+ * head over the whole sequence (one 256-byte slice of each 1 KiB row at a
+ * time) ran at two thirds of the speed, at T = 4096 and H = 4, of one head
+ * whose rows are contiguous. Every head's state stays in the scratch. */
+INLINE void run_body(const LinAttn *a, Scratch *s, ProductFn product) {
+  const int64_t H = a->H, K = a->K, V = a->V, Vp = s->Vp;
+  const int per_key = a->Kg == K && K > 1;
+  for (int64_t h = 0; h < H; h++) {
+    float *st = s->states + h * K * Vp;
+    transpose(V, K, a->S + h * V * K, K, st, Vp);
+    for (int64_t d = 0; d < K; d++)
+      for (int64_t j = V; j < Vp; j++) st[d * Vp + j] = 0.0f;
+  }
+  if (V % 16 != 0)
+    for (int64_t i = 0; i < a->C; i++)
+      for (int64_t j = V; j < Vp; j++) s->vc[i * Vp + j] = 0.0f;
+  for (int64_t t0 = 0; t0 < a->T; t0 += a->C) {
+    int64_t n = min64(a->C, a->T - t0);
+    /* The next chunk's rows, all heads, come in while this one is
+     * computed. */
+    prefetch_start(a, &s->pf, t0 + n, min64(a->C, a->T - t0 - n));
+    for (int64_t h = 0; h < H; h++) {
+      Chunk c;
+      load_chunk(a, s, h, t0, n, per_key, &c);
+      s->st = s->states + h * K * Vp;
+      if (per_key)
+        chunk_per_key(a, s, &c, product);
+      else
+        chunk_scalar(a, s, &c, product);
+      if (a->q && c.o == s->oc)
+        for (int64_t i = 0; i < n; i++)
+          memcpy(a->o + (t0 + i) * a->ldo + h * V, s->oc + i * Vp, sizeof(float) * (size_t)V);
+    }
+  }
+  for (int64_t h = 0; h < H; h++) transpose(K, V, s->states + h * K * Vp, Vp, a->S + h * V * K, K);
+}
+
+/* One copy of the products and of the per-head driver per instruction set,
+ * as in cpu_gemm.c. An
+ * AVX-512 machine runs the AVX2 copy: the tiles are written for eight
+ * lanes, and a 16-lane tile could not be measured on the machine this was
+ * written on. */
+#define LINATTN_VARIANT(suffix, attr)                                                              \
+  attr static void product_##suffix(int64_t M, int64_t N, int64_t Kk, const float *A, int64_t lda, \
+                                    const float *B, int64_t ldb, float *C, int64_t ldc, int mode,  \
+                                    const float *beta, int tri, Prefetch *pf) {                    \
+    product_body(M, N, Kk, A, lda, B, ldb, C, ldc, mode, beta, tri, pf);                           \
+  }                                                                                                \
+  attr static void run_##suffix(const LinAttn *a, Scratch *s) {                                    \
+    run_body(a, s, product_##suffix);                                                              \
+  }
+
+LINATTN_VARIANT(generic, )
+#if defined(__x86_64__) && defined(__GNUC__)
+LINATTN_VARIANT(avx2, __attribute__((target("avx2,fma"))))
+#endif
+
+void rt_cpu_linattn(int64_t T, int64_t H, int64_t K, int64_t V, const float *q, int64_t ldq,
+                    const float *k, int64_t ldk, const float *v, int64_t ldv, const float *lg,
+                    int64_t ldg, int64_t Kg, float *S, float *o, int64_t ldo, int64_t C,
+                    int exclusive, float *work) {
+  if (T <= 0 || !valid_shape(H, K, V, Kg)) return;
+  if (C < 1) C = RT_CPU_LINATTN_CHUNK;
+  LinAttn a = {T, H, K, V, Kg, C, q, k, v, lg, ldq, ldk, ldv, ldg, ldo, S, o, exclusive != 0};
+  Scratch s;
+  float *base = work + (16 - (int64_t)((uintptr_t)work / sizeof(float) % 16)) % 16;
+  scratch_layout(H, K, V, Kg, C, base, &s);
+  void (*run)(const LinAttn *, Scratch *) = run_generic;
+#if defined(__x86_64__) && defined(__GNUC__)
+  /* Checked here rather than through rt_cpu_gemm_isa(): a virtual machine
+   * may show AVX-512F and hide AVX2. The checks include the OS's support
+   * for the registers (XCR0). */
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) run = run_avx2;
+#endif
+  run(&a, &s);
+}
