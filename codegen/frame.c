@@ -215,6 +215,9 @@ void emit_ops(Lower *L, const SchedOp *ops, int n) {
     case SCHED_OP_DELAY:
       emit_delay(L, op->node);
       break;
+    case SCHED_OP_LINATTN:
+      emit_linattn(L, op);
+      break;
     case SCHED_OP_WINDOW:
       emit_window(L, op->node);
       break;

@@ -37,6 +37,7 @@ static int define_runtime(LLVMOrcLLJITRef jit, DiagEngine *de) {
       {"rt_cpu_alloc_uninit", (uintptr_t)rt_cpu_alloc_uninit},
       {"rt_cpu_free", (uintptr_t)rt_cpu_free},
       {"rt_cpu_forward_batched", (uintptr_t)rt_cpu_forward_batched},
+      {"rt_cpu_linattn", (uintptr_t)rt_cpu_linattn},
   };
   enum { N = sizeof fns / sizeof fns[0] };
   LLVMOrcCSymbolMapPair pairs[N];

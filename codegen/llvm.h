@@ -9,6 +9,7 @@
  *   frame.c   an instance's function: arguments, buffers, the stage tree
  *   seq.c     the sequential form: time chunks, time steps, commits
  *   scan.c    a cell's parallel form: scans, delays and windows over each sequence
+ *   chunk.c   a matrix state's chunked form: the runtime's chunkwise kernel
  *   entry.c   the ABI's entry points and cg_lower
  *
  * Every instance is one LLVM function
@@ -179,6 +180,9 @@ void emit_scan_group(Lower *L, const SchedOp *op);
 void emit_delay(Lower *L, IrRef r);
 void emit_window(Lower *L, IrRef r);
 void emit_seq_final_states(Lower *L);
+
+/* ---- chunk.c ---- */
+void emit_linattn(Lower *L, const SchedOp *op);
 
 /* ---- seq.c ---- */
 /* An open loop over the rows of a class (examples, or their tokens). */

@@ -270,9 +270,10 @@ void emit_seq_final_states(Lower *L) {
     LLVMValueRef lastp = phys(L, len, LLVMBuildSub(bld, len, ci64(L, 1), ""));
     lastp = LLVMBuildSelect(bld, empty, ci64(L, 0), lastp, "");
     LLVMValueRef init = gepf(L, L->buf[in->state_buf[s]], mul(L, b, ci64(L, floats)));
-    /* A fused scan runs in the state's storage, which ends as the final
-     * state (and holds the initial one when the sequence is empty). */
-    LLVMValueRef src = L->v[nx].group == nx
+    /* A fused scan, or a chunked form, runs in the state's storage, which
+     * ends as the final state (and holds the initial one when the sequence
+     * is empty). */
+    LLVMValueRef src = L->v[nx].group >= 0
                            ? init
                            : LLVMBuildSelect(bld, empty, init, row_at(L, nx, b, lastp), "");
     copy_row(L, dst, src, floats, b, ci64(L, 0));

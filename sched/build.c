@@ -163,8 +163,8 @@ static int plan_limits(Plan *p) {
 
 /* ---- buffers ---------------------------------------------------------------- */
 
-static int add_buf(Plan *p, SchedBufKind kind, SchedRows rows, int64_t floats, int weights,
-                   IrRef node, int index) {
+int sched_add_buf(Plan *p, SchedBufKind kind, SchedRows rows, int64_t floats, int weights,
+                  IrRef node, int index) {
   SchedBuf b = {kind, rows, floats, weights, node, index};
   if (vec_push(p->a, &p->in->bufs, b)) return -1;
   return p->in->bufs.n - 1;
@@ -201,14 +201,14 @@ static int place_buffers(Plan *p) {
         const SchedValue *a = &p->v[nd->args[j]];
         /* A layer reads an input per token: a constant is repeated for each. */
         if (a->cls == SCHED_CONST &&
-            (n->call_in[j] = add_buf(p, SCHED_BUF_CALL_IN, SCHED_ROWS_BT, sched_row_floats(a), 0,
+            (n->call_in[j] = sched_add_buf(p, SCHED_BUF_CALL_IN, SCHED_ROWS_BT, sched_row_floats(a), 0,
                                      r, j)) < 0)
           return oom(p);
       }
       for (int j = 0; j < child->fn->outputs.n; j++) {
         int64_t ne;
         if (plan_type_floats(p, child, child->fn->outputs.v[j].type, nd->loc, &ne)) return -1;
-        if ((n->call_out[j] = add_buf(p, SCHED_BUF_CALL_OUT, SCHED_ROWS_BT, ne, 0, r, j)) < 0)
+        if ((n->call_out[j] = sched_add_buf(p, SCHED_BUF_CALL_OUT, SCHED_ROWS_BT, ne, 0, r, j)) < 0)
           return oom(p);
       }
       continue;
@@ -231,18 +231,18 @@ static int place_buffers(Plan *p) {
         continue;
       }
     }
-    if ((n->buf = add_buf(p, SCHED_BUF_NODE, rows, sched_row_floats(n), 0, r, 0)) < 0)
+    if ((n->buf = sched_add_buf(p, SCHED_BUF_NODE, rows, sched_row_floats(n), 0, r, 0)) < 0)
       return oom(p);
     if (n->gemm &&
-        (n->pack_buf = add_buf(p, SCHED_BUF_PACKED, SCHED_ROWS_ONE, sched_packed_floats(n), 1, r,
+        (n->pack_buf = sched_add_buf(p, SCHED_BUF_PACKED, SCHED_ROWS_ONE, sched_packed_floats(n), 1, r,
                                0)) < 0)
       return oom(p);
-    if (n->cgemm && (n->creal_buf = add_buf(p, SCHED_BUF_CREAL, SCHED_ROWS_ONE,
+    if (n->cgemm && (n->creal_buf = sched_add_buf(p, SCHED_BUF_CREAL, SCHED_ROWS_ONE,
                                             n->gemm_n * n->gemm_k, 1, r, 0)) < 0)
       return oom(p);
     if (n->gemm && n->chunked) {
       const SchedValue *x = &p->v[nd->args[n->gemm == SCHED_GEMM_WX ? 1 : 0]];
-      if (!x->chunked && (n->gather_buf = add_buf(p, SCHED_BUF_GATHER, SCHED_ROWS_BTC,
+      if (!x->chunked && (n->gather_buf = sched_add_buf(p, SCHED_BUF_GATHER, SCHED_ROWS_BTC,
                                                   sched_row_floats(x), 0, r, 0)) < 0)
         return oom(p);
     }
@@ -250,11 +250,11 @@ static int place_buffers(Plan *p) {
   for (int st = 0; st < fn->states.n; st++) {
     int64_t floats = p->s->sig.states.v[in->states[st]].numel;
     in->state_tmp[st] = -1;
-    if ((in->state_buf[st] = add_buf(p, SCHED_BUF_STATE, SCHED_ROWS_B, floats, 0, st, 0)) < 0)
+    if ((in->state_buf[st] = sched_add_buf(p, SCHED_BUF_STATE, SCHED_ROWS_B, floats, 0, st, 0)) < 0)
       return oom(p);
     int j = fn->states.v[st].next >= 0 ? sched_state_alias(fn, fn->states.v[st].next) : -1;
     if (j >= 0 && j != st &&
-        (in->state_tmp[st] = add_buf(p, SCHED_BUF_STATE_TMP, SCHED_ROWS_B, floats, 0, st, 0)) < 0)
+        (in->state_tmp[st] = sched_add_buf(p, SCHED_BUF_STATE_TMP, SCHED_ROWS_B, floats, 0, st, 0)) < 0)
       return oom(p);
   }
   return 0;
@@ -291,8 +291,8 @@ static int build_phase(Plan *p, OpList *list, SchedClass phase) {
     const SchedValue *n = &p->v[r];
     if (n->cls != phase || sched_is_view(nd->op)) continue;
     if (n->uses == 0 && nd->op != IR_CALL) continue;
-    /* A fused scan runs as one stage where its last member is. */
-    if (n->group >= 0 && !p->in->groups[r]) continue;
+    /* A fused scan, or a chunked state's kernel calls, run as one stage
+     * where the last member is. */
     if (p->in->groups[r]) {
       rows = -1;
       SchedOp *op = add_op(p, list, SCHED_OP_SCAN, phase, n->group, r);
@@ -300,6 +300,14 @@ static int build_phase(Plan *p, OpList *list, SchedClass phase) {
       op->group = p->in->groups[r];
       continue;
     }
+    if (p->in->linattns[r]) {
+      rows = -1;
+      SchedOp *op = add_op(p, list, SCHED_OP_LINATTN, phase, r, r);
+      if (!op) return -1;
+      op->linattn = p->in->linattns[r];
+      continue;
+    }
+    if (n->group >= 0) continue;
     SchedOpKind k = n->gemm                      ? SCHED_OP_GEMM
                     : nd->op == IR_CALL            ? SCHED_OP_CALL
                     : nd->op == IR_CAUSAL_CONV     ? SCHED_OP_CONV
@@ -416,8 +424,8 @@ int sched_build(Arena *a, const IrModule *m, const IrFunc *root, const int64_t *
     p.in = &s->insts.v[i];
     p.fn = p.in->fn;
     p.v = p.in->values;
-    if (plan_values(&p) || plan_scan_groups(&p) || plan_limits(&p) || place_buffers(&p) ||
-        build_ops(&p) || p.failed)
+    if (plan_values(&p) || plan_scan_groups(&p) || plan_linattns(&p) || plan_limits(&p) ||
+        place_buffers(&p) || place_linattn_buffers(&p) || build_ops(&p) || p.failed)
       return -1;
   }
   *out = s;

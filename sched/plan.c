@@ -380,7 +380,9 @@ int sched_fused_readable(const SchedValue *a, const SchedValue *key, const Sched
 static int fusable(const Plan *p, SchedClass phase, IrRef r, const SchedValue *key) {
   const IrNode *nd = &p->fn->nodes.v[r];
   const SchedValue *n = &p->v[r];
-  if (n->cls != phase || n->gemm || n->is_int || n->numel != key->numel || n->uses == 0) return 0;
+  if (n->cls != phase || n->gemm || n->is_int || n->numel != key->numel || n->uses == 0 ||
+      n->group >= 0)
+    return 0;
   if (nd->op == IR_SLICE || nd->op == IR_INDEX) {
     const SchedValue *x = &p->v[nd->args[0]];
     int64_t outer, len, inner;
@@ -403,7 +405,9 @@ static int fusable(const Plan *p, SchedClass phase, IrRef r, const SchedValue *k
 int sched_in_phase(const SchedInst *in, SchedClass phase, IrRef r) {
   const IrNode *nd = &in->fn->nodes.v[r];
   const SchedValue *n = &in->values[r];
-  return n->cls == phase && !sched_is_view(nd->op) && (n->uses > 0 || nd->op == IR_CALL);
+  /* A fused scan's or chunked state's members are computed by that stage. */
+  return n->cls == phase && !sched_is_view(nd->op) && (n->uses > 0 || nd->op == IR_CALL) &&
+         n->group < 0;
 }
 
 /* At most this many nodes share one fused loop. A chain of thousands of
@@ -420,6 +424,8 @@ IrRef plan_fused_run_end(const Plan *p, SchedClass phase, IrRef r) {
   IrRef last = r;
   int members = 1;
   for (IrRef q = r + 1; q < p->fn->nodes.n && members < FUSED_RUN_MAX; q++) {
+    /* A fused scan or chunked state runs as its own stage: the run ends. */
+    if (p->v[q].group >= 0 && p->v[q].cls == phase) break;
     if (!sched_in_phase(p->in, phase, q)) continue;
     if (!fusable(p, phase, q, key)) break;
     last = q;

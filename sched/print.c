@@ -63,6 +63,9 @@ static void print_buf(FILE *out, const SchedInst *in, int i) {
   case SCHED_BUF_STATE_TMP:
     fprintf(out, "next value of state %s", in->fn->states.v[b->node].name);
     break;
+  case SCHED_BUF_WORK:
+    fprintf(out, "%s of the kernel at v%d", b->index ? "copy of the state" : "scratch", b->node);
+    break;
   }
   fprintf(out, ": %s x %lld floats%s\n", rows_name(b->rows), (long long)b->row_floats,
           b->weights_block ? ", weights block" : "");
@@ -136,6 +139,19 @@ static void print_ops(FILE *out, const SchedInst *in, const SchedOp *ops, int n,
       }
       fputc('\n', out);
       break;
+    case SCHED_OP_LINATTN: {
+      const SchedLinattn *la = op->linattn;
+      fprintf(out, "chunked state %s: %lld heads, K=%lld V=%lld, %s, chunks of %lld tokens; readouts",
+              in->fn->states.v[la->state].name, (long long)la->heads, (long long)la->K,
+              (long long)la->V,
+              la->no_gate ? "no gate" : la->Kg == 1 ? "scalar gate" : "gate per key",
+              (long long)la->chunk);
+      for (int r = 0; r < la->nreads; r++)
+        fprintf(out, " v%d%s", la->reads[r],
+                in->fn->nodes.v[la->reads[r]].index ? " (exclusive)" : "");
+      fprintf(out, "%s\n", la->transposed ? "; state stored [..., K, V]" : "");
+      break;
+    }
     case SCHED_OP_DELAY:
       fprintf(out, "delay v%d\n", op->node);
       break;

@@ -61,7 +61,8 @@ typedef struct SchedValue {
   int gather_buf;         /* chunked GEMM over a whole-sequence operand: its chunk's rows */
   int *call_out;          /* CALL: per callee output, its buffer */
   int *call_in;           /* CALL: per argument, a per-token copy of a CONST argument (-1: none) */
-  IrRef group;            /* a member of the fused scan of this scan node (-1: none) */
+  IrRef group;            /* a member of the fused scan of this scan node, or of the chunked
+                             form anchored at this node (-1: none) */
   int stored;             /* a group member read outside it: written per token */
 } SchedValue;
 
@@ -83,6 +84,7 @@ typedef enum {
   SCHED_BUF_CALL_IN,   /* a constant argument of a layer call, repeated per token */
   SCHED_BUF_STATE,     /* a state's storage */
   SCHED_BUF_STATE_TMP, /* a shifted state's new value, before it is stored */
+  SCHED_BUF_WORK,      /* a runtime kernel's scratch */
 } SchedBufKind;
 
 /* Buffers are placed in order, each at a 16-float boundary, in one of two
@@ -109,6 +111,7 @@ typedef enum {
   SCHED_OP_SCAN,          /* node: scan or scan_max over the whole sequence, per example */
   SCHED_OP_DELAY,         /* node: each token's previous token (the initial value first) */
   SCHED_OP_WINDOW,        /* node: a shift register's window at each token */
+  SCHED_OP_LINATTN,       /* a matrix state's chunked form: its readouts and final state */
   SCHED_OP_PACK,          /* the weight of GEMM `node` packed (after its real form, for cgemm) */
   SCHED_OP_ZERO_OUTPUTS,  /* outputs past each sequence's end are zero (with lengths) */
   SCHED_OP_STATE_INIT,    /* states from state_in, else their declared initial value */
@@ -135,12 +138,31 @@ typedef struct SchedScanGroup {
   int64_t block;  /* leading elements (rows of the last axis) per block */
 } SchedScanGroup;
 
+/* SCHED_OP_LINATTN (sched/chunk.c): per example, the runtime's chunkwise
+ * kernel (rt_cpu_linattn) over the sequence, for each readout of one state,
+ * the last call leaving the final state in the state's storage. */
+typedef struct SchedLinattn {
+  int state;      /* whose storage holds S: initial, then final */
+  int transposed; /* the state is [L..., K, V] (S0 = transpose(state)) */
+  IrRef *reads;   /* linattn nodes, node order; each stored per token */
+  int nreads;
+  IrRef final;    /* linattn_state, or -1 */
+  IrRef k, v, lg; /* the operands every call shares */
+  int no_gate;    /* lg is the constant 0 */
+  int64_t heads, K, V, Kg;
+  int64_t chunk;       /* tokens per chunk */
+  int work_buf;        /* the kernel's scratch (one per call, rows ONE) */
+  int copy_buf;        /* a canonical copy of S0 per example: for all readouts but the last,
+                          or for a transposed state (-1: none) */
+} SchedLinattn;
+
 struct SchedOp {
   SchedOpKind kind;
   SchedClass cls; /* ROWS: whose rows */
   IrRef node, last;
   VEC(SchedOp) body;
   SchedScanGroup *group; /* SCHED_OP_SCAN fused; NULL: the scan alone, materialized */
+  SchedLinattn *linattn; /* SCHED_OP_LINATTN */
 };
 
 /* ---- Instances and the schedule ---------------------------------------------- */
@@ -156,6 +178,7 @@ typedef struct SchedInst {
   int *state_buf; /* per state: its storage */
   int *state_tmp; /* per state: STATE_TMP buffer, or -1 */
   SchedScanGroup **groups; /* per node: the fused scan it anchors (its last member), or NULL */
+  SchedLinattn **linattns; /* per node: the chunked state it anchors, or NULL */
   /* The time loop runs in chunks of Tc steps, Tc = clamp(chunk_budget /
    * (chunk_floats * max(B, 1)), 1, T), so a chunk's hoisted rows are still in
    * cache when its steps read them. */
@@ -201,8 +224,9 @@ void sched_axis_split(const SchedValue *v, int axis, int64_t *outer, int64_t *le
                       int64_t *inner);
 /* Floats a packed K x N weight takes (the runtime's layout, rt_cpu.h). */
 int64_t sched_packed_floats(const SchedValue *v);
-/* Node r of in is computed in `phase`: of that class, not a view, and read
- * by something (or a layer call, which runs for its states). */
+/* Node r of in is computed in `phase`: of that class, not a view, read by
+ * something (or a layer call, which runs for its states), and not computed
+ * by a fused scan or a chunked form. */
 int sched_in_phase(const SchedInst *in, SchedClass phase, IrRef r);
 /* The state whose old value node r is (through reshapes), or -1. */
 int sched_state_alias(const IrFunc *fn, IrRef r);

@@ -46,5 +46,12 @@ int sched_fused_readable(const SchedValue *a, const SchedValue *key, const Sched
 /* Fuses every scan of a parallel form with the elementwise work around it
  * (sched/scan.c); members get SchedValue.group, anchors in->groups. */
 int plan_scan_groups(Plan *p);
+/* Plans every chunked matrix state (linattn ops) of a parallel form
+ * (sched/chunk.c); members get SchedValue.group, anchors in->linattns. */
+int plan_linattns(Plan *p);
+/* Buffers the chunked forms need (kernel scratch, copies of S0). */
+int place_linattn_buffers(Plan *p);
+int sched_add_buf(Plan *p, SchedBufKind kind, SchedRows rows, int64_t floats, int weights,
+                  IrRef node, int index);
 
 #endif

@@ -1,6 +1,6 @@
 /* test_codegen_forms.c - every std cell and example under every form its
- * classes admit (sequential, scan), compiled by the CPU backend (JIT), equals
- * the interpreter: T in {1, 2, 3, 7, 63, 64, 65, 1000, 4097}, B in {1, 5},
+ * classes admit (sequential, scan, chunked), compiled by the CPU backend (JIT), equals
+ * the interpreter (sequential, scan, chunked): T in {1, 2, 3, 7, 63, 64, 65, 1000, 4097}, B in {1, 5},
  * with and without lengths and initial states.
  *
  * Tolerance. A parallel form adds and multiplies in another order than the
@@ -53,7 +53,8 @@ static const Case CASES[] = {
     {"stdlib/gru.seq", "I=3,H=4"},
 };
 
-static const char *const FORMS[] = {"sequential", "scan"};
+static const char *const FORMS[] = {"sequential", "scan", "chunked"};
+enum { NFORMS = sizeof FORMS / sizeof FORMS[0] };
 static const int64_t TS[] = {1, 2, 3, 7, 63, 64, 65, 1000, 4097};
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
@@ -159,9 +160,9 @@ static void check(const char *what, const RtTensor *got, const RtTensor *ref32,
 }
 
 static void run_case(const Case *c) {
-  Compiled cm[2];
-  int have[2];
-  for (int f = 0; f < 2; f++) {
+  Compiled cm[NFORMS];
+  int have[NFORMS];
+  for (int f = 0; f < NFORMS; f++) {
     have[f] = compile(&cm[f], c, FORMS[f]);
     if (have[f] < 0) {
       for (int i = 0; i < cm[f].de.diags.n; i++)
@@ -220,7 +221,7 @@ static void run_case(const Case *c) {
             print_error("%s\n", cm[0].de.diags.v[i].message);
           fail_msg("%s: the interpreter fails", c->file);
         }
-        for (int f = 0; f < 2; f++) {
+        for (int f = 0; f < NFORMS; f++) {
           if (!have[f]) continue;
           RtTensor og[8], sg[16];
           const AbiSignature *sig = &cm[f].pipe.sched->sig;
@@ -254,7 +255,7 @@ static void run_case(const Case *c) {
         }
         for (int i = 0; i < ni; i++) rt_tensor_free(&ins[i]);
       }
-  for (int f = 0; f < 2; f++) release(&cm[f]);
+  for (int f = 0; f < NFORMS; f++) release(&cm[f]);
 }
 
 static void test_forms_equal_interpreter(void **st) {

@@ -1,7 +1,8 @@
 /* test_sched.c - the schedule layer (sched/): `seqc --emit=sched` text for a
  * set of models pinned by golden files (tests/golden/sched/NAME.sched; run
  * with SEQ_UPDATE_GOLDEN=1 to rewrite them, then read the diff), and
- * properties every schedule must have whatever the model: buffers of views
+ * properties every schedule must have whatever the model and form (every
+ * --strategy it admits): buffers of views
  * are never placed, every node read by a stage has a buffer or is a view,
  * and stages appear in dependency order. */
 #include "testutil.h"
@@ -14,21 +15,22 @@
 
 typedef struct Case {
   const char *file;
-  const char *dims; /* "I=3,H=4" */
+  const char *dims;   /* "I=3,H=4" */
   const char *golden; /* NULL: properties only */
+  const char *forms;  /* the --strategy values some state of it admits */
 } Case;
 
 static const Case CASES[] = {
-    {"examples/lstm.seq", "I=3,H=4", "lstm"},
-    {"examples/gru.seq", "I=3,H=4", "gru"},
-    {"examples/lru.seq", "H=3,N=4", "lru"},
-    {"examples/s4d.seq", "H=3,N=4", "s4d"},
-    {"examples/bigru.seq", "I=3,H=4", "bigru"},
-    {"examples/lm.seq", "vocab=11,d_model=8,d_ff=16,dt_rank=2", "lm"},
-    {"stdlib/mamba2.seq", "d_model=4,ngroups=2,hpg=2,headdim=2,d_state=3,d_conv=4", NULL},
-    {"stdlib/mlstm.seq", "I=3,NH=2,DH=4", NULL},
-    {"stdlib/rwkv7.seq", "C=4,D_w=3,D_a=3,D_g=3", NULL},
-    {"stdlib/plstm.seq", "I=3,Dk=4,Dv=5,J=2", NULL},
+    {"examples/lstm.seq", "I=3,H=4", "lstm", "sequential"},
+    {"examples/gru.seq", "I=3,H=4", "gru", "sequential"},
+    {"examples/lru.seq", "H=3,N=4", "lru", "sequential scan"},
+    {"examples/s4d.seq", "H=3,N=4", "s4d", "sequential scan"},
+    {"examples/bigru.seq", "I=3,H=4", "bigru", "sequential"},
+    {"examples/lm.seq", "vocab=11,d_model=8,d_ff=16,dt_rank=2", "lm", "sequential scan"},
+    {"stdlib/mamba2.seq", "d_model=4,ngroups=2,hpg=2,headdim=2,d_state=3,d_conv=4", NULL, "sequential scan chunked"},
+    {"stdlib/mlstm.seq", "I=3,NH=2,DH=4", NULL, "sequential scan chunked"},
+    {"stdlib/rwkv7.seq", "C=4,D_w=3,D_a=3,D_g=3", NULL, "sequential"},
+    {"stdlib/plstm.seq", "I=3,Dk=4,Dv=5,J=2", NULL, "sequential"},
 };
 
 typedef struct Built {
@@ -38,7 +40,7 @@ typedef struct Built {
   Pipeline pipe;
 } Built;
 
-static void schedule(Built *b, const Case *c) {
+static void schedule(Built *b, const Case *c, const char *strategy) {
   b->arena = arena_create();
   srcmgr_init(&b->sm, b->arena);
   diag_init(&b->de, b->arena, stderr);
@@ -59,6 +61,10 @@ static void schedule(Built *b, const Case *c) {
   po.ndims = n;
   po.dim_names = names;
   po.dim_values = values;
+  StrategyRequest req;
+  char err[256];
+  if (strategy_parse(b->arena, strategy, &req, err, sizeof err)) fail_msg("%s", err);
+  po.strategy = &req;
   po.goal = PIPE_SCHED;
   if (pipeline_run(&b->pipe, &po)) fail_msg("%s does not schedule", c->file);
 }
@@ -71,6 +77,16 @@ static void check_order(const SchedInst *in, const SchedOp *ops, int n, char *do
     const SchedOp *op = &ops[i];
     if (op->body.n) check_order(in, op->body.v, op->body.n, done);
     if (op->node < 0 || op->kind == SCHED_OP_PACK) continue;
+    /* A fused scan or a chunked state computes all its members at once. */
+    if (op->kind == SCHED_OP_SCAN || op->kind == SCHED_OP_LINATTN) {
+      for (IrRef r = 0; r < in->fn->nodes.n; r++)
+        if (in->values[r].group >= 0 &&
+            (op->kind == SCHED_OP_SCAN ? in->values[r].group == op->node
+                                       : in->values[r].group == op->last))
+          done[r] = 1;
+      done[op->node] = 1;
+      continue;
+    }
     IrRef last = op->kind == SCHED_OP_FUSED ? op->last : op->node;
     for (IrRef r = op->node; r <= last; r++) {
       const SchedValue *v = &in->values[r];
@@ -99,19 +115,30 @@ static void check_order(const SchedInst *in, const SchedOp *ops, int n, char *do
 
 static void test_properties(void **st) {
   (void)st;
-  for (size_t k = 0; k < sizeof CASES / sizeof CASES[0]; k++) {
+  static const char *const strategies[] = {"sequential", "scan", "chunked"};
+  for (size_t k = 0; k < sizeof CASES / sizeof CASES[0] * 3; k++) {
     Built b;
-    schedule(&b, &CASES[k]);
+    const Case *c = &CASES[k / 3];
+    /* A form no state of the model has is an error, not a schedule. */
+    if (!strstr(c->forms, strategies[k % 3])) continue;
+    schedule(&b, c, strategies[k % 3]);
     const Schedule *s = b.pipe.sched;
     for (int i = 0; i < s->insts.n; i++) {
       const SchedInst *in = &s->insts.v[i];
       for (int j = 0; j < in->bufs.n; j++)
         if (in->bufs.v[j].kind == SCHED_BUF_NODE &&
             sched_is_view(in->fn->nodes.v[in->bufs.v[j].node].op))
-          fail_msg("%s: a view has a buffer", CASES[k].file);
+          fail_msg("%s: a view has a buffer", c->file);
       char *done = arena_calloc(b.arena, (size_t)in->fn->nodes.n + 1, 1);
       assert_non_null(done);
       check_order(in, in->ops.v, in->ops.n, done);
+      /* Every value something reads is computed by some stage. */
+      for (IrRef r = 0; r < in->fn->nodes.n; r++) {
+        const IrNode *nd = &in->fn->nodes.v[r];
+        if (in->values[r].uses > 0 && !sched_is_view(nd->op) && nd->op != IR_CALL && !done[r])
+          fail_msg("%s --strategy=%s: v%d (%s) is read but no stage computes it", c->file,
+                   strategies[k % 3], r, ir_op_info[nd->op].text);
+      }
     }
     pipeline_release(&b.pipe);
     arena_destroy(b.arena);
@@ -123,7 +150,7 @@ static void test_golden(void **st) {
   for (size_t k = 0; k < sizeof CASES / sizeof CASES[0]; k++) {
     if (!CASES[k].golden) continue;
     Built b;
-    schedule(&b, &CASES[k]);
+    schedule(&b, &CASES[k], "auto");
     char *text = NULL;
     size_t len = 0;
     FILE *out = open_memstream(&text, &len);

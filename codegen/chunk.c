@@ -1,0 +1,111 @@
+/* chunk.c - a matrix state's chunked form (sched/chunk.c): per example, one
+ * call of the runtime's chunkwise kernel (rt_cpu_linattn) per readout, over
+ * the example's sequence in the direction the instance runs (a reversed
+ * sequence is read from its last token with negative strides). The last
+ * call runs on the state's storage and leaves the final state there. */
+#include "codegen/llvm.h"
+
+/* Row pointer of node r for example b at token t, and its stride in floats
+ * from one step to the next (0 for values constant over the sequence). */
+static LLVMValueRef operand(Lower *L, IrRef r, LLVMValueRef b, LLVMValueRef t, LLVMValueRef dir,
+                            LLVMValueRef *ld) {
+  const SchedValue *v = &L->v[r];
+  int64_t f = sched_row_floats(v);
+  LLVMValueRef row = ci64(L, 0);
+  *ld = ci64(L, 0);
+  if (v->cls == SCHED_STEP) {
+    row = b;
+  } else if (v->cls == SCHED_TOKEN) {
+    row = add(L, mul(L, b, L->a_T), t);
+    *ld = mul(L, dir, ci64(L, f));
+  }
+  return gepf(L, L->ll[r].base, mul(L, row, ci64(L, f)));
+}
+
+/* dst[h, j, i] = src[h, i, j] for heads matrices of rows x cols. */
+static void transpose_heads(Lower *L, LLVMValueRef dst, LLVMValueRef src, int64_t heads,
+                            int64_t rows, int64_t cols) {
+  Loop lh, li, lj;
+  LLVMValueRef h = loop_begin(L, &lh, ci64(L, 0), ci64(L, heads));
+  LLVMValueRef base = mul(L, h, ci64(L, rows * cols));
+  LLVMValueRef i = loop_begin(L, &li, ci64(L, 0), ci64(L, rows));
+  LLVMValueRef j = loop_begin(L, &lj, ci64(L, 0), ci64(L, cols));
+  stf(L, ldf(L, src, add(L, base, add(L, mul(L, i, ci64(L, cols)), j))), dst,
+      add(L, base, add(L, mul(L, j, ci64(L, rows)), i)));
+  loop_end(L, &lj);
+  loop_end(L, &li);
+  loop_end(L, &lh);
+}
+
+void emit_linattn(Lower *L, const SchedOp *op) {
+  const SchedLinattn *la = op->linattn;
+  const SchedInst *in = L->in;
+  LLVMBuilderRef bld = L->bld;
+  int64_t sfloats = la->heads * la->K * la->V;
+  LLVMValueRef work = L->buf[la->work_buf];
+  Loop lb;
+  LLVMValueRef b = loop_begin(L, &lb, ci64(L, 0), L->a_B);
+  LLVMValueRef len = len_of(L, b);
+  LLVMValueRef isrev = LLVMBuildICmp(bld, LLVMIntNE, L->a_rev, ci32(L, 0), "");
+  /* Step 0 is token len - 1 in a reversed sequence (0 when it is empty). */
+  LLVMValueRef lm1 = LLVMBuildSub(bld, len, ci64(L, 1), "");
+  LLVMValueRef t0 = LLVMBuildSelect(
+      bld, LLVMBuildAnd(bld, isrev, LLVMBuildICmp(bld, LLVMIntSGT, len, ci64(L, 0), ""), ""), lm1,
+      ci64(L, 0), "");
+  LLVMValueRef dir = LLVMBuildSelect(bld, isrev, ci64(L, -1), ci64(L, 1), "");
+  LLVMValueRef ldk, ldv, ldg = ci64(L, 0);
+  LLVMValueRef k = operand(L, la->k, b, t0, dir, &ldk);
+  LLVMValueRef v = operand(L, la->v, b, t0, dir, &ldv);
+  LLVMValueRef lg = la->no_gate ? LLVMConstNull(L->ptr) : operand(L, la->lg, b, t0, dir, &ldg);
+  LLVMValueRef store = gepf(L, L->buf[in->state_buf[la->state]], mul(L, b, ci64(L, sfloats)));
+  LLVMValueRef copy =
+      la->copy_buf >= 0 ? gepf(L, L->buf[la->copy_buf], mul(L, b, ci64(L, sfloats))) : NULL;
+  /* The kernel works on [L..., V, K]: a state stored [L..., K, V] runs on a
+   * transposed copy, transposed back at the end. */
+  LLVMValueRef S = store;
+  if (la->transposed) {
+    transpose_heads(L, copy, store, la->heads, la->K, la->V);
+    S = copy;
+  }
+  LLVMTypeRef pt[19] = {L->i64, L->i64, L->i64, L->i64, L->ptr, L->i64, L->ptr,
+                        L->i64, L->ptr, L->i64, L->ptr, L->i64, L->i64, L->ptr,
+                        L->ptr, L->i64, L->i64, L->i32, L->ptr};
+  int calls = la->nreads ? la->nreads : 1;
+  for (int c = 0; c < calls; c++) {
+    IrRef rd = la->nreads ? la->reads[c] : IR_NONE;
+    LLVMValueRef q = LLVMConstNull(L->ptr), o = LLVMConstNull(L->ptr);
+    LLVMValueRef ldq = ci64(L, 0), ldo = ci64(L, 0);
+    if (rd != IR_NONE) {
+      q = operand(L, L->fn->nodes.v[rd].args[0], b, t0, dir, &ldq);
+      o = operand(L, rd, b, t0, dir, &ldo);
+    }
+    /* All calls but the last start from a copy of the initial state. */
+    LLVMValueRef Sc = S;
+    if (c < calls - 1) {
+      LLVMBuildMemCpy(bld, copy, 4, S, 4, ci64(L, sfloats * 4));
+      Sc = copy;
+    }
+    LLVMValueRef args[19] = {len,
+                             ci64(L, la->heads),
+                             ci64(L, la->K),
+                             ci64(L, la->V),
+                             q,
+                             ldq,
+                             k,
+                             ldk,
+                             v,
+                             ldv,
+                             lg,
+                             ldg,
+                             ci64(L, la->Kg),
+                             Sc,
+                             o,
+                             ldo,
+                             ci64(L, la->chunk),
+                             ci32(L, rd != IR_NONE && L->fn->nodes.v[rd].index ? 1 : 0),
+                             work};
+    call_fn(L, "rt_cpu_linattn", L->void_t, pt, 19, args);
+  }
+  if (la->transposed) transpose_heads(L, store, copy, la->heads, la->V, la->K);
+  loop_end(L, &lb);
+}

@@ -1,0 +1,146 @@
+/* chunk.c - how a matrix state's chunked form runs (passes/chunk.c made its
+ * linattn ops): per example, the runtime's chunkwise kernel
+ * (rt_cpu_linattn, runtime/cpu_linattn.c) over the whole sequence, once per
+ * readout. The state S_t is never formed per token: the kernel keeps one
+ * state per example, starting from the state's storage and leaving the
+ * final state there, so linattn_state (whose value only matters at the last
+ * step) is not computed as a node at all.
+ *
+ * Members of a state's form: its readouts (stored per token), its
+ * linattn_state and a transpose of it that is the state's next value (for a
+ * state laid out [L..., K, V]), and the transpose of the state that feeds
+ * the kernel then. The stage runs where its last member is in node order.
+ */
+#include "sched/sched_internal.h"
+
+#include <string.h>
+
+#include "runtime/rt_cpu.h"
+
+static int is_transpose_of_state(const IrFunc *fn, IrRef r, int *state) {
+  const IrNode *n = &fn->nodes.v[r];
+  if (n->op != IR_TRANSPOSE || fn->nodes.v[n->args[0]].op != IR_STATE) return 0;
+  *state = fn->nodes.v[n->args[0]].index;
+  return 1;
+}
+
+/* The state an S0 operand reads (the state itself, or its transpose). */
+static int state_of(const IrFunc *fn, IrRef s0, int *transposed) {
+  int s;
+  *transposed = 0;
+  if (fn->nodes.v[s0].op == IR_STATE) return fn->nodes.v[s0].index;
+  if (is_transpose_of_state(fn, s0, &s)) {
+    *transposed = 1;
+    return s;
+  }
+  return -1;
+}
+
+static int is_const_zero(const IrFunc *fn, IrRef r) {
+  while (fn->nodes.v[r].op == IR_BROADCAST || fn->nodes.v[r].op == IR_RESHAPE)
+    r = fn->nodes.v[r].args[0];
+  return fn->nodes.v[r].op == IR_CONST && fn->nodes.v[r].cval == 0.0;
+}
+
+int plan_linattns(Plan *p) {
+  const IrFunc *fn = p->fn;
+  int n = fn->nodes.n;
+  p->in->linattns = arena_calloc(p->a, (size_t)n + 1, sizeof *p->in->linattns);
+  if (!p->in->linattns) return -1;
+  if (fn->kind != IR_FN_MODEL || fn->states.n == 0) return 0;
+  for (int s = 0; s < fn->states.n; s++) {
+    SchedLinattn *la = NULL;
+    IrRef last = IR_NONE;
+    for (IrRef r = 0; r < n; r++) {
+      const IrNode *nd = &fn->nodes.v[r];
+      if (nd->op != IR_LINATTN && nd->op != IR_LINATTN_STATE) continue;
+      int off = nd->op == IR_LINATTN, tr;
+      if (state_of(fn, nd->args[off + 3], &tr) != s) continue;
+      if (!la) {
+        if (!(la = arena_calloc(p->a, 1, sizeof *la)) ||
+            !(la->reads = arena_calloc(p->a, (size_t)n + 1, sizeof *la->reads)))
+          return -1;
+        la->state = s;
+        la->transposed = tr;
+        la->final = IR_NONE;
+        la->k = nd->args[off];
+        la->v = nd->args[off + 1];
+        la->lg = nd->args[off + 2];
+        la->no_gate = is_const_zero(fn, la->lg);
+        const SchedValue *lgv = &p->v[la->lg], *vv = &p->v[la->v];
+        int L = vv->rank - 1;
+        la->V = vv->shape[L];
+        la->K = p->v[la->k].shape[L];
+        la->Kg = lgv->shape[L];
+        la->heads = la->V ? vv->numel / la->V : 0;
+        la->chunk = RT_CPU_LINATTN_CHUNK;
+        la->work_buf = la->copy_buf = -1;
+      } else if (nd->args[off] != la->k || nd->args[off + 1] != la->v ||
+                 nd->args[off + 2] != la->lg || tr != la->transposed) {
+        plan_unsupported(p, nd->loc, "two chunked forms of one state with different operands");
+        return -1;
+      }
+      /* The stage runs at its last readout (its outputs are read after
+       * it); the final state is read only as the state's next value, at the
+       * end, so it does not move the stage. */
+      if (nd->op == IR_LINATTN) {
+        la->reads[la->nreads++] = r;
+        last = r;
+      } else {
+        la->final = r;
+        if (la->nreads == 0) last = r;
+      }
+    }
+    if (!la) continue;
+    /* The state's next value is the final state, or its transpose. */
+    IrRef nx = fn->states.v[s].next;
+    if (nx != la->final && !(fn->nodes.v[nx].op == IR_TRANSPOSE && fn->nodes.v[nx].args[0] == la->final &&
+                             la->transposed)) {
+      plan_unsupported(p, fn->states.v[s].loc, "a chunked state whose next value is not its form's");
+      return -1;
+    }
+    /* Members: the readouts (stored per token), the final state and its
+     * transpose (the storage holds them), the transposed initial state
+     * (the kernel reads the storage). */
+    for (IrRef r = 0; r < n; r++) {
+      const IrNode *nd = &fn->nodes.v[r];
+      int st, tr, member = 0;
+      if (nd->op == IR_LINATTN || nd->op == IR_LINATTN_STATE)
+        member = state_of(fn, nd->args[nd->op == IR_LINATTN ? 4 : 3], &tr) == s;
+      else if (is_transpose_of_state(fn, r, &st))
+        member = st == s;
+      else
+        member = r == nx;
+      if (member) p->v[r].group = last;
+    }
+    for (int i = 0; i < la->nreads; i++) p->v[la->reads[i]].stored = 1;
+    if (la->transposed && la->nreads > 1) {
+      plan_unsupported(p, fn->states.v[s].loc, "several readouts of a chunked state laid out [..., K, V]");
+      return -1;
+    }
+    p->in->linattns[last] = la;
+  }
+  return 0;
+}
+
+int place_linattn_buffers(Plan *p) {
+  for (IrRef r = 0; r < p->fn->nodes.n; r++) {
+    SchedLinattn *la = p->in->linattns[r];
+    if (!la) continue;
+    int64_t work = rt_cpu_linattn_work(la->heads, la->K, la->V, la->Kg, la->chunk);
+    if (work < 0) {
+      plan_unsupported(p, p->fn->nodes.v[r].loc, "a chunked state of these sizes");
+      return -1;
+    }
+    if ((la->work_buf = sched_add_buf(p, SCHED_BUF_WORK, SCHED_ROWS_ONE, work, 1, r, 0)) < 0)
+      return -1;
+    /* Every readout but the last starts from a copy of S0 (the last one,
+     * or the state-only call, runs in the storage and leaves the final
+     * state); a transposed state always works on a canonical copy. */
+    if (la->nreads > 1 || la->transposed)
+      if ((la->copy_buf = sched_add_buf(p, SCHED_BUF_WORK, SCHED_ROWS_B,
+                                        la->heads * la->K * la->V, 0, r, 1)) < 0)
+        return -1;
+  }
+  return 0;
+}
