@@ -9,19 +9,28 @@
  * and a panel's K x NR block (32 KiB at K = 256) stays in L1 while every row
  * block of A passes over it.
  *
- * The micro-kernel keeps an MR x NR = 12 x 32 block of C in 24 vectors (of 32
- * AVX-512 registers) and broadcasts one element of A per row and k, the
- * BLIS-style shape for two FMA ports. Short products (M < 4: the recurrent
- * step at small batch) would be bound by FMA latency on so few accumulator
- * chains, so the kernel then also splits k over U independent partial sums.
- * GCC/Clang vector extensions keep it portable; an AVX-512 and an AVX2 copy
- * are compiled beside the generic one and picked at the first call.
+ * The AVX-512 micro-kernel keeps an MR x NR = 12 x 32 block of C in 24
+ * vectors (of 32 registers) and broadcasts one element of A per row and k,
+ * the BLIS-style shape for two FMA ports. Short products (M < 4: the
+ * recurrent step at small batch) would be bound by FMA latency on so few
+ * accumulator chains, so the kernel then also splits k over U independent
+ * partial sums. AVX2 has 16 registers of 8 floats: there that block would
+ * take 48, and a 64-byte vector has no register at all, so the same code kept
+ * every accumulator in memory (1.5 GFLOP/s of a 99 GFLOP/s peak on a Zen 3).
+ * Its kernel keeps 6 x 16 instead (12 accumulators, two vectors of B, one
+ * broadcast of A) and walks a 32-wide panel as two 16-wide slices, so the
+ * packed format is the same for every ISA. The generic copy (SSE2 on x86-64,
+ * NEON elsewhere) runs the same narrow code in 4-float vectors, 4 x 8.
+ * GCC/Clang vector extensions keep it portable; the AVX-512 and AVX2 copies
+ * are compiled beside the generic one and picked at the first call, or by
+ * $SEQ_CPU_ISA (rt_cpu_gemm_set_isa).
  */
 /* MAP_ANONYMOUS and MADV_HUGEPAGE are not POSIX. */
 #define _DEFAULT_SOURCE
 #include "runtime/rt_cpu.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +47,11 @@
 #endif
 
 typedef float v16 __attribute__((vector_size(64)));
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v4 __attribute__((vector_size(16)));
+
+/* Indices of the per-ISA copies, in order of preference. */
+enum { ISA_GENERIC, ISA_AVX2, ISA_AVX512, ISA_COUNT };
 
 #define MR 12
 #define NR RT_CPU_PACK_NR
@@ -61,8 +75,8 @@ int64_t rt_cpu_packed_floats(int64_t K, int64_t N) {
 /* C[0:mr, 0:nc] (+)= A[0:mr, 0:kc] @ Bp-panel[0:kc, 0:32], with mr a constant
  * after inlining so that the accumulators become registers. U partial sums
  * over k keep at least eight FMA chains in flight when mr is small. */
-INLINE void kernel(int mr, int64_t kc, const float *A, int64_t lda, const float *Bp, float *C,
-                   int64_t ldc, int64_t nc, int accumulate) {
+INLINE void kernel16(int mr, int64_t kc, const float *A, int64_t lda, const float *Bp, float *C,
+                     int64_t ldc, int64_t nc, int accumulate) {
   enum { UMAX = 4 };
   const int U = mr >= 4 ? 1 : mr >= 2 ? 2 : 4;
   v16 c[UMAX][MR][2];
@@ -119,7 +133,7 @@ INLINE void kernel(int mr, int64_t kc, const float *A, int64_t lda, const float 
 /* C[i0:i1, panels p0:p1] = A[i0:i1, :] @ Bp, blocked for the caches: k in
  * KC slices (the first overwrites C, later ones add), rows in MC blocks, then
  * per panel every MR-row tile (the panel's KC x NR slice stays in L1). */
-INLINE void gemm_range_body(int64_t i0, int64_t i1, int64_t p0, int64_t p1, int64_t N, int64_t K,
+INLINE void gemm_range_wide(int64_t i0, int64_t i1, int64_t p0, int64_t p1, int64_t N, int64_t K,
                             const float *A, int64_t lda, const float *Bp, float *C, int64_t ldc) {
   for (int64_t k0 = 0; k0 < K; k0 += KC) {
     int64_t kc = K - k0 < KC ? K - k0 : KC;
@@ -131,14 +145,14 @@ INLINE void gemm_range_body(int64_t i0, int64_t i1, int64_t p0, int64_t p1, int6
         const float *bp = Bp + (p * K + k0) * NR;
         int64_t i = m0;
         for (; i + MR <= m1; i += MR)
-          kernel(MR, kc, A + i * lda + k0, lda, bp, C + i * ldc + j0, ldc, nc, acc);
+          kernel16(MR, kc, A + i * lda + k0, lda, bp, C + i * ldc + j0, ldc, nc, acc);
         const float *a = A + i * lda + k0;
         float *c = C + i * ldc + j0;
         /* One call per leftover count, each with a constant mr (kept out of
          * clang-format, which reflows these macro cases differently each run). */
         // clang-format off
         switch (m1 - i) {
-#define TAIL(n) case n: kernel(n, kc, a, lda, bp, c, ldc, nc, acc); break;
+#define TAIL(n) case n: kernel16(n, kc, a, lda, bp, c, ldc, nc, acc); break;
         TAIL(1) TAIL(2) TAIL(3) TAIL(4) TAIL(5) TAIL(6)
         TAIL(7) TAIL(8) TAIL(9) TAIL(10) TAIL(11)
 #undef TAIL
@@ -150,55 +164,229 @@ INLINE void gemm_range_body(int64_t i0, int64_t i1, int64_t p0, int64_t p1, int6
   }
 }
 
-/* One copy of each hot loop per instruction set, chosen once at run time by
+/* ---- the narrow kernels: AVX2, and generic (SSE2 or NEON) ------------- */
+
+/* kernel_V for a vector type V of L floats (v8 for AVX2's 16 registers, v4
+ * for the generic copy: SSE2 and NEON have no wider registers, and a wider
+ * GCC vector then lives in memory):
+ *   C[0:mr, 0:nc] (+)= A[0:mr, 0:kc] @ B[0:kc, 0:L*nv]
+ * with B's rows ldb floats apart (a slice of a packed panel, ldb = NR, or the
+ * weight itself, nn_narrow), and mr, nv, U constants after inlining. The
+ * mr * nv * U accumulators, nv vectors of B and a broadcast of A must fit 16
+ * registers (see the shapes below). U partial sums over k keep 8 FMA chains
+ * in flight (4-cycle latency, two ports) where mr * nv is small.
+ * The loops over nv are unrolled by pragma: left as loops, GCC's loop
+ * distribution turned the loads of B into one memcpy to a stack array, and
+ * the wide tail shapes then kept every vector in memory. */
+#define NARROW_KERNEL(V, L)                                                                        \
+  INLINE void kernel_##V(int mr, int nv, int U, int64_t kc, const float *A, int64_t lda,           \
+                         const float *B, int64_t ldb, float *C, int64_t ldc, int64_t nc,           \
+                         int accumulate) {                                                         \
+    enum { RMAX = 6, VMAX = 4, UMAX = 2 };                                                         \
+    V c[UMAX][RMAX][VMAX];                                                                         \
+    for (int u = 0; u < U; u++)                                                                    \
+      for (int r = 0; r < mr; r++)                                                                 \
+        for (int v = 0; v < nv; v++) c[u][r][v] = (V){0};                                          \
+    int64_t k = 0;                                                                                 \
+    for (; k + U <= kc; k += U)                                                                    \
+      for (int u = 0; u < U; u++) {                                                                \
+        V b[VMAX];                                                                                 \
+        _Pragma("GCC unroll 4") for (int v = 0; v < nv; v++)                                       \
+            memcpy(&b[v], B + (k + u) * ldb + L * v, sizeof(V));                                   \
+        for (int r = 0; r < mr; r++) {                                                             \
+          float a = A[r * lda + k + u];                                                            \
+          for (int v = 0; v < nv; v++) c[u][r][v] += a * b[v];                                     \
+        }                                                                                          \
+      }                                                                                            \
+    for (; k < kc; k++) {                                                                          \
+      V b[VMAX];                                                                                   \
+      _Pragma("GCC unroll 4") for (int v = 0; v < nv; v++)                                         \
+          memcpy(&b[v], B + k * ldb + L * v, sizeof(V));                                           \
+      for (int r = 0; r < mr; r++) {                                                               \
+        float a = A[r * lda + k];                                                                  \
+        for (int v = 0; v < nv; v++) c[0][r][v] += a * b[v];                                       \
+      }                                                                                            \
+    }                                                                                              \
+    for (int u = 1; u < U; u++)                                                                    \
+      for (int r = 0; r < mr; r++)                                                                 \
+        for (int v = 0; v < nv; v++) c[0][r][v] += c[u][r][v];                                     \
+    for (int r = 0; r < mr; r++) {                                                                 \
+      float *cr = C + r * ldc;                                                                     \
+      if (nc == L * nv) {                                                                          \
+        for (int v = 0; v < nv; v++) {                                                             \
+          if (accumulate) {                                                                        \
+            V o;                                                                                   \
+            memcpy(&o, cr + L * v, sizeof(V));                                                     \
+            c[0][r][v] += o;                                                                       \
+          }                                                                                        \
+          memcpy(cr + L * v, &c[0][r][v], sizeof(V));                                              \
+        }                                                                                          \
+      } else {                                                                                     \
+        float tmp[L * VMAX];                                                                       \
+        for (int v = 0; v < nv; v++) memcpy(tmp + L * v, &c[0][r][v], sizeof(V));                  \
+        for (int64_t j = 0; j < nc; j++) cr[j] = accumulate ? cr[j] + tmp[j] : tmp[j];             \
+      }                                                                                            \
+    }                                                                                              \
+  }
+NARROW_KERNEL(v8, 8)
+NARROW_KERNEL(v4, 4)
+
+/* The narrow copies' shapes. A full tile is TILE_ROWS x TILE_VECS vectors:
+ * AVX2 6 x 2 (12 accumulators, 2 of B, 1 of A: 15 of 16 ymm), generic 4 x 2
+ * (SSE2 multiplies into a temporary before the add: 12 of 16 xmm). The last
+ * mr rows of a row block take TAIL_VECS vectors and TAIL_SPLIT partial sums:
+ * 1 and 2 rows the whole width of 4 vectors (8 chains for the same loads of
+ * A), 3 rows 2 vectors in two partial sums on AVX2 (12 chains; at 4 vectors,
+ * 12 accumulators and 4 vectors of B spilled under clang). */
+#define LANES(isa_) ((isa_) == ISA_AVX2 ? 8 : 4)
+#define TILE_ROWS(isa_) ((isa_) == ISA_AVX2 ? 6 : 4)
+#define TILE_VECS 2
+#define TAIL_VECS(mr) ((mr) <= 2 ? 4 : 2)
+#define TAIL_SPLIT(isa_, mr) ((mr) == 1 || ((mr) == 3 && (isa_) == ISA_AVX2) ? 2 : 1)
+
+INLINE void kernel_narrow(int isa_, int mr, int nv, int U, int64_t kc, const float *A, int64_t lda,
+                          const float *B, int64_t ldb, float *C, int64_t ldc, int64_t nc,
+                          int accumulate) {
+  if (isa_ == ISA_AVX2)
+    kernel_v8(mr, nv, U, kc, A, lda, B, ldb, C, ldc, nc, accumulate);
+  else
+    kernel_v4(mr, nv, U, kc, A, lda, B, ldb, C, ldc, nc, accumulate);
+}
+
+/* Rows [0, mr) of one panel's columns [0, nc), mr < TILE_ROWS. */
+INLINE void tail_narrow(int isa_, int mr, int64_t kc, const float *A, int64_t lda, const float *B,
+                        int64_t ldb, float *C, int64_t ldc, int64_t nc, int acc) {
+  const int nv = TAIL_VECS(mr), w = LANES(isa_) * nv;
+  for (int64_t j = 0; j < nc; j += w)
+    kernel_narrow(isa_, mr, nv, TAIL_SPLIT(isa_, mr), kc, A, lda, B + j, ldb, C + j, ldc,
+                  nc - j < w ? nc - j : w, acc);
+}
+
+/* gemm_range_wide for the narrow kernels, on B packed (ldb = 0) or on the
+ * weight W[K, N] itself, rows ldb apart (nn_narrow; whole panels only, as
+ * the kernels read every column of a slice). A panel is walked in slices of
+ * L * TILE_VECS columns: one slice (KC x 16 floats on AVX2, 16 KiB) stays in
+ * L1 while every row tile of the block passes over it. */
+INLINE void gemm_block_narrow(int isa_, int64_t i0, int64_t i1, int64_t p0, int64_t p1, int64_t N,
+                              int64_t K, const float *A, int64_t lda, const float *B, int64_t ldb,
+                              float *C, int64_t ldc) {
+  const int tr = TILE_ROWS(isa_), sw = LANES(isa_) * TILE_VECS;
+  for (int64_t k0 = 0; k0 < K; k0 += KC) {
+    int64_t kc = K - k0 < KC ? K - k0 : KC;
+    int acc = k0 > 0;
+    for (int64_t m0 = i0; m0 < i1; m0 += MC) {
+      int64_t m1 = i1 - m0 < MC ? i1 : m0 + MC, mt = m0 + (m1 - m0) / tr * tr;
+      for (int64_t p = p0; p < p1; p++) {
+        int64_t j0 = p * NR, nc = N - j0 < NR ? N - j0 : NR;
+        const float *bp = ldb ? B + k0 * ldb + j0 : B + (p * K + k0) * NR;
+        int64_t bs = ldb ? ldb : NR;
+        for (int64_t j = 0; j < nc; j += sw)
+          for (int64_t i = m0; i < mt; i += tr)
+            kernel_narrow(isa_, tr, TILE_VECS, 1, kc, A + i * lda + k0, lda, bp + j, bs,
+                          C + i * ldc + j0 + j, ldc, nc - j < sw ? nc - j : sw, acc);
+        /* The leftover rows: one call per count, each with constant shapes
+         * (kept out of clang-format, as in gemm_range_wide). */
+        const float *a = A + mt * lda + k0;
+        float *c = C + mt * ldc + j0;
+        // clang-format off
+        switch (m1 - mt) {
+#define TAIL(n) case n: tail_narrow(isa_, n, kc, a, lda, bp, bs, c, ldc, nc, acc); break;
+        TAIL(1) TAIL(2) TAIL(3) TAIL(4) TAIL(5)
+#undef TAIL
+        default: break;
+        }
+        // clang-format on
+      }
+    }
+  }
+}
+
+/* gemm_range_wide's signature for the table. */
+INLINE void gemm_range_narrow(int isa_, int64_t i0, int64_t i1, int64_t p0, int64_t p1, int64_t N,
+                              int64_t K, const float *A, int64_t lda, const float *Bp, float *C,
+                              int64_t ldc) {
+  gemm_block_narrow(isa_, i0, i1, p0, p1, N, K, A, lda, Bp, 0, C, ldc);
+}
+
+/* One copy of each hot loop per instruction set, chosen at run time by
  * exactly the features the copies need (AVX-512F, or AVX2 and FMA). GCC's
  * target_clones("arch=x86-64-v4") would also demand AVX-512 CD/BW/DQ/VL,
  * BMI2, MOVBE and more, which a virtual machine may hide while it exposes
  * AVX-512F, and then quietly run the half-width kernel.
- * ISA_VARIANTS(name, params, args) compiles name##_body for each set into
- * the table name##_by_isa, indexed by isa(). */
-enum { ISA_GENERIC, ISA_AVX2, ISA_AVX512, ISA_COUNT };
+ * ISA_VARIANTS(name, params, args) compiles name##_wide for AVX-512 and
+ * name##_narrow(ISA_AVX2 or ISA_GENERIC, args) for the others into the table
+ * name##_by_isa, indexed by isa(). */
 static const char *const isa_names[ISA_COUNT] = {"generic", "avx2+fma", "avx512f"};
-static int isa_level = ISA_GENERIC;
+static int isa_best = ISA_GENERIC; /* the best the CPU and OS support */
+/* Read by every product, possibly on pool threads while a test or benchmark
+ * switches it: every copy packs the same format, so a product that sees
+ * both is still right. */
+static _Atomic int isa_level = ISA_GENERIC;
 static pthread_once_t isa_once = PTHREAD_ONCE_INIT;
+
+/* The level a name asks for ("avx512", "avx2", "generic", or the names
+ * rt_cpu_gemm_isa returns), capped at what this machine runs; -1 for NULL
+ * and unknown names. */
+static int isa_parse(const char *name) {
+  static const char *const short_names[ISA_COUNT] = {"generic", "avx2", "avx512"};
+  for (int i = 0; name && i < ISA_COUNT; i++)
+    if (!strcmp(name, short_names[i]) || !strcmp(name, isa_names[i]))
+      return i < isa_best ? i : isa_best;
+  return -1;
+}
+
+/* The default: $SEQ_CPU_ISA where it names an ISA, else the best. */
+static int isa_default(void) {
+  int level = isa_parse(getenv("SEQ_CPU_ISA"));
+  return level >= 0 ? level : isa_best;
+}
 
 static void isa_select(void) {
 #if defined(__x86_64__) && defined(__GNUC__)
   __builtin_cpu_init();
   /* These check the OS's register-state support too (XCR0), not only CPUID. */
   if (__builtin_cpu_supports("avx512f"))
-    isa_level = ISA_AVX512;
+    isa_best = ISA_AVX512;
   else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-    isa_level = ISA_AVX2;
+    isa_best = ISA_AVX2;
 #endif
+  atomic_store_explicit(&isa_level, isa_default(), memory_order_relaxed);
 }
 
 static int isa(void) {
   pthread_once(&isa_once, isa_select);
-  return isa_level;
+  return atomic_load_explicit(&isa_level, memory_order_relaxed);
 }
 
 const char *rt_cpu_gemm_isa(void) {
   return isa_names[isa()];
 }
 
+const char *rt_cpu_gemm_set_isa(const char *name) {
+  pthread_once(&isa_once, isa_select);
+  int level = name ? isa_parse(name) : isa_default();
+  if (level >= 0) atomic_store_explicit(&isa_level, level, memory_order_relaxed);
+  return rt_cpu_gemm_isa();
+}
+
+#define UNPAREN(...) __VA_ARGS__
 #if defined(__x86_64__) && defined(__GNUC__)
 #define ISA_VARIANTS(name, params, args)                                                           \
   static void name##_generic params {                                                              \
-    name##_body args;                                                                              \
+    name##_narrow(ISA_GENERIC, UNPAREN args);                                                      \
   }                                                                                                \
   __attribute__((target("avx2,fma"))) static void name##_avx2 params {                             \
-    name##_body args;                                                                              \
+    name##_narrow(ISA_AVX2, UNPAREN args);                                                         \
   }                                                                                                \
   __attribute__((target("avx512f,fma"))) static void name##_avx512 params {                        \
-    name##_body args;                                                                              \
+    name##_wide args;                                                                              \
   }                                                                                                \
   static void(*const name##_by_isa[ISA_COUNT])                                                     \
       params = {name##_generic, name##_avx2, name##_avx512};
 #else
 #define ISA_VARIANTS(name, params, args)                                                           \
   static void name##_generic params {                                                              \
-    name##_body args;                                                                              \
+    name##_narrow(ISA_GENERIC, UNPAREN args);                                                      \
   }                                                                                                \
   static void(*const name##_by_isa[ISA_COUNT])                                                     \
       params = {name##_generic, name##_generic, name##_generic};
@@ -241,7 +429,7 @@ INLINE void transpose16(v16 *r) {
 /* Packs B[K,N] into panels (see rt_cpu_pack_b). From W = B's transpose, a
  * full panel goes through 16 x 16 register transposes: the scalar scatter it
  * replaces was most of a step function's time at B = 64. */
-INLINE void pack_body(int64_t K, int64_t N, const float *B, int64_t ldb, int trans, float *Bp) {
+INLINE void pack_wide(int64_t K, int64_t N, const float *B, int64_t ldb, int trans, float *Bp) {
   int64_t panels = (N + NR - 1) / NR;
   for (int64_t p = 0; p < panels; p++) {
     int64_t j0 = p * NR, nj = N - j0 < NR ? N - j0 : NR;
@@ -265,6 +453,82 @@ INLINE void pack_body(int64_t K, int64_t N, const float *B, int64_t ldb, int tra
     /* The k tail, and partial panels (zero-padded), element by element. */
     for (int64_t j = 0; j < NR; j++)
       for (int64_t k = k16; k < K; k++) dst[k * NR + j] = j < nj ? B[(j0 + j) * ldb + k] : 0.0f;
+  }
+}
+
+/* r[i][c] -> r[c][i] for 8 vectors of 8, in the three steps of the usual
+ * AVX sequence (each index list is one unpcklps/unpckhps, shufps or
+ * vperm2f128), within the 16 registers; and for 4 vectors of 4 (SSE2's
+ * unpcklps/unpckhps, movlhps/movhlps). */
+INLINE void transpose8(v8 *r) {
+  v8 t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+  }
+  for (int i = 0; i < 8; i += 4)
+    for (int h = 0; h < 2; h++) {
+      u[i + 2 * h] = __builtin_shufflevector(t[i + h], t[i + h + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+      u[i + 2 * h + 1] =
+          __builtin_shufflevector(t[i + h], t[i + h + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+    }
+  for (int i = 0; i < 4; i++) {
+    r[i] = __builtin_shufflevector(u[i], u[i + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+    r[i + 4] = __builtin_shufflevector(u[i], u[i + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+  }
+}
+
+INLINE void transpose4(v4 *r) {
+  v4 t0 = __builtin_shufflevector(r[0], r[1], 0, 4, 1, 5);
+  v4 t1 = __builtin_shufflevector(r[0], r[1], 2, 6, 3, 7);
+  v4 t2 = __builtin_shufflevector(r[2], r[3], 0, 4, 1, 5);
+  v4 t3 = __builtin_shufflevector(r[2], r[3], 2, 6, 3, 7);
+  r[0] = __builtin_shufflevector(t0, t2, 0, 1, 4, 5);
+  r[1] = __builtin_shufflevector(t0, t2, 2, 3, 6, 7);
+  r[2] = __builtin_shufflevector(t1, t3, 0, 1, 4, 5);
+  r[3] = __builtin_shufflevector(t1, t3, 2, 3, 6, 7);
+}
+
+/* dst[j * ldd + i] = src[i * lds + j] for an L x L block, L = LANES(isa_).
+ * The 8-row loops are unrolled by pragma, as in kernel_V: GCC otherwise
+ * copied the rows through a stack array. */
+INLINE void transpose_block(int isa_, const float *src, int64_t lds, float *dst, int64_t ldd) {
+  if (isa_ == ISA_AVX2) {
+    v8 r[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) memcpy(&r[i], src + i * lds, sizeof(v8));
+    transpose8(r);
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) memcpy(dst + i * ldd, &r[i], sizeof(v8));
+  } else {
+    v4 r[4];
+    for (int i = 0; i < 4; i++) memcpy(&r[i], src + i * lds, sizeof(v4));
+    transpose4(r);
+    for (int i = 0; i < 4; i++) memcpy(dst + i * ldd, &r[i], sizeof(v4));
+  }
+}
+
+/* pack_wide in L x L blocks (16 x 16 would not fit the registers). */
+INLINE void pack_narrow(int isa_, int64_t K, int64_t N, const float *B, int64_t ldb, int trans,
+                        float *Bp) {
+  const int L = LANES(isa_);
+  int64_t panels = (N + NR - 1) / NR;
+  for (int64_t p = 0; p < panels; p++) {
+    int64_t j0 = p * NR, nj = N - j0 < NR ? N - j0 : NR;
+    float *dst = Bp + p * K * NR;
+    if (!trans) {
+      for (int64_t k = 0; k < K; k++) {
+        memcpy(dst + k * NR, B + k * ldb + j0, sizeof(float) * (size_t)nj);
+        for (int64_t j = nj; j < NR; j++) dst[k * NR + j] = 0.0f;
+      }
+      continue;
+    }
+    int64_t kl = nj == NR ? K / L * L : 0;
+    for (int64_t jb = 0; jb < NR && kl > 0; jb += L)
+      for (int64_t k0 = 0; k0 < kl; k0 += L)
+        transpose_block(isa_, B + (j0 + jb) * ldb + k0, ldb, dst + k0 * NR + jb, NR);
+    for (int64_t j = 0; j < NR; j++)
+      for (int64_t k = kl; k < K; k++) dst[k * NR + j] = j < nj ? B[(j0 + j) * ldb + k] : 0.0f;
   }
 }
 
@@ -328,9 +592,6 @@ void rt_cpu_sgemm_packed(int64_t M, int64_t N, int64_t K, const float *A, int64_
 
 /* ---- products straight from the weight, for calls with few tokens ------- */
 
-typedef float v8 __attribute__((vector_size(32)));
-typedef float v4 __attribute__((vector_size(16)));
-
 /* The sum of a vector's 16 lanes by halving (4 shuffles and adds), not 15
  * dependent scalar adds, which were the unpacked kernel's bottleneck. */
 INLINE float hsum16(const v16 *ap) {
@@ -345,7 +606,7 @@ INLINE float hsum16(const v16 *ap) {
  * 8 rows by 2 columns of dot products at a time, 16 lanes of k each, reduced
  * at the end, so W is read once for every 8 rows of A (16 accumulators and 10
  * loads per k step stay within the 32 vector registers). */
-INLINE void nt_body(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *W,
+INLINE void nt_wide(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *W,
                     int64_t ldw, float *C, int64_t ldc) {
   enum { TM = 8, TN = 2 };
   int64_t K16 = K / 16 * 16;
@@ -382,7 +643,7 @@ INLINE void nt_body(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda
 
 /* C[m, :] = sum_k A[m, k] W[k, :] (W given as [K, N], the `x @ W` case): 4
  * rows by 64 columns of C in registers, one row of W per k. */
-INLINE void nn_body(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *W,
+INLINE void nn_wide(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *W,
                     int64_t ldw, float *C, int64_t ldc) {
   int64_t N64 = N / 64 * 64;
   for (int64_t m0 = 0; m0 < M; m0 += 4) {
@@ -411,6 +672,89 @@ INLINE void nn_body(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda
   }
 }
 
+INLINE float hsum4(v4 c) {
+  return (c[0] + c[2]) + (c[1] + c[3]);
+}
+
+INLINE float hsum8(const v8 *ap) {
+  v8 a = *ap;
+  return hsum4(__builtin_shufflevector(a, a, 0, 1, 2, 3) +
+               __builtin_shufflevector(a, a, 4, 5, 6, 7));
+}
+
+/* nt_tile_V for a vector type V of L floats: C[0:mr, 0:tn] = A[0:mr, :] @
+ * W[0:tn, :]^T, in L lanes of k reduced at the end. mr * tn accumulators, tn
+ * vectors of W and one of A fit the 16 registers (a single row uses each
+ * vector of W once, as a memory operand). nt_rows_V: rows [0, mr) of C,
+ * tn columns at a time, the last few one by one. */
+#define NT_ROWS(V, L)                                                                              \
+  INLINE void nt_tile_##V(int mr, int tn, int64_t K, const float *A, int64_t lda, const float *W,  \
+                          int64_t ldw, float *C, int64_t ldc) {                                    \
+    enum { RMAX = 4, TMAX = 8 };                                                                   \
+    int64_t KL = K / L * L;                                                                        \
+    V acc[RMAX][TMAX];                                                                             \
+    for (int i = 0; i < mr; i++)                                                                   \
+      for (int j = 0; j < tn; j++) acc[i][j] = (V){0};                                             \
+    for (int64_t k = 0; k < KL; k += L) {                                                          \
+      V w[TMAX];                                                                                   \
+      _Pragma("GCC unroll 8") for (int j = 0; j < tn; j++)                                         \
+          memcpy(&w[j], W + j * ldw + k, sizeof(V));                                               \
+      for (int i = 0; i < mr; i++) {                                                               \
+        V a;                                                                                       \
+        memcpy(&a, A + i * lda + k, sizeof(V));                                                    \
+        for (int j = 0; j < tn; j++) acc[i][j] += a * w[j];                                        \
+      }                                                                                            \
+    }                                                                                              \
+    for (int i = 0; i < mr; i++)                                                                   \
+      for (int j = 0; j < tn; j++) {                                                               \
+        float sum = HSUM_##V(acc[i][j]);                                                           \
+        for (int64_t k = KL; k < K; k++) sum += A[i * lda + k] * W[j * ldw + k];                   \
+        C[i * ldc + j] = sum;                                                                      \
+      }                                                                                            \
+  }                                                                                                \
+  INLINE void nt_rows_##V(int mr, int tn, int64_t N, int64_t K, const float *A, int64_t lda,       \
+                          const float *W, int64_t ldw, float *C, int64_t ldc) {                    \
+    int64_t n = 0;                                                                                 \
+    for (; n + tn <= N; n += tn) nt_tile_##V(mr, tn, K, A, lda, W + n * ldw, ldw, C + n, ldc);     \
+    for (; n < N; n++) nt_tile_##V(mr, 1, K, A, lda, W + n * ldw, ldw, C + n, ldc);                \
+  }
+#define HSUM_v8(x) hsum8(&(x))
+#define HSUM_v4(x) hsum4(x)
+NT_ROWS(v8, 8)
+NT_ROWS(v4, 4)
+
+/* nt_wide in narrow vectors: rows in blocks of 4 by 3 columns on AVX2, of
+ * 2 by 4 generic (SSE2 multiplies into a temporary first), and a last row
+ * by 8 columns (8 chains). */
+INLINE void nt_narrow(int isa_, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+                      const float *W, int64_t ldw, float *C, int64_t ldc) {
+  int64_t m = 0;
+  if (isa_ == ISA_AVX2) {
+    for (; m + 4 <= M; m += 4) nt_rows_v8(4, 3, N, K, A + m * lda, lda, W, ldw, C + m * ldc, ldc);
+    for (; m + 2 <= M; m += 2) nt_rows_v8(2, 4, N, K, A + m * lda, lda, W, ldw, C + m * ldc, ldc);
+    if (m < M) nt_rows_v8(1, 8, N, K, A + m * lda, lda, W, ldw, C + m * ldc, ldc);
+  } else {
+    for (; m + 2 <= M; m += 2) nt_rows_v4(2, 4, N, K, A + m * lda, lda, W, ldw, C + m * ldc, ldc);
+    if (m < M) nt_rows_v4(1, 8, N, K, A + m * lda, lda, W, ldw, C + m * ldc, ldc);
+  }
+}
+
+/* nn_wide through the narrow packed kernels, with W in place of a packed
+ * panel: whole 32-column blocks, then the last columns one by one. */
+INLINE void nn_narrow(int isa_, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+                      const float *W, int64_t ldw, float *C, int64_t ldc) {
+  int64_t N32 = N / NR * NR;
+  if (K == 0) /* the kernels' k loop would write nothing */
+    for (int64_t i = 0; i < M; i++) memset(C + i * ldc, 0, sizeof(float) * (size_t)N32);
+  if (N32 > 0) gemm_block_narrow(isa_, 0, M, 0, N32 / NR, N32, K, A, lda, W, ldw, C, ldc);
+  for (int64_t i = 0; i < M; i++)
+    for (int64_t n = N32; n < N; n++) {
+      float sum = 0.0f;
+      for (int64_t k = 0; k < K; k++) sum += A[i * lda + k] * W[k * ldw + n];
+      C[i * ldc + n] = sum;
+    }
+}
+
 ISA_VARIANTS(nt,
              (int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *W,
               int64_t ldw, float *C, int64_t ldc),
@@ -422,7 +766,7 @@ ISA_VARIANTS(nn,
 
 /* C[m, n] = D[n, m] for D [N, M] (row-major, ld M), 16 x 16 blocks in
  * registers. */
-INLINE void trans_body(int64_t N, int64_t M, const float *D, float *C, int64_t ldc) {
+INLINE void trans_wide(int64_t N, int64_t M, const float *D, float *C, int64_t ldc) {
   int64_t N16 = N / 16 * 16, M16 = M / 16 * 16;
   for (int64_t n0 = 0; n0 < N16; n0 += 16)
     for (int64_t m0 = 0; m0 < M16; m0 += 16) {
@@ -433,6 +777,16 @@ INLINE void trans_body(int64_t N, int64_t M, const float *D, float *C, int64_t l
     }
   for (int64_t m = 0; m < M; m++)
     for (int64_t n = m < M16 ? N16 : 0; n < N; n++) C[m * ldc + n] = D[n * M + m];
+}
+/* trans_wide in L x L blocks. */
+INLINE void trans_narrow(int isa_, int64_t N, int64_t M, const float *D, float *C, int64_t ldc) {
+  const int L = LANES(isa_);
+  int64_t NL = N / L * L, ML = M / L * L;
+  for (int64_t n0 = 0; n0 < NL; n0 += L)
+    for (int64_t m0 = 0; m0 < ML; m0 += L)
+      transpose_block(isa_, D + n0 * M + m0, M, C + m0 * ldc + n0, ldc);
+  for (int64_t m = 0; m < M; m++)
+    for (int64_t n = m < ML ? NL : 0; n < N; n++) C[m * ldc + n] = D[n * M + m];
 }
 ISA_VARIANTS(trans, (int64_t N, int64_t M, const float *D, float *C, int64_t ldc),
              (N, M, D, C, ldc))

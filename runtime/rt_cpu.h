@@ -40,9 +40,17 @@ void rt_cpu_pack_b(int64_t K, int64_t N, const float *B, int64_t ldb, int trans,
 void rt_cpu_sgemm_packed(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
                          const float *Bp, float *C, int64_t ldc);
 
-/* The instruction set of the GEMM kernel in use on this machine: "avx512f",
- * "avx2+fma" or "generic" (benchmarks print it). */
+/* The instruction set of the GEMM kernels in use: "avx512f", "avx2+fma" or
+ * "generic" (benchmarks print it). By default the best this machine runs;
+ * $SEQ_CPU_ISA=avx512|avx2|generic asks for another, and a request above what
+ * the machine runs falls back to the best it does. */
 const char *rt_cpu_gemm_isa(void);
+/* For tests and benchmarks: switches the kernels to `name` ("avx512",
+ * "avx2", "generic", or a name rt_cpu_gemm_isa returns), capped as
+ * $SEQ_CPU_ISA is; NULL restores the default ($SEQ_CPU_ISA, read again, else
+ * the best); an unknown name changes nothing. Returns rt_cpu_gemm_isa(). A
+ * product running meanwhile stays correct: every ISA packs the same format. */
+const char *rt_cpu_gemm_set_isa(const char *name);
 
 /* C[M,N] = A[M,K] @ B[K,N] where B is the weight W as given (trans = 1: W is
  * [N, K], B[k, n] = W[n*ldw + k]; trans = 0: W is [K, N]) and Bp, if not

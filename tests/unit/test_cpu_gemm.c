@@ -1,10 +1,14 @@
 /* test_cpu_gemm.c - the CPU runtime's GEMM (runtime/cpu_gemm.c) against a
  * plain double-precision loop, at the edges of its blocking: every leftover
- * row count of the 12-row kernel, column counts that are not whole 32-float
- * panels, K past the 256-deep k block (the accumulate path), packing from W
- * and from W's transpose, and one and two threads. */
+ * row count of the 12-row (AVX-512), 6-row (AVX2) and 4-row (generic)
+ * kernels, column counts that are not whole 32-float panels or 16- and
+ * 8-float slices, K past the 256-deep k block (the accumulate path), packing
+ * from W and from W's transpose, and one and two threads. Every check runs
+ * once per instruction set this machine has (rt_cpu_gemm_set_isa), so the
+ * AVX2 and generic kernels are tested on an AVX-512 machine too. */
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "runtime/rt_cpu.h"
 #include "testutil.h"
@@ -71,15 +75,36 @@ static void check(int64_t M, int64_t N, int64_t K, int trans, int threads) {
   free(C);
 }
 
-static void test_row_tails(void **st) {
+/* The ISA names rt_cpu_gemm_set_isa takes and the ones rt_cpu_gemm_isa
+ * reports, in the same order; each test below runs once per entry (its
+ * initial state is the index), and is skipped where the machine lacks it. */
+static const char *const isa_asked[] = {"generic", "avx2", "avx512"};
+static const char *const isa_named[] = {"generic", "avx2+fma", "avx512f"};
+static int isa_index[] = {0, 1, 2};
+
+static void use_isa(void **st) {
+  int i = *(int *)*st;
+  if (strcmp(rt_cpu_gemm_set_isa(isa_asked[i]), isa_named[i]) != 0) skip();
+}
+
+/* Back to the default kernels and one thread after each test. */
+static int restore_defaults(void **st) {
   (void)st;
+  rt_cpu_gemm_set_isa(NULL);
+  rt_cpu_set_num_threads(1);
+  return 0;
+}
+
+static void test_row_tails(void **st) {
+  use_isa(st);
   for (int64_t M = 1; M <= 26; M++) check(M, 64, 40, 0, 1);
 }
 
-/* Every leftover of the unpacked kernels' 4-row, 4-column (trans) and
- * 64-column (no trans) blocks and of their 16-deep k vectors, both ways. */
+/* Every leftover of the unpacked kernels' blocks: of rows and columns of
+ * dot products (trans; at most 8 of either), of 32 or 64 columns (no trans),
+ * and of their 4-, 8- or 16-deep k vectors, both ways. */
 static void test_unpacked_tails(void **st) {
-  (void)st;
+  use_isa(st);
   const int64_t Ns[] = {1, 3, 5, 63, 64, 65, 130}, Ks[] = {1, 15, 16, 17, 40};
   for (int64_t M = 1; M <= 9; M++)
     for (int i = 0; i < 7; i++)
@@ -94,14 +119,14 @@ static void test_unpacked_tails(void **st) {
 /* Packing from W's transpose goes through 16 x 16 register transposes for
  * full panels: every k leftover of the 16-deep blocks, and partial panels. */
 static void test_transposed_packing(void **st) {
-  (void)st;
+  use_isa(st);
   const int64_t Ks[] = {1, 15, 16, 17, 33, 48, 300}, Ns[] = {16, 31, 32, 33, 64, 65};
   for (int k = 0; k < 7; k++)
     for (int n = 0; n < 6; n++) check(13, Ns[n], Ks[k], 1, 1);
 }
 
 static void test_column_tails(void **st) {
-  (void)st;
+  use_isa(st);
   const int64_t Ns[] = {1, 7, 31, 33, 100};
   for (int i = 0; i < 5; i++) {
     check(5, Ns[i], 17, 0, 1);
@@ -110,13 +135,13 @@ static void test_column_tails(void **st) {
 }
 
 static void test_deep_k(void **st) {
-  (void)st;
+  use_isa(st);
   check(3, 70, 600, 0, 1);  /* three k blocks, small M: split partial sums */
   check(30, 40, 257, 1, 1); /* one element past the first k block */
 }
 
 static void test_rnn_shapes(void **st) {
-  (void)st;
+  use_isa(st);
   /* The recurrent step ([B, H] @ [H, 4H]) and a hoisted projection. */
   check(1, 1024, 256, 1, 1);
   check(8, 1024, 256, 1, 1);
@@ -124,16 +149,15 @@ static void test_rnn_shapes(void **st) {
 }
 
 static void test_two_threads(void **st) {
-  (void)st;
+  use_isa(st);
   check(1, 1024, 256, 1, 2);  /* split by panels */
   check(8, 1024, 256, 0, 2);  /* split by panels */
   check(500, 256, 64, 1, 2);  /* split by rows */
   check(200, 100, 300, 0, 2); /* rows, ragged panels, two k blocks */
-  rt_cpu_set_num_threads(1);
 }
 
 static void test_empty_and_unpacked(void **st) {
-  (void)st;
+  use_isa(st);
   /* K == 0 gives zeros; M == 0 or N == 0 writes nothing. */
   float C[6] = {1, 2, 3, 4, 5, 6}, A[1] = {0}, Bp[32] = {0};
   rt_cpu_sgemm_packed(2, 3, 0, A, 0, Bp, C, 3);
@@ -150,33 +174,66 @@ static void test_empty_and_unpacked(void **st) {
   assert_true(c[0] == 4 && c[1] == 5 && c[2] == 10 && c[3] == 11);
 }
 
-/* The kernel is chosen by the features it uses and nothing more: AVX-512F
- * alone selects the 512-bit kernel (a VM may hide the rest of x86-64-v4). */
-static void test_kernel_isa(void **st) {
-  (void)st;
-  const char *isa = rt_cpu_gemm_isa();
-  const char *want = "generic";
+/* The best ISA this machine runs, by the features the kernels use and
+ * nothing more: AVX-512F alone selects the 512-bit kernels (a VM may hide
+ * the rest of x86-64-v4). */
+static const char *best_isa(void) {
 #if defined(__x86_64__) && defined(__GNUC__)
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f"))
-    want = "avx512f";
-  else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-    want = "avx2+fma";
+  if (__builtin_cpu_supports("avx512f")) return "avx512f";
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "avx2+fma";
 #endif
-  assert_string_equal(isa, want);
+  return "generic";
 }
+
+/* Without $SEQ_CPU_ISA the best runs; the variable and rt_cpu_gemm_set_isa
+ * ask for another, and a request above the machine falls back to the best
+ * it has. */
+static void test_kernel_isa(void **st) {
+  (void)st;
+  const char *best = best_isa(), *env = getenv("SEQ_CPU_ISA");
+  char *saved = env ? strdup(env) : NULL;
+  unsetenv("SEQ_CPU_ISA");
+  assert_string_equal(rt_cpu_gemm_set_isa(NULL), best);
+  assert_string_equal(rt_cpu_gemm_isa(), best);
+  assert_string_equal(rt_cpu_gemm_set_isa("generic"), "generic");
+  assert_string_equal(rt_cpu_gemm_set_isa("no-such-isa"), "generic"); /* unchanged */
+  assert_string_equal(rt_cpu_gemm_set_isa("avx512"), best); /* the top: the best there is */
+  const char *avx2 = strcmp(best, "generic") == 0 ? "generic" : "avx2+fma";
+  assert_string_equal(rt_cpu_gemm_set_isa("avx2"), avx2);
+  assert_string_equal(rt_cpu_gemm_set_isa("avx2+fma"), avx2);
+  setenv("SEQ_CPU_ISA", "generic", 1);
+  assert_string_equal(rt_cpu_gemm_set_isa(NULL), "generic");
+  setenv("SEQ_CPU_ISA", "avx512", 1);
+  assert_string_equal(rt_cpu_gemm_set_isa(NULL), best);
+  setenv("SEQ_CPU_ISA", "bogus", 1); /* ignored */
+  assert_string_equal(rt_cpu_gemm_set_isa(NULL), best);
+  if (saved)
+    setenv("SEQ_CPU_ISA", saved, 1);
+  else
+    unsetenv("SEQ_CPU_ISA");
+  free(saved);
+}
+
+/* One entry per ISA; restore_defaults runs after each. */
+// clang-format off
+#define PER_ISA(f)                                                                                 \
+  {#f "/generic", f, NULL, restore_defaults, &isa_index[0]},                                       \
+      {#f "/avx2", f, NULL, restore_defaults, &isa_index[1]},                                      \
+      {#f "/avx512", f, NULL, restore_defaults, &isa_index[2]}
+// clang-format on
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_row_tails),
-      cmocka_unit_test(test_column_tails),
-      cmocka_unit_test(test_deep_k),
-      cmocka_unit_test(test_rnn_shapes),
-      cmocka_unit_test(test_two_threads),
-      cmocka_unit_test(test_empty_and_unpacked),
-      cmocka_unit_test(test_kernel_isa),
-      cmocka_unit_test(test_unpacked_tails),
-      cmocka_unit_test(test_transposed_packing),
+      PER_ISA(test_row_tails),
+      PER_ISA(test_column_tails),
+      PER_ISA(test_deep_k),
+      PER_ISA(test_rnn_shapes),
+      PER_ISA(test_two_threads),
+      PER_ISA(test_empty_and_unpacked),
+      PER_ISA(test_unpacked_tails),
+      PER_ISA(test_transposed_packing),
+      cmocka_unit_test_teardown(test_kernel_isa, restore_defaults),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
