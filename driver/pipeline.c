@@ -5,6 +5,8 @@
 
 #include <string.h>
 
+#include "runtime/rt_cpu.h"
+
 void pipeline_init(Pipeline *p, Arena *a, SrcMgr *sm, DiagEngine *de) {
   memset(p, 0, sizeof *p);
   p->arena = a;
@@ -52,6 +54,31 @@ static int bind_dims(Pipeline *p, const PipeOptions *o) {
                           o->input_shapes, p->de);
 }
 
+/* The cost model's machine: this one's speed (measured once per process,
+ * runtime/cpu_machine.c) and the call's threads and batch. */
+static const CostMachine *cost_machine(const PipeOptions *o) {
+  static __thread CostMachine mc;
+  const RtCpuMachine *rm = rt_cpu_machine();
+  mc.flops = rm->flops;
+  mc.dram_bw = rm->dram_bw;
+  mc.l2_bw = rm->l2_bw;
+  mc.lanes = strcmp(rm->isa, "avx512f") == 0 ? 16 : strcmp(rm->isa, "avx2+fma") == 0 ? 8 : 4;
+  mc.threads = o->threads > 0 ? o->threads : rt_cpu_get_num_threads();
+  mc.batch = o->batch > 0 ? o->batch : 8;
+  return &mc;
+}
+
+/* Whether some state could run in parallel (only then is the machine
+ * measured, which takes a moment once per process). */
+static int needs_costs(const Pipeline *p) {
+  for (int i = 0; i < p->classes->nfuncs; i++)
+    for (int k = 0; k < p->classes->funcs[i].nstates; k++) {
+      RecClass c = p->classes->funcs[i].states[k].cls;
+      if (c == REC_LIN_DIAG || c == REC_LIN_MATRIX || c == REC_MAXPLUS) return 1;
+    }
+  return 0;
+}
+
 int pipeline_run(Pipeline *p, const PipeOptions *o) {
   /* 1. Parse, check, lower to IR: the interpreter's oracle. */
   if (p->reached < PIPE_IR) {
@@ -83,8 +110,8 @@ int pipeline_run(Pipeline *p, const PipeOptions *o) {
   /* 4. Choose the form of every state (the request, or the cost model at
    *    these dims) and rewrite cells into their parallel forms. */
   if (p->reached < PIPE_FORMS) {
-    if (strategy_choose(p->arena, p->rewritten, p->root, p->classes, o->strategy, &p->plan,
-                        p->de) ||
+    if (strategy_choose(p->arena, p->rewritten, p->root, p->bind.dims, p->classes, o->strategy,
+                        needs_costs(p) ? cost_machine(o) : NULL, &p->plan, p->de) ||
         scan_module(p->arena, p->rewritten, p->classes, p->plan, &p->parallel, p->de) ||
         verify(p, p->parallel, "scan") ||
         chunk_module(p->arena, p->parallel, p->plan, &p->parallel, p->de) ||

@@ -51,6 +51,8 @@ typedef struct PipeOptions {
   const int *input_ndims;
   const int64_t *const *input_shapes;
   const StrategyRequest *strategy;     /* --strategy; NULL: auto for every state */
+  int threads;                         /* threads the code will run on (cost model; 0: 1) */
+  int64_t batch;                       /* examples per call the cost model assumes (0: 8) */
   CgOptions cg;                        /* optimization level, target cpu and features */
   CgEmitKind emit;                     /* PIPE_OBJECT: what to write */
   const char *out_path, *header_path;  /* PIPE_OBJECT */

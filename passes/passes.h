@@ -161,10 +161,35 @@ typedef struct StrategyRequest {
  * Returns 0, or -1 with a message in err. */
 int strategy_parse(Arena *a, const char *spec, StrategyRequest *out, char *err, size_t errlen);
 
+/* ---- cost.c: what each form of a recurrence costs per token ------------ */
+
+/* The machine and the workload the cost model assumes. */
+typedef struct CostMachine {
+  double flops;   /* FMA peak of one core, flop/s */
+  double dram_bw; /* one core's memory bandwidth, bytes/s */
+  double l2_bw;   /* one core's L2 read bandwidth, bytes/s */
+  int lanes;      /* floats per vector of the code's ISA */
+  int threads;    /* threads the compiled code runs on */
+  int64_t batch;  /* examples per call assumed (the batch splits across threads) */
+} CostMachine;
+
+typedef struct FormCost {
+  double flops, bytes; /* per token of one example, the recurrence only */
+  double seconds;      /* estimated per token of the batch, over the threads used */
+} FormCost;
+
+/* The cost of running state rs of cell f (concrete dims) in `form`; 0, or
+ * -1 if the dims do not evaluate. cost.c says what is counted and how. */
+int cost_state(const IrFunc *f, const RecState *rs, const int64_t *dims, const CostMachine *mc,
+               int64_t B, Form form, FormCost *out);
+
 /* The form of every state of every function of a module, and why. */
 typedef struct StateForm {
   Form form;
   const char *why; /* in words: the request, the cost model's numbers, or why not parallel */
+  int costed;      /* cost[] holds the estimate of each form the class admits */
+  FormCost cost[FORM_CHUNKED + 1];
+  int admitted[FORM_CHUNKED + 1];
 } StateForm;
 
 typedef struct StrategyPlan {
@@ -176,8 +201,12 @@ typedef struct StrategyPlan {
  * root dims: a cell runs in parallel only when all its states do, and a
  * form the class does not admit is an error naming the class when the
  * request names it. Returns 0, or -1 with a diagnostic. */
-int strategy_choose(Arena *a, const IrModule *m, const IrFunc *root, const ClassifyResult *cr,
-                    const StrategyRequest *req, StrategyPlan **out, DiagEngine *de);
+int strategy_choose(Arena *a, const IrModule *m, const IrFunc *root, const int64_t *root_dims,
+                    const ClassifyResult *cr, const StrategyRequest *req, const CostMachine *mc,
+                    StrategyPlan **out, DiagEngine *de);
+/* `seqc --report --dims`: per cell and state, the form chosen and why, and
+ * the cost of every form the class admits. */
+void strategy_print(FILE *out, const IrModule *m, const StrategyPlan *plan);
 
 /* ---- scan.c: a cell's parallel form as sequence-level IR ------------------ */
 

@@ -160,8 +160,77 @@ static int chunked_forms(Arena *a, const IrFunc *f, StateForm *sf, const char *n
   return 0;
 }
 
-int strategy_choose(Arena *a, const IrModule *m, const IrFunc *root, const ClassifyResult *cr,
-                    const StrategyRequest *req, StrategyPlan **out, DiagEngine *de) {
+/* The dims of function f's first instance under root, concrete; NULL if
+ * root does not instantiate f. */
+static int64_t *instance_dims(Arena *a, const IrFlat *flat, const IrFunc *f,
+                              const int64_t *root_dims) {
+  for (int i = 0; i < flat->insts.n; i++) {
+    const IrFlatInst *in = &flat->insts.v[i];
+    if (in->fn != f) continue;
+    int64_t *d = arena_calloc(a, (size_t)f->dims.n + 1, sizeof *d);
+    if (!d) return NULL;
+    for (int k = 0; k < f->dims.n; k++)
+      if (dim_eval(in->dims[k], root_dims, &d[k])) return NULL;
+    return d;
+  }
+  return NULL;
+}
+
+/* The parallel form a state of the cell costs least in (of those its class
+ * admits), or FORM_SEQUENTIAL when it admits none. */
+static Form best_parallel(const StateForm *sf) {
+  Form best = FORM_SEQUENTIAL;
+  for (int f = FORM_SCAN; f <= FORM_CHUNKED; f++)
+    if (sf->admitted[f] && (best == FORM_SEQUENTIAL || sf->cost[f].seconds < sf->cost[best].seconds))
+      best = (Form)f;
+  return best;
+}
+
+/* `auto` for a cell: all its states sequential, or all in their cheapest
+ * parallel forms (states the request pinned keep their form), whichever the
+ * cost model says is faster per token. */
+static void choose_auto(Arena *a, const IrFunc *f, StateForm *sf, const char *named) {
+  int any_auto = 0, par_ok = 1, seq_ok = 1;
+  double seq = 0, par = 0;
+  for (int k = 0; k < f->states.n; k++) {
+    if (sf[k].form == FORM_AUTO) {
+      any_auto = 1;
+      if (best_parallel(&sf[k]) == FORM_SEQUENTIAL) par_ok = 0;
+    } else if (named[k] && sf[k].form != FORM_SEQUENTIAL) {
+      seq_ok = 0;
+    } else if (sf[k].form == FORM_SEQUENTIAL) {
+      par_ok = 0;
+    }
+  }
+  if (!any_auto) return;
+  int costed = 1;
+  for (int k = 0; k < f->states.n; k++) {
+    costed &= sf[k].costed;
+    if (!sf[k].costed) continue;
+    seq += sf[k].cost[FORM_SEQUENTIAL].seconds;
+    Form pf = sf[k].form == FORM_AUTO ? best_parallel(&sf[k]) : sf[k].form;
+    if (pf != FORM_SEQUENTIAL) par += sf[k].cost[pf].seconds;
+  }
+  int parallel = par_ok && (!seq_ok || (costed && par < seq));
+  for (int k = 0; k < f->states.n; k++) {
+    if (sf[k].form != FORM_AUTO) continue;
+    sf[k].form = parallel ? best_parallel(&sf[k]) : FORM_SEQUENTIAL;
+    if (!par_ok)
+      sf[k].why = "auto: sequential, since not every state of the cell has a parallel form";
+    else if (!costed)
+      sf[k].why = "auto: sequential (no instance of the cell to cost)";
+    else
+      sf[k].why = arena_printf(a, "auto: the cell's recurrences %s run %.3g us per token, %s %.3g",
+                               parallel ? "in parallel forms" : "sequentially",
+                               (parallel ? par : seq) * 1e6,
+                               parallel ? "sequentially" : "in parallel forms",
+                               (parallel ? seq : par) * 1e6);
+  }
+}
+
+int strategy_choose(Arena *a, const IrModule *m, const IrFunc *root, const int64_t *root_dims,
+                    const ClassifyResult *cr, const StrategyRequest *req, const CostMachine *mc,
+                    StrategyPlan **out, DiagEngine *de) {
   *out = NULL;
   StrategyPlan *plan = arena_calloc(a, 1, sizeof *plan);
   StateForm **funcs = arena_calloc(a, (size_t)m->funcs.n + 1, sizeof *funcs);
@@ -187,10 +256,29 @@ int strategy_choose(Arena *a, const IrModule *m, const IrFunc *root, const Class
                                    form_name(req->all), classify_class_name(cls));
     }
   }
+  /* Every form a state's class admits, costed at the dims of the cell's
+   * first instance. */
+  IrFlat flat;
+  if (ir_flatten(a, m, root, &flat, de)) return -1;
+  for (int i = 0; i < m->funcs.n; i++) {
+    const IrFunc *f = m->funcs.v[i];
+    if (f->kind != IR_FN_CELL || f->states.n == 0) continue;
+    int64_t *dims = mc && root_dims ? instance_dims(a, &flat, f, root_dims) : NULL;
+    for (int k = 0; k < f->states.n; k++) {
+      StateForm *sf = &funcs[i][k];
+      RecClass cls = cr->funcs[i].states[k].cls;
+      int ok = dims != NULL;
+      for (int fm = FORM_SEQUENTIAL; fm <= FORM_CHUNKED; fm++) {
+        sf->admitted[fm] = admits(cls, (Form)fm);
+        if (ok && sf->admitted[fm] &&
+            cost_state(f, &cr->funcs[i].states[k], dims, mc, mc->batch, (Form)fm, &sf->cost[fm]))
+          ok = 0;
+      }
+      sf->costed = ok;
+    }
+  }
   /* Named states pin their function's state; the name must exist and its
    * class must admit the form. */
-  IrFlat flat;
-  if (req->n && ir_flatten(a, m, root, &flat, de)) return -1;
   for (int r = 0; r < req->n; r++) {
     const IrFunc *fn = NULL;
     int k = -1, fi = -1;
@@ -225,9 +313,9 @@ int strategy_choose(Arena *a, const IrModule *m, const IrFunc *root, const Class
     const IrFunc *f = m->funcs.v[i];
     if (f->kind != IR_FN_CELL || f->states.n == 0) continue;
     StateForm *sf = funcs[i];
+    choose_auto(a, f, sf, named[i]);
     int nseq = 0, pinned_par = -1, seq_state = -1;
     for (int k = 0; k < f->states.n; k++) {
-      if (sf[k].form == FORM_AUTO) sf[k].form = FORM_SEQUENTIAL; /* no cost model yet */
       if (sf[k].form == FORM_SEQUENTIAL) {
         nseq++;
         if (seq_state < 0 || named[i][k]) seq_state = k;
@@ -293,4 +381,22 @@ int strategy_choose(Arena *a, const IrModule *m, const IrFunc *root, const Class
 oom:
   diag_error(de, (SrcLoc){0}, "out of memory choosing forms");
   return -1;
+}
+
+void strategy_print(FILE *out, const IrModule *m, const StrategyPlan *plan) {
+  for (int i = 0; i < m->funcs.n; i++) {
+    const IrFunc *f = m->funcs.v[i];
+    if (f->kind != IR_FN_CELL || f->states.n == 0) continue;
+    fprintf(out, "forms of %s:\n", f->name);
+    for (int k = 0; k < f->states.n; k++) {
+      const StateForm *sf = &plan->funcs[i][k];
+      fprintf(out, "  state %s: %s (%s)\n", f->states.v[k].name, form_name(sf->form), sf->why);
+      if (!sf->costed) continue;
+      for (int fm = FORM_SEQUENTIAL; fm <= FORM_CHUNKED; fm++)
+        if (sf->admitted[fm])
+          fprintf(out, "    %-10s %10.4g flops %10.4g bytes per token, %8.4g us per token\n",
+                  form_name((Form)fm), sf->cost[fm].flops, sf->cost[fm].bytes,
+                  sf->cost[fm].seconds * 1e6);
+    }
+  }
 }

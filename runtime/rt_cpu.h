@@ -86,6 +86,20 @@ int rt_cpu_parallel_for_nowait(int n, void (*fn)(void *ctx, int i), void *ctx);
 /* Nonzero while the calling thread runs a part of rt_cpu_parallel_for. */
 int rt_cpu_in_parallel(void);
 
+/* This machine's speed (cpu_machine.c), for the compiler's cost model:
+ * measured once per process on first use (about 50 ms), or given by
+ * $SEQ_MACHINE="flops=F,dram=D,l2=L,cores=N" (all four, in flop/s, bytes/s
+ * and cores). */
+typedef struct RtCpuMachine {
+  double flops;   /* single-precision FMA peak of one core (the GEMM kernel's vectors) */
+  double dram_bw; /* one core's bandwidth to memory: a triad over arrays past the LLC */
+  double l2_bw;   /* one core's read bandwidth of a buffer inside its L2 */
+  int cores;      /* online cores */
+  int measured;   /* 0: the numbers came from $SEQ_MACHINE */
+  const char *isa;
+} RtCpuMachine;
+const RtCpuMachine *rt_cpu_machine(void);
+
 /* The root function of a generated module (codegen/lower.c):
  *   status = fn(params, B, T, inputs, lengths, state_in, outputs, state_out, reverse)
  * over batch-first buffers: inputs and outputs [B, T, ...], states [B, ...],

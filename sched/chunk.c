@@ -128,7 +128,7 @@ int place_linattn_buffers(Plan *p) {
     SchedLinattn *la = p->in->linattns[r];
     if (!la) continue;
     int64_t work = rt_cpu_linattn_work(la->heads, la->K, la->V, la->Kg, la->chunk);
-    if (work < 0) {
+    if (work <= 0) {
       plan_unsupported(p, p->fn->nodes.v[r].loc, "a chunked state of these sizes");
       return -1;
     }

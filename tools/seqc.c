@@ -53,6 +53,7 @@ typedef struct Options {
   const char *header_path;
   const char *strategy; /* --strategy=auto|sequential|scan|chunked, or STATE=FORM,... */
   const char *dump_after; /* --dump-after=rewrite|scan: the IR after that pass */
+  long batch;             /* --batch N: the batch the cost model assumes (run: the input's) */
   int report;       /* --report: the recurrence classification of every cell */
   int check_finite; /* --check-finite: report the first NaN/Inf and fail */
 } Options;
@@ -195,6 +196,14 @@ static int parse_args(int argc, char **argv, Options *o) {
     } else if ((r = TAKE("-H")) != 0) {
       if (r < 0) return usage_error("%s needs a value", a);
       o->header_path = val;
+    } else if ((r = TAKE("--batch")) != 0) {
+      if (r < 0) return usage_error("%s needs a value", a);
+      char *end;
+      errno = 0;
+      long b = strtol(val, &end, 10);
+      if (errno || *end || !*val || b < 1 || b > (1L << 31))
+        return usage_error("--batch takes an integer in [1, 2^31], got '%s'", val);
+      o->batch = b;
     } else if ((r = TAKE("--dump-after")) != 0) {
       if (r < 0) return usage_error("%s needs a value", a);
       if (strcmp(val, "rewrite") != 0 && strcmp(val, "scan") != 0)
@@ -627,6 +636,7 @@ static int cmd_run(const Options *o, Pipeline *p, PipeOptions *po) {
   }
   po->weight_shape = ws.st ? lookup_shape : NULL;
   po->weight_ctx = &ws;
+  if (!o->batch) po->batch = B; /* the cost model's batch: this run's */
   po->input_ndims = in_ndims;
   po->input_shapes = in_shapes;
   po->goal = PIPE_BOUND;
@@ -745,6 +755,35 @@ static int cmd_compile(const Options *o, Pipeline *p, PipeOptions *po) {
   return rc;
 }
 
+/* --report --dims: the forms chosen at the bound dims and their costs. */
+static int cmd_report_forms(const Options *o, Pipeline *p, PipeOptions *po) {
+  WeightSource ws = {0};
+  RtError err;
+  if (o->weights) {
+    if (rt_st_open(o->weights, &ws.st, &err)) {
+      fprintf(stderr, "seqc: error: %s\n", err.msg);
+      return 1;
+    }
+    ws.path = o->weights;
+    ws.allow_l0 = p->source->funcs.v[p->source->entry]->kind == IR_FN_CELL;
+    po->weight_shape = lookup_shape;
+    po->weight_ctx = &ws;
+  }
+  int rc = 1;
+  if (pipeline_run(p, po) == 0) {
+    const RtCpuMachine *mc = rt_cpu_machine();
+    printf("cost model: B=%lld, %d thread(s); one core: %.3g GFLOP/s FMA peak (%s), %.3g GB/s to "
+           "memory, %.3g GB/s from L2 (%s)\n",
+           (long long)(po->batch > 0 ? po->batch : 8),
+           po->threads > 0 ? po->threads : rt_cpu_get_num_threads(), mc->flops / 1e9, mc->isa,
+           mc->dram_bw / 1e9, mc->l2_bw / 1e9, mc->measured ? "measured" : "$SEQ_MACHINE");
+    strategy_print(stdout, p->rewritten, p->plan);
+    rc = 0;
+  }
+  if (ws.st) rt_st_close(ws.st);
+  return rc;
+}
+
 /* --emit=ir|sched and --dump-after=PASS: the IR of the source, the IR after
  * a pass, or the schedule of the bound root, as text to stdout or -o. */
 static int cmd_emit_text(const Options *o, Pipeline *p, PipeOptions *po) {
@@ -838,11 +877,19 @@ int main(int argc, char **argv) {
     return rc;
   }
   po.strategy = &strategy;
+  po.threads = o.threads;
+  po.batch = o.batch;
   po.goal = o.report ? PIPE_REPORT : PIPE_IR;
   if (pipeline_run(&p, &po)) {
     rc = 1;
   } else if (o.report) {
     classify_print_report(stdout, p.rewritten, p.classes);
+    /* With dims (or weights that fix them), the form of every state and
+     * what each costs at those dims. */
+    if (dims.n || o.weights) {
+      po.goal = PIPE_FORMS;
+      rc = cmd_report_forms(&o, &p, &po);
+    }
   } else if (o.emit && is_text_emit(o.emit)) {
     rc = cmd_emit_text(&o, &p, &po);
   } else if (!o.cmd) {

@@ -1,0 +1,127 @@
+/* cost.c - what each form of a cell's recurrences costs per token, for
+ * `auto` (strategy.c) and `seqc --report --dims`.
+ *
+ * Only the recurrences are counted: the rest of a cell (input projections,
+ * gates, output maps) is the same work in every form. Per state of S
+ * elements (w = 2 floats each when complex), per token of one example:
+ *
+ *   sequential  the step loop, all B examples per step. It updates and reads
+ *               each state once per step: f = (2 + 2 r) S flops (x4 complex,
+ *               r readouts), and moves the state through the cache each step,
+ *               8 S w bytes, from L2 while B states fit there, else from
+ *               memory. It vectorizes across the batch and the state.
+ *   scan        the fused scan (sched/scan.c): the same flops, the state in L1
+ *               across the steps of one example; a readout summing a short
+ *               last axis wastes vector lanes (Mamba's d_state = 16).
+ *   chunked     the chunkwise kernel (sched/chunk.c): per token 4 H K V
+ *               flops of state passing and inter-chunk readout, plus
+ *               2 C H (K + V) of intra-chunk products (C the chunk), and the
+ *               state moved once per chunk, 8 H K V / C bytes.
+ *
+ * Time per token is max(flops / (efficiency x peak), bytes / bandwidth),
+ * divided among min(threads, B) cores (every form splits the batch). The
+ * efficiencies are the fractions of the FMA peak each loop reached in the
+ * measurements recorded in BENCHMARKS.md (AMD EPYC Zen 3, AVX2); they make
+ * the model rank forms, not predict times: it is checked against measured
+ * times there.
+ */
+#include "passes/passes.h"
+
+#include <math.h>
+#include <string.h>
+
+/* Fractions of the FMA peak (BENCHMARKS.md, "cost model"). */
+#define EFF_STEP 0.12    /* the step loop's fused elementwise work, the whole batch per step */
+#define EFF_SCAN 0.15    /* a fused scan's element loop, one example at a time */
+#define EFF_CHUNK 0.35   /* the chunkwise kernel's small matrix products */
+#define L2_BYTES (512 * 1024)
+#define CHUNK 64
+
+/* Elements of a state of concrete shape. */
+static int64_t state_elems(const IrFunc *f, int k, const int64_t *dims) {
+  int64_t n = 1, v;
+  const IrType *t = &f->states.v[k].type;
+  for (int d = 0; d < t->rank; d++) {
+    if (dim_eval(t->dims[d], dims, &v)) return -1;
+    n *= v;
+  }
+  return n;
+}
+
+/* The size of the last axis of state k (the one its readouts sum, when they
+ * are written over the last axis). */
+static int64_t last_axis(const IrFunc *f, int k, const int64_t *dims) {
+  const IrType *t = &f->states.v[k].type;
+  int64_t v = 1;
+  if (t->rank > 0 && dim_eval(t->dims[t->rank - 1], dims, &v)) v = 1;
+  return v;
+}
+
+/* Reads of state k's value other than by its own update: nodes outside the
+ * cone of next that read the state or its next value. */
+static int readouts(const IrFunc *f, int k) {
+  IrRef nx = f->states.v[k].next;
+  int n = 0;
+  for (IrRef r = 0; r < f->nodes.n; r++) {
+    const IrNode *nd = &f->nodes.v[r];
+    for (int j = 0; j < nd->nargs; j++) {
+      const IrNode *a = &f->nodes.v[nd->args[j]];
+      int reads = nd->args[j] == nx || (a->op == IR_STATE && a->index == k);
+      if (reads && r > nx) {
+        n++;
+        break;
+      }
+    }
+  }
+  for (int i = 0; i < f->outputs.n; i++) n += f->outputs.v[i].value == nx;
+  return n > 0 ? n : 1;
+}
+
+int cost_state(const IrFunc *f, const RecState *rs, const int64_t *dims, const CostMachine *mc,
+               int64_t B, Form form, FormCost *out) {
+  memset(out, 0, sizeof *out);
+  int k = rs->state;
+  int64_t S = state_elems(f, k, dims);
+  if (S < 0) return -1;
+  int cplx = rs->is_complex || f->states.v[k].type.elem == IR_COMPLEX;
+  double w = cplx ? 2 : 1, per = cplx ? 8 : 2;
+  int r = readouts(f, k);
+  if (B < 1) B = 1;
+  double cores = (double)(mc->threads < B ? mc->threads : B);
+  if (cores < 1) cores = 1;
+  switch (form) {
+  case FORM_SEQUENTIAL: {
+    out->flops = per * (double)S * (1 + r);
+    out->bytes = 8.0 * (double)S * w;
+    double bw = (double)B * (double)S * w * 4 <= L2_BYTES ? mc->l2_bw : mc->dram_bw;
+    out->seconds = fmax(out->flops / (EFF_STEP * mc->flops), out->bytes / bw);
+    break;
+  }
+  case FORM_SCAN: {
+    out->flops = per * (double)S * (1 + r);
+    out->bytes = 0; /* the state stays in L1; the token streams are every form's */
+    /* A sum over a short last axis fills only part of the vectors (the
+     * loop keeps four in flight). */
+    double fill = fmin(1.0, (double)last_axis(f, k, dims) * w / (4.0 * mc->lanes));
+    out->seconds = out->flops / (EFF_SCAN * fill * mc->flops);
+    break;
+  }
+  case FORM_CHUNKED: {
+    /* [L..., V, K]: heads are the leading elements, K and V the last two. */
+    const IrType *t = &f->states.v[k].type;
+    int64_t K = 1, V = 1;
+    if (t->rank >= 2 && (dim_eval(t->dims[t->rank - 1], dims, &K) ||
+                         dim_eval(t->dims[t->rank - 2], dims, &V)))
+      return -1;
+    double H = K > 0 && V > 0 ? (double)S / (double)(K * V) : 0;
+    out->flops = 4 * (double)S + 2.0 * CHUNK * H * (double)(K + V);
+    out->bytes = 8.0 * (double)S / CHUNK;
+    out->seconds = fmax(out->flops / (EFF_CHUNK * mc->flops), out->bytes / mc->dram_bw);
+    break;
+  }
+  default:
+    return -1;
+  }
+  out->seconds /= cores;
+  return 0;
+}
