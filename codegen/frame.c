@@ -172,6 +172,111 @@ static void emit_zero_outputs(Lower *L) {
   LLVMPositionBuilderAtEnd(bld, after);
 }
 
+/* ---- parallel loops ------------------------------------------------------------ */
+
+/* The slots of a parallel loop's context: the instance's arguments, the
+ * first item of this round, then every buffer's address. */
+enum { CTX_PARAMS, CTX_INPUTS, CTX_LENGTHS, CTX_SIN, CTX_OUTPUTS, CTX_SOUT, CTX_B, CTX_T, CTX_REV,
+       CTX_TC, CTX_FIRST, CTX_BUFS };
+/* Items per round: the pool counts parts in an int. */
+#define PAR_ROUND ((int64_t)1 << 30)
+
+static int is_i64_slot(int k) {
+  return k == CTX_B || k == CTX_T || k == CTX_REV || k == CTX_TC || k == CTX_FIRST;
+}
+
+void emit_parallel_for(Lower *L, LLVMValueRef n,
+                       void (*body)(Lower *L, LLVMValueRef i, const void *arg), const void *arg) {
+  LLVMBuilderRef bld = L->bld;
+  int nb = L->in->bufs.n;
+  /* The context lives in the entry block: one slot per argument and buffer. */
+  LLVMBasicBlockRef here = LLVMGetInsertBlock(bld);
+  LLVMBasicBlockRef entry = LLVMGetEntryBasicBlock(L->fv);
+  LLVMValueRef first = LLVMGetFirstInstruction(entry);
+  if (first)
+    LLVMPositionBuilderBefore(bld, first);
+  else
+    LLVMPositionBuilderAtEnd(bld, entry);
+  LLVMValueRef ctx = LLVMBuildAlloca(bld, LLVMArrayType(L->i64, (unsigned)(CTX_BUFS + nb)), "ctx");
+  LLVMPositionBuilderAtEnd(bld, here);
+  LLVMValueRef vals[CTX_BUFS] = {L->a_params, L->a_inputs, L->a_lengths, L->a_sin, L->a_outputs,
+                                 L->a_sout,   L->a_B,      L->a_T,       NULL,     NULL,
+                                 NULL};
+  vals[CTX_REV] = LLVMBuildSExt(bld, L->a_rev, L->i64, "");
+  vals[CTX_TC] = L->Tc ? L->Tc : ci64(L, 0);
+  vals[CTX_FIRST] = ci64(L, 0);
+  for (int k = 0; k < CTX_BUFS + nb; k++) {
+    LLVMValueRef idx = ci64(L, k);
+    LLVMValueRef v = k < CTX_BUFS ? vals[k] : L->buf[k - CTX_BUFS];
+    LLVMTypeRef t = is_i64_slot(k) ? L->i64 : L->ptr;
+    LLVMBuildStore(bld, v, LLVMBuildGEP2(bld, t, ctx, &idx, 1, ""));
+  }
+  /* The worker: void(ptr ctx, i32 i), its own frame over the same buffers. */
+  LLVMTypeRef wpt[2] = {L->ptr, L->i32};
+  LLVMTypeRef wty = LLVMFunctionType(L->void_t, wpt, 2, 0);
+  LLVMValueRef wf = LLVMAddFunction(
+      L->mod, arena_printf(L->a, "%s.worker%d", L->s->sig.symbol, L->nworkers++), wty);
+  LLVMSetLinkage(wf, LLVMInternalLinkage);
+  LLVMAddAttributeAtIndex(
+      wf, LLVMAttributeFunctionIndex,
+      LLVMCreateStringAttribute(L->cx, "prefer-vector-width", 19, "512", 3));
+  Lower saved = *L;
+  L->fv = wf;
+  LLVMPositionBuilderAtEnd(bld, block(L, "entry"));
+  LLVMValueRef c = LLVMGetParam(wf, 0);
+  LLVMValueRef *w = arena_calloc(L->a, (size_t)(CTX_BUFS + nb), sizeof *w);
+  L->buf = arena_calloc(L->a, (size_t)nb + 1, sizeof *L->buf);
+  L->ll = arena_calloc(L->a, (size_t)L->fn->nodes.n + 1, sizeof *L->ll);
+  if (!w || !L->buf || !L->ll) {
+    *L = saved;
+    L->failed = 1;
+    return;
+  }
+  for (int k = 0; k < CTX_BUFS + nb; k++) {
+    LLVMValueRef idx = ci64(L, k);
+    LLVMTypeRef t = is_i64_slot(k) ? L->i64 : L->ptr;
+    w[k] = LLVMBuildLoad2(bld, t, LLVMBuildGEP2(bld, t, c, &idx, 1, ""), "");
+  }
+  L->a_params = w[CTX_PARAMS];
+  L->a_inputs = w[CTX_INPUTS];
+  L->a_lengths = w[CTX_LENGTHS];
+  L->a_sin = w[CTX_SIN];
+  L->a_outputs = w[CTX_OUTPUTS];
+  L->a_sout = w[CTX_SOUT];
+  L->a_B = w[CTX_B];
+  L->a_T = w[CTX_T];
+  L->a_rev = LLVMBuildTrunc(bld, w[CTX_REV], L->i32, "");
+  L->Tc = saved.Tc ? w[CTX_TC] : NULL;
+  L->t = L->r_b = L->r_tok = L->r_tokc = NULL;
+  for (int k = 0; k < nb; k++) L->buf[k] = w[CTX_BUFS + k];
+  /* Nothing in a worker fails: its status and exit are only a frame. */
+  L->status = LLVMBuildAlloca(bld, L->i32, "status");
+  L->cleanup = block(L, "cleanup");
+  LLVMValueRef item = add(L, w[CTX_FIRST], LLVMBuildSExt(bld, LLVMGetParam(wf, 1), L->i64, ""));
+  if (assign_bases(L) == 0) body(L, item, arg);
+  LLVMBuildBr(bld, L->cleanup);
+  LLVMPositionBuilderAtEnd(bld, L->cleanup);
+  LLVMBuildRetVoid(bld);
+  int failed = L->failed;
+  *L = saved;
+  L->failed |= failed;
+  LLVMPositionBuilderAtEnd(bld, here);
+  /* Rounds of at most PAR_ROUND items. */
+  Loop lr;
+  LLVMValueRef nr = LLVMBuildSDiv(bld, add(L, n, ci64(L, PAR_ROUND - 1)), ci64(L, PAR_ROUND), "");
+  LLVMValueRef r = loop_begin(L, &lr, ci64(L, 0), nr);
+  LLVMValueRef from = mul(L, r, ci64(L, PAR_ROUND));
+  LLVMValueRef idx = ci64(L, CTX_FIRST);
+  LLVMBuildStore(bld, from, LLVMBuildGEP2(bld, L->i64, ctx, &idx, 1, ""));
+  LLVMValueRef cnt = select_min(L, LLVMBuildSub(bld, n, from, ""), ci64(L, PAR_ROUND));
+  LLVMTypeRef pt[3] = {L->i32, L->ptr, L->ptr};
+  LLVMValueRef args[3] = {LLVMBuildTrunc(bld, cnt, L->i32, ""), wf, ctx};
+  /* Like a forward pass, a loop whose pool is busy with another host
+   * thread's call runs on its own thread rather than waiting. */
+  call_fn(L, "rt_cpu_parallel_for_nowait", L->i32, pt, 3, args);
+  loop_end(L, &lr);
+}
+
 /* ---- the stage tree ---------------------------------------------------------- */
 
 /* Rows a GEMM of class cls runs over. */
@@ -334,7 +439,6 @@ static LLVMValueRef buf_rows(Lower *L, SchedRows rows) {
  * run time. */
 static int emit_buffers(Lower *L, LLVMValueRef scratch_slot, LLVMValueRef wscratch_slot) {
   const SchedInst *in = L->in;
-  const IrFunc *fn = L->fn;
   LLVMBuilderRef bld = L->bld;
   LLVMValueRef *off = arena_calloc(L->a, (size_t)in->bufs.n + 1, sizeof *off);
   L->buf = arena_calloc(L->a, (size_t)in->bufs.n + 1, sizeof *L->buf);
@@ -360,7 +464,12 @@ static int emit_buffers(Lower *L, LLVMValueRef scratch_slot, LLVMValueRef wscrat
   fail_with(L, LLVMBuildIsNull(bld, L->wscratch, ""), ABI_ERR_NOMEM);
   for (int i = 0; i < in->bufs.n; i++)
     L->buf[i] = gepf(L, in->bufs.v[i].weights_block ? L->wscratch : L->scratch, off[i]);
+  return assign_bases(L);
+}
 
+int assign_bases(Lower *L) {
+  const SchedInst *in = L->in;
+  const IrFunc *fn = L->fn;
   for (IrRef r = 0; r < fn->nodes.n; r++) {
     const SchedValue *n = &L->v[r];
     const IrNode *nd = &fn->nodes.v[r];

@@ -47,6 +47,7 @@ typedef struct Lower {
   LLVMTypeRef inst_ty;
   LLVMValueRef *inst_fn; /* per schedule instance */
   int failed;
+  int nworkers; /* parallel-loop bodies emitted so far (their names) */
   /* per function being emitted */
   const SchedInst *in;
   const IrFunc *fn;
@@ -201,6 +202,14 @@ void emit_token_outputs(Lower *L);
 /* ---- frame.c ---- */
 /* Renders a list of stages in order. */
 void emit_ops(Lower *L, const SchedOp *ops, int n);
+/* Points every node at its value (L->ll) from the function's arguments and
+ * the placed buffers (L->buf). */
+int assign_bases(Lower *L);
+/* Runs body(L, i, arg) for i in [0, n) on the runtime's pool: the body is
+ * emitted into a function of its own, which gets the instance's arguments
+ * and buffers through a context and rebuilds the node bases from them. */
+void emit_parallel_for(Lower *L, LLVMValueRef n,
+                       void (*body)(Lower *L, LLVMValueRef i, const void *arg), const void *arg);
 /* Emits the function of schedule instance i. */
 int emit_function(Lower *L, int i);
 

@@ -136,12 +136,15 @@ void emit_window(Lower *L, IrRef r) {
 }
 
 /* A fused scan (sched/scan.c): per example, per block of the state's
- * leading rows, per step, one element loop over the block computes the
- * members in node order: the coefficients, the update of the running value
- * (in the state's storage, so it ends as the final state), the reads of the
- * new value and of the old (delay), and the sums over the last axis, which
- * are stored per token after the loop over that axis. */
-void emit_scan_group(Lower *L, const SchedOp *op) {
+ * leading rows, per piece of its last axis, per step, one element loop
+ * computes the members in node order: the coefficients, the update of the
+ * running value (in the state's storage, so it ends as the final state), the
+ * reads of the new value and of the old (delay), and the sums over the last
+ * axis, which are stored per token after the loop over that axis. The
+ * (example, block, piece) items touch disjoint elements, so they run on the
+ * runtime's pool. */
+static void scan_item(Lower *L, LLVMValueRef item, const void *arg) {
+  const SchedOp *op = arg;
   const SchedScanGroup *g = op->group;
   const IrFunc *fn = L->fn;
   IrRef scan = op->node;
@@ -150,17 +153,25 @@ void emit_scan_group(Lower *L, const SchedOp *op) {
   int maxplus = sn->op == IR_SCAN_MAX;
   int64_t last = key->rank ? key->shape[key->rank - 1] : 1;
   int64_t outer = last ? key->numel / last : 0;
+  int64_t nblocks = g->block ? (outer + g->block - 1) / g->block : 0;
+  int64_t npieces = g->split < last ? (last + g->split - 1) / g->split : 1;
   int64_t srow = L->in->bufs.v[L->in->state_buf[g->state]].row_floats;
-  for (int m = 0; m < g->nmembers; m++) L->fmember[g->members[m]] = 1;
-  Loop lb, lob, lt, lo, li;
-  LLVMValueRef b = loop_begin(L, &lb, ci64(L, 0), L->a_B);
+  LLVMValueRef piece = LLVMBuildSRem(L->bld, item, ci64(L, npieces), "");
+  LLVMValueRef rest = LLVMBuildSDiv(L->bld, item, ci64(L, npieces), "");
+  LLVMValueRef blk = LLVMBuildSRem(L->bld, rest, ci64(L, nblocks), "");
+  LLVMValueRef b = LLVMBuildSDiv(L->bld, rest, ci64(L, nblocks), "");
   L->r_b = b;
   LLVMValueRef len = len_of(L, b);
   LLVMValueRef h = gepf(L, L->buf[L->in->state_buf[g->state]], mul(L, b, ci64(L, srow)));
-  LLVMValueRef nblocks = ci64(L, g->block ? (outer + g->block - 1) / g->block : 0);
-  LLVMValueRef blk = loop_begin(L, &lob, ci64(L, 0), nblocks);
   LLVMValueRef ob = mul(L, blk, ci64(L, g->block));
   LLVMValueRef oend = select_min(L, add(L, ob, ci64(L, g->block)), ci64(L, outer));
+  /* A whole last axis keeps its constant trip count. */
+  LLVMValueRef i0 = ci64(L, 0), i1 = ci64(L, last);
+  if (npieces > 1) {
+    i0 = mul(L, piece, ci64(L, g->split));
+    i1 = select_min(L, add(L, i0, ci64(L, g->split)), ci64(L, last));
+  }
+  Loop lt, lo, li;
   LLVMValueRef tau = loop_begin(L, &lt, ci64(L, 0), len);
   L->r_tok = add(L, mul(L, b, L->a_T), phys(L, len, tau));
   LLVMValueRef o = loop_begin(L, &lo, ob, oend);
@@ -170,7 +181,7 @@ void emit_scan_group(Lower *L, const SchedOp *op) {
     L->failed = 1;
     return;
   }
-  LLVMValueRef i = loop_begin(L, &li, ci64(L, 0), ci64(L, last));
+  LLVMValueRef i = loop_begin(L, &li, i0, i1);
   for (int m = 0; m < g->nmembers; m++) {
     const IrNode *nd = &fn->nodes.v[g->members[m]];
     if (nd->op == IR_SUM || nd->op == IR_MEAN || nd->op == IR_MATMUL) {
@@ -239,8 +250,18 @@ void emit_scan_group(Lower *L, const SchedOp *op) {
   }
   loop_end(L, &lo);
   loop_end(L, &lt);
-  loop_end(L, &lob);
-  loop_end(L, &lb);
+}
+
+void emit_scan_group(Lower *L, const SchedOp *op) {
+  const SchedScanGroup *g = op->group;
+  const SchedValue *key = &L->v[op->node];
+  int64_t last = key->rank ? key->shape[key->rank - 1] : 1;
+  int64_t outer = last ? key->numel / last : 0;
+  int64_t nblocks = g->block ? (outer + g->block - 1) / g->block : 0;
+  int64_t npieces = g->split < last ? (last + g->split - 1) / g->split : 1;
+  if (nblocks * npieces == 0) return; /* an empty state */
+  for (int m = 0; m < g->nmembers; m++) L->fmember[g->members[m]] = 1;
+  emit_parallel_for(L, mul(L, L->a_B, ci64(L, nblocks * npieces)), scan_item, op);
   for (int m = 0; m < g->nmembers; m++) {
     L->fmember[g->members[m]] = 0;
     L->fval[g->members[m]] = L->fval_im[g->members[m]] = NULL;

@@ -19,7 +19,8 @@
  *               state moved once per chunk, 8 H K V / C bytes.
  *
  * Time per token is max(flops / (efficiency x peak), bytes / bandwidth),
- * divided among min(threads, B) cores (every form splits the batch). The
+ * divided among min(threads, B) cores (every form splits the batch; a
+ * fused scan splits each example's state as well). The
  * efficiencies are the fractions of the FMA peak each loop reached in the
  * measurements recorded in BENCHMARKS.md (AMD EPYC Zen 3, AVX2); they make
  * the model rank forms, not predict times: it is checked against measured
@@ -28,6 +29,7 @@
 #include "passes/passes.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* Fractions of the FMA peak (BENCHMARKS.md, "cost model"). */
@@ -36,6 +38,8 @@
 #define EFF_CHUNK 0.35   /* the chunkwise kernel's small matrix products */
 #define L2_BYTES (512 * 1024)
 #define CHUNK 64
+#define SCAN_BLOCK 2048 /* sched/scan.c */
+#define SCAN_PIECE 64
 
 /* Elements of a state of concrete shape. */
 static int64_t state_elems(const IrFunc *f, int k, const int64_t *dims) {
@@ -104,6 +108,12 @@ int cost_state(const IrFunc *f, const RecState *rs, const int64_t *dims, const C
      * loop keeps four in flight). */
     double fill = fmin(1.0, (double)last_axis(f, k, dims) * w / (4.0 * mc->lanes));
     out->seconds = out->flops / (EFF_SCAN * fill * mc->flops);
+    /* Examples split into blocks of about SCAN_BLOCK floats, a one-row
+     * state into pieces of SCAN_PIECE (sched/scan.c), all on the pool. */
+    int64_t last = last_axis(f, k, dims);
+    double parts = last < S ? ceil((double)S * w / SCAN_BLOCK)
+                            : (last >= 2 * SCAN_PIECE ? ceil((double)last / SCAN_PIECE) : 1);
+    cores = fmin((double)mc->threads, (double)B * parts);
     break;
   }
   case FORM_CHUNKED: {
@@ -124,4 +134,82 @@ int cost_state(const IrFunc *f, const RecState *rs, const int64_t *dims, const C
   }
   out->seconds /= cores;
   return 0;
+}
+
+/* Flops of one node per token (elements of its value; matrix products
+ * 2 M N K; complex arithmetic four real operations per element). */
+static double node_flops(const IrFunc *f, const IrNode *nd, const int64_t *dims) {
+  double n = 1;
+  int64_t v;
+  for (int d = 0; d < nd->type.rank; d++) {
+    if (dim_eval(nd->type.dims[d], dims, &v)) return 0;
+    n *= (double)v;
+  }
+  double c = nd->type.elem == IR_COMPLEX ? 4 : 1;
+  switch (nd->op) {
+  case IR_MATMUL: {
+    const IrType *x = &f->nodes.v[nd->args[0]].type;
+    if (x->rank < 1 || dim_eval(x->dims[x->rank - 1], dims, &v)) return 0;
+    return 2 * n * (double)v * c;
+  }
+  case IR_PARAM:
+  case IR_INPUT:
+  case IR_STATE:
+  case IR_CONST:
+  case IR_DIMVAL:
+  case IR_RESHAPE:
+  case IR_BROADCAST:
+  case IR_SLICE:
+  case IR_INDEX:
+  case IR_CONCAT:
+  case IR_TRANSPOSE:
+    return 0;
+  case IR_SUM:
+  case IR_MEAN:
+  case IR_AMAX:
+  case IR_AMIN: {
+    const IrType *x = &f->nodes.v[nd->args[0]].type;
+    double m = 1;
+    for (int d = 0; d < x->rank; d++) {
+      if (dim_eval(x->dims[d], dims, &v)) return 0;
+      m *= (double)v;
+    }
+    return m * c;
+  }
+  case IR_RMSNORM:
+  case IR_LAYERNORM:
+  case IR_L2NORM:
+  case IR_SOFTMAX:
+    return 5 * n;
+  default:
+    return n * c;
+  }
+}
+
+static double type_bytes(IrType t, const int64_t *dims) {
+  double n = 4;
+  int64_t v;
+  for (int d = 0; d < t.rank; d++) {
+    if (dim_eval(t.dims[d], dims, &v)) return 0;
+    n *= (double)v;
+  }
+  return t.elem == IR_COMPLEX ? 2 * n : n;
+}
+
+void cost_cell_work(const IrFunc *f, const int64_t *dims, double *flops, double *io_bytes,
+                    double *weight_bytes) {
+  *flops = *io_bytes = *weight_bytes = 0;
+  /* Time-invariant nodes (params and constants only) run once per call. */
+  char *inv = calloc((size_t)f->nodes.n + 1, 1);
+  for (IrRef r = 0; r < f->nodes.n; r++) {
+    const IrNode *nd = &f->nodes.v[r];
+    int v = nd->op != IR_INPUT && nd->op != IR_STATE;
+    for (int j = 0; j < nd->nargs; j++) v = v && inv && inv[nd->args[j]];
+    if (inv) inv[r] = (char)v;
+    if (!v) *flops += node_flops(f, nd, dims);
+  }
+  free(inv);
+  for (int i = 0; i < f->inputs.n; i++) *io_bytes += type_bytes(f->inputs.v[i].type, dims);
+  for (int i = 0; i < f->outputs.n; i++) *io_bytes += type_bytes(f->outputs.v[i].type, dims);
+  for (int i = 0; i < f->params.n; i++) *weight_bytes += type_bytes(f->params.v[i].type, dims);
 }

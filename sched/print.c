@@ -130,7 +130,10 @@ static void print_ops(FILE *out, const SchedInst *in, const SchedOp *ops, int n,
         fputs(" per token, materialized\n", out);
         break;
       }
-      fprintf(out, ", fused in blocks of %lld rows with:", (long long)op->group->block);
+      fprintf(out, ", fused in blocks of %lld rows", (long long)op->group->block);
+      if (op->group->split < (v->rank ? v->shape[v->rank - 1] : 1))
+        fprintf(out, " and pieces of %lld", (long long)op->group->split);
+      fputs(" with:", out);
       for (int m = 0; m < op->group->nmembers; m++) {
         IrRef q = op->group->members[m];
         if (q == op->node) continue;

@@ -30,6 +30,8 @@
 /* Floats of one block of a state: a few KiB, so the block and the step's
  * other rows stay in L1. */
 #define SCAN_BLOCK_FLOATS 2048
+/* Elements of a piece of a one-row state: eight AVX2 vectors. */
+#define SCAN_PIECE 64
 
 static int elementwise(const Plan *p, IrRef r, const SchedValue *key) {
   const IrNode *nd = &p->fn->nodes.v[r];
@@ -177,6 +179,13 @@ static int plan_group(Plan *p, IrRef scan) {
   g->block = rowf ? SCAN_BLOCK_FLOATS / rowf : outer;
   if (g->block < 1) g->block = 1;
   if (g->block > outer) g->block = outer;
+  /* A state of one row splits along its last axis when nothing sums over
+   * it: pieces of a few vectors each, so two cores get work even for one
+   * example. */
+  g->split = lastlen;
+  int sums = 0;
+  for (int i = 0; i < g->nmembers; i++) sums |= last_axis_sum(p, g->members[i], key);
+  if (outer == 1 && !sums && lastlen >= 2 * SCAN_PIECE) g->split = SCAN_PIECE;
   p->in->groups[last] = g;
   return 0;
 }

@@ -129,13 +129,16 @@ typedef struct SchedOp SchedOp;
  * per example, per block of the state's leading elements, per step, one
  * element loop computes the members in order (the coefficients, the
  * update, the reads and sums of the new value), the state in its own
- * storage throughout. */
+ * storage throughout. The (example, block, piece) items are independent and
+ * run on the runtime's pool. */
 typedef struct SchedScanGroup {
   IrRef *members; /* node order; the scan node among them */
   int nmembers;
   IrRef delay;    /* delay(scan) among the members (its value is the old state), or -1 */
   int state;      /* the state whose storage holds the running value */
   int64_t block;  /* leading elements (rows of the last axis) per block */
+  int64_t split;  /* elements of the last axis per piece: the whole axis, or (with no sum over
+                     it among the members) a part, so a one-row state still splits */
 } SchedScanGroup;
 
 /* SCHED_OP_LINATTN (sched/chunk.c): per example, the runtime's chunkwise

@@ -21,6 +21,7 @@
 
 #include "driver/pipeline.h"
 #include "driver/run.h"
+#include "runtime/rt_cpu.h"
 
 typedef struct Case {
   const char *file, *dims;
@@ -51,6 +52,10 @@ static const Case CASES[] = {
     {"stdlib/gam.seq", "D=3,Mem=4,K=3"},
     {"stdlib/rwkv7.seq", "C=4,D_w=3,D_a=3,D_g=3"},
     {"stdlib/gru.seq", "I=3,H=4"},
+    /* Wide enough that a fused scan splits: a one-row state into pieces
+     * (the last one short), a many-row state into blocks (likewise). */
+    {"stdlib/mingru.seq", "I=3,H=200"},
+    {"stdlib/s4d.seq", "H=150,N=16"},
 };
 
 static const char *const FORMS[] = {"sequential", "scan", "chunked"};
@@ -221,6 +226,10 @@ static void run_case(const Case *c) {
             print_error("%s\n", cm[0].de.diags.v[i].message);
           fail_msg("%s: the interpreter fails", c->file);
         }
+        /* The variant with lengths and states runs on two threads: one
+         * example's parallel form splits over the pool, several examples
+         * split the batch. */
+        rt_cpu_set_num_threads(variant ? 2 : 1);
         for (int f = 0; f < NFORMS; f++) {
           if (!have[f]) continue;
           RtTensor og[8], sg[16];
