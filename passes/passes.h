@@ -183,6 +183,13 @@ typedef struct FormCost {
 int cost_state(const IrFunc *f, const RecState *rs, const int64_t *dims, const CostMachine *mc,
                int64_t B, Form form, FormCost *out);
 
+/* What one token of cell f costs at the least, in any form: the flops of
+ * every node that varies per token (time-invariant work once per call is
+ * left out), the bytes of its inputs and outputs, and the bytes of its
+ * weights (read at least once per call). For a roofline. */
+void cost_cell_work(const IrFunc *f, const int64_t *dims, double *flops, double *io_bytes,
+                    double *weight_bytes);
+
 /* The form of every state of every function of a module, and why. */
 typedef struct StateForm {
   Form form;
@@ -194,6 +201,7 @@ typedef struct StateForm {
 
 typedef struct StrategyPlan {
   StateForm **funcs; /* per module function, per state */
+  int64_t **dims;    /* per module function: its first instance's concrete dims, or NULL */
 } StrategyPlan;
 
 /* Chooses the form of every state of m (the module the backends compile,

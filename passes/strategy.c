@@ -238,6 +238,8 @@ int strategy_choose(Arena *a, const IrModule *m, const IrFunc *root, const int64
   char **named = arena_calloc(a, (size_t)m->funcs.n + 1, sizeof *named);
   if (!plan || !funcs || !named) goto oom;
   plan->funcs = funcs;
+  plan->dims = arena_calloc(a, (size_t)m->funcs.n + 1, sizeof *plan->dims);
+  if (!plan->dims) goto oom;
   StrategyRequest none = {FORM_AUTO, 0, NULL, NULL};
   if (!req) req = &none;
   for (int i = 0; i < m->funcs.n; i++) {
@@ -263,7 +265,9 @@ int strategy_choose(Arena *a, const IrModule *m, const IrFunc *root, const int64
   for (int i = 0; i < m->funcs.n; i++) {
     const IrFunc *f = m->funcs.v[i];
     if (f->kind != IR_FN_CELL || f->states.n == 0) continue;
-    int64_t *dims = mc && root_dims ? instance_dims(a, &flat, f, root_dims) : NULL;
+    int64_t *dims = root_dims ? instance_dims(a, &flat, f, root_dims) : NULL;
+    plan->dims[i] = dims;
+    if (!mc) dims = NULL; /* no machine: nothing is costed */
     for (int k = 0; k < f->states.n; k++) {
       StateForm *sf = &funcs[i][k];
       RecClass cls = cr->funcs[i].states[k].cls;
@@ -388,6 +392,13 @@ void strategy_print(FILE *out, const IrModule *m, const StrategyPlan *plan) {
     const IrFunc *f = m->funcs.v[i];
     if (f->kind != IR_FN_CELL || f->states.n == 0) continue;
     fprintf(out, "forms of %s:\n", f->name);
+    if (plan->dims[i]) {
+      double fl, io, wb;
+      cost_cell_work(f, plan->dims[i], &fl, &io, &wb);
+      fprintf(out, "  per token, any form: %.4g flops, %.4g bytes in and out; weights %.4g bytes "
+                   "per call\n",
+              fl, io, wb);
+    }
     for (int k = 0; k < f->states.n; k++) {
       const StateForm *sf = &plan->funcs[i][k];
       fprintf(out, "  state %s: %s (%s)\n", f->states.v[k].name, form_name(sf->form), sf->why);
