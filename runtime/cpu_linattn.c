@@ -28,10 +28,13 @@
  * and those blocks are one matrix product. Within a sub-chunk's diagonal
  * block the decays are carried token by token on the keys themselves.
  *
- * The state is kept transposed ([K, V]) while a call runs, so that both of
- * its products (Q S^T and the update K^T V) stream rows of V floats. All
- * operands of the products live in the caller's scratch with rows padded to
- * 16 floats, so the register tiles never need column tails.
+ * Chunks run in order and, within a chunk, the heads. Every head's state is
+ * kept transposed ([K, V]) in the scratch for the whole call, so that both
+ * of its products (Q S^T and the update K^T V) stream rows of V floats.
+ * Queries, keys, values and outputs are read and written in place; the B
+ * operands and results of the products have rows of a multiple of 16 floats
+ * (with copies of V and O in the scratch when V is not one), so that the
+ * register tiles never need column tails.
  */
 #include "runtime/rt_cpu.h"
 
@@ -76,12 +79,12 @@ static int64_t min64(int64_t a, int64_t b) {
 /* ---- prefetching the next chunk ------------------------------------------------ */
 
 /* A chunk's inputs come from memory, and fetched when the chunk starts they
- * stall it (at T = 4096, H = 4: 430 K tokens/s against 590 K with the same
- * work in cache). A burst of software prefetches stalls just the same once
- * the miss buffers are full, so the next chunk's rows are prefetched a few
- * lines at a time from between the register tiles of this chunk's
- * products, where the misses overlap the arithmetic (530 K tokens/s). The
- * cursor walks token by token over the arrays present. */
+ * stall it (H = 4, K = V = 64, C = 16, scalar gates: 655 K tokens/s at
+ * T = 4096, 845 K at T = 256, in cache). A burst of software prefetches
+ * stalls just the same once the miss buffers are full, so the next chunk's
+ * rows are prefetched a few lines at a time from between the register tiles
+ * of this chunk's products, where the misses overlap the arithmetic (755 K
+ * tokens/s). The cursor walks token by token over the arrays present. */
 typedef struct Prefetch {
   const char *at[4]; /* the current token's row of each array, 64-byte aligned */
   int64_t ld[4];     /* bytes from one token to the next */
@@ -93,7 +96,7 @@ typedef struct Prefetch {
 /* Lines handed to the prefetcher after each register tile, at least (whole
  * rows at a time): the next chunk's rows, about 50 lines per token at H = 4,
  * K = V = 64, are then all requested within the first half of the chunk's
- * tiles (about 10 per token). */
+ * tiles (about 18 per token at C = 16). */
 #define PREFETCH_LINES 8
 
 INLINE void prefetch_lines(Prefetch *p) {
@@ -112,10 +115,11 @@ INLINE void prefetch_lines(Prefetch *p) {
 
 /* ---- scratch --------------------------------------------------------------- */
 
-/* One head's buffers, carved from the caller's work in this order. Rows
- * that are the B operand or the result of a product have 16-float padding
- * (Cp, Vp); the padding of vc and st is zero, that of kt is zeroed where a
- * product reads it. */
+/* The buffers carved from the caller's work, in this order: every head's
+ * state, then one chunk of one head (the heads take turns). Rows that are
+ * the B operand or the result of a product have 16-float padding (Cp, Vp);
+ * the padding of vc and st is zero, that of kt is zeroed where a product
+ * reads it. */
 typedef struct Scratch {
   int64_t Cp, Vp;
   float *states; /* H x K x Vp: every head's state, transposed */
@@ -314,8 +318,8 @@ INLINE void transpose(int64_t n, int64_t m, const float *src, int64_t lds, float
         t[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
         t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
       }
-      /* u[4b + c]: rows 4b .. 4b+3 of column c in the low half, of column
-       * c + 4 in the high half. */
+      /* u[b + c] (b = 0, 4): rows b .. b+3 of column c in the low half, of
+       * column c + 4 in the high half. */
       for (int b = 0; b < 8; b += 4)
         for (int c = 0; c < 4; c += 2) {
           const v8 x = t[b + c / 2], y = t[b + c / 2 + 2];
