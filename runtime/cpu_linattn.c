@@ -629,11 +629,10 @@ INLINE void run_body(const LinAttn *a, Scratch *s, ProductFn product) {
   for (int64_t h = 0; h < H; h++) transpose(K, V, s->states + h * K * Vp, Vp, a->S + h * V * K, K);
 }
 
-/* One copy of the products and of the per-head driver per instruction set,
- * as in cpu_gemm.c. An
- * AVX-512 machine runs the AVX2 copy: the tiles are written for eight
- * lanes, and a 16-lane tile could not be measured on the machine this was
- * written on. */
+/* One copy of the products and of the driver per instruction set, as in
+ * cpu_gemm.c. An AVX-512 machine runs the AVX2 copy: the tiles are written
+ * for eight lanes, and a 16-lane tile could not be measured on the machine
+ * this was written on. */
 #define LINATTN_VARIANT(suffix, attr)                                                              \
   attr static void product_##suffix(int64_t M, int64_t N, int64_t Kk, const float *A, int64_t lda, \
                                     const float *B, int64_t ldb, float *C, int64_t ldc, int mode,  \
