@@ -132,10 +132,10 @@ void rt_cpu_linattn(int64_t T, int64_t H, int64_t K, int64_t V, const float *q, 
 int64_t rt_cpu_linattn_work(int64_t H, int64_t K, int64_t V, int64_t Kg, int64_t C);
 /* The default chunk length. The chunked form does 4 K V + C (K + V) flops per token and
  * head, so a longer chunk only pays where the short products of a short one run slower.
- * At H = 4, K = V = 64, T = 4096 on a Zen 3 core (bench/linattn_bench.c, quiet machine),
- * C = 16, 32, 64, 128 gave 772, 710, 606, 463 K tokens/s with a scalar gate and 664, 584,
- * 474, 378 K with per-key gates (the float32 step loop: 461 and 331 K): 16 is fastest for
- * both. */
+ * At H = 4, K = V = 64, T = 4096 on a Zen 3 core (bench/linattn_bench.c, medians of 15
+ * rounds), C = 16, 32, 64, 128 gave 680, 628, 548, 440 K tokens/s with a scalar gate and
+ * 556, 496, 448, 364 K with per-key gates (the float32 step loop: 488 and 314 K); at
+ * K = V = 128 and at K = V = 32, 16 was also the fastest. */
 #define RT_CPU_LINATTN_CHUNK 16
 
 #endif
