@@ -23,10 +23,10 @@ static LLVMValueRef operand(Lower *L, IrRef r, LLVMValueRef b, LLVMValueRef t, L
 }
 
 /* dst[h, j, i] = src[h, i, j] for heads matrices of rows x cols. */
-static void transpose_heads(Lower *L, LLVMValueRef dst, LLVMValueRef src, int64_t heads,
+static void transpose_heads(Lower *L, LLVMValueRef dst, LLVMValueRef src, LLVMValueRef heads,
                             int64_t rows, int64_t cols) {
   Loop lh, li, lj;
-  LLVMValueRef h = loop_begin(L, &lh, ci64(L, 0), ci64(L, heads));
+  LLVMValueRef h = loop_begin(L, &lh, ci64(L, 0), heads);
   LLVMValueRef base = mul(L, h, ci64(L, rows * cols));
   LLVMValueRef i = loop_begin(L, &li, ci64(L, 0), ci64(L, rows));
   LLVMValueRef j = loop_begin(L, &lj, ci64(L, 0), ci64(L, cols));
@@ -37,14 +37,18 @@ static void transpose_heads(Lower *L, LLVMValueRef dst, LLVMValueRef src, int64_
   loop_end(L, &lh);
 }
 
-void emit_linattn(Lower *L, const SchedOp *op) {
+/* One item of the chunked form: example b's heads [h0, h0 + hn), where
+ * item = b * split + g and the split (1: every head; heads: one each) is the
+ * loop's extra value. */
+static void linattn_item(Lower *L, LLVMValueRef item, LLVMValueRef split, const void *arg) {
+  const SchedOp *op = arg;
   const SchedLinattn *la = op->linattn;
   const SchedInst *in = L->in;
   LLVMBuilderRef bld = L->bld;
-  int64_t sfloats = la->heads * la->K * la->V;
-  LLVMValueRef work = L->buf[la->work_buf];
-  Loop lb;
-  LLVMValueRef b = loop_begin(L, &lb, ci64(L, 0), L->a_B);
+  int64_t sfloats = la->heads * la->K * la->V, hfloats = la->K * la->V;
+  LLVMValueRef b = LLVMBuildSDiv(bld, item, split, "");
+  LLVMValueRef hn = LLVMBuildSDiv(bld, ci64(L, la->heads), split, "");
+  LLVMValueRef h0 = mul(L, LLVMBuildSRem(bld, item, split, ""), hn);
   LLVMValueRef len = len_of(L, b);
   LLVMValueRef isrev = LLVMBuildICmp(bld, LLVMIntNE, L->a_rev, ci32(L, 0), "");
   /* Step 0 is token len - 1 in a reversed sequence (0 when it is empty). */
@@ -54,17 +58,22 @@ void emit_linattn(Lower *L, const SchedOp *op) {
       ci64(L, 0), "");
   LLVMValueRef dir = LLVMBuildSelect(bld, isrev, ci64(L, -1), ci64(L, 1), "");
   LLVMValueRef ldk, ldv, ldg = ci64(L, 0);
-  LLVMValueRef k = operand(L, la->k, b, t0, dir, &ldk);
-  LLVMValueRef v = operand(L, la->v, b, t0, dir, &ldv);
-  LLVMValueRef lg = la->no_gate ? LLVMConstNull(L->ptr) : operand(L, la->lg, b, t0, dir, &ldg);
-  LLVMValueRef store = gepf(L, L->buf[in->state_buf[la->state]], mul(L, b, ci64(L, sfloats)));
-  LLVMValueRef copy =
-      la->copy_buf >= 0 ? gepf(L, L->buf[la->copy_buf], mul(L, b, ci64(L, sfloats))) : NULL;
+  LLVMValueRef k = gepf(L, operand(L, la->k, b, t0, dir, &ldk), mul(L, h0, ci64(L, la->K)));
+  LLVMValueRef v = gepf(L, operand(L, la->v, b, t0, dir, &ldv), mul(L, h0, ci64(L, la->V)));
+  LLVMValueRef lg = la->no_gate ? LLVMConstNull(L->ptr)
+                                : gepf(L, operand(L, la->lg, b, t0, dir, &ldg),
+                                       mul(L, h0, ci64(L, la->Kg)));
+  LLVMValueRef hoff = add(L, mul(L, b, ci64(L, sfloats)), mul(L, h0, ci64(L, hfloats)));
+  LLVMValueRef store = gepf(L, L->buf[in->state_buf[la->state]], hoff);
+  LLVMValueRef copy = la->copy_buf >= 0 ? gepf(L, L->buf[la->copy_buf], hoff) : NULL;
+  LLVMValueRef work = gepf(L, L->buf[la->work_buf],
+                           add(L, mul(L, b, ci64(L, la->work_floats)),
+                               mul(L, h0, ci64(L, la->work_head))));
   /* The kernel works on [L..., V, K]: a state stored [L..., K, V] runs on a
    * transposed copy, transposed back at the end. */
   LLVMValueRef S = store;
   if (la->transposed) {
-    transpose_heads(L, copy, store, la->heads, la->K, la->V);
+    transpose_heads(L, copy, store, hn, la->K, la->V);
     S = copy;
   }
   LLVMTypeRef pt[19] = {L->i64, L->i64, L->i64, L->i64, L->ptr, L->i64, L->ptr,
@@ -76,17 +85,18 @@ void emit_linattn(Lower *L, const SchedOp *op) {
     LLVMValueRef q = LLVMConstNull(L->ptr), o = LLVMConstNull(L->ptr);
     LLVMValueRef ldq = ci64(L, 0), ldo = ci64(L, 0);
     if (rd != IR_NONE) {
-      q = operand(L, L->fn->nodes.v[rd].args[0], b, t0, dir, &ldq);
-      o = operand(L, rd, b, t0, dir, &ldo);
+      q = gepf(L, operand(L, L->fn->nodes.v[rd].args[0], b, t0, dir, &ldq),
+               mul(L, h0, ci64(L, la->K)));
+      o = gepf(L, operand(L, rd, b, t0, dir, &ldo), mul(L, h0, ci64(L, la->V)));
     }
     /* All calls but the last start from a copy of the initial state. */
     LLVMValueRef Sc = S;
     if (c < calls - 1) {
-      LLVMBuildMemCpy(bld, copy, 4, S, 4, ci64(L, sfloats * 4));
+      LLVMBuildMemCpy(bld, copy, 4, S, 4, mul(L, hn, ci64(L, hfloats * 4)));
       Sc = copy;
     }
     LLVMValueRef args[19] = {len,
-                             ci64(L, la->heads),
+                             hn,
                              ci64(L, la->K),
                              ci64(L, la->V),
                              q,
@@ -106,6 +116,22 @@ void emit_linattn(Lower *L, const SchedOp *op) {
                              work};
     call_fn(L, "rt_cpu_linattn", L->void_t, pt, 19, args);
   }
-  if (la->transposed) transpose_heads(L, store, copy, la->heads, la->V, la->K);
-  loop_end(L, &lb);
+  if (la->transposed) transpose_heads(L, store, copy, hn, la->V, la->K);
+}
+
+/* Examples run on the pool; with fewer examples than threads (and not
+ * already inside a part of a split batch), each head of each is an item.
+ * One head over the whole sequence reads its rows in pieces, slower per
+ * core than every head in step, so the split is only for spare threads. */
+void emit_linattn(Lower *L, const SchedOp *op) {
+  const SchedLinattn *la = op->linattn;
+  LLVMBuilderRef bld = L->bld;
+  LLVMValueRef threads = LLVMBuildSExt(
+      bld, call_fn(L, "rt_cpu_get_num_threads", L->i32, NULL, 0, NULL), L->i64, "");
+  LLVMValueRef nested = LLVMBuildICmp(
+      bld, LLVMIntNE, call_fn(L, "rt_cpu_in_parallel", L->i32, NULL, 0, NULL), ci32(L, 0), "");
+  LLVMValueRef few = LLVMBuildAnd(
+      bld, LLVMBuildNot(bld, nested, ""), LLVMBuildICmp(bld, LLVMIntSLT, L->a_B, threads, ""), "");
+  LLVMValueRef split = LLVMBuildSelect(bld, few, ci64(L, la->heads), ci64(L, 1), "");
+  emit_parallel_for(L, mul(L, L->a_B, split), split, linattn_item, op);
 }

@@ -177,16 +177,17 @@ static void emit_zero_outputs(Lower *L) {
 /* The slots of a parallel loop's context: the instance's arguments, the
  * first item of this round, then every buffer's address. */
 enum { CTX_PARAMS, CTX_INPUTS, CTX_LENGTHS, CTX_SIN, CTX_OUTPUTS, CTX_SOUT, CTX_B, CTX_T, CTX_REV,
-       CTX_TC, CTX_FIRST, CTX_BUFS };
+       CTX_TC, CTX_FIRST, CTX_EXTRA, CTX_BUFS };
 /* Items per round: the pool counts parts in an int. */
 #define PAR_ROUND ((int64_t)1 << 30)
 
 static int is_i64_slot(int k) {
-  return k == CTX_B || k == CTX_T || k == CTX_REV || k == CTX_TC || k == CTX_FIRST;
+  return k == CTX_B || k == CTX_T || k == CTX_REV || k == CTX_TC || k == CTX_FIRST ||
+         k == CTX_EXTRA;
 }
 
-void emit_parallel_for(Lower *L, LLVMValueRef n,
-                       void (*body)(Lower *L, LLVMValueRef i, const void *arg), const void *arg) {
+void emit_parallel_for(Lower *L, LLVMValueRef n, LLVMValueRef extra, ParBody body,
+                       const void *arg) {
   LLVMBuilderRef bld = L->bld;
   int nb = L->in->bufs.n;
   /* The context lives in the entry block: one slot per argument and buffer. */
@@ -201,10 +202,11 @@ void emit_parallel_for(Lower *L, LLVMValueRef n,
   LLVMPositionBuilderAtEnd(bld, here);
   LLVMValueRef vals[CTX_BUFS] = {L->a_params, L->a_inputs, L->a_lengths, L->a_sin, L->a_outputs,
                                  L->a_sout,   L->a_B,      L->a_T,       NULL,     NULL,
-                                 NULL};
+                                 NULL,        NULL};
   vals[CTX_REV] = LLVMBuildSExt(bld, L->a_rev, L->i64, "");
   vals[CTX_TC] = L->Tc ? L->Tc : ci64(L, 0);
   vals[CTX_FIRST] = ci64(L, 0);
+  vals[CTX_EXTRA] = extra ? extra : ci64(L, 0);
   for (int k = 0; k < CTX_BUFS + nb; k++) {
     LLVMValueRef idx = ci64(L, k);
     LLVMValueRef v = k < CTX_BUFS ? vals[k] : L->buf[k - CTX_BUFS];
@@ -253,7 +255,7 @@ void emit_parallel_for(Lower *L, LLVMValueRef n,
   L->status = LLVMBuildAlloca(bld, L->i32, "status");
   L->cleanup = block(L, "cleanup");
   LLVMValueRef item = add(L, w[CTX_FIRST], LLVMBuildSExt(bld, LLVMGetParam(wf, 1), L->i64, ""));
-  if (assign_bases(L) == 0) body(L, item, arg);
+  if (assign_bases(L) == 0) body(L, item, w[CTX_EXTRA], arg);
   LLVMBuildBr(bld, L->cleanup);
   LLVMPositionBuilderAtEnd(bld, L->cleanup);
   LLVMBuildRetVoid(bld);

@@ -205,11 +205,13 @@ void emit_ops(Lower *L, const SchedOp *ops, int n);
 /* Points every node at its value (L->ll) from the function's arguments and
  * the placed buffers (L->buf). */
 int assign_bases(Lower *L);
-/* Runs body(L, i, arg) for i in [0, n) on the runtime's pool: the body is
- * emitted into a function of its own, which gets the instance's arguments
- * and buffers through a context and rebuilds the node bases from them. */
-void emit_parallel_for(Lower *L, LLVMValueRef n,
-                       void (*body)(Lower *L, LLVMValueRef i, const void *arg), const void *arg);
+/* Runs body(L, i, extra, arg) for i in [0, n) on the runtime's pool: the
+ * body is emitted into a function of its own, which gets the instance's
+ * arguments, its buffers and one more i64 (extra, or 0 when NULL) through a
+ * context and rebuilds the node bases from them. */
+typedef void (*ParBody)(Lower *L, LLVMValueRef i, LLVMValueRef extra, const void *arg);
+void emit_parallel_for(Lower *L, LLVMValueRef n, LLVMValueRef extra, ParBody body,
+                       const void *arg);
 /* Emits the function of schedule instance i. */
 int emit_function(Lower *L, int i);
 

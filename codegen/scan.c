@@ -143,7 +143,8 @@ void emit_window(Lower *L, IrRef r) {
  * axis, which are stored per token after the loop over that axis. The
  * (example, block, piece) items touch disjoint elements, so they run on the
  * runtime's pool. */
-static void scan_item(Lower *L, LLVMValueRef item, const void *arg) {
+static void scan_item(Lower *L, LLVMValueRef item, LLVMValueRef extra, const void *arg) {
+  (void)extra;
   const SchedOp *op = arg;
   const SchedScanGroup *g = op->group;
   const IrFunc *fn = L->fn;
@@ -261,7 +262,7 @@ void emit_scan_group(Lower *L, const SchedOp *op) {
   int64_t npieces = g->split < last ? (last + g->split - 1) / g->split : 1;
   if (nblocks * npieces == 0) return; /* an empty state */
   for (int m = 0; m < g->nmembers; m++) L->fmember[g->members[m]] = 1;
-  emit_parallel_for(L, mul(L, L->a_B, ci64(L, nblocks * npieces)), scan_item, op);
+  emit_parallel_for(L, mul(L, L->a_B, ci64(L, nblocks * npieces)), NULL, scan_item, op);
   for (int m = 0; m < g->nmembers; m++) {
     L->fmember[g->members[m]] = 0;
     L->fval[g->members[m]] = L->fval_im[g->members[m]] = NULL;

@@ -37,7 +37,7 @@
 #define EFF_SCAN 0.15    /* a fused scan's element loop, one example at a time */
 #define EFF_CHUNK 0.35   /* the chunkwise kernel's small matrix products */
 #define L2_BYTES (512 * 1024)
-#define CHUNK 64
+#define CHUNK 16 /* the runtime's default chunk length */
 #define SCAN_BLOCK 2048 /* sched/scan.c */
 #define SCAN_PIECE 64
 
@@ -127,6 +127,12 @@ int cost_state(const IrFunc *f, const RecState *rs, const int64_t *dims, const C
     out->flops = 4 * (double)S + 2.0 * CHUNK * H * (double)(K + V);
     out->bytes = 8.0 * (double)S / CHUNK;
     out->seconds = fmax(out->flops / (EFF_CHUNK * mc->flops), out->bytes / mc->dram_bw);
+    /* With fewer examples than threads each head is a part of its own, at
+     * about two thirds of the speed of all heads in step (BENCHMARKS.md). */
+    if (B < mc->threads && H > 1) {
+      cores = fmin((double)mc->threads, (double)B * H);
+      out->seconds *= 1.5;
+    }
     break;
   }
   default:

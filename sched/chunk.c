@@ -127,12 +127,17 @@ int place_linattn_buffers(Plan *p) {
   for (IrRef r = 0; r < p->fn->nodes.n; r++) {
     SchedLinattn *la = p->in->linattns[r];
     if (!la) continue;
+    /* The kernel's scratch per example: one call over all heads, or (with
+     * spare threads, codegen decides) one call per head at once. */
     int64_t work = rt_cpu_linattn_work(la->heads, la->K, la->V, la->Kg, la->chunk);
-    if (work <= 0) {
+    la->work_head = rt_cpu_linattn_work(1, la->K, la->V, la->Kg, la->chunk);
+    if (work <= 0 || la->work_head <= 0) {
       plan_unsupported(p, p->fn->nodes.v[r].loc, "a chunked state of these sizes");
       return -1;
     }
-    if ((la->work_buf = sched_add_buf(p, SCHED_BUF_WORK, SCHED_ROWS_ONE, work, 1, r, 0)) < 0)
+    la->work_floats = work > la->heads * la->work_head ? work : la->heads * la->work_head;
+    if ((la->work_buf =
+             sched_add_buf(p, SCHED_BUF_WORK, SCHED_ROWS_B, la->work_floats, 1, r, 0)) < 0)
       return -1;
     /* Every readout but the last starts from a copy of S0 (the last one,
      * or the state-only call, runs in the storage and leaves the final

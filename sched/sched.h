@@ -154,7 +154,10 @@ typedef struct SchedLinattn {
   int no_gate;    /* lg is the constant 0 */
   int64_t heads, K, V, Kg;
   int64_t chunk;       /* tokens per chunk */
-  int work_buf;        /* the kernel's scratch (one per call, rows ONE) */
+  int work_buf;        /* the kernel's scratch, per example: for all its heads in one call,
+                          or for each head in a call of its own */
+  int64_t work_floats; /* of an example: max(kernel's work for all heads, heads x work_head) */
+  int64_t work_head;   /* the kernel's work for one head */
   int copy_buf;        /* a canonical copy of S0 per example: for all readouts but the last,
                           or for a transposed state (-1: none) */
 } SchedLinattn;
