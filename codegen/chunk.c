@@ -5,9 +5,11 @@
  * call runs on the state's storage and leaves the final state there. */
 #include "codegen/llvm.h"
 
-/* Row pointer of node r for example b at token t, and its stride in floats
- * from one step to the next (0 for values constant over the sequence). */
-static LLVMValueRef operand(Lower *L, IrRef r, LLVMValueRef b, LLVMValueRef t, LLVMValueRef dir,
+/* Row pointer of node r for example b at its first step, and its stride in
+ * floats from one step to the next (0 for values constant over the
+ * sequence): a time chunk's rows hold the steps in order (b*Tc + j); a
+ * whole-sequence buffer is read from token t0 in direction dir. */
+static LLVMValueRef operand(Lower *L, IrRef r, LLVMValueRef b, LLVMValueRef t0, LLVMValueRef dir,
                             LLVMValueRef *ld) {
   const SchedValue *v = &L->v[r];
   int64_t f = sched_row_floats(v);
@@ -15,8 +17,11 @@ static LLVMValueRef operand(Lower *L, IrRef r, LLVMValueRef b, LLVMValueRef t, L
   *ld = ci64(L, 0);
   if (v->cls == SCHED_STEP) {
     row = b;
+  } else if (v->cls == SCHED_TOKEN && v->chunked) {
+    row = mul(L, b, L->Tc);
+    *ld = ci64(L, f);
   } else if (v->cls == SCHED_TOKEN) {
-    row = add(L, mul(L, b, L->a_T), t);
+    row = add(L, mul(L, b, L->a_T), t0);
     *ld = mul(L, dir, ci64(L, f));
   }
   return gepf(L, L->ll[r].base, mul(L, row, ci64(L, f)));
@@ -51,11 +56,18 @@ static void linattn_item(Lower *L, LLVMValueRef item, LLVMValueRef split, const 
   LLVMValueRef h0 = mul(L, LLVMBuildSRem(bld, item, split, ""), hn);
   LLVMValueRef len = len_of(L, b);
   LLVMValueRef isrev = LLVMBuildICmp(bld, LLVMIntNE, L->a_rev, ci32(L, 0), "");
-  /* Step 0 is token len - 1 in a reversed sequence (0 when it is empty). */
-  LLVMValueRef lm1 = LLVMBuildSub(bld, len, ci64(L, 1), "");
-  LLVMValueRef t0 = LLVMBuildSelect(
-      bld, LLVMBuildAnd(bld, isrev, LLVMBuildICmp(bld, LLVMIntSGT, len, ci64(L, 0), ""), ""), lm1,
-      ci64(L, 0), "");
+  /* The steps this call runs: the sequence, or those of the time chunk
+   * [t0, t0 + tn) inside it; step s is token s, or len - 1 - s reversed. */
+  LLVMValueRef s0 = ci64(L, 0), n = len;
+  if (in->chunked) {
+    LLVMValueRef jn = select_min(L, LLVMBuildSub(bld, len, L->t0, ""), L->tn);
+    s0 = L->t0;
+    n = LLVMBuildSelect(bld, LLVMBuildICmp(bld, LLVMIntSGT, jn, ci64(L, 0), ""), jn, ci64(L, 0),
+                        "");
+  }
+  LLVMValueRef rt0 = LLVMBuildSub(bld, LLVMBuildSub(bld, len, ci64(L, 1), ""), s0, "");
+  LLVMValueRef t0 = LLVMBuildSelect(bld, isrev, rt0, s0, "");
+  t0 = LLVMBuildSelect(bld, LLVMBuildICmp(bld, LLVMIntSGT, n, ci64(L, 0), ""), t0, ci64(L, 0), "");
   LLVMValueRef dir = LLVMBuildSelect(bld, isrev, ci64(L, -1), ci64(L, 1), "");
   LLVMValueRef ldk, ldv, ldg = ci64(L, 0);
   LLVMValueRef k = gepf(L, operand(L, la->k, b, t0, dir, &ldk), mul(L, h0, ci64(L, la->K)));
@@ -95,7 +107,7 @@ static void linattn_item(Lower *L, LLVMValueRef item, LLVMValueRef split, const 
       LLVMBuildMemCpy(bld, copy, 4, S, 4, mul(L, hn, ci64(L, hfloats * 4)));
       Sc = copy;
     }
-    LLVMValueRef args[19] = {len,
+    LLVMValueRef args[19] = {n,
                              hn,
                              ci64(L, la->K),
                              ci64(L, la->V),

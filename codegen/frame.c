@@ -177,13 +177,13 @@ static void emit_zero_outputs(Lower *L) {
 /* The slots of a parallel loop's context: the instance's arguments, the
  * first item of this round, then every buffer's address. */
 enum { CTX_PARAMS, CTX_INPUTS, CTX_LENGTHS, CTX_SIN, CTX_OUTPUTS, CTX_SOUT, CTX_B, CTX_T, CTX_REV,
-       CTX_TC, CTX_FIRST, CTX_EXTRA, CTX_BUFS };
+       CTX_TC, CTX_T0, CTX_TN, CTX_FIRST, CTX_EXTRA, CTX_BUFS };
 /* Items per round: the pool counts parts in an int. */
 #define PAR_ROUND ((int64_t)1 << 30)
 
 static int is_i64_slot(int k) {
-  return k == CTX_B || k == CTX_T || k == CTX_REV || k == CTX_TC || k == CTX_FIRST ||
-         k == CTX_EXTRA;
+  return k == CTX_B || k == CTX_T || k == CTX_REV || k == CTX_TC || k == CTX_T0 ||
+         k == CTX_TN || k == CTX_FIRST || k == CTX_EXTRA;
 }
 
 void emit_parallel_for(Lower *L, LLVMValueRef n, LLVMValueRef extra, ParBody body,
@@ -202,9 +202,11 @@ void emit_parallel_for(Lower *L, LLVMValueRef n, LLVMValueRef extra, ParBody bod
   LLVMPositionBuilderAtEnd(bld, here);
   LLVMValueRef vals[CTX_BUFS] = {L->a_params, L->a_inputs, L->a_lengths, L->a_sin, L->a_outputs,
                                  L->a_sout,   L->a_B,      L->a_T,       NULL,     NULL,
-                                 NULL,        NULL};
+                                 NULL,        NULL,        NULL,         NULL};
   vals[CTX_REV] = LLVMBuildSExt(bld, L->a_rev, L->i64, "");
   vals[CTX_TC] = L->Tc ? L->Tc : ci64(L, 0);
+  vals[CTX_T0] = L->t0 ? L->t0 : ci64(L, 0);
+  vals[CTX_TN] = L->tn ? L->tn : ci64(L, 0);
   vals[CTX_FIRST] = ci64(L, 0);
   vals[CTX_EXTRA] = extra ? extra : ci64(L, 0);
   for (int k = 0; k < CTX_BUFS + nb; k++) {
@@ -249,6 +251,8 @@ void emit_parallel_for(Lower *L, LLVMValueRef n, LLVMValueRef extra, ParBody bod
   L->a_T = w[CTX_T];
   L->a_rev = LLVMBuildTrunc(bld, w[CTX_REV], L->i32, "");
   L->Tc = saved.Tc ? w[CTX_TC] : NULL;
+  L->t0 = saved.t0 ? w[CTX_T0] : NULL;
+  L->tn = saved.tn ? w[CTX_TN] : NULL;
   L->t = L->r_b = L->r_tok = L->r_tokc = NULL;
   for (int k = 0; k < nb; k++) L->buf[k] = w[CTX_BUFS + k];
   /* Nothing in a worker fails: its status and exit are only a frame. */
@@ -331,6 +335,9 @@ void emit_ops(Lower *L, const SchedOp *ops, int n) {
     case SCHED_OP_SEQ_FINAL_STATES:
       emit_seq_final_states(L);
       break;
+    case SCHED_OP_CHUNK_STATES:
+      emit_chunk_states(L);
+      break;
     case SCHED_OP_PACK:
       emit_pack(L, op->node);
       break;
@@ -408,6 +415,9 @@ static void emit_policies(Lower *L) {
         LLVMBuildSelect(bld, LLVMBuildICmp(bld, LLVMIntSGT, B, ci64(L, 1), ""), B, ci64(L, 1), "");
     LLVMValueRef tc =
         LLVMBuildSDiv(bld, ci64(L, s->chunk_budget / L->in->chunk_floats), Bm, "");
+    /* A parallel form's chunks have a floor (SchedInst.min_tc). */
+    LLVMValueRef mt = ci64(L, L->in->min_tc);
+    tc = LLVMBuildSelect(bld, LLVMBuildICmp(bld, LLVMIntSLT, tc, mt, ""), mt, tc, "");
     tc = select_min(L, tc, T);
     L->Tc = LLVMBuildSelect(bld, LLVMBuildICmp(bld, LLVMIntSGT, tc, ci64(L, 1), ""), tc,
                             ci64(L, 1), "");

@@ -181,6 +181,7 @@ void emit_scan_group(Lower *L, const SchedOp *op);
 void emit_delay(Lower *L, IrRef r);
 void emit_window(Lower *L, IrRef r);
 void emit_seq_final_states(Lower *L);
+void emit_chunk_states(Lower *L);
 
 /* ---- chunk.c ---- */
 void emit_linattn(Lower *L, const SchedOp *op);

@@ -25,6 +25,31 @@ static LLVMValueRef row_at(Lower *L, IrRef r, LLVMValueRef b, LLVMValueRef t) {
   return gepf(L, L->ll[r].base, mul(L, row, ci64(L, sched_row_floats(v))));
 }
 
+/* The steps of example b this call runs: its whole sequence, or in time
+ * chunks the chunk's steps [t0, t0 + tn) that lie inside it (first, count). */
+static void step_range(Lower *L, LLVMValueRef len, LLVMValueRef *first, LLVMValueRef *count) {
+  if (!L->in->chunked) {
+    *first = ci64(L, 0);
+    *count = len;
+    return;
+  }
+  LLVMValueRef jn = select_min(L, LLVMBuildSub(L->bld, len, L->t0, ""), L->tn);
+  *first = L->t0;
+  *count = LLVMBuildSelect(L->bld, LLVMBuildICmp(L->bld, LLVMIntSGT, jn, ci64(L, 0), ""), jn,
+                           ci64(L, 0), "");
+}
+
+/* Row pointer of node r for example b at processing step tau: a chunk's
+ * rows hold its steps in order (b*Tc + tau - t0), a whole-sequence buffer
+ * the tokens (b*T + t). */
+static LLVMValueRef step_row(Lower *L, IrRef r, LLVMValueRef b, LLVMValueRef len,
+                             LLVMValueRef tau) {
+  const SchedValue *v = &L->v[r];
+  if (v->cls != SCHED_TOKEN || !v->chunked) return row_at(L, r, b, phys(L, len, tau));
+  LLVMValueRef row = add(L, mul(L, b, L->Tc), LLVMBuildSub(L->bld, tau, L->t0, ""));
+  return gepf(L, L->ll[r].base, mul(L, row, ci64(L, sched_row_floats(v))));
+}
+
 /* h_t = a_t * h_{t-1} + b_t (scan) or max(a_t + h_{t-1}, b_t) (scan_max)
  * per example, h_{-1} the initial value, over the example's steps; the
  * element loop runs along the value's last axis, where a broadcast
@@ -97,7 +122,8 @@ void emit_delay(Lower *L, IrRef r) {
 
 /* A shift register's value entering step tau: along the axis, entries
  * [tau*m, tau*m + n) of the stream w0 (n entries), v at step 0 (m), v at
- * step 1 (m), ... */
+ * step 1 (m), ... In time chunks w0 is the storage, which holds the window
+ * entering the chunk (emit_chunk_states), and tau counts from t0. */
 void emit_window(Lower *L, IrRef r) {
   const IrNode *nd = &L->fn->nodes.v[r];
   const SchedValue *n = &L->v[r], *v = &L->v[nd->args[0]];
@@ -107,20 +133,21 @@ void emit_window(Lower *L, IrRef r) {
   inner *= n->w;
   Loop lb, lt, lj, lq, lk;
   LLVMValueRef b = loop_begin(L, &lb, ci64(L, 0), L->a_B);
-  LLVMValueRef len = len_of(L, b);
+  LLVMValueRef len = len_of(L, b), first, count;
+  step_range(L, len, &first, &count);
   LLVMValueRef w0 = row_at(L, nd->args[1], b, ci64(L, 0));
-  LLVMValueRef tau = loop_begin(L, &lt, ci64(L, 0), len);
-  LLVMValueRef dst = row_at(L, r, b, phys(L, len, tau));
+  LLVMValueRef rel = loop_begin(L, &lt, ci64(L, 0), count);
+  LLVMValueRef dst = step_row(L, r, b, len, add(L, first, rel));
   LLVMValueRef j = loop_begin(L, &lj, ci64(L, 0), ci64(L, nlen));
-  LLVMValueRef p = add(L, mul(L, tau, ci64(L, mlen)), j);
+  LLVMValueRef p = add(L, mul(L, rel, ci64(L, mlen)), j);
   LLVMValueRef from_w0 = LLVMBuildICmp(L->bld, LLVMIntSLT, p, ci64(L, nlen), "");
   LLVMValueRef pv = LLVMBuildSub(L->bld, p, ci64(L, nlen), "");
   /* Stream entries past w0: the m entries of v at step (p - n) / m. */
   LLVMValueRef pvs = LLVMBuildSelect(L->bld, from_w0, ci64(L, 0), pv, "");
   LLVMValueRef vstep = LLVMBuildSDiv(L->bld, pvs, ci64(L, mlen ? mlen : 1), "");
   LLVMValueRef vat = LLVMBuildSRem(L->bld, pvs, ci64(L, mlen ? mlen : 1), "");
-  LLVMValueRef src =
-      LLVMBuildSelect(L->bld, from_w0, w0, row_at(L, nd->args[0], b, phys(L, len, vstep)), "");
+  LLVMValueRef src = LLVMBuildSelect(L->bld, from_w0, w0,
+                                     step_row(L, nd->args[0], b, len, add(L, first, vstep)), "");
   LLVMValueRef at = LLVMBuildSelect(L->bld, from_w0, p, vat, "");
   LLVMValueRef extent = LLVMBuildSelect(L->bld, from_w0, ci64(L, nlen), ci64(L, mlen), "");
   LLVMValueRef q = loop_begin(L, &lq, ci64(L, 0), ci64(L, outer));
@@ -173,8 +200,11 @@ static void scan_item(Lower *L, LLVMValueRef item, LLVMValueRef extra, const voi
     i1 = select_min(L, add(L, i0, ci64(L, g->split)), ci64(L, last));
   }
   Loop lt, lo, li;
-  LLVMValueRef tau = loop_begin(L, &lt, ci64(L, 0), len);
-  L->r_tok = add(L, mul(L, b, L->a_T), phys(L, len, tau));
+  LLVMValueRef first, count;
+  step_range(L, len, &first, &count);
+  LLVMValueRef rel = loop_begin(L, &lt, ci64(L, 0), count);
+  L->r_tok = add(L, mul(L, b, L->a_T), phys(L, len, add(L, first, rel)));
+  if (L->in->chunked) L->r_tokc = add(L, mul(L, b, L->Tc), rel);
   LLVMValueRef o = loop_begin(L, &lo, ob, oend);
   /* Accumulators of the sums, carried around the loop over the last axis. */
   LLVMValueRef *acc = arena_calloc(L->a, (size_t)g->nmembers * 2 + 1, sizeof *acc);
@@ -294,13 +324,39 @@ void emit_seq_final_states(Lower *L) {
     LLVMValueRef init = gepf(L, L->buf[in->state_buf[s]], mul(L, b, ci64(L, floats)));
     /* A fused scan, or a chunked form, runs in the state's storage, which
      * ends as the final state (and holds the initial one when the sequence
-     * is empty). */
-    LLVMValueRef src = L->v[nx].group >= 0
+     * is empty); so does every state in time chunks. */
+    LLVMValueRef src = L->v[nx].group >= 0 || in->chunked
                            ? init
                            : LLVMBuildSelect(bld, empty, init, row_at(L, nx, b, lastp), "");
     copy_row(L, dst, src, floats, b, ci64(L, 0));
     loop_end(L, &lb);
     LLVMBuildBr(bld, next);
     LLVMPositionBuilderAtEnd(bld, next);
+  }
+}
+
+/* In time chunks, a state not carried by a fused group (a window) takes
+ * its next value at the last step of the chunk, for the examples with
+ * steps in it: the next chunk's windows read it. */
+void emit_chunk_states(Lower *L) {
+  const IrFunc *fn = L->fn;
+  const SchedInst *in = L->in;
+  for (int s = 0; s < fn->states.n; s++) {
+    IrRef nx = fn->states.v[s].next;
+    if (L->v[nx].group >= 0) continue;
+    int64_t floats = in->bufs.v[in->state_buf[s]].row_floats;
+    Loop lb;
+    LLVMValueRef b = loop_begin(L, &lb, ci64(L, 0), L->a_B);
+    LLVMValueRef len = len_of(L, b), first, count;
+    step_range(L, len, &first, &count);
+    LLVMBasicBlockRef copy = block(L, "ccopy"), next = block(L, "cnext");
+    LLVMBuildCondBr(L->bld, LLVMBuildICmp(L->bld, LLVMIntSGT, count, ci64(L, 0), ""), copy, next);
+    LLVMPositionBuilderAtEnd(L->bld, copy);
+    LLVMValueRef lastp = LLVMBuildSub(L->bld, add(L, first, count), ci64(L, 1), "");
+    LLVMValueRef dst = gepf(L, L->buf[in->state_buf[s]], mul(L, b, ci64(L, floats)));
+    copy_row(L, dst, step_row(L, nx, b, len, lastp), floats, ci64(L, 0), ci64(L, 0));
+    LLVMBuildBr(L->bld, next);
+    LLVMPositionBuilderAtEnd(L->bld, next);
+    loop_end(L, &lb);
   }
 }

@@ -127,6 +127,7 @@ int pipeline_run(Pipeline *p, const PipeOptions *o) {
     const char *symbol = abi_c_identifier(p->arena, root->name);
     if (!symbol || sched_build(p->arena, p->parallel, root, p->bind.dims, symbol, &p->sched, p->de))
       return -1;
+    if (o->chunk_budget > 0) p->sched->chunk_budget = o->chunk_budget;
     p->reached = PIPE_SCHED;
   }
   if (o->goal <= PIPE_SCHED) return 0;

@@ -367,6 +367,21 @@ static int build_ops(Plan *p) {
     if (build_phase(p, body, SCHED_TOKEN) ||
         !add_op(p, body, SCHED_OP_TOKEN_OUTPUTS, SCHED_TOKEN, -1, -1) || build_time_loop(p, body))
       return -1;
+  } else if (!cell && in->chunked) {
+    /* A parallel form in time chunks (plan_model_chunks): the recurrences
+     * carry their values in the states' storage from chunk to chunk. */
+    if (!add_op(p, top, SCHED_OP_STATE_INIT, SCHED_CONST, -1, -1)) return -1;
+    SchedOp *chunks = add_op(p, top, SCHED_OP_CHUNK_LOOP, SCHED_TOKEN, -1, -1);
+    if (!chunks) return -1;
+    OpList *body = (OpList *)&chunks->body;
+    if (build_phase(p, body, SCHED_TOKEN) ||
+        !add_op(p, body, SCHED_OP_TOKEN_OUTPUTS, SCHED_TOKEN, -1, -1))
+      return -1;
+    int loose = 0; /* states no fused group carries */
+    for (int s = 0; s < fn->states.n; s++) loose |= p->v[fn->states.v[s].next].group < 0;
+    if ((loose && !add_op(p, body, SCHED_OP_CHUNK_STATES, SCHED_TOKEN, -1, -1)) ||
+        !add_op(p, top, SCHED_OP_SEQ_FINAL_STATES, SCHED_TOKEN, -1, -1))
+      return -1;
   } else {
     /* A model's own states (a cell's parallel form) are read from the
      * start. */
@@ -424,7 +439,8 @@ int sched_build(Arena *a, const IrModule *m, const IrFunc *root, const int64_t *
     p.in = &s->insts.v[i];
     p.fn = p.in->fn;
     p.v = p.in->values;
-    if (plan_values(&p) || plan_scan_groups(&p) || plan_linattns(&p) || plan_limits(&p) ||
+    if (plan_values(&p) || plan_scan_groups(&p) || plan_linattns(&p) || plan_model_chunks(&p) ||
+        plan_limits(&p) ||
         place_buffers(&p) || place_linattn_buffers(&p) || build_ops(&p) || p.failed)
       return -1;
   }

@@ -322,6 +322,61 @@ static void plan_chunks(Plan *p) {
   in->chunk_floats = floats;
 }
 
+/* Whether a cell's parallel form (a model) runs in time chunks too: its
+ * recurrences are fused scans and chunked states that carry their running
+ * value in the state's storage from one chunk to the next, or windows that
+ * read the storage as the window entering the chunk (updated at the
+ * chunk's end). Then the whole-sequence intermediates (the projections, the
+ * coefficients, the readouts) take one chunk's rows, which stay in cache,
+ * instead of [B*T, ...] buffers in memory. Needs: no layer calls, no
+ * convolutions, no scan or delay outside a fused group, and the states read
+ * only by their groups and windows. Runs after the groups are planned. */
+#define MODEL_MIN_TC 16
+#define MODEL_MIN_TC_LINATTN 64
+
+int plan_model_chunks(Plan *p) {
+  const IrFunc *fn = p->fn;
+  SchedInst *in = p->in;
+  if (fn->kind != IR_FN_MODEL || fn->states.n == 0) return 0;
+  int linattn = 0;
+  for (IrRef r = 0; r < fn->nodes.n; r++) {
+    const IrNode *nd = &fn->nodes.v[r];
+    const SchedValue *n = &p->v[r];
+    if (nd->op == IR_CALL || nd->op == IR_CAUSAL_CONV) return 0;
+    if ((nd->op == IR_SCAN || nd->op == IR_SCAN_MAX || nd->op == IR_DELAY) && n->group < 0)
+      return 0;
+    linattn |= in->linattns[r] != NULL;
+    for (int j = 0; j < nd->nargs; j++) {
+      const IrNode *a = &fn->nodes.v[nd->args[j]];
+      if (a->op == IR_STATE && n->group < 0 && !(nd->op == IR_WINDOW && j == 1)) return 0;
+    }
+  }
+  for (int s = 0; s < fn->states.n; s++) {
+    IrRef nx = fn->states.v[s].next;
+    if (nx < 0 || (p->v[nx].group < 0 && p->v[nx].cls != SCHED_TOKEN)) return 0;
+  }
+  int64_t floats = 0;
+  for (IrRef r = 0; r < fn->nodes.n; r++) {
+    const IrNode *nd = &fn->nodes.v[r];
+    SchedValue *n = &p->v[r];
+    if (n->cls != SCHED_TOKEN) continue;
+    if (nd->op == IR_RESHAPE) {
+      n->chunked = p->v[nd->args[0]].chunked;
+    } else if (!sched_is_view(nd->op) && n->uses > 0 && (n->group < 0 || n->stored)) {
+      n->chunked = 1;
+      floats += sched_row_floats(n) + 16;
+      if (n->gemm) /* room for a gathered operand */
+        floats += sched_row_floats(&p->v[nd->args[n->gemm == SCHED_GEMM_WX ? 1 : 0]]) + 16;
+    }
+  }
+  in->chunked = floats > 0;
+  in->chunk_floats = floats;
+  /* The chunked kernel's own chunks are 16 tokens: a time chunk of a few
+   * steps would pass the state through memory at every one. */
+  in->min_tc = linattn ? MODEL_MIN_TC_LINATTN : MODEL_MIN_TC;
+  return 0;
+}
+
 int plan_values(Plan *p) {
   const IrFunc *fn = p->fn;
   for (IrRef r = 0; r < fn->nodes.n; r++) {

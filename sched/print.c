@@ -123,7 +123,7 @@ static void print_ops(FILE *out, const SchedInst *in, const SchedOp *ops, int n,
       fprintf(out, "causal_conv v%d over the sequence\n", op->node);
       break;
     case SCHED_OP_SCAN:
-      fprintf(out, "%s v%d over the sequence, ",
+      fprintf(out, in->chunked ? "%s v%d over the chunk's steps, " : "%s v%d over the sequence, ",
               in->fn->nodes.v[op->node].op == IR_SCAN_MAX ? "scan_max" : "scan", op->node);
       print_shape(out, v);
       if (!op->group) {
@@ -175,8 +175,9 @@ static void print_ops(FILE *out, const SchedInst *in, const SchedOp *ops, int n,
       fputs("outputs that read no state\n", out);
       break;
     case SCHED_OP_CHUNK_LOOP:
-      fprintf(out, "time chunks of Tc steps (%lld floats per token):\n",
-              (long long)in->chunk_floats);
+      fprintf(out, "time chunks of Tc steps (%lld floats per token", (long long)in->chunk_floats);
+      if (in->min_tc > 1) fprintf(out, ", at least %lld steps", (long long)in->min_tc);
+      fputs("):\n", out);
       print_ops(out, in, op->body.v, op->body.n, depth + 1);
       break;
     case SCHED_OP_TIME_LOOP:
@@ -190,7 +191,12 @@ static void print_ops(FILE *out, const SchedInst *in, const SchedOp *ops, int n,
       fputs("final states\n", out);
       break;
     case SCHED_OP_SEQ_FINAL_STATES:
-      fputs("final states: next at each sequence's last step\n", out);
+      fputs(in->chunked ? "final states: the storage\n"
+                        : "final states: next at each sequence's last step\n",
+            out);
+      break;
+    case SCHED_OP_CHUNK_STATES:
+      fputs("states: next at the chunk's last step\n", out);
       break;
     }
   }

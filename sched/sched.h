@@ -121,7 +121,10 @@ typedef enum {
   SCHED_OP_COMMIT,        /* per active example: this step's outputs, then the new states */
   SCHED_OP_FINAL_STATES,  /* state_out from the states' storage */
   SCHED_OP_SEQ_FINAL_STATES, /* a parallel form's state_out: next at each sequence's last
-                                step (the initial value for an empty one) */
+                                step (the initial value for an empty one); in time chunks,
+                                the storage */
+  SCHED_OP_CHUNK_STATES,  /* a parallel form in time chunks: the states not carried by a
+                             fused group (windows) take next at the chunk's last step */
 } SchedOpKind;
 
 typedef struct SchedOp SchedOp;
@@ -190,6 +193,7 @@ typedef struct SchedInst {
    * cache when its steps read them. */
   int chunked;
   int64_t chunk_floats; /* floats one token takes in the chunk's buffers */
+  int64_t min_tc;       /* a parallel form's chunks are at least this long (or T) */
   /* Size limits: calls with B*T*per_token or B*per_example floats past 2^40
    * are refused (ABI_ERR_NOMEM) before anything is allocated. */
   int64_t per_token, per_example;

@@ -58,7 +58,13 @@ static const Case CASES[] = {
     {"stdlib/s4d.seq", "H=150,N=16"},
 };
 
-static const char *const FORMS[] = {"sequential", "scan", "chunked"};
+/* Each form as the schedule chunks time, and the parallel forms again with
+ * the shortest time chunks (a budget of one float: 16 steps, 64 with a
+ * chunked state), so that sequences cross many chunk boundaries. */
+static const struct {
+  const char *strategy;
+  int64_t chunk_budget;
+} FORMS[] = {{"sequential", 0}, {"scan", 0}, {"chunked", 0}, {"scan", 1}, {"chunked", 1}};
 enum { NFORMS = sizeof FORMS / sizeof FORMS[0] };
 static const int64_t TS[] = {1, 2, 3, 7, 63, 64, 65, 1000, 4097};
 
@@ -81,7 +87,7 @@ typedef struct Compiled {
 
 /* Compiles c under --strategy=form; 1 if no state of it has that form
  * (nothing to test), -1 on any other failure. */
-static int compile(Compiled *cm, const Case *c, const char *form) {
+static int compile(Compiled *cm, const Case *c, const char *form, int64_t chunk_budget) {
   memset(cm, 0, sizeof *cm);
   cm->arena = arena_create();
   srcmgr_init(&cm->sm, cm->arena);
@@ -106,6 +112,7 @@ static int compile(Compiled *cm, const Case *c, const char *form) {
   po.dim_names = names;
   po.dim_values = values;
   po.strategy = &req;
+  po.chunk_budget = chunk_budget;
   po.cg = (CgOptions){2, NULL, NULL};
   po.goal = PIPE_BOUND;
   if (pipeline_run(&cm->pipe, &po)) return -1;
@@ -168,11 +175,11 @@ static void run_case(const Case *c) {
   Compiled cm[NFORMS];
   int have[NFORMS];
   for (int f = 0; f < NFORMS; f++) {
-    have[f] = compile(&cm[f], c, FORMS[f]);
+    have[f] = compile(&cm[f], c, FORMS[f].strategy, FORMS[f].chunk_budget);
     if (have[f] < 0) {
       for (int i = 0; i < cm[f].de.diags.n; i++)
         print_error("%s\n", cm[f].de.diags.v[i].message);
-      fail_msg("%s does not compile under --strategy=%s", c->file, FORMS[f]);
+      fail_msg("%s does not compile under --strategy=%s", c->file, FORMS[f].strategy);
     }
     have[f] = have[f] == 0;
   }
@@ -236,19 +243,21 @@ static void run_case(const Case *c) {
           const AbiSignature *sig = &cm[f].pipe.sched->sig;
           if (drv_run(sig, cm[f].forward, &cm[f].w, &cm[f].pipe.bind, B, T, ins, len,
                       variant ? sin : NULL, og, sg, &cm[f].de))
-            fail_msg("%s --strategy=%s does not run", c->file, FORMS[f]);
+            fail_msg("%s --strategy=%s does not run", c->file, FORMS[f].strategy);
           char what[512];
           for (int k = 0; k < no; k++) {
-            snprintf(what, sizeof what, "%s --strategy=%s output %s B=%lld T=%lld variant=%d",
-                     c->file, FORMS[f], root->outputs.v[k].name, (long long)B, (long long)T,
-                     variant);
+            snprintf(what, sizeof what,
+                     "%s --strategy=%s (chunk budget %lld) output %s B=%lld T=%lld variant=%d",
+                     c->file, FORMS[f].strategy, (long long)FORMS[f].chunk_budget,
+                     root->outputs.v[k].name, (long long)B, (long long)T, variant);
             check(what, &og[k], &o32[k], &o64[k], T);
             rt_tensor_free(&og[k]);
           }
           for (int k = 0; k < ns; k++) {
-            snprintf(what, sizeof what, "%s --strategy=%s state %s B=%lld T=%lld variant=%d",
-                     c->file, FORMS[f], b->flat.states.v[k].name, (long long)B, (long long)T,
-                     variant);
+            snprintf(what, sizeof what,
+                     "%s --strategy=%s (chunk budget %lld) state %s B=%lld T=%lld variant=%d",
+                     c->file, FORMS[f].strategy, (long long)FORMS[f].chunk_budget,
+                     b->flat.states.v[k].name, (long long)B, (long long)T, variant);
             check(what, &sg[k], &s32[k], &s64[k], T);
             rt_tensor_free(&sg[k]);
           }
