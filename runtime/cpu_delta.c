@@ -1,0 +1,567 @@
+/* cpu_delta.c - the chunkwise-parallel (WY / UT) form of the delta rule
+ * (docs/algorithms.md, section 4; Yang et al. 2024, "Parallelizing Linear
+ * Transformers with the Delta Rule over Sequence Length"), for one sequence
+ * and every head, on the calling thread.
+ *
+ * Per head, with S: [V, K], every token t scales the state by its gate g_t
+ * and then applies its R rank-one factors in order,
+ *   S <- S (I - b k k^T) + b v k^T = S + b (v - S k) k^T,
+ * and o_t = S q_t is read after the last. Write the R factors of a token as
+ * R consecutive micro-steps m, the gate at its first (gamma_m = g_t there,
+ * 1 at the others). Within a chunk of n tokens (N = n R micro-steps) let
+ * Gamma_m be the product of gamma up to m and D(m, i) that over i < j <= m
+ * (so D(m, m) = 1). Each micro-step adds one rank-one term, and by
+ * induction
+ *   S_m = Gamma_m S0 + sum_{i <= m} D(m, i) delta_i k_i^T,
+ *   delta_m = b_m (v_m - Gamma_m S0 k_m - sum_{i < m} D(m, i) (k_i . k_m) delta_i),
+ * S0 the state entering the chunk. The deltas (the corrected pseudo-values
+ * U' = U - W S0^T of the UT transform) are the solution of one unit lower
+ * triangular system,
+ *   (I + L) Delta = diag(b) V - diag(b Gamma) K S0^T,   L[m, i] = b_m D(m, i) (k_m . k_i), i < m,
+ * solved by blocked forward substitution: rows of MR micro-steps at a time,
+ * the rows before them through a register tile (a matrix product), the small
+ * triangle inside the block in registers. That is the same arithmetic as
+ * forming A = (I + L)^-1 diag(b) and then W = A diag(Gamma) K and U = A V,
+ * minus the products by A: the forward pass needs only U', and the
+ * substitution is the backward-stable way to apply an inverse. Then
+ *   O     = diag(Gamma_q) Q S0^T + ((Q K^T) (.) M) Delta   (M[t, i] = D(m_t, i) for i <= m_t,
+ *                                                          m_t token t's last micro-step)
+ *   S_end = Gamma_N S0 + Delta^T diag(D(N-1, .)) K
+ * All matrix products with rows of 16 floats, as in cpu_linattn.c.
+ *
+ * The decays are products of gates over spans of tokens, never ratios of
+ * cumulative products, so every factor lies in [0, 1] when the gates do. A
+ * gate of exactly 0 (lg = -inf) at token z then zeroes L[m, i] for i before
+ * z <= m exactly, so the substitution gives the rows from z on without a
+ * trace of the earlier ones (every term they contribute is an exact zero),
+ * and likewise Gamma, M and the state's decays: history is cut bit for bit.
+ *
+ * Chunks run in order and, within a chunk, the heads; every head's state is
+ * kept transposed ([K, V]) in the scratch for the whole call, so that the
+ * products that read it (K S0^T, Q S0^T) and the one that updates it stream
+ * rows of V floats. The keys and the values of a chunk are copied (a
+ * micro-step's rows need not have one stride), the queries and outputs are
+ * read and written in place (the outputs through a padded copy when V is
+ * not a multiple of 16).
+ */
+#include "runtime/rt_cpu.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+/* As in cpu_gemm.c and cpu_linattn.c: under -std=c11 GCC would not contract
+ * a * b + c into an FMA, and the tiles would run at half speed. */
+#if defined(__clang__)
+#pragma clang fp contract(fast)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=fast")
+#endif
+
+/* Eight lanes, one AVX2 register (as in cpu_linattn.c: GCC 12 lowers arrays
+ * of 16-float vectors through the stack on an AVX2 target). */
+typedef float v8 __attribute__((vector_size(32)));
+
+#define LOAD8(dst, p) memcpy(&(dst), (p), sizeof(v8))
+#define STORE8(p, v) memcpy((p), &(v), sizeof(v8))
+#define INLINE static inline __attribute__((always_inline))
+
+/* A register tile is MR rows by one 16-float panel (two vectors): 12
+ * accumulators, with the two B vectors and a broadcast within AVX2's 16
+ * registers. It is also the block of the forward substitution. */
+#define MR 6
+
+static int64_t round16(int64_t n) {
+  return (n + 15) / 16 * 16;
+}
+
+static int64_t min64(int64_t a, int64_t b) {
+  return a < b ? a : b;
+}
+
+/* ---- prefetching the next chunk ------------------------------------------------ */
+
+/* As in cpu_linattn.c: the next chunk's rows are prefetched a few lines at
+ * a time from between the register tiles of this chunk's products, where
+ * the misses overlap the arithmetic. The cursor walks token by token over
+ * the arrays present: q, lg, and the keys, values and betas of the first
+ * PREFETCH_FACTORS factors. */
+#define PREFETCH_FACTORS 3
+#define PREFETCH_ARRAYS (2 + 3 * PREFETCH_FACTORS)
+typedef struct Prefetch {
+  const char *at[PREFETCH_ARRAYS]; /* the current token's row of each array, 64-byte aligned */
+  int64_t ld[PREFETCH_ARRAYS];     /* bytes from one token to the next */
+  int64_t len[PREFETCH_ARRAYS];    /* bytes to fetch per token */
+  int narrays, arr;
+  int64_t tokens; /* tokens left, the current one included */
+} Prefetch;
+
+/* Lines handed to the prefetcher after each register tile, at least. */
+#define PREFETCH_LINES 8
+
+INLINE void prefetch_lines(Prefetch *p) {
+  for (int64_t lines = 0; lines < PREFETCH_LINES && p->tokens > 0;) {
+    const char *row = p->at[p->arr];
+    int64_t len = p->len[p->arr];
+    for (int64_t off = 0; off < len; off += 64) __builtin_prefetch(row + off);
+    lines += (len + 63) / 64;
+    p->at[p->arr] += p->ld[p->arr];
+    if (++p->arr == p->narrays) {
+      p->arr = 0;
+      p->tokens--;
+    }
+  }
+}
+
+/* ---- scratch --------------------------------------------------------------- */
+
+/* The buffers carved from the caller's work: every head's state, then one
+ * chunk of one head (the heads take turns). N = C R micro-steps at most; Np,
+ * Vp are N and V rounded up to 16 (rows that are the B operand or the result
+ * of a product). The padding of dl and of the states is zero; that of kt is
+ * zeroed where a product reads it. */
+typedef struct Scratch {
+  int64_t Np, Vp;
+  float *states; /* H x K x Vp: every head's state, transposed */
+  float *st;     /* the state of the head at hand */
+  float *kc;     /* N x K: keys, one row per micro-step; then times -b Gamma */
+  float *kt;     /* K x Np: keys transposed; then times the decay to the chunk's end */
+  float *dl;     /* N x Vp: b v, then the deltas */
+  float *lm;     /* N x Np: K K^T, then -L (strictly lower part) */
+  float *qs;     /* C x K: queries times Gamma */
+  float *sc;     /* C x Np: decayed scores */
+  float *oc;     /* C x Vp: outputs, padded (V not a multiple of 16) */
+  float *bt;     /* N: betas */
+  float *gt;     /* C: gates */
+  float *gam;    /* C: products of the gates from the chunk start */
+  float *dr;     /* Np: one row of decays */
+  float *gx;     /* K: the chunk's whole decay, once per row of the state */
+  Prefetch pf;
+} Scratch;
+
+/* Lays out the buffers from base (64-byte aligned) if base is not NULL, and
+ * returns how many floats they take. */
+static int64_t scratch_layout(int64_t H, int64_t K, int64_t V, int64_t R, int64_t C, float *base,
+                              Scratch *s) {
+  int64_t N = C * R, Np = round16(N), Vp = round16(V), padded = V % 16 != 0 ? C * Vp : 0;
+  const int64_t sizes[] = {H * K * Vp, N * K,  K * Np, N * Vp, N * Np, C * K, C * Np,
+                           padded,     N,      C,      C,      Np,     K};
+  float **ptrs[] = {&s->states, &s->kc, &s->kt, &s->dl, &s->lm, &s->qs, &s->sc,
+                    &s->oc,     &s->bt, &s->gt, &s->gam, &s->dr, &s->gx};
+  _Static_assert(sizeof sizes / sizeof sizes[0] == sizeof ptrs / sizeof ptrs[0], "one size each");
+  int64_t at = 0;
+  for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+    if (base) *ptrs[i] = base + at;
+    at += round16(sizes[i]);
+  }
+  s->Np = Np;
+  s->Vp = Vp;
+  return at;
+}
+
+/* The bounds keep every size far from overflow: a chunk of 2^14 micro-steps
+ * already asks for a gigabyte of scratch. */
+static int valid_shape(int64_t H, int64_t K, int64_t V, int64_t R, int64_t C) {
+  return H >= 1 && K >= 1 && V >= 1 && R >= 1 && K <= (1 << 20) && V <= (1 << 20) &&
+         H <= (1 << 20) && R <= (1 << 14) && C <= (1 << 14) && C * R <= (1 << 14);
+}
+
+int64_t rt_cpu_delta_work(int64_t H, int64_t K, int64_t V, int64_t R, int64_t C) {
+  if (C < 1) C = RT_CPU_DELTA_CHUNK;
+  if (!valid_shape(H, K, V, R, C)) return 0;
+  Scratch s;
+  /* 16 more floats let the call align its base to 64 bytes. */
+  return scratch_layout(H, K, V, R, C, NULL, &s) + 16;
+}
+
+/* ---- small matrix products --------------------------------------------------- */
+
+enum { PROD_SET, PROD_ADD, PROD_SCALE };
+enum { TRI_NONE, TRI_N, TRI_K };
+
+/* One register tile: for rows r < mr and the 16 columns of one panel,
+ *   C[r, j] = (mode: 0 | C[r, j] | beta[r] C[r, j]) + sum_k A[r*lda + k] B[k*ldb + j].
+ * With solve set, it is a block of the forward substitution instead: A holds
+ * -L from the block's first column kk on too, and after the sum, row r
+ * adds A[r*lda + kk + j] times the finished row j, for j < r, in registers
+ * (mode is PROD_ADD then: C holds the right-hand side, B the finished rows
+ * above the block). mr and solve are constants after inlining, so acc lives
+ * in registers. */
+INLINE void tile(int mr, int64_t kk, const float *A, int64_t lda, const float *B, int64_t ldb,
+                 float *C, int64_t ldc, int mode, const float *beta, int solve) {
+  v8 acc[MR][2];
+  /* The loops over rows are unrolled by request (as in cpu_linattn.c: GCC
+   * 12 otherwise keeps acc in memory). */
+#pragma GCC unroll 6
+  for (int r = 0; r < mr; r++)
+    for (int j = 0; j < 2; j++) {
+      v8 c = {0};
+      if (mode != PROD_SET) LOAD8(c, C + r * ldc + 8 * j);
+      if (mode == PROD_SCALE) c *= beta[r];
+      acc[r][j] = c;
+    }
+  for (int64_t k = 0; k < kk; k++) {
+    v8 b0, b1;
+    LOAD8(b0, B + k * ldb);
+    LOAD8(b1, B + k * ldb + 8);
+#pragma GCC unroll 6
+    for (int r = 0; r < mr; r++) {
+      float a = A[r * lda + k];
+      acc[r][0] += a * b0;
+      acc[r][1] += a * b1;
+    }
+  }
+  if (solve) {
+#pragma GCC unroll 6
+    for (int r = 1; r < mr; r++)
+#pragma GCC unroll 6
+      for (int j = 0; j < r; j++) {
+        float a = A[r * lda + kk + j];
+        acc[r][0] += a * acc[j][0];
+        acc[r][1] += a * acc[j][1];
+      }
+  }
+#pragma GCC unroll 6
+  for (int r = 0; r < mr; r++)
+    for (int j = 0; j < 2; j++) STORE8(C + r * ldc + 8 * j, acc[r][j]);
+}
+
+/* Calls tile with a constant row count (kept out of clang-format, which
+ * puts each case on three lines). */
+INLINE void tile_rows(int mr, int64_t kk, const float *A, int64_t lda, const float *B, int64_t ldb,
+                      float *C, int64_t ldc, int mode, const float *beta, int solve) {
+  // clang-format off
+  switch (mr) {
+  case 1: tile(1, kk, A, lda, B, ldb, C, ldc, mode, beta, solve); break;
+  case 2: tile(2, kk, A, lda, B, ldb, C, ldc, mode, beta, solve); break;
+  case 3: tile(3, kk, A, lda, B, ldb, C, ldc, mode, beta, solve); break;
+  case 4: tile(4, kk, A, lda, B, ldb, C, ldc, mode, beta, solve); break;
+  case 5: tile(5, kk, A, lda, B, ldb, C, ldc, mode, beta, solve); break;
+  default: tile(MR, kk, A, lda, B, ldb, C, ldc, mode, beta, solve); break;
+  }
+  // clang-format on
+}
+
+/* C[M, N] (op)= A[M, Kk] @ B[Kk, N], N a multiple of 16, in tiles of MR rows
+ * by one panel. Row i of A stands for micro-steps up to (i + 1) step - 1
+ * (step = R for queries against micro-steps, 1 otherwise): tri == TRI_N, the
+ * rows of block i need only the columns below round16((i + MR) step) (a
+ * lower triangle of Q K^T); TRI_K, only the first (i + MR) step terms of the
+ * sum (a lower-triangular A). */
+INLINE void product_body(int64_t M, int64_t N, int64_t Kk, const float *A, int64_t lda,
+                         const float *B, int64_t ldb, float *C, int64_t ldc, int mode,
+                         const float *beta, int tri, int64_t step, Prefetch *pf) {
+  for (int64_t i = 0; i < M; i += MR) {
+    int mr = M - i < MR ? (int)(M - i) : MR;
+    int64_t n = tri == TRI_N ? min64(N, round16((i + mr) * step)) : N;
+    int64_t kk = tri == TRI_K ? min64(Kk, (i + mr) * step) : Kk;
+    const float *a = A + i * lda, *bt = beta ? beta + i : NULL;
+    float *c = C + i * ldc;
+    for (int64_t j = 0; j < n; j += 16) {
+      tile_rows(mr, kk, a, lda, B + j, ldb, c + j, ldc, mode, bt, 0);
+      prefetch_lines(pf);
+    }
+  }
+}
+
+/* Forward substitution: for rows m < M in order,
+ *   X[m, :] += sum_{i < m} Lm[m*ldl + i] X[i, :]      (X: M x N, N a multiple of 16)
+ * i.e. X <- (I - Lm)^-1 X for the strictly lower part of Lm (Lm = -L). */
+INLINE void solve_body(int64_t M, int64_t N, const float *Lm, int64_t ldl, float *X, int64_t ldx,
+                       Prefetch *pf) {
+  for (int64_t i = 0; i < M; i += MR) {
+    int mr = M - i < MR ? (int)(M - i) : MR;
+    for (int64_t j = 0; j < N; j += 16) {
+      tile_rows(mr, i, Lm + i * ldl, ldl, X + j, ldx, X + i * ldx + j, ldx, PROD_ADD, NULL, 1);
+      prefetch_lines(pf);
+    }
+  }
+}
+
+typedef void (*ProductFn)(int64_t M, int64_t N, int64_t Kk, const float *A, int64_t lda,
+                          const float *B, int64_t ldb, float *C, int64_t ldc, int mode,
+                          const float *beta, int tri, int64_t step, Prefetch *pf);
+typedef void (*SolveFn)(int64_t M, int64_t N, const float *Lm, int64_t ldl, float *X, int64_t ldx,
+                        Prefetch *pf);
+
+/* dst[d*ldd + i] = src[i*lds + d] for i < n, d < m: 8 x 8 blocks through
+ * registers (three rounds of shuffles), the edges element by element; as in
+ * cpu_linattn.c. */
+INLINE void transpose(int64_t n, int64_t m, const float *src, int64_t lds, float *dst,
+                      int64_t ldd) {
+  int64_t n8 = n / 8 * 8, m8 = m / 8 * 8;
+  for (int64_t i0 = 0; i0 < n8; i0 += 8)
+    for (int64_t d0 = 0; d0 < m8; d0 += 8) {
+      v8 r[8], t[8], u[8];
+      for (int i = 0; i < 8; i++) LOAD8(r[i], src + (i0 + i) * lds + d0);
+      for (int i = 0; i < 8; i += 2) {
+        t[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+        t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+      }
+      for (int b = 0; b < 8; b += 4)
+        for (int c = 0; c < 4; c += 2) {
+          const v8 x = t[b + c / 2], y = t[b + c / 2 + 2];
+          u[b + c] = __builtin_shufflevector(x, y, 0, 1, 8, 9, 4, 5, 12, 13);
+          u[b + c + 1] = __builtin_shufflevector(x, y, 2, 3, 10, 11, 6, 7, 14, 15);
+        }
+      for (int c = 0; c < 4; c++) {
+        v8 lo = __builtin_shufflevector(u[c], u[4 + c], 0, 1, 2, 3, 8, 9, 10, 11);
+        v8 hi = __builtin_shufflevector(u[c], u[4 + c], 4, 5, 6, 7, 12, 13, 14, 15);
+        STORE8(dst + (d0 + c) * ldd + i0, lo);
+        STORE8(dst + (d0 + c + 4) * ldd + i0, hi);
+      }
+    }
+  for (int64_t d = 0; d < m; d++)
+    for (int64_t i = d < m8 ? n8 : 0; i < n; i++) dst[d * ldd + i] = src[i * lds + d];
+}
+
+/* ---- one chunk ------------------------------------------------------------------ */
+
+/* The arguments of rt_cpu_delta. */
+typedef struct Delta {
+  int64_t T, H, K, V, R, C;
+  const float *q, *k, *v, *beta, *lg;
+  int64_t ldq, ldk, ldkr, ldv, ldvr, ldb, ldbr, ldg, ldo;
+  float *S, *o;
+} Delta;
+
+/* One chunk of one head: n tokens, N = n R micro-steps. */
+typedef struct Chunk {
+  int64_t n, N;
+  const float *q;
+  float *o;
+  int64_t ldq, ldo;
+} Chunk;
+
+/* Sets up tokens t0 .. t0+n-1 of head h: the views of q and o, the gates
+ * and their prefix products, the betas, the keys (a row per micro-step, and
+ * transposed), and b v in dl. */
+INLINE void load_chunk(const Delta *a, Scratch *s, int64_t h, int64_t t0, int64_t n, Chunk *c) {
+  const int64_t K = a->K, V = a->V, R = a->R, Vp = s->Vp, Np = s->Np, N = n * R;
+  c->n = n;
+  c->N = N;
+  c->q = a->q ? a->q + t0 * a->ldq + h * K : NULL;
+  c->ldq = a->ldq;
+  if (V % 16 == 0) {
+    c->o = a->q ? a->o + t0 * a->ldo + h * V : NULL;
+    c->ldo = a->ldo;
+  } else {
+    c->o = s->oc;
+    c->ldo = Vp;
+  }
+  for (int64_t t = 0; t < n; t++)
+    for (int64_t r = 0; r < R; r++) {
+      int64_t m = t * R + r;
+      const float *kr = a->k + (t0 + t) * a->ldk + r * a->ldkr + h * K;
+      const float *vr = a->v + (t0 + t) * a->ldv + r * a->ldvr + h * V;
+      float b = a->beta ? a->beta[(t0 + t) * a->ldb + r * a->ldbr + h] : 1.0f;
+      s->bt[m] = b;
+      memcpy(s->kc + m * K, kr, sizeof(float) * (size_t)K);
+      float *d = s->dl + m * Vp;
+      for (int64_t j = 0; j < V; j++) d[j] = b * vr[j];
+      for (int64_t j = V; j < Vp; j++) d[j] = 0.0f;
+    }
+  transpose(N, K, s->kc, K, s->kt, Np);
+  /* The products read keys up to the next multiple of 16. */
+  for (int64_t d = 0; d < K; d++)
+    for (int64_t i = N; i < Np; i++) s->kt[d * Np + i] = 0.0f;
+  if (!a->lg) return;
+  float gamma = 1.0f;
+  for (int64_t t = 0; t < n; t++) {
+    float l = a->lg[(t0 + t) * a->ldg + h];
+    /* Capped as cpu_linattn.c's exp is (NaN stays NaN). */
+    s->gt[t] = expf(l > 88.0f ? 88.0f : l);
+    gamma *= s->gt[t];
+    s->gam[t] = gamma;
+  }
+}
+
+/* One chunk of one head; the state s->st (transposed) is S0 on entry and
+ * the chunk's final state on return. */
+INLINE void chunk(const Delta *a, Scratch *s, const Chunk *c, ProductFn product, SolveFn solve) {
+  const int64_t K = a->K, R = a->R, Np = s->Np, Vp = s->Vp, n = c->n, N = c->N;
+  const int gated = a->lg != NULL;
+  const float *gt = s->gt, *gam = s->gam;
+  float *lm = s->lm, *dr = s->dr, *kc = s->kc, *kt = s->kt;
+
+  /* L: the Gram matrix of the keys (its lower triangle), then
+   *   lm[m, i] = -b_m D(m, i) (k_m . k_i)   for i < m,
+   * the row of decays D(m, .) carried from one micro-step to the next in dr
+   * (a gate enters at a token's first micro-step). The substitution reads
+   * nothing on or above the diagonal. */
+  product(N, Np, K, kc, K, kt, Np, lm, Np, PROD_SET, NULL, TRI_N, 1, &s->pf);
+  for (int64_t m = 0; m < N; m++) {
+    float *row = lm + m * Np;
+    const float nb = -s->bt[m];
+    if (gated) {
+      if (m % R == 0)
+        for (int64_t i = 0; i < m; i++) dr[i] *= gt[m / R];
+      dr[m] = 1.0f;
+      for (int64_t i = 0; i < m; i++) row[i] *= nb * dr[i];
+    } else {
+      for (int64_t i = 0; i < m; i++) row[i] *= nb;
+    }
+  }
+
+  /* The right-hand side, b v - b Gamma (S0 k), into dl (which holds b v). */
+  for (int64_t m = 0; m < N; m++) {
+    const float f = -s->bt[m] * (gated ? gam[m / R] : 1.0f);
+    for (int64_t d = 0; d < K; d++) kc[m * K + d] *= f;
+  }
+  product(N, Vp, K, kc, K, s->st, Vp, s->dl, Vp, PROD_ADD, NULL, TRI_NONE, 1, &s->pf);
+  solve(N, Vp, lm, Np, s->dl, Vp, &s->pf);
+
+  if (c->q) {
+    /* Between chunks: O = (Q (.) Gamma) S0^T. */
+    const float *qa = c->q;
+    int64_t lda = c->ldq;
+    if (gated) {
+      for (int64_t t = 0; t < n; t++)
+        for (int64_t d = 0; d < K; d++) s->qs[t * K + d] = c->q[t * c->ldq + d] * gam[t];
+      qa = s->qs;
+      lda = K;
+    }
+    product(n, Vp, K, qa, lda, s->st, Vp, c->o, c->ldo, PROD_SET, NULL, TRI_NONE, 1, &s->pf);
+    /* Inside: the scores of token t against the micro-steps up to its last,
+     * (t + 1) R - 1, times the decays D, which between tokens t' <= t are
+     * g[t'+1] ... g[t] (carried token by token in dr, one entry per token).
+     * Entries past (t + 1) R that the next product reads (up to its row
+     * block's end) are zeroed. */
+    product(n, Np, K, c->q, c->ldq, kt, Np, s->sc, Np, PROD_SET, NULL, TRI_N, R, &s->pf);
+    for (int64_t t = 0; t < n; t++) {
+      float *row = s->sc + t * Np;
+      int64_t end = min64((t / MR * MR + MR) * R, N);
+      if (gated) {
+        for (int64_t u = 0; u < t; u++) dr[u] *= gt[t];
+        dr[t] = 1.0f;
+        for (int64_t u = 0; u < t; u++)
+          for (int64_t r = 0; r < R; r++) row[u * R + r] *= dr[u];
+      }
+      for (int64_t i = (t + 1) * R; i < end; i++) row[i] = 0.0f;
+    }
+    product(n, Vp, N, s->sc, Np, s->dl, Vp, c->o, c->ldo, PROD_ADD, NULL, TRI_K, R, &s->pf);
+  }
+
+  /* The state: S^T = Gamma_N S0^T + (K^T diag(w)) Delta, w_i = D(N-1, i),
+   * the products of the gates after micro-step i's token, from the end. */
+  if (!gated) {
+    product(K, Vp, N, kt, Np, s->dl, Vp, s->st, Vp, PROD_ADD, NULL, TRI_NONE, 1, &s->pf);
+    return;
+  }
+  float w = 1.0f;
+  for (int64_t t = n - 1; t >= 0; t--) {
+    for (int64_t r = 0; r < R; r++) dr[t * R + r] = w;
+    w *= gt[t];
+  }
+  for (int64_t d = 0; d < K; d++) {
+    for (int64_t i = 0; i < N; i++) kt[d * Np + i] *= dr[i];
+    s->gx[d] = w;
+  }
+  product(K, Vp, N, kt, Np, s->dl, Vp, s->st, Vp, PROD_SCALE, s->gx, TRI_NONE, 1, &s->pf);
+}
+
+/* Points the cursor at tokens t0 .. t0+n-1, every head. */
+static void prefetch_start(const Delta *a, Prefetch *p, int64_t t0, int64_t n) {
+  p->tokens = n;
+  if (n <= 0) return;
+  p->narrays = 0;
+  const int64_t nf = min64(a->R, PREFETCH_FACTORS);
+  for (int i = 0; i < PREFETCH_ARRAYS; i++) {
+    const float *base;
+    int64_t ld, width;
+    if (i == 0) {
+      base = a->q, ld = a->ldq, width = a->H * a->K;
+    } else if (i == 1) {
+      base = a->lg, ld = a->ldg, width = a->H;
+    } else {
+      int64_t f = (i - 2) / 3, which = (i - 2) % 3;
+      if (f >= nf) continue;
+      if (which == 0)
+        base = a->k + f * a->ldkr, ld = a->ldk, width = a->H * a->K;
+      else if (which == 1)
+        base = a->v + f * a->ldvr, ld = a->ldv, width = a->H * a->V;
+      else
+        base = a->beta ? a->beta + f * a->ldbr : NULL, ld = a->ldb, width = a->H;
+    }
+    if (!base) continue;
+    const float *row = base + t0 * ld;
+    uintptr_t start = (uintptr_t)row & ~(uintptr_t)63;
+    p->at[p->narrays] = (const char *)start;
+    p->ld[p->narrays] = ld * (int64_t)sizeof(float);
+    p->len[p->narrays] = (int64_t)((uintptr_t)(row + width) - start);
+    p->narrays++;
+  }
+  p->arr = 0;
+}
+
+/* ---- all chunks, all heads -------------------------------------------------------------- */
+
+/* Chunks in order and, within a chunk, the heads (as in cpu_linattn.c: the
+ * heads' slices of a token's rows lie side by side, so a chunk reads its
+ * rows whole). Every head's state stays in the scratch. */
+INLINE void run_body(const Delta *a, Scratch *s, ProductFn product, SolveFn solve) {
+  const int64_t H = a->H, K = a->K, V = a->V, Vp = s->Vp;
+  for (int64_t h = 0; h < H; h++) {
+    float *st = s->states + h * K * Vp;
+    transpose(V, K, a->S + h * V * K, K, st, Vp);
+    for (int64_t d = 0; d < K; d++)
+      for (int64_t j = V; j < Vp; j++) st[d * Vp + j] = 0.0f;
+  }
+  for (int64_t t0 = 0; t0 < a->T; t0 += a->C) {
+    int64_t n = min64(a->C, a->T - t0);
+    prefetch_start(a, &s->pf, t0 + n, min64(a->C, a->T - t0 - n));
+    for (int64_t h = 0; h < H; h++) {
+      Chunk c;
+      load_chunk(a, s, h, t0, n, &c);
+      s->st = s->states + h * K * Vp;
+      chunk(a, s, &c, product, solve);
+      if (a->q && c.o == s->oc)
+        for (int64_t i = 0; i < n; i++)
+          memcpy(a->o + (t0 + i) * a->ldo + h * V, s->oc + i * Vp, sizeof(float) * (size_t)V);
+    }
+  }
+  for (int64_t h = 0; h < H; h++) transpose(K, V, s->states + h * K * Vp, Vp, a->S + h * V * K, K);
+}
+
+/* One copy of the products and of the driver per instruction set, as in
+ * cpu_linattn.c (an AVX-512 machine runs the AVX2 copy). */
+#define DELTA_VARIANT(suffix, attr)                                                                \
+  attr static void product_##suffix(int64_t M, int64_t N, int64_t Kk, const float *A, int64_t lda, \
+                                    const float *B, int64_t ldb, float *C, int64_t ldc, int mode,  \
+                                    const float *beta, int tri, int64_t step, Prefetch *pf) {      \
+    product_body(M, N, Kk, A, lda, B, ldb, C, ldc, mode, beta, tri, step, pf);                     \
+  }                                                                                                \
+  attr static void solve_##suffix(int64_t M, int64_t N, const float *Lm, int64_t ldl, float *X,    \
+                                  int64_t ldx, Prefetch *pf) {                                     \
+    solve_body(M, N, Lm, ldl, X, ldx, pf);                                                         \
+  }                                                                                                \
+  attr static void run_##suffix(const Delta *a, Scratch *s) {                                      \
+    run_body(a, s, product_##suffix, solve_##suffix);                                              \
+  }
+
+DELTA_VARIANT(generic, )
+#if defined(__x86_64__) && defined(__GNUC__)
+DELTA_VARIANT(avx2, __attribute__((target("avx2,fma"))))
+#endif
+
+void rt_cpu_delta(int64_t T, int64_t H, int64_t K, int64_t V, int64_t R, const float *q,
+                  int64_t ldq, const float *k, int64_t ldk, int64_t ldkr, const float *v,
+                  int64_t ldv, int64_t ldvr, const float *beta, int64_t ldb, int64_t ldbr,
+                  const float *lg, int64_t ldg, float *S, float *o, int64_t ldo, int64_t C,
+                  float *work) {
+  if (C < 1) C = RT_CPU_DELTA_CHUNK;
+  if (T <= 0 || !valid_shape(H, K, V, R, C)) return;
+  Delta a = {T,   H,   K,   V,    R,   C,    q,    k,   v,   beta, lg, ldq,
+             ldk, ldkr, ldv, ldvr, ldb, ldbr, ldg, ldo, S,   o};
+  Scratch s;
+  float *base = work + (16 - (int64_t)((uintptr_t)work / sizeof(float) % 16)) % 16;
+  scratch_layout(H, K, V, R, C, base, &s);
+  void (*run)(const Delta *, Scratch *) = run_generic;
+#if defined(__x86_64__) && defined(__GNUC__)
+  /* As in cpu_linattn.c: the checks include the OS's support for the
+   * registers (XCR0). */
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) run = run_avx2;
+#endif
+  run(&a, &s);
+}
