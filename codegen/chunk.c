@@ -88,9 +88,8 @@ static void linattn_item(Lower *L, LLVMValueRef item, LLVMValueRef split, const 
     transpose_heads(L, copy, store, hn, la->K, la->V);
     S = copy;
   }
-  LLVMTypeRef pt[19] = {L->i64, L->i64, L->i64, L->i64, L->ptr, L->i64, L->ptr,
-                        L->i64, L->ptr, L->i64, L->ptr, L->i64, L->i64, L->ptr,
-                        L->ptr, L->i64, L->i64, L->i32, L->ptr};
+  LLVMTypeRef pt[24];
+  for (int i = 0; i < 24; i++) pt[i] = L->i64;
   int calls = la->nreads ? la->nreads : 1;
   for (int c = 0; c < calls; c++) {
     IrRef rd = la->nreads ? la->reads[c] : IR_NONE;
@@ -106,6 +105,23 @@ static void linattn_item(Lower *L, LLVMValueRef item, LLVMValueRef split, const 
     if (c < calls - 1) {
       LLVMBuildMemCpy(bld, copy, 4, S, 4, mul(L, hn, ci64(L, hfloats * 4)));
       Sc = copy;
+    }
+    if (la->delta) {
+      /* k [R, L..., K], v [R, L..., V], beta [R, L...], lg [L...]: factor r
+       * of a token is heads rows further on. */
+      LLVMValueRef ldbeta, ldlg = ci64(L, 0);
+      LLVMValueRef beta = gepf(L, operand(L, la->beta, b, t0, dir, &ldbeta), h0);
+      LLVMValueRef glg =
+          la->no_gate ? LLVMConstNull(L->ptr) : gepf(L, operand(L, la->lg, b, t0, dir, &ldlg), h0);
+      LLVMValueRef args[23] = {n,    hn,      ci64(L, la->K), ci64(L, la->V),
+                               ci64(L, la->R), q, ldq, k, ldk, ci64(L, la->heads * la->K),
+                               v,    ldv,     ci64(L, la->heads * la->V), beta, ldbeta,
+                               ci64(L, la->heads), glg, ldlg, Sc, o, ldo,
+                               ci64(L, la->chunk), work};
+      int ptrs[] = {5, 7, 10, 13, 16, 18, 19, 22};
+      for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) pt[ptrs[i]] = L->ptr;
+      call_fn(L, "rt_cpu_delta", L->void_t, pt, 23, args);
+      continue;
     }
     LLVMValueRef args[19] = {n,
                              hn,
@@ -126,6 +142,9 @@ static void linattn_item(Lower *L, LLVMValueRef item, LLVMValueRef split, const 
                              ci64(L, la->chunk),
                              ci32(L, rd != IR_NONE && L->fn->nodes.v[rd].index ? 1 : 0),
                              work};
+    int ptrs[] = {4, 6, 8, 10, 13, 14, 18};
+    for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) pt[ptrs[i]] = L->ptr;
+    pt[17] = L->i32;
     call_fn(L, "rt_cpu_linattn", L->void_t, pt, 19, args);
   }
   if (la->transposed) transpose_heads(L, store, copy, hn, la->V, la->K);

@@ -761,9 +761,7 @@ static void mark_nodes(Inst *in) {
   for (int i = 0; i < fn->nodes.n; i++) {
     const IrNode *nd = &fn->nodes.v[i];
     int v = nd->op == IR_INPUT || nd->op == IR_STATE || nd->op == IR_CALL || nd->op == IR_RESULT ||
-            nd->op == IR_CAUSAL_CONV || nd->op == IR_SCAN || nd->op == IR_SCAN_MAX ||
-            nd->op == IR_DELAY || nd->op == IR_WINDOW || nd->op == IR_LINATTN ||
-            nd->op == IR_LINATTN_STATE;
+            nd->op == IR_CAUSAL_CONV || (ir_op_info[nd->op].flags & IRF_SEQ);
     for (int k = 0; k < nd->nargs && !v; k++) v = sl[nd->args[k]].varying;
     sl[i].varying = v;
   }
@@ -908,6 +906,11 @@ static int alloc_slots(Run *r, Inst *in) {
       const Val *S0 = &in->slot[nd->args[4]].v;
       if (!(s->aux = alloc_doubles(r, S0->n, 1))) return oom(r);
     }
+    if (nd->op == IR_DELTA || nd->op == IR_DELTA_STATE) { /* the running state and S k */
+      const Val *S0 = &in->slot[nd->args[nd->op == IR_DELTA ? 5 : 4]].v;
+      if (!(s->aux = alloc_doubles(r, S0->n + (S0->rank ? S0->shape[S0->rank - 2] : 0), 1)))
+        return oom(r);
+    }
     if (nd->op == IR_CALL) {
       const Inst *c = in->child[nd->index];
       int no = c->fn->outputs.n;
@@ -1051,9 +1054,8 @@ static int inst_build(Run *r, const IrFunc *fn, int flat, const int64_t *dims, i
   mark_nodes(in);
   for (int i = 0; i < nn; i++) {
     IrOp op = fn->nodes.v[i].op;
-    int seq_op = op == IR_CALL || op == IR_RESULT || op == IR_CAUSAL_CONV || op == IR_SCAN ||
-                 op == IR_SCAN_MAX || op == IR_DELAY || op == IR_WINDOW || op == IR_LINATTN ||
-                 op == IR_LINATTN_STATE;
+    int seq_op = op == IR_CALL || op == IR_RESULT || op == IR_CAUSAL_CONV ||
+                 (ir_op_info[op].flags & IRF_SEQ);
     if (in->slot[i].live && ((fn->kind == IR_FN_CELL && seq_op) ||
                              (fn->kind == IR_FN_MODEL && op == IR_STATE && fn->states.n == 0))) {
       diag_error(r->de, fn->nodes.v[i].loc, "internal error in interp: %s in a %s",
@@ -1362,6 +1364,61 @@ static void linattn(Run *r, Inst *in, int i, int64_t len) {
   }
 }
 
+/* The delta rule (passes/delta.c), evaluated as its definition, step by
+ * step: per lead slice S = exp(lg_t) S, then for each factor r
+ * S = S - beta_r (S k_r - v_r) k_r^T, and DELTA's readout sum_K S q_t. The
+ * state is kept in float64 and rounded after each factor in float32 mode,
+ * as the cell's ops would be. */
+static void delta(Run *r, Inst *in, int i, int64_t len) {
+  const IrNode *nd = &in->fn->nodes.v[i];
+  Slot *s = &in->slot[i];
+  int readout = nd->op == IR_DELTA, off = readout ? 1 : 0;
+  const Slot *q = readout ? &in->slot[nd->args[0]] : NULL;
+  const Slot *k = &in->slot[nd->args[off]], *v = &in->slot[nd->args[off + 1]],
+             *beta = &in->slot[nd->args[off + 2]], *lg = &in->slot[nd->args[off + 3]],
+             *S0 = &in->slot[nd->args[off + 4]];
+  int L = S0->v.rank - 2;
+  int64_t V = S0->v.shape[L], K = S0->v.shape[L + 1], R = k->v.shape[0];
+  int64_t heads = V > 0 && K > 0 ? S0->v.n / (V * K) : 0;
+  double *S = readout ? s->aux : NULL, *sk = s->aux + S0->v.n;
+  for (int64_t t = 0; t < len; t++) {
+    const double *prev = t == 0 ? S0->v.d : readout ? S : s->v.d + (t - 1) * s->stride;
+    double *cur = readout ? S : s->v.d + t * s->stride;
+    if (cur != prev) memcpy(cur, prev, (size_t)S0->v.n * sizeof(double));
+    const double *kt = k->v.d + t * k->stride, *vt = v->v.d + t * v->stride,
+                 *bt = beta->v.d + t * beta->stride, *gt = lg->v.d + t * lg->stride;
+    for (int64_t h = 0; h < heads; h++) {
+      double *Sh = cur + h * V * K, g = exp(gt[h]);
+      for (int64_t e = 0; e < V * K; e++) Sh[e] *= g;
+      for (int64_t f = 0; f < R; f++) {
+        const double *kr = kt + (f * heads + h) * K, *vr = vt + (f * heads + h) * V;
+        double b = bt[f * heads + h];
+        for (int64_t a = 0; a < V; a++) {
+          double acc = 0;
+          for (int64_t j = 0; j < K; j++) acc += Sh[a * K + j] * kr[j];
+          sk[a] = b * (acc - vr[a]);
+        }
+        for (int64_t a = 0; a < V; a++)
+          for (int64_t j = 0; j < K; j++) {
+            double x = Sh[a * K + j] - sk[a] * kr[j];
+            Sh[a * K + j] = r->f64 ? x : (double)(float)x;
+          }
+      }
+    }
+    if (readout) {
+      const double *qt = q->v.d + t * q->stride;
+      double *o = s->v.d + t * s->stride;
+      for (int64_t h = 0; h < heads; h++)
+        for (int64_t a = 0; a < V; a++) {
+          double acc = 0;
+          for (int64_t j = 0; j < K; j++) acc += cur[(h * V + a) * K + j] * qt[h * K + j];
+          o[h * V + a] = acc;
+        }
+      if (!r->f64) round_f32(o, heads * V);
+    }
+  }
+}
+
 static int run_model(Run *r, Inst *in, const Seq *ins, int64_t len) {
   const IrFunc *fn = in->fn;
   /* A model's own states (a cell's parallel form): the value entering the
@@ -1408,6 +1465,10 @@ static int run_model(Run *r, Inst *in, const Seq *ins, int64_t len) {
     case IR_LINATTN:
     case IR_LINATTN_STATE:
       linattn(r, in, i, len);
+      break;
+    case IR_DELTA:
+    case IR_DELTA_STATE:
+      delta(r, in, i, len);
       break;
     default:
       for (int64_t t = 0; t < len; t++) {

@@ -740,6 +740,34 @@ int ir_infer_type(const IrFunc *f, Arena *a, const IrNode *proto, int nargs, con
     if (op == IR_LINATTN_STATE) return result(cx, IR_REAL, S.rank, S.dims, out);
     return result(cx, IR_REAL, L + 1, S.dims, out);
   }
+  case IR_DELTA:
+  case IR_DELTA_STATE: {
+    /* Operands: [q,] k, v, beta, lg, S0; every one real. */
+    int off = op == IR_DELTA ? 1 : 0;
+    IrType S = f->nodes.v[args[off + 4]].type, k = f->nodes.v[args[off]].type,
+           v = f->nodes.v[args[off + 1]].type, b = f->nodes.v[args[off + 2]].type,
+           lg = f->nodes.v[args[off + 3]].type, q = f->nodes.v[args[0]].type;
+    for (int i = 0; i < nargs; i++)
+      if (need_real(cx, info->text, f->nodes.v[args[i]].type)) return -1;
+    if (S.rank < 2) return fail(cx, "%s: the state %s is not a matrix", info->text, tstr(cx, S));
+    int L = S.rank - 2;
+    DimExpr V = S.dims[L], K = S.dims[L + 1];
+    int ok = k.rank == L + 2 && v.rank == L + 2 && b.rank == L + 1 && lg.rank == L &&
+             dim_eq(k.dims[L + 1], K) && dim_eq(v.dims[L + 1], V) && dim_eq(v.dims[0], k.dims[0]) &&
+             dim_eq(b.dims[0], k.dims[0]);
+    if (op == IR_DELTA) ok = ok && q.rank == L + 1 && dim_eq(q.dims[L], K);
+    for (int i = 0; ok && i < L; i++) {
+      ok = dim_eq(k.dims[i + 1], S.dims[i]) && dim_eq(v.dims[i + 1], S.dims[i]) &&
+           dim_eq(b.dims[i + 1], S.dims[i]) && dim_eq(lg.dims[i], S.dims[i]);
+      if (op == IR_DELTA) ok = ok && dim_eq(q.dims[i], S.dims[i]);
+    }
+    if (!ok)
+      return fail(cx, "%s: operands do not fit the state %s ([..., V, K]: q [..., K], k [R, ..., "
+                      "K], v [R, ..., V], beta [R, ...], lg [...])",
+                  info->text, tstr(cx, S));
+    if (op == IR_DELTA_STATE) return result(cx, IR_REAL, S.rank, S.dims, out);
+    return result(cx, IR_REAL, L + 1, S.dims, out);
+  }
   case IR_DELAY:
     if (ts[0].elem == IR_INT || !ir_type_eq(ts[0], ts[1]))
       return fail(cx, "delay: the first value %s is not of the sequence's type %s",

@@ -83,6 +83,7 @@ enum {
   IRF_LIN1 = 1 << 3,
   IRF_LINALL = 1 << 4,
   IRF_LEAF = 1 << 5,
+  IRF_SEQ = 1 << 6, /* a sequence-level op of a cell's parallel form (models only) */
 };
 
 typedef enum {

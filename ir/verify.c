@@ -132,9 +132,7 @@ static void verify_nodes(Verify *v, const IrFunc *f) {
      * entering the sequence. Sequence-level ops need a model. */
     if (n->op == IR_STATE && f->kind != IR_FN_CELL && f->states.n == 0)
       bad(v, f, r, "state read outside a cell");
-    if ((n->op == IR_CALL || n->op == IR_RESULT || n->op == IR_SCAN || n->op == IR_SCAN_MAX ||
-         n->op == IR_DELAY || n->op == IR_WINDOW || n->op == IR_LINATTN ||
-         n->op == IR_LINATTN_STATE) &&
+    if ((n->op == IR_CALL || n->op == IR_RESULT || (info->flags & IRF_SEQ)) &&
         f->kind != IR_FN_MODEL)
       bad(v, f, r, "%s outside a model", info->text);
     if (!dims_ok(n->dval, f->dims.n) || !dims_ok(n->start, f->dims.n) ||

@@ -247,6 +247,7 @@ typedef struct Readout {
 /* The plan for state s of f: its readouts, axes and scan; 0, or -1 with why. */
 typedef struct Plan {
   int s;
+  int delta; /* the state is delta_state (the delta rule), not a scan */
   IrRef scan, delay;
   int r, vax, kax;
   Readout *reads;
@@ -261,7 +262,8 @@ static int plan_state(Chunk *C, const Users *u, int s, Plan *p) {
   p->delay = IR_NONE;
   p->scan = st->next;
   const IrNode *h = &f->nodes.v[p->scan];
-  if (h->op != IR_SCAN) return refuse(C, h, "the state is not a scan");
+  p->delta = h->op == IR_DELTA_STATE;
+  if (h->op != IR_SCAN && !p->delta) return refuse(C, h, "the state is not a scan");
   p->r = st->type.rank;
   if (p->r < 2) return refuse(C, h, "the state is not a matrix");
   p->reads = arena_calloc(C->a, (size_t)f->nodes.n + 1, sizeof *p->reads);
@@ -309,6 +311,11 @@ static int plan_state(Chunk *C, const Users *u, int s, Plan *p) {
     }
   }
   if (p->kax < 0) return refuse(C, h, "the state is never read");
+  if (p->delta) { /* delta_state is in the canonical layout, read after each step */
+    if (p->kax != p->r - 1) return refuse(C, h, "a delta-rule readout over the value axis");
+    for (int i = 0; i < p->nreads; i++)
+      if (p->reads[i].exclusive) return refuse(C, h, "a delta-rule state read before its update");
+  }
   /* The state's other users: only its own next (the model's state). */
   return 0;
 }
@@ -316,11 +323,20 @@ static int plan_state(Chunk *C, const Users *u, int s, Plan *p) {
 /* The canonical operands shared by the readouts and the final state. */
 typedef struct Operands {
   IrRef k, v, lg, S0;
+  IrRef beta; /* the delta rule's */
 } Operands;
 
 static int operands(Chunk *C, const Plan *p, Operands *o) {
   const IrFunc *f = C->src;
   const IrNode *h = &f->nodes.v[p->scan];
+  if (p->delta) { /* delta_state's own operands */
+    o->k = C->map[h->args[0]];
+    o->v = C->map[h->args[1]];
+    o->beta = C->map[h->args[2]];
+    o->lg = C->map[h->args[3]];
+    o->S0 = C->map[h->args[4]];
+    return 0;
+  }
   const IrState *st = &f->states.v[p->s];
   int r = p->r, L = r - 2;
   SrcLoc loc = h->loc;
@@ -415,12 +431,22 @@ int chunk_func(Arena *a, const IrFunc *f, const char *chunked, IrFunc **out, con
       }
       const Readout *ro = &p->reads[readout_of[r] - 1];
       IrRef q = ro->vector ? C.map[ro->q] : drop_axis(&C, C.map[ro->q], p->r, p->vax, n->loc);
-      q = move(&C, IR_BROADCAST, q, C.dst->nodes.v[ops[s].k].type, n->loc);
       IrNode attrs;
       memset(&attrs, 0, sizeof attrs);
       attrs.index = ro->exclusive;
-      IrRef args[5] = {q, ops[s].k, ops[s].v, ops[s].lg, ops[s].S0};
-      C.map[r] = build(&C, IR_LINATTN, 5, args, &attrs, n->loc);
+      if (p->delta) {
+        IrType S0 = C.dst->nodes.v[ops[s].S0].type;
+        DimExpr dq[SEQ_MAX_RANK];
+        for (int i = 0; i < p->r - 2; i++) dq[i] = S0.dims[i];
+        dq[p->r - 2] = S0.dims[p->r - 1];
+        q = move(&C, IR_BROADCAST, q, ir_type(a, IR_REAL, p->r - 1, dq), n->loc);
+        IrRef args[6] = {q, ops[s].k, ops[s].v, ops[s].beta, ops[s].lg, ops[s].S0};
+        C.map[r] = build(&C, IR_DELTA, 6, args, &attrs, n->loc);
+      } else {
+        q = move(&C, IR_BROADCAST, q, C.dst->nodes.v[ops[s].k].type, n->loc);
+        IrRef args[5] = {q, ops[s].k, ops[s].v, ops[s].lg, ops[s].S0};
+        C.map[r] = build(&C, IR_LINATTN, 5, args, &attrs, n->loc);
+      }
     } else {
       IrRef *args = n->nargs ? arena_calloc(a, (size_t)n->nargs, sizeof *args) : NULL;
       if (n->nargs && !args) goto oom;
@@ -438,6 +464,10 @@ int chunk_func(Arena *a, const IrFunc *f, const char *chunked, IrFunc **out, con
       continue;
     }
     const Plan *p = &plans[s];
+    if (p->delta) { /* delta_state stays, its last value the final state */
+      st->next = C.map[p->scan];
+      continue;
+    }
     if (!have[s] && operands(&C, p, &ops[s])) goto refused;
     IrRef args[4] = {ops[s].k, ops[s].v, ops[s].lg, ops[s].S0};
     IrRef S = build(&C, IR_LINATTN_STATE, 4, args, NULL, f->nodes.v[p->scan].loc);

@@ -16,7 +16,8 @@
  *   chunked     the chunkwise kernel (sched/chunk.c): per token 4 H K V
  *               flops of state passing and inter-chunk readout, plus
  *               2 C H (K + V) of intra-chunk products (C the chunk), and the
- *               state moved once per chunk, 8 H K V / C bytes.
+ *               state moved once per chunk, 8 H K V / C bytes. The delta
+ *               rule's WY form: 6 H K V and C H (3 K + 2 V + C).
  *
  * Time per token is max(flops / (efficiency x peak), bytes / bandwidth),
  * divided among min(threads, B) cores (every form splits the batch; a
@@ -95,7 +96,8 @@ int cost_state(const IrFunc *f, const RecState *rs, const int64_t *dims, const C
   if (cores < 1) cores = 1;
   switch (form) {
   case FORM_SEQUENTIAL: {
-    out->flops = per * (double)S * (1 + r);
+    /* The delta rule also contracts the state with k before its update. */
+    out->flops = per * (double)S * (1 + r + (rs->cls == REC_LIN_DPLR));
     out->bytes = 8.0 * (double)S * w;
     double bw = (double)B * (double)S * w * 4 <= L2_BYTES ? mc->l2_bw : mc->dram_bw;
     out->seconds = fmax(out->flops / (EFF_STEP * mc->flops), out->bytes / bw);
@@ -125,6 +127,10 @@ int cost_state(const IrFunc *f, const RecState *rs, const int64_t *dims, const C
       return -1;
     double H = K > 0 && V > 0 ? (double)S / (double)(K * V) : 0;
     out->flops = 4 * (double)S + 2.0 * CHUNK * H * (double)(K + V);
+    /* The delta rule (WY form): the pseudo-values U - W S^T as well, and
+     * per chunk the triangular solve and W = A K, U = A V. */
+    if (rs->cls == REC_LIN_DPLR)
+      out->flops = 6 * (double)S + CHUNK * H * (3.0 * (double)K + 2.0 * (double)V + CHUNK);
     out->bytes = 8.0 * (double)S / CHUNK;
     out->seconds = fmax(out->flops / (EFF_CHUNK * mc->flops), out->bytes / mc->dram_bw);
     /* With fewer examples than threads each head is a part of its own, at

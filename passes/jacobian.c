@@ -399,6 +399,8 @@ static IrRef tangent(Jac *J, const IrNode *n, const IrRef *x, const IrRef *dx, I
   case IR_WINDOW:
   case IR_LINATTN:
   case IR_LINATTN_STATE:
+  case IR_DELTA:
+  case IR_DELTA_STATE:
     not_differentiable(J, n, "is a sequence-level op, not part of a step");
     return IR_NONE;
   case IR_NUM_OPS:

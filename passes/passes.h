@@ -216,6 +216,40 @@ int strategy_choose(Arena *a, const IrModule *m, const IrFunc *root, const int64
  * the cost of every form the class admits. */
 void strategy_print(FILE *out, const IrModule *m, const StrategyPlan *plan);
 
+/* ---- delta.c: the delta rule read off a step ------------------------------ */
+
+/* A state S [L..., V, K] updated per token as exp(lg) S, then R factors
+ * S (I - beta k k^T) + beta v k^T (delta.c says how they are found). Each
+ * coefficient is a product of nodes of the cell, each aligned to the
+ * state's rank or to that of a [L..., V] vector (ctx 0 or 1). */
+#define DELTA_MAX_R 4
+#define DELTA_MAX_FACTORS 12
+typedef struct DeltaFac {
+  int sign, n;
+  IrRef x[DELTA_MAX_FACTORS];
+  signed char ctx[DELTA_MAX_FACTORS];
+} DeltaFac;
+typedef struct DeltaFactor {
+  DeltaFac gate, k, beta, v; /* gate: the first factor's only */
+} DeltaFactor;
+typedef struct DeltaForm {
+  int R, rank;
+  DeltaFactor f[DELTA_MAX_R];
+} DeltaForm;
+/* The operands of delta and delta_state (ir/ops.def) in a parallel form. */
+typedef struct DeltaOps {
+  IrRef k, v, beta, lg;
+} DeltaOps;
+/* 0 and *out when state `state` of cell is the delta rule; 1 and *why (in
+ * words, with a location) when it is not; -1 out of memory. */
+int delta_analyze(Arena *a, const IrFunc *cell, int state, DeltaForm *out, const char **why);
+/* The operands of form in dst, whose nodes map(ctx, src) gives for the
+ * cell's nodes; 0, 1 and *why (a gate not provably positive), or -1 with a
+ * diagnostic. */
+int delta_build(Arena *a, const IrFunc *cell, int state, const DeltaForm *form, IrFunc *dst,
+                IrRef (*map)(void *ctx, IrRef src), void *ctx, DeltaOps *out, const char **why,
+                DiagEngine *de);
+
 /* ---- scan.c: a cell's parallel form as sequence-level IR ------------------ */
 
 /* Builds the parallel form of `cell` (whose classification is rf): a new

@@ -9,6 +9,8 @@
  *     matrix-state classes) becomes  H = scan(a, b, h): the values h leaves
  *     each step with, a and b computed per token;
  *   - a (max, +) state m' = max(a + m, b) becomes  M = scan_max(a, b, m);
+ *   - a delta-rule state (diagonal plus low rank, delta.c) becomes
+ *     H = delta_state(k, v, beta, lg, S);
  *   - a map state (h' reads no earlier h) is its next value, per token;
  *   - a carried state is its initial value throughout;
  *   - every read of h (the value entering a step) becomes delay(H, h), and
@@ -406,6 +408,37 @@ static int solve_shift(Scan *S, int k) {
   return 0;
 }
 
+static IrRef map_cb(void *ctx, IrRef src) { return map_node(ctx, src); }
+
+/* The delta rule (delta.c): H = delta_state(k, v, beta, lg, S0), the state
+ * after every step, with the operands computed per token. */
+static int solve_delta(Scan *S, int k) {
+  const IrState *st = &S->src->states.v[k];
+  DeltaForm form;
+  DeltaOps ops;
+  const char *why = NULL;
+  int rc = delta_analyze(S->a, S->src, k, &form, &why);
+  if (rc == 0) rc = delta_build(S->a, S->src, k, &form, S->dst, map_cb, S, &ops, &why, S->de);
+  if (rc < 0) {
+    if (!S->failed) oom(S);
+    S->failed = 1;
+    return -1;
+  }
+  if (rc > 0) {
+    if (!S->why) S->why = arena_printf(S->a, "state %s: %s", st->name, why);
+    return -1;
+  }
+  IrRef args[5] = {ops.k, ops.v, ops.beta, ops.lg, S->state_in[k]};
+  IrNode attrs;
+  memset(&attrs, 0, sizeof attrs);
+  attrs.index = k;
+  IrRef seq = build(S, IR_DELTA_STATE, 5, args, &attrs, st->loc);
+  if (S->failed) return -1;
+  solved(S, k, seq);
+  S->map[st->next] = seq;
+  return S->failed ? -1 : 0;
+}
+
 /* Solves state k of class cls; 0, or -1 with S->why or S->failed. */
 static int solve(Scan *S, int k, RecClass cls) {
   const IrFunc *f = S->src;
@@ -447,6 +480,8 @@ static int solve(Scan *S, int k, RecClass cls) {
   }
   case REC_SHIFT:
     return solve_shift(S, k);
+  case REC_LIN_DPLR:
+    return solve_delta(S, k);
   default:
     S->why = arena_printf(S->a, "state %s is %s", st->name, classify_class_name(cls));
     return -1;

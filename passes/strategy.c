@@ -100,7 +100,7 @@ static int admits(RecClass cls, Form f) {
     return cls == REC_MAP || cls == REC_CARRIED || cls == REC_SHIFT || cls == REC_LIN_DIAG ||
            cls == REC_LIN_MATRIX || cls == REC_MAXPLUS;
   case FORM_CHUNKED:
-    return cls == REC_LIN_MATRIX;
+    return cls == REC_LIN_MATRIX || cls == REC_LIN_DPLR;
   }
   return 0;
 }
@@ -274,6 +274,14 @@ int strategy_choose(Arena *a, const IrModule *m, const IrFunc *root, const int64
       int ok = dims != NULL;
       for (int fm = FORM_SEQUENTIAL; fm <= FORM_CHUNKED; fm++) {
         sf->admitted[fm] = admits(cls, (Form)fm);
+        /* The delta rule's chunked form needs its operands found. */
+        if (sf->admitted[fm] && cls == REC_LIN_DPLR && fm == FORM_CHUNKED) {
+          DeltaForm dform;
+          const char *why;
+          int rc = delta_analyze(a, f, k, &dform, &why);
+          if (rc < 0) goto oom;
+          sf->admitted[fm] = rc == 0;
+        }
         if (ok && sf->admitted[fm] &&
             cost_state(f, &cr->funcs[i].states[k], dims, mc, mc->batch, (Form)fm, &sf->cost[fm]))
           ok = 0;

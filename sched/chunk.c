@@ -1,6 +1,7 @@
 /* chunk.c - how a matrix state's chunked form runs (passes/chunk.c made its
- * linattn ops): per example, the runtime's chunkwise kernel
- * (rt_cpu_linattn, runtime/cpu_linattn.c) over the whole sequence, once per
+ * linattn or delta ops): per example, the runtime's chunkwise kernel
+ * (rt_cpu_linattn, runtime/cpu_linattn.c; rt_cpu_delta, runtime/cpu_delta.c
+ * for the delta rule) over the sequence or the time chunk, once per
  * readout. The state S_t is never formed per token: the kernel keeps one
  * state per example, starting from the state's storage and leaving the
  * final state there, so linattn_state (whose value only matters at the last
@@ -22,6 +23,20 @@ static int is_transpose_of_state(const IrFunc *fn, IrRef r, int *state) {
   if (n->op != IR_TRANSPOSE || fn->nodes.v[n->args[0]].op != IR_STATE) return 0;
   *state = fn->nodes.v[n->args[0]].index;
   return 1;
+}
+
+/* A chunked form's ops: linattn (q, k, v, lg, S0) and delta (q, k, v, beta,
+ * lg, S0), and their _state forms without q. */
+static int is_form_op(IrOp op) {
+  return op == IR_LINATTN || op == IR_LINATTN_STATE || op == IR_DELTA || op == IR_DELTA_STATE;
+}
+
+static int is_readout(IrOp op) { return op == IR_LINATTN || op == IR_DELTA; }
+
+/* The S0 operand of a form op. */
+static IrRef s0_of(const IrNode *nd) {
+  int off = is_readout(nd->op) ? 1 : 0;
+  return nd->args[off + (nd->op == IR_DELTA || nd->op == IR_DELTA_STATE ? 4 : 3)];
 }
 
 /* The state an S0 operand reads (the state itself, or its transpose). */
@@ -53,9 +68,11 @@ int plan_linattns(Plan *p) {
     IrRef last = IR_NONE;
     for (IrRef r = 0; r < n; r++) {
       const IrNode *nd = &fn->nodes.v[r];
-      if (nd->op != IR_LINATTN && nd->op != IR_LINATTN_STATE) continue;
-      int off = nd->op == IR_LINATTN, tr;
-      if (state_of(fn, nd->args[off + 3], &tr) != s) continue;
+      if (!is_form_op(nd->op)) continue;
+      int off = is_readout(nd->op), tr;
+      int delta = nd->op == IR_DELTA || nd->op == IR_DELTA_STATE;
+      if (state_of(fn, s0_of(nd), &tr) != s) continue;
+      IrRef lg = nd->args[off + (delta ? 3 : 2)], beta = delta ? nd->args[off + 2] : IR_NONE;
       if (!la) {
         if (!(la = arena_calloc(p->a, 1, sizeof *la)) ||
             !(la->reads = arena_calloc(p->a, (size_t)n + 1, sizeof *la->reads)))
@@ -63,27 +80,31 @@ int plan_linattns(Plan *p) {
         la->state = s;
         la->transposed = tr;
         la->final = IR_NONE;
+        la->delta = delta;
         la->k = nd->args[off];
         la->v = nd->args[off + 1];
-        la->lg = nd->args[off + 2];
+        la->lg = lg;
+        la->beta = beta;
         la->no_gate = is_const_zero(fn, la->lg);
-        const SchedValue *lgv = &p->v[la->lg], *vv = &p->v[la->v];
-        int L = vv->rank - 1;
-        la->V = vv->shape[L];
-        la->K = p->v[la->k].shape[L];
-        la->Kg = lgv->shape[L];
-        la->heads = la->V ? vv->numel / la->V : 0;
-        la->chunk = RT_CPU_LINATTN_CHUNK;
+        const SchedValue *sv = &p->v[s0_of(nd)];
+        int L = sv->rank - 2;
+        la->V = sv->shape[L];
+        la->K = sv->shape[L + 1];
+        la->heads = la->V && la->K ? sv->numel / (la->V * la->K) : 0;
+        /* The delta rule: k [R, L..., K], one gate per head. */
+        la->R = delta ? p->v[la->k].shape[0] : 1;
+        la->Kg = delta ? 1 : p->v[la->lg].shape[L];
+        la->chunk = delta ? RT_CPU_DELTA_CHUNK : RT_CPU_LINATTN_CHUNK;
         la->work_buf = la->copy_buf = -1;
-      } else if (nd->args[off] != la->k || nd->args[off + 1] != la->v ||
-                 nd->args[off + 2] != la->lg || tr != la->transposed) {
+      } else if (nd->args[off] != la->k || nd->args[off + 1] != la->v || lg != la->lg ||
+                 beta != la->beta || delta != la->delta || tr != la->transposed) {
         plan_unsupported(p, nd->loc, "two chunked forms of one state with different operands");
         return -1;
       }
       /* The stage runs at its last readout (its outputs are read after
        * it); the final state is read only as the state's next value, at the
        * end, so it does not move the stage. */
-      if (nd->op == IR_LINATTN) {
+      if (is_readout(nd->op)) {
         la->reads[la->nreads++] = r;
         last = r;
       } else {
@@ -105,8 +126,8 @@ int plan_linattns(Plan *p) {
     for (IrRef r = 0; r < n; r++) {
       const IrNode *nd = &fn->nodes.v[r];
       int st, tr, member = 0;
-      if (nd->op == IR_LINATTN || nd->op == IR_LINATTN_STATE)
-        member = state_of(fn, nd->args[nd->op == IR_LINATTN ? 4 : 3], &tr) == s;
+      if (is_form_op(nd->op))
+        member = state_of(fn, s0_of(nd), &tr) == s;
       else if (is_transpose_of_state(fn, r, &st))
         member = st == s;
       else
@@ -129,8 +150,10 @@ int place_linattn_buffers(Plan *p) {
     if (!la) continue;
     /* The kernel's scratch per example: one call over all heads, or (with
      * spare threads, codegen decides) one call per head at once. */
-    int64_t work = rt_cpu_linattn_work(la->heads, la->K, la->V, la->Kg, la->chunk);
-    la->work_head = rt_cpu_linattn_work(1, la->K, la->V, la->Kg, la->chunk);
+    int64_t work = la->delta ? rt_cpu_delta_work(la->heads, la->K, la->V, la->R, la->chunk)
+                             : rt_cpu_linattn_work(la->heads, la->K, la->V, la->Kg, la->chunk);
+    la->work_head = la->delta ? rt_cpu_delta_work(1, la->K, la->V, la->R, la->chunk)
+                              : rt_cpu_linattn_work(1, la->K, la->V, la->Kg, la->chunk);
     if (work <= 0 || la->work_head <= 0) {
       plan_unsupported(p, p->fn->nodes.v[r].loc, "a chunked state of these sizes");
       return -1;

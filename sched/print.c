@@ -144,9 +144,10 @@ static void print_ops(FILE *out, const SchedInst *in, const SchedOp *ops, int n,
       break;
     case SCHED_OP_LINATTN: {
       const SchedLinattn *la = op->linattn;
-      fprintf(out, "chunked state %s: %lld heads, K=%lld V=%lld, %s, chunks of %lld tokens; readouts",
-              in->fn->states.v[la->state].name, (long long)la->heads, (long long)la->K,
-              (long long)la->V,
+      fprintf(out, "chunked state %s", in->fn->states.v[la->state].name);
+      if (la->delta) fprintf(out, " (delta rule, %lld factors per token)", (long long)la->R);
+      fprintf(out, ": %lld heads, K=%lld V=%lld, %s, chunks of %lld tokens; readouts",
+              (long long)la->heads, (long long)la->K, (long long)la->V,
               la->no_gate ? "no gate" : la->Kg == 1 ? "scalar gate" : "gate per key",
               (long long)la->chunk);
       for (int r = 0; r < la->nreads; r++)

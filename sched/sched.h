@@ -153,9 +153,12 @@ typedef struct SchedLinattn {
   IrRef *reads;   /* linattn nodes, node order; each stored per token */
   int nreads;
   IrRef final;    /* linattn_state, or -1 */
+  int delta;      /* the delta rule (delta ops, rt_cpu_delta), not linattn */
   IrRef k, v, lg; /* the operands every call shares */
+  IrRef beta;     /* the delta rule's, [R, L...] */
   int no_gate;    /* lg is the constant 0 */
   int64_t heads, K, V, Kg;
+  int64_t R;      /* the delta rule's factors per token (k [R, L..., K]); 1 for linattn */
   int64_t chunk;       /* tokens per chunk */
   int work_buf;        /* the kernel's scratch, per example: for all its heads in one call,
                           or for each head in a call of its own */

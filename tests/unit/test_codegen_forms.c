@@ -52,6 +52,9 @@ static const Case CASES[] = {
     {"stdlib/gam.seq", "D=3,Mem=4,K=3"},
     {"stdlib/rwkv7.seq", "C=4,D_w=3,D_a=3,D_g=3"},
     {"stdlib/gru.seq", "I=3,H=4"},
+    {"stdlib/deltanet.seq", "I=3,NH=2,Dk=4,Dv=5"},
+    {"stdlib/gated_deltanet.seq", "I=3,NH=2,Dk=4,Dv=5"},
+    {"stdlib/deltaproduct.seq", "I=3,Dk=4,Dv=5"},
     /* Wide enough that a fused scan splits: a one-row state into pieces
      * (the last one short), a many-row state into blocks (likewise). */
     {"stdlib/mingru.seq", "I=3,H=200"},
@@ -182,6 +185,10 @@ static void run_case(const Case *c) {
       fail_msg("%s does not compile under --strategy=%s", c->file, FORMS[f].strategy);
     }
     have[f] = have[f] == 0;
+    /* FORMS_VERBOSE=1: which forms each case runs. */
+    if (getenv("FORMS_VERBOSE"))
+      fprintf(stderr, "%s --strategy=%s, chunk budget %lld: %s\n", c->file, FORMS[f].strategy,
+              (long long)FORMS[f].chunk_budget, have[f] ? "runs" : "no such form");
   }
   const IrBinding *b = &cm[0].pipe.bind;
   const IrFunc *root = b->root;

@@ -5,7 +5,8 @@
  * batch (lengths, initial states) - outputs and final states must agree, in
  * float64 (to rounding: the rewrite only regroups a * h + b) and float32;
  * the same for --strategy=chunked on every cell with a matrix state, whose
- * readouts become linattn ops (passes/chunk.c).
+ * readouts become linattn ops (passes/chunk.c), or delta ops for the delta
+ * rule (passes/delta.c), which has no scan.
  * Which cells must have the form is a table written from their classes
  * (docs/stdlib.md), not from the pass's output. */
 #include "testutil.h"
@@ -19,38 +20,41 @@
 
 typedef struct Case {
   const char *file, *dims;
-  int parallel; /* the entry (or its layer) must be rewritten */
-  int chunked;  /* ... and must have a chunked form (a matrix state) */
+  const char *text; /* the source, when not the file (then file names it) */
+  int parallel; /* the entry (or its layer) must be rewritten under scan */
+  int chunked;  /* ... and under chunked, with a chunked form (a matrix state) */
 } Case;
 
 static const Case CASES[] = {
-    {"examples/lstm.seq", "I=3,H=4", 0, 0},
-    {"examples/mingru.seq", "I=3,H=4", 1, 0},
-    {"examples/lru.seq", "H=3,N=4", 1, 0},
-    {"examples/s4d.seq", "H=3,N=4", 1, 0},
-    {"examples/mamba_ssm.seq", "d_inner=4,d_state=3,dt_rank=2", 1, 0},
-    {"examples/linear_attention.seq", "I=3,Dk=4,Dv=5", 1, 1},
-    {"examples/mlstm.seq", "I=3,D=4", 1, 1},
-    {"examples/lm.seq", "vocab=11,d_model=8,d_ff=16,dt_rank=2", 1, 0},
-    {"stdlib/mingru.seq", "I=3,H=4", 1, 0},
-    {"stdlib/minlstm.seq", "I=3,H=4", 1, 0},
-    {"stdlib/lru.seq", "H=3,N=4", 1, 0},
-    {"stdlib/s4d.seq", "H=3,N=4", 1, 0},
-    {"stdlib/s5.seq", "H=3,P=4", 1, 0},
-    {"stdlib/mamba_ssm.seq", "d_inner=4,d_state=3,dt_rank=2", 1, 0},
-    {"stdlib/linear_attention.seq", "I=3,NH=2,Dk=4,Dv=5", 1, 1},
-    {"stdlib/retnet.seq", "I=3,NH=2,P=2,Dv=5", 1, 1},
-    {"stdlib/gla.seq", "I=3,NH=2,Dk=4,Dv=5,R=2", 1, 1},
-    {"stdlib/mlstm.seq", "I=3,NH=2,DH=4", 1, 1},
-    {"stdlib/mamba.seq", "d_model=4,d_inner=8,d_state=3,d_conv=4,dt_rank=2", 1, 0},
-    {"stdlib/mamba2.seq", "d_model=4,ngroups=2,hpg=2,headdim=2,d_state=3,d_conv=4", 1, 1},
-    {"stdlib/gam.seq", "D=3,Mem=4,K=3", 1, 0},
-    {"stdlib/rwkv7.seq", "C=4,D_w=3,D_a=3,D_g=3", 0, 0},
-    {"stdlib/plstm.seq", "I=3,Dk=4,Dv=5,J=2", 0, 0},
-    {"stdlib/slstm.seq", "I=3,H=4", 0, 0},
-    {"stdlib/paralstm.seq", "I=3,H=4", 0, 0},
-    {"stdlib/gru.seq", "I=3,H=4", 0, 0},
-    {"stdlib/deltanet.seq", "I=3,NH=2,Dk=4,Dv=5", 0, 0},
+    {"examples/lstm.seq", "I=3,H=4", NULL, 0, 0},
+    {"examples/mingru.seq", "I=3,H=4", NULL, 1, 0},
+    {"examples/lru.seq", "H=3,N=4", NULL, 1, 0},
+    {"examples/s4d.seq", "H=3,N=4", NULL, 1, 0},
+    {"examples/mamba_ssm.seq", "d_inner=4,d_state=3,dt_rank=2", NULL, 1, 0},
+    {"examples/linear_attention.seq", "I=3,Dk=4,Dv=5", NULL, 1, 1},
+    {"examples/mlstm.seq", "I=3,D=4", NULL, 1, 1},
+    {"examples/lm.seq", "vocab=11,d_model=8,d_ff=16,dt_rank=2", NULL, 1, 0},
+    {"stdlib/mingru.seq", "I=3,H=4", NULL, 1, 0},
+    {"stdlib/minlstm.seq", "I=3,H=4", NULL, 1, 0},
+    {"stdlib/lru.seq", "H=3,N=4", NULL, 1, 0},
+    {"stdlib/s4d.seq", "H=3,N=4", NULL, 1, 0},
+    {"stdlib/s5.seq", "H=3,P=4", NULL, 1, 0},
+    {"stdlib/mamba_ssm.seq", "d_inner=4,d_state=3,dt_rank=2", NULL, 1, 0},
+    {"stdlib/linear_attention.seq", "I=3,NH=2,Dk=4,Dv=5", NULL, 1, 1},
+    {"stdlib/retnet.seq", "I=3,NH=2,P=2,Dv=5", NULL, 1, 1},
+    {"stdlib/gla.seq", "I=3,NH=2,Dk=4,Dv=5,R=2", NULL, 1, 1},
+    {"stdlib/mlstm.seq", "I=3,NH=2,DH=4", NULL, 1, 1},
+    {"stdlib/mamba.seq", "d_model=4,d_inner=8,d_state=3,d_conv=4,dt_rank=2", NULL, 1, 0},
+    {"stdlib/mamba2.seq", "d_model=4,ngroups=2,hpg=2,headdim=2,d_state=3,d_conv=4", NULL, 1, 1},
+    {"stdlib/gam.seq", "D=3,Mem=4,K=3", NULL, 1, 0},
+    {"stdlib/rwkv7.seq", "C=4,D_w=3,D_a=3,D_g=3", NULL, 0, 0},
+    {"stdlib/plstm.seq", "I=3,Dk=4,Dv=5,J=2", NULL, 0, 0},
+    {"stdlib/slstm.seq", "I=3,H=4", NULL, 0, 0},
+    {"stdlib/paralstm.seq", "I=3,H=4", NULL, 0, 0},
+    {"stdlib/gru.seq", "I=3,H=4", NULL, 0, 0},
+    {"stdlib/deltanet.seq", "I=3,NH=2,Dk=4,Dv=5", NULL, 0, 1},
+    {"stdlib/gated_deltanet.seq", "I=3,NH=2,Dk=4,Dv=5", NULL, 0, 1},
+    {"stdlib/deltaproduct.seq", "I=3,Dk=4,Dv=5", NULL, 0, 1},
 };
 
 enum { B = 3 };
@@ -103,7 +107,7 @@ static int has_op(const IrModule *m, IrOp op) {
   return 0;
 }
 
-static void run_case(const Case *c, const char *form) {
+static void run_case(const Case *c, const char *form, int parallel) {
   Arena *a = arena_create();
   SrcMgr sm;
   DiagEngine de;
@@ -117,7 +121,12 @@ static void run_case(const Case *c, const char *form) {
   char err[256];
   assert_int_equal(strategy_parse(a, form, &req, err, sizeof err), 0);
   PipeOptions po = {0};
-  po.path = tu_src(c->file);
+  if (c->text) {
+    po.name = c->file;
+    po.text = c->text;
+  } else {
+    po.path = tu_src(c->file);
+  }
   po.ndims = parse_dims(a, c->dims, names, values);
   po.dim_names = names;
   po.dim_values = values;
@@ -125,16 +134,17 @@ static void run_case(const Case *c, const char *form) {
   po.goal = PIPE_FORMS;
   DiagEngine quiet;
   diag_init(&quiet, a, NULL);
-  p.de = c->parallel ? &de : &quiet;
+  p.de = parallel ? &de : &quiet;
   int rc = pipeline_run(&p, &po);
-  if (!c->parallel) {
+  if (!parallel) {
     assert_true(rc != 0 || !rewritten(p.parallel));
     arena_destroy(a);
     return;
   }
   if (rc) fail_msg("%s does not compile under --strategy=%s", c->file, form);
   if (!rewritten(p.parallel)) fail_msg("%s has no parallel form", c->file);
-  if (strcmp(form, "chunked") == 0 && !has_op(p.parallel, IR_LINATTN_STATE))
+  if (strcmp(form, "chunked") == 0 && !has_op(p.parallel, IR_LINATTN_STATE) &&
+      !has_op(p.parallel, IR_DELTA_STATE))
     fail_msg("%s has no chunked form", c->file);
   IrBinding b = p.bind;
   assert_int_equal(ir_binding_random(&b, 11, &de), 0);
@@ -216,14 +226,101 @@ static void run_case(const Case *c, const char *form) {
 static void test_interpreter_agrees(void **st) {
   (void)st;
   for (size_t k = 0; k < sizeof CASES / sizeof CASES[0]; k++) {
-    run_case(&CASES[k], "scan");
-    if (CASES[k].chunked) run_case(&CASES[k], "chunked");
+    run_case(&CASES[k], "scan", CASES[k].parallel);
+    if (CASES[k].chunked) run_case(&CASES[k], "chunked", 1);
+  }
+}
+
+/* The delta rule written other ways than the std cells do: each must be
+ * found and agree with the step in the interpreter. */
+static const Case DELTA_SPELLINGS[] = {
+    {"spread.seq", "K=4,V=3", /* S + (v - S k) (b k)^T, the write first */
+     "cell D(K, V) {\n  input x: [K]\n  input u: [V]\n  input z: []\n  state S: [V, K] = 0\n"
+     "  output y: [V]\n  step {\n    let k = l2norm(x)\n    let b = sigmoid(z)\n"
+     "    S' = S + outer(u - S @ k, k * b)\n    y = S' @ k\n  }\n}\n",
+     0, 1},
+    {"gated.seq", "H=2,K=4,V=3", /* exp gate per head, beta on the left, minus a negation */
+     "cell G(H, K, V) {\n  input x: [H, K]\n  input u: [H, V]\n  input z: [H]\n"
+     "  state S: [H, V, K] = 0\n  output y: [H, V]\n  step {\n    let k = l2norm(x)\n"
+     "    let g = exp(-softplus(z))\n    let b = sigmoid(z)\n"
+     "    let P = g[:, None, None] * S\n"
+     "    S' = P - b[:, None, None] * (sum(P * k[:, None, :], axis=-1) - u)[:, :, None] * k[:, None, :]\n"
+     "    y = sum(S' * k[:, None, :], axis=-1)\n  }\n}\n",
+     0, 1},
+};
+
+/* Look-alikes of the delta rule that are not it: each must be refused
+ * with its reason, never rewritten. */
+static const struct {
+  const char *name, *text, *why;
+} DELTA_FAKES[] = {
+    {"two_vectors.seq", /* (S k) q^T: a rank-one transition, but not k k^T */
+     "cell F(K, V) {\n  input x: [K]\n  input q: [K]\n  input u: [V]\n  state S: [V, K] = 0\n"
+     "  output y: [V]\n  step {\n    S' = S - 0.5 * outer(S @ x - u, q)\n    y = S' @ q\n  }\n}\n",
+     "not gate * beta * (S k) k^T"},
+    {"key_decay.seq", /* a decay per key, as RWKV-7's */
+     "cell F(K, V) {\n  input x: [K]\n  input w: [K]\n  input u: [V]\n  state S: [V, K] = 0\n"
+     "  output y: [V]\n  step {\n    S' = S * exp(w)[None, :] - outer(S @ x - u, x)\n    y = S' @ x\n  }\n}\n",
+     "one gate per head"},
+    {"unscaled_write.seq", /* beta on the transition only: the write is v k^T, not beta v k^T */
+     "cell F(K, V) {\n  input x: [K]\n  input u: [V]\n  input z: []\n  state S: [V, K] = 0\n"
+     "  output y: [V]\n  step {\n    let b = sigmoid(z)\n"
+     "    S' = S - b * outer(S @ x, x) + outer(u, x)\n    y = S' @ x\n  }\n}\n",
+     "not beta v k^T"},
+    {"negative_gate.seq",
+     "cell F(K, V) {\n  input x: [K]\n  input u: [V]\n  state S: [V, K] = 0\n"
+     "  output y: [V]\n  step {\n    S' = -(S - outer(S @ x - u, x))\n    y = S' @ x\n  }\n}\n",
+     "negative gate"},
+};
+
+static void test_delta_spellings(void **st) {
+  (void)st;
+  for (size_t k = 0; k < sizeof DELTA_SPELLINGS / sizeof DELTA_SPELLINGS[0]; k++)
+    run_case(&DELTA_SPELLINGS[k], "chunked", 1);
+}
+
+static void test_delta_fakes(void **st) {
+  (void)st;
+  for (size_t k = 0; k < sizeof DELTA_FAKES / sizeof DELTA_FAKES[0]; k++) {
+    Arena *a = arena_create();
+    SrcMgr sm;
+    DiagEngine de;
+    srcmgr_init(&sm, a);
+    diag_init(&de, a, NULL);
+    Pipeline p;
+    pipeline_init(&p, a, &sm, &de);
+    StrategyRequest req;
+    char err[256];
+    assert_int_equal(strategy_parse(a, "chunked", &req, err, sizeof err), 0);
+    const char *names[2] = {"K", "V"};
+    int64_t values[2] = {4, 3};
+    PipeOptions po = {0};
+    po.name = DELTA_FAKES[k].name;
+    po.text = DELTA_FAKES[k].text;
+    po.ndims = 2;
+    po.dim_names = names;
+    po.dim_values = values;
+    po.strategy = &req;
+    po.goal = PIPE_FORMS;
+    int rc = pipeline_run(&p, &po);
+    int found = 0;
+    for (int i = 0; i < de.diags.n; i++)
+      found |= strstr(de.diags.v[i].message, DELTA_FAKES[k].why) != NULL;
+    if (rc == 0 || !found) {
+      for (int i = 0; i < de.diags.n; i++) print_error("%s\n", de.diags.v[i].message);
+      fail_msg("%s: %s, not refused with '%s'", DELTA_FAKES[k].name,
+               rc == 0 ? "rewritten" : "refused otherwise", DELTA_FAKES[k].why);
+    }
+    pipeline_release(&p);
+    arena_destroy(a);
   }
 }
 
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_interpreter_agrees),
+      cmocka_unit_test(test_delta_spellings),
+      cmocka_unit_test(test_delta_fakes),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -31,6 +31,7 @@ static const Case CASES[] = {
     {"stdlib/mlstm.seq", "I=3,NH=2,DH=4", NULL, "sequential scan chunked"},
     {"stdlib/rwkv7.seq", "C=4,D_w=3,D_a=3,D_g=3", NULL, "sequential"},
     {"stdlib/plstm.seq", "I=3,Dk=4,Dv=5,J=2", NULL, "sequential"},
+    {"stdlib/deltaproduct.seq", "I=3,Dk=4,Dv=5", NULL, "sequential chunked"},
 };
 
 typedef struct Built {
@@ -150,6 +151,7 @@ static const Case FORM_CASES[] = {
     {"examples/s4d.seq", "H=3,N=4", "s4d_scan", "scan"},
     {"stdlib/mlstm.seq", "I=3,NH=2,DH=4", "mlstm_chunked", "chunked"},
     {"stdlib/mamba.seq", "d_model=4,d_inner=8,d_state=3,d_conv=4,dt_rank=2", "mamba_scan", "scan"},
+    {"stdlib/gated_deltanet.seq", "I=3,NH=2,Dk=4,Dv=5", "gated_deltanet_chunked", "chunked"},
 };
 
 static void test_golden(void **st) {
