@@ -1,0 +1,126 @@
+/* forms.c - one std cell, sequential against another --strategy (auto by
+ * default), in paired rounds: per round one timed forward of each, back to
+ * back, on the same seeded weights and inputs (the machine's speed drifts
+ * within minutes, so each round's ratio is what is compared). Prints one
+ * line: the medians of each side's times, the range, and the median of the
+ * per-round ratios sequential / other.
+ * usage: forms FILE.seq DIMS B T THREADS ROUNDS [STRATEGY] */
+#include <stdio.h>
+#include <stdlib.h>
+#include <math.h>
+#include <string.h>
+#include <time.h>
+
+#include "seq.h"
+
+static double now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static uint64_t rng = 0x2545f4914f6cdd1dull;
+static float uniform(void) {
+  rng ^= rng << 13;
+  rng ^= rng >> 7;
+  rng ^= rng << 17;
+  return (float)((double)(rng >> 11) / 9007199254740992.0 * 2 - 1);
+}
+
+static int cmp(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+typedef struct Run {
+  SeqModule *m;
+  void **in;
+  float **out;
+} Run;
+
+/* Compiles and binds; weights from the shared generator state reset per module. */
+static int open_run(SeqContext *cx, Run *r, const char *file, const char *dims, int threads,
+                    const char *strategy, int64_t B, int64_t T) {
+  SeqOptions o = {.opt_level = 2, .dims = dims, .num_threads = threads, .strategy = strategy};
+  if (seq_module_from_file(cx, file, &o, &r->m) != SEQ_OK) {
+    fprintf(stderr, "%s (%s): %s\n", file, strategy, seq_module_error(r->m));
+    return -1;
+  }
+  rng = 0x2545f4914f6cdd1dull;
+  int np = seq_module_count(r->m, SEQ_PARAM), ni = seq_module_count(r->m, SEQ_INPUT),
+      no = seq_module_count(r->m, SEQ_OUTPUT);
+  for (int i = 0; i < np; i++) {
+    SeqTensorInfo ti;
+    seq_module_info(r->m, SEQ_PARAM, i, &ti);
+    float *w = malloc(sizeof(float) * (size_t)(ti.numel + 1));
+    float k = ti.ndim ? 1.0f / sqrtf((float)ti.shape[ti.ndim - 1]) : 1.0f;
+    for (int64_t j = 0; j < ti.numel; j++) w[j] = k * uniform();
+    /* Stable recurrences (docs/stdlib.md): decays and eigenvalues negative. */
+    if (strcmp(ti.name, "Lambda_re") == 0 || strcmp(ti.name, "decay") == 0)
+      for (int64_t j = 0; j < ti.numel; j++) w[j] = -fabsf(w[j]);
+    seq_module_bind_weight(r->m, ti.name, w, ti.numel); /* kept for the process's life */
+  }
+  r->in = calloc((size_t)ni + 1, sizeof *r->in);
+  r->out = calloc((size_t)no + 1, sizeof *r->out);
+  for (int i = 0; i < ni; i++) {
+    SeqTensorInfo ti;
+    seq_module_info(r->m, SEQ_INPUT, i, &ti);
+    int64_t n = B * T * ti.numel;
+    float *x = malloc(sizeof(float) * (size_t)n);
+    for (int64_t j = 0; j < n; j++) x[j] = uniform();
+    r->in[i] = x;
+  }
+  for (int i = 0; i < no; i++) {
+    SeqTensorInfo ti;
+    seq_module_info(r->m, SEQ_OUTPUT, i, &ti);
+    r->out[i] = malloc(sizeof(float) * (size_t)(B * T * ti.numel));
+  }
+  return 0;
+}
+
+static double time_one(Run *r, int64_t B, int64_t T) {
+  double s = now();
+  if (seq_module_forward(r->m, B, T, (const void *const *)r->in, NULL, NULL, r->out, NULL) !=
+      SEQ_OK) {
+    fprintf(stderr, "forward failed: %s\n", seq_module_error(r->m));
+    exit(1);
+  }
+  return now() - s;
+}
+
+int main(int argc, char **argv) {
+  if (argc < 7) {
+    fprintf(stderr, "usage: forms FILE.seq DIMS B T THREADS ROUNDS [STRATEGY]\n");
+    return 2;
+  }
+  const char *file = argv[1], *dims = argv[2], *other = argc > 7 ? argv[7] : "auto";
+  int64_t B = atoll(argv[3]), T = atoll(argv[4]);
+  int threads = atoi(argv[5]), rounds = atoi(argv[6]);
+  SeqContext *cx = seq_context_create();
+  Run seq, oth;
+  if (open_run(cx, &seq, file, dims, threads, "sequential", B, T) ||
+      open_run(cx, &oth, file, dims, threads, other, B, T))
+    return 1;
+  time_one(&seq, B, T); /* warm-up: page faults, packed weights */
+  time_one(&oth, B, T);
+  double *ts = calloc((size_t)rounds, sizeof *ts), *to = calloc((size_t)rounds, sizeof *to),
+         *ratio = calloc((size_t)rounds, sizeof *ratio);
+  for (int k = 0; k < rounds; k++) {
+    ts[k] = time_one(&seq, B, T);
+    to[k] = time_one(&oth, B, T);
+    ratio[k] = ts[k] / to[k];
+  }
+  qsort(ts, (size_t)rounds, sizeof *ts, cmp);
+  qsort(to, (size_t)rounds, sizeof *to, cmp);
+  qsort(ratio, (size_t)rounds, sizeof *ratio, cmp);
+  printf("forms %s B=%lld T=%lld threads=%d sequential_ms=%.1f [%.1f-%.1f] %s_ms=%.1f [%.1f-%.1f] "
+         "seq_tokens_per_s=%.0f %s_tokens_per_s=%.0f ratio=%.2f\n",
+         file, (long long)B, (long long)T, threads, ts[rounds / 2] * 1e3, ts[0] * 1e3,
+         ts[rounds - 1] * 1e3, other, to[rounds / 2] * 1e3, to[0] * 1e3, to[rounds - 1] * 1e3,
+         (double)(B * T) / ts[rounds / 2], other, (double)(B * T) / to[rounds / 2],
+         ratio[rounds / 2]);
+  seq_module_destroy(seq.m);
+  seq_module_destroy(oth.m);
+  seq_context_destroy(cx);
+  return 0;
+}
