@@ -40,6 +40,7 @@
 #define L2_BYTES (512 * 1024)
 #define CHUNK 16 /* the runtime's default chunk length */
 #define SCAN_BLOCK 2048 /* sched/scan.c */
+#define TRANSCENDENTAL_FLOPS 10 /* exp, log, tanh and the functions built on them */
 #define SCAN_PIECE 64
 
 /* Elements of a state of concrete shape. */
@@ -193,6 +194,21 @@ static double node_flops(const IrFunc *f, const IrNode *nd, const int64_t *dims)
   case IR_L2NORM:
   case IR_SOFTMAX:
     return 5 * n;
+  case IR_EXP:
+  case IR_LOG:
+  case IR_TANH:
+  case IR_SIGMOID:
+  case IR_LOGSIGMOID:
+  case IR_SOFTPLUS:
+  case IR_SILU:
+  case IR_GELU:
+  case IR_SIN:
+  case IR_COS:
+  case IR_POW:
+    /* A vector polynomial and its range reduction (codegen/math.c's exp:
+     * a degree-6 Horner form with fused multiply-adds, about 20 flops);
+     * counted at half that, a floor no evaluation on the FMA units beats. */
+    return TRANSCENDENTAL_FLOPS * n * c;
   default:
     return n * c;
   }
