@@ -190,6 +190,9 @@ static SeqStatus compile(SeqContext *cx, const char *path, const char *name, con
     goto done;
   }
   po.strategy = &strategy;
+  po.kernel_chunk = o.chunk > 0 ? o.chunk : 0;
+  /* The cost model plans for the threads the module will run on. */
+  po.threads = o.num_threads > 0 ? o.num_threads : rt_cpu_get_num_threads();
   st = SEQ_ERR_BIND;
   if (o.dims && parse_dims(m, o.dims, dim_names, dim_values, &ndims)) goto done;
   po.ndims = ndims;

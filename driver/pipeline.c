@@ -126,7 +126,8 @@ int pipeline_run(Pipeline *p, const PipeOptions *o) {
   if (p->reached < PIPE_SCHED) {
     const IrFunc *root = p->parallel->funcs.v[p->parallel->entry];
     const char *symbol = abi_c_identifier(p->arena, root->name);
-    if (!symbol || sched_build(p->arena, p->parallel, root, p->bind.dims, symbol, &p->sched, p->de))
+    if (!symbol || sched_build(p->arena, p->parallel, root, p->bind.dims, symbol, o->kernel_chunk,
+                               &p->sched, p->de))
       return -1;
     if (o->chunk_budget > 0) p->sched->chunk_budget = o->chunk_budget;
     p->reached = PIPE_SCHED;

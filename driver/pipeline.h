@@ -53,6 +53,8 @@ typedef struct PipeOptions {
   const StrategyRequest *strategy;     /* --strategy; NULL: auto for every state */
   int threads;                         /* threads the code will run on (cost model; 0: 1) */
   int64_t batch;                       /* examples per call the cost model assumes (0: 8) */
+  int64_t kernel_chunk;                /* tokens per chunk of the chunked kernels (0: the
+                                          runtime's default; --chunk) */
   int64_t chunk_budget;                /* floats of a time chunk's token rows (0: the
                                           schedule's; tests make chunks short with it) */
   CgOptions cg;                        /* optimization level, target cpu and features */

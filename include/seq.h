@@ -53,6 +53,8 @@ typedef struct SeqOptions {
   int num_threads;             /* threads for matrix products; <= 0: $SEQ_NUM_THREADS or 1 */
   const char *strategy;        /* the form of each state: "auto" (NULL), "sequential", "scan",
                                   "chunked", or per state "S=chunked,z=scan" (docs/cli.md) */
+  int chunk;                   /* tokens per chunk of the chunked forms; <= 0: the measured
+                                  default (docs/cli.md, --chunk) */
 } SeqOptions;
 
 typedef struct SeqContext SeqContext;

@@ -405,7 +405,7 @@ static int build_ops(Plan *p) {
 /* ---- the schedule ------------------------------------------------------------- */
 
 int sched_build(Arena *a, const IrModule *m, const IrFunc *root, const int64_t *dims,
-                const char *symbol, Schedule **out, DiagEngine *de) {
+                const char *symbol, int64_t kernel_chunk, Schedule **out, DiagEngine *de) {
   *out = NULL;
   Schedule *s = arena_calloc(a, 1, sizeof *s);
   if (!s) {
@@ -415,6 +415,7 @@ int sched_build(Arena *a, const IrModule *m, const IrFunc *root, const int64_t *
   Plan p = {a, m, de, s, NULL, NULL, NULL, 0};
   s->mod = m;
   s->chunk_budget = CHUNK_BUDGET;
+  s->kernel_chunk = kernel_chunk;
   s->pack_min_tokens = PACK_MIN_TOKENS;
   s->pack_swap_min_b = PACK_SWAP_MIN_B;
   s->pack_min_steps = PACK_MIN_STEPS;

@@ -94,7 +94,9 @@ int plan_linattns(Plan *p) {
         /* The delta rule: k [R, L..., K], one gate per head. */
         la->R = delta ? p->v[la->k].shape[0] : 1;
         la->Kg = delta ? 1 : p->v[la->lg].shape[L];
-        la->chunk = delta ? RT_CPU_DELTA_CHUNK : RT_CPU_LINATTN_CHUNK;
+        la->chunk = p->s->kernel_chunk > 0 ? p->s->kernel_chunk
+                    : delta               ? RT_CPU_DELTA_CHUNK
+                                          : RT_CPU_LINATTN_CHUNK;
         la->work_buf = la->copy_buf = -1;
       } else if (nd->args[off] != la->k || nd->args[off + 1] != la->v || lg != la->lg ||
                  beta != la->beta || delta != la->delta || tr != la->transposed) {

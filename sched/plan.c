@@ -338,14 +338,14 @@ int plan_model_chunks(Plan *p) {
   const IrFunc *fn = p->fn;
   SchedInst *in = p->in;
   if (fn->kind != IR_FN_MODEL || fn->states.n == 0) return 0;
-  int linattn = 0;
+  int64_t kchunk = 0; /* the longest chunk of a chunked kernel here */
   for (IrRef r = 0; r < fn->nodes.n; r++) {
     const IrNode *nd = &fn->nodes.v[r];
     const SchedValue *n = &p->v[r];
     if (nd->op == IR_CALL || nd->op == IR_CAUSAL_CONV) return 0;
     if ((nd->op == IR_SCAN || nd->op == IR_SCAN_MAX || nd->op == IR_DELAY) && n->group < 0)
       return 0;
-    linattn |= in->linattns[r] != NULL;
+    if (in->linattns[r] && in->linattns[r]->chunk > kchunk) kchunk = in->linattns[r]->chunk;
     for (int j = 0; j < nd->nargs; j++) {
       const IrNode *a = &fn->nodes.v[nd->args[j]];
       if (a->op == IR_STATE && n->group < 0 && !(nd->op == IR_WINDOW && j == 1)) return 0;
@@ -371,9 +371,10 @@ int plan_model_chunks(Plan *p) {
   }
   in->chunked = floats > 0;
   in->chunk_floats = floats;
-  /* The chunked kernel's own chunks are 16 tokens: a time chunk of a few
-   * steps would pass the state through memory at every one. */
-  in->min_tc = linattn ? MODEL_MIN_TC_LINATTN : MODEL_MIN_TC;
+  /* A chunked kernel's own chunks are 16 tokens (or --chunk): a time chunk
+   * of a few steps would pass the state through memory at every one. */
+  in->min_tc = MODEL_MIN_TC;
+  if (kchunk) in->min_tc = 4 * kchunk > MODEL_MIN_TC_LINATTN ? 4 * kchunk : MODEL_MIN_TC_LINATTN;
   return 0;
 }
 

@@ -216,13 +216,17 @@ typedef struct Schedule {
   int64_t pack_min_tokens; /* calls with fewer tokens multiply by unpacked weights */
   int64_t pack_swap_min_b; /* ... and so do calls with at least this batch */
   int64_t pack_min_steps;  /*     and fewer steps than this */
+  int64_t kernel_chunk;    /* tokens per chunk of the chunked kernels (the runtime's default,
+                              or --chunk) */
 } Schedule;
 
 /* Schedules `root` of m with the concrete values dims[v] of its dims for the
  * CPU. `symbol` prefixes the entry points. What the backend cannot run is a
  * diagnostic at the construct. Returns 0 and *out (arena-owned). */
+/* kernel_chunk: tokens per chunk of the chunked kernels; 0, the runtime's
+ * measured default. */
 int sched_build(Arena *a, const IrModule *m, const IrFunc *root, const int64_t *dims,
-                const char *symbol, Schedule **out, DiagEngine *de);
+                const char *symbol, int64_t kernel_chunk, Schedule **out, DiagEngine *de);
 
 /* The stable text form (`seqc --emit=sched`). */
 void sched_print(FILE *out, const Schedule *s);

@@ -54,6 +54,7 @@ typedef struct Options {
   const char *strategy; /* --strategy=auto|sequential|scan|chunked, or STATE=FORM,... */
   const char *dump_after; /* --dump-after=rewrite|scan: the IR after that pass */
   long batch;             /* --batch N: the batch the cost model assumes (run: the input's) */
+  long chunk;             /* --chunk N: tokens per chunk of the chunked forms (0: default) */
   int report;       /* --report: the recurrence classification of every cell */
   int check_finite; /* --check-finite: report the first NaN/Inf and fail */
 } Options;
@@ -65,7 +66,7 @@ static void usage(FILE *out) {
         "           [--expect NAME=FILE.npy ... [--tol X]] [--check-finite] [--f64] [--entry UNIT] "
         "[--quiet]\n"
         "           [--backend=cpu|interp] [--threads N] [-O0..-O3]\n"
-        "           [--strategy=auto|sequential|scan|chunked|STATE=FORM,...]\n"
+        "           [--strategy=auto|sequential|scan|chunked|STATE=FORM,...] [--chunk N]\n"
         "  seqc FILE.seq [--dims ...] [--weights W] -o libNAME.so [-H NAME.h] [-O0..-O3]\n"
         "       [--target-cpu=CPU] [--target-features=+f,-g]\n"
         "  seqc --emit=ir|sched|llvm|asm|obj FILE.seq [--dims ...] [-o OUT] [--entry UNIT]\n"
@@ -209,6 +210,14 @@ static int parse_args(int argc, char **argv, Options *o) {
       if (strcmp(val, "rewrite") != 0 && strcmp(val, "scan") != 0)
         return usage_error("unknown pass '%s' for --dump-after (rewrite, scan)", val);
       o->dump_after = val;
+    } else if ((r = TAKE("--chunk")) != 0) {
+      if (r < 0) return usage_error("%s needs a value", a);
+      char *end;
+      errno = 0;
+      long c = strtol(val, &end, 10);
+      if (errno || *end || !*val || c < 1 || c > 4096)
+        return usage_error("--chunk takes an integer in [1, 4096], got '%s'", val);
+      o->chunk = c;
     } else if ((r = TAKE("--strategy")) != 0) {
       if (r < 0) return usage_error("%s needs a value", a);
       o->strategy = val;
@@ -877,6 +886,7 @@ int main(int argc, char **argv) {
     return rc;
   }
   po.strategy = &strategy;
+  po.kernel_chunk = o.chunk;
   po.threads = o.threads;
   po.batch = o.batch;
   po.goal = o.report ? PIPE_REPORT : PIPE_IR;

@@ -63,11 +63,13 @@ static const Case CASES[] = {
 
 /* Each form as the schedule chunks time, and the parallel forms again with
  * the shortest time chunks (a budget of one float: 16 steps, 64 with a
- * chunked state), so that sequences cross many chunk boundaries. */
+ * chunked state), so that sequences cross many chunk boundaries; the
+ * chunked kernels also with chunks of 5 tokens, which do not divide them. */
 static const struct {
   const char *strategy;
-  int64_t chunk_budget;
-} FORMS[] = {{"sequential", 0}, {"scan", 0}, {"chunked", 0}, {"scan", 1}, {"chunked", 1}};
+  int64_t chunk_budget, kernel_chunk;
+} FORMS[] = {{"sequential", 0, 0}, {"scan", 0, 0},    {"chunked", 0, 0},
+             {"scan", 1, 0},       {"chunked", 1, 0}, {"chunked", 1, 5}};
 enum { NFORMS = sizeof FORMS / sizeof FORMS[0] };
 static const int64_t TS[] = {1, 2, 3, 7, 63, 64, 65, 1000, 4097};
 
@@ -90,7 +92,8 @@ typedef struct Compiled {
 
 /* Compiles c under --strategy=form; 1 if no state of it has that form
  * (nothing to test), -1 on any other failure. */
-static int compile(Compiled *cm, const Case *c, const char *form, int64_t chunk_budget) {
+static int compile(Compiled *cm, const Case *c, const char *form, int64_t chunk_budget,
+                   int64_t kernel_chunk) {
   memset(cm, 0, sizeof *cm);
   cm->arena = arena_create();
   srcmgr_init(&cm->sm, cm->arena);
@@ -116,6 +119,7 @@ static int compile(Compiled *cm, const Case *c, const char *form, int64_t chunk_
   po.dim_values = values;
   po.strategy = &req;
   po.chunk_budget = chunk_budget;
+  po.kernel_chunk = kernel_chunk;
   po.cg = (CgOptions){2, NULL, NULL};
   po.goal = PIPE_BOUND;
   if (pipeline_run(&cm->pipe, &po)) return -1;
@@ -178,7 +182,7 @@ static void run_case(const Case *c) {
   Compiled cm[NFORMS];
   int have[NFORMS];
   for (int f = 0; f < NFORMS; f++) {
-    have[f] = compile(&cm[f], c, FORMS[f].strategy, FORMS[f].chunk_budget);
+    have[f] = compile(&cm[f], c, FORMS[f].strategy, FORMS[f].chunk_budget, FORMS[f].kernel_chunk);
     if (have[f] < 0) {
       for (int i = 0; i < cm[f].de.diags.n; i++)
         print_error("%s\n", cm[f].de.diags.v[i].message);
@@ -187,8 +191,9 @@ static void run_case(const Case *c) {
     have[f] = have[f] == 0;
     /* FORMS_VERBOSE=1: which forms each case runs. */
     if (getenv("FORMS_VERBOSE"))
-      fprintf(stderr, "%s --strategy=%s, chunk budget %lld: %s\n", c->file, FORMS[f].strategy,
-              (long long)FORMS[f].chunk_budget, have[f] ? "runs" : "no such form");
+      fprintf(stderr, "%s --strategy=%s, chunk budget %lld, --chunk %lld: %s\n", c->file,
+              FORMS[f].strategy, (long long)FORMS[f].chunk_budget,
+              (long long)FORMS[f].kernel_chunk, have[f] ? "runs" : "no such form");
   }
   const IrBinding *b = &cm[0].pipe.bind;
   const IrFunc *root = b->root;
@@ -254,16 +259,20 @@ static void run_case(const Case *c) {
           char what[512];
           for (int k = 0; k < no; k++) {
             snprintf(what, sizeof what,
-                     "%s --strategy=%s (chunk budget %lld) output %s B=%lld T=%lld variant=%d",
+                     "%s --strategy=%s (chunk budget %lld, --chunk %lld) output %s B=%lld "
+                     "T=%lld variant=%d",
                      c->file, FORMS[f].strategy, (long long)FORMS[f].chunk_budget,
+                     (long long)FORMS[f].kernel_chunk,
                      root->outputs.v[k].name, (long long)B, (long long)T, variant);
             check(what, &og[k], &o32[k], &o64[k], T);
             rt_tensor_free(&og[k]);
           }
           for (int k = 0; k < ns; k++) {
             snprintf(what, sizeof what,
-                     "%s --strategy=%s (chunk budget %lld) state %s B=%lld T=%lld variant=%d",
+                     "%s --strategy=%s (chunk budget %lld, --chunk %lld) state %s B=%lld "
+                     "T=%lld variant=%d",
                      c->file, FORMS[f].strategy, (long long)FORMS[f].chunk_budget,
+                     (long long)FORMS[f].kernel_chunk,
                      b->flat.states.v[k].name, (long long)B, (long long)T, variant);
             check(what, &sg[k], &s32[k], &s64[k], T);
             rt_tensor_free(&sg[k]);
