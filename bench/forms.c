@@ -41,7 +41,8 @@ typedef struct Run {
 /* Compiles and binds; weights from the shared generator state reset per module. */
 static int open_run(SeqContext *cx, Run *r, const char *file, const char *dims, int threads,
                     const char *strategy, int64_t B, int64_t T) {
-  SeqOptions o = {.opt_level = 2, .dims = dims, .num_threads = threads, .strategy = strategy};
+  SeqOptions o = {.opt_level = 2, .dims = dims, .num_threads = threads, .strategy = strategy,
+                  .batch = (long)B};
   if (seq_module_from_file(cx, file, &o, &r->m) != SEQ_OK) {
     fprintf(stderr, "%s (%s): %s\n", file, strategy, seq_module_error(r->m));
     return -1;

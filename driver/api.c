@@ -191,6 +191,7 @@ static SeqStatus compile(SeqContext *cx, const char *path, const char *name, con
   }
   po.strategy = &strategy;
   po.kernel_chunk = o.chunk > 0 ? o.chunk : 0;
+  po.batch = o.batch > 0 ? o.batch : 0;
   /* The cost model plans for the threads the module will run on. */
   po.threads = o.num_threads > 0 ? o.num_threads : rt_cpu_get_num_threads();
   st = SEQ_ERR_BIND;

@@ -55,6 +55,7 @@ typedef struct SeqOptions {
                                   "chunked", or per state "S=chunked,z=scan" (docs/cli.md) */
   int chunk;                   /* tokens per chunk of the chunked forms; <= 0: the measured
                                   default (docs/cli.md, --chunk) */
+  long batch;                  /* the batch `auto` plans for (docs/cli.md, --batch); <= 0: 8 */
 } SeqOptions;
 
 typedef struct SeqContext SeqContext;
