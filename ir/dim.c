@@ -159,6 +159,11 @@ int dim_is_const(DimExpr a, int64_t *value) {
   return 0;
 }
 
+int dim_is_one(DimExpr a) {
+  int64_t v;
+  return dim_is_const(a, &v) && v == 1;
+}
+
 int dim_subst(DimExpr a, const DimExpr *sub, DimExpr *out) {
   DimExpr acc = dim_const(0);
   for (int i = 0; i < a.nterms; i++) {

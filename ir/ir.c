@@ -45,6 +45,11 @@ IrType ir_type(Arena *a, IrElem elem, int rank, const DimExpr *dims) {
   return t;
 }
 
+DimExpr ir_type_aligned(IrType t, int r, int ax) {
+  int i = ax - (r - t.rank);
+  return i >= 0 ? t.dims[i] : dim_const(1);
+}
+
 int ir_type_eq(IrType a, IrType b) {
   if (a.elem != b.elem || a.rank != b.rank) return 0;
   for (int i = 0; i < a.rank; i++)
@@ -315,10 +320,6 @@ static const char *tstr(Infer *cx, IrType t) {
   return s ? s : "?";
 }
 
-static int is_one(DimExpr e) {
-  int64_t v;
-  return dim_is_const(e, &v) && v == 1;
-}
 
 /* NumPy broadcasting over symbolic dims: right-aligned, and a dim equal to
  * the constant 1 stretches to the other. The result's dims are written into
@@ -331,9 +332,9 @@ static int broadcast_shape(Infer *cx, IrType x, IrType y, DimExpr *dims, int *ra
       dims[i] = y.dims[yi];
     } else if (yi < 0) {
       dims[i] = x.dims[xi];
-    } else if (dim_eq(x.dims[xi], y.dims[yi]) || is_one(y.dims[yi])) {
+    } else if (dim_eq(x.dims[xi], y.dims[yi]) || dim_is_one(y.dims[yi])) {
       dims[i] = x.dims[xi];
-    } else if (is_one(x.dims[xi])) {
+    } else if (dim_is_one(x.dims[xi])) {
       dims[i] = y.dims[yi];
     } else {
       return fail(cx, "cannot broadcast %s with %s", tstr(cx, x), tstr(cx, y));
@@ -453,7 +454,7 @@ static int check_broadcast(Infer *cx, IrType x, IrType to) {
     return fail(cx, "cannot broadcast %s to %s", tstr(cx, x), tstr(cx, to));
   for (int i = 0; i < x.rank; i++) {
     DimExpr d = x.dims[i], t = to.dims[to.rank - x.rank + i];
-    if (!dim_eq(d, t) && !is_one(d))
+    if (!dim_eq(d, t) && !dim_is_one(d))
       return fail(cx, "cannot broadcast %s to %s", tstr(cx, x), tstr(cx, to));
   }
   return 0;
@@ -677,7 +678,7 @@ int ir_infer_type(const IrFunc *f, Arena *a, const IrNode *proto, int nargs, con
     for (int i = 0; i < 3; i++)
       if (need_real(cx, "causal_conv", ts[i])) return -1;
     int ok = u.rank == 1 && b.rank == 1 && dim_eq(b.dims[0], u.dims[0]) &&
-             (w.rank == 2 || (w.rank == 3 && is_one(w.dims[1]))) && dim_eq(w.dims[0], u.dims[0]);
+             (w.rank == 2 || (w.rank == 3 && dim_is_one(w.dims[1]))) && dim_eq(w.dims[0], u.dims[0]);
     if (!ok)
       return fail(cx, "causal_conv needs u: [D], w: [D, K] or [D, 1, K], b: [D]; got %s, %s, %s",
                   tstr(cx, u), tstr(cx, w), tstr(cx, b));
@@ -726,7 +727,7 @@ int ir_infer_type(const IrFunc *f, Arena *a, const IrNode *proto, int nargs, con
     int L = S.rank - 2;
     DimExpr V = S.dims[L], K = S.dims[L + 1];
     int ok = k.rank == L + 1 && v.rank == L + 1 && lg.rank == L + 1 && dim_eq(k.dims[L], K) &&
-             dim_eq(v.dims[L], V) && (is_one(lg.dims[L]) || dim_eq(lg.dims[L], K));
+             dim_eq(v.dims[L], V) && (dim_is_one(lg.dims[L]) || dim_eq(lg.dims[L], K));
     if (op == IR_LINATTN) ok = ok && ts[0].rank == L + 1 && dim_eq(ts[0].dims[L], K);
     for (int i = 0; ok && i < L; i++) {
       ok = dim_eq(k.dims[i], S.dims[i]) && dim_eq(v.dims[i], S.dims[i]) &&

@@ -49,6 +49,7 @@ int dim_mul(DimExpr a, DimExpr b, DimExpr *out);
 int dim_div_exact(DimExpr a, int64_t k, DimExpr *out); /* -1 unless every coef divisible */
 int dim_eq(DimExpr a, DimExpr b);
 int dim_is_const(DimExpr a, int64_t *value); /* 1 and *value if constant */
+int dim_is_one(DimExpr a);                   /* the constant 1 */
 /* Substitutes every variable v by sub[v]. */
 int dim_subst(DimExpr a, const DimExpr *sub, DimExpr *out);
 /* Evaluates with values[v]; -1 on overflow or a result outside
@@ -219,6 +220,9 @@ IrFunc *ir_func_prune(IrModule *m, const IrFunc *f);
 /* Copies dims into the arena. A rank outside [0, SEQ_MAX_RANK] or a failed
  * allocation gives a type of rank -1 (never equal to a valid type). */
 IrType ir_type(Arena *a, IrElem elem, int rank, const DimExpr *dims);
+/* The size of t along axis ax of a value of rank r that t broadcasts to
+ * (numpy rules: axes aligned on the right, a missing axis has size 1). */
+DimExpr ir_type_aligned(IrType t, int r, int ax);
 IrType ir_scalar(IrElem elem);
 
 /* Appends (or finds an identical) node. `proto` carries op, type, loc and

@@ -27,121 +27,35 @@
  */
 #include "passes/passes.h"
 
-#include <math.h>
 #include <string.h>
 
 typedef struct Chunk {
-  Arena *a;
-  DiagEngine *de;
-  const IrFunc *src;
-  IrFunc *dst;
+  PassBuild b; /* src: a parallel form; dst: it with chunked states */
   IrRef *map;
   const char *why;
-  int failed;
 } Chunk;
+
+static IrRef map_cb(void *ctx, IrRef x) { return ((Chunk *)ctx)->map[x]; }
 
 static int refuse(Chunk *C, const IrNode *n, const char *what) {
   if (!C->why)
-    C->why = n && n->loc.file ? arena_printf(C->a, "%s at %s:%d:%d", what, n->loc.file->name,
+    C->why = n && n->loc.file ? arena_printf(C->b.a, "%s at %s:%d:%d", what, n->loc.file->name,
                                              n->loc.line, n->loc.col)
                               : what;
   return -1;
 }
 
-static IrRef build(Chunk *C, IrOp op, int nargs, const IrRef *args, const IrNode *attrs,
-                   SrcLoc loc) {
-  if (C->failed) return IR_NONE;
-  IrNode proto;
-  memset(&proto, 0, sizeof proto);
-  if (attrs) proto = *attrs;
-  proto.op = op;
-  proto.loc = loc;
-  char msg[256] = "";
-  IrType t;
-  if (ir_infer_type(C->dst, C->a, &proto, nargs, args, &t, msg, sizeof msg)) {
-    diag_internal(C->de, "chunk", "%s: %s does not type: %s", C->src->name, ir_op_info[op].text,
-                  msg);
-    C->failed = 1;
-    return IR_NONE;
-  }
-  proto.type = t;
-  IrRef r = ir_emit(C->dst, C->a, &proto, nargs, args);
-  if (r == IR_NONE) {
-    diag_error(C->de, C->src->loc, "out of memory");
-    C->failed = 1;
-  }
-  return r;
-}
 
-static IrRef move(Chunk *C, IrOp op, IrRef x, IrType to, SrcLoc loc) {
-  if (C->failed) return IR_NONE;
-  if (ir_type_eq(C->dst->nodes.v[x].type, to)) return x;
-  IrNode attrs;
-  memset(&attrs, 0, sizeof attrs);
-  attrs.type = to;
-  return build(C, op, 1, &x, &attrs, loc);
-}
-
-static int dim_is_one(DimExpr d) {
-  int64_t v;
-  return dim_is_const(d, &v) && v == 1;
-}
-
-/* The size of t along axis ax of a value of rank r that t broadcasts to
- * (axes aligned on the right; a missing axis has size 1). */
-static DimExpr aligned(IrType t, int r, int ax) {
-  int i = ax - (r - t.rank);
-  return i >= 0 ? t.dims[i] : dim_const(1);
-}
 
 /* x (of rank <= r, broadcastable to rank r) as rank r - 1 without axis
  * `drop`, where x has size 1: a reshape that keeps the element order. */
 static IrRef drop_axis(Chunk *C, IrRef x, int r, int drop, SrcLoc loc) {
-  IrType t = C->dst->nodes.v[x].type;
+  IrType t = C->b.dst->nodes.v[x].type;
   DimExpr dims[SEQ_MAX_RANK];
   int n = 0;
   for (int ax = 0; ax < r; ax++)
-    if (ax != drop) dims[n++] = aligned(t, r, ax);
-  return move(C, IR_RESHAPE, x, ir_type(C->a, IR_REAL, n, dims), loc);
-}
-
-/* log(x) for a src node x that is provably positive; IR_NONE (with why)
- * when it cannot be shown. */
-static IrRef log_of(Chunk *C, IrRef x) {
-  const IrNode *n = &C->src->nodes.v[x];
-  SrcLoc loc = n->loc;
-  switch (n->op) {
-  case IR_EXP:
-    return C->map[n->args[0]];
-  case IR_SIGMOID: {
-    IrRef y = C->map[n->args[0]];
-    return build(C, IR_LOGSIGMOID, 1, &y, NULL, loc);
-  }
-  case IR_CONST:
-    if (n->cval > 0) {
-      IrNode c;
-      memset(&c, 0, sizeof c);
-      c.cval = log(n->cval);
-      return build(C, IR_CONST, 0, NULL, &c, loc);
-    }
-    break;
-  case IR_RESHAPE:
-  case IR_BROADCAST: {
-    IrRef y = log_of(C, n->args[0]);
-    return y == IR_NONE ? IR_NONE : move(C, n->op, y, n->type, loc);
-  }
-  case IR_MUL:
-  case IR_DIV: {
-    IrRef u = log_of(C, n->args[0]), w = log_of(C, n->args[1]);
-    if (u == IR_NONE || w == IR_NONE) return IR_NONE;
-    IrRef args[2] = {u, w};
-    return build(C, n->op == IR_MUL ? IR_ADD : IR_SUB, 2, args, NULL, loc);
-  }
-  default:
-    break;
-  }
-  refuse(C, n, "a gate not provably positive (not exp, sigmoid or their products)");
-  return IR_NONE;
+    if (ax != drop) dims[n++] = ir_type_aligned(t, r, ax);
+  return pb_shape(&C->b, IR_RESHAPE, x, ir_type(C->b.a, IR_REAL, n, dims), loc);
 }
 
 /* The factors of the rank-one write b (a tree of products), split by the
@@ -150,7 +64,7 @@ static IrRef log_of(Chunk *C, IrRef x) {
  * matrix state is the factors x along its first axis and y along its
  * second. */
 static int split_write(Chunk *C, IrRef b, int r, int vax, int kax, IrRef *v, IrRef *k) {
-  const IrFunc *f = C->src;
+  const IrFunc *f = C->b.src;
   /* Pending factors: src nodes, or (negated) dst nodes already shaped. */
   IrRef stack[64];
   int dst[64];
@@ -172,9 +86,9 @@ static int split_write(Chunk *C, IrRef b, int r, int vax, int kax, IrRef *v, IrR
         if (shaped) { /* x [M] as [M, 1], y [N] as [1, N] */
           DimExpr du[2] = {f->nodes.v[u].type.dims[0], dim_const(1)};
           DimExpr dw[2] = {dim_const(1), f->nodes.v[w].type.dims[0]};
-          u = move(C, IR_RESHAPE, C->map[u], ir_type(C->a, IR_REAL, 2, du), loc);
-          w = move(C, IR_RESHAPE, C->map[w], ir_type(C->a, IR_REAL, 2, dw), loc);
-          if (C->failed) return -1;
+          u = pb_shape(&C->b, IR_RESHAPE, C->map[u], ir_type(C->b.a, IR_REAL, 2, du), loc);
+          w = pb_shape(&C->b, IR_RESHAPE, C->map[w], ir_type(C->b.a, IR_REAL, 2, dw), loc);
+          if (C->b.failed) return -1;
         }
         stack[sp] = u;
         dst[sp++] = shaped;
@@ -192,12 +106,12 @@ static int split_write(Chunk *C, IrRef b, int r, int vax, int kax, IrRef *v, IrR
       part = C->map[x];
     } else {
       part = x;
-      t = C->dst->nodes.v[x].type;
-      loc = C->dst->nodes.v[x].loc;
+      t = C->b.dst->nodes.v[x].type;
+      loc = C->b.dst->nodes.v[x].loc;
     }
     if (t.rank > r) return refuse(C, NULL, "a write of higher rank than the state");
-    int along_v = !dim_is_one(aligned(t, r, vax));
-    int along_k = !dim_is_one(aligned(t, r, kax));
+    int along_v = !dim_is_one(ir_type_aligned(t, r, vax));
+    int along_k = !dim_is_one(ir_type_aligned(t, r, kax));
     if (along_v && along_k)
       return refuse(C, NULL, "a write that is not rank one (a factor varies along both axes)");
     IrRef *side = along_k ? k : v;
@@ -206,10 +120,10 @@ static int split_write(Chunk *C, IrRef b, int r, int vax, int kax, IrRef *v, IrR
       *side = part;
     } else {
       IrRef args[2] = {*side, part};
-      *side = build(C, IR_MUL, 2, args, NULL, loc);
+      *side = pb_node(&C->b, IR_MUL, 2, args, NULL, loc);
     }
   }
-  return C->failed ? -1 : 0;
+  return C->b.failed ? -1 : 0;
 }
 
 /* Users of every node of f (counts, then lists). */
@@ -255,7 +169,7 @@ typedef struct Plan {
 } Plan;
 
 static int plan_state(Chunk *C, const Users *u, int s, Plan *p) {
-  const IrFunc *f = C->src;
+  const IrFunc *f = C->b.src;
   const IrState *st = &f->states.v[s];
   memset(p, 0, sizeof *p);
   p->s = s;
@@ -266,7 +180,7 @@ static int plan_state(Chunk *C, const Users *u, int s, Plan *p) {
   if (h->op != IR_SCAN && !p->delta) return refuse(C, h, "the state is not a scan");
   p->r = st->type.rank;
   if (p->r < 2) return refuse(C, h, "the state is not a matrix");
-  p->reads = arena_calloc(C->a, (size_t)f->nodes.n + 1, sizeof *p->reads);
+  p->reads = arena_calloc(C->b.a, (size_t)f->nodes.n + 1, sizeof *p->reads);
   if (!p->reads) return -1;
   p->kax = -1;
   /* Every use of H and delay(H): the delay, a product contracted by sums. */
@@ -304,7 +218,7 @@ static int plan_state(Chunk *C, const Users *u, int s, Plan *p) {
           return refuse(C, sum, "readouts that sum over different axes");
         p->kax = sum->axis;
         p->vax = p->kax == p->r - 1 ? p->r - 2 : p->r - 1;
-        if (qn->type.rank > p->r || !dim_is_one(aligned(qn->type, p->r, p->vax)))
+        if (qn->type.rank > p->r || !dim_is_one(ir_type_aligned(qn->type, p->r, p->vax)))
           return refuse(C, qn, "a readout vector that varies along the value axis");
         p->reads[p->nreads++] = (Readout){u->of[use][k], q, xi == 1, 0};
       }
@@ -327,7 +241,7 @@ typedef struct Operands {
 } Operands;
 
 static int operands(Chunk *C, const Plan *p, Operands *o) {
-  const IrFunc *f = C->src;
+  const IrFunc *f = C->b.src;
   const IrNode *h = &f->nodes.v[p->scan];
   if (p->delta) { /* delta_state's own operands */
     o->k = C->map[h->args[0]];
@@ -352,26 +266,26 @@ static int operands(Chunk *C, const Plan *p, Operands *o) {
   IrNode one;
   memset(&one, 0, sizeof one);
   one.cval = 1.0;
-  if (o->v == IR_NONE) o->v = build(C, IR_CONST, 0, NULL, &one, loc);
-  if (o->k == IR_NONE) o->k = build(C, IR_CONST, 0, NULL, &one, loc);
-  o->v = move(C, IR_BROADCAST, o->v, ir_type(C->a, IR_REAL, L + 1, dv), loc);
-  o->k = move(C, IR_BROADCAST, o->k, ir_type(C->a, IR_REAL, L + 1, dk), loc);
+  if (o->v == IR_NONE) o->v = pb_node(&C->b, IR_CONST, 0, NULL, &one, loc);
+  if (o->k == IR_NONE) o->k = pb_node(&C->b, IR_CONST, 0, NULL, &one, loc);
+  o->v = pb_shape(&C->b, IR_BROADCAST, o->v, ir_type(C->b.a, IR_REAL, L + 1, dv), loc);
+  o->k = pb_shape(&C->b, IR_BROADCAST, o->k, ir_type(C->b.a, IR_REAL, L + 1, dk), loc);
   /* The gate: free of V, positive; its log along K (or one per lead slice). */
   IrRef a = h->args[0];
   const IrNode *an = &f->nodes.v[a];
-  if (an->type.rank > r || !dim_is_one(aligned(an->type, r, p->vax)))
+  if (an->type.rank > r || !dim_is_one(ir_type_aligned(an->type, r, p->vax)))
     return refuse(C, an, "a gate that varies along the value axis");
-  IrRef lg = log_of(C, a);
-  if (lg == IR_NONE || C->failed) return -1;
+  IrRef lg = pb_log(&C->b, a, &C->why);
+  if (lg == IR_NONE || C->b.failed) return -1;
   lg = drop_axis(C, lg, r, p->vax, loc);
   DimExpr dg[SEQ_MAX_RANK];
   memcpy(dg, lead, sizeof(DimExpr) * (size_t)L);
-  dg[L] = dim_is_one(aligned(an->type, r, p->kax)) ? dim_const(1) : K;
-  o->lg = move(C, IR_BROADCAST, lg, ir_type(C->a, IR_REAL, L + 1, dg), loc);
+  dg[L] = dim_is_one(ir_type_aligned(an->type, r, p->kax)) ? dim_const(1) : K;
+  o->lg = pb_shape(&C->b, IR_BROADCAST, lg, ir_type(C->b.a, IR_REAL, L + 1, dg), loc);
   /* The initial state in the canonical layout [L..., V, K]. */
   o->S0 = C->map[h->args[2]];
-  if (p->kax == r - 2) o->S0 = build(C, IR_TRANSPOSE, 1, &o->S0, NULL, loc);
-  return C->failed ? -1 : 0;
+  if (p->kax == r - 2) o->S0 = pb_node(&C->b, IR_TRANSPOSE, 1, &o->S0, NULL, loc);
+  return C->b.failed ? -1 : 0;
 }
 
 /* Rewrites f with the matrix states marked in `chunked` in their chunked
@@ -382,9 +296,12 @@ int chunk_func(Arena *a, const IrFunc *f, const char *chunked, IrFunc **out, con
   *why = NULL;
   Chunk C;
   memset(&C, 0, sizeof C);
-  C.a = a;
-  C.de = de;
-  C.src = f;
+  C.b.a = a;
+  C.b.de = de;
+  C.b.pass = "chunk";
+  C.b.src = f;
+  C.b.map = map_cb;
+  C.b.ctx = &C;
   Users u;
   IrModule *scratch = ir_module_new(a);
   C.map = arena_calloc(a, (size_t)f->nodes.n + 1, sizeof *C.map);
@@ -393,21 +310,21 @@ int chunk_func(Arena *a, const IrFunc *f, const char *chunked, IrFunc **out, con
   int *readout_of = arena_calloc(a, (size_t)f->nodes.n + 1, sizeof *readout_of);
   int *plan_of = arena_calloc(a, (size_t)f->nodes.n + 1, sizeof *plan_of);
   if (!scratch || !C.map || !plans || !readout_of || !plan_of || users_of(a, f, &u)) goto oom;
-  C.dst = ir_func_new(scratch, f->name, f->kind, f->loc);
-  if (!C.dst) goto oom;
-  C.dst->doc = f->doc;
-  C.dst->dims = f->dims;
-  C.dst->params = f->params;
-  C.dst->inputs = f->inputs;
-  C.dst->dim_defaults = f->dim_defaults;
-  C.dst->dims.cap = f->dims.n;
-  C.dst->params.cap = f->params.n;
-  C.dst->inputs.cap = f->inputs.n;
-  C.dst->dim_defaults.cap = f->dim_defaults.n;
+  C.b.dst = ir_func_new(scratch, f->name, f->kind, f->loc);
+  if (!C.b.dst) goto oom;
+  C.b.dst->doc = f->doc;
+  C.b.dst->dims = f->dims;
+  C.b.dst->params = f->params;
+  C.b.dst->inputs = f->inputs;
+  C.b.dst->dim_defaults = f->dim_defaults;
+  C.b.dst->dims.cap = f->dims.n;
+  C.b.dst->params.cap = f->params.n;
+  C.b.dst->inputs.cap = f->inputs.n;
+  C.b.dst->dim_defaults.cap = f->dim_defaults.n;
   for (int i = 0; i < f->states.n; i++)
-    if (vec_push(a, &C.dst->states, f->states.v[i])) goto oom;
+    if (vec_push(a, &C.b.dst->states, f->states.v[i])) goto oom;
   for (int i = 0; i < f->outputs.n; i++)
-    if (vec_push(a, &C.dst->outputs, f->outputs.v[i])) goto oom;
+    if (vec_push(a, &C.b.dst->outputs, f->outputs.v[i])) goto oom;
   for (int s = 0; s < f->states.n; s++) {
     if (!chunked[s]) continue;
     if (plan_state(&C, &u, s, &plans[s])) goto refused;
@@ -435,29 +352,29 @@ int chunk_func(Arena *a, const IrFunc *f, const char *chunked, IrFunc **out, con
       memset(&attrs, 0, sizeof attrs);
       attrs.index = ro->exclusive;
       if (p->delta) {
-        IrType S0 = C.dst->nodes.v[ops[s].S0].type;
+        IrType S0 = C.b.dst->nodes.v[ops[s].S0].type;
         DimExpr dq[SEQ_MAX_RANK];
         for (int i = 0; i < p->r - 2; i++) dq[i] = S0.dims[i];
         dq[p->r - 2] = S0.dims[p->r - 1];
-        q = move(&C, IR_BROADCAST, q, ir_type(a, IR_REAL, p->r - 1, dq), n->loc);
+        q = pb_shape(&C.b, IR_BROADCAST, q, ir_type(a, IR_REAL, p->r - 1, dq), n->loc);
         IrRef args[6] = {q, ops[s].k, ops[s].v, ops[s].beta, ops[s].lg, ops[s].S0};
-        C.map[r] = build(&C, IR_DELTA, 6, args, &attrs, n->loc);
+        C.map[r] = pb_node(&C.b, IR_DELTA, 6, args, &attrs, n->loc);
       } else {
-        q = move(&C, IR_BROADCAST, q, C.dst->nodes.v[ops[s].k].type, n->loc);
+        q = pb_shape(&C.b, IR_BROADCAST, q, C.b.dst->nodes.v[ops[s].k].type, n->loc);
         IrRef args[5] = {q, ops[s].k, ops[s].v, ops[s].lg, ops[s].S0};
-        C.map[r] = build(&C, IR_LINATTN, 5, args, &attrs, n->loc);
+        C.map[r] = pb_node(&C.b, IR_LINATTN, 5, args, &attrs, n->loc);
       }
     } else {
       IrRef *args = n->nargs ? arena_calloc(a, (size_t)n->nargs, sizeof *args) : NULL;
       if (n->nargs && !args) goto oom;
       for (int j = 0; j < n->nargs; j++) args[j] = C.map[n->args[j]];
-      C.map[r] = ir_emit(C.dst, a, n, n->nargs, args);
+      C.map[r] = ir_emit(C.b.dst, a, n, n->nargs, args);
       if (C.map[r] == IR_NONE) goto oom;
     }
-    if (C.failed) return -1;
+    if (C.b.failed) return -1;
   }
   for (int s = 0; s < f->states.n; s++) {
-    IrState *st = &C.dst->states.v[s];
+    IrState *st = &C.b.dst->states.v[s];
     st->init = st->init >= 0 ? C.map[st->init] : IR_NONE;
     if (!chunked[s]) {
       st->next = C.map[st->next];
@@ -470,17 +387,17 @@ int chunk_func(Arena *a, const IrFunc *f, const char *chunked, IrFunc **out, con
     }
     if (!have[s] && operands(&C, p, &ops[s])) goto refused;
     IrRef args[4] = {ops[s].k, ops[s].v, ops[s].lg, ops[s].S0};
-    IrRef S = build(&C, IR_LINATTN_STATE, 4, args, NULL, f->nodes.v[p->scan].loc);
-    if (p->kax == p->r - 2) S = build(&C, IR_TRANSPOSE, 1, &S, NULL, f->nodes.v[p->scan].loc);
+    IrRef S = pb_node(&C.b, IR_LINATTN_STATE, 4, args, NULL, f->nodes.v[p->scan].loc);
+    if (p->kax == p->r - 2) S = pb_node(&C.b, IR_TRANSPOSE, 1, &S, NULL, f->nodes.v[p->scan].loc);
     st->next = S;
   }
   for (int i = 0; i < f->outputs.n; i++)
-    C.dst->outputs.v[i].value = C.map[C.dst->outputs.v[i].value];
-  if (C.failed) return -1;
-  *out = C.dst;
+    C.b.dst->outputs.v[i].value = C.map[C.b.dst->outputs.v[i].value];
+  if (C.b.failed) return -1;
+  *out = C.b.dst;
   return 0;
 refused:
-  if (C.failed) return -1;
+  if (C.b.failed) return -1;
   *why = C.why ? C.why : "no chunked form";
   return 1;
 oom:

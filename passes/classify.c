@@ -37,10 +37,6 @@
 
 /* ---- Small helpers -------------------------------------------------------- */
 
-static int dim_is_one(DimExpr d) {
-  int64_t v;
-  return dim_is_const(d, &v) && v == 1;
-}
 
 /* Axes of t whose size is not the constant 1 (bit k = axis k). */
 static unsigned nonone_mask(IrType t) {

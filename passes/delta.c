@@ -37,7 +37,6 @@
  */
 #include "passes/passes.h"
 
-#include <math.h>
 #include <string.h>
 
 #define MAXF DELTA_MAX_FACTORS
@@ -79,23 +78,14 @@ static int refuse(Ana *A, const IrNode *n, const char *what) {
   return -1;
 }
 
-static int dim_is_one(DimExpr d) {
-  int64_t v;
-  return dim_is_const(d, &v) && v == 1;
-}
 
-/* The size of t along axis ax of a value of rank r that t broadcasts to. */
-static DimExpr aligned(IrType t, int r, int ax) {
-  int i = ax - (r - t.rank);
-  return i >= 0 ? t.dims[i] : dim_const(1);
-}
 
 /* The axes a factor varies along. */
 static int profile(const Ana *A, IrRef x, int ctx) {
   IrType t = A->f->nodes.v[x].type;
   int rank = ctx == CTX_MAT ? A->r : A->r - 1, p = 0;
   for (int ax = 0; ax < rank; ax++) {
-    if (dim_is_one(aligned(t, rank, ax))) continue;
+    if (dim_is_one(ir_type_aligned(t, rank, ax))) continue;
     p |= ax < A->L ? P_LEAD : ax == A->L ? P_V : P_K;
   }
   return p;
@@ -511,131 +501,47 @@ int delta_analyze(Arena *a, const IrFunc *cell, int state, DeltaForm *out, const
 
 /* ---- building the operands ------------------------------------------------------ */
 
-typedef struct Bld {
-  Arena *a;
-  DiagEngine *de;
-  const IrFunc *src;
-  IrFunc *dst;
-  IrRef (*map)(void *ctx, IrRef src);
-  void *ctx;
-  int r, L;
-  int failed;
-} Bld;
-
-static IrRef build(Bld *B, IrOp op, int nargs, const IrRef *args, const IrNode *attrs, SrcLoc loc) {
-  if (B->failed) return IR_NONE;
-  IrNode proto;
-  memset(&proto, 0, sizeof proto);
-  if (attrs) proto = *attrs;
-  proto.op = op;
-  proto.loc = loc;
-  char msg[256] = "";
-  IrType t;
-  if (ir_infer_type(B->dst, B->a, &proto, nargs, args, &t, msg, sizeof msg)) {
-    diag_internal(B->de, "delta", "%s: %s does not type: %s", B->src->name, ir_op_info[op].text,
-                  msg);
-    B->failed = 1;
-    return IR_NONE;
-  }
-  proto.type = t;
-  IrRef r = ir_emit(B->dst, B->a, &proto, nargs, args);
-  if (r == IR_NONE) {
-    diag_error(B->de, loc, "out of memory");
-    B->failed = 1;
-  }
-  return r;
-}
-
-static IrRef to_type(Bld *B, IrOp op, IrRef x, IrType t, SrcLoc loc) {
-  if (B->failed) return IR_NONE;
-  if (ir_type_eq(B->dst->nodes.v[x].type, t)) return x;
-  IrNode attrs;
-  memset(&attrs, 0, sizeof attrs);
-  attrs.type = t;
-  return build(B, op, 1, &x, &attrs, loc);
-}
-
-static IrRef constant(Bld *B, double v, SrcLoc loc) {
-  IrNode c;
-  memset(&c, 0, sizeof c);
-  c.cval = v;
-  return build(B, IR_CONST, 0, NULL, &c, loc);
-}
-
 /* What a product is built as: [L..., K], [L..., V] or [L...]. */
 enum { AS_K, AS_V, AS_LEAD };
 
-/* Factor x (a dst node, aligned to ctx) reshaped to the rank of `as`: the
- * lead axes, then K or V (size 1 where x has none). */
-static IrRef shaped(Bld *B, IrRef x, int ctx, int as, SrcLoc loc) {
+/* Factor x (a dst node, aligned to ctx for a state of rank r) reshaped to
+ * the rank of `as`: the lead axes, then K or V (size 1 where x has none). */
+static IrRef shaped(PassBuild *B, int r, IrRef x, int ctx, int as, SrcLoc loc) {
+  if (B->failed) return IR_NONE;
   IrType t = B->dst->nodes.v[x].type;
-  int rank = ctx == CTX_MAT ? B->r : B->r - 1;
+  int rank = ctx == CTX_MAT ? r : r - 1, L = r - 2;
   DimExpr dims[SEQ_MAX_RANK];
   int n = 0;
-  for (int ax = 0; ax < B->L; ax++) dims[n++] = aligned(t, rank, ax);
-  if (as == AS_V) dims[n++] = aligned(t, rank, B->L);
-  if (as == AS_K) dims[n++] = ctx == CTX_MAT ? aligned(t, rank, B->L + 1) : dim_const(1);
-  return to_type(B, IR_RESHAPE, x, ir_type(B->a, IR_REAL, n, dims), loc);
+  for (int ax = 0; ax < L; ax++) dims[n++] = ir_type_aligned(t, rank, ax);
+  if (as == AS_V) dims[n++] = ir_type_aligned(t, rank, L);
+  if (as == AS_K) dims[n++] = ctx == CTX_MAT ? ir_type_aligned(t, rank, L + 1) : dim_const(1);
+  return pb_shape(B, IR_RESHAPE, x, ir_type(B->a, IR_REAL, n, dims), loc);
 }
 
 /* The product F as a value of type `t` (its rank that of `as`). */
-static IrRef product(Bld *B, const Fac *F, int as, IrType t, SrcLoc loc) {
+static IrRef product(PassBuild *B, int r, const Fac *F, int as, IrType t, SrcLoc loc) {
   IrRef p = IR_NONE;
   for (int i = 0; i < F->n; i++) {
-    IrRef x = shaped(B, B->map(B->ctx, F->x[i]), F->ctx[i], as, loc);
+    IrRef x = shaped(B, r, B->map(B->ctx, F->x[i]), F->ctx[i], as, loc);
     if (p == IR_NONE) {
       p = x;
     } else {
       IrRef args[2] = {p, x};
-      p = build(B, IR_MUL, 2, args, NULL, loc);
+      p = pb_node(B, IR_MUL, 2, args, NULL, loc);
     }
   }
-  if (p == IR_NONE) p = constant(B, 1.0, loc);
-  if (F->sign < 0) p = build(B, IR_NEG, 1, &p, NULL, loc);
-  return to_type(B, IR_BROADCAST, p, t, loc);
-}
-
-/* log of a factor that is provably positive (exp, sigmoid, products,
- * quotients, positive constants); IR_NONE if it is not. */
-static IrRef log_of(Bld *B, IrRef x, const char **why) {
-  const IrNode *n = &B->src->nodes.v[x];
-  SrcLoc loc = n->loc;
-  switch (n->op) {
-  case IR_EXP:
-    return B->map(B->ctx, n->args[0]);
-  case IR_SIGMOID: {
-    IrRef y = B->map(B->ctx, n->args[0]);
-    return build(B, IR_LOGSIGMOID, 1, &y, NULL, loc);
-  }
-  case IR_CONST:
-    if (n->cval > 0) return constant(B, log(n->cval), loc);
-    break;
-  case IR_RESHAPE:
-  case IR_BROADCAST: {
-    IrRef y = log_of(B, n->args[0], why);
-    return y == IR_NONE ? IR_NONE : to_type(B, n->op, y, n->type, loc);
-  }
-  case IR_MUL:
-  case IR_DIV: {
-    IrRef u = log_of(B, n->args[0], why), w = log_of(B, n->args[1], why);
-    if (u == IR_NONE || w == IR_NONE) return IR_NONE;
-    IrRef args[2] = {u, w};
-    return build(B, n->op == IR_MUL ? IR_ADD : IR_SUB, 2, args, NULL, loc);
-  }
-  default:
-    break;
-  }
-  *why = "a gate not provably positive (not exp, sigmoid or their products)";
-  return IR_NONE;
+  if (p == IR_NONE) p = pb_const(B, 1.0, loc);
+  if (F->sign < 0) p = pb_node(B, IR_NEG, 1, &p, NULL, loc);
+  return pb_shape(B, IR_BROADCAST, p, t, loc);
 }
 
 int delta_build(Arena *a, const IrFunc *cell, int state, const DeltaForm *form, IrFunc *dst,
                 IrRef (*map)(void *ctx, IrRef src), void *ctx, DeltaOps *out, const char **why,
                 DiagEngine *de) {
   const IrState *st = &cell->states.v[state];
-  Bld B = {a, de, cell, dst, map, ctx, form->rank, form->rank - 2, 0};
+  PassBuild B = {a, de, "delta", cell, dst, map, ctx, 0};
   SrcLoc loc = st->loc;
-  int L = B.L;
+  int r0 = form->rank, L = r0 - 2;
   DimExpr dk[SEQ_MAX_RANK], dv[SEQ_MAX_RANK], dl[SEQ_MAX_RANK];
   for (int i = 0; i < L; i++) dk[i + 1] = dv[i + 1] = dl[i + 1] = st->type.dims[i];
   dk[0] = dv[0] = dl[0] = dim_const(1);
@@ -647,31 +553,31 @@ int delta_build(Arena *a, const IrFunc *cell, int state, const DeltaForm *form, 
   IrRef ks[DELTA_MAX_R], vs[DELTA_MAX_R], bs[DELTA_MAX_R];
   for (int r = 0; r < form->R; r++) {
     const DeltaFactor *fr = &form->f[r];
-    ks[r] = to_type(&B, IR_RESHAPE, product(&B, &fr->k, AS_K, tk, loc), tk1, loc);
-    vs[r] = to_type(&B, IR_RESHAPE, product(&B, &fr->v, AS_V, tv, loc), tv1, loc);
-    bs[r] = to_type(&B, IR_RESHAPE, product(&B, &fr->beta, AS_LEAD, tl, loc), tb1, loc);
+    ks[r] = pb_shape(&B, IR_RESHAPE, product(&B, r0, &fr->k, AS_K, tk, loc), tk1, loc);
+    vs[r] = pb_shape(&B, IR_RESHAPE, product(&B, r0, &fr->v, AS_V, tv, loc), tv1, loc);
+    bs[r] = pb_shape(&B, IR_RESHAPE, product(&B, r0, &fr->beta, AS_LEAD, tl, loc), tb1, loc);
   }
   IrNode cat;
   memset(&cat, 0, sizeof cat);
   cat.axis = 0;
-  out->k = form->R == 1 ? ks[0] : build(&B, IR_CONCAT, form->R, ks, &cat, loc);
-  out->v = form->R == 1 ? vs[0] : build(&B, IR_CONCAT, form->R, vs, &cat, loc);
-  out->beta = form->R == 1 ? bs[0] : build(&B, IR_CONCAT, form->R, bs, &cat, loc);
+  out->k = form->R == 1 ? ks[0] : pb_node(&B, IR_CONCAT, form->R, ks, &cat, loc);
+  out->v = form->R == 1 ? vs[0] : pb_node(&B, IR_CONCAT, form->R, vs, &cat, loc);
+  out->beta = form->R == 1 ? bs[0] : pb_node(&B, IR_CONCAT, form->R, bs, &cat, loc);
   /* The gate's logarithm: a sum of the factors' logarithms (0: no gate). */
   IrRef lg = IR_NONE;
   const Fac *g = &form->f[0].gate;
   for (int i = 0; i < g->n && !B.failed; i++) {
-    IrRef l = log_of(&B, g->x[i], why);
+    IrRef l = pb_log(&B, g->x[i], why);
     if (l == IR_NONE) return B.failed ? -1 : 1;
-    l = shaped(&B, l, g->ctx[i], AS_LEAD, loc);
+    l = shaped(&B, r0, l, g->ctx[i], AS_LEAD, loc);
     if (lg == IR_NONE) {
       lg = l;
     } else {
       IrRef args[2] = {lg, l};
-      lg = build(&B, IR_ADD, 2, args, NULL, loc);
+      lg = pb_node(&B, IR_ADD, 2, args, NULL, loc);
     }
   }
-  if (lg == IR_NONE) lg = constant(&B, 0.0, loc);
-  out->lg = to_type(&B, IR_BROADCAST, lg, tl, loc);
+  if (lg == IR_NONE) lg = pb_const(&B, 0.0, loc);
+  out->lg = pb_shape(&B, IR_BROADCAST, lg, tl, loc);
   return B.failed ? -1 : 0;
 }

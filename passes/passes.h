@@ -7,6 +7,33 @@
 
 #include "ir/ir.h"
 
+/* ---- build.c: building one function from another in a pass -------------- */
+
+/* The function a pass builds (dst) from the one it reads (src); map gives
+ * the dst node of a src node, where a helper needs one (pb_log). */
+typedef struct PassBuild {
+  Arena *a;
+  DiagEngine *de;
+  const char *pass; /* names internal errors */
+  const IrFunc *src;
+  IrFunc *dst;
+  IrRef (*map)(void *ctx, IrRef x);
+  void *ctx;
+  int failed; /* an internal error or out of memory, diagnosed */
+} PassBuild;
+/* A node of dst typed by its op's rule; IR_NONE (and failed) when it does
+ * not type, which is a bug in the pass, or memory runs out. */
+IrRef pb_node(PassBuild *b, IrOp op, int nargs, const IrRef *args, const IrNode *attrs,
+              SrcLoc loc);
+IrRef pb_node2(PassBuild *b, IrOp op, IrRef x, IrRef y, SrcLoc loc);
+IrRef pb_const(PassBuild *b, double v, SrcLoc loc);
+/* x as exactly type t by op (IR_RESHAPE or IR_BROADCAST); x if it has t. */
+IrRef pb_shape(PassBuild *b, IrOp op, IrRef x, IrType t, SrcLoc loc);
+/* log of src node x in dst, where x is provably positive (exp, sigmoid,
+ * positive constants, their products, quotients and reshapes); IR_NONE and
+ * *why (with x's location) where it is not. */
+IrRef pb_log(PassBuild *b, IrRef x, const char **why);
+
 /* ---- classify.c: recurrence classes and parallel strategies ------------ */
 
 /* How a state's new value depends on the old one (docs: ALGORITHMS.md §1).

@@ -47,74 +47,33 @@ typedef struct Lin {
 } Lin;
 
 typedef struct Scan {
-  Arena *a;
-  DiagEngine *de;
-  const IrFunc *src;
-  IrFunc *dst;
+  PassBuild b;     /* src: the cell; dst: its parallel form */
   IrRef *map;      /* per src node: its value in dst (IR_NONE: not built yet) */
   IrRef *state_in; /* per state: dst's STATE node (the value entering the sequence) */
   int *solved;     /* per state: its sequence exists (map holds its reads) */
   const char *why; /* why a state has no parallel form */
-  int failed;      /* an internal error or out of memory (diagnosed) */
 } Scan;
 
 static void oom(Scan *S) {
-  if (!S->failed) diag_error(S->de, S->src->loc, "out of memory building the parallel form of %s",
-                             S->src->name);
-  S->failed = 1;
+  if (!S->b.failed) diag_error(S->b.de, S->b.src->loc, "out of memory building the parallel form of %s",
+                             S->b.src->name);
+  S->b.failed = 1;
 }
 
 /* ---- building nodes in dst --------------------------------------------------- */
 
-/* A node of dst with op over args, its type inferred (attrs from proto if
- * given). IR_NONE with a diagnostic when the type does not work out, which
- * is a bug in a rule here. */
-static IrRef build(Scan *S, IrOp op, int nargs, const IrRef *args, const IrNode *attrs,
-                   SrcLoc loc) {
-  if (S->failed) return IR_NONE;
-  IrNode proto;
-  memset(&proto, 0, sizeof proto);
-  if (attrs) proto = *attrs;
-  proto.op = op;
-  proto.loc = loc;
-  char msg[256] = "";
-  IrType t;
-  if (ir_infer_type(S->dst, S->a, &proto, nargs, args, &t, msg, sizeof msg)) {
-    diag_internal(S->de, "scan", "%s: %s does not type: %s", S->src->name, ir_op_info[op].text,
-                  msg);
-    S->failed = 1;
-    return IR_NONE;
-  }
-  proto.type = t;
-  IrRef r = ir_emit(S->dst, S->a, &proto, nargs, args);
-  if (r == IR_NONE) oom(S);
-  return r;
-}
-
-static IrRef build2(Scan *S, IrOp op, IrRef x, IrRef y, SrcLoc loc) {
-  IrRef args[2] = {x, y};
-  return build(S, op, 2, args, NULL, loc);
-}
-
-static IrRef constant(Scan *S, double v, SrcLoc loc) {
-  IrNode c;
-  memset(&c, 0, sizeof c);
-  c.cval = v;
-  return build(S, IR_CONST, 0, NULL, &c, loc);
-}
-
 /* x with exactly type t: broadcast (numpy rules), and for a complex t a
  * real x becomes complex(x, 0). */
 static IrRef fit(Scan *S, IrRef x, IrType t, SrcLoc loc) {
-  if (S->failed) return IR_NONE;
-  IrType xt = S->dst->nodes.v[x].type;
+  if (S->b.failed) return IR_NONE;
+  IrType xt = S->b.dst->nodes.v[x].type;
   if (t.elem == IR_COMPLEX && xt.elem != IR_COMPLEX)
-    x = build2(S, IR_CPLX, x, constant(S, 0.0, loc), loc);
-  if (S->failed || ir_type_eq(S->dst->nodes.v[x].type, t)) return x;
+    x = pb_node2(&S->b, IR_CPLX, x, pb_const(&S->b, 0.0, loc), loc);
+  if (S->b.failed || ir_type_eq(S->b.dst->nodes.v[x].type, t)) return x;
   IrNode bc;
   memset(&bc, 0, sizeof bc);
   bc.type = t;
-  return build(S, IR_BROADCAST, 1, &x, &bc, loc);
+  return pb_node(&S->b, IR_BROADCAST, 1, &x, &bc, loc);
 }
 
 /* ---- mapping nodes of the step to maps over the sequence ---------------------- */
@@ -123,24 +82,24 @@ static IrRef fit(Scan *S, IrRef x, IrType t, SrcLoc loc) {
  * a long chain does not exhaust the C stack). Reads of a state must have
  * been given their sequence (map[] of its STATE and next nodes) first. */
 static IrRef map_node(Scan *S, IrRef root) {
-  if (S->failed) return IR_NONE;
+  if (S->b.failed) return IR_NONE;
   if (S->map[root] != IR_NONE) return S->map[root];
-  const IrFunc *f = S->src;
-  IrRef *stack = arena_calloc(S->a, (size_t)f->nodes.n + 1, sizeof *stack);
-  int *next_arg = arena_calloc(S->a, (size_t)f->nodes.n + 1, sizeof *next_arg);
+  const IrFunc *f = S->b.src;
+  IrRef *stack = arena_calloc(S->b.a, (size_t)f->nodes.n + 1, sizeof *stack);
+  int *next_arg = arena_calloc(S->b.a, (size_t)f->nodes.n + 1, sizeof *next_arg);
   if (!stack || !next_arg) {
     oom(S);
     return IR_NONE;
   }
   int sp = 0;
   stack[sp++] = root;
-  while (sp > 0 && !S->failed) {
+  while (sp > 0 && !S->b.failed) {
     IrRef r = stack[sp - 1];
     const IrNode *n = &f->nodes.v[r];
     if (n->op == IR_STATE) {
-      diag_internal(S->de, "scan", "%s: state %s is read before it is solved", f->name,
+      diag_internal(S->b.de, "scan", "%s: state %s is read before it is solved", f->name,
                     f->states.v[n->index].name);
-      S->failed = 1;
+      S->b.failed = 1;
       break;
     }
     if (next_arg[r] < n->nargs) {
@@ -148,18 +107,18 @@ static IrRef map_node(Scan *S, IrRef root) {
       if (S->map[a] == IR_NONE) stack[sp++] = a;
       continue;
     }
-    IrRef *args = n->nargs ? arena_calloc(S->a, (size_t)n->nargs, sizeof *args) : NULL;
+    IrRef *args = n->nargs ? arena_calloc(S->b.a, (size_t)n->nargs, sizeof *args) : NULL;
     if (n->nargs && !args) {
       oom(S);
       break;
     }
     for (int j = 0; j < n->nargs; j++) args[j] = S->map[n->args[j]];
-    IrRef m = ir_emit(S->dst, S->a, n, n->nargs, args);
+    IrRef m = ir_emit(S->b.dst, S->b.a, n, n->nargs, args);
     if (m == IR_NONE) oom(S);
     S->map[r] = m;
     sp--;
   }
-  return S->failed ? IR_NONE : S->map[root];
+  return S->b.failed ? IR_NONE : S->map[root];
 }
 
 /* ---- linearization -------------------------------------------------------------- */
@@ -169,7 +128,7 @@ typedef enum { RING_SUM_PRODUCT, RING_MAX_PLUS } Ring;
 
 static int unsupported(Scan *S, const IrNode *n, const char *what) {
   if (!S->why)
-    S->why = arena_printf(S->a, "%s at %s:%d:%d", what, n->loc.file ? n->loc.file->name : "?",
+    S->why = arena_printf(S->b.a, "%s at %s:%d:%d", what, n->loc.file ? n->loc.file->name : "?",
                           n->loc.line, n->loc.col);
   return -1;
 }
@@ -177,24 +136,24 @@ static int unsupported(Scan *S, const IrNode *n, const char *what) {
 /* The coefficient sum x + y (LIN_ID is 1, IR_NONE is 0). */
 static IrRef coef_add(Scan *S, IrRef x, IrRef y, int negate_y, SrcLoc loc) {
   if (y == IR_NONE) return x;
-  IrRef yv = y == LIN_ID ? constant(S, 1.0, loc) : y;
-  if (x == IR_NONE) return negate_y ? build(S, IR_NEG, 1, &yv, NULL, loc) : y;
-  IrRef xv = x == LIN_ID ? constant(S, 1.0, loc) : x;
-  return build2(S, negate_y ? IR_SUB : IR_ADD, xv, yv, loc);
+  IrRef yv = y == LIN_ID ? pb_const(&S->b, 1.0, loc) : y;
+  if (x == IR_NONE) return negate_y ? pb_node(&S->b, IR_NEG, 1, &yv, NULL, loc) : y;
+  IrRef xv = x == LIN_ID ? pb_const(&S->b, 1.0, loc) : x;
+  return pb_node2(&S->b, negate_y ? IR_SUB : IR_ADD, xv, yv, loc);
 }
 
 /* x op c for a coefficient x and a state-free c, op MUL or DIV. */
 static IrRef coef_scale(Scan *S, IrOp op, IrRef x, IrRef c, SrcLoc loc) {
   if (x == IR_NONE) return IR_NONE;
-  if (x == LIN_ID) return op == IR_MUL ? c : build2(S, IR_DIV, constant(S, 1.0, loc), c, loc);
-  return build2(S, op, x, c, loc);
+  if (x == LIN_ID) return op == IR_MUL ? c : pb_node2(&S->b, IR_DIV, pb_const(&S->b, 1.0, loc), c, loc);
+  return pb_node2(&S->b, op, x, c, loc);
 }
 
 /* (max, +): the coefficient x + c (LIN_ID is 0, IR_NONE is -inf). */
 static IrRef trop_shift(Scan *S, IrRef x, IrRef c, int negate, SrcLoc loc) {
   if (x == IR_NONE) return IR_NONE;
-  if (x == LIN_ID) return negate ? build(S, IR_NEG, 1, &c, NULL, loc) : c;
-  return build2(S, negate ? IR_SUB : IR_ADD, x, c, loc);
+  if (x == LIN_ID) return negate ? pb_node(&S->b, IR_NEG, 1, &c, NULL, loc) : c;
+  return pb_node2(&S->b, negate ? IR_SUB : IR_ADD, x, c, loc);
 }
 
 /* (max, +): max(x, y) of two coefficients or rests. */
@@ -202,9 +161,9 @@ static IrRef trop_max(Scan *S, IrRef x, IrRef y, SrcLoc loc) {
   if (x == IR_NONE) return y;
   if (y == IR_NONE) return x;
   if (x == LIN_ID && y == LIN_ID) return LIN_ID;
-  IrRef xv = x == LIN_ID ? constant(S, 0.0, loc) : x;
-  IrRef yv = y == LIN_ID ? constant(S, 0.0, loc) : y;
-  return build2(S, IR_MAX, xv, yv, loc);
+  IrRef xv = x == LIN_ID ? pb_const(&S->b, 0.0, loc) : x;
+  IrRef yv = y == LIN_ID ? pb_const(&S->b, 0.0, loc) : y;
+  return pb_node2(&S->b, IR_MAX, xv, yv, loc);
 }
 
 /* lin[r] for node r that depends on the state; dep[] marks those nodes.
@@ -212,7 +171,7 @@ static IrRef trop_max(Scan *S, IrRef x, IrRef y, SrcLoc loc) {
  * the state: coefficient (.) state + rest). Returns -1 (with S->why) when a
  * node is outside the rules. */
 static int lin_rule(Scan *S, Ring ring, const char *dep, Lin *lin, IrRef r, IrType st) {
-  const IrNode *n = &S->src->nodes.v[r];
+  const IrNode *n = &S->b.src->nodes.v[r];
   SrcLoc loc = n->loc;
   Lin *o = &lin[r];
   if (n->op == IR_STATE) {
@@ -226,7 +185,7 @@ static int lin_rule(Scan *S, Ring ring, const char *dep, Lin *lin, IrRef r, IrTy
   /* The state-free operand of a binary op, in dst. */
   IrRef c = IR_NONE;
   if (n->nargs == 2 && d0 != d1) c = map_node(S, n->args[d0 ? 1 : 0]);
-  if (S->failed) return -1;
+  if (S->b.failed) return -1;
   const Lin *x = d0 ? &lin[n->args[0]] : NULL, *y = d1 ? &lin[n->args[1]] : NULL;
   switch (n->op) {
   case IR_BROADCAST:
@@ -242,13 +201,13 @@ static int lin_rule(Scan *S, Ring ring, const char *dep, Lin *lin, IrRef r, IrTy
       if (d0 && d1) return unsupported(S, n, "a sum of two values that depend on the state");
       *o = d0 ? *x : *y;
       o->a = trop_shift(S, o->a, c, 0, loc);
-      o->b = o->b == IR_NONE ? IR_NONE : build2(S, IR_ADD, o->b, c, loc);
+      o->b = o->b == IR_NONE ? IR_NONE : pb_node2(&S->b, IR_ADD, o->b, c, loc);
       return 0;
     case IR_SUB:
       if (d1) return unsupported(S, n, "the state subtracted (not linear over (max, +))");
       *o = *x;
       o->a = trop_shift(S, o->a, c, 1, loc);
-      o->b = o->b == IR_NONE ? IR_NONE : build2(S, IR_SUB, o->b, c, loc);
+      o->b = o->b == IR_NONE ? IR_NONE : pb_node2(&S->b, IR_SUB, o->b, c, loc);
       return 0;
     case IR_MAX: {
       Lin u = d0 ? *x : (Lin){IR_NONE, c}, v = d1 ? *y : (Lin){IR_NONE, c};
@@ -257,16 +216,16 @@ static int lin_rule(Scan *S, Ring ring, const char *dep, Lin *lin, IrRef r, IrTy
       return 0;
     }
     default:
-      return unsupported(S, n, arena_printf(S->a, "%s of the state (not linear over (max, +))",
+      return unsupported(S, n, arena_printf(S->b.a, "%s of the state (not linear over (max, +))",
                                             ir_op_info[n->op].text));
     }
   }
   switch (n->op) {
   case IR_NEG:
     o->a = x->a == IR_NONE ? IR_NONE
-           : x->a == LIN_ID ? constant(S, -1.0, loc)
-                            : build(S, IR_NEG, 1, &x->a, NULL, loc);
-    o->b = x->b == IR_NONE ? IR_NONE : build(S, IR_NEG, 1, &x->b, NULL, loc);
+           : x->a == LIN_ID ? pb_const(&S->b, -1.0, loc)
+                            : pb_node(&S->b, IR_NEG, 1, &x->a, NULL, loc);
+    o->b = x->b == IR_NONE ? IR_NONE : pb_node(&S->b, IR_NEG, 1, &x->b, NULL, loc);
     return 0;
   case IR_ADD:
   case IR_SUB: {
@@ -276,9 +235,9 @@ static int lin_rule(Scan *S, Ring ring, const char *dep, Lin *lin, IrRef r, IrTy
     if (v.b == IR_NONE)
       o->b = u.b;
     else if (u.b == IR_NONE)
-      o->b = neg ? build(S, IR_NEG, 1, &v.b, NULL, loc) : v.b;
+      o->b = neg ? pb_node(&S->b, IR_NEG, 1, &v.b, NULL, loc) : v.b;
     else
-      o->b = build2(S, n->op, u.b, v.b, loc);
+      o->b = pb_node2(&S->b, n->op, u.b, v.b, loc);
     return 0;
   }
   case IR_MUL:
@@ -287,28 +246,28 @@ static int lin_rule(Scan *S, Ring ring, const char *dep, Lin *lin, IrRef r, IrTy
     if (n->op == IR_DIV && d1) return unsupported(S, n, "a division by the state");
     *o = d0 ? *x : *y;
     o->a = coef_scale(S, n->op, o->a, c, loc);
-    o->b = o->b == IR_NONE ? IR_NONE : build2(S, n->op, o->b, c, loc);
+    o->b = o->b == IR_NONE ? IR_NONE : pb_node2(&S->b, n->op, o->b, c, loc);
     return 0;
   default:
-    return unsupported(S, n, arena_printf(S->a, "%s of the state (not a linear diagonal map)",
+    return unsupported(S, n, arena_printf(S->b.a, "%s of the state (not a linear diagonal map)",
                                           ir_op_info[n->op].text));
   }
 }
 
 /* The pair (a, b) of state k's next value, in dst; 0, or -1 with S->why
- * (no such form) or S->failed. */
+ * (no such form) or S->b.failed. */
 static int linearize(Scan *S, int k, Ring ring, Lin *out) {
-  const IrFunc *f = S->src;
+  const IrFunc *f = S->b.src;
   const IrState *st = &f->states.v[k];
-  char *dep = arena_calloc(S->a, (size_t)f->nodes.n + 1, 1);
-  Lin *lin = arena_calloc(S->a, (size_t)f->nodes.n + 1, sizeof *lin);
+  char *dep = arena_calloc(S->b.a, (size_t)f->nodes.n + 1, 1);
+  Lin *lin = arena_calloc(S->b.a, (size_t)f->nodes.n + 1, sizeof *lin);
   if (!dep || !lin) {
     oom(S);
     return -1;
   }
   /* Only the nodes the next value is made of: other reads of the state
    * (outputs, other states' coefficients) are maps of its sequence. */
-  char *cone = arena_calloc(S->a, (size_t)f->nodes.n + 1, 1);
+  char *cone = arena_calloc(S->b.a, (size_t)f->nodes.n + 1, 1);
   if (!cone) {
     oom(S);
     return -1;
@@ -322,11 +281,11 @@ static int linearize(Scan *S, int k, Ring ring, Lin *out) {
     dep[r] = n->op == IR_STATE && n->index == k;
     for (int j = 0; j < n->nargs && !dep[r]; j++) dep[r] = dep[n->args[j]];
     if (dep[r] && cone[r] && lin_rule(S, ring, dep, lin, r, st->type)) return -1;
-    if (S->failed) return -1;
+    if (S->b.failed) return -1;
   }
   if (!dep[st->next]) {
     *out = (Lin){IR_NONE, map_node(S, st->next)};
-    return S->failed ? -1 : 0;
+    return S->b.failed ? -1 : 0;
   }
   *out = lin[st->next];
   return 0;
@@ -339,16 +298,16 @@ static IrRef build_state_in(Scan *S, int k) {
   memset(&leaf, 0, sizeof leaf);
   leaf.op = IR_STATE;
   leaf.index = k;
-  leaf.type = S->src->states.v[k].type;
-  leaf.loc = S->src->states.v[k].loc;
-  IrRef r = ir_emit(S->dst, S->a, &leaf, 0, NULL);
+  leaf.type = S->b.src->states.v[k].type;
+  leaf.loc = S->b.src->states.v[k].loc;
+  IrRef r = ir_emit(S->b.dst, S->b.a, &leaf, 0, NULL);
   if (r == IR_NONE) oom(S);
   return r;
 }
 
 /* Records state k's values entering each step (reads of the state). */
 static void reads_are(Scan *S, int k, IrRef old) {
-  const IrFunc *f = S->src;
+  const IrFunc *f = S->b.src;
   for (IrRef r = 0; r < f->nodes.n; r++)
     if (f->nodes.v[r].op == IR_STATE && f->nodes.v[r].index == k) S->map[r] = old;
 }
@@ -359,10 +318,10 @@ static void reads_are(Scan *S, int k, IrRef old) {
 static void solved(Scan *S, int k, IrRef seq) {
   IrRef h0 = S->state_in[k];
   if (seq != IR_NONE)
-    reads_are(S, k, build2(S, IR_DELAY, seq, h0, S->src->states.v[k].loc));
+    reads_are(S, k, pb_node2(&S->b, IR_DELAY, seq, h0, S->b.src->states.v[k].loc));
   else
     reads_are(S, k, h0);
-  S->dst->states.v[k].next = seq != IR_NONE ? seq : h0;
+  S->b.dst->states.v[k].next = seq != IR_NONE ? seq : h0;
   S->solved[k] = 1;
 }
 
@@ -371,7 +330,7 @@ static void solved(Scan *S, int k, IrRef seq) {
  * [w0, v_0, v_1, ...], and those leaving it the step's own concat. Other
  * data movement has no form here. */
 static int solve_shift(Scan *S, int k) {
-  const IrFunc *f = S->src;
+  const IrFunc *f = S->b.src;
   const IrState *st = &f->states.v[k];
   const IrNode *nx = &f->nodes.v[st->next];
   if (nx->op != IR_CONCAT || nx->nargs != 2) return unsupported(S, nx, "a shift of another shape");
@@ -383,7 +342,7 @@ static int solve_shift(Scan *S, int k) {
       !dim_eq(kept->start, in->type.dims[ax]))
     return unsupported(S, nx, "a shift of another shape");
   /* The new entries must not read the register itself. */
-  char *dep = arena_calloc(S->a, (size_t)f->nodes.n + 1, 1);
+  char *dep = arena_calloc(S->b.a, (size_t)f->nodes.n + 1, 1);
   if (!dep) {
     oom(S);
     return -1;
@@ -395,15 +354,15 @@ static int solve_shift(Scan *S, int k) {
   }
   if (dep[nx->args[1]]) return unsupported(S, in, "a shift whose new entries read the register");
   IrRef v = map_node(S, nx->args[1]);
-  if (S->failed) return -1;
+  if (S->b.failed) return -1;
   IrNode attrs;
   memset(&attrs, 0, sizeof attrs);
   attrs.axis = ax;
   IrRef args[2] = {v, S->state_in[k]};
-  reads_are(S, k, build(S, IR_WINDOW, 2, args, &attrs, st->loc));
+  reads_are(S, k, pb_node(&S->b, IR_WINDOW, 2, args, &attrs, st->loc));
   IrRef seq = map_node(S, st->next);
-  if (S->failed) return -1;
-  S->dst->states.v[k].next = seq;
+  if (S->b.failed) return -1;
+  S->b.dst->states.v[k].next = seq;
   S->solved[k] = 1;
   return 0;
 }
@@ -413,47 +372,47 @@ static IrRef map_cb(void *ctx, IrRef src) { return map_node(ctx, src); }
 /* The delta rule (delta.c): H = delta_state(k, v, beta, lg, S0), the state
  * after every step, with the operands computed per token. */
 static int solve_delta(Scan *S, int k) {
-  const IrState *st = &S->src->states.v[k];
+  const IrState *st = &S->b.src->states.v[k];
   DeltaForm form;
   DeltaOps ops;
   const char *why = NULL;
-  int rc = delta_analyze(S->a, S->src, k, &form, &why);
-  if (rc == 0) rc = delta_build(S->a, S->src, k, &form, S->dst, map_cb, S, &ops, &why, S->de);
+  int rc = delta_analyze(S->b.a, S->b.src, k, &form, &why);
+  if (rc == 0) rc = delta_build(S->b.a, S->b.src, k, &form, S->b.dst, map_cb, S, &ops, &why, S->b.de);
   if (rc < 0) {
-    if (!S->failed) oom(S);
-    S->failed = 1;
+    if (!S->b.failed) oom(S);
+    S->b.failed = 1;
     return -1;
   }
   if (rc > 0) {
-    if (!S->why) S->why = arena_printf(S->a, "state %s: %s", st->name, why);
+    if (!S->why) S->why = arena_printf(S->b.a, "state %s: %s", st->name, why);
     return -1;
   }
   IrRef args[5] = {ops.k, ops.v, ops.beta, ops.lg, S->state_in[k]};
   IrNode attrs;
   memset(&attrs, 0, sizeof attrs);
   attrs.index = k;
-  IrRef seq = build(S, IR_DELTA_STATE, 5, args, &attrs, st->loc);
-  if (S->failed) return -1;
+  IrRef seq = pb_node(&S->b, IR_DELTA_STATE, 5, args, &attrs, st->loc);
+  if (S->b.failed) return -1;
   solved(S, k, seq);
   S->map[st->next] = seq;
-  return S->failed ? -1 : 0;
+  return S->b.failed ? -1 : 0;
 }
 
-/* Solves state k of class cls; 0, or -1 with S->why or S->failed. */
+/* Solves state k of class cls; 0, or -1 with S->why or S->b.failed. */
 static int solve(Scan *S, int k, RecClass cls) {
-  const IrFunc *f = S->src;
+  const IrFunc *f = S->b.src;
   const IrState *st = &f->states.v[k];
   SrcLoc loc = st->loc;
   switch (cls) {
   case REC_CARRIED:
     solved(S, k, IR_NONE);
-    return S->failed ? -1 : 0;
+    return S->b.failed ? -1 : 0;
   case REC_MAP: {
     IrRef seq = map_node(S, st->next);
-    if (S->failed) return -1;
+    if (S->b.failed) return -1;
     solved(S, k, seq);
     S->map[st->next] = seq;
-    return S->failed ? -1 : 0;
+    return S->b.failed ? -1 : 0;
   }
   case REC_LIN_DIAG:
   case REC_LIN_MATRIX:
@@ -465,25 +424,25 @@ static int solve(Scan *S, int k, RecClass cls) {
     if (l.a == IR_NONE) { /* no term in the state after all: a map */
       seq = fit(S, l.b, st->type, loc);
     } else {
-      IrRef a = l.a == LIN_ID ? constant(S, ring == RING_MAX_PLUS ? 0.0 : 1.0, loc) : l.a;
-      IrRef b = l.b != IR_NONE ? l.b : constant(S, ring == RING_MAX_PLUS ? -INFINITY : 0.0, loc);
+      IrRef a = l.a == LIN_ID ? pb_const(&S->b, ring == RING_MAX_PLUS ? 0.0 : 1.0, loc) : l.a;
+      IrRef b = l.b != IR_NONE ? l.b : pb_const(&S->b, ring == RING_MAX_PLUS ? -INFINITY : 0.0, loc);
       IrRef args[3] = {a, fit(S, b, st->type, loc), S->state_in[k]};
       IrNode attrs;
       memset(&attrs, 0, sizeof attrs);
       attrs.index = k;
-      seq = build(S, ring == RING_MAX_PLUS ? IR_SCAN_MAX : IR_SCAN, 3, args, &attrs, loc);
+      seq = pb_node(&S->b, ring == RING_MAX_PLUS ? IR_SCAN_MAX : IR_SCAN, 3, args, &attrs, loc);
     }
-    if (S->failed) return -1;
+    if (S->b.failed) return -1;
     solved(S, k, seq);
     S->map[st->next] = seq;
-    return S->failed ? -1 : 0;
+    return S->b.failed ? -1 : 0;
   }
   case REC_SHIFT:
     return solve_shift(S, k);
   case REC_LIN_DPLR:
     return solve_delta(S, k);
   default:
-    S->why = arena_printf(S->a, "state %s is %s", st->name, classify_class_name(cls));
+    S->why = arena_printf(S->b.a, "state %s is %s", st->name, classify_class_name(cls));
     return -1;
   }
 }
@@ -518,9 +477,12 @@ int scan_cell(Arena *a, const IrFunc *cell, const RecFunc *rf, IrFunc **out, con
   *why = NULL;
   Scan S;
   memset(&S, 0, sizeof S);
-  S.a = a;
-  S.de = de;
-  S.src = cell;
+  S.b.a = a;
+  S.b.de = de;
+  S.b.pass = "scan";
+  S.b.src = cell;
+  S.b.map = map_cb;
+  S.b.ctx = &S;
   int nn = cell->nodes.n, ns = cell->states.n;
   S.map = arena_calloc(a, (size_t)nn + 1, sizeof *S.map);
   S.state_in = arena_calloc(a, (size_t)ns + 1, sizeof *S.state_in);
@@ -528,7 +490,7 @@ int scan_cell(Arena *a, const IrFunc *cell, const RecFunc *rf, IrFunc **out, con
   /* The model is built in a module of its own; scan_module takes it from
    * there into the module it makes. */
   IrModule *scratch = ir_module_new(a);
-  if (!S.map || !S.state_in || !S.solved || !scratch || !(S.dst = new_model(scratch, cell))) {
+  if (!S.map || !S.state_in || !S.solved || !scratch || !(S.b.dst = new_model(scratch, cell))) {
     diag_error(de, cell->loc, "out of memory building the parallel form of %s", cell->name);
     return -1;
   }
@@ -536,7 +498,7 @@ int scan_cell(Arena *a, const IrFunc *cell, const RecFunc *rf, IrFunc **out, con
   for (int k = 0; k < ns; k++) S.state_in[k] = build_state_in(&S, k);
   /* States in the order of their dependencies: a state is solved once the
    * states its update reads from other groups are. */
-  for (int done = 0; done < ns && !S.failed;) {
+  for (int done = 0; done < ns && !S.b.failed;) {
     int progress = 0;
     for (int k = 0; k < ns; k++) {
       const RecState *rs = &rf->states[k];
@@ -559,17 +521,17 @@ int scan_cell(Arena *a, const IrFunc *cell, const RecFunc *rf, IrFunc **out, con
       return -1;
     }
   }
-  for (int k = 0; k < ns && !S.failed; k++) {
-    IrState *st = &S.dst->states.v[k];
+  for (int k = 0; k < ns && !S.b.failed; k++) {
+    IrState *st = &S.b.dst->states.v[k];
     st->init = st->init >= 0 ? map_node(&S, cell->states.v[k].init) : IR_NONE;
   }
-  for (int i = 0; i < cell->outputs.n && !S.failed; i++)
-    S.dst->outputs.v[i].value = map_node(&S, cell->outputs.v[i].value);
-  if (S.failed) return -1;
-  *out = S.dst;
+  for (int i = 0; i < cell->outputs.n && !S.b.failed; i++)
+    S.b.dst->outputs.v[i].value = map_node(&S, cell->outputs.v[i].value);
+  if (S.b.failed) return -1;
+  *out = S.b.dst;
   return 0;
 fail:
-  if (S.failed) return -1;
+  if (S.b.failed) return -1;
   *why = S.why ? S.why : "no parallel form";
   return 1;
 }
