@@ -55,6 +55,7 @@ static const Case CASES[] = {
     {"stdlib/deltanet.seq", "I=3,NH=2,Dk=4,Dv=5"},
     {"stdlib/gated_deltanet.seq", "I=3,NH=2,Dk=4,Dv=5"},
     {"stdlib/deltaproduct.seq", "I=3,Dk=4,Dv=5"},
+    {"tests/data/models/reversed_forms.seq", "I=3,H=4,NH=2,D=4"},
     /* Wide enough that a fused scan splits: a one-row state into pieces
      * (the last one short), a many-row state into blocks (likewise). */
     {"stdlib/mingru.seq", "I=3,H=200"},
