@@ -3,8 +3,9 @@
  * by factor in float64: every head count, key and value width, factor count
  * R, chunk length and sequence length of the brief, with and without a
  * scalar gate, gates of exactly 0 mid-sequence, a nonzero initial state,
- * sequences read backwards (negative strides), factors interleaved with the
- * tokens or stored one after the other, state-only calls, beta = 1 by
+ * sequences read backwards (negative strides), keys and values read in place
+ * and copied (factors side by side, with gaps, or factor-major), state-only
+ * calls, beta = 1 by
  * default (beta == NULL) and beta = 2 (reflections). Inputs as the real cells
  * make them: keys and queries of unit length per head, beta in (0, 1) (a
  * sigmoid), gates in (0, 1].
@@ -47,12 +48,17 @@
 
 enum { GATE_NONE, GATE_SCALAR };
 enum { BETA_SIGMOID, BETA_ONE, BETA_TWO }; /* BETA_ONE passes beta == NULL */
+/* The factors of a token side by side and the tokens one after the other
+ * (the kernel reads such keys and values in place), the same with a gap
+ * after each token (it copies them), or factor r of every token after all of
+ * factor r-1's (it copies them). */
+enum { LAYOUT_PACKED, LAYOUT_GAP, LAYOUT_FACTOR_MAJOR };
 
 typedef struct Case {
   int64_t T, H, K, V, R;
   int gate, beta;
   int backwards;     /* token t stored at T-1-t, token strides negative */
-  int factor_major;  /* factor r of every token after all of factor r-1's, else interleaved */
+  int layout;        /* of k, v, beta: LAYOUT_* */
   int state_only;    /* q == NULL */
   int specials;      /* gates of exactly 0 and about e^-30 mixed in */
   const int64_t *Cs; /* chunk lengths to run, ending with -1 */
@@ -195,26 +201,25 @@ static void step_loop(const Case *c, const Data *d, int f64, double *o, double *
 }
 
 /* A buffer holding logical rows [T, F, width] (F factors per token) with
- * padding between rows set to `fill`: tokens reversed if backwards; the
- * factors of a token side by side, or (factor_major) each factor's rows
- * together. at: the pointer to pass for token 0, factor 0; ldt, ldf: the
- * token and factor strides to pass. */
+ * padding between rows set to `fill`: tokens reversed if backwards, factors
+ * placed as `layout` says. at: the pointer to pass for token 0, factor 0;
+ * ldt, ldf: the token and factor strides to pass. */
 typedef struct Placed {
   float *buf, *at;
   int64_t ldt, ldf, size;
 } Placed;
 
 static Placed place(const Case *c, const float *rows, int64_t F, int64_t width, int64_t pad,
-                    int factor_major, float fill) {
+                    int layout, float fill) {
   const int64_t T = c->T;
   Placed p;
   int64_t ldt, ldf;
-  if (factor_major) {
+  if (layout == LAYOUT_FACTOR_MAJOR) {
     ldt = width + pad;
     ldf = T * ldt + 1;
   } else {
     ldf = width + pad;
-    ldt = F * ldf + 1;
+    ldt = F * ldf + (layout == LAYOUT_GAP);
   }
   p.size = T * F * (width + pad) + F + T + 1;
   p.buf = falloc(p.size);
@@ -277,15 +282,15 @@ static void run_case(const Case *c) {
 
   /* Strides wider than the rows; o's padding must survive. */
   const float sentinel = 12345.0f;
-  Placed q = place(c, d.q, 1, H * K, 3, 0, 0);
-  Placed k = place(c, d.k, R, H * K, 1, c->factor_major, 0);
-  Placed v = place(c, d.v, R, H * V, 2, c->factor_major, 0);
-  Placed b = place(c, d.beta, R, H, 1, !c->factor_major, 0);
-  Placed lg = place(c, d.lg, 1, H, 2, 0, 0);
+  Placed q = place(c, d.q, 1, H * K, 3, LAYOUT_GAP, 0);
+  Placed k = place(c, d.k, R, H * K, 1, c->layout, 0);
+  Placed v = place(c, d.v, R, H * V, 2, c->layout, 0);
+  Placed b = place(c, d.beta, R, H, 1, (c->layout + 1) % 3, 0);
+  Placed lg = place(c, d.lg, 1, H, 2, LAYOUT_GAP, 0);
   float *S = falloc(nS);
 
   for (const int64_t *C = c->Cs; *C >= 0; C++) {
-    Placed o = place(c, NULL, 1, H * V, 5, 0, sentinel);
+    Placed o = place(c, NULL, 1, H * V, 5, LAYOUT_GAP, sentinel);
     memcpy(S, d.S0, sizeof(float) * (size_t)nS);
     /* Exactly the scratch asked for, one float off 64-byte alignment, with
      * a canary after it. */
@@ -331,12 +336,11 @@ static void run_case(const Case *c) {
                err32 / eps / scale, err / err32, fl / eps);
       if (!(err <= bound) && !getenv("DELTA_NOFAIL")) {
         print_error("T=%lld H=%lld K=%lld V=%lld R=%lld C=%lld gate=%d%s beta=%d back=%d "
-                    "factor_major=%d state_only=%d: %s error %g > bound %g (step loop %g, "
-                    "scale %g)\n",
+                    "layout=%d state_only=%d: %s error %g > bound %g (step loop %g, scale %g)\n",
                     (long long)T, (long long)H, (long long)K, (long long)V, (long long)R,
                     (long long)Ceff, c->gate, c->specials ? "+specials" : "", c->beta,
-                    c->backwards, c->factor_major, c->state_only, checks[i].what, err, bound,
-                    err32, scale);
+                    c->backwards, c->layout, c->state_only, checks[i].what, err, bound, err32,
+                    scale);
         fail();
       }
     }
@@ -376,7 +380,7 @@ static void test_shapes(void **st) {
           for (int gate = 0; gate < 2; gate++)
             for (int ti = 0; ti < 9; ti++) {
               Case c = {Ts[ti], Hs[hi], Ds[ki], Ds[vi], R, gate, ti % 5 == 3 ? BETA_ONE : BETA_SIGMOID,
-                        ti % 2, ti % 3 == 1, ti % 4 == 2, gate && ti % 3 != 0, Cs_all};
+                        ti % 2, ti % 3, ti % 4 == 2, gate && ti % 3 != 0, Cs_all};
               run_case(&c);
             }
 }
@@ -387,13 +391,13 @@ static void test_long(void **st) {
   for (int64_t R = 1; R <= 3; R++)
     for (int gate = 0; gate < 2; gate++)
       for (int sp = 0; sp <= gate; sp++) {
-        Case a = {1000, 3, 16, 16, R, gate, BETA_SIGMOID, sp, R == 2, 0, sp, Cs_all};
+        Case a = {1000, 3, 16, 16, R, gate, BETA_SIGMOID, sp, (int)R % 3, 0, sp, Cs_all};
         run_case(&a);
-        Case b = {1000, 1, 64, 64, R, gate, BETA_SIGMOID, !sp, R == 3, 0, sp, Cs_all};
+        Case b = {1000, 1, 64, 64, R, gate, BETA_SIGMOID, !sp, (int)(R + 1) % 3, 0, sp, Cs_all};
         run_case(&b);
-        Case e = {1000, 3, 64, 5, R, gate, BETA_SIGMOID, sp, 0, 1, sp, Cs_all};
+        Case e = {1000, 3, 64, 5, R, gate, BETA_SIGMOID, sp, LAYOUT_PACKED, 1, sp, Cs_all};
         run_case(&e);
-        Case f = {1000, 1, 5, 64, R, gate, BETA_SIGMOID, !sp, 1, !sp, sp, Cs_all};
+        Case f = {1000, 1, 5, 64, R, gate, BETA_SIGMOID, !sp, LAYOUT_GAP, !sp, sp, Cs_all};
         run_case(&f);
       }
 }
@@ -404,9 +408,9 @@ static void test_reflections(void **st) {
   (void)st;
   for (int64_t R = 1; R <= 3; R++)
     for (int gate = 0; gate < 2; gate++) {
-      Case a = {1000, 1, 64, 64, R, gate, BETA_TWO, gate, 0, 0, 0, Cs_all};
+      Case a = {1000, 1, 64, 64, R, gate, BETA_TWO, gate, LAYOUT_PACKED, 0, 0, Cs_all};
       run_case(&a);
-      Case b = {300, 3, 5, 16, R, gate, BETA_TWO, !gate, 1, 0, gate, Cs_all};
+      Case b = {300, 3, 5, 16, R, gate, BETA_TWO, !gate, LAYOUT_FACTOR_MAJOR, 0, gate, Cs_all};
       run_case(&b);
     }
 }
@@ -417,7 +421,7 @@ static void test_odd_chunks(void **st) {
   static const int64_t Cs[] = {2, 3, 5, 7, 11, 17, 33, 100, -1};
   for (int64_t R = 1; R <= 3; R++)
     for (int gate = 0; gate < 2; gate++) {
-      Case c = {263, 2, 20, 24, R, gate, BETA_SIGMOID, gate, R == 2, 0, gate, Cs};
+      Case c = {263, 2, 20, 32, R, gate, BETA_SIGMOID, gate, (int)R % 3, 0, gate, Cs};
       run_case(&c);
     }
 }
