@@ -1,7 +1,7 @@
 /* delta_bench.c - the chunkwise-parallel delta rule kernel (rt_cpu_delta)
  * against the float32 step loop on one sequence: H = 4 heads, K = V = 64,
  * T = 4096, R = 1 and 2 factors per token (DeltaNet, DeltaProduct), without
- * and with a scalar gate (gated DeltaNet), chunk lengths 16, 32, 64. Prints
+ * and with a scalar gate (gated DeltaNet), chunk lengths 8 to 64 tokens. Prints
  * tokens/s, GFLOP/s and the speedup, and checks that both agree.
  *
  * usage: delta_bench [REPS]   (medians over REPS rounds, each of which runs
@@ -99,8 +99,8 @@ static void step_loop(int64_t R, const float *q, const float *k, const float *v,
 int main(int argc, char **argv) {
   int reps = argc > 1 ? atoi(argv[1]) : 15;
   if (reps < 1) reps = 1;
-  enum { NC = 3 };
-  const int64_t Cs[NC] = {16, 32, 64};
+  enum { NC = 4 };
+  const int64_t Cs[NC] = {8, 16, 32, 64};
   float *q = malloc(sizeof(float) * T * H * K), *k = malloc(sizeof(float) * T * RMAX * H * K);
   float *v = malloc(sizeof(float) * T * RMAX * H * V), *b = malloc(sizeof(float) * T * RMAX * H);
   float *lg = malloc(sizeof(float) * T * H);

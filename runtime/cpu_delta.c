@@ -170,8 +170,14 @@ static int valid_shape(int64_t H, int64_t K, int64_t V, int64_t R, int64_t C) {
          H <= (1 << 20) && R <= (1 << 14) && C <= (1 << 14) && C * R <= (1 << 14);
 }
 
+/* The chunk length C < 1 stands for: RT_CPU_DELTA_CHUNK micro-steps. */
+static int64_t default_chunk(int64_t C, int64_t R) {
+  if (C >= 1) return C;
+  return R >= 1 && R < RT_CPU_DELTA_CHUNK ? RT_CPU_DELTA_CHUNK / R : 1;
+}
+
 int64_t rt_cpu_delta_work(int64_t H, int64_t K, int64_t V, int64_t R, int64_t C) {
-  if (C < 1) C = RT_CPU_DELTA_CHUNK;
+  C = default_chunk(C, R);
   if (!valid_shape(H, K, V, R, C)) return 0;
   Scratch s;
   /* 16 more floats let the call align its base to 64 bytes. */
@@ -595,7 +601,7 @@ void rt_cpu_delta(int64_t T, int64_t H, int64_t K, int64_t V, int64_t R, const f
                   int64_t ldv, int64_t ldvr, const float *beta, int64_t ldb, int64_t ldbr,
                   const float *lg, int64_t ldg, float *S, float *o, int64_t ldo, int64_t C,
                   float *work) {
-  if (C < 1) C = RT_CPU_DELTA_CHUNK;
+  C = default_chunk(C, R);
   if (T <= 0 || !valid_shape(H, K, V, R, C)) return;
   Delta a = {T,   H,   K,   V,    R,   C,    q,    k,   v,   beta, lg, ldq,
              ldk, ldkr, ldv, ldvr, ldb, ldbr, ldg, ldo, S,   o};

@@ -173,8 +173,8 @@ int64_t rt_cpu_linattn_work(int64_t H, int64_t K, int64_t V, int64_t Kg, int64_t
  * lg + t*ldg ([H]), q + t*ldq ([H, K]), o + t*ldo ([H, V]). Strides are in floats and may
  * be negative (a sequence processed backwards). q == NULL (then o is ignored): only the
  * state. R >= 1 factors per token (1: DeltaNet, gated DeltaNet; 2, 3: DeltaProduct).
- * C: the chunk length in tokens (C < 1 means RT_CPU_DELTA_CHUNK; a chunk holds C R
- * rank-one factors); T >= 0 is any length. work: rt_cpu_delta_work(H, K, V, R, C) floats of
+ * C: the chunk length in tokens (a chunk holds C R rank-one factors; C < 1 means
+ * RT_CPU_DELTA_CHUNK / R tokens, at least 1); T >= 0 is any length. work: rt_cpu_delta_work(H, K, V, R, C) floats of
  * scratch (caller-owned, any float alignment). Runs on the calling thread.
  * Expected inputs: keys of unit length, b in [0, 2] (the recurrence is then stable: each
  * factor I - b k k^T has norm at most 1), gates in (0, 1] (lg <= 0; exp(lg) is capped at
@@ -188,7 +188,8 @@ void rt_cpu_delta(int64_t T, int64_t H, int64_t K, int64_t V, int64_t R, const f
 /* Floats of scratch rt_cpu_delta needs (0 for shapes it rejects): every head's state and one
  * chunk of one head's working set, O(C R (C R + K + V)). Independent of T. */
 int64_t rt_cpu_delta_work(int64_t H, int64_t K, int64_t V, int64_t R, int64_t C);
-/* The default chunk length, in tokens. */
+/* The default chunk length, in rank-one factors (micro-steps): C < 1 is RT_CPU_DELTA_CHUNK / R
+ * tokens. */
 #define RT_CPU_DELTA_CHUNK 16
 
 #endif
