@@ -131,7 +131,6 @@ typedef struct Scratch {
   float *kt;     /* K x Np: keys transposed; then times the decay to the chunk's end */
   float *dl;     /* N x Vp: values (padded, or without a common stride), then the deltas */
   float *lm;     /* N x Np: K K^T, then -L (strictly lower part) */
-  float *qs;     /* C x K: queries times Gamma */
   float *sc;     /* C x Np: decayed scores */
   float *oc;     /* C x Vp: outputs, padded (V not a multiple of 16) */
   float *bt;     /* N: betas */
@@ -148,10 +147,10 @@ typedef struct Scratch {
 static int64_t scratch_layout(int64_t H, int64_t K, int64_t V, int64_t R, int64_t C, float *base,
                               Scratch *s) {
   int64_t N = C * R, Np = round16(N), Vp = round16(V), padded = V % 16 != 0 ? C * Vp : 0;
-  const int64_t sizes[] = {H * K * Vp, N * K, K * Np, N * Vp, N * Np, C * K, C * Np,
-                           padded,     N,     N,      C,      C,      Np,     K};
-  float **ptrs[] = {&s->states, &s->kc, &s->kt, &s->dl, &s->lm,  &s->qs, &s->sc,
-                    &s->oc,     &s->bt, &s->fs, &s->gt, &s->gam, &s->dr, &s->gx};
+  const int64_t sizes[] = {H * K * Vp, N * K, K * Np, N * Vp, N * Np, C * Np, padded,
+                           N,          N,     C,      C,      Np,     K};
+  float **ptrs[] = {&s->states, &s->kc, &s->kt, &s->dl,  &s->lm, &s->sc, &s->oc,
+                    &s->bt,     &s->fs, &s->gt, &s->gam, &s->dr, &s->gx};
   _Static_assert(sizeof sizes / sizeof sizes[0] == sizeof ptrs / sizeof ptrs[0], "one size each");
   int64_t at = 0;
   for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
@@ -457,8 +456,8 @@ INLINE void chunk(const Delta *a, Scratch *s, const Chunk *c, ProductFn product)
 
   if (c->q) {
     /* The scores of token t against the micro-steps up to its last,
-     * (t + 1) R - 1, times the decays D, which between tokens t' <= t are
-     * g[t'+1] ... g[t] (carried token by token in dr, one entry per token).
+     * (t + 1) R - 1, times the decays D, which for a micro-step of token
+     * t' <= t are g[t'+1] ... g[t] (carried from token to token in dr).
      * Entries past (t + 1) R that the output's product reads (up to its row
      * block's end) are zeroed. */
     const Prod scores = {.M = n, .N = Np, .a1 = c->q, .lda1 = c->ldq, .b1 = kt, .ldb1 = Np,
@@ -468,25 +467,17 @@ INLINE void chunk(const Delta *a, Scratch *s, const Chunk *c, ProductFn product)
       float *row = s->sc + t * Np;
       int64_t end = min64((t / MR * MR + MR) * R, N);
       if (gated) {
-        for (int64_t u = 0; u < t; u++) dr[u] *= gt[t];
-        dr[t] = 1.0f;
-        for (int64_t u = 0; u < t; u++)
-          for (int64_t r = 0; r < R; r++) row[u * R + r] *= dr[u];
+        for (int64_t i = 0; i < t * R; i++) dr[i] *= gt[t];
+        for (int64_t i = t * R; i < (t + 1) * R; i++) dr[i] = 1.0f;
+        for (int64_t i = 0; i < t * R; i++) row[i] *= dr[i];
       }
       for (int64_t i = (t + 1) * R; i < end; i++) row[i] = 0.0f;
     }
     /* O = (Q (.) Gamma) S0^T + scores Delta, in one pass. */
-    const float *qa = c->q;
-    int64_t lda = c->ldq;
-    if (gated) {
-      for (int64_t t = 0; t < n; t++)
-        for (int64_t d = 0; d < K; d++) s->qs[t * K + d] = c->q[t * c->ldq + d] * gam[t];
-      qa = s->qs;
-      lda = K;
-    }
-    const Prod out = {.M = n, .N = Vp, .a1 = qa, .lda1 = lda, .b1 = s->st, .ldb1 = Vp, .k1 = K,
-                      .a2 = s->sc, .lda2 = Np, .b2 = s->dl, .ldb2 = Vp, .k2 = N, .c = c->o,
-                      .ldc = c->ldo, .mode = PROD_SET, .tri = TRI_K2, .step = R};
+    const Prod out = {.M = n, .N = Vp, .a1 = c->q, .lda1 = c->ldq, .b1 = s->st, .ldb1 = Vp,
+                      .k1 = K, .scale1 = gated ? gam : NULL, .a2 = s->sc, .lda2 = Np,
+                      .b2 = s->dl, .ldb2 = Vp, .k2 = N, .c = c->o, .ldc = c->ldo,
+                      .mode = PROD_SET, .tri = TRI_K2, .step = R};
     product(&out, &s->pf);
   }
 
