@@ -161,8 +161,8 @@ int main(int argc, char **argv) {
       for (int ci = 0; ci < NC; ci++) {
         double t = times[1 + ci][reps / 2];
         double C = (double)Cs[ci], N = C * R;
-        double per_chunk = 2 * N * K * V + C * K * V + N * (N - 1) / 2 * (K + V) +
-                           R * C * (C + 1) / 2 * (K + V);
+        double per_chunk =
+            2 * N * K * V + C * K * V + N * (N - 1) / 2 * (K + V) + R * C * (C + 1) / 2 * (K + V);
         double flops = 2.0 * H * T / C * per_chunk;
         printf("%-3lld %-6s %6lld %12.0f %9.1f %8.2f %10.2e\n", (long long)R, name,
                (long long)Cs[ci], T / t, flops / t * 1e-9, t_step / t, err[ci]);

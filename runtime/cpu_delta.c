@@ -36,13 +36,23 @@
  * trace of the earlier ones (every term they contribute is an exact zero),
  * and likewise Gamma, M and the state's decays: history is cut bit for bit.
  *
+ * A chunk of a head is four passes of register tiles: the keys' Gram matrix
+ * K K^T; the deltas (K S0^T, the right-hand side and the substitution in one
+ * pass); the scores Q K^T; the outputs (Q S0^T plus the scores times the
+ * deltas, in one pass); and the state update. Per token and head that is
+ * (2 R + 1) K V multiply-adds with the state, as many as the step loop does,
+ * plus about C R (R + 1) / 2 (K + V) inside the chunk: the chunked form wins
+ * only by doing them in register tiles, near the FMA peak, where the step
+ * loop streams the state through the caches once or twice per factor.
+ *
  * Chunks run in order and, within a chunk, the heads; every head's state is
  * kept transposed ([K, V]) in the scratch for the whole call, so that the
  * products that read it (K S0^T, Q S0^T) and the one that updates it stream
- * rows of V floats. The keys and the values of a chunk are copied (a
- * micro-step's rows need not have one stride), the queries and outputs are
- * read and written in place (the outputs through a padded copy when V is
- * not a multiple of 16).
+ * rows of V floats. Queries and outputs are read and written in place (the
+ * outputs through a padded copy when V is not a multiple of 16), keys and
+ * values too when a micro-step's rows are one stride apart (R = 1, or a
+ * token's factors side by side; values also only when V is a multiple of
+ * 16), else through copies.
  */
 #include "runtime/rt_cpu.h"
 
@@ -83,12 +93,13 @@ static int64_t min64(int64_t a, int64_t b) {
 
 /* As in cpu_linattn.c, the inputs are prefetched a few lines at a time from
  * between the register tiles of the products, where the misses overlap the
- * arithmetic; but here one head's slices of a chunk at a time: while head h
- * of a chunk is computed, head h + 1's (or the first head's of the next
- * chunk). A whole chunk of every head (50 KB at H = 4, K = V = 64, C = 16)
- * would not fit in L1 next to the working set. The cursor walks token by
- * token over the arrays present: q, lg, o (to be written), and the keys,
- * values and betas of the first PREFETCH_FACTORS factors. */
+ * arithmetic (without, H = 4, K = V = 64, C = 16 ran 15% slower); but one
+ * head's slices of a chunk at a time: while head h of a chunk is computed,
+ * head h + 1's (or the first head's of the next chunk), which fit in L1
+ * next to the working set, where a whole chunk of every head (50 KB there)
+ * does not. (Measured, the two ran at the same speed.) The cursor walks
+ * token by token over the arrays present: q, lg, o (to be written), and the
+ * keys, values and betas of the first PREFETCH_FACTORS factors. */
 #define PREFETCH_FACTORS 3
 #define PREFETCH_ARRAYS (3 + 3 * PREFETCH_FACTORS)
 typedef struct Prefetch {
@@ -99,7 +110,9 @@ typedef struct Prefetch {
   int64_t tokens; /* tokens left, the current one included */
 } Prefetch;
 
-/* Lines handed to the prefetcher after each register tile, at least. */
+/* Lines handed to the prefetcher after each register tile, at least (2 to
+ * 8 ran at the same speed; a head's slices are about 300 lines at C = 16,
+ * its chunk about 100 tiles). */
 #define PREFETCH_LINES 3
 
 INLINE void prefetch_lines(Prefetch *p) {
@@ -194,9 +207,10 @@ enum { TRI_NONE, TRI_N, TRI_K2, TRI_SOLVE };
  *           + s1[i] sum_{k < k1} A1[i*lda1 + k] B1[k*ldb1 + j]
  *           + sum_{k < k2} A2[i*lda2 + k] B2[k*ldb2 + j]
  * C0 is C unless c0 is given (then c0 with stride ldc0); s1 is 1 unless
- * scale1 is given; a2 == NULL: no second sum. Row i of the A operands stands for the
- * micro-steps up to (i + 1) step - 1 (step = R for queries against
- * micro-steps, 1 otherwise), and tri says which terms are known to be zero:
+ * scale1 is given; a2 == NULL: no second sum. Row i of the A operands
+ * stands for the micro-steps up to (i + 1) step - 1 (step = R for queries
+ * against micro-steps, 1 otherwise), and tri says which terms are known to
+ * be zero:
  * TRI_N, the rows of a block of MR need only the columns below
  * round16((i + MR) step) (a lower triangle of K K^T or Q K^T); TRI_K2, only
  * the first (i + MR) step terms of the second sum (A2 lower triangular).
@@ -235,8 +249,8 @@ INLINE void accumulate(int mr, v8 acc[MR][2], const float *A, int64_t lda, const
 /* One register tile of a Prod: rows i .. i+mr-1 of the result, the 16
  * columns from j; k2 the second sum's length for this block. mr is a
  * constant after inlining, so acc lives in registers. The accumulators start
- * from (beta) C rather than adding it at the end (as in cpu_linattn.c, for
- * the short sums of the state update). */
+ * from (beta) C0 rather than adding it at the end (as in cpu_linattn.c, for
+ * the short sums of the state update), unless the first sum is scaled. */
 INLINE void tile(int mr, const Prod *p, int64_t i, int64_t j, int64_t k2) {
   v8 acc[MR][2];
   float *C = p->c + i * p->ldc + j;
@@ -285,7 +299,7 @@ INLINE void product_body(const Prod *p, Prefetch *pf) {
   for (int64_t i = 0; i < p->M; i += MR) {
     int mr = p->M - i < MR ? (int)(p->M - i) : MR;
     int64_t n = p->tri == TRI_N ? min64(p->N, round16((i + mr) * p->step)) : p->N;
-    int64_t k2 = p->tri == TRI_K2 ? min64(p->k2, (i + mr) * p->step)
+    int64_t k2 = p->tri == TRI_K2      ? min64(p->k2, (i + mr) * p->step)
                  : p->tri == TRI_SOLVE ? i
                                        : p->k2;
     for (int64_t j = 0; j < n; j += 16) {
@@ -429,8 +443,10 @@ INLINE void chunk(const Delta *a, Scratch *s, const Chunk *c, ProductFn product)
    * the row of decays D(m, .) carried from one micro-step to the next in dr
    * (a gate enters at a token's first micro-step). The substitution reads
    * nothing on or above the diagonal. */
+  // clang-format off
   const Prod gram = {.M = N, .N = Np, .a1 = c->k, .lda1 = c->ldk, .b1 = kt, .ldb1 = Np, .k1 = K,
                      .c = lm, .ldc = Np, .mode = PROD_SET, .tri = TRI_N, .step = 1};
+  // clang-format on
   product(&gram, &s->pf);
   for (int64_t m = 0; m < N; m++) {
     float *row = lm + m * Np;
@@ -448,10 +464,12 @@ INLINE void chunk(const Delta *a, Scratch *s, const Chunk *c, ProductFn product)
   /* The deltas: the right-hand side b v - b Gamma (S0 k) and the
    * substitution, in one pass. */
   for (int64_t m = 0; m < N; m++) s->fs[m] = -s->bt[m] * (gated ? gam[m / R] : 1.0f);
+  // clang-format off
   const Prod deltas = {.M = N, .N = Vp, .a1 = c->k, .lda1 = c->ldk, .b1 = s->st, .ldb1 = Vp,
                        .k1 = K, .scale1 = s->fs, .a2 = lm, .lda2 = Np, .b2 = s->dl, .ldb2 = Vp,
                        .c = s->dl, .ldc = Vp, .c0 = c->v, .ldc0 = c->ldv, .mode = PROD_SCALE,
                        .beta = s->bt, .tri = TRI_SOLVE, .step = 1};
+  // clang-format on
   product(&deltas, &s->pf);
 
   if (c->q) {
@@ -460,8 +478,10 @@ INLINE void chunk(const Delta *a, Scratch *s, const Chunk *c, ProductFn product)
      * t' <= t are g[t'+1] ... g[t] (carried from token to token in dr).
      * Entries past (t + 1) R that the output's product reads (up to its row
      * block's end) are zeroed. */
+    // clang-format off
     const Prod scores = {.M = n, .N = Np, .a1 = c->q, .lda1 = c->ldq, .b1 = kt, .ldb1 = Np,
                          .k1 = K, .c = s->sc, .ldc = Np, .mode = PROD_SET, .tri = TRI_N, .step = R};
+    // clang-format on
     product(&scores, &s->pf);
     for (int64_t t = 0; t < n; t++) {
       float *row = s->sc + t * Np;
@@ -474,17 +494,21 @@ INLINE void chunk(const Delta *a, Scratch *s, const Chunk *c, ProductFn product)
       for (int64_t i = (t + 1) * R; i < end; i++) row[i] = 0.0f;
     }
     /* O = (Q (.) Gamma) S0^T + scores Delta, in one pass. */
+    // clang-format off
     const Prod out = {.M = n, .N = Vp, .a1 = c->q, .lda1 = c->ldq, .b1 = s->st, .ldb1 = Vp,
                       .k1 = K, .scale1 = gated ? gam : NULL, .a2 = s->sc, .lda2 = Np,
                       .b2 = s->dl, .ldb2 = Vp, .k2 = N, .c = c->o, .ldc = c->ldo,
                       .mode = PROD_SET, .tri = TRI_K2, .step = R};
+    // clang-format on
     product(&out, &s->pf);
   }
 
   /* The state: S^T = Gamma_N S0^T + (K^T diag(w)) Delta, w_i = D(N-1, i),
    * the products of the gates after micro-step i's token, from the end. */
+  // clang-format off
   Prod state = {.M = K, .N = Vp, .a1 = kt, .lda1 = Np, .b1 = s->dl, .ldb1 = Vp, .k1 = N,
                 .c = s->st, .ldc = Vp, .mode = PROD_ADD, .tri = TRI_NONE, .step = 1};
+  // clang-format on
   if (gated) {
     float w = 1.0f;
     for (int64_t t = n - 1; t >= 0; t--) {
@@ -594,8 +618,8 @@ void rt_cpu_delta(int64_t T, int64_t H, int64_t K, int64_t V, int64_t R, const f
                   float *work) {
   C = default_chunk(C, R);
   if (T <= 0 || !valid_shape(H, K, V, R, C)) return;
-  Delta a = {T,   H,   K,   V,    R,   C,    q,    k,   v,   beta, lg, ldq,
-             ldk, ldkr, ldv, ldvr, ldb, ldbr, ldg, ldo, S,   o};
+  Delta a = {T,   H,   K,    V,   R,    C,   q,    k,   v,   beta, lg,
+             ldq, ldk, ldkr, ldv, ldvr, ldb, ldbr, ldg, ldo, S,    o};
   Scratch s;
   float *base = work + (16 - (int64_t)((uintptr_t)work / sizeof(float) % 16)) % 16;
   scratch_layout(H, K, V, R, C, base, &s);

@@ -5,10 +5,9 @@
  * scalar gate, gates of exactly 0 mid-sequence, a nonzero initial state,
  * sequences read backwards (negative strides), keys and values read in place
  * and copied (factors side by side, with gaps, or factor-major), state-only
- * calls, beta = 1 by
- * default (beta == NULL) and beta = 2 (reflections). Inputs as the real cells
- * make them: keys and queries of unit length per head, beta in (0, 1) (a
- * sigmoid), gates in (0, 1].
+ * calls, beta = 1 by default (beta == NULL) and beta = 2 (reflections).
+ * Inputs as the real cells make them: keys and queries of unit length per
+ * head, beta in (0, 1) (a sigmoid), gates in (0, 1].
  *
  * Tolerance. A float32 evaluation cannot match float64 exactly: the step
  * loop rounds a few times per factor and entry, the chunked form sums the
@@ -299,8 +298,8 @@ static void run_case(const Case *c) {
     assert_true(nw > 0);
     float *wb = falloc(nw + 1 + 16);
     for (int64_t i = nw + 1; i < nw + 1 + 16; i++) wb[i] = sentinel;
-    rt_cpu_delta(T, H, K, V, R, c->state_only ? NULL : q.at, q.ldt, k.at, k.ldt, k.ldf, v.at,
-                 v.ldt, v.ldf, c->beta == BETA_ONE ? NULL : b.at, b.ldt, b.ldf,
+    rt_cpu_delta(T, H, K, V, R, c->state_only ? NULL : q.at, q.ldt, k.at, k.ldt, k.ldf, v.at, v.ldt,
+                 v.ldf, c->beta == BETA_ONE ? NULL : b.at, b.ldt, b.ldf,
                  c->gate == GATE_NONE ? NULL : lg.at, lg.ldt, S, o.at, o.ldt, *C, wb + 1);
     for (int64_t i = nw + 1; i < nw + 1 + 16; i++) assert_true(wb[i] == sentinel);
 
@@ -326,7 +325,7 @@ static void run_case(const Case *c) {
       double err = max_err(checks[i].x, checks[i].ref, checks[i].n);
       double err32 = max_err(checks[i].x32, checks[i].ref, checks[i].n);
       double bound = 2 * err32 + fl * scale;
-      double *worst = Ceff * R <= K            ? &worst_ratio
+      double *worst = Ceff * R <= K         ? &worst_ratio
                       : c->beta == BETA_TWO ? &worst_ratio_dep_reflect
                                             : &worst_ratio_dep;
       if (err32 > 2 * eps * scale && err / err32 > *worst) *worst = err / err32;
@@ -341,9 +340,8 @@ static void run_case(const Case *c) {
         print_error("T=%lld H=%lld K=%lld V=%lld R=%lld C=%lld gate=%d%s beta=%d back=%d "
                     "layout=%d state_only=%d: %s error %g > bound %g (step loop %g, scale %g)\n",
                     (long long)T, (long long)H, (long long)K, (long long)V, (long long)R,
-                    (long long)Ceff, c->gate, c->specials ? "+specials" : "", c->beta,
-                    c->backwards, c->layout, c->state_only, checks[i].what, err, bound, err32,
-                    scale);
+                    (long long)Ceff, c->gate, c->specials ? "+specials" : "", c->beta, c->backwards,
+                    c->layout, c->state_only, checks[i].what, err, bound, err32, scale);
         fail();
       }
     }
@@ -382,8 +380,10 @@ static void test_shapes(void **st) {
         for (int64_t R = 1; R <= 3; R++)
           for (int gate = 0; gate < 2; gate++)
             for (int ti = 0; ti < 9; ti++) {
-              Case c = {Ts[ti], Hs[hi], Ds[ki], Ds[vi], R, gate, ti % 5 == 3 ? BETA_ONE : BETA_SIGMOID,
-                        ti % 2, ti % 3, ti % 4 == 2, gate && ti % 3 != 0, Cs_all};
+              int beta = ti % 5 == 3 ? BETA_ONE : BETA_SIGMOID, back = ti % 2;
+              int layout = ti % 3, only = ti % 4 == 2, sp = gate && ti % 3 != 0;
+              Case c = {Ts[ti], Hs[hi], Ds[ki], Ds[vi], R,  gate,
+                        beta,   back,   layout, only,   sp, Cs_all};
               run_case(&c);
             }
 }
@@ -454,7 +454,8 @@ static void test_all_gates_zero(void **st) {
   for (int64_t t = 0; t < T; t++)
     for (int64_t h = 0; h < H; h++) {
       double dot = 0;
-      for (int64_t j = 0; j < K; j++) dot += (double)q[(t * H + h) * K + j] * k[(t * H + h) * K + j];
+      for (int64_t j = 0; j < K; j++)
+        dot += (double)q[(t * H + h) * K + j] * k[(t * H + h) * K + j];
       for (int64_t r = 0; r < V; r++)
         assert_true(fabs(o[(t * H + h) * V + r] - b[t * H + h] * v[(t * H + h) * V + r] * dot) <=
                     1e-5);
