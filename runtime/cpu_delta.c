@@ -36,13 +36,23 @@
  * trace of the earlier ones (every term they contribute is an exact zero),
  * and likewise Gamma, M and the state's decays: history is cut bit for bit.
  *
+ * A chunk of a head is four passes of register tiles: the keys' Gram matrix
+ * K K^T; the deltas (K S0^T, the right-hand side and the substitution in one
+ * pass); the scores Q K^T; the outputs (Q S0^T plus the scores times the
+ * deltas, in one pass); and the state update. Per token and head that is
+ * (2 R + 1) K V multiply-adds with the state, as many as the step loop does,
+ * plus about C R (R + 1) / 2 (K + V) inside the chunk: the chunked form wins
+ * only by doing them in register tiles, near the FMA peak, where the step
+ * loop streams the state through the caches once or twice per factor.
+ *
  * Chunks run in order and, within a chunk, the heads; every head's state is
  * kept transposed ([K, V]) in the scratch for the whole call, so that the
  * products that read it (K S0^T, Q S0^T) and the one that updates it stream
- * rows of V floats. The keys and the values of a chunk are copied (a
- * micro-step's rows need not have one stride), the queries and outputs are
- * read and written in place (the outputs through a padded copy when V is
- * not a multiple of 16).
+ * rows of V floats. Queries and outputs are read and written in place (the
+ * outputs through a padded copy when V is not a multiple of 16), keys and
+ * values too when a micro-step's rows are one stride apart (R = 1, or a
+ * token's factors side by side; values also only when V is a multiple of
+ * 16), else through copies.
  */
 #include "runtime/rt_cpu.h"
 
@@ -79,15 +89,19 @@ static int64_t min64(int64_t a, int64_t b) {
   return a < b ? a : b;
 }
 
-/* ---- prefetching the next chunk ------------------------------------------------ */
+/* ---- prefetching the next head ------------------------------------------------ */
 
-/* As in cpu_linattn.c: the next chunk's rows are prefetched a few lines at
- * a time from between the register tiles of this chunk's products, where
- * the misses overlap the arithmetic. The cursor walks token by token over
- * the arrays present: q, lg, and the keys, values and betas of the first
- * PREFETCH_FACTORS factors. */
+/* As in cpu_linattn.c, the inputs are prefetched a few lines at a time from
+ * between the register tiles of the products, where the misses overlap the
+ * arithmetic (without, H = 4, K = V = 64, C = 16 ran 15% slower); but one
+ * head's slices of a chunk at a time: while head h of a chunk is computed,
+ * head h + 1's (or the first head's of the next chunk), which fit in L1
+ * next to the working set, where a whole chunk of every head (50 KB there)
+ * does not. (Measured, the two ran at the same speed.) The cursor walks
+ * token by token over the arrays present: q, lg, o (to be written), and the
+ * keys, values and betas of the first PREFETCH_FACTORS factors. */
 #define PREFETCH_FACTORS 3
-#define PREFETCH_ARRAYS (2 + 3 * PREFETCH_FACTORS)
+#define PREFETCH_ARRAYS (3 + 3 * PREFETCH_FACTORS)
 typedef struct Prefetch {
   const char *at[PREFETCH_ARRAYS]; /* the current token's row of each array, 64-byte aligned */
   int64_t ld[PREFETCH_ARRAYS];     /* bytes from one token to the next */
@@ -96,8 +110,10 @@ typedef struct Prefetch {
   int64_t tokens; /* tokens left, the current one included */
 } Prefetch;
 
-/* Lines handed to the prefetcher after each register tile, at least. */
-#define PREFETCH_LINES 8
+/* Lines handed to the prefetcher after each register tile, at least (2 to
+ * 8 ran at the same speed; a head's slices are about 300 lines at C = 16,
+ * its chunk about 100 tiles). */
+#define PREFETCH_LINES 3
 
 INLINE void prefetch_lines(Prefetch *p) {
   for (int64_t lines = 0; lines < PREFETCH_LINES && p->tokens > 0;) {
@@ -124,14 +140,14 @@ typedef struct Scratch {
   int64_t Np, Vp;
   float *states; /* H x K x Vp: every head's state, transposed */
   float *st;     /* the state of the head at hand */
-  float *kc;     /* N x K: keys, one row per micro-step; then times -b Gamma */
+  float *kc;     /* N x K: keys, one row per micro-step (when they have no common stride) */
   float *kt;     /* K x Np: keys transposed; then times the decay to the chunk's end */
-  float *dl;     /* N x Vp: b v, then the deltas */
+  float *dl;     /* N x Vp: values (padded, or without a common stride), then the deltas */
   float *lm;     /* N x Np: K K^T, then -L (strictly lower part) */
-  float *qs;     /* C x K: queries times Gamma */
   float *sc;     /* C x Np: decayed scores */
   float *oc;     /* C x Vp: outputs, padded (V not a multiple of 16) */
   float *bt;     /* N: betas */
+  float *fs;     /* N: -b Gamma */
   float *gt;     /* C: gates */
   float *gam;    /* C: products of the gates from the chunk start */
   float *dr;     /* Np: one row of decays */
@@ -144,10 +160,10 @@ typedef struct Scratch {
 static int64_t scratch_layout(int64_t H, int64_t K, int64_t V, int64_t R, int64_t C, float *base,
                               Scratch *s) {
   int64_t N = C * R, Np = round16(N), Vp = round16(V), padded = V % 16 != 0 ? C * Vp : 0;
-  const int64_t sizes[] = {H * K * Vp, N * K,  K * Np, N * Vp, N * Np, C * K, C * Np,
-                           padded,     N,      C,      C,      Np,     K};
-  float **ptrs[] = {&s->states, &s->kc, &s->kt, &s->dl, &s->lm, &s->qs, &s->sc,
-                    &s->oc,     &s->bt, &s->gt, &s->gam, &s->dr, &s->gx};
+  const int64_t sizes[] = {H * K * Vp, N * K, K * Np, N * Vp, N * Np, C * Np, padded,
+                           N,          N,     C,      C,      Np,     K};
+  float **ptrs[] = {&s->states, &s->kc, &s->kt, &s->dl,  &s->lm, &s->sc, &s->oc,
+                    &s->bt,     &s->fs, &s->gt, &s->gam, &s->dr, &s->gx};
   _Static_assert(sizeof sizes / sizeof sizes[0] == sizeof ptrs / sizeof ptrs[0], "one size each");
   int64_t at = 0;
   for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
@@ -166,8 +182,14 @@ static int valid_shape(int64_t H, int64_t K, int64_t V, int64_t R, int64_t C) {
          H <= (1 << 20) && R <= (1 << 14) && C <= (1 << 14) && C * R <= (1 << 14);
 }
 
+/* The chunk length C < 1 stands for: RT_CPU_DELTA_CHUNK micro-steps. */
+static int64_t default_chunk(int64_t C, int64_t R) {
+  if (C >= 1) return C;
+  return R >= 1 && R < RT_CPU_DELTA_CHUNK ? RT_CPU_DELTA_CHUNK / R : 1;
+}
+
 int64_t rt_cpu_delta_work(int64_t H, int64_t K, int64_t V, int64_t R, int64_t C) {
-  if (C < 1) C = RT_CPU_DELTA_CHUNK;
+  C = default_chunk(C, R);
   if (!valid_shape(H, K, V, R, C)) return 0;
   Scratch s;
   /* 16 more floats let the call align its base to 64 bytes. */
@@ -177,29 +199,40 @@ int64_t rt_cpu_delta_work(int64_t H, int64_t K, int64_t V, int64_t R, int64_t C)
 /* ---- small matrix products --------------------------------------------------- */
 
 enum { PROD_SET, PROD_ADD, PROD_SCALE };
-enum { TRI_NONE, TRI_N, TRI_K };
+enum { TRI_NONE, TRI_N, TRI_K2, TRI_SOLVE };
 
-/* One register tile: for rows r < mr and the 16 columns of one panel,
- *   C[r, j] = (mode: 0 | C[r, j] | beta[r] C[r, j]) + sum_k A[r*lda + k] B[k*ldb + j].
- * With solve set, it is a block of the forward substitution instead: A holds
- * -L from the block's first column kk on too, and after the sum, row r
- * adds A[r*lda + kk + j] times the finished row j, for j < r, in registers
- * (mode is PROD_ADD then: C holds the right-hand side, B the finished rows
- * above the block). mr and solve are constants after inlining, so acc lives
- * in registers. */
-INLINE void tile(int mr, int64_t kk, const float *A, int64_t lda, const float *B, int64_t ldb,
-                 float *C, int64_t ldc, int mode, const float *beta, int solve) {
-  v8 acc[MR][2];
-  /* The loops over rows are unrolled by request (as in cpu_linattn.c: GCC
-   * 12 otherwise keeps acc in memory). */
-#pragma GCC unroll 6
-  for (int r = 0; r < mr; r++)
-    for (int j = 0; j < 2; j++) {
-      v8 c = {0};
-      if (mode != PROD_SET) LOAD8(c, C + r * ldc + 8 * j);
-      if (mode == PROD_SCALE) c *= beta[r];
-      acc[r][j] = c;
-    }
+/* One product, or two summed into one result: for rows i < M and columns
+ * j < N (a multiple of 16),
+ *   C[i, j] = (mode: 0 | C0[i, j] | beta[i] C0[i, j])
+ *           + s1[i] sum_{k < k1} A1[i*lda1 + k] B1[k*ldb1 + j]
+ *           + sum_{k < k2} A2[i*lda2 + k] B2[k*ldb2 + j]
+ * C0 is C unless c0 is given (then c0 with stride ldc0); s1 is 1 unless
+ * scale1 is given; a2 == NULL: no second sum. Row i of the A operands
+ * stands for the micro-steps up to (i + 1) step - 1 (step = R for queries
+ * against micro-steps, 1 otherwise), and tri says which terms are known to
+ * be zero:
+ * TRI_N, the rows of a block of MR need only the columns below
+ * round16((i + MR) step) (a lower triangle of K K^T or Q K^T); TRI_K2, only
+ * the first (i + MR) step terms of the second sum (A2 lower triangular).
+ * TRI_SOLVE makes it the forward substitution
+ *   C[i, :] <- C[i, :] + sum_{k < k1} A1[i, k] B1[k, :] + sum_{k < i} A2[i, k] C[k, :]
+ * in order of i (A2 strictly lower triangular, B2 == C, k2 ignored): a block
+ * of rows adds the finished rows above it as an ordinary second sum, then
+ * the small triangle inside the block in registers. */
+typedef struct Prod {
+  int64_t M, N;
+  const float *a1, *b1, *a2, *b2;
+  int64_t lda1, ldb1, k1, lda2, ldb2, k2;
+  float *c;
+  int64_t ldc;
+  int mode, tri;
+  const float *beta, *scale1, *c0;
+  int64_t step, ldc0;
+} Prod;
+
+/* acc[r] += sum_{k < kk} A[r*lda + k] B[k*ldb : +16] for r < mr. */
+INLINE void accumulate(int mr, v8 acc[MR][2], const float *A, int64_t lda, const float *B,
+                       int64_t ldb, int64_t kk) {
   for (int64_t k = 0; k < kk; k++) {
     v8 b0, b1;
     LOAD8(b0, B + k * ldb);
@@ -211,78 +244,83 @@ INLINE void tile(int mr, int64_t kk, const float *A, int64_t lda, const float *B
       acc[r][1] += a * b1;
     }
   }
-  if (solve) {
+}
+
+/* One register tile of a Prod: rows i .. i+mr-1 of the result, the 16
+ * columns from j; k2 the second sum's length for this block. mr is a
+ * constant after inlining, so acc lives in registers. The accumulators start
+ * from (beta) C0 rather than adding it at the end (as in cpu_linattn.c, for
+ * the short sums of the state update), unless the first sum is scaled. */
+INLINE void tile(int mr, const Prod *p, int64_t i, int64_t j, int64_t k2) {
+  v8 acc[MR][2];
+  float *C = p->c + i * p->ldc + j;
+  const int64_t ldc = p->ldc;
+  const float *C0 = p->c0 ? p->c0 + i * p->ldc0 + j : C;
+  const int64_t ldc0 = p->c0 ? p->ldc0 : ldc;
+  /* The loops over rows are unrolled by request (as in cpu_linattn.c: GCC
+   * 12 otherwise keeps acc in memory). */
+#pragma GCC unroll 6
+  for (int r = 0; r < mr; r++)
+    for (int h = 0; h < 2; h++) {
+      v8 c = {0};
+      if (p->mode != PROD_SET && !p->scale1) LOAD8(c, C0 + r * ldc0 + 8 * h);
+      if (p->mode == PROD_SCALE && !p->scale1) c *= p->beta[i + r];
+      acc[r][h] = c;
+    }
+  accumulate(mr, acc, p->a1 + i * p->lda1, p->lda1, p->b1 + j, p->ldb1, p->k1);
+  if (p->scale1) {
+#pragma GCC unroll 6
+    for (int r = 0; r < mr; r++)
+      for (int h = 0; h < 2; h++) {
+        v8 c = {0};
+        if (p->mode != PROD_SET) LOAD8(c, C0 + r * ldc0 + 8 * h);
+        if (p->mode == PROD_SCALE) c *= p->beta[i + r];
+        acc[r][h] = acc[r][h] * p->scale1[i + r] + c;
+      }
+  }
+  if (p->a2) accumulate(mr, acc, p->a2 + i * p->lda2, p->lda2, p->b2 + j, p->ldb2, k2);
+  if (p->tri == TRI_SOLVE) {
+    const float *A = p->a2 + i * p->lda2 + i;
 #pragma GCC unroll 6
     for (int r = 1; r < mr; r++)
 #pragma GCC unroll 6
-      for (int j = 0; j < r; j++) {
-        float a = A[r * lda + kk + j];
-        acc[r][0] += a * acc[j][0];
-        acc[r][1] += a * acc[j][1];
+      for (int q = 0; q < r; q++) {
+        float a = A[r * p->lda2 + q];
+        acc[r][0] += a * acc[q][0];
+        acc[r][1] += a * acc[q][1];
       }
   }
 #pragma GCC unroll 6
   for (int r = 0; r < mr; r++)
-    for (int j = 0; j < 2; j++) STORE8(C + r * ldc + 8 * j, acc[r][j]);
+    for (int h = 0; h < 2; h++) STORE8(C + r * ldc + 8 * h, acc[r][h]);
 }
 
-/* Calls tile with a constant row count (kept out of clang-format, which
- * puts each case on three lines). */
-INLINE void tile_rows(int mr, int64_t kk, const float *A, int64_t lda, const float *B, int64_t ldb,
-                      float *C, int64_t ldc, int mode, const float *beta, int solve) {
-  // clang-format off
-  switch (mr) {
-  case 1: tile(1, kk, A, lda, B, ldb, C, ldc, mode, beta, solve); break;
-  case 2: tile(2, kk, A, lda, B, ldb, C, ldc, mode, beta, solve); break;
-  case 3: tile(3, kk, A, lda, B, ldb, C, ldc, mode, beta, solve); break;
-  case 4: tile(4, kk, A, lda, B, ldb, C, ldc, mode, beta, solve); break;
-  case 5: tile(5, kk, A, lda, B, ldb, C, ldc, mode, beta, solve); break;
-  default: tile(MR, kk, A, lda, B, ldb, C, ldc, mode, beta, solve); break;
-  }
-  // clang-format on
-}
-
-/* C[M, N] (op)= A[M, Kk] @ B[Kk, N], N a multiple of 16, in tiles of MR rows
- * by one panel. Row i of A stands for micro-steps up to (i + 1) step - 1
- * (step = R for queries against micro-steps, 1 otherwise): tri == TRI_N, the
- * rows of block i need only the columns below round16((i + MR) step) (a
- * lower triangle of Q K^T); TRI_K, only the first (i + MR) step terms of the
- * sum (a lower-triangular A). */
-INLINE void product_body(int64_t M, int64_t N, int64_t Kk, const float *A, int64_t lda,
-                         const float *B, int64_t ldb, float *C, int64_t ldc, int mode,
-                         const float *beta, int tri, int64_t step, Prefetch *pf) {
-  for (int64_t i = 0; i < M; i += MR) {
-    int mr = M - i < MR ? (int)(M - i) : MR;
-    int64_t n = tri == TRI_N ? min64(N, round16((i + mr) * step)) : N;
-    int64_t kk = tri == TRI_K ? min64(Kk, (i + mr) * step) : Kk;
-    const float *a = A + i * lda, *bt = beta ? beta + i : NULL;
-    float *c = C + i * ldc;
+INLINE void product_body(const Prod *p, Prefetch *pf) {
+  for (int64_t i = 0; i < p->M; i += MR) {
+    int mr = p->M - i < MR ? (int)(p->M - i) : MR;
+    int64_t n = p->tri == TRI_N ? min64(p->N, round16((i + mr) * p->step)) : p->N;
+    int64_t k2 = p->tri == TRI_K2      ? min64(p->k2, (i + mr) * p->step)
+                 : p->tri == TRI_SOLVE ? i
+                                       : p->k2;
     for (int64_t j = 0; j < n; j += 16) {
-      tile_rows(mr, kk, a, lda, B + j, ldb, c + j, ldc, mode, bt, 0);
+      /* One call per row count, each with constant mr (kept out of
+       * clang-format, which puts each case on three lines). */
+      // clang-format off
+      switch (mr) {
+      case 1: tile(1, p, i, j, k2); break;
+      case 2: tile(2, p, i, j, k2); break;
+      case 3: tile(3, p, i, j, k2); break;
+      case 4: tile(4, p, i, j, k2); break;
+      case 5: tile(5, p, i, j, k2); break;
+      default: tile(MR, p, i, j, k2); break;
+      }
+      // clang-format on
       prefetch_lines(pf);
     }
   }
 }
 
-/* Forward substitution: for rows m < M in order,
- *   X[m, :] += sum_{i < m} Lm[m*ldl + i] X[i, :]      (X: M x N, N a multiple of 16)
- * i.e. X <- (I - Lm)^-1 X for the strictly lower part of Lm (Lm = -L). */
-INLINE void solve_body(int64_t M, int64_t N, const float *Lm, int64_t ldl, float *X, int64_t ldx,
-                       Prefetch *pf) {
-  for (int64_t i = 0; i < M; i += MR) {
-    int mr = M - i < MR ? (int)(M - i) : MR;
-    for (int64_t j = 0; j < N; j += 16) {
-      tile_rows(mr, i, Lm + i * ldl, ldl, X + j, ldx, X + i * ldx + j, ldx, PROD_ADD, NULL, 1);
-      prefetch_lines(pf);
-    }
-  }
-}
-
-typedef void (*ProductFn)(int64_t M, int64_t N, int64_t Kk, const float *A, int64_t lda,
-                          const float *B, int64_t ldb, float *C, int64_t ldc, int mode,
-                          const float *beta, int tri, int64_t step, Prefetch *pf);
-typedef void (*SolveFn)(int64_t M, int64_t N, const float *Lm, int64_t ldl, float *X, int64_t ldx,
-                        Prefetch *pf);
+typedef void (*ProductFn)(const Prod *p, Prefetch *pf);
 
 /* dst[d*ldd + i] = src[i*lds + d] for i < n, d < m: 8 x 8 blocks through
  * registers (three rounds of shuffles), the edges element by element; as in
@@ -328,14 +366,17 @@ typedef struct Delta {
 /* One chunk of one head: n tokens, N = n R micro-steps. */
 typedef struct Chunk {
   int64_t n, N;
-  const float *q;
+  const float *q, *k, *v; /* k, v: a row per micro-step */
   float *o;
-  int64_t ldq, ldo;
+  int64_t ldq, ldk, ldv, ldo;
 } Chunk;
 
 /* Sets up tokens t0 .. t0+n-1 of head h: the views of q and o, the gates
  * and their prefix products, the betas, the keys (a row per micro-step, and
- * transposed), and b v in dl. */
+ * transposed) and the values. Keys and values are read in place when a
+ * micro-step's rows are one stride apart (R = 1, or the factors of a token
+ * side by side and the tokens one after the other), values also only when
+ * V is a multiple of 16; else they are copied. */
 INLINE void load_chunk(const Delta *a, Scratch *s, int64_t h, int64_t t0, int64_t n, Chunk *c) {
   const int64_t K = a->K, V = a->V, R = a->R, Vp = s->Vp, Np = s->Np, N = n * R;
   c->n = n;
@@ -349,19 +390,32 @@ INLINE void load_chunk(const Delta *a, Scratch *s, int64_t h, int64_t t0, int64_
     c->o = s->oc;
     c->ldo = Vp;
   }
+  c->k = a->k + t0 * a->ldk + h * K;
+  c->ldk = R == 1 ? a->ldk : a->ldkr;
+  if (R > 1 && a->ldk != R * a->ldkr) {
+    for (int64_t t = 0; t < n; t++)
+      for (int64_t r = 0; r < R; r++)
+        memcpy(s->kc + (t * R + r) * K, a->k + (t0 + t) * a->ldk + r * a->ldkr + h * K,
+               sizeof(float) * (size_t)K);
+    c->k = s->kc;
+    c->ldk = K;
+  }
+  c->v = a->v + t0 * a->ldv + h * V;
+  c->ldv = R == 1 ? a->ldv : a->ldvr;
+  if (V % 16 != 0 || (R > 1 && a->ldv != R * a->ldvr)) {
+    for (int64_t t = 0; t < n; t++)
+      for (int64_t r = 0; r < R; r++) {
+        float *d = s->dl + (t * R + r) * Vp;
+        memcpy(d, a->v + (t0 + t) * a->ldv + r * a->ldvr + h * V, sizeof(float) * (size_t)V);
+        for (int64_t j = V; j < Vp; j++) d[j] = 0.0f;
+      }
+    c->v = s->dl;
+    c->ldv = Vp;
+  }
   for (int64_t t = 0; t < n; t++)
-    for (int64_t r = 0; r < R; r++) {
-      int64_t m = t * R + r;
-      const float *kr = a->k + (t0 + t) * a->ldk + r * a->ldkr + h * K;
-      const float *vr = a->v + (t0 + t) * a->ldv + r * a->ldvr + h * V;
-      float b = a->beta ? a->beta[(t0 + t) * a->ldb + r * a->ldbr + h] : 1.0f;
-      s->bt[m] = b;
-      memcpy(s->kc + m * K, kr, sizeof(float) * (size_t)K);
-      float *d = s->dl + m * Vp;
-      for (int64_t j = 0; j < V; j++) d[j] = b * vr[j];
-      for (int64_t j = V; j < Vp; j++) d[j] = 0.0f;
-    }
-  transpose(N, K, s->kc, K, s->kt, Np);
+    for (int64_t r = 0; r < R; r++)
+      s->bt[t * R + r] = a->beta ? a->beta[(t0 + t) * a->ldb + r * a->ldbr + h] : 1.0f;
+  transpose(N, K, c->k, c->ldk, s->kt, Np);
   /* The products read keys up to the next multiple of 16. */
   for (int64_t d = 0; d < K; d++)
     for (int64_t i = N; i < Np; i++) s->kt[d * Np + i] = 0.0f;
@@ -378,18 +432,22 @@ INLINE void load_chunk(const Delta *a, Scratch *s, int64_t h, int64_t t0, int64_
 
 /* One chunk of one head; the state s->st (transposed) is S0 on entry and
  * the chunk's final state on return. */
-INLINE void chunk(const Delta *a, Scratch *s, const Chunk *c, ProductFn product, SolveFn solve) {
+INLINE void chunk(const Delta *a, Scratch *s, const Chunk *c, ProductFn product) {
   const int64_t K = a->K, R = a->R, Np = s->Np, Vp = s->Vp, n = c->n, N = c->N;
   const int gated = a->lg != NULL;
   const float *gt = s->gt, *gam = s->gam;
-  float *lm = s->lm, *dr = s->dr, *kc = s->kc, *kt = s->kt;
+  float *lm = s->lm, *dr = s->dr, *kt = s->kt;
 
   /* L: the Gram matrix of the keys (its lower triangle), then
    *   lm[m, i] = -b_m D(m, i) (k_m . k_i)   for i < m,
    * the row of decays D(m, .) carried from one micro-step to the next in dr
    * (a gate enters at a token's first micro-step). The substitution reads
    * nothing on or above the diagonal. */
-  product(N, Np, K, kc, K, kt, Np, lm, Np, PROD_SET, NULL, TRI_N, 1, &s->pf);
+  // clang-format off
+  const Prod gram = {.M = N, .N = Np, .a1 = c->k, .lda1 = c->ldk, .b1 = kt, .ldb1 = Np, .k1 = K,
+                     .c = lm, .ldc = Np, .mode = PROD_SET, .tri = TRI_N, .step = 1};
+  // clang-format on
+  product(&gram, &s->pf);
   for (int64_t m = 0; m < N; m++) {
     float *row = lm + m * Np;
     const float nb = -s->bt[m];
@@ -403,88 +461,98 @@ INLINE void chunk(const Delta *a, Scratch *s, const Chunk *c, ProductFn product,
     }
   }
 
-  /* The right-hand side, b v - b Gamma (S0 k), into dl (which holds b v). */
-  for (int64_t m = 0; m < N; m++) {
-    const float f = -s->bt[m] * (gated ? gam[m / R] : 1.0f);
-    for (int64_t d = 0; d < K; d++) kc[m * K + d] *= f;
-  }
-  product(N, Vp, K, kc, K, s->st, Vp, s->dl, Vp, PROD_ADD, NULL, TRI_NONE, 1, &s->pf);
-  solve(N, Vp, lm, Np, s->dl, Vp, &s->pf);
+  /* The deltas: the right-hand side b v - b Gamma (S0 k) and the
+   * substitution, in one pass. */
+  for (int64_t m = 0; m < N; m++) s->fs[m] = -s->bt[m] * (gated ? gam[m / R] : 1.0f);
+  // clang-format off
+  const Prod deltas = {.M = N, .N = Vp, .a1 = c->k, .lda1 = c->ldk, .b1 = s->st, .ldb1 = Vp,
+                       .k1 = K, .scale1 = s->fs, .a2 = lm, .lda2 = Np, .b2 = s->dl, .ldb2 = Vp,
+                       .c = s->dl, .ldc = Vp, .c0 = c->v, .ldc0 = c->ldv, .mode = PROD_SCALE,
+                       .beta = s->bt, .tri = TRI_SOLVE, .step = 1};
+  // clang-format on
+  product(&deltas, &s->pf);
 
   if (c->q) {
-    /* Between chunks: O = (Q (.) Gamma) S0^T. */
-    const float *qa = c->q;
-    int64_t lda = c->ldq;
-    if (gated) {
-      for (int64_t t = 0; t < n; t++)
-        for (int64_t d = 0; d < K; d++) s->qs[t * K + d] = c->q[t * c->ldq + d] * gam[t];
-      qa = s->qs;
-      lda = K;
-    }
-    product(n, Vp, K, qa, lda, s->st, Vp, c->o, c->ldo, PROD_SET, NULL, TRI_NONE, 1, &s->pf);
-    /* Inside: the scores of token t against the micro-steps up to its last,
-     * (t + 1) R - 1, times the decays D, which between tokens t' <= t are
-     * g[t'+1] ... g[t] (carried token by token in dr, one entry per token).
-     * Entries past (t + 1) R that the next product reads (up to its row
+    /* The scores of token t against the micro-steps up to its last,
+     * (t + 1) R - 1, times the decays D, which for a micro-step of token
+     * t' <= t are g[t'+1] ... g[t] (carried from token to token in dr).
+     * Entries past (t + 1) R that the output's product reads (up to its row
      * block's end) are zeroed. */
-    product(n, Np, K, c->q, c->ldq, kt, Np, s->sc, Np, PROD_SET, NULL, TRI_N, R, &s->pf);
+    // clang-format off
+    const Prod scores = {.M = n, .N = Np, .a1 = c->q, .lda1 = c->ldq, .b1 = kt, .ldb1 = Np,
+                         .k1 = K, .c = s->sc, .ldc = Np, .mode = PROD_SET, .tri = TRI_N, .step = R};
+    // clang-format on
+    product(&scores, &s->pf);
     for (int64_t t = 0; t < n; t++) {
       float *row = s->sc + t * Np;
       int64_t end = min64((t / MR * MR + MR) * R, N);
       if (gated) {
-        for (int64_t u = 0; u < t; u++) dr[u] *= gt[t];
-        dr[t] = 1.0f;
-        for (int64_t u = 0; u < t; u++)
-          for (int64_t r = 0; r < R; r++) row[u * R + r] *= dr[u];
+        for (int64_t i = 0; i < t * R; i++) dr[i] *= gt[t];
+        for (int64_t i = t * R; i < (t + 1) * R; i++) dr[i] = 1.0f;
+        for (int64_t i = 0; i < t * R; i++) row[i] *= dr[i];
       }
       for (int64_t i = (t + 1) * R; i < end; i++) row[i] = 0.0f;
     }
-    product(n, Vp, N, s->sc, Np, s->dl, Vp, c->o, c->ldo, PROD_ADD, NULL, TRI_K, R, &s->pf);
+    /* O = (Q (.) Gamma) S0^T + scores Delta, in one pass. */
+    // clang-format off
+    const Prod out = {.M = n, .N = Vp, .a1 = c->q, .lda1 = c->ldq, .b1 = s->st, .ldb1 = Vp,
+                      .k1 = K, .scale1 = gated ? gam : NULL, .a2 = s->sc, .lda2 = Np,
+                      .b2 = s->dl, .ldb2 = Vp, .k2 = N, .c = c->o, .ldc = c->ldo,
+                      .mode = PROD_SET, .tri = TRI_K2, .step = R};
+    // clang-format on
+    product(&out, &s->pf);
   }
 
   /* The state: S^T = Gamma_N S0^T + (K^T diag(w)) Delta, w_i = D(N-1, i),
    * the products of the gates after micro-step i's token, from the end. */
-  if (!gated) {
-    product(K, Vp, N, kt, Np, s->dl, Vp, s->st, Vp, PROD_ADD, NULL, TRI_NONE, 1, &s->pf);
-    return;
+  // clang-format off
+  Prod state = {.M = K, .N = Vp, .a1 = kt, .lda1 = Np, .b1 = s->dl, .ldb1 = Vp, .k1 = N,
+                .c = s->st, .ldc = Vp, .mode = PROD_ADD, .tri = TRI_NONE, .step = 1};
+  // clang-format on
+  if (gated) {
+    float w = 1.0f;
+    for (int64_t t = n - 1; t >= 0; t--) {
+      for (int64_t r = 0; r < R; r++) dr[t * R + r] = w;
+      w *= gt[t];
+    }
+    for (int64_t d = 0; d < K; d++) {
+      for (int64_t i = 0; i < N; i++) kt[d * Np + i] *= dr[i];
+      s->gx[d] = w;
+    }
+    state.mode = PROD_SCALE;
+    state.beta = s->gx;
   }
-  float w = 1.0f;
-  for (int64_t t = n - 1; t >= 0; t--) {
-    for (int64_t r = 0; r < R; r++) dr[t * R + r] = w;
-    w *= gt[t];
-  }
-  for (int64_t d = 0; d < K; d++) {
-    for (int64_t i = 0; i < N; i++) kt[d * Np + i] *= dr[i];
-    s->gx[d] = w;
-  }
-  product(K, Vp, N, kt, Np, s->dl, Vp, s->st, Vp, PROD_SCALE, s->gx, TRI_NONE, 1, &s->pf);
+  product(&state, &s->pf);
 }
 
-/* Points the cursor at tokens t0 .. t0+n-1, every head. */
-static void prefetch_start(const Delta *a, Prefetch *p, int64_t t0, int64_t n) {
+/* Points the cursor at head h's slices of tokens t0 .. t0+n-1 (the outputs
+ * too, to be written). */
+static void prefetch_start(const Delta *a, Prefetch *p, int64_t h, int64_t t0, int64_t n) {
   p->tokens = n;
   if (n <= 0) return;
   p->narrays = 0;
   const int64_t nf = min64(a->R, PREFETCH_FACTORS);
   for (int i = 0; i < PREFETCH_ARRAYS; i++) {
-    const float *base;
-    int64_t ld, width;
+    const float *base = NULL;
+    int64_t ld = 0, width = 0;
     if (i == 0) {
-      base = a->q, ld = a->ldq, width = a->H * a->K;
+      base = a->q, ld = a->ldq, width = a->K;
     } else if (i == 1) {
-      base = a->lg, ld = a->ldg, width = a->H;
+      base = a->lg, ld = a->ldg, width = 1;
+    } else if (i == 2) {
+      base = a->q ? a->o : NULL, ld = a->ldo, width = a->V;
     } else {
-      int64_t f = (i - 2) / 3, which = (i - 2) % 3;
+      int64_t f = (i - 3) / 3, which = (i - 3) % 3;
       if (f >= nf) continue;
       if (which == 0)
-        base = a->k + f * a->ldkr, ld = a->ldk, width = a->H * a->K;
+        base = a->k + f * a->ldkr, ld = a->ldk, width = a->K;
       else if (which == 1)
-        base = a->v + f * a->ldvr, ld = a->ldv, width = a->H * a->V;
+        base = a->v + f * a->ldvr, ld = a->ldv, width = a->V;
       else
-        base = a->beta ? a->beta + f * a->ldbr : NULL, ld = a->ldb, width = a->H;
+        base = a->beta ? a->beta + f * a->ldbr : NULL, ld = a->ldb, width = 1;
     }
     if (!base) continue;
-    const float *row = base + t0 * ld;
+    const float *row = base + t0 * ld + h * width;
     uintptr_t start = (uintptr_t)row & ~(uintptr_t)63;
     p->at[p->narrays] = (const char *)start;
     p->ld[p->narrays] = ld * (int64_t)sizeof(float);
@@ -499,7 +567,7 @@ static void prefetch_start(const Delta *a, Prefetch *p, int64_t t0, int64_t n) {
 /* Chunks in order and, within a chunk, the heads (as in cpu_linattn.c: the
  * heads' slices of a token's rows lie side by side, so a chunk reads its
  * rows whole). Every head's state stays in the scratch. */
-INLINE void run_body(const Delta *a, Scratch *s, ProductFn product, SolveFn solve) {
+INLINE void run_body(const Delta *a, Scratch *s, ProductFn product) {
   const int64_t H = a->H, K = a->K, V = a->V, Vp = s->Vp;
   for (int64_t h = 0; h < H; h++) {
     float *st = s->states + h * K * Vp;
@@ -509,12 +577,17 @@ INLINE void run_body(const Delta *a, Scratch *s, ProductFn product, SolveFn solv
   }
   for (int64_t t0 = 0; t0 < a->T; t0 += a->C) {
     int64_t n = min64(a->C, a->T - t0);
-    prefetch_start(a, &s->pf, t0 + n, min64(a->C, a->T - t0 - n));
     for (int64_t h = 0; h < H; h++) {
+      /* The next head's slices of this chunk, or the first head's of the
+       * next chunk, come in while this one is computed. */
+      if (h + 1 < H)
+        prefetch_start(a, &s->pf, h + 1, t0, n);
+      else
+        prefetch_start(a, &s->pf, 0, t0 + n, min64(a->C, a->T - t0 - n));
       Chunk c;
       load_chunk(a, s, h, t0, n, &c);
       s->st = s->states + h * K * Vp;
-      chunk(a, s, &c, product, solve);
+      chunk(a, s, &c, product);
       if (a->q && c.o == s->oc)
         for (int64_t i = 0; i < n; i++)
           memcpy(a->o + (t0 + i) * a->ldo + h * V, s->oc + i * Vp, sizeof(float) * (size_t)V);
@@ -526,17 +599,11 @@ INLINE void run_body(const Delta *a, Scratch *s, ProductFn product, SolveFn solv
 /* One copy of the products and of the driver per instruction set, as in
  * cpu_linattn.c (an AVX-512 machine runs the AVX2 copy). */
 #define DELTA_VARIANT(suffix, attr)                                                                \
-  attr static void product_##suffix(int64_t M, int64_t N, int64_t Kk, const float *A, int64_t lda, \
-                                    const float *B, int64_t ldb, float *C, int64_t ldc, int mode,  \
-                                    const float *beta, int tri, int64_t step, Prefetch *pf) {      \
-    product_body(M, N, Kk, A, lda, B, ldb, C, ldc, mode, beta, tri, step, pf);                     \
-  }                                                                                                \
-  attr static void solve_##suffix(int64_t M, int64_t N, const float *Lm, int64_t ldl, float *X,    \
-                                  int64_t ldx, Prefetch *pf) {                                     \
-    solve_body(M, N, Lm, ldl, X, ldx, pf);                                                         \
+  attr static void product_##suffix(const Prod *p, Prefetch *pf) {                                 \
+    product_body(p, pf);                                                                           \
   }                                                                                                \
   attr static void run_##suffix(const Delta *a, Scratch *s) {                                      \
-    run_body(a, s, product_##suffix, solve_##suffix);                                              \
+    run_body(a, s, product_##suffix);                                                              \
   }
 
 DELTA_VARIANT(generic, )
@@ -549,10 +616,10 @@ void rt_cpu_delta(int64_t T, int64_t H, int64_t K, int64_t V, int64_t R, const f
                   int64_t ldv, int64_t ldvr, const float *beta, int64_t ldb, int64_t ldbr,
                   const float *lg, int64_t ldg, float *S, float *o, int64_t ldo, int64_t C,
                   float *work) {
-  if (C < 1) C = RT_CPU_DELTA_CHUNK;
+  C = default_chunk(C, R);
   if (T <= 0 || !valid_shape(H, K, V, R, C)) return;
-  Delta a = {T,   H,   K,   V,    R,   C,    q,    k,   v,   beta, lg, ldq,
-             ldk, ldkr, ldv, ldvr, ldb, ldbr, ldg, ldo, S,   o};
+  Delta a = {T,   H,   K,    V,   R,    C,   q,    k,   v,   beta, lg,
+             ldq, ldk, ldkr, ldv, ldvr, ldb, ldbr, ldg, ldo, S,    o};
   Scratch s;
   float *base = work + (16 - (int64_t)((uintptr_t)work / sizeof(float) % 16)) % 16;
   scratch_layout(H, K, V, R, C, base, &s);
