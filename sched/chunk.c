@@ -31,7 +31,9 @@ static int is_form_op(IrOp op) {
   return op == IR_LINATTN || op == IR_LINATTN_STATE || op == IR_DELTA || op == IR_DELTA_STATE;
 }
 
-static int is_readout(IrOp op) { return op == IR_LINATTN || op == IR_DELTA; }
+static int is_readout(IrOp op) {
+  return op == IR_LINATTN || op == IR_DELTA;
+}
 
 /* The S0 operand of a form op. */
 static IrRef s0_of(const IrNode *nd) {
@@ -94,9 +96,10 @@ int plan_linattns(Plan *p) {
         /* The delta rule: k [R, L..., K], one gate per head. */
         la->R = delta ? p->v[la->k].shape[0] : 1;
         la->Kg = delta ? 1 : p->v[la->lg].shape[L];
+        /* The delta kernel's default counts rank-one factors: 16 / R tokens. */
         la->chunk = p->s->kernel_chunk > 0 ? p->s->kernel_chunk
-                    : delta               ? RT_CPU_DELTA_CHUNK
-                                          : RT_CPU_LINATTN_CHUNK;
+                    : delta ? (RT_CPU_DELTA_CHUNK / la->R > 0 ? RT_CPU_DELTA_CHUNK / la->R : 1)
+                            : RT_CPU_LINATTN_CHUNK;
         la->work_buf = la->copy_buf = -1;
       } else if (nd->args[off] != la->k || nd->args[off + 1] != la->v || lg != la->lg ||
                  beta != la->beta || delta != la->delta || tr != la->transposed) {
@@ -117,9 +120,10 @@ int plan_linattns(Plan *p) {
     if (!la) continue;
     /* The state's next value is the final state, or its transpose. */
     IrRef nx = fn->states.v[s].next;
-    if (nx != la->final && !(fn->nodes.v[nx].op == IR_TRANSPOSE && fn->nodes.v[nx].args[0] == la->final &&
-                             la->transposed)) {
-      plan_unsupported(p, fn->states.v[s].loc, "a chunked state whose next value is not its form's");
+    if (nx != la->final && !(fn->nodes.v[nx].op == IR_TRANSPOSE &&
+                             fn->nodes.v[nx].args[0] == la->final && la->transposed)) {
+      plan_unsupported(p, fn->states.v[s].loc,
+                       "a chunked state whose next value is not its form's");
       return -1;
     }
     /* Members: the readouts (stored per token), the final state and its
@@ -138,7 +142,8 @@ int plan_linattns(Plan *p) {
     }
     for (int i = 0; i < la->nreads; i++) p->v[la->reads[i]].stored = 1;
     if (la->transposed && la->nreads > 1) {
-      plan_unsupported(p, fn->states.v[s].loc, "several readouts of a chunked state laid out [..., K, V]");
+      plan_unsupported(p, fn->states.v[s].loc,
+                       "several readouts of a chunked state laid out [..., K, V]");
       return -1;
     }
     p->in->linattns[last] = la;
@@ -161,15 +166,15 @@ int place_linattn_buffers(Plan *p) {
       return -1;
     }
     la->work_floats = work > la->heads * la->work_head ? work : la->heads * la->work_head;
-    if ((la->work_buf =
-             sched_add_buf(p, SCHED_BUF_WORK, SCHED_ROWS_B, la->work_floats, 1, r, 0)) < 0)
+    if ((la->work_buf = sched_add_buf(p, SCHED_BUF_WORK, SCHED_ROWS_B, la->work_floats, 1, r, 0)) <
+        0)
       return -1;
     /* Every readout but the last starts from a copy of S0 (the last one,
      * or the state-only call, runs in the storage and leaves the final
      * state); a transposed state always works on a canonical copy. */
     if (la->nreads > 1 || la->transposed)
-      if ((la->copy_buf = sched_add_buf(p, SCHED_BUF_WORK, SCHED_ROWS_B,
-                                        la->heads * la->K * la->V, 0, r, 1)) < 0)
+      if ((la->copy_buf = sched_add_buf(p, SCHED_BUF_WORK, SCHED_ROWS_B, la->heads * la->K * la->V,
+                                        0, r, 1)) < 0)
         return -1;
   }
   return 0;
