@@ -58,7 +58,7 @@ for c in "${cells[@]}"; do
     for th in 1 2; do
       rep=$("$seqc" --report "stdlib/$name.seq" --dims "$dims" --batch "$B" --threads "$th")
       echo "$rep" >> "$raw"
-      forms=$(echo "$rep" | awk '/^  state .*: [a-z]+ \(/ {printf "%s%s=%s", sep, $2, $3; sep=","}' | tr -d ':')
+      forms=$(echo "$rep" | awk '/^  state [^ ]+: [a-z]+ \(/ {printf "%s%s=%s", sep, $2, $3; sep=","}' | tr -d ':')
       read -r fl io wb < <(echo "$rep" | awk '/per token, any form/ {print $5, $7, $13}' | tr -d ',')
       line=$("$out/forms" "stdlib/$name.seq" "$dims" "$B" "$T" "$th" "$rounds")
       echo "$line" >> "$raw"

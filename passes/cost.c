@@ -34,12 +34,12 @@
 #include <string.h>
 
 /* Fractions of the FMA peak (BENCHMARKS.md, "cost model"). */
-#define EFF_STEP 0.12    /* the step loop's fused elementwise work, the whole batch per step */
-#define EFF_SCAN 0.15    /* a fused scan's element loop, one example at a time */
-#define EFF_CHUNK 0.35   /* the chunkwise kernel's small matrix products */
+#define EFF_STEP 0.12  /* the step loop's fused elementwise work, the whole batch per step */
+#define EFF_SCAN 0.15  /* a fused scan's element loop, one example at a time */
+#define EFF_CHUNK 0.35 /* the chunkwise kernel's small matrix products */
 #define L2_BYTES (512 * 1024)
-#define CHUNK 16 /* the runtime's default chunk length */
-#define SCAN_BLOCK 2048 /* sched/scan.c */
+#define CHUNK 16                /* the runtime's default chunk length */
+#define SCAN_BLOCK 2048         /* sched/scan.c */
 #define TRANSCENDENTAL_FLOPS 10 /* exp, log, tanh and the functions built on them */
 #define SCAN_PIECE 64
 
@@ -123,8 +123,8 @@ int cost_state(const IrFunc *f, const RecState *rs, const int64_t *dims, const C
     /* [L..., V, K]: heads are the leading elements, K and V the last two. */
     const IrType *t = &f->states.v[k].type;
     int64_t K = 1, V = 1;
-    if (t->rank >= 2 && (dim_eval(t->dims[t->rank - 1], dims, &K) ||
-                         dim_eval(t->dims[t->rank - 2], dims, &V)))
+    if (t->rank >= 2 &&
+        (dim_eval(t->dims[t->rank - 1], dims, &K) || dim_eval(t->dims[t->rank - 2], dims, &V)))
       return -1;
     double H = K > 0 && V > 0 ? (double)S / (double)(K * V) : 0;
     out->flops = 4 * (double)S + 2.0 * CHUNK * H * (double)(K + V);
@@ -150,7 +150,8 @@ int cost_state(const IrFunc *f, const RecState *rs, const int64_t *dims, const C
 }
 
 /* Flops of one node per token (elements of its value; matrix products
- * 2 M N K; complex arithmetic four real operations per element). */
+ * 2 M N K; complex arithmetic four real operations per element, two
+ * where one operand is real). */
 static double node_flops(const IrFunc *f, const IrNode *nd, const int64_t *dims) {
   double n = 1;
   int64_t v;
@@ -158,7 +159,15 @@ static double node_flops(const IrFunc *f, const IrNode *nd, const int64_t *dims)
     if (dim_eval(nd->type.dims[d], dims, &v)) return 0;
     n *= (double)v;
   }
-  double c = nd->type.elem == IR_COMPLEX ? 4 : 1;
+  /* A complex result costs 4 real ops when its operands are complex (a
+   * product's 4 multiplies), 2 when one of two is real (a complex weight
+   * times a real input is two real products). */
+  double c = 1;
+  if (nd->type.elem == IR_COMPLEX) {
+    int ncplx = 0;
+    for (int j = 0; j < nd->nargs; j++) ncplx += f->nodes.v[nd->args[j]].type.elem == IR_COMPLEX;
+    c = nd->nargs == 2 && ncplx < 2 ? 2 : 4;
+  }
   switch (nd->op) {
   case IR_MATMUL: {
     const IrType *x = &f->nodes.v[nd->args[0]].type;
