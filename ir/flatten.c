@@ -209,6 +209,13 @@ static int flatten_func(Flatten *cx, const IrFunc *f, const DimExpr *sub, const 
       continue;
     }
     const IrFunc *g = cx->m->funcs.v[l->callee];
+    /* A Newton layer's step is the caller's own (its parameters are the
+     * caller's, in order, and it has no states: ir_verify checks): it is
+     * the same instance. */
+    if (l->newton.states > 0) {
+      cx->out->insts.v[me].layers[i] = me;
+      continue;
+    }
     if (g->dims.n > 0 && !l->dim_args) {
       diag_error(cx->de, l->loc, "layer %s binds none of the dims of %s", l->name, g->name);
       rc = -1;
@@ -244,8 +251,7 @@ static int flatten_func(Flatten *cx, const IrFunc *f, const DimExpr *sub, const 
       return -1;
     }
     int child = -1;
-    if (flatten_func(cx, g, gsub, lp, ls, path, l->loc, depth + 1, me, l->reverse, &child))
-      rc = -1;
+    if (flatten_func(cx, g, gsub, lp, ls, path, l->loc, depth + 1, me, l->reverse, &child)) rc = -1;
     cx->out->insts.v[me].layers[i] = child;
   }
   return rc;

@@ -79,6 +79,7 @@ typedef struct Run {
   int64_t b, t; /* where we are, for run-time error messages */
   const RtTensor *state_in;
   RtTensor *state_out;
+  InterpNewtonStats *newton; /* NULL: not counted */
 } Run;
 
 #define MAX_DEPTH 64 /* nesting of layers; deeper trees are refused */
@@ -848,8 +849,13 @@ static int build_children(Run *r, Inst *in, int flat, int depth) {
         return -1;
       }
     /* The binding may come from another module with the same functions in
-     * the same order (a rewritten copy): only the tree's shape is shared. */
-    int child = r->bind->flat.insts.v[flat].layers[l];
+     * the same order (a rewritten copy): only the tree's shape is shared.
+     * A Newton layer's step is the caller's instance (flatten.c). */
+    int child = ly->newton.states > 0 ? flat : r->bind->flat.insts.v[flat].layers[l];
+    if (ly->newton.states > 0) {
+      if (inst_build(r, callee, child, cd, depth + 1, &in->child[l])) return -1;
+      continue;
+    }
     if (child < 0 || child >= r->bind->flat.insts.n ||
         r->bind->flat.insts.v[child].fn->params.n != callee->params.n ||
         r->bind->flat.insts.v[child].fn->states.n != callee->states.n) {
@@ -916,7 +922,8 @@ static int alloc_slots(Run *r, Inst *in) {
       int no = c->fn->outputs.n;
       if (!(s->outs = arena_calloc(r->arena, (size_t)no, sizeof *s->outs))) return oom(r);
       s->outs[0] = s->v.d;
-      if (!(s->seqargs = arena_calloc(r->arena, (size_t)(nd->nargs + 1), sizeof(Seq))))
+      /* Twice over for a Newton solve's sequential fallback (newton_solve). */
+      if (!(s->seqargs = arena_calloc(r->arena, (size_t)(2 * nd->nargs + 1), sizeof(Seq))))
         return oom(r);
       for (int k = 1; k < no; k++)
         if (!(s->outs[k] = alloc_doubles(r, c->out_width[k], r->T))) return oom(r);
@@ -935,6 +942,22 @@ static int alloc_slots(Run *r, Inst *in) {
       if (c->out_width[0] != w) {
         diag_error(r->de, nd->loc, "internal error in interp: call result type disagrees");
         return -1;
+      }
+      /* A Newton solve: the guess, a candidate and the step (then the new
+       * guess), and the previous values the step reads, per solved state. */
+      int n = fn->layers.v[nd->index].newton.states;
+      if (n > 0) {
+        if (nd->nargs < n || no < n + n * n) {
+          diag_error(r->de, nd->loc, "internal error in interp: malformed Newton layer");
+          return -1;
+        }
+        for (int k = 0; k < n + n * n; k++)
+          if (c->out_width[k] != w || s->v.cplx) {
+            diag_error(r->de, nd->loc,
+                       "internal error in interp: a Newton layer's values differ in shape");
+            return -1;
+          }
+        if (!(s->aux = alloc_doubles(r, 3 * n * w, r->T))) return value_oom(r, nd, 3 * n * w, r->T);
       }
     }
   }
@@ -989,9 +1012,9 @@ static int inst_build(Run *r, const IrFunc *fn, int flat, const int64_t *dims, i
                       Inst **out) {
   const IrFlatInst *fi = &r->bind->flat.insts.v[flat];
   int reverse = fi->reverse;
-  if (fi->fn->params.n != fn->params.n || fi->fn->states.n != fn->states.n) {
-    diag_error(r->de, fn->loc, "internal error in interp: %s does not match its binding",
-               fn->name);
+  /* A Newton layer's step has no states and shares its caller's instance. */
+  if (fi->fn->params.n != fn->params.n || (fi->fn->states.n != fn->states.n && fn->states.n)) {
+    diag_error(r->de, fn->loc, "internal error in interp: %s does not match its binding", fn->name);
     return -1;
   }
   if (depth > MAX_DEPTH) {
@@ -1419,6 +1442,188 @@ static void delta(Run *r, Inst *in, int i, int64_t len) {
   }
 }
 
+/* ---- Newton ---------------------------------------------------------------------- */
+
+/* A call of a Newton layer (IrLayer.newton): the n solved states' values
+ * h_k[t] = F_k(x_t, h[t-1]) over positions [0, len), h[-1] = h0, where the
+ * callee computes F and the blocks J_kj = d F_k / d h_j (elementwise). This
+ * is the definition of the form; a backend does the same steps:
+ *
+ *   guess   H = F(x, 0) at every position;
+ *   step    P = delay(H, h0), F and J at P, and the new guess N from the
+ *           linear recurrence N[t] = J[t] N[t-1] + F[t] - J[t] P[t],
+ *           N[-1] = h0 (exact Newton when J is the whole Jacobian);
+ *   stop    when every |N - H| <= atol + rtol |N|: N is the result;
+ *   damp    the step D = N - H is taken as H + D; when the new guess's
+ *           residual max |H - F(P)| is larger than the old one's (or not
+ *           finite), as H + D/2, H + D/4, ... (4 halvings at most);
+ *   give up after max_iter steps, or on a value that is not finite: the
+ *           sequential recurrence gives the result (always the exact one),
+ *           and the caller is told (InterpNewtonStats, and a warning).
+ * Arithmetic is in double; in float32 mode the values the step stores are
+ * rounded to float, as compiled code would. */
+typedef struct Newton {
+  Run *r;
+  Inst *c;           /* the step */
+  Seq *args;         /* its inputs: the caller's, then P */
+  int n;             /* solved states */
+  int64_t w, len, T; /* elements per state; positions; buffer stride in positions */
+  const double **h0; /* per state */
+  double **H, **C, **D, **P;
+} Newton;
+
+static int64_t nt_at(const Newton *N, int k, int64_t t) {
+  return (int64_t)k * N->T * N->w + t * N->w;
+}
+
+/* F and J at P = delay(X, h0) (X NULL: P = 0); the residual max |X - F|. */
+static int nt_eval(Newton *N, double *const *X, double *resid) {
+  int64_t w = N->w;
+  for (int k = 0; k < N->n; k++)
+    for (int64_t t = 0; t < N->len; t++) {
+      double *p = N->P[k] + t * w;
+      if (!X)
+        memset(p, 0, (size_t)w * sizeof *p);
+      else
+        memcpy(p, t ? X[k] + (t - 1) * w : N->h0[k], (size_t)w * sizeof *p);
+    }
+  if (run_cell(N->r, N->c, N->args, N->len, 0)) return -1;
+  double m = 0;
+  for (int k = 0; X && k < N->n; k++) {
+    const double *f = N->c->out_seq[k];
+    for (int64_t i = 0; i < N->len * w; i++) {
+      double d = fabs(X[k][i] - f[i]);
+      if (!(d <= m)) m = isnan(d) ? INFINITY : d;
+    }
+  }
+  *resid = m;
+  return 0;
+}
+
+/* The new guess into D from F, J at P: the linear recurrence, per element. */
+static void nt_linear(Newton *N) {
+  int n = N->n;
+  int64_t w = N->w;
+  double *const *out = N->c->out_seq;
+  for (int64_t t = 0; t < N->len; t++)
+    for (int64_t i = 0; i < w; i++) {
+      int64_t at = t * w + i;
+      double v[8];
+      for (int k = 0; k < n; k++) {
+        double acc = out[k][at];
+        for (int j = 0; j < n; j++) {
+          double J = out[n + k * n + j][at];
+          double prev = t ? N->D[j][at - w] : N->h0[j][i];
+          acc += J * (prev - N->P[j][at]);
+        }
+        v[k] = N->r->f64 ? acc : (double)(float)acc;
+      }
+      for (int k = 0; k < n; k++) N->D[k][at] = v[k];
+    }
+}
+
+/* h[t] = F(x_t, h[t-1]) one position at a time: the sequential form. */
+static int nt_sequential(Newton *N) {
+  int ni = N->c->fn->inputs.n, m = ni - N->n;
+  Seq *one = N->args + ni; /* scratch after the arguments (alloc_slots) */
+  for (int64_t t = 0; t < N->len; t++) {
+    for (int i = 0; i < m; i++) one[i] = (Seq){N->args[i].d + t * N->args[i].stride, 0};
+    for (int k = 0; k < N->n; k++)
+      one[m + k] = (Seq){t ? N->H[k] + (t - 1) * N->w : (double *)N->h0[k], 0};
+    if (run_cell(N->r, N->c, one, 1, 0)) return -1;
+    for (int k = 0; k < N->n; k++)
+      memcpy(N->H[k] + t * N->w, N->c->out_seq[k], (size_t)N->w * sizeof(double));
+  }
+  return 0;
+}
+
+static int newton_solve(Run *r, Inst *in, int i, int64_t len) {
+  const IrNode *nd = &in->fn->nodes.v[i];
+  const IrNewton *opt = &in->fn->layers.v[nd->index].newton;
+  Slot *s = &in->slot[i];
+  Newton N;
+  memset(&N, 0, sizeof N);
+  N.r = r;
+  N.c = in->child[nd->index];
+  N.args = s->seqargs;
+  N.n = opt->states;
+  N.w = val_width(&s->v);
+  N.len = len;
+  N.T = r->T;
+  int n = N.n, ni = N.c->fn->inputs.n;
+  const double *h0[4];
+  double *H[4], *C[4], *D[4], *P[4];
+  if (n > 4) {
+    diag_error(r->de, nd->loc, "internal error in interp: more than 4 states in one Newton solve");
+    return -1;
+  }
+  for (int k = 0; k < n; k++) {
+    h0[k] = in->slot[nd->args[ni - n + k]].v.d;
+    H[k] = s->outs[k];
+    C[k] = s->aux + nt_at(&N, k, 0);
+    D[k] = s->aux + nt_at(&N, n + k, 0);
+    P[k] = s->aux + nt_at(&N, 2 * n + k, 0);
+    N.args[ni - n + k] = (Seq){P[k], N.w};
+  }
+  N.h0 = h0, N.H = H, N.C = C, N.D = D, N.P = P;
+  if (len == 0) return 0;
+  /* The guess, and F and J at it. */
+  double res;
+  if (nt_eval(&N, NULL, &res)) return -1;
+  for (int k = 0; k < n; k++) memcpy(H[k], N.c->out_seq[k], (size_t)(len * N.w) * sizeof(double));
+  if (nt_eval(&N, H, &res)) return -1;
+  int it = 0, converged = 0, damped = 0;
+  double err = INFINITY;
+  while (it < opt->max_iter && isfinite(res)) {
+    it++;
+    nt_linear(&N);
+    err = 0;
+    for (int k = 0; k < n; k++)
+      for (int64_t j = 0; j < len * N.w; j++) {
+        double e = fabs(D[k][j] - H[k][j]) / (opt->atol + opt->rtol * fabs(D[k][j]));
+        if (!(e <= err)) err = isnan(e) ? INFINITY : e;
+      }
+    if (err <= 1) {
+      for (int k = 0; k < n; k++) memcpy(H[k], D[k], (size_t)(len * N.w) * sizeof(double));
+      converged = 1;
+      break;
+    }
+    if (!isfinite(err)) break;
+    for (int k = 0; k < n; k++)
+      for (int64_t j = 0; j < len * N.w; j++) D[k][j] -= H[k][j];
+    double lam = 1, rc = INFINITY;
+    for (int h = 0;; h++) {
+      for (int k = 0; k < n; k++)
+        for (int64_t j = 0; j < len * N.w; j++) {
+          double v = H[k][j] + lam * D[k][j];
+          C[k][j] = r->f64 ? v : (double)(float)v;
+        }
+      if (nt_eval(&N, C, &rc)) return -1;
+      if ((isfinite(rc) && rc <= res) || h == 4) break;
+      lam *= 0.5;
+      damped++;
+    }
+    for (int k = 0; k < n; k++) memcpy(H[k], C[k], (size_t)(len * N.w) * sizeof(double));
+    res = rc;
+  }
+  InterpNewtonStats *st = r->newton;
+  if (st) {
+    st->solves++;
+    st->damped += damped;
+    if (converged) {
+      st->hist[it < INTERP_NEWTON_HIST - 1 ? it : INTERP_NEWTON_HIST - 1]++;
+      if (it > st->max_iter) st->max_iter = it;
+    }
+  }
+  if (converged) return 0;
+  if (st) st->fallbacks++;
+  diag_report(r->de, DIAG_WARNING, nd->loc,
+              "Newton did not converge (example %lld: %d iterations, last step %.3g of the "
+              "tolerance%s); the sequential form ran instead",
+              (long long)r->b, it, err, damped ? ", damped" : "");
+  return nt_sequential(&N);
+}
+
 static int run_model(Run *r, Inst *in, const Seq *ins, int64_t len) {
   const IrFunc *fn = in->fn;
   /* A model's own states (a cell's parallel form): the value entering the
@@ -1438,6 +1643,10 @@ static int run_model(Run *r, Inst *in, const Seq *ins, int64_t len) {
       Seq *args = s->seqargs;
       for (int k = 0; k < nd->nargs; k++)
         args[k] = (Seq){in->slot[nd->args[k]].v.d, in->slot[nd->args[k]].stride};
+      if (in->fn->layers.v[nd->index].newton.states > 0) {
+        if (newton_solve(r, in, i, len)) return -1;
+        break;
+      }
       if (run_inst(r, c, args, len, in->fn->layers.v[nd->index].reverse)) return -1;
       for (int k = 0; k < c->fn->outputs.n; k++)
         memcpy(s->outs[k], c->out_seq[k], (size_t)(r->T * c->out_width[k]) * sizeof(double));
@@ -1698,6 +1907,7 @@ int interp_run(const IrBinding *b, int64_t B, int64_t T, const RtTensor *inputs,
   r->T = T;
   r->state_in = state_in;
   r->state_out = state_out;
+  r->newton = opt ? opt->newton : NULL;
   if (!(r->arena = arena_create())) {
     diag_error(de, (SrcLoc){0}, "out of memory in the interpreter");
     return -1;

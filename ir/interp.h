@@ -44,12 +44,24 @@ int ir_binding_load(IrBinding *b, IrWeightLoad load, void *ctx, DiagEngine *de);
  * values, fan_in being the parameter's last dimension (documented in cli.md). */
 int ir_binding_random(IrBinding *b, uint64_t seed, DiagEngine *de);
 
+/* What the Newton solves of a run did (IrLayer.newton): one solve per
+ * example per call of a Newton layer. */
+#define INTERP_NEWTON_HIST 33
+typedef struct InterpNewtonStats {
+  int64_t solves;
+  int64_t fallbacks;                /* solves that ran the sequential form instead */
+  int64_t damped;                   /* halvings of a step */
+  int max_iter;                     /* most iterations a converged solve took */
+  int64_t hist[INTERP_NEWTON_HIST]; /* converged solves by iterations (the last: or more) */
+} InterpNewtonStats;
+
 typedef struct InterpOptions {
   int f64; /* keep float64 instead of rounding every result to float32 */
   /* Fail with a diagnostic naming the first time step (over the whole batch)
    * at which an input or output holds a NaN or an infinity, or the final
    * state that does (seqc run --check-finite). */
   int check_finite;
+  InterpNewtonStats *newton; /* NULL, or added to by the run */
 } InterpOptions;
 
 /* Runs the root over a batch.

@@ -172,6 +172,23 @@ typedef struct IrOutput {
   IrRef value;
 } IrOutput;
 
+/* A layer solved by Newton's method (passes/newton.c builds it): the callee
+ * is a cell's step with no states, F(x, p) -> (next, J): its last `states`
+ * inputs are the previous values p_k of the solved states (all of one type),
+ * its first `states` outputs their next values F_k, and the next states^2
+ * outputs the Jacobian's diagonal blocks J_kj = d F_k / d p_j, elementwise,
+ * k-major. A call passes the solved states' initial values for p and its
+ * results are the solved states' values over the sequence: h_k[t] =
+ * F_k(x_t, h[t-1]), h[-1] the initial values. How it is solved (iterations,
+ * tolerances, damping, the sequential fallback): docs/algorithms.md, and
+ * interp.c's newton_solve, which defines it. */
+typedef struct IrNewton {
+  int states;  /* 0: an ordinary layer */
+  double rtol; /* converged when every |step| <= atol + rtol |value| */
+  double atol;
+  int max_iter; /* past this many iterations, the sequential recurrence instead */
+} IrNewton;
+
 /* A layer of a model: an instance of another function. Every dim of the
  * callee is bound to an expression over the caller's dims (dims the user did
  * not pass become fresh dims of the caller, inferred later from weights).
@@ -183,6 +200,7 @@ typedef struct IrLayer {
   DimExpr *dim_args; /* one per callee dim */
   const char *prefix, *suffix;
   int reverse; /* run backwards in time within each sequence's length */
+  IrNewton newton;
 } IrLayer;
 
 typedef struct IrFunc {

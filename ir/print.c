@@ -257,6 +257,9 @@ void ir_print_func(FILE *out, const IrModule *m, const IrFunc *f) {
     fputs(" suffix ", out);
     print_string(out, l->suffix);
     if (l->reverse) fputs(" reverse", out);
+    if (l->newton.states)
+      fprintf(out, " newton(states=%d, rtol=%g, atol=%g, max_iter=%d)", l->newton.states,
+              l->newton.rtol, l->newton.atol, l->newton.max_iter);
     fputc('\n', out);
   }
   for (IrRef r = 0; r < f->nodes.n; r++) print_node(out, f, names, r);

@@ -209,9 +209,10 @@ static void verify_signature(Verify *v, const IrFunc *f) {
     if (!f->inputs.v[i].name || !type_ok(f->inputs.v[i].type, nd))
       bad(v, f, IR_NONE, "input %d is malformed", i);
   /* A model has states only as a cell's parallel form (passes/scan.c),
-   * which has no layers. */
-  if (f->kind == IR_FN_MODEL && f->states.n > 0 && f->layers.n > 0)
-    bad(v, f, IR_NONE, "a model has states of its own and layers");
+   * whose only layers are Newton layers (its own instance). */
+  for (int i = 0; f->kind == IR_FN_MODEL && f->states.n > 0 && i < f->layers.n; i++)
+    if (!f->layers.v[i].newton.states)
+      bad(v, f, IR_NONE, "a model has states of its own and layers");
   for (int i = 0; i < f->states.n; i++) {
     const IrState *s = &f->states.v[i];
     if (!s->name || !type_ok(s->type, nd) || s->type.elem == IR_INT) {
@@ -236,6 +237,42 @@ static void verify_signature(Verify *v, const IrFunc *f) {
   }
 }
 
+/* A Newton layer (ir.h, IrNewton): its step is the caller's own instance
+ * (the caller's dims and parameters, in order, no states), with n previous
+ * values as its last inputs and n values then n^2 blocks of one type as
+ * its first outputs; tolerances that stop. */
+static void verify_newton(Verify *v, const IrFunc *f, const IrLayer *l, const IrFunc *g) {
+  int n = l->newton.states;
+  if (n < 0 || n > 4 || g->kind != IR_FN_CELL || g->states.n || g->inputs.n < n ||
+      g->outputs.n < n + n * n) {
+    bad(v, f, IR_NONE, "Newton layer %s: %s is not a step of %d states", l->name, g->name, n);
+    return;
+  }
+  if (!(l->newton.max_iter > 0 && l->newton.rtol >= 0 && l->newton.atol >= 0 &&
+        l->newton.rtol + l->newton.atol > 0))
+    bad(v, f, IR_NONE, "Newton layer %s has no tolerance or iteration limit", l->name);
+  if (g->dims.n != f->dims.n || g->params.n != f->params.n)
+    bad(v, f, IR_NONE, "Newton layer %s: %s does not have the caller's dims and parameters",
+        l->name, g->name);
+  for (int k = 0; k < g->dims.n && k < f->dims.n; k++)
+    if (!dim_eq(l->dim_args[k], dim_var(k)))
+      bad(v, f, IR_NONE, "Newton layer %s binds dim %s to another", l->name, g->dims.v[k].name);
+  for (int k = 0; k < g->params.n && k < f->params.n; k++)
+    if (strcmp(g->params.v[k].name, f->params.v[k].name) ||
+        !ir_type_eq(g->params.v[k].type, f->params.v[k].type))
+      bad(v, f, IR_NONE, "Newton layer %s: parameter %s is not the caller's", l->name,
+          g->params.v[k].name);
+  IrType t = g->outputs.v[0].type;
+  for (int k = 0; k < n + n * n; k++)
+    if (!ir_type_eq(g->outputs.v[k].type, t) || t.elem != IR_REAL)
+      bad(v, f, IR_NONE, "Newton layer %s: output %s is not real and of the first's type", l->name,
+          g->outputs.v[k].name);
+  for (int k = 0; k < n; k++)
+    if (!ir_type_eq(g->inputs.v[g->inputs.n - n + k].type, t))
+      bad(v, f, IR_NONE, "Newton layer %s: input %s is not of its state's type", l->name,
+          g->inputs.v[g->inputs.n - n + k].name);
+}
+
 static void verify_layers(Verify *v, const IrFunc *f, int fi) {
   if (f->kind == IR_FN_CELL && f->layers.n > 0) bad(v, f, IR_NONE, "a cell has layers");
   for (int i = 0; i < f->layers.n; i++) {
@@ -256,6 +293,7 @@ static void verify_layers(Verify *v, const IrFunc *f, int fi) {
       if (!dims_ok(l->dim_args[k], f->dims.n))
         bad(v, f, IR_NONE, "layer %s binds dim %s of %s to dims the caller does not have", name,
             g->dims.v[k].name, g->name);
+    if (l->newton.states) verify_newton(v, f, l, g);
   }
 }
 

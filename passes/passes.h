@@ -23,8 +23,7 @@ typedef struct PassBuild {
 } PassBuild;
 /* A node of dst typed by its op's rule; IR_NONE (and failed) when it does
  * not type, which is a bug in the pass, or memory runs out. */
-IrRef pb_node(PassBuild *b, IrOp op, int nargs, const IrRef *args, const IrNode *attrs,
-              SrcLoc loc);
+IrRef pb_node(PassBuild *b, IrOp op, int nargs, const IrRef *args, const IrNode *attrs, SrcLoc loc);
 IrRef pb_node2(PassBuild *b, IrOp op, IrRef x, IrRef y, SrcLoc loc);
 IrRef pb_const(PassBuild *b, double v, SrcLoc loc);
 /* x as exactly type t by op (IR_RESHAPE or IR_BROADCAST); x if it has t. */
@@ -171,13 +170,27 @@ typedef enum {
   FORM_SEQUENTIAL, /* the step loop: any class */
   FORM_SCAN,       /* an associative scan: maps, linear diagonal and matrix states, (max, +) */
   FORM_CHUNKED,    /* chunkwise-parallel: a matrix state read through contractions */
+  FORM_NEWTON,     /* Newton's method over the sequence: a nonlinear state (newton.c) */
+  FORM_COUNT
 } Form;
 
 const char *form_name(Form f);
 
 /* --strategy: a form for every state, and forms for named states (flat
  * names, "S" or "l0.S"). */
+/* How a Newton solve stops (IrNewton; docs/algorithms.md): converged when
+ * every |step| <= atol + rtol |value|; past max_iter iterations, the
+ * sequential form instead. Zero fields take the defaults below. */
+#define NEWTON_RTOL 1e-5
+#define NEWTON_ATOL 1e-6
+#define NEWTON_MAX_ITER 24
+typedef struct NewtonOptions {
+  double rtol, atol;
+  int max_iter;
+} NewtonOptions;
+
 typedef struct StrategyRequest {
+  NewtonOptions newton;
   Form all;
   int n;
   const char **names;
@@ -224,13 +237,14 @@ typedef struct StateForm {
   Form form;
   const char *why; /* in words: the request, the cost model's numbers, or why not parallel */
   int costed;      /* cost[] holds the estimate of each form the class admits */
-  FormCost cost[FORM_CHUNKED + 1];
-  int admitted[FORM_CHUNKED + 1];
+  FormCost cost[FORM_COUNT];
+  int admitted[FORM_COUNT];
 } StateForm;
 
 typedef struct StrategyPlan {
-  StateForm **funcs; /* per module function, per state */
-  int64_t **dims;    /* per module function: its first instance's concrete dims, or NULL */
+  NewtonOptions newton; /* the request's, defaults filled in */
+  StateForm **funcs;    /* per module function, per state */
+  int64_t **dims;       /* per module function: its first instance's concrete dims, or NULL */
 } StrategyPlan;
 
 /* Chooses the form of every state of m (the module the backends compile,
@@ -279,16 +293,29 @@ int delta_build(Arena *a, const IrFunc *cell, int state, const DeltaForm *form, 
                 IrRef (*map)(void *ctx, IrRef src), void *ctx, DeltaOps *out, const char **why,
                 DiagEngine *de);
 
+/* ---- newton.c: the step a Newton solve iterates ------------------------- */
+
+#define NEWTON_MAX_STATES 4
+/* Builds "<cell>.step", a cell with no states (newton.c says what it
+ * computes) for solving the n states solved[] (of one real type) by Newton.
+ * Returns 0 and *out (in a module of its own); 1 and *why when the
+ * Jacobian has no diagonal blocks; -1 with a diagnostic. */
+int newton_step_cell(Arena *a, const IrFunc *cell, const int *solved, int n, IrFunc **out,
+                     const char **why, DiagEngine *de);
+
 /* ---- scan.c: a cell's parallel form as sequence-level IR ------------------ */
 
 /* Builds the parallel form of `cell` (whose classification is rf): a new
  * model with the cell's name and signature in which every state's values
- * over the sequence come from a scan, a scan over (max, +), a map or the
- * initial value (scan.c says how), read back through delays. Returns 0 and
- * *out; 1 and *why (in words) when a state has no such form; -1 with a
- * diagnostic on an internal error. */
-int scan_cell(Arena *a, const IrFunc *cell, const RecFunc *rf, IrFunc **out, const char **why,
-              DiagEngine *de);
+ * over the sequence come from a scan, a scan over (max, +), a map, the
+ * initial value or a Newton solve (scan.c says how), read back through
+ * delays. Returns 0 and *out; 1 and *why (in words) when a state has no
+ * such form; -1 with a diagnostic on an internal error. A nonlinear group
+ * is a call of layer 0 of *out, a Newton layer whose step (newton.c) is
+ * *step: the caller places it in the module and sets the layer's callee
+ * (*step is NULL when no state is nonlinear). */
+int scan_cell(Arena *a, const IrFunc *cell, const RecFunc *rf, const NewtonOptions *no,
+              IrFunc **out, IrFunc **step, const char **why, DiagEngine *de);
 /* A copy of m in which every cell whose states all have a parallel form in
  * plan is its parallel form (scan_cell); function i of m is function i of
  * *out, with the same names, parameters, states and outputs, so a binding

@@ -52,11 +52,15 @@ typedef struct Scan {
   IrRef *state_in; /* per state: dst's STATE node (the value entering the sequence) */
   int *solved;     /* per state: its sequence exists (map holds its reads) */
   const char *why; /* why a state has no parallel form */
+  const RecFunc *rf;
+  const NewtonOptions *newton;
+  IrFunc *step; /* a Newton solve's step (newton.c), or NULL */
 } Scan;
 
 static void oom(Scan *S) {
-  if (!S->b.failed) diag_error(S->b.de, S->b.src->loc, "out of memory building the parallel form of %s",
-                             S->b.src->name);
+  if (!S->b.failed)
+    diag_error(S->b.de, S->b.src->loc, "out of memory building the parallel form of %s",
+               S->b.src->name);
   S->b.failed = 1;
 }
 
@@ -145,7 +149,8 @@ static IrRef coef_add(Scan *S, IrRef x, IrRef y, int negate_y, SrcLoc loc) {
 /* x op c for a coefficient x and a state-free c, op MUL or DIV. */
 static IrRef coef_scale(Scan *S, IrOp op, IrRef x, IrRef c, SrcLoc loc) {
   if (x == IR_NONE) return IR_NONE;
-  if (x == LIN_ID) return op == IR_MUL ? c : pb_node2(&S->b, IR_DIV, pb_const(&S->b, 1.0, loc), c, loc);
+  if (x == LIN_ID)
+    return op == IR_MUL ? c : pb_node2(&S->b, IR_DIV, pb_const(&S->b, 1.0, loc), c, loc);
   return pb_node2(&S->b, op, x, c, loc);
 }
 
@@ -216,13 +221,14 @@ static int lin_rule(Scan *S, Ring ring, const char *dep, Lin *lin, IrRef r, IrTy
       return 0;
     }
     default:
-      return unsupported(S, n, arena_printf(S->b.a, "%s of the state (not linear over (max, +))",
-                                            ir_op_info[n->op].text));
+      return unsupported(S, n,
+                         arena_printf(S->b.a, "%s of the state (not linear over (max, +))",
+                                      ir_op_info[n->op].text));
     }
   }
   switch (n->op) {
   case IR_NEG:
-    o->a = x->a == IR_NONE ? IR_NONE
+    o->a = x->a == IR_NONE  ? IR_NONE
            : x->a == LIN_ID ? pb_const(&S->b, -1.0, loc)
                             : pb_node(&S->b, IR_NEG, 1, &x->a, NULL, loc);
     o->b = x->b == IR_NONE ? IR_NONE : pb_node(&S->b, IR_NEG, 1, &x->b, NULL, loc);
@@ -249,8 +255,9 @@ static int lin_rule(Scan *S, Ring ring, const char *dep, Lin *lin, IrRef r, IrTy
     o->b = o->b == IR_NONE ? IR_NONE : pb_node2(&S->b, n->op, o->b, c, loc);
     return 0;
   default:
-    return unsupported(S, n, arena_printf(S->b.a, "%s of the state (not a linear diagonal map)",
-                                          ir_op_info[n->op].text));
+    return unsupported(S, n,
+                       arena_printf(S->b.a, "%s of the state (not a linear diagonal map)",
+                                    ir_op_info[n->op].text));
   }
 }
 
@@ -315,7 +322,7 @@ static void reads_are(Scan *S, int k, IrRef old) {
 /* Records that state k's values leaving each step are `seq` (IR_NONE: the
  * state is carried, its initial value throughout); those entering a step
  * are then the previous step's. */
-static void solved(Scan *S, int k, IrRef seq) {
+static void solved_state(Scan *S, int k, IrRef seq) {
   IrRef h0 = S->state_in[k];
   if (seq != IR_NONE)
     reads_are(S, k, pb_node2(&S->b, IR_DELAY, seq, h0, S->b.src->states.v[k].loc));
@@ -367,7 +374,9 @@ static int solve_shift(Scan *S, int k) {
   return 0;
 }
 
-static IrRef map_cb(void *ctx, IrRef src) { return map_node(ctx, src); }
+static IrRef map_cb(void *ctx, IrRef src) {
+  return map_node(ctx, src);
+}
 
 /* The delta rule (delta.c): H = delta_state(k, v, beta, lg, S0), the state
  * after every step, with the operands computed per token. */
@@ -377,7 +386,8 @@ static int solve_delta(Scan *S, int k) {
   DeltaOps ops;
   const char *why = NULL;
   int rc = delta_analyze(S->b.a, S->b.src, k, &form, &why);
-  if (rc == 0) rc = delta_build(S->b.a, S->b.src, k, &form, S->b.dst, map_cb, S, &ops, &why, S->b.de);
+  if (rc == 0)
+    rc = delta_build(S->b.a, S->b.src, k, &form, S->b.dst, map_cb, S, &ops, &why, S->b.de);
   if (rc < 0) {
     if (!S->b.failed) oom(S);
     S->b.failed = 1;
@@ -393,8 +403,109 @@ static int solve_delta(Scan *S, int k) {
   attrs.index = k;
   IrRef seq = pb_node(&S->b, IR_DELTA_STATE, 5, args, &attrs, st->loc);
   if (S->b.failed) return -1;
-  solved(S, k, seq);
+  solved_state(S, k, seq);
   S->map[st->next] = seq;
+  return S->b.failed ? -1 : 0;
+}
+
+/* A nonlinear group (every state of k's group) by Newton's method: a call
+ * of a Newton layer whose step (newton.c) reads the cell's inputs, the
+ * other states' values entering each step and, for the solved states, their
+ * initial values; its results are the solved states' values. */
+static int solve_newton(Scan *S, int k) {
+  const IrFunc *f = S->b.src;
+  int solved[NEWTON_MAX_STATES + 1], n = 0;
+  for (int j = 0; j < f->states.n; j++)
+    if (S->rf->states[j].group == S->rf->states[k].group) {
+      if (n == NEWTON_MAX_STATES) {
+        S->why = arena_printf(S->b.a, "more than %d states are coupled with %s", NEWTON_MAX_STATES,
+                              f->states.v[k].name);
+        return -1;
+      }
+      solved[n++] = j;
+    }
+  if (S->step) {
+    S->why = arena_printf(S->b.a, "%s has two nonlinear groups (Newton solves one)", f->name);
+    return -1;
+  }
+  const char *why;
+  int rc = newton_step_cell(S->b.a, f, solved, n, &S->step, &why, S->b.de);
+  if (rc) {
+    if (rc > 0)
+      S->why = arena_printf(S->b.a, "state %s: %s", f->states.v[k].name, why);
+    else
+      S->b.failed = 1;
+    return -1;
+  }
+  /* The layer, then its call. */
+  IrLayer l;
+  memset(&l, 0, sizeof l);
+  l.name = "newton";
+  l.loc = f->states.v[k].loc;
+  l.callee = -1; /* the caller's to set */
+  l.prefix = l.suffix = "";
+  l.dim_args = arena_calloc(S->b.a, (size_t)f->dims.n + 1, sizeof *l.dim_args);
+  if (!l.dim_args) {
+    oom(S);
+    return -1;
+  }
+  for (int d = 0; d < f->dims.n; d++) l.dim_args[d] = dim_var(d);
+  l.newton.states = n;
+  l.newton.rtol = S->newton && S->newton->rtol > 0 ? S->newton->rtol : NEWTON_RTOL;
+  l.newton.atol = S->newton && S->newton->atol > 0 ? S->newton->atol : NEWTON_ATOL;
+  l.newton.max_iter = S->newton && S->newton->max_iter > 0 ? S->newton->max_iter : NEWTON_MAX_ITER;
+  if (vec_push(S->b.a, &S->b.dst->layers, l)) {
+    oom(S);
+    return -1;
+  }
+  const IrFunc *st = S->step;
+  IrRef *args = arena_calloc(S->b.a, (size_t)st->inputs.n + 1, sizeof *args);
+  if (!args) {
+    oom(S);
+    return -1;
+  }
+  SrcLoc loc = f->states.v[k].loc;
+  for (int i = 0; i < f->inputs.n; i++) {
+    IrNode in;
+    memset(&in, 0, sizeof in);
+    in.op = IR_INPUT;
+    in.index = i;
+    in.type = f->inputs.v[i].type;
+    in.loc = f->inputs.v[i].loc;
+    if ((args[i] = ir_emit(S->b.dst, S->b.a, &in, 0, NULL)) == IR_NONE) oom(S);
+  }
+  /* The other states, as they are read: their values entering each step. */
+  int at = f->inputs.n;
+  for (int j = 0; j < f->states.n; j++) {
+    int mine = 0;
+    for (int q = 0; q < n; q++) mine |= solved[q] == j;
+    if (mine) continue;
+    /* A state the group does not read (or reads only its initial value
+     * of) passes that; the group's `given` states are solved already. */
+    const RecState *rs = &S->rf->states[k];
+    int given = 0;
+    for (int g = 0; g < rs->ngiven; g++) given |= rs->given[g] == j;
+    IrRef read = IR_NONE;
+    for (IrRef r = 0; given && r < f->nodes.n && read == IR_NONE; r++)
+      if (f->nodes.v[r].op == IR_STATE && f->nodes.v[r].index == j) read = map_node(S, r);
+    args[at++] = read != IR_NONE ? read : S->state_in[j];
+  }
+  for (int q = 0; q < n; q++) args[at++] = S->state_in[solved[q]];
+  IrNode call;
+  memset(&call, 0, sizeof call);
+  call.index = S->b.dst->layers.n - 1;
+  call.type = f->states.v[solved[0]].type;
+  IrRef c = pb_node(&S->b, IR_CALL, at, args, &call, loc);
+  for (int q = 0; q < n && !S->b.failed; q++) {
+    IrNode res;
+    memset(&res, 0, sizeof res);
+    res.index = q;
+    res.type = call.type;
+    IrRef seq = q == 0 ? c : pb_node(&S->b, IR_RESULT, 1, &c, &res, loc);
+    if (S->b.failed) return -1;
+    solved_state(S, solved[q], seq);
+    S->map[f->states.v[solved[q]].next] = seq;
+  }
   return S->b.failed ? -1 : 0;
 }
 
@@ -405,12 +516,12 @@ static int solve(Scan *S, int k, RecClass cls) {
   SrcLoc loc = st->loc;
   switch (cls) {
   case REC_CARRIED:
-    solved(S, k, IR_NONE);
+    solved_state(S, k, IR_NONE);
     return S->b.failed ? -1 : 0;
   case REC_MAP: {
     IrRef seq = map_node(S, st->next);
     if (S->b.failed) return -1;
-    solved(S, k, seq);
+    solved_state(S, k, seq);
     S->map[st->next] = seq;
     return S->b.failed ? -1 : 0;
   }
@@ -425,7 +536,8 @@ static int solve(Scan *S, int k, RecClass cls) {
       seq = fit(S, l.b, st->type, loc);
     } else {
       IrRef a = l.a == LIN_ID ? pb_const(&S->b, ring == RING_MAX_PLUS ? 0.0 : 1.0, loc) : l.a;
-      IrRef b = l.b != IR_NONE ? l.b : pb_const(&S->b, ring == RING_MAX_PLUS ? -INFINITY : 0.0, loc);
+      IrRef b =
+          l.b != IR_NONE ? l.b : pb_const(&S->b, ring == RING_MAX_PLUS ? -INFINITY : 0.0, loc);
       IrRef args[3] = {a, fit(S, b, st->type, loc), S->state_in[k]};
       IrNode attrs;
       memset(&attrs, 0, sizeof attrs);
@@ -433,7 +545,7 @@ static int solve(Scan *S, int k, RecClass cls) {
       seq = pb_node(&S->b, ring == RING_MAX_PLUS ? IR_SCAN_MAX : IR_SCAN, 3, args, &attrs, loc);
     }
     if (S->b.failed) return -1;
-    solved(S, k, seq);
+    solved_state(S, k, seq);
     S->map[st->next] = seq;
     return S->b.failed ? -1 : 0;
   }
@@ -441,6 +553,8 @@ static int solve(Scan *S, int k, RecClass cls) {
     return solve_shift(S, k);
   case REC_LIN_DPLR:
     return solve_delta(S, k);
+  case REC_NONLINEAR:
+    return solve_newton(S, k);
   default:
     S->why = arena_printf(S->b.a, "state %s is %s", st->name, classify_class_name(cls));
     return -1;
@@ -471,12 +585,15 @@ static IrFunc *new_model(IrModule *m, const IrFunc *src) {
   return f;
 }
 
-int scan_cell(Arena *a, const IrFunc *cell, const RecFunc *rf, IrFunc **out, const char **why,
-              DiagEngine *de) {
+int scan_cell(Arena *a, const IrFunc *cell, const RecFunc *rf, const NewtonOptions *no,
+              IrFunc **out, IrFunc **step, const char **why, DiagEngine *de) {
   *out = NULL;
   *why = NULL;
+  if (step) *step = NULL;
   Scan S;
   memset(&S, 0, sizeof S);
+  S.rf = rf;
+  S.newton = no;
   S.b.a = a;
   S.b.de = de;
   S.b.pass = "scan";
@@ -506,6 +623,12 @@ int scan_cell(Arena *a, const IrFunc *cell, const RecFunc *rf, IrFunc **out, con
       int ready = 1;
       for (int g = 0; g < rs->ngiven; g++) ready &= S.solved[rs->given[g]];
       if (!ready) continue;
+      if (rs->cls == REC_NONLINEAR) { /* the whole group at once */
+        if (solve(&S, k, rs->cls)) goto fail;
+        for (int j = 0; j < ns; j++) done += rf->states[j].group == rs->group;
+        progress = 1;
+        continue;
+      }
       for (int j = 0; j < ns; j++)
         if (j != k && rf->states[j].group == rs->group) {
           S.why = arena_printf(a, "state %s is coupled with %s", cell->states.v[k].name,
@@ -529,6 +652,7 @@ int scan_cell(Arena *a, const IrFunc *cell, const RecFunc *rf, IrFunc **out, con
     S.b.dst->outputs.v[i].value = map_node(&S, cell->outputs.v[i].value);
   if (S.b.failed) return -1;
   *out = S.b.dst;
+  if (step) *step = S.step;
   return 0;
 fail:
   if (S.b.failed) return -1;
@@ -554,12 +678,14 @@ int scan_module(Arena *a, const IrModule *m, const ClassifyResult *cr, const Str
     return -1;
   }
   pm->entry = m->entry;
+  /* Newton steps go after m's functions, so those keep their indices. */
+  VEC(IrFunc *) steps = {0};
   for (int i = 0; i < m->funcs.n; i++) {
     IrFunc *f = m->funcs.v[i];
     if (all_parallel(plan, f, i)) {
       const char *why = NULL;
-      IrFunc *par = NULL;
-      int rc = scan_cell(a, f, &cr->funcs[i], &par, &why, de);
+      IrFunc *par = NULL, *step = NULL;
+      int rc = scan_cell(a, f, &cr->funcs[i], &plan->newton, &par, &step, &why, de);
       if (rc < 0) return -1;
       if (rc > 0) {
         diag_error(de, f->loc, "%s has no parallel form: %s", f->name, why);
@@ -571,12 +697,24 @@ int scan_module(Arena *a, const IrModule *m, const ClassifyResult *cr, const Str
         diag_error(de, (SrcLoc){0}, "out of memory");
         return -1;
       }
+      if (step) {
+        f->layers.v[0].callee = m->funcs.n + steps.n; /* layers are shared with par */
+        if (vec_push(a, &steps, step)) {
+          diag_error(de, (SrcLoc){0}, "out of memory");
+          return -1;
+        }
+      }
     }
     if (vec_push(a, &pm->funcs, f)) {
       diag_error(de, (SrcLoc){0}, "out of memory");
       return -1;
     }
   }
+  for (int i = 0; i < steps.n; i++)
+    if (vec_push(a, &pm->funcs, steps.v[i])) {
+      diag_error(de, (SrcLoc){0}, "out of memory");
+      return -1;
+    }
   *out = pm;
   return 0;
 }

@@ -22,12 +22,16 @@ const char *form_name(Form f) {
     return "scan";
   case FORM_CHUNKED:
     return "chunked";
+  case FORM_NEWTON:
+    return "newton";
+  case FORM_COUNT:
+    break;
   }
   return "?";
 }
 
 static int form_parse(const char *s, size_t n, Form *out) {
-  for (int f = FORM_AUTO; f <= FORM_CHUNKED; f++)
+  for (int f = FORM_AUTO; f < FORM_COUNT; f++)
     if (strlen(form_name((Form)f)) == n && strncmp(form_name((Form)f), s, n) == 0) {
       *out = (Form)f;
       return 0;
@@ -56,7 +60,8 @@ int strategy_parse(Arena *a, const char *spec, StrategyRequest *out, char *err, 
     size_t klen = eq ? len - (size_t)(eq + 1 - p) : len;
     Form f;
     if (form_parse(kind, klen, &f)) {
-      snprintf(err, errlen, "--strategy: unknown form '%.*s' (auto, sequential, scan, chunked)",
+      snprintf(err, errlen,
+               "--strategy: unknown form '%.*s' (auto, sequential, scan, chunked, newton)",
                (int)klen, kind);
       return -1;
     }
@@ -101,6 +106,10 @@ static int admits(RecClass cls, Form f) {
            cls == REC_LIN_MATRIX || cls == REC_MAXPLUS;
   case FORM_CHUNKED:
     return cls == REC_LIN_MATRIX || cls == REC_LIN_DPLR;
+  case FORM_NEWTON:
+    return cls == REC_NONLINEAR;
+  case FORM_COUNT:
+    break;
   }
   return 0;
 }
@@ -111,7 +120,7 @@ static int admits(RecClass cls, Form f) {
  * runs in parallel only as a whole. */
 static Form form_for_all(Form all, RecClass cls) {
   if (admits(cls, all)) return all;
-  if (all == FORM_CHUNKED && admits(cls, FORM_SCAN)) return FORM_SCAN;
+  if ((all == FORM_CHUNKED || all == FORM_NEWTON) && admits(cls, FORM_SCAN)) return FORM_SCAN;
   return FORM_SEQUENTIAL;
 }
 
@@ -181,7 +190,8 @@ static int64_t *instance_dims(Arena *a, const IrFlat *flat, const IrFunc *f,
 static Form best_parallel(const StateForm *sf) {
   Form best = FORM_SEQUENTIAL;
   for (int f = FORM_SCAN; f <= FORM_CHUNKED; f++)
-    if (sf->admitted[f] && (best == FORM_SEQUENTIAL || sf->cost[f].seconds < sf->cost[best].seconds))
+    if (sf->admitted[f] &&
+        (best == FORM_SEQUENTIAL || sf->cost[f].seconds < sf->cost[best].seconds))
       best = (Form)f;
   return best;
 }
@@ -220,11 +230,10 @@ static void choose_auto(Arena *a, const IrFunc *f, StateForm *sf, const char *na
     else if (!costed)
       sf[k].why = "auto: sequential (no instance of the cell to cost)";
     else
-      sf[k].why = arena_printf(a, "auto: the cell's recurrences %s run %.3g us per token, %s %.3g",
-                               parallel ? "in parallel forms" : "sequentially",
-                               (parallel ? par : seq) * 1e6,
-                               parallel ? "sequentially" : "in parallel forms",
-                               (parallel ? seq : par) * 1e6);
+      sf[k].why = arena_printf(
+          a, "auto: the cell's recurrences %s run %.3g us per token, %s %.3g",
+          parallel ? "in parallel forms" : "sequentially", (parallel ? par : seq) * 1e6,
+          parallel ? "sequentially" : "in parallel forms", (parallel ? seq : par) * 1e6);
   }
 }
 
@@ -240,8 +249,12 @@ int strategy_choose(Arena *a, const IrModule *m, const IrFunc *root, const int64
   plan->funcs = funcs;
   plan->dims = arena_calloc(a, (size_t)m->funcs.n + 1, sizeof *plan->dims);
   if (!plan->dims) goto oom;
-  StrategyRequest none = {FORM_AUTO, 0, NULL, NULL};
+  StrategyRequest none = {{0}, FORM_AUTO, 0, NULL, NULL};
   if (!req) req = &none;
+  plan->newton = req->newton;
+  if (!(plan->newton.rtol > 0)) plan->newton.rtol = NEWTON_RTOL;
+  if (!(plan->newton.atol > 0)) plan->newton.atol = NEWTON_ATOL;
+  if (plan->newton.max_iter <= 0) plan->newton.max_iter = NEWTON_MAX_ITER;
   for (int i = 0; i < m->funcs.n; i++) {
     const IrFunc *f = m->funcs.v[i];
     funcs[i] = arena_calloc(a, (size_t)f->states.n + 1, sizeof **funcs);
@@ -254,8 +267,8 @@ int strategy_choose(Arena *a, const IrModule *m, const IrFunc *root, const int64
       sf->why = req->all == FORM_AUTO ? "auto"
                 : sf->form == req->all
                     ? arena_printf(a, "--strategy=%s", form_name(req->all))
-                    : arena_printf(a, "--strategy=%s, which %s does not admit",
-                                   form_name(req->all), classify_class_name(cls));
+                    : arena_printf(a, "--strategy=%s, which %s does not admit", form_name(req->all),
+                                   classify_class_name(cls));
     }
   }
   /* Every form a state's class admits, costed at the dims of the cell's
@@ -272,8 +285,16 @@ int strategy_choose(Arena *a, const IrModule *m, const IrFunc *root, const int64
       StateForm *sf = &funcs[i][k];
       RecClass cls = cr->funcs[i].states[k].cls;
       int ok = dims != NULL;
-      for (int fm = FORM_SEQUENTIAL; fm <= FORM_CHUNKED; fm++) {
+      for (int fm = FORM_SEQUENTIAL; fm < FORM_COUNT; fm++) {
         sf->admitted[fm] = admits(cls, (Form)fm);
+        /* Newton needs the Jacobian's diagonal blocks (newton.c), and is
+         * not costed: the CPU backend has no code for it yet, so auto never
+         * takes it. */
+        if (fm == FORM_NEWTON) {
+          RecJacobian jac = cr->funcs[i].states[k].jacobian;
+          sf->admitted[fm] &= jac == REC_JAC_DIAG || jac == REC_JAC_BLOCK_DIAG;
+          continue;
+        }
         /* The delta rule's chunked form needs its operands found. */
         if (sf->admitted[fm] && cls == REC_LIN_DPLR && fm == FORM_CHUNKED) {
           DeltaForm dform;
@@ -304,10 +325,11 @@ int strategy_choose(Arena *a, const IrModule *m, const IrFunc *root, const int64
     RecClass cls = cr->funcs[fi].states[k].cls;
     if (!admits(cls, req->forms[r])) {
       diag_error(de, fn->states.v[k].loc,
-                 "--strategy: state %s is %s, which has no %s form (it admits: sequential%s%s)",
+                 "--strategy: state %s is %s, which has no %s form (it admits: sequential%s%s%s)",
                  req->names[r], classify_class_name(cls), form_name(req->forms[r]),
                  admits(cls, FORM_SCAN) ? ", scan" : "",
-                 admits(cls, FORM_CHUNKED) ? ", chunked" : "");
+                 admits(cls, FORM_CHUNKED) ? ", chunked" : "",
+                 admits(cls, FORM_NEWTON) ? ", newton" : "");
       return -1;
     }
     if (named[fi][k] && funcs[fi][k].form != req->forms[r]) {
@@ -339,14 +361,14 @@ int strategy_choose(Arena *a, const IrModule *m, const IrFunc *root, const int64
       /* The parallel form must exist: a dry run says why not. */
       IrFunc *par;
       const char *why;
-      int rc = scan_cell(a, f, &cr->funcs[i], &par, &why, de);
+      int rc = scan_cell(a, f, &cr->funcs[i], &plan->newton, &par, NULL, &why, de);
       if (rc < 0) return -1;
       if (rc == 0 && chunked_forms(a, f, sf, named[i], par, de)) return -1;
       if (rc > 0) {
         for (int k = 0; k < f->states.n; k++)
           if (named[i][k]) {
-            diag_error(de, f->states.v[k].loc, "--strategy: %s has no parallel form: %s",
-                       f->name, why);
+            diag_error(de, f->states.v[k].loc, "--strategy: %s has no parallel form: %s", f->name,
+                       why);
             return -1;
           }
         for (int k = 0; k < f->states.n; k++) {
@@ -373,7 +395,7 @@ int strategy_choose(Arena *a, const IrModule *m, const IrFunc *root, const int64
       }
   }
   /* A request for every state that no state could take is a mistake. */
-  if (req->all == FORM_SCAN || req->all == FORM_CHUNKED) {
+  if (req->all == FORM_SCAN || req->all == FORM_CHUNKED || req->all == FORM_NEWTON) {
     int any = 0;
     for (int i = 0; i < m->funcs.n; i++)
       for (int k = 0; k < m->funcs.v[i]->states.n; k++) any |= funcs[i][k].form == req->all;
@@ -403,14 +425,18 @@ void strategy_print(FILE *out, const IrModule *m, const StrategyPlan *plan) {
     if (plan->dims[i]) {
       double fl, io, wb;
       cost_cell_work(f, plan->dims[i], &fl, &io, &wb);
-      fprintf(out, "  per token, any form: %.4g flops, %.4g bytes in and out; weights %.4g bytes "
-                   "per call\n",
+      fprintf(out,
+              "  per token, any form: %.4g flops, %.4g bytes in and out; weights %.4g bytes "
+              "per call\n",
               fl, io, wb);
     }
     for (int k = 0; k < f->states.n; k++) {
       const StateForm *sf = &plan->funcs[i][k];
       fprintf(out, "  state %s: %s (%s)\n", f->states.v[k].name, form_name(sf->form), sf->why);
       if (!sf->costed) continue;
+      if (sf->admitted[FORM_NEWTON])
+        fprintf(out, "    %-10s (not costed: no CPU code yet; the interpreter runs it)\n",
+                form_name(FORM_NEWTON));
       for (int fm = FORM_SEQUENTIAL; fm <= FORM_CHUNKED; fm++)
         if (sf->admitted[fm])
           fprintf(out, "    %-10s %10.4g flops %10.4g bytes per token, %8.4g us per token\n",

@@ -138,7 +138,8 @@ static int plan_limits(Plan *p) {
         per_tok += ne + 16;
       }
       for (int j = 0; j < nd->nargs; j++)
-        if (p->v[nd->args[j]].cls == SCHED_CONST) per_tok += sched_row_floats(&p->v[nd->args[j]]) + 16;
+        if (p->v[nd->args[j]].cls == SCHED_CONST)
+          per_tok += sched_row_floats(&p->v[nd->args[j]]) + 16;
       continue;
     }
     if (n->cls == SCHED_TOKEN)
@@ -201,8 +202,8 @@ static int place_buffers(Plan *p) {
         const SchedValue *a = &p->v[nd->args[j]];
         /* A layer reads an input per token: a constant is repeated for each. */
         if (a->cls == SCHED_CONST &&
-            (n->call_in[j] = sched_add_buf(p, SCHED_BUF_CALL_IN, SCHED_ROWS_BT, sched_row_floats(a), 0,
-                                     r, j)) < 0)
+            (n->call_in[j] = sched_add_buf(p, SCHED_BUF_CALL_IN, SCHED_ROWS_BT, sched_row_floats(a),
+                                           0, r, j)) < 0)
           return oom(p);
       }
       for (int j = 0; j < child->fn->outputs.n; j++) {
@@ -233,17 +234,16 @@ static int place_buffers(Plan *p) {
     }
     if ((n->buf = sched_add_buf(p, SCHED_BUF_NODE, rows, sched_row_floats(n), 0, r, 0)) < 0)
       return oom(p);
-    if (n->gemm &&
-        (n->pack_buf = sched_add_buf(p, SCHED_BUF_PACKED, SCHED_ROWS_ONE, sched_packed_floats(n), 1, r,
-                               0)) < 0)
+    if (n->gemm && (n->pack_buf = sched_add_buf(p, SCHED_BUF_PACKED, SCHED_ROWS_ONE,
+                                                sched_packed_floats(n), 1, r, 0)) < 0)
       return oom(p);
     if (n->cgemm && (n->creal_buf = sched_add_buf(p, SCHED_BUF_CREAL, SCHED_ROWS_ONE,
-                                            n->gemm_n * n->gemm_k, 1, r, 0)) < 0)
+                                                  n->gemm_n * n->gemm_k, 1, r, 0)) < 0)
       return oom(p);
     if (n->gemm && n->chunked) {
       const SchedValue *x = &p->v[nd->args[n->gemm == SCHED_GEMM_WX ? 1 : 0]];
       if (!x->chunked && (n->gather_buf = sched_add_buf(p, SCHED_BUF_GATHER, SCHED_ROWS_BTC,
-                                                  sched_row_floats(x), 0, r, 0)) < 0)
+                                                        sched_row_floats(x), 0, r, 0)) < 0)
         return oom(p);
     }
   }
@@ -254,7 +254,8 @@ static int place_buffers(Plan *p) {
       return oom(p);
     int j = fn->states.v[st].next >= 0 ? sched_state_alias(fn, fn->states.v[st].next) : -1;
     if (j >= 0 && j != st &&
-        (in->state_tmp[st] = sched_add_buf(p, SCHED_BUF_STATE_TMP, SCHED_ROWS_B, floats, 0, st, 0)) < 0)
+        (in->state_tmp[st] =
+             sched_add_buf(p, SCHED_BUF_STATE_TMP, SCHED_ROWS_B, floats, 0, st, 0)) < 0)
       return oom(p);
   }
   return 0;
@@ -308,13 +309,13 @@ static int build_phase(Plan *p, OpList *list, SchedClass phase) {
       continue;
     }
     if (n->group >= 0) continue;
-    SchedOpKind k = n->gemm                      ? SCHED_OP_GEMM
-                    : nd->op == IR_CALL            ? SCHED_OP_CALL
-                    : nd->op == IR_CAUSAL_CONV     ? SCHED_OP_CONV
+    SchedOpKind k = n->gemm                                      ? SCHED_OP_GEMM
+                    : nd->op == IR_CALL                          ? SCHED_OP_CALL
+                    : nd->op == IR_CAUSAL_CONV                   ? SCHED_OP_CONV
                     : nd->op == IR_SCAN || nd->op == IR_SCAN_MAX ? SCHED_OP_SCAN
-                    : nd->op == IR_DELAY           ? SCHED_OP_DELAY
-                    : nd->op == IR_WINDOW          ? SCHED_OP_WINDOW
-                                                   : SCHED_OP_NODE;
+                    : nd->op == IR_DELAY                         ? SCHED_OP_DELAY
+                    : nd->op == IR_WINDOW                        ? SCHED_OP_WINDOW
+                                                                 : SCHED_OP_NODE;
     if (k != SCHED_OP_NODE) {
       rows = -1;
       if (!add_op(p, list, k, phase, r, r)) return -1;
@@ -412,6 +413,16 @@ int sched_build(Arena *a, const IrModule *m, const IrFunc *root, const int64_t *
     diag_error(de, (SrcLoc){0}, "out of memory scheduling %s", root->name);
     return -1;
   }
+  /* A Newton solve (passes/newton.c) has no CPU code yet. */
+  for (int i = 0; i < m->funcs.n; i++)
+    for (int l = 0; l < m->funcs.v[i]->layers.n; l++)
+      if (m->funcs.v[i]->layers.v[l].newton.states) {
+        diag_error(de, m->funcs.v[i]->layers.v[l].loc,
+                   "the Newton form of %s has no CPU code yet: run it with --backend=interp, "
+                   "or choose another form (--strategy)",
+                   m->funcs.v[i]->name);
+        return -1;
+      }
   Plan p = {a, m, de, s, NULL, NULL, NULL, 0};
   s->mod = m;
   s->chunk_budget = CHUNK_BUDGET;
@@ -441,8 +452,8 @@ int sched_build(Arena *a, const IrModule *m, const IrFunc *root, const int64_t *
     p.fn = p.in->fn;
     p.v = p.in->values;
     if (plan_values(&p) || plan_scan_groups(&p) || plan_linattns(&p) || plan_model_chunks(&p) ||
-        plan_limits(&p) ||
-        place_buffers(&p) || place_linattn_buffers(&p) || build_ops(&p) || p.failed)
+        plan_limits(&p) || place_buffers(&p) || place_linattn_buffers(&p) || build_ops(&p) ||
+        p.failed)
       return -1;
   }
   *out = s;

@@ -51,12 +51,14 @@ typedef struct Options {
   int opt_level;
   const char *target_cpu, *target_features;
   const char *header_path;
-  const char *strategy; /* --strategy=auto|sequential|scan|chunked, or STATE=FORM,... */
+  const char *strategy;   /* --strategy=auto|sequential|scan|chunked, or STATE=FORM,... */
   const char *dump_after; /* --dump-after=rewrite|scan: the IR after that pass */
   long batch;             /* --batch N: the batch the cost model assumes (run: the input's) */
   long chunk;             /* --chunk N: tokens per chunk of the chunked forms (0: default) */
-  int report;       /* --report: the recurrence classification of every cell */
-  int check_finite; /* --check-finite: report the first NaN/Inf and fail */
+  double newton_rtol, newton_atol; /* --newton-rtol, --newton-atol (0: the defaults) */
+  long newton_max_iter;            /* --newton-max-iter (0: the default) */
+  int report;                      /* --report: the recurrence classification of every cell */
+  int check_finite;                /* --check-finite: report the first NaN/Inf and fail */
 } Options;
 
 static void usage(FILE *out) {
@@ -66,7 +68,8 @@ static void usage(FILE *out) {
         "           [--expect NAME=FILE.npy ... [--tol X]] [--check-finite] [--f64] [--entry UNIT] "
         "[--quiet]\n"
         "           [--backend=cpu|interp] [--threads N] [-O0..-O3]\n"
-        "           [--strategy=auto|sequential|scan|chunked|STATE=FORM,...] [--chunk N]\n"
+        "           [--strategy=auto|sequential|scan|chunked|newton|STATE=FORM,...] [--chunk N]\n"
+        "           [--newton-rtol X] [--newton-atol X] [--newton-max-iter N]\n"
         "  seqc FILE.seq [--dims ...] [--weights W] -o libNAME.so [-H NAME.h] [-O0..-O3]\n"
         "       [--target-cpu=CPU] [--target-features=+f,-g]\n"
         "  seqc --emit=ir|sched|llvm|asm|obj FILE.seq [--dims ...] [-o OUT] [--entry UNIT]\n"
@@ -99,8 +102,8 @@ static int parse_named(const char *arg, NamedFile *nf) {
 /* The --emit kinds printed as text (to stdout unless -o): the IR, the IR
  * after a pass (--dump-after), the schedule. */
 static int is_text_emit(const char *emit) {
-  return strcmp(emit, "ir") == 0 || strcmp(emit, "sched") == 0 ||
-         strcmp(emit, "ir-rewrite") == 0 || strcmp(emit, "ir-scan") == 0;
+  return strcmp(emit, "ir") == 0 || strcmp(emit, "sched") == 0 || strcmp(emit, "ir-rewrite") == 0 ||
+         strcmp(emit, "ir-scan") == 0;
 }
 
 static int parse_args(int argc, char **argv, Options *o) {
@@ -218,6 +221,26 @@ static int parse_args(int argc, char **argv, Options *o) {
       if (errno || *end || !*val || c < 1 || c > 4096)
         return usage_error("--chunk takes an integer in [1, 4096], got '%s'", val);
       o->chunk = c;
+    } else if ((r = TAKE("--newton-rtol")) != 0 || (r = TAKE("--newton-atol")) != 0) {
+      if (r < 0) return usage_error("%s needs a value", a);
+      char *end;
+      errno = 0;
+      double x = strtod(val, &end);
+      if (errno || *end || !*val || !(x > 0 && x < 1))
+        return usage_error("--newton-rtol and --newton-atol take a number in (0, 1), got '%s'",
+                           val);
+      if (strncmp(a, "--newton-rtol", 13) == 0)
+        o->newton_rtol = x;
+      else
+        o->newton_atol = x;
+    } else if ((r = TAKE("--newton-max-iter")) != 0) {
+      if (r < 0) return usage_error("%s needs a value", a);
+      char *end;
+      errno = 0;
+      long c = strtol(val, &end, 10);
+      if (errno || *end || !*val || c < 1 || c > 1000)
+        return usage_error("--newton-max-iter takes an integer in [1, 1000], got '%s'", val);
+      o->newton_max_iter = c;
     } else if ((r = TAKE("--strategy")) != 0) {
       if (r < 0) return usage_error("%s needs a value", a);
       o->strategy = val;
@@ -498,8 +521,7 @@ static int run_compiled(const Options *o, Pipeline *p, PipeOptions *po, int64_t 
   DrvWeights w = {0};
   int rc = -1;
   if (fn && drv_weights_from_binding(sig, &p->bind, &w, p->de) == 0)
-    rc = drv_run(sig, fn, &w, &p->bind, B, T, inputs, lengths, state_in, outputs, state_out,
-                 p->de);
+    rc = drv_run(sig, fn, &w, &p->bind, B, T, inputs, lengths, state_in, outputs, state_out, p->de);
   drv_weights_free(&w);
   return rc;
 }
@@ -658,7 +680,19 @@ static int cmd_run(const Options *o, Pipeline *p, PipeOptions *po) {
     goto done;
   }
 
-  InterpOptions iopt = {.f64 = o->f64, .check_finite = o->check_finite};
+  InterpNewtonStats nstats = {0};
+  InterpOptions iopt = {.f64 = o->f64, .check_finite = o->check_finite, .newton = &nstats};
+  /* The interpreter runs the source; with --strategy, the parallel forms
+   * (a Newton solve has no CPU code yet, so this is how it runs). */
+  IrBinding par_bind;
+  if (strcmp(o->backend, "interp") == 0 && o->strategy) {
+    po->goal = PIPE_FORMS;
+    if (pipeline_run(p, po)) goto done;
+    par_bind = *bp;
+    par_bind.mod = p->parallel;
+    par_bind.root = p->parallel->funcs.v[p->parallel->entry];
+    bp = &par_bind;
+  }
   int want_states = 0;
   for (int k = 0; k < o->nouts; k++) want_states |= find_output(root, o->outs[k].name) < 0;
   for (int k = 0; k < o->nexpects; k++) want_states |= find_output(root, o->expects[k].name) < 0;
@@ -674,9 +708,19 @@ static int cmd_run(const Options *o, Pipeline *p, PipeOptions *po) {
     goto done;
   }
   if (use_cpu && o->check_finite &&
-      interp_check_finite(bp, B, T, inputs, lengths, outputs, want_states ? state_out : NULL, p->de))
+      interp_check_finite(bp, B, T, inputs, lengths, outputs, want_states ? state_out : NULL,
+                          p->de))
     goto done;
 
+  if (!o->quiet && nstats.solves) {
+    printf("newton: %lld solves, %lld fell back to the sequential form, %lld halved steps; "
+           "iterations of the converged:",
+           (long long)nstats.solves, (long long)nstats.fallbacks, (long long)nstats.damped);
+    for (int i = 0; i < INTERP_NEWTON_HIST; i++)
+      if (nstats.hist[i])
+        printf(" %d%s: %lld", i, i == INTERP_NEWTON_HIST - 1 ? "+" : "", (long long)nstats.hist[i]);
+    printf("\n");
+  }
   /* Summaries, then the requested files. */
   if (!o->quiet)
     for (int i = 0; i < root->outputs.n; i++)
@@ -719,8 +763,7 @@ done:
     for (int i = 0; i < root->outputs.n; i++) rt_tensor_free(&outputs[i]);
   if (state_out)
     for (int i = 0; i < nstates; i++) rt_tensor_free(&state_out[i]);
-  for (int i = 0; bp && bp->weights && i < bp->flat.params.n; i++)
-    rt_tensor_free(&bp->weights[i]);
+  for (int i = 0; bp && bp->weights && i < bp->flat.params.n; i++) rt_tensor_free(&bp->weights[i]);
   free(outputs);
   free(state_in);
   free(state_out);
@@ -810,7 +853,7 @@ static int cmd_emit_text(const Options *o, Pipeline *p, PipeOptions *po) {
     po->weight_shape = lookup_shape;
     po->weight_ctx = &ws;
   }
-  po->goal = sched                                  ? PIPE_SCHED
+  po->goal = sched                                ? PIPE_SCHED
              : strcmp(o->emit, "ir-scan") == 0    ? PIPE_FORMS
              : strcmp(o->emit, "ir-rewrite") == 0 ? PIPE_REPORT
                                                   : PIPE_IR;
@@ -885,6 +928,9 @@ int main(int argc, char **argv) {
     arena_destroy(arena);
     return rc;
   }
+  strategy.newton.rtol = o.newton_rtol;
+  strategy.newton.atol = o.newton_atol;
+  strategy.newton.max_iter = (int)o.newton_max_iter;
   po.strategy = &strategy;
   po.kernel_chunk = o.chunk;
   po.threads = o.threads;
