@@ -41,8 +41,8 @@ typedef struct Run {
 /* Compiles and binds; weights from the shared generator state reset per module. */
 static int open_run(SeqContext *cx, Run *r, const char *file, const char *dims, int threads,
                     const char *strategy, int64_t B, int64_t T) {
-  SeqOptions o = {.opt_level = 2, .dims = dims, .num_threads = threads, .strategy = strategy,
-                  .batch = (long)B};
+  SeqOptions o = {
+      .opt_level = 2, .dims = dims, .num_threads = threads, .strategy = strategy, .batch = (long)B};
   if (seq_module_from_file(cx, file, &o, &r->m) != SEQ_OK) {
     fprintf(stderr, "%s (%s): %s\n", file, strategy, seq_module_error(r->m));
     return -1;
@@ -104,6 +104,7 @@ int main(int argc, char **argv) {
     return 1;
   time_one(&seq, B, T); /* warm-up: page faults, packed weights */
   time_one(&oth, B, T);
+  seq_newton_stats(NULL, 1);
   double *ts = calloc((size_t)rounds, sizeof *ts), *to = calloc((size_t)rounds, sizeof *to),
          *ratio = calloc((size_t)rounds, sizeof *ratio);
   for (int k = 0; k < rounds; k++) {
@@ -120,6 +121,15 @@ int main(int argc, char **argv) {
          ts[rounds - 1] * 1e3, other, to[rounds / 2] * 1e3, to[0] * 1e3, to[rounds - 1] * 1e3,
          (double)(B * T) / ts[rounds / 2], other, (double)(B * T) / to[rounds / 2],
          ratio[rounds / 2]);
+  /* Newton solves (the other side's): iterations and fallbacks. */
+  SeqNewtonStats ns;
+  seq_newton_stats(&ns, 1);
+  if (ns.solves)
+    printf("newton solves=%lld fallbacks=%lld iterations_mean=%.2f iterations_max=%d damped=%lld\n",
+           (long long)ns.solves, (long long)ns.fallbacks,
+           ns.solves > ns.fallbacks ? (double)ns.iterations / (double)(ns.solves - ns.fallbacks)
+                                    : 0.0,
+           ns.max_iter, (long long)ns.damped);
   seq_module_destroy(seq.m);
   seq_module_destroy(oth.m);
   seq_context_destroy(cx);

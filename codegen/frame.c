@@ -5,9 +5,54 @@
  * states) are here too. */
 #include "codegen/llvm.h"
 
+#include "runtime/rt_cpu.h"
+
 #include <string.h>
 
 /* ---- whole-sequence stages ---------------------------------------------------- */
+
+/* A Newton layer's call: the runtime's solve (rt_cpu_newton) calls the
+ * step's function; the layout of each of its inputs, for the solve's
+ * one-token fallback, comes from the class of the argument. */
+static LLVMValueRef emit_newton(Lower *L, IrRef r, LLVMValueRef ins, LLVMValueRef outs,
+                                LLVMValueRef rev) {
+  const IrNode *nd = &L->fn->nodes.v[r];
+  const SchedValue *n = &L->v[r];
+  const IrNewton *nw = &L->fn->layers.v[nd->index].newton;
+  int ci = L->in->layers[nd->index];
+  int m = nd->nargs - nw->states;
+  LLVMValueRef fl = LLVMBuildArrayAlloca(L->bld, L->i64, ci64(L, m + 1), "in_floats");
+  LLVMValueRef kind = LLVMBuildArrayAlloca(L->bld, L->i32, ci64(L, m + 1), "in_kind");
+  for (int j = 0; j < m; j++) {
+    const SchedValue *a = &L->v[nd->args[j]];
+    int k = n->call_in[j] >= 0 || a->cls == SCHED_TOKEN ? RT_NEWTON_PER_TOKEN
+            : a->cls == SCHED_STEP                      ? RT_NEWTON_PER_EXAMPLE
+                                                        : RT_NEWTON_ONCE;
+    LLVMValueRef idx = ci64(L, j);
+    LLVMBuildStore(L->bld, ci64(L, sched_row_floats(a)),
+                   LLVMBuildGEP2(L->bld, L->i64, fl, &idx, 1, ""));
+    LLVMBuildStore(L->bld, ci32(L, k), LLVMBuildGEP2(L->bld, L->i32, kind, &idx, 1, ""));
+  }
+  LLVMTypeRef pt[16] = {L->ptr, L->ptr, L->i64, L->i64, L->ptr, L->ptr, L->i32, L->ptr,
+                        L->i32, L->i32, L->i64, L->f32, L->f32, L->i32, L->ptr, L->ptr};
+  LLVMValueRef args[16] = {L->inst_fn[ci],
+                           L->a_params,
+                           L->a_B,
+                           L->a_T,
+                           ins,
+                           L->a_lengths,
+                           rev,
+                           outs,
+                           ci32(L, nw->states),
+                           ci32(L, m),
+                           ci64(L, sched_row_floats(n)),
+                           LLVMConstReal(L->f32, nw->rtol),
+                           LLVMConstReal(L->f32, nw->atol),
+                           ci32(L, nw->max_iter),
+                           fl,
+                           kind};
+  return call_fn(L, "rt_cpu_newton", L->i32, pt, 16, args);
+}
 
 static void emit_call(Lower *L, IrRef r) {
   const IrNode *nd = &L->fn->nodes.v[r];
@@ -15,8 +60,7 @@ static void emit_call(Lower *L, IrRef r) {
   int ci = L->in->layers[nd->index];
   const IrFunc *callee = L->s->insts.v[ci].fn;
   LLVMValueRef ins = LLVMBuildArrayAlloca(L->bld, L->ptr, ci64(L, callee->inputs.n + 1), "ins");
-  LLVMValueRef outs =
-      LLVMBuildArrayAlloca(L->bld, L->ptr, ci64(L, callee->outputs.n + 1), "outs");
+  LLVMValueRef outs = LLVMBuildArrayAlloca(L->bld, L->ptr, ci64(L, callee->outputs.n + 1), "outs");
   for (int j = 0; j < nd->nargs && j < callee->inputs.n; j++) {
     LLVMValueRef idx = ci64(L, j);
     const SchedValue *a = &L->v[nd->args[j]];
@@ -33,13 +77,19 @@ static void emit_call(Lower *L, IrRef r) {
   }
   for (int j = 0; j < callee->outputs.n; j++) {
     LLVMValueRef idx = ci64(L, j);
-    LLVMBuildStore(L->bld, L->buf[n->call_out[j]], LLVMBuildGEP2(L->bld, L->ptr, outs, &idx, 1, ""));
+    LLVMBuildStore(L->bld, L->buf[n->call_out[j]],
+                   LLVMBuildGEP2(L->bld, L->ptr, outs, &idx, 1, ""));
   }
-  int rev = L->fn->layers.v[nd->index].reverse;
-  LLVMValueRef crev = rev ? LLVMBuildXor(L->bld, L->a_rev, ci32(L, 1), "") : L->a_rev;
-  LLVMValueRef args[9] = {L->a_params, L->a_B, L->a_T,    ins, L->a_lengths,
-                          L->a_sin,    outs,   L->a_sout, crev};
-  LLVMValueRef st = LLVMBuildCall2(L->bld, L->inst_ty, L->inst_fn[ci], args, 9, "");
+  const IrLayer *ly = &L->fn->layers.v[nd->index];
+  LLVMValueRef crev = ly->reverse ? LLVMBuildXor(L->bld, L->a_rev, ci32(L, 1), "") : L->a_rev;
+  LLVMValueRef st;
+  if (ly->newton.states) {
+    st = emit_newton(L, r, ins, outs, crev);
+  } else {
+    LLVMValueRef args[9] = {L->a_params, L->a_B, L->a_T,    ins, L->a_lengths,
+                            L->a_sin,    outs,   L->a_sout, crev};
+    st = LLVMBuildCall2(L->bld, L->inst_ty, L->inst_fn[ci], args, 9, "");
+  }
   LLVMValueRef bad = LLVMBuildICmp(L->bld, LLVMIntNE, st, ci32(L, 0), "");
   LLVMBasicBlockRef badb = block(L, "callfail"), ok = block(L, "callok");
   LLVMBuildCondBr(L->bld, bad, badb, ok);
@@ -176,14 +226,29 @@ static void emit_zero_outputs(Lower *L) {
 
 /* The slots of a parallel loop's context: the instance's arguments, the
  * first item of this round, then every buffer's address. */
-enum { CTX_PARAMS, CTX_INPUTS, CTX_LENGTHS, CTX_SIN, CTX_OUTPUTS, CTX_SOUT, CTX_B, CTX_T, CTX_REV,
-       CTX_TC, CTX_T0, CTX_TN, CTX_FIRST, CTX_EXTRA, CTX_BUFS };
+enum {
+  CTX_PARAMS,
+  CTX_INPUTS,
+  CTX_LENGTHS,
+  CTX_SIN,
+  CTX_OUTPUTS,
+  CTX_SOUT,
+  CTX_B,
+  CTX_T,
+  CTX_REV,
+  CTX_TC,
+  CTX_T0,
+  CTX_TN,
+  CTX_FIRST,
+  CTX_EXTRA,
+  CTX_BUFS
+};
 /* Items per round: the pool counts parts in an int. */
 #define PAR_ROUND ((int64_t)1 << 30)
 
 static int is_i64_slot(int k) {
-  return k == CTX_B || k == CTX_T || k == CTX_REV || k == CTX_TC || k == CTX_T0 ||
-         k == CTX_TN || k == CTX_FIRST || k == CTX_EXTRA;
+  return k == CTX_B || k == CTX_T || k == CTX_REV || k == CTX_TC || k == CTX_T0 || k == CTX_TN ||
+         k == CTX_FIRST || k == CTX_EXTRA;
 }
 
 void emit_parallel_for(Lower *L, LLVMValueRef n, LLVMValueRef extra, ParBody body,
@@ -221,9 +286,8 @@ void emit_parallel_for(Lower *L, LLVMValueRef n, LLVMValueRef extra, ParBody bod
   LLVMValueRef wf = LLVMAddFunction(
       L->mod, arena_printf(L->a, "%s.worker%d", L->s->sig.symbol, L->nworkers++), wty);
   LLVMSetLinkage(wf, LLVMInternalLinkage);
-  LLVMAddAttributeAtIndex(
-      wf, LLVMAttributeFunctionIndex,
-      LLVMCreateStringAttribute(L->cx, "prefer-vector-width", 19, "512", 3));
+  LLVMAddAttributeAtIndex(wf, LLVMAttributeFunctionIndex,
+                          LLVMCreateStringAttribute(L->cx, "prefer-vector-width", 19, "512", 3));
   Lower saved = *L;
   L->fv = wf;
   LLVMPositionBuilderAtEnd(bld, block(L, "entry"));
@@ -384,8 +448,7 @@ static void emit_checks(Lower *L) {
       bld, toobig,
       LLVMBuildICmp(bld, LLVMIntSGT, mul(L, B, T), ci64(L, limit / L->in->per_token), ""), "");
   toobig = LLVMBuildOr(
-      bld, toobig, LLVMBuildICmp(bld, LLVMIntSGT, B, ci64(L, limit / L->in->per_example), ""),
-      "");
+      bld, toobig, LLVMBuildICmp(bld, LLVMIntSGT, B, ci64(L, limit / L->in->per_example), ""), "");
   fail_with(L, toobig, ABI_ERR_NOMEM);
   LLVMBasicBlockRef chk = block(L, "lenchk"), after = block(L, "lenok");
   LLVMBuildCondBr(bld, LLVMBuildIsNull(bld, L->a_lengths, ""), after, chk);
@@ -413,14 +476,13 @@ static void emit_policies(Lower *L) {
      * and at most T. */
     LLVMValueRef Bm =
         LLVMBuildSelect(bld, LLVMBuildICmp(bld, LLVMIntSGT, B, ci64(L, 1), ""), B, ci64(L, 1), "");
-    LLVMValueRef tc =
-        LLVMBuildSDiv(bld, ci64(L, s->chunk_budget / L->in->chunk_floats), Bm, "");
+    LLVMValueRef tc = LLVMBuildSDiv(bld, ci64(L, s->chunk_budget / L->in->chunk_floats), Bm, "");
     /* A parallel form's chunks have a floor (SchedInst.min_tc). */
     LLVMValueRef mt = ci64(L, L->in->min_tc);
     tc = LLVMBuildSelect(bld, LLVMBuildICmp(bld, LLVMIntSLT, tc, mt, ""), mt, tc, "");
     tc = select_min(L, tc, T);
-    L->Tc = LLVMBuildSelect(bld, LLVMBuildICmp(bld, LLVMIntSGT, tc, ci64(L, 1), ""), tc,
-                            ci64(L, 1), "");
+    L->Tc = LLVMBuildSelect(bld, LLVMBuildICmp(bld, LLVMIntSGT, tc, ci64(L, 1), ""), tc, ci64(L, 1),
+                            "");
   }
   L->packed = LLVMBuildICmp(bld, LLVMIntSGE, BT, ci64(L, s->pack_min_tokens), "");
   L->packed = LLVMBuildAnd(
@@ -460,9 +522,11 @@ static int emit_buffers(Lower *L, LLVMValueRef scratch_slot, LLVMValueRef wscrat
     const SchedBuf *b = &in->bufs.v[i];
     LLVMValueRef floats = mul(L, buf_rows(L, b->rows), ci64(L, b->row_floats));
     /* A packed weight takes room only when the call packs. */
-    if (b->kind == SCHED_BUF_PACKED) floats = LLVMBuildSelect(bld, L->packed, floats, ci64(L, 0), "");
+    if (b->kind == SCHED_BUF_PACKED)
+      floats = LLVMBuildSelect(bld, L->packed, floats, ci64(L, 0), "");
     off[i] = end[b->weights_block];
-    LLVMValueRef rounded = LLVMBuildAnd(bld, add(L, floats, ci64(L, 15)), ci64(L, ~(int64_t)15), "");
+    LLVMValueRef rounded =
+        LLVMBuildAnd(bld, add(L, floats, ci64(L, 15)), ci64(L, ~(int64_t)15), "");
     end[b->weights_block] = add(L, end[b->weights_block], rounded);
   }
   LLVMTypeRef pt = L->i64;

@@ -118,8 +118,7 @@ enum { MAX_DIMS = 64 };
 
 /* "H=256,I=64" into names and values; a dim given twice is an error, as on
  * the command line. */
-static int parse_dims(SeqModule *m, const char *spec, const char **names, int64_t *values,
-                      int *n) {
+static int parse_dims(SeqModule *m, const char *spec, const char **names, int64_t *values, int *n) {
   const char *p = spec;
   *n = 0;
   while (p && *p) {
@@ -189,6 +188,9 @@ static SeqStatus compile(SeqContext *cx, const char *path, const char *name, con
     diag_error(&m->de, (SrcLoc){0}, "%s", serr);
     goto done;
   }
+  strategy.newton.rtol = o.newton_rtol > 0 ? o.newton_rtol : 0;
+  strategy.newton.atol = o.newton_atol > 0 ? o.newton_atol : 0;
+  strategy.newton.max_iter = o.newton_max_iter > 0 ? o.newton_max_iter : 0;
   po.strategy = &strategy;
   po.kernel_chunk = o.chunk > 0 ? o.chunk : 0;
   po.batch = o.batch > 0 ? o.batch : 0;
@@ -397,7 +399,7 @@ SeqStatus seq_module_forward(SeqModule *m, int64_t B, int64_t T, const void *con
     return fail(m,
                 rc == ABI_ERR_ARG     ? SEQ_ERR_ARG
                 : rc == ABI_ERR_NOMEM ? SEQ_ERR_NOMEM
-                                     : SEQ_ERR_RUN,
+                                      : SEQ_ERR_RUN,
                 "%s", abi_status_message(rc));
   return SEQ_OK;
 }
@@ -414,7 +416,7 @@ SeqStatus seq_module_step(SeqModule *m, int64_t B, const void *const *inputs,
     return fail(m,
                 rc == ABI_ERR_ARG     ? SEQ_ERR_ARG
                 : rc == ABI_ERR_NOMEM ? SEQ_ERR_NOMEM
-                                     : SEQ_ERR_RUN,
+                                      : SEQ_ERR_RUN,
                 "%s", abi_status_message(rc));
   return SEQ_OK;
 }
@@ -425,4 +427,15 @@ void *seq_module_entry(SeqModule *m, const char *which) {
   DiagEngine de;
   diag_init(&de, m->arena, NULL);
   return cg_jit_lookup(m->jit, arena_printf(m->arena, "%s_%s", m->sig->symbol, which), &de);
+}
+
+void seq_newton_stats(SeqNewtonStats *out, int reset) {
+  RtNewtonStats st;
+  rt_cpu_newton_stats(&st, reset);
+  if (!out) return;
+  out->solves = st.solves;
+  out->fallbacks = st.fallbacks;
+  out->damped = st.damped;
+  out->iterations = st.iterations;
+  out->max_iter = st.max_iter;
 }

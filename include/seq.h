@@ -56,6 +56,10 @@ typedef struct SeqOptions {
   int chunk;                   /* tokens per chunk of the chunked forms; <= 0: the measured
                                   default (docs/cli.md, --chunk) */
   long batch;                  /* the batch `auto` plans for (docs/cli.md, --batch); <= 0: 8 */
+  double newton_rtol;          /* Newton solves (strategy "newton"): converged when every
+                                  |step| <= atol + rtol |value|; <= 0: 1e-5 */
+  double newton_atol;          /* <= 0: 1e-6 */
+  int newton_max_iter;         /* iterations before the step loop instead; <= 0: 24 */
 } SeqOptions;
 
 typedef struct SeqContext SeqContext;
@@ -104,6 +108,19 @@ SeqStatus seq_module_forward(SeqModule *m, int64_t B, int64_t T, const void *con
 SeqStatus seq_module_step(SeqModule *m, int64_t B, const void *const *inputs,
                           const float *const *state_in, float *const *outputs,
                           float *const *state_out);
+/* What the Newton solves (the "newton" strategy, docs/algorithms.md section
+ * 6) of every forward in this process did since the last reset: one solve
+ * per sequence and call; a fallback is a sequence that did not converge
+ * within newton_max_iter iterations (or met a value that is not finite)
+ * and ran as the step loop instead, so its results are still exact. */
+typedef struct SeqNewtonStats {
+  int64_t solves, fallbacks;
+  int64_t damped;     /* steps halved because the residual grew */
+  int64_t iterations; /* of the converged solves, in all */
+  int max_iter;       /* of a converged solve */
+} SeqNewtonStats;
+void seq_newton_stats(SeqNewtonStats *out, int reset);
+
 /* Address of a generated entry point ("forward", "forward_blob", "step",
  * "dims"; signatures in docs/abi.md), NULL if absent. The caller casts it. */
 void *seq_module_entry(SeqModule *m, const char *which);

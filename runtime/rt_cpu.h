@@ -201,4 +201,46 @@ int64_t rt_cpu_delta_work(int64_t H, int64_t K, int64_t V, int64_t R, int64_t C)
  * 16 factors per chunk were the fastest for both, and for R = 3 4 to 8 tokens ran alike. */
 #define RT_CPU_DELTA_CHUNK 16
 
+/* ---- Newton solves (cpu_newton.c) ------------------------------------------ */
+
+/* A compiled instance function: the step of a Newton layer (a cell with no
+ * states, codegen/entry.c's signature). */
+typedef int (*RtNewtonStep)(void *const *params, int64_t B, int64_t T, void *const *ins,
+                            const int32_t *lengths, void *const *sin, void *const *outs,
+                            void *const *sout, int32_t rev);
+#define RT_NEWTON_MAX_STATES 4
+#define RT_NEWTON_MAX_INPUTS 64
+/* How an input of the step is laid out: a row per token (b*T + p), per
+ * example (b), or one row for all. */
+enum { RT_NEWTON_PER_TOKEN = 0, RT_NEWTON_PER_EXAMPLE = 1, RT_NEWTON_ONCE = 2 };
+/* What the solves did (rt_cpu_newton_stats). */
+typedef struct RtNewtonStats {
+  int64_t solves;     /* one per example of a call, with at least one step */
+  int64_t fallbacks;  /* of them, run as the step loop after all */
+  int64_t damped;     /* halvings of a step */
+  int64_t iterations; /* of the converged solves, in all */
+  int32_t max_iter;   /* of a converged solve */
+} RtNewtonStats;
+/* Solves h_k[t] = F_k(x_t, h[t-1]) for the n states of a Newton layer over a
+ * batch (ir.h IrNewton; the interpreter's newton_solve defines the
+ * iteration, and this is the same: guess F(x, 0), the DEER step through the
+ * linear recurrence of the Jacobian's blocks, stop when every |step| <=
+ * atol + rtol |value|, halve a step whose residual grows (4 times at most),
+ * and after max_iter steps or a value that is not finite run that example
+ * as the step loop). `step` computes, for every row of B*T, its outputs F_k
+ * then J_kj (n + n^2 buffers of w floats per row) from its m inputs and the
+ * n previous values; ins: the m inputs (in_floats[i] floats per row, laid
+ * out as in_kind[i]) then the n initial values ([B, w]); outs: the n
+ * solutions, then n^2 buffers for J ([B*T, w] each). rev: the layer runs
+ * backwards within each length. Returns 0, the step's status, or 1 (bad
+ * arguments) or 2 (out of memory). lengths: NULL or B values in [0, T]. Adds to the
+ * process's tally. */
+int rt_cpu_newton(RtNewtonStep step, void *const *params, int64_t B, int64_t T, void *const *ins,
+                  const int32_t *lengths, int32_t rev, float *const *outs, int32_t n, int32_t m,
+                  int64_t w, float rtol, float atol, int32_t max_iter, const int64_t *in_floats,
+                  const int32_t *in_kind);
+/* The process's tally of Newton solves (every thread's) into *out (if not NULL);
+ * reset: zero it. */
+void rt_cpu_newton_stats(RtNewtonStats *out, int reset);
+
 #endif

@@ -52,10 +52,11 @@ static int build_instances(Plan *p, const IrFunc *root, const int64_t *dims) {
     if (!in.dims || !in.params || !in.states || !in.layers || !in.values || !in.state_buf ||
         !in.state_tmp)
       return oom(p);
-    if (fn->kind == IR_FN_MODEL && fn->states.n > 0 && fn->layers.n > 0) {
-      diag_error(p->de, fn->loc, "a model cannot have states of its own and layers");
-      return -1;
-    }
+    for (int l = 0; fn->kind == IR_FN_MODEL && fn->states.n > 0 && l < fn->layers.n; l++)
+      if (!fn->layers.v[l].newton.states) {
+        diag_error(p->de, fn->loc, "a model cannot have states of its own and layers");
+        return -1;
+      }
     for (int d = 0; d < fn->dims.n; d++)
       if (dim_eval(fi->dims[d], dims, &in.dims[d]) != 0) {
         diag_error(p->de, fn->dims.v[d].loc, "dimension %s of %s is negative or too large",
@@ -66,6 +67,28 @@ static int build_instances(Plan *p, const IrFunc *root, const int64_t *dims) {
     memcpy(in.states, fi->states, sizeof(int) * (size_t)fn->states.n);
     memcpy(in.layers, fi->layers, sizeof(int) * (size_t)fn->layers.n);
     if (vec_push(p->a, &s->insts, in)) return oom(p);
+  }
+  /* A Newton layer's step shares its caller's instance in the flat tree
+   * (flatten.c: the caller's dims and parameters, no states); it is an
+   * instance of its own here, after the tree's. */
+  for (int i = 0, n = s->insts.n; i < n; i++) {
+    const IrFunc *fn = s->insts.v[i].fn;
+    for (int l = 0; l < fn->layers.n; l++) {
+      if (!fn->layers.v[l].newton.states) continue;
+      const IrFunc *step = p->m->funcs.v[fn->layers.v[l].callee];
+      SchedInst in = {0};
+      in.fn = step;
+      in.dims = s->insts.v[i].dims;
+      in.params = s->insts.v[i].params;
+      in.states = arena_calloc(p->a, 1, sizeof(int));
+      in.layers = arena_calloc(p->a, 1, sizeof(int));
+      in.values = arena_calloc(p->a, (size_t)step->nodes.n + 1, sizeof(SchedValue));
+      in.state_buf = arena_calloc(p->a, 1, sizeof(int));
+      in.state_tmp = arena_calloc(p->a, 1, sizeof(int));
+      if (!in.states || !in.layers || !in.values || !in.state_buf || !in.state_tmp) return oom(p);
+      s->insts.v[i].layers[l] = s->insts.n;
+      if (vec_push(p->a, &s->insts, in)) return oom(p);
+    }
   }
   /* Parameters and states, named once by ir_flatten; their shapes over the
    * root's dims. */
@@ -413,16 +436,6 @@ int sched_build(Arena *a, const IrModule *m, const IrFunc *root, const int64_t *
     diag_error(de, (SrcLoc){0}, "out of memory scheduling %s", root->name);
     return -1;
   }
-  /* A Newton solve (passes/newton.c) has no CPU code yet. */
-  for (int i = 0; i < m->funcs.n; i++)
-    for (int l = 0; l < m->funcs.v[i]->layers.n; l++)
-      if (m->funcs.v[i]->layers.v[l].newton.states) {
-        diag_error(de, m->funcs.v[i]->layers.v[l].loc,
-                   "the Newton form of %s has no CPU code yet: run it with --backend=interp, "
-                   "or choose another form (--strategy)",
-                   m->funcs.v[i]->name);
-        return -1;
-      }
   Plan p = {a, m, de, s, NULL, NULL, NULL, 0};
   s->mod = m;
   s->chunk_budget = CHUNK_BUDGET;

@@ -113,12 +113,19 @@ static void print_ops(FILE *out, const SchedInst *in, const SchedOp *ops, int n,
               (long long)v->gemm_k, v->cgemm ? " (complex W as real)" : "",
               class_rows(in, op->cls));
       break;
-    case SCHED_OP_CALL:
-      fprintf(out, "call v%d layer %s (instance %d)%s\n", op->node,
-              in->fn->layers.v[in->fn->nodes.v[op->node].index].name,
-              in->layers[in->fn->nodes.v[op->node].index],
-              in->fn->layers.v[in->fn->nodes.v[op->node].index].reverse ? " reversed" : "");
+    case SCHED_OP_CALL: {
+      const IrLayer *l = &in->fn->layers.v[in->fn->nodes.v[op->node].index];
+      int ci = in->layers[in->fn->nodes.v[op->node].index];
+      if (l->newton.states)
+        fprintf(out,
+                "newton solve v%d of %d state(s), step: instance %d (rtol %g, atol %g, at most "
+                "%d iterations, then the step loop)\n",
+                op->node, l->newton.states, ci, l->newton.rtol, l->newton.atol, l->newton.max_iter);
+      else
+        fprintf(out, "call v%d layer %s (instance %d)%s\n", op->node, l->name, ci,
+                l->reverse ? " reversed" : "");
       break;
+    }
     case SCHED_OP_CONV:
       fprintf(out, "causal_conv v%d over the sequence\n", op->node);
       break;
@@ -148,7 +155,9 @@ static void print_ops(FILE *out, const SchedInst *in, const SchedOp *ops, int n,
       if (la->delta) fprintf(out, " (delta rule, %lld factors per token)", (long long)la->R);
       fprintf(out, ": %lld heads, K=%lld V=%lld, %s, chunks of %lld tokens; readouts",
               (long long)la->heads, (long long)la->K, (long long)la->V,
-              la->no_gate ? "no gate" : la->Kg == 1 ? "scalar gate" : "gate per key",
+              la->no_gate   ? "no gate"
+              : la->Kg == 1 ? "scalar gate"
+                            : "gate per key",
               (long long)la->chunk);
       for (int r = 0; r < la->nreads; r++)
         fprintf(out, " v%d%s", la->reads[r],
@@ -223,8 +232,8 @@ void sched_print(FILE *out, const Schedule *s) {
     for (int d = 0; d < in->fn->dims.n; d++)
       fprintf(out, "%s%s=%lld", d ? ", " : " (", in->fn->dims.v[d].name, (long long)in->dims[d]);
     fputs(in->fn->dims.n ? ")\n" : "\n", out);
-    fprintf(out, "  limits: %lld floats per token, %lld per example\n",
-            (long long)in->per_token, (long long)in->per_example);
+    fprintf(out, "  limits: %lld floats per token, %lld per example\n", (long long)in->per_token,
+            (long long)in->per_example);
     fputs("  buffers:\n", out);
     for (int b = 0; b < in->bufs.n; b++) print_buf(out, in, b);
     fputs("  stages:\n", out);

@@ -511,7 +511,7 @@ static void print_summary(const char *kind, const char *name, const RtTensor *t)
  * with the interpreter's contract (driver/run.h). */
 static int run_compiled(const Options *o, Pipeline *p, PipeOptions *po, int64_t B, int64_t T,
                         const RtTensor *inputs, const int64_t *lengths, const RtTensor *state_in,
-                        RtTensor *outputs, RtTensor *state_out) {
+                        RtTensor *outputs, RtTensor *state_out, RtNewtonStats *nstats) {
   if (o->threads > 0) rt_cpu_set_num_threads(o->threads);
   po->goal = PIPE_JIT;
   if (pipeline_run(p, po)) return -1;
@@ -520,9 +520,16 @@ static int run_compiled(const Options *o, Pipeline *p, PipeOptions *po, int64_t 
       p->jit, arena_printf(p->arena, "%s_forward", sig->symbol), p->de);
   DrvWeights w = {0};
   int rc = -1;
+  rt_cpu_newton_stats(NULL, 1);
   if (fn && drv_weights_from_binding(sig, &p->bind, &w, p->de) == 0)
     rc = drv_run(sig, fn, &w, &p->bind, B, T, inputs, lengths, state_in, outputs, state_out, p->de);
   drv_weights_free(&w);
+  rt_cpu_newton_stats(nstats, 1);
+  if (rc == 0 && nstats->fallbacks)
+    fprintf(stderr,
+            "seqc: warning: %lld of %lld Newton solves did not converge; those sequences ran as "
+            "the step loop\n",
+            (long long)nstats->fallbacks, (long long)nstats->solves);
   return rc;
 }
 
@@ -698,8 +705,9 @@ static int cmd_run(const Options *o, Pipeline *p, PipeOptions *po) {
   for (int k = 0; k < o->nexpects; k++) want_states |= find_output(root, o->expects[k].name) < 0;
   want_states |= o->check_finite;
   int use_cpu = strcmp(o->backend, "cpu") == 0;
+  RtNewtonStats cstats = {0};
   if (use_cpu ? run_compiled(o, p, po, B, T, inputs, lengths, state_in, outputs,
-                             want_states ? state_out : NULL)
+                             want_states ? state_out : NULL, &cstats)
               : interp_run(bp, B, T, inputs, lengths, state_in, outputs,
                            want_states ? state_out : NULL, &iopt, p->de)) {
     if (use_cpu)
@@ -712,14 +720,19 @@ static int cmd_run(const Options *o, Pipeline *p, PipeOptions *po) {
                           p->de))
     goto done;
 
+  /* What the Newton solves did (the interpreter's counts or the runtime's). */
   if (!o->quiet && nstats.solves) {
-    printf("newton: %lld solves, %lld fell back to the sequential form, %lld halved steps; "
-           "iterations of the converged:",
-           (long long)nstats.solves, (long long)nstats.fallbacks, (long long)nstats.damped);
-    for (int i = 0; i < INTERP_NEWTON_HIST; i++)
-      if (nstats.hist[i])
-        printf(" %d%s: %lld", i, i == INTERP_NEWTON_HIST - 1 ? "+" : "", (long long)nstats.hist[i]);
-    printf("\n");
+    int64_t iters = 0;
+    for (int i = 0; i < INTERP_NEWTON_HIST; i++) iters += i * nstats.hist[i];
+    cstats.solves = nstats.solves, cstats.fallbacks = nstats.fallbacks;
+    cstats.damped = nstats.damped, cstats.iterations = iters, cstats.max_iter = nstats.max_iter;
+  }
+  if (!o->quiet && cstats.solves) {
+    int64_t conv = cstats.solves - cstats.fallbacks;
+    printf("newton: %lld solves, %lld fell back to the step loop, %lld halved steps; "
+           "iterations of the converged: %.3g on average, at most %d\n",
+           (long long)cstats.solves, (long long)cstats.fallbacks, (long long)cstats.damped,
+           conv ? (double)cstats.iterations / (double)conv : 0.0, cstats.max_iter);
   }
   /* Summaries, then the requested files. */
   if (!o->quiet)

@@ -1,7 +1,7 @@
 /* test_codegen_forms.c - every std cell and example under every form its
  * classes admit (sequential, scan, chunked), compiled by the CPU backend (JIT), equals
- * the interpreter (sequential, scan, chunked): T in {1, 2, 3, 7, 63, 64, 65, 1000, 4097}, B in {1, 5},
- * with and without lengths and initial states.
+ * the interpreter (sequential, scan, chunked): T in {1, 2, 3, 7, 63, 64, 65, 1000, 4097}, B in {1,
+ * 5}, with and without lengths and initial states.
  *
  * Tolerance. A parallel form adds and multiplies in another order than the
  * step loop, so its float32 result differs from the float32 interpreter's
@@ -56,6 +56,9 @@ static const Case CASES[] = {
     {"stdlib/gated_deltanet.seq", "I=3,NH=2,Dk=4,Dv=5"},
     {"stdlib/deltaproduct.seq", "I=3,Dk=4,Dv=5"},
     {"tests/data/models/reversed_forms.seq", "I=3,H=4,NH=2,D=4"},
+    {"stdlib/paragru.seq", "I=3,H=4"},
+    {"stdlib/paralstm.seq", "I=3,H=4"},
+    {"tests/data/models/newton_layers.seq", "I=3,H=4"},
     /* Wide enough that a fused scan splits: a one-row state into pieces
      * (the last one short), a many-row state into blocks (likewise). */
     {"stdlib/mingru.seq", "I=3,H=200"},
@@ -69,8 +72,8 @@ static const Case CASES[] = {
 static const struct {
   const char *strategy;
   int64_t chunk_budget, kernel_chunk;
-} FORMS[] = {{"sequential", 0, 0}, {"scan", 0, 0},    {"chunked", 0, 0},
-             {"scan", 1, 0},       {"chunked", 1, 0}, {"chunked", 1, 5}};
+} FORMS[] = {{"sequential", 0, 0}, {"scan", 0, 0},    {"chunked", 0, 0}, {"scan", 1, 0},
+             {"chunked", 1, 0},    {"chunked", 1, 5}, {"newton", 0, 0}};
 enum { NFORMS = sizeof FORMS / sizeof FORMS[0] };
 static const int64_t TS[] = {1, 2, 3, 7, 63, 64, 65, 1000, 4097};
 
@@ -175,8 +178,8 @@ static void check(const char *what, const RtTensor *got, const RtTensor *ref32,
   }
   double tol = 1e-5 + 4 * e32 + (T >= 1000 ? 1e-4 * scale : 0);
   if (!(e <= tol))
-    fail_msg("%s: off the float64 interpreter by %g > %g (float32 interpreter: %g, scale %g)",
-             what, e, tol, e32, scale);
+    fail_msg("%s: off the float64 interpreter by %g > %g (float32 interpreter: %g, scale %g)", what,
+             e, tol, e32, scale);
 }
 
 static void run_case(const Case *c) {
@@ -185,16 +188,15 @@ static void run_case(const Case *c) {
   for (int f = 0; f < NFORMS; f++) {
     have[f] = compile(&cm[f], c, FORMS[f].strategy, FORMS[f].chunk_budget, FORMS[f].kernel_chunk);
     if (have[f] < 0) {
-      for (int i = 0; i < cm[f].de.diags.n; i++)
-        print_error("%s\n", cm[f].de.diags.v[i].message);
+      for (int i = 0; i < cm[f].de.diags.n; i++) print_error("%s\n", cm[f].de.diags.v[i].message);
       fail_msg("%s does not compile under --strategy=%s", c->file, FORMS[f].strategy);
     }
     have[f] = have[f] == 0;
     /* FORMS_VERBOSE=1: which forms each case runs. */
     if (getenv("FORMS_VERBOSE"))
       fprintf(stderr, "%s --strategy=%s, chunk budget %lld, --chunk %lld: %s\n", c->file,
-              FORMS[f].strategy, (long long)FORMS[f].chunk_budget,
-              (long long)FORMS[f].kernel_chunk, have[f] ? "runs" : "no such form");
+              FORMS[f].strategy, (long long)FORMS[f].chunk_budget, (long long)FORMS[f].kernel_chunk,
+              have[f] ? "runs" : "no such form");
   }
   const IrBinding *b = &cm[0].pipe.bind;
   const IrFunc *root = b->root;
@@ -263,8 +265,8 @@ static void run_case(const Case *c) {
                      "%s --strategy=%s (chunk budget %lld, --chunk %lld) output %s B=%lld "
                      "T=%lld variant=%d",
                      c->file, FORMS[f].strategy, (long long)FORMS[f].chunk_budget,
-                     (long long)FORMS[f].kernel_chunk,
-                     root->outputs.v[k].name, (long long)B, (long long)T, variant);
+                     (long long)FORMS[f].kernel_chunk, root->outputs.v[k].name, (long long)B,
+                     (long long)T, variant);
             check(what, &og[k], &o32[k], &o64[k], T);
             rt_tensor_free(&og[k]);
           }
@@ -273,8 +275,8 @@ static void run_case(const Case *c) {
                      "%s --strategy=%s (chunk budget %lld, --chunk %lld) state %s B=%lld "
                      "T=%lld variant=%d",
                      c->file, FORMS[f].strategy, (long long)FORMS[f].chunk_budget,
-                     (long long)FORMS[f].kernel_chunk,
-                     b->flat.states.v[k].name, (long long)B, (long long)T, variant);
+                     (long long)FORMS[f].kernel_chunk, b->flat.states.v[k].name, (long long)B,
+                     (long long)T, variant);
             check(what, &sg[k], &s32[k], &s64[k], T);
             rt_tensor_free(&sg[k]);
           }

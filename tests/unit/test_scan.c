@@ -515,11 +515,22 @@ static void test_newton_refused(void **st) {
   snprintf(cmd, sizeof cmd, "--report %s --dims I=3,H=4 --strategy=h=newton",
            tu_src("stdlib/mingru.seq"));
   tu_expect_seqc(dir, cmd, 1, "which has no newton form");
-  /* Compiled code has no Newton solve yet: a clear error, not a silent
-   * sequential run. */
-  snprintf(cmd, sizeof cmd, "--emit=sched %s --dims I=3,H=4 --strategy=newton",
-           tu_src("stdlib/paragru.seq"));
-  tu_expect_seqc(dir, cmd, 1, "no CPU code yet");
+}
+
+/* Compiled code tells its caller too: the CLI warns, and its counts say how
+ * many sequences fell back (the C API: seq_newton_stats). */
+static void test_newton_compiled_tells(void **st) {
+  (void)st;
+  const char *dir = tu_tmpdir();
+  char path[512], cmd[1024];
+  snprintf(path, sizeof path, "%s/logistic.seq", dir);
+  assert_int_equal(tu_write_file(path, LOGISTIC), 0);
+  snprintf(cmd, sizeof cmd, "--emit=sched %s --dims H=3 --strategy=newton", path);
+  tu_expect_seqc(dir, cmd, 0, "newton solve");
+  snprintf(cmd, sizeof cmd, "run %s --random-weights --dims H=3 --strategy=newton --in x=%s", path,
+           tu_src("tests/data/newton_x.npy"));
+  tu_expect_seqc(dir, cmd, 0, "2 of 2 Newton solves did not converge");
+  tu_expect_seqc(dir, cmd, 0, "newton: 2 solves, 2 fell back");
 }
 
 int main(void) {
@@ -527,7 +538,7 @@ int main(void) {
       cmocka_unit_test(test_interpreter_agrees), cmocka_unit_test(test_delta_spellings),
       cmocka_unit_test(test_delta_fakes),        cmocka_unit_test(test_newton_agrees),
       cmocka_unit_test(test_newton_long),        cmocka_unit_test(test_newton_fallback),
-      cmocka_unit_test(test_newton_refused),
+      cmocka_unit_test(test_newton_refused),     cmocka_unit_test(test_newton_compiled_tells),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

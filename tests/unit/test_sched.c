@@ -27,11 +27,14 @@ static const Case CASES[] = {
     {"examples/s4d.seq", "H=3,N=4", "s4d", "sequential scan"},
     {"examples/bigru.seq", "I=3,H=4", "bigru", "sequential"},
     {"examples/lm.seq", "vocab=11,d_model=8,d_ff=16,dt_rank=2", "lm", "sequential scan"},
-    {"stdlib/mamba2.seq", "d_model=4,ngroups=2,hpg=2,headdim=2,d_state=3,d_conv=4", NULL, "sequential scan chunked"},
+    {"stdlib/mamba2.seq", "d_model=4,ngroups=2,hpg=2,headdim=2,d_state=3,d_conv=4", NULL,
+     "sequential scan chunked"},
     {"stdlib/mlstm.seq", "I=3,NH=2,DH=4", NULL, "sequential scan chunked"},
     {"stdlib/rwkv7.seq", "C=4,D_w=3,D_a=3,D_g=3", NULL, "sequential"},
     {"stdlib/plstm.seq", "I=3,Dk=4,Dv=5,J=2", NULL, "sequential"},
     {"stdlib/deltaproduct.seq", "I=3,Dk=4,Dv=5", NULL, "sequential chunked"},
+    {"stdlib/paralstm.seq", "I=3,H=4", NULL, "sequential newton"},
+    {"tests/data/models/newton_layers.seq", "I=3,H=4", NULL, "sequential newton"},
 };
 
 typedef struct Built {
@@ -116,13 +119,14 @@ static void check_order(const SchedInst *in, const SchedOp *ops, int n, char *do
 
 static void test_properties(void **st) {
   (void)st;
-  static const char *const strategies[] = {"sequential", "scan", "chunked"};
-  for (size_t k = 0; k < sizeof CASES / sizeof CASES[0] * 3; k++) {
+  static const char *const strategies[] = {"sequential", "scan", "chunked", "newton"};
+  enum { NS = sizeof strategies / sizeof strategies[0] };
+  for (size_t k = 0; k < sizeof CASES / sizeof CASES[0] * NS; k++) {
     Built b;
-    const Case *c = &CASES[k / 3];
+    const Case *c = &CASES[k / NS];
     /* A form no state of the model has is an error, not a schedule. */
-    if (!strstr(c->forms, strategies[k % 3])) continue;
-    schedule(&b, c, strategies[k % 3]);
+    if (!strstr(c->forms, strategies[k % NS])) continue;
+    schedule(&b, c, strategies[k % NS]);
     const Schedule *s = b.pipe.sched;
     for (int i = 0; i < s->insts.n; i++) {
       const SchedInst *in = &s->insts.v[i];
@@ -138,7 +142,7 @@ static void test_properties(void **st) {
         const IrNode *nd = &in->fn->nodes.v[r];
         if (in->values[r].uses > 0 && !sched_is_view(nd->op) && nd->op != IR_CALL && !done[r])
           fail_msg("%s --strategy=%s: v%d (%s) is read but no stage computes it", c->file,
-                   strategies[k % 3], r, ir_op_info[nd->op].text);
+                   strategies[k % NS], r, ir_op_info[nd->op].text);
       }
     }
     pipeline_release(&b.pipe);
@@ -152,6 +156,7 @@ static const Case FORM_CASES[] = {
     {"stdlib/mlstm.seq", "I=3,NH=2,DH=4", "mlstm_chunked", "chunked"},
     {"stdlib/mamba.seq", "d_model=4,d_inner=8,d_state=3,d_conv=4,dt_rank=2", "mamba_scan", "scan"},
     {"stdlib/gated_deltanet.seq", "I=3,NH=2,Dk=4,Dv=5", "gated_deltanet_chunked", "chunked"},
+    {"stdlib/paralstm.seq", "I=3,H=4", "paralstm_newton", "newton"},
 };
 
 static void test_golden(void **st) {

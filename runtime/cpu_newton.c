@@ -1,0 +1,293 @@
+/* cpu_newton.c - a Newton layer's solve (rt_cpu_newton, rt_cpu.h): the
+ * iteration the reference interpreter defines (ir/interp.c newton_solve),
+ * over a batch, calling the compiled step for every token of every sequence
+ * at once. docs/algorithms.md section 6 has the math.
+ *
+ * Layout: every per-token buffer has B*T rows of w floats, row b*T + p for
+ * example b at physical position p; a layer run backwards (rev) takes its
+ * logical step tau at p = len_b - 1 - tau. The solve keeps, per solved
+ * state, the guess H (the caller's output buffer), the step's values F, the
+ * previous values P it was evaluated at, a candidate C and a step D (the new
+ * guess, then the step from H to it), all of them n * B*T*w floats.
+ *
+ * The examples of the batch are solved together (one call of the step per
+ * evaluation) but stop separately: an example that has converged, or failed,
+ * is evaluated at its own result from then on, so the last evaluation's F and
+ * J are always those of every example's current guess.
+ */
+#include "runtime/rt_cpu.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define HALVINGS 4 /* a step is halved at most this many times */
+
+typedef struct Solve {
+  RtNewtonStep step;
+  void *const *params;
+  int64_t B, T, w;
+  int n, m;
+  const int32_t *lengths;
+  int rev;
+  float *const *outs; /* H_k, then J_kj */
+  const float *h0[RT_NEWTON_MAX_STATES];
+  float *F[RT_NEWTON_MAX_STATES], *P[RT_NEWTON_MAX_STATES];
+  float *C[RT_NEWTON_MAX_STATES], *D[RT_NEWTON_MAX_STATES];
+  void **ins;   /* the step's inputs: the caller's m, then P */
+  void **souts; /* the step's outputs: F, then J */
+} Solve;
+
+static int64_t len_of(const Solve *s, int64_t b) {
+  return s->lengths ? s->lengths[b] : s->T;
+}
+
+/* The physical row of logical step tau of example b. */
+static int64_t row(const Solve *s, int64_t b, int64_t len, int64_t tau) {
+  return b * s->T + (s->rev ? len - 1 - tau : tau);
+}
+
+/* F and J at P = delay(X, h0) for every example (X == NULL: P = 0); then,
+ * per example, the residual max |X - F| (NaN counts as infinite). */
+static int evaluate(Solve *s, float *const *X, float *resid) {
+  int64_t w = s->w;
+  for (int k = 0; k < s->n; k++) {
+    if (!X) {
+      memset(s->P[k], 0, (size_t)(s->B * s->T * w) * sizeof(float));
+      continue;
+    }
+    for (int64_t b = 0; b < s->B; b++) {
+      int64_t len = len_of(s, b);
+      for (int64_t tau = 0; tau < len; tau++) {
+        const float *prev = tau ? X[k] + row(s, b, len, tau - 1) * w : s->h0[k] + b * w;
+        memcpy(s->P[k] + row(s, b, len, tau) * w, prev, (size_t)w * sizeof(float));
+      }
+    }
+  }
+  int st = s->step(s->params, s->B, s->T, s->ins, s->lengths, NULL, s->souts, NULL, 0);
+  if (st) return st;
+  for (int64_t b = 0; X && b < s->B; b++) {
+    float r = 0;
+    int64_t len = len_of(s, b);
+    for (int k = 0; k < s->n; k++) {
+      const float *x = X[k] + b * s->T * w, *f = s->F[k] + b * s->T * w;
+      for (int64_t i = 0; i < len * w; i++) {
+        float d = fabsf(x[i] - f[i]);
+        if (!(d <= r)) r = isnan(d) ? INFINITY : d;
+      }
+    }
+    resid[b] = r;
+  }
+  return 0;
+}
+
+/* Example b's new guess into D: N[tau] = F + sum_j J_kj (N_j[tau-1] - P_j),
+ * N[-1] = h0; then its largest step relative to the tolerance. */
+static float linear_step(Solve *s, int64_t b, float rtol, float atol) {
+  int n = s->n;
+  int64_t w = s->w, len = len_of(s, b);
+  float err = 0;
+  for (int64_t tau = 0; tau < len; tau++) {
+    int64_t at = row(s, b, len, tau) * w, pv = tau ? row(s, b, len, tau - 1) * w : -1;
+    for (int64_t i = 0; i < w; i++) {
+      float v[RT_NEWTON_MAX_STATES];
+      for (int k = 0; k < n; k++) {
+        float acc = s->F[k][at + i];
+        for (int j = 0; j < n; j++) {
+          float prev = pv >= 0 ? s->D[j][pv + i] : s->h0[j][b * w + i];
+          acc += s->outs[n + k * n + j][at + i] * (prev - s->P[j][at + i]);
+        }
+        v[k] = acc;
+      }
+      for (int k = 0; k < n; k++) {
+        s->D[k][at + i] = v[k];
+        float e = fabsf(v[k] - s->outs[k][at + i]) / (atol + rtol * fabsf(v[k]));
+        if (!(e <= err)) err = isnan(e) ? INFINITY : e;
+      }
+    }
+  }
+  return err;
+}
+
+/* Example b by the step loop: one call of the step per token. */
+static int sequential(Solve *s, int64_t b, const int64_t *in_floats, const int32_t *in_kind,
+                      float *const *one_out) {
+  int n = s->n, m = s->m;
+  int64_t w = s->w, len = len_of(s, b);
+  void *one_in[RT_NEWTON_MAX_INPUTS + RT_NEWTON_MAX_STATES];
+  for (int64_t tau = 0; tau < len; tau++) {
+    int64_t r = row(s, b, len, tau);
+    for (int i = 0; i < m; i++) {
+      float *base = s->ins[i];
+      int64_t at = in_kind[i] == RT_NEWTON_PER_TOKEN     ? r
+                   : in_kind[i] == RT_NEWTON_PER_EXAMPLE ? b
+                                                         : 0;
+      one_in[i] = base + at * in_floats[i];
+    }
+    for (int k = 0; k < n; k++)
+      one_in[m + k] = tau ? s->outs[k] + row(s, b, len, tau - 1) * w : (float *)s->h0[k] + b * w;
+    int st = s->step(s->params, 1, 1, one_in, NULL, NULL, (void *const *)one_out, NULL, 0);
+    if (st) return st;
+    for (int k = 0; k < n; k++) memcpy(s->outs[k] + r * w, one_out[k], (size_t)w * sizeof(float));
+  }
+  return 0;
+}
+
+/* What the solves did since the last reset, across every thread (a batch
+ * may be split over the pool, each slice solving on its worker). */
+static RtNewtonStats tally;
+
+static void add(int64_t *x, int64_t v) {
+  __atomic_fetch_add(x, v, __ATOMIC_RELAXED);
+}
+
+void rt_cpu_newton_stats(RtNewtonStats *out, int reset) {
+  if (out) {
+    out->solves = __atomic_load_n(&tally.solves, __ATOMIC_RELAXED);
+    out->fallbacks = __atomic_load_n(&tally.fallbacks, __ATOMIC_RELAXED);
+    out->damped = __atomic_load_n(&tally.damped, __ATOMIC_RELAXED);
+    out->iterations = __atomic_load_n(&tally.iterations, __ATOMIC_RELAXED);
+    out->max_iter = __atomic_load_n(&tally.max_iter, __ATOMIC_RELAXED);
+  }
+  if (reset) {
+    __atomic_store_n(&tally.solves, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&tally.fallbacks, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&tally.damped, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&tally.iterations, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&tally.max_iter, 0, __ATOMIC_RELAXED);
+  }
+}
+
+int rt_cpu_newton(RtNewtonStep step, void *const *params, int64_t B, int64_t T, void *const *ins,
+                  const int32_t *lengths, int32_t rev, float *const *outs, int32_t n, int32_t m,
+                  int64_t w, float rtol, float atol, int32_t max_iter, const int64_t *in_floats,
+                  const int32_t *in_kind) {
+  if (n < 1 || n > RT_NEWTON_MAX_STATES || m < 0 || m > RT_NEWTON_MAX_INPUTS || w < 1 || B < 0 ||
+      T < 0)
+    return 1;
+  Solve s;
+  memset(&s, 0, sizeof s);
+  s.step = step;
+  s.params = params;
+  s.B = B, s.T = T, s.w = w, s.n = n, s.m = m;
+  s.lengths = lengths;
+  s.rev = rev != 0;
+  s.outs = outs;
+  int64_t per = B * T * w, nout = n + n * n;
+  /* F, P, C, D per state; one token's outputs (the fallback); per example
+   * the guess's and the candidate's residuals and the step's factor; the
+   * step's argument lists; per example its iterations and state. */
+  int64_t floats = 4 * n * per + nout * w + 3 * (B + 1);
+  int64_t bytes = floats * (int64_t)sizeof(float) + (m + n + nout + 2) * (int64_t)sizeof(void *) +
+                  (B + 1) * (int64_t)(sizeof(int32_t) + 2);
+  char *mem = rt_cpu_alloc_uninit(bytes + 64);
+  if (!mem) return 2;
+  float *f = (float *)mem;
+  for (int k = 0; k < n; k++) {
+    s.F[k] = f, f += per;
+    s.P[k] = f, f += per;
+    s.C[k] = f, f += per;
+    s.D[k] = f, f += per;
+  }
+  float *one_out[RT_NEWTON_MAX_STATES * (RT_NEWTON_MAX_STATES + 1)];
+  for (int64_t j = 0; j < nout; j++) one_out[j] = f + j * w;
+  f += nout * w;
+  float *res = f, *cres = f + B + 1, *lam = f + 2 * (B + 1);
+  f += 3 * (B + 1);
+  void **ptrs = (void **)(((uintptr_t)f + 7) & ~(uintptr_t)7);
+  s.ins = ptrs;
+  s.souts = ptrs + m + n;
+  int32_t *iters = (int32_t *)(s.souts + nout);
+  char *done = (char *)(iters + B + 1), *pending = done + B + 1;
+  for (int i = 0; i < m; i++) s.ins[i] = ins[i];
+  for (int k = 0; k < n; k++) {
+    s.h0[k] = ins[m + k];
+    s.ins[m + k] = s.P[k];
+    s.souts[k] = s.F[k];
+  }
+  for (int64_t j = n; j < nout; j++) s.souts[j] = outs[j];
+
+  int64_t damped = 0;
+  int rc;
+  /* The guess F(x, 0), then F and J at it. */
+  if ((rc = evaluate(&s, NULL, res))) goto out;
+  for (int k = 0; k < n; k++) memcpy(outs[k], s.F[k], (size_t)per * sizeof(float));
+  if ((rc = evaluate(&s, outs, res))) goto out;
+  for (int64_t b = 0; b < B; b++) {
+    /* 1: converged (or empty), 2: failed, 0: iterating */
+    done[b] = len_of(&s, b) == 0 ? 1 : isfinite(res[b]) ? 0 : 2;
+    iters[b] = 0;
+  }
+  for (int it = 1; it <= max_iter; it++) {
+    int active = 0;
+    for (int64_t b = 0; b < B; b++) {
+      pending[b] = 0;
+      if (done[b]) continue;
+      float err = linear_step(&s, b, rtol, atol);
+      iters[b] = it;
+      int64_t lo = b * T * w, cnt = len_of(&s, b) * w;
+      if (err <= 1) { /* the new guess is the result */
+        for (int k = 0; k < n; k++) memcpy(outs[k] + lo, s.D[k] + lo, (size_t)cnt * sizeof(float));
+        done[b] = 1;
+        continue;
+      }
+      if (!isfinite(err)) {
+        done[b] = 2;
+        continue;
+      }
+      for (int k = 0; k < n; k++)
+        for (int64_t i = 0; i < cnt; i++) s.D[k][lo + i] -= outs[k][lo + i];
+      pending[b] = 1;
+      lam[b] = 1;
+      active = 1;
+    }
+    if (!active) break;
+    /* Each example at its candidate, H + lam D while its step is pending
+     * and H otherwise, until every pending step is taken. */
+    for (int h = 0; active; h++) {
+      for (int64_t b = 0; b < B; b++) {
+        int64_t lo = b * T * w, cnt = len_of(&s, b) * w;
+        for (int k = 0; k < n; k++)
+          for (int64_t i = 0; i < cnt; i++)
+            s.C[k][lo + i] =
+                pending[b] ? outs[k][lo + i] + lam[b] * s.D[k][lo + i] : outs[k][lo + i];
+      }
+      if ((rc = evaluate(&s, s.C, cres))) goto out;
+      active = 0;
+      for (int64_t b = 0; b < B; b++) {
+        if (!pending[b]) continue;
+        if ((isfinite(cres[b]) && cres[b] <= res[b]) || h == HALVINGS) {
+          int64_t lo = b * T * w, cnt = len_of(&s, b) * w;
+          for (int k = 0; k < n; k++)
+            memcpy(outs[k] + lo, s.C[k] + lo, (size_t)cnt * sizeof(float));
+          res[b] = cres[b];
+          pending[b] = 0;
+          if (!isfinite(cres[b])) done[b] = 2;
+        } else {
+          lam[b] *= 0.5f;
+          damped++;
+          active = 1;
+        }
+      }
+    }
+  }
+  /* What did not converge runs as the step loop. */
+  add(&tally.damped, damped);
+  for (int64_t b = 0; b < B; b++) {
+    if (len_of(&s, b) == 0) continue;
+    add(&tally.solves, 1);
+    if (done[b] == 1) {
+      add(&tally.iterations, iters[b]);
+      int32_t seen = __atomic_load_n(&tally.max_iter, __ATOMIC_RELAXED);
+      while (iters[b] > seen && !__atomic_compare_exchange_n(&tally.max_iter, &seen, iters[b], 1,
+                                                             __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+      }
+      continue;
+    }
+    add(&tally.fallbacks, 1);
+    if ((rc = sequential(&s, b, in_floats, in_kind, one_out))) goto out;
+  }
+out:
+  rt_cpu_free(mem);
+  return rc;
+}
