@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # bench/newton.sh [ROUNDS]
 #   The Newton form (--strategy=newton) against the step loop, in paired
-#   rounds (bench/forms.c), for the cells that have one (ParaGRU: a diagonal
-#   Jacobian; ParaLSTM: 2x2 blocks) at B=1, D = I = H in {16, 256}, T in
+#   rounds (bench/forms.c): ParaGRU (a diagonal Jacobian) and ParaLSTM (2x2
+#   blocks), exact Newton, and GRU (dense: quasi-Newton) at B=1, D = I = H in {16, 256}, T in
 #   {4096, 65536}, on 1 and 2 threads: throughput of each, their ratio, the
 #   Newton iterations, and the process's peak memory (both modules; the
 #   Newton side's B*T buffers dominate it). Needs a Release build in
@@ -18,7 +18,7 @@ raw="$out/newton.txt"
 gcc -O2 -Iinclude bench/forms.c -Lbuild-perf -lseq -lm -Wl,-rpath,"$PWD/build-perf" -o "$out/forms"
 echo "| cell | D | T | threads | step loop tok/s | newton tok/s | newton / step loop (median of rounds) | iterations (mean, max) | fallbacks | peak memory |"
 echo "|---|---|---|---|---|---|---|---|---|---|"
-for cell in paragru paralstm; do
+for cell in paragru paralstm gru; do
   for D in 16 256; do
     for T in 4096 65536; do
       for th in 1 2; do

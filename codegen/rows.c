@@ -32,7 +32,7 @@ void nest_operand(Nest *ns, int j, int r, const int64_t *s) {
 }
 
 void emit_ew_nest(Lower *L, IrOp op, Nest *ns, LLVMValueRef out, int d, LLVMValueRef *offs,
-                         LLVMValueRef oofs) {
+                  LLVMValueRef oofs) {
   if (d == ns->rank && ns->cplx) {
     Cx v[2] = {{NULL, NULL}, {NULL, NULL}};
     for (int j = 0; j < ns->nops && j < 2; j++) v[j] = ldc(L, ns->ptr[j], offs[j], ns->w[j]);
@@ -89,7 +89,6 @@ static void emit_ew(Lower *L, const IrNode *nd, const SchedValue *n, LLVMValueRe
   emit_ew_nest(L, nd->op, &ns, out, 0, z, ci64(L, 0));
 }
 
-
 /* dst[o, dst_off + k, i] = src[o, src_off + k, i] for k < count. */
 static void emit_axis_copy(Lower *L, LLVMValueRef dst, LLVMValueRef src, int64_t outer,
                            int64_t inner, int64_t dst_len, int64_t dst_off, int64_t src_len,
@@ -103,7 +102,6 @@ static void emit_axis_copy(Lower *L, LLVMValueRef dst, LLVMValueRef src, int64_t
   loop_end(L, &lk);
   loop_end(L, &lo);
 }
-
 
 /* Accumulates into a stack slot so the reduction can be vectorized (reassoc). */
 static void emit_reduce(Lower *L, const IrNode *nd, LLVMValueRef out) {
@@ -301,7 +299,6 @@ static void emit_matmul_row(Lower *L, const IrNode *nd, LLVMValueRef out) {
   loop_end(L, &li);
 }
 
-
 LLVMValueRef bcast_index(Lower *L, const SchedValue *an, const SchedValue *key, LLVMValueRef k,
                          LLVMValueRef o, LLVMValueRef i) {
   if (an->numel == 1) return ci64(L, 0);
@@ -337,6 +334,19 @@ void emit_row(Lower *L, IrRef r) {
     int64_t v = 0;
     if (dim_eval(nd->dval, L->in->dims, &v) != 0) v = 0;
     stf(L, cf(L, (double)v), out, ci64(L, 0));
+    return;
+  }
+  case IR_DIAG: {
+    const SchedValue *x = &L->v[nd->args[0]];
+    int64_t N = x->shape[x->rank - 1], P = N ? n->numel / N : 0;
+    LLVMValueRef src = rowptr(L, nd->args[0]);
+    Loop lp, li;
+    LLVMValueRef p = loop_begin(L, &lp, ci64(L, 0), ci64(L, P));
+    LLVMValueRef i = loop_begin(L, &li, ci64(L, 0), ci64(L, N));
+    LLVMValueRef pi = add(L, mul(L, p, ci64(L, N)), i);
+    stc(L, ldc(L, src, add(L, mul(L, pi, ci64(L, N)), i), x->w), out, pi, x->w);
+    loop_end(L, &li);
+    loop_end(L, &lp);
     return;
   }
   case IR_TRANSPOSE: {
@@ -439,4 +449,3 @@ void emit_row(Lower *L, IrRef r) {
     L->failed = 1;
   }
 }
-

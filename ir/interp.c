@@ -616,6 +616,15 @@ static int eval_node(Run *r, Inst *in, const IrNode *nd, Slot *s, const Val *a, 
   case IR_TRANSPOSE:
     transpose(&a[0], o);
     return 0;
+  case IR_DIAG: {
+    int64_t N = o->rank ? o->shape[o->rank - 1] : 1, P = N ? o->n / N : 0;
+    int w = o->cplx ? 2 : 1;
+    for (int64_t p = 0; p < P; p++)
+      for (int64_t i = 0; i < N; i++)
+        for (int c = 0; c < w; c++)
+          o->d[(p * N + i) * w + c] = a[0].d[((p * N + i) * N + i) * w + c];
+    return 0;
+  }
   case IR_BROADCAST:
     broadcast_copy(&a[0], o);
     return 0;

@@ -320,7 +320,6 @@ static const char *tstr(Infer *cx, IrType t) {
   return s ? s : "?";
 }
 
-
 /* NumPy broadcasting over symbolic dims: right-aligned, and a dim equal to
  * the constant 1 stretches to the other. The result's dims are written into
  * dims (SEQ_MAX_RANK entries) and its rank into *rank. */
@@ -546,6 +545,14 @@ int ir_infer_type(const IrFunc *f, Arena *a, const IrNode *proto, int nargs, con
     IrElem elem = ts[0].elem == IR_COMPLEX || ts[1].elem == IR_COMPLEX ? IR_COMPLEX : IR_REAL;
     return result(cx, elem, 2, dims, out);
   }
+  case IR_DIAG: {
+    if (ts[0].elem == IR_INT) return fail(cx, "diag cannot take an int operand");
+    if (need_rank(cx, "diag", ts[0], 2)) return -1;
+    int r = ts[0].rank;
+    if (!dim_eq(ts[0].dims[r - 1], ts[0].dims[r - 2]))
+      return fail(cx, "diag needs a square matrix, not %s", tstr(cx, ts[0]));
+    return result(cx, ts[0].elem, r - 1, ts[0].dims, out);
+  }
   case IR_TRANSPOSE: {
     if (ts[0].elem == IR_INT) return fail(cx, "transpose cannot take an int operand");
     if (need_rank(cx, "transpose", ts[0], 2)) return -1;
@@ -678,7 +685,8 @@ int ir_infer_type(const IrFunc *f, Arena *a, const IrNode *proto, int nargs, con
     for (int i = 0; i < 3; i++)
       if (need_real(cx, "causal_conv", ts[i])) return -1;
     int ok = u.rank == 1 && b.rank == 1 && dim_eq(b.dims[0], u.dims[0]) &&
-             (w.rank == 2 || (w.rank == 3 && dim_is_one(w.dims[1]))) && dim_eq(w.dims[0], u.dims[0]);
+             (w.rank == 2 || (w.rank == 3 && dim_is_one(w.dims[1]))) &&
+             dim_eq(w.dims[0], u.dims[0]);
     if (!ok)
       return fail(cx, "causal_conv needs u: [D], w: [D, K] or [D, 1, K], b: [D]; got %s, %s, %s",
                   tstr(cx, u), tstr(cx, w), tstr(cx, b));
@@ -735,8 +743,9 @@ int ir_infer_type(const IrFunc *f, Arena *a, const IrNode *proto, int nargs, con
       if (op == IR_LINATTN) ok = ok && dim_eq(ts[0].dims[i], S.dims[i]);
     }
     if (!ok)
-      return fail(cx, "%s: operands do not fit the state %s ([..., V, K]: q, k [..., K], v [..., "
-                      "V], lg [..., 1 or K])",
+      return fail(cx,
+                  "%s: operands do not fit the state %s ([..., V, K]: q, k [..., K], v [..., "
+                  "V], lg [..., 1 or K])",
                   info->text, tstr(cx, S));
     if (op == IR_LINATTN_STATE) return result(cx, IR_REAL, S.rank, S.dims, out);
     return result(cx, IR_REAL, L + 1, S.dims, out);
@@ -763,16 +772,17 @@ int ir_infer_type(const IrFunc *f, Arena *a, const IrNode *proto, int nargs, con
       if (op == IR_DELTA) ok = ok && dim_eq(q.dims[i], S.dims[i]);
     }
     if (!ok)
-      return fail(cx, "%s: operands do not fit the state %s ([..., V, K]: q [..., K], k [R, ..., "
-                      "K], v [R, ..., V], beta [R, ...], lg [...])",
+      return fail(cx,
+                  "%s: operands do not fit the state %s ([..., V, K]: q [..., K], k [R, ..., "
+                  "K], v [R, ..., V], beta [R, ...], lg [...])",
                   info->text, tstr(cx, S));
     if (op == IR_DELTA_STATE) return result(cx, IR_REAL, S.rank, S.dims, out);
     return result(cx, IR_REAL, L + 1, S.dims, out);
   }
   case IR_DELAY:
     if (ts[0].elem == IR_INT || !ir_type_eq(ts[0], ts[1]))
-      return fail(cx, "delay: the first value %s is not of the sequence's type %s",
-                  tstr(cx, ts[1]), tstr(cx, ts[0]));
+      return fail(cx, "delay: the first value %s is not of the sequence's type %s", tstr(cx, ts[1]),
+                  tstr(cx, ts[0]));
     return result(cx, ts[0].elem, ts[0].rank, ts[0].dims, out);
 
   default:

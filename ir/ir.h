@@ -187,6 +187,7 @@ typedef struct IrNewton {
   double rtol; /* converged when every |step| <= atol + rtol |value| */
   double atol;
   int max_iter; /* past this many iterations, the sequential recurrence instead */
+  int quasi;    /* J_kj are the diagonals of a dense Jacobian's blocks (quasi-Newton) */
 } IrNewton;
 
 /* A layer of a model: an instance of another function. Every dim of the

@@ -185,6 +185,7 @@ static double node_flops(const IrFunc *f, const IrNode *nd, const int64_t *dims)
   case IR_INDEX:
   case IR_CONCAT:
   case IR_TRANSPOSE:
+  case IR_DIAG:
     return 0;
   case IR_SUM:
   case IR_MEAN:

@@ -52,6 +52,8 @@ typedef struct Jac {
   IrRef *tan;       /* src node -> its tangent in dst (IR_NONE: zero) */
   char *live;       /* src node reaches a state's next or init */
   int diag;         /* diagonal mode: only elementwise paths */
+  int quasi;        /* ... or the diagonal of a dense Jacobian (quasi-Newton; below) */
+  char *mixed;      /* quasi: src node's tangent went through a matrix product */
   int seed;         /* diagonal mode: the state whose diagonal is taken */
   int failed;
   SrcLoc loc; /* of the node being differentiated: what emitted nodes carry */
@@ -308,6 +310,7 @@ static IrRef tangent(Jac *J, const IrNode *n, const IrRef *x, const IrRef *dx, I
   }
 
   /* Linear data movement and sums: the same op on the tangent. */
+  case IR_DIAG:
   case IR_TRANSPOSE:
   case IR_BROADCAST:
   case IR_RESHAPE:
@@ -465,6 +468,92 @@ static int keeps_diagonal(Jac *J, const IrNode *n, const IrRef *dx) {
   }
 }
 
+/* ---- quasi mode: the diagonal of a dense Jacobian ---------------------------------
+ *
+ * For quasi-Newton (newton.c) the diagonal of J_t is wanted even where J_t is
+ * dense. For a state h [S] read by a matrix product W h (W [c S, S], as a
+ * GRU's weight_hh [3H, H] is) and elementwise ops, it is still exact and
+ * cheap: d (W v)_j / d h_i = W_ji d v_i / d h_i when v depends on h
+ * elementwise, so where j = i mod S the tangent of W v is the diagonals of
+ * W's c square blocks times v's. A value of c S elements along its last axis
+ * then holds in element j the derivative by h[j mod S]; slices along that
+ * axis at multiples of S keep that meaning. A second product over a value
+ * that went through one already mixes elements the diagonal cannot follow:
+ * that is refused (W2 f(W1 h) has diag(J) = sum_k W2_ik f'_k W1_ki). */
+
+/* c if the last axis of t is c * S (1 <= c <= 16), else 0. */
+static int stacks(IrType t, DimExpr S) {
+  if (t.rank < 1) return 0;
+  for (int c = 1; c <= 16; c++) {
+    DimExpr cs;
+    if (!dim_mul(dim_const(c), S, &cs) && dim_eq(t.dims[t.rank - 1], cs)) return c;
+  }
+  return 0;
+}
+
+/* Whether x is k * S for some 0 <= k <= 16. */
+static int multiple_of(DimExpr x, DimExpr S) {
+  for (int k = 0; k <= 16; k++) {
+    DimExpr ks;
+    if (!dim_mul(dim_const(k), S, &ks) && dim_eq(x, ks)) return 1;
+  }
+  return 0;
+}
+
+static int keeps_quasi(Jac *J, const IrNode *n, const IrRef *dx) {
+  IrType st = J->src->states.v[J->seed].type;
+  if (st.rank != 1 || st.elem == IR_COMPLEX) return 0;
+  DimExpr S = st.dims[0];
+  int c = stacks(n->type, S);
+  if (!c) return 0;
+  for (int k = 0; k < n->nargs; k++)
+    if (dx[k] != IR_NONE && !stacks(dn(J, dx[k])->type, S)) return 0;
+  int last = n->type.rank - 1;
+  if (ir_op_info[n->op].flags & IRF_EW) {
+    for (int k = 0; k < n->nargs; k++)
+      if (dx[k] != IR_NONE && stacks(dn(J, dx[k])->type, S) != c) return 0;
+    return 1;
+  }
+  switch (n->op) {
+  case IR_BROADCAST:
+  case IR_RESHAPE: /* only leading axes may move */
+    return stacks(dn(J, dx[0])->type, S) == c;
+  case IR_SLICE:
+    return n->axis != last || (multiple_of(n->start, S) && multiple_of(n->stop, S));
+  case IR_INDEX:
+  case IR_SUM:
+  case IR_MEAN:
+  case IR_AMAX:
+  case IR_AMIN:
+    return n->axis >= 0 && n->axis != last && n->axis < n->type.rank;
+  case IR_CONCAT:
+    for (int k = 0; k < n->nargs; k++)
+      if (!stacks(J->src->nodes.v[n->args[k]].type, S)) return 0;
+    return 1;
+  case IR_MATMUL: { /* W [c S, S] @ v [S], W free of the state, v not mixed yet */
+    const IrNode *w = &J->src->nodes.v[n->args[0]];
+    const IrNode *v = &J->src->nodes.v[n->args[1]];
+    return dx[0] == IR_NONE && dx[1] != IR_NONE && !J->mixed[n->args[1]] && w->type.rank == 2 &&
+           v->type.rank == 1 && dim_eq(v->type.dims[0], S) && dim_eq(w->type.dims[1], S);
+  }
+  default:
+    return 0;
+  }
+}
+
+/* The tangent of W v in quasi mode: the diagonals of W's c blocks times v's
+ * tangent, repeated c times. */
+static IrRef quasi_matmul(Jac *J, const IrNode *n, const IrRef *x, const IrRef *dx) {
+  IrType st = J->src->states.v[J->seed].type;
+  DimExpr S = st.dims[0], c = dim_const(stacks(n->type, S));
+  DimExpr blocks[3] = {c, S, S}, rows[2] = {c, S}, one[2] = {dim_const(1), S};
+  IrRef wb = to_type(J, IR_RESHAPE, x[0], ir_type(J->a, IR_REAL, 3, blocks));
+  IrRef d = op1(J, IR_DIAG, wb);
+  IrRef v = to_type(J, IR_RESHAPE, dx[1], ir_type(J->a, IR_REAL, 2, one));
+  v = to_type(J, IR_BROADCAST, v, ir_type(J->a, IR_REAL, 2, rows));
+  return to_type(J, IR_RESHAPE, op2(J, IR_MUL, d, v), n->type);
+}
+
 /* ---- the walk --------------------------------------------------------------------- */
 
 /* Marks the nodes that reach some state's next or init. */
@@ -518,6 +607,24 @@ static int differentiate(Jac *J) {
     J->tan[i] = IR_NONE;
     if (!any) continue;
     J->loc = n->loc;
+    if (J->quasi && !keeps_diagonal(J, n, dx)) {
+      if (!keeps_quasi(J, n, dx)) {
+        diag_error(J->de, n->loc,
+                   "the diagonal of the Jacobian of '%s' by state '%s' cannot be followed "
+                   "through this %s",
+                   f->name, f->states.v[J->seed].name, ir_op_info[n->op].text);
+        J->failed = 1;
+        return -1;
+      }
+      IrRef t = n->op == IR_MATMUL ? quasi_matmul(J, n, x, dx) : tangent(J, n, x, dx, J->val[i]);
+      if (J->failed) return -1;
+      J->tan[i] = fit(J, t, n->type);
+      for (int k = 0; k < n->nargs; k++) J->mixed[i] |= dx[k] != IR_NONE && J->mixed[n->args[k]];
+      J->mixed[i] |= n->op == IR_MATMUL;
+      continue;
+    }
+    if (J->quasi)
+      for (int k = 0; k < n->nargs; k++) J->mixed[i] |= dx[k] != IR_NONE && J->mixed[n->args[k]];
     if (J->diag && !keeps_diagonal(J, n, dx)) {
       diag_error(J->de, n->loc,
                  "the Jacobian of '%s' by state '%s' is not diagonal: %s mixes its elements "
@@ -676,20 +783,25 @@ oom:
   return settle(&J, m, -1, out);
 }
 
-int jacobian_diag_cell(Arena *a, IrModule *m, const IrFunc *cell, IrFunc **out, DiagEngine *de) {
+static int diag_cell(Arena *a, IrModule *m, const IrFunc *cell, int quasi, IrFunc **out,
+                     DiagEngine *de) {
   Jac J;
+  const char *what = quasi ? "quasi" : "diag";
   if (out) *out = NULL;
-  if (built_before(m, cell, "diag", out)) return 0;
-  if (start(&J, a, m, cell, "diag", de)) return settle(&J, m, -1, out);
+  if (built_before(m, cell, what, out)) return 0;
+  if (start(&J, a, m, cell, what, de)) return settle(&J, m, -1, out);
   IrFunc *f = J.dst;
   int ns = f->states.n;
   J.diag = 1;
+  J.quasi = quasi;
+  if (quasi && !(J.mixed = arena_calloc(a, (size_t)cell->nodes.n + 1, 1))) goto oom;
   if (add_next_outputs(&J)) goto oom;
   /* A state read by a next of another type couples elements of different
    * index spaces: no block of that pair is a diagonal. */
   for (int j = 0; j < ns && !J.failed; j++) {
     J.seed = j;
     for (IrRef i = 0; i < cell->nodes.n; i++) J.tan[i] = IR_NONE;
+    if (J.mixed) memset(J.mixed, 0, (size_t)cell->nodes.n);
     J.loc = f->states.v[j].loc;
     IrRef ones = filled(&J, f->states.v[j].type, 1.0);
     for (IrRef i = 0; i < cell->nodes.n; i++)
@@ -716,4 +828,12 @@ int jacobian_diag_cell(Arena *a, IrModule *m, const IrFunc *cell, IrFunc **out, 
 oom:
   if (!J.failed) diag_error(de, cell->loc, "out of memory");
   return settle(&J, m, -1, out);
+}
+
+int jacobian_diag_cell(Arena *a, IrModule *m, const IrFunc *cell, IrFunc **out, DiagEngine *de) {
+  return diag_cell(a, m, cell, 0, out, de);
+}
+
+int jacobian_quasi_cell(Arena *a, IrModule *m, const IrFunc *cell, IrFunc **out, DiagEngine *de) {
+  return diag_cell(a, m, cell, 1, out, de);
 }

@@ -9,12 +9,24 @@
  * Jacobian of the step by those states. This pass builds both as one new
  * cell with no states, the step (newton_step_cell):
  *
- *   inputs   the cell's inputs, then the value of every state entering the
- *            step: the states not solved here first, the solved ones last;
+ *   inputs   the cell's inputs, then the hoisted values (below), then the
+ *            value of every state entering the step: the states not solved
+ *            here first, the solved ones last;
  *   outputs  the solved states' next values F_k, then the blocks
  *            J_kj = d F_k / d h_j (elementwise, k-major) from jacobian.c's
- *            diagonal mode (so only cells whose Jacobian is diagonal, or
- *            k x k blocks of diagonals as ParaLSTM's [c, h], have one).
+ *            diagonal mode: exact Newton for a cell whose Jacobian is
+ *            diagonal, or k x k blocks of diagonals as ParaLSTM's [c, h];
+ *            for a dense one (GRU, LSTM: h read through weight_hh @ h) the
+ *            diagonals of its blocks (jacobian_quasi_cell), which is
+ *            quasi-Newton: the same fixed point, reached more slowly.
+ *
+ * A solve evaluates the step several times at every token, and what the
+ * step computes from the inputs alone (the projections W x + b, usually
+ * most of its work) is the same each time: such values are hoisted. A node
+ * that reads no state but an input, and that a node reading a state reads,
+ * becomes an input of the step (looking through reshapes, broadcasts and
+ * transposes, so the smaller value is hoisted), and the caller computes it
+ * once per token beside the call.
  *
  * scan.c then writes the group as a call of a Newton layer (ir.h, IrNewton)
  * of that step: its results are the solved states' values over the sequence,
@@ -32,10 +44,79 @@ static const IrOutput *output_named(const IrFunc *f, const char *name) {
   return NULL;
 }
 
+/* The cell with each hoisted node read as a new input (after the cell's
+ * own), in a module of its own; the hoisted nodes into *hoisted. */
+static IrFunc *hoist(Arena *a, IrModule *m, const IrFunc *cell, IrRefs *hoisted) {
+  int nn = cell->nodes.n;
+  char *dep_state = arena_calloc(a, (size_t)nn + 1, 1),
+       *dep_tok = arena_calloc(a, (size_t)nn + 1, 1);
+  char *take = arena_calloc(a, (size_t)nn + 1, 1);
+  IrRef *map = arena_calloc(a, (size_t)nn + 1, sizeof *map);
+  IrFunc *f = ir_func_new(m, cell->name, IR_FN_CELL, cell->loc);
+  if (!dep_state || !dep_tok || !take || !map || !f) return NULL;
+  for (IrRef r = 0; r < nn; r++) {
+    const IrNode *nd = &cell->nodes.v[r];
+    dep_state[r] = nd->op == IR_STATE;
+    dep_tok[r] = nd->op == IR_INPUT;
+    for (int j = 0; j < nd->nargs; j++) {
+      dep_state[r] |= dep_state[nd->args[j]];
+      dep_tok[r] |= dep_tok[nd->args[j]];
+    }
+  }
+  for (IrRef r = 0; r < nn; r++) {
+    const IrNode *nd = &cell->nodes.v[r];
+    if (!dep_state[r]) continue;
+    for (int j = 0; j < nd->nargs; j++) {
+      IrRef x = nd->args[j];
+      if (dep_state[x] || !dep_tok[x]) continue;
+      while (cell->nodes.v[x].op == IR_RESHAPE || cell->nodes.v[x].op == IR_BROADCAST ||
+             cell->nodes.v[x].op == IR_TRANSPOSE)
+        x = cell->nodes.v[x].args[0];
+      if (cell->nodes.v[x].op != IR_INPUT) take[x] = 1;
+    }
+  }
+  f->doc = cell->doc;
+  f->dims = cell->dims;
+  f->params = cell->params;
+  f->dim_defaults = cell->dim_defaults;
+  f->dims.cap = f->dims.n;
+  f->params.cap = f->params.n;
+  f->dim_defaults.cap = f->dim_defaults.n;
+  for (int i = 0; i < cell->inputs.n; i++)
+    if (vec_push(a, &f->inputs, cell->inputs.v[i])) return NULL;
+  for (IrRef r = 0; r < nn; r++) {
+    IrNode nd = cell->nodes.v[r];
+    IrRef *args = nd.nargs ? arena_calloc(a, (size_t)nd.nargs, sizeof *args) : NULL;
+    if (nd.nargs && !args) return NULL;
+    for (int j = 0; j < nd.nargs; j++) args[j] = map[nd.args[j]];
+    if (take[r]) {
+      IrInput in = {arena_printf(a, "%s.hoisted%d", cell->name, (int)hoisted->n), nd.type, nd.loc};
+      IrNode leaf;
+      memset(&leaf, 0, sizeof leaf);
+      leaf.op = IR_INPUT;
+      leaf.index = f->inputs.n;
+      leaf.type = nd.type;
+      leaf.loc = nd.loc;
+      if (!in.name || vec_push(a, &f->inputs, in) || vec_push(a, hoisted, r)) return NULL;
+      nd = leaf;
+      args = NULL;
+    }
+    if ((map[r] = ir_emit(f, a, &nd, nd.nargs, args)) == IR_NONE) return NULL;
+  }
+  for (int k = 0; k < cell->states.n; k++) {
+    IrState st = cell->states.v[k];
+    st.init = st.init >= 0 ? map[st.init] : IR_NONE;
+    st.next = map[st.next];
+    if (vec_push(a, &f->states, st)) return NULL;
+  }
+  return f;
+}
+
 int newton_step_cell(Arena *a, const IrFunc *cell, const int *solved, int n, IrFunc **out,
-                     const char **why, DiagEngine *de) {
+                     IrRefs *hoisted, int *quasi, const char **why, DiagEngine *de) {
   *out = NULL;
   *why = NULL;
+  hoisted->n = 0;
   IrModule *scratch = ir_module_new(a);
   if (!scratch) goto oom;
   scratch->entry = 0; /* the diagonal cell, once built (ir_verify wants an entry) */
@@ -52,20 +133,32 @@ int newton_step_cell(Arena *a, const IrFunc *cell, const int *solved, int n, IrF
       return 1;
     }
   }
-  /* The diagonal blocks of the Jacobian; a cell whose Jacobian has none
-   * says why (quietly: the caller reports). */
+  /* The diagonal blocks of the Jacobian of the cell with its hoisted
+   * values as inputs; a cell whose Jacobian has none says why (quietly:
+   * the caller reports). */
+  IrModule *hm = ir_module_new(a);
+  const IrFunc *hc = hm ? hoist(a, hm, cell, hoisted) : NULL;
+  if (!hc) goto oom;
   DiagEngine quiet;
   diag_init(&quiet, a, NULL);
   IrFunc *d;
-  if (jacobian_diag_cell(a, scratch, cell, &d, &quiet)) {
-    for (int i = 0; i < quiet.diags.n; i++)
-      if (quiet.diags.v[i].severity == DIAG_ERROR) *why = quiet.diags.v[i].message;
-    if (!*why) *why = "its Jacobian has no diagonal form";
-    return 1;
+  *quasi = 0;
+  if (jacobian_diag_cell(a, scratch, hc, &d, &quiet)) {
+    /* A dense Jacobian: quasi-Newton with its diagonal, where it can be
+     * followed (jacobian.c). */
+    DiagEngine q2;
+    diag_init(&q2, a, NULL);
+    if (jacobian_quasi_cell(a, scratch, hc, &d, &q2)) {
+      for (int i = 0; i < q2.diags.n; i++)
+        if (q2.diags.v[i].severity == DIAG_ERROR) *why = q2.diags.v[i].message;
+      if (!*why) *why = "its Jacobian has no diagonal form";
+      return 1;
+    }
+    *quasi = 1;
   }
 
   IrFunc *f = ir_func_new(scratch, arena_printf(a, "%s.step", cell->name), IR_FN_CELL, cell->loc);
-  int ns = cell->states.n, ni = cell->inputs.n;
+  int ns = cell->states.n, ni = hc->inputs.n;
   int *input_of = arena_calloc(a, (size_t)ns + 1, sizeof *input_of); /* state -> input */
   char *is_solved = arena_calloc(a, (size_t)ns + 1, 1);
   IrRef *map = arena_calloc(a, (size_t)d->nodes.n + 1, sizeof *map);
@@ -79,7 +172,7 @@ int newton_step_cell(Arena *a, const IrFunc *cell, const int *solved, int n, IrF
   f->params.cap = f->params.n;
   f->dim_defaults.cap = f->dim_defaults.n;
   for (int i = 0; i < ni; i++)
-    if (vec_push(a, &f->inputs, cell->inputs.v[i])) goto oom;
+    if (vec_push(a, &f->inputs, hc->inputs.v[i])) goto oom;
   for (int k = 0; k < n; k++) is_solved[solved[k]] = 1;
   for (int pass = 0; pass < 2; pass++)
     for (int j = 0; j < ns; j++) {

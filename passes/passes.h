@@ -161,6 +161,12 @@ int jacobian_jvp_cell(Arena *a, IrModule *m, const IrFunc *cell, IrFunc **out, D
  * not diagonal, and that is a diagnostic naming the op. For complex states
  * the entry is the complex derivative (real-linear ops are refused). */
 int jacobian_diag_cell(Arena *a, IrModule *m, const IrFunc *cell, IrFunc **out, DiagEngine *de);
+/* Builds "<cell>.quasi": as "<cell>.diag", but where the Jacobian is dense
+ * (a state [S] read through a product W h, W [c S, S], and elementwise ops)
+ * its outputs are still the exact diagonals of the blocks, for quasi-Newton
+ * (jacobian.c says when that holds); a path it cannot follow (a product of
+ * a product, a state of rank other than 1) is a diagnostic. */
+int jacobian_quasi_cell(Arena *a, IrModule *m, const IrFunc *cell, IrFunc **out, DiagEngine *de);
 
 /* ---- strategy.c: the form that solves each state --------------------------- */
 
@@ -297,11 +303,14 @@ int delta_build(Arena *a, const IrFunc *cell, int state, const DeltaForm *form, 
 
 #define NEWTON_MAX_STATES 4
 /* Builds "<cell>.step", a cell with no states (newton.c says what it
- * computes) for solving the n states solved[] (of one real type) by Newton.
- * Returns 0 and *out (in a module of its own); 1 and *why when the
- * Jacobian has no diagonal blocks; -1 with a diagnostic. */
+ * computes) for solving the n states solved[] (of one real type) by Newton,
+ * and in *hoisted the nodes of cell whose values it takes as inputs after
+ * the cell's own; *quasi is 1 when its blocks are the diagonals of a dense
+ * Jacobian (quasi-Newton). Returns 0 and *out (in a module of its own); 1
+ * and *why when the Jacobian has no diagonal blocks; -1 with a diagnostic. */
+typedef VEC(IrRef) IrRefs;
 int newton_step_cell(Arena *a, const IrFunc *cell, const int *solved, int n, IrFunc **out,
-                     const char **why, DiagEngine *de);
+                     IrRefs *hoisted, int *quasi, const char **why, DiagEngine *de);
 
 /* ---- scan.c: a cell's parallel form as sequence-level IR ------------------ */
 

@@ -429,7 +429,9 @@ static int solve_newton(Scan *S, int k) {
     return -1;
   }
   const char *why;
-  int rc = newton_step_cell(S->b.a, f, solved, n, &S->step, &why, S->b.de);
+  IrRefs hoisted = {0};
+  int quasi = 0;
+  int rc = newton_step_cell(S->b.a, f, solved, n, &S->step, &hoisted, &quasi, &why, S->b.de);
   if (rc) {
     if (rc > 0)
       S->why = arena_printf(S->b.a, "state %s: %s", f->states.v[k].name, why);
@@ -451,6 +453,7 @@ static int solve_newton(Scan *S, int k) {
   }
   for (int d = 0; d < f->dims.n; d++) l.dim_args[d] = dim_var(d);
   l.newton.states = n;
+  l.newton.quasi = quasi;
   l.newton.rtol = S->newton && S->newton->rtol > 0 ? S->newton->rtol : NEWTON_RTOL;
   l.newton.atol = S->newton && S->newton->atol > 0 ? S->newton->atol : NEWTON_ATOL;
   l.newton.max_iter = S->newton && S->newton->max_iter > 0 ? S->newton->max_iter : NEWTON_MAX_ITER;
@@ -474,8 +477,10 @@ static int solve_newton(Scan *S, int k) {
     in.loc = f->inputs.v[i].loc;
     if ((args[i] = ir_emit(S->b.dst, S->b.a, &in, 0, NULL)) == IR_NONE) oom(S);
   }
-  /* The other states, as they are read: their values entering each step. */
+  /* The values hoisted out of the step, once per token. */
   int at = f->inputs.n;
+  for (int h = 0; h < hoisted.n; h++) args[at++] = map_node(S, hoisted.v[h]);
+  /* The other states, as they are read: their values entering each step. */
   for (int j = 0; j < f->states.n; j++) {
     int mine = 0;
     for (int q = 0; q < n; q++) mine |= solved[q] == j;

@@ -225,7 +225,10 @@ static void choose_auto(Arena *a, const IrFunc *f, StateForm *sf, const char *na
   for (int k = 0; k < f->states.n; k++) {
     if (sf[k].form != FORM_AUTO) continue;
     sf[k].form = parallel ? best_parallel(&sf[k]) : FORM_SEQUENTIAL;
-    if (!par_ok)
+    if (!par_ok && sf[k].admitted[FORM_NEWTON])
+      sf[k].why = "auto: sequential; auto does not take the newton form (not costed; on 2 CPU "
+                  "cores it measured 3 to 15 times slower than the step loop, BENCHMARKS.md)";
+    else if (!par_ok)
       sf[k].why = "auto: sequential, since not every state of the cell has a parallel form";
     else if (!costed)
       sf[k].why = "auto: sequential (no instance of the cell to cost)";
@@ -288,11 +291,12 @@ int strategy_choose(Arena *a, const IrModule *m, const IrFunc *root, const int64
       for (int fm = FORM_SEQUENTIAL; fm < FORM_COUNT; fm++) {
         sf->admitted[fm] = admits(cls, (Form)fm);
         /* Newton needs the Jacobian's diagonal blocks (newton.c), and is
-         * not costed: the CPU backend has no code for it yet, so auto never
-         * takes it. */
+         * not costed: on the CPU it loses to the step loop wherever it was
+         * measured (BENCHMARKS.md), so auto never takes it. */
         if (fm == FORM_NEWTON) {
           RecJacobian jac = cr->funcs[i].states[k].jacobian;
-          sf->admitted[fm] &= jac == REC_JAC_DIAG || jac == REC_JAC_BLOCK_DIAG;
+          sf->admitted[fm] &=
+              jac == REC_JAC_DIAG || jac == REC_JAC_BLOCK_DIAG || jac == REC_JAC_DENSE;
           continue;
         }
         /* The delta rule's chunked form needs its operands found. */
@@ -433,10 +437,10 @@ void strategy_print(FILE *out, const IrModule *m, const StrategyPlan *plan) {
     for (int k = 0; k < f->states.n; k++) {
       const StateForm *sf = &plan->funcs[i][k];
       fprintf(out, "  state %s: %s (%s)\n", f->states.v[k].name, form_name(sf->form), sf->why);
-      if (!sf->costed) continue;
       if (sf->admitted[FORM_NEWTON])
-        fprintf(out, "    %-10s (not costed: no CPU code yet; the interpreter runs it)\n",
+        fprintf(out, "    %-10s admitted (--strategy=newton), not costed\n",
                 form_name(FORM_NEWTON));
+      if (!sf->costed) continue;
       for (int fm = FORM_SEQUENTIAL; fm <= FORM_CHUNKED; fm++)
         if (sf->admitted[fm])
           fprintf(out, "    %-10s %10.4g flops %10.4g bytes per token, %8.4g us per token\n",

@@ -68,45 +68,51 @@ static int evaluate(Solve *s, float *const *X, float *resid) {
   if (st) return st;
   for (int64_t b = 0; X && b < s->B; b++) {
     float r = 0;
+    int nan = 0;
     int64_t len = len_of(s, b);
     for (int k = 0; k < s->n; k++) {
       const float *x = X[k] + b * s->T * w, *f = s->F[k] + b * s->T * w;
       for (int64_t i = 0; i < len * w; i++) {
         float d = fabsf(x[i] - f[i]);
-        if (!(d <= r)) r = isnan(d) ? INFINITY : d;
+        nan |= d != d;
+        r = d > r ? d : r;
       }
     }
-    resid[b] = r;
+    resid[b] = nan ? INFINITY : r;
   }
   return 0;
 }
 
 /* Example b's new guess into D: N[tau] = F + sum_j J_kj (N_j[tau-1] - P_j),
- * N[-1] = h0; then its largest step relative to the tolerance. */
+ * N[-1] = h0; then its largest step relative to the tolerance. The loops
+ * over a row's elements are innermost, so they vectorize. */
 static float linear_step(Solve *s, int64_t b, float rtol, float atol) {
   int n = s->n;
   int64_t w = s->w, len = len_of(s, b);
   float err = 0;
+  int nan = 0;
   for (int64_t tau = 0; tau < len; tau++) {
     int64_t at = row(s, b, len, tau) * w, pv = tau ? row(s, b, len, tau - 1) * w : -1;
-    for (int64_t i = 0; i < w; i++) {
-      float v[RT_NEWTON_MAX_STATES];
-      for (int k = 0; k < n; k++) {
-        float acc = s->F[k][at + i];
-        for (int j = 0; j < n; j++) {
-          float prev = pv >= 0 ? s->D[j][pv + i] : s->h0[j][b * w + i];
-          acc += s->outs[n + k * n + j][at + i] * (prev - s->P[j][at + i]);
-        }
-        v[k] = acc;
+    for (int k = 0; k < n; k++) {
+      float *d = s->D[k] + at;
+      const float *f = s->F[k] + at;
+      for (int64_t i = 0; i < w; i++) d[i] = f[i];
+      for (int j = 0; j < n; j++) {
+        const float *J = s->outs[n + k * n + j] + at, *p = s->P[j] + at;
+        const float *prev = pv >= 0 ? s->D[j] + pv : s->h0[j] + b * w;
+        for (int64_t i = 0; i < w; i++) d[i] += J[i] * (prev[i] - p[i]);
       }
-      for (int k = 0; k < n; k++) {
-        s->D[k][at + i] = v[k];
-        float e = fabsf(v[k] - s->outs[k][at + i]) / (atol + rtol * fabsf(v[k]));
-        if (!(e <= err)) err = isnan(e) ? INFINITY : e;
+    }
+    for (int k = 0; k < n; k++) {
+      const float *d = s->D[k] + at, *h = s->outs[k] + at;
+      for (int64_t i = 0; i < w; i++) {
+        float e = fabsf(d[i] - h[i]) / (atol + rtol * fabsf(d[i]));
+        nan |= e != e;
+        err = e > err ? e : err;
       }
     }
   }
-  return err;
+  return nan ? INFINITY : err;
 }
 
 /* Example b by the step loop: one call of the step per token. */

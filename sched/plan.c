@@ -67,8 +67,7 @@ int sched_is_view(IrOp op) {
   return op == IR_PARAM || op == IR_INPUT || op == IR_STATE || op == IR_RESHAPE || op == IR_RESULT;
 }
 
-void sched_axis_split(const SchedValue *v, int axis, int64_t *outer, int64_t *len,
-                      int64_t *inner) {
+void sched_axis_split(const SchedValue *v, int axis, int64_t *outer, int64_t *len, int64_t *inner) {
   *outer = 1;
   *inner = 1;
   for (int d = 0; d < axis; d++) *outer *= v->shape[d];
@@ -123,6 +122,7 @@ static int complex_supported(Plan *p, const IrNode *nd) {
   case IR_RESULT:
   case IR_CALL:
   case IR_TRANSPOSE:
+  case IR_DIAG:
   case IR_SLICE:
   case IR_INDEX:
   case IR_SUM:
@@ -284,7 +284,8 @@ static int demote_expansions(Plan *p) {
     }
     int ew = (ir_op_info[nd->op].flags & IRF_EW) || nd->op == IR_BROADCAST || nd->op == IR_OUTER;
     if (after_demoted ||
-        (!feeds[r] && ew && !sched_is_view(nd->op) && sched_row_floats(n) >= EXPANSION_RATIO * in) ||
+        (!feeds[r] && ew && !sched_is_view(nd->op) &&
+         sched_row_floats(n) >= EXPANSION_RATIO * in) ||
         (!feeds[r] && step_only_slice(p, r)))
       n->cls = SCHED_STEP;
   }
@@ -399,8 +400,7 @@ int plan_values(Plan *p) {
     /* A model (a cell's parallel form) reads a state as one row per example
      * (the value entering the sequence); what it computes from it is per
      * token, read at that example's row. */
-    if (fn->kind == IR_FN_MODEL && nd->op != IR_STATE && n->cls == SCHED_STEP)
-      n->cls = SCHED_TOKEN;
+    if (fn->kind == IR_FN_MODEL && nd->op != IR_STATE && n->cls == SCHED_STEP) n->cls = SCHED_TOKEN;
     n->is_int = nd->type.elem == IR_INT;
     n->w = nd->type.elem == IR_COMPLEX ? 2 : 1;
     if (plan_eval_type(p, p->in, nd->type, nd->loc, &n->rank, n->shape, &n->numel)) return -1;

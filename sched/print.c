@@ -118,9 +118,10 @@ static void print_ops(FILE *out, const SchedInst *in, const SchedOp *ops, int n,
       int ci = in->layers[in->fn->nodes.v[op->node].index];
       if (l->newton.states)
         fprintf(out,
-                "newton solve v%d of %d state(s), step: instance %d (rtol %g, atol %g, at most "
+                "%snewton solve v%d of %d state(s), step: instance %d (rtol %g, atol %g, at most "
                 "%d iterations, then the step loop)\n",
-                op->node, l->newton.states, ci, l->newton.rtol, l->newton.atol, l->newton.max_iter);
+                l->newton.quasi ? "quasi-" : "", op->node, l->newton.states, ci, l->newton.rtol,
+                l->newton.atol, l->newton.max_iter);
       else
         fprintf(out, "call v%d layer %s (instance %d)%s\n", op->node, l->name, ci,
                 l->reverse ? " reversed" : "");
