@@ -34,8 +34,10 @@ typedef struct Solve {
   const float *h0[RT_NEWTON_MAX_STATES];
   float *F[RT_NEWTON_MAX_STATES], *P[RT_NEWTON_MAX_STATES];
   float *C[RT_NEWTON_MAX_STATES], *D[RT_NEWTON_MAX_STATES];
-  void **ins;   /* the step's inputs: the caller's m, then P */
-  void **souts; /* the step's outputs: F, then J */
+  const int64_t *in_floats; /* per input of the caller's m: floats per row */
+  const int32_t *in_kind;   /* and its layout (RT_NEWTON_PER_TOKEN, ...) */
+  void **ins;               /* the step's inputs: the caller's m, then P */
+  void **souts;             /* the step's outputs: F, then J */
 } Solve;
 
 static int64_t len_of(const Solve *s, int64_t b) {
@@ -45,6 +47,53 @@ static int64_t len_of(const Solve *s, int64_t b) {
 /* The physical row of logical step tau of example b. */
 static int64_t row(const Solve *s, int64_t b, int64_t len, int64_t tau) {
   return b * s->T + (s->rev ? len - 1 - tau : tau);
+}
+
+/* Tokens per call of the step: the step keeps every value it computes for
+ * each of its rows, so a call over one example's chunk of tokens keeps them
+ * in cache (and the memory bounded) where a call over all B*T rows would
+ * not; a few tens of KiB of each state-sized value per call. */
+static int64_t chunk_tokens(const Solve *s) {
+  int64_t tc = 32768 / s->w;
+  return tc < 16 ? 16 : tc;
+}
+
+typedef struct EvalJob {
+  Solve *s;
+  int64_t tc, nchunks;
+  int status; /* a failing call's */
+} EvalJob;
+
+/* One example's chunk of tokens through the step: its rows of every buffer
+ * are contiguous, so the step sees a batch of one sequence of tc tokens. */
+static void eval_item(void *ctx, int item) {
+  EvalJob *job = ctx;
+  Solve *s = job->s;
+  int64_t b = item / job->nchunks, t0 = (item % job->nchunks) * job->tc;
+  int64_t len = len_of(s, b);
+  if (t0 >= len) return;
+  int64_t n = len - t0 < job->tc ? len - t0 : job->tc, at = b * s->T + t0;
+  void *in[RT_NEWTON_MAX_INPUTS + RT_NEWTON_MAX_STATES];
+  void *out[RT_NEWTON_MAX_STATES * (RT_NEWTON_MAX_STATES + 1)];
+  for (int i = 0; i < s->m; i++) {
+    float *base = s->ins[i];
+    in[i] = s->in_kind[i] == RT_NEWTON_PER_TOKEN     ? base + at * s->in_floats[i]
+            : s->in_kind[i] == RT_NEWTON_PER_EXAMPLE ? base + b * s->in_floats[i]
+                                                     : base;
+  }
+  for (int k = 0; k < s->n; k++) in[s->m + k] = s->P[k] + at * s->w;
+  for (int j = 0; j < s->n + s->n * s->n; j++) out[j] = (float *)s->souts[j] + at * s->w;
+  int st = s->step(s->params, 1, n, in, NULL, NULL, out, NULL, 0);
+  if (st) __atomic_store_n(&job->status, st, __ATOMIC_RELAXED);
+}
+
+static int eval_chunks(Solve *s) {
+  EvalJob job = {s, chunk_tokens(s), 0, 0};
+  job.nchunks = (s->T + job.tc - 1) / job.tc;
+  int64_t items = s->B * job.nchunks;
+  if (items > INT32_MAX) return 1;
+  rt_cpu_parallel_for_nowait((int)items, eval_item, &job);
+  return job.status;
 }
 
 /* F and J at P = delay(X, h0) for every example (X == NULL: P = 0); then,
@@ -64,7 +113,7 @@ static int evaluate(Solve *s, float *const *X, float *resid) {
       }
     }
   }
-  int st = s->step(s->params, s->B, s->T, s->ins, s->lengths, NULL, s->souts, NULL, 0);
+  int st = eval_chunks(s);
   if (st) return st;
   for (int64_t b = 0; X && b < s->B; b++) {
     float r = 0;
@@ -179,6 +228,8 @@ int rt_cpu_newton(RtNewtonStep step, void *const *params, int64_t B, int64_t T, 
   s.lengths = lengths;
   s.rev = rev != 0;
   s.outs = outs;
+  s.in_floats = in_floats;
+  s.in_kind = in_kind;
   int64_t per = B * T * w, nout = n + n * n;
   /* F, P, C, D per state; one token's outputs (the fallback); per example
    * the guess's and the candidate's residuals and the step's factor; the
