@@ -161,7 +161,9 @@ static void run_locked(int n, void (*fn)(void *ctx, int i), void *ctx) {
     pthread_mutex_unlock(&pool.lock);
   }
   if (n == 1 || pool.nworkers == 0) {
-    for (int i = 0; i < n; i++) fn(ctx, i);
+    /* As parts: a parallel_for inside them (a GEMM of a step the Newton
+     * solve calls) must run there, not wait for the lock this thread holds. */
+    run_inline(n, fn, ctx);
     pthread_mutex_unlock(&pool.call_lock);
     return;
   }
