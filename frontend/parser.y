@@ -259,6 +259,14 @@ unit:
                        $$->kind == AST_CELL ? "cell" : "model",
                        $$->kind == AST_CELL ? "step" : "forward");
   }
+  /* Declarations and no body: say what is missing rather than "unexpected '}'". */
+| unit_head '{' decls '}' {
+    $$ = $1;
+    $$->ndecls = $3->n;
+    $$->decls = $3->v;
+    ast_syntax_error(P, LOC(@4), "%s '%s' has no '%s { ... }' block", $$->kind == AST_CELL ?
+                     "cell" : "model", $$->name, $$->kind == AST_CELL ? "step" : "forward");
+  }
   /* A declaration broke and its recovery ran into the unit's closing brace. */
 | unit_head '{' decls error '}' {
     $$ = $1;
