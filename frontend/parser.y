@@ -699,15 +699,17 @@ static int yyreport_syntax_error(const yypcontext_t *ctx, ParseState *P, void *s
 
   const char *groups[2];
   int ngroups = 0;
-  static const int op_needed[] = {YYTRANSLATE('*'), YYTRANSLATE('@')};
-  static const int op_group[] = {YYTRANSLATE('+'), YYTRANSLATE('-'), YYTRANSLATE('*'),
-                                 YYTRANSLATE('/'), YYTRANSLATE('@'), YYTRANSLATE('('),
-                                 YYTRANSLATE('['), YYTRANSLATE('.'), YYSYMBOL_TRANSPOSE,
-                                 YYSYMBOL_PRIME};
-  static const int expr_needed[] = {YYSYMBOL_NUMBER, YYSYMBOL_IDENT, YYTRANSLATE('(')};
-  static const int expr_group[] = {YYSYMBOL_NUMBER, YYSYMBOL_IDENT,   YYTRANSLATE('('),
-                                   YYTRANSLATE('['), YYTRANSLATE('-'), YYTRANSLATE('+'),
-                                   YYSYMBOL_COMPLEX};
+  /* Not static: YYTRANSLATE reads bison's yytranslate[] table, which is no
+   * constant expression (GCC folds it anyway; clang rejects it). */
+  const int op_needed[] = {YYTRANSLATE('*'), YYTRANSLATE('@')};
+  const int op_group[] = {YYTRANSLATE('+'), YYTRANSLATE('-'), YYTRANSLATE('*'),
+                          YYTRANSLATE('/'), YYTRANSLATE('@'), YYTRANSLATE('('),
+                          YYTRANSLATE('['), YYTRANSLATE('.'), YYSYMBOL_TRANSPOSE,
+                          YYSYMBOL_PRIME};
+  const int expr_needed[] = {YYSYMBOL_NUMBER, YYSYMBOL_IDENT, YYTRANSLATE('(')};
+  const int expr_group[] = {YYSYMBOL_NUMBER,  YYSYMBOL_IDENT,   YYTRANSLATE('('),
+                            YYTRANSLATE('['), YYTRANSLATE('-'), YYTRANSLATE('+'),
+                            YYSYMBOL_COMPLEX};
   if (take_group(has, op_needed, 2, op_group, (int)(sizeof op_group / sizeof *op_group)))
     groups[ngroups++] = "an operator";
   else if (take_group(has, expr_needed, 3, expr_group,
