@@ -200,6 +200,7 @@ int cg_aot_build(Arena *a, const Schedule *s, const CgOptions *opt, CgEmitKind k
                  const char *out_path, const char *header_path, DiagEngine *de) {
   cg_llvm_init();
   LLVMContextRef ctx = LLVMContextCreate();
+  cg_capture_diagnostics(ctx, de);
   LLVMModuleRef mod = NULL;
   LLVMTargetMachineRef tm = NULL;
   int rc = -1;

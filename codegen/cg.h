@@ -37,8 +37,16 @@ typedef struct CgOptions {
 
 /* Initializes the native target once (thread-safe). */
 void cg_llvm_init(void);
-/* A target machine for the host triple; NULL with a diagnostic on failure. */
+/* Checks a target CPU ("native" or NULL/"" = the host's) and feature list
+ * ("+avx2,-fma") against what this LLVM's x86-64 target supports and seqc's
+ * code compiles with (codegen/target_x86.def): 0, or -1 with msg set.
+ * LLVM itself would abort on some. Other targets: always 0. */
+int cg_target_check(const char *cpu, const char *features, char *msg, size_t n);
+/* A target machine for the host triple; NULL with a diagnostic on failure
+ * (including every value cg_target_check refuses). */
 LLVMTargetMachineRef cg_target_machine(const CgOptions *opt, LLVMRelocMode reloc, DiagEngine *de);
+/* Routes ctx's LLVM diagnostics into de (never to stderr). */
+void cg_capture_diagnostics(LLVMContextRef ctx, DiagEngine *de);
 /* Verifies, then runs the default<On> pipeline. 0 on success. */
 int cg_optimize(LLVMModuleRef mod, LLVMTargetMachineRef tm, int opt_level, DiagEngine *de);
 /* Writes an object or assembly file. */

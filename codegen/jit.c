@@ -76,6 +76,7 @@ CgJit *cg_jit_compile(Arena *a, const Schedule *s, const CgOptions *opt, DiagEng
   cg_llvm_init();
   LLVMOrcThreadSafeContextRef tsc = LLVMOrcCreateNewThreadSafeContext();
   LLVMContextRef ctx = LLVMOrcThreadSafeContextGetContext(tsc);
+  cg_capture_diagnostics(ctx, de);
   LLVMModuleRef mod = NULL;
   CgJit *j = NULL;
   LLVMTargetMachineRef tm = NULL;
@@ -122,12 +123,15 @@ fail:
 
 void *cg_jit_lookup(CgJit *j, const char *name, DiagEngine *de) {
   LLVMOrcExecutorAddress addr = 0;
+  int errors = de->nerrors;
   LLVMErrorRef e = LLVMOrcLLJITLookup(j->jit, &addr, name);
   if (e) {
     report(de, name, e);
     return NULL;
   }
-  return (void *)(uintptr_t)addr;
+  /* The lookup compiled the module: an error LLVM reported meanwhile
+   * (cg_capture_diagnostics) means the code is not to be run. */
+  return de->nerrors > errors ? NULL : (void *)(uintptr_t)addr;
 }
 
 void cg_jit_destroy(CgJit *j) {

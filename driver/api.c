@@ -4,10 +4,12 @@
  * only marks the library's initialization. */
 #include "seq.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "driver/pipeline.h"
 #include "driver/run.h"
@@ -97,17 +99,17 @@ static int allow_l0(const StFile *f) {
 
 /* The stored name of parameter `name` (in buf if it is the _l0 form), or NULL. */
 static const char *st_resolve(const StFile *f, const char *name, char *buf, size_t n) {
-  if (rt_st_find(f->sf, name)) return name;
+  if (rt_st_find_any(f->sf, name)) return name;
   if (!allow_l0(f)) return NULL;
   snprintf(buf, n, "%s_l0", name);
-  return rt_st_find(f->sf, buf) ? buf : NULL;
+  return rt_st_find_any(f->sf, buf) ? buf : NULL;
 }
 
 static int st_lookup(void *ctx, const char *name, int *ndim, int64_t *shape) {
   char buf[512];
   const StFile *f = ctx;
   const char *stored = st_resolve(f, name, buf, sizeof buf);
-  const RtTensorInfo *ti = stored ? rt_st_find(f->sf, stored) : NULL;
+  const RtTensorInfo *ti = stored ? rt_st_find_any(f->sf, stored) : NULL;
   if (!ti) return 0;
   *ndim = ti->ndim;
   memcpy(shape, ti->shape, sizeof(int64_t) * (size_t)ti->ndim);
@@ -151,6 +153,20 @@ static int parse_dims(SeqModule *m, const char *spec, const char **names, int64_
   return 0;
 }
 
+/* Whether the source file can be read (a directory cannot); if not, an
+ * error naming it. Its imports are the compiler's to report. */
+static int readable_file(SeqModule *m, const char *path) {
+  FILE *f = fopen(path, "rb");
+  struct stat st;
+  int ok = f && fstat(fileno(f), &st) == 0 && !S_ISDIR(st.st_mode);
+  if (!f)
+    diag_error(&m->de, (SrcLoc){0}, "cannot open '%s': %s", path, strerror(errno));
+  else if (!ok)
+    diag_error(&m->de, (SrcLoc){0}, "'%s' is a directory, not a .seq file", path);
+  if (f) fclose(f);
+  return ok;
+}
+
 static SeqStatus compile(SeqContext *cx, const char *path, const char *name, const char *source,
                          const SeqOptions *opt, SeqModule **out) {
   if (!out) return SEQ_ERR_ARG;
@@ -182,8 +198,13 @@ static SeqStatus compile(SeqContext *cx, const char *path, const char *name, con
   po.entry = o.entry;
   po.cg = (CgOptions){o.opt_level, o.target_cpu, o.target_features};
   StrategyRequest strategy;
-  char serr[256];
+  char serr[512];
   SeqStatus st = SEQ_ERR_ARG;
+  /* LLVM would abort the host on some CPUs and features: checked first. */
+  if (cg_target_check(o.target_cpu, o.target_features, serr, sizeof serr)) {
+    diag_error(&m->de, (SrcLoc){0}, "%s", serr);
+    goto done;
+  }
   if (strategy_parse(m->arena, o.strategy, &strategy, serr, sizeof serr)) {
     diag_error(&m->de, (SrcLoc){0}, "%s", serr);
     goto done;
@@ -201,6 +222,8 @@ static SeqStatus compile(SeqContext *cx, const char *path, const char *name, con
   po.ndims = ndims;
   po.dim_names = dim_names;
   po.dim_values = dim_values;
+  st = SEQ_ERR_IO; /* as seq.h promises for a source that cannot be read */
+  if (path && !readable_file(m, path)) goto done;
   st = SEQ_ERR_COMPILE;
   po.goal = PIPE_REPORT;
   if (pipeline_run(&m->pipe, &po)) goto done;
@@ -214,6 +237,7 @@ static SeqStatus compile(SeqContext *cx, const char *path, const char *name, con
     stf.sf = sf;
     po.weight_shape = st_lookup;
     po.weight_ctx = &stf;
+    po.weight_file = o.weights_path;
   }
   st = SEQ_ERR_BIND;
   po.goal = PIPE_BOUND;
@@ -354,7 +378,7 @@ SeqStatus seq_module_bind_safetensors(SeqModule *m, const char *path) {
       st = fail(m, SEQ_ERR_BIND, "%s: no tensor named %s", path, p->name);
       break;
     }
-    if (rt_st_read(sf, stored, RT_F32, &t, &err)) {
+    if (rt_st_read_weight(sf, stored, RT_F32, &t, &err)) {
       st = fail(m, SEQ_ERR_BIND, "%s", err.msg);
       break;
     }

@@ -48,6 +48,7 @@ static int front(Pipeline *p, const PipeOptions *o) {
 static int bind_dims(Pipeline *p, const PipeOptions *o) {
   const IrFunc *entry = p->source->funcs.v[p->source->entry];
   if (ir_binding_init(&p->bind, p->arena, p->source, entry, p->de)) return -1;
+  p->bind.weights_from = o->weight_shape ? o->weight_file : NULL;
   for (int i = 0; i < o->ndims; i++)
     if (ir_binding_set_dim(&p->bind, o->dim_names[i], o->dim_values[i], p->de)) return -1;
   return ir_binding_infer(&p->bind, o->weight_shape, o->weight_ctx, o->input_ndims,

@@ -48,6 +48,7 @@ typedef struct PipeOptions {
   const int64_t *dim_values;
   IrShapeLookup weight_shape;
   void *weight_ctx;
+  const char *weight_file; /* where weight_shape reads, named in errors about weights */
   const int *input_ndims;
   const int64_t *const *input_shapes;
   const StrategyRequest *strategy;     /* --strategy; NULL: auto for every state */

@@ -1,6 +1,8 @@
 /* run.c - adapters between RtTensors / IrBindings and the generated ABI. */
 #include "driver/run.h"
 
+#include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 void drv_weights_free(DrvWeights *w) {
@@ -57,11 +59,103 @@ int drv_weights_from_binding(const AbiSignature *sig, const IrBinding *b, DrvWei
   return 0;
 }
 
+/* The first token of input t (values v, [B, T]) the interpreter would
+ * refuse, in its order (example by example, step by step, only steps before
+ * each sequence's length); reported in its words at the embedding lookup.
+ * Returns -1 after a diagnostic, 0 when every token is fine. */
+int drv_check_tokens(const AbiTensor *t, const double *v, int64_t B, int64_t T,
+                     const int64_t *lengths, DiagEngine *de) {
+  for (int64_t b = 0; b < B; b++) {
+    int64_t len = lengths ? lengths[b] : T;
+    for (int64_t s = 0; s < len; s++) {
+      double x = v[b * T + s];
+      if (!(x == floor(x))) { /* also NaN and infinities */
+        diag_error(de, t->vocab_loc, "token index %g is not an integer at batch %lld, step %lld", x,
+                   (long long)b, (long long)s);
+        return -1;
+      }
+      if (x < 0 || (t->vocab > 0 && x >= (double)t->vocab) || x > 2147483647.0) {
+        if (t->vocab > 0)
+          diag_error(de, t->vocab_loc,
+                     "token index %.0f out of range [0, %lld) at batch %lld, step %lld", x,
+                     (long long)t->vocab, (long long)b, (long long)s);
+        else
+          diag_error(de, t->vocab_loc,
+                     "token index %.0f of input %s out of range at batch %lld, "
+                     "step %lld",
+                     x, t->name, (long long)b, (long long)s);
+        return -1;
+      }
+    }
+  }
+  return 0;
+}
+
 /* Index in the binding's flat states of the signature's state i. */
 static int flat_state(const IrBinding *b, const char *name) {
   for (int j = 0; j < b->flat.states.n; j++)
     if (strcmp(b->flat.states.v[j].name, name) == 0) return j;
   return -1;
+}
+
+/* "[2, 3, 4]" */
+static const char *shape_text(char *buf, size_t n, int ndim, const int64_t *shape) {
+  size_t k = 0;
+  buf[k++] = '[';
+  for (int d = 0; d < ndim && k + 24 < n; d++)
+    k += (size_t)snprintf(buf + k, n - k, "%s%lld", d ? ", " : "", (long long)shape[d]);
+  snprintf(buf + k, n - k, "]");
+  return buf;
+}
+
+/* A tensor handed to compiled code must have the interface's shape behind
+ * the lead axes ([B, T] for inputs, [B] for states) and a real dtype (an int
+ * input also takes integers): checked as the interpreter checks it, with
+ * its words, so both backends refuse the same arguments the same way. */
+static int check_tensor(const char *what, const AbiTensor *t, int nlead, const int64_t *lead,
+                        SrcLoc loc, const RtTensor *x, DiagEngine *de) {
+  int64_t want[RT_MAX_RANK];
+  int n = t->is_int ? 0 : t->ndim;
+  if (nlead + n > RT_MAX_RANK) {
+    diag_error(de, loc, "%s '%s' does not fit a tensor of rank %d", what, t->name, RT_MAX_RANK);
+    return -1;
+  }
+  memcpy(want, lead, sizeof(int64_t) * (size_t)nlead);
+  memcpy(want + nlead, t->shape, sizeof(int64_t) * (size_t)n);
+  n += nlead;
+  if (x->dtype != RT_F32 && x->dtype != RT_F64 &&
+      !(t->is_int && (x->dtype == RT_I32 || x->dtype == RT_I64))) {
+    diag_error(de, loc, "%s '%s' has dtype %s; expected f32 or f64%s", what, t->name,
+               rt_dtype_name(x->dtype), t->is_int ? " (or i32, i64)" : "");
+    return -1;
+  }
+  if (x->ndim != n || memcmp(x->shape, want, sizeof(int64_t) * (size_t)n) != 0) {
+    char got_s[256], want_s[256];
+    diag_error(de, loc, "%s '%s' has shape %s but expected %s", what, t->name,
+               shape_text(got_s, sizeof got_s, x->ndim, x->shape),
+               shape_text(want_s, sizeof want_s, n, want));
+    return -1;
+  }
+  return 0;
+}
+
+/* Tokens travel as int32 (docs/abi.md). They are checked first as the
+ * interpreter checks them (a float token file holding 1.5 is refused, not
+ * truncated); steps past a sequence's length, which the interpreter never
+ * reads, become token 0, so the compiled lookups accept what it accepts. */
+static int tokens_to_int32(const AbiTensor *t, RtTensor *conv, int64_t B, int64_t T,
+                           const int64_t *lengths, DiagEngine *de) {
+  double *d = conv->data;
+  if (drv_check_tokens(t, d, B, T, lengths, de)) return -1;
+  int32_t *q = (int32_t *)conv->data;
+  for (int64_t b = 0; b < B; b++) {
+    int64_t len = lengths ? lengths[b] : T;
+    for (int64_t s = 0; s < T; s++) {
+      int64_t k = b * T + s; /* q[k] overwrites d[k]'s first half, read already */
+      q[k] = s < len ? (int32_t)d[k] : 0;
+    }
+  }
+  return 0;
 }
 
 int drv_run(const AbiSignature *sig, AbiForwardFn fn, const DrvWeights *w, const IrBinding *b,
@@ -84,18 +178,23 @@ int drv_run(const AbiSignature *sig, AbiForwardFn fn, const DrvWeights *w, const
   memset(conv, 0, sizeof(RtTensor) * (size_t)(ni + 1));
   memset(sconv, 0, sizeof(RtTensor) * (size_t)(ns + 1));
   for (int o = 0; o < no; o++) memset(&outputs[o], 0, sizeof(RtTensor));
+  if (lengths)
+    for (int64_t i = 0; i < B; i++) {
+      if (lengths[i] < 0 || lengths[i] > T) {
+        diag_error(de, (SrcLoc){0}, "lengths[%lld] = %lld is outside [0, T] = [0, %lld]",
+                   (long long)i, (long long)lengths[i], (long long)T);
+        goto done;
+      }
+      len32[i] = (int32_t)lengths[i];
+    }
+  int64_t lead[2] = {B, T};
   for (int i = 0; i < ni; i++) {
+    const AbiTensor *t = &sig->inputs.v[i];
+    SrcLoc loc = i < b->root->inputs.n ? b->root->inputs.v[i].loc : (SrcLoc){0};
+    if (check_tensor("input", t, 2, lead, loc, &inputs[i], de)) goto done;
     if (rt_tensor_convert(&inputs[i], sig->inputs.v[i].is_int ? RT_F64 : RT_F32, &conv[i], &err)) {
       diag_error(de, (SrcLoc){0}, "input %s: %s", sig->inputs.v[i].name, err.msg);
       goto done;
-    }
-    if (sig->inputs.v[i].is_int) {
-      /* Tokens travel as int32 (docs/abi.md); out-of-int32 values become -1,
-       * which the generated code reports as out of range. */
-      int64_t n = rt_numel(&conv[i]);
-      double *d = conv[i].data;
-      int32_t *q = (int32_t *)conv[i].data;
-      for (int64_t k = 0; k < n; k++) q[k] = d[k] >= 0 && d[k] < 2147483647.0 ? (int32_t)d[k] : -1;
     }
     if (rt_numel(&conv[i]) != B * T * sig->inputs.v[i].numel) {
       diag_error(de, (SrcLoc){0}, "input %s has %lld elements, expected B*T*%lld",
@@ -103,6 +202,8 @@ int drv_run(const AbiSignature *sig, AbiForwardFn fn, const DrvWeights *w, const
                  (long long)sig->inputs.v[i].numel);
       goto done;
     }
+    if (sig->inputs.v[i].is_int && tokens_to_int32(&sig->inputs.v[i], &conv[i], B, T, lengths, de))
+      goto done;
     in_ptrs[i] = conv[i].data;
   }
   for (int o = 0; o < no; o++) {
@@ -123,9 +224,12 @@ int drv_run(const AbiSignature *sig, AbiForwardFn fn, const DrvWeights *w, const
     sin[s] = NULL;
     sout[s] = NULL;
     if (state_in && k >= 0 && state_in[k].data) {
-      if (rt_tensor_convert(&state_in[k], RT_F32, &sconv[s], &err) ||
-          rt_numel(&sconv[s]) != B * sig->states.v[s].numel) {
-        diag_error(de, (SrcLoc){0}, "initial state %s has the wrong size", sig->states.v[s].name);
+      if (check_tensor("initial state", &sig->states.v[s], 1, lead, b->flat.states.v[k].loc,
+                       &state_in[k], de))
+        goto done;
+      if (rt_tensor_convert(&state_in[k], RT_F32, &sconv[s], &err)) {
+        diag_error(de, b->flat.states.v[k].loc, "initial state '%s': %s", sig->states.v[s].name,
+                   err.msg);
         goto done;
       }
       sin[s] = sconv[s].data;
@@ -142,15 +246,6 @@ int drv_run(const AbiSignature *sig, AbiForwardFn fn, const DrvWeights *w, const
       sout[s] = state_out[k].data;
     }
   }
-  if (lengths)
-    for (int64_t i = 0; i < B; i++) {
-      if (lengths[i] < 0 || lengths[i] > T) {
-        diag_error(de, (SrcLoc){0}, "length %lld of sequence %lld is outside [0, %lld]",
-                   (long long)lengths[i], (long long)i, (long long)T);
-        goto done;
-      }
-      len32[i] = (int32_t)lengths[i];
-    }
   int st = fn((const float *const *)w->data, B, T, in_ptrs, lengths ? len32 : NULL,
               (const float *const *)sin, out_ptrs, state_out ? sout : NULL);
   if (st != 0) {

@@ -23,4 +23,10 @@ int drv_run(const AbiSignature *sig, AbiForwardFn fn, const DrvWeights *w, const
            int64_t B, int64_t T, const RtTensor *inputs, const int64_t *lengths,
            const RtTensor *state_in, RtTensor *outputs, RtTensor *state_out, DiagEngine *de);
 
+/* Checks the tokens v ([B, T], as doubles) of int input t the way the
+ * interpreter does (integers in [0, t->vocab), steps before each length)
+ * and reports the first bad one with its value and position. */
+int drv_check_tokens(const AbiTensor *t, const double *v, int64_t B, int64_t T,
+                     const int64_t *lengths, DiagEngine *de);
+
 #endif

@@ -156,6 +156,12 @@ static void load_imports(Sema *S, SemaFile **stack, int depth) {
       }
     }
     char real[PATH_MAX];
+    struct stat st;
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+      diag_error(S->de, at, "imported '%s' is %s, not a .seq file (%s)", imp->path,
+                 S_ISDIR(st.st_mode) ? "a directory" : "not a regular file", name);
+      continue;
+    }
     if (!is_regular_file(path) || !realpath(path, real)) {
       diag_error(S->de, at, "cannot find imported file '%s' (looked for %s)", imp->path, name);
       continue;

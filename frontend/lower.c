@@ -246,12 +246,12 @@ static IrRef lower_name(Lower *L, const AstExpr *e) {
   switch (kind) {
   case DECL_STATE:
     if (L->mode == MODE_INIT) return not_in_init(L, e->loc, name, "a state");
-    return state_ref(L, i);
+    return L->states.v[i].bad ? REF_ERROR : state_ref(L, i);
   case DECL_INPUT:
     if (L->mode == MODE_INIT) return not_in_init(L, e->loc, name, "an input");
-    return emit_leaf(L, IR_INPUT, i, e->loc);
+    return L->bad_inputs.v[i] ? REF_ERROR : emit_leaf(L, IR_INPUT, i, e->loc);
   case DECL_PARAM:
-    return emit_leaf(L, IR_PARAM, i, e->loc);
+    return L->bad_params.v[i] ? REF_ERROR : emit_leaf(L, IR_PARAM, i, e->loc);
   case DECL_OUTPUT:
     diag_error(L->de, e->loc,
                "output '%s' cannot be read; bind its value with let and assign that instead", name);
@@ -580,7 +580,7 @@ static int lower_causal_conv(Lower *L, const Builtin *bi, const CallArgs *c, Tup
     st.init = IR_NONE;
     st.next = IR_NONE;
     st.hidden = 1;
-    StateSlot slot = {IR_NONE, IR_NONE, loc, NULL};
+    StateSlot slot = {IR_NONE, IR_NONE, loc, NULL, 0};
     if (!st.name || st.type.rank != 2 || vec_push(L->a, &L->f->states, st) ||
         vec_push(L->a, &L->states, slot)) {
       sema_oom(L->S);
@@ -1283,6 +1283,7 @@ static void lower_assign(Lower *L, const AstStmt *s) {
       diag_note(L->de, slot->assigned_at, "first assigned here");
       return;
     }
+    if (slot->bad) v = REF_ERROR; /* its type was already reported */
     if (v >= 0 && !ir_type_eq(type_of(L, v), st->type)) {
       diag_error(L->de, sema_expr_start(s->value), "%s' has shape %s but state '%s' is declared %s",
                  name, sema_type_str(L, type_of(L, v)), name, sema_type_str(L, st->type));
@@ -1315,6 +1316,7 @@ static void lower_assign(Lower *L, const AstStmt *s) {
     }
     slot->assigned = 1;
     slot->assigned_at = t->loc;
+    if (slot->bad) return; /* its type was already reported */
     if (v >= 0 && !ir_type_eq(type_of(L, v), o->type)) {
       diag_error(L->de, sema_expr_start(s->value), "%s has shape %s but output '%s' is declared %s",
                  name, sema_type_str(L, type_of(L, v)), name, sema_type_str(L, o->type));

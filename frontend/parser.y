@@ -259,6 +259,14 @@ unit:
                        $$->kind == AST_CELL ? "cell" : "model",
                        $$->kind == AST_CELL ? "step" : "forward");
   }
+  /* Declarations and no body: say what is missing rather than "unexpected '}'". */
+| unit_head '{' decls '}' {
+    $$ = $1;
+    $$->ndecls = $3->n;
+    $$->decls = $3->v;
+    ast_syntax_error(P, LOC(@4), "%s '%s' has no '%s { ... }' block", $$->kind == AST_CELL ?
+                     "cell" : "model", $$->name, $$->kind == AST_CELL ? "step" : "forward");
+  }
   /* A declaration broke and its recovery ran into the unit's closing brace. */
 | unit_head '{' decls error '}' {
     $$ = $1;
@@ -691,15 +699,17 @@ static int yyreport_syntax_error(const yypcontext_t *ctx, ParseState *P, void *s
 
   const char *groups[2];
   int ngroups = 0;
-  static const int op_needed[] = {YYTRANSLATE('*'), YYTRANSLATE('@')};
-  static const int op_group[] = {YYTRANSLATE('+'), YYTRANSLATE('-'), YYTRANSLATE('*'),
-                                 YYTRANSLATE('/'), YYTRANSLATE('@'), YYTRANSLATE('('),
-                                 YYTRANSLATE('['), YYTRANSLATE('.'), YYSYMBOL_TRANSPOSE,
-                                 YYSYMBOL_PRIME};
-  static const int expr_needed[] = {YYSYMBOL_NUMBER, YYSYMBOL_IDENT, YYTRANSLATE('(')};
-  static const int expr_group[] = {YYSYMBOL_NUMBER, YYSYMBOL_IDENT,   YYTRANSLATE('('),
-                                   YYTRANSLATE('['), YYTRANSLATE('-'), YYTRANSLATE('+'),
-                                   YYSYMBOL_COMPLEX};
+  /* Not static: YYTRANSLATE reads bison's yytranslate[] table, which is no
+   * constant expression (GCC folds it anyway; clang rejects it). */
+  const int op_needed[] = {YYTRANSLATE('*'), YYTRANSLATE('@')};
+  const int op_group[] = {YYTRANSLATE('+'), YYTRANSLATE('-'), YYTRANSLATE('*'),
+                          YYTRANSLATE('/'), YYTRANSLATE('@'), YYTRANSLATE('('),
+                          YYTRANSLATE('['), YYTRANSLATE('.'), YYSYMBOL_TRANSPOSE,
+                          YYSYMBOL_PRIME};
+  const int expr_needed[] = {YYSYMBOL_NUMBER, YYSYMBOL_IDENT, YYTRANSLATE('(')};
+  const int expr_group[] = {YYSYMBOL_NUMBER,  YYSYMBOL_IDENT,   YYTRANSLATE('('),
+                            YYTRANSLATE('['), YYTRANSLATE('-'), YYTRANSLATE('+'),
+                            YYSYMBOL_COMPLEX};
   if (take_group(has, op_needed, 2, op_group, (int)(sizeof op_group / sizeof *op_group)))
     groups[ngroups++] = "an operator";
   else if (take_group(has, expr_needed, 3, expr_group,

@@ -387,31 +387,35 @@ static void declare_decls(Lower *L) {
                                 [AST_STATE] = DECL_STATE,
                                 [AST_OUTPUT] = DECL_OUTPUT};
     IrType t;
+    unsigned char bad = 0;
     if (lower_type(L, &d->type, kinds[d->kind], &t)) {
-      /* Declare it anyway, as a scalar, so uses report no "unknown name". */
+      /* Declare it anyway, as a scalar, so uses report no "unknown name";
+       * marked bad, so its uses report nothing more (one mistake, one
+       * diagnostic: no "matrix product of [] and [H]" after it). */
       t = ir_scalar(IR_REAL);
+      bad = 1;
     }
     int err = 0;
     switch (d->kind) {
     case AST_PARAM: {
       IrParam p = {name, t, d->name.loc};
-      err = vec_push(L->a, &L->f->params, p);
+      err = vec_push(L->a, &L->f->params, p) || vec_push(L->a, &L->bad_params, bad);
       break;
     }
     case AST_INPUT: {
       IrInput in = {name, t, d->name.loc};
-      err = vec_push(L->a, &L->f->inputs, in);
+      err = vec_push(L->a, &L->f->inputs, in) || vec_push(L->a, &L->bad_inputs, bad);
       break;
     }
     case AST_STATE: {
       IrState s = {name, t, d->name.loc, IR_NONE, IR_NONE, 0};
-      StateSlot slot = {IR_NONE, IR_NONE, {0}, d};
+      StateSlot slot = {IR_NONE, IR_NONE, {0}, d, bad};
       err = vec_push(L->a, &L->f->states, s) || vec_push(L->a, &L->states, slot);
       break;
     }
     case AST_OUTPUT: {
       IrOutput o = {name, t, d->name.loc, IR_NONE};
-      OutputSlot slot = {0, {0}};
+      OutputSlot slot = {0, {0}, bad};
       err = vec_push(L->a, &L->f->outputs, o) || vec_push(L->a, &L->outputs, slot);
       break;
     }
@@ -431,7 +435,7 @@ static void declare_decls(Lower *L) {
 static void lower_state_inits(Lower *L) {
   for (int si = 0; si < L->states.n; si++) {
     const AstDecl *d = L->states.v[si].decl;
-    if (!d) continue;
+    if (!d || L->states.v[si].bad) continue;
     const char *name = L->f->states.v[si].name;
     IrRef v;
     SrcLoc at = d->init ? sema_expr_start(d->init) : d->name.loc;

@@ -64,11 +64,13 @@ typedef struct StateSlot {
   IrRef next; /* the value assigned to h', or IR_NONE */
   SrcLoc assigned_at;
   const AstDecl *decl; /* NULL for hidden states */
+  int bad;             /* its declared type had an error: reads are REF_ERROR, silently */
 } StateSlot;
 
 typedef struct OutputSlot {
   int assigned;
   SrcLoc assigned_at;
+  int bad; /* its declared type had an error: its value is not checked against it */
 } OutputSlot;
 
 /* A layer of a model while its body is lowered. Callee dims the user did not
@@ -106,6 +108,8 @@ typedef struct Lower {
   VEC(OutputSlot) outputs; /* parallel to f->outputs */
   VEC(LayerSlot) layers;   /* parallel to f->layers */
   VEC(LayerDecl) layer_decls;
+  VEC(unsigned char) bad_params; /* parallel to f->params: the declared type had an error */
+  VEC(unsigned char) bad_inputs; /* parallel to f->inputs */
   int nsig;                      /* header dims: f->dims[0..nsig) */
   int nconv;                     /* causal_conv windows created so far */
   VEC(const AstDecl *) defs;     /* this unit's `def`s */

@@ -29,7 +29,7 @@ typedef enum {
   SEQ_ERR_ARG,     /* a NULL or out-of-range argument, a buffer of the wrong size */
   SEQ_ERR_COMPILE, /* the source has errors, or the backend cannot compile it */
   SEQ_ERR_BIND,    /* dims or weights missing, or of the wrong shape */
-  SEQ_ERR_IO,      /* a file cannot be read */
+  SEQ_ERR_IO,      /* a file cannot be read (the source, the weights) */
   SEQ_ERR_NOMEM,
   SEQ_ERR_RUN, /* the compiled code reported an error (a token out of range, bad lengths) */
 } SeqStatus;
@@ -48,8 +48,9 @@ typedef struct SeqOptions {
   const char *entry;           /* unit to compile; NULL = the file's last unit */
   const char *dims;            /* "I=256,H=256" or NULL */
   const char *weights_path;    /* safetensors file: infers dims and binds weights; or NULL */
-  const char *target_cpu;      /* NULL = the host's */
-  const char *target_features; /* NULL = the host's */
+  const char *target_cpu;      /* NULL or "native" = the host's; checked (docs/cli.md):
+                                  SEQ_ERR_ARG for a name LLVM would abort on */
+  const char *target_features; /* NULL = the host's; "+avx2,-fma", checked likewise */
   int num_threads;             /* threads for matrix products; <= 0: $SEQ_NUM_THREADS or 1 */
   const char *strategy;        /* the form of each state: "auto" (NULL), "sequential", "scan",
                                   "chunked", or per state "S=chunked,z=scan" (docs/cli.md) */

@@ -129,6 +129,7 @@ static int stored_shape(const IrBinding *b, IrType t, int64_t *shape) {
 typedef struct Given {
   const char *kind; /* "weight", "input" */
   const char *name;
+  const char *from; /* " in FILE" for a stored weight, else "" */
   IrType type;
   SrcLoc loc;
   int ndim;
@@ -177,16 +178,23 @@ static int solve(const IrBinding *b, DimExpr e, int64_t actual, int *var, int64_
   return 1;
 }
 
+/* " in FILE" for messages about a weight read from b->weights_from. */
+static const char *in_file(const IrBinding *b) {
+  if (!b->weights_from) return "";
+  const char *s = arena_printf(b->arena, " in %s", b->weights_from);
+  return s ? s : "";
+}
+
 static void report_mismatch(IrBinding *b, const Given *g, DiagEngine *de) {
   int64_t want[RT_MAX_RANK + 1];
   int n = stored_shape(b, g->type, want);
   const char *have = shape_str(b->arena, g->ndim, g->shape);
   if (n >= 0)
-    diag_error(de, g->loc, "%s '%s' has shape %s but is declared %s = %s", g->kind, g->name, have,
-               decl_str(b, g->type), shape_str(b->arena, n, want));
+    diag_error(de, g->loc, "%s '%s'%s has shape %s but is declared %s = %s", g->kind, g->name,
+               g->from, have, decl_str(b, g->type), shape_str(b->arena, n, want));
   else
-    diag_error(de, g->loc, "%s '%s' has shape %s but is declared %s", g->kind, g->name, have,
-               decl_str(b, g->type));
+    diag_error(de, g->loc, "%s '%s'%s has shape %s but is declared %s", g->kind, g->name, g->from,
+               have, decl_str(b, g->type));
 }
 
 /* Drops the axes of size 1. Returns the new rank. */
@@ -249,10 +257,10 @@ static int solve_round(IrBinding *b, const Given *gs, int ng, DiagEngine *de) {
       if (r < 0) {
         const char *e = dim_str(b->arena, g->type.dims[k], root_dim_names(b));
         diag_error(de, g->loc,
-                   "%s '%s' has shape %s but is declared %s: %s = %lld has no integer "
+                   "%s '%s'%s has shape %s but is declared %s: %s = %lld has no integer "
                    "solution",
-                   g->kind, g->name, shape_str(b->arena, g->ndim, g->shape), decl_str(b, g->type),
-                   e ? e : "?", (long long)g->shape[k]);
+                   g->kind, g->name, g->from, shape_str(b->arena, g->ndim, g->shape),
+                   decl_str(b, g->type), e ? e : "?", (long long)g->shape[k]);
         return -1;
       }
       if (r > 0) {
@@ -281,13 +289,13 @@ int ir_binding_infer(IrBinding *b, IrShapeLookup lookup, void *ctx, const int *i
   for (int i = 0; i < np && lookup; i++) {
     const IrFlatVar *p = &b->flat.params.v[i];
     Given *g = &gs[ng];
-    *g = (Given){"weight", p->name, p->type, p->loc, 0, {0}};
+    *g = (Given){"weight", p->name, in_file(b), p->type, p->loc, 0, {0}};
     if (!lookup(ctx, p->name, &g->ndim, g->shape)) {
       missing[i] = 1;
       continue;
     }
     if (g->ndim < 0 || g->ndim > RT_MAX_RANK) {
-      diag_error(de, p->loc, "weight '%s' has an invalid rank %d", p->name, g->ndim);
+      diag_error(de, p->loc, "weight '%s'%s has an invalid rank %d", p->name, g->from, g->ndim);
       errors++;
       continue;
     }
@@ -298,7 +306,7 @@ int ir_binding_infer(IrBinding *b, IrShapeLookup lookup, void *ctx, const int *i
     if (!input_shapes[i]) continue;
     const IrInput *in = &root->inputs.v[i];
     Given *g = &gs[ng];
-    *g = (Given){"input", in->name, in->type, in->loc, input_ndims[i], {0}};
+    *g = (Given){"input", in->name, "", in->type, in->loc, input_ndims[i], {0}};
     if (g->ndim < 0 || g->ndim > RT_MAX_RANK) {
       diag_error(de, in->loc, "input '%s' has an invalid rank %d", in->name, g->ndim);
       errors++;
@@ -352,7 +360,8 @@ int ir_binding_infer(IrBinding *b, IrShapeLookup lookup, void *ctx, const int *i
   for (int i = 0; i < np; i++)
     if (missing[i]) {
       const IrFlatVar *p = &b->flat.params.v[i];
-      diag_error(de, p->loc, "missing weight '%s' (declared %s)", p->name, decl_str(b, p->type));
+      diag_error(de, p->loc, "missing weight '%s' (declared %s)%s", p->name, decl_str(b, p->type),
+                 in_file(b));
       errors++;
     }
   for (int i = 0; i < ng; i++)
@@ -477,7 +486,7 @@ int ir_binding_load(IrBinding *b, IrWeightLoad load, void *ctx, DiagEngine *de) 
     const RtTensor *src = &got;
     if (got.dtype != RT_F64) {
       if (rt_tensor_convert(&got, RT_F64, &conv, &err)) {
-        diag_error(de, p->loc, "cannot convert weight '%s': %s", p->name, err.msg);
+        diag_error(de, p->loc, "cannot convert weight '%s'%s: %s", p->name, in_file(b), err.msg);
         rt_tensor_free(&got);
         errors++;
         continue;
@@ -486,7 +495,7 @@ int ir_binding_load(IrBinding *b, IrWeightLoad load, void *ctx, DiagEngine *de) 
     }
     int same = src->ndim == n && memcmp(src->shape, want, (size_t)n * sizeof *want) == 0;
     if (!same && !same_but_unit_axes(src->ndim, src->shape, n, want)) {
-      Given g = {"weight", p->name, p->type, p->loc, src->ndim, {0}};
+      Given g = {"weight", p->name, in_file(b), p->type, p->loc, src->ndim, {0}};
       memcpy(g.shape, src->shape, (size_t)src->ndim * sizeof *g.shape);
       report_mismatch(b, &g, de);
       errors++;

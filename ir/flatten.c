@@ -147,9 +147,11 @@ static int flatten_func(Flatten *cx, const IrFunc *f, const DimExpr *sub, const 
     return -1;
   }
   if (++cx->ninstances > FLATTEN_MAX_INSTANCES) {
-    if (cx->ninstances == FLATTEN_MAX_INSTANCES + 1) /* once, not once per pending layer */
-      diag_error(cx->de, at, "%s holds more than %d layer instances in all", cx->root->name,
-                 FLATTEN_MAX_INSTANCES);
+    /* Once, not once per pending layer; at the root, whose tree is too
+     * large, not at the layer deep inside it where the count ran out. */
+    if (cx->ninstances == FLATTEN_MAX_INSTANCES + 1)
+      diag_error(cx->de, cx->root->loc, "%s holds more than %d layer instances in all",
+                 cx->root->name, FLATTEN_MAX_INSTANCES);
     return -1;
   }
   IrFlatInst inst = {f, NULL, NULL, NULL, NULL, parent, reverse};

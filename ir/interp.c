@@ -634,17 +634,13 @@ static int eval_node(Run *r, Inst *in, const IrNode *nd, Slot *s, const Val *a, 
   case IR_SLICE:
   case IR_INDEX: {
     int64_t start, stop = 0;
+    if (ir_check_index_bounds(in->fn, nd, in->dims, a[0].shape[nd->axis], r->de)) return -1;
     if (dim_eval(nd->start, in->dims, &start) ||
         (nd->op == IR_SLICE && dim_eval(nd->stop, in->dims, &stop))) {
-      diag_error(r->de, nd->loc, "%s bounds overflow", ir_op_info[nd->op].text);
+      diag_internal(r->de, "interp", "%s bounds that passed the check", ir_op_info[nd->op].text);
       return -1;
     }
     int64_t len = nd->op == IR_SLICE ? stop - start : 1;
-    if (start < 0 || len < 0 || start + len > a[0].shape[nd->axis]) {
-      diag_error(r->de, nd->loc, "internal error in interp: %s [%lld, %lld) out of range",
-                 ir_op_info[nd->op].text, (long long)start, (long long)(start + len));
-      return -1;
-    }
     slice(&a[0], nd->axis, start, len, o);
     return 0;
   }

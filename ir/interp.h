@@ -16,9 +16,10 @@ typedef struct IrBinding {
   const IrModule *mod;
   const IrFunc *root;
   IrFlat flat;
-  int64_t *dims;     /* per root dim; -1 while unknown */
-  SrcLoc *dim_from;  /* unused by callers; where each dim was inferred */
-  RtTensor *weights; /* per flat param (flat.params order), RT_F64, concrete shape */
+  int64_t *dims;            /* per root dim; -1 while unknown */
+  SrcLoc *dim_from;         /* unused by callers; where each dim was inferred */
+  RtTensor *weights;        /* per flat param (flat.params order), RT_F64, concrete shape */
+  const char *weights_from; /* the weights' file, named in weight errors; NULL: none */
 } IrBinding;
 
 /* Looks up the shape of a stored weight by full name: returns 1 and fills

@@ -790,3 +790,53 @@ int ir_infer_type(const IrFunc *f, Arena *a, const IrNode *proto, int nargs, con
     return fail(cx, "no type rule for %s", info->text);
   }
 }
+
+/* ---- Index bounds at concrete dims ---------------------------------------- */
+
+/* e at `dims`, signed (dim_eval refuses negatives); -1 on overflow. */
+static int eval_signed(DimExpr e, const int64_t *dims, int64_t *out) {
+  int64_t acc = 0;
+  for (int i = 0; i < e.nterms; i++) {
+    int64_t t = e.t[i].coef;
+    for (int k = 0; k < e.t[i].nvars; k++)
+      if (__builtin_mul_overflow(t, dims[e.t[i].vars[k]], &t)) return -1;
+    if (__builtin_add_overflow(acc, t, &acc)) return -1;
+  }
+  *out = acc;
+  return 0;
+}
+
+/* A bound as the source wrote it: lowering turned a negative constant c
+ * into `size + c` (frontend/lower.c), so that form gives c back. */
+static int64_t as_written(DimExpr bound, DimExpr size, int64_t value) {
+  DimExpr d;
+  int64_t c;
+  if (dim_sub(bound, size, &d) == 0 && dim_is_const(d, &c) && c < 0) return c;
+  return value;
+}
+
+int ir_check_index_bounds(const IrFunc *f, const IrNode *nd, const int64_t *dims, int64_t size,
+                          DiagEngine *de) {
+  const IrNode *x = &f->nodes.v[nd->args[0]];
+  DimExpr sz = x->type.dims[nd->axis];
+  int slice = nd->op == IR_SLICE;
+  int64_t start = 0, stop = 0;
+  int over = eval_signed(nd->start, dims, &start) || (slice && eval_signed(nd->stop, dims, &stop));
+  if (!over && start >= 0 && (slice ? start <= stop && stop <= size : start < size)) return 0;
+  if (over) {
+    diag_error(de, nd->loc, "%s bounds overflow with these dimensions", slice ? "slice" : "index");
+  } else if (slice) {
+    diag_error(de, nd->loc,
+               "slice [%lld, %lld) is out of range for axis %d of size %lld (a negative bound "
+               "counts from the end)",
+               (long long)as_written(nd->start, sz, start),
+               (long long)as_written(nd->stop, sz, stop), nd->axis, (long long)size);
+  } else {
+    diag_error(de, nd->loc,
+               "index %lld is out of range for axis %d of size %lld (valid: %lld to %lld; a "
+               "negative index counts from the end)",
+               (long long)as_written(nd->start, sz, start), nd->axis, (long long)size,
+               (long long)-size, (long long)size - 1);
+  }
+  return -1;
+}

@@ -269,6 +269,14 @@ void ir_print_type(FILE *out, const IrFunc *f, IrType t);
  * reported as internal errors naming `after_pass`. Returns 0 if valid. */
 int ir_verify(const IrModule *m, DiagEngine *de, const char *after_pass);
 
+/* Checks the bounds of INDEX or SLICE node nd of f at concrete dims (one
+ * value per f->dims), its operand's axis having `size` elements: 0 when they
+ * fit; otherwise -1 after a diagnostic at the node giving each bound as
+ * written (a negative constant counts from the end: x[-5] says -5) and the
+ * size. Both backends call it, so both refuse the same indices alike. */
+int ir_check_index_bounds(const IrFunc *f, const IrNode *nd, const int64_t *dims, int64_t size,
+                          DiagEngine *de);
+
 /* ---- Instances: flattened names, dims, weights -------------------------- */
 
 /* A parameter or state of the whole instance tree under a root function,

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 /* ---- Allocator hook ---------------------------------------------------- */
 
@@ -232,6 +233,13 @@ SrcFile *srcmgr_load(SrcMgr *sm, DiagEngine *de, SrcLoc from, const char *name, 
   FILE *fp = fopen(path, "rb");
   if (!fp) {
     diag_error(de, from, "cannot open '%s': %s", name, strerror(errno));
+    return NULL;
+  }
+  /* A directory opens on Linux and fails only at the first read. */
+  struct stat st;
+  if (fstat(fileno(fp), &st) == 0 && S_ISDIR(st.st_mode)) {
+    diag_error(de, from, "'%s' is a directory, not a .seq file", name);
+    fclose(fp);
     return NULL;
   }
   char *buf = NULL;

@@ -90,6 +90,13 @@ const RtTensorInfo *rt_st_find(const RtSafetensors *st, const char *name); /* NU
 /* Reads a tensor converted to float32 or float64 (F32, F64, F16, BF16 sources;
  * integer tensors are converted too). */
 int rt_st_read(const RtSafetensors *st, const char *name, RtDType to, RtTensor *out, RtError *err);
+/* A tensor of any stored dtype, even one rt_st_find does not list (U8,
+ * F8_*): its shape is valid, its info.dtype only if rt_st_find lists it. */
+const RtTensorInfo *rt_st_find_any(const RtSafetensors *st, const char *name);
+/* rt_st_read for a model weight: only float dtypes (F32, F64, F16, BF16, as
+ * docs/cli.md lists); any other is RT_ERR_DTYPE naming the tensor and file. */
+int rt_st_read_weight(const RtSafetensors *st, const char *name, RtDType to, RtTensor *out,
+                      RtError *err);
 /* Writes tensors (names[i], tensors[i]) as a safetensors file. */
 int rt_st_write(const char *path, int n, const char *const *names, const RtTensor *tensors,
                 RtError *err);

@@ -400,6 +400,29 @@ const RtTensorInfo *rt_st_find(const RtSafetensors *st, const char *name) {
   return e && e->readable ? &e->info : NULL;
 }
 
+const RtTensorInfo *rt_st_find_any(const RtSafetensors *st, const char *name) {
+  if (!st || !name) return NULL;
+  const StEntry *e = st_lookup(st, name);
+  return e ? &e->info : NULL;
+}
+
+/* Integer tensors read fine as data, but a weight stored as I64 is almost
+ * always the wrong tensor (a step counter, token ids), so weights take
+ * floats only rather than converting silently. */
+int rt_st_read_weight(const RtSafetensors *st, const char *name, RtDType to, RtTensor *out,
+                      RtError *err) {
+  if (!out) return rt_fail(err, RT_ERR_ARG, "rt_st_read_weight: null output tensor");
+  memset(out, 0, sizeof *out);
+  if (!st || !name) return rt_fail(err, RT_ERR_ARG, "rt_st_read_weight: null argument");
+  const StEntry *e = st_lookup(st, name);
+  if (e && !(e->readable && (e->info.dtype == RT_F32 || e->info.dtype == RT_F64 ||
+                             e->info.dtype == RT_F16 || e->info.dtype == RT_BF16)))
+    return rt_fail(err, RT_ERR_DTYPE,
+                   "%s: tensor '%s' has dtype %s; weights must be F32, F64, F16 or BF16", st->name,
+                   name, e->file_dtype);
+  return rt_st_read(st, name, to, out, err);
+}
+
 int rt_st_read(const RtSafetensors *st, const char *name, RtDType to, RtTensor *out, RtError *err) {
   if (!out) return rt_fail(err, RT_ERR_ARG, "rt_st_read: null output tensor");
   memset(out, 0, sizeof *out);

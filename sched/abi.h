@@ -28,6 +28,9 @@ typedef struct AbiTensor {
   int ndim;
   int64_t shape[SEQ_MAX_RANK];
   int64_t numel;
+  int64_t vocab;    /* an int input read by embedding lookups in the root: the smallest
+                       table's rows (tokens must be in [0, vocab)); 0 when unknown */
+  SrcLoc vocab_loc; /* that lookup, for diagnostics */
 } AbiTensor;
 
 /* What a compiled root looks like from outside. */

@@ -428,6 +428,27 @@ static int build_ops(Plan *p) {
 
 /* ---- the schedule ------------------------------------------------------------- */
 
+/* Records, per int input of the root, the rows of the tables the root's
+ * embedding lookups index with it, so callers can check tokens on the host
+ * and name the value, its position and the lookup (as the interpreter does)
+ * rather than only hear ABI_ERR_TOKEN from the code. */
+static void token_vocab(Schedule *s) {
+  const SchedInst *rin = &s->insts.v[0];
+  const IrFunc *fn = rin->fn;
+  for (int r = 0; r < fn->nodes.n; r++) {
+    const IrNode *nd = &fn->nodes.v[r];
+    if (nd->op != IR_GATHER || nd->nargs < 2) continue;
+    const IrNode *ix = &fn->nodes.v[nd->args[1]];
+    if (ix->op != IR_INPUT || ix->index < 0 || ix->index >= s->sig.inputs.n) continue;
+    AbiTensor *t = &s->sig.inputs.v[ix->index];
+    int64_t V = rin->values[nd->args[0]].shape[0];
+    if (t->is_int && (t->vocab == 0 || V < t->vocab)) {
+      t->vocab = V;
+      t->vocab_loc = nd->loc;
+    }
+  }
+}
+
 int sched_build(Arena *a, const IrModule *m, const IrFunc *root, const int64_t *dims,
                 const char *symbol, int64_t kernel_chunk, Schedule **out, DiagEngine *de) {
   *out = NULL;
@@ -469,6 +490,7 @@ int sched_build(Arena *a, const IrModule *m, const IrFunc *root, const int64_t *
         p.failed)
       return -1;
   }
+  token_vocab(s);
   *out = s;
   return 0;
 }

@@ -404,6 +404,11 @@ int plan_values(Plan *p) {
     n->is_int = nd->type.elem == IR_INT;
     n->w = nd->type.elem == IR_COMPLEX ? 2 : 1;
     if (plan_eval_type(p, p->in, nd->type, nd->loc, &n->rank, n->shape, &n->numel)) return -1;
+    /* Only now are the dims concrete: x[-5] on an axis of size 3 (or x[H-5]
+     * with H = 3) is refused here, never read out of bounds. */
+    if ((nd->op == IR_INDEX || nd->op == IR_SLICE) &&
+        ir_check_index_bounds(fn, nd, p->in->dims, p->v[nd->args[0]].shape[nd->axis], p->de))
+      return -1;
     plan_gemm(p, r);
   }
   if (demote_expansions(p)) return -1;

@@ -13,6 +13,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "driver/pipeline.h"
 #include "driver/run.h"
@@ -262,10 +264,15 @@ static int parse_args(int argc, char **argv, Options *o) {
 #undef TAKE
   }
   if (!o->file) return usage_error("%s", "no input file");
+  /* LLVM would abort on some CPUs and features: they are checked first. */
+  char msg[512];
+  if ((o->target_cpu || o->target_features) &&
+      cg_target_check(o->target_cpu, o->target_features, msg, sizeof msg))
+    return usage_error("%s", msg);
   if (o->cmd) {
     if (o->emit) return usage_error("%s", "'run' and --emit cannot be combined");
-    if (!!o->weights + o->random_weights != 1)
-      return usage_error("%s", "'run' needs exactly one of --weights FILE or --random-weights");
+    if (o->weights && o->random_weights)
+      return usage_error("%s", "'run' takes one of --weights FILE or --random-weights, not both");
     if (o->f64 && strcmp(o->backend, "interp") != 0)
       return usage_error("%s", "--f64 needs --backend=interp (compiled code is float32)");
   } else {
@@ -316,8 +323,10 @@ static int parse_dims(Arena *a, const char *s, DimArgs *d) {
     errno = 0;
     long long v = strtoll(num, &end, 10);
     if (!name || !num || errno || *end || !*num || v < 0 || v > SEQ_MAX_DIM_VALUE) {
-      fprintf(stderr, "seqc: error: --dims: '%s' needs a non-negative integer value, got '%s'\n",
-              name ? name : "?", num ? num : "?");
+      fprintf(stderr,
+              "seqc: error: --dims: '%s' needs an integer in [0, 2^40] (a dim's largest value is "
+              "%lld), got '%s'\n",
+              name ? name : "?", (long long)SEQ_MAX_DIM_VALUE, num ? num : "?");
       return -1;
     }
     for (int i = 0; i < d->n; i++)
@@ -344,11 +353,11 @@ typedef struct WeightSource {
 
 static const RtTensorInfo *find_weight(WeightSource *ws, const char *name, char *resolved,
                                        size_t n) {
-  const RtTensorInfo *ti = rt_st_find(ws->st, name);
+  const RtTensorInfo *ti = rt_st_find_any(ws->st, name);
   snprintf(resolved, n, "%s", name);
   if (!ti && ws->allow_l0) {
     snprintf(resolved, n, "%s_l0", name);
-    ti = rt_st_find(ws->st, resolved);
+    ti = rt_st_find_any(ws->st, resolved);
   }
   return ti;
 }
@@ -378,7 +387,7 @@ static int load_weight(void *ctx, const char *name, RtTensor *out, RtError *err)
   }
   ws->used[ws->nused] = strdup(resolved);
   if (ws->used[ws->nused]) ws->nused++;
-  return rt_st_read(ws->st, resolved, RT_F64, out, err);
+  return rt_st_read_weight(ws->st, resolved, RT_F64, out, err);
 }
 
 /* Extra tensors are not an error (a checkpoint may hold more than one model
@@ -507,6 +516,17 @@ static void print_summary(const char *kind, const char *name, const RtTensor *t)
   printf(" %s  sum %.9g  abs-sum %.9g\n", rt_dtype_name(t->dtype), sum, asum);
 }
 
+/* Whether the CPU backend refused a construct it does not compile (where the
+ * interpreter is the way out); other errors say all there is to say. */
+static int backend_refused(const DiagEngine *de) {
+  static const char refusal[] = "the CPU backend does not support";
+  for (int i = 0; i < de->diags.n; i++)
+    if (de->diags.v[i].severity == DIAG_ERROR &&
+        strncmp(de->diags.v[i].message, refusal, sizeof refusal - 1) == 0)
+      return 1;
+  return 0;
+}
+
 /* The CPU backend: the pipeline's JIT build, run on the binding's weights
  * with the interpreter's contract (driver/run.h). */
 static int run_compiled(const Options *o, Pipeline *p, PipeOptions *po, int64_t B, int64_t T,
@@ -533,6 +553,113 @@ static int run_compiled(const Options *o, Pipeline *p, PipeOptions *po, int64_t 
   return rc;
 }
 
+/* ---- --out files: checked before the run, written only after it -------- */
+
+/* Whether two paths name the same file: the same inode when both exist,
+ * else the same last component in the same directory (by inode too). */
+static int same_file(const char *a, const char *b) {
+  struct stat sa, sb;
+  if (stat(a, &sa) == 0 && stat(b, &sb) == 0)
+    return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+  const char *ba = strrchr(a, '/'), *bb = strrchr(b, '/');
+  ba = ba ? ba + 1 : a;
+  bb = bb ? bb + 1 : b;
+  if (strcmp(ba, bb) != 0) return 0;
+  char *da = strndup(a, (size_t)(ba - a)), *db = strndup(b, (size_t)(bb - b));
+  int same = da && db && stat(*da ? da : ".", &sa) == 0 && stat(*db ? db : ".", &sb) == 0 &&
+             sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+  free(da);
+  free(db);
+  return same;
+}
+
+/* Every --out names an output or state, no two share a file, and each can
+ * be written: a temporary file is created beside each target now (tmp[k]),
+ * so a bad path fails the command before the run, and the results are
+ * renamed over the targets only once all of them are written. */
+static int outs_prepare(const Options *o, const IrFunc *root, const IrFlat *flat, char **tmp) {
+  for (int k = 0; k < o->nouts; k++) {
+    const NamedFile *nf = &o->outs[k];
+    if (find_output(root, nf->name) < 0 && find_state(flat, nf->name) < 0) {
+      fprintf(stderr,
+              "seqc: error: --out %s: '%s' is not an output or state of '%s'; valid names:\n",
+              nf->name, nf->name, root->name);
+      list_names(root, flat, 1);
+      return -1;
+    }
+    for (int j = 0; j < k; j++)
+      if (same_file(o->outs[j].path, nf->path)) {
+        fprintf(stderr, "seqc: error: --out %s and --out %s both write '%s'\n", o->outs[j].name,
+                nf->name, nf->path);
+        return -1;
+      }
+    struct stat st;
+    if (stat(nf->path, &st) == 0 && S_ISDIR(st.st_mode)) {
+      fprintf(stderr, "seqc: error: --out %s: '%s' is a directory\n", nf->name, nf->path);
+      return -1;
+    }
+    size_t n = strlen(nf->path) + 8;
+    tmp[k] = malloc(n);
+    if (!tmp[k]) {
+      fprintf(stderr, "seqc: error: out of memory\n");
+      return -1;
+    }
+    snprintf(tmp[k], n, "%s.XXXXXX", nf->path);
+    int fd = mkstemp(tmp[k]);
+    if (fd < 0) {
+      fprintf(stderr, "seqc: error: --out %s: cannot write '%s': %s\n", nf->name, nf->path,
+              strerror(errno));
+      free(tmp[k]);
+      tmp[k] = NULL;
+      return -1;
+    }
+    /* mkstemp makes the file 0600; an output gets the usual 0666 & ~umask
+     * (if that fails, the file is still a correct output, only private). */
+    mode_t mask = umask(0);
+    umask(mask);
+    (void)fchmod(fd, 0666 & ~mask);
+    close(fd);
+  }
+  return 0;
+}
+
+/* Renames the written temporaries over their targets. */
+static int outs_commit(const Options *o, char **tmp) {
+  for (int k = 0; k < o->nouts; k++) {
+    if (rename(tmp[k], o->outs[k].path)) {
+      fprintf(stderr, "seqc: error: --out %s: cannot write '%s': %s\n", o->outs[k].name,
+              o->outs[k].path, strerror(errno));
+      return -1;
+    }
+    free(tmp[k]);
+    tmp[k] = NULL;
+  }
+  return 0;
+}
+
+/* Removes the temporaries not renamed (after a failure). */
+static void outs_discard(const Options *o, char **tmp) {
+  for (int k = 0; k < o->nouts; k++)
+    if (tmp[k]) {
+      remove(tmp[k]);
+      free(tmp[k]);
+      tmp[k] = NULL;
+    }
+}
+
+/* A sequence input is [B, T] and then its declared shape (a trailing 2 for
+ * complex values): a file of another rank is refused here with its real
+ * shape, before binding would compare per-token shapes that do not exist. */
+static int check_input_rank(const NamedFile *nf, const IrInput *in, const RtTensor *t) {
+  int want = 2 + in->type.rank + (in->type.elem == IR_COMPLEX);
+  if (t->ndim == want) return 0;
+  fprintf(stderr, "seqc: error: --in %s: %s has shape ", nf->name, nf->path);
+  print_shape(stderr, t);
+  fprintf(stderr, "; input '%s' needs rank %d: [B, T] and then its declared shape%s\n", in->name,
+          want, in->type.elem == IR_COMPLEX ? " and (re, im)" : "");
+  return -1;
+}
+
 static int cmd_run(const Options *o, Pipeline *p, PipeOptions *po) {
   const IrModule *mod = p->source;
   const IrFunc *root = mod->funcs.v[mod->entry];
@@ -547,10 +674,21 @@ static int cmd_run(const Options *o, Pipeline *p, PipeOptions *po) {
   int64_t *lengths = NULL;
   WeightSource ws = {0};
   RtError err;
+  char *out_tmp[MAX_BINDINGS] = {0};
   memset(inputs, 0, sizeof inputs);
 
   /* The flat state names, before anything is bound. */
   if (ir_flatten(p->arena, mod, root, &flat, p->de)) return 1;
+  /* Weights are needed only where there are parameters. */
+  if (!o->weights && !o->random_weights && flat.params.n > 0) {
+    fprintf(stderr,
+            "seqc: error: '%s' has %d parameter%s (%s%s): pass --weights FILE or "
+            "--random-weights\n",
+            root->name, flat.params.n, flat.params.n == 1 ? "" : "s", flat.params.v[0].name,
+            flat.params.n > 1 ? ", ..." : "");
+    return 2;
+  }
+  if (outs_prepare(o, root, &flat, out_tmp)) goto done;
 
   /* Read every --in file first: inputs fix B and T, states need B. */
   int nstates = flat.states.n;
@@ -597,16 +735,12 @@ static int cmd_run(const Options *o, Pipeline *p, PipeOptions *po) {
       }
     } else if (ii >= 0) {
       int elem_int = root->inputs.v[ii].type.elem == IR_INT;
-      if (t->ndim < 2) {
-        fprintf(stderr, "seqc: error: --in %s: %s has rank %d; a sequence is [B, T, ...]\n",
-                nf->name, nf->path, t->ndim);
-        goto done;
-      }
       if (!elem_int && (t->dtype == RT_I32 || t->dtype == RT_I64)) {
         fprintf(stderr, "seqc: error: --in %s: %s holds integers but '%s' is a real input\n",
                 nf->name, nf->path, nf->name);
         goto done;
       }
+      if (check_input_rank(nf, &root->inputs.v[ii], t)) goto done;
       if (B < 0) {
         B = t->shape[0];
         T = t->shape[1];
@@ -674,6 +808,7 @@ static int cmd_run(const Options *o, Pipeline *p, PipeOptions *po) {
   }
   po->weight_shape = ws.st ? lookup_shape : NULL;
   po->weight_ctx = &ws;
+  po->weight_file = ws.path;
   if (!o->batch) po->batch = B; /* the cost model's batch: this run's */
   po->input_ndims = in_ndims;
   po->input_shapes = in_shapes;
@@ -710,7 +845,7 @@ static int cmd_run(const Options *o, Pipeline *p, PipeOptions *po) {
                              want_states ? state_out : NULL, &cstats)
               : interp_run(bp, B, T, inputs, lengths, state_in, outputs,
                            want_states ? state_out : NULL, &iopt, p->de)) {
-    if (use_cpu)
+    if (use_cpu && backend_refused(p->de))
       fprintf(stderr,
               "seqc: note: '--backend=interp' runs any model with the reference interpreter\n");
     goto done;
@@ -741,21 +876,18 @@ static int cmd_run(const Options *o, Pipeline *p, PipeOptions *po) {
   for (int k = 0; k < o->nouts; k++) {
     const NamedFile *nf = &o->outs[k];
     int oi = find_output(root, nf->name);
-    int si = oi < 0 ? find_state(&flat, nf->name) : -1;
-    if (oi < 0 && si < 0) {
-      fprintf(stderr,
-              "seqc: error: --out %s: '%s' is not an output or state of '%s'; valid names:\n",
-              nf->name, nf->name, root->name);
-      list_names(root, &flat, 1);
-      goto done;
-    }
-    const RtTensor *t = oi >= 0 ? &outputs[oi] : &state_out[si];
+    const RtTensor *t = oi >= 0 ? &outputs[oi] : &state_out[find_state(&flat, nf->name)];
     if (!o->quiet && oi < 0) print_summary("state", nf->name, t);
-    if (rt_npy_write(nf->path, t, &err)) {
-      fprintf(stderr, "seqc: error: --out %s: %s\n", nf->name, err.msg);
+    if (rt_npy_write(out_tmp[k], t, &err)) {
+      /* The message names the temporary; the user knows the target. */
+      const char *m = err.msg;
+      size_t n = strlen(out_tmp[k]);
+      if (strncmp(m, out_tmp[k], n) == 0 && m[n] == ':') m += n + 2;
+      fprintf(stderr, "seqc: error: --out %s: cannot write '%s': %s\n", nf->name, nf->path, m);
       goto done;
     }
   }
+  if (outs_commit(o, out_tmp)) goto done;
   rc = 0;
   for (int k = 0; k < o->nexpects; k++) {
     const NamedFile *nf = &o->expects[k];
@@ -771,6 +903,7 @@ static int cmd_run(const Options *o, Pipeline *p, PipeOptions *po) {
   }
 
 done:
+  outs_discard(o, out_tmp);
   for (int i = 0; i < nloaded; i++) rt_tensor_free(&loaded[i]);
   if (outputs)
     for (int i = 0; i < root->outputs.n; i++) rt_tensor_free(&outputs[i]);
@@ -804,6 +937,7 @@ static int cmd_compile(const Options *o, Pipeline *p, PipeOptions *po) {
     ws.allow_l0 = p->source->funcs.v[p->source->entry]->kind == IR_FN_CELL;
     po->weight_shape = lookup_shape;
     po->weight_ctx = &ws;
+    po->weight_file = ws.path;
   }
   po->goal = PIPE_OBJECT;
   po->emit = CG_EMIT_SO;
@@ -833,6 +967,7 @@ static int cmd_report_forms(const Options *o, Pipeline *p, PipeOptions *po) {
     ws.allow_l0 = p->source->funcs.v[p->source->entry]->kind == IR_FN_CELL;
     po->weight_shape = lookup_shape;
     po->weight_ctx = &ws;
+    po->weight_file = ws.path;
   }
   int rc = 1;
   if (pipeline_run(p, po) == 0) {
@@ -865,6 +1000,7 @@ static int cmd_emit_text(const Options *o, Pipeline *p, PipeOptions *po) {
     ws.allow_l0 = p->source->funcs.v[p->source->entry]->kind == IR_FN_CELL;
     po->weight_shape = lookup_shape;
     po->weight_ctx = &ws;
+    po->weight_file = ws.path;
   }
   po->goal = sched                                ? PIPE_SCHED
              : strcmp(o->emit, "ir-scan") == 0    ? PIPE_FORMS

@@ -8,6 +8,9 @@
 #   3. run each libFuzzer target for 30 s (tools/fuzz.sh), when clang-19 with
 #      libFuzzer is installed (SEQ_TEST_FUZZ=0 skips; SEQ_FUZZ_SECONDS changes
 #      the time per target).
+#   4. build (no tests) with Debian's default clang (14, build-clang14) and
+#      clang-19 (build-clang), warnings as errors, where installed, so code GCC
+#      accepts and clang rejects fails here (SEQ_TEST_CLANG=0 skips).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -53,6 +56,20 @@ if [ "${SEQ_TEST_FUZZ:-1}" != 0 ]; then
   else
     echo "test.sh: clang-19 with libFuzzer not installed; skipping the fuzz stage"
   fi
+fi
+
+# ---- other compilers ---------------------------------------------------------------
+if [ "${SEQ_TEST_CLANG:-1}" != 0 ]; then
+  for c in clang-14:build-clang14 clang-19:build-clang; do
+    cc="${c%%:*}" dir="${c#*:}"
+    if ! command -v "$cc" >/dev/null; then
+      echo "test.sh: $cc not installed; skipping its build"
+      continue
+    fi
+    echo "test.sh: building with $cc -Werror in $dir"
+    CC="$cc" cmake -S . -B "$dir" -DSEQ_WERROR=ON >/dev/null
+    cmake --build "$dir" -j2 >/dev/null
+  done
 fi
 
 # ---- summary --------------------------------------------------------------------

@@ -97,7 +97,7 @@ static void test_usage_errors(void **state) {
   EXPECT_RUN("", 2, "no input file");
   EXPECT_RUN("--bogus x.seq", 2, "unknown option '--bogus'");
   EXPECT_RUN("--emit=wat examples/lstm.seq", 2, "unknown --emit kind 'wat'");
-  EXPECT_RUN("run examples/lstm.seq --in x=1.npy", 2, "exactly one of --weights");
+  EXPECT_RUN("run examples/lstm.seq --in x=1.npy", 2, "pass --weights FILE or --random-weights");
   EXPECT_RUN("run examples/lstm.seq --random-weights --in x", 2, "--in takes NAME=FILE.npy");
   EXPECT_RUN("run examples/lstm.seq --random-weights --seed -3 --in x=a.npy", 2, "--seed");
   EXPECT_RUN("--help", 0, "usage:");

@@ -312,6 +312,10 @@ static void test_instance_tree_size(void **state) {
   assert_int_not_equal(ir_binding_init(&b, A, m, m->funcs.v[m->entry], &DE), 0);
   assert_true(has_diag("M30 holds more than 65536 layer instances in all"));
   assert_int_equal(DE.nerrors, 1);
+  /* At M30's header, not at a layer deep inside the tree. */
+  int m30_line = 1;
+  for (const char *c = src; c < strstr(src, "model M30("); c++) m30_line += *c == '\n';
+  assert_int_equal(DE.diags.v[0].loc.line, m30_line);
   /* A tree of 2^15 instances (15 levels) binds: the bound is not in the way of real models. */
   IrBinding b15;
   assert_int_equal(ir_binding_init(&b15, A, m, m->funcs.v[ir_func_index(m, "M15")], &DE), 0);
