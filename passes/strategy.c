@@ -227,7 +227,7 @@ static void choose_auto(Arena *a, const IrFunc *f, StateForm *sf, const char *na
     sf[k].form = parallel ? best_parallel(&sf[k]) : FORM_SEQUENTIAL;
     if (!par_ok && sf[k].admitted[FORM_NEWTON])
       sf[k].why = "auto: sequential; auto does not take the newton form (not costed; on 2 CPU "
-                  "cores it measured 3 to 15 times slower than the step loop, BENCHMARKS.md)";
+                  "cores it measured 3 to 17 times slower than the step loop, BENCHMARKS.md)";
     else if (!par_ok)
       sf[k].why = "auto: sequential, since not every state of the cell has a parallel form";
     else if (!costed)
