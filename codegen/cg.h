@@ -25,8 +25,7 @@
  *   int32 SYM_dims(int64 *out)
  * Complex values are (re, im) float pairs, in buffers and at the interface
  * (a trailing axis of 2). Returns 0 and *out (owned by the caller). */
-int cg_lower(Arena *a, const Schedule *s, LLVMContextRef ctx, LLVMModuleRef *out,
-             DiagEngine *de);
+int cg_lower(Arena *a, const Schedule *s, LLVMContextRef ctx, LLVMModuleRef *out, DiagEngine *de);
 
 /* ---- target.c ---- */
 typedef struct CgOptions {

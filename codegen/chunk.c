@@ -72,15 +72,15 @@ static void linattn_item(Lower *L, LLVMValueRef item, LLVMValueRef split, const 
   LLVMValueRef ldk, ldv, ldg = ci64(L, 0);
   LLVMValueRef k = gepf(L, operand(L, la->k, b, t0, dir, &ldk), mul(L, h0, ci64(L, la->K)));
   LLVMValueRef v = gepf(L, operand(L, la->v, b, t0, dir, &ldv), mul(L, h0, ci64(L, la->V)));
-  LLVMValueRef lg = la->no_gate ? LLVMConstNull(L->ptr)
-                                : gepf(L, operand(L, la->lg, b, t0, dir, &ldg),
-                                       mul(L, h0, ci64(L, la->Kg)));
+  LLVMValueRef lg =
+      la->no_gate ? LLVMConstNull(L->ptr)
+                  : gepf(L, operand(L, la->lg, b, t0, dir, &ldg), mul(L, h0, ci64(L, la->Kg)));
   LLVMValueRef hoff = add(L, mul(L, b, ci64(L, sfloats)), mul(L, h0, ci64(L, hfloats)));
   LLVMValueRef store = gepf(L, L->buf[in->state_buf[la->state]], hoff);
   LLVMValueRef copy = la->copy_buf >= 0 ? gepf(L, L->buf[la->copy_buf], hoff) : NULL;
-  LLVMValueRef work = gepf(L, L->buf[la->work_buf],
-                           add(L, mul(L, b, ci64(L, la->work_floats)),
-                               mul(L, h0, ci64(L, la->work_head))));
+  LLVMValueRef work =
+      gepf(L, L->buf[la->work_buf],
+           add(L, mul(L, b, ci64(L, la->work_floats)), mul(L, h0, ci64(L, la->work_head))));
   /* The kernel works on [L..., V, K]: a state stored [L..., K, V] runs on a
    * transposed copy, transposed back at the end. */
   LLVMValueRef S = store;
@@ -113,11 +113,29 @@ static void linattn_item(Lower *L, LLVMValueRef item, LLVMValueRef split, const 
       LLVMValueRef beta = gepf(L, operand(L, la->beta, b, t0, dir, &ldbeta), h0);
       LLVMValueRef glg =
           la->no_gate ? LLVMConstNull(L->ptr) : gepf(L, operand(L, la->lg, b, t0, dir, &ldlg), h0);
-      LLVMValueRef args[23] = {n,    hn,      ci64(L, la->K), ci64(L, la->V),
-                               ci64(L, la->R), q, ldq, k, ldk, ci64(L, la->heads * la->K),
-                               v,    ldv,     ci64(L, la->heads * la->V), beta, ldbeta,
-                               ci64(L, la->heads), glg, ldlg, Sc, o, ldo,
-                               ci64(L, la->chunk), work};
+      LLVMValueRef args[23] = {n,
+                               hn,
+                               ci64(L, la->K),
+                               ci64(L, la->V),
+                               ci64(L, la->R),
+                               q,
+                               ldq,
+                               k,
+                               ldk,
+                               ci64(L, la->heads * la->K),
+                               v,
+                               ldv,
+                               ci64(L, la->heads * la->V),
+                               beta,
+                               ldbeta,
+                               ci64(L, la->heads),
+                               glg,
+                               ldlg,
+                               Sc,
+                               o,
+                               ldo,
+                               ci64(L, la->chunk),
+                               work};
       int ptrs[] = {5, 7, 10, 13, 16, 18, 19, 22};
       for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) pt[ptrs[i]] = L->ptr;
       call_fn(L, "rt_cpu_delta", L->void_t, pt, 23, args);
@@ -157,12 +175,12 @@ static void linattn_item(Lower *L, LLVMValueRef item, LLVMValueRef split, const 
 void emit_linattn(Lower *L, const SchedOp *op) {
   const SchedLinattn *la = op->linattn;
   LLVMBuilderRef bld = L->bld;
-  LLVMValueRef threads = LLVMBuildSExt(
-      bld, call_fn(L, "rt_cpu_get_num_threads", L->i32, NULL, 0, NULL), L->i64, "");
+  LLVMValueRef threads =
+      LLVMBuildSExt(bld, call_fn(L, "rt_cpu_get_num_threads", L->i32, NULL, 0, NULL), L->i64, "");
   LLVMValueRef nested = LLVMBuildICmp(
       bld, LLVMIntNE, call_fn(L, "rt_cpu_in_parallel", L->i32, NULL, 0, NULL), ci32(L, 0), "");
-  LLVMValueRef few = LLVMBuildAnd(
-      bld, LLVMBuildNot(bld, nested, ""), LLVMBuildICmp(bld, LLVMIntSLT, L->a_B, threads, ""), "");
+  LLVMValueRef few = LLVMBuildAnd(bld, LLVMBuildNot(bld, nested, ""),
+                                  LLVMBuildICmp(bld, LLVMIntSLT, L->a_B, threads, ""), "");
   LLVMValueRef split = LLVMBuildSelect(bld, few, ci64(L, la->heads), ci64(L, 1), "");
   emit_parallel_for(L, mul(L, L->a_B, split), split, linattn_item, op);
 }

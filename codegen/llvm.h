@@ -28,10 +28,10 @@
 
 /* The LLVM values of a node: its buffer and a GEMM's auxiliary ones. */
 typedef struct NodeLL {
-  LLVMValueRef base; /* float* (i32* for int inputs) */
-  LLVMValueRef wt;   /* GEMM: the packed weight */
-  LLVMValueRef gath; /* chunked GEMM over a whole-sequence operand: its chunk's rows */
-  LLVMValueRef wr;   /* cgemm: the real [gemm_n, gemm_k] form of the complex weight */
+  LLVMValueRef base;  /* float* (i32* for int inputs) */
+  LLVMValueRef wt;    /* GEMM: the packed weight */
+  LLVMValueRef gath;  /* chunked GEMM over a whole-sequence operand: its chunk's rows */
+  LLVMValueRef wr;    /* cgemm: the real [gemm_n, gemm_k] form of the complex weight */
   LLVMValueRef *outs; /* CALL: one buffer per callee output */
   LLVMValueRef *cins; /* CALL: [B*T] copies of constant arguments */
 } NodeLL;
@@ -211,8 +211,7 @@ int assign_bases(Lower *L);
  * arguments, its buffers and one more i64 (extra, or 0 when NULL) through a
  * context and rebuilds the node bases from them. */
 typedef void (*ParBody)(Lower *L, LLVMValueRef i, LLVMValueRef extra, const void *arg);
-void emit_parallel_for(Lower *L, LLVMValueRef n, LLVMValueRef extra, ParBody body,
-                       const void *arg);
+void emit_parallel_for(Lower *L, LLVMValueRef n, LLVMValueRef extra, ParBody body, const void *arg);
 /* Emits the function of schedule instance i. */
 int emit_function(Lower *L, int i);
 

@@ -109,9 +109,9 @@ void emit_delay(Lower *L, IrRef r) {
   LLVMValueRef first = LLVMBuildICmp(L->bld, LLVMIntEQ, tau, ci64(L, 0), "");
   LLVMValueRef tprev = LLVMBuildSelect(L->bld, isrev, add(L, t, ci64(L, 1)),
                                        LLVMBuildSub(L->bld, t, ci64(L, 1), ""), "");
-  LLVMValueRef src = LLVMBuildSelect(
-      L->bld, first, x0, row_at(L, nd->args[0], b, LLVMBuildSelect(L->bld, first, t, tprev, "")),
-      "");
+  LLVMValueRef src =
+      LLVMBuildSelect(L->bld, first, x0,
+                      row_at(L, nd->args[0], b, LLVMBuildSelect(L->bld, first, t, tprev, "")), "");
   LLVMValueRef dst = row_at(L, r, b, t);
   LLVMValueRef k = loop_begin(L, &lk, ci64(L, 0), ci64(L, floats));
   stf(L, ldf(L, src, k), dst, k);

@@ -51,8 +51,8 @@ static int bind_dims(Pipeline *p, const PipeOptions *o) {
   p->bind.weights_from = o->weight_shape ? o->weight_file : NULL;
   for (int i = 0; i < o->ndims; i++)
     if (ir_binding_set_dim(&p->bind, o->dim_names[i], o->dim_values[i], p->de)) return -1;
-  return ir_binding_infer(&p->bind, o->weight_shape, o->weight_ctx, o->input_ndims,
-                          o->input_shapes, p->de);
+  return ir_binding_infer(&p->bind, o->weight_shape, o->weight_ctx, o->input_ndims, o->input_shapes,
+                          p->de);
 }
 
 /* The cost model's machine: this one's speed (measured once per process,

@@ -51,16 +51,16 @@ typedef struct PipeOptions {
   const char *weight_file; /* where weight_shape reads, named in errors about weights */
   const int *input_ndims;
   const int64_t *const *input_shapes;
-  const StrategyRequest *strategy;     /* --strategy; NULL: auto for every state */
-  int threads;                         /* threads the code will run on (cost model; 0: 1) */
-  int64_t batch;                       /* examples per call the cost model assumes (0: 8) */
-  int64_t kernel_chunk;                /* tokens per chunk of the chunked kernels (0: the
-                                          runtime's default; --chunk) */
-  int64_t chunk_budget;                /* floats of a time chunk's token rows (0: the
-                                          schedule's; tests make chunks short with it) */
-  CgOptions cg;                        /* optimization level, target cpu and features */
-  CgEmitKind emit;                     /* PIPE_OBJECT: what to write */
-  const char *out_path, *header_path;  /* PIPE_OBJECT */
+  const StrategyRequest *strategy;    /* --strategy; NULL: auto for every state */
+  int threads;                        /* threads the code will run on (cost model; 0: 1) */
+  int64_t batch;                      /* examples per call the cost model assumes (0: 8) */
+  int64_t kernel_chunk;               /* tokens per chunk of the chunked kernels (0: the
+                                         runtime's default; --chunk) */
+  int64_t chunk_budget;               /* floats of a time chunk's token rows (0: the
+                                         schedule's; tests make chunks short with it) */
+  CgOptions cg;                       /* optimization level, target cpu and features */
+  CgEmitKind emit;                    /* PIPE_OBJECT: what to write */
+  const char *out_path, *header_path; /* PIPE_OBJECT */
 } PipeOptions;
 
 typedef struct Pipeline {
@@ -68,15 +68,15 @@ typedef struct Pipeline {
   SrcMgr *sm;
   DiagEngine *de;
   PipeStage reached;
-  IrModule *source;      /* the checked IR: what the interpreter runs */
-  IrModule *rewritten;   /* what the backends compile (same functions, same order) */
-  const IrFunc *root;    /* the entry in rewritten */
+  IrModule *source;        /* the checked IR: what the interpreter runs */
+  IrModule *rewritten;     /* what the backends compile (same functions, same order) */
+  const IrFunc *root;      /* the entry in rewritten */
   ClassifyResult *classes; /* of rewritten */
-  IrBinding bind;        /* the entry of source, dims bound; weights are the caller's to load */
-  StrategyPlan *plan;    /* the form of every state */
-  IrModule *parallel;    /* rewritten with cells in their parallel forms (scan.c) */
+  IrBinding bind;          /* the entry of source, dims bound; weights are the caller's to load */
+  StrategyPlan *plan;      /* the form of every state */
+  IrModule *parallel;      /* rewritten with cells in their parallel forms (scan.c) */
   Schedule *sched;
-  CgJit *jit;            /* PIPE_JIT; owned (pipeline_release) */
+  CgJit *jit; /* PIPE_JIT; owned (pipeline_release) */
 } Pipeline;
 
 void pipeline_init(Pipeline *p, Arena *a, SrcMgr *sm, DiagEngine *de);

@@ -14,7 +14,7 @@ void drv_weights_free(DrvWeights *w) {
 }
 
 int drv_weights_from_binding(const AbiSignature *sig, const IrBinding *b, DrvWeights *w,
-                            DiagEngine *de) {
+                             DiagEngine *de) {
   w->n = sig->params.n;
   w->data = seq_malloc(sizeof(float *) * (size_t)(w->n + 1));
   if (!w->data) {
@@ -159,8 +159,8 @@ static int tokens_to_int32(const AbiTensor *t, RtTensor *conv, int64_t B, int64_
 }
 
 int drv_run(const AbiSignature *sig, AbiForwardFn fn, const DrvWeights *w, const IrBinding *b,
-           int64_t B, int64_t T, const RtTensor *inputs, const int64_t *lengths,
-           const RtTensor *state_in, RtTensor *outputs, RtTensor *state_out, DiagEngine *de) {
+            int64_t B, int64_t T, const RtTensor *inputs, const int64_t *lengths,
+            const RtTensor *state_in, RtTensor *outputs, RtTensor *state_out, DiagEngine *de) {
   int rc = -1;
   RtError err;
   int ni = sig->inputs.n, no = sig->outputs.n, ns = sig->states.n;

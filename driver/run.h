@@ -14,14 +14,14 @@ typedef struct DrvWeights {
   float **data;
 } DrvWeights;
 int drv_weights_from_binding(const AbiSignature *sig, const IrBinding *b, DrvWeights *w,
-                            DiagEngine *de);
+                             DiagEngine *de);
 void drv_weights_free(DrvWeights *w);
 
 /* Same contract as interp_run (state_in/state_out in b->flat.states order;
  * outputs and state_out allocated here as RT_F32). */
 int drv_run(const AbiSignature *sig, AbiForwardFn fn, const DrvWeights *w, const IrBinding *b,
-           int64_t B, int64_t T, const RtTensor *inputs, const int64_t *lengths,
-           const RtTensor *state_in, RtTensor *outputs, RtTensor *state_out, DiagEngine *de);
+            int64_t B, int64_t T, const RtTensor *inputs, const int64_t *lengths,
+            const RtTensor *state_in, RtTensor *outputs, RtTensor *state_out, DiagEngine *de);
 
 /* Checks the tokens v ([B, T], as doubles) of int input t the way the
  * interpreter does (integers in [0, t->vocab), steps before each length)

@@ -13,8 +13,9 @@ IrRef pb_node(PassBuild *b, IrOp op, int nargs, const IrRef *args, const IrNode 
   if (b->failed) return IR_NONE;
   for (int i = 0; i < nargs; i++)
     if (args[i] == IR_NONE) {
-      diag_report(b->de, DIAG_ERROR, (SrcLoc){0}, "internal error in %s: %s: %s of a value never built",
-                  b->pass, b->src->name, ir_op_info[op].text);
+      diag_report(b->de, DIAG_ERROR, (SrcLoc){0},
+                  "internal error in %s: %s: %s of a value never built", b->pass, b->src->name,
+                  ir_op_info[op].text);
       b->failed = 1;
       return IR_NONE;
     }

@@ -35,7 +35,9 @@ typedef struct Chunk {
   const char *why;
 } Chunk;
 
-static IrRef map_cb(void *ctx, IrRef x) { return ((Chunk *)ctx)->map[x]; }
+static IrRef map_cb(void *ctx, IrRef x) {
+  return ((Chunk *)ctx)->map[x];
+}
 
 static int refuse(Chunk *C, const IrNode *n, const char *what) {
   if (!C->why)
@@ -44,8 +46,6 @@ static int refuse(Chunk *C, const IrNode *n, const char *what) {
                               : what;
   return -1;
 }
-
-
 
 /* x (of rank <= r, broadcastable to rank r) as rank r - 1 without axis
  * `drop`, where x has size 1: a reshape that keeps the element order. */
@@ -206,7 +206,8 @@ static int plan_state(Chunk *C, const Users *u, int s, Plan *p) {
         p->reads[p->nreads++] = (Readout){use, m->args[m->args[0] == x ? 1 : 0], xi == 1, 1};
         continue;
       }
-      if (m->op != IR_MUL || !ir_type_eq(m->type, st->type) || (m->args[0] == x) == (m->args[1] == x))
+      if (m->op != IR_MUL || !ir_type_eq(m->type, st->type) ||
+          (m->args[0] == x) == (m->args[1] == x))
         return refuse(C, m, "the state is read other than through contractions");
       IrRef q = m->args[m->args[0] == x ? 1 : 0];
       const IrNode *qn = &f->nodes.v[q];
@@ -422,7 +423,8 @@ int chunk_module(Arena *a, const IrModule *m, const StrategyPlan *plan, IrModule
       diag_error(de, (SrcLoc){0}, "out of memory");
       return -1;
     }
-    for (int k = 0; k < f->states.n; k++) any |= chunked[k] = plan->funcs[i][k].form == FORM_CHUNKED;
+    for (int k = 0; k < f->states.n; k++)
+      any |= chunked[k] = plan->funcs[i][k].form == FORM_CHUNKED;
     if (any && f->kind == IR_FN_MODEL) {
       IrFunc *g;
       const char *why;

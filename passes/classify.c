@@ -1,5 +1,5 @@
 /* classify.c - recurrence classification: for every state of every cell, how
- * the value leaving the step depends on the value entering it (ALGORITHMS.md
+ * the value leaving the step depends on the value entering it (docs/algorithms.md
  * §1), and the parallel strategy that class admits.
  *
  * Later passes pick parallel forms (associative scans, chunkwise-parallel
@@ -36,7 +36,6 @@
 #include <string.h>
 
 /* ---- Small helpers -------------------------------------------------------- */
-
 
 /* Axes of t whose size is not the constant 1 (bit k = axis k). */
 static unsigned nonone_mask(IrType t) {

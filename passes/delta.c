@@ -42,8 +42,8 @@
 #define MAXF DELTA_MAX_FACTORS
 #define MAXT 4 /* low-rank terms or writes of one form */
 
-enum { CTX_MAT, CTX_VEC };                /* aligned to the state's rank, or to a vector's */
-enum { P_LEAD = 1, P_V = 2, P_K = 4 };   /* axes a factor varies along */
+enum { CTX_MAT, CTX_VEC };             /* aligned to the state's rank, or to a vector's */
+enum { P_LEAD = 1, P_V = 2, P_K = 4 }; /* axes a factor varies along */
 
 typedef DeltaFac Fac;
 
@@ -52,12 +52,12 @@ typedef enum { A_NONE, A_MAT, A_VEC } AKind;
 typedef struct AVal {
   AKind kind;
   int has_d;
-  Fac d;          /* MAT: the diagonal part D (of X) */
+  Fac d;                  /* MAT: the diagonal part D (of X) */
   Fac ta[MAXT], tb[MAXT]; /* MAT: low-rank terms (X a) b^T; VEC: c (X a) as tb = c, ta = a */
   int nt;
   Fac wu[MAXT], ww[MAXT]; /* MAT: writes u w^T; VEC: vectors e = wu (ww unused) */
   int nw;
-  int spread;     /* VEC reshaped to [L..., V, 1] */
+  int spread; /* VEC reshaped to [L..., V, 1] */
 } AVal;
 
 typedef struct Ana {
@@ -77,8 +77,6 @@ static int refuse(Ana *A, const IrNode *n, const char *what) {
                               : what;
   return -1;
 }
-
-
 
 /* The axes a factor varies along. */
 static int profile(const Ana *A, IrRef x, int ctx) {
@@ -305,7 +303,8 @@ static int rule(Ana *A, IrRef r) {
     o->d = fac_one();
     return 0;
   }
-  if (n->op == IR_STATE) return refuse(A, n, "the state read other than through its previous factor");
+  if (n->op == IR_STATE)
+    return refuse(A, n, "the state read other than through its previous factor");
   int d0 = n->nargs > 0 && A->dep[n->args[0]], d1 = n->nargs > 1 && A->dep[n->args[1]];
   const AVal *x = d0 ? &A->val[n->args[0]] : d1 ? &A->val[n->args[1]] : NULL;
   IrRef c = n->nargs == 2 ? n->args[d0 ? 1 : 0] : IR_NONE;
@@ -369,8 +368,8 @@ static int rule(Ana *A, IrRef r) {
     return scale_form(A, o, &sp, n->args[1], n);
   }
   default:
-    return refuse(A, n, arena_printf(A->a, "%s of the state (not the delta rule)",
-                                     ir_op_info[n->op].text));
+    return refuse(
+        A, n, arena_printf(A->a, "%s of the state (not the delta rule)", ir_op_info[n->op].text));
   }
 }
 
@@ -403,8 +402,9 @@ static int one_factor(Ana *A, IrRef target, IrRef X, DeltaFactor *out) {
   const IrNode *n = &A->f->nodes.v[target];
   const AVal *v = &A->val[target];
   if (!v->has_d || v->nt != 1 || v->nw != 1)
-    return refuse(A, n, v->nt != 1 ? "not one low-rank term (S k) k^T per factor"
-                                   : "not one rank-one write per factor");
+    return refuse(A, n,
+                  v->nt != 1 ? "not one low-rank term (S k) k^T per factor"
+                             : "not one rank-one write per factor");
   if (fac_profile(A, &v->d) & ~P_LEAD)
     return refuse(A, n, "a decay along the state's axes (the delta form takes one gate per head)");
   if (v->d.sign < 0) return refuse(A, n, "a negative gate");

@@ -1,6 +1,6 @@
 /* jacobian.c - forward-mode differentiation of a cell's step, IR to IR.
  *
- * Newton-parallel evaluation of a nonlinear recurrence (ALGORITHMS.md §4)
+ * Newton-parallel evaluation of a nonlinear recurrence (docs/algorithms.md §6)
  * needs J_t = d next / d state at (state, x_t): applied to vectors for DEER,
  * or only its diagonal for quasi-DEER. Both are built here as new CELL
  * functions of the same module, so the interpreter and the backends run them

@@ -35,7 +35,7 @@ IrRef pb_log(PassBuild *b, IrRef x, const char **why);
 
 /* ---- classify.c: recurrence classes and parallel strategies ------------ */
 
-/* How a state's new value depends on the old one (docs: ALGORITHMS.md §1).
+/* How a state's new value depends on the old one (docs/algorithms.md §1).
  * Read off the IR by dataflow: which STATE nodes `next` reaches, and whether
  * the path from them is affine (over (+, x) or over (max, +)). Each class is
  * a precondition that classify.c proves on the IR (the comment above the code
@@ -140,7 +140,7 @@ int rewrite_module(Arena *a, const IrModule *m, IrModule **out, DiagEngine *de);
 /* ---- jacobian.c: forward-mode derivatives of a cell's step ------------- */
 
 /* Builds in m a new cell "<cell>.jvp" computing the tangent map of the step
- * (ALGORITHMS.md §4): ds -> J_t ds, J_t = d next / d state at (state, x_t),
+ * (docs/algorithms.md §6): ds -> J_t ds, J_t = d next / d state at (state, x_t),
  * all states jointly. It has cell's dims, params and states (same init and
  * next, so a run follows the primal trajectory), cell's inputs followed by
  * one input "d<state>" per state (the tangent, the state's type), and the

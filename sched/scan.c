@@ -197,8 +197,8 @@ int plan_scan_groups(Plan *p) {
   for (IrRef r = 0; r < fn->nodes.n; r++) p->v[r].group = IR_NONE;
   if (fn->kind != IR_FN_MODEL || fn->states.n == 0) return 0;
   for (IrRef r = 0; r < fn->nodes.n; r++)
-    if ((fn->nodes.v[r].op == IR_SCAN || fn->nodes.v[r].op == IR_SCAN_MAX) &&
-        p->v[r].uses > 0 && plan_group(p, r))
+    if ((fn->nodes.v[r].op == IR_SCAN || fn->nodes.v[r].op == IR_SCAN_MAX) && p->v[r].uses > 0 &&
+        plan_group(p, r))
       return -1;
   return 0;
 }

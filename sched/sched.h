@@ -102,29 +102,29 @@ typedef struct SchedBuf {
 /* ---- Stages ------------------------------------------------------------------- */
 
 typedef enum {
-  SCHED_OP_NODE,          /* node on the current row (or once, for CONST) */
-  SCHED_OP_FUSED,         /* nodes node..last of the loop's class in one element loop */
-  SCHED_OP_ROWS,          /* a loop over the rows of class `cls` around `body` */
-  SCHED_OP_GEMM,          /* node over all rows of its class: one runtime GEMM */
-  SCHED_OP_CALL,          /* node runs a layer over the whole sequence */
-  SCHED_OP_CONV,          /* node: causal convolution over the whole sequence */
-  SCHED_OP_SCAN,          /* node: scan or scan_max over the whole sequence, per example */
-  SCHED_OP_DELAY,         /* node: each token's previous token (the initial value first) */
-  SCHED_OP_WINDOW,        /* node: a shift register's window at each token */
-  SCHED_OP_LINATTN,       /* a matrix state's chunked form: its readouts and final state */
-  SCHED_OP_PACK,          /* the weight of GEMM `node` packed (after its real form, for cgemm) */
-  SCHED_OP_ZERO_OUTPUTS,  /* outputs past each sequence's end are zero (with lengths) */
-  SCHED_OP_STATE_INIT,    /* states from state_in, else their declared initial value */
-  SCHED_OP_TOKEN_OUTPUTS, /* outputs that read no state, for the TOKEN rows in hand */
-  SCHED_OP_CHUNK_LOOP,    /* for each time chunk of Tc steps: body */
-  SCHED_OP_TIME_LOOP,     /* for each step t (of the chunk, or of [0, T)): body */
-  SCHED_OP_COMMIT,        /* per active example: this step's outputs, then the new states */
-  SCHED_OP_FINAL_STATES,  /* state_out from the states' storage */
+  SCHED_OP_NODE,             /* node on the current row (or once, for CONST) */
+  SCHED_OP_FUSED,            /* nodes node..last of the loop's class in one element loop */
+  SCHED_OP_ROWS,             /* a loop over the rows of class `cls` around `body` */
+  SCHED_OP_GEMM,             /* node over all rows of its class: one runtime GEMM */
+  SCHED_OP_CALL,             /* node runs a layer over the whole sequence */
+  SCHED_OP_CONV,             /* node: causal convolution over the whole sequence */
+  SCHED_OP_SCAN,             /* node: scan or scan_max over the whole sequence, per example */
+  SCHED_OP_DELAY,            /* node: each token's previous token (the initial value first) */
+  SCHED_OP_WINDOW,           /* node: a shift register's window at each token */
+  SCHED_OP_LINATTN,          /* a matrix state's chunked form: its readouts and final state */
+  SCHED_OP_PACK,             /* the weight of GEMM `node` packed (after its real form, for cgemm) */
+  SCHED_OP_ZERO_OUTPUTS,     /* outputs past each sequence's end are zero (with lengths) */
+  SCHED_OP_STATE_INIT,       /* states from state_in, else their declared initial value */
+  SCHED_OP_TOKEN_OUTPUTS,    /* outputs that read no state, for the TOKEN rows in hand */
+  SCHED_OP_CHUNK_LOOP,       /* for each time chunk of Tc steps: body */
+  SCHED_OP_TIME_LOOP,        /* for each step t (of the chunk, or of [0, T)): body */
+  SCHED_OP_COMMIT,           /* per active example: this step's outputs, then the new states */
+  SCHED_OP_FINAL_STATES,     /* state_out from the states' storage */
   SCHED_OP_SEQ_FINAL_STATES, /* a parallel form's state_out: next at each sequence's last
                                 step (the initial value for an empty one); in time chunks,
                                 the storage */
-  SCHED_OP_CHUNK_STATES,  /* a parallel form in time chunks: the states not carried by a
-                             fused group (windows) take next at the chunk's last step */
+  SCHED_OP_CHUNK_STATES,     /* a parallel form in time chunks: the states not carried by a
+                                fused group (windows) take next at the chunk's last step */
 } SchedOpKind;
 
 typedef struct SchedOp SchedOp;
@@ -137,11 +137,11 @@ typedef struct SchedOp SchedOp;
 typedef struct SchedScanGroup {
   IrRef *members; /* node order; the scan node among them */
   int nmembers;
-  IrRef delay;    /* delay(scan) among the members (its value is the old state), or -1 */
-  int state;      /* the state whose storage holds the running value */
-  int64_t block;  /* leading elements (rows of the last axis) per block */
-  int64_t split;  /* elements of the last axis per piece: the whole axis, or (with no sum over
-                     it among the members) a part, so a one-row state still splits */
+  IrRef delay;   /* delay(scan) among the members (its value is the old state), or -1 */
+  int state;     /* the state whose storage holds the running value */
+  int64_t block; /* leading elements (rows of the last axis) per block */
+  int64_t split; /* elements of the last axis per piece: the whole axis, or (with no sum over
+                    it among the members) a part, so a one-row state still splits */
 } SchedScanGroup;
 
 /* SCHED_OP_LINATTN (sched/chunk.c): per example, the runtime's chunkwise
@@ -158,7 +158,7 @@ typedef struct SchedLinattn {
   IrRef beta;     /* the delta rule's, [R, L...] */
   int no_gate;    /* lg is the constant 0 */
   int64_t heads, K, V, Kg;
-  int64_t R;      /* the delta rule's factors per token (k [R, L..., K]); 1 for linattn */
+  int64_t R;           /* the delta rule's factors per token (k [R, L..., K]); 1 for linattn */
   int64_t chunk;       /* tokens per chunk */
   int work_buf;        /* the kernel's scratch, per example: for all its heads in one call,
                           or for each head in a call of its own */
@@ -181,14 +181,14 @@ struct SchedOp {
 
 typedef struct SchedInst {
   const IrFunc *fn;
-  int64_t *dims; /* concrete, per dim of fn */
-  int *params;   /* per param of fn: index into the signature's params */
-  int *states;   /* per state of fn: index into the signature's states */
-  int *layers;   /* per layer of fn: index into Schedule.insts */
+  int64_t *dims;      /* concrete, per dim of fn */
+  int *params;        /* per param of fn: index into the signature's params */
+  int *states;        /* per state of fn: index into the signature's states */
+  int *layers;        /* per layer of fn: index into Schedule.insts */
   SchedValue *values; /* per node of fn */
   VEC(SchedBuf) bufs;
-  int *state_buf; /* per state: its storage */
-  int *state_tmp; /* per state: STATE_TMP buffer, or -1 */
+  int *state_buf;          /* per state: its storage */
+  int *state_tmp;          /* per state: STATE_TMP buffer, or -1 */
   SchedScanGroup **groups; /* per node: the fused scan it anchors (its last member), or NULL */
   SchedLinattn **linattns; /* per node: the chunked state it anchors, or NULL */
   /* The time loop runs in chunks of Tc steps, Tc = clamp(chunk_budget /
@@ -237,8 +237,7 @@ int64_t sched_row_floats(const SchedValue *v);
 int sched_is_view(IrOp op);
 /* For an axis of v: the product of the sizes before it, its size, and the
  * product after it. */
-void sched_axis_split(const SchedValue *v, int axis, int64_t *outer, int64_t *len,
-                      int64_t *inner);
+void sched_axis_split(const SchedValue *v, int axis, int64_t *outer, int64_t *len, int64_t *inner);
 /* Floats a packed K x N weight takes (the runtime's layout, rt_cpu.h). */
 int64_t sched_packed_floats(const SchedValue *v);
 /* Node r of in is computed in `phase`: of that class, not a view, read by

@@ -1,7 +1,7 @@
 /* test_classify.c - the recurrence classification pass (passes/classify.c).
  *
  * Every cell in stdlib/ and examples/ is classified and each state's class is
- * checked against a table written from the papers (ALGORITHMS.md §1 and the
+ * checked against a table written from the papers (docs/algorithms.md §1 and the
  * comment at the top of each .seq file), not from the pass's output. Golden
  * reports pin the wording for a few cells; small cells written here cover
  * classes the library does not use, and malformed IR and allocation failure
@@ -73,7 +73,7 @@ typedef struct Expect {
 } Expect;
 
 /* From the papers: the update of each state, written in the comment at the
- * top of its .seq file, read against ALGORITHMS.md §1. */
+ * top of its .seq file, read against docs/algorithms.md §1. */
 static const Expect EXPECTED[] = {
     /* Nonlinear cells: h enters through a full recurrent matrix. */
     {"LSTM", "h", REC_NONLINEAR, ANY, REC_JAC_DENSE, NULL, 0},
