@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(build-essential cmake pkg-config flex bison libcmocka-dev libjansson-dev
+packages=(build-essential cmake pkg-config flex bison libcmocka-dev libjansson-dev libxxhash-dev
           llvm-19-dev clang-19 libclang-rt-19-dev)
 missing=()
 for p in "${packages[@]}"; do

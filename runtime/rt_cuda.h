@@ -1,0 +1,193 @@
+/* rt_cuda.h - CUDA at run time. Nothing of the compiler is in it, and
+ * nothing of CUDA is linked: libnvrtc and libcuda are opened with dlopen on
+ * first use, so seqc builds and runs where neither exists and says so when
+ * asked for them.
+ *
+ *   NVRTC         CUDA C -> PTX or a cubin, through an on-disk cache
+ *                 (runtime/cuda_nvrtc.c)
+ *   driver        a context on one device: memory, modules, launches
+ *                 (runtime/cuda_driver.c)
+ *   executor      runs a CUDA program, the launch plan the CUDA renderer
+ *                 made of a schedule, on any RtCuDevice: the driver's, or
+ *                 the tests' CPU emulation (runtime/cuda_exec.c)
+ *
+ * Errors follow rt.h: 0 or an RtStatus, with a one-line message in RtError.
+ */
+#ifndef SEQ_RT_CUDA_H
+#define SEQ_RT_CUDA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "runtime/rt.h"
+
+/* ---- NVRTC (cuda_nvrtc.c) -------------------------------------------------- */
+
+typedef struct RtBlob {
+  void *data;
+  size_t size;
+} RtBlob;
+void rt_blob_free(RtBlob *b);
+
+/* Whether libnvrtc can be opened (SEQ_NVRTC_LIB names the library to try
+ * first); the version it reports. RT_ERR_IO "NVRTC not found (tried ...)". */
+int rt_nvrtc_version(int *major, int *minor, RtError *err);
+
+/* Compiles CUDA C `src` (reported as `name`) for `arch` ("sm_80", "sm_90")
+ * to PTX (cubin = 0, NUL-terminated) or to a cubin (cubin = 1, NVRTC runs
+ * ptxas), with the options seqc always uses (-std=c++17, --use_fast_math off,
+ * -default-device). The result comes from the cache when the key (a hash of
+ * the source, the options, NVRTC's version, the arch and the kind) is there;
+ * otherwise NVRTC runs and the result is stored. A compile error is
+ * RT_ERR_FORMAT with NVRTC's log (first lines) in err. */
+int rt_nvrtc_compile(const char *src, const char *name, const char *arch, int cubin, RtBlob *out,
+                     RtError *err);
+
+/* nvrtcCompileProgram calls this process made, and the seconds they took. */
+uint64_t rt_nvrtc_calls(void);
+double rt_nvrtc_seconds(void);
+
+/* The cache directory: $SEQ_CUDA_CACHE, else $XDG_CACHE_HOME/seqc/cuda, else
+ * $HOME/.cache/seqc/cuda; SEQ_CUDA_CACHE=off turns the cache off (NULL). */
+const char *rt_cuda_cache_dir(void);
+
+/* ---- the device API every executor backend provides ------------------------ */
+
+/* Device addresses are 64-bit integers (CUdeviceptr, or a host address in
+ * the emulation). */
+typedef uint64_t RtDevPtr;
+
+typedef enum { RT_CU_H2D, RT_CU_D2H, RT_CU_D2D } RtCuCopyKind;
+
+typedef struct RtCuDevice {
+  void *ctx;
+  /* Zeroed device memory; 0 bytes gives a valid address too. */
+  int (*alloc)(void *ctx, size_t bytes, RtDevPtr *out, RtError *err);
+  void (*free)(void *ctx, RtDevPtr p);
+  int (*copy)(void *ctx, RtDevPtr dst, RtDevPtr src, size_t bytes, RtCuCopyKind kind, RtError *err);
+  int (*zero)(void *ctx, RtDevPtr dst, size_t bytes, RtError *err);
+  /* Launches kernel `kernel` (an index into the program's names) on a 1-D
+   * grid of `grid` blocks of `block` threads; its one argument is the frame. */
+  int (*launch)(void *ctx, int kernel, uint32_t grid, uint32_t block, RtDevPtr frame, RtError *err);
+  int (*sync)(void *ctx, RtError *err);
+} RtCuDevice;
+
+/* ---- the driver (cuda_driver.c) -------------------------------------------- */
+
+typedef struct RtCuda RtCuda;
+
+/* Opens device `ordinal` (libcuda.so.1, or SEQ_CUDA_DRIVER_LIB). Errors:
+ * "CUDA driver not found (libcuda.so.1)", "no CUDA device", the driver's
+ * message otherwise. */
+int rt_cuda_open(int ordinal, RtCuda **out, RtError *err);
+void rt_cuda_close(RtCuda *c);
+/* "sm_90", the device's name and its global memory in bytes. */
+const char *rt_cuda_arch(const RtCuda *c);
+const char *rt_cuda_name(const RtCuda *c);
+size_t rt_cuda_memory(const RtCuda *c);
+/* Loads a module from PTX or a cubin and resolves the named kernels; the
+ * returned device runs them (launch's `kernel` indexes names). */
+int rt_cuda_load(RtCuda *c, const RtBlob *image, const char *const *names, int n, RtCuDevice *out,
+                 RtError *err);
+/* Unloads the module behind a device rt_cuda_load returned (memory it
+ * allocated stays until freed or rt_cuda_close); rt_cuda_close unloads the
+ * modules left. Devices not from rt_cuda_load are left alone. */
+void rt_cuda_unload(RtCuDevice *d);
+
+/* ---- CUDA programs and their executor (cuda_exec.c) ------------------------ */
+
+/* Every generated kernel takes one argument, the frame: int64 slots holding
+ * the call's sizes and device addresses, in this order:
+ *   B, T, rev (the instance runs backwards), lengths (0: all T), status
+ *   (an int32 the kernels set on bad input: ABI_ERR_TOKEN), then the
+ *   program's params, the instance's inputs, the program's state_in (0: not
+ *   given), the instance's outputs, the program's state_out (0: not wanted)
+ *   and the instance's buffers. */
+enum { RT_CU_F_B, RT_CU_F_T, RT_CU_F_REV, RT_CU_F_LENGTHS, RT_CU_F_STATUS, RT_CU_F_FIXED };
+
+/* How many blocks a launch runs. */
+typedef enum {
+  RT_CU_GRID_FIXED, /* n */
+  RT_CU_GRID_B,     /* n per example */
+  RT_CU_GRID_BT,    /* n per token (rounded up to n * B * T / per) */
+} RtCuGridKind;
+
+typedef enum {
+  RT_CU_ROWS_ONE,
+  RT_CU_ROWS_B,
+  RT_CU_ROWS_BT,
+} RtCuRows;
+
+typedef struct RtCuBuf {
+  RtCuRows rows;
+  int64_t row_floats;
+} RtCuBuf;
+
+/* Where a layer's argument lives in its caller's frame. */
+typedef enum { RT_CU_ARG_PARAM, RT_CU_ARG_INPUT, RT_CU_ARG_BUF } RtCuArgKind;
+typedef struct RtCuArg {
+  RtCuArgKind kind;
+  int index;
+} RtCuArg;
+
+typedef enum {
+  RT_CU_STEP_LAUNCH,
+  RT_CU_STEP_CALL, /* run instance `inst` over the whole sequence */
+} RtCuStepKind;
+
+typedef struct RtCuStep {
+  RtCuStepKind kind;
+  int kernel;        /* LAUNCH */
+  RtCuGridKind grid; /* LAUNCH */
+  int64_t n;         /* LAUNCH: blocks (FIXED), per example (B), per token (BT) */
+  int64_t per;       /* BT: tokens per n blocks (>= 1) */
+  int block;         /* LAUNCH: threads per block */
+  int inst;          /* CALL */
+  int reverse;       /* CALL: the layer runs in the other direction */
+  RtCuArg *args;     /* CALL: per callee input */
+  int *outs;         /* CALL: per callee output, the caller's buffer */
+} RtCuStep;
+
+/* One instance of the schedule (the root, or a layer): its frame holds the
+ * program's params and states (all of them, in flat order) and its own
+ * inputs, outputs and buffers. */
+typedef struct RtCuInst {
+  int ninputs, nstates, noutputs, nbufs;
+  RtCuBuf *bufs;  /* in the frame's order */
+  int *state_buf; /* per state: the buffer holding it */
+  RtCuStep *steps;
+  int nsteps;
+} RtCuInst;
+
+/* What the caller's tensors look like (per example for states, per token for
+ * inputs and outputs, whole for params), in floats (int inputs: int32s). */
+typedef struct RtCuProgram {
+  const char *source; /* the CUDA C the kernels come from */
+  const char **kernels;
+  int nkernels;
+  RtCuInst *insts; /* insts[0] is the root */
+  int ninsts;
+  int nparams, ninputs, noutputs, nstates;
+  int64_t *param_floats, *input_floats, *output_floats, *state_floats;
+  int *input_is_int;
+} RtCuProgram;
+
+/* The root's forward over host buffers, as SYM_forward (docs/abi.md): params,
+ * inputs, lengths and initial states are copied to the device, outputs and
+ * final states back; returns an ABI status (0, ABI_ERR_*), or -1 with err set
+ * when the device fails. */
+int rt_cu_forward(const RtCuProgram *p, const RtCuDevice *d, const float *const *params, int64_t B,
+                  int64_t T, const void *const *inputs, const int32_t *lengths,
+                  const float *const *state_in, float *const *outputs, float *const *state_out,
+                  RtError *err);
+
+/* The same over device buffers of d (no copies): params, inputs, outputs;
+ * lengths an int32 [B] device array or 0; state_in and state_out NULL or
+ * arrays of device addresses, 0 entries meaning "declared initial value" and
+ * "not wanted". The lengths are read back to be checked. The work is done
+ * when it returns. */
+int rt_cu_run(const RtCuProgram *p, const RtCuDevice *d, const RtDevPtr *params, int64_t B,
+              int64_t T, const RtDevPtr *inputs, RtDevPtr lengths, const RtDevPtr *state_in,
+              const RtDevPtr *outputs, const RtDevPtr *state_out, RtError *err);
+
+#endif
