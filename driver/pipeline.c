@@ -112,7 +112,16 @@ int pipeline_run(Pipeline *p, const PipeOptions *o) {
   /* 4. Choose the form of every state (the request, or the cost model at
    *    these dims) and rewrite cells into their parallel forms. */
   if (p->reached < PIPE_FORMS) {
-    if (strategy_choose(p->arena, p->rewritten, p->root, p->bind.dims, p->classes, o->strategy,
+    /* On the GPU the cost model has no numbers yet: auto is the scan form
+     * (a thread per state row walking the sequence) wherever the class
+     * admits it, the step loop elsewhere (docs/cuda.md). */
+    const StrategyRequest *req = o->strategy;
+    StrategyRequest gpu = {{0}, FORM_SCAN, 0, NULL, NULL, 1};
+    if (o->cuda && (!req || (req->all == FORM_AUTO && req->n == 0))) {
+      if (req) gpu.newton = req->newton;
+      req = &gpu;
+    }
+    if (strategy_choose(p->arena, p->rewritten, p->root, p->bind.dims, p->classes, req,
                         needs_costs(p) ? cost_machine(o) : NULL, &p->plan, p->de) ||
         scan_module(p->arena, p->rewritten, p->classes, p->plan, &p->parallel, p->de) ||
         verify(p, p->parallel, "scan") ||
@@ -135,7 +144,13 @@ int pipeline_run(Pipeline *p, const PipeOptions *o) {
   }
   if (o->goal <= PIPE_SCHED) return 0;
 
-  /* 6. Render: LLVM, compiled in memory or written to a file. */
+  /* 6. Render: CUDA C and its launch plan, or LLVM, compiled in memory or
+   *    written to a file. */
+  if (o->goal == PIPE_CUDA) {
+    if (!p->cuda && cuda_render(p->arena, p->sched, &p->cuda, p->de)) return -1;
+    p->reached = PIPE_CUDA;
+    return 0;
+  }
   if (o->goal == PIPE_JIT) {
     if (!p->jit && !(p->jit = cg_jit_compile(p->arena, p->sched, &o->cg, p->de))) return -1;
     p->reached = PIPE_JIT;

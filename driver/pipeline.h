@@ -7,6 +7,7 @@
  *   choose forms, parallelize, verify  passes/strategy.c, scan.c, chunk.c
  *   schedule                           sched/
  *   render                             codegen/          (LLVM: JIT or a file)
+ *                                      cudagen/          (CUDA C and its launch plan)
  *
  * The CLI (tools/seqc.c), the C API (driver/api.c) and the tests all go
  * through it, so what is tested is what the product runs. It stops at the
@@ -19,6 +20,7 @@
 
 #include "codegen/aot.h"
 #include "codegen/jit.h"
+#include "cudagen/cudagen.h"
 #include "frontend/frontend.h"
 #include "ir/interp.h"
 #include "passes/passes.h"
@@ -33,6 +35,7 @@ typedef enum {
   PIPE_SCHED,  /* + scheduled */
   PIPE_JIT,    /* + rendered and compiled in memory */
   PIPE_OBJECT, /* + rendered and written to a file */
+  PIPE_CUDA,   /* + rendered as CUDA C kernels and their launch plan (no LLVM) */
 } PipeStage;
 
 typedef struct PipeOptions {
@@ -52,6 +55,8 @@ typedef struct PipeOptions {
   const int *input_ndims;
   const int64_t *const *input_shapes;
   const StrategyRequest *strategy;    /* --strategy; NULL: auto for every state */
+  int cuda;                           /* the target is CUDA: auto means the scan form where
+                                         the class admits it, else the step loop */
   int threads;                        /* threads the code will run on (cost model; 0: 1) */
   int64_t batch;                      /* examples per call the cost model assumes (0: 8) */
   int64_t kernel_chunk;               /* tokens per chunk of the chunked kernels (0: the
@@ -76,7 +81,8 @@ typedef struct Pipeline {
   StrategyPlan *plan;      /* the form of every state */
   IrModule *parallel;      /* rewritten with cells in their parallel forms (scan.c) */
   Schedule *sched;
-  CgJit *jit; /* PIPE_JIT; owned (pipeline_release) */
+  RtCuProgram *cuda; /* PIPE_CUDA */
+  CgJit *jit;        /* PIPE_JIT; owned (pipeline_release) */
 } Pipeline;
 
 void pipeline_init(Pipeline *p, Arena *a, SrcMgr *sm, DiagEngine *de);

@@ -201,6 +201,8 @@ typedef struct StrategyRequest {
   int n;
   const char **names;
   Form *forms;
+  int preference; /* `all` is a preference (the CUDA target's auto): no error when no
+                     state admits it */
 } StrategyRequest;
 
 /* Parses "auto", "scan", "S=chunked,z=scan", "sequential,l0.h=scan", ...

@@ -252,7 +252,7 @@ int strategy_choose(Arena *a, const IrModule *m, const IrFunc *root, const int64
   plan->funcs = funcs;
   plan->dims = arena_calloc(a, (size_t)m->funcs.n + 1, sizeof *plan->dims);
   if (!plan->dims) goto oom;
-  StrategyRequest none = {{0}, FORM_AUTO, 0, NULL, NULL};
+  StrategyRequest none = {{0}, FORM_AUTO, 0, NULL, NULL, 0};
   if (!req) req = &none;
   plan->newton = req->newton;
   if (!(plan->newton.rtol > 0)) plan->newton.rtol = NEWTON_RTOL;
@@ -268,6 +268,8 @@ int strategy_choose(Arena *a, const IrModule *m, const IrFunc *root, const int64
       StateForm *sf = &funcs[i][k];
       sf->form = form_for_all(req->all, cls);
       sf->why = req->all == FORM_AUTO ? "auto"
+                : req->preference     ? (sf->form == req->all ? "auto on the GPU: the scan form"
+                                                              : "auto on the GPU: the step loop")
                 : sf->form == req->all
                     ? arena_printf(a, "--strategy=%s", form_name(req->all))
                     : arena_printf(a, "--strategy=%s, which %s does not admit", form_name(req->all),
@@ -399,7 +401,8 @@ int strategy_choose(Arena *a, const IrModule *m, const IrFunc *root, const int64
       }
   }
   /* A request for every state that no state could take is a mistake. */
-  if (req->all == FORM_SCAN || req->all == FORM_CHUNKED || req->all == FORM_NEWTON) {
+  if (!req->preference &&
+      (req->all == FORM_SCAN || req->all == FORM_CHUNKED || req->all == FORM_NEWTON)) {
     int any = 0;
     for (int i = 0; i < m->funcs.n; i++)
       for (int k = 0; k < m->funcs.v[i]->states.n; k++) any |= funcs[i][k].form == req->all;

@@ -20,6 +20,7 @@
 #include "driver/run.h"
 #include "runtime/rt.h"
 #include "runtime/rt_cpu.h"
+#include "runtime/rt_cuda.h"
 
 #define MAX_BINDINGS 64
 #define MAX_DIM_ARGS 64
@@ -48,8 +49,10 @@ typedef struct Options {
   NamedFile expects[MAX_BINDINGS];
   int nexpects;
   double tol;
-  const char *backend; /* "cpu" (default) or "interp" */
-  int threads;         /* 0: $SEQ_NUM_THREADS or 1 */
+  const char *backend;   /* "cpu" (default), "cuda" or "interp" */
+  const char *target;    /* --target=cpu|cuda (compiling) */
+  const char *cuda_arch; /* --cuda-arch=sm_80 (--emit=ptx) */
+  int threads;           /* 0: $SEQ_NUM_THREADS or 1 */
   int opt_level;
   const char *target_cpu, *target_features;
   const char *header_path;
@@ -69,12 +72,13 @@ static void usage(FILE *out) {
         "           [--dims H=256,I=64] --in NAME=FILE.npy ... [--out NAME=FILE.npy ...]\n"
         "           [--expect NAME=FILE.npy ... [--tol X]] [--check-finite] [--f64] [--entry UNIT] "
         "[--quiet]\n"
-        "           [--backend=cpu|interp] [--threads N] [-O0..-O3]\n"
+        "           [--backend=cpu|cuda|interp] [--threads N] [-O0..-O3]\n"
         "           [--strategy=auto|sequential|scan|chunked|newton|STATE=FORM,...] [--chunk N]\n"
         "           [--newton-rtol X] [--newton-atol X] [--newton-max-iter N]\n"
         "  seqc FILE.seq [--dims ...] [--weights W] -o libNAME.so [-H NAME.h] [-O0..-O3]\n"
         "       [--target-cpu=CPU] [--target-features=+f,-g]\n"
         "  seqc --emit=ir|sched|llvm|asm|obj FILE.seq [--dims ...] [-o OUT] [--entry UNIT]\n"
+        "  seqc --emit=cuda|ptx FILE.seq [--dims ...] [--cuda-arch=sm_80] [-o OUT]\n"
         "  seqc --dump-after=rewrite|scan FILE.seq [--dims ...] [--strategy=...]\n"
         "  seqc --report FILE.seq      (each state's recurrence class and strategy)\n"
         "  seqc --help | --version\n"
@@ -106,6 +110,11 @@ static int parse_named(const char *arg, NamedFile *nf) {
 static int is_text_emit(const char *emit) {
   return strcmp(emit, "ir") == 0 || strcmp(emit, "sched") == 0 || strcmp(emit, "ir-rewrite") == 0 ||
          strcmp(emit, "ir-scan") == 0;
+}
+
+/* The --emit kinds of the CUDA target: its C source, or NVRTC's PTX of it. */
+static int is_cuda_emit(const char *emit) {
+  return strcmp(emit, "cuda") == 0 || strcmp(emit, "ptx") == 0;
 }
 
 static int parse_args(int argc, char **argv, Options *o) {
@@ -178,9 +187,17 @@ static int parse_args(int argc, char **argv, Options *o) {
         return usage_error("--tol takes a non-negative number, got '%s'", val);
     } else if ((r = TAKE("--backend")) != 0) {
       if (r < 0) return usage_error("%s needs a value", a);
-      if (strcmp(val, "cpu") != 0 && strcmp(val, "interp") != 0)
-        return usage_error("unknown backend '%s' (cpu, interp)", val);
+      if (strcmp(val, "cpu") != 0 && strcmp(val, "interp") != 0 && strcmp(val, "cuda") != 0)
+        return usage_error("unknown backend '%s' (cpu, cuda, interp)", val);
       o->backend = val;
+    } else if ((r = TAKE("--target")) != 0) {
+      if (r < 0) return usage_error("%s needs a value", a);
+      if (strcmp(val, "cpu") != 0 && strcmp(val, "cuda") != 0)
+        return usage_error("unknown target '%s' (cpu, cuda)", val);
+      o->target = val;
+    } else if ((r = TAKE("--cuda-arch")) != 0) {
+      if (r < 0) return usage_error("%s needs a value", a);
+      o->cuda_arch = val;
     } else if ((r = TAKE("--threads")) != 0) {
       if (r < 0) return usage_error("%s needs a value", a);
       char *end;
@@ -282,10 +299,20 @@ static int parse_args(int argc, char **argv, Options *o) {
     if (!o->emit && !o->out_path && !o->report)
       return usage_error("%s",
                          "nothing to do: use 'seqc run', -o libNAME.so, --emit=ir or --report");
-    if (o->emit && !is_text_emit(o->emit) && strcmp(o->emit, "llvm") != 0 &&
-        strcmp(o->emit, "asm") != 0 && strcmp(o->emit, "obj") != 0)
-      return usage_error("unknown --emit kind '%s' (ir, sched, llvm, asm, obj)", o->emit);
-    if (o->emit && !is_text_emit(o->emit) && !o->out_path)
+    if (o->emit && !is_text_emit(o->emit) && !is_cuda_emit(o->emit) &&
+        strcmp(o->emit, "llvm") != 0 && strcmp(o->emit, "asm") != 0 && strcmp(o->emit, "obj") != 0)
+      return usage_error("unknown --emit kind '%s' (ir, sched, llvm, asm, obj, cuda, ptx)",
+                         o->emit);
+    if (o->emit && is_cuda_emit(o->emit)) {
+      if (o->target && strcmp(o->target, "cuda") != 0)
+        return usage_error("--emit=%s is the CUDA target's (drop --target=cpu)", o->emit);
+      o->target = "cuda";
+    }
+    if (o->target && strcmp(o->target, "cuda") == 0 && !(o->emit && is_cuda_emit(o->emit)) &&
+        !o->report)
+      return usage_error("%s", "--target=cuda compiles with --emit=cuda or --emit=ptx; CUDA "
+                               "shared objects (-o libNAME.so) are not built yet (docs/cuda.md)");
+    if (o->emit && !is_text_emit(o->emit) && !is_cuda_emit(o->emit) && !o->out_path)
       return usage_error("--emit=%s needs -o OUT", o->emit);
     if (o->nins || o->nouts || o->nexpects || o->random_weights)
       return usage_error("%s", "--in, --out, --expect and --random-weights belong to 'seqc run'");
@@ -550,6 +577,57 @@ static int run_compiled(const Options *o, Pipeline *p, PipeOptions *po, int64_t 
             "seqc: warning: %lld of %lld Newton solves did not converge; those sequences ran as "
             "the step loop\n",
             (long long)nstats->fallbacks, (long long)nstats->solves);
+  return rc;
+}
+
+/* The CUDA backend: the program drv_run calls through a forward function
+ * of the ABI's type, which finds the program and the device here (the CLI
+ * runs one model per process). */
+static struct {
+  const RtCuProgram *prog;
+  RtCuDevice dev;
+  RtError err;
+} cuda_run;
+
+static int32_t cuda_forward(const float *const *params, int64_t B, int64_t T,
+                            const void *const *inputs, const int32_t *lengths,
+                            const float *const *state_in, float *const *outputs,
+                            float *const *state_out) {
+  int rc = rt_cu_forward(cuda_run.prog, &cuda_run.dev, params, B, T, inputs, lengths, state_in,
+                         outputs, state_out, &cuda_run.err);
+  if (rc < 0) fprintf(stderr, "seqc: error: --backend=cuda: %s\n", cuda_run.err.msg);
+  return rc < 0 ? ABI_ERR_NOMEM : rc;
+}
+
+/* The pipeline's CUDA program, compiled by NVRTC (through the kernel cache)
+ * for the device's architecture and run with the interpreter's contract. */
+static int run_cuda(Pipeline *p, PipeOptions *po, int64_t B, int64_t T, const RtTensor *inputs,
+                    const int64_t *lengths, const RtTensor *state_in, RtTensor *outputs,
+                    RtTensor *state_out) {
+  po->goal = PIPE_CUDA;
+  if (pipeline_run(p, po)) return -1;
+  RtCuda *cu = NULL;
+  RtBlob image = {0};
+  RtError err;
+  int rc = -1;
+  if (rt_cuda_open(0, &cu, &err)) {
+    fprintf(stderr, "seqc: error: --backend=cuda: %s\n", err.msg);
+    return -1;
+  }
+  if (rt_nvrtc_compile(p->cuda->source, p->sched->sig.symbol, rt_cuda_arch(cu), 1, &image, &err) ||
+      rt_cuda_load(cu, &image, p->cuda->kernels, p->cuda->nkernels, &cuda_run.dev, &err)) {
+    fprintf(stderr, "seqc: error: --backend=cuda: %s\n", err.msg);
+  } else {
+    const AbiSignature *sig = &p->sched->sig;
+    DrvWeights w = {0};
+    cuda_run.prog = p->cuda;
+    if (drv_weights_from_binding(sig, &p->bind, &w, p->de) == 0)
+      rc = drv_run(sig, cuda_forward, &w, &p->bind, B, T, inputs, lengths, state_in, outputs,
+                   state_out, p->de);
+    drv_weights_free(&w);
+  }
+  rt_blob_free(&image);
+  rt_cuda_close(cu);
   return rc;
 }
 
@@ -840,17 +918,20 @@ static int cmd_run(const Options *o, Pipeline *p, PipeOptions *po) {
   for (int k = 0; k < o->nexpects; k++) want_states |= find_output(root, o->expects[k].name) < 0;
   want_states |= o->check_finite;
   int use_cpu = strcmp(o->backend, "cpu") == 0;
+  int use_cuda = strcmp(o->backend, "cuda") == 0;
   RtNewtonStats cstats = {0};
-  if (use_cpu ? run_compiled(o, p, po, B, T, inputs, lengths, state_in, outputs,
-                             want_states ? state_out : NULL, &cstats)
-              : interp_run(bp, B, T, inputs, lengths, state_in, outputs,
-                           want_states ? state_out : NULL, &iopt, p->de)) {
+  if (use_cuda  ? run_cuda(p, po, B, T, inputs, lengths, state_in, outputs,
+                          want_states ? state_out : NULL)
+      : use_cpu ? run_compiled(o, p, po, B, T, inputs, lengths, state_in, outputs,
+                               want_states ? state_out : NULL, &cstats)
+                : interp_run(bp, B, T, inputs, lengths, state_in, outputs,
+                             want_states ? state_out : NULL, &iopt, p->de)) {
     if (use_cpu && backend_refused(p->de))
       fprintf(stderr,
               "seqc: note: '--backend=interp' runs any model with the reference interpreter\n");
     goto done;
   }
-  if (use_cpu && o->check_finite &&
+  if ((use_cpu || use_cuda) && o->check_finite &&
       interp_check_finite(bp, B, T, inputs, lengths, outputs, want_states ? state_out : NULL,
                           p->de))
     goto done;
@@ -950,6 +1031,53 @@ static int cmd_compile(const Options *o, Pipeline *p, PipeOptions *po) {
   po->out_path = o->out_path;
   po->header_path = o->header_path;
   int rc = pipeline_run(p, po) ? 1 : 0;
+  if (ws.st) rt_st_close(ws.st);
+  return rc;
+}
+
+/* --emit=cuda|ptx: the CUDA C the schedule renders as, or NVRTC's PTX of it
+ * for --cuda-arch (sm_80 unless given), to stdout or -o. */
+static int cmd_emit_cuda(const Options *o, Pipeline *p, PipeOptions *po) {
+  WeightSource ws = {0};
+  RtError err;
+  if (o->weights) {
+    if (rt_st_open(o->weights, &ws.st, &err)) {
+      fprintf(stderr, "seqc: error: %s\n", err.msg);
+      return 1;
+    }
+    ws.path = o->weights;
+    ws.allow_l0 = p->source->funcs.v[p->source->entry]->kind == IR_FN_CELL;
+    po->weight_shape = lookup_shape;
+    po->weight_ctx = &ws;
+    po->weight_file = ws.path;
+  }
+  po->goal = PIPE_CUDA;
+  int rc = 1;
+  RtBlob ptx = {0};
+  if (pipeline_run(p, po) == 0) {
+    const char *text = p->cuda->source;
+    if (strcmp(o->emit, "ptx") == 0) {
+      const char *arch = o->cuda_arch ? o->cuda_arch : "sm_80";
+      if (rt_nvrtc_compile(text, p->sched->sig.symbol, arch, 0, &ptx, &err)) {
+        fprintf(stderr, "seqc: error: --emit=ptx: %s\n", err.msg);
+        text = NULL;
+      } else {
+        text = ptx.data;
+      }
+    }
+    FILE *out = !text ? NULL : o->out_path ? fopen(o->out_path, "w") : stdout;
+    if (text && !out) {
+      fprintf(stderr, "seqc: error: cannot write '%s': %s\n", o->out_path, strerror(errno));
+    } else if (text) {
+      fputs(text, out);
+      rc = 0;
+      if (out != stdout && fclose(out)) {
+        fprintf(stderr, "seqc: error: cannot write '%s'\n", o->out_path);
+        rc = 1;
+      }
+    }
+  }
+  rt_blob_free(&ptx);
   if (ws.st) rt_st_close(ws.st);
   return rc;
 }
@@ -1084,6 +1212,7 @@ int main(int argc, char **argv) {
   po.kernel_chunk = o.chunk;
   po.threads = o.threads;
   po.batch = o.batch;
+  po.cuda = (o.target && strcmp(o.target, "cuda") == 0) || strcmp(o.backend, "cuda") == 0;
   po.goal = o.report ? PIPE_REPORT : PIPE_IR;
   if (pipeline_run(&p, &po)) {
     rc = 1;
@@ -1097,6 +1226,8 @@ int main(int argc, char **argv) {
     }
   } else if (o.emit && is_text_emit(o.emit)) {
     rc = cmd_emit_text(&o, &p, &po);
+  } else if (o.emit && is_cuda_emit(o.emit)) {
+    rc = cmd_emit_cuda(&o, &p, &po);
   } else if (!o.cmd) {
     rc = cmd_compile(&o, &p, &po);
   } else {

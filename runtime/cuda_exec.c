@@ -1,0 +1,257 @@
+/* cuda_exec.c - runs a CUDA program (rt_cuda.h): the launch plan the CUDA
+ * renderer made of a schedule, on any device that provides RtCuDevice's
+ * callbacks (the driver's, or the tests' CPU emulation). Per call it checks
+ * the arguments as the CPU entry points do, copies the host tensors in,
+ * runs the root instance (and, through its CALL steps, its layers, each with
+ * a frame of its own), and copies the outputs, the final states and the
+ * kernels' status back. */
+#include "runtime/rt_cuda.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The ABI's status codes (docs/abi.md; the compiler's sched/abi.h). */
+enum { ST_OK = 0, ST_ARG = 1, ST_NOMEM = 2, ST_TOKEN = 3, ST_LENGTH = 4 };
+
+typedef struct Run {
+  const RtCuProgram *p;
+  const RtCuDevice *d;
+  RtError *err;
+  int64_t B, T;
+  RtDevPtr lengths, status;
+  RtDevPtr *params, *sin, *sout;
+} Run;
+
+static int dev_alloc(Run *r, size_t bytes, RtDevPtr *out) {
+  return r->d->alloc(r->d->ctx, bytes, out, r->err);
+}
+
+static void dev_free(Run *r, RtDevPtr p) {
+  if (p) r->d->free(r->d->ctx, p);
+}
+
+static int64_t rows_of(const Run *r, RtCuRows rows) {
+  return rows == RT_CU_ROWS_ONE ? 1 : rows == RT_CU_ROWS_B ? r->B : r->B * r->T;
+}
+
+static uint32_t grid_of(const Run *r, const RtCuStep *st) {
+  int64_t g = st->n;
+  if (st->grid == RT_CU_GRID_B) g = r->B * st->n;
+  if (st->grid == RT_CU_GRID_BT) {
+    int64_t tok = r->B * r->T;
+    /* n blocks per `per` tokens, rounded up; overflow-safe for B*T < 2^62. */
+    g = tok / st->per * st->n + (tok % st->per ? st->n : 0);
+  }
+  if (g < 1) g = 1;
+  if (g > 0x7fffffff) g = 0x7fffffff; /* every kernel strides over its grid */
+  return (uint32_t)g;
+}
+
+/* Runs instance i with the given inputs and outputs (device addresses). */
+static int run_inst(Run *r, int i, const RtDevPtr *inputs, const RtDevPtr *outputs, int rev) {
+  const RtCuProgram *p = r->p;
+  const RtCuInst *in = &p->insts[i];
+  int nslots =
+      RT_CU_F_FIXED + p->nparams + in->ninputs + p->nstates + in->noutputs + p->nstates + in->nbufs;
+  int64_t *F = calloc((size_t)nslots, sizeof *F);
+  RtDevPtr *bufs = calloc((size_t)in->nbufs + 1, sizeof *bufs);
+  RtDevPtr frame = 0;
+  int rc = -1;
+  if (!F || !bufs) {
+    snprintf(r->err->msg, sizeof r->err->msg, "out of memory for a CUDA frame");
+    goto done;
+  }
+  for (int b = 0; b < in->nbufs; b++) {
+    int64_t n = rows_of(r, in->bufs[b].rows) * in->bufs[b].row_floats;
+    if (dev_alloc(r, (size_t)n * sizeof(float), &bufs[b])) goto done;
+  }
+  int k = 0;
+  F[k++] = r->B;
+  F[k++] = r->T;
+  F[k++] = rev;
+  F[k++] = (int64_t)r->lengths;
+  F[k++] = (int64_t)r->status;
+  for (int j = 0; j < p->nparams; j++) F[k++] = (int64_t)r->params[j];
+  for (int j = 0; j < in->ninputs; j++) F[k++] = (int64_t)inputs[j];
+  for (int j = 0; j < p->nstates; j++) F[k++] = (int64_t)r->sin[j];
+  for (int j = 0; j < in->noutputs; j++) F[k++] = (int64_t)outputs[j];
+  for (int j = 0; j < p->nstates; j++) F[k++] = (int64_t)r->sout[j];
+  for (int j = 0; j < in->nbufs; j++) F[k++] = (int64_t)bufs[j];
+  if (dev_alloc(r, (size_t)nslots * sizeof *F, &frame) ||
+      r->d->copy(r->d->ctx, frame, (RtDevPtr)(uintptr_t)F, (size_t)nslots * sizeof *F, RT_CU_H2D,
+                 r->err))
+    goto done;
+  for (int s = 0; s < in->nsteps; s++) {
+    const RtCuStep *st = &in->steps[s];
+    if (st->kind == RT_CU_STEP_LAUNCH) {
+      if (r->d->launch(r->d->ctx, st->kernel, grid_of(r, st), (uint32_t)st->block, frame, r->err))
+        goto done;
+      continue;
+    }
+    const RtCuInst *ci = &p->insts[st->inst];
+    RtDevPtr *cin = calloc((size_t)ci->ninputs + 1, sizeof *cin);
+    RtDevPtr *cout = calloc((size_t)ci->noutputs + 1, sizeof *cout);
+    if (!cin || !cout) {
+      free(cin);
+      free(cout);
+      snprintf(r->err->msg, sizeof r->err->msg, "out of memory for a CUDA layer call");
+      goto done;
+    }
+    for (int j = 0; j < ci->ninputs; j++) {
+      const RtCuArg *a = &st->args[j];
+      cin[j] = a->kind == RT_CU_ARG_PARAM   ? r->params[a->index]
+               : a->kind == RT_CU_ARG_INPUT ? inputs[a->index]
+                                            : bufs[a->index];
+    }
+    for (int j = 0; j < ci->noutputs; j++) cout[j] = bufs[st->outs[j]];
+    int crc = run_inst(r, st->inst, cin, cout, rev ^ st->reverse);
+    free(cin);
+    free(cout);
+    if (crc) goto done;
+  }
+  /* The frame and the buffers outlive the launches that read them. */
+  if (r->d->sync(r->d->ctx, r->err)) goto done;
+  rc = 0;
+done:
+  dev_free(r, frame);
+  if (bufs)
+    for (int b = 0; b < in->nbufs; b++) dev_free(r, bufs[b]);
+  free(bufs);
+  free(F);
+  return rc;
+}
+
+static int upload(Run *r, const void *host, size_t bytes, RtDevPtr *out) {
+  if (dev_alloc(r, bytes, out)) return -1;
+  if (!bytes || !host) return 0;
+  return r->d->copy(r->d->ctx, *out, (RtDevPtr)(uintptr_t)host, bytes, RT_CU_H2D, r->err);
+}
+
+/* Checks lengths (host copies) and runs the root; status from the kernels. */
+static int run_root(Run *r, const int32_t *host_lengths, RtDevPtr *din, RtDevPtr *dout) {
+  if (host_lengths)
+    for (int64_t b = 0; b < r->B; b++)
+      if (host_lengths[b] < 0 || host_lengths[b] > r->T) return ST_LENGTH;
+  if (dev_alloc(r, sizeof(int32_t), &r->status)) return -1;
+  int rc = -1;
+  int32_t status = 0;
+  if (run_inst(r, 0, din, dout, 0) == 0 &&
+      r->d->copy(r->d->ctx, (RtDevPtr)(uintptr_t)&status, r->status, sizeof status, RT_CU_D2H,
+                 r->err) == 0)
+    rc = status;
+  dev_free(r, r->status);
+  r->status = 0;
+  return rc;
+}
+
+static int check_sizes(int64_t B, int64_t T) {
+  if (B < 0 || T < 0) return ST_ARG;
+  if (B > ((int64_t)1 << 31) || T > ((int64_t)1 << 31)) return ST_NOMEM;
+  return ST_OK;
+}
+
+int rt_cu_run(const RtCuProgram *p, const RtCuDevice *d, const RtDevPtr *params, int64_t B,
+              int64_t T, const RtDevPtr *inputs, RtDevPtr lengths, const RtDevPtr *state_in,
+              const RtDevPtr *outputs, const RtDevPtr *state_out, RtError *err) {
+  int rc = check_sizes(B, T);
+  if (rc) return rc;
+  if (!params || (p->ninputs && !inputs) || (p->noutputs && !outputs)) return ST_ARG;
+  for (int j = 0; j < p->nparams; j++)
+    if (!params[j]) return ST_ARG;
+  for (int j = 0; j < p->ninputs; j++)
+    if (!inputs[j]) return ST_ARG;
+  for (int j = 0; j < p->noutputs; j++)
+    if (!outputs[j]) return ST_ARG;
+  int ns = p->nstates;
+  Run r = {p, d, err, B, T, lengths, 0, (RtDevPtr *)params, NULL, NULL};
+  int32_t *hl = lengths ? malloc((size_t)B * sizeof *hl + 1) : NULL;
+  r.sin = calloc((size_t)ns + 1, sizeof *r.sin);
+  r.sout = calloc((size_t)ns + 1, sizeof *r.sout);
+  rc = ST_NOMEM;
+  if ((!lengths || hl) && r.sin && r.sout) {
+    for (int j = 0; j < ns; j++) {
+      r.sin[j] = state_in ? state_in[j] : 0;
+      r.sout[j] = state_out ? state_out[j] : 0;
+    }
+    rc = -1;
+    if (!lengths || d->copy(d->ctx, (RtDevPtr)(uintptr_t)hl, lengths, (size_t)B * sizeof *hl,
+                            RT_CU_D2H, err) == 0)
+      rc = run_root(&r, hl, (RtDevPtr *)inputs, (RtDevPtr *)outputs);
+  }
+  free(hl);
+  free(r.sin);
+  free(r.sout);
+  return rc;
+}
+
+int rt_cu_forward(const RtCuProgram *p, const RtCuDevice *d, const float *const *params,
+                  int64_t B, int64_t T, const void *const *inputs, const int32_t *lengths,
+                  const float *const *state_in, float *const *outputs, float *const *state_out,
+                  RtError *err) {
+  int rc = check_sizes(B, T);
+  if (rc) return rc;
+  if (!params || (p->ninputs && !inputs) || (p->noutputs && !outputs)) return ST_ARG;
+  for (int j = 0; j < p->nparams; j++)
+    if (!params[j]) return ST_ARG;
+  for (int j = 0; j < p->ninputs; j++)
+    if (!inputs[j]) return ST_ARG;
+  for (int j = 0; j < p->noutputs; j++)
+    if (!outputs[j]) return ST_ARG;
+  if (lengths)
+    for (int64_t b = 0; b < B; b++)
+      if (lengths[b] < 0 || lengths[b] > T) return ST_LENGTH;
+  Run r = {p, d, err, B, T, 0, 0, NULL, NULL, NULL};
+  int ns = p->nstates;
+  RtDevPtr *din = calloc((size_t)p->ninputs + 1, sizeof *din);
+  RtDevPtr *dout = calloc((size_t)p->noutputs + 1, sizeof *dout);
+  r.params = calloc((size_t)p->nparams + 1, sizeof *r.params);
+  r.sin = calloc((size_t)ns + 1, sizeof *r.sin);
+  r.sout = calloc((size_t)ns + 1, sizeof *r.sout);
+  rc = -1;
+  if (!din || !dout || !r.params || !r.sin || !r.sout) {
+    rc = ST_NOMEM;
+    goto done;
+  }
+  const int64_t BT = B * T;
+  for (int j = 0; j < p->nparams; j++)
+    if (upload(&r, params[j], (size_t)p->param_floats[j] * sizeof(float), &r.params[j]))
+      goto done;
+  for (int j = 0; j < p->ninputs; j++)
+    if (upload(&r, inputs[j], (size_t)(BT * p->input_floats[j]) * 4, &din[j])) goto done;
+  for (int j = 0; j < p->noutputs; j++)
+    if (dev_alloc(&r, (size_t)(BT * p->output_floats[j]) * sizeof(float), &dout[j])) goto done;
+  for (int j = 0; j < ns; j++) {
+    size_t bytes = (size_t)(B * p->state_floats[j]) * sizeof(float);
+    if (state_in && state_in[j] && upload(&r, state_in[j], bytes, &r.sin[j])) goto done;
+    if (state_out && state_out[j] && dev_alloc(&r, bytes, &r.sout[j])) goto done;
+  }
+  if (lengths && upload(&r, lengths, (size_t)B * sizeof(int32_t), &r.lengths)) goto done;
+  int st = run_root(&r, lengths, din, dout);
+  if (st < 0) goto done;
+  for (int j = 0; j < p->noutputs; j++)
+    if (d->copy(d->ctx, (RtDevPtr)(uintptr_t)outputs[j], dout[j],
+                (size_t)(BT * p->output_floats[j]) * sizeof(float), RT_CU_D2H, err))
+      goto done;
+  for (int j = 0; j < ns; j++)
+    if (r.sout[j] && d->copy(d->ctx, (RtDevPtr)(uintptr_t)state_out[j], r.sout[j],
+                             (size_t)(B * p->state_floats[j]) * sizeof(float), RT_CU_D2H, err))
+      goto done;
+  rc = st;
+done:
+  if (din)
+    for (int j = 0; j < p->ninputs; j++) dev_free(&r, din[j]);
+  if (dout)
+    for (int j = 0; j < p->noutputs; j++) dev_free(&r, dout[j]);
+  if (r.params)
+    for (int j = 0; j < p->nparams; j++) dev_free(&r, r.params[j]);
+  for (int j = 0; r.sin && j < ns; j++) dev_free(&r, r.sin[j]);
+  for (int j = 0; r.sout && j < ns; j++) dev_free(&r, r.sout[j]);
+  dev_free(&r, r.lengths);
+  free(din);
+  free(dout);
+  free(r.params);
+  free(r.sin);
+  free(r.sout);
+  return rc;
+}
