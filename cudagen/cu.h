@@ -96,7 +96,10 @@ void cu_window(Cu *c, IrRef r);
 void cu_seq_final_states(Cu *c);
 void cu_chunk_states(Cu *c);
 
+/* ---- chunk.c ---- */
+void cu_linattn(Cu *c, const SchedOp *op);
+
 /* ---- prelude.c ---- */
-extern const char cu_prelude[];
+extern const char *const cu_prelude[]; /* NULL-terminated pieces */
 
 #endif

@@ -14,6 +14,8 @@
  *              per example), the commit
  *   scan.c     the scan form: fused scans (a thread per state row), scans,
  *              delays, windows and the final states they leave
+ *   chunk.c    the chunked form of a matrix state: a block per (example,
+ *              head) walking the sequence in chunks
  *   prelude.c  the device functions every program starts with
  * docs/cuda.md describes the kernels and what is not rendered yet.
  */

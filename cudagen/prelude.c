@@ -6,7 +6,8 @@
  * tests' CPU emulation compiles it as C++. */
 #include "cudagen/cu.h"
 
-const char cu_prelude[] =
+/* In pieces: C compilers need only take string literals of 4095 characters. */
+const char *const cu_prelude[] = {
     "typedef long long i64;\n"
     "#ifdef SEQ_CUDA_EMU\n"
     "#ifndef __launch_bounds__\n"
@@ -57,7 +58,7 @@ const char cu_prelude[] =
     "}\n"
     "__device__ __forceinline__ float seq_cdiv_im(float a, float ai, float b, float bi) {\n"
     "  return (ai * b - a * bi) / (b * b + bi * bi);\n"
-    "}\n"
+    "}\n",
     /* C[M, N] = A[M, K] @ W, W stored [N, K] (trans) or [K, N]: tile `tile`
      * of 32 x 32 outputs, by a block of 128 threads. */
     "__device__ void seq_gemm_tile(i64 M, i64 N, i64 K, const float *A, i64 lda,\n"
@@ -93,4 +94,78 @@ const char cu_prelude[] =
     "    i64 gr = tm * 32 + ty * 8 + r, gn = tn * 32 + tx;\n"
     "    if (gr < M && gn < N) C[gr * ldc + gn] = acc[r];\n"
     "  }\n"
-    "}\n";
+    "}\n",
+    /* One chunk of n <= C tokens of the chunked form of a matrix state, for
+     * one head, by one block (docs/algorithms.md section 3): with gates
+     * g = exp(lg) (capped at exp(88)),
+     *   o_t = S0 (q_t (.) Gamma_t) + sum_{s <= t} (q_t . (k_s (.) D_ts)) v_s
+     *   S   = S0 diag(Gamma_n) + sum_s v_s (k_s (.) D_ns)^T
+     * where Gamma_t and D_ts are products of gates over spans of tokens (up
+     * to t, and s+1 .. t; exclusive: before t, and s < t), never ratios, so
+     * a gate of exactly 0 zeroes exactly what it should. S is [V, K]
+     * (trans: [K, V]); G (C x Kg), Gm (C x Kg) and A (C x C) are the block's
+     * shared scratch. */
+    "__device__ void seq_linattn_chunk(int n, int K, int V, int Kg, int excl, const float *q,\n"
+    "                                  i64 ldq, const float *k, i64 ldk, const float *v, i64 ldv,\n"
+    "                                  const float *lg, i64 ldg, float *S, int trans, float *o,\n"
+    "                                  i64 ldo, float *G, float *Gm, float *A) {\n"
+    "  for (int e = threadIdx.x; e < n * Kg; e += blockDim.x) {\n"
+    "    int t = e / Kg, j = e % Kg;\n"
+    "    G[e] = lg ? expf(fminf(lg[t * ldg + j], 88.0f)) : 1.0f;\n"
+    "  }\n"
+    "  __syncthreads();\n"
+    "  for (int j = threadIdx.x; j < Kg; j += blockDim.x) {\n"
+    "    float gam = 1.0f;\n"
+    "    for (int t = 0; t < n; t++) {\n"
+    "      if (!excl) gam *= G[t * Kg + j];\n"
+    "      Gm[t * Kg + j] = gam;\n"
+    "      if (excl) gam *= G[t * Kg + j];\n"
+    "    }\n"
+    "  }\n"
+    "  __syncthreads();\n"
+    "  if (q) {\n"
+    "    for (int e = threadIdx.x; e < n * n; e += blockDim.x) {\n"
+    "      int t = e / n, s = e % n;\n"
+    "      float acc = 0.0f;\n"
+    "      if (s < t || (s == t && !excl)) {\n"
+    "        if (Kg == 1) {\n"
+    "          float d = 1.0f;\n"
+    "          for (int u = s + 1; u <= t - excl; u++) d *= G[u];\n"
+    "          for (int j = 0; j < K; j++) acc += q[t * ldq + j] * k[s * ldk + j];\n"
+    "          acc *= d;\n"
+    "        } else {\n"
+    "          for (int j = 0; j < K; j++) {\n"
+    "            float d = 1.0f;\n"
+    "            for (int u = s + 1; u <= t - excl; u++) d *= G[u * Kg + j];\n"
+    "            acc += q[t * ldq + j] * k[s * ldk + j] * d;\n"
+    "          }\n"
+    "        }\n"
+    "      }\n"
+    "      A[e] = acc;\n"
+    "    }\n"
+    "    __syncthreads();\n"
+    "    for (int e = threadIdx.x; e < n * V; e += blockDim.x) {\n"
+    "      int t = e / V, vi = e % V;\n"
+    "      float acc = 0.0f;\n"
+    "      for (int j = 0; j < K; j++) {\n"
+    "        float sv = trans ? S[(i64)j * V + vi] : S[(i64)vi * K + j];\n"
+    "        acc += sv * q[t * ldq + j] * Gm[t * Kg + (Kg == 1 ? 0 : j)];\n"
+    "      }\n"
+    "      for (int s = 0; s <= t; s++) acc += A[t * n + s] * v[s * ldv + vi];\n"
+    "      o[t * ldo + vi] = acc;\n"
+    "    }\n"
+    "    __syncthreads();\n"
+    "  }\n"
+    "  for (int e = threadIdx.x; e < V * K; e += blockDim.x) {\n"
+    "    int vi = e / K, j = e % K, jg = Kg == 1 ? 0 : j;\n"
+    "    float w = 1.0f, acc = 0.0f;\n"
+    "    for (int s = n - 1; s >= 0; s--) {\n"
+    "      acc += v[s * ldv + vi] * k[s * ldk + j] * w;\n"
+    "      w *= G[s * Kg + jg];\n"
+    "    }\n"
+    "    i64 at = trans ? (i64)j * V + vi : (i64)vi * K + j;\n"
+    "    S[at] = S[at] * w + acc;\n"
+    "  }\n"
+    "  __syncthreads();\n"
+    "}\n",
+    NULL};

@@ -14,6 +14,7 @@
 #include "driver/pipeline.h"
 #include "driver/run.h"
 #include "runtime/rt_cpu.h"
+#include "runtime/rt_cuda.h"
 
 struct SeqContext {
   int initialized;
@@ -33,8 +34,19 @@ struct SeqModule {
   AbiForwardFn forward;
   AbiStepFn step;
   int threads;
+  /* The CUDA backend (SeqOptions.backend "cuda"): the device, the loaded
+   * program, and the params on the device (uploaded at the first forward
+   * after binding). */
+  RtCuda *cu;
+  RtCuDevice dev;
+  RtDevPtr *dparams;
   char error[512];
 };
+
+/* A module that compiled, for either backend. */
+static int compiled(const SeqModule *m) {
+  return m && (m->jit || m->cu);
+}
 
 static SeqStatus fail(SeqModule *m, SeqStatus st, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -167,6 +179,68 @@ static int readable_file(SeqModule *m, const char *path) {
   return ok;
 }
 
+/* The CUDA backend: the pipeline's CUDA program, compiled by NVRTC (through
+ * the kernel cache) for device 0's architecture and loaded there. */
+static SeqStatus cuda_compile(SeqModule *m, PipeOptions *po) {
+  po->goal = PIPE_CUDA;
+  if (pipeline_run(&m->pipe, po)) return SEQ_ERR_COMPILE;
+  m->sig = &m->pipe.sched->sig;
+  RtError err;
+  RtBlob image = {0};
+  if (rt_cuda_open(0, &m->cu, &err)) {
+    diag_error(&m->de, (SrcLoc){0}, "%s", err.msg);
+    return SEQ_ERR_DEVICE;
+  }
+  SeqStatus st = SEQ_OK;
+  if (rt_nvrtc_compile(m->pipe.cuda->source, m->sig->symbol, rt_cuda_arch(m->cu), 1, &image,
+                       &err)) {
+    st = err.msg[0] && strstr(err.msg, "NVRTC not found") ? SEQ_ERR_DEVICE : SEQ_ERR_COMPILE;
+  } else if (rt_cuda_load(m->cu, &image, m->pipe.cuda->kernels, m->pipe.cuda->nkernels, &m->dev,
+                          &err)) {
+    st = SEQ_ERR_DEVICE;
+  }
+  if (st != SEQ_OK) diag_error(&m->de, (SrcLoc){0}, "%s", err.msg);
+  rt_blob_free(&image);
+  return st;
+}
+
+/* Frees the params' device copies (a new binding uploads again). */
+static void cuda_drop_params(SeqModule *m) {
+  if (!m->dparams) return;
+  for (int i = 0; i < m->sig->params.n; i++)
+    if (m->dparams[i]) m->dev.free(m->dev.ctx, m->dparams[i]);
+  seq_free(m->dparams);
+  m->dparams = NULL;
+}
+
+static SeqStatus cuda_upload_params(SeqModule *m) {
+  if (m->dparams) return SEQ_OK;
+  m->dparams = seq_malloc(sizeof *m->dparams * (size_t)(m->sig->params.n + 1));
+  if (!m->dparams) return fail(m, SEQ_ERR_NOMEM, "out of memory");
+  memset(m->dparams, 0, sizeof *m->dparams * (size_t)(m->sig->params.n + 1));
+  RtError err;
+  for (int i = 0; i < m->sig->params.n; i++) {
+    size_t bytes = sizeof(float) * (size_t)m->sig->params.v[i].numel;
+    if (m->dev.alloc(m->dev.ctx, bytes, &m->dparams[i], &err) ||
+        m->dev.copy(m->dev.ctx, m->dparams[i], (RtDevPtr)(uintptr_t)m->params[i], bytes, RT_CU_H2D,
+                    &err)) {
+      cuda_drop_params(m);
+      return fail(m, SEQ_ERR_DEVICE, "%s", err.msg);
+    }
+  }
+  return SEQ_OK;
+}
+
+static SeqStatus status_of(SeqModule *m, int rc, const RtError *err) {
+  if (rc < 0) return fail(m, SEQ_ERR_DEVICE, "%s", err ? err->msg : "the device failed");
+  if (rc == 0) return SEQ_OK;
+  return fail(m,
+              rc == ABI_ERR_ARG     ? SEQ_ERR_ARG
+              : rc == ABI_ERR_NOMEM ? SEQ_ERR_NOMEM
+                                    : SEQ_ERR_RUN,
+              "%s", abi_status_message(rc));
+}
+
 static SeqStatus compile(SeqContext *cx, const char *path, const char *name, const char *source,
                          const SeqOptions *opt, SeqModule **out) {
   if (!out) return SEQ_ERR_ARG;
@@ -215,6 +289,12 @@ static SeqStatus compile(SeqContext *cx, const char *path, const char *name, con
   po.strategy = &strategy;
   po.kernel_chunk = o.chunk > 0 ? o.chunk : 0;
   po.batch = o.batch > 0 ? o.batch : 0;
+  if (o.backend && strcmp(o.backend, "cuda") == 0) {
+    po.cuda = 1;
+  } else if (o.backend && strcmp(o.backend, "cpu") != 0) {
+    diag_error(&m->de, (SrcLoc){0}, "unknown backend '%s' (cpu, cuda)", o.backend);
+    goto done;
+  }
   /* The cost model plans for the threads the module will run on. */
   po.threads = o.num_threads > 0 ? o.num_threads : rt_cpu_get_num_threads();
   st = SEQ_ERR_BIND;
@@ -243,6 +323,12 @@ static SeqStatus compile(SeqContext *cx, const char *path, const char *name, con
   po.goal = PIPE_BOUND;
   if (pipeline_run(&m->pipe, &po)) goto done;
   st = SEQ_ERR_COMPILE;
+  if (po.cuda) {
+    st = cuda_compile(m, &po);
+    if (st != SEQ_OK) goto done;
+    st = SEQ_ERR_NOMEM;
+    goto params;
+  }
   po.goal = PIPE_JIT;
   if (pipeline_run(&m->pipe, &po)) goto done;
   m->jit = m->pipe.jit;
@@ -253,6 +339,7 @@ static SeqStatus compile(SeqContext *cx, const char *path, const char *name, con
     m->step = (AbiStepFn)(uintptr_t)cg_jit_lookup(
         m->jit, arena_printf(m->arena, "%s_step", m->sig->symbol), &m->de);
   if (!m->forward) goto done;
+params:
   m->params = arena_calloc(m->arena, (size_t)m->sig->params.n + 1, sizeof(float *));
   m->owned = arena_calloc(m->arena, (size_t)m->sig->params.n + 1, sizeof(float *));
   if (!m->params || !m->owned) {
@@ -285,6 +372,10 @@ SeqStatus seq_module_from_string(SeqContext *cx, const char *name, const char *s
 void seq_module_destroy(SeqModule *m) {
   if (!m) return;
   for (int i = 0; m->owned && i < m->sig->params.n; i++) seq_free(m->owned[i]);
+  if (m->cu) {
+    cuda_drop_params(m);
+    rt_cuda_close(m->cu);
+  }
   pipeline_release(&m->pipe);
   arena_destroy(m->arena);
   seq_free(m);
@@ -323,13 +414,13 @@ static const AbiTensor *tensors(const SeqModule *m, SeqTensorKind k, int *n) {
 
 int seq_module_count(const SeqModule *m, SeqTensorKind kind) {
   int n = 0;
-  if (m && m->jit) tensors(m, kind, &n);
+  if (compiled(m)) tensors(m, kind, &n);
   return n;
 }
 
 SeqStatus seq_module_info(const SeqModule *m, SeqTensorKind kind, int i, SeqTensorInfo *info) {
   int n = 0;
-  if (!m || !m->jit || !info) return SEQ_ERR_ARG;
+  if (!compiled(m) || !info) return SEQ_ERR_ARG;
   const AbiTensor *t = tensors(m, kind, &n);
   if (i < 0 || i >= n) return SEQ_ERR_ARG;
   memset(info, 0, sizeof *info);
@@ -342,7 +433,7 @@ SeqStatus seq_module_info(const SeqModule *m, SeqTensorKind kind, int i, SeqTens
 }
 
 int seq_module_dims(const SeqModule *m, const char **names, int64_t *values) {
-  if (!m || !m->jit) return 0;
+  if (!compiled(m)) return 0;
   for (int i = 0; i < m->sig->ndims; i++) {
     if (names) names[i] = m->sig->dim_names[i];
     if (values) values[i] = m->sig->dim_values[i];
@@ -351,19 +442,19 @@ int seq_module_dims(const SeqModule *m, const char **names, int64_t *values) {
 }
 
 SeqStatus seq_module_bind_weight(SeqModule *m, const char *name, const float *data, int64_t numel) {
-  if (!m || !m->jit || !name || !data)
-    return m ? fail(m, SEQ_ERR_ARG, "bad argument") : SEQ_ERR_ARG;
+  if (!compiled(m) || !name || !data) return m ? fail(m, SEQ_ERR_ARG, "bad argument") : SEQ_ERR_ARG;
   int i = abi_find_tensor(m->sig->params.v, m->sig->params.n, name);
   if (i < 0) return fail(m, SEQ_ERR_BIND, "the model has no parameter named %s", name);
   if (numel != m->sig->params.v[i].numel)
     return fail(m, SEQ_ERR_BIND, "parameter %s has %lld elements, not %lld", name,
                 (long long)m->sig->params.v[i].numel, (long long)numel);
   m->params[i] = data;
+  if (m->cu) cuda_drop_params(m);
   return SEQ_OK;
 }
 
 SeqStatus seq_module_bind_safetensors(SeqModule *m, const char *path) {
-  if (!m || !m->jit || !path) return m ? fail(m, SEQ_ERR_ARG, "bad argument") : SEQ_ERR_ARG;
+  if (!compiled(m) || !path) return m ? fail(m, SEQ_ERR_ARG, "bad argument") : SEQ_ERR_ARG;
   RtSafetensors *sf = NULL;
   RtError err;
   if (rt_st_open(path, &sf, &err)) return fail(m, SEQ_ERR_IO, "%s", err.msg);
@@ -400,12 +491,13 @@ SeqStatus seq_module_bind_safetensors(SeqModule *m, const char *path) {
     m->owned[i] = copy;
     m->params[i] = copy;
   }
+  if (m->cu) cuda_drop_params(m);
   rt_st_close(sf);
   return st;
 }
 
 static SeqStatus check_ready(SeqModule *m) {
-  if (!m || !m->jit) return SEQ_ERR_ARG;
+  if (!compiled(m)) return SEQ_ERR_ARG;
   for (int i = 0; i < m->sig->params.n; i++)
     if (!m->params[i])
       return fail(m, SEQ_ERR_BIND, "parameter %s is not bound", m->sig->params.v[i].name);
@@ -418,14 +510,39 @@ SeqStatus seq_module_forward(SeqModule *m, int64_t B, int64_t T, const void *con
                              float *const *outputs, float *const *state_out) {
   SeqStatus st = check_ready(m);
   if (st != SEQ_OK) return st;
-  int rc = m->forward(m->params, B, T, inputs, lengths, state_in, outputs, state_out);
-  if (rc != 0)
-    return fail(m,
-                rc == ABI_ERR_ARG     ? SEQ_ERR_ARG
-                : rc == ABI_ERR_NOMEM ? SEQ_ERR_NOMEM
-                                      : SEQ_ERR_RUN,
-                "%s", abi_status_message(rc));
-  return SEQ_OK;
+  if (m->cu) {
+    if ((st = cuda_upload_params(m)) != SEQ_OK) return st;
+    RtError err;
+    int rc = rt_cu_forward_bound(m->pipe.cuda, &m->dev, m->dparams, B, T, inputs, lengths, state_in,
+                                 outputs, state_out, &err);
+    return status_of(m, rc, &err);
+  }
+  return status_of(m, m->forward(m->params, B, T, inputs, lengths, state_in, outputs, state_out),
+                   NULL);
+}
+
+SeqStatus seq_module_forward_device(SeqModule *m, int64_t B, int64_t T, const void *const *inputs,
+                                    const int32_t *lengths, const float *const *state_in,
+                                    float *const *outputs, float *const *state_out) {
+  SeqStatus st = check_ready(m);
+  if (st != SEQ_OK) return st;
+  if (!m->cu) return fail(m, SEQ_ERR_ARG, "device buffers need a module compiled for \"cuda\"");
+  if ((st = cuda_upload_params(m)) != SEQ_OK) return st;
+  int ni = m->sig->inputs.n, no = m->sig->outputs.n, ns = m->sig->states.n;
+  RtDevPtr *a = seq_malloc(sizeof *a * (size_t)(ni + no + 2 * ns + 1));
+  if (!a) return fail(m, SEQ_ERR_NOMEM, "out of memory");
+  for (int j = 0; j < ni; j++) a[j] = inputs ? (RtDevPtr)(uintptr_t)inputs[j] : 0;
+  for (int j = 0; j < no; j++) a[ni + j] = outputs ? (RtDevPtr)(uintptr_t)outputs[j] : 0;
+  for (int j = 0; j < ns; j++) {
+    a[ni + no + j] = state_in ? (RtDevPtr)(uintptr_t)state_in[j] : 0;
+    a[ni + no + ns + j] = state_out ? (RtDevPtr)(uintptr_t)state_out[j] : 0;
+  }
+  RtError err;
+  int rc = rt_cu_run(m->pipe.cuda, &m->dev, m->dparams, B, T, (ni && inputs) ? a : NULL,
+                     (RtDevPtr)(uintptr_t)lengths, a + ni + no, (no && outputs) ? a + ni : NULL,
+                     a + ni + no + ns, &err);
+  seq_free(a);
+  return status_of(m, rc, &err);
 }
 
 SeqStatus seq_module_step(SeqModule *m, int64_t B, const void *const *inputs,
@@ -433,16 +550,13 @@ SeqStatus seq_module_step(SeqModule *m, int64_t B, const void *const *inputs,
                           float *const *state_out) {
   SeqStatus st = check_ready(m);
   if (st != SEQ_OK) return st;
+  if (!m->sig->has_step)
+    return fail(m, SEQ_ERR_ARG, "%s has no step form (it reads whole sequences)", m->sig->func);
+  /* On the GPU a step is a forward over one token ([B, 1, ...] is [B, ...]). */
+  if (m->cu) return seq_module_forward(m, B, 1, inputs, NULL, state_in, outputs, state_out);
   if (!m->step)
     return fail(m, SEQ_ERR_ARG, "%s has no step form (it reads whole sequences)", m->sig->func);
-  int rc = m->step(m->params, B, inputs, state_in, outputs, state_out);
-  if (rc != 0)
-    return fail(m,
-                rc == ABI_ERR_ARG     ? SEQ_ERR_ARG
-                : rc == ABI_ERR_NOMEM ? SEQ_ERR_NOMEM
-                                      : SEQ_ERR_RUN,
-                "%s", abi_status_message(rc));
-  return SEQ_OK;
+  return status_of(m, m->step(m->params, B, inputs, state_in, outputs, state_out), NULL);
 }
 
 void *seq_module_entry(SeqModule *m, const char *which) {

@@ -5,6 +5,7 @@
 
 #include <string.h>
 
+#include "codegen/aot_cuda.h"
 #include "runtime/rt_cpu.h"
 
 void pipeline_init(Pipeline *p, Arena *a, SrcMgr *sm, DiagEngine *de) {
@@ -156,8 +157,20 @@ int pipeline_run(Pipeline *p, const PipeOptions *o) {
     p->reached = PIPE_JIT;
     return 0;
   }
-  if (cg_aot_build(p->arena, p->sched, &o->cg, o->emit, o->out_path, o->header_path, p->de))
+  if (o->cuda) {
+    /* A shared object for the GPU: the CUDA program, compiled ahead of time. */
+    if (o->emit != CG_EMIT_SO) {
+      diag_error(p->de, (SrcLoc){0}, "the CUDA target writes shared objects, CUDA C or PTX");
+      return -1;
+    }
+    if ((!p->cuda && cuda_render(p->arena, p->sched, &p->cuda, p->de)) ||
+        cg_aot_cuda_build(p->arena, p->sched, p->cuda, o->cuda_archs, &o->cg, o->out_path,
+                          o->header_path, p->de))
+      return -1;
+  } else if (cg_aot_build(p->arena, p->sched, &o->cg, o->emit, o->out_path, o->header_path,
+                          p->de)) {
     return -1;
+  }
   p->reached = PIPE_OBJECT;
   return 0;
 }

@@ -66,6 +66,8 @@ typedef struct PipeOptions {
   CgOptions cg;                       /* optimization level, target cpu and features */
   CgEmitKind emit;                    /* PIPE_OBJECT: what to write */
   const char *out_path, *header_path; /* PIPE_OBJECT */
+  const char *cuda_archs;             /* PIPE_OBJECT with cuda: a shared object for the GPU
+                                         with cubins for these ("sm_80,sm_90"; NULL: those) */
 } PipeOptions;
 
 typedef struct Pipeline {

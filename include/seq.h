@@ -31,7 +31,8 @@ typedef enum {
   SEQ_ERR_BIND,    /* dims or weights missing, or of the wrong shape */
   SEQ_ERR_IO,      /* a file cannot be read (the source, the weights) */
   SEQ_ERR_NOMEM,
-  SEQ_ERR_RUN, /* the compiled code reported an error (a token out of range, bad lengths) */
+  SEQ_ERR_RUN,    /* the compiled code reported an error (a token out of range, bad lengths) */
+  SEQ_ERR_DEVICE, /* backend "cuda": no driver, no device, no NVRTC, or the device failed */
 } SeqStatus;
 
 typedef enum { SEQ_SEVERITY_ERROR, SEQ_SEVERITY_WARNING, SEQ_SEVERITY_NOTE } SeqSeverity;
@@ -61,6 +62,9 @@ typedef struct SeqOptions {
                                   |step| <= atol + rtol |value|; <= 0: 1e-5 */
   double newton_atol;          /* <= 0: 1e-6 */
   int newton_max_iter;         /* iterations before the step loop instead; <= 0: 24 */
+  const char *backend;         /* NULL or "cpu": LLVM, JIT-compiled for this CPU; "cuda": CUDA
+                                  device 0, kernels compiled by NVRTC (docs/cuda.md); without a
+                                  driver, device or NVRTC the compile is SEQ_ERR_DEVICE */
 } SeqOptions;
 
 typedef struct SeqContext SeqContext;
@@ -109,6 +113,15 @@ SeqStatus seq_module_forward(SeqModule *m, int64_t B, int64_t T, const void *con
 SeqStatus seq_module_step(SeqModule *m, int64_t B, const void *const *inputs,
                           const float *const *state_in, float *const *outputs,
                           float *const *state_out);
+/* A "cuda" module on device buffers (CUdeviceptr values of device 0's
+ * primary context, cast to pointers), the same arguments otherwise; lengths,
+ * when given, is an int32 device array. The weights are copied to the device
+ * at the first forward after they are bound (host forwards copy inputs and
+ * outputs per call). Runs on the default stream and returns when done.
+ * SEQ_ERR_ARG for a "cpu" module. */
+SeqStatus seq_module_forward_device(SeqModule *m, int64_t B, int64_t T, const void *const *inputs,
+                                    const int32_t *lengths, const float *const *state_in,
+                                    float *const *outputs, float *const *state_out);
 /* What the Newton solves (the "newton" strategy, docs/algorithms.md section
  * 6) of every forward in this process did since the last reset: one solve
  * per sequence and call; a fallback is a sequence that did not converge
@@ -123,7 +136,8 @@ typedef struct SeqNewtonStats {
 void seq_newton_stats(SeqNewtonStats *out, int reset);
 
 /* Address of a generated entry point ("forward", "forward_blob", "step",
- * "dims"; signatures in docs/abi.md), NULL if absent. The caller casts it. */
+ * "dims"; signatures in docs/abi.md), NULL if absent (always, for a "cuda"
+ * module). The caller casts it. */
 void *seq_module_entry(SeqModule *m, const char *which);
 
 #ifdef __cplusplus

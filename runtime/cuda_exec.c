@@ -185,15 +185,17 @@ int rt_cu_run(const RtCuProgram *p, const RtCuDevice *d, const RtDevPtr *params,
   return rc;
 }
 
-int rt_cu_forward(const RtCuProgram *p, const RtCuDevice *d, const float *const *params,
-                  int64_t B, int64_t T, const void *const *inputs, const int32_t *lengths,
-                  const float *const *state_in, float *const *outputs, float *const *state_out,
-                  RtError *err) {
+/* Host inputs and outputs; params from the host (uploaded for this call) or
+ * already on the device (dparams). */
+static int forward_host(const RtCuProgram *p, const RtCuDevice *d, const float *const *params,
+                        const RtDevPtr *dparams, int64_t B, int64_t T, const void *const *inputs,
+                        const int32_t *lengths, const float *const *state_in, float *const *outputs,
+                        float *const *state_out, RtError *err) {
   int rc = check_sizes(B, T);
   if (rc) return rc;
-  if (!params || (p->ninputs && !inputs) || (p->noutputs && !outputs)) return ST_ARG;
+  if ((!params && !dparams) || (p->ninputs && !inputs) || (p->noutputs && !outputs)) return ST_ARG;
   for (int j = 0; j < p->nparams; j++)
-    if (!params[j]) return ST_ARG;
+    if (params ? !params[j] : !dparams[j]) return ST_ARG;
   for (int j = 0; j < p->ninputs; j++)
     if (!inputs[j]) return ST_ARG;
   for (int j = 0; j < p->noutputs; j++)
@@ -214,9 +216,13 @@ int rt_cu_forward(const RtCuProgram *p, const RtCuDevice *d, const float *const 
     goto done;
   }
   const int64_t BT = B * T;
-  for (int j = 0; j < p->nparams; j++)
-    if (upload(&r, params[j], (size_t)p->param_floats[j] * sizeof(float), &r.params[j]))
+  for (int j = 0; j < p->nparams; j++) {
+    if (!params) {
+      r.params[j] = dparams[j];
+    } else if (upload(&r, params[j], (size_t)p->param_floats[j] * sizeof(float), &r.params[j])) {
       goto done;
+    }
+  }
   for (int j = 0; j < p->ninputs; j++)
     if (upload(&r, inputs[j], (size_t)(BT * p->input_floats[j]) * 4, &din[j])) goto done;
   for (int j = 0; j < p->noutputs; j++)
@@ -243,7 +249,7 @@ done:
     for (int j = 0; j < p->ninputs; j++) dev_free(&r, din[j]);
   if (dout)
     for (int j = 0; j < p->noutputs; j++) dev_free(&r, dout[j]);
-  if (r.params)
+  if (r.params && params)
     for (int j = 0; j < p->nparams; j++) dev_free(&r, r.params[j]);
   for (int j = 0; r.sin && j < ns; j++) dev_free(&r, r.sin[j]);
   for (int j = 0; r.sout && j < ns; j++) dev_free(&r, r.sout[j]);
@@ -254,4 +260,19 @@ done:
   free(r.sin);
   free(r.sout);
   return rc;
+}
+
+int rt_cu_forward(const RtCuProgram *p, const RtCuDevice *d, const float *const *params, int64_t B,
+                  int64_t T, const void *const *inputs, const int32_t *lengths,
+                  const float *const *state_in, float *const *outputs, float *const *state_out,
+                  RtError *err) {
+  return forward_host(p, d, params, NULL, B, T, inputs, lengths, state_in, outputs, state_out, err);
+}
+
+int rt_cu_forward_bound(const RtCuProgram *p, const RtCuDevice *d, const RtDevPtr *params,
+                        int64_t B, int64_t T, const void *const *inputs, const int32_t *lengths,
+                        const float *const *state_in, float *const *outputs,
+                        float *const *state_out, RtError *err) {
+  if (!params) return ST_ARG;
+  return forward_host(p, d, NULL, params, B, T, inputs, lengths, state_in, outputs, state_out, err);
 }

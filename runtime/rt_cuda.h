@@ -181,6 +181,13 @@ int rt_cu_forward(const RtCuProgram *p, const RtCuDevice *d, const float *const 
                   const float *const *state_in, float *const *outputs, float *const *state_out,
                   RtError *err);
 
+/* The same with the params already on the device (uploaded once by the
+ * caller, e.g. at bind time), the rest on the host. */
+int rt_cu_forward_bound(const RtCuProgram *p, const RtCuDevice *d, const RtDevPtr *params,
+                        int64_t B, int64_t T, const void *const *inputs, const int32_t *lengths,
+                        const float *const *state_in, float *const *outputs,
+                        float *const *state_out, RtError *err);
+
 /* The same over device buffers of d (no copies): params, inputs, outputs;
  * lengths an int32 [B] device array or 0; state_in and state_out NULL or
  * arrays of device addresses, 0 entries meaning "declared initial value" and
@@ -189,5 +196,86 @@ int rt_cu_forward(const RtCuProgram *p, const RtCuDevice *d, const float *const 
 int rt_cu_run(const RtCuProgram *p, const RtCuDevice *d, const RtDevPtr *params, int64_t B,
               int64_t T, const RtDevPtr *inputs, RtDevPtr lengths, const RtDevPtr *state_in,
               const RtDevPtr *outputs, const RtDevPtr *state_out, RtError *err);
+
+/* ---- shared objects for the GPU (cuda_plan.c, cuda_aot.c) ------------------ */
+
+/* A program as bytes: a small versioned little-endian format with a hash
+ * (docs/cuda.md, "Shared objects for the GPU"), what `seqc --target=cuda -o
+ * libNAME.so` embeds. write: 0, RT_ERR_ARG (no program, bad counts) or
+ * RT_ERR_NOMEM; free out with rt_blob_free (or free(out->data)). read: every
+ * size, index and the hash are checked, so damaged bytes are RT_ERR_FORMAT
+ * ("CUDA plan: ...") and never a crash; the program owns its memory (the
+ * source, names and arrays are copies) and is freed with rt_cu_program_free,
+ * which takes only programs rt_cu_program_read made. */
+int rt_cu_program_write(const RtCuProgram *p, RtBlob *out);
+int rt_cu_program_read(const void *data, size_t size, RtCuProgram **out, RtError *err);
+void rt_cu_program_free(RtCuProgram *p);
+
+/* The status a shared object for the GPU adds to the ABI's (docs/abi.md):
+ * the GPU could not run the call (no driver, no device, no image for its
+ * architecture, a driver error); SYM_last_error() says which. */
+enum { RT_CU_AOT_ERR_DEVICE = 5 };
+
+/* One embedded image: a cubin ("sm_90", an ELF) or PTX ("compute_80",
+ * text without a NUL). */
+typedef struct RtCuImage {
+  const char *arch;
+  const void *data;
+  uint64_t size;
+} RtCuImage;
+
+/* What a generated shared object holds (codegen/aot_cuda.c writes it as a
+ * constant; every field is 8 bytes, so the layout is the same for LLVM's
+ * struct and this one). `state` points at a pointer of the library's own,
+ * NULL until the first call has loaded the model. */
+enum { RT_CU_AOT_VERSION = 1 };
+typedef struct RtCuAotModel {
+  int64_t version; /* RT_CU_AOT_VERSION */
+  const char *symbol;
+  const void *plan; /* rt_cu_program_write's bytes */
+  int64_t plan_size;
+  const RtCuImage *images; /* the cubins, then the PTX */
+  int64_t nimages;
+  const int64_t *dims; /* the dims compiled in (SYM_dims) */
+  int64_t ndims;
+  void **state;
+} RtCuAotModel;
+
+/* The entry points behind SYM_forward, SYM_forward_blob, SYM_step,
+ * SYM_forward_device (device addresses in the structs), SYM_dims,
+ * SYM_last_error, SYM_cuda_plan and SYM_cuda_device. The first call that
+ * needs the GPU opens device $SEQ_CUDA_DEVICE (0), reads the plan, loads the
+ * best image for the device (rt_cu_aot_pick) and keeps them for the life of
+ * the process; a failed attempt keeps nothing and the next call tries
+ * again. Thread-safe. Statuses are the ABI's plus RT_CU_AOT_ERR_DEVICE; a
+ * nonzero one leaves a message for rt_cu_aot_last_error (per thread). */
+int32_t rt_cu_aot_forward(const RtCuAotModel *m, const float *const *params, int64_t B, int64_t T,
+                          const void *const *inputs, const int32_t *lengths,
+                          const float *const *state_in, float *const *outputs,
+                          float *const *state_out);
+int32_t rt_cu_aot_forward_blob(const RtCuAotModel *m, const float *blob, int64_t blob_floats,
+                               int64_t B, int64_t T, const void *const *inputs,
+                               const int32_t *lengths, const float *const *state_in,
+                               float *const *outputs, float *const *state_out);
+int32_t rt_cu_aot_step(const RtCuAotModel *m, const float *const *params, int64_t B,
+                       const void *const *inputs, const float *const *state_in,
+                       float *const *outputs, float *const *state_out);
+int32_t rt_cu_aot_forward_device(const RtCuAotModel *m, const void *const *params, int64_t B,
+                                 int64_t T, const void *const *inputs, const int32_t *lengths,
+                                 const void *const *state_in, void *const *outputs,
+                                 void *const *state_out);
+int32_t rt_cu_aot_dims(const RtCuAotModel *m, int64_t *out);
+const char *rt_cu_aot_last_error(const RtCuAotModel *m);
+const void *rt_cu_aot_plan(const RtCuAotModel *m, int64_t *size);
+const char *rt_cu_aot_device(const RtCuAotModel *m);
+
+/* The images that run on a device of compute capability `device_arch`
+ * ("sm_86"), best first, as indices into images: a cubin for exactly that
+ * arch ("sm_86a" before "sm_86"), then cubins of the same major version and
+ * a lower minor one, newest first ("sm_80"; never one with an 'a' suffix),
+ * then PTX the driver can compile for it (compute_XY up to the device's;
+ * 'a': only the same arch; 'f': the same major version). Returns how many
+ * (0: none runs there). */
+int rt_cu_aot_pick(const RtCuImage *images, int n, const char *device_arch, int *order);
 
 #endif

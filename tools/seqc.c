@@ -51,7 +51,7 @@ typedef struct Options {
   double tol;
   const char *backend;   /* "cpu" (default), "cuda" or "interp" */
   const char *target;    /* --target=cpu|cuda (compiling) */
-  const char *cuda_arch; /* --cuda-arch=sm_80 (--emit=ptx) */
+  const char *cuda_arch; /* --cuda-arch=sm_80 (--emit=ptx), sm_80,sm_90 (-o libNAME.so) */
   int threads;           /* 0: $SEQ_NUM_THREADS or 1 */
   int opt_level;
   const char *target_cpu, *target_features;
@@ -77,6 +77,8 @@ static void usage(FILE *out) {
         "           [--newton-rtol X] [--newton-atol X] [--newton-max-iter N]\n"
         "  seqc FILE.seq [--dims ...] [--weights W] -o libNAME.so [-H NAME.h] [-O0..-O3]\n"
         "       [--target-cpu=CPU] [--target-features=+f,-g]\n"
+        "  seqc --target=cuda FILE.seq [--dims ...] [--weights W] -o libNAME.so [-H NAME.h]\n"
+        "       [--cuda-arch=sm_80,sm_90]\n"
         "  seqc --emit=ir|sched|llvm|asm|obj FILE.seq [--dims ...] [-o OUT] [--entry UNIT]\n"
         "  seqc --emit=cuda|ptx FILE.seq [--dims ...] [--cuda-arch=sm_80] [-o OUT]\n"
         "  seqc --dump-after=rewrite|scan FILE.seq [--dims ...] [--strategy=...]\n"
@@ -308,10 +310,13 @@ static int parse_args(int argc, char **argv, Options *o) {
         return usage_error("--emit=%s is the CUDA target's (drop --target=cpu)", o->emit);
       o->target = "cuda";
     }
-    if (o->target && strcmp(o->target, "cuda") == 0 && !(o->emit && is_cuda_emit(o->emit)) &&
-        !o->report)
-      return usage_error("%s", "--target=cuda compiles with --emit=cuda or --emit=ptx; CUDA "
-                               "shared objects (-o libNAME.so) are not built yet (docs/cuda.md)");
+    if (o->target && strcmp(o->target, "cuda") == 0 && o->emit && !is_cuda_emit(o->emit) &&
+        !is_text_emit(o->emit))
+      return usage_error("--emit=%s is the CPU target's; --target=cuda writes -o libNAME.so, "
+                         "--emit=cuda or --emit=ptx",
+                         o->emit);
+    if (o->emit && strcmp(o->emit, "ptx") == 0 && o->cuda_arch && strchr(o->cuda_arch, ','))
+      return usage_error("--emit=ptx takes one --cuda-arch, got '%s'", o->cuda_arch);
     if (o->emit && !is_text_emit(o->emit) && !is_cuda_emit(o->emit) && !o->out_path)
       return usage_error("--emit=%s needs -o OUT", o->emit);
     if (o->nins || o->nouts || o->nexpects || o->random_weights)
@@ -1001,6 +1006,22 @@ done:
   return rc;
 }
 
+/* --weights for the shapes only (compiling, --report, --emit): the stored
+ * shapes fix the dims the flags leave open. 0, or 1 with the error printed. */
+static int weight_shapes(const Options *o, Pipeline *p, PipeOptions *po, WeightSource *ws) {
+  RtError err;
+  if (rt_st_open(o->weights, &ws->st, &err)) {
+    fprintf(stderr, "seqc: error: %s\n", err.msg);
+    return 1;
+  }
+  ws->path = o->weights;
+  ws->allow_l0 = p->source->funcs.v[p->source->entry]->kind == IR_FN_CELL;
+  po->weight_shape = lookup_shape;
+  po->weight_ctx = ws;
+  po->weight_file = ws->path;
+  return 0;
+}
+
 /* ---- seqc FILE.seq -o libNAME.so / --emit=llvm|asm|obj ------------------- */
 
 /* Ahead-of-time compilation specializes on concrete dims, which come from
@@ -1008,18 +1029,7 @@ done:
  * header). */
 static int cmd_compile(const Options *o, Pipeline *p, PipeOptions *po) {
   WeightSource ws = {0};
-  RtError err;
-  if (o->weights) {
-    if (rt_st_open(o->weights, &ws.st, &err)) {
-      fprintf(stderr, "seqc: error: %s\n", err.msg);
-      return 1;
-    }
-    ws.path = o->weights;
-    ws.allow_l0 = p->source->funcs.v[p->source->entry]->kind == IR_FN_CELL;
-    po->weight_shape = lookup_shape;
-    po->weight_ctx = &ws;
-    po->weight_file = ws.path;
-  }
+  if (o->weights && weight_shapes(o, p, po, &ws)) return 1;
   po->goal = PIPE_OBJECT;
   po->emit = CG_EMIT_SO;
   if (o->emit && strcmp(o->emit, "llvm") == 0)
@@ -1030,6 +1040,7 @@ static int cmd_compile(const Options *o, Pipeline *p, PipeOptions *po) {
     po->emit = CG_EMIT_OBJ;
   po->out_path = o->out_path;
   po->header_path = o->header_path;
+  po->cuda_archs = o->cuda_arch; /* --target=cuda: a comma-separated list */
   int rc = pipeline_run(p, po) ? 1 : 0;
   if (ws.st) rt_st_close(ws.st);
   return rc;
@@ -1040,17 +1051,7 @@ static int cmd_compile(const Options *o, Pipeline *p, PipeOptions *po) {
 static int cmd_emit_cuda(const Options *o, Pipeline *p, PipeOptions *po) {
   WeightSource ws = {0};
   RtError err;
-  if (o->weights) {
-    if (rt_st_open(o->weights, &ws.st, &err)) {
-      fprintf(stderr, "seqc: error: %s\n", err.msg);
-      return 1;
-    }
-    ws.path = o->weights;
-    ws.allow_l0 = p->source->funcs.v[p->source->entry]->kind == IR_FN_CELL;
-    po->weight_shape = lookup_shape;
-    po->weight_ctx = &ws;
-    po->weight_file = ws.path;
-  }
+  if (o->weights && weight_shapes(o, p, po, &ws)) return 1;
   po->goal = PIPE_CUDA;
   int rc = 1;
   RtBlob ptx = {0};
@@ -1085,18 +1086,7 @@ static int cmd_emit_cuda(const Options *o, Pipeline *p, PipeOptions *po) {
 /* --report --dims: the forms chosen at the bound dims and their costs. */
 static int cmd_report_forms(const Options *o, Pipeline *p, PipeOptions *po) {
   WeightSource ws = {0};
-  RtError err;
-  if (o->weights) {
-    if (rt_st_open(o->weights, &ws.st, &err)) {
-      fprintf(stderr, "seqc: error: %s\n", err.msg);
-      return 1;
-    }
-    ws.path = o->weights;
-    ws.allow_l0 = p->source->funcs.v[p->source->entry]->kind == IR_FN_CELL;
-    po->weight_shape = lookup_shape;
-    po->weight_ctx = &ws;
-    po->weight_file = ws.path;
-  }
+  if (o->weights && weight_shapes(o, p, po, &ws)) return 1;
   int rc = 1;
   if (pipeline_run(p, po) == 0) {
     const RtCpuMachine *mc = rt_cpu_machine();
@@ -1118,18 +1108,7 @@ static int cmd_emit_text(const Options *o, Pipeline *p, PipeOptions *po) {
   int sched = strcmp(o->emit, "sched") == 0;
   int bound = sched || strcmp(o->emit, "ir-scan") == 0;
   WeightSource ws = {0};
-  RtError err;
-  if (bound && o->weights) {
-    if (rt_st_open(o->weights, &ws.st, &err)) {
-      fprintf(stderr, "seqc: error: %s\n", err.msg);
-      return 1;
-    }
-    ws.path = o->weights;
-    ws.allow_l0 = p->source->funcs.v[p->source->entry]->kind == IR_FN_CELL;
-    po->weight_shape = lookup_shape;
-    po->weight_ctx = &ws;
-    po->weight_file = ws.path;
-  }
+  if (bound && o->weights && weight_shapes(o, p, po, &ws)) return 1;
   po->goal = sched                                ? PIPE_SCHED
              : strcmp(o->emit, "ir-scan") == 0    ? PIPE_FORMS
              : strcmp(o->emit, "ir-rewrite") == 0 ? PIPE_REPORT
