@@ -762,6 +762,7 @@ static int cmd_run(const Options *o, Pipeline *p, PipeOptions *po) {
 
   /* The flat state names, before anything is bound. */
   if (ir_flatten(p->arena, mod, root, &flat, p->de)) return 1;
+  int nstates = flat.states.n;
   /* Weights are needed only where there are parameters. */
   if (!o->weights && !o->random_weights && flat.params.n > 0) {
     fprintf(stderr,
@@ -774,7 +775,6 @@ static int cmd_run(const Options *o, Pipeline *p, PipeOptions *po) {
   if (outs_prepare(o, root, &flat, out_tmp)) goto done;
 
   /* Read every --in file first: inputs fix B and T, states need B. */
-  int nstates = flat.states.n;
   state_in = calloc((size_t)nstates + 1, sizeof *state_in);
   state_out = calloc((size_t)nstates + 1, sizeof *state_out);
   outputs = calloc((size_t)root->outputs.n + 1, sizeof *outputs);
