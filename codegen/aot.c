@@ -18,14 +18,10 @@
 
 extern char **environ;
 
-/* Where libseqrt_cpu.a is: $SEQ_RT_CPU_LIB; else beside the running
- * executable's install tree (<prefix>/bin/seqc -> <prefix>/<libdir>/), so an
- * installed seqc works wherever the prefix was moved or --prefix put it; else
- * the build tree (seqc run from its build directory); else the configure-time
- * install path. The path is allocated in arena a. */
-static const char *runtime_archive(Arena *a) {
-  const char *env = getenv("SEQ_RT_CPU_LIB");
-  if (env && *env) return env;
+const char *cg_aot_runtime_archive(Arena *a, const char *lib, const char *env,
+                                   const char *build_path, const char *install_path) {
+  const char *path = getenv(env);
+  if (path && *path) return path;
   struct stat st;
   char exe[4096];
   ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
@@ -34,16 +30,15 @@ static const char *runtime_archive(Arena *a) {
     char *slash = strrchr(exe, '/');
     if (slash) {
       *slash = 0;
-      const char *p = arena_printf(a, "%s/../%s/libseqrt_cpu.a", exe, SEQ_RT_CPU_LIBDIR);
+      const char *p = arena_printf(a, "%s/../%s/%s", exe, SEQ_RT_CPU_LIBDIR, lib);
       if (p && stat(p, &st) == 0) return p;
     }
   }
-  if (stat(SEQ_RT_CPU_BUILD_ARCHIVE, &st) == 0) return SEQ_RT_CPU_BUILD_ARCHIVE;
-  return SEQ_RT_CPU_INSTALL_ARCHIVE;
+  if (stat(build_path, &st) == 0) return build_path;
+  return install_path;
 }
 
-/* Runs argv without a shell (paths with spaces or quotes stay intact). */
-static int run_command(char *const *argv, DiagEngine *de) {
+int cg_aot_run_command(char *const *argv, DiagEngine *de) {
   pid_t pid;
   int rc = posix_spawnp(&pid, argv[0], NULL, NULL, argv, environ);
   if (rc != 0) {
@@ -233,12 +228,14 @@ int cg_aot_build(Arena *a, const Schedule *s, const CgOptions *opt, CgEmitKind k
                     "-o",
                     (char *)out_path,
                     obj,
-                    (char *)runtime_archive(a),
+                    (char *)cg_aot_runtime_archive(a, "libseqrt_cpu.a", "SEQ_RT_CPU_LIB",
+                                                   SEQ_RT_CPU_BUILD_ARCHIVE,
+                                                   SEQ_RT_CPU_INSTALL_ARCHIVE),
                     "-Wl,--exclude-libs,ALL",
                     "-lm",
                     "-lpthread",
                     NULL};
-    rc = run_command(argv, de);
+    rc = cg_aot_run_command(argv, de);
     unlink(obj);
     if (rc) goto done;
     const char *h = header_path;

@@ -14,4 +14,17 @@ int cg_aot_build(Arena *a, const Schedule *s, const CgOptions *opt, CgEmitKind k
 /* Writes the C header for a compiled signature. */
 int cg_write_header(const AbiSignature *sig, const char *path, DiagEngine *de);
 
+/* Where the runtime archive `lib` (libseqrt_cpu.a, libseqrt_cuda.a) that a
+ * shared object is linked with is: the environment variable `env` when set;
+ * else beside the running executable's install tree (<prefix>/bin/seqc ->
+ * <prefix>/<libdir>/lib), so an installed seqc works wherever the prefix was
+ * moved or --prefix put it; else build_path (seqc run from its build tree)
+ * if it exists; else install_path (the configure-time install path). A path
+ * made here is allocated in arena a. */
+const char *cg_aot_runtime_archive(Arena *a, const char *lib, const char *env,
+                                   const char *build_path, const char *install_path);
+/* Runs argv (the C compiler linking a shared object) without a shell, so
+ * paths with spaces or quotes stay intact: 0, or -1 with a diagnostic. */
+int cg_aot_run_command(char *const *argv, DiagEngine *de);
+
 #endif

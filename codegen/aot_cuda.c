@@ -13,62 +13,12 @@
 #include "codegen/aot_cuda.h"
 
 #include <errno.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "codegen/aot.h"
-
-extern char **environ;
-
-/* Where libseqrt_cuda.a is, as aot.c finds libseqrt_cpu.a: $SEQ_RT_CUDA_LIB;
- * else beside the running executable's install tree; else the build tree;
- * else the configure-time install path. */
-static const char *cuda_archive(Arena *a) {
-  const char *env = getenv("SEQ_RT_CUDA_LIB");
-  if (env && *env) return env;
-  struct stat st;
-  char exe[4096];
-  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-  if (n > 0) {
-    exe[n] = 0;
-    char *slash = strrchr(exe, '/');
-    if (slash) {
-      *slash = 0;
-      const char *p = arena_printf(a, "%s/../%s/libseqrt_cuda.a", exe, SEQ_RT_CPU_LIBDIR);
-      if (p && stat(p, &st) == 0) return p;
-    }
-  }
-  if (stat(SEQ_RT_CUDA_BUILD_ARCHIVE, &st) == 0) return SEQ_RT_CUDA_BUILD_ARCHIVE;
-  return SEQ_RT_CUDA_INSTALL_ARCHIVE;
-}
-
-/* Runs argv without a shell. */
-static int run_command(char *const *argv, DiagEngine *de) {
-  pid_t pid;
-  int rc = posix_spawnp(&pid, argv[0], NULL, NULL, argv, environ);
-  if (rc != 0) {
-    diag_error(de, (SrcLoc){0}, "cannot run %s: %s", argv[0], strerror(rc));
-    return -1;
-  }
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0) {
-    if (errno != EINTR) {
-      diag_error(de, (SrcLoc){0}, "waiting for %s: %s", argv[0], strerror(errno));
-      return -1;
-    }
-  }
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    diag_error(de, (SrcLoc){0}, "%s failed linking the shared object (status %d)", argv[0],
-               WIFEXITED(status) ? WEXITSTATUS(status) : -1);
-    return -1;
-  }
-  return 0;
-}
 
 /* ---- images ------------------------------------------------------------------ */
 
@@ -382,13 +332,15 @@ int cg_aot_cuda_build(Arena *a, const Schedule *s, const RtCuProgram *prog, cons
                     "-o",
                     (char *)out_path,
                     obj,
-                    (char *)cuda_archive(a),
+                    (char *)cg_aot_runtime_archive(a, "libseqrt_cuda.a", "SEQ_RT_CUDA_LIB",
+                                                   SEQ_RT_CUDA_BUILD_ARCHIVE,
+                                                   SEQ_RT_CUDA_INSTALL_ARCHIVE),
                     "-Wl,--exclude-libs,ALL",
                     "-Wl,--as-needed",
                     "-ldl",
                     "-lpthread",
                     NULL};
-    rc = run_command(argv, de);
+    rc = cg_aot_run_command(argv, de);
     unlink(obj);
   }
   if (tm) LLVMDisposeTargetMachine(tm);

@@ -14,13 +14,13 @@
  *   - the whole .so (lazy loading, image choice, forward, forward_blob,
  *     step, forward_device, error statuses) runs against a stand-in
  *     libcuda.so.1 built here whose launches run the emulated kernels.
- * Tolerances are test_cuda_gen.c's. */
+ * Tolerances are test_cuda_gen.c's (formcheck.h). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
 #include <cmocka.h>
 
-#include "testutil.h"
+#include "formcheck.h"
 #include "cuda_emu.h"
 
 #include <dlfcn.h>
@@ -35,106 +35,20 @@
 #include "driver/run.h"
 #include "runtime/rt_cuda.h"
 
-typedef struct Case {
-  const char *file, *dims;
-} Case;
-
-/* Every std cell and example (test_cuda_gen.c's list). */
-static const Case CASES[] = {
-    {"examples/lstm.seq", "I=3,H=4"},
-    {"examples/mingru.seq", "I=3,H=4"},
-    {"examples/lru.seq", "H=3,N=4"},
-    {"examples/s4d.seq", "H=3,N=4"},
-    {"examples/mamba_ssm.seq", "d_inner=4,d_state=3,dt_rank=2"},
-    {"examples/linear_attention.seq", "I=3,Dk=4,Dv=5"},
-    {"examples/mlstm.seq", "I=3,D=4"},
-    {"examples/bigru.seq", "I=3,H=4"},
-    {"examples/lm.seq", "vocab=11,d_model=8,d_ff=16,dt_rank=2"},
-    {"stdlib/lstm.seq", "I=3,H=4"},
-    {"stdlib/gru.seq", "I=3,H=4"},
-    {"stdlib/rnn.seq", "I=3,H=4"},
-    {"stdlib/mingru.seq", "I=3,H=4"},
-    {"stdlib/minlstm.seq", "I=3,H=4"},
-    {"stdlib/lru.seq", "H=3,N=4"},
-    {"stdlib/s4d.seq", "H=3,N=4"},
-    {"stdlib/s5.seq", "H=3,P=4"},
-    {"stdlib/mamba_ssm.seq", "d_inner=4,d_state=3,dt_rank=2"},
-    {"stdlib/mamba.seq", "d_model=4,d_inner=8,d_state=3,d_conv=4,dt_rank=2"},
-    {"stdlib/mamba2.seq", "d_model=4,ngroups=2,hpg=2,headdim=2,d_state=3,d_conv=4"},
-    {"stdlib/linear_attention.seq", "I=3,NH=2,Dk=4,Dv=5"},
-    {"stdlib/retnet.seq", "I=3,NH=2,P=2,Dv=5"},
-    {"stdlib/gla.seq", "I=3,NH=2,Dk=4,Dv=5,R=2"},
-    {"stdlib/mlstm.seq", "I=3,NH=2,DH=4"},
-    {"stdlib/slstm.seq", "I=3,H=4"},
-    {"stdlib/gam.seq", "D=3,Mem=4,K=3"},
-    {"stdlib/rwkv7.seq", "C=4,D_w=3,D_a=3,D_g=3"},
-    {"stdlib/plstm.seq", "I=3,Dk=4,Dv=5,J=2"},
-    {"stdlib/deltanet.seq", "I=3,NH=2,Dk=4,Dv=5"},
-    {"stdlib/gated_deltanet.seq", "I=3,NH=2,Dk=4,Dv=5"},
-    {"stdlib/deltaproduct.seq", "I=3,Dk=4,Dv=5"},
-    {"stdlib/paragru.seq", "I=3,H=4"},
-    {"stdlib/paralstm.seq", "I=3,H=4"},
-    {"tests/data/models/reversed_forms.seq", "I=3,H=4,NH=2,D=4"},
-};
-enum { NCASES = sizeof CASES / sizeof CASES[0] };
-
-static const Case LSTM = {"stdlib/lstm.seq", "I=3,H=4"};
-static const Case MINGRU = {"stdlib/mingru.seq", "I=3,H=4"};
-static const Case MAMBA = {"stdlib/mamba_ssm.seq", "d_inner=4,d_state=3,dt_rank=2"};
-static const Case BIGRU = {"examples/bigru.seq", "I=3,H=4"};
-
-static uint64_t rng = 0x2545f4914f6cdd1dull;
-static double urand(void) {
-  rng ^= rng << 13;
-  rng ^= rng >> 7;
-  rng ^= rng << 17;
-  return (double)(rng >> 11) / 9007199254740992.0 * 2.0 - 1.0;
-}
+static const FcCase LSTM = {"stdlib/lstm.seq", "I=3,H=4"};
+static const FcCase MINGRU = {"stdlib/mingru.seq", "I=3,H=4"};
+static const FcCase MAMBA = {"stdlib/mamba_ssm.seq", "d_inner=4,d_state=3,dt_rank=2"};
+static const FcCase BIGRU = {"examples/bigru.seq", "I=3,H=4"};
 
 /* ---- compiling ------------------------------------------------------------------- */
-
-typedef struct Compiled {
-  Arena *arena;
-  SrcMgr sm;
-  DiagEngine de;
-  Pipeline pipe;
-  DrvWeights w;
-} Compiled;
-
-static void print_diags(const Compiled *cm) {
-  for (int i = 0; i < cm->de.diags.n; i++) print_error("%s\n", cm->de.diags.v[i].message);
-}
 
 /* Renders c for the GPU under `form` (PIPE_CUDA), or with so_path builds
  * libNAME.so too, with random weights bound (PIPE_OBJECT). Fails the test
  * on an error. */
-static void compile(Compiled *cm, const Case *c, const char *form, const char *so_path) {
-  memset(cm, 0, sizeof *cm);
-  cm->arena = arena_create();
-  srcmgr_init(&cm->sm, cm->arena);
-  diag_init(&cm->de, cm->arena, NULL);
-  pipeline_init(&cm->pipe, cm->arena, &cm->sm, &cm->de);
-  const char *names[16];
-  int64_t values[16];
-  int n = 0;
-  char *spec = arena_strdup(cm->arena, c->dims);
-  for (char *tok = strtok(spec, ","); tok; tok = strtok(NULL, ",")) {
-    char *eq = strchr(tok, '=');
-    *eq = 0;
-    names[n] = tok;
-    values[n++] = atoll(eq + 1);
-  }
-  StrategyRequest *req = arena_calloc(cm->arena, 1, sizeof *req);
-  char err[256];
-  if (strategy_parse(cm->arena, form, req, err, sizeof err)) fail_msg("%s", err);
-  PipeOptions po = {0};
-  po.path = tu_src(c->file);
-  po.ndims = n;
-  po.dim_names = names;
-  po.dim_values = values;
-  po.strategy = req;
+static void compile(FcCompiled *cm, const FcCase *c, const char *form, const char *so_path) {
+  PipeOptions po;
+  fc_begin(cm, c, form, &po);
   po.cuda = 1;
-  po.goal = PIPE_BOUND;
   int rc = pipeline_run(&cm->pipe, &po);
   if (rc == 0 && so_path) {
     rc = ir_binding_random(&cm->pipe.bind, 5, &cm->de);
@@ -148,28 +62,9 @@ static void compile(Compiled *cm, const Case *c, const char *form, const char *s
   if (rc == 0 && so_path)
     rc = drv_weights_from_binding(&cm->pipe.sched->sig, &cm->pipe.bind, &cm->w, &cm->de);
   if (rc) {
-    print_diags(cm);
+    fc_print_diags(cm);
     fail_msg("%s --strategy=%s does not %s", c->file, form, so_path ? "build" : "render");
   }
-}
-
-static void release(Compiled *cm) {
-  IrBinding *b = &cm->pipe.bind;
-  for (int i = 0; b->weights && i < b->flat.params.n; i++) rt_tensor_free(&b->weights[i]);
-  drv_weights_free(&cm->w);
-  pipeline_release(&cm->pipe);
-  arena_destroy(cm->arena);
-}
-
-/* NVRTC builds the images: where the toolkit is installed it must load;
- * where there is none the checks that build a .so skip. */
-static int nvrtc_present(void) {
-  int major = 0, minor = 0;
-  RtError err;
-  if (rt_nvrtc_version(&major, &minor, &err) == 0) return 1;
-  if (access("/usr/local/cuda", F_OK) == 0) fail_msg("the CUDA toolkit is here but %s", err.msg);
-  print_message("no CUDA toolkit: %s; skipped\n", err.msg);
-  return 0;
 }
 
 /* ---- the plan's format ---------------------------------------------------------- */
@@ -229,16 +124,16 @@ static void test_plan_round_trip(void **st) {
   static const char *const forms[] = {"sequential", "auto"};
   size_t total = 0;
   int n = 0;
-  for (int k = 0; k < NCASES; k++)
+  for (int k = 0; k < FC_NCASES; k++)
     for (int f = 0; f < 2; f++) {
-      Compiled cm;
-      compile(&cm, &CASES[k], forms[f], NULL);
+      FcCompiled cm;
+      compile(&cm, &FC_CASES[k], forms[f], NULL);
       RtBlob blob = {0}, again = {0};
       RtCuProgram *p = NULL;
       RtError err;
       assert_int_equal(rt_cu_program_write(cm.pipe.cuda, &blob), 0);
       if (rt_cu_program_read(blob.data, blob.size, &p, &err))
-        fail_msg("%s --strategy=%s: %s", CASES[k].file, forms[f], err.msg);
+        fail_msg("%s --strategy=%s: %s", FC_CASES[k].file, forms[f], err.msg);
       same_programs(cm.pipe.cuda, p);
       /* What was read writes the same bytes. */
       assert_int_equal(rt_cu_program_write(p, &again), 0);
@@ -249,7 +144,7 @@ static void test_plan_round_trip(void **st) {
       rt_blob_free(&again);
       rt_blob_free(&blob);
       rt_cu_program_free(p);
-      release(&cm);
+      fc_release(&cm);
     }
   print_message("%d plans, %zu bytes on average (with their CUDA C)\n", n, total / (size_t)n);
 }
@@ -312,7 +207,7 @@ static void expect_crafted_refused(const RtCuProgram *p, int i, int s, int kerne
 static void test_plan_damaged(void **st) {
   (void)st;
   /* A model with layers: its plan has calls, with arguments and outputs. */
-  Compiled cm;
+  FcCompiled cm;
   compile(&cm, &BIGRU, "auto", NULL);
   const RtCuProgram *p = cm.pipe.cuda;
   RtBlob blob = {0};
@@ -349,7 +244,7 @@ static void test_plan_damaged(void **st) {
   int refused = 0, tries = 3000;
   for (int t = 0; t < tries; t++) {
     memcpy(c, b, n);
-    size_t k = from + (size_t)((urand() * 0.5 + 0.5) * (double)(n - from - 1));
+    size_t k = from + (size_t)((fc_urand() * 0.5 + 0.5) * (double)(n - from - 1));
     c[k] = (unsigned char)(t % 3 == 0 ? 0xff : t % 3 == 1 ? c[k] + 1 : c[k] ^ 0x80);
     rehash(c, n);
     RtCuProgram *q = NULL;
@@ -375,7 +270,7 @@ static void test_plan_damaged(void **st) {
   expect_crafted_refused(p, ci, cs, -1, -1, 1000, "passes argument 0");
   free(c);
   rt_blob_free(&blob);
-  release(&cm);
+  fc_release(&cm);
 }
 
 /* ---- the image for a device -------------------------------------------------------- */
@@ -484,14 +379,14 @@ static void check_header(const char *h) {
 }
 
 typedef struct Built {
-  const Case *c;
+  const FcCase *c;
   const char *lib, *symbol;
   int has_step;
 } Built;
 
 static void test_shared_objects(void **st) {
   (void)st;
-  if (!nvrtc_present()) {
+  if (!fc_nvrtc_present()) {
     skip();
     return;
   }
@@ -548,7 +443,7 @@ static void test_shared_objects(void **st) {
     assert_int_equal(dims(dv), dims(NULL));
 
     /* The plan embedded is the pipeline's. */
-    Compiled cm;
+    FcCompiled cm;
     compile(&cm, bt->c, "auto", NULL);
     int64_t size = 0;
     const void *bytes = plan(&size);
@@ -581,7 +476,7 @@ static void test_shared_objects(void **st) {
       assert_string_equal(device(), "");
     }
     rt_cu_program_free(p);
-    release(&cm);
+    fc_release(&cm);
     dlclose(so);
   }
   /* Another copy, loaded fresh, looks for the driver where it is told. */
@@ -606,91 +501,17 @@ static void test_shared_objects(void **st) {
 
 /* ---- running: the emulation, and a stand-in driver -------------------------------- */
 
-static double get(const RtTensor *t, int64_t k) {
-  return t->dtype == RT_F64 ? ((double *)t->data)[k] : ((float *)t->data)[k];
-}
-
-static void check(const char *what, const RtTensor *got, const RtTensor *ref32,
-                  const RtTensor *ref64) {
-  int64_t n = rt_numel(got);
-  assert_int_equal(n, rt_numel(ref64));
-  double e = 0, e32 = 0;
-  for (int64_t k = 0; k < n; k++) {
-    double g = get(got, k), r = get(ref64, k), r32 = get(ref32, k);
-    if (isnan(g) != isnan(r)) fail_msg("%s: NaN at %lld", what, (long long)k);
-    if (isnan(r)) continue;
-    e = fmax(e, fabs(g - r));
-    e32 = fmax(e32, fabs(r32 - r));
-  }
-  double tol = 1e-5 + 4 * e32;
-  if (!(e <= tol))
-    fail_msg("%s: off the float64 interpreter by %g > %g (float32 interpreter: %g)", what, e, tol,
-             e32);
-}
-
 /* Runs fn (an ABI forward) on cm's signature against the interpreter, T in
  * {1, 9}, B in {1, 3}, with and without lengths and initial states. */
-static void against_interpreter(Compiled *cm, AbiForwardFn fn, const char *what) {
-  const IrBinding *b = &cm->pipe.bind;
-  const IrFunc *root = b->root;
-  int ni = root->inputs.n, no = root->outputs.n, ns = b->flat.states.n;
-  assert_true(no <= 8 && ns <= 16 && ni <= 8);
+static void against_interpreter(FcCompiled *cm, AbiForwardFn fn, const char *what) {
+  cm->forward = fn;
   for (int64_t T = 1; T <= 9; T += 8)
     for (int64_t B = 1; B <= 3; B += 2)
       for (int variant = 0; variant < 2; variant++) {
-        RtTensor ins[8] = {0}, sin[16] = {0};
-        RtError e;
-        for (int i = 0; i < ni; i++) {
-          IrType t = root->inputs.v[i].type;
-          int64_t shape[RT_MAX_RANK] = {B, T};
-          assert_int_equal(ir_binding_shape(b, t, shape + 2), 0);
-          assert_int_equal(rt_tensor_alloc(&ins[i], RT_F64, t.rank + 2, shape, &e), 0);
-          for (int64_t k = 0; k < rt_numel(&ins[i]); k++) ((double *)ins[i].data)[k] = urand();
-        }
-        for (int s = 0; s < ns && variant; s++) {
-          const IrFlatVar *v = &b->flat.states.v[s];
-          int64_t shape[RT_MAX_RANK] = {B};
-          assert_int_equal(ir_binding_shape(b, v->type, shape + 1), 0);
-          int rank = v->type.rank + 1;
-          if (v->type.elem == IR_COMPLEX) shape[rank++] = 2;
-          assert_int_equal(rt_tensor_alloc(&sin[s], RT_F64, rank, shape, &e), 0);
-          for (int64_t k = 0; k < rt_numel(&sin[s]); k++)
-            ((double *)sin[s].data)[k] = 0.5 * urand();
-        }
-        int64_t lengths[3];
-        for (int64_t k = 0; k < B; k++) {
-          lengths[k] = (T * (k + 1)) / B - (k % 2);
-          if (lengths[k] < 0) lengths[k] = 0;
-        }
-        const int64_t *len = variant ? lengths : NULL;
-        RtTensor o32[8], o64[8], s32[16], s64[16], og[8], sg[16];
-        InterpOptions i32 = {0}, i64 = {.f64 = 1};
-        if (interp_run(b, B, T, ins, len, variant ? sin : NULL, o32, s32, &i32, &cm->de) ||
-            interp_run(b, B, T, ins, len, variant ? sin : NULL, o64, s64, &i64, &cm->de) ||
-            drv_run(&cm->pipe.sched->sig, fn, &cm->w, b, B, T, ins, len, variant ? sin : NULL, og,
-                    sg, &cm->de)) {
-          print_diags(cm);
-          fail_msg("%s does not run", what);
-        }
-        char name[400];
-        for (int k = 0; k < no; k++) {
-          snprintf(name, sizeof name, "%s: output %s B=%lld T=%lld variant=%d", what,
-                   root->outputs.v[k].name, (long long)B, (long long)T, variant);
-          check(name, &og[k], &o32[k], &o64[k]);
-          rt_tensor_free(&og[k]);
-          rt_tensor_free(&o32[k]);
-          rt_tensor_free(&o64[k]);
-        }
-        for (int k = 0; k < ns; k++) {
-          snprintf(name, sizeof name, "%s: state %s B=%lld T=%lld variant=%d", what,
-                   b->flat.states.v[k].name, (long long)B, (long long)T, variant);
-          check(name, &sg[k], &s32[k], &s64[k]);
-          rt_tensor_free(&sg[k]);
-          rt_tensor_free(&s32[k]);
-          rt_tensor_free(&s64[k]);
-          rt_tensor_free(&sin[k]);
-        }
-        for (int i = 0; i < ni; i++) rt_tensor_free(&ins[i]);
+        FcBatch bt;
+        fc_batch_make(&bt, cm, B, T, variant);
+        fc_batch_check(&bt, cm, what, 0);
+        fc_batch_free(&bt);
       }
 }
 
@@ -849,7 +670,7 @@ typedef int32_t (*StepFn)(const float *const *, int64_t, const void *const *, co
 /* forward_blob, forward_device (with host_device: the stand-in's device
  * memory is host memory) and chained steps against forward on the same
  * random inputs. */
-static void entry_points_agree(Compiled *cm, void *so, const char *symbol, int host_device) {
+static void entry_points_agree(FcCompiled *cm, void *so, const char *symbol, int host_device) {
   const AbiSignature *sig = &cm->pipe.sched->sig;
   AbiForwardFn fwd = (AbiForwardFn)(uintptr_t)sym(so, symbol, "forward");
   BlobFn blob = (BlobFn)(uintptr_t)sym(so, symbol, "forward_blob");
@@ -871,7 +692,7 @@ static void entry_points_agree(Compiled *cm, void *so, const char *symbol, int h
   for (int i = 0; i < ni; i++) {
     assert_false(sig->inputs.v[i].is_int);
     in[i] = malloc((size_t)(B * T * sig->inputs.v[i].numel) * sizeof(float));
-    for (int64_t k = 0; k < B * T * sig->inputs.v[i].numel; k++) in[i][k] = (float)urand();
+    for (int64_t k = 0; k < B * T * sig->inputs.v[i].numel; k++) in[i][k] = (float)fc_urand();
   }
   for (int r = 0; r < 3; r++) {
     for (int i = 0; i < no; i++)
@@ -931,7 +752,7 @@ static void entry_points_agree(Compiled *cm, void *so, const char *symbol, int h
 
 static void test_libraries_run(void **st) {
   (void)st;
-  if (!nvrtc_present()) {
+  if (!fc_nvrtc_present()) {
     skip();
     return;
   }
@@ -947,10 +768,10 @@ static void test_libraries_run(void **st) {
      * driver only where none is installed). */
     print_message("device: %s (%s)\n", rt_cuda_name(gpu), rt_cuda_arch(gpu));
     rt_cuda_close(gpu);
-    const Case *cases[] = {&MINGRU, &BIGRU, &MAMBA, &LSTM};
+    const FcCase *cases[] = {&MINGRU, &BIGRU, &MAMBA, &LSTM};
     const char *syms[] = {"mingru", "bigru", "mambassm", "lstm"};
     for (int k = 0; k < 4; k++) {
-      Compiled cm;
+      FcCompiled cm;
       char lib[64];
       snprintf(lib, sizeof lib, "lib%s_gpu.so", syms[k]);
       compile(&cm, cases[k], "auto", so_path(lib));
@@ -958,7 +779,7 @@ static void test_libraries_run(void **st) {
       against_interpreter(&cm, (AbiForwardFn)(uintptr_t)sym(so, syms[k], "forward"), lib);
       print_message("%s: %s\n", lib, ((StrFn)(uintptr_t)sym(so, syms[k], "cuda_device"))());
       entry_points_agree(&cm, so, syms[k], 0);
-      release(&cm);
+      fc_release(&cm);
     }
     return;
   }
@@ -970,7 +791,7 @@ static void test_libraries_run(void **st) {
   CountFn allocs = (CountFn)(uintptr_t)dlsym(fake, "fake_allocs");
   StrFn loaded = (StrFn)(uintptr_t)dlsym(fake, "fake_loaded");
   const struct {
-    const Case *c;
+    const FcCase *c;
     const char *lib, *symbol, *cc, *reject, *want;
   } runs[] = {
       {&MINGRU, "libmingru_run.so", "mingru", "90", NULL, "cubin sm_90"},
@@ -979,7 +800,7 @@ static void test_libraries_run(void **st) {
       {&LSTM, "liblstm_run.so", "lstm", "90", "1", "PTX compute_80"},
   };
   for (size_t k = 0; k < sizeof runs / sizeof runs[0]; k++) {
-    Compiled cm;
+    FcCompiled cm;
     const char *path = so_path(runs[k].lib);
     compile(&cm, runs[k].c, "auto", path);
     void *so = open_so(path);
@@ -1043,7 +864,7 @@ static void test_libraries_run(void **st) {
     emu_free(cur.emu);
     cur.emu = NULL;
     rt_cu_program_free(p);
-    release(&cm);
+    fc_release(&cm);
     /* The library keeps its context and module for the life of the
      * process; it is not unloaded here, so its driver stays valid. */
   }
@@ -1077,7 +898,7 @@ static void test_cli(void **st) {
   tu_expect_seqc(dir, "--emit=ptx --cuda-arch=sm_80,sm_90 stdlib/lstm.seq --dims I=3,H=4", 2,
                  "--emit=ptx takes one --cuda-arch, got 'sm_80,sm_90'");
   tu_expect_seqc(dir, "--target=cuda --emit=sched stdlib/mingru.seq --dims I=3,H=4", 0, "scan");
-  if (!nvrtc_present()) return;
+  if (!fc_nvrtc_present()) return;
   char args[800];
   snprintf(args, sizeof args,
            "--target=cuda stdlib/lstm.seq --dims I=3,H=4 --cuda-arch=sm_x -o %s/libx.so",
@@ -1102,6 +923,7 @@ static void test_cli(void **st) {
 }
 
 int main(void) {
+  fc_seed(0x2545f4914f6cdd1dull);
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_image_choice),   cmocka_unit_test(test_plan_round_trip),
       cmocka_unit_test(test_plan_damaged),   cmocka_unit_test(test_cli),

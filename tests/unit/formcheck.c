@@ -1,0 +1,245 @@
+/* formcheck.c - what the tests of compiled forms share (formcheck.h). */
+#include "formcheck.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "runtime/rt_cuda.h"
+
+const FcCase FC_CASES[] = {
+    {"examples/lstm.seq", "I=3,H=4"},
+    {"examples/mingru.seq", "I=3,H=4"},
+    {"examples/lru.seq", "H=3,N=4"},
+    {"examples/s4d.seq", "H=3,N=4"},
+    {"examples/mamba_ssm.seq", "d_inner=4,d_state=3,dt_rank=2"},
+    {"examples/linear_attention.seq", "I=3,Dk=4,Dv=5"},
+    {"examples/mlstm.seq", "I=3,D=4"},
+    {"examples/bigru.seq", "I=3,H=4"},
+    {"examples/lm.seq", "vocab=11,d_model=8,d_ff=16,dt_rank=2"},
+    {"stdlib/lstm.seq", "I=3,H=4"},
+    {"stdlib/gru.seq", "I=3,H=4"},
+    {"stdlib/rnn.seq", "I=3,H=4"},
+    {"stdlib/mingru.seq", "I=3,H=4"},
+    {"stdlib/minlstm.seq", "I=3,H=4"},
+    {"stdlib/lru.seq", "H=3,N=4"},
+    {"stdlib/s4d.seq", "H=3,N=4"},
+    {"stdlib/s5.seq", "H=3,P=4"},
+    {"stdlib/mamba_ssm.seq", "d_inner=4,d_state=3,dt_rank=2"},
+    {"stdlib/mamba.seq", "d_model=4,d_inner=8,d_state=3,d_conv=4,dt_rank=2"},
+    {"stdlib/mamba2.seq", "d_model=4,ngroups=2,hpg=2,headdim=2,d_state=3,d_conv=4"},
+    {"stdlib/linear_attention.seq", "I=3,NH=2,Dk=4,Dv=5"},
+    {"stdlib/retnet.seq", "I=3,NH=2,P=2,Dv=5"},
+    {"stdlib/gla.seq", "I=3,NH=2,Dk=4,Dv=5,R=2"},
+    {"stdlib/mlstm.seq", "I=3,NH=2,DH=4"},
+    {"stdlib/slstm.seq", "I=3,H=4"},
+    {"stdlib/gam.seq", "D=3,Mem=4,K=3"},
+    {"stdlib/rwkv7.seq", "C=4,D_w=3,D_a=3,D_g=3"},
+    {"stdlib/plstm.seq", "I=3,Dk=4,Dv=5,J=2"},
+    {"stdlib/deltanet.seq", "I=3,NH=2,Dk=4,Dv=5"},
+    {"stdlib/gated_deltanet.seq", "I=3,NH=2,Dk=4,Dv=5"},
+    {"stdlib/deltaproduct.seq", "I=3,Dk=4,Dv=5"},
+    {"stdlib/paragru.seq", "I=3,H=4"},
+    {"stdlib/paralstm.seq", "I=3,H=4"},
+    {"tests/data/models/reversed_forms.seq", "I=3,H=4,NH=2,D=4"},
+};
+const int FC_NCASES = (int)(sizeof FC_CASES / sizeof FC_CASES[0]);
+
+/* ---- compiling ------------------------------------------------------------------- */
+
+enum { MAX_DIMS = 16 };
+
+void fc_begin(FcCompiled *cm, const FcCase *c, const char *form, PipeOptions *po) {
+  memset(cm, 0, sizeof *cm);
+  cm->file = c->file;
+  cm->arena = arena_create();
+  srcmgr_init(&cm->sm, cm->arena);
+  diag_init(&cm->de, cm->arena, NULL);
+  pipeline_init(&cm->pipe, cm->arena, &cm->sm, &cm->de);
+  const char **names = arena_calloc(cm->arena, MAX_DIMS, sizeof *names);
+  int64_t *values = arena_calloc(cm->arena, MAX_DIMS, sizeof *values);
+  StrategyRequest *req = arena_calloc(cm->arena, 1, sizeof *req);
+  char *spec = arena_strdup(cm->arena, c->dims);
+  assert_true(names && values && req && spec);
+  int n = 0;
+  for (char *tok = strtok(spec, ","); tok; tok = strtok(NULL, ",")) {
+    char *eq = strchr(tok, '=');
+    assert_true(eq && n < MAX_DIMS);
+    *eq = 0;
+    names[n] = tok;
+    values[n++] = atoll(eq + 1);
+  }
+  char err[256];
+  if (strategy_parse(cm->arena, form, req, err, sizeof err)) fail_msg("%s", err);
+  memset(po, 0, sizeof *po);
+  po->path = tu_src(c->file);
+  po->ndims = n;
+  po->dim_names = names;
+  po->dim_values = values;
+  po->strategy = req;
+  po->goal = PIPE_BOUND;
+}
+
+int fc_random_weights(FcCompiled *cm) {
+  if (ir_binding_random(&cm->pipe.bind, 5, &cm->de)) return -1;
+  IrBinding *b = &cm->pipe.bind;
+  for (int i = 0; i < b->flat.params.n; i++)
+    if (strcmp(b->flat.params.v[i].name, "Lambda_re") == 0 ||
+        strcmp(b->flat.params.v[i].name, "decay") == 0)
+      for (int64_t k = 0; k < rt_numel(&b->weights[i]); k++)
+        ((double *)b->weights[i].data)[k] = -fabs(((double *)b->weights[i].data)[k]);
+  return 0;
+}
+
+int fc_said(const FcCompiled *cm, const char *needle) {
+  for (int i = 0; i < cm->de.diags.n; i++)
+    if (strstr(cm->de.diags.v[i].message, needle)) return 1;
+  return 0;
+}
+
+void fc_print_diags(const FcCompiled *cm) {
+  for (int i = 0; i < cm->de.diags.n; i++) print_error("%s\n", cm->de.diags.v[i].message);
+}
+
+void fc_release(FcCompiled *cm) {
+  IrBinding *b = &cm->pipe.bind;
+  for (int i = 0; b->weights && i < b->flat.params.n; i++) rt_tensor_free(&b->weights[i]);
+  drv_weights_free(&cm->w);
+  pipeline_release(&cm->pipe);
+  arena_destroy(cm->arena);
+}
+
+int fc_nvrtc_present(void) {
+  int major = 0, minor = 0;
+  RtError err;
+  if (rt_nvrtc_version(&major, &minor, &err) == 0) return 1;
+  if (access("/usr/local/cuda", F_OK) == 0) fail_msg("the CUDA toolkit is here but %s", err.msg);
+  print_message("no CUDA toolkit: %s; the checks that need NVRTC skip\n", err.msg);
+  return 0;
+}
+
+/* ---- checking ---------------------------------------------------------------------- */
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+
+void fc_seed(uint64_t seed) {
+  rng = seed;
+}
+
+double fc_urand(void) {
+  rng ^= rng << 13;
+  rng ^= rng >> 7;
+  rng ^= rng << 17;
+  return (double)(rng >> 11) / 9007199254740992.0 * 2.0 - 1.0;
+}
+
+static double get(const RtTensor *t, int64_t k) {
+  return t->dtype == RT_F64 ? ((double *)t->data)[k] : ((float *)t->data)[k];
+}
+
+void fc_check(const char *what, const RtTensor *got, const RtTensor *ref32, const RtTensor *ref64,
+              double rel) {
+  int64_t n = rt_numel(got);
+  assert_int_equal(n, rt_numel(ref64));
+  double e = 0, e32 = 0, scale = 0;
+  for (int64_t k = 0; k < n; k++) {
+    double g = get(got, k), r = get(ref64, k), r32 = get(ref32, k);
+    if (isnan(g) != isnan(r)) fail_msg("%s: NaN at %lld", what, (long long)k);
+    if (isnan(r)) continue;
+    e = fmax(e, fabs(g - r));
+    e32 = fmax(e32, fabs(r32 - r));
+    scale = fmax(scale, fabs(r));
+  }
+  double tol = 1e-5 + 4 * e32 + rel * scale;
+  if (!(e <= tol))
+    fail_msg("%s: off the float64 interpreter by %g > %g (float32 interpreter: %g, scale %g)", what,
+             e, tol, e32, scale);
+}
+
+void fc_batch_make(FcBatch *bt, FcCompiled *cm, int64_t B, int64_t T, int variant) {
+  memset(bt, 0, sizeof *bt);
+  const IrBinding *b = &cm->pipe.bind;
+  const IrFunc *root = b->root;
+  bt->B = B;
+  bt->T = T;
+  bt->variant = variant;
+  bt->ni = root->inputs.n;
+  bt->no = root->outputs.n;
+  bt->ns = b->flat.states.n;
+  assert_true(bt->ni <= 8 && bt->no <= 8 && bt->ns <= 16 && B <= 8);
+  RtError e;
+  for (int i = 0; i < bt->ni; i++) {
+    IrType t = root->inputs.v[i].type;
+    int64_t shape[RT_MAX_RANK] = {B, T};
+    assert_int_equal(ir_binding_shape(b, t, shape + 2), 0);
+    RtDType dt = t.elem == IR_INT ? RT_I64 : RT_F64;
+    assert_int_equal(rt_tensor_alloc(&bt->ins[i], dt, t.rank + 2, shape, &e), 0);
+    for (int64_t k = 0; k < rt_numel(&bt->ins[i]); k++) {
+      if (dt == RT_I64)
+        ((int64_t *)bt->ins[i].data)[k] = k % 7;
+      else
+        ((double *)bt->ins[i].data)[k] = fc_urand();
+    }
+  }
+  for (int s = 0; s < bt->ns && variant; s++) {
+    const IrFlatVar *v = &b->flat.states.v[s];
+    int64_t shape[RT_MAX_RANK] = {B};
+    assert_int_equal(ir_binding_shape(b, v->type, shape + 1), 0);
+    int rank = v->type.rank + 1;
+    if (v->type.elem == IR_COMPLEX) shape[rank++] = 2;
+    assert_int_equal(rt_tensor_alloc(&bt->sin[s], RT_F64, rank, shape, &e), 0);
+    for (int64_t k = 0; k < rt_numel(&bt->sin[s]); k++)
+      ((double *)bt->sin[s].data)[k] = 0.5 * fc_urand();
+  }
+  /* 0 <= ... <= T, the last example full, one of them odd. */
+  for (int64_t k = 0; k < B; k++) {
+    bt->lengths[k] = (T * (k + 1)) / B - (k % 2);
+    if (bt->lengths[k] < 0) bt->lengths[k] = 0;
+  }
+  const int64_t *len = variant ? bt->lengths : NULL;
+  const RtTensor *sin = variant ? bt->sin : NULL;
+  InterpOptions i32 = {0}, i64 = {.f64 = 1};
+  if (interp_run(b, B, T, bt->ins, len, sin, bt->o32, bt->s32, &i32, &cm->de) ||
+      interp_run(b, B, T, bt->ins, len, sin, bt->o64, bt->s64, &i64, &cm->de)) {
+    fc_print_diags(cm);
+    fail_msg("%s: the interpreter fails", cm->file);
+  }
+}
+
+void fc_batch_check(const FcBatch *bt, FcCompiled *cm, const char *what, double rel) {
+  const IrBinding *b = &cm->pipe.bind;
+  RtTensor og[8], sg[16];
+  if (drv_run(&cm->pipe.sched->sig, cm->forward, &cm->w, b, bt->B, bt->T, bt->ins,
+              bt->variant ? bt->lengths : NULL, bt->variant ? bt->sin : NULL, og, sg, &cm->de)) {
+    fc_print_diags(cm);
+    fail_msg("%s does not run", what);
+  }
+  char name[768];
+  for (int k = 0; k < bt->no; k++) {
+    snprintf(name, sizeof name, "%s: output %s B=%lld T=%lld variant=%d", what,
+             b->root->outputs.v[k].name, (long long)bt->B, (long long)bt->T, bt->variant);
+    fc_check(name, &og[k], &bt->o32[k], &bt->o64[k], rel);
+    rt_tensor_free(&og[k]);
+  }
+  for (int k = 0; k < bt->ns; k++) {
+    snprintf(name, sizeof name, "%s: state %s B=%lld T=%lld variant=%d", what,
+             b->flat.states.v[k].name, (long long)bt->B, (long long)bt->T, bt->variant);
+    fc_check(name, &sg[k], &bt->s32[k], &bt->s64[k], rel);
+    rt_tensor_free(&sg[k]);
+  }
+}
+
+void fc_batch_free(FcBatch *bt) {
+  for (int k = 0; k < bt->no; k++) {
+    rt_tensor_free(&bt->o32[k]);
+    rt_tensor_free(&bt->o64[k]);
+  }
+  for (int k = 0; k < bt->ns; k++) {
+    rt_tensor_free(&bt->s32[k]);
+    rt_tensor_free(&bt->s64[k]);
+    rt_tensor_free(&bt->sin[k]);
+  }
+  for (int i = 0; i < bt->ni; i++) rt_tensor_free(&bt->ins[i]);
+}
