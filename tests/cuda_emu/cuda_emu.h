@@ -539,7 +539,13 @@ static unsigned ballot(unsigned mask, int pred, const char *what, unsigned *lane
 
 static void release_stacks() {
   for (unsigned i = 0; i < kMaxThreads; i++) {
-    if (g.th[i].map) munmap(g.th[i].map, g.page + SEQ_EMU_STACK_BYTES);
+    if (!g.th[i].map) continue;
+#ifdef SEQ_EMU_ASAN
+    /* Stack frames leave redzone marks in the shadow; whatever is mapped
+     * here next (another module's data) must not inherit them. */
+    __asan_unpoison_memory_region(g.th[i].stack, SEQ_EMU_STACK_BYTES);
+#endif
+    munmap(g.th[i].map, g.page + SEQ_EMU_STACK_BYTES);
     g.th[i].map = g.th[i].stack = nullptr;
   }
 }
@@ -615,8 +621,15 @@ static void describe_deadlock(unsigned b) {
 
 static void poison_shared() {
 #ifndef SEQ_EMU_NO_SHARED_SECTION
-  if (+__start_seq_emu_shared && +__stop_seq_emu_shared > +__start_seq_emu_shared)
-    memset(__start_seq_emu_shared, 0xff, (size_t)(__stop_seq_emu_shared - __start_seq_emu_shared));
+  if (!+__start_seq_emu_shared || +__stop_seq_emu_shared <= +__start_seq_emu_shared) return;
+#ifdef SEQ_EMU_ASAN
+  /* The section's variables carry no redzones (ASan leaves variables in
+   * named sections alone), but its shadow may hold stale marks: an earlier
+   * module's thread stacks can have been mapped at these addresses. */
+  __asan_unpoison_memory_region(__start_seq_emu_shared,
+                                (size_t)(__stop_seq_emu_shared - __start_seq_emu_shared));
+#endif
+  memset(__start_seq_emu_shared, 0xff, (size_t)(__stop_seq_emu_shared - __start_seq_emu_shared));
 #endif
 }
 

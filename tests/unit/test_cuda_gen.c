@@ -5,7 +5,7 @@
  *     compiles with NVRTC to cubins for sm_80 and sm_90 (NVRTC runs ptxas);
  *   - the same programs run through the executor on the tests' CPU
  *     emulation of CUDA (tests/cuda_emu/) equal the interpreter, with and
- *     without lengths and initial states, T from 1 to 200;
+ *     without lengths and initial states, T from 1 to 70;
  *   - on a machine with a CUDA device, the same comparison on the device;
  *   - what the GPU cannot run yet (chunked forms, Newton layers) is refused
  *     by name, never run wrongly.
@@ -49,7 +49,7 @@ static const FcCase *case_at(int k) {
 static const char *const FORMS[] = {"sequential", "auto", "chunked"};
 enum { NFORMS = 3 };
 
-static const int64_t TS[] = {1, 3, 33, 200};
+static const int64_t TS[] = {1, 3, 33, 70};
 
 /* drv_run calls an ABI forward function; this one runs the current program
  * on the current device. */
