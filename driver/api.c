@@ -188,6 +188,7 @@ static SeqStatus cuda_compile(SeqModule *m, PipeOptions *po) {
   RtError err;
   RtBlob image = {0};
   if (rt_cuda_open(0, &m->cu, &err)) {
+    m->cu = NULL;
     diag_error(&m->de, (SrcLoc){0}, "%s", err.msg);
     return SEQ_ERR_DEVICE;
   }
@@ -199,7 +200,12 @@ static SeqStatus cuda_compile(SeqModule *m, PipeOptions *po) {
                           &err)) {
     st = SEQ_ERR_DEVICE;
   }
-  if (st != SEQ_OK) diag_error(&m->de, (SrcLoc){0}, "%s", err.msg);
+  if (st != SEQ_OK) {
+    diag_error(&m->de, (SrcLoc){0}, "%s", err.msg);
+    /* A module that did not compile is no CUDA module (compiled() says). */
+    rt_cuda_close(m->cu);
+    m->cu = NULL;
+  }
   rt_blob_free(&image);
   return st;
 }
