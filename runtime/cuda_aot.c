@@ -30,10 +30,26 @@ typedef struct Loaded {
   RtCuProgram *prog; /* read once */
   RtCuda *cuda;      /* NULL until a call has loaded an image */
   RtCuDevice dev;
-  char info[600]; /* "NVIDIA H200 (sm_90, device 0): cubin sm_90" */
+  char info[600];      /* "NVIDIA H200 (sm_90, device 0): cubin sm_90" */
+  struct Loaded *next; /* every model this library loaded (its own copy of this file) */
 } Loaded;
 
 static pthread_mutex_t aot_lock = PTHREAD_MUTEX_INITIALIZER;
+static Loaded *all_loaded;
+
+/* When the library is unloaded (dlclose, or the process ends), what it
+ * loaded goes with it: the plan, the module and the context it holds. */
+__attribute__((destructor)) static void unload_all(void) {
+  pthread_mutex_lock(&aot_lock);
+  while (all_loaded) {
+    Loaded *L = all_loaded;
+    all_loaded = L->next;
+    if (L->cuda) rt_cuda_close(L->cuda);
+    rt_cu_program_free(L->prog);
+    free(L);
+  }
+  pthread_mutex_unlock(&aot_lock);
+}
 static _Thread_local char last_error[600];
 
 static int fail(const RtCuAotModel *m, int status, const char *fmt, ...)
@@ -199,6 +215,8 @@ static int acquire(const RtCuAotModel *m, int device, Loaded **out) {
       rc = fail(m, ST_NOMEM, "out of memory");
     } else {
       L->prog = p;
+      L->next = all_loaded;
+      all_loaded = L;
       *m->state = L;
     }
   }
