@@ -108,6 +108,26 @@ LLVMValueRef call_fn(Lower *L, const char *name, LLVMTypeRef ret, LLVMTypeRef *p
   return LLVMBuildCall2(L->bld, ft, fn, args, (unsigned)np, "");
 }
 
+/* Every float add, subtract and multiply of the module may contract into a
+ * fused multiply-add (one rounding instead of two): the ops the cells are
+ * made of (a*h + b, dot products, complex products) then run as FMAs, which
+ * is also what NVRTC does for the CUDA renderer by default. Results move by
+ * at most the last bit of each contracted pair, within every form's stated
+ * tolerance. */
+void allow_contract(LLVMModuleRef m) {
+#if LLVM_VERSION_MAJOR >= 18
+  for (LLVMValueRef f = LLVMGetFirstFunction(m); f; f = LLVMGetNextFunction(f))
+    for (LLVMBasicBlockRef bb = LLVMGetFirstBasicBlock(f); bb; bb = LLVMGetNextBasicBlock(bb))
+      for (LLVMValueRef v = LLVMGetFirstInstruction(bb); v; v = LLVMGetNextInstruction(v)) {
+        LLVMOpcode op = LLVMGetInstructionOpcode(v);
+        if ((op == LLVMFAdd || op == LLVMFSub || op == LLVMFMul) && LLVMCanValueUseFastMathFlags(v))
+          LLVMSetFastMathFlags(v, LLVMGetFastMathFlags(v) | LLVMFastMathAllowContract);
+      }
+#else
+  (void)m;
+#endif
+}
+
 void set_reassoc(LLVMValueRef v) {
 #if LLVM_VERSION_MAJOR >= 18
   if (LLVMCanValueUseFastMathFlags(v)) LLVMSetFastMathFlags(v, LLVMFastMathAllowReassoc);

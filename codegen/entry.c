@@ -190,6 +190,7 @@ int cg_lower(Arena *a, const Schedule *s, LLVMContextRef ctx, LLVMModuleRef *out
   int rc = 0;
   for (int i = 0; i < s->insts.n && rc == 0; i++) rc = emit_function(&L, i);
   if (rc == 0 && !L.failed) emit_entries(&L, symbol);
+  if (rc == 0 && !L.failed) allow_contract(L.mod);
   LLVMDisposeBuilder(L.bld);
   if (rc != 0 || L.failed) {
     LLVMDisposeModule(L.mod);

@@ -110,6 +110,8 @@ LLVMValueRef call_fn(Lower *L, const char *name, LLVMTypeRef ret, LLVMTypeRef *p
                      LLVMValueRef *args);
 /* Reductions may be reassociated (so vectorized). */
 void set_reassoc(LLVMValueRef v);
+/* Float adds, subtracts and multiplies may contract into FMAs. */
+void allow_contract(LLVMModuleRef m);
 /* On cond: store status and leave through the cleanup block. */
 void fail_with(Lower *L, LLVMValueRef cond, int status);
 /* The length of sequence b (T when lengths is NULL). */
