@@ -51,8 +51,9 @@ static void emit_entries(Lower *L, const char *sym) {
     struct {
       LLVMValueRef arr;
       int n;
-    } checks[3] = {
-        {args[0], L->s->sig.params.n}, {args[3], L->s->sig.inputs.n}, {args[6], L->s->sig.outputs.n}};
+    } checks[3] = {{args[0], L->s->sig.params.n},
+                   {args[3], L->s->sig.inputs.n},
+                   {args[6], L->s->sig.outputs.n}};
     for (int c = 0; c < 3; c++)
       for (int i = 0; i < checks[c].n; i++) {
         LLVMBasicBlockRef b2 = block(L, "bad"), ok2 = block(L, "ok");
@@ -152,8 +153,7 @@ static void emit_entries(Lower *L, const char *sym) {
   }
 }
 
-int cg_lower(Arena *a, const Schedule *s, LLVMContextRef ctx, LLVMModuleRef *out,
-             DiagEngine *de) {
+int cg_lower(Arena *a, const Schedule *s, LLVMContextRef ctx, LLVMModuleRef *out, DiagEngine *de) {
   *out = NULL;
   Lower L;
   memset(&L, 0, sizeof L);
@@ -199,4 +199,3 @@ int cg_lower(Arena *a, const Schedule *s, LLVMContextRef ctx, LLVMModuleRef *out
   *out = L.mod;
   return 0;
 }
-

@@ -185,6 +185,14 @@ static void print_stmt(FILE *out, const AstStmt *s, int depth) {
   case AST_FOR:
     fprintf(out, "(for %s ", s->var);
     print_path(out, &s->array);
+    if (s->nrange) {
+      fputc('(', out);
+      for (int i = 0; i < s->nrange; i++) {
+        if (i) fputc(' ', out);
+        print_expr(out, s->range[i]);
+      }
+      fputc(')', out);
+    }
     print_stmts(out, s->nbody, s->body, depth + 1);
     fputc(')', out);
     break;

@@ -69,7 +69,9 @@ struct AstStmt {
   AstExpr *target; /* AST_ASSIGN */
   AstExpr *value;  /* AST_ASSIGN */
   const char *var; /* AST_FOR */
-  AstPath array;   /* AST_FOR */
+  AstPath array;   /* AST_FOR over a layer array */
+  int nrange;      /* AST_FOR over range(...): 1 or 2 bounds (0: a layer array) */
+  AstExpr **range; /* the bounds, dim expressions */
   int nbody;
   AstStmt **body;
 };

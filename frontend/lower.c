@@ -146,7 +146,7 @@ static const Binding *find_binding(const Lower *L, const char *name) {
 }
 
 static int bind(Lower *L, const char *name, IrRef ref, int layer) {
-  Binding b = {name, ref, layer};
+  Binding b = {name, ref, layer, 0, 0};
   if (vec_push(L->a, &L->env, b)) {
     sema_oom(L->S);
     return -1;
@@ -241,6 +241,7 @@ static IrRef lower_name(Lower *L, const AstExpr *e) {
       diag_error(L->de, e->loc, "'%s' is a layer; call it: %s(...)", name, name);
       return REF_ERROR;
     }
+    if (b && b->is_index) return lower_const(L, (double)b->index, e->loc);
     if (b) return b->ref;
   }
   switch (kind) {
@@ -1032,7 +1033,8 @@ static int index_bound(Lower *L, const AstExpr *e, DimExpr size, DimExpr *out) {
   if (e->kind == AST_NAME && !e->primed) {
     const char *name = sema_path_str(L->a, &e->path);
     int i;
-    if (name && (find_binding(L, name) || sema_find_decl(L, name, &i) != DECL_NONE)) {
+    const Binding *b = name ? find_binding(L, name) : NULL;
+    if (name && !(b && b->is_index) && (b || sema_find_decl(L, name, &i) != DECL_NONE)) {
       diag_error(L->de, e->loc,
                  "index '%s' must be an integer constant, a dim expression or an int token", name);
       return -1;
@@ -1301,6 +1303,10 @@ static void lower_assign(Lower *L, const AstStmt *s) {
         diag_error(L->de, t->loc, "'%s' is a layer and cannot be assigned", name);
         return;
       }
+      if (L->env.v[k].is_index) {
+        diag_error(L->de, t->loc, "'%s' is the loop's counter and cannot be assigned", name);
+        return;
+      }
       L->env.v[k].ref = v;
       return;
     }
@@ -1347,12 +1353,59 @@ static void lower_assign(Lower *L, const AstStmt *s) {
 
 static void lower_stmt(Lower *L, const AstStmt *s);
 
+/* Most statements the loops of one body may unroll to (nested loops
+ * included): a bound on the IR a few lines can make. */
+#define MAX_UNROLLED_STMTS 65536
+
+/* One iteration: v bound to the layer (layer >= 0) or to the counter's
+ * value, then the body. Names bound by let inside the body end with the
+ * iteration; rebinding an outer local carries over. Returns -1 when the body
+ * reported errors (the same mistake would be reported once per iteration). */
+static int unroll_once(Lower *L, const AstStmt *s, int layer, int64_t index) {
+  int mark = L->env.n, errors = L->de->nerrors;
+  L->unrolled += s->nbody;
+  if (L->unrolled > MAX_UNROLLED_STMTS) {
+    diag_error(L->de, s->loc,
+               "the loops of this body unroll to more than %d statements (loops are unrolled "
+               "when compiling)",
+               MAX_UNROLLED_STMTS);
+    return -1;
+  }
+  /* A counter's value node is made where it is read (lower_name). */
+  Binding b = {s->var, REF_ERROR, layer, layer < 0, index};
+  if (vec_push(L->a, &L->env, b)) {
+    sema_oom(L->S);
+    return -1;
+  }
+  for (int j = 0; j < s->nbody; j++) lower_stmt(L, s->body[j]);
+  L->env.n = mark;
+  return L->de->nerrors > errors ? -1 : 0;
+}
+
+/* for j in range(a, b) { ... }: the body is unrolled once per value of j, a
+ * and b dim expressions whose values are known when compiling (fixing the
+ * dims they use). */
+static void lower_range_for(Lower *L, const AstStmt *s) {
+  int64_t lo = 0, hi;
+  const AstExpr *last = s->range[s->nrange - 1];
+  if (s->nrange == 2 &&
+      sema_known_value(L, s->range[0], "a loop's start", 0, SEQ_MAX_DIM_VALUE, &lo))
+    return;
+  if (sema_known_value(L, last, "a loop's bound", 0, SEQ_MAX_DIM_VALUE, &hi)) return;
+  for (int64_t j = lo; j < hi; j++)
+    if (unroll_once(L, s, -1, j)) return;
+}
+
 /* for l in L { ... }: the body is unrolled once per element of the layer
- * array, with l naming that element. Names bound by let inside the body end
- * with each iteration; rebinding an outer local carries over. */
+ * array, with l naming that element. */
 static void lower_for(Lower *L, const AstStmt *s) {
+  if (s->nrange) {
+    lower_range_for(L, s);
+    return;
+  }
   if (L->mode != MODE_FORWARD) {
-    diag_error(L->de, s->loc, "for loops are only allowed in a model's forward block");
+    diag_error(L->de, s->loc,
+               "a step loops over range(n), not a layer array (layers are a model's)");
     return;
   }
   const char *name = sema_path_str(L->a, &s->array);
@@ -1367,14 +1420,8 @@ static void lower_for(Lower *L, const AstStmt *s) {
     diag_error(L->de, s->array.loc, "'%s' is a single layer, not a layer array", name);
     return;
   }
-  for (int k = 0; k < ld->count; k++) {
-    int mark = L->env.n, errors = L->de->nerrors;
-    if (bind(L, s->var, REF_ERROR, ld->first + k)) return;
-    for (int j = 0; j < s->nbody; j++) lower_stmt(L, s->body[j]);
-    L->env.n = mark;
-    /* The same mistake would be reported once per element. */
-    if (L->de->nerrors > errors) return;
-  }
+  for (int k = 0; k < ld->count; k++)
+    if (unroll_once(L, s, ld->first + k, 0)) return;
 }
 
 static void lower_stmt(Lower *L, const AstStmt *s) {

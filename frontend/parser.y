@@ -459,7 +459,8 @@ stmts:
 
 /* stmt = "let" IDENT { "," IDENT } "=" expr { "," expr }
  *      | name "=" expr
- *      | "for" IDENT "in" path block */
+ *      | "for" IDENT "in" path block
+ *      | "for" IDENT "in" "range" "(" expr [ "," expr ] ")" block */
 stmt:
   LET let_names '=' expr_list {
     NEED($$ = arena_alloc(P->arena, sizeof *$$));
@@ -489,6 +490,21 @@ stmt:
     $$->array = path_of($4, LOC(@4));
     $$->nbody = $5->n;
     $$->body = $5->v;
+  }
+| FOR IDENT IN path '(' expr_list ')' block {
+    NEED($$ = arena_alloc(P->arena, sizeof *$$));
+    $$->kind = AST_FOR;
+    $$->loc = LOC(@1);
+    $$->var = $2;
+    $$->array = path_of($4, LOC(@4));
+    $$->nrange = $6->n;
+    $$->range = $6->v;
+    $$->nbody = $8->n;
+    $$->body = $8->v;
+    if ($4->n != 1 || strcmp($4->v[0], "range") != 0)
+      ast_syntax_error(P, LOC(@4), "a loop runs over a layer array or range(n), range(a, b)");
+    else if ($6->n > 2)
+      ast_syntax_error(P, LOC(@6), "range takes one or two bounds, not %d", $6->n);
   }
 ;
 

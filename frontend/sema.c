@@ -178,6 +178,12 @@ static int dim_expr_rec(Lower *L, const AstExpr *e, DimExpr *out, int depth) {
   case AST_NAME: {
     if (e->primed || e->path.nparts != 1) break;
     const char *name = e->path.parts[0];
+    /* A range loop's counter is a constant here. */
+    for (int i = L->env.n - 1; i >= L->fn_env_base; i--)
+      if (strcmp(L->env.v[i].name, name) == 0) {
+        if (!L->env.v[i].is_index) break;
+        return *out = dim_const(L->env.v[i].index), 0;
+      }
     for (int i = 0; i < L->nsig; i++)
       if (strcmp(L->f->dims.v[i].name, name) == 0) return *out = dim_var(i), 0;
     const char **cands = arena_calloc(L->a, (size_t)L->nsig + 1, sizeof *cands);
@@ -471,12 +477,18 @@ static char *subst_index(Arena *a, const char *tmpl, int index) {
   return s;
 }
 
-/* The value of a layer count: an integer, or an expression over dims whose
- * values are known now (FrontendOptions overrides, else defaults). Returns -1
+/* The value of a count the compiler unrolls (a layer array's length, a
+ * loop's bound): an integer, or an expression over dims whose values are
+ * known now (FrontendOptions overrides, else defaults). `what` names it in
+ * errors ("the length of layer array 'l'"). The dims it uses are then fixed
+ * for this unit: a caller may not rebind them to another value, and binding
+ * the unit (weights, --dims) starts from these values, so weights of another
+ * size are an error rather than a count that no longer matches. Returns -1
  * after reporting. */
-static int layer_count(Lower *L, const AstDecl *d, int64_t *out) {
+int sema_known_value(Lower *L, const AstExpr *x, const char *what, int64_t lo, int64_t hi,
+                     int64_t *out) {
   DimExpr e;
-  if (sema_dim_expr(L, d->count, &e)) return -1;
+  if (sema_dim_expr(L, x, &e)) return -1;
   const FrontendOptions *opt = L->S->opt;
   int64_t *vals = arena_calloc(L->a, (size_t)L->nsig + 1, sizeof *vals);
   if (!vals) {
@@ -515,27 +527,29 @@ static int layer_count(Lower *L, const AstDecl *d, int64_t *out) {
       int v = e.t[t].vars[k];
       const IrDim *dim = &L->f->dims.v[v];
       if (!known[v]) {
-        diag_error(L->de, d->count->loc,
-                   "the length of layer array '%s' must be known when compiling, but dimension "
-                   "'%s' has no default (give it one, or set it with --dims %s=...)",
-                   sema_path_str(L->a, &d->name), dim->name, dim->name);
+        diag_error(L->de, x->loc,
+                   "%s must be known when compiling, but dimension '%s' has no default (give it "
+                   "one, or set it with --dims %s=...)",
+                   what, dim->name, dim->name);
         return -1;
       }
     }
   }
   int64_t n;
-  if (dim_eval(e, vals, &n) || n > 4096) {
-    diag_error(L->de, d->count->loc, "layer array length must be between 0 and 4096");
+  if (dim_eval(e, vals, &n) || n < lo || n > hi) {
+    diag_error(L->de, x->loc, "%s must be between %lld and %lld", what, (long long)lo,
+               (long long)hi);
     return -1;
   }
-  /* The header dims this count used are now fixed for this unit: a caller may
-   * not rebind them to another value. */
   SemaUnit *su = &L->S->units.v[L->unit_index];
   for (int t = 0; t < e.nterms; t++)
-    for (int k = 0; k < e.t[t].nvars; k++)
-      if (vec_push(L->a, &su->count_dims, e.t[t].vars[k]) ||
-          vec_push(L->a, &su->count_values, vals[e.t[t].vars[k]]))
+    for (int k = 0; k < e.t[t].nvars; k++) {
+      int v = e.t[t].vars[k];
+      IrDimPin pin = {v, vals[v], x->loc};
+      if (vec_push(L->a, &su->count_dims, v) || vec_push(L->a, &su->count_values, vals[v]) ||
+          vec_push(L->a, &L->f->dim_pins, pin))
         sema_oom(L->S);
+    }
   *out = n;
   return 0;
 }
@@ -590,9 +604,11 @@ static int bind_layer_dims(Lower *L, const AstDecl *d, const IrFunc *cf, const S
       int64_t c;
       if (cu->count_dims.v[k] == v && (!dim_is_const(args[v], &c) || c != cu->count_values.v[k])) {
         diag_error(L->de, val->loc,
-                   "dimension '%s' of '%s' sets the length of a layer array, fixed at %lld when "
-                   "'%s' was compiled; it cannot be rebound here",
-                   cf->dims.v[v].name, cf->name, (long long)cu->count_values.v[k], cf->name);
+                   "dimension '%s' of '%s' sets a count unrolled when compiling (a layer "
+                   "array's length or a loop's bound), fixed at %lld when '%s' was compiled; it "
+                   "cannot be rebound here (set it for the whole program with --dims %s=...)",
+                   cf->dims.v[v].name, cf->name, (long long)cu->count_values.v[k], cf->name,
+                   cf->dims.v[v].name);
         bad = 1;
         break;
       }
@@ -626,7 +642,11 @@ static void lower_layer_decl(Lower *L, const AstDecl *d, const char *name) {
   const IrFunc *cf = S->m->funcs.v[cu->func];
 
   int64_t count = 1;
-  if (d->count && layer_count(L, d, &count)) goto done;
+  if (d->count && sema_known_value(L, d->count,
+                                   arena_printf(L->a, "the length of layer array '%s'",
+                                                sema_path_str(L->a, &d->name)),
+                                   0, 4096, &count))
+    goto done;
   if (!d->count &&
       ((d->prefix && strstr(d->prefix, "{i}")) || (d->suffix && strstr(d->suffix, "{i}")))) {
     diag_error(L->de, d->loc, "'{i}' in a prefix or suffix needs a layer array (layer %s[n] = ...)",

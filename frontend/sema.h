@@ -55,8 +55,10 @@ typedef enum { DECL_NONE, DECL_PARAM, DECL_INPUT, DECL_STATE, DECL_OUTPUT, DECL_
  * layer. Later entries shadow earlier ones. */
 typedef struct Binding {
   const char *name;
-  IrRef ref; /* value, or REF_ERROR */
-  int layer; /* >= 0: the name is a layer (index into IrFunc.layers) */
+  IrRef ref;     /* value, or REF_ERROR */
+  int layer;     /* >= 0: the name is a layer (index into IrFunc.layers) */
+  int is_index;  /* a range loop's counter: ref is the constant `index` */
+  int64_t index; /* usable where a dim expression is (x[j], x[j*D:(j+1)*D]) */
 } Binding;
 
 typedef struct StateSlot {
@@ -111,6 +113,7 @@ typedef struct Lower {
   VEC(unsigned char) bad_params; /* parallel to f->params: the declared type had an error */
   VEC(unsigned char) bad_inputs; /* parallel to f->inputs */
   int nsig;                      /* header dims: f->dims[0..nsig) */
+  int64_t unrolled;              /* statements loops of this body have unrolled to */
   int nconv;                     /* causal_conv windows created so far */
   VEC(const AstDecl *) defs;     /* this unit's `def`s */
   VEC(const AstDecl *) fn_stack; /* `def`s being inlined, innermost last */
@@ -128,6 +131,10 @@ int sema_load_program(Sema *S, const SrcFile *main_src, int is_file);
 void sema_oom(Sema *S);
 const char *sema_suggest(const char *name, const char *const *cands, int n);
 int sema_dim_expr(Lower *L, const AstExpr *e, DimExpr *out);
+/* The value in [lo, hi] of a dim expression the compiler must know now (a
+ * layer array's length, a loop bound); fixes the dims it uses. */
+int sema_known_value(Lower *L, const AstExpr *x, const char *what, int64_t lo, int64_t hi,
+                     int64_t *out);
 const char *sema_type_str(Lower *L, IrType t);
 int sema_find_decl(const Lower *L, const char *name, int *index);
 char *sema_path_str(Arena *a, const AstPath *p);

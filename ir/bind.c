@@ -66,6 +66,11 @@ int ir_binding_init(IrBinding *b, Arena *a, const IrModule *m, const IrFunc *roo
     return -1;
   }
   for (int i = 0; i < nd; i++) b->dims[i] = -1;
+  /* Dims the frontend unrolled a count with are known already. */
+  for (int i = 0; i < root->dim_pins.n; i++) {
+    b->dims[root->dim_pins.v[i].dim] = root->dim_pins.v[i].value;
+    b->dim_from[root->dim_pins.v[i].dim] = root->dim_pins.v[i].loc;
+  }
   return 0;
 }
 
@@ -82,6 +87,13 @@ int ir_binding_set_dim(IrBinding *b, const char *name, int64_t value, DiagEngine
     b->dim_from[i] = (SrcLoc){0};
     return 0;
   }
+  /* A dim of another unit (a layer's callee) was applied by the frontend
+   * when it compiled that unit (a loop's bound, a layer array's length). */
+  for (int k = 0; b->mod && k < b->mod->funcs.n; k++)
+    for (int i = 0; i < b->mod->funcs.v[k]->dims.n; i++)
+      if (b->mod->funcs.v[k]->dims.v[i].in_signature &&
+          strcmp(b->mod->funcs.v[k]->dims.v[i].name, name) == 0)
+        return 0;
   const char *known = "";
   for (int i = 0; i < f->dims.n && known; i++)
     known = arena_printf(b->arena, "%s%s%s", known, i ? ", " : "", f->dims.v[i].name);
@@ -195,6 +207,22 @@ static void report_mismatch(IrBinding *b, const Given *g, DiagEngine *de) {
   else
     diag_error(de, g->loc, "%s '%s'%s has shape %s but is declared %s", g->kind, g->name, g->from,
                have, decl_str(b, g->type));
+  /* A dim a count was unrolled with cannot follow the weights. */
+  const IrFunc *f = b->root;
+  for (int i = 0; i < f->dim_pins.n; i++) {
+    const IrDimPin *pin = &f->dim_pins.v[i];
+    int used = 0, first = 1;
+    for (int j = 0; j < i; j++) first &= f->dim_pins.v[j].dim != pin->dim;
+    for (int k = 0; k < g->type.rank; k++)
+      for (int t = 0; t < g->type.dims[k].nterms; t++)
+        for (int v = 0; v < g->type.dims[k].t[t].nvars; v++)
+          used |= g->type.dims[k].t[t].vars[v] == pin->dim;
+    if (used && first)
+      diag_note(de, pin->loc,
+                "%s = %lld was fixed when compiling, by this count (compile with --dims %s=N for "
+                "another value)",
+                f->dims.v[pin->dim].name, (long long)pin->value, f->dims.v[pin->dim].name);
+  }
 }
 
 /* Drops the axes of size 1. Returns the new rank. */

@@ -83,24 +83,30 @@ int ir_func_index(const IrModule *m, const char *name) {
   return -1;
 }
 
+void ir_func_share_header(IrFunc *f, const IrFunc *src) {
+  f->doc = src->doc;
+  f->dims = src->dims;
+  f->params = src->params;
+  f->dim_defaults = src->dim_defaults;
+  f->dim_pins = src->dim_pins;
+  /* Shared with src, so never grown in place. */
+  f->dims.cap = f->dims.n;
+  f->params.cap = f->params.n;
+  f->dim_defaults.cap = f->dim_defaults.n;
+  f->dim_pins.cap = f->dim_pins.n;
+}
+
 IrFunc *ir_func_prune(IrModule *m, const IrFunc *f) {
   Arena *a = m->arena;
   IrFunc *g = ir_func_new(m, f->name, f->kind, f->loc);
   char *live = arena_calloc(a, (size_t)f->nodes.n + 1, 1);
   IrRef *map = arena_calloc(a, (size_t)f->nodes.n + 1, sizeof *map);
   if (!g || !live || !map) return NULL;
-  g->doc = f->doc;
-  g->dims = f->dims;
-  g->params = f->params;
+  ir_func_share_header(g, f);
   g->inputs = f->inputs;
   g->layers = f->layers;
-  g->dim_defaults = f->dim_defaults;
-  /* Shared with f, so never grown in place. */
-  g->dims.cap = g->dims.n;
-  g->params.cap = g->params.n;
   g->inputs.cap = g->inputs.n;
   g->layers.cap = g->layers.n;
-  g->dim_defaults.cap = g->dim_defaults.n;
   for (int i = 0; i < f->states.n; i++) {
     if (f->states.v[i].init >= 0) live[f->states.v[i].init] = 1;
     if (f->states.v[i].next >= 0) live[f->states.v[i].next] = 1;

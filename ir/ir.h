@@ -144,6 +144,16 @@ typedef struct IrDimDefault {
   DimExpr expr; /* over dims with smaller indices */
 } IrDimDefault;
 
+/* A dim whose value the frontend used when compiling (a loop's trip count,
+ * a layer array's length): binding starts from that value (ir/bind.c), so
+ * weights or inputs of another size are reported, not run with a count
+ * that does not match them. */
+typedef struct IrDimPin {
+  int dim;
+  int64_t value;
+  SrcLoc loc; /* the count that used it */
+} IrDimPin;
+
 typedef struct IrParam {
   const char *name; /* "weight_ih", "in_proj.weight" */
   IrType type;
@@ -218,6 +228,7 @@ typedef struct IrFunc {
   VEC(IrNode) nodes;
   struct IrHash *cse;             /* hash-consing table (builder-private) */
   VEC(IrDimDefault) dim_defaults; /* at most one per dim */
+  VEC(IrDimPin) dim_pins;         /* may repeat a dim (always with the same value) */
 } IrFunc;
 
 typedef struct IrModule {
@@ -234,6 +245,9 @@ int ir_func_index(const IrModule *m, const char *name); /* -1 if absent */
 /* A copy of f in m with only its live nodes (those the outputs, the states'
  * initial and next values and the layer calls read), in the same order;
  * the signature is shared with f. NULL when memory runs out. */
+/* f takes src's doc, dims (with their defaults and pins) and params, shared
+ * (never grown in place): a function derived from src. */
+void ir_func_share_header(IrFunc *f, const IrFunc *src);
 IrFunc *ir_func_prune(IrModule *m, const IrFunc *f);
 
 /* Copies dims into the arena. A rank outside [0, SEQ_MAX_RANK] or a failed

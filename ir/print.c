@@ -197,6 +197,11 @@ static void print_header(FILE *out, const IrModule *m, const IrFunc *f) {
           fputc('=', out);
           print_dim(out, f, names, f->dim_defaults.v[k].expr);
         }
+      for (int k = 0; k < f->dim_pins.n; k++)
+        if (f->dim_pins.v[k].dim == i) {
+          fprintf(out, " (fixed at %lld)", (long long)f->dim_pins.v[k].value);
+          break;
+        }
       first = 0;
     }
   seq_free(names);

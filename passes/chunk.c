@@ -313,15 +313,9 @@ int chunk_func(Arena *a, const IrFunc *f, const char *chunked, IrFunc **out, con
   if (!scratch || !C.map || !plans || !readout_of || !plan_of || users_of(a, f, &u)) goto oom;
   C.b.dst = ir_func_new(scratch, f->name, f->kind, f->loc);
   if (!C.b.dst) goto oom;
-  C.b.dst->doc = f->doc;
-  C.b.dst->dims = f->dims;
-  C.b.dst->params = f->params;
+  ir_func_share_header(C.b.dst, f);
   C.b.dst->inputs = f->inputs;
-  C.b.dst->dim_defaults = f->dim_defaults;
-  C.b.dst->dims.cap = f->dims.n;
-  C.b.dst->params.cap = f->params.n;
   C.b.dst->inputs.cap = f->inputs.n;
-  C.b.dst->dim_defaults.cap = f->dim_defaults.n;
   for (int i = 0; i < f->states.n; i++)
     if (vec_push(a, &C.b.dst->states, f->states.v[i])) goto oom;
   for (int i = 0; i < f->outputs.n; i++)

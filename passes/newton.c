@@ -75,13 +75,7 @@ static IrFunc *hoist(Arena *a, IrModule *m, const IrFunc *cell, IrRefs *hoisted)
       if (cell->nodes.v[x].op != IR_INPUT) take[x] = 1;
     }
   }
-  f->doc = cell->doc;
-  f->dims = cell->dims;
-  f->params = cell->params;
-  f->dim_defaults = cell->dim_defaults;
-  f->dims.cap = f->dims.n;
-  f->params.cap = f->params.n;
-  f->dim_defaults.cap = f->dim_defaults.n;
+  ir_func_share_header(f, cell);
   for (int i = 0; i < cell->inputs.n; i++)
     if (vec_push(a, &f->inputs, cell->inputs.v[i])) return NULL;
   for (IrRef r = 0; r < nn; r++) {
@@ -163,14 +157,7 @@ int newton_step_cell(Arena *a, const IrFunc *cell, const int *solved, int n, IrF
   char *is_solved = arena_calloc(a, (size_t)ns + 1, 1);
   IrRef *map = arena_calloc(a, (size_t)d->nodes.n + 1, sizeof *map);
   if (!f || !f->name || !input_of || !is_solved || !map) goto oom;
-  f->doc = cell->doc;
-  f->dims = cell->dims;
-  f->params = cell->params;
-  f->dim_defaults = cell->dim_defaults;
-  /* Shared with the cell, so never grown in place. */
-  f->dims.cap = f->dims.n;
-  f->params.cap = f->params.n;
-  f->dim_defaults.cap = f->dim_defaults.n;
+  ir_func_share_header(f, cell);
   for (int i = 0; i < ni; i++)
     if (vec_push(a, &f->inputs, hc->inputs.v[i])) goto oom;
   for (int k = 0; k < n; k++) is_solved[solved[k]] = 1;

@@ -384,18 +384,12 @@ static int *count_uses(Arena *a, const IrFunc *f) {
 static IrFunc *copy_signature(IrModule *m, const IrFunc *src) {
   IrFunc *f = ir_func_new(m, src->name, src->kind, src->loc);
   if (!f) return NULL;
-  f->doc = src->doc;
-  f->dims = src->dims;
-  f->params = src->params;
+  ir_func_share_header(f, src);
   f->inputs = src->inputs;
   f->layers = src->layers;
-  f->dim_defaults = src->dim_defaults;
   /* Shared with src, so never grown in place. */
-  f->dims.cap = f->dims.n;
-  f->params.cap = f->params.n;
   f->inputs.cap = f->inputs.n;
   f->layers.cap = f->layers.n;
-  f->dim_defaults.cap = f->dim_defaults.n;
   /* States and outputs name nodes, so they get their own arrays. */
   for (int i = 0; i < src->states.n; i++)
     if (vec_push(m->arena, &f->states, src->states.v[i])) return NULL;

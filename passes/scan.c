@@ -573,16 +573,9 @@ static int solve(Scan *S, int k, RecClass cls) {
 static IrFunc *new_model(IrModule *m, const IrFunc *src) {
   IrFunc *f = ir_func_new(m, src->name, IR_FN_MODEL, src->loc);
   if (!f) return NULL;
-  f->doc = src->doc;
-  f->dims = src->dims;
-  f->params = src->params;
+  ir_func_share_header(f, src);
   f->inputs = src->inputs;
-  f->dim_defaults = src->dim_defaults;
-  /* Shared with src, so never grown in place. */
-  f->dims.cap = f->dims.n;
-  f->params.cap = f->params.n;
-  f->inputs.cap = f->inputs.n;
-  f->dim_defaults.cap = f->dim_defaults.n;
+  f->inputs.cap = f->inputs.n; /* shared with src, so never grown in place */
   for (int i = 0; i < src->states.n; i++)
     if (vec_push(m->arena, &f->states, src->states.v[i])) return NULL;
   for (int i = 0; i < src->outputs.n; i++)

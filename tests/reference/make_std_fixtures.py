@@ -198,9 +198,9 @@ def w_gated_deltanet(rng, I=5, Dk=3, Dv=2):
     return p
 
 
-def w_deltaproduct(rng, I=5, Dk=3, Dv=4):
-    return {"W_q": lin(rng, Dk, I), "W_k": lin(rng, 2 * Dk, I), "W_v": lin(rng, 2 * Dv, I),
-            "W_b": lin(rng, 2, I)}
+def w_deltaproduct(rng, I=5, Dk=3, Dv=4, nh=2):
+    return {"W_q": lin(rng, Dk, I), "W_k": lin(rng, nh * Dk, I), "W_v": lin(rng, nh * Dv, I),
+            "W_b": lin(rng, nh, I)}
 
 
 def w_plstm(rng, I=5, Dk=3, Dv=4, J=2):
@@ -318,6 +318,9 @@ CASES = {
                            {"S": (NH, 2, 3)}, ["S"], "5e-6", 215),
     "std_deltaproduct": ("stdlib/deltaproduct.seq", w_deltaproduct, cells.deltaproduct, (5,),
                          {"S": (4, 3)}, ["S"], "1e-5", 216),
+    # n_h = 3 Householder factors: the step's loop is unrolled for --dims n_h=3 (DIMS below).
+    "std_deltaproduct_n3": ("stdlib/deltaproduct.seq", functools.partial(w_deltaproduct, nh=3),
+                            cells.deltaproduct, (5,), {"S": (4, 3)}, ["S"], "1e-5", 224),
     "std_plstm": ("stdlib/plstm.seq", w_plstm, cells.plstm, (5,), {"C": (2, 4, 3)}, ["C"], "5e-6", 217),
     "std_gam": ("stdlib/gam.seq", w_gam, cells.gam, (4,), {}, [], "5e-6", 218),
     "std_paragru": ("stdlib/paragru.seq", w_paragru, cells.paragru, (5,), {"h": (4,)}, ["h"], "5e-6", 219),
@@ -334,6 +337,10 @@ CASES = {
 # Move one into fixtures/ once the .seq follows the paper. See README.md.
 PENDING = {
 }
+
+
+# --dims a case compiles with (a dim the weights cannot change: a loop's count).
+DIMS = {"std_deltaproduct_n3": "n_h=3"}
 
 
 # .seq files a case writes into its own directory (models fixing a dim the
@@ -450,6 +457,8 @@ def make_case(name, root=FIXTURES, table=None):
     np.save(os.path.join(d, "x.npy"), x)
     np.save(os.path.join(d, "lengths.npy"), lengths)
     lines = ["seq " + seq, "weights weights.safetensors", "in x=x.npy"]
+    if name in DIMS:
+        lines.append("dims " + DIMS[name])
     for k in init:
         np.save(os.path.join(d, k + "0.npy"), init[k])
         lines.append("in %s=%s0.npy" % (k, k))
@@ -484,7 +493,7 @@ def read_safetensors(path):
 
 
 def read_manifest(d):
-    ins, outs, tol, seq = {}, {}, None, None
+    ins, outs, tol, seq, dims = {}, {}, None, None, None
     with open(os.path.join(d, "case.txt")) as f:
         for line in f.read().splitlines():
             key, val = line.split(" ", 1)
@@ -498,14 +507,16 @@ def read_manifest(d):
                 outs[n] = fn
             elif key == "tol":
                 tol = float(val)
-    return seq, ins, outs, tol
+            elif key == "dims":
+                dims = val
+    return seq, ins, outs, tol, dims
 
 
 def self_check(names, root=FIXTURES, table=None):
     ok = True
     for name in names:
         d = os.path.join(root, name)
-        _, ins, outs, tol = read_manifest(d)
+        _, ins, outs, tol, _ = read_manifest(d)
         params = read_safetensors(os.path.join(d, "weights.safetensors"))
         x = np.load(os.path.join(d, ins["x"]))
         lengths = np.load(os.path.join(d, ins["lengths"]))
@@ -539,8 +550,10 @@ def run_seqc(seqc, names, root=FIXTURES, table=None):
     rows = []
     for name in names:
         d = os.path.join(root, name)
-        seq, ins, outs, tol = read_manifest(d)
+        seq, ins, outs, tol, dims = read_manifest(d)
         cmd = [seqc, "run", os.path.join(REPO, seq), "--weights", os.path.join(d, "weights.safetensors")]
+        if dims:
+            cmd += ["--dims", dims]
         for k, v in ins.items():
             cmd += ["--in", "%s=%s" % (k, os.path.join(d, v))]
         exp = []

@@ -154,6 +154,42 @@ static void test_run_errors_name_the_culprit(void **state) {
   EXPECT_RUN(args, 1, "x.npy");
 }
 
+/* A step loop is unrolled for the n_h known when compiling (DeltaProduct's
+ * default 2): weights for 3 factors are an error that says so, not a run
+ * that ignores the third; --dims n_h=3 runs them. A layer may not rebind a
+ * dim its callee's loop was unrolled with. */
+static void test_loop_count_is_fixed(void **state) {
+  (void)state;
+  const char *d = "tests/reference/fixtures/std_deltaproduct_n3";
+  char args[16384];
+  snprintf(args, sizeof args,
+           "run stdlib/deltaproduct.seq --weights %s/weights.safetensors --in x=%s/x.npy --quiet",
+           d, d);
+  EXPECT_RUN(args, 1, "n_h = 2 was fixed when compiling, by this count");
+  snprintf(
+      args, sizeof args,
+      "run stdlib/deltaproduct.seq --dims n_h=3 --weights %s/weights.safetensors --in x=%s/x.npy "
+      "--in S=%s/S0.npy --in lengths=%s/lengths.npy --expect y=%s/y.npy --tol 1e-5 --quiet",
+      d, d, d, d, d);
+  EXPECT_RUN(args, 0, "ok");
+  char path[4096];
+  snprintf(path, sizeof path, "%s/dp_caller.seq", dir);
+  tu_write_file(path, "import \"std/deltaproduct.seq\"\n"
+                      "model M(I) {\n"
+                      "  input x: [I]\n"
+                      "  output y: [4]\n"
+                      "  layer c = DeltaProduct(I, 3, 4, n_h = 3)\n"
+                      "  forward {\n"
+                      "    y = c(x)\n"
+                      "  }\n"
+                      "}\n");
+  snprintf(args, sizeof args, "--report %s", path);
+  EXPECT_RUN(args, 1, "dimension 'n_h' of 'DeltaProduct' sets a count unrolled when compiling");
+  /* With --dims n_h=3 the callee is compiled for 3, and the model agrees. */
+  snprintf(args, sizeof args, "--report %s --dims n_h=3,I=5", path);
+  EXPECT_RUN(args, 0, "chunked WY");
+}
+
 static void test_special_values_agree(void **state) {
   (void)state;
   char args[16384];
@@ -217,6 +253,7 @@ int main(void) {
       cmocka_unit_test(test_duplicate_dims),
       cmocka_unit_test(test_run_with_state_and_lengths),
       cmocka_unit_test(test_run_errors_name_the_culprit),
+      cmocka_unit_test(test_loop_count_is_fixed),
       cmocka_unit_test(test_random_weights_are_deterministic),
   };
   return cmocka_run_group_tests(tests, setup, NULL);

@@ -52,6 +52,8 @@ static const FcCase CASES[] = {
     {"stdlib/deltanet.seq", "I=3,NH=2,Dk=4,Dv=5"},
     {"stdlib/gated_deltanet.seq", "I=3,NH=2,Dk=4,Dv=5"},
     {"stdlib/deltaproduct.seq", "I=3,Dk=4,Dv=5"},
+    /* Three factors from the step's loop: the WY form over 3 sub-steps per token. */
+    {"stdlib/deltaproduct.seq", "I=3,Dk=4,Dv=5,n_h=3"},
     {"tests/data/models/reversed_forms.seq", "I=3,H=4,NH=2,D=4"},
     {"stdlib/paragru.seq", "I=3,H=4"},
     {"stdlib/paralstm.seq", "I=3,H=4"},

@@ -445,7 +445,7 @@ static const ErrorCase cell_errors[] = {
     {"input x: [H]\n output y: [H]", "y = x + [1, 2]",
      "a list [...] can only give the sizes in split(x, [...])"},
     {"input x: [H]\n output y: [H]", "for l in x {\n y = x\n }",
-     "for loops are only allowed in a model's forward block"},
+     "a step loops over range(n), not a layer array (layers are a model's)"},
     {"input x: [H]\n output y: [H]", "y = C(x)",
      "'C' is a cell; to run it, declare a layer in a model (layer l = C(...)) and call l(...)"},
     {"input x: [H]\n output y: [H]\n output z: [H]", "z = y\n y = x",
@@ -548,8 +548,9 @@ static const ModelCase model_errors[] = {
              " forward {\n let h = x\n for k in l {\n h = k(h)\n }\n y = h\n }\n}\n"
              "model T(D) {\n input x: [D]\n output y: [D]\n layer s = S(D, 3)\n"
              " forward {\n y = s(x)\n }\n}\n",
-     "dimension 'N' of 'S' sets the length of a layer array, fixed at 2 when 'S' was compiled; it "
-     "cannot be rebound here"},
+     "dimension 'N' of 'S' sets a count unrolled when compiling (a layer array's length or a "
+     "loop's bound), fixed at 2 when 'S' was compiled; it cannot be rebound here (set it for the "
+     "whole program with --dims N=...)"},
     {CELL_ID "model M(D) {\n input x: [D]\n output y: [D]\n layer l = Id(D)\n"
              " forward {\n y = l\n }\n}\n",
      "'l' is a layer; call it: l(...)"},
@@ -681,6 +682,7 @@ int main(void) {
       DIAG("layer_call_args"),
       DIAG("model_state"),
       DIAG("layer_count"),
+      DIAG("step_loop"),
       DIAG("several_errors"),
       cmocka_unit_test(test_import_depth),
       IR("lstm"),
@@ -692,6 +694,7 @@ int main(void) {
       IR("embedding_model"),
       IR("builtins"),
       IR("lang_features"),
+      IR("step_loop"),
       cmocka_unit_test(test_examples_compile),
       cmocka_unit_test(test_cell_structure),
       cmocka_unit_test(test_unassigned_state_carries),

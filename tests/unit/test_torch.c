@@ -40,6 +40,8 @@ static int build_command(const char *dir, char *cmd, size_t n) {
       snprintf(tol, sizeof tol, "%.60s", val);
     else if (strcmp(key, "entry") == 0)
       snprintf(entry, sizeof entry, " --entry %.128s", val);
+    else if (strcmp(key, "dims") == 0)
+      snprintf(args + len, sizeof args - len, " --dims %s", val);
     else if (strcmp(key, "in") == 0 || strcmp(key, "out") == 0) {
       char *eq = strchr(val, '=');
       if (!eq) continue;

@@ -543,22 +543,23 @@ def gated_deltanet(p, x, st):
 
 
 def deltaproduct(p, x, st):
-    """Siems et al. 2025 eq. 4 with n_h = 2: per token, the product of two
-    generalized Householder transitions (I - beta_j k_j k_j^T), each with its
-    own write beta_j v_j k_j^T."""
+    """Siems et al. 2025 eq. 4: per token, the product of n_h generalized
+    Householder transitions (I - beta_j k_j k_j^T), each with its own write
+    beta_j v_j k_j^T; n_h is the number of rows of W_b."""
     Dk = p["W_q"].shape[0]
+    nh = p["W_b"].shape[0]
     q = l2normalize(x @ p["W_q"].T)
     kk = x @ p["W_k"].T
     vv = x @ p["W_v"].T
     bb = sigmoid(x @ p["W_b"].T)
-    Dv = vv.shape[1] // 2
-    ks = [l2normalize(kk[:, :Dk]), l2normalize(kk[:, Dk:])]
-    vs = [vv[:, :Dv], vv[:, Dv:]]
+    Dv = vv.shape[1] // nh
+    ks = [l2normalize(kk[:, j * Dk:(j + 1) * Dk]) for j in range(nh)]
+    vs = [vv[:, j * Dv:(j + 1) * Dv] for j in range(nh)]
     S = zeros_or(st, "S", (Dv, Dk))
     I = np.eye(Dk)
     ys = []
     for t in range(len(x)):
-        for j in range(2):
+        for j in range(nh):
             k, v, b = ks[j][t], vs[j][t], bb[t, j]
             S = S @ (I - b * np.outer(k, k)) + b * np.outer(v, k)
         ys.append(S @ q[t])
