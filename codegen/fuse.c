@@ -13,6 +13,10 @@
 Cx fused_operand(Lower *L, IrRef a, LLVMValueRef k, LLVMValueRef o, LLVMValueRef i,
                  const SchedValue *key) {
   if (L->fmember[a]) return (Cx){L->fval[a], L->fval_im[a] ? L->fval_im[a] : cf(L, 0.0)};
+  if (L->pl_re && L->pl_re[a]) {
+    LLVMValueRef at = LLVMBuildSub(L->bld, k, L->pl_base, "");
+    return (Cx){ldf(L, L->pl_re[a], at), ldf(L, L->pl_im[a], at)};
+  }
   const SchedValue *an = &L->v[a];
   return ldc(L, rowptr(L, a), bcast_index(L, an, key, k, o, i), an->w);
 }
@@ -85,4 +89,3 @@ void emit_fused(Lower *L, SchedClass phase, IrRef first, IrRef last) {
     L->fval[r] = L->fval_im[r] = NULL;
   }
 }
-

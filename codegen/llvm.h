@@ -73,6 +73,10 @@ typedef struct Lower {
    * belongs to the run being emitted */
   LLVMValueRef *fval, *fval_im;
   char *fmember;
+  /* inside a complex scan group's item: per node, the planar copy of its
+   * block (real and imaginary parts), index k - pl_base; NULL elsewhere */
+  LLVMValueRef *pl_re, *pl_im;
+  LLVMValueRef pl_base;
 } Lower;
 
 /* ---- build.c ---- */

@@ -162,6 +162,44 @@ void emit_window(Lower *L, IrRef r) {
   loop_end(L, &lb);
 }
 
+/* An array of n floats in the function's entry block (one frame slot, not
+ * a stack that grows per loop iteration). */
+static LLVMValueRef entry_array(Lower *L, int64_t n, const char *name) {
+  LLVMBasicBlockRef here = LLVMGetInsertBlock(L->bld);
+  LLVMBasicBlockRef entry = LLVMGetEntryBasicBlock(L->fv);
+  LLVMValueRef first = LLVMGetFirstInstruction(entry);
+  if (first)
+    LLVMPositionBuilderBefore(L->bld, first);
+  else
+    LLVMPositionBuilderAtEnd(L->bld, entry);
+  LLVMValueRef a = LLVMBuildAlloca(L->bld, LLVMArrayType(L->f32, (unsigned)(n ? n : 1)), name);
+  LLVMSetAlignment(a, 64);
+  LLVMPositionBuilderAtEnd(L->bld, here);
+  return a;
+}
+
+/* Copies the item's elements (rows [ob, oend), last-axis range [i0, i1))
+ * between an interleaved complex row `cx` and planar arrays indexed from
+ * ob * last: in (to_planar) before the loop over time, or out after it. */
+static void planar_copy(Lower *L, LLVMValueRef cx, LLVMValueRef re, LLVMValueRef im, int64_t last,
+                        LLVMValueRef ob, LLVMValueRef oend, LLVMValueRef i0, LLVMValueRef i1,
+                        int to_planar) {
+  Loop lo, li;
+  LLVMValueRef o = loop_begin(L, &lo, ob, oend);
+  LLVMValueRef i = loop_begin(L, &li, i0, i1);
+  LLVMValueRef k = add(L, mul(L, o, ci64(L, last)), i);
+  LLVMValueRef at = LLVMBuildSub(L->bld, k, L->pl_base, "");
+  if (to_planar) {
+    Cx v = ldc(L, cx, k, 2);
+    stf(L, v.re, re, at);
+    stf(L, v.im, im, at);
+  } else {
+    stc(L, (Cx){ldf(L, re, at), ldf(L, im, at)}, cx, k, 2);
+  }
+  loop_end(L, &li);
+  loop_end(L, &lo);
+}
+
 /* A fused scan (sched/scan.c): per example, per block of the state's
  * leading rows, per piece of its last axis, per step, one element loop
  * computes the members in node order: the coefficients, the update of the
@@ -199,6 +237,27 @@ static void scan_item(Lower *L, LLVMValueRef item, LLVMValueRef extra, const voi
     i0 = mul(L, piece, ci64(L, g->split));
     i1 = select_min(L, add(L, i0, ci64(L, g->split)), ci64(L, last));
   }
+  /* Planar copies of the complex state and constants for this item. */
+  LLVMValueRef hre = NULL, him = NULL;
+  if (g->planar_state) {
+    int64_t n = g->block * last;
+    L->pl_base = mul(L, ob, ci64(L, last));
+    L->pl_re = arena_calloc(L->a, (size_t)fn->nodes.n + 1, sizeof *L->pl_re);
+    L->pl_im = arena_calloc(L->a, (size_t)fn->nodes.n + 1, sizeof *L->pl_im);
+    if (!L->pl_re || !L->pl_im) {
+      L->failed = 1;
+      return;
+    }
+    hre = entry_array(L, n, "state_re");
+    him = entry_array(L, n, "state_im");
+    planar_copy(L, h, hre, him, last, ob, oend, i0, i1, 1);
+    for (int j = 0; j < g->nplanar; j++) {
+      IrRef a = g->planar[j];
+      L->pl_re[a] = entry_array(L, n, "planar_re");
+      L->pl_im[a] = entry_array(L, n, "planar_im");
+      planar_copy(L, rowptr(L, a), L->pl_re[a], L->pl_im[a], last, ob, oend, i0, i1, 1);
+    }
+  }
   Loop lt, lo, li;
   LLVMValueRef first, count;
   step_range(L, len, &first, &count);
@@ -229,7 +288,8 @@ static void scan_item(Lower *L, LLVMValueRef item, LLVMValueRef extra, const voi
     if (r == scan) {
       Cx a = fused_operand(L, sn->args[0], k, o, i, key);
       Cx bv = fused_operand(L, sn->args[1], k, o, i, key);
-      Cx prev = ldc(L, h, k, n->w);
+      LLVMValueRef at = hre ? LLVMBuildSub(L->bld, k, L->pl_base, "") : NULL;
+      Cx prev = hre ? (Cx){ldf(L, hre, at), ldf(L, him, at)} : ldc(L, h, k, n->w);
       if (n->w == 2) {
         Cx p = cx_mul(L, a, prev);
         v = (Cx){fadd(L, p.re, bv.re), fadd(L, p.im, bv.im)};
@@ -238,7 +298,12 @@ static void scan_item(Lower *L, LLVMValueRef item, LLVMValueRef extra, const voi
       } else {
         v.re = fadd(L, fmul(L, a.re, prev.re), bv.re);
       }
-      stc(L, v, h, k, n->w);
+      if (hre) {
+        stf(L, v.re, hre, at);
+        stf(L, v.im, him, at);
+      } else {
+        stc(L, v, h, k, n->w);
+      }
       if (g->delay >= 0) {
         L->fval[g->delay] = prev.re;
         L->fval_im[g->delay] = n->w == 2 ? prev.im : NULL;
@@ -281,6 +346,9 @@ static void scan_item(Lower *L, LLVMValueRef item, LLVMValueRef extra, const voi
   }
   loop_end(L, &lo);
   loop_end(L, &lt);
+  if (hre) planar_copy(L, h, hre, him, last, ob, oend, i0, i1, 0);
+  L->pl_re = L->pl_im = NULL;
+  L->pl_base = NULL;
 }
 
 void emit_scan_group(Lower *L, const SchedOp *op) {

@@ -148,6 +148,10 @@ static void print_ops(FILE *out, const SchedInst *in, const SchedOp *ops, int n,
         fprintf(out, " v%d %s%s", q, ir_op_info[in->fn->nodes.v[q].op].text,
                 in->values[q].stored ? " (stored)" : "");
       }
+      if (op->group->planar_state) {
+        fputs("; planar (re, im) per block: the state", out);
+        for (int m = 0; m < op->group->nplanar; m++) fprintf(out, ", v%d", op->group->planar[m]);
+      }
       fputc('\n', out);
       break;
     case SCHED_OP_LINATTN: {

@@ -79,6 +79,29 @@ static int read_outside(const Plan *p, IrRef r, const char *member) {
   return 0;
 }
 
+/* A complex group's planar copies (SchedScanGroup.planar): the complex
+ * constants of the state's full shape that members read as operands (a
+ * slice or index member reads its operand its own way and takes none). */
+static int plan_planar(Plan *p, SchedScanGroup *g, const SchedValue *key, const char *member) {
+  const IrFunc *fn = p->fn;
+  if (key->w != 2) return 0;
+  g->planar_state = 1;
+  g->planar = arena_calloc(p->a, (size_t)fn->nodes.n + 1, sizeof(IrRef));
+  if (!g->planar) return -1;
+  for (IrRef a = 0; a < fn->nodes.n; a++) {
+    const SchedValue *av = &p->v[a];
+    if (member[a] || av->cls != SCHED_CONST || av->w != 2 || av->numel != key->numel) continue;
+    int read = 0;
+    for (int m = 0; m < g->nmembers && !read; m++) {
+      const IrNode *nd = &fn->nodes.v[g->members[m]];
+      if (g->members[m] == g->delay || nd->op == IR_SLICE || nd->op == IR_INDEX) continue;
+      for (int j = 0; j < nd->nargs; j++) read |= nd->args[j] == a;
+    }
+    if (read) g->planar[g->nplanar++] = a;
+  }
+  return 0;
+}
+
 static int plan_group(Plan *p, IrRef scan) {
   const IrFunc *fn = p->fn;
   const IrNode *sn = &fn->nodes.v[scan];
@@ -186,6 +209,7 @@ static int plan_group(Plan *p, IrRef scan) {
   int sums = 0;
   for (int i = 0; i < g->nmembers; i++) sums |= last_axis_sum(p, g->members[i], key);
   if (outer == 1 && !sums && lastlen >= 2 * SCAN_PIECE) g->split = SCAN_PIECE;
+  if (plan_planar(p, g, key, member) < 0) return -1;
   p->in->groups[last] = g;
   return 0;
 }

@@ -142,6 +142,16 @@ typedef struct SchedScanGroup {
   int64_t block; /* leading elements (rows of the last axis) per block */
   int64_t split; /* elements of the last axis per piece: the whole axis, or (with no sum over
                     it among the members) a part, so a one-row state still splits */
+  /* A complex group holds, per item, the running value and the full-shaped
+   * complex constants it reads (S4D's dA, dB, C) as separate real and
+   * imaginary arrays of one block, filled before the loop over time (the
+   * state also written back after it): the element loop then reads whole
+   * vectors of each part instead of de-interleaving every step. (The CUDA
+   * renderer, one thread per element, reads each complex as one float2 and
+   * has no use for it.) */
+  IrRef *planar; /* those constants, node order */
+  int nplanar;
+  int planar_state; /* the running value is planar too */
 } SchedScanGroup;
 
 /* SCHED_OP_LINATTN (sched/chunk.c): per example, the runtime's chunkwise
