@@ -9,8 +9,8 @@
  * floats from one step to the next (0 for values constant over the
  * sequence): a time chunk's rows hold the steps in order (b*Tc + j); a
  * whole-sequence buffer is read from token t0 in direction dir. */
-static LLVMValueRef operand(Lower *L, IrRef r, LLVMValueRef b, LLVMValueRef t0, LLVMValueRef dir,
-                            LLVMValueRef *ld) {
+LLVMValueRef seq_operand(Lower *L, IrRef r, LLVMValueRef b, LLVMValueRef t0, LLVMValueRef dir,
+                         LLVMValueRef *ld) {
   const SchedValue *v = &L->v[r];
   int64_t f = sched_row_floats(v);
   LLVMValueRef row = ci64(L, 0);
@@ -70,11 +70,11 @@ static void linattn_item(Lower *L, LLVMValueRef item, LLVMValueRef split, const 
   t0 = LLVMBuildSelect(bld, LLVMBuildICmp(bld, LLVMIntSGT, n, ci64(L, 0), ""), t0, ci64(L, 0), "");
   LLVMValueRef dir = LLVMBuildSelect(bld, isrev, ci64(L, -1), ci64(L, 1), "");
   LLVMValueRef ldk, ldv, ldg = ci64(L, 0);
-  LLVMValueRef k = gepf(L, operand(L, la->k, b, t0, dir, &ldk), mul(L, h0, ci64(L, la->K)));
-  LLVMValueRef v = gepf(L, operand(L, la->v, b, t0, dir, &ldv), mul(L, h0, ci64(L, la->V)));
+  LLVMValueRef k = gepf(L, seq_operand(L, la->k, b, t0, dir, &ldk), mul(L, h0, ci64(L, la->K)));
+  LLVMValueRef v = gepf(L, seq_operand(L, la->v, b, t0, dir, &ldv), mul(L, h0, ci64(L, la->V)));
   LLVMValueRef lg =
       la->no_gate ? LLVMConstNull(L->ptr)
-                  : gepf(L, operand(L, la->lg, b, t0, dir, &ldg), mul(L, h0, ci64(L, la->Kg)));
+                  : gepf(L, seq_operand(L, la->lg, b, t0, dir, &ldg), mul(L, h0, ci64(L, la->Kg)));
   LLVMValueRef hoff = add(L, mul(L, b, ci64(L, sfloats)), mul(L, h0, ci64(L, hfloats)));
   LLVMValueRef store = gepf(L, L->buf[in->state_buf[la->state]], hoff);
   LLVMValueRef copy = la->copy_buf >= 0 ? gepf(L, L->buf[la->copy_buf], hoff) : NULL;
@@ -96,9 +96,9 @@ static void linattn_item(Lower *L, LLVMValueRef item, LLVMValueRef split, const 
     LLVMValueRef q = LLVMConstNull(L->ptr), o = LLVMConstNull(L->ptr);
     LLVMValueRef ldq = ci64(L, 0), ldo = ci64(L, 0);
     if (rd != IR_NONE) {
-      q = gepf(L, operand(L, L->fn->nodes.v[rd].args[0], b, t0, dir, &ldq),
+      q = gepf(L, seq_operand(L, L->fn->nodes.v[rd].args[0], b, t0, dir, &ldq),
                mul(L, h0, ci64(L, la->K)));
-      o = gepf(L, operand(L, rd, b, t0, dir, &ldo), mul(L, h0, ci64(L, la->V)));
+      o = gepf(L, seq_operand(L, rd, b, t0, dir, &ldo), mul(L, h0, ci64(L, la->V)));
     }
     /* All calls but the last start from a copy of the initial state. */
     LLVMValueRef Sc = S;
@@ -110,9 +110,9 @@ static void linattn_item(Lower *L, LLVMValueRef item, LLVMValueRef split, const 
       /* k [R, L..., K], v [R, L..., V], beta [R, L...], lg [L...]: factor r
        * of a token is heads rows further on. */
       LLVMValueRef ldbeta, ldlg = ci64(L, 0);
-      LLVMValueRef beta = gepf(L, operand(L, la->beta, b, t0, dir, &ldbeta), h0);
-      LLVMValueRef glg =
-          la->no_gate ? LLVMConstNull(L->ptr) : gepf(L, operand(L, la->lg, b, t0, dir, &ldlg), h0);
+      LLVMValueRef beta = gepf(L, seq_operand(L, la->beta, b, t0, dir, &ldbeta), h0);
+      LLVMValueRef glg = la->no_gate ? LLVMConstNull(L->ptr)
+                                     : gepf(L, seq_operand(L, la->lg, b, t0, dir, &ldlg), h0);
       LLVMValueRef args[23] = {n,
                                hn,
                                ci64(L, la->K),

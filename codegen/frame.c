@@ -393,6 +393,9 @@ void emit_ops(Lower *L, const SchedOp *ops, int n) {
     case SCHED_OP_LINATTN:
       emit_linattn(L, op);
       break;
+    case SCHED_OP_ATTN:
+      emit_attn(L, op);
+      break;
     case SCHED_OP_WINDOW:
       emit_window(L, op->node);
       break;

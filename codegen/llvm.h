@@ -10,6 +10,7 @@
  *   seq.c     the sequential form: time chunks, time steps, commits
  *   scan.c    a cell's parallel form: scans, delays and windows over each sequence
  *   chunk.c   a matrix state's chunked form: the runtime's chunkwise kernel
+ *   attn.c    causal softmax attention: the runtime's tiled kernel
  *   entry.c   the ABI's entry points and cg_lower
  *
  * Every instance is one LLVM function
@@ -191,6 +192,14 @@ void emit_chunk_states(Lower *L);
 
 /* ---- chunk.c ---- */
 void emit_linattn(Lower *L, const SchedOp *op);
+/* Row pointer of node r for example b at token t0, and its stride in floats
+ * from one processing step to the next (dir = -1 backwards; 0 for values
+ * constant over the sequence; a time chunk's rows in order). */
+LLVMValueRef seq_operand(Lower *L, IrRef r, LLVMValueRef b, LLVMValueRef t0, LLVMValueRef dir,
+                         LLVMValueRef *ld);
+
+/* ---- attn.c ---- */
+void emit_attn(Lower *L, const SchedOp *op);
 
 /* ---- seq.c ---- */
 /* An open loop over the rows of a class (examples, or their tokens). */

@@ -365,6 +365,9 @@ void cu_ops(Cu *c, const SchedOp *ops, int n) {
     case SCHED_OP_LINATTN:
       cu_linattn(c, op);
       break;
+    case SCHED_OP_ATTN:
+      cu_unsupported(c, op->node, "causal_attention");
+      break;
     case SCHED_OP_PACK:
       if (c->v[op->node].cgemm) complex_real_form(c, op->node);
       break;

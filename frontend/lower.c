@@ -289,11 +289,12 @@ typedef struct CallArgs {
   const char *name;
   int npos;
   const AstExpr **pos;
-  const AstExpr *axis; /* axis=k, or NULL */
-  const AstExpr *eps;  /* eps=x, or NULL */
+  const AstExpr *axis;  /* axis=k, or NULL */
+  const AstExpr *eps;   /* eps=x, or NULL */
+  const AstExpr *scale; /* scale=x, or NULL */
 } CallArgs;
 
-enum { KW_AXIS = 1, KW_EPS = 2 };
+enum { KW_AXIS = 1, KW_EPS = 2, KW_SCALE = 4 };
 
 typedef struct Builtin Builtin;
 struct Builtin {
@@ -657,6 +658,37 @@ too_complex:
 
 /* elu(x) with alpha 1: x for x > 0, exp(x) - 1 otherwise, written without a
  * select as max(x, 0) + exp(min(x, 0)) - 1. */
+/* causal_attention(q, k, v, scale=x): over the whole sequence, so only in a
+ * model's forward block (a cell's step sees one token, and what attention
+ * keeps of the past grows with it). */
+static int lower_attention(Lower *L, const Builtin *b, const CallArgs *c, Tuple *out) {
+  SrcLoc loc = c->call->loc;
+  IrRef args[3];
+  if (lower_args(L, c, args)) return one(L, out, REF_ERROR);
+  if (L->mode != MODE_FORWARD) {
+    diag_error(L->de, loc,
+               "causal_attention reads every earlier token of the sequence: use it in a model's "
+               "forward block, not in %s",
+               L->mode == MODE_INIT ? "a state's initial value" : "a cell's step");
+    return one(L, out, REF_ERROR);
+  }
+  IrNode attrs = {0};
+  if (c->scale) {
+    double s = 0;
+    if (c->scale->kind == AST_NUM)
+      s = c->scale->num;
+    else if (c->scale->kind == AST_UNARY && c->scale->op == '-' && c->scale->lhs->kind == AST_NUM)
+      s = -c->scale->lhs->num;
+    else {
+      diag_error(L->de, c->scale->loc, "scale must be a number");
+      return one(L, out, REF_ERROR);
+    }
+    attrs.cval = s;
+    attrs.index = 1;
+  }
+  return one(L, out, emit(L, b->op, loc, 3, args, &attrs, NULL));
+}
+
 static int lower_elu(Lower *L, const Builtin *b, const CallArgs *c, Tuple *out) {
   (void)b;
   SrcLoc loc = c->call->loc;
@@ -703,6 +735,7 @@ static const Builtin builtins[] = {
     {"split", 2, 2, KW_AXIS, IR_SLICE, 0, lower_split},
     {"concat", 1, -1, KW_AXIS, IR_CONCAT, 0, lower_concat},
     {"causal_conv", 3, 3, 0, IR_CAUSAL_CONV, 0, lower_causal_conv},
+    {"causal_attention", 3, 3, KW_SCALE, IR_ATTN, 0, lower_attention},
     {"reshape", 2, 2, 0, IR_RESHAPE, 0, lower_reshape},
     {"elu", 1, 1, 0, IR_MAX, 0, lower_elu},
 };
@@ -748,11 +781,13 @@ static int collect_args(Lower *L, const AstExpr *e, const Builtin *b, CallArgs *
     const AstExpr **slot = NULL;
     if (strcmp(a->kwname, "axis") == 0 && (b->kwargs & KW_AXIS)) slot = &c->axis;
     if (strcmp(a->kwname, "eps") == 0 && (b->kwargs & KW_EPS)) slot = &c->eps;
+    if (strcmp(a->kwname, "scale") == 0 && (b->kwargs & KW_SCALE)) slot = &c->scale;
     if (!slot) {
-      const char *kws[2];
+      const char *kws[3];
       int nk = 0;
       if (b->kwargs & KW_AXIS) kws[nk++] = "axis";
       if (b->kwargs & KW_EPS) kws[nk++] = "eps";
+      if (b->kwargs & KW_SCALE) kws[nk++] = "scale";
       const char *s = sema_suggest(a->kwname, kws, nk);
       diag_error(L->de, a->loc, "%s has no keyword argument '%s'%s%s%s", b->name, a->kwname,
                  s ? " (did you mean '" : "", s ? s : "", s ? "'?)" : "");

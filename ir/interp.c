@@ -1392,6 +1392,45 @@ static void linattn(Run *r, Inst *in, int i, int64_t len) {
   }
 }
 
+/* Causal softmax attention, as its definition: per lead slice h, token t's
+ * output is sum_{s <= t} p_s v_s with p = softmax over s of scale q_t . k_s
+ * (the largest score subtracted first). t counts processing steps, so a
+ * reversed layer attends to the tokens after it. */
+static void attn(Run *r, Inst *in, int i, int64_t len) {
+  const IrNode *nd = &in->fn->nodes.v[i];
+  Slot *s = &in->slot[i];
+  const Slot *q = &in->slot[nd->args[0]], *k = &in->slot[nd->args[1]], *v = &in->slot[nd->args[2]];
+  int L = q->v.rank - 1;
+  int64_t K = q->v.shape[L], V = v->v.shape[L];
+  int64_t heads = K > 0 ? q->v.n / K : V > 0 ? v->v.n / V : 0;
+  double scale = nd->index ? nd->cval : K > 0 ? 1.0 / sqrt((double)K) : 1.0;
+  for (int64_t t = 0; t < len; t++) {
+    const double *qt = q->v.d + t * q->stride;
+    double *o = s->v.d + t * s->stride;
+    for (int64_t h = 0; h < heads; h++) {
+      double m = -INFINITY, sum = 0;
+      for (int64_t u = 0; u <= t; u++) {
+        const double *ku = k->v.d + u * k->stride + h * K;
+        double dot = 0;
+        for (int64_t j = 0; j < K; j++) dot += qt[h * K + j] * ku[j];
+        if (scale * dot > m) m = scale * dot;
+      }
+      for (int64_t a = 0; a < V; a++) o[h * V + a] = 0;
+      for (int64_t u = 0; u <= t; u++) {
+        const double *ku = k->v.d + u * k->stride + h * K;
+        const double *vu = v->v.d + u * v->stride + h * V;
+        double dot = 0;
+        for (int64_t j = 0; j < K; j++) dot += qt[h * K + j] * ku[j];
+        double p = exp(scale * dot - m);
+        sum += p;
+        for (int64_t a = 0; a < V; a++) o[h * V + a] += p * vu[a];
+      }
+      for (int64_t a = 0; a < V; a++) o[h * V + a] /= sum;
+    }
+    if (!r->f64) round_f32(o, heads * V);
+  }
+}
+
 /* The delta rule (passes/delta.c), evaluated as its definition, step by
  * step: per lead slice S = exp(lg_t) S, then for each factor r
  * S = S - beta_r (S k_r - v_r) k_r^T, and DELTA's readout sum_K S q_t. The
@@ -1683,6 +1722,9 @@ static int run_model(Run *r, Inst *in, const Seq *ins, int64_t len) {
     case IR_DELTA:
     case IR_DELTA_STATE:
       delta(r, in, i, len);
+      break;
+    case IR_ATTN:
+      attn(r, in, i, len);
       break;
     default:
       for (int64_t t = 0; t < len; t++) {

@@ -785,6 +785,21 @@ int ir_infer_type(const IrFunc *f, Arena *a, const IrNode *proto, int nargs, con
     if (op == IR_DELTA_STATE) return result(cx, IR_REAL, S.rank, S.dims, out);
     return result(cx, IR_REAL, L + 1, S.dims, out);
   }
+  case IR_ATTN: {
+    IrType q = ts[0], k = ts[1], v = ts[2];
+    for (int i = 0; i < 3; i++)
+      if (need_real(cx, "causal_attention", ts[i])) return -1;
+    int L = q.rank - 1;
+    int ok = q.rank >= 1 && k.rank == q.rank && v.rank == q.rank && dim_eq(k.dims[L], q.dims[L]);
+    for (int i = 0; ok && i < L; i++)
+      ok = dim_eq(k.dims[i], q.dims[i]) && dim_eq(v.dims[i], q.dims[i]);
+    if (!ok)
+      return fail(cx,
+                  "causal_attention needs q, k: [..., K] and v: [..., V] with the same leading "
+                  "(head) axes; got %s, %s, %s",
+                  tstr(cx, q), tstr(cx, k), tstr(cx, v));
+    return result(cx, IR_REAL, v.rank, v.dims, out);
+  }
   case IR_DELAY:
     if (ts[0].elem == IR_INT || !ir_type_eq(ts[0], ts[1]))
       return fail(cx, "delay: the first value %s is not of the sequence's type %s", tstr(cx, ts[1]),

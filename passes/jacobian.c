@@ -404,6 +404,7 @@ static IrRef tangent(Jac *J, const IrNode *n, const IrRef *x, const IrRef *dx, I
   case IR_LINATTN_STATE:
   case IR_DELTA:
   case IR_DELTA_STATE:
+  case IR_ATTN:
     not_differentiable(J, n, "is a sequence-level op, not part of a step");
     return IR_NONE;
   case IR_NUM_OPS:

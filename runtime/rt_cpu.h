@@ -160,6 +160,21 @@ int64_t rt_cpu_linattn_work(int64_t H, int64_t K, int64_t V, int64_t Kg, int64_t
  * K = V = 128 and at K = V = 32, 16 was also the fastest. */
 #define RT_CPU_LINATTN_CHUNK 16
 
+/* ---- causal softmax attention (cpu_attention.c) --------------------------- */
+
+/* One sequence of causal softmax attention, per head h < H:
+ *   o_t = sum_{s <= t} softmax_s(scale q_t . k_s) v_s      for t = 0 .. T-1
+ * Token t's data: q + t*ldq and k + t*ldk ([H, K], head h at h*K), v + t*ldv ([H, V]),
+ * o + t*ldo ([H, V]); strides in floats, negative for a sequence processed backwards.
+ * The scores are never stored whole: queries in tiles, keys in blocks, an online
+ * softmax per query (a running maximum and sum). work: rt_cpu_attention_work(K, V) floats
+ * (caller-owned). o must not overlap the inputs. Runs on the calling thread; T, H or
+ * V < 1: nothing is done. */
+void rt_cpu_attention(int64_t T, int64_t H, int64_t K, int64_t V, const float *q, int64_t ldq,
+                      const float *k, int64_t ldk, const float *v, int64_t ldv, float *o,
+                      int64_t ldo, float scale, float *work);
+int64_t rt_cpu_attention_work(int64_t K, int64_t V);
+
 /* ---- the delta rule, chunkwise parallel (cpu_delta.c) -------------------- */
 
 /* One sequence of the delta rule with a matrix state (DeltaNet, gated DeltaNet, DeltaProduct),

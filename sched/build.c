@@ -130,12 +130,13 @@ static int build_instances(Plan *p, const IrFunc *root, const int64_t *dims) {
 }
 
 /* Whether the root needs the whole sequence at once (so has no step form):
- * a convolution over the sequence, or a layer that reads it from its end. */
+ * a convolution over the sequence, attention (its step would need every
+ * earlier key and value), or a layer that reads it from its end. */
 static int needs_whole_sequence(const Schedule *s) {
   for (int i = 0; i < s->insts.n; i++) {
     const IrFunc *fn = s->insts.v[i].fn;
     for (int r = 0; r < fn->nodes.n; r++)
-      if (fn->nodes.v[r].op == IR_CAUSAL_CONV) return 1;
+      if (fn->nodes.v[r].op == IR_CAUSAL_CONV || fn->nodes.v[r].op == IR_ATTN) return 1;
     for (int k = 0; k < fn->layers.n; k++)
       if (fn->layers.v[k].reverse) return 1;
   }
@@ -331,6 +332,13 @@ static int build_phase(Plan *p, OpList *list, SchedClass phase) {
       op->linattn = p->in->linattns[r];
       continue;
     }
+    if (p->in->attns[r]) {
+      rows = -1;
+      SchedOp *op = add_op(p, list, SCHED_OP_ATTN, phase, r, r);
+      if (!op) return -1;
+      op->attn = p->in->attns[r];
+      continue;
+    }
     if (n->group >= 0) continue;
     SchedOpKind k = n->gemm                                      ? SCHED_OP_GEMM
                     : nd->op == IR_CALL                          ? SCHED_OP_CALL
@@ -486,8 +494,8 @@ int sched_build(Arena *a, const IrModule *m, const IrFunc *root, const int64_t *
     p.fn = p.in->fn;
     p.v = p.in->values;
     if (plan_values(&p) || plan_scan_groups(&p) || plan_linattns(&p) || plan_model_chunks(&p) ||
-        plan_limits(&p) || place_buffers(&p) || place_linattn_buffers(&p) || build_ops(&p) ||
-        p.failed)
+        plan_limits(&p) || place_buffers(&p) || place_linattn_buffers(&p) || plan_attns(&p) ||
+        build_ops(&p) || p.failed)
       return -1;
   }
   token_vocab(s);

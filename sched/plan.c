@@ -148,7 +148,7 @@ static int complex_supported(Plan *p, const IrNode *nd) {
 
 /* The sequence ops of a cell's parallel form (passes/scan.c). */
 static int is_seq_op(IrOp op) {
-  return op == IR_SCAN || op == IR_SCAN_MAX || op == IR_DELAY || op == IR_WINDOW;
+  return op == IR_SCAN || op == IR_SCAN_MAX || op == IR_DELAY || op == IR_WINDOW || op == IR_ATTN;
 }
 
 static int supported(Plan *p, const IrNode *nd) {
@@ -343,7 +343,7 @@ int plan_model_chunks(Plan *p) {
   for (IrRef r = 0; r < fn->nodes.n; r++) {
     const IrNode *nd = &fn->nodes.v[r];
     const SchedValue *n = &p->v[r];
-    if (nd->op == IR_CALL || nd->op == IR_CAUSAL_CONV) return 0;
+    if (nd->op == IR_CALL || nd->op == IR_CAUSAL_CONV || nd->op == IR_ATTN) return 0;
     if ((nd->op == IR_SCAN || nd->op == IR_SCAN_MAX || nd->op == IR_DELAY) && n->group < 0)
       return 0;
     if (in->linattns[r] && in->linattns[r]->chunk > kchunk) kchunk = in->linattns[r]->chunk;

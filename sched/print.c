@@ -154,6 +154,12 @@ static void print_ops(FILE *out, const SchedInst *in, const SchedOp *ops, int n,
       }
       fputc('\n', out);
       break;
+    case SCHED_OP_ATTN: {
+      const SchedAttn *at = op->attn;
+      fprintf(out, "causal attention v%d over the sequence: %lld heads, K=%lld V=%lld, scale %g\n",
+              op->node, (long long)at->heads, (long long)at->K, (long long)at->V, at->scale);
+      break;
+    }
     case SCHED_OP_LINATTN: {
       const SchedLinattn *la = op->linattn;
       fprintf(out, "chunked state %s", in->fn->states.v[la->state].name);

@@ -112,6 +112,7 @@ typedef enum {
   SCHED_OP_DELAY,            /* node: each token's previous token (the initial value first) */
   SCHED_OP_WINDOW,           /* node: a shift register's window at each token */
   SCHED_OP_LINATTN,          /* a matrix state's chunked form: its readouts and final state */
+  SCHED_OP_ATTN,             /* node: causal softmax attention over the sequence, per example */
   SCHED_OP_PACK,             /* the weight of GEMM `node` packed (after its real form, for cgemm) */
   SCHED_OP_ZERO_OUTPUTS,     /* outputs past each sequence's end are zero (with lengths) */
   SCHED_OP_STATE_INIT,       /* states from state_in, else their declared initial value */
@@ -154,6 +155,16 @@ typedef struct SchedScanGroup {
   int planar_state; /* the running value is planar too */
 } SchedScanGroup;
 
+/* SCHED_OP_ATTN (sched/attn.c): per example and head, the runtime's tiled
+ * causal attention (rt_cpu_attention) over the sequence. */
+typedef struct SchedAttn {
+  IrRef q, k, v; /* [L..., K], [L..., K], [L..., V]; the heads are the L... */
+  int64_t heads, K, V;
+  double scale; /* of q . k */
+  int work_buf; /* the kernel's scratch: per example, heads * work_head floats */
+  int64_t work_head;
+} SchedAttn;
+
 /* SCHED_OP_LINATTN (sched/chunk.c): per example, the runtime's chunkwise
  * kernel (rt_cpu_linattn) over the sequence, for each readout of one state,
  * the last call leaving the final state in the state's storage. */
@@ -185,6 +196,7 @@ struct SchedOp {
   VEC(SchedOp) body;
   SchedScanGroup *group; /* SCHED_OP_SCAN fused; NULL: the scan alone, materialized */
   SchedLinattn *linattn; /* SCHED_OP_LINATTN */
+  SchedAttn *attn;       /* SCHED_OP_ATTN */
 };
 
 /* ---- Instances and the schedule ---------------------------------------------- */
@@ -201,6 +213,7 @@ typedef struct SchedInst {
   int *state_tmp;          /* per state: STATE_TMP buffer, or -1 */
   SchedScanGroup **groups; /* per node: the fused scan it anchors (its last member), or NULL */
   SchedLinattn **linattns; /* per node: the chunked state it anchors, or NULL */
+  SchedAttn **attns;       /* per node: its attention plan (attn nodes), or NULL */
   /* The time loop runs in chunks of Tc steps, Tc = clamp(chunk_budget /
    * (chunk_floats * max(B, 1)), 1, T), so a chunk's hoisted rows are still in
    * cache when its steps read them. */

@@ -49,6 +49,8 @@ int plan_scan_groups(Plan *p);
 /* Plans every chunked matrix state (linattn ops) of a parallel form
  * (sched/chunk.c); members get SchedValue.group, anchors in->linattns. */
 int plan_linattns(Plan *p);
+/* Plans every causal attention (sched/attn.c): in->attns and its scratch. */
+int plan_attns(Plan *p);
 /* Whether a parallel form runs in time chunks (sched/plan.c). */
 int plan_model_chunks(Plan *p);
 /* Buffers the chunked forms need (kernel scratch, copies of S0). */

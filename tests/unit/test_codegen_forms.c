@@ -17,6 +17,8 @@
  * and come in another order (which the random inputs follow). */
 #include "formcheck.h"
 
+#include <string.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -58,6 +60,7 @@ static const FcCase CASES[] = {
     {"stdlib/paragru.seq", "I=3,H=4"},
     {"stdlib/paralstm.seq", "I=3,H=4"},
     {"tests/data/models/newton_layers.seq", "I=3,H=4"},
+    {"tests/data/models/attention.seq", "I=3,NH=2,D=4"},
     /* Wide enough that a fused scan splits: a one-row state into pieces
      * (the last one short), a many-row state into blocks (likewise). */
     {"stdlib/mingru.seq", "I=3,H=200"},
@@ -138,7 +141,10 @@ static void run_case(const FcCase *c) {
 
 static void test_forms_equal_interpreter(void **st) {
   (void)st;
-  for (size_t k = 0; k < sizeof CASES / sizeof CASES[0]; k++) run_case(&CASES[k]);
+  /* FORMS_ONLY=TEXT: only the cases whose file contains TEXT. */
+  const char *only = getenv("FORMS_ONLY");
+  for (size_t k = 0; k < sizeof CASES / sizeof CASES[0]; k++)
+    if (!only || strstr(CASES[k].file, only)) run_case(&CASES[k]);
 }
 
 int main(void) {

@@ -27,6 +27,7 @@ static const Case CASES[] = {
     {"examples/s4d.seq", "H=3,N=4", "s4d", "sequential scan"},
     {"examples/bigru.seq", "I=3,H=4", "bigru", "sequential"},
     {"examples/lm.seq", "vocab=11,d_model=8,d_ff=16,dt_rank=2", "lm", "sequential scan"},
+    {"examples/hybrid.seq", "NH=2,DH=3", "hybrid", "sequential scan"},
     {"stdlib/mamba2.seq", "d_model=4,ngroups=2,hpg=2,headdim=2,d_state=3,d_conv=4", NULL,
      "sequential scan chunked"},
     {"stdlib/mlstm.seq", "I=3,NH=2,DH=4", NULL, "sequential scan chunked"},

@@ -683,6 +683,7 @@ int main(void) {
       DIAG("model_state"),
       DIAG("layer_count"),
       DIAG("step_loop"),
+      DIAG("attention"),
       DIAG("several_errors"),
       cmocka_unit_test(test_import_depth),
       IR("lstm"),

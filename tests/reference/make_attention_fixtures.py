@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""Write the causal-attention reference fixture (tests/reference/fixtures/torch_hybrid/).
+
+    python3 tests/reference/make_attention_fixtures.py               # write, then self-check
+    python3 tests/reference/make_attention_fixtures.py --self-check  # re-check what is on disk
+
+The model is examples/hybrid.seq: x -> x + MinGRU(rmsnorm(x)) -> h + attn(rmsnorm(h)),
+the attention PyTorch's own: torch.nn.functional.scaled_dot_product_attention
+with is_causal=True over [B, NH, T, DH], bias-free q/k/v/o projections. B=2,
+T=9, lengths [9, 4]: a token of the short sequence never attends to the padding
+after it (attention is causal), and outputs past a sequence's length are zero
+(seqc's convention). The self-check recomputes everything in float64 NumPy,
+written from the definitions, without torch.
+
+Needs torch, numpy and safetensors for writing; numpy for the self-check.
+"""
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FIXTURES = os.path.join(HERE, "fixtures")
+NAME = "torch_hybrid"
+NH, DH = 2, 3
+D = NH * DH
+B, T = 2, 9
+LENGTHS = [9, 4]
+TOL = "2e-5"
+
+
+def weights(rng):
+    def lin(o, i):
+        return rng.normal(0, 1 / np.sqrt(i), (o, i))
+    p = {"norm0.weight": 1 + rng.normal(0, 0.2, D), "norm1.weight": 1 + rng.normal(0, 0.2, D)}
+    for n in ("linear_z", "linear_h"):
+        p["rnn.%s.weight" % n] = lin(D, D)
+        p["rnn.%s.bias" % n] = rng.normal(0, 0.2, D)
+    for n in ("q", "k", "v", "o"):
+        p["attn.%s_proj.weight" % n] = lin(D, D)
+    return {k: np.asarray(v, dtype=np.float32) for k, v in p.items()}
+
+
+def torch_model(p, x, lengths):
+    import torch
+    import torch.nn.functional as F
+
+    t = {k: torch.tensor(v, dtype=torch.float64) for k, v in p.items()}
+    xs = torch.tensor(x, dtype=torch.float64)
+
+    def rmsnorm(v, w):
+        return v / torch.sqrt((v * v).mean(-1, keepdim=True) + 1e-5) * w
+
+    u = rmsnorm(xs, t["norm0.weight"])
+    z = torch.sigmoid(u @ t["rnn.linear_z.weight"].T + t["rnn.linear_z.bias"])
+    ht = u @ t["rnn.linear_h.weight"].T + t["rnn.linear_h.bias"]
+    hs, h = [], torch.zeros(B, D, dtype=torch.float64)
+    for s in range(T):
+        h = (1 - z[:, s]) * h + z[:, s] * ht[:, s]
+        hs.append(h)
+    h = xs + torch.stack(hs, 1)
+    a = rmsnorm(h, t["norm1.weight"])
+    q, k, v = (a @ t["attn.%s_proj.weight" % n].T for n in "qkv")
+    q, k, v = (m.reshape(B, T, NH, DH).transpose(1, 2) for m in (q, k, v))
+    o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    o = o.transpose(1, 2).reshape(B, T, D) @ t["attn.o_proj.weight"].T
+    y = (h + o).numpy()
+    for b, n in enumerate(lengths):
+        y[b, n:] = 0
+    return y
+
+
+def numpy_model(p, x, lengths):
+    """The same model from the definitions, float64, one sequence at a time."""
+    p = {k: v.astype(np.float64) for k, v in p.items()}
+    y = np.zeros((B, T, D))
+    for b, n in enumerate(lengths):
+        xs = x[b, :n].astype(np.float64)
+        u = xs / np.sqrt((xs ** 2).mean(-1, keepdims=True) + 1e-5) * p["norm0.weight"]
+        h, hs = np.zeros(D), []
+        for s in range(n):
+            z = 1 / (1 + np.exp(-(p["rnn.linear_z.weight"] @ u[s] + p["rnn.linear_z.bias"])))
+            h = (1 - z) * h + z * (p["rnn.linear_h.weight"] @ u[s] + p["rnn.linear_h.bias"])
+            hs.append(h)
+        hh = xs + np.array(hs).reshape(n, D)
+        a = hh / np.sqrt((hh ** 2).mean(-1, keepdims=True) + 1e-5) * p["norm1.weight"]
+        q, k, v = ((a @ p["attn.%s_proj.weight" % m].T).reshape(n, NH, DH) for m in "qkv")
+        o = np.zeros((n, NH, DH))
+        for t in range(n):
+            for hd in range(NH):
+                sc = k[: t + 1, hd] @ q[t, hd] / np.sqrt(DH)
+                w = np.exp(sc - sc.max())
+                o[t, hd] = w @ v[: t + 1, hd] / w.sum()
+        y[b, :n] = hh + o.reshape(n, D) @ p["attn.o_proj.weight"].T
+    return y
+
+
+def write():
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(301)
+    p = weights(rng)
+    x = rng.normal(0, 1, (B, T, D)).astype(np.float32)
+    lengths = np.array(LENGTHS, dtype=np.int64)
+    y = torch_model(p, x, LENGTHS)
+    d = os.path.join(FIXTURES, NAME)
+    os.makedirs(d, exist_ok=True)
+    save_file(dict(sorted(p.items())), os.path.join(d, "weights.safetensors"))
+    np.save(os.path.join(d, "x.npy"), x)
+    np.save(os.path.join(d, "lengths.npy"), lengths)
+    np.save(os.path.join(d, "y.npy"), y.astype(np.float32))
+    with open(os.path.join(d, "case.txt"), "w") as f:
+        f.write("\n".join(["seq examples/hybrid.seq", "weights weights.safetensors",
+                           "dims NH=%d,DH=%d" % (NH, DH), "in x=x.npy", "in lengths=lengths.npy",
+                           "out y=y.npy", "tol " + TOL]) + "\n")
+
+
+def read_safetensors(path):
+    import json
+    import struct
+
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        head = json.loads(f.read(n))
+        data = f.read()
+    out = {}
+    for k, v in head.items():
+        if k == "__metadata__":
+            continue
+        a, b = v["data_offsets"]
+        out[k] = np.frombuffer(data[a:b], dtype=np.float32).reshape(v["shape"])
+    return out
+
+
+def self_check():
+    d = os.path.join(FIXTURES, NAME)
+    p = read_safetensors(os.path.join(d, "weights.safetensors"))
+    x = np.load(os.path.join(d, "x.npy"))
+    lengths = np.load(os.path.join(d, "lengths.npy"))
+    y = np.load(os.path.join(d, "y.npy"))
+    err = float(np.max(np.abs(numpy_model(p, x, list(lengths)) - y)))
+    ok = err <= float(TOL) / 4
+    print("%s self-check err %.2e %s" % (NAME, err, "ok" if ok else "FAIL"))
+    return ok
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--self-check", action="store_true")
+    args = ap.parse_args()
+    if not args.self_check:
+        write()
+    return 0 if self_check() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
