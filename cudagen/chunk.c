@@ -7,23 +7,6 @@
  * the delta rule's WY form is not rendered yet. */
 #include "cudagen/cu.h"
 
-/* Row pointer of node r for example b at the first step (t0), and its
- * stride in floats per step (dir: +1, or -1 run backwards). */
-static const char *operand(Cu *c, IrRef r, const char **ld) {
-  const SchedValue *v = &c->v[r];
-  long long f = sched_row_floats(v);
-  const char *base = cu_base(c, r);
-  *ld = "0";
-  if (v->cls == SCHED_STEP) return arena_printf(c->a, "(%s + b * %lld)", base, f);
-  if (v->cls == SCHED_CONST) return base;
-  if (v->chunked) {
-    *ld = arena_printf(c->a, "%lld", f);
-    return arena_printf(c->a, "(%s + b * T * %lld)", base, f);
-  }
-  *ld = arena_printf(c->a, "(dir * %lld)", f);
-  return arena_printf(c->a, "(%s + (b * T + t0) * %lld)", base, f);
-}
-
 void cu_linattn(Cu *c, const SchedOp *op) {
   const SchedLinattn *la = op->linattn;
   const SchedInst *in = c->in;
@@ -45,8 +28,8 @@ void cu_linattn(Cu *c, const SchedOp *op) {
           "    float *store = (float *)F[%d] + b * %lld + h * %lld;\n",
           C * Kg, C * Kg, C * C, H, H, H, cu_slot_buf(c, in->state_buf[la->state]), sf, hf);
   const char *ldk, *ldv, *ldg = "0";
-  const char *k = operand(c, la->k, &ldk), *v = operand(c, la->v, &ldv);
-  const char *lg = la->no_gate ? "(const float *)0" : operand(c, la->lg, &ldg);
+  const char *k = cu_seq_operand(c, la->k, &ldk), *v = cu_seq_operand(c, la->v, &ldv);
+  const char *lg = la->no_gate ? "(const float *)0" : cu_seq_operand(c, la->lg, &ldg);
   fprintf(c->o,
           "    const float *k = %s + h * %lld, *v = %s + h * %lld;\n"
           "    const float *lg = %s;\n"
@@ -57,8 +40,9 @@ void cu_linattn(Cu *c, const SchedOp *op) {
     IrRef rd = la->nreads ? la->reads[ci] : IR_NONE;
     const char *q = "(const float *)0", *o = "(float *)0", *ldq = "0", *ldo = "0";
     if (rd != IR_NONE) {
-      q = arena_printf(c->a, "%s + h * %lld", operand(c, c->fn->nodes.v[rd].args[0], &ldq), K);
-      o = arena_printf(c->a, "%s + h * %lld", operand(c, rd, &ldo), V);
+      q = arena_printf(c->a, "%s + h * %lld", cu_seq_operand(c, c->fn->nodes.v[rd].args[0], &ldq),
+                       K);
+      o = arena_printf(c->a, "%s + h * %lld", cu_seq_operand(c, rd, &ldo), V);
     }
     const char *S = "store";
     fprintf(c->o, "    {\n");

@@ -96,8 +96,17 @@ void cu_window(Cu *c, IrRef r);
 void cu_seq_final_states(Cu *c);
 void cu_chunk_states(Cu *c);
 
+/* Row pointer (an expression over b, T, t0) of node r for example b at
+ * processing step 0, and in *ld its stride in floats per step (an
+ * expression over dir: +1, or -1 run backwards; "0" for values constant
+ * over the sequence). */
+const char *cu_seq_operand(Cu *c, IrRef r, const char **ld);
+
 /* ---- chunk.c ---- */
 void cu_linattn(Cu *c, const SchedOp *op);
+
+/* ---- attn.c ---- */
+void cu_attn(Cu *c, const SchedOp *op);
 
 /* ---- prelude.c ---- */
 extern const char *const cu_prelude[]; /* NULL-terminated pieces */

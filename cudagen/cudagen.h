@@ -16,6 +16,8 @@
  *              delays, windows and the final states they leave
  *   chunk.c    the chunked form of a matrix state: a block per (example,
  *              head) walking the sequence in chunks
+ *   attn.c     causal softmax attention: a block per (example, head), a
+ *              thread per query, keys and values through shared memory
  *   prelude.c  the device functions every program starts with
  * docs/cuda.md describes the kernels and what is not rendered yet.
  */

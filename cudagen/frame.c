@@ -68,6 +68,23 @@ const char *cu_base(Cu *c, IrRef r) {
   }
 }
 
+/* Row pointer of node r for example b at the first step (t0), and its
+ * stride in floats per step (dir: +1, or -1 run backwards). */
+const char *cu_seq_operand(Cu *c, IrRef r, const char **ld) {
+  const SchedValue *v = &c->v[r];
+  long long f = sched_row_floats(v);
+  const char *base = cu_base(c, r);
+  *ld = "0";
+  if (v->cls == SCHED_STEP) return arena_printf(c->a, "(%s + b * %lld)", base, f);
+  if (v->cls == SCHED_CONST) return base;
+  if (v->chunked) {
+    *ld = arena_printf(c->a, "%lld", f);
+    return arena_printf(c->a, "(%s + b * T * %lld)", base, f);
+  }
+  *ld = arena_printf(c->a, "(dir * %lld)", f);
+  return arena_printf(c->a, "(%s + (b * T + t0) * %lld)", base, f);
+}
+
 void cu_unsupported(Cu *c, IrRef r, const char *what) {
   SrcLoc loc = r >= 0 && r < c->fn->nodes.n ? c->fn->nodes.v[r].loc : (SrcLoc){0};
   diag_error(c->de, loc, "the CUDA backend cannot run %s yet (in %s)", what, c->fn->name);
@@ -366,7 +383,7 @@ void cu_ops(Cu *c, const SchedOp *ops, int n) {
       cu_linattn(c, op);
       break;
     case SCHED_OP_ATTN:
-      cu_unsupported(c, op->node, "causal_attention");
+      cu_attn(c, op);
       break;
     case SCHED_OP_PACK:
       if (c->v[op->node].cgemm) complex_real_form(c, op->node);

@@ -37,6 +37,12 @@ static const FcCase WIDE[] = {
     {"stdlib/mingru.seq", "I=3,H=200"},
     {"stdlib/s4d.seq", "H=150,N=16"},
     {"stdlib/lstm.seq", "I=5,H=70"},
+    /* Causal attention: small heads; heads wider than a pass of output
+     * columns (32) and keys crossing shared-memory tiles (56 keys of 72
+     * floats); a model with it. */
+    {"tests/data/models/attention.seq", "I=3,NH=2,D=4"},
+    {"tests/data/models/attention.seq", "I=40,NH=2,D=40"},
+    {"examples/hybrid.seq", "NH=2,DH=3"},
 };
 enum { NWIDE = sizeof WIDE / sizeof WIDE[0] };
 
@@ -144,7 +150,8 @@ static void test_every_program_compiles_with_nvrtc(void **st) {
 typedef int (*DeviceFor)(FcCompiled *cm, RtCuDevice *dev, void **handle);
 typedef void (*DeviceDone)(void *handle);
 
-static void run_case(const FcCase *c, DeviceFor dev_for, DeviceDone dev_done) {
+static void run_case_at(const FcCase *c, DeviceFor dev_for, DeviceDone dev_done, const int64_t *ts,
+                        int nts) {
   FcCompiled cm[NFORMS];
   void *handle[NFORMS] = {0};
   RtCuDevice dev[NFORMS];
@@ -158,11 +165,11 @@ static void run_case(const FcCase *c, DeviceFor dev_for, DeviceDone dev_done) {
     have[f] = rc == 0;
     if (have[f] && dev_for(&cm[f], &dev[f], &handle[f])) fail_msg("%s: no device program", c->file);
   }
-  for (size_t ti = 0; ti < sizeof TS / sizeof TS[0]; ti++)
+  for (int ti = 0; ti < nts; ti++)
     for (int64_t B = 1; B <= 5; B += 4)
       for (int variant = 0; variant < 2; variant++) {
         FcBatch bt;
-        fc_batch_make(&bt, &cm[0], B, TS[ti], variant);
+        fc_batch_make(&bt, &cm[0], B, ts[ti], variant);
         for (int f = 0; f < NFORMS; f++) {
           if (!have[f]) continue;
           cur.prog = cm[f].pipe.cuda;
@@ -177,6 +184,10 @@ static void run_case(const FcCase *c, DeviceFor dev_for, DeviceDone dev_done) {
     if (have[f]) dev_done(handle[f]);
     fc_release(&cm[f]);
   }
+}
+
+static void run_case(const FcCase *c, DeviceFor dev_for, DeviceDone dev_done) {
+  run_case_at(c, dev_for, dev_done, TS, (int)(sizeof TS / sizeof TS[0]));
 }
 
 static int emu_for(FcCompiled *cm, RtCuDevice *dev, void **handle) {
@@ -210,6 +221,19 @@ static void test_emulated_programs_equal_interpreter(void **st) {
   const char *one = getenv("CUDA_CASE");
   for (int k = 0; k < FC_NCASES + NWIDE; k++)
     if (!one || atoi(one) == k) run_case(case_at(k), emu_for, emu_done);
+}
+
+/* Attention's queries go in rounds of one per thread of a block (128): a
+ * sequence of 300 takes three, the keys of the last one crossing tiles. */
+static void test_emulated_attention_long(void **st) {
+  (void)st;
+  if (!emu_available()) {
+    skip();
+    return;
+  }
+  static const int64_t long_ts[] = {129, 300};
+  FcCase c = {"tests/data/models/attention.seq", "I=40,NH=2,D=40"};
+  run_case_at(&c, emu_for, emu_done, long_ts, 2);
 }
 
 /* ---- on a real device, where there is one --------------------------------------- */
@@ -381,6 +405,7 @@ int main(void) {
       cmocka_unit_test(test_cli),
       cmocka_unit_test(test_api),
       cmocka_unit_test(test_every_program_compiles_with_nvrtc),
+      cmocka_unit_test(test_emulated_attention_long),
       cmocka_unit_test(test_emulated_programs_equal_interpreter),
       cmocka_unit_test(test_gpu_programs_equal_interpreter),
   };
