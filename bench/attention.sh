@@ -23,7 +23,7 @@ for shape in "1 4 4096 64" "4 4 2048 64" "1 16 2048 128"; do
   for th in 1 2; do
     s=() p=() r=()
     for ((i = 0; i < rounds; i++)); do
-      line=$("$out/forms" bench/attention.seq "NH=$NH,DH=$DH" "$B" "$T" "$th" 1 sequential)
+      line=$("$out/forms" bench/attention.seq "NH=$NH,DH=$DH" "$B" "$T" "$th" 1)
       ms=$(echo "$line" | sed 's/.*auto_ms=\([0-9.]*\).*/\1/')
       tms=$("$py" bench/torch_attention.py "$B" "$NH" "$T" "$DH" "$th" | sed 's/torch_ms=//')
       s+=("$ms") p+=("$tms") r+=("$(awk -v a="$ms" -v b="$tms" 'BEGIN { printf "%.4f", a / b }')")
