@@ -141,6 +141,11 @@ LLVMValueRef emit_binary(Lower *L, IrOp op, LLVMValueRef x, LLVMValueRef y) {
     return intr2(L, "llvm.maximum", x, y);
   case IR_POW:
     return intr2(L, "llvm.pow", x, y);
+  /* Ordered comparisons: false (0) when either is NaN. */
+  case IR_LT:
+  case IR_LE:
+    return LLVMBuildUIToFP(b, LLVMBuildFCmp(b, op == IR_LT ? LLVMRealOLT : LLVMRealOLE, x, y, ""),
+                           L->f32, "");
   default:
     return NULL;
   }
@@ -223,4 +228,3 @@ void stc(Lower *L, Cx v, LLVMValueRef p, LLVMValueRef idx, int w) {
   stf(L, v.re, p, at);
   stf(L, v.im, p, add(L, at, ci64(L, 1)));
 }
-

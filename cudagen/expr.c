@@ -68,6 +68,10 @@ static const char *binary(Cu *c, IrOp op, const char *x, const char *y) {
     return p(c, "seq_max(%s, %s)", x, y);
   case IR_POW:
     return p(c, "powf(%s, %s)", x, y);
+  case IR_LT:
+    return p(c, "((%s) < (%s) ? 1.0f : 0.0f)", x, y);
+  case IR_LE:
+    return p(c, "((%s) <= (%s) ? 1.0f : 0.0f)", x, y);
   case IR_CPLX:
     return x;
   default:

@@ -399,6 +399,15 @@ static int lower_binary_fn(Lower *L, const Builtin *b, const CallArgs *c, Tuple 
   return one(L, out, emit2(L, b->op, c->call->loc, args[0], args[1], NULL));
 }
 
+/* lt(a, b), le(a, b): 1.0 where the comparison holds, else 0.0; gt(a, b)
+ * and ge(a, b) are lt(b, a) and le(b, a), so a NaN gives 0 in all four. */
+static int lower_compare(Lower *L, const Builtin *b, const CallArgs *c, Tuple *out) {
+  IrRef args[2];
+  if (lower_args(L, c, args)) return one(L, out, REF_ERROR);
+  int swap = b->name[0] == 'g';
+  return one(L, out, emit2(L, b->op, c->call->loc, args[swap], args[1 - swap], "compare"));
+}
+
 /* dot(a, b) = sum(a * b) over two vectors of one shape. */
 static int lower_dot(Lower *L, const Builtin *b, const CallArgs *c, Tuple *out) {
   (void)b;
@@ -722,6 +731,10 @@ static const Builtin builtins[] = {
     {"transpose", 1, 1, 0, IR_TRANSPOSE, 0, lower_unary_fn},
     {"softmax", 1, 1, 0, IR_SOFTMAX, 0, lower_unary_fn},
     {"pow", 2, 2, 0, IR_POW, 0, lower_binary_fn},
+    {"lt", 2, 2, 0, IR_LT, 0, lower_compare},
+    {"le", 2, 2, 0, IR_LE, 0, lower_compare},
+    {"gt", 2, 2, 0, IR_LT, 0, lower_compare},
+    {"ge", 2, 2, 0, IR_LE, 0, lower_compare},
     {"complex", 2, 2, 0, IR_CPLX, 0, lower_binary_fn},
     {"outer", 2, 2, 0, IR_OUTER, 0, lower_binary_fn},
     {"dot", 2, 2, 0, IR_SUM, 0, lower_dot},
@@ -1427,6 +1440,20 @@ static void lower_range_for(Lower *L, const AstStmt *s) {
       sema_known_value(L, s->range[0], "a loop's start", 0, SEQ_MAX_DIM_VALUE, &lo))
     return;
   if (sema_known_value(L, last, "a loop's bound", 0, SEQ_MAX_DIM_VALUE, &hi)) return;
+  /* The counter is read where dims are: it may not hide one, nor a
+   * declaration the body could mean instead. */
+  int k;
+  for (int i = 0; i < L->nsig; i++)
+    if (strcmp(L->f->dims.v[i].name, s->var) == 0) {
+      diag_error(L->de, s->loc, "the loop's counter '%s' would hide the dimension '%s'", s->var,
+                 s->var);
+      return;
+    }
+  if (sema_find_decl(L, s->var, &k) != DECL_NONE) {
+    diag_error(L->de, s->loc, "the loop's counter '%s' would hide a declaration of that name",
+               s->var);
+    return;
+  }
   for (int64_t j = lo; j < hi; j++)
     if (unroll_once(L, s, -1, j)) return;
 }

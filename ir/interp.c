@@ -304,6 +304,10 @@ static double real_binary(IrOp op, double x, double y) {
     return isnan(x) || isnan(y) ? x + y : (x < y ? x : y);
   case IR_MAX:
     return isnan(x) || isnan(y) ? x + y : (x > y ? x : y);
+  case IR_LT:
+    return x < y ? 1.0 : 0.0;
+  case IR_LE:
+    return x <= y ? 1.0 : 0.0;
   case IR_POW:
     return pow(x, y);
   default:

@@ -275,6 +275,9 @@ static IrRef tangent(Jac *J, const IrNode *n, const IrRef *x, const IrRef *dx, I
     return tadd(J, tmul(J, x[1], dx[0]), tmul(J, x[0], dx[1]));
   case IR_DIV: /* (da - (a/b) db) / b */
     return op2(J, IR_DIV, tsub(J, dx[0], tmul(J, y, dx[1])), x[1]);
+  case IR_LT: /* piecewise constant: slope 0 (a step's jump has none to give) */
+  case IR_LE:
+    return IR_NONE;
   case IR_MIN:
   case IR_MAX: {
     /* The subgradient of the branch the value took: the interpreter keeps

@@ -33,6 +33,7 @@ static const Case cases[] = {
     {"examples/bigru.seq", "I=3,H=4", 3, 8, 0},
     {"examples/lm.seq", "vocab=11,d_model=8,d_ff=16,dt_rank=2", 0, 11, 11},
     {"examples/hybrid.seq", "NH=2,DH=3", 6, 6, 0},
+    {"examples/universal_transformer.seq", "NH=2,DH=3,F=8", 6, 6, 0},
     {"stdlib/lstm.seq", "I=3,H=4", 3, 4, 0},
     {"stdlib/gru.seq", "I=3,H=4", 3, 4, 0},
     {"stdlib/rnn.seq", "I=3,H=4", 3, 4, 0},
