@@ -1211,6 +1211,50 @@ static const char *binary_verb(int op) {
   return NULL;
 }
 
+/* x @ y with an operand of rank > 2, as NumPy's matmul: the leading axes
+ * are a batch (broadcast), each pair of trailing matrices multiplied; a
+ * vector operand is one matrix for the whole batch ([..., M, K] @ [K] is
+ * [..., M]). Written as a broadcast product and a sum over K, which the
+ * schedule fuses, so the matrix product of one head is what every backend
+ * and every pass already handles. */
+static IrRef lower_batched_matmul(Lower *L, SrcLoc loc, IrRef x, IrRef y) {
+  IrType xt = type_of(L, x), yt = type_of(L, y);
+  /* The contracted axes: x's last, y's second to last (its only one if a vector). */
+  DimExpr kx = xt.dims[xt.rank - 1], ky = yt.dims[yt.rank >= 2 ? yt.rank - 2 : 0];
+  if (xt.elem == IR_INT || yt.elem == IR_INT || !dim_eq(kx, ky)) {
+    diag_error(L->de, loc, "cannot multiply %s and %s as matrices: %s", sema_type_str(L, xt),
+               sema_type_str(L, yt),
+               xt.elem == IR_INT || yt.elem == IR_INT ? "an int operand"
+                                                      : "inner dims that differ");
+    return REF_ERROR;
+  }
+  IrRef p;
+  if (xt.rank >= 2 && yt.rank >= 2 && dim_is_one(yt.dims[yt.rank - 1])) {
+    /* A batch of column vectors, S @ q[..., None]: [..., M, K] * [..., 1, K]
+     * summed over K (a contraction the passes read as a readout of S), the
+     * unit axis put back. */
+    DimExpr qd[SEQ_MAX_RANK];
+    for (int i = 0; i < yt.rank - 1; i++) qd[i] = yt.dims[i];
+    IrRef q = emit_to_type(L, IR_RESHAPE, loc, y, ir_type(L->a, yt.elem, yt.rank - 1, qd));
+    p = emit2(L, IR_MUL, loc, x, insert_unit_axis(L, loc, q, yt.rank - 2), NULL);
+    if (p < 0) return REF_ERROR;
+    IrRef s = emit_axis(L, IR_SUM, loc, 1, &p, type_of(L, p).rank - 1);
+    return s < 0 ? REF_ERROR : insert_unit_axis(L, loc, s, type_of(L, s).rank);
+  }
+  int axis = -2;
+  if (xt.rank >= 2 && yt.rank >= 2) { /* [..., M, K, 1] * [..., 1, K, N], summed over K */
+    p = emit2(L, IR_MUL, loc, insert_unit_axis(L, loc, x, xt.rank),
+              insert_unit_axis(L, loc, y, yt.rank - 2), NULL);
+  } else if (yt.rank == 1) { /* [..., M, K] * [K], summed over K */
+    p = emit2(L, IR_MUL, loc, x, y, NULL);
+    axis = -1;
+  } else { /* [K, 1] * [..., K, N], summed over K */
+    p = emit2(L, IR_MUL, loc, insert_unit_axis(L, loc, x, 1), y, NULL);
+  }
+  if (p < 0) return REF_ERROR;
+  return emit_axis(L, IR_SUM, loc, 1, &p, type_of(L, p).rank + axis);
+}
+
 IrRef lower_expr(Lower *L, const AstExpr *e) {
   switch (e->kind) {
   case AST_NUM:
@@ -1229,6 +1273,8 @@ IrRef lower_expr(Lower *L, const AstExpr *e) {
               : e->op == '*' ? IR_MUL
               : e->op == '/' ? IR_DIV
                              : IR_MATMUL;
+    if (op == IR_MATMUL && x >= 0 && y >= 0 && (type_of(L, x).rank > 2 || type_of(L, y).rank > 2))
+      return lower_batched_matmul(L, e->loc, x, y);
     return emit2(L, op, e->loc, x, y, binary_verb(e->op));
   }
   case AST_TRANSPOSE:
