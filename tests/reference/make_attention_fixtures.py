@@ -79,6 +79,19 @@ def torch_model(p, x, lengths):
     return y
 
 
+def np_attention(q, k, v):
+    """Causal softmax attention of one sequence, [n, NH, DH] each, as defined:
+    token t mixes the values of tokens 0..t by softmax(q_t . k_s / sqrt(DH))."""
+    n = len(q)
+    o = np.zeros((n, NH, DH))
+    for t in range(n):
+        for hd in range(NH):
+            sc = k[: t + 1, hd] @ q[t, hd] / np.sqrt(DH)
+            w = np.exp(sc - sc.max())
+            o[t, hd] = w @ v[: t + 1, hd] / w.sum()
+    return o.reshape(n, D)
+
+
 def numpy_model(p, x, lengths):
     """The same model from the definitions, float64, one sequence at a time."""
     p = {k: v.astype(np.float64) for k, v in p.items()}
@@ -94,13 +107,7 @@ def numpy_model(p, x, lengths):
         hh = xs + np.array(hs).reshape(n, D)
         a = hh / np.sqrt((hh ** 2).mean(-1, keepdims=True) + 1e-5) * p["norm1.weight"]
         q, k, v = ((a @ p["attn.%s_proj.weight" % m].T).reshape(n, NH, DH) for m in "qkv")
-        o = np.zeros((n, NH, DH))
-        for t in range(n):
-            for hd in range(NH):
-                sc = k[: t + 1, hd] @ q[t, hd] / np.sqrt(DH)
-                w = np.exp(sc - sc.max())
-                o[t, hd] = w @ v[: t + 1, hd] / w.sum()
-        y[b, :n] = hh + o.reshape(n, D) @ p["attn.o_proj.weight"].T
+        y[b, :n] = hh + np_attention(q, k, v) @ p["attn.o_proj.weight"].T
     return y
 
 
@@ -203,13 +210,7 @@ def ut_numpy(p, x, lengths):
             w = pr * running + halts * rem
             a = rms(h, p["block.norm1.weight"])
             q, k, v = ((a @ p["block.%s_proj.weight" % m].T).reshape(n, NH, DH) for m in "qkv")
-            o = np.zeros((n, NH, DH))
-            for t in range(n):
-                for hd in range(NH):
-                    sc = k[: t + 1, hd] @ q[t, hd] / np.sqrt(DH)
-                    e = np.exp(sc - sc.max())
-                    o[t, hd] = e @ v[: t + 1, hd] / e.sum()
-            h = h + o.reshape(n, D) @ p["block.o_proj.weight"].T
+            h = h + np_attention(q, k, v) @ p["block.o_proj.weight"].T
             h = h + np.maximum(rms(h, p["block.norm2.weight"]) @ p["block.fc1.weight"].T, 0) @ p["block.fc2.weight"].T
             out = h * w + out * (1 - w)
         y[b, :n] = out
