@@ -336,6 +336,16 @@ void emit_row(Lower *L, IrRef r) {
     stf(L, cf(L, (double)v), out, ci64(L, 0));
     return;
   }
+  case IR_EYE: {
+    int64_t N = n->rank ? n->shape[0] : 0;
+    Loop lk;
+    LLVMValueRef k = loop_begin(L, &lk, ci64(L, 0), ci64(L, N * N));
+    LLVMValueRef diag = LLVMBuildICmp(L->bld, LLVMIntEQ,
+                                      LLVMBuildSRem(L->bld, k, ci64(L, N + 1), ""), ci64(L, 0), "");
+    stf(L, LLVMBuildSelect(L->bld, diag, cf(L, 1.0), cf(L, 0.0), ""), out, k);
+    loop_end(L, &lk);
+    return;
+  }
   case IR_DIAG: {
     const SchedValue *x = &L->v[nd->args[0]];
     int64_t N = x->shape[x->rank - 1], P = N ? n->numel / N : 0;

@@ -320,6 +320,12 @@ void cu_node(Cu *c, IrRef r) {
     fprintf(c->o, "    if (threadIdx.x == 0) %s[0] = %s;\n", out, cf(c, (double)v));
     break;
   }
+  case IR_EYE: {
+    long long N = n->rank ? n->shape[0] : 0;
+    fprintf(c->o, "    SEQ_FOR(k, %lld) %s[k] = k %% %lld == 0 ? 1.0f : 0.0f;\n", N * N, out,
+            N + 1);
+    break;
+  }
   case IR_DIAG: {
     const SchedValue *x = &c->v[nd->args[0]];
     int64_t N = x->shape[x->rank - 1];

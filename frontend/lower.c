@@ -698,6 +698,13 @@ static int lower_attention(Lower *L, const Builtin *b, const CallArgs *c, Tuple 
   return one(L, out, emit(L, b->op, loc, 3, args, &attrs, NULL));
 }
 
+/* eye(n): the n x n identity, n a dim expression. */
+static int lower_eye(Lower *L, const Builtin *b, const CallArgs *c, Tuple *out) {
+  IrNode attrs = {0};
+  if (sema_dim_expr(L, c->pos[0], &attrs.dval)) return one(L, out, REF_ERROR);
+  return one(L, out, emit(L, b->op, c->call->loc, 0, NULL, &attrs, NULL));
+}
+
 static int lower_elu(Lower *L, const Builtin *b, const CallArgs *c, Tuple *out) {
   (void)b;
   SrcLoc loc = c->call->loc;
@@ -751,6 +758,7 @@ static const Builtin builtins[] = {
     {"causal_attention", 3, 3, KW_SCALE, IR_ATTN, 0, lower_attention},
     {"reshape", 2, 2, 0, IR_RESHAPE, 0, lower_reshape},
     {"elu", 1, 1, 0, IR_MAX, 0, lower_elu},
+    {"eye", 1, 1, 0, IR_EYE, 0, lower_eye},
 };
 #define NBUILTINS ((int)(sizeof builtins / sizeof builtins[0]))
 

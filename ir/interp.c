@@ -611,6 +611,11 @@ static int eval_node(Run *r, Inst *in, const IrNode *nd, Slot *s, const Val *a, 
     o->d[0] = (double)v;
     return 0;
   }
+  case IR_EYE: {
+    int64_t n = o->rank ? o->shape[0] : 0;
+    for (int64_t i = 0; i < n * n; i++) o->d[i] = i % (n + 1) == 0 ? 1.0 : 0.0;
+    return 0;
+  }
   case IR_MATMUL:
     matmul(&a[0], &a[1], o);
     return 0;

@@ -523,6 +523,12 @@ int ir_infer_type(const IrFunc *f, Arena *a, const IrNode *proto, int nargs, con
       return fail(cx, "dimval refers to a dim the function does not have");
     *out = ir_scalar(IR_REAL);
     return 0;
+  case IR_EYE: {
+    if (!dim_vars_below(proto->dval, f->dims.n))
+      return fail(cx, "eye refers to a dim the function does not have");
+    DimExpr d[2] = {proto->dval, proto->dval};
+    return result(cx, IR_REAL, 2, d, out);
+  }
   case IR_PARAM:
     if (proto->index < 0 || proto->index >= f->params.n)
       return fail(cx, "param %d does not exist", proto->index);

@@ -116,6 +116,7 @@ static void print_node(FILE *out, const IrFunc *f, const char **names, IrRef r) 
     fprintf(out, " %s", num);
     break;
   case IR_DIMVAL:
+  case IR_EYE:
     fputc(' ', out);
     print_dim(out, f, names, n->dval);
     break;

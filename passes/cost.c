@@ -179,6 +179,7 @@ static double node_flops(const IrFunc *f, const IrNode *nd, const int64_t *dims)
   case IR_STATE:
   case IR_CONST:
   case IR_DIMVAL:
+  case IR_EYE:
   case IR_RESHAPE:
   case IR_BROADCAST:
   case IR_SLICE:

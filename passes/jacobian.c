@@ -207,6 +207,7 @@ static IrRef tangent(Jac *J, const IrNode *n, const IrRef *x, const IrRef *dx, I
   switch (n->op) {
   case IR_CONST:
   case IR_DIMVAL:
+  case IR_EYE:
   case IR_PARAM:
   case IR_INPUT:
   case IR_STATE:
