@@ -210,6 +210,25 @@ def rnn_case(torch, name, cls, rounds, device, sync):
         torch.backends.cudnn.allow_tf32 = False
 
 
+def attn_case(torch, rounds, device, sync):
+    """Causal softmax attention, the shape of gpu-check's row 6: PyTorch's
+    scaled_dot_product_attention(is_causal=True) picks its own kernel (flash or
+    memory-efficient where it can)."""
+    import torch.nn.functional as F
+    B, NH, T, DH = 1, 16, 8192, 64
+    shape = f"B={B} NH={NH} T={T} DH={DH}"
+    impl = "torch.nn.functional.scaled_dot_product_attention(is_causal=True)"
+    try:
+        g = torch.Generator(device=device).manual_seed(0)
+        q, k, v = (torch.randn(B, NH, T, DH, device=device, generator=g) for _ in range(3))
+        with torch.inference_mode():
+            med, mn = timed(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+                            rounds, sync)
+        row("attn", impl, "fp32", shape, B * T, med, mn, rounds)
+    except Exception as e:  # noqa: BLE001
+        fail_row("attn", impl, shape, repr(e))
+
+
 def main():
     args = [a for a in sys.argv[1:]]
     check_only = "--check-only" in args
@@ -250,6 +269,7 @@ def main():
     rnn_case(torch, "lstm", torch.nn.LSTM, rounds, device, sync)
     rnn_case(torch, "gru", torch.nn.GRU, rounds, device, sync)
     ssm_case(torch, rounds, device, sync)
+    attn_case(torch, rounds, device, sync)
     return 0
 
 

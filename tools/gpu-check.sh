@@ -424,6 +424,7 @@ if [ "$benches" = 1 ]; then
   row mlstm 90 stdlib/mlstm.seq I=2048,NH=16,DH=128 1 4096 5
   row mlstm_chunked 90 stdlib/mlstm.seq I=2048,NH=16,DH=128 1 4096 5 chunked
   chunked_refused mlstm_chunked
+  row attn 120 bench/attention.seq NH=16,DH=64 1 8192 5
 fi
 peers_log=$logs/peers.log
 : >"$peers_log"
@@ -508,6 +509,7 @@ table() {
   say "| 5b | GLA, --strategy=chunked (a block per example and head walks chunks; a build without it refuses it by name) | B=1 T=4096, same | $(seqc_cols gla_chunked) | - | - | - |"
   say "| 5c | mLSTM (stdlib/mlstm.seq; one head dim, dk = dv = 128), scan form | B=1 T=4096 NH=16 DH=128 I=2048 | $(seqc_cols mlstm) | - | - | - |"
   say "| 5d | mLSTM, --strategy=chunked | B=1 T=4096, same | $(seqc_cols mlstm_chunked) | - | - | - |"
+  say "| 6 | causal softmax attention (bench/attention.seq: q, k, v given; fp32, no tensor cores) | B=1 T=8192 NH=16 DH=64 | $(seqc_cols attn) | $(peer_cols attn "torch SDPA, is_causal" attn) |"
   say ""
   [ -n "$scan_gbps" ] && say "Row 1 counts x and y only; the scan's kernels (compile line in the raw output) also write and read per-token intermediates (today the complex readout, [B*T, 2H], and [B*T, H] before the output copy), so the traffic they move is several times that lower bound."
   say "Peers' rows with TF32 allowed (cuDNN's default) are in the raw output above."
