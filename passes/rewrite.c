@@ -10,7 +10,10 @@
  * x @ reshape(B[0], [I, 3*H]) is meant. This pass finds such sums and turns
  * them into MATMUL with RESHAPE/TRANSPOSE around it, and applies a few exact
  * algebraic identities (x*1, reshape of reshape, ...) that the contraction
- * rule leaves behind or that the user wrote.
+ * rule leaves behind or that the user wrote. A matrix product with the
+ * identity or a rank-one term is distributed (distribute), so that updates
+ * written as the papers write them, S (I - beta k k^T), take the form the
+ * classifier recognizes; those are equal in real arithmetic, not bit for bit.
  *
  * The rules are data, as in tinygrad: a table of patterns over one node and
  * its operands, each with the operand that becomes the result (RULES below),
@@ -128,6 +131,7 @@ static IrRef emit(Rw *w, const IrNode *proto, int nargs, const IrRef *args, int 
 }
 
 static IrRef node(Rw *w, const IrNode *proto, int nargs, const IrRef *args);
+static int distribute(Rw *w, const IrNode *proto, const IrRef *args, IrRef *out);
 
 /* A data-movement node (RESHAPE, BROADCAST, TRANSPOSE) of x at loc. For
  * TRANSPOSE the type is inferred and `to` is ignored. */
@@ -219,7 +223,8 @@ static IrRef node(Rw *w, const IrNode *proto, int nargs, const IrRef *args) {
     /* The type the rules must keep: inferred, since a rule-built proto
      * carries only data-movement targets. */
     if (ir_infer_type(w->dst, w->a, &p, nargs, args, &p.type, NULL, 0) == 0 &&
-        apply_rules(w, &p, nargs, args, &r))
+        (apply_rules(w, &p, nargs, args, &r) ||
+         (p.op == IR_MATMUL && nargs == 2 && distribute(w, &p, args, &r))))
       return r;
     if (w->failed) return IR_NONE;
   }
@@ -354,6 +359,65 @@ static int contract(Rw *w, const IrNode *sum, IrRef prod, IrRef *out) {
   if (mm == IR_NONE) return 0;
   IrRef r = move(w, IR_RESHAPE, mm, sum->type, sum->loc);
   if (r == IR_NONE) return 0;
+  w->fired++;
+  *out = r;
+  return 1;
+}
+
+/* ---- products with the identity: the papers' S (I - beta k k^T) ------------- */
+
+/* A value of one element ([] or all axes 1), seen through broadcasts. */
+static int is_scalar(Rw *w, IrRef r) {
+  IrType t = dnode(w, unbroadcast(w, r))->type;
+  for (int i = 0; i < t.rank; i++)
+    if (!is_const_one(t.dims[i])) return 0;
+  return 1;
+}
+
+static IrRef binop(Rw *w, IrOp op, IrRef a, IrRef b, SrcLoc loc) {
+  IrNode p = {0};
+  p.op = op;
+  p.loc = loc;
+  IrRef ab[2] = {a, b};
+  return node(w, &p, 2, ab);
+}
+
+/* x @ y for matrices x, y, distributed over the identity and rank-one
+ * terms of y, so that the delta rule written as the papers write it,
+ * S' = S (I - beta k k^T) + beta v k^T, reads as the form the classifier
+ * knows (S - beta (S k) k^T + ...):
+ *   x @ I                 -> x
+ *   x @ (I - Y)           -> x - x @ Y
+ *   x @ outer(a, b)       -> outer(x @ a, b)
+ *   x @ (s * outer(a, b)) -> s * outer(x @ a, b)      (s one element)
+ * Equal in real arithmetic; in floating point they round differently (as
+ * every parallel form does), and x @ I also drops the NaN that an infinity
+ * in x times a 0 of I would make. */
+static int distribute(Rw *w, const IrNode *proto, const IrRef *args, IrRef *out) {
+  IrRef x = args[0], y = args[1];
+  const IrNode *yn = dnode(w, y);
+  if (dnode(w, x)->type.rank != 2 || yn->type.rank != 2 || dnode(w, x)->type.elem != IR_REAL ||
+      yn->type.elem != IR_REAL)
+    return 0;
+  SrcLoc loc = proto->loc;
+  IrRef r = IR_NONE;
+  if (yn->op == IR_EYE) {
+    r = x;
+  } else if (yn->op == IR_SUB && dnode(w, yn->args[0])->op == IR_EYE &&
+             ir_type_eq(dnode(w, yn->args[1])->type, yn->type)) {
+    IrRef xy = binop(w, IR_MATMUL, x, yn->args[1], loc);
+    if (xy != IR_NONE) r = binop(w, IR_SUB, x, xy, loc);
+  } else if (yn->op == IR_OUTER) {
+    IrRef xa = binop(w, IR_MATMUL, x, yn->args[0], loc);
+    if (xa != IR_NONE) r = binop(w, IR_OUTER, xa, yn->args[1], loc);
+  } else if (yn->op == IR_MUL && dnode(w, yn->args[1])->op == IR_OUTER &&
+             is_scalar(w, yn->args[0])) {
+    const IrNode *o = dnode(w, yn->args[1]);
+    IrRef xa = binop(w, IR_MATMUL, x, o->args[0], loc);
+    IrRef xo = xa != IR_NONE ? binop(w, IR_OUTER, xa, o->args[1], loc) : IR_NONE;
+    if (xo != IR_NONE) r = binop(w, IR_MUL, yn->args[0], xo, loc);
+  }
+  if (r == IR_NONE || !ir_type_eq(dnode(w, r)->type, proto->type)) return 0;
   w->fired++;
   *out = r;
   return 1;

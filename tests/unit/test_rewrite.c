@@ -252,6 +252,7 @@ static void test_small_cases(void **state) {
   (void)state;
   check_golden("tests/golden/rewrite/contractions.seq", "tests/golden/rewrite/contractions.ir");
   check_golden("tests/golden/rewrite/algebra.seq", "tests/golden/rewrite/algebra.ir");
+  check_golden("tests/golden/rewrite/identity.seq", "tests/golden/rewrite/identity.ir");
 }
 
 /* The CPU backend lowers the rewritten IR: the small cases, whose products
