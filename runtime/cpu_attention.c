@@ -9,8 +9,10 @@
  * of exp(score - m) v (the online softmax): when a block raises m, the sum
  * and the accumulator are rescaled by exp(m_old - m_new), so every exponent
  * is at most 0 and nothing overflows. A tile reads each key and value once
- * for all its queries. Blocks past a tile's last query are skipped, and
- * inside the diagonal block a query reads only the keys up to itself.
+ * for all its queries. Blocks past a tile's last query are skipped; in a
+ * block that a tile's queries straddle, the scores of keys after a query
+ * are computed with the rest but get weight 0 (about QT*KB/2 wasted dot
+ * products per tile, next to T*QT/2 useful ones).
  *
  * The two products of a (tile, block) pair, the scores Q K^T and the
  * weights times the values, are the runtime's GEMM (rt_cpu_sgemm_w, on the
