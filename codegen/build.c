@@ -128,6 +128,19 @@ void allow_contract(LLVMModuleRef m) {
 #endif
 }
 
+LLVMValueRef entry_alloca(Lower *L, LLVMTypeRef t, const char *name) {
+  LLVMBasicBlockRef here = LLVMGetInsertBlock(L->bld);
+  LLVMBasicBlockRef entry = LLVMGetEntryBasicBlock(L->fv);
+  LLVMValueRef first = LLVMGetFirstInstruction(entry);
+  if (first)
+    LLVMPositionBuilderBefore(L->bld, first);
+  else
+    LLVMPositionBuilderAtEnd(L->bld, entry);
+  LLVMValueRef a = LLVMBuildAlloca(L->bld, t, name);
+  LLVMPositionBuilderAtEnd(L->bld, here);
+  return a;
+}
+
 void set_reassoc(LLVMValueRef v) {
 #if LLVM_VERSION_MAJOR >= 18
   if (LLVMCanValueUseFastMathFlags(v)) LLVMSetFastMathFlags(v, LLVMFastMathAllowReassoc);

@@ -257,14 +257,7 @@ void emit_parallel_for(Lower *L, LLVMValueRef n, LLVMValueRef extra, ParBody bod
   int nb = L->in->bufs.n;
   /* The context lives in the entry block: one slot per argument and buffer. */
   LLVMBasicBlockRef here = LLVMGetInsertBlock(bld);
-  LLVMBasicBlockRef entry = LLVMGetEntryBasicBlock(L->fv);
-  LLVMValueRef first = LLVMGetFirstInstruction(entry);
-  if (first)
-    LLVMPositionBuilderBefore(bld, first);
-  else
-    LLVMPositionBuilderAtEnd(bld, entry);
-  LLVMValueRef ctx = LLVMBuildAlloca(bld, LLVMArrayType(L->i64, (unsigned)(CTX_BUFS + nb)), "ctx");
-  LLVMPositionBuilderAtEnd(bld, here);
+  LLVMValueRef ctx = entry_alloca(L, LLVMArrayType(L->i64, (unsigned)(CTX_BUFS + nb)), "ctx");
   LLVMValueRef vals[CTX_BUFS] = {L->a_params, L->a_inputs, L->a_lengths, L->a_sin, L->a_outputs,
                                  L->a_sout,   L->a_B,      L->a_T,       NULL,     NULL,
                                  NULL,        NULL,        NULL,         NULL};

@@ -113,6 +113,9 @@ LLVMValueRef intr1(Lower *L, const char *name, LLVMValueRef x);
 LLVMValueRef intr2(Lower *L, const char *name, LLVMValueRef x, LLVMValueRef y);
 LLVMValueRef call_fn(Lower *L, const char *name, LLVMTypeRef ret, LLVMTypeRef *pt, int np,
                      LLVMValueRef *args);
+/* A stack slot of type t in the function's entry block (one frame slot, not
+ * a stack that grows per loop iteration); the builder stays where it was. */
+LLVMValueRef entry_alloca(Lower *L, LLVMTypeRef t, const char *name);
 /* Reductions may be reassociated (so vectorized). */
 void set_reassoc(LLVMValueRef v);
 /* Float adds, subtracts and multiplies may contract into FMAs. */

@@ -162,19 +162,10 @@ void emit_window(Lower *L, IrRef r) {
   loop_end(L, &lb);
 }
 
-/* An array of n floats in the function's entry block (one frame slot, not
- * a stack that grows per loop iteration). */
+/* An array of n floats in the function's entry block, 64-byte aligned. */
 static LLVMValueRef entry_array(Lower *L, int64_t n, const char *name) {
-  LLVMBasicBlockRef here = LLVMGetInsertBlock(L->bld);
-  LLVMBasicBlockRef entry = LLVMGetEntryBasicBlock(L->fv);
-  LLVMValueRef first = LLVMGetFirstInstruction(entry);
-  if (first)
-    LLVMPositionBuilderBefore(L->bld, first);
-  else
-    LLVMPositionBuilderAtEnd(L->bld, entry);
-  LLVMValueRef a = LLVMBuildAlloca(L->bld, LLVMArrayType(L->f32, (unsigned)(n ? n : 1)), name);
+  LLVMValueRef a = entry_alloca(L, LLVMArrayType(L->f32, (unsigned)(n ? n : 1)), name);
   LLVMSetAlignment(a, 64);
-  LLVMPositionBuilderAtEnd(L->bld, here);
   return a;
 }
 
