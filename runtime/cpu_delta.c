@@ -68,26 +68,9 @@
 #pragma GCC optimize("fp-contract=fast")
 #endif
 
-/* Eight lanes, one AVX2 register (as in cpu_linattn.c: GCC 12 lowers arrays
- * of 16-float vectors through the stack on an AVX2 target). */
-typedef float v8 __attribute__((vector_size(32)));
-
-#define LOAD8(dst, p) memcpy(&(dst), (p), sizeof(v8))
-#define STORE8(p, v) memcpy((p), &(v), sizeof(v8))
-#define INLINE static inline __attribute__((always_inline))
-
-/* A register tile is MR rows by one 16-float panel (two vectors): 12
- * accumulators, with the two B vectors and a broadcast within AVX2's 16
- * registers. It is also the block of the forward substitution. */
-#define MR 6
-
-static int64_t round16(int64_t n) {
-  return (n + 15) / 16 * 16;
-}
-
-static int64_t min64(int64_t a, int64_t b) {
-  return a < b ? a : b;
-}
+/* The register tiles, the transpose and the prefetch cursor, shared with
+ * cpu_dplr.c. */
+#include "runtime/cpu_tiles.h"
 
 /* ---- prefetching the next head ------------------------------------------------ */
 
@@ -102,32 +85,7 @@ static int64_t min64(int64_t a, int64_t b) {
  * keys, values and betas of the first PREFETCH_FACTORS factors. */
 #define PREFETCH_FACTORS 3
 #define PREFETCH_ARRAYS (3 + 3 * PREFETCH_FACTORS)
-typedef struct Prefetch {
-  const char *at[PREFETCH_ARRAYS]; /* the current token's row of each array, 64-byte aligned */
-  int64_t ld[PREFETCH_ARRAYS];     /* bytes from one token to the next */
-  int64_t len[PREFETCH_ARRAYS];    /* bytes to fetch per token */
-  int narrays, arr;
-  int64_t tokens; /* tokens left, the current one included */
-} Prefetch;
-
-/* Lines handed to the prefetcher after each register tile, at least (2 to
- * 8 ran at the same speed; a head's slices are about 300 lines at C = 16,
- * its chunk about 100 tiles). */
-#define PREFETCH_LINES 3
-
-INLINE void prefetch_lines(Prefetch *p) {
-  for (int64_t lines = 0; lines < PREFETCH_LINES && p->tokens > 0;) {
-    const char *row = p->at[p->arr];
-    int64_t len = p->len[p->arr];
-    for (int64_t off = 0; off < len; off += 64) __builtin_prefetch(row + off);
-    lines += (len + 63) / 64;
-    p->at[p->arr] += p->ld[p->arr];
-    if (++p->arr == p->narrays) {
-      p->arr = 0;
-      p->tokens--;
-    }
-  }
-}
+_Static_assert(PREFETCH_ARRAYS <= PREFETCH_MAX_ARRAYS, "the cursor holds them all");
 
 /* ---- scratch --------------------------------------------------------------- */
 
@@ -194,163 +152,6 @@ int64_t rt_cpu_delta_work(int64_t H, int64_t K, int64_t V, int64_t R, int64_t C)
   Scratch s;
   /* 16 more floats let the call align its base to 64 bytes. */
   return scratch_layout(H, K, V, R, C, NULL, &s) + 16;
-}
-
-/* ---- small matrix products --------------------------------------------------- */
-
-enum { PROD_SET, PROD_ADD, PROD_SCALE };
-enum { TRI_NONE, TRI_N, TRI_K2, TRI_SOLVE };
-
-/* One product, or two summed into one result: for rows i < M and columns
- * j < N (a multiple of 16),
- *   C[i, j] = (mode: 0 | C0[i, j] | beta[i] C0[i, j])
- *           + s1[i] sum_{k < k1} A1[i*lda1 + k] B1[k*ldb1 + j]
- *           + sum_{k < k2} A2[i*lda2 + k] B2[k*ldb2 + j]
- * C0 is C unless c0 is given (then c0 with stride ldc0); s1 is 1 unless
- * scale1 is given; a2 == NULL: no second sum. Row i of the A operands
- * stands for the micro-steps up to (i + 1) step - 1 (step = R for queries
- * against micro-steps, 1 otherwise), and tri says which terms are known to
- * be zero:
- * TRI_N, the rows of a block of MR need only the columns below
- * round16((i + MR) step) (a lower triangle of K K^T or Q K^T); TRI_K2, only
- * the first (i + MR) step terms of the second sum (A2 lower triangular).
- * TRI_SOLVE makes it the forward substitution
- *   C[i, :] <- C[i, :] + sum_{k < k1} A1[i, k] B1[k, :] + sum_{k < i} A2[i, k] C[k, :]
- * in order of i (A2 strictly lower triangular, B2 == C, k2 ignored): a block
- * of rows adds the finished rows above it as an ordinary second sum, then
- * the small triangle inside the block in registers. */
-typedef struct Prod {
-  int64_t M, N;
-  const float *a1, *b1, *a2, *b2;
-  int64_t lda1, ldb1, k1, lda2, ldb2, k2;
-  float *c;
-  int64_t ldc;
-  int mode, tri;
-  const float *beta, *scale1, *c0;
-  int64_t step, ldc0;
-} Prod;
-
-/* acc[r] += sum_{k < kk} A[r*lda + k] B[k*ldb : +16] for r < mr. */
-INLINE void accumulate(int mr, v8 acc[MR][2], const float *A, int64_t lda, const float *B,
-                       int64_t ldb, int64_t kk) {
-  for (int64_t k = 0; k < kk; k++) {
-    v8 b0, b1;
-    LOAD8(b0, B + k * ldb);
-    LOAD8(b1, B + k * ldb + 8);
-#pragma GCC unroll 6
-    for (int r = 0; r < mr; r++) {
-      float a = A[r * lda + k];
-      acc[r][0] += a * b0;
-      acc[r][1] += a * b1;
-    }
-  }
-}
-
-/* One register tile of a Prod: rows i .. i+mr-1 of the result, the 16
- * columns from j; k2 the second sum's length for this block. mr is a
- * constant after inlining, so acc lives in registers. The accumulators start
- * from (beta) C0 rather than adding it at the end (as in cpu_linattn.c, for
- * the short sums of the state update), unless the first sum is scaled. */
-INLINE void tile(int mr, const Prod *p, int64_t i, int64_t j, int64_t k2) {
-  v8 acc[MR][2];
-  float *C = p->c + i * p->ldc + j;
-  const int64_t ldc = p->ldc;
-  const float *C0 = p->c0 ? p->c0 + i * p->ldc0 + j : C;
-  const int64_t ldc0 = p->c0 ? p->ldc0 : ldc;
-  /* The loops over rows are unrolled by request (as in cpu_linattn.c: GCC
-   * 12 otherwise keeps acc in memory). */
-#pragma GCC unroll 6
-  for (int r = 0; r < mr; r++)
-    for (int h = 0; h < 2; h++) {
-      v8 c = {0};
-      if (p->mode != PROD_SET && !p->scale1) LOAD8(c, C0 + r * ldc0 + 8 * h);
-      if (p->mode == PROD_SCALE && !p->scale1) c *= p->beta[i + r];
-      acc[r][h] = c;
-    }
-  accumulate(mr, acc, p->a1 + i * p->lda1, p->lda1, p->b1 + j, p->ldb1, p->k1);
-  if (p->scale1) {
-#pragma GCC unroll 6
-    for (int r = 0; r < mr; r++)
-      for (int h = 0; h < 2; h++) {
-        v8 c = {0};
-        if (p->mode != PROD_SET) LOAD8(c, C0 + r * ldc0 + 8 * h);
-        if (p->mode == PROD_SCALE) c *= p->beta[i + r];
-        acc[r][h] = acc[r][h] * p->scale1[i + r] + c;
-      }
-  }
-  if (p->a2) accumulate(mr, acc, p->a2 + i * p->lda2, p->lda2, p->b2 + j, p->ldb2, k2);
-  if (p->tri == TRI_SOLVE) {
-    const float *A = p->a2 + i * p->lda2 + i;
-#pragma GCC unroll 6
-    for (int r = 1; r < mr; r++)
-#pragma GCC unroll 6
-      for (int q = 0; q < r; q++) {
-        float a = A[r * p->lda2 + q];
-        acc[r][0] += a * acc[q][0];
-        acc[r][1] += a * acc[q][1];
-      }
-  }
-#pragma GCC unroll 6
-  for (int r = 0; r < mr; r++)
-    for (int h = 0; h < 2; h++) STORE8(C + r * ldc + 8 * h, acc[r][h]);
-}
-
-INLINE void product_body(const Prod *p, Prefetch *pf) {
-  for (int64_t i = 0; i < p->M; i += MR) {
-    int mr = p->M - i < MR ? (int)(p->M - i) : MR;
-    int64_t n = p->tri == TRI_N ? min64(p->N, round16((i + mr) * p->step)) : p->N;
-    int64_t k2 = p->tri == TRI_K2      ? min64(p->k2, (i + mr) * p->step)
-                 : p->tri == TRI_SOLVE ? i
-                                       : p->k2;
-    for (int64_t j = 0; j < n; j += 16) {
-      /* One call per row count, each with constant mr (kept out of
-       * clang-format, which puts each case on three lines). */
-      // clang-format off
-      switch (mr) {
-      case 1: tile(1, p, i, j, k2); break;
-      case 2: tile(2, p, i, j, k2); break;
-      case 3: tile(3, p, i, j, k2); break;
-      case 4: tile(4, p, i, j, k2); break;
-      case 5: tile(5, p, i, j, k2); break;
-      default: tile(MR, p, i, j, k2); break;
-      }
-      // clang-format on
-      prefetch_lines(pf);
-    }
-  }
-}
-
-typedef void (*ProductFn)(const Prod *p, Prefetch *pf);
-
-/* dst[d*ldd + i] = src[i*lds + d] for i < n, d < m: 8 x 8 blocks through
- * registers (three rounds of shuffles), the edges element by element; as in
- * cpu_linattn.c. */
-INLINE void transpose(int64_t n, int64_t m, const float *src, int64_t lds, float *dst,
-                      int64_t ldd) {
-  int64_t n8 = n / 8 * 8, m8 = m / 8 * 8;
-  for (int64_t i0 = 0; i0 < n8; i0 += 8)
-    for (int64_t d0 = 0; d0 < m8; d0 += 8) {
-      v8 r[8], t[8], u[8];
-      for (int i = 0; i < 8; i++) LOAD8(r[i], src + (i0 + i) * lds + d0);
-      for (int i = 0; i < 8; i += 2) {
-        t[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
-        t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
-      }
-      for (int b = 0; b < 8; b += 4)
-        for (int c = 0; c < 4; c += 2) {
-          const v8 x = t[b + c / 2], y = t[b + c / 2 + 2];
-          u[b + c] = __builtin_shufflevector(x, y, 0, 1, 8, 9, 4, 5, 12, 13);
-          u[b + c + 1] = __builtin_shufflevector(x, y, 2, 3, 10, 11, 6, 7, 14, 15);
-        }
-      for (int c = 0; c < 4; c++) {
-        v8 lo = __builtin_shufflevector(u[c], u[4 + c], 0, 1, 2, 3, 8, 9, 10, 11);
-        v8 hi = __builtin_shufflevector(u[c], u[4 + c], 4, 5, 6, 7, 12, 13, 14, 15);
-        STORE8(dst + (d0 + c) * ldd + i0, lo);
-        STORE8(dst + (d0 + c + 4) * ldd + i0, hi);
-      }
-    }
-  for (int64_t d = 0; d < m; d++)
-    for (int64_t i = d < m8 ? n8 : 0; i < n; i++) dst[d * ldd + i] = src[i * lds + d];
 }
 
 /* ---- one chunk ------------------------------------------------------------------ */
@@ -551,13 +352,7 @@ static void prefetch_start(const Delta *a, Prefetch *p, int64_t h, int64_t t0, i
       else
         base = a->beta ? a->beta + f * a->ldbr : NULL, ld = a->ldb, width = 1;
     }
-    if (!base) continue;
-    const float *row = base + t0 * ld + h * width;
-    uintptr_t start = (uintptr_t)row & ~(uintptr_t)63;
-    p->at[p->narrays] = (const char *)start;
-    p->ld[p->narrays] = ld * (int64_t)sizeof(float);
-    p->len[p->narrays] = (int64_t)((uintptr_t)(row + width) - start);
-    p->narrays++;
+    prefetch_add(p, base, ld, h * width, width, t0);
   }
   p->arr = 0;
 }

@@ -216,6 +216,44 @@ int64_t rt_cpu_delta_work(int64_t H, int64_t K, int64_t V, int64_t R, int64_t C)
  * 16 factors per chunk were the fastest for both, and for R = 3 4 to 8 tokens ran alike. */
 #define RT_CPU_DELTA_CHUNK 16
 
+/* ---- the generalized delta rule, chunkwise parallel (cpu_dplr.c) -------- */
+
+/* One sequence of the generalized delta rule with a per-key decay (a diagonal-plus-low-rank
+ * transition, RWKV-7's state update), per head h < H, for t = 0 .. T-1:
+ *   S <- S diag(w_t) + (S a_t) b_t^T + v_t k_t^T    w_t = exp(lw_t), one per key; S a_t reads
+ *                                                   S as it was before this token
+ *   o_t = S q_t                                     after the update
+ * S: [H, V, K] row-major (o = S q sums over K); the initial state on entry, the final state on
+ * return. Token t: q + t*ldq, lw + t*ldw, a + t*lda, b + t*ldb, k + t*ldk ([H, K] head-major,
+ * element c of head h at h*K + c), v + t*ldv and o + t*ldo ([H, V]). Strides are in floats and
+ * may be negative (a sequence processed backwards) or 0 (the same row for every token).
+ * q == NULL (then o is ignored): only the state. C: the chunk length in tokens (C < 1 means
+ * RT_CPU_DPLR_CHUNK); T >= 0 is any length (the last chunk may be short). work:
+ * rt_cpu_dplr_work(H, K, V, C) floats of scratch (caller-owned, any float alignment). Runs on
+ * the calling thread and allocates nothing. With w = 1, a = k, b = -beta k and beta v for v it
+ * is the delta rule (rt_cpu_delta with R = 1).
+ * Expected inputs: a transition diag(w) + a b^T of norm at most about 1 (RWKV-7: a = kk of unit
+ * length, b = -g kk with g in (0, 1), w in (0, 1)); decays in [0, 1] (lw <= 0; exp(lw) is
+ * capped at exp(88)); lw = -inf is a decay of exactly 0 and cuts the history on that key
+ * exactly. o must not overlap the inputs or S. H, K or V < 1, any over 2^20, or C over 2^14:
+ * nothing is done. */
+void rt_cpu_dplr(int64_t T, int64_t H, int64_t K, int64_t V, const float *q, int64_t ldq,
+                 const float *lw, int64_t ldw, const float *a, int64_t lda, const float *b,
+                 int64_t ldb, const float *v, int64_t ldv, const float *k, int64_t ldk, float *S,
+                 float *o, int64_t ldo, int64_t C, float *work);
+/* Floats of scratch rt_cpu_dplr needs (0 for shapes it rejects): every head's state and one
+ * chunk of one head's working set, O(H K V + C (C + K + V)). Independent of T. */
+int64_t rt_cpu_dplr_work(int64_t H, int64_t K, int64_t V, int64_t C);
+/* The default chunk length in tokens. The chunked form does 4 K V multiply-adds per token and
+ * head with the state (3 without outputs), as many as the step loop, plus about C (K + V) for
+ * the pairwise weights and the triangles, so a longer chunk only pays where the short products
+ * of a short one run slower. On a Zen 3 core (bench/dplr_bench.c, RWKV-7's inputs, T = 4096,
+ * medians of 9 rounds), C = 8, 16, 32, 64 gave 120, 130, 116, 108 K tokens/s at H = 1,
+ * K = V = 256 (the float32 step loop: 37 K) and 341, 330, 263, 194 K at H = 4, K = V = 64
+ * (the step loop: 117 K); state only, 161, 167, 159, 146 K (46 K) and 462, 454, 362, 268 K
+ * (158 K). */
+#define RT_CPU_DPLR_CHUNK 16
+
 /* ---- Newton solves (cpu_newton.c) ------------------------------------------ */
 
 /* A compiled instance function: the step of a Newton layer (a cell with no
