@@ -1,5 +1,6 @@
 /* chunk.c - a matrix state's chunked form (sched/chunk.c): per example, one
- * call of the runtime's chunkwise kernel (rt_cpu_linattn) per readout, over
+ * call of the runtime's chunkwise kernel (rt_cpu_linattn, rt_cpu_delta or
+ * rt_cpu_dplr) per readout, over
  * the example's sequence in the direction the instance runs (a reversed
  * sequence is read from its last token with negative strides). The last
  * call runs on the state's storage and leaves the final state there. */
@@ -106,7 +107,22 @@ static void linattn_item(Lower *L, LLVMValueRef item, LLVMValueRef split, const 
       LLVMBuildMemCpy(bld, copy, 4, S, 4, mul(L, hn, ci64(L, hfloats * 4)));
       Sc = copy;
     }
-    if (la->delta) {
+    if (la->kind == SCHED_CHUNK_DPLR) {
+      /* lw, a, b, k [L..., K] and v [L..., V] per token. */
+      LLVMValueRef ldw, lda, ldb;
+      LLVMValueRef lw = gepf(L, seq_operand(L, la->lg, b, t0, dir, &ldw), mul(L, h0, ci64(L, la->K)));
+      LLVMValueRef av = gepf(L, seq_operand(L, la->a, b, t0, dir, &lda), mul(L, h0, ci64(L, la->K)));
+      LLVMValueRef bv = gepf(L, seq_operand(L, la->b, b, t0, dir, &ldb), mul(L, h0, ci64(L, la->K)));
+      LLVMValueRef args[21] = {n,   hn,  ci64(L, la->K), ci64(L, la->V), q,  ldq, lw,
+                               ldw, av,  lda,            bv,             ldb, v,  ldv,
+                               k,   ldk, Sc,             o,              ldo, ci64(L, la->chunk),
+                               work};
+      int ptrs[] = {4, 6, 8, 10, 12, 14, 16, 17, 20};
+      for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) pt[ptrs[i]] = L->ptr;
+      call_fn(L, "rt_cpu_dplr", L->void_t, pt, 21, args);
+      continue;
+    }
+    if (la->kind == SCHED_CHUNK_DELTA) {
       /* k [R, L..., K], v [R, L..., V], beta [R, L...], lg [L...]: factor r
        * of a token is heads rows further on. */
       LLVMValueRef ldbeta, ldlg = ci64(L, 0);

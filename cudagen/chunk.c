@@ -4,15 +4,19 @@
  * runs, the state in its own storage; one pass per readout, every pass but
  * the last on a copy of the initial state, as on the CPU. The products run
  * on the block's threads in plain fp32 (tensor cores are still to come);
- * the delta rule's WY form is not rendered yet. */
+ * the WY forms of the delta rule and of the generalized one (dplr) are not
+ * rendered yet. */
 #include "cudagen/cu.h"
 
 void cu_linattn(Cu *c, const SchedOp *op) {
   const SchedLinattn *la = op->linattn;
   const SchedInst *in = c->in;
-  if (la->delta) {
+  if (la->kind != SCHED_CHUNK_LINATTN) {
     cu_unsupported(c, op->node,
-                   "the chunked WY form of the delta rule (use --strategy=sequential)");
+                   la->kind == SCHED_CHUNK_DELTA
+                       ? "the chunked WY form of the delta rule (use --strategy=sequential)"
+                       : "the chunked WY form of the generalized delta rule (use "
+                         "--strategy=sequential)");
     return;
   }
   long long H = la->heads, K = la->K, V = la->V, Kg = la->Kg;

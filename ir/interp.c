@@ -926,8 +926,10 @@ static int alloc_slots(Run *r, Inst *in) {
       const Val *S0 = &in->slot[nd->args[4]].v;
       if (!(s->aux = alloc_doubles(r, S0->n, 1))) return oom(r);
     }
-    if (nd->op == IR_DELTA || nd->op == IR_DELTA_STATE) { /* the running state and S k */
-      const Val *S0 = &in->slot[nd->args[nd->op == IR_DELTA ? 5 : 4]].v;
+    if (nd->op == IR_DELTA || nd->op == IR_DELTA_STATE || nd->op == IR_DPLR ||
+        nd->op == IR_DPLR_STATE) { /* the running state and S k (S a) */
+      int s0 = nd->op == IR_DELTA ? 5 : nd->op == IR_DPLR ? 6 : nd->op == IR_DPLR_STATE ? 5 : 4;
+      const Val *S0 = &in->slot[nd->args[s0]].v;
       if (!(s->aux = alloc_doubles(r, S0->n + (S0->rank ? S0->shape[S0->rank - 2] : 0), 1)))
         return oom(r);
     }
@@ -1495,6 +1497,58 @@ static void delta(Run *r, Inst *in, int i, int64_t len) {
   }
 }
 
+/* The generalized delta rule (passes/delta.c), evaluated as its definition,
+ * step by step: per lead slice S = S diag(exp(lw_t)) + (S a_t) b_t^T +
+ * v_t k_t^T, S a_t read before the update, and DPLR's readout sum_K S q_t.
+ * The state is kept in float64 and rounded after each step in float32 mode,
+ * as the cell's ops would be. */
+static void dplr(Run *r, Inst *in, int i, int64_t len) {
+  const IrNode *nd = &in->fn->nodes.v[i];
+  Slot *s = &in->slot[i];
+  int readout = nd->op == IR_DPLR, off = readout ? 1 : 0;
+  const Slot *q = readout ? &in->slot[nd->args[0]] : NULL;
+  const Slot *lw = &in->slot[nd->args[off]], *av = &in->slot[nd->args[off + 1]],
+             *bv = &in->slot[nd->args[off + 2]], *v = &in->slot[nd->args[off + 3]],
+             *k = &in->slot[nd->args[off + 4]], *S0 = &in->slot[nd->args[off + 5]];
+  int L = S0->v.rank - 2;
+  int64_t V = S0->v.shape[L], K = S0->v.shape[L + 1];
+  int64_t heads = V > 0 && K > 0 ? S0->v.n / (V * K) : 0;
+  double *S = readout ? s->aux : NULL, *sa = s->aux + S0->v.n;
+  for (int64_t t = 0; t < len; t++) {
+    const double *prev = t == 0 ? S0->v.d : readout ? S : s->v.d + (t - 1) * s->stride;
+    double *cur = readout ? S : s->v.d + t * s->stride;
+    if (cur != prev) memcpy(cur, prev, (size_t)S0->v.n * sizeof(double));
+    const double *wt = lw->v.d + t * lw->stride, *at = av->v.d + t * av->stride,
+                 *bt = bv->v.d + t * bv->stride, *vt = v->v.d + t * v->stride,
+                 *kt = k->v.d + t * k->stride;
+    for (int64_t h = 0; h < heads; h++) {
+      double *Sh = cur + h * V * K;
+      const double *ah = at + h * K, *bh = bt + h * K, *kh = kt + h * K, *vh = vt + h * V;
+      for (int64_t x = 0; x < V; x++) {
+        double acc = 0;
+        for (int64_t j = 0; j < K; j++) acc += Sh[x * K + j] * ah[j];
+        sa[x] = acc;
+      }
+      for (int64_t x = 0; x < V; x++)
+        for (int64_t j = 0; j < K; j++) {
+          double y = Sh[x * K + j] * exp(wt[h * K + j]) + sa[x] * bh[j] + vh[x] * kh[j];
+          Sh[x * K + j] = r->f64 ? y : (double)(float)y;
+        }
+    }
+    if (readout) {
+      const double *qt = q->v.d + t * q->stride;
+      double *o = s->v.d + t * s->stride;
+      for (int64_t h = 0; h < heads; h++)
+        for (int64_t x = 0; x < V; x++) {
+          double acc = 0;
+          for (int64_t j = 0; j < K; j++) acc += cur[(h * V + x) * K + j] * qt[h * K + j];
+          o[h * V + x] = acc;
+        }
+      if (!r->f64) round_f32(o, heads * V);
+    }
+  }
+}
+
 /* ---- Newton ---------------------------------------------------------------------- */
 
 /* A call of a Newton layer (IrLayer.newton): the n solved states' values
@@ -1731,6 +1785,10 @@ static int run_model(Run *r, Inst *in, const Seq *ins, int64_t len) {
     case IR_DELTA:
     case IR_DELTA_STATE:
       delta(r, in, i, len);
+      break;
+    case IR_DPLR:
+    case IR_DPLR_STATE:
+      dplr(r, in, i, len);
       break;
     case IR_ATTN:
       attn(r, in, i, len);

@@ -791,6 +791,30 @@ int ir_infer_type(const IrFunc *f, Arena *a, const IrNode *proto, int nargs, con
     if (op == IR_DELTA_STATE) return result(cx, IR_REAL, S.rank, S.dims, out);
     return result(cx, IR_REAL, L + 1, S.dims, out);
   }
+  case IR_DPLR:
+  case IR_DPLR_STATE: {
+    /* Operands: [q,] lw, a, b, v, k, S0; every one real, with the lead axes
+     * of S0; v along V, the others along K. */
+    int off = op == IR_DPLR ? 1 : 0;
+    IrType S = f->nodes.v[args[off + 5]].type;
+    for (int i = 0; i < nargs; i++)
+      if (need_real(cx, info->text, f->nodes.v[args[i]].type)) return -1;
+    if (S.rank < 2) return fail(cx, "%s: the state %s is not a matrix", info->text, tstr(cx, S));
+    int L = S.rank - 2, ok = 1;
+    for (int j = 0; j < off + 5 && ok; j++) {
+      IrType t = f->nodes.v[args[j]].type;
+      DimExpr last = j == off + 3 ? S.dims[L] : S.dims[L + 1];
+      ok = t.rank == L + 1 && dim_eq(t.dims[L], last);
+      for (int i = 0; ok && i < L; i++) ok = dim_eq(t.dims[i], S.dims[i]);
+    }
+    if (!ok)
+      return fail(cx,
+                  "%s: operands do not fit the state %s ([..., V, K]: q, lw, a, b, k [..., K], "
+                  "v [..., V])",
+                  info->text, tstr(cx, S));
+    if (op == IR_DPLR_STATE) return result(cx, IR_REAL, S.rank, S.dims, out);
+    return result(cx, IR_REAL, L + 1, S.dims, out);
+  }
   case IR_ATTN: {
     IrType q = ts[0], k = ts[1], v = ts[2];
     for (int i = 0; i < 3; i++)

@@ -161,7 +161,7 @@ typedef struct Readout {
 /* The plan for state s of f: its readouts, axes and scan; 0, or -1 with why. */
 typedef struct Plan {
   int s;
-  int delta; /* the state is delta_state (the delta rule), not a scan */
+  int delta; /* the state is delta_state or dplr_state (the delta rule), not a scan */
   IrRef scan, delay;
   int r, vax, kax;
   Readout *reads;
@@ -176,7 +176,7 @@ static int plan_state(Chunk *C, const Users *u, int s, Plan *p) {
   p->delay = IR_NONE;
   p->scan = st->next;
   const IrNode *h = &f->nodes.v[p->scan];
-  p->delta = h->op == IR_DELTA_STATE;
+  p->delta = h->op == IR_DELTA_STATE || h->op == IR_DPLR_STATE;
   if (h->op != IR_SCAN && !p->delta) return refuse(C, h, "the state is not a scan");
   p->r = st->type.rank;
   if (p->r < 2) return refuse(C, h, "the state is not a matrix");
@@ -235,23 +235,15 @@ static int plan_state(Chunk *C, const Users *u, int s, Plan *p) {
   return 0;
 }
 
-/* The canonical operands shared by the readouts and the final state. */
+/* A scan's canonical operands, shared by the readouts and the final state
+ * (the delta rule's are its _state op's own). */
 typedef struct Operands {
   IrRef k, v, lg, S0;
-  IrRef beta; /* the delta rule's */
 } Operands;
 
 static int operands(Chunk *C, const Plan *p, Operands *o) {
   const IrFunc *f = C->b.src;
   const IrNode *h = &f->nodes.v[p->scan];
-  if (p->delta) { /* delta_state's own operands */
-    o->k = C->map[h->args[0]];
-    o->v = C->map[h->args[1]];
-    o->beta = C->map[h->args[2]];
-    o->lg = C->map[h->args[3]];
-    o->S0 = C->map[h->args[4]];
-    return 0;
-  }
   const IrState *st = &f->states.v[p->s];
   int r = p->r, L = r - 2;
   SrcLoc loc = h->loc;
@@ -337,7 +329,7 @@ int chunk_func(Arena *a, const IrFunc *f, const char *chunked, IrFunc **out, con
     if (readout_of[r]) {
       int s = plan_of[r];
       const Plan *p = &plans[s];
-      if (!have[s]) {
+      if (!have[s] && !p->delta) {
         if (operands(&C, p, &ops[s])) goto refused;
         have[s] = 1;
       }
@@ -347,13 +339,17 @@ int chunk_func(Arena *a, const IrFunc *f, const char *chunked, IrFunc **out, con
       memset(&attrs, 0, sizeof attrs);
       attrs.index = ro->exclusive;
       if (p->delta) {
-        IrType S0 = C.b.dst->nodes.v[ops[s].S0].type;
+        /* delta or dplr: q, then the _state op's own operands (S0 last). */
+        const IrNode *h = &f->nodes.v[p->scan];
+        IrType S0 = C.b.dst->nodes.v[C.map[h->args[h->nargs - 1]]].type;
         DimExpr dq[SEQ_MAX_RANK];
         for (int i = 0; i < p->r - 2; i++) dq[i] = S0.dims[i];
         dq[p->r - 2] = S0.dims[p->r - 1];
-        q = pb_shape(&C.b, IR_BROADCAST, q, ir_type(a, IR_REAL, p->r - 1, dq), n->loc);
-        IrRef args[6] = {q, ops[s].k, ops[s].v, ops[s].beta, ops[s].lg, ops[s].S0};
-        C.map[r] = pb_node(&C.b, IR_DELTA, 6, args, &attrs, n->loc);
+        IrRef args[7];
+        args[0] = pb_shape(&C.b, IR_BROADCAST, q, ir_type(a, IR_REAL, p->r - 1, dq), n->loc);
+        for (int j = 0; j < h->nargs; j++) args[j + 1] = C.map[h->args[j]];
+        IrOp op = h->op == IR_DPLR_STATE ? IR_DPLR : IR_DELTA;
+        C.map[r] = pb_node(&C.b, op, h->nargs + 1, args, &attrs, n->loc);
       } else {
         q = pb_shape(&C.b, IR_BROADCAST, q, C.b.dst->nodes.v[ops[s].k].type, n->loc);
         IrRef args[5] = {q, ops[s].k, ops[s].v, ops[s].lg, ops[s].S0};

@@ -9,9 +9,13 @@
  * with g = exp(lg) one positive gate per head (DeltaNet: none; gated
  * DeltaNet: alpha), beta one number per head and factor, k [K] and v [V]
  * per head and factor (DeltaProduct: R Householder factors per token).
- * This file finds g, k, beta and v in the step, or says why they are not
- * there (RWKV-7's per-key decay and distinct vectors on either side of its
- * low-rank term, for one).
+ * This file finds g, k, beta and v in the step. Where they are not there,
+ * it looks for one step of the generalized rule (RWKV-7's, the dplr ops),
+ *
+ *   S = S diag(d) + (S a) b^T + v k^T
+ *
+ * with d a positive decay per key (and head), a, b and k [K], v [V]: any
+ * vectors. Else it says why (the wider form's reason).
  *
  * The step's next value is read as an affine form in a value X of the
  * state's type (the state itself, or the previous factor's result):
@@ -33,7 +37,9 @@
  * and builds nothing; what is left over is beta and v. When the next value
  * is not one factor of the state, the factors are looked for as a chain:
  * a value X1 of the state's type in next's cone that next is one factor of,
- * and which is itself a chain down to the state (at most DELTA_MAX_R).
+ * and which is itself a chain down to the state (at most DELTA_MAX_R). The
+ * generalized rule reads the same form, with no cancelling: D is d, the
+ * term's vectors are a and b, the write's v and k.
  */
 #include "passes/passes.h"
 
@@ -434,6 +440,30 @@ static int one_factor(Ana *A, IrRef target, IrRef X, DeltaFactor *out) {
   return 0;
 }
 
+/* The generalized rule: next = D S + (S a) b^T + v k^T with D a decay that
+ * may vary along K (and the lead axes) and a, b any vectors along K. */
+static int general(Ana *A, IrRef target, IrRef S, DeltaForm *out) {
+  if (analyze(A, target, S)) return -1;
+  const IrNode *n = &A->f->nodes.v[target];
+  const AVal *v = &A->val[target];
+  if (!v->has_d || v->nt != 1 || v->nw != 1)
+    return refuse(A, n,
+                  v->nt != 1 ? "not one low-rank term (S a) b^T per step"
+                             : "not one rank-one write per step");
+  if (fac_profile(A, &v->d) & P_V) return refuse(A, n, "a decay along the value axis");
+  if (v->d.sign < 0) return refuse(A, n, "a negative decay");
+  if ((fac_profile(A, &v->ta[0]) | fac_profile(A, &v->tb[0])) & P_V)
+    return refuse(A, n, "a low-rank term along the value axis");
+  out->general = 1;
+  out->R = 1;
+  out->d = v->d;
+  out->a = v->ta[0];
+  out->b = v->tb[0];
+  out->v = v->wu[0];
+  out->k = v->ww[0];
+  return 0;
+}
+
 static int chain(Ana *A, IrRef target, DeltaForm *out, int depth) {
   IrRef S = IR_NONE;
   const IrFunc *f = A->f;
@@ -492,8 +522,18 @@ int delta_analyze(Arena *a, const IrFunc *cell, int state, DeltaForm *out, const
     for (int j = 0; j < n->nargs && !A.sdep[r]; j++) A.sdep[r] = A.sdep[n->args[j]];
   }
   if (chain(&A, st->next, out, 0)) {
-    *why = A.why ? A.why : "not the delta rule";
-    return 1;
+    /* Not DeltaNet's form: the generalized rule, or why not (the reason the
+     * wider form gives, which says more). */
+    const char *first = A.why;
+    IrRef S = IR_NONE;
+    for (IrRef r = 0; r < cell->nodes.n && S == IR_NONE; r++)
+      if (cell->nodes.v[r].op == IR_STATE && cell->nodes.v[r].index == state) S = r;
+    A.why = NULL;
+    memset(out, 0, sizeof *out);
+    if (S == IR_NONE || general(&A, st->next, S, out)) {
+      *why = A.why ? A.why : first ? first : "not the delta rule";
+      return 1;
+    }
   }
   out->rank = A.r;
   return 0;
@@ -535,6 +575,48 @@ static IrRef product(PassBuild *B, int r, const Fac *F, int as, IrType t, SrcLoc
   return pb_shape(B, IR_BROADCAST, p, t, loc);
 }
 
+/* The logarithm of the product g, a sum of its factors' logarithms (0: no
+ * factor), built as `as`; IR_NONE with *why for a factor not provably
+ * positive, or on failure. */
+static IrRef log_of(PassBuild *B, int r, const Fac *g, int as, SrcLoc loc, const char **why) {
+  IrRef lg = IR_NONE;
+  for (int i = 0; i < g->n && !B->failed; i++) {
+    IrRef l = pb_log(B, g->x[i], why);
+    if (l == IR_NONE) return IR_NONE;
+    l = shaped(B, r, l, g->ctx[i], as, loc);
+    if (lg == IR_NONE) {
+      lg = l;
+    } else {
+      IrRef args[2] = {lg, l};
+      lg = pb_node(B, IR_ADD, 2, args, NULL, loc);
+    }
+  }
+  return lg == IR_NONE ? pb_const(B, 0.0, loc) : lg;
+}
+
+/* dplr_state's operands lw, a, b, v, k: the decay's logarithm and the
+ * vectors along K, v along V. */
+static int build_general(PassBuild *B, const IrState *st, const DeltaForm *form, DeltaOps *out,
+                         const char **why) {
+  int r0 = form->rank, L = r0 - 2;
+  SrcLoc loc = st->loc;
+  DimExpr dk[SEQ_MAX_RANK], dv[SEQ_MAX_RANK];
+  for (int i = 0; i < L; i++) dk[i] = dv[i] = st->type.dims[i];
+  dv[L] = st->type.dims[L];
+  dk[L] = st->type.dims[L + 1];
+  IrType tk = ir_type(B->a, IR_REAL, L + 1, dk), tv = ir_type(B->a, IR_REAL, L + 1, dv);
+  IrRef lw = log_of(B, r0, &form->d, AS_K, loc, why);
+  if (lw == IR_NONE) return B->failed ? -1 : 1;
+  out->op = IR_DPLR_STATE;
+  out->nargs = 5;
+  out->args[0] = pb_shape(B, IR_BROADCAST, lw, tk, loc);
+  out->args[1] = product(B, r0, &form->a, AS_K, tk, loc);
+  out->args[2] = product(B, r0, &form->b, AS_K, tk, loc);
+  out->args[3] = product(B, r0, &form->v, AS_V, tv, loc);
+  out->args[4] = product(B, r0, &form->k, AS_K, tk, loc);
+  return B->failed ? -1 : 0;
+}
+
 int delta_build(Arena *a, const IrFunc *cell, int state, const DeltaForm *form, IrFunc *dst,
                 IrRef (*map)(void *ctx, IrRef src), void *ctx, DeltaOps *out, const char **why,
                 DiagEngine *de) {
@@ -542,6 +624,7 @@ int delta_build(Arena *a, const IrFunc *cell, int state, const DeltaForm *form, 
   PassBuild B = {a, de, "delta", cell, dst, map, ctx, 0};
   SrcLoc loc = st->loc;
   int r0 = form->rank, L = r0 - 2;
+  if (form->general) return build_general(&B, st, form, out, why);
   DimExpr dk[SEQ_MAX_RANK], dv[SEQ_MAX_RANK], dl[SEQ_MAX_RANK];
   for (int i = 0; i < L; i++) dk[i + 1] = dv[i + 1] = dl[i + 1] = st->type.dims[i];
   dk[0] = dv[0] = dl[0] = dim_const(1);
@@ -560,24 +643,13 @@ int delta_build(Arena *a, const IrFunc *cell, int state, const DeltaForm *form, 
   IrNode cat;
   memset(&cat, 0, sizeof cat);
   cat.axis = 0;
-  out->k = form->R == 1 ? ks[0] : pb_node(&B, IR_CONCAT, form->R, ks, &cat, loc);
-  out->v = form->R == 1 ? vs[0] : pb_node(&B, IR_CONCAT, form->R, vs, &cat, loc);
-  out->beta = form->R == 1 ? bs[0] : pb_node(&B, IR_CONCAT, form->R, bs, &cat, loc);
-  /* The gate's logarithm: a sum of the factors' logarithms (0: no gate). */
-  IrRef lg = IR_NONE;
-  const Fac *g = &form->f[0].gate;
-  for (int i = 0; i < g->n && !B.failed; i++) {
-    IrRef l = pb_log(&B, g->x[i], why);
-    if (l == IR_NONE) return B.failed ? -1 : 1;
-    l = shaped(&B, r0, l, g->ctx[i], AS_LEAD, loc);
-    if (lg == IR_NONE) {
-      lg = l;
-    } else {
-      IrRef args[2] = {lg, l};
-      lg = pb_node(&B, IR_ADD, 2, args, NULL, loc);
-    }
-  }
-  if (lg == IR_NONE) lg = pb_const(&B, 0.0, loc);
-  out->lg = pb_shape(&B, IR_BROADCAST, lg, tl, loc);
+  out->op = IR_DELTA_STATE;
+  out->nargs = 4;
+  out->args[0] = form->R == 1 ? ks[0] : pb_node(&B, IR_CONCAT, form->R, ks, &cat, loc);
+  out->args[1] = form->R == 1 ? vs[0] : pb_node(&B, IR_CONCAT, form->R, vs, &cat, loc);
+  out->args[2] = form->R == 1 ? bs[0] : pb_node(&B, IR_CONCAT, form->R, bs, &cat, loc);
+  IrRef lg = log_of(&B, r0, &form->f[0].gate, AS_LEAD, loc, why);
+  if (lg == IR_NONE) return B.failed ? -1 : 1;
+  out->args[3] = pb_shape(&B, IR_BROADCAST, lg, tl, loc);
   return B.failed ? -1 : 0;
 }

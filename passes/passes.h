@@ -270,7 +270,8 @@ void strategy_print(FILE *out, const IrModule *m, const StrategyPlan *plan);
 /* ---- delta.c: the delta rule read off a step ------------------------------ */
 
 /* A state S [L..., V, K] updated per token as exp(lg) S, then R factors
- * S (I - beta k k^T) + beta v k^T (delta.c says how they are found). Each
+ * S (I - beta k k^T) + beta v k^T, or as S diag(d) + (S a) b^T + v k^T
+ * (delta.c says how they are found). Each
  * coefficient is a product of nodes of the cell, each aligned to the
  * state's rank or to that of a [L..., V] vector (ctx 0 or 1). */
 #define DELTA_MAX_R 4
@@ -283,13 +284,23 @@ typedef struct DeltaFac {
 typedef struct DeltaFactor {
   DeltaFac gate, k, beta, v; /* gate: the first factor's only */
 } DeltaFactor;
+/* general: the rule with a decay per key and two vectors in its low-rank
+ * term (RWKV-7), S diag(d) + (S a) b^T + v k^T, one factor per token (in
+ * d, a, b, v, k; f unused): the dplr ops. Else the R factors in f: the
+ * delta ops. */
 typedef struct DeltaForm {
   int R, rank;
   DeltaFactor f[DELTA_MAX_R];
+  int general;
+  DeltaFac d, a, b, v, k;
 } DeltaForm;
-/* The operands of delta and delta_state (ir/ops.def) in a parallel form. */
+/* The operands of delta and delta_state, or of dplr and dplr_state
+ * (ir/ops.def), in a parallel form: op (IR_DELTA_STATE or IR_DPLR_STATE)
+ * and its operands but S0, in order. */
 typedef struct DeltaOps {
-  IrRef k, v, beta, lg;
+  IrOp op;
+  int nargs;
+  IrRef args[5];
 } DeltaOps;
 /* 0 and *out when state `state` of cell is the delta rule; 1 and *why (in
  * words, with a location) when it is not; -1 out of memory. */

@@ -378,8 +378,9 @@ static IrRef map_cb(void *ctx, IrRef src) {
   return map_node(ctx, src);
 }
 
-/* The delta rule (delta.c): H = delta_state(k, v, beta, lg, S0), the state
- * after every step, with the operands computed per token. */
+/* The delta rule (delta.c): H = delta_state(k, v, beta, lg, S0) or
+ * dplr_state(lw, a, b, v, k, S0), the state after every step, with the
+ * operands computed per token. */
 static int solve_delta(Scan *S, int k) {
   const IrState *st = &S->b.src->states.v[k];
   DeltaForm form;
@@ -397,11 +398,13 @@ static int solve_delta(Scan *S, int k) {
     if (!S->why) S->why = arena_printf(S->b.a, "state %s: %s", st->name, why);
     return -1;
   }
-  IrRef args[5] = {ops.k, ops.v, ops.beta, ops.lg, S->state_in[k]};
+  IrRef args[6];
+  memcpy(args, ops.args, sizeof(IrRef) * (size_t)ops.nargs);
+  args[ops.nargs] = S->state_in[k];
   IrNode attrs;
   memset(&attrs, 0, sizeof attrs);
   attrs.index = k;
-  IrRef seq = pb_node(&S->b, IR_DELTA_STATE, 5, args, &attrs, st->loc);
+  IrRef seq = pb_node(&S->b, ops.op, ops.nargs + 1, args, &attrs, st->loc);
   if (S->b.failed) return -1;
   solved_state(S, k, seq);
   S->map[st->next] = seq;

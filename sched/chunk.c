@@ -1,7 +1,8 @@
 /* chunk.c - how a matrix state's chunked form runs (passes/chunk.c made its
- * linattn or delta ops): per example, the runtime's chunkwise kernel
+ * linattn, delta or dplr ops): per example, the runtime's chunkwise kernel
  * (rt_cpu_linattn, runtime/cpu_linattn.c; rt_cpu_delta, runtime/cpu_delta.c
- * for the delta rule) over the sequence or the time chunk, once per
+ * for the delta rule; rt_cpu_dplr, runtime/cpu_dplr.c for the generalized
+ * one) over the sequence or the time chunk, once per
  * readout. The state S_t is never formed per token: the kernel keeps one
  * state per example, starting from the state's storage and leaving the
  * final state there, so linattn_state (whose value only matters at the last
@@ -25,20 +26,45 @@ static int is_transpose_of_state(const IrFunc *fn, IrRef r, int *state) {
   return 1;
 }
 
-/* A chunked form's ops: linattn (q, k, v, lg, S0) and delta (q, k, v, beta,
- * lg, S0), and their _state forms without q. */
+/* A chunked form's ops: linattn (q, k, v, lg, S0), delta (q, k, v, beta,
+ * lg, S0) and dplr (q, lw, a, b, v, k, S0), and their _state forms without
+ * q. */
 static int is_form_op(IrOp op) {
-  return op == IR_LINATTN || op == IR_LINATTN_STATE || op == IR_DELTA || op == IR_DELTA_STATE;
+  return op == IR_LINATTN || op == IR_LINATTN_STATE || op == IR_DELTA || op == IR_DELTA_STATE ||
+         op == IR_DPLR || op == IR_DPLR_STATE;
 }
 
 static int is_readout(IrOp op) {
-  return op == IR_LINATTN || op == IR_DELTA;
+  return op == IR_LINATTN || op == IR_DELTA || op == IR_DPLR;
 }
 
-/* The S0 operand of a form op. */
+static SchedChunkKind kind_of(IrOp op) {
+  return op == IR_DELTA || op == IR_DELTA_STATE ? SCHED_CHUNK_DELTA
+         : op == IR_DPLR || op == IR_DPLR_STATE ? SCHED_CHUNK_DPLR
+                                                : SCHED_CHUNK_LINATTN;
+}
+
+/* The S0 operand of a form op: the last. */
 static IrRef s0_of(const IrNode *nd) {
-  int off = is_readout(nd->op) ? 1 : 0;
-  return nd->args[off + (nd->op == IR_DELTA || nd->op == IR_DELTA_STATE ? 4 : 3)];
+  return nd->args[nd->nargs - 1];
+}
+
+/* The operands every call of a state's form shares, in the fields of la. */
+static void shared_operands(const IrNode *nd, SchedLinattn *la) {
+  const IrRef *x = nd->args + (is_readout(nd->op) ? 1 : 0);
+  la->kind = kind_of(nd->op);
+  la->beta = la->a = la->b = IR_NONE;
+  switch (la->kind) {
+  case SCHED_CHUNK_LINATTN:
+    la->k = x[0], la->v = x[1], la->lg = x[2];
+    break;
+  case SCHED_CHUNK_DELTA:
+    la->k = x[0], la->v = x[1], la->beta = x[2], la->lg = x[3];
+    break;
+  case SCHED_CHUNK_DPLR:
+    la->lg = x[0], la->a = x[1], la->b = x[2], la->v = x[3], la->k = x[4];
+    break;
+  }
 }
 
 /* The state an S0 operand reads (the state itself, or its transpose). */
@@ -71,10 +97,11 @@ int plan_linattns(Plan *p) {
     for (IrRef r = 0; r < n; r++) {
       const IrNode *nd = &fn->nodes.v[r];
       if (!is_form_op(nd->op)) continue;
-      int off = is_readout(nd->op), tr;
-      int delta = nd->op == IR_DELTA || nd->op == IR_DELTA_STATE;
+      int tr;
       if (state_of(fn, s0_of(nd), &tr) != s) continue;
-      IrRef lg = nd->args[off + (delta ? 3 : 2)], beta = delta ? nd->args[off + 2] : IR_NONE;
+      SchedLinattn ops;
+      shared_operands(nd, &ops);
+      int delta = ops.kind == SCHED_CHUNK_DELTA;
       if (!la) {
         if (!(la = arena_calloc(p->a, 1, sizeof *la)) ||
             !(la->reads = arena_calloc(p->a, (size_t)n + 1, sizeof *la->reads)))
@@ -82,12 +109,9 @@ int plan_linattns(Plan *p) {
         la->state = s;
         la->transposed = tr;
         la->final = IR_NONE;
-        la->delta = delta;
-        la->k = nd->args[off];
-        la->v = nd->args[off + 1];
-        la->lg = lg;
-        la->beta = beta;
-        la->no_gate = is_const_zero(fn, la->lg);
+        shared_operands(nd, la);
+        /* (dplr's kernel always reads its decays.) */
+        la->no_gate = la->kind != SCHED_CHUNK_DPLR && is_const_zero(fn, la->lg);
         const SchedValue *sv = &p->v[s0_of(nd)];
         int L = sv->rank - 2;
         la->V = sv->shape[L];
@@ -99,10 +123,12 @@ int plan_linattns(Plan *p) {
         /* The delta kernel's default counts rank-one factors: 16 / R tokens. */
         la->chunk = p->s->kernel_chunk > 0 ? p->s->kernel_chunk
                     : delta ? (RT_CPU_DELTA_CHUNK / la->R > 0 ? RT_CPU_DELTA_CHUNK / la->R : 1)
-                            : RT_CPU_LINATTN_CHUNK;
+                    : la->kind == SCHED_CHUNK_DPLR ? RT_CPU_DPLR_CHUNK
+                                                   : RT_CPU_LINATTN_CHUNK;
         la->work_buf = la->copy_buf = -1;
-      } else if (nd->args[off] != la->k || nd->args[off + 1] != la->v || lg != la->lg ||
-                 beta != la->beta || delta != la->delta || tr != la->transposed) {
+      } else if (ops.kind != la->kind || ops.k != la->k || ops.v != la->v || ops.lg != la->lg ||
+                 ops.beta != la->beta || ops.a != la->a || ops.b != la->b ||
+                 tr != la->transposed) {
         plan_unsupported(p, nd->loc, "two chunked forms of one state with different operands");
         return -1;
       }
@@ -151,16 +177,27 @@ int plan_linattns(Plan *p) {
   return 0;
 }
 
+/* The scratch the state's kernel needs for `heads` heads. */
+static int64_t kernel_work(const SchedLinattn *la, int64_t heads) {
+  switch (la->kind) {
+  case SCHED_CHUNK_DELTA:
+    return rt_cpu_delta_work(heads, la->K, la->V, la->R, la->chunk);
+  case SCHED_CHUNK_DPLR:
+    return rt_cpu_dplr_work(heads, la->K, la->V, la->chunk);
+  case SCHED_CHUNK_LINATTN:
+    break;
+  }
+  return rt_cpu_linattn_work(heads, la->K, la->V, la->Kg, la->chunk);
+}
+
 int place_linattn_buffers(Plan *p) {
   for (IrRef r = 0; r < p->fn->nodes.n; r++) {
     SchedLinattn *la = p->in->linattns[r];
     if (!la) continue;
     /* The kernel's scratch per example: one call over all heads, or (with
      * spare threads, codegen decides) one call per head at once. */
-    int64_t work = la->delta ? rt_cpu_delta_work(la->heads, la->K, la->V, la->R, la->chunk)
-                             : rt_cpu_linattn_work(la->heads, la->K, la->V, la->Kg, la->chunk);
-    la->work_head = la->delta ? rt_cpu_delta_work(1, la->K, la->V, la->R, la->chunk)
-                              : rt_cpu_linattn_work(1, la->K, la->V, la->Kg, la->chunk);
+    int64_t work = kernel_work(la, la->heads);
+    la->work_head = kernel_work(la, 1);
     if (work <= 0 || la->work_head <= 0) {
       plan_unsupported(p, p->fn->nodes.v[r].loc, "a chunked state of these sizes");
       return -1;

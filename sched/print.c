@@ -163,7 +163,9 @@ static void print_ops(FILE *out, const SchedInst *in, const SchedOp *ops, int n,
     case SCHED_OP_LINATTN: {
       const SchedLinattn *la = op->linattn;
       fprintf(out, "chunked state %s", in->fn->states.v[la->state].name);
-      if (la->delta) fprintf(out, " (delta rule, %lld factors per token)", (long long)la->R);
+      if (la->kind == SCHED_CHUNK_DELTA)
+        fprintf(out, " (delta rule, %lld factors per token)", (long long)la->R);
+      if (la->kind == SCHED_CHUNK_DPLR) fprintf(out, " (generalized delta rule)");
       fprintf(out, ": %lld heads, K=%lld V=%lld, %s, chunks of %lld tokens; readouts",
               (long long)la->heads, (long long)la->K, (long long)la->V,
               la->no_gate   ? "no gate"

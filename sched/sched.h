@@ -166,17 +166,23 @@ typedef struct SchedAttn {
 } SchedAttn;
 
 /* SCHED_OP_LINATTN (sched/chunk.c): per example, the runtime's chunkwise
- * kernel (rt_cpu_linattn) over the sequence, for each readout of one state,
- * the last call leaving the final state in the state's storage. */
+ * kernel over the sequence, for each readout of one state, the last call
+ * leaving the final state in the state's storage. The kernel: */
+typedef enum {
+  SCHED_CHUNK_LINATTN, /* linattn ops, rt_cpu_linattn */
+  SCHED_CHUNK_DELTA,   /* the delta rule: delta ops, rt_cpu_delta */
+  SCHED_CHUNK_DPLR,    /* the generalized delta rule: dplr ops, rt_cpu_dplr */
+} SchedChunkKind;
 typedef struct SchedLinattn {
   int state;      /* whose storage holds S: initial, then final */
   int transposed; /* the state is [L..., K, V] (S0 = transpose(state)) */
   IrRef *reads;   /* linattn nodes, node order; each stored per token */
   int nreads;
   IrRef final;    /* linattn_state, or -1 */
-  int delta;      /* the delta rule (delta ops, rt_cpu_delta), not linattn */
-  IrRef k, v, lg; /* the operands every call shares */
+  SchedChunkKind kind;
+  IrRef k, v, lg; /* the operands every call shares (lg: dplr's lw, the decay's log) */
   IrRef beta;     /* the delta rule's, [R, L...] */
+  IrRef a, b;     /* dplr's low-rank term's vectors, [L..., K] */
   int no_gate;    /* lg is the constant 0 */
   int64_t heads, K, V, Kg;
   int64_t R;           /* the delta rule's factors per token (k [R, L..., K]); 1 for linattn */

@@ -301,6 +301,8 @@ static void test_what_the_gpu_cannot_run_is_refused(void **st) {
   (void)st;
   expect_refused("stdlib/deltanet.seq", "I=3,NH=2,Dk=4,Dv=5", "chunked",
                  "the CUDA backend cannot run the chunked WY form of the delta rule");
+  expect_refused("tests/data/models/dplr.seq", "I=3,NH=2,Dk=4,Dv=5", "chunked",
+                 "the CUDA backend cannot run the chunked WY form of the generalized delta rule");
   expect_refused("tests/data/models/newton_layers.seq", "I=3,H=4", "newton",
                  "the CUDA backend cannot run a Newton layer");
 }

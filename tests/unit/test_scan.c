@@ -5,8 +5,8 @@
  * batch (lengths, initial states) - outputs and final states must agree, in
  * float64 (to rounding: the rewrite only regroups a * h + b) and float32;
  * the same for --strategy=chunked on every cell with a matrix state, whose
- * readouts become linattn ops (passes/chunk.c), or delta ops for the delta
- * rule (passes/delta.c), which has no scan.
+ * readouts become linattn ops (passes/chunk.c), or delta (dplr) ops for the
+ * delta rule (passes/delta.c; RWKV-7's generalized rule), which has no scan.
  * Which cells must have the form is a table written from their classes
  * (docs/stdlib.md), not from the pass's output. */
 #include "testutil.h"
@@ -47,7 +47,7 @@ static const Case CASES[] = {
     {"stdlib/mamba.seq", "d_model=4,d_inner=8,d_state=3,d_conv=4,dt_rank=2", NULL, 1, 0},
     {"stdlib/mamba2.seq", "d_model=4,ngroups=2,hpg=2,headdim=2,d_state=3,d_conv=4", NULL, 1, 1},
     {"stdlib/gam.seq", "D=3,Mem=4,K=3", NULL, 1, 0},
-    {"stdlib/rwkv7.seq", "C=4,D_w=3,D_a=3,D_g=3", NULL, 0, 0},
+    {"stdlib/rwkv7.seq", "C=4,D_w=3,D_a=3,D_g=3", NULL, 0, 1},
     {"stdlib/plstm.seq", "I=3,Dk=4,Dv=5,J=2", NULL, 0, 0},
     {"stdlib/slstm.seq", "I=3,H=4", NULL, 0, 0},
     {"stdlib/paralstm.seq", "I=3,H=4", NULL, 0, 0},
@@ -144,7 +144,7 @@ static void run_case(const Case *c, const char *form, int parallel) {
   if (rc) fail_msg("%s does not compile under --strategy=%s", c->file, form);
   if (!rewritten(p.parallel)) fail_msg("%s has no parallel form", c->file);
   if (strcmp(form, "chunked") == 0 && !has_op(p.parallel, IR_LINATTN_STATE) &&
-      !has_op(p.parallel, IR_DELTA_STATE))
+      !has_op(p.parallel, IR_DELTA_STATE) && !has_op(p.parallel, IR_DPLR_STATE))
     fail_msg("%s has no chunked form", c->file);
   IrBinding b = p.bind;
   assert_int_equal(ir_binding_random(&b, 11, &de), 0);
@@ -248,6 +248,25 @@ static const Case DELTA_SPELLINGS[] = {
      "None, :]\n"
      "    y = sum(S' * k[:, None, :], axis=-1)\n  }\n}\n",
      0, 1},
+    /* The generalized rule S diag(d) + (S a) b^T + v k^T (RWKV-7's, the dplr
+     * ops): two different vectors in the low-rank term, a decay per key, a
+     * write that is not beta v k^T. */
+    {"two_vectors.seq", "K=4,V=3", /* (S k) q^T */
+     "cell F(K, V) {\n  input x: [K]\n  input q: [K]\n  input u: [V]\n  state S: [V, K] = 0\n"
+     "  output y: [V]\n  step {\n    S' = S - 0.5 * outer(S @ x - u, q)\n    y = S' @ q\n  }\n}\n",
+     0, 1},
+    {"key_decay.seq", "H=2,K=4,V=3", /* a decay per key and heads */
+     "cell F(H, K, V) {\n  input x: [H, K]\n  input w: [H, K]\n  input u: [H, V]\n"
+     "  state S: [H, V, K] = 0\n  output y: [H, V]\n  step {\n    let k = l2norm(x)\n"
+     "    S' = S * exp(-softplus(w))[:, None, :] - sum(S * k[:, None, :], axis=-1)[:, :, None] * "
+     "k[:, None, :] + u[:, :, None] * k[:, None, :]\n"
+     "    y = sum(S' * x[:, None, :], axis=-1)\n  }\n}\n",
+     0, 1},
+    {"unscaled_write.seq", "K=4,V=3", /* beta on the transition only */
+     "cell F(K, V) {\n  input x: [K]\n  input u: [V]\n  input z: []\n  state S: [V, K] = 0\n"
+     "  output y: [V]\n  step {\n    let b = sigmoid(z)\n"
+     "    S' = S - b * outer(S @ x, x) + outer(u, x)\n    y = S' @ x\n  }\n}\n",
+     0, 1},
 };
 
 /* Look-alikes of the delta rule that are not it: each must be refused
@@ -255,24 +274,25 @@ static const Case DELTA_SPELLINGS[] = {
 static const struct {
   const char *name, *text, *why;
 } DELTA_FAKES[] = {
-    {"two_vectors.seq", /* (S k) q^T: a rank-one transition, but not k k^T */
-     "cell F(K, V) {\n  input x: [K]\n  input q: [K]\n  input u: [V]\n  state S: [V, K] = 0\n"
-     "  output y: [V]\n  step {\n    S' = S - 0.5 * outer(S @ x - u, q)\n    y = S' @ q\n  }\n}\n",
-     "not gate * beta * (S k) k^T"},
-    {"key_decay.seq", /* a decay per key, as RWKV-7's */
-     "cell F(K, V) {\n  input x: [K]\n  input w: [K]\n  input u: [V]\n  state S: [V, K] = 0\n"
-     "  output y: [V]\n  step {\n    S' = S * exp(w)[None, :] - outer(S @ x - u, x)\n    y = S' @ "
-     "x\n  }\n}\n",
-     "one gate per head"},
-    {"unscaled_write.seq", /* beta on the transition only: the write is v k^T, not beta v k^T */
-     "cell F(K, V) {\n  input x: [K]\n  input u: [V]\n  input z: []\n  state S: [V, K] = 0\n"
-     "  output y: [V]\n  step {\n    let b = sigmoid(z)\n"
-     "    S' = S - b * outer(S @ x, x) + outer(u, x)\n    y = S' @ x\n  }\n}\n",
-     "not beta v k^T"},
     {"negative_gate.seq",
      "cell F(K, V) {\n  input x: [K]\n  input u: [V]\n  state S: [V, K] = 0\n"
      "  output y: [V]\n  step {\n    S' = -(S - outer(S @ x - u, x))\n    y = S' @ x\n  }\n}\n",
-     "negative gate"},
+     "negative decay"},
+    {"value_decay.seq", /* a decay along the value axis: S diag(w) is per key only */
+     "cell F(K, V) {\n  input x: [K]\n  input w: [V]\n  input u: [V]\n  state S: [V, K] = 0\n"
+     "  output y: [V]\n  step {\n    S' = S * exp(w)[:, None] - outer(S @ x - u, x)\n"
+     "    y = S' @ x\n  }\n}\n",
+     "value axis"},
+    {"two_terms.seq", /* rank two: (S x) x^T and (S q) q^T */
+     "cell F(K, V) {\n  input x: [K]\n  input q: [K]\n  input u: [V]\n  state S: [V, K] = 0\n"
+     "  output y: [V]\n  step {\n    S' = S - outer(S @ x - u, x) - outer(S @ q, q)\n"
+     "    y = S' @ x\n  }\n}\n",
+     "not one low-rank term"},
+    {"two_writes.seq", /* rank-two writes: u x^T and u2 q^T */
+     "cell F(K, V) {\n  input x: [K]\n  input q: [K]\n  input u: [V]\n  input u2: [V]\n"
+     "  state S: [V, K] = 0\n  output y: [V]\n  step {\n"
+     "    S' = S - outer(S @ x - u, x) + outer(u2, q)\n    y = S' @ x\n  }\n}\n",
+     "not one rank-one write"},
 };
 
 static void test_delta_spellings(void **st) {

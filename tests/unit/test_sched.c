@@ -31,7 +31,7 @@ static const Case CASES[] = {
     {"stdlib/mamba2.seq", "d_model=4,ngroups=2,hpg=2,headdim=2,d_state=3,d_conv=4", NULL,
      "sequential scan chunked"},
     {"stdlib/mlstm.seq", "I=3,NH=2,DH=4", NULL, "sequential scan chunked"},
-    {"stdlib/rwkv7.seq", "C=4,D_w=3,D_a=3,D_g=3", NULL, "sequential"},
+    {"stdlib/rwkv7.seq", "C=4,D_w=3,D_a=3,D_g=3", NULL, "sequential chunked"},
     {"stdlib/plstm.seq", "I=3,Dk=4,Dv=5,J=2", NULL, "sequential"},
     {"stdlib/deltaproduct.seq", "I=3,Dk=4,Dv=5", NULL, "sequential chunked"},
     {"stdlib/paralstm.seq", "I=3,H=4", NULL, "sequential newton"},
@@ -157,6 +157,7 @@ static const Case FORM_CASES[] = {
     {"stdlib/mlstm.seq", "I=3,NH=2,DH=4", "mlstm_chunked", "chunked"},
     {"stdlib/mamba.seq", "d_model=4,d_inner=8,d_state=3,d_conv=4,dt_rank=2", "mamba_scan", "scan"},
     {"stdlib/gated_deltanet.seq", "I=3,NH=2,Dk=4,Dv=5", "gated_deltanet_chunked", "chunked"},
+    {"stdlib/rwkv7.seq", "C=4,D_w=3,D_a=3,D_g=3", "rwkv7_chunked", "chunked"},
     {"stdlib/paralstm.seq", "I=3,H=4", "paralstm_newton", "newton"},
 };
 
