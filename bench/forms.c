@@ -3,8 +3,10 @@
  * back, on the same seeded weights and inputs (the machine's speed drifts
  * within minutes, so each round's ratio is what is compared). Prints one
  * line: the medians of each side's times, the range, and the median of the
- * per-round ratios sequential / other.
- * usage: forms FILE.seq DIMS B T THREADS ROUNDS [STRATEGY] */
+ * per-round ratios sequential / other. BASE and BASE_THREADS replace the
+ * first side (--strategy=sequential on THREADS threads): scan on 1 thread
+ * against scan on 2 measures what a second core adds to one form.
+ * usage: forms FILE.seq DIMS B T THREADS ROUNDS [STRATEGY [BASE BASE_THREADS]] */
 #include <stdio.h>
 #include <stdlib.h>
 #include <math.h>
@@ -91,15 +93,17 @@ static double time_one(Run *r, int64_t B, int64_t T) {
 
 int main(int argc, char **argv) {
   if (argc < 7) {
-    fprintf(stderr, "usage: forms FILE.seq DIMS B T THREADS ROUNDS [STRATEGY]\n");
+    fprintf(stderr, "usage: forms FILE.seq DIMS B T THREADS ROUNDS [STRATEGY [BASE BASE_THREADS]]\n");
     return 2;
   }
   const char *file = argv[1], *dims = argv[2], *other = argc > 7 ? argv[7] : "auto";
+  const char *base = argc > 9 ? argv[8] : "sequential";
   int64_t B = atoll(argv[3]), T = atoll(argv[4]);
   int threads = atoi(argv[5]), rounds = atoi(argv[6]);
+  int base_threads = argc > 9 ? atoi(argv[9]) : threads;
   SeqContext *cx = seq_context_create();
   Run seq, oth;
-  if (open_run(cx, &seq, file, dims, threads, "sequential", B, T) ||
+  if (open_run(cx, &seq, file, dims, base_threads, base, B, T) ||
       open_run(cx, &oth, file, dims, threads, other, B, T))
     return 1;
   time_one(&seq, B, T); /* warm-up: page faults, packed weights */
@@ -115,6 +119,7 @@ int main(int argc, char **argv) {
   qsort(ts, (size_t)rounds, sizeof *ts, cmp);
   qsort(to, (size_t)rounds, sizeof *to, cmp);
   qsort(ratio, (size_t)rounds, sizeof *ratio, cmp);
+  if (argc > 9) printf("base %s on %d threads: ", base, base_threads);
   printf("forms %s B=%lld T=%lld threads=%d sequential_ms=%.1f [%.1f-%.1f] %s_ms=%.1f [%.1f-%.1f] "
          "seq_tokens_per_s=%.0f %s_tokens_per_s=%.0f ratio=%.2f\n",
          file, (long long)B, (long long)T, threads, ts[rounds / 2] * 1e3, ts[0] * 1e3,

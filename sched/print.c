@@ -64,7 +64,11 @@ static void print_buf(FILE *out, const SchedInst *in, int i) {
     fprintf(out, "next value of state %s", in->fn->states.v[b->node].name);
     break;
   case SCHED_BUF_WORK:
-    fprintf(out, "%s of the kernel at v%d", b->index ? "copy of the state" : "scratch", b->node);
+    fprintf(out, "%s at v%d",
+            b->index == 2   ? "parts of the scan split in time"
+            : b->index == 1 ? "copy of the state of the kernel"
+                            : "scratch of the kernel",
+            b->node);
     break;
   }
   fprintf(out, ": %s x %lld floats%s\n", rows_name(b->rows), (long long)b->row_floats,
@@ -148,6 +152,7 @@ static void print_ops(FILE *out, const SchedInst *in, const SchedOp *ops, int n,
         fprintf(out, " v%d %s%s", q, ir_op_info[in->fn->nodes.v[q].op].text,
                 in->values[q].stored ? " (stored)" : "");
       }
+      if (op->group->time_buf >= 0) fputs("; may split its steps across idle threads", out);
       if (op->group->planar_state) {
         fputs("; planar (re, im) per block: the state", out);
         for (int m = 0; m < op->group->nplanar; m++) fprintf(out, ", v%d", op->group->planar[m]);

@@ -210,6 +210,7 @@ static int plan_group(Plan *p, IrRef scan) {
   for (int i = 0; i < g->nmembers; i++) sums |= last_axis_sum(p, g->members[i], key);
   if (outer == 1 && !sums && lastlen >= 2 * SCAN_PIECE) g->split = SCAN_PIECE;
   if (plan_planar(p, g, key, member) < 0) return -1;
+  g->time_buf = -1;
   p->in->groups[last] = g;
   return 0;
 }
@@ -224,5 +225,27 @@ int plan_scan_groups(Plan *p) {
     if ((fn->nodes.v[r].op == IR_SCAN || fn->nodes.v[r].op == IR_SCAN_MAX) && p->v[r].uses > 0 &&
         plan_group(p, r))
       return -1;
+  return 0;
+}
+
+/* The scratch of the groups that may split their steps across threads: a
+ * real state small enough that its examples and items can leave threads
+ * idle (a wide one fills them with blocks and pieces). Written whole before
+ * it is read, so it is not zeroed. */
+int place_scan_buffers(Plan *p) {
+  for (IrRef r = 0; r < p->fn->nodes.n; r++) {
+    SchedScanGroup *g = p->in->groups[r];
+    if (!g) continue;
+    IrRef scan = IR_NONE;
+    for (int m = 0; m < g->nmembers && scan == IR_NONE; m++) {
+      int op = p->fn->nodes.v[g->members[m]].op;
+      if (op == IR_SCAN || op == IR_SCAN_MAX) scan = g->members[m];
+    }
+    const SchedValue *key = &p->v[scan];
+    if (key->w != 1 || key->numel < 1 || key->numel > SCHED_SCAN_SPLIT_FLOATS) continue;
+    g->time_buf =
+        sched_add_buf(p, SCHED_BUF_WORK, SCHED_ROWS_ONE, SCHED_SCAN_SLOTS * 2 * key->numel, 1, scan, 2);
+    if (g->time_buf < 0) return -1;
+  }
   return 0;
 }

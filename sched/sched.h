@@ -153,7 +153,17 @@ typedef struct SchedScanGroup {
   IrRef *planar; /* those constants, node order */
   int nplanar;
   int planar_state; /* the running value is planar too */
+  /* A real state of at most SCHED_SCAN_SPLIT_FLOATS elements may also split
+   * its steps across threads when the examples and items leave threads idle
+   * (the two-level scan, codegen/scan.c; how many parts is decided per call).
+   * time_buf: per part but the first and the last, the part's composed
+   * coefficients and then its entering state, 2 rows of the state each, for
+   * at most SCHED_SCAN_SLOTS (example, part) pairs; -1 if the group does not
+   * split in time. */
+  int time_buf;
 } SchedScanGroup;
+#define SCHED_SCAN_SPLIT_FLOATS 4096
+#define SCHED_SCAN_SLOTS 8
 
 /* SCHED_OP_ATTN (sched/attn.c): per example and head, the runtime's tiled
  * causal attention (rt_cpu_attention) over the sequence. */

@@ -151,9 +151,45 @@ static void test_forms_equal_interpreter(void **st) {
     if (!only || strstr(CASES[k].file, only)) run_case(&CASES[k]);
 }
 
+/* The two-level scan (codegen/scan.c): with more threads than examples
+ * times items, a narrow real scan splits each time chunk's steps into parts.
+ * On 8 threads, B = 1 runs 4 parts per chunk of these small states (5 with
+ * the extra one), B = 3 runs 2 per example (with lengths: some parts
+ * empty, some examples done before the chunk); a diagonal scan, (max, +)
+ * (mLSTM's m) and a reversed layer. */
+static void test_time_split(void **st) {
+  (void)st;
+  static const FcCase split[] = {
+      {"examples/mingru.seq", "I=3,H=4"},
+      {"stdlib/mlstm.seq", "I=3,NH=2,DH=4"},
+      {"tests/data/models/reversed_forms.seq", "I=3,H=4,NH=2,D=4"},
+  };
+  for (size_t k = 0; k < sizeof split / sizeof split[0]; k++) {
+    FcCompiled cm;
+    if (compile(&cm, &split[k], "scan", 0, 0) != 0) {
+      fc_print_diags(&cm);
+      fail_msg("%s does not compile under --strategy=scan", split[k].file);
+    }
+    const int64_t shapes[][2] = {{1, 4097}, {3, 3000}, {1, 6000}};
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
+      for (int variant = 0; variant < 2; variant++) {
+        FcBatch bt;
+        fc_batch_make(&bt, &cm, shapes[i][0], shapes[i][1], variant);
+        rt_cpu_set_num_threads(8);
+        char what[512];
+        snprintf(what, sizeof what, "%s --strategy=scan on 8 threads", split[k].file);
+        fc_batch_check(&bt, &cm, what, 1e-4);
+        fc_batch_free(&bt);
+      }
+    rt_cpu_set_num_threads(1);
+    fc_release(&cm);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_forms_equal_interpreter),
+      cmocka_unit_test(test_time_split),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
