@@ -487,6 +487,7 @@ static int chain(Ana *A, IrRef target, DeltaForm *out, int depth) {
       if (one_factor(A, target, X, &last)) continue;
       if (last.gate.n || last.gate.sign < 0) continue; /* a gate comes with the first factor */
       DeltaForm sub;
+      memset(&sub, 0, sizeof sub); /* chain sets R and f only; general stays 0 */
       if (chain(A, X, &sub, depth + 1)) continue;
       *out = sub;
       out->f[out->R++] = last;
