@@ -43,18 +43,34 @@ static void transpose_heads(Lower *L, LLVMValueRef dst, LLVMValueRef src, LLVMVa
   loop_end(L, &lh);
 }
 
-/* One item of the chunked form: example b's heads [h0, h0 + hn), where
- * item = b * split + g and the split (1: every head; heads: one each) is the
- * loop's extra value. */
-static void linattn_item(Lower *L, LLVMValueRef item, LLVMValueRef split, const void *arg) {
+/* One item of the chunked form: example b's heads [h0, h0 + hn) and value
+ * columns [v0, v0 + vn), where item = b * per + g and per, the loop's extra
+ * value, is 1 (every head, every column), heads (one head each) or heads x
+ * slices (a slice of one head's columns each: the rows of S are
+ * independent, so a slice is the kernel on V = vn, its rows of S, v and o). */
+static void linattn_item(Lower *L, LLVMValueRef item, LLVMValueRef per, const void *arg) {
   const SchedOp *op = arg;
   const SchedLinattn *la = op->linattn;
   const SchedInst *in = L->in;
   LLVMBuilderRef bld = L->bld;
   int64_t sfloats = la->heads * la->K * la->V, hfloats = la->K * la->V;
-  LLVMValueRef b = LLVMBuildSDiv(bld, item, split, "");
-  LLVMValueRef hn = LLVMBuildSDiv(bld, ci64(L, la->heads), split, "");
-  LLVMValueRef h0 = mul(L, LLVMBuildSRem(bld, item, split, ""), hn);
+  LLVMValueRef b = LLVMBuildSDiv(bld, item, per, "");
+  LLVMValueRef g = LLVMBuildSRem(bld, item, per, "");
+  LLVMValueRef one = LLVMBuildICmp(bld, LLVMIntEQ, per, ci64(L, 1), "");
+  LLVMValueRef hsplit = LLVMBuildSelect(bld, one, ci64(L, 1), ci64(L, la->heads), "");
+  LLVMValueRef slices = LLVMBuildSDiv(bld, per, hsplit, "");
+  LLVMValueRef hn = LLVMBuildSDiv(bld, ci64(L, la->heads), hsplit, "");
+  LLVMValueRef h0 = mul(L, LLVMBuildSDiv(bld, g, slices, ""), hn);
+  /* Slices of a multiple of 16 columns (the kernels' vectors), the last
+   * one short (or empty: V < 1 runs nothing). */
+  LLVMValueRef width = LLVMBuildSDiv(bld, add(L, ci64(L, la->V), LLVMBuildSub(bld, slices, ci64(L, 1), "")),
+                                     slices, "");
+  width = mul(L, LLVMBuildSDiv(bld, add(L, width, ci64(L, 15)), ci64(L, 16), ""), ci64(L, 16));
+  width = LLVMBuildSelect(bld, LLVMBuildICmp(bld, LLVMIntEQ, slices, ci64(L, 1), ""),
+                          ci64(L, la->V), width, "");
+  LLVMValueRef v0 = mul(L, LLVMBuildSRem(bld, g, slices, ""), width);
+  LLVMValueRef vn = select_min(L, width, LLVMBuildSub(bld, ci64(L, la->V), v0, ""));
+  vn = LLVMBuildSelect(bld, LLVMBuildICmp(bld, LLVMIntSLT, vn, ci64(L, 0), ""), ci64(L, 0), vn, "");
   LLVMValueRef len = len_of(L, b);
   LLVMValueRef isrev = LLVMBuildICmp(bld, LLVMIntNE, L->a_rev, ci32(L, 0), "");
   /* The steps this call runs: the sequence, or those of the time chunk
@@ -72,16 +88,24 @@ static void linattn_item(Lower *L, LLVMValueRef item, LLVMValueRef split, const 
   LLVMValueRef dir = LLVMBuildSelect(bld, isrev, ci64(L, -1), ci64(L, 1), "");
   LLVMValueRef ldk, ldv, ldg = ci64(L, 0);
   LLVMValueRef k = gepf(L, seq_operand(L, la->k, b, t0, dir, &ldk), mul(L, h0, ci64(L, la->K)));
-  LLVMValueRef v = gepf(L, seq_operand(L, la->v, b, t0, dir, &ldv), mul(L, h0, ci64(L, la->V)));
+  LLVMValueRef v =
+      gepf(L, seq_operand(L, la->v, b, t0, dir, &ldv), add(L, mul(L, h0, ci64(L, la->V)), v0));
   LLVMValueRef lg =
       la->no_gate ? LLVMConstNull(L->ptr)
                   : gepf(L, seq_operand(L, la->lg, b, t0, dir, &ldg), mul(L, h0, ci64(L, la->Kg)));
-  LLVMValueRef hoff = add(L, mul(L, b, ci64(L, sfloats)), mul(L, h0, ci64(L, hfloats)));
+  LLVMValueRef hoff = add(L, add(L, mul(L, b, ci64(L, sfloats)), mul(L, h0, ci64(L, hfloats))),
+                         mul(L, v0, ci64(L, la->K)));
   LLVMValueRef store = gepf(L, L->buf[in->state_buf[la->state]], hoff);
   LLVMValueRef copy = la->copy_buf >= 0 ? gepf(L, L->buf[la->copy_buf], hoff) : NULL;
   LLVMValueRef work =
       gepf(L, L->buf[la->work_buf],
            add(L, mul(L, b, ci64(L, la->work_floats)), mul(L, h0, ci64(L, la->work_head))));
+  if (la->split_buf >= 0) /* a slice: its own scratch (item < SCHED_CHUNK_SLICES) */
+    work = LLVMBuildSelect(
+        bld, LLVMBuildICmp(bld, LLVMIntSGT, slices, ci64(L, 1), ""),
+        gepf(L, L->buf[la->split_buf], mul(L, select_min(L, item, ci64(L, SCHED_CHUNK_SLICES - 1)),
+                                           ci64(L, la->work_head))),
+        work, "");
   /* The kernel works on [L..., V, K]: a state stored [L..., K, V] runs on a
    * transposed copy, transposed back at the end. */
   LLVMValueRef S = store;
@@ -99,12 +123,14 @@ static void linattn_item(Lower *L, LLVMValueRef item, LLVMValueRef split, const 
     if (rd != IR_NONE) {
       q = gepf(L, seq_operand(L, L->fn->nodes.v[rd].args[0], b, t0, dir, &ldq),
                mul(L, h0, ci64(L, la->K)));
-      o = gepf(L, seq_operand(L, rd, b, t0, dir, &ldo), mul(L, h0, ci64(L, la->V)));
+      o = gepf(L, seq_operand(L, rd, b, t0, dir, &ldo), add(L, mul(L, h0, ci64(L, la->V)), v0));
     }
-    /* All calls but the last start from a copy of the initial state. */
+    /* All calls but the last start from a copy of the initial state (of a
+     * slice, its rows: a slice is one head). */
     LLVMValueRef Sc = S;
     if (c < calls - 1) {
-      LLVMBuildMemCpy(bld, copy, 4, S, 4, mul(L, hn, ci64(L, hfloats * 4)));
+      LLVMBuildMemCpy(bld, copy, 4, S, 4,
+                      mul(L, hn, mul(L, vn, ci64(L, la->K * 4))));
       Sc = copy;
     }
     if (la->kind == SCHED_CHUNK_DPLR) {
@@ -113,7 +139,7 @@ static void linattn_item(Lower *L, LLVMValueRef item, LLVMValueRef split, const 
       LLVMValueRef lw = gepf(L, seq_operand(L, la->lg, b, t0, dir, &ldw), mul(L, h0, ci64(L, la->K)));
       LLVMValueRef av = gepf(L, seq_operand(L, la->a, b, t0, dir, &lda), mul(L, h0, ci64(L, la->K)));
       LLVMValueRef bv = gepf(L, seq_operand(L, la->b, b, t0, dir, &ldb), mul(L, h0, ci64(L, la->K)));
-      LLVMValueRef args[21] = {n,   hn,  ci64(L, la->K), ci64(L, la->V), q,  ldq, lw,
+      LLVMValueRef args[21] = {n,   hn,  ci64(L, la->K), vn, q,  ldq, lw,
                                ldw, av,  lda,            bv,             ldb, v,  ldv,
                                k,   ldk, Sc,             o,              ldo, ci64(L, la->chunk),
                                work};
@@ -132,7 +158,7 @@ static void linattn_item(Lower *L, LLVMValueRef item, LLVMValueRef split, const 
       LLVMValueRef args[23] = {n,
                                hn,
                                ci64(L, la->K),
-                               ci64(L, la->V),
+                               vn,
                                ci64(L, la->R),
                                q,
                                ldq,
@@ -160,7 +186,7 @@ static void linattn_item(Lower *L, LLVMValueRef item, LLVMValueRef split, const 
     LLVMValueRef args[19] = {n,
                              hn,
                              ci64(L, la->K),
-                             ci64(L, la->V),
+                             vn,
                              q,
                              ldq,
                              k,
@@ -197,6 +223,17 @@ void emit_linattn(Lower *L, const SchedOp *op) {
       bld, LLVMIntNE, call_fn(L, "rt_cpu_in_parallel", L->i32, NULL, 0, NULL), ci32(L, 0), "");
   LLVMValueRef few = LLVMBuildAnd(bld, LLVMBuildNot(bld, nested, ""),
                                   LLVMBuildICmp(bld, LLVMIntSLT, L->a_B, threads, ""), "");
-  LLVMValueRef split = LLVMBuildSelect(bld, few, ci64(L, la->heads), ci64(L, 1), "");
-  emit_parallel_for(L, mul(L, L->a_B, split), split, linattn_item, op);
+  LLVMValueRef per = LLVMBuildSelect(bld, few, ci64(L, la->heads), ci64(L, 1), "");
+  if (la->split_buf >= 0) {
+    /* Threads still idle split each head's columns: slices of at least 16,
+     * at most SCHED_CHUNK_SLICES calls in all. */
+    LLVMValueRef bh = mul(L, L->a_B, ci64(L, la->heads));
+    bh = LLVMBuildSelect(bld, LLVMBuildICmp(bld, LLVMIntSLT, bh, ci64(L, 1), ""), ci64(L, 1), bh, "");
+    LLVMValueRef slices = select_min(L, LLVMBuildSDiv(bld, threads, bh, ""), ci64(L, la->V / 16));
+    slices = select_min(L, slices, LLVMBuildSDiv(bld, ci64(L, SCHED_CHUNK_SLICES), bh, ""));
+    slices = LLVMBuildSelect(bld, LLVMBuildICmp(bld, LLVMIntSLT, slices, ci64(L, 1), ""),
+                             ci64(L, 1), slices, "");
+    per = LLVMBuildSelect(bld, few, mul(L, per, slices), per, "");
+  }
+  emit_parallel_for(L, mul(L, L->a_B, per), per, linattn_item, op);
 }

@@ -125,7 +125,7 @@ int plan_linattns(Plan *p) {
                     : delta ? (RT_CPU_DELTA_CHUNK / la->R > 0 ? RT_CPU_DELTA_CHUNK / la->R : 1)
                     : la->kind == SCHED_CHUNK_DPLR ? RT_CPU_DPLR_CHUNK
                                                    : RT_CPU_LINATTN_CHUNK;
-        la->work_buf = la->copy_buf = -1;
+        la->work_buf = la->copy_buf = la->split_buf = -1;
       } else if (ops.kind != la->kind || ops.k != la->k || ops.v != la->v || ops.lg != la->lg ||
                  ops.beta != la->beta || ops.a != la->a || ops.b != la->b ||
                  tr != la->transposed) {
@@ -213,6 +213,10 @@ int place_linattn_buffers(Plan *p) {
       if ((la->copy_buf = sched_add_buf(p, SCHED_BUF_WORK, SCHED_ROWS_B, la->heads * la->K * la->V,
                                         0, r, 1)) < 0)
         return -1;
+    if (!la->transposed && la->V >= 32 &&
+        (la->split_buf = sched_add_buf(p, SCHED_BUF_WORK, SCHED_ROWS_ONE,
+                                       SCHED_CHUNK_SLICES * la->work_head, 1, r, 3)) < 0)
+      return -1;
   }
   return 0;
 }

@@ -65,7 +65,8 @@ static void print_buf(FILE *out, const SchedInst *in, int i) {
     break;
   case SCHED_BUF_WORK:
     fprintf(out, "%s at v%d",
-            b->index == 2   ? "parts of the scan split in time"
+            b->index == 3   ? "slices of the kernel's value columns"
+            : b->index == 2 ? "parts of the scan split in time"
             : b->index == 1 ? "copy of the state of the kernel"
                             : "scratch of the kernel",
             b->node);

@@ -203,7 +203,13 @@ typedef struct SchedLinattn {
   int64_t work_head;   /* the kernel's work for one head */
   int copy_buf;        /* a canonical copy of S0 per example: for all readouts but the last,
                           or for a transposed state (-1: none) */
+  /* With fewer examples x heads than threads, a head's value columns may
+   * split too (the rows of S are independent; codegen/chunk.c decides per
+   * call): SCHED_CHUNK_SLICES calls at most, each with work_head floats of
+   * split_buf (-1: no split: a transposed state, or V under 32). */
+  int split_buf;
 } SchedLinattn;
+#define SCHED_CHUNK_SLICES 16
 
 struct SchedOp {
   SchedOpKind kind;

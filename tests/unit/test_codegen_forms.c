@@ -151,33 +151,45 @@ static void test_forms_equal_interpreter(void **st) {
     if (!only || strstr(CASES[k].file, only)) run_case(&CASES[k]);
 }
 
-/* The two-level scan (codegen/scan.c): with more threads than examples
- * times items, a narrow real scan splits each time chunk's steps into parts.
- * On 8 threads, B = 1 runs 4 parts per chunk of these small states (5 with
- * the extra one), B = 3 runs 2 per example (with lengths: some parts
- * empty, some examples done before the chunk); a diagonal scan, (max, +)
- * (mLSTM's m) and a reversed layer. */
-static void test_time_split(void **st) {
+/* Splits of one example's work across threads that only run when threads
+ * outnumber the examples' items, checked on 8 threads:
+ *   - the two-level scan (codegen/scan.c): a narrow real scan splits each
+ *     time chunk's steps into parts; B = 1 runs 4 parts per chunk of these
+ *     small states (5 with the extra one), B = 2 and 3 run 2 per example
+ *     (with lengths: some parts empty, some examples done before the
+ *     chunk); a diagonal scan, (max, +) (mLSTM's m) and a reversed layer;
+ *   - slices of a chunked state's value columns (codegen/chunk.c): V = 40
+ *     in two slices, 32 and 8 columns; linear attention, the delta rule with
+ *     a gate and two factors, the generalized rule with two readouts. */
+static void test_thread_splits(void **st) {
   (void)st;
-  static const FcCase split[] = {
-      {"examples/mingru.seq", "I=3,H=4"},
-      {"stdlib/mlstm.seq", "I=3,NH=2,DH=4"},
-      {"tests/data/models/reversed_forms.seq", "I=3,H=4,NH=2,D=4"},
+  static const struct {
+    FcCase c;
+    const char *form;
+  } split[] = {
+      {{"examples/mingru.seq", "I=3,H=4"}, "scan"},
+      {{"stdlib/mlstm.seq", "I=3,NH=2,DH=4"}, "scan"},
+      {{"tests/data/models/reversed_forms.seq", "I=3,H=4,NH=2,D=4"}, "scan"},
+      {{"stdlib/linear_attention.seq", "I=3,NH=2,Dk=4,Dv=40"}, "chunked"},
+      {{"stdlib/gated_deltanet.seq", "I=3,NH=2,Dk=4,Dv=40"}, "chunked"},
+      {{"stdlib/deltaproduct.seq", "I=3,Dk=4,Dv=40"}, "chunked"},
+      {{"tests/data/models/dplr.seq", "I=3,NH=2,Dk=4,Dv=40"}, "chunked"},
   };
   for (size_t k = 0; k < sizeof split / sizeof split[0]; k++) {
+    const FcCase *c = &split[k].c;
     FcCompiled cm;
-    if (compile(&cm, &split[k], "scan", 0, 0) != 0) {
+    if (compile(&cm, c, split[k].form, 0, 0) != 0) {
       fc_print_diags(&cm);
-      fail_msg("%s does not compile under --strategy=scan", split[k].file);
+      fail_msg("%s does not compile under --strategy=%s", c->file, split[k].form);
     }
-    const int64_t shapes[][2] = {{1, 4097}, {3, 3000}, {1, 6000}};
+    const int64_t shapes[][2] = {{1, 4097}, {2, 1000}, {3, 3000}, {1, 6000}};
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
       for (int variant = 0; variant < 2; variant++) {
         FcBatch bt;
         fc_batch_make(&bt, &cm, shapes[i][0], shapes[i][1], variant);
         rt_cpu_set_num_threads(8);
         char what[512];
-        snprintf(what, sizeof what, "%s --strategy=scan on 8 threads", split[k].file);
+        snprintf(what, sizeof what, "%s --strategy=%s on 8 threads", c->file, split[k].form);
         fc_batch_check(&bt, &cm, what, 1e-4);
         fc_batch_free(&bt);
       }
@@ -189,7 +201,7 @@ static void test_time_split(void **st) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_forms_equal_interpreter),
-      cmocka_unit_test(test_time_split),
+      cmocka_unit_test(test_thread_splits),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
