@@ -59,6 +59,46 @@ LLVMValueRef emit_exp(Lower *L, LLVMValueRef x) {
   return LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealUNO, x, x, ""), x, y, "");
 }
 
+/* log(x) in float32, vectorizable (llvm.log is a libm call per element,
+ * which kept a whole loop scalar): x = m 2^e with m in [sqrt(1/2), sqrt(2)),
+ * log(m) = f - f^2/2 + f^3 P(f) for f = m - 1 (Cephes logf coefficients,
+ * Horner form), e ln2 added in two parts (Cody-Waite). Subnormals are scaled
+ * by 2^23 first. About 1 ulp; the edges as libm: log(0) = -inf, log(+inf) =
+ * +inf, NaN for x < 0 and for NaN. */
+static LLVMValueRef emit_log(Lower *L, LLVMValueRef x) {
+  LLVMBuilderRef b = L->bld;
+  LLVMValueRef tiny = LLVMBuildFCmp(b, LLVMRealOLT, x, cf(L, 1.17549435e-38), "");
+  LLVMValueRef xs = LLVMBuildSelect(b, tiny, LLVMBuildFMul(b, x, cf(L, 8388608.0), ""), x, "");
+  LLVMValueRef bits = LLVMBuildBitCast(b, xs, L->i32, "");
+  /* e: the exponent for a mantissa in [1/2, 1). */
+  LLVMValueRef e = LLVMBuildSub(b, LLVMBuildLShr(b, bits, ci32(L, 23), ""), ci32(L, 126), "");
+  e = LLVMBuildSub(b, e, LLVMBuildSelect(b, tiny, ci32(L, 23), ci32(L, 0), ""), "");
+  LLVMValueRef mbits = LLVMBuildOr(b, LLVMBuildAnd(b, bits, ci32(L, 0x007fffff), ""),
+                                   ci32(L, 0x3f000000), "");
+  LLVMValueRef m = LLVMBuildBitCast(b, mbits, L->f32, "");
+  /* m < sqrt(1/2): use 2m and e - 1, so that f = m - 1 is in [-0.29, 0.41). */
+  LLVMValueRef lo = LLVMBuildFCmp(b, LLVMRealOLT, m, cf(L, 0.707106781186547524), "");
+  e = LLVMBuildSub(b, e, LLVMBuildZExt(b, lo, L->i32, ""), "");
+  LLVMValueRef f = LLVMBuildFSub(b, LLVMBuildSelect(b, lo, LLVMBuildFAdd(b, m, m, ""), m, ""),
+                                 cf(L, 1.0), "");
+  static const double c[] = {7.0376836292E-2,  -1.1514610310E-1, 1.1676998740E-1,
+                             -1.2420140846E-1, 1.4249322787E-1,  -1.6668057665E-1,
+                             2.0000714765E-1,  -2.4999993993E-1, 3.3333331174E-1};
+  LLVMValueRef p = cf(L, c[0]);
+  for (int i = 1; i < 9; i++) p = fma3(L, p, f, cf(L, c[i]));
+  LLVMValueRef f2 = LLVMBuildFMul(b, f, f, "");
+  LLVMValueRef ef = LLVMBuildSIToFP(b, e, L->f32, "");
+  LLVMValueRef y = LLVMBuildFMul(b, LLVMBuildFMul(b, p, f, ""), f2, "");
+  y = fma3(L, ef, cf(L, -2.12194440e-4), y);
+  y = fma3(L, f2, cf(L, -0.5), y);
+  LLVMValueRef r = fma3(L, ef, cf(L, 0.693359375), LLVMBuildFAdd(b, f, y, ""));
+  r = LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealOEQ, x, cf(L, 0.0), ""), cf(L, -INFINITY), r, "");
+  r = LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealOEQ, x, cf(L, INFINITY), ""), cf(L, INFINITY), r,
+                      "");
+  r = LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealOLT, x, cf(L, 0.0), ""), cf(L, NAN), r, "");
+  return LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealUNO, x, x, ""), x, r, "");
+}
+
 static LLVMValueRef emit_sigmoid(Lower *L, LLVMValueRef x) {
   LLVMValueRef e = emit_exp(L, LLVMBuildFNeg(L->bld, x, ""));
   return LLVMBuildFDiv(L->bld, cf(L, 1.0), LLVMBuildFAdd(L->bld, cf(L, 1.0), e, ""), "");
@@ -67,7 +107,7 @@ static LLVMValueRef emit_sigmoid(Lower *L, LLVMValueRef x) {
 /* log(1 + exp(-|x|)): the tail shared by softplus and logsigmoid. */
 static LLVMValueRef emit_log1pexp_neg_abs(Lower *L, LLVMValueRef x) {
   LLVMValueRef e = emit_exp(L, LLVMBuildFNeg(L->bld, intr1(L, "llvm.fabs", x), ""));
-  return intr1(L, "llvm.log", LLVMBuildFAdd(L->bld, cf(L, 1.0), e, ""));
+  return emit_log(L, LLVMBuildFAdd(L->bld, cf(L, 1.0), e, ""));
 }
 
 LLVMValueRef emit_unary(Lower *L, IrOp op, LLVMValueRef x) {
@@ -78,7 +118,7 @@ LLVMValueRef emit_unary(Lower *L, IrOp op, LLVMValueRef x) {
   case IR_EXP:
     return emit_exp(L, x);
   case IR_LOG:
-    return intr1(L, "llvm.log", x);
+    return emit_log(L, x);
   case IR_TANH: {
     /* tanh x = sign(x) (1 - e) / (1 + e), e = exp(-2|x|): no overflow. */
     LLVMValueRef e = emit_exp(L, LLVMBuildFMul(b, intr1(L, "llvm.fabs", x), cf(L, -2.0), ""));

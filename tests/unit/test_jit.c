@@ -5,6 +5,7 @@
 #include "testutil.h"
 
 #include <dlfcn.h>
+#include <float.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -102,6 +103,74 @@ static void test_forward_step_and_binding(void **st) {
   assert_non_null(seq_module_entry(m, "forward_blob"));
   assert_null(seq_module_entry(m, "nonexistent"));
   free(blob);
+  seq_module_destroy(m);
+  seq_context_destroy(cx);
+}
+
+/* Distance in float32 units in the last place (both finite, same sign). */
+static double ulps(float a, double ref) {
+  float r = (float)ref;
+  if (a == r) return 0;
+  float step = nextafterf(fabsf(r), INFINITY) - fabsf(r);
+  return fabs((double)a - ref) / step;
+}
+
+/* log, softplus and logsigmoid as generated (codegen/math.c: an inline
+ * polynomial log, not a libm call per element) against float64 libm: within
+ * 2 ulps of log over normal and subnormal inputs, and every edge as libm has
+ * it (log 0 = -inf, log inf = inf, NaN for x < 0 and for NaN). */
+static void test_log_functions(void **st) {
+  (void)st;
+  enum { N = 4096 + 12 };
+  static const char src[] = "cell Logs(N) {\n"
+                            "  input  x: [N]\n"
+                            "  output y: [N]\n"
+                            "  output sp: [N]\n"
+                            "  output ls: [N]\n"
+                            "  step {\n"
+                            "    y  = log(x)\n"
+                            "    sp = softplus(x)\n"
+                            "    ls = logsigmoid(x)\n"
+                            "  }\n"
+                            "}\n";
+  SeqContext *cx = seq_context_create();
+  SeqOptions opt = {0};
+  opt.opt_level = 2;
+  char dims[32];
+  snprintf(dims, sizeof dims, "N=%d", N);
+  opt.dims = dims;
+  SeqModule *m = NULL;
+  if (seq_module_from_string(cx, "logs.seq", src, &opt, &m) != SEQ_OK)
+    fail_msg("compile: %s", seq_module_error(m));
+  static float x[N], y[N], sp[N], ls[N];
+  const float edges[12] = {0.0f, -0.0f, INFINITY, -INFINITY, NAN, -1.0f,
+                           1.0f, 1e-45f, 1e-39f, FLT_MIN, FLT_MAX, 0.70710677f};
+  memcpy(x, edges, sizeof edges);
+  /* Every binade from the subnormals to the top, and the range softplus
+   * and logsigmoid see, [-100, 100]. */
+  for (int k = 0; k < 2048; k++) x[12 + k] = ldexpf(1.0f + (float)k / 2048.0f, -149 + k * 277 / 2048);
+  for (int k = 0; k < 2048; k++) x[12 + 2048 + k] = -100.0f + 200.0f * (float)k / 2047.0f;
+  const void *in[1] = {x};
+  float *out[3] = {y, sp, ls};
+  assert_int_equal(seq_module_forward(m, 1, 1, in, NULL, NULL, out, NULL), SEQ_OK);
+  assert_true(isinf(y[0]) && y[0] < 0 && isinf(y[1]) && y[1] < 0);
+  assert_true(isinf(y[2]) && y[2] > 0);
+  assert_true(isnan(y[3]) && isnan(y[4]) && isnan(y[5]));
+  assert_true(y[6] == 0.0f);
+  double worst = 0;
+  for (int k = 7; k < N; k++) {
+    if (!(x[k] > 0)) continue;
+    double u = ulps(y[k], log((double)x[k]));
+    if (u > worst) worst = u;
+    if (u > 2) fail_msg("log(%a) = %a, libm %a: %.1f ulps", x[k], y[k], log((double)x[k]), u);
+  }
+  for (int k = 12; k < N; k++) {
+    if (!isfinite(x[k]) || fabsf(x[k]) > 100) continue;
+    double xd = x[k], spd = xd > 0 ? xd + log1p(exp(-xd)) : log1p(exp(xd)), lsd = -(-xd > 0 ? -xd + log1p(exp(xd)) : log1p(exp(-xd)));
+    if (fabs(sp[k] - spd) > 4e-7 * fmax(1.0, fabs(spd)) || fabs(ls[k] - lsd) > 4e-7 * fmax(1.0, fabs(lsd)))
+      fail_msg("x = %g: softplus %g (ref %g), logsigmoid %g (ref %g)", x[k], sp[k], spd, ls[k], lsd);
+  }
+  print_message("log: largest error %.2f ulps over %d inputs\n", worst, N - 7);
   seq_module_destroy(m);
   seq_context_destroy(cx);
 }
@@ -229,6 +298,7 @@ static void test_aot_header_names_and_complex(void **st) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_compile_error_diagnostics),
+      cmocka_unit_test(test_log_functions),
       cmocka_unit_test(test_forward_step_and_binding),
       cmocka_unit_test(test_two_threads),
       cmocka_unit_test(test_aot_shared_object),
