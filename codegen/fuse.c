@@ -34,6 +34,8 @@ Cx fused_value(Lower *L, IrRef r, LLVMValueRef k, LLVMValueRef o, LLVMValueRef i
     sched_axis_split(x, nd->axis, &outer, &len, &inner);
     if (dim_eval(nd->start, L->in->dims, &start) != 0) start = 0;
     v.re = ldf(L, rowptr(L, nd->args[0]), add(L, k, ci64(L, start * inner)));
+  } else if (nd->op == IR_OUTER) { /* sched_outer_fusable: element (o, i) of [M, N] */
+    v.re = fmul(L, ldf(L, rowptr(L, nd->args[0]), o), ldf(L, rowptr(L, nd->args[1]), i));
   } else if (cplx) {
     Cx a0 = fused_operand(L, nd->args[0], k, o, i, key);
     Cx a1 = nd->nargs > 1 ? fused_operand(L, nd->args[1], k, o, i, key) : (Cx){NULL, NULL};

@@ -117,6 +117,10 @@ void cu_fused_value(Cu *c, IrRef r, const char *k, const char *o, const char *i,
     if (dim_eval(nd->start, c->in->dims, &start) != 0) start = 0;
     re = arena_printf(c->a, "%s[%s + %lld]", cu_rowptr(c, nd->args[0]), k,
                       (long long)(start * inner));
+  } else if (nd->op == IR_OUTER) { /* sched_outer_fusable: element k of [M, N] */
+    long long N = (long long)n->shape[1];
+    re = arena_printf(c->a, "(%s[(%s) / %lld] * %s[(%s) %% %lld])", cu_rowptr(c, nd->args[0]), k, N,
+                      cu_rowptr(c, nd->args[1]), k, N);
   } else {
     const char *a, *ai, *b = NULL, *bi = NULL;
     cu_fused_operand(c, nd->args[0], k, o, i, key, &a, &ai);

@@ -438,6 +438,13 @@ int sched_fused_readable(const SchedValue *a, const SchedValue *key, const Sched
   return 1;
 }
 
+int sched_outer_fusable(const SchedValue *a, const SchedValue *b, const SchedValue *n,
+                        const SchedValue *key) {
+  return n->w == 1 && a->w == 1 && b->w == 1 && !a->is_int && !b->is_int && n->rank == 2 &&
+         key->rank == 2 && key->shape[0] == n->shape[0] && key->shape[1] == n->shape[1] &&
+         a->numel == n->shape[0] && b->numel == n->shape[1] && a->numel > 1 && b->numel > 1;
+}
+
 static int fusable(const Plan *p, SchedClass phase, IrRef r, const SchedValue *key) {
   const IrNode *nd = &p->fn->nodes.v[r];
   const SchedValue *n = &p->v[r];
@@ -451,6 +458,8 @@ static int fusable(const Plan *p, SchedClass phase, IrRef r, const SchedValue *k
     sched_axis_split(x, nd->axis, &outer, &len, &inner);
     return outer == 1;
   }
+  if (nd->op == IR_OUTER)
+    return sched_outer_fusable(&p->v[nd->args[0]], &p->v[nd->args[1]], n, key);
   if (!(ir_op_info[nd->op].flags & IRF_EW) && nd->op != IR_BROADCAST) return 0;
   if (nd->nargs < 1 || nd->nargs > 2) return 0;
   int cplx = n->w == 2;

@@ -37,6 +37,9 @@ static int elementwise(const Plan *p, IrRef r, const SchedValue *key) {
   const IrNode *nd = &p->fn->nodes.v[r];
   const SchedValue *n = &p->v[r];
   if (n->cls != SCHED_TOKEN || n->gemm || n->is_int || n->numel != key->numel) return 0;
+  /* Mamba's outer(delta * x, B), computed in the loop instead of stored per token. */
+  if (nd->op == IR_OUTER)
+    return sched_outer_fusable(&p->v[nd->args[0]], &p->v[nd->args[1]], n, key);
   if (!(ir_op_info[nd->op].flags & IRF_EW) && nd->op != IR_BROADCAST) return 0;
   if (nd->nargs < 1 || nd->nargs > 2) return 0;
   int cplx = n->w == 2;

@@ -42,6 +42,10 @@ IrRef plan_fused_run_end(const Plan *p, SchedClass phase, IrRef r);
 /* Operand a can be read at the flat index of a fused loop over key's
  * shape (same size, scalar, or numpy-broadcast to it). */
 int sched_fused_readable(const SchedValue *a, const SchedValue *key, const SchedValue *n);
+/* outer(a, b) = n as a member of a fused loop over key: n is the loop's
+ * whole [M, N] shape, real, so its element (o, i) is a[o] * b[i]. */
+int sched_outer_fusable(const SchedValue *a, const SchedValue *b, const SchedValue *n,
+                        const SchedValue *key);
 
 /* Fuses every scan of a parallel form with the elementwise work around it
  * (sched/scan.c); members get SchedValue.group, anchors in->groups. */
