@@ -64,7 +64,14 @@ void emit_fused(Lower *L, SchedClass phase, IrRef first, IrRef last) {
       }
   }
   /* With a broadcast operand: a loop over the leading axes around one over
-   * the last (key's rank >= 1 then, see fused_readable). */
+   * the last (key's rank >= 1 then, see fused_readable), trailing axes of
+   * size 1 left out (an inner loop of one iteration would keep the outer one
+   * from vectorizing). */
+  SchedValue kq = *key;
+  if (bcast)
+    while (kq.rank > 1 && kq.shape[kq.rank - 1] == 1) kq.rank--;
+  L->squeeze = key->rank - kq.rank;
+  key = &kq;
   int64_t len = bcast ? key->shape[key->rank - 1] : key->numel;
   Loop lo, lk;
   LLVMValueRef o =
@@ -86,6 +93,7 @@ void emit_fused(Lower *L, SchedClass phase, IrRef first, IrRef last) {
   }
   loop_end(L, &lk);
   if (bcast) loop_end(L, &lo);
+  L->squeeze = 0;
   for (IrRef r = first; r <= last; r++) {
     L->fmember[r] = 0;
     L->fval[r] = L->fval_im[r] = NULL;

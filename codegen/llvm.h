@@ -78,6 +78,11 @@ typedef struct Lower {
    * block (real and imaginary parts), index k - pl_base; NULL elsewhere */
   LLVMValueRef *pl_re, *pl_im;
   LLVMValueRef pl_base;
+  /* inside a fused run whose shape ends in axes of size 1 (Mamba-2's
+   * [1, 8, 64, 1]): how many of them the loops leave out (emit_fused), so
+   * the inner loop runs over the last axis longer than 1 and vectorizes;
+   * bcast_index drops as many trailing axes of each operand */
+  int squeeze;
 } Lower;
 
 /* ---- build.c ---- */

@@ -306,7 +306,10 @@ LLVMValueRef bcast_index(Lower *L, const SchedValue *an, const SchedValue *key, 
   Nest ns = {0};
   ns.rank = key->rank;
   memcpy(ns.shape, key->shape, sizeof ns.shape);
-  nest_operand(&ns, 0, an->rank, an->shape);
+  /* The key's trailing axes of size 1 left out (L->squeeze): as many of the
+   * operand's, which align with them (so are 1 too). */
+  int arank = an->rank - (L->squeeze < an->rank ? L->squeeze : an->rank);
+  nest_operand(&ns, 0, arank, an->shape);
   int last = key->rank - 1;
   LLVMValueRef idx = mul(L, i, ci64(L, ns.stride[0][last]));
   int64_t inner = 1;
