@@ -49,16 +49,7 @@
 #pragma GCC optimize("fp-contract=fast")
 #endif
 
-/* Eight lanes, one AVX2 register. Not cpu_gemm.c's 16-float vectors: on
- * an AVX2 target GCC 12 lowers arrays of those through the stack (its AVX2
- * GEMM kernel runs at about 1 GFLOP/s on a Zen 3 core), and this kernel's
- * first version, written with them, ran at 4.4 GFLOP/s. */
-typedef float v8 __attribute__((vector_size(32)));
-typedef int32_t v8i __attribute__((vector_size(32)));
-
-#define LOAD8(dst, p) memcpy(&(dst), (p), sizeof(v8))
-#define STORE8(p, v) memcpy((p), &(v), sizeof(v8))
-#define INLINE static inline __attribute__((always_inline))
+#include "runtime/cpu_vec.h"
 
 /* A register tile is MR rows by one 16-float panel (two vectors): 12
  * accumulators, enough independent FMA chains for two pipes of latency 4,
@@ -67,14 +58,6 @@ typedef int32_t v8i __attribute__((vector_size(32)));
 /* Sub-chunk length for per-key gates: one panel of scores per query in the
  * diagonal block, and sub-chunk boundaries on the 16-float panel grid. */
 #define SUB 16
-
-static int64_t round16(int64_t n) {
-  return (n + 15) / 16 * 16;
-}
-
-static int64_t min64(int64_t a, int64_t b) {
-  return a < b ? a : b;
-}
 
 /* ---- prefetching the next chunk ------------------------------------------------ */
 
@@ -171,42 +154,7 @@ int64_t rt_cpu_linattn_work(int64_t H, int64_t K, int64_t V, int64_t Kg, int64_t
 
 /* ---- exp ------------------------------------------------------------------- */
 
-/* exp on 8 lanes, so that the per-key gates (K exps per token and head, as
- * many as the state has columns) vectorize; libm's expf is a call per
- * element. 2^n from the exponent bits times a degree-7 Taylor polynomial on
- * |r| <= ln2/2 (truncation error r^8/8! < 6e-9, under float32 rounding).
- * Results below 2^-125 (x < -87) are 0, so -inf gives exactly 0; x is
- * capped at 88, where exp is near the float32 maximum. NaN stays NaN. */
-INLINE void exp8(v8 *xp) {
-  const float log2e = 1.44269504f, ln2_hi = 0.693115234375f, ln2_lo = 3.19461833e-05f;
-  /* Adding 1.5 * 2^23 rounds to an integer, which then sits in the low
-   * mantissa bits. */
-  const float round_magic = 12582912.0f;
-  const v8 zero = {0};
-  v8 x = *xp;
-  v8i under = x < -87.0f;
-  v8i over = x > 88.0f;
-  v8 xc = (v8)(((v8i)x & ~over) | ((v8i)(zero + 88.0f) & over));
-  xc = (v8)(((v8i)xc & ~under) | ((v8i)(zero - 87.0f) & under));
-  v8 t = xc * log2e + round_magic;
-  v8 n = t - round_magic;
-  v8i ni = (v8i)t - (v8i)(zero + round_magic);
-  /* n * ln2_hi is exact (ln2_hi has 12 significant bits, |n| < 2^7). */
-  v8 r = (xc - n * ln2_hi) - n * ln2_lo;
-  v8 p = 1.0f / 5040.0f + r * (1.0f / 40320.0f);
-  p = 1.0f / 720.0f + r * p;
-  p = 1.0f / 120.0f + r * p;
-  p = 1.0f / 24.0f + r * p;
-  p = 1.0f / 6.0f + r * p;
-  p = 0.5f + r * p;
-  p = 1.0f + r * p;
-  p = 1.0f + r * p;
-  v8 scale = (v8)((ni + 127) << 23);
-  v8 y = p * scale;
-  *xp = (v8)((v8i)y & ~under);
-}
-
-/* x[0:n] = exp(x[0:n]). */
+/* x[0:n] = exp(x[0:n]) (cpu_vec.h's exp8: libm's expf is a call per element). */
 INLINE void exp_inplace(float *x, int64_t n) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {

@@ -1,8 +1,9 @@
 /* cpu_tiles.h - the register tiles shared by the chunkwise-parallel kernels
  * of the delta rules (cpu_delta.c, cpu_dplr.c): small matrix products with
  * rows of 16 floats, with a lower-triangular variant and a blocked forward
- * substitution; an 8 x 8 register transpose; exp on 8 lanes; and a cursor
- * that prefetches the next head's inputs from between the tiles. Every
+ * substitution; an 8 x 8 register transpose; and a cursor that prefetches
+ * the next head's inputs from between the tiles (the vectors and exp8 are
+ * cpu_vec.h's, shared with cpu_linattn.c). Every
  * function is static inline (the products always inline), so that each
  * includer compiles them once per instruction set, inside its own
  * target-attributed variants.
@@ -16,27 +17,12 @@
 #include <stdint.h>
 #include <string.h>
 
-/* Eight lanes, one AVX2 register (as in cpu_linattn.c: GCC 12 lowers arrays
- * of 16-float vectors through the stack on an AVX2 target). */
-typedef float v8 __attribute__((vector_size(32)));
-typedef int32_t v8i __attribute__((vector_size(32)));
-
-#define LOAD8(dst, p) memcpy(&(dst), (p), sizeof(v8))
-#define STORE8(p, v) memcpy((p), &(v), sizeof(v8))
-#define INLINE static inline __attribute__((always_inline))
+#include "runtime/cpu_vec.h"
 
 /* A register tile is MR rows by one 16-float panel (two vectors): 12
  * accumulators, with the two B vectors and a broadcast within AVX2's 16
  * registers. It is also the block of the forward substitution. */
 #define MR 6
-
-static inline int64_t round16(int64_t n) {
-  return (n + 15) / 16 * 16;
-}
-
-static inline int64_t min64(int64_t a, int64_t b) {
-  return a < b ? a : b;
-}
 
 /* ---- prefetching ------------------------------------------------------------------------ */
 
@@ -83,44 +69,6 @@ static inline void prefetch_add(Prefetch *p, const float *base, int64_t ld, int6
   p->ld[p->narrays] = ld * (int64_t)sizeof(float);
   p->len[p->narrays] = (int64_t)((uintptr_t)(row + width) - start);
   p->narrays++;
-}
-
-/* ---- exp ------------------------------------------------------------------------------- */
-
-/* exp on 8 lanes (cpu_linattn.c's), so that per-key decays (K exps per token
- * and head, as many as the state has columns) vectorize; libm's expf is a
- * call per element (with it, cpu_dplr.c at H = 4, K = V = 64 spent a third
- * of its time there). 2^n from the exponent bits times a degree-7 Taylor
- * polynomial on |r| <= ln2/2 (truncation error r^8/8! < 6e-9, under float32
- * rounding). Results below 2^-125 (x < -87) are 0, so -inf gives exactly 0;
- * x is capped at 88, where exp is near the float32 maximum. NaN stays NaN. */
-INLINE void exp8(v8 *xp) {
-  const float log2e = 1.44269504f, ln2_hi = 0.693115234375f, ln2_lo = 3.19461833e-05f;
-  /* Adding 1.5 * 2^23 rounds to an integer, which then sits in the low
-   * mantissa bits. */
-  const float round_magic = 12582912.0f;
-  const v8 zero = {0};
-  v8 x = *xp;
-  v8i under = x < -87.0f;
-  v8i over = x > 88.0f;
-  v8 xc = (v8)(((v8i)x & ~over) | ((v8i)(zero + 88.0f) & over));
-  xc = (v8)(((v8i)xc & ~under) | ((v8i)(zero - 87.0f) & under));
-  v8 t = xc * log2e + round_magic;
-  v8 n = t - round_magic;
-  v8i ni = (v8i)t - (v8i)(zero + round_magic);
-  /* n * ln2_hi is exact (ln2_hi has 12 significant bits, |n| < 2^7). */
-  v8 r = (xc - n * ln2_hi) - n * ln2_lo;
-  v8 p = 1.0f / 5040.0f + r * (1.0f / 40320.0f);
-  p = 1.0f / 720.0f + r * p;
-  p = 1.0f / 120.0f + r * p;
-  p = 1.0f / 24.0f + r * p;
-  p = 1.0f / 6.0f + r * p;
-  p = 0.5f + r * p;
-  p = 1.0f + r * p;
-  p = 1.0f + r * p;
-  v8 scale = (v8)((ni + 127) << 23);
-  v8 y = p * scale;
-  *xp = (v8)((v8i)y & ~under);
 }
 
 /* ---- small matrix products --------------------------------------------------------------- */
