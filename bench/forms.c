@@ -93,7 +93,8 @@ static double time_one(Run *r, int64_t B, int64_t T) {
 
 int main(int argc, char **argv) {
   if (argc < 7) {
-    fprintf(stderr, "usage: forms FILE.seq DIMS B T THREADS ROUNDS [STRATEGY [BASE BASE_THREADS]]\n");
+    fprintf(stderr,
+            "usage: forms FILE.seq DIMS B T THREADS ROUNDS [STRATEGY [BASE BASE_THREADS]]\n");
     return 2;
   }
   const char *file = argv[1], *dims = argv[2], *other = argc > 7 ? argv[7] : "auto";

@@ -63,8 +63,8 @@ static void linattn_item(Lower *L, LLVMValueRef item, LLVMValueRef per, const vo
   LLVMValueRef h0 = mul(L, LLVMBuildSDiv(bld, g, slices, ""), hn);
   /* Slices of a multiple of 16 columns (the kernels' vectors), the last
    * one short (or empty: V < 1 runs nothing). */
-  LLVMValueRef width = LLVMBuildSDiv(bld, add(L, ci64(L, la->V), LLVMBuildSub(bld, slices, ci64(L, 1), "")),
-                                     slices, "");
+  LLVMValueRef width = LLVMBuildSDiv(
+      bld, add(L, ci64(L, la->V), LLVMBuildSub(bld, slices, ci64(L, 1), "")), slices, "");
   width = mul(L, LLVMBuildSDiv(bld, add(L, width, ci64(L, 15)), ci64(L, 16), ""), ci64(L, 16));
   width = LLVMBuildSelect(bld, LLVMBuildICmp(bld, LLVMIntEQ, slices, ci64(L, 1), ""),
                           ci64(L, la->V), width, "");
@@ -94,7 +94,7 @@ static void linattn_item(Lower *L, LLVMValueRef item, LLVMValueRef per, const vo
       la->no_gate ? LLVMConstNull(L->ptr)
                   : gepf(L, seq_operand(L, la->lg, b, t0, dir, &ldg), mul(L, h0, ci64(L, la->Kg)));
   LLVMValueRef hoff = add(L, add(L, mul(L, b, ci64(L, sfloats)), mul(L, h0, ci64(L, hfloats))),
-                         mul(L, v0, ci64(L, la->K)));
+                          mul(L, v0, ci64(L, la->K)));
   LLVMValueRef store = gepf(L, L->buf[in->state_buf[la->state]], hoff);
   LLVMValueRef copy = la->copy_buf >= 0 ? gepf(L, L->buf[la->copy_buf], hoff) : NULL;
   LLVMValueRef work =
@@ -103,8 +103,8 @@ static void linattn_item(Lower *L, LLVMValueRef item, LLVMValueRef per, const vo
   if (la->split_buf >= 0) /* a slice: its own scratch (item < SCHED_CHUNK_SLICES) */
     work = LLVMBuildSelect(
         bld, LLVMBuildICmp(bld, LLVMIntSGT, slices, ci64(L, 1), ""),
-        gepf(L, L->buf[la->split_buf], mul(L, select_min(L, item, ci64(L, SCHED_CHUNK_SLICES - 1)),
-                                           ci64(L, la->work_head))),
+        gepf(L, L->buf[la->split_buf],
+             mul(L, select_min(L, item, ci64(L, SCHED_CHUNK_SLICES - 1)), ci64(L, la->work_head))),
         work, "");
   /* The kernel works on [L..., V, K]: a state stored [L..., K, V] runs on a
    * transposed copy, transposed back at the end. */
@@ -129,20 +129,21 @@ static void linattn_item(Lower *L, LLVMValueRef item, LLVMValueRef per, const vo
      * slice, its rows: a slice is one head). */
     LLVMValueRef Sc = S;
     if (c < calls - 1) {
-      LLVMBuildMemCpy(bld, copy, 4, S, 4,
-                      mul(L, hn, mul(L, vn, ci64(L, la->K * 4))));
+      LLVMBuildMemCpy(bld, copy, 4, S, 4, mul(L, hn, mul(L, vn, ci64(L, la->K * 4))));
       Sc = copy;
     }
     if (la->kind == SCHED_CHUNK_DPLR) {
       /* lw, a, b, k [L..., K] and v [L..., V] per token. */
       LLVMValueRef ldw, lda, ldb;
-      LLVMValueRef lw = gepf(L, seq_operand(L, la->lg, b, t0, dir, &ldw), mul(L, h0, ci64(L, la->K)));
-      LLVMValueRef av = gepf(L, seq_operand(L, la->a, b, t0, dir, &lda), mul(L, h0, ci64(L, la->K)));
-      LLVMValueRef bv = gepf(L, seq_operand(L, la->b, b, t0, dir, &ldb), mul(L, h0, ci64(L, la->K)));
-      LLVMValueRef args[21] = {n,   hn,  ci64(L, la->K), vn, q,  ldq, lw,
-                               ldw, av,  lda,            bv,             ldb, v,  ldv,
-                               k,   ldk, Sc,             o,              ldo, ci64(L, la->chunk),
-                               work};
+      LLVMValueRef lw =
+          gepf(L, seq_operand(L, la->lg, b, t0, dir, &ldw), mul(L, h0, ci64(L, la->K)));
+      LLVMValueRef av =
+          gepf(L, seq_operand(L, la->a, b, t0, dir, &lda), mul(L, h0, ci64(L, la->K)));
+      LLVMValueRef bv =
+          gepf(L, seq_operand(L, la->b, b, t0, dir, &ldb), mul(L, h0, ci64(L, la->K)));
+      LLVMValueRef args[21] = {
+          n, hn,  ci64(L, la->K),     vn,  q, ldq, lw, ldw, av, lda, bv, ldb, v, ldv, k, ldk, Sc,
+          o, ldo, ci64(L, la->chunk), work};
       int ptrs[] = {4, 6, 8, 10, 12, 14, 16, 17, 20};
       for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) pt[ptrs[i]] = L->ptr;
       call_fn(L, "rt_cpu_dplr", L->void_t, pt, 21, args);
@@ -228,7 +229,8 @@ void emit_linattn(Lower *L, const SchedOp *op) {
     /* Threads still idle split each head's columns: slices of at least 16,
      * at most SCHED_CHUNK_SLICES calls in all. */
     LLVMValueRef bh = mul(L, L->a_B, ci64(L, la->heads));
-    bh = LLVMBuildSelect(bld, LLVMBuildICmp(bld, LLVMIntSLT, bh, ci64(L, 1), ""), ci64(L, 1), bh, "");
+    bh = LLVMBuildSelect(bld, LLVMBuildICmp(bld, LLVMIntSLT, bh, ci64(L, 1), ""), ci64(L, 1), bh,
+                         "");
     LLVMValueRef slices = select_min(L, LLVMBuildSDiv(bld, threads, bh, ""), ci64(L, la->V / 16));
     slices = select_min(L, slices, LLVMBuildSDiv(bld, ci64(L, SCHED_CHUNK_SLICES), bh, ""));
     slices = LLVMBuildSelect(bld, LLVMBuildICmp(bld, LLVMIntSLT, slices, ci64(L, 1), ""),

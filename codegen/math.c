@@ -73,14 +73,14 @@ static LLVMValueRef emit_log(Lower *L, LLVMValueRef x) {
   /* e: the exponent for a mantissa in [1/2, 1). */
   LLVMValueRef e = LLVMBuildSub(b, LLVMBuildLShr(b, bits, ci32(L, 23), ""), ci32(L, 126), "");
   e = LLVMBuildSub(b, e, LLVMBuildSelect(b, tiny, ci32(L, 23), ci32(L, 0), ""), "");
-  LLVMValueRef mbits = LLVMBuildOr(b, LLVMBuildAnd(b, bits, ci32(L, 0x007fffff), ""),
-                                   ci32(L, 0x3f000000), "");
+  LLVMValueRef mbits =
+      LLVMBuildOr(b, LLVMBuildAnd(b, bits, ci32(L, 0x007fffff), ""), ci32(L, 0x3f000000), "");
   LLVMValueRef m = LLVMBuildBitCast(b, mbits, L->f32, "");
   /* m < sqrt(1/2): use 2m and e - 1, so that f = m - 1 is in [-0.29, 0.41). */
   LLVMValueRef lo = LLVMBuildFCmp(b, LLVMRealOLT, m, cf(L, 0.707106781186547524), "");
   e = LLVMBuildSub(b, e, LLVMBuildZExt(b, lo, L->i32, ""), "");
-  LLVMValueRef f = LLVMBuildFSub(b, LLVMBuildSelect(b, lo, LLVMBuildFAdd(b, m, m, ""), m, ""),
-                                 cf(L, 1.0), "");
+  LLVMValueRef f =
+      LLVMBuildFSub(b, LLVMBuildSelect(b, lo, LLVMBuildFAdd(b, m, m, ""), m, ""), cf(L, 1.0), "");
   static const double c[] = {7.0376836292E-2,  -1.1514610310E-1, 1.1676998740E-1,
                              -1.2420140846E-1, 1.4249322787E-1,  -1.6668057665E-1,
                              2.0000714765E-1,  -2.4999993993E-1, 3.3333331174E-1};

@@ -315,8 +315,8 @@ static void scan_steps(Lower *L, const SchedOp *op, const ScanItem *it, LLVMValu
       IrRef a = g->planar[j];
       L->pl_re[a] = entry_array(L, n, "planar_re");
       L->pl_im[a] = entry_array(L, n, "planar_im");
-      planar_copy(L, rowptr(L, a), L->pl_re[a], L->pl_im[a], last, it->ob, it->oend, it->i0,
-                  it->i1, 1);
+      planar_copy(L, rowptr(L, a), L->pl_re[a], L->pl_im[a], last, it->ob, it->oend, it->i0, it->i1,
+                  1);
     }
   }
   Loop lt, lo_, li;
@@ -487,7 +487,8 @@ static void scan_item(Lower *L, LLVMValueRef item, LLVMValueRef extra, const voi
     LLVMBuildBr(bld, done);
     LLVMPositionBuilderAtEnd(bld, other);
     LLVMValueRef x = slot(L, op, it.b, j, P);
-    compose_steps(L, op, &it, x, gepf(L, x, ci64(L, numel)), select_min(L, mul(L, j, plen), it.count),
+    compose_steps(L, op, &it, x, gepf(L, x, ci64(L, numel)),
+                  select_min(L, mul(L, j, plen), it.count),
                   select_min(L, mul(L, add(L, j, ci64(L, 1)), plen), it.count));
     LLVMBuildBr(bld, done);
     LLVMPositionBuilderAtEnd(bld, done);
@@ -496,10 +497,12 @@ static void scan_item(Lower *L, LLVMValueRef item, LLVMValueRef extra, const voi
   LLVMValueRef q = add(L, j, ci64(L, 1));
   LLVMValueRef in_slot = LLVMBuildICmp(bld, LLVMIntSLT, q, P, "");
   LLVMValueRef h = LLVMBuildSelect(
-      bld, in_slot, slot(L, op, it.b, LLVMBuildSelect(bld, in_slot, q, ci64(L, 1), ""), P), it.h, "");
+      bld, in_slot, slot(L, op, it.b, LLVMBuildSelect(bld, in_slot, q, ci64(L, 1), ""), P), it.h,
+      "");
   scan_steps(L, op, &it, h, select_min(L, mul(L, q, plen), it.count),
-             LLVMBuildSelect(bld, in_slot, select_min(L, mul(L, add(L, q, ci64(L, 1)), plen), it.count),
-                             it.count, ""));
+             LLVMBuildSelect(bld, in_slot,
+                             select_min(L, mul(L, add(L, q, ci64(L, 1)), plen), it.count), it.count,
+                             ""));
 }
 
 /* Between the rounds of a split scan, on the calling thread: per example,
@@ -543,7 +546,8 @@ static LLVMValueRef time_parts(Lower *L, const SchedOp *op, int64_t items) {
   LLVMValueRef P = LLVMBuildSDiv(bld, threads, mul(L, B, ci64(L, items)), "");
   P = select_min(L, P, add(L, LLVMBuildSDiv(bld, ci64(L, SCHED_SCAN_SLOTS), B, ""), ci64(L, 1)));
   LLVMValueRef span = L->in->chunked ? L->tn : L->a_T;
-  P = select_min(L, P, LLVMBuildSub(bld, LLVMBuildSDiv(bld, span, ci64(L, minpart), ""), ci64(L, 1), ""));
+  P = select_min(L, P,
+                 LLVMBuildSub(bld, LLVMBuildSDiv(bld, span, ci64(L, minpart), ""), ci64(L, 1), ""));
   return LLVMBuildSelect(bld, nested, ci64(L, 1), P, "");
 }
 

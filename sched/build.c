@@ -494,8 +494,8 @@ int sched_build(Arena *a, const IrModule *m, const IrFunc *root, const int64_t *
     p.fn = p.in->fn;
     p.v = p.in->values;
     if (plan_values(&p) || plan_scan_groups(&p) || plan_linattns(&p) || plan_model_chunks(&p) ||
-        plan_limits(&p) || place_buffers(&p) || place_scan_buffers(&p) || place_linattn_buffers(&p) || plan_attns(&p) ||
-        build_ops(&p) || p.failed)
+        plan_limits(&p) || place_buffers(&p) || place_scan_buffers(&p) ||
+        place_linattn_buffers(&p) || plan_attns(&p) || build_ops(&p) || p.failed)
       return -1;
   }
   token_vocab(s);

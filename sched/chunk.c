@@ -127,8 +127,7 @@ int plan_linattns(Plan *p) {
                                                    : RT_CPU_LINATTN_CHUNK;
         la->work_buf = la->copy_buf = la->split_buf = -1;
       } else if (ops.kind != la->kind || ops.k != la->k || ops.v != la->v || ops.lg != la->lg ||
-                 ops.beta != la->beta || ops.a != la->a || ops.b != la->b ||
-                 tr != la->transposed) {
+                 ops.beta != la->beta || ops.a != la->a || ops.b != la->b || tr != la->transposed) {
         plan_unsupported(p, nd->loc, "two chunked forms of one state with different operands");
         return -1;
       }

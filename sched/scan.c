@@ -246,8 +246,8 @@ int place_scan_buffers(Plan *p) {
     }
     const SchedValue *key = &p->v[scan];
     if (key->w != 1 || key->numel < 1 || key->numel > SCHED_SCAN_SPLIT_FLOATS) continue;
-    g->time_buf =
-        sched_add_buf(p, SCHED_BUF_WORK, SCHED_ROWS_ONE, SCHED_SCAN_SLOTS * 2 * key->numel, 1, scan, 2);
+    g->time_buf = sched_add_buf(p, SCHED_BUF_WORK, SCHED_ROWS_ONE,
+                                SCHED_SCAN_SLOTS * 2 * key->numel, 1, scan, 2);
     if (g->time_buf < 0) return -1;
   }
   return 0;

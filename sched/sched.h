@@ -188,7 +188,7 @@ typedef struct SchedLinattn {
   int transposed; /* the state is [L..., K, V] (S0 = transpose(state)) */
   IrRef *reads;   /* linattn nodes, node order; each stored per token */
   int nreads;
-  IrRef final;    /* linattn_state, or -1 */
+  IrRef final; /* linattn_state, or -1 */
   SchedChunkKind kind;
   IrRef k, v, lg; /* the operands every call shares (lg: dplr's lw, the decay's log) */
   IrRef beta;     /* the delta rule's, [R, L...] */

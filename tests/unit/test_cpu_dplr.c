@@ -35,8 +35,8 @@
  * 1.68 (DeltaNet) and 1.04 (general) times it where a chunk's keys can be
  * independent (C <= K; test_error_ratio asserts under 3), and 1.83 and 3.40
  * where they cannot. The generic (non-AVX2) copy, forced, gave 9.7 eps
- * scale at most and ratios up to 1.77 (C <= K) and 4.2 (C > K). Against rt_cpu_delta the DeltaNet outputs and states agree within
- * 3.9 eps of their scale.
+ * scale at most and ratios up to 1.77 (C <= K) and 4.2 (C > K). Against rt_cpu_delta the DeltaNet
+ * outputs and states agree within 3.9 eps of their scale.
  */
 #include <math.h>
 #include <stdio.h>

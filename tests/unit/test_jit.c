@@ -143,12 +143,13 @@ static void test_log_functions(void **st) {
   if (seq_module_from_string(cx, "logs.seq", src, &opt, &m) != SEQ_OK)
     fail_msg("compile: %s", seq_module_error(m));
   static float x[N], y[N], sp[N], ls[N];
-  const float edges[12] = {0.0f, -0.0f, INFINITY, -INFINITY, NAN, -1.0f,
-                           1.0f, 1e-45f, 1e-39f, FLT_MIN, FLT_MAX, 0.70710677f};
+  const float edges[12] = {0.0f, -0.0f,  INFINITY, -INFINITY, NAN,     -1.0f,
+                           1.0f, 1e-45f, 1e-39f,   FLT_MIN,   FLT_MAX, 0.70710677f};
   memcpy(x, edges, sizeof edges);
   /* Every binade from the subnormals to the top, and the range softplus
    * and logsigmoid see, [-100, 100]. */
-  for (int k = 0; k < 2048; k++) x[12 + k] = ldexpf(1.0f + (float)k / 2048.0f, -149 + k * 277 / 2048);
+  for (int k = 0; k < 2048; k++)
+    x[12 + k] = ldexpf(1.0f + (float)k / 2048.0f, -149 + k * 277 / 2048);
   for (int k = 0; k < 2048; k++) x[12 + 2048 + k] = -100.0f + 200.0f * (float)k / 2047.0f;
   const void *in[1] = {x};
   float *out[3] = {y, sp, ls};
@@ -166,9 +167,12 @@ static void test_log_functions(void **st) {
   }
   for (int k = 12; k < N; k++) {
     if (!isfinite(x[k]) || fabsf(x[k]) > 100) continue;
-    double xd = x[k], spd = xd > 0 ? xd + log1p(exp(-xd)) : log1p(exp(xd)), lsd = -(-xd > 0 ? -xd + log1p(exp(xd)) : log1p(exp(-xd)));
-    if (fabs(sp[k] - spd) > 4e-7 * fmax(1.0, fabs(spd)) || fabs(ls[k] - lsd) > 4e-7 * fmax(1.0, fabs(lsd)))
-      fail_msg("x = %g: softplus %g (ref %g), logsigmoid %g (ref %g)", x[k], sp[k], spd, ls[k], lsd);
+    double xd = x[k], spd = xd > 0 ? xd + log1p(exp(-xd)) : log1p(exp(xd)),
+           lsd = -(-xd > 0 ? -xd + log1p(exp(xd)) : log1p(exp(-xd)));
+    if (fabs(sp[k] - spd) > 4e-7 * fmax(1.0, fabs(spd)) ||
+        fabs(ls[k] - lsd) > 4e-7 * fmax(1.0, fabs(lsd)))
+      fail_msg("x = %g: softplus %g (ref %g), logsigmoid %g (ref %g)", x[k], sp[k], spd, ls[k],
+               lsd);
   }
   print_message("log: largest error %.2f ulps over %d inputs\n", worst, N - 7);
   seq_module_destroy(m);
