@@ -249,42 +249,6 @@ typedef void (*ProductFn)(int64_t M, int64_t N, int64_t Kk, const float *A, int6
                           const float *B, int64_t ldb, float *C, int64_t ldc, int mode,
                           const float *beta, int tri, Prefetch *pf);
 
-/* dst[d*ldd + i] = src[i*lds + d] for i < n, d < m: 8 x 8 blocks go
- * through registers (three rounds of shuffles), the edges element by
- * element. Scattering a row into a column one float at a time (a store
- * every 256 bytes) took a tenth of the kernel's time. */
-INLINE void transpose(int64_t n, int64_t m, const float *src, int64_t lds, float *dst,
-                      int64_t ldd) {
-  int64_t n8 = n / 8 * 8, m8 = m / 8 * 8;
-  for (int64_t i0 = 0; i0 < n8; i0 += 8)
-    for (int64_t d0 = 0; d0 < m8; d0 += 8) {
-      v8 r[8], t[8], u[8];
-      for (int i = 0; i < 8; i++) LOAD8(r[i], src + (i0 + i) * lds + d0);
-      /* t[2j], t[2j+1]: rows 2j and 2j+1 interleaved, columns {0,1,4,5}
-       * and {2,3,6,7}. */
-      for (int i = 0; i < 8; i += 2) {
-        t[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
-        t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
-      }
-      /* u[b + c] (b = 0, 4): rows b .. b+3 of column c in the low half, of
-       * column c + 4 in the high half. */
-      for (int b = 0; b < 8; b += 4)
-        for (int c = 0; c < 4; c += 2) {
-          const v8 x = t[b + c / 2], y = t[b + c / 2 + 2];
-          u[b + c] = __builtin_shufflevector(x, y, 0, 1, 8, 9, 4, 5, 12, 13);
-          u[b + c + 1] = __builtin_shufflevector(x, y, 2, 3, 10, 11, 6, 7, 14, 15);
-        }
-      for (int c = 0; c < 4; c++) {
-        v8 lo = __builtin_shufflevector(u[c], u[4 + c], 0, 1, 2, 3, 8, 9, 10, 11);
-        v8 hi = __builtin_shufflevector(u[c], u[4 + c], 4, 5, 6, 7, 12, 13, 14, 15);
-        STORE8(dst + (d0 + c) * ldd + i0, lo);
-        STORE8(dst + (d0 + c + 4) * ldd + i0, hi);
-      }
-    }
-  for (int64_t d = 0; d < m; d++)
-    for (int64_t i = d < m8 ? n8 : 0; i < n; i++) dst[d * ldd + i] = src[i * lds + d];
-}
-
 /* ---- one chunk ------------------------------------------------------------------ */
 
 /* The arguments of rt_cpu_linattn. */

@@ -1,12 +1,11 @@
 /* cpu_tiles.h - the register tiles shared by the chunkwise-parallel kernels
  * of the delta rules (cpu_delta.c, cpu_dplr.c): small matrix products with
  * rows of 16 floats, with a lower-triangular variant and a blocked forward
- * substitution; an 8 x 8 register transpose; and a cursor that prefetches
- * the next head's inputs from between the tiles (the vectors and exp8 are
- * cpu_vec.h's, shared with cpu_linattn.c). Every
- * function is static inline (the products always inline), so that each
- * includer compiles them once per instruction set, inside its own
- * target-attributed variants.
+ * substitution, and a cursor that prefetches the next head's inputs from
+ * between the tiles (the vectors, exp8 and the register transpose are
+ * cpu_vec.h's, shared with cpu_linattn.c). Every function is static inline
+ * (the products always inline), so that each includer compiles them once
+ * per instruction set, inside its own target-attributed variants.
  *
  * Include after the fp-contract pragma (as cpu_delta.c does): the tiles'
  * a * b + c must become FMAs.
@@ -196,36 +195,5 @@ INLINE void product_body(const Prod *p, Prefetch *pf) {
 }
 
 typedef void (*ProductFn)(const Prod *p, Prefetch *pf);
-
-/* dst[d*ldd + i] = src[i*lds + d] for i < n, d < m: 8 x 8 blocks through
- * registers (three rounds of shuffles), the edges element by element; as in
- * cpu_linattn.c. */
-INLINE void transpose(int64_t n, int64_t m, const float *src, int64_t lds, float *dst,
-                      int64_t ldd) {
-  int64_t n8 = n / 8 * 8, m8 = m / 8 * 8;
-  for (int64_t i0 = 0; i0 < n8; i0 += 8)
-    for (int64_t d0 = 0; d0 < m8; d0 += 8) {
-      v8 r[8], t[8], u[8];
-      for (int i = 0; i < 8; i++) LOAD8(r[i], src + (i0 + i) * lds + d0);
-      for (int i = 0; i < 8; i += 2) {
-        t[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
-        t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
-      }
-      for (int b = 0; b < 8; b += 4)
-        for (int c = 0; c < 4; c += 2) {
-          const v8 x = t[b + c / 2], y = t[b + c / 2 + 2];
-          u[b + c] = __builtin_shufflevector(x, y, 0, 1, 8, 9, 4, 5, 12, 13);
-          u[b + c + 1] = __builtin_shufflevector(x, y, 2, 3, 10, 11, 6, 7, 14, 15);
-        }
-      for (int c = 0; c < 4; c++) {
-        v8 lo = __builtin_shufflevector(u[c], u[4 + c], 0, 1, 2, 3, 8, 9, 10, 11);
-        v8 hi = __builtin_shufflevector(u[c], u[4 + c], 4, 5, 6, 7, 12, 13, 14, 15);
-        STORE8(dst + (d0 + c) * ldd + i0, lo);
-        STORE8(dst + (d0 + c + 4) * ldd + i0, hi);
-      }
-    }
-  for (int64_t d = 0; d < m; d++)
-    for (int64_t i = d < m8 ? n8 : 0; i < n; i++) dst[d * ldd + i] = src[i * lds + d];
-}
 
 #endif
