@@ -398,12 +398,7 @@ static void prefetch_start(const Dplr *a, Prefetch *p, int64_t h, int64_t t0, in
  * token's rows lie side by side). Every head's state stays in the scratch. */
 INLINE void run_body(const Dplr *a, Scratch *s, ProductFn product) {
   const int64_t H = a->H, K = a->K, V = a->V, Vp = s->Vp;
-  for (int64_t h = 0; h < H; h++) {
-    float *st = s->states + h * K * Vp;
-    transpose(V, K, a->S + h * V * K, K, st, Vp);
-    for (int64_t d = 0; d < K; d++)
-      for (int64_t j = V; j < Vp; j++) st[d * Vp + j] = 0.0f;
-  }
+  states_in(H, K, V, Vp, a->S, s->states);
   for (int64_t t0 = 0; t0 < a->T; t0 += a->C) {
     int64_t n = min64(a->C, a->T - t0);
     for (int64_t h = 0; h < H; h++) {
@@ -420,7 +415,7 @@ INLINE void run_body(const Dplr *a, Scratch *s, ProductFn product) {
           memcpy(a->o + (t0 + i) * a->ldo + h * V, s->oc + i * Vp, sizeof(float) * (size_t)V);
     }
   }
-  for (int64_t h = 0; h < H; h++) transpose(K, V, s->states + h * K * Vp, Vp, a->S + h * V * K, K);
+  states_out(H, K, V, Vp, s->states, a->S);
 }
 
 /* One copy of the products and of the driver per instruction set, as in

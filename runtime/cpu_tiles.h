@@ -196,4 +196,21 @@ INLINE void product_body(const Prod *p, Prefetch *pf) {
 
 typedef void (*ProductFn)(const Prod *p, Prefetch *pf);
 
+/* Every head's state, S [H, V, K], into the scratch transposed ([K, Vp]
+ * per head, the columns past V zero), and back at the end of a call. */
+static inline void states_in(int64_t H, int64_t K, int64_t V, int64_t Vp, const float *S,
+                             float *states) {
+  for (int64_t h = 0; h < H; h++) {
+    float *st = states + h * K * Vp;
+    transpose(V, K, S + h * V * K, K, st, Vp);
+    for (int64_t d = 0; d < K; d++)
+      for (int64_t j = V; j < Vp; j++) st[d * Vp + j] = 0.0f;
+  }
+}
+
+static inline void states_out(int64_t H, int64_t K, int64_t V, int64_t Vp, const float *states,
+                              float *S) {
+  for (int64_t h = 0; h < H; h++) transpose(K, V, states + h * K * Vp, Vp, S + h * V * K, K);
+}
+
 #endif
