@@ -464,11 +464,16 @@ static int general(Ana *A, IrRef target, IrRef S, DeltaForm *out) {
   return 0;
 }
 
+/* The node reading the state (IR_NONE if the step never reads it). */
+static IrRef state_node(const Ana *A) {
+  for (IrRef r = 0; r < A->f->nodes.n; r++)
+    if (A->f->nodes.v[r].op == IR_STATE && A->f->nodes.v[r].index == A->state) return r;
+  return IR_NONE;
+}
+
 static int chain(Ana *A, IrRef target, DeltaForm *out, int depth) {
-  IrRef S = IR_NONE;
+  IrRef S = state_node(A);
   const IrFunc *f = A->f;
-  for (IrRef r = 0; r < f->nodes.n && S == IR_NONE; r++)
-    if (f->nodes.v[r].op == IR_STATE && f->nodes.v[r].index == A->state) S = r;
   A->why = NULL;
   if (S != IR_NONE && one_factor(A, target, S, &out->f[0]) == 0) {
     out->R = 1;
@@ -526,9 +531,7 @@ int delta_analyze(Arena *a, const IrFunc *cell, int state, DeltaForm *out, const
     /* Not DeltaNet's form: the generalized rule, or why not (the reason the
      * wider form gives, which says more). */
     const char *first = A.why;
-    IrRef S = IR_NONE;
-    for (IrRef r = 0; r < cell->nodes.n && S == IR_NONE; r++)
-      if (cell->nodes.v[r].op == IR_STATE && cell->nodes.v[r].index == state) S = r;
+    IrRef S = state_node(&A);
     A.why = NULL;
     memset(out, 0, sizeof *out);
     if (S == IR_NONE || general(&A, st->next, S, out)) {
