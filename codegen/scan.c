@@ -244,22 +244,26 @@ typedef struct ScanRun {
 #define SCAN_MIN_PART_STEPS 32
 #define SCAN_MIN_PART_WORK 2048
 
-static int64_t group_items(const SchedScanGroup *g, const SchedValue *key) {
-  int64_t last = key->rank ? key->shape[key->rank - 1] : 1;
-  int64_t outer = last ? key->numel / last : 0;
-  int64_t nblocks = g->block ? (outer + g->block - 1) / g->block : 0;
-  int64_t npieces = g->split < last ? (last + g->split - 1) / g->split : 1;
-  return nblocks * npieces;
+/* How a group's state splits into items: rows of its last axis (outer of
+ * them, in nblocks blocks) and pieces of that axis. */
+typedef struct GroupShape {
+  int64_t last, outer, nblocks, npieces;
+} GroupShape;
+
+static GroupShape group_shape(const SchedScanGroup *g, const SchedValue *key) {
+  GroupShape s;
+  s.last = key->rank ? key->shape[key->rank - 1] : 1;
+  s.outer = s.last ? key->numel / s.last : 0;
+  s.nblocks = g->block ? (s.outer + g->block - 1) / g->block : 0;
+  s.npieces = g->split < s.last ? (s.last + g->split - 1) / g->split : 1;
+  return s;
 }
 
 /* Item `rest` of the (example, block, piece) items. */
 static void scan_item_at(Lower *L, const SchedOp *op, LLVMValueRef rest, ScanItem *it) {
   const SchedScanGroup *g = op->group;
-  const SchedValue *key = &L->v[op->node];
-  int64_t last = key->rank ? key->shape[key->rank - 1] : 1;
-  int64_t outer = last ? key->numel / last : 0;
-  int64_t nblocks = g->block ? (outer + g->block - 1) / g->block : 0;
-  int64_t npieces = g->split < last ? (last + g->split - 1) / g->split : 1;
+  GroupShape gs = group_shape(g, &L->v[op->node]);
+  int64_t last = gs.last, outer = gs.outer, nblocks = gs.nblocks, npieces = gs.npieces;
   int64_t srow = L->in->bufs.v[L->in->state_buf[g->state]].row_floats;
   LLVMValueRef piece = LLVMBuildSRem(L->bld, rest, ci64(L, npieces), "");
   rest = LLVMBuildSDiv(L->bld, rest, ci64(L, npieces), "");
@@ -553,7 +557,8 @@ static LLVMValueRef time_parts(Lower *L, const SchedOp *op, int64_t items) {
 
 void emit_scan_group(Lower *L, const SchedOp *op) {
   const SchedScanGroup *g = op->group;
-  int64_t items = group_items(g, &L->v[op->node]);
+  GroupShape gs = group_shape(g, &L->v[op->node]);
+  int64_t items = gs.nblocks * gs.npieces;
   if (items == 0) return; /* an empty state */
   for (int m = 0; m < g->nmembers; m++) L->fmember[g->members[m]] = 1;
   LLVMValueRef work = mul(L, L->a_B, ci64(L, items));
