@@ -645,11 +645,13 @@ static int lower_reshape(Lower *L, const Builtin *b, const CallArgs *c, Tuple *o
       diag_error(L->de, how->args[i]->loc, "dimension %lld is out of range", (long long)v);
       return one(L, out, REF_ERROR);
     }
-    if (dim_mul(want, dims[i], &want)) goto too_complex;
   }
+  IrType nt = ir_type(L->a, t.elem, how->nargs, dims);
+  if (ir_type_same_sizes(t, nt)) goto same;
+  for (int i = 0; i < how->nargs; i++)
+    if (dim_mul(want, dims[i], &want)) goto too_complex;
   for (int i = 0; i < t.rank; i++)
     if (dim_mul(have, t.dims[i], &have)) goto too_complex;
-  IrType nt = ir_type(L->a, t.elem, how->nargs, dims);
   if (!dim_eq(have, want)) {
     IrType th = {IR_REAL, 1, &have}, tw = {IR_REAL, 1, &want};
     const char *sh = sema_type_str(L, th), *sw = sema_type_str(L, tw);
@@ -658,6 +660,7 @@ static int lower_reshape(Lower *L, const Builtin *b, const CallArgs *c, Tuple *o
                (int)strlen(sw) - 2, sw + 1);
     return one(L, out, REF_ERROR);
   }
+same:
   if (ir_type_eq(nt, t)) return one(L, out, x);
   return one(L, out, emit_to_type(L, IR_RESHAPE, c->call->loc, x, nt));
 too_complex:

@@ -465,9 +465,25 @@ static int check_broadcast(Infer *cx, IrType x, IrType to) {
   return 0;
 }
 
+int ir_type_same_sizes(IrType x, IrType to) {
+  int used[SEQ_MAX_RANK] = {0}, n = 0;
+  for (int i = 0; i < x.rank; i++) {
+    if (dim_is_one(x.dims[i])) continue;
+    int j = 0;
+    while (j < to.rank && (used[j] || dim_is_one(to.dims[j]) || !dim_eq(x.dims[i], to.dims[j])))
+      j++;
+    if (j == to.rank) return 0;
+    used[j] = 1;
+    n++;
+  }
+  for (int j = 0; j < to.rank; j++) n -= !dim_is_one(to.dims[j]);
+  return n == 0;
+}
+
 static int check_reshape(Infer *cx, IrType x, IrType to) {
   if (x.elem != to.elem)
     return fail(cx, "cannot reshape %s to %s: element types differ", tstr(cx, x), tstr(cx, to));
+  if (ir_type_same_sizes(x, to)) return 0;
   DimExpr nx, nt;
   if (elem_count(x, &nx) || elem_count(to, &nt))
     return fail(cx, "cannot reshape %s to %s: element count too complex to compare", tstr(cx, x),

@@ -74,6 +74,10 @@ typedef struct IrType {
 } IrType;
 
 int ir_type_eq(IrType a, IrType b);
+/* a's and b's axes other than those of size 1 are the same sizes in some
+ * order: a reshape between them keeps the element count, whatever the
+ * degree of its product (which DimExpr may not hold). */
+int ir_type_same_sizes(IrType a, IrType b);
 
 /* ---- Ops ---------------------------------------------------------------- */
 

@@ -223,6 +223,33 @@ static void test_unassigned_state_carries(void **state) {
   close_compiled(&c);
 }
 
+/* A reshape that only adds a unit axis checks whatever the degree of the
+ * element count (H*J*V*K is past what a DimExpr holds), as an indexing
+ * with None and an explicit reshape; one that changes the count still
+ * fails. */
+static void test_high_degree_reshape(void **state) {
+  (void)state;
+  Compiled c;
+  compile_text(&c,
+               "cell C(H, J, V, K) {\n  input x: [K]\n  state s: [H, J, V, K] = 0\n"
+               "  output y: [H, 1, J, V, K]\n  step {\n    s' = s + x\n"
+               "    y = s[:, None] + reshape(s', [H, 1, J, V, K])\n  }\n}\n",
+               NULL);
+  assert_non_null(c.m);
+  close_compiled(&c);
+  compile_text(&c,
+               "cell C(H, J, V, K) {\n  input x: [K]\n  state s: [H, J, V, K] = 0\n"
+               "  output y: [H, J, V]\n  step {\n    s' = s + x\n"
+               "    y = reshape(s', [H, J, V])\n  }\n}\n",
+               NULL);
+  assert_null(c.m);
+  int found = 0;
+  for (int i = 0; i < c.de.diags.n; i++)
+    found |= strstr(c.de.diags.v[i].message, "element count too complex") != NULL;
+  assert_true(found);
+  close_compiled(&c);
+}
+
 static void test_layer_structure(void **state) {
   (void)state;
   Compiled c;
@@ -700,6 +727,7 @@ int main(void) {
       cmocka_unit_test(test_cell_structure),
       cmocka_unit_test(test_unassigned_state_carries),
       cmocka_unit_test(test_layer_structure),
+      cmocka_unit_test(test_high_degree_reshape),
       cmocka_unit_test(test_fresh_dims),
       cmocka_unit_test(test_hidden_conv_state),
       cmocka_unit_test(test_causal_conv_in_model),
