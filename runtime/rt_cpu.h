@@ -254,6 +254,49 @@ int64_t rt_cpu_dplr_work(int64_t H, int64_t K, int64_t V, int64_t C);
  * (158 K). */
 #define RT_CPU_DPLR_CHUNK 16
 
+/* ---- pLSTM's linear recurrence, chunkwise parallel (cpu_plstm.c) --------- */
+
+/* One sequence of the linear recurrence of pLSTM 1D, a state of J blocks mixed by a small
+ * dense transition, per head h < H, for t = 0 .. T-1:
+ *   C[j] <- sum_{j'} Tr_t[j, j'] C[j'] + s_t[j] v_t k_t^T    every j from the state before the
+ *                                                            token; C[j]: [V, K]
+ *   o_t  = sum_j m_t[j] C[j] q_t                             (a V-vector; C[j] q sums over K)
+ * with C as it was before the token's update (exclusive != 0) or after it (exclusive == 0).
+ * S: [H, J, V, K] row-major; the initial state on entry, the final state on return. Token t:
+ * q + t*ldq and k + t*ldk ([H, K] head-major, element c of head h at h*K + c), v + t*ldv and
+ * o + t*ldo ([H, V]), m + t*ldm and s + t*lds ([H, J]), tr + t*ldt ([H, J, J]: Tr_t[j, j'] of
+ * head h at h*J*J + j*J + j'). Strides are in floats and may be negative (a sequence processed
+ * backwards) or 0 (the same row for every token). q == NULL (then m and o are ignored): only
+ * the state. C: the chunk length in tokens (C < 1 means RT_CPU_PLSTM_CHUNK); T >= 0 is any
+ * length (the last chunk may be short). work: rt_cpu_plstm_work(H, J, K, V, C) floats of
+ * scratch (caller-owned, any float alignment). Runs on the calling thread and allocates
+ * nothing. With J = 1 it is linear attention with a scalar gate Tr_t of either sign.
+ * Expected inputs: transitions whose products stay bounded (pLSTM's cell keeps the rows of
+ * |Tr_t| summing to less than 1); entries of any sign, singular Tr_t and zero rows are fine
+ * (nothing is inverted). o must not overlap the inputs or S. H, J, K or V < 1, any over 2^20,
+ * J over 64, C over 2^14, or H J K V over about 2^60 (a state past any memory): nothing is
+ * done. */
+void rt_cpu_plstm(int64_t T, int64_t H, int64_t J, int64_t K, int64_t V, const float *q,
+                  int64_t ldq, const float *m, int64_t ldm, int32_t exclusive, const float *tr,
+                  int64_t ldt, const float *s, int64_t lds, const float *v, int64_t ldv,
+                  const float *k, int64_t ldk, float *S, float *o, int64_t ldo, int64_t C,
+                  float *work);
+/* Floats of scratch rt_cpu_plstm needs (0 for shapes it rejects): every head's state and one
+ * chunk of one head's working set, O(H J K V + C (J K + C + V) + J K (C + V)). Independent of
+ * T. */
+int64_t rt_cpu_plstm_work(int64_t H, int64_t J, int64_t K, int64_t V, int64_t C);
+/* The default chunk length in tokens. The chunked form does about 2 J K V multiply-adds per token
+ * and head with the state (J K V without outputs), J^2 K V / C more for mixing the blocks once a
+ * chunk and about C (K + V) / 2 for the triangles, so a longer chunk pays for the mixing and a
+ * shorter one for the triangles. On a Zen 3 core (bench/plstm_bench.c, random transitions with
+ * the rows of |Tr| summing to 0.9, T = 4096, medians of 15 rounds), at H = 1, J = 4, K = V = 64,
+ * C = 8, 16, 32, 64 gave 655, 876, 939, 971 K tokens/s with outputs (the float32 step loop:
+ * 174 K) and 984, 1396, 1724, 1863 K state only (257 K). With outputs (9 rounds), 64 ran 21%
+ * slower than 16 (the best) at H = 4, J = 1 (705, 641, 554 K for 16, 32, 64) and 6% slower than
+ * 32 at H = 2, J = 4, K = V = 32, and 8% faster than 32 at J = 8 (466 against 431 K): with
+ * outputs, 32 is within 10% of the best at every shape measured. */
+#define RT_CPU_PLSTM_CHUNK 32
+
 /* ---- Newton solves (cpu_newton.c) ------------------------------------------ */
 
 /* A compiled instance function: the step of a Newton layer (a cell with no
