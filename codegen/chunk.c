@@ -1,6 +1,6 @@
 /* chunk.c - a matrix state's chunked form (sched/chunk.c): per example, one
- * call of the runtime's chunkwise kernel (rt_cpu_linattn, rt_cpu_delta or
- * rt_cpu_dplr) per readout, over
+ * call of the runtime's chunkwise kernel (rt_cpu_linattn, rt_cpu_delta,
+ * rt_cpu_dplr or rt_cpu_plstm) per readout, over
  * the example's sequence in the direction the instance runs (a reversed
  * sequence is read from its last token with negative strides). The last
  * call runs on the state's storage and leaves the final state there. */
@@ -53,7 +53,7 @@ static void linattn_item(Lower *L, LLVMValueRef item, LLVMValueRef per, const vo
   const SchedLinattn *la = op->linattn;
   const SchedInst *in = L->in;
   LLVMBuilderRef bld = L->bld;
-  int64_t sfloats = la->heads * la->K * la->V, hfloats = la->K * la->V;
+  int64_t hfloats = la->J * la->K * la->V, sfloats = la->heads * hfloats;
   LLVMValueRef b = LLVMBuildSDiv(bld, item, per, "");
   LLVMValueRef g = LLVMBuildSRem(bld, item, per, "");
   LLVMValueRef one = LLVMBuildICmp(bld, LLVMIntEQ, per, ci64(L, 1), "");
@@ -129,8 +129,48 @@ static void linattn_item(Lower *L, LLVMValueRef item, LLVMValueRef per, const vo
      * slice, its rows: a slice is one head). */
     LLVMValueRef Sc = S;
     if (c < calls - 1) {
-      LLVMBuildMemCpy(bld, copy, 4, S, 4, mul(L, hn, mul(L, vn, ci64(L, la->K * 4))));
+      LLVMBuildMemCpy(bld, copy, 4, S, 4, mul(L, hn, mul(L, vn, ci64(L, la->J * la->K * 4))));
       Sc = copy;
+    }
+    if (la->kind == SCHED_CHUNK_PLSTM) {
+      /* m, s [L..., J] and tr [L..., J, J] per token; no slices (vn = V). */
+      LLVMValueRef m = LLVMConstNull(L->ptr), ldm = ci64(L, 0), ldt, lds;
+      if (rd != IR_NONE)
+        m = gepf(L, seq_operand(L, L->fn->nodes.v[rd].args[1], b, t0, dir, &ldm),
+                 mul(L, h0, ci64(L, la->J)));
+      LLVMValueRef tr =
+          gepf(L, seq_operand(L, la->tr, b, t0, dir, &ldt), mul(L, h0, ci64(L, la->J * la->J)));
+      LLVMValueRef sv =
+          gepf(L, seq_operand(L, la->src, b, t0, dir, &lds), mul(L, h0, ci64(L, la->J)));
+      LLVMValueRef args[23] = {n,
+                               hn,
+                               ci64(L, la->J),
+                               ci64(L, la->K),
+                               vn,
+                               q,
+                               ldq,
+                               m,
+                               ldm,
+                               ci32(L, rd != IR_NONE && L->fn->nodes.v[rd].index ? 1 : 0),
+                               tr,
+                               ldt,
+                               sv,
+                               lds,
+                               v,
+                               ldv,
+                               k,
+                               ldk,
+                               Sc,
+                               o,
+                               ldo,
+                               ci64(L, la->chunk),
+                               work};
+      int ptrs[] = {5, 7, 10, 12, 14, 16, 18, 19, 22};
+      for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) pt[ptrs[i]] = L->ptr;
+      pt[9] = L->i32;
+      call_fn(L, "rt_cpu_plstm", L->void_t, pt, 23, args);
+      pt[9] = L->i64;
+      continue;
     }
     if (la->kind == SCHED_CHUNK_DPLR) {
       /* lw, a, b, k [L..., K] and v [L..., V] per token. */

@@ -4,8 +4,8 @@
  * runs, the state in its own storage; one pass per readout, every pass but
  * the last on a copy of the initial state, as on the CPU. The products run
  * on the block's threads in plain fp32 (tensor cores are still to come);
- * the WY forms of the delta rule and of the generalized one (dplr) are not
- * rendered yet. */
+ * the WY forms of the delta rule and of the generalized one (dplr) and the
+ * small dense transitions' form (plstm) are not rendered yet. */
 #include "cudagen/cu.h"
 
 void cu_linattn(Cu *c, const SchedOp *op) {
@@ -15,7 +15,10 @@ void cu_linattn(Cu *c, const SchedOp *op) {
     cu_unsupported(c, op->node,
                    la->kind == SCHED_CHUNK_DELTA
                        ? "the chunked WY form of the delta rule (use --strategy=sequential)"
-                       : "the chunked WY form of the generalized delta rule (use "
+                   : la->kind == SCHED_CHUNK_DPLR
+                       ? "the chunked WY form of the generalized delta rule (use "
+                         "--strategy=sequential)"
+                       : "the chunked form of a small dense transition (use "
                          "--strategy=sequential)");
     return;
   }

@@ -76,7 +76,8 @@ static int needs_costs(const Pipeline *p) {
   for (int i = 0; i < p->classes->nfuncs; i++)
     for (int k = 0; k < p->classes->funcs[i].nstates; k++) {
       RecClass c = p->classes->funcs[i].states[k].cls;
-      if (c == REC_LIN_DIAG || c == REC_LIN_MATRIX || c == REC_LIN_DPLR || c == REC_MAXPLUS)
+      if (c == REC_LIN_DIAG || c == REC_LIN_MATRIX || c == REC_LIN_DPLR || c == REC_MAXPLUS ||
+          c == REC_LIN_SMALL_DENSE)
         return 1;
     }
   return 0;

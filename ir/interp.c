@@ -933,6 +933,10 @@ static int alloc_slots(Run *r, Inst *in) {
       if (!(s->aux = alloc_doubles(r, S0->n + (S0->rank ? S0->shape[S0->rank - 2] : 0), 1)))
         return oom(r);
     }
+    if (nd->op == IR_PLSTM || nd->op == IR_PLSTM_STATE) { /* the running state, the next one */
+      const Val *S0 = &in->slot[nd->args[nd->op == IR_PLSTM ? 6 : 4]].v;
+      if (!(s->aux = alloc_doubles(r, S0->n, 2))) return oom(r);
+    }
     if (nd->op == IR_CALL) {
       const Inst *c = in->child[nd->index];
       int no = c->fn->outputs.n;
@@ -1549,6 +1553,64 @@ static void dplr(Run *r, Inst *in, int i, int64_t len) {
   }
 }
 
+/* A small dense transition (passes/transition.c; pLSTM), evaluated as its
+ * definition, step by step: per lead slice S[j] = sum_j' tr_t[j, j'] S[j'] +
+ * s_t[j] v_t k_t^T from the state before the token, and PLSTM's readout
+ * sum_j m_t[j] S[j] q_t after the update (before it when exclusive). The
+ * state is kept in float64 and rounded after each step in float32 mode, as
+ * the cell's ops would be. */
+static void plstm(Run *r, Inst *in, int i, int64_t len) {
+  const IrNode *nd = &in->fn->nodes.v[i];
+  Slot *s = &in->slot[i];
+  int readout = nd->op == IR_PLSTM, off = readout ? 2 : 0;
+  const Slot *q = readout ? &in->slot[nd->args[0]] : NULL;
+  const Slot *m = readout ? &in->slot[nd->args[1]] : NULL;
+  const Slot *tr = &in->slot[nd->args[off]], *sv = &in->slot[nd->args[off + 1]],
+             *v = &in->slot[nd->args[off + 2]], *k = &in->slot[nd->args[off + 3]],
+             *S0 = &in->slot[nd->args[off + 4]];
+  int L = S0->v.rank - 3;
+  int64_t J = S0->v.shape[L], V = S0->v.shape[L + 1], K = S0->v.shape[L + 2], W = V * K;
+  int64_t heads = J > 0 && W > 0 ? S0->v.n / (J * W) : 0;
+  /* aux: the running state (a readout's), then the new state being built. */
+  double *S = readout ? s->aux : NULL, *nx = s->aux + S0->v.n;
+  for (int64_t t = 0; t < len; t++) {
+    const double *prev = t == 0 ? S0->v.d : readout ? S : s->v.d + (t - 1) * s->stride;
+    double *cur = readout ? S : s->v.d + t * s->stride;
+    const double *trt = tr->v.d + t * tr->stride, *st = sv->v.d + t * sv->stride,
+                 *vt = v->v.d + t * v->stride, *kt = k->v.d + t * k->stride;
+    double *o = readout ? s->v.d + t * s->stride : NULL;
+    const double *qt = readout ? q->v.d + t * q->stride : NULL;
+    const double *mt = readout ? m->v.d + t * m->stride : NULL;
+    for (int64_t h = 0; h < heads; h++) {
+      const double *Ph = prev + h * J * W, *Th = trt + h * J * J, *qh = qt ? qt + h * K : NULL;
+      double *Ch = cur + h * J * W;
+      if (readout && nd->index == 1) /* exclusive: read the state entering the step */
+        for (int64_t x = 0; x < V; x++) {
+          double acc = 0;
+          for (int64_t j = 0; j < J; j++)
+            for (int64_t c = 0; c < K; c++) acc += mt[h * J + j] * Ph[j * W + x * K + c] * qh[c];
+          o[h * V + x] = acc;
+        }
+      for (int64_t j = 0; j < J; j++)
+        for (int64_t x = 0; x < V; x++)
+          for (int64_t c = 0; c < K; c++) {
+            double y = st[h * J + j] * vt[h * V + x] * kt[h * K + c];
+            for (int64_t jj = 0; jj < J; jj++) y += Th[j * J + jj] * Ph[jj * W + x * K + c];
+            nx[j * W + x * K + c] = r->f64 ? y : (double)(float)y;
+          }
+      memcpy(Ch, nx, (size_t)(J * W) * sizeof(double));
+      if (readout && nd->index != 1)
+        for (int64_t x = 0; x < V; x++) {
+          double acc = 0;
+          for (int64_t j = 0; j < J; j++)
+            for (int64_t c = 0; c < K; c++) acc += mt[h * J + j] * Ch[j * W + x * K + c] * qh[c];
+          o[h * V + x] = acc;
+        }
+    }
+    if (readout && !r->f64) round_f32(o, heads * V);
+  }
+}
+
 /* ---- Newton ---------------------------------------------------------------------- */
 
 /* A call of a Newton layer (IrLayer.newton): the n solved states' values
@@ -1789,6 +1851,10 @@ static int run_model(Run *r, Inst *in, const Seq *ins, int64_t len) {
     case IR_DPLR:
     case IR_DPLR_STATE:
       dplr(r, in, i, len);
+      break;
+    case IR_PLSTM:
+    case IR_PLSTM_STATE:
+      plstm(r, in, i, len);
       break;
     case IR_ATTN:
       attn(r, in, i, len);

@@ -831,6 +831,38 @@ int ir_infer_type(const IrFunc *f, Arena *a, const IrNode *proto, int nargs, con
     if (op == IR_DPLR_STATE) return result(cx, IR_REAL, S.rank, S.dims, out);
     return result(cx, IR_REAL, L + 1, S.dims, out);
   }
+  case IR_PLSTM:
+  case IR_PLSTM_STATE: {
+    /* Operands: [q, m,] tr, s, v, k, S0; every one real, with the lead axes
+     * of S0 [..., J, V, K]: q and k along K, m and s along J, tr [..., J, J],
+     * v along V. */
+    int off = op == IR_PLSTM ? 2 : 0;
+    IrType S = f->nodes.v[args[off + 4]].type;
+    for (int i = 0; i < nargs; i++)
+      if (need_real(cx, info->text, f->nodes.v[args[i]].type)) return -1;
+    if (S.rank < 3)
+      return fail(cx, "%s: the state %s has no transition axis", info->text, tstr(cx, S));
+    int L = S.rank - 3, ok = 1;
+    DimExpr J = S.dims[L], V = S.dims[L + 1], K = S.dims[L + 2];
+    for (int j = 0; j < off + 4 && ok; j++) {
+      IrType t = f->nodes.v[args[j]].type;
+      int w = j - off; /* -2 q, -1 m, 0 tr, 1 s, 2 v, 3 k */
+      int rank = w == 0 ? L + 2 : L + 1;
+      DimExpr last = w == -2 || w == 3 ? K : w == 2 ? V : J;
+      ok = t.rank == rank && dim_eq(t.dims[rank - 1], last) && (w != 0 || dim_eq(t.dims[L], J));
+      for (int i = 0; ok && i < L; i++) ok = dim_eq(t.dims[i], S.dims[i]);
+    }
+    if (!ok)
+      return fail(cx,
+                  "%s: operands do not fit the state %s ([..., J, V, K]: q, k [..., K], m, s "
+                  "[..., J], tr [..., J, J], v [..., V])",
+                  info->text, tstr(cx, S));
+    if (op == IR_PLSTM_STATE) return result(cx, IR_REAL, S.rank, S.dims, out);
+    DimExpr o[SEQ_MAX_RANK];
+    memcpy(o, S.dims, sizeof(DimExpr) * (size_t)L);
+    o[L] = V;
+    return result(cx, IR_REAL, L + 1, o, out);
+  }
   case IR_ATTN: {
     IrType q = ts[0], k = ts[1], v = ts[2];
     for (int i = 0; i < 3; i++)

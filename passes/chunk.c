@@ -156,17 +156,117 @@ typedef struct Readout {
   IrRef sum, q;
   int exclusive;
   int vector; /* q is already the [K] vector (a matrix-vector product) */
+  IrRef m;    /* plstm: the mark, aligned to the state's rank or (mvec) a [J] vector;
+                 IR_NONE: 1 */
+  int mvec;
 } Readout;
 
 /* The plan for state s of f: its readouts, axes and scan; 0, or -1 with why. */
 typedef struct Plan {
   int s;
   int delta; /* the state is delta_state or dplr_state (the delta rule), not a scan */
+  int plstm; /* the state is plstm_state (a small dense transition) */
   IrRef scan, delay;
   int r, vax, kax;
   Readout *reads;
   int nreads;
 } Plan;
+
+/* plstm: the readouts of Y = sum_j m[j] X[j] ([L..., V, K]), each
+ * Y @ q (no lead axes) or sum(Y * q, axis=K) with q free of V. */
+static int marked_reads(Chunk *C, const Users *u, Plan *p, IrRef y, IrRef m, int mvec, int excl) {
+  const IrFunc *f = C->b.src;
+  const IrNode *yn = &f->nodes.v[y];
+  int L = p->r - 3;
+  if (u->n[y] == 0) return refuse(C, yn, "a marked state that is never read");
+  for (int i = 0; i < u->n[y]; i++) {
+    IrRef use = u->of[y][i];
+    const IrNode *n = &f->nodes.v[use];
+    if (n->op == IR_MATMUL && L == 0 && n->args[0] == y && n->args[1] != y &&
+        f->nodes.v[n->args[1]].type.rank == 1) {
+      p->reads[p->nreads++] = (Readout){use, n->args[1], excl, 1, m, mvec};
+      continue;
+    }
+    if (n->op != IR_MUL || !ir_type_eq(n->type, yn->type) || (n->args[0] == y) == (n->args[1] == y))
+      return refuse(C, n, "a marked state read other than through a product with a vector");
+    IrRef q = n->args[n->args[0] == y ? 1 : 0];
+    IrType qt = f->nodes.v[q].type;
+    if (qt.rank > L + 2 || !dim_is_one(ir_type_aligned(qt, L + 2, L)))
+      return refuse(C, &f->nodes.v[q], "a readout vector that varies along the value axis");
+    for (int k = 0; k < u->n[use]; k++) {
+      const IrNode *sum = &f->nodes.v[u->of[use][k]];
+      if (sum->op != IR_SUM || sum->axis != L + 1)
+        return refuse(C, sum, "a product with the marked state not summed over its last axis");
+      p->reads[p->nreads++] = (Readout){u->of[use][k], q, excl, 0, m, mvec};
+    }
+  }
+  return 0;
+}
+
+/* plstm: every read of H and delay(H) (exclusive) is a mark, sum_j m[j] X[j]
+ * (reshape(m @ reshape(X, [J, V*K]), [V, K]) without lead axes,
+ * sum(X * m, axis=J) with m free of V and K, or sum(X, axis=J) for m = 1),
+ * read by vectors. */
+static int plan_marked(Chunk *C, const Users *u, Plan *p) {
+  const IrFunc *f = C->b.src;
+  int r = p->r, L = r - 3;
+  IrType st = f->states.v[p->s].type;
+  p->vax = r - 2;
+  p->kax = r - 1;
+  IrRef xs[2] = {p->scan, IR_NONE};
+  for (int xi = 0; xi < 2; xi++) {
+    IrRef x = xs[xi];
+    if (x == IR_NONE) continue;
+    for (int i = 0; i < u->n[x]; i++) {
+      IrRef use = u->of[x][i];
+      const IrNode *m = &f->nodes.v[use];
+      if (xi == 0 && m->op == IR_DELAY && m->args[0] == x) {
+        xs[1] = p->delay = use;
+        continue;
+      }
+      if (m->op == IR_RESHAPE && L == 0 && m->type.rank == 2 &&
+          dim_eq(m->type.dims[0], st.dims[0])) {
+        for (int j = 0; j < u->n[use]; j++) {
+          const IrNode *mm = &f->nodes.v[u->of[use][j]];
+          if (mm->op != IR_MATMUL || mm->args[1] != use || mm->args[0] == use ||
+              f->nodes.v[mm->args[0]].type.rank != 1)
+            return refuse(C, mm, "the state is read other than through a mark over J");
+          IrRef y0 = u->of[use][j];
+          for (int k = 0; k < u->n[y0]; k++) {
+            IrRef y = u->of[y0][k];
+            const IrNode *yn = &f->nodes.v[y];
+            if (yn->op != IR_RESHAPE || yn->type.rank != 2 || !dim_eq(yn->type.dims[0], st.dims[1]))
+              return refuse(C, yn, "a marked state read other than as [V, K]");
+            if (marked_reads(C, u, p, y, mm->args[0], 1, xi == 1)) return -1;
+          }
+        }
+        continue;
+      }
+      if (m->op == IR_MUL && ir_type_eq(m->type, st) && (m->args[0] == x) != (m->args[1] == x)) {
+        IrRef mk = m->args[m->args[0] == x ? 1 : 0];
+        IrType mt = f->nodes.v[mk].type;
+        if (mt.rank > r || !dim_is_one(ir_type_aligned(mt, r, L + 1)) ||
+            !dim_is_one(ir_type_aligned(mt, r, L + 2)))
+          return refuse(C, m, "a mark that varies along V or K");
+        for (int j = 0; j < u->n[use]; j++) {
+          IrRef y = u->of[use][j];
+          const IrNode *yn = &f->nodes.v[y];
+          if (yn->op != IR_SUM || yn->axis != L)
+            return refuse(C, yn, "a product with the state not summed over J");
+          if (marked_reads(C, u, p, y, mk, 0, xi == 1)) return -1;
+        }
+        continue;
+      }
+      if (m->op == IR_SUM && m->axis == L) { /* the mark 1 */
+        if (marked_reads(C, u, p, use, IR_NONE, 0, xi == 1)) return -1;
+        continue;
+      }
+      return refuse(C, m, "the state is read other than through a mark over J");
+    }
+  }
+  if (p->nreads == 0) return refuse(C, &f->nodes.v[p->scan], "the state is never read");
+  return 0;
+}
 
 static int plan_state(Chunk *C, const Users *u, int s, Plan *p) {
   const IrFunc *f = C->b.src;
@@ -177,11 +277,13 @@ static int plan_state(Chunk *C, const Users *u, int s, Plan *p) {
   p->scan = st->next;
   const IrNode *h = &f->nodes.v[p->scan];
   p->delta = h->op == IR_DELTA_STATE || h->op == IR_DPLR_STATE;
-  if (h->op != IR_SCAN && !p->delta) return refuse(C, h, "the state is not a scan");
+  p->plstm = h->op == IR_PLSTM_STATE;
+  if (h->op != IR_SCAN && !p->delta && !p->plstm) return refuse(C, h, "the state is not a scan");
   p->r = st->type.rank;
   if (p->r < 2) return refuse(C, h, "the state is not a matrix");
   p->reads = arena_calloc(C->b.a, (size_t)f->nodes.n + 1, sizeof *p->reads);
   if (!p->reads) return -1;
+  if (p->plstm) return plan_marked(C, u, p);
   p->kax = -1;
   /* Every use of H and delay(H): the delay, a product contracted by sums. */
   IrRef xs[2] = {p->scan, IR_NONE};
@@ -203,7 +305,8 @@ static int plan_state(Chunk *C, const Users *u, int s, Plan *p) {
         if (p->kax >= 0 && ax != p->kax) return refuse(C, m, "readouts over different axes");
         p->kax = ax;
         p->vax = 1 - ax;
-        p->reads[p->nreads++] = (Readout){use, m->args[m->args[0] == x ? 1 : 0], xi == 1, 1};
+        p->reads[p->nreads++] =
+            (Readout){use, m->args[m->args[0] == x ? 1 : 0], xi == 1, 1, IR_NONE, 0};
         continue;
       }
       if (m->op != IR_MUL || !ir_type_eq(m->type, st->type) ||
@@ -221,7 +324,7 @@ static int plan_state(Chunk *C, const Users *u, int s, Plan *p) {
         p->vax = p->kax == p->r - 1 ? p->r - 2 : p->r - 1;
         if (qn->type.rank > p->r || !dim_is_one(ir_type_aligned(qn->type, p->r, p->vax)))
           return refuse(C, qn, "a readout vector that varies along the value axis");
-        p->reads[p->nreads++] = (Readout){u->of[use][k], q, xi == 1, 0};
+        p->reads[p->nreads++] = (Readout){u->of[use][k], q, xi == 1, 0, IR_NONE, 0};
       }
     }
   }
@@ -329,7 +432,7 @@ int chunk_func(Arena *a, const IrFunc *f, const char *chunked, IrFunc **out, con
     if (readout_of[r]) {
       int s = plan_of[r];
       const Plan *p = &plans[s];
-      if (!have[s] && !p->delta) {
+      if (!have[s] && !p->delta && !p->plstm) {
         if (operands(&C, p, &ops[s])) goto refused;
         have[s] = 1;
       }
@@ -338,7 +441,25 @@ int chunk_func(Arena *a, const IrFunc *f, const char *chunked, IrFunc **out, con
       IrNode attrs;
       memset(&attrs, 0, sizeof attrs);
       attrs.index = ro->exclusive;
-      if (p->delta) {
+      if (p->plstm) {
+        /* q [L..., K], m [L..., J], then plstm_state's own operands. */
+        const IrNode *h = &f->nodes.v[p->scan];
+        IrType S0 = C.b.dst->nodes.v[C.map[h->args[4]]].type;
+        int L = p->r - 3;
+        DimExpr d[SEQ_MAX_RANK];
+        memcpy(d, S0.dims, sizeof(DimExpr) * (size_t)L);
+        IrRef mk = ro->m == IR_NONE ? pb_const(&C.b, 1.0, n->loc) : C.map[ro->m];
+        if (!ro->mvec && ro->m != IR_NONE)
+          mk = drop_axis(&C, drop_axis(&C, mk, p->r, L + 2, n->loc), p->r - 1, L + 1, n->loc);
+        IrRef qv = ro->vector ? C.map[ro->q] : drop_axis(&C, C.map[ro->q], L + 2, L, n->loc);
+        IrRef args[7];
+        d[L] = S0.dims[L + 2];
+        args[0] = pb_shape(&C.b, IR_BROADCAST, qv, ir_type(a, IR_REAL, L + 1, d), n->loc);
+        d[L] = S0.dims[L];
+        args[1] = pb_shape(&C.b, IR_BROADCAST, mk, ir_type(a, IR_REAL, L + 1, d), n->loc);
+        for (int j = 0; j < 5; j++) args[j + 2] = C.map[h->args[j]];
+        C.map[r] = pb_node(&C.b, IR_PLSTM, 7, args, &attrs, n->loc);
+      } else if (p->delta) {
         /* delta or dplr: q, then the _state op's own operands (S0 last). */
         const IrNode *h = &f->nodes.v[p->scan];
         IrType S0 = C.b.dst->nodes.v[C.map[h->args[h->nargs - 1]]].type;
@@ -372,7 +493,7 @@ int chunk_func(Arena *a, const IrFunc *f, const char *chunked, IrFunc **out, con
       continue;
     }
     const Plan *p = &plans[s];
-    if (p->delta) { /* delta_state stays, its last value the final state */
+    if (p->delta || p->plstm) { /* the _state op stays, its last value the final state */
       st->next = C.map[p->scan];
       continue;
     }

@@ -1630,6 +1630,25 @@ static void decide_small_dense(const Ctx *c, RecState *rs, const NextShape *ns) 
                             loc_str(c->a, c->f->nodes.v[ns->at].loc));
 }
 
+/* REC_LIN_SMALL_DENSE where the affine walk lost the structure (a
+ * contraction the rewrite turned into T @ reshape(S, [J, V*K])): 1 when
+ * transition.c reads next as transitions along S's third-last axis plus
+ * an S-free write, a proof of the class by itself; 0 when it does not, -1
+ * out of memory. */
+static int small_dense_by_form(const Ctx *c, RecState *rs) {
+  const IrState *s = &c->f->states.v[rs->state];
+  TransitionForm form;
+  const char *why;
+  int rc = transition_analyze(c->a, c->f, rs->state, 1, &form, &why);
+  if (rc) return rc < 0 ? -1 : 0;
+  rs->cls = REC_LIN_SMALL_DENSE;
+  rs->axis = s->type.rank - 3;
+  rs->reason = arena_printf(c->a, "%s' contracts %s of %s with a %s-free matrix at %s", s->name,
+                            axis_words(c, s->type, rs->axis), s->name, s->name,
+                            loc_str(c->a, c->f->nodes.v[s->next].loc));
+  return 1;
+}
+
 /* REC_LIN_DENSE. Precondition: next is affine in the group over (+, x),
  * next = M S + b with M S-free; nothing is claimed about M, so any
  * associative scan must combine it as a dense matrix. Also the class of a
@@ -1673,9 +1692,11 @@ static void classify_single(const Ctx *c, RecState *rs, const AVal *av, const ui
   int K = -1;
   if (s->type.elem == IR_COMPLEX && v->real_only)
     decide_dense(c, rs, IR_NONE, "real, imag or conj");
-  else if (v->dense || !v->nterms || !dims_equal(c->f->nodes.v[s->next].type, s->type))
-    decide_dense(c, rs, v->at, NULL);
-  else if (ns.nother)
+  else if (v->dense || !v->nterms || !dims_equal(c->f->nodes.v[s->next].type, s->type)) {
+    int rc = s->type.rank >= 3 ? small_dense_by_form(c, rs) : 0;
+    if (rc < 0) *oom = 1;
+    if (rc <= 0) decide_dense(c, rs, v->at, NULL);
+  } else if (ns.nother)
     decide_dense(c, rs, ns.at, NULL);
   else if (!ns.nlow && !ns.nmix && matrix_split(A, ns.gunit ? 0 : ns.gvary & A, &v->off, &H, &K))
     decide_matrix(c, rs, &ns, H, K);
@@ -2107,7 +2128,7 @@ const char *classify_strategy_name(RecStrategy s) {
   case REC_STRAT_CHUNKED_WY:
     return "chunked WY (delta rule)";
   case REC_STRAT_CHUNKED_TREE:
-    return "chunked with tree products";
+    return "chunked with transition products";
   case REC_STRAT_SCAN_MAXPLUS:
     return "associative scan over (max, +)";
   case REC_STRAT_NEWTON:

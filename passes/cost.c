@@ -17,7 +17,10 @@
  *               flops of state passing and inter-chunk readout, plus
  *               2 C H (K + V) of intra-chunk products (C the chunk), and the
  *               state moved once per chunk, 8 H K V / C bytes. The delta
- *               rule's WY form: 6 H K V and C H (3 K + 2 V + C).
+ *               rule's WY form: 6 H K V and C H (3 K + 2 V + C). A small
+ *               dense transition (pLSTM, [L..., J, V, K]): 2 S (1 + r) +
+ *               2 C H r (K + V) + 2 S J / C + C H J^2, its step loop
+ *               2 S (J + 1 + r).
  *
  * Time per token is max(flops / (efficiency x peak), bytes / bandwidth),
  * divided among min(threads, B) cores (every form splits the batch; a
@@ -63,6 +66,14 @@ static int64_t last_axis(const IrFunc *f, int k, const int64_t *dims) {
   return v;
 }
 
+/* The size of the axis a small dense transition mixes: the third last. */
+static int64_t small_j(const IrFunc *f, int k, const int64_t *dims) {
+  const IrType *t = &f->states.v[k].type;
+  int64_t v = 1;
+  if (t->rank >= 3 && dim_eval(t->dims[t->rank - 3], dims, &v)) v = 1;
+  return v;
+}
+
 /* Reads of state k's value other than by its own update: nodes outside the
  * cone of next that read the state or its next value. */
 static int readouts(const IrFunc *f, int k) {
@@ -97,8 +108,11 @@ int cost_state(const IrFunc *f, const RecState *rs, const int64_t *dims, const C
   if (cores < 1) cores = 1;
   switch (form) {
   case FORM_SEQUENTIAL: {
-    /* The delta rule also contracts the state with k before its update. */
+    /* The delta rule also contracts the state with k before its update; a
+     * small dense transition mixes J blocks per element. */
     out->flops = per * (double)S * (1 + r + (rs->cls == REC_LIN_DPLR));
+    if (rs->cls == REC_LIN_SMALL_DENSE)
+      out->flops = 2.0 * (double)S * (double)(small_j(f, k, dims) + 1 + r);
     out->bytes = 8.0 * (double)S * w;
     double bw = (double)B * (double)S * w * 4 <= L2_BYTES ? mc->l2_bw : mc->dram_bw;
     out->seconds = fmax(out->flops / (EFF_STEP * mc->flops), out->bytes / bw);
@@ -132,6 +146,15 @@ int cost_state(const IrFunc *f, const RecState *rs, const int64_t *dims, const C
      * per chunk the triangular solve and W = A K, U = A V. */
     if (rs->cls == REC_LIN_DPLR)
       out->flops = 6 * (double)S + CHUNK * H * (3.0 * (double)K + 2.0 * (double)V + CHUNK);
+    /* A small dense transition [L..., J, V, K]: per readout the J blocks
+     * read with q and the pairs within the chunk, per chunk the J x J
+     * mixing of the entering state and the products of transitions. */
+    if (rs->cls == REC_LIN_SMALL_DENSE) {
+      double J = (double)small_j(f, k, dims);
+      H = J > 0 ? H / J : 0;
+      out->flops = 2 * (double)S * (1 + r) + 2.0 * CHUNK * H * r * (double)(K + V) +
+                   2 * (double)S * J / CHUNK + CHUNK * H * J * J;
+    }
     out->bytes = 8.0 * (double)S / CHUNK;
     out->seconds = fmax(out->flops / (EFF_CHUNK * mc->flops), out->bytes / mc->dram_bw);
     /* With fewer examples than threads each head is a part of its own, at

@@ -410,6 +410,8 @@ static IrRef tangent(Jac *J, const IrNode *n, const IrRef *x, const IrRef *dx, I
   case IR_DELTA_STATE:
   case IR_DPLR:
   case IR_DPLR_STATE:
+  case IR_PLSTM:
+  case IR_PLSTM_STATE:
   case IR_ATTN:
     not_differentiable(J, n, "is a sequence-level op, not part of a step");
     return IR_NONE;

@@ -312,6 +312,55 @@ int delta_build(Arena *a, const IrFunc *cell, int state, const DeltaForm *form, 
                 IrRef (*map)(void *ctx, IrRef src), void *ctx, DeltaOps *out, const char **why,
                 DiagEngine *de);
 
+/* ---- transition.c: a small dense transition (pLSTM), for its chunked form */
+
+#define TRANSITION_MAX_TERMS 4
+#define TRANSITION_MAX_FACTORS 8
+#define TRANSITION_MAX_SCALES 4
+/* How a transition term's matrix (a node of the cell) is laid out: T of
+ * T @ reshape(S, [J, V*K]) ([J, J], row: the new j); or T' of
+ * sum(T' * S', axis) aligned to rank r + 1 with its new j before the summed
+ * one (ROWS_FIRST) or after it (COLS_FIRST); or a coefficient (DIAG). */
+typedef enum {
+  TRANSITION_MATMUL,
+  TRANSITION_ROWS_FIRST,
+  TRANSITION_COLS_FIRST,
+  TRANSITION_DIAG, /* c * S: diag(c) along J, c aligned to the state's rank (IR_NONE: 1) */
+} TransitionLayout;
+typedef struct TransitionTerm {
+  IrRef x;
+  TransitionLayout form;
+  int sign;
+  IrRef scale[TRANSITION_MAX_SCALES]; /* S-free factors along J that scale its rows */
+  int nscale;
+} TransitionTerm;
+/* Factors of the write along one of J, V, K: nodes of the cell aligned to
+ * the state's rank, or (vec) vectors along that axis alone. */
+typedef struct TransitionFac {
+  int n;
+  IrRef x[TRANSITION_MAX_FACTORS];
+  signed char vec[TRANSITION_MAX_FACTORS];
+} TransitionFac;
+/* S[j] = sum_j' tr[j, j'] S[j'] + s[j] v k^T with the state [L..., J, V, K]:
+ * tr the sum of the terms, s v k^T wsign times the product of the factors
+ * (fac[0] along J, [1] V, [2] K). */
+typedef struct TransitionForm {
+  int rank, nt, has_write, wsign;
+  TransitionTerm t[TRANSITION_MAX_TERMS];
+  TransitionFac fac[3];
+} TransitionForm;
+/* 0 and *out when state `state` of cell has that form (with class_only,
+ * when its next value is transitions plus anything S-free: the class
+ * REC_LIN_SMALL_DENSE, whatever its write); 1 and *why (in words, with a
+ * location) when not; -1 out of memory. */
+int transition_analyze(Arena *a, const IrFunc *cell, int state, int class_only, TransitionForm *out,
+                       const char **why);
+/* plstm_state's operands tr, s, v, k (ir/ops.def) of form in dst, whose
+ * nodes map(ctx, src) gives for the cell's; 0, or -1 with a diagnostic. */
+int transition_build(Arena *a, const IrFunc *cell, int state, const TransitionForm *form,
+                     IrFunc *dst, IrRef (*map)(void *ctx, IrRef src), void *ctx, IrRef ops[4],
+                     DiagEngine *de);
+
 /* ---- newton.c: the step a Newton solve iterates ------------------------- */
 
 #define NEWTON_MAX_STATES 4

@@ -411,6 +411,36 @@ static int solve_delta(Scan *S, int k) {
   return S->b.failed ? -1 : 0;
 }
 
+/* A small dense transition (transition.c): H = plstm_state(tr, s, v, k, S0),
+ * the state after every step, with the operands computed per token. */
+static int solve_transition(Scan *S, int k) {
+  const IrState *st = &S->b.src->states.v[k];
+  TransitionForm form;
+  const char *why = NULL;
+  IrRef args[5];
+  int rc = transition_analyze(S->b.a, S->b.src, k, 0, &form, &why);
+  if (rc == 0)
+    rc = transition_build(S->b.a, S->b.src, k, &form, S->b.dst, map_cb, S, args, S->b.de);
+  if (rc < 0) {
+    if (!S->b.failed) oom(S);
+    S->b.failed = 1;
+    return -1;
+  }
+  if (rc > 0) {
+    if (!S->why) S->why = arena_printf(S->b.a, "state %s: %s", st->name, why);
+    return -1;
+  }
+  args[4] = S->state_in[k];
+  IrNode attrs;
+  memset(&attrs, 0, sizeof attrs);
+  attrs.index = k;
+  IrRef seq = pb_node(&S->b, IR_PLSTM_STATE, 5, args, &attrs, st->loc);
+  if (S->b.failed) return -1;
+  solved_state(S, k, seq);
+  S->map[st->next] = seq;
+  return S->b.failed ? -1 : 0;
+}
+
 /* A nonlinear group (every state of k's group) by Newton's method: a call
  * of a Newton layer whose step (newton.c) reads the cell's inputs, the
  * other states' values entering each step and, for the solved states, their
@@ -561,6 +591,8 @@ static int solve(Scan *S, int k, RecClass cls) {
     return solve_shift(S, k);
   case REC_LIN_DPLR:
     return solve_delta(S, k);
+  case REC_LIN_SMALL_DENSE:
+    return solve_transition(S, k);
   case REC_NONLINEAR:
     return solve_newton(S, k);
   default:

@@ -105,7 +105,7 @@ static int admits(RecClass cls, Form f) {
     return cls == REC_MAP || cls == REC_CARRIED || cls == REC_SHIFT || cls == REC_LIN_DIAG ||
            cls == REC_LIN_MATRIX || cls == REC_MAXPLUS;
   case FORM_CHUNKED:
-    return cls == REC_LIN_MATRIX || cls == REC_LIN_DPLR;
+    return cls == REC_LIN_MATRIX || cls == REC_LIN_DPLR || cls == REC_LIN_SMALL_DENSE;
   case FORM_NEWTON:
     return cls == REC_NONLINEAR;
   case FORM_COUNT:
@@ -141,7 +141,8 @@ static int find_named_state(const IrFlat *flat, const char *name, const IrFunc *
 
 /* The chunked forms of a cell whose parallel form is par: a dry run of
  * chunk.c for the states sf asks chunked; a state that has none runs as a
- * scan when it was asked for every state, and is an error when named. */
+ * scan when it was asked for every state and its class admits one (else the
+ * cell runs its step loop), and is an error when named. */
 static int chunked_forms(Arena *a, const IrFunc *f, StateForm *sf, const char *named,
                          const IrFunc *par, DiagEngine *de) {
   char *chunked = arena_calloc(a, (size_t)f->states.n + 1, 1);
@@ -162,6 +163,14 @@ static int chunked_forms(Arena *a, const IrFunc *f, StateForm *sf, const char *n
       diag_error(de, f->states.v[k].loc, "--strategy: state %s of %s has no chunked form: %s",
                  f->states.v[k].name, f->name, why);
       return -1;
+    }
+    if (!sf[k].admitted[FORM_SCAN]) { /* no other parallel form: the cell's step loop */
+      for (int j = 0; j < f->states.n; j++) {
+        sf[j].form = FORM_SEQUENTIAL;
+        sf[j].why = arena_printf(a, "sequential: state %s has no chunked form (%s)",
+                                 f->states.v[k].name, why);
+      }
+      return 0;
     }
     sf[k].form = FORM_SCAN;
     sf[k].why = arena_printf(a, "scan: no chunked form (%s)", why);
@@ -306,6 +315,13 @@ int strategy_choose(Arena *a, const IrModule *m, const IrFunc *root, const int64
           DeltaForm dform;
           const char *why;
           int rc = delta_analyze(a, f, k, &dform, &why);
+          if (rc < 0) goto oom;
+          sf->admitted[fm] = rc == 0;
+        }
+        if (sf->admitted[fm] && cls == REC_LIN_SMALL_DENSE && fm == FORM_CHUNKED) {
+          TransitionForm tform;
+          const char *why;
+          int rc = transition_analyze(a, f, k, 0, &tform, &why);
           if (rc < 0) goto oom;
           sf->admitted[fm] = rc == 0;
         }

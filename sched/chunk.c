@@ -1,8 +1,9 @@
 /* chunk.c - how a matrix state's chunked form runs (passes/chunk.c made its
- * linattn, delta or dplr ops): per example, the runtime's chunkwise kernel
- * (rt_cpu_linattn, runtime/cpu_linattn.c; rt_cpu_delta, runtime/cpu_delta.c
- * for the delta rule; rt_cpu_dplr, runtime/cpu_dplr.c for the generalized
- * one) over the sequence or the time chunk, once per
+ * linattn, delta, dplr or plstm ops): per example, the runtime's chunkwise
+ * kernel (rt_cpu_linattn, runtime/cpu_linattn.c; rt_cpu_delta,
+ * runtime/cpu_delta.c for the delta rule; rt_cpu_dplr, runtime/cpu_dplr.c
+ * for the generalized one; rt_cpu_plstm, runtime/cpu_plstm.c for a small
+ * dense transition) over the sequence or the time chunk, once per
  * readout. The state S_t is never formed per token: the kernel keeps one
  * state per example, starting from the state's storage and leaving the
  * final state there, so linattn_state (whose value only matters at the last
@@ -27,21 +28,22 @@ static int is_transpose_of_state(const IrFunc *fn, IrRef r, int *state) {
 }
 
 /* A chunked form's ops: linattn (q, k, v, lg, S0), delta (q, k, v, beta,
- * lg, S0) and dplr (q, lw, a, b, v, k, S0), and their _state forms without
- * q. */
+ * lg, S0), dplr (q, lw, a, b, v, k, S0) and plstm (q, m, tr, s, v, k, S0),
+ * and their _state forms without q (and m). */
 static int is_form_op(IrOp op) {
   return op == IR_LINATTN || op == IR_LINATTN_STATE || op == IR_DELTA || op == IR_DELTA_STATE ||
-         op == IR_DPLR || op == IR_DPLR_STATE;
+         op == IR_DPLR || op == IR_DPLR_STATE || op == IR_PLSTM || op == IR_PLSTM_STATE;
 }
 
 static int is_readout(IrOp op) {
-  return op == IR_LINATTN || op == IR_DELTA || op == IR_DPLR;
+  return op == IR_LINATTN || op == IR_DELTA || op == IR_DPLR || op == IR_PLSTM;
 }
 
 static SchedChunkKind kind_of(IrOp op) {
-  return op == IR_DELTA || op == IR_DELTA_STATE ? SCHED_CHUNK_DELTA
-         : op == IR_DPLR || op == IR_DPLR_STATE ? SCHED_CHUNK_DPLR
-                                                : SCHED_CHUNK_LINATTN;
+  return op == IR_DELTA || op == IR_DELTA_STATE   ? SCHED_CHUNK_DELTA
+         : op == IR_DPLR || op == IR_DPLR_STATE   ? SCHED_CHUNK_DPLR
+         : op == IR_PLSTM || op == IR_PLSTM_STATE ? SCHED_CHUNK_PLSTM
+                                                  : SCHED_CHUNK_LINATTN;
 }
 
 /* The S0 operand of a form op: the last. */
@@ -51,9 +53,9 @@ static IrRef s0_of(const IrNode *nd) {
 
 /* The operands every call of a state's form shares, in the fields of la. */
 static void shared_operands(const IrNode *nd, SchedLinattn *la) {
-  const IrRef *x = nd->args + (is_readout(nd->op) ? 1 : 0);
   la->kind = kind_of(nd->op);
-  la->beta = la->a = la->b = IR_NONE;
+  const IrRef *x = nd->args + (!is_readout(nd->op) ? 0 : la->kind == SCHED_CHUNK_PLSTM ? 2 : 1);
+  la->beta = la->a = la->b = la->tr = la->src = IR_NONE;
   switch (la->kind) {
   case SCHED_CHUNK_LINATTN:
     la->k = x[0], la->v = x[1], la->lg = x[2];
@@ -63,6 +65,9 @@ static void shared_operands(const IrNode *nd, SchedLinattn *la) {
     break;
   case SCHED_CHUNK_DPLR:
     la->lg = x[0], la->a = x[1], la->b = x[2], la->v = x[3], la->k = x[4];
+    break;
+  case SCHED_CHUNK_PLSTM:
+    la->tr = x[0], la->src = x[1], la->v = x[2], la->k = x[3], la->lg = IR_NONE;
     break;
   }
 }
@@ -110,24 +115,28 @@ int plan_linattns(Plan *p) {
         la->transposed = tr;
         la->final = IR_NONE;
         shared_operands(nd, la);
-        /* (dplr's kernel always reads its decays.) */
-        la->no_gate = la->kind != SCHED_CHUNK_DPLR && is_const_zero(fn, la->lg);
+        /* (dplr's kernel always reads its decays; plstm has none.) */
+        int plstm = la->kind == SCHED_CHUNK_PLSTM;
+        la->no_gate = plstm || (la->kind != SCHED_CHUNK_DPLR && is_const_zero(fn, la->lg));
         const SchedValue *sv = &p->v[s0_of(nd)];
         int L = sv->rank - 2;
+        la->J = plstm ? sv->shape[L - 1] : 1;
         la->V = sv->shape[L];
         la->K = sv->shape[L + 1];
-        la->heads = la->V && la->K ? sv->numel / (la->V * la->K) : 0;
+        la->heads = la->J && la->V && la->K ? sv->numel / (la->J * la->V * la->K) : 0;
         /* The delta rule: k [R, L..., K], one gate per head. */
         la->R = delta ? p->v[la->k].shape[0] : 1;
-        la->Kg = delta ? 1 : p->v[la->lg].shape[L];
+        la->Kg = delta || plstm ? 1 : p->v[la->lg].shape[L];
         /* The delta kernel's default counts rank-one factors: 16 / R tokens. */
         la->chunk = p->s->kernel_chunk > 0 ? p->s->kernel_chunk
                     : delta ? (RT_CPU_DELTA_CHUNK / la->R > 0 ? RT_CPU_DELTA_CHUNK / la->R : 1)
-                    : la->kind == SCHED_CHUNK_DPLR ? RT_CPU_DPLR_CHUNK
-                                                   : RT_CPU_LINATTN_CHUNK;
+                    : la->kind == SCHED_CHUNK_DPLR  ? RT_CPU_DPLR_CHUNK
+                    : la->kind == SCHED_CHUNK_PLSTM ? RT_CPU_PLSTM_CHUNK
+                                                    : RT_CPU_LINATTN_CHUNK;
         la->work_buf = la->copy_buf = la->split_buf = -1;
       } else if (ops.kind != la->kind || ops.k != la->k || ops.v != la->v || ops.lg != la->lg ||
-                 ops.beta != la->beta || ops.a != la->a || ops.b != la->b || tr != la->transposed) {
+                 ops.beta != la->beta || ops.a != la->a || ops.b != la->b || ops.tr != la->tr ||
+                 ops.src != la->src || tr != la->transposed) {
         plan_unsupported(p, nd->loc, "two chunked forms of one state with different operands");
         return -1;
       }
@@ -183,6 +192,8 @@ static int64_t kernel_work(const SchedLinattn *la, int64_t heads) {
     return rt_cpu_delta_work(heads, la->K, la->V, la->R, la->chunk);
   case SCHED_CHUNK_DPLR:
     return rt_cpu_dplr_work(heads, la->K, la->V, la->chunk);
+  case SCHED_CHUNK_PLSTM:
+    return rt_cpu_plstm_work(heads, la->J, la->K, la->V, la->chunk);
   case SCHED_CHUNK_LINATTN:
     break;
   }
@@ -209,10 +220,11 @@ int place_linattn_buffers(Plan *p) {
      * or the state-only call, runs in the storage and leaves the final
      * state); a transposed state always works on a canonical copy. */
     if (la->nreads > 1 || la->transposed)
-      if ((la->copy_buf = sched_add_buf(p, SCHED_BUF_WORK, SCHED_ROWS_B, la->heads * la->K * la->V,
-                                        0, r, 1)) < 0)
+      if ((la->copy_buf = sched_add_buf(p, SCHED_BUF_WORK, SCHED_ROWS_B,
+                                        la->heads * la->J * la->K * la->V, 0, r, 1)) < 0)
         return -1;
-    if (!la->transposed && la->V >= 32 &&
+    /* (A slice of plstm's state is not contiguous: its rows of every j.) */
+    if (!la->transposed && la->V >= 32 && la->kind != SCHED_CHUNK_PLSTM &&
         (la->split_buf = sched_add_buf(p, SCHED_BUF_WORK, SCHED_ROWS_ONE,
                                        SCHED_CHUNK_SLICES * la->work_head, 1, r, 3)) < 0)
       return -1;

@@ -172,6 +172,8 @@ static void print_ops(FILE *out, const SchedInst *in, const SchedOp *ops, int n,
       if (la->kind == SCHED_CHUNK_DELTA)
         fprintf(out, " (delta rule, %lld factors per token)", (long long)la->R);
       if (la->kind == SCHED_CHUNK_DPLR) fprintf(out, " (generalized delta rule)");
+      if (la->kind == SCHED_CHUNK_PLSTM)
+        fprintf(out, " (small dense transition, J = %lld)", (long long)la->J);
       fprintf(out, ": %lld heads, K=%lld V=%lld, %s, chunks of %lld tokens; readouts",
               (long long)la->heads, (long long)la->K, (long long)la->V,
               la->no_gate   ? "no gate"

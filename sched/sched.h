@@ -182,6 +182,7 @@ typedef enum {
   SCHED_CHUNK_LINATTN, /* linattn ops, rt_cpu_linattn */
   SCHED_CHUNK_DELTA,   /* the delta rule: delta ops, rt_cpu_delta */
   SCHED_CHUNK_DPLR,    /* the generalized delta rule: dplr ops, rt_cpu_dplr */
+  SCHED_CHUNK_PLSTM,   /* a small dense transition: plstm ops, rt_cpu_plstm */
 } SchedChunkKind;
 typedef struct SchedLinattn {
   int state;      /* whose storage holds S: initial, then final */
@@ -193,8 +194,10 @@ typedef struct SchedLinattn {
   IrRef k, v, lg; /* the operands every call shares (lg: dplr's lw, the decay's log) */
   IrRef beta;     /* the delta rule's, [R, L...] */
   IrRef a, b;     /* dplr's low-rank term's vectors, [L..., K] */
+  IrRef tr, src;  /* plstm's transition [L..., J, J] and source [L..., J] */
   int no_gate;    /* lg is the constant 0 */
   int64_t heads, K, V, Kg;
+  int64_t J;           /* plstm: S is [L..., J, V, K]; 1 for the others */
   int64_t R;           /* the delta rule's factors per token (k [R, L..., K]); 1 for linattn */
   int64_t chunk;       /* tokens per chunk */
   int work_buf;        /* the kernel's scratch, per example: for all its heads in one call,

@@ -79,7 +79,8 @@ static int32_t forward(const float *const *params, int64_t B, int64_t T, const v
 }
 
 /* Renders c's CUDA program under `form`; 0, 1 when no state of c has that
- * form or the GPU does not run it yet (the delta rule's WY form), or -1
+ * form or the GPU does not run it yet (the delta rule's WY form, a small
+ * dense transition's chunked form), or -1
  * with diagnostics. */
 static int compile(FcCompiled *cm, const FcCase *c, const char *form) {
   PipeOptions po;
@@ -88,7 +89,10 @@ static int compile(FcCompiled *cm, const FcCase *c, const char *form) {
   if (pipeline_run(&cm->pipe, &po) || fc_random_weights(cm)) return -1;
   po.goal = PIPE_CUDA;
   if (pipeline_run(&cm->pipe, &po))
-    return fc_said(cm, "has that form") || fc_said(cm, "cannot run the chunked WY form") ? 1 : -1;
+    return fc_said(cm, "has that form") || fc_said(cm, "cannot run the chunked WY form") ||
+                   fc_said(cm, "cannot run the chunked form of a small dense transition")
+               ? 1
+               : -1;
   cm->forward = forward;
   return drv_weights_from_binding(&cm->pipe.sched->sig, &cm->pipe.bind, &cm->w, &cm->de);
 }
@@ -303,6 +307,8 @@ static void test_what_the_gpu_cannot_run_is_refused(void **st) {
                  "the CUDA backend cannot run the chunked WY form of the delta rule");
   expect_refused("tests/data/models/dplr.seq", "I=3,NH=2,Dk=4,Dv=5", "chunked",
                  "the CUDA backend cannot run the chunked WY form of the generalized delta rule");
+  expect_refused("stdlib/plstm.seq", "I=3,Dk=4,Dv=5,J=2", "chunked",
+                 "the CUDA backend cannot run the chunked form of a small dense transition");
   expect_refused("tests/data/models/newton_layers.seq", "I=3,H=4", "newton",
                  "the CUDA backend cannot run a Newton layer");
 }

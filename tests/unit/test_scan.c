@@ -6,7 +6,8 @@
  * float64 (to rounding: the rewrite only regroups a * h + b) and float32;
  * the same for --strategy=chunked on every cell with a matrix state, whose
  * readouts become linattn ops (passes/chunk.c), or delta (dplr) ops for the
- * delta rule (passes/delta.c; RWKV-7's generalized rule), which has no scan.
+ * delta rule (passes/delta.c; RWKV-7's generalized rule), which has no scan,
+ * or plstm ops for a small dense transition (passes/transition.c).
  * Which cells must have the form is a table written from their classes
  * (docs/stdlib.md), not from the pass's output. */
 #include "testutil.h"
@@ -48,7 +49,8 @@ static const Case CASES[] = {
     {"stdlib/mamba2.seq", "d_model=4,ngroups=2,hpg=2,headdim=2,d_state=3,d_conv=4", NULL, 1, 1},
     {"stdlib/gam.seq", "D=3,Mem=4,K=3", NULL, 1, 0},
     {"stdlib/rwkv7.seq", "C=4,D_w=3,D_a=3,D_g=3", NULL, 0, 1},
-    {"stdlib/plstm.seq", "I=3,Dk=4,Dv=5,J=2", NULL, 0, 0},
+    {"stdlib/plstm.seq", "I=3,Dk=4,Dv=5,J=2", NULL, 0, 1},
+    {"tests/data/models/plstm_heads.seq", "I=3,NH=2,J=3,Dk=4,Dv=5", NULL, 0, 1},
     {"stdlib/slstm.seq", "I=3,H=4", NULL, 0, 0},
     {"stdlib/paralstm.seq", "I=3,H=4", NULL, 0, 0},
     {"stdlib/gru.seq", "I=3,H=4", NULL, 0, 0},
@@ -144,7 +146,8 @@ static void run_case(const Case *c, const char *form, int parallel) {
   if (rc) fail_msg("%s does not compile under --strategy=%s", c->file, form);
   if (!rewritten(p.parallel)) fail_msg("%s has no parallel form", c->file);
   if (strcmp(form, "chunked") == 0 && !has_op(p.parallel, IR_LINATTN_STATE) &&
-      !has_op(p.parallel, IR_DELTA_STATE) && !has_op(p.parallel, IR_DPLR_STATE))
+      !has_op(p.parallel, IR_DELTA_STATE) && !has_op(p.parallel, IR_DPLR_STATE) &&
+      !has_op(p.parallel, IR_PLSTM_STATE))
     fail_msg("%s has no chunked form", c->file);
   IrBinding b = p.bind;
   assert_int_equal(ir_binding_random(&b, 11, &de), 0);
@@ -271,9 +274,11 @@ static const Case DELTA_SPELLINGS[] = {
 
 /* Look-alikes of the delta rule that are not it: each must be refused
  * with its reason, never rewritten. */
-static const struct {
+typedef struct Fake {
   const char *name, *text, *why;
-} DELTA_FAKES[] = {
+} Fake;
+
+static const Fake DELTA_FAKES[] = {
     {"negative_gate.seq",
      "cell F(K, V) {\n  input x: [K]\n  input u: [V]\n  state S: [V, K] = 0\n"
      "  output y: [V]\n  step {\n    S' = -(S - outer(S @ x - u, x))\n    y = S' @ x\n  }\n}\n",
@@ -295,47 +300,111 @@ static const struct {
      "not one rank-one write"},
 };
 
+/* Small dense transitions (pLSTM's form, passes/transition.c) spelled
+ * otherwise: a diagonal term beside the mixing, the state itself (the
+ * identity), marks of 1 and a negated write. */
+static const Case TRANSITION_SPELLINGS[] = {
+    {"diag.seq", "J=2,V=3,K=4",
+     "cell F(J, V, K) {\n  input x: [K]\n  input u: [V]\n  input t: [J, J]\n"
+     "  state C: [J, V, K] = 0\n  output y: [V]\n  step {\n"
+     "    C' = 0.5 * C + sum(t[:, :, None, None] * C, axis=1) + outer(u, x)\n"
+     "    y = sum(C, axis=0) @ x\n  }\n}\n",
+     0, 1},
+    {"identity.seq", "J=3,V=3,K=4",
+     "cell F(J, V, K) {\n  input x: [K]\n  input u: [V]\n  input t: [J, J]\n  input g: [J]\n"
+     "  state C: [J, V, K] = 0\n  output y: [V]\n  step {\n"
+     "    C' = C - 0.5 * sum(t[:, :, None, None] * C, axis=1) - sigmoid(g)[:, None, None] * "
+     "outer(u, x)\n"
+     "    y = sum(sum(g[:, None, None] * C', axis=0) * x[None, :], axis=-1)\n  }\n}\n",
+     0, 1},
+};
+
+/* Look-alikes of a small dense transition that the chunked form cannot
+ * take: each must be refused with its reason. */
+static const Fake TRANSITION_FAKES[] = {
+    {"two_writes.seq", /* rank two per j: u x^T and u^2 x^2^T */
+     "cell F(J, V, K) {\n  input x: [K]\n  input u: [V]\n  input t: [J, J]\n"
+     "  state C: [J, V, K] = 0\n  output y: [V]\n  step {\n"
+     "    C' = sum(t[:, :, None, None] * C, axis=1) + outer(u, x) + outer(u * u, x * x)\n"
+     "    y = sum(C, axis=0) @ x\n  }\n}\n",
+     "two writes"},
+    {"value_transition.seq", /* the mixing differs per row of V */
+     "cell F(J, V, K) {\n  input x: [K]\n  input u: [V]\n  input t: [J, J, V]\n"
+     "  state C: [J, V, K] = 0\n  output y: [V]\n  step {\n"
+     "    C' = sum(t[:, :, :, None] * C, axis=1) + outer(u, x)\n"
+     "    y = sum(C, axis=0) @ x\n  }\n}\n",
+     "varies along V or K"},
+    {"full_write.seq", /* a write of full rank per j */
+     "cell F(J, V, K) {\n  input x: [K]\n  input w: [J, V, K]\n  input t: [J, J]\n"
+     "  state C: [J, V, K] = 0\n  output y: [V]\n  step {\n"
+     "    C' = sum(t[:, :, None, None] * C, axis=1) + w * exp(w)\n"
+     "    y = sum(C, axis=0) @ x\n  }\n}\n",
+     "not a product of factors along J, V and K"},
+    {"indexed_read.seq", /* one block of the state read alone */
+     "cell F(J, V, K) {\n  input x: [K]\n  input u: [V]\n  input t: [J, J]\n"
+     "  state C: [J, V, K] = 0\n  output y: [V]\n  step {\n"
+     "    C' = sum(t[:, :, None, None] * C, axis=1) + outer(u, x)\n"
+     "    y = C[0] @ x\n  }\n}\n",
+     "read other than through a mark over J"},
+};
+
 static void test_delta_spellings(void **st) {
   (void)st;
   for (size_t k = 0; k < sizeof DELTA_SPELLINGS / sizeof DELTA_SPELLINGS[0]; k++)
     run_case(&DELTA_SPELLINGS[k], "chunked", 1);
 }
 
+/* The chunked form of `text` (dims `dims`) must be refused, with a
+ * diagnostic saying `why`. */
+static void expect_refused(const Fake *f, const char *dims) {
+  Arena *a = arena_create();
+  SrcMgr sm;
+  DiagEngine de;
+  srcmgr_init(&sm, a);
+  diag_init(&de, a, NULL);
+  Pipeline p;
+  pipeline_init(&p, a, &sm, &de);
+  StrategyRequest req;
+  char err[256];
+  assert_int_equal(strategy_parse(a, "chunked", &req, err, sizeof err), 0);
+  const char *names[8];
+  int64_t values[8];
+  PipeOptions po = {0};
+  po.name = f->name;
+  po.text = f->text;
+  po.ndims = parse_dims(a, dims, names, values);
+  po.dim_names = names;
+  po.dim_values = values;
+  po.strategy = &req;
+  po.goal = PIPE_FORMS;
+  int rc = pipeline_run(&p, &po);
+  int found = 0;
+  for (int i = 0; i < de.diags.n; i++) found |= strstr(de.diags.v[i].message, f->why) != NULL;
+  if (rc == 0 || !found) {
+    for (int i = 0; i < de.diags.n; i++) print_error("%s\n", de.diags.v[i].message);
+    fail_msg("%s: %s, not refused with '%s'", f->name, rc == 0 ? "rewritten" : "refused otherwise",
+             f->why);
+  }
+  pipeline_release(&p);
+  arena_destroy(a);
+}
+
 static void test_delta_fakes(void **st) {
   (void)st;
-  for (size_t k = 0; k < sizeof DELTA_FAKES / sizeof DELTA_FAKES[0]; k++) {
-    Arena *a = arena_create();
-    SrcMgr sm;
-    DiagEngine de;
-    srcmgr_init(&sm, a);
-    diag_init(&de, a, NULL);
-    Pipeline p;
-    pipeline_init(&p, a, &sm, &de);
-    StrategyRequest req;
-    char err[256];
-    assert_int_equal(strategy_parse(a, "chunked", &req, err, sizeof err), 0);
-    const char *names[2] = {"K", "V"};
-    int64_t values[2] = {4, 3};
-    PipeOptions po = {0};
-    po.name = DELTA_FAKES[k].name;
-    po.text = DELTA_FAKES[k].text;
-    po.ndims = 2;
-    po.dim_names = names;
-    po.dim_values = values;
-    po.strategy = &req;
-    po.goal = PIPE_FORMS;
-    int rc = pipeline_run(&p, &po);
-    int found = 0;
-    for (int i = 0; i < de.diags.n; i++)
-      found |= strstr(de.diags.v[i].message, DELTA_FAKES[k].why) != NULL;
-    if (rc == 0 || !found) {
-      for (int i = 0; i < de.diags.n; i++) print_error("%s\n", de.diags.v[i].message);
-      fail_msg("%s: %s, not refused with '%s'", DELTA_FAKES[k].name,
-               rc == 0 ? "rewritten" : "refused otherwise", DELTA_FAKES[k].why);
-    }
-    pipeline_release(&p);
-    arena_destroy(a);
-  }
+  for (size_t k = 0; k < sizeof DELTA_FAKES / sizeof DELTA_FAKES[0]; k++)
+    expect_refused(&DELTA_FAKES[k], "K=4,V=3");
+}
+
+static void test_transition_spellings(void **st) {
+  (void)st;
+  for (size_t k = 0; k < sizeof TRANSITION_SPELLINGS / sizeof TRANSITION_SPELLINGS[0]; k++)
+    run_case(&TRANSITION_SPELLINGS[k], "chunked", 1);
+}
+
+static void test_transition_fakes(void **st) {
+  (void)st;
+  for (size_t k = 0; k < sizeof TRANSITION_FAKES / sizeof TRANSITION_FAKES[0]; k++)
+    expect_refused(&TRANSITION_FAKES[k], "J=2,V=3,K=4");
 }
 
 /* ---- Newton (passes/newton.c, interp.c newton_solve) ------------------------- */
@@ -571,7 +640,8 @@ static void test_newton_compiled_tells(void **st) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_interpreter_agrees), cmocka_unit_test(test_delta_spellings),
-      cmocka_unit_test(test_delta_fakes),        cmocka_unit_test(test_newton_agrees),
+      cmocka_unit_test(test_delta_fakes),        cmocka_unit_test(test_transition_spellings),
+      cmocka_unit_test(test_transition_fakes),   cmocka_unit_test(test_newton_agrees),
       cmocka_unit_test(test_newton_long),        cmocka_unit_test(test_newton_fallback),
       cmocka_unit_test(test_newton_refused),     cmocka_unit_test(test_newton_compiled_tells),
   };

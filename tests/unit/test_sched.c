@@ -32,7 +32,7 @@ static const Case CASES[] = {
      "sequential scan chunked"},
     {"stdlib/mlstm.seq", "I=3,NH=2,DH=4", NULL, "sequential scan chunked"},
     {"stdlib/rwkv7.seq", "C=4,D_w=3,D_a=3,D_g=3", NULL, "sequential chunked"},
-    {"stdlib/plstm.seq", "I=3,Dk=4,Dv=5,J=2", NULL, "sequential"},
+    {"stdlib/plstm.seq", "I=3,Dk=4,Dv=5,J=2", NULL, "sequential chunked"},
     {"stdlib/deltaproduct.seq", "I=3,Dk=4,Dv=5", NULL, "sequential chunked"},
     {"stdlib/paralstm.seq", "I=3,H=4", NULL, "sequential newton"},
     {"tests/data/models/newton_layers.seq", "I=3,H=4", NULL, "sequential newton"},
@@ -158,6 +158,8 @@ static const Case FORM_CASES[] = {
     {"stdlib/mamba.seq", "d_model=4,d_inner=8,d_state=3,d_conv=4,dt_rank=2", "mamba_scan", "scan"},
     {"stdlib/gated_deltanet.seq", "I=3,NH=2,Dk=4,Dv=5", "gated_deltanet_chunked", "chunked"},
     {"stdlib/rwkv7.seq", "C=4,D_w=3,D_a=3,D_g=3", "rwkv7_chunked", "chunked"},
+    {"tests/data/models/plstm_heads.seq", "I=3,NH=2,J=3,Dk=4,Dv=5", "plstm_heads_chunked",
+     "chunked"},
     {"stdlib/paralstm.seq", "I=3,H=4", "paralstm_newton", "newton"},
 };
 
