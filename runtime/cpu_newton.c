@@ -38,6 +38,8 @@ typedef struct Solve {
   const int32_t *in_kind;   /* and its layout (RT_NEWTON_PER_TOKEN, ...) */
   void **ins;               /* the step's inputs: the caller's m, then P */
   void **souts;             /* the step's outputs: F, then J */
+  float *part;              /* per piece of work: its maximum (B * RT_CPU_MAX_THREADS) */
+  const char *active;       /* the examples a pass works on (NULL: every one) */
 } Solve;
 
 static int64_t len_of(const Solve *s, int64_t b) {
@@ -96,72 +98,215 @@ static int eval_chunks(Solve *s) {
   return job.status;
 }
 
-/* F and J at P = delay(X, h0) for every example (X == NULL: P = 0); then,
- * per example, the residual max |X - F| (NaN counts as infinite). */
-static int evaluate(Solve *s, float *const *X, float *resid) {
-  int64_t w = s->w;
-  for (int k = 0; k < s->n; k++) {
-    if (!X) {
-      memset(s->P[k], 0, (size_t)(s->B * s->T * w) * sizeof(float));
-      continue;
-    }
-    for (int64_t b = 0; b < s->B; b++) {
-      int64_t len = len_of(s, b);
-      for (int64_t tau = 0; tau < len; tau++) {
-        const float *prev = tau ? X[k] + row(s, b, len, tau - 1) * w : s->h0[k] + b * w;
-        memcpy(s->P[k] + row(s, b, len, tau) * w, prev, (size_t)w * sizeof(float));
-      }
-    }
+/* ---- work split over the pool --------------------------------------------------- */
+
+/* The elementwise passes over an example's rows (building P, residuals,
+ * candidates) and the linear recurrence run on the pool: items are the
+ * examples' pieces, of rows (logical steps [tau0, tau1)) or of a row's
+ * elements [e0, e1) (the recurrence is elementwise across them). With
+ * fewer examples than threads an example splits; a piece is at least
+ * PIECE_FLOATS of work, so a small solve stays on one thread. */
+#ifndef PIECE_FLOATS
+#define PIECE_FLOATS 16384
+#endif
+
+typedef struct Pieces {
+  Solve *s;
+  int64_t per; /* pieces per example */
+  void (*fn)(Solve *s, int64_t b, int64_t lo, int64_t hi, void *arg, int piece);
+  void *arg;
+  int by_elements; /* pieces of a row's elements, not of its steps */
+} Pieces;
+
+static void piece_item(void *ctx, int item) {
+  Pieces *pc = ctx;
+  Solve *s = pc->s;
+  int64_t b = item / pc->per, g = item % pc->per;
+  int64_t n = pc->by_elements ? s->w : len_of(s, b);
+  int64_t size = (n + pc->per - 1) / pc->per;
+  if (pc->by_elements) size = (size + 15) / 16 * 16; /* whole vectors */
+  int64_t lo = g * size, hi = lo + size < n ? lo + size : n;
+  if (lo < hi && (!s->active || s->active[b])) pc->fn(s, b, lo, hi, pc->arg, item);
+}
+
+/* fn over every example's rows (or elements), split as above; items
+ * receive their index (< pieces_of(s) * B) for per-item results. */
+static int64_t pieces_of(const Solve *s, int by_elements) {
+  int threads = rt_cpu_in_parallel() ? 1 : rt_cpu_get_num_threads();
+  if (threads <= 1 || s->B >= threads) return 1;
+  int64_t per = (threads + s->B - 1) / s->B;
+  int64_t work = by_elements ? s->w * s->T : s->T * s->w; /* floats of an example */
+  int64_t most = by_elements ? s->w / 16 : s->T;
+  if (per > work / PIECE_FLOATS) per = work / PIECE_FLOATS;
+  if (per > most) per = most;
+  return per < 1 ? 1 : per;
+}
+
+static void run_pieces(Solve *s, int by_elements,
+                       void (*fn)(Solve *, int64_t, int64_t, int64_t, void *, int), void *arg) {
+  Pieces pc = {s, pieces_of(s, by_elements), fn, arg, by_elements};
+  int64_t items = s->B * pc.per;
+  if (items <= 1) {
+    for (int64_t i = 0; i < items; i++) piece_item(&pc, (int)i);
+    return;
   }
-  int st = eval_chunks(s);
-  if (st) return st;
-  for (int64_t b = 0; X && b < s->B; b++) {
-    float r = 0;
-    int nan = 0;
-    int64_t len = len_of(s, b);
-    for (int k = 0; k < s->n; k++) {
-      const float *x = X[k] + b * s->T * w, *f = s->F[k] + b * s->T * w;
-      for (int64_t i = 0; i < len * w; i++) {
+  rt_cpu_parallel_for_nowait((int)items, piece_item, &pc);
+}
+
+/* A per-item maximum (residuals, relative steps), NaN as infinite. */
+static float max_of(const float *v, int64_t n) {
+  float m = 0;
+  for (int64_t i = 0; i < n; i++) m = v[i] != v[i] ? INFINITY : v[i] > m ? v[i] : m;
+  return m;
+}
+
+typedef struct EvalArg {
+  float *const *X;
+  float *part; /* per item: the largest |X - F| of its rows */
+} EvalArg;
+
+static void build_p(Solve *s, int64_t b, int64_t lo, int64_t hi, void *arg, int item) {
+  (void)item;
+  float *const *X = ((EvalArg *)arg)->X;
+  int64_t w = s->w, len = len_of(s, b);
+  for (int k = 0; k < s->n; k++)
+    for (int64_t tau = lo; tau < hi; tau++) {
+      float *p = s->P[k] + row(s, b, len, tau) * w;
+      if (!X) {
+        memset(p, 0, (size_t)w * sizeof(float));
+        continue;
+      }
+      const float *prev = tau ? X[k] + row(s, b, len, tau - 1) * w : s->h0[k] + b * w;
+      memcpy(p, prev, (size_t)w * sizeof(float));
+    }
+}
+
+static void residual(Solve *s, int64_t b, int64_t lo, int64_t hi, void *arg, int item) {
+  EvalArg *ea = arg;
+  int64_t w = s->w, len = len_of(s, b);
+  float r = 0;
+  int nan = 0;
+  for (int k = 0; k < s->n; k++)
+    for (int64_t tau = lo; tau < hi; tau++) {
+      int64_t at = row(s, b, len, tau) * w;
+      const float *x = ea->X[k] + at, *f = s->F[k] + at;
+      for (int64_t i = 0; i < w; i++) {
         float d = fabsf(x[i] - f[i]);
         nan |= d != d;
         r = d > r ? d : r;
       }
     }
-    resid[b] = nan ? INFINITY : r;
-  }
+  ea->part[item] = nan ? INFINITY : r;
+}
+
+/* F and J at P = delay(X, h0) for every example (X == NULL: P = 0); then,
+ * per example, the residual max |X - F| (NaN counts as infinite). */
+static int evaluate(Solve *s, float *const *X, float *resid) {
+  EvalArg ea = {X, s->part};
+  run_pieces(s, 0, build_p, &ea);
+  int st = eval_chunks(s);
+  if (st) return st;
+  if (!X) return 0;
+  int64_t per = pieces_of(s, 0);
+  for (int64_t i = 0; i < s->B * per; i++) ea.part[i] = 0;
+  run_pieces(s, 0, residual, &ea);
+  for (int64_t b = 0; b < s->B; b++) resid[b] = max_of(ea.part + b * per, per);
   return 0;
 }
 
-/* Example b's new guess into D: N[tau] = F + sum_j J_kj (N_j[tau-1] - P_j),
- * N[-1] = h0; then its largest step relative to the tolerance. The loops
- * over a row's elements are innermost, so they vectorize. */
-static float linear_step(Solve *s, int64_t b, float rtol, float atol) {
+typedef struct StepArg {
+  float rtol, atol;
+  float *part; /* per item: its largest step relative to the tolerance */
+} StepArg;
+
+/* Elements [e0, e1) of example b's new guess into D: N[tau] = F + sum_j
+ * J_kj (N_j[tau-1] - P_j), N[-1] = h0 (the blocks are elementwise, so
+ * elements are independent); then their largest step relative to the
+ * tolerance. The loops over elements are innermost, so they vectorize. */
+static void linear_piece(Solve *s, int64_t b, int64_t e0, int64_t e1, void *arg, int item) {
+  StepArg *sa = arg;
   int n = s->n;
   int64_t w = s->w, len = len_of(s, b);
-  float err = 0;
+  float err = 0, rtol = sa->rtol, atol = sa->atol;
   int nan = 0;
   for (int64_t tau = 0; tau < len; tau++) {
     int64_t at = row(s, b, len, tau) * w, pv = tau ? row(s, b, len, tau - 1) * w : -1;
     for (int k = 0; k < n; k++) {
       float *d = s->D[k] + at;
       const float *f = s->F[k] + at;
-      for (int64_t i = 0; i < w; i++) d[i] = f[i];
+      for (int64_t i = e0; i < e1; i++) d[i] = f[i];
       for (int j = 0; j < n; j++) {
         const float *J = s->outs[n + k * n + j] + at, *p = s->P[j] + at;
         const float *prev = pv >= 0 ? s->D[j] + pv : s->h0[j] + b * w;
-        for (int64_t i = 0; i < w; i++) d[i] += J[i] * (prev[i] - p[i]);
+        for (int64_t i = e0; i < e1; i++) d[i] += J[i] * (prev[i] - p[i]);
       }
     }
     for (int k = 0; k < n; k++) {
       const float *d = s->D[k] + at, *h = s->outs[k] + at;
-      for (int64_t i = 0; i < w; i++) {
+      for (int64_t i = e0; i < e1; i++) {
         float e = fabsf(d[i] - h[i]) / (atol + rtol * fabsf(d[i]));
         nan |= e != e;
         err = e > err ? e : err;
       }
     }
   }
-  return nan ? INFINITY : err;
+  sa->part[item] = nan ? INFINITY : err;
+}
+
+/* The new guess of every example still iterating (active[b]) into D, and
+ * per example its largest relative step into err. */
+static void linear_step(Solve *s, const char *active, float rtol, float atol, float *err) {
+  StepArg sa = {rtol, atol, s->part};
+  int64_t per = pieces_of(s, 1);
+  for (int64_t i = 0; i < s->B * per; i++) s->part[i] = 0;
+  s->active = active;
+  run_pieces(s, 1, linear_piece, &sa);
+  s->active = NULL;
+  for (int64_t b = 0; b < s->B; b++) err[b] = max_of(s->part + b * per, per);
+}
+
+/* Row passes between iterations, per example as flags[b] says. */
+enum { ROWS_TAKE_D, ROWS_STEP, ROWS_CANDIDATE, ROWS_TAKE_C };
+typedef struct RowsArg {
+  int op;
+  const char *flag; /* the examples the op changes (CANDIDATE: those whose step is pending) */
+  const float *lam;
+} RowsArg;
+
+static void rows_pass(Solve *s, int64_t b, int64_t lo, int64_t hi, void *arg, int item) {
+  (void)item;
+  RowsArg *ra = arg;
+  int64_t w = s->w, len = len_of(s, b);
+  if (ra->op != ROWS_CANDIDATE && !ra->flag[b]) return;
+  for (int k = 0; k < s->n; k++)
+    for (int64_t tau = lo; tau < hi; tau++) {
+      int64_t at = row(s, b, len, tau) * w;
+      float *h = s->outs[k] + at, *d = s->D[k] + at, *c = s->C[k] + at;
+      switch (ra->op) {
+      case ROWS_TAKE_D: /* H = D: the new guess is the result */
+        memcpy(h, d, (size_t)w * sizeof(float));
+        break;
+      case ROWS_STEP: /* D = D - H: the step */
+        for (int64_t i = 0; i < w; i++) d[i] -= h[i];
+        break;
+      case ROWS_CANDIDATE: /* C = H + lam D while the step is pending, else H */
+        if (ra->flag[b]) {
+          float l = ra->lam[b];
+          for (int64_t i = 0; i < w; i++) c[i] = h[i] + l * d[i];
+        } else {
+          memcpy(c, h, (size_t)w * sizeof(float));
+        }
+        break;
+      case ROWS_TAKE_C: /* H = C: the candidate is taken */
+        memcpy(h, c, (size_t)w * sizeof(float));
+        break;
+      }
+    }
+}
+
+static void rows(Solve *s, int op, const char *flag, const float *lam) {
+  RowsArg ra = {op, flag, lam};
+  run_pieces(s, 0, rows_pass, &ra);
 }
 
 /* Example b by the step loop: one call of the step per token. */
@@ -232,11 +377,12 @@ int rt_cpu_newton(RtNewtonStep step, void *const *params, int64_t B, int64_t T, 
   s.in_kind = in_kind;
   int64_t per = B * T * w, nout = n + n * n;
   /* F, P, C, D per state; one token's outputs (the fallback); per example
-   * the guess's and the candidate's residuals and the step's factor; the
-   * step's argument lists; per example its iterations and state. */
-  int64_t floats = 4 * n * per + nout * w + 3 * (B + 1);
+   * the guess's and the candidate's residuals, the step's factor and its
+   * size; per piece of work its maximum; the step's argument lists; per
+   * example its iterations and flags. */
+  int64_t floats = 4 * n * per + nout * w + 4 * (B + 1) + B * RT_CPU_MAX_THREADS;
   int64_t bytes = floats * (int64_t)sizeof(float) + (m + n + nout + 2) * (int64_t)sizeof(void *) +
-                  (B + 1) * (int64_t)(sizeof(int32_t) + 2);
+                  (B + 1) * (int64_t)(sizeof(int32_t) + 4);
   char *mem = rt_cpu_alloc_uninit(bytes + 64);
   if (!mem) return 2;
   float *f = (float *)mem;
@@ -249,13 +395,16 @@ int rt_cpu_newton(RtNewtonStep step, void *const *params, int64_t B, int64_t T, 
   float *one_out[RT_NEWTON_MAX_STATES * (RT_NEWTON_MAX_STATES + 1)];
   for (int64_t j = 0; j < nout; j++) one_out[j] = f + j * w;
   f += nout * w;
-  float *res = f, *cres = f + B + 1, *lam = f + 2 * (B + 1);
-  f += 3 * (B + 1);
+  float *res = f, *cres = f + B + 1, *lam = f + 2 * (B + 1), *errs = f + 3 * (B + 1);
+  f += 4 * (B + 1);
+  s.part = f;
+  f += B * RT_CPU_MAX_THREADS;
   void **ptrs = (void **)(((uintptr_t)f + 7) & ~(uintptr_t)7);
   s.ins = ptrs;
   s.souts = ptrs + m + n;
   int32_t *iters = (int32_t *)(s.souts + nout);
-  char *done = (char *)(iters + B + 1), *pending = done + B + 1;
+  char *done = (char *)(iters + B + 1), *pending = done + B + 1, *iterating = pending + B + 1,
+       *took = iterating + B + 1;
   for (int i = 0; i < m; i++) s.ins[i] = ins[i];
   for (int k = 0; k < n; k++) {
     s.h0[k] = ins[m + k];
@@ -277,48 +426,38 @@ int rt_cpu_newton(RtNewtonStep step, void *const *params, int64_t B, int64_t T, 
   }
   for (int it = 1; it <= max_iter; it++) {
     int active = 0;
+    for (int64_t b = 0; b < B; b++) iterating[b] = !done[b];
+    linear_step(&s, iterating, rtol, atol, errs);
     for (int64_t b = 0; b < B; b++) {
-      pending[b] = 0;
+      pending[b] = took[b] = 0;
       if (done[b]) continue;
-      float err = linear_step(&s, b, rtol, atol);
       iters[b] = it;
-      int64_t lo = b * T * w, cnt = len_of(&s, b) * w;
-      if (err <= 1) { /* the new guess is the result */
-        for (int k = 0; k < n; k++) memcpy(outs[k] + lo, s.D[k] + lo, (size_t)cnt * sizeof(float));
+      if (errs[b] <= 1) { /* the new guess is the result */
+        took[b] = 1;
         done[b] = 1;
-        continue;
-      }
-      if (!isfinite(err)) {
+      } else if (!isfinite(errs[b])) {
         done[b] = 2;
-        continue;
+      } else {
+        pending[b] = 1;
+        lam[b] = 1;
+        active = 1;
       }
-      for (int k = 0; k < n; k++)
-        for (int64_t i = 0; i < cnt; i++) s.D[k][lo + i] -= outs[k][lo + i];
-      pending[b] = 1;
-      lam[b] = 1;
-      active = 1;
     }
+    rows(&s, ROWS_TAKE_D, took, NULL);
     if (!active) break;
+    rows(&s, ROWS_STEP, pending, NULL);
     /* Each example at its candidate, H + lam D while its step is pending
      * and H otherwise, until every pending step is taken. */
     for (int h = 0; active; h++) {
-      for (int64_t b = 0; b < B; b++) {
-        int64_t lo = b * T * w, cnt = len_of(&s, b) * w;
-        for (int k = 0; k < n; k++)
-          for (int64_t i = 0; i < cnt; i++)
-            s.C[k][lo + i] =
-                pending[b] ? outs[k][lo + i] + lam[b] * s.D[k][lo + i] : outs[k][lo + i];
-      }
+      rows(&s, ROWS_CANDIDATE, pending, lam);
       if ((rc = evaluate(&s, s.C, cres))) goto out;
       active = 0;
       for (int64_t b = 0; b < B; b++) {
+        took[b] = 0;
         if (!pending[b]) continue;
         if ((isfinite(cres[b]) && cres[b] <= res[b]) || h == HALVINGS) {
-          int64_t lo = b * T * w, cnt = len_of(&s, b) * w;
-          for (int k = 0; k < n; k++)
-            memcpy(outs[k] + lo, s.C[k] + lo, (size_t)cnt * sizeof(float));
+          took[b] = 1;
           res[b] = cres[b];
-          pending[b] = 0;
           if (!isfinite(cres[b])) done[b] = 2;
         } else {
           lam[b] *= 0.5f;
@@ -326,6 +465,9 @@ int rt_cpu_newton(RtNewtonStep step, void *const *params, int64_t B, int64_t T, 
           active = 1;
         }
       }
+      rows(&s, ROWS_TAKE_C, took, NULL);
+      for (int64_t b = 0; b < B; b++)
+        if (took[b]) pending[b] = 0;
     }
   }
   /* What did not converge runs as the step loop. */
