@@ -579,6 +579,7 @@ void seq_newton_stats(SeqNewtonStats *out, int reset) {
   if (!out) return;
   out->solves = st.solves;
   out->fallbacks = st.fallbacks;
+  out->fallback_steps = st.fallback_steps;
   out->damped = st.damped;
   out->iterations = st.iterations;
   out->max_iter = st.max_iter;

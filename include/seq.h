@@ -126,12 +126,15 @@ SeqStatus seq_module_forward_device(SeqModule *m, int64_t B, int64_t T, const vo
  * 6) of every forward in this process did since the last reset: one solve
  * per sequence and call; a fallback is a sequence that did not converge
  * within newton_max_iter iterations (or met a value that is not finite)
- * and ran as the step loop instead, so its results are still exact. */
+ * and ran as the step loop instead from the first step that failed the
+ * last test (the steps before it passed it, as a converged solve's do). */
 typedef struct SeqNewtonStats {
   int64_t solves, fallbacks;
   int64_t damped;     /* steps halved because the residual grew */
   int64_t iterations; /* of the converged solves, in all */
   int max_iter;       /* of a converged solve */
+  int64_t fallback_steps; /* steps the fallbacks ran as the step loop: from the first step
+                             that failed the last test (those before it are kept) */
 } SeqNewtonStats;
 void seq_newton_stats(SeqNewtonStats *out, int reset);
 

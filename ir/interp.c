@@ -1692,10 +1692,11 @@ static void nt_linear(Newton *N) {
 }
 
 /* h[t] = F(x_t, h[t-1]) one position at a time: the sequential form. */
-static int nt_sequential(Newton *N) {
+/* Steps [t0, len) by the step loop, from the solve's values before t0. */
+static int nt_sequential(Newton *N, int64_t t0) {
   int ni = N->c->fn->inputs.n, m = ni - N->n;
   Seq *one = N->args + ni; /* scratch after the arguments (alloc_slots) */
-  for (int64_t t = 0; t < N->len; t++) {
+  for (int64_t t = t0; t < N->len; t++) {
     for (int i = 0; i < m; i++) one[i] = (Seq){N->args[i].d + t * N->args[i].stride, 0};
     for (int k = 0; k < N->n; k++)
       one[m + k] = (Seq){t ? N->H[k] + (t - 1) * N->w : (double *)N->h0[k], 0};
@@ -1743,14 +1744,17 @@ static int newton_solve(Run *r, Inst *in, int i, int64_t len) {
   if (nt_eval(&N, H, &res)) return -1;
   int it = 0, converged = 0, damped = 0;
   double err = INFINITY;
+  int64_t t0 = 0; /* the first step the last test failed at */
   while (it < opt->max_iter && isfinite(res)) {
     it++;
     nt_linear(&N);
     err = 0;
+    t0 = len;
     for (int k = 0; k < n; k++)
       for (int64_t j = 0; j < len * N.w; j++) {
         double e = fabs(D[k][j] - H[k][j]) / (opt->atol + opt->rtol * fabs(D[k][j]));
         if (!(e <= err)) err = isnan(e) ? INFINITY : e;
+        if (!(e <= 1) && j / N.w < t0) t0 = j / N.w;
       }
     if (err <= 1) {
       for (int k = 0; k < n; k++) memcpy(H[k], D[k], (size_t)(len * N.w) * sizeof(double));
@@ -1785,12 +1789,18 @@ static int newton_solve(Run *r, Inst *in, int i, int64_t len) {
     }
   }
   if (converged) return 0;
-  if (st) st->fallbacks++;
+  /* The steps before the first that failed the last test passed it: they
+   * are kept, and the step loop runs from there. */
+  if (t0 > len) t0 = len;
+  if (st) {
+    st->fallbacks++;
+    st->fallback_steps += len - t0;
+  }
   diag_report(r->de, DIAG_WARNING, nd->loc,
               "Newton did not converge (example %lld: %d iterations, last step %.3g of the "
-              "tolerance%s); the sequential form ran instead",
-              (long long)r->b, it, err, damped ? ", damped" : "");
-  return nt_sequential(&N);
+              "tolerance%s); the sequential form ran from step %lld of %lld",
+              (long long)r->b, it, err, damped ? ", damped" : "", (long long)t0, (long long)len);
+  return nt_sequential(&N, t0);
 }
 
 static int run_model(Run *r, Inst *in, const Seq *ins, int64_t len) {

@@ -51,6 +51,7 @@ int ir_binding_random(IrBinding *b, uint64_t seed, DiagEngine *de);
 typedef struct InterpNewtonStats {
   int64_t solves;
   int64_t fallbacks;                /* solves that ran the sequential form instead */
+  int64_t fallback_steps;           /* steps they ran that way (from the first unconverged) */
   int64_t damped;                   /* halvings of a step */
   int max_iter;                     /* most iterations a converged solve took */
   int64_t hist[INTERP_NEWTON_HIST]; /* converged solves by iterations (the last: or more) */

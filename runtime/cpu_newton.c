@@ -39,6 +39,7 @@ typedef struct Solve {
   void **ins;               /* the step's inputs: the caller's m, then P */
   void **souts;             /* the step's outputs: F, then J */
   float *part;              /* per piece of work: its maximum (B * RT_CPU_MAX_THREADS) */
+  int64_t *bad;             /* per piece of the recurrence: the first step failing the test */
   const char *active;       /* the examples a pass works on (NULL: every one) */
 } Solve;
 
@@ -229,6 +230,7 @@ static void linear_piece(Solve *s, int64_t b, int64_t e0, int64_t e1, void *arg,
   int64_t w = s->w, len = len_of(s, b);
   float err = 0, rtol = sa->rtol, atol = sa->atol;
   int nan = 0;
+  int64_t bad = len;
   for (int64_t tau = 0; tau < len; tau++) {
     int64_t at = row(s, b, len, tau) * w, pv = tau ? row(s, b, len, tau - 1) * w : -1;
     for (int k = 0; k < n; k++) {
@@ -249,20 +251,30 @@ static void linear_piece(Solve *s, int64_t b, int64_t e0, int64_t e1, void *arg,
         err = e > err ? e : err;
       }
     }
+    if (bad == len && (nan || err > 1)) bad = tau;
   }
   sa->part[item] = nan ? INFINITY : err;
+  s->bad[item] = bad;
 }
 
 /* The new guess of every example still iterating (active[b]) into D, and
- * per example its largest relative step into err. */
-static void linear_step(Solve *s, const char *active, float rtol, float atol, float *err) {
+ * per example its largest relative step into err and the first step whose
+ * test fails into bad (its length if none). */
+static void linear_step(Solve *s, const char *active, float rtol, float atol, float *err,
+                        int64_t *bad) {
   StepArg sa = {rtol, atol, s->part};
   int64_t per = pieces_of(s, 1);
-  for (int64_t i = 0; i < s->B * per; i++) s->part[i] = 0;
+  for (int64_t i = 0; i < s->B * per; i++) s->part[i] = 0, s->bad[i] = INT64_MAX;
   s->active = active;
   run_pieces(s, 1, linear_piece, &sa);
   s->active = NULL;
-  for (int64_t b = 0; b < s->B; b++) err[b] = max_of(s->part + b * per, per);
+  for (int64_t b = 0; b < s->B; b++) {
+    if (!active[b]) continue;
+    err[b] = max_of(s->part + b * per, per);
+    bad[b] = len_of(s, b);
+    for (int64_t i = 0; i < per; i++)
+      if (s->bad[b * per + i] < bad[b]) bad[b] = s->bad[b * per + i];
+  }
 }
 
 /* Row passes between iterations, per example as flags[b] says. */
@@ -309,13 +321,14 @@ static void rows(Solve *s, int op, const char *flag, const float *lam) {
   run_pieces(s, 0, rows_pass, &ra);
 }
 
-/* Example b by the step loop: one call of the step per token. */
-static int sequential(Solve *s, int64_t b, const int64_t *in_floats, const int32_t *in_kind,
-                      float *const *one_out) {
+/* Example b's steps [t0, len) by the step loop, from its values before t0:
+ * one call of the step per token. */
+static int sequential(Solve *s, int64_t b, int64_t t0, const int64_t *in_floats,
+                      const int32_t *in_kind, float *const *one_out) {
   int n = s->n, m = s->m;
   int64_t w = s->w, len = len_of(s, b);
   void *one_in[RT_NEWTON_MAX_INPUTS + RT_NEWTON_MAX_STATES];
-  for (int64_t tau = 0; tau < len; tau++) {
+  for (int64_t tau = t0; tau < len; tau++) {
     int64_t r = row(s, b, len, tau);
     for (int i = 0; i < m; i++) {
       float *base = s->ins[i];
@@ -347,6 +360,7 @@ void rt_cpu_newton_stats(RtNewtonStats *out, int reset) {
     out->fallbacks = __atomic_load_n(&tally.fallbacks, __ATOMIC_RELAXED);
     out->damped = __atomic_load_n(&tally.damped, __ATOMIC_RELAXED);
     out->iterations = __atomic_load_n(&tally.iterations, __ATOMIC_RELAXED);
+    out->fallback_steps = __atomic_load_n(&tally.fallback_steps, __ATOMIC_RELAXED);
     out->max_iter = __atomic_load_n(&tally.max_iter, __ATOMIC_RELAXED);
   }
   if (reset) {
@@ -354,6 +368,7 @@ void rt_cpu_newton_stats(RtNewtonStats *out, int reset) {
     __atomic_store_n(&tally.fallbacks, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&tally.damped, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&tally.iterations, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&tally.fallback_steps, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&tally.max_iter, 0, __ATOMIC_RELAXED);
   }
 }
@@ -382,6 +397,7 @@ int rt_cpu_newton(RtNewtonStep step, void *const *params, int64_t B, int64_t T, 
    * example its iterations and flags. */
   int64_t floats = 4 * n * per + nout * w + 4 * (B + 1) + B * RT_CPU_MAX_THREADS;
   int64_t bytes = floats * (int64_t)sizeof(float) + (m + n + nout + 2) * (int64_t)sizeof(void *) +
+                  (B + 1 + B * RT_CPU_MAX_THREADS) * (int64_t)sizeof(int64_t) +
                   (B + 1) * (int64_t)(sizeof(int32_t) + 4);
   char *mem = rt_cpu_alloc_uninit(bytes + 64);
   if (!mem) return 2;
@@ -402,7 +418,9 @@ int rt_cpu_newton(RtNewtonStep step, void *const *params, int64_t B, int64_t T, 
   void **ptrs = (void **)(((uintptr_t)f + 7) & ~(uintptr_t)7);
   s.ins = ptrs;
   s.souts = ptrs + m + n;
-  int32_t *iters = (int32_t *)(s.souts + nout);
+  int64_t *firstbad = (int64_t *)(s.souts + nout);
+  s.bad = firstbad + B + 1;
+  int32_t *iters = (int32_t *)(s.bad + B * RT_CPU_MAX_THREADS);
   char *done = (char *)(iters + B + 1), *pending = done + B + 1, *iterating = pending + B + 1,
        *took = iterating + B + 1;
   for (int i = 0; i < m; i++) s.ins[i] = ins[i];
@@ -423,11 +441,12 @@ int rt_cpu_newton(RtNewtonStep step, void *const *params, int64_t B, int64_t T, 
     /* 1: converged (or empty), 2: failed, 0: iterating */
     done[b] = len_of(&s, b) == 0 ? 1 : isfinite(res[b]) ? 0 : 2;
     iters[b] = 0;
+    firstbad[b] = 0;
   }
   for (int it = 1; it <= max_iter; it++) {
     int active = 0;
     for (int64_t b = 0; b < B; b++) iterating[b] = !done[b];
-    linear_step(&s, iterating, rtol, atol, errs);
+    linear_step(&s, iterating, rtol, atol, errs, firstbad);
     for (int64_t b = 0; b < B; b++) {
       pending[b] = took[b] = 0;
       if (done[b]) continue;
@@ -483,8 +502,12 @@ int rt_cpu_newton(RtNewtonStep step, void *const *params, int64_t B, int64_t T, 
       }
       continue;
     }
+    /* The steps before the first that failed the last test passed it: they
+     * are kept, and the step loop runs from there. */
+    int64_t t0 = firstbad[b] < len_of(&s, b) ? firstbad[b] : len_of(&s, b);
     add(&tally.fallbacks, 1);
-    if ((rc = sequential(&s, b, in_floats, in_kind, one_out))) goto out;
+    add(&tally.fallback_steps, len_of(&s, b) - t0);
+    if ((rc = sequential(&s, b, t0, in_floats, in_kind, one_out))) goto out;
   }
 out:
   rt_cpu_free(mem);

@@ -316,6 +316,8 @@ typedef struct RtNewtonStats {
   int64_t damped;     /* halvings of a step */
   int64_t iterations; /* of the converged solves, in all */
   int32_t max_iter;   /* of a converged solve */
+  int64_t fallback_steps; /* steps the fallbacks ran as the step loop (from the first
+                             unconverged one) */
 } RtNewtonStats;
 /* Solves h_k[t] = F_k(x_t, h[t-1]) for the n states of a Newton layer over a
  * batch (ir.h IrNewton; the interpreter's newton_solve defines the
@@ -323,7 +325,8 @@ typedef struct RtNewtonStats {
  * linear recurrence of the Jacobian's blocks, stop when every |step| <=
  * atol + rtol |value|, halve a step whose residual grows (4 times at most),
  * and after max_iter steps or a value that is not finite run that example
- * as the step loop). `step` computes, for every row of B*T, its outputs F_k
+ * as the step loop from the first step that failed the last test; the steps
+ * before it passed it and are kept). `step` computes, for every row of B*T, its outputs F_k
  * then J_kj (n + n^2 buffers of w floats per row) from its m inputs and the
  * n previous values; ins: the m inputs (in_floats[i] floats per row, laid
  * out as in_kind[i]) then the n initial values ([B, w]); outs: the n

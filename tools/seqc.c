@@ -580,8 +580,9 @@ static int run_compiled(const Options *o, Pipeline *p, PipeOptions *po, int64_t 
   if (rc == 0 && nstats->fallbacks)
     fprintf(stderr,
             "seqc: warning: %lld of %lld Newton solves did not converge; those sequences ran as "
-            "the step loop\n",
-            (long long)nstats->fallbacks, (long long)nstats->solves);
+            "the step loop from their first unconverged step (%lld steps in all)\n",
+            (long long)nstats->fallbacks, (long long)nstats->solves,
+            (long long)nstats->fallback_steps);
   return rc;
 }
 
@@ -946,14 +947,16 @@ static int cmd_run(const Options *o, Pipeline *p, PipeOptions *po) {
     int64_t iters = 0;
     for (int i = 0; i < INTERP_NEWTON_HIST; i++) iters += i * nstats.hist[i];
     cstats.solves = nstats.solves, cstats.fallbacks = nstats.fallbacks;
+    cstats.fallback_steps = nstats.fallback_steps;
     cstats.damped = nstats.damped, cstats.iterations = iters, cstats.max_iter = nstats.max_iter;
   }
   if (!o->quiet && cstats.solves) {
     int64_t conv = cstats.solves - cstats.fallbacks;
-    printf("newton: %lld solves, %lld fell back to the step loop, %lld halved steps; "
-           "iterations of the converged: %.3g on average, at most %d\n",
-           (long long)cstats.solves, (long long)cstats.fallbacks, (long long)cstats.damped,
-           conv ? (double)cstats.iterations / (double)conv : 0.0, cstats.max_iter);
+    printf("newton: %lld solves, %lld fell back to the step loop (%lld steps), %lld halved "
+           "steps; iterations of the converged: %.3g on average, at most %d\n",
+           (long long)cstats.solves, (long long)cstats.fallbacks, (long long)cstats.fallback_steps,
+           (long long)cstats.damped, conv ? (double)cstats.iterations / (double)conv : 0.0,
+           cstats.max_iter);
   }
   /* Summaries, then the requested files. */
   if (!o->quiet)

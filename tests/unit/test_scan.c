@@ -598,6 +598,16 @@ static void test_newton_fallback(void **st) {
   assert_int_equal(r.stats.fallbacks, 2);
   assert_true(r.warned);
   if (!(r.err <= 1e-6)) fail_msg("the fallback differs from the step loop by %g", r.err);
+  /* Steps that passed the last test are kept: after k exact Newton steps
+   * the first k are exact, and the first k - 1 did not move in the last one
+   * (so passed its test): the step loop runs from step k - 1 or later. */
+  NewtonOptions three = {0, 0, 3};
+  r = newton_run("stdlib/paragru.seq", NULL, "I=3,H=4", 2, 300, 0, 1, 0, three);
+  assert_int_equal(r.stats.fallbacks, 2);
+  if (!(r.stats.fallback_steps > 0 && r.stats.fallback_steps <= 2 * (300 - 2)))
+    fail_msg("the fallbacks ran %lld steps of 600 (the first 2 of each passed)",
+             (long long)r.stats.fallback_steps);
+  if (!(r.err <= 1e-6)) fail_msg("the partial fallback differs from the step loop by %g", r.err);
 }
 
 /* The form is named in errors where it does not apply. */
@@ -635,6 +645,13 @@ static void test_newton_compiled_tells(void **st) {
            tu_src("tests/data/newton_x.npy"));
   tu_expect_seqc(dir, cmd, 0, "2 of 2 Newton solves did not converge");
   tu_expect_seqc(dir, cmd, 0, "newton: 2 solves, 2 fell back");
+  /* Three steps of ParaGRU's exact Newton leave at least its first three
+   * steps exact: the step loop runs from a later one. */
+  snprintf(cmd, sizeof cmd,
+           "run %s --random-weights --dims I=3,H=3 --strategy=newton --newton-max-iter 3 --in "
+           "x=%s",
+           tu_src("stdlib/paragru.seq"), tu_src("tests/data/newton_x.npy"));
+  tu_expect_seqc(dir, cmd, 0, "ran as the step loop from their first unconverged step");
 }
 
 int main(void) {
