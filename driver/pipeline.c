@@ -71,11 +71,17 @@ static const CostMachine *cost_machine(const PipeOptions *o) {
 }
 
 /* Whether some state could run in parallel (only then is the machine
- * measured, which takes a moment once per process). */
-static int needs_costs(const Pipeline *p) {
+ * measured, which takes a moment once per process). A nonlinear state's
+ * Newton form evaluates the step several times per token and splits it
+ * over every thread, where the step loop splits the batch: it can only win
+ * with more threads than that many times the examples (those run on). */
+static int needs_costs(const Pipeline *p, const PipeOptions *o) {
+  int threads = o->threads > 0 ? o->threads : rt_cpu_get_num_threads();
+  int64_t batch = o->batch > 0 ? o->batch : 8, busy = batch < threads ? batch : threads;
   for (int i = 0; i < p->classes->nfuncs; i++)
     for (int k = 0; k < p->classes->funcs[i].nstates; k++) {
       RecClass c = p->classes->funcs[i].states[k].cls;
+      if (c == REC_NONLINEAR && threads > (COST_NEWTON_ITERS_EXACT + 2) * busy) return 1;
       if (c == REC_LIN_DIAG || c == REC_LIN_MATRIX || c == REC_LIN_DPLR || c == REC_MAXPLUS ||
           c == REC_LIN_SMALL_DENSE)
         return 1;
@@ -124,7 +130,7 @@ int pipeline_run(Pipeline *p, const PipeOptions *o) {
       req = &gpu;
     }
     if (strategy_choose(p->arena, p->rewritten, p->root, p->bind.dims, p->classes, req,
-                        needs_costs(p) ? cost_machine(o) : NULL, &p->plan, p->de) ||
+                        needs_costs(p, o) ? cost_machine(o) : NULL, &p->plan, p->de) ||
         scan_module(p->arena, p->rewritten, p->classes, p->plan, &p->parallel, p->de) ||
         verify(p, p->parallel, "scan") ||
         chunk_module(p->arena, p->parallel, p->plan, &p->parallel, p->de) ||

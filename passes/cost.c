@@ -21,6 +21,13 @@
  *               dense transition (pLSTM, [L..., J, V, K]): 2 S (1 + r) +
  *               2 C H r (K + V) + 2 S J / C + C H J^2, its step loop
  *               2 S (J + 1 + r).
+ *   newton      a nonlinear group: the step's work that reads the group (its
+ *               share per state; also the step loop's cost) times the
+ *               evaluations a solve takes (the iterations measured on the
+ *               std cells, BENCHMARKS.md, plus the guess and its
+ *               evaluation), the recurrence of the Jacobian's blocks, the
+ *               solve's B*T buffers streamed from memory; split over every
+ *               thread, where the step loop splits only the batch.
  *
  * Time per token is max(flops / (efficiency x peak), bytes / bandwidth),
  * divided among min(threads, B) cores (every form splits the batch; a
@@ -74,6 +81,37 @@ static int64_t small_j(const IrFunc *f, int k, const int64_t *dims) {
   return v;
 }
 
+static double node_flops(const IrFunc *f, const IrNode *nd, const int64_t *dims);
+
+/* Flops per token of the nodes of f that read a state of rs's group (the
+ * work a Newton iteration repeats; hoisted work reads none), and the
+ * group's size. */
+static double group_flops(const IrFunc *f, const RecState *rs, const int64_t *dims, int *nstates) {
+  char *in_group = calloc((size_t)f->states.n + 1, 1), *dep = calloc((size_t)f->nodes.n + 1, 1);
+  double w = 0;
+  *nstates = 1;
+  if (!in_group || !dep) {
+    free(in_group);
+    free(dep);
+    return 0;
+  }
+  in_group[rs->state] = 1;
+  for (int i = 0; i < rs->ndeps; i++) {
+    int d = rs->deps[i], given = 0;
+    for (int j = 0; j < rs->ngiven; j++) given |= rs->given[j] == d;
+    if (!given && !in_group[d]) in_group[d] = 1, (*nstates)++;
+  }
+  for (IrRef r = 0; r < f->nodes.n; r++) {
+    const IrNode *nd = &f->nodes.v[r];
+    dep[r] = nd->op == IR_STATE && in_group[nd->index];
+    for (int j = 0; j < nd->nargs && !dep[r]; j++) dep[r] = dep[nd->args[j]];
+    if (dep[r]) w += node_flops(f, nd, dims);
+  }
+  free(in_group);
+  free(dep);
+  return w;
+}
+
 /* Reads of state k's value other than by its own update: nodes outside the
  * cone of next that read the state or its next value. */
 static int readouts(const IrFunc *f, int k) {
@@ -113,6 +151,11 @@ int cost_state(const IrFunc *f, const RecState *rs, const int64_t *dims, const C
     out->flops = per * (double)S * (1 + r + (rs->cls == REC_LIN_DPLR));
     if (rs->cls == REC_LIN_SMALL_DENSE)
       out->flops = 2.0 * (double)S * (double)(small_j(f, k, dims) + 1 + r);
+    /* A nonlinear state: its share of the step's work that reads the group. */
+    if (rs->cls == REC_NONLINEAR) {
+      int n;
+      out->flops = group_flops(f, rs, dims, &n) / n;
+    }
     out->bytes = 8.0 * (double)S * w;
     double bw = (double)B * (double)S * w * 4 <= L2_BYTES ? mc->l2_bw : mc->dram_bw;
     out->seconds = fmax(out->flops / (EFF_STEP * mc->flops), out->bytes / bw);
@@ -165,11 +208,30 @@ int cost_state(const IrFunc *f, const RecState *rs, const int64_t *dims, const C
     }
     break;
   }
+  case FORM_NEWTON: {
+    /* Every evaluation reruns the group's share of the step over all
+     * tokens, split over every thread; each iteration also runs the linear
+     * recurrence of the Jacobian's blocks and streams the solve's B*T
+     * buffers (guess, values, previous values, candidate, blocks). */
+    if (rs->cls != REC_NONLINEAR) return -1;
+    int n;
+    double evals = cost_newton_evals(rs->jacobian), iters = evals - 2;
+    double share = group_flops(f, rs, dims, &n) / n;
+    out->flops = evals * share + iters * 2.0 * n * (double)S;
+    out->bytes = evals * 4.0 * (4 + n) * (double)S * w;
+    out->seconds = fmax(out->flops / (EFF_STEP * mc->flops), out->bytes / mc->dram_bw);
+    cores = mc->threads > 0 ? mc->threads : 1;
+    break;
+  }
   default:
     return -1;
   }
   out->seconds /= cores;
   return 0;
+}
+
+int cost_newton_evals(RecJacobian jac) {
+  return jac == REC_JAC_DENSE ? COST_NEWTON_ITERS_QUASI + 2 : COST_NEWTON_ITERS_EXACT + 2;
 }
 
 /* Flops of one node per token (elements of its value; matrix products

@@ -226,6 +226,15 @@ typedef struct FormCost {
   double seconds;      /* estimated per token of the batch, over the threads used */
 } FormCost;
 
+/* Iterations of a Newton solve the cost model assumes (the medians measured
+ * on the std cells at rtol 1e-5, docs/algorithms.md section 6): exact
+ * Newton (diagonal or block-diagonal Jacobians), quasi-Newton (dense). A
+ * solve evaluates the step that many times plus two (the guess, and the
+ * step at it). */
+#define COST_NEWTON_ITERS_EXACT 4
+#define COST_NEWTON_ITERS_QUASI 11
+int cost_newton_evals(RecJacobian jac);
+
 /* The cost of running state rs of cell f (concrete dims) in `form`; 0, or
  * -1 if the dims do not evaluate. cost.c says what is counted and how. */
 int cost_state(const IrFunc *f, const RecState *rs, const int64_t *dims, const CostMachine *mc,
@@ -247,6 +256,7 @@ typedef struct StateForm {
   int costed;      /* cost[] holds the estimate of each form the class admits */
   FormCost cost[FORM_COUNT];
   int admitted[FORM_COUNT];
+  int newton_evals; /* evaluations of the step a Newton solve takes (cost_newton_evals) */
 } StateForm;
 
 typedef struct StrategyPlan {

@@ -198,8 +198,8 @@ static int64_t *instance_dims(Arena *a, const IrFlat *flat, const IrFunc *f,
  * admits), or FORM_SEQUENTIAL when it admits none. */
 static Form best_parallel(const StateForm *sf) {
   Form best = FORM_SEQUENTIAL;
-  for (int f = FORM_SCAN; f <= FORM_CHUNKED; f++)
-    if (sf->admitted[f] &&
+  for (int f = FORM_SCAN; f <= FORM_NEWTON; f++)
+    if (sf->admitted[f] && (f != FORM_NEWTON || sf->costed) &&
         (best == FORM_SEQUENTIAL || sf->cost[f].seconds < sf->cost[best].seconds))
       best = (Form)f;
   return best;
@@ -235,8 +235,14 @@ static void choose_auto(Arena *a, const IrFunc *f, StateForm *sf, const char *na
     if (sf[k].form != FORM_AUTO) continue;
     sf[k].form = parallel ? best_parallel(&sf[k]) : FORM_SEQUENTIAL;
     if (!par_ok && sf[k].admitted[FORM_NEWTON])
-      sf[k].why = "auto: sequential; auto does not take the newton form (not costed; on 2 CPU "
-                  "cores it measured 3 to 17 times slower than the step loop, BENCHMARKS.md)";
+      sf[k].why = arena_printf(
+          a,
+          "auto: sequential; Newton evaluates the step about %d times per token (%s), split "
+          "over every thread where the step loop splits the batch, so it pays only with more "
+          "than %d times as many threads as examples (the cost model compares them there)",
+          sf[k].newton_evals,
+          sf[k].newton_evals > COST_NEWTON_ITERS_EXACT + 2 ? "quasi-Newton" : "exact Newton",
+          sf[k].newton_evals);
     else if (!par_ok)
       sf[k].why = "auto: sequential, since not every state of the cell has a parallel form";
     else if (!costed)
@@ -301,14 +307,12 @@ int strategy_choose(Arena *a, const IrModule *m, const IrFunc *root, const int64
       int ok = dims != NULL;
       for (int fm = FORM_SEQUENTIAL; fm < FORM_COUNT; fm++) {
         sf->admitted[fm] = admits(cls, (Form)fm);
-        /* Newton needs the Jacobian's diagonal blocks (newton.c), and is
-         * not costed: on the CPU it loses to the step loop wherever it was
-         * measured (BENCHMARKS.md), so auto never takes it. */
+        /* Newton needs the Jacobian's diagonal blocks (newton.c). */
         if (fm == FORM_NEWTON) {
           RecJacobian jac = cr->funcs[i].states[k].jacobian;
           sf->admitted[fm] &=
               jac == REC_JAC_DIAG || jac == REC_JAC_BLOCK_DIAG || jac == REC_JAC_DENSE;
-          continue;
+          sf->newton_evals = cost_newton_evals(jac);
         }
         /* The delta rule's chunked form needs its operands found. */
         if (sf->admitted[fm] && cls == REC_LIN_DPLR && fm == FORM_CHUNKED) {
@@ -456,11 +460,11 @@ void strategy_print(FILE *out, const IrModule *m, const StrategyPlan *plan) {
     for (int k = 0; k < f->states.n; k++) {
       const StateForm *sf = &plan->funcs[i][k];
       fprintf(out, "  state %s: %s (%s)\n", f->states.v[k].name, form_name(sf->form), sf->why);
-      if (sf->admitted[FORM_NEWTON])
+      if (sf->admitted[FORM_NEWTON] && !sf->costed)
         fprintf(out, "    %-10s admitted (--strategy=newton), not costed\n",
                 form_name(FORM_NEWTON));
       if (!sf->costed) continue;
-      for (int fm = FORM_SEQUENTIAL; fm <= FORM_CHUNKED; fm++)
+      for (int fm = FORM_SEQUENTIAL; fm <= FORM_NEWTON; fm++)
         if (sf->admitted[fm])
           fprintf(out, "    %-10s %10.4g flops %10.4g bytes per token, %8.4g us per token\n",
                   form_name((Form)fm), sf->cost[fm].flops, sf->cost[fm].bytes,

@@ -631,6 +631,27 @@ static void test_newton_refused(void **st) {
   tu_expect_seqc(dir, cmd, 1, "which has no newton form");
 }
 
+/* auto takes the Newton form where the cost model says it wins: with many
+ * more threads than examples (the step loop splits only the batch), not
+ * with two threads and eight examples; --report says which and why. */
+static void test_newton_auto(void **st) {
+  (void)st;
+  const char *dir = tu_tmpdir();
+  char cmd[1024];
+  snprintf(cmd, sizeof cmd, "--report %s --dims I=16,H=16 --threads 64 --batch 1",
+           tu_src("stdlib/paragru.seq"));
+  tu_expect_seqc(dir, cmd, 0, "state h: newton (auto: the cell's recurrences in parallel forms");
+  snprintf(cmd, sizeof cmd, "--report %s --dims I=16,H=16 --threads 64 --batch 1",
+           tu_src("stdlib/gru.seq"));
+  tu_expect_seqc(dir, cmd, 0, "state h: newton (auto:");
+  snprintf(cmd, sizeof cmd, "--report %s --dims I=16,H=16 --threads 2 --batch 8",
+           tu_src("stdlib/paragru.seq"));
+  tu_expect_seqc(dir, cmd, 0, "pays only with more than 6 times as many threads as examples");
+  snprintf(cmd, sizeof cmd, "--report %s --dims I=16,H=16 --threads 4 --batch 1",
+           tu_src("stdlib/gru.seq"));
+  tu_expect_seqc(dir, cmd, 0, "about 13 times per token (quasi-Newton)");
+}
+
 /* Compiled code tells its caller too: the CLI warns, and its counts say how
  * many sequences fell back (the C API: seq_newton_stats). */
 static void test_newton_compiled_tells(void **st) {
@@ -656,11 +677,12 @@ static void test_newton_compiled_tells(void **st) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_interpreter_agrees), cmocka_unit_test(test_delta_spellings),
-      cmocka_unit_test(test_delta_fakes),        cmocka_unit_test(test_transition_spellings),
-      cmocka_unit_test(test_transition_fakes),   cmocka_unit_test(test_newton_agrees),
-      cmocka_unit_test(test_newton_long),        cmocka_unit_test(test_newton_fallback),
-      cmocka_unit_test(test_newton_refused),     cmocka_unit_test(test_newton_compiled_tells),
+      cmocka_unit_test(test_interpreter_agrees),    cmocka_unit_test(test_delta_spellings),
+      cmocka_unit_test(test_delta_fakes),           cmocka_unit_test(test_transition_spellings),
+      cmocka_unit_test(test_transition_fakes),      cmocka_unit_test(test_newton_agrees),
+      cmocka_unit_test(test_newton_long),           cmocka_unit_test(test_newton_fallback),
+      cmocka_unit_test(test_newton_refused),        cmocka_unit_test(test_newton_auto),
+      cmocka_unit_test(test_newton_compiled_tells),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
