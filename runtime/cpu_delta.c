@@ -386,20 +386,7 @@ INLINE void run_body(const Delta *a, Scratch *s, ProductFn product) {
   states_out(H, K, V, Vp, s->states, a->S);
 }
 
-/* One copy of the products and of the driver per instruction set, as in
- * cpu_linattn.c (an AVX-512 machine runs the AVX2 copy). */
-#define DELTA_VARIANT(suffix, attr)                                                                \
-  attr static void product_##suffix(const Prod *p, Prefetch *pf) {                                 \
-    product_body(p, pf);                                                                           \
-  }                                                                                                \
-  attr static void run_##suffix(const Delta *a, Scratch *s) {                                      \
-    run_body(a, s, product_##suffix);                                                              \
-  }
-
-DELTA_VARIANT(generic, )
-#if defined(__x86_64__) && defined(__GNUC__)
-DELTA_VARIANT(avx2, __attribute__((target("avx2,fma"))))
-#endif
+TILES_VARIANTS(Delta)
 
 void rt_cpu_delta(int64_t T, int64_t H, int64_t K, int64_t V, int64_t R, const float *q,
                   int64_t ldq, const float *k, int64_t ldk, int64_t ldkr, const float *v,
@@ -411,14 +398,7 @@ void rt_cpu_delta(int64_t T, int64_t H, int64_t K, int64_t V, int64_t R, const f
   Delta a = {T,   H,   K,    V,   R,    C,   q,    k,   v,   beta, lg,
              ldq, ldk, ldkr, ldv, ldvr, ldb, ldbr, ldg, ldo, S,    o};
   Scratch s;
-  float *base = work + (16 - (int64_t)((uintptr_t)work / sizeof(float) % 16)) % 16;
+  float *base = align_work(work);
   scratch_layout(H, K, V, R, C, base, &s);
-  void (*run)(const Delta *, Scratch *) = run_generic;
-#if defined(__x86_64__) && defined(__GNUC__)
-  /* As in cpu_linattn.c: the checks include the OS's support for the
-   * registers (XCR0). */
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) run = run_avx2;
-#endif
-  run(&a, &s);
+  TILES_RUN(&a, &s);
 }

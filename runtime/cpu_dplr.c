@@ -75,10 +75,6 @@
 
 #include "runtime/cpu_tiles.h"
 
-static int64_t round8(int64_t n) {
-  return (n + 7) / 8 * 8;
-}
-
 /* ---- scratch --------------------------------------------------------------- */
 
 /* The buffers carved from the caller's work: every head's state, then one
@@ -418,20 +414,7 @@ INLINE void run_body(const Dplr *a, Scratch *s, ProductFn product) {
   states_out(H, K, V, Vp, s->states, a->S);
 }
 
-/* One copy of the products and of the driver per instruction set, as in
- * cpu_delta.c (an AVX-512 machine runs the AVX2 copy). */
-#define DPLR_VARIANT(suffix, attr)                                                                 \
-  attr static void product_##suffix(const Prod *p, Prefetch *pf) {                                 \
-    product_body(p, pf);                                                                           \
-  }                                                                                                \
-  attr static void run_##suffix(const Dplr *a, Scratch *s) {                                       \
-    run_body(a, s, product_##suffix);                                                              \
-  }
-
-DPLR_VARIANT(generic, )
-#if defined(__x86_64__) && defined(__GNUC__)
-DPLR_VARIANT(avx2, __attribute__((target("avx2,fma"))))
-#endif
+TILES_VARIANTS(Dplr)
 
 void rt_cpu_dplr(int64_t T, int64_t H, int64_t K, int64_t V, const float *q, int64_t ldq,
                  const float *lw, int64_t ldw, const float *a, int64_t lda, const float *b,
@@ -441,14 +424,7 @@ void rt_cpu_dplr(int64_t T, int64_t H, int64_t K, int64_t V, const float *q, int
   if (T <= 0 || !valid_shape(H, K, V, C)) return;
   Dplr args = {T, H, K, V, C, q, lw, a, b, v, k, ldq, ldw, lda, ldb, ldv, ldk, ldo, S, o};
   Scratch s;
-  float *base = work + (16 - (int64_t)((uintptr_t)work / sizeof(float) % 16)) % 16;
+  float *base = align_work(work);
   scratch_layout(H, K, V, C, base, &s);
-  void (*run)(const Dplr *, Scratch *) = run_generic;
-#if defined(__x86_64__) && defined(__GNUC__)
-  /* As in cpu_delta.c: the checks include the OS's support for the
-   * registers (XCR0). */
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) run = run_avx2;
-#endif
-  run(&args, &s);
+  TILES_RUN(&args, &s);
 }

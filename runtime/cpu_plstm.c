@@ -83,10 +83,6 @@
 
 #include "runtime/cpu_tiles.h"
 
-static int64_t round8(int64_t n) {
-  return (n + 7) / 8 * 8;
-}
-
 /* ---- scratch --------------------------------------------------------------- */
 
 /* The buffers carved from the caller's work: every head's state, then one
@@ -384,20 +380,7 @@ INLINE void run_body(const Plstm *a, Scratch *s, ProductFn product) {
   states_out(H * J, K, V, Vp, s->states, a->S);
 }
 
-/* One copy of the products and of the driver per instruction set, as in
- * cpu_dplr.c (an AVX-512 machine runs the AVX2 copy). */
-#define PLSTM_VARIANT(suffix, attr)                                                                \
-  attr static void product_##suffix(const Prod *p, Prefetch *pf) {                                 \
-    product_body(p, pf);                                                                           \
-  }                                                                                                \
-  attr static void run_##suffix(const Plstm *a, Scratch *s) {                                      \
-    run_body(a, s, product_##suffix);                                                              \
-  }
-
-PLSTM_VARIANT(generic, )
-#if defined(__x86_64__) && defined(__GNUC__)
-PLSTM_VARIANT(avx2, __attribute__((target("avx2,fma"))))
-#endif
+TILES_VARIANTS(Plstm)
 
 void rt_cpu_plstm(int64_t T, int64_t H, int64_t J, int64_t K, int64_t V, const float *q,
                   int64_t ldq, const float *m, int64_t ldm, int32_t exclusive, const float *tr,
@@ -409,14 +392,7 @@ void rt_cpu_plstm(int64_t T, int64_t H, int64_t J, int64_t K, int64_t V, const f
   Plstm args = {T,   H,   J,   K,   V, C, exclusive != 0, q, m, tr, s, v, k, ldq, ldm, ldt,
                 lds, ldv, ldk, ldo, S, o};
   Scratch sc;
-  float *base = work + (16 - (int64_t)((uintptr_t)work / sizeof(float) % 16)) % 16;
+  float *base = align_work(work);
   scratch_layout(H, J, K, V, C, base, &sc);
-  void (*run)(const Plstm *, Scratch *) = run_generic;
-#if defined(__x86_64__) && defined(__GNUC__)
-  /* As in cpu_dplr.c: the checks include the OS's support for the
-   * registers (XCR0). */
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) run = run_avx2;
-#endif
-  run(&args, &sc);
+  TILES_RUN(&args, &sc);
 }

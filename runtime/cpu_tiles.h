@@ -1,9 +1,8 @@
 /* cpu_tiles.h - the register tiles shared by the chunkwise-parallel kernels
- * of the delta rules (cpu_delta.c, cpu_dplr.c): small matrix products with
- * rows of 16 floats, with a lower-triangular variant and a blocked forward
- * substitution, and a cursor that prefetches the next head's inputs from
- * between the tiles (the vectors, exp8 and the register transpose are
- * cpu_vec.h's, shared with cpu_linattn.c). Every function is static inline
+ * of the delta rules and of pLSTM (cpu_delta.c, cpu_dplr.c, cpu_plstm.c): small matrix products
+ * with rows of 16 floats, with a lower-triangular variant and a blocked forward substitution, and a
+ * cursor that prefetches the next head's inputs from between the tiles (the vectors, exp8 and the
+ * register transpose are cpu_vec.h's, shared with cpu_linattn.c). Every function is static inline
  * (the products always inline), so that each includer compiles them once
  * per instruction set, inside its own target-attributed variants.
  *
@@ -212,5 +211,45 @@ static inline void states_out(int64_t H, int64_t K, int64_t V, int64_t Vp, const
                               float *S) {
   for (int64_t h = 0; h < H; h++) transpose(K, V, states + h * K * Vp, Vp, S + h * V * K, K);
 }
+
+static inline int64_t round8(int64_t n) {
+  return (n + 7) / 8 * 8;
+}
+
+/* The first 64-byte boundary of the caller's work (any float alignment). */
+static inline float *align_work(float *work) {
+  return work + (16 - (int64_t)((uintptr_t)work / sizeof(float) % 16)) % 16;
+}
+
+/* ---- one copy per instruction set ----------------------------------------------------- */
+
+/* A kernel's driver run_body(a, s, product) and the products, compiled once
+ * per instruction set by TILES_VARIANTS(Args) (Args and Scratch are the
+ * includer's types), and TILES_RUN(a, s) running the AVX2 copy where the
+ * CPU and the OS (its XCR0) support it. An AVX-512 machine runs the AVX2
+ * copy: the tiles are written for eight lanes. */
+#define TILES_VARIANT(suffix, attr, Args)                                                          \
+  attr static void product_##suffix(const Prod *p, Prefetch *pf) {                                 \
+    product_body(p, pf);                                                                           \
+  }                                                                                                \
+  attr static void run_##suffix(const Args *a, Scratch *s) {                                       \
+    run_body(a, s, product_##suffix);                                                              \
+  }
+#if defined(__x86_64__) && defined(__GNUC__)
+#define TILES_VARIANTS(Args)                                                                       \
+  TILES_VARIANT(generic, , Args)                                                                   \
+  TILES_VARIANT(avx2, __attribute__((target("avx2,fma"))), Args)
+#define TILES_RUN(a, s)                                                                            \
+  do {                                                                                             \
+    __builtin_cpu_init();                                                                          \
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))                           \
+      run_avx2(a, s);                                                                              \
+    else                                                                                           \
+      run_generic(a, s);                                                                           \
+  } while (0)
+#else
+#define TILES_VARIANTS(Args) TILES_VARIANT(generic, , Args)
+#define TILES_RUN(a, s) run_generic(a, s)
+#endif
 
 #endif
