@@ -11,6 +11,8 @@
  *               8 S w bytes, from L2 while B states fit there, else from
  *               memory. It vectorizes across the batch and the state.
  *   scan        the fused scan (sched/scan.c): the same flops, the state in L1
+ *               (a shift register: its window gathered per token, 8 S w
+ *               bytes at L2 bandwidth, no scan at all),
  *               across the steps of one example; a readout summing a short
  *               last axis wastes vector lanes (Mamba's d_state = 16).
  *   chunked     the chunkwise kernel (sched/chunk.c): per token 4 H K V
@@ -162,6 +164,16 @@ int cost_state(const IrFunc *f, const RecState *rs, const int64_t *dims, const C
     break;
   }
   case FORM_SCAN: {
+    /* A shift register's parallel form is no scan: the window entering each
+     * step is gathered from earlier inputs (a copy of the state per token,
+     * over all rows and threads). */
+    if (rs->cls == REC_SHIFT) {
+      out->flops = 0;
+      out->bytes = 8.0 * (double)S * w;
+      out->seconds = out->bytes / mc->l2_bw;
+      cores = fmin((double)mc->threads, (double)B * ceil((double)S * w / SCAN_BLOCK));
+      break;
+    }
     out->flops = per * (double)S * (1 + r);
     out->bytes = 0; /* the state stays in L1; the token streams are every form's */
     /* A sum over a short last axis fills only part of the vectors (the
