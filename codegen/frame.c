@@ -283,6 +283,7 @@ void emit_parallel_for(Lower *L, LLVMValueRef n, LLVMValueRef extra, ParBody bod
                           LLVMCreateStringAttribute(L->cx, "prefer-vector-width", 19, "512", 3));
   Lower saved = *L;
   L->fv = wf;
+  L->in_worker = 1;
   LLVMPositionBuilderAtEnd(bld, block(L, "entry"));
   LLVMValueRef c = LLVMGetParam(wf, 0);
   LLVMValueRef *w = arena_calloc(L->a, (size_t)(CTX_BUFS + nb), sizeof *w);
@@ -342,6 +343,82 @@ void emit_parallel_for(Lower *L, LLVMValueRef n, LLVMValueRef extra, ParBody bod
 
 /* ---- the stage tree ---------------------------------------------------------- */
 
+/* Token rows in parallel: with fewer examples than threads (and not inside
+ * a part already), each example's rows of a ROWS stage split into pieces
+ * across the pool, as the GEMMs beside them split their rows; a stage with
+ * less than ROWS_PAR_WORK element operations per call stays on its thread
+ * (the hand-off would cost more), and a piece has at least ROWS_PAR_MIN
+ * rows. Rows of a token class are independent: the stage's ops are maps
+ * of their own rows. */
+#define ROWS_PAR_WORK 65536
+#define ROWS_PAR_MIN 16
+
+/* Element operations per row of a stage's body (the values it computes). */
+static int64_t rows_work(const Lower *L, const SchedOp *ops, int n) {
+  int64_t w = 0;
+  for (int i = 0; i < n; i++) {
+    const SchedOp *op = &ops[i];
+    if (op->kind == SCHED_OP_NODE) w += L->v[op->node].numel;
+    if (op->kind == SCHED_OP_FUSED)
+      for (IrRef r = op->node; r <= op->last; r++) w += L->v[r].numel;
+    if (op->kind == SCHED_OP_ROWS) w += rows_work(L, op->body.v, op->body.n);
+  }
+  return w;
+}
+
+static void rows_item(Lower *L, LLVMValueRef item, LLVMValueRef per, const void *arg) {
+  const SchedOp *op = arg;
+  RowLoop rl = {0};
+  rows_open_piece(L, &rl, item, per);
+  emit_ops(L, op->body.v, op->body.n);
+  rows_close(L, &rl);
+}
+
+static void emit_rows(Lower *L, const SchedOp *op) {
+  LLVMBuilderRef bld = L->bld;
+  int64_t work = rows_work(L, op->body.v, op->body.n);
+  if (op->cls != SCHED_TOKEN || work <= 0 || L->in_worker) {
+    RowLoop rl = {0};
+    rows_open(L, &rl, op->cls);
+    emit_ops(L, op->body.v, op->body.n);
+    rows_close(L, &rl);
+    return;
+  }
+  /* per: pieces per example, ceil(threads / B) where that leaves each piece
+   * ROWS_PAR_MIN rows of the T (or Tc) of an example and the call
+   * ROWS_PAR_WORK operations; 1 runs the loop here. */
+  LLVMValueRef threads =
+      LLVMBuildSExt(bld, call_fn(L, "rt_cpu_get_num_threads", L->i32, NULL, 0, NULL), L->i64, "");
+  LLVMValueRef nested = LLVMBuildICmp(
+      bld, LLVMIntNE, call_fn(L, "rt_cpu_in_parallel", L->i32, NULL, 0, NULL), ci32(L, 0), "");
+  LLVMValueRef steps = L->in->chunked ? L->tn : L->a_T;
+  LLVMValueRef B1 = LLVMBuildSelect(bld, LLVMBuildICmp(bld, LLVMIntSLT, L->a_B, ci64(L, 1), ""),
+                                    ci64(L, 1), L->a_B, "");
+  LLVMValueRef per =
+      LLVMBuildSDiv(bld, add(L, threads, LLVMBuildSub(bld, B1, ci64(L, 1), "")), B1, "");
+  per = select_min(L, per, LLVMBuildSDiv(bld, steps, ci64(L, ROWS_PAR_MIN), ""));
+  LLVMValueRef big = LLVMBuildICmp(bld, LLVMIntSGE, mul(L, mul(L, B1, steps), ci64(L, work)),
+                                   ci64(L, ROWS_PAR_WORK), "");
+  LLVMValueRef go =
+      LLVMBuildAnd(bld, LLVMBuildAnd(bld, LLVMBuildNot(bld, nested, ""), big, ""),
+                   LLVMBuildAnd(bld, LLVMBuildICmp(bld, LLVMIntSLT, L->a_B, threads, ""),
+                                LLVMBuildICmp(bld, LLVMIntSGE, per, ci64(L, 2), ""), ""),
+                   "");
+  LLVMBasicBlockRef par = block(L, "rows_par"), ser = block(L, "rows_ser"),
+                    done = block(L, "rows_done");
+  LLVMBuildCondBr(bld, go, par, ser);
+  LLVMPositionBuilderAtEnd(bld, par);
+  emit_parallel_for(L, mul(L, L->a_B, per), per, rows_item, op);
+  LLVMBuildBr(bld, done);
+  LLVMPositionBuilderAtEnd(bld, ser);
+  RowLoop rl = {0};
+  rows_open(L, &rl, op->cls);
+  emit_ops(L, op->body.v, op->body.n);
+  rows_close(L, &rl);
+  LLVMBuildBr(bld, done);
+  LLVMPositionBuilderAtEnd(bld, done);
+}
+
 /* Rows a GEMM of class cls runs over. */
 static LLVMValueRef class_rows(Lower *L, SchedClass cls) {
   if (cls == SCHED_STEP) return L->a_B;
@@ -358,13 +435,9 @@ void emit_ops(Lower *L, const SchedOp *ops, int n) {
     case SCHED_OP_FUSED:
       emit_fused(L, op->cls, op->node, op->last);
       break;
-    case SCHED_OP_ROWS: {
-      RowLoop rl = {0};
-      rows_open(L, &rl, op->cls);
-      emit_ops(L, op->body.v, op->body.n);
-      rows_close(L, &rl);
+    case SCHED_OP_ROWS:
+      emit_rows(L, op);
       break;
-    }
     case SCHED_OP_GEMM:
       emit_gemm(L, op->node, class_rows(L, op->cls));
       break;

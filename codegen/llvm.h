@@ -48,7 +48,8 @@ typedef struct Lower {
   LLVMTypeRef inst_ty;
   LLVMValueRef *inst_fn; /* per schedule instance */
   int failed;
-  int nworkers; /* parallel-loop bodies emitted so far (their names) */
+  int nworkers;  /* parallel-loop bodies emitted so far (their names) */
+  int in_worker; /* emitting a parallel loop's worker (its loops stay serial) */
   /* per function being emitted */
   const SchedInst *in;
   const IrFunc *fn;
@@ -212,11 +213,14 @@ void emit_attn(Lower *L, const SchedOp *op);
 /* ---- seq.c ---- */
 /* An open loop over the rows of a class (examples, or their tokens). */
 typedef struct RowLoop {
-  int open;
+  int open, piece;
   Loop lb, lt;
   SchedClass cls;
 } RowLoop;
 void rows_open(Lower *L, RowLoop *rl, SchedClass cls);
+/* Token rows of one item of a parallel loop: piece item % per of example
+ * item / per's active steps (an empty loop where the piece is). */
+void rows_open_piece(Lower *L, RowLoop *rl, LLVMValueRef item, LLVMValueRef per);
 void rows_close(Lower *L, RowLoop *rl);
 void emit_chunk_loop(Lower *L, const SchedOp *op);
 void emit_time_loop(Lower *L, const SchedOp *op);

@@ -3,11 +3,27 @@
  * new states, for the examples still inside their sequence). */
 #include "codegen/llvm.h"
 
-void rows_open(Lower *L, RowLoop *rl, SchedClass cls) {
+/* [*lo, *hi) narrowed to piece item % per of it, in pieces of equal size
+ * (the last ones short or empty). */
+static void piece_range(Lower *L, LLVMValueRef item, LLVMValueRef per, LLVMValueRef *lo,
+                        LLVMValueRef *hi) {
+  LLVMBuilderRef b = L->bld;
+  LLVMValueRef g = LLVMBuildSRem(b, item, per, "");
+  LLVMValueRef n = LLVMBuildSub(b, *hi, *lo, "");
+  LLVMValueRef size = LLVMBuildSDiv(b, add(L, n, LLVMBuildSub(b, per, ci64(L, 1), "")), per, "");
+  LLVMValueRef a = add(L, *lo, mul(L, g, size));
+  *hi = select_min(L, add(L, a, size), *hi);
+  *lo = a;
+}
+
+/* The loop over the rows of class cls: every example's, or (item != NULL,
+ * token rows only) piece item % per of example item / per's active steps. */
+static void open_rows(Lower *L, RowLoop *rl, SchedClass cls, LLVMValueRef item, LLVMValueRef per) {
   if (rl->open) return;
   rl->open = 1;
   rl->cls = cls;
-  L->r_b = loop_begin(L, &rl->lb, ci64(L, 0), L->a_B);
+  rl->piece = item != NULL;
+  L->r_b = item ? LLVMBuildSDiv(L->bld, item, per, "") : loop_begin(L, &rl->lb, ci64(L, 0), L->a_B);
   LLVMValueRef len = len_of(L, L->r_b);
   LLVMValueRef bT = mul(L, L->r_b, L->a_T);
   LLVMValueRef isrev = LLVMBuildICmp(L->bld, LLVMIntNE, L->a_rev, ci32(L, 0), "");
@@ -17,13 +33,17 @@ void rows_open(Lower *L, RowLoop *rl, SchedClass cls) {
      * chunk row j holds step t0 + j, read at its token in the direction the
      * instance runs, so the time loop finds it at b*Tc + t - t0. */
     LLVMValueRef jn = select_min(L, LLVMBuildSub(L->bld, len, L->t0, ""), L->tn);
-    LLVMValueRef j = loop_begin(L, &rl->lt, ci64(L, 0), jn);
+    LLVMValueRef j0 = ci64(L, 0);
+    if (item) piece_range(L, item, per, &j0, &jn);
+    LLVMValueRef j = loop_begin(L, &rl->lt, j0, jn);
     LLVMValueRef tt = add(L, L->t0, j);
     LLVMValueRef rt = LLVMBuildSub(L->bld, lm1, tt, "");
     L->r_tok = add(L, bT, LLVMBuildSelect(L->bld, isrev, rt, tt, ""));
     L->r_tokc = add(L, mul(L, L->r_b, L->Tc), j);
   } else if (cls == SCHED_TOKEN) {
-    LLVMValueRef tt = loop_begin(L, &rl->lt, ci64(L, 0), len);
+    LLVMValueRef t0 = ci64(L, 0), t1 = len;
+    if (item) piece_range(L, item, per, &t0, &t1);
+    LLVMValueRef tt = loop_begin(L, &rl->lt, t0, t1);
     L->r_tok = add(L, bT, tt);
   } else {
     /* Rows past their sequence's end are computed on row 0's tokens and
@@ -39,10 +59,18 @@ void rows_open(Lower *L, RowLoop *rl, SchedClass cls) {
   }
 }
 
+void rows_open(Lower *L, RowLoop *rl, SchedClass cls) {
+  open_rows(L, rl, cls, NULL, NULL);
+}
+
+void rows_open_piece(Lower *L, RowLoop *rl, LLVMValueRef item, LLVMValueRef per) {
+  open_rows(L, rl, SCHED_TOKEN, item, per);
+}
+
 void rows_close(Lower *L, RowLoop *rl) {
   if (!rl->open) return;
   if (rl->cls == SCHED_TOKEN) loop_end(L, &rl->lt);
-  loop_end(L, &rl->lb);
+  if (!rl->piece) loop_end(L, &rl->lb);
   rl->open = 0;
 }
 
