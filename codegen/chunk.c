@@ -129,11 +129,22 @@ static void linattn_item(Lower *L, LLVMValueRef item, LLVMValueRef per, const vo
      * slice, its rows: a slice is one head). */
     LLVMValueRef Sc = S;
     if (c < calls - 1) {
-      LLVMBuildMemCpy(bld, copy, 4, S, 4, mul(L, hn, mul(L, vn, ci64(L, la->J * la->K * 4))));
+      if (la->kind == SCHED_CHUNK_PLSTM) {
+        /* A slice of plstm's state is vn rows of each of its J blocks. */
+        Loop lj;
+        LLVMValueRef jb = loop_begin(L, &lj, ci64(L, 0), mul(L, hn, ci64(L, la->J)));
+        LLVMValueRef at = mul(L, jb, ci64(L, la->V * la->K));
+        LLVMBuildMemCpy(bld, gepf(L, copy, at), 4, gepf(L, S, at), 4,
+                        mul(L, vn, ci64(L, la->K * 4)));
+        loop_end(L, &lj);
+      } else {
+        LLVMBuildMemCpy(bld, copy, 4, S, 4, mul(L, hn, mul(L, vn, ci64(L, la->K * 4))));
+      }
       Sc = copy;
     }
     if (la->kind == SCHED_CHUNK_PLSTM) {
-      /* m, s [L..., J] and tr [L..., J, J] per token; no slices (vn = V). */
+      /* m, s [L..., J] and tr [L..., J, J] per token; the state's J blocks
+       * of every head V K floats apart (a slice: vn rows of each). */
       LLVMValueRef m = LLVMConstNull(L->ptr), ldm = ci64(L, 0), ldt, lds;
       if (rd != IR_NONE)
         m = gepf(L, seq_operand(L, L->fn->nodes.v[rd].args[1], b, t0, dir, &ldm),
@@ -142,7 +153,7 @@ static void linattn_item(Lower *L, LLVMValueRef item, LLVMValueRef per, const vo
           gepf(L, seq_operand(L, la->tr, b, t0, dir, &ldt), mul(L, h0, ci64(L, la->J * la->J)));
       LLVMValueRef sv =
           gepf(L, seq_operand(L, la->src, b, t0, dir, &lds), mul(L, h0, ci64(L, la->J)));
-      LLVMValueRef args[23] = {n,
+      LLVMValueRef args[24] = {n,
                                hn,
                                ci64(L, la->J),
                                ci64(L, la->K),
@@ -161,14 +172,15 @@ static void linattn_item(Lower *L, LLVMValueRef item, LLVMValueRef per, const vo
                                k,
                                ldk,
                                Sc,
+                               ci64(L, la->V * la->K),
                                o,
                                ldo,
                                ci64(L, la->chunk),
                                work};
-      int ptrs[] = {5, 7, 10, 12, 14, 16, 18, 19, 22};
+      int ptrs[] = {5, 7, 10, 12, 14, 16, 18, 20, 23};
       for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) pt[ptrs[i]] = L->ptr;
       pt[9] = L->i32;
-      call_fn(L, "rt_cpu_plstm", L->void_t, pt, 23, args);
+      call_fn(L, "rt_cpu_plstm_ld", L->void_t, pt, 24, args);
       pt[9] = L->i64;
       continue;
     }

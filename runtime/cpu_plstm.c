@@ -158,6 +158,7 @@ typedef struct Plstm {
   const float *q, *m, *tr, *s, *v, *k;
   int64_t ldq, ldm, ldt, lds, ldv, ldk, ldo;
   float *S, *o;
+  int64_t ldS; /* floats from one [V, K] block of S to the next */
 } Plstm;
 
 /* One chunk of one head: tokens t0 .. t0+n-1; queries and keys in place,
@@ -356,7 +357,8 @@ static void prefetch_start(const Plstm *a, Prefetch *p, int64_t h, int64_t t0, i
 INLINE void run_body(const Plstm *a, Scratch *s, ProductFn product) {
   const int64_t H = a->H, J = a->J, K = a->K, V = a->V, Vp = s->Vp;
   /* The blocks of every head, [H J, V, K], transposed to [H J, K, Vp]. */
-  states_in(H * J, K, V, Vp, a->S, s->states);
+  for (int64_t b = 0; b < H * J; b++)
+    states_in(1, K, V, Vp, a->S + b * a->ldS, s->states + b * K * Vp);
   /* Q K^T's tiles read the keys' columns up to Np, past a chunk's n: zeros
    * at first, then an earlier chunk's keys, whose products are never read
    * (not uninitialized scratch). */
@@ -377,7 +379,8 @@ INLINE void run_body(const Plstm *a, Scratch *s, ProductFn product) {
           memcpy(a->o + (t0 + i) * a->ldo + h * V, s->oc + i * Vp, sizeof(float) * (size_t)V);
     }
   }
-  states_out(H * J, K, V, Vp, s->states, a->S);
+  for (int64_t b = 0; b < H * J; b++)
+    states_out(1, K, V, Vp, s->states + b * K * Vp, a->S + b * a->ldS);
 }
 
 TILES_VARIANTS(Plstm)
@@ -387,10 +390,19 @@ void rt_cpu_plstm(int64_t T, int64_t H, int64_t J, int64_t K, int64_t V, const f
                   int64_t ldt, const float *s, int64_t lds, const float *v, int64_t ldv,
                   const float *k, int64_t ldk, float *S, float *o, int64_t ldo, int64_t C,
                   float *work) {
+  rt_cpu_plstm_ld(T, H, J, K, V, q, ldq, m, ldm, exclusive, tr, ldt, s, lds, v, ldv, k, ldk, S,
+                  V * K, o, ldo, C, work);
+}
+
+void rt_cpu_plstm_ld(int64_t T, int64_t H, int64_t J, int64_t K, int64_t V, const float *q,
+                     int64_t ldq, const float *m, int64_t ldm, int32_t exclusive, const float *tr,
+                     int64_t ldt, const float *s, int64_t lds, const float *v, int64_t ldv,
+                     const float *k, int64_t ldk, float *S, int64_t ldS, float *o, int64_t ldo,
+                     int64_t C, float *work) {
   if (C < 1) C = RT_CPU_PLSTM_CHUNK;
-  if (T <= 0 || !valid_shape(H, J, K, V, C)) return;
-  Plstm args = {T,   H,   J,   K,   V, C, exclusive != 0, q, m, tr, s, v, k, ldq, ldm, ldt,
-                lds, ldv, ldk, ldo, S, o};
+  if (T <= 0 || !valid_shape(H, J, K, V, C) || ldS < V * K) return;
+  Plstm args = {T,   H,   J,   K, V, C,  exclusive != 0, q, m, tr, s, v, k, ldq, ldm, ldt, lds,
+                ldv, ldk, ldo, S, o, ldS};
   Scratch sc;
   float *base = align_work(work);
   scratch_layout(H, J, K, V, C, base, &sc);

@@ -281,6 +281,15 @@ void rt_cpu_plstm(int64_t T, int64_t H, int64_t J, int64_t K, int64_t V, const f
                   int64_t ldt, const float *s, int64_t lds, const float *v, int64_t ldv,
                   const float *k, int64_t ldk, float *S, float *o, int64_t ldo, int64_t C,
                   float *work);
+/* The same with the J blocks of every head's state ldS >= V K floats apart (S [H J, ldS],
+ * each block's first V K floats): rows [v0, v0 + V) of a wider state's value rows, whose
+ * blocks are Vfull K apart (ldS = Vfull K, S and v, o offset by v0), run on their own (the
+ * value rows of S are independent). ldS < V K: nothing is done. */
+void rt_cpu_plstm_ld(int64_t T, int64_t H, int64_t J, int64_t K, int64_t V, const float *q,
+                     int64_t ldq, const float *m, int64_t ldm, int32_t exclusive, const float *tr,
+                     int64_t ldt, const float *s, int64_t lds, const float *v, int64_t ldv,
+                     const float *k, int64_t ldk, float *S, int64_t ldS, float *o, int64_t ldo,
+                     int64_t C, float *work);
 /* Floats of scratch rt_cpu_plstm needs (0 for shapes it rejects): every head's state and one
  * chunk of one head's working set, O(H J K V + C (J K + C + V) + J K (C + V)). Independent of
  * T. */
@@ -311,11 +320,11 @@ typedef int (*RtNewtonStep)(void *const *params, int64_t B, int64_t T, void *con
 enum { RT_NEWTON_PER_TOKEN = 0, RT_NEWTON_PER_EXAMPLE = 1, RT_NEWTON_ONCE = 2 };
 /* What the solves did (rt_cpu_newton_stats). */
 typedef struct RtNewtonStats {
-  int64_t solves;     /* one per example of a call, with at least one step */
-  int64_t fallbacks;  /* of them, run as the step loop after all */
-  int64_t damped;     /* halvings of a step */
-  int64_t iterations; /* of the converged solves, in all */
-  int32_t max_iter;   /* of a converged solve */
+  int64_t solves;         /* one per example of a call, with at least one step */
+  int64_t fallbacks;      /* of them, run as the step loop after all */
+  int64_t damped;         /* halvings of a step */
+  int64_t iterations;     /* of the converged solves, in all */
+  int32_t max_iter;       /* of a converged solve */
   int64_t fallback_steps; /* steps the fallbacks ran as the step loop (from the first
                              unconverged one) */
 } RtNewtonStats;

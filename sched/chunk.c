@@ -223,8 +223,7 @@ int place_linattn_buffers(Plan *p) {
       if ((la->copy_buf = sched_add_buf(p, SCHED_BUF_WORK, SCHED_ROWS_B,
                                         la->heads * la->J * la->K * la->V, 0, r, 1)) < 0)
         return -1;
-    /* (A slice of plstm's state is not contiguous: its rows of every j.) */
-    if (!la->transposed && la->V >= 32 && la->kind != SCHED_CHUNK_PLSTM &&
+    if (!la->transposed && la->V >= 32 &&
         (la->split_buf = sched_add_buf(p, SCHED_BUF_WORK, SCHED_ROWS_ONE,
                                        SCHED_CHUNK_SLICES * la->work_head, 1, r, 3)) < 0)
       return -1;

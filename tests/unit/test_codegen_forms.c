@@ -162,7 +162,9 @@ static void test_forms_equal_interpreter(void **st) {
  *     chunk); a diagonal scan, (max, +) (mLSTM's m) and a reversed layer;
  *   - slices of a chunked state's value columns (codegen/chunk.c): V = 40
  *     in two slices, 32 and 8 columns; linear attention, the delta rule with
- *     a gate and two factors, the generalized rule with two readouts;
+ *     a gate and two factors, the generalized rule with two readouts, a
+ *     small dense transition with two readouts (a slice: 32 or 8 rows of
+ *     each of its J blocks);
  *   - a Newton solve's passes (runtime/cpu_newton.c): an example's rows in
  *     pieces of steps, its linear recurrence in pieces of elements (H = 40:
  *     two pieces of 32 and 8 per state), ParaLSTM's 2x2 blocks and
@@ -180,6 +182,7 @@ static void test_thread_splits(void **st) {
       {{"stdlib/gated_deltanet.seq", "I=3,NH=2,Dk=4,Dv=40"}, "chunked"},
       {{"stdlib/deltaproduct.seq", "I=3,Dk=4,Dv=40"}, "chunked"},
       {{"tests/data/models/dplr.seq", "I=3,NH=2,Dk=4,Dv=40"}, "chunked"},
+      {{"tests/data/models/plstm_heads.seq", "I=3,NH=2,J=3,Dk=4,Dv=40"}, "chunked"},
       {{"stdlib/paralstm.seq", "I=3,H=40"}, "newton"},
       {{"stdlib/paragru.seq", "I=3,H=40"}, "newton"},
   };

@@ -558,6 +558,59 @@ static void test_matches_linattn(void **st) {
   }
 }
 
+/* rt_cpu_plstm_ld on slices of the value rows (the rows of S are
+ * independent): [0, 32) and [32, 40) of a state with V = 40, each with its
+ * blocks 40 K floats apart and v, o offset, give what one call over all 40
+ * rows gives; exclusive and inclusive, two heads. */
+static void test_value_slices(void **st) {
+  (void)st;
+  const int64_t T = 150, H = 2, J = 3, K = 16, V = 40, C = 16;
+  float *q = falloc(T * H * K), *k = falloc(T * H * K), *v = falloc(T * H * V);
+  float *m = falloc(T * H * J), *sv = falloc(T * H * J), *tr = falloc(T * H * J * J);
+  for (int64_t i = 0; i < T * H * K; i++) {
+    q[i] = (float)uval((uint64_t)i, 41);
+    k[i] = (float)uval((uint64_t)i, 42) / 4;
+  }
+  for (int64_t i = 0; i < T * H * V; i++) v[i] = (float)uval((uint64_t)i, 43);
+  for (int64_t i = 0; i < T * H * J; i++) {
+    m[i] = (float)uval((uint64_t)i, 44);
+    sv[i] = (float)uval((uint64_t)i, 45);
+  }
+  for (int64_t i = 0; i < T * H * J * J; i++) tr[i] = (float)(uval((uint64_t)i, 46) / (double)J);
+  for (int excl = 0; excl < 2; excl++) {
+    float *S[2] = {falloc(H * J * V * K), falloc(H * J * V * K)};
+    float *o[2] = {falloc(T * H * V), falloc(T * H * V)};
+    for (int r = 0; r < 2; r++)
+      for (int64_t i = 0; i < H * J * V * K; i++) S[r][i] = (float)(0.5 * uval((uint64_t)i, 47));
+    float *w = falloc(rt_cpu_plstm_work(H, J, K, V, C));
+    rt_cpu_plstm(T, H, J, K, V, q, H * K, m, H * J, excl, tr, H * J * J, sv, H * J, v, H * V, k,
+                 H * K, S[0], o[0], H * V, C, w);
+    /* One head at a time, each in two slices of its value rows. */
+    const int64_t cut[3] = {0, 32, 40};
+    for (int64_t h = 0; h < H; h++)
+      for (int p = 0; p < 2; p++) {
+        int64_t v0 = cut[p], vn = cut[p + 1] - cut[p];
+        rt_cpu_plstm_ld(T, 1, J, K, vn, q + h * K, H * K, m + h * J, H * J, excl, tr + h * J * J,
+                        H * J * J, sv + h * J, H * J, v + h * V + v0, H * V, k + h * K, H * K,
+                        S[1] + (h * J * V + v0) * K, V * K, o[1] + h * V + v0, H * V, C, w);
+      }
+    for (int which = 0; which < 2; which++) {
+      const float *x = which ? S[0] : o[0], *y = which ? S[1] : o[1];
+      double scale = 0, err = 0;
+      for (int64_t i = 0; i < (which ? H * J * V * K : T * H * V); i++) {
+        scale = fmax(scale, fabs(x[i]));
+        err = fmax(err, fabs((double)x[i] - y[i]));
+      }
+      if (!(err <= 8 * eps * scale))
+        fail_msg("slices excl=%d %s: off by %g (scale %g)", excl, which ? "state" : "outputs", err,
+                 scale);
+    }
+    free(S[0]), free(S[1]), free(o[0]), free(o[1]), free(w);
+  }
+  float *bufs[] = {q, k, v, m, sv, tr};
+  for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
+}
+
 /* T = 0 leaves the state and the outputs alone; rejected shapes ask for no
  * scratch and do nothing; C < 1 is the default chunk length; one token by
  * hand. */
@@ -632,6 +685,7 @@ int main(void) {
       cmocka_unit_test(test_empty_and_invalid),
       cmocka_unit_test(test_zero_transition_cuts_history),
       cmocka_unit_test(test_matches_linattn),
+      cmocka_unit_test(test_value_slices),
       cmocka_unit_test(test_shapes),
       cmocka_unit_test(test_kinds),
       cmocka_unit_test(test_odd_chunks),
