@@ -378,17 +378,11 @@ static IrRef map_cb(void *ctx, IrRef src) {
   return map_node(ctx, src);
 }
 
-/* The delta rule (delta.c): H = delta_state(k, v, beta, lg, S0) or
- * dplr_state(lw, a, b, v, k, S0), the state after every step, with the
- * operands computed per token. */
-static int solve_delta(Scan *S, int k) {
+/* The end of a state solved by one sequence op whose operands a pass read
+ * off the step (rc: 0, 1 with why, -1): H = op(args[0..nargs), S0), the
+ * state after every step (args has room for S0). */
+static int solve_by_op(Scan *S, int k, int rc, const char *why, IrOp op, IrRef *args, int nargs) {
   const IrState *st = &S->b.src->states.v[k];
-  DeltaForm form;
-  DeltaOps ops;
-  const char *why = NULL;
-  int rc = delta_analyze(S->b.a, S->b.src, k, &form, &why);
-  if (rc == 0)
-    rc = delta_build(S->b.a, S->b.src, k, &form, S->b.dst, map_cb, S, &ops, &why, S->b.de);
   if (rc < 0) {
     if (!S->b.failed) oom(S);
     S->b.failed = 1;
@@ -398,47 +392,43 @@ static int solve_delta(Scan *S, int k) {
     if (!S->why) S->why = arena_printf(S->b.a, "state %s: %s", st->name, why);
     return -1;
   }
-  IrRef args[6];
-  memcpy(args, ops.args, sizeof(IrRef) * (size_t)ops.nargs);
-  args[ops.nargs] = S->state_in[k];
+  args[nargs] = S->state_in[k];
   IrNode attrs;
   memset(&attrs, 0, sizeof attrs);
   attrs.index = k;
-  IrRef seq = pb_node(&S->b, ops.op, ops.nargs + 1, args, &attrs, st->loc);
+  IrRef seq = pb_node(&S->b, op, nargs + 1, args, &attrs, st->loc);
   if (S->b.failed) return -1;
   solved_state(S, k, seq);
   S->map[st->next] = seq;
   return S->b.failed ? -1 : 0;
 }
 
+/* The delta rule (delta.c): H = delta_state(k, v, beta, lg, S0) or
+ * dplr_state(lw, a, b, v, k, S0), the state after every step, with the
+ * operands computed per token. */
+static int solve_delta(Scan *S, int k) {
+  DeltaForm form;
+  DeltaOps ops;
+  memset(&ops, 0, sizeof ops);
+  const char *why = NULL;
+  int rc = delta_analyze(S->b.a, S->b.src, k, &form, &why);
+  if (rc == 0)
+    rc = delta_build(S->b.a, S->b.src, k, &form, S->b.dst, map_cb, S, &ops, &why, S->b.de);
+  IrRef args[6];
+  if (rc == 0) memcpy(args, ops.args, sizeof(IrRef) * (size_t)ops.nargs);
+  return solve_by_op(S, k, rc, why, ops.op, args, ops.nargs);
+}
+
 /* A small dense transition (transition.c): H = plstm_state(tr, s, v, k, S0),
  * the state after every step, with the operands computed per token. */
 static int solve_transition(Scan *S, int k) {
-  const IrState *st = &S->b.src->states.v[k];
   TransitionForm form;
   const char *why = NULL;
   IrRef args[5];
   int rc = transition_analyze(S->b.a, S->b.src, k, 0, &form, &why);
   if (rc == 0)
     rc = transition_build(S->b.a, S->b.src, k, &form, S->b.dst, map_cb, S, args, S->b.de);
-  if (rc < 0) {
-    if (!S->b.failed) oom(S);
-    S->b.failed = 1;
-    return -1;
-  }
-  if (rc > 0) {
-    if (!S->why) S->why = arena_printf(S->b.a, "state %s: %s", st->name, why);
-    return -1;
-  }
-  args[4] = S->state_in[k];
-  IrNode attrs;
-  memset(&attrs, 0, sizeof attrs);
-  attrs.index = k;
-  IrRef seq = pb_node(&S->b, IR_PLSTM_STATE, 5, args, &attrs, st->loc);
-  if (S->b.failed) return -1;
-  solved_state(S, k, seq);
-  S->map[st->next] = seq;
-  return S->b.failed ? -1 : 0;
+  return solve_by_op(S, k, rc, why, IR_PLSTM_STATE, args, 4);
 }
 
 /* A nonlinear group (every state of k's group) by Newton's method: a call

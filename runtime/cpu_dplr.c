@@ -157,19 +157,6 @@ typedef struct Chunk {
   int64_t ldv, ldo;
 } Chunk;
 
-/* dst[0:n] = src[0:n], then zeros up to m. Not memcpy: a call per row
- * took 8% of the time at K = 64. */
-INLINE void copy_row(float *dst, const float *src, int64_t n, int64_t m) {
-  int64_t j = 0;
-  for (; j + 8 <= n; j += 8) {
-    v8 x;
-    LOAD8(x, src + j);
-    STORE8(dst + j, x);
-  }
-  for (; j < n; j++) dst[j] = src[j];
-  for (; j < m; j++) dst[j] = 0.0f;
-}
-
 /* Sets up tokens t0 .. t0+n-1 of head h: padded rows of a, q, b, k and the
  * decays, and the views of the values and outputs. */
 INLINE void load_chunk(const Dplr *a, Scratch *s, int64_t h, int64_t t0, int64_t n, Chunk *c) {

@@ -170,18 +170,6 @@ typedef struct Chunk {
   int64_t ldv, ldo;
 } Chunk;
 
-/* dst[0:n] = src[0:n], then zeros up to m (as in cpu_dplr.c: not memcpy). */
-INLINE void copy_row(float *dst, const float *src, int64_t n, int64_t m) {
-  int64_t j = 0;
-  for (; j + 8 <= n; j += 8) {
-    v8 x;
-    LOAD8(x, src + j);
-    STORE8(dst + j, x);
-  }
-  for (; j < n; j++) dst[j] = src[j];
-  for (; j < m; j++) dst[j] = 0.0f;
-}
-
 /* Sets up tokens t0 .. t0+n-1 of head h: the views of the queries, keys,
  * values and outputs, the keys transposed, padded values. */
 INLINE void load_chunk(const Plstm *a, Scratch *s, int64_t h, int64_t t0, int64_t n, Chunk *c) {
