@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # tools/fuzz.sh TARGET SECONDS [libFuzzer args...]
-#   TARGET is frontend, run, npy or safetensors (fuzz/fuzz_TARGET.c).
+#   TARGET is frontend, run, forms, npy or safetensors (fuzz/fuzz_TARGET.c).
 # Builds the libFuzzer targets with clang-19 in build-fuzz (once; rebuilt when
 # sources change) and runs one for SECONDS. The working corpus grows in
 # build-fuzz/corpus/TARGET (not committed); it is seeded from the committed
@@ -10,12 +10,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-target="${1:?usage: tools/fuzz.sh frontend|run|npy|safetensors SECONDS [libFuzzer args]}"
+target="${1:?usage: tools/fuzz.sh frontend|run|forms|npy|safetensors SECONDS [libFuzzer args]}"
 seconds="${2:?usage: tools/fuzz.sh TARGET SECONDS}"
 shift 2
 case "$target" in
-  frontend | run | npy | safetensors) ;;
-  *) echo "fuzz.sh: unknown target '$target' (frontend, run, npy, safetensors)" >&2; exit 2 ;;
+  frontend | run | forms | npy | safetensors) ;;
+  *) echo "fuzz.sh: unknown target '$target' (frontend, run, forms, npy, safetensors)" >&2; exit 2 ;;
 esac
 
 cc="${SEQ_FUZZ_CC:-clang-19}"
@@ -33,6 +33,7 @@ cmake --build "$build" --target "fuzz_$target" -j"${SEQ_FUZZ_JOBS:-2}" >/dev/nul
 seeds=("tests/fuzz/$target")
 case "$target" in
   frontend | run) seeds+=(examples stdlib tests/golden/parse tests/golden/diag) ;;
+  forms) seeds+=(examples stdlib tests/data/models) ;;
   npy) seeds+=(tests/data/io/npy/good tests/data/io/npy/bad examples/data) ;;
   safetensors) seeds+=(tests/data/io/st/good tests/data/io/st/bad examples/data) ;;
 esac
@@ -44,7 +45,7 @@ crashes="$build/crashes/$target"
 mkdir -p "$corpus" "$crashes"
 dict=()
 dictname="$target"
-[ "$target" = run ] && dictname=frontend
+[ "$target" = run ] || [ "$target" = forms ] && dictname=frontend
 [ -f "fuzz/$dictname.dict" ] && dict=(-dict="$(pwd)/fuzz/$dictname.dict")
 # Imports in fuzzed sources resolve relative to the working directory: run in
 # an empty one so the fuzzer cannot read or depend on arbitrary repository files.

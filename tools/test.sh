@@ -42,7 +42,7 @@ fi
 if [ "${SEQ_TEST_FUZZ:-1}" != 0 ]; then
   if command -v clang-19 >/dev/null &&
     [ -n "$(ls /usr/lib/llvm-19/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a 2>/dev/null)" ]; then
-    for t in frontend run npy safetensors; do
+    for t in frontend run forms npy safetensors; do
       echo "test.sh: fuzzing $t for ${SEQ_FUZZ_SECONDS:-30} s"
       log="$(mktemp)"
       if ! tools/fuzz.sh "$t" "${SEQ_FUZZ_SECONDS:-30}" >"$log" 2>&1; then
