@@ -268,6 +268,15 @@ static int plan_marked(Chunk *C, const Users *u, Plan *p) {
   return 0;
 }
 
+/* Whether an output of f is the state after (or before) each step itself:
+ * the form of the delta rules and of small dense transitions never forms
+ * it per token. */
+static int output_reads(const IrFunc *f, IrRef x) {
+  for (int i = 0; i < f->outputs.n; i++)
+    if (x != IR_NONE && f->outputs.v[i].value == x) return 1;
+  return 0;
+}
+
 static int plan_state(Chunk *C, const Users *u, int s, Plan *p) {
   const IrFunc *f = C->b.src;
   const IrState *st = &f->states.v[s];
@@ -283,6 +292,14 @@ static int plan_state(Chunk *C, const Users *u, int s, Plan *p) {
   if (p->r < 2) return refuse(C, h, "the state is not a matrix");
   p->reads = arena_calloc(C->b.a, (size_t)f->nodes.n + 1, sizeof *p->reads);
   if (!p->reads) return -1;
+  if (p->plstm || p->delta) {
+    /* delay(H) too: the state entering each step. */
+    IrRef dl = IR_NONE;
+    for (int i = 0; i < u->n[p->scan]; i++)
+      if (f->nodes.v[u->of[p->scan][i]].op == IR_DELAY) dl = u->of[p->scan][i];
+    if (output_reads(f, p->scan) || output_reads(f, dl))
+      return refuse(C, h, "an output is the state itself, which this form never forms per step");
+  }
   if (p->plstm) return plan_marked(C, u, p);
   p->kax = -1;
   /* Every use of H and delay(H): the delay, a product contracted by sums. */

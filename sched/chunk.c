@@ -152,6 +152,13 @@ int plan_linattns(Plan *p) {
       }
     }
     if (!la) continue;
+    /* The final state is computed at the end only: nothing may read it per
+     * token (passes/chunk.c never builds that). */
+    for (int i = 0; i < fn->outputs.n && la->final != IR_NONE; i++)
+      if (fn->outputs.v[i].value == la->final) {
+        plan_unsupported(p, fn->states.v[s].loc, "an output that is a chunked state itself");
+        return -1;
+      }
     /* The state's next value is the final state, or its transpose. */
     IrRef nx = fn->states.v[s].next;
     if (nx != la->final && !(fn->nodes.v[nx].op == IR_TRANSPOSE &&

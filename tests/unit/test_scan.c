@@ -293,6 +293,12 @@ static const Fake DELTA_FAKES[] = {
      "  output y: [V]\n  step {\n    S' = S - outer(S @ x - u, x) - outer(S @ q, q)\n"
      "    y = S' @ x\n  }\n}\n",
      "not one low-rank term"},
+    {"output_state.seq", /* the state itself is an output: the form never forms it per step
+                            (compiled, it crashed before it was refused) */
+     "cell F(K, V) {\n  input x: [K]\n  input u: [V]\n  state S: [V, K] = 0\n"
+     "  output y: [V]\n  output z: [V, K]\n  step {\n"
+     "    S' = S - 0.5 * outer(S @ x - u, x)\n    y = S' @ x\n    z = S'\n  }\n}\n",
+     "an output is the state itself"},
     {"two_writes.seq", /* rank-two writes: u x^T and u2 q^T */
      "cell F(K, V) {\n  input x: [K]\n  input q: [K]\n  input u: [V]\n  input u2: [V]\n"
      "  state S: [V, K] = 0\n  output y: [V]\n  step {\n"
@@ -340,6 +346,12 @@ static const Fake TRANSITION_FAKES[] = {
      "    C' = sum(t[:, :, None, None] * C, axis=1) + w * exp(w)\n"
      "    y = sum(C, axis=0) @ x\n  }\n}\n",
      "not a product of factors along J, V and K"},
+    {"output_state.seq", /* the state itself is an output */
+     "cell F(J, V, K) {\n  input x: [K]\n  input u: [V]\n  input t: [J, J]\n"
+     "  state C: [J, V, K] = 0\n  output y: [V]\n  output z: [J, V, K]\n  step {\n"
+     "    C' = sum(t[:, :, None, None] * C, axis=1) + outer(u, x)\n"
+     "    y = sum(C', axis=0) @ x\n    z = C'\n  }\n}\n",
+     "an output is the state itself"},
     {"indexed_read.seq", /* one block of the state read alone */
      "cell F(J, V, K) {\n  input x: [K]\n  input u: [V]\n  input t: [J, J]\n"
      "  state C: [J, V, K] = 0\n  output y: [V]\n  step {\n"
