@@ -5,8 +5,9 @@
  * forms (passes/scan.c, chunk.c, delta.c, transition.c, newton.c), which
  * must pass the IR verifier. A form that does not apply is a diagnostic;
  * nothing may crash, leak or trip a sanitizer, and what a pass returns must
- * verify (else the target aborts: a bug in the pass). Programs with large
- * instance trees are skipped.
+ * verify (else the target aborts: a bug in the pass); then the forms are
+ * scheduled (sched/), which may refuse with a diagnostic. Programs with
+ * large instance trees are skipped.
  * Built only with -DSEQ_FUZZ=ON. */
 #include <stdint.h>
 #include <stdio.h>
@@ -17,6 +18,7 @@
 #include "ir/interp.h"
 #include "ir/support.h"
 #include "passes/passes.h"
+#include "sched/sched.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -46,7 +48,11 @@ static void forms(Arena *a, IrModule *m, DiagEngine *de, int64_t dimval) {
     if (strategy_choose(a, rw, rw->funcs.v[m->entry], b.dims, cr, &req, NULL, &plan, de)) continue;
     if (scan_module(a, rw, cr, plan, &par, de)) continue;
     if (ir_verify(par, de, "scan")) abort();
-    if (chunk_module(a, par, plan, &chunked, de) == 0 && ir_verify(chunked, de, "chunk")) abort();
+    if (chunk_module(a, par, plan, &chunked, de)) continue;
+    if (ir_verify(chunked, de, "chunk")) abort();
+    /* The schedule of the forms: refusals are diagnostics. */
+    Schedule *sched;
+    (void)sched_build(a, chunked, chunked->funcs.v[chunked->entry], b.dims, "fuzz", 0, &sched, de);
   }
 }
 
