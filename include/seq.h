@@ -130,9 +130,9 @@ SeqStatus seq_module_forward_device(SeqModule *m, int64_t B, int64_t T, const vo
  * last test (the steps before it passed it, as a converged solve's do). */
 typedef struct SeqNewtonStats {
   int64_t solves, fallbacks;
-  int64_t damped;     /* steps halved because the residual grew */
-  int64_t iterations; /* of the converged solves, in all */
-  int max_iter;       /* of a converged solve */
+  int64_t damped;         /* steps halved because the residual grew */
+  int64_t iterations;     /* of the converged solves, in all */
+  int max_iter;           /* of a converged solve */
   int64_t fallback_steps; /* steps the fallbacks ran as the step loop: from the first step
                              that failed the last test (those before it are kept) */
 } SeqNewtonStats;
