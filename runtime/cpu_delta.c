@@ -123,11 +123,7 @@ static int64_t scratch_layout(int64_t H, int64_t K, int64_t V, int64_t R, int64_
   float **ptrs[] = {&s->states, &s->kc, &s->kt, &s->dl,  &s->lm, &s->sc, &s->oc,
                     &s->bt,     &s->fs, &s->gt, &s->gam, &s->dr, &s->gx};
   _Static_assert(sizeof sizes / sizeof sizes[0] == sizeof ptrs / sizeof ptrs[0], "one size each");
-  int64_t at = 0;
-  for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
-    if (base) *ptrs[i] = base + at;
-    at += round16(sizes[i]);
-  }
+  int64_t at = carve(base, sizes, ptrs, sizeof sizes / sizeof sizes[0]);
   s->Np = Np;
   s->Vp = Vp;
   return at;

@@ -113,11 +113,7 @@ static int64_t scratch_layout(int64_t H, int64_t K, int64_t V, int64_t C, float 
   float **ptrs[] = {&s->states, &s->ar, &s->qr, &s->wr, &s->bd, &s->kd, &s->bt, &s->kt,
                     &s->lb,     &s->lk, &s->mb, &s->mk, &s->dl, &s->vc, &s->oc, &s->gx};
   _Static_assert(sizeof sizes / sizeof sizes[0] == sizeof ptrs / sizeof ptrs[0], "one size each");
-  int64_t at = 0;
-  for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
-    if (base) *ptrs[i] = base + at;
-    at += round16(sizes[i]);
-  }
+  int64_t at = carve(base, sizes, ptrs, sizeof sizes / sizeof sizes[0]);
   s->Kr = Kr;
   s->Np = Np;
   s->Vp = Vp;

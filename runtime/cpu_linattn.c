@@ -130,11 +130,7 @@ static int64_t scratch_layout(int64_t H, int64_t K, int64_t V, int64_t Kg, int64
   float **ptrs[] = {&s->states, &s->qs, &s->qr, &s->kt, &s->vc, &s->gc,
                     &s->sc,     &s->oc, &s->pv, &s->gx, &s->dr};
   _Static_assert(sizeof sizes / sizeof sizes[0] == sizeof ptrs / sizeof ptrs[0], "one size each");
-  int64_t at = 0;
-  for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
-    if (base) *ptrs[i] = base + at;
-    at += round16(sizes[i]);
-  }
+  int64_t at = carve(base, sizes, ptrs, sizeof sizes / sizeof sizes[0]);
   s->Cp = Cp;
   s->Vp = Vp;
   return at;

@@ -120,11 +120,7 @@ static int64_t scratch_layout(int64_t H, int64_t J, int64_t K, int64_t V, int64_
   float **ptrs[] = {&s->states, &s->mx, &s->kt, &s->qx, &s->qk, &s->gw, &s->am,
                     &s->u,      &s->u2, &s->sk, &s->dg, &s->vc, &s->oc};
   _Static_assert(sizeof sizes / sizeof sizes[0] == sizeof ptrs / sizeof ptrs[0], "one size each");
-  int64_t at = 0;
-  for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
-    if (base) *ptrs[i] = base + at;
-    at += round16(sizes[i]);
-  }
+  int64_t at = carve(base, sizes, ptrs, sizeof sizes / sizeof sizes[0]);
   s->Jr = Jr;
   s->W = W;
   s->Np = Np;

@@ -27,6 +27,17 @@ static inline int64_t round16(int64_t n) {
   return (n + 15) / 16 * 16;
 }
 
+/* A kernel's scratch carved into n buffers of sizes[i] floats, each at a
+ * 16-float boundary from base (NULL: only counted); the floats used. */
+static inline int64_t carve(float *base, const int64_t *sizes, float **const *ptrs, size_t n) {
+  int64_t at = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (base) *ptrs[i] = base + at;
+    at += round16(sizes[i]);
+  }
+  return at;
+}
+
 static inline int64_t min64(int64_t a, int64_t b) {
   return a < b ? a : b;
 }
