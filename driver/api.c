@@ -1,10 +1,21 @@
 /* api.c - include/seq.h on top of the pipeline (driver/pipeline.h). Each
  * module owns its arena, diagnostics, pipeline and LLJIT, so modules share
  * nothing mutable and compile independently on different threads; the context
- * only marks the library's initialization. */
+ * only marks the library's initialization.
+ *
+ * Running one module from several threads at once: the generated forward and
+ * step allocate their scratch per call and read the module's parameter table
+ * only (docs/abi.md), so a run touches nothing mutable of the module but the
+ * error message. A failure's message goes to a per-thread buffer (the caller
+ * reads it back on the thread that failed) and, under the module's lock, to
+ * the module's own; what else a run may change lazily (the CUDA module's
+ * device copy of the weights, the report, entry-point lookups in the arena)
+ * is done under that lock. */
 #include "seq.h"
 
 #include <errno.h>
+#include <jansson.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,8 +51,19 @@ struct SeqModule {
   RtCuda *cu;
   RtCuDevice dev;
   RtDevPtr *dparams;
+  uint64_t id;          /* unique per module of the process: the per-thread error's owner */
+  pthread_mutex_t lock; /* error, dparams (and the CUDA run), report, arena after compiling */
+  char *diag_text;      /* every diagnostic as the CLI prints it */
+  char *report;         /* seq_module_report's JSON, made at the first call */
   char error[512];
 };
+
+/* The calling thread's last failure, and the module it was on. */
+static _Thread_local struct {
+  uint64_t id;
+  char msg[512];
+} last_error;
+static uint64_t next_module_id;
 
 /* A module that compiled, for either backend. */
 static int compiled(const SeqModule *m) {
@@ -53,8 +75,12 @@ static SeqStatus fail(SeqModule *m, SeqStatus st, const char *fmt, ...)
 static SeqStatus fail(SeqModule *m, SeqStatus st, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(m->error, sizeof m->error, fmt, ap);
+  vsnprintf(last_error.msg, sizeof last_error.msg, fmt, ap);
   va_end(ap);
+  last_error.id = m->id;
+  pthread_mutex_lock(&m->lock);
+  memcpy(m->error, last_error.msg, sizeof m->error);
+  pthread_mutex_unlock(&m->lock);
   return st;
 }
 
@@ -88,6 +114,15 @@ static void collect_diags(SeqModule *m) {
                                                          : SEQ_SEVERITY_NOTE;
     m->diags[i].message = d->message;
   }
+  /* The text, with the source line and caret (diag_format, as the CLI). */
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+  if (f) {
+    for (int i = 0; i < m->ndiags; i++) diag_format(f, &m->de.diags.v[i]);
+    if (fclose(f) == 0 && buf) m->diag_text = arena_strndup(m->arena, buf, len);
+  }
+  free(buf);
 }
 
 static const char *first_error(SeqModule *m) {
@@ -260,6 +295,13 @@ static SeqStatus compile(SeqContext *cx, const char *path, const char *name, con
     seq_free(m);
     return SEQ_ERR_NOMEM;
   }
+  m->id = __atomic_add_fetch(&next_module_id, 1, __ATOMIC_RELAXED);
+  /* Recursive: fail() takes it, and is called under it on the CUDA paths. */
+  pthread_mutexattr_t attr;
+  pthread_mutexattr_init(&attr);
+  pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_RECURSIVE);
+  pthread_mutex_init(&m->lock, &attr);
+  pthread_mutexattr_destroy(&attr);
   *out = m;
   SeqOptions o = {0};
   if (opt) o = *opt;
@@ -384,6 +426,7 @@ void seq_module_destroy(SeqModule *m) {
   }
   pipeline_release(&m->pipe);
   arena_destroy(m->arena);
+  pthread_mutex_destroy(&m->lock);
   seq_free(m);
 }
 
@@ -396,7 +439,12 @@ const SeqDiagnostic *seq_module_diag(const SeqModule *m, int i) {
 }
 
 const char *seq_module_error(const SeqModule *m) {
-  return m ? m->error : "no module";
+  if (!m) return "no module";
+  return last_error.id == m->id ? last_error.msg : m->error;
+}
+
+const char *seq_module_diag_text(const SeqModule *m) {
+  return m && m->diag_text ? m->diag_text : "";
 }
 
 static const AbiTensor *tensors(const SeqModule *m, SeqTensorKind k, int *n) {
@@ -455,7 +503,11 @@ SeqStatus seq_module_bind_weight(SeqModule *m, const char *name, const float *da
     return fail(m, SEQ_ERR_BIND, "parameter %s has %lld elements, not %lld", name,
                 (long long)m->sig->params.v[i].numel, (long long)numel);
   m->params[i] = data;
-  if (m->cu) cuda_drop_params(m);
+  if (m->cu) {
+    pthread_mutex_lock(&m->lock);
+    cuda_drop_params(m);
+    pthread_mutex_unlock(&m->lock);
+  }
   return SEQ_OK;
 }
 
@@ -497,7 +549,11 @@ SeqStatus seq_module_bind_safetensors(SeqModule *m, const char *path) {
     m->owned[i] = copy;
     m->params[i] = copy;
   }
-  if (m->cu) cuda_drop_params(m);
+  if (m->cu) {
+    pthread_mutex_lock(&m->lock);
+    cuda_drop_params(m);
+    pthread_mutex_unlock(&m->lock);
+  }
   rt_st_close(sf);
   return st;
 }
@@ -517,15 +573,25 @@ SeqStatus seq_module_forward(SeqModule *m, int64_t B, int64_t T, const void *con
   SeqStatus st = check_ready(m);
   if (st != SEQ_OK) return st;
   if (m->cu) {
-    if ((st = cuda_upload_params(m)) != SEQ_OK) return st;
-    RtError err;
-    int rc = rt_cu_forward_bound(m->pipe.cuda, &m->dev, m->dparams, B, T, inputs, lengths, state_in,
-                                 outputs, state_out, &err);
-    return status_of(m, rc, &err);
+    /* One run at a time on the device (the weights' upload is lazy, and the
+     * runs share the default stream anyway). */
+    pthread_mutex_lock(&m->lock);
+    if ((st = cuda_upload_params(m)) == SEQ_OK) {
+      RtError err;
+      int rc = rt_cu_forward_bound(m->pipe.cuda, &m->dev, m->dparams, B, T, inputs, lengths,
+                                   state_in, outputs, state_out, &err);
+      st = status_of(m, rc, &err);
+    }
+    pthread_mutex_unlock(&m->lock);
+    return st;
   }
   return status_of(m, m->forward(m->params, B, T, inputs, lengths, state_in, outputs, state_out),
                    NULL);
 }
+
+static SeqStatus run_device(SeqModule *m, int64_t B, int64_t T, const void *const *inputs,
+                            const int32_t *lengths, const float *const *state_in,
+                            float *const *outputs, float *const *state_out);
 
 SeqStatus seq_module_forward_device(SeqModule *m, int64_t B, int64_t T, const void *const *inputs,
                                     const int32_t *lengths, const float *const *state_in,
@@ -533,6 +599,17 @@ SeqStatus seq_module_forward_device(SeqModule *m, int64_t B, int64_t T, const vo
   SeqStatus st = check_ready(m);
   if (st != SEQ_OK) return st;
   if (!m->cu) return fail(m, SEQ_ERR_ARG, "device buffers need a module compiled for \"cuda\"");
+  pthread_mutex_lock(&m->lock);
+  st = run_device(m, B, T, inputs, lengths, state_in, outputs, state_out);
+  pthread_mutex_unlock(&m->lock);
+  return st;
+}
+
+/* seq_module_forward_device under the module's lock. */
+static SeqStatus run_device(SeqModule *m, int64_t B, int64_t T, const void *const *inputs,
+                            const int32_t *lengths, const float *const *state_in,
+                            float *const *outputs, float *const *state_out) {
+  SeqStatus st;
   if ((st = cuda_upload_params(m)) != SEQ_OK) return st;
   int ni = m->sig->inputs.n, no = m->sig->outputs.n, ns = m->sig->states.n;
   RtDevPtr *a = seq_malloc(sizeof *a * (size_t)(ni + no + 2 * ns + 1));
@@ -568,9 +645,12 @@ SeqStatus seq_module_step(SeqModule *m, int64_t B, const void *const *inputs,
 void *seq_module_entry(SeqModule *m, const char *which) {
   if (!m || !m->jit || !which) return NULL;
   if (strcmp(which, "step") == 0 && !m->sig->has_step) return NULL;
+  pthread_mutex_lock(&m->lock);
   DiagEngine de;
   diag_init(&de, m->arena, NULL);
-  return cg_jit_lookup(m->jit, arena_printf(m->arena, "%s_%s", m->sig->symbol, which), &de);
+  void *fn = cg_jit_lookup(m->jit, arena_printf(m->arena, "%s_%s", m->sig->symbol, which), &de);
+  pthread_mutex_unlock(&m->lock);
+  return fn;
 }
 
 void seq_newton_stats(SeqNewtonStats *out, int reset) {
@@ -583,4 +663,119 @@ void seq_newton_stats(SeqNewtonStats *out, int reset) {
   out->damped = st.damped;
   out->iterations = st.iterations;
   out->max_iter = st.max_iter;
+}
+
+/* ---- seq_module_report -------------------------------------------------------- */
+
+static char *print_to_string(Arena *a, void (*print)(FILE *, const void *, const void *),
+                             const void *x, const void *y) {
+  char *buf = NULL, *out = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+  if (!f) return NULL;
+  print(f, x, y);
+  if (fclose(f) == 0 && buf) out = arena_strndup(a, buf, len);
+  free(buf);
+  return out;
+}
+
+static void print_type(FILE *f, const void *fn, const void *t) {
+  ir_print_type(f, fn, *(const IrType *)t);
+}
+static void print_classes(FILE *f, const void *m, const void *r) {
+  classify_print_report(f, m, r);
+}
+static void print_plan(FILE *f, const void *m, const void *plan) {
+  strategy_print(f, m, plan);
+}
+
+static json_t *state_names(const IrFunc *f, const int *v, int n) {
+  json_t *a = json_array();
+  for (int i = 0; i < n; i++) json_array_append_new(a, json_string(f->states.v[v[i]].name));
+  return a;
+}
+
+static json_t *loc_json(SrcLoc l) {
+  if (!l.file) return json_null();
+  return json_pack("{s:s,s:i,s:i}", "file", l.file->name, "line", l.line, "col", l.col);
+}
+
+/* One cell: its states' classes (classify_print_report) and, when the plan
+ * has them, their forms and costs (strategy_print). */
+static json_t *cell_json(SeqModule *m, int fi) {
+  const IrModule *mod = m->pipe.rewritten;
+  const IrFunc *f = mod->funcs.v[fi];
+  const RecFunc *rf = &m->pipe.classes->funcs[fi];
+  const StrategyPlan *plan = m->pipe.plan;
+  json_t *cell = json_pack("{s:s,s:o}", "name", f->name, "loc", loc_json(f->loc));
+  if (plan && plan->dims[fi]) {
+    double fl, io, wb;
+    cost_cell_work(f, plan->dims[fi], &fl, &io, &wb);
+    json_object_set_new(
+        cell, "work_per_token",
+        json_pack("{s:f,s:f,s:f}", "flops", fl, "io_bytes", io, "weight_bytes_per_call", wb));
+  }
+  json_t *states = json_array();
+  for (int i = 0; i < rf->nstates; i++) {
+    const RecState *rs = &rf->states[i];
+    const IrState *s = &f->states.v[rs->state];
+    IrType ty = s->type;
+    json_t *js = json_pack("{s:s,s:s*,s:b,s:s,s:s*,s:o,s:o,s:s}", "name", s->name, "type",
+                           print_to_string(m->arena, print_type, f, &ty), "hidden", s->hidden,
+                           "class", classify_class_name(rs->cls), "reason", rs->reason, "reads",
+                           state_names(f, rs->deps, rs->ndeps), "given",
+                           state_names(f, rs->given, rs->ngiven), "strategy",
+                           classify_strategy_name(rs->strategy));
+    json_t *coupled = json_array();
+    for (int j = 0; j < rf->nstates; j++)
+      if (j != i && rf->states[j].group == rs->group)
+        json_array_append_new(coupled, json_string(f->states.v[rf->states[j].state].name));
+    json_object_set_new(js, "coupled_with", coupled);
+    if (rs->strategy == REC_STRAT_NEWTON && rs->jacobian_reason)
+      json_object_set_new(js, "jacobian_reason", json_string(rs->jacobian_reason));
+    if (plan && plan->funcs[fi]) {
+      const StateForm *sf = &plan->funcs[fi][rs->state];
+      json_object_set_new(js, "form", json_string(form_name(sf->form)));
+      if (sf->why) json_object_set_new(js, "why", json_string(sf->why));
+      json_t *adm = json_object();
+      for (int fm = FORM_SEQUENTIAL; fm <= FORM_NEWTON; fm++) {
+        if (!sf->admitted[fm]) continue;
+        json_t *c = json_null();
+        if (sf->costed)
+          c = json_pack("{s:f,s:f,s:f}", "flops", sf->cost[fm].flops, "bytes", sf->cost[fm].bytes,
+                        "us_per_token", sf->cost[fm].seconds * 1e6);
+        json_object_set_new(adm, form_name((Form)fm), c);
+      }
+      json_object_set_new(js, "admitted", adm);
+    }
+    json_array_append_new(states, js);
+  }
+  json_object_set_new(cell, "states", states);
+  return cell;
+}
+
+const char *seq_module_report(SeqModule *m) {
+  if (!compiled(m) || !m->pipe.rewritten || !m->pipe.classes) return NULL;
+  pthread_mutex_lock(&m->lock);
+  if (!m->report) {
+    const IrModule *mod = m->pipe.rewritten;
+    json_t *cells = json_array();
+    for (int fi = 0; fi < mod->funcs.n && fi < m->pipe.classes->nfuncs; fi++)
+      if (mod->funcs.v[fi]->kind == IR_FN_CELL) json_array_append_new(cells, cell_json(m, fi));
+    /* The text seqc --report prints (less the machine line). */
+    char *classes = print_to_string(m->arena, print_classes, mod, m->pipe.classes);
+    char *forms = m->pipe.plan ? print_to_string(m->arena, print_plan, mod, m->pipe.plan) : NULL;
+    json_t *dims = json_object();
+    for (int i = 0; i < m->sig->ndims; i++)
+      json_object_set_new(dims, m->sig->dim_names[i], json_integer(m->sig->dim_values[i]));
+    json_t *root = json_pack("{s:s,s:o,s:o,s:s+}", "unit", m->sig->func, "dims", dims, "cells",
+                             cells, "text", classes ? classes : "", forms ? forms : "");
+    char *text = root ? json_dumps(root, JSON_INDENT(1) | JSON_PRESERVE_ORDER) : NULL;
+    if (text) m->report = arena_strdup(m->arena, text);
+    free(text);
+    json_decref(root);
+  }
+  pthread_mutex_unlock(&m->lock);
+  if (!m->report) fail(m, SEQ_ERR_NOMEM, "out of memory");
+  return m->report;
 }

@@ -13,7 +13,10 @@
  * as int32. No call aborts or exits: every failure is a status plus a message
  * (seq_module_error) and, for compile errors, diagnostics with locations.
  * Modules are independent: two threads may compile and run two modules at
- * once (one module is not to be used from two threads at the same time).
+ * once. One compiled module may also run from several threads at once
+ * (seq_module_forward, seq_module_step and the other calls that only read it;
+ * scratch memory is per call): binding weights is not to overlap its runs.
+ * A failed call's message is kept per thread (seq_module_error).
  */
 #ifndef SEQ_H
 #define SEQ_H
@@ -83,7 +86,26 @@ void seq_module_destroy(SeqModule *m);
 
 int seq_module_diag_count(const SeqModule *m);
 const SeqDiagnostic *seq_module_diag(const SeqModule *m, int i); /* NULL if out of range */
-const char *seq_module_error(const SeqModule *m); /* the last failure's message, or "" */
+/* The message of the calling thread's last failure on m, or when this thread
+ * had none, of m's last failure on any thread; "" if none. */
+const char *seq_module_error(const SeqModule *m);
+/* Every diagnostic of the compile as the CLI prints it, one after another:
+ * "file:line:col: error: message", the source line and a caret under the
+ * column; "" when there are none. Valid while m lives. */
+const char *seq_module_diag_text(const SeqModule *m);
+/* What `seqc --report --dims` prints, as JSON (valid while m lives; NULL for
+ * a module that did not compile, or out of memory):
+ *   {"unit": "LSTM", "dims": {"I": 32, ...},
+ *    "cells": [{"name", "loc": {"file","line","col"} or null,
+ *               "work_per_token": {"flops","io_bytes","weight_bytes_per_call"},
+ *               "states": [{"name","type","hidden","class","reason","reads","given",
+ *                           "coupled_with","strategy","jacobian_reason"?,
+ *                           "form","why","admitted": {"FORM": {"flops","bytes",
+ *                           "us_per_token"} or null (not costed)}}]}],
+ *    "text": the report as text}
+ * "class" and "strategy" are the recurrence classification (docs/algorithms.md),
+ * "form" the form it runs in (docs/cli.md, --strategy). */
+const char *seq_module_report(SeqModule *m);
 
 /* The interface: names and per-example shapes. */
 typedef enum { SEQ_PARAM, SEQ_INPUT, SEQ_OUTPUT, SEQ_STATE } SeqTensorKind;
