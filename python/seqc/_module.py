@@ -194,13 +194,8 @@ def _raise_compile(h, st):
         text = (lib.seq_module_diag_text(h) or b"").decode().rstrip("\n")
         if not text:
             text = (lib.seq_module_error(h) or b"").decode()
-        if st == _lib.SEQ_ERR_IO and not diags and "cannot" not in text:
-            text = text or "cannot read the source or weights"
     finally:
         _lib.lib.seq_module_destroy(h)
-    cls = WeightError if st == _lib.SEQ_ERR_BIND else CompileError
-    if cls is WeightError:
-        raise WeightError(text, st)
     raise CompileError(text, st, diags)
 
 

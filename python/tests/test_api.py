@@ -1,0 +1,229 @@
+"""Errors (shapes, dtypes, non-contiguous inputs, weights), zero copy (the
+pointers handed to C), threads on one module with the GIL released, and an
+AOT shared object through seqc.load_so."""
+import ctypes
+import subprocess
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import seqc
+from seqc import _lib
+from conftest import ROOT, seqc_bin
+
+
+def lstm(I=4, H=6, seed=0, **kw):
+    m = seqc.compile(ROOT / "examples/lstm.seq", dims={"I": I, "H": H}, **kw)
+    rng = np.random.default_rng(seed)
+    w = {p.name: (rng.standard_normal(p.shape) * 0.3).astype(np.float32) for p in m.params}
+    m.load_weights(w)
+    return m, w
+
+
+def x_of(B=2, T=5, I=4, seed=1):
+    return np.random.default_rng(seed).standard_normal((B, T, I)).astype(np.float32)
+
+
+# ---- errors ----------------------------------------------------------------------------
+def test_compile_error_has_location_line_and_caret(tmp_path):
+    f = tmp_path / "bad.seq"
+    f.write_text("cell C(H) {\n  input x: [H]\n  output y: [H]\n  step {\n    y = x * q\n  }\n}\n")
+    with pytest.raises(seqc.CompileError) as e:
+        seqc.compile(f, dims={"H": 2})
+    text = str(e.value)
+    assert f"{f}:5:13: error: unknown name 'q'" in text
+    assert "\n      y = x * q\n              ^" in text
+    d = e.value.diagnostics[0]
+    assert (d.line, d.col, d.severity) == (5, 13, "error")
+
+
+def test_compile_errors_of_options():
+    with pytest.raises(seqc.CompileError, match="dims must look like"):
+        seqc.compile(ROOT / "examples/lstm.seq", dims="I4")
+    with pytest.raises(seqc.CompileError, match="cannot open"):
+        seqc.compile(ROOT / "examples/no_such.seq")
+    with pytest.raises(seqc.CompileError, match="unknown backend"):
+        seqc.compile(ROOT / "examples/lstm.seq", dims={"I": 2, "H": 2}, backend="tpu")
+
+
+def test_weight_errors_name_the_weight():
+    m = seqc.compile(ROOT / "examples/lstm.seq", dims={"I": 4, "H": 6})
+    with pytest.raises(seqc.WeightError, match="parameter weight_ih is not bound"):
+        m(x_of())
+    full = {p.name: np.zeros(p.shape, np.float32) for p in m.params}
+    missing = dict(full)
+    del missing["bias_hh"]
+    with pytest.raises(seqc.WeightError, match=r"missing weight bias_hh \(shape \[24\]\)"):
+        m.load_weights(missing)
+    bad = dict(full, weight_hh=np.zeros((24, 5), np.float32))
+    with pytest.raises(seqc.WeightError, match=r"weight_hh has shape \[24, 5\].*\[24, 6\]"):
+        m.load_weights(bad)
+    with pytest.raises(seqc.WeightError, match="unexpected weights: extra"):
+        m.load_weights(dict(full, extra=np.zeros(3, np.float32)))
+    m.load_weights(dict(full, extra=np.zeros(3, np.float32)), strict=False)
+    assert m(x_of()).shape == (2, 5, 6)
+    with pytest.raises(seqc.WeightError, match="cannot open|No such"):
+        m.load_weights("/nonexistent.safetensors")
+
+
+def test_bad_shapes_and_dtypes():
+    m, _ = lstm()
+    x = x_of()
+    with pytest.raises(ValueError, match=r"input x: shape \[2, 5, 3\], expected \[B, T, 4\]"):
+        m(x[:, :, :3].copy())
+    with pytest.raises(ValueError, match=r"expected \[B, T, 4\]"):
+        m(x[0])
+    with pytest.raises(TypeError, match="dtype float64, expected float32"):
+        m(x.astype(np.float64))
+    with pytest.raises(TypeError, match="torch.float64, expected torch.float32"):
+        m(torch.from_numpy(x).double())
+    with pytest.raises(TypeError, match="takes 1 input"):
+        m(x, x)
+    with pytest.raises(ValueError, match=r"state h: shape \[3, 6\], expected \[2, 6\]"):
+        m(x, state={"h": np.zeros((3, 6), np.float32)})
+    with pytest.raises(ValueError, match="no state named z"):
+        m(x, state={"z": np.zeros((2, 6), np.float32)})
+    with pytest.raises(ValueError, match=r"lengths: values must lie in \[0, 5\]"):
+        m(x, lengths=[6, 1])
+    with pytest.raises(ValueError, match=r"lengths: shape \[3\], expected \[2\]"):
+        m(x, lengths=[1, 2, 3])
+    with pytest.raises(ValueError, match=r"expected \[B, 4\]"):
+        m.step(x)
+    # Errors from the compiled code: a negative batch reaches C via step's shape.
+    with pytest.raises(ValueError, match=r"expected \[B, T, 4\]"):
+        m(np.zeros((0, 5), np.float32))
+
+
+def test_token_out_of_range_is_run_error():
+    m = seqc.compile("cell E(V, D) {\n  param emb: [V, D]\n  input x: int\n  output y: [D]\n"
+                     "  step {\n    y = emb[x]\n  }\n}\n", dims={"V": 5, "D": 3})
+    m.load_weights({"emb": np.arange(15, dtype=np.float32).reshape(5, 3)})
+    y = m(np.array([[0, 4]], np.int64))  # int64 copied to int32
+    np.testing.assert_array_equal(y[0, 1], [12, 13, 14])
+    with pytest.raises(seqc.RunError, match="token"):
+        m(np.array([[0, 5]], np.int32))
+    with pytest.raises(TypeError, match="integer dtype"):
+        m(np.array([[0.0, 1.0]], np.float32))
+
+
+def test_non_contiguous_inputs_are_copied_and_equal():
+    m, _ = lstm()
+    x = x_of()
+    xt = np.ascontiguousarray(x.transpose(1, 0, 2)).transpose(1, 0, 2)  # same values, strided
+    assert not xt.flags.c_contiguous
+    np.testing.assert_array_equal(m(xt), m(x))
+    tt = torch.from_numpy(np.ascontiguousarray(x.transpose(1, 0, 2))).transpose(0, 1)
+    assert not tt.is_contiguous()
+    np.testing.assert_array_equal(m(tt).numpy(), m(x))
+
+
+# ---- zero copy ---------------------------------------------------------------------------
+def test_contiguous_float32_is_not_copied(monkeypatch):
+    seen = []
+    real_fwd, real_step = _lib.lib.seq_module_forward, _lib.lib.seq_module_step
+
+    def fwd(h, B, T, ins, lengths, sin, outs, sout):
+        seen.append((ins[0], sin[0] if sin else None, outs[0]))
+        return real_fwd(h, B, T, ins, lengths, sin, outs, sout)
+
+    def stp(h, B, ins, sin, outs, sout):
+        seen.append((ins[0], sin[0] if sin else None, outs[0]))
+        return real_step(h, B, ins, sin, outs, sout)
+
+    monkeypatch.setattr(_lib.lib, "seq_module_forward", fwd)
+    monkeypatch.setattr(_lib.lib, "seq_module_step", stp)
+    m, _ = lstm()
+    x = x_of()
+    h = np.ones((2, 6), np.float32)
+    y = m(x, state={"h": h})
+    assert seen[-1][:2] == (x.ctypes.data, h.ctypes.data)
+    assert seen[-1][2] == y.ctypes.data  # written in place, returned as is
+    xt, ht = torch.from_numpy(x), torch.from_numpy(h)
+    y = m(xt, state={"h": ht})
+    assert seen[-1] == (xt.data_ptr(), ht.data_ptr(), y.data_ptr())
+    x0 = torch.randn(2, 4)
+    y0, _ = m.step(x0, {"h": ht})
+    assert seen[-1] == (x0.data_ptr(), ht.data_ptr(), y0.data_ptr())
+    # Strided: a copy, so another pointer.
+    xs = x_of(T=10)[:, ::2]
+    m(xs)
+    assert seen[-1][0] != xs.ctypes.data
+
+
+# ---- threads -------------------------------------------------------------------------------
+def test_two_threads_one_module():
+    m, _ = lstm(I=16, H=32)
+    xs = [x_of(B=3, T=60, I=16, seed=s) for s in range(2)]
+    want = [m(x, return_state=True) for x in xs]
+    errors = []
+
+    def work(i):
+        try:
+            for _ in range(40):
+                y, st = m(xs[i], return_state=True)
+                assert np.array_equal(y, want[i][0]) and np.array_equal(st["c"], want[i][1]["c"])
+                y_t, st = m.step(xs[i][:, 0])
+                assert np.array_equal(y_t, want[i][0][:, 0]) or np.allclose(
+                    y_t, want[i][0][:, 0], atol=1e-6)
+                with pytest.raises(ValueError):
+                    m(xs[i], lengths=[1, 2, 99])
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    ts = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert errors == []
+
+
+def test_the_gil_is_released_while_compiled_code_runs():
+    m, _ = lstm(I=64, H=256)
+    x = x_of(B=1, T=3000, I=64)
+    t0 = time.perf_counter()
+    m(x)
+    call = time.perf_counter() - t0
+    done = threading.Event()
+    th = threading.Thread(target=lambda: (m(x), done.set()))
+    last, gap = time.perf_counter(), 0.0
+    th.start()
+    while not done.is_set():
+        now = time.perf_counter()
+        gap, last = max(gap, now - last), now
+    th.join()
+    # Holding the GIL for the call would stall this loop for the whole call.
+    assert call > 0.05, call
+    assert gap < call / 2, (gap, call)
+
+
+# ---- AOT shared objects -----------------------------------------------------------------------
+def test_load_so_matches_jit(tmp_path):
+    exe = seqc_bin()
+    if exe is None:
+        pytest.fail("no seqc command found beside libseq; set SEQC_BIN")
+    so = tmp_path / "liblstm2.so"
+    subprocess.run([exe, str(ROOT / "examples/lstm2.seq"), "--dims", "I=4,H=6", "-o", str(so)],
+                   check=True)
+    torch.manual_seed(7)
+    ref = torch.nn.LSTM(4, 6, num_layers=2, batch_first=True)
+    a = seqc.load_so(so)
+    assert [s.name for s in a.states] == ["l0_h", "l0_c", "l1_h", "l1_c"]
+    with pytest.raises(seqc.WeightError, match="not bound"):
+        a(torch.randn(2, 3, 4))
+    a.load_weights(ref.state_dict())
+    x = torch.randn(2, 7, 4)
+    with torch.no_grad():
+        y_ref, (h_ref, _) = ref(x)
+    y, st = a(x, return_state=True)
+    torch.testing.assert_close(y, y_ref, atol=2e-5, rtol=0)
+    torch.testing.assert_close(st["l1_h"], h_ref[1], atol=2e-5, rtol=0)
+    y_t, st = a.step(x[:, 0])
+    torch.testing.assert_close(y_t, y_ref[:, 0], atol=2e-5, rtol=0)
+    with pytest.raises(ValueError, match="length"):
+        a(x, lengths=[8, 1])
+    with pytest.raises(seqc.SeqError, match="needs a module compiled"):
+        a.report()
