@@ -8,6 +8,12 @@
 #   3. run each libFuzzer target for 30 s (tools/fuzz.sh), when clang-19 with
 #      libFuzzer is installed (SEQ_TEST_FUZZ=0 skips; SEQ_FUZZ_SECONDS changes
 #      the time per target).
+#   2b. the Python package (python/, docs/python.md): pytest on build-test's
+#      libseq, then `pip install .` (a wheel built by scikit-build-core) and the
+#      torch tests again on the installed wheel, outside the source tree
+#      (SEQ_TEST_PYTHON=0 skips both, SEQ_TEST_WHEEL=0 the wheel). Installs
+#      Debian's python3-torch, -numpy, -pytest and -venv where missing, and a venv
+#      in build-py/venv (system packages visible) for scikit-build-core.
 #   4. build (no tests) with Debian's default clang (14, build-clang14) and
 #      clang-19 (build-clang), warnings as errors, where installed, so code GCC
 #      accepts and clang rejects fails here (SEQ_TEST_CLANG=0 skips).
@@ -21,6 +27,42 @@ SEQ_BUILD_DIR="${SEQ_BUILD_DIR:-build-test}" SEQ_BUILD_TYPE=Debug \
 summaries="$(mktemp)"
 trap 'rm -f "$summaries"' EXIT
 ctest --test-dir "${SEQ_BUILD_DIR:-build-test}" --output-on-failure -j2 | tee -a "$summaries"
+
+# ---- the Python package ------------------------------------------------------------
+if [ "${SEQ_TEST_PYTHON:-1}" != 0 ]; then
+  pypkgs=(python3-torch python3-numpy python3-pytest python3-venv python3-pip)
+  missing=()
+  for p in "${pypkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "test.sh: installing ${missing[*]}"
+    sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+      "${missing[@]}" >/dev/null
+  fi
+  # Debian's torch is built for Debian's python3: the venv is made from it.
+  [ -x build-py/venv/bin/python ] || /usr/bin/python3 -m venv --system-site-packages build-py/venv
+  echo "test.sh: pytest python/tests on ${SEQ_BUILD_DIR:-build-test}/libseq.so"
+  SEQC_LIBRARY="$(pwd)/${SEQ_BUILD_DIR:-build-test}/libseq.so" SEQC_BIN="$(pwd)/${SEQ_BUILD_DIR:-build-test}/seqc" \
+    PYTHONPATH="$(pwd)/python:$(pwd)/python/tests" \
+    build-py/venv/bin/python -m pytest -q -p no:cacheprovider python/tests | tee -a "$summaries"
+  [ "${PIPESTATUS[0]}" = 0 ] || { echo "test.sh: python tests failed" >&2; exit 1; }
+  if [ "${SEQ_TEST_WHEEL:-1}" != 0 ]; then
+    echo "test.sh: pip install . (the wheel) into build-py/venv-wheel"
+    [ -x build-py/venv-wheel/bin/python ] ||
+      /usr/bin/python3 -m venv --system-site-packages build-py/venv-wheel
+    CMAKE_BUILD_PARALLEL_LEVEL=2 build-py/venv-wheel/bin/pip install -q --no-deps . >/dev/null
+    # From another directory, without the source tree's python/ on the path:
+    # the installed package, its own libseq and stdlib.
+    (cd build-py && env -u SEQC_LIBRARY PYTHONPATH="$(pwd)/../python/tests" \
+      venv-wheel/bin/python -m pytest -q -p no:cacheprovider --rootdir=../python/tests \
+      ../python/tests/test_torch.py ../python/tests/test_docs.py) | tee -a "$summaries"
+    [ "${PIPESTATUS[0]}" = 0 ] || { echo "test.sh: the installed wheel failed its tests" >&2; exit 1; }
+  fi
+fi
 
 # ---- sanitizers ----------------------------------------------------------------
 if [ "${SEQ_TEST_SANITIZE:-1}" != 0 ]; then
@@ -73,9 +115,17 @@ if [ "${SEQ_TEST_CLANG:-1}" != 0 ]; then
 fi
 
 # ---- summary --------------------------------------------------------------------
-# ctest prints "100% tests passed, 0 tests failed out of 24" per run; add them up.
+# ctest prints "100% tests passed, 0 tests failed out of 24" per run, pytest
+# "70 passed in 30.1s"; add them up.
 awk '/tests passed, [0-9]+ tests? failed out of/ {
        for (i = 1; i <= NF; i++) if ($i == "of") total += $(i + 1)
        for (i = 1; i <= NF; i++) if ($i ~ /^failed$/) failed += $(i - 2)
+     }
+     # pytest: "12 passed, 1 failed in 3.2s" (possibly between "=" rules)
+     / (passed|failed)(,| in )/ && / in [0-9.]+s/ {
+       for (i = 2; i <= NF; i++) {
+         if ($i ~ /^passed,?$/) total += $(i - 1)
+         if ($i ~ /^failed,?$/) { total += $(i - 1); failed += $(i - 1) }
+       }
      }
      END { printf "tests: %d passed, %d failed\n", total - failed, failed }' "$summaries"
