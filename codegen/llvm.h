@@ -216,6 +216,7 @@ typedef struct RowLoop {
   int open, piece;
   Loop lb, lt;
   SchedClass cls;
+  LLVMBasicBlockRef skip; /* a step's rows: where examples past their length go, or NULL */
 } RowLoop;
 void rows_open(Lower *L, RowLoop *rl, SchedClass cls);
 /* Token rows of one item of a parallel loop: piece item % per of example

@@ -56,6 +56,16 @@ static void open_rows(Lower *L, RowLoop *rl, SchedClass cls, LLVMValueRef item, 
     L->r_tok = add(L, bT, te);
     if (L->in->chunked)
       L->r_tokc = add(L, mul(L, L->r_b, L->Tc), LLVMBuildSub(L->bld, t, L->t0, ""));
+    /* A state written over in place must keep its value past the example's
+     * length: its rows are skipped there. */
+    int inplace = 0;
+    for (int s = 0; s < L->fn->states.n; s++) inplace |= L->in->state_inplace[s];
+    if (cls == SCHED_STEP && inplace) {
+      LLVMBasicBlockRef act = block(L, "step_active");
+      rl->skip = block(L, "step_inactive");
+      LLVMBuildCondBr(L->bld, active, act, rl->skip);
+      LLVMPositionBuilderAtEnd(L->bld, act);
+    }
   }
 }
 
@@ -69,6 +79,11 @@ void rows_open_piece(Lower *L, RowLoop *rl, LLVMValueRef item, LLVMValueRef per)
 
 void rows_close(Lower *L, RowLoop *rl) {
   if (!rl->open) return;
+  if (rl->skip) {
+    LLVMBuildBr(L->bld, rl->skip);
+    LLVMPositionBuilderAtEnd(L->bld, rl->skip);
+    rl->skip = NULL;
+  }
   if (rl->cls == SCHED_TOKEN) loop_end(L, &rl->lt);
   if (!rl->piece) loop_end(L, &rl->lb);
   rl->open = 0;
@@ -109,7 +124,8 @@ void emit_commit(Lower *L) {
   }
   for (int s = 0; s < fn->states.n; s++) {
     IrRef nx = fn->states.v[s].next;
-    if (nx < 0 || sched_state_alias(fn, nx) == s) continue; /* carried unchanged */
+    /* Carried unchanged, or already written over its storage. */
+    if (nx < 0 || sched_state_alias(fn, nx) == s || in->state_inplace[s]) continue;
     const SchedValue *nv = &L->v[nx];
     int64_t floats = in->bufs.v[in->state_buf[s]].row_floats;
     int tmp = in->state_tmp[s] >= 0;

@@ -191,7 +191,7 @@ void cu_commit(Cu *c) {
   fprintf(c->o, "    __syncthreads();\n");
   for (int s = 0; s < fn->states.n; s++) {
     IrRef nx = fn->states.v[s].next;
-    if (nx < 0 || sched_state_alias(fn, nx) == s) continue;
+    if (nx < 0 || sched_state_alias(fn, nx) == s || in->state_inplace[s]) continue;
     const SchedValue *nv = &c->v[nx];
     int64_t fl = in->bufs.v[in->state_buf[s]].row_floats;
     int tmp = in->state_tmp[s] >= 0;

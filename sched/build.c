@@ -49,8 +49,9 @@ static int build_instances(Plan *p, const IrFunc *root, const int64_t *dims) {
     in.values = arena_calloc(p->a, (size_t)fn->nodes.n + 1, sizeof(SchedValue));
     in.state_buf = arena_calloc(p->a, (size_t)fn->states.n + 1, sizeof(int));
     in.state_tmp = arena_calloc(p->a, (size_t)fn->states.n + 1, sizeof(int));
+    in.state_inplace = arena_calloc(p->a, (size_t)fn->states.n + 1, 1);
     if (!in.dims || !in.params || !in.states || !in.layers || !in.values || !in.state_buf ||
-        !in.state_tmp)
+        !in.state_tmp || !in.state_inplace)
       return oom(p);
     for (int l = 0; fn->kind == IR_FN_MODEL && fn->states.n > 0 && l < fn->layers.n; l++)
       if (!fn->layers.v[l].newton.states) {
@@ -85,7 +86,10 @@ static int build_instances(Plan *p, const IrFunc *root, const int64_t *dims) {
       in.values = arena_calloc(p->a, (size_t)step->nodes.n + 1, sizeof(SchedValue));
       in.state_buf = arena_calloc(p->a, 1, sizeof(int));
       in.state_tmp = arena_calloc(p->a, 1, sizeof(int));
-      if (!in.states || !in.layers || !in.values || !in.state_buf || !in.state_tmp) return oom(p);
+      in.state_inplace = arena_calloc(p->a, 1, 1);
+      if (!in.states || !in.layers || !in.values || !in.state_buf || !in.state_tmp ||
+          !in.state_inplace)
+        return oom(p);
       s->insts.v[i].layers[l] = s->insts.n;
       if (vec_push(p->a, &s->insts, in)) return oom(p);
     }
@@ -195,6 +199,13 @@ int sched_add_buf(Plan *p, SchedBufKind kind, SchedRows rows, int64_t floats, in
   return p->in->bufs.n - 1;
 }
 
+/* The state whose new value node r is and writes over its storage, or -1. */
+static int next_in_place(const IrFunc *fn, const SchedInst *in, IrRef r) {
+  for (int st = 0; st < fn->states.n; st++)
+    if (in->state_inplace[st] && fn->states.v[st].next == r) return st;
+  return -1;
+}
+
 /* Whether node r is read as an output, a state's next value or initial value
  * (its buffer must then survive the node's other readers). */
 static int read_at_end(const IrFunc *fn, IrRef r) {
@@ -239,6 +250,8 @@ static int place_buffers(Plan *p) {
       continue;
     }
     if (n->uses == 0) continue;
+    /* Written over its state's storage (assigned below). */
+    if (next_in_place(fn, in, r) >= 0) continue;
     /* A fused scan's members live in registers, unless read outside it. */
     if (n->group >= 0 && !n->stored) continue;
     /* An elementwise node whose first operand is a scratch buffer of the
@@ -281,6 +294,7 @@ static int place_buffers(Plan *p) {
         (in->state_tmp[st] =
              sched_add_buf(p, SCHED_BUF_STATE_TMP, SCHED_ROWS_B, floats, 0, st, 0)) < 0)
       return oom(p);
+    if (in->state_inplace[st]) p->v[fn->states.v[st].next].buf = in->state_buf[st];
   }
   return 0;
 }
@@ -303,6 +317,51 @@ static SchedOp *add_op(Plan *p, OpList *list, SchedOpKind kind, SchedClass cls, 
     return NULL;
   }
   return &list->v[list->n - 1];
+}
+
+/* Whether state st's old value is read only by elementwise members of the
+ * fused run first..last, at the run's own index and no later than node nx
+ * (so each element is read before the run overwrites it with nx). */
+static int old_value_read_in_run(const Plan *p, int st, IrRef first, IrRef last, IrRef nx) {
+  const IrFunc *fn = p->fn;
+  const SchedValue *key = &p->v[first];
+  for (IrRef r = 0; r < fn->nodes.n; r++) {
+    const IrNode *nd = &fn->nodes.v[r];
+    if (nd->op != IR_STATE || nd->index != st) continue;
+    if (read_at_end(fn, r) || p->v[r].numel != key->numel || p->v[r].w != p->v[nx].w) return 0;
+    for (IrRef q = 0; q < fn->nodes.n; q++) {
+      const IrNode *qd = &fn->nodes.v[q];
+      int reads = 0;
+      for (int j = 0; j < qd->nargs; j++) reads |= qd->args[j] == r;
+      if (!reads) continue;
+      if (q < first || q > nx || q > last || !sched_in_phase(p->in, SCHED_STEP, q) ||
+          !(ir_op_info[qd->op].flags & IRF_EW) || qd->op == IR_BROADCAST || qd->op == IR_SLICE ||
+          qd->op == IR_INDEX || qd->op == IR_OUTER)
+        return 0;
+    }
+  }
+  return 1;
+}
+
+/* A cell's state whose new value the step's fused run first..last computes
+ * writes it over the state's storage when nothing else reads the old value
+ * (LSTM's c, Mamba's s under the step loop): one pass over the state per
+ * step instead of three (read, write the new value, copy it back at the
+ * commit), and half the state-sized memory per example. */
+static void mark_in_place(Plan *p, IrRef first, IrRef last) {
+  const IrFunc *fn = p->fn;
+  if (fn->kind != IR_FN_CELL) return;
+  for (int st = 0; st < fn->states.n; st++) {
+    IrRef nx = fn->states.v[st].next;
+    if (nx < first || nx > last || !sched_in_phase(p->in, SCHED_STEP, nx)) continue;
+    const SchedValue *n = &p->v[nx];
+    if (n->numel != p->v[first].numel || sched_state_alias(fn, nx) >= 0) continue;
+    int shared = 0; /* the value is also another state's next or initial value */
+    for (int o = 0; o < fn->states.n; o++)
+      shared |= o != st && (fn->states.v[o].next == nx || fn->states.v[o].init == nx);
+    if (shared || fn->states.v[st].init == nx) continue;
+    if (old_value_read_in_run(p, st, first, last, nx)) p->in->state_inplace[st] = 1;
+  }
 }
 
 /* The nodes of `phase` in order: runs of row-wise nodes inside loops over
@@ -359,6 +418,7 @@ static int build_phase(Plan *p, OpList *list, SchedClass phase) {
     IrRef last = plan_fused_run_end(p, phase, r);
     OpList *body = (OpList *)&list->v[rows].body;
     if (!add_op(p, body, last > r ? SCHED_OP_FUSED : SCHED_OP_NODE, phase, r, last)) return -1;
+    if (phase == SCHED_STEP && last > r) mark_in_place(p, r, last);
     r = last;
   }
   return 0;
@@ -493,9 +553,11 @@ int sched_build(Arena *a, const IrModule *m, const IrFunc *root, const int64_t *
     p.in = &s->insts.v[i];
     p.fn = p.in->fn;
     p.v = p.in->values;
+    /* The stages first: they decide which states are updated in place,
+     * which the buffers follow. */
     if (plan_values(&p) || plan_scan_groups(&p) || plan_linattns(&p) || plan_model_chunks(&p) ||
-        plan_limits(&p) || place_buffers(&p) || place_scan_buffers(&p) ||
-        place_linattn_buffers(&p) || plan_attns(&p) || build_ops(&p) || p.failed)
+        plan_limits(&p) || plan_attns(&p) || build_ops(&p) || p.failed || place_buffers(&p) ||
+        place_scan_buffers(&p) || place_linattn_buffers(&p))
       return -1;
   }
   token_vocab(s);

@@ -105,6 +105,12 @@ static void print_ops(FILE *out, const SchedInst *in, const SchedOp *ops, int n,
                    (in->values[r].uses > 0);
       fprintf(out, "fused v%d..v%d (%d nodes) over ", op->node, op->last, members);
       print_shape(out, v);
+      for (int st = 0; st < in->fn->states.n; st++) {
+        IrRef nx = in->fn->states.v[st].next;
+        if (in->state_inplace[st] && nx >= op->node && nx <= op->last &&
+            sched_in_phase(in, op->cls, nx))
+          fprintf(out, ", v%d over state %s", nx, in->fn->states.v[st].name);
+      }
       fputc('\n', out);
       break;
     }

@@ -234,8 +234,14 @@ typedef struct SchedInst {
   int *layers;        /* per layer of fn: index into Schedule.insts */
   SchedValue *values; /* per node of fn */
   VEC(SchedBuf) bufs;
-  int *state_buf;          /* per state: its storage */
-  int *state_tmp;          /* per state: STATE_TMP buffer, or -1 */
+  int *state_buf; /* per state: its storage */
+  int *state_tmp; /* per state: STATE_TMP buffer, or -1 */
+  /* Per state: its new value is written over its storage by the step's fused
+   * loop, which is the only reader of the old value (each element read before
+   * it is overwritten); the value has no buffer of its own and the commit
+   * copies nothing for it. The step's row loops then skip the examples past
+   * their length, whose states must not change. */
+  unsigned char *state_inplace;
   SchedScanGroup **groups; /* per node: the fused scan it anchors (its last member), or NULL */
   SchedLinattn **linattns; /* per node: the chunked state it anchors, or NULL */
   SchedAttn **attns;       /* per node: its attention plan (attn nodes), or NULL */
