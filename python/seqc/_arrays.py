@@ -6,9 +6,47 @@ float32 buffer; other float dtypes are refused (TypeError), as a torch module
 refuses a float64 input. Token inputs (int) take int32 in place and int64
 (torch's default for indices) through a checked copy.
 """
+import ctypes
 import sys
 
 import numpy as np
+
+F32 = np.dtype(np.float32)
+I32 = np.dtype(np.int32)
+
+
+def _slow_data_ptr(a):
+    return a.ctypes.data
+
+
+def _fast_data_ptr_or_none():
+    """np_ptr(a): the data pointer of an ndarray. `a.ctypes.data` and
+    `a.__array_interface__` build Python objects and take 1.5-2 us; this reads
+    the `data` field of NumPy's PyArrayObject, which follows the object header
+    (what NumPy's own PyArray_DATA does), in 0.3 us. Used only on CPython and
+    only when it agrees with `a.ctypes.data` on arrays of several kinds here."""
+    if sys.implementation.name != "cpython":
+        return None
+    off = object.__basicsize__
+    read = ctypes.c_void_p.from_address
+
+    def ptr(a):
+        return read(id(a) + off).value
+
+    base = np.arange(24, dtype=np.float32).reshape(4, 6)
+    probes = [base, base[1:], base[:, 2:], np.empty(0, np.float32), np.zeros((3, 5), np.int32),
+              np.empty((2, 7), np.float32)[1]]
+    try:
+        if all(ptr(a) == a.ctypes.data for a in probes):
+            return ptr, off
+    except Exception:  # noqa: BLE001 - any surprise: the documented path
+        pass
+    return None, None
+
+
+np_ptr, PTR_OFFSET = _fast_data_ptr_or_none()
+if np_ptr is None:
+    np_ptr = _slow_data_ptr
 
 
 def torch_or_none():
@@ -53,7 +91,7 @@ def as_float(x, what):
     if not x.flags.c_contiguous:
         x = np.ascontiguousarray(x)
         copied = True
-    return Buf(x.ctypes.data, x, x.shape, copied)
+    return Buf(np_ptr(x), x, x.shape, copied)
 
 
 def as_tokens(x, what):
@@ -71,13 +109,13 @@ def as_tokens(x, what):
     elif not isinstance(x, np.ndarray):
         x = np.asarray(x)
     if x.dtype == np.int32 and x.flags.c_contiguous:
-        return Buf(x.ctypes.data, x, x.shape, False)
+        return Buf(np_ptr(x), x, x.shape, False)
     if not np.issubdtype(x.dtype, np.integer):
         raise TypeError(f"{what}: dtype {x.dtype}, expected an integer dtype (token ids)")
     if x.size and (x.min() < np.iinfo(np.int32).min or x.max() > np.iinfo(np.int32).max):
         raise ValueError(f"{what}: token ids beyond int32")
     y = np.ascontiguousarray(x, dtype=np.int32)
-    return Buf(y.ctypes.data, y, y.shape, True)
+    return Buf(np_ptr(y), y, y.shape, True)
 
 
 def empty(shape, like_torch):
@@ -87,7 +125,7 @@ def empty(shape, like_torch):
         t = torch.empty(shape, dtype=torch.float32)
         return t, t.data_ptr()
     a = np.empty(shape, dtype=np.float32)
-    return a, a.ctypes.data
+    return a, np_ptr(a)
 
 
 def weight_array(v, name):

@@ -95,3 +95,13 @@ for _name, (_res, _args) in _sigs.items():
     _f = getattr(lib, _name)
     _f.restype = _res
     _f.argtypes = _args
+
+# The run calls again, without argtypes, for the per-call path of Module:
+# converting each argument through argtypes costs about 0.5 us a call; the
+# caller passes ctypes objects of the exact C types instead (c_void_p handle,
+# c_int64 B and T, ctypes arrays of c_void_p or None), which ctypes hands over
+# as they are. A second CDLL so that `lib`'s declared functions stay checked.
+raw = ctypes.CDLL(path)
+for _name in ("seq_module_forward", "seq_module_step"):
+    getattr(raw, _name).restype = ctypes.c_int
+    getattr(raw, _name).argtypes = None

@@ -5,6 +5,7 @@ import json
 import os
 import re
 import struct
+import sys
 import tempfile
 import threading
 from collections.abc import Mapping
@@ -12,9 +13,247 @@ from collections.abc import Mapping
 import numpy as np
 
 from . import _lib
-from ._arrays import Buf, as_float, as_tokens, empty, is_torch, weight_array
+from ._arrays import (F32, I32, PTR_OFFSET, as_float, as_tokens, is_torch, np_ptr,
+                      weight_array)
 
 _VP = ctypes.c_void_p
+_ND = np.ndarray
+_np_empty = np.empty
+_SMALL = tuple(ctypes.c_int64(i) for i in range(1025))
+
+
+def _i64(v):
+    """v as a c_int64 for the argtypes-less calls (shared for small values)."""
+    return _SMALL[v] if 0 <= v <= 1024 else ctypes.c_int64(v)
+
+
+class _NotLoaded:
+    """Stands for torch.Tensor until torch is imported."""
+
+
+_TT = _NotLoaded  # torch.Tensor once torch is loaded
+_TDT = {}  # NumPy dtype -> torch dtype
+
+
+def _sync_torch():
+    global _TT
+    t = sys.modules.get("torch")
+    if t is not None and _TT is _NotLoaded:
+        _TDT.update({F32: t.float32, I32: t.int32})
+        _TT = t.Tensor
+    return t is not None
+
+
+def _fast(v, dt):
+    """(data pointer, shape, is torch) of v when it can be handed over as it
+    is: a NumPy array of dtype dt, or a CPU torch tensor of that dtype, C-
+    contiguous; else None (the general path converts or raises)."""
+    t = type(v)
+    if t is _ND:
+        if v.dtype is dt and v.flags.c_contiguous:
+            return np_ptr(v), v.shape, False
+    elif t is _TT:
+        if v.dtype is _TDT[dt] and v.is_cpu and v.is_contiguous():
+            return v.data_ptr(), v.shape, True
+    elif _TT is _NotLoaded and _sync_torch():
+        return _fast(v, dt)
+    return None
+
+
+def _make_quick(m, nlead):
+    """The common call of m.forward (nlead 2) or m.step (nlead 1) as a
+    closure over what it needs (no reference to m): one input x, a NumPy array
+    or CPU torch tensor of the input's dtype, C-contiguous, [B, T, ...] or
+    [B, ...]; state None or a dict of every state, arrays of x's kind, float32,
+    contiguous, [B, ...]; new outputs. quick(x, state, want_state) returns
+    (y, states or None), the status (an int) when the call failed, or None
+    when anything differs (the general
+    path then converts or raises). None for modules with several inputs or
+    without that call, and where NumPy's data pointer is not read directly."""
+    c = m._fwd_c if nlead == 2 else m._step_c
+    if m._in0 is None or c is None or PTR_OFFSET is None:
+        return None
+    first = m._first
+    in_dt, _, in_rank, in_tail = m._in0
+    rank = nlead + in_rank
+    names = m._st_names
+    nst, nout = len(names), m._nout
+    out_tails = tuple(s.shape for s in m.outputs)
+    st_tails = tuple(s.shape for s in m.states)
+    in_arr, st_arr, out_arr = m._in_arr, m._st_arr, m._out_arr
+    free = m._free
+    layouts = {}
+    ND, empty, f32, i64 = _ND, _np_empty, F32, _i64
+    rd, off = ctypes.c_void_p.from_address, PTR_OFFSET
+
+    def layout(lead):
+        # Shapes for these leading dims; when the new arrays of a call (the
+        # outputs, and the states with want_state) all have one shape, NumPy
+        # allocates them as one block [k, ...] whose rows are handed out.
+        B = lead[0]
+        osh = tuple(lead + t for t in out_tails)
+        ssh = tuple((B,) + t for t in st_tails)
+        blocks = []
+        for shapes in (osh, osh + ssh):
+            if shapes and all(s == shapes[0] for s in shapes):
+                n = 4
+                for d in shapes[0]:
+                    n *= d
+                blocks.append(((len(shapes),) + shapes[0], n))
+            else:
+                blocks.append(None)
+        lay = (lead + in_tail, osh, ssh, blocks[0], blocks[1])
+        if len(layouts) > 64:
+            layouts.clear()
+        layouts[lead] = lay
+        return lay
+
+    def given(vals, shapes, arr, tx, write):
+        # Pointers of caller arrays of x's kind, float32, contiguous, these
+        # shapes (writable, without requires_grad, when written): False if not.
+        i = 0
+        if tx is ND:
+            for v, want in zip(vals, shapes):
+                if type(v) is not ND or v.dtype is not f32 or not v.flags.c_contiguous \
+                        or v.shape != want or (write and not v.flags.writeable):
+                    return False
+                arr[i] = rd(id(v) + off).value
+                i += 1
+        else:
+            tf32 = _TDT[f32]
+            for v, want in zip(vals, shapes):
+                if type(v) is not tx or v.dtype is not tf32 or not v.is_cpu or \
+                        not v.is_contiguous() or v.shape != want or (write and v.requires_grad):
+                    return False
+                arr[i] = v.data_ptr()
+                i += 1
+        return i == len(shapes)
+
+    def quick(x, state, want_state, out=None, state_out=None):
+        tx = type(x)
+        if tx is not ND and tx is not _TT:
+            return None
+        shp = x.shape
+        if len(shp) != rank:
+            return None
+        if tx is ND:
+            if x.dtype is not in_dt or not x.flags.c_contiguous:
+                return None
+            lead = shp[:nlead]
+        else:
+            if x.dtype is not _TDT[in_dt] or not x.is_cpu or not x.is_contiguous():
+                return None
+            lead = tuple(shp)[:nlead]
+        lay = layouts.get(lead)
+        if lay is None:
+            lay = layout(lead)
+        if shp != lay[0]:
+            return None
+        try:
+            a = free.pop()
+        except IndexError:
+            a = (in_arr(), st_arr(), out_arr(), st_arr())
+        ins, sin, optr, sout = a
+        ins[0] = rd(id(x) + off).value if tx is ND else x.data_ptr()
+        if state is not None:
+            if type(state) is not dict or len(state) != nst or \
+                    not given(map(state.get, names), lay[2], sin, tx, False):
+                free.append(a)
+                return None
+        else:
+            sin = None
+        if out is not None or state_out is not None:
+            # The caller's arrays: out (one output, or a tuple in order) and
+            # state_out (a dict of every state, which may be state itself).
+            if out is None or (len(out) != nout if type(out) is tuple else nout != 1) or \
+                    not given(out if type(out) is tuple else (out,), lay[1], optr, tx, True):
+                free.append(a)
+                return None
+            if want_state or state_out is not None:
+                if type(state_out) is not dict or len(state_out) != nst or \
+                        not given(map(state_out.get, names), lay[2], sout, tx, True):
+                    free.append(a)
+                    return None
+            else:
+                sout = None
+            if nlead == 1:
+                st = c(first, i64(lead[0]), ins, sin, optr, sout)
+            else:
+                st = c(first, i64(lead[0]), i64(lead[1]), ins, None, sin, optr, sout)
+            free.append(a)
+            if st:
+                return st
+            return out, state_out
+        if not want_state:
+            sout = None
+        souts = None
+        if tx is ND:
+            blk = lay[4] if want_state else lay[3]
+            if blk is not None:
+                b = empty(blk[0], f32)
+                p, n = rd(id(b) + off).value, blk[1]
+                for i in range(nout):
+                    optr[i] = p
+                    p += n
+                outs = []
+                for i in range(nout):
+                    outs.append(b[i])
+                if want_state:
+                    souts = []
+                    for i in range(nst):
+                        sout[i] = p
+                        p += n
+                        souts.append(b[nout + i])
+            else:
+                outs = []
+                i = 0
+                for shape in lay[1]:
+                    o = empty(shape, f32)
+                    optr[i] = rd(id(o) + off).value
+                    outs.append(o)
+                    i += 1
+                if want_state:
+                    souts = []
+                    i = 0
+                    for shape in lay[2]:
+                        o = empty(shape, f32)
+                        sout[i] = rd(id(o) + off).value
+                        souts.append(o)
+                        i += 1
+        else:
+            new = sys.modules["torch"].empty
+            outs = []
+            i = 0
+            for shape in lay[1]:
+                o = new(shape)
+                optr[i] = o.data_ptr()
+                outs.append(o)
+                i += 1
+            if want_state:
+                souts = []
+                i = 0
+                for shape in lay[2]:
+                    o = new(shape)
+                    sout[i] = o.data_ptr()
+                    souts.append(o)
+                    i += 1
+        if nlead == 1:
+            st = c(first, i64(lead[0]), ins, sin, optr, sout)
+        else:
+            st = c(first, i64(lead[0]), i64(lead[1]), ins, None, sin, optr, sout)
+        free.append(a)
+        if st:
+            return st
+        return (outs[0] if nout == 1 else tuple(outs),
+                dict(zip(names, souts)) if want_state else None)
+
+    return quick
+
+
+def _describe(v):
+    if isinstance(v, np.ndarray) or is_torch(v):
+        return f"{type(v).__name__} {list(v.shape)} {v.dtype}"
+    return type(v).__name__
 
 
 class SeqError(RuntimeError):
@@ -225,6 +464,9 @@ def _parse_header(text):
                 specs.append(TensorSpec(f.group(2), [int(d) for d in dims],
                                         f.group(1) == "int32_t"))
         out[kind] = specs
+    # The dims, in SYM_dims' order: "#define SYM_DIM_NAME 4LL" (codegen/aot.c).
+    out["dim_names"] = re.findall(r"^#define %s_DIM_(\w+) -?\d+LL$" % re.escape(sym.upper()),
+                                  text, re.M)
     return sym, out
 
 
@@ -288,9 +530,12 @@ class Module:
         lib.seq_module_dims(h, names, values)
         self.dims = {names[i].decode(): values[i] for i in range(n)}
         self.has_step = bool(lib.seq_module_entry(h, b"step"))
-        fwd, stp, err = lib.seq_module_forward, lib.seq_module_step, lib.seq_module_error
-        self._forward = lambda B, T, i, ln, si, o, so: fwd(h, B, T, i, ln, si, o, so)
-        self._step = lambda B, i, si, o, so: stp(h, B, i, si, o, so)
+        err = lib.seq_module_error
+        # The run calls: `_lib.raw`'s, without argtypes (see there); the first
+        # argument, the module handle, made once.
+        self._first = _VP(h)
+        self._fwd_c = _lib.raw.seq_module_forward
+        self._step_c = _lib.raw.seq_module_step if self.has_step else None
         self._message = lambda st: (err(h) or b"").decode()
         self._setup()
         return self
@@ -308,13 +553,17 @@ class Module:
         n = dims_fn(None)
         vals = (ctypes.c_int64 * max(n, 1))()
         dims_fn(vals)
-        self.dims = list(vals[:n])  # the unit's header order; names are in the header's macros
+        names = specs["dim_names"]
+        if len(names) != n:
+            raise SeqError(f"{path}: the header names {len(names)} dims, {sym}_dims returns {n}")
+        self.dims = dict(zip(names, vals[:n]))
         self._pbuf = (_VP * max(len(self.params), 1))()
-        pb = self._pbuf
+        self._first = self._pbuf
+        # Without argtypes, as _lib.raw's calls: the caller passes exact C types.
         fwd = getattr(so, sym + "_forward")
         fwd.restype = ctypes.c_int32
-        fwd.argtypes = [_VP, ctypes.c_int64, ctypes.c_int64, _VP, _VP, _VP, _VP, _VP]
-        self._forward = lambda B, T, i, ln, si, o, so_: fwd(pb, B, T, i, ln, si, o, so_)
+        fwd.argtypes = None
+        self._fwd_c = fwd
         try:
             stp = getattr(so, sym + "_step")
         except AttributeError:
@@ -322,8 +571,8 @@ class Module:
         self.has_step = stp is not None
         if stp is not None:
             stp.restype = ctypes.c_int32
-            stp.argtypes = [_VP, ctypes.c_int64, _VP, _VP, _VP, _VP]
-            self._step = lambda B, i, si, o, so_: stp(pb, B, i, si, o, so_)
+            stp.argtypes = None
+        self._step_c = stp
         self._message = lambda st: _STATUS_ABI.get(st, f"status {st}")
         self._setup()
         return self
@@ -332,9 +581,47 @@ class Module:
         self._in_index = {s.name: i for i, s in enumerate(self.inputs)}
         self._st_index = {s.name: i for i, s in enumerate(self.states)}
         self._st_names = tuple(s.name for s in self.states)
-        self._in_arr = _VP * max(len(self.inputs), 1)
-        self._out_arr = _VP * max(len(self.outputs), 1)
-        self._st_arr = _VP * max(len(self.states), 1)
+        self._nin = len(self.inputs)
+        self._nout = len(self.outputs)
+        self._nst = len(self.states)
+        self._in_arr = _VP * max(self._nin, 1)
+        self._out_arr = _VP * max(self._nout, 1)
+        self._st_arr = _VP * max(self._nst, 1)
+        # The one-input fast path: the input's dtype (NumPy's, torch's once
+        # torch is loaded), rank with the batch axis and per-example shape.
+        if self._nin == 1:
+            s0 = self.inputs[0]
+            self._in0 = (I32 if s0.is_int else F32, s0.is_int, len(s0.shape), s0.shape)
+        else:
+            self._in0 = None
+        self._shapes = {}
+        self._free = []  # pointer arrays of finished calls, for the next (list ops are atomic)
+        self._bound = self._h is not None  # a JIT module checks its own bindings
+        self._qfwd = _make_quick(self, 2)
+        self._qstep = _make_quick(self, 1)
+
+    def _shapes_of(self, B, T):
+        """The full shapes of the outputs and states for B (and T; None: a step)."""
+        key = (B,) if T is None else (B, T)
+        sh = self._shapes.get(key)
+        if sh is None:
+            lead = (B,) if T is None else (B, T)
+            sh = (lead + self.inputs[0].shape if self._nin == 1 else None,
+                  tuple(lead + s.shape for s in self.outputs),
+                  tuple((B,) + s.shape for s in self.states))
+            if len(self._shapes) > 64:
+                self._shapes.clear()
+            self._shapes[key] = sh
+        return sh
+
+    def _arrays(self):
+        """Four pointer arrays (inputs, states in, outputs, states out) of a
+        call: a finished call's, or new ones. Each call holds its own, so
+        threads (and a call from a finalizer) never share them."""
+        try:
+            return self._free.pop()
+        except IndexError:
+            return (self._in_arr(), self._st_arr(), self._out_arr(), self._st_arr())
 
     def __del__(self):
         h, self._h = getattr(self, "_h", None), None
@@ -390,6 +677,7 @@ class Module:
             else:
                 self._pbuf[i] = ptr
         self._weights = {n: a for n, (a, _) in chosen.items()}
+        self._bound = True
         return self
 
     def _key(self, k):
@@ -403,10 +691,16 @@ class Module:
         return True
 
     def _check_bound(self):
-        if self._so is not None and len(self._weights) != len(self.params):
+        if not self._bound:
             raise WeightError("weights are not bound: call load_weights first")
 
     # ---- running ---------------------------------------------------------------
+    # A call costs a few microseconds of Python around the compiled code
+    # (docs/python.md, Overhead): the common case (one input, a NumPy array or
+    # torch tensor that is float32/int32, contiguous and of the right shape;
+    # states a dict of such) is checked with attribute reads and handed over
+    # as pointers; anything else takes the general path below, which converts
+    # (copies) or raises naming the tensor.
     def _collect_inputs(self, xs, kw):
         if len(xs) == 1 and isinstance(xs[0], Mapping):
             kw = dict(xs[0], **kw)
@@ -445,18 +739,51 @@ class Module:
             bufs.append(b)
         return bufs, lead
 
-    def _states_in(self, state, B, what="state"):
+    def _inputs(self, xs, kw, ins, nlead):
+        """Fills ins with the input pointers; returns (lead dims, whether the
+        first input is a torch tensor, what keeps copies alive)."""
+        f = self._in0
+        if f is not None and not kw and len(xs) == 1:
+            x = xs[0]
+            r = _fast(x, f[0])
+            if r is not None:
+                shp = r[1]
+                if len(shp) == nlead + f[2] and shp[nlead:] == f[3]:
+                    ins[0] = r[0]
+                    return shp[:nlead], r[2], None
+        bufs, lead = self._prepare(self._collect_inputs(xs, kw), (None,) * nlead)
+        for i, b in enumerate(bufs):
+            ins[i] = b.ptr
+        return tuple(lead), (is_torch(bufs[0].obj) if bufs else False), bufs
+
+    def _states_in(self, state, B, sin, what="state"):
+        """Fills sin from state (None, a dict by name, or a sequence in order);
+        returns sin or None, and what keeps copies alive."""
         if state is None:
-            return None, []
+            return None, None
+        n = self._nst
+        if type(state) is dict and len(state) == n:
+            # All states given, each float32, contiguous, [B, ...]: pointers.
+            i = 0
+            for name, s in zip(self._st_names, self.states):
+                v = state.get(name)
+                r = _fast(v, F32)
+                if r is None or r[1][:1] != (B,) or r[1][1:] != s.shape:
+                    break
+                sin[i] = r[0]
+                i += 1
+            else:
+                return sin, None
         if isinstance(state, Mapping):
             items = state.items()
         else:
             state = tuple(state)
-            if len(state) != len(self.states):
+            if len(state) != n:
                 raise ValueError(f"{what}: {len(state)} values, the model has "
-                                 f"{len(self.states)} states ({', '.join(self._st_names)})")
+                                 f"{n} states ({', '.join(self._st_names)})")
             items = zip(self._st_names, state)
-        arr = self._st_arr()
+        for i in range(n):
+            sin[i] = None
         keep = []
         for name, v in items:
             if v is None:
@@ -470,9 +797,52 @@ class Module:
             if tuple(b.shape) != (B, *spec.shape):
                 raise ValueError(f"state {name}: shape {list(b.shape)}, expected "
                                  f"{[B, *spec.shape]}")
-            arr[i] = b.ptr
+            sin[i] = b.ptr
             keep.append(b)
-        return arr, keep
+        return sin, keep
+
+    def _outs(self, out, shapes, arr, torch_out, what):
+        """Fills arr with new output buffers of these shapes (tensors when
+        torch_out), or with the caller's `out` arrays, checked; returns them."""
+        if out is None:
+            res = []
+            if torch_out:
+                new = sys.modules["torch"].empty
+                for i, shape in enumerate(shapes):
+                    t = new(shape)
+                    arr[i] = t.data_ptr()
+                    res.append(t)
+            else:
+                for i, shape in enumerate(shapes):
+                    a = _np_empty(shape, F32)
+                    arr[i] = np_ptr(a)
+                    res.append(a)
+            return res
+        names = self._st_names if what == "state_out" else [s.name for s in self.outputs]
+        if what == "state_out" and isinstance(out, Mapping):
+            missing = [n for n in names if n not in out]
+            if missing or len(out) != len(names):
+                raise ValueError(f"state_out: a dict of every state ({', '.join(names)})")
+            vals = [out[n] for n in names]
+        elif isinstance(out, (tuple, list)):
+            vals = list(out)
+        elif len(names) == 1:
+            vals = [out]
+        else:
+            raise TypeError(f"{what}: a tuple of {len(names)} arrays ({', '.join(names)})")
+        if len(vals) != len(names):
+            raise ValueError(f"{what}: {len(vals)} arrays, the model has {len(names)} "
+                             f"({', '.join(names)})")
+        for i, (name, v, shape) in enumerate(zip(names, vals, shapes)):
+            r = _fast(v, F32)
+            if r is None or tuple(r[1]) != shape or (type(v) is not _ND and is_torch(v) and
+                                                     v.requires_grad) or \
+                    (type(v) is _ND and not v.flags.writeable):
+                raise ValueError(f"{what} {name}: expected a writable float32 C-contiguous "
+                                 f"CPU array of shape {list(shape)} (without requires_grad), "
+                                 f"got {_describe(v)}")
+            arr[i] = r[0]
+        return vals
 
     def _lengths(self, lengths, B, T):
         if lengths is None:
@@ -487,7 +857,7 @@ class Module:
         if a.size and (a.min() < 0 or a.max() > T):
             raise ValueError(f"lengths: values must lie in [0, {T}], got {a.tolist()}")
         a = np.ascontiguousarray(a, dtype=np.int32)
-        return a.ctypes.data, a
+        return _VP(np_ptr(a)), a
 
     def _fail(self, st):
         msg = self._message(st)
@@ -497,76 +867,86 @@ class Module:
             raise WeightError(msg, st)
         raise SeqError(msg, st)
 
-    def forward(self, *xs, lengths=None, state=None, return_state=False, **kw):
+    def forward(self, *xs, lengths=None, state=None, return_state=False, out=None,
+                state_out=None, **kw):
         """Runs whole sequences: inputs [B, T, ...] (tokens [B, T]); lengths:
         None or B values in [0, T] (outputs past the end are zero, the final
         state is the state at the end); state: None, a dict by state name
         (m.state_names) or a sequence in that order, each [B, ...]. Returns the
         output (a tuple for several), and with return_state=True also the final
-        states as a dict."""
-        self._check_bound()
-        bufs, (B, T) = self._prepare(self._collect_inputs(xs, kw), (None, None))
-        torch_out = is_torch(bufs[0].obj) if bufs else False
-        ins = self._in_arr(*[b.ptr for b in bufs])
-        lp, lkeep = self._lengths(lengths, B, T)
-        sin, skeep = self._states_in(state, B)
-        outs, optr = [], self._out_arr()
-        for i, s in enumerate(self.outputs):
-            o, optr[i] = empty((B, T, *s.shape), torch_out)
-            outs.append(o)
-        sout = None
-        if return_state:
-            sout = self._st_arr()
-            souts = []
-            for i, s in enumerate(self.states):
-                o, sout[i] = empty((B, *s.shape), torch_out)
-                souts.append(o)
-        st = self._forward(B, T, ins, lp, sin, optr, sout)
+        states as a dict. out: arrays to write the outputs into (returned)
+        instead of new ones; state_out: the same for the final states (a dict
+        or a sequence; implies return_state; it may be `state` itself)."""
+        q = self._qfwd
+        if q is not None and lengths is None and not kw and len(xs) == 1 and self._bound:
+            rs = return_state or state_out is not None
+            r = q(xs[0], state, rs, out, state_out)
+            if r is not None:
+                if type(r) is int:
+                    self._fail(r)
+                return r if rs else r[0]
+        if not self._bound:
+            self._check_bound()
+        a = self._arrays()
+        ins, sin, optr, sout = a
+        (B, T), torch_out, keep = self._inputs(xs, kw, ins, 2)
+        lp, lkeep = self._lengths(lengths, B, T) if lengths is not None else (None, None)
+        sin, skeep = self._states_in(state, B, sin)
+        _, oshapes, sshapes = self._shapes_of(B, T)
+        outs = self._outs(out, oshapes, optr, torch_out, "out")
+        if return_state or state_out is not None:
+            souts = self._outs(state_out, sshapes, sout, torch_out, "state_out")
+        else:
+            sout = None
+        st = self._fwd_c(self._first, _i64(B), _i64(T), ins, lp, sin, optr, sout)
+        self._free.append(a)
         if st:
             self._fail(st)
-        y = outs[0] if len(outs) == 1 else tuple(outs)
-        if return_state:
-            return y, dict(zip(self._st_names, souts))
-        return y
+        y = outs[0] if self._nout == 1 else tuple(outs)
+        if sout is None:
+            return y
+        if type(state_out) is dict:
+            return y, state_out
+        return y, dict(zip(self._st_names, souts))
 
     __call__ = forward
 
-    def step(self, x=None, state=None, **kw):
+    def step(self, x=None, state=None, *, out=None, state_out=None, **kw):
         """One token: x [B, ...] (tokens [B]); for several inputs a dict by
         name, a tuple in order, or keywords. state as in forward (None: the
         initial state). Returns (output, state): chained over a sequence it
-        gives forward's outputs and final state."""
-        xs = () if x is None else (tuple(x) if isinstance(x, (tuple, list)) else (x,))
-        if not self.has_step:
+        gives forward's outputs and final state. out / state_out: arrays to
+        write into instead of new ones, as in forward; state_out=state
+        updates the state in place."""
+        q = self._qstep
+        if q is not None and not kw and self._bound:
+            r = q(x, state, True, out, state_out)
+            if r is not None:
+                if type(r) is int:
+                    self._fail(r)
+                return r
+        c = self._step_c
+        if c is None:
             raise SeqError("this model has no step form (it reads whole sequences: a reverse "
                            "layer, causal_conv or attention); call it on the whole sequence")
-        self._check_bound()
-        if len(xs) == 1 and not kw and len(self.inputs) == 1:
-            b = xs[0]
-            spec = self.inputs[0]
-            b = as_tokens(b, "input " + spec.name) if spec.is_int else \
-                as_float(b, "input " + spec.name)
-            if len(b.shape) != 1 + len(spec.shape) or tuple(b.shape[1:]) != spec.shape:
-                want = "[B" + "".join(f", {d}" for d in spec.shape) + "]"
-                raise ValueError(f"input {spec.name}: shape {list(b.shape)}, expected {want}")
-            bufs, B = (b,), b.shape[0]
-        else:
-            bufs, (B,) = self._prepare(self._collect_inputs(xs, kw), (None,))
-        torch_out = is_torch(bufs[0].obj)
-        ins = self._in_arr(*[b.ptr for b in bufs])
-        sin, skeep = self._states_in(state, B)
-        optr, outs = self._out_arr(), []
-        for i, s in enumerate(self.outputs):
-            o, optr[i] = empty((B, *s.shape), torch_out)
-            outs.append(o)
-        sout, souts = self._st_arr(), []
-        for i, s in enumerate(self.states):
-            o, sout[i] = empty((B, *s.shape), torch_out)
-            souts.append(o)
-        st = self._step(B, ins, sin, optr, sout)
+        if not self._bound:
+            self._check_bound()
+        a = self._arrays()
+        ins, sin, optr, sout = a
+        xs = () if x is None else (tuple(x) if isinstance(x, (tuple, list)) else (x,))
+        (B,), torch_out, keep = self._inputs(xs, kw, ins, 1)
+        sin, skeep = self._states_in(state, B, sin)
+        _, oshapes, sshapes = self._shapes_of(B, None)
+        outs = self._outs(out, oshapes, optr, torch_out, "out")
+        souts = self._outs(state_out, sshapes, sout, torch_out, "state_out")
+        st = c(self._first, _i64(B), ins, sin, optr, sout)
+        self._free.append(a)
         if st:
             self._fail(st)
-        return (outs[0] if len(outs) == 1 else tuple(outs)), dict(zip(self._st_names, souts))
+        y = outs[0] if self._nout == 1 else tuple(outs)
+        if type(state_out) is dict:
+            return y, state_out
+        return y, dict(zip(self._st_names, souts))
 
     # ---- introspection -------------------------------------------------------------
     @property

@@ -123,7 +123,8 @@ def test_non_contiguous_inputs_are_copied_and_equal():
 # ---- zero copy ---------------------------------------------------------------------------
 def test_contiguous_float32_is_not_copied(monkeypatch):
     seen = []
-    real_fwd, real_step = _lib.lib.seq_module_forward, _lib.lib.seq_module_step
+    # The functions a module calls (taken when it is made): _lib.raw's.
+    real_fwd, real_step = _lib.raw.seq_module_forward, _lib.raw.seq_module_step
 
     def fwd(h, B, T, ins, lengths, sin, outs, sout):
         seen.append((ins[0], sin[0] if sin else None, outs[0]))
@@ -133,8 +134,8 @@ def test_contiguous_float32_is_not_copied(monkeypatch):
         seen.append((ins[0], sin[0] if sin else None, outs[0]))
         return real_step(h, B, ins, sin, outs, sout)
 
-    monkeypatch.setattr(_lib.lib, "seq_module_forward", fwd)
-    monkeypatch.setattr(_lib.lib, "seq_module_step", stp)
+    monkeypatch.setattr(_lib.raw, "seq_module_forward", fwd)
+    monkeypatch.setattr(_lib.raw, "seq_module_step", stp)
     m, _ = lstm()
     x = x_of()
     h = np.ones((2, 6), np.float32)
@@ -212,6 +213,8 @@ def test_load_so_matches_jit(tmp_path):
     ref = torch.nn.LSTM(4, 6, num_layers=2, batch_first=True)
     a = seqc.load_so(so)
     assert [s.name for s in a.states] == ["l0_h", "l0_c", "l1_h", "l1_c"]
+    assert a.dims == {"I": 4, "H": 6} == seqc.compile(ROOT / "examples/lstm2.seq",
+                                                     dims={"I": 4, "H": 6}).dims
     with pytest.raises(seqc.WeightError, match="not bound"):
         a(torch.randn(2, 3, 4))
     a.load_weights(ref.state_dict())
@@ -227,3 +230,60 @@ def test_load_so_matches_jit(tmp_path):
         a(x, lengths=[8, 1])
     with pytest.raises(seqc.SeqError, match="needs a module compiled"):
         a.report()
+
+
+# ---- out= and state_out= ------------------------------------------------------------------------
+def test_out_and_state_out_write_in_place():
+    m, _ = lstm()
+    x = x_of()
+    y_ref, st_ref = m(x, return_state=True)
+    y = np.full((2, 5, 6), np.nan, np.float32)
+    st = {"h": np.empty((2, 6), np.float32), "c": np.empty((2, 6), np.float32)}
+    h_buf = st["h"]
+    got, got_st = m(x, out=y, state_out=st)
+    assert got is y and got_st is st and st["h"] is h_buf
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(st["c"], st_ref["c"])
+    # step: the state updated in place (state_out may be state itself), the
+    # same values as new arrays each time.
+    state, new_state = {"h": np.zeros((2, 6), np.float32), "c": np.zeros((2, 6), np.float32)}, None
+    y_t = np.empty((2, 6), np.float32)
+    for t in range(5):
+        want, new_state = m.step(x[:, t], new_state)
+        got, state2 = m.step(x[:, t], state, out=y_t, state_out=state)
+        assert got is y_t and state2 is state
+        np.testing.assert_array_equal(y_t, want)
+        np.testing.assert_array_equal(state["c"], new_state["c"])
+    np.testing.assert_array_equal(state["h"], st_ref["h"])
+    # torch tensors too.
+    xt = torch.from_numpy(x)
+    yt = torch.empty(2, 5, 6)
+    assert m(xt, out=yt) is yt
+    np.testing.assert_array_equal(yt.numpy(), y_ref)
+    # Refused, naming the output: wrong shape, dtype, read-only, requires_grad.
+    with pytest.raises(ValueError, match=r"out y: .*shape \[2, 5, 6\]"):
+        m(x, out=np.empty((2, 5, 5), np.float32))
+    with pytest.raises(ValueError, match="out y"):
+        m(x, out=np.empty((2, 5, 6), np.float64))
+    ro = np.empty((2, 5, 6), np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="writable"):
+        m(x, out=ro)
+    with pytest.raises(ValueError, match="out y"):
+        m(xt, out=torch.empty(2, 5, 6, requires_grad=True))
+    with pytest.raises(ValueError, match="state_out: a dict of every state"):
+        m(x, state_out={"h": np.empty((2, 6), np.float32)})
+
+
+def test_outputs_are_fresh_each_call():
+    m, _ = lstm()
+    x0 = x_of(T=1)[:, 0]
+    y1, s1 = m.step(x0)
+    y1_copy, h1_copy = y1.copy(), s1["h"].copy()
+    y2, s2 = m.step(x0, s1)
+    assert not np.shares_memory(y1, y2) and not np.shares_memory(s1["h"], s2["h"])
+    assert not np.shares_memory(s2["h"], s2["c"]) and not np.shares_memory(y2, s2["h"])
+    np.testing.assert_array_equal(y1, y1_copy)  # earlier results are not overwritten
+    np.testing.assert_array_equal(s1["h"], h1_copy)
+    y2[:] = 7  # writing one output leaves the others alone
+    assert not (s2["h"] == 7).any()
