@@ -445,7 +445,10 @@ void emit_ops(Lower *L, const SchedOp *ops, int n) {
       emit_call(L, op->node);
       break;
     case SCHED_OP_CONV:
-      emit_causal_conv(L, op->node);
+      if (L->fn->nodes.v[op->node].nargs == 4)
+        emit_conv_window(L, op->node);
+      else
+        emit_causal_conv(L, op->node);
       break;
     case SCHED_OP_SCAN:
       if (op->group)

@@ -196,6 +196,8 @@ void emit_scan(Lower *L, IrRef r);
 void emit_scan_group(Lower *L, const SchedOp *op);
 void emit_delay(Lower *L, IrRef r);
 void emit_window(Lower *L, IrRef r);
+/* causal_conv with a window state's initial value (a fourth operand). */
+void emit_conv_window(Lower *L, IrRef r);
 void emit_seq_final_states(Lower *L);
 void emit_chunk_states(Lower *L);
 

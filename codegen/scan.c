@@ -124,8 +124,9 @@ void emit_delay(Lower *L, IrRef r) {
 
 /* A shift register's value entering step tau: along the axis, entries
  * [tau*m, tau*m + n) of the stream w0 (n entries), v at step 0 (m), v at
- * step 1 (m), ... In time chunks w0 is the storage, which holds the window
- * entering the chunk (emit_chunk_states), and tau counts from t0. */
+ * step 1 (m), ...; leaving it (an "after" window) those from (tau+1)*m. In
+ * time chunks w0 is the storage, which holds the window entering the chunk
+ * (emit_chunk_states), and tau counts from t0. */
 void emit_window(Lower *L, IrRef r) {
   const IrNode *nd = &L->fn->nodes.v[r];
   const SchedValue *n = &L->v[r], *v = &L->v[nd->args[0]];
@@ -138,10 +139,18 @@ void emit_window(Lower *L, IrRef r) {
   LLVMValueRef len = len_of(L, b), first, count;
   step_range(L, len, &first, &count);
   LLVMValueRef w0 = row_at(L, nd->args[1], b, ci64(L, 0));
-  LLVMValueRef rel = loop_begin(L, &lt, ci64(L, 0), count);
+  /* A window after the step that only its state reads (the register's next
+   * value) is read at the last step alone (emit_chunk_states,
+   * emit_seq_final_states). */
+  int after = nd->index != 0;
+  LLVMValueRef lo = ci64(L, 0);
+  if (sched_window_last_only(L->in, r))
+    lo = LLVMBuildSelect(L->bld, LLVMBuildICmp(L->bld, LLVMIntSGT, count, ci64(L, 0), ""),
+                         LLVMBuildSub(L->bld, count, ci64(L, 1), ""), ci64(L, 0), "");
+  LLVMValueRef rel = loop_begin(L, &lt, lo, count);
   LLVMValueRef dst = step_row(L, r, b, len, add(L, first, rel));
   LLVMValueRef j = loop_begin(L, &lj, ci64(L, 0), ci64(L, nlen));
-  LLVMValueRef p = add(L, mul(L, rel, ci64(L, mlen)), j);
+  LLVMValueRef p = add(L, mul(L, add(L, rel, ci64(L, after)), ci64(L, mlen)), j);
   LLVMValueRef from_w0 = LLVMBuildICmp(L->bld, LLVMIntSLT, p, ci64(L, nlen), "");
   LLVMValueRef pv = LLVMBuildSub(L->bld, p, ci64(L, nlen), "");
   /* Stream entries past w0: the m entries of v at step (p - n) / m. */
@@ -160,6 +169,65 @@ void emit_window(Lower *L, IrRef r) {
   loop_end(L, &lk);
   loop_end(L, &lq);
   loop_end(L, &lj);
+  loop_end(L, &lt);
+  loop_end(L, &lb);
+}
+
+enum { CONV_FAST_TAPS = 64 }; /* longer kernels take the general loop for every step */
+
+/* out[tau] = b + sum_k w[:, k] u[tau - K + 1 + k] over the steps this call
+ * runs, u before the first of them read from s0 [D, K-1], the window state's
+ * storage (its initial value, or in time chunks the window entering the
+ * chunk). Steps whose taps all lie in this call's rows take the fast loop:
+ * K row pointers, then a loop over the channels that vectorizes. */
+void emit_conv_window(Lower *L, IrRef r) {
+  const IrNode *nd = &L->fn->nodes.v[r];
+  const SchedValue *n = &L->v[r], *w = &L->v[nd->args[1]], *bias = &L->v[nd->args[2]];
+  int64_t D = n->numel, K = D ? w->numel / D : 0, M = K - 1;
+  LLVMBuilderRef bld = L->bld;
+  LLVMValueRef wb = L->ll[nd->args[1]].base, bb = L->ll[nd->args[2]].base;
+  Loop lb, lh, lt, ld;
+  LLVMValueRef b = loop_begin(L, &lb, ci64(L, 0), L->a_B);
+  LLVMValueRef len = len_of(L, b), first, count;
+  step_range(L, len, &first, &count);
+  LLVMValueRef w0 = row_at(L, nd->args[3], b, ci64(L, 0));
+  /* The first M steps: taps before the first read s0. */
+  LLVMValueRef head = K <= CONV_FAST_TAPS ? select_min(L, count, ci64(L, M)) : count;
+  LLVMValueRef rel = loop_begin(L, &lh, ci64(L, 0), head);
+  LLVMValueRef dst = step_row(L, r, b, len, add(L, first, rel));
+  LLVMValueRef d = loop_begin(L, &ld, ci64(L, 0), ci64(L, D));
+  LLVMValueRef acc = ldf(L, bb, bias->numel == 1 ? ci64(L, 0) : d);
+  for (int64_t k = 0; k < K; k++) {
+    LLVMValueRef p = add(L, rel, ci64(L, k - M));
+    LLVMValueRef in_rows = LLVMBuildICmp(bld, LLVMIntSGE, p, ci64(L, 0), "");
+    LLVMValueRef pu = LLVMBuildSelect(bld, in_rows, p, ci64(L, 0), "");
+    LLVMValueRef ps = LLVMBuildSelect(bld, in_rows, ci64(L, -1), p, "");
+    LLVMValueRef uv = ldf(L, step_row(L, nd->args[0], b, len, add(L, first, pu)), d);
+    LLVMValueRef sv = ldf(L, w0, add(L, mul(L, d, ci64(L, M)), add(L, ci64(L, M), ps)));
+    LLVMValueRef x = LLVMBuildSelect(bld, in_rows, uv, sv, "");
+    acc = fadd(L, acc, fmul(L, ldf(L, wb, add(L, mul(L, d, ci64(L, K)), ci64(L, k))), x));
+  }
+  stf(L, acc, dst, d);
+  loop_end(L, &ld);
+  loop_end(L, &lh);
+  /* The rest: every tap in this call's rows. */
+  LLVMValueRef t = loop_begin(L, &lt, head, count);
+  if (K > CONV_FAST_TAPS) { /* every step took the loop above */
+    loop_end(L, &lb);
+    return;
+  }
+  LLVMValueRef taps[CONV_FAST_TAPS];
+  int64_t nt = K;
+  for (int64_t k = 0; k < nt; k++)
+    taps[k] = step_row(L, nd->args[0], b, len, add(L, first, add(L, t, ci64(L, k - M))));
+  dst = step_row(L, r, b, len, add(L, first, t));
+  d = loop_begin(L, &ld, ci64(L, 0), ci64(L, D));
+  acc = ldf(L, bb, bias->numel == 1 ? ci64(L, 0) : d);
+  for (int64_t k = 0; k < nt; k++)
+    acc = fadd(L, acc,
+               fmul(L, ldf(L, wb, add(L, mul(L, d, ci64(L, K)), ci64(L, k))), ldf(L, taps[k], d)));
+  stf(L, acc, dst, d);
+  loop_end(L, &ld);
   loop_end(L, &lt);
   loop_end(L, &lb);
 }

@@ -93,6 +93,7 @@ void cu_scan_group(Cu *c, const SchedOp *op);
 void cu_scan(Cu *c, IrRef r);
 void cu_delay(Cu *c, IrRef r);
 void cu_window(Cu *c, IrRef r);
+void cu_conv_window(Cu *c, IrRef r);
 void cu_seq_final_states(Cu *c);
 void cu_chunk_states(Cu *c);
 

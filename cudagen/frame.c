@@ -365,7 +365,10 @@ void cu_ops(Cu *c, const SchedOp *ops, int n) {
       call(c, op->node);
       break;
     case SCHED_OP_CONV:
-      causal_conv(c, op->node);
+      if (c->fn->nodes.v[op->node].nargs == 4)
+        cu_conv_window(c, op->node);
+      else
+        causal_conv(c, op->node);
       break;
     case SCHED_OP_SCAN:
       if (op->group)

@@ -231,7 +231,7 @@ void cu_window(Cu *c, IrRef r) {
           "    i64 q = e / %lld, j = (e / %lld) %% %lld, kk = e %% %lld;\n"
           "    const float *w0 = %s;\n"
           "    for (i64 rel = 0; rel < len; rel++) {\n"
-          "      i64 p = rel * %lld + j;\n"
+          "      i64 p = (rel + %d) * %lld + j;\n"
           "      int from_w0 = p < %lld;\n"
           "      i64 pvs = from_w0 ? 0 : p - %lld;\n"
           "      i64 vstep = pvs / %lld, vat = pvs %% %lld;\n"
@@ -240,9 +240,38 @@ void cu_window(Cu *c, IrRef r) {
           "      (%s)[(q * %lld + j) * %lld + kk] = src[(q * extent + at) * %lld + kk];\n"
           "    }\n  }\n",
           (long long)(nlen * inner), (long long)inner, (long long)nlen, (long long)inner,
-          row_at(c, nd->args[1], "0"), (long long)mlen, (long long)nlen, (long long)nlen, m, m,
-          step_row(c, nd->args[0], "vstep"), (long long)nlen, (long long)mlen,
-          step_row(c, r, "rel"), (long long)nlen, (long long)inner, (long long)inner);
+          row_at(c, nd->args[1], "0"), nd->index ? 1 : 0, (long long)mlen, (long long)nlen,
+          (long long)nlen, m, m, step_row(c, nd->args[0], "vstep"), (long long)nlen,
+          (long long)mlen, step_row(c, r, "rel"), (long long)nlen, (long long)inner,
+          (long long)inner);
+  cu_kernel_end(c);
+}
+
+/* causal_conv with a window state's initial value s0 [D, K-1] (a fourth
+ * operand): a thread per (example, channel) walks the example's steps,
+ * taps before the first read from s0. */
+void cu_conv_window(Cu *c, IrRef r) {
+  const IrNode *nd = &c->fn->nodes.v[r];
+  const SchedValue *n = &c->v[r], *w = &c->v[nd->args[1]];
+  int64_t D = n->numel, K = D ? w->numel / D : 0;
+  if (D == 0) return;
+  cu_kernel_begin(c, "conv", RT_CU_GRID_B, (D + CU_NT - 1) / CU_NT, 1);
+  items_open(c, D, "d");
+  fprintf(c->o,
+          "    const float *w0 = %s;\n"
+          "    for (i64 tau = 0; tau < len; tau++) {\n"
+          "      float acc = %s[%s];\n"
+          "      for (i64 k = 0; k < %lld; k++) {\n"
+          "        i64 s = tau + k - %lld;\n"
+          "        float x = s < 0 ? w0[d * %lld + %lld + s] : %s[d];\n"
+          "        acc += %s[d * %lld + k] * x;\n"
+          "      }\n"
+          "      %s[d] = acc;\n"
+          "    }\n  }\n",
+          row_at(c, nd->args[3], "0"), cu_base(c, nd->args[2]),
+          c->v[nd->args[2]].numel == 1 ? "0" : "d", (long long)K, (long long)(K - 1),
+          (long long)(K - 1), (long long)(K - 1), step_row(c, nd->args[0], "s"),
+          cu_base(c, nd->args[1]), (long long)K, step_row(c, r, "tau"));
   cu_kernel_end(c);
 }
 

@@ -1254,11 +1254,14 @@ static int run_cell(Run *r, Inst *in, const Seq *ins, int64_t len, int reverse) 
 }
 
 /* Depthwise causal convolution over a sequence (Mamba's conv1d):
- * out[t] = b + sum_k w[:, k] * u[t - K + 1 + k], with u = 0 before t = 0. */
+ * out[t] = b + sum_k w[:, k] * u[t - K + 1 + k], with u = 0 before t = 0,
+ * or with a fourth operand s0 [D, K-1] (a window state's value entering the
+ * sequence) u[t] = s0[:, K - 1 + t] there. */
 static void causal_conv(Run *r, Inst *in, int i, int64_t len) {
   const IrNode *nd = &in->fn->nodes.v[i];
   Slot *s = &in->slot[i];
   const Slot *u = &in->slot[nd->args[0]], *w = &in->slot[nd->args[1]], *b = &in->slot[nd->args[2]];
+  const Slot *s0 = nd->nargs > 3 ? &in->slot[nd->args[3]] : NULL;
   int64_t D = s->v.n, K = w->v.shape[w->v.rank - 1];
   for (int64_t t = 0; t < len; t++) {
     double *o = s->v.d + t * s->stride;
@@ -1266,7 +1269,10 @@ static void causal_conv(Run *r, Inst *in, int i, int64_t len) {
       double acc = b->v.d[d];
       for (int64_t k = 0; k < K; k++) {
         int64_t at = t - K + 1 + k;
-        if (at >= 0) acc += w->v.d[d * K + k] * u->v.d[at * u->stride + d];
+        if (at >= 0)
+          acc += w->v.d[d * K + k] * u->v.d[at * u->stride + d];
+        else if (s0)
+          acc += w->v.d[d * K + k] * s0->v.d[d * (K - 1) + K - 1 + at];
       }
       o[d] = acc;
     }
@@ -1329,7 +1335,8 @@ static void delay(Inst *in, int i, int64_t len) {
 
 /* WINDOW: at step t, the entries [t*m, t*m + n) along the axis of the
  * stream w0 (n entries), v_0 (m), v_1 (m), ...: what a shift register
- * `w' = concat(w[m:], v)` holds entering step t. */
+ * `w' = concat(w[m:], v)` holds entering step t; "after" (index 1), those
+ * from (t+1)*m: what it holds leaving step t. */
 static void window(Inst *in, int i, int64_t len) {
   const IrNode *nd = &in->fn->nodes.v[i];
   Slot *s = &in->slot[i];
@@ -1340,7 +1347,7 @@ static void window(Inst *in, int i, int64_t len) {
   for (int64_t t = 0; t < len; t++) {
     double *o = s->v.d + t * s->stride;
     for (int64_t j = 0; j < n; j++) {
-      int64_t p = t * m + j; /* index into the stream */
+      int64_t p = (t + (nd->index ? 1 : 0)) * m + j; /* index into the stream */
       const double *src;
       int64_t at, extent;
       if (p < n) {

@@ -522,14 +522,14 @@ int ir_infer_type(const IrFunc *f, Arena *a, const IrNode *proto, int nargs, con
   if (info->arity >= 0 && nargs != info->arity)
     return fail(cx, "%s takes %d operand%s, not %d", info->text, info->arity,
                 info->arity == 1 ? "" : "s", nargs);
-  IrType ts[3] = {{IR_REAL, 0, NULL}, {IR_REAL, 0, NULL}, {IR_REAL, 0, NULL}};
+  IrType ts[4] = {{IR_REAL, 0, NULL}, {IR_REAL, 0, NULL}, {IR_REAL, 0, NULL}, {IR_REAL, 0, NULL}};
   for (int i = 0; i < nargs; i++) {
     if (args[i] < 0 || args[i] >= f->nodes.n)
       return fail(cx, "%s: operand %d refers to node %d, which does not exist", info->text, i,
                   (int)args[i]);
     if (!valid_type(f->nodes.v[args[i]].type))
       return fail(cx, "%s: operand %d has an invalid type", info->text, i);
-    if (i < 3) ts[i] = f->nodes.v[args[i]].type;
+    if (i < 4) ts[i] = f->nodes.v[args[i]].type;
   }
 
   switch (op) {
@@ -709,8 +709,10 @@ int ir_infer_type(const IrFunc *f, Arena *a, const IrNode *proto, int nargs, con
   }
 
   case IR_CAUSAL_CONV: {
+    if (nargs != 3 && nargs != 4)
+      return fail(cx, "causal_conv takes 3 or 4 operands, not %d", nargs);
     IrType u = ts[0], w = ts[1], b = ts[2];
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < nargs; i++)
       if (need_real(cx, "causal_conv", ts[i])) return -1;
     int ok = u.rank == 1 && b.rank == 1 && dim_eq(b.dims[0], u.dims[0]) &&
              (w.rank == 2 || (w.rank == 3 && dim_is_one(w.dims[1]))) &&
@@ -718,6 +720,15 @@ int ir_infer_type(const IrFunc *f, Arena *a, const IrNode *proto, int nargs, con
     if (!ok)
       return fail(cx, "causal_conv needs u: [D], w: [D, K] or [D, 1, K], b: [D]; got %s, %s, %s",
                   tstr(cx, u), tstr(cx, w), tstr(cx, b));
+    if (nargs == 4) {
+      /* The window entering the first step: the K-1 inputs before it. */
+      IrType s0 = ts[3];
+      DimExpr km1;
+      if (w.rank != 2 || s0.rank != 2 || !dim_eq(s0.dims[0], u.dims[0]) ||
+          dim_sub(w.dims[1], dim_const(1), &km1) || !dim_eq(s0.dims[1], km1))
+        return fail(cx, "causal_conv's initial window must be [D, K-1] for w: [D, K]; got %s, %s",
+                    tstr(cx, s0), tstr(cx, w));
+    }
     return result(cx, IR_REAL, 1, u.dims, out);
   }
 

@@ -149,6 +149,9 @@ static void print_node(FILE *out, const IrFunc *f, const char **names, IrRef r) 
   case IR_CONCAT:
     fprintf(out, " axis=%d", n->axis);
     break;
+  case IR_WINDOW:
+    fprintf(out, " axis=%d%s", n->axis, n->index ? " after" : "");
+    break;
   case IR_SUM:
   case IR_MEAN:
   case IR_AMAX:

@@ -332,6 +332,47 @@ static void solved_state(Scan *S, int k, IrRef seq) {
   S->solved[k] = 1;
 }
 
+/* Whether node r of the cell is a parameter (through reshapes): the same
+ * for every token. */
+static int is_param(const IrFunc *f, IrRef r) {
+  while (f->nodes.v[r].op == IR_RESHAPE) r = f->nodes.v[r].args[0];
+  return f->nodes.v[r].op == IR_PARAM;
+}
+
+/* causal_conv's step form over the window state k [D, K-1] whose new entry
+ * is v [D, 1]: sum(concat(w, v) * W, axis=1) with W [D, K] a parameter.
+ * Each such sum becomes one causal_conv over the sequence of v with the
+ * window's initial value (IR_CAUSAL_CONV's fourth operand), which reads the
+ * inputs in place instead of copying a [D, K] window per token. */
+static void window_convs(Scan *S, int k, IrRef v) {
+  const IrFunc *f = S->b.src;
+  const IrState *st = &f->states.v[k];
+  if (st->type.rank != 2 || f->nodes.v[v].type.rank != 2) return;
+  for (IrRef c = 0; c < f->nodes.n && !S->b.failed; c++) {
+    const IrNode *cat = &f->nodes.v[c];
+    if (cat->op != IR_CONCAT || cat->nargs != 2 || cat->axis != 1 || cat->args[1] != v ||
+        f->nodes.v[cat->args[0]].op != IR_STATE || f->nodes.v[cat->args[0]].index != k)
+      continue;
+    for (IrRef m = c + 1; m < f->nodes.n && !S->b.failed; m++) {
+      const IrNode *mul = &f->nodes.v[m];
+      if (mul->op != IR_MUL || mul->nargs != 2 || (mul->args[0] != c && mul->args[1] != c))
+        continue;
+      IrRef w = mul->args[0] == c ? mul->args[1] : mul->args[0];
+      if (w == c || !ir_type_eq(f->nodes.v[w].type, cat->type) || !is_param(f, w)) continue;
+      for (IrRef q = m + 1; q < f->nodes.n && !S->b.failed; q++) {
+        const IrNode *sum = &f->nodes.v[q];
+        if (sum->op != IR_SUM || sum->nargs != 1 || sum->args[0] != m || sum->axis != 1 ||
+            sum->type.rank != 1 || S->map[q] != IR_NONE)
+          continue;
+        IrRef u = pb_shape(&S->b, IR_RESHAPE, map_node(S, v), sum->type, sum->loc);
+        IrRef a[4] = {u, map_node(S, w),
+                      fit(S, pb_const(&S->b, 0.0, sum->loc), sum->type, sum->loc), S->state_in[k]};
+        S->map[q] = pb_node(&S->b, IR_CAUSAL_CONV, 4, a, NULL, sum->loc);
+      }
+    }
+  }
+}
+
 /* A shift register, w' = concat(w[m:], v) along an axis with v free of w
  * (causal_conv's window): the values entering each step are a window over
  * [w0, v_0, v_1, ...], and those leaving it the step's own concat. Other
@@ -367,8 +408,13 @@ static int solve_shift(Scan *S, int k) {
   attrs.axis = ax;
   IrRef args[2] = {v, S->state_in[k]};
   reads_are(S, k, pb_node(&S->b, IR_WINDOW, 2, args, &attrs, st->loc));
-  IrRef seq = map_node(S, st->next);
+  window_convs(S, k, nx->args[1]);
+  /* Leaving step t the register holds the window entering step t + 1: the
+   * same op one step on, not the step's slice and concat per token. */
+  attrs.index = 1;
+  IrRef seq = pb_node(&S->b, IR_WINDOW, 2, args, &attrs, st->loc);
   if (S->b.failed) return -1;
+  if (S->map[st->next] == IR_NONE) S->map[st->next] = seq;
   S->b.dst->states.v[k].next = seq;
   S->solved[k] = 1;
   return 0;

@@ -134,13 +134,16 @@ static int build_instances(Plan *p, const IrFunc *root, const int64_t *dims) {
 }
 
 /* Whether the root needs the whole sequence at once (so has no step form):
- * a convolution over the sequence, attention (its step would need every
- * earlier key and value), or a layer that reads it from its end. */
+ * a convolution over the sequence (unless it starts from a window state,
+ * which a step carries), attention (its step would need every earlier key
+ * and value), or a layer that reads it from its end. */
 static int needs_whole_sequence(const Schedule *s) {
   for (int i = 0; i < s->insts.n; i++) {
     const IrFunc *fn = s->insts.v[i].fn;
     for (int r = 0; r < fn->nodes.n; r++)
-      if (fn->nodes.v[r].op == IR_CAUSAL_CONV || fn->nodes.v[r].op == IR_ATTN) return 1;
+      if ((fn->nodes.v[r].op == IR_CAUSAL_CONV && fn->nodes.v[r].nargs < 4) ||
+          fn->nodes.v[r].op == IR_ATTN)
+        return 1;
     for (int k = 0; k < fn->layers.n; k++)
       if (fn->layers.v[k].reverse) return 1;
   }

@@ -343,13 +343,19 @@ int plan_model_chunks(Plan *p) {
   for (IrRef r = 0; r < fn->nodes.n; r++) {
     const IrNode *nd = &fn->nodes.v[r];
     const SchedValue *n = &p->v[r];
-    if (nd->op == IR_CALL || nd->op == IR_CAUSAL_CONV || nd->op == IR_ATTN) return 0;
+    /* A convolution over a window state's initial value reads that state's
+     * storage, which holds the window entering each chunk. */
+    int conv_window = nd->op == IR_CAUSAL_CONV && nd->nargs == 4;
+    if (nd->op == IR_CALL || (nd->op == IR_CAUSAL_CONV && !conv_window) || nd->op == IR_ATTN)
+      return 0;
     if ((nd->op == IR_SCAN || nd->op == IR_SCAN_MAX || nd->op == IR_DELAY) && n->group < 0)
       return 0;
     if (in->linattns[r] && in->linattns[r]->chunk > kchunk) kchunk = in->linattns[r]->chunk;
     for (int j = 0; j < nd->nargs; j++) {
       const IrNode *a = &fn->nodes.v[nd->args[j]];
-      if (a->op == IR_STATE && n->group < 0 && !(nd->op == IR_WINDOW && j == 1)) return 0;
+      if (a->op == IR_STATE && n->group < 0 && !(nd->op == IR_WINDOW && j == 1) &&
+          !(conv_window && j == 3))
+        return 0;
     }
   }
   for (int s = 0; s < fn->states.n; s++) {
@@ -470,6 +476,14 @@ static int fusable(const Plan *p, SchedClass phase, IrRef r, const SchedValue *k
   }
   if (cplx) return sched_complex_op_ok(nd->op);
   return nd->op != IR_CPLX && nd->op != IR_RE && nd->op != IR_IM && nd->op != IR_CONJ;
+}
+
+int sched_window_last_only(const SchedInst *in, IrRef r) {
+  const IrFunc *fn = in->fn;
+  if (fn->nodes.v[r].op != IR_WINDOW || !fn->nodes.v[r].index || in->values[r].uses != 1) return 0;
+  for (int s = 0; s < fn->states.n; s++)
+    if (fn->states.v[s].next == r) return 1;
+  return 0;
 }
 
 int sched_in_phase(const SchedInst *in, SchedClass phase, IrRef r) {

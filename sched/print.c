@@ -196,7 +196,10 @@ static void print_ops(FILE *out, const SchedInst *in, const SchedOp *ops, int n,
       fprintf(out, "delay v%d\n", op->node);
       break;
     case SCHED_OP_WINDOW:
-      fprintf(out, "window v%d\n", op->node);
+      fprintf(out, "window v%d%s\n", op->node,
+              sched_window_last_only(in, op->node) ? " leaving the step, at the last step only"
+              : in->fn->nodes.v[op->node].index    ? " leaving the step"
+                                                   : "");
       break;
     case SCHED_OP_PACK:
       fprintf(out, "pack the weight of v%d%s (when the call packs)\n", op->node,

@@ -298,6 +298,10 @@ int64_t sched_packed_floats(const SchedValue *v);
  * something (or a layer call, which runs for its states), and not computed
  * by a fused scan or a chunked form. */
 int sched_in_phase(const SchedInst *in, SchedClass phase, IrRef r);
+/* Whether window node r (a shift register's value leaving each step) is
+ * read only as its state's next value, so only at each chunk's (or the
+ * sequence's) last step. */
+int sched_window_last_only(const SchedInst *in, IrRef r);
 /* The state whose old value node r is (through reshapes), or -1. */
 int sched_state_alias(const IrFunc *fn, IrRef r);
 
