@@ -83,7 +83,7 @@ static int needs_costs(const Pipeline *p, const PipeOptions *o) {
       RecClass c = p->classes->funcs[i].states[k].cls;
       if (c == REC_NONLINEAR && threads > (COST_NEWTON_ITERS_EXACT + 2) * busy) return 1;
       if (c == REC_LIN_DIAG || c == REC_LIN_MATRIX || c == REC_LIN_DPLR || c == REC_MAXPLUS ||
-          c == REC_LIN_SMALL_DENSE)
+          c == REC_LIN_SMALL_DENSE || c == REC_SHIFT)
         return 1;
     }
   return 0;

@@ -31,6 +31,12 @@
  *               solve's B*T buffers streamed from memory; split over every
  *               thread, where the step loop splits only the batch.
  *
+ * Besides the recurrences, the weight products that read a state (Mamba's
+ * x_proj, dt_proj and out_proj after its convolution window): in the step
+ * loop they multiply B rows per step, re-reading the weight each step (from
+ * L2, or from memory past it); in parallel forms every state's values exist
+ * per token, and they run over a time chunk's rows (cost_state_products).
+ *
  * Time per token is max(flops / (efficiency x peak), bytes / bandwidth),
  * divided among min(threads, B) cores (every form splits the batch; a
  * fused scan splits each example's state as well). The
@@ -46,9 +52,11 @@
 #include <string.h>
 
 /* Fractions of the FMA peak (BENCHMARKS.md, "cost model"). */
-#define EFF_STEP 0.12  /* the step loop's fused elementwise work, the whole batch per step */
-#define EFF_SCAN 0.15  /* a fused scan's element loop, one example at a time */
-#define EFF_CHUNK 0.35 /* the chunkwise kernel's small matrix products */
+#define EFF_STEP 0.12     /* the step loop's fused elementwise work, the whole batch per step */
+#define EFF_GEMM 0.6      /* a weight product over a time chunk's rows (B Tc rows) */
+#define EFF_GEMM_STEP 0.3 /* the same product inside the step loop, over B rows per step */
+#define EFF_SCAN 0.15     /* a fused scan's element loop, one example at a time */
+#define EFF_CHUNK 0.35    /* the chunkwise kernel's small matrix products */
 #define L2_BYTES (512 * 1024)
 #define CHUNK 16                /* the runtime's default chunk length */
 #define SCAN_BLOCK 2048         /* sched/scan.c */
@@ -240,6 +248,41 @@ int cost_state(const IrFunc *f, const RecState *rs, const int64_t *dims, const C
   }
   out->seconds /= cores;
   return 0;
+}
+
+/* Whether node r is a weight (a parameter, through reshapes). */
+static int is_weight(const IrFunc *f, IrRef r) {
+  while (f->nodes.v[r].op == IR_RESHAPE || f->nodes.v[r].op == IR_TRANSPOSE)
+    r = f->nodes.v[r].args[0];
+  return f->nodes.v[r].op == IR_PARAM;
+}
+
+double cost_state_products(const IrFunc *f, const int64_t *dims, const CostMachine *mc, int64_t B,
+                           int parallel) {
+  char *dep = calloc((size_t)f->nodes.n + 1, 1);
+  if (!dep || !dims) {
+    free(dep);
+    return 0;
+  }
+  double flops = 0, wbytes = 0;
+  for (IrRef r = 0; r < f->nodes.n; r++) {
+    const IrNode *nd = &f->nodes.v[r];
+    dep[r] = nd->op == IR_STATE;
+    for (int j = 0; j < nd->nargs && !dep[r]; j++) dep[r] = dep[nd->args[j]];
+    if (!dep[r] || nd->op != IR_MATMUL || nd->nargs != 2) continue;
+    int w = is_weight(f, nd->args[0]) ? 0 : is_weight(f, nd->args[1]) ? 1 : -1;
+    if (w < 0) continue;
+    double fl = node_flops(f, nd, dims);
+    flops += fl;
+    /* The weight's K x N floats for 2 K N flops per row. */
+    wbytes += 4.0 * fl / 2.0;
+  }
+  free(dep);
+  if (B < 1) B = 1;
+  if (parallel) return flops / (EFF_GEMM * mc->flops) / (double)mc->threads;
+  double cores = (double)(mc->threads < B ? mc->threads : B);
+  double bw = wbytes <= L2_BYTES ? mc->l2_bw : mc->dram_bw;
+  return fmax(flops / (EFF_GEMM_STEP * mc->flops), wbytes / (double)B / bw) / cores;
 }
 
 int cost_newton_evals(RecJacobian jac) {

@@ -240,6 +240,12 @@ int cost_newton_evals(RecJacobian jac);
 int cost_state(const IrFunc *f, const RecState *rs, const int64_t *dims, const CostMachine *mc,
                int64_t B, Form form, FormCost *out);
 
+/* Seconds per token of the weight products of cell f that read a state
+ * (transitively): in the step loop (parallel 0) or over time chunks of
+ * token rows, as every all-parallel form runs them (1). */
+double cost_state_products(const IrFunc *f, const int64_t *dims, const CostMachine *mc, int64_t B,
+                           int parallel);
+
 /* What one token of cell f costs at the least, in any form: the flops of
  * every node that varies per token (time-invariant work once per call is
  * left out; a matrix product 2 M N K, an elementwise op 1, exp, log, tanh

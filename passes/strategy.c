@@ -208,7 +208,8 @@ static Form best_parallel(const StateForm *sf) {
 /* `auto` for a cell: all its states sequential, or all in their cheapest
  * parallel forms (states the request pinned keep their form), whichever the
  * cost model says is faster per token. */
-static void choose_auto(Arena *a, const IrFunc *f, StateForm *sf, const char *named) {
+static void choose_auto(Arena *a, const IrFunc *f, StateForm *sf, const char *named,
+                        const int64_t *dims, const CostMachine *mc) {
   int any_auto = 0, par_ok = 1, seq_ok = 1;
   double seq = 0, par = 0;
   for (int k = 0; k < f->states.n; k++) {
@@ -230,6 +231,18 @@ static void choose_auto(Arena *a, const IrFunc *f, StateForm *sf, const char *na
     Form pf = sf[k].form == FORM_AUTO ? best_parallel(&sf[k]) : sf[k].form;
     if (pf != FORM_SEQUENTIAL) par += sf[k].cost[pf].seconds;
   }
+  /* The weight products after the states: per step in the step loop, over
+   * token rows in parallel forms. A nonlinear state's own costs count the
+   * products it reads already. */
+  int nonlinear = 0;
+  for (int k = 0; k < f->states.n; k++) nonlinear |= sf[k].admitted[FORM_NEWTON];
+  int products = 0;
+  if (costed && mc && dims && !nonlinear) {
+    double ps = cost_state_products(f, dims, mc, mc->batch, 0);
+    products = ps > 0;
+    seq += ps;
+    par += cost_state_products(f, dims, mc, mc->batch, 1);
+  }
   int parallel = par_ok && (!seq_ok || (costed && par < seq));
   for (int k = 0; k < f->states.n; k++) {
     if (sf[k].form != FORM_AUTO) continue;
@@ -249,7 +262,8 @@ static void choose_auto(Arena *a, const IrFunc *f, StateForm *sf, const char *na
       sf[k].why = "auto: sequential (no instance of the cell to cost)";
     else
       sf[k].why = arena_printf(
-          a, "auto: the cell's recurrences %s run %.3g us per token, %s %.3g",
+          a, "auto: the cell's recurrences%s %s run %.3g us per token, %s %.3g",
+          products ? " and the weight products reading them" : "",
           parallel ? "in parallel forms" : "sequentially", (parallel ? par : seq) * 1e6,
           parallel ? "sequentially" : "in parallel forms", (parallel ? seq : par) * 1e6);
   }
@@ -373,7 +387,7 @@ int strategy_choose(Arena *a, const IrModule *m, const IrFunc *root, const int64
     const IrFunc *f = m->funcs.v[i];
     if (f->kind != IR_FN_CELL || f->states.n == 0) continue;
     StateForm *sf = funcs[i];
-    choose_auto(a, f, sf, named[i]);
+    choose_auto(a, f, sf, named[i], plan->dims[i], mc);
     int nseq = 0, pinned_par = -1, seq_state = -1;
     for (int k = 0; k < f->states.n; k++) {
       if (sf[k].form == FORM_SEQUENTIAL) {
