@@ -30,19 +30,8 @@ ctest --test-dir "${SEQ_BUILD_DIR:-build-test}" --output-on-failure -j2 | tee -a
 
 # ---- the Python package ------------------------------------------------------------
 if [ "${SEQ_TEST_PYTHON:-1}" != 0 ]; then
-  pypkgs=(python3-torch python3-numpy python3-pytest python3-venv python3-pip)
-  missing=()
-  for p in "${pypkgs[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-  done
-  if [ ${#missing[@]} -gt 0 ]; then
-    echo "test.sh: installing ${missing[*]}"
-    sudo=""
-    [ "$(id -u)" -ne 0 ] && sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
-      "${missing[@]}" >/dev/null
-  fi
+  . tools/apt_missing.sh
+  apt_missing --no-recommends test.sh python3-torch python3-numpy python3-pytest python3-venv python3-pip
   # Debian's torch is built for Debian's python3: the venv is made from it.
   [ -x build-py/venv/bin/python ] || /usr/bin/python3 -m venv --system-site-packages build-py/venv
   echo "test.sh: pytest python/tests on ${SEQ_BUILD_DIR:-build-test}/libseq.so"
