@@ -176,67 +176,62 @@ def _make_quick(m, nlead):
                     return None
             else:
                 sout = None
-            if nlead == 1:
-                st = c(first, i64(lead[0]), ins, sin, optr, sout)
-            else:
-                st = c(first, i64(lead[0]), i64(lead[1]), ins, None, sin, optr, sout)
-            free.append(a)
-            if st:
-                return st
-            return out, state_out
-        if not want_state:
-            sout = None
-        souts = None
-        if tx is ND:
-            blk = lay[4] if want_state else lay[3]
-            if blk is not None:
-                b = empty(blk[0], f32)
-                p, n = rd(id(b) + off).value, blk[1]
-                for i in range(nout):
-                    optr[i] = p
-                    p += n
-                outs = []
-                for i in range(nout):
-                    outs.append(b[i])
-                if want_state:
-                    souts = []
-                    for i in range(nst):
-                        sout[i] = p
+            res = (out, state_out)
+        else:
+            res = None
+            if not want_state:
+                sout = None
+            souts = None
+            if tx is ND:
+                blk = lay[4] if want_state else lay[3]
+                if blk is not None:
+                    b = empty(blk[0], f32)
+                    p, n = rd(id(b) + off).value, blk[1]
+                    for i in range(nout):
+                        optr[i] = p
                         p += n
-                        souts.append(b[nout + i])
+                    outs = []
+                    for i in range(nout):
+                        outs.append(b[i])
+                    if want_state:
+                        souts = []
+                        for i in range(nst):
+                            sout[i] = p
+                            p += n
+                            souts.append(b[nout + i])
+                else:
+                    outs = []
+                    i = 0
+                    for shape in lay[1]:
+                        o = empty(shape, f32)
+                        optr[i] = rd(id(o) + off).value
+                        outs.append(o)
+                        i += 1
+                    if want_state:
+                        souts = []
+                        i = 0
+                        for shape in lay[2]:
+                            o = empty(shape, f32)
+                            sout[i] = rd(id(o) + off).value
+                            souts.append(o)
+                            i += 1
             else:
+                new = sys.modules["torch"].empty
                 outs = []
                 i = 0
                 for shape in lay[1]:
-                    o = empty(shape, f32)
-                    optr[i] = rd(id(o) + off).value
+                    o = new(shape)
+                    optr[i] = o.data_ptr()
                     outs.append(o)
                     i += 1
                 if want_state:
                     souts = []
                     i = 0
                     for shape in lay[2]:
-                        o = empty(shape, f32)
-                        sout[i] = rd(id(o) + off).value
+                        o = new(shape)
+                        sout[i] = o.data_ptr()
                         souts.append(o)
                         i += 1
-        else:
-            new = sys.modules["torch"].empty
-            outs = []
-            i = 0
-            for shape in lay[1]:
-                o = new(shape)
-                optr[i] = o.data_ptr()
-                outs.append(o)
-                i += 1
-            if want_state:
-                souts = []
-                i = 0
-                for shape in lay[2]:
-                    o = new(shape)
-                    sout[i] = o.data_ptr()
-                    souts.append(o)
-                    i += 1
         if nlead == 1:
             st = c(first, i64(lead[0]), ins, sin, optr, sout)
         else:
@@ -244,6 +239,8 @@ def _make_quick(m, nlead):
         free.append(a)
         if st:
             return st
+        if res is not None:
+            return res
         return (outs[0] if nout == 1 else tuple(outs),
                 dict(zip(names, souts)) if want_state else None)
 
