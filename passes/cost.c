@@ -11,8 +11,11 @@
  *               8 S w bytes, from L2 while B states fit there, else from
  *               memory. It vectorizes across the batch and the state.
  *   scan        the fused scan (sched/scan.c): the same flops, the state in L1
- *               (a shift register: its window gathered per token, 8 S w
- *               bytes at L2 bandwidth, no scan at all),
+ *               (a shift register: no scan at all; counted as its window
+ *               gathered per token, 8 S w bytes at L2 bandwidth, which is
+ *               what it costs where the step reads it other than as a
+ *               convolution -- read as one, the form reads the inputs in
+ *               place and forms the window once per time chunk),
  *               across the steps of one example; a readout summing a short
  *               last axis wastes vector lanes (Mamba's d_state = 16).
  *   chunked     the chunkwise kernel (sched/chunk.c): per token 4 H K V
