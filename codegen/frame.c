@@ -33,9 +33,9 @@ static LLVMValueRef emit_newton(Lower *L, IrRef r, LLVMValueRef ins, LLVMValueRe
                    LLVMBuildGEP2(L->bld, L->i64, fl, &idx, 1, ""));
     LLVMBuildStore(L->bld, ci32(L, k), LLVMBuildGEP2(L->bld, L->i32, kind, &idx, 1, ""));
   }
-  LLVMTypeRef pt[16] = {L->ptr, L->ptr, L->i64, L->i64, L->ptr, L->ptr, L->i32, L->ptr,
-                        L->i32, L->i32, L->i64, L->f32, L->f32, L->i32, L->ptr, L->ptr};
-  LLVMValueRef args[16] = {L->inst_fn[ci],
+  LLVMTypeRef pt[17] = {L->ptr, L->ptr, L->i64, L->i64, L->ptr, L->ptr, L->i32, L->ptr, L->i32,
+                        L->i32, L->i64, L->f32, L->f32, L->i32, L->i64, L->ptr, L->ptr};
+  LLVMValueRef args[17] = {L->inst_fn[ci],
                            L->a_params,
                            L->a_B,
                            L->a_T,
@@ -49,9 +49,10 @@ static LLVMValueRef emit_newton(Lower *L, IrRef r, LLVMValueRef ins, LLVMValueRe
                            LLVMConstReal(L->f32, nw->rtol),
                            LLVMConstReal(L->f32, nw->atol),
                            ci32(L, nw->max_iter),
+                           ci64(L, nw->window),
                            fl,
                            kind};
-  return call_fn(L, "rt_cpu_newton", L->i32, pt, 16, args);
+  return call_fn(L, "rt_cpu_newton", L->i32, pt, 17, args);
 }
 
 static void emit_call(Lower *L, IrRef r) {
@@ -77,8 +78,8 @@ static void emit_call(Lower *L, IrRef r) {
   }
   for (int j = 0; j < callee->outputs.n; j++) {
     LLVMValueRef idx = ci64(L, j);
-    LLVMBuildStore(L->bld, L->buf[n->call_out[j]],
-                   LLVMBuildGEP2(L->bld, L->ptr, outs, &idx, 1, ""));
+    LLVMValueRef p = n->call_out[j] >= 0 ? L->buf[n->call_out[j]] : LLVMConstNull(L->ptr);
+    LLVMBuildStore(L->bld, p, LLVMBuildGEP2(L->bld, L->ptr, outs, &idx, 1, ""));
   }
   const IrLayer *ly = &L->fn->layers.v[nd->index];
   LLVMValueRef crev = ly->reverse ? LLVMBuildXor(L->bld, L->a_rev, ci32(L, 1), "") : L->a_rev;

@@ -942,8 +942,9 @@ static int alloc_slots(Run *r, Inst *in) {
       int no = c->fn->outputs.n;
       if (!(s->outs = arena_calloc(r->arena, (size_t)no, sizeof *s->outs))) return oom(r);
       s->outs[0] = s->v.d;
-      /* Twice over for a Newton solve's sequential fallback (newton_solve). */
-      if (!(s->seqargs = arena_calloc(r->arena, (size_t)(2 * nd->nargs + 1), sizeof(Seq))))
+      /* Three times over for a Newton solve: its sequential fallback's
+       * arguments and the whole sequence's (newton_solve). */
+      if (!(s->seqargs = arena_calloc(r->arena, (size_t)(3 * nd->nargs + 1), sizeof(Seq))))
         return oom(r);
       for (int k = 1; k < no; k++)
         if (!(s->outs[k] = alloc_doubles(r, c->out_width[k], r->T))) return oom(r);
@@ -1714,76 +1715,55 @@ static int nt_sequential(Newton *N, int64_t t0) {
   return 0;
 }
 
-static int newton_solve(Run *r, Inst *in, int i, int64_t len) {
-  const IrNode *nd = &in->fn->nodes.v[i];
-  const IrNewton *opt = &in->fn->layers.v[nd->index].newton;
-  Slot *s = &in->slot[i];
-  Newton N;
-  memset(&N, 0, sizeof N);
-  N.r = r;
-  N.c = in->child[nd->index];
-  N.args = s->seqargs;
-  N.n = opt->states;
-  N.w = val_width(&s->v);
-  N.len = len;
-  N.T = r->T;
-  int n = N.n, ni = N.c->fn->inputs.n;
-  const double *h0[4];
-  double *H[4], *C[4], *D[4], *P[4];
-  if (n > 4) {
-    diag_error(r->de, nd->loc, "internal error in interp: more than 4 states in one Newton solve");
-    return -1;
-  }
-  for (int k = 0; k < n; k++) {
-    h0[k] = in->slot[nd->args[ni - n + k]].v.d;
-    H[k] = s->outs[k];
-    C[k] = s->aux + nt_at(&N, k, 0);
-    D[k] = s->aux + nt_at(&N, n + k, 0);
-    P[k] = s->aux + nt_at(&N, 2 * n + k, 0);
-    N.args[ni - n + k] = (Seq){P[k], N.w};
-  }
-  N.h0 = h0, N.H = H, N.C = C, N.D = D, N.P = P;
-  if (len == 0) return 0;
+/* One window of the solve: positions [0, N->len) from N->h0 (the caller has
+ * pointed H, h0 and the per-token arguments at the window). */
+static int nt_window(Newton *N, const IrNode *nd, const IrNewton *opt, int64_t w0,
+                     int64_t len_all) {
+  Run *r = N->r;
+  int n = N->n;
+  int64_t len = N->len;
+  double **H = N->H, **C = N->C, **D = N->D;
   /* The guess, and F and J at it. */
   double res;
-  if (nt_eval(&N, NULL, &res)) return -1;
-  for (int k = 0; k < n; k++) memcpy(H[k], N.c->out_seq[k], (size_t)(len * N.w) * sizeof(double));
-  if (nt_eval(&N, H, &res)) return -1;
+  if (nt_eval(N, NULL, &res)) return -1;
+  for (int k = 0; k < n; k++)
+    memcpy(H[k], N->c->out_seq[k], (size_t)(len * N->w) * sizeof(double));
+  if (nt_eval(N, H, &res)) return -1;
   int it = 0, converged = 0, damped = 0;
   double err = INFINITY;
   int64_t t0 = 0; /* the first step the last test failed at */
   while (it < opt->max_iter && isfinite(res)) {
     it++;
-    nt_linear(&N);
+    nt_linear(N);
     err = 0;
     t0 = len;
     for (int k = 0; k < n; k++)
-      for (int64_t j = 0; j < len * N.w; j++) {
+      for (int64_t j = 0; j < len * N->w; j++) {
         double e = fabs(D[k][j] - H[k][j]) / (opt->atol + opt->rtol * fabs(D[k][j]));
         if (!(e <= err)) err = isnan(e) ? INFINITY : e;
-        if (!(e <= 1) && j / N.w < t0) t0 = j / N.w;
+        if (!(e <= 1) && j / N->w < t0) t0 = j / N->w;
       }
     if (err <= 1) {
-      for (int k = 0; k < n; k++) memcpy(H[k], D[k], (size_t)(len * N.w) * sizeof(double));
+      for (int k = 0; k < n; k++) memcpy(H[k], D[k], (size_t)(len * N->w) * sizeof(double));
       converged = 1;
       break;
     }
     if (!isfinite(err)) break;
     for (int k = 0; k < n; k++)
-      for (int64_t j = 0; j < len * N.w; j++) D[k][j] -= H[k][j];
+      for (int64_t j = 0; j < len * N->w; j++) D[k][j] -= H[k][j];
     double lam = 1, rc = INFINITY;
     for (int h = 0;; h++) {
       for (int k = 0; k < n; k++)
-        for (int64_t j = 0; j < len * N.w; j++) {
+        for (int64_t j = 0; j < len * N->w; j++) {
           double v = H[k][j] + lam * D[k][j];
           C[k][j] = r->f64 ? v : (double)(float)v;
         }
-      if (nt_eval(&N, C, &rc)) return -1;
+      if (nt_eval(N, C, &rc)) return -1;
       if ((isfinite(rc) && rc <= res) || h == 4) break;
       lam *= 0.5;
       damped++;
     }
-    for (int k = 0; k < n; k++) memcpy(H[k], C[k], (size_t)(len * N.w) * sizeof(double));
+    for (int k = 0; k < n; k++) memcpy(H[k], C[k], (size_t)(len * N->w) * sizeof(double));
     res = rc;
   }
   InterpNewtonStats *st = r->newton;
@@ -1797,7 +1777,7 @@ static int newton_solve(Run *r, Inst *in, int i, int64_t len) {
   }
   if (converged) return 0;
   /* The steps before the first that failed the last test passed it: they
-   * are kept, and the step loop runs from there. */
+   * are kept, and the step loop runs from there to the window's end. */
   if (t0 > len) t0 = len;
   if (st) {
     st->fallbacks++;
@@ -1805,9 +1785,52 @@ static int newton_solve(Run *r, Inst *in, int i, int64_t len) {
   }
   diag_report(r->de, DIAG_WARNING, nd->loc,
               "Newton did not converge (example %lld: %d iterations, last step %.3g of the "
-              "tolerance%s); the sequential form ran from step %lld of %lld",
-              (long long)r->b, it, err, damped ? ", damped" : "", (long long)t0, (long long)len);
-  return nt_sequential(&N, t0);
+              "tolerance%s); the sequential form ran from step %lld to %lld of %lld",
+              (long long)r->b, it, err, damped ? ", damped" : "", (long long)(w0 + t0),
+              (long long)(w0 + len), (long long)len_all);
+  return nt_sequential(N, t0);
+}
+
+/* The solve over positions [0, len), in windows of opt->window positions
+ * (all of them when 0), each from the last value of the one before. */
+static int newton_solve(Run *r, Inst *in, int i, int64_t len) {
+  const IrNode *nd = &in->fn->nodes.v[i];
+  const IrNewton *opt = &in->fn->layers.v[nd->index].newton;
+  Slot *s = &in->slot[i];
+  Newton N;
+  memset(&N, 0, sizeof N);
+  N.r = r;
+  N.c = in->child[nd->index];
+  N.n = opt->states;
+  N.w = val_width(&s->v);
+  N.T = r->T;
+  int n = N.n, ni = N.c->fn->inputs.n, m = ni - n;
+  const double *h0[4];
+  double *H[4], *C[4], *D[4], *P[4];
+  if (n > 4) {
+    diag_error(r->de, nd->loc, "internal error in interp: more than 4 states in one Newton solve");
+    return -1;
+  }
+  Seq *args = s->seqargs, *base = args + 2 * ni; /* alloc_slots */
+  memcpy(base, args, (size_t)m * sizeof *args);
+  for (int k = 0; k < n; k++) {
+    C[k] = s->aux + nt_at(&N, k, 0);
+    D[k] = s->aux + nt_at(&N, n + k, 0);
+    P[k] = s->aux + nt_at(&N, 2 * n + k, 0);
+    args[m + k] = (Seq){P[k], N.w};
+  }
+  N.args = args, N.h0 = h0, N.H = H, N.C = C, N.D = D, N.P = P;
+  int64_t win = opt->window > 0 ? opt->window : len;
+  for (int64_t w0 = 0; w0 < len; w0 += win) {
+    N.len = len - w0 < win ? len - w0 : win;
+    for (int j = 0; j < m; j++) args[j] = (Seq){base[j].d + w0 * base[j].stride, base[j].stride};
+    for (int k = 0; k < n; k++) {
+      H[k] = s->outs[k] + w0 * N.w;
+      h0[k] = w0 ? H[k] - N.w : in->slot[nd->args[ni - n + k]].v.d;
+    }
+    if (nt_window(&N, nd, opt, w0, len)) return -1;
+  }
+  return 0;
 }
 
 static int run_model(Run *r, Inst *in, const Seq *ins, int64_t len) {

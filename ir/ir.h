@@ -202,6 +202,8 @@ typedef struct IrNewton {
   double atol;
   int max_iter; /* past this many iterations, the sequential recurrence instead */
   int quasi;    /* J_kj are the diagonals of a dense Jacobian's blocks (quasi-Newton) */
+  int64_t window; /* steps solved at once, one window after another (0: the whole
+                     sequence, or in compiled code as many as a memory budget allows) */
 } IrNewton;
 
 /* A layer of a model: an instance of another function. Every dim of the

@@ -249,7 +249,7 @@ static void verify_newton(Verify *v, const IrFunc *f, const IrLayer *l, const Ir
     return;
   }
   if (!(l->newton.max_iter > 0 && l->newton.rtol >= 0 && l->newton.atol >= 0 &&
-        l->newton.rtol + l->newton.atol > 0))
+        l->newton.rtol + l->newton.atol > 0 && l->newton.window >= 0))
     bad(v, f, IR_NONE, "Newton layer %s has no tolerance or iteration limit", l->name);
   if (g->dims.n != f->dims.n || g->params.n != f->params.n)
     bad(v, f, IR_NONE, "Newton layer %s: %s does not have the caller's dims and parameters",

@@ -193,6 +193,7 @@ const char *form_name(Form f);
 typedef struct NewtonOptions {
   double rtol, atol;
   int max_iter;
+  int64_t window; /* steps per window (IrNewton.window); 0: automatic */
 } NewtonOptions;
 
 typedef struct StrategyRequest {

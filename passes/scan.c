@@ -526,6 +526,7 @@ static int solve_newton(Scan *S, int k) {
   l.newton.rtol = S->newton && S->newton->rtol > 0 ? S->newton->rtol : NEWTON_RTOL;
   l.newton.atol = S->newton && S->newton->atol > 0 ? S->newton->atol : NEWTON_ATOL;
   l.newton.max_iter = S->newton && S->newton->max_iter > 0 ? S->newton->max_iter : NEWTON_MAX_ITER;
+  l.newton.window = S->newton && S->newton->window > 0 ? S->newton->window : 0;
   if (vec_push(S->b.a, &S->b.dst->layers, l)) {
     oom(S);
     return -1;

@@ -6,9 +6,17 @@
  * Layout: every per-token buffer has B*T rows of w floats, row b*T + p for
  * example b at physical position p; a layer run backwards (rev) takes its
  * logical step tau at p = len_b - 1 - tau. The solve keeps, per solved
- * state, the guess H (the caller's output buffer), the step's values F, the
- * previous values P it was evaluated at, a candidate C and a step D (the new
- * guess, then the step from H to it), all of them n * B*T*w floats.
+ * state, the guess H, the step's values F, the previous values P it was
+ * evaluated at, a candidate C and a step D (the new guess, then the step
+ * from H to it), and the Jacobian's blocks J_kj: (4n + n^2) * B*T*w floats.
+ *
+ * Windows: past a memory budget (or when the caller asks), each sequence is
+ * solved Tw logical steps at a time, window after window, each from the
+ * last value of the one before; then those buffers have B*Tw rows (the
+ * guess too, copied to the caller's outputs after each window) and a
+ * window's rows are laid out as a sequence of its own steps would be, so
+ * the passes below see a batch of B sequences of at most Tw steps. ext0
+ * maps a row here to the caller's (its per-token inputs and outputs).
  *
  * The examples of the batch are solved together (one call of the step per
  * evaluation) but stop separately: an example that has converged, or failed,
@@ -30,10 +38,13 @@ typedef struct Solve {
   int n, m;
   const int32_t *lengths;
   int rev;
-  float *const *outs; /* H_k, then J_kj */
+  float *const *outs; /* the caller's H_k */
   const float *h0[RT_NEWTON_MAX_STATES];
+  float *H[RT_NEWTON_MAX_STATES]; /* the guess: the caller's outputs, or the window's */
+  float *J[RT_NEWTON_MAX_STATES * RT_NEWTON_MAX_STATES];
   float *F[RT_NEWTON_MAX_STATES], *P[RT_NEWTON_MAX_STATES];
   float *C[RT_NEWTON_MAX_STATES], *D[RT_NEWTON_MAX_STATES];
+  const int64_t *ext0; /* per example: its row in the caller's buffers less its row here */
   const int64_t *in_floats; /* per input of the caller's m: floats per row */
   const int32_t *in_kind;   /* and its layout (RT_NEWTON_PER_TOKEN, ...) */
   void **ins;               /* the step's inputs: the caller's m, then P */
@@ -80,7 +91,7 @@ static void eval_item(void *ctx, int item) {
   void *out[RT_NEWTON_MAX_STATES * (RT_NEWTON_MAX_STATES + 1)];
   for (int i = 0; i < s->m; i++) {
     float *base = s->ins[i];
-    in[i] = s->in_kind[i] == RT_NEWTON_PER_TOKEN     ? base + at * s->in_floats[i]
+    in[i] = s->in_kind[i] == RT_NEWTON_PER_TOKEN     ? base + (at + s->ext0[b]) * s->in_floats[i]
             : s->in_kind[i] == RT_NEWTON_PER_EXAMPLE ? base + b * s->in_floats[i]
                                                      : base;
   }
@@ -238,13 +249,13 @@ static void linear_piece(Solve *s, int64_t b, int64_t e0, int64_t e1, void *arg,
       const float *f = s->F[k] + at;
       for (int64_t i = e0; i < e1; i++) d[i] = f[i];
       for (int j = 0; j < n; j++) {
-        const float *J = s->outs[n + k * n + j] + at, *p = s->P[j] + at;
+        const float *J = s->J[k * n + j] + at, *p = s->P[j] + at;
         const float *prev = pv >= 0 ? s->D[j] + pv : s->h0[j] + b * w;
         for (int64_t i = e0; i < e1; i++) d[i] += J[i] * (prev[i] - p[i]);
       }
     }
     for (int k = 0; k < n; k++) {
-      const float *d = s->D[k] + at, *h = s->outs[k] + at;
+      const float *d = s->D[k] + at, *h = s->H[k] + at;
       for (int64_t i = e0; i < e1; i++) {
         float e = fabsf(d[i] - h[i]) / (atol + rtol * fabsf(d[i]));
         nan |= e != e;
@@ -278,7 +289,7 @@ static void linear_step(Solve *s, const char *active, float rtol, float atol, fl
 }
 
 /* Row passes between iterations, per example as flags[b] says. */
-enum { ROWS_TAKE_D, ROWS_STEP, ROWS_CANDIDATE, ROWS_TAKE_C };
+enum { ROWS_TAKE_D, ROWS_STEP, ROWS_CANDIDATE, ROWS_TAKE_C, ROWS_STORE };
 typedef struct RowsArg {
   int op;
   const char *flag; /* the examples the op changes (CANDIDATE: those whose step is pending) */
@@ -293,7 +304,7 @@ static void rows_pass(Solve *s, int64_t b, int64_t lo, int64_t hi, void *arg, in
   for (int k = 0; k < s->n; k++)
     for (int64_t tau = lo; tau < hi; tau++) {
       int64_t at = row(s, b, len, tau) * w;
-      float *h = s->outs[k] + at, *d = s->D[k] + at, *c = s->C[k] + at;
+      float *h = s->H[k] + at, *d = s->D[k] + at, *c = s->C[k] + at;
       switch (ra->op) {
       case ROWS_TAKE_D: /* H = D: the new guess is the result */
         memcpy(h, d, (size_t)w * sizeof(float));
@@ -312,6 +323,9 @@ static void rows_pass(Solve *s, int64_t b, int64_t lo, int64_t hi, void *arg, in
       case ROWS_TAKE_C: /* H = C: the candidate is taken */
         memcpy(h, c, (size_t)w * sizeof(float));
         break;
+      case ROWS_STORE: /* the window's H into the caller's outputs */
+        memcpy(s->outs[k] + at + s->ext0[b] * w, h, (size_t)w * sizeof(float));
+        break;
       }
     }
 }
@@ -323,8 +337,7 @@ static void rows(Solve *s, int op, const char *flag, const float *lam) {
 
 /* Example b's steps [t0, len) by the step loop, from its values before t0:
  * one call of the step per token. */
-static int sequential(Solve *s, int64_t b, int64_t t0, const int64_t *in_floats,
-                      const int32_t *in_kind, float *const *one_out) {
+static int sequential(Solve *s, int64_t b, int64_t t0, float *const *one_out) {
   int n = s->n, m = s->m;
   int64_t w = s->w, len = len_of(s, b);
   void *one_in[RT_NEWTON_MAX_INPUTS + RT_NEWTON_MAX_STATES];
@@ -332,16 +345,16 @@ static int sequential(Solve *s, int64_t b, int64_t t0, const int64_t *in_floats,
     int64_t r = row(s, b, len, tau);
     for (int i = 0; i < m; i++) {
       float *base = s->ins[i];
-      int64_t at = in_kind[i] == RT_NEWTON_PER_TOKEN     ? r
-                   : in_kind[i] == RT_NEWTON_PER_EXAMPLE ? b
-                                                         : 0;
-      one_in[i] = base + at * in_floats[i];
+      int64_t at = s->in_kind[i] == RT_NEWTON_PER_TOKEN     ? r + s->ext0[b]
+                   : s->in_kind[i] == RT_NEWTON_PER_EXAMPLE ? b
+                                                            : 0;
+      one_in[i] = base + at * s->in_floats[i];
     }
     for (int k = 0; k < n; k++)
-      one_in[m + k] = tau ? s->outs[k] + row(s, b, len, tau - 1) * w : (float *)s->h0[k] + b * w;
+      one_in[m + k] = tau ? s->H[k] + row(s, b, len, tau - 1) * w : (float *)s->h0[k] + b * w;
     int st = s->step(s->params, 1, 1, one_in, NULL, NULL, (void *const *)one_out, NULL, 0);
     if (st) return st;
-    for (int k = 0; k < n; k++) memcpy(s->outs[k] + r * w, one_out[k], (size_t)w * sizeof(float));
+    for (int k = 0; k < n; k++) memcpy(s->H[k] + r * w, one_out[k], (size_t)w * sizeof(float));
   }
   return 0;
 }
@@ -373,84 +386,40 @@ void rt_cpu_newton_stats(RtNewtonStats *out, int reset) {
   }
 }
 
-int rt_cpu_newton(RtNewtonStep step, void *const *params, int64_t B, int64_t T, void *const *ins,
-                  const int32_t *lengths, int32_t rev, float *const *outs, int32_t n, int32_t m,
-                  int64_t w, float rtol, float atol, int32_t max_iter, const int64_t *in_floats,
-                  const int32_t *in_kind) {
-  if (n < 1 || n > RT_NEWTON_MAX_STATES || m < 0 || m > RT_NEWTON_MAX_INPUTS || w < 1 || B < 0 ||
-      T < 0)
-    return 1;
-  Solve s;
-  memset(&s, 0, sizeof s);
-  s.step = step;
-  s.params = params;
-  s.B = B, s.T = T, s.w = w, s.n = n, s.m = m;
-  s.lengths = lengths;
-  s.rev = rev != 0;
-  s.outs = outs;
-  s.in_floats = in_floats;
-  s.in_kind = in_kind;
-  int64_t per = B * T * w, nout = n + n * n;
-  /* F, P, C, D per state; one token's outputs (the fallback); per example
-   * the guess's and the candidate's residuals, the step's factor and its
-   * size; per piece of work its maximum; the step's argument lists; per
-   * example its iterations and flags. */
-  int64_t floats = 4 * n * per + nout * w + 4 * (B + 1) + B * RT_CPU_MAX_THREADS;
-  int64_t bytes = floats * (int64_t)sizeof(float) + (m + n + nout + 2) * (int64_t)sizeof(void *) +
-                  (B + 1 + B * RT_CPU_MAX_THREADS) * (int64_t)sizeof(int64_t) +
-                  (B + 1) * (int64_t)(sizeof(int32_t) + 4);
-  char *mem = rt_cpu_alloc_uninit(bytes + 64);
-  if (!mem) return 2;
-  float *f = (float *)mem;
-  for (int k = 0; k < n; k++) {
-    s.F[k] = f, f += per;
-    s.P[k] = f, f += per;
-    s.C[k] = f, f += per;
-    s.D[k] = f, f += per;
-  }
-  float *one_out[RT_NEWTON_MAX_STATES * (RT_NEWTON_MAX_STATES + 1)];
-  for (int64_t j = 0; j < nout; j++) one_out[j] = f + j * w;
-  f += nout * w;
-  float *res = f, *cres = f + B + 1, *lam = f + 2 * (B + 1), *errs = f + 3 * (B + 1);
-  f += 4 * (B + 1);
-  s.part = f;
-  f += B * RT_CPU_MAX_THREADS;
-  void **ptrs = (void **)(((uintptr_t)f + 7) & ~(uintptr_t)7);
-  s.ins = ptrs;
-  s.souts = ptrs + m + n;
-  int64_t *firstbad = (int64_t *)(s.souts + nout);
-  s.bad = firstbad + B + 1;
-  int32_t *iters = (int32_t *)(s.bad + B * RT_CPU_MAX_THREADS);
-  char *done = (char *)(iters + B + 1), *pending = done + B + 1, *iterating = pending + B + 1,
-       *took = iterating + B + 1;
-  for (int i = 0; i < m; i++) s.ins[i] = ins[i];
-  for (int k = 0; k < n; k++) {
-    s.h0[k] = ins[m + k];
-    s.ins[m + k] = s.P[k];
-    s.souts[k] = s.F[k];
-  }
-  for (int64_t j = n; j < nout; j++) s.souts[j] = outs[j];
+/* Per example, what a window's iteration keeps. */
+typedef struct Work {
+  float *res, *cres, *lam, *errs; /* residuals of the guess and the candidate, step factor and size */
+  int64_t *firstbad;
+  int32_t *iters;
+  char *done, *pending, *iterating, *took;
+  float *const *one_out; /* one token's outputs (the fallback) */
+} Work;
 
+/* One window: every example's steps [0, len_of) from s->h0 into s->H. */
+static int solve_window(Solve *s, Work *wk, float rtol, float atol, int32_t max_iter) {
+  int64_t B = s->B, nfl = B * s->T * s->w;
+  float *res = wk->res, *cres = wk->cres, *lam = wk->lam, *errs = wk->errs;
+  char *done = wk->done, *pending = wk->pending, *iterating = wk->iterating, *took = wk->took;
   int64_t damped = 0;
   int rc;
   /* The guess F(x, 0), then F and J at it. */
-  if ((rc = evaluate(&s, NULL, res))) goto out;
-  for (int k = 0; k < n; k++) memcpy(outs[k], s.F[k], (size_t)per * sizeof(float));
-  if ((rc = evaluate(&s, outs, res))) goto out;
+  if ((rc = evaluate(s, NULL, res))) return rc;
+  for (int k = 0; k < s->n; k++) memcpy(s->H[k], s->F[k], (size_t)nfl * sizeof(float));
+  if ((rc = evaluate(s, s->H, res))) return rc;
   for (int64_t b = 0; b < B; b++) {
     /* 1: converged (or empty), 2: failed, 0: iterating */
-    done[b] = len_of(&s, b) == 0 ? 1 : isfinite(res[b]) ? 0 : 2;
-    iters[b] = 0;
-    firstbad[b] = 0;
+    done[b] = len_of(s, b) == 0 ? 1 : isfinite(res[b]) ? 0 : 2;
+    wk->iters[b] = 0;
+    wk->firstbad[b] = 0;
   }
   for (int it = 1; it <= max_iter; it++) {
     int active = 0;
     for (int64_t b = 0; b < B; b++) iterating[b] = !done[b];
-    linear_step(&s, iterating, rtol, atol, errs, firstbad);
+    linear_step(s, iterating, rtol, atol, errs, wk->firstbad);
     for (int64_t b = 0; b < B; b++) {
       pending[b] = took[b] = 0;
       if (done[b]) continue;
-      iters[b] = it;
+      wk->iters[b] = it;
       if (errs[b] <= 1) { /* the new guess is the result */
         took[b] = 1;
         done[b] = 1;
@@ -462,14 +431,14 @@ int rt_cpu_newton(RtNewtonStep step, void *const *params, int64_t B, int64_t T, 
         active = 1;
       }
     }
-    rows(&s, ROWS_TAKE_D, took, NULL);
+    rows(s, ROWS_TAKE_D, took, NULL);
     if (!active) break;
-    rows(&s, ROWS_STEP, pending, NULL);
+    rows(s, ROWS_STEP, pending, NULL);
     /* Each example at its candidate, H + lam D while its step is pending
      * and H otherwise, until every pending step is taken. */
     for (int h = 0; active; h++) {
-      rows(&s, ROWS_CANDIDATE, pending, lam);
-      if ((rc = evaluate(&s, s.C, cres))) goto out;
+      rows(s, ROWS_CANDIDATE, pending, lam);
+      if ((rc = evaluate(s, s->C, cres))) return rc;
       active = 0;
       for (int64_t b = 0; b < B; b++) {
         took[b] = 0;
@@ -484,7 +453,7 @@ int rt_cpu_newton(RtNewtonStep step, void *const *params, int64_t B, int64_t T, 
           active = 1;
         }
       }
-      rows(&s, ROWS_TAKE_C, took, NULL);
+      rows(s, ROWS_TAKE_C, took, NULL);
       for (int64_t b = 0; b < B; b++)
         if (took[b]) pending[b] = 0;
     }
@@ -492,24 +461,139 @@ int rt_cpu_newton(RtNewtonStep step, void *const *params, int64_t B, int64_t T, 
   /* What did not converge runs as the step loop. */
   add(&tally.damped, damped);
   for (int64_t b = 0; b < B; b++) {
-    if (len_of(&s, b) == 0) continue;
+    if (len_of(s, b) == 0) continue;
     add(&tally.solves, 1);
     if (done[b] == 1) {
-      add(&tally.iterations, iters[b]);
+      int32_t it = wk->iters[b];
+      add(&tally.iterations, it);
       int32_t seen = __atomic_load_n(&tally.max_iter, __ATOMIC_RELAXED);
-      while (iters[b] > seen && !__atomic_compare_exchange_n(&tally.max_iter, &seen, iters[b], 1,
-                                                             __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+      while (it > seen && !__atomic_compare_exchange_n(&tally.max_iter, &seen, it, 1,
+                                                       __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
       }
       continue;
     }
     /* The steps before the first that failed the last test passed it: they
-     * are kept, and the step loop runs from there. */
-    int64_t t0 = firstbad[b] < len_of(&s, b) ? firstbad[b] : len_of(&s, b);
+     * are kept, and the step loop runs from there to the window's end. */
+    int64_t t0 = wk->firstbad[b] < len_of(s, b) ? wk->firstbad[b] : len_of(s, b);
     add(&tally.fallbacks, 1);
-    add(&tally.fallback_steps, len_of(&s, b) - t0);
-    if ((rc = sequential(&s, b, t0, in_floats, in_kind, one_out))) goto out;
+    add(&tally.fallback_steps, len_of(s, b) - t0);
+    if ((rc = sequential(s, b, t0, wk->one_out))) return rc;
   }
-out:
+  return 0;
+}
+
+/* Steps per window when the caller leaves it open: the whole sequence while
+ * the solve's buffers stay within RT_NEWTON_BUDGET floats, else as many as
+ * do (never fewer than RT_NEWTON_MIN_WINDOW). */
+int64_t rt_cpu_newton_window(int64_t B, int64_t T, int32_t n, int64_t w, int64_t window) {
+  /* Window lengths are int32 (as sequence lengths are). */
+  int64_t most = T < ((int64_t)1 << 30) ? T : (int64_t)1 << 30;
+  if (most < 1) return 1;
+  if (window > 0) return window < most ? window : most;
+  int64_t per_token = (5 * n + (int64_t)n * n) * w, Bm = B > 1 ? B : 1;
+  int64_t tw = RT_NEWTON_BUDGET / per_token / Bm;
+  if (tw < RT_NEWTON_MIN_WINDOW) tw = RT_NEWTON_MIN_WINDOW;
+  return tw < most ? tw : most;
+}
+
+int rt_cpu_newton(RtNewtonStep step, void *const *params, int64_t B, int64_t T, void *const *ins,
+                  const int32_t *lengths, int32_t rev, float *const *outs, int32_t n, int32_t m,
+                  int64_t w, float rtol, float atol, int32_t max_iter, int64_t window,
+                  const int64_t *in_floats, const int32_t *in_kind) {
+  if (n < 1 || n > RT_NEWTON_MAX_STATES || m < 0 || m > RT_NEWTON_MAX_INPUTS || w < 1 || B < 0 ||
+      T < 0 || window < 0)
+    return 1;
+  if (B == 0 || T == 0) return 0;
+  int64_t tw = rt_cpu_newton_window(B, T, n, w, window);
+  int windowed = tw < T;
+  Solve s;
+  memset(&s, 0, sizeof s);
+  s.step = step;
+  s.params = params;
+  s.B = B, s.T = tw, s.w = w, s.n = n, s.m = m;
+  s.rev = rev != 0;
+  s.outs = outs;
+  s.in_floats = in_floats;
+  s.in_kind = in_kind;
+  int64_t per = B * tw * w, nout = n + n * n;
+  /* F, P, C, D and J (and a window's H) per state; each window's initial
+   * values; one token's outputs (the fallback); per example the guess's and
+   * the candidate's residuals, the step's factor and its size; per piece of
+   * work its maximum; the step's argument lists; per example its rows'
+   * offset, first failing step, iterations, window length and flags. */
+  int64_t floats = (4 * n + n * n + (windowed ? n : 0)) * per + (windowed ? n * B * w : 0) +
+                   nout * w + 4 * (B + 1) + B * RT_CPU_MAX_THREADS;
+  int64_t bytes = floats * (int64_t)sizeof(float) + (m + n + nout + 2) * (int64_t)sizeof(void *) +
+                  (2 * (B + 1) + B * RT_CPU_MAX_THREADS) * (int64_t)sizeof(int64_t) +
+                  2 * (B + 1) * (int64_t)sizeof(int32_t) + 4 * (B + 1);
+  char *mem = rt_cpu_alloc_uninit(bytes + 64);
+  if (!mem) return 2;
+  float *f = (float *)mem;
+  for (int k = 0; k < n; k++) {
+    s.F[k] = f, f += per;
+    s.P[k] = f, f += per;
+    s.C[k] = f, f += per;
+    s.D[k] = f, f += per;
+    if (windowed)
+      s.H[k] = f, f += per;
+    else
+      s.H[k] = outs[k];
+  }
+  for (int j = 0; j < n * n; j++) s.J[j] = f, f += per;
+  float *h0w = f;
+  if (windowed) f += n * B * w;
+  float *one_out[RT_NEWTON_MAX_STATES * (RT_NEWTON_MAX_STATES + 1)];
+  for (int64_t j = 0; j < nout; j++) one_out[j] = f + j * w;
+  f += nout * w;
+  Work wk;
+  wk.one_out = one_out;
+  wk.res = f, wk.cres = f + B + 1, wk.lam = f + 2 * (B + 1), wk.errs = f + 3 * (B + 1);
+  f += 4 * (B + 1);
+  s.part = f;
+  f += B * RT_CPU_MAX_THREADS;
+  void **ptrs = (void **)(((uintptr_t)f + 7) & ~(uintptr_t)7);
+  s.ins = ptrs;
+  s.souts = ptrs + m + n;
+  int64_t *ext0 = (int64_t *)(s.souts + nout);
+  wk.firstbad = ext0 + B + 1;
+  s.bad = wk.firstbad + B + 1;
+  s.ext0 = ext0;
+  wk.iters = (int32_t *)(s.bad + B * RT_CPU_MAX_THREADS);
+  int32_t *wlen = wk.iters + B + 1;
+  wk.done = (char *)(wlen + B + 1), wk.pending = wk.done + B + 1,
+  wk.iterating = wk.pending + B + 1, wk.took = wk.iterating + B + 1;
+  for (int i = 0; i < m; i++) s.ins[i] = ins[i];
+  for (int k = 0; k < n; k++) {
+    s.ins[m + k] = s.P[k];
+    s.souts[k] = s.F[k];
+  }
+  for (int j = 0; j < n * n; j++) s.souts[n + j] = s.J[j];
+  s.lengths = windowed ? wlen : lengths;
+
+  int rc = 0;
+  for (int64_t t0 = 0; t0 < T; t0 += tw) {
+    /* The window [t0, t0 + tw) of every example's logical steps. */
+    int any = 0;
+    for (int64_t b = 0; b < B; b++) {
+      int64_t len = lengths ? lengths[b] : T, wl = len - t0;
+      wl = wl < 0 ? 0 : wl > tw ? tw : wl;
+      wlen[b] = (int32_t)wl;
+      ext0[b] = windowed ? b * T + (s.rev ? len - t0 - wl : t0) - b * tw : 0;
+      any |= wl > 0;
+      /* It starts from the last value of the window before. */
+      for (int k = 0; k < n && t0 && wl; k++)
+        memcpy(h0w + (k * B + b) * w, outs[k] + (b * T + (s.rev ? len - t0 : t0 - 1)) * w,
+               (size_t)w * sizeof(float));
+    }
+    if (!any) break;
+    for (int k = 0; k < n; k++) s.h0[k] = t0 ? h0w + k * B * w : (const float *)ins[m + k];
+    if ((rc = solve_window(&s, &wk, rtol, atol, max_iter))) break;
+    if (windowed) {
+      char *all = wk.took;
+      memset(all, 1, (size_t)B);
+      rows(&s, ROWS_STORE, all, NULL);
+    }
+  }
   rt_cpu_free(mem);
   return rc;
 }

@@ -320,7 +320,7 @@ typedef int (*RtNewtonStep)(void *const *params, int64_t B, int64_t T, void *con
 enum { RT_NEWTON_PER_TOKEN = 0, RT_NEWTON_PER_EXAMPLE = 1, RT_NEWTON_ONCE = 2 };
 /* What the solves did (rt_cpu_newton_stats). */
 typedef struct RtNewtonStats {
-  int64_t solves;         /* one per example of a call, with at least one step */
+  int64_t solves;         /* one per example and window of a call, with at least one step */
   int64_t fallbacks;      /* of them, run as the step loop after all */
   int64_t damped;         /* halvings of a step */
   int64_t iterations;     /* of the converged solves, in all */
@@ -335,18 +335,28 @@ typedef struct RtNewtonStats {
  * atol + rtol |value|, halve a step whose residual grows (4 times at most),
  * and after max_iter steps or a value that is not finite run that example
  * as the step loop from the first step that failed the last test; the steps
- * before it passed it and are kept). `step` computes, for every row of B*T, its outputs F_k
- * then J_kj (n + n^2 buffers of w floats per row) from its m inputs and the
- * n previous values; ins: the m inputs (in_floats[i] floats per row, laid
- * out as in_kind[i]) then the n initial values ([B, w]); outs: the n
- * solutions, then n^2 buffers for J ([B*T, w] each). rev: the layer runs
- * backwards within each length. Returns 0, the step's status, or 1 (bad
- * arguments) or 2 (out of memory). lengths: NULL or B values in [0, T]. Adds to the
- * process's tally. */
+ * before it passed it and are kept). `step` computes, for every row of a
+ * batch, its outputs F_k then J_kj (n + n^2 buffers of w floats per row)
+ * from its m inputs and the n previous values; ins: the m inputs
+ * (in_floats[i] floats per row, laid out as in_kind[i]) then the n initial
+ * values ([B, w]); outs: the n solutions ([B*T, w] each). rev: the layer
+ * runs backwards within each length. window: logical steps solved at once,
+ * one window after another (each from the last value of the one before;
+ * a window that does not converge runs as the step loop to its end only);
+ * 0: rt_cpu_newton_window's choice. Returns 0, the step's status, or 1 (bad
+ * arguments) or 2 (out of memory). lengths: NULL or B values in [0, T].
+ * Adds to the process's tally (a solve is one example's window). */
 int rt_cpu_newton(RtNewtonStep step, void *const *params, int64_t B, int64_t T, void *const *ins,
                   const int32_t *lengths, int32_t rev, float *const *outs, int32_t n, int32_t m,
-                  int64_t w, float rtol, float atol, int32_t max_iter, const int64_t *in_floats,
-                  const int32_t *in_kind);
+                  int64_t w, float rtol, float atol, int32_t max_iter, int64_t window,
+                  const int64_t *in_floats, const int32_t *in_kind);
+/* The steps per window a solve of n states of w floats over [B, T] takes:
+ * `window` (at most T) when it is positive; else all T while the solve's
+ * own buffers ((5n + n^2) w floats per token) stay within RT_NEWTON_BUDGET
+ * floats, and as many as do otherwise (at least RT_NEWTON_MIN_WINDOW). */
+#define RT_NEWTON_BUDGET ((int64_t)64 << 20) /* floats: 256 MiB */
+#define RT_NEWTON_MIN_WINDOW 64
+int64_t rt_cpu_newton_window(int64_t B, int64_t T, int32_t n, int64_t w, int64_t window);
 /* The process's tally of Newton solves (every thread's) into *out (if not NULL);
  * reset: zero it. */
 void rt_cpu_newton_stats(RtNewtonStats *out, int reset);

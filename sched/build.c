@@ -163,8 +163,12 @@ static int plan_limits(Plan *p) {
     int64_t sz = sched_row_floats(n) + 16;
     if (nd->op == IR_CALL) {
       const SchedInst *child = &p->s->insts.v[in->layers[nd->index]];
+      /* A Newton solve keeps the Jacobian's blocks (the step's outputs
+       * after the states) to itself, a window at a time. */
+      int nw = fn->layers.v[nd->index].newton.states;
       for (int j = 0; j < child->fn->outputs.n; j++) {
         int64_t ne;
+        if (nw && j >= nw) continue;
         if (plan_type_floats(p, child, child->fn->outputs.v[j].type, nd->loc, &ne)) return -1;
         per_tok += ne + 16;
       }
@@ -244,8 +248,13 @@ static int place_buffers(Plan *p) {
                                            0, r, j)) < 0)
           return oom(p);
       }
+      /* A Newton solve keeps the Jacobian's blocks (the step's outputs
+       * after the states) to itself, a window at a time. */
+      int nw = fn->layers.v[nd->index].newton.states;
       for (int j = 0; j < child->fn->outputs.n; j++) {
         int64_t ne;
+        n->call_out[j] = -1;
+        if (nw && j >= nw) continue;
         if (plan_type_floats(p, child, child->fn->outputs.v[j].type, nd->loc, &ne)) return -1;
         if ((n->call_out[j] = sched_add_buf(p, SCHED_BUF_CALL_OUT, SCHED_ROWS_BT, ne, 0, r, j)) < 0)
           return oom(p);

@@ -127,15 +127,20 @@ static void print_ops(FILE *out, const SchedInst *in, const SchedOp *ops, int n,
     case SCHED_OP_CALL: {
       const IrLayer *l = &in->fn->layers.v[in->fn->nodes.v[op->node].index];
       int ci = in->layers[in->fn->nodes.v[op->node].index];
-      if (l->newton.states)
+      if (l->newton.states) {
         fprintf(out,
                 "%snewton solve v%d of %d state(s), step: instance %d (rtol %g, atol %g, at most "
-                "%d iterations, then the step loop)\n",
+                "%d iterations, then the step loop; ",
                 l->newton.quasi ? "quasi-" : "", op->node, l->newton.states, ci, l->newton.rtol,
                 l->newton.atol, l->newton.max_iter);
-      else
+        if (l->newton.window)
+          fprintf(out, "windows of %lld steps)\n", (long long)l->newton.window);
+        else
+          fprintf(out, "windows within the memory budget)\n");
+      } else {
         fprintf(out, "call v%d layer %s (instance %d)%s\n", op->node, l->name, ci,
                 l->reverse ? " reversed" : "");
+      }
       break;
     }
     case SCHED_OP_CONV:

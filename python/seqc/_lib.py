@@ -29,7 +29,8 @@ class SeqOptions(ctypes.Structure):
                 ("num_threads", ctypes.c_int), ("strategy", ctypes.c_char_p),
                 ("chunk", ctypes.c_int), ("batch", ctypes.c_long),
                 ("newton_rtol", ctypes.c_double), ("newton_atol", ctypes.c_double),
-                ("newton_max_iter", ctypes.c_int), ("backend", ctypes.c_char_p)]
+                ("newton_max_iter", ctypes.c_int), ("backend", ctypes.c_char_p),
+                ("newton_window", ctypes.c_long)]
 
 
 class SeqTensorInfo(ctypes.Structure):

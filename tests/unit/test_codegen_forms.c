@@ -76,21 +76,25 @@ static const FcCase CASES[] = {
 /* Each form as the schedule chunks time, and the parallel forms again with
  * the shortest time chunks (a budget of one float: 16 steps, 64 with a
  * chunked state), so that sequences cross many chunk boundaries; the
- * chunked kernels also with chunks of 5 tokens, which do not divide them. */
+ * chunked kernels also with chunks of 5 tokens, which do not divide them;
+ * Newton solves also in windows of 5 steps (runtime/cpu_newton.c), which
+ * divide neither the sequences nor their lengths. */
 static const struct {
   const char *strategy;
-  int64_t chunk_budget, kernel_chunk;
-} FORMS[] = {{"sequential", 0, 0}, {"scan", 0, 0},    {"chunked", 0, 0}, {"scan", 1, 0},
-             {"chunked", 1, 0},    {"chunked", 1, 5}, {"newton", 0, 0}};
+  int64_t chunk_budget, kernel_chunk, newton_window;
+} FORMS[] = {{"sequential", 0, 0, 0}, {"scan", 0, 0, 0},    {"chunked", 0, 0, 0},
+             {"scan", 1, 0, 0},       {"chunked", 1, 0, 0}, {"chunked", 1, 5, 0},
+             {"newton", 0, 0, 0},     {"newton", 0, 0, 5}};
 enum { NFORMS = sizeof FORMS / sizeof FORMS[0] };
 static const int64_t TS[] = {1, 2, 3, 7, 63, 64, 65, 1000, 4097};
 
 /* Compiles c under --strategy=form; 1 if no state of it has that form
  * (nothing to test), -1 on any other failure. */
 static int compile(FcCompiled *cm, const FcCase *c, const char *form, int64_t chunk_budget,
-                   int64_t kernel_chunk) {
+                   int64_t kernel_chunk, int64_t newton_window) {
   PipeOptions po;
   fc_begin(cm, c, form, &po);
+  ((StrategyRequest *)po.strategy)->newton.window = newton_window;
   po.chunk_budget = chunk_budget;
   po.kernel_chunk = kernel_chunk;
   po.cg = (CgOptions){2, NULL, NULL};
@@ -108,7 +112,8 @@ static void run_case(const FcCase *c) {
   FcCompiled cm[NFORMS];
   int have[NFORMS];
   for (int f = 0; f < NFORMS; f++) {
-    have[f] = compile(&cm[f], c, FORMS[f].strategy, FORMS[f].chunk_budget, FORMS[f].kernel_chunk);
+    have[f] = compile(&cm[f], c, FORMS[f].strategy, FORMS[f].chunk_budget, FORMS[f].kernel_chunk,
+                      FORMS[f].newton_window);
     if (have[f] < 0) {
       fc_print_diags(&cm[f]);
       fail_msg("%s does not compile under --strategy=%s", c->file, FORMS[f].strategy);
@@ -135,9 +140,10 @@ static void run_case(const FcCase *c) {
         for (int f = 0; f < NFORMS; f++) {
           if (!have[f]) continue;
           char what[512];
-          snprintf(what, sizeof what, "%s --strategy=%s (chunk budget %lld, --chunk %lld)", c->file,
-                   FORMS[f].strategy, (long long)FORMS[f].chunk_budget,
-                   (long long)FORMS[f].kernel_chunk);
+          snprintf(what, sizeof what,
+                   "%s --strategy=%s (chunk budget %lld, --chunk %lld, --newton-window %lld)",
+                   c->file, FORMS[f].strategy, (long long)FORMS[f].chunk_budget,
+                   (long long)FORMS[f].kernel_chunk, (long long)FORMS[f].newton_window);
           fc_batch_check(&bt, &cm[f], what, T >= 1000 ? 1e-4 : 0);
         }
         fc_batch_free(&bt);
@@ -189,7 +195,7 @@ static void test_thread_splits(void **st) {
   for (size_t k = 0; k < sizeof split / sizeof split[0]; k++) {
     const FcCase *c = &split[k].c;
     FcCompiled cm;
-    if (compile(&cm, c, split[k].form, 0, 0) != 0) {
+    if (compile(&cm, c, split[k].form, 0, 0, 0) != 0) {
       fc_print_diags(&cm);
       fail_msg("%s does not compile under --strategy=%s", c->file, split[k].form);
     }
