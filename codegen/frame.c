@@ -33,15 +33,20 @@ static LLVMValueRef emit_newton(Lower *L, IrRef r, LLVMValueRef ins, LLVMValueRe
                    LLVMBuildGEP2(L->bld, L->i64, fl, &idx, 1, ""));
     LLVMBuildStore(L->bld, ci32(L, k), LLVMBuildGEP2(L->bld, L->i32, kind, &idx, 1, ""));
   }
-  LLVMTypeRef pt[17] = {L->ptr, L->ptr, L->i64, L->i64, L->ptr, L->ptr, L->i32, L->ptr, L->i32,
-                        L->i32, L->i64, L->f32, L->f32, L->i32, L->i64, L->ptr, L->ptr};
-  LLVMValueRef args[17] = {L->inst_fn[ci],
+  LLVMTypeRef pt[20] = {L->ptr, L->ptr, L->i64, L->i64, L->i64, L->i64, L->ptr,
+                        L->ptr, L->i32, L->ptr, L->i32, L->i32, L->i64, L->f32,
+                        L->f32, L->i32, L->i64, L->i32, L->ptr, L->ptr};
+  /* In time chunks, the chunk's rows hold its steps in order. */
+  int ch = L->in->chunked;
+  LLVMValueRef args[20] = {L->inst_fn[ci],
                            L->a_params,
                            L->a_B,
-                           L->a_T,
+                           ch ? L->Tc : L->a_T,
+                           ch ? L->t0 : ci64(L, 0),
+                           ch ? L->tn : L->a_T,
                            ins,
                            L->a_lengths,
-                           rev,
+                           ch ? ci32(L, 0) : rev,
                            outs,
                            ci32(L, nw->states),
                            ci32(L, m),
@@ -50,9 +55,10 @@ static LLVMValueRef emit_newton(Lower *L, IrRef r, LLVMValueRef ins, LLVMValueRe
                            LLVMConstReal(L->f32, nw->atol),
                            ci32(L, nw->max_iter),
                            ci64(L, nw->window),
+                           ci32(L, nw->dense),
                            fl,
                            kind};
-  return call_fn(L, "rt_cpu_newton", L->i32, pt, 17, args);
+  return call_fn(L, "rt_cpu_newton", L->i32, pt, 20, args);
 }
 
 static void emit_call(Lower *L, IrRef r) {
@@ -66,13 +72,28 @@ static void emit_call(Lower *L, IrRef r) {
     LLVMValueRef idx = ci64(L, j);
     const SchedValue *a = &L->v[nd->args[j]];
     LLVMValueRef p = L->ll[nd->args[j]].base;
-    if (n->call_in[j] >= 0) {
+    if (n->call_in[j] >= 0 && a->cls == SCHED_CONST) {
       /* A layer reads an input per token: repeat the value for each. */
       p = L->buf[n->call_in[j]];
       Loop lr;
-      LLVMValueRef row = loop_begin(L, &lr, ci64(L, 0), mul(L, L->a_B, L->a_T));
+      LLVMValueRef rows = mul(L, L->a_B, L->in->chunked ? L->Tc : L->a_T);
+      LLVMValueRef row = loop_begin(L, &lr, ci64(L, 0), rows);
       copy_row(L, p, L->ll[nd->args[j]].base, sched_row_floats(a), row, ci64(L, 0));
       loop_end(L, &lr);
+    } else if (n->call_in[j] >= 0) {
+      /* A whole-sequence value (an input) read by a Newton solve in time
+       * chunks: the chunk's steps, in order. */
+      p = L->buf[n->call_in[j]];
+      Loop lb, lt;
+      LLVMValueRef b = loop_begin(L, &lb, ci64(L, 0), L->a_B);
+      LLVMValueRef len = len_of(L, b), first, count;
+      step_range(L, len, &first, &count);
+      LLVMValueRef tau = loop_begin(L, &lt, first, add(L, first, count));
+      LLVMValueRef row = add(L, mul(L, b, L->Tc), LLVMBuildSub(L->bld, tau, first, ""));
+      copy_row(L, p, step_row(L, nd->args[j], b, len, tau), sched_row_floats(a), row,
+               ci64(L, 0));
+      loop_end(L, &lt);
+      loop_end(L, &lb);
     }
     LLVMBuildStore(L->bld, p, LLVMBuildGEP2(L->bld, L->ptr, ins, &idx, 1, ""));
   }

@@ -200,6 +200,11 @@ void emit_window(Lower *L, IrRef r);
 void emit_conv_window(Lower *L, IrRef r);
 void emit_seq_final_states(Lower *L);
 void emit_chunk_states(Lower *L);
+/* The steps of example b this call runs (first, count): its whole sequence,
+ * or in time chunks the chunk's steps that lie inside it. */
+void step_range(Lower *L, LLVMValueRef len, LLVMValueRef *first, LLVMValueRef *count);
+/* Row pointer of node r for example b at processing step tau. */
+LLVMValueRef step_row(Lower *L, IrRef r, LLVMValueRef b, LLVMValueRef len, LLVMValueRef tau);
 
 /* ---- chunk.c ---- */
 void emit_linattn(Lower *L, const SchedOp *op);

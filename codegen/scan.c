@@ -29,7 +29,7 @@ static LLVMValueRef row_at(Lower *L, IrRef r, LLVMValueRef b, LLVMValueRef t) {
 
 /* The steps of example b this call runs: its whole sequence, or in time
  * chunks the chunk's steps [t0, t0 + tn) that lie inside it (first, count). */
-static void step_range(Lower *L, LLVMValueRef len, LLVMValueRef *first, LLVMValueRef *count) {
+void step_range(Lower *L, LLVMValueRef len, LLVMValueRef *first, LLVMValueRef *count) {
   if (!L->in->chunked) {
     *first = ci64(L, 0);
     *count = len;
@@ -44,8 +44,7 @@ static void step_range(Lower *L, LLVMValueRef len, LLVMValueRef *first, LLVMValu
 /* Row pointer of node r for example b at processing step tau: a chunk's
  * rows hold its steps in order (b*Tc + tau - t0), a whole-sequence buffer
  * the tokens (b*T + t). */
-static LLVMValueRef step_row(Lower *L, IrRef r, LLVMValueRef b, LLVMValueRef len,
-                             LLVMValueRef tau) {
+LLVMValueRef step_row(Lower *L, IrRef r, LLVMValueRef b, LLVMValueRef len, LLVMValueRef tau) {
   const SchedValue *v = &L->v[r];
   if (v->cls != SCHED_TOKEN || !v->chunked) return row_at(L, r, b, phys(L, len, tau));
   LLVMValueRef row = add(L, mul(L, b, L->Tc), LLVMBuildSub(L->bld, tau, L->t0, ""));

@@ -335,6 +335,7 @@ static SeqStatus compile(SeqContext *cx, const char *path, const char *name, con
   strategy.newton.atol = o.newton_atol > 0 ? o.newton_atol : 0;
   strategy.newton.max_iter = o.newton_max_iter > 0 ? o.newton_max_iter : 0;
   strategy.newton.window = o.newton_window > 0 ? o.newton_window : 0;
+  strategy.newton.dense = o.newton_dense != 0;
   po.strategy = &strategy;
   po.kernel_chunk = o.chunk > 0 ? o.chunk : 0;
   po.batch = o.batch > 0 ? o.batch : 0;

@@ -71,6 +71,8 @@ typedef struct SeqOptions {
   long newton_window;          /* steps a Newton solve takes at once, one window after the
                                   other; <= 0: the whole sequence where its buffers fit
                                   the solve's memory budget (docs/algorithms.md section 6) */
+  int newton_dense;            /* nonzero: a dense Jacobian is formed whole (exact Newton, d
+                                  steps per evaluation) instead of its diagonals (quasi) */
 } SeqOptions;
 
 typedef struct SeqContext SeqContext;
@@ -149,10 +151,11 @@ SeqStatus seq_module_forward_device(SeqModule *m, int64_t B, int64_t T, const vo
                                     float *const *outputs, float *const *state_out);
 /* What the Newton solves (the "newton" strategy, docs/algorithms.md section
  * 6) of every forward in this process did since the last reset: one solve
- * per sequence and call; a fallback is a sequence that did not converge
- * within newton_max_iter iterations (or met a value that is not finite)
- * and ran as the step loop instead from the first step that failed the
- * last test (the steps before it passed it, as a converged solve's do). */
+ * per sequence, window (newton_window) and call; a fallback is a window
+ * that did not converge within newton_max_iter iterations (or met a value
+ * that is not finite) and ran as the step loop instead from the first step
+ * that failed the last test to the window's end (the steps before it passed
+ * it, as a converged solve's do). */
 typedef struct SeqNewtonStats {
   int64_t solves, fallbacks;
   int64_t damped;         /* steps halved because the residual grew */

@@ -886,7 +886,9 @@ static int build_children(Run *r, Inst *in, int flat, int depth) {
       return -1;
     }
     const Inst *c = in->child[nd->index];
-    if (nd->nargs != c->fn->inputs.n || c->fn->outputs.n < 1) {
+    const IrNewton *nw = &fn->layers.v[nd->index].newton;
+    int own = nw->dense ? nw->states : 0; /* a dense solve's tangents */
+    if (nd->nargs != c->fn->inputs.n - own || c->fn->outputs.n < 1) {
       diag_error(r->de, nd->loc,
                  "internal error in interp: call of '%s' with %d arguments for %d inputs",
                  c->fn->name, nd->nargs, c->fn->inputs.n);
@@ -944,7 +946,7 @@ static int alloc_slots(Run *r, Inst *in) {
       s->outs[0] = s->v.d;
       /* Three times over for a Newton solve: its sequential fallback's
        * arguments and the whole sequence's (newton_solve). */
-      if (!(s->seqargs = arena_calloc(r->arena, (size_t)(3 * nd->nargs + 1), sizeof(Seq))))
+      if (!(s->seqargs = arena_calloc(r->arena, (size_t)(3 * c->fn->inputs.n + 1), sizeof(Seq))))
         return oom(r);
       for (int k = 1; k < no; k++)
         if (!(s->outs[k] = alloc_doubles(r, c->out_width[k], r->T))) return oom(r);
@@ -967,18 +969,22 @@ static int alloc_slots(Run *r, Inst *in) {
       /* A Newton solve: the guess, a candidate and the step (then the new
        * guess), and the previous values the step reads, per solved state. */
       int n = fn->layers.v[nd->index].newton.states;
+      int dense = fn->layers.v[nd->index].newton.dense;
+      int nout = dense ? 2 * n : n + n * n;
       if (n > 0) {
-        if (nd->nargs < n || no < n + n * n) {
+        if (nd->nargs < n || no < nout) {
           diag_error(r->de, nd->loc, "internal error in interp: malformed Newton layer");
           return -1;
         }
-        for (int k = 0; k < n + n * n; k++)
+        for (int k = 0; k < nout; k++)
           if (c->out_width[k] != w || s->v.cplx) {
             diag_error(r->de, nd->loc,
                        "internal error in interp: a Newton layer's values differ in shape");
             return -1;
           }
-        if (!(s->aux = alloc_doubles(r, 3 * n * w, r->T))) return value_oom(r, nd, 3 * n * w, r->T);
+        /* Dense: the tangents, and J per position. */
+        int64_t per = 3 * n * w + (dense ? n * w + n * w * n * w : 0);
+        if (!(s->aux = alloc_doubles(r, per, r->T))) return value_oom(r, nd, per, r->T);
       }
     }
   }
@@ -1647,6 +1653,8 @@ typedef struct Newton {
   int64_t w, len, T; /* elements per state; positions; buffer stride in positions */
   const double **h0; /* per state */
   double **H, **C, **D, **P;
+  int dense;  /* the step applies J to tangents TG (IrNewton.dense); J holds it whole */
+  double **TG, *J; /* dense: per state [T, w]; [T, nw, nw] */
 } Newton;
 
 static int64_t nt_at(const Newton *N, int k, int64_t t) {
@@ -1664,7 +1672,23 @@ static int nt_eval(Newton *N, double *const *X, double *resid) {
       else
         memcpy(p, t ? X[k] + (t - 1) * w : N->h0[k], (size_t)w * sizeof *p);
     }
-  if (run_cell(N->r, N->c, N->args, N->len, 0)) return -1;
+  if (!N->dense || !X) { /* the guess (X NULL) needs no J */
+    if (run_cell(N->r, N->c, N->args, N->len, 0)) return -1;
+  } else {
+    /* J column by column: the step applied to each unit tangent. */
+    int64_t nw = N->n * w;
+    for (int64_t c = 0; c < nw; c++) {
+      for (int k = 0; k < N->n; k++)
+        for (int64_t t = 0; t < N->len; t++)
+          for (int64_t i = 0; i < w; i++) N->TG[k][t * w + i] = k * w + i == c;
+      if (run_cell(N->r, N->c, N->args, N->len, 0)) return -1;
+      for (int k = 0; k < N->n; k++) {
+        const double *dF = N->c->out_seq[N->n + k];
+        for (int64_t t = 0; t < N->len; t++)
+          for (int64_t i = 0; i < w; i++) N->J[(t * nw + k * w + i) * nw + c] = dF[t * w + i];
+      }
+    }
+  }
   double m = 0;
   for (int k = 0; X && k < N->n; k++) {
     const double *f = N->c->out_seq[k];
@@ -1677,11 +1701,29 @@ static int nt_eval(Newton *N, double *const *X, double *resid) {
   return 0;
 }
 
-/* The new guess into D from F, J at P: the linear recurrence, per element. */
+/* The new guess into D from F, J at P: the linear recurrence, per element
+ * (per position with a dense J). */
 static void nt_linear(Newton *N) {
   int n = N->n;
   int64_t w = N->w;
   double *const *out = N->c->out_seq;
+  if (N->dense) {
+    int64_t nw = n * w;
+    for (int64_t t = 0; t < N->len; t++)
+      for (int k = 0; k < n; k++)
+        for (int64_t i = 0; i < w; i++) {
+          const double *Jr = N->J + (t * nw + k * w + i) * nw;
+          double acc = out[k][t * w + i];
+          for (int j = 0; j < n; j++)
+            for (int64_t c = 0; c < w; c++) {
+              double prev = t ? N->D[j][(t - 1) * w + c] : N->h0[j][c];
+              acc += Jr[j * w + c] * (prev - N->P[j][t * w + c]);
+            }
+          /* Position t reads only t - 1. */
+          N->D[k][t * w + i] = N->r->f64 ? acc : (double)(float)acc;
+        }
+    return;
+  }
   for (int64_t t = 0; t < N->len; t++)
     for (int64_t i = 0; i < w; i++) {
       int64_t at = t * w + i;
@@ -1702,12 +1744,13 @@ static void nt_linear(Newton *N) {
 /* h[t] = F(x_t, h[t-1]) one position at a time: the sequential form. */
 /* Steps [t0, len) by the step loop, from the solve's values before t0. */
 static int nt_sequential(Newton *N, int64_t t0) {
-  int ni = N->c->fn->inputs.n, m = ni - N->n;
+  int ni = N->c->fn->inputs.n, m = ni - N->n * (N->dense ? 2 : 1);
   Seq *one = N->args + ni; /* scratch after the arguments (alloc_slots) */
   for (int64_t t = t0; t < N->len; t++) {
     for (int i = 0; i < m; i++) one[i] = (Seq){N->args[i].d + t * N->args[i].stride, 0};
     for (int k = 0; k < N->n; k++)
       one[m + k] = (Seq){t ? N->H[k] + (t - 1) * N->w : (double *)N->h0[k], 0};
+    for (int k = 0; N->dense && k < N->n; k++) one[m + N->n + k] = (Seq){N->TG[k], 0};
     if (run_cell(N->r, N->c, one, 1, 0)) return -1;
     for (int k = 0; k < N->n; k++)
       memcpy(N->H[k] + t * N->w, N->c->out_seq[k], (size_t)N->w * sizeof(double));
@@ -1804,9 +1847,9 @@ static int newton_solve(Run *r, Inst *in, int i, int64_t len) {
   N.n = opt->states;
   N.w = val_width(&s->v);
   N.T = r->T;
-  int n = N.n, ni = N.c->fn->inputs.n, m = ni - n;
+  int n = N.n, ni = N.c->fn->inputs.n, m = nd->nargs - n;
   const double *h0[4];
-  double *H[4], *C[4], *D[4], *P[4];
+  double *H[4], *C[4], *D[4], *P[4], *TG[4];
   if (n > 4) {
     diag_error(r->de, nd->loc, "internal error in interp: more than 4 states in one Newton solve");
     return -1;
@@ -1818,15 +1861,22 @@ static int newton_solve(Run *r, Inst *in, int i, int64_t len) {
     D[k] = s->aux + nt_at(&N, n + k, 0);
     P[k] = s->aux + nt_at(&N, 2 * n + k, 0);
     args[m + k] = (Seq){P[k], N.w};
+    if (opt->dense) {
+      TG[k] = s->aux + nt_at(&N, 3 * n + k, 0);
+      args[m + n + k] = (Seq){TG[k], N.w};
+    }
   }
   N.args = args, N.h0 = h0, N.H = H, N.C = C, N.D = D, N.P = P;
+  N.dense = opt->dense;
+  N.TG = TG;
+  N.J = s->aux + nt_at(&N, 4 * n, 0);
   int64_t win = opt->window > 0 ? opt->window : len;
   for (int64_t w0 = 0; w0 < len; w0 += win) {
     N.len = len - w0 < win ? len - w0 : win;
     for (int j = 0; j < m; j++) args[j] = (Seq){base[j].d + w0 * base[j].stride, base[j].stride};
     for (int k = 0; k < n; k++) {
       H[k] = s->outs[k] + w0 * N.w;
-      h0[k] = w0 ? H[k] - N.w : in->slot[nd->args[ni - n + k]].v.d;
+      h0[k] = w0 ? H[k] - N.w : in->slot[nd->args[m + k]].v.d;
     }
     if (nt_window(&N, nd, opt, w0, len)) return -1;
   }

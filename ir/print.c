@@ -269,7 +269,8 @@ void ir_print_func(FILE *out, const IrModule *m, const IrFunc *f) {
     if (l->newton.states)
       fprintf(out, " newton(states=%d, rtol=%g, atol=%g, max_iter=%d, window=%lld%s)",
               l->newton.states, l->newton.rtol, l->newton.atol, l->newton.max_iter,
-              (long long)l->newton.window, l->newton.quasi ? ", quasi" : "");
+              (long long)l->newton.window,
+              l->newton.quasi ? ", quasi" : l->newton.dense ? ", dense" : "");
     fputc('\n', out);
   }
   for (IrRef r = 0; r < f->nodes.n; r++) print_node(out, f, names, r);

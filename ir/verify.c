@@ -86,8 +86,11 @@ static void verify_call(Verify *v, const IrFunc *f, IrRef r) {
   const IrFunc *g = call_callee(v, f, call, &l);
   if (!g) return;
   if (n->op == IR_CALL) {
-    if (n->nargs != g->inputs.n) {
-      bad(v, f, r, "call of %s passes %d operands for %d inputs", l->name, n->nargs, g->inputs.n);
+    /* A dense Newton step's tangents are the solve's, not operands. */
+    int own = l->newton.dense ? l->newton.states : 0;
+    if (n->nargs != g->inputs.n - own) {
+      bad(v, f, r, "call of %s passes %d operands for %d inputs", l->name, n->nargs,
+          g->inputs.n - own);
       return;
     }
     for (int i = 0; i < n->nargs; i++)
@@ -239,12 +242,14 @@ static void verify_signature(Verify *v, const IrFunc *f) {
 
 /* A Newton layer (ir.h, IrNewton): its step is the caller's own instance
  * (the caller's dims and parameters, in order, no states), with n previous
- * values as its last inputs and n values then n^2 blocks of one type as
- * its first outputs; tolerances that stop. */
+ * values as its last inputs (dense: then n tangents) and n values then n^2
+ * blocks (dense: n products) of one type as its first outputs; tolerances
+ * that stop. */
 static void verify_newton(Verify *v, const IrFunc *f, const IrLayer *l, const IrFunc *g) {
-  int n = l->newton.states;
-  if (n < 0 || n > 4 || g->kind != IR_FN_CELL || g->states.n || g->inputs.n < n ||
-      g->outputs.n < n + n * n) {
+  int n = l->newton.states, dense = l->newton.dense != 0;
+  int extra = dense ? n : 0, nout = dense ? 2 * n : n + n * n;
+  if (n < 0 || n > 4 || g->kind != IR_FN_CELL || g->states.n || g->inputs.n < n + extra ||
+      g->outputs.n < nout || (dense && l->newton.quasi)) {
     bad(v, f, IR_NONE, "Newton layer %s: %s is not a step of %d states", l->name, g->name, n);
     return;
   }
@@ -263,14 +268,14 @@ static void verify_newton(Verify *v, const IrFunc *f, const IrLayer *l, const Ir
       bad(v, f, IR_NONE, "Newton layer %s: parameter %s is not the caller's", l->name,
           g->params.v[k].name);
   IrType t = g->outputs.v[0].type;
-  for (int k = 0; k < n + n * n; k++)
+  for (int k = 0; k < nout; k++)
     if (!ir_type_eq(g->outputs.v[k].type, t) || t.elem != IR_REAL)
       bad(v, f, IR_NONE, "Newton layer %s: output %s is not real and of the first's type", l->name,
           g->outputs.v[k].name);
-  for (int k = 0; k < n; k++)
-    if (!ir_type_eq(g->inputs.v[g->inputs.n - n + k].type, t))
+  for (int k = 0; k < n + extra; k++)
+    if (!ir_type_eq(g->inputs.v[g->inputs.n - n - extra + k].type, t))
       bad(v, f, IR_NONE, "Newton layer %s: input %s is not of its state's type", l->name,
-          g->inputs.v[g->inputs.n - n + k].name);
+          g->inputs.v[g->inputs.n - n - extra + k].name);
 }
 
 static void verify_layers(Verify *v, const IrFunc *f, int fi) {

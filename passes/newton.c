@@ -106,8 +106,9 @@ static IrFunc *hoist(Arena *a, IrModule *m, const IrFunc *cell, IrRefs *hoisted)
   return f;
 }
 
-int newton_step_cell(Arena *a, const IrFunc *cell, const int *solved, int n, IrFunc **out,
-                     IrRefs *hoisted, int *quasi, const char **why, DiagEngine *de) {
+int newton_step_cell(Arena *a, const IrFunc *cell, const int *solved, int n, int want_dense,
+                     IrFunc **out, IrRefs *hoisted, int *quasi, int *dense, const char **why,
+                     DiagEngine *de) {
   *out = NULL;
   *why = NULL;
   hoisted->n = 0;
@@ -136,8 +137,19 @@ int newton_step_cell(Arena *a, const IrFunc *cell, const int *solved, int n, IrF
   DiagEngine quiet;
   diag_init(&quiet, a, NULL);
   IrFunc *d;
-  *quasi = 0;
-  if (jacobian_diag_cell(a, scratch, hc, &d, &quiet)) {
+  *quasi = *dense = 0;
+  int no_diag = jacobian_diag_cell(a, scratch, hc, &d, &quiet) != 0;
+  if (no_diag && want_dense && n == cell->states.n) {
+    /* A dense Jacobian, whole: applied to tangents (jacobian.c's jvp
+     * mode), the solve forms it column by column. */
+    DiagEngine q2;
+    diag_init(&q2, a, NULL);
+    if (jacobian_jvp_cell(a, scratch, hc, &d, &q2)) {
+      *why = "its Jacobian-vector product cannot be formed";
+      return 1;
+    }
+    *dense = 1;
+  } else if (no_diag) {
     /* A dense Jacobian: quasi-Newton with its diagonal, where it can be
      * followed (jacobian.c). */
     DiagEngine q2;
@@ -154,9 +166,10 @@ int newton_step_cell(Arena *a, const IrFunc *cell, const int *solved, int n, IrF
   IrFunc *f = ir_func_new(scratch, arena_printf(a, "%s.step", cell->name), IR_FN_CELL, cell->loc);
   int ns = cell->states.n, ni = hc->inputs.n;
   int *input_of = arena_calloc(a, (size_t)ns + 1, sizeof *input_of); /* state -> input */
+  int *tangent_of = arena_calloc(a, (size_t)ns + 1, sizeof *tangent_of); /* dense: likewise */
   char *is_solved = arena_calloc(a, (size_t)ns + 1, 1);
   IrRef *map = arena_calloc(a, (size_t)d->nodes.n + 1, sizeof *map);
-  if (!f || !f->name || !input_of || !is_solved || !map) goto oom;
+  if (!f || !f->name || !input_of || !tangent_of || !is_solved || !map) goto oom;
   ir_func_share_header(f, cell);
   for (int i = 0; i < ni; i++)
     if (vec_push(a, &f->inputs, hc->inputs.v[i])) goto oom;
@@ -175,7 +188,14 @@ int newton_step_cell(Arena *a, const IrFunc *cell, const int *solved, int n, IrF
       input_of[k] = f->inputs.n;
       if (vec_push(a, &f->inputs, in)) goto oom;
     }
-  /* The diagonal cell's nodes, with each state read as its input. */
+  /* Dense: the jvp cell's tangents (its inputs after hc's, one per state)
+   * after the solved states, in their order. */
+  for (int j = 0; *dense && j < n; j++) {
+    const IrInput *t = &d->inputs.v[ni + solved[j]];
+    tangent_of[solved[j]] = f->inputs.n;
+    if (vec_push(a, &f->inputs, *t)) goto oom;
+  }
+  /* The diagonal (or jvp) cell's nodes, with each state read as its input. */
   for (IrRef r = 0; r < d->nodes.n; r++) {
     IrNode nd = d->nodes.v[r];
     IrRef *args = nd.nargs ? arena_calloc(a, (size_t)nd.nargs, sizeof *args) : NULL;
@@ -184,10 +204,24 @@ int newton_step_cell(Arena *a, const IrFunc *cell, const int *solved, int n, IrF
     if (nd.op == IR_STATE) {
       nd.op = IR_INPUT;
       nd.index = input_of[nd.index];
+    } else if (nd.op == IR_INPUT && nd.index >= ni) {
+      nd.index = tangent_of[nd.index - ni];
     }
     if ((map[r] = ir_emit(f, a, &nd, nd.nargs, args)) == IR_NONE) goto oom;
   }
-  for (int k = 0; k < n + n * n; k++) {
+  for (int k = 0; *dense && k < 2 * n; k++) {
+    const IrState *sk = &cell->states.v[solved[k % n]];
+    const char *name = arena_printf(a, k < n ? "%s'" : "d%s'", sk->name);
+    const IrOutput *o = name ? output_named(d, name) : NULL;
+    if (!o) {
+      diag_internal(de, "newton", "%s.jvp has no output %s", cell->name, name ? name : "?");
+      return -1;
+    }
+    IrOutput to = *o;
+    to.value = map[o->value];
+    if (vec_push(a, &f->outputs, to)) goto oom;
+  }
+  for (int k = 0; !*dense && k < n + n * n; k++) {
     const IrState *sk = &cell->states.v[solved[k < n ? k : (k - n) / n]];
     const IrState *sj = &cell->states.v[solved[k < n ? k : (k - n) % n]];
     const char *name =

@@ -194,6 +194,7 @@ typedef struct NewtonOptions {
   double rtol, atol;
   int max_iter;
   int64_t window; /* steps per window (IrNewton.window); 0: automatic */
+  int dense;      /* a dense Jacobian whole (IrNewton.dense), not its diagonals */
 } NewtonOptions;
 
 typedef struct StrategyRequest {
@@ -385,11 +386,16 @@ int transition_build(Arena *a, const IrFunc *cell, int state, const TransitionFo
  * computes) for solving the n states solved[] (of one real type) by Newton,
  * and in *hoisted the nodes of cell whose values it takes as inputs after
  * the cell's own; *quasi is 1 when its blocks are the diagonals of a dense
- * Jacobian (quasi-Newton). Returns 0 and *out (in a module of its own); 1
- * and *why when the Jacobian has no diagonal blocks; -1 with a diagnostic. */
+ * Jacobian (quasi-Newton). With want_dense, a dense Jacobian of a group of
+ * all the cell's states is applied instead (*dense = 1): the step takes a
+ * tangent per solved state after them and gives J times it after the next
+ * values (exact Newton, the runtime forming J column by column). Returns 0
+ * and *out (in a module of its own); 1 and *why when the Jacobian has no
+ * diagonal blocks; -1 with a diagnostic. */
 typedef VEC(IrRef) IrRefs;
-int newton_step_cell(Arena *a, const IrFunc *cell, const int *solved, int n, IrFunc **out,
-                     IrRefs *hoisted, int *quasi, const char **why, DiagEngine *de);
+int newton_step_cell(Arena *a, const IrFunc *cell, const int *solved, int n, int want_dense,
+                     IrFunc **out, IrRefs *hoisted, int *quasi, int *dense, const char **why,
+                     DiagEngine *de);
 
 /* ---- scan.c: a cell's parallel form as sequence-level IR ------------------ */
 

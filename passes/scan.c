@@ -499,8 +499,9 @@ static int solve_newton(Scan *S, int k) {
   }
   const char *why;
   IrRefs hoisted = {0};
-  int quasi = 0;
-  int rc = newton_step_cell(S->b.a, f, solved, n, &S->step, &hoisted, &quasi, &why, S->b.de);
+  int quasi = 0, dense = 0;
+  int rc = newton_step_cell(S->b.a, f, solved, n, S->newton && S->newton->dense, &S->step,
+                            &hoisted, &quasi, &dense, &why, S->b.de);
   if (rc) {
     if (rc > 0)
       S->why = arena_printf(S->b.a, "state %s: %s", f->states.v[k].name, why);
@@ -523,6 +524,7 @@ static int solve_newton(Scan *S, int k) {
   for (int d = 0; d < f->dims.n; d++) l.dim_args[d] = dim_var(d);
   l.newton.states = n;
   l.newton.quasi = quasi;
+  l.newton.dense = dense;
   l.newton.rtol = S->newton && S->newton->rtol > 0 ? S->newton->rtol : NEWTON_RTOL;
   l.newton.atol = S->newton && S->newton->atol > 0 ? S->newton->atol : NEWTON_ATOL;
   l.newton.max_iter = S->newton && S->newton->max_iter > 0 ? S->newton->max_iter : NEWTON_MAX_ITER;

@@ -45,6 +45,9 @@ typedef struct Solve {
   float *F[RT_NEWTON_MAX_STATES], *P[RT_NEWTON_MAX_STATES];
   float *C[RT_NEWTON_MAX_STATES], *D[RT_NEWTON_MAX_STATES];
   const int64_t *ext0; /* per example: its row in the caller's buffers less its row here */
+  int dense;           /* the step gives J times tangents TG; Jd holds J whole, [rows, nw, nw] */
+  float *TG[RT_NEWTON_MAX_STATES], *dF[RT_NEWTON_MAX_STATES], *Jd;
+  float *diff;         /* dense: per example, nw floats (the recurrence's prev - P) */
   const int64_t *in_floats; /* per input of the caller's m: floats per row */
   const int32_t *in_kind;   /* and its layout (RT_NEWTON_PER_TOKEN, ...) */
   void **ins;               /* the step's inputs: the caller's m, then P */
@@ -87,7 +90,7 @@ static void eval_item(void *ctx, int item) {
   int64_t len = len_of(s, b);
   if (t0 >= len) return;
   int64_t n = len - t0 < job->tc ? len - t0 : job->tc, at = b * s->T + t0;
-  void *in[RT_NEWTON_MAX_INPUTS + RT_NEWTON_MAX_STATES];
+  void *in[RT_NEWTON_MAX_INPUTS + 2 * RT_NEWTON_MAX_STATES];
   void *out[RT_NEWTON_MAX_STATES * (RT_NEWTON_MAX_STATES + 1)];
   for (int i = 0; i < s->m; i++) {
     float *base = s->ins[i];
@@ -96,7 +99,9 @@ static void eval_item(void *ctx, int item) {
                                                      : base;
   }
   for (int k = 0; k < s->n; k++) in[s->m + k] = s->P[k] + at * s->w;
-  for (int j = 0; j < s->n + s->n * s->n; j++) out[j] = (float *)s->souts[j] + at * s->w;
+  for (int k = 0; s->dense && k < s->n; k++) in[s->m + s->n + k] = s->TG[k] + at * s->w;
+  int nout = s->dense ? 2 * s->n : s->n + s->n * s->n;
+  for (int j = 0; j < nout; j++) out[j] = (float *)s->souts[j] + at * s->w;
   int st = s->step(s->params, 1, n, in, NULL, NULL, out, NULL, 0);
   if (st) __atomic_store_n(&job->status, st, __ATOMIC_RELAXED);
 }
@@ -211,12 +216,48 @@ static void residual(Solve *s, int64_t b, int64_t lo, int64_t hi, void *arg, int
   ea->part[item] = nan ? INFINITY : r;
 }
 
+/* Dense: the tangents of column c (the unit vector e_c of every row), or
+ * the step's J e_c into column c of J. */
+typedef struct ColArg {
+  int64_t c;
+  int scatter;
+} ColArg;
+
+static void column_pass(Solve *s, int64_t b, int64_t lo, int64_t hi, void *arg, int item) {
+  (void)item;
+  const ColArg *ca = arg;
+  int64_t w = s->w, nw = s->n * w, len = len_of(s, b);
+  for (int64_t tau = lo; tau < hi; tau++) {
+    int64_t r = row(s, b, len, tau);
+    for (int k = 0; k < s->n; k++) {
+      if (ca->scatter) {
+        float *J = s->Jd + r * nw * nw + k * w * nw + ca->c;
+        const float *d = s->dF[k] + r * w;
+        for (int64_t i = 0; i < w; i++) J[i * nw] = d[i];
+      } else {
+        float *t = s->TG[k] + r * w;
+        memset(t, 0, (size_t)w * sizeof(float));
+        if (ca->c / w == k) t[ca->c % w] = 1;
+      }
+    }
+  }
+}
+
 /* F and J at P = delay(X, h0) for every example (X == NULL: P = 0); then,
- * per example, the residual max |X - F| (NaN counts as infinite). */
+ * per example, the residual max |X - F| (NaN counts as infinite). A dense
+ * J takes a call of the step per column. */
 static int evaluate(Solve *s, float *const *X, float *resid) {
   EvalArg ea = {X, s->part};
   run_pieces(s, 0, build_p, &ea);
-  int st = eval_chunks(s);
+  int st = 0;
+  /* The guess (X NULL) needs no J. */
+  for (int64_t c = 0; c < (s->dense && X ? s->n * s->w : 1) && !st; c++) {
+    ColArg ca = {c, 0};
+    if (s->dense && X) run_pieces(s, 0, column_pass, &ca);
+    st = eval_chunks(s);
+    ca.scatter = 1;
+    if (s->dense && X && !st) run_pieces(s, 0, column_pass, &ca);
+  }
   if (st) return st;
   if (!X) return 0;
   int64_t per = pieces_of(s, 0);
@@ -268,16 +309,64 @@ static void linear_piece(Solve *s, int64_t b, int64_t e0, int64_t e1, void *arg,
   s->bad[item] = bad;
 }
 
+/* Dense: example b's new guess, N[tau] = F + J (N[tau-1] - P) with J whole
+ * (the pieces are whole examples: every element of a step reads every
+ * element of the step before); then the test, as linear_piece's. */
+static void dense_piece(Solve *s, int64_t b, int64_t lo, int64_t hi, void *arg, int item) {
+  (void)lo, (void)hi;
+  StepArg *sa = arg;
+  int n = s->n;
+  int64_t w = s->w, nw = n * w, len = len_of(s, b);
+  float err = 0, rtol = sa->rtol, atol = sa->atol, *v = s->diff + b * nw;
+  int nan = 0;
+  int64_t bad = len;
+  for (int64_t tau = 0; tau < len; tau++) {
+    int64_t r = row(s, b, len, tau), at = r * w, pv = tau ? row(s, b, len, tau - 1) * w : -1;
+    for (int j = 0; j < n; j++) {
+      const float *prev = pv >= 0 ? s->D[j] + pv : s->h0[j] + b * w, *p = s->P[j] + at;
+      for (int64_t c = 0; c < w; c++) v[j * w + c] = prev[c] - p[c];
+    }
+    for (int k = 0; k < n; k++) {
+      float *d = s->D[k] + at;
+      const float *f = s->F[k] + at, *J = s->Jd + r * nw * nw + k * w * nw;
+      for (int64_t i = 0; i < w; i++) {
+        float acc = 0;
+        for (int64_t c = 0; c < nw; c++) acc += J[i * nw + c] * v[c];
+        d[i] = f[i] + acc;
+      }
+    }
+    for (int k = 0; k < n; k++) {
+      const float *d = s->D[k] + at, *h = s->H[k] + at;
+      for (int64_t i = 0; i < w; i++) {
+        float e = fabsf(d[i] - h[i]) / (atol + rtol * fabsf(d[i]));
+        nan |= e != e;
+        err = e > err ? e : err;
+      }
+    }
+    if (bad == len && (nan || err > 1)) bad = tau;
+  }
+  sa->part[item] = nan ? INFINITY : err;
+  s->bad[item] = bad;
+}
+
 /* The new guess of every example still iterating (active[b]) into D, and
  * per example its largest relative step into err and the first step whose
  * test fails into bad (its length if none). */
 static void linear_step(Solve *s, const char *active, float rtol, float atol, float *err,
                         int64_t *bad) {
   StepArg sa = {rtol, atol, s->part};
-  int64_t per = pieces_of(s, 1);
+  int64_t per = s->dense ? 1 : pieces_of(s, 1);
   for (int64_t i = 0; i < s->B * per; i++) s->part[i] = 0, s->bad[i] = INT64_MAX;
   s->active = active;
-  run_pieces(s, 1, linear_piece, &sa);
+  if (s->dense) {
+    Pieces pc = {s, 1, dense_piece, &sa, 0};
+    if (s->B <= 1)
+      for (int64_t i = 0; i < s->B; i++) piece_item(&pc, (int)i);
+    else
+      rt_cpu_parallel_for_nowait((int)s->B, piece_item, &pc);
+  } else {
+    run_pieces(s, 1, linear_piece, &sa);
+  }
   s->active = NULL;
   for (int64_t b = 0; b < s->B; b++) {
     if (!active[b]) continue;
@@ -340,7 +429,7 @@ static void rows(Solve *s, int op, const char *flag, const float *lam) {
 static int sequential(Solve *s, int64_t b, int64_t t0, float *const *one_out) {
   int n = s->n, m = s->m;
   int64_t w = s->w, len = len_of(s, b);
-  void *one_in[RT_NEWTON_MAX_INPUTS + RT_NEWTON_MAX_STATES];
+  void *one_in[RT_NEWTON_MAX_INPUTS + 2 * RT_NEWTON_MAX_STATES];
   for (int64_t tau = t0; tau < len; tau++) {
     int64_t r = row(s, b, len, tau);
     for (int i = 0; i < m; i++) {
@@ -352,6 +441,7 @@ static int sequential(Solve *s, int64_t b, int64_t t0, float *const *one_out) {
     }
     for (int k = 0; k < n; k++)
       one_in[m + k] = tau ? s->H[k] + row(s, b, len, tau - 1) * w : (float *)s->h0[k] + b * w;
+    for (int k = 0; s->dense && k < n; k++) one_in[m + n + k] = s->TG[k]; /* any tangent */
     int st = s->step(s->params, 1, 1, one_in, NULL, NULL, (void *const *)one_out, NULL, 0);
     if (st) return st;
     for (int k = 0; k < n; k++) memcpy(s->H[k] + r * w, one_out[k], (size_t)w * sizeof(float));
@@ -485,26 +575,29 @@ static int solve_window(Solve *s, Work *wk, float rtol, float atol, int32_t max_
 /* Steps per window when the caller leaves it open: the whole sequence while
  * the solve's buffers stay within RT_NEWTON_BUDGET floats, else as many as
  * do (never fewer than RT_NEWTON_MIN_WINDOW). */
-int64_t rt_cpu_newton_window(int64_t B, int64_t T, int32_t n, int64_t w, int64_t window) {
+int64_t rt_cpu_newton_window(int64_t B, int64_t T, int32_t n, int64_t w, int32_t dense,
+                             int64_t window) {
   /* Window lengths are int32 (as sequence lengths are). */
   int64_t most = T < ((int64_t)1 << 30) ? T : (int64_t)1 << 30;
   if (most < 1) return 1;
   if (window > 0) return window < most ? window : most;
-  int64_t per_token = (5 * n + (int64_t)n * n) * w, Bm = B > 1 ? B : 1;
+  int64_t per_token = dense ? 7 * n * w + (n * w) * (n * w) : (5 * n + (int64_t)n * n) * w;
+  int64_t Bm = B > 1 ? B : 1;
   int64_t tw = RT_NEWTON_BUDGET / per_token / Bm;
   if (tw < RT_NEWTON_MIN_WINDOW) tw = RT_NEWTON_MIN_WINDOW;
   return tw < most ? tw : most;
 }
 
-int rt_cpu_newton(RtNewtonStep step, void *const *params, int64_t B, int64_t T, void *const *ins,
-                  const int32_t *lengths, int32_t rev, float *const *outs, int32_t n, int32_t m,
-                  int64_t w, float rtol, float atol, int32_t max_iter, int64_t window,
-                  const int64_t *in_floats, const int32_t *in_kind) {
+int rt_cpu_newton(RtNewtonStep step, void *const *params, int64_t B, int64_t T, int64_t t0,
+                  int64_t tn, void *const *ins, const int32_t *lengths, int32_t rev,
+                  float *const *outs, int32_t n, int32_t m, int64_t w, float rtol, float atol,
+                  int32_t max_iter, int64_t window, int32_t dense, const int64_t *in_floats,
+                  const int32_t *in_kind) {
   if (n < 1 || n > RT_NEWTON_MAX_STATES || m < 0 || m > RT_NEWTON_MAX_INPUTS || w < 1 || B < 0 ||
-      T < 0 || window < 0)
+      T < 0 || t0 < 0 || tn < 0 || tn > T || window < 0)
     return 1;
-  if (B == 0 || T == 0) return 0;
-  int64_t tw = rt_cpu_newton_window(B, T, n, w, window);
+  if (B == 0 || tn == 0) return 0;
+  int64_t tw = rt_cpu_newton_window(B, tn, n, w, dense, window);
   int windowed = tw < T;
   Solve s;
   memset(&s, 0, sizeof s);
@@ -515,17 +608,22 @@ int rt_cpu_newton(RtNewtonStep step, void *const *params, int64_t B, int64_t T, 
   s.outs = outs;
   s.in_floats = in_floats;
   s.in_kind = in_kind;
-  int64_t per = B * tw * w, nout = n + n * n;
-  /* F, P, C, D and J (and a window's H) per state; each window's initial
-   * values; one token's outputs (the fallback); per example the guess's and
-   * the candidate's residuals, the step's factor and its size; per piece of
-   * work its maximum; the step's argument lists; per example its rows'
-   * offset, first failing step, iterations, window length and flags. */
-  int64_t floats = (4 * n + n * n + (windowed ? n : 0)) * per + (windowed ? n * B * w : 0) +
+  s.dense = dense != 0;
+  int64_t per = B * tw * w, nw = n * w, nout = s.dense ? 2 * n : n + n * n;
+  int nin = m + n + (s.dense ? n : 0);
+  /* F, P, C, D (and a window's H) per state, and J's blocks (dense: J,
+   * then the tangents, the step's J times them and a row of differences per
+   * example); each window's initial values; one token's outputs (the
+   * fallback); per example the guess's and the candidate's residuals, the
+   * step's factor and its size; per piece of work its maximum; the step's
+   * argument lists; per example its rows' offset, first failing step,
+   * iterations, steps here, window length and flags. */
+  int64_t jfloats = s.dense ? per * n * nw + 2 * n * per + B * nw : n * n * per;
+  int64_t floats = (4 * n + (windowed ? n : 0)) * per + jfloats + (windowed ? n * B * w : 0) +
                    nout * w + 4 * (B + 1) + B * RT_CPU_MAX_THREADS;
-  int64_t bytes = floats * (int64_t)sizeof(float) + (m + n + nout + 2) * (int64_t)sizeof(void *) +
+  int64_t bytes = floats * (int64_t)sizeof(float) + (nin + nout + 2) * (int64_t)sizeof(void *) +
                   (2 * (B + 1) + B * RT_CPU_MAX_THREADS) * (int64_t)sizeof(int64_t) +
-                  2 * (B + 1) * (int64_t)sizeof(int32_t) + 4 * (B + 1);
+                  3 * (B + 1) * (int64_t)sizeof(int32_t) + 4 * (B + 1);
   char *mem = rt_cpu_alloc_uninit(bytes + 64);
   if (!mem) return 2;
   float *f = (float *)mem;
@@ -539,7 +637,15 @@ int rt_cpu_newton(RtNewtonStep step, void *const *params, int64_t B, int64_t T, 
     else
       s.H[k] = outs[k];
   }
-  for (int j = 0; j < n * n; j++) s.J[j] = f, f += per;
+  if (s.dense) {
+    s.Jd = f, f += per * n * nw; /* (nw)^2 per row */
+    for (int k = 0; k < n; k++) s.TG[k] = f, f += per;
+    memset(s.TG[0], 0, (size_t)(n * per) * sizeof(float)); /* the guess's tangents */
+    for (int k = 0; k < n; k++) s.dF[k] = f, f += per;
+    s.diff = f, f += B * nw;
+  } else {
+    for (int j = 0; j < n * n; j++) s.J[j] = f, f += per;
+  }
   float *h0w = f;
   if (windowed) f += n * B * w;
   float *one_out[RT_NEWTON_MAX_STATES * (RT_NEWTON_MAX_STATES + 1)];
@@ -553,40 +659,47 @@ int rt_cpu_newton(RtNewtonStep step, void *const *params, int64_t B, int64_t T, 
   f += B * RT_CPU_MAX_THREADS;
   void **ptrs = (void **)(((uintptr_t)f + 7) & ~(uintptr_t)7);
   s.ins = ptrs;
-  s.souts = ptrs + m + n;
+  s.souts = ptrs + nin;
   int64_t *ext0 = (int64_t *)(s.souts + nout);
   wk.firstbad = ext0 + B + 1;
   s.bad = wk.firstbad + B + 1;
   s.ext0 = ext0;
   wk.iters = (int32_t *)(s.bad + B * RT_CPU_MAX_THREADS);
-  int32_t *wlen = wk.iters + B + 1;
-  wk.done = (char *)(wlen + B + 1), wk.pending = wk.done + B + 1,
+  int32_t *wlen = wk.iters + B + 1, *steps = wlen + B + 1;
+  wk.done = (char *)(steps + B + 1), wk.pending = wk.done + B + 1,
   wk.iterating = wk.pending + B + 1, wk.took = wk.iterating + B + 1;
   for (int i = 0; i < m; i++) s.ins[i] = ins[i];
   for (int k = 0; k < n; k++) {
     s.ins[m + k] = s.P[k];
     s.souts[k] = s.F[k];
   }
-  for (int j = 0; j < n * n; j++) s.souts[n + j] = s.J[j];
-  s.lengths = windowed ? wlen : lengths;
+  for (int k = 0; s.dense && k < n; k++) s.ins[m + n + k] = s.TG[k]; /* dense: the tangents */
+  for (int j = 0; j < (s.dense ? n : n * n); j++) s.souts[n + j] = s.dense ? s.dF[j] : s.J[j];
+  s.lengths = windowed ? wlen : steps;
+  /* Example b's steps here: [t0, t0 + tn) of its sequence, as far as it
+   * goes. */
+  for (int64_t b = 0; b < B; b++) {
+    int64_t len = (lengths ? lengths[b] : t0 + tn) - t0;
+    steps[b] = (int32_t)(len < 0 ? 0 : len > tn ? tn : len);
+  }
 
   int rc = 0;
-  for (int64_t t0 = 0; t0 < T; t0 += tw) {
-    /* The window [t0, t0 + tw) of every example's logical steps. */
+  for (int64_t u0 = 0; u0 < tn; u0 += tw) {
+    /* The window [u0, u0 + tw) of every example's steps here. */
     int any = 0;
     for (int64_t b = 0; b < B; b++) {
-      int64_t len = lengths ? lengths[b] : T, wl = len - t0;
+      int64_t len = steps[b], wl = len - u0;
       wl = wl < 0 ? 0 : wl > tw ? tw : wl;
       wlen[b] = (int32_t)wl;
-      ext0[b] = windowed ? b * T + (s.rev ? len - t0 - wl : t0) - b * tw : 0;
+      ext0[b] = windowed ? b * T + (s.rev ? len - u0 - wl : u0) - b * tw : 0;
       any |= wl > 0;
       /* It starts from the last value of the window before. */
-      for (int k = 0; k < n && t0 && wl; k++)
-        memcpy(h0w + (k * B + b) * w, outs[k] + (b * T + (s.rev ? len - t0 : t0 - 1)) * w,
+      for (int k = 0; k < n && u0 && wl; k++)
+        memcpy(h0w + (k * B + b) * w, outs[k] + (b * T + (s.rev ? len - u0 : u0 - 1)) * w,
                (size_t)w * sizeof(float));
     }
     if (!any) break;
-    for (int k = 0; k < n; k++) s.h0[k] = t0 ? h0w + k * B * w : (const float *)ins[m + k];
+    for (int k = 0; k < n; k++) s.h0[k] = u0 ? h0w + k * B * w : (const float *)ins[m + k];
     if ((rc = solve_window(&s, &wk, rtol, atol, max_iter))) break;
     if (windowed) {
       char *all = wk.took;

@@ -339,24 +339,34 @@ typedef struct RtNewtonStats {
  * batch, its outputs F_k then J_kj (n + n^2 buffers of w floats per row)
  * from its m inputs and the n previous values; ins: the m inputs
  * (in_floats[i] floats per row, laid out as in_kind[i]) then the n initial
- * values ([B, w]); outs: the n solutions ([B*T, w] each). rev: the layer
- * runs backwards within each length. window: logical steps solved at once,
+ * values ([B, w]); outs: the n solutions ([B*T, w] each). The buffers hold
+ * steps [t0, t0 + tn) of each sequence (tn <= T, the rows per example; a
+ * model in time chunks calls once per chunk, with the values entering it
+ * as initial values), as far as its length (NULL: t0 + tn) goes. rev: the
+ * layer runs backwards within each length (t0 = 0 then). window: logical steps solved at once,
  * one window after another (each from the last value of the one before;
  * a window that does not converge runs as the step loop to its end only);
- * 0: rt_cpu_newton_window's choice. Returns 0, the step's status, or 1 (bad
- * arguments) or 2 (out of memory). lengths: NULL or B values in [0, T].
+ * 0: rt_cpu_newton_window's choice. dense: the step's outputs after F are
+ * J_k times its n tangent inputs (after the previous values), not J's
+ * blocks; the solve forms J whole, calling the step once per column (n*w
+ * times per evaluation), and its linear recurrence is a product of J with
+ * a vector per step. Returns 0, the step's status, or 1 (bad
+ * arguments) or 2 (out of memory). lengths: NULL or B values >= 0.
  * Adds to the process's tally (a solve is one example's window). */
-int rt_cpu_newton(RtNewtonStep step, void *const *params, int64_t B, int64_t T, void *const *ins,
-                  const int32_t *lengths, int32_t rev, float *const *outs, int32_t n, int32_t m,
-                  int64_t w, float rtol, float atol, int32_t max_iter, int64_t window,
-                  const int64_t *in_floats, const int32_t *in_kind);
+int rt_cpu_newton(RtNewtonStep step, void *const *params, int64_t B, int64_t T, int64_t t0,
+                  int64_t tn, void *const *ins, const int32_t *lengths, int32_t rev,
+                  float *const *outs, int32_t n, int32_t m, int64_t w, float rtol, float atol,
+                  int32_t max_iter, int64_t window, int32_t dense, const int64_t *in_floats,
+                  const int32_t *in_kind);
 /* The steps per window a solve of n states of w floats over [B, T] takes:
  * `window` (at most T) when it is positive; else all T while the solve's
- * own buffers ((5n + n^2) w floats per token) stay within RT_NEWTON_BUDGET
- * floats, and as many as do otherwise (at least RT_NEWTON_MIN_WINDOW). */
+ * own buffers ((5n + n^2) w floats per token; dense: 7nw + (nw)^2) stay
+ * within RT_NEWTON_BUDGET floats, and as many as do otherwise (at least
+ * RT_NEWTON_MIN_WINDOW). */
 #define RT_NEWTON_BUDGET ((int64_t)64 << 20) /* floats: 256 MiB */
 #define RT_NEWTON_MIN_WINDOW 64
-int64_t rt_cpu_newton_window(int64_t B, int64_t T, int32_t n, int64_t w, int64_t window);
+int64_t rt_cpu_newton_window(int64_t B, int64_t T, int32_t n, int64_t w, int32_t dense,
+                             int64_t window);
 /* The process's tally of Newton solves (every thread's) into *out (if not NULL);
  * reset: zero it. */
 void rt_cpu_newton_stats(RtNewtonStats *out, int reset);

@@ -242,10 +242,13 @@ static int place_buffers(Plan *p) {
       for (int j = 0; j < nd->nargs; j++) {
         n->call_in[j] = -1;
         const SchedValue *a = &p->v[nd->args[j]];
-        /* A layer reads an input per token: a constant is repeated for each. */
-        if (a->cls == SCHED_CONST &&
-            (n->call_in[j] = sched_add_buf(p, SCHED_BUF_CALL_IN, SCHED_ROWS_BT, sched_row_floats(a),
-                                           0, r, j)) < 0)
+        /* A layer reads an input per token: a constant is repeated for
+         * each; in time chunks, a whole-sequence value (an input) is
+         * gathered, the chunk's steps in order. */
+        int copy = a->cls == SCHED_CONST || (in->chunked && a->cls == SCHED_TOKEN && !a->chunked);
+        if (copy && (n->call_in[j] = sched_add_buf(p, SCHED_BUF_CALL_IN,
+                                                   in->chunked ? SCHED_ROWS_BTC : SCHED_ROWS_BT,
+                                                   sched_row_floats(a), 0, r, j)) < 0)
           return oom(p);
       }
       /* A Newton solve keeps the Jacobian's blocks (the step's outputs
@@ -256,7 +259,7 @@ static int place_buffers(Plan *p) {
         n->call_out[j] = -1;
         if (nw && j >= nw) continue;
         if (plan_type_floats(p, child, child->fn->outputs.v[j].type, nd->loc, &ne)) return -1;
-        if ((n->call_out[j] = sched_add_buf(p, SCHED_BUF_CALL_OUT, SCHED_ROWS_BT, ne, 0, r, j)) < 0)
+        if ((n->call_out[j] = sched_add_buf(p, SCHED_BUF_CALL_OUT, rows, ne, 0, r, j)) < 0)
           return oom(p);
       }
       continue;

@@ -329,24 +329,38 @@ static void plan_chunks(Plan *p) {
  * read the storage as the window entering the chunk (updated at the
  * chunk's end). Then the whole-sequence intermediates (the projections, the
  * coefficients, the readouts) take one chunk's rows, which stay in cache,
- * instead of [B*T, ...] buffers in memory. Needs: no layer calls, no
- * convolutions, no scan or delay outside a fused group, and the states read
- * only by their groups and windows. Runs after the groups are planned. */
+ * instead of [B*T, ...] buffers in memory. A Newton solve runs chunk by
+ * chunk from the values its states' storage holds (and writes each chunk's
+ * last value there, as a window's state does), which bounds the memory of
+ * its projections too; its chunks are long (or the windows it was given),
+ * since each is a solve of its own. Needs: no other layer calls, no convolutions, no scan or delay
+ * outside a fused group, and the states read only by their groups, windows
+ * and solves. Runs after the groups are planned. */
 #define MODEL_MIN_TC 16
 #define MODEL_MIN_TC_LINATTN 64
+#define MODEL_MIN_TC_NEWTON 4096
 
 int plan_model_chunks(Plan *p) {
   const IrFunc *fn = p->fn;
   SchedInst *in = p->in;
   if (fn->kind != IR_FN_MODEL || fn->states.n == 0) return 0;
   int64_t kchunk = 0; /* the longest chunk of a chunked kernel here */
+  int newton = 0;
+  int64_t window = 0; /* the longest window a solve here was given */
   for (IrRef r = 0; r < fn->nodes.n; r++) {
     const IrNode *nd = &fn->nodes.v[r];
     const SchedValue *n = &p->v[r];
     /* A convolution over a window state's initial value reads that state's
      * storage, which holds the window entering each chunk. */
     int conv_window = nd->op == IR_CAUSAL_CONV && nd->nargs == 4;
-    if (nd->op == IR_CALL || (nd->op == IR_CAUSAL_CONV && !conv_window) || nd->op == IR_ATTN)
+    /* So does a Newton solve, for its states' initial values (its last
+     * operands). */
+    int solved = nd->op == IR_CALL ? fn->layers.v[nd->index].newton.states : 0;
+    newton |= solved > 0;
+    if (solved && fn->layers.v[nd->index].newton.window > window)
+      window = fn->layers.v[nd->index].newton.window;
+    if ((nd->op == IR_CALL && !solved) || (nd->op == IR_CAUSAL_CONV && !conv_window) ||
+        nd->op == IR_ATTN)
       return 0;
     if ((nd->op == IR_SCAN || nd->op == IR_SCAN_MAX || nd->op == IR_DELAY) && n->group < 0)
       return 0;
@@ -354,7 +368,7 @@ int plan_model_chunks(Plan *p) {
     for (int j = 0; j < nd->nargs; j++) {
       const IrNode *a = &fn->nodes.v[nd->args[j]];
       if (a->op == IR_STATE && n->group < 0 && !(nd->op == IR_WINDOW && j == 1) &&
-          !(conv_window && j == 3))
+          !(conv_window && j == 3) && !(solved && j >= nd->nargs - solved))
         return 0;
     }
   }
@@ -367,8 +381,18 @@ int plan_model_chunks(Plan *p) {
     const IrNode *nd = &fn->nodes.v[r];
     SchedValue *n = &p->v[r];
     if (n->cls != SCHED_TOKEN) continue;
-    if (nd->op == IR_RESHAPE) {
+    if (nd->op == IR_RESHAPE || nd->op == IR_RESULT) {
       n->chunked = p->v[nd->args[0]].chunked;
+    } else if (nd->op == IR_CALL) {
+      /* A Newton solve's results, and its whole-sequence operands (inputs)
+       * gathered for each chunk. */
+      n->chunked = 1;
+      floats += fn->layers.v[nd->index].newton.states * (sched_row_floats(n) + 16);
+      for (int j = 0; j < nd->nargs; j++) {
+        const SchedValue *a = &p->v[nd->args[j]];
+        if ((a->cls == SCHED_TOKEN && !a->chunked) || a->cls == SCHED_CONST)
+          floats += sched_row_floats(a) + 16;
+      }
     } else if (!sched_is_view(nd->op) && n->uses > 0 && (n->group < 0 || n->stored)) {
       n->chunked = 1;
       floats += sched_row_floats(n) + 16;
@@ -382,6 +406,9 @@ int plan_model_chunks(Plan *p) {
    * of a few steps would pass the state through memory at every one. */
   in->min_tc = MODEL_MIN_TC;
   if (kchunk) in->min_tc = 4 * kchunk > MODEL_MIN_TC_LINATTN ? 4 * kchunk : MODEL_MIN_TC_LINATTN;
+  /* A solve's chunks are its windows when it was given some. */
+  int64_t newton_tc = window ? window : MODEL_MIN_TC_NEWTON;
+  if (newton && in->min_tc < newton_tc) in->min_tc = newton_tc;
   return 0;
 }
 

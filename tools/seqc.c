@@ -63,6 +63,7 @@ typedef struct Options {
   double newton_rtol, newton_atol; /* --newton-rtol, --newton-atol (0: the defaults) */
   long newton_max_iter;            /* --newton-max-iter (0: the default) */
   long newton_window;              /* --newton-window (0: automatic) */
+  int newton_dense;                /* --newton-jacobian dense */
   int report;                      /* --report: the recurrence classification of every cell */
   int check_finite;                /* --check-finite: report the first NaN/Inf and fail */
 } Options;
@@ -76,6 +77,7 @@ static void usage(FILE *out) {
         "           [--backend=cpu|cuda|interp] [--threads N] [-O0..-O3]\n"
         "           [--strategy=auto|sequential|scan|chunked|newton|STATE=FORM,...] [--chunk N]\n"
         "           [--newton-rtol X] [--newton-atol X] [--newton-max-iter N] [--newton-window N]\n"
+        "           [--newton-jacobian quasi|dense]\n"
         "  seqc FILE.seq [--dims ...] [--weights W] -o libNAME.so [-H NAME.h] [-O0..-O3]\n"
         "       [--target-cpu=CPU] [--target-features=+f,-g]\n"
         "  seqc --target=cuda FILE.seq [--dims ...] [--weights W] -o libNAME.so [-H NAME.h]\n"
@@ -271,6 +273,11 @@ static int parse_args(int argc, char **argv, Options *o) {
       if (errno || *end || !*val || c < 1 || c > (1L << 30))
         return usage_error("--newton-window takes a number of steps in [1, 2^30], got '%s'", val);
       o->newton_window = c;
+    } else if ((r = TAKE("--newton-jacobian")) != 0) {
+      if (r < 0) return usage_error("%s needs a value", a);
+      if (strcmp(val, "dense") && strcmp(val, "quasi"))
+        return usage_error("--newton-jacobian takes 'quasi' or 'dense', got '%s'", val);
+      o->newton_dense = strcmp(val, "dense") == 0;
     } else if ((r = TAKE("--strategy")) != 0) {
       if (r < 0) return usage_error("%s needs a value", a);
       o->strategy = val;
@@ -1200,6 +1207,7 @@ int main(int argc, char **argv) {
   strategy.newton.atol = o.newton_atol;
   strategy.newton.max_iter = (int)o.newton_max_iter;
   strategy.newton.window = o.newton_window;
+  strategy.newton.dense = o.newton_dense;
   po.strategy = &strategy;
   po.kernel_chunk = o.chunk;
   po.threads = o.threads;

@@ -30,7 +30,7 @@ class SeqOptions(ctypes.Structure):
                 ("chunk", ctypes.c_int), ("batch", ctypes.c_long),
                 ("newton_rtol", ctypes.c_double), ("newton_atol", ctypes.c_double),
                 ("newton_max_iter", ctypes.c_int), ("backend", ctypes.c_char_p),
-                ("newton_window", ctypes.c_long)]
+                ("newton_window", ctypes.c_long), ("newton_dense", ctypes.c_int)]
 
 
 class SeqTensorInfo(ctypes.Structure):

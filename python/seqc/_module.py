@@ -365,7 +365,7 @@ def write_safetensors(path, tensors):
 def compile(path_or_source, dims=None, strategy=None, threads=None, *, weights=None,
             opt_level=2, entry=None, chunk=None, batch=None, backend=None, target_cpu=None,
             target_features=None, newton_rtol=None, newton_atol=None, newton_max_iter=None,
-            newton_window=None, name="<string>"):
+            newton_window=None, newton_dense=False, name="<string>"):
     """Compiles a .seq file (a path) or source text (a str with a newline or a
     brace) into a Module. dims: {"I": 32, "H": 64} or "I=32,H=64"; weights: a
     safetensors path or a state dict, which also fix the dims they imply;
@@ -385,6 +385,7 @@ def compile(path_or_source, dims=None, strategy=None, threads=None, *, weights=N
     opt.newton_atol = float(newton_atol or 0)
     opt.newton_max_iter = int(newton_max_iter or 0)
     opt.newton_window = int(newton_window or 0)
+    opt.newton_dense = 1 if newton_dense else 0
     tmp = None
     state_dict = None
     if weights is not None:

@@ -78,23 +78,28 @@ static const FcCase CASES[] = {
  * chunked state), so that sequences cross many chunk boundaries; the
  * chunked kernels also with chunks of 5 tokens, which do not divide them;
  * Newton solves also in windows of 5 steps (runtime/cpu_newton.c), which
- * divide neither the sequences nor their lengths. */
+ * divide neither the sequences nor their lengths, and in time chunks of 16
+ * steps (at least the window) holding windows of 5; and with dense
+ * Jacobians formed whole (exact Newton) where they are dense. */
 static const struct {
   const char *strategy;
   int64_t chunk_budget, kernel_chunk, newton_window;
-} FORMS[] = {{"sequential", 0, 0, 0}, {"scan", 0, 0, 0},    {"chunked", 0, 0, 0},
-             {"scan", 1, 0, 0},       {"chunked", 1, 0, 0}, {"chunked", 1, 5, 0},
-             {"newton", 0, 0, 0},     {"newton", 0, 0, 5}};
+  int newton_dense;
+} FORMS[] = {{"sequential", 0, 0, 0, 0}, {"scan", 0, 0, 0, 0},    {"chunked", 0, 0, 0, 0},
+             {"scan", 1, 0, 0, 0},       {"chunked", 1, 0, 0, 0}, {"chunked", 1, 5, 0, 0},
+             {"newton", 0, 0, 0, 0},     {"newton", 0, 0, 5, 0},  {"newton", 1, 0, 5, 0},
+             {"newton", 0, 0, 0, 1}};
 enum { NFORMS = sizeof FORMS / sizeof FORMS[0] };
 static const int64_t TS[] = {1, 2, 3, 7, 63, 64, 65, 1000, 4097};
 
 /* Compiles c under --strategy=form; 1 if no state of it has that form
  * (nothing to test), -1 on any other failure. */
 static int compile(FcCompiled *cm, const FcCase *c, const char *form, int64_t chunk_budget,
-                   int64_t kernel_chunk, int64_t newton_window) {
+                   int64_t kernel_chunk, int64_t newton_window, int newton_dense) {
   PipeOptions po;
   fc_begin(cm, c, form, &po);
   ((StrategyRequest *)po.strategy)->newton.window = newton_window;
+  ((StrategyRequest *)po.strategy)->newton.dense = newton_dense;
   po.chunk_budget = chunk_budget;
   po.kernel_chunk = kernel_chunk;
   po.cg = (CgOptions){2, NULL, NULL};
@@ -113,7 +118,7 @@ static void run_case(const FcCase *c) {
   int have[NFORMS];
   for (int f = 0; f < NFORMS; f++) {
     have[f] = compile(&cm[f], c, FORMS[f].strategy, FORMS[f].chunk_budget, FORMS[f].kernel_chunk,
-                      FORMS[f].newton_window);
+                      FORMS[f].newton_window, FORMS[f].newton_dense);
     if (have[f] < 0) {
       fc_print_diags(&cm[f]);
       fail_msg("%s does not compile under --strategy=%s", c->file, FORMS[f].strategy);
@@ -141,9 +146,10 @@ static void run_case(const FcCase *c) {
           if (!have[f]) continue;
           char what[512];
           snprintf(what, sizeof what,
-                   "%s --strategy=%s (chunk budget %lld, --chunk %lld, --newton-window %lld)",
+                   "%s --strategy=%s (chunk budget %lld, --chunk %lld, --newton-window %lld%s)",
                    c->file, FORMS[f].strategy, (long long)FORMS[f].chunk_budget,
-                   (long long)FORMS[f].kernel_chunk, (long long)FORMS[f].newton_window);
+                   (long long)FORMS[f].kernel_chunk, (long long)FORMS[f].newton_window,
+                   FORMS[f].newton_dense ? ", dense" : "");
           fc_batch_check(&bt, &cm[f], what, T >= 1000 ? 1e-4 : 0);
         }
         fc_batch_free(&bt);
@@ -174,28 +180,30 @@ static void test_forms_equal_interpreter(void **st) {
  *   - a Newton solve's passes (runtime/cpu_newton.c): an example's rows in
  *     pieces of steps, its linear recurrence in pieces of elements (H = 40:
  *     two pieces of 32 and 8 per state), ParaLSTM's 2x2 blocks and
- *     ParaGRU's diagonal. */
+ *     ParaGRU's diagonal; GRU's dense Jacobian (40 columns). */
 static void test_thread_splits(void **st) {
   (void)st;
   static const struct {
     FcCase c;
     const char *form;
+    int dense;
   } split[] = {
-      {{"examples/mingru.seq", "I=3,H=4"}, "scan"},
-      {{"stdlib/mlstm.seq", "I=3,NH=2,DH=4"}, "scan"},
-      {{"tests/data/models/reversed_forms.seq", "I=3,H=4,NH=2,D=4"}, "scan"},
-      {{"stdlib/linear_attention.seq", "I=3,NH=2,Dk=4,Dv=40"}, "chunked"},
-      {{"stdlib/gated_deltanet.seq", "I=3,NH=2,Dk=4,Dv=40"}, "chunked"},
-      {{"stdlib/deltaproduct.seq", "I=3,Dk=4,Dv=40"}, "chunked"},
-      {{"tests/data/models/dplr.seq", "I=3,NH=2,Dk=4,Dv=40"}, "chunked"},
-      {{"tests/data/models/plstm_heads.seq", "I=3,NH=2,J=3,Dk=4,Dv=40"}, "chunked"},
-      {{"stdlib/paralstm.seq", "I=3,H=40"}, "newton"},
-      {{"stdlib/paragru.seq", "I=3,H=40"}, "newton"},
+      {{"examples/mingru.seq", "I=3,H=4"}, "scan", 0},
+      {{"stdlib/mlstm.seq", "I=3,NH=2,DH=4"}, "scan", 0},
+      {{"tests/data/models/reversed_forms.seq", "I=3,H=4,NH=2,D=4"}, "scan", 0},
+      {{"stdlib/linear_attention.seq", "I=3,NH=2,Dk=4,Dv=40"}, "chunked", 0},
+      {{"stdlib/gated_deltanet.seq", "I=3,NH=2,Dk=4,Dv=40"}, "chunked", 0},
+      {{"stdlib/deltaproduct.seq", "I=3,Dk=4,Dv=40"}, "chunked", 0},
+      {{"tests/data/models/dplr.seq", "I=3,NH=2,Dk=4,Dv=40"}, "chunked", 0},
+      {{"tests/data/models/plstm_heads.seq", "I=3,NH=2,J=3,Dk=4,Dv=40"}, "chunked", 0},
+      {{"stdlib/paralstm.seq", "I=3,H=40"}, "newton", 0},
+      {{"stdlib/paragru.seq", "I=3,H=40"}, "newton", 0},
+      {{"stdlib/gru.seq", "I=3,H=40"}, "newton", 1},
   };
   for (size_t k = 0; k < sizeof split / sizeof split[0]; k++) {
     const FcCase *c = &split[k].c;
     FcCompiled cm;
-    if (compile(&cm, c, split[k].form, 0, 0, 0) != 0) {
+    if (compile(&cm, c, split[k].form, 0, 0, 0, split[k].dense) != 0) {
       fc_print_diags(&cm);
       fail_msg("%s does not compile under --strategy=%s", c->file, split[k].form);
     }

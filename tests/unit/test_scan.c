@@ -552,7 +552,7 @@ static const struct {
 static void test_newton_agrees(void **st) {
   (void)st;
   static const int64_t Ts[] = {1, 2, 7, 33, 500};
-  NewtonOptions dflt = {0}, tight = {1e-11, 1e-13, 200, 0};
+  NewtonOptions dflt = {0}, tight = {1e-11, 1e-13, 200, 0, 0};
   for (size_t c = 0; c < sizeof NEWTON_CASES / sizeof NEWTON_CASES[0]; c++)
     for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++)
       for (int variant = 0; variant < 4; variant++)
@@ -592,6 +592,39 @@ static void test_newton_long(void **st) {
   }
 }
 
+/* Exact Newton with a dense Jacobian (IrNewton.dense: the step applied to
+ * unit tangents forms J) agrees with the step loop like the other forms,
+ * and converges quadratically: in far fewer iterations than quasi-Newton. */
+static void test_newton_dense(void **st) {
+  (void)st;
+  static const int64_t Ts[] = {1, 7, 33, 200};
+  NewtonOptions dense = {0, 0, 0, 0, 1}, tight = {1e-11, 1e-13, 200, 0, 1};
+  for (size_t c = 3; c < sizeof NEWTON_CASES / sizeof NEWTON_CASES[0]; c++)
+    for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++)
+      for (int variant = 0; variant < 4; variant++)
+        for (int f64 = 0; f64 < 2; f64++) {
+          NewtonRun r = newton_run(NEWTON_CASES[c].file, NEWTON_CASES[c].text, NEWTON_CASES[c].dims,
+                                   3, Ts[ti], variant & 1, variant & 2, f64, f64 ? tight : dense);
+          double tol = f64 ? 1e-9 : 1e-5;
+          if (!(r.err <= tol) || r.stats.fallbacks || r.warned)
+            fail_msg("%s dense T=%lld lengths=%d state=%d f64=%d: differs by %g, %lld fallbacks",
+                     NEWTON_CASES[c].file, (long long)Ts[ti], variant & 1, variant & 2, f64, r.err,
+                     (long long)r.stats.fallbacks);
+        }
+  const char *cells[] = {"stdlib/gru.seq", "stdlib/lstm.seq", "stdlib/rnn.seq",
+                         "stdlib/slstm.seq"};
+  for (int c = 0; c < 4; c++) {
+    NewtonRun r = newton_run(cells[c], NULL, "I=16,H=16", 2, 512, 1, 1, 0, dense);
+    printf("%s dense, T=512, 2 examples: iterations", cells[c]);
+    for (int i = 0; i < INTERP_NEWTON_HIST; i++)
+      if (r.stats.hist[i]) printf(" %d: %lld", i, (long long)r.stats.hist[i]);
+    printf(", halved steps %lld, error %.3g\n", (long long)r.stats.damped, r.err);
+    assert_int_equal(r.stats.fallbacks, 0);
+    assert_true(r.stats.max_iter <= 10);
+    assert_true(r.err <= 1e-5);
+  }
+}
+
 /* Windows (IrNewton.window): each sequence solved a few steps at a time,
  * every window from the last value of the one before, agrees with the step
  * loop as the whole-sequence solve does, one solve per example and window;
@@ -605,7 +638,7 @@ static void test_newton_windows(void **st) {
     for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++)
       for (size_t wi = 0; wi < sizeof wins / sizeof wins[0]; wi++)
         for (int variant = 0; variant < 4; variant++) {
-          NewtonOptions no = {0, 0, 0, wins[wi]};
+          NewtonOptions no = {0, 0, 0, wins[wi], 0};
           int64_t T = Ts[ti], win = wins[wi], nb = 3, solves = 0;
           for (int64_t i = 0; i < nb; i++) {
             int64_t len = (variant & 1) && i ? (T * (i + 1)) / (nb + 1) : T;
@@ -622,7 +655,7 @@ static void test_newton_windows(void **st) {
                      (long long)solves);
         }
   /* The logistic map diverges in every window; each falls back alone. */
-  NewtonOptions w20 = {0, 0, 0, 20};
+  NewtonOptions w20 = {0, 0, 0, 20, 0};
   NewtonRun r = newton_run("logistic.seq", LOGISTIC, "H=5", 3, 100, 1, 0, 0, w20);
   assert_int_equal(r.stats.solves, 5 + 3 + 4); /* lengths 100, 50, 75 */
   assert_int_equal(r.stats.fallbacks, r.stats.solves);
@@ -630,20 +663,20 @@ static void test_newton_windows(void **st) {
   assert_true(r.err == 0);
   /* The runtime's window: the whole sequence while its buffers fit the
    * budget, else as many steps as do. */
-  assert_int_equal(rt_cpu_newton_window(4, 4096, 1, 16, 0), 4096);
-  int64_t tw = rt_cpu_newton_window(1, 65536, 2, 256, 0);
+  assert_int_equal(rt_cpu_newton_window(4, 4096, 1, 16, 0, 0), 4096);
+  int64_t tw = rt_cpu_newton_window(1, 65536, 2, 256, 0, 0);
   assert_true(tw < 65536 && tw >= RT_NEWTON_MIN_WINDOW);
   assert_true(tw * (5 * 2 + 2 * 2) * 256 <= RT_NEWTON_BUDGET);
-  assert_int_equal(rt_cpu_newton_window(1 << 20, 100, 4, 4096, 0), RT_NEWTON_MIN_WINDOW);
-  assert_int_equal(rt_cpu_newton_window(2, 100, 1, 16, 7), 7);
-  assert_int_equal(rt_cpu_newton_window(2, 100, 1, 16, 700), 100);
+  assert_int_equal(rt_cpu_newton_window(1 << 20, 100, 4, 4096, 0, 0), RT_NEWTON_MIN_WINDOW);
+  assert_int_equal(rt_cpu_newton_window(2, 100, 1, 16, 0, 7), 7);
+  assert_int_equal(rt_cpu_newton_window(2, 100, 1, 16, 0, 700), 100);
 }
 
 /* A solve that cannot converge is never silent: it falls back to the step
  * loop (whose values it then has exactly) and warns, every time. */
 static void test_newton_fallback(void **st) {
   (void)st;
-  NewtonOptions dflt = {0}, one = {0, 0, 1, 0};
+  NewtonOptions dflt = {0}, one = {0, 0, 1, 0, 0};
   for (int64_t T = 50; T <= 400; T *= 2) {
     NewtonRun r = newton_run("logistic.seq", LOGISTIC, "H=5", 3, T, 1, 0, 0, dflt);
     assert_int_equal(r.stats.solves, 3);
@@ -661,7 +694,7 @@ static void test_newton_fallback(void **st) {
   /* Steps that passed the last test are kept: after k exact Newton steps
    * the first k are exact, and the first k - 1 did not move in the last one
    * (so passed its test): the step loop runs from step k - 1 or later. */
-  NewtonOptions three = {0, 0, 3, 0};
+  NewtonOptions three = {0, 0, 3, 0, 0};
   r = newton_run("stdlib/paragru.seq", NULL, "I=3,H=4", 2, 300, 0, 1, 0, three);
   assert_int_equal(r.stats.fallbacks, 2);
   if (!(r.stats.fallback_steps > 0 && r.stats.fallback_steps <= 2 * (300 - 2)))
@@ -740,7 +773,8 @@ int main(void) {
       cmocka_unit_test(test_interpreter_agrees),    cmocka_unit_test(test_delta_spellings),
       cmocka_unit_test(test_delta_fakes),           cmocka_unit_test(test_transition_spellings),
       cmocka_unit_test(test_transition_fakes),      cmocka_unit_test(test_newton_agrees),
-      cmocka_unit_test(test_newton_long),           cmocka_unit_test(test_newton_windows),
+      cmocka_unit_test(test_newton_long),           cmocka_unit_test(test_newton_dense),
+      cmocka_unit_test(test_newton_windows),
       cmocka_unit_test(test_newton_fallback),
       cmocka_unit_test(test_newton_refused),        cmocka_unit_test(test_newton_auto),
       cmocka_unit_test(test_newton_compiled_tells),
