@@ -5,7 +5,9 @@
  * line: the medians of each side's times, the range, and the median of the
  * per-round ratios sequential / other. BASE and BASE_THREADS replace the
  * first side (--strategy=sequential on THREADS threads): scan on 1 thread
- * against scan on 2 measures what a second core adds to one form.
+ * against scan on 2 measures what a second core adds to one form. STRATEGY
+ * newton-dense is newton with dense Jacobians formed whole
+ * (SeqOptions.newton_dense).
  * usage: forms FILE.seq DIMS B T THREADS ROUNDS [STRATEGY [BASE BASE_THREADS]] */
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,8 +45,13 @@ typedef struct Run {
 /* Compiles and binds; weights from the shared generator state reset per module. */
 static int open_run(SeqContext *cx, Run *r, const char *file, const char *dims, int threads,
                     const char *strategy, int64_t B, int64_t T) {
-  SeqOptions o = {
-      .opt_level = 2, .dims = dims, .num_threads = threads, .strategy = strategy, .batch = (long)B};
+  int dense = strcmp(strategy, "newton-dense") == 0;
+  SeqOptions o = {.opt_level = 2,
+                  .dims = dims,
+                  .num_threads = threads,
+                  .strategy = dense ? "newton" : strategy,
+                  .batch = (long)B,
+                  .newton_dense = dense};
   if (seq_module_from_file(cx, file, &o, &r->m) != SEQ_OK) {
     fprintf(stderr, "%s (%s): %s\n", file, strategy, seq_module_error(r->m));
     return -1;

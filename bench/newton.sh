@@ -2,12 +2,13 @@
 # bench/newton.sh [ROUNDS]
 #   The Newton form (--strategy=newton) against the step loop, in paired
 #   rounds (bench/forms.c): ParaGRU (a diagonal Jacobian) and ParaLSTM (2x2
-#   blocks), exact Newton, and GRU (dense: quasi-Newton) at B=1, D = I = H in {16, 256}, T in
-#   {4096, 65536}, on 1 and 2 threads: throughput of each, their ratio, the
-#   Newton iterations, and the process's peak memory (both modules; the
-#   Newton side's B*T buffers dominate it). Needs a Release build in
-#   build-perf. Prints a Markdown table; raw lines go to
-#   build-perf/bench/newton.txt.
+#   blocks), exact Newton, and GRU (dense: quasi-Newton, and exact Newton
+#   with the Jacobian formed whole at D = 16 only: at D = 256 that is 256
+#   evaluations of the step per iteration) at B=1, D = I = H in {16, 256}, T
+#   in {4096, 65536}, on 1 and 2 threads: throughput of each, their ratio,
+#   the Newton iterations, and the process's peak memory (both modules).
+#   Needs a Release build in build-perf. Prints a Markdown table; raw lines
+#   go to build-perf/bench/newton.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
@@ -18,23 +19,27 @@ raw="$out/newton.txt"
 gcc -O2 -Iinclude bench/forms.c -Lbuild-perf -lseq -lm -Wl,-rpath,"$PWD/build-perf" -o "$out/forms"
 echo "| cell | D | T | threads | step loop tok/s | newton tok/s | newton / step loop (median of rounds) | iterations (mean, max) | fallbacks | peak memory |"
 echo "|---|---|---|---|---|---|---|---|---|---|"
-for cell in paragru paralstm gru; do
+for form in paragru:newton paralstm:newton gru:newton gru:newton-dense; do
+  cell=${form%%:*} strategy=${form#*:}
   for D in 16 256; do
+    [ "$strategy" = newton-dense ] && [ "$D" -gt 16 ] && continue
     for T in 4096 65536; do
       for th in 1 2; do
         log=$( { /usr/bin/time -f "maxrss_kb=%M" "$out/forms" "stdlib/$cell.seq" "I=$D,H=$D" 1 "$T" \
-          "$th" "$rounds" newton; } 2>&1 )
+          "$th" "$rounds" "$strategy"; } 2>&1 )
         echo "$log" >> "$raw"
         line=$(echo "$log" | grep '^forms ')
         nl=$(echo "$log" | grep '^newton ' || true)
         seqt=$(echo "$line" | sed 's/.*seq_tokens_per_s=\([0-9.]*\).*/\1/')
-        newt=$(echo "$line" | sed 's/.*newton_tokens_per_s=\([0-9.]*\).*/\1/')
+        newt=$(echo "$line" | sed 's/.*newton[-a-z]*_tokens_per_s=\([0-9.]*\).*/\1/')
         ratio=$(echo "$line" | sed 's/.*ratio=\([0-9.]*\).*/\1/')
         im=$(echo "$nl" | sed 's/.*iterations_mean=\([0-9.]*\).*/\1/')
         ix=$(echo "$nl" | sed 's/.*iterations_max=\([0-9]*\).*/\1/')
         fb=$(echo "$nl" | sed 's/.*fallbacks=\([0-9]*\).*/\1/')
         rss=$(echo "$log" | sed -n 's/.*maxrss_kb=\([0-9]*\).*/\1/p')
-        echo "| $cell | $D | $T | $th | $seqt | $newt | ${ratio}x | $im, $ix | $fb | $((rss / 1024)) MiB |"
+        name=$cell
+        [ "$strategy" = newton-dense ] && name="$cell (dense J)"
+        echo "| $name | $D | $T | $th | $seqt | $newt | ${ratio}x | $im, $ix | $fb | $((rss / 1024)) MiB |"
       done
     done
   done
