@@ -38,13 +38,17 @@ static void forms(Arena *a, IrModule *m, DiagEngine *de, int64_t dimval) {
   for (int i = 0; i < root->dims.n; i++)
     if (ir_binding_set_dim(&b, root->dims.v[i].name, dimval, de)) return;
   if (ir_binding_infer(&b, NULL, NULL, NULL, NULL, de)) return;
-  static const char *const strategies[] = {"auto", "scan", "chunked", "newton"};
+  /* Newton twice more: with a dense Jacobian formed whole, and in windows
+   * (the model then in time chunks of the window). */
+  static const char *const strategies[] = {"auto", "scan", "chunked", "newton", "newton", "newton"};
   for (size_t k = 0; k < sizeof strategies / sizeof strategies[0]; k++) {
     StrategyRequest req;
     char err[256];
     StrategyPlan *plan;
     IrModule *par, *chunked;
     if (strategy_parse(a, strategies[k], &req, err, sizeof err)) abort();
+    req.newton.dense = k == 4;
+    req.newton.window = k == 5 ? 5 : 0;
     if (strategy_choose(a, rw, rw->funcs.v[m->entry], b.dims, cr, &req, NULL, &plan, de)) continue;
     if (scan_module(a, rw, cr, plan, &par, de)) continue;
     if (ir_verify(par, de, "scan")) abort();

@@ -451,6 +451,22 @@ int strategy_choose(Arena *a, const IrModule *m, const IrFunc *root, const int64
       return -1;
     }
   }
+  /* A dense Jacobian's Newton: which kind (newton.c). */
+  for (int i = 0; i < m->funcs.n; i++)
+    for (int k = 0; k < m->funcs.v[i]->states.n; k++) {
+      StateForm *sf = &funcs[i][k];
+      if (sf->form != FORM_NEWTON || cr->funcs[i].states[k].jacobian != REC_JAC_DENSE) continue;
+      /* Formed whole only for a group of all the cell's states. */
+      int all = 1;
+      for (int j = 0; j < m->funcs.v[i]->states.n; j++)
+        all &= cr->funcs[i].states[j].group == cr->funcs[i].states[k].group;
+      sf->why = arena_printf(a, "%s; %s", sf->why,
+                             plan->newton.dense && all ? "exact Newton, its dense Jacobian formed whole "
+                                                  "(the step once per column)"
+                                                : "quasi-Newton with its dense Jacobian's "
+                                                  "diagonals (--newton-jacobian dense: exact)");
+      if (!sf->why) goto oom;
+    }
   *out = plan;
   return 0;
 oom:
