@@ -9,12 +9,24 @@
 
 #include <llvm-c/Analysis.h>
 #include <llvm-c/Error.h>
+#include <llvm-c/Support.h>
 #include <llvm-c/Target.h>
 #include <llvm-c/Transforms/PassBuilder.h>
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 
+/* Loop strength reduction is off in code generation. On this code (row
+ * loops over several buffers at one index, x86's scaled addressing) it took
+ * a quarter of llc's time (40 of 160 ms for the std LSTM at H = 256) and
+ * made the loops slower, not faster: with it off, the JIT compile of that
+ * LSTM went from 215-223 to 128-134 ms, GLA's chunked form ran 17% faster,
+ * Mamba-2's 12% (BENCHMARKS.md, issue 15). The C API can set it only as an
+ * LLVM command-line option, which is process-wide: another user of the
+ * same libLLVM in the process compiles without LSR too (an optimization
+ * it loses, nothing it relies on). Parse errors go nowhere; nothing exits. */
 static void init_native(void) {
+  static const char *const argv[] = {"libseq", "-disable-lsr"};
+  LLVMParseCommandLineOptions(2, argv, NULL);
   LLVMInitializeNativeTarget();
   LLVMInitializeNativeAsmPrinter();
   LLVMInitializeNativeAsmParser();
