@@ -90,8 +90,7 @@ static void emit_call(Lower *L, IrRef r) {
       step_range(L, len, &first, &count);
       LLVMValueRef tau = loop_begin(L, &lt, first, add(L, first, count));
       LLVMValueRef row = add(L, mul(L, b, L->Tc), LLVMBuildSub(L->bld, tau, first, ""));
-      copy_row(L, p, step_row(L, nd->args[j], b, len, tau), sched_row_floats(a), row,
-               ci64(L, 0));
+      copy_row(L, p, step_row(L, nd->args[j], b, len, tau), sched_row_floats(a), row, ci64(L, 0));
       loop_end(L, &lt);
       loop_end(L, &lb);
     }

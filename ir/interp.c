@@ -1653,7 +1653,7 @@ typedef struct Newton {
   int64_t w, len, T; /* elements per state; positions; buffer stride in positions */
   const double **h0; /* per state */
   double **H, **C, **D, **P;
-  int dense;  /* the step applies J to tangents TG (IrNewton.dense); J holds it whole */
+  int dense;       /* the step applies J to tangents TG (IrNewton.dense); J holds it whole */
   double **TG, *J; /* dense: per state [T, w]; [T, nw, nw] */
 } Newton;
 
@@ -1769,8 +1769,7 @@ static int nt_window(Newton *N, const IrNode *nd, const IrNewton *opt, int64_t w
   /* The guess, and F and J at it. */
   double res;
   if (nt_eval(N, NULL, &res)) return -1;
-  for (int k = 0; k < n; k++)
-    memcpy(H[k], N->c->out_seq[k], (size_t)(len * N->w) * sizeof(double));
+  for (int k = 0; k < n; k++) memcpy(H[k], N->c->out_seq[k], (size_t)(len * N->w) * sizeof(double));
   if (nt_eval(N, H, &res)) return -1;
   int it = 0, converged = 0, damped = 0;
   double err = INFINITY;

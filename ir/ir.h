@@ -200,10 +200,10 @@ typedef struct IrNewton {
   int states;  /* 0: an ordinary layer */
   double rtol; /* converged when every |step| <= atol + rtol |value| */
   double atol;
-  int max_iter; /* past this many iterations, the sequential recurrence instead */
-  int quasi;    /* J_kj are the diagonals of a dense Jacobian's blocks (quasi-Newton) */
-  int dense;    /* the step's outputs after the n values are J times its last n inputs
-                   (tangents), not the n^2 blocks: the solve forms J column by column */
+  int max_iter;   /* past this many iterations, the sequential recurrence instead */
+  int quasi;      /* J_kj are the diagonals of a dense Jacobian's blocks (quasi-Newton) */
+  int dense;      /* the step's outputs after the n values are J times its last n inputs
+                     (tangents), not the n^2 blocks: the solve forms J column by column */
   int64_t window; /* steps solved at once, one window after another (0: the whole
                      sequence, or in compiled code as many as a memory budget allows) */
 } IrNewton;

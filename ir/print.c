@@ -270,7 +270,9 @@ void ir_print_func(FILE *out, const IrModule *m, const IrFunc *f) {
       fprintf(out, " newton(states=%d, rtol=%g, atol=%g, max_iter=%d, window=%lld%s)",
               l->newton.states, l->newton.rtol, l->newton.atol, l->newton.max_iter,
               (long long)l->newton.window,
-              l->newton.quasi ? ", quasi" : l->newton.dense ? ", dense" : "");
+              l->newton.quasi   ? ", quasi"
+              : l->newton.dense ? ", dense"
+                                : "");
     fputc('\n', out);
   }
   for (IrRef r = 0; r < f->nodes.n; r++) print_node(out, f, names, r);

@@ -165,7 +165,7 @@ int newton_step_cell(Arena *a, const IrFunc *cell, const int *solved, int n, int
 
   IrFunc *f = ir_func_new(scratch, arena_printf(a, "%s.step", cell->name), IR_FN_CELL, cell->loc);
   int ns = cell->states.n, ni = hc->inputs.n;
-  int *input_of = arena_calloc(a, (size_t)ns + 1, sizeof *input_of); /* state -> input */
+  int *input_of = arena_calloc(a, (size_t)ns + 1, sizeof *input_of);     /* state -> input */
   int *tangent_of = arena_calloc(a, (size_t)ns + 1, sizeof *tangent_of); /* dense: likewise */
   char *is_solved = arena_calloc(a, (size_t)ns + 1, 1);
   IrRef *map = arena_calloc(a, (size_t)d->nodes.n + 1, sizeof *map);

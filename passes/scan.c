@@ -500,8 +500,8 @@ static int solve_newton(Scan *S, int k) {
   const char *why;
   IrRefs hoisted = {0};
   int quasi = 0, dense = 0;
-  int rc = newton_step_cell(S->b.a, f, solved, n, S->newton && S->newton->dense, &S->step,
-                            &hoisted, &quasi, &dense, &why, S->b.de);
+  int rc = newton_step_cell(S->b.a, f, solved, n, S->newton && S->newton->dense, &S->step, &hoisted,
+                            &quasi, &dense, &why, S->b.de);
   if (rc) {
     if (rc > 0)
       S->why = arena_printf(S->b.a, "state %s: %s", f->states.v[k].name, why);

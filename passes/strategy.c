@@ -460,11 +460,12 @@ int strategy_choose(Arena *a, const IrModule *m, const IrFunc *root, const int64
       int all = 1;
       for (int j = 0; j < m->funcs.v[i]->states.n; j++)
         all &= cr->funcs[i].states[j].group == cr->funcs[i].states[k].group;
-      sf->why = arena_printf(a, "%s; %s", sf->why,
-                             plan->newton.dense && all ? "exact Newton, its dense Jacobian formed whole "
-                                                  "(the step once per column)"
-                                                : "quasi-Newton with its dense Jacobian's "
-                                                  "diagonals (--newton-jacobian dense: exact)");
+      sf->why =
+          arena_printf(a, "%s; %s", sf->why,
+                       plan->newton.dense && all ? "exact Newton, its dense Jacobian formed whole "
+                                                   "(the step once per column)"
+                                                 : "quasi-Newton with its dense Jacobian's "
+                                                   "diagonals (--newton-jacobian dense: exact)");
       if (!sf->why) goto oom;
     }
   *out = plan;

@@ -47,7 +47,7 @@ typedef struct Solve {
   const int64_t *ext0; /* per example: its row in the caller's buffers less its row here */
   int dense;           /* the step gives J times tangents TG; Jd holds J whole, [rows, nw, nw] */
   float *TG[RT_NEWTON_MAX_STATES], *dF[RT_NEWTON_MAX_STATES], *Jd;
-  float *diff;         /* dense: per example, nw floats (the recurrence's prev - P) */
+  float *diff;              /* dense: per example, nw floats (the recurrence's prev - P) */
   const int64_t *in_floats; /* per input of the caller's m: floats per row */
   const int32_t *in_kind;   /* and its layout (RT_NEWTON_PER_TOKEN, ...) */
   void **ins;               /* the step's inputs: the caller's m, then P */
@@ -478,7 +478,8 @@ void rt_cpu_newton_stats(RtNewtonStats *out, int reset) {
 
 /* Per example, what a window's iteration keeps. */
 typedef struct Work {
-  float *res, *cres, *lam, *errs; /* residuals of the guess and the candidate, step factor and size */
+  float *res, *cres, *lam,
+      *errs; /* residuals of the guess and the candidate, step factor and size */
   int64_t *firstbad;
   int32_t *iters;
   char *done, *pending, *iterating, *took;

@@ -131,8 +131,10 @@ static void print_ops(FILE *out, const SchedInst *in, const SchedOp *ops, int n,
         fprintf(out,
                 "%snewton solve v%d of %d state(s), step: instance %d (rtol %g, atol %g, at most "
                 "%d iterations, then the step loop; ",
-                l->newton.quasi ? "quasi-" : l->newton.dense ? "dense-Jacobian " : "", op->node, l->newton.states, ci, l->newton.rtol,
-                l->newton.atol, l->newton.max_iter);
+                l->newton.quasi   ? "quasi-"
+                : l->newton.dense ? "dense-Jacobian "
+                                  : "",
+                op->node, l->newton.states, ci, l->newton.rtol, l->newton.atol, l->newton.max_iter);
         if (l->newton.window)
           fprintf(out, "windows of %lld steps)\n", (long long)l->newton.window);
         else

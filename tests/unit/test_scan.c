@@ -611,8 +611,7 @@ static void test_newton_dense(void **st) {
                      NEWTON_CASES[c].file, (long long)Ts[ti], variant & 1, variant & 2, f64, r.err,
                      (long long)r.stats.fallbacks);
         }
-  const char *cells[] = {"stdlib/gru.seq", "stdlib/lstm.seq", "stdlib/rnn.seq",
-                         "stdlib/slstm.seq"};
+  const char *cells[] = {"stdlib/gru.seq", "stdlib/lstm.seq", "stdlib/rnn.seq", "stdlib/slstm.seq"};
   for (int c = 0; c < 4; c++) {
     NewtonRun r = newton_run(cells[c], NULL, "I=16,H=16", 2, 512, 1, 1, 0, dense);
     printf("%s dense, T=512, 2 examples: iterations", cells[c]);
@@ -774,8 +773,7 @@ int main(void) {
       cmocka_unit_test(test_delta_fakes),           cmocka_unit_test(test_transition_spellings),
       cmocka_unit_test(test_transition_fakes),      cmocka_unit_test(test_newton_agrees),
       cmocka_unit_test(test_newton_long),           cmocka_unit_test(test_newton_dense),
-      cmocka_unit_test(test_newton_windows),
-      cmocka_unit_test(test_newton_fallback),
+      cmocka_unit_test(test_newton_windows),        cmocka_unit_test(test_newton_fallback),
       cmocka_unit_test(test_newton_refused),        cmocka_unit_test(test_newton_auto),
       cmocka_unit_test(test_newton_compiled_tells),
   };
