@@ -287,3 +287,24 @@ def test_outputs_are_fresh_each_call():
     np.testing.assert_array_equal(s1["h"], h1_copy)
     y2[:] = 7  # writing one output leaves the others alone
     assert not (s2["h"] == 7).any()
+
+
+# ---- Newton options --------------------------------------------------------------------
+
+def test_newton_options_reach_the_compiler():
+    # A dense Jacobian formed whole (exact Newton) in windows of 7 steps gives
+    # the step loop's values; the report says which Newton ran.
+    src = ROOT / "stdlib/gru.seq"
+    rng = np.random.default_rng(3)
+    seq = seqc.compile(src, dims={"I": 4, "H": 6}, strategy="sequential")
+    w = {p.name: (rng.standard_normal(p.shape) * 0.3).astype(np.float32) for p in seq.params}
+    seq.load_weights(w)
+    x = x_of(B=3, T=30)
+    want = seq(x)
+    for dense, window in ((False, None), (True, 7)):
+        m = seqc.compile(src, dims={"I": 4, "H": 6}, strategy="newton", newton_dense=dense,
+                         newton_window=window)
+        m.load_weights(w)
+        np.testing.assert_allclose(m(x), want, rtol=1e-4, atol=1e-5)
+        why = m.report()["cells"][0]["states"][0]["why"]
+        assert ("exact Newton" if dense else "quasi-Newton") in why, why
