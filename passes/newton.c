@@ -209,26 +209,16 @@ int newton_step_cell(Arena *a, const IrFunc *cell, const int *solved, int n, int
     }
     if ((map[r] = ir_emit(f, a, &nd, nd.nargs, args)) == IR_NONE) goto oom;
   }
-  for (int k = 0; *dense && k < 2 * n; k++) {
-    const IrState *sk = &cell->states.v[solved[k % n]];
-    const char *name = arena_printf(a, k < n ? "%s'" : "d%s'", sk->name);
+  /* The next values, then the blocks d<k>'/d<j> (dense: the products d<k>'). */
+  for (int k = 0; k < (*dense ? 2 * n : n + n * n); k++) {
+    int kk = k < n ? k : *dense ? k - n : (k - n) / n, jj = k < n ? k : (k - n) % n;
+    const IrState *sk = &cell->states.v[solved[kk]], *sj = &cell->states.v[solved[jj]];
+    const char *name = k < n    ? arena_printf(a, "%s'", sk->name)
+                       : *dense ? arena_printf(a, "d%s'", sk->name)
+                                : arena_printf(a, "d%s'/d%s", sk->name, sj->name);
     const IrOutput *o = name ? output_named(d, name) : NULL;
     if (!o) {
-      diag_internal(de, "newton", "%s.jvp has no output %s", cell->name, name ? name : "?");
-      return -1;
-    }
-    IrOutput to = *o;
-    to.value = map[o->value];
-    if (vec_push(a, &f->outputs, to)) goto oom;
-  }
-  for (int k = 0; !*dense && k < n + n * n; k++) {
-    const IrState *sk = &cell->states.v[solved[k < n ? k : (k - n) / n]];
-    const IrState *sj = &cell->states.v[solved[k < n ? k : (k - n) % n]];
-    const char *name =
-        k < n ? arena_printf(a, "%s'", sk->name) : arena_printf(a, "d%s'/d%s", sk->name, sj->name);
-    const IrOutput *o = name ? output_named(d, name) : NULL;
-    if (!o) {
-      diag_internal(de, "newton", "%s.diag has no output %s", cell->name, name ? name : "?");
+      diag_internal(de, "newton", "%s has no output %s", d->name, name ? name : "?");
       return -1;
     }
     IrOutput to = *o;

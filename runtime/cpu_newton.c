@@ -272,6 +272,21 @@ typedef struct StepArg {
   float *part; /* per item: its largest step relative to the tolerance */
 } StepArg;
 
+/* The largest of err and the steps D - H of elements [e0, e1) of the row at
+ * float `at` relative to the tolerance (*nan set by a NaN). */
+static float test_row(const Solve *s, int64_t at, int64_t e0, int64_t e1, float rtol, float atol,
+                      float err, int *nan) {
+  for (int k = 0; k < s->n; k++) {
+    const float *d = s->D[k] + at, *h = s->H[k] + at;
+    for (int64_t i = e0; i < e1; i++) {
+      float e = fabsf(d[i] - h[i]) / (atol + rtol * fabsf(d[i]));
+      *nan |= e != e;
+      err = e > err ? e : err;
+    }
+  }
+  return err;
+}
+
 /* Elements [e0, e1) of example b's new guess into D: N[tau] = F + sum_j
  * J_kj (N_j[tau-1] - P_j), N[-1] = h0 (the blocks are elementwise, so
  * elements are independent); then their largest step relative to the
@@ -295,14 +310,7 @@ static void linear_piece(Solve *s, int64_t b, int64_t e0, int64_t e1, void *arg,
         for (int64_t i = e0; i < e1; i++) d[i] += J[i] * (prev[i] - p[i]);
       }
     }
-    for (int k = 0; k < n; k++) {
-      const float *d = s->D[k] + at, *h = s->H[k] + at;
-      for (int64_t i = e0; i < e1; i++) {
-        float e = fabsf(d[i] - h[i]) / (atol + rtol * fabsf(d[i]));
-        nan |= e != e;
-        err = e > err ? e : err;
-      }
-    }
+    err = test_row(s, at, e0, e1, rtol, atol, err, &nan);
     if (bad == len && (nan || err > 1)) bad = tau;
   }
   sa->part[item] = nan ? INFINITY : err;
@@ -335,14 +343,7 @@ static void dense_piece(Solve *s, int64_t b, int64_t lo, int64_t hi, void *arg, 
         d[i] = f[i] + acc;
       }
     }
-    for (int k = 0; k < n; k++) {
-      const float *d = s->D[k] + at, *h = s->H[k] + at;
-      for (int64_t i = 0; i < w; i++) {
-        float e = fabsf(d[i] - h[i]) / (atol + rtol * fabsf(d[i]));
-        nan |= e != e;
-        err = e > err ? e : err;
-      }
-    }
+    err = test_row(s, at, 0, w, rtol, atol, err, &nan);
     if (bad == len && (nan || err > 1)) bad = tau;
   }
   sa->part[item] = nan ? INFINITY : err;

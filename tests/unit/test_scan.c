@@ -546,6 +546,26 @@ static const struct {
     {"stdlib/slstm.seq", NULL, "I=3,H=4"},
 };
 
+/* NEWTON_CASES[c0..] over every T of Ts[0..nt), with and without lengths
+ * and initial states, in float32 (options f32) and float64 (options f64):
+ * converged, and equal to the step loop within 1e-5 and 1e-9 of the
+ * values' scale. */
+static void check_agrees(size_t c0, const int64_t *Ts, size_t nt, NewtonOptions f32,
+                         NewtonOptions f64o) {
+  for (size_t c = c0; c < sizeof NEWTON_CASES / sizeof NEWTON_CASES[0]; c++)
+    for (size_t ti = 0; ti < nt; ti++)
+      for (int variant = 0; variant < 4; variant++)
+        for (int f64 = 0; f64 < 2; f64++) {
+          NewtonRun r = newton_run(NEWTON_CASES[c].file, NEWTON_CASES[c].text, NEWTON_CASES[c].dims,
+                                   3, Ts[ti], variant & 1, variant & 2, f64, f64 ? f64o : f32);
+          double tol = f64 ? 1e-9 : 1e-5;
+          if (!(r.err <= tol) || r.stats.fallbacks || r.warned)
+            fail_msg("%s%s T=%lld lengths=%d state=%d f64=%d: differs by %g, %lld fallbacks",
+                     NEWTON_CASES[c].file, f32.dense ? " dense" : "", (long long)Ts[ti],
+                     variant & 1, variant & 2, f64, r.err, (long long)r.stats.fallbacks);
+        }
+}
+
 /* Converged Newton solves agree with the step loop: float32 within 1e-5 of
  * the values' scale at the default tolerances, float64 within 1e-9 at
  * rtol 1e-11; with lengths, initial states and reversed layers. */
@@ -553,18 +573,7 @@ static void test_newton_agrees(void **st) {
   (void)st;
   static const int64_t Ts[] = {1, 2, 7, 33, 500};
   NewtonOptions dflt = {0}, tight = {1e-11, 1e-13, 200, 0, 0};
-  for (size_t c = 0; c < sizeof NEWTON_CASES / sizeof NEWTON_CASES[0]; c++)
-    for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++)
-      for (int variant = 0; variant < 4; variant++)
-        for (int f64 = 0; f64 < 2; f64++) {
-          NewtonRun r = newton_run(NEWTON_CASES[c].file, NEWTON_CASES[c].text, NEWTON_CASES[c].dims,
-                                   3, Ts[ti], variant & 1, variant & 2, f64, f64 ? tight : dflt);
-          double tol = f64 ? 1e-9 : 1e-5;
-          if (!(r.err <= tol) || r.stats.fallbacks || r.warned)
-            fail_msg("%s T=%lld lengths=%d state=%d f64=%d: differs by %g, %lld fallbacks",
-                     NEWTON_CASES[c].file, (long long)Ts[ti], variant & 1, variant & 2, f64, r.err,
-                     (long long)r.stats.fallbacks);
-        }
+  check_agrees(0, Ts, sizeof Ts / sizeof Ts[0], dflt, tight);
 }
 
 /* Long sequences, and how many iterations the std cells take with random
@@ -599,18 +608,7 @@ static void test_newton_dense(void **st) {
   (void)st;
   static const int64_t Ts[] = {1, 7, 33, 200};
   NewtonOptions dense = {0, 0, 0, 0, 1}, tight = {1e-11, 1e-13, 200, 0, 1};
-  for (size_t c = 3; c < sizeof NEWTON_CASES / sizeof NEWTON_CASES[0]; c++)
-    for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++)
-      for (int variant = 0; variant < 4; variant++)
-        for (int f64 = 0; f64 < 2; f64++) {
-          NewtonRun r = newton_run(NEWTON_CASES[c].file, NEWTON_CASES[c].text, NEWTON_CASES[c].dims,
-                                   3, Ts[ti], variant & 1, variant & 2, f64, f64 ? tight : dense);
-          double tol = f64 ? 1e-9 : 1e-5;
-          if (!(r.err <= tol) || r.stats.fallbacks || r.warned)
-            fail_msg("%s dense T=%lld lengths=%d state=%d f64=%d: differs by %g, %lld fallbacks",
-                     NEWTON_CASES[c].file, (long long)Ts[ti], variant & 1, variant & 2, f64, r.err,
-                     (long long)r.stats.fallbacks);
-        }
+  check_agrees(3, Ts, sizeof Ts / sizeof Ts[0], dense, tight); /* the dense ones */
   const char *cells[] = {"stdlib/gru.seq", "stdlib/lstm.seq", "stdlib/rnn.seq", "stdlib/slstm.seq"};
   for (int c = 0; c < 4; c++) {
     NewtonRun r = newton_run(cells[c], NULL, "I=16,H=16", 2, 512, 1, 1, 0, dense);
