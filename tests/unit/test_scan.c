@@ -763,6 +763,26 @@ static void test_newton_compiled_tells(void **st) {
            "x=%s",
            tu_src("stdlib/paragru.seq"), tu_src("tests/data/newton_x.npy"));
   tu_expect_seqc(dir, cmd, 0, "ran as the step loop from their first unconverged step");
+  /* Windows of 3 steps (34 per sequence of 100): short enough that even
+   * the chaotic map converges in each (with halved steps), where the whole
+   * sequence falls back; the schedule names them. */
+  snprintf(cmd, sizeof cmd,
+           "run %s --random-weights --dims H=3 --strategy=newton --newton-window 3 --in x=%s", path,
+           tu_src("tests/data/newton_x.npy"));
+  tu_expect_seqc(dir, cmd, 0, "newton: 68 solves, 0 fell back");
+  snprintf(cmd, sizeof cmd, "--emit=sched %s --dims H=3 --strategy=newton --newton-window 3",
+           path);
+  tu_expect_seqc(dir, cmd, 0, "windows of 3 steps");
+  snprintf(cmd, sizeof cmd,
+           "--emit=sched %s --dims I=3,H=3 --strategy=newton --newton-jacobian dense",
+           tu_src("stdlib/gru.seq"));
+  tu_expect_seqc(dir, cmd, 0, "dense-Jacobian newton solve");
+  /* Bad values are usage errors that name the option. */
+  snprintf(cmd, sizeof cmd, "--report %s --dims H=3 --strategy=newton --newton-window 0", path);
+  tu_expect_seqc(dir, cmd, 2, "--newton-window takes a number of steps");
+  snprintf(cmd, sizeof cmd, "--report %s --dims H=3 --strategy=newton --newton-jacobian full",
+           path);
+  tu_expect_seqc(dir, cmd, 2, "--newton-jacobian takes 'quasi' or 'dense', got 'full'");
 }
 
 int main(void) {
