@@ -770,8 +770,7 @@ static void test_newton_compiled_tells(void **st) {
            "run %s --random-weights --dims H=3 --strategy=newton --newton-window 3 --in x=%s", path,
            tu_src("tests/data/newton_x.npy"));
   tu_expect_seqc(dir, cmd, 0, "newton: 68 solves, 0 fell back");
-  snprintf(cmd, sizeof cmd, "--emit=sched %s --dims H=3 --strategy=newton --newton-window 3",
-           path);
+  snprintf(cmd, sizeof cmd, "--emit=sched %s --dims H=3 --strategy=newton --newton-window 3", path);
   tu_expect_seqc(dir, cmd, 0, "windows of 3 steps");
   snprintf(cmd, sizeof cmd,
            "--emit=sched %s --dims I=3,H=3 --strategy=newton --newton-jacobian dense",
