@@ -68,7 +68,7 @@ typedef struct SeqOptions {
   const char *backend;         /* NULL or "cpu": LLVM, JIT-compiled for this CPU; "cuda": CUDA
                                   device 0, kernels compiled by NVRTC (docs/cuda.md); without a
                                   driver, device or NVRTC the compile is SEQ_ERR_DEVICE */
-  long newton_window;          /* steps a Newton solve takes at once, one window after the
+  long newton_window;          /* most steps a Newton solve takes at once, one window after the
                                   other; <= 0: the whole sequence where its buffers fit
                                   the solve's memory budget (docs/algorithms.md section 6) */
   int newton_dense;            /* nonzero: a dense Jacobian is formed whole (exact Newton, d

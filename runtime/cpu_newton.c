@@ -582,11 +582,13 @@ int64_t rt_cpu_newton_window(int64_t B, int64_t T, int32_t n, int64_t w, int32_t
   /* Window lengths are int32 (as sequence lengths are). */
   int64_t most = T < ((int64_t)1 << 30) ? T : (int64_t)1 << 30;
   if (most < 1) return 1;
-  if (window > 0) return window < most ? window : most;
   int64_t per_token = dense ? 7 * n * w + (n * w) * (n * w) : (5 * n + (int64_t)n * n) * w;
   int64_t Bm = B > 1 ? B : 1;
   int64_t tw = RT_NEWTON_BUDGET / per_token / Bm;
   if (tw < RT_NEWTON_MIN_WINDOW) tw = RT_NEWTON_MIN_WINDOW;
+  /* A window asked for is a most: never past the budget either (a dense
+   * Jacobian over a long window would take the machine's memory). */
+  if (window > 0 && window < tw) tw = window;
   return tw < most ? tw : most;
 }
 

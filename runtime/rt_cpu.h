@@ -359,10 +359,10 @@ int rt_cpu_newton(RtNewtonStep step, void *const *params, int64_t B, int64_t T, 
                   int32_t max_iter, int64_t window, int32_t dense, const int64_t *in_floats,
                   const int32_t *in_kind);
 /* The steps per window a solve of n states of w floats over [B, T] takes:
- * `window` (at most T) when it is positive; else all T while the solve's
- * own buffers ((5n + n^2) w floats per token; dense: 7nw + (nw)^2) stay
- * within RT_NEWTON_BUDGET floats, and as many as do otherwise (at least
- * RT_NEWTON_MIN_WINDOW). */
+ * all T while the solve's own buffers ((5n + n^2) w floats per token;
+ * dense: 7nw + (nw)^2) stay within RT_NEWTON_BUDGET floats, and as many as
+ * do otherwise (at least RT_NEWTON_MIN_WINDOW); at most `window` when it is
+ * positive. */
 #define RT_NEWTON_BUDGET ((int64_t)64 << 20) /* floats: 256 MiB */
 #define RT_NEWTON_MIN_WINDOW 64
 int64_t rt_cpu_newton_window(int64_t B, int64_t T, int32_t n, int64_t w, int32_t dense,

@@ -667,6 +667,9 @@ static void test_newton_windows(void **st) {
   assert_int_equal(rt_cpu_newton_window(1 << 20, 100, 4, 4096, 0, 0), RT_NEWTON_MIN_WINDOW);
   assert_int_equal(rt_cpu_newton_window(2, 100, 1, 16, 0, 7), 7);
   assert_int_equal(rt_cpu_newton_window(2, 100, 1, 16, 0, 700), 100);
+  /* A window asked for is a most: a dense Jacobian's stays within budget. */
+  tw = rt_cpu_newton_window(1, 65536, 1, 256, 1, 65536);
+  assert_true(tw < 65536 && tw * (256 * 256 + 7 * 256) <= RT_NEWTON_BUDGET);
 }
 
 /* A solve that cannot converge is never silent: it falls back to the step
