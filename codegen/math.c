@@ -14,49 +14,47 @@ static LLVMValueRef fma3(Lower *L, LLVMValueRef a, LLVMValueRef b, LLVMValueRef 
   return intrinsic(L, "llvm.fmuladd", args, 3);
 }
 
-/* x clamped to [lo, hi], a NaN x to lo (callers put NaN back themselves):
- * one vmaxps and one vminps on x86, where llvm.maxnum/minnum would cost three
- * instructions each for their NaN rule. */
+/* x clamped to [lo, hi], a NaN x left NaN: one vmaxps and one vminps on
+ * x86 (whose operand order keeps the NaN), where llvm.maxnum/minnum would
+ * cost three instructions each for their NaN rule. */
 static LLVMValueRef clamp(Lower *L, LLVMValueRef x, double lo, double hi) {
   LLVMBuilderRef b = L->bld;
-  x = LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealULT, x, cf(L, lo), ""), cf(L, lo), x, "");
+  x = LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealOLT, x, cf(L, lo), ""), cf(L, lo), x, "");
   return LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealOGT, x, cf(L, hi), ""), cf(L, hi), x, "");
 }
 
-/* exp(x) in float32, vectorizable: Cody-Waite reduction x = n ln2 + r, a
- * degree-6 polynomial for e^r on |r| <= ln2/2 (Cephes expf coefficients) in
- * Horner form with fused multiply-adds, 2^n built in the exponent bits. The
- * clamp keeps 2^n a normal float; the error is about 1 ulp, far inside the
- * 1e-5 the backend promises. */
-static LLVMValueRef emit_exp_finite(Lower *L, LLVMValueRef x) {
-  x = clamp(L, x, -87.0, 88.0);
-  LLVMValueRef n = intr1(L, "llvm.floor", fma3(L, x, cf(L, 1.44269504088896341), cf(L, 0.5)));
-  LLVMValueRef r = fma3(L, n, cf(L, -0.693359375), x);
-  r = fma3(L, n, cf(L, 2.12194440e-4), r);
-  static const double c[] = {1.9875691500E-4, 1.3981999507E-3, 8.3334519073E-3,
-                             4.1665795894E-2, 1.6666665459E-1, 5.0000001201E-1};
-  LLVMValueRef p = cf(L, c[0]);
-  for (int i = 1; i < 6; i++) p = fma3(L, p, r, cf(L, c[i]));
-  LLVMValueRef r2 = LLVMBuildFMul(L->bld, r, r, "");
-  p = LLVMBuildFAdd(L->bld, fma3(L, p, r2, r), cf(L, 1.0), "");
-  LLVMValueRef ni = LLVMBuildFPToSI(L->bld, n, L->i32, "");
-  LLVMValueRef bits =
-      LLVMBuildShl(L->bld, LLVMBuildAdd(L->bld, ni, ci32(L, 127), ""), ci32(L, 23), "");
-  return LLVMBuildFMul(L->bld, p, LLVMBuildBitCast(L->bld, bits, L->f32, ""), "");
-}
-
-/* The clamp above keeps the polynomial finite; the edges are put back here so
- * compiled code agrees with the interpreter (and libm) where it matters for
- * NaN/Inf checks: exp(NaN) = NaN, exp(x) = +inf past float32's overflow
- * threshold (88.72), and exp(x) = 0 below the smallest subnormal's log. */
+/* exp(x) in float32, vectorizable, with no selects for its edges.
+ *   - Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, and e^r by a
+ *     polynomial (Cephes expf coefficients, Horner form, fused
+ *     multiply-adds), about 1 ulp.
+ *   - n is rounded by the adder: t = x log2(e) + (1.5 * 2^23 + 126) holds
+ *     n + 126 in its low mantissa bits, so t minus that constant is n, and
+ *     t's bits shifted left by 23 are the float 2^(n - 1).
+ *   - The result is (2 e^r) 2^(n - 1): the polynomial's coefficients carry
+ *     the 2, so 2^(n - 1) is a normal float up to n = 128 and the product
+ *     overflows to +inf where exp does (x > 88.72), with x clamped to 89.
+ *   - Below, x is clamped to -87.5, where n = -126 makes the exponent bits
+ *     0, so 2^(n - 1) is 0 and so is the result: exp flushes what it
+ *     returns under 2.4e-38 (subnormal or nearly) to 0, as exp(-inf) = 0.
+ *   - A NaN passes the clamp and every step, and the product is NaN.
+ * 17 instructions per vector on x86 with FMA, and no branch or select. */
 LLVMValueRef emit_exp(Lower *L, LLVMValueRef x) {
   LLVMBuilderRef b = L->bld;
-  LLVMValueRef y = emit_exp_finite(L, x);
-  y = LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealOGT, x, cf(L, 88.7228391), ""), cf(L, INFINITY),
-                      y, "");
-  y = LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealOLT, x, cf(L, -103.972084), ""), cf(L, 0.0), y,
-                      "");
-  return LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealUNO, x, x, ""), x, y, "");
+  const double magic = 12582912.0 + 126.0;
+  x = clamp(L, x, -87.5, 89.0);
+  LLVMValueRef t = fma3(L, x, cf(L, 1.44269504088896341), cf(L, magic));
+  LLVMValueRef n = LLVMBuildFSub(b, t, cf(L, magic), "");
+  LLVMValueRef r = fma3(L, n, cf(L, -0.693359375), x);
+  r = fma3(L, n, cf(L, 2.12194440e-4), r);
+  /* 2 e^r = 2 + 2r + r^2 (2 P(r)) */
+  static const double c[] = {1.9875691500E-4, 1.3981999507E-3, 8.3334519073E-3,
+                             4.1665795894E-2, 1.6666665459E-1, 5.0000001201E-1};
+  LLVMValueRef p = cf(L, 2 * c[0]);
+  for (int i = 1; i < 6; i++) p = fma3(L, p, r, cf(L, 2 * c[i]));
+  LLVMValueRef r2 = LLVMBuildFMul(b, r, r, "");
+  p = LLVMBuildFAdd(b, fma3(L, p, r2, LLVMBuildFAdd(b, r, r, "")), cf(L, 2.0), "");
+  LLVMValueRef bits = LLVMBuildShl(b, LLVMBuildBitCast(b, t, L->i32, ""), ci32(L, 23), "");
+  return LLVMBuildFMul(b, p, LLVMBuildBitCast(b, bits, L->f32, ""), "");
 }
 
 /* log(x) in float32, vectorizable (llvm.log is a libm call per element,

@@ -179,6 +179,73 @@ static void test_log_functions(void **st) {
   seq_context_destroy(cx);
 }
 
+/* exp, sigmoid and tanh as generated (codegen/math.c: a polynomial with
+ * no selects for its edges) against float64 libm: exp within 2 ulps
+ * wherever its result is at least 2.4e-38, flushed to 0 (or exact) below
+ * that, +inf past float32's overflow threshold and not before it, NaN for
+ * NaN; sigmoid and tanh within 4e-7 everywhere, their limits exact. */
+static void test_exp_functions(void **st) {
+  (void)st;
+  enum { N = 4096 + 12 };
+  static const char src[] = "cell Exps(N) {\n"
+                            "  input  x: [N]\n"
+                            "  output y: [N]\n"
+                            "  output sg: [N]\n"
+                            "  output th: [N]\n"
+                            "  step {\n"
+                            "    y  = exp(x)\n"
+                            "    sg = sigmoid(x)\n"
+                            "    th = tanh(x)\n"
+                            "  }\n"
+                            "}\n";
+  SeqContext *cx = seq_context_create();
+  SeqOptions opt = {0};
+  opt.opt_level = 2;
+  char dims[32];
+  snprintf(dims, sizeof dims, "N=%d", N);
+  opt.dims = dims;
+  SeqModule *m = NULL;
+  if (seq_module_from_string(cx, "exps.seq", src, &opt, &m) != SEQ_OK)
+    fail_msg("compile: %s", seq_module_error(m));
+  static float x[N], y[N], sg[N], th[N];
+  const float edges[12] = {0.0f,      -0.0f,    INFINITY, -INFINITY, NAN,    88.72283f,
+                           88.72284f, 89.0f,    1000.0f,  -87.33f,   -104.f, -1e30f};
+  memcpy(x, edges, sizeof edges);
+  /* The whole range exp returns, its edges, and the range gates see. */
+  for (int k = 0; k < 2048; k++) x[12 + k] = -105.0f + 195.0f * (float)k / 2047.0f;
+  for (int k = 0; k < 2048; k++) x[12 + 2048 + k] = -20.0f + 40.0f * (float)k / 2047.0f;
+  const void *in[1] = {x};
+  float *out[3] = {y, sg, th};
+  assert_int_equal(seq_module_forward(m, 1, 1, in, NULL, NULL, out, NULL), SEQ_OK);
+  assert_true(y[0] == 1.0f && y[1] == 1.0f);
+  assert_true(isinf(y[2]) && y[2] > 0 && y[3] == 0.0f && isnan(y[4]));
+  assert_true(isfinite(y[5]) && y[5] > 3.4e38f);
+  assert_true(isinf(y[6]) && isinf(y[7]) && isinf(y[8]));
+  assert_true(y[10] == 0.0f && y[11] == 0.0f);
+  assert_true(isnan(sg[4]) && isnan(th[4]));
+  assert_true(sg[2] == 1.0f && sg[3] == 0.0f && th[2] == 1.0f && th[3] == -1.0f);
+  double worst = 0;
+  for (int k = 9; k < N; k++) {
+    double e = exp((double)x[k]);
+    if (e < 2.4e-38) {
+      if (y[k] != 0.0f && ulps(y[k], e) > 2)
+        fail_msg("exp(%a) = %a, libm %a: neither flushed nor within 2 ulps", x[k], y[k], e);
+      continue;
+    }
+    double u = e > 3.4028234e38 ? (isinf(y[k]) ? 0 : 99) : ulps(y[k], e);
+    if (u > worst) worst = u;
+    if (u > 2) fail_msg("exp(%a) = %a, libm %a: %.1f ulps", x[k], y[k], e, u);
+  }
+  for (int k = 9; k < N; k++) {
+    double xd = x[k], sgd = 1.0 / (1.0 + exp(-xd)), thd = tanh(xd);
+    if (fabs(sg[k] - sgd) > 4e-7 || fabs(th[k] - thd) > 4e-7)
+      fail_msg("x = %g: sigmoid %g (ref %g), tanh %g (ref %g)", x[k], sg[k], sgd, th[k], thd);
+  }
+  print_message("exp: largest error %.2f ulps over %d inputs\n", worst, N - 9);
+  seq_module_destroy(m);
+  seq_context_destroy(cx);
+}
+
 static SeqContext *shared_cx;
 static void *compile_thread(void *arg) {
   SeqModule *m = compile_lstm(shared_cx, arg);
@@ -303,6 +370,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_compile_error_diagnostics),
       cmocka_unit_test(test_log_functions),
+      cmocka_unit_test(test_exp_functions),
       cmocka_unit_test(test_forward_step_and_binding),
       cmocka_unit_test(test_two_threads),
       cmocka_unit_test(test_aot_shared_object),
