@@ -13,10 +13,9 @@
 Cx fused_operand(Lower *L, IrRef a, LLVMValueRef k, LLVMValueRef o, LLVMValueRef i,
                  const SchedValue *key) {
   if (L->fmember[a]) return (Cx){L->fval[a], L->fval_im[a] ? L->fval_im[a] : cf(L, 0.0)};
-  if (L->pl_re && L->pl_re[a]) {
-    LLVMValueRef at = LLVMBuildSub(L->bld, k, L->pl_base, "");
-    return (Cx){ldf(L, L->pl_re[a], at), ldf(L, L->pl_im[a], at)};
-  }
+  if (L->pl_re && L->pl_re[a])
+    return (Cx){ldf(L, L->pl_re[a], L->pl_at),
+                L->pl_im ? ldf(L, L->pl_im[a], L->pl_at) : cf(L, 0.0)};
   const SchedValue *an = &L->v[a];
   return ldc(L, rowptr(L, a), bcast_index(L, an, key, k, o, i), an->w);
 }

@@ -75,10 +75,12 @@ typedef struct Lower {
    * belongs to the run being emitted */
   LLVMValueRef *fval, *fval_im;
   char *fmember;
-  /* inside a complex scan group's item: per node, the planar copy of its
-   * block (real and imaginary parts), index k - pl_base; NULL elsewhere */
+  /* inside a scan group's item that runs on private copies (sched.h,
+   * SchedScanGroup.copied): per node, the copy of its block (planar: real
+   * and imaginary parts; transposed: pl_im NULL) and the current element's
+   * index in them; NULL elsewhere */
   LLVMValueRef *pl_re, *pl_im;
-  LLVMValueRef pl_base;
+  LLVMValueRef pl_at;
   /* inside a fused run whose shape ends in axes of size 1 (Mamba-2's
    * [1, 8, 64, 1]): how many of them the loops leave out (emit_fused), so
    * the inner loop runs over the last axis longer than 1 and vectorizes;

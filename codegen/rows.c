@@ -316,7 +316,9 @@ LLVMValueRef bcast_index(Lower *L, const SchedValue *an, const SchedValue *key, 
   for (int d = last - 1; d >= 0; d--) {
     if (ns.stride[0][d]) {
       LLVMValueRef c = LLVMBuildUDiv(L->bld, o, ci64(L, inner), "");
-      c = LLVMBuildURem(L->bld, c, ci64(L, key->shape[d]), "");
+      /* o < the product of the leading axes: the first needs no remainder
+       * (which would keep a loop along o from vectorizing). */
+      if (d > 0) c = LLVMBuildURem(L->bld, c, ci64(L, key->shape[d]), "");
       idx = add(L, idx, mul(L, c, ci64(L, ns.stride[0][d])));
     }
     inner *= key->shape[d];

@@ -238,28 +238,6 @@ static LLVMValueRef entry_array(Lower *L, int64_t n, const char *name) {
   return a;
 }
 
-/* Copies the item's elements (rows [ob, oend), last-axis range [i0, i1))
- * between an interleaved complex row `cx` and planar arrays indexed from
- * ob * last: in (to_planar) before the loop over time, or out after it. */
-static void planar_copy(Lower *L, LLVMValueRef cx, LLVMValueRef re, LLVMValueRef im, int64_t last,
-                        LLVMValueRef ob, LLVMValueRef oend, LLVMValueRef i0, LLVMValueRef i1,
-                        int to_planar) {
-  Loop lo, li;
-  LLVMValueRef o = loop_begin(L, &lo, ob, oend);
-  LLVMValueRef i = loop_begin(L, &li, i0, i1);
-  LLVMValueRef k = add(L, mul(L, o, ci64(L, last)), i);
-  LLVMValueRef at = LLVMBuildSub(L->bld, k, L->pl_base, "");
-  if (to_planar) {
-    Cx v = ldc(L, cx, k, 2);
-    stf(L, v.re, re, at);
-    stf(L, v.im, im, at);
-  } else {
-    stc(L, (Cx){ldf(L, re, at), ldf(L, im, at)}, cx, k, 2);
-  }
-  loop_end(L, &li);
-  loop_end(L, &lo);
-}
-
 /* ---- fused scans ------------------------------------------------------------ */
 
 /* A fused scan (sched/scan.c): per example, per block of the state's
@@ -357,58 +335,63 @@ static void at_step(Lower *L, const ScanItem *it, LLVMValueRef rel) {
   if (L->in->chunked) L->r_tokc = add(L, mul(L, it->b, L->Tc), rel);
 }
 
-/* Steps [lo, hi) of the item, every member, the running value in h (the
- * storage, or a part's slot). */
-static void scan_steps(Lower *L, const SchedOp *op, const ScanItem *it, LLVMValueRef h,
-                       LLVMValueRef lo, LLVMValueRef hi) {
+/* Index of element (o, i) of the item in its private copies: planar ones
+ * keep the state's order from row ob, transposed ones put the last axis
+ * outer, block rows apart. */
+static LLVMValueRef copy_index(Lower *L, const SchedScanGroup *g, const ScanItem *it, int64_t last,
+                               LLVMValueRef o, LLVMValueRef i, LLVMValueRef k) {
+  if (g->transposed)
+    return add(L, mul(L, i, ci64(L, g->block)), LLVMBuildSub(L->bld, o, it->ob, ""));
+  return LLVMBuildSub(L->bld, k, mul(L, it->ob, ci64(L, last)), "");
+}
+
+/* Copies the item's elements between the state-shaped row `row` and the
+ * copies re (and im, planar): in before the loop over time (in), or out
+ * after it. */
+static void block_copy(Lower *L, const SchedScanGroup *g, const ScanItem *it, int64_t last,
+                       LLVMValueRef row, LLVMValueRef re, LLVMValueRef im, int in) {
+  Loop lo, li;
+  LLVMValueRef o = loop_begin(L, &lo, it->ob, it->oend);
+  LLVMValueRef i = loop_begin(L, &li, it->i0, it->i1);
+  LLVMValueRef k = add(L, mul(L, o, ci64(L, last)), i);
+  LLVMValueRef at = copy_index(L, g, it, last, o, i, k);
+  if (im && in) {
+    Cx v = ldc(L, row, k, 2);
+    stf(L, v.re, re, at);
+    stf(L, v.im, im, at);
+  } else if (im) {
+    stc(L, (Cx){ldf(L, re, at), ldf(L, im, at)}, row, k, 2);
+  } else if (in) {
+    stf(L, ldf(L, row, k), re, at);
+  } else {
+    stf(L, ldf(L, re, at), row, k);
+  }
+  loop_end(L, &li);
+  loop_end(L, &lo);
+}
+
+static int is_sum(IrOp op) {
+  return op == IR_SUM || op == IR_MEAN || op == IR_MATMUL;
+}
+
+/* Where an element's members keep what outlives the element: the running
+ * value (the storage h at k, or the copies hre/him at L->pl_at), and the
+ * sums over the last axis, as phis of the loop over that axis (acc, two per
+ * member) or, transposed, in arrays of the block's rows (rows, one per
+ * member, index o - ob). */
+typedef struct ScanElem {
+  LLVMValueRef h, hre, him, *acc, *rows, ob;
+} ScanElem;
+
+/* Element (o, i) of the current step: every member, in node order. */
+static void scan_element(Lower *L, const SchedOp *op, const ScanElem *e, LLVMValueRef k,
+                         LLVMValueRef o, LLVMValueRef i) {
   const SchedScanGroup *g = op->group;
   const IrFunc *fn = L->fn;
   IrRef scan = op->node;
   const IrNode *sn = &fn->nodes.v[scan];
   const SchedValue *key = &L->v[scan];
   int maxplus = sn->op == IR_SCAN_MAX;
-  int64_t last = key->rank ? key->shape[key->rank - 1] : 1;
-  /* Planar copies of the complex state and constants for this item. */
-  LLVMValueRef hre = NULL, him = NULL;
-  if (g->planar_state) {
-    int64_t n = g->block * last;
-    L->pl_base = mul(L, it->ob, ci64(L, last));
-    L->pl_re = arena_calloc(L->a, (size_t)fn->nodes.n + 1, sizeof *L->pl_re);
-    L->pl_im = arena_calloc(L->a, (size_t)fn->nodes.n + 1, sizeof *L->pl_im);
-    if (!L->pl_re || !L->pl_im) {
-      L->failed = 1;
-      return;
-    }
-    hre = entry_array(L, n, "state_re");
-    him = entry_array(L, n, "state_im");
-    planar_copy(L, h, hre, him, last, it->ob, it->oend, it->i0, it->i1, 1);
-    for (int j = 0; j < g->nplanar; j++) {
-      IrRef a = g->planar[j];
-      L->pl_re[a] = entry_array(L, n, "planar_re");
-      L->pl_im[a] = entry_array(L, n, "planar_im");
-      planar_copy(L, rowptr(L, a), L->pl_re[a], L->pl_im[a], last, it->ob, it->oend, it->i0, it->i1,
-                  1);
-    }
-  }
-  Loop lt, lo_, li;
-  LLVMValueRef rel = loop_begin(L, &lt, lo, hi);
-  at_step(L, it, rel);
-  LLVMValueRef o = loop_begin(L, &lo_, it->ob, it->oend);
-  /* Accumulators of the sums, carried around the loop over the last axis. */
-  LLVMValueRef *acc = arena_calloc(L->a, (size_t)g->nmembers * 2 + 1, sizeof *acc);
-  if (!acc) {
-    L->failed = 1;
-    return;
-  }
-  LLVMValueRef i = loop_begin(L, &li, it->i0, it->i1);
-  for (int m = 0; m < g->nmembers; m++) {
-    const IrNode *nd = &fn->nodes.v[g->members[m]];
-    if (nd->op == IR_SUM || nd->op == IR_MEAN || nd->op == IR_MATMUL) {
-      acc[2 * m] = loop_phi(L, &li, cf(L, 0.0), "acc");
-      if (L->v[g->members[m]].w == 2) acc[2 * m + 1] = loop_phi(L, &li, cf(L, 0.0), "acci");
-    }
-  }
-  LLVMValueRef k = add(L, mul(L, o, ci64(L, last)), i);
   for (int m = 0; m < g->nmembers; m++) {
     IrRef r = g->members[m];
     const IrNode *nd = &fn->nodes.v[r];
@@ -417,8 +400,8 @@ static void scan_steps(Lower *L, const SchedOp *op, const ScanItem *it, LLVMValu
     if (r == scan) {
       Cx a = fused_operand(L, sn->args[0], k, o, i, key);
       Cx bv = fused_operand(L, sn->args[1], k, o, i, key);
-      LLVMValueRef at = hre ? LLVMBuildSub(L->bld, k, L->pl_base, "") : NULL;
-      Cx prev = hre ? (Cx){ldf(L, hre, at), ldf(L, him, at)} : ldc(L, h, k, n->w);
+      Cx prev = e->hre ? (Cx){ldf(L, e->hre, L->pl_at), e->him ? ldf(L, e->him, L->pl_at) : NULL}
+                       : ldc(L, e->h, k, n->w);
       if (n->w == 2) {
         Cx p = cx_mul(L, a, prev);
         v = (Cx){fadd(L, p.re, bv.re), fadd(L, p.im, bv.im)};
@@ -427,11 +410,11 @@ static void scan_steps(Lower *L, const SchedOp *op, const ScanItem *it, LLVMValu
       } else {
         v.re = fadd(L, fmul(L, a.re, prev.re), bv.re);
       }
-      if (hre) {
-        stf(L, v.re, hre, at);
-        stf(L, v.im, him, at);
+      if (e->hre) {
+        stf(L, v.re, e->hre, L->pl_at);
+        if (e->him) stf(L, v.im, e->him, L->pl_at);
       } else {
-        stc(L, v, h, k, n->w);
+        stc(L, v, e->h, k, n->w);
       }
       if (g->delay >= 0) {
         L->fval[g->delay] = prev.re;
@@ -440,16 +423,21 @@ static void scan_steps(Lower *L, const SchedOp *op, const ScanItem *it, LLVMValu
       }
     } else if (r == g->delay) {
       continue;
-    } else if (nd->op == IR_SUM || nd->op == IR_MEAN || nd->op == IR_MATMUL) {
+    } else if (is_sum(nd->op)) {
       Cx x = fused_operand(L, nd->args[0], k, o, i, key);
       if (nd->op == IR_MATMUL) x.re = fmul(L, x.re, ldf(L, rowptr(L, nd->args[1]), i));
-      LLVMValueRef s = fadd(L, acc[2 * m], x.re);
+      if (e->rows) { /* real only (plan_copies) */
+        LLVMValueRef at = LLVMBuildSub(L->bld, o, e->ob, "");
+        stf(L, fadd(L, ldf(L, e->rows[m], at), x.re), e->rows[m], at);
+        continue;
+      }
+      LLVMValueRef s = fadd(L, e->acc[2 * m], x.re);
       set_reassoc(s);
-      loop_phi_next(L, acc[2 * m], s);
+      loop_phi_next(L, e->acc[2 * m], s);
       if (n->w == 2) {
-        LLVMValueRef si = fadd(L, acc[2 * m + 1], x.im);
+        LLVMValueRef si = fadd(L, e->acc[2 * m + 1], x.im);
         set_reassoc(si);
-        loop_phi_next(L, acc[2 * m + 1], si);
+        loop_phi_next(L, e->acc[2 * m + 1], si);
       }
       continue;
     } else {
@@ -459,25 +447,112 @@ static void scan_steps(Lower *L, const SchedOp *op, const ScanItem *it, LLVMValu
     L->fval_im[r] = n->w == 2 ? v.im : NULL;
     if (n->stored) stc(L, v, rowptr(L, r), k, n->w);
   }
-  loop_end(L, &li);
-  /* After the loop over the last axis, a phi holds its sum. */
-  for (int m = 0; m < g->nmembers; m++) {
-    IrRef r = g->members[m];
-    const IrNode *nd = &fn->nodes.v[r];
-    if (!(nd->op == IR_SUM || nd->op == IR_MEAN || nd->op == IR_MATMUL)) continue;
-    Cx s = {acc[2 * m], acc[2 * m + 1]};
-    if (nd->op == IR_MEAN) {
-      LLVMValueRef d = cf(L, (double)(last ? last : 1));
-      s.re = LLVMBuildFDiv(L->bld, s.re, d, "");
-      if (s.im) s.im = LLVMBuildFDiv(L->bld, s.im, d, "");
-    }
-    stc(L, s, rowptr(L, r), o, L->v[r].w);
+}
+
+/* A sum member's value at row o, stored per token (a mean divided). */
+static void store_sum(Lower *L, IrRef r, Cx s, LLVMValueRef o, int64_t last) {
+  if (L->fn->nodes.v[r].op == IR_MEAN) {
+    LLVMValueRef d = cf(L, (double)(last ? last : 1));
+    s.re = LLVMBuildFDiv(L->bld, s.re, d, "");
+    if (s.im) s.im = LLVMBuildFDiv(L->bld, s.im, d, "");
   }
-  loop_end(L, &lo_);
+  stc(L, s, rowptr(L, r), o, L->v[r].w);
+}
+
+/* One step of a transposed item: the sums' rows zeroed, then per element
+ * of the last axis a loop along the block's rows (the one that vectorizes),
+ * then the sums stored. */
+static void transposed_step(Lower *L, const SchedOp *op, const ScanItem *it, ScanElem *e,
+                            int64_t last) {
+  const SchedScanGroup *g = op->group;
+  Loop lo, li;
+  LLVMValueRef o = loop_begin(L, &lo, it->ob, it->oend);
+  for (int m = 0; m < g->nmembers; m++)
+    if (e->rows[m]) stf(L, cf(L, 0.0), e->rows[m], LLVMBuildSub(L->bld, o, it->ob, ""));
+  loop_end(L, &lo);
+  LLVMValueRef i = loop_begin(L, &li, it->i0, it->i1);
+  o = loop_begin(L, &lo, it->ob, it->oend);
+  LLVMValueRef k = add(L, mul(L, o, ci64(L, last)), i);
+  L->pl_at = copy_index(L, g, it, last, o, i, k);
+  scan_element(L, op, e, k, o, i);
+  loop_end(L, &lo);
+  loop_end(L, &li);
+  o = loop_begin(L, &lo, it->ob, it->oend);
+  for (int m = 0; m < g->nmembers; m++)
+    if (e->rows[m])
+      store_sum(L, g->members[m],
+                (Cx){ldf(L, e->rows[m], LLVMBuildSub(L->bld, o, it->ob, "")), NULL}, o, last);
+  loop_end(L, &lo);
+}
+
+/* Steps [lo, hi) of the item, every member, the running value in h (the
+ * storage, or a part's slot). */
+static void scan_steps(Lower *L, const SchedOp *op, const ScanItem *it, LLVMValueRef h,
+                       LLVMValueRef lo, LLVMValueRef hi) {
+  const SchedScanGroup *g = op->group;
+  const IrFunc *fn = L->fn;
+  const SchedValue *key = &L->v[op->node];
+  int64_t last = key->rank ? key->shape[key->rank - 1] : 1;
+  ScanElem e = {h, NULL, NULL, NULL, NULL, it->ob};
+  /* The item's private copies of the state and constants. */
+  int copies = g->planar_state || g->transposed;
+  if (copies) {
+    int64_t n = g->block * last;
+    L->pl_re = arena_calloc(L->a, (size_t)fn->nodes.n + 1, sizeof *L->pl_re);
+    L->pl_im =
+        g->planar_state ? arena_calloc(L->a, (size_t)fn->nodes.n + 1, sizeof *L->pl_im) : NULL;
+    if (!L->pl_re || (g->planar_state && !L->pl_im)) {
+      L->failed = 1;
+      return;
+    }
+    e.hre = entry_array(L, n, "state_re");
+    e.him = g->planar_state ? entry_array(L, n, "state_im") : NULL;
+    block_copy(L, g, it, last, h, e.hre, e.him, 1);
+    for (int j = 0; j < g->ncopied; j++) {
+      IrRef a = g->copied[j];
+      L->pl_re[a] = entry_array(L, n, "copy_re");
+      if (g->planar_state) L->pl_im[a] = entry_array(L, n, "copy_im");
+      block_copy(L, g, it, last, rowptr(L, a), L->pl_re[a], g->planar_state ? L->pl_im[a] : NULL,
+                 1);
+    }
+  }
+  /* Accumulators of the sums. */
+  e.acc = arena_calloc(L->a, (size_t)g->nmembers * 2 + 1, sizeof *e.acc);
+  e.rows = arena_calloc(L->a, (size_t)g->nmembers + 1, sizeof *e.rows);
+  if (!e.acc || !e.rows) {
+    L->failed = 1;
+    return;
+  }
+  if (!g->transposed) e.rows = NULL;
+  for (int m = 0; m < g->nmembers && e.rows; m++)
+    if (is_sum(fn->nodes.v[g->members[m]].op)) e.rows[m] = entry_array(L, g->block, "sum_rows");
+  Loop lt, lo_, li;
+  LLVMValueRef rel = loop_begin(L, &lt, lo, hi);
+  at_step(L, it, rel);
+  if (g->transposed) {
+    transposed_step(L, op, it, &e, last);
+  } else {
+    LLVMValueRef o = loop_begin(L, &lo_, it->ob, it->oend);
+    LLVMValueRef i = loop_begin(L, &li, it->i0, it->i1);
+    for (int m = 0; m < g->nmembers; m++)
+      if (is_sum(fn->nodes.v[g->members[m]].op)) {
+        e.acc[2 * m] = loop_phi(L, &li, cf(L, 0.0), "acc");
+        if (L->v[g->members[m]].w == 2) e.acc[2 * m + 1] = loop_phi(L, &li, cf(L, 0.0), "acci");
+      }
+    LLVMValueRef k = add(L, mul(L, o, ci64(L, last)), i);
+    if (copies) L->pl_at = copy_index(L, g, it, last, o, i, k);
+    scan_element(L, op, &e, k, o, i);
+    loop_end(L, &li);
+    /* After the loop over the last axis, a phi holds its sum. */
+    for (int m = 0; m < g->nmembers; m++)
+      if (is_sum(fn->nodes.v[g->members[m]].op))
+        store_sum(L, g->members[m], (Cx){e.acc[2 * m], e.acc[2 * m + 1]}, o, last);
+    loop_end(L, &lo_);
+  }
   loop_end(L, &lt);
-  if (hre) planar_copy(L, h, hre, him, last, it->ob, it->oend, it->i0, it->i1, 0);
+  if (copies) block_copy(L, g, it, last, h, e.hre, e.him, 0);
   L->pl_re = L->pl_im = NULL;
-  L->pl_base = NULL;
+  L->pl_at = NULL;
 }
 
 /* Steps [lo, hi) of a real item composed into (A, B) in x and y (rows of

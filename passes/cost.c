@@ -65,6 +65,8 @@
 #define SCAN_BLOCK 2048         /* sched/scan.c */
 #define TRANSCENDENTAL_FLOPS 10 /* exp, log, tanh and the functions built on them */
 #define SCAN_PIECE 64
+#define SCAN_NARROW 32 /* sched/scan.c */
+#define SCAN_NARROW_ROWS 16
 
 /* Elements of a state of concrete shape. */
 static int64_t state_elems(const IrFunc *f, int k, const int64_t *dims) {
@@ -188,8 +190,14 @@ int cost_state(const IrFunc *f, const RecState *rs, const int64_t *dims, const C
     out->flops = per * (double)S * (1 + r);
     out->bytes = 0; /* the state stays in L1; the token streams are every form's */
     /* A sum over a short last axis fills only part of the vectors (the
-     * loop keeps four in flight). */
-    double fill = fmin(1.0, (double)last_axis(f, k, dims) * w / (4.0 * mc->lanes));
+     * loop keeps four in flight), unless the state runs transposed (a real
+     * [rows, last] state with last <= SCAN_NARROW and rows for a vector,
+     * sched/scan.c): then the loop runs along the rows. */
+    int64_t lastn = last_axis(f, k, dims);
+    double fill = fmin(1.0, (double)lastn * w / (4.0 * mc->lanes));
+    if (!cplx && f->states.v[k].type.rank == 2 && lastn <= SCAN_NARROW &&
+        S / (lastn ? lastn : 1) >= SCAN_NARROW_ROWS)
+      fill = 1;
     out->seconds = out->flops / (EFF_SCAN * fill * mc->flops);
     /* Examples split into blocks of about SCAN_BLOCK floats, a one-row
      * state into pieces of SCAN_PIECE (sched/scan.c), all on the pool. */

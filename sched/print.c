@@ -167,9 +167,11 @@ static void print_ops(FILE *out, const SchedInst *in, const SchedOp *ops, int n,
                 in->values[q].stored ? " (stored)" : "");
       }
       if (op->group->time_buf >= 0) fputs("; may split its steps across idle threads", out);
-      if (op->group->planar_state) {
-        fputs("; planar (re, im) per block: the state", out);
-        for (int m = 0; m < op->group->nplanar; m++) fprintf(out, ", v%d", op->group->planar[m]);
+      if (op->group->planar_state || op->group->transposed) {
+        fputs(op->group->planar_state ? "; planar (re, im) per block: the state"
+                                       : "; transposed per block: the state",
+              out);
+        for (int m = 0; m < op->group->ncopied; m++) fprintf(out, ", v%d", op->group->copied[m]);
       }
       fputc('\n', out);
       break;

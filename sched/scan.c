@@ -32,6 +32,10 @@
 #define SCAN_BLOCK_FLOATS 2048
 /* Elements of a piece of a one-row state: eight AVX2 vectors. */
 #define SCAN_PIECE 64
+/* A real state runs transposed (plan_copies) when its last axis, summed, is
+ * at most this long (two AVX-512 vectors) and it has rows for a vector. */
+#define SCAN_NARROW 32
+#define SCAN_NARROW_ROWS 16
 
 static int elementwise(const Plan *p, IrRef r, const SchedValue *key) {
   const IrNode *nd = &p->fn->nodes.v[r];
@@ -82,25 +86,50 @@ static int read_outside(const Plan *p, IrRef r, const char *member) {
   return 0;
 }
 
-/* A complex group's planar copies (SchedScanGroup.planar): the complex
- * constants of the state's full shape that members read as operands (a
+/* The private copies of a group's items (SchedScanGroup.copied): planar
+ * for a complex state; transposed for a real [rows, last] state whose last
+ * axis is at most SCAN_NARROW, is summed, and leaves rows enough for a
+ * vector, when the transposed loop reads no full-shaped value it cannot
+ * copy (a per-token one, or a slice member's) and stores none per token.
+ * The copies are the full-shaped constants that members read as operands (a
  * slice or index member reads its operand its own way and takes none). */
-static int plan_planar(Plan *p, SchedScanGroup *g, const SchedValue *key, const char *member) {
+static int plan_copies(Plan *p, SchedScanGroup *g, const SchedValue *key, const char *member,
+                       int sums, int64_t outer) {
   const IrFunc *fn = p->fn;
-  if (key->w != 2) return 0;
-  g->planar_state = 1;
-  g->planar = arena_calloc(p->a, (size_t)fn->nodes.n + 1, sizeof(IrRef));
-  if (!g->planar) return -1;
+  int64_t last = key->rank ? key->shape[key->rank - 1] : 1;
+  if (key->w == 2) {
+    g->planar_state = 1;
+  } else if (key->rank == 2 && sums && last <= SCAN_NARROW && outer >= SCAN_NARROW_ROWS &&
+             g->split == last) {
+    g->transposed = 1;
+    for (int m = 0; m < g->nmembers && g->transposed; m++) {
+      IrRef q = g->members[m];
+      const IrNode *nd = &fn->nodes.v[q];
+      if (nd->op == IR_SLICE || nd->op == IR_INDEX || (p->v[q].stored && p->v[q].numel > 1 &&
+                                                        p->v[q].numel == key->numel))
+        g->transposed = 0;
+      for (int j = 0; j < nd->nargs; j++) {
+        const SchedValue *av = &p->v[nd->args[j]];
+        int is_h0 = (nd->op == IR_SCAN || nd->op == IR_SCAN_MAX) && j == 2;
+        if (!is_h0 && !member[nd->args[j]] && av->numel == key->numel && av->numel > 1 &&
+            av->cls != SCHED_CONST)
+          g->transposed = 0;
+      }
+    }
+  }
+  if (!g->planar_state && !g->transposed) return 0;
+  g->copied = arena_calloc(p->a, (size_t)fn->nodes.n + 1, sizeof(IrRef));
+  if (!g->copied) return -1;
   for (IrRef a = 0; a < fn->nodes.n; a++) {
     const SchedValue *av = &p->v[a];
-    if (member[a] || av->cls != SCHED_CONST || av->w != 2 || av->numel != key->numel) continue;
+    if (member[a] || av->cls != SCHED_CONST || av->w != key->w || av->numel != key->numel) continue;
     int read = 0;
     for (int m = 0; m < g->nmembers && !read; m++) {
       const IrNode *nd = &fn->nodes.v[g->members[m]];
       if (g->members[m] == g->delay || nd->op == IR_SLICE || nd->op == IR_INDEX) continue;
       for (int j = 0; j < nd->nargs; j++) read |= nd->args[j] == a;
     }
-    if (read) g->planar[g->nplanar++] = a;
+    if (read) g->copied[g->ncopied++] = a;
   }
   return 0;
 }
@@ -212,7 +241,7 @@ static int plan_group(Plan *p, IrRef scan) {
   int sums = 0;
   for (int i = 0; i < g->nmembers; i++) sums |= last_axis_sum(p, g->members[i], key);
   if (outer == 1 && !sums && lastlen >= 2 * SCAN_PIECE) g->split = SCAN_PIECE;
-  if (plan_planar(p, g, key, member) < 0) return -1;
+  if (plan_copies(p, g, key, member, sums, outer) < 0) return -1;
   g->time_buf = -1;
   p->in->groups[last] = g;
   return 0;

@@ -143,16 +143,24 @@ typedef struct SchedScanGroup {
   int64_t block; /* leading elements (rows of the last axis) per block */
   int64_t split; /* elements of the last axis per piece: the whole axis, or (with no sum over
                     it among the members) a part, so a one-row state still splits */
-  /* A complex group holds, per item, the running value and the full-shaped
-   * complex constants it reads (S4D's dA, dB, C) as separate real and
-   * imaginary arrays of one block, filled before the loop over time (the
-   * state also written back after it): the element loop then reads whole
-   * vectors of each part instead of de-interleaving every step. (The CUDA
-   * renderer, one thread per element, reads each complex as one float2 and
-   * has no use for it.) */
-  IrRef *planar; /* those constants, node order */
-  int nplanar;
-  int planar_state; /* the running value is planar too */
+  /* A group may run each item on private copies of its block, filled before
+   * the loop over time (the running value also written back after it), so
+   * that the element loop reads whole vectors:
+   *   - planar: a complex group holds the running value and the full-shaped
+   *     complex constants it reads (S4D's dA, dB, C) as separate real and
+   *     imaginary arrays, instead of de-interleaving every step;
+   *   - transposed: a real group whose last axis is narrow and summed
+   *     (Mamba's s @ C over d_state = 16) holds them with the last axis
+   *     outer; the element loop then runs along the rows, contiguous in the
+   *     copies and in the per-row operands (delta, x), and each sum over the
+   *     last axis accumulates a vector of rows instead of ending every row in
+   *     a horizontal reduction (a dozen shuffles and adds per 16 elements).
+   * (The CUDA renderer, one thread per element, reads each complex as one
+   * float2 and each element where it lies, and has no use for either.) */
+  IrRef *copied; /* the constants copied, node order */
+  int ncopied;
+  int planar_state; /* complex: the running value and the copies are planar */
+  int transposed;   /* real: they are transposed, block rows contiguous */
   /* A real state of at most SCHED_SCAN_SPLIT_FLOATS elements may also split
    * its steps across threads when the examples and items leave threads idle
    * (the two-level scan, codegen/scan.c; how many parts is decided per call).

@@ -71,6 +71,9 @@ static const FcCase CASES[] = {
      * (the last one short), a many-row state into blocks (likewise). */
     {"stdlib/mingru.seq", "I=3,H=200"},
     {"stdlib/s4d.seq", "H=150,N=16"},
+    /* A narrow summed last axis: the scan runs transposed (sched/scan.c),
+     * in two blocks of rows, the second short of a vector multiple. */
+    {"stdlib/mamba_ssm.seq", "d_inner=150,d_state=16,dt_rank=2"},
 };
 
 /* Each form as the schedule chunks time, and the parallel forms again with
@@ -171,7 +174,8 @@ static void test_forms_equal_interpreter(void **st) {
  *     time chunk's steps into parts; B = 1 runs 4 parts per chunk of these
  *     small states (5 with the extra one), B = 2 and 3 run 2 per example
  *     (with lengths: some parts empty, some examples done before the
- *     chunk); a diagonal scan, (max, +) (mLSTM's m) and a reversed layer;
+ *     chunk); a diagonal scan, one run transposed (Mamba's, 20 rows),
+ *     (max, +) (mLSTM's m) and a reversed layer;
  *   - slices of a chunked state's value columns (codegen/chunk.c): V = 40
  *     in two slices, 32 and 8 columns; linear attention, the delta rule with
  *     a gate and two factors, the generalized rule with two readouts, a
@@ -189,6 +193,7 @@ static void test_thread_splits(void **st) {
     int dense;
   } split[] = {
       {{"examples/mingru.seq", "I=3,H=4"}, "scan", 0},
+      {{"stdlib/mamba_ssm.seq", "d_inner=20,d_state=16,dt_rank=2"}, "scan", 0},
       {{"stdlib/mlstm.seq", "I=3,NH=2,DH=4"}, "scan", 0},
       {{"tests/data/models/reversed_forms.seq", "I=3,H=4,NH=2,D=4"}, "scan", 0},
       {{"stdlib/linear_attention.seq", "I=3,NH=2,Dk=4,Dv=40"}, "chunked", 0},
