@@ -132,6 +132,7 @@ static IrRef emit(Rw *w, const IrNode *proto, int nargs, const IrRef *args, int 
 
 static IrRef node(Rw *w, const IrNode *proto, int nargs, const IrRef *args);
 static int distribute(Rw *w, const IrNode *proto, const IrRef *args, IrRef *out);
+static int part_inside(Rw *w, const IrNode *proto, const IrRef *args, IrRef *out);
 
 /* A data-movement node (RESHAPE, BROADCAST, TRANSPOSE) of x at loc. For
  * TRANSPOSE the type is inferred and `to` is ignored. */
@@ -224,7 +225,8 @@ static IrRef node(Rw *w, const IrNode *proto, int nargs, const IrRef *args) {
      * carries only data-movement targets. */
     if (ir_infer_type(w->dst, w->a, &p, nargs, args, &p.type, NULL, 0) == 0 &&
         (apply_rules(w, &p, nargs, args, &r) ||
-         (p.op == IR_MATMUL && nargs == 2 && distribute(w, &p, args, &r))))
+         (p.op == IR_MATMUL && nargs == 2 && distribute(w, &p, args, &r)) ||
+         ((p.op == IR_RE || p.op == IR_IM) && nargs == 1 && part_inside(w, &p, args, &r))))
       return r;
     if (w->failed) return IR_NONE;
   }
@@ -417,6 +419,27 @@ static int distribute(Rw *w, const IrNode *proto, const IrRef *args, IrRef *out)
     IrRef xo = xa != IR_NONE ? binop(w, IR_OUTER, xa, o->args[1], loc) : IR_NONE;
     if (xo != IR_NONE) r = binop(w, IR_MUL, yn->args[0], xo, loc);
   }
+  if (r == IR_NONE || !ir_type_eq(dnode(w, r)->type, proto->type)) return 0;
+  w->fired++;
+  *out = r;
+  return 1;
+}
+
+/* The real or imaginary part of a sum (or mean) of complex values is the
+ * sum of their parts: re(sum(x)) -> sum(re(x)), bit for bit, since complex
+ * addition adds the parts apart. S4D's readout, 2 re(sum(C s', axis=-1)),
+ * then sums one real value per element, and the imaginary half of C s'
+ * that nothing reads is left for the backend to drop. */
+static int part_inside(Rw *w, const IrNode *proto, const IrRef *args, IrRef *out) {
+  const IrNode *sn = dnode(w, args[0]);
+  if (sn->op != IR_SUM && sn->op != IR_MEAN) return 0;
+  IrNode part = {0};
+  part.op = proto->op;
+  part.loc = proto->loc;
+  IrNode sum = *sn;
+  IrRef inner = sn->args[0]; /* node() may move dst's nodes */
+  IrRef x = node(w, &part, 1, &inner);
+  IrRef r = x != IR_NONE ? node(w, &sum, 1, &x) : IR_NONE;
   if (r == IR_NONE || !ir_type_eq(dnode(w, r)->type, proto->type)) return 0;
   w->fired++;
   *out = r;
