@@ -169,7 +169,7 @@ static void print_ops(FILE *out, const SchedInst *in, const SchedOp *ops, int n,
       if (op->group->time_buf >= 0) fputs("; may split its steps across idle threads", out);
       if (op->group->planar_state || op->group->transposed) {
         fputs(op->group->planar_state ? "; planar (re, im) per block: the state"
-                                       : "; transposed per block: the state",
+                                      : "; transposed per block: the state",
               out);
         for (int m = 0; m < op->group->ncopied; m++) fprintf(out, ", v%d", op->group->copied[m]);
       }

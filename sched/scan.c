@@ -105,8 +105,8 @@ static int plan_copies(Plan *p, SchedScanGroup *g, const SchedValue *key, const 
     for (int m = 0; m < g->nmembers && g->transposed; m++) {
       IrRef q = g->members[m];
       const IrNode *nd = &fn->nodes.v[q];
-      if (nd->op == IR_SLICE || nd->op == IR_INDEX || (p->v[q].stored && p->v[q].numel > 1 &&
-                                                        p->v[q].numel == key->numel))
+      if (nd->op == IR_SLICE || nd->op == IR_INDEX ||
+          (p->v[q].stored && p->v[q].numel > 1 && p->v[q].numel == key->numel))
         g->transposed = 0;
       for (int j = 0; j < nd->nargs; j++) {
         const SchedValue *av = &p->v[nd->args[j]];

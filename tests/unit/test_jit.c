@@ -208,8 +208,8 @@ static void test_exp_functions(void **st) {
   if (seq_module_from_string(cx, "exps.seq", src, &opt, &m) != SEQ_OK)
     fail_msg("compile: %s", seq_module_error(m));
   static float x[N], y[N], sg[N], th[N];
-  const float edges[12] = {0.0f,      -0.0f,    INFINITY, -INFINITY, NAN,    88.72283f,
-                           88.72284f, 89.0f,    1000.0f,  -87.33f,   -104.f, -1e30f};
+  const float edges[12] = {0.0f,      -0.0f, INFINITY, -INFINITY, NAN,    88.72283f,
+                           88.72284f, 89.0f, 1000.0f,  -87.33f,   -104.f, -1e30f};
   memcpy(x, edges, sizeof edges);
   /* The whole range exp returns, its edges, and the range gates see. */
   for (int k = 0; k < 2048; k++) x[12 + k] = -105.0f + 195.0f * (float)k / 2047.0f;
