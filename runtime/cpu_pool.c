@@ -12,13 +12,25 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <time.h>
 
-/* About 20-40 us of spinning: enough to bridge the elementwise work between
- * two steps' GEMMs, short enough that a spinning worker does not take many
- * time slices from the caller when the machine has no idle core (at 200000
- * spins, two threads ran the LSTM a fifth slower than one on a loaded
- * 2-vCPU machine; at 20000 the same). */
-#define SPIN_ITERS 20000
+/* About 50 us of spinning: enough to bridge the elementwise work between
+ * two steps' GEMMs, or between a time chunk's stages at B = 1, short enough
+ * that a spinning worker does not take many time slices from the caller
+ * when the machine has no idle core. Measured in time, not in loads: 20000
+ * loads were 20-40 us on the AMD guest this was first tuned on and 5 us on
+ * a 3.7 GHz Xeon, where workers then slept between a chunk's stages and
+ * every stage paid a wake-up (two threads ran GLA, mLSTM and DeltaNet at
+ * B = 1 no faster than one; 1.2-1.5x faster spinning 50 us). */
+#define SPIN_NS 50000
+/* Loads between two looks at the clock. */
+#define SPIN_BURST 1024
+
+static int64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
 
 typedef struct Pool {
   pthread_mutex_t lock; /* guards sleeping and the worker list */
@@ -67,9 +79,10 @@ static void *worker(void *arg) {
   (void)arg;
   unsigned seen = atomic_load(&pool.generation);
   for (;;) {
-    unsigned g;
-    long spins = 0;
-    while ((g = atomic_load(&pool.generation)) == seen && spins < SPIN_ITERS) spins++;
+    unsigned g = atomic_load(&pool.generation);
+    for (int64_t t0 = now_ns(); g == seen && now_ns() - t0 < SPIN_NS;)
+      for (int k = 0; k < SPIN_BURST && (g = atomic_load(&pool.generation)) == seen; k++) {
+      }
     if (g == seen) {
       /* Counted as a sleeper before the last look at the generation, so a
        * caller that bumps it afterwards sees the count and broadcasts. */
