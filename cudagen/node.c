@@ -330,6 +330,49 @@ void cu_node(Cu *c, IrRef r) {
             N + 1);
     break;
   }
+  case IR_INV: {
+    /* One thread per matrix: a copy inverted in place by Gauss-Jordan with
+     * row pivoting (the rows swapped on the way are the columns swapped
+     * back at the end); NaN where singular, as the interpreter. */
+    long long N = n->shape[n->rank - 1], NN = N * N, P = NN ? n->numel / NN : 0;
+    fprintf(c->o,
+            "    SEQ_FOR(p, %lld) {\n"
+            "      const i64 n = %lld;\n"
+            "      const float *a = %s + p * n * n;\n"
+            "      float *v = %s + p * n * n;\n"
+            "      int piv[%lld], bad = 0;\n",
+            P, N, cu_rowptr(c, nd->args[0]), out, N);
+    fputs("      for (i64 k = 0; k < n * n; k++) v[k] = a[k];\n"
+          "      for (i64 k = 0; k < n && !bad; k++) {\n"
+          "        i64 q = k;\n"
+          "        for (i64 i = k + 1; i < n; i++)\n"
+          "          if (fabsf(v[i * n + k]) > fabsf(v[q * n + k])) q = i;\n"
+          "        float d = v[q * n + k];\n"
+          "        if (d == 0.0f || !(fabsf(d) < SEQ_INF)) { bad = 1; break; }\n"
+          "        piv[k] = (int)q;\n"
+          "        for (i64 j = 0; j < n && q != k; j++) {\n"
+          "          float t = v[k * n + j]; v[k * n + j] = v[q * n + j]; v[q * n + j] = t;\n"
+          "        }\n"
+          "        d = 1.0f / d;\n"
+          "        v[k * n + k] = 1.0f;\n"
+          "        for (i64 j = 0; j < n; j++) v[k * n + j] *= d;\n"
+          "        for (i64 i = 0; i < n; i++) {\n"
+          "          if (i == k) continue;\n"
+          "          float f = v[i * n + k];\n"
+          "          v[i * n + k] = 0.0f;\n"
+          "          for (i64 j = 0; j < n; j++) v[i * n + j] -= f * v[k * n + j];\n"
+          "        }\n"
+          "      }\n"
+          "      for (i64 k = 0; k < n * n && bad; k++) v[k] = SEQ_NAN;\n"
+          "      for (i64 k = n - 1; k >= 0 && !bad; k--)\n"
+          "        for (i64 i = 0; i < n && piv[k] != k; i++) {\n"
+          "          float t = v[i * n + k]; v[i * n + k] = v[i * n + piv[k]]; v[i * n + piv[k]] = "
+          "t;\n"
+          "        }\n"
+          "    }\n",
+          c->o);
+    break;
+  }
   case IR_DIAG: {
     const SchedValue *x = &c->v[nd->args[0]];
     int64_t N = x->shape[x->rank - 1];

@@ -762,6 +762,7 @@ static const Builtin builtins[] = {
     {"reshape", 2, 2, 0, IR_RESHAPE, 0, lower_reshape},
     {"elu", 1, 1, 0, IR_MAX, 0, lower_elu},
     {"eye", 1, 1, 0, IR_EYE, 0, lower_eye},
+    {"inv", 1, 1, 0, IR_INV, 0, lower_unary_fn},
 };
 #define NBUILTINS ((int)(sizeof builtins / sizeof builtins[0]))
 

@@ -19,6 +19,7 @@
 
 #include <complex.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ---- Values ----------------------------------------------------------------- */
@@ -451,6 +452,51 @@ static void transpose(const Val *x, Val *o) {
           o->d[(b * mat + j * R + i) * w + c] = x->d[(b * mat + i * C + j) * w + c];
 }
 
+/* The inverse of each N x N matrix of x's last two axes: Gauss-Jordan
+ * elimination with partial pivoting, in float64. A matrix that meets a zero
+ * or non-finite pivot (singular) gets NaN in every element, as the
+ * compiled code gives it. */
+static int inverse(Run *r, const IrNode *nd, const Val *x, Val *o) {
+  int64_t N = x->shape[x->rank - 1], mat = N * N, nb = mat ? x->n / mat : 0;
+  double *w = malloc(sizeof(double) * (size_t)(mat ? mat : 1));
+  if (!w) {
+    diag_error(r->de, nd->loc, "out of memory");
+    return -1;
+  }
+  for (int64_t b = 0; b < nb; b++) {
+    double *v = o->d + b * mat;
+    memcpy(w, x->d + b * mat, sizeof(double) * (size_t)mat);
+    for (int64_t k = 0; k < mat; k++) v[k] = k % (N + 1) == 0 ? 1.0 : 0.0;
+    int singular = 0;
+    for (int64_t k = 0; k < N && !singular; k++) {
+      int64_t p = k;
+      for (int64_t i = k + 1; i < N; i++)
+        if (fabs(w[i * N + k]) > fabs(w[p * N + k])) p = i;
+      double piv = w[p * N + k];
+      if (piv == 0.0 || !isfinite(piv)) {
+        singular = 1;
+        break;
+      }
+      for (int64_t j = 0; j < N && p != k; j++) {
+        double t = w[k * N + j];
+        w[k * N + j] = w[p * N + j], w[p * N + j] = t;
+        t = v[k * N + j];
+        v[k * N + j] = v[p * N + j], v[p * N + j] = t;
+      }
+      for (int64_t j = 0; j < N; j++) w[k * N + j] /= piv, v[k * N + j] /= piv;
+      for (int64_t i = 0; i < N; i++) {
+        double f = w[i * N + k];
+        if (i == k || f == 0.0) continue;
+        for (int64_t j = 0; j < N; j++)
+          w[i * N + j] -= f * w[k * N + j], v[i * N + j] -= f * v[k * N + j];
+      }
+    }
+    for (int64_t k = 0; k < mat && singular; k++) v[k] = NAN;
+  }
+  free(w);
+  return 0;
+}
+
 /* Sizes around an axis: outer = product of the axes before it, inner =
  * doubles per step along it (product of the axes after it, times 2 if
  * complex). */
@@ -625,6 +671,8 @@ static int eval_node(Run *r, Inst *in, const IrNode *nd, Slot *s, const Val *a, 
   case IR_TRANSPOSE:
     transpose(&a[0], o);
     return 0;
+  case IR_INV:
+    return inverse(r, nd, &a[0], o);
   case IR_DIAG: {
     int64_t N = o->rank ? o->shape[o->rank - 1] : 1, P = N ? o->n / N : 0;
     int w = o->cplx ? 2 : 1;

@@ -313,6 +313,10 @@ static IrRef tangent(Jac *J, const IrNode *n, const IrRef *x, const IrRef *dx, I
     return tadd(J, t, dx[1] != IR_NONE ? op2(J, n->op, x[0], dx[1]) : IR_NONE);
   }
 
+  /* d(A^-1) = -A^-1 dA A^-1, y the inverse. */
+  case IR_INV:
+    return op1(J, IR_NEG, op2(J, IR_MATMUL, op2(J, IR_MATMUL, y, dx[0]), y));
+
   /* Linear data movement and sums: the same op on the tangent. */
   case IR_DIAG:
   case IR_TRANSPOSE:

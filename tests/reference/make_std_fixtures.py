@@ -88,6 +88,17 @@ def w_s4d(rng, H=4, N=3):
             "D": rng.normal(0, 1, H)}
 
 
+def w_lssl(rng, H=4, N=3):
+    # HiPPO-LegS (the LSSL paper's initialization), perturbed.
+    n = np.arange(N)
+    A = -np.sqrt(np.outer(2 * n + 1, 2 * n + 1)) * (n[:, None] > n[None, :]) - np.diag(n + 1.0)
+    return {"A": A + rng.normal(0, 0.05, (N, N)),
+            "B": rng.normal(0, 1, (H, N)),
+            "C": rng.normal(0, 1 / math.sqrt(N), (H, N)),
+            "D": rng.normal(0, 1, H),
+            "log_dt": np.log(rng.uniform(0.05, 0.5, H))}
+
+
 def w_s5(rng, H=4, P=3):
     return {"Lambda_re": -rng.uniform(0.1, 1.0, P), "Lambda_im": rng.normal(0, 2.0, P),
             "B": rng.normal(0, 1 / math.sqrt(2 * H), (P, H, 2)),
@@ -283,6 +294,7 @@ CASES = {
     "std_lru": ("stdlib/lru.seq", w_lru, cells.lru, (4,), {}, [], "5e-6", 203),
     "std_s4d": ("stdlib/s4d.seq", w_s4d, cells.s4d, (4,), {}, [], "5e-6", 204),
     "std_s5": ("stdlib/s5.seq", w_s5, cells.s5, (4,), {}, [], "5e-6", 205),
+    "std_lssl": ("stdlib/lssl.seq", w_lssl, cells.lssl, (4,), {"s": (4, 3)}, ["s"], "5e-6", 226),
     "std_mamba_ssm": ("stdlib/mamba_ssm.seq", w_mamba_ssm, cells.mamba_ssm, (6,), {"s": (6, 4)}, ["s"], "5e-6", 206),
     "std_mamba": ("stdlib/mamba.seq", w_mamba, cells.mamba, (4,), {"s": (8, 4)}, ["s"], "5e-6", 207),
     "std_mamba2": ("stdlib/mamba2.seq", w_mamba2, cells.mamba2, (4,), {"s": (1, 3, 2, 3)}, ["s"],

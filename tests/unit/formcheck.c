@@ -26,6 +26,7 @@ const FcCase FC_CASES[] = {
     {"stdlib/minlstm.seq", "I=3,H=4"},
     {"stdlib/lru.seq", "H=3,N=4"},
     {"stdlib/s4d.seq", "H=3,N=4"},
+    {"stdlib/lssl.seq", "H=3,N=4"},
     {"stdlib/s5.seq", "H=3,P=4"},
     {"stdlib/mamba_ssm.seq", "d_inner=4,d_state=3,dt_rank=2"},
     {"stdlib/mamba.seq", "d_model=4,d_inner=8,d_state=3,d_conv=4,dt_rank=2"},

@@ -127,6 +127,8 @@ static const Expect EXPECTED[] = {
     {"RWKV7", "x_prev", REC_MAP, ANY, ANY, NULL, 0},
     /* pLSTM: C_t = T_t C_{t-1} + ..., T_t a J x J matrix. */
     {"PLSTM", "C", REC_LIN_SMALL_DENSE, ANY, ANY, NULL, 0},
+    /* A dense N x N transition per channel, time-invariant (inv of params). */
+    {"LSSL", "s", REC_LIN_SMALL_DENSE, ANY, ANY, NULL, 0},
     /* GAM's local branch is a causal convolution: its window only shifts. */
     {"GAM", "conv0.window", REC_SHIFT, ANY, ANY, NULL, 0},
 };

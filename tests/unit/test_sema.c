@@ -693,6 +693,8 @@ int main(void) {
       DIAG("wrong_arity"),
       DIAG("add_shape"),
       DIAG("matmul_inner"),
+      DIAG("inv_square"),
+      DIAG("inv_complex"),
       DIAG("output_unassigned"),
       DIAG("state_assigned_twice"),
       DIAG("primed_before_assign"),
