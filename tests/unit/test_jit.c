@@ -115,6 +115,19 @@ static double ulps(float a, double ref) {
   return fabs((double)a - ref) / step;
 }
 
+/* A cell of elementwise outputs of one input x [N], compiled at -O2. */
+static SeqModule *compile_elementwise(SeqContext *cx, const char *file, const char *src, int n) {
+  SeqOptions opt = {0};
+  opt.opt_level = 2;
+  char dims[32];
+  snprintf(dims, sizeof dims, "N=%d", n);
+  opt.dims = dims;
+  SeqModule *m = NULL;
+  if (seq_module_from_string(cx, file, src, &opt, &m) != SEQ_OK)
+    fail_msg("compile: %s", seq_module_error(m));
+  return m;
+}
+
 /* log, softplus and logsigmoid as generated (codegen/math.c: an inline
  * polynomial log, not a libm call per element) against float64 libm: within
  * 2 ulps of log over normal and subnormal inputs, and every edge as libm has
@@ -134,14 +147,7 @@ static void test_log_functions(void **st) {
                             "  }\n"
                             "}\n";
   SeqContext *cx = seq_context_create();
-  SeqOptions opt = {0};
-  opt.opt_level = 2;
-  char dims[32];
-  snprintf(dims, sizeof dims, "N=%d", N);
-  opt.dims = dims;
-  SeqModule *m = NULL;
-  if (seq_module_from_string(cx, "logs.seq", src, &opt, &m) != SEQ_OK)
-    fail_msg("compile: %s", seq_module_error(m));
+  SeqModule *m = compile_elementwise(cx, "logs.seq", src, N);
   static float x[N], y[N], sp[N], ls[N];
   const float edges[12] = {0.0f, -0.0f,  INFINITY, -INFINITY, NAN,     -1.0f,
                            1.0f, 1e-45f, 1e-39f,   FLT_MIN,   FLT_MAX, 0.70710677f};
@@ -199,14 +205,7 @@ static void test_exp_functions(void **st) {
                             "  }\n"
                             "}\n";
   SeqContext *cx = seq_context_create();
-  SeqOptions opt = {0};
-  opt.opt_level = 2;
-  char dims[32];
-  snprintf(dims, sizeof dims, "N=%d", N);
-  opt.dims = dims;
-  SeqModule *m = NULL;
-  if (seq_module_from_string(cx, "exps.seq", src, &opt, &m) != SEQ_OK)
-    fail_msg("compile: %s", seq_module_error(m));
+  SeqModule *m = compile_elementwise(cx, "exps.seq", src, N);
   static float x[N], y[N], sg[N], th[N];
   const float edges[12] = {0.0f,      -0.0f, INFINITY, -INFINITY, NAN,    88.72283f,
                            88.72284f, 89.0f, 1000.0f,  -87.33f,   -104.f, -1e30f};
