@@ -668,7 +668,7 @@ int assign_bases(Lower *L) {
       if (n->gather_buf >= 0) ll->gath = L->buf[n->gather_buf];
       if (n->creal_buf >= 0) ll->wr = L->buf[n->creal_buf];
     }
-    if (!ll->base && n->uses > 0 && (n->group < 0 || n->stored)) {
+    if (!ll->base && n->uses > 0 && (n->group < 0 || n->stored) && !n->folded) {
       diag_internal(L->de, "codegen", "node %d (%s) has no buffer", r, ir_op_info[nd->op].text);
       return -1;
     }

@@ -106,7 +106,7 @@ static void emit_axis_copy(Lower *L, LLVMValueRef dst, LLVMValueRef src, int64_t
 /* Accumulates into a stack slot so the reduction can be vectorized (reassoc). */
 static void emit_reduce(Lower *L, const IrNode *nd, LLVMValueRef out) {
   const SchedValue *x = &L->v[nd->args[0]];
-  LLVMValueRef src = rowptr(L, nd->args[0]);
+  LLVMValueRef src = x->folded ? NULL : rowptr(L, nd->args[0]);
   int64_t outer, len, inner;
   if (nd->axis < 0) {
     outer = 1;
@@ -125,8 +125,15 @@ static void emit_reduce(Lower *L, const IrNode *nd, LLVMValueRef out) {
   LLVMValueRef acc = cf(L, init);
   LLVMValueRef k = loop_begin(L, &lk, ci64(L, 0), ci64(L, len));
   LLVMValueRef phi = loop_phi(L, &lk, acc, "acc");
-  LLVMValueRef v =
-      ldf(L, src, add(L, mul(L, add(L, mul(L, o, ci64(L, len)), k), ci64(L, inner)), i));
+  LLVMValueRef at = add(L, mul(L, add(L, mul(L, o, ci64(L, len)), k), ci64(L, inner)), i);
+  LLVMValueRef v;
+  if (x->folded) { /* the product made here (sched/plan.c plan_folds): inner is 1 */
+    const IrNode *xn = &L->fn->nodes.v[nd->args[0]];
+    v = LLVMBuildFMul(L->bld, fused_operand(L, xn->args[0], at, o, k, x).re,
+                      fused_operand(L, xn->args[1], at, o, k, x).re, "");
+  } else {
+    v = ldf(L, src, at);
+  }
   LLVMValueRef nv;
   if (nd->op == IR_AMAX) /* a NaN sticks, as in torch.amax */
     nv = intr2(L, "llvm.maximum", phi, v);

@@ -194,15 +194,22 @@ static void node_reduce(Cu *c, const IrNode *nd, const char *out) {
   }
   inner *= x->w;
   const char *init = nd->op == IR_AMAX ? "(-SEQ_INF)" : nd->op == IR_AMIN ? "SEQ_INF" : "0.0f";
-  const char *src = cu_rowptr(c, nd->args[0]);
   fprintf(c->o,
           "    SEQ_FOR(e, %lld) {\n"
           "      i64 o = e / %lld, i = e %% %lld;\n"
           "      float acc = %s;\n"
-          "      for (i64 k = 0; k < %lld; k++) {\n"
-          "        float x = %s[(o * %lld + k) * %lld + i];\n",
-          (long long)(outer * inner), (long long)inner, (long long)inner, init, (long long)len, src,
-          (long long)len, (long long)inner);
+          "      for (i64 k = 0; k < %lld; k++) {\n",
+          (long long)(outer * inner), (long long)inner, (long long)inner, init, (long long)len);
+  if (x->folded) { /* the product made here (sched/plan.c plan_folds): inner is 1 */
+    const IrNode *xn = &c->fn->nodes.v[nd->args[0]];
+    const char *kf = arena_printf(c->a, "(o * %lld + k)", (long long)len), *a, *ai, *b, *bi;
+    cu_fused_operand(c, xn->args[0], kf, "o", "k", x, &a, &ai);
+    cu_fused_operand(c, xn->args[1], kf, "o", "k", x, &b, &bi);
+    fprintf(c->o, "        float x = %s * %s;\n", a, b);
+  } else {
+    fprintf(c->o, "        float x = %s[(o * %lld + k) * %lld + i];\n", cu_rowptr(c, nd->args[0]),
+            (long long)len, (long long)inner);
+  }
   if (nd->op == IR_AMAX)
     fprintf(c->o, "        acc = seq_max(acc, x);\n");
   else if (nd->op == IR_AMIN)

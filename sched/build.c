@@ -159,7 +159,7 @@ static int plan_limits(Plan *p) {
   for (IrRef r = 0; r < fn->nodes.n; r++) {
     const SchedValue *n = &p->v[r];
     const IrNode *nd = &fn->nodes.v[r];
-    if (sched_is_view(nd->op)) continue;
+    if (sched_is_view(nd->op) || n->folded) continue;
     int64_t sz = sched_row_floats(n) + 16;
     if (nd->op == IR_CALL) {
       const SchedInst *child = &p->s->insts.v[in->layers[nd->index]];
@@ -229,7 +229,7 @@ static int place_buffers(Plan *p) {
   for (IrRef r = 0; r < fn->nodes.n; r++) {
     SchedValue *n = &p->v[r];
     const IrNode *nd = &fn->nodes.v[r];
-    if (sched_is_view(nd->op)) continue;
+    if (sched_is_view(nd->op) || n->folded) continue;
     SchedRows rows = n->cls == SCHED_CONST  ? SCHED_ROWS_ONE
                      : n->cls == SCHED_STEP ? SCHED_ROWS_B
                      : n->chunked           ? SCHED_ROWS_BTC
@@ -388,7 +388,7 @@ static int build_phase(Plan *p, OpList *list, SchedClass phase) {
   for (IrRef r = 0; r < fn->nodes.n; r++) {
     const IrNode *nd = &fn->nodes.v[r];
     const SchedValue *n = &p->v[r];
-    if (n->cls != phase || sched_is_view(nd->op)) continue;
+    if (n->cls != phase || sched_is_view(nd->op) || n->folded) continue;
     if (n->uses == 0 && nd->op != IR_CALL) continue;
     /* A fused scan, or a chunked state's kernel calls, run as one stage
      * where the last member is. */
@@ -570,9 +570,9 @@ int sched_build(Arena *a, const IrModule *m, const IrFunc *root, const int64_t *
     p.v = p.in->values;
     /* The stages first: they decide which states are updated in place,
      * which the buffers follow. */
-    if (plan_values(&p) || plan_scan_groups(&p) || plan_linattns(&p) || plan_model_chunks(&p) ||
-        plan_limits(&p) || plan_attns(&p) || build_ops(&p) || p.failed || place_buffers(&p) ||
-        place_scan_buffers(&p) || place_linattn_buffers(&p))
+    if (plan_values(&p) || plan_scan_groups(&p) || plan_linattns(&p) || plan_folds(&p) ||
+        plan_model_chunks(&p) || plan_limits(&p) || plan_attns(&p) || build_ops(&p) || p.failed ||
+        place_buffers(&p) || place_scan_buffers(&p) || place_linattn_buffers(&p))
       return -1;
   }
   token_vocab(s);

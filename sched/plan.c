@@ -482,7 +482,7 @@ static int fusable(const Plan *p, SchedClass phase, IrRef r, const SchedValue *k
   const IrNode *nd = &p->fn->nodes.v[r];
   const SchedValue *n = &p->v[r];
   if (n->cls != phase || n->gemm || n->is_int || n->numel != key->numel || n->uses == 0 ||
-      n->group >= 0)
+      n->group >= 0 || n->folded)
     return 0;
   if (nd->op == IR_SLICE || nd->op == IR_INDEX) {
     const SchedValue *x = &p->v[nd->args[0]];
@@ -510,6 +510,35 @@ int sched_window_last_only(const SchedInst *in, IrRef r) {
   if (fn->nodes.v[r].op != IR_WINDOW || !fn->nodes.v[r].index || in->values[r].uses != 1) return 0;
   for (int s = 0; s < fn->states.n; s++)
     if (fn->states.v[s].next == r) return 1;
+  return 0;
+}
+
+/* A product that only its sum over the last axis reads, in the step loop
+ * (LSSL's dA @ s, [H, N, N] times [H, 1, N] summed over the last N): stored,
+ * it is N times the state written and read back every step; folded into the
+ * sum, each product is made where it is added. Real values, operands that a
+ * fused loop over the product's shape can read. */
+int plan_folds(Plan *p) {
+  const IrFunc *fn = p->fn;
+  for (IrRef r = 0; r < fn->nodes.n; r++) {
+    const IrNode *nd = &fn->nodes.v[r];
+    const SchedValue *n = &p->v[r];
+    if ((nd->op != IR_SUM && nd->op != IR_MEAN) || n->cls != SCHED_STEP || n->group >= 0 ||
+        n->w != 1)
+      continue;
+    IrRef x = nd->args[0];
+    const IrNode *xn = &fn->nodes.v[x];
+    SchedValue *xv = &p->v[x];
+    if (xn->op != IR_MUL || xv->cls != SCHED_STEP || xv->uses != 1 || xv->group >= 0 || xv->gemm ||
+        xv->w != 1 || xv->is_int || xv->rank < 2 || nd->axis != xv->rank - 1)
+      continue;
+    int ok = 1;
+    for (int j = 0; j < 2 && ok; j++) {
+      const SchedValue *a = &p->v[xn->args[j]];
+      ok = a->w == 1 && !a->is_int && sched_fused_readable(a, xv, xv);
+    }
+    xv->folded = ok;
+  }
   return 0;
 }
 

@@ -96,6 +96,9 @@ static void print_ops(FILE *out, const SchedInst *in, const SchedOp *ops, int n,
       fputc(' ', out);
       print_shape(out, v);
       if (v->inplace) fputs(" in place", out);
+      if (in->fn->nodes.v[op->node].nargs > 0 &&
+          in->values[in->fn->nodes.v[op->node].args[0]].folded)
+        fprintf(out, " of v%d mul, folded in", in->fn->nodes.v[op->node].args[0]);
       fputc('\n', out);
       break;
     case SCHED_OP_FUSED: {

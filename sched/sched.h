@@ -64,6 +64,10 @@ typedef struct SchedValue {
   IrRef group;            /* a member of the fused scan of this scan node, or of the chunked
                              form anchored at this node (-1: none) */
   int stored;             /* a group member read outside it: written per token */
+  int folded; /* an elementwise product of the step loop read only by the sum over its last
+                 axis that follows it (a batched matrix-vector product written as the
+                 language writes one): never stored, that sum multiplies as it adds
+                 (sched/plan.c, plan_folds) */
 } SchedValue;
 
 /* ---- Buffers ---------------------------------------------------------------- */

@@ -50,6 +50,7 @@ int sched_outer_fusable(const SchedValue *a, const SchedValue *b, const SchedVal
 /* Fuses every scan of a parallel form with the elementwise work around it
  * (sched/scan.c); members get SchedValue.group, anchors in->groups. */
 int plan_scan_groups(Plan *p);
+int plan_folds(Plan *p);
 int place_scan_buffers(Plan *p);
 /* Plans every chunked matrix state (linattn ops) of a parallel form
  * (sched/chunk.c); members get SchedValue.group, anchors in->linattns. */
