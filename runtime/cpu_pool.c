@@ -11,6 +11,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <time.h>
 
@@ -41,7 +42,15 @@ typedef struct Pool {
   int configured;
   atomic_uint generation; /* bumped for every job */
   atomic_int sleepers;    /* workers in (or entering) pthread_cond_wait */
-  atomic_int next_part;
+  /* The claim word: the job's number in the high 32 bits, its next unclaimed
+   * part in the low 32 (PARKED while the job is being described). A part is
+   * claimed by a compare-and-swap of the whole word, so a worker that fell
+   * behind (still in the loop of a finished job) cannot take a part of the
+   * next one, nor read the next one's count against a part number of its
+   * own: that once ran a part twice, let the caller go on while one still
+   * ran, and gave wrong numbers (two threads, a sliced scan, a loaded
+   * machine). */
+  _Atomic uint64_t claim;
   atomic_int parts_done;
   int nparts;
   void (*fn)(void *, int);
@@ -63,15 +72,25 @@ int rt_cpu_in_parallel(void) {
   return in_part;
 }
 
+#define PARKED 0xffffffffu
+
 static void run_parts(void) {
   int outer = in_part;
   in_part = 1;
-  for (;;) {
-    int p = atomic_fetch_add(&pool.next_part, 1);
-    if (p >= pool.nparts) break;
-    pool.fn(pool.ctx, p);
-    atomic_fetch_add(&pool.parts_done, 1);
-  }
+  uint64_t v = atomic_load(&pool.claim);
+  uint32_t job = (uint32_t)(v >> 32);
+  uint32_t n = (uint32_t)pool.nparts;
+  void (*fn)(void *, int) = pool.fn;
+  void *ctx = pool.ctx;
+  /* Those are this job's if its number still stands: a caller renumbers the
+   * word (parked) before it rewrites them, and publishes it after. */
+  if ((uint32_t)(atomic_load(&pool.claim) >> 32) == job)
+    while ((uint32_t)(v >> 32) == job && (uint32_t)v < n) {
+      if (!atomic_compare_exchange_weak(&pool.claim, &v, v + 1)) continue; /* v reloaded */
+      fn(ctx, (int)(uint32_t)v);
+      atomic_fetch_add(&pool.parts_done, 1);
+      v = atomic_load(&pool.claim);
+    }
   in_part = outer;
 }
 
@@ -182,12 +201,13 @@ static void run_locked(int n, void (*fn)(void *ctx, int i), void *ctx) {
   }
   /* A worker still leaving the previous job must not claim a part of this one
    * before it is fully described: park the counter out of range first. */
-  atomic_store(&pool.next_part, 1 << 30);
+  uint64_t job = (atomic_load(&pool.claim) >> 32) + 1;
+  atomic_store(&pool.claim, (job << 32) | PARKED);
   pool.fn = fn;
   pool.ctx = ctx;
   pool.nparts = n;
   atomic_store(&pool.parts_done, 0);
-  atomic_store(&pool.next_part, 0);
+  atomic_store(&pool.claim, (job & 0xffffffffu) << 32);
   /* Workers still spinning from the previous job see the new generation
    * at once; the lock and the broadcast (a system call) are only for those
    * asleep, which a recurrence handing the pool one GEMM per step rarely
