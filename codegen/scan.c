@@ -518,12 +518,11 @@ static void scan_steps(Lower *L, const SchedOp *op, const ScanItem *it, LLVMValu
   }
   /* Accumulators of the sums. */
   e.acc = arena_calloc(L->a, (size_t)g->nmembers * 2 + 1, sizeof *e.acc);
-  e.rows = arena_calloc(L->a, (size_t)g->nmembers + 1, sizeof *e.rows);
-  if (!e.acc || !e.rows) {
+  if (g->transposed) e.rows = arena_calloc(L->a, (size_t)g->nmembers + 1, sizeof *e.rows);
+  if (!e.acc || (g->transposed && !e.rows)) {
     L->failed = 1;
     return;
   }
-  if (!g->transposed) e.rows = NULL;
   for (int m = 0; m < g->nmembers && e.rows; m++)
     if (is_sum(fn->nodes.v[g->members[m]].op)) e.rows[m] = entry_array(L, g->block, "sum_rows");
   Loop lt, lo_, li;

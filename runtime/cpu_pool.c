@@ -4,8 +4,9 @@
  * microseconds of work, a thousand times in a row. A condition-variable
  * wake-up costs about as much as the work, so workers spin on a generation
  * counter for a while before they sleep; the caller runs part 0 itself and
- * spins until the others are done. Parts are claimed from a shared counter so
- * a slow worker does not hold the rest back.
+ * spins until the others are done. Parts are claimed one at a time from a
+ * shared word (the job's number and its next part) so a slow worker does not
+ * hold the rest back.
  */
 #include "runtime/rt_cpu.h"
 
