@@ -7,7 +7,11 @@
  * first side (--strategy=sequential on THREADS threads): scan on 1 thread
  * against scan on 2 measures what a second core adds to one form. STRATEGY
  * newton-dense is newton with dense Jacobians formed whole
- * (SeqOptions.newton_dense).
+ * (SeqOptions.newton_dense); newton-warm is newton with warm starts
+ * (SeqOptions.newton_warm: each forward starts from the last one's
+ * trajectory) on the same input every round, newton-drift the same with the
+ * input moved by 1% of its scale before each of that side's forwards (as
+ * successive nearby inputs would).
  * usage: forms FILE.seq DIMS B T THREADS ROUNDS [STRATEGY [BASE BASE_THREADS]] */
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,18 +44,23 @@ typedef struct Run {
   SeqModule *m;
   void **in;
   float **out;
+  int drift;     /* move the inputs before each forward */
+  int64_t numel; /* of the first input */
 } Run;
 
 /* Compiles and binds; weights from the shared generator state reset per module. */
 static int open_run(SeqContext *cx, Run *r, const char *file, const char *dims, int threads,
                     const char *strategy, int64_t B, int64_t T) {
   int dense = strcmp(strategy, "newton-dense") == 0;
+  int warm = strcmp(strategy, "newton-warm") == 0 || strcmp(strategy, "newton-drift") == 0;
+  r->drift = strcmp(strategy, "newton-drift") == 0;
   SeqOptions o = {.opt_level = 2,
                   .dims = dims,
                   .num_threads = threads,
-                  .strategy = dense ? "newton" : strategy,
+                  .strategy = dense || warm ? "newton" : strategy,
                   .batch = (long)B,
-                  .newton_dense = dense};
+                  .newton_dense = dense,
+                  .newton_warm = warm};
   if (seq_module_from_file(cx, file, &o, &r->m) != SEQ_OK) {
     fprintf(stderr, "%s (%s): %s\n", file, strategy, seq_module_error(r->m));
     return -1;
@@ -79,6 +88,7 @@ static int open_run(SeqContext *cx, Run *r, const char *file, const char *dims, 
     float *x = malloc(sizeof(float) * (size_t)n);
     for (int64_t j = 0; j < n; j++) x[j] = uniform();
     r->in[i] = x;
+    if (i == 0) r->numel = n;
   }
   for (int i = 0; i < no; i++) {
     SeqTensorInfo ti;
@@ -89,6 +99,8 @@ static int open_run(SeqContext *cx, Run *r, const char *file, const char *dims, 
 }
 
 static double time_one(Run *r, int64_t B, int64_t T) {
+  if (r->drift)
+    for (int64_t j = 0; j < r->numel; j++) ((float *)r->in[0])[j] += 0.01f * uniform();
   double s = now();
   if (seq_module_forward(r->m, B, T, (const void *const *)r->in, NULL, NULL, r->out, NULL) !=
       SEQ_OK) {
@@ -116,12 +128,18 @@ int main(int argc, char **argv) {
     return 1;
   time_one(&seq, B, T); /* warm-up: page faults, packed weights */
   time_one(&oth, B, T);
-  seq_newton_stats(NULL, 1);
+  /* The other side's Newton solves only (the base may solve too). */
+  SeqNewtonStats ns = {0}, one;
   double *ts = calloc((size_t)rounds, sizeof *ts), *to = calloc((size_t)rounds, sizeof *to),
          *ratio = calloc((size_t)rounds, sizeof *ratio);
   for (int k = 0; k < rounds; k++) {
     ts[k] = time_one(&seq, B, T);
+    seq_newton_stats(NULL, 1);
     to[k] = time_one(&oth, B, T);
+    seq_newton_stats(&one, 1);
+    ns.solves += one.solves, ns.fallbacks += one.fallbacks, ns.iterations += one.iterations;
+    ns.damped += one.damped, ns.warm_starts += one.warm_starts;
+    ns.max_iter = one.max_iter > ns.max_iter ? one.max_iter : ns.max_iter;
     ratio[k] = ts[k] / to[k];
   }
   qsort(ts, (size_t)rounds, sizeof *ts, cmp);
@@ -135,14 +153,13 @@ int main(int argc, char **argv) {
          (double)(B * T) / ts[rounds / 2], other, (double)(B * T) / to[rounds / 2],
          ratio[rounds / 2]);
   /* Newton solves (the other side's): iterations and fallbacks. */
-  SeqNewtonStats ns;
-  seq_newton_stats(&ns, 1);
   if (ns.solves)
-    printf("newton solves=%lld fallbacks=%lld iterations_mean=%.2f iterations_max=%d damped=%lld\n",
+    printf("newton solves=%lld fallbacks=%lld iterations_mean=%.2f iterations_max=%d damped=%lld "
+           "warm=%lld\n",
            (long long)ns.solves, (long long)ns.fallbacks,
            ns.solves > ns.fallbacks ? (double)ns.iterations / (double)(ns.solves - ns.fallbacks)
                                     : 0.0,
-           ns.max_iter, (long long)ns.damped);
+           ns.max_iter, (long long)ns.damped, (long long)ns.warm_starts);
   seq_module_destroy(seq.m);
   seq_module_destroy(oth.m);
   seq_context_destroy(cx);

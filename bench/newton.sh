@@ -44,3 +44,28 @@ for form in paragru:newton paralstm:newton gru:newton gru:newton-dense; do
     done
   done
 done
+# Warm starts (SeqOptions.newton_warm) against cold Newton solves, at D = 256,
+# T = 4096, B = 1: the same input every forward (each solve starts at its
+# answer), and an input that moves by 1% of its scale before each forward.
+echo
+echo "| cell | threads | warm starts | cold newton tok/s | warm newton tok/s | warm / cold (median of rounds) | iterations (mean, max) |"
+echo "|---|---|---|---|---|---|---|"
+for cell in paragru paralstm; do
+  for th in 1 2; do
+    for strategy in newton-warm newton-drift; do
+      log=$("$out/forms" "stdlib/$cell.seq" "I=256,H=256" 1 4096 "$th" "$rounds" "$strategy" \
+        newton "$th" 2>&1)
+      echo "$log" >> "$raw"
+      line=$(echo "$log" | grep 'forms ')
+      nl=$(echo "$log" | grep '^newton ' || true)
+      cold=$(echo "$line" | sed 's/.*seq_tokens_per_s=\([0-9.]*\).*/\1/')
+      warm=$(echo "$line" | sed 's/.*newton-[a-z]*_tokens_per_s=\([0-9.]*\).*/\1/')
+      ratio=$(echo "$line" | sed 's/.*ratio=\([0-9.]*\).*/\1/')
+      im=$(echo "$nl" | sed 's/.*iterations_mean=\([0-9.]*\).*/\1/')
+      ix=$(echo "$nl" | sed 's/.*iterations_max=\([0-9]*\).*/\1/')
+      what="same input"
+      [ "$strategy" = newton-drift ] && what="input moved 1%"
+      echo "| $cell | $th | $what | $cold | $warm | ${ratio}x | $im, $ix |"
+    done
+  done
+done

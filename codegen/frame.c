@@ -33,12 +33,15 @@ static LLVMValueRef emit_newton(Lower *L, IrRef r, LLVMValueRef ins, LLVMValueRe
                    LLVMBuildGEP2(L->bld, L->i64, fl, &idx, 1, ""));
     LLVMBuildStore(L->bld, ci32(L, k), LLVMBuildGEP2(L->bld, L->i32, kind, &idx, 1, ""));
   }
-  LLVMTypeRef pt[20] = {L->ptr, L->ptr, L->i64, L->i64, L->i64, L->i64, L->ptr,
+  LLVMTypeRef pt[21] = {L->ptr, L->ptr, L->i64, L->i64, L->i64, L->i64, L->ptr,
                         L->ptr, L->i32, L->ptr, L->i32, L->i32, L->i64, L->f32,
-                        L->f32, L->i32, L->i64, L->i32, L->ptr, L->ptr};
+                        L->f32, L->i32, L->i64, L->i32, L->ptr, L->ptr, L->i64};
   /* In time chunks, the chunk's rows hold its steps in order. */
   int ch = L->in->chunked;
-  LLVMValueRef args[20] = {L->inst_fn[ci],
+  /* The call site's key in a warm store (runtime/cpu_warm.c): the calling
+   * instance and the node, unique in the module. */
+  int64_t site = (int64_t)(L->in - L->s->insts.v) << 32 | (int64_t)r;
+  LLVMValueRef args[21] = {L->inst_fn[ci],
                            L->a_params,
                            L->a_B,
                            ch ? L->Tc : L->a_T,
@@ -57,8 +60,9 @@ static LLVMValueRef emit_newton(Lower *L, IrRef r, LLVMValueRef ins, LLVMValueRe
                            ci64(L, nw->window),
                            ci32(L, nw->dense),
                            fl,
-                           kind};
-  return call_fn(L, "rt_cpu_newton", L->i32, pt, 20, args);
+                           kind,
+                           ci64(L, site)};
+  return call_fn(L, "rt_cpu_newton", L->i32, pt, 21, args);
 }
 
 static void emit_call(Lower *L, IrRef r) {

@@ -56,6 +56,7 @@ struct SeqModule {
   char *diag_text;      /* every diagnostic as the CLI prints it */
   char *report;         /* seq_module_report's JSON, made at the first call */
   char error[512];
+  RtNewtonWarm *warm; /* SeqOptions.newton_warm: the Newton solves' last trajectories */
 };
 
 /* The calling thread's last failure, and the module it was on. */
@@ -397,6 +398,10 @@ params:
     goto done;
   }
   m->threads = o.num_threads;
+  if (o.newton_warm && !(m->warm = rt_cpu_warm_create())) {
+    st = SEQ_ERR_NOMEM;
+    goto done;
+  }
   st = SEQ_OK;
 done:
   if (sf) rt_st_close(sf);
@@ -427,6 +432,7 @@ void seq_module_destroy(SeqModule *m) {
     rt_cuda_close(m->cu);
   }
   pipeline_release(&m->pipe);
+  rt_cpu_warm_destroy(m->warm);
   arena_destroy(m->arena);
   pthread_mutex_destroy(&m->lock);
   seq_free(m);
@@ -587,8 +593,10 @@ SeqStatus seq_module_forward(SeqModule *m, int64_t B, int64_t T, const void *con
     pthread_mutex_unlock(&m->lock);
     return st;
   }
-  return status_of(m, m->forward(m->params, B, T, inputs, lengths, state_in, outputs, state_out),
-                   NULL);
+  RtWarmCtx prev = rt_cpu_warm_enter(m->warm, 0, 0, 0);
+  int rc = m->forward(m->params, B, T, inputs, lengths, state_in, outputs, state_out);
+  rt_cpu_warm_leave(prev);
+  return status_of(m, rc, NULL);
 }
 
 static SeqStatus run_device(SeqModule *m, int64_t B, int64_t T, const void *const *inputs,
@@ -641,7 +649,10 @@ SeqStatus seq_module_step(SeqModule *m, int64_t B, const void *const *inputs,
   if (m->cu) return seq_module_forward(m, B, 1, inputs, NULL, state_in, outputs, state_out);
   if (!m->step)
     return fail(m, SEQ_ERR_ARG, "%s has no step form (it reads whole sequences)", m->sig->func);
-  return status_of(m, m->step(m->params, B, inputs, state_in, outputs, state_out), NULL);
+  RtWarmCtx prev = rt_cpu_warm_enter(m->warm, 0, 0, 0);
+  int rc = m->step(m->params, B, inputs, state_in, outputs, state_out);
+  rt_cpu_warm_leave(prev);
+  return status_of(m, rc, NULL);
 }
 
 void *seq_module_entry(SeqModule *m, const char *which) {
@@ -665,6 +676,7 @@ void seq_newton_stats(SeqNewtonStats *out, int reset) {
   out->damped = st.damped;
   out->iterations = st.iterations;
   out->max_iter = st.max_iter;
+  out->warm_starts = st.warm;
 }
 
 /* ---- seq_module_report -------------------------------------------------------- */

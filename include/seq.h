@@ -73,6 +73,11 @@ typedef struct SeqOptions {
                                   the solve's memory budget (docs/algorithms.md section 6) */
   int newton_dense;            /* nonzero: a dense Jacobian is formed whole (exact Newton, d
                                   steps per evaluation) instead of its diagonals (quasi) */
+  int newton_warm;             /* nonzero: warm starts. The module keeps the trajectories its
+                                  Newton solves found, and a forward over the same B and T
+                                  starts each solve from the last one's (docs/algorithms.md
+                                  section 6); the guess changes the iterations, not the result
+                                  beyond the tolerance. Memory: B*T*(state floats) per layer */
 } SeqOptions;
 
 typedef struct SeqContext SeqContext;
@@ -163,6 +168,8 @@ typedef struct SeqNewtonStats {
   int max_iter;           /* of a converged solve */
   int64_t fallback_steps; /* steps the fallbacks ran as the step loop: from the first step
                              that failed the last test (those before it are kept) */
+  int64_t warm_starts;    /* solves whose guess was the trajectory a previous forward of the
+                             module found (SeqOptions.newton_warm) */
 } SeqNewtonStats;
 void seq_newton_stats(SeqNewtonStats *out, int reset);
 

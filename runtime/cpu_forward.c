@@ -26,8 +26,9 @@ typedef struct Slices {
   const int32_t *lengths;
   void *const *state_in, *const *outputs, *const *state_out;
   int nslices;
-  void **ptrs;     /* per slice: inputs, state_in, outputs, state_out arrays */
-  int32_t *status; /* per slice */
+  RtNewtonWarm *warm; /* the caller's store of Newton trajectories (cpu_warm.c) */
+  void **ptrs;        /* per slice: inputs, state_in, outputs, state_out arrays */
+  int32_t *status;    /* per slice */
 } Slices;
 
 int rt_cpu_batch_slices(int64_t B, int64_t T, int64_t work_per_token, int threads) {
@@ -57,8 +58,10 @@ static void run_slice(void *ctx, int i) {
     sin[k] = s->state_in ? offset(s->state_in[k], b0 * st_w[k]) : NULL;
     sout[k] = s->state_out ? offset(s->state_out[k], b0 * st_w[k]) : NULL;
   }
+  RtWarmCtx prev = rt_cpu_warm_enter(s->warm, b0, s->B, s->T);
   s->status[i] = s->fn(s->params, b1 - b0, s->T, in, s->lengths ? s->lengths + b0 : NULL,
                        s->state_in ? sin : NULL, out, s->state_out ? sout : NULL, 0);
+  rt_cpu_warm_leave(prev);
 }
 
 int32_t rt_cpu_forward_batched(rt_cpu_root_fn fn, const int64_t *layout, void *const *params,
@@ -81,10 +84,18 @@ int32_t rt_cpu_forward_batched(rt_cpu_root_fn fn, const int64_t *layout, void *c
   if (n > 1 && lengths)
     for (int64_t b = 0; b < B; b++)
       if (lengths[b] < 0 || lengths[b] > T) n = 1;
-  if (n <= 1) return fn(params, B, T, inputs, lengths, state_in, outputs, state_out, 0);
+  /* The caller's store of Newton trajectories (cpu_warm.c) goes with each
+   * slice, with the slice's first example. */
+  RtNewtonWarm *warm = rt_cpu_warm_current();
+  if (n <= 1) {
+    RtWarmCtx prev = rt_cpu_warm_enter(warm, 0, B, T);
+    int32_t rc = fn(params, B, T, inputs, lengths, state_in, outputs, state_out, 0);
+    rt_cpu_warm_leave(prev);
+    return rc;
+  }
   int64_t per = layout[0] + 2 * layout[1] + layout[2];
   Slices s = {fn,       layout,  params,    B,      T,    inputs, lengths,
-              state_in, outputs, state_out, (int)n, NULL, NULL};
+              state_in, outputs, state_out, (int)n, warm, NULL,   NULL};
   s.ptrs = malloc(sizeof(void *) * (size_t)(n * (per > 0 ? per : 1)));
   s.status = malloc(sizeof(int32_t) * (size_t)n);
   int32_t rc = 2; /* ABI_ERR_NOMEM, docs/abi.md */

@@ -55,6 +55,8 @@ typedef struct Solve {
   float *part;              /* per piece of work: its maximum (B * RT_CPU_MAX_THREADS) */
   int64_t *bad;             /* per piece of the recurrence: the first step failing the test */
   const char *active;       /* the examples a pass works on (NULL: every one) */
+  int64_t t0, Tcall;        /* the caller's first step here and rows per example */
+  int64_t site;             /* the call site's number in the warm store (cpu_warm.c) */
 } Solve;
 
 static int64_t len_of(const Solve *s, int64_t b) {
@@ -466,6 +468,7 @@ void rt_cpu_newton_stats(RtNewtonStats *out, int reset) {
     out->iterations = __atomic_load_n(&tally.iterations, __ATOMIC_RELAXED);
     out->fallback_steps = __atomic_load_n(&tally.fallback_steps, __ATOMIC_RELAXED);
     out->max_iter = __atomic_load_n(&tally.max_iter, __ATOMIC_RELAXED);
+    out->warm = __atomic_load_n(&tally.warm, __ATOMIC_RELAXED);
   }
   if (reset) {
     __atomic_store_n(&tally.solves, 0, __ATOMIC_RELAXED);
@@ -474,7 +477,59 @@ void rt_cpu_newton_stats(RtNewtonStats *out, int reset) {
     __atomic_store_n(&tally.iterations, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&tally.fallback_steps, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&tally.max_iter, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&tally.warm, 0, __ATOMIC_RELAXED);
   }
+}
+
+/* ---- warm starts ----------------------------------------------------------------- */
+
+/* Example b's rows of the window in the store's trajectory v: the first
+ * one's index, or -1 when they are not all inside it. The window's
+ * physical rows [b*T, b*T + len) are the caller's rows from b*T + ext0[b],
+ * i.e. positions from t0 + b*T + ext0[b] - b*Tcall of the sequence. */
+static int64_t store_row(const Solve *s, const RtWarmView *v, int64_t b, int64_t len) {
+  int64_t g0 = s->t0 + b * s->T + s->ext0[b] - b * s->Tcall;
+  if (g0 < 0 || g0 + len > v->T || v->b0 + b >= v->B) return -1;
+  return (v->b0 + b) * v->T + g0;
+}
+
+/* The guess of every example whose window the store holds whole (every
+ * row written) into H, warm[b] set; returns how many examples with steps
+ * are left cold. */
+static int64_t warm_guess(Solve *s, char *warm) {
+  RtWarmView v;
+  int open = rt_cpu_warm_open(s->site, s->n * s->w, &v);
+  int64_t cold = 0, w = s->w;
+  for (int64_t b = 0; b < s->B; b++) {
+    int64_t len = len_of(s, b), at = open ? store_row(s, &v, b, len) : -1;
+    warm[b] = at >= 0 && len > 0;
+    for (int64_t p = 0; warm[b] && p < len; p++) warm[b] = v.valid[at + p] != 0;
+    for (int64_t p = 0; warm[b] && p < len; p++)
+      for (int k = 0; k < s->n; k++)
+        memcpy(s->H[k] + (b * s->T + p) * w, v.traj + (at + p) * v.nw + k * w,
+               (size_t)w * sizeof(float));
+    cold += len > 0 && !warm[b];
+  }
+  if (open) rt_cpu_warm_close(&v);
+  return cold;
+}
+
+/* Every example's result of the window into the store, for the next call. */
+static void warm_save(Solve *s) {
+  RtWarmView v;
+  if (!rt_cpu_warm_open(s->site, s->n * s->w, &v)) return;
+  int64_t w = s->w;
+  for (int64_t b = 0; b < s->B; b++) {
+    int64_t len = len_of(s, b), at = store_row(s, &v, b, len);
+    if (at < 0) continue;
+    for (int64_t p = 0; p < len; p++) {
+      for (int k = 0; k < s->n; k++)
+        memcpy(v.traj + (at + p) * v.nw + k * w, s->H[k] + (b * s->T + p) * w,
+               (size_t)w * sizeof(float));
+      v.valid[at + p] = 1;
+    }
+  }
+  rt_cpu_warm_close(&v);
 }
 
 /* Per example, what a window's iteration keeps. */
@@ -483,20 +538,27 @@ typedef struct Work {
       *errs; /* residuals of the guess and the candidate, step factor and size */
   int64_t *firstbad;
   int32_t *iters;
-  char *done, *pending, *iterating, *took;
+  char *done, *pending, *iterating, *took, *warm;
   float *const *one_out; /* one token's outputs (the fallback) */
 } Work;
 
 /* One window: every example's steps [0, len_of) from s->h0 into s->H. */
 static int solve_window(Solve *s, Work *wk, float rtol, float atol, int32_t max_iter) {
-  int64_t B = s->B, nfl = B * s->T * s->w;
+  int64_t B = s->B;
   float *res = wk->res, *cres = wk->cres, *lam = wk->lam, *errs = wk->errs;
   char *done = wk->done, *pending = wk->pending, *iterating = wk->iterating, *took = wk->took;
   int64_t damped = 0;
   int rc;
-  /* The guess F(x, 0), then F and J at it. */
-  if ((rc = evaluate(s, NULL, res))) return rc;
-  for (int k = 0; k < s->n; k++) memcpy(s->H[k], s->F[k], (size_t)nfl * sizeof(float));
+  /* The guess: the store's trajectory (a warm start) where it holds the
+   * example's whole window, F(x, 0) otherwise; then F and J at it. */
+  int64_t cold = warm_guess(s, wk->warm);
+  if (cold) {
+    if ((rc = evaluate(s, NULL, res))) return rc;
+    for (int64_t b = 0; b < B; b++)
+      for (int k = 0; k < s->n && !wk->warm[b]; k++)
+        memcpy(s->H[k] + b * s->T * s->w, s->F[k] + b * s->T * s->w,
+               (size_t)(len_of(s, b) * s->w) * sizeof(float));
+  }
   if ((rc = evaluate(s, s->H, res))) return rc;
   for (int64_t b = 0; b < B; b++) {
     /* 1: converged (or empty), 2: failed, 0: iterating */
@@ -555,6 +617,7 @@ static int solve_window(Solve *s, Work *wk, float rtol, float atol, int32_t max_
   for (int64_t b = 0; b < B; b++) {
     if (len_of(s, b) == 0) continue;
     add(&tally.solves, 1);
+    add(&tally.warm, wk->warm[b]);
     if (done[b] == 1) {
       int32_t it = wk->iters[b];
       add(&tally.iterations, it);
@@ -596,7 +659,7 @@ int rt_cpu_newton(RtNewtonStep step, void *const *params, int64_t B, int64_t T, 
                   int64_t tn, void *const *ins, const int32_t *lengths, int32_t rev,
                   float *const *outs, int32_t n, int32_t m, int64_t w, float rtol, float atol,
                   int32_t max_iter, int64_t window, int32_t dense, const int64_t *in_floats,
-                  const int32_t *in_kind) {
+                  const int32_t *in_kind, int64_t site) {
   if (n < 1 || n > RT_NEWTON_MAX_STATES || m < 0 || m > RT_NEWTON_MAX_INPUTS || w < 1 || B < 0 ||
       T < 0 || t0 < 0 || tn < 0 || tn > T || window < 0)
     return 1;
@@ -613,6 +676,7 @@ int rt_cpu_newton(RtNewtonStep step, void *const *params, int64_t B, int64_t T, 
   s.in_floats = in_floats;
   s.in_kind = in_kind;
   s.dense = dense != 0;
+  s.t0 = t0, s.Tcall = T, s.site = site;
   int64_t per = B * tw * w, nw = n * w, nout = s.dense ? 2 * n : n + n * n;
   int nin = m + n + (s.dense ? n : 0);
   /* F, P, C, D (and a window's H) per state, and J's blocks (dense: J,
@@ -627,7 +691,7 @@ int rt_cpu_newton(RtNewtonStep step, void *const *params, int64_t B, int64_t T, 
                    nout * w + 4 * (B + 1) + B * RT_CPU_MAX_THREADS;
   int64_t bytes = floats * (int64_t)sizeof(float) + (nin + nout + 2) * (int64_t)sizeof(void *) +
                   (2 * (B + 1) + B * RT_CPU_MAX_THREADS) * (int64_t)sizeof(int64_t) +
-                  3 * (B + 1) * (int64_t)sizeof(int32_t) + 4 * (B + 1);
+                  3 * (B + 1) * (int64_t)sizeof(int32_t) + 5 * (B + 1);
   char *mem = rt_cpu_alloc_uninit(bytes + 64);
   if (!mem) return 2;
   float *f = (float *)mem;
@@ -671,7 +735,7 @@ int rt_cpu_newton(RtNewtonStep step, void *const *params, int64_t B, int64_t T, 
   wk.iters = (int32_t *)(s.bad + B * RT_CPU_MAX_THREADS);
   int32_t *wlen = wk.iters + B + 1, *steps = wlen + B + 1;
   wk.done = (char *)(steps + B + 1), wk.pending = wk.done + B + 1,
-  wk.iterating = wk.pending + B + 1, wk.took = wk.iterating + B + 1;
+  wk.iterating = wk.pending + B + 1, wk.took = wk.iterating + B + 1, wk.warm = wk.took + B + 1;
   for (int i = 0; i < m; i++) s.ins[i] = ins[i];
   for (int k = 0; k < n; k++) {
     s.ins[m + k] = s.P[k];
@@ -705,6 +769,7 @@ int rt_cpu_newton(RtNewtonStep step, void *const *params, int64_t B, int64_t T, 
     if (!any) break;
     for (int k = 0; k < n; k++) s.h0[k] = u0 ? h0w + k * B * w : (const float *)ins[m + k];
     if ((rc = solve_window(&s, &wk, rtol, atol, max_iter))) break;
+    warm_save(&s);
     if (windowed) {
       char *all = wk.took;
       memset(all, 1, (size_t)B);

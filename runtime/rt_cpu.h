@@ -336,6 +336,7 @@ typedef struct RtNewtonStats {
   int32_t max_iter;       /* of a converged solve */
   int64_t fallback_steps; /* steps the fallbacks ran as the step loop (from the first
                              unconverged one) */
+  int64_t warm;           /* solves whose guess was a stored trajectory (cpu_warm.c) */
 } RtNewtonStats;
 /* Solves h_k[t] = F_k(x_t, h[t-1]) for the n states of a Newton layer over a
  * batch (ir.h IrNewton; the interpreter's newton_solve defines the
@@ -359,14 +360,17 @@ typedef struct RtNewtonStats {
  * J_k times its n tangent inputs (after the previous values), not J's
  * blocks; the solve forms J whole, calling the step once per column (n*w
  * times per evaluation), and its linear recurrence is a product of J with
- * a vector per step. Returns 0, the step's status, or 1 (bad
+ * a vector per step. site: the call site's number, its key in the calling
+ * thread's store of trajectories (cpu_warm.c): where the store holds an
+ * example's whole window, that is the guess instead of F(x, 0), and every
+ * window's result is written back to it. Returns 0, the step's status, or 1 (bad
  * arguments) or 2 (out of memory). lengths: NULL or B values >= 0.
  * Adds to the process's tally (a solve is one example's window). */
 int rt_cpu_newton(RtNewtonStep step, void *const *params, int64_t B, int64_t T, int64_t t0,
                   int64_t tn, void *const *ins, const int32_t *lengths, int32_t rev,
                   float *const *outs, int32_t n, int32_t m, int64_t w, float rtol, float atol,
                   int32_t max_iter, int64_t window, int32_t dense, const int64_t *in_floats,
-                  const int32_t *in_kind);
+                  const int32_t *in_kind, int64_t site);
 /* The steps per window a solve of n states of w floats over [B, T] takes:
  * all T while the solve's own buffers ((5n + n^2) w floats per token;
  * dense: 7nw + (nw)^2) stay within RT_NEWTON_BUDGET floats, and as many as
@@ -379,5 +383,40 @@ int64_t rt_cpu_newton_window(int64_t B, int64_t T, int32_t n, int64_t w, int32_t
 /* The process's tally of Newton solves (every thread's) into *out (if not NULL);
  * reset: zero it. */
 void rt_cpu_newton_stats(RtNewtonStats *out, int reset);
+
+/* ---- Newton warm starts (cpu_warm.c) ---------------------------------------- */
+
+/* A store of the trajectories a module's Newton solves found, per call
+ * site, for its next forward to start from. */
+typedef struct RtNewtonWarm RtNewtonWarm;
+RtNewtonWarm *rt_cpu_warm_create(void); /* NULL when out of memory */
+void rt_cpu_warm_destroy(RtNewtonWarm *w);
+/* What the calling thread's solves use: the store (NULL: none, every solve
+ * cold), the first example of the slice this thread runs, and the whole
+ * call's batch and length. */
+typedef struct RtWarmCtx {
+  RtNewtonWarm *store;
+  int64_t b0, B, T;
+} RtWarmCtx;
+/* Sets the calling thread's context, returning the one it replaces (for
+ * rt_cpu_warm_leave). The C API enters with a store around a forward
+ * (b0 0, B and T 0), rt_cpu_forward_batched around each slice. */
+RtWarmCtx rt_cpu_warm_enter(RtNewtonWarm *store, int64_t b0, int64_t B, int64_t T);
+void rt_cpu_warm_leave(RtWarmCtx prev);
+RtNewtonWarm *rt_cpu_warm_current(void);
+/* The store's trajectory of call site `site` (nw floats per step) for the
+ * calling thread's call: rows (b0 + b) * T + p of traj, valid[row] nonzero
+ * where one has been written. Returns 1 with the store locked until
+ * rt_cpu_warm_close, or 0 (nothing to close) without a store, when the
+ * trajectory would pass RT_NEWTON_BUDGET floats, or out of memory. A call
+ * of another B, T or nw than the site's last starts it afresh. */
+typedef struct RtWarmView {
+  float *traj;
+  unsigned char *valid;
+  int64_t b0, B, T, nw;
+  RtNewtonWarm *store;
+} RtWarmView;
+int rt_cpu_warm_open(int64_t site, int64_t nw, RtWarmView *v);
+void rt_cpu_warm_close(RtWarmView *v);
 
 #endif

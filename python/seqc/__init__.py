@@ -16,9 +16,9 @@ if "SEQ_STDLIB" not in _os.environ and _os.path.isdir(_std):
     _os.environ["SEQ_STDLIB"] = _std
 
 from ._module import (CompileError, Diagnostic, Module, RunError, SeqError,  # noqa: E402
-                      TensorSpec, WeightError, compile, load_so)
+                      TensorSpec, WeightError, compile, load_so, newton_stats)
 from ._lib import path as library_path  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["compile", "load_so", "Module", "SeqError", "CompileError", "WeightError",
-           "RunError", "Diagnostic", "TensorSpec", "library_path"]
+           "RunError", "Diagnostic", "TensorSpec", "library_path", "newton_stats"]

@@ -30,13 +30,21 @@ class SeqOptions(ctypes.Structure):
                 ("chunk", ctypes.c_int), ("batch", ctypes.c_long),
                 ("newton_rtol", ctypes.c_double), ("newton_atol", ctypes.c_double),
                 ("newton_max_iter", ctypes.c_int), ("backend", ctypes.c_char_p),
-                ("newton_window", ctypes.c_long), ("newton_dense", ctypes.c_int)]
+                ("newton_window", ctypes.c_long), ("newton_dense", ctypes.c_int),
+                ("newton_warm", ctypes.c_int)]
 
 
 class SeqTensorInfo(ctypes.Structure):
     _fields_ = [("name", ctypes.c_char_p), ("ndim", ctypes.c_int),
                 ("shape", ctypes.c_int64 * 8), ("numel", ctypes.c_int64),
                 ("is_int", ctypes.c_int)]
+
+
+class SeqNewtonStats(ctypes.Structure):
+    _fields_ = [("solves", ctypes.c_int64), ("fallbacks", ctypes.c_int64),
+                ("damped", ctypes.c_int64), ("iterations", ctypes.c_int64),
+                ("max_iter", ctypes.c_int), ("fallback_steps", ctypes.c_int64),
+                ("warm_starts", ctypes.c_int64)]
 
 
 def _candidates():
@@ -91,6 +99,7 @@ _sigs = {
     "seq_module_forward": (ctypes.c_int, [P, ctypes.c_int64, ctypes.c_int64, P, P, P, P, P]),
     "seq_module_step": (ctypes.c_int, [P, ctypes.c_int64, P, P, P, P]),
     "seq_module_entry": (P, [P, ctypes.c_char_p]),
+    "seq_newton_stats": (None, [ctypes.POINTER(SeqNewtonStats), ctypes.c_int]),
 }
 for _name, (_res, _args) in _sigs.items():
     _f = getattr(lib, _name)

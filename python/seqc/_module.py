@@ -362,10 +362,21 @@ def write_safetensors(path, tensors):
             f.write(d)
 
 
+def newton_stats(reset=False):
+    """What the Newton solves of every forward in this process did since the
+    last reset (include/seq.h SeqNewtonStats) as a dict: solves, fallbacks
+    (solves that ran as the step loop after all), fallback_steps, damped,
+    iterations, max_iter, warm_starts. reset=True zeroes the counts after
+    reading them."""
+    st = _lib.SeqNewtonStats()
+    _lib.lib.seq_newton_stats(ctypes.byref(st), 1 if reset else 0)
+    return {name: getattr(st, name) for name, _ in st._fields_}
+
+
 def compile(path_or_source, dims=None, strategy=None, threads=None, *, weights=None,
             opt_level=2, entry=None, chunk=None, batch=None, backend=None, target_cpu=None,
             target_features=None, newton_rtol=None, newton_atol=None, newton_max_iter=None,
-            newton_window=None, newton_dense=False, name="<string>"):
+            newton_window=None, newton_dense=False, newton_warm=False, name="<string>"):
     """Compiles a .seq file (a path) or source text (a str with a newline or a
     brace) into a Module. dims: {"I": 32, "H": 64} or "I=32,H=64"; weights: a
     safetensors path or a state dict, which also fix the dims they imply;
@@ -386,6 +397,7 @@ def compile(path_or_source, dims=None, strategy=None, threads=None, *, weights=N
     opt.newton_max_iter = int(newton_max_iter or 0)
     opt.newton_window = int(newton_window or 0)
     opt.newton_dense = 1 if newton_dense else 0
+    opt.newton_warm = 1 if newton_warm else 0
     tmp = None
     state_dict = None
     if weights is not None:

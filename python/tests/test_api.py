@@ -298,6 +298,28 @@ def test_outputs_are_fresh_each_call():
 
 # ---- Newton options --------------------------------------------------------------------
 
+def test_newton_warm_starts_and_stats():
+    # A module with warm starts solves the same input again from the last
+    # trajectory: one iteration per solve, and the step loop's values.
+    src = ROOT / "stdlib/paragru.seq"
+    rng = np.random.default_rng(5)
+    seq = seqc.compile(src, dims={"I": 4, "H": 6}, strategy="sequential")
+    w = {p.name: (rng.standard_normal(p.shape) * 0.3).astype(np.float32) for p in seq.params}
+    seq.load_weights(w)
+    x = x_of(B=3, T=50)
+    want = seq(x)
+    m = seqc.compile(src, dims={"I": 4, "H": 6}, strategy="newton", newton_warm=True)
+    m.load_weights(w)
+    seqc.newton_stats(reset=True)
+    np.testing.assert_allclose(m(x), want, rtol=1e-4, atol=1e-5)
+    first = seqc.newton_stats(reset=True)
+    assert first["solves"] == 3 and first["warm_starts"] == 0 and first["fallbacks"] == 0
+    np.testing.assert_allclose(m(x), want, rtol=1e-4, atol=1e-5)
+    again = seqc.newton_stats(reset=True)
+    assert again["warm_starts"] == 3 and again["iterations"] == 3, again
+    assert first["iterations"] > 3
+
+
 def test_newton_options_reach_the_compiler():
     # A dense Jacobian formed whole (exact Newton) in windows of 7 steps gives
     # the step loop's values; the report says which Newton ran.
