@@ -1,10 +1,16 @@
-/* test_jit_newton_warm.c - Newton warm starts (SeqOptions.newton_warm): a
- * module's forward starts each solve from the trajectory its last forward
- * found. Results stay the step loop's (within the tolerance); what changes
- * is the iterations, and that is what these tests count: a second forward
- * on the same input converges at the first iteration of every solve only
- * when every stored row came back to the step it belongs to (in reversed
- * layers, windows, time chunks and batch slices on threads too). */
+/* test_jit_newton.c - compiled Newton solves through the C API.
+ *
+ * Warm starts (SeqOptions.newton_warm): a module's forward starts each
+ * solve from the trajectory its last forward found. Results stay the step
+ * loop's (within the tolerance); what changes is the iterations, and that
+ * is what these tests count: a second forward on the same input converges
+ * at the first iteration of every solve only when every stored row came
+ * back to the step it belongs to (in reversed layers, windows, time chunks
+ * and batch slices on threads too).
+ *
+ * The linear recurrence split in time (runtime/cpu_newton.c, narrow states
+ * with three or more threads per example): the same values as the step
+ * loop, with a diagonal Jacobian and with 2x2 blocks. */
 #include "testutil.h"
 
 #include <math.h>
@@ -37,7 +43,7 @@ typedef struct Run {
   const char *strategy;
   long window;
   int threads, warm;
-  int cell; /* stdlib/paragru.seq alone, not BI */
+  const char *cell; /* a std cell alone ("stdlib/paragru.seq"), or NULL: BI */
 } Run;
 
 static SeqModule *compile(SeqContext *cx, Run r) {
@@ -49,7 +55,7 @@ static SeqModule *compile(SeqContext *cx, Run r) {
   opt.num_threads = r.threads;
   opt.newton_warm = r.warm;
   SeqModule *m = NULL;
-  SeqStatus st = r.cell ? seq_module_from_file(cx, tu_src("stdlib/paragru.seq"), &opt, &m)
+  SeqStatus st = r.cell ? seq_module_from_file(cx, tu_src(r.cell), &opt, &m)
                         : seq_module_from_string(cx, "bi.seq", bi_source(), &opt, &m);
   if (st != SEQ_OK) fail_msg("compile: %s", seq_module_error(m));
   /* Weights of a trained scale: small recurrent diagonals, input weights
@@ -81,13 +87,19 @@ static double max_diff(const float *a, const float *b, int64_t n) {
 }
 
 /* A forward of m on x against the step loop's y_ref; returns its stats. */
+static int64_t out_width(SeqModule *m) {
+  SeqTensorInfo ti;
+  assert_int_equal(seq_module_info(m, SEQ_OUTPUT, 0, &ti), SEQ_OK);
+  return ti.numel;
+}
+
 static SeqNewtonStats checked(SeqModule *m, int64_t B, int64_t T, const float *x,
                               const int32_t *len, const float *y_ref, float *y) {
   SeqNewtonStats st;
   seq_newton_stats(NULL, 1);
   forward(m, B, T, x, len, y);
   seq_newton_stats(&st, 0);
-  double d = max_diff(y, y_ref, B * T * 2 * H);
+  double d = max_diff(y, y_ref, B * T * out_width(m));
   if (!(d <= 1e-4)) fail_msg("differs from the step loop by %g", d);
   assert_int_equal(st.fallbacks, 0);
   return st;
@@ -95,10 +107,10 @@ static SeqNewtonStats checked(SeqModule *m, int64_t B, int64_t T, const float *x
 
 static void test_warm(Run r, int64_t B, int64_t T, const int32_t *len) {
   SeqContext *cx = seq_context_create();
-  SeqModule *seq = compile(cx, (Run){"sequential", 0, 1, 0, 0});
-  SeqModule *cold = compile(cx, (Run){"newton", r.window, r.threads, 0, 0});
+  SeqModule *seq = compile(cx, (Run){"sequential", 0, 1, 0, r.cell});
+  SeqModule *cold = compile(cx, (Run){"newton", r.window, r.threads, 0, r.cell});
   SeqModule *m = compile(cx, r);
-  int64_t n = B * T * I, ny = B * T * 2 * H;
+  int64_t n = B * T * I, ny = B * T * out_width(m);
   float *x = malloc(sizeof(float) * (size_t)n), *x2 = malloc(sizeof(float) * (size_t)n);
   float *y_ref = malloc(sizeof(float) * (size_t)ny), *y_ref2 = malloc(sizeof(float) * (size_t)ny);
   float *y = malloc(sizeof(float) * (size_t)ny);
@@ -125,10 +137,10 @@ static void test_warm(Run r, int64_t B, int64_t T, const int32_t *len) {
   SeqNewtonStats c2 = checked(cold, B, T, x2, len, y_ref2, y);
   s = checked(m, B, T, x2, len, y_ref2, y);
   assert_int_equal(s.warm_starts, s.solves);
-  printf("%s window %ld, %d threads, B=%lld T=%lld: %lld solves, iterations %lld cold, %lld "
+  printf("%s, window %ld, %d threads, B=%lld T=%lld: %lld solves, iterations %lld cold, %lld "
          "warm on a nearby input\n",
-         r.strategy, r.window, r.threads, (long long)B, (long long)T, (long long)s.solves,
-         (long long)c2.iterations, (long long)s.iterations);
+         r.cell ? r.cell : "BiParaGRU", r.window, r.threads, (long long)B, (long long)T,
+         (long long)s.solves, (long long)c2.iterations, (long long)s.iterations);
   assert_true(s.iterations < c2.iterations);
   /* A call of another length starts afresh. */
   forward(seq, B, T - 1, x, NULL, y_ref);
@@ -145,22 +157,35 @@ static void test_warm(Run r, int64_t B, int64_t T, const int32_t *len) {
 static void test_whole(void **st) {
   (void)st;
   static const int32_t len[3] = {300, 217, 0};
-  test_warm((Run){"newton", 0, 1, 1, 0}, 3, 300, len);
+  test_warm((Run){"newton", 0, 1, 1, NULL}, 3, 300, len);
 }
 
 /* Windows of 40 steps, whose time chunks start past step 0. */
 static void test_windows(void **st) {
   (void)st;
   static const int32_t len[3] = {300, 217, 1};
-  test_warm((Run){"newton", 40, 1, 1, 0}, 3, 300, len);
+  test_warm((Run){"newton", 40, 1, 1, NULL}, 3, 300, len);
 }
 
 /* Slices of the batch on two threads, each from its own examples' rows. */
 static void test_threads(void **st) {
   (void)st;
   static const int32_t len[6] = {400, 399, 13, 400, 250, 400};
-  test_warm((Run){"newton", 0, 2, 1, 0}, 6, 400, len);
-  test_warm((Run){"newton", 64, 2, 1, 0}, 6, 400, len);
+  test_warm((Run){"newton", 0, 2, 1, NULL}, 6, 400, len);
+  test_warm((Run){"newton", 64, 2, 1, NULL}, 6, 400, len);
+}
+
+/* Narrow states on four threads per example: the linear recurrence runs
+ * split in time (segments of at least 256 steps), with a diagonal Jacobian
+ * (ParaGRU, also reversed and in windows) and 2x2 blocks (ParaLSTM). */
+static void test_time_split(void **st) {
+  (void)st;
+  static const int32_t len[2] = {3000, 1100};
+  test_warm((Run){"newton", 0, 4, 1, "stdlib/paragru.seq"}, 1, 3000, NULL);
+  test_warm((Run){"newton", 0, 4, 1, "stdlib/paralstm.seq"}, 1, 3000, NULL);
+  test_warm((Run){"newton", 0, 8, 1, "stdlib/paralstm.seq"}, 2, 3000, len);
+  test_warm((Run){"newton", 0, 8, 1, NULL}, 2, 3000, len);
+  test_warm((Run){"newton", 700, 4, 1, NULL}, 1, 3000, NULL);
 }
 
 /* Token by token: the store holds each example's last step, which is the
@@ -169,8 +194,8 @@ static void test_steps(void **st) {
   (void)st;
   enum { B = 2, STEPS = 30 };
   SeqContext *cx = seq_context_create();
-  SeqModule *seq = compile(cx, (Run){"sequential", 0, 1, 0, 1});
-  SeqModule *m = compile(cx, (Run){"newton", 0, 1, 1, 1});
+  SeqModule *seq = compile(cx, (Run){"sequential", 0, 1, 0, "stdlib/paragru.seq"});
+  SeqModule *m = compile(cx, (Run){"newton", 0, 1, 1, "stdlib/paragru.seq"});
   float x[B * I], h[2][B * H], y[B * H], y_ref[B * H], h_ref[2][B * H];
   memset(h, 0, sizeof h);
   memset(h_ref, 0, sizeof h_ref);
@@ -196,10 +221,9 @@ static void test_steps(void **st) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_whole),
-      cmocka_unit_test(test_windows),
-      cmocka_unit_test(test_threads),
-      cmocka_unit_test(test_steps),
+      cmocka_unit_test(test_whole),      cmocka_unit_test(test_windows),
+      cmocka_unit_test(test_threads),    cmocka_unit_test(test_steps),
+      cmocka_unit_test(test_time_split),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
