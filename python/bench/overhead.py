@@ -83,11 +83,12 @@ def main():
                 _, state = m.step(xv, state)
         return loop
 
-    def step_out(n):
-        state = m.step(x)[1]
-        yb = np.empty((1, H), np.float32)
-        for _ in range(n):
-            m.step(x, state, out=yb, state_out=state)
+    def step_out_of(xv, yb):
+        def loop(n):
+            state = m.step(xv)[1]
+            for _ in range(n):
+                m.step(xv, state, out=yb, state_out=state)
+        return loop
 
     def fwd(xv):
         def loop(n):
@@ -97,12 +98,15 @@ def main():
 
     variants = [("C seq_module_step", None), ("ctypes, prebuilt arrays (floor)", ctypes_floor),
                 ("m.step(x, state) NumPy", chain(x)),
-                ("m.step(x, state, out=, state_out=state) NumPy", step_out)]
+                ("m.step(x, state, out=, state_out=state) NumPy",
+                 step_out_of(x, np.empty((1, H), np.float32)))]
     fvariants = [("C seq_module_forward, T=1", None), ("m(x) NumPy, T=1", fwd(x3))]
     try:
         import torch
         xt = torch.from_numpy(x.copy())
         variants.append(("m.step(x, state) torch", chain(xt)))
+        variants.append(("m.step(x, state, out=, state_out=state) torch",
+                         step_out_of(xt, torch.empty(1, H))))
         fvariants.append(("m(x) torch, T=1", fwd(xt.reshape(1, 1, I))))
     except ImportError:
         pass

@@ -216,22 +216,35 @@ def _make_quick(m, nlead):
                             souts.append(o)
                             i += 1
             else:
-                new = sys.modules["torch"].empty
+                # torch.empty(*shape) parses its arguments faster than
+                # torch.empty(shape), and empty_like of a state given (same
+                # shape, dtype and layout) faster still: a tensor costs about
+                # a microsecond either way, most of a torch step's overhead.
+                torch = sys.modules["torch"]
+                new = torch.empty
                 outs = []
                 i = 0
                 for shape in lay[1]:
-                    o = new(shape)
+                    o = new(*shape)
                     optr[i] = o.data_ptr()
                     outs.append(o)
                     i += 1
                 if want_state:
                     souts = []
                     i = 0
-                    for shape in lay[2]:
-                        o = new(shape)
-                        sout[i] = o.data_ptr()
-                        souts.append(o)
-                        i += 1
+                    if state is not None:
+                        like, sv = torch.empty_like, state.get
+                        for name in names:
+                            o = like(sv(name))
+                            sout[i] = o.data_ptr()
+                            souts.append(o)
+                            i += 1
+                    else:
+                        for shape in lay[2]:
+                            o = new(*shape)
+                            sout[i] = o.data_ptr()
+                            souts.append(o)
+                            i += 1
         if nlead == 1:
             st = c(first, i64(lead[0]), ins, sin, optr, sout)
         else:
