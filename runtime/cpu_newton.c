@@ -58,7 +58,8 @@ typedef struct Solve {
   int64_t t0, Tcall;        /* the caller's first step here and rows per example */
   int64_t site;             /* the call site's number in the warm store (cpu_warm.c) */
   int64_t G;                /* segments per example of the linear recurrence split in time */
-  float *seg_M, *seg_start; /* per example and segment: M (n*n rows of w), its start */
+  float *seg_M, *seg_start; /* per example and segment: M (seg_floats), its start (n*w) */
+  float *seg_tmp;           /* dense: per example and segment, nw*nw + nw floats of scratch */
   float *seg_zero;          /* a zero start (n rows of w) */
 } Solve;
 
@@ -354,6 +355,67 @@ static void linear_piece(Solve *s, int64_t b, int64_t e0, int64_t e1, void *arg,
   recur(s, b, e0, e1, 0, len_of(s, b), NULL, NULL, arg, item);
 }
 
+/* Dense: steps [t0, t1) of example b's new guess, N[tau] = F + J (N[tau-1]
+ * - P) with J whole (every element of a step reads every element of the
+ * step before, so an example is not split by elements), from `start` or
+ * N[t0-1] as recur's; v: nw floats of scratch. With M (nw*nw, the identity
+ * on entry, and tmp as large) the product of the Jacobians is accumulated,
+ * with sa the steps tested, as recur's. */
+static void dense_recur(Solve *s, int64_t b, int64_t t0, int64_t t1, const float *start, float *M,
+                        float *tmp, float *v, StepArg *sa, int item) {
+  int n = s->n;
+  int64_t w = s->w, nw = n * w, len = len_of(s, b);
+  float err = 0;
+  int nan = 0;
+  int64_t bad = len;
+  for (int64_t tau = t0; tau < t1; tau++) {
+    int64_t r = row(s, b, len, tau), at = r * w, pv = tau ? row(s, b, len, tau - 1) * w : -1;
+    for (int j = 0; j < n; j++) {
+      const float *prev = tau == t0 && start ? start + j * w
+                          : pv >= 0          ? s->D[j] + pv
+                                             : s->h0[j] + b * w;
+      const float *p = s->P[j] + at;
+      for (int64_t c = 0; c < w; c++) v[j * w + c] = prev[c] - p[c];
+    }
+    const float *Jr = s->Jd + r * nw * nw;
+    for (int k = 0; k < n; k++) {
+      float *d = s->D[k] + at;
+      const float *f = s->F[k] + at, *J = Jr + k * w * nw;
+      for (int64_t i = 0; i < w; i++) {
+        float acc = 0;
+        for (int64_t c = 0; c < nw; c++) acc += J[i * nw + c] * v[c];
+        d[i] = f[i] + acc;
+      }
+    }
+    if (M) { /* M = J M */
+      for (int64_t i = 0; i < nw; i++) {
+        float *t = tmp + i * nw;
+        for (int64_t c = 0; c < nw; c++) t[c] = 0;
+        for (int64_t l = 0; l < nw; l++) {
+          float a = Jr[i * nw + l];
+          const float *m = M + l * nw;
+          for (int64_t c = 0; c < nw; c++) t[c] += a * m[c];
+        }
+      }
+      memcpy(M, tmp, sizeof(float) * (size_t)(nw * nw));
+    }
+    if (sa) {
+      err = test_row(s, at, 0, w, sa->rtol, sa->atol, err, &nan);
+      if (bad == len && (nan || err > 1)) bad = tau;
+    }
+  }
+  if (sa) {
+    sa->part[item] = nan ? INFINITY : err;
+    s->bad[item] = bad;
+  }
+}
+
+/* Dense: example b's new guess, all its steps in order, and their test. */
+static void dense_piece(Solve *s, int64_t b, int64_t lo, int64_t hi, void *arg, int item) {
+  (void)lo, (void)hi;
+  dense_recur(s, b, 0, len_of(s, b), NULL, NULL, NULL, s->diff + b * s->n * s->w, arg, item);
+}
+
 /* ---- the linear recurrence split in time ------------------------------------------ */
 
 /* A narrow state (too few elements to split) of fewer examples than threads
@@ -365,12 +427,16 @@ static void linear_piece(Solve *s, int64_t b, int64_t e0, int64_t e1, void *arg,
  * times its start plus its N0; (3) every segment but the first runs again
  * from its start, and is tested. That is about 2.3 times the work of the
  * recurrence in order (3 with 2x2 blocks), so it pays from 3 threads per
- * example (docs/algorithms.md section 6). */
+ * example; a dense Jacobian's products cost nw times its recurrence, so
+ * it splits only with more than nw + 2 threads per example
+ * (docs/algorithms.md section 6). */
 #define MIN_SEGMENT 256 /* steps */
 
 static int64_t time_segments(const Solve *s) {
   int threads = rt_cpu_in_parallel() ? 1 : rt_cpu_get_num_threads();
-  if (s->dense || s->B < 1 || threads < 3 * s->B || pieces_of(s, 1) > 1) return 1;
+  int64_t nw = s->n * s->w;
+  if (s->B < 1 || threads < (s->dense ? nw + 2 : 3) * s->B || (!s->dense && pieces_of(s, 1) > 1))
+    return 1;
   int64_t g = threads / s->B;
   return g > RT_CPU_MAX_THREADS ? RT_CPU_MAX_THREADS : g;
 }
@@ -379,6 +445,12 @@ static int64_t time_segments(const Solve *s) {
 static int64_t segments_of(const Solve *s, int64_t b) {
   int64_t g = len_of(s, b) / MIN_SEGMENT;
   return g < 1 ? 1 : g < s->G ? g : s->G;
+}
+
+/* Floats of a segment's product of Jacobians: n*n blocks of w, or J whole. */
+static int64_t seg_floats(const Solve *s) {
+  int64_t nw = s->n * s->w;
+  return s->dense ? nw * nw : s->n * nw;
 }
 
 typedef struct SplitArg {
@@ -393,32 +465,41 @@ static void split_item(void *ctx, int item) {
   int64_t G = s->G, b = item / G, g = item % G, n = s->n, w = s->w;
   int64_t len = len_of(s, b), gb = segments_of(s, b);
   if (g >= gb || len == 0 || (s->active && !s->active[b])) return;
-  int64_t lo = len * g / gb, hi = len * (g + 1) / gb;
-  float *M = s->seg_M + (b * G + g) * n * n * w, *start = s->seg_start + (b * G + g) * n * w;
-  if (a->pass == 1 && g == 0) {
-    recur(s, b, 0, w, lo, hi, NULL, NULL, a->sa, item);
-  } else if (a->pass == 1) {
-    memset(M, 0, sizeof(float) * (size_t)(n * n * w));
-    for (int64_t k = 0; k < n; k++)
-      for (int64_t i = 0; i < w; i++) M[(k * n + k) * w + i] = 1;
-    recur(s, b, 0, w, lo, hi, s->seg_zero, M, NULL, item);
-  } else if (g > 0) {
-    recur(s, b, 0, w, lo, hi, start, NULL, a->sa, item);
+  int64_t lo = len * g / gb, hi = len * (g + 1) / gb, nw = n * w, mf = seg_floats(s);
+  float *M = s->seg_M + (b * G + g) * mf, *start = s->seg_start + (b * G + g) * nw;
+  float *tmp = s->dense ? s->seg_tmp + (b * G + g) * (nw * nw + nw) : NULL;
+  float *v = tmp ? tmp + nw * nw : NULL;
+  if (a->pass == 1 && g > 0) { /* M = I */
+    memset(M, 0, sizeof(float) * (size_t)mf);
+    for (int64_t r = 0; r < (s->dense ? nw : n); r++)
+      for (int64_t i = 0; i < (s->dense ? 1 : w); i++)
+        M[s->dense ? r * nw + r : (r * n + r) * w + i] = 1;
   }
+  const float *from = a->pass == 1 ? (g ? s->seg_zero : NULL) : start;
+  float *prod = a->pass == 1 && g ? M : NULL;
+  StepArg *sa = a->pass == 1 && g ? NULL : a->sa;
+  if (a->pass == 3 && g == 0) return;
+  if (s->dense)
+    dense_recur(s, b, lo, hi, from, prod, tmp, v, sa, item);
+  else
+    recur(s, b, 0, w, lo, hi, from, prod, sa, item);
 }
 
 /* Pass 2: each segment's start from the end of the one before. */
 static void split_starts(Solve *s, int64_t b) {
-  int64_t G = s->G, n = s->n, w = s->w, len = len_of(s, b), gb = segments_of(s, b);
+  int64_t G = s->G, n = s->n, w = s->w, nw = n * w, len = len_of(s, b), gb = segments_of(s, b);
   for (int64_t g = 1; g < gb; g++) {
     int64_t end = row(s, b, len, len * g / gb - 1) * w; /* the end of segment g - 1 */
-    float *start = s->seg_start + (b * G + g) * n * w;
-    const float *prev = s->seg_start + (b * G + g - 1) * n * w;
-    const float *M = s->seg_M + (b * G + g - 1) * n * n * w;
+    float *start = s->seg_start + (b * G + g) * nw;
+    const float *prev = s->seg_start + (b * G + g - 1) * nw;
+    const float *M = s->seg_M + (b * G + g - 1) * seg_floats(s);
     for (int64_t k = 0; k < n; k++)
       for (int64_t i = 0; i < w; i++) {
         float v = s->D[k][end + i]; /* segment 0's value, or the others' N0 */
-        for (int64_t j = 0; j < n && g > 1; j++) v += M[(k * n + j) * w + i] * prev[j * w + i];
+        if (g > 1 && s->dense)
+          for (int64_t c = 0; c < nw; c++) v += M[(k * w + i) * nw + c] * prev[c];
+        else if (g > 1)
+          for (int64_t j = 0; j < n; j++) v += M[(k * n + j) * w + i] * prev[j * w + i];
         start[k * w + i] = v;
       }
   }
@@ -434,56 +515,23 @@ static void linear_split(Solve *s, StepArg *sa) {
   rt_cpu_parallel_for_nowait(items, split_item, &a);
 }
 
-/* Dense: example b's new guess, N[tau] = F + J (N[tau-1] - P) with J whole
- * (the pieces are whole examples: every element of a step reads every
- * element of the step before); then the test, as linear_piece's. */
-static void dense_piece(Solve *s, int64_t b, int64_t lo, int64_t hi, void *arg, int item) {
-  (void)lo, (void)hi;
-  StepArg *sa = arg;
-  int n = s->n;
-  int64_t w = s->w, nw = n * w, len = len_of(s, b);
-  float err = 0, rtol = sa->rtol, atol = sa->atol, *v = s->diff + b * nw;
-  int nan = 0;
-  int64_t bad = len;
-  for (int64_t tau = 0; tau < len; tau++) {
-    int64_t r = row(s, b, len, tau), at = r * w, pv = tau ? row(s, b, len, tau - 1) * w : -1;
-    for (int j = 0; j < n; j++) {
-      const float *prev = pv >= 0 ? s->D[j] + pv : s->h0[j] + b * w, *p = s->P[j] + at;
-      for (int64_t c = 0; c < w; c++) v[j * w + c] = prev[c] - p[c];
-    }
-    for (int k = 0; k < n; k++) {
-      float *d = s->D[k] + at;
-      const float *f = s->F[k] + at, *J = s->Jd + r * nw * nw + k * w * nw;
-      for (int64_t i = 0; i < w; i++) {
-        float acc = 0;
-        for (int64_t c = 0; c < nw; c++) acc += J[i * nw + c] * v[c];
-        d[i] = f[i] + acc;
-      }
-    }
-    err = test_row(s, at, 0, w, rtol, atol, err, &nan);
-    if (bad == len && (nan || err > 1)) bad = tau;
-  }
-  sa->part[item] = nan ? INFINITY : err;
-  s->bad[item] = bad;
-}
-
 /* The new guess of every example still iterating (active[b]) into D, and
  * per example its largest relative step into err and the first step whose
  * test fails into bad (its length if none). */
 static void linear_step(Solve *s, const char *active, float rtol, float atol, float *err,
                         int64_t *bad) {
   StepArg sa = {rtol, atol, s->part};
-  int64_t per = s->dense ? 1 : s->G > 1 ? s->G : pieces_of(s, 1);
+  int64_t per = s->G > 1 ? s->G : s->dense ? 1 : pieces_of(s, 1);
   for (int64_t i = 0; i < s->B * per; i++) s->part[i] = 0, s->bad[i] = INT64_MAX;
   s->active = active;
-  if (s->dense) {
+  if (s->G > 1) {
+    linear_split(s, &sa);
+  } else if (s->dense) {
     Pieces pc = {s, 1, dense_piece, &sa, 0};
     if (s->B <= 1)
       for (int64_t i = 0; i < s->B; i++) piece_item(&pc, (int)i);
     else
       rt_cpu_parallel_for_nowait((int)s->B, piece_item, &pc);
-  } else if (s->G > 1) {
-    linear_split(s, &sa);
   } else {
     run_pieces(s, 1, linear_piece, &sa);
   }
@@ -805,7 +853,9 @@ int rt_cpu_newton(RtNewtonStep step, void *const *params, int64_t B, int64_t T, 
    * iterations, steps here, window length and flags. */
   int64_t jfloats = s.dense ? per * n * nw + 2 * n * per + B * nw : n * n * per;
   s.G = time_segments(&s);
-  int64_t segf = s.G > 1 ? B * s.G * (n * n + n) * w + n * w : 0;
+  int64_t nwf = (int64_t)n * w;
+  int64_t segf =
+      s.G > 1 ? B * s.G * (seg_floats(&s) + nwf + (s.dense ? nwf * nwf + nwf : 0)) + nwf : 0;
   int64_t floats = (4 * n + (windowed ? n : 0)) * per + jfloats + (windowed ? n * B * w : 0) +
                    nout * w + 4 * (B + 1) + B * RT_CPU_MAX_THREADS + segf;
   int64_t bytes = floats * (int64_t)sizeof(float) + (nin + nout + 2) * (int64_t)sizeof(void *) +
@@ -845,8 +895,9 @@ int rt_cpu_newton(RtNewtonStep step, void *const *params, int64_t B, int64_t T, 
   s.part = f;
   f += B * RT_CPU_MAX_THREADS;
   if (s.G > 1) {
-    s.seg_M = f, f += B * s.G * n * n * w;
-    s.seg_start = f, f += B * s.G * n * w;
+    s.seg_M = f, f += B * s.G * seg_floats(&s);
+    s.seg_start = f, f += B * s.G * nwf;
+    if (s.dense) s.seg_tmp = f, f += B * s.G * (nwf * nwf + nwf);
     s.seg_zero = f, f += n * w;
     memset(s.seg_zero, 0, sizeof(float) * (size_t)(n * w));
   }

@@ -44,12 +44,15 @@ typedef struct Run {
   long window;
   int threads, warm;
   const char *cell; /* a std cell alone ("stdlib/paragru.seq"), or NULL: BI */
+  const char *dims; /* NULL: I=8,H=16 */
+  int dense;        /* SeqOptions.newton_dense */
 } Run;
 
 static SeqModule *compile(SeqContext *cx, Run r) {
   SeqOptions opt = {0};
   opt.opt_level = 2;
-  opt.dims = "I=8,H=16";
+  opt.dims = r.dims ? r.dims : "I=8,H=16";
+  opt.newton_dense = r.dense;
   opt.strategy = r.strategy;
   opt.newton_window = r.window;
   opt.num_threads = r.threads;
@@ -107,8 +110,8 @@ static SeqNewtonStats checked(SeqModule *m, int64_t B, int64_t T, const float *x
 
 static void test_warm(Run r, int64_t B, int64_t T, const int32_t *len) {
   SeqContext *cx = seq_context_create();
-  SeqModule *seq = compile(cx, (Run){"sequential", 0, 1, 0, r.cell});
-  SeqModule *cold = compile(cx, (Run){"newton", r.window, r.threads, 0, r.cell});
+  SeqModule *seq = compile(cx, (Run){"sequential", 0, 1, 0, r.cell, r.dims, 0});
+  SeqModule *cold = compile(cx, (Run){"newton", r.window, r.threads, 0, r.cell, r.dims, r.dense});
   SeqModule *m = compile(cx, r);
   int64_t n = B * T * I, ny = B * T * out_width(m);
   float *x = malloc(sizeof(float) * (size_t)n), *x2 = malloc(sizeof(float) * (size_t)n);
@@ -157,35 +160,38 @@ static void test_warm(Run r, int64_t B, int64_t T, const int32_t *len) {
 static void test_whole(void **st) {
   (void)st;
   static const int32_t len[3] = {300, 217, 0};
-  test_warm((Run){"newton", 0, 1, 1, NULL}, 3, 300, len);
+  test_warm((Run){"newton", 0, 1, 1, NULL, NULL, 0}, 3, 300, len);
 }
 
 /* Windows of 40 steps, whose time chunks start past step 0. */
 static void test_windows(void **st) {
   (void)st;
   static const int32_t len[3] = {300, 217, 1};
-  test_warm((Run){"newton", 40, 1, 1, NULL}, 3, 300, len);
+  test_warm((Run){"newton", 40, 1, 1, NULL, NULL, 0}, 3, 300, len);
 }
 
 /* Slices of the batch on two threads, each from its own examples' rows. */
 static void test_threads(void **st) {
   (void)st;
   static const int32_t len[6] = {400, 399, 13, 400, 250, 400};
-  test_warm((Run){"newton", 0, 2, 1, NULL}, 6, 400, len);
-  test_warm((Run){"newton", 64, 2, 1, NULL}, 6, 400, len);
+  test_warm((Run){"newton", 0, 2, 1, NULL, NULL, 0}, 6, 400, len);
+  test_warm((Run){"newton", 64, 2, 1, NULL, NULL, 0}, 6, 400, len);
 }
 
 /* Narrow states on four threads per example: the linear recurrence runs
  * split in time (segments of at least 256 steps), with a diagonal Jacobian
- * (ParaGRU, also reversed and in windows) and 2x2 blocks (ParaLSTM). */
+ * (ParaGRU, also reversed and in windows), 2x2 blocks (ParaLSTM) and a
+ * dense one (GRU with its Jacobian formed whole). */
 static void test_time_split(void **st) {
   (void)st;
   static const int32_t len[2] = {3000, 1100};
-  test_warm((Run){"newton", 0, 4, 1, "stdlib/paragru.seq"}, 1, 3000, NULL);
-  test_warm((Run){"newton", 0, 4, 1, "stdlib/paralstm.seq"}, 1, 3000, NULL);
-  test_warm((Run){"newton", 0, 8, 1, "stdlib/paralstm.seq"}, 2, 3000, len);
-  test_warm((Run){"newton", 0, 8, 1, NULL}, 2, 3000, len);
-  test_warm((Run){"newton", 700, 4, 1, NULL}, 1, 3000, NULL);
+  test_warm((Run){"newton", 0, 4, 1, "stdlib/paragru.seq", NULL, 0}, 1, 3000, NULL);
+  test_warm((Run){"newton", 0, 4, 1, "stdlib/paralstm.seq", NULL, 0}, 1, 3000, NULL);
+  test_warm((Run){"newton", 0, 8, 1, "stdlib/paralstm.seq", NULL, 0}, 2, 3000, len);
+  test_warm((Run){"newton", 0, 8, 1, NULL, NULL, 0}, 2, 3000, len);
+  test_warm((Run){"newton", 700, 4, 1, NULL, NULL, 0}, 1, 3000, NULL);
+  /* A dense Jacobian (exact Newton on GRU, n*w = 4) splits from 6 threads. */
+  test_warm((Run){"newton", 0, 8, 1, "stdlib/gru.seq", "I=8,H=4", 1}, 1, 2000, NULL);
 }
 
 /* Token by token: the store holds each example's last step, which is the
@@ -194,8 +200,8 @@ static void test_steps(void **st) {
   (void)st;
   enum { B = 2, STEPS = 30 };
   SeqContext *cx = seq_context_create();
-  SeqModule *seq = compile(cx, (Run){"sequential", 0, 1, 0, "stdlib/paragru.seq"});
-  SeqModule *m = compile(cx, (Run){"newton", 0, 1, 1, "stdlib/paragru.seq"});
+  SeqModule *seq = compile(cx, (Run){"sequential", 0, 1, 0, "stdlib/paragru.seq", NULL, 0});
+  SeqModule *m = compile(cx, (Run){"newton", 0, 1, 1, "stdlib/paragru.seq", NULL, 0});
   float x[B * I], h[2][B * H], y[B * H], y_ref[B * H], h_ref[2][B * H];
   memset(h, 0, sizeof h);
   memset(h_ref, 0, sizeof h_ref);
