@@ -43,6 +43,7 @@ static int define_runtime(LLVMOrcLLJITRef jit, DiagEngine *de) {
       {"rt_cpu_dplr", (uintptr_t)rt_cpu_dplr},
       {"rt_cpu_plstm_ld", (uintptr_t)rt_cpu_plstm_ld},
       {"rt_cpu_inv", (uintptr_t)rt_cpu_inv},
+      {"rt_cpu_expm", (uintptr_t)rt_cpu_expm},
       {"rt_cpu_newton", (uintptr_t)rt_cpu_newton},
       {"rt_cpu_parallel_for_nowait", (uintptr_t)rt_cpu_parallel_for_nowait},
       {"rt_cpu_get_num_threads", (uintptr_t)rt_cpu_get_num_threads},

@@ -358,11 +358,12 @@ void emit_row(Lower *L, IrRef r) {
     loop_end(L, &lk);
     return;
   }
-  case IR_INV: { /* the runtime's, per matrix of the last two axes */
+  case IR_INV: /* the runtime's, per matrix of the last two axes */
+  case IR_EXPM: {
     int64_t N = n->shape[n->rank - 1], P = N ? n->numel / (N * N) : 0;
     LLVMTypeRef pt[4] = {L->i64, L->i64, L->ptr, L->ptr};
     LLVMValueRef args[4] = {ci64(L, P), ci64(L, N), rowptr(L, nd->args[0]), out};
-    call_fn(L, "rt_cpu_inv", L->void_t, pt, 4, args);
+    call_fn(L, nd->op == IR_INV ? "rt_cpu_inv" : "rt_cpu_expm", L->void_t, pt, 4, args);
     return;
   }
   case IR_DIAG: {

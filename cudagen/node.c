@@ -338,46 +338,100 @@ void cu_node(Cu *c, IrRef r) {
     break;
   }
   case IR_INV: {
-    /* One thread per matrix: a copy inverted in place by Gauss-Jordan with
-     * row pivoting (the rows swapped on the way are the columns swapped
-     * back at the end); NaN where singular, as the interpreter. */
+    /* One thread per matrix: a float64 copy inverted in place by
+     * Gauss-Jordan with row pivoting (the rows swapped on the way are the
+     * columns swapped back at the end), as the CPU's runtime/cpu_inv.c in
+     * float64; NaN where singular, as the interpreter. */
     long long N = n->shape[n->rank - 1], NN = N * N, P = NN ? n->numel / NN : 0;
     fprintf(c->o,
             "    SEQ_FOR(p, %lld) {\n"
             "      const i64 n = %lld;\n"
             "      const float *a = %s + p * n * n;\n"
-            "      float *v = %s + p * n * n;\n"
+            "      float *out = %s + p * n * n;\n"
+            "      double v[%lld];\n"
             "      int piv[%lld], bad = 0;\n",
-            P, N, cu_rowptr(c, nd->args[0]), out, N);
-    fputs("      for (i64 k = 0; k < n * n; k++) v[k] = a[k];\n"
-          "      for (i64 k = 0; k < n && !bad; k++) {\n"
-          "        i64 q = k;\n"
-          "        for (i64 i = k + 1; i < n; i++)\n"
-          "          if (fabsf(v[i * n + k]) > fabsf(v[q * n + k])) q = i;\n"
-          "        float d = v[q * n + k];\n"
-          "        if (d == 0.0f || !(fabsf(d) < SEQ_INF)) { bad = 1; break; }\n"
-          "        piv[k] = (int)q;\n"
-          "        for (i64 j = 0; j < n && q != k; j++) {\n"
-          "          float t = v[k * n + j]; v[k * n + j] = v[q * n + j]; v[q * n + j] = t;\n"
-          "        }\n"
-          "        d = 1.0f / d;\n"
-          "        v[k * n + k] = 1.0f;\n"
-          "        for (i64 j = 0; j < n; j++) v[k * n + j] *= d;\n"
-          "        for (i64 i = 0; i < n; i++) {\n"
-          "          if (i == k) continue;\n"
-          "          float f = v[i * n + k];\n"
-          "          v[i * n + k] = 0.0f;\n"
-          "          for (i64 j = 0; j < n; j++) v[i * n + j] -= f * v[k * n + j];\n"
-          "        }\n"
-          "      }\n"
-          "      for (i64 k = 0; k < n * n && bad; k++) v[k] = SEQ_NAN;\n"
-          "      for (i64 k = n - 1; k >= 0 && !bad; k--)\n"
-          "        for (i64 i = 0; i < n && piv[k] != k; i++) {\n"
-          "          float t = v[i * n + k]; v[i * n + k] = v[i * n + piv[k]]; v[i * n + piv[k]] = "
-          "t;\n"
-          "        }\n"
-          "    }\n",
-          c->o);
+            P, N, cu_rowptr(c, nd->args[0]), out, NN, N);
+    fputs(
+        "      for (i64 k = 0; k < n * n; k++) v[k] = (double)a[k];\n"
+        "      for (i64 k = 0; k < n && !bad; k++) {\n"
+        "        i64 q = k;\n"
+        "        for (i64 i = k + 1; i < n; i++)\n"
+        "          if (fabs(v[i * n + k]) > fabs(v[q * n + k])) q = i;\n"
+        "        double d = v[q * n + k];\n"
+        "        if (d == 0.0 || !(fabs(d) < (double)SEQ_INF)) { bad = 1; break; }\n"
+        "        piv[k] = (int)q;\n"
+        "        for (i64 j = 0; j < n && q != k; j++) {\n"
+        "          double t = v[k * n + j]; v[k * n + j] = v[q * n + j]; v[q * n + j] = t;\n"
+        "        }\n"
+        "        d = 1.0 / d;\n"
+        "        v[k * n + k] = 1.0;\n"
+        "        for (i64 j = 0; j < n; j++) v[k * n + j] *= d;\n"
+        "        for (i64 i = 0; i < n; i++) {\n"
+        "          if (i == k) continue;\n"
+        "          double f = v[i * n + k];\n"
+        "          v[i * n + k] = 0.0;\n"
+        "          for (i64 j = 0; j < n; j++) v[i * n + j] -= f * v[k * n + j];\n"
+        "        }\n"
+        "      }\n"
+        "      for (i64 k = n - 1; k >= 0 && !bad; k--)\n"
+        "        for (i64 i = 0; i < n && piv[k] != k; i++) {\n"
+        "          double t = v[i * n + k]; v[i * n + k] = v[i * n + piv[k]]; v[i * n + piv[k]] = "
+        "t;\n"
+        "        }\n"
+        "      for (i64 k = 0; k < n * n; k++) out[k] = bad ? SEQ_NAN : (float)v[k];\n"
+        "    }\n",
+        c->o);
+    break;
+  }
+  case IR_EXPM: {
+    /* One thread per matrix, as the CPU's runtime/cpu_expm.c, in float64
+     * (float32 squarings lose too much on long steps): A scaled by 2^-s to
+     * a 1-norm of at most 1/4, the Taylor series by Horner's rule to 20
+     * terms, squared s times; NaN for an entry that is not finite or a
+     * norm past 2^60. */
+    long long N = n->shape[n->rank - 1], NN = N * N, P = NN ? n->numel / NN : 0;
+    fprintf(c->o,
+            "    SEQ_FOR(p, %lld) {\n"
+            "      const i64 n = %lld;\n"
+            "      const float *a = %s + p * n * n;\n"
+            "      float *out = %s + p * n * n;\n"
+            "      double m[%lld], e[%lld], t[%lld], norm = 0.0, scale = 1.0;\n"
+            "      int s = 0;\n",
+            P, N, cu_rowptr(c, nd->args[0]), out, NN, NN, NN);
+    fputs(
+        "      for (i64 j = 0; j < n; j++) {\n"
+        "        double cs = 0.0;\n"
+        "        for (i64 i = 0; i < n; i++) cs += fabs((double)a[i * n + j]);\n"
+        "        norm = cs > norm || cs != cs ? cs : norm;\n"
+        "      }\n"
+        "      if (!(norm <= 1.152921504606846976e18)) {\n"
+        "        for (i64 k = 0; k < n * n; k++) out[k] = SEQ_NAN;\n"
+        "      } else {\n"
+        "        for (; norm * scale > 0.25; s++) scale *= 0.5;\n"
+        "        for (i64 k = 0; k < n * n; k++) m[k] = (double)a[k] * scale;\n"
+        "        for (i64 k = 0; k < n * n; k++) e[k] = k % (n + 1) == 0 ? 1.0 : 0.0;\n"
+        "        for (int k = 20; k >= 1; k--) {\n"
+        "          for (i64 i = 0; i < n; i++)\n"
+        "            for (i64 j = 0; j < n; j++) {\n"
+        "              double acc = 0.0;\n"
+        "              for (i64 l = 0; l < n; l++) acc += m[i * n + l] * e[l * n + j];\n"
+        "              t[i * n + j] = acc / k;\n"
+        "            }\n"
+        "          for (i64 q = 0; q < n * n; q++) e[q] = t[q] + (q % (n + 1) == 0 ? 1.0 : 0.0);\n"
+        "        }\n"
+        "        for (int q = 0; q < s; q++) {\n"
+        "          for (i64 i = 0; i < n; i++)\n"
+        "            for (i64 j = 0; j < n; j++) {\n"
+        "              double acc = 0.0;\n"
+        "              for (i64 l = 0; l < n; l++) acc += e[i * n + l] * e[l * n + j];\n"
+        "              t[i * n + j] = acc;\n"
+        "            }\n"
+        "          for (i64 k = 0; k < n * n; k++) e[k] = t[k];\n"
+        "        }\n"
+        "        for (i64 k = 0; k < n * n; k++) out[k] = (float)e[k];\n"
+        "      }\n"
+        "    }\n",
+        c->o);
     break;
   }
   case IR_DIAG: {

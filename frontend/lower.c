@@ -763,6 +763,7 @@ static const Builtin builtins[] = {
     {"elu", 1, 1, 0, IR_MAX, 0, lower_elu},
     {"eye", 1, 1, 0, IR_EYE, 0, lower_eye},
     {"inv", 1, 1, 0, IR_INV, 0, lower_unary_fn},
+    {"expm", 1, 1, 0, IR_EXPM, 0, lower_unary_fn},
 };
 #define NBUILTINS ((int)(sizeof builtins / sizeof builtins[0]))
 

@@ -497,6 +497,57 @@ static int inverse(Run *r, const IrNode *nd, const Val *x, Val *o) {
   return 0;
 }
 
+/* The exponential of each N x N matrix of x (real) into o: scaling and
+ * squaring of the Taylor series, in float64. A is scaled by 2^-s to a
+ * 1-norm of at most 1/4, where 20 terms leave a remainder under 1e-24
+ * relative to the sum, then the result squared s times. A matrix with an
+ * entry that is not finite, or a 1-norm past 2^60, gives NaN everywhere. */
+static int matexp(Run *r, const IrNode *nd, const Val *x, Val *o) {
+  int64_t N = x->shape[x->rank - 1], mat = N * N, nb = mat ? x->n / mat : 0;
+  double *t = malloc(sizeof(double) * (size_t)(mat ? mat : 1));
+  if (!t) {
+    diag_error(r->de, nd->loc, "out of memory");
+    return -1;
+  }
+  for (int64_t b = 0; b < nb; b++) {
+    const double *a = x->d + b * mat;
+    double *e = o->d + b * mat, norm = 0;
+    for (int64_t j = 0; j < N; j++) {
+      double c = 0;
+      for (int64_t i = 0; i < N; i++) c += fabs(a[i * N + j]);
+      norm = c > norm || c != c ? c : norm;
+    }
+    if (!(norm <= 0x1p60)) {
+      for (int64_t k = 0; k < mat; k++) e[k] = NAN;
+      continue;
+    }
+    int s = 0;
+    double scale = 1;
+    while (norm * scale > 0.25) s++, scale *= 0.5;
+    for (int64_t k = 0; k < mat; k++) e[k] = k % (N + 1) == 0 ? 1.0 : 0.0;
+    for (int k = 20; k >= 1; k--) { /* e = I + (A 2^-s / k) e */
+      for (int64_t i = 0; i < N; i++)
+        for (int64_t j = 0; j < N; j++) {
+          double acc = 0;
+          for (int64_t l = 0; l < N; l++) acc += a[i * N + l] * e[l * N + j];
+          t[i * N + j] = acc * scale / k;
+        }
+      for (int64_t q = 0; q < mat; q++) e[q] = t[q] + (q % (N + 1) == 0 ? 1.0 : 0.0);
+    }
+    for (int q = 0; q < s; q++) { /* e = e e */
+      for (int64_t i = 0; i < N; i++)
+        for (int64_t j = 0; j < N; j++) {
+          double acc = 0;
+          for (int64_t l = 0; l < N; l++) acc += e[i * N + l] * e[l * N + j];
+          t[i * N + j] = acc;
+        }
+      memcpy(e, t, sizeof(double) * (size_t)mat);
+    }
+  }
+  free(t);
+  return 0;
+}
+
 /* Sizes around an axis: outer = product of the axes before it, inner =
  * doubles per step along it (product of the axes after it, times 2 if
  * complex). */
@@ -673,6 +724,8 @@ static int eval_node(Run *r, Inst *in, const IrNode *nd, Slot *s, const Val *a, 
     return 0;
   case IR_INV:
     return inverse(r, nd, &a[0], o);
+  case IR_EXPM:
+    return matexp(r, nd, &a[0], o);
   case IR_DIAG: {
     int64_t N = o->rank ? o->shape[o->rank - 1] : 1, P = N ? o->n / N : 0;
     int w = o->cplx ? 2 : 1;

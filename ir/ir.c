@@ -581,12 +581,15 @@ int ir_infer_type(const IrFunc *f, Arena *a, const IrNode *proto, int nargs, con
       return fail(cx, "diag needs a square matrix, not %s", tstr(cx, ts[0]));
     return result(cx, ts[0].elem, r - 1, ts[0].dims, out);
   }
-  case IR_INV: {
-    if (ts[0].elem != IR_REAL) return fail(cx, "inv takes a real matrix, not %s", tstr(cx, ts[0]));
-    if (need_rank(cx, "inv", ts[0], 2)) return -1;
+  case IR_INV:
+  case IR_EXPM: {
+    const char *name = ir_op_info[proto->op].text;
+    if (ts[0].elem != IR_REAL)
+      return fail(cx, "%s takes a real matrix, not %s", name, tstr(cx, ts[0]));
+    if (need_rank(cx, name, ts[0], 2)) return -1;
     int r = ts[0].rank;
     if (!dim_eq(ts[0].dims[r - 1], ts[0].dims[r - 2]))
-      return fail(cx, "inv needs square matrices, not %s", tstr(cx, ts[0]));
+      return fail(cx, "%s needs square matrices, not %s", name, tstr(cx, ts[0]));
     return result(cx, IR_REAL, r, ts[0].dims, out);
   }
   case IR_TRANSPOSE: {

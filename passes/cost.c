@@ -339,10 +339,11 @@ static double node_flops(const IrFunc *f, const IrNode *nd, const int64_t *dims)
   case IR_TRANSPOSE:
   case IR_DIAG:
     return 0;
+  case IR_EXPM:  /* about 20 products of N x N matrices (Taylor and squarings) */
   case IR_INV: { /* Gauss-Jordan: 2 N^3 per matrix */
     const IrType *x = &nd->type;
     if (dim_eval(x->dims[x->rank - 1], dims, &v)) return 0;
-    return 2 * n * (double)v;
+    return (nd->op == IR_EXPM ? 40 : 2) * n * (double)v;
   }
   case IR_SUM:
   case IR_MEAN:

@@ -317,6 +317,39 @@ static IrRef tangent(Jac *J, const IrNode *n, const IrRef *x, const IrRef *dx, I
   case IR_INV:
     return op1(J, IR_NEG, op2(J, IR_MATMUL, op2(J, IR_MATMUL, y, dx[0]), y));
 
+  /* d exp(A)[E] is the top-right block of exp([[A, E], [0, A]]) (the
+   * exponential of a block upper-triangular matrix, Van Loan's identity). */
+  case IR_EXPM: {
+    IrType t = dn(J, x[0])->type;
+    int r = t.rank;
+    DimExpr N = t.dims[r - 1], N2;
+    if (dim_add(N, N, &N2)) {
+      diag_error(J->de, J->loc, "%s of %s: expm's matrices are too large to differentiate", J->what,
+                 J->src->name);
+      J->failed = 1;
+      return IR_NONE;
+    }
+    IrRef e = fit(J, dx[0], t), z = filled(J, t, 0.0);
+    IrNode cat = {0};
+    cat.op = IR_CONCAT;
+    cat.axis = r - 1;
+    IrRef top[2] = {x[0], e}, bot[2] = {z, x[0]}, rows[2];
+    rows[0] = emit(J, &cat, 2, top);
+    rows[1] = emit(J, &cat, 2, bot);
+    cat.axis = r - 2;
+    IrRef big = op1(J, IR_EXPM, emit(J, &cat, 2, rows));
+    IrNode sl = {0};
+    sl.op = IR_SLICE;
+    sl.axis = r - 2;
+    sl.start = dim_const(0);
+    sl.stop = N;
+    IrRef upper = emit(J, &sl, 1, &big);
+    sl.axis = r - 1;
+    sl.start = N;
+    sl.stop = N2;
+    return emit(J, &sl, 1, &upper);
+  }
+
   /* Linear data movement and sums: the same op on the tangent. */
   case IR_DIAG:
   case IR_TRANSPOSE:

@@ -295,6 +295,8 @@ CASES = {
     "std_s4d": ("stdlib/s4d.seq", w_s4d, cells.s4d, (4,), {}, [], "5e-6", 204),
     "std_s5": ("stdlib/s5.seq", w_s5, cells.s5, (4,), {}, [], "5e-6", 205),
     "std_lssl": ("stdlib/lssl.seq", w_lssl, cells.lssl, (4,), {"s": (4, 3)}, ["s"], "5e-6", 226),
+    "std_lssl_zoh": ("stdlib/lssl_zoh.seq", w_lssl, cells.lssl_zoh, (4,), {"s": (4, 3)}, ["s"],
+                     "5e-6", 227),
     "std_mamba_ssm": ("stdlib/mamba_ssm.seq", w_mamba_ssm, cells.mamba_ssm, (6,), {"s": (6, 4)}, ["s"], "5e-6", 206),
     "std_mamba": ("stdlib/mamba.seq", w_mamba, cells.mamba, (4,), {"s": (8, 4)}, ["s"], "5e-6", 207),
     "std_mamba2": ("stdlib/mamba2.seq", w_mamba2, cells.mamba2, (4,), {"s": (1, 3, 2, 3)}, ["s"],

@@ -27,6 +27,7 @@ const FcCase FC_CASES[] = {
     {"stdlib/lru.seq", "H=3,N=4"},
     {"stdlib/s4d.seq", "H=3,N=4"},
     {"stdlib/lssl.seq", "H=3,N=4"},
+    {"stdlib/lssl_zoh.seq", "H=3,N=4"},
     {"stdlib/s5.seq", "H=3,P=4"},
     {"stdlib/mamba_ssm.seq", "d_inner=4,d_state=3,dt_rank=2"},
     {"stdlib/mamba.seq", "d_model=4,d_inner=8,d_state=3,d_conv=4,dt_rank=2"},
@@ -91,6 +92,22 @@ int fc_random_weights(FcCompiled *cm) {
         strcmp(b->flat.params.v[i].name, "decay") == 0)
       for (int64_t k = 0; k < rt_numel(&b->weights[i]); k++)
         ((double *)b->weights[i].data)[k] = -fabs(((double *)b->weights[i].data)[k]);
+  /* A square state matrix A of continuous time (the LSSL cells): its
+   * diagonal made negative and dominant (Gershgorin: every eigenvalue in
+   * the left half-plane), so that the discretized recurrence decays instead
+   * of growing by e^(dt |lambda|) a step, past what float32 can compare. */
+  for (int i = 0; i < b->flat.params.n; i++) {
+    RtTensor *t = &b->weights[i];
+    if (strcmp(b->flat.params.v[i].name, "A") != 0 || t->ndim != 2 || t->shape[0] != t->shape[1])
+      continue;
+    int64_t n = t->shape[0];
+    double *d = t->data;
+    for (int64_t r = 0; r < n; r++) {
+      double off = 0;
+      for (int64_t c = 0; c < n; c++) off += c == r ? 0 : fabs(d[r * n + c]);
+      d[r * n + r] = (double)(float)(-(1.0 + off + fabs(d[r * n + r])));
+    }
+  }
   return 0;
 }
 

@@ -129,6 +129,7 @@ static const Expect EXPECTED[] = {
     {"PLSTM", "C", REC_LIN_SMALL_DENSE, ANY, ANY, NULL, 0},
     /* A dense N x N transition per channel, time-invariant (inv of params). */
     {"LSSL", "s", REC_LIN_SMALL_DENSE, ANY, ANY, NULL, 0},
+    {"LSSLZOH", "s", REC_LIN_SMALL_DENSE, ANY, ANY, NULL, 0},
     /* GAM's local branch is a causal convolution: its window only shifts. */
     {"GAM", "conv0.window", REC_SHIFT, ANY, ANY, NULL, 0},
 };

@@ -245,6 +245,49 @@ static void test_exp_functions(void **st) {
   seq_context_destroy(cx);
 }
 
+/* expm on matrices whose exponentials are known in closed form, compiled
+ * (runtime/cpu_expm.c): y = expm(A) @ x for each unit vector x gives the
+ * columns. A rotation generator, a nilpotent matrix (the series ends), a
+ * diagonal one with a large norm (many squarings; e^-40 must not flush
+ * to 0 in float64), and NaN for a non-finite entry. */
+static void test_expm(void **st) {
+  (void)st;
+  SeqContext *cx = seq_context_create();
+  SeqOptions opt = {0};
+  opt.opt_level = 2;
+  opt.dims = "N=2";
+  const char *src = "cell E(N) {\n  param A: [N, N]\n  input x: [N]\n  output y: [N]\n"
+                    "  step {\n    y = expm(A) @ x\n  }\n}\n";
+  SeqModule *m = NULL;
+  if (seq_module_from_string(cx, "e.seq", src, &opt, &m) != SEQ_OK)
+    fail_msg("compile: %s", seq_module_error(m));
+  const double th = 3.0;
+  const float cases[4][4] = {
+      {0, (float)-th, (float)th, 0}, {0, 5, 0, 0}, {-40, 0, 0, 2}, {1, INFINITY, 0, 1}};
+  const double want[3][4] = {
+      {cos(th), -sin(th), sin(th), cos(th)}, {1, 5, 0, 1}, {exp(-40.0), 0, 0, exp(2.0)}};
+  for (int c = 0; c < 4; c++) {
+    assert_int_equal(seq_module_bind_weight(m, "A", cases[c], 4), SEQ_OK);
+    float x[4] = {1, 0, 0, 1}, y[4]; /* two examples: e_0 and e_1 */
+    const void *in[1] = {x};
+    float *out[1] = {y};
+    assert_int_equal(seq_module_forward(m, 2, 1, in, NULL, NULL, out, NULL), SEQ_OK);
+    for (int i = 0; i < 2; i++)
+      for (int j = 0; j < 2; j++) {
+        double got = y[j * 2 + i]; /* example j is column j */
+        if (c == 3) {
+          assert_true(isnan(got));
+          continue;
+        }
+        double w = want[c][i * 2 + j], err = fabs(got - w) / fmax(fabs(w), 1e-30);
+        if (!(err <= 1e-6 || fabs(got - w) <= 1e-6))
+          fail_msg("case %d: expm(A)[%d][%d] = %.9g, want %.9g", c, i, j, got, w);
+      }
+  }
+  seq_module_destroy(m);
+  seq_context_destroy(cx);
+}
+
 static SeqContext *shared_cx;
 static void *compile_thread(void *arg) {
   SeqModule *m = compile_lstm(shared_cx, arg);
@@ -370,6 +413,7 @@ int main(void) {
       cmocka_unit_test(test_compile_error_diagnostics),
       cmocka_unit_test(test_log_functions),
       cmocka_unit_test(test_exp_functions),
+      cmocka_unit_test(test_expm),
       cmocka_unit_test(test_forward_step_and_binding),
       cmocka_unit_test(test_two_threads),
       cmocka_unit_test(test_aot_shared_object),

@@ -695,6 +695,7 @@ int main(void) {
       DIAG("matmul_inner"),
       DIAG("inv_square"),
       DIAG("inv_complex"),
+      DIAG("expm_square"),
       DIAG("output_unassigned"),
       DIAG("state_assigned_twice"),
       DIAG("primed_before_assign"),

@@ -161,7 +161,7 @@ def s4d(p, x, st):
 # plus the initial state's free response C dA^(t+1) s0.
 
 
-def lssl(p, x, st):
+def lssl(p, x, st, zoh=False):
     L, H = x.shape
     A = p["A"]
     N = A.shape[0]
@@ -170,9 +170,17 @@ def lssl(p, x, st):
     y = np.zeros((L, H))
     fin = np.zeros((H, N))
     for h in range(H):
-        M = np.eye(N) - dt[h] / 2 * A
-        dA = np.linalg.solve(M, np.eye(N) + dt[h] / 2 * A)
-        dB = np.linalg.solve(M, dt[h] * p["B"][h])
+        if zoh:
+            # Zero-order hold: dA = e^{dt A}, dB = A^-1 (e^{dt A} - I) B (SciPy's
+            # Pade expm, not seqc's Taylor series).
+            import scipy.linalg
+
+            dA = scipy.linalg.expm(dt[h] * A)
+            dB = np.linalg.solve(A, (dA - np.eye(N)) @ p["B"][h])
+        else:
+            M = np.eye(N) - dt[h] / 2 * A
+            dA = np.linalg.solve(M, np.eye(N) + dt[h] / 2 * A)
+            dB = np.linalg.solve(M, dt[h] * p["B"][h])
         powers = [np.eye(N)]
         for _ in range(L):
             powers.append(dA @ powers[-1])
@@ -181,6 +189,10 @@ def lssl(p, x, st):
             y[t, h] = K[: t + 1] @ x[t::-1, h] + p["C"][h] @ powers[t + 1] @ s0[h] + p["D"][h] * x[t, h]
         fin[h] = powers[L] @ s0[h] + sum(powers[l] @ dB * x[L - 1 - l, h] for l in range(L))
     return y, {"s": fin}
+
+
+def lssl_zoh(p, x, st):
+    return lssl(p, x, st, zoh=True)
 
 
 # -------------------------------------------------------------------- S5
