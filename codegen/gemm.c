@@ -53,12 +53,9 @@ void emit_pack(Lower *L, IrRef r) {
   LLVMBuildCondBr(L->bld, L->packed, pack, packed);
   LLVMPositionBuilderAtEnd(L->bld, pack);
   LLVMTypeRef pt[6] = {L->i64, L->i64, L->ptr, L->i64, L->i32, L->ptr};
-  LLVMValueRef args[6] = {ci64(L, n->gemm_k),
-                          ci64(L, n->gemm_n),
-                          wb,
-                          ci64(L, tr ? n->gemm_k : n->gemm_n),
-                          ci32(L, tr),
-                          L->ll[r].wt};
+  LLVMValueRef args[6] = {
+      ci64(L, n->gemm_k), ci64(L, n->gemm_n), wb, ci64(L, tr ? n->gemm_k : n->gemm_n),
+      ci32(L, tr),        L->ll[r].wt};
   call_fn(L, "rt_cpu_pack_b", L->void_t, pt, 6, args);
   LLVMBuildBr(L->bld, packed);
   LLVMPositionBuilderAtEnd(L->bld, packed);
@@ -82,8 +79,22 @@ void emit_gemm(Lower *L, IrRef r, LLVMValueRef rows) {
   LLVMValueRef M = mul(L, rows, ci64(L, per_row));
   LLVMValueRef A = L->ll[xv].base;
   if (L->ll[r].gath) {
+    /* A batch of one running forwards has the chunk's steps as rows t0 ..
+     * t0 + tn of the operand already: the product reads them there (tn
+     * rows, so never past the sequence), and only other calls gather. */
+    LLVMBuilderRef bld = L->bld;
+    LLVMValueRef direct =
+        LLVMBuildAnd(bld, LLVMBuildICmp(bld, LLVMIntEQ, L->a_B, ci64(L, 1), ""),
+                     LLVMBuildICmp(bld, LLVMIntEQ, L->a_rev, ci32(L, 0), ""), "direct");
+    LLVMBasicBlockRef gather = block(L, "gather"), gathered = block(L, "gathered");
+    LLVMBuildCondBr(bld, direct, gathered, gather);
+    LLVMPositionBuilderAtEnd(bld, gather);
     emit_gather(L, r);
-    A = L->ll[r].gath;
+    LLVMBuildBr(bld, gathered);
+    LLVMPositionBuilderAtEnd(bld, gathered);
+    LLVMValueRef at = gepf(L, A, mul(L, L->t0, ci64(L, sched_row_floats(&L->v[xv]))));
+    A = LLVMBuildSelect(bld, direct, at, L->ll[r].gath, "");
+    M = LLVMBuildSelect(bld, direct, mul(L, L->tn, ci64(L, per_row)), M, "");
   }
   /* The weight as given, and its packed form (packed at the start of the
    * call) unless the call has too few tokens for packing to pay. */
