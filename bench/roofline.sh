@@ -34,7 +34,8 @@ bw2=$(awk '/^stream triad threads=2/ {sub("GB/s=","",$4); print $4}' "$raw")
 # Every std cell at the dims of docs/stdlib.md.
 cells=(
   "lstm I=256,H=256" "gru I=256,H=256" "rnn I=256,H=256" "mingru I=256,H=256"
-  "minlstm I=256,H=256" "lru H=256,N=256" "s4d H=256,N=64" "lssl H=256,N=16" "s5 H=256,P=256"
+  "minlstm I=256,H=256" "lru H=256,N=256" "s4d H=256,N=64" "lssl H=256,N=16"
+  "lssl_zoh H=256,N=16" "s5 H=256,P=256"
   "mamba_ssm d_inner=512,d_state=16,dt_rank=16"
   "mamba d_model=256,d_inner=512,d_state=16,d_conv=4,dt_rank=16"
   "mamba2 d_model=256,ngroups=1,hpg=8,headdim=64,d_state=64,d_conv=4"
