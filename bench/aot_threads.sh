@@ -3,7 +3,7 @@
 # without LLVM (the .so files need only libc): prepare here with
 #   mkdir -p build-dev && gcc -O2 bench/bench_aot.c -ldl -o build-dev/bench_aot
 #   gcc -O2 bench/fma_peak.c -lpthread -lm -o build-dev/fma_peak
-#   gcc -O3 -I. bench/gemm_bench.c runtime/cpu_gemm.c runtime/cpu_pool.c runtime/cpu_forward.c \
+#   gcc -O3 -I. bench/gemm_bench.c runtime/cpu_gemm.c runtime/cpu_pool.c runtime/cpu_forward.c runtime/cpu_warm.c \
 #     -pthread -lm -o build-dev/gemm_bench
 #   for v in x86-64-v3 x86-64-v4; do for m in lstm gru; do
 #     build/seqc stdlib/$m.seq --dims I=256,H=256 --target-cpu=$v -o build-dev/lib${m}_$v.so; done; done

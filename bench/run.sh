@@ -26,7 +26,7 @@ fi
 CC=${CC:-gcc}
 $CC -O2 -pthread bench/fma_peak.c -o "$OUT/fma_peak"
 $CC -O2 -Iinclude bench/bench_rnn.c -L"$BUILD" -lseq -Wl,-rpath,"$PWD/$BUILD" -o "$OUT/bench_rnn"
-$CC -O3 -I. bench/gemm_bench.c runtime/cpu_gemm.c runtime/cpu_pool.c runtime/cpu_forward.c \
+$CC -O3 -I. bench/gemm_bench.c runtime/cpu_gemm.c runtime/cpu_pool.c runtime/cpu_forward.c runtime/cpu_warm.c \
   -pthread -lm -o "$OUT/gemm_bench"
 RAW=$OUT/raw.txt
 : >"$RAW"
