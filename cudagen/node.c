@@ -340,7 +340,7 @@ void cu_node(Cu *c, IrRef r) {
   case IR_INV: {
     /* One thread per matrix: a float64 copy inverted in place by
      * Gauss-Jordan with row pivoting (the rows swapped on the way are the
-     * columns swapped back at the end), as the CPU's runtime/cpu_inv.c in
+     * columns swapped back at the end), as the CPU's runtime/cpu_smallmat.c in
      * float64; NaN where singular, as the interpreter. */
     long long N = n->shape[n->rank - 1], NN = N * N, P = NN ? n->numel / NN : 0;
     fprintf(c->o,
@@ -384,7 +384,7 @@ void cu_node(Cu *c, IrRef r) {
     break;
   }
   case IR_EXPM: {
-    /* One thread per matrix, as the CPU's runtime/cpu_expm.c, in float64
+    /* One thread per matrix, as the CPU's runtime/cpu_smallmat.c, in float64
      * (float32 squarings lose too much on long steps): A scaled by 2^-s to
      * a 1-norm of at most 1/4, the Taylor series by Horner's rule to 20
      * terms, squared s times; NaN for an entry that is not finite or a

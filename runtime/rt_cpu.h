@@ -160,17 +160,17 @@ int64_t rt_cpu_linattn_work(int64_t H, int64_t K, int64_t V, int64_t Kg, int64_t
  * K = V = 128 and at K = V = 32, 16 was also the fastest. */
 #define RT_CPU_LINATTN_CHUNK 16
 
-/* ---- small matrix inverses and exponentials (cpu_inv.c, cpu_expm.c) -------- */
+/* ---- small matrix inverses and exponentials (cpu_smallmat.c) ------------- */
 
 /* out[b] = a[b]^-1 for count row-major n x n matrices (b < count), by
  * Gauss-Jordan elimination with partial pivoting in float64. A singular
  * matrix (a zero or non-finite pivot) gets NaN in every element; so does
- * every matrix if the float64 scratch (2 n^2 doubles) cannot be had. a and
+ * every matrix if the float64 scratch (3 n^2 doubles) cannot be had. a and
  * out may be the same. Runs on the calling thread. */
 void rt_cpu_inv(int64_t count, int64_t n, const float *a, float *out);
-/* The exponentials of count n x n matrices (cpu_expm.c: scaling and
- * squaring of the Taylor series in float64); NaN for a matrix with an entry
- * that is not finite or a 1-norm past 2^60. */
+/* out[b] = exp(a[b]), likewise: scaling and squaring of the Taylor series
+ * in float64; NaN for a matrix with an entry that is not finite or a 1-norm
+ * past 2^60. */
 void rt_cpu_expm(int64_t count, int64_t n, const float *a, float *out);
 
 /* ---- causal softmax attention (cpu_attention.c) --------------------------- */

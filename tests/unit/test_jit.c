@@ -246,7 +246,7 @@ static void test_exp_functions(void **st) {
 }
 
 /* expm on matrices whose exponentials are known in closed form, compiled
- * (runtime/cpu_expm.c): y = expm(A) @ x for each unit vector x gives the
+ * (runtime/cpu_smallmat.c): y = expm(A) @ x for each unit vector x gives the
  * columns. A rotation generator, a nilpotent matrix (the series ends), a
  * diagonal one with a large norm (many squarings; e^-40 must not flush
  * to 0 in float64), and NaN for a non-finite entry. */
