@@ -88,6 +88,20 @@ def w_s4d(rng, H=4, N=3):
             "D": rng.normal(0, 1, H)}
 
 
+def w_s4(rng, H=4, N=3):
+    # S4's LegS-like initialization scale: Re(Lambda) = -1/2, Im(Lambda) = pi n,
+    # P ~ sqrt(n + 1/2), perturbed.
+    n = np.arange(N)
+    return {"kernel.log_dt": np.log(rng.uniform(0.05, 0.5, H)),
+            "kernel.log_A_real": np.log(0.5 + rng.uniform(0, 0.2, (H, N))),
+            "kernel.A_imag": math.pi * n[None, :] + rng.normal(0, 0.1, (H, N)),
+            "kernel.P": np.stack([np.sqrt(n + 0.5)[None, :] + rng.normal(0, 0.1, (H, N)),
+                                  rng.normal(0, 0.1, (H, N))], axis=-1),
+            "kernel.B": rng.normal(0, 1, (H, N, 2)),
+            "kernel.C": rng.normal(0, 0.5, (H, N, 2)),
+            "D": rng.normal(0, 1, H)}
+
+
 def w_lssl(rng, H=4, N=3):
     # HiPPO-LegS (the LSSL paper's initialization), perturbed.
     n = np.arange(N)
@@ -293,6 +307,7 @@ CASES = {
     "std_minlstm": ("stdlib/minlstm.seq", w_minlstm, cells.minlstm, (5,), {"h": (4,)}, ["h"], "5e-6", 202),
     "std_lru": ("stdlib/lru.seq", w_lru, cells.lru, (4,), {}, [], "5e-6", 203),
     "std_s4d": ("stdlib/s4d.seq", w_s4d, cells.s4d, (4,), {}, [], "5e-6", 204),
+    "std_s4": ("stdlib/s4.seq", w_s4, cells.s4, (4,), {}, [], "5e-6", 228),
     "std_s5": ("stdlib/s5.seq", w_s5, cells.s5, (4,), {}, [], "5e-6", 205),
     "std_lssl": ("stdlib/lssl.seq", w_lssl, cells.lssl, (4,), {"s": (4, 3)}, ["s"], "5e-6", 226),
     "std_lssl_zoh": ("stdlib/lssl_zoh.seq", w_lssl, cells.lssl_zoh, (4,), {"s": (4, 3)}, ["s"],

@@ -26,6 +26,7 @@ const FcCase FC_CASES[] = {
     {"stdlib/minlstm.seq", "I=3,H=4"},
     {"stdlib/lru.seq", "H=3,N=4"},
     {"stdlib/s4d.seq", "H=3,N=4"},
+    {"stdlib/s4.seq", "H=3,N=4"},
     {"stdlib/lssl.seq", "H=3,N=4"},
     {"stdlib/lssl_zoh.seq", "H=3,N=4"},
     {"stdlib/s5.seq", "H=3,P=4"},

@@ -98,6 +98,8 @@ static const Expect EXPECTED[] = {
     {"Mamba", "s", REC_LIN_DIAG, REC_GATE_FULL, ANY, "conv0.window", 0},
     {"Mamba", "conv0.window", REC_SHIFT, ANY, ANY, NULL, 0},
     {"S4D", "s", REC_LIN_DIAG, REC_GATE_FULL, ANY, NULL, 1},
+    /* S4: Lambda - P P*, bilinear, through Woodbury: diagonal plus rank one. */
+    {"S4", "s", REC_LIN_DPLR, REC_GATE_DIAG, ANY, NULL, 1},
     {"S5", "s", REC_LIN_DIAG, REC_GATE_FULL, ANY, NULL, 1},
     {"LRU", "s", REC_LIN_DIAG, REC_GATE_FULL, ANY, NULL, 1},
     /* Matrix states: linear attention (no decay), its normalizer z (a

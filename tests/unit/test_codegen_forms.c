@@ -74,6 +74,11 @@ static const FcCase CASES[] = {
     /* A narrow summed last axis: the scan runs transposed (sched/scan.c),
      * in two blocks of rows, the second short of a vector multiple. */
     {"stdlib/mamba_ssm.seq", "d_inner=150,d_state=16,dt_rank=2"},
+    /* Dense and low-rank continuous-time transitions, discretized once per
+     * call: LSSL bilinear (inv) and zero-order hold (expm), S4's Woodbury step. */
+    {"stdlib/lssl.seq", "H=3,N=4"},
+    {"stdlib/lssl_zoh.seq", "H=3,N=4"},
+    {"stdlib/s4.seq", "H=3,N=4"},
 };
 
 /* Each form as the schedule chunks time, and the parallel forms again with

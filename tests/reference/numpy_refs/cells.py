@@ -153,6 +153,33 @@ def s4d(p, x, st):
     return y + p["D"] * x, {}
 
 
+# -------------------------------------------------------------------- S4
+# Gu, Goel & Re 2022 (S4), section 3: A = Lambda - P P* (normal plus low
+# rank, Q = P), the bilinear discretization formed densely per channel with
+# solves (the paper's Woodbury step is what s4.seq writes; this is the
+# definition it rewrites), y = 2 Re(C s) + D u over conjugate pairs.
+
+
+def s4(p, x, st):
+    L, H = x.shape
+    lam = -np.exp(p["kernel.log_A_real"]) + 1j * p["kernel.A_imag"]
+    cplx = lambda a: a[..., 0] + 1j * a[..., 1]
+    P, B, C = cplx(p["kernel.P"]), cplx(p["kernel.B"]), cplx(p["kernel.C"])
+    dt = np.exp(p["kernel.log_dt"])
+    N = lam.shape[1]
+    y = np.zeros((L, H))
+    for h in range(H):
+        A = np.diag(lam[h]) - np.outer(P[h], P[h].conj())
+        M = np.eye(N) - dt[h] / 2 * A
+        dA = np.linalg.solve(M, np.eye(N) + dt[h] / 2 * A)
+        dB = np.linalg.solve(M, dt[h] * B[h])
+        s = np.zeros(N, dtype=complex)
+        for t in range(L):
+            s = dA @ s + dB * x[t, h]
+            y[t, h] = 2 * (C[h] @ s).real + p["D"][h] * x[t, h]
+    return y, {}
+
+
 # ------------------------------------------------------------------ LSSL
 # Gu et al. 2021 (LSSL), section 3: the bilinear (GBT, alpha = 1/2)
 # discretization of x' = A x + B u per channel, evaluated in the paper's
