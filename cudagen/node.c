@@ -317,6 +317,18 @@ static void axis_copy(Cu *c, const char *dst, const char *src, int64_t outer, in
           (long long)(src_off * inner));
 }
 
+/* Opens a loop giving each thread one n x n matrix of the last two axes of
+ * node nd's operand (a) and of its value (out): inv's and expm's kernels. */
+static void per_matrix(Cu *c, const IrNode *nd, const SchedValue *n, const char *out) {
+  long long N = n->shape[n->rank - 1], NN = N * N, P = NN ? n->numel / NN : 0;
+  fprintf(c->o,
+          "    SEQ_FOR(p, %lld) {\n"
+          "      const i64 n = %lld;\n"
+          "      const float *a = %s + p * n * n;\n"
+          "      float *out = %s + p * n * n;\n",
+          P, N, cu_rowptr(c, nd->args[0]), out);
+}
+
 void cu_node(Cu *c, IrRef r) {
   const IrNode *nd = &c->fn->nodes.v[r];
   const SchedValue *n = &c->v[r];
@@ -342,15 +354,9 @@ void cu_node(Cu *c, IrRef r) {
      * Gauss-Jordan with row pivoting (the rows swapped on the way are the
      * columns swapped back at the end), as the CPU's runtime/cpu_smallmat.c in
      * float64; NaN where singular, as the interpreter. */
-    long long N = n->shape[n->rank - 1], NN = N * N, P = NN ? n->numel / NN : 0;
-    fprintf(c->o,
-            "    SEQ_FOR(p, %lld) {\n"
-            "      const i64 n = %lld;\n"
-            "      const float *a = %s + p * n * n;\n"
-            "      float *out = %s + p * n * n;\n"
-            "      double v[%lld];\n"
-            "      int piv[%lld], bad = 0;\n",
-            P, N, cu_rowptr(c, nd->args[0]), out, NN, N);
+    long long N = n->shape[n->rank - 1];
+    per_matrix(c, nd, n, out);
+    fprintf(c->o, "      double v[%lld];\n      int piv[%lld], bad = 0;\n", N * N, N);
     fputs(
         "      for (i64 k = 0; k < n * n; k++) v[k] = (double)a[k];\n"
         "      for (i64 k = 0; k < n && !bad; k++) {\n"
@@ -389,15 +395,11 @@ void cu_node(Cu *c, IrRef r) {
      * a 1-norm of at most 1/4, the Taylor series by Horner's rule to 20
      * terms, squared s times; NaN for an entry that is not finite or a
      * norm past 2^60. */
-    long long N = n->shape[n->rank - 1], NN = N * N, P = NN ? n->numel / NN : 0;
+    long long NN = n->shape[n->rank - 1] * n->shape[n->rank - 1];
+    per_matrix(c, nd, n, out);
     fprintf(c->o,
-            "    SEQ_FOR(p, %lld) {\n"
-            "      const i64 n = %lld;\n"
-            "      const float *a = %s + p * n * n;\n"
-            "      float *out = %s + p * n * n;\n"
-            "      double m[%lld], e[%lld], t[%lld], norm = 0.0, scale = 1.0;\n"
-            "      int s = 0;\n",
-            P, N, cu_rowptr(c, nd->args[0]), out, NN, NN, NN);
+            "      double m[%lld], e[%lld], t[%lld], norm = 0.0, scale = 1.0;\n      int s = 0;\n",
+            NN, NN, NN);
     fputs(
         "      for (i64 j = 0; j < n; j++) {\n"
         "        double cs = 0.0;\n"
