@@ -1232,6 +1232,11 @@ static const char *binary_verb(int op) {
  * and every pass already handles. */
 static IrRef lower_batched_matmul(Lower *L, SrcLoc loc, IrRef x, IrRef y) {
   IrType xt = type_of(L, x), yt = type_of(L, y);
+  if (xt.rank == 0 || yt.rank == 0) {
+    diag_error(L->de, loc, "cannot multiply %s and %s as matrices: a scalar operand",
+               sema_type_str(L, xt), sema_type_str(L, yt));
+    return REF_ERROR;
+  }
   /* The contracted axes: x's last, y's second to last (its only one if a vector). */
   DimExpr kx = xt.dims[xt.rank - 1], ky = yt.dims[yt.rank >= 2 ? yt.rank - 2 : 0];
   if (xt.elem == IR_INT || yt.elem == IR_INT || !dim_eq(kx, ky)) {

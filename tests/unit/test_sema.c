@@ -693,6 +693,7 @@ int main(void) {
       DIAG("wrong_arity"),
       DIAG("add_shape"),
       DIAG("matmul_inner"),
+      DIAG("matmul_scalar"),
       DIAG("inv_square"),
       DIAG("inv_complex"),
       DIAG("expm_square"),
