@@ -143,7 +143,35 @@ static int find_unit(const Sema *S, const char *name) {
 
 /* ---- Dimension expressions ---------------------------------------------------- */
 
-static const char dim_expr_rule[] = "dimension expressions may only use integers, dims, +, - and *";
+static const char dim_expr_rule[] =
+    "dimension expressions may only use integers, dims, +, -, * and /";
+
+/* "NH*Dh": a dim expression over f's dims, for messages. */
+static const char *fn_dim_str(Lower *L, const IrFunc *f, DimExpr e) {
+  const char **names = arena_calloc(L->a, (size_t)f->dims.n + 1, sizeof *names);
+  if (!names) return "?";
+  for (int i = 0; i < f->dims.n; i++) names[i] = f->dims.v[i].name;
+  const char *s = dim_str(L->a, e, names);
+  return s ? s : "?";
+}
+
+static const char *dim_expr_str(Lower *L, DimExpr e) {
+  return fn_dim_str(L, L->f, e);
+}
+
+/* The quotient that has dim v as its numerator (D of Dh = D / NH), or NULL. */
+static const IrDimQuotient *quotient_of_num(const IrFunc *f, int v) {
+  for (int i = 0; i < f->dim_quotients.n; i++)
+    if (f->dim_quotients.v[i].num == v) return &f->dim_quotients.v[i];
+  return NULL;
+}
+
+/* The quotient dim v is (Dh of Dh = D / NH), or NULL. */
+static const IrDimQuotient *quotient_dim(const IrFunc *f, int v) {
+  for (int i = 0; i < f->dim_quotients.n; i++)
+    if (f->dim_quotients.v[i].dim == v) return &f->dim_quotients.v[i];
+  return NULL;
+}
 
 static int int_literal(const AstExpr *e, int64_t *out) {
   if (e->text) {
@@ -157,6 +185,32 @@ static int int_literal(const AstExpr *e, int64_t *out) {
   if (e->num < -9.2e18 || e->num > 9.2e18) return -1;
   *out = (int64_t)e->num;
   return 0;
+}
+
+/* x / y in a dimension expression: exact for every value of the dims
+ * ((4*H) / 2, (NH*Dh) / NH, and D / NH once the header has Dh = D / NH), or
+ * an error that says how to make it so. */
+static int dim_quotient(Lower *L, const AstExpr *e, DimExpr x, DimExpr y, DimExpr *out) {
+  int64_t k;
+  if (dim_is_const(y, &k) && k <= 0) {
+    diag_error(L->de, e->loc, "dimension expression divides by %lld", (long long)k);
+    return -1;
+  }
+  if (y.nterms == 1 && y.t[0].coef > 0 && dim_div_term(x, y, out) == 0) return 0;
+  const char *xs = dim_expr_str(L, x), *ys = dim_expr_str(L, y);
+  if (y.nterms != 1 || y.t[0].coef <= 0)
+    diag_error(L->de, e->loc,
+               "a dimension can only be divided by a positive integer, a dim or a product of "
+               "them, not %s",
+               ys);
+  else if (x.nterms == 1 && x.t[0].nvars == 1 && x.t[0].coef == 1)
+    diag_error(L->de, e->loc,
+               "%s / %s is not a whole number for every %s: name the quotient in the header of "
+               "'%s' (e.g. `%s_per = %s / %s`), so that binding checks that %s divides %s",
+               xs, ys, xs, L->unit->name, xs, xs, ys, ys, xs);
+  else
+    diag_error(L->de, e->loc, "%s / %s is not a whole number for every value of its dims", xs, ys);
+  return -1;
 }
 
 static int dim_expr_rec(Lower *L, const AstExpr *e, DimExpr *out, int depth) {
@@ -184,8 +238,16 @@ static int dim_expr_rec(Lower *L, const AstExpr *e, DimExpr *out, int depth) {
         if (!L->env.v[i].is_index) break;
         return *out = dim_const(L->env.v[i].index), 0;
       }
-    for (int i = 0; i < L->nsig; i++)
-      if (strcmp(L->f->dims.v[i].name, name) == 0) return *out = dim_var(i), 0;
+    for (int i = 0; i < L->nsig; i++) {
+      if (strcmp(L->f->dims.v[i].name, name) != 0) continue;
+      /* A divided dim is its divisor times its quotient: D is NH*Dh. */
+      const IrDimQuotient *q = quotient_of_num(L->f, i);
+      if (q && q->dim < L->nsig) {
+        if (dim_mul(q->den, dim_var(q->dim), out)) goto too_big;
+        return 0;
+      }
+      return *out = dim_var(i), 0;
+    }
     const char **cands = arena_calloc(L->a, (size_t)L->nsig + 1, sizeof *cands);
     for (int i = 0; cands && i < L->nsig; i++) cands[i] = L->f->dims.v[i].name;
     const char *s = cands ? sema_suggest(name, cands, L->nsig) : NULL;
@@ -205,8 +267,9 @@ static int dim_expr_rec(Lower *L, const AstExpr *e, DimExpr *out, int depth) {
   }
   case AST_BINARY: {
     DimExpr x, y;
-    if (e->op != '+' && e->op != '-' && e->op != '*') break;
+    if (e->op != '+' && e->op != '-' && e->op != '*' && e->op != '/') break;
     if (dim_expr_rec(L, e->lhs, &x, depth + 1) || dim_expr_rec(L, e->rhs, &y, depth + 1)) return -1;
+    if (e->op == '/') return dim_quotient(L, e, x, y, out);
     int r = e->op == '+'   ? dim_add(x, y, out)
             : e->op == '-' ? dim_sub(x, y, out)
                            : dim_mul(x, y, out);
@@ -233,6 +296,62 @@ int sema_dim_expr(Lower *L, const AstExpr *e, DimExpr *out) {
 
 /* ---- Dims and declarations ---------------------------------------------------- */
 
+/* A header default `Dh = D / NH` that is not exact by itself: D a dim of
+ * this header, NH one term over its earlier dims. Fills *q (but for its dim)
+ * and returns 0; returns 0 with q->num = -1 for any other default, which
+ * lowers as an expression; -1 after reporting. From here on D is NH*Dh in
+ * this unit (dim_expr_rec). */
+static int header_quotient(Lower *L, const AstDimParam *p, IrDimQuotient *q) {
+  const AstExpr *e = p->deflt;
+  if (e->kind != AST_BINARY || e->op != '/' || e->lhs->kind != AST_NAME || e->lhs->primed ||
+      e->lhs->path.nparts != 1)
+    return 0;
+  int num = -1;
+  for (int i = 0; i < L->nsig; i++)
+    if (strcmp(L->f->dims.v[i].name, e->lhs->path.parts[0]) == 0) num = i;
+  if (num < 0) return 0;
+  DimExpr x, y, r;
+  if (sema_dim_expr(L, e->lhs, &x) || sema_dim_expr(L, e->rhs, &y)) return -1;
+  if (y.nterms == 1 && y.t[0].coef > 0 && dim_div_term(x, y, &r) == 0) return 0; /* exact */
+  if (y.nterms != 1 || y.t[0].coef <= 0) return 0; /* dim_quotient reports it */
+  const char *name = L->f->dims.v[num].name;
+  for (int k = 0; k < y.t[0].nvars; k++)
+    if (y.t[0].vars[k] == num) {
+      diag_error(L->de, e->loc, "'%s' divides %s by a multiple of itself", p->name, name);
+      return -1;
+    }
+  /* One level only: D is not itself a quotient, nor divided twice, nor in
+   * an earlier divisor (whose expression would then be stale). */
+  for (int i = 0; i < L->f->dim_quotients.n; i++) {
+    const IrDimQuotient *o = &L->f->dim_quotients.v[i];
+    int in_den = 0;
+    for (int k = 0; k < o->den.t[0].nvars; k++) in_den |= o->den.t[0].vars[k] == num;
+    if (o->num == num || o->dim == num || in_den) {
+      diag_error(L->de, e->loc,
+                 "dimension '%s' is already part of the quotient '%s' (a dim takes part in one "
+                 "quotient at most)",
+                 name, L->f->dims.v[o->dim].name);
+      return -1;
+    }
+  }
+  /* A default between D and Dh reads D itself, which a layer passing only
+   * Dh would not have yet (sema_finalize_layer): Dh must come first. */
+  for (int i = 0; i < L->f->dim_defaults.n; i++) {
+    const IrDimDefault *d = &L->f->dim_defaults.v[i];
+    int uses = 0;
+    for (int t = 0; t < d->expr.nterms; t++)
+      for (int k = 0; k < d->expr.t[t].nvars; k++) uses |= d->expr.t[t].vars[k] == num;
+    if (uses) {
+      diag_error(L->de, e->loc,
+                 "the default of '%s' reads '%s', which '%s' divides: declare '%s' before '%s'",
+                 L->f->dims.v[d->dim].name, name, p->name, p->name, L->f->dims.v[d->dim].name);
+      return -1;
+    }
+  }
+  *q = (IrDimQuotient){.num = num, .den = y, .loc = e->loc};
+  return 0;
+}
+
 static void declare_dims(Lower *L) {
   const AstUnit *u = L->unit;
   for (int i = 0; i < u->ndims; i++) {
@@ -257,7 +376,12 @@ static void declare_dims(Lower *L) {
     int64_t v = 0;
     int is_expr = 0;
     L->nsig = L->f->dims.n;
-    if (p->deflt && sema_dim_expr(L, p->deflt, &e) == 0) {
+    IrDimQuotient quo = {.num = -1};
+    if (p->deflt && header_quotient(L, p, &quo) < 0) {
+      /* reported */
+    } else if (quo.num >= 0) {
+      /* Dh = D / NH: recorded below, once Dh has its index. */
+    } else if (p->deflt && sema_dim_expr(L, p->deflt, &e) == 0) {
       if (!dim_is_const(e, &v))
         is_expr = 1;
       else if (v < 0 || v > SEQ_MAX_DIM_VALUE)
@@ -272,6 +396,11 @@ static void declare_dims(Lower *L) {
     }
     IrDimDefault dd = {L->f->dims.n - 1, e};
     if (is_expr && vec_push(L->a, &L->f->dim_defaults, dd)) {
+      sema_oom(L->S);
+      return;
+    }
+    quo.dim = L->f->dims.n - 1;
+    if (quo.num >= 0 && vec_push(L->a, &L->f->dim_quotients, quo)) {
       sema_oom(L->S);
       return;
     }
@@ -512,9 +641,26 @@ int sema_known_value(Lower *L, const AstExpr *x, const char *what, int64_t lo, i
       }
     }
     const DimExpr *de = dim_default_expr(L->f, v);
+    const IrDimQuotient *q = quotient_dim(L->f, v);
     if (!known[v] && dim->has_default) {
       vals[v] = dim->deflt;
       known[v] = 1;
+    } else if (!known[v] && q) {
+      int all = known[q->num];
+      for (int k = 0; k < q->den.t[0].nvars; k++) all &= known[q->den.t[0].vars[k]];
+      int64_t den;
+      if (all && dim_eval(q->den, vals, &den) == 0) {
+        if (den == 0 || vals[q->num] % den != 0) {
+          diag_error(L->de, x->loc,
+                     "%s needs dimension '%s' = %s / %s, but %s = %lld is not a multiple of "
+                     "%lld",
+                     what, dim->name, L->f->dims.v[q->num].name, dim_expr_str(L, q->den),
+                     L->f->dims.v[q->num].name, (long long)vals[q->num], (long long)den);
+          return -1;
+        }
+        vals[v] = vals[q->num] / den;
+        known[v] = 1;
+      }
     } else if (!known[v] && de) {
       int all = 1;
       for (int t = 0; t < de->nterms; t++)
@@ -710,7 +856,9 @@ done:
 int sema_finalize_layer(Lower *L, int li, const IrRef *args, int nargs) {
   LayerSlot *slot = &L->layers.v[li];
   IrLayer *lay = &L->f->layers.v[li];
-  if (slot->final) return 0;
+  if (slot->final) return slot->failed ? -1 : 0;
+  /* Once, even when it fails: the error is reported once, later calls fail. */
+  slot->final = slot->failed = 1;
   const IrFunc *cf = slot->callee;
   for (int i = 0; args && i < nargs && i < cf->inputs.n; i++) {
     if (args[i] < 0) continue;
@@ -725,9 +873,39 @@ int sema_finalize_layer(Lower *L, int li, const IrRef *args, int nargs) {
       }
     }
   }
+  unsigned char *deferred = arena_calloc(L->a, (size_t)cf->dims.n + 1, 1);
+  if (!deferred) {
+    sema_oom(L->S);
+    return -1;
+  }
   for (int v = 0; v < cf->dims.n; v++) {
     if (slot->bound[v]) continue;
     const IrDim *cd = &cf->dims.v[v];
+    /* A divided dim (D of Dh = D / NH) not passed follows its quotient. */
+    if (quotient_of_num(cf, v)) {
+      deferred[v] = 1;
+      continue;
+    }
+    /* A quotient of a dim passed divides what was passed: exactly, or the
+     * caller must name the quotient itself. */
+    const IrDimQuotient *q = quotient_dim(cf, v);
+    if (q && !deferred[q->num]) {
+      DimExpr den;
+      const char *ns = dim_expr_str(L, lay->dim_args[q->num]);
+      if (dim_subst(q->den, lay->dim_args, &den) ||
+          dim_div_term(lay->dim_args[q->num], den, &lay->dim_args[v])) {
+        const char *ds = dim_expr_str(L, den);
+        diag_error(L->de, lay->loc,
+                   "dimension '%s' of '%s' is %s / %s, here %s / %s, which is not a whole "
+                   "number for every value of the dims of '%s': pass %s, or name the quotient "
+                   "in the header of '%s' (e.g. `%s = %s / %s`)",
+                   cd->name, cf->name, cf->dims.v[q->num].name, fn_dim_str(L, cf, q->den), ns, ds,
+                   L->unit->name, cd->name, L->unit->name, cd->name, ns, ds);
+        return -1;
+      }
+      slot->bound[v] = 1;
+      continue;
+    }
     /* A default expression follows the dims it uses (earlier ones, bound by
      * now): d_inner = 2*d_model becomes 2*(whatever d_model is here). */
     const DimExpr *de = dim_default_expr(cf, v);
@@ -753,7 +931,29 @@ int sema_finalize_layer(Lower *L, int li, const IrRef *args, int nargs) {
     lay->dim_args[v] = dim_var(L->f->dims.n - 1);
     slot->bound[v] = 1;
   }
-  slot->final = 1;
+  /* Every quotient now has its dim: a divided dim not passed is its divisor
+   * times it; one passed must be that product. */
+  for (int i = 0; i < cf->dim_quotients.n; i++) {
+    const IrDimQuotient *q = &cf->dim_quotients.v[i];
+    DimExpr den, prod;
+    if (dim_subst(q->den, lay->dim_args, &den) || dim_mul(den, lay->dim_args[q->dim], &prod)) {
+      diag_error(L->de, lay->loc, "the dims of '%s' are too complex once substituted", cf->name);
+      return -1;
+    }
+    if (deferred[q->num]) {
+      lay->dim_args[q->num] = prod;
+      slot->bound[q->num] = 1;
+    } else if (!dim_eq(lay->dim_args[q->num], prod)) {
+      diag_error(L->de, lay->loc,
+                 "dimension '%s' of '%s' is %s here, but %s * %s is %s (%s = %s / %s): the "
+                 "dims passed disagree",
+                 cf->dims.v[q->num].name, cf->name, dim_expr_str(L, lay->dim_args[q->num]),
+                 fn_dim_str(L, cf, q->den), cf->dims.v[q->dim].name, dim_expr_str(L, prod),
+                 cf->dims.v[q->dim].name, cf->dims.v[q->num].name, fn_dim_str(L, cf, q->den));
+      return -1;
+    }
+  }
+  slot->failed = 0;
   return 0;
 }
 

@@ -83,7 +83,7 @@ typedef struct LayerSlot {
   int callee_unit;
   unsigned char *bound; /* per callee dim */
   int final;            /* dim_args complete */
-  int failed;           /* the declaration had an error: calls yield REF_ERROR */
+  int failed;           /* completing dim_args failed (reported once): calls yield REF_ERROR */
 } LayerSlot;
 
 /* A `layer NAME[...]` declaration (count == -1 for a single layer). */

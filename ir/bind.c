@@ -301,6 +301,60 @@ static int solve_round(IrBinding *b, const Given *gs, int ng, DiagEngine *de) {
   return progress;
 }
 
+/* Dh = D / NH: the quotient from a known numerator (which the divisor must
+ * divide), or the numerator from a known quotient. Returns 1 if some dim was
+ * found, 0 if none, -1 after reporting a numerator the divisor does not
+ * divide. */
+static int quotient_round(IrBinding *b, DiagEngine *de) {
+  const IrFunc *f = b->root;
+  int progress = 0;
+  for (int i = 0; i < f->dim_quotients.n; i++) {
+    const IrDimQuotient *q = &f->dim_quotients.v[i];
+    int64_t den;
+    if (!dims_known(b, q->den) || dim_eval(q->den, b->dims, &den)) continue;
+    int64_t *num = &b->dims[q->num], *quo = &b->dims[q->dim];
+    if (*num >= 0 && *quo < 0) {
+      if (den == 0 || *num % den != 0) {
+        const char *ds = dim_str(b->arena, q->den, root_dim_names(b));
+        diag_error(de, q->loc,
+                   "dimension '%s' = %s / %s, but %s = %lld is not a multiple of %s = %lld",
+                   f->dims.v[q->dim].name, f->dims.v[q->num].name, ds ? ds : "?",
+                   f->dims.v[q->num].name, (long long)*num, ds ? ds : "?", (long long)den);
+        return -1;
+      }
+      *quo = *num / den;
+      b->dim_from[q->dim] = q->loc;
+      progress = 1;
+    } else if (*num < 0 && *quo >= 0) {
+      int64_t v;
+      if (__builtin_mul_overflow(den, *quo, &v) || v > SEQ_MAX_DIM_VALUE) continue;
+      *num = v;
+      b->dim_from[q->num] = q->loc;
+      progress = 1;
+    }
+  }
+  return progress;
+}
+
+/* Every quotient holds: D = NH * Dh with the values bound. */
+static int check_quotients(IrBinding *b, DiagEngine *de) {
+  const IrFunc *f = b->root;
+  for (int i = 0; i < f->dim_quotients.n; i++) {
+    const IrDimQuotient *q = &f->dim_quotients.v[i];
+    int64_t den, prod;
+    if (dim_eval(q->den, b->dims, &den) || __builtin_mul_overflow(den, b->dims[q->dim], &prod) ||
+        prod != b->dims[q->num]) {
+      const char *ds = dim_str(b->arena, q->den, root_dim_names(b));
+      diag_error(de, q->loc, "dimension '%s' = %lld is not %s * %s = %lld * %lld (%s = %s / %s)",
+                 f->dims.v[q->num].name, (long long)b->dims[q->num], ds ? ds : "?",
+                 f->dims.v[q->dim].name, (long long)den, (long long)b->dims[q->dim],
+                 f->dims.v[q->dim].name, f->dims.v[q->num].name, ds ? ds : "?");
+      return -1;
+    }
+  }
+  return 0;
+}
+
 int ir_binding_infer(IrBinding *b, IrShapeLookup lookup, void *ctx, const int *input_ndims,
                      const int64_t *const *input_shapes, DiagEngine *de) {
   const IrFunc *root = b->root;
@@ -349,7 +403,7 @@ int ir_binding_infer(IrBinding *b, IrShapeLookup lookup, void *ctx, const int *i
    * a dim the weights determine is never overridden by its default. */
   for (;;) {
     int r;
-    while ((r = solve_round(b, gs, ng, de)) > 0) {
+    while ((r = solve_round(b, gs, ng, de)) > 0 || (r == 0 && (r = quotient_round(b, de)) > 0)) {
     }
     if (r < 0) return -1;
     int d = -1;
@@ -397,7 +451,7 @@ int ir_binding_infer(IrBinding *b, IrShapeLookup lookup, void *ctx, const int *i
       report_mismatch(b, &gs[i], de);
       errors++;
     }
-  if (errors) return -1;
+  if (errors || check_quotients(b, de)) return -1;
 
   /* Every dim is known: check every shape against it. */
   for (int i = 0; i < ng; i++) {

@@ -136,6 +136,28 @@ int dim_div_exact(DimExpr a, int64_t k, DimExpr *out) {
   return 0;
 }
 
+int dim_div_term(DimExpr a, DimExpr d, DimExpr *out) {
+  if (d.nterms != 1) return -1;
+  const DimTerm *q = &d.t[0];
+  DimTerm terms[DIM_MAX_TERMS];
+  for (int i = 0; i < a.nterms; i++) {
+    DimTerm t = a.t[i];
+    if (q->coef == 0 || (q->coef == -1 && t.coef == INT64_MIN) || t.coef % q->coef != 0) return -1;
+    t.coef /= q->coef;
+    /* Remove each of q's variables once from t's (both sorted lists). */
+    for (int k = 0; k < q->nvars; k++) {
+      int at = -1;
+      for (int j = 0; j < t.nvars && at < 0; j++)
+        if (t.vars[j] == q->vars[k]) at = j;
+      if (at < 0) return -1;
+      for (int j = at; j + 1 < t.nvars; j++) t.vars[j] = t.vars[j + 1];
+      t.nvars--;
+    }
+    terms[i] = t;
+  }
+  return normalize(terms, a.nterms, out);
+}
+
 int dim_eq(DimExpr a, DimExpr b) {
   if (a.nterms != b.nterms) return 0;
   for (int i = 0; i < a.nterms; i++) {

@@ -89,11 +89,13 @@ void ir_func_share_header(IrFunc *f, const IrFunc *src) {
   f->params = src->params;
   f->dim_defaults = src->dim_defaults;
   f->dim_pins = src->dim_pins;
+  f->dim_quotients = src->dim_quotients;
   /* Shared with src, so never grown in place. */
   f->dims.cap = f->dims.n;
   f->params.cap = f->params.n;
   f->dim_defaults.cap = f->dim_defaults.n;
   f->dim_pins.cap = f->dim_pins.n;
+  f->dim_quotients.cap = f->dim_quotients.n;
 }
 
 IrFunc *ir_func_prune(IrModule *m, const IrFunc *f) {

@@ -47,6 +47,9 @@ int dim_add(DimExpr a, DimExpr b, DimExpr *out);
 int dim_sub(DimExpr a, DimExpr b, DimExpr *out);
 int dim_mul(DimExpr a, DimExpr b, DimExpr *out);
 int dim_div_exact(DimExpr a, int64_t k, DimExpr *out); /* -1 unless every coef divisible */
+/* a / d for a one-term divisor d (3, NH, 2*NH): -1 unless every term of a
+ * holds d's variables and a multiple of its coefficient. */
+int dim_div_term(DimExpr a, DimExpr d, DimExpr *out);
 int dim_eq(DimExpr a, DimExpr b);
 int dim_is_const(DimExpr a, int64_t *value); /* 1 and *value if constant */
 int dim_is_one(DimExpr a);                   /* the constant 1 */
@@ -148,6 +151,19 @@ typedef struct IrDimDefault {
   DimExpr expr; /* over dims with smaller indices */
 } IrDimDefault;
 
+/* A dim that is a quotient of earlier ones: cell MHA(D, NH, Dh = D / NH).
+ * Inside the unit the numerator dim is written as den * dim everywhere (D
+ * is NH*Dh in every type), so shapes stay polynomials and
+ * reshape([NH, Dh] -> [D]) checks symbolically; binding (ir/bind.c) computes
+ * the quotient from the numerator or the numerator from the quotient and
+ * reports a numerator the divisor does not divide. */
+typedef struct IrDimQuotient {
+  int dim;     /* the quotient, an index into IrFunc.dims */
+  int num;     /* the numerator dim (earlier) */
+  DimExpr den; /* one term over earlier dims: 4, NH, 2*NH */
+  SrcLoc loc;  /* the default that declared it */
+} IrDimQuotient;
+
 /* A dim whose value the frontend used when compiling (a loop's trip count,
  * a layer array's length): binding starts from that value (ir/bind.c), so
  * weights or inputs of another size are reported, not run with a count
@@ -234,9 +250,10 @@ typedef struct IrFunc {
   VEC(IrOutput) outputs;
   VEC(IrLayer) layers;
   VEC(IrNode) nodes;
-  struct IrHash *cse;             /* hash-consing table (builder-private) */
-  VEC(IrDimDefault) dim_defaults; /* at most one per dim */
-  VEC(IrDimPin) dim_pins;         /* may repeat a dim (always with the same value) */
+  struct IrHash *cse;               /* hash-consing table (builder-private) */
+  VEC(IrDimDefault) dim_defaults;   /* at most one per dim */
+  VEC(IrDimPin) dim_pins;           /* may repeat a dim (always with the same value) */
+  VEC(IrDimQuotient) dim_quotients; /* at most one per dim and per numerator */
 } IrFunc;
 
 typedef struct IrModule {

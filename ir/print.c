@@ -201,6 +201,14 @@ static void print_header(FILE *out, const IrModule *m, const IrFunc *f) {
           fputc('=', out);
           print_dim(out, f, names, f->dim_defaults.v[k].expr);
         }
+      for (int k = 0; k < f->dim_quotients.n; k++)
+        if (f->dim_quotients.v[k].dim == i) {
+          DimExpr den = f->dim_quotients.v[k].den;
+          int bare = den.t[0].nvars + (den.t[0].coef != 1) <= 1;
+          fprintf(out, "=%s/%s", f->dims.v[f->dim_quotients.v[k].num].name, bare ? "" : "(");
+          print_dim(out, f, names, den);
+          if (!bare) fputc(')', out);
+        }
       for (int k = 0; k < f->dim_pins.n; k++)
         if (f->dim_pins.v[k].dim == i) {
           fprintf(out, " (fixed at %lld)", (long long)f->dim_pins.v[k].value);

@@ -204,6 +204,17 @@ static void verify_signature(Verify *v, const IrFunc *f) {
       if (f->dim_defaults.v[k].dim == d->dim)
         bad(v, f, IR_NONE, "dim %d has two default expressions", d->dim);
   }
+  /* A quotient's numerator and divisor are earlier dims; a dim is one
+   * quotient at most, and a numerator divided once. */
+  for (int i = 0; i < f->dim_quotients.n; i++) {
+    const IrDimQuotient *q = &f->dim_quotients.v[i];
+    if (q->dim < 0 || q->dim >= nd || q->num < 0 || q->num >= q->dim || q->den.nterms != 1 ||
+        !dims_ok(q->den, q->dim))
+      bad(v, f, IR_NONE, "dim quotient %d is malformed", i);
+    for (int k = 0; k < i; k++)
+      if (f->dim_quotients.v[k].dim == q->dim || f->dim_quotients.v[k].num == q->num)
+        bad(v, f, IR_NONE, "dim quotient %d repeats a dim or a numerator", i);
+  }
   for (int i = 0; i < f->params.n; i++)
     if (!f->params.v[i].name || !type_ok(f->params.v[i].type, nd) ||
         f->params.v[i].type.elem == IR_INT)

@@ -63,6 +63,7 @@ static const FcCase CASES[] = {
     {"tests/data/models/attention.seq", "I=3,NH=2,D=4"},
     {"tests/data/models/compare.seq", "I=3,H=4"},
     {"tests/data/models/batched_matmul.seq", "I=3,NH=2,D=4"},
+    {"tests/data/models/head_split.seq", "d=8,NH=2"},
     {"tests/data/models/eye.seq", "I=3,Dk=4,Dv=5"},
     {"tests/data/models/dplr.seq", "I=3,NH=2,Dk=4,Dv=5"},
     {"stdlib/plstm.seq", "I=3,Dk=4,Dv=5,J=2"},

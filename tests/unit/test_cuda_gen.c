@@ -46,6 +46,7 @@ static const FcCase WIDE[] = {
     {"examples/universal_transformer.seq", "NH=2,DH=3,F=8"},
     {"tests/data/models/compare.seq", "I=3,H=4"},
     {"tests/data/models/batched_matmul.seq", "I=3,NH=2,D=4"},
+    {"tests/data/models/head_split.seq", "d=8,NH=2"},
     {"tests/data/models/eye.seq", "I=3,Dk=4,Dv=5"},
 };
 enum { NWIDE = sizeof WIDE / sizeof WIDE[0] };

@@ -116,6 +116,26 @@ static void test_div_exact(void **state) {
   assert_int_equal(r.nterms, 0);
 }
 
+/* Division by one term: H*I / I, (2*H*I + 4*I) / (2*I); nothing else. */
+static void test_div_term(void **state) {
+  (void)state;
+  DimExpr r;
+  assert_int_equal(dim_div_term(mul(V(H), V(I)), V(I), &r), 0);
+  assert_true(dim_eq(r, V(H)));
+  DimExpr e = add(mul(C(2), mul(V(H), V(I))), mul(C(4), V(I)));
+  assert_int_equal(dim_div_term(e, mul(C(2), V(I)), &r), 0);
+  check_str(r, "H + 2");
+  assert_int_equal(dim_div_term(mul(V(H), V(H)), V(H), &r), 0);
+  assert_true(dim_eq(r, V(H)));
+  assert_int_equal(dim_div_term(e, V(H), &r), -1);            /* 4*I holds no H */
+  assert_int_equal(dim_div_term(e, mul(C(4), V(I)), &r), -1); /* 2*H*I / 4 */
+  assert_int_equal(dim_div_term(V(H), add(V(H), C(1)), &r), -1);
+  assert_int_equal(dim_div_term(V(H), C(0), &r), -1);
+  assert_int_equal(dim_div_term(C(INT64_MIN), C(-1), &r), -1);
+  assert_int_equal(dim_div_term(C(6), C(3), &r), 0);
+  assert_true(dim_eq(r, C(2)));
+}
+
 static void test_subst(void **state) {
   (void)state;
   /* (4*H + I)[H := 2*D, I := D + 1] == 9*D + 1, with D the variable 0 of
@@ -197,8 +217,8 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_constants), cmocka_unit_test(test_canonical_equality),
       cmocka_unit_test(test_limits),    cmocka_unit_test(test_div_exact),
-      cmocka_unit_test(test_subst),     cmocka_unit_test(test_eval),
-      cmocka_unit_test(test_print),
+      cmocka_unit_test(test_div_term),  cmocka_unit_test(test_subst),
+      cmocka_unit_test(test_eval),      cmocka_unit_test(test_print),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -364,13 +364,13 @@ static void test_one_diagnostic_per_mistake(void **state) {
       {"cell C(I, H) {\n  param W: [H/2, I]\n  param U: [H, H]\n  input x: [I]\n"
        "  state h: [H] = 0\n  output y: [H]\n  step {\n    h' = tanh(U @ h + W @ x)\n"
        "    y = h'\n  }\n}\n",
-       "dimension expressions may only use integers"},
+       "H / 2 is not a whole number for every H"},
       {"cell C(H) {\n  input x: [H]\n  state h: [H] = 0\n  output y: int\n  step {\n"
        "    h' = h + x\n    y = h'\n  }\n}\n",
        "only inputs can have type int"},
       {"cell C(H) {\n  input x: [H]\n  state h: [H/2] = 0\n  output y: [H]\n  step {\n"
        "    h' = h + x\n    y = x\n  }\n}\n",
-       "dimension expressions may only use integers"},
+       "H / 2 is not a whole number for every H"},
       {"cell C(H) {\n  input x: [H]\n  state h: [H] = 0\n  output y: [H]\n}\n",
        "cell 'C' has no 'step { ... }' block"},
       {"model M(H) {\n  input x: [H]\n  output y: [H]\n}\n",

@@ -1189,6 +1189,51 @@ static void test_infer_dims(void **state) {
   assert_true(has_diag("cannot infer dimension 'H': pass --dims H=N"));
 }
 
+/* A quotient dim (Dh = D / NH, D written NH*Dh in the shapes): binding
+ * divides a given D, reports a D the divisor does not divide, finds D from
+ * a Dh the weights fix, and reports a D that disagrees with them. */
+static void test_infer_quotient(void **state) {
+  (void)state;
+  IrFunc *f = ir_func_new(M, "Heads", IR_FN_CELL, (SrcLoc){0});
+  int D = tu_ir_dim(A, f, "D", 1, 0), NH = tu_ir_dim(A, f, "NH", 1, 0),
+      Dh = tu_ir_dim(A, f, "Dh", 1, 0);
+  IrDimQuotient q = {Dh, D, V(NH), {0}};
+  assert_int_equal(vec_push(A, &f->dim_quotients, q), 0);
+  DimExpr width;
+  assert_int_equal(dim_mul(V(NH), V(Dh), &width), 0);
+  tu_ir_param(A, f, "W", T2(width, width));
+  tu_ir_input(A, f, "x", T1(width));
+  IrBinding b;
+
+  assert_int_equal(ir_binding_init(&b, A, M, f, &DE), 0);
+  assert_int_equal(ir_binding_set_dim(&b, "D", 64, &DE), 0);
+  assert_int_equal(ir_binding_set_dim(&b, "NH", 4, &DE), 0);
+  assert_int_equal(ir_binding_infer(&b, NULL, NULL, NULL, NULL, &DE), 0);
+  assert_int_equal(b.dims[Dh], 16);
+
+  assert_int_equal(ir_binding_init(&b, A, M, f, &DE), 0);
+  assert_int_equal(ir_binding_set_dim(&b, "D", 66, &DE), 0);
+  assert_int_equal(ir_binding_set_dim(&b, "NH", 4, &DE), 0);
+  assert_int_not_equal(ir_binding_infer(&b, NULL, NULL, NULL, NULL, &DE), 0);
+  assert_true(has_diag("dimension 'Dh' = D / NH, but D = 66 is not a multiple of NH = 4"));
+
+  static int64_t wshape[2] = {64, 64};
+  WSet ws;
+  memset(&ws, 0, sizeof ws);
+  ws_add(&ws, "W", 2, wshape, NULL);
+  assert_int_equal(ir_binding_init(&b, A, M, f, &DE), 0);
+  assert_int_equal(ir_binding_set_dim(&b, "NH", 4, &DE), 0);
+  assert_int_equal(ir_binding_infer(&b, ws_lookup, &ws, NULL, NULL, &DE), 0);
+  assert_int_equal(b.dims[Dh], 16);
+  assert_int_equal(b.dims[D], 64);
+
+  assert_int_equal(ir_binding_init(&b, A, M, f, &DE), 0);
+  assert_int_equal(ir_binding_set_dim(&b, "NH", 4, &DE), 0);
+  assert_int_equal(ir_binding_set_dim(&b, "D", 60, &DE), 0);
+  assert_int_not_equal(ir_binding_infer(&b, ws_lookup, &ws, NULL, NULL, &DE), 0);
+  assert_true(has_diag("dimension 'D' = 60 is not NH * Dh = 4 * 16 (Dh = D / NH)"));
+}
+
 /* Defaults apply only where the shapes say nothing; a dim solved through
  * another's default is found by iterating again. */
 static void test_infer_defaults(void **state) {
@@ -1263,6 +1308,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_gather, setup, teardown),
       cmocka_unit_test_setup_teardown(test_infer_dims, setup, teardown),
       cmocka_unit_test_setup_teardown(test_infer_defaults, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_infer_quotient, setup, teardown),
       cmocka_unit_test_setup_teardown(test_random_weights, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -694,6 +694,7 @@ int main(void) {
       DIAG("add_shape"),
       DIAG("matmul_inner"),
       DIAG("matmul_scalar"),
+      DIAG("dim_quotient"),
       DIAG("inv_square"),
       DIAG("inv_complex"),
       DIAG("expm_square"),
