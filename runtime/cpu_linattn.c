@@ -175,67 +175,91 @@ INLINE void exp_inplace(float *x, int64_t n) {
 enum { PROD_SET, PROD_ADD, PROD_SCALE };
 enum { TRI_NONE, TRI_N, TRI_K };
 
-/* One register tile: for rows r < mr and the 16 columns of one panel,
+/* One register tile: for rows r < mr and nv vectors of columns,
  *   C[r, j] = (mode: 0 | C[r, j] | beta[r] C[r, j]) + sum_k A[r*lda + k] B[k*ldb + j].
- * mr is a constant after inlining, so acc lives in registers. The
+ * mr and nv are constants after inlining, so acc lives in registers. The
  * accumulators start from (beta) C rather than adding it at the end: for the
  * state update's short sums (16 terms at C = 16) that took it from 52 to 65
- * GFLOP/s. */
-INLINE void tile(int mr, int64_t kk, const float *A, int64_t lda, const float *B, int64_t ldb,
-                 float *C, int64_t ldc, int mode, const float *beta) {
-  v8 acc[MR][2];
-  /* The loops over rows are unrolled by request: GCC 12 kept them (and acc)
-   * in memory, and its 16-byte copies into acc then stalled the 32-byte
-   * loads. */
-#pragma GCC unroll 6
-  for (int r = 0; r < mr; r++)
-    for (int j = 0; j < 2; j++) {
-      v8 c = {0};
-      if (mode != PROD_SET) LOAD8(c, C + r * ldc + 8 * j);
-      if (mode == PROD_SCALE) c *= beta[r];
-      acc[r][j] = c;
-    }
-  for (int64_t k = 0; k < kk; k++) {
-    v8 b0, b1;
-    LOAD8(b0, B + k * ldb);
-    LOAD8(b1, B + k * ldb + 8);
-    for (int r = 0; r < mr; r++) {
-      float a = A[r * lda + k];
-      acc[r][0] += a * b0;
-      acc[r][1] += a * b1;
-    }
+ * GFLOP/s. One body, two vector widths: tile8 covers one 16-float panel
+ * with two eight-lane vectors (12 accumulators, with the two B vectors and a
+ * broadcast within AVX2's 16 registers); tile16, for the AVX-512 variant
+ * only, one or two panels with sixteen-lane vectors (two keep the 12
+ * accumulators, each twice as wide; the last panel of an odd count runs
+ * alone with 6). The loops over rows are unrolled by request: GCC 12 kept
+ * them (and acc) in memory, and its 16-byte copies into acc then stalled
+ * the 32-byte loads. */
+#define DEFINE_TILE(name, vec, lanes, load, store)                                                 \
+  INLINE void name(int mr, int nv, int64_t kk, const float *A, int64_t lda, const float *B,        \
+                   int64_t ldb, float *C, int64_t ldc, int mode, const float *beta) {              \
+    vec acc[MR][2];                                                                                \
+    _Pragma("GCC unroll 6") for (int r = 0; r < mr; r++) for (int h = 0; h < nv; h++) {            \
+      vec c = {0};                                                                                 \
+      if (mode != PROD_SET) load(c, C + r * ldc + lanes * h);                                      \
+      if (mode == PROD_SCALE) c *= beta[r];                                                        \
+      acc[r][h] = c;                                                                               \
+    }                                                                                              \
+    for (int64_t k = 0; k < kk; k++) {                                                             \
+      vec b[2];                                                                                    \
+      for (int h = 0; h < nv; h++) load(b[h], B + k * ldb + lanes * h);                            \
+      _Pragma("GCC unroll 6") for (int r = 0; r < mr; r++) {                                       \
+        float a = A[r * lda + k];                                                                  \
+        for (int h = 0; h < nv; h++) acc[r][h] += a * b[h];                                        \
+      }                                                                                            \
+    }                                                                                              \
+    _Pragma("GCC unroll 6") for (int r = 0; r < mr; r++) for (int h = 0; h < nv; h++)              \
+        store(C + r * ldc + lanes * h, acc[r][h]);                                                 \
   }
-#pragma GCC unroll 6
-  for (int r = 0; r < mr; r++)
-    for (int j = 0; j < 2; j++) STORE8(C + r * ldc + 8 * j, acc[r][j]);
-}
+DEFINE_TILE(tile8, v8, 8, LOAD8, STORE8)
+DEFINE_TILE(tile16, v16, 16, LOAD16, STORE16)
+
+/* One register tile of rows [0, mr) and columns [j, j + 16 np) of a
+ * product, with constant mr and np after inlining (one call per row count,
+ * kept out of clang-format, which puts each case on three lines). */
+#define TILE_CASES(fn, ...)                                                                        \
+  switch (mr) {                                                                                    \
+  case 1:                                                                                          \
+    fn(1, __VA_ARGS__);                                                                            \
+    break;                                                                                         \
+  case 2:                                                                                          \
+    fn(2, __VA_ARGS__);                                                                            \
+    break;                                                                                         \
+  case 3:                                                                                          \
+    fn(3, __VA_ARGS__);                                                                            \
+    break;                                                                                         \
+  case 4:                                                                                          \
+    fn(4, __VA_ARGS__);                                                                            \
+    break;                                                                                         \
+  case 5:                                                                                          \
+    fn(5, __VA_ARGS__);                                                                            \
+    break;                                                                                         \
+  default:                                                                                         \
+    fn(MR, __VA_ARGS__);                                                                           \
+    break;                                                                                         \
+  }
 
 /* C[M, N] (op)= A[M, Kk] @ B[Kk, N], N a multiple of 16, in tiles of MR rows
- * by one panel. tri == TRI_N: the rows of block i need only the columns
- * below round16(i + MR) (the lower triangle of Q K^T); TRI_K: only the
- * first i + MR terms of the sum (a lower-triangular A). */
+ * by one panel (two with wide, the AVX-512 variant's tiles). tri == TRI_N:
+ * the rows of block i need only the columns below round16(i + MR) (the
+ * lower triangle of Q K^T); TRI_K: only the first i + MR terms of the sum
+ * (a lower-triangular A). */
 INLINE void product_body(int64_t M, int64_t N, int64_t Kk, const float *A, int64_t lda,
                          const float *B, int64_t ldb, float *C, int64_t ldc, int mode,
-                         const float *beta, int tri, Prefetch *pf) {
+                         const float *beta, int tri, Prefetch *pf, int wide) {
   for (int64_t i = 0; i < M; i += MR) {
     int mr = M - i < MR ? (int)(M - i) : MR;
     int64_t n = tri == TRI_N ? min64(N, round16(i + mr)) : N;
     int64_t kk = tri == TRI_K ? min64(Kk, i + mr) : Kk;
     const float *a = A + i * lda, *bt = beta ? beta + i : NULL;
     float *c = C + i * ldc;
-    for (int64_t j = 0; j < n; j += 16) {
-      /* One call per row count, each with constant mr (kept out of
-       * clang-format, which puts each case on three lines). */
-      // clang-format off
-      switch (mr) {
-      case 1: tile(1, kk, a, lda, B + j, ldb, c + j, ldc, mode, bt); break;
-      case 2: tile(2, kk, a, lda, B + j, ldb, c + j, ldc, mode, bt); break;
-      case 3: tile(3, kk, a, lda, B + j, ldb, c + j, ldc, mode, bt); break;
-      case 4: tile(4, kk, a, lda, B + j, ldb, c + j, ldc, mode, bt); break;
-      case 5: tile(5, kk, a, lda, B + j, ldb, c + j, ldc, mode, bt); break;
-      default: tile(MR, kk, a, lda, B + j, ldb, c + j, ldc, mode, bt); break;
-      }
-      // clang-format on
+    for (int64_t j = 0; j < n;) {
+      int np = wide && j + 32 <= n ? 2 : 1;
+      if (!wide)
+        TILE_CASES(tile8, 2, kk, a, lda, B + j, ldb, c + j, ldc, mode, bt)
+      else if (np == 2)
+        TILE_CASES(tile16, 2, kk, a, lda, B + j, ldb, c + j, ldc, mode, bt)
+      else
+        TILE_CASES(tile16, 1, kk, a, lda, B + j, ldb, c + j, ldc, mode, bt)
+      j += 16 * np;
       prefetch_lines(pf);
     }
   }
@@ -538,22 +562,22 @@ INLINE void run_body(const LinAttn *a, Scratch *s, ProductFn product) {
 }
 
 /* One copy of the products and of the driver per instruction set, as in
- * cpu_gemm.c. An AVX-512 machine runs the AVX2 copy: the tiles are written
- * for eight lanes, and a 16-lane tile could not be measured on the machine
- * this was written on. */
-#define LINATTN_VARIANT(suffix, attr)                                                              \
+ * cpu_gemm.c: the AVX-512 copy's products use sixteen-lane tiles (wide), the
+ * rest of its driver is the eight-lane code compiled for AVX-512. */
+#define LINATTN_VARIANT(suffix, attr, wide)                                                        \
   attr static void product_##suffix(int64_t M, int64_t N, int64_t Kk, const float *A, int64_t lda, \
                                     const float *B, int64_t ldb, float *C, int64_t ldc, int mode,  \
                                     const float *beta, int tri, Prefetch *pf) {                    \
-    product_body(M, N, Kk, A, lda, B, ldb, C, ldc, mode, beta, tri, pf);                           \
+    product_body(M, N, Kk, A, lda, B, ldb, C, ldc, mode, beta, tri, pf, wide);                     \
   }                                                                                                \
   attr static void run_##suffix(const LinAttn *a, Scratch *s) {                                    \
     run_body(a, s, product_##suffix);                                                              \
   }
 
-LINATTN_VARIANT(generic, )
+LINATTN_VARIANT(generic, , 0)
 #if defined(__x86_64__) && defined(__GNUC__)
-LINATTN_VARIANT(avx2, __attribute__((target("avx2,fma"))))
+LINATTN_VARIANT(avx2, __attribute__((target("avx2,fma"))), 0)
+LINATTN_VARIANT(avx512, __attribute__((target("avx512f,avx2,fma"))), 1)
 #endif
 
 void rt_cpu_linattn(int64_t T, int64_t H, int64_t K, int64_t V, const float *q, int64_t ldq,
@@ -573,6 +597,11 @@ void rt_cpu_linattn(int64_t T, int64_t H, int64_t K, int64_t V, const float *q, 
    * for the registers (XCR0). */
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) run = run_avx2;
+  /* The sixteen-lane tiles where the products' ISA is AVX-512 (not when
+   * SEQ_CPU_ISA or rt_cpu_gemm_set_isa asks for less). */
+  if (run == run_avx2 && __builtin_cpu_supports("avx512f") &&
+      strcmp(rt_cpu_gemm_isa(), "avx512f") == 0)
+    run = run_avx512;
 #endif
   run(&a, &s);
 }

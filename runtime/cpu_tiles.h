@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "runtime/cpu_vec.h"
+#include "runtime/rt_cpu.h"
 
 /* A register tile is MR rows by one 16-float panel (two vectors): 12
  * accumulators, with the two B vectors and a broadcast within AVX2's 16
@@ -103,91 +104,106 @@ typedef struct Prod {
   int64_t step, ldc0;
 } Prod;
 
-/* acc[r] += sum_{k < kk} A[r*lda + k] B[k*ldb : +16] for r < mr. */
-INLINE void accumulate(int mr, v8 acc[MR][2], const float *A, int64_t lda, const float *B,
-                       int64_t ldb, int64_t kk) {
-  for (int64_t k = 0; k < kk; k++) {
-    v8 b0, b1;
-    LOAD8(b0, B + k * ldb);
-    LOAD8(b1, B + k * ldb + 8);
-#pragma GCC unroll 6
-    for (int r = 0; r < mr; r++) {
-      float a = A[r * lda + k];
-      acc[r][0] += a * b0;
-      acc[r][1] += a * b1;
-    }
+/* One register tile of a Prod: rows i .. i+mr-1 of the result, nv vectors
+ * of columns from j; k2 the second sum's length for this block. mr and nv
+ * are constants after inlining, so acc lives in registers. The accumulators
+ * start from (beta) C0 rather than adding it at the end (as in
+ * cpu_linattn.c, for the short sums of the state update), unless the first
+ * sum is scaled. One body, two vector widths (as cpu_linattn.c's tiles):
+ * tile8 covers one 16-float panel with two eight-lane vectors; tile16, for
+ * the AVX-512 variant only, one or two panels with sixteen-lane vectors.
+ * The loops over rows are unrolled by request (GCC 12 otherwise keeps acc
+ * in memory). */
+#define TILE_ACCUMULATE(vec, lanes, load, A, lda, B, ldb, kk)                                      \
+  for (int64_t k = 0; k < (kk); k++) {                                                             \
+    vec b[2];                                                                                      \
+    for (int h = 0; h < nv; h++) load(b[h], (B) + k * (ldb) + lanes * h);                          \
+    _Pragma("GCC unroll 6") for (int r = 0; r < mr; r++) {                                         \
+      float a = (A)[r * (lda) + k];                                                                \
+      for (int h = 0; h < nv; h++) acc[r][h] += a * b[h];                                          \
+    }                                                                                              \
   }
-}
+#define DEFINE_TILE(name, vec, lanes, load, store)                                                 \
+  INLINE void name(int mr, int nv, const Prod *p, int64_t i, int64_t j, int64_t k2) {              \
+    vec acc[MR][2];                                                                                \
+    float *C = p->c + i * p->ldc + j;                                                              \
+    const int64_t ldc = p->ldc;                                                                    \
+    const float *C0 = p->c0 ? p->c0 + i * p->ldc0 + j : C;                                         \
+    const int64_t ldc0 = p->c0 ? p->ldc0 : ldc;                                                    \
+    _Pragma("GCC unroll 6") for (int r = 0; r < mr; r++) for (int h = 0; h < nv; h++) {            \
+      vec c = {0};                                                                                 \
+      if (p->mode != PROD_SET && !p->scale1) load(c, C0 + r * ldc0 + lanes * h);                   \
+      if (p->mode == PROD_SCALE && !p->scale1) c *= p->beta[i + r];                                \
+      acc[r][h] = c;                                                                               \
+    }                                                                                              \
+    TILE_ACCUMULATE(vec, lanes, load, p->a1 + i * p->lda1, p->lda1, p->b1 + j, p->ldb1, p->k1)     \
+    if (p->scale1) {                                                                               \
+      _Pragma("GCC unroll 6") for (int r = 0; r < mr; r++) for (int h = 0; h < nv; h++) {          \
+        vec c = {0};                                                                               \
+        if (p->mode != PROD_SET) load(c, C0 + r * ldc0 + lanes * h);                               \
+        if (p->mode == PROD_SCALE) c *= p->beta[i + r];                                            \
+        acc[r][h] = acc[r][h] * p->scale1[i + r] + c;                                              \
+      }                                                                                            \
+    }                                                                                              \
+    if (p->a2) {                                                                                   \
+      TILE_ACCUMULATE(vec, lanes, load, p->a2 + i * p->lda2, p->lda2, p->b2 + j, p->ldb2, k2)      \
+    }                                                                                              \
+    if (p->tri == TRI_SOLVE) {                                                                     \
+      const float *A = p->a2 + i * p->lda2 + i;                                                    \
+      _Pragma("GCC unroll 6") for (int r = 1; r < mr; r++)                                         \
+          _Pragma("GCC unroll 6") for (int q = 0; q < r; q++) {                                    \
+        float a = A[r * p->lda2 + q];                                                              \
+        for (int h = 0; h < nv; h++) acc[r][h] += a * acc[q][h];                                   \
+      }                                                                                            \
+    }                                                                                              \
+    _Pragma("GCC unroll 6") for (int r = 0; r < mr; r++) for (int h = 0; h < nv; h++)              \
+        store(C + r * ldc + lanes * h, acc[r][h]);                                                 \
+  }
+DEFINE_TILE(tile8, v8, 8, LOAD8, STORE8)
+DEFINE_TILE(tile16, v16, 16, LOAD16, STORE16)
 
-/* One register tile of a Prod: rows i .. i+mr-1 of the result, the 16
- * columns from j; k2 the second sum's length for this block. mr is a
- * constant after inlining, so acc lives in registers. The accumulators start
- * from (beta) C0 rather than adding it at the end (as in cpu_linattn.c, for
- * the short sums of the state update), unless the first sum is scaled. */
-INLINE void tile(int mr, const Prod *p, int64_t i, int64_t j, int64_t k2) {
-  v8 acc[MR][2];
-  float *C = p->c + i * p->ldc + j;
-  const int64_t ldc = p->ldc;
-  const float *C0 = p->c0 ? p->c0 + i * p->ldc0 + j : C;
-  const int64_t ldc0 = p->c0 ? p->ldc0 : ldc;
-  /* The loops over rows are unrolled by request (as in cpu_linattn.c: GCC
-   * 12 otherwise keeps acc in memory). */
-#pragma GCC unroll 6
-  for (int r = 0; r < mr; r++)
-    for (int h = 0; h < 2; h++) {
-      v8 c = {0};
-      if (p->mode != PROD_SET && !p->scale1) LOAD8(c, C0 + r * ldc0 + 8 * h);
-      if (p->mode == PROD_SCALE && !p->scale1) c *= p->beta[i + r];
-      acc[r][h] = c;
-    }
-  accumulate(mr, acc, p->a1 + i * p->lda1, p->lda1, p->b1 + j, p->ldb1, p->k1);
-  if (p->scale1) {
-#pragma GCC unroll 6
-    for (int r = 0; r < mr; r++)
-      for (int h = 0; h < 2; h++) {
-        v8 c = {0};
-        if (p->mode != PROD_SET) LOAD8(c, C0 + r * ldc0 + 8 * h);
-        if (p->mode == PROD_SCALE) c *= p->beta[i + r];
-        acc[r][h] = acc[r][h] * p->scale1[i + r] + c;
-      }
+/* One register tile with constant mr (one call per row count, kept out of
+ * clang-format, which puts each case on three lines). */
+#define TILE_CASES(fn, ...)                                                                        \
+  switch (mr) {                                                                                    \
+  case 1:                                                                                          \
+    fn(1, __VA_ARGS__);                                                                            \
+    break;                                                                                         \
+  case 2:                                                                                          \
+    fn(2, __VA_ARGS__);                                                                            \
+    break;                                                                                         \
+  case 3:                                                                                          \
+    fn(3, __VA_ARGS__);                                                                            \
+    break;                                                                                         \
+  case 4:                                                                                          \
+    fn(4, __VA_ARGS__);                                                                            \
+    break;                                                                                         \
+  case 5:                                                                                          \
+    fn(5, __VA_ARGS__);                                                                            \
+    break;                                                                                         \
+  default:                                                                                         \
+    fn(MR, __VA_ARGS__);                                                                           \
+    break;                                                                                         \
   }
-  if (p->a2) accumulate(mr, acc, p->a2 + i * p->lda2, p->lda2, p->b2 + j, p->ldb2, k2);
-  if (p->tri == TRI_SOLVE) {
-    const float *A = p->a2 + i * p->lda2 + i;
-#pragma GCC unroll 6
-    for (int r = 1; r < mr; r++)
-#pragma GCC unroll 6
-      for (int q = 0; q < r; q++) {
-        float a = A[r * p->lda2 + q];
-        acc[r][0] += a * acc[q][0];
-        acc[r][1] += a * acc[q][1];
-      }
-  }
-#pragma GCC unroll 6
-  for (int r = 0; r < mr; r++)
-    for (int h = 0; h < 2; h++) STORE8(C + r * ldc + 8 * h, acc[r][h]);
-}
 
-INLINE void product_body(const Prod *p, Prefetch *pf) {
+/* A Prod in tiles of MR rows by one panel (two with wide, the AVX-512
+ * variant's tiles). */
+INLINE void product_body(const Prod *p, Prefetch *pf, int wide) {
   for (int64_t i = 0; i < p->M; i += MR) {
     int mr = p->M - i < MR ? (int)(p->M - i) : MR;
     int64_t n = p->tri == TRI_N ? min64(p->N, round16((i + mr) * p->step)) : p->N;
     int64_t k2 = p->tri == TRI_K2      ? min64(p->k2, (i + mr) * p->step)
                  : p->tri == TRI_SOLVE ? i
                                        : p->k2;
-    for (int64_t j = 0; j < n; j += 16) {
-      /* One call per row count, each with constant mr (kept out of
-       * clang-format, which puts each case on three lines). */
-      // clang-format off
-      switch (mr) {
-      case 1: tile(1, p, i, j, k2); break;
-      case 2: tile(2, p, i, j, k2); break;
-      case 3: tile(3, p, i, j, k2); break;
-      case 4: tile(4, p, i, j, k2); break;
-      case 5: tile(5, p, i, j, k2); break;
-      default: tile(MR, p, i, j, k2); break;
-      }
-      // clang-format on
+    for (int64_t j = 0; j < n;) {
+      int np = wide && j + 32 <= n ? 2 : 1;
+      if (!wide)
+        TILE_CASES(tile8, 2, p, i, j, k2)
+      else if (np == 2)
+        TILE_CASES(tile16, 2, p, i, j, k2)
+      else
+        TILE_CASES(tile16, 1, p, i, j, k2)
+      j += 16 * np;
       prefetch_lines(pf);
     }
   }
@@ -238,30 +254,36 @@ static inline float *align_work(float *work) {
 
 /* A kernel's driver run_body(a, s, product) and the products, compiled once
  * per instruction set by TILES_VARIANTS(Args) (Args and Scratch are the
- * includer's types), and TILES_RUN(a, s) running the AVX2 copy where the
- * CPU and the OS (its XCR0) support it. An AVX-512 machine runs the AVX2
- * copy: the tiles are written for eight lanes. */
-#define TILES_VARIANT(suffix, attr, Args)                                                          \
+ * includer's types), and TILES_RUN(a, s) running the best copy the CPU and
+ * the OS (its XCR0) support: the AVX-512 copy's products use sixteen-lane
+ * tiles, the rest of its driver is the eight-lane code compiled for
+ * AVX-512; it runs only where the products' ISA (rt_cpu_gemm_isa, which
+ * SEQ_CPU_ISA can lower) is AVX-512. */
+#define TILES_VARIANT(suffix, attr, Args, wide)                                                    \
   attr static void product_##suffix(const Prod *p, Prefetch *pf) {                                 \
-    product_body(p, pf);                                                                           \
+    product_body(p, pf, wide);                                                                     \
   }                                                                                                \
   attr static void run_##suffix(const Args *a, Scratch *s) {                                       \
     run_body(a, s, product_##suffix);                                                              \
   }
 #if defined(__x86_64__) && defined(__GNUC__)
 #define TILES_VARIANTS(Args)                                                                       \
-  TILES_VARIANT(generic, , Args)                                                                   \
-  TILES_VARIANT(avx2, __attribute__((target("avx2,fma"))), Args)
+  TILES_VARIANT(generic, , Args, 0)                                                                \
+  TILES_VARIANT(avx2, __attribute__((target("avx2,fma"))), Args, 0)                                \
+  TILES_VARIANT(avx512, __attribute__((target("avx512f,avx2,fma"))), Args, 1)
 #define TILES_RUN(a, s)                                                                            \
   do {                                                                                             \
     __builtin_cpu_init();                                                                          \
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))                           \
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&                         \
+        __builtin_cpu_supports("avx512f") && strcmp(rt_cpu_gemm_isa(), "avx512f") == 0)            \
+      run_avx512(a, s);                                                                            \
+    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))                      \
       run_avx2(a, s);                                                                              \
     else                                                                                           \
       run_generic(a, s);                                                                           \
   } while (0)
 #else
-#define TILES_VARIANTS(Args) TILES_VARIANT(generic, , Args)
+#define TILES_VARIANTS(Args) TILES_VARIANT(generic, , Args, 0)
 #define TILES_RUN(a, s) run_generic(a, s)
 #endif
 

@@ -21,6 +21,12 @@ typedef int32_t v8i __attribute__((vector_size(32)));
 
 #define LOAD8(dst, p) memcpy(&(dst), (p), sizeof(v8))
 #define STORE8(p, v) memcpy((p), &(v), sizeof(v8))
+
+/* Sixteen lanes, one AVX-512 register: only for code that runs inside an
+ * AVX-512 target's variant (for the reason above). */
+typedef float v16 __attribute__((vector_size(64)));
+#define LOAD16(dst, p) memcpy(&(dst), (p), sizeof(v16))
+#define STORE16(p, v) memcpy((p), &(v), sizeof(v16))
 #define INLINE static inline __attribute__((always_inline))
 
 static inline int64_t round16(int64_t n) {

@@ -47,6 +47,7 @@
 
 #include "runtime/rt_cpu.h"
 #include "testutil.h"
+#include "per_isa.h"
 
 enum { GATE_NONE, GATE_SCALAR };
 enum { BETA_SIGMOID, BETA_ONE, BETA_TWO }; /* BETA_ONE passes beta == NULL */
@@ -584,5 +585,5 @@ int main(void) {
       cmocka_unit_test(test_odd_chunks),
       cmocka_unit_test(test_error_ratio),
   };
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  return TU_RUN_PER_ISA(tests);
 }

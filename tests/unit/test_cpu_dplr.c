@@ -45,6 +45,7 @@
 
 #include "runtime/rt_cpu.h"
 #include "testutil.h"
+#include "per_isa.h"
 
 enum { KIND_RWKV, KIND_DELTA, KIND_GENERAL, NKINDS };
 static const char *const kind_names[NKINDS] = {"rwkv7", "deltanet", "general"};
@@ -568,5 +569,5 @@ int main(void) {
       cmocka_unit_test(test_odd_chunks),
       cmocka_unit_test(test_error_ratio),
   };
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  return TU_RUN_PER_ISA(tests);
 }

@@ -29,6 +29,7 @@
 
 #include "runtime/rt_cpu.h"
 #include "testutil.h"
+#include "per_isa.h"
 
 enum { GATE_NONE, GATE_SCALAR, GATE_KEY };
 static const char *const gate_names[] = {"none", "scalar", "per-key"};
@@ -445,5 +446,5 @@ int main(void) {
       cmocka_unit_test(test_odd_chunks),
       cmocka_unit_test(test_error_ratio),
   };
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  return TU_RUN_PER_ISA(tests);
 }

@@ -45,6 +45,7 @@
 
 #include "runtime/rt_cpu.h"
 #include "testutil.h"
+#include "per_isa.h"
 
 /* The kinds of transitions. */
 enum { TR_RANDOM, TR_ZEROS, TR_SINGULAR, TR_DIAG, TR_PERM, NTR };
@@ -691,5 +692,5 @@ int main(void) {
       cmocka_unit_test(test_odd_chunks),
       cmocka_unit_test(test_error_ratio),
   };
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  return TU_RUN_PER_ISA(tests);
 }
