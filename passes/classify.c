@@ -26,6 +26,11 @@
  *   3. per nonlinear group, the Jacobian's structure: does the group enter
  *      `next` only through elementwise ops (diagonal, or k x k blocks of
  *      diagonals for k coupled states), or through a contraction (dense)?
+ *   4. per state of a linear group of one, whether it is a linear
+ *      time-invariant system (its update and the outputs that read it
+ *      linear in it and the inputs, with time-invariant coefficients), and
+ *      along which axes it splits into independent channels: the
+ *      convolution form, which is reported and never built.
  * Each op either has a case below saying what it does to these facts, or
  * makes a value nonlinear; an op that is surely linear but whose structure
  * the terms cannot say drops the structure ("dense"). Both can only make a
@@ -1771,6 +1776,263 @@ static void classify_linear_group(const Ctx *c, RecState *st, const int *group, 
   }
 }
 
+/* ---- Time-invariant systems: the convolution form ------------------------ */
+
+/* What a node is to the system of state s: time-invariant (it reads no input
+ * and no state), and then possibly exactly zero; linear in s and the inputs
+ * jointly, with time-invariant coefficients and no constant part; or
+ * neither. */
+enum { LTI_INV, LTI_ZERO, LTI_LIN, LTI_BAD };
+
+static int lti_kind(const Ctx *c, const unsigned char *kind, IrRef r, int s) {
+  const IrNode *n = &c->f->nodes.v[r];
+  if (c->invariant[r]) {
+    int zero = n->op == IR_CONST
+                   ? n->cval == 0
+                   : (n->op == IR_BROADCAST || n->op == IR_RESHAPE) && kind[n->args[0]] == LTI_ZERO;
+    return zero ? LTI_ZERO : LTI_INV;
+  }
+  /* Not time-invariant: a leaf that varies, or an op with an operand that
+   * does, which is then linear or nothing. */
+  int nlin = 0, nzero = 0;
+  for (int k = 0; k < n->nargs; k++) {
+    if (kind[n->args[k]] == LTI_BAD) return LTI_BAD;
+    nlin += kind[n->args[k]] == LTI_LIN;
+    nzero += kind[n->args[k]] == LTI_ZERO;
+  }
+  switch (n->op) {
+  case IR_STATE:
+    return n->index == s ? LTI_LIN : LTI_BAD;
+  case IR_INPUT:
+    return n->type.elem == IR_INT ? LTI_BAD : LTI_LIN;
+  case IR_NEG:
+  case IR_CONJ:
+  case IR_RE:
+  case IR_IM:
+  case IR_BROADCAST:
+  case IR_RESHAPE:
+  case IR_TRANSPOSE:
+  case IR_INDEX:
+  case IR_SLICE:
+  case IR_SUM:
+  case IR_MEAN:
+    return LTI_LIN;
+  case IR_ADD:
+  case IR_SUB:
+  case IR_CPLX:
+  case IR_CONCAT:
+    /* A time-invariant addend other than zero is an offset: affine. */
+    return nlin + nzero == n->nargs ? LTI_LIN : LTI_BAD;
+  case IR_MUL:
+  case IR_MATMUL:
+  case IR_OUTER:
+    return nlin == 1 ? LTI_LIN : LTI_BAD;
+  case IR_DIV:
+    return kind[n->args[1]] != LTI_LIN ? LTI_LIN : LTI_BAD;
+  default:
+    return LTI_BAD;
+  }
+}
+
+/* A walk for one candidate channel axis of state s: chan[r] is the axis of
+ * node r that carries the channel index (its value at index h along that
+ * axis reads the state and the inputs only at index h along theirs),
+ * CH_FREE where the node is no part of the system (time-invariant, or a
+ * feedthrough: linear in the inputs alone, outside the update), CH_MIXED
+ * where channels meet or the index is lost. */
+enum { CH_MIXED = -1, CH_FREE = -2 };
+
+typedef struct LtiWalk {
+  const Ctx *c;
+  int s;
+  int axis;     /* the candidate axis of the state */
+  DimExpr size; /* its size: an input's or output's channel axis has it */
+  const unsigned char *kind, *cone;
+  signed char *chan;
+} LtiWalk;
+
+/* The one axis of t of size d, or CH_MIXED when none or several have it. */
+static int unique_axis(IrType t, DimExpr d) {
+  int a = CH_MIXED;
+  for (int k = 0; k < t.rank; k++) {
+    if (!dim_eq(t.dims[k], d)) continue;
+    if (a != CH_MIXED) return CH_MIXED;
+    a = k;
+  }
+  return a;
+}
+
+/* Elementwise ops and concat: every operand that carries the channel
+ * carries it onto the same axis of the result (numpy broadcasting), and a
+ * concat does not join along it. */
+static int chan_merge(const LtiWalk *w, const IrNode *n) {
+  int out = CH_FREE, map[SEQ_MAX_RANK];
+  for (int k = 0; k < n->nargs; k++) {
+    int ch = w->chan[n->args[k]];
+    IrType from = w->c->f->nodes.v[n->args[k]].type;
+    if (ch == CH_FREE) continue;
+    if (ch == CH_MIXED || from.rank > n->type.rank) return CH_MIXED;
+    broadcast_map(from, n->type, map);
+    if (out != CH_FREE && out != map[ch]) return CH_MIXED;
+    out = map[ch];
+  }
+  return n->op == IR_CONCAT && out == n->axis ? CH_MIXED : out;
+}
+
+/* A matrix or outer product of the system's operand with a time-invariant
+ * one: contracting the channel axis mixes the channels. */
+static int chan_product(const LtiWalk *w, const IrNode *n) {
+  Einsum e;
+  int d = w->kind[n->args[0]] == LTI_LIN ? 0 : 1, ch = w->chan[n->args[d]];
+  if (ch < 0) return ch;
+  if (einsum_of(w->c->f, n, &e)) return CH_MIXED;
+  int p = e.map[d][ch];
+  if (p == e.sum) return CH_MIXED;
+  return e.sum >= 0 && p > e.sum ? p - 1 : p;
+}
+
+static int chan_rule(const LtiWalk *w, IrRef r) {
+  const IrFunc *f = w->c->f;
+  const IrNode *n = &f->nodes.v[r];
+  if (w->kind[r] != LTI_LIN || (!w->cone[r] && !bit_get(deps_of(w->c, r), w->s))) return CH_FREE;
+  if (n->op == IR_STATE) return w->axis;
+  if (n->op == IR_INPUT) return unique_axis(n->type, w->size);
+  if ((ir_op_info[n->op].flags & IRF_EW) || n->op == IR_CONCAT) return chan_merge(w, n);
+  if (n->op == IR_MATMUL || n->op == IR_OUTER) return chan_product(w, n);
+  int ch = w->chan[n->args[0]], map[SEQ_MAX_RANK];
+  IrType from = f->nodes.v[n->args[0]].type;
+  if (ch < 0) return ch;
+  switch (n->op) {
+  case IR_BROADCAST:
+    if (from.rank > n->type.rank) return CH_MIXED;
+    broadcast_map(from, n->type, map);
+    return map[ch];
+  case IR_RESHAPE:
+    if (!same_nonone_dims(from, n->type)) return CH_MIXED;
+    reshape_map(from, n->type, map);
+    return map[ch];
+  case IR_TRANSPOSE:
+    transpose_map(from.rank, map);
+    return map[ch];
+  case IR_SLICE:
+    return n->axis == ch ? CH_MIXED : ch;
+  case IR_INDEX:
+  case IR_SUM:
+  case IR_MEAN:
+    return n->axis < 0 || n->axis == ch ? CH_MIXED : ch - (n->axis < ch);
+  default:
+    return CH_MIXED;
+  }
+}
+
+/* Does the candidate axis split the system into independent channels? The
+ * state's next value carries it on the same axis, and every output that
+ * reads the state on its one axis of that size. */
+static int lti_channel(const LtiWalk *w) {
+  const IrFunc *f = w->c->f;
+  for (IrRef r = 0; r < w->c->n; r++) w->chan[r] = (signed char)chan_rule(w, r);
+  if (w->chan[f->states.v[w->s].next] != w->axis) return 0;
+  for (int i = 0; i < f->outputs.n; i++) {
+    IrRef v = f->outputs.v[i].value;
+    int a = unique_axis(f->outputs.v[i].type, w->size);
+    if (bit_get(deps_of(w->c, v), w->s) && (a < 0 || w->chan[v] != a)) return 0;
+  }
+  return 1;
+}
+
+/* "x -> y": names of the inputs (or outputs) listed in idx. */
+static const char *lti_names(const Ctx *c, const int *idx, int n, int outputs) {
+  const char *s = "";
+  for (int i = 0; i < n && s; i++)
+    s = arena_printf(c->a, "%s%s%s", s, i ? ", " : "",
+                     outputs ? c->f->outputs.v[idx[i]].name : c->f->inputs.v[idx[i]].name);
+  return s;
+}
+
+static const char *lti_words(const Ctx *c, const RecState *rs) {
+  IrType st = c->f->states.v[rs->state].type;
+  const char *ch = "";
+  for (int k = 0; k < st.rank && ch; k++)
+    if (rs->lti_channels >> k & 1)
+      ch = arena_printf(c->a, "%s%s%s", ch, *ch ? ", " : " per channel along ",
+                        axis_words(c, st, k));
+  const char *in = lti_names(c, rs->lti_inputs, rs->nlti_inputs, 0);
+  const char *out = lti_names(c, rs->lti_outputs, rs->nlti_outputs, 1);
+  if (!ch || !in || !out) return NULL;
+  return arena_printf(c->a, "time-invariant from %s to %s; K_l = C A^l B%s", in, out,
+                      rs->lti_channels ? ch
+                                       : ", one multi-input multi-output system (a matrix "
+                                         "per lag)");
+}
+
+/* The inputs state s's update reads (its cone), and the outputs that read
+ * s; 0, or -1 out of memory. */
+static int lti_ends(const Ctx *c, RecState *rs, const unsigned char *cone) {
+  const IrFunc *f = c->f;
+  rs->lti_inputs = arena_calloc(c->a, (size_t)f->inputs.n + 1, sizeof *rs->lti_inputs);
+  rs->lti_outputs = arena_calloc(c->a, (size_t)f->outputs.n + 1, sizeof *rs->lti_outputs);
+  if (!rs->lti_inputs || !rs->lti_outputs) return -1;
+  for (int i = 0; i < f->inputs.n; i++)
+    for (IrRef r = 0; r < c->n; r++)
+      if (cone[r] && f->nodes.v[r].op == IR_INPUT && f->nodes.v[r].index == i) {
+        rs->lti_inputs[rs->nlti_inputs++] = i;
+        break;
+      }
+  for (int i = 0; i < f->outputs.n; i++)
+    if (bit_get(deps_of(c, f->outputs.v[i].value), rs->state))
+      rs->lti_outputs[rs->nlti_outputs++] = i;
+  return 0;
+}
+
+/* RecState.lti. Precondition: s is the one state of its group, of a linear
+ * class with a recurrence (diagonal, matrix state, diagonal plus low rank,
+ * small dense or dense; a shift register is a convolution already); next(s)
+ * is linear in s and the inputs jointly with coefficients that read only
+ * params, dims and constants, and no constant part (lti_kind: sums, signs,
+ * real, imag, conj, data movement, reductions, and products and quotients
+ * by time-invariant values; no other state, no token input); it reads at
+ * least one input; at least one output reads s, and every output that does
+ * is linear in the same sense (in s, next(s) and the inputs: C s + D x);
+ * no other state's next reads s. Then from a zero state the outputs are the
+ * inputs convolved with K_l = C A^l B plus the feedthrough D x. Channels: an
+ * axis of s (its size unique among s's axes) along which next, the inputs it
+ * reads and the outputs that read s each carry the same index, every node
+ * between reading only that index (chan_rule): per channel, an independent
+ * system. Returns -1 out of memory. */
+static int detect_lti(const Ctx *c, RecState *rs, unsigned char *kind, unsigned char *cone,
+                      signed char *chan) {
+  const IrFunc *f = c->f;
+  int s = rs->state;
+  IrRef nx = f->states.v[s].next;
+  IrType st = f->states.v[s].type;
+  if (rs->cls != REC_LIN_DIAG && rs->cls != REC_LIN_MATRIX && rs->cls != REC_LIN_DPLR &&
+      rs->cls != REC_LIN_SMALL_DENSE && rs->cls != REC_LIN_DENSE)
+    return 0;
+  for (IrRef r = 0; r < c->n; r++) kind[r] = (unsigned char)lti_kind(c, kind, r, s);
+  if (kind[nx] != LTI_LIN) return 0;
+  for (int j = 0; j < c->ns; j++)
+    if (j != s && bit_get(deps_of(c, f->states.v[j].next), s)) return 0;
+  for (int i = 0; i < f->outputs.n; i++) {
+    IrRef v = f->outputs.v[i].value;
+    if (bit_get(deps_of(c, v), s) && kind[v] != LTI_LIN) return 0;
+  }
+  memset(cone, 0, (size_t)c->n);
+  cone[nx] = 1;
+  for (IrRef r = nx; r >= 0; r--)
+    for (int k = 0; k < f->nodes.v[r].nargs && cone[r]; k++) cone[f->nodes.v[r].args[k]] = 1;
+  if (lti_ends(c, rs, cone)) return -1;
+  if (!rs->nlti_inputs || !rs->nlti_outputs) return 0;
+  LtiWalk w = {c, s, 0, dim_const(1), kind, cone, chan};
+  for (int k = 0; k < st.rank; k++) {
+    w.axis = k, w.size = st.dims[k];
+    if (!dim_is_one(st.dims[k]) && unique_axis(st, st.dims[k]) == k && lti_channel(&w))
+      rs->lti_channels |= 1u << k;
+  }
+  rs->lti = 1;
+  rs->lti_reason = lti_words(c, rs);
+  return rs->lti_reason ? 0 : -1;
+}
+
 /* ---- Putting it together -------------------------------------------------- */
 
 static RecStrategy strategy_of(RecClass k) {
@@ -1834,6 +2096,9 @@ typedef struct Work {
   AVal *av;          /* pass 2, per node */
   unsigned char *jd; /* pass 3, per node */
   IrRef *jwhy;       /* pass 3: where the Jacobian became dense */
+  /* detect_lti's, per node */
+  unsigned char *lkind, *lcone;
+  signed char *lchan;
 } Work;
 
 /* REC_MAXPLUS. Precondition: every next of the group is affine over
@@ -2011,7 +2276,7 @@ static int classify_group(const Ctx *c, RecState *st, int gi, const Work *w) {
   } else if (gsize == 1) {
     int oom = 0;
     classify_single(c, rs, w->av, w->gset, &oom);
-    if (oom) return -1;
+    if (oom || detect_lti(c, rs, w->lkind, w->lcone, w->lchan)) return -1;
     rs->strategy = strategy_of(rs->cls);
   } else {
     classify_linear_group(c, st, w->group, gi, gsize, w->av);
@@ -2050,10 +2315,16 @@ int classify_func(Arena *a, const IrFunc *f, RecFunc *out, DiagEngine *de) {
   if (ctx_init(&c, a, f)) goto oom;
   int *group = find_groups(&c, &ngroups);
   RecState *st = arena_calloc(a, (size_t)ns, sizeof *st);
-  Work w = {group, arena_calloc(a, (size_t)c.nw, sizeof(uint64_t)),
-            arena_calloc(a, (size_t)c.n + 1, sizeof(AVal)), arena_calloc(a, (size_t)c.n + 1, 1),
-            arena_calloc(a, (size_t)c.n + 1, sizeof(IrRef))};
-  if (!group || !st || !w.gset || !w.av || !w.jd || !w.jwhy) goto oom;
+  Work w = {group,
+            arena_calloc(a, (size_t)c.nw, sizeof(uint64_t)),
+            arena_calloc(a, (size_t)c.n + 1, sizeof(AVal)),
+            arena_calloc(a, (size_t)c.n + 1, 1),
+            arena_calloc(a, (size_t)c.n + 1, sizeof(IrRef)),
+            arena_calloc(a, (size_t)c.n + 1, 1),
+            arena_calloc(a, (size_t)c.n + 1, 1),
+            arena_calloc(a, (size_t)c.n + 1, 1)};
+  if (!group || !st || !w.gset || !w.av || !w.jd || !w.jwhy || !w.lkind || !w.lcone || !w.lchan)
+    goto oom;
   out->states = st, out->nstates = ns, out->ngroups = ngroups;
   if (init_states(&c, st, group)) goto oom;
   for (int gi = 0; gi < ngroups; gi++)
@@ -2204,6 +2475,7 @@ void classify_print_report(FILE *out, const IrModule *m, const ClassifyResult *r
         fprintf(out, " (%s); fallback sequential", rs->jacobian_reason);
       }
       fputc('\n', out);
+      if (rs->lti) fprintf(out, "    convolution (reported, not built): %s\n", rs->lti_reason);
     }
   }
 }

@@ -33,6 +33,8 @@
  *               evaluation), the recurrence of the Jacobian's blocks, the
  *               solve's B*T buffers streamed from memory; split over every
  *               thread, where the step loop splits only the batch.
+ *   convolution a time-invariant state's convolution form, reported and
+ *               never built (cost_convolution says what it counts).
  *
  * Besides the recurrences, the weight products that read a state (Mamba's
  * x_proj, dt_proj and out_proj after its convolution window): in the step
@@ -88,11 +90,14 @@ static int64_t last_axis(const IrFunc *f, int k, const int64_t *dims) {
   return v;
 }
 
-/* The size of the axis a small dense transition mixes: the third last. */
-static int64_t small_j(const IrFunc *f, int k, const int64_t *dims) {
-  const IrType *t = &f->states.v[k].type;
+/* The size of the axis a small dense transition mixes: the one the
+ * classifier found (LSSL's [H, N] mixes its last), else the third last
+ * (pLSTM's [J, V, K]). */
+static int64_t small_j(const IrFunc *f, const RecState *rs, const int64_t *dims) {
+  const IrType *t = &f->states.v[rs->state].type;
+  int axis = rs->axis >= 0 && rs->axis < t->rank ? rs->axis : t->rank - 3;
   int64_t v = 1;
-  if (t->rank >= 3 && dim_eval(t->dims[t->rank - 3], dims, &v)) v = 1;
+  if (axis >= 0 && dim_eval(t->dims[axis], dims, &v)) v = 1;
   return v;
 }
 
@@ -165,7 +170,7 @@ int cost_state(const IrFunc *f, const RecState *rs, const int64_t *dims, const C
      * small dense transition mixes J blocks per element. */
     out->flops = per * (double)S * (1 + r + (rs->cls == REC_LIN_DPLR));
     if (rs->cls == REC_LIN_SMALL_DENSE)
-      out->flops = 2.0 * (double)S * (double)(small_j(f, k, dims) + 1 + r);
+      out->flops = 2.0 * (double)S * (double)(small_j(f, rs, dims) + 1 + r);
     /* A nonlinear state: its share of the step's work that reads the group. */
     if (rs->cls == REC_NONLINEAR) {
       int n;
@@ -224,7 +229,7 @@ int cost_state(const IrFunc *f, const RecState *rs, const int64_t *dims, const C
      * read with q and the pairs within the chunk, per chunk the J x J
      * mixing of the entering state and the products of transitions. */
     if (rs->cls == REC_LIN_SMALL_DENSE) {
-      double J = (double)small_j(f, k, dims);
+      double J = (double)small_j(f, rs, dims);
       H = J > 0 ? H / J : 0;
       out->flops = 2 * (double)S * (1 + r) + 2.0 * CHUNK * H * r * (double)(K + V) +
                    2 * (double)S * J / CHUNK + CHUNK * H * J * J;
@@ -380,6 +385,100 @@ static double node_flops(const IrFunc *f, const IrNode *nd, const int64_t *dims)
   default:
     return n * c;
   }
+}
+
+/* Elements of a type at concrete dims, or -1. */
+static double type_elems(IrType t, const int64_t *dims) {
+  double n = 1;
+  int64_t v;
+  for (int d = 0; d < t.rank; d++) {
+    if (dim_eval(t.dims[d], dims, &v)) return -1;
+    n *= (double)v;
+  }
+  return n;
+}
+
+/* Flops of one step of state k's transition: the nodes of its update that
+ * read the state. */
+static double transition_flops(const IrFunc *f, int k, const int64_t *dims) {
+  IrRef nx = f->states.v[k].next;
+  char *cone = calloc((size_t)nx + 1, 1), *dep = calloc((size_t)nx + 1, 1);
+  double w = 0;
+  if (cone && dep) {
+    cone[nx] = 1;
+    for (IrRef r = nx; r >= 0; r--)
+      for (int j = 0; j < f->nodes.v[r].nargs && cone[r]; j++) cone[f->nodes.v[r].args[j]] = 1;
+    for (IrRef r = 0; r <= nx; r++) {
+      const IrNode *nd = &f->nodes.v[r];
+      dep[r] = nd->op == IR_STATE && nd->index == k;
+      for (int j = 0; j < nd->nargs && !dep[r]; j++) dep[r] = dep[nd->args[j]];
+      if (cone[r] && dep[r]) w += node_flops(f, nd, dims);
+    }
+  }
+  free(cone);
+  free(dep);
+  return w;
+}
+
+/* Elements per channel of the listed inputs (or outputs) of f. */
+static double lti_width(const IrFunc *f, const int *idx, int n, int outputs, double channels,
+                        const int64_t *dims) {
+  double m = 0;
+  for (int i = 0; i < n; i++) {
+    double e = type_elems(outputs ? f->outputs.v[idx[i]].type : f->inputs.v[idx[i]].type, dims);
+    if (e < 0) return -1;
+    m += e / channels;
+  }
+  return m;
+}
+
+/* The convolution form (docs/algorithms.md §9), per token of one example,
+ * for C independent channels of Nc states each, with m_in inputs and m_out
+ * outputs per channel (C = 1 for one multi-input multi-output system), over
+ * sequences of T tokens, FFTs of n >= 2T points at 5 n log2 n flops:
+ *   per call, shared by the B examples: the kernel, T lags of the impulse
+ *     response, the transition stepped on each of the m_in input columns
+ *     (what one step of the recurrence costs, per channel) and read out
+ *     into m_out outputs (a multiply-add per state), then the m_in m_out
+ *     transforms of K;
+ *   per example: the m_in + m_out transforms of the inputs and outputs,
+ *     and the product of the spectra, an m_out x m_in complex matrix per
+ *     frequency (8 flops per entry).
+ * Bytes: K's spectrum read, the inputs' and outputs' spectra written, once
+ * per example. No FFT is generated, so none is measured: its loops are
+ * counted at the fused scan's efficiency (elementwise vector loops as its
+ * are); the examples and channels split across the threads. */
+int cost_convolution(const IrFunc *f, const RecState *rs, const int64_t *dims,
+                     const CostMachine *mc, int64_t B, int64_t T, FormCost *out) {
+  memset(out, 0, sizeof *out);
+  if (!rs->lti || T < 1) return -1;
+  const IrType *st = &f->states.v[rs->state].type;
+  double S = type_elems(*st, dims), C = 1;
+  int64_t v;
+  for (int d = 0; d < st->rank; d++)
+    if (rs->lti_channels >> d & 1) {
+      if (dim_eval(st->dims[d], dims, &v)) return -1;
+      C *= (double)v;
+    }
+  if (S < 0 || C < 1) return -1;
+  double m_in = lti_width(f, rs->lti_inputs, rs->nlti_inputs, 0, C, dims);
+  double m_out = lti_width(f, rs->lti_outputs, rs->nlti_outputs, 1, C, dims);
+  if (m_in < 0 || m_out < 0) return -1;
+  int cplx = rs->is_complex || st->elem == IR_COMPLEX;
+  double per = cplx ? 8 : 2, Nc = S / C, trans = transition_flops(f, rs->state, dims) / C;
+  double n = 1, t = (double)T;
+  while (n < 2 * t) n *= 2;
+  double fft = 5 * n * log2(n);
+  if (B < 1) B = 1;
+  double kernel = C * (m_in * m_out * fft + t * m_in * (trans + per * Nc * m_out));
+  double example = C * ((m_in + m_out) * fft + 8 * n * m_in * m_out);
+  out->flops = example / t + kernel / ((double)B * t);
+  double kbytes = 8 * n * C * m_in * m_out;
+  out->bytes = (kbytes + 8 * n * C * (m_in + m_out)) / t;
+  double bw = kbytes <= L2_BYTES ? mc->l2_bw : mc->dram_bw;
+  double cores = fmax(1, fmin((double)mc->threads, (double)B * C * fmax(m_in, 1)));
+  out->seconds = fmax(out->flops / (EFF_SCAN * mc->flops), out->bytes / bw) / cores;
+  return 0;
 }
 
 static double type_bytes(IrType t, const int64_t *dims) {

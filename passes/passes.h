@@ -102,6 +102,16 @@ typedef struct RecState {
   RecJacobian jacobian; /* REC_NONLINEAR only */
   int block;            /* REC_JAC_BLOCK_DIAG, REC_LIN_BLOCK_DIAG: states per block */
   const char *jacobian_reason;
+  /* A linear time-invariant system (docs/algorithms.md §9; classify.c says
+   * what is proved): its outputs are its inputs convolved with a kernel
+   * K_l = C A^l B computed once, plus a feedthrough. Reported with its
+   * cost; no convolution form is built. */
+  int lti;
+  unsigned lti_channels;          /* state axes of independent channels (bit k = axis k); 0: one
+                                     system mixing all of them */
+  int *lti_inputs, nlti_inputs;   /* the inputs its update reads (indices into IrFunc.inputs) */
+  int *lti_outputs, nlti_outputs; /* the outputs that read it (indices into IrFunc.outputs) */
+  const char *lti_reason;         /* in words: inputs, outputs, channels */
 } RecState;
 
 typedef struct RecFunc {
@@ -242,6 +252,17 @@ int cost_newton_evals(RecJacobian jac);
 int cost_state(const IrFunc *f, const RecState *rs, const int64_t *dims, const CostMachine *mc,
                int64_t B, Form form, FormCost *out);
 
+/* The sequence length the convolution's estimate assumes: dims do not
+ * include one (docs/algorithms.md §9). */
+#define COST_CONV_T 4096
+/* The cost of the convolution form of a time-invariant state rs (rs->lti)
+ * over sequences of T tokens: the kernel once per call for B examples, and
+ * per example FFTs of 2T points and the products of their spectra. It is
+ * reported, never built. 0, or -1 if rs is not time-invariant or the dims
+ * do not evaluate. */
+int cost_convolution(const IrFunc *f, const RecState *rs, const int64_t *dims,
+                     const CostMachine *mc, int64_t B, int64_t T, FormCost *out);
+
 /* Seconds per token of the weight products of cell f that read a state
  * (transitively): in the step loop (parallel 0) or over time chunks of
  * token rows, as every all-parallel form runs them (1). */
@@ -265,6 +286,8 @@ typedef struct StateForm {
   FormCost cost[FORM_COUNT];
   int admitted[FORM_COUNT];
   int newton_evals; /* evaluations of the step a Newton solve takes (cost_newton_evals) */
+  int conv;         /* a time-invariant state, costed: conv_cost is its convolution form's */
+  FormCost conv_cost;
 } StateForm;
 
 typedef struct StrategyPlan {
@@ -281,8 +304,9 @@ typedef struct StrategyPlan {
 int strategy_choose(Arena *a, const IrModule *m, const IrFunc *root, const int64_t *root_dims,
                     const ClassifyResult *cr, const StrategyRequest *req, const CostMachine *mc,
                     StrategyPlan **out, DiagEngine *de);
-/* `seqc --report --dims`: per cell and state, the form chosen and why, and
- * the cost of every form the class admits. */
+/* `seqc --report --dims`: per cell and state, the form chosen and why, the
+ * cost of every form the class admits, and for a time-invariant state that
+ * of its convolution form (reported, not built). */
 void strategy_print(FILE *out, const IrModule *m, const StrategyPlan *plan);
 
 /* ---- delta.c: the delta rule read off a step ------------------------------ */

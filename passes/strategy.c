@@ -348,6 +348,8 @@ int strategy_choose(Arena *a, const IrModule *m, const IrFunc *root, const int64
           ok = 0;
       }
       sf->costed = ok;
+      sf->conv = ok && cost_convolution(f, &cr->funcs[i].states[k], dims, mc, mc->batch,
+                                        COST_CONV_T, &sf->conv_cost) == 0;
     }
   }
   /* Named states pin their function's state; the name must exist and its
@@ -475,6 +477,21 @@ oom:
   return -1;
 }
 
+/* A time-invariant state's convolution form: its cost in the columns of the
+ * others, the sequence length it assumed, and its time against the form
+ * chosen. Reported only: no pass builds it. */
+static void print_convolution(FILE *out, const StateForm *sf) {
+  const FormCost *cv = &sf->conv_cost, *chosen = &sf->cost[sf->form];
+  fprintf(out,
+          "    convolution%10.4g flops %10.4g bytes per token, %8.4g us per token; reported, not "
+          "built (T = %d assumed)",
+          cv->flops, cv->bytes, cv->seconds * 1e6, COST_CONV_T);
+  if (chosen->seconds > 0)
+    fprintf(out, ": %.3g times the %s form's time", cv->seconds / chosen->seconds,
+            form_name(sf->form));
+  fputc('\n', out);
+}
+
 void strategy_print(FILE *out, const IrModule *m, const StrategyPlan *plan) {
   for (int i = 0; i < m->funcs.n; i++) {
     const IrFunc *f = m->funcs.v[i];
@@ -500,6 +517,7 @@ void strategy_print(FILE *out, const IrModule *m, const StrategyPlan *plan) {
           fprintf(out, "    %-10s %10.4g flops %10.4g bytes per token, %8.4g us per token\n",
                   form_name((Form)fm), sf->cost[fm].flops, sf->cost[fm].bytes,
                   sf->cost[fm].seconds * 1e6);
+      if (sf->conv) print_convolution(out, sf);
     }
   }
 }

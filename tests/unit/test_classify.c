@@ -13,6 +13,7 @@
 #include "frontend/frontend.h"
 #include "passes/passes.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -136,6 +137,29 @@ static const Expect EXPECTED[] = {
     {"GAM", "conv0.window", REC_SHIFT, ANY, ANY, NULL, 0},
 };
 
+/* The linear time-invariant systems (docs/algorithms.md §9), from the
+ * papers: S4D, S4 and LSSL have fixed A, B, C per channel, one input and
+ * one output each (channels along axis 0, H); LRU and S5 are time-invariant
+ * too, but B and C mix all H channels into one shared state: one system.
+ * Every other state of the library is not one (selective gates, inputs
+ * through nonlinear maps, gated readouts). */
+typedef struct LtiExpect {
+  const char *cell, *state;
+  unsigned channels; /* its axes of independent channels */
+} LtiExpect;
+
+static const LtiExpect LTI_EXPECTED[] = {
+    {"S4D", "s", 1u},     {"S4", "s", 1u},  {"LSSL", "s", 1u},
+    {"LSSLZOH", "s", 1u}, {"LRU", "s", 0u}, {"S5", "s", 0u},
+};
+
+static const LtiExpect *lti_expected(const char *cell, const char *state) {
+  for (size_t i = 0; i < sizeof LTI_EXPECTED / sizeof *LTI_EXPECTED; i++)
+    if (strcmp(LTI_EXPECTED[i].cell, cell) == 0 && strcmp(LTI_EXPECTED[i].state, state) == 0)
+      return &LTI_EXPECTED[i];
+  return NULL;
+}
+
 static const Expect *expected_for(const char *cell, const char *state) {
   for (size_t i = 0; i < sizeof EXPECTED / sizeof *EXPECTED; i++)
     if (strcmp(EXPECTED[i].cell, cell) == 0 && strcmp(EXPECTED[i].state, state) == 0)
@@ -153,10 +177,11 @@ static void rewrite_and_classify(Compiled *c) {
 }
 
 /* Every state of path's cells has its expected class, in the source as
- * written and (rewritten) as the compiler sees it. */
+ * written and (rewritten) as the compiler sees it; the time-invariant ones,
+ * and only those, are reported with their convolution form. */
 static int check_file(const char *path, int rewritten) {
   Compiled c;
-  int checked = 0;
+  int checked = 0, lti = 0;
   compile_and_classify(&c, path, NULL);
   if (rewritten) rewrite_and_classify(&c);
   for (int i = 0; i < c.r->nfuncs; i++) {
@@ -178,6 +203,12 @@ static int check_file(const char *path, int rewritten) {
         fail_msg("%s: %s.%s jacobian %d, expected %d", path, f->name, sn, rs->jacobian,
                  e->jacobian);
       assert_int_equal(rs->is_complex, e->is_complex);
+      const LtiExpect *le = lti_expected(f->name, sn);
+      if (rs->lti != (le != NULL) || (le && rs->lti_channels != le->channels))
+        fail_msg("%s%s: %s.%s lti %d channels %#x, expected %d %#x", path,
+                 rewritten ? " (rewritten)" : "", f->name, sn, rs->lti, rs->lti_channels,
+                 le != NULL, le ? le->channels : 0u);
+      lti += rs->lti;
       if (e->given) {
         assert_int_equal(rs->ngiven, 1);
         assert_string_equal(f->states.v[rs->given[0]].name, e->given);
@@ -188,6 +219,9 @@ static int check_file(const char *path, int rewritten) {
       checked++;
     }
   }
+  char *text = report(&c);
+  assert_int_equal(strstr(text, "convolution (reported, not built)") != NULL, lti > 0);
+  free(text);
   arena_destroy(c.arena);
   return checked;
 }
@@ -247,7 +281,8 @@ static void check_report(const char *name) {
 
 static void test_golden_reports(void **state) {
   (void)state;
-  const char *names[] = {"lstm", "mlstm", "deltanet", "paralstm", "plstm", "mamba", "rwkv7", "gla"};
+  const char *names[] = {"lstm",  "mlstm", "deltanet", "paralstm", "plstm", "mamba",
+                         "rwkv7", "gla",   "s4d",      "lru",      "lssl"};
   for (size_t i = 0; i < sizeof names / sizeof *names; i++) check_report(names[i]);
 }
 
@@ -502,6 +537,202 @@ static void test_gate_axis_words(void **state) {
   arena_destroy(c.arena);
 }
 
+/* ---- Time-invariant systems: the convolution form -------------------------- */
+
+/* Cells built to be called time-invariant or not (docs/algorithms.md §9):
+ * the state's update and every output that reads it linear, with
+ * time-invariant coefficients, in the state and the inputs. `channels`: the
+ * axes of independent channels expected where it is (0: one system). */
+typedef struct LtiCase {
+  const char *what;
+  const char *decls; /* states and outputs */
+  const char *step;
+  int lti;
+  unsigned channels;
+} LtiCase;
+
+static const char LTI_DECLS[] = "  param a: [H]\n"
+                                "  param b: [H]\n"
+                                "  param c: [H]\n"
+                                "  param d: [H]\n"
+                                "  param W: [N, N]\n"
+                                "  param U: [N, H]\n"
+                                "  param V: [H, N]\n"
+                                "  param M: [H, H]\n"
+                                "  param A2: [H, N]\n"
+                                "  input x: [H]\n"
+                                "  input z: [H]\n";
+
+#define LTI_H "state h: [H] = 0\n  output y: [H]"
+#define LTI_HN "state s: [H, N] = 0\n  output y: [H]"
+
+static const LtiCase LTI_CASES[] = {
+    /* Time-invariant, one input and one output per channel. */
+    {"real diagonal per channel", LTI_H, "h' = a * h + b * x\n    y = c * h' + d * x", 1, 1u},
+    {"readout of the state entering the step", LTI_H, "h' = a * h + b * x\n    y = c * h + d * x",
+     1, 1u},
+    {"cumulative sum", LTI_H, "h' = h + x\n    y = h'", 1, 1u},
+    {"N states per channel", LTI_HN,
+     "s' = exp(-A2) * s + A2 * x[:, None]\n    y = sum(V * s', axis=1) + d * x", 1, 1u},
+    {"channels along the last axis", "state s: [N, H] = 0\n  output y: [H]",
+     "s' = transpose(A2) * s + x[None, :]\n    y = sum(s', axis=0)", 1, 2u},
+    {"a feedthrough that mixes channels", LTI_H, "h' = a * h + x\n    y = c * h' + M @ x", 1, 1u},
+    {"input through a scaled difference", LTI_H, "h' = a * h + (x - z) / 2\n    y = -h'", 1, 1u},
+    /* Time-invariant, channels mixed: one system. */
+    {"dense transition", "state s: [N] = 0\n  output y: [H]", "s' = W @ s + U @ x\n    y = V @ s'",
+     1, 0u},
+    {"transition mixes channels", LTI_H, "h' = M @ h + x\n    y = h'", 1, 0u},
+    {"input mixes channels", LTI_H, "h' = a * h + M @ x\n    y = h'", 1, 0u},
+    {"readout mixes channels", LTI_H, "h' = a * h + x\n    y = M @ h'", 1, 0u},
+    {"readout rotates channels", LTI_H, "h' = a * h + x\n    y = concat(h'[1:], h'[0:1])", 1, 0u},
+    /* Not time-invariant: selective, nonlinear or affine somewhere. */
+    {"gate reads an input", LTI_H, "h' = sigmoid(z) * h + x\n    y = h'", 0, 0u},
+    {"gate is a product with an input", LTI_H, "h' = (a * z) * h + b * x\n    y = h'", 0, 0u},
+    {"input squared", LTI_H, "h' = a * h + x * x\n    y = h'", 0, 0u},
+    {"input through exp", LTI_H, "h' = a * h + exp(x)\n    y = h'", 0, 0u},
+    {"input with an offset", LTI_H, "h' = a * h + b * x + c\n    y = h'", 0, 0u},
+    {"readout through tanh", LTI_H, "h' = a * h + x\n    y = tanh(c * h')", 0, 0u},
+    {"readout gated by an input", LTI_H, "h' = a * h + x\n    y = c * h' * z", 0, 0u},
+    {"readout with an offset", LTI_H, "h' = a * h + x\n    y = c * h' + d", 0, 0u},
+    {"readout clipped", LTI_H, "h' = a * h + x\n    y = max(h', 0)", 0, 0u},
+    {"no input", LTI_H, "h' = a * h\n    y = h'", 0, 0u},
+    {"no output reads it", LTI_H, "h' = a * h + x\n    y = c * x", 0, 0u},
+    {"read by another state", "state h: [H] = 0\n  state g: [H] = 0\n  output y: [H]",
+     "h' = a * h + x\n    g' = g + h'\n    y = g'", 0, 0u},
+    {"coefficient reads a counter", "state h: [H] = 0\n  state p: [] = 0\n  output y: [H]",
+     "p' = p + 1\n    h' = cos(p) * h + x\n    y = h'", 0, 0u},
+    {"a shift register is a convolution already", "state w: [H, N] = 0\n  output y: [H]",
+     "w' = concat(w[:, 1:], x[:, None], axis=1)\n    y = sum(A2 * w', axis=1)", 0, 0u},
+};
+
+static void check_lti_case(const LtiCase *t, int rewritten) {
+  char text[4096];
+  snprintf(text, sizeof text, "cell Lti(H, N) {\n%s  %s\n  step {\n    %s\n  }\n}\n", LTI_DECLS,
+           t->decls, t->step);
+  Compiled c;
+  compile_and_classify(&c, "lti.seq", text);
+  if (rewritten) rewrite_and_classify(&c);
+  const RecFunc *rf = &c.r->funcs[c.r->nfuncs - 1];
+  const RecState *rs = &rf->states[0];
+  if (rs->lti != t->lti || (t->lti && rs->lti_channels != t->channels))
+    fail_msg("%s%s: lti %d channels %#x, expected %d %#x (%s)", t->what,
+             rewritten ? " (rewritten)" : "", rs->lti, rs->lti_channels, t->lti, t->channels,
+             rs->reason);
+  for (int k = 1; k < rf->nstates; k++) assert_int_equal(rf->states[k].lti, 0);
+  char *rep = report(&c);
+  assert_int_equal(strstr(rep, "convolution (reported, not built)") != NULL, t->lti);
+  free(rep);
+  arena_destroy(c.arena);
+}
+
+static void test_lti_cells(void **state) {
+  (void)state;
+  for (size_t i = 0; i < sizeof LTI_CASES / sizeof *LTI_CASES; i++) {
+    check_lti_case(&LTI_CASES[i], 0);
+    check_lti_case(&LTI_CASES[i], 1);
+  }
+}
+
+/* What the inputs and outputs of a time-invariant state are, in the report. */
+static void test_lti_words(void **state) {
+  (void)state;
+  Compiled c;
+  compile_and_classify(&c, "stdlib/s4d.seq", NULL);
+  const RecState *s = find_state(&c, "S4D", "s");
+  assert_int_equal(s->nlti_inputs, 1);
+  assert_int_equal(s->nlti_outputs, 1);
+  assert_string_equal(s->lti_reason,
+                      "time-invariant from x to y; K_l = C A^l B per channel along axis 0 (H)");
+  arena_destroy(c.arena);
+  compile_and_classify(&c, "stdlib/s5.seq", NULL);
+  assert_non_null(strstr(find_state(&c, "S5", "s")->lti_reason, "one multi-input multi-output"));
+  arena_destroy(c.arena);
+}
+
+/* The forms of cell `cell` of stdlib/NAME.seq at dims (in the cell's order)
+ * on a fixed machine (8e10 flop/s, 15 GB/s to memory, 90 GB/s from L2, 16
+ * lanes, one thread, B = 8), as seqc --report --dims prints them; *sf is
+ * the first state's. */
+static char *forms(Compiled *c, const char *path, const char *cell, const int64_t *dims,
+                   StateForm *sf) {
+  compile_and_classify(c, path, NULL);
+  rewrite_and_classify(c);
+  const IrFunc *root = NULL;
+  int fi = -1;
+  for (int i = 0; i < c->m->funcs.n; i++)
+    if (strcmp(c->m->funcs.v[i]->name, cell) == 0) root = c->m->funcs.v[i], fi = i;
+  assert_non_null(root);
+  CostMachine mc = {8e10, 1.5e10, 9e10, 16, 1, 8};
+  StrategyPlan *plan = NULL;
+  assert_int_equal(strategy_choose(c->arena, c->m, root, dims, c->r, NULL, &mc, &plan, &c->de), 0);
+  *sf = plan->funcs[fi][0];
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *out = open_memstream(&buf, &len);
+  assert_non_null(out);
+  strategy_print(out, c->m, plan);
+  fclose(out);
+  return buf;
+}
+
+/* The convolution's cost, from docs/algorithms.md §9 by hand: S4D at H = 256,
+ * N = 64 (complex), T = 4096 (FFTs of n = 8192 points, 5 n log2 n = 532480
+ * flops), B = 8; one input and one output per channel; a step of the
+ * transition dA * s + dB * x costs 8 flops per complex state (a complex
+ * product and a complex sum, 4 each), 512 per channel.
+ *   per example: 256 (2 * 532480 + 8 * 8192) / 4096             = 70656
+ *   per call:    256 (532480 + 4096 (512 + 8 * 64)) / (8 * 4096) = 36928
+ * Bytes: 8 n 256 (1 + 2) / T = 12288. Seconds: flops at 0.15 of the peak. */
+static void test_convolution_cost(void **state) {
+  (void)state;
+  Compiled c;
+  StateForm sf;
+  const int64_t dims[] = {256, 64};
+  char *text = forms(&c, "stdlib/s4d.seq", "S4D", dims, &sf);
+  assert_true(sf.conv);
+  assert_true(sf.conv_cost.flops == 70656.0 + 36928.0);
+  assert_true(sf.conv_cost.bytes == 12288.0);
+  assert_true(fabs(sf.conv_cost.seconds - 107584.0 / (0.15 * 8e10)) < 1e-12);
+  assert_true(sf.conv_cost.seconds < sf.cost[FORM_SCAN].seconds);
+  tu_check_golden(text, "tests/golden/classify/s4d.forms");
+  free(text);
+  arena_destroy(c.arena);
+
+  /* S5 at H = 256, P = 64: one system, K_l a 256 x 256 matrix per lag; the
+   * channel mixing dwarfs the scan. */
+  text = forms(&c, "stdlib/s5.seq", "S5", dims, &sf);
+  assert_true(sf.conv);
+  assert_true(sf.conv_cost.seconds > 100 * sf.cost[FORM_SCAN].seconds);
+  tu_check_golden(text, "tests/golden/classify/s5.forms");
+  free(text);
+  arena_destroy(c.arena);
+
+  /* LSSL: a dense N x N transition per channel, N^2 per lag. */
+  text = forms(&c, "stdlib/lssl.seq", "LSSL", dims, &sf);
+  assert_true(sf.conv);
+  tu_check_golden(text, "tests/golden/classify/lssl.forms");
+  free(text);
+  arena_destroy(c.arena);
+}
+
+/* Selective cells are costed without a convolution line. */
+static void test_no_convolution(void **state) {
+  (void)state;
+  Compiled c;
+  StateForm sf;
+  const int64_t mamba[] = {64, 128, 16, 4, 8}, gla[] = {64, 2, 16, 16, 4};
+  char *text = forms(&c, "stdlib/mamba.seq", "Mamba", mamba, &sf);
+  assert_false(sf.conv);
+  assert_null(strstr(text, "convolution"));
+  free(text);
+  arena_destroy(c.arena);
+  text = forms(&c, "stdlib/gla.seq", "GLA", gla, &sf);
+  assert_false(sf.conv);
+  assert_null(strstr(text, "convolution"));
+  free(text);
+  arena_destroy(c.arena);
+}
+
 /* ---- Malformed IR and allocation failure --------------------------------- */
 
 static void test_malformed_ir(void **state) {
@@ -572,7 +803,9 @@ int main(void) {
       cmocka_unit_test(test_lstm_reasons),       cmocka_unit_test(test_golden_reports),
       cmocka_unit_test(test_synthetic),          cmocka_unit_test(test_malformed_ir),
       cmocka_unit_test(test_allocation_failure), cmocka_unit_test(test_fooling_cells),
-      cmocka_unit_test(test_gate_axis_words),
+      cmocka_unit_test(test_gate_axis_words),    cmocka_unit_test(test_lti_cells),
+      cmocka_unit_test(test_lti_words),          cmocka_unit_test(test_convolution_cost),
+      cmocka_unit_test(test_no_convolution),
   };
   return cmocka_run_group_tests(tests, enter_source_dir, NULL);
 }
