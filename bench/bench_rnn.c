@@ -24,6 +24,8 @@ int main(int argc, char **argv) {
   if (argc < 3) return 2;
   SeqContext *cx = seq_context_create();
   SeqOptions opt = {.opt_level = 2, .dims = "I=256,H=256", .num_threads = atoi(argv[2])};
+  /* bench/run.sh's ISA=avx2: the generated code without AVX-512 too. */
+  opt.target_features = getenv("BENCH_TARGET_FEATURES");
   SeqModule *m = NULL;
   double t0 = now();
   if (seq_module_from_file(cx, argv[1], &opt, &m) != SEQ_OK) {

@@ -13,6 +13,11 @@
 #   BUILD=build-perf   the release build directory (cmake -DCMAKE_BUILD_TYPE=Release)
 #   TORCH_PY=python    the Python with torch (default: $BUILD/venv/bin/python if
 #                      present, else /usr/bin/python3)
+#   ISA=avx2           both sides as on an AVX2 machine: seqc's runtime kernels
+#                      (SEQ_CPU_ISA=avx2) and generated code (-avx512f), PyTorch's
+#                      ATen kernels, MKL and oneDNN (ATEN_CPU_CAPABILITY,
+#                      MKL_ENABLE_INSTRUCTIONS, ONEDNN_MAX_CPU_ISA); "% of peak" is
+#                      then against the AVX2 FMA peak
 # Raw output goes to $BUILD/bench/raw.txt, the table to stdout.
 set -eu
 REPS=${1:-7}
@@ -24,6 +29,15 @@ if [ -z "${TORCH_PY:-}" ]; then
   if [ -x "$BUILD/venv/bin/python" ]; then TORCH_PY=$BUILD/venv/bin/python; else TORCH_PY=/usr/bin/python3; fi
 fi
 CC=${CC:-gcc}
+ISA=${ISA:-best}
+case "$ISA" in
+  best) SEQ_ENV="" TORCH_ENV="" ;;
+  avx2)
+    SEQ_ENV="SEQ_CPU_ISA=avx2 BENCH_TARGET_FEATURES=-avx512f"
+    TORCH_ENV="ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2"
+    ;;
+  *) echo "run.sh: ISA must be best or avx2" >&2; exit 2 ;;
+esac
 $CC -O2 -pthread bench/fma_peak.c -o "$OUT/fma_peak"
 $CC -O2 -Iinclude bench/bench_rnn.c -L"$BUILD" -lseq -Wl,-rpath,"$PWD/$BUILD" -o "$OUT/bench_rnn"
 $CC -O3 -I. bench/gemm_bench.c runtime/cpu_gemm.c runtime/cpu_pool.c runtime/cpu_forward.c runtime/cpu_warm.c \
@@ -35,18 +49,23 @@ RAW=$OUT/raw.txt
   echo "compiler: $($CC --version | head -1)"
   echo "seqc: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
   echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "isa: $ISA"
 } >>"$RAW"
 
-env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$TORCH_PY" -W ignore bench/torch_rnn.py 1 1 none 0 >>"$RAW"
+# shellcheck disable=SC2086 # the settings are words
+env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $TORCH_ENV "$TORCH_PY" -W ignore bench/torch_rnn.py 1 1 none 0 >>"$RAW"
 "$OUT/fma_peak" 2 >>"$RAW"
 for t in 1 2; do
-  "$OUT/gemm_bench" "$t" >>"$RAW"
+  # shellcheck disable=SC2086
+  env $SEQ_ENV "$OUT/gemm_bench" "$t" >>"$RAW"
   for m in lstm gru; do
     for b in 1 8 64; do
       for r in $(seq "$ROUNDS"); do
-        "$OUT/bench_rnn" "examples/$m.seq" "$t" "$REPS" "$b" | sed -n "s/^ *B=/seqc $m threads=$t round=$r B=/p" >>"$RAW"
+        # shellcheck disable=SC2086
+        env $SEQ_ENV "$OUT/bench_rnn" "examples/$m.seq" "$t" "$REPS" "$b" | sed -n "s/^ *B=/seqc $m threads=$t round=$r B=/p" >>"$RAW"
         # PyTorch reads these two from the environment of this command only.
-        env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$TORCH_PY" -W ignore bench/torch_rnn.py "$t" "$REPS" "$m" "$b" |
+        # shellcheck disable=SC2086
+        env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $TORCH_ENV "$TORCH_PY" -W ignore bench/torch_rnn.py "$t" "$REPS" "$m" "$b" |
           sed -n "s/^torch \([A-Z]*\) threads=\([0-9]*\) /torch \1 threads=\2 round=$r /p" >>"$RAW"
       done
     done
@@ -68,12 +87,15 @@ done
 /usr/bin/python3 - "$RAW" <<'EOF'
 import re, statistics, sys
 raw = open(sys.argv[1]).read().splitlines()
-peak = {}      # threads -> max over the runs of the median-burst AVX-512 GFLOP/s
+isa = "avx512"  # the peak the fractions are of: AVX-512's, or AVX2's under ISA=avx2
+for line in raw:
+    if line == "isa: avx2": isa = "avx2"
+peak = {}      # threads -> max over the runs of the median-burst GFLOP/s of that ISA
 ours, torch = {}, {}
 aot, jit = [], []
 model = None
 for line in raw:
-    m = re.match(r"fma_peak isa=avx512 threads=(\d+) gflops_median=([\d.]+)", line)
+    m = re.match(rf"fma_peak isa={isa} threads=(\d+) gflops_median=([\d.]+)", line)
     if m:
         t = int(m[1]); peak[t] = max(peak.get(t, 0), float(m[2]))
     m = re.match(r"seqc (\w+) threads=(\d+) round=(\d+) B=(\d+)\s+forward_ms=([\d.]+)", line)
@@ -87,9 +109,9 @@ for line in raw:
     m = re.match(r"compile jit_ms=([\d.]+)", line)
     if m: jit.append(float(m[1]))
 for line in raw:
-    if line.startswith(("machine", "compiler", "seqc:", "torch version", "load average", "gemm")):
+    if line.startswith(("machine", "compiler", "seqc:", "isa:", "torch version", "load average", "gemm")):
         print(line)
-print("fp32 FMA peak (AVX-512, median 1 ms burst, best of two runs): "
+print(f"fp32 FMA peak ({'AVX2' if isa == 'avx2' else 'AVX-512'}, median 1 ms burst, best of two runs): "
       + ", ".join(f"{t} thread{'s' if t > 1 else ''} {p:.0f} GFLOP/s" for t, p in sorted(peak.items())))
 print()
 print("| model | threads | B | seqc ms | PyTorch ms | PyTorch / seqc (rounds) | seqc GFLOP/s | seqc % of peak | PyTorch % of peak |")

@@ -27,7 +27,8 @@ def main():
     torch.set_num_threads(threads)
     blas = "mkl" if torch.backends.mkl.is_available() else "other"
     print(f"torch version={torch.__version__} blas={blas} "
-          f"mkldnn={torch.backends.mkldnn.is_available()} threads={torch.get_num_threads()}")
+          f"mkldnn={torch.backends.mkldnn.is_available()} threads={torch.get_num_threads()} "
+          f"cpu_capability={torch.backends.cpu.get_cpu_capability()}")
     T, I, H = 1024, 256, 256
     torch.manual_seed(0)
     models = (("LSTM", torch.nn.LSTM), ("GRU", torch.nn.GRU))
