@@ -212,31 +212,6 @@ enum { TRI_NONE, TRI_N, TRI_K };
 DEFINE_TILE(tile8, v8, 8, LOAD8, STORE8)
 DEFINE_TILE(tile16, v16, 16, LOAD16, STORE16)
 
-/* One register tile of rows [0, mr) and columns [j, j + 16 np) of a
- * product, with constant mr and np after inlining (one call per row count,
- * kept out of clang-format, which puts each case on three lines). */
-#define TILE_CASES(fn, ...)                                                                        \
-  switch (mr) {                                                                                    \
-  case 1:                                                                                          \
-    fn(1, __VA_ARGS__);                                                                            \
-    break;                                                                                         \
-  case 2:                                                                                          \
-    fn(2, __VA_ARGS__);                                                                            \
-    break;                                                                                         \
-  case 3:                                                                                          \
-    fn(3, __VA_ARGS__);                                                                            \
-    break;                                                                                         \
-  case 4:                                                                                          \
-    fn(4, __VA_ARGS__);                                                                            \
-    break;                                                                                         \
-  case 5:                                                                                          \
-    fn(5, __VA_ARGS__);                                                                            \
-    break;                                                                                         \
-  default:                                                                                         \
-    fn(MR, __VA_ARGS__);                                                                           \
-    break;                                                                                         \
-  }
-
 /* C[M, N] (op)= A[M, Kk] @ B[Kk, N], N a multiple of 16, in tiles of MR rows
  * by one panel (two with wide, the AVX-512 variant's tiles). tri == TRI_N:
  * the rows of block i need only the columns below round16(i + MR) (the

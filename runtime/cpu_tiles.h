@@ -162,30 +162,6 @@ typedef struct Prod {
 DEFINE_TILE(tile8, v8, 8, LOAD8, STORE8)
 DEFINE_TILE(tile16, v16, 16, LOAD16, STORE16)
 
-/* One register tile with constant mr (one call per row count, kept out of
- * clang-format, which puts each case on three lines). */
-#define TILE_CASES(fn, ...)                                                                        \
-  switch (mr) {                                                                                    \
-  case 1:                                                                                          \
-    fn(1, __VA_ARGS__);                                                                            \
-    break;                                                                                         \
-  case 2:                                                                                          \
-    fn(2, __VA_ARGS__);                                                                            \
-    break;                                                                                         \
-  case 3:                                                                                          \
-    fn(3, __VA_ARGS__);                                                                            \
-    break;                                                                                         \
-  case 4:                                                                                          \
-    fn(4, __VA_ARGS__);                                                                            \
-    break;                                                                                         \
-  case 5:                                                                                          \
-    fn(5, __VA_ARGS__);                                                                            \
-    break;                                                                                         \
-  default:                                                                                         \
-    fn(MR, __VA_ARGS__);                                                                           \
-    break;                                                                                         \
-  }
-
 /* A Prod in tiles of MR rows by one panel (two with wide, the AVX-512
  * variant's tiles). */
 INLINE void product_body(const Prod *p, Prefetch *pf, int wide) {

@@ -29,6 +29,21 @@ typedef float v16 __attribute__((vector_size(64)));
 #define STORE16(p, v) memcpy((p), &(v), sizeof(v16))
 #define INLINE static inline __attribute__((always_inline))
 
+/* One register tile with a constant row count (the includer's MR rows, or
+ * the mr left at the end): fn(rows, args...) for mr in 1 .. MR, so that each
+ * call inlines with its accumulators in registers. */
+// clang-format off
+#define TILE_CASES(fn, ...)                                                                        \
+  switch (mr) {                                                                                    \
+  case 1: fn(1, __VA_ARGS__); break;                                                               \
+  case 2: fn(2, __VA_ARGS__); break;                                                               \
+  case 3: fn(3, __VA_ARGS__); break;                                                               \
+  case 4: fn(4, __VA_ARGS__); break;                                                               \
+  case 5: fn(5, __VA_ARGS__); break;                                                               \
+  default: fn(MR, __VA_ARGS__); break;                                                             \
+  }
+// clang-format on
+
 static inline int64_t round16(int64_t n) {
   return (n + 15) / 16 * 16;
 }
