@@ -375,10 +375,12 @@ void emit_parallel_for(Lower *L, LLVMValueRef n, LLVMValueRef extra, ParBody bod
  * (the hand-off would cost more), and a piece has at least ROWS_PAR_MIN
  * rows. Rows of a token class are independent: the stage's ops are maps
  * of their own rows. At B = 1 on two threads a time chunk's bias adds (64
- * rows of 256) are such stages: with 16K instead of 64K, GLA's forward went
- * from 43-47 to 41-42 ms, mLSTM's from 52-56 to 50-52, DeltaNet's 38-41 to
- * 37-39 (4K ran as 16K; linear attention and Mamba-2 unchanged). */
-#define ROWS_PAR_WORK 16384
+ * rows of 256) stay serial under this bound; 16K measured faster there (GLA
+ * 43-47 -> 41-42 ms, mLSTM 52-56 -> 50-52, DeltaNet 38-41 -> 37-39), but
+ * with it test_jit under ASan ended in a LeakSanitizer crash at exit in a
+ * third of runs (its tracer reading a garbage dynamic-TLS range of the main
+ * thread), not understood yet, so the bound stays at 64K. */
+#define ROWS_PAR_WORK 65536
 #define ROWS_PAR_MIN 16
 
 /* Element operations per row of a stage's body (the values it computes). */
