@@ -53,12 +53,9 @@ void emit_pack(Lower *L, IrRef r) {
   LLVMBuildCondBr(L->bld, L->packed, pack, packed);
   LLVMPositionBuilderAtEnd(L->bld, pack);
   LLVMTypeRef pt[6] = {L->i64, L->i64, L->ptr, L->i64, L->i32, L->ptr};
-  LLVMValueRef args[6] = {ci64(L, n->gemm_k),
-                          ci64(L, n->gemm_n),
-                          wb,
-                          ci64(L, tr ? n->gemm_k : n->gemm_n),
-                          ci32(L, tr),
-                          L->ll[r].wt};
+  LLVMValueRef args[6] = {
+      ci64(L, n->gemm_k), ci64(L, n->gemm_n), wb, ci64(L, tr ? n->gemm_k : n->gemm_n),
+      ci32(L, tr),        L->ll[r].wt};
   call_fn(L, "rt_cpu_pack_b", L->void_t, pt, 6, args);
   LLVMBuildBr(L->bld, packed);
   LLVMPositionBuilderAtEnd(L->bld, packed);
