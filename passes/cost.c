@@ -482,13 +482,9 @@ int cost_convolution(const IrFunc *f, const RecState *rs, const int64_t *dims,
 }
 
 static double type_bytes(IrType t, const int64_t *dims) {
-  double n = 4;
-  int64_t v;
-  for (int d = 0; d < t.rank; d++) {
-    if (dim_eval(t.dims[d], dims, &v)) return 0;
-    n *= (double)v;
-  }
-  return t.elem == IR_COMPLEX ? 2 * n : n;
+  double n = type_elems(t, dims);
+  if (n < 0) return 0;
+  return (t.elem == IR_COMPLEX ? 8 : 4) * n;
 }
 
 void cost_cell_work(const IrFunc *f, const int64_t *dims, double *flops, double *io_bytes,
