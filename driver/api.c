@@ -593,9 +593,10 @@ SeqStatus seq_module_forward(SeqModule *m, int64_t B, int64_t T, const void *con
     pthread_mutex_unlock(&m->lock);
     return st;
   }
-  RtWarmCtx prev = rt_cpu_warm_enter(m->warm, 0, 0, 0);
+  RtWarmCtx wc;
+  rt_cpu_warm_enter(&wc, m->warm, 0, 0, 0);
   int rc = m->forward(m->params, B, T, inputs, lengths, state_in, outputs, state_out);
-  rt_cpu_warm_leave(prev);
+  rt_cpu_warm_leave(&wc);
   return status_of(m, rc, NULL);
 }
 
@@ -649,9 +650,10 @@ SeqStatus seq_module_step(SeqModule *m, int64_t B, const void *const *inputs,
   if (m->cu) return seq_module_forward(m, B, 1, inputs, NULL, state_in, outputs, state_out);
   if (!m->step)
     return fail(m, SEQ_ERR_ARG, "%s has no step form (it reads whole sequences)", m->sig->func);
-  RtWarmCtx prev = rt_cpu_warm_enter(m->warm, 0, 0, 0);
+  RtWarmCtx wc;
+  rt_cpu_warm_enter(&wc, m->warm, 0, 0, 0);
   int rc = m->step(m->params, B, inputs, state_in, outputs, state_out);
-  rt_cpu_warm_leave(prev);
+  rt_cpu_warm_leave(&wc);
   return status_of(m, rc, NULL);
 }
 

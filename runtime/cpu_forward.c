@@ -58,10 +58,11 @@ static void run_slice(void *ctx, int i) {
     sin[k] = s->state_in ? offset(s->state_in[k], b0 * st_w[k]) : NULL;
     sout[k] = s->state_out ? offset(s->state_out[k], b0 * st_w[k]) : NULL;
   }
-  RtWarmCtx prev = rt_cpu_warm_enter(s->warm, b0, s->B, s->T);
+  RtWarmCtx wc;
+  rt_cpu_warm_enter(&wc, s->warm, b0, s->B, s->T);
   s->status[i] = s->fn(s->params, b1 - b0, s->T, in, s->lengths ? s->lengths + b0 : NULL,
                        s->state_in ? sin : NULL, out, s->state_out ? sout : NULL, 0);
-  rt_cpu_warm_leave(prev);
+  rt_cpu_warm_leave(&wc);
 }
 
 int32_t rt_cpu_forward_batched(rt_cpu_root_fn fn, const int64_t *layout, void *const *params,
@@ -88,9 +89,10 @@ int32_t rt_cpu_forward_batched(rt_cpu_root_fn fn, const int64_t *layout, void *c
    * slice, with the slice's first example. */
   RtNewtonWarm *warm = rt_cpu_warm_current();
   if (n <= 1) {
-    RtWarmCtx prev = rt_cpu_warm_enter(warm, 0, B, T);
+    RtWarmCtx wc;
+    rt_cpu_warm_enter(&wc, warm, 0, B, T);
     int32_t rc = fn(params, B, T, inputs, lengths, state_in, outputs, state_out, 0);
-    rt_cpu_warm_leave(prev);
+    rt_cpu_warm_leave(&wc);
     return rc;
   }
   int64_t per = layout[0] + 2 * layout[1] + layout[2];

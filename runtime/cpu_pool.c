@@ -41,7 +41,8 @@ typedef struct Pool {
   int nworkers;              /* started worker threads */
   int nthreads;              /* threads in effect, caller included */
   int configured;
-  atomic_uint generation; /* bumped for every job */
+  atomic_uint generation; /* bumped for every job, and to stop the workers */
+  atomic_int stop;        /* set once, when the code holding the pool is unloaded */
   atomic_int sleepers;    /* workers in (or entering) pthread_cond_wait */
   /* The claim word: the job's number in the high 32 bits, its next unclaimed
    * part in the low 32 (PARKED while the job is being described). A part is
@@ -66,18 +67,38 @@ static Pool pool = {.lock = PTHREAD_MUTEX_INITIALIZER,
 /* Set while this thread runs a part of a parallel_for: a part that asks for
  * the pool again (a batch slice of a forward call whose GEMMs would split
  * across threads) runs its inner parts itself instead of waiting for the
- * pool that it is part of. */
-static _Thread_local int in_part;
+ * pool that it is part of. A thread-specific key, not a _Thread_local: an
+ * AOT library links this runtime in and is loaded with dlopen, where a
+ * thread-local is dynamic TLS, which the leak checkers walk at exit and
+ * which LeakSanitizer (GCC 12's) once read as a garbage range and crashed
+ * on. Without a key (none left in the process) every parallel_for runs on
+ * its calling thread: slower, never wrong. */
+static pthread_key_t part_key;
+static pthread_once_t part_once = PTHREAD_ONCE_INIT;
+static int part_key_ok;
+
+static void part_key_make(void) {
+  part_key_ok = pthread_key_create(&part_key, NULL) == 0;
+}
+
+static int get_in_part(void) {
+  pthread_once(&part_once, part_key_make);
+  return !part_key_ok || pthread_getspecific(part_key) != NULL;
+}
+
+static void set_in_part(int on) {
+  if (part_key_ok) pthread_setspecific(part_key, on ? &part_key : NULL);
+}
 
 int rt_cpu_in_parallel(void) {
-  return in_part;
+  return get_in_part();
 }
 
 #define PARKED 0xffffffffu
 
 static void run_parts(void) {
-  int outer = in_part;
-  in_part = 1;
+  int outer = get_in_part();
+  set_in_part(1);
   uint64_t v = atomic_load(&pool.claim);
   uint32_t job = (uint32_t)(v >> 32);
   uint32_t n = (uint32_t)pool.nparts;
@@ -92,7 +113,7 @@ static void run_parts(void) {
       atomic_fetch_add(&pool.parts_done, 1);
       v = atomic_load(&pool.claim);
     }
-  in_part = outer;
+  set_in_part(outer);
 }
 
 static void *worker(void *arg) {
@@ -112,10 +133,29 @@ static void *worker(void *arg) {
       atomic_fetch_sub(&pool.sleepers, 1);
       pthread_mutex_unlock(&pool.lock);
     }
+    if (atomic_load(&pool.stop)) return NULL;
     seen = g;
     run_parts();
   }
-  return NULL;
+}
+
+/* The workers end with the code that holds the pool. Every copy of this
+ * runtime has a pool of its own: an AOT library links one in, and a host
+ * that dlcloses the library unmaps the code its workers spin or sleep in
+ * (they crashed there, or the leak checker that walks every thread at exit
+ * did: LeakSanitizer's tracer read the dead threads' dynamic TLS). So the
+ * library's destructor, which runs at dlclose and at exit, stops them and
+ * waits for them. A worker in the middle of a part finishes it first; one
+ * between jobs claims nothing, as the claim word is spent. */
+__attribute__((destructor)) static void pool_stop(void) {
+  pthread_mutex_lock(&pool.lock);
+  int n = pool.nworkers;
+  atomic_store(&pool.stop, 1);
+  atomic_fetch_add(&pool.generation, 1);
+  pthread_cond_broadcast(&pool.wake);
+  pthread_mutex_unlock(&pool.lock);
+  for (int i = 0; i < n; i++) pthread_join(pool.threads[i], NULL);
+  if (part_key_ok) pthread_key_delete(part_key);
 }
 
 /* The thread count has its own lock: a forward pass holds call_lock for its
@@ -151,17 +191,17 @@ int rt_cpu_get_num_threads(void) {
 /* Runs the n parts on the calling thread, marked as a part so that what they
  * ask of the pool runs there too. */
 static void run_inline(int n, void (*fn)(void *ctx, int i), void *ctx) {
-  int outer = in_part;
-  in_part = 1;
+  int outer = get_in_part();
+  set_in_part(1);
   for (int i = 0; i < n; i++) fn(ctx, i);
-  in_part = outer;
+  set_in_part(outer);
 }
 
 static void run_locked(int n, void (*fn)(void *ctx, int i), void *ctx);
 
 void rt_cpu_parallel_for(int n, void (*fn)(void *ctx, int i), void *ctx) {
   if (n <= 0) return;
-  if (in_part) { /* nested: this thread is one of the pool's already */
+  if (get_in_part()) { /* nested: this thread is one of the pool's already */
     for (int i = 0; i < n; i++) fn(ctx, i);
     return;
   }
@@ -171,7 +211,7 @@ void rt_cpu_parallel_for(int n, void (*fn)(void *ctx, int i), void *ctx) {
 
 int rt_cpu_parallel_for_nowait(int n, void (*fn)(void *ctx, int i), void *ctx) {
   if (n <= 0) return 0;
-  if (in_part || pthread_mutex_trylock(&pool.call_lock) != 0) {
+  if (get_in_part() || pthread_mutex_trylock(&pool.call_lock) != 0) {
     run_inline(n, fn, ctx);
     return 1;
   }
@@ -188,12 +228,11 @@ static void run_locked(int n, void (*fn)(void *ctx, int i), void *ctx) {
     pthread_mutex_lock(&pool.lock);
     while (pool.nworkers < want - 1) {
       if (pthread_create(&pool.threads[pool.nworkers], NULL, worker, NULL) != 0) break;
-      pthread_detach(pool.threads[pool.nworkers]);
       pool.nworkers++;
     }
     pthread_mutex_unlock(&pool.lock);
   }
-  if (n == 1 || pool.nworkers == 0) {
+  if (n == 1 || pool.nworkers == 0 || atomic_load(&pool.stop)) {
     /* As parts: a parallel_for inside them (a GEMM of a step the Newton
      * solve calls) must run there, not wait for the lock this thread holds. */
     run_inline(n, fn, ctx);

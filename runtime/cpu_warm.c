@@ -39,7 +39,29 @@ struct RtNewtonWarm {
   int n, cap;
 };
 
-static _Thread_local RtWarmCtx ctx;
+/* The calling thread's context: a pointer to its innermost enter's frame,
+ * under a thread-specific key rather than in a _Thread_local for the reason
+ * cpu_pool.c gives (an AOT library's dynamic TLS). Without a key, solves
+ * start cold. */
+static pthread_key_t ctx_key;
+static pthread_once_t ctx_once = PTHREAD_ONCE_INIT;
+static int ctx_key_ok;
+
+static void ctx_key_make(void) {
+  ctx_key_ok = pthread_key_create(&ctx_key, NULL) == 0;
+}
+
+static RtWarmCtx *thread_ctx(void) {
+  pthread_once(&ctx_once, ctx_key_make);
+  return ctx_key_ok ? pthread_getspecific(ctx_key) : NULL;
+}
+
+/* At dlclose or exit (no forward runs then, so every thread's value is
+ * back to NULL). */
+__attribute__((destructor)) static void ctx_key_drop(void) {
+  if (ctx_key_ok) pthread_key_delete(ctx_key);
+  ctx_key_ok = 0;
+}
 
 RtNewtonWarm *rt_cpu_warm_create(void) {
   RtNewtonWarm *w = calloc(1, sizeof *w);
@@ -62,25 +84,29 @@ void rt_cpu_warm_destroy(RtNewtonWarm *w) {
   free(w);
 }
 
-RtWarmCtx rt_cpu_warm_enter(RtNewtonWarm *store, int64_t b0, int64_t B, int64_t T) {
-  RtWarmCtx prev = ctx;
-  ctx.store = store;
-  ctx.b0 = b0;
-  ctx.B = B;
-  ctx.T = T;
-  return prev;
+void rt_cpu_warm_enter(RtWarmCtx *c, RtNewtonWarm *store, int64_t b0, int64_t B, int64_t T) {
+  c->outer = thread_ctx();
+  c->store = store;
+  c->b0 = b0;
+  c->B = B;
+  c->T = T;
+  if (ctx_key_ok) pthread_setspecific(ctx_key, c);
 }
 
-void rt_cpu_warm_leave(RtWarmCtx prev) {
-  ctx = prev;
+void rt_cpu_warm_leave(RtWarmCtx *c) {
+  if (ctx_key_ok) pthread_setspecific(ctx_key, c->outer);
 }
 
 RtNewtonWarm *rt_cpu_warm_current(void) {
-  return ctx.store;
+  RtWarmCtx *c = thread_ctx();
+  return c ? c->store : NULL;
 }
 
 int rt_cpu_warm_open(int64_t site, int64_t nw, RtWarmView *v) {
   memset(v, 0, sizeof *v);
+  RtWarmCtx *c = thread_ctx();
+  if (!c) return 0;
+  RtWarmCtx ctx = *c;
   RtNewtonWarm *w = ctx.store;
   if (!w || ctx.B < 1 || ctx.T < 1 || nw < 1) return 0;
   /* A trajectory past the solve's own budget is not kept. */

@@ -401,12 +401,14 @@ void rt_cpu_warm_destroy(RtNewtonWarm *w);
 typedef struct RtWarmCtx {
   RtNewtonWarm *store;
   int64_t b0, B, T;
+  struct RtWarmCtx *outer; /* the context this one replaced */
 } RtWarmCtx;
-/* Sets the calling thread's context, returning the one it replaces (for
- * rt_cpu_warm_leave). The C API enters with a store around a forward
- * (b0 0, B and T 0), rt_cpu_forward_batched around each slice. */
-RtWarmCtx rt_cpu_warm_enter(RtNewtonWarm *store, int64_t b0, int64_t B, int64_t T);
-void rt_cpu_warm_leave(RtWarmCtx prev);
+/* Makes *c, the caller's (on its stack, alive until rt_cpu_warm_leave(c)),
+ * the calling thread's context; rt_cpu_warm_leave restores the one it
+ * replaced. The C API enters with a store around a forward (b0 0, B and T
+ * 0), rt_cpu_forward_batched around each slice. */
+void rt_cpu_warm_enter(RtWarmCtx *c, RtNewtonWarm *store, int64_t b0, int64_t B, int64_t T);
+void rt_cpu_warm_leave(RtWarmCtx *c);
 RtNewtonWarm *rt_cpu_warm_current(void);
 /* The store's trajectory of call site `site` (nw floats per step) for the
  * calling thread's call: rows (b0 + b) * T + p of traj, valid[row] nonzero

@@ -4,6 +4,7 @@
  * dlopen) equal to the JIT. */
 #include "testutil.h"
 
+#include <dirent.h>
 #include <dlfcn.h>
 #include <float.h>
 #include <math.h>
@@ -393,6 +394,66 @@ static void test_aot_shared_object(void **st) {
 
 /* The generated header names itself (liblru.h, the default beside liblru.so),
  * and a complex tensor's trailing 2 is marked as (re, im). */
+/* Threads of this process (/proc/self/task), -1 where that cannot be read. */
+static int count_threads(void) {
+  DIR *d = opendir("/proc/self/task");
+  if (!d) return -1;
+  int n = 0;
+  for (struct dirent *e; (e = readdir(d));) n += e->d_name[0] != '.';
+  closedir(d);
+  return n;
+}
+
+/* An AOT library has a thread pool of its own (it links the runtime in).
+ * Unloading it must stop that pool's workers: they would be left spinning
+ * or asleep in unmapped code (and a leak checker walking them at exit read
+ * garbage). The workers start on a forward large enough to split across
+ * two threads; dlclose joins them. */
+static void test_aot_unload_stops_workers(void **st) {
+  (void)st;
+  const char *names[2] = {"I", "H"};
+  int64_t dims[2] = {8, 64};
+  char so[512];
+  snprintf(so, sizeof so, "%s/liblstm_pool.so", tu_tmpdir());
+  assert_int_equal(build_object("examples/lstm.seq", names, dims, 2, CG_EMIT_SO, so, NULL), 0);
+  SeqContext *cx = seq_context_create();
+  SeqModule *m = compile_lstm(cx, "I=8,H=64");
+  float *blob = bind_random(m);
+  int64_t total = 4 * 64 * 8 + 4 * 64 * 64 + 4 * 64 + 4 * 64;
+  enum { B = 4, T = 600 };
+  float *x = calloc(B * T * 8, sizeof(float)), *y = calloc(B * T * 64, sizeof(float));
+  for (int k = 0; k < B * T * 8; k++) x[k] = sinf((float)k * 0.1f);
+  const void *in[1] = {x};
+  float *o[1] = {y};
+  int before = count_threads();
+  /* The library's pool reads the count at its first call. */
+  char *old = getenv("SEQ_NUM_THREADS") ? strdup(getenv("SEQ_NUM_THREADS")) : NULL;
+  setenv("SEQ_NUM_THREADS", "2", 1);
+  void *h = dlopen(so, RTLD_NOW | RTLD_LOCAL);
+  assert_non_null(h);
+  BlobFn fb = (BlobFn)(uintptr_t)dlsym(h, "lstm_forward_blob");
+  assert_non_null(fb);
+  assert_int_equal(fb(blob, total, B, T, in, NULL, NULL, o, NULL), 0);
+  if (old) {
+    setenv("SEQ_NUM_THREADS", old, 1);
+    free(old);
+  } else {
+    unsetenv("SEQ_NUM_THREADS");
+  }
+  int during = count_threads();
+  dlclose(h);
+  int after = count_threads();
+  if (before >= 0) {
+    assert_true(during > before); /* the library started a worker */
+    assert_int_equal(after, before);
+  }
+  free(x);
+  free(y);
+  free(blob);
+  seq_module_destroy(m);
+  seq_context_destroy(cx);
+}
+
 static void test_aot_header_names_and_complex(void **st) {
   (void)st;
   const char *names[2] = {"H", "N"};
@@ -417,6 +478,7 @@ int main(void) {
       cmocka_unit_test(test_forward_step_and_binding),
       cmocka_unit_test(test_two_threads),
       cmocka_unit_test(test_aot_shared_object),
+      cmocka_unit_test(test_aot_unload_stops_workers),
       cmocka_unit_test(test_aot_header_names_and_complex),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
