@@ -102,18 +102,19 @@ void emit_delay(Lower *L, IrRef r) {
   int64_t floats = sched_row_floats(&L->v[r]);
   Loop lb, lt, lk;
   LLVMValueRef b = loop_begin(L, &lb, ci64(L, 0), L->a_B);
-  LLVMValueRef len = len_of(L, b);
+  LLVMValueRef len = len_of(L, b), first, count;
+  step_range(L, len, &first, &count);
+  /* The value entering the first step this call runs: the initial value, or
+   * in time chunks the storage of the state this delay is, which holds the
+   * last chunk's last value (emit_chunk_states). */
   LLVMValueRef x0 = row_at(L, nd->args[1], b, ci64(L, 0));
-  LLVMValueRef tau = loop_begin(L, &lt, ci64(L, 0), len);
-  LLVMValueRef t = phys(L, len, tau);
-  LLVMValueRef isrev = LLVMBuildICmp(L->bld, LLVMIntNE, L->a_rev, ci32(L, 0), "");
-  LLVMValueRef first = LLVMBuildICmp(L->bld, LLVMIntEQ, tau, ci64(L, 0), "");
-  LLVMValueRef tprev = LLVMBuildSelect(L->bld, isrev, add(L, t, ci64(L, 1)),
-                                       LLVMBuildSub(L->bld, t, ci64(L, 1), ""), "");
-  LLVMValueRef src =
-      LLVMBuildSelect(L->bld, first, x0,
-                      row_at(L, nd->args[0], b, LLVMBuildSelect(L->bld, first, t, tprev, "")), "");
-  LLVMValueRef dst = row_at(L, r, b, t);
+  LLVMValueRef rel = loop_begin(L, &lt, ci64(L, 0), count);
+  LLVMValueRef tau = add(L, first, rel);
+  LLVMValueRef at0 = LLVMBuildICmp(L->bld, LLVMIntEQ, rel, ci64(L, 0), "");
+  LLVMValueRef prev =
+      LLVMBuildSelect(L->bld, at0, tau, LLVMBuildSub(L->bld, tau, ci64(L, 1), ""), "");
+  LLVMValueRef src = LLVMBuildSelect(L->bld, at0, x0, step_row(L, nd->args[0], b, len, prev), "");
+  LLVMValueRef dst = step_row(L, r, b, len, tau);
   LLVMValueRef k = loop_begin(L, &lk, ci64(L, 0), ci64(L, floats));
   stf(L, ldf(L, src, k), dst, k);
   loop_end(L, &lk);

@@ -325,9 +325,10 @@ static void plan_chunks(Plan *p) {
 
 /* Whether a cell's parallel form (a model) runs in time chunks too: its
  * recurrences are fused scans and chunked states that carry their running
- * value in the state's storage from one chunk to the next, or windows that
- * read the storage as the window entering the chunk (updated at the
- * chunk's end). Then the whole-sequence intermediates (the projections, the
+ * value in the state's storage from one chunk to the next, or windows and
+ * delays (a state that is its last step's value of something, as a token
+ * shift) that read the storage as the value entering the chunk (updated at
+ * the chunk's end). Then the whole-sequence intermediates (the projections, the
  * coefficients, the readouts) take one chunk's rows, which stay in cache,
  * instead of [B*T, ...] buffers in memory. A Newton solve runs chunk by
  * chunk from the values its states' storage holds (and writes each chunk's
@@ -362,13 +363,19 @@ int plan_model_chunks(Plan *p) {
     if ((nd->op == IR_CALL && !solved) || (nd->op == IR_CAUSAL_CONV && !conv_window) ||
         nd->op == IR_ATTN)
       return 0;
-    if ((nd->op == IR_SCAN || nd->op == IR_SCAN_MAX || nd->op == IR_DELAY) && n->group < 0)
+    /* A state solved as the delay of its next values reads its storage,
+     * which holds the value entering each chunk. */
+    int delay_state = nd->op == IR_DELAY && fn->nodes.v[nd->args[1]].op == IR_STATE &&
+                      fn->states.v[fn->nodes.v[nd->args[1]].index].next == nd->args[0];
+    if ((nd->op == IR_SCAN || nd->op == IR_SCAN_MAX || nd->op == IR_DELAY) && n->group < 0 &&
+        !delay_state)
       return 0;
     if (in->linattns[r] && in->linattns[r]->chunk > kchunk) kchunk = in->linattns[r]->chunk;
     for (int j = 0; j < nd->nargs; j++) {
       const IrNode *a = &fn->nodes.v[nd->args[j]];
       if (a->op == IR_STATE && n->group < 0 && !(nd->op == IR_WINDOW && j == 1) &&
-          !(conv_window && j == 3) && !(solved && j >= nd->nargs - solved))
+          !(delay_state && j == 1) && !(conv_window && j == 3) &&
+          !(solved && j >= nd->nargs - solved))
         return 0;
     }
   }
