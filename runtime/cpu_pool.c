@@ -120,6 +120,9 @@ static void *worker(void *arg) {
   (void)arg;
   unsigned seen = atomic_load(&pool.generation);
   for (;;) {
+    /* Also before sleeping: a worker that starts only after the pool was
+     * stopped has the stop's generation as its first. */
+    if (atomic_load(&pool.stop)) return NULL;
     unsigned g = atomic_load(&pool.generation);
     for (int64_t t0 = now_ns(); g == seen && now_ns() - t0 < SPIN_NS;)
       for (int k = 0; k < SPIN_BURST && (g = atomic_load(&pool.generation)) == seen; k++) {
@@ -129,7 +132,8 @@ static void *worker(void *arg) {
        * caller that bumps it afterwards sees the count and broadcasts. */
       pthread_mutex_lock(&pool.lock);
       atomic_fetch_add(&pool.sleepers, 1);
-      while ((g = atomic_load(&pool.generation)) == seen) pthread_cond_wait(&pool.wake, &pool.lock);
+      while ((g = atomic_load(&pool.generation)) == seen && !atomic_load(&pool.stop))
+        pthread_cond_wait(&pool.wake, &pool.lock);
       atomic_fetch_sub(&pool.sleepers, 1);
       pthread_mutex_unlock(&pool.lock);
     }
