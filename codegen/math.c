@@ -97,6 +97,59 @@ static LLVMValueRef emit_log(Lower *L, LLVMValueRef x) {
   return LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealUNO, x, x, ""), x, r, "");
 }
 
+/* sin(x) (cos_shift 0) or cos(x) (1) in float32, vectorizable (llvm.sin
+ * and llvm.cos are a libm call per element, which kept a whole loop
+ * scalar: RetNet's rotations). x = n pi/2 + r with |r| <= pi/4, reduced in
+ * double: n rounded by the adder (t = x 2/pi + 1.5 * 2^52 holds n in its
+ * low bits, so the quadrant is t's two lowest bits), r = x - n pi/2 with
+ * pi/2 in two parts, the first of 33 bits so that n times it is exact in
+ * double for |x| up to about 10^6 (beyond, r loses accuracy as n grows) and
+ * x minus it exact too (fused or not, so no libm fma is ever called).
+ * Then sin r or cos r by a polynomial in float (Cephes sinf and cosf
+ * coefficients, about 1 ulp on |r| <= pi/4), chosen and signed by the
+ * quadrant, plus one for cos: cos x = sin(x + pi/2). sin(-0) = -0;
+ * infinities and NaN give NaN. */
+static LLVMValueRef fma3_f64(Lower *L, LLVMValueRef a, LLVMValueRef b, LLVMValueRef c) {
+  LLVMTypeRef t = LLVMDoubleTypeInContext(L->cx);
+  unsigned id = LLVMLookupIntrinsicID("llvm.fmuladd", 12);
+  LLVMValueRef fn = LLVMGetIntrinsicDeclaration(L->mod, id, &t, 1), args[3] = {a, b, c};
+  return LLVMBuildCall2(L->bld, LLVMIntrinsicGetType(L->cx, id, &t, 1), fn, args, 3, "");
+}
+
+static LLVMValueRef emit_sincos(Lower *L, LLVMValueRef x, int cos_shift) {
+  LLVMBuilderRef b = L->bld;
+  LLVMTypeRef f64 = LLVMDoubleTypeInContext(L->cx), i64 = L->i64;
+  const double magic = 6755399441055744.0; /* 1.5 * 2^52 */
+  LLVMValueRef xd = LLVMBuildFPExt(b, x, f64, "");
+  LLVMValueRef t =
+      fma3_f64(L, xd, LLVMConstReal(f64, 0.63661977236758134308), LLVMConstReal(f64, magic));
+  LLVMValueRef nn = LLVMBuildFSub(b, LLVMConstReal(f64, magic), t, ""); /* -n */
+  LLVMValueRef rd = fma3_f64(L, nn, LLVMConstReal(f64, 1.57079632673412561417e+00), xd);
+  rd = fma3_f64(L, nn, LLVMConstReal(f64, 6.07710050650619224932e-11), rd);
+  LLVMValueRef r = LLVMBuildFPTrunc(b, rd, L->f32, "");
+  LLVMValueRef q = LLVMBuildAdd(b, LLVMBuildBitCast(b, t, i64, ""), ci64(L, cos_shift), "");
+  q = LLVMBuildTrunc(b, LLVMBuildAnd(b, q, ci64(L, 3), ""), L->i32, "");
+  LLVMValueRef z = LLVMBuildFMul(b, r, r, "");
+  /* sin r = r + r z (S1 + z (S2 + z S3)) */
+  LLVMValueRef ps = fma3(L, fma3(L, cf(L, -1.9515295891E-4), z, cf(L, 8.3321608736E-3)), z,
+                         cf(L, -1.6666654611E-1));
+  LLVMValueRef sn = fma3(L, LLVMBuildFMul(b, r, z, ""), ps, r);
+  /* cos r = 1 - z/2 + z^2 (C1 + z (C2 + z C3)) */
+  LLVMValueRef pc = fma3(L, fma3(L, cf(L, 2.443315711809948E-5), z, cf(L, -1.388731625493765E-3)),
+                         z, cf(L, 4.166664568298827E-2));
+  LLVMValueRef cs = fma3(L, LLVMBuildFMul(b, z, z, ""), pc, fma3(L, z, cf(L, -0.5), cf(L, 1.0)));
+  LLVMValueRef odd =
+      LLVMBuildICmp(b, LLVMIntNE, LLVMBuildAnd(b, q, ci32(L, 1), ""), ci32(L, 0), "");
+  LLVMValueRef neg =
+      LLVMBuildICmp(b, LLVMIntNE, LLVMBuildAnd(b, q, ci32(L, 2), ""), ci32(L, 0), "");
+  LLVMValueRef v = LLVMBuildSelect(b, odd, cs, sn, "");
+  v = LLVMBuildSelect(b, neg, LLVMBuildFNeg(b, v, ""), v, "");
+  /* sin(-0) = -0 (the polynomial adds a +0 to it). */
+  if (!cos_shift)
+    v = LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealOEQ, x, cf(L, 0.0), ""), x, v, "");
+  return v;
+}
+
 static LLVMValueRef emit_sigmoid(Lower *L, LLVMValueRef x) {
   LLVMValueRef e = emit_exp(L, LLVMBuildFNeg(L->bld, x, ""));
   return LLVMBuildFDiv(L->bld, cf(L, 1.0), LLVMBuildFAdd(L->bld, cf(L, 1.0), e, ""), "");
@@ -150,9 +203,9 @@ LLVMValueRef emit_unary(Lower *L, IrOp op, LLVMValueRef x) {
   case IR_ABS:
     return intr1(L, "llvm.fabs", x);
   case IR_SIN:
-    return intr1(L, "llvm.sin", x);
+    return emit_sincos(L, x, 0);
   case IR_COS:
-    return intr1(L, "llvm.cos", x);
+    return emit_sincos(L, x, 1);
   case IR_BROADCAST:
     return x;
   default:
@@ -216,7 +269,7 @@ Cx cx_op(Lower *L, IrOp op, Cx x, Cx y) {
     return (Cx){LLVMBuildFNeg(b, x.re, ""), LLVMBuildFNeg(b, x.im, "")};
   case IR_EXP: {
     LLVMValueRef e = emit_exp(L, x.re);
-    return (Cx){fmul(L, e, intr1(L, "llvm.cos", x.im)), fmul(L, e, intr1(L, "llvm.sin", x.im))};
+    return (Cx){fmul(L, e, emit_sincos(L, x.im, 1)), fmul(L, e, emit_sincos(L, x.im, 0))};
   }
   case IR_LOG: {
     LLVMTypeRef pt[2] = {L->f32, L->f32};
