@@ -85,12 +85,14 @@ void loop_phi_next(Lower *L, LLVMValueRef phi, LLVMValueRef v) {
   LLVMAddIncoming(phi, &v, &latch, 1);
 }
 
-LLVMValueRef intrinsic(Lower *L, const char *name, LLVMValueRef *args, int n) {
+LLVMValueRef intrinsic_of(Lower *L, const char *name, LLVMTypeRef t, LLVMValueRef *args, int n) {
   unsigned id = LLVMLookupIntrinsicID(name, strlen(name));
-  LLVMTypeRef t = L->f32;
   LLVMValueRef fn = LLVMGetIntrinsicDeclaration(L->mod, id, &t, 1);
   LLVMTypeRef ft = LLVMIntrinsicGetType(L->cx, id, &t, 1);
   return LLVMBuildCall2(L->bld, ft, fn, args, (unsigned)n, "");
+}
+LLVMValueRef intrinsic(Lower *L, const char *name, LLVMValueRef *args, int n) {
+  return intrinsic_of(L, name, L->f32, args, n);
 }
 LLVMValueRef intr1(Lower *L, const char *name, LLVMValueRef x) {
   return intrinsic(L, name, &x, 1);

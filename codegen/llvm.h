@@ -117,6 +117,8 @@ void loop_end(Lower *L, Loop *lp);
 LLVMValueRef loop_phi(Lower *L, Loop *lp, LLVMValueRef init, const char *name);
 void loop_phi_next(Lower *L, LLVMValueRef phi, LLVMValueRef v);
 LLVMValueRef intrinsic(Lower *L, const char *name, LLVMValueRef *args, int n);
+/* The same, overloaded on type t instead of float32. */
+LLVMValueRef intrinsic_of(Lower *L, const char *name, LLVMTypeRef t, LLVMValueRef *args, int n);
 LLVMValueRef intr1(Lower *L, const char *name, LLVMValueRef x);
 LLVMValueRef intr2(Lower *L, const char *name, LLVMValueRef x, LLVMValueRef y);
 LLVMValueRef call_fn(Lower *L, const char *name, LLVMTypeRef ret, LLVMTypeRef *pt, int np,

@@ -97,6 +97,12 @@ static LLVMValueRef emit_log(Lower *L, LLVMValueRef x) {
   return LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealUNO, x, x, ""), x, r, "");
 }
 
+/* a * b + c in double (llvm.fmuladd), for the reduction below. */
+static LLVMValueRef fma3_f64(Lower *L, LLVMValueRef a, LLVMValueRef b, LLVMValueRef c) {
+  LLVMValueRef args[3] = {a, b, c};
+  return intrinsic_of(L, "llvm.fmuladd", LLVMDoubleTypeInContext(L->cx), args, 3);
+}
+
 /* sin(x) (cos_shift 0) or cos(x) (1) in float32, vectorizable (llvm.sin
  * and llvm.cos are a libm call per element, which kept a whole loop
  * scalar: RetNet's rotations). x = n pi/2 + r with |r| <= pi/4, reduced in
@@ -109,13 +115,6 @@ static LLVMValueRef emit_log(Lower *L, LLVMValueRef x) {
  * coefficients, about 1 ulp on |r| <= pi/4), chosen and signed by the
  * quadrant, plus one for cos: cos x = sin(x + pi/2). sin(-0) = -0;
  * infinities and NaN give NaN. */
-static LLVMValueRef fma3_f64(Lower *L, LLVMValueRef a, LLVMValueRef b, LLVMValueRef c) {
-  LLVMTypeRef t = LLVMDoubleTypeInContext(L->cx);
-  unsigned id = LLVMLookupIntrinsicID("llvm.fmuladd", 12);
-  LLVMValueRef fn = LLVMGetIntrinsicDeclaration(L->mod, id, &t, 1), args[3] = {a, b, c};
-  return LLVMBuildCall2(L->bld, LLVMIntrinsicGetType(L->cx, id, &t, 1), fn, args, 3, "");
-}
-
 static LLVMValueRef emit_sincos(Lower *L, LLVMValueRef x, int cos_shift) {
   LLVMBuilderRef b = L->bld;
   LLVMTypeRef f64 = LLVMDoubleTypeInContext(L->cx), i64 = L->i64;

@@ -271,7 +271,7 @@ void cg_capture_diagnostics(LLVMContextRef ctx, DiagEngine *de) {
  * LSTM (I = H = 256) through the JIT in 63-66 ms against 72-75, to a .so
  * in 93 against 101-106, and the forward passes of the std cells ran as
  * fast as under default<O2> within the noise, but for GAM's step loop,
- * about 10% slower (BENCHMARKS.md, issue 15). InstCombine runs without
+ * 7-10% slower (BENCHMARKS.md, issue 15). InstCombine runs without
  * its fixpoint check, as inside default<O2>: named alone, LLVM 19 checks
  * that it reached a fixpoint in one run and, where it did not, ends the
  * process. */
