@@ -81,10 +81,11 @@ static void shape_comment(FILE *f, const AbiTensor *t, const char *lead) {
   fprintf(f, " /* [%s", lead);
   for (int d = 0; d < t->ndim; d++)
     fprintf(f, "%s%lld", (d || *lead) ? ", " : "", (long long)t->shape[d]);
-  fprintf(f, "]%s */\n",
+  fprintf(f, "]%s */%s\n",
           t->is_int       ? " int32 tokens"
           : t->is_complex ? " complex: last axis (re, im)"
-                          : "");
+                          : "",
+          t->context ? " /* a context: one per sequence */" : "");
 }
 
 static void fields(FILE *f, Arena *a, const char *type, const AbiTensor *v, int n,
@@ -92,7 +93,7 @@ static void fields(FILE *f, Arena *a, const char *type, const AbiTensor *v, int 
   if (n == 0) fprintf(f, "  const void *unused_; /* no entries */\n");
   for (int i = 0; i < n; i++) {
     fprintf(f, "  %s%s;", v[i].is_int ? "const int32_t *" : type, field(a, v[i].name));
-    shape_comment(f, &v[i], lead);
+    shape_comment(f, &v[i], v[i].context ? "B" : lead);
   }
 }
 

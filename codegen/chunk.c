@@ -16,7 +16,7 @@ LLVMValueRef seq_operand(Lower *L, IrRef r, LLVMValueRef b, LLVMValueRef t0, LLV
   int64_t f = sched_row_floats(v);
   LLVMValueRef row = ci64(L, 0);
   *ld = ci64(L, 0);
-  if (v->cls == SCHED_STEP) {
+  if (v->cls == SCHED_STEP || v->cls == SCHED_EXAMPLE) {
     row = b;
   } else if (v->cls == SCHED_TOKEN && v->chunked) {
     row = mul(L, b, L->Tc);

@@ -77,7 +77,9 @@ static void emit_entries(Lower *L, const char *sym) {
     lv[k++] = ci64(L, nst);
     lv[k++] = ci64(L, nout);
     lv[k++] = ci64(L, L->s->work_per_token);
-    for (int i = 0; i < nin; i++) lv[k++] = ci64(L, L->s->sig.inputs.v[i].numel);
+    for (int i = 0; i < nin; i++) /* a context's per example, negated */
+      lv[k++] = ci64(L, L->s->sig.inputs.v[i].context ? -L->s->sig.inputs.v[i].numel
+                                                      : L->s->sig.inputs.v[i].numel);
     for (int i = 0; i < nst; i++) lv[k++] = ci64(L, L->s->sig.states.v[i].numel);
     for (int i = 0; i < nout; i++) lv[k++] = ci64(L, L->s->sig.outputs.v[i].numel);
     LLVMTypeRef lty = LLVMArrayType2(I, (uint64_t)nl);

@@ -25,9 +25,9 @@ static LLVMValueRef emit_newton(Lower *L, IrRef r, LLVMValueRef ins, LLVMValueRe
   LLVMValueRef kind = LLVMBuildArrayAlloca(L->bld, L->i32, ci64(L, m + 1), "in_kind");
   for (int j = 0; j < m; j++) {
     const SchedValue *a = &L->v[nd->args[j]];
-    int k = n->call_in[j] >= 0 || a->cls == SCHED_TOKEN ? RT_NEWTON_PER_TOKEN
-            : a->cls == SCHED_STEP                      ? RT_NEWTON_PER_EXAMPLE
-                                                        : RT_NEWTON_ONCE;
+    int k = n->call_in[j] >= 0 || a->cls == SCHED_TOKEN       ? RT_NEWTON_PER_TOKEN
+            : a->cls == SCHED_STEP || a->cls == SCHED_EXAMPLE ? RT_NEWTON_PER_EXAMPLE
+                                                              : RT_NEWTON_ONCE;
     LLVMValueRef idx = ci64(L, j);
     LLVMBuildStore(L->bld, ci64(L, sched_row_floats(a)),
                    LLVMBuildGEP2(L->bld, L->i64, fl, &idx, 1, ""));
@@ -83,6 +83,15 @@ static void emit_call(Lower *L, IrRef r) {
       LLVMValueRef rows = mul(L, L->a_B, L->in->chunked ? L->Tc : L->a_T);
       LLVMValueRef row = loop_begin(L, &lr, ci64(L, 0), rows);
       copy_row(L, p, L->ll[nd->args[j]].base, sched_row_floats(a), row, ci64(L, 0));
+      loop_end(L, &lr);
+    } else if (n->call_in[j] >= 0 && a->cls == SCHED_EXAMPLE) {
+      /* ... and a context's value, its example's for each of its tokens. */
+      p = L->buf[n->call_in[j]];
+      Loop lr;
+      LLVMValueRef per = L->in->chunked ? L->Tc : L->a_T;
+      LLVMValueRef row = loop_begin(L, &lr, ci64(L, 0), mul(L, L->a_B, per));
+      copy_row(L, p, L->ll[nd->args[j]].base, sched_row_floats(a), row,
+               LLVMBuildSDiv(L->bld, row, per, ""));
       loop_end(L, &lr);
     } else if (n->call_in[j] >= 0) {
       /* A whole-sequence value (an input) read by a Newton solve in time
@@ -148,7 +157,9 @@ static void emit_causal_conv(Lower *L, IrRef r) {
   LLVMValueRef valid = LLVMBuildICmp(L->bld, LLVMIntSGE, s, ci64(L, 0), "");
   LLVMValueRef ps = LLVMBuildSelect(L->bld, isrev, LLVMBuildSub(L->bld, lm1, s, ""), s, "");
   ps = LLVMBuildSelect(L->bld, valid, ps, ci64(L, 0), "");
-  LLVMValueRef uoff = u->cls == SCHED_CONST ? d : add(L, mul(L, add(L, bT, ps), ci64(L, D)), d);
+  LLVMValueRef uoff = u->cls == SCHED_CONST     ? d
+                      : u->cls == SCHED_EXAMPLE ? add(L, mul(L, b, ci64(L, D)), d)
+                                                : add(L, mul(L, add(L, bT, ps), ci64(L, D)), d);
   LLVMValueRef uv = ldf(L, ub, uoff);
   LLVMValueRef term = LLVMBuildFMul(L->bld, ldf(L, wb, add(L, mul(L, d, ci64(L, K)), k)), uv, "");
   term = LLVMBuildSelect(L->bld, valid, term, cf(L, 0.0), "");
@@ -449,7 +460,7 @@ static void emit_rows(Lower *L, const SchedOp *op) {
 
 /* Rows a GEMM of class cls runs over. */
 static LLVMValueRef class_rows(Lower *L, SchedClass cls) {
-  if (cls == SCHED_STEP) return L->a_B;
+  if (cls == SCHED_STEP || cls == SCHED_EXAMPLE) return L->a_B;
   return L->in->chunked ? mul(L, L->a_B, L->Tc) : mul(L, L->a_B, L->a_T);
 }
 

@@ -21,9 +21,10 @@ static LLVMValueRef phys(Lower *L, LLVMValueRef len, LLVMValueRef tau) {
  * row: one for constants, the example's for states, the token's else). */
 static LLVMValueRef row_at(Lower *L, IrRef r, LLVMValueRef b, LLVMValueRef t) {
   const SchedValue *v = &L->v[r];
-  LLVMValueRef row = v->cls == SCHED_CONST  ? ci64(L, 0)
-                     : v->cls == SCHED_STEP ? b
-                                            : add(L, mul(L, b, L->a_T), t);
+  LLVMValueRef row = v->cls == SCHED_CONST ? ci64(L, 0)
+                     : v->cls == SCHED_STEP || v->cls == SCHED_EXAMPLE
+                         ? b
+                         : add(L, mul(L, b, L->a_T), t);
   return gepf(L, L->ll[r].base, mul(L, row, ci64(L, sched_row_floats(v))));
 }
 

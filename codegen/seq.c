@@ -28,7 +28,9 @@ static void open_rows(Lower *L, RowLoop *rl, SchedClass cls, LLVMValueRef item, 
   LLVMValueRef bT = mul(L, L->r_b, L->a_T);
   LLVMValueRef isrev = LLVMBuildICmp(L->bld, LLVMIntNE, L->a_rev, ci32(L, 0), "");
   LLVMValueRef lm1 = LLVMBuildSub(L->bld, len, ci64(L, 1), "");
-  if (cls == SCHED_TOKEN && L->in->chunked) {
+  if (cls == SCHED_EXAMPLE) {
+    /* One row per example: the b loop alone. */
+  } else if (cls == SCHED_TOKEN && L->in->chunked) {
     /* This example's active steps in the chunk: j < min(tn, len - t0). The
      * chunk row j holds step t0 + j, read at its token in the direction the
      * instance runs, so the time loop finds it at b*Tc + t - t0. */
@@ -91,10 +93,10 @@ void rows_close(Lower *L, RowLoop *rl) {
 
 /* The row of node r's buffer that the current row reads. */
 static LLVMValueRef source_row(Lower *L, const SchedValue *v) {
-  return v->cls == SCHED_STEP    ? L->r_b
-         : v->cls == SCHED_CONST ? ci64(L, 0)
-         : v->chunked            ? L->r_tokc
-                                 : L->r_tok;
+  return v->cls == SCHED_STEP || v->cls == SCHED_EXAMPLE ? L->r_b
+         : v->cls == SCHED_CONST                         ? ci64(L, 0)
+         : v->chunked                                    ? L->r_tokc
+                                                         : L->r_tok;
 }
 
 void emit_commit(Lower *L) {

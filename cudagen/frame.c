@@ -434,6 +434,13 @@ static int render_inst(Cu *c, int i, RtCuInst *out) {
   c->steps.n = c->steps.cap = 0;
   c->fmember = arena_calloc(c->a, (size_t)in->fn->nodes.n + 1, 1);
   if (!c->fmember) return -1;
+  for (int k = 0; k < in->fn->inputs.n; k++)
+    if (in->fn->inputs.v[k].context) {
+      diag_error(c->de, in->fn->inputs.v[k].loc,
+                 "the CUDA backend cannot run a context input ('%s') yet (in %s)",
+                 in->fn->inputs.v[k].name, in->fn->name);
+      return -1;
+    }
   cu_ops(c, in->ops.v, in->ops.n);
   if (c->failed) return -1;
   out->ninputs = in->fn->inputs.n;

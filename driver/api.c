@@ -491,6 +491,7 @@ SeqStatus seq_module_info(const SeqModule *m, SeqTensorKind kind, int i, SeqTens
   for (int d = 0; d < t[i].ndim && d < 8; d++) info->shape[d] = t[i].shape[d];
   info->numel = t[i].numel;
   info->is_int = t[i].is_int;
+  info->context = t[i].context;
   return SEQ_OK;
 }
 

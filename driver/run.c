@@ -191,14 +191,17 @@ int drv_run(const AbiSignature *sig, AbiForwardFn fn, const DrvWeights *w, const
   for (int i = 0; i < ni; i++) {
     const AbiTensor *t = &sig->inputs.v[i];
     SrcLoc loc = i < b->root->inputs.n ? b->root->inputs.v[i].loc : (SrcLoc){0};
-    if (check_tensor("input", t, 2, lead, loc, &inputs[i], de)) goto done;
+    int64_t per = t->context ? 1 : T; /* a context has no time axis */
+    if (check_tensor(t->context ? "context" : "input", t, t->context ? 1 : 2, lead, loc, &inputs[i],
+                     de))
+      goto done;
     if (rt_tensor_convert(&inputs[i], sig->inputs.v[i].is_int ? RT_F64 : RT_F32, &conv[i], &err)) {
       diag_error(de, (SrcLoc){0}, "input %s: %s", sig->inputs.v[i].name, err.msg);
       goto done;
     }
-    if (rt_numel(&conv[i]) != B * T * sig->inputs.v[i].numel) {
-      diag_error(de, (SrcLoc){0}, "input %s has %lld elements, expected B*T*%lld",
-                 sig->inputs.v[i].name, (long long)rt_numel(&conv[i]),
+    if (rt_numel(&conv[i]) != B * per * sig->inputs.v[i].numel) {
+      diag_error(de, (SrcLoc){0}, "input %s has %lld elements, expected B*%s%lld",
+                 sig->inputs.v[i].name, (long long)rt_numel(&conv[i]), t->context ? "" : "T*",
                  (long long)sig->inputs.v[i].numel);
       goto done;
     }

@@ -126,7 +126,7 @@ static void indent(FILE *out, int depth) {
 
 static void print_decl(FILE *out, const AstDecl *d) {
   static const char *const kinds[] = {"param", "input", "state", "output", "layer", "def"};
-  fprintf(out, "(%s ", kinds[d->kind]);
+  fprintf(out, "(%s ", d->context ? "context" : kinds[d->kind]);
   print_path(out, &d->name);
   if (d->kind == AST_DEF) {
     fputs(" (", out);

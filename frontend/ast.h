@@ -103,6 +103,7 @@ typedef struct AstDecl {
   AstExpr *init;      /* STATE: initial value (NULL means 0) */
   AstExpr *count;     /* LAYER: array length or NULL */
   int reverse;        /* LAYER: run the callee backwards in time */
+  int context;        /* INPUT: a context (given once per sequence, read by every step) */
   const char *callee; /* LAYER: cell or model name */
   SrcLoc callee_loc;
   int nargs; /* LAYER: dimension arguments (AST_KWARG for D=expr) */

@@ -1452,7 +1452,7 @@ static void lower_assign(Lower *L, const AstStmt *s) {
   case DECL_PARAM:
   case DECL_LAYER:
     diag_error(L->de, t->loc, "cannot assign to %s '%s'",
-               kind == DECL_INPUT   ? "input"
+               kind == DECL_INPUT   ? (L->f->inputs.v[i].context ? "context" : "input")
                : kind == DECL_PARAM ? "param"
                                     : "layer",
                name);

@@ -202,7 +202,7 @@ static AstPath path_of(const StrVec *v, SrcLoc loc) {
 %token <str> STRING "string"
 %token NL "newline"
 %token <str> CELL "'cell'" MODEL "'model'"
-%token PARAM "'param'" INPUT "'input'" STATE "'state'" OUTPUT "'output'" LAYER "'layer'"
+%token PARAM "'param'" INPUT "'input'" CONTEXT "'context'" STATE "'state'" OUTPUT "'output'" LAYER "'layer'"
 %token STEP "'step'" FORWARD "'forward'" LET "'let'" FOR "'for'" IN "'in'" IMPORT "'import'"
 %token DEF "'def'"
 %token REVERSE "'reverse'" PREFIX "'prefix'" SUFFIX "'suffix'" COMPLEX "'complex'" INT "'int'"
@@ -345,7 +345,7 @@ decls:
 | decls error NL     { $$ = $1; yyerrok; }
 ;
 
-/* decl = "param" path ":" type | "input" IDENT ":" type
+/* decl = "param" path ":" type | "input" IDENT ":" type | "context" IDENT ":" type
  *      | "state" IDENT ":" type [ "=" expr ] | "output" IDENT ":" type
  *      | "layer" IDENT [ "[" expr "]" ] "=" [ "reverse" ] IDENT "(" [ args ] ")"
  *        [ ( "prefix" | "suffix" ) STRING ]
@@ -362,6 +362,11 @@ decl:
 | INPUT IDENT ':' type {
     NEED($$ = decl_new(P, AST_INPUT, LOC(@1), $2, LOC(@2)));
     $$->type = $4;
+  }
+| CONTEXT IDENT ':' type {
+    NEED($$ = decl_new(P, AST_INPUT, LOC(@1), $2, LOC(@2)));
+    $$->type = $4;
+    $$->context = 1;
   }
 | STATE IDENT ':' type {
     NEED($$ = decl_new(P, AST_STATE, LOC(@1), $2, LOC(@2)));

@@ -52,13 +52,14 @@ static void run_entry(Arena *a, IrModule *m, DiagEngine *de, int64_t dimval) {
   int ok = 1, made = 0;
   for (int i = 0; i < ni && ok; i++) {
     IrType t = root->inputs.v[i].type;
+    int lead = root->inputs.v[i].context ? 1 : 2; /* a context has no time axis */
     int64_t shape[RT_MAX_RANK] = {FUZZ_B, FUZZ_T};
-    if (t.rank + 2 + (t.elem == IR_COMPLEX) > RT_MAX_RANK || elems(&b, t) < 0 ||
-        ir_binding_shape(&b, t, shape + 2)) {
+    if (t.rank + lead + (t.elem == IR_COMPLEX) > RT_MAX_RANK || elems(&b, t) < 0 ||
+        ir_binding_shape(&b, t, shape + lead)) {
       ok = 0;
       break;
     }
-    int nd = t.rank + 2;
+    int nd = t.rank + lead;
     if (t.elem == IR_COMPLEX) shape[nd++] = 2;
     RtDType dt = t.elem == IR_INT ? RT_I64 : RT_F32;
     if (rt_tensor_alloc(&ins[i], dt, nd, shape, &err)) {

@@ -124,7 +124,8 @@ typedef struct SeqTensorInfo {
   int ndim;
   int64_t shape[8];
   int64_t numel;
-  int is_int; /* int32 token input */
+  int is_int;  /* int32 token input */
+  int context; /* a context input: [B, shape], no time axis (docs/abi.md) */
 } SeqTensorInfo;
 int seq_module_count(const SeqModule *m, SeqTensorKind kind);
 SeqStatus seq_module_info(const SeqModule *m, SeqTensorKind kind, int i, SeqTensorInfo *info);

@@ -2190,13 +2190,15 @@ static int check_args(Run *r, int64_t B, int64_t T, const RtTensor *inputs, cons
   for (int i = 0; i < root->inputs.n; i++) {
     const IrInput *in = &root->inputs.v[i];
     int64_t shape[RT_MAX_RANK];
-    int n = batch_shape(b, in->type, 2, lead, shape);
+    /* A context has no time axis: [B, ...]. */
+    int n = batch_shape(b, in->type, in->context ? 1 : 2, lead, shape);
     if (n < 0) {
       diag_error(r->de, in->loc, "input '%s' does not fit a tensor of rank %d", in->name,
                  RT_MAX_RANK);
       return -1;
     }
-    if (check_tensor(r, "input", in->name, in->loc, &inputs[i], n, shape, in->type.elem == IR_INT))
+    if (check_tensor(r, in->context ? "context" : "input", in->name, in->loc, &inputs[i], n, shape,
+                     in->type.elem == IR_INT))
       return -1;
   }
   for (int64_t k = 0; lengths && k < B; k++)
@@ -2303,8 +2305,9 @@ int interp_run(const IrBinding *b, int64_t B, int64_t T, const RtTensor *inputs,
     Val v;
     if (shape_val(top, root->inputs.v[i].type, &v)) goto done;
     in_w[i] = val_width(&v);
-    ins[i].stride = in_w[i];
-    if (!(ins[i].d = alloc_doubles(r, in_w[i], T))) {
+    /* A context is one position that every step reads. */
+    ins[i].stride = root->inputs.v[i].context ? 0 : in_w[i];
+    if (!(ins[i].d = alloc_doubles(r, in_w[i], root->inputs.v[i].context ? 1 : T))) {
       oom(r);
       goto done;
     }
@@ -2313,11 +2316,13 @@ int interp_run(const IrBinding *b, int64_t B, int64_t T, const RtTensor *inputs,
     int64_t len = lengths ? lengths[e] : T;
     r->b = e;
     for (int i = 0; i < ni; i++) {
-      int64_t n = len * in_w[i], base = e * T * in_w[i];
+      int ctx = root->inputs.v[i].context;
+      int64_t steps = ctx ? 1 : len;
+      int64_t n = steps * in_w[i], base = e * (ctx ? 1 : T) * in_w[i];
       for (int64_t j = 0; j < n; j++) ins[i].d[j] = tensor_get(&inputs[i], base + j);
       /* Token indices stay exact; reals are what float32 code would read. */
       if (!r->f64 && root->inputs.v[i].type.elem != IR_INT) round_f32(ins[i].d, n);
-      if (check_finite) nonfinite_scan(&nf, ins[i].d, len, in_w[i], e, 0, i);
+      if (check_finite) nonfinite_scan(&nf, ins[i].d, steps, in_w[i], e, 0, i);
     }
     if (run_inst(r, top, ins, len, 0)) goto done;
     for (int k = 0; k < nout; k++) {

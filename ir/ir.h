@@ -184,6 +184,9 @@ typedef struct IrInput {
   const char *name;
   IrType type;
   SrcLoc loc;
+  /* A context: one value per sequence ([B, ...] at the boundary, no time
+   * axis), the same at every step. */
+  int context;
 } IrInput;
 
 typedef struct IrState {

@@ -229,7 +229,8 @@ void ir_print_func(FILE *out, const IrModule *m, const IrFunc *f) {
     fputc('\n', out);
   }
   for (int i = 0; i < f->inputs.n; i++) {
-    fprintf(out, "  input %%%d %s: ", i, f->inputs.v[i].name);
+    fprintf(out, "  %s %%%d %s: ", f->inputs.v[i].context ? "context" : "input", i,
+            f->inputs.v[i].name);
     print_type(out, f, names, f->inputs.v[i].type);
     fputc('\n', out);
   }

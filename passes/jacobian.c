@@ -801,7 +801,7 @@ int jacobian_jvp_cell(Arena *a, IrModule *m, const IrFunc *cell, IrFunc **out, D
   /* One tangent input per state, after the cell's own inputs. */
   for (int k = 0; k < ns; k++) {
     const IrState *st = &f->states.v[k];
-    IrInput in = {arena_printf(a, "d%s", st->name), st->type, st->loc};
+    IrInput in = {arena_printf(a, "d%s", st->name), st->type, st->loc, 0};
     if (!in.name || vec_push(a, &f->inputs, in)) {
       diag_error(de, cell->loc, "out of memory");
       return settle(&J, m, -1, out);

@@ -84,7 +84,7 @@ static IrFunc *hoist(Arena *a, IrModule *m, const IrFunc *cell, IrRefs *hoisted)
     if (nd.nargs && !args) return NULL;
     for (int j = 0; j < nd.nargs; j++) args[j] = map[nd.args[j]];
     if (take[r]) {
-      IrInput in = {arena_printf(a, "%s.hoisted%d", cell->name, (int)hoisted->n), nd.type, nd.loc};
+      IrInput in = {arena_printf(a, "%s.hoisted%d", cell->name, (int)hoisted->n), nd.type, nd.loc, 0};
       IrNode leaf;
       memset(&leaf, 0, sizeof leaf);
       leaf.op = IR_INPUT;
@@ -184,7 +184,7 @@ int newton_step_cell(Arena *a, const IrFunc *cell, const int *solved, int n, int
         continue;
       }
       const IrState *st = &cell->states.v[k];
-      IrInput in = {st->name, st->type, st->loc};
+      IrInput in = {st->name, st->type, st->loc, 0};
       input_of[k] = f->inputs.n;
       if (vec_push(a, &f->inputs, in)) goto oom;
     }

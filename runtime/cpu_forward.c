@@ -52,7 +52,8 @@ static void run_slice(void *ctx, int i) {
   int64_t b0 = s->B * i / s->nslices, b1 = s->B * (i + 1) / s->nslices;
   void **in = s->ptrs + (size_t)i * (size_t)(nin + 2 * nst + nout);
   void **sin = in + nin, **out = sin + nst, **sout = out + nout;
-  for (int64_t k = 0; k < nin; k++) in[k] = offset(s->inputs[k], b0 * s->T * in_w[k]);
+  for (int64_t k = 0; k < nin; k++) /* a context (negative width): per example */
+    in[k] = offset(s->inputs[k], in_w[k] < 0 ? b0 * -in_w[k] : b0 * s->T * in_w[k]);
   for (int64_t k = 0; k < nout; k++) out[k] = offset(s->outputs[k], b0 * s->T * out_w[k]);
   for (int64_t k = 0; k < nst; k++) {
     sin[k] = s->state_in ? offset(s->state_in[k], b0 * st_w[k]) : NULL;

@@ -114,8 +114,9 @@ typedef int32_t (*rt_cpu_root_fn)(void *const *params, int64_t B, int64_t T, voi
  *   layout[0..2] = number of inputs, states, outputs
  *   layout[3]    = work per token (multiply-adds and element operations, an
  *                  estimate that decides whether splitting pays)
- *   then per input its elements per token, per state its elements per
- *   example, per output its elements per token.
+ *   then per input its elements per token (a context input: minus its
+ *   elements per example), per state its elements per example, per output
+ *   its elements per token.
  * With one thread, a batch of one, or too little work it is one call of fn.
  * Returns the status of the first slice that failed (0 if none), or 2 (out of
  * memory) if the slices' pointer arrays cannot be allocated. */

@@ -24,6 +24,7 @@ const char *abi_status_message(int status);
 typedef struct AbiTensor {
   const char *name; /* full flat name: "weight_ih_l0", "l0.h" */
   int is_int;       /* an int token input: int32 [B, T] */
+  int context;      /* a context input: [B, shape] (no time axis), read by every step */
   int is_complex;   /* complex: shape's last axis is the 2 of (re, im) */
   int ndim;
   int64_t shape[SEQ_MAX_RANK];

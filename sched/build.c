@@ -115,6 +115,7 @@ static int build_instances(Plan *p, const IrFunc *root, const int64_t *dims) {
     AbiTensor t = {0};
     t.name = root->inputs.v[i].name;
     t.is_int = root->inputs.v[i].type.elem == IR_INT;
+    t.context = root->inputs.v[i].context;
     if (plan_interface_type(p, rin, root->inputs.v[i].type, root->inputs.v[i].loc, &t) ||
         vec_push(p->a, &s->sig.inputs, t))
       return -1;
@@ -173,13 +174,13 @@ static int plan_limits(Plan *p) {
         per_tok += ne + 16;
       }
       for (int j = 0; j < nd->nargs; j++)
-        if (p->v[nd->args[j]].cls == SCHED_CONST)
+        if (p->v[nd->args[j]].cls == SCHED_CONST || p->v[nd->args[j]].cls == SCHED_EXAMPLE)
           per_tok += sched_row_floats(&p->v[nd->args[j]]) + 16;
       continue;
     }
     if (n->cls == SCHED_TOKEN)
       per_tok += sz;
-    else if (n->cls == SCHED_STEP)
+    else if (n->cls == SCHED_STEP || n->cls == SCHED_EXAMPLE)
       per_ex += sz;
   }
   for (int st = 0; st < fn->states.n; st++)
@@ -190,7 +191,7 @@ static int plan_limits(Plan *p) {
    * across threads pays. */
   for (IrRef r = 0; r < fn->nodes.n; r++) {
     const SchedValue *n = &p->v[r];
-    if (n->cls == SCHED_CONST || n->uses == 0 || sched_is_view(fn->nodes.v[r].op)) continue;
+    if (n->cls <= SCHED_EXAMPLE || n->uses == 0 || sched_is_view(fn->nodes.v[r].op)) continue;
     int64_t w = n->gemm ? n->gemm_k * n->gemm_n : n->numel * n->w;
     if (w > 0 && p->s->work_per_token < SCHED_LIMIT_ELEMS) p->s->work_per_token += w;
   }
@@ -230,10 +231,10 @@ static int place_buffers(Plan *p) {
     SchedValue *n = &p->v[r];
     const IrNode *nd = &fn->nodes.v[r];
     if (sched_is_view(nd->op) || n->folded) continue;
-    SchedRows rows = n->cls == SCHED_CONST  ? SCHED_ROWS_ONE
-                     : n->cls == SCHED_STEP ? SCHED_ROWS_B
-                     : n->chunked           ? SCHED_ROWS_BTC
-                                            : SCHED_ROWS_BT;
+    SchedRows rows = n->cls == SCHED_CONST                             ? SCHED_ROWS_ONE
+                     : n->cls == SCHED_STEP || n->cls == SCHED_EXAMPLE ? SCHED_ROWS_B
+                     : n->chunked                                      ? SCHED_ROWS_BTC
+                                                                       : SCHED_ROWS_BT;
     if (nd->op == IR_CALL) {
       const SchedInst *child = &p->s->insts.v[in->layers[nd->index]];
       n->call_out = arena_calloc(p->a, (size_t)child->fn->outputs.n + 1, sizeof(int));
@@ -245,7 +246,8 @@ static int place_buffers(Plan *p) {
         /* A layer reads an input per token: a constant is repeated for
          * each; in time chunks, a whole-sequence value (an input) is
          * gathered, the chunk's steps in order. */
-        int copy = a->cls == SCHED_CONST || (in->chunked && a->cls == SCHED_TOKEN && !a->chunked);
+        int copy = a->cls == SCHED_CONST || a->cls == SCHED_EXAMPLE ||
+                   (in->chunked && a->cls == SCHED_TOKEN && !a->chunked);
         if (copy && (n->call_in[j] = sched_add_buf(p, SCHED_BUF_CALL_IN,
                                                    in->chunked ? SCHED_ROWS_BTC : SCHED_ROWS_BT,
                                                    sched_row_floats(a), 0, r, j)) < 0)
@@ -462,6 +464,8 @@ static int build_ops(Plan *p) {
     if (p->v[r].gemm && p->v[r].uses > 0 && !add_op(p, top, SCHED_OP_PACK, SCHED_CONST, r, r))
       return -1;
   if (!add_op(p, top, SCHED_OP_ZERO_OUTPUTS, SCHED_CONST, -1, -1)) return -1;
+  /* What a context gives, once per example. */
+  if (build_phase(p, top, SCHED_EXAMPLE)) return -1;
   int cell = fn->kind == IR_FN_CELL;
   if (cell && in->chunked) {
     /* Chunks of Tc steps: the chunk's TOKEN rows (its share of the hoisted

@@ -397,7 +397,8 @@ int plan_model_chunks(Plan *p) {
       floats += fn->layers.v[nd->index].newton.states * (sched_row_floats(n) + 16);
       for (int j = 0; j < nd->nargs; j++) {
         const SchedValue *a = &p->v[nd->args[j]];
-        if ((a->cls == SCHED_TOKEN && !a->chunked) || a->cls == SCHED_CONST)
+        if ((a->cls == SCHED_TOKEN && !a->chunked) || a->cls == SCHED_CONST ||
+            a->cls == SCHED_EXAMPLE)
           floats += sched_row_floats(a) + 16;
       }
     } else if (!sched_is_view(nd->op) && n->uses > 0 && (n->group < 0 || n->stored)) {
@@ -433,7 +434,8 @@ int plan_values(Plan *p) {
       }
       if (p->v[nd->args[j]].cls > n->cls) n->cls = p->v[nd->args[j]].cls;
     }
-    if (nd->op == IR_INPUT || nd->op == IR_CALL) n->cls = SCHED_TOKEN;
+    if (nd->op == IR_INPUT) n->cls = fn->inputs.v[nd->index].context ? SCHED_EXAMPLE : SCHED_TOKEN;
+    if (nd->op == IR_CALL) n->cls = SCHED_TOKEN;
     if (nd->op == IR_STATE) n->cls = SCHED_STEP;
     if ((nd->op == IR_CAUSAL_CONV || is_seq_op(nd->op)) && n->cls < SCHED_TOKEN)
       n->cls = SCHED_TOKEN;

@@ -19,7 +19,10 @@ static const char *rows_name(SchedRows r) {
 
 /* Rows of a class's loop in instance in. */
 static const char *class_rows(const SchedInst *in, SchedClass c) {
-  return c == SCHED_STEP ? "B" : c == SCHED_CONST ? "1" : in->chunked ? "B*Tc" : "B*T";
+  return c == SCHED_STEP || c == SCHED_EXAMPLE ? "B"
+         : c == SCHED_CONST                    ? "1"
+         : in->chunked                         ? "B*Tc"
+                                               : "B*T";
 }
 
 static void print_tensor(FILE *out, const char *kind, const AbiTensor *t) {

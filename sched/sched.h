@@ -32,7 +32,10 @@
 
 /* Where a node is computed; also how many rows its buffer has (ONE, B*T or
  * B*Tc, B). */
-typedef enum { SCHED_CONST, SCHED_TOKEN, SCHED_STEP } SchedClass;
+/* What a value varies with, least first: nothing (parameters and what they
+ * give, computed once per call), the example (a context and what it gives,
+ * once per example before the time loop), the token, the step (the state). */
+typedef enum { SCHED_CONST, SCHED_EXAMPLE, SCHED_TOKEN, SCHED_STEP } SchedClass;
 
 /* A matrix product run as one GEMM over all rows of its class. */
 typedef enum {

@@ -748,15 +748,18 @@ static void outs_discard(const Options *o, char **tmp) {
 }
 
 /* A sequence input is [B, T] and then its declared shape (a trailing 2 for
- * complex values): a file of another rank is refused here with its real
- * shape, before binding would compare per-token shapes that do not exist. */
+ * complex values), a context [B] and then its shape: a file of another rank
+ * is refused here with its real shape, before binding would compare
+ * per-token shapes that do not exist. */
 static int check_input_rank(const NamedFile *nf, const IrInput *in, const RtTensor *t) {
-  int want = 2 + in->type.rank + (in->type.elem == IR_COMPLEX);
+  int lead = in->context ? 1 : 2;
+  int want = lead + in->type.rank + (in->type.elem == IR_COMPLEX);
   if (t->ndim == want) return 0;
   fprintf(stderr, "seqc: error: --in %s: %s has shape ", nf->name, nf->path);
   print_shape(stderr, t);
-  fprintf(stderr, "; input '%s' needs rank %d: [B, T] and then its declared shape%s\n", in->name,
-          want, in->type.elem == IR_COMPLEX ? " and (re, im)" : "");
+  fprintf(stderr, "; %s '%s' needs rank %d: %s and then its declared shape%s\n",
+          in->context ? "context" : "input", in->name, want, in->context ? "[B]" : "[B, T]",
+          in->type.elem == IR_COMPLEX ? " and (re, im)" : "");
   return -1;
 }
 
@@ -841,7 +844,9 @@ static int cmd_run(const Options *o, Pipeline *p, PipeOptions *po) {
         goto done;
       }
       if (check_input_rank(nf, &root->inputs.v[ii], t)) goto done;
-      if (B < 0) {
+      if (root->inputs.v[ii].context) {
+        /* Its batch is checked once a sequence input has given B. */
+      } else if (B < 0) {
         B = t->shape[0];
         T = t->shape[1];
         bt_from = nf->name;
@@ -868,6 +873,14 @@ static int cmd_run(const Options *o, Pipeline *p, PipeOptions *po) {
     fprintf(stderr, "seqc: error: '%s' has no inputs to run over\n", root->name);
     goto done;
   }
+  for (int i = 0; i < root->inputs.n; i++)
+    if (root->inputs.v[i].context && inputs[i].shape[0] != B) {
+      fprintf(stderr,
+              "seqc: error: --in %s: a batch of %" PRId64 " contexts for a batch of %" PRId64
+              " sequences (input '%s')\n",
+              root->inputs.v[i].name, inputs[i].shape[0], B, bt_from);
+      goto done;
+    }
   for (int k = 0; k < o->nins; k++) {
     if (strcmp(o->ins[k].name, "lengths") != 0) continue;
     const RtTensor *t = &loaded[k];
@@ -895,8 +908,9 @@ static int cmd_run(const Options *o, Pipeline *p, PipeOptions *po) {
   int in_ndims[MAX_BINDINGS];
   const int64_t *in_shapes[MAX_BINDINGS];
   for (int i = 0; i < root->inputs.n && i < MAX_BINDINGS; i++) {
-    in_ndims[i] = inputs[i].ndim - 2;
-    in_shapes[i] = given[i] ? inputs[i].shape + 2 : NULL;
+    int lead = root->inputs.v[i].context ? 1 : 2;
+    in_ndims[i] = inputs[i].ndim - lead;
+    in_shapes[i] = given[i] ? inputs[i].shape + lead : NULL;
   }
   if (o->weights) {
     if (rt_st_open(o->weights, &ws.st, &err)) {

@@ -15,10 +15,10 @@ _std = _os.path.join(_here, "share", "seqc", "stdlib")
 if "SEQ_STDLIB" not in _os.environ and _os.path.isdir(_std):
     _os.environ["SEQ_STDLIB"] = _std
 
-from ._module import (CompileError, Diagnostic, Module, RunError, SeqError,  # noqa: E402
-                      TensorSpec, WeightError, compile, load_so, newton_stats)
+from ._module import (CompileError, ContextSpec, Diagnostic, Module, RunError,  # noqa: E402
+                      SeqError, TensorSpec, WeightError, compile, load_so, newton_stats)
 from ._lib import path as library_path  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["compile", "load_so", "Module", "SeqError", "CompileError", "WeightError",
-           "RunError", "Diagnostic", "TensorSpec", "library_path", "newton_stats"]
+           "RunError", "Diagnostic", "TensorSpec", "ContextSpec", "library_path", "newton_stats"]

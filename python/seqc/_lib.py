@@ -37,7 +37,7 @@ class SeqOptions(ctypes.Structure):
 class SeqTensorInfo(ctypes.Structure):
     _fields_ = [("name", ctypes.c_char_p), ("ndim", ctypes.c_int),
                 ("shape", ctypes.c_int64 * 8), ("numel", ctypes.c_int64),
-                ("is_int", ctypes.c_int)]
+                ("is_int", ctypes.c_int), ("context", ctypes.c_int)]
 
 
 class SeqNewtonStats(ctypes.Structure):

@@ -317,6 +317,7 @@ class TensorSpec(tuple):
     name = property(lambda s: s[0])
     shape = property(lambda s: s[1])
     is_int = property(lambda s: s[2])
+    context = False  # a context input: given once per sequence, [B, *shape]
 
     @property
     def numel(self):
@@ -324,6 +325,13 @@ class TensorSpec(tuple):
         for d in self.shape:
             n *= d
         return n
+
+
+class ContextSpec(TensorSpec):
+    """A context input's TensorSpec: one value per sequence, [B, *shape]
+    (no time axis), read by every step."""
+    __slots__ = ()
+    context = True
 
 
 _context = None
@@ -481,12 +489,14 @@ def _parse_header(text):
                 if not f:
                     continue
                 dims = [d.strip() for d in f.group(3).split(",") if d.strip()]
-                if kind in ("inputs", "outputs"):
+                spec = TensorSpec
+                if kind == "inputs" and dims[1:2] != ["T"]:
+                    dims, spec = dims[1:], ContextSpec  # B: a context
+                elif kind in ("inputs", "outputs"):
                     dims = dims[2:]  # B, T
                 elif kind == "states_in":
                     dims = dims[1:]  # B
-                specs.append(TensorSpec(f.group(2), [int(d) for d in dims],
-                                        f.group(1) == "int32_t"))
+                specs.append(spec(f.group(2), [int(d) for d in dims], f.group(1) == "int32_t"))
         out[kind] = specs
     # The dims, in SYM_dims' order: "#define SYM_DIM_NAME 4LL" (codegen/aot.c).
     out["dim_names"] = re.findall(r"^#define %s_DIM_(\w+) -?\d+LL$" % re.escape(sym.upper()),
@@ -541,7 +551,8 @@ class Module:
             ti = _lib.SeqTensorInfo()
             for i in range(lib.seq_module_count(h, kind)):
                 lib.seq_module_info(h, kind, i, ctypes.byref(ti))
-                out.append(TensorSpec(ti.name.decode(), list(ti.shape[:ti.ndim]), ti.is_int))
+                spec = ContextSpec if ti.context else TensorSpec
+                out.append(spec(ti.name.decode(), list(ti.shape[:ti.ndim]), ti.is_int))
             return out
 
         self.params = specs(_lib.SEQ_PARAM)
@@ -613,7 +624,7 @@ class Module:
         self._st_arr = _VP * max(self._nst, 1)
         # The one-input fast path: the input's dtype (NumPy's, torch's once
         # torch is loaded), rank with the batch axis and per-example shape.
-        if self._nin == 1:
+        if self._nin == 1 and not self.inputs[0].context:
             s0 = self.inputs[0]
             self._in0 = (I32 if s0.is_int else F32, s0.is_int, len(s0.shape), s0.shape)
         else:
@@ -747,9 +758,9 @@ class Module:
         bufs = []
         lead = list(lead)
         for spec, v in zip(self.inputs, vals):
-            what = f"input {spec.name}"
+            what = f"{'context' if spec.context else 'input'} {spec.name}"
             b = as_tokens(v, what) if spec.is_int else as_float(v, what)
-            nl = len(lead)
+            nl = 1 if spec.context else len(lead)  # a context: [B, ...]
             if len(b.shape) != nl + len(spec.shape) or tuple(b.shape[nl:]) != spec.shape:
                 axes = "[B, T" if nl == 2 else "[B"
                 want = axes + "".join(f", {d}" for d in spec.shape) + "]"

@@ -337,3 +337,40 @@ def test_newton_options_reach_the_compiler():
         np.testing.assert_allclose(m(x), want, rtol=1e-4, atol=1e-5)
         why = m.report()["cells"][0]["states"][0]["why"]
         assert ("exact Newton" if dense else "quasi-Newton") in why, why
+
+
+def test_context_inputs(tmp_path):
+    """A context (examples/attention_decoder.seq's memory and mask) is given
+    once per sequence, [B, ...]: through the JIT and an AOT library alike, the
+    forward and the step agree, and a context given per token is refused."""
+    dims = {"I": 3, "H": 4, "S": 5, "A": 3}
+    m = seqc.compile(ROOT / "examples/attention_decoder.seq", dims=dims)
+    assert [(s.name, s.context) for s in m.inputs] == \
+        [("x", False), ("memory", True), ("mask", True)]
+    rng = np.random.default_rng(3)
+    w = {p.name: rng.normal(0, 0.5, p.shape).astype(np.float32) for p in m.params}
+    m.load_weights(w)
+    x = rng.normal(size=(2, 6, 3)).astype(np.float32)
+    mem = rng.normal(size=(2, 5, 4)).astype(np.float32)
+    mask = np.zeros((2, 5), np.float32)
+    mask[1, 3:] = -1e9
+    y, align = m(x, memory=mem, mask=mask)
+    assert y.shape == (2, 6, 4) and align.shape == (2, 6, 5)
+    np.testing.assert_allclose(align.sum(-1), 1, atol=1e-5)
+    assert np.all(align[1, :, 3:] == 0)  # the padding gets no weight
+    (y0, a0), st = m.step(x[:, 0], memory=mem, mask=mask)
+    np.testing.assert_allclose(y0, y[:, 0], atol=1e-6)
+    with pytest.raises(ValueError, match=r"context memory: shape \[2, 6, 5, 4\], expected \[B, 5, 4\]"):
+        m(x, memory=np.repeat(mem[:, None], 6, 1), mask=mask)
+    exe = seqc_bin()
+    if exe is None:
+        pytest.fail("no seqc command found beside libseq; set SEQC_BIN")
+    so = tmp_path / "libattn.so"
+    subprocess.run([exe, str(ROOT / "examples/attention_decoder.seq"), "--dims",
+                    ",".join(f"{k}={v}" for k, v in dims.items()), "-o", str(so)], check=True)
+    a = seqc.load_so(so)
+    assert [(s.name, s.context) for s in a.inputs] == [(s.name, s.context) for s in m.inputs]
+    a.load_weights(w)
+    y2, align2 = a(x, memory=mem, mask=mask)
+    np.testing.assert_allclose(y2, y, atol=1e-6)
+    np.testing.assert_allclose(align2, align, atol=1e-6)

@@ -191,10 +191,11 @@ void fc_batch_make(FcBatch *bt, FcCompiled *cm, int64_t B, int64_t T, int varian
   RtError e;
   for (int i = 0; i < bt->ni; i++) {
     IrType t = root->inputs.v[i].type;
+    int lead = root->inputs.v[i].context ? 1 : 2; /* a context has no time axis */
     int64_t shape[RT_MAX_RANK] = {B, T};
-    assert_int_equal(ir_binding_shape(b, t, shape + 2), 0);
+    assert_int_equal(ir_binding_shape(b, t, shape + lead), 0);
     RtDType dt = t.elem == IR_INT ? RT_I64 : RT_F64;
-    assert_int_equal(rt_tensor_alloc(&bt->ins[i], dt, t.rank + 2, shape, &e), 0);
+    assert_int_equal(rt_tensor_alloc(&bt->ins[i], dt, t.rank + lead, shape, &e), 0);
     for (int64_t k = 0; k < rt_numel(&bt->ins[i]); k++) {
       if (dt == RT_I64)
         ((int64_t *)bt->ins[i].data)[k] = k % 7;

@@ -87,6 +87,8 @@ static const Expect EXPECTED[] = {
     {"SLSTM", "c", REC_NONLINEAR, ANY, REC_JAC_DENSE, NULL, 0},
     {"SLSTM", "n", REC_NONLINEAR, ANY, REC_JAC_DENSE, NULL, 0},
     {"SLSTM", "m", REC_NONLINEAR, ANY, REC_JAC_DENSE, NULL, 0},
+    /* Bahdanau's attention decoder: h enters the attention over its context and the GRU. */
+    {"AttentionDecoder", "h", REC_NONLINEAR, ANY, REC_JAC_DENSE, NULL, 0},
     /* ParaRNN: vector recurrent weights; ParaLSTM's [c, h] gives 2x2 blocks. */
     {"ParaGRU", "h", REC_NONLINEAR, ANY, REC_JAC_DIAG, NULL, 0},
     {"ParaLSTM", "c", REC_NONLINEAR, ANY, REC_JAC_BLOCK_DIAG, NULL, 0},

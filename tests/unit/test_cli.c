@@ -35,6 +35,19 @@ static const char *special_src = "cell Special(D) {\n"
                                  "  }\n"
                                  "}\n";
 
+/* Acc with a context added to every step. */
+static const char *ctx_src = "cell AccCtx(D) {\n"
+                             "  param a: [D]\n"
+                             "  input x: [D]\n"
+                             "  context g: [D]\n"
+                             "  state h: [D] = 0\n"
+                             "  output y: [D]\n"
+                             "  step {\n"
+                             "    h' = a * h + x + g\n"
+                             "    y = h'\n"
+                             "  }\n"
+                             "}\n";
+
 static char dir[256];
 
 static void write_npy(const char *name, RtDType dt, int ndim, const int64_t *shape,
@@ -65,6 +78,8 @@ static int setup(void **state) {
   tu_write_file(path, cell_src);
   snprintf(path, sizeof path, "%s/special.seq", dir);
   tu_write_file(path, special_src);
+  snprintf(path, sizeof path, "%s/ctx.seq", dir);
+  tu_write_file(path, ctx_src);
   double special[8] = {NAN, INFINITY, -INFINITY, 0.0, 89.0, -120.0, 1.0, -1.0};
   write_npy("special.npy", RT_F32, 3, (int64_t[]){1, 1, 8}, special);
   /* x: [B=2, T=3, D=2] = 1; a = 0.5 (weights); h0 = [[10,10],[0,0]]; lengths [3, 1] */
@@ -89,6 +104,11 @@ static int setup(void **state) {
   write_npy("y_expected.npy", RT_F32, 3, (int64_t[]){2, 3, 2}, y);
   double hn[4] = {3, 3, 1, 1};
   write_npy("hn_expected.npy", RT_F32, 2, (int64_t[]){2, 2}, hn);
+  /* AccCtx with the context g = h0 (per example [10, 10] and [0, 0]) and lengths [3, 1]:
+   * batch 0: 11, 16.5, 19.25; batch 1: 1, then zeros. A batch of three contexts. */
+  double yc[12] = {11, 11, 16.5, 16.5, 19.25, 19.25, 1, 1, 0, 0, 0, 0};
+  write_npy("yctx_expected.npy", RT_F32, 3, (int64_t[]){2, 3, 2}, yc);
+  write_npy("g3.npy", RT_F32, 2, (int64_t[]){3, 2}, (double[]){0, 0, 0, 0, 0, 0});
   return 0;
 }
 
@@ -126,6 +146,19 @@ static void test_run_with_state_and_lengths(void **state) {
   EXPECT_RUN(args, 0, "output y: shape [2, 3, 2] f32");
 }
 
+/* A context, one value per sequence read by every step, in both backends. */
+static void test_run_with_context(void **state) {
+  (void)state;
+  char args[16384];
+  for (int be = 0; be < 2; be++) {
+    snprintf(args, sizeof args,
+             "run %s/ctx.seq --weights %s/w.safetensors --in x=%s/x.npy --in g=%s/h0.npy "
+             "--in lengths=%s/len.npy --expect y=%s/yctx_expected.npy --backend=%s",
+             dir, dir, dir, dir, dir, dir, be ? "cpu" : "interp");
+    EXPECT_RUN(args, 0, ": ok");
+  }
+}
+
 static void test_run_errors_name_the_culprit(void **state) {
   (void)state;
   char args[16384];
@@ -149,6 +182,18 @@ static void test_run_errors_name_the_culprit(void **state) {
            "run %s/acc.seq --weights %s/w.safetensors --in x=%s/x.npy --expect y=%s/h0.npy", dir,
            dir, dir, dir);
   EXPECT_RUN(args, 1, "--expect y");
+  /* A context is [B, ...]: per token, or for another batch, it is refused by name. */
+  snprintf(args, sizeof args,
+           "run %s/ctx.seq --weights %s/w.safetensors --in x=%s/x.npy --in g=%s/x.npy", dir, dir,
+           dir, dir);
+  EXPECT_RUN(args, 1, "context 'g' needs rank 2: [B] and then its declared shape");
+  snprintf(args, sizeof args,
+           "run %s/ctx.seq --weights %s/w.safetensors --in x=%s/x.npy --in g=%s/g3.npy", dir, dir,
+           dir, dir);
+  EXPECT_RUN(args, 1, "--in g: a batch of 3 contexts for a batch of 2 sequences (input 'x')");
+  snprintf(args, sizeof args, "run %s/ctx.seq --weights %s/w.safetensors --in x=%s/x.npy", dir, dir,
+           dir);
+  EXPECT_RUN(args, 1, "missing input 'g'");
   /* A weights file that is not safetensors at all. */
   snprintf(args, sizeof args, "run %s/acc.seq --weights %s/x.npy --in x=%s/x.npy", dir, dir, dir);
   EXPECT_RUN(args, 1, "x.npy");
@@ -252,6 +297,7 @@ int main(void) {
       cmocka_unit_test(test_check_finite),
       cmocka_unit_test(test_duplicate_dims),
       cmocka_unit_test(test_run_with_state_and_lengths),
+      cmocka_unit_test(test_run_with_context),
       cmocka_unit_test(test_run_errors_name_the_culprit),
       cmocka_unit_test(test_loop_count_is_fixed),
       cmocka_unit_test(test_random_weights_are_deterministic),

@@ -57,6 +57,10 @@ static const FcCase CASES[] = {
     /* Three factors from the step's loop: the WY form over 3 sub-steps per token. */
     {"stdlib/deltaproduct.seq", "I=3,Dk=4,Dv=5,n_h=3"},
     {"tests/data/models/reversed_forms.seq", "I=3,H=4,NH=2,D=4"},
+    /* Contexts (one value per sequence): an attention decoder over one, and
+     * a scan and a chunked state whose decays are computed from them. */
+    {"examples/attention_decoder.seq", "I=3,H=4,S=5,A=3"},
+    {"tests/data/models/context_forms.seq", "I=3,H=4,S=5,NH=2,D=4"},
     {"stdlib/paragru.seq", "I=3,H=4"},
     {"stdlib/paralstm.seq", "I=3,H=4"},
     {"tests/data/models/newton_layers.seq", "I=3,H=4"},

@@ -195,7 +195,8 @@ static void check_jvp(Compiled *c, const IrFunc *cell, const IrBinding *b, const
     RtTensor *next = arena_calloc(c->arena, (size_t)ns + 1, sizeof *next);
     RtTensor *outs = arena_calloc(c->arena, (size_t)(2 * ns) + 1, sizeof *outs);
     assert_true(ins && s0 && ds && fd && next && outs);
-    for (int i = 0; i < ni; i++) ins[i] = tensor(b, cell->inputs.v[i].type, 2, -1, 1);
+    for (int i = 0; i < ni; i++) /* a context has no time axis */
+      ins[i] = tensor(b, cell->inputs.v[i].type, cell->inputs.v[i].context ? 1 : 2, -1, 1);
     /* Positive states: some cells take logs or square roots of theirs
      * (normalizers), which a random sign would make NaN. */
     for (int k = 0; k < ns; k++) {
@@ -242,7 +243,8 @@ static int check_diag(Compiled *c, const IrFunc *cell, const IrBinding *b, const
   RtTensor *fd = arena_calloc(c->arena, (size_t)ns + 1, sizeof *fd);
   RtTensor *outs = arena_calloc(c->arena, (size_t)dg->outputs.n + 1, sizeof *outs);
   assert_true(ins && s0 && ds && fd && outs);
-  for (int i = 0; i < ni; i++) ins[i] = tensor(b, cell->inputs.v[i].type, 2, -1, 1);
+  for (int i = 0; i < ni; i++) /* a context has no time axis */
+    ins[i] = tensor(b, cell->inputs.v[i].type, cell->inputs.v[i].context ? 1 : 2, -1, 1);
   for (int k = 0; k < ns; k++) s0[k] = tensor(b, cell->states.v[k].type, 1, 0.2, 1.0);
   if (run(b, dg, ins, s0, outs, NULL, &c->de)) fail_msg("%s: %s does not run", path, dg->name);
   double worst = 0;

@@ -28,6 +28,8 @@ static const Case CASES[] = {
     {"examples/bigru.seq", "I=3,H=4", "bigru", "sequential"},
     {"examples/lm.seq", "vocab=11,d_model=8,d_ff=16,dt_rank=2", "lm", "sequential scan"},
     {"examples/hybrid.seq", "NH=2,DH=3", "hybrid", "sequential scan"},
+    /* Contexts: what reads only them runs once per example, before the steps. */
+    {"examples/attention_decoder.seq", "I=3,H=4,S=5,A=3", "attention_decoder", "sequential"},
     {"stdlib/mamba2.seq", "d_model=4,ngroups=2,hpg=2,headdim=2,d_state=3,d_conv=4", NULL,
      "sequential scan chunked"},
     {"stdlib/mlstm.seq", "I=3,NH=2,DH=4", NULL, "sequential scan chunked"},
@@ -174,6 +176,8 @@ static const Case FORM_CASES[] = {
     {"tests/data/models/plstm_heads.seq", "I=3,NH=2,J=3,Dk=4,Dv=5", "plstm_heads_chunked",
      "chunked"},
     {"stdlib/paralstm.seq", "I=3,H=4", "paralstm_newton", "newton"},
+    {"tests/data/models/context_forms.seq", "I=3,H=4,S=5,NH=2,D=4", "context_forms_chunked",
+     "chunked"},
     /* dA @ s and C * s' summed: products folded into their sums. */
     {"stdlib/lssl.seq", "H=3,N=4", "lssl_sequential", "sequential"},
 };

@@ -517,6 +517,10 @@ static const ErrorCase cell_errors[] = {
     {"input x: [H]\n output y: [H]\n def f(v) = v * a", "let a = x\n y = f(x)", "unknown name 'a'"},
     {"input x: [H]\n output y: [H]\n def f(v) = v + H", "y = f(x) @ x",
      "y has shape [] but output 'y' is declared [H]"},
+    {"context t: int\n input x: [H]\n output y: [H]", "y = x",
+     "a context is a real or complex tensor, not int tokens"},
+    {"context m: [H]\n input x: [H]\n output y: [H]", "m = x\n y = x",
+     "cannot assign to context 'm'"},
 };
 
 static void test_cell_errors(void **state) {
@@ -612,6 +616,14 @@ static const ModelCase model_errors[] = {
      "model M(D) {\n input x: [D]\n output y: [D]\n layer c = C(D)\n def g(v) = sq(v) + 1\n"
      " forward {\n y = g(c(g(x)))\n }\n}\n",
      NULL},
+    {"model M(D) {\n context m: [D]\n input x: [D]\n output y: [D]\n"
+     " forward {\n y = x + m\n }\n}\n",
+     "models cannot declare a context yet; declare it in the cell that reads it and compile "
+     "that cell"},
+    {"cell A(H) {\n context m: [H]\n input x: [H]\n output y: [H]\n step {\n y = x + m\n }\n}\n"
+     "model M(D) {\n input x: [D]\n output y: [D]\n layer l = A(D)\n"
+     " forward {\n y = l(x)\n }\n}\n",
+     "'A' reads a context ('m'), which a model cannot pass to a layer yet; compile 'A' itself"},
 };
 
 static void test_model_errors(void **state) {

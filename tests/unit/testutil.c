@@ -143,7 +143,7 @@ int tu_ir_param(Arena *a, IrFunc *f, const char *name, IrType t) {
 }
 
 int tu_ir_input(Arena *a, IrFunc *f, const char *name, IrType t) {
-  IrInput p = {name, t, {0}};
+  IrInput p = {name, t, {0}, 0};
   assert_int_equal(vec_push(a, &f->inputs, p), 0);
   return f->inputs.n - 1;
 }
