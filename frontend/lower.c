@@ -852,6 +852,18 @@ static int subst_type(Lower *L, IrType t, const DimExpr *sub, IrType *out, SrcLo
 /* l(a, b): runs layer `li` over the sequence. The arguments are the callee's
  * inputs in declaration order; the CALL node is output 0 and RESULT nodes
  * give the others. */
+/* Whether node r is the same at every step: it reads contexts, params,
+ * dims and constants only (no per-step input, state or layer output). */
+static int per_sequence(const Lower *L, IrRef r, unsigned char *seen) {
+  if (seen[r]) return seen[r] == 1;
+  const IrNode *nd = &L->f->nodes.v[r];
+  int ok = !(nd->op == IR_INPUT && !L->f->inputs.v[nd->index].context) && nd->op != IR_STATE &&
+           nd->op != IR_CALL && nd->op != IR_RESULT && !(ir_op_info[nd->op].flags & IRF_SEQ);
+  for (int j = 0; j < nd->nargs && ok; j++) ok = per_sequence(L, nd->args[j], seen);
+  seen[r] = ok ? 1 : 2;
+  return ok;
+}
+
 static int lower_layer_call(Lower *L, const AstExpr *e, int li, Tuple *out) {
   const IrLayer *lay = &L->f->layers.v[li];
   const IrFunc *cf = L->layers.v[li].callee;
@@ -892,6 +904,19 @@ static int lower_layer_call(Lower *L, const AstExpr *e, int li, Tuple *out) {
       diag_error(L->de, sema_expr_start(e->args[i]),
                  "argument %d of layer '%s' is %s, but input '%s' of %s is %s here", i + 1,
                  lay->name, sema_type_str(L, got), in->name, cf->name, sema_type_str(L, want));
+      bad = 1;
+      continue;
+    }
+    unsigned char *seen = in->context ? arena_calloc(L->a, (size_t)L->f->nodes.n + 1, 1) : NULL;
+    if (in->context && !seen) {
+      sema_oom(L->S);
+      return one(L, out, REF_ERROR);
+    }
+    if (in->context && !per_sequence(L, args[i], seen)) {
+      diag_error(L->de, sema_expr_start(e->args[i]),
+                 "argument %d of layer '%s' is context '%s' of %s, so it must be the same at "
+                 "every step: computed from contexts, params and dims only",
+                 i + 1, lay->name, in->name, cf->name);
       bad = 1;
     }
   }

@@ -538,12 +538,7 @@ static void declare_decls(Lower *L) {
       break;
     }
     case AST_INPUT: {
-      if (d->context && !bad && u->kind == AST_MODEL) {
-        diag_error(L->de, d->loc,
-                   "models cannot declare a context yet; declare it in the cell that reads it "
-                   "and compile that cell");
-        bad = 1;
-      } else if (d->context && !bad && t.elem == IR_INT) {
+      if (d->context && !bad && t.elem == IR_INT) {
         diag_error(L->de, d->type.loc, "a context is a real or complex tensor, not int tokens");
         bad = 1;
       }
@@ -795,15 +790,6 @@ static void lower_layer_decl(Lower *L, const AstDecl *d, const char *name) {
    * while iterating over them). */
   if (cu->func < 0 || cu->failed || cu->visiting) goto done;
   const IrFunc *cf = S->m->funcs.v[cu->func];
-  for (int i = 0; i < cf->inputs.n; i++)
-    if (cf->inputs.v[i].context) {
-      diag_error(L->de, d->callee_loc,
-                 "'%s' reads a context ('%s'), which a model cannot pass to a layer yet; "
-                 "compile '%s' itself",
-                 d->callee, cf->inputs.v[i].name, d->callee);
-      diag_note(L->de, cf->inputs.v[i].loc, "'%s' is declared here", cf->inputs.v[i].name);
-      goto done;
-    }
 
   int64_t count = 1;
   if (d->count && sema_known_value(L, d->count,

@@ -174,8 +174,7 @@ static int plan_limits(Plan *p) {
         per_tok += ne + 16;
       }
       for (int j = 0; j < nd->nargs; j++)
-        if (p->v[nd->args[j]].cls == SCHED_CONST || p->v[nd->args[j]].cls == SCHED_EXAMPLE)
-          per_tok += sched_row_floats(&p->v[nd->args[j]]) + 16;
+        if (plan_call_copies(p, nd, j, 0)) per_tok += sched_row_floats(&p->v[nd->args[j]]) + 16;
       continue;
     }
     if (n->cls == SCHED_TOKEN)
@@ -246,8 +245,7 @@ static int place_buffers(Plan *p) {
         /* A layer reads an input per token: a constant is repeated for
          * each; in time chunks, a whole-sequence value (an input) is
          * gathered, the chunk's steps in order. */
-        int copy = a->cls == SCHED_CONST || a->cls == SCHED_EXAMPLE ||
-                   (in->chunked && a->cls == SCHED_TOKEN && !a->chunked);
+        int copy = plan_call_copies(p, nd, j, in->chunked);
         if (copy && (n->call_in[j] = sched_add_buf(p, SCHED_BUF_CALL_IN,
                                                    in->chunked ? SCHED_ROWS_BTC : SCHED_ROWS_BT,
                                                    sched_row_floats(a), 0, r, j)) < 0)

@@ -395,12 +395,8 @@ int plan_model_chunks(Plan *p) {
        * gathered for each chunk. */
       n->chunked = 1;
       floats += fn->layers.v[nd->index].newton.states * (sched_row_floats(n) + 16);
-      for (int j = 0; j < nd->nargs; j++) {
-        const SchedValue *a = &p->v[nd->args[j]];
-        if ((a->cls == SCHED_TOKEN && !a->chunked) || a->cls == SCHED_CONST ||
-            a->cls == SCHED_EXAMPLE)
-          floats += sched_row_floats(a) + 16;
-      }
+      for (int j = 0; j < nd->nargs; j++)
+        if (plan_call_copies(p, nd, j, 1)) floats += sched_row_floats(&p->v[nd->args[j]]) + 16;
     } else if (!sched_is_view(nd->op) && n->uses > 0 && (n->group < 0 || n->stored)) {
       n->chunked = 1;
       floats += sched_row_floats(n) + 16;
@@ -418,6 +414,14 @@ int plan_model_chunks(Plan *p) {
   int64_t newton_tc = window ? window : MODEL_MIN_TC_NEWTON;
   if (newton && in->min_tc < newton_tc) in->min_tc = newton_tc;
   return 0;
+}
+
+int plan_call_copies(const Plan *p, const IrNode *call, int j, int chunked) {
+  const IrFunc *callee = p->s->mod->funcs.v[p->fn->layers.v[call->index].callee];
+  const SchedValue *a = &p->v[call->args[j]];
+  if (j < callee->inputs.n && callee->inputs.v[j].context) return 0;
+  return a->cls == SCHED_CONST || a->cls == SCHED_EXAMPLE ||
+         (chunked && a->cls == SCHED_TOKEN && !a->chunked);
 }
 
 int plan_values(Plan *p) {

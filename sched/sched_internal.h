@@ -32,6 +32,11 @@ int plan_interface_type(Plan *p, const SchedInst *in, IrType t, SrcLoc loc, AbiT
 /* Floats per example of a value of type t. */
 int plan_type_floats(Plan *p, const SchedInst *in, IrType t, SrcLoc loc, int64_t *out);
 
+/* Whether layer call `call` of p->in passes its argument j as a per-token
+ * copy (CALL_IN): a value constant over the sequence given to an input read
+ * per step, or in time chunks (chunked) a whole-sequence value gathered per
+ * chunk. A callee's context takes the value as it is, one row per example. */
+int plan_call_copies(const Plan *p, const IrNode *call, int j, int chunked);
 /* Per node of p->in: support, class, shape, GEMM, uses, chunking. */
 int plan_values(Plan *p);
 /* Whether op has a complex form in the backends (the textbook formulas). */

@@ -61,6 +61,7 @@ static const FcCase CASES[] = {
      * a scan and a chunked state whose decays are computed from them. */
     {"examples/attention_decoder.seq", "I=3,H=4,S=5,A=3"},
     {"tests/data/models/context_forms.seq", "I=3,H=4,S=5,NH=2,D=4"},
+    {"tests/data/models/context_model.seq", "I=3,H=4,S=5"},
     {"stdlib/paragru.seq", "I=3,H=4"},
     {"stdlib/paralstm.seq", "I=3,H=4"},
     {"tests/data/models/newton_layers.seq", "I=3,H=4"},

@@ -616,14 +616,11 @@ static const ModelCase model_errors[] = {
      "model M(D) {\n input x: [D]\n output y: [D]\n layer c = C(D)\n def g(v) = sq(v) + 1\n"
      " forward {\n y = g(c(g(x)))\n }\n}\n",
      NULL},
-    {"model M(D) {\n context m: [D]\n input x: [D]\n output y: [D]\n"
-     " forward {\n y = x + m\n }\n}\n",
-     "models cannot declare a context yet; declare it in the cell that reads it and compile "
-     "that cell"},
-    {"cell A(H) {\n context m: [H]\n input x: [H]\n output y: [H]\n step {\n y = x + m\n }\n}\n"
-     "model M(D) {\n input x: [D]\n output y: [D]\n layer l = A(D)\n"
-     " forward {\n y = l(x)\n }\n}\n",
-     "'A' reads a context ('m'), which a model cannot pass to a layer yet; compile 'A' itself"},
+    {"cell A(H) {\n input x: [H]\n context m: [H]\n output y: [H]\n step {\n y = x + m\n }\n}\n"
+     "model M(D) {\n input x: [D]\n context c: [D]\n output y: [D]\n layer l = A(D)\n"
+     " forward {\n y = l(x, c + x)\n }\n}\n",
+     "argument 2 of layer 'l' is context 'm' of A, so it must be the same at every step: "
+     "computed from contexts, params and dims only"},
 };
 
 static void test_model_errors(void **state) {
