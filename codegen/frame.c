@@ -119,6 +119,13 @@ static void emit_call(Lower *L, IrRef r) {
   LLVMValueRef st;
   if (ly->newton.states) {
     st = emit_newton(L, r, ins, outs, crev);
+  } else if (ly->over) {
+    /* Over a context's positions: N steps for every example, forwards
+     * unless the layer is reversed, whatever way this instance runs. */
+    LLVMValueRef args[9] = {
+        L->a_params, L->a_B,    ci64(L, n->shape[0]), ins, LLVMConstNull(L->ptr), L->a_sin,
+        outs,        L->a_sout, ci32(L, ly->reverse)};
+    st = LLVMBuildCall2(L->bld, L->inst_ty, L->inst_fn[ci], args, 9, "");
   } else {
     LLVMValueRef args[9] = {L->a_params, L->a_B, L->a_T,    ins, L->a_lengths,
                             L->a_sin,    outs,   L->a_sout, crev};

@@ -853,15 +853,42 @@ static int subst_type(Lower *L, IrType t, const DimExpr *sub, IrType *out, SrcLo
  * inputs in declaration order; the CALL node is output 0 and RESULT nodes
  * give the others. */
 /* Whether node r is the same at every step: it reads contexts, params,
- * dims and constants only (no per-step input, state or layer output). */
+ * dims and constants only (no per-step input, state or layer output but
+ * that of a layer run over a context's positions). */
 static int per_sequence(const Lower *L, IrRef r, unsigned char *seen) {
   if (seen[r]) return seen[r] == 1;
   const IrNode *nd = &L->f->nodes.v[r];
+  const IrNode *call = nd->op == IR_RESULT ? &L->f->nodes.v[nd->args[0]] : nd;
+  int over = (nd->op == IR_CALL || nd->op == IR_RESULT) && L->f->layers.v[call->index].over;
   int ok = !(nd->op == IR_INPUT && !L->f->inputs.v[nd->index].context) && nd->op != IR_STATE &&
-           nd->op != IR_CALL && nd->op != IR_RESULT && !(ir_op_info[nd->op].flags & IRF_SEQ);
+           ((nd->op != IR_CALL && nd->op != IR_RESULT) || over) &&
+           !(ir_op_info[nd->op].flags & IRF_SEQ);
   for (int j = 0; j < nd->nargs && ok; j++) ok = per_sequence(L, nd->args[j], seen);
   seen[r] = ok ? 1 : 2;
   return ok;
+}
+
+/* Whether node r reads a context (directly or through what it computes). */
+static int reads_context(const Lower *L, IrRef r) {
+  const IrNode *nd = &L->f->nodes.v[r];
+  if (nd->op == IR_INPUT) return L->f->inputs.v[nd->index].context;
+  for (int j = 0; j < nd->nargs; j++)
+    if (reads_context(L, nd->args[j])) return 1;
+  return 0;
+}
+
+/* t with the axis n put first. */
+static IrType lead_with(Lower *L, DimExpr n, IrType t) {
+  DimExpr *d = arena_calloc(L->a, (size_t)t.rank + 2, sizeof *d);
+  if (!d) {
+    sema_oom(L->S);
+    return t;
+  }
+  d[0] = n;
+  for (int i = 0; i < t.rank; i++) d[i + 1] = t.dims[i];
+  t.dims = d;
+  t.rank++;
+  return t;
 }
 
 static int lower_layer_call(Lower *L, const AstExpr *e, int li, Tuple *out) {
@@ -895,11 +922,46 @@ static int lower_layer_call(Lower *L, const AstExpr *e, int li, Tuple *out) {
   if (bad) return one(L, out, REF_ERROR);
   if (sema_finalize_layer(L, li, args, e->nargs)) return one(L, out, REF_ERROR);
   lay = &L->f->layers.v[li];
+  /* Run over positions (IrLayer.over): every per-step input given a value
+   * read from a context with one more leading axis, the same for all. */
+  int over = 0, direct = 0;
+  DimExpr npos = {0};
+  unsigned char *seen0 = arena_calloc(L->a, (size_t)L->f->nodes.n + 1, 1);
+  if (!seen0) {
+    sema_oom(L->S);
+    return one(L, out, REF_ERROR);
+  }
+  for (int i = 0; i < e->nargs && L->f->kind == IR_FN_MODEL; i++) {
+    const IrInput *in = &cf->inputs.v[i];
+    IrType want, got = type_of(L, args[i]);
+    if (in->context || subst_type(L, in->type, lay->dim_args, &want, e->args[i]->loc)) continue;
+    int fits =
+        got.rank == want.rank + 1 && got.elem == want.elem && (!over || dim_eq(npos, got.dims[0]));
+    for (int d = 0; fits && d < want.rank; d++) fits = dim_eq(want.dims[d], got.dims[d + 1]);
+    if (fits && per_sequence(L, args[i], seen0) && reads_context(L, args[i])) {
+      npos = got.dims[0];
+      over = 1;
+    } else {
+      direct = 1;
+    }
+  }
+  if (over && direct) over = 0; /* mixed: the per-argument checks below report it */
+  LayerSlot *ls = &L->layers.v[li];
+  if (ls->called && ls->called != over + 1) {
+    diag_error(L->de, e->loc,
+               over ? "layer '%s' runs over the positions of a context here but per step elsewhere"
+                    : "layer '%s' runs per step here but over the positions of a context elsewhere",
+               lay->name);
+    return one(L, out, REF_ERROR);
+  }
+  ls->called = over + 1;
+  L->f->layers.v[li].over = over;
   for (int i = 0; i < e->nargs; i++) {
     const IrInput *in = &cf->inputs.v[i];
     IrType want, got = type_of(L, args[i]);
     if (subst_type(L, in->type, lay->dim_args, &want, e->args[i]->loc))
       return one(L, out, REF_ERROR);
+    if (over && !in->context) want = lead_with(L, npos, want);
     if (!ir_type_eq(want, got)) {
       diag_error(L->de, sema_expr_start(e->args[i]),
                  "argument %d of layer '%s' is %s, but input '%s' of %s is %s here", i + 1,
@@ -931,6 +993,7 @@ static int lower_layer_call(Lower *L, const AstExpr *e, int li, Tuple *out) {
   attrs.index = li;
   if (subst_type(L, cf->outputs.v[0].type, lay->dim_args, &attrs.type, e->loc))
     return one(L, out, REF_ERROR);
+  if (over) attrs.type = lead_with(L, npos, attrs.type);
   IrRef call = emit(L, IR_CALL, e->loc, e->nargs, args, &attrs, NULL);
   out->refs[0] = call;
   for (int k = 1; k < out->n; k++) {
@@ -938,6 +1001,7 @@ static int lower_layer_call(Lower *L, const AstExpr *e, int li, Tuple *out) {
     ra.index = k;
     if (subst_type(L, cf->outputs.v[k].type, lay->dim_args, &ra.type, e->loc))
       return one(L, out, REF_ERROR);
+    if (over) ra.type = lead_with(L, npos, ra.type);
     out->refs[k] = emit(L, IR_RESULT, e->loc, 1, &call, &ra, NULL);
   }
   for (int k = 0; k < out->n; k++)

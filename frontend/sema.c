@@ -867,12 +867,14 @@ int sema_finalize_layer(Lower *L, int li, const IrRef *args, int nargs) {
   for (int i = 0; args && i < nargs && i < cf->inputs.n; i++) {
     if (args[i] < 0) continue;
     IrType want = cf->inputs.v[i].type, got = L->f->nodes.v[args[i]].type;
-    if (want.rank != got.rank) continue;
+    /* One axis more: a call run over positions (lower_layer_call decides). */
+    int off = got.rank == want.rank + 1 && !cf->inputs.v[i].context;
+    if (want.rank + off != got.rank) continue;
     for (int k = 0; k < want.rank; k++) {
       DimExpr w = want.dims[k];
       if (w.nterms == 1 && w.t[0].coef == 1 && w.t[0].nvars == 1 && !slot->bound[w.t[0].vars[0]]) {
         int v = w.t[0].vars[0];
-        lay->dim_args[v] = got.dims[k];
+        lay->dim_args[v] = got.dims[k + off];
         slot->bound[v] = 1;
       }
     }

@@ -84,6 +84,7 @@ typedef struct LayerSlot {
   unsigned char *bound; /* per callee dim */
   int final;            /* dim_args complete */
   int failed;           /* completing dim_args failed (reported once): calls yield REF_ERROR */
+  int called;           /* 0: not yet; 1: per step; 2: run over positions (IrLayer.over) */
 } LayerSlot;
 
 /* A `layer NAME[...]` declaration (count == -1 for a single layer). */

@@ -69,6 +69,8 @@ struct Inst {
   Seq *rev_inputs;  /* reversed models: their inputs, reversed within the length */
   double **out_seq; /* per output: T positions of its width */
   int64_t *out_width;
+  int64_t T; /* positions it runs over: the call's T, or a layer run over a
+                context's positions (IrLayer.over) its N */
 };
 
 typedef struct Run {
@@ -977,7 +979,22 @@ static int build_children(Run *r, Inst *in, int flat, int depth) {
       diag_error(r->de, ly->loc, "internal error in interp: layer '%s' is not flattened", ly->name);
       return -1;
     }
-    if (inst_build(r, callee, child, cd, depth + 1, &in->child[l])) return -1;
+    /* A layer run over a context's positions is built for N of them: the
+     * first axis of its call's result. */
+    int64_t T = r->T;
+    for (int i = 0; ly->over && i < fn->nodes.n; i++) {
+      const IrNode *nd = &fn->nodes.v[i];
+      if (nd->op != IR_CALL || nd->index != l) continue;
+      if (nd->type.rank < 1 || dim_eval(nd->type.dims[0], in->dims, &r->T) || r->T < 0) {
+        diag_error(r->de, nd->loc, "internal error in interp: layer '%s' has no positions",
+                   ly->name);
+        r->T = T;
+        return -1;
+      }
+    }
+    int rc = inst_build(r, callee, child, cd, depth + 1, &in->child[l]);
+    r->T = T;
+    if (rc) return -1;
   }
   for (int i = 0; i < fn->nodes.n; i++) {
     const IrNode *nd = &fn->nodes.v[i];
@@ -1049,13 +1066,16 @@ static int alloc_slots(Run *r, Inst *in) {
        * arguments and the whole sequence's (newton_solve). */
       if (!(s->seqargs = arena_calloc(r->arena, (size_t)(3 * c->fn->inputs.n + 1), sizeof(Seq))))
         return oom(r);
+      int over = fn->layers.v[nd->index].over;
       for (int k = 1; k < no; k++)
-        if (!(s->outs[k] = alloc_doubles(r, c->out_width[k], r->T))) return oom(r);
+        if (!(s->outs[k] = alloc_doubles(r, c->out_width[k], over ? c->T : r->T))) return oom(r);
       for (int k = 0; k < nd->nargs; k++) {
         Val want;
         const Slot *as = &in->slot[nd->args[k]];
+        /* Run over positions: a per-step input's argument holds all N of them. */
+        int64_t n = over && !c->fn->inputs.v[k].context ? c->T : 1;
         if (shape_val(c, c->fn->inputs.v[k].type, &want) || want.cplx != as->v.cplx ||
-            want.n != as->v.n) {
+            want.n * n != as->v.n) {
           diag_error(r->de, nd->loc,
                      "internal error in interp: argument %d of the call has the "
                      "wrong shape",
@@ -1063,7 +1083,7 @@ static int alloc_slots(Run *r, Inst *in) {
           return -1;
         }
       }
-      if (c->out_width[0] != w) {
+      if (c->out_width[0] * (over ? c->T : 1) != w) {
         diag_error(r->de, nd->loc, "internal error in interp: call result type disagrees");
         return -1;
       }
@@ -1096,12 +1116,14 @@ static int alloc_slots(Run *r, Inst *in) {
     if (!s->live || nd->op != IR_RESULT) continue;
     const IrNode *call = &fn->nodes.v[nd->args[0]];
     const Inst *c = call->op == IR_CALL ? in->child[call->index] : NULL;
+    int over = c && fn->layers.v[call->index].over;
     if (!c || nd->index < 0 || nd->index >= c->fn->outputs.n ||
-        c->out_width[nd->index] != val_width(&s->v)) {
+        c->out_width[nd->index] * (over ? c->T : 1) != val_width(&s->v)) {
       diag_error(r->de, nd->loc, "internal error in interp: malformed result node");
       return -1;
     }
-    s->stride = val_width(&s->v);
+    /* Run over positions, its results are one value for the whole sequence. */
+    s->stride = over ? 0 : val_width(&s->v);
   }
   return 0;
 }
@@ -1155,6 +1177,7 @@ static int inst_build(Run *r, const IrFunc *fn, int flat, const int64_t *dims, i
   if (!in) return oom(r);
   in->fn = fn;
   in->dims = dims;
+  in->T = r->T;
   int nn = fn->nodes.n, np = fn->params.n, ns = fn->states.n, no = fn->outputs.n;
   in->slot = arena_calloc(r->arena, (size_t)(nn ? nn : 1), sizeof *in->slot);
   in->param_flat = arena_calloc(r->arena, (size_t)(np ? np : 1), sizeof(int));
@@ -1983,6 +2006,32 @@ static int newton_solve(Run *r, Inst *in, int i, int64_t len) {
   return 0;
 }
 
+/* A layer run over a context's positions (IrLayer.over), call node i: the
+ * child runs over its N positions, its per-step inputs read from the
+ * per-sequence arguments position by position, its contexts as they are;
+ * its outputs become one value for the whole sequence (stride 0). */
+static int run_over(Run *r, Inst *in, int i) {
+  const IrNode *nd = &in->fn->nodes.v[i];
+  Slot *s = &in->slot[i];
+  Inst *c = in->child[nd->index];
+  Seq *args = s->seqargs;
+  for (int k = 0; k < nd->nargs; k++) {
+    int ctx = c->fn->inputs.v[k].context;
+    Val want;
+    if (shape_val(c, c->fn->inputs.v[k].type, &want)) return -1;
+    args[k] = (Seq){in->slot[nd->args[k]].v.d, ctx ? 0 : val_width(&want)};
+  }
+  int64_t T = r->T;
+  r->T = c->T;
+  int rc = run_inst(r, c, args, c->T, in->fn->layers.v[nd->index].reverse);
+  r->T = T;
+  if (rc) return -1;
+  for (int k = 0; k < c->fn->outputs.n; k++)
+    memcpy(s->outs[k], c->out_seq[k], (size_t)(c->T * c->out_width[k]) * sizeof(double));
+  s->stride = 0;
+  return 0;
+}
+
 static int run_model(Run *r, Inst *in, const Seq *ins, int64_t len) {
   const IrFunc *fn = in->fn;
   /* A model's own states (a cell's parallel form): the value entering the
@@ -2002,6 +2051,10 @@ static int run_model(Run *r, Inst *in, const Seq *ins, int64_t len) {
       Seq *args = s->seqargs;
       for (int k = 0; k < nd->nargs; k++)
         args[k] = (Seq){in->slot[nd->args[k]].v.d, in->slot[nd->args[k]].stride};
+      if (in->fn->layers.v[nd->index].over) {
+        if (run_over(r, in, i)) return -1;
+        break;
+      }
       if (in->fn->layers.v[nd->index].newton.states > 0) {
         if (newton_solve(r, in, i, len)) return -1;
         break;
@@ -2080,7 +2133,7 @@ static int run_model(Run *r, Inst *in, const Seq *ins, int64_t len) {
  * its outputs' sequences (zero from len on) and its final states. */
 static int run_inst(Run *r, Inst *in, const Seq *ins, int64_t len, int reverse) {
   for (int k = 0; k < in->fn->outputs.n; k++)
-    memset(in->out_seq[k], 0, (size_t)(r->T * in->out_width[k]) * sizeof(double));
+    memset(in->out_seq[k], 0, (size_t)(in->T * in->out_width[k]) * sizeof(double));
   if (in->fn->kind == IR_FN_CELL) return run_cell(r, in, ins, len, reverse);
   if (!reverse || !in->rev_inputs) return run_model(r, in, ins, len);
   /* A model run backwards in time: its inputs reversed within the length,

@@ -238,6 +238,11 @@ typedef struct IrLayer {
   DimExpr *dim_args; /* one per callee dim */
   const char *prefix, *suffix;
   int reverse; /* run backwards in time within each sequence's length */
+  /* Run over positions: called on per-sequence values of one more leading
+   * axis [N, ...] than its per-step inputs, it runs once per example over
+   * those N positions as a sequence of its own (an encoder over a context),
+   * its outputs per-sequence values [N, ...]. Its contexts are passed as they are. */
+  int over;
   IrNewton newton;
 } IrLayer;
 

@@ -66,6 +66,15 @@ static int type_eq_subst(IrType ct, const IrFunc *callee, const DimExpr *dim_arg
   return 1;
 }
 
+/* *t without its first axis, which must be the first axis of `lead` (a call
+ * run over positions: its operands and results lead with them). */
+static int over_type(IrType lead, IrType *t) {
+  if (lead.rank < 1 || t->rank < 1 || !dim_eq(lead.dims[0], t->dims[0])) return 0;
+  t->rank--;
+  t->dims++;
+  return 1;
+}
+
 /* The layer of a CALL node and its callee, if both are well-formed (layer
  * problems themselves are reported by verify_layers). */
 static const IrFunc *call_callee(const Verify *v, const IrFunc *f, const IrNode *n,
@@ -93,17 +102,30 @@ static void verify_call(Verify *v, const IrFunc *f, IrRef r) {
           g->inputs.n - own);
       return;
     }
-    for (int i = 0; i < n->nargs; i++)
-      if (!type_eq_subst(g->inputs.v[i].type, g, l->dim_args, f->nodes.v[n->args[i]].type))
+    for (int i = 0; i < n->nargs; i++) {
+      IrType t = f->nodes.v[n->args[i]].type;
+      /* Run over positions: a per-step input's operand has the positions first. */
+      if (l->over && !g->inputs.v[i].context && !over_type(n->type, &t))
+        bad(v, f, r, "operand %d of the call of %s does not lead with its positions", i, l->name);
+      else if (!type_eq_subst(g->inputs.v[i].type, g, l->dim_args, t))
         bad(v, f, r, "operand %d of the call of %s does not have the type of input %s", i, l->name,
             g->inputs.v[i].name);
+    }
   }
   int out = n->op == IR_CALL ? 0 : n->index;
   if (out >= g->outputs.n) {
     bad(v, f, r, "%s has no output %d", l->name, out);
     return;
   }
-  if (!type_eq_subst(g->outputs.v[out].type, g, l->dim_args, n->type))
+  IrType t = n->type;
+  if (l->over) {
+    const IrNode *c = n->op == IR_CALL ? n : &f->nodes.v[n->args[0]];
+    if (!over_type(c->type, &t)) {
+      bad(v, f, r, "the result of %s run over positions does not lead with them", l->name);
+      return;
+    }
+  }
+  if (!type_eq_subst(g->outputs.v[out].type, g, l->dim_args, t))
     bad(v, f, r, "type differs from that of output %s of %s", g->outputs.v[out].name, l->name);
 }
 

@@ -145,8 +145,10 @@ static int needs_whole_sequence(const Schedule *s) {
       if ((fn->nodes.v[r].op == IR_CAUSAL_CONV && fn->nodes.v[r].nargs < 4) ||
           fn->nodes.v[r].op == IR_ATTN)
         return 1;
+    /* A layer run over a context's positions would run again, from the
+     * states given, at every step. */
     for (int k = 0; k < fn->layers.n; k++)
-      if (fn->layers.v[k].reverse) return 1;
+      if (fn->layers.v[k].reverse || fn->layers.v[k].over) return 1;
   }
   return 0;
 }
@@ -171,7 +173,10 @@ static int plan_limits(Plan *p) {
         int64_t ne;
         if (nw && j >= nw) continue;
         if (plan_type_floats(p, child, child->fn->outputs.v[j].type, nd->loc, &ne)) return -1;
-        per_tok += ne + 16;
+        if (fn->layers.v[nd->index].over) /* all N positions, once per example */
+          per_ex += ne * n->shape[0] + 16;
+        else
+          per_tok += ne + 16;
       }
       for (int j = 0; j < nd->nargs; j++)
         if (plan_call_copies(p, nd, j, 0)) per_tok += sched_row_floats(&p->v[nd->args[j]]) + 16;
@@ -259,6 +264,8 @@ static int place_buffers(Plan *p) {
         n->call_out[j] = -1;
         if (nw && j >= nw) continue;
         if (plan_type_floats(p, child, child->fn->outputs.v[j].type, nd->loc, &ne)) return -1;
+        /* Run over a context's positions: all N of them per example. */
+        if (fn->layers.v[nd->index].over) ne *= n->shape[0];
         if ((n->call_out[j] = sched_add_buf(p, SCHED_BUF_CALL_OUT, rows, ne, 0, r, j)) < 0)
           return oom(p);
       }

@@ -420,6 +420,9 @@ int plan_call_copies(const Plan *p, const IrNode *call, int j, int chunked) {
   const IrFunc *callee = p->s->mod->funcs.v[p->fn->layers.v[call->index].callee];
   const SchedValue *a = &p->v[call->args[j]];
   if (j < callee->inputs.n && callee->inputs.v[j].context) return 0;
+  /* Run over a context's positions, an argument's row per example is that
+   * example's sequence, [N, ...] as the callee reads [B, T, ...]. */
+  if (p->fn->layers.v[call->index].over) return 0;
   return a->cls == SCHED_CONST || a->cls == SCHED_EXAMPLE ||
          (chunked && a->cls == SCHED_TOKEN && !a->chunked);
 }
@@ -439,7 +442,8 @@ int plan_values(Plan *p) {
       if (p->v[nd->args[j]].cls > n->cls) n->cls = p->v[nd->args[j]].cls;
     }
     if (nd->op == IR_INPUT) n->cls = fn->inputs.v[nd->index].context ? SCHED_EXAMPLE : SCHED_TOKEN;
-    if (nd->op == IR_CALL) n->cls = SCHED_TOKEN;
+    if (nd->op == IR_CALL) /* run over a context's positions: once per example */
+      n->cls = fn->layers.v[nd->index].over ? SCHED_EXAMPLE : SCHED_TOKEN;
     if (nd->op == IR_STATE) n->cls = SCHED_STEP;
     if ((nd->op == IR_CAUSAL_CONV || is_seq_op(nd->op)) && n->cls < SCHED_TOKEN)
       n->cls = SCHED_TOKEN;

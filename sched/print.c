@@ -146,8 +146,11 @@ static void print_ops(FILE *out, const SchedInst *in, const SchedOp *ops, int n,
         else
           fprintf(out, "windows within the memory budget)\n");
       } else {
-        fprintf(out, "call v%d layer %s (instance %d)%s\n", op->node, l->name, ci,
+        fprintf(out, "call v%d layer %s (instance %d)%s", op->node, l->name, ci,
                 l->reverse ? " reversed" : "");
+        if (l->over) /* once per example, over its context's positions */
+          fprintf(out, " over %lld positions", (long long)in->values[op->node].shape[0]);
+        fputc('\n', out);
       }
       break;
     }
@@ -265,7 +268,8 @@ void sched_print(FILE *out, const Schedule *s) {
             (long long)sig->dim_values[i]);
   fputc('\n', out);
   for (int i = 0; i < sig->params.n; i++) print_tensor(out, "param", &sig->params.v[i]);
-  for (int i = 0; i < sig->inputs.n; i++) print_tensor(out, "input", &sig->inputs.v[i]);
+  for (int i = 0; i < sig->inputs.n; i++)
+    print_tensor(out, sig->inputs.v[i].context ? "context" : "input", &sig->inputs.v[i]);
   for (int i = 0; i < sig->outputs.n; i++) print_tensor(out, "output", &sig->outputs.v[i]);
   for (int i = 0; i < sig->states.n; i++) print_tensor(out, "state", &sig->states.v[i]);
   fprintf(out, "  step entry point: %s\n", sig->has_step ? "yes" : "no (needs whole sequences)");

@@ -89,6 +89,9 @@ static const Expect EXPECTED[] = {
     {"SLSTM", "m", REC_NONLINEAR, ANY, REC_JAC_DENSE, NULL, 0},
     /* Bahdanau's attention decoder: h enters the attention over its context and the GRU. */
     {"AttentionDecoder", "h", REC_NONLINEAR, ANY, REC_JAC_DENSE, NULL, 0},
+    /* The pointer network's LSTM decoder (its attention reads h', not h). */
+    {"PointerDecoder", "h", REC_NONLINEAR, ANY, REC_JAC_DENSE, NULL, 0},
+    {"PointerDecoder", "c", REC_NONLINEAR, ANY, REC_JAC_DENSE, NULL, 0},
     /* ParaRNN: vector recurrent weights; ParaLSTM's [c, h] gives 2x2 blocks. */
     {"ParaGRU", "h", REC_NONLINEAR, ANY, REC_JAC_DIAG, NULL, 0},
     {"ParaLSTM", "c", REC_NONLINEAR, ANY, REC_JAC_BLOCK_DIAG, NULL, 0},

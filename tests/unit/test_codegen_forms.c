@@ -62,6 +62,10 @@ static const FcCase CASES[] = {
     {"examples/attention_decoder.seq", "I=3,H=4,S=5,A=3"},
     {"tests/data/models/context_forms.seq", "I=3,H=4,S=5,NH=2,D=4"},
     {"tests/data/models/context_model.seq", "I=3,H=4,S=5"},
+    /* An encoder run over a context's positions inside the model (S = 5
+     * positions, T up to 4097 target steps), its outputs the decoder's memory. */
+    {"tests/data/models/seq2seq.seq", "I_src=3,I=2,H=4,S=5"},
+    {"examples/pointer_network.seq", "I=3,H=4,S=5,A=3"},
     {"stdlib/paragru.seq", "I=3,H=4"},
     {"stdlib/paralstm.seq", "I=3,H=4"},
     {"tests/data/models/newton_layers.seq", "I=3,H=4"},

@@ -30,6 +30,8 @@ static const Case CASES[] = {
     {"examples/hybrid.seq", "NH=2,DH=3", "hybrid", "sequential scan"},
     /* Contexts: what reads only them runs once per example, before the steps. */
     {"examples/attention_decoder.seq", "I=3,H=4,S=5,A=3", "attention_decoder", "sequential"},
+    /* A layer run over a context's positions: once per example, before the steps. */
+    {"examples/seq2seq.seq", "I_src=3,I=2,H=4,S=5,A=3", "seq2seq", "sequential"},
     {"stdlib/mamba2.seq", "d_model=4,ngroups=2,hpg=2,headdim=2,d_state=3,d_conv=4", NULL,
      "sequential scan chunked"},
     {"stdlib/mlstm.seq", "I=3,NH=2,DH=4", NULL, "sequential scan chunked"},

@@ -621,6 +621,10 @@ static const ModelCase model_errors[] = {
      " forward {\n y = l(x, c + x)\n }\n}\n",
      "argument 2 of layer 'l' is context 'm' of A, so it must be the same at every step: "
      "computed from contexts, params and dims only"},
+    {CELL_ID
+     "model M(D, S) {\n input x: [D]\n context c: [S, D]\n output y: [D]\n layer l = Id(D)\n"
+     " forward {\n let m = l(c)\n y = l(x)\n }\n}\n",
+     "layer 'l' runs per step here but over the positions of a context elsewhere"},
 };
 
 static void test_model_errors(void **state) {
