@@ -82,7 +82,7 @@ static void shape_comment(FILE *f, const AbiTensor *t, const char *lead) {
   for (int d = 0; d < t->ndim; d++)
     fprintf(f, "%s%lld", (d || *lead) ? ", " : "", (long long)t->shape[d]);
   fprintf(f, "]%s */%s\n",
-          t->is_int       ? " int32 tokens"
+          t->is_int       ? (t->context ? " int32" : " int32 tokens")
           : t->is_complex ? " complex: last axis (re, im)"
                           : "",
           t->context ? " /* a context: one per sequence */" : "");

@@ -120,11 +120,13 @@ static void emit_call(Lower *L, IrRef r) {
   if (ly->newton.states) {
     st = emit_newton(L, r, ins, outs, crev);
   } else if (ly->over) {
-    /* Over a context's positions: N steps for every example, forwards
-     * unless the layer is reversed, whatever way this instance runs. */
-    LLVMValueRef args[9] = {
-        L->a_params, L->a_B,    ci64(L, n->shape[0]), ins, LLVMConstNull(L->ptr), L->a_sin,
-        outs,        L->a_sout, ci32(L, ly->reverse)};
+    /* Over a context's positions: N steps for every example (or its
+     * length, the int context given last), forwards unless the layer is
+     * reversed, whatever way this instance runs. */
+    LLVMValueRef lens =
+        ly->over_lengths ? L->ll[nd->args[nd->nargs - 1]].base : LLVMConstNull(L->ptr);
+    LLVMValueRef args[9] = {L->a_params, L->a_B,    ci64(L, n->shape[0]), ins, lens, L->a_sin,
+                            outs,        L->a_sout, ci32(L, ly->reverse)};
     st = LLVMBuildCall2(L->bld, L->inst_ty, L->inst_fn[ci], args, 9, "");
   } else {
     LLVMValueRef args[9] = {L->a_params, L->a_B, L->a_T,    ins, L->a_lengths,

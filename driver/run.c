@@ -205,7 +205,20 @@ int drv_run(const AbiSignature *sig, AbiForwardFn fn, const DrvWeights *w, const
                  (long long)sig->inputs.v[i].numel);
       goto done;
     }
-    if (sig->inputs.v[i].is_int && tokens_to_int32(&sig->inputs.v[i], &conv[i], B, T, lengths, de))
+    if (sig->inputs.v[i].is_int && t->context) {
+      /* An int context: a length per example, exact integers. */
+      const double *d = conv[i].data;
+      int32_t *q = (int32_t *)conv[i].data;
+      for (int64_t b = 0; b < B; b++) {
+        if (!(d[b] >= 0 && d[b] <= 2147483647.0) || d[b] != (double)(int64_t)d[b]) {
+          diag_error(de, loc, "context %s[%lld] = %g is not a length (an integer >= 0)", t->name,
+                     (long long)b, d[b]);
+          goto done;
+        }
+        q[b] = (int32_t)d[b]; /* q[b] overwrites d[b]'s first half, read already */
+      }
+    } else if (sig->inputs.v[i].is_int &&
+               tokens_to_int32(&sig->inputs.v[i], &conv[i], B, T, lengths, de))
       goto done;
     in_ptrs[i] = conv[i].data;
   }

@@ -250,6 +250,12 @@ static IrRef lower_name(Lower *L, const AstExpr *e) {
     return L->states.v[i].bad ? REF_ERROR : state_ref(L, i);
   case DECL_INPUT:
     if (L->mode == MODE_INIT) return not_in_init(L, e->loc, name, "an input");
+    if (L->f->inputs.v[i].context && L->f->inputs.v[i].type.elem == IR_INT && !L->int_context_ok) {
+      diag_error(L->de, e->loc,
+                 "int context '%s' can only give a layer's lengths: layer(..., lengths=%s)", name,
+                 name);
+      return REF_ERROR;
+    }
     return L->bad_inputs.v[i] ? REF_ERROR : emit_leaf(L, IR_INPUT, i, e->loc);
   case DECL_PARAM:
     return L->bad_params.v[i] ? REF_ERROR : emit_leaf(L, IR_PARAM, i, e->loc);
@@ -895,24 +901,37 @@ static int lower_layer_call(Lower *L, const AstExpr *e, int li, Tuple *out) {
   const IrLayer *lay = &L->f->layers.v[li];
   const IrFunc *cf = L->layers.v[li].callee;
   IrRef *args = arena_calloc(L->a, (size_t)e->nargs + 1, sizeof *args);
-  if (!args) {
+  const AstExpr **pos = arena_calloc(L->a, (size_t)e->nargs + 1, sizeof *pos);
+  if (!args || !pos) {
     sema_oom(L->S);
     return one(L, out, REF_ERROR);
   }
-  int bad = 0;
+  int bad = 0, nargs = 0;
+  IrRef lengths = IR_NONE; /* lengths=, for a call run over a context's positions */
+  const AstExpr *len_expr = NULL;
   for (int i = 0; i < e->nargs; i++) {
     if (e->args[i]->kind == AST_KWARG) {
-      diag_error(L->de, e->args[i]->loc, "layer calls take no keyword arguments");
-      bad = 1;
-      args[i] = REF_ERROR;
+      if (strcmp(e->args[i]->kwname, "lengths") != 0 || len_expr) {
+        diag_error(L->de, e->args[i]->loc,
+                   "a layer call takes one keyword argument, lengths= (for a layer run over a "
+                   "context's positions)");
+        bad = 1;
+        continue;
+      }
+      len_expr = e->args[i]->lhs;
+      L->int_context_ok = 1;
+      lengths = lower_expr(L, len_expr);
+      L->int_context_ok = 0;
+      bad |= lengths < 0;
       continue;
     }
-    args[i] = lower_expr(L, e->args[i]);
-    bad |= args[i] < 0;
+    pos[nargs] = e->args[i];
+    args[nargs] = lower_expr(L, e->args[i]);
+    bad |= args[nargs++] < 0;
   }
-  if (e->nargs != cf->inputs.n) {
+  if (nargs != cf->inputs.n) {
     diag_error(L->de, e->loc, "layer '%s' (%s) takes %d input%s, got %d", lay->name, cf->name,
-               cf->inputs.n, cf->inputs.n == 1 ? "" : "s", e->nargs);
+               cf->inputs.n, cf->inputs.n == 1 ? "" : "s", nargs);
     return one(L, out, REF_ERROR);
   }
   if (cf->outputs.n == 0) {
@@ -920,7 +939,7 @@ static int lower_layer_call(Lower *L, const AstExpr *e, int li, Tuple *out) {
     return one(L, out, REF_ERROR);
   }
   if (bad) return one(L, out, REF_ERROR);
-  if (sema_finalize_layer(L, li, args, e->nargs)) return one(L, out, REF_ERROR);
+  if (sema_finalize_layer(L, li, args, nargs)) return one(L, out, REF_ERROR);
   lay = &L->f->layers.v[li];
   /* Run over positions (IrLayer.over): every per-step input given a value
    * read from a context with one more leading axis, the same for all. */
@@ -931,10 +950,10 @@ static int lower_layer_call(Lower *L, const AstExpr *e, int li, Tuple *out) {
     sema_oom(L->S);
     return one(L, out, REF_ERROR);
   }
-  for (int i = 0; i < e->nargs && L->f->kind == IR_FN_MODEL; i++) {
+  for (int i = 0; i < nargs && L->f->kind == IR_FN_MODEL; i++) {
     const IrInput *in = &cf->inputs.v[i];
     IrType want, got = type_of(L, args[i]);
-    if (in->context || subst_type(L, in->type, lay->dim_args, &want, e->args[i]->loc)) continue;
+    if (in->context || subst_type(L, in->type, lay->dim_args, &want, pos[i]->loc)) continue;
     int fits =
         got.rank == want.rank + 1 && got.elem == want.elem && (!over || dim_eq(npos, got.dims[0]));
     for (int d = 0; fits && d < want.rank; d++) fits = dim_eq(want.dims[d], got.dims[d + 1]);
@@ -947,23 +966,40 @@ static int lower_layer_call(Lower *L, const AstExpr *e, int li, Tuple *out) {
   }
   if (over && direct) over = 0; /* mixed: the per-argument checks below report it */
   LayerSlot *ls = &L->layers.v[li];
-  if (ls->called && ls->called != over + 1) {
+  if (ls->called && (ls->called > 1) != over) {
     diag_error(L->de, e->loc,
                over ? "layer '%s' runs over the positions of a context here but per step elsewhere"
                     : "layer '%s' runs per step here but over the positions of a context elsewhere",
                lay->name);
     return one(L, out, REF_ERROR);
   }
-  ls->called = over + 1;
+  if (len_expr && !over) {
+    diag_error(L->de, sema_expr_start(len_expr),
+               "lengths= is for a layer run over a context's positions (its inputs given values "
+               "read from contexts, with one more leading axis)");
+    return one(L, out, REF_ERROR);
+  }
+  if (len_expr && (type_of(L, lengths).elem != IR_INT || type_of(L, lengths).rank != 0)) {
+    diag_error(L->de, sema_expr_start(len_expr),
+               "lengths= takes an int context (context n: int), one length per example");
+    return one(L, out, REF_ERROR);
+  }
+  int mode = over ? (len_expr ? 3 : 2) : 1;
+  if (ls->called && ls->called != mode && ls->called > 1 && mode > 1) {
+    diag_error(L->de, e->loc, "layer '%s' is run over a context's positions %s lengths elsewhere",
+               lay->name, len_expr ? "without" : "with");
+    return one(L, out, REF_ERROR);
+  }
+  ls->called = mode;
   L->f->layers.v[li].over = over;
-  for (int i = 0; i < e->nargs; i++) {
+  L->f->layers.v[li].over_lengths = len_expr != NULL;
+  for (int i = 0; i < nargs; i++) {
     const IrInput *in = &cf->inputs.v[i];
     IrType want, got = type_of(L, args[i]);
-    if (subst_type(L, in->type, lay->dim_args, &want, e->args[i]->loc))
-      return one(L, out, REF_ERROR);
+    if (subst_type(L, in->type, lay->dim_args, &want, pos[i]->loc)) return one(L, out, REF_ERROR);
     if (over && !in->context) want = lead_with(L, npos, want);
     if (!ir_type_eq(want, got)) {
-      diag_error(L->de, sema_expr_start(e->args[i]),
+      diag_error(L->de, sema_expr_start(pos[i]),
                  "argument %d of layer '%s' is %s, but input '%s' of %s is %s here", i + 1,
                  lay->name, sema_type_str(L, got), in->name, cf->name, sema_type_str(L, want));
       bad = 1;
@@ -975,7 +1011,7 @@ static int lower_layer_call(Lower *L, const AstExpr *e, int li, Tuple *out) {
       return one(L, out, REF_ERROR);
     }
     if (in->context && !per_sequence(L, args[i], seen)) {
-      diag_error(L->de, sema_expr_start(e->args[i]),
+      diag_error(L->de, sema_expr_start(pos[i]),
                  "argument %d of layer '%s' is context '%s' of %s, so it must be the same at "
                  "every step: computed from contexts, params and dims only",
                  i + 1, lay->name, in->name, cf->name);
@@ -994,7 +1030,8 @@ static int lower_layer_call(Lower *L, const AstExpr *e, int li, Tuple *out) {
   if (subst_type(L, cf->outputs.v[0].type, lay->dim_args, &attrs.type, e->loc))
     return one(L, out, REF_ERROR);
   if (over) attrs.type = lead_with(L, npos, attrs.type);
-  IrRef call = emit(L, IR_CALL, e->loc, e->nargs, args, &attrs, NULL);
+  if (len_expr) args[nargs] = lengths; /* the last operand (IrLayer.over_lengths) */
+  IrRef call = emit(L, IR_CALL, e->loc, nargs + (len_expr != NULL), args, &attrs, NULL);
   out->refs[0] = call;
   for (int k = 1; k < out->n; k++) {
     IrNode ra = {0};

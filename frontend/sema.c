@@ -538,8 +538,10 @@ static void declare_decls(Lower *L) {
       break;
     }
     case AST_INPUT: {
-      if (d->context && !bad && t.elem == IR_INT) {
-        diag_error(L->de, d->type.loc, "a context is a real or complex tensor, not int tokens");
+      if (d->context && !bad && t.elem == IR_INT && u->kind == AST_CELL) {
+        diag_error(L->de, d->type.loc,
+                   "an int context gives lengths to a layer run over a context's positions, "
+                   "so only a model declares one");
         bad = 1;
       }
       IrInput in = {name, t, d->name.loc, d->context};

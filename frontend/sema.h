@@ -121,6 +121,7 @@ typedef struct Lower {
   int fn_env_base; /* inside a def body: env entries below this are the caller's, hidden */
   int fn_toplevel; /* the innermost def is a top-level one: the unit's names are hidden */
   int ninlined;    /* def calls inlined in this unit (bounded) */
+  int int_context_ok; /* lowering a layer call's lengths=: an int context may be read */
 } Lower;
 
 /* import.c: loads the main file and, transitively, its imports; collects the

@@ -1006,7 +1006,8 @@ static int build_children(Run *r, Inst *in, int flat, int depth) {
     const Inst *c = in->child[nd->index];
     const IrNewton *nw = &fn->layers.v[nd->index].newton;
     int own = nw->dense ? nw->states : 0; /* a dense solve's tangents */
-    if (nd->nargs != c->fn->inputs.n - own || c->fn->outputs.n < 1) {
+    int lens = fn->layers.v[nd->index].over && fn->layers.v[nd->index].over_lengths;
+    if (nd->nargs != c->fn->inputs.n - own + lens || c->fn->outputs.n < 1) {
       diag_error(r->de, nd->loc,
                  "internal error in interp: call of '%s' with %d arguments for %d inputs",
                  c->fn->name, nd->nargs, c->fn->inputs.n);
@@ -1069,7 +1070,9 @@ static int alloc_slots(Run *r, Inst *in) {
       int over = fn->layers.v[nd->index].over;
       for (int k = 1; k < no; k++)
         if (!(s->outs[k] = alloc_doubles(r, c->out_width[k], over ? c->T : r->T))) return oom(r);
-      for (int k = 0; k < nd->nargs; k++) {
+      /* The lengths of a call run over positions come last. */
+      int nin = nd->nargs - (over && fn->layers.v[nd->index].over_lengths);
+      for (int k = 0; k < nin; k++) {
         Val want;
         const Slot *as = &in->slot[nd->args[k]];
         /* Run over positions: a per-step input's argument holds all N of them. */
@@ -2015,15 +2018,29 @@ static int run_over(Run *r, Inst *in, int i) {
   Slot *s = &in->slot[i];
   Inst *c = in->child[nd->index];
   Seq *args = s->seqargs;
-  for (int k = 0; k < nd->nargs; k++) {
+  const IrLayer *ly = &in->fn->layers.v[nd->index];
+  for (int k = 0; k < c->fn->inputs.n; k++) {
     int ctx = c->fn->inputs.v[k].context;
     Val want;
     if (shape_val(c, c->fn->inputs.v[k].type, &want)) return -1;
     args[k] = (Seq){in->slot[nd->args[k]].v.d, ctx ? 0 : val_width(&want)};
   }
+  /* Each example's length, from its int context (all N positions without). */
+  int64_t len = c->T;
+  if (ly->over_lengths) {
+    double v = in->slot[nd->args[nd->nargs - 1]].v.d[0];
+    if (!(v >= 0 && v <= (double)c->T) || v != (double)(int64_t)v) {
+      diag_error(r->de, nd->loc,
+                 "lengths of layer '%s' for example %lld: %g is outside [0, %lld], the positions "
+                 "it runs over",
+                 ly->name, (long long)r->b, v, (long long)c->T);
+      return -1;
+    }
+    len = (int64_t)v;
+  }
   int64_t T = r->T;
   r->T = c->T;
-  int rc = run_inst(r, c, args, c->T, in->fn->layers.v[nd->index].reverse);
+  int rc = run_inst(r, c, args, len, ly->reverse);
   r->T = T;
   if (rc) return -1;
   for (int k = 0; k < c->fn->outputs.n; k++)

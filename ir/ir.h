@@ -243,6 +243,10 @@ typedef struct IrLayer {
    * those N positions as a sequence of its own (an encoder over a context),
    * its outputs per-sequence values [N, ...]. Its contexts are passed as they are. */
   int over;
+  /* ... with lengths: the call's last operand, after one per callee input,
+   * is an int context giving each example's length (positions from it on
+   * are not run: outputs zero, final states at the length). */
+  int over_lengths;
   IrNewton newton;
 } IrLayer;
 

@@ -275,7 +275,7 @@ void ir_print_func(FILE *out, const IrModule *m, const IrFunc *f) {
     fputs(" suffix ", out);
     print_string(out, l->suffix);
     if (l->reverse) fputs(" reverse", out);
-    if (l->over) fputs(" over", out);
+    if (l->over) fputs(l->over_lengths ? " over, lengths last" : " over", out);
     if (l->newton.states)
       fprintf(out, " newton(states=%d, rtol=%g, atol=%g, max_iter=%d, window=%lld%s)",
               l->newton.states, l->newton.rtol, l->newton.atol, l->newton.max_iter,

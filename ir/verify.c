@@ -97,12 +97,18 @@ static void verify_call(Verify *v, const IrFunc *f, IrRef r) {
   if (n->op == IR_CALL) {
     /* A dense Newton step's tangents are the solve's, not operands. */
     int own = l->newton.dense ? l->newton.states : 0;
-    if (n->nargs != g->inputs.n - own) {
+    int extra = l->over && l->over_lengths; /* the lengths, last */
+    if (n->nargs != g->inputs.n - own + extra) {
       bad(v, f, r, "call of %s passes %d operands for %d inputs", l->name, n->nargs,
           g->inputs.n - own);
       return;
     }
-    for (int i = 0; i < n->nargs; i++) {
+    if (extra) {
+      IrType lt = f->nodes.v[n->args[n->nargs - 1]].type;
+      if (lt.elem != IR_INT || lt.rank != 0)
+        bad(v, f, r, "the lengths of the call of %s are not an int", l->name);
+    }
+    for (int i = 0; i < n->nargs - extra; i++) {
       IrType t = f->nodes.v[n->args[i]].type;
       /* Run over positions: a per-step input's operand has the positions first. */
       if (l->over && !g->inputs.v[i].context && !over_type(n->type, &t))

@@ -150,6 +150,10 @@ static void print_ops(FILE *out, const SchedInst *in, const SchedOp *ops, int n,
                 l->reverse ? " reversed" : "");
         if (l->over) /* once per example, over its context's positions */
           fprintf(out, " over %lld positions", (long long)in->values[op->node].shape[0]);
+        if (l->over && l->over_lengths) {
+          const IrNode *c = &in->fn->nodes.v[op->node];
+          fprintf(out, ", lengths v%d", c->args[c->nargs - 1]);
+        }
         fputc('\n', out);
       }
       break;

@@ -66,7 +66,7 @@ static int add_layer(IrFunc *f, const char *name, const IrFunc *callee, const Di
   assert_true(ci >= 0);
   DimExpr *da = arena_calloc(A, (size_t)(callee->dims.n + 1), sizeof *da);
   memcpy(da, dim_args, (size_t)callee->dims.n * sizeof *da);
-  IrLayer l = {name, {0}, ci, da, prefix, "", reverse, 0, {0}};
+  IrLayer l = {name, {0}, ci, da, prefix, "", reverse, 0, 0, {0}};
   assert_int_equal(vec_push(A, &f->layers, l), 0);
   return f->layers.n - 1;
 }

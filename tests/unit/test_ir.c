@@ -229,7 +229,7 @@ static void test_call_not_deduped(void **state) {
   DimExpr *dargs = arena_calloc(A, 2, sizeof *dargs);
   dargs[0] = V(I);
   dargs[1] = V(H);
-  IrLayer l = {"l0", {0}, 0, dargs, "", "_l0", 0, 0, {0}};
+  IrLayer l = {"l0", {0}, 0, dargs, "", "_l0", 0, 0, 0, {0}};
   assert_int_equal(vec_push(A, &g->layers, l), 0);
   IrRef x = leaf(g, IR_INPUT, 0);
   IrNode p = P(IR_CALL);
@@ -412,7 +412,7 @@ static IrLayer layer(const char *name, int callee, int ndims, const DimExpr *arg
   DimExpr *d = arena_calloc(A, (size_t)ndims, sizeof *d);
   assert_non_null(d);
   memcpy(d, args, (size_t)ndims * sizeof *d);
-  IrLayer l = {name, {0}, callee, d, prefix, suffix, reverse, 0, {0}};
+  IrLayer l = {name, {0}, callee, d, prefix, suffix, reverse, 0, 0, {0}};
   return l;
 }
 

@@ -518,7 +518,8 @@ static const ErrorCase cell_errors[] = {
     {"input x: [H]\n output y: [H]\n def f(v) = v + H", "y = f(x) @ x",
      "y has shape [] but output 'y' is declared [H]"},
     {"context t: int\n input x: [H]\n output y: [H]", "y = x",
-     "a context is a real or complex tensor, not int tokens"},
+     "an int context gives lengths to a layer run over a context's positions, so only a model "
+     "declares one"},
     {"context m: [H]\n input x: [H]\n output y: [H]", "m = x\n y = x",
      "cannot assign to context 'm'"},
 };
@@ -625,6 +626,21 @@ static const ModelCase model_errors[] = {
      "model M(D, S) {\n input x: [D]\n context c: [S, D]\n output y: [D]\n layer l = Id(D)\n"
      " forward {\n let m = l(c)\n y = l(x)\n }\n}\n",
      "layer 'l' runs per step here but over the positions of a context elsewhere"},
+    {CELL_ID "model M(D, S) {\n input x: [D]\n context n: int\n output y: [D]\n"
+             " forward {\n y = x + n\n }\n}\n",
+     "int context 'n' can only give a layer's lengths: layer(..., lengths=n)"},
+    {CELL_ID "model M(D, S) {\n input x: [D]\n context n: int\n output y: [D]\n layer l = Id(D)\n"
+             " forward {\n y = l(x, lengths=n)\n }\n}\n",
+     "lengths= is for a layer run over a context's positions (its inputs given values read from "
+     "contexts, with one more leading axis)"},
+    {CELL_ID
+     "model M(D, S) {\n input x: [D]\n context c: [S, D]\n output y: [D]\n layer l = Id(D)\n"
+     " forward {\n let m = l(c, steps=3)\n y = x\n }\n}\n",
+     "a layer call takes one keyword argument, lengths= (for a layer run over a context's "
+     "positions)"},
+    {CELL_ID "model M(D, S) {\n input x: [D]\n context c: [S, D]\n context m: [D]\n output y: [D]\n"
+             " layer l = Id(D)\n forward {\n let u = l(c, lengths=m)\n y = x\n }\n}\n",
+     "lengths= takes an int context (context n: int), one length per example"},
 };
 
 static void test_model_errors(void **state) {
@@ -741,6 +757,7 @@ int main(void) {
       IR("builtins"),
       IR("lang_features"),
       IR("step_loop"),
+      IR("contexts"),
       cmocka_unit_test(test_examples_compile),
       cmocka_unit_test(test_cell_structure),
       cmocka_unit_test(test_unassigned_state_carries),
