@@ -855,9 +855,6 @@ static int subst_type(Lower *L, IrType t, const DimExpr *sub, IrType *out, SrcLo
   return 0;
 }
 
-/* l(a, b): runs layer `li` over the sequence. The arguments are the callee's
- * inputs in declaration order; the CALL node is output 0 and RESULT nodes
- * give the others. */
 /* Whether node r is the same at every step: it reads contexts, params,
  * dims and constants only (no per-step input, state or layer output but
  * that of a layer run over a context's positions). */
@@ -874,13 +871,15 @@ static int per_sequence(const Lower *L, IrRef r, unsigned char *seen) {
   return ok;
 }
 
-/* Whether node r reads a context (directly or through what it computes). */
-static int reads_context(const Lower *L, IrRef r) {
+/* Whether node r reads a context (directly or through what it computes);
+ * seen[r]: 0 not yet known, 1 yes, 2 no. */
+static int reads_context(const Lower *L, IrRef r, unsigned char *seen) {
+  if (seen[r]) return seen[r] == 1;
   const IrNode *nd = &L->f->nodes.v[r];
-  if (nd->op == IR_INPUT) return L->f->inputs.v[nd->index].context;
-  for (int j = 0; j < nd->nargs; j++)
-    if (reads_context(L, nd->args[j])) return 1;
-  return 0;
+  int yes = nd->op == IR_INPUT && L->f->inputs.v[nd->index].context;
+  for (int j = 0; j < nd->nargs && !yes; j++) yes = reads_context(L, nd->args[j], seen);
+  seen[r] = yes ? 1 : 2;
+  return yes;
 }
 
 /* t with the axis n put first. */
@@ -897,6 +896,42 @@ static IrType lead_with(Lower *L, DimExpr n, IrType t) {
   return t;
 }
 
+/* Whether a layer call of a model runs over a context's positions
+ * (IrLayer.over): every per-step input of the callee is given a value read
+ * from contexts (the same at every step) with one more leading axis, the
+ * same one for all, *npos. 1 if so, 0 if not (a mixed call is left to the
+ * per-argument type checks to report), -1 out of memory. */
+static int runs_over_positions(Lower *L, const IrFunc *cf, const IrLayer *lay, const IrRef *args,
+                               const AstExpr **pos, int nargs, DimExpr *npos) {
+  if (L->f->kind != IR_FN_MODEL) return 0;
+  unsigned char *seq = arena_calloc(L->a, (size_t)L->f->nodes.n + 1, 1);
+  unsigned char *ctx = arena_calloc(L->a, (size_t)L->f->nodes.n + 1, 1);
+  if (!seq || !ctx) {
+    sema_oom(L->S);
+    return -1;
+  }
+  int over = 0, direct = 0;
+  for (int i = 0; i < nargs; i++) {
+    const IrInput *in = &cf->inputs.v[i];
+    IrType want, got = type_of(L, args[i]);
+    if (in->context || subst_type(L, in->type, lay->dim_args, &want, pos[i]->loc)) continue;
+    int fits =
+        got.rank == want.rank + 1 && got.elem == want.elem && (!over || dim_eq(*npos, got.dims[0]));
+    for (int d = 0; fits && d < want.rank; d++) fits = dim_eq(want.dims[d], got.dims[d + 1]);
+    if (fits && per_sequence(L, args[i], seq) && reads_context(L, args[i], ctx)) {
+      *npos = got.dims[0];
+      over = 1;
+    } else {
+      direct = 1;
+    }
+  }
+  return over && !direct;
+}
+
+/* l(a, b): runs layer `li` over the sequence. The arguments are the callee's
+ * inputs in declaration order (then lengths=, for a layer run over a
+ * context's positions); the CALL node is output 0 and RESULT nodes give the
+ * others. */
 static int lower_layer_call(Lower *L, const AstExpr *e, int li, Tuple *out) {
   const IrLayer *lay = &L->f->layers.v[li];
   const IrFunc *cf = L->layers.v[li].callee;
@@ -941,30 +976,9 @@ static int lower_layer_call(Lower *L, const AstExpr *e, int li, Tuple *out) {
   if (bad) return one(L, out, REF_ERROR);
   if (sema_finalize_layer(L, li, args, nargs)) return one(L, out, REF_ERROR);
   lay = &L->f->layers.v[li];
-  /* Run over positions (IrLayer.over): every per-step input given a value
-   * read from a context with one more leading axis, the same for all. */
-  int over = 0, direct = 0;
   DimExpr npos = {0};
-  unsigned char *seen0 = arena_calloc(L->a, (size_t)L->f->nodes.n + 1, 1);
-  if (!seen0) {
-    sema_oom(L->S);
-    return one(L, out, REF_ERROR);
-  }
-  for (int i = 0; i < nargs && L->f->kind == IR_FN_MODEL; i++) {
-    const IrInput *in = &cf->inputs.v[i];
-    IrType want, got = type_of(L, args[i]);
-    if (in->context || subst_type(L, in->type, lay->dim_args, &want, pos[i]->loc)) continue;
-    int fits =
-        got.rank == want.rank + 1 && got.elem == want.elem && (!over || dim_eq(npos, got.dims[0]));
-    for (int d = 0; fits && d < want.rank; d++) fits = dim_eq(want.dims[d], got.dims[d + 1]);
-    if (fits && per_sequence(L, args[i], seen0) && reads_context(L, args[i])) {
-      npos = got.dims[0];
-      over = 1;
-    } else {
-      direct = 1;
-    }
-  }
-  if (over && direct) over = 0; /* mixed: the per-argument checks below report it */
+  int over = runs_over_positions(L, cf, lay, args, pos, nargs, &npos);
+  if (over < 0) return one(L, out, REF_ERROR);
   LayerSlot *ls = &L->layers.v[li];
   if (ls->called && (ls->called > 1) != over) {
     diag_error(L->de, e->loc,

@@ -43,6 +43,8 @@ typedef struct Slot {
   int64_t stride;      /* models: doubles between positions (0: the same at every position) */
   int live;            /* needed by an output, a state or a call */
   int varying;         /* depends on an input, a state or a call */
+  int per_seq;         /* models: varying, but the same at every position (a context, a layer
+                          run over one, what reads only those and invariants): one position */
   Val *argv;           /* scratch views of the operands */
   double **outs;       /* CALL: one T-position buffer per callee output (outs[0] == v.d) */
   double *aux;         /* RMSNORM, LAYERNORM: weight and bias broadcast to x's shape */
@@ -882,6 +884,17 @@ static void mark_nodes(Inst *in) {
             nd->op == IR_CAUSAL_CONV || (ir_op_info[nd->op].flags & IRF_SEQ);
     for (int k = 0; k < nd->nargs && !v; k++) v = sl[nd->args[k]].varying;
     sl[i].varying = v;
+    if (fn->kind != IR_FN_MODEL) continue;
+    const IrNode *call = nd->op == IR_RESULT ? &fn->nodes.v[nd->args[0]] : nd;
+    int seq = (nd->op == IR_INPUT && fn->inputs.v[nd->index].context) ||
+              ((nd->op == IR_CALL || nd->op == IR_RESULT) && fn->layers.v[call->index].over);
+    if (!seq && v && nd->op != IR_INPUT && nd->op != IR_STATE && nd->op != IR_CALL &&
+        nd->op != IR_RESULT && nd->op != IR_CAUSAL_CONV && !(ir_op_info[nd->op].flags & IRF_SEQ)) {
+      seq = 1;
+      for (int k = 0; k < nd->nargs && seq; k++)
+        seq = !sl[nd->args[k]].varying || sl[nd->args[k]].per_seq;
+    }
+    sl[i].per_seq = seq;
   }
 }
 
@@ -1037,7 +1050,7 @@ static int alloc_slots(Run *r, Inst *in) {
     if (nd->op == IR_INPUT || nd->op == IR_RESULT) continue; /* views, set when run */
     /* A state read in a model is its value entering the sequence: one
      * position, the same at every step. */
-    int per_position = model && s->varying && nd->op != IR_STATE;
+    int per_position = model && s->varying && nd->op != IR_STATE && !s->per_seq;
     int64_t positions = per_position ? r->T : 1;
     if (!(s->v.d = alloc_doubles(r, w, positions))) return value_oom(r, nd, w, positions);
     s->stride = per_position ? w : 0;
@@ -2120,7 +2133,9 @@ static int run_model(Run *r, Inst *in, const Seq *ins, int64_t len) {
       attn(r, in, i, len);
       break;
     default:
-      for (int64_t t = 0; t < len; t++) {
+      /* A value the same at every position is computed once, even for a
+       * sequence of length 0 (a layer run over a context may read it). */
+      for (int64_t t = 0; t < (s->per_seq ? 1 : len); t++) {
         r->t = t;
         if (eval_at(r, in, i, t)) return -1;
       }
