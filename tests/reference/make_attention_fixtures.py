@@ -28,6 +28,8 @@ import sys
 
 import numpy as np
 
+from fixture_io import read_safetensors
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURES = os.path.join(HERE, "fixtures")
 NAME = "torch_hybrid"
@@ -234,23 +236,6 @@ def write_ut():
         f.write("\n".join(["seq examples/universal_transformer.seq", "weights weights.safetensors",
                            "dims NH=%d,DH=%d,F=%d" % (NH, DH, F_UT), "in x=x.npy",
                            "in lengths=lengths.npy", "out y=y.npy", "tol " + TOL]) + "\n")
-
-
-def read_safetensors(path):
-    import json
-    import struct
-
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        head = json.loads(f.read(n))
-        data = f.read()
-    out = {}
-    for k, v in head.items():
-        if k == "__metadata__":
-            continue
-        a, b = v["data_offsets"]
-        out[k] = np.frombuffer(data[a:b], dtype=np.float32).reshape(v["shape"])
-    return out
 
 
 def self_check():

@@ -73,12 +73,12 @@ Needs torch, numpy and safetensors for writing; numpy for the self-check.
 """
 
 import argparse
-import json
 import os
-import struct
 import sys
 
 import numpy as np
+
+from fixture_io import read_safetensors, write_case
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURES = os.path.join(HERE, "fixtures")
@@ -211,37 +211,12 @@ def manifest():
 
 
 def write():
-    from safetensors.numpy import save_file
-
     p, d, extra = make_inputs()
     probs, y, h_n, c_n = torch_decoder(p, d, LENGTHS)
-    out = os.path.join(FIXTURES, NAME)
-    os.makedirs(out, exist_ok=True)
-    for f in os.listdir(out):  # a regenerated case must not keep stale files
-        os.remove(os.path.join(out, f))
-    save_file(dict(sorted(p.items())), os.path.join(out, "weights.safetensors"))
     files = dict(d, **extra, lengths=np.array(LENGTHS, dtype=np.int64),
                  probs=probs.astype(np.float32), y=y.astype(np.float32),
                  h_n=h_n.astype(np.float32), c_n=c_n.astype(np.float32))
-    for k, v in files.items():
-        np.save(os.path.join(out, k + ".npy"), v)
-    with open(os.path.join(out, "case.txt"), "w") as f:
-        f.write(manifest())
-
-
-def read_safetensors(path):
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        head = json.loads(f.read(n))
-        data = f.read()
-    out = {}
-    for k, v in head.items():
-        if k == "__metadata__":
-            continue
-        assert v["dtype"] == "F32", "%s is %s, want F32" % (k, v["dtype"])
-        a, b = v["data_offsets"]
-        out[k] = np.frombuffer(data[a:b], dtype="<f4").reshape(v["shape"])
-    return out
+    write_case(os.path.join(FIXTURES, NAME), p, files, manifest())
 
 
 def self_check():

@@ -74,12 +74,12 @@ and PyPI's torch 2.15 write byte-identical files.
 """
 
 import argparse
-import json
 import os
-import struct
 import sys
 
 import numpy as np
+
+from fixture_io import read_safetensors, write_case
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURES = os.path.join(HERE, "fixtures")
@@ -248,43 +248,18 @@ def manifest():
 
 
 def write():
-    from safetensors.numpy import save_file
-
     p, d = make_inputs()
     memory, h_n_encoder = torch_encoder(p, d["src"])
     # The decoder starts from both directions' final states side by side (the packed run's
     # h_n[0] and h_n[1]), rounded to float32.
     d["h0_decoder"] = np.concatenate([h_n_encoder[0], h_n_encoder[1]], axis=1).astype(np.float32)
     y, align, h_n = torch_decoder(p, d, memory, LENGTHS)
-    out = os.path.join(FIXTURES, NAME)
-    os.makedirs(out, exist_ok=True)
-    for f in os.listdir(out):  # a regenerated case must not keep stale files
-        os.remove(os.path.join(out, f))
-    save_file(dict(sorted(p.items())), os.path.join(out, "weights.safetensors"))
     files = dict(d, src_len=np.array(SRC_LENGTHS, dtype=np.int64),
                  lengths=np.array(LENGTHS, dtype=np.int64), y=y.astype(np.float32),
                  align=align.astype(np.float32), h_n_decoder=h_n.astype(np.float32),
                  h_n_encoder=h_n_encoder[0].astype(np.float32),
                  h_n_encoder_back=h_n_encoder[1].astype(np.float32))
-    for k, v in files.items():
-        np.save(os.path.join(out, k + ".npy"), v)
-    with open(os.path.join(out, "case.txt"), "w") as f:
-        f.write(manifest())
-
-
-def read_safetensors(path):
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        head = json.loads(f.read(n))
-        data = f.read()
-    out = {}
-    for k, v in head.items():
-        if k == "__metadata__":
-            continue
-        assert v["dtype"] == "F32", "%s is %s, want F32" % (k, v["dtype"])
-        a, b = v["data_offsets"]
-        out[k] = np.frombuffer(data[a:b], dtype="<f4").reshape(v["shape"])
-    return out
+    write_case(os.path.join(FIXTURES, NAME), p, files, manifest())
 
 
 def self_check():
