@@ -118,9 +118,9 @@ typedef struct Lower {
   int nconv;                     /* causal_conv windows created so far */
   VEC(const AstDecl *) defs;     /* this unit's `def`s */
   VEC(const AstDecl *) fn_stack; /* `def`s being inlined, innermost last */
-  int fn_env_base; /* inside a def body: env entries below this are the caller's, hidden */
-  int fn_toplevel; /* the innermost def is a top-level one: the unit's names are hidden */
-  int ninlined;    /* def calls inlined in this unit (bounded) */
+  int fn_env_base;    /* inside a def body: env entries below this are the caller's, hidden */
+  int fn_toplevel;    /* the innermost def is a top-level one: the unit's names are hidden */
+  int ninlined;       /* def calls inlined in this unit (bounded) */
   int int_context_ok; /* lowering a layer call's lengths=: an int context may be read */
 } Lower;
 

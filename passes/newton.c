@@ -84,7 +84,8 @@ static IrFunc *hoist(Arena *a, IrModule *m, const IrFunc *cell, IrRefs *hoisted)
     if (nd.nargs && !args) return NULL;
     for (int j = 0; j < nd.nargs; j++) args[j] = map[nd.args[j]];
     if (take[r]) {
-      IrInput in = {arena_printf(a, "%s.hoisted%d", cell->name, (int)hoisted->n), nd.type, nd.loc, 0};
+      IrInput in = {arena_printf(a, "%s.hoisted%d", cell->name, (int)hoisted->n), nd.type, nd.loc,
+                    0};
       IrNode leaf;
       memset(&leaf, 0, sizeof leaf);
       leaf.op = IR_INPUT;

@@ -39,3 +39,31 @@ def read_safetensors(path):
         a, b = v["data_offsets"]
         out[k] = np.frombuffer(data[a:b], dtype="<f4").reshape(v["shape"])
     return out
+
+
+def report(name, d, err, tol):
+    """Prints a self-check's line for case directory d (its worst error
+    against the float64 recomputation, which must be within tol / 4) and
+    returns whether it passed."""
+    good = err <= tol / 4
+    size = sum(os.path.getsize(os.path.join(d, n)) for n in os.listdir(d))
+    print("%s self-check err %.2e %s (%d bytes)" % (name, err, "ok" if good else "FAIL", size))
+    return good
+
+
+def main(doc, write, self_check):
+    """A fixture writer's command line: write (with torch, one thread: one
+    summation order whatever the machine), then self-check; --self-check
+    only checks what is on disk (NumPy alone). Returns the exit status."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--self-check", action="store_true")
+    args = ap.parse_args()
+    if not args.self_check:
+        import torch
+
+        torch.set_num_threads(1)
+        write()
+    return 0 if self_check() else 1

@@ -72,13 +72,12 @@ larger.
 Needs torch, numpy and safetensors for writing; numpy for the self-check.
 """
 
-import argparse
 import os
 import sys
 
 import numpy as np
 
-from fixture_io import read_safetensors, write_case
+from fixture_io import main, read_safetensors, report, write_case
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURES = os.path.join(HERE, "fixtures")
@@ -261,24 +260,8 @@ def self_check():
     ref = numpy_decoder(p, f["x"], f["memory"], f["h0"], f["c0"], set_lengths, lengths)
     err = max(float(np.max(np.abs(r - f[k])))
               for r, k in zip(ref, ("probs", "y", "h_n", "c_n")))
-    good = err <= float(TOL) / 4
-    size = sum(os.path.getsize(os.path.join(d, n)) for n in os.listdir(d))
-    print("%s self-check err %.2e %s (%d bytes)" % (NAME, err, "ok" if good else "FAIL", size))
-    return good
-
-
-def main():
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--self-check", action="store_true")
-    args = ap.parse_args()
-    if not args.self_check:
-        import torch
-
-        torch.set_num_threads(1)  # one summation order, whatever the machine
-        write()
-    return 0 if self_check() else 1
+    return report(NAME, d, err, float(TOL))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(__doc__, write, self_check))
