@@ -707,6 +707,39 @@ static int lower_attention(Lower *L, const Builtin *b, const CallArgs *c, Tuple 
   return one(L, out, emit(L, b->op, loc, 3, args, &attrs, NULL));
 }
 
+/* grad(loss, M): the derivative of a real scalar with respect to a state
+ * (its value entering the step), an input or a param, built by ir_grad as
+ * ordinary nodes. M must name one of those: a let-bound value would be one
+ * node among equal ones (nodes are shared), so what "holding the rest
+ * fixed" means would depend on how the step was written. */
+static int lower_grad(Lower *L, const Builtin *b, const CallArgs *c, Tuple *out) {
+  (void)b;
+  const AstExpr *m = c->pos[1];
+  IrRef loss = lower_expr(L, c->pos[0]);
+  if (m->kind != AST_NAME || m->primed) {
+    diag_error(L->de, sema_expr_start(m),
+               "grad differentiates with respect to a state, an input or a param: name one");
+    return one(L, out, REF_ERROR);
+  }
+  IrRef wrt = lower_expr(L, m);
+  if (loss < 0 || wrt < 0) return one(L, out, REF_ERROR);
+  IrOp op = L->f->nodes.v[wrt].op;
+  const char *name = sema_path_str(L->a, &m->path);
+  if (!name) {
+    sema_oom(L->S);
+    return one(L, out, REF_ERROR);
+  }
+  if (op != IR_STATE && op != IR_INPUT && op != IR_PARAM) {
+    diag_error(L->de, m->loc,
+               "grad differentiates with respect to a state, an input or a param, and '%s' is a "
+               "computed value",
+               name);
+    return one(L, out, REF_ERROR);
+  }
+  IrRef r = ir_grad(L->f, L->a, loss, wrt, name, c->call->loc, L->de);
+  return one(L, out, r == IR_NONE ? REF_ERROR : r);
+}
+
 /* eye(n): the n x n identity, n a dim expression. */
 static int lower_eye(Lower *L, const Builtin *b, const CallArgs *c, Tuple *out) {
   IrNode attrs = {0};
@@ -770,6 +803,7 @@ static const Builtin builtins[] = {
     {"eye", 1, 1, 0, IR_EYE, 0, lower_eye},
     {"inv", 1, 1, 0, IR_INV, 0, lower_unary_fn},
     {"expm", 1, 1, 0, IR_EXPM, 0, lower_unary_fn},
+    {"grad", 2, 2, 0, IR_CONST, 0, lower_grad},
 };
 #define NBUILTINS ((int)(sizeof builtins / sizeof builtins[0]))
 

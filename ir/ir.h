@@ -307,6 +307,17 @@ IrRef ir_emit(IrFunc *f, Arena *a, const IrNode *proto, int nargs, const IrRef *
 int ir_infer_type(const IrFunc *f, Arena *a, const IrNode *proto, int nargs, const IrRef *args,
                   IrType *out, char *msg, size_t msglen);
 
+/* ---- Derivatives (grad.c) ---------------------------------------------- */
+
+/* d loss / d wrt, built into f as ordinary nodes (reverse mode): loss a real
+ * scalar node, wrt an earlier real node (the frontend passes a leaf: a
+ * state, an input or a param), `name` its name in messages. Every node built
+ * carries loc. IR_NONE after a diagnostic where loss does not depend on wrt,
+ * or an op on a path between them has no rule (at that op, with a note at
+ * loc). */
+IrRef ir_grad(IrFunc *f, Arena *a, IrRef loss, IrRef wrt, const char *name, SrcLoc loc,
+              DiagEngine *de);
+
 /* ---- Printing and checking --------------------------------------------- */
 
 /* Stable text form (seqc --emit=ir). */

@@ -2206,9 +2206,9 @@ static void classify_nonlinear_group(const Ctx *c, RecState *st, int gi, int gsi
       rs->reason = coupling_words(c, gi, i, w);
       rs->reason_loc = f->nodes.v[f->states.v[i].next].loc;
     }
-    if (!same) {
-      rs->jacobian = REC_JAC_DENSE;
-      rs->jacobian_reason = "coupled states of different shapes";
+    if (!same) { /* newton.c solves states of one shape */
+      rs->jacobian = REC_JAC_NONE;
+      rs->jacobian_reason = "no Newton form: coupled states of different shapes";
     } else if (dense_at != IR_NONE) {
       rs->jacobian = REC_JAC_DENSE;
       rs->jacobian_reason = dense_jacobian_words(c, dense_at, w);
@@ -2467,9 +2467,11 @@ void classify_print_report(FILE *out, const IrModule *m, const ClassifyResult *r
       if (rs->strategy == REC_STRAT_SCAN_BLOCK)
         fprintf(out, "    strategy: associative scan with %dx%d blocks of diagonals", rs->block,
                 rs->block);
+      else if (rs->strategy == REC_STRAT_NEWTON && rs->jacobian == REC_JAC_NONE)
+        fprintf(out, "    strategy: sequential (%s)", rs->jacobian_reason);
       else
         fprintf(out, "    strategy: %s", classify_strategy_name(rs->strategy));
-      if (rs->strategy == REC_STRAT_NEWTON) {
+      if (rs->strategy == REC_STRAT_NEWTON && rs->jacobian != REC_JAC_NONE) {
         fprintf(out, ", jacobian %s", jacobian_name(rs->jacobian));
         if (rs->jacobian == REC_JAC_BLOCK_DIAG) fprintf(out, " %dx%d", rs->block, rs->block);
         fprintf(out, " (%s); fallback sequential", rs->jacobian_reason);

@@ -134,3 +134,43 @@ def test_weights_are_shared_not_copied():
     with torch.no_grad():
         ref.bias_ih_l0.add_(0.5)  # in place, as an optimizer step
         close(m(x), ref(x)[0])
+
+
+def test_titans_memory_against_torch_autograd():
+    """stdlib/titans.seq (an MLP memory taking a gradient step per token,
+    the gradient derived by seqc) against the same recurrence in float64
+    torch, the inner gradient from torch.autograd.grad."""
+    torch.manual_seed(3)
+    I, D, Dh, B, T = 6, 4, 5, 2, 11
+    w = {"W_q": torch.randn(D, I) / I ** 0.5, "W_k": torch.randn(D, I) / I ** 0.5,
+         "W_v": torch.randn(D, I) / I ** 0.5, "w_alpha": 0.3 * torch.randn(I),
+         "w_eta": 0.3 * torch.randn(I), "w_theta": 0.3 * torch.randn(I),
+         "W1_0": torch.randn(Dh, D) / D ** 0.5, "W2_0": torch.randn(D, Dh) / Dh ** 0.5}
+    m = seqc.compile(ROOT / "stdlib/titans.seq", weights=w)
+    x = torch.randn(B, T, I)
+    y, st = m(x, return_state=True)
+
+    p = {k: v.double() for k, v in w.items()}
+    F = torch.nn.functional
+
+    def l2(t):
+        return t / torch.sqrt((t * t).sum() + 1e-6)
+
+    ys = torch.zeros(B, T, D, dtype=torch.float64)
+    for b in range(B):
+        W1, W2 = p["W1_0"].clone(), p["W2_0"].clone()
+        S1, S2 = torch.zeros_like(W1), torch.zeros_like(W2)
+        for t in range(T):
+            xt = x[b, t].double()
+            q, k = l2(F.silu(p["W_q"] @ xt)), l2(F.silu(p["W_k"] @ xt))
+            v = F.silu(p["W_v"] @ xt)
+            alpha, eta, theta = (torch.sigmoid(p[n] @ xt) for n in ("w_alpha", "w_eta", "w_theta"))
+            A, Bm = W1.clone().requires_grad_(), W2.clone().requires_grad_()
+            loss = ((Bm @ F.silu(A @ k) - v) ** 2).sum()
+            g1, g2 = torch.autograd.grad(loss, (A, Bm))
+            S1, S2 = eta * S1 - theta * g1, eta * S2 - theta * g2
+            W1, W2 = (1 - alpha) * W1 + S1, (1 - alpha) * W2 + S2
+            ys[b, t] = W2 @ F.silu(W1 @ q)
+        close(st["W1"][b], W1.float(), 1e-5)
+        close(st["S2"][b], S2.float(), 1e-5)
+    close(y, ys.float(), 1e-5)

@@ -271,6 +271,14 @@ def w_rwkv7(rng, C=4, D_w=3, D_a=2, D_g=3):
     return p
 
 
+def w_titans(rng, I=5, D=3, Dh=4):
+    # rates kept moderate (alpha, eta, theta near 0.5) and the initial
+    # memory O(1), so each step's gradient moves the memory visibly.
+    return {"W_q": lin(rng, D, I), "W_k": lin(rng, D, I), "W_v": lin(rng, D, I),
+            "w_alpha": rng.normal(0, 0.3, I), "w_eta": rng.normal(0, 0.3, I),
+            "w_theta": rng.normal(0, 0.3, I), "W1_0": lin(rng, Dh, D), "W2_0": lin(rng, D, Dh)}
+
+
 def w_lm(rng, vocab=11, d_model=4, d_ff=8, dt_rank=1, n_layer=2):
     p = {"embedding.weight": rng.normal(0, 1, (vocab, d_model)),
          "norm_f.weight": 1 + rng.normal(0, 0.2, d_model),
@@ -357,6 +365,9 @@ CASES = {
                      {"c": (4,), "h": (4,)}, ["c", "h"], "5e-6", 220),
     "std_rwkv7": ("stdlib/rwkv7.seq", w_rwkv7, cells.rwkv7, (4,), {"x_prev": (4,), "S": (4, 4)},
                   ["x_prev", "S"], "1e-5", 221),
+    "std_titans": ("stdlib/titans.seq", w_titans, cells.titans, (5,),
+                   {"W1": (4, 3), "W2": (3, 4), "S1": (4, 3), "S2": (3, 4)},
+                   ["W1", "W2", "S1", "S2"], "5e-6", 229),
     "std_lm": ("examples/lm.seq", w_lm, cells.lm, None, {}, [], "5e-6", 222),
 }
 

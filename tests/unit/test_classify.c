@@ -92,6 +92,12 @@ static const Expect EXPECTED[] = {
     /* The pointer network's LSTM decoder (its attention reads h', not h). */
     {"PointerDecoder", "h", REC_NONLINEAR, ANY, REC_JAC_DENSE, NULL, 0},
     {"PointerDecoder", "c", REC_NONLINEAR, ANY, REC_JAC_DENSE, NULL, 0},
+    /* Titans: an MLP memory and its momentum, coupled through the gradient;
+     * states of two shapes, so no Newton form (REC_JAC_NONE). */
+    {"Titans", "W1", REC_NONLINEAR, ANY, REC_JAC_NONE, NULL, 0},
+    {"Titans", "W2", REC_NONLINEAR, ANY, REC_JAC_NONE, NULL, 0},
+    {"Titans", "S1", REC_NONLINEAR, ANY, REC_JAC_NONE, NULL, 0},
+    {"Titans", "S2", REC_NONLINEAR, ANY, REC_JAC_NONE, NULL, 0},
     /* ParaRNN: vector recurrent weights; ParaLSTM's [c, h] gives 2x2 blocks. */
     {"ParaGRU", "h", REC_NONLINEAR, ANY, REC_JAC_DIAG, NULL, 0},
     {"ParaLSTM", "c", REC_NONLINEAR, ANY, REC_JAC_BLOCK_DIAG, NULL, 0},

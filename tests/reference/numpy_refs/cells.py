@@ -774,3 +774,42 @@ def lm(p, x, st):
         up = rms_norm(h, p[pre + "mlp_norm.weight"]) @ p[pre + "mlp.up.weight"].T
         h = h + gelu(up) @ p[pre + "mlp.down.weight"].T
     return rms_norm(h, p["norm_f.weight"]) @ p["lm_head.weight"].T, {}
+
+
+# ------------------------------------------------------------------ Titans
+# Behrouz, Zhong & Mirrokni 2024, "Titans: Learning to Memorize at Test
+# Time", section 3.1: eqs. 10, 12, 13, 15; q, k, v as in section 4.4.
+
+
+def titans(p, x, st):
+    """The MLP memory M(k) = W2 silu(W1 k), one gradient step per token on
+    |M(k) - v|^2 with momentum S and forgetting gate alpha. The gradient is
+    derived by hand here (backpropagation through the two layers), not by
+    an autodiff system:
+        e = W2 h - v,  h = silu(a),  a = W1 k
+        dL/dW2 = 2 e h^T
+        dL/dW1 = ((W2^T 2e) * silu'(a)) k^T,  silu'(a) = s (1 + a (1 - s)), s = sigmoid(a)."""
+    W1 = np.array(st.get("W1", p["W1_0"]), dtype=float)
+    W2 = np.array(st.get("W2", p["W2_0"]), dtype=float)
+    S1 = zeros_or(st, "S1", W1.shape)
+    S2 = zeros_or(st, "S2", W2.shape)
+    ys = []
+    for xt in x:
+        q = l2normalize_fla(silu(p["W_q"] @ xt))
+        k = l2normalize_fla(silu(p["W_k"] @ xt))
+        v = silu(p["W_v"] @ xt)
+        alpha = sigmoid(p["w_alpha"] @ xt)
+        eta = sigmoid(p["w_eta"] @ xt)
+        theta = sigmoid(p["w_theta"] @ xt)
+        a = W1 @ k
+        s = sigmoid(a)
+        h = a * s
+        e = W2 @ h - v
+        g2 = np.outer(2 * e, h)
+        g1 = np.outer((W2.T @ (2 * e)) * s * (1 + a * (1 - s)), k)
+        S1 = eta * S1 - theta * g1
+        S2 = eta * S2 - theta * g2
+        W1 = (1 - alpha) * W1 + S1
+        W2 = (1 - alpha) * W2 + S2
+        ys.append(W2 @ silu(W1 @ q))
+    return np.array(ys), {"W1": W1, "W2": W2, "S1": S1, "S2": S2}
