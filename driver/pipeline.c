@@ -118,7 +118,8 @@ int pipeline_run(Pipeline *p, const PipeOptions *o) {
   if (o->goal <= PIPE_BOUND) return 0;
 
   /* 4. Choose the form of every state (the request, or the cost model at
-   *    these dims) and rewrite cells into their parallel forms. */
+   *    these dims), rewrite cells into their parallel forms, and order each
+   *    cell's nodes for fusion. */
   if (p->reached < PIPE_FORMS) {
     /* On the GPU the cost model has no numbers yet: auto is the scan form
      * (a thread per state row walking the sequence) wherever the class
@@ -134,7 +135,8 @@ int pipeline_run(Pipeline *p, const PipeOptions *o) {
         scan_module(p->arena, p->rewritten, p->classes, p->plan, &p->parallel, p->de) ||
         verify(p, p->parallel, "scan") ||
         chunk_module(p->arena, p->parallel, p->plan, &p->parallel, p->de) ||
-        verify(p, p->parallel, "chunk"))
+        verify(p, p->parallel, "chunk") ||
+        order_module(p->arena, p->parallel, &p->parallel, p->de) || verify(p, p->parallel, "order"))
       return -1;
     p->reached = PIPE_FORMS;
   }

@@ -54,9 +54,12 @@ static void forms(Arena *a, IrModule *m, DiagEngine *de, int64_t dimval) {
     if (ir_verify(par, de, "scan")) abort();
     if (chunk_module(a, par, plan, &chunked, de)) continue;
     if (ir_verify(chunked, de, "chunk")) abort();
+    IrModule *ordered;
+    if (order_module(a, chunked, &ordered, de)) continue;
+    if (ir_verify(ordered, de, "order")) abort();
     /* The schedule of the forms: refusals are diagnostics. */
     Schedule *sched;
-    (void)sched_build(a, chunked, chunked->funcs.v[chunked->entry], b.dims, "fuzz", 0, &sched, de);
+    (void)sched_build(a, ordered, ordered->funcs.v[ordered->entry], b.dims, "fuzz", 0, &sched, de);
   }
 }
 

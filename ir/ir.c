@@ -98,37 +98,23 @@ void ir_func_share_header(IrFunc *f, const IrFunc *src) {
   f->dim_quotients.cap = f->dim_quotients.n;
 }
 
-IrFunc *ir_func_prune(IrModule *m, const IrFunc *f) {
+IrFunc *ir_func_reorder(IrModule *m, const IrFunc *f, const IrRef *order, int n) {
   Arena *a = m->arena;
   IrFunc *g = ir_func_new(m, f->name, f->kind, f->loc);
-  char *live = arena_calloc(a, (size_t)f->nodes.n + 1, 1);
   IrRef *map = arena_calloc(a, (size_t)f->nodes.n + 1, sizeof *map);
-  if (!g || !live || !map) return NULL;
+  if (!g || !map) return NULL;
   ir_func_share_header(g, f);
   g->inputs = f->inputs;
   g->layers = f->layers;
   g->inputs.cap = g->inputs.n;
   g->layers.cap = g->layers.n;
-  for (int i = 0; i < f->states.n; i++) {
-    if (f->states.v[i].init >= 0) live[f->states.v[i].init] = 1;
-    if (f->states.v[i].next >= 0) live[f->states.v[i].next] = 1;
-  }
-  for (int i = 0; i < f->outputs.n; i++)
-    if (f->outputs.v[i].value >= 0) live[f->outputs.v[i].value] = 1;
-  for (IrRef r = f->nodes.n - 1; r >= 0; r--) {
-    const IrNode *n = &f->nodes.v[r];
-    if (n->op == IR_CALL) live[r] = 1;
-    if (live[r])
-      for (int j = 0; j < n->nargs; j++) live[n->args[j]] = 1;
-  }
-  for (IrRef r = 0; r < f->nodes.n; r++) {
-    map[r] = IR_NONE;
-    if (!live[r]) continue;
-    const IrNode *n = &f->nodes.v[r];
-    IrRef *args = n->nargs ? arena_calloc(a, (size_t)n->nargs, sizeof *args) : NULL;
-    if (n->nargs && !args) return NULL;
-    for (int j = 0; j < n->nargs; j++) args[j] = map[n->args[j]];
-    if ((map[r] = ir_emit(g, a, n, n->nargs, args)) == IR_NONE) return NULL;
+  for (IrRef r = 0; r < f->nodes.n; r++) map[r] = IR_NONE;
+  for (int i = 0; i < n; i++) {
+    const IrNode *nd = &f->nodes.v[order[i]];
+    IrRef *args = nd->nargs ? arena_calloc(a, (size_t)nd->nargs, sizeof *args) : NULL;
+    if (nd->nargs && !args) return NULL;
+    for (int j = 0; j < nd->nargs; j++) args[j] = map[nd->args[j]];
+    if ((map[order[i]] = ir_emit(g, a, nd, nd->nargs, args)) == IR_NONE) return NULL;
   }
   for (int i = 0; i < f->states.n; i++) {
     IrState s = f->states.v[i];
@@ -142,6 +128,29 @@ IrFunc *ir_func_prune(IrModule *m, const IrFunc *f) {
     if (vec_push(a, &g->outputs, o)) return NULL;
   }
   return g;
+}
+
+IrFunc *ir_func_prune(IrModule *m, const IrFunc *f) {
+  Arena *a = m->arena;
+  char *live = arena_calloc(a, (size_t)f->nodes.n + 1, 1);
+  IrRef *order = arena_calloc(a, (size_t)f->nodes.n + 1, sizeof *order);
+  if (!live || !order) return NULL;
+  for (int i = 0; i < f->states.n; i++) {
+    if (f->states.v[i].init >= 0) live[f->states.v[i].init] = 1;
+    if (f->states.v[i].next >= 0) live[f->states.v[i].next] = 1;
+  }
+  for (int i = 0; i < f->outputs.n; i++)
+    if (f->outputs.v[i].value >= 0) live[f->outputs.v[i].value] = 1;
+  for (IrRef r = f->nodes.n - 1; r >= 0; r--) {
+    const IrNode *n = &f->nodes.v[r];
+    if (n->op == IR_CALL) live[r] = 1;
+    if (live[r])
+      for (int j = 0; j < n->nargs; j++) live[n->args[j]] = 1;
+  }
+  int n = 0;
+  for (IrRef r = 0; r < f->nodes.n; r++)
+    if (live[r]) order[n++] = r;
+  return ir_func_reorder(m, f, order, n);
 }
 
 /* ---- Hash-consing ------------------------------------------------------------ */

@@ -279,13 +279,17 @@ typedef struct IrModule {
 IrModule *ir_module_new(Arena *a);
 IrFunc *ir_func_new(IrModule *m, const char *name, IrFuncKind kind, SrcLoc loc);
 int ir_func_index(const IrModule *m, const char *name); /* -1 if absent */
-/* A copy of f in m with only its live nodes (those the outputs, the states'
- * initial and next values and the layer calls read), in the same order;
- * the signature is shared with f. NULL when memory runs out. */
 /* f takes src's doc, dims (with their defaults and pins) and params, shared
  * (never grown in place): a function derived from src. */
 void ir_func_share_header(IrFunc *f, const IrFunc *src);
+/* A copy of f in m with only its live nodes (those the outputs, the states'
+ * initial and next values and the layer calls read), in the same order;
+ * the signature is shared with f. NULL when memory runs out. */
 IrFunc *ir_func_prune(IrModule *m, const IrFunc *f);
+/* A copy of f in m with the nodes order[0..n) (a topological order of the
+ * nodes kept, which must hold every node they, the states and the outputs
+ * read) in that order. NULL when memory runs out. */
+IrFunc *ir_func_reorder(IrModule *m, const IrFunc *f, const IrRef *order, int n);
 
 /* Copies dims into the arena. A rank outside [0, SEQ_MAX_RANK] or a failed
  * allocation gives a type of rank -1 (never equal to a valid type). */

@@ -455,4 +455,11 @@ int chunk_func(Arena *a, const IrFunc *f, const char *chunked, IrFunc **out, con
 int chunk_module(Arena *a, const IrModule *m, const StrategyPlan *plan, IrModule **out,
                  DiagEngine *de);
 
+/* ---- order.c: the order of a cell's nodes, for fusion -------------------- */
+
+/* A copy of m with every cell's nodes in an order that puts the elementwise
+ * work of one size together (order.c says which); function i of m is
+ * function i of *out, the same computation. */
+int order_module(Arena *a, const IrModule *m, IrModule **out, DiagEngine *de);
+
 #endif
