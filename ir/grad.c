@@ -393,8 +393,17 @@ static int backward(Grad *g, IrRef y, IrRef gy) {
     if (nd.op == IR_LAYERNORM && on_path(g, x[2])) acc(g, x[2], unbroadcast(g, gy, ty(g, x[2])));
     break;
   }
-  case IR_GELU:
-    return refuse(g, &nd, "no derivative rule yet (its tanh approximation, written out, has one)");
+  case IR_GELU: { /* Phi(x) + x phi(x); Phi(x) = gelu(x) / x, guarded at x == 0 as (0 + 1/2) / (0 +
+                     1) */
+    IrRef zero = cst(g, 0.0);
+    IrRef z = bin(g, IR_MUL, bin(g, IR_LE, x[0], zero), bin(g, IR_LE, zero, x[0]));
+    IrRef Phi =
+        bin(g, IR_DIV, bin(g, IR_ADD, y, bin(g, IR_MUL, cst(g, 0.5), z)), bin(g, IR_ADD, x[0], z));
+    IrRef e = un(g, IR_EXP, bin(g, IR_MUL, cst(g, -0.5), bin(g, IR_MUL, x[0], x[0])));
+    IrRef phi = bin(g, IR_MUL, cst(g, 0.39894228040143267794), e); /* 1/sqrt(2 pi) */
+    acc(g, x[0], bin(g, IR_MUL, gy, bin(g, IR_ADD, Phi, bin(g, IR_MUL, x[0], phi))));
+    break;
+  }
   case IR_GATHER:
     return refuse(g, &nd, "an embedding lookup has no derivative rule");
   case IR_EXPM:

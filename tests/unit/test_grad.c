@@ -131,8 +131,9 @@ static void test_finite_differences(void **state) {
 }
 
 /* At x = 0 the Kinks cell's slopes are PyTorch's: relu and abs 0, half of
- * max(x, 0) and of min(x, 0), and max(x) split among the N tied elements
- * (the loss sums it N times, so 16 N / N): 0 + 0 + 4/2 + 8/2 + 16. */
+ * max(x, 0) and of min(x, 0), max(x) split among the N tied elements (the
+ * loss sums it N times, so 16 N / N), and gelu's 1/2 (its guarded
+ * quotient): 0 + 0 + 4/2 + 8/2 + 16 + 32/2. */
 static void test_kinks(void **state) {
   (void)state;
   Arena *a = arena_create();
@@ -152,7 +153,7 @@ static void test_kinks(void **state) {
   RtTensor x = tensor(&b, m->funcs.v[fi]->inputs.v[0].type, 2, 0, 0), outs[2];
   run(&b, &x, NULL, outs, &de);
   for (int64_t j = 0; j < rt_numel(&outs[1]); j++)
-    assert_float_equal(dat(&outs[1])[j], 2.0 + 4.0 + 16.0, 1e-12);
+    assert_float_equal(dat(&outs[1])[j], 2.0 + 4.0 + 16.0 + 16.0, 1e-12);
   rt_tensor_free(&x);
   rt_tensor_free(&outs[0]);
   rt_tensor_free(&outs[1]);
