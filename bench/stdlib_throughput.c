@@ -44,6 +44,7 @@ static const Bench benches[] = {
     {"stdlib/paragru.seq", "I=256,H=256"},
     {"stdlib/paralstm.seq", "I=256,H=256"},
     {"stdlib/rwkv7.seq", "C=256,D_w=64,D_a=64,D_g=128"},
+    {"stdlib/titans.seq", "I=256,D=64,Dh=128"},
 };
 
 enum { B = 8, T = 1024, RUNS = 5 };
