@@ -233,6 +233,11 @@ static void print_unit(FILE *out, const AstUnit *u) {
   }
   indent(out, 1);
   fputs(u->kind == AST_CELL ? "(step" : "(forward", out);
+  if (u->grid) {
+    fputs(" (grid ", out);
+    print_expr(out, u->grid);
+    fputc(')', out);
+  }
   print_stmts(out, u->nbody, u->body, 2);
   fputs("))\n", out);
 }

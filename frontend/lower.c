@@ -199,6 +199,14 @@ static IrRef not_in_init(Lower *L, SrcLoc loc, const char *name, const char *kin
   return REF_ERROR;
 }
 
+/* Position grid_j of a grid cell's row value r ([Y, ...] -> [...]). */
+static IrRef grid_at(Lower *L, IrRef r, SrcLoc loc) {
+  IrNode attrs = {0};
+  attrs.axis = 0;
+  attrs.start = dim_const(L->grid_j);
+  return emit(L, IR_INDEX, loc, 1, &r, &attrs, NULL);
+}
+
 /* name = path ["'"]. Lookup order: let-bound locals, states, inputs, params
  * (a dotted path is one param name), then dims (a real scalar). */
 static IrRef lower_name(Lower *L, const AstExpr *e) {
@@ -247,6 +255,13 @@ static IrRef lower_name(Lower *L, const AstExpr *e) {
   switch (kind) {
   case DECL_STATE:
     if (L->mode == MODE_INIT) return not_in_init(L, e->loc, name, "a state");
+    if (L->grid) {
+      diag_error(L->de, e->loc,
+                 "a grid cell's step reads state '%s' at a neighbour: up(%s) (the position above) "
+                 "or left(%s) (the position before)",
+                 name, name, name);
+      return REF_ERROR;
+    }
     return L->states.v[i].bad ? REF_ERROR : state_ref(L, i);
   case DECL_INPUT:
     if (L->mode == MODE_INIT) return not_in_init(L, e->loc, name, "an input");
@@ -256,7 +271,10 @@ static IrRef lower_name(Lower *L, const AstExpr *e) {
                  name);
       return REF_ERROR;
     }
-    return L->bad_inputs.v[i] ? REF_ERROR : emit_leaf(L, IR_INPUT, i, e->loc);
+    if (L->bad_inputs.v[i]) return REF_ERROR;
+    if (L->grid && !L->f->inputs.v[i].context) /* this position of the row */
+      return grid_at(L, emit_leaf(L, IR_INPUT, i, e->loc), e->loc);
+    return emit_leaf(L, IR_INPUT, i, e->loc);
   case DECL_PARAM:
     return L->bad_params.v[i] ? REF_ERROR : emit_leaf(L, IR_PARAM, i, e->loc);
   case DECL_OUTPUT:
@@ -559,6 +577,10 @@ static int lower_causal_conv(Lower *L, const Builtin *bi, const CallArgs *c, Tup
     diag_error(L->de, loc, "causal_conv cannot be used in a state's initial value");
     return one(L, out, REF_ERROR);
   }
+  if (L->grid) {
+    diag_error(L->de, loc, "causal_conv runs along a sequence, not in a grid cell's step");
+    return one(L, out, REF_ERROR);
+  }
   /* The op's own type rule checks the shapes in both cases. */
   IrNode check = {0};
   check.op = IR_CAUSAL_CONV;
@@ -740,6 +762,36 @@ static int lower_grad(Lower *L, const Builtin *b, const CallArgs *c, Tuple *out)
   return one(L, out, r == IR_NONE ? REF_ERROR : r);
 }
 
+/* up(h), left(h): in a grid cell's step, state h at the position above
+ * (the previous row's value, the state entering the step) or at the one
+ * before in the row (its value there, h's initial value at the row's
+ * start). */
+static int lower_grid_read(Lower *L, const Builtin *b, const CallArgs *c, Tuple *out) {
+  const AstExpr *e = c->pos[0];
+  int up = strcmp(b->name, "up") == 0, i;
+  if (!L->grid) {
+    diag_error(L->de, c->call->loc, "%s() reads a neighbour's state, in a grid cell's step only",
+               b->name);
+    return one(L, out, REF_ERROR);
+  }
+  const char *name = e->kind == AST_NAME && !e->primed ? sema_path_str(L->a, &e->path) : NULL;
+  if (!name || sema_find_decl(L, name, &i) != DECL_STATE ||
+      (e->path.nparts == 1 && find_binding(L, name))) {
+    diag_error(L->de, sema_expr_start(e), "%s() takes a state's name", b->name);
+    return one(L, out, REF_ERROR);
+  }
+  if (L->states.v[i].bad) return one(L, out, REF_ERROR);
+  if (up) return one(L, out, grid_at(L, state_ref(L, i), c->call->loc));
+  if (L->grid_j == 0) return one(L, out, L->grid_border[i]);
+  if (L->grid_left[i] == IR_NONE) {
+    diag_error(L->de, c->call->loc,
+               "left(%s) reads %s' at the position before, and the step never assigns %s'", name,
+               name, name);
+    return one(L, out, REF_ERROR);
+  }
+  return one(L, out, L->grid_left[i]);
+}
+
 /* eye(n): the n x n identity, n a dim expression. */
 static int lower_eye(Lower *L, const Builtin *b, const CallArgs *c, Tuple *out) {
   IrNode attrs = {0};
@@ -804,6 +856,8 @@ static const Builtin builtins[] = {
     {"inv", 1, 1, 0, IR_INV, 0, lower_unary_fn},
     {"expm", 1, 1, 0, IR_EXPM, 0, lower_unary_fn},
     {"grad", 2, 2, 0, IR_CONST, 0, lower_grad},
+    {"up", 1, 1, 0, IR_INDEX, 0, lower_grid_read},
+    {"left", 1, 1, 0, IR_INDEX, 0, lower_grid_read},
 };
 #define NBUILTINS ((int)(sizeof builtins / sizeof builtins[0]))
 
@@ -1572,9 +1626,10 @@ static void lower_assign(Lower *L, const AstStmt *s) {
       return;
     }
     if (slot->bad) v = REF_ERROR; /* its type was already reported */
-    if (v >= 0 && !ir_type_eq(type_of(L, v), st->type)) {
+    IrType want = L->grid ? sema_grid_pos_type(st->type) : st->type;
+    if (v >= 0 && !ir_type_eq(type_of(L, v), want)) {
       diag_error(L->de, sema_expr_start(s->value), "%s' has shape %s but state '%s' is declared %s",
-                 name, sema_type_str(L, type_of(L, v)), name, sema_type_str(L, st->type));
+                 name, sema_type_str(L, type_of(L, v)), name, sema_type_str(L, want));
       v = REF_ERROR;
     }
     slot->next = v;
@@ -1609,9 +1664,10 @@ static void lower_assign(Lower *L, const AstStmt *s) {
     slot->assigned = 1;
     slot->assigned_at = t->loc;
     if (slot->bad) return; /* its type was already reported */
-    if (v >= 0 && !ir_type_eq(type_of(L, v), o->type)) {
+    IrType want = L->grid ? sema_grid_pos_type(o->type) : o->type;
+    if (v >= 0 && !ir_type_eq(type_of(L, v), want)) {
       diag_error(L->de, sema_expr_start(s->value), "%s has shape %s but output '%s' is declared %s",
-                 name, sema_type_str(L, type_of(L, v)), name, sema_type_str(L, o->type));
+                 name, sema_type_str(L, type_of(L, v)), name, sema_type_str(L, want));
       return;
     }
     if (v >= 0) L->f->outputs.v[i].value = v;
@@ -1741,11 +1797,87 @@ static void lower_stmt(Lower *L, const AstStmt *s) {
 /* Lowers the step or forward block, then settles what it must define:
  * states never assigned carry over (next = the state itself), and every
  * output must have been assigned. */
-void lower_body(Lower *L) {
-  for (int i = 0; i < L->unit->nbody; i++) {
-    if (L->S->oom) return;
-    if (L->unit->body[i]) lower_stmt(L, L->unit->body[i]);
+/* Values vs[0..n) of one position each, [...], as the row [n, ...]. */
+static IrRef grid_row(Lower *L, const IrRef *vs, int64_t n, IrType row, SrcLoc loc) {
+  IrRef *parts = arena_calloc(L->a, (size_t)n, sizeof *parts);
+  if (!parts) {
+    sema_oom(L->S);
+    return REF_ERROR;
   }
+  DimExpr dims[SEQ_MAX_RANK];
+  memcpy(dims, row.dims, (size_t)row.rank * sizeof *dims);
+  dims[0] = dim_const(1);
+  IrType unit = ir_type(L->a, row.elem, row.rank, dims);
+  for (int64_t j = 0; j < n; j++) {
+    if (vs[j] < 0) return REF_ERROR;
+    parts[j] = emit_to_type(L, IR_RESHAPE, loc, vs[j], unit);
+  }
+  IrRef r = n == 1 ? parts[0] : emit_axis(L, IR_CONCAT, loc, (int)n, parts, 0);
+  /* The concatenation's length is the sum n * 1; the row's is Y. */
+  return r >= 0 && !ir_type_eq(type_of(L, r), row) ? emit_to_type(L, IR_RESHAPE, loc, r, row) : r;
+}
+
+/* A grid cell's step: the body lowered once per position j of the row, its
+ * states' and outputs' values there gathered into rows. */
+static void lower_grid_body(Lower *L) {
+  int ns = L->states.n, no = L->outputs.n;
+  int64_t Y = L->grid;
+  IrRef *vals = arena_calloc(L->a, (size_t)((ns + no) * Y) + 1, sizeof *vals);
+  char *assigned = arena_calloc(L->a, (size_t)ns + 1, 1);
+  if (!vals || !assigned) {
+    sema_oom(L->S);
+    return;
+  }
+  for (int64_t j = 0; j < Y; j++) {
+    int mark = L->env.n, errors = L->de->nerrors;
+    L->grid_j = j;
+    L->unrolled += L->unit->nbody;
+    if (L->unrolled > MAX_UNROLLED_STMTS) {
+      diag_error(L->de, L->unit->body_loc,
+                 "the grid's row of %lld positions unrolls this step to more than %d statements",
+                 (long long)Y, MAX_UNROLLED_STMTS);
+      return;
+    }
+    for (int i = 0; i < ns; i++) L->states.v[i].next = IR_NONE;
+    for (int i = 0; i < no; i++) L->outputs.v[i].assigned = 0;
+    for (int i = 0; i < L->unit->nbody; i++) {
+      if (L->S->oom) return;
+      if (L->unit->body[i]) lower_stmt(L, L->unit->body[i]);
+    }
+    L->env.n = mark;
+    for (int i = 0; i < ns; i++) {
+      IrRef v = L->states.v[i].next;
+      vals[i * Y + j] = v;
+      L->grid_left[i] = v;
+      assigned[i] |= v != IR_NONE;
+    }
+    for (int i = 0; i < no; i++)
+      vals[(ns + i) * Y + j] = L->outputs.v[i].assigned ? L->f->outputs.v[i].value : REF_ERROR;
+    if (L->de->nerrors > errors) return; /* the same mistake at every position */
+  }
+  for (int i = 0; i < ns; i++) {
+    IrRef r = !assigned[i] ? state_ref(L, i)
+                           : grid_row(L, vals + i * Y, Y, L->f->states.v[i].type,
+                                      L->states.v[i].assigned_at);
+    L->states.v[i].next = r;
+    if (r >= 0) L->f->states.v[i].next = r;
+  }
+  for (int i = 0; i < no; i++) {
+    if (!L->outputs.v[i].assigned) continue;
+    IrRef r =
+        grid_row(L, vals + (ns + i) * Y, Y, L->f->outputs.v[i].type, L->outputs.v[i].assigned_at);
+    L->f->outputs.v[i].value = r >= 0 ? r : IR_NONE;
+  }
+}
+
+void lower_body(Lower *L) {
+  if (L->grid)
+    lower_grid_body(L);
+  else
+    for (int i = 0; i < L->unit->nbody; i++) {
+      if (L->S->oom) return;
+      if (L->unit->body[i]) lower_stmt(L, L->unit->body[i]);
+    }
   for (int i = 0; i < L->states.n; i++) {
     if (L->states.v[i].next == IR_NONE) {
       IrRef r = state_ref(L, i);

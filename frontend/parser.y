@@ -259,6 +259,22 @@ unit:
                        $$->kind == AST_CELL ? "cell" : "model",
                        $$->kind == AST_CELL ? "step" : "forward");
   }
+  /* A grid cell: step grid(Y) { ... } runs once per position of a grid of
+   * rows of Y positions (docs/language.md, "Grids"). */
+| unit_head '{' decls STEP IDENT '(' expr ')' block nls_opt '}' {
+    $$ = $1;
+    $$->ndecls = $3->n;
+    $$->decls = $3->v;
+    $$->nbody = $9->n;
+    $$->body = $9->v;
+    $$->body_loc = LOC(@4);
+    $$->grid = $7;
+    if (strcmp($5, "grid") != 0)
+      ast_syntax_error(P, LOC(@5), "a step takes no arguments; 'step grid(Y) { ... }' is a grid "
+                       "cell's step");
+    else if ($$->kind != AST_CELL)
+      ast_syntax_error(P, LOC(@4), "the body of a model is written 'forward { ... }'");
+  }
   /* Declarations and no body: say what is missing rather than "unexpected '}'". */
 | unit_head '{' decls '}' {
     $$ = $1;

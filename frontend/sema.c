@@ -530,6 +530,24 @@ static void declare_decls(Lower *L) {
       t = ir_scalar(IR_REAL);
       bad = 1;
     }
+    /* A grid cell's per-step values are rows of Y positions. */
+    if (L->grid &&
+        (d->kind == AST_STATE || d->kind == AST_OUTPUT || (d->kind == AST_INPUT && !d->context))) {
+      DimExpr dims[SEQ_MAX_RANK];
+      if (t.rank + 1 > SEQ_MAX_RANK) {
+        diag_error(L->de, d->type.loc, "a grid cell's values have at most %d dimensions",
+                   SEQ_MAX_RANK - 1);
+        t = ir_scalar(IR_REAL);
+        bad = 1;
+      }
+      dims[0] = L->grid_dim;
+      for (int k = 0; k < t.rank; k++) dims[k + 1] = t.dims[k];
+      t = ir_type(L->a, t.elem, t.rank + 1, dims);
+      if (t.elem == IR_INT && !bad) {
+        diag_error(L->de, d->type.loc, "a grid cell takes no int tokens");
+        bad = 1;
+      }
+    }
     int err = 0;
     switch (d->kind) {
     case AST_PARAM: {
@@ -589,9 +607,35 @@ static void lower_state_inits(Lower *L) {
       v = lower_const(L, 0.0, at);
     }
     char *what = arena_printf(L->a, "the initial value of state '%s'", name);
-    L->f->states.v[si].init =
-        lower_broadcast_to(L, v, L->f->states.v[si].type, at, what ? what : "");
+    IrType t = L->f->states.v[si].type;
+    if (L->grid) { /* one position's value: the left border; the row of them */
+      v = lower_broadcast_to(L, v, sema_grid_pos_type(t), at, what ? what : "");
+      L->grid_border[si] = v;
+    }
+    L->f->states.v[si].init = lower_broadcast_to(L, v, t, at, what ? what : "");
   }
+}
+
+IrType sema_grid_pos_type(IrType t) {
+  IrType p = t;
+  if (t.rank > 0) {
+    p.rank = t.rank - 1;
+    p.dims = t.rank > 1 ? t.dims + 1 : NULL;
+  }
+  return p;
+}
+
+/* step grid(Y): Y must be known when compiling (the step is lowered once per
+ * position of a row). */
+static void declare_grid(Lower *L) {
+  const AstExpr *g = L->unit->grid;
+  if (!g) return;
+  int64_t y;
+  if (sema_known_value(L, g, "a grid's row length", 1, SEQ_MAX_DIM_VALUE, &y)) return;
+  /* Its value, fixed now: the row is Y values gathered one by one. */
+  L->grid_dim = dim_const(y);
+  L->grid = y;
+  L->f->grid = y;
 }
 
 /* ---- Layers --------------------------------------------------------------------- */
@@ -987,7 +1031,21 @@ static void lower_unit(Sema *S, int ui) {
   L.unit_index = ui;
   L.mode = u->kind == AST_CELL ? MODE_STEP : MODE_FORWARD;
   declare_dims(&L);
+  declare_grid(&L);
+  if (u->grid && !L.grid) { /* its row length was reported: one mistake, one diagnostic */
+    su->failed = 1;
+    return;
+  }
   declare_decls(&L);
+  if (L.grid) {
+    L.grid_left = arena_calloc(L.a, (size_t)L.states.n + 1, sizeof *L.grid_left);
+    L.grid_border = arena_calloc(L.a, (size_t)L.states.n + 1, sizeof *L.grid_border);
+    if (!L.grid_left || !L.grid_border) {
+      sema_oom(S);
+      return;
+    }
+    for (int i = 0; i < L.states.n; i++) L.grid_left[i] = L.grid_border[i] = REF_ERROR;
+  }
   lower_state_inits(&L);
   lower_body(&L);
   /* Layers never called still need complete bindings: all fresh. */

@@ -122,6 +122,16 @@ typedef struct Lower {
   int fn_toplevel;    /* the innermost def is a top-level one: the unit's names are hidden */
   int ninlined;       /* def calls inlined in this unit (bounded) */
   int int_context_ok; /* lowering a layer call's lengths=: an int context may be read */
+  /* A grid cell (step grid(Y)): Y, the position j of the row being lowered
+   * (the step is lowered once per position), and per state its value at
+   * position j - 1 (what left(h) reads) and its initial value at one
+   * position (left(h) at j = 0). Inputs, states and outputs are declared
+   * per position and typed [Y, ...] in the IR (sema_grid_pos_type). */
+  int64_t grid;
+  DimExpr grid_dim;
+  int64_t grid_j;
+  IrRef *grid_left;
+  IrRef *grid_border;
 } Lower;
 
 /* import.c: loads the main file and, transitively, its imports; collects the
@@ -142,6 +152,9 @@ int sema_find_decl(const Lower *L, const char *name, int *index);
 char *sema_path_str(Arena *a, const AstPath *p);
 SrcLoc sema_expr_start(const AstExpr *e);
 int sema_finalize_layer(Lower *L, int layer, const IrRef *args, int nargs);
+
+/* In a grid cell, the per-position type of a value the IR types [Y, ...]. */
+IrType sema_grid_pos_type(IrType t);
 
 /* lower.c */
 int lower_is_builtin(const char *name);

@@ -85,6 +85,7 @@ int ir_func_index(const IrModule *m, const char *name) {
 
 void ir_func_share_header(IrFunc *f, const IrFunc *src) {
   f->doc = src->doc;
+  f->grid = src->grid;
   f->dims = src->dims;
   f->params = src->params;
   f->dim_defaults = src->dim_defaults;

@@ -266,6 +266,12 @@ typedef struct IrFunc {
   VEC(IrDimDefault) dim_defaults;   /* at most one per dim */
   VEC(IrDimPin) dim_pins;           /* may repeat a dim (always with the same value) */
   VEC(IrDimQuotient) dim_quotients; /* at most one per dim and per numerator */
+  /* A grid cell (`step grid(Y)`, docs/language.md "Grids"): the frontend
+   * wrote its step for one row of `grid` positions (each position reading
+   * the one before it in the row and the one above it in the previous row),
+   * so its inputs, states and outputs have a leading axis of that length and
+   * a time step is a row. 0 for any other function. */
+  int64_t grid;
 } IrFunc;
 
 typedef struct IrModule {
@@ -279,8 +285,8 @@ typedef struct IrModule {
 IrModule *ir_module_new(Arena *a);
 IrFunc *ir_func_new(IrModule *m, const char *name, IrFuncKind kind, SrcLoc loc);
 int ir_func_index(const IrModule *m, const char *name); /* -1 if absent */
-/* f takes src's doc, dims (with their defaults and pins) and params, shared
- * (never grown in place): a function derived from src. */
+/* f takes src's doc, dims (with their defaults and pins), params and grid,
+ * shared (never grown in place): a function derived from src. */
 void ir_func_share_header(IrFunc *f, const IrFunc *src);
 /* A copy of f in m with only its live nodes (those the outputs, the states'
  * initial and next values and the layer calls read), in the same order;

@@ -217,7 +217,9 @@ static void print_header(FILE *out, const IrModule *m, const IrFunc *f) {
       first = 0;
     }
   seq_free(names);
-  fputs(") {\n", out);
+  fputs(")", out);
+  if (f->grid) fprintf(out, " grid %lld", (long long)f->grid);
+  fputs(" {\n", out);
 }
 
 void ir_print_func(FILE *out, const IrModule *m, const IrFunc *f) {

@@ -2442,6 +2442,21 @@ void classify_print_report(FILE *out, const IrModule *m, const ClassifyResult *r
     fprintf(out, "cell %s (", f->name);
     print_loc(out, f->loc);
     fputs(")\n", out);
+    if (f->grid) {
+      /* A grid cell's IR is its row step; what that means for its forms. */
+      int linear = 1;
+      for (int i = 0; i < rf->nstates; i++) linear &= rf->states[i].cls != REC_NONLINEAR;
+      fprintf(out,
+              "  grid: rows of %lld positions, each reading the position before it and the one "
+              "above; a step is a row, its positions in order (a wavefront order). Parallel "
+              "form: the positions of an anti-diagonal are independent (the wavefront)%s; not "
+              "built: the classes below are of the row step\n",
+              (long long)f->grid,
+              linear && rf->nstates ? ", and, the grid being linear, the blocked form of 2D pLSTM "
+                                      "(block transitions merged by doubling, then a wavefront "
+                                      "over blocks)"
+                                    : "");
+    }
     if (rf->nstates == 0) fputs("  no state: every step is a map\n", out);
     for (int i = 0; i < rf->nstates; i++) {
       const RecState *rs = &rf->states[i];

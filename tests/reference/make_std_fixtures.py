@@ -279,6 +279,14 @@ def w_titans(rng, I=5, D=3, Dh=4):
             "w_theta": rng.normal(0, 0.3, I), "W1_0": lin(rng, Dh, D), "W2_0": lin(rng, D, Dh)}
 
 
+def w_plstm2d(rng, I=5, Dk=3, Dv=2):
+    w = {"W_q": lin(rng, Dk, I), "W_k": lin(rng, Dk, I), "W_v": lin(rng, Dv, I)}
+    for g in "STMDO":
+        w["w_" + g] = rng.normal(0, 0.5, I)
+        w["b_" + g] = np.array(rng.normal(0, 0.5))
+    return w
+
+
 def w_lm(rng, vocab=11, d_model=4, d_ff=8, dt_rank=1, n_layer=2):
     p = {"embedding.weight": rng.normal(0, 1, (vocab, d_model)),
          "norm_f.weight": 1 + rng.normal(0, 0.2, d_model),
@@ -368,6 +376,9 @@ CASES = {
     "std_titans": ("stdlib/titans.seq", w_titans, cells.titans, (5,),
                    {"W1": (4, 3), "W2": (3, 4), "S1": (4, 3), "S2": (3, 4)},
                    ["W1", "W2", "S1", "S2"], "5e-6", 229),
+    # A grid of rows of Y = 4 positions (x [B, rows, 4, I]); lengths count rows.
+    "std_plstm2d": ("stdlib/plstm2d.seq", w_plstm2d, cells.plstm2d, (4, 5),
+                    {"Cr": (4, 2, 3), "Cd": (4, 2, 3)}, ["Cr", "Cd"], "5e-6", 230),
     "std_lm": ("examples/lm.seq", w_lm, cells.lm, None, {}, [], "5e-6", 222),
 }
 
@@ -380,7 +391,7 @@ PENDING = {
 
 
 # --dims a case compiles with (a dim the weights cannot change: a loop's count).
-DIMS = {"std_deltaproduct_n3": "n_h=3"}
+DIMS = {"std_deltaproduct_n3": "n_h=3", "std_plstm2d": "Y=4"}
 
 
 # .seq files a case writes into its own directory (models fixing a dim the

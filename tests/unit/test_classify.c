@@ -92,6 +92,11 @@ static const Expect EXPECTED[] = {
     /* The pointer network's LSTM decoder (its attention reads h', not h). */
     {"PointerDecoder", "h", REC_NONLINEAR, ANY, REC_JAC_DENSE, NULL, 0},
     {"PointerDecoder", "c", REC_NONLINEAR, ANY, REC_JAC_DENSE, NULL, 0},
+    /* 2D pLSTM, a grid cell: its row step recomputes the row of rightward
+     * states Cr from the row above (a map given Cd); the row of downward
+     * states Cd is a linear map along the row, written as rank-one terms. */
+    {"PLSTM2D", "Cr", REC_MAP, ANY, ANY, "Cd", 0},
+    {"PLSTM2D", "Cd", REC_LIN_DPLR, ANY, ANY, NULL, 0},
     /* Titans: an MLP memory and its momentum, coupled through the gradient;
      * states of two shapes, so no Newton form (REC_JAC_NONE). */
     {"Titans", "W1", REC_NONLINEAR, ANY, REC_JAC_NONE, NULL, 0},

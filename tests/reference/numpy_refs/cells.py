@@ -813,3 +813,37 @@ def titans(p, x, st):
         W2 = (1 - alpha) * W2 + S2
         ys.append(W2 @ silu(W1 @ q))
     return np.array(ys), {"W1": W1, "W2": W2, "S1": S1, "S2": S2}
+
+
+# ------------------------------------------------------------- pLSTM 2D
+# Poeppel et al. 2025, section 4: states on the edges of a grid, P-mode
+# (an orientation gate splits each incoming state between the right and the
+# down edge), scalar gates.
+
+
+def plstm2d(p, x, st):
+    """x [X, Y, I] (rows, positions); Cr leaves a position to the right, Cd
+    downward. Position (i, j) reads Cr of (i, j-1) (0 at j = 0) and Cd of
+    (i-1, j) (the initial Cd at i = 0)."""
+    X, Y, _ = x.shape
+    Dk, Dv = p["W_q"].shape[0], p["W_v"].shape[0]
+    Cr = zeros_or(st, "Cr", (Y, Dv, Dk))
+    Cd = zeros_or(st, "Cd", (Y, Dv, Dk))
+    ys = np.zeros((X, Y, Dv))
+    for i in range(X):
+        new_r, new_d = np.empty_like(Cr), np.empty_like(Cd)
+        for j in range(Y):
+            xt = x[i, j]
+            q, k, v = p["W_q"] @ xt, p["W_k"] @ xt, p["W_v"] @ xt
+            s = sigmoid(p["w_S"] @ xt + p["b_S"])
+            t = np.tanh(p["w_T"] @ xt + p["b_T"])
+            m = sigmoid(p["w_M"] @ xt + p["b_M"])
+            d = sigmoid(p["w_D"] @ xt + p["b_D"])
+            o = sigmoid(p["w_O"] @ xt + p["b_O"])
+            left = new_r[j - 1] if j > 0 else np.zeros((Dv, Dk))
+            into = left + Cd[j]
+            ys[i, j] = (m * into @ q + d * (q @ k) * v) / math.sqrt(Dk)
+            new_r[j] = o * (t * into + s * np.outer(v, k))
+            new_d[j] = (1 - o) * (t * into + s * np.outer(v, k))
+        Cr, Cd = new_r, new_d
+    return ys, {"Cr": Cr, "Cd": Cd}
