@@ -44,7 +44,7 @@ cells=(
   "deltanet I=256,NH=4,Dk=64,Dv=64" "gated_deltanet I=256,NH=4,Dk=64,Dv=64"
   "deltaproduct I=256,Dk=64,Dv=64" "rwkv7 C=256,D_w=64,D_a=64,D_g=128"
   "plstm I=256,Dk=64,Dv=64,J=4" "gam D=256,Mem=64,K=4" "paragru I=256,H=256"
-  "paralstm I=256,H=256" "titans I=256,D=64,Dh=128"
+  "paralstm I=256,H=256" "titans I=256,D=64,Dh=128" "lightnet I=256,NH=4,Dk=64,Dv=64"
 )
 echo
 echo "FMA peak ${peak1}/${peak2} GFLOP/s, STREAM triad ${bw1}/${bw2} GB/s (1/2 threads)"

@@ -45,6 +45,7 @@ static const Bench benches[] = {
     {"stdlib/paralstm.seq", "I=256,H=256"},
     {"stdlib/rwkv7.seq", "C=256,D_w=64,D_a=64,D_g=128"},
     {"stdlib/titans.seq", "I=256,D=64,Dh=128"},
+    {"stdlib/lightnet.seq", "I=256,NH=4,Dk=64,Dv=64"},
 };
 
 enum { B = 8, T = 1024, RUNS = 5 };

@@ -287,6 +287,10 @@ def w_plstm2d(rng, I=5, Dk=3, Dv=2):
     return w
 
 
+def w_lightnet(rng, I=5, Dk=3, Dv=2):
+    return {"W_q": lin(rng, NH * Dk, I), "W_k": lin(rng, NH * Dk, I), "W_v": lin(rng, NH * Dv, I)}
+
+
 def w_lm(rng, vocab=11, d_model=4, d_ff=8, dt_rank=1, n_layer=2):
     p = {"embedding.weight": rng.normal(0, 1, (vocab, d_model)),
          "norm_f.weight": 1 + rng.normal(0, 0.2, d_model),
@@ -379,6 +383,14 @@ CASES = {
     # A grid of rows of Y = 4 positions (x [B, rows, 4, I]); lengths count rows.
     "std_plstm2d": ("stdlib/plstm2d.seq", w_plstm2d, cells.plstm2d, (4, 5),
                     {"Cr": (4, 2, 3), "Cd": (4, 2, 3)}, ["Cr", "Cd"], "5e-6", 230),
+    # The states (m, E, U) stand for the sums exp(m) E and exp(m) U: the
+    # reference turns the given ones into sums; final states are compared
+    # through y only (the same sums have many (m, E, U)).
+    "std_lightnet": ("stdlib/lightnet.seq", w_lightnet, cells.lightnet, (5,),
+                     {"m": (NH, 3), "E": lambda rng: np.abs(rng.normal(0, 1, (B, NH, 3))) + 0.1,
+                      "U": (NH, 2, 3)}, [], "5e-6", 231),
+    "std_lightnet2d": ("stdlib/lightnet2d.seq", w_lightnet, cells.lightnet2d, (4, 5), {}, [],
+                       "5e-6", 232),
     "std_lm": ("examples/lm.seq", w_lm, cells.lm, None, {}, [], "5e-6", 222),
 }
 
@@ -391,7 +403,8 @@ PENDING = {
 
 
 # --dims a case compiles with (a dim the weights cannot change: a loop's count).
-DIMS = {"std_deltaproduct_n3": "n_h=3", "std_plstm2d": "Y=4"}
+DIMS = {"std_deltaproduct_n3": "n_h=3", "std_plstm2d": "Y=4", "std_lightnet": "NH=2",
+        "std_lightnet2d": "NH=2,Y=4"}
 
 
 # .seq files a case writes into its own directory (models fixing a dim the

@@ -92,6 +92,21 @@ static const Expect EXPECTED[] = {
     /* The pointer network's LSTM decoder (its attention reads h', not h). */
     {"PointerDecoder", "h", REC_NONLINEAR, ANY, REC_JAC_DENSE, NULL, 0},
     {"PointerDecoder", "c", REC_NONLINEAR, ANY, REC_JAC_DENSE, NULL, 0},
+    /* LightNet: the running maximum of the keys is a (max, +) scan; the sums
+     * it scales are a diagonal and a matrix state with gate exp(m - m'). */
+    {"LightNet", "m", REC_MAXPLUS, ANY, ANY, NULL, 0},
+    {"LightNet", "E", REC_LIN_DIAG, ANY, ANY, "m", 0},
+    {"LightNet", "U", REC_LIN_MATRIX, REC_GATE_DIAG, ANY, "m", 0},
+    /* Its grid: the row prefixes are maps of the row step (recomputed from
+     * the left along the row); the quadrant's maximum mixes positions by
+     * max (not proved (max, +) through the row's gathering: nonlinear); its
+     * sums are linear maps along the row, written as rank-one terms. */
+    {"LightNet2D", "mr", REC_MAP, ANY, ANY, NULL, 0},
+    {"LightNet2D", "Er", REC_MAP, ANY, ANY, NULL, 0},
+    {"LightNet2D", "Rr", REC_MAP, ANY, ANY, NULL, 0},
+    {"LightNet2D", "m", REC_NONLINEAR, ANY, ANY, NULL, 0},
+    {"LightNet2D", "E", REC_LIN_DPLR, ANY, ANY, "m", 0},
+    {"LightNet2D", "U", REC_LIN_DPLR, ANY, ANY, "m", 0},
     /* 2D pLSTM, a grid cell: its row step recomputes the row of rightward
      * states Cr from the row above (a map given Cd); the row of downward
      * states Cd is a linear map along the row, written as rank-one terms. */

@@ -80,6 +80,8 @@ static const FcCase CASES[] = {
     {"stdlib/titans.seq", "I=3,D=4,Dh=5"},
     {"tests/data/models/order_nesting.seq", "N=3"},
     {"stdlib/plstm2d.seq", "I=3,Dk=4,Dv=5,Y=3"},
+    {"stdlib/lightnet.seq", "I=3,NH=2,Dk=4,Dv=5"},
+    {"stdlib/lightnet2d.seq", "I=3,NH=2,Dk=4,Dv=5,Y=3"},
     {"tests/data/models/grid.seq", "D=4"},
     /* Wide enough that a fused scan splits: a one-row state into pieces
      * (the last one short), a many-row state into blocks (likewise). */
