@@ -34,8 +34,8 @@ static IrRef emit(Lower *L, IrOp op, SrcLoc loc, int nargs, const IrRef *args, c
   proto.op = op;
   proto.loc = loc;
   char msg[512];
-  IrType t;
-  if (ir_infer_type(L->f, L->a, &proto, nargs, args, &t, msg, sizeof msg)) {
+  IrRef r = ir_emit_typed(L->f, L->a, &proto, nargs, args, msg, sizeof msg);
+  if (r == IR_NONE && msg[0]) {
     int has_int = 0;
     for (int i = 0; i < nargs; i++) has_int |= type_of(L, args[i]).elem == IR_INT;
     if (verb && nargs == 2 && !has_int)
@@ -45,8 +45,6 @@ static IrRef emit(Lower *L, IrOp op, SrcLoc loc, int nargs, const IrRef *args, c
       diag_error(L->de, loc, "%s", msg);
     return REF_ERROR;
   }
-  proto.type = t;
-  IrRef r = ir_emit(L->f, L->a, &proto, nargs, args);
   if (r == IR_NONE) {
     sema_oom(L->S);
     return REF_ERROR;

@@ -49,16 +49,12 @@ static IrRef mk(Grad *g, IrOp op, int n, const IrRef *args, const IrNode *attrs)
   proto.op = op;
   proto.loc = g->loc;
   char msg[256];
-  IrType t;
-  if (ir_infer_type(g->f, g->a, &proto, n, args, &t, msg, sizeof msg)) {
-    diag_internal(g->de, "grad", "%s", msg);
-    g->failed = 1;
-    return IR_NONE;
-  }
-  proto.type = t;
-  IrRef r = ir_emit(g->f, g->a, &proto, n, args);
+  IrRef r = ir_emit_typed(g->f, g->a, &proto, n, args, msg, sizeof msg);
   if (r == IR_NONE) {
-    diag_error(g->de, g->loc, "out of memory");
+    if (msg[0])
+      diag_internal(g->de, "grad", "%s", msg);
+    else
+      diag_error(g->de, g->loc, "out of memory");
     g->failed = 1;
   }
   return r;

@@ -99,6 +99,17 @@ void ir_func_share_header(IrFunc *f, const IrFunc *src) {
   f->dim_quotients.cap = f->dim_quotients.n;
 }
 
+IrRef ir_emit_typed(IrFunc *f, Arena *a, const IrNode *proto, int nargs, const IrRef *args,
+                    char *msg, size_t msglen) {
+  IrNode p = *proto;
+  if (msglen) msg[0] = 0;
+  if (ir_infer_type(f, a, &p, nargs, args, &p.type, msg, msglen)) {
+    if (msglen && !msg[0]) snprintf(msg, msglen, "%s does not type", ir_op_info[p.op].text);
+    return IR_NONE;
+  }
+  return ir_emit(f, a, &p, nargs, args);
+}
+
 IrFunc *ir_func_reorder(IrModule *m, const IrFunc *f, const IrRef *order, int n) {
   Arena *a = m->arena;
   IrFunc *g = ir_func_new(m, f->name, f->kind, f->loc);

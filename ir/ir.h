@@ -310,6 +310,12 @@ IrType ir_scalar(IrElem elem);
  * type is not inferred here: see ir_infer_type. */
 IrRef ir_emit(IrFunc *f, Arena *a, const IrNode *proto, int nargs, const IrRef *args);
 
+/* ir_infer_type, then ir_emit: proto's op, loc and attributes, typed by the
+ * op's rule. The node, or IR_NONE: with msg holding the rule's reason when it
+ * does not type, with msg empty when memory runs out. */
+IrRef ir_emit_typed(IrFunc *f, Arena *a, const IrNode *proto, int nargs, const IrRef *args,
+                    char *msg, size_t msglen);
+
 /* Result-type rule of every op: fills *out from the operands' types and the
  * attributes in proto. On a shape or type error returns -1 and, if msg is
  * non-NULL, writes a human-readable reason ("cannot broadcast [H] with [4*H]")

@@ -24,20 +24,14 @@ IrRef pb_node(PassBuild *b, IrOp op, int nargs, const IrRef *args, const IrNode 
   if (attrs) proto = *attrs;
   proto.op = op;
   proto.loc = loc;
-  char msg[256] = "";
-  IrType t;
-  if (ir_infer_type(b->dst, b->a, &proto, nargs, args, &t, msg, sizeof msg)) {
+  char msg[256];
+  IrRef r = ir_emit_typed(b->dst, b->a, &proto, nargs, args, msg, sizeof msg);
+  if (r == IR_NONE && msg[0])
     diag_report(b->de, DIAG_ERROR, (SrcLoc){0}, "internal error in %s: %s: %s does not type: %s",
                 b->pass, b->src->name, ir_op_info[op].text, msg);
-    b->failed = 1;
-    return IR_NONE;
-  }
-  proto.type = t;
-  IrRef r = ir_emit(b->dst, b->a, &proto, nargs, args);
-  if (r == IR_NONE) {
+  else if (r == IR_NONE)
     diag_error(b->de, b->src->loc, "out of memory rewriting %s", b->src->name);
-    b->failed = 1;
-  }
+  if (r == IR_NONE) b->failed = 1;
   return r;
 }
 

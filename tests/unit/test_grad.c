@@ -50,6 +50,22 @@ static double *dat(const RtTensor *t) {
   return (double *)t->data;
 }
 
+typedef struct Compiled {
+  Arena *a;
+  SrcMgr sm;
+  DiagEngine de;
+  IrModule *m;
+} Compiled;
+
+static void compile(Compiled *c, const char *rel) {
+  c->a = arena_create();
+  assert_non_null(c->a);
+  srcmgr_init(&c->sm, c->a);
+  diag_init(&c->de, c->a, stderr);
+  c->m = seq_compile_file(c->a, &c->sm, &c->de, tu_src(rel), NULL);
+  assert_non_null(c->m);
+}
+
 /* Runs one step; outs[0] is the loss [B], outs[1] the gradient. */
 static void run(const IrBinding *b, const RtTensor *ins, const RtTensor *s, RtTensor *outs,
                 DiagEngine *de) {
@@ -117,17 +133,11 @@ static void check_cell(Arena *a, const IrModule *m, const IrFunc *cell, DiagEngi
 
 static void test_finite_differences(void **state) {
   (void)state;
-  Arena *a = arena_create();
-  assert_non_null(a);
-  SrcMgr sm;
-  DiagEngine de;
-  srcmgr_init(&sm, a);
-  diag_init(&de, a, stderr);
-  IrModule *m = seq_compile_file(a, &sm, &de, tu_src("tests/golden/grad/ops.seq"), NULL);
-  assert_non_null(m);
-  for (int i = 0; i < m->funcs.n; i++) check_cell(a, m, m->funcs.v[i], &de);
-  assert_true(m->funcs.n >= 8);
-  arena_destroy(a);
+  Compiled c;
+  compile(&c, "tests/golden/grad/ops.seq");
+  for (int i = 0; i < c.m->funcs.n; i++) check_cell(c.a, c.m, c.m->funcs.v[i], &c.de);
+  assert_true(c.m->funcs.n >= 8);
+  arena_destroy(c.a);
 }
 
 /* At x = 0 the Kinks cell's slopes are PyTorch's: relu and abs 0, half of
@@ -136,48 +146,36 @@ static void test_finite_differences(void **state) {
  * quotient): 0 + 0 + 4/2 + 8/2 + 16 + 32/2. */
 static void test_kinks(void **state) {
   (void)state;
-  Arena *a = arena_create();
-  assert_non_null(a);
-  SrcMgr sm;
-  DiagEngine de;
-  srcmgr_init(&sm, a);
-  diag_init(&de, a, stderr);
-  IrModule *m = seq_compile_file(a, &sm, &de, tu_src("tests/golden/grad/ops.seq"), NULL);
-  assert_non_null(m);
-  int fi = ir_func_index(m, "Kinks");
+  Compiled c;
+  compile(&c, "tests/golden/grad/ops.seq");
+  int fi = ir_func_index(c.m, "Kinks");
   assert_true(fi >= 0);
   IrBinding b;
-  assert_int_equal(ir_binding_init(&b, a, m, m->funcs.v[fi], &de), 0);
-  assert_int_equal(ir_binding_set_dim(&b, "N", 4, &de), 0);
-  assert_int_equal(ir_binding_infer(&b, NULL, NULL, NULL, NULL, &de), 0);
-  RtTensor x = tensor(&b, m->funcs.v[fi]->inputs.v[0].type, 2, 0, 0), outs[2];
-  run(&b, &x, NULL, outs, &de);
+  assert_int_equal(ir_binding_init(&b, c.a, c.m, c.m->funcs.v[fi], &c.de), 0);
+  assert_int_equal(ir_binding_set_dim(&b, "N", 4, &c.de), 0);
+  assert_int_equal(ir_binding_infer(&b, NULL, NULL, NULL, NULL, &c.de), 0);
+  RtTensor x = tensor(&b, c.m->funcs.v[fi]->inputs.v[0].type, 2, 0, 0), outs[2];
+  run(&b, &x, NULL, outs, &c.de);
   for (int64_t j = 0; j < rt_numel(&outs[1]); j++)
     assert_float_equal(dat(&outs[1])[j], 2.0 + 4.0 + 16.0 + 16.0, 1e-12);
   rt_tensor_free(&x);
   rt_tensor_free(&outs[0]);
   rt_tensor_free(&outs[1]);
-  arena_destroy(a);
+  arena_destroy(c.a);
 }
 
 /* The gradient step of a linear memory's squared error is the delta rule,
  * and the classifier finds it so (chunked WY form). */
 static void test_delta_rule(void **state) {
   (void)state;
-  Arena *a = arena_create();
-  assert_non_null(a);
-  SrcMgr sm;
-  DiagEngine de;
-  srcmgr_init(&sm, a);
-  diag_init(&de, a, stderr);
-  IrModule *m = seq_compile_file(a, &sm, &de, tu_src("tests/golden/ir/grad.seq"), NULL);
-  assert_non_null(m);
+  Compiled c;
+  compile(&c, "tests/golden/ir/grad.seq");
   IrModule *rw = NULL;
   ClassifyResult *cls = NULL;
-  assert_int_equal(rewrite_module(a, m, &rw, &de), 0);
-  assert_int_equal(classify_module(a, rw, &cls, &de), 0);
+  assert_int_equal(rewrite_module(c.a, c.m, &rw, &c.de), 0);
+  assert_int_equal(classify_module(c.a, rw, &cls, &c.de), 0);
   assert_int_equal(cls->funcs[0].states[0].cls, REC_LIN_DPLR);
-  arena_destroy(a);
+  arena_destroy(c.a);
 }
 
 int main(void) {
