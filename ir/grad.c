@@ -34,7 +34,7 @@ static int on_path(const Grad *g, IrRef x) {
 }
 
 static IrType ty(const Grad *g, IrRef r) {
-  return g->f->nodes.v[r].type;
+  return r >= 0 ? g->f->nodes.v[r].type : ir_scalar(IR_REAL); /* a failed node: g->failed */
 }
 
 static IrRef mk(Grad *g, IrOp op, int n, const IrRef *args, const IrNode *attrs) {
@@ -111,12 +111,14 @@ static IrRef expand(Grad *g, IrRef r, IrType t, int axis) {
 /* The reduction over the last axis of x, kept as an axis of size 1 (so it
  * broadcasts against x). */
 static IrRef sum_last(Grad *g, IrRef x) {
+  if (x < 0) return IR_NONE;
   IrType t = ty(g, x);
   return as(g, IR_RESHAPE, along(g, IR_SUM, x, t.rank - 1),
             with_axis(g, t, t.rank - 1, dim_const(1)));
 }
 
 static IrRef mean_last(Grad *g, IrRef x) {
+  if (x < 0) return IR_NONE;
   IrType t = ty(g, x);
   IrNode attrs = {0};
   attrs.dval = t.dims[t.rank - 1];
