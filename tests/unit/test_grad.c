@@ -178,11 +178,38 @@ static void test_delta_rule(void **state) {
   arena_destroy(c.a);
 }
 
+/* Every allocation of compiling the grad and grid cells may fail: the
+ * result is NULL with an error, never a crash (ASan builds check the rest). */
+static void test_allocation_failure(void **state) {
+  (void)state;
+  const char *files[] = {"tests/golden/grad/ops.seq", "stdlib/titans.seq", "stdlib/lightnet2d.seq"};
+  for (size_t fi = 0; fi < sizeof files / sizeof files[0]; fi++) {
+    long n = 0;
+    for (;; n += n < 300 ? 1 : 97) {
+      Arena *a = arena_create();
+      assert_non_null(a);
+      SrcMgr sm;
+      DiagEngine de;
+      srcmgr_init(&sm, a);
+      diag_init(&de, a, NULL);
+      seq_alloc_fail_after(n);
+      IrModule *m = seq_compile_file(a, &sm, &de, tu_src(files[fi]), NULL);
+      seq_alloc_fail_after(-1);
+      int ok = m != NULL;
+      if (!ok) assert_true(de.nerrors > 0);
+      arena_destroy(a);
+      if (ok) break;
+    }
+    print_message("%s compiles after %ld failed allocations\n", files[fi], n);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_finite_differences),
       cmocka_unit_test(test_kinks),
       cmocka_unit_test(test_delta_rule),
+      cmocka_unit_test(test_allocation_failure),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
