@@ -2448,7 +2448,7 @@ void classify_print_report(FILE *out, const IrModule *m, const ClassifyResult *r
       for (int i = 0; i < rf->nstates; i++) linear &= rf->states[i].cls != REC_NONLINEAR;
       fprintf(out,
               "  grid: rows of %lld positions, each reading the position before it and the one "
-              "above; a step is a row, its positions in order (a wavefront order). Parallel "
+              "above; a step is a row, its positions left to right (row-major order). Parallel "
               "form: the positions of an anti-diagonal are independent (the wavefront)%s; not "
               "built: the classes below are of the row step\n",
               (long long)f->grid,
