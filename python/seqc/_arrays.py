@@ -142,5 +142,6 @@ def weight_array(v, name):
     a = np.asarray(v)
     if not np.issubdtype(a.dtype, np.floating) and not np.issubdtype(a.dtype, np.integer):
         raise TypeError(f"weight {name}: dtype {a.dtype}, expected a float array")
-    a = np.ascontiguousarray(a, dtype=np.float32)
+    # (np.ascontiguousarray would make a scalar parameter, `param b: []`, [1].)
+    a = np.asarray(a, dtype=np.float32, order="C")
     return a, a.ctypes.data, a.shape

@@ -3,6 +3,7 @@ pointers handed to C), threads on one module with the GIL released, and an
 AOT shared object through seqc.load_so."""
 import ctypes
 import subprocess
+import sys
 import threading
 import time
 
@@ -374,3 +375,26 @@ def test_context_inputs(tmp_path):
     y2, align2 = a(x, memory=mem, mask=mask)
     np.testing.assert_allclose(y2, y, atol=1e-6)
     np.testing.assert_allclose(align2, align, atol=1e-6)
+
+
+def test_grid_cell_rows_and_scalar_params():
+    """A grid cell (stdlib/plstm2d.seq) through the Python API: weights from a
+    dict of NumPy arrays, its scalar `param b_S: []` among them (kept 0-d, not
+    made [1]); inputs [B, rows, Y, I]; row-by-row steps equal the forward and
+    the PyTorch-independent fixture."""
+    sys.path.insert(0, str(ROOT / "tests/reference"))
+    from fixture_io import read_safetensors  # NumPy alone
+    d = ROOT / "tests/reference/fixtures/std_plstm2d"
+    w = {k: np.array(v) for k, v in read_safetensors(str(d / "weights.safetensors")).items()}
+    assert w["b_S"].shape == ()
+    m = seqc.compile(ROOT / "stdlib/plstm2d.seq", dims={"Y": 4}, weights=w)
+    x = np.load(d / "x.npy")
+    init = {"Cr": np.load(d / "Cr0.npy"), "Cd": np.load(d / "Cd0.npy")}
+    y, st = m(x, lengths=np.load(d / "lengths.npy"), state=init, return_state=True)
+    np.testing.assert_allclose(y, np.load(d / "y.npy"), atol=5e-6, rtol=0)
+    np.testing.assert_allclose(st["Cd"], np.load(d / "Cd_n.npy"), atol=5e-6, rtol=0)
+    s, rows = {k: v[:1] for k, v in init.items()}, []
+    for t in range(x.shape[1]):
+        yt, s = m.step(x[:1, t], s)
+        rows.append(yt)
+    np.testing.assert_allclose(np.stack(rows, 1), y[:1], atol=1e-6, rtol=0)
