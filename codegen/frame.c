@@ -312,13 +312,10 @@ void emit_parallel_for(Lower *L, LLVMValueRef n, LLVMValueRef extra, ParBody bod
   vals[CTX_TN] = L->tn ? L->tn : ci64(L, 0);
   vals[CTX_FIRST] = ci64(L, 0);
   vals[CTX_EXTRA] = extra ? extra : ci64(L, 0);
-  for (int k = 0; k < CTX_BUFS + nb; k++) {
-    LLVMValueRef idx = ci64(L, k);
-    LLVMValueRef v = k < CTX_BUFS ? vals[k] : L->buf[k - CTX_BUFS];
-    LLVMTypeRef t = is_i64_slot(k) ? L->i64 : L->ptr;
-    LLVMBuildStore(bld, v, LLVMBuildGEP2(bld, t, ctx, &idx, 1, ""));
-  }
-  /* The worker: void(ptr ctx, i32 i), its own frame over the same buffers. */
+  /* The worker: void(ptr ctx, i32 i), its own frame over the same buffers.
+   * It is built first, so that the caller stores only the buffers it reads
+   * (a grid cell's unrolled row has thousands of buffers, and a store of
+   * each per call would be most of a step). */
   LLVMTypeRef wpt[2] = {L->ptr, L->i32};
   LLVMTypeRef wty = LLVMFunctionType(L->void_t, wpt, 2, 0);
   LLVMValueRef wf = LLVMAddFunction(
@@ -370,6 +367,18 @@ void emit_parallel_for(Lower *L, LLVMValueRef n, LLVMValueRef extra, ParBody bod
   *L = saved;
   L->failed |= failed;
   LLVMPositionBuilderAtEnd(bld, here);
+  for (int k = 0; k < CTX_BUFS + nb; k++) {
+    if (k >= CTX_BUFS && !LLVMGetFirstUse(w[k])) { /* a buffer the worker never reads */
+      LLVMValueRef gep = LLVMGetOperand(w[k], 0);
+      LLVMInstructionEraseFromParent(w[k]);
+      LLVMInstructionEraseFromParent(gep);
+      continue;
+    }
+    LLVMValueRef idx = ci64(L, k);
+    LLVMValueRef v = k < CTX_BUFS ? vals[k] : L->buf[k - CTX_BUFS];
+    LLVMTypeRef t = is_i64_slot(k) ? L->i64 : L->ptr;
+    LLVMBuildStore(bld, v, LLVMBuildGEP2(bld, t, ctx, &idx, 1, ""));
+  }
   /* Rounds of at most PAR_ROUND items. */
   Loop lr;
   LLVMValueRef nr = LLVMBuildSDiv(bld, add(L, n, ci64(L, PAR_ROUND - 1)), ci64(L, PAR_ROUND), "");
