@@ -343,7 +343,10 @@ static SchedOp *add_op(Plan *p, OpList *list, SchedOpKind kind, SchedClass cls, 
 
 /* Whether state st's old value is read only by elementwise members of the
  * fused run first..last, at the run's own index and no later than node nx
- * (so each element is read before the run overwrites it with nx). */
+ * (so each element is read before the run overwrites it with nx), or by
+ * step nodes before the run that compute a value of their own (a matrix
+ * product of the state: done before the run starts; not a view of the
+ * state's storage, nor a product folded into a later sum). */
 static int old_value_read_in_run(const Plan *p, int st, IrRef first, IrRef last, IrRef nx) {
   const IrFunc *fn = p->fn;
   const SchedValue *key = &p->v[first];
@@ -356,7 +359,13 @@ static int old_value_read_in_run(const Plan *p, int st, IrRef first, IrRef last,
       int reads = 0;
       for (int j = 0; j < qd->nargs; j++) reads |= qd->args[j] == r;
       if (!reads) continue;
-      if (q < first || q > nx || q > last || !sched_in_phase(p->in, SCHED_STEP, q) ||
+      if (q < first) {
+        if (!sched_in_phase(p->in, SCHED_STEP, q) || sched_is_view(qd->op) || p->v[q].folded ||
+            p->v[q].group >= 0)
+          return 0;
+        continue;
+      }
+      if (q > nx || q > last || !sched_in_phase(p->in, SCHED_STEP, q) ||
           !(ir_op_info[qd->op].flags & IRF_EW) || qd->op == IR_BROADCAST || qd->op == IR_SLICE ||
           qd->op == IR_INDEX || qd->op == IR_OUTER)
         return 0;
