@@ -137,8 +137,8 @@ typedef struct AstUnit {
   int nbody;
   AstStmt **body;
   SrcLoc body_loc;
-  const char *doc;       /* the comment block directly above the unit, if any */
-  const AstExpr *grid;   /* step grid(Y): the row length Y; NULL for an ordinary step */
+  const char *doc;     /* the comment block directly above the unit, if any */
+  const AstExpr *grid; /* step grid(Y): the row length Y; NULL for an ordinary step */
 } AstUnit;
 
 typedef struct AstImport {
