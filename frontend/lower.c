@@ -767,6 +767,13 @@ static int lower_grad(Lower *L, const Builtin *b, const CallArgs *c, Tuple *out)
 static int lower_grid_read(Lower *L, const Builtin *b, const CallArgs *c, Tuple *out) {
   const AstExpr *e = c->pos[0];
   int up = strcmp(b->name, "up") == 0, i;
+  if (L->mode == MODE_INIT) {
+    diag_error(L->de, c->call->loc,
+               "%s() reads a neighbour's state in a grid cell's step; the initial value of state "
+               "'%s' may only use params, dims and constants",
+               b->name, L->init_state);
+    return one(L, out, REF_ERROR);
+  }
   if (!L->grid) {
     diag_error(L->de, c->call->loc, "%s() reads a neighbour's state, in a grid cell's step only",
                b->name);
