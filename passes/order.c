@@ -74,18 +74,18 @@ static int cmp_ref(const void *x, const void *y) {
 /* Every pending node r needs, in the old order (always topological): the
  * fallback for a nesting too deep to pursue. */
 static int emit_plain(Order *o, IrRef r) {
-  Refs todo = {0}, list = {0};
-  int id = ++o->nclusters, rc = push(&todo, r);
+  Refs stack = {0}, list = {0};
+  int id = ++o->nclusters, rc = push(&stack, r);
   o->mark[r] = id;
-  while (rc == 0 && todo.n > 0) {
-    IrRef q = todo.v[--todo.n];
+  while (rc == 0 && stack.n > 0) {
+    IrRef q = stack.v[--stack.n];
     rc = push(&list, q);
     const IrNode *nd = &o->f->nodes.v[q];
     for (int j = 0; j < nd->nargs && rc == 0; j++) {
       IrRef a = nd->args[j];
       if (!o->done[a] && o->mark[a] != id) {
         o->mark[a] = id;
-        rc = push(&todo, a);
+        rc = push(&stack, a);
       }
     }
   }
@@ -94,7 +94,7 @@ static int emit_plain(Order *o, IrRef r) {
     for (int i = 0; i < list.n; i++)
       if (!o->done[list.v[i]]) put(o, list.v[i]);
   }
-  free(todo.v);
+  free(stack.v);
   free(list.v);
   return rc;
 }
