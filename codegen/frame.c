@@ -605,7 +605,16 @@ static void emit_policies(Lower *L) {
      * and at most T. */
     LLVMValueRef Bm =
         LLVMBuildSelect(bld, LLVMBuildICmp(bld, LLVMIntSGT, B, ci64(L, 1), ""), B, ci64(L, 1), "");
-    LLVMValueRef tc = LLVMBuildSDiv(bld, ci64(L, s->chunk_budget / L->in->chunk_floats), Bm, "");
+    /* The budget of a call on several threads where this call's threads
+     * are its own (not a slice of a batch). */
+    LLVMValueRef threads = call_fn(L, "rt_cpu_get_num_threads", L->i32, NULL, 0, NULL);
+    LLVMValueRef nested = call_fn(L, "rt_cpu_in_parallel", L->i32, NULL, 0, NULL);
+    LLVMValueRef many = LLVMBuildAnd(bld, LLVMBuildICmp(bld, LLVMIntSGT, threads, ci32(L, 1), ""),
+                                     LLVMBuildICmp(bld, LLVMIntEQ, nested, ci32(L, 0), ""), "");
+    LLVMValueRef budget =
+        LLVMBuildSelect(bld, many, ci64(L, s->chunk_budget_threads / L->in->chunk_floats),
+                        ci64(L, s->chunk_budget / L->in->chunk_floats), "");
+    LLVMValueRef tc = LLVMBuildSDiv(bld, budget, Bm, "");
     /* A parallel form's chunks have a floor (SchedInst.min_tc). */
     LLVMValueRef mt = ci64(L, L->in->min_tc);
     tc = LLVMBuildSelect(bld, LLVMBuildICmp(bld, LLVMIntSLT, tc, mt, ""), mt, tc, "");

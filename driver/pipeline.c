@@ -149,7 +149,8 @@ int pipeline_run(Pipeline *p, const PipeOptions *o) {
     if (!symbol || sched_build(p->arena, p->parallel, root, p->bind.dims, symbol, o->kernel_chunk,
                                &p->sched, p->de))
       return -1;
-    if (o->chunk_budget > 0) p->sched->chunk_budget = o->chunk_budget;
+    if (o->chunk_budget > 0)
+      p->sched->chunk_budget = p->sched->chunk_budget_threads = o->chunk_budget;
     p->reached = PIPE_SCHED;
   }
   if (o->goal <= PIPE_SCHED) return 0;

@@ -261,8 +261,9 @@ typedef struct SchedInst {
   SchedLinattn **linattns; /* per node: the chunked state it anchors, or NULL */
   SchedAttn **attns;       /* per node: its attention plan (attn nodes), or NULL */
   /* The time loop runs in chunks of Tc steps, Tc = clamp(chunk_budget /
-   * (chunk_floats * max(B, 1)), 1, T), so a chunk's hoisted rows are still in
-   * cache when its steps read them. */
+   * (chunk_floats * max(B, 1)), 1, T) (chunk_budget_threads on several
+   * threads), so a chunk's hoisted rows are still in cache when its steps
+   * read them. */
   int chunked;
   int64_t chunk_floats; /* floats one token takes in the chunk's buffers */
   int64_t min_tc;       /* a parallel form's chunks are at least this long (or T) */
@@ -281,12 +282,13 @@ typedef struct Schedule {
    * across threads pays. */
   int64_t work_per_token;
   /* Run-time policies with the measurements behind them (sched/plan.c). */
-  int64_t chunk_budget;    /* floats a time chunk's TOKEN buffers may take */
-  int64_t pack_min_tokens; /* calls with fewer tokens multiply by unpacked weights */
-  int64_t pack_swap_min_b; /* ... and so do calls with at least this batch */
-  int64_t pack_min_steps;  /*     and fewer steps than this */
-  int64_t kernel_chunk;    /* tokens per chunk of the chunked kernels (the runtime's default,
-                              or --chunk) */
+  int64_t chunk_budget;         /* floats a time chunk's TOKEN buffers may take */
+  int64_t chunk_budget_threads; /* ... on more than one thread */
+  int64_t pack_min_tokens;      /* calls with fewer tokens multiply by unpacked weights */
+  int64_t pack_swap_min_b;      /* ... and so do calls with at least this batch */
+  int64_t pack_min_steps;       /*     and fewer steps than this */
+  int64_t kernel_chunk;         /* tokens per chunk of the chunked kernels (the runtime's default,
+                                   or --chunk) */
 } Schedule;
 
 /* Schedules `root` of m with the concrete values dims[v] of its dims for the
