@@ -101,7 +101,7 @@ static void test_row_tails(void **st) {
 }
 
 /* Every leftover of the unpacked kernels' blocks: of rows and columns of
- * dot products (trans; at most 8 of either), of 32 or 64 columns (no trans),
+ * dot products (trans; 4 rows, up to 16 columns), of 32 or 64 columns (no trans),
  * and of their 4-, 8- or 16-deep k vectors, both ways. */
 static void test_unpacked_tails(void **st) {
   use_isa(st);
