@@ -97,7 +97,7 @@ static void fields(FILE *f, Arena *a, const char *type, const AbiTensor *v, int 
   }
 }
 
-int cg_write_header(const AbiSignature *sig, const char *path, DiagEngine *de) {
+int cg_write_header(const AbiSignature *sig, int prepared, const char *path, DiagEngine *de) {
   FILE *f = fopen(path, "w");
   if (!f) {
     diag_error(de, (SrcLoc){0}, "cannot write %s: %s", path, strerror(errno));
@@ -179,6 +179,28 @@ int cg_write_header(const AbiSignature *sig, const char *path, DiagEngine *de) {
             "                const %s_states_in *state_in, %s_outputs *out,\n"
             "                %s_states_out *state_out);\n",
             s, s, s, s, s, s, s);
+  if (prepared) {
+    fprintf(
+        f,
+        "/* The weights packed once for the products (about their size again): fill a\n"
+        " * block of %s_prepared_floats() floats with %s_prepare, then the _prepared\n"
+        " * calls read it instead of packing at every call. Prepare again after the\n"
+        " * weights change. */\n"
+        "int64_t %s_prepared_floats(void);\n"
+        "int32_t %s_prepare(const %s_params *params, float *prepared);\n"
+        "int32_t %s_forward_prepared(const %s_params *params, const float *prepared, int64_t B,\n"
+        "                            int64_t T, const %s_inputs *in, const int32_t *lengths,\n"
+        "                            const %s_states_in *state_in, %s_outputs *out,\n"
+        "                            %s_states_out *state_out);\n",
+        s, s, s, s, s, s, s, s, s, s, s);
+    if (sig->has_step)
+      fprintf(
+          f,
+          "int32_t %s_step_prepared(const %s_params *params, const float *prepared, int64_t B,\n"
+          "                         const %s_inputs *in, const %s_states_in *state_in,\n"
+          "                         %s_outputs *out, %s_states_out *state_out);\n",
+          s, s, s, s, s, s);
+  }
   fprintf(f,
           "/* Writes the compiled dims (if out is not NULL); returns how many. */\n"
           "int32_t %s_dims(int64_t *out);\n\n",
@@ -247,7 +269,7 @@ int cg_aot_build(Arena *a, const Schedule *s, const CgOptions *opt, CgEmitKind k
       else
         h = arena_printf(a, "%s.h", out_path);
     }
-    rc = h ? cg_write_header(&s->sig, h, de) : -1;
+    rc = h ? cg_write_header(&s->sig, 1, h, de) : -1;
   }
 done:
   if (tm) LLVMDisposeTargetMachine(tm);

@@ -11,8 +11,9 @@ typedef enum { CG_EMIT_SO, CG_EMIT_LLVM, CG_EMIT_ASM, CG_EMIT_OBJ } CgEmitKind;
  * also gets its C header (header_path, or out_path with .so replaced by .h). */
 int cg_aot_build(Arena *a, const Schedule *s, const CgOptions *opt, CgEmitKind kind,
                  const char *out_path, const char *header_path, DiagEngine *de);
-/* Writes the C header for a compiled signature. */
-int cg_write_header(const AbiSignature *sig, const char *path, DiagEngine *de);
+/* Writes the C header for a compiled signature; prepared: with the
+ * SYM_prepare family, which the CPU .so exports. */
+int cg_write_header(const AbiSignature *sig, int prepared, const char *path, DiagEngine *de);
 
 /* Where the runtime archive `lib` (libseqrt_cpu.a, libseqrt_cuda.a) that a
  * shared object is linked with is: the environment variable `env` when set;

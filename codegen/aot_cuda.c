@@ -205,7 +205,7 @@ static void build_module(Gen *g, const Schedule *s, const RtBlob *plan, const Im
  * step and dims), with what the GPU adds inserted before its closing lines. */
 static int write_header(Arena *a, const Schedule *s, const Images *im, const char *path,
                         DiagEngine *de) {
-  if (cg_write_header(&s->sig, path, de)) return -1;
+  if (cg_write_header(&s->sig, 0, path, de)) return -1;
   static const char tail[] = "#ifdef __cplusplus\n}\n#endif\n#endif\n";
   FILE *f = fopen(path, "rb");
   char *text = NULL;

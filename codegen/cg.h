@@ -23,6 +23,9 @@
  *   int32 SYM_forward_blob(blob, blob_floats, B, T, inputs, lengths, state_in, outputs, state_out)
  *   int32 SYM_step(params, B, inputs, state_in, outputs, state_out)   (if sig.has_step)
  *   int32 SYM_dims(int64 *out)
+ *   int64 SYM_prepared_floats(void), int32 SYM_prepare(params, prepared), and
+ *   SYM_forward_prepared / SYM_step_prepared: SYM_forward / SYM_step with
+ *   the weights SYM_prepare packed (prepared after params)
  * Complex values are (re, im) float pairs, in buffers and at the interface
  * (a trailing axis of 2). Returns 0 and *out (owned by the caller). */
 int cg_lower(Arena *a, const Schedule *s, LLVMContextRef ctx, LLVMModuleRef *out, DiagEngine *de);

@@ -27,26 +27,52 @@ static LLVMValueRef add_entry(Lower *L, const char *name, LLVMTypeRef *pt, int n
   return f;
 }
 
+/* Returns code from the current entry point where cond holds. */
+static void return_if(Lower *L, LLVMValueRef cond, int code) {
+  LLVMBasicBlockRef bad = block(L, "bad"), ok = block(L, "ok");
+  LLVMBuildCondBr(L->bld, cond, bad, ok);
+  LLVMPositionBuilderAtEnd(L->bld, bad);
+  LLVMBuildRet(L->bld, ci32(L, code));
+  LLVMPositionBuilderAtEnd(L->bld, ok);
+}
+
+/* The params array the instances read: the host's, then per prepared
+ * weight (Schedule.prepared) its packed form in the host's block, or NULL
+ * when prepared is NULL (the call packs). params is not NULL here. */
+static LLVMValueRef extend_params(Lower *L, LLVMValueRef params, LLVMValueRef prepared) {
+  int n = L->s->sig.params.n, g = L->s->prepared.n;
+  if (g == 0) return params;
+  LLVMValueRef arr = LLVMBuildArrayAlloca(L->bld, L->ptr, ci64(L, n + g), "params");
+  for (int i = 0; i < n + g; i++) {
+    LLVMValueRef v = i < n      ? ldp(L, params, i)
+                     : prepared ? gepf(L, prepared, ci64(L, L->s->prepared.v[i - n].offset))
+                                : LLVMConstNull(L->ptr);
+    LLVMValueRef idx = ci64(L, i);
+    LLVMBuildStore(L->bld, v, LLVMBuildGEP2(L->bld, L->ptr, arr, &idx, 1, ""));
+  }
+  return arr;
+}
+
 static void emit_entries(Lower *L, const char *sym) {
   LLVMTypeRef P = L->ptr, I = L->i64;
   LLVMValueRef root = L->inst_fn[0];
-  /* SYM_forward(params, B, T, inputs, lengths, state_in, outputs, state_out) */
+  /* SYM.run(params, B, T, inputs, lengths, state_in, outputs, state_out),
+   * params extended (extend_params): what SYM_forward and
+   * SYM_forward_prepared share. */
   LLVMTypeRef fpt[8] = {P, I, I, P, P, P, P, P};
-  LLVMValueRef f = add_entry(L, arena_printf(L->a, "%s_forward", sym), fpt, 8);
+  LLVMValueRef f = add_entry(L, arena_printf(L->a, "%s.run", sym), fpt, 8);
+  LLVMSetLinkage(f, LLVMPrivateLinkage);
   {
     LLVMValueRef args[9];
     for (int i = 0; i < 8; i++) args[i] = LLVMGetParam(f, (unsigned)i);
     args[8] = ci32(L, 0);
     /* NULL params, inputs or outputs are argument errors, not crashes. */
-    LLVMValueRef bad = LLVMBuildOr(L->bld, LLVMBuildIsNull(L->bld, args[0], ""),
-                                   LLVMBuildOr(L->bld, LLVMBuildIsNull(L->bld, args[3], ""),
-                                               LLVMBuildIsNull(L->bld, args[6], ""), ""),
-                                   "");
-    LLVMBasicBlockRef badb = block(L, "bad"), ok = block(L, "ok");
-    LLVMBuildCondBr(L->bld, bad, badb, ok);
-    LLVMPositionBuilderAtEnd(L->bld, badb);
-    LLVMBuildRet(L->bld, ci32(L, ABI_ERR_ARG));
-    LLVMPositionBuilderAtEnd(L->bld, ok);
+    return_if(L,
+              LLVMBuildOr(L->bld, LLVMBuildIsNull(L->bld, args[0], ""),
+                          LLVMBuildOr(L->bld, LLVMBuildIsNull(L->bld, args[3], ""),
+                                      LLVMBuildIsNull(L->bld, args[6], ""), ""),
+                          ""),
+              ABI_ERR_ARG);
     /* Every pointer inside the arrays must be non-NULL too. */
     struct {
       LLVMValueRef arr;
@@ -55,13 +81,8 @@ static void emit_entries(Lower *L, const char *sym) {
                    {args[3], L->s->sig.inputs.n},
                    {args[6], L->s->sig.outputs.n}};
     for (int c = 0; c < 3; c++)
-      for (int i = 0; i < checks[c].n; i++) {
-        LLVMBasicBlockRef b2 = block(L, "bad"), ok2 = block(L, "ok");
-        LLVMBuildCondBr(L->bld, LLVMBuildIsNull(L->bld, ldp(L, checks[c].arr, i), ""), b2, ok2);
-        LLVMPositionBuilderAtEnd(L->bld, b2);
-        LLVMBuildRet(L->bld, ci32(L, ABI_ERR_ARG));
-        LLVMPositionBuilderAtEnd(L->bld, ok2);
-      }
+      for (int i = 0; i < checks[c].n; i++)
+        return_if(L, LLVMBuildIsNull(L->bld, ldp(L, checks[c].arr, i), ""), ABI_ERR_ARG);
     /* The root runs over slices of the batch, one per thread
      * (runtime/cpu_forward.c); layout gives the per-token and per-example
      * sizes of every buffer so the runtime can point into them. */
@@ -93,6 +114,32 @@ static void emit_entries(Lower *L, const char *sym) {
     LLVMBuildRet(L->bld, call_fn(L, "rt_cpu_forward_batched", L->i32, bpt, 10, bargs));
   }
   LLVMTypeRef fwd_ty = LLVMFunctionType(L->i32, fpt, 8, 0);
+  LLVMValueRef run = f;
+  /* SYM_forward(params, B, T, inputs, lengths, state_in, outputs, state_out). */
+  f = add_entry(L, arena_printf(L->a, "%s_forward", sym), fpt, 8);
+  {
+    LLVMValueRef args[8];
+    for (int i = 0; i < 8; i++) args[i] = LLVMGetParam(f, (unsigned)i);
+    return_if(L, LLVMBuildIsNull(L->bld, args[0], ""), ABI_ERR_ARG);
+    args[0] = extend_params(L, args[0], NULL);
+    LLVMBuildRet(L->bld, LLVMBuildCall2(L->bld, fwd_ty, run, args, 8, ""));
+  }
+  /* SYM_forward_prepared(params, prepared, B, T, inputs, lengths, state_in,
+   * outputs, state_out): the weights packed by SYM_prepare read from
+   * prepared (NULL is an error where the model has any). */
+  LLVMTypeRef ppt[9] = {P, P, I, I, P, P, P, P, P};
+  LLVMValueRef fp = add_entry(L, arena_printf(L->a, "%s_forward_prepared", sym), ppt, 9);
+  {
+    LLVMValueRef args[8], prepared = LLVMGetParam(fp, 1);
+    args[0] = LLVMGetParam(fp, 0);
+    for (int i = 1; i < 8; i++) args[i] = LLVMGetParam(fp, (unsigned)i + 1);
+    LLVMValueRef bad = LLVMBuildIsNull(L->bld, args[0], "");
+    if (L->s->prepared.n > 0)
+      bad = LLVMBuildOr(L->bld, bad, LLVMBuildIsNull(L->bld, prepared, ""), "");
+    return_if(L, bad, ABI_ERR_ARG);
+    args[0] = extend_params(L, args[0], prepared);
+    LLVMBuildRet(L->bld, LLVMBuildCall2(L->bld, fwd_ty, run, args, 8, ""));
+  }
   /* SYM_forward_blob(blob, blob_floats, B, T, inputs, lengths, state_in, outputs, state_out):
    * the parameters concatenated in flat order; the size is checked. */
   LLVMTypeRef bpt[9] = {P, I, I, I, P, P, P, P, P};
@@ -136,6 +183,45 @@ static void emit_entries(Lower *L, const char *sym) {
                             LLVMGetParam(fs, 2), LLVMConstNull(P),    LLVMGetParam(fs, 3),
                             LLVMGetParam(fs, 4), LLVMGetParam(fs, 5)};
     LLVMBuildRet(L->bld, LLVMBuildCall2(L->bld, fwd_ty, f, args, 8, ""));
+    /* SYM_step_prepared(params, prepared, B, inputs, state_in, outputs,
+     * state_out). */
+    LLVMTypeRef sppt[7] = {P, P, I, P, P, P, P};
+    LLVMValueRef fsp = add_entry(L, arena_printf(L->a, "%s_step_prepared", sym), sppt, 7);
+    LLVMValueRef pargs[9] = {LLVMGetParam(fsp, 0), LLVMGetParam(fsp, 1), LLVMGetParam(fsp, 2),
+                             ci64(L, 1),           LLVMGetParam(fsp, 3), LLVMConstNull(P),
+                             LLVMGetParam(fsp, 4), LLVMGetParam(fsp, 5), LLVMGetParam(fsp, 6)};
+    LLVMBuildRet(L->bld,
+                 LLVMBuildCall2(L->bld, LLVMFunctionType(L->i32, ppt, 9, 0), fp, pargs, 9, ""));
+  }
+  /* SYM_prepared_floats(): the floats of SYM_prepare's block. */
+  {
+    LLVMValueRef fc = LLVMAddFunction(L->mod, arena_printf(L->a, "%s_prepared_floats", sym),
+                                      LLVMFunctionType(I, NULL, 0, 0));
+    L->fv = fc;
+    LLVMPositionBuilderAtEnd(L->bld, block(L, "entry"));
+    LLVMBuildRet(L->bld, ci64(L, L->s->prepared_floats));
+  }
+  /* SYM_prepare(params, prepared): packs every weight with a slot into the
+   * block, as each call would. */
+  LLVMTypeRef prt[2] = {P, P};
+  LLVMValueRef fpr = add_entry(L, arena_printf(L->a, "%s_prepare", sym), prt, 2);
+  {
+    LLVMValueRef params = LLVMGetParam(fpr, 0), prepared = LLVMGetParam(fpr, 1);
+    LLVMValueRef bad = LLVMBuildIsNull(L->bld, params, "");
+    if (L->s->prepared.n > 0)
+      bad = LLVMBuildOr(L->bld, bad, LLVMBuildIsNull(L->bld, prepared, ""), "");
+    return_if(L, bad, ABI_ERR_ARG);
+    for (int i = 0; i < L->s->sig.params.n; i++)
+      return_if(L, LLVMBuildIsNull(L->bld, ldp(L, params, i), ""), ABI_ERR_ARG);
+    for (int i = 0; i < L->s->prepared.n; i++) {
+      const SchedPrepared *sp = &L->s->prepared.v[i];
+      LLVMTypeRef pt[6] = {I, I, P, I, L->i32, P};
+      LLVMValueRef args[6] = {
+          ci64(L, sp->k),  ci64(L, sp->n),     ldp(L, params, sp->param),
+          ci64(L, sp->ld), ci32(L, sp->trans), gepf(L, prepared, ci64(L, sp->offset))};
+      call_fn(L, "rt_cpu_pack_b", L->void_t, pt, 6, args);
+    }
+    LLVMBuildRet(L->bld, ci32(L, ABI_OK));
   }
   /* SYM_dims(int64 *out): the dims compiled in, in the root's order. */
   LLVMValueRef fd = add_entry(L, arena_printf(L->a, "%s_dims", sym), &P, 1);

@@ -659,9 +659,12 @@ static int emit_buffers(Lower *L, LLVMValueRef scratch_slot, LLVMValueRef wscrat
   for (int i = 0; i < in->bufs.n; i++) {
     const SchedBuf *b = &in->bufs.v[i];
     LLVMValueRef floats = mul(L, buf_rows(L, b->rows), ci64(L, b->row_floats));
-    /* A packed weight takes room only when the call packs. */
+    /* A packed weight takes room only when the call packs it. */
     if (b->kind == SCHED_BUF_PACKED)
-      floats = LLVMBuildSelect(bld, L->packed, floats, ci64(L, 0), "");
+      floats = LLVMBuildSelect(
+          bld,
+          LLVMBuildAnd(bld, L->packed, LLVMBuildIsNull(bld, gemm_prepared(L, b->node), ""), ""),
+          floats, ci64(L, 0), "");
     off[i] = end[b->weights_block];
     LLVMValueRef rounded =
         LLVMBuildAnd(bld, add(L, floats, ci64(L, 15)), ci64(L, ~(int64_t)15), "");

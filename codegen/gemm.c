@@ -38,10 +38,16 @@ static void emit_complex_real_form(Lower *L, IrRef r) {
   loop_end(L, &ln);
 }
 
+LLVMValueRef gemm_prepared(Lower *L, IrRef r) {
+  int slot = L->v[r].prep;
+  if (slot < 0) return LLVMConstNull(L->ptr);
+  return ldp(L, L->a_params, L->s->sig.params.n + slot);
+}
+
 void emit_pack(Lower *L, IrRef r) {
   const SchedValue *n = &L->v[r];
   /* The weight is packed once per call for rt_cpu_sgemm_packed: W[N,K]
-   * for W @ x (trans), W[K,N] for x @ W. */
+   * for W @ x (trans), W[K,N] for x @ W; not when the host prepared it. */
   int tr = n->gemm == SCHED_GEMM_WX;
   IrRef w = L->fn->nodes.v[r].args[tr ? 0 : 1];
   LLVMValueRef wb = L->ll[w].base;
@@ -50,7 +56,9 @@ void emit_pack(Lower *L, IrRef r) {
     wb = L->ll[r].wr;
   }
   LLVMBasicBlockRef pack = block(L, "pack"), packed = block(L, "packed");
-  LLVMBuildCondBr(L->bld, L->packed, pack, packed);
+  LLVMValueRef own =
+      LLVMBuildAnd(L->bld, L->packed, LLVMBuildIsNull(L->bld, gemm_prepared(L, r), ""), "");
+  LLVMBuildCondBr(L->bld, own, pack, packed);
   LLVMPositionBuilderAtEnd(L->bld, pack);
   LLVMTypeRef pt[6] = {L->i64, L->i64, L->ptr, L->i64, L->i32, L->ptr};
   LLVMValueRef args[6] = {
@@ -96,11 +104,14 @@ void emit_gemm(Lower *L, IrRef r, LLVMValueRef rows) {
     A = LLVMBuildSelect(bld, direct, at, L->ll[r].gath, "");
     M = LLVMBuildSelect(bld, direct, mul(L, L->tn, ci64(L, per_row)), M, "");
   }
-  /* The weight as given, and its packed form (packed at the start of the
-   * call) unless the call has too few tokens for packing to pay. */
+  /* The weight as given, and its packed form: the host's (SYM_prepare), or
+   * packed at the start of the call unless the call has too few tokens for
+   * packing to pay. */
   int tr = n->gemm == SCHED_GEMM_WX;
   LLVMValueRef W = n->cgemm ? L->ll[r].wr : L->ll[nd->args[tr ? 0 : 1]].base;
+  LLVMValueRef prep = gemm_prepared(L, r);
   LLVMValueRef Bp = LLVMBuildSelect(L->bld, L->packed, L->ll[r].wt, LLVMConstNull(L->ptr), "");
+  Bp = LLVMBuildSelect(L->bld, LLVMBuildIsNull(L->bld, prep, ""), Bp, prep, "");
   LLVMTypeRef pt[11] = {L->i64, L->i64, L->i64, L->ptr, L->i64, L->ptr,
                         L->i64, L->i32, L->ptr, L->ptr, L->i64};
   LLVMValueRef args[11] = {M,

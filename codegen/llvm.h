@@ -194,6 +194,8 @@ Cx fused_value(Lower *L, IrRef r, LLVMValueRef k, LLVMValueRef o, LLVMValueRef i
 void emit_gemm(Lower *L, IrRef r, LLVMValueRef rows);
 /* Packs GEMM r's weight (after its complex real form) when the call packs. */
 void emit_pack(Lower *L, IrRef r);
+/* GEMM r's weight as the host packed it (SYM_prepare), NULL if not given. */
+LLVMValueRef gemm_prepared(Lower *L, IrRef r);
 
 /* ---- scan.c ---- */
 void emit_scan(Lower *L, IrRef r);

@@ -44,6 +44,14 @@ struct SeqModule {
   float **owned;        /* copies made from safetensors */
   AbiForwardFn forward;
   AbiStepFn step;
+  /* The weights packed once (seq_module_prepare): the entry points that
+   * read them, and the block while it is current (dropped by binding). */
+  AbiForwardPreparedFn forward_prepared;
+  AbiStepPreparedFn step_prepared;
+  AbiPrepareFn prepare;
+  int64_t prepared_floats;
+  float *prepared;
+  int is_prepared;
   int threads;
   /* The CUDA backend (SeqOptions.backend "cuda"): the device, the loaded
    * program, and the params on the device (uploaded at the first forward
@@ -389,7 +397,19 @@ static SeqStatus compile(SeqContext *cx, const char *path, const char *name, con
   if (m->sig->has_step)
     m->step = (AbiStepFn)(uintptr_t)cg_jit_lookup(
         m->jit, arena_printf(m->arena, "%s_step", m->sig->symbol), &m->de);
-  if (!m->forward) goto done;
+  m->forward_prepared = (AbiForwardPreparedFn)(uintptr_t)cg_jit_lookup(
+      m->jit, arena_printf(m->arena, "%s_forward_prepared", m->sig->symbol), &m->de);
+  if (m->sig->has_step)
+    m->step_prepared = (AbiStepPreparedFn)(uintptr_t)cg_jit_lookup(
+        m->jit, arena_printf(m->arena, "%s_step_prepared", m->sig->symbol), &m->de);
+  m->prepare = (AbiPrepareFn)(uintptr_t)cg_jit_lookup(
+      m->jit, arena_printf(m->arena, "%s_prepare", m->sig->symbol), &m->de);
+  AbiPreparedFloatsFn pf = (AbiPreparedFloatsFn)(uintptr_t)cg_jit_lookup(
+      m->jit, arena_printf(m->arena, "%s_prepared_floats", m->sig->symbol), &m->de);
+  if (!m->forward || !m->forward_prepared || !m->prepare || !pf ||
+      (m->sig->has_step && (!m->step || !m->step_prepared)))
+    goto done;
+  m->prepared_floats = pf();
 params:
   m->params = arena_calloc(m->arena, (size_t)m->sig->params.n + 1, sizeof(float *));
   m->owned = arena_calloc(m->arena, (size_t)m->sig->params.n + 1, sizeof(float *));
@@ -424,8 +444,16 @@ SeqStatus seq_module_from_string(SeqContext *cx, const char *name, const char *s
   return compile(cx, NULL, name, source, opt, out);
 }
 
+/* Drops the packed weights: binding changed what they were packed from. */
+static void unprepare(SeqModule *m) {
+  rt_cpu_free(m->prepared);
+  m->prepared = NULL;
+  m->is_prepared = 0;
+}
+
 void seq_module_destroy(SeqModule *m) {
   if (!m) return;
+  unprepare(m);
   for (int i = 0; m->owned && i < m->sig->params.n; i++) seq_free(m->owned[i]);
   if (m->cu) {
     cuda_drop_params(m);
@@ -512,6 +540,7 @@ SeqStatus seq_module_bind_weight(SeqModule *m, const char *name, const float *da
     return fail(m, SEQ_ERR_BIND, "parameter %s has %lld elements, not %lld", name,
                 (long long)m->sig->params.v[i].numel, (long long)numel);
   m->params[i] = data;
+  unprepare(m);
   if (m->cu) {
     pthread_mutex_lock(&m->lock);
     cuda_drop_params(m);
@@ -558,6 +587,7 @@ SeqStatus seq_module_bind_safetensors(SeqModule *m, const char *path) {
     m->owned[i] = copy;
     m->params[i] = copy;
   }
+  unprepare(m);
   if (m->cu) {
     pthread_mutex_lock(&m->lock);
     cuda_drop_params(m);
@@ -573,6 +603,24 @@ static SeqStatus check_ready(SeqModule *m) {
     if (!m->params[i])
       return fail(m, SEQ_ERR_BIND, "parameter %s is not bound", m->sig->params.v[i].name);
   if (m->threads > 0) rt_cpu_set_num_threads(m->threads);
+  return SEQ_OK;
+}
+
+SeqStatus seq_module_prepare(SeqModule *m) {
+  SeqStatus st = check_ready(m);
+  if (st != SEQ_OK || m->cu) return st;
+  unprepare(m);
+  /* From the runtime's allocator, aligned as the per-call packed weights. */
+  int64_t bytes = m->prepared_floats * (int64_t)sizeof(float);
+  if (bytes > 0 && !(m->prepared = rt_cpu_alloc_uninit(bytes)))
+    return fail(m, SEQ_ERR_NOMEM, "out of memory packing the weights (%lld bytes)",
+                (long long)bytes);
+  int rc = m->prepare(m->params, m->prepared);
+  if (rc != ABI_OK) {
+    unprepare(m);
+    return status_of(m, rc, NULL);
+  }
+  m->is_prepared = 1;
   return SEQ_OK;
 }
 
@@ -596,7 +644,10 @@ SeqStatus seq_module_forward(SeqModule *m, int64_t B, int64_t T, const void *con
   }
   RtWarmCtx wc;
   rt_cpu_warm_enter(&wc, m->warm, 0, 0, 0);
-  int rc = m->forward(m->params, B, T, inputs, lengths, state_in, outputs, state_out);
+  int rc = m->is_prepared
+               ? m->forward_prepared(m->params, m->prepared, B, T, inputs, lengths, state_in,
+                                     outputs, state_out)
+               : m->forward(m->params, B, T, inputs, lengths, state_in, outputs, state_out);
   rt_cpu_warm_leave(&wc);
   return status_of(m, rc, NULL);
 }
@@ -653,14 +704,17 @@ SeqStatus seq_module_step(SeqModule *m, int64_t B, const void *const *inputs,
     return fail(m, SEQ_ERR_ARG, "%s has no step form (it reads whole sequences)", m->sig->func);
   RtWarmCtx wc;
   rt_cpu_warm_enter(&wc, m->warm, 0, 0, 0);
-  int rc = m->step(m->params, B, inputs, state_in, outputs, state_out);
+  int rc = m->is_prepared
+               ? m->step_prepared(m->params, m->prepared, B, inputs, state_in, outputs, state_out)
+               : m->step(m->params, B, inputs, state_in, outputs, state_out);
   rt_cpu_warm_leave(&wc);
   return status_of(m, rc, NULL);
 }
 
 void *seq_module_entry(SeqModule *m, const char *which) {
   if (!m || !m->jit || !which) return NULL;
-  if (strcmp(which, "step") == 0 && !m->sig->has_step) return NULL;
+  if ((strcmp(which, "step") == 0 || strcmp(which, "step_prepared") == 0) && !m->sig->has_step)
+    return NULL;
   pthread_mutex_lock(&m->lock);
   DiagEngine de;
   diag_init(&de, m->arena, NULL);

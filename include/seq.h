@@ -136,6 +136,14 @@ int seq_module_dims(const SeqModule *m, const char **names, int64_t *values);
  * memory (not copied: it must stay valid while the module runs). */
 SeqStatus seq_module_bind_safetensors(SeqModule *m, const char *path);
 SeqStatus seq_module_bind_weight(SeqModule *m, const char *name, const float *data, int64_t numel);
+/* Packs the bound weights once into memory the module owns (about their
+ * size again): later forwards and steps read that copy instead of packing
+ * the weights at every call (a forward of few tokens, or a step, which
+ * otherwise reads them unpacked). It is a snapshot: binding again drops it,
+ * and caller memory changed after this call is not seen until it is called
+ * again. Like binding, not to overlap runs of the module. All weights must
+ * be bound. A no-op for a "cuda" module. */
+SeqStatus seq_module_prepare(SeqModule *m);
 
 /* Run on caller buffers (docs/abi.md). inputs/outputs: one pointer per input/
  * output; lengths: NULL or B values; state_in/state_out: NULL or one pointer
@@ -175,7 +183,8 @@ typedef struct SeqNewtonStats {
 void seq_newton_stats(SeqNewtonStats *out, int reset);
 
 /* Address of a generated entry point ("forward", "forward_blob", "step",
- * "dims"; signatures in docs/abi.md), NULL if absent (always, for a "cuda"
+ * "dims", "prepare", "prepared_floats", "forward_prepared",
+ * "step_prepared"; signatures in docs/abi.md), NULL if absent (always, for a "cuda"
  * module). The caller casts it. */
 void *seq_module_entry(SeqModule *m, const char *which);
 

@@ -65,4 +65,15 @@ typedef int32_t (*AbiStepFn)(const float *const *params, int64_t B, const void *
                              const float *const *state_in, float *const *outputs,
                              float *const *state_out);
 
+/* SYM_forward_prepared, SYM_step_prepared and SYM_prepare (docs/abi.md). */
+typedef int32_t (*AbiForwardPreparedFn)(const float *const *params, const float *prepared,
+                                        int64_t B, int64_t T, const void *const *inputs,
+                                        const int32_t *lengths, const float *const *state_in,
+                                        float *const *outputs, float *const *state_out);
+typedef int32_t (*AbiStepPreparedFn)(const float *const *params, const float *prepared, int64_t B,
+                                     const void *const *inputs, const float *const *state_in,
+                                     float *const *outputs, float *const *state_out);
+typedef int32_t (*AbiPrepareFn)(const float *const *params, float *prepared);
+typedef int64_t (*AbiPreparedFloatsFn)(void);
+
 #endif

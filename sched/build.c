@@ -218,6 +218,25 @@ int sched_add_buf(Plan *p, SchedBufKind kind, SchedRows rows, int64_t floats, in
   return p->in->bufs.n - 1;
 }
 
+/* GEMM r's weight, if it is a parameter read as it is (through reshapes),
+ * gets a slot of the prepared block (Schedule.prepared). */
+static int add_prepared(Plan *p, IrRef r) {
+  const IrFunc *fn = p->in->fn;
+  SchedValue *n = &p->v[r];
+  n->prep = -1;
+  int trans = n->gemm == SCHED_GEMM_WX;
+  IrRef w = fn->nodes.v[r].args[trans ? 0 : 1];
+  while (fn->nodes.v[w].op == IR_RESHAPE) w = fn->nodes.v[w].args[0];
+  if (n->cgemm || fn->nodes.v[w].op != IR_PARAM) return 0;
+  Schedule *s = p->s;
+  SchedPrepared sp = {p->in->params[fn->nodes.v[w].index], n->gemm_k, n->gemm_n,
+                      trans ? n->gemm_k : n->gemm_n,       trans,     s->prepared_floats};
+  if (vec_push(p->a, &s->prepared, sp)) return -1;
+  n->prep = s->prepared.n - 1;
+  s->prepared_floats += (sched_packed_floats(n) + 15) / 16 * 16;
+  return 0;
+}
+
 /* The state whose new value node r is and writes over its storage, or -1. */
 static int next_in_place(const IrFunc *fn, const SchedInst *in, IrRef r) {
   for (int st = 0; st < fn->states.n; st++)
@@ -303,6 +322,7 @@ static int place_buffers(Plan *p) {
     if (n->gemm && (n->pack_buf = sched_add_buf(p, SCHED_BUF_PACKED, SCHED_ROWS_ONE,
                                                 sched_packed_floats(n), 1, r, 0)) < 0)
       return oom(p);
+    if (n->gemm && add_prepared(p, r)) return oom(p);
     if (n->cgemm && (n->creal_buf = sched_add_buf(p, SCHED_BUF_CREAL, SCHED_ROWS_ONE,
                                                   n->gemm_n * n->gemm_k, 1, r, 0)) < 0)
       return oom(p);

@@ -432,7 +432,7 @@ int plan_values(Plan *p) {
   for (IrRef r = 0; r < fn->nodes.n; r++) {
     const IrNode *nd = &fn->nodes.v[r];
     SchedValue *n = &p->v[r];
-    n->buf = n->pack_buf = n->creal_buf = n->gather_buf = -1;
+    n->buf = n->pack_buf = n->creal_buf = n->gather_buf = n->prep = -1;
     if (!supported(p, nd)) return -1;
     for (int j = 0; j < nd->nargs; j++) {
       if (nd->args[j] < 0 || nd->args[j] >= r) {

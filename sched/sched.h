@@ -60,6 +60,7 @@ typedef struct SchedValue {
   int inplace;            /* writes over operand 0's buffer */
   int buf;                /* SchedInst.bufs index of its value; -1 for views and unused nodes */
   int pack_buf;           /* GEMM: its packed weight (-1: none) */
+  int prep;               /* GEMM: its Schedule.prepared slot (-1: none) */
   int creal_buf;          /* cgemm: the real form of the complex weight */
   int gather_buf;         /* chunked GEMM over a whole-sequence operand: its chunk's rows */
   int *call_out;          /* CALL: per callee output, its buffer */
@@ -273,10 +274,24 @@ typedef struct SchedInst {
   VEC(SchedOp) ops;
 } SchedInst;
 
+/* A GEMM weight the host may pack once (SYM_prepare, docs/abi.md): a
+ * parameter read as it is, packed like SCHED_BUF_PACKED at `offset` floats
+ * into the prepared block. */
+typedef struct SchedPrepared {
+  int param;        /* its index in the signature's params */
+  int64_t k, n, ld; /* rt_cpu_pack_b's K, N and leading dimension */
+  int trans;        /* the weight is [N, K] (W @ x) */
+  int64_t offset;   /* floats into the block (a multiple of 16) */
+} SchedPrepared;
+
 typedef struct Schedule {
   const IrModule *mod;
   AbiSignature sig;
   VEC(SchedInst) insts; /* insts.v[0] is the root, then its layers depth first */
+  /* The weights a host may pack once; the entry points then read slot i's
+   * packed form from params[sig.params.n + i] (NULL: pack per call). */
+  VEC(SchedPrepared) prepared;
+  int64_t prepared_floats;
   /* Work per token over all instances (multiply-adds and element
    * operations): the runtime's estimate of whether splitting the batch
    * across threads pays. */

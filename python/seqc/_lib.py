@@ -95,6 +95,7 @@ _sigs = {
                                        ctypes.POINTER(ctypes.c_int64)]),
     "seq_module_bind_safetensors": (ctypes.c_int, [P, ctypes.c_char_p]),
     "seq_module_bind_weight": (ctypes.c_int, [P, ctypes.c_char_p, P, ctypes.c_int64]),
+    "seq_module_prepare": (ctypes.c_int, [P]),
     # Pointer arrays are passed as ctypes arrays of c_void_p (or None).
     "seq_module_forward": (ctypes.c_int, [P, ctypes.c_int64, ctypes.c_int64, P, P, P, P, P]),
     "seq_module_step": (ctypes.c_int, [P, ctypes.c_int64, P, P, P, P]),

@@ -209,6 +209,29 @@ def test_the_gil_is_released_while_compiled_code_runs():
     assert gap < call / 2, (gap, call)
 
 
+def test_prepare_packs_a_snapshot():
+    m, w = lstm(I=20, H=33)
+    x = x_of(B=3, T=40, I=20)
+    y = m(x)
+    m.prepare()
+    np.testing.assert_allclose(m(x), y, atol=1e-6, rtol=0)
+    state = None
+    for t in range(x.shape[1]):
+        y_t, state = m.step(x[:, t], state)
+        np.testing.assert_allclose(y_t, y[:, t], atol=1e-5, rtol=0)
+    # In-place changes are not seen until prepared (or loaded) again.
+    w["weight_hh"] *= -1.5
+    np.testing.assert_allclose(m(x), y, atol=1e-6, rtol=0)
+    m.prepare()
+    y2 = m(x)
+    assert np.abs(y2 - y).max() > 1e-3
+    m.load_weights(w)
+    np.testing.assert_allclose(m(x), y2, atol=1e-6, rtol=0)
+    unbound = seqc.compile(ROOT / "examples/lstm.seq", dims={"I": 4, "H": 6})
+    with pytest.raises(seqc.WeightError, match="not bound"):
+        unbound.prepare()
+
+
 # ---- AOT shared objects -----------------------------------------------------------------------
 def test_load_so_matches_jit(tmp_path):
     exe = seqc_bin()
@@ -238,6 +261,13 @@ def test_load_so_matches_jit(tmp_path):
         a(x, lengths=[8, 1])
     with pytest.raises(seqc.SeqError, match="needs a module compiled"):
         a.report()
+    # The weights packed once (SYM_prepare): the same results, steps too.
+    a.prepare()
+    torch.testing.assert_close(a(x), y_ref, atol=2e-5, rtol=0)
+    y_t, st = a.step(x[:, 0])
+    torch.testing.assert_close(y_t, y_ref[:, 0], atol=2e-5, rtol=0)
+    a.load_weights(ref.state_dict())  # back to the calls that pack
+    torch.testing.assert_close(a(x), y_ref, atol=2e-5, rtol=0)
 
 
 # ---- out= and state_out= ------------------------------------------------------------------------

@@ -108,6 +108,60 @@ static void test_forward_step_and_binding(void **st) {
   seq_context_destroy(cx);
 }
 
+/* seq_module_prepare: forwards and steps read the weights packed once and
+ * give what they gave without (a forward of enough tokens packs the same
+ * way; a step otherwise reads the weights unpacked, so within rounding);
+ * the packed copy is a snapshot (caller memory changed later is not seen),
+ * binding again drops it, and every weight must be bound first. Odd sizes
+ * (4H = 132: a partial panel of the packed form). */
+static void test_prepared_weights(void **st) {
+  (void)st;
+  SeqContext *cx = seq_context_create();
+  SeqModule *m = compile_lstm(cx, "I=20,H=33");
+  enum { B = 3, T = 40, I = 20, H = 33 };
+  assert_int_equal(seq_module_prepare(m), SEQ_ERR_BIND);
+  float *blob = bind_random(m);
+  static float x[B * T * I], y1[B * T * H], y2[B * T * H], ys[B * H], h[B * H], c[B * H];
+  for (int k = 0; k < B * T * I; k++) x[k] = sinf((float)k * 0.7f);
+  const void *in[1] = {x};
+  float *o1[1] = {y1}, *o2[1] = {y2};
+  assert_int_equal(seq_module_forward(m, B, T, in, NULL, NULL, o1, NULL), SEQ_OK);
+  assert_int_equal(seq_module_prepare(m), SEQ_OK);
+  assert_int_equal(seq_module_forward(m, B, T, in, NULL, NULL, o2, NULL), SEQ_OK);
+  for (int k = 0; k < B * T * H; k++) assert_true(fabsf(y1[k] - y2[k]) < 1e-6f);
+  /* Steps on the packed copy, chained, against the forward. */
+  float *states[2] = {h, c};
+  float xt[B * I];
+  const void *tin[1] = {xt};
+  float *tout[1] = {ys};
+  for (int t = 0; t < T; t++) {
+    for (int b = 0; b < B; b++) memcpy(xt + b * I, x + (b * T + t) * I, sizeof(float) * I);
+    assert_int_equal(
+        seq_module_step(m, B, tin, t ? (const float *const *)states : NULL, tout, states), SEQ_OK);
+    for (int b = 0; b < B; b++)
+      for (int k = 0; k < H; k++)
+        assert_true(fabsf(ys[b * H + k] - y1[(b * T + t) * H + k]) < 1e-5f);
+  }
+  /* A snapshot: the caller's weights changed in place are not seen ... */
+  float *w = blob + 4 * H * I; /* weight_hh */
+  for (int k = 0; k < 4 * H * H; k++) w[k] *= -1.5f;
+  assert_int_equal(seq_module_forward(m, B, T, in, NULL, NULL, o2, NULL), SEQ_OK);
+  for (int k = 0; k < B * T * H; k++) assert_true(fabsf(y1[k] - y2[k]) < 1e-6f);
+  /* ... until prepared again (the result changes), or bound again, which
+   * drops the copy: the forward then packs per call, as it did first. */
+  assert_int_equal(seq_module_prepare(m), SEQ_OK);
+  assert_int_equal(seq_module_forward(m, B, T, in, NULL, NULL, o2, NULL), SEQ_OK);
+  int differs = 0;
+  for (int k = 0; k < B * T * H; k++) differs |= fabsf(y1[k] - y2[k]) > 1e-3f;
+  assert_true(differs);
+  assert_int_equal(seq_module_bind_weight(m, "weight_hh", w, 4 * H * H), SEQ_OK);
+  assert_int_equal(seq_module_forward(m, B, T, in, NULL, NULL, o1, NULL), SEQ_OK);
+  for (int k = 0; k < B * T * H; k++) assert_true(fabsf(y1[k] - y2[k]) < 1e-6f);
+  free(blob);
+  seq_module_destroy(m);
+  seq_context_destroy(cx);
+}
+
 /* Distance in float32 units in the last place (both finite, same sign). */
 static double ulps(float a, double ref) {
   float r = (float)ref;
@@ -424,6 +478,30 @@ static void test_aot_shared_object(void **st) {
   assert_int_equal(fb(blob, total, B, T, in, lengths, NULL, o2, NULL), 0);
   for (int k = 0; k < B * T * 7; k++) assert_true(fabsf(y1[k] - y2[k]) < 1e-6f);
   assert_int_equal(fb(blob, total - 1, B, T, in, lengths, NULL, o2, NULL), 1);
+  /* The weights packed once by the host: the same result. */
+  typedef int64_t (*FloatsFn)(void);
+  typedef int32_t (*PrepareFn)(const float *const *, float *);
+  typedef int32_t (*PreparedFn)(const float *const *, const float *, int64_t, int64_t,
+                                const void *const *, const int32_t *, const float *const *,
+                                float *const *, float *const *);
+  FloatsFn pf = (FloatsFn)(uintptr_t)dlsym(h, "lstm_prepared_floats");
+  PrepareFn prep = (PrepareFn)(uintptr_t)dlsym(h, "lstm_prepare");
+  PreparedFn fp = (PreparedFn)(uintptr_t)dlsym(h, "lstm_forward_prepared");
+  assert_non_null(pf);
+  assert_non_null(prep);
+  assert_non_null(fp);
+  assert_non_null(dlsym(h, "lstm_step_prepared"));
+  /* Both weights, their 28 rows padded to a panel of 32: (5 + 7) * 32. */
+  assert_int_equal(pf(), 12 * 32);
+  float *packed = malloc(sizeof(float) * (size_t)pf());
+  const float *params[4] = {blob, blob + 140, blob + 140 + 196, blob + 140 + 196 + 28};
+  assert_int_equal(prep(params, NULL), 1);
+  assert_int_equal(prep(params, packed), 0);
+  for (int k = 0; k < B * T * 7; k++) y2[k] = NAN;
+  assert_int_equal(fp(params, packed, B, T, in, lengths, NULL, o2, NULL), 0);
+  for (int k = 0; k < B * T * 7; k++) assert_true(fabsf(y1[k] - y2[k]) < 1e-6f);
+  assert_int_equal(fp(params, NULL, B, T, in, lengths, NULL, o2, NULL), 1);
+  free(packed);
   dlclose(h);
   free(blob);
   seq_module_destroy(m);
@@ -527,6 +605,7 @@ int main(void) {
       cmocka_unit_test(test_sin_cos),
       cmocka_unit_test(test_expm),
       cmocka_unit_test(test_forward_step_and_binding),
+      cmocka_unit_test(test_prepared_weights),
       cmocka_unit_test(test_two_threads),
       cmocka_unit_test(test_aot_shared_object),
       cmocka_unit_test(test_aot_unload_stops_workers),
