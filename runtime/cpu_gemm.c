@@ -592,22 +592,13 @@ void rt_cpu_sgemm_packed(int64_t M, int64_t N, int64_t K, const float *A, int64_
 
 /* ---- products straight from the weight, for calls with few tokens ------- */
 
-/* The sum of a vector's 16 lanes by halving (4 shuffles and adds), not 15
- * dependent scalar adds, which were the unpacked kernel's bottleneck. */
-INLINE float hsum16(const v16 *ap) {
-  v16 a = *ap;
-  v8 b = __builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7) +
-         __builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15);
-  v4 c = __builtin_shufflevector(b, b, 0, 1, 2, 3) + __builtin_shufflevector(b, b, 4, 5, 6, 7);
-  return (c[0] + c[2]) + (c[1] + c[3]);
-}
-
 /* Sums of n <= 16 vectors' lanes, out[j] = sum of x[j]'s 16 lanes: four
  * halving stages, each adding the two halves of every group of lanes and
  * packing two vectors' groups into one (a vector of n / 2^s groups, pairs of
  * vectors while there are several, a vector with itself after), so that 16
  * sums take 15 pairs of permutes and an add each instead of 16 reductions of
- * one vector. After the last stage lane j holds out[j]. */
+ * one vector (and never 15 dependent scalar adds, once the unpacked kernel's
+ * bottleneck). After the last stage lane j holds out[j]. */
 #define HALVE(x, y, LO, HI)                                                                        \
   (__builtin_shufflevector(x, y, EXPAND LO) + __builtin_shufflevector(x, y, EXPAND HI))
 INLINE void hsum_many(v16 *x, int n, float *out) {
