@@ -278,6 +278,11 @@ void sched_print(FILE *out, const Schedule *s) {
   for (int i = 0; i < sig->states.n; i++) print_tensor(out, "state", &sig->states.v[i]);
   fprintf(out, "  step entry point: %s\n", sig->has_step ? "yes" : "no (needs whole sequences)");
   fprintf(out, "  work per token: %lld\n", (long long)s->work_per_token);
+  for (int i = 0; i < s->prepared.n; i++) {
+    const SchedPrepared *sp = &s->prepared.v[i];
+    fprintf(out, "  prepared %s: K=%lld N=%lld%s at float %lld\n", sig->params.v[sp->param].name,
+            (long long)sp->k, (long long)sp->n, sp->trans ? " (W @ x)" : "", (long long)sp->offset);
+  }
   for (int i = 0; i < s->insts.n; i++) {
     const SchedInst *in = &s->insts.v[i];
     fprintf(out, "instance %d: %s %s", i, in->fn->kind == IR_FN_CELL ? "cell" : "model",
