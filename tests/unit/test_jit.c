@@ -45,6 +45,29 @@ static float *bind_random(SeqModule *m) {
   return blob;
 }
 
+/* Steps chained over the T tokens of x [B, T, I] equal the forward's y
+ * [B, T, H] (within rounding: a step may multiply unpacked). */
+static void check_steps(SeqModule *m, int B, int T, int I, int H, const float *x, const float *y) {
+  float *xt = malloc(sizeof(float) * (size_t)(B * I)),
+        *ys = malloc(sizeof(float) * (size_t)(B * H));
+  float *h = malloc(sizeof(float) * (size_t)(B * H)), *c = malloc(sizeof(float) * (size_t)(B * H));
+  float *states[2] = {h, c};
+  const void *tin[1] = {xt};
+  float *tout[1] = {ys};
+  for (int t = 0; t < T; t++) {
+    for (int b = 0; b < B; b++) memcpy(xt + b * I, x + (b * T + t) * I, sizeof(float) * I);
+    assert_int_equal(
+        seq_module_step(m, B, tin, t ? (const float *const *)states : NULL, tout, states), SEQ_OK);
+    for (int b = 0; b < B; b++)
+      for (int k = 0; k < H; k++)
+        assert_true(fabsf(ys[b * H + k] - y[(b * T + t) * H + k]) < 1e-5f);
+  }
+  free(xt);
+  free(ys);
+  free(h);
+  free(c);
+}
+
 static void test_compile_error_diagnostics(void **st) {
   (void)st;
   SeqContext *cx = seq_context_create();
@@ -77,7 +100,7 @@ static void test_forward_step_and_binding(void **st) {
   assert_string_equal(names[0], "I");
   assert_int_equal(vals[1], 7);
   enum { B = 2, T = 9, I = 5, H = 7 };
-  float x[B * T * I], y[B * T * H], ys[B * H], h[B * H], c[B * H];
+  float x[B * T * I], y[B * T * H];
   for (int k = 0; k < B * T * I; k++) x[k] = sinf((float)k);
   const void *in[1] = {x};
   float *out[1] = {y};
@@ -87,18 +110,7 @@ static void test_forward_step_and_binding(void **st) {
   assert_int_equal(seq_module_bind_weight(m, "weight_ih", blob, 3), SEQ_ERR_BIND);
   assert_int_equal(seq_module_bind_weight(m, "nope", blob, 3), SEQ_ERR_BIND);
   assert_int_equal(seq_module_forward(m, B, T, in, NULL, NULL, out, NULL), SEQ_OK);
-  float *states[2] = {h, c};
-  float xt[B * I];
-  const void *tin[1] = {xt};
-  float *tout[1] = {ys};
-  for (int t = 0; t < T; t++) {
-    for (int b = 0; b < B; b++) memcpy(xt + b * I, x + (b * T + t) * I, sizeof(float) * I);
-    assert_int_equal(
-        seq_module_step(m, B, tin, t ? (const float *const *)states : NULL, tout, states), SEQ_OK);
-    for (int b = 0; b < B; b++)
-      for (int k = 0; k < H; k++)
-        assert_true(fabsf(ys[b * H + k] - y[(b * T + t) * H + k]) < 1e-5f);
-  }
+  check_steps(m, B, T, I, H, x, y);
   int32_t bad[B] = {1, 99};
   assert_int_equal(seq_module_forward(m, B, T, in, bad, NULL, out, NULL), SEQ_ERR_RUN);
   assert_non_null(seq_module_entry(m, "forward_blob"));
@@ -121,7 +133,7 @@ static void test_prepared_weights(void **st) {
   enum { B = 3, T = 40, I = 20, H = 33 };
   assert_int_equal(seq_module_prepare(m), SEQ_ERR_BIND);
   float *blob = bind_random(m);
-  static float x[B * T * I], y1[B * T * H], y2[B * T * H], ys[B * H], h[B * H], c[B * H];
+  static float x[B * T * I], y1[B * T * H], y2[B * T * H];
   for (int k = 0; k < B * T * I; k++) x[k] = sinf((float)k * 0.7f);
   const void *in[1] = {x};
   float *o1[1] = {y1}, *o2[1] = {y2};
@@ -130,18 +142,7 @@ static void test_prepared_weights(void **st) {
   assert_int_equal(seq_module_forward(m, B, T, in, NULL, NULL, o2, NULL), SEQ_OK);
   for (int k = 0; k < B * T * H; k++) assert_true(fabsf(y1[k] - y2[k]) < 1e-6f);
   /* Steps on the packed copy, chained, against the forward. */
-  float *states[2] = {h, c};
-  float xt[B * I];
-  const void *tin[1] = {xt};
-  float *tout[1] = {ys};
-  for (int t = 0; t < T; t++) {
-    for (int b = 0; b < B; b++) memcpy(xt + b * I, x + (b * T + t) * I, sizeof(float) * I);
-    assert_int_equal(
-        seq_module_step(m, B, tin, t ? (const float *const *)states : NULL, tout, states), SEQ_OK);
-    for (int b = 0; b < B; b++)
-      for (int k = 0; k < H; k++)
-        assert_true(fabsf(ys[b * H + k] - y1[(b * T + t) * H + k]) < 1e-5f);
-  }
+  check_steps(m, B, T, I, H, x, y1);
   /* A snapshot: the caller's weights changed in place are not seen ... */
   float *w = blob + 4 * H * I; /* weight_hh */
   for (int k = 0; k < 4 * H * H; k++) w[k] *= -1.5f;
