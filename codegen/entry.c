@@ -62,7 +62,6 @@ static void emit_entries(Lower *L, const char *sym) {
   LLVMTypeRef fpt[8] = {P, I, I, P, P, P, P, P};
   LLVMValueRef f = add_entry(L, arena_printf(L->a, "%s.run", sym), fpt, 8);
   LLVMSetLinkage(f, LLVMPrivateLinkage);
-
   {
     LLVMValueRef args[9];
     for (int i = 0; i < 8; i++) args[i] = LLVMGetParam(f, (unsigned)i);
