@@ -36,6 +36,51 @@ static void return_if(Lower *L, LLVMValueRef cond, int code) {
   LLVMPositionBuilderAtEnd(L->bld, ok);
 }
 
+/* The mark and layout hash SYM_prepare writes at the start of the block
+ * (FNV-1a over every slot's param, K, N, leading dimension, transposition
+ * and offset), so that a block of another model, or one never prepared, is
+ * an argument error and not wrong numbers. */
+enum { PREPARED_MARK = 0x50514553 /* "SEQP" */ };
+static uint32_t prepared_hash(const Schedule *s) {
+  uint32_t h = 2166136261u;
+  for (int i = 0; i < s->prepared.n; i++) {
+    const SchedPrepared *sp = &s->prepared.v[i];
+    int64_t f[6] = {sp->param, sp->k, sp->n, sp->ld, sp->trans, sp->offset};
+    for (int j = 0; j < 6; j++)
+      for (int b = 0; b < 8; b++)
+        h = (h ^ (uint32_t)((uint64_t)f[j] >> (8 * b) & 0xff)) * 16777619u;
+  }
+  return h;
+}
+
+/* The header's word i of block b (an i32 view of the floats). */
+static LLVMValueRef header_word(Lower *L, LLVMValueRef b, int i) {
+  LLVMValueRef idx = ci64(L, i);
+  return LLVMBuildGEP2(L->bld, L->i32, b, &idx, 1, "");
+}
+
+/* Whether block b is NULL or lacks this model's mark and layout hash. */
+static LLVMValueRef bad_block(Lower *L, LLVMValueRef b) {
+  LLVMBuilderRef bld = L->bld;
+  LLVMBasicBlockRef from = LLVMGetInsertBlock(bld), read = block(L, "read"),
+                    done = block(L, "done");
+  LLVMValueRef null = LLVMBuildIsNull(bld, b, "");
+  LLVMBuildCondBr(bld, null, done, read);
+  LLVMPositionBuilderAtEnd(bld, read);
+  LLVMValueRef m = LLVMBuildLoad2(bld, L->i32, header_word(L, b, 0), "");
+  LLVMValueRef h = LLVMBuildLoad2(bld, L->i32, header_word(L, b, 1), "");
+  LLVMValueRef wrong =
+      LLVMBuildOr(bld, LLVMBuildICmp(bld, LLVMIntNE, m, ci32(L, PREPARED_MARK), ""),
+                  LLVMBuildICmp(bld, LLVMIntNE, h, ci32(L, (int32_t)prepared_hash(L->s)), ""), "");
+  LLVMBuildBr(bld, done);
+  LLVMPositionBuilderAtEnd(bld, done);
+  LLVMValueRef phi = LLVMBuildPhi(bld, L->i1, "bad");
+  LLVMValueRef vals[2] = {LLVMConstInt(L->i1, 1, 0), wrong};
+  LLVMBasicBlockRef froms[2] = {from, read};
+  LLVMAddIncoming(phi, vals, froms, 2);
+  return phi;
+}
+
 /* The params array the instances read: the host's, then per prepared
  * weight (Schedule.prepared) its packed form in the host's block, or NULL
  * when prepared is NULL (the call packs). params is not NULL here. */
@@ -133,10 +178,8 @@ static void emit_entries(Lower *L, const char *sym) {
     LLVMValueRef args[8], prepared = LLVMGetParam(fp, 1);
     args[0] = LLVMGetParam(fp, 0);
     for (int i = 1; i < 8; i++) args[i] = LLVMGetParam(fp, (unsigned)i + 1);
-    LLVMValueRef bad = LLVMBuildIsNull(L->bld, args[0], "");
-    if (L->s->prepared.n > 0)
-      bad = LLVMBuildOr(L->bld, bad, LLVMBuildIsNull(L->bld, prepared, ""), "");
-    return_if(L, bad, ABI_ERR_ARG);
+    return_if(L, LLVMBuildIsNull(L->bld, args[0], ""), ABI_ERR_ARG);
+    if (L->s->prepared.n > 0) return_if(L, bad_block(L, prepared), ABI_ERR_ARG);
     args[0] = extend_params(L, args[0], prepared);
     LLVMBuildRet(L->bld, LLVMBuildCall2(L->bld, fwd_ty, run, args, 8, ""));
   }
@@ -223,6 +266,13 @@ static void emit_entries(Lower *L, const char *sym) {
           ci64(L, sp->k),  ci64(L, sp->n),     ldp(L, params, sp->param),
           ci64(L, sp->ld), ci32(L, sp->trans), gepf(L, prepared, ci64(L, sp->offset))};
       call_fn(L, "rt_cpu_pack_b", L->void_t, pt, 6, args);
+    }
+    if (L->s->prepared.n > 0) {
+      for (int i = 0; i < SCHED_PREPARED_HEADER; i++)
+        LLVMBuildStore(L->bld, ci32(L, 0), header_word(L, prepared, i));
+      LLVMBuildStore(L->bld, ci32(L, PREPARED_MARK), header_word(L, prepared, 0));
+      LLVMBuildStore(L->bld, ci32(L, (int32_t)prepared_hash(L->s)), header_word(L, prepared, 1));
+      LLVMBuildStore(L->bld, ci32(L, L->s->prepared.n), header_word(L, prepared, 2));
     }
     LLVMBuildRet(L->bld, ci32(L, ABI_OK));
   }

@@ -229,6 +229,7 @@ static int add_prepared(Plan *p, IrRef r) {
   while (fn->nodes.v[w].op == IR_RESHAPE) w = fn->nodes.v[w].args[0];
   if (n->cgemm || fn->nodes.v[w].op != IR_PARAM) return 0;
   Schedule *s = p->s;
+  if (s->prepared.n == 0) s->prepared_floats = SCHED_PREPARED_HEADER;
   SchedPrepared sp = {p->in->params[fn->nodes.v[w].index], n->gemm_k, n->gemm_n,
                       trans ? n->gemm_k : n->gemm_n,       trans,     s->prepared_floats};
   if (vec_push(p->a, &s->prepared, sp)) return -1;

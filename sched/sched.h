@@ -274,6 +274,11 @@ typedef struct SchedInst {
   VEC(SchedOp) ops;
 } SchedInst;
 
+/* The prepared block starts with a header of this many floats (SYM_prepare
+ * writes a mark and the hash of the block's layout there; the entry points
+ * refuse a block without them), then the packed weights. */
+enum { SCHED_PREPARED_HEADER = 16 };
+
 /* A GEMM weight the host may pack once (SYM_prepare, docs/abi.md): a
  * parameter read as it is, packed like SCHED_BUF_PACKED at `offset` floats
  * into the prepared block. */

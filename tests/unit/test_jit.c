@@ -492,16 +492,25 @@ static void test_aot_shared_object(void **st) {
   assert_non_null(prep);
   assert_non_null(fp);
   assert_non_null(dlsym(h, "lstm_step_prepared"));
-  /* Both weights, their 28 rows padded to a panel of 32: (5 + 7) * 32. */
-  assert_int_equal(pf(), 12 * 32);
-  float *packed = malloc(sizeof(float) * (size_t)pf());
+  /* A header of 16 floats, then both weights, their 28 rows padded to a
+   * panel of 32: (5 + 7) * 32. */
+  assert_int_equal(pf(), 16 + 12 * 32);
+  float *packed = calloc((size_t)pf(), sizeof(float));
   const float *params[4] = {blob, blob + 140, blob + 140 + 196, blob + 140 + 196 + 28};
   assert_int_equal(prep(params, NULL), 1);
+  /* A block never prepared is refused, not read as weights. */
+  assert_int_equal(fp(params, packed, B, T, in, lengths, NULL, o2, NULL), 1);
   assert_int_equal(prep(params, packed), 0);
   for (int k = 0; k < B * T * 7; k++) y2[k] = NAN;
   assert_int_equal(fp(params, packed, B, T, in, lengths, NULL, o2, NULL), 0);
   for (int k = 0; k < B * T * 7; k++) assert_true(fabsf(y1[k] - y2[k]) < 1e-6f);
   assert_int_equal(fp(params, NULL, B, T, in, lengths, NULL, o2, NULL), 1);
+  /* So is one whose layout hash is another model's. */
+  uint32_t word;
+  memcpy(&word, (char *)packed + 4, 4);
+  word ^= 1;
+  memcpy((char *)packed + 4, &word, 4);
+  assert_int_equal(fp(params, packed, B, T, in, lengths, NULL, o2, NULL), 1);
   free(packed);
   dlclose(h);
   free(blob);
