@@ -592,7 +592,8 @@ void rt_cpu_sgemm_packed(int64_t M, int64_t N, int64_t K, const float *A, int64_
 
 /* ---- products straight from the weight, for calls with few tokens ------- */
 
-/* Sums of n <= 16 vectors' lanes, out[j] = sum of x[j]'s 16 lanes: four
+/* Sums of n vectors' lanes (n 1, 2, 4, 8 or 16: a stage pairs x[2i] with
+ * x[2i + 1]), out[j] = sum of x[j]'s 16 lanes: four
  * halving stages, each adding the two halves of every group of lanes and
  * packing two vectors' groups into one (a vector of n / 2^s groups, pairs of
  * vectors while there are several, a vector with itself after), so that 16
