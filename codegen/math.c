@@ -244,10 +244,21 @@ LLVMValueRef emit_binary(Lower *L, IrOp op, LLVMValueRef x, LLVMValueRef y) {
 /* ---- complex numbers ------------------------------------------------------
  * A complex value is stored as interleaved (re, im) float pairs, the layout
  * the interpreter and the ABI use (a trailing axis of 2). Arithmetic is the
- * textbook formulas, as in the interpreter; a real operand of a complex op is
- * (x, 0). */
+ * textbook formulas, as in the interpreter, but for a real operand (is_real),
+ * which takes part as a real number, not as (x, 0). */
+
+/* A real operand of a complex op comes as (x, 0) with the 0 a constant
+ * (fused_operand, ldc): it takes part as a real number, as in the
+ * interpreter (C's Annex G): (a + bi) x = (a x, b x), (a + bi) + x =
+ * (a + x, b), two multiplies or one add fewer than on (x, 0). */
+static int is_real(Cx x) {
+  LLVMBool lost = 0;
+  return x.im && LLVMIsAConstantFP(x.im) && LLVMConstRealGetDouble(x.im, &lost) == 0.0;
+}
 
 Cx cx_mul(Lower *L, Cx x, Cx y) {
+  if (is_real(x)) return (Cx){fmul(L, x.re, y.re), fmul(L, x.re, y.im)};
+  if (is_real(y)) return (Cx){fmul(L, x.re, y.re), fmul(L, x.im, y.re)};
   return (Cx){fsub(L, fmul(L, x.re, y.re), fmul(L, x.im, y.im)),
               fadd(L, fmul(L, x.re, y.im), fmul(L, x.im, y.re))};
 }
@@ -287,12 +298,15 @@ Cx cx_op(Lower *L, IrOp op, Cx x, Cx y) {
   case IR_CPLX:
     return (Cx){x.re, y.re};
   case IR_ADD:
-    return (Cx){fadd(L, x.re, y.re), fadd(L, x.im, y.im)};
+    return (Cx){fadd(L, x.re, y.re), is_real(x) ? y.im : is_real(y) ? x.im : fadd(L, x.im, y.im)};
   case IR_SUB:
-    return (Cx){fsub(L, x.re, y.re), fsub(L, x.im, y.im)};
+    return (Cx){fsub(L, x.re, y.re), is_real(x)   ? LLVMBuildFNeg(b, y.im, "")
+                                     : is_real(y) ? x.im
+                                                  : fsub(L, x.im, y.im)};
   case IR_MUL:
     return cx_mul(L, x, y);
   case IR_DIV: {
+    if (is_real(y)) return (Cx){LLVMBuildFDiv(b, x.re, y.re, ""), LLVMBuildFDiv(b, x.im, y.re, "")};
     LLVMValueRef den = fadd(L, fmul(L, y.re, y.re), fmul(L, y.im, y.im));
     LLVMValueRef re = fadd(L, fmul(L, x.re, y.re), fmul(L, x.im, y.im));
     LLVMValueRef im = fsub(L, fmul(L, x.im, y.re), fmul(L, x.re, y.im));

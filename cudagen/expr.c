@@ -92,6 +92,9 @@ const char *cu_op_expr(Cu *c, IrOp op, const char *a, const char *ai, const char
     if (!r) c->failed = 1;
     return r ? r : "0.0f";
   }
+  /* A real operand (no imaginary part) takes part as a real number, as in
+   * the interpreter: (a + bi) x = (a x, b x), (a + bi) + x = (a + x, b). */
+  int a_real = !ai, b_real = b && !bi;
   if (!ai) ai = "0.0f";
   if (b && !bi) bi = "0.0f";
   const char *re = NULL, *im = NULL;
@@ -132,17 +135,27 @@ const char *cu_op_expr(Cu *c, IrOp op, const char *a, const char *ai, const char
     break;
   case IR_ADD:
     re = p(c, "(%s + %s)", a, b);
-    im = p(c, "(%s + %s)", ai, bi);
+    im = a_real ? bi : b_real ? ai : p(c, "(%s + %s)", ai, bi);
     break;
   case IR_SUB:
     re = p(c, "(%s - %s)", a, b);
-    im = p(c, "(%s - %s)", ai, bi);
+    im = a_real ? p(c, "(-%s)", bi, NULL) : b_real ? ai : p(c, "(%s - %s)", ai, bi);
     break;
   case IR_MUL:
+    if (a_real || b_real) {
+      re = p(c, "(%s * %s)", a, b);
+      im = a_real ? p(c, "(%s * %s)", a, bi) : p(c, "(%s * %s)", ai, b);
+      break;
+    }
     re = q4(c, "seq_cmul_re", a, ai, b, bi);
     im = q4(c, "seq_cmul_im", a, ai, b, bi);
     break;
   case IR_DIV:
+    if (b_real) {
+      re = p(c, "(%s / %s)", a, b);
+      im = p(c, "(%s / %s)", ai, b);
+      break;
+    }
     re = q4(c, "seq_cdiv_re", a, ai, b, bi);
     im = q4(c, "seq_cdiv_im", a, ai, b, bi);
     break;

@@ -320,21 +320,33 @@ static double real_binary(IrOp op, double x, double y) {
   }
 }
 
-static int complex_binary(IrOp op, double complex x, double complex y, double complex *out) {
+/* x op y where x_real (y_real) says x (y) is a real value: as in C's
+ * Annex G, a real operand takes part as a real number, not as (x, 0), so
+ * (a + bi) * x is (a x, b x) and (a + bi) + x is (a + x, b), which differ
+ * from the textbook formulas on (x, 0) only where a product with 0 is NaN
+ * (an infinite part) or in the sign of a zero. Otherwise the textbook
+ * formulas, which compiled code uses too (C's complex operators may take a
+ * slower, rescaling path). */
+static int complex_binary(IrOp op, double complex x, int x_real, double complex y, int y_real,
+                          double complex *out) {
   double a = creal(x), b = cimag(x), c = creal(y), d = cimag(y);
   switch (op) {
   case IR_ADD:
-    *out = x + y;
+    *out = x_real ? cmk(a + c, d) : y_real ? cmk(a + c, b) : x + y;
     return 0;
   case IR_SUB:
-    *out = x - y;
+    *out = x_real ? cmk(a - c, -d) : y_real ? cmk(a - c, b) : x - y;
     return 0;
-  /* The textbook formulas, which compiled code uses too (C's complex
-   * operators may take a slower, rescaling path). */
   case IR_MUL:
-    *out = cmk(a * c - b * d, a * d + b * c);
+    *out = x_real   ? cmk(a * c, a * d)
+           : y_real ? cmk(a * c, b * c)
+                    : cmk(a * c - b * d, a * d + b * c);
     return 0;
   case IR_DIV: {
+    if (y_real) {
+      *out = cmk(a / c, b / c);
+      return 0;
+    }
     double den = c * c + d * d;
     *out = cmk((a * c + b * d) / den, (b * c - a * d) / den);
     return 0;
@@ -377,7 +389,7 @@ static int ew_binary(Run *r, const IrNode *nd, const Val *x, const Val *y, Val *
       continue;
     }
     double complex z;
-    if (complex_binary(op, cget(x, it.off[0]), cget(y, it.off[1]), &z)) {
+    if (complex_binary(op, cget(x, it.off[0]), !x->cplx, cget(y, it.off[1]), !y->cplx, &z)) {
       diag_error(r->de, nd->loc, "internal error in interp: %s of complex values",
                  ir_op_info[op].text);
       return -1;

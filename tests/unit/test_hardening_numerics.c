@@ -223,6 +223,58 @@ static void test_gate_saturation(void **state) {
   rt_tensor_free(&x);
 }
 
+/* Complex ops with a real operand (docs/language.md section 6): the real
+ * operand takes part as a real number, so an infinite part does not turn
+ * the other into NaN and a -0 part stays -0; test_jit checks the compiled
+ * code on the same cell. */
+static void test_mixed_complex_operands(void **state) {
+  (void)state;
+  static const char mixed_src[] = "cell Mixed(N) {\n"
+                                  "  input  a: [N]\n"
+                                  "  input  b: [N]\n"
+                                  "  input  x: [N]\n"
+                                  "  output p: [N, 2]\n"
+                                  "  output q: [N, 2]\n"
+                                  "  output s: [N, 2]\n"
+                                  "  output u: [N, 2]\n"
+                                  "  output d: [N, 2]\n"
+                                  "  step {\n"
+                                  "    let z = complex(a, b)\n"
+                                  "    let zx = z * x\n"
+                                  "    let xz = x * z\n"
+                                  "    let zpx = z + x\n"
+                                  "    let xmz = x - z\n"
+                                  "    let zdx = z / x\n"
+                                  "    p = concat(real(zx)[:, None], imag(zx)[:, None], axis=1)\n"
+                                  "    q = concat(real(xz)[:, None], imag(xz)[:, None], axis=1)\n"
+                                  "    s = concat(real(zpx)[:, None], imag(zpx)[:, None], axis=1)\n"
+                                  "    u = concat(real(xmz)[:, None], imag(xmz)[:, None], axis=1)\n"
+                                  "    d = concat(real(zdx)[:, None], imag(zdx)[:, None], axis=1)\n"
+                                  "  }\n"
+                                  "}\n";
+  bind(mixed_src, NULL, 1, (const char *[]){"N"}, (int64_t[]){2});
+  RtTensor in[3], out[5];
+  RtError err;
+  int64_t shape[3] = {1, 1, 2};
+  const double v[3][2] = {{INFINITY, 1.0}, {1.0, -0.0}, {2.0, 2.0}};
+  for (int k = 0; k < 3; k++) {
+    assert_int_equal(rt_tensor_alloc(&in[k], RT_F64, 3, shape, &err), 0);
+    memcpy(in[k].data, v[k], sizeof v[k]);
+  }
+  InterpOptions opt = {.f64 = 1};
+  assert_int_equal(interp_run(&B, 1, 1, in, NULL, NULL, out, NULL, &opt, &DE), 0);
+  const double *p = out[0].data, *q = out[1].data, *s = out[2].data, *u = out[3].data,
+               *d = out[4].data;
+  assert_true(isinf(p[0]) && p[1] == 2.0 && isinf(q[0]) && q[1] == 2.0);
+  assert_true(p[2] == 2.0 && p[3] == 0.0 && signbit(p[3]));
+  assert_true(isinf(s[0]) && s[1] == 1.0 && s[2] == 3.0 && s[3] == 0.0 && signbit(s[3]));
+  assert_true(isinf(u[0]) && u[0] < 0 && u[1] == -1.0 && u[2] == 1.0 && u[3] == 0.0 &&
+              !signbit(u[3]));
+  assert_true(isinf(d[0]) && d[1] == 0.5 && d[2] == 0.5 && signbit(d[3]));
+  for (int k = 0; k < 5; k++) rt_tensor_free(&out[k]);
+  for (int k = 0; k < 3; k++) rt_tensor_free(&in[k]);
+}
+
 /* minGRU with z exactly 0 keeps h bit-for-bit for a million steps; with z
  * exactly 1 it copies h~. mLSTM with a forget preactivation of -1e30
  * (logsigmoid = -1e30, f = exp(-1e30) = 0) forgets everything each step and
@@ -331,6 +383,7 @@ static int teardown(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_gate_saturation),
+      cmocka_unit_test(test_mixed_complex_operands),
       cmocka_unit_test(test_gates_exactly_zero_and_one),
       cmocka_unit_test(test_mingru_million_steps),
       cmocka_unit_test(test_mlstm_stabilizer_million_steps),

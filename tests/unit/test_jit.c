@@ -241,6 +241,52 @@ static void test_log_functions(void **st) {
   seq_context_destroy(cx);
 }
 
+/* A real operand of a complex op takes part as a real number
+ * (docs/language.md section 6), as in the interpreter: (inf + 1i) * 2 is
+ * (inf, 2), not (inf, NaN) as (inf + 1i) * (2 + 0i) would be, and
+ * (1 - 0i) + 2 keeps the -0. */
+static void test_mixed_complex_operands(void **st) {
+  (void)st;
+  static const char mixed_src[] = "cell Mixed(N) {\n"
+                                  "  input  a: [N]\n"
+                                  "  input  b: [N]\n"
+                                  "  input  x: [N]\n"
+                                  "  output p: [N, 2]\n"
+                                  "  output q: [N, 2]\n"
+                                  "  output s: [N, 2]\n"
+                                  "  output u: [N, 2]\n"
+                                  "  output d: [N, 2]\n"
+                                  "  step {\n"
+                                  "    let z = complex(a, b)\n"
+                                  "    let zx = z * x\n"
+                                  "    let xz = x * z\n"
+                                  "    let zpx = z + x\n"
+                                  "    let xmz = x - z\n"
+                                  "    let zdx = z / x\n"
+                                  "    p = concat(real(zx)[:, None], imag(zx)[:, None], axis=1)\n"
+                                  "    q = concat(real(xz)[:, None], imag(xz)[:, None], axis=1)\n"
+                                  "    s = concat(real(zpx)[:, None], imag(zpx)[:, None], axis=1)\n"
+                                  "    u = concat(real(xmz)[:, None], imag(xmz)[:, None], axis=1)\n"
+                                  "    d = concat(real(zdx)[:, None], imag(zdx)[:, None], axis=1)\n"
+                                  "  }\n"
+                                  "}\n";
+  SeqContext *cx = seq_context_create();
+  SeqModule *m = compile_elementwise(cx, "mixed.seq", mixed_src, 2);
+  const float a[2] = {INFINITY, 1.0f}, b[2] = {1.0f, -0.0f}, x[2] = {2.0f, 2.0f};
+  float p[4], q[4], s[4], u[4], d[4];
+  const void *in[3] = {a, b, x};
+  float *out[5] = {p, q, s, u, d};
+  assert_int_equal(seq_module_forward(m, 1, 1, in, NULL, NULL, out, NULL), SEQ_OK);
+  assert_true(isinf(p[0]) && p[1] == 2.0f && isinf(q[0]) && q[1] == 2.0f);
+  assert_true(p[2] == 2.0f && p[3] == 0.0f && signbit(p[3]));
+  assert_true(isinf(s[0]) && s[1] == 1.0f && s[2] == 3.0f && s[3] == 0.0f && signbit(s[3]));
+  assert_true(isinf(u[0]) && u[0] < 0 && u[1] == -1.0f && u[2] == 1.0f && u[3] == 0.0f &&
+              !signbit(u[3]));
+  assert_true(isinf(d[0]) && d[1] == 0.5f && d[2] == 0.5f && signbit(d[3]));
+  seq_module_destroy(m);
+  seq_context_destroy(cx);
+}
+
 /* exp, sigmoid and tanh as generated (codegen/math.c: a polynomial with
  * no selects for its edges) against float64 libm: exp within 2 ulps
  * wherever its result is at least 2.4e-38, flushed to 0 (or exact) below
@@ -612,6 +658,7 @@ int main(void) {
       cmocka_unit_test(test_compile_error_diagnostics),
       cmocka_unit_test(test_log_functions),
       cmocka_unit_test(test_exp_functions),
+      cmocka_unit_test(test_mixed_complex_operands),
       cmocka_unit_test(test_sin_cos),
       cmocka_unit_test(test_expm),
       cmocka_unit_test(test_forward_step_and_binding),
