@@ -229,29 +229,8 @@ static void test_gate_saturation(void **state) {
  * code on the same cell. */
 static void test_mixed_complex_operands(void **state) {
   (void)state;
-  static const char mixed_src[] = "cell Mixed(N) {\n"
-                                  "  input  a: [N]\n"
-                                  "  input  b: [N]\n"
-                                  "  input  x: [N]\n"
-                                  "  output p: [N, 2]\n"
-                                  "  output q: [N, 2]\n"
-                                  "  output s: [N, 2]\n"
-                                  "  output u: [N, 2]\n"
-                                  "  output d: [N, 2]\n"
-                                  "  step {\n"
-                                  "    let z = complex(a, b)\n"
-                                  "    let zx = z * x\n"
-                                  "    let xz = x * z\n"
-                                  "    let zpx = z + x\n"
-                                  "    let xmz = x - z\n"
-                                  "    let zdx = z / x\n"
-                                  "    p = concat(real(zx)[:, None], imag(zx)[:, None], axis=1)\n"
-                                  "    q = concat(real(xz)[:, None], imag(xz)[:, None], axis=1)\n"
-                                  "    s = concat(real(zpx)[:, None], imag(zpx)[:, None], axis=1)\n"
-                                  "    u = concat(real(xmz)[:, None], imag(xmz)[:, None], axis=1)\n"
-                                  "    d = concat(real(zdx)[:, None], imag(zdx)[:, None], axis=1)\n"
-                                  "  }\n"
-                                  "}\n";
+  char *mixed_src = tu_read_file(tu_src("tests/data/models/mixed_complex.seq"), NULL);
+  assert_non_null(mixed_src);
   bind(mixed_src, NULL, 1, (const char *[]){"N"}, (int64_t[]){2});
   RtTensor in[3], out[5];
   RtError err;
@@ -273,6 +252,7 @@ static void test_mixed_complex_operands(void **state) {
   assert_true(isinf(d[0]) && d[1] == 0.5 && d[2] == 0.5 && signbit(d[3]));
   for (int k = 0; k < 5; k++) rt_tensor_free(&out[k]);
   for (int k = 0; k < 3; k++) rt_tensor_free(&in[k]);
+  free(mixed_src);
 }
 
 /* minGRU with z exactly 0 keeps h bit-for-bit for a million steps; with z

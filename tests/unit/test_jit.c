@@ -247,29 +247,8 @@ static void test_log_functions(void **st) {
  * (1 - 0i) + 2 keeps the -0. */
 static void test_mixed_complex_operands(void **st) {
   (void)st;
-  static const char mixed_src[] = "cell Mixed(N) {\n"
-                                  "  input  a: [N]\n"
-                                  "  input  b: [N]\n"
-                                  "  input  x: [N]\n"
-                                  "  output p: [N, 2]\n"
-                                  "  output q: [N, 2]\n"
-                                  "  output s: [N, 2]\n"
-                                  "  output u: [N, 2]\n"
-                                  "  output d: [N, 2]\n"
-                                  "  step {\n"
-                                  "    let z = complex(a, b)\n"
-                                  "    let zx = z * x\n"
-                                  "    let xz = x * z\n"
-                                  "    let zpx = z + x\n"
-                                  "    let xmz = x - z\n"
-                                  "    let zdx = z / x\n"
-                                  "    p = concat(real(zx)[:, None], imag(zx)[:, None], axis=1)\n"
-                                  "    q = concat(real(xz)[:, None], imag(xz)[:, None], axis=1)\n"
-                                  "    s = concat(real(zpx)[:, None], imag(zpx)[:, None], axis=1)\n"
-                                  "    u = concat(real(xmz)[:, None], imag(xmz)[:, None], axis=1)\n"
-                                  "    d = concat(real(zdx)[:, None], imag(zdx)[:, None], axis=1)\n"
-                                  "  }\n"
-                                  "}\n";
+  char *mixed_src = tu_read_file(tu_src("tests/data/models/mixed_complex.seq"), NULL);
+  assert_non_null(mixed_src);
   SeqContext *cx = seq_context_create();
   SeqModule *m = compile_elementwise(cx, "mixed.seq", mixed_src, 2);
   const float a[2] = {INFINITY, 1.0f}, b[2] = {1.0f, -0.0f}, x[2] = {2.0f, 2.0f};
@@ -285,6 +264,7 @@ static void test_mixed_complex_operands(void **st) {
   assert_true(isinf(d[0]) && d[1] == 0.5f && d[2] == 0.5f && signbit(d[3]));
   seq_module_destroy(m);
   seq_context_destroy(cx);
+  free(mixed_src);
 }
 
 /* exp, sigmoid and tanh as generated (codegen/math.c: a polynomial with
