@@ -11,8 +11,41 @@ LLVMValueRef ci64(Lower *L, int64_t v) {
 LLVMValueRef ci32(Lower *L, int v) {
   return LLVMConstInt(L->i32, (unsigned long long)(int64_t)v, 1);
 }
+static LLVMValueRef splat(Lower *L, LLVMValueRef c) {
+  if (!L->lanes) return c;
+  LLVMValueRef e[64];
+  for (int j = 0; j < L->lanes; j++) e[j] = c;
+  return LLVMConstVector(e, (unsigned)L->lanes);
+}
 LLVMValueRef cf(Lower *L, double v) {
-  return LLVMConstReal(L->f32, v);
+  return splat(L, LLVMConstReal(L->f32, v));
+}
+LLVMValueRef ei32(Lower *L, int v) {
+  return splat(L, ci32(L, v));
+}
+LLVMValueRef ei64(Lower *L, int64_t v) {
+  return splat(L, ci64(L, v));
+}
+LLVMValueRef ef64(Lower *L, double v) {
+  return splat(L, LLVMConstReal(LLVMDoubleTypeInContext(L->cx), v));
+}
+LLVMValueRef lane_load(Lower *L, LLVMValueRef p, LLVMValueRef idx) {
+  LLVMValueRef v =
+      LLVMBuildLoad2(L->bld, LLVMVectorType(L->f32, (unsigned)L->lanes), gepf(L, p, idx), "");
+  LLVMSetAlignment(v, 4);
+  return v;
+}
+void lane_store(Lower *L, LLVMValueRef v, LLVMValueRef p, LLVMValueRef idx) {
+  LLVMSetAlignment(LLVMBuildStore(L->bld, v, gepf(L, p, idx)), 4);
+}
+LLVMValueRef lane_splat(Lower *L, LLVMValueRef x) {
+  LLVMTypeRef vt = LLVMVectorType(L->f32, (unsigned)L->lanes);
+  LLVMValueRef u = LLVMBuildInsertElement(L->bld, LLVMGetUndef(vt), x, ci32(L, 0), "");
+  return LLVMBuildShuffleVector(L->bld, u, LLVMGetUndef(vt),
+                                LLVMConstNull(LLVMVectorType(L->i32, (unsigned)L->lanes)), "");
+}
+LLVMTypeRef et(Lower *L, LLVMTypeRef scalar) {
+  return L->lanes ? LLVMVectorType(scalar, (unsigned)L->lanes) : scalar;
 }
 LLVMValueRef gepf(Lower *L, LLVMValueRef p, LLVMValueRef idx) {
   return LLVMBuildGEP2(L->bld, L->f32, p, &idx, 1, "");
@@ -50,6 +83,12 @@ LLVMBasicBlockRef block(Lower *L, const char *name) {
 }
 
 LLVMValueRef loop_begin(Lower *L, Loop *lp, LLVMValueRef lo, LLVMValueRef hi) {
+  return loop_begin_step(L, lp, lo, hi, 1);
+}
+
+/* A loop from lo by `step` while below hi. */
+LLVMValueRef loop_begin_step(Lower *L, Loop *lp, LLVMValueRef lo, LLVMValueRef hi, int64_t step) {
+  lp->step = step;
   lp->pre = LLVMGetInsertBlock(L->bld);
   lp->head = block(L, "loop");
   lp->body = block(L, "body");
@@ -64,7 +103,7 @@ LLVMValueRef loop_begin(Lower *L, Loop *lp, LLVMValueRef lo, LLVMValueRef hi) {
 }
 
 void loop_end(Lower *L, Loop *lp) {
-  LLVMValueRef next = LLVMBuildNSWAdd(L->bld, lp->iv, ci64(L, 1), "");
+  LLVMValueRef next = LLVMBuildNSWAdd(L->bld, lp->iv, ci64(L, lp->step), "");
   LLVMBasicBlockRef from = LLVMGetInsertBlock(L->bld);
   LLVMBuildBr(L->bld, lp->head);
   LLVMAddIncoming(lp->iv, &next, &from, 1);
@@ -91,8 +130,9 @@ LLVMValueRef intrinsic_of(Lower *L, const char *name, LLVMTypeRef t, LLVMValueRe
   LLVMTypeRef ft = LLVMIntrinsicGetType(L->cx, id, &t, 1);
   return LLVMBuildCall2(L->bld, ft, fn, args, (unsigned)n, "");
 }
+/* An intrinsic overloaded on its first operand's type (float, or a vector). */
 LLVMValueRef intrinsic(Lower *L, const char *name, LLVMValueRef *args, int n) {
-  return intrinsic_of(L, name, L->f32, args, n);
+  return intrinsic_of(L, name, LLVMTypeOf(args[0]), args, n);
 }
 LLVMValueRef intr1(Lower *L, const char *name, LLVMValueRef x) {
   return intrinsic(L, name, &x, 1);

@@ -534,6 +534,9 @@ void emit_ops(Lower *L, const SchedOp *ops, int n) {
     case SCHED_OP_PACK:
       emit_pack(L, op->node);
       break;
+    case SCHED_OP_LANE_COPIES:
+      emit_lane_copies(L, op);
+      break;
     case SCHED_OP_ZERO_OUTPUTS:
       emit_zero_outputs(L);
       break;

@@ -10,9 +10,26 @@
  * real value). A broadcast operand is read at (o, i), k = o * last + i over
  * the key's last axis: the part from o is loop-invariant in the inner loop,
  * which stays contiguous (or constant) and vectorizes. */
+/* The vectors of L->lanes rows from row o of operand a at element i of the
+ * last axis, in a rows-in-lanes scan (sched/scan.c, lane_member says which
+ * operands it admits): a copy's, a per-row value's (one load), or a value
+ * repeated along the rows (one load, splat). */
+static Cx lane_operand(Lower *L, IrRef a, LLVMValueRef o, LLVMValueRef i) {
+  if (L->pl_re && L->pl_re[a])
+    return (Cx){lane_load(L, L->pl_re[a], L->pl_at),
+                L->pl_im ? lane_load(L, L->pl_im[a], L->pl_at) : cf(L, 0.0)};
+  const SchedValue *an = &L->v[a];
+  int row, last;
+  sched_lane_strides(an, &row, &last);
+  if (row) return (Cx){lane_load(L, rowptr(L, a), o), cf(L, 0.0)};
+  Cx s = ldc(L, rowptr(L, a), an->numel == 1 || !last ? ci64(L, 0) : i, an->w);
+  return (Cx){lane_splat(L, s.re), an->w == 2 ? lane_splat(L, s.im) : s.im};
+}
+
 Cx fused_operand(Lower *L, IrRef a, LLVMValueRef k, LLVMValueRef o, LLVMValueRef i,
                  const SchedValue *key) {
   if (L->fmember[a]) return (Cx){L->fval[a], L->fval_im[a] ? L->fval_im[a] : cf(L, 0.0)};
+  if (L->lanes) return lane_operand(L, a, o, i);
   if (L->pl_re && L->pl_re[a])
     return (Cx){ldf(L, L->pl_re[a], L->pl_at),
                 L->pl_im ? ldf(L, L->pl_im[a], L->pl_at) : cf(L, 0.0)};
@@ -33,6 +50,9 @@ Cx fused_value(Lower *L, IrRef r, LLVMValueRef k, LLVMValueRef o, LLVMValueRef i
     sched_axis_split(x, nd->axis, &outer, &len, &inner);
     if (dim_eval(nd->start, L->in->dims, &start) != 0) start = 0;
     v.re = ldf(L, rowptr(L, nd->args[0]), add(L, k, ci64(L, start * inner)));
+  } else if (nd->op == IR_OUTER && L->lanes) { /* rows o.. of a, times b[i] */
+    v.re = fmul(L, lane_load(L, rowptr(L, nd->args[0]), o),
+                lane_splat(L, ldf(L, rowptr(L, nd->args[1]), i)));
   } else if (nd->op == IR_OUTER) { /* sched_outer_fusable: element (o, i) of [M, N] */
     v.re = fmul(L, ldf(L, rowptr(L, nd->args[0]), o), ldf(L, rowptr(L, nd->args[1]), i));
   } else if (cplx) {

@@ -86,17 +86,31 @@ typedef struct Lower {
    * the inner loop runs over the last axis longer than 1 and vectorizes;
    * bcast_index drops as many trailing axes of each operand */
   int squeeze;
+  /* element values are vectors of this many lanes (0: scalars): set only
+   * while a rows-in-lanes scan (lanes.c) emits its elements, when cf, ei32,
+   * ei64 and the element types below give vectors (splats) */
+  int lanes;
 } Lower;
 
 /* ---- build.c ---- */
 typedef struct Loop {
   LLVMBasicBlockRef head, body, exit, pre;
   LLVMValueRef iv;
+  int64_t step;
 } Loop;
 
 LLVMValueRef ci64(Lower *L, int64_t v);
 LLVMValueRef ci32(Lower *L, int v);
 LLVMValueRef cf(Lower *L, double v);
+/* Element constants and types: vectors of L->lanes where that is set. */
+LLVMValueRef ei32(Lower *L, int v);
+LLVMValueRef ei64(Lower *L, int64_t v);
+LLVMValueRef ef64(Lower *L, double v);
+LLVMTypeRef et(Lower *L, LLVMTypeRef scalar);
+/* L->lanes floats from p[idx] (unaligned), stored there, or x in every lane. */
+LLVMValueRef lane_load(Lower *L, LLVMValueRef p, LLVMValueRef idx);
+void lane_store(Lower *L, LLVMValueRef v, LLVMValueRef p, LLVMValueRef idx);
+LLVMValueRef lane_splat(Lower *L, LLVMValueRef x);
 LLVMValueRef gepf(Lower *L, LLVMValueRef p, LLVMValueRef idx);
 LLVMValueRef ldf(Lower *L, LLVMValueRef p, LLVMValueRef idx);
 void stf(Lower *L, LLVMValueRef v, LLVMValueRef p, LLVMValueRef idx);
@@ -110,6 +124,7 @@ LLVMValueRef select_min(Lower *L, LLVMValueRef x, LLVMValueRef y); /* signed i64
 LLVMBasicBlockRef block(Lower *L, const char *name);
 /* A counted loop [lo, hi); the body is emitted between loop_begin and loop_end. */
 LLVMValueRef loop_begin(Lower *L, Loop *lp, LLVMValueRef lo, LLVMValueRef hi);
+LLVMValueRef loop_begin_step(Lower *L, Loop *lp, LLVMValueRef lo, LLVMValueRef hi, int64_t step);
 void loop_end(Lower *L, Loop *lp);
 /* A float accumulator carried around loop lp, starting at init; the caller
  * adds the latch value with loop_phi_next before loop_end. After the loop
@@ -147,6 +162,10 @@ typedef struct Cx {
 LLVMValueRef emit_exp(Lower *L, LLVMValueRef x);
 LLVMValueRef emit_unary(Lower *L, IrOp op, LLVMValueRef x);
 LLVMValueRef emit_binary(Lower *L, IrOp op, LLVMValueRef x, LLVMValueRef y);
+/* A real operand of a complex op: its imaginary part the constant +0. */
+int cx_is_real(Cx x);
+/* a * b + c (llvm.fmuladd: fused where the target has FMA). */
+LLVMValueRef fmuladd(Lower *L, LLVMValueRef a, LLVMValueRef b, LLVMValueRef c);
 Cx cx_mul(Lower *L, Cx x, Cx y);
 /* One elementwise op on complex operands; a real result is in .re. */
 Cx cx_op(Lower *L, IrOp op, Cx x, Cx y);
@@ -200,6 +219,8 @@ LLVMValueRef gemm_prepared(Lower *L, IrRef r);
 /* ---- scan.c ---- */
 void emit_scan(Lower *L, IrRef r);
 void emit_scan_group(Lower *L, const SchedOp *op);
+/* A rows-in-lanes scan's constants copied into its layout (once per call). */
+void emit_lane_copies(Lower *L, const SchedOp *op);
 void emit_delay(Lower *L, IrRef r);
 void emit_window(Lower *L, IrRef r);
 /* causal_conv with a window state's initial value (a fourth operand). */

@@ -7,9 +7,10 @@
 #include <math.h>
 
 /* a * b + c, fused where the target has FMA (llvm.fmuladd: one instruction
- * there, a multiply and an add elsewhere). Used only inside the
- * approximations below, whose error it does not change beyond an ulp. */
-static LLVMValueRef fma3(Lower *L, LLVMValueRef a, LLVMValueRef b, LLVMValueRef c) {
+ * there, a multiply and an add elsewhere). Used inside the
+ * approximations below, whose error it does not change beyond an ulp, and
+ * where the order of a chain matters (codegen/scan.c, lane_element). */
+LLVMValueRef fmuladd(Lower *L, LLVMValueRef a, LLVMValueRef b, LLVMValueRef c) {
   LLVMValueRef args[3] = {a, b, c};
   return intrinsic(L, "llvm.fmuladd", args, 3);
 }
@@ -42,19 +43,19 @@ LLVMValueRef emit_exp(Lower *L, LLVMValueRef x) {
   LLVMBuilderRef b = L->bld;
   const double magic = 12582912.0 + 126.0;
   x = clamp(L, x, -87.5, 89.0);
-  LLVMValueRef t = fma3(L, x, cf(L, 1.44269504088896341), cf(L, magic));
+  LLVMValueRef t = fmuladd(L, x, cf(L, 1.44269504088896341), cf(L, magic));
   LLVMValueRef n = LLVMBuildFSub(b, t, cf(L, magic), "");
-  LLVMValueRef r = fma3(L, n, cf(L, -0.693359375), x);
-  r = fma3(L, n, cf(L, 2.12194440e-4), r);
+  LLVMValueRef r = fmuladd(L, n, cf(L, -0.693359375), x);
+  r = fmuladd(L, n, cf(L, 2.12194440e-4), r);
   /* 2 e^r = 2 + 2r + r^2 (2 P(r)) */
   static const double c[] = {1.9875691500E-4, 1.3981999507E-3, 8.3334519073E-3,
                              4.1665795894E-2, 1.6666665459E-1, 5.0000001201E-1};
   LLVMValueRef p = cf(L, 2 * c[0]);
-  for (int i = 1; i < 6; i++) p = fma3(L, p, r, cf(L, 2 * c[i]));
+  for (int i = 1; i < 6; i++) p = fmuladd(L, p, r, cf(L, 2 * c[i]));
   LLVMValueRef r2 = LLVMBuildFMul(b, r, r, "");
-  p = LLVMBuildFAdd(b, fma3(L, p, r2, LLVMBuildFAdd(b, r, r, "")), cf(L, 2.0), "");
-  LLVMValueRef bits = LLVMBuildShl(b, LLVMBuildBitCast(b, t, L->i32, ""), ci32(L, 23), "");
-  return LLVMBuildFMul(b, p, LLVMBuildBitCast(b, bits, L->f32, ""), "");
+  p = LLVMBuildFAdd(b, fmuladd(L, p, r2, LLVMBuildFAdd(b, r, r, "")), cf(L, 2.0), "");
+  LLVMValueRef bits = LLVMBuildShl(b, LLVMBuildBitCast(b, t, et(L, L->i32), ""), ei32(L, 23), "");
+  return LLVMBuildFMul(b, p, LLVMBuildBitCast(b, bits, et(L, L->f32), ""), "");
 }
 
 /* log(x) in float32, vectorizable (llvm.log is a libm call per element,
@@ -67,29 +68,29 @@ static LLVMValueRef emit_log(Lower *L, LLVMValueRef x) {
   LLVMBuilderRef b = L->bld;
   LLVMValueRef tiny = LLVMBuildFCmp(b, LLVMRealOLT, x, cf(L, 1.17549435e-38), "");
   LLVMValueRef xs = LLVMBuildSelect(b, tiny, LLVMBuildFMul(b, x, cf(L, 8388608.0), ""), x, "");
-  LLVMValueRef bits = LLVMBuildBitCast(b, xs, L->i32, "");
+  LLVMValueRef bits = LLVMBuildBitCast(b, xs, et(L, L->i32), "");
   /* e: the exponent for a mantissa in [1/2, 1). */
-  LLVMValueRef e = LLVMBuildSub(b, LLVMBuildLShr(b, bits, ci32(L, 23), ""), ci32(L, 126), "");
-  e = LLVMBuildSub(b, e, LLVMBuildSelect(b, tiny, ci32(L, 23), ci32(L, 0), ""), "");
+  LLVMValueRef e = LLVMBuildSub(b, LLVMBuildLShr(b, bits, ei32(L, 23), ""), ei32(L, 126), "");
+  e = LLVMBuildSub(b, e, LLVMBuildSelect(b, tiny, ei32(L, 23), ei32(L, 0), ""), "");
   LLVMValueRef mbits =
-      LLVMBuildOr(b, LLVMBuildAnd(b, bits, ci32(L, 0x007fffff), ""), ci32(L, 0x3f000000), "");
-  LLVMValueRef m = LLVMBuildBitCast(b, mbits, L->f32, "");
+      LLVMBuildOr(b, LLVMBuildAnd(b, bits, ei32(L, 0x007fffff), ""), ei32(L, 0x3f000000), "");
+  LLVMValueRef m = LLVMBuildBitCast(b, mbits, et(L, L->f32), "");
   /* m < sqrt(1/2): use 2m and e - 1, so that f = m - 1 is in [-0.29, 0.41). */
   LLVMValueRef lo = LLVMBuildFCmp(b, LLVMRealOLT, m, cf(L, 0.707106781186547524), "");
-  e = LLVMBuildSub(b, e, LLVMBuildZExt(b, lo, L->i32, ""), "");
+  e = LLVMBuildSub(b, e, LLVMBuildZExt(b, lo, et(L, L->i32), ""), "");
   LLVMValueRef f =
       LLVMBuildFSub(b, LLVMBuildSelect(b, lo, LLVMBuildFAdd(b, m, m, ""), m, ""), cf(L, 1.0), "");
   static const double c[] = {7.0376836292E-2,  -1.1514610310E-1, 1.1676998740E-1,
                              -1.2420140846E-1, 1.4249322787E-1,  -1.6668057665E-1,
                              2.0000714765E-1,  -2.4999993993E-1, 3.3333331174E-1};
   LLVMValueRef p = cf(L, c[0]);
-  for (int i = 1; i < 9; i++) p = fma3(L, p, f, cf(L, c[i]));
+  for (int i = 1; i < 9; i++) p = fmuladd(L, p, f, cf(L, c[i]));
   LLVMValueRef f2 = LLVMBuildFMul(b, f, f, "");
-  LLVMValueRef ef = LLVMBuildSIToFP(b, e, L->f32, "");
+  LLVMValueRef ef = LLVMBuildSIToFP(b, e, et(L, L->f32), "");
   LLVMValueRef y = LLVMBuildFMul(b, LLVMBuildFMul(b, p, f, ""), f2, "");
-  y = fma3(L, ef, cf(L, -2.12194440e-4), y);
-  y = fma3(L, f2, cf(L, -0.5), y);
-  LLVMValueRef r = fma3(L, ef, cf(L, 0.693359375), LLVMBuildFAdd(b, f, y, ""));
+  y = fmuladd(L, ef, cf(L, -2.12194440e-4), y);
+  y = fmuladd(L, f2, cf(L, -0.5), y);
+  LLVMValueRef r = fmuladd(L, ef, cf(L, 0.693359375), LLVMBuildFAdd(b, f, y, ""));
   r = LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealOEQ, x, cf(L, 0.0), ""), cf(L, -INFINITY), r, "");
   r = LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealOEQ, x, cf(L, INFINITY), ""), cf(L, INFINITY), r,
                       "");
@@ -100,7 +101,7 @@ static LLVMValueRef emit_log(Lower *L, LLVMValueRef x) {
 /* a * b + c in double (llvm.fmuladd), for the reduction below. */
 static LLVMValueRef fma3_f64(Lower *L, LLVMValueRef a, LLVMValueRef b, LLVMValueRef c) {
   LLVMValueRef args[3] = {a, b, c};
-  return intrinsic_of(L, "llvm.fmuladd", LLVMDoubleTypeInContext(L->cx), args, 3);
+  return intrinsic(L, "llvm.fmuladd", args, 3);
 }
 
 /* sin(x) (cos_shift 0) or cos(x) (1) in float32, vectorizable (llvm.sin
@@ -117,30 +118,31 @@ static LLVMValueRef fma3_f64(Lower *L, LLVMValueRef a, LLVMValueRef b, LLVMValue
  * infinities and NaN give NaN. */
 static LLVMValueRef emit_sincos(Lower *L, LLVMValueRef x, int cos_shift) {
   LLVMBuilderRef b = L->bld;
-  LLVMTypeRef f64 = LLVMDoubleTypeInContext(L->cx), i64 = L->i64;
+  LLVMTypeRef f64 = et(L, LLVMDoubleTypeInContext(L->cx)), i64 = et(L, L->i64);
   const double magic = 6755399441055744.0; /* 1.5 * 2^52 */
   LLVMValueRef xd = LLVMBuildFPExt(b, x, f64, "");
-  LLVMValueRef t =
-      fma3_f64(L, xd, LLVMConstReal(f64, 0.63661977236758134308), LLVMConstReal(f64, magic));
-  LLVMValueRef nn = LLVMBuildFSub(b, LLVMConstReal(f64, magic), t, ""); /* -n */
-  LLVMValueRef rd = fma3_f64(L, nn, LLVMConstReal(f64, 1.57079632673412561417e+00), xd);
-  rd = fma3_f64(L, nn, LLVMConstReal(f64, 6.07710050650619224932e-11), rd);
-  LLVMValueRef r = LLVMBuildFPTrunc(b, rd, L->f32, "");
-  LLVMValueRef q = LLVMBuildAdd(b, LLVMBuildBitCast(b, t, i64, ""), ci64(L, cos_shift), "");
-  q = LLVMBuildTrunc(b, LLVMBuildAnd(b, q, ci64(L, 3), ""), L->i32, "");
+  LLVMValueRef t = fma3_f64(L, xd, ef64(L, 0.63661977236758134308), ef64(L, magic));
+  LLVMValueRef nn = LLVMBuildFSub(b, ef64(L, magic), t, ""); /* -n */
+  LLVMValueRef rd = fma3_f64(L, nn, ef64(L, 1.57079632673412561417e+00), xd);
+  rd = fma3_f64(L, nn, ef64(L, 6.07710050650619224932e-11), rd);
+  LLVMValueRef r = LLVMBuildFPTrunc(b, rd, et(L, L->f32), "");
+  LLVMValueRef q = LLVMBuildAdd(b, LLVMBuildBitCast(b, t, i64, ""), ei64(L, cos_shift), "");
+  q = LLVMBuildTrunc(b, LLVMBuildAnd(b, q, ei64(L, 3), ""), et(L, L->i32), "");
   LLVMValueRef z = LLVMBuildFMul(b, r, r, "");
   /* sin r = r + r z (S1 + z (S2 + z S3)) */
-  LLVMValueRef ps = fma3(L, fma3(L, cf(L, -1.9515295891E-4), z, cf(L, 8.3321608736E-3)), z,
-                         cf(L, -1.6666654611E-1));
-  LLVMValueRef sn = fma3(L, LLVMBuildFMul(b, r, z, ""), ps, r);
+  LLVMValueRef ps = fmuladd(L, fmuladd(L, cf(L, -1.9515295891E-4), z, cf(L, 8.3321608736E-3)), z,
+                            cf(L, -1.6666654611E-1));
+  LLVMValueRef sn = fmuladd(L, LLVMBuildFMul(b, r, z, ""), ps, r);
   /* cos r = 1 - z/2 + z^2 (C1 + z (C2 + z C3)) */
-  LLVMValueRef pc = fma3(L, fma3(L, cf(L, 2.443315711809948E-5), z, cf(L, -1.388731625493765E-3)),
-                         z, cf(L, 4.166664568298827E-2));
-  LLVMValueRef cs = fma3(L, LLVMBuildFMul(b, z, z, ""), pc, fma3(L, z, cf(L, -0.5), cf(L, 1.0)));
+  LLVMValueRef pc =
+      fmuladd(L, fmuladd(L, cf(L, 2.443315711809948E-5), z, cf(L, -1.388731625493765E-3)), z,
+              cf(L, 4.166664568298827E-2));
+  LLVMValueRef cs =
+      fmuladd(L, LLVMBuildFMul(b, z, z, ""), pc, fmuladd(L, z, cf(L, -0.5), cf(L, 1.0)));
   LLVMValueRef odd =
-      LLVMBuildICmp(b, LLVMIntNE, LLVMBuildAnd(b, q, ci32(L, 1), ""), ci32(L, 0), "");
+      LLVMBuildICmp(b, LLVMIntNE, LLVMBuildAnd(b, q, ei32(L, 1), ""), ei32(L, 0), "");
   LLVMValueRef neg =
-      LLVMBuildICmp(b, LLVMIntNE, LLVMBuildAnd(b, q, ci32(L, 2), ""), ci32(L, 0), "");
+      LLVMBuildICmp(b, LLVMIntNE, LLVMBuildAnd(b, q, ei32(L, 2), ""), ei32(L, 0), "");
   LLVMValueRef v = LLVMBuildSelect(b, odd, cs, sn, "");
   v = LLVMBuildSelect(b, neg, LLVMBuildFNeg(b, v, ""), v, "");
   /* sin(-0) = -0 (the polynomial adds a +0 to it). */
@@ -235,7 +237,7 @@ LLVMValueRef emit_binary(Lower *L, IrOp op, LLVMValueRef x, LLVMValueRef y) {
   case IR_LT:
   case IR_LE:
     return LLVMBuildUIToFP(b, LLVMBuildFCmp(b, op == IR_LT ? LLVMRealOLT : LLVMRealOLE, x, y, ""),
-                           L->f32, "");
+                           et(L, L->f32), "");
   default:
     return NULL;
   }
@@ -244,21 +246,20 @@ LLVMValueRef emit_binary(Lower *L, IrOp op, LLVMValueRef x, LLVMValueRef y) {
 /* ---- complex numbers ------------------------------------------------------
  * A complex value is stored as interleaved (re, im) float pairs, the layout
  * the interpreter and the ABI use (a trailing axis of 2). Arithmetic is the
- * textbook formulas, as in the interpreter, but for a real operand (is_real),
+ * textbook formulas, as in the interpreter, but for a real operand (cx_is_real),
  * which takes part as a real number, not as (x, 0). */
 
 /* A real operand of a complex op comes as (x, 0) with the 0 a constant
  * (fused_operand, ldc): it takes part as a real number, as in the
  * interpreter (C's Annex G): (a + bi) x = (a x, b x), (a + bi) + x =
  * (a + x, b), two multiplies or one add fewer than on (x, 0). */
-static int is_real(Cx x) {
-  LLVMBool lost = 0;
-  return x.im && LLVMIsAConstantFP(x.im) && LLVMConstRealGetDouble(x.im, &lost) == 0.0;
+int cx_is_real(Cx x) {
+  return x.im && LLVMIsConstant(x.im) && LLVMIsNull(x.im); /* +0, or a vector of them */
 }
 
 Cx cx_mul(Lower *L, Cx x, Cx y) {
-  if (is_real(x)) return (Cx){fmul(L, x.re, y.re), fmul(L, x.re, y.im)};
-  if (is_real(y)) return (Cx){fmul(L, x.re, y.re), fmul(L, x.im, y.re)};
+  if (cx_is_real(x)) return (Cx){fmul(L, x.re, y.re), fmul(L, x.re, y.im)};
+  if (cx_is_real(y)) return (Cx){fmul(L, x.re, y.re), fmul(L, x.im, y.re)};
   return (Cx){fsub(L, fmul(L, x.re, y.re), fmul(L, x.im, y.im)),
               fadd(L, fmul(L, x.re, y.im), fmul(L, x.im, y.re))};
 }
@@ -298,15 +299,18 @@ Cx cx_op(Lower *L, IrOp op, Cx x, Cx y) {
   case IR_CPLX:
     return (Cx){x.re, y.re};
   case IR_ADD:
-    return (Cx){fadd(L, x.re, y.re), is_real(x) ? y.im : is_real(y) ? x.im : fadd(L, x.im, y.im)};
+    return (Cx){fadd(L, x.re, y.re), cx_is_real(x)   ? y.im
+                                     : cx_is_real(y) ? x.im
+                                                     : fadd(L, x.im, y.im)};
   case IR_SUB:
-    return (Cx){fsub(L, x.re, y.re), is_real(x)   ? LLVMBuildFNeg(b, y.im, "")
-                                     : is_real(y) ? x.im
-                                                  : fsub(L, x.im, y.im)};
+    return (Cx){fsub(L, x.re, y.re), cx_is_real(x)   ? LLVMBuildFNeg(b, y.im, "")
+                                     : cx_is_real(y) ? x.im
+                                                     : fsub(L, x.im, y.im)};
   case IR_MUL:
     return cx_mul(L, x, y);
   case IR_DIV: {
-    if (is_real(y)) return (Cx){LLVMBuildFDiv(b, x.re, y.re, ""), LLVMBuildFDiv(b, x.im, y.re, "")};
+    if (cx_is_real(y))
+      return (Cx){LLVMBuildFDiv(b, x.re, y.re, ""), LLVMBuildFDiv(b, x.im, y.re, "")};
     LLVMValueRef den = fadd(L, fmul(L, y.re, y.re), fmul(L, y.im, y.im));
     LLVMValueRef re = fadd(L, fmul(L, x.re, y.re), fmul(L, x.im, y.im));
     LLVMValueRef im = fsub(L, fmul(L, x.im, y.re), fmul(L, x.re, y.im));

@@ -9,6 +9,7 @@
 #include "codegen/llvm.h"
 
 #include <math.h>
+#include <string.h>
 
 /* The position of processing step tau of a sequence of length len. */
 static LLVMValueRef phys(Lower *L, LLVMValueRef len, LLVMValueRef tau) {
@@ -487,6 +488,209 @@ static void transposed_step(Lower *L, const SchedOp *op, const ScanItem *it, Sca
   loop_end(L, &lo);
 }
 
+/* ---- rows in vector lanes ------------------------------------------------
+ * A group with SchedScanGroup.lanes runs its item (one example, a block of
+ * SCHED_SCAN_LANES rows) on transposed copies, element of the last axis
+ * by element, two at a time where the axis is even (two independent
+ * chains of the recurrence): the running values are phis of the loop over
+ * the steps, the copies' vectors loop-invariant, and every member is
+ * computed on vectors of the block's rows (L->lanes makes the op table's
+ * constants and types vectors, fused_operand reads vectors). Each sum over
+ * the last axis adds its vector into the step's row of the output, which
+ * starts at zero: no horizontal sum. Time-invariant loads stay out of the
+ * loop over time, and the state never leaves the registers within an
+ * element; S4D's update and readout are then the eight fused
+ * multiply-adds per element the math needs. */
+
+/* A phi of vectors at the head of loop lp, entering as init. */
+static LLVMValueRef lane_phi(Lower *L, Loop *lp, LLVMValueRef init) {
+  LLVMBasicBlockRef cur = LLVMGetInsertBlock(L->bld);
+  LLVMPositionBuilderBefore(L->bld, LLVMGetNextInstruction(lp->iv));
+  LLVMValueRef phi = LLVMBuildPhi(L->bld, LLVMTypeOf(init), "lane");
+  LLVMAddIncoming(phi, &init, &lp->pre, 1);
+  LLVMPositionBuilderAtEnd(L->bld, cur);
+  return phi;
+}
+
+/* Element i of the last axis, this step, on vectors of rows from ob: every
+ * member in node order; the running value in *h (updated), each sum's vector
+ * added to acc[m]. */
+static void lane_element(Lower *L, const SchedOp *op, LLVMValueRef ob, LLVMValueRef i, Cx *h,
+                         LLVMValueRef *acc) {
+  const SchedScanGroup *g = op->group;
+  const IrFunc *fn = L->fn;
+  IrRef scan = op->node;
+  const IrNode *sn = &fn->nodes.v[scan];
+  const SchedValue *key = &L->v[scan];
+  for (int m = 0; m < g->nmembers; m++) {
+    IrRef r = g->members[m];
+    const IrNode *nd = &fn->nodes.v[r];
+    const SchedValue *n = &L->v[r];
+    Cx v = {NULL, NULL};
+    if (r == scan) {
+      Cx a = fused_operand(L, sn->args[0], NULL, ob, i, key);
+      Cx bv = fused_operand(L, sn->args[1], NULL, ob, i, key);
+      Cx prev = *h;
+      if (n->w == 2 && cx_is_real(a)) {
+        v = (Cx){fadd(L, fmul(L, a.re, prev.re), bv.re), fadd(L, fmul(L, a.re, prev.im), bv.im)};
+      } else if (n->w == 2) {
+        /* a h + b as re = a.re h.re + (b.re - a.im h.im), fused
+         * multiply-adds, b's part first: the chain from one step's h to the
+         * next is two of them (contraction left to LLVM fused b's product
+         * instead and put a multiply on the chain). */
+        LLVMValueRef re = fmuladd(L, LLVMBuildFNeg(L->bld, a.im, ""), prev.im, bv.re);
+        LLVMValueRef im = fmuladd(L, a.im, prev.re, bv.im);
+        v = (Cx){fmuladd(L, a.re, prev.re, re), fmuladd(L, a.re, prev.im, im)};
+      } else if (sn->op == IR_SCAN_MAX) {
+        v.re = emit_binary(L, IR_MAX, fadd(L, a.re, prev.re), bv.re);
+      } else {
+        v.re = fadd(L, fmul(L, a.re, prev.re), bv.re);
+      }
+      *h = v;
+      if (g->delay >= 0) {
+        L->fval[g->delay] = prev.re;
+        L->fval_im[g->delay] = n->w == 2 ? prev.im : NULL;
+      }
+    } else if (r == g->delay) {
+      continue;
+    } else if (is_sum(nd->op)) {
+      LLVMValueRef x = fused_operand(L, nd->args[0], NULL, ob, i, key).re;
+      if (nd->op == IR_MATMUL) x = fmul(L, x, lane_splat(L, ldf(L, rowptr(L, nd->args[1]), i)));
+      acc[m] = acc[m] ? fadd(L, acc[m], x) : x;
+      continue;
+    } else {
+      v = fused_value(L, r, NULL, ob, i, key);
+    }
+    L->fval[r] = v.re;
+    L->fval_im[r] = n->w == 2 ? v.im : NULL;
+  }
+}
+
+/* Copy j of block blk of a rows-in-lanes group's copy buffer (real parts;
+ * the imaginary ones follow, last * SCHED_SCAN_LANES floats on). */
+static LLVMValueRef lane_copy_at(Lower *L, const SchedScanGroup *g, int64_t last, int w,
+                                 LLVMValueRef blk, int j) {
+  int64_t per = last * SCHED_SCAN_LANES * w;
+  return gepf(L, L->buf[g->copy_buf],
+              mul(L, add(L, mul(L, blk, ci64(L, g->ncopied)), ci64(L, j)), ci64(L, per)));
+}
+
+void emit_lane_copies(Lower *L, const SchedOp *op) {
+  const SchedScanGroup *g = op->group;
+  const SchedValue *key = &L->v[op->node];
+  int64_t last = key->shape[key->rank - 1], nblocks = key->numel / last / SCHED_SCAN_LANES;
+  int w = key->w;
+  Loop lb, li, lo;
+  LLVMValueRef blk = loop_begin(L, &lb, ci64(L, 0), ci64(L, nblocks));
+  for (int j = 0; j < g->ncopied; j++) {
+    LLVMValueRef dst = lane_copy_at(L, g, last, w, blk, j), src = rowptr(L, g->copied[j]);
+    LLVMValueRef i = loop_begin(L, &li, ci64(L, 0), ci64(L, last));
+    LLVMValueRef o = loop_begin(L, &lo, ci64(L, 0), ci64(L, SCHED_SCAN_LANES));
+    LLVMValueRef k =
+        add(L, mul(L, add(L, mul(L, blk, ci64(L, SCHED_SCAN_LANES)), o), ci64(L, last)), i);
+    LLVMValueRef at = add(L, mul(L, i, ci64(L, SCHED_SCAN_LANES)), o);
+    Cx v = ldc(L, src, k, w);
+    stf(L, v.re, dst, at);
+    if (w == 2) stf(L, v.im, dst, add(L, at, ci64(L, last * SCHED_SCAN_LANES)));
+    loop_end(L, &lo);
+    loop_end(L, &li);
+  }
+  loop_end(L, &lb);
+}
+
+/* Steps per tile of a rows-in-lanes item: its sums' vectors for a tile (4
+ * KiB each) and the per-row inputs it reads stay in L1 while every element
+ * of the last axis runs over the tile. */
+#define LANE_TILE 64
+
+/* Steps [lo, hi) of a rows-in-lanes item whose state and copies are in
+ * e->hre (e->him) and L->pl_re (pl_im), transposed: in tiles of LANE_TILE
+ * steps, per tile the sums accumulated in a scratch of the tile's vectors
+ * (zeroed, then every element adds to it), then stored into the steps'
+ * rows of the output (means divided). */
+static void lanes_steps(Lower *L, const SchedOp *op, const ScanItem *it, ScanElem *e, int64_t last,
+                        LLVMValueRef lo, LLVMValueRef hi) {
+  const SchedScanGroup *g = op->group;
+  const IrFunc *fn = L->fn;
+  int lanes = SCHED_SCAN_LANES, cplx = e->him != NULL;
+  int group = last % 2 == 0 ? 2 : 1;
+  LLVMValueRef *acc = arena_calloc(L->a, (size_t)g->nmembers + 1, sizeof *acc);
+  LLVMValueRef *sums = arena_calloc(L->a, (size_t)g->nmembers + 1, sizeof *sums);
+  if (!acc || !sums) {
+    L->failed = 1;
+    return;
+  }
+  for (int m = 0; m < g->nmembers; m++)
+    if (is_sum(fn->nodes.v[g->members[m]].op))
+      sums[m] = entry_array(L, LANE_TILE * lanes, "lane_sums");
+  Loop lk, lt, li;
+  LLVMValueRef t0 = loop_begin_step(L, &lk, lo, hi, LANE_TILE);
+  LLVMValueRef t1 = select_min(L, add(L, t0, ci64(L, LANE_TILE)), hi);
+  L->lanes = lanes;
+  LLVMValueRef zero = cf(L, 0.0);
+  L->lanes = 0;
+  LLVMValueRef rel = loop_begin(L, &lt, t0, t1);
+  LLVMValueRef slot = mul(L, LLVMBuildSub(L->bld, rel, t0, ""), ci64(L, lanes));
+  L->lanes = lanes;
+  for (int m = 0; m < g->nmembers; m++)
+    if (sums[m]) lane_store(L, zero, sums[m], slot);
+  L->lanes = 0;
+  loop_end(L, &lt);
+  LLVMValueRef i = loop_begin_step(L, &li, ci64(L, 0), ci64(L, last), group);
+  LLVMValueRef at[2];
+  Cx h[2], phi[2];
+  L->lanes = lanes;
+  for (int u = 0; u < group; u++) {
+    at[u] = mul(L, add(L, i, ci64(L, u)), ci64(L, lanes));
+    h[u] = (Cx){lane_load(L, e->hre, at[u]), cplx ? lane_load(L, e->him, at[u]) : NULL};
+  }
+  L->lanes = 0;
+  rel = loop_begin(L, &lt, t0, t1);
+  for (int u = 0; u < group; u++) {
+    phi[u] = (Cx){lane_phi(L, &lt, h[u].re), cplx ? lane_phi(L, &lt, h[u].im) : NULL};
+    h[u] = phi[u];
+  }
+  at_step(L, it, rel);
+  slot = mul(L, LLVMBuildSub(L->bld, rel, t0, ""), ci64(L, lanes));
+  memset(acc, 0, sizeof *acc * (size_t)g->nmembers);
+  L->lanes = lanes;
+  for (int u = 0; u < group; u++) {
+    L->pl_at = at[u];
+    lane_element(L, op, it->ob, add(L, i, ci64(L, u)), &h[u], acc);
+  }
+  for (int m = 0; m < g->nmembers; m++)
+    if (acc[m]) lane_store(L, fadd(L, lane_load(L, sums[m], slot), acc[m]), sums[m], slot);
+  L->lanes = 0;
+  for (int u = 0; u < group; u++) {
+    loop_phi_next(L, phi[u].re, h[u].re);
+    if (cplx) loop_phi_next(L, phi[u].im, h[u].im);
+  }
+  loop_end(L, &lt);
+  /* After the tile's steps, the phis hold the element's running value. */
+  L->lanes = lanes;
+  for (int u = 0; u < group; u++) {
+    lane_store(L, phi[u].re, e->hre, at[u]);
+    if (cplx) lane_store(L, phi[u].im, e->him, at[u]);
+  }
+  L->lanes = 0;
+  loop_end(L, &li);
+  /* The tile's sums into the steps' rows of the output. */
+  rel = loop_begin(L, &lt, t0, t1);
+  at_step(L, it, rel);
+  slot = mul(L, LLVMBuildSub(L->bld, rel, t0, ""), ci64(L, lanes));
+  L->lanes = lanes;
+  for (int m = 0; m < g->nmembers; m++) {
+    if (!sums[m]) continue;
+    IrRef r = g->members[m];
+    LLVMValueRef v = lane_load(L, sums[m], slot);
+    if (fn->nodes.v[r].op == IR_MEAN) v = LLVMBuildFDiv(L->bld, v, cf(L, (double)last), "");
+    lane_store(L, v, rowptr(L, r), it->ob);
+  }
+  L->lanes = 0;
+  loop_end(L, &lt);
+  loop_end(L, &lk);
+}
+
 /* Steps [lo, hi) of the item, every member, the running value in h (the
  * storage, or a part's slot). */
 static void scan_steps(Lower *L, const SchedOp *op, const ScanItem *it, LLVMValueRef h,
@@ -510,7 +714,13 @@ static void scan_steps(Lower *L, const SchedOp *op, const ScanItem *it, LLVMValu
     e.hre = entry_array(L, n, "state_re");
     e.him = g->planar_state ? entry_array(L, n, "state_im") : NULL;
     block_copy(L, g, it, last, h, e.hre, e.him, 1);
-    for (int j = 0; j < g->ncopied; j++) {
+    for (int j = 0; j < g->ncopied && g->copy_buf >= 0; j++) { /* made once (lanes) */
+      IrRef a = g->copied[j];
+      LLVMValueRef blk = LLVMBuildSDiv(L->bld, it->ob, ci64(L, g->block), "");
+      L->pl_re[a] = lane_copy_at(L, g, last, L->v[op->node].w, blk, j);
+      if (g->planar_state) L->pl_im[a] = gepf(L, L->pl_re[a], ci64(L, last * SCHED_SCAN_LANES));
+    }
+    for (int j = 0; j < g->ncopied && g->copy_buf < 0; j++) {
       IrRef a = g->copied[j];
       L->pl_re[a] = entry_array(L, n, "copy_re");
       if (g->planar_state) L->pl_im[a] = entry_array(L, n, "copy_im");
@@ -528,6 +738,13 @@ static void scan_steps(Lower *L, const SchedOp *op, const ScanItem *it, LLVMValu
   for (int m = 0; m < g->nmembers && e.rows; m++)
     if (is_sum(fn->nodes.v[g->members[m]].op)) e.rows[m] = entry_array(L, g->block, "sum_rows");
   Loop lt, lo_, li;
+  if (g->lanes) {
+    lanes_steps(L, op, it, &e, last, lo, hi);
+    block_copy(L, g, it, last, h, e.hre, e.him, 0);
+    L->pl_re = L->pl_im = NULL;
+    L->pl_at = NULL;
+    return;
+  }
   LLVMValueRef rel = loop_begin(L, &lt, lo, hi);
   at_step(L, it, rel);
   if (g->transposed) {

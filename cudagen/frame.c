@@ -340,6 +340,8 @@ void cu_ops(Cu *c, const SchedOp *ops, int n) {
   for (int i = 0; i < n && !c->failed; i++) {
     const SchedOp *op = &ops[i];
     switch (op->kind) {
+    case SCHED_OP_LANE_COPIES: /* each thread reads its element where it lies */
+      break;
     case SCHED_OP_NODE:
     case SCHED_OP_FUSED: {
       /* Constants computed once, outside any loop over rows: one block. */

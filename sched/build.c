@@ -505,6 +505,14 @@ static int build_ops(Plan *p) {
   for (IrRef r = 0; r < fn->nodes.n; r++)
     if (p->v[r].gemm && p->v[r].uses > 0 && !add_op(p, top, SCHED_OP_PACK, SCHED_CONST, r, r))
       return -1;
+  /* The constants a rows-in-lanes scan reads, in its layout, once. */
+  for (IrRef r = 0; r < fn->nodes.n; r++) {
+    SchedScanGroup *g = in->groups[r];
+    if (!g || !g->lanes || g->ncopied == 0) continue; /* place_scan_buffers: copy_buf */
+    SchedOp *op = add_op(p, top, SCHED_OP_LANE_COPIES, SCHED_CONST, p->v[r].group, r);
+    if (!op) return -1;
+    op->group = g;
+  }
   if (!add_op(p, top, SCHED_OP_ZERO_OUTPUTS, SCHED_CONST, -1, -1)) return -1;
   /* What a context gives, once per example. */
   if (build_phase(p, top, SCHED_EXAMPLE)) return -1;

@@ -339,6 +339,7 @@ static void plan_chunks(Plan *p) {
  * and solves. Runs after the groups are planned. */
 #define MODEL_MIN_TC 16
 #define MODEL_MIN_TC_LINATTN 64
+#define MODEL_MIN_TC_LANES 64
 #define MODEL_MIN_TC_NEWTON 4096
 
 int plan_model_chunks(Plan *p) {
@@ -409,6 +410,17 @@ int plan_model_chunks(Plan *p) {
   /* A chunked kernel's own chunks are 16 tokens (or --chunk): a time chunk
    * of a few steps would pass the state through memory at every one. */
   in->min_tc = MODEL_MIN_TC;
+  /* A rows-in-lanes scan copies its state in and out of each chunk: where
+   * no GEMM's output wants the chunk short (the budget's reason), the
+   * chunks are long enough to pay for that (S4D at B = 8: 97 ms at 30
+   * steps, 88 at 64; the Mamba SSM, with its projections, 148 at 16 steps
+   * and 167 at 64, BENCHMARKS.md). */
+  int lanes = 0, gemms = 0;
+  for (IrRef r = 0; r < fn->nodes.n; r++) {
+    lanes |= p->in->groups[r] && p->in->groups[r]->lanes;
+    gemms |= p->v[r].cls == SCHED_TOKEN && p->v[r].gemm && p->v[r].uses > 0;
+  }
+  if (lanes && !gemms) in->min_tc = MODEL_MIN_TC_LANES;
   if (kchunk) in->min_tc = 4 * kchunk > MODEL_MIN_TC_LINATTN ? 4 * kchunk : MODEL_MIN_TC_LINATTN;
   /* A solve's chunks are its windows when it was given some. */
   int64_t newton_tc = window ? window : MODEL_MIN_TC_NEWTON;

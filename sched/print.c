@@ -68,7 +68,8 @@ static void print_buf(FILE *out, const SchedInst *in, int i) {
     break;
   case SCHED_BUF_WORK:
     fprintf(out, "%s at v%d",
-            b->index == 3   ? "slices of the kernel's value columns"
+            b->index == 4   ? "copies of the constants of the scan"
+            : b->index == 3 ? "slices of the kernel's value columns"
             : b->index == 2 ? "parts of the scan split in time"
             : b->index == 1 ? "copy of the state of the kernel"
                             : "scratch of the kernel",
@@ -180,9 +181,12 @@ static void print_ops(FILE *out, const SchedInst *in, const SchedOp *ops, int n,
                 in->values[q].stored ? " (stored)" : "");
       }
       if (op->group->time_buf >= 0) fputs("; may split its steps across idle threads", out);
+      if (op->group->lanes) fputs("; rows in vector lanes, time inside each element", out);
       if (op->group->planar_state || op->group->transposed) {
-        fputs(op->group->planar_state ? "; planar (re, im) per block: the state"
-                                      : "; transposed per block: the state",
+        fputs(op->group->planar_state && op->group->transposed
+                  ? "; planar (re, im) and transposed per block: the state"
+              : op->group->planar_state ? "; planar (re, im) per block: the state"
+                                        : "; transposed per block: the state",
               out);
         for (int m = 0; m < op->group->ncopied; m++) fprintf(out, ", v%d", op->group->copied[m]);
       }
@@ -226,6 +230,12 @@ static void print_ops(FILE *out, const SchedInst *in, const SchedOp *ops, int n,
     case SCHED_OP_PACK:
       fprintf(out, "pack the weight of v%d%s (when the call packs)\n", op->node,
               v->cgemm ? " after its real form" : "");
+      break;
+    case SCHED_OP_LANE_COPIES:
+      fputs("copy", out);
+      for (int m = 0; m < op->group->ncopied; m++)
+        fprintf(out, "%s v%d", m ? "," : "", op->group->copied[m]);
+      fprintf(out, " for scan v%d, rows in vector lanes\n", op->node);
       break;
     case SCHED_OP_ZERO_OUTPUTS:
       fputs("zero the outputs (with lengths)\n", out);

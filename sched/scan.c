@@ -99,6 +99,9 @@ static int plan_copies(Plan *p, SchedScanGroup *g, const SchedValue *key, const 
   int64_t last = key->rank ? key->shape[key->rank - 1] : 1;
   if (key->w == 2) {
     g->planar_state = 1;
+    g->transposed = g->lanes;
+  } else if (g->lanes) {
+    g->transposed = 1;
   } else if (key->rank == 2 && sums && last <= SCAN_NARROW && outer >= SCAN_NARROW_ROWS &&
              g->split == last) {
     g->transposed = 1;
@@ -132,6 +135,56 @@ static int plan_copies(Plan *p, SchedScanGroup *g, const SchedValue *key, const 
     if (read) g->copied[g->ncopied++] = a;
   }
   return 0;
+}
+
+void sched_lane_strides(const SchedValue *a, int *row, int *last) {
+  int r = a->rank;
+  *last = r >= 1 && a->shape[r - 1] != 1;
+  *row = r >= 2 && a->shape[r - 2] != 1;
+}
+
+/* Whether member q can be computed on vectors of rows (SchedScanGroup.lanes):
+ * an op the element code emits without a call per element (no gelu, pow, or
+ * complex log and abs), and operands that are members, scalars, copies
+ * (full-shaped constants of the state's kind), per-row real values (one
+ * vector load) or per-element values of the last axis (one load and a
+ * splat). */
+static int lane_member(const Plan *p, IrRef q, const SchedValue *key, const char *member) {
+  const IrNode *nd = &p->fn->nodes.v[q];
+  const SchedValue *n = &p->v[q];
+  if (nd->op == IR_SLICE || nd->op == IR_INDEX || nd->op == IR_GELU || nd->op == IR_POW) return 0;
+  if (n->stored && n->numel == key->numel) return 0;
+  int cplx = n->w == 2;
+  for (int j = 0; j < nd->nargs; j++) cplx |= p->v[nd->args[j]].w == 2;
+  if (cplx && (nd->op == IR_LOG || nd->op == IR_ABS)) return 0;
+  if (last_axis_sum(p, q, key) && n->w != 1) return 0;
+  if (nd->op == IR_OUTER) return 1; /* real [rows] times [last] (sched_outer_fusable) */
+  for (int j = 0; j < nd->nargs; j++) {
+    IrRef a = nd->args[j];
+    const SchedValue *av = &p->v[a];
+    if ((nd->op == IR_SCAN || nd->op == IR_SCAN_MAX) && j == 2) continue; /* h0: the storage */
+    if (member[a] || av->numel == 1) continue;
+    if (av->numel == key->numel) {
+      if (av->cls != SCHED_CONST || av->w != key->w) return 0; /* not copied */
+      continue;
+    }
+    int row, last;
+    sched_lane_strides(av, &row, &last);
+    if (row && (last || av->w != 1)) return 0;
+  }
+  return 1;
+}
+
+/* SchedScanGroup.lanes for a group of key's shape. */
+static int plan_lanes(const Plan *p, const SchedScanGroup *g, const SchedValue *key,
+                      const char *member) {
+  if (key->rank != 2 || key->shape[0] % SCHED_SCAN_LANES != 0 || key->shape[0] < 1 ||
+      g->split != key->shape[1])
+    return 0;
+  if (g->delay >= 0 && p->v[g->delay].stored) return 0;
+  for (int m = 0; m < g->nmembers; m++)
+    if (g->members[m] != g->delay && !lane_member(p, g->members[m], key, member)) return 0;
+  return 1;
 }
 
 static int plan_group(Plan *p, IrRef scan) {
@@ -241,8 +294,11 @@ static int plan_group(Plan *p, IrRef scan) {
   int sums = 0;
   for (int i = 0; i < g->nmembers; i++) sums |= last_axis_sum(p, g->members[i], key);
   if (outer == 1 && !sums && lastlen >= 2 * SCAN_PIECE) g->split = SCAN_PIECE;
+  g->lanes = plan_lanes(p, g, key, member);
+  if (g->lanes) g->block = SCHED_SCAN_LANES;
   if (plan_copies(p, g, key, member, sums, outer) < 0) return -1;
   g->time_buf = -1;
+  g->copy_buf = -1;
   p->in->groups[last] = g;
   return 0;
 }
@@ -262,8 +318,9 @@ int plan_scan_groups(Plan *p) {
 
 /* The scratch of the groups that may split their steps across threads: a
  * real state small enough that its examples and items can leave threads
- * idle (a wide one fills them with blocks and pieces). Written whole before
- * it is read, so it is not zeroed. */
+ * idle (a wide one fills them with blocks and pieces); and a rows-in-lanes
+ * group's copies of its constants. Written whole before they are read, so
+ * they are not zeroed. */
 int place_scan_buffers(Plan *p) {
   for (IrRef r = 0; r < p->fn->nodes.n; r++) {
     SchedScanGroup *g = p->in->groups[r];
@@ -274,6 +331,10 @@ int place_scan_buffers(Plan *p) {
       if (op == IR_SCAN || op == IR_SCAN_MAX) scan = g->members[m];
     }
     const SchedValue *key = &p->v[scan];
+    if (g->lanes && g->ncopied > 0 &&
+        (g->copy_buf = sched_add_buf(p, SCHED_BUF_WORK, SCHED_ROWS_ONE,
+                                     g->ncopied * key->numel * key->w, 1, scan, 4)) < 0)
+      return -1;
     if (key->w != 1 || key->numel < 1 || key->numel > SCHED_SCAN_SPLIT_FLOATS) continue;
     g->time_buf = sched_add_buf(p, SCHED_BUF_WORK, SCHED_ROWS_ONE,
                                 SCHED_SCAN_SLOTS * 2 * key->numel, 1, scan, 2);

@@ -122,6 +122,7 @@ typedef enum {
   SCHED_OP_LINATTN,          /* a matrix state's chunked form: its readouts and final state */
   SCHED_OP_ATTN,             /* node: causal softmax attention over the sequence, per example */
   SCHED_OP_PACK,             /* the weight of GEMM `node` packed (after its real form, for cgemm) */
+  SCHED_OP_LANE_COPIES,      /* a rows-in-lanes scan's copies of its constants, made once */
   SCHED_OP_ZERO_OUTPUTS,     /* outputs past each sequence's end are zero (with lengths) */
   SCHED_OP_STATE_INIT,       /* states from state_in, else their declared initial value */
   SCHED_OP_TOKEN_OUTPUTS,    /* outputs that read no state, for the TOKEN rows in hand */
@@ -143,6 +144,10 @@ typedef struct SchedOp SchedOp;
  * update, the reads and sums of the new value), the state in its own
  * storage throughout. The (example, block, piece) items are independent and
  * run on the runtime's pool. */
+/* Rows per vector of a rows-in-lanes scan (SchedScanGroup.lanes): one AVX-512
+ * vector of float32 (two AVX2 ones). */
+#define SCHED_SCAN_LANES 16
+
 typedef struct SchedScanGroup {
   IrRef *members; /* node order; the scan node among them */
   int nmembers;
@@ -168,7 +173,19 @@ typedef struct SchedScanGroup {
   IrRef *copied; /* the constants copied, node order */
   int ncopied;
   int planar_state; /* complex: the running value and the copies are planar */
-  int transposed;   /* real: they are transposed, block rows contiguous */
+  int transposed;   /* they are transposed, block rows contiguous */
+  /* Rows in vector lanes (a [rows, last] group, rows a multiple of
+   * SCHED_SCAN_LANES, every member computable on vectors): blocks of
+   * SCHED_SCAN_LANES rows, transposed copies (planar too for a complex
+   * state), and per element of the last axis the loop over time inside, so
+   * the running value and the constants stay in registers across the steps
+   * and the sums over the last axis add whole vectors of rows into each
+   * step's output (codegen/scan.c, lanes_steps). */
+  int lanes;
+  /* lanes: the copies of the constants, made once per call
+   * (SCHED_OP_LANE_COPIES) in this buffer: per block, per copy, its real
+   * parts [last][SCHED_SCAN_LANES] then its imaginary parts; -1 if none. */
+  int copy_buf;
   /* A real state of at most SCHED_SCAN_SPLIT_FLOATS elements may also split
    * its steps across threads when the examples and items leave threads idle
    * (the two-level scan, codegen/scan.c; how many parts is decided per call).
@@ -178,6 +195,12 @@ typedef struct SchedScanGroup {
    * split in time. */
   int time_buf;
 } SchedScanGroup;
+
+/* How operand a of a member of a fused loop over a rank-2 key [rows, last]
+ * varies along the rows and along the last axis (numpy broadcast, aligned
+ * on the right): *row and *last are 1 where it does, 0 where it repeats. */
+void sched_lane_strides(const SchedValue *a, int *row, int *last);
+
 #define SCHED_SCAN_SPLIT_FLOATS 4096
 #define SCHED_SCAN_SLOTS 8
 

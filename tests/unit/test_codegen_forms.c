@@ -40,6 +40,10 @@ static const FcCase CASES[] = {
     {"stdlib/minlstm.seq", "I=3,H=4"},
     {"stdlib/lru.seq", "H=3,N=4"},
     {"stdlib/s4d.seq", "H=3,N=4"},
+    /* Rows in vector lanes (sched/scan.c): rows a multiple of 16, a last
+     * axis odd (one element at a time) and even (two). */
+    {"stdlib/s4d.seq", "H=32,N=3"},
+    {"stdlib/mamba_ssm.seq", "d_inner=16,d_state=4,dt_rank=2"},
     {"stdlib/s5.seq", "H=3,P=4"},
     {"stdlib/mamba_ssm.seq", "d_inner=4,d_state=3,dt_rank=2"},
     {"stdlib/mamba.seq", "d_model=4,d_inner=8,d_state=3,d_conv=4,dt_rank=2"},
@@ -195,7 +199,8 @@ static void test_forms_equal_interpreter(void **st) {
  *     time chunk's steps into parts; B = 1 runs 4 parts per chunk of these
  *     small states (5 with the extra one), B = 2 and 3 run 2 per example
  *     (with lengths: some parts empty, some examples done before the
- *     chunk); a diagonal scan, one run transposed (Mamba's, 20 rows),
+ *     chunk); a diagonal scan, one run transposed (Mamba's, 20 rows), one
+ *     with its rows in vector lanes (32 rows),
  *     (max, +) (mLSTM's m) and a reversed layer;
  *   - slices of a chunked state's value columns (codegen/chunk.c): V = 40
  *     in two slices, 32 and 8 columns; linear attention, the delta rule with
@@ -215,6 +220,7 @@ static void test_thread_splits(void **st) {
   } split[] = {
       {{"examples/mingru.seq", "I=3,H=4"}, "scan", 0},
       {{"stdlib/mamba_ssm.seq", "d_inner=20,d_state=16,dt_rank=2"}, "scan", 0},
+      {{"stdlib/mamba_ssm.seq", "d_inner=32,d_state=4,dt_rank=2"}, "scan", 0},
       {{"stdlib/mlstm.seq", "I=3,NH=2,DH=4"}, "scan", 0},
       {{"tests/data/models/reversed_forms.seq", "I=3,H=4,NH=2,D=4"}, "scan", 0},
       {{"stdlib/linear_attention.seq", "I=3,NH=2,Dk=4,Dv=40"}, "chunked", 0},
