@@ -6,10 +6,6 @@
 
 #include <string.h>
 
-/* Operand a at the run's flat index k (shape key), as a complex (im 0 for a
- * real value). A broadcast operand is read at (o, i), k = o * last + i over
- * the key's last axis: the part from o is loop-invariant in the inner loop,
- * which stays contiguous (or constant) and vectorizes. */
 /* The vectors of L->lanes rows from row o of operand a at element i of the
  * last axis, in a rows-in-lanes scan (sched/scan.c, lane_member says which
  * operands it admits): a copy's, a per-row value's (one load), or a value
@@ -26,6 +22,10 @@ static Cx lane_operand(Lower *L, IrRef a, LLVMValueRef o, LLVMValueRef i) {
   return (Cx){lane_splat(L, s.re), an->w == 2 ? lane_splat(L, s.im) : s.im};
 }
 
+/* Operand a at the run's flat index k (shape key), as a complex (im 0 for a
+ * real value). A broadcast operand is read at (o, i), k = o * last + i over
+ * the key's last axis: the part from o is loop-invariant in the inner loop,
+ * which stays contiguous (or constant) and vectorizes. */
 Cx fused_operand(Lower *L, IrRef a, LLVMValueRef k, LLVMValueRef o, LLVMValueRef i,
                  const SchedValue *key) {
   if (L->fmember[a]) return (Cx){L->fval[a], L->fval_im[a] ? L->fval_im[a] : cf(L, 0.0)};

@@ -137,6 +137,10 @@ typedef enum {
                                 fused group (windows) take next at the chunk's last step */
 } SchedOpKind;
 
+/* Rows per vector of a rows-in-lanes scan (SchedScanGroup.lanes): one AVX-512
+ * vector of float32 (two AVX2 ones). */
+#define SCHED_SCAN_LANES 16
+
 typedef struct SchedOp SchedOp;
 /* SCHED_OP_SCAN fused with the elementwise work around it (sched/scan.c):
  * per example, per block of the state's leading elements, per step, one
@@ -144,10 +148,6 @@ typedef struct SchedOp SchedOp;
  * update, the reads and sums of the new value), the state in its own
  * storage throughout. The (example, block, piece) items are independent and
  * run on the runtime's pool. */
-/* Rows per vector of a rows-in-lanes scan (SchedScanGroup.lanes): one AVX-512
- * vector of float32 (two AVX2 ones). */
-#define SCHED_SCAN_LANES 16
-
 typedef struct SchedScanGroup {
   IrRef *members; /* node order; the scan node among them */
   int nmembers;
