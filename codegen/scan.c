@@ -598,10 +598,13 @@ void emit_lane_copies(Lower *L, const SchedOp *op) {
   loop_end(L, &lb);
 }
 
-/* Steps per tile of a rows-in-lanes item: its sums' vectors for a tile (4
+/* Steps per tile of a rows-in-lanes item: its sums' vectors for a tile (2
  * KiB each) and the per-row inputs it reads stay in L1 while every element
- * of the last axis runs over the tile. */
-#define LANE_TILE 64
+ * of the last axis runs over the tile. The inputs' rows of consecutive
+ * steps are a row of the buffer apart (1 KiB for S4D's [256]), so they fall
+ * in a few of L1's sets: 64 steps overflowed them (S4D at B = 8 on one
+ * thread: 91-93 ms at 64 steps, 85-87 at 32, 84-86 at 16). */
+#define LANE_TILE 32
 
 /* Steps [lo, hi) of a rows-in-lanes item whose state and copies are in
  * e->hre (e->him) and L->pl_re (pl_im), transposed: in tiles of LANE_TILE
