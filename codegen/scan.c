@@ -377,6 +377,24 @@ static int is_sum(IrOp op) {
   return op == IR_SUM || op == IR_MEAN || op == IR_MATMUL;
 }
 
+/* The running value after one step, a h + b (max(a + h, b) over (max, +)),
+ * w floats per element. Complex: re = a.re h.re + (b.re - a.im h.im) and
+ * its imaginary twin in fused multiply-adds, b's part first, so that the
+ * chain from one step's h to the next is two of them (contraction left to
+ * LLVM fused b's product instead and put a multiply on the chain); a real
+ * gate scales both parts. */
+static Cx scan_next(Lower *L, int maxplus, int w, Cx a, Cx b, Cx h) {
+  if (w == 2 && cx_is_real(a))
+    return (Cx){fmuladd(L, a.re, h.re, b.re), fmuladd(L, a.re, h.im, b.im)};
+  if (w == 2) {
+    LLVMValueRef re = fmuladd(L, LLVMBuildFNeg(L->bld, a.im, ""), h.im, b.re);
+    LLVMValueRef im = fmuladd(L, a.im, h.re, b.im);
+    return (Cx){fmuladd(L, a.re, h.re, re), fmuladd(L, a.re, h.im, im)};
+  }
+  if (maxplus) return (Cx){emit_binary(L, IR_MAX, fadd(L, a.re, h.re), b.re), NULL};
+  return (Cx){fadd(L, fmul(L, a.re, h.re), b.re), NULL};
+}
+
 /* Where an element's members keep what outlives the element: the running
  * value (the storage h at k, or the copies hre/him at L->pl_at), and the
  * sums over the last axis, as phis of the loop over that axis (acc, two per
@@ -405,14 +423,7 @@ static void scan_element(Lower *L, const SchedOp *op, const ScanElem *e, LLVMVal
       Cx bv = fused_operand(L, sn->args[1], k, o, i, key);
       Cx prev = e->hre ? (Cx){ldf(L, e->hre, L->pl_at), e->him ? ldf(L, e->him, L->pl_at) : NULL}
                        : ldc(L, e->h, k, n->w);
-      if (n->w == 2) {
-        Cx p = cx_mul(L, a, prev);
-        v = (Cx){fadd(L, p.re, bv.re), fadd(L, p.im, bv.im)};
-      } else if (maxplus) {
-        v.re = emit_binary(L, IR_MAX, fadd(L, a.re, prev.re), bv.re);
-      } else {
-        v.re = fadd(L, fmul(L, a.re, prev.re), bv.re);
-      }
+      v = scan_next(L, maxplus, n->w, a, bv, prev);
       if (e->hre) {
         stf(L, v.re, e->hre, L->pl_at);
         if (e->him) stf(L, v.im, e->him, L->pl_at);
@@ -531,21 +542,7 @@ static void lane_element(Lower *L, const SchedOp *op, LLVMValueRef ob, LLVMValue
       Cx a = fused_operand(L, sn->args[0], NULL, ob, i, key);
       Cx bv = fused_operand(L, sn->args[1], NULL, ob, i, key);
       Cx prev = *h;
-      if (n->w == 2 && cx_is_real(a)) {
-        v = (Cx){fadd(L, fmul(L, a.re, prev.re), bv.re), fadd(L, fmul(L, a.re, prev.im), bv.im)};
-      } else if (n->w == 2) {
-        /* a h + b as re = a.re h.re + (b.re - a.im h.im), fused
-         * multiply-adds, b's part first: the chain from one step's h to the
-         * next is two of them (contraction left to LLVM fused b's product
-         * instead and put a multiply on the chain). */
-        LLVMValueRef re = fmuladd(L, LLVMBuildFNeg(L->bld, a.im, ""), prev.im, bv.re);
-        LLVMValueRef im = fmuladd(L, a.im, prev.re, bv.im);
-        v = (Cx){fmuladd(L, a.re, prev.re, re), fmuladd(L, a.re, prev.im, im)};
-      } else if (sn->op == IR_SCAN_MAX) {
-        v.re = emit_binary(L, IR_MAX, fadd(L, a.re, prev.re), bv.re);
-      } else {
-        v.re = fadd(L, fmul(L, a.re, prev.re), bv.re);
-      }
+      v = scan_next(L, sn->op == IR_SCAN_MAX, n->w, a, bv, prev);
       *h = v;
       if (g->delay >= 0) {
         L->fval[g->delay] = prev.re;

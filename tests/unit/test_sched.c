@@ -86,6 +86,14 @@ static void check_order(const SchedInst *in, const SchedOp *ops, int n, char *do
     const SchedOp *op = &ops[i];
     if (op->body.n) check_order(in, op->body.v, op->body.n, done);
     if (op->node < 0 || op->kind == SCHED_OP_PACK) continue;
+    /* A rows-in-lanes scan's copies read constants computed before them. */
+    if (op->kind == SCHED_OP_LANE_COPIES) {
+      for (int j = 0; j < op->group->ncopied; j++)
+        if (!done[op->group->copied[j]] && !sched_is_view(in->fn->nodes.v[op->group->copied[j]].op))
+          fail_msg("%s: v%d copied for scan v%d before it is computed", in->fn->name,
+                   op->group->copied[j], op->node);
+      continue;
+    }
     /* A fused scan or a chunked state computes all its members at once. */
     if (op->kind == SCHED_OP_SCAN || op->kind == SCHED_OP_LINATTN) {
       for (IrRef r = 0; r < in->fn->nodes.n; r++)
