@@ -87,8 +87,8 @@ typedef struct Lower {
    * bcast_index drops as many trailing axes of each operand */
   int squeeze;
   /* element values are vectors of this many lanes (0: scalars): set only
-   * while a rows-in-lanes scan (lanes.c) emits its elements, when cf, ei32,
-   * ei64 and the element types below give vectors (splats) */
+   * while a rows-in-lanes scan (scan.c, lanes_steps) emits its elements,
+   * when cf, ei32, ei64, ef64 and et give vectors (splats) */
   int lanes;
 } Lower;
 

@@ -7,9 +7,10 @@
 #include <math.h>
 
 /* a * b + c, fused where the target has FMA (llvm.fmuladd: one instruction
- * there, a multiply and an add elsewhere). Used inside the
- * approximations below, whose error it does not change beyond an ulp, and
- * where the order of a chain matters (codegen/scan.c, lane_element). */
+ * there, a multiply and an add elsewhere), of floats, doubles or vectors of
+ * them. Used inside the approximations below, whose error it does not
+ * change beyond an ulp, and where the order of a chain matters
+ * (codegen/scan.c, scan_next). */
 LLVMValueRef fmuladd(Lower *L, LLVMValueRef a, LLVMValueRef b, LLVMValueRef c) {
   LLVMValueRef args[3] = {a, b, c};
   return intrinsic(L, "llvm.fmuladd", args, 3);
@@ -98,12 +99,6 @@ static LLVMValueRef emit_log(Lower *L, LLVMValueRef x) {
   return LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealUNO, x, x, ""), x, r, "");
 }
 
-/* a * b + c in double (llvm.fmuladd), for the reduction below. */
-static LLVMValueRef fma3_f64(Lower *L, LLVMValueRef a, LLVMValueRef b, LLVMValueRef c) {
-  LLVMValueRef args[3] = {a, b, c};
-  return intrinsic(L, "llvm.fmuladd", args, 3);
-}
-
 /* sin(x) (cos_shift 0) or cos(x) (1) in float32, vectorizable (llvm.sin
  * and llvm.cos are a libm call per element, which kept a whole loop
  * scalar: RetNet's rotations). x = n pi/2 + r with |r| <= pi/4, reduced in
@@ -121,10 +116,10 @@ static LLVMValueRef emit_sincos(Lower *L, LLVMValueRef x, int cos_shift) {
   LLVMTypeRef f64 = et(L, LLVMDoubleTypeInContext(L->cx)), i64 = et(L, L->i64);
   const double magic = 6755399441055744.0; /* 1.5 * 2^52 */
   LLVMValueRef xd = LLVMBuildFPExt(b, x, f64, "");
-  LLVMValueRef t = fma3_f64(L, xd, ef64(L, 0.63661977236758134308), ef64(L, magic));
+  LLVMValueRef t = fmuladd(L, xd, ef64(L, 0.63661977236758134308), ef64(L, magic));
   LLVMValueRef nn = LLVMBuildFSub(b, ef64(L, magic), t, ""); /* -n */
-  LLVMValueRef rd = fma3_f64(L, nn, ef64(L, 1.57079632673412561417e+00), xd);
-  rd = fma3_f64(L, nn, ef64(L, 6.07710050650619224932e-11), rd);
+  LLVMValueRef rd = fmuladd(L, nn, ef64(L, 1.57079632673412561417e+00), xd);
+  rd = fmuladd(L, nn, ef64(L, 6.07710050650619224932e-11), rd);
   LLVMValueRef r = LLVMBuildFPTrunc(b, rd, et(L, L->f32), "");
   LLVMValueRef q = LLVMBuildAdd(b, LLVMBuildBitCast(b, t, i64, ""), ei64(L, cos_shift), "");
   q = LLVMBuildTrunc(b, LLVMBuildAnd(b, q, ei64(L, 3), ""), et(L, L->i32), "");

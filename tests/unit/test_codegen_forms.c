@@ -44,6 +44,8 @@ static const FcCase CASES[] = {
      * axis odd (one element at a time) and even (two). */
     {"stdlib/s4d.seq", "H=32,N=3"},
     {"stdlib/mamba_ssm.seq", "d_inner=16,d_state=4,dt_rank=2"},
+    /* The element code's functions on vectors, a mean, a (max, +) scan. */
+    {"tests/data/models/lanes_ops.seq", "I=3,R=16,N=2"},
     {"stdlib/s5.seq", "H=3,P=4"},
     {"stdlib/mamba_ssm.seq", "d_inner=4,d_state=3,dt_rank=2"},
     {"stdlib/mamba.seq", "d_model=4,d_inner=8,d_state=3,d_conv=4,dt_rank=2"},
