@@ -501,17 +501,18 @@ static void transposed_step(Lower *L, const SchedOp *op, const ScanItem *it, Sca
 
 /* ---- rows in vector lanes ------------------------------------------------
  * A group with SchedScanGroup.lanes runs its item (one example, a block of
- * SCHED_SCAN_LANES rows) on transposed copies, element of the last axis
- * by element, two at a time where the axis is even (two independent
- * chains of the recurrence): the running values are phis of the loop over
- * the steps, the copies' vectors loop-invariant, and every member is
- * computed on vectors of the block's rows (L->lanes makes the op table's
- * constants and types vectors, fused_operand reads vectors). Each sum over
- * the last axis adds its vector into the step's row of the output, which
- * starts at zero: no horizontal sum. Time-invariant loads stay out of the
- * loop over time, and the state never leaves the registers within an
- * element; S4D's update and readout are then the eight fused
- * multiply-adds per element the math needs. */
+ * SCHED_SCAN_LANES rows) on a transposed copy of its state and on the
+ * constants copied into the same layout once per call (emit_lane_copies),
+ * element of the last axis by element, two at a time where the axis is
+ * even (two independent chains of the recurrence), the loop over the steps
+ * inside: the running values are phis of that loop, the constants' vectors
+ * loop-invariant, and every member is computed on vectors of the block's
+ * rows (L->lanes makes the op table's constants and types vectors,
+ * fused_operand reads vectors). Each sum over the last axis adds its
+ * vector into a scratch of the tile's steps, stored into the steps' rows
+ * of the output after the last element: no horizontal sum. S4D's update
+ * and readout are then the eight fused multiply-adds per element the math
+ * needs. */
 
 /* A phi of vectors at the head of loop lp, entering as init. */
 static LLVMValueRef lane_phi(Lower *L, Loop *lp, LLVMValueRef init) {

@@ -1462,7 +1462,8 @@ static void scan(Run *r, Inst *in, int i, int64_t len) {
     biter_init(&it, &o, 1, avp);
     for (int64_t j = 0; j < o.n; j++, biter_next(&it)) {
       if (o.cplx) {
-        double complex p = cget(&av, it.off[0]) * cget(&prev, j);
+        double complex p;
+        complex_binary(IR_MUL, cget(&av, it.off[0]), !av.cplx, cget(&prev, j), 0, &p);
         double pp[2] = {creal(p), cimag(p)};
         if (!r->f64) round_f32(pp, 2);
         double complex q = cmk(pp[0], pp[1]) + cget(&bv, j);
