@@ -692,6 +692,48 @@ static void lanes_steps(Lower *L, const SchedOp *op, const ScanItem *it, ScanEle
   loop_end(L, &lk);
 }
 
+/* Steps [lo, hi) of an item that is not rows-in-lanes: per step, the loop
+ * over its elements (along the rows when transposed), each sum over the last
+ * axis in a phi (or the transposed item's rows), stored per token. */
+static void element_steps(Lower *L, const SchedOp *op, const ScanItem *it, ScanElem *e,
+                          int64_t last, int copies, LLVMValueRef lo, LLVMValueRef hi) {
+  const SchedScanGroup *g = op->group;
+  const IrFunc *fn = L->fn;
+  /* Accumulators of the sums. */
+  e->acc = arena_calloc(L->a, (size_t)g->nmembers * 2 + 1, sizeof *e->acc);
+  if (g->transposed) e->rows = arena_calloc(L->a, (size_t)g->nmembers + 1, sizeof *e->rows);
+  if (!e->acc || (g->transposed && !e->rows)) {
+    L->failed = 1;
+    return;
+  }
+  for (int m = 0; m < g->nmembers && e->rows; m++)
+    if (is_sum(fn->nodes.v[g->members[m]].op)) e->rows[m] = entry_array(L, g->block, "sum_rows");
+  Loop lt, lo_, li;
+  LLVMValueRef rel = loop_begin(L, &lt, lo, hi);
+  at_step(L, it, rel);
+  if (g->transposed) {
+    transposed_step(L, op, it, e, last);
+  } else {
+    LLVMValueRef o = loop_begin(L, &lo_, it->ob, it->oend);
+    LLVMValueRef i = loop_begin(L, &li, it->i0, it->i1);
+    for (int m = 0; m < g->nmembers; m++)
+      if (is_sum(fn->nodes.v[g->members[m]].op)) {
+        e->acc[2 * m] = loop_phi(L, &li, cf(L, 0.0), "acc");
+        if (L->v[g->members[m]].w == 2) e->acc[2 * m + 1] = loop_phi(L, &li, cf(L, 0.0), "acci");
+      }
+    LLVMValueRef k = add(L, mul(L, o, ci64(L, last)), i);
+    if (copies) L->pl_at = copy_index(L, g, it, last, o, i, k);
+    scan_element(L, op, e, k, o, i);
+    loop_end(L, &li);
+    /* After the loop over the last axis, a phi holds its sum. */
+    for (int m = 0; m < g->nmembers; m++)
+      if (is_sum(fn->nodes.v[g->members[m]].op))
+        store_sum(L, g->members[m], (Cx){e->acc[2 * m], e->acc[2 * m + 1]}, o, last);
+    loop_end(L, &lo_);
+  }
+  loop_end(L, &lt);
+}
+
 /* Steps [lo, hi) of the item, every member, the running value in h (the
  * storage, or a part's slot). */
 static void scan_steps(Lower *L, const SchedOp *op, const ScanItem *it, LLVMValueRef h,
@@ -729,46 +771,10 @@ static void scan_steps(Lower *L, const SchedOp *op, const ScanItem *it, LLVMValu
                  1);
     }
   }
-  /* Accumulators of the sums. */
-  e.acc = arena_calloc(L->a, (size_t)g->nmembers * 2 + 1, sizeof *e.acc);
-  if (g->transposed) e.rows = arena_calloc(L->a, (size_t)g->nmembers + 1, sizeof *e.rows);
-  if (!e.acc || (g->transposed && !e.rows)) {
-    L->failed = 1;
-    return;
-  }
-  for (int m = 0; m < g->nmembers && e.rows; m++)
-    if (is_sum(fn->nodes.v[g->members[m]].op)) e.rows[m] = entry_array(L, g->block, "sum_rows");
-  Loop lt, lo_, li;
-  if (g->lanes) {
+  if (g->lanes)
     lanes_steps(L, op, it, &e, last, lo, hi);
-    block_copy(L, g, it, last, h, e.hre, e.him, 0);
-    L->pl_re = L->pl_im = NULL;
-    L->pl_at = NULL;
-    return;
-  }
-  LLVMValueRef rel = loop_begin(L, &lt, lo, hi);
-  at_step(L, it, rel);
-  if (g->transposed) {
-    transposed_step(L, op, it, &e, last);
-  } else {
-    LLVMValueRef o = loop_begin(L, &lo_, it->ob, it->oend);
-    LLVMValueRef i = loop_begin(L, &li, it->i0, it->i1);
-    for (int m = 0; m < g->nmembers; m++)
-      if (is_sum(fn->nodes.v[g->members[m]].op)) {
-        e.acc[2 * m] = loop_phi(L, &li, cf(L, 0.0), "acc");
-        if (L->v[g->members[m]].w == 2) e.acc[2 * m + 1] = loop_phi(L, &li, cf(L, 0.0), "acci");
-      }
-    LLVMValueRef k = add(L, mul(L, o, ci64(L, last)), i);
-    if (copies) L->pl_at = copy_index(L, g, it, last, o, i, k);
-    scan_element(L, op, &e, k, o, i);
-    loop_end(L, &li);
-    /* After the loop over the last axis, a phi holds its sum. */
-    for (int m = 0; m < g->nmembers; m++)
-      if (is_sum(fn->nodes.v[g->members[m]].op))
-        store_sum(L, g->members[m], (Cx){e.acc[2 * m], e.acc[2 * m + 1]}, o, last);
-    loop_end(L, &lo_);
-  }
-  loop_end(L, &lt);
+  else
+    element_steps(L, op, it, &e, last, copies, lo, hi);
   if (copies) block_copy(L, g, it, last, h, e.hre, e.him, 0);
   L->pl_re = L->pl_im = NULL;
   L->pl_at = NULL;
