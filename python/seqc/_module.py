@@ -1,5 +1,6 @@
 """Modules: compiled by the JIT (seqc.compile) or loaded from an AOT shared
 object (seqc.load_so); the same calling conventions for both."""
+import builtins
 import ctypes
 import json
 import os
@@ -33,13 +34,15 @@ class _NotLoaded:
 
 _TT = _NotLoaded  # torch.Tensor once torch is loaded
 _TDT = {}  # NumPy dtype -> torch dtype
+_TF32 = _TI32 = _TEMPTY = _TEMPTY_LIKE = None  # torch's, once loaded (_sync_torch)
 
 
 def _sync_torch():
-    global _TT
+    global _TT, _TF32, _TI32, _TEMPTY, _TEMPTY_LIKE
     t = sys.modules.get("torch")
     if t is not None and _TT is _NotLoaded:
         _TDT.update({F32: t.float32, I32: t.int32})
+        _TF32, _TI32, _TEMPTY, _TEMPTY_LIKE = t.float32, t.int32, t.empty, t.empty_like
         _TT = t.Tensor
     return t is not None
 
@@ -61,203 +64,225 @@ def _fast(v, dt):
 
 
 def _make_quick(m, nlead):
-    """The common call of m.forward (nlead 2) or m.step (nlead 1) as a
-    closure over what it needs (no reference to m): one input x, a NumPy array
-    or CPU torch tensor of the input's dtype, C-contiguous, [B, T, ...] or
-    [B, ...]; state None or a dict of every state, arrays of x's kind, float32,
-    contiguous, [B, ...]; new outputs. quick(x, state, want_state) returns
-    (y, states or None), the status (an int) when the call failed, or None
-    when anything differs (the general
+    """The common call of m.forward (nlead 2) or m.step (nlead 1), written
+    out for this module's inputs, states and outputs (no loops, no
+    reference to m) and compiled with exec, as collections.namedtuple does:
+    one input x, a NumPy array or CPU torch tensor of the input's dtype, C-
+    contiguous, [B, T, ...] or [B, ...]; state None or a dict of every state,
+    arrays of x's kind, float32, contiguous, [B, ...]; new outputs, or out=
+    and state_out= arrays of x's kind to write into. quick(x, state,
+    want_state, out, state_out) returns (y, states or None), the status (an
+    int) when the call failed, or None when anything differs (the general
     path then converts or raises). None for modules with several inputs or
-    without that call, and where NumPy's data pointer is not read directly."""
+    without that call, and where NumPy's data pointer is not read directly.
+    A step at B = 1 costs about 2 us here against 4 us for the same checks
+    in loops (BENCHMARKS.md)."""
     c = m._fwd_c if nlead == 2 else m._step_c
     if m._in0 is None or c is None or PTR_OFFSET is None:
         return None
-    first = m._first
     in_dt, _, in_rank, in_tail = m._in0
-    rank = nlead + in_rank
     names = m._st_names
     nst, nout = len(names), m._nout
-    out_tails = tuple(s.shape for s in m.outputs)
-    st_tails = tuple(s.shape for s in m.states)
-    in_arr, st_arr, out_arr = m._in_arr, m._st_arr, m._out_arr
-    free = m._free
-    layouts = {}
-    ND, empty, f32, i64 = _ND, _np_empty, F32, _i64
-    rd, off = ctypes.c_void_p.from_address, PTR_OFFSET
+    lead = ("B",) if nlead == 1 else ("B", "T")
+    oshapes = [lead + tuple(s.shape) for s in m.outputs]
+    sshapes = [("B",) + tuple(s.shape) for s in m.states]
 
-    def layout(lead):
-        # Shapes for these leading dims; when the new arrays of a call (the
-        # outputs, and the states with want_state) all have one shape, NumPy
-        # allocates them as one block [k, ...] whose rows are handed out.
-        B = lead[0]
-        osh = tuple(lead + t for t in out_tails)
-        ssh = tuple((B,) + t for t in st_tails)
-        blocks = []
-        for shapes in (osh, osh + ssh):
-            if shapes and all(s == shapes[0] for s in shapes):
-                n = 4
-                for d in shapes[0]:
-                    n *= d
-                blocks.append(((len(shapes),) + shapes[0], n))
-            else:
-                blocks.append(None)
-        lay = (lead + in_tail, osh, ssh, blocks[0], blocks[1])
-        if len(layouts) > 64:
-            layouts.clear()
-        layouts[lead] = lay
-        return lay
+    def tup(sh):  # a shape as source: "(B, 64)"
+        return "(" + ", ".join(str(d) for d in sh) + ("," if len(sh) == 1 else "") + ")"
 
-    def given(vals, shapes, arr, tx, write):
-        # Pointers of caller arrays of x's kind, float32, contiguous, these
-        # shapes (writable, without requires_grad, when written): False if not.
-        i = 0
-        if tx is ND:
-            for v, want in zip(vals, shapes):
-                if type(v) is not ND or v.dtype is not f32 or not v.flags.c_contiguous \
-                        or v.shape != want or (write and not v.flags.writeable):
-                    return False
-                arr[i] = rd(id(v) + off).value
-                i += 1
-        else:
-            tf32 = _TDT[f32]
-            for v, want in zip(vals, shapes):
-                if type(v) is not tx or v.dtype is not tf32 or not v.is_cpu or \
-                        not v.is_contiguous() or v.shape != want or (write and v.requires_grad):
-                    return False
-                arr[i] = v.data_ptr()
-                i += 1
-        return i == len(shapes)
+    def numel(sh):  # its bytes as source: "4 * B * 64"
+        return " * ".join(["4"] + [str(d) for d in sh])
 
-    def quick(x, state, want_state, out=None, state_out=None):
-        tx = type(x)
-        if tx is not ND and tx is not _TT:
-            return None
-        shp = x.shape
-        if len(shp) != rank:
-            return None
-        if tx is ND:
-            if x.dtype is not in_dt or not x.flags.c_contiguous:
-                return None
-            lead = shp[:nlead]
-        else:
-            if x.dtype is not _TDT[in_dt] or not x.is_cpu or not x.is_contiguous():
-                return None
-            lead = tuple(shp)[:nlead]
-        lay = layouts.get(lead)
-        if lay is None:
-            lay = layout(lead)
-        if shp != lay[0]:
-            return None
-        try:
-            a = free.pop()
-        except IndexError:
-            a = (in_arr(), st_arr(), out_arr(), st_arr())
-        ins, sin, optr, sout = a
-        ins[0] = rd(id(x) + off).value if tx is ND else x.data_ptr()
-        if state is not None:
-            if type(state) is not dict or len(state) != nst or \
-                    not given(map(state.get, names), lay[2], sin, tx, False):
-                free.append(a)
-                return None
-        else:
-            sin = None
-        if out is not None or state_out is not None:
-            # The caller's arrays: out (one output, or a tuple in order) and
-            # state_out (a dict of every state, which may be state itself).
-            if out is None or (len(out) != nout if type(out) is tuple else nout != 1) or \
-                    not given(out if type(out) is tuple else (out,), lay[1], optr, tx, True):
-                free.append(a)
-                return None
-            if want_state or state_out is not None:
-                if type(state_out) is not dict or len(state_out) != nst or \
-                        not given(map(state_out.get, names), lay[2], sout, tx, True):
-                    free.append(a)
-                    return None
-            else:
-                sout = None
-            res = (out, state_out)
-        else:
-            res = None
-            if not want_state:
-                sout = None
-            souts = None
-            if tx is ND:
-                blk = lay[4] if want_state else lay[3]
-                if blk is not None:
-                    b = empty(blk[0], f32)
-                    p, n = rd(id(b) + off).value, blk[1]
-                    for i in range(nout):
-                        optr[i] = p
-                        p += n
-                    outs = []
-                    for i in range(nout):
-                        outs.append(b[i])
-                    if want_state:
-                        souts = []
-                        for i in range(nst):
-                            sout[i] = p
-                            p += n
-                            souts.append(b[nout + i])
-                else:
-                    outs = []
-                    i = 0
-                    for shape in lay[1]:
-                        o = empty(shape, f32)
-                        optr[i] = rd(id(o) + off).value
-                        outs.append(o)
-                        i += 1
-                    if want_state:
-                        souts = []
-                        i = 0
-                        for shape in lay[2]:
-                            o = empty(shape, f32)
-                            sout[i] = rd(id(o) + off).value
-                            souts.append(o)
-                            i += 1
-            else:
-                # torch.empty(*shape) parses its arguments faster than
-                # torch.empty(shape), and empty_like of a state given (same
-                # shape, dtype and layout) faster still: a tensor costs about
-                # a microsecond either way, most of a torch step's overhead.
-                torch = sys.modules["torch"]
-                new = torch.empty
-                outs = []
-                i = 0
-                for shape in lay[1]:
-                    o = new(*shape)
-                    optr[i] = o.data_ptr()
-                    outs.append(o)
-                    i += 1
-                if want_state:
-                    souts = []
-                    i = 0
-                    if state is not None:
-                        like, sv = torch.empty_like, state.get
-                        for name in names:
-                            o = like(sv(name))
-                            sout[i] = o.data_ptr()
-                            souts.append(o)
-                            i += 1
-                    else:
-                        for shape in lay[2]:
-                            o = new(*shape)
-                            sout[i] = o.data_ptr()
-                            souts.append(o)
-                            i += 1
-        if nlead == 1:
-            st = c(first, i64(lead[0]), ins, sin, optr, sout)
-        else:
-            st = c(first, i64(lead[0]), i64(lead[1]), ins, None, sin, optr, sout)
-        free.append(a)
-        if st:
-            return st
-        if res is not None:
-            return res
-        return (outs[0] if nout == 1 else tuple(outs),
-                dict(zip(names, souts)) if want_state else None)
+    t_in = "_TF32" if in_dt is F32 else "_TI32"
+    L = []
 
-    return quick
+    def emit(depth, line):
+        L.append("    " * depth + line)
+
+    def check(depth, v, shape, write):
+        # v is an array of x's kind, float32, contiguous, of this shape (and
+        # writable when written): else the general path.
+        emit(depth, "if tx is ND:")
+        emit(depth + 1, f"if type({v}) is not ND or {v}.dtype is not f32 or "
+             f"not {v}.flags.c_contiguous or {v}.shape != {tup(shape)}"
+             + (f" or not {v}.flags.writeable" if write else "") + ":")
+        emit(depth + 2, "return None")
+        emit(depth + 1, f"p_{v} = rd(id({v}) + off).value")
+        emit(depth, "else:")
+        emit(depth + 1, f"if type({v}) is not tx or {v}.dtype is not _TF32 or not {v}.is_cpu or "
+             f"not {v}.is_contiguous() or {v}.shape != {tup(shape)}"
+             + (f" or {v}.requires_grad" if write else "") + ":")
+        emit(depth + 2, "return None")
+        emit(depth + 1, f"p_{v} = {v}.data_ptr()")
+
+    def state_dict(depth, d, prefix, write):
+        emit(depth, f"if type({d}) is not dict or len({d}) != {nst}:")
+        emit(depth + 1, "return None")
+        for i, n in enumerate(names):
+            emit(depth, f"{prefix}{i} = {d}.get({n!r})")
+            check(depth, f"{prefix}{i}", sshapes[i], write)
+
+    emit(0, "def quick(x, state, want_state, out=None, state_out=None):")
+    emit(1, "tx = type(x)")
+    emit(1, "if tx is ND:")
+    emit(2, "if x.dtype is not in_dt or not x.flags.c_contiguous:")
+    emit(3, "return None")
+    emit(2, "p_x = rd(id(x) + off).value")
+    emit(1, "elif tx is _TT:")
+    emit(2, f"if x.dtype is not {t_in} or not x.is_cpu or not x.is_contiguous():")
+    emit(3, "return None")
+    emit(2, "p_x = x.data_ptr()")
+    emit(1, "else:")
+    emit(2, "return None")
+    emit(1, "s = x.shape")
+    emit(1, f"if len(s) != {nlead + in_rank} or s[{nlead}:] != {tup(in_tail)}:")
+    emit(2, "return None")
+    emit(1, "B = s[0]" if nlead == 1 else "B = s[0]; T = s[1]")
+    if nst:
+        emit(1, "if state is not None:")
+        state_dict(2, "state", "i", False)
+    else:
+        emit(1, "if state is not None and (type(state) is not dict or state):")
+        emit(2, "return None")
+    # The caller's arrays: out (one output, or a tuple in order) and
+    # state_out (a dict of every state, which may be `state` itself).
+    emit(1, "if out is not None or state_out is not None:")
+    emit(2, "if out is None:")
+    emit(3, "return None")
+    if nout == 1:
+        emit(2, "if type(out) is tuple:")
+        emit(3, "if len(out) != 1:")
+        emit(4, "return None")
+        emit(3, "o0 = out[0]")
+        emit(2, "else:")
+        emit(3, "o0 = out")
+    else:
+        emit(2, f"if type(out) is not tuple or len(out) != {nout}:")
+        emit(3, "return None")
+        emit(2, ", ".join(f"o{i}" for i in range(nout)) + ", = out")
+    for i in range(nout):
+        check(2, f"o{i}", oshapes[i], True)
+    emit(2, "if want_state or state_out is not None:")
+    if nst:
+        # state_out=state (updated in place): its arrays were checked above;
+        # only whether they can be written is left.
+        emit(3, "if state_out is state and state is not None:")
+        emit(4, "if tx is ND:")
+        emit(5, "if " + " or ".join(f"not i{i}.flags.writeable" for i in range(nst)) + ":")
+        emit(6, "return None")
+        emit(4, "elif " + " or ".join(f"i{i}.requires_grad" for i in range(nst)) + ":")
+        emit(5, "return None")
+        for i in range(nst):
+            emit(4, f"p_n{i} = p_i{i}")
+        emit(3, "else:")
+        state_dict(4, "state_out", "n", True)
+    else:
+        emit(3, "if type(state_out) is not dict or state_out:")
+        emit(4, "return None")
+    emit(2, "res = (out, state_out)")
+    emit(1, "else:")
+    emit(2, "res = None")
+    # New outputs: NumPy's in one block where they have one shape (rows of
+    # it handed out), torch's one by one (torch.empty(*shape), and
+    # empty_like of a state given, parse fastest).
+    emit(2, "if tx is ND:")
+
+    def np_new(depth, vs, shapes):
+        if len(vs) == 1:
+            emit(depth, f"{vs[0]} = empty({tup(shapes[0])}, f32)")
+            emit(depth, f"p_{vs[0]} = rd(id({vs[0]}) + off).value")
+        elif all(sh == shapes[0] for sh in shapes):
+            emit(depth, f"b = empty({tup((len(vs),) + shapes[0])}, f32)")
+            emit(depth, "p = rd(id(b) + off).value")
+            emit(depth, f"n = {numel(shapes[0])}")
+            for i, v in enumerate(vs):
+                emit(depth, f"{v} = b[{i}]")
+                emit(depth, f"p_{v} = p" + (f" + {i} * n" if i else ""))
+        else:
+            for v, sh in zip(vs, shapes):
+                np_new(depth, [v], [sh])
+
+    ovs = [f"o{i}" for i in range(nout)]
+    svs = [f"n{i}" for i in range(nst)]
+    if nst:
+        emit(3, "if want_state:")
+        if all(sh == oshapes[0] for sh in oshapes + sshapes):
+            np_new(4, ovs + svs, oshapes + sshapes)
+        else:
+            np_new(4, ovs, oshapes)
+            np_new(4, svs, sshapes)
+        emit(3, "else:")
+        np_new(4, ovs, oshapes)
+    else:
+        np_new(3, ovs, oshapes)
+    emit(2, "else:")
+    for i in range(nout):
+        emit(3, f"o{i} = _TEMPTY(" + ", ".join(str(d) for d in oshapes[i]) + ")")
+        emit(3, f"p_o{i} = o{i}.data_ptr()")
+    if nst:
+        emit(3, "if want_state:")
+        emit(4, "if state is not None:")
+        for i in range(nst):
+            emit(5, f"n{i} = _TEMPTY_LIKE(i{i})")
+        emit(4, "else:")
+        for i in range(nst):
+            emit(5, f"n{i} = _TEMPTY(" + ", ".join(str(d) for d in sshapes[i]) + ")")
+        for i in range(nst):
+            emit(4, f"p_n{i} = n{i}.data_ptr()")
+    # The pointer arrays: a set per call in flight (another thread may run
+    # this module while the call has released the GIL).
+    emit(1, "try:")
+    emit(2, "a = free.pop()")
+    emit(1, "except IndexError:")
+    emit(2, "a = (in_arr(), st_arr(), out_arr(), st_arr())")
+    emit(1, "ins, sin, optr, sout = a")
+    emit(1, "ins[0] = p_x")
+    if nst:
+        emit(1, "if state is None:")
+        emit(2, "sin = None")
+        emit(1, "else:")
+        for i in range(nst):
+            emit(2, f"sin[{i}] = p_i{i}")
+    else:
+        emit(1, "sin = None")
+    for i in range(nout):
+        emit(1, f"optr[{i}] = p_o{i}")
+    if nst:
+        emit(1, "if want_state or res is not None and state_out is not None:")
+        for i in range(nst):
+            emit(2, f"sout[{i}] = p_n{i}")
+        emit(1, "else:")
+        emit(2, "sout = None")
+    else:
+        emit(1, "sout = None")
+    bv = "SMALL[B] if B <= 1024 else c_int64(B)"
+    if nlead == 1:
+        emit(1, f"st = c(first, {bv}, ins, sin, optr, sout)")
+    else:
+        emit(1, f"st = c(first, {bv}, SMALL[T] if T <= 1024 else c_int64(T), ins, None, sin, "
+             "optr, sout)")
+    emit(1, "free.append(a)")
+    emit(1, "if st:")
+    emit(2, "return st")
+    emit(1, "if res is not None:")
+    emit(2, "return res")
+    y = "o0" if nout == 1 else "(" + ", ".join(ovs) + ")"
+    if nst:
+        d = "{" + ", ".join(f"{n!r}: n{i}" for i, n in enumerate(names)) + "}"
+        emit(1, f"return ({y}, {d} if want_state else None)")
+    else:
+        emit(1, f"return ({y}, {{}} if want_state else None)")
+    env = {"ND": _ND, "f32": F32, "in_dt": in_dt, "rd": ctypes.c_void_p.from_address,
+           "off": PTR_OFFSET, "empty": _np_empty, "free": m._free, "in_arr": m._in_arr,
+           "st_arr": m._st_arr, "out_arr": m._out_arr, "c": c, "first": m._first,
+           "SMALL": _SMALL, "c_int64": ctypes.c_int64}
+    # quick's own values are a closure; torch's names (_TT, _TF32, ...) are
+    # this module's globals, set once torch is loaded.
+    src = "def build(" + ", ".join(env) + "):\n" + "".join("    " + ln + "\n" for ln in L) + \
+        "    return quick\n"
+    loc = {}
+    exec(builtins.compile(src, f"<seqc quick {'forward' if nlead == 2 else 'step'}>", "exec"), globals(), loc)
+    return loc["build"](*env.values())
 
 
 def _describe(v):

@@ -327,6 +327,94 @@ def test_outputs_are_fresh_each_call():
     assert not (s2["h"] == 7).any()
 
 
+TWO_OUTPUTS = """
+cell Two(I, H) {
+  param W: [H, I]
+  input  x: [I]
+  state  h: [H] = 0
+  state  m: [H, 2] = 0
+  output y: [H]
+  output z: [H]
+  step {
+    h' = tanh(W @ x + 0.5 * h)
+    m' = m * 0.9 + h'[:, None]
+    y = h' * 2.0
+    z = sum(m', axis=1)
+  }
+}
+"""
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_fast_calls_equal_the_general_path(kind):
+    # m(x) and m.step(x, state) with one positional input take a path written
+    # out for the module (seqc/_module.py _make_quick); an input given by name
+    # takes the general one. Both must give the same values, for outputs and
+    # states of one shape (one block), of several shapes, and several outputs.
+    cases = [(ROOT / "examples/lstm.seq", {"I": 4, "H": 6}, "x", None),
+             (ROOT / "stdlib/mamba_ssm.seq", {"d_inner": 8, "d_state": 4, "dt_rank": 2}, "x", None),
+             (TWO_OUTPUTS, {"I": 3, "H": 5}, "x", None),
+             (ROOT / "stdlib/lstm.seq", {"I": 4, "H": 6}, "x", "LSTM")]
+    conv = (lambda a: torch.from_numpy(a)) if kind == "torch" else (lambda a: a)
+    for src, dims, name, entry in cases:
+        m = seqc.compile(src, dims=dims, **({"entry": entry} if entry else {}))
+        rng = np.random.default_rng(3)
+        m.load_weights({p.name: (rng.standard_normal(p.shape) * 0.3).astype(np.float32)
+                        for p in m.params})
+        x = conv(rng.standard_normal((3, 7) + tuple(m.inputs[0].shape)).astype(np.float32))
+        fast = m(x, return_state=True)
+        # The fast path takes these calls (torch's after the first call has
+        # found torch loaded).
+        assert m._qfwd(x, None, True) is not None
+        slow = m.forward(**{name: x}, return_state=True)
+        for a, b in zip(as_tuple(fast[0]), as_tuple(slow[0])):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        state_f = state_s = None
+        for t in range(7):
+            xt = x[:, t].contiguous() if kind == "torch" else np.ascontiguousarray(x[:, t])
+            yf, state_f = m.step(xt, state_f)
+            ys, state_s = m.step(**{name: xt}, state=state_s)
+            assert type(state_f) is dict and list(state_f) == list(m.state_names)
+            for a, b in zip(as_tuple(yf), as_tuple(ys)):
+                assert type(a) is type(b) and tuple(a.shape) == tuple(b.shape)
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+            for k in m.state_names:
+                assert type(state_f[k]) is type(x)
+                np.testing.assert_array_equal(np.asarray(state_f[k]), np.asarray(state_s[k]))
+        for k in m.state_names:  # stepping gives forward's final state
+            np.testing.assert_allclose(np.asarray(state_f[k]), np.asarray(fast[1][k]),
+                                       rtol=1e-5, atol=1e-6)
+        # Written in place: out= and state_out=state.
+        y_out = tuple(conv(np.full((3,) + tuple(o.shape), np.nan, np.float32)) for o in m.outputs)
+        st = {k: (v.clone() if kind == "torch" else v.copy()) for k, v in state_s.items()}
+        xt = x[:, 0].contiguous() if kind == "torch" else np.ascontiguousarray(x[:, 0])
+        want, want_st = m.step(**{name: xt}, state=st)
+        got, got_st = m.step(xt, st, out=y_out if len(y_out) > 1 else y_out[0], state_out=st)
+        assert got_st is st
+        for a, b in zip(as_tuple(got), as_tuple(want)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        for k in m.state_names:
+            np.testing.assert_array_equal(np.asarray(st[k]), np.asarray(want_st[k]))
+        # out= without a state: the general path makes the state.
+        got, got_st = m.step(xt, None, out=y_out if len(y_out) > 1 else y_out[0])
+        want, want_st = m.step(**{name: xt})
+        for k in m.state_names:
+            np.testing.assert_array_equal(np.asarray(got_st[k]), np.asarray(want_st[k]))
+        # A state read-only (NumPy) or requiring grad (torch) is refused as state_out.
+        ro = {k: (v.clone().requires_grad_() if kind == "torch" else v.copy())
+              for k, v in st.items()}
+        if kind == "numpy":
+            for v in ro.values():
+                v.flags.writeable = False
+        with pytest.raises(ValueError, match="state_out"):
+            m.step(xt, ro, out=y_out if len(y_out) > 1 else y_out[0], state_out=ro)
+
+
+def as_tuple(y):
+    """The outputs of a call as a tuple (one output is not)."""
+    return y if type(y) is tuple else (y,)
+
+
 # ---- Newton options --------------------------------------------------------------------
 
 def test_newton_warm_starts_and_stats():
