@@ -205,13 +205,15 @@ void cu_delay(Cu *c, IrRef r) {
   if (fl == 0) return;
   cu_kernel_begin(c, "delay", RT_CU_GRID_B, (fl + CU_NT - 1) / CU_NT, 1);
   items_open(c, fl, "e");
+  /* By processing step: in a chunked schedule the token rows are in
+   * processing order, reversed for a reversed layer. */
   fprintf(c->o,
           "    for (i64 tau = 0; tau < len; tau++) {\n"
-          "      i64 t = rev ? len - 1 - tau : tau, tp = rev ? t + 1 : t - 1;\n"
           "      const float *src = tau == 0 ? %s : %s;\n"
           "      %s[e] = src[e];\n"
           "    }\n  }\n",
-          row_at(c, nd->args[1], "0"), row_at(c, nd->args[0], "tp"), row_at(c, r, "t"));
+          row_at(c, nd->args[1], "0"), step_row(c, nd->args[0], "tau - 1"),
+          step_row(c, r, "tau"));
   cu_kernel_end(c);
 }
 
