@@ -75,7 +75,8 @@ const char *cu_seq_operand(Cu *c, IrRef r, const char **ld) {
   long long f = sched_row_floats(v);
   const char *base = cu_base(c, r);
   *ld = "0";
-  if (v->cls == SCHED_STEP) return arena_printf(c->a, "(%s + b * %lld)", base, f);
+  if (v->cls == SCHED_STEP || v->cls == SCHED_EXAMPLE)
+    return arena_printf(c->a, "(%s + b * %lld)", base, f);
   if (v->cls == SCHED_CONST) return base;
   if (v->chunked) {
     *ld = arena_printf(c->a, "%lld", f);
@@ -303,6 +304,10 @@ static void call(Cu *c, IrRef r) {
     cu_unsupported(c, r, "a Newton layer");
     return;
   }
+  if (ly->over) {
+    cu_unsupported(c, r, "a layer run over a context's positions");
+    return;
+  }
   int ci = c->in->layers[nd->index];
   const IrFunc *callee = c->s->insts.v[ci].fn;
   RtCuStep st = {0};
@@ -319,12 +324,16 @@ static void call(Cu *c, IrRef r) {
     IrRef a = nd->args[j];
     st.args[j] = arg_of(c, a);
     if (n->call_in[j] >= 0) {
-      /* A layer reads an input per token: the value repeated for each. */
+      /* A layer reads an input per token: the value repeated for each (a
+       * value per example, a context's, its example's). */
       int64_t fl = sched_row_floats(&c->v[a]);
       cu_kernel_begin(c, "call_in", RT_CU_GRID_BT, 1, 1);
       fprintf(c->o, "  for (i64 row = blockIdx.x; row < B * T; row += gridDim.x) {\n");
+      const char *src = c->v[a].cls == SCHED_EXAMPLE ? arena_printf(c->a, "(%s + (row / T) * %lld)",
+                                                                    cu_base(c, a), (long long)fl)
+                                                     : cu_base(c, a);
       cu_copy_row(c, arena_printf(c->a, "(%s + row * %lld)", fbuf(c, n->call_in[j]), (long long)fl),
-                  cu_base(c, a), fl);
+                  src, fl);
       fprintf(c->o, "  }\n");
       cu_kernel_end(c);
       st.args[j] = (RtCuArg){RT_CU_ARG_BUF, n->call_in[j]};
@@ -436,13 +445,6 @@ static int render_inst(Cu *c, int i, RtCuInst *out) {
   c->steps.n = c->steps.cap = 0;
   c->fmember = arena_calloc(c->a, (size_t)in->fn->nodes.n + 1, 1);
   if (!c->fmember) return -1;
-  for (int k = 0; k < in->fn->inputs.n; k++)
-    if (in->fn->inputs.v[k].context) {
-      diag_error(c->de, in->fn->inputs.v[k].loc,
-                 "the CUDA backend cannot run a context input ('%s') yet (in %s)",
-                 in->fn->inputs.v[k].name, in->fn->name);
-      return -1;
-    }
   cu_ops(c, in->ops.v, in->ops.n);
   if (c->failed) return -1;
   out->ninputs = in->fn->inputs.n;
@@ -520,12 +522,16 @@ int cuda_render(Arena *a, const Schedule *s, RtCuProgram **out, DiagEngine *de) 
   p->output_floats = tensor_floats(a, s->sig.outputs.v, s->sig.outputs.n);
   p->state_floats = tensor_floats(a, s->sig.states.v, s->sig.states.n);
   p->input_is_int = arena_calloc(a, (size_t)s->sig.inputs.n + 1, sizeof(int));
+  p->input_context = arena_calloc(a, (size_t)s->sig.inputs.n + 1, sizeof(int));
   if (!p->source || !p->param_floats || !p->input_floats || !p->output_floats || !p->state_floats ||
-      !p->input_is_int) {
+      !p->input_is_int || !p->input_context) {
     diag_error(de, (SrcLoc){0}, "out of memory rendering CUDA for %s", s->sig.func);
     return -1;
   }
-  for (int i = 0; i < s->sig.inputs.n; i++) p->input_is_int[i] = s->sig.inputs.v[i].is_int;
+  for (int i = 0; i < s->sig.inputs.n; i++) {
+    p->input_is_int[i] = s->sig.inputs.v[i].is_int;
+    p->input_context[i] = s->sig.inputs.v[i].context;
+  }
   *out = p;
   return 0;
 }

@@ -26,7 +26,8 @@ static const char *row_at(Cu *c, IrRef r, const char *t) {
   const char *base = cu_base(c, r);
   int64_t fl = sched_row_floats(v);
   if (v->cls == SCHED_CONST) return base;
-  if (v->cls == SCHED_STEP) return arena_printf(c->a, "(%s + b * %lld)", base, (long long)fl);
+  if (v->cls == SCHED_STEP || v->cls == SCHED_EXAMPLE)
+    return arena_printf(c->a, "(%s + b * %lld)", base, (long long)fl);
   return arena_printf(c->a, "(%s + (b * T + (%s)) * %lld)", base, t, (long long)fl);
 }
 
@@ -212,8 +213,7 @@ void cu_delay(Cu *c, IrRef r) {
           "      const float *src = tau == 0 ? %s : %s;\n"
           "      %s[e] = src[e];\n"
           "    }\n  }\n",
-          row_at(c, nd->args[1], "0"), step_row(c, nd->args[0], "tau - 1"),
-          step_row(c, r, "tau"));
+          row_at(c, nd->args[1], "0"), step_row(c, nd->args[0], "tau - 1"), step_row(c, r, "tau"));
   cu_kernel_end(c);
 }
 

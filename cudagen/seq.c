@@ -48,6 +48,12 @@ void cu_token_rows(Cu *c, const SchedOp *op) {
     cu_kernel_begin(c, "const", RT_CU_GRID_FIXED, 1, 1);
     fprintf(c->o, "  if (blockIdx.x == 0) {\n    const i64 rb = 0, rtok = 0, rtokc = 0;\n"
                   "    (void)rb; (void)rtok; (void)rtokc;\n");
+  } else if (op->cls == SCHED_EXAMPLE) {
+    /* What a context gives, once per example (a block each). */
+    cu_kernel_begin(c, "example_rows", RT_CU_GRID_B, 1, 1);
+    fprintf(c->o, "  for (i64 b = blockIdx.x; b < B; b += gridDim.x) {\n"
+                  "    const i64 rb = b, rtok = b * T, rtokc = b * T;\n"
+                  "    (void)rb; (void)rtok; (void)rtokc;\n");
   } else {
     cu_kernel_begin(c, "rows", RT_CU_GRID_BT, 1, 1);
     token_loop_open(c);
@@ -127,6 +133,8 @@ void cu_gemm(Cu *c, IrRef r, SchedClass cls) {
   int64_t ntn = (N + 31) / 32;
   if (cls == SCHED_CONST)
     cu_kernel_begin(c, "gemm", RT_CU_GRID_FIXED, ((per_row + 31) / 32) * ntn, 1);
+  else if (cls == SCHED_EXAMPLE) /* rows once per example (a context's) */
+    cu_kernel_begin(c, "gemm", RT_CU_GRID_B, ((per_row + 31) / 32) * ntn, 1);
   else
     cu_kernel_begin(c, "gemm", RT_CU_GRID_BT, ntn * per_row, 32);
   fprintf(c->o,
@@ -134,8 +142,11 @@ void cu_gemm(Cu *c, IrRef r, SchedClass cls) {
           "  i64 ntiles = ((M + 31) / 32) * %lld;\n"
           "  for (i64 tile = blockIdx.x; tile < ntiles; tile += gridDim.x)\n"
           "    seq_gemm_tile(M, %lld, %lld, %s, %lld, %s, %lld, %d, %s, %lld, tile);\n",
-          cls == SCHED_CONST ? "(i64)1" : "B * T", (long long)per_row, (long long)ntn, N, K, A, K,
-          gemm_weight(c, r), tr ? K : N, tr, cu_base(c, r), N);
+          cls == SCHED_CONST     ? "(i64)1"
+          : cls == SCHED_EXAMPLE ? "B"
+                                 : "B * T",
+          (long long)per_row, (long long)ntn, N, K, A, K, gemm_weight(c, r), tr ? K : N, tr,
+          cu_base(c, r), N);
   cu_kernel_end(c);
 }
 
@@ -163,7 +174,10 @@ void cu_gemm_step(Cu *c, IrRef r) {
 
 /* The row of node v that the current step reads. */
 static const char *source_row(const SchedValue *v) {
-  return v->cls == SCHED_STEP ? "rb" : v->cls == SCHED_CONST ? "0" : v->chunked ? "rtokc" : "rtok";
+  return v->cls == SCHED_STEP || v->cls == SCHED_EXAMPLE ? "rb"
+         : v->cls == SCHED_CONST                         ? "0"
+         : v->chunked                                    ? "rtokc"
+                                                         : "rtok";
 }
 
 void cu_commit(Cu *c) {

@@ -224,7 +224,11 @@ static int forward_host(const RtCuProgram *p, const RtCuDevice *d, const float *
     }
   }
   for (int j = 0; j < p->ninputs; j++)
-    if (upload(&r, inputs[j], (size_t)(BT * p->input_floats[j]) * 4, &din[j])) goto done;
+    if (upload(&r, inputs[j],
+               (size_t)((p->input_context && p->input_context[j] ? B : BT) * p->input_floats[j]) *
+                   4,
+               &din[j]))
+      goto done;
   for (int j = 0; j < p->noutputs; j++)
     if (dev_alloc(&r, (size_t)(BT * p->output_floats[j]) * sizeof(float), &dout[j])) goto done;
   for (int j = 0; j < ns; j++) {

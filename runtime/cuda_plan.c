@@ -25,7 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { PLAN_HEADER = 32, PLAN_VERSION = 1 };
+enum { PLAN_HEADER = 32, PLAN_VERSION = 2 }; /* 2: inputs' context flags */
 static const char plan_magic[8] = {'S', 'E', 'Q', 'C', 'U', 'P', 'L', 'N'};
 
 /* Bounds a reader applies to sizes (a row of 2^40 floats is beyond any
@@ -116,6 +116,7 @@ int rt_cu_program_write(const RtCuProgram *p, RtBlob *out) {
   for (int j = 0; j < p->noutputs; j++) put_i64(&o, p->output_floats[j]);
   for (int j = 0; j < p->nstates; j++) put_i64(&o, p->state_floats[j]);
   for (int j = 0; j < p->ninputs; j++) put_i32(&o, p->input_is_int ? p->input_is_int[j] : 0);
+  for (int j = 0; j < p->ninputs; j++) put_i32(&o, p->input_context ? p->input_context[j] : 0);
   put_i32(&o, p->ninsts);
   for (int i = 0; i < p->ninsts; i++) {
     const RtCuInst *in = &p->insts[i];
@@ -439,6 +440,9 @@ int rt_cu_program_read(const void *data, size_t size, RtCuProgram **out, RtError
   p->input_is_int = get_mem(&r, (size_t)p->ninputs * sizeof *p->input_is_int);
   for (int j = 0; p->input_is_int && j < p->ninputs; j++)
     p->input_is_int[j] = get_range(&r, "an input's int flag", 0, 1);
+  p->input_context = get_mem(&r, (size_t)p->ninputs * sizeof *p->input_context);
+  for (int j = 0; p->input_context && j < p->ninputs; j++)
+    p->input_context[j] = get_range(&r, "an input's context flag", 0, 1);
   read_insts(&r, p);
   if (!r.failed) {
     const RtCuInst *root = &p->insts[0];

@@ -170,6 +170,7 @@ typedef struct RtCuProgram {
   int nparams, ninputs, noutputs, nstates;
   int64_t *param_floats, *input_floats, *output_floats, *state_floats;
   int *input_is_int;
+  int *input_context; /* given once per sequence ([B, ...]), not per token (NULL: none) */
 } RtCuProgram;
 
 /* The root's forward over host buffers, as SYM_forward (docs/abi.md): params,

@@ -83,6 +83,7 @@ static void same_programs(const RtCuProgram *a, const RtCuProgram *b) {
   for (int j = 0; j < a->nparams; j++) SAME(param_floats[j]);
   for (int j = 0; j < a->ninputs; j++) SAME(input_floats[j]);
   for (int j = 0; j < a->ninputs; j++) SAME(input_is_int[j]);
+  for (int j = 0; j < a->ninputs; j++) SAME(input_context[j]);
   for (int j = 0; j < a->noutputs; j++) SAME(output_floats[j]);
   for (int j = 0; j < a->nstates; j++) SAME(state_floats[j]);
   for (int i = 0; i < a->ninsts; i++) {
@@ -122,19 +123,24 @@ static void same_programs(const RtCuProgram *a, const RtCuProgram *b) {
 static void test_plan_round_trip(void **st) {
   (void)st;
   static const char *const forms[] = {"sequential", "auto"};
+  /* Beside every std cell and example, one with context inputs (their
+   * flags). */
+  static const FcCase ctx = {"examples/attention_decoder.seq", "I=3,H=4,S=5,A=3"};
   size_t total = 0;
   int n = 0;
-  for (int k = 0; k < FC_NCASES; k++)
+  for (int k = 0; k <= FC_NCASES; k++)
     for (int f = 0; f < 2; f++) {
+      const FcCase *c = k < FC_NCASES ? &FC_CASES[k] : &ctx;
       FcCompiled cm;
-      compile(&cm, &FC_CASES[k], forms[f], NULL);
+      compile(&cm, c, forms[f], NULL);
       RtBlob blob = {0}, again = {0};
       RtCuProgram *p = NULL;
       RtError err;
       assert_int_equal(rt_cu_program_write(cm.pipe.cuda, &blob), 0);
       if (rt_cu_program_read(blob.data, blob.size, &p, &err))
-        fail_msg("%s --strategy=%s: %s", FC_CASES[k].file, forms[f], err.msg);
+        fail_msg("%s --strategy=%s: %s", c->file, forms[f], err.msg);
       same_programs(cm.pipe.cuda, p);
+      if (k == FC_NCASES) assert_int_equal(p->input_context[1], 1); /* memory */
       /* What was read writes the same bytes. */
       assert_int_equal(rt_cu_program_write(p, &again), 0);
       assert_int_equal(again.size, blob.size);
@@ -234,8 +240,10 @@ static void test_plan_damaged(void **st) {
     expect_refused(c, n, NULL, what);
   }
   memcpy(c, b, n);
-  c[8] = 2;
-  expect_refused(c, n, "format version 2", "version 2");
+  c[8] = 3; /* a later version: this runtime reads 2 */
+  expect_refused(c, n, "format version 3", "version 3");
+  c[8] = 1; /* the version before the inputs' context flags */
+  expect_refused(c, n, "format version 1", "version 1");
   /* Changed bytes with the hash put back: the structure is checked, and a
    * blob is refused or read, never a crash (run under ASan in the
    * sanitizer build). Changes go past the source, where the structure is. */
