@@ -9,6 +9,21 @@
  * seq_dplr_chunk, seq_plstm_chunk). */
 #include "cudagen/cu.h"
 
+/* Opens the loop of a chunked form's kernel over (example, head) items, a
+ * block each: b, h, the example's length, its first processed token t0 and
+ * direction (cu_seq_operand's rows read them), and `store`, the head's
+ * state. */
+static void item_open(Cu *c, const SchedLinattn *la, long long sf, long long hf) {
+  long long H = la->heads;
+  fprintf(c->o,
+          "  for (i64 item = blockIdx.x; item < B * %lld; item += gridDim.x) {\n"
+          "    i64 b = item / %lld, h = item %% %lld, len = SEQ_LEN(b);\n"
+          "    i64 t0 = rev && len > 0 ? len - 1 : 0, dir = rev ? -1 : 1;\n"
+          "    (void)t0; (void)dir;\n"
+          "    float *store = (float *)F[%d] + b * %lld + h * %lld;\n",
+          H, H, H, cu_slot_buf(c, c->in->state_buf[la->state]), sf, hf);
+}
+
 /* Readout ci of a chunked state's passes: its query, output and (pLSTM)
  * weights with their strides, and the state the pass runs on; opens the
  * pass's block, which every pass but the last starts by copying the initial
@@ -53,7 +68,6 @@ static Readout readout_open(Cu *c, const SchedLinattn *la, int ci, long long sf,
  * K]). */
 static void wy(Cu *c, const SchedOp *op) {
   const SchedLinattn *la = op->linattn;
-  const SchedInst *in = c->in;
   int dplr = la->kind == SCHED_CHUNK_DPLR, plstm = la->kind == SCHED_CHUNK_PLSTM;
   long long H = la->heads, K = la->K, V = la->V, R = la->R, J = la->J;
   long long C = la->chunk < 1 ? 1 : la->chunk;
@@ -79,15 +93,9 @@ static void wy(Cu *c, const SchedOp *op) {
     return;
   }
   cu_kernel_begin(c, dplr ? "dplr" : plstm ? "plstm" : "delta", RT_CU_GRID_B, H, 1);
-  fprintf(c->o,
-          "  for (i64 item = blockIdx.x; item < B * %lld; item += gridDim.x) {\n"
-          "    i64 b = item / %lld, h = item %% %lld, len = SEQ_LEN(b);\n"
-          "    i64 t0 = rev && len > 0 ? len - 1 : 0, dir = rev ? -1 : 1;\n"
-          "    (void)t0; (void)dir;\n"
-          "    float *store = (float *)F[%d] + b * %lld + h * %lld;\n"
-          "    float *W = (float *)F[%d] + b * %lld + h * %lld;\n",
-          H, H, H, cu_slot_buf(c, in->state_buf[la->state]), sf, hf, cu_slot_buf(c, la->work_buf),
-          (long long)la->work_floats, (long long)la->work_head);
+  item_open(c, la, sf, hf);
+  fprintf(c->o, "    float *W = (float *)F[%d] + b * %lld + h * %lld;\n",
+          cu_slot_buf(c, la->work_buf), (long long)la->work_floats, (long long)la->work_head);
   const char *ldk, *ldv, *ldb, *lda = "0", *ldg = "0";
   const char *k = cu_seq_operand(c, la->k, &ldk), *v = cu_seq_operand(c, la->v, &ldv);
   if (plstm) {
@@ -154,7 +162,6 @@ static void wy(Cu *c, const SchedOp *op) {
 
 void cu_linattn(Cu *c, const SchedOp *op) {
   const SchedLinattn *la = op->linattn;
-  const SchedInst *in = c->in;
   if (la->kind != SCHED_CHUNK_LINATTN) {
     wy(c, op);
     return;
@@ -163,14 +170,8 @@ void cu_linattn(Cu *c, const SchedOp *op) {
   long long C = la->chunk < 1 ? 16 : la->chunk > 32 ? 32 : la->chunk;
   long long hf = K * V, sf = H * K * V;
   cu_kernel_begin(c, "chunked", RT_CU_GRID_B, H, 1);
-  fprintf(c->o,
-          "  __shared__ float G[%lld], Gm[%lld], A[%lld];\n"
-          "  for (i64 item = blockIdx.x; item < B * %lld; item += gridDim.x) {\n"
-          "    i64 b = item / %lld, h = item %% %lld, len = SEQ_LEN(b);\n"
-          "    i64 t0 = rev && len > 0 ? len - 1 : 0, dir = rev ? -1 : 1;\n"
-          "    (void)t0; (void)dir;\n"
-          "    float *store = (float *)F[%d] + b * %lld + h * %lld;\n",
-          C * Kg, C * Kg, C * C, H, H, H, cu_slot_buf(c, in->state_buf[la->state]), sf, hf);
+  fprintf(c->o, "  __shared__ float G[%lld], Gm[%lld], A[%lld];\n", C * Kg, C * Kg, C * C);
+  item_open(c, la, sf, hf);
   const char *ldk, *ldv, *ldg = "0";
   const char *k = cu_seq_operand(c, la->k, &ldk), *v = cu_seq_operand(c, la->v, &ldv);
   const char *lg = la->no_gate ? "(const float *)0" : cu_seq_operand(c, la->lg, &ldg);

@@ -102,6 +102,10 @@ void cu_chunk_states(Cu *c);
  * expression over dir: +1, or -1 run backwards; "0" for values constant
  * over the sequence). */
 const char *cu_seq_operand(Cu *c, IrRef r, const char **ld);
+/* A value with one row per example: a state's, or what a context gives. */
+static inline int cu_per_example(const SchedValue *v) {
+  return v->cls == SCHED_STEP || v->cls == SCHED_EXAMPLE;
+}
 
 /* ---- chunk.c ---- */
 void cu_linattn(Cu *c, const SchedOp *op);

@@ -75,8 +75,7 @@ const char *cu_seq_operand(Cu *c, IrRef r, const char **ld) {
   long long f = sched_row_floats(v);
   const char *base = cu_base(c, r);
   *ld = "0";
-  if (v->cls == SCHED_STEP || v->cls == SCHED_EXAMPLE)
-    return arena_printf(c->a, "(%s + b * %lld)", base, f);
+  if (cu_per_example(v)) return arena_printf(c->a, "(%s + b * %lld)", base, f);
   if (v->cls == SCHED_CONST) return base;
   if (v->chunked) {
     *ld = arena_printf(c->a, "%lld", f);

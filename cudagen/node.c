@@ -18,7 +18,7 @@ static const char *cf(Cu *c, double v) {
 }
 
 static const char *row_of(const SchedValue *n) {
-  return n->cls == SCHED_STEP || n->cls == SCHED_EXAMPLE ? "rb" : n->chunked ? "rtokc" : "rtok";
+  return cu_per_example(n) ? "rb" : n->chunked ? "rtokc" : "rtok";
 }
 
 const char *cu_rowptr(Cu *c, IrRef r) {

@@ -26,8 +26,7 @@ static const char *row_at(Cu *c, IrRef r, const char *t) {
   const char *base = cu_base(c, r);
   int64_t fl = sched_row_floats(v);
   if (v->cls == SCHED_CONST) return base;
-  if (v->cls == SCHED_STEP || v->cls == SCHED_EXAMPLE)
-    return arena_printf(c->a, "(%s + b * %lld)", base, (long long)fl);
+  if (cu_per_example(v)) return arena_printf(c->a, "(%s + b * %lld)", base, (long long)fl);
   return arena_printf(c->a, "(%s + (b * T + (%s)) * %lld)", base, t, (long long)fl);
 }
 

@@ -174,10 +174,7 @@ void cu_gemm_step(Cu *c, IrRef r) {
 
 /* The row of node v that the current step reads. */
 static const char *source_row(const SchedValue *v) {
-  return v->cls == SCHED_STEP || v->cls == SCHED_EXAMPLE ? "rb"
-         : v->cls == SCHED_CONST                         ? "0"
-         : v->chunked                                    ? "rtokc"
-                                                         : "rtok";
+  return cu_per_example(v) ? "rb" : v->cls == SCHED_CONST ? "0" : v->chunked ? "rtokc" : "rtok";
 }
 
 void cu_commit(Cu *c) {
