@@ -30,6 +30,8 @@ typedef struct Cu {
   VEC(const char *) kernels;
   /* Fused values in registers: node -> whether it is a member now. */
   char *fmember;
+  /* The Newton solver's first kernel + 1 (0: not rendered yet). */
+  int nt_kernel;
 } Cu;
 
 /* Threads per block of every launch (a multiple of 32). */
@@ -50,6 +52,11 @@ int cu_slot_buf(Cu *c, int b);
 void cu_kernel_begin(Cu *c, const char *what, RtCuGridKind grid, int64_t n, int64_t per);
 void cu_kernel_end(Cu *c);
 void cu_unsupported(Cu *c, IrRef r, const char *what);
+/* Where argument node r lives in the caller's frame. */
+RtCuArg cu_arg_of(Cu *c, IrRef r);
+/* Argument j of call node r as the callee reads it: where it lives, or the
+ * buffer a kernel rendered here copies it into per token. */
+RtCuArg cu_call_arg(Cu *c, IrRef r, int j);
 void cu_ops(Cu *c, const SchedOp *ops, int n);
 
 /* ---- node.c ---- */
@@ -109,6 +116,11 @@ static inline int cu_per_example(const SchedValue *v) {
 
 /* ---- chunk.c ---- */
 void cu_linattn(Cu *c, const SchedOp *op);
+
+/* ---- newton.c ---- */
+/* A Newton layer's call node r: a solve step, and the solver's kernels
+ * rendered once per program. */
+void cu_newton(Cu *c, IrRef r);
 
 /* ---- attn.c ---- */
 void cu_attn(Cu *c, const SchedOp *op);

@@ -274,7 +274,7 @@ static void complex_real_form(Cu *c, IrRef r) {
 }
 
 /* Where argument node r lives in the caller's frame. */
-static RtCuArg arg_of(Cu *c, IrRef r) {
+RtCuArg cu_arg_of(Cu *c, IrRef r) {
   const IrNode *nd = &c->fn->nodes.v[r];
   const SchedValue *n = &c->v[r];
   switch (nd->op) {
@@ -285,7 +285,7 @@ static RtCuArg arg_of(Cu *c, IrRef r) {
   case IR_STATE:
     return (RtCuArg){RT_CU_ARG_BUF, c->in->state_buf[nd->index]};
   case IR_RESHAPE:
-    return arg_of(c, nd->args[0]);
+    return cu_arg_of(c, nd->args[0]);
   case IR_RESULT:
     return (RtCuArg){RT_CU_ARG_BUF, c->v[nd->args[0]].call_out[nd->index]};
   case IR_CALL:
@@ -295,12 +295,41 @@ static RtCuArg arg_of(Cu *c, IrRef r) {
   }
 }
 
+RtCuArg cu_call_arg(Cu *c, IrRef r, int j) {
+  const IrNode *nd = &c->fn->nodes.v[r];
+  const SchedValue *n = &c->v[r];
+  IrRef a = nd->args[j];
+  if (n->call_in[j] < 0) return cu_arg_of(c, a);
+  /* A layer reads an input per token: the value repeated for each (a
+   * value per example, a context's, its example's); a whole-sequence
+   * value read by a Newton solve in a chunked instance, its rows in the
+   * order the instance takes its steps. */
+  const SchedValue *v = &c->v[a];
+  int64_t fl = sched_row_floats(v);
+  cu_kernel_begin(c, "call_in", RT_CU_GRID_BT, 1, 1);
+  fprintf(c->o, "  for (i64 row = blockIdx.x; row < B * T; row += gridDim.x) {\n");
+  const char *src = cu_base(c, a);
+  if (v->cls == SCHED_EXAMPLE) {
+    src = arena_printf(c->a, "(%s + (row / T) * %lld)", src, (long long)fl);
+  } else if (v->cls == SCHED_TOKEN) {
+    fprintf(c->o, "    i64 b = row / T, tau = row %% T, len = SEQ_LEN(b);\n"
+                  "    if (tau >= len) continue;\n");
+    src = arena_printf(c->a, "(%s + (b * T + (rev ? len - 1 - tau : tau)) * %lld)", src,
+                       (long long)fl);
+  }
+  cu_copy_row(c, arena_printf(c->a, "(%s + row * %lld)", fbuf(c, n->call_in[j]), (long long)fl),
+              src, fl);
+  fprintf(c->o, "  }\n");
+  cu_kernel_end(c);
+  return (RtCuArg){RT_CU_ARG_BUF, n->call_in[j]};
+}
+
 static void call(Cu *c, IrRef r) {
   const IrNode *nd = &c->fn->nodes.v[r];
   const SchedValue *n = &c->v[r];
   const IrLayer *ly = &c->fn->layers.v[nd->index];
   if (ly->newton.states) {
-    cu_unsupported(c, r, "a Newton layer");
+    cu_newton(c, r);
     return;
   }
   if (ly->over) {
@@ -319,25 +348,7 @@ static void call(Cu *c, IrRef r) {
     c->failed = 1;
     return;
   }
-  for (int j = 0; j < nd->nargs && j < callee->inputs.n; j++) {
-    IrRef a = nd->args[j];
-    st.args[j] = arg_of(c, a);
-    if (n->call_in[j] >= 0) {
-      /* A layer reads an input per token: the value repeated for each (a
-       * value per example, a context's, its example's). */
-      int64_t fl = sched_row_floats(&c->v[a]);
-      cu_kernel_begin(c, "call_in", RT_CU_GRID_BT, 1, 1);
-      fprintf(c->o, "  for (i64 row = blockIdx.x; row < B * T; row += gridDim.x) {\n");
-      const char *src = c->v[a].cls == SCHED_EXAMPLE ? arena_printf(c->a, "(%s + (row / T) * %lld)",
-                                                                    cu_base(c, a), (long long)fl)
-                                                     : cu_base(c, a);
-      cu_copy_row(c, arena_printf(c->a, "(%s + row * %lld)", fbuf(c, n->call_in[j]), (long long)fl),
-                  src, fl);
-      fprintf(c->o, "  }\n");
-      cu_kernel_end(c);
-      st.args[j] = (RtCuArg){RT_CU_ARG_BUF, n->call_in[j]};
-    }
-  }
+  for (int j = 0; j < nd->nargs && j < callee->inputs.n; j++) st.args[j] = cu_call_arg(c, r, j);
   for (int j = 0; j < callee->outputs.n; j++) st.outs[j] = n->call_out[j];
   if (vec_push(c->a, &c->steps, st)) c->failed = 1;
 }

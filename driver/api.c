@@ -723,16 +723,19 @@ void *seq_module_entry(SeqModule *m, const char *which) {
   return fn;
 }
 
+/* The CPU's solves and the devices' together. */
 void seq_newton_stats(SeqNewtonStats *out, int reset) {
   RtNewtonStats st;
+  RtCuNewtonStats gs;
   rt_cpu_newton_stats(&st, reset);
+  rt_cu_newton_stats(&gs, reset);
   if (!out) return;
-  out->solves = st.solves;
-  out->fallbacks = st.fallbacks;
-  out->fallback_steps = st.fallback_steps;
-  out->damped = st.damped;
-  out->iterations = st.iterations;
-  out->max_iter = st.max_iter;
+  out->solves = st.solves + gs.solves;
+  out->fallbacks = st.fallbacks + gs.fallbacks;
+  out->fallback_steps = st.fallback_steps + gs.fallback_steps;
+  out->damped = st.damped + gs.damped;
+  out->iterations = st.iterations + gs.iterations;
+  out->max_iter = st.max_iter > gs.max_iter ? st.max_iter : gs.max_iter;
   out->warm_starts = st.warm;
 }
 

@@ -164,7 +164,8 @@ SeqStatus seq_module_forward_device(SeqModule *m, int64_t B, int64_t T, const vo
                                     const int32_t *lengths, const float *const *state_in,
                                     float *const *outputs, float *const *state_out);
 /* What the Newton solves (the "newton" strategy, docs/algorithms.md section
- * 6) of every forward in this process did since the last reset: one solve
+ * 6) of every forward in this process, on the CPU and on CUDA devices, did
+ * since the last reset: one solve
  * per sequence, window (newton_window) and call; a fallback is a window
  * that did not converge within newton_max_iter iterations (or met a value
  * that is not finite) and ran as the step loop instead from the first step

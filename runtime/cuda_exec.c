@@ -5,7 +5,7 @@
  * runs the root instance (and, through its CALL steps, its layers, each with
  * a frame of its own), and copies the outputs, the final states and the
  * kernels' status back. */
-#include "runtime/rt_cuda.h"
+#include "runtime/cuda_run.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,20 +14,13 @@
 /* The ABI's status codes (docs/abi.md; the compiler's sched/abi.h). */
 enum { ST_OK = 0, ST_ARG = 1, ST_NOMEM = 2, ST_TOKEN = 3, ST_LENGTH = 4 };
 
-typedef struct Run {
-  const RtCuProgram *p;
-  const RtCuDevice *d;
-  RtError *err;
-  int64_t B, T;
-  RtDevPtr lengths, status;
-  RtDevPtr *params, *sin, *sout;
-} Run;
+typedef CuRun Run;
 
-static int dev_alloc(Run *r, size_t bytes, RtDevPtr *out) {
+int rt_cu_alloc(Run *r, size_t bytes, RtDevPtr *out) {
   return r->d->alloc(r->d->ctx, bytes, out, r->err);
 }
 
-static void dev_free(Run *r, RtDevPtr p) {
+void rt_cu_free(Run *r, RtDevPtr p) {
   if (p) r->d->free(r->d->ctx, p);
 }
 
@@ -48,8 +41,34 @@ static uint32_t grid_of(const Run *r, const RtCuStep *st) {
   return (uint32_t)g;
 }
 
-/* Runs instance i with the given inputs and outputs (device addresses). */
-static int run_inst(Run *r, int i, const RtDevPtr *inputs, const RtDevPtr *outputs, int rev) {
+/* Where a call's argument lives in its caller's frame. */
+static RtDevPtr arg_at(const Run *r, const RtCuArg *a, const RtDevPtr *inputs,
+                       const RtDevPtr *bufs) {
+  return a->kind == RT_CU_ARG_PARAM   ? r->params[a->index]
+         : a->kind == RT_CU_ARG_INPUT ? inputs[a->index]
+                                      : bufs[a->index];
+}
+
+/* A Newton step: its arguments resolved in the caller's frame. */
+static int newton(Run *r, const RtCuStep *st, const RtDevPtr *inputs, const RtDevPtr *bufs,
+                  int rev) {
+  const RtCuNewton *nt = st->newton;
+  int m = r->p->insts[st->inst].ninputs - nt->n * (nt->dense ? 2 : 1);
+  RtDevPtr args[RT_CU_NT_MAX_INPUTS + 1], outs[RT_CU_NT_MAX_STATES], h0[RT_CU_NT_MAX_STATES];
+  if (m < 0 || m > RT_CU_NT_MAX_INPUTS || nt->n < 1 || nt->n > RT_CU_NT_MAX_STATES) {
+    snprintf(r->err->msg, sizeof r->err->msg, "a Newton step with %d arguments and %d states", m,
+             nt->n);
+    return -1;
+  }
+  for (int j = 0; j < m; j++) args[j] = arg_at(r, &st->args[j], inputs, bufs);
+  for (int k = 0; k < nt->n; k++) {
+    outs[k] = bufs[st->outs[k]];
+    h0[k] = arg_at(r, &nt->h0[k], inputs, bufs);
+  }
+  return rt_cu_newton(r, st, args, outs, h0, nt->ordered ? 0 : rev ^ st->reverse);
+}
+
+int rt_cu_run_inst(Run *r, int i, const RtDevPtr *inputs, const RtDevPtr *outputs, int rev) {
   const RtCuProgram *p = r->p;
   const RtCuInst *in = &p->insts[i];
   int nslots =
@@ -64,7 +83,7 @@ static int run_inst(Run *r, int i, const RtDevPtr *inputs, const RtDevPtr *outpu
   }
   for (int b = 0; b < in->nbufs; b++) {
     int64_t n = rows_of(r, in->bufs[b].rows) * in->bufs[b].row_floats;
-    if (dev_alloc(r, (size_t)n * sizeof(float), &bufs[b])) goto done;
+    if (rt_cu_alloc(r, (size_t)n * sizeof(float), &bufs[b])) goto done;
   }
   int k = 0;
   F[k++] = r->B;
@@ -78,7 +97,7 @@ static int run_inst(Run *r, int i, const RtDevPtr *inputs, const RtDevPtr *outpu
   for (int j = 0; j < in->noutputs; j++) F[k++] = (int64_t)outputs[j];
   for (int j = 0; j < p->nstates; j++) F[k++] = (int64_t)r->sout[j];
   for (int j = 0; j < in->nbufs; j++) F[k++] = (int64_t)bufs[j];
-  if (dev_alloc(r, (size_t)nslots * sizeof *F, &frame) ||
+  if (rt_cu_alloc(r, (size_t)nslots * sizeof *F, &frame) ||
       r->d->copy(r->d->ctx, frame, (RtDevPtr)(uintptr_t)F, (size_t)nslots * sizeof *F, RT_CU_H2D,
                  r->err))
     goto done;
@@ -87,6 +106,10 @@ static int run_inst(Run *r, int i, const RtDevPtr *inputs, const RtDevPtr *outpu
     if (st->kind == RT_CU_STEP_LAUNCH) {
       if (r->d->launch(r->d->ctx, st->kernel, grid_of(r, st), (uint32_t)st->block, frame, r->err))
         goto done;
+      continue;
+    }
+    if (st->kind == RT_CU_STEP_NEWTON) {
+      if (newton(r, st, inputs, bufs, rev)) goto done;
       continue;
     }
     const RtCuInst *ci = &p->insts[st->inst];
@@ -98,14 +121,9 @@ static int run_inst(Run *r, int i, const RtDevPtr *inputs, const RtDevPtr *outpu
       snprintf(r->err->msg, sizeof r->err->msg, "out of memory for a CUDA layer call");
       goto done;
     }
-    for (int j = 0; j < ci->ninputs; j++) {
-      const RtCuArg *a = &st->args[j];
-      cin[j] = a->kind == RT_CU_ARG_PARAM   ? r->params[a->index]
-               : a->kind == RT_CU_ARG_INPUT ? inputs[a->index]
-                                            : bufs[a->index];
-    }
+    for (int j = 0; j < ci->ninputs; j++) cin[j] = arg_at(r, &st->args[j], inputs, bufs);
     for (int j = 0; j < ci->noutputs; j++) cout[j] = bufs[st->outs[j]];
-    int crc = run_inst(r, st->inst, cin, cout, rev ^ st->reverse);
+    int crc = rt_cu_run_inst(r, st->inst, cin, cout, rev ^ st->reverse);
     free(cin);
     free(cout);
     if (crc) goto done;
@@ -114,16 +132,16 @@ static int run_inst(Run *r, int i, const RtDevPtr *inputs, const RtDevPtr *outpu
   if (r->d->sync(r->d->ctx, r->err)) goto done;
   rc = 0;
 done:
-  dev_free(r, frame);
+  rt_cu_free(r, frame);
   if (bufs)
-    for (int b = 0; b < in->nbufs; b++) dev_free(r, bufs[b]);
+    for (int b = 0; b < in->nbufs; b++) rt_cu_free(r, bufs[b]);
   free(bufs);
   free(F);
   return rc;
 }
 
 static int upload(Run *r, const void *host, size_t bytes, RtDevPtr *out) {
-  if (dev_alloc(r, bytes, out)) return -1;
+  if (rt_cu_alloc(r, bytes, out)) return -1;
   if (!bytes || !host) return 0;
   return r->d->copy(r->d->ctx, *out, (RtDevPtr)(uintptr_t)host, bytes, RT_CU_H2D, r->err);
 }
@@ -133,14 +151,14 @@ static int run_root(Run *r, const int32_t *host_lengths, RtDevPtr *din, RtDevPtr
   if (host_lengths)
     for (int64_t b = 0; b < r->B; b++)
       if (host_lengths[b] < 0 || host_lengths[b] > r->T) return ST_LENGTH;
-  if (dev_alloc(r, sizeof(int32_t), &r->status)) return -1;
+  if (rt_cu_alloc(r, sizeof(int32_t), &r->status)) return -1;
   int rc = -1;
   int32_t status = 0;
-  if (run_inst(r, 0, din, dout, 0) == 0 &&
+  if (rt_cu_run_inst(r, 0, din, dout, 0) == 0 &&
       r->d->copy(r->d->ctx, (RtDevPtr)(uintptr_t)&status, r->status, sizeof status, RT_CU_D2H,
                  r->err) == 0)
     rc = status;
-  dev_free(r, r->status);
+  rt_cu_free(r, r->status);
   r->status = 0;
   return rc;
 }
@@ -230,11 +248,11 @@ static int forward_host(const RtCuProgram *p, const RtCuDevice *d, const float *
                &din[j]))
       goto done;
   for (int j = 0; j < p->noutputs; j++)
-    if (dev_alloc(&r, (size_t)(BT * p->output_floats[j]) * sizeof(float), &dout[j])) goto done;
+    if (rt_cu_alloc(&r, (size_t)(BT * p->output_floats[j]) * sizeof(float), &dout[j])) goto done;
   for (int j = 0; j < ns; j++) {
     size_t bytes = (size_t)(B * p->state_floats[j]) * sizeof(float);
     if (state_in && state_in[j] && upload(&r, state_in[j], bytes, &r.sin[j])) goto done;
-    if (state_out && state_out[j] && dev_alloc(&r, bytes, &r.sout[j])) goto done;
+    if (state_out && state_out[j] && rt_cu_alloc(&r, bytes, &r.sout[j])) goto done;
   }
   if (lengths && upload(&r, lengths, (size_t)B * sizeof(int32_t), &r.lengths)) goto done;
   int st = run_root(&r, lengths, din, dout);
@@ -250,14 +268,14 @@ static int forward_host(const RtCuProgram *p, const RtCuDevice *d, const float *
   rc = st;
 done:
   if (din)
-    for (int j = 0; j < p->ninputs; j++) dev_free(&r, din[j]);
+    for (int j = 0; j < p->ninputs; j++) rt_cu_free(&r, din[j]);
   if (dout)
-    for (int j = 0; j < p->noutputs; j++) dev_free(&r, dout[j]);
+    for (int j = 0; j < p->noutputs; j++) rt_cu_free(&r, dout[j]);
   if (r.params && params)
-    for (int j = 0; j < p->nparams; j++) dev_free(&r, r.params[j]);
-  for (int j = 0; r.sin && j < ns; j++) dev_free(&r, r.sin[j]);
-  for (int j = 0; r.sout && j < ns; j++) dev_free(&r, r.sout[j]);
-  dev_free(&r, r.lengths);
+    for (int j = 0; j < p->nparams; j++) rt_cu_free(&r, r.params[j]);
+  for (int j = 0; r.sin && j < ns; j++) rt_cu_free(&r, r.sin[j]);
+  for (int j = 0; r.sout && j < ns; j++) rt_cu_free(&r, r.sout[j]);
+  rt_cu_free(&r, r.lengths);
   free(din);
   free(dout);
   free(r.params);

@@ -8,8 +8,9 @@
  * then floats per tensor as i64, int flags as i32), then per instance its
  * counts, buffers and state buffers, then every instance's steps. Every
  * step is written whole (kind, kernel, grid, n, per, block, inst, reverse,
- * then its arguments and outputs with their counts), so the format has no
- * optional parts.
+ * then its arguments and outputs with their counts; a Newton step then its
+ * solve's sizes, tolerances, the states' initial values and its arguments'
+ * rows), so the format has no optional parts beyond what the kind says.
  *
  * Reading checks every length against the bytes left before it allocates,
  * the hash, and every index the executor follows (kernels, instances, a
@@ -25,7 +26,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { PLAN_HEADER = 32, PLAN_VERSION = 2 }; /* 2: inputs' context flags */
+/* 2: inputs' context flags; 3: Newton steps */
+enum { PLAN_HEADER = 32, PLAN_VERSION = 3 };
 static const char plan_magic[8] = {'S', 'E', 'Q', 'C', 'U', 'P', 'L', 'N'};
 
 /* Bounds a reader applies to sizes (a row of 2^40 floats is beyond any
@@ -94,6 +96,33 @@ static void put_str(Out *o, const char *s) {
   put(o, s, n);
 }
 
+static void put_f32(Out *o, float v) {
+  uint32_t u;
+  memcpy(&u, &v, sizeof u);
+  put_u32(o, u);
+}
+
+/* A Newton step's solve (after its arguments and outputs). */
+static void put_newton(Out *o, const RtCuNewton *nt, int nargs) {
+  put_i32(o, nt->n);
+  put_i32(o, nt->dense);
+  put_i32(o, nt->max_iter);
+  put_f32(o, nt->rtol);
+  put_f32(o, nt->atol);
+  put_i64(o, nt->w);
+  put_i32(o, nt->kernel);
+  put_i32(o, nt->ordered);
+  for (int k = 0; k < nt->n; k++) {
+    put_i32(o, (int)nt->h0[k].kind);
+    put_i32(o, nt->h0[k].index);
+    put_i32(o, nt->h0_per_example[k]);
+  }
+  for (int j = 0; j < nargs; j++) {
+    put_i32(o, (int)nt->in_rows[j]);
+    put_i64(o, nt->in_floats[j]);
+  }
+}
+
 int rt_cu_program_write(const RtCuProgram *p, RtBlob *out) {
   if (!out) return RT_ERR_ARG;
   out->data = NULL;
@@ -137,9 +166,14 @@ int rt_cu_program_write(const RtCuProgram *p, RtBlob *out) {
     const RtCuInst *in = &p->insts[i];
     for (int s = 0; s < in->nsteps; s++) {
       const RtCuStep *st = &in->steps[s];
-      int call = st->kind == RT_CU_STEP_CALL && st->inst > 0 && st->inst < p->ninsts;
-      int nargs = call ? p->insts[st->inst].ninputs : 0;
-      int nouts = call ? p->insts[st->inst].noutputs : 0;
+      int call = st->kind != RT_CU_STEP_LAUNCH && st->inst > 0 && st->inst < p->ninsts;
+      const RtCuNewton *nt = st->kind == RT_CU_STEP_NEWTON ? st->newton : NULL;
+      if (st->kind == RT_CU_STEP_NEWTON && (!call || !nt)) return RT_ERR_ARG;
+      int nargs = !call ? 0
+                  : nt  ? p->insts[st->inst].ninputs - nt->n * (nt->dense ? 2 : 1)
+                        : p->insts[st->inst].ninputs;
+      int nouts = !call ? 0 : nt ? nt->n : p->insts[st->inst].noutputs;
+      if (nargs < 0) return RT_ERR_ARG;
       put_i32(&o, (int)st->kind);
       put_i32(&o, st->kernel);
       put_i32(&o, (int)st->grid);
@@ -155,6 +189,7 @@ int rt_cu_program_write(const RtCuProgram *p, RtBlob *out) {
       }
       put_i32(&o, nouts);
       for (int j = 0; j < nouts; j++) put_i32(&o, st->outs[j]);
+      if (nt) put_newton(&o, nt, nargs);
     }
   }
   if (o.oom) {
@@ -304,8 +339,71 @@ static int64_t *get_floats(In *r, int n, const char *what) {
   return r->failed ? NULL : v;
 }
 
+static float get_f32(In *r, const char *what) {
+  uint32_t u = get_u32(r, what);
+  float v;
+  memcpy(&v, &u, sizeof v);
+  return v;
+}
+
+/* Where an argument of instance i's call lives: an index in range. */
+static int check_arg(In *r, const RtCuProgram *p, int i, const RtCuArg *a, const char *what,
+                     int j) {
+  const RtCuInst *in = &p->insts[i];
+  int lim = a->kind == RT_CU_ARG_PARAM   ? p->nparams
+            : a->kind == RT_CU_ARG_INPUT ? in->ninputs
+                                         : in->nbufs;
+  if (a->index < 0 || a->index >= lim)
+    return bad(r, "instance %d passes %s %d from index %d of %d", i, what, j, a->index, lim);
+  return 0;
+}
+
+/* A Newton step's solve, checked against its step's counts. */
+static int read_newton(In *r, const RtCuProgram *p, int i, RtCuStep *st, int nargs, int nouts) {
+  RtCuNewton *nt = get_mem(r, sizeof *nt);
+  if (!nt) return -1;
+  st->newton = nt;
+  nt->n = get_range(r, "a Newton step's states", 1, RT_CU_NT_MAX_STATES);
+  nt->dense = get_range(r, "a Newton step's Jacobian kind", 0, 1);
+  nt->max_iter = get_range(r, "a Newton step's iterations", 0, 1 << 20);
+  nt->rtol = get_f32(r, "a Newton step's rtol");
+  nt->atol = get_f32(r, "a Newton step's atol");
+  nt->w = get_i64(r, "a Newton step's row");
+  nt->kernel = get_i32(r, "a Newton step's kernels");
+  nt->ordered = get_range(r, "a Newton step's row order", 0, 1);
+  for (int k = 0; k < nt->n && !r->failed; k++) {
+    nt->h0[k].kind = (RtCuArgKind)get_range(r, "an initial value's kind", 0, RT_CU_ARG_BUF);
+    nt->h0[k].index = get_i32(r, "an initial value's index");
+    nt->h0_per_example[k] = get_range(r, "an initial value's rows", 0, 1);
+  }
+  nt->in_rows = get_mem(r, (size_t)nargs * sizeof *nt->in_rows);
+  nt->in_floats = get_mem(r, (size_t)nargs * sizeof *nt->in_floats);
+  for (int j = 0; nt->in_rows && nt->in_floats && j < nargs && !r->failed; j++) {
+    nt->in_rows[j] = (RtCuRows)get_range(r, "an argument's rows", RT_CU_ROWS_B, RT_CU_ROWS_BT);
+    nt->in_floats[j] = get_i64(r, "an argument's floats per row");
+    if (!r->failed && (nt->in_floats[j] < 0 || nt->in_floats[j] > PLAN_MAX_FLOATS))
+      bad(r, "argument %d of a Newton step has %lld floats per row", j,
+          (long long)nt->in_floats[j]);
+  }
+  if (r->failed) return -1;
+  const RtCuInst *ci = &p->insts[st->inst];
+  if (nt->w < 1 || nt->w > PLAN_MAX_FLOATS)
+    return bad(r, "a Newton step's states have %lld floats per row", (long long)nt->w);
+  if (nt->kernel < 0 || nt->kernel > p->nkernels - RT_CU_NT_NKERNELS)
+    return bad(r, "a Newton step's kernels start at %d of %d", nt->kernel, p->nkernels);
+  if (nouts != nt->n || nargs + nt->n * (nt->dense ? 2 : 1) != ci->ninputs ||
+      ci->noutputs != nt->n + (nt->dense ? nt->n : nt->n * nt->n) || nargs > RT_CU_NT_MAX_INPUTS)
+    return bad(r,
+               "instance %d solves instance %d (%d inputs, %d outputs) with %d arguments for %d "
+               "states",
+               i, st->inst, ci->ninputs, ci->noutputs, nargs, nt->n);
+  for (int k = 0; k < nt->n; k++)
+    if (check_arg(r, p, i, &nt->h0[k], "initial value", k)) return -1;
+  return 0;
+}
+
 static int read_step(In *r, const RtCuProgram *p, int i, RtCuStep *st) {
-  st->kind = (RtCuStepKind)get_range(r, "a step's kind", RT_CU_STEP_LAUNCH, RT_CU_STEP_CALL);
+  st->kind = (RtCuStepKind)get_range(r, "a step's kind", RT_CU_STEP_LAUNCH, RT_CU_STEP_NEWTON);
   st->kernel = get_i32(r, "a step's kernel");
   st->grid = (RtCuGridKind)get_range(r, "a step's grid", RT_CU_GRID_FIXED, RT_CU_GRID_BT);
   st->n = get_i64(r, "a step's blocks");
@@ -338,17 +436,14 @@ static int read_step(In *r, const RtCuProgram *p, int i, RtCuStep *st) {
   if (st->inst <= i || st->inst >= p->ninsts)
     return bad(r, "instance %d calls instance %d (of %d)", i, st->inst, p->ninsts);
   const RtCuInst *ci = &p->insts[st->inst], *in = &p->insts[i];
-  if (nargs != ci->ninputs || nouts != ci->noutputs)
+  if (st->kind == RT_CU_STEP_NEWTON) {
+    if (read_newton(r, p, i, st, nargs, nouts)) return -1;
+  } else if (nargs != ci->ninputs || nouts != ci->noutputs) {
     return bad(r, "instance %d calls instance %d with %d inputs and %d outputs (it has %d and %d)",
                i, st->inst, nargs, nouts, ci->ninputs, ci->noutputs);
-  for (int j = 0; j < nargs; j++) {
-    int lim = st->args[j].kind == RT_CU_ARG_PARAM   ? p->nparams
-              : st->args[j].kind == RT_CU_ARG_INPUT ? in->ninputs
-                                                    : in->nbufs;
-    if (st->args[j].index < 0 || st->args[j].index >= lim)
-      return bad(r, "instance %d passes argument %d from index %d of %d", i, j, st->args[j].index,
-                 lim);
   }
+  for (int j = 0; j < nargs; j++)
+    if (check_arg(r, p, i, &st->args[j], "argument", j)) return -1;
   for (int j = 0; j < nouts; j++)
     if (st->outs[j] < 0 || st->outs[j] >= in->nbufs)
       return bad(r, "instance %d takes output %d into buffer %d of %d", i, j, st->outs[j],

@@ -132,20 +132,107 @@ typedef struct RtCuArg {
 
 typedef enum {
   RT_CU_STEP_LAUNCH,
-  RT_CU_STEP_CALL, /* run instance `inst` over the whole sequence */
+  RT_CU_STEP_CALL,   /* run instance `inst` over the whole sequence */
+  RT_CU_STEP_NEWTON, /* solve the recurrence whose step is instance `inst` (RtCuNewton) */
 } RtCuStepKind;
+
+/* A Newton solve (cuda_newton.c; docs/cuda.md, "Newton layers"): the host
+ * runs the iteration the interpreter defines, evaluating instance `inst`
+ * (the step: no states; its inputs are the call's m arguments, then each
+ * solved state's previous value P, then with a dense Jacobian a tangent per
+ * state; its outputs each state's next value F, then J's diagonal blocks
+ * J_kj (k-major) or, dense, J times the tangents) at every token at once,
+ * and the program's solver kernels (RT_CU_NT_K_*, from `kernel` on) for the
+ * rest. The step's args are its first m inputs; its outs the n states'
+ * values over the sequence (the caller's buffers). */
+#define RT_CU_NT_MAX_STATES 4
+#define RT_CU_NT_MAX_INPUTS 64
+typedef struct RtCuNewton {
+  int n;        /* states solved at once */
+  int dense;    /* the step gives J times tangents (exact Newton on a dense J) */
+  int max_iter; /* past it, the step loop from the first step failing the test */
+  float rtol, atol;
+  int64_t w;   /* floats per row of each state */
+  int kernel;  /* the first of the solver's kernels in the program */
+  int ordered; /* the rows are in processing order already (a chunked caller): no reversal */
+  RtCuArg h0[RT_CU_NT_MAX_STATES];         /* each state's value entering the sequence */
+  int h0_per_example[RT_CU_NT_MAX_STATES]; /* a row per example (else one row for all) */
+  RtCuRows *in_rows;                       /* per argument: BT, or B (a context) */
+  int64_t *in_floats;                      /* per argument: floats per row */
+} RtCuNewton;
+
+/* What the Newton solves on devices did since the last reset, in this
+ * process (seq_newton_stats adds them to the CPU's): one solve per example
+ * and call; a fallback ran the step loop from its first step that failed
+ * the last test. */
+typedef struct RtCuNewtonStats {
+  int64_t solves, fallbacks, damped;
+  int64_t iterations; /* of the converged solves, in all */
+  int32_t max_iter;   /* of a converged solve */
+  int64_t fallback_steps;
+} RtCuNewtonStats;
+void rt_cu_newton_stats(RtCuNewtonStats *out, int reset);
+
+/* The solver's kernels, in this order from RtCuNewton.kernel. */
+enum {
+  RT_CU_NT_K_DELAY,   /* P = the guess X one step later, h0 first (XSEL 0: P = 0) */
+  RT_CU_NT_K_RESID,   /* RES[b] = max |X - F| over example b's rows */
+  RT_CU_NT_K_LINEAR,  /* D = the linear recurrence's solution, J's diagonal blocks (FLAG) */
+  RT_CU_NT_K_DENSE,   /* the same with J whole */
+  RT_CU_NT_K_TEST,    /* RES[b] = max |D - H| / (atol + rtol |D|), BAD[b] the first step over 1 */
+  RT_CU_NT_K_ROWS,    /* OP on FLAG's examples: H = D, D -= H, C = H + LAM D, H = C */
+  RT_CU_NT_K_TANGENT, /* TG = unit vector COL at every token */
+  RT_CU_NT_K_JCOL,    /* column COL of J from the step's J TG */
+  RT_CU_NT_K_GATHER,  /* step COL's rows of the per-token arguments and P, a row per example */
+  RT_CU_NT_K_SCATTER, /* H at step COL = the step's value there, for FLAG's examples from BAD */
+  RT_CU_NT_NKERNELS
+};
+
+/* The solver kernels' frame: int64 slots (floats' and pointers' bits). */
+enum {
+  RT_CU_NF_B,
+  RT_CU_NF_T,
+  RT_CU_NF_REV,
+  RT_CU_NF_LENS,
+  RT_CU_NF_N,
+  RT_CU_NF_W,
+  RT_CU_NF_RTOL, /* doubles' bits */
+  RT_CU_NF_ATOL,
+  RT_CU_NF_OP,   /* ROWS: 0 H = D, 1 D -= H, 2 C, 3 H = C; TANGENT, JCOL: the column; GATHER,
+                    SCATTER: the step */
+  RT_CU_NF_FLAG, /* int32 per example */
+  RT_CU_NF_LAM,  /* float per example */
+  RT_CU_NF_RES,  /* float per example */
+  RT_CU_NF_BAD,  /* int64 per example */
+  RT_CU_NF_XSEL, /* DELAY, RESID: the guess X: 0 none, 1 H, 2 C */
+  RT_CU_NF_H = 16,
+  RT_CU_NF_F = RT_CU_NF_H + RT_CU_NT_MAX_STATES,
+  RT_CU_NF_P = RT_CU_NF_F + RT_CU_NT_MAX_STATES,
+  RT_CU_NF_D = RT_CU_NF_P + RT_CU_NT_MAX_STATES,
+  RT_CU_NF_C = RT_CU_NF_D + RT_CU_NT_MAX_STATES,
+  RT_CU_NF_H0 = RT_CU_NF_C + RT_CU_NT_MAX_STATES,
+  RT_CU_NF_H0S = RT_CU_NF_H0 + RT_CU_NT_MAX_STATES, /* h0's floats per example (0: shared) */
+  RT_CU_NF_J = RT_CU_NF_H0S + RT_CU_NT_MAX_STATES,  /* blocks; dense: J whole in the first */
+  RT_CU_NF_TG = RT_CU_NF_J + RT_CU_NT_MAX_STATES * RT_CU_NT_MAX_STATES,
+  RT_CU_NF_DF = RT_CU_NF_TG + RT_CU_NT_MAX_STATES,
+  RT_CU_NF_F1 = RT_CU_NF_DF + RT_CU_NT_MAX_STATES, /* one step's F, a row per example */
+  RT_CU_NF_P1 = RT_CU_NF_F1 + RT_CU_NT_MAX_STATES, /* one step's P */
+  RT_CU_NF_NG = RT_CU_NF_P1 + RT_CU_NT_MAX_STATES, /* per-token arguments GATHER copies */
+  RT_CU_NF_G,                                      /* then (src, dst, floats) for each */
+};
 
 typedef struct RtCuStep {
   RtCuStepKind kind;
-  int kernel;        /* LAUNCH */
-  RtCuGridKind grid; /* LAUNCH */
-  int64_t n;         /* LAUNCH: blocks (FIXED), per example (B), per token (BT) */
-  int64_t per;       /* BT: tokens per n blocks (>= 1) */
-  int block;         /* LAUNCH: threads per block */
-  int inst;          /* CALL */
-  int reverse;       /* CALL: the layer runs in the other direction */
-  RtCuArg *args;     /* CALL: per callee input */
-  int *outs;         /* CALL: per callee output, the caller's buffer */
+  int kernel;         /* LAUNCH */
+  RtCuGridKind grid;  /* LAUNCH */
+  int64_t n;          /* LAUNCH: blocks (FIXED), per example (B), per token (BT) */
+  int64_t per;        /* BT: tokens per n blocks (>= 1) */
+  int block;          /* LAUNCH: threads per block */
+  int inst;           /* CALL */
+  int reverse;        /* CALL: the layer runs in the other direction */
+  RtCuArg *args;      /* CALL: per callee input; NEWTON: per argument */
+  int *outs;          /* CALL: per callee output, the caller's buffer; NEWTON: per state */
+  RtCuNewton *newton; /* NEWTON */
 } RtCuStep;
 
 /* One instance of the schedule (the root, or a layer): its frame holds the

@@ -417,6 +417,9 @@ if [ "$benches" = 1 ]; then
   row lstm 90 stdlib/lstm.seq I=256,H=256 64 1024 10
   row gru 90 stdlib/gru.seq I=256,H=256 64 1024 10
   row paragru 150 stdlib/paragru.seq I=256,H=256 1 65536 3 sequential
+  row paragru_newton 120 stdlib/paragru.seq I=256,H=256 1 65536 3 newton
+  row paragru_b16 60 stdlib/paragru.seq I=256,H=256 16 4096 3 sequential
+  row paragru_b16_newton 60 stdlib/paragru.seq I=256,H=256 16 4096 3 newton
   row mamba 120 stdlib/mamba_ssm.seq d_inner=4096,d_state=16,dt_rank=256 1 65536 5
   row gla 90 stdlib/gla.seq I=2048,NH=16,Dk=128,Dv=256,R=16 1 4096 5
   row gla_chunked 90 stdlib/gla.seq I=2048,NH=16,Dk=128,Dv=256,R=16 1 4096 5 chunked
@@ -463,6 +466,17 @@ seqc_cols() {
     printf '%s | - | - | -' "$(why "$key")"
   fi
 }
+# seqc's step loop as the peer of its Newton form: label | its ms and tok/s | Newton's speedup.
+seq_peer_cols() {
+  local key=$1 log=${log_of[$1]:-/dev/null}
+  if [ "${rc_of[$key]:-125}" = 0 ]; then
+    printf '%s | %s ms, %s tok/s | %s' "seqc's step loop (--strategy=sequential)" \
+      "$(get "$log" result median_ms)" "$(get "$log" result tok_s)" \
+      "$(ratio "$(get "${log_of[$2]:-/dev/null}" result tok_s)" "$(get "$log" result tok_s)")"
+  else
+    printf "%s | %s | -" "seqc's step loop" "$(why "$key")"
+  fi
+}
 # A peer's median ms and tok/s from cuda_peers.py's table (column 2 is the case).
 peer() {
   awk -F'|' -v k="$1" -v c="$2" '{ g = $2; gsub(/^ +| +$/, "", g); v = $c; gsub(/^ +| +$/, "", v) }
@@ -503,7 +517,8 @@ table() {
   say "| 1 | diagonal scan: S4D (stdlib/s4d.seq, H=1536 N=4; the fused scan, no GEMM: x and y [8, 65536, 1536] are its traffic) | B=8 T=65536 | $(seqc_cols scan) | device copy (cuMemcpyDtoD of one [8, 65536, 1536] fp32 tensor, read+write) | $copy_cell | $scan_vs |"
   say "| 2 | LSTM (stdlib/lstm.seq) | B=64 T=1024 I=H=256 | $(seqc_cols lstm) | $(peer_cols lstm "nn.LSTM, cuDNN" lstm) |"
   say "| 2b | GRU (stdlib/gru.seq) | B=64 T=1024 I=H=256 | $(seqc_cols gru) | $(peer_cols gru "nn.GRU, cuDNN" gru) |"
-  say "| 3 | ParaGRU (stdlib/paragru.seq), --strategy=sequential: Newton is not on the GPU yet | B=1 T=65536 I=H=256 | $(seqc_cols paragru) | - | - | - |"
+  say "| 3 | ParaGRU (stdlib/paragru.seq), --strategy=newton (target: >= 10x the step loop) | B=1 T=65536 I=H=256 | $(seqc_cols paragru_newton) | $(seq_peer_cols paragru paragru_newton) |"
+  say "| 3b | ParaGRU, --strategy=newton, a wider batch (toward the crossover) | B=16 T=4096 I=H=256 | $(seqc_cols paragru_b16_newton) | $(seq_peer_cols paragru_b16 paragru_b16_newton) |"
   say "| 4 | Mamba selective scan (stdlib/mamba_ssm.seq) | B=1 T=65536 d_inner=4096 d_state=16 dt_rank=256 | $(seqc_cols mamba) | $(peer_cols mamba-ssm "torch, chunked cumsum of log-decays" mamba) |"
   say "| 5 | GLA (stdlib/gla.seq), scan form (a thread per state row: FLA's fused_recurrent) | B=1 T=4096 NH=16 Dk=128 Dv=256 I=2048 R=16 | $(seqc_cols gla) | - | - | - |"
   say "| 5b | GLA, --strategy=chunked (a block per example and head walks chunks; a build without it refuses it by name) | B=1 T=4096, same | $(seqc_cols gla_chunked) | - | - | - |"

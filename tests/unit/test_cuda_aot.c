@@ -39,6 +39,7 @@ static const FcCase LSTM = {"stdlib/lstm.seq", "I=3,H=4"};
 static const FcCase MINGRU = {"stdlib/mingru.seq", "I=3,H=4"};
 static const FcCase MAMBA = {"stdlib/mamba_ssm.seq", "d_inner=4,d_state=3,dt_rank=2"};
 static const FcCase BIGRU = {"examples/bigru.seq", "I=3,H=4"};
+static const FcCase PARAGRU = {"stdlib/paragru.seq", "I=3,H=4"};
 
 /* ---- compiling ------------------------------------------------------------------- */
 
@@ -111,26 +112,50 @@ static void same_programs(const RtCuProgram *a, const RtCuProgram *b) {
       assert_int_equal(x->inst, y->inst);
       assert_int_equal(x->reverse, y->reverse);
       const RtCuInst *ci = &a->insts[x->inst];
-      for (int j = 0; j < ci->ninputs; j++) {
+      const RtCuNewton *nx = x->newton, *ny = y->newton;
+      int nargs = ci->ninputs, nouts = ci->noutputs;
+      if (x->kind == RT_CU_STEP_NEWTON) {
+        nargs -= nx->n * (nx->dense ? 2 : 1);
+        nouts = nx->n;
+        assert_int_equal(nx->n, ny->n);
+        assert_int_equal(nx->dense, ny->dense);
+        assert_int_equal(nx->max_iter, ny->max_iter);
+        assert_true(nx->rtol == ny->rtol && nx->atol == ny->atol);
+        assert_int_equal(nx->w, ny->w);
+        assert_int_equal(nx->kernel, ny->kernel);
+        assert_int_equal(nx->ordered, ny->ordered);
+        for (int k = 0; k < nx->n; k++) {
+          assert_int_equal(nx->h0[k].kind, ny->h0[k].kind);
+          assert_int_equal(nx->h0[k].index, ny->h0[k].index);
+          assert_int_equal(nx->h0_per_example[k], ny->h0_per_example[k]);
+        }
+        for (int j = 0; j < nargs; j++) {
+          assert_int_equal(nx->in_rows[j], ny->in_rows[j]);
+          assert_int_equal(nx->in_floats[j], ny->in_floats[j]);
+        }
+      }
+      for (int j = 0; j < nargs; j++) {
         assert_int_equal(x->args[j].kind, y->args[j].kind);
         assert_int_equal(x->args[j].index, y->args[j].index);
       }
-      for (int j = 0; j < ci->noutputs; j++) assert_int_equal(x->outs[j], y->outs[j]);
+      for (int j = 0; j < nouts; j++) assert_int_equal(x->outs[j], y->outs[j]);
     }
   }
 }
 
 static void test_plan_round_trip(void **st) {
   (void)st;
-  static const char *const forms[] = {"sequential", "auto"};
+  static const char *const forms[] = {"sequential", "auto", "newton"};
   /* Beside every std cell and example, one with context inputs (their
-   * flags). */
+   * flags) and one with Newton layers (their solves). */
   static const FcCase ctx = {"examples/attention_decoder.seq", "I=3,H=4,S=5,A=3"};
+  static const FcCase nt = {"tests/data/models/newton_layers.seq", "I=3,H=4"};
   size_t total = 0;
   int n = 0;
-  for (int k = 0; k <= FC_NCASES; k++)
-    for (int f = 0; f < 2; f++) {
-      const FcCase *c = k < FC_NCASES ? &FC_CASES[k] : &ctx;
+  for (int k = 0; k <= FC_NCASES + 1; k++)
+    for (int f = 0; f < 3; f++) {
+      const FcCase *c = k < FC_NCASES ? &FC_CASES[k] : k == FC_NCASES ? &ctx : &nt;
+      if ((f == 2) != (k == FC_NCASES + 1)) continue;
       FcCompiled cm;
       compile(&cm, c, forms[f], NULL);
       RtBlob blob = {0}, again = {0};
@@ -141,6 +166,11 @@ static void test_plan_round_trip(void **st) {
         fail_msg("%s --strategy=%s: %s", c->file, forms[f], err.msg);
       same_programs(cm.pipe.cuda, p);
       if (k == FC_NCASES) assert_int_equal(p->input_context[1], 1); /* memory */
+      int solves = 0;
+      for (int i = 0; i < p->ninsts; i++)
+        for (int j = 0; j < p->insts[i].nsteps; j++)
+          solves += p->insts[i].steps[j].kind == RT_CU_STEP_NEWTON;
+      assert_int_equal(solves, k == FC_NCASES + 1 ? 3 : 0);
       /* What was read writes the same bytes. */
       assert_int_equal(rt_cu_program_write(p, &again), 0);
       assert_int_equal(again.size, blob.size);
@@ -240,10 +270,10 @@ static void test_plan_damaged(void **st) {
     expect_refused(c, n, NULL, what);
   }
   memcpy(c, b, n);
-  c[8] = 3; /* a later version: this runtime reads 2 */
-  expect_refused(c, n, "format version 3", "version 3");
-  c[8] = 1; /* the version before the inputs' context flags */
-  expect_refused(c, n, "format version 1", "version 1");
+  c[8] = 4; /* a later version: this runtime reads 3 */
+  expect_refused(c, n, "format version 4", "version 4");
+  c[8] = 2; /* the version before Newton steps */
+  expect_refused(c, n, "format version 2", "version 2");
   /* Changed bytes with the hash put back: the structure is checked, and a
    * blob is refused or read, never a crash (run under ASan in the
    * sanitizer build). Changes go past the source, where the structure is. */
@@ -800,17 +830,19 @@ static void test_libraries_run(void **st) {
   StrFn loaded = (StrFn)(uintptr_t)dlsym(fake, "fake_loaded");
   const struct {
     const FcCase *c;
-    const char *lib, *symbol, *cc, *reject, *want;
+    const char *lib, *symbol, *cc, *reject, *want, *form;
   } runs[] = {
-      {&MINGRU, "libmingru_run.so", "mingru", "90", NULL, "cubin sm_90"},
-      {&BIGRU, "libbigru_run.so", "bigru", "86", NULL, "cubin sm_80"},
-      {&MAMBA, "libmamba_run.so", "mambassm", "120", NULL, "PTX compute_80"},
-      {&LSTM, "liblstm_run.so", "lstm", "90", "1", "PTX compute_80"},
+      {&MINGRU, "libmingru_run.so", "mingru", "90", NULL, "cubin sm_90", "auto"},
+      {&BIGRU, "libbigru_run.so", "bigru", "86", NULL, "cubin sm_80", "auto"},
+      {&MAMBA, "libmamba_run.so", "mambassm", "120", NULL, "PTX compute_80", "auto"},
+      {&LSTM, "liblstm_run.so", "lstm", "90", "1", "PTX compute_80", "auto"},
+      /* A Newton solve: the runtime's host loop inside the library. */
+      {&PARAGRU, "libparagru_run.so", "paragru", "90", NULL, "cubin sm_90", "newton"},
   };
   for (size_t k = 0; k < sizeof runs / sizeof runs[0]; k++) {
     FcCompiled cm;
     const char *path = so_path(runs[k].lib);
-    compile(&cm, runs[k].c, "auto", path);
+    compile(&cm, runs[k].c, runs[k].form, path);
     void *so = open_so(path);
     AbiForwardFn fwd = (AbiForwardFn)(uintptr_t)sym(so, runs[k].symbol, "forward");
     StrFn last_error = (StrFn)(uintptr_t)sym(so, runs[k].symbol, "last_error");
@@ -827,7 +859,7 @@ static void test_libraries_run(void **st) {
       fail_msg("%s", msg);
     cur.prog = p;
     char what[300];
-    if (k < 2) {
+    if (k < 2 || k == 4) {
       /* The plan read back, run by the executor on the emulation. */
       snprintf(what, sizeof what, "%s's plan on the emulation", runs[k].lib);
       against_interpreter(&cm, emu_forward, what);

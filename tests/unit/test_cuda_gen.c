@@ -8,8 +8,10 @@
  *     emulation of CUDA (tests/cuda_emu/) equal the interpreter, with and
  *     without lengths and initial states, T from 1 to 70;
  *   - on a machine with a CUDA device, the same comparison on the device;
- *   - what the GPU cannot run yet (Newton layers, a layer run over a
- *     context's positions) is refused by name, never run wrongly.
+ *   - Newton layers (diagonal, block and dense Jacobians, and the fallback
+ *     to the step loop) on the emulation against the interpreter;
+ *   - what the GPU cannot run yet (a layer run over a context's positions)
+ *     is refused by name, never run wrongly.
  * Tolerances are the CPU forms' (formcheck.h): within 1e-5 plus four times
  * the float32 interpreter's own error of the float64 one. */
 #include <stdarg.h>
@@ -99,12 +101,18 @@ static int32_t forward(const float *const *params, int64_t B, int64_t T, const v
   return rc < 0 ? 2 : rc;
 }
 
-/* Renders c's CUDA program under `form`; 0, 1 when no state of c has that
- * form, or -1
- * with diagnostics. */
-static int compile(FcCompiled *cm, const FcCase *c, const char *form) {
+/* A Newton solve's options beyond the defaults (0: the default). */
+typedef struct NewtonOpt {
+  int dense, max_iter;
+} NewtonOpt;
+
+/* Renders c's CUDA program under `form` (and Newton options nt, or NULL);
+ * 0, 1 when no state of c has that form, or -1 with diagnostics. */
+static int compile_with(FcCompiled *cm, const FcCase *c, const char *form, const NewtonOpt *nt) {
   PipeOptions po;
   fc_begin(cm, c, form, &po);
+  if (nt && nt->dense) ((StrategyRequest *)po.strategy)->newton.dense = 1;
+  if (nt && nt->max_iter) ((StrategyRequest *)po.strategy)->newton.max_iter = nt->max_iter;
   po.cuda = 1;
   if (pipeline_run(&cm->pipe, &po) || fc_random_weights(cm)) return -1;
   po.goal = PIPE_CUDA;
@@ -112,6 +120,32 @@ static int compile(FcCompiled *cm, const FcCase *c, const char *form) {
   cm->forward = forward;
   return drv_weights_from_binding(&cm->pipe.sched->sig, &cm->pipe.bind, &cm->w, &cm->de);
 }
+
+static int compile(FcCompiled *cm, const FcCase *c, const char *form) {
+  return compile_with(cm, c, form, NULL);
+}
+
+/* Newton layers (runtime/cuda_newton.c, cudagen/newton.c): diagonal
+ * Jacobians (ParaGRU), 2x2 blocks of diagonals (ParaLSTM), both directions
+ * and in a model; GRU's dense Jacobian by its diagonals (quasi-Newton) and
+ * whole (exact Newton, column by column); and a solve cut off after one
+ * iteration, so that every example falls back to the step loop from its
+ * first step that failed the test. A wrong Jacobian or linear solve would
+ * still give the right numbers through the fallback, so each case also
+ * bounds the iterations its solves took (exact Newton converges in a few,
+ * the interpreter's count on the CPU) and counts the fallbacks. */
+static const struct {
+  FcCase c;
+  NewtonOpt nt;
+  int most_iters; /* of any solve; 0: every solve of 3 or more steps falls back */
+} NEWTON[] = {
+    {{"tests/data/models/newton_layers.seq", "I=3,H=4"}, {0, 0}, 4},
+    {{"stdlib/paragru.seq", "I=3,H=150"}, {0, 0}, 4},
+    {{"stdlib/gru.seq", "I=3,H=4"}, {0, 0}, 16},
+    {{"stdlib/gru.seq", "I=3,H=4"}, {1, 0}, 4},
+    {{"tests/data/models/newton_layers.seq", "I=3,H=4"}, {0, 1}, 0},
+};
+enum { NNEWTON = sizeof NEWTON / sizeof NEWTON[0] };
 
 /* ---- NVRTC: every program compiles for sm_80 and sm_90 ----------------------------- */
 
@@ -156,6 +190,23 @@ static void test_every_program_compiles_with_nvrtc(void **st) {
         }
         fc_release(&cm);
       }
+    for (int k = 0; k < NNEWTON && !round; k++) {
+      FcCompiled cm;
+      if (compile_with(&cm, &NEWTON[k].c, "newton", &NEWTON[k].nt)) {
+        fc_print_diags(&cm);
+        fail_msg("%s --strategy=newton does not render for CUDA", NEWTON[k].c.file);
+      }
+      for (int a = 0; a < 2; a++) {
+        static const char *const archs[] = {"sm_80", "sm_90"};
+        RtBlob bin = {0};
+        RtError err;
+        if (rt_nvrtc_compile(cm.pipe.cuda->source, cm.pipe.sched->sig.symbol, archs[a], 1, &bin,
+                             &err))
+          fail_msg("%s --strategy=newton for %s: %s", NEWTON[k].c.file, archs[a], err.msg);
+        rt_blob_free(&bin);
+      }
+      fc_release(&cm);
+    }
     if (round == 0) {
       uint64_t n = rt_nvrtc_calls() - calls0;
       print_message("NVRTC: %llu cubins, %.3f s each on average (cold)\n", (unsigned long long)n,
@@ -247,6 +298,56 @@ static void test_emulated_programs_equal_interpreter(void **st) {
     if (!one || atoi(one) == k) run_case(case_at(k), emu_for, emu_done);
 }
 
+/* Each Newton case on the emulation against the interpreter. */
+static void run_newton(DeviceFor dev_for, DeviceDone dev_done) {
+  const char *one = getenv("CUDA_NEWTON");
+  for (int k = 0; k < NNEWTON; k++) {
+    if (one && atoi(one) != k) continue;
+    FcCompiled cm;
+    RtCuDevice dev;
+    void *handle = NULL;
+    const FcCase *c = &NEWTON[k].c;
+    if (compile_with(&cm, c, "newton", &NEWTON[k].nt)) {
+      fc_print_diags(&cm);
+      fail_msg("%s --strategy=newton does not render for CUDA", c->file);
+    }
+    if (dev_for(&cm, &dev, &handle)) fail_msg("%s: no device program", c->file);
+    for (size_t ti = 0; ti < sizeof TS / sizeof TS[0]; ti++)
+      for (int64_t B = 1; B <= 5; B += 4)
+        for (int variant = 0; variant < 2; variant++) {
+          FcBatch bt;
+          fc_batch_make(&bt, &cm, B, TS[ti], variant);
+          cur.prog = cm.pipe.cuda;
+          cur.dev = dev;
+          char what[512];
+          snprintf(what, sizeof what, "%s --strategy=newton%s%s", c->file,
+                   NEWTON[k].nt.dense ? " (dense)" : "", NEWTON[k].nt.max_iter ? " (cut off)" : "");
+          RtCuNewtonStats ns;
+          rt_cu_newton_stats(NULL, 1);
+          fc_batch_check(&bt, &cm, what, 0);
+          rt_cu_newton_stats(&ns, 1);
+          int most = NEWTON[k].most_iters;
+          if (ns.solves < 1 || (most && (ns.fallbacks || ns.max_iter > most)) ||
+              (!most && TS[ti] >= 3 && ns.fallbacks != ns.solves))
+            fail_msg("%s, T = %lld, B = %lld: %lld solves, %lld fallbacks, at most %d iterations",
+                     what, (long long)TS[ti], (long long)B, (long long)ns.solves,
+                     (long long)ns.fallbacks, ns.max_iter);
+          fc_batch_free(&bt);
+        }
+    dev_done(handle);
+    fc_release(&cm);
+  }
+}
+
+static void test_emulated_newton_equals_interpreter(void **st) {
+  (void)st;
+  if (!emu_available()) {
+    skip();
+    return;
+  }
+  run_newton(emu_for, emu_done);
+}
+
 /* Attention's queries go in rounds of one per thread of a block (128): a
  * sequence of 300 takes three, the keys of the last one crossing tiles. */
 static void test_emulated_attention_long(void **st) {
@@ -299,6 +400,7 @@ static void test_gpu_programs_equal_interpreter(void **st) {
   }
   print_message("device: %s (%s)\n", rt_cuda_name(gpu), rt_cuda_arch(gpu));
   for (int k = 0; k < FC_NCASES + NWIDE; k++) run_case(case_at(k), gpu_for, gpu_done);
+  run_newton(gpu_for, gpu_done);
   rt_cuda_close(gpu);
   gpu = NULL;
 }
@@ -322,8 +424,6 @@ static void test_what_the_gpu_cannot_run_is_refused(void **st) {
   expect_refused("stdlib/plstm.seq", "I=3,Dk=1,Dv=1,J=64", "chunked",
                  "the CUDA backend cannot run the chunked form of a small dense transition this "
                  "large (J = 64");
-  expect_refused("tests/data/models/newton_layers.seq", "I=3,H=4", "newton",
-                 "the CUDA backend cannot run a Newton layer");
   expect_refused("tests/data/models/seq2seq.seq", "I_src=3,I=2,H=4,S=5", "sequential",
                  "the CUDA backend cannot run a layer run over a context's positions");
   expect_refused("tests/data/models/context_model.seq", "I=3,H=4,S=5", "auto",
@@ -343,7 +443,7 @@ static void test_cli(void **st) {
   tu_expect_seqc(dir,
                  "--emit=cuda tests/data/models/newton_layers.seq --dims I=3,H=4 "
                  "--strategy=newton",
-                 1, "the CUDA backend cannot run a Newton layer");
+                 0, "seq_nt_linear(const i64");
   tu_expect_seqc(dir,
                  "--emit=cuda tests/data/models/dplr.seq --dims I=3,NH=2,Dk=4,Dv=5 "
                  "--strategy=chunked",
@@ -446,11 +546,17 @@ int main(void) {
       cmocka_unit_test(test_every_program_compiles_with_nvrtc),
       cmocka_unit_test(test_emulated_attention_long),
       cmocka_unit_test(test_emulated_programs_equal_interpreter),
+      cmocka_unit_test(test_emulated_newton_equals_interpreter),
       cmocka_unit_test(test_gpu_programs_equal_interpreter),
   };
-  /* CUDA_CASE=N (debugging one case): only the emulated comparison. */
+  /* CUDA_CASE=N (debugging one case): only the emulated comparison;
+   * CUDA_NEWTON=N the same for Newton case N. */
   if (getenv("CUDA_CASE")) {
     const struct CMUnitTest one[] = {cmocka_unit_test(test_emulated_programs_equal_interpreter)};
+    return cmocka_run_group_tests(one, NULL, NULL);
+  }
+  if (getenv("CUDA_NEWTON")) {
+    const struct CMUnitTest one[] = {cmocka_unit_test(test_emulated_newton_equals_interpreter)};
     return cmocka_run_group_tests(one, NULL, NULL);
   }
   return cmocka_run_group_tests(tests, NULL, NULL);
