@@ -332,10 +332,6 @@ static void call(Cu *c, IrRef r) {
     cu_newton(c, r);
     return;
   }
-  if (ly->over) {
-    cu_unsupported(c, r, "a layer run over a context's positions");
-    return;
-  }
   int ci = c->in->layers[nd->index];
   const IrFunc *callee = c->s->insts.v[ci].fn;
   RtCuStep st = {0};
@@ -350,6 +346,14 @@ static void call(Cu *c, IrRef r) {
   }
   for (int j = 0; j < nd->nargs && j < callee->inputs.n; j++) st.args[j] = cu_call_arg(c, r, j);
   for (int j = 0; j < callee->outputs.n; j++) st.outs[j] = n->call_out[j];
+  /* Over a context's positions: each example's N of them, its arguments'
+   * rows per example [N, ...] read as the callee's [B, N, ...] tokens; the
+   * lengths, where given, the int context after the callee's inputs. */
+  st.over_lengths.kind = RT_CU_ARG_NONE;
+  if (ly->over) {
+    st.over = n->shape[0];
+    if (ly->over_lengths) st.over_lengths = cu_arg_of(c, nd->args[nd->nargs - 1]);
+  }
   if (vec_push(c->a, &c->steps, st)) c->failed = 1;
 }
 

@@ -9,7 +9,10 @@
  *   resid     max |X - F| per example: a block per example, a tree in shared
  *             memory (NaN counts as infinite)
  *   linear    the linear recurrence with J's diagonal blocks: a thread per
- *             (example, element) walks the example's steps
+ *             (example, element) walks the example's steps; or, where that
+ *             is too few threads, split in time (seg_*): each segment's map
+ *             (the product of its J, n x n), the maps carried to every
+ *             segment's start, each segment walked again from its start
  *   dense     the same with J whole: a block per example, its threads over
  *             the state's rows, a barrier per step
  *   test      max |D - H| / (atol + rtol |D|) and the first step over 1
@@ -17,10 +20,8 @@
  *   tangent, jcol   J column by column through the step's J times tangents
  *   gather, scatter one step of the step loop, a row per example (the
  *             fallback)
- * Plain fp32 and correctness first, as the rest of the backend: the linear
- * recurrence runs sequentially in time per element (a scan over time is the
- * next step), and the host reads a float and an int per example back per
- * iteration.
+ * Plain fp32 and correctness first, as the rest of the backend; the host
+ * reads a float and an int per example back per iteration.
  */
 #include "cudagen/cu.h"
 
@@ -28,8 +29,9 @@
 
 /* The solver's kernels, in the order of RT_CU_NT_K_*. */
 static const char *const nt_names[RT_CU_NT_NKERNELS] = {
-    "seq_nt_delay", "seq_nt_resid",   "seq_nt_linear", "seq_nt_dense",  "seq_nt_test",
-    "seq_nt_rows",  "seq_nt_tangent", "seq_nt_jcol",   "seq_nt_gather", "seq_nt_scatter"};
+    "seq_nt_delay",      "seq_nt_resid",     "seq_nt_linear",   "seq_nt_dense",  "seq_nt_test",
+    "seq_nt_rows",       "seq_nt_tangent",   "seq_nt_jcol",     "seq_nt_gather", "seq_nt_scatter",
+    "seq_nt_seg_reduce", "seq_nt_seg_carry", "seq_nt_seg_apply"};
 
 /* What every solver kernel starts with: the frame's sizes as locals and
  * the row of example b's step tau. */
@@ -292,6 +294,104 @@ static void nt_kernels(Cu *c) {
           RT_CU_NF_OP, RT_CU_NF_FLAG, RT_CU_NF_BAD, RT_CU_NF_H, RT_CU_NF_F1);
 }
 
+/* The linear recurrence split in time: each example's steps in NSEG
+ * segments of S, a thread per (example, segment, element) forms its
+ * segment's map x -> M x + c (M = the product of its J, n x n), a thread per
+ * (example, element) carries h0 through the maps to every segment's start,
+ * and the first kind of thread walks its segment again from there. */
+static void nt_seg_kernels(Cu *c) {
+  FILE *o = c->o;
+  const char *seg_begin = "  const int *flag = (const int *)N[%d];\n"
+                          "  const i64 G = N[%d], S = (T + G - 1) / G, nm = n * n + n;\n"
+                          "  float *seg = (float *)N[%d], *start = seg + B * G * w * nm;\n"
+                          "  (void)S; (void)start;\n";
+  nt_begin(c, nt_names[RT_CU_NT_K_SEG_REDUCE]);
+  fprintf(o, seg_begin, RT_CU_NF_FLAG, RT_CU_NF_NSEG, RT_CU_NF_SEG);
+  fprintf(
+      o,
+      "  for (i64 e = (i64)blockIdx.x * blockDim.x + threadIdx.x; e < B * G * w;\n"
+      "       e += (i64)gridDim.x * blockDim.x) {\n"
+      "    i64 b = e / (G * w), g = (e / w) %% G, i = e %% w, len = SEQ_LEN(b);\n"
+      "    if (!flag[b]) continue;\n"
+      "    i64 lo = g * S, hi = lo + S < len ? lo + S : len;\n"
+      "    float M[%d], cc[%d], nM[%d], nc[%d];\n"
+      "    for (int q = 0; q < n * n; q++) M[q] = q / n == q %% n ? 1.0f : 0.0f;\n"
+      "    for (int k = 0; k < n; k++) cc[k] = 0.0f;\n"
+      "    for (i64 tau = lo; tau < hi; tau++) {\n"
+      "      i64 at = SEQ_NT_ROW(b, len, tau) * w + i;\n"
+      "      for (int k = 0; k < n; k++) {\n"
+      "        float acc = SEQ_NT_PTR(%d, k)[at];\n"
+      "        for (int j = 0; j < n; j++)\n"
+      "          acc += SEQ_NT_PTR(%d, k * n + j)[at] * (cc[j] - SEQ_NT_PTR(%d, j)[at]);\n"
+      "        nc[k] = acc;\n"
+      "        for (int q = 0; q < n; q++) {\n"
+      "          float m = 0.0f;\n"
+      "          for (int j = 0; j < n; j++) m += SEQ_NT_PTR(%d, k * n + j)[at] * M[j * n + q];\n"
+      "          nM[k * n + q] = m;\n"
+      "        }\n"
+      "      }\n"
+      "      for (int q = 0; q < n * n; q++) M[q] = nM[q];\n"
+      "      for (int k = 0; k < n; k++) cc[k] = nc[k];\n"
+      "    }\n"
+      "    float *out = seg + e * nm;\n"
+      "    for (int q = 0; q < n * n; q++) out[q] = M[q];\n"
+      "    for (int k = 0; k < n; k++) out[n * n + k] = cc[k];\n"
+      "  }\n"
+      "}\n",
+      RT_CU_NT_MAX_STATES * RT_CU_NT_MAX_STATES, RT_CU_NT_MAX_STATES,
+      RT_CU_NT_MAX_STATES * RT_CU_NT_MAX_STATES, RT_CU_NT_MAX_STATES, RT_CU_NF_F, RT_CU_NF_J,
+      RT_CU_NF_P, RT_CU_NF_J);
+  nt_begin(c, nt_names[RT_CU_NT_K_SEG_CARRY]);
+  fprintf(o, seg_begin, RT_CU_NF_FLAG, RT_CU_NF_NSEG, RT_CU_NF_SEG);
+  fprintf(o,
+          "  for (i64 e = (i64)blockIdx.x * blockDim.x + threadIdx.x; e < B * w;\n"
+          "       e += (i64)gridDim.x * blockDim.x) {\n"
+          "    i64 b = e / w, i = e %% w, len = SEQ_LEN(b);\n"
+          "    if (!flag[b]) continue;\n"
+          "    float x[%d], nx[%d];\n"
+          "    for (int k = 0; k < n; k++) x[k] = SEQ_NT_PTR(%d, k)[b * N[%d + k] + i];\n"
+          "    for (i64 g = 0; g < G && g * S < len; g++) {\n"
+          "      i64 at = (b * G + g) * w + i;\n"
+          "      const float *m = seg + at * nm;\n"
+          "      for (int k = 0; k < n; k++) {\n"
+          "        start[at * n + k] = x[k];\n"
+          "        float acc = m[n * n + k];\n"
+          "        for (int j = 0; j < n; j++) acc += m[k * n + j] * x[j];\n"
+          "        nx[k] = acc;\n"
+          "      }\n"
+          "      for (int k = 0; k < n; k++) x[k] = nx[k];\n"
+          "    }\n"
+          "  }\n"
+          "}\n",
+          RT_CU_NT_MAX_STATES, RT_CU_NT_MAX_STATES, RT_CU_NF_H0, RT_CU_NF_H0S);
+  nt_begin(c, nt_names[RT_CU_NT_K_SEG_APPLY]);
+  fprintf(o, seg_begin, RT_CU_NF_FLAG, RT_CU_NF_NSEG, RT_CU_NF_SEG);
+  fprintf(o,
+          "  for (i64 e = (i64)blockIdx.x * blockDim.x + threadIdx.x; e < B * G * w;\n"
+          "       e += (i64)gridDim.x * blockDim.x) {\n"
+          "    i64 b = e / (G * w), g = (e / w) %% G, i = e %% w, len = SEQ_LEN(b);\n"
+          "    if (!flag[b]) continue;\n"
+          "    i64 lo = g * S, hi = lo + S < len ? lo + S : len;\n"
+          "    float prev[%d], v[%d];\n"
+          "    for (int k = 0; k < n; k++) prev[k] = start[e * n + k];\n"
+          "    for (i64 tau = lo; tau < hi; tau++) {\n"
+          "      i64 at = SEQ_NT_ROW(b, len, tau) * w + i;\n"
+          "      for (int k = 0; k < n; k++) {\n"
+          "        float acc = SEQ_NT_PTR(%d, k)[at];\n"
+          "        for (int j = 0; j < n; j++)\n"
+          "          acc += SEQ_NT_PTR(%d, k * n + j)[at] * (prev[j] - SEQ_NT_PTR(%d, j)[at]);\n"
+          "        v[k] = acc;\n"
+          "      }\n"
+          "      for (int k = 0; k < n; k++) {\n"
+          "        SEQ_NT_PTR(%d, k)[at] = v[k];\n"
+          "        prev[k] = v[k];\n"
+          "      }\n"
+          "    }\n"
+          "  }\n"
+          "}\n",
+          RT_CU_NT_MAX_STATES, RT_CU_NT_MAX_STATES, RT_CU_NF_F, RT_CU_NF_J, RT_CU_NF_P, RT_CU_NF_D);
+}
+
 void cu_newton(Cu *c, IrRef r) {
   const IrNode *nd = &c->fn->nodes.v[r];
   const SchedValue *v = &c->v[r];
@@ -309,6 +409,7 @@ void cu_newton(Cu *c, IrRef r) {
     for (int k = 0; k < RT_CU_NT_NKERNELS; k++)
       if (vec_push(c->a, &c->kernels, nt_names[k])) c->failed = 1;
     nt_kernels(c);
+    nt_seg_kernels(c);
   }
   RtCuStep st = {0};
   RtCuNewton *nt = arena_calloc(c->a, 1, sizeof *nt);

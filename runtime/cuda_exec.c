@@ -68,6 +68,39 @@ static int newton(Run *r, const RtCuStep *st, const RtDevPtr *inputs, const RtDe
   return rt_cu_newton(r, st, args, outs, h0, nt->ordered ? 0 : rev ^ st->reverse);
 }
 
+/* A layer run over a context's positions: each example's N positions as a
+ * sequence of its own, its lengths (an int context) checked as the entry
+ * points check theirs; bad ones are the call's status, and the layer does
+ * not run. */
+static int over(Run *r, const RtCuStep *st, const RtDevPtr *cin, const RtDevPtr *cout,
+                const RtDevPtr *inputs, const RtDevPtr *bufs) {
+  Run sub = *r;
+  sub.T = st->over;
+  sub.lengths = 0;
+  if (st->over_lengths.kind != RT_CU_ARG_NONE) {
+    sub.lengths = arg_at(r, &st->over_lengths, inputs, bufs);
+    int32_t *hl = malloc((size_t)r->B * sizeof *hl + 1);
+    if (!hl) {
+      snprintf(r->err->msg, sizeof r->err->msg, "out of memory for a layer's lengths");
+      return -1;
+    }
+    int bad = 0;
+    if (r->d->copy(r->d->ctx, (RtDevPtr)(uintptr_t)hl, sub.lengths, (size_t)r->B * sizeof *hl,
+                   RT_CU_D2H, r->err)) {
+      free(hl);
+      return -1;
+    }
+    for (int64_t b = 0; b < r->B; b++) bad |= hl[b] < 0 || hl[b] > st->over;
+    free(hl);
+    if (bad) {
+      int32_t status = ST_LENGTH;
+      return r->d->copy(r->d->ctx, r->status, (RtDevPtr)(uintptr_t)&status, sizeof status,
+                        RT_CU_H2D, r->err);
+    }
+  }
+  return rt_cu_run_inst(&sub, st->inst, cin, cout, st->reverse);
+}
+
 int rt_cu_run_inst(Run *r, int i, const RtDevPtr *inputs, const RtDevPtr *outputs, int rev) {
   const RtCuProgram *p = r->p;
   const RtCuInst *in = &p->insts[i];
@@ -123,7 +156,8 @@ int rt_cu_run_inst(Run *r, int i, const RtDevPtr *inputs, const RtDevPtr *output
     }
     for (int j = 0; j < ci->ninputs; j++) cin[j] = arg_at(r, &st->args[j], inputs, bufs);
     for (int j = 0; j < ci->noutputs; j++) cout[j] = bufs[st->outs[j]];
-    int crc = rt_cu_run_inst(r, st->inst, cin, cout, rev ^ st->reverse);
+    int crc = st->over ? over(r, st, cin, cout, inputs, bufs)
+                       : rt_cu_run_inst(r, st->inst, cin, cout, rev ^ st->reverse);
     free(cin);
     free(cout);
     if (crc) goto done;

@@ -20,8 +20,11 @@
  * its own result from then on. The step is the layer's instance, run over
  * B x T rows by cu_run_inst; the passes are the program's solver kernels
  * (cudagen/newton.c renders them), each launched with the solve's frame
- * (RT_CU_NF_*). Per iteration the host reads back a float and an int64
- * per example. A solve covers the whole sequence at once (the CPU's
+ * (RT_CU_NF_*): the linear recurrence a thread per element, or split in
+ * time into segments where that is too few threads (each segment's map,
+ * carried from h0 to every segment's start, each segment again from
+ * there). Per iteration the host reads back a float and an int64 per
+ * example. A solve covers the whole sequence at once (the CPU's
  * windows bound host memory; the device holds the sequence anyway).
  */
 #include "runtime/cuda_run.h"
@@ -43,6 +46,7 @@ typedef struct Solve {
   int64_t w, BTw;
   int64_t *NF; /* the frame, host copy */
   int nslots;
+  int64_t G; /* segments per example of the linear recurrence (1: not split) */
   RtDevPtr frame;
   RtDevPtr mem[16 + 3 * RT_CU_NT_MAX_INPUTS]; /* what the solve allocated */
   int nmem;
@@ -180,6 +184,23 @@ static int sequential(Solve *s, const int32_t *lens, const char *failed) {
   return 0;
 }
 
+/* Blocks for one thread per item. */
+static int64_t blocks(int64_t items) {
+  return (items + 127) / 128;
+}
+
+/* The new guess D from F and J at the guess: per example with J whole, per
+ * element with its diagonal blocks, split in time where a thread per
+ * element is too few (s->G segments). */
+static int linear(Solve *s) {
+  int64_t B = s->r->B, w = s->w;
+  if (s->nt->dense) return launch(s, RT_CU_NT_K_DENSE, B);
+  if (s->G < 2) return launch(s, RT_CU_NT_K_LINEAR, blocks(B * w));
+  return launch(s, RT_CU_NT_K_SEG_REDUCE, blocks(B * s->G * w)) ||
+         launch(s, RT_CU_NT_K_SEG_CARRY, blocks(B * w)) ||
+         launch(s, RT_CU_NT_K_SEG_APPLY, blocks(B * s->G * w));
+}
+
 /* What the solves did since the last reset, across threads. */
 static RtCuNewtonStats tally;
 
@@ -248,9 +269,7 @@ static int iterate(Solve *s, const int32_t *lens) {
   for (int it = 1; it <= nt->max_iter; it++) {
     int active = 0;
     for (int64_t b = 0; b < B; b++) s->pending[b] = !s->done[b];
-    if (put_flags(s, s->pending) ||
-        launch(s, nt->dense ? RT_CU_NT_K_DENSE : RT_CU_NT_K_LINEAR, nt->dense ? B : B * s->w) ||
-        launch(s, RT_CU_NT_K_TEST, B) ||
+    if (put_flags(s, s->pending) || linear(s) || launch(s, RT_CU_NT_K_TEST, B) ||
         d2h(s, s->errs, (RtDevPtr)s->NF[RT_CU_NF_RES], (size_t)B * sizeof *s->errs) ||
         d2h(s, s->bad, (RtDevPtr)s->NF[RT_CU_NF_BAD], (size_t)B * sizeof *s->bad))
       return -1;
@@ -400,6 +419,22 @@ int rt_cu_newton(CuRun *r, const RtCuStep *st, const RtDevPtr *args, const RtDev
       NF[RT_CU_NF_TG + k] = (int64_t)(tg + k * seq);
       NF[RT_CU_NF_DF + k] = (int64_t)(df + k * seq);
     }
+  }
+  /* The linear recurrence split in time where a thread per element is too
+   * few for a device (aiming at 64K threads), in segments of at least 16
+   * steps. */
+  s.G = 1;
+  if (!nt->dense) {
+    int64_t want = (65536 + B * s.w - 1) / (B * s.w), most = (T + 15) / 16;
+    s.G = want < most ? want : most;
+    if (s.G < 1) s.G = 1;
+  }
+  NF[RT_CU_NF_NSEG] = s.G;
+  if (s.G > 1) {
+    RtDevPtr seg;
+    if (dalloc(&s, (size_t)(B * s.G * s.w * (s.n * s.n + 2 * s.n)) * sizeof(float), &seg))
+      goto done;
+    NF[RT_CU_NF_SEG] = (int64_t)seg;
   }
   if (nt->dense)
     NF[RT_CU_NF_J] = (int64_t)jj;

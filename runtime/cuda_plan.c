@@ -8,7 +8,8 @@
  * then floats per tensor as i64, int flags as i32), then per instance its
  * counts, buffers and state buffers, then every instance's steps. Every
  * step is written whole (kind, kernel, grid, n, per, block, inst, reverse,
- * then its arguments and outputs with their counts; a Newton step then its
+ * then its arguments and outputs with their counts, the positions a call
+ * runs over and its lengths' argument; a Newton step then its
  * solve's sizes, tolerances, the states' initial values and its arguments'
  * rows), so the format has no optional parts beyond what the kind says.
  *
@@ -26,7 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* 2: inputs' context flags; 3: Newton steps */
+/* 2: inputs' context flags; 3: Newton steps, calls over a context's positions */
 enum { PLAN_HEADER = 32, PLAN_VERSION = 3 };
 static const char plan_magic[8] = {'S', 'E', 'Q', 'C', 'U', 'P', 'L', 'N'};
 
@@ -189,6 +190,9 @@ int rt_cu_program_write(const RtCuProgram *p, RtBlob *out) {
       }
       put_i32(&o, nouts);
       for (int j = 0; j < nouts; j++) put_i32(&o, st->outs[j]);
+      put_i64(&o, st->over);
+      put_i32(&o, st->over ? (int)st->over_lengths.kind : RT_CU_ARG_NONE);
+      put_i32(&o, st->over ? st->over_lengths.index : 0);
       if (nt) put_newton(&o, nt, nargs);
     }
   }
@@ -420,7 +424,14 @@ static int read_step(In *r, const RtCuProgram *p, int i, RtCuStep *st) {
   int nouts = get_count(r, "a step's outputs", 4);
   st->outs = get_mem(r, (size_t)nouts * sizeof *st->outs);
   for (int j = 0; st->outs && j < nouts; j++) st->outs[j] = get_i32(r, "a step's output");
+  st->over = get_i64(r, "a step's positions");
+  st->over_lengths.kind =
+      (RtCuArgKind)get_range(r, "a step's lengths' kind", RT_CU_ARG_NONE, RT_CU_ARG_BUF);
+  st->over_lengths.index = get_i32(r, "a step's lengths' index");
   if (r->failed) return -1;
+  if (st->over < 0 || st->over > ((int64_t)1 << 31) || (st->over && st->kind != RT_CU_STEP_CALL) ||
+      (st->over_lengths.kind != RT_CU_ARG_NONE && !st->over))
+    return bad(r, "instance %d has a step over %lld positions", i, (long long)st->over);
   if (st->kind == RT_CU_STEP_LAUNCH) {
     if (st->kernel < 0 || st->kernel >= p->nkernels)
       return bad(r, "instance %d launches kernel %d of %d", i, st->kernel, p->nkernels);
@@ -444,6 +455,9 @@ static int read_step(In *r, const RtCuProgram *p, int i, RtCuStep *st) {
   }
   for (int j = 0; j < nargs; j++)
     if (check_arg(r, p, i, &st->args[j], "argument", j)) return -1;
+  if (st->over_lengths.kind != RT_CU_ARG_NONE &&
+      check_arg(r, p, i, &st->over_lengths, "lengths", 0))
+    return -1;
   for (int j = 0; j < nouts; j++)
     if (st->outs[j] < 0 || st->outs[j] >= in->nbufs)
       return bad(r, "instance %d takes output %d into buffer %d of %d", i, j, st->outs[j],

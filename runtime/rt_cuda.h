@@ -124,7 +124,7 @@ typedef struct RtCuBuf {
 } RtCuBuf;
 
 /* Where a layer's argument lives in its caller's frame. */
-typedef enum { RT_CU_ARG_PARAM, RT_CU_ARG_INPUT, RT_CU_ARG_BUF } RtCuArgKind;
+typedef enum { RT_CU_ARG_NONE = -1, RT_CU_ARG_PARAM, RT_CU_ARG_INPUT, RT_CU_ARG_BUF } RtCuArgKind;
 typedef struct RtCuArg {
   RtCuArgKind kind;
   int index;
@@ -185,6 +185,9 @@ enum {
   RT_CU_NT_K_JCOL,    /* column COL of J from the step's J TG */
   RT_CU_NT_K_GATHER,  /* step COL's rows of the per-token arguments and P, a row per example */
   RT_CU_NT_K_SCATTER, /* H at step COL = the step's value there, for FLAG's examples from BAD */
+  RT_CU_NT_K_SEG_REDUCE, /* LINEAR split in time: each segment's map from its start to its end */
+  RT_CU_NT_K_SEG_CARRY,  /* each segment's start, from h0 through the maps before it */
+  RT_CU_NT_K_SEG_APPLY,  /* each segment's steps from its start */
   RT_CU_NT_NKERNELS
 };
 
@@ -205,6 +208,8 @@ enum {
   RT_CU_NF_RES,  /* float per example */
   RT_CU_NF_BAD,  /* int64 per example */
   RT_CU_NF_XSEL, /* DELAY, RESID: the guess X: 0 none, 1 H, 2 C */
+  RT_CU_NF_SEG,  /* SEG_*: per (example, segment, element) its map, then its start */
+  RT_CU_NF_NSEG, /* SEG_*: segments per example (steps split evenly) */
   RT_CU_NF_H = 16,
   RT_CU_NF_F = RT_CU_NF_H + RT_CU_NT_MAX_STATES,
   RT_CU_NF_P = RT_CU_NF_F + RT_CU_NT_MAX_STATES,
@@ -233,6 +238,12 @@ typedef struct RtCuStep {
   RtCuArg *args;      /* CALL: per callee input; NEWTON: per argument */
   int *outs;          /* CALL: per callee output, the caller's buffer; NEWTON: per state */
   RtCuNewton *newton; /* NEWTON */
+  /* CALL over a context's positions: over > 0 positions per example, each
+   * example's own sequence (the callee's T; its direction `reverse` alone),
+   * with the lengths in over_lengths (an int32 [B] argument) unless its
+   * kind is RT_CU_ARG_NONE. */
+  int64_t over;
+  RtCuArg over_lengths;
 } RtCuStep;
 
 /* One instance of the schedule (the root, or a layer): its frame holds the

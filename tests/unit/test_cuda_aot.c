@@ -111,6 +111,11 @@ static void same_programs(const RtCuProgram *a, const RtCuProgram *b) {
       }
       assert_int_equal(x->inst, y->inst);
       assert_int_equal(x->reverse, y->reverse);
+      assert_int_equal(x->over, y->over);
+      if (x->over) {
+        assert_int_equal(x->over_lengths.kind, y->over_lengths.kind);
+        assert_int_equal(x->over_lengths.index, y->over_lengths.index);
+      }
       const RtCuInst *ci = &a->insts[x->inst];
       const RtCuNewton *nx = x->newton, *ny = y->newton;
       int nargs = ci->ninputs, nouts = ci->noutputs;
@@ -150,11 +155,15 @@ static void test_plan_round_trip(void **st) {
    * flags) and one with Newton layers (their solves). */
   static const FcCase ctx = {"examples/attention_decoder.seq", "I=3,H=4,S=5,A=3"};
   static const FcCase nt = {"tests/data/models/newton_layers.seq", "I=3,H=4"};
+  static const FcCase s2s = {"tests/data/models/seq2seq.seq", "I_src=3,I=2,H=4,S=5"};
   size_t total = 0;
   int n = 0;
-  for (int k = 0; k <= FC_NCASES + 1; k++)
+  for (int k = 0; k <= FC_NCASES + 2; k++)
     for (int f = 0; f < 3; f++) {
-      const FcCase *c = k < FC_NCASES ? &FC_CASES[k] : k == FC_NCASES ? &ctx : &nt;
+      const FcCase *c = k < FC_NCASES        ? &FC_CASES[k]
+                        : k == FC_NCASES     ? &ctx
+                        : k == FC_NCASES + 1 ? &nt
+                                             : &s2s;
       if ((f == 2) != (k == FC_NCASES + 1)) continue;
       FcCompiled cm;
       compile(&cm, c, forms[f], NULL);
@@ -171,6 +180,13 @@ static void test_plan_round_trip(void **st) {
         for (int j = 0; j < p->insts[i].nsteps; j++)
           solves += p->insts[i].steps[j].kind == RT_CU_STEP_NEWTON;
       assert_int_equal(solves, k == FC_NCASES + 1 ? 3 : 0);
+      /* seq2seq's encoder: two layers over the source's positions, with lengths. */
+      int overs = 0;
+      for (int i = 0; i < p->ninsts; i++)
+        for (int j = 0; j < p->insts[i].nsteps; j++)
+          overs += p->insts[i].steps[j].over == 5 &&
+                   p->insts[i].steps[j].over_lengths.kind == RT_CU_ARG_INPUT;
+      assert_int_equal(overs, k == FC_NCASES + 2 ? 2 : 0);
       /* What was read writes the same bytes. */
       assert_int_equal(rt_cu_program_write(p, &again), 0);
       assert_int_equal(again.size, blob.size);

@@ -70,6 +70,10 @@ static const FcCase WIDE[] = {
     {"tests/data/models/context_forms.seq", "I=3,H=4,S=5,NH=2,D=4"},
     {"tests/data/models/context_layers.seq", "I=3,H=4,S=5"},
     {"examples/pointer_network.seq", "I=3,H=4,S=5,A=3"},
+    /* Layers run over a context's positions: seq2seq's bidirectional
+     * encoder with the source's lengths, and a model that runs one. */
+    {"tests/data/models/seq2seq.seq", "I_src=3,I=2,H=4,S=5"},
+    {"tests/data/models/context_model.seq", "I=3,H=4,S=5"},
 };
 enum { NWIDE = sizeof WIDE / sizeof WIDE[0] };
 
@@ -348,6 +352,41 @@ static void test_emulated_newton_equals_interpreter(void **st) {
   run_newton(emu_for, emu_done);
 }
 
+/* A layer run over a context's positions checks the lengths it is given as
+ * the entry points check theirs: outside [0, S] is status 4 (as on the
+ * CPU), S itself runs. */
+static void test_emulated_over_lengths(void **st) {
+  (void)st;
+  if (!emu_available()) {
+    skip();
+    return;
+  }
+  FcCase c = {"tests/data/models/seq2seq.seq", "I_src=3,I=2,H=4,S=5"};
+  FcCompiled cm;
+  RtCuDevice dev;
+  void *handle = NULL;
+  assert_int_equal(compile(&cm, &c, "sequential"), 0);
+  assert_int_equal(emu_for(&cm, &dev, &handle), 0);
+  enum { B = 2, T = 3 };
+  float x[B * T * 2] = {0}, src[B * 5 * 3] = {0}, mask[B * 5] = {0};
+  float y[B * T * (2 * 4 * 2 + 5)];
+  int32_t src_len[B] = {5, 2};
+  const void *ins[4] = {x, src, src_len, mask};
+  float *outs[1] = {y};
+  const float *const *W = (const float *const *)cm.w.data;
+  RtError err;
+  assert_int_equal(rt_cu_forward(cm.pipe.cuda, &dev, W, B, T, ins, NULL, NULL, outs, NULL, &err),
+                   0);
+  src_len[1] = 6;
+  assert_int_equal(rt_cu_forward(cm.pipe.cuda, &dev, W, B, T, ins, NULL, NULL, outs, NULL, &err),
+                   4);
+  src_len[1] = -1;
+  assert_int_equal(rt_cu_forward(cm.pipe.cuda, &dev, W, B, T, ins, NULL, NULL, outs, NULL, &err),
+                   4);
+  emu_done(handle);
+  fc_release(&cm);
+}
+
 /* Attention's queries go in rounds of one per thread of a block (128): a
  * sequence of 300 takes three, the keys of the last one crossing tiles. */
 static void test_emulated_attention_long(void **st) {
@@ -424,10 +463,6 @@ static void test_what_the_gpu_cannot_run_is_refused(void **st) {
   expect_refused("stdlib/plstm.seq", "I=3,Dk=1,Dv=1,J=64", "chunked",
                  "the CUDA backend cannot run the chunked form of a small dense transition this "
                  "large (J = 64");
-  expect_refused("tests/data/models/seq2seq.seq", "I_src=3,I=2,H=4,S=5", "sequential",
-                 "the CUDA backend cannot run a layer run over a context's positions");
-  expect_refused("tests/data/models/context_model.seq", "I=3,H=4,S=5", "auto",
-                 "the CUDA backend cannot run a layer run over a context's positions");
 }
 
 /* ---- the command line ---------------------------------------------------------------- */
@@ -545,6 +580,7 @@ int main(void) {
       cmocka_unit_test(test_api),
       cmocka_unit_test(test_every_program_compiles_with_nvrtc),
       cmocka_unit_test(test_emulated_attention_long),
+      cmocka_unit_test(test_emulated_over_lengths),
       cmocka_unit_test(test_emulated_programs_equal_interpreter),
       cmocka_unit_test(test_emulated_newton_equals_interpreter),
       cmocka_unit_test(test_gpu_programs_equal_interpreter),
