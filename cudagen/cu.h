@@ -32,6 +32,9 @@ typedef struct Cu {
   char *fmember;
   /* The Newton solver's first kernel + 1 (0: not rendered yet). */
   int nt_kernel;
+  /* Scratch the renderer adds to the instance's buffers (after the
+   * schedule's): how threads share a stage's work can need some. */
+  VEC(RtCuBuf) extra;
 } Cu;
 
 /* Threads per block of every launch (a multiple of 32). */
@@ -47,6 +50,8 @@ int cu_slot_sin(Cu *c, int global);
 int cu_slot_output(Cu *c, int o);
 int cu_slot_sout(Cu *c, int global);
 int cu_slot_buf(Cu *c, int b);
+/* A scratch buffer of the instance, after the schedule's; its index. */
+int cu_scratch_buf(Cu *c, RtCuRows rows, int64_t row_floats);
 /* Starts a kernel: its name, signature and the frame's common locals;
  * appends a launch step. cu_kernel_end closes it. */
 void cu_kernel_begin(Cu *c, const char *what, RtCuGridKind grid, int64_t n, int64_t per);

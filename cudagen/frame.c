@@ -39,6 +39,12 @@ int cu_slot_buf(Cu *c, int b) {
   return cu_slot_sout(c, nstates(c)) + b;
 }
 
+int cu_scratch_buf(Cu *c, RtCuRows rows, int64_t row_floats) {
+  RtCuBuf b = {rows, row_floats};
+  if (vec_push(c->a, &c->extra, b)) c->failed = 1;
+  return c->in->bufs.n + c->extra.n - 1;
+}
+
 static const char *fbuf(Cu *c, int b) {
   return arena_printf(c->a, "((float *)F[%d])", cu_slot_buf(c, b));
 }
@@ -457,6 +463,8 @@ static int render_inst(Cu *c, int i, RtCuInst *out) {
   c->v = in->values;
   c->steps.v = NULL;
   c->steps.n = c->steps.cap = 0;
+  c->extra.v = NULL;
+  c->extra.n = c->extra.cap = 0;
   c->fmember = arena_calloc(c->a, (size_t)in->fn->nodes.n + 1, 1);
   if (!c->fmember) return -1;
   cu_ops(c, in->ops.v, in->ops.n);
@@ -464,8 +472,8 @@ static int render_inst(Cu *c, int i, RtCuInst *out) {
   out->ninputs = in->fn->inputs.n;
   out->noutputs = in->fn->outputs.n;
   out->nstates = in->fn->states.n;
-  out->nbufs = in->bufs.n;
-  out->bufs = arena_calloc(c->a, (size_t)in->bufs.n + 1, sizeof *out->bufs);
+  out->nbufs = in->bufs.n + c->extra.n;
+  out->bufs = arena_calloc(c->a, (size_t)out->nbufs + 1, sizeof *out->bufs);
   out->state_buf = arena_calloc(c->a, (size_t)in->fn->states.n + 1, sizeof *out->state_buf);
   if (!out->bufs || !out->state_buf) return -1;
   for (int b = 0; b < in->bufs.n; b++) {
@@ -476,6 +484,7 @@ static int render_inst(Cu *c, int i, RtCuInst *out) {
     /* Packed weights are the CPU kernel's; the GPU reads W as given. */
     out->bufs[b].row_floats = sb->kind == SCHED_BUF_PACKED ? 0 : sb->row_floats;
   }
+  for (int b = 0; b < c->extra.n; b++) out->bufs[in->bufs.n + b] = c->extra.v[b];
   for (int s = 0; s < in->fn->states.n; s++) out->state_buf[s] = in->state_buf[s];
   out->steps = c->steps.v;
   out->nsteps = c->steps.n;

@@ -4,8 +4,9 @@
  * group's members in node order, as the CPU's scan item does; a scan left
  * alone, delays and windows as a thread per (example, element); and the
  * final states these forms leave. Every thread's work is independent, so
- * nothing here synchronizes. (A scan split across the threads of one
- * sequence, with carries between blocks, is still to come.) */
+ * nothing here synchronizes; where a fused scan's items are too few to
+ * fill a device, each example's steps are split into segments, with a
+ * kernel for the segments' maps and one carrying the value between them. */
 #include "cudagen/cu.h"
 
 /* Opens the loop over items (example b, index within it) of a kernel whose
@@ -44,6 +45,178 @@ static int is_sum(const IrNode *nd) {
   return nd->op == IR_SUM || nd->op == IR_MEAN || nd->op == IR_MATMUL;
 }
 
+/* How many segments each example's steps are split into (the same
+ * expression in every kernel of a split scan): one where the items of a
+ * step already fill a device (64K threads), else enough segments of at
+ * least 16 steps to. */
+static const char *segments(Cu *c, int64_t rows) {
+  return arena_printf(c->a,
+                      "  const i64 G = B * %lld >= 65536 || T < 32 ? 1\n"
+                      "                : (T / 16 < (65536 + B * %lld - 1) / (B * %lld)\n"
+                      "                       ? T / 16 : (65536 + B * %lld - 1) / (B * %lld));\n"
+                      "  const i64 S = (T + G - 1) / G;\n",
+                      (long long)rows, (long long)rows, (long long)rows, (long long)rows,
+                      (long long)rows);
+}
+
+/* Opens the loop over items (example b, segment g, row o) of a split scan,
+ * and the segment's steps [lo, hi). */
+static void segment_items_open(Cu *c, int64_t outer) {
+  fprintf(c->o,
+          "  for (i64 item = (i64)blockIdx.x * blockDim.x + threadIdx.x; item < B * G * %lld;\n"
+          "       item += (i64)gridDim.x * blockDim.x) {\n"
+          "    i64 b = item / (G * %lld), g = (item / %lld) %% G, o = item %% %lld;\n"
+          "    i64 len = SEQ_LEN(b), rb = b;\n"
+          "    i64 lo = g * S, hi = lo + S < len ? lo + S : len;\n"
+          "    (void)rb;\n",
+          (long long)outer, (long long)outer, (long long)outer, (long long)outer);
+}
+
+/* The loop over the steps [lo, hi) and the rows of the current one. */
+static void steps_open(Cu *c) {
+  fprintf(c->o, "    for (i64 tau = lo; tau < hi; tau++) {\n"
+                "    i64 t = rev ? len - 1 - tau : tau;\n"
+                "    i64 rtok = b * T + t, rtokc = b * T + tau;\n"
+                "    (void)rtok; (void)rtokc;\n");
+}
+
+/* Whether member r of the group reads the running value (the scan or its
+ * delay), directly or through other members. */
+static char *reads_state(Cu *c, const SchedScanGroup *g, IrRef scan) {
+  char *dep = arena_calloc(c->a, (size_t)c->fn->nodes.n + 1, 1);
+  if (!dep) {
+    c->failed = 1;
+    return NULL;
+  }
+  dep[scan] = 1;
+  if (g->delay >= 0) dep[g->delay] = 1;
+  for (int m = 0; m < g->nmembers; m++) {
+    const IrNode *nd = &c->fn->nodes.v[g->members[m]];
+    for (int j = 0; j < nd->nargs; j++) dep[g->members[m]] |= dep[nd->args[j]];
+  }
+  return dep;
+}
+
+/* The split scan's first kernel: for each (example, segment, element) the
+ * segment's map of the running value, h -> A h + c (max(A + h, c) for the
+ * (max, +) scan), from the coefficients alone, into ac. */
+static void segment_maps(Cu *c, const SchedOp *op, int64_t outer, int64_t last, int ac) {
+  const SchedScanGroup *g = op->group;
+  const IrFunc *fn = c->fn;
+  IrRef scan = op->node;
+  const IrNode *sn = &fn->nodes.v[scan];
+  const SchedValue *key = &c->v[scan];
+  int maxplus = sn->op == IR_SCAN_MAX, w = key->w;
+  char *dep = reads_state(c, g, scan);
+  if (!dep) return;
+  cu_kernel_begin(c, "scan_maps", RT_CU_GRID_BMIN, (outer + CU_NT - 1) / CU_NT, 65536 / CU_NT);
+  fputs(segments(c, outer), c->o);
+  fprintf(c->o, "  if (G < 2) return;\n");
+  segment_items_open(c, outer);
+  fprintf(c->o,
+          "    float *ac = (float *)F[%d] + (b * G + g) * %lld;\n"
+          "    for (i64 i = 0; i < %lld; i++) {\n"
+          "      i64 k = o * %lld + i;\n",
+          cu_slot_buf(c, ac), (long long)(2 * key->numel * w), (long long)last, (long long)last);
+  if (w == 2)
+    fprintf(c->o, "      ac[4 * k] = 1.0f; ac[4 * k + 1] = 0.0f;\n"
+                  "      ac[4 * k + 2] = 0.0f; ac[4 * k + 3] = 0.0f;\n");
+  else
+    fprintf(c->o, "      ac[2 * k] = %s; ac[2 * k + 1] = %s;\n", maxplus ? "0.0f" : "1.0f",
+            maxplus ? "(-SEQ_INF)" : "0.0f");
+  fprintf(c->o, "    }\n");
+  steps_open(c);
+  fprintf(c->o, "    for (i64 i = 0; i < %lld; i++) {\n      i64 k = o * %lld + i;\n",
+          (long long)last, (long long)last);
+  for (int m = 0; m < g->nmembers; m++) {
+    IrRef r = g->members[m];
+    if (dep[r] || is_sum(&fn->nodes.v[r])) continue;
+    c->fmember[r] = 1;
+    cu_fused_value(c, r, "k", "o", "i", key);
+  }
+  const char *a, *ai, *bv, *bi;
+  cu_fused_operand(c, sn->args[0], "k", "o", "i", key, &a, &ai);
+  cu_fused_operand(c, sn->args[1], "k", "o", "i", key, &bv, &bi);
+  if (w == 2)
+    fprintf(
+        c->o,
+        "      float ar = %s, ai = %s;\n"
+        "      float Ar = ac[4 * k], Ai = ac[4 * k + 1], cr = ac[4 * k + 2], ci = ac[4 * k + 3];\n"
+        "      ac[4 * k] = seq_cmul_re(ar, ai, Ar, Ai);\n"
+        "      ac[4 * k + 1] = seq_cmul_im(ar, ai, Ar, Ai);\n"
+        "      ac[4 * k + 2] = seq_cmul_re(ar, ai, cr, ci) + %s;\n"
+        "      ac[4 * k + 3] = seq_cmul_im(ar, ai, cr, ci) + %s;\n",
+        a, ai ? ai : "0.0f", bv, bi ? bi : "0.0f");
+  else if (maxplus)
+    fprintf(c->o,
+            "      float av = %s;\n"
+            "      ac[2 * k] = av + ac[2 * k];\n"
+            "      ac[2 * k + 1] = seq_max(av + ac[2 * k + 1], %s);\n",
+            a, bv);
+  else
+    fprintf(c->o,
+            "      float av = %s;\n"
+            "      ac[2 * k] = av * ac[2 * k];\n"
+            "      ac[2 * k + 1] = av * ac[2 * k + 1] + %s;\n",
+            a, bv);
+  fprintf(c->o, "    }\n    }\n  }\n");
+  for (int m = 0; m < g->nmembers; m++) c->fmember[g->members[m]] = 0;
+  cu_kernel_end(c);
+}
+
+/* The split scan's second kernel: a thread per (example, element) carries
+ * the running value from the state's storage through the segments' maps,
+ * writing each segment's start into its copy of the state and the value
+ * after the example's last step into the storage. */
+static void segment_starts(Cu *c, const SchedOp *op, int64_t outer, int ac, int hs) {
+  IrRef scan = op->node;
+  const SchedValue *key = &c->v[scan];
+  int maxplus = c->fn->nodes.v[scan].op == IR_SCAN_MAX, w = key->w;
+  long long ew = (long long)(key->numel * w);
+  long long srow = (long long)c->in->bufs.v[c->in->state_buf[op->group->state]].row_floats;
+  cu_kernel_begin(c, "scan_starts", RT_CU_GRID_B, (key->numel + CU_NT - 1) / CU_NT, 1);
+  fputs(segments(c, outer), c->o);
+  fprintf(c->o, "  if (G < 2) return;\n");
+  items_open(c, key->numel, "k");
+  fprintf(c->o,
+          "    float *h = (float *)F[%d] + b * %lld;\n"
+          "    const float *ac = (const float *)F[%d] + b * G * %lld;\n"
+          "    float *hs = (float *)F[%d] + b * G * %lld;\n",
+          cu_slot_buf(c, c->in->state_buf[op->group->state]), srow, cu_slot_buf(c, ac), 2 * ew,
+          cu_slot_buf(c, hs), ew);
+  if (w == 2)
+    fprintf(c->o,
+            "    float xr = h[2 * k], xi = h[2 * k + 1];\n"
+            "    for (i64 g = 0; g < G && g * S < len; g++) {\n"
+            "      hs[g * %lld + 2 * k] = xr; hs[g * %lld + 2 * k + 1] = xi;\n"
+            "      const float *m = ac + g * %lld + 4 * k;\n"
+            "      float nr = seq_cmul_re(m[0], m[1], xr, xi) + m[2];\n"
+            "      float ni = seq_cmul_im(m[0], m[1], xr, xi) + m[3];\n"
+            "      xr = nr; xi = ni;\n"
+            "    }\n"
+            "    h[2 * k] = xr; h[2 * k + 1] = xi;\n"
+            "  }\n",
+            ew, ew, 2 * ew);
+  else
+    fprintf(c->o,
+            "    float x = h[k];\n"
+            "    for (i64 g = 0; g < G && g * S < len; g++) {\n"
+            "      hs[g * %lld + k] = x;\n"
+            "      const float *m = ac + g * %lld + 2 * k;\n"
+            "      x = %s;\n"
+            "    }\n"
+            "    h[k] = x;\n"
+            "  }\n",
+            ew, 2 * ew, maxplus ? "seq_max(m[0] + x, m[1])" : "m[0] * x + m[1]");
+  cu_kernel_end(c);
+}
+
+/* A fused scan. Its items (example, row of the last axis) each walk their
+ * example's steps; where they are too few to fill a device, each example's
+ * steps are split into segments (a run-time choice, `segments`): the
+ * segments' maps, their starts carried from the state, and then every
+ * segment walked as a whole sequence would be, from its start in a copy of
+ * the state (the storage already holds the final value). */
 void cu_scan_group(Cu *c, const SchedOp *op) {
   const SchedScanGroup *g = op->group;
   const IrFunc *fn = c->fn;
@@ -53,17 +226,24 @@ void cu_scan_group(Cu *c, const SchedOp *op) {
   int maxplus = sn->op == IR_SCAN_MAX;
   int64_t last = key->rank ? key->shape[key->rank - 1] : 1;
   int64_t outer = last ? key->numel / last : 0;
+  int64_t ew = key->numel * key->w;
   int64_t srow = c->in->bufs.v[c->in->state_buf[g->state]].row_floats;
   if (outer == 0) return;
-  cu_kernel_begin(c, "scan", RT_CU_GRID_B, (outer + CU_NT - 1) / CU_NT, 1);
-  items_open(c, outer, "o");
+  /* Scratch per example: at most T / 16 segments, each a map (two values
+   * per element) and a start (one). */
+  int ac = cu_scratch_buf(c, RT_CU_ROWS_BT, (2 * ew + 15) / 16);
+  int hs = cu_scratch_buf(c, RT_CU_ROWS_BT, (ew + 15) / 16);
+  segment_maps(c, op, outer, last, ac);
+  segment_starts(c, op, outer, ac, hs);
+  cu_kernel_begin(c, "scan", RT_CU_GRID_BMIN, (outer + CU_NT - 1) / CU_NT, 65536 / CU_NT);
+  fputs(segments(c, outer), c->o);
+  segment_items_open(c, outer);
   fprintf(c->o,
-          "    float *h = (float *)F[%d] + b * %lld;\n"
-          "    for (i64 tau = 0; tau < len; tau++) {\n"
-          "    i64 t = rev ? len - 1 - tau : tau;\n"
-          "    i64 rtok = b * T + t, rtokc = b * T + tau;\n"
-          "    (void)rtok; (void)rtokc;\n",
-          cu_slot_buf(c, c->in->state_buf[g->state]), (long long)srow);
+          "    float *h = G < 2 ? (float *)F[%d] + b * %lld\n"
+          "                     : (float *)F[%d] + (b * G + g) * %lld;\n",
+          cu_slot_buf(c, c->in->state_buf[g->state]), (long long)srow, cu_slot_buf(c, hs),
+          (long long)ew);
+  steps_open(c);
   for (int m = 0; m < g->nmembers; m++) {
     IrRef r = g->members[m];
     if (is_sum(&fn->nodes.v[r])) {

@@ -17,11 +17,52 @@ enum { ST_OK = 0, ST_ARG = 1, ST_NOMEM = 2, ST_TOKEN = 3, ST_LENGTH = 4 };
 typedef CuRun Run;
 
 int rt_cu_alloc(Run *r, size_t bytes, RtDevPtr *out) {
-  return r->d->alloc(r->d->ctx, bytes, out, r->err);
+  CuPool *pl = r->pool;
+  for (int i = 0; pl && i < pl->n; i++)
+    if (!pl->used[i] && pl->bytes[i] == bytes) {
+      pl->used[i] = 1;
+      *out = pl->p[i];
+      return r->d->zero(r->d->ctx, pl->p[i], bytes, r->err);
+    }
+  if (r->d->alloc(r->d->ctx, bytes, out, r->err)) return -1;
+  if (pl && pl->n == pl->cap) {
+    int cap = pl->cap ? 2 * pl->cap : 32;
+    RtDevPtr *p = realloc(pl->p, (size_t)cap * sizeof *p);
+    if (p) pl->p = p;
+    size_t *b = p ? realloc(pl->bytes, (size_t)cap * sizeof *b) : NULL;
+    if (b) pl->bytes = b;
+    char *u = b ? realloc(pl->used, (size_t)cap) : NULL;
+    if (u) {
+      pl->used = u;
+      pl->cap = cap;
+    }
+  }
+  if (pl && pl->n < pl->cap) { /* else (no memory to track it) freed directly */
+    pl->p[pl->n] = *out;
+    pl->bytes[pl->n] = bytes;
+    pl->used[pl->n++] = 1;
+  }
+  return 0;
 }
 
 void rt_cu_free(Run *r, RtDevPtr p) {
-  if (p) r->d->free(r->d->ctx, p);
+  if (!p) return;
+  CuPool *pl = r->pool;
+  for (int i = 0; pl && i < pl->n; i++)
+    if (pl->p[i] == p) {
+      pl->used[i] = 0;
+      return;
+    }
+  r->d->free(r->d->ctx, p);
+}
+
+/* Frees what the pool holds (all of it back by now). */
+static void pool_release(Run *r, CuPool *pl) {
+  for (int i = 0; i < pl->n; i++) r->d->free(r->d->ctx, pl->p[i]);
+  free(pl->p);
+  free(pl->bytes);
+  free(pl->used);
+  memset(pl, 0, sizeof *pl);
 }
 
 static int64_t rows_of(const Run *r, RtCuRows rows) {
@@ -30,7 +71,8 @@ static int64_t rows_of(const Run *r, RtCuRows rows) {
 
 static uint32_t grid_of(const Run *r, const RtCuStep *st) {
   int64_t g = st->n;
-  if (st->grid == RT_CU_GRID_B) g = r->B * st->n;
+  if (st->grid == RT_CU_GRID_B || st->grid == RT_CU_GRID_BMIN) g = r->B * st->n;
+  if (st->grid == RT_CU_GRID_BMIN && g < st->per) g = st->per;
   if (st->grid == RT_CU_GRID_BT) {
     int64_t tok = r->B * r->T;
     /* n blocks per `per` tokens, rounded up; overflow-safe for B*T < 2^62. */
@@ -185,15 +227,19 @@ static int run_root(Run *r, const int32_t *host_lengths, RtDevPtr *din, RtDevPtr
   if (host_lengths)
     for (int64_t b = 0; b < r->B; b++)
       if (host_lengths[b] < 0 || host_lengths[b] > r->T) return ST_LENGTH;
-  if (rt_cu_alloc(r, sizeof(int32_t), &r->status)) return -1;
+  CuPool pool = {0};
+  r->pool = &pool;
   int rc = -1;
   int32_t status = 0;
-  if (rt_cu_run_inst(r, 0, din, dout, 0) == 0 &&
+  if (rt_cu_alloc(r, sizeof(int32_t), &r->status) == 0 &&
+      rt_cu_run_inst(r, 0, din, dout, 0) == 0 &&
       r->d->copy(r->d->ctx, (RtDevPtr)(uintptr_t)&status, r->status, sizeof status, RT_CU_D2H,
                  r->err) == 0)
     rc = status;
   rt_cu_free(r, r->status);
   r->status = 0;
+  r->pool = NULL;
+  pool_release(r, &pool);
   return rc;
 }
 
@@ -216,7 +262,7 @@ int rt_cu_run(const RtCuProgram *p, const RtCuDevice *d, const RtDevPtr *params,
   for (int j = 0; j < p->noutputs; j++)
     if (!outputs[j]) return ST_ARG;
   int ns = p->nstates;
-  Run r = {p, d, err, B, T, lengths, 0, (RtDevPtr *)params, NULL, NULL};
+  Run r = {p, d, err, B, T, lengths, 0, (RtDevPtr *)params, NULL, NULL, NULL};
   int32_t *hl = lengths ? malloc((size_t)B * sizeof *hl + 1) : NULL;
   r.sin = calloc((size_t)ns + 1, sizeof *r.sin);
   r.sout = calloc((size_t)ns + 1, sizeof *r.sout);
@@ -255,7 +301,7 @@ static int forward_host(const RtCuProgram *p, const RtCuDevice *d, const float *
   if (lengths)
     for (int64_t b = 0; b < B; b++)
       if (lengths[b] < 0 || lengths[b] > T) return ST_LENGTH;
-  Run r = {p, d, err, B, T, 0, 0, NULL, NULL, NULL};
+  Run r = {p, d, err, B, T, 0, 0, NULL, NULL, NULL, NULL};
   int ns = p->nstates;
   RtDevPtr *din = calloc((size_t)p->ninputs + 1, sizeof *din);
   RtDevPtr *dout = calloc((size_t)p->noutputs + 1, sizeof *dout);

@@ -409,7 +409,7 @@ static int read_newton(In *r, const RtCuProgram *p, int i, RtCuStep *st, int nar
 static int read_step(In *r, const RtCuProgram *p, int i, RtCuStep *st) {
   st->kind = (RtCuStepKind)get_range(r, "a step's kind", RT_CU_STEP_LAUNCH, RT_CU_STEP_NEWTON);
   st->kernel = get_i32(r, "a step's kernel");
-  st->grid = (RtCuGridKind)get_range(r, "a step's grid", RT_CU_GRID_FIXED, RT_CU_GRID_BT);
+  st->grid = (RtCuGridKind)get_range(r, "a step's grid", RT_CU_GRID_FIXED, RT_CU_GRID_BMIN);
   st->n = get_i64(r, "a step's blocks");
   st->per = get_i64(r, "a step's tokens per blocks");
   st->block = get_i32(r, "a step's threads");

@@ -6,6 +6,17 @@
 
 #include "runtime/rt_cuda.h"
 
+/* Device memory a call keeps for reuse: what its instances free goes back
+ * here, and a later request of the same size takes it (zeroed again), so
+ * the instances of a call (a Newton solve evaluates its step many times)
+ * allocate once; everything is freed when the call ends. */
+typedef struct CuPool {
+  RtDevPtr *p;
+  size_t *bytes;
+  char *used;
+  int n, cap;
+} CuPool;
+
 /* One call of a program: its sizes, device and the program's params and
  * states (device addresses); an instance's frame adds its own. */
 typedef struct CuRun {
@@ -15,8 +26,11 @@ typedef struct CuRun {
   int64_t B, T;
   RtDevPtr lengths, status;
   RtDevPtr *params, *sin, *sout;
+  CuPool *pool; /* NULL: allocate and free directly */
 } CuRun;
 
+/* Zeroed device memory (from the pool where there is one); freeing returns
+ * it to the pool. */
 int rt_cu_alloc(CuRun *r, size_t bytes, RtDevPtr *out);
 void rt_cu_free(CuRun *r, RtDevPtr p);
 

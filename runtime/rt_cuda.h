@@ -110,6 +110,7 @@ typedef enum {
   RT_CU_GRID_FIXED, /* n */
   RT_CU_GRID_B,     /* n per example */
   RT_CU_GRID_BT,    /* n per token (rounded up to n * B * T / per) */
+  RT_CU_GRID_BMIN,  /* n per example, and at least per in all */
 } RtCuGridKind;
 
 typedef enum {
