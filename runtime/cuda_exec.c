@@ -231,8 +231,7 @@ static int run_root(Run *r, const int32_t *host_lengths, RtDevPtr *din, RtDevPtr
   r->pool = &pool;
   int rc = -1;
   int32_t status = 0;
-  if (rt_cu_alloc(r, sizeof(int32_t), &r->status) == 0 &&
-      rt_cu_run_inst(r, 0, din, dout, 0) == 0 &&
+  if (rt_cu_alloc(r, sizeof(int32_t), &r->status) == 0 && rt_cu_run_inst(r, 0, din, dout, 0) == 0 &&
       r->d->copy(r->d->ctx, (RtDevPtr)(uintptr_t)&status, r->status, sizeof status, RT_CU_D2H,
                  r->err) == 0)
     rc = status;

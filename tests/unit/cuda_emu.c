@@ -46,6 +46,7 @@ struct EmuModule {
   int nnames;
   EmuAlloc *allocs;
   size_t nallocs, cap;
+  size_t total_allocs; /* ever made */
   int bad_frees;
 };
 
@@ -271,6 +272,10 @@ size_t emu_live_allocs(const EmuModule *m) {
   return m->nallocs;
 }
 
+size_t emu_total_allocs(const EmuModule *m) {
+  return m->total_allocs;
+}
+
 int emu_bad_frees(const EmuModule *m) {
   return m->bad_frees;
 }
@@ -297,6 +302,7 @@ static int dev_alloc(void *ctx, size_t bytes, RtDevPtr *out, RtError *err) {
   m->allocs[m->nallocs].p = p;
   m->allocs[m->nallocs].n = bytes;
   m->nallocs++;
+  m->total_allocs++;
   *out = (RtDevPtr)(uintptr_t)p;
   return 0;
 }

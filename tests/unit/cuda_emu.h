@@ -50,6 +50,8 @@ int emu_launch_name(EmuModule *m, const char *kernel, unsigned grid, unsigned bl
 /* Allocations not yet freed; device frees of an address it never gave out
  * (double frees included). */
 size_t emu_live_allocs(const EmuModule *m);
+/* Allocations ever made. */
+size_t emu_total_allocs(const EmuModule *m);
 int emu_bad_frees(const EmuModule *m);
 
 #endif

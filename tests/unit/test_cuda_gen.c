@@ -316,6 +316,7 @@ static void run_newton(DeviceFor dev_for, DeviceDone dev_done) {
       fail_msg("%s --strategy=newton does not render for CUDA", c->file);
     }
     if (dev_for(&cm, &dev, &handle)) fail_msg("%s: no device program", c->file);
+    size_t first_allocs = 0;
     for (size_t ti = 0; ti < sizeof TS / sizeof TS[0]; ti++)
       for (int64_t B = 1; B <= 5; B += 4)
         for (int variant = 0; variant < 2; variant++) {
@@ -328,8 +329,21 @@ static void run_newton(DeviceFor dev_for, DeviceDone dev_done) {
                    NEWTON[k].nt.dense ? " (dense)" : "", NEWTON[k].nt.max_iter ? " (cut off)" : "");
           RtCuNewtonStats ns;
           rt_cu_newton_stats(NULL, 1);
+          size_t allocs = dev_for == emu_for ? emu_total_allocs(handle) : 0;
           fc_batch_check(&bt, &cm, what, 0);
           rt_cu_newton_stats(&ns, 1);
+          /* The call's buffers come from its pool: a solve's many
+           * evaluations of the step allocate as one does, so a longer
+           * sequence (more iterations, a fallback of more steps) allocates
+           * about as many as T = 3 did (the split recurrence has scratch, a
+           * longer fallback a few more rows of the step). */
+          if (dev_for == emu_for && TS[ti] >= 3) {
+            allocs = emu_total_allocs(handle) - allocs;
+            if (!first_allocs) first_allocs = allocs;
+            if (allocs > first_allocs + first_allocs / 4 + 8)
+              fail_msg("%s, T = %lld: %zu device allocations (T = 3: %zu)", what, (long long)TS[ti],
+                       allocs, first_allocs);
+          }
           int most = NEWTON[k].most_iters;
           if (ns.solves < 1 || (most && (ns.fallbacks || ns.max_iter > most)) ||
               (!most && TS[ti] >= 3 && ns.fallbacks != ns.solves))
