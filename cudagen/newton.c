@@ -29,9 +29,9 @@
 
 /* The solver's kernels, in the order of RT_CU_NT_K_*. */
 static const char *const nt_names[RT_CU_NT_NKERNELS] = {
-    "seq_nt_delay",      "seq_nt_resid",     "seq_nt_linear",   "seq_nt_dense",  "seq_nt_test",
-    "seq_nt_rows",       "seq_nt_tangent",   "seq_nt_jcol",     "seq_nt_gather", "seq_nt_scatter",
-    "seq_nt_seg_reduce", "seq_nt_seg_carry", "seq_nt_seg_apply"};
+    "seq_nt_delay",  "seq_nt_resid",   "seq_nt_linear",     "seq_nt_dense",
+    "seq_nt_test",   "seq_nt_rows",    "seq_nt_tangent",    "seq_nt_jcol",
+    "seq_nt_gather", "seq_nt_scatter", "seq_nt_seg_reduce", "seq_nt_seg_carry"};
 
 /* What every solver kernel starts with: the frame's sizes as locals and
  * the row of example b's step tau. */
@@ -113,33 +113,6 @@ static void nt_kernels(Cu *c) {
           "  }\n"
           "}\n",
           CU_NT, RT_CU_NF_XSEL, RT_CU_NF_RES, RT_CU_NF_H, RT_CU_NF_C, RT_CU_NF_F);
-  /* linear, J's diagonal blocks */
-  nt_begin(c, nt_names[RT_CU_NT_K_LINEAR]);
-  fprintf(o,
-          "  const int *flag = (const int *)N[%d];\n"
-          "  for (i64 g = (i64)blockIdx.x * blockDim.x + threadIdx.x; g < B * w;\n"
-          "       g += (i64)gridDim.x * blockDim.x) {\n"
-          "    i64 b = g / w, i = g %% w, len = SEQ_LEN(b);\n"
-          "    if (!flag[b]) continue;\n"
-          "    float prev[%d], v[%d];\n"
-          "    for (int k = 0; k < n; k++) prev[k] = SEQ_NT_PTR(%d, k)[b * N[%d + k] + i];\n"
-          "    for (i64 tau = 0; tau < len; tau++) {\n"
-          "      i64 at = SEQ_NT_ROW(b, len, tau) * w + i;\n"
-          "      for (int k = 0; k < n; k++) {\n"
-          "        float acc = SEQ_NT_PTR(%d, k)[at];\n"
-          "        for (int j = 0; j < n; j++)\n"
-          "          acc += SEQ_NT_PTR(%d, k * n + j)[at] * (prev[j] - SEQ_NT_PTR(%d, j)[at]);\n"
-          "        v[k] = acc;\n"
-          "      }\n"
-          "      for (int k = 0; k < n; k++) {\n"
-          "        SEQ_NT_PTR(%d, k)[at] = v[k];\n"
-          "        prev[k] = v[k];\n"
-          "      }\n"
-          "    }\n"
-          "  }\n"
-          "}\n",
-          RT_CU_NF_FLAG, RT_CU_NT_MAX_STATES, RT_CU_NT_MAX_STATES, RT_CU_NF_H0, RT_CU_NF_H0S,
-          RT_CU_NF_F, RT_CU_NF_J, RT_CU_NF_P, RT_CU_NF_D);
   /* dense */
   nt_begin(c, nt_names[RT_CU_NT_K_DENSE]);
   fprintf(o,
@@ -301,10 +274,11 @@ static void nt_kernels(Cu *c) {
  * and the first kind of thread walks its segment again from there. */
 static void nt_seg_kernels(Cu *c) {
   FILE *o = c->o;
-  const char *seg_begin = "  const int *flag = (const int *)N[%d];\n"
-                          "  const i64 G = N[%d], S = (T + G - 1) / G, nm = n * n + n;\n"
-                          "  float *seg = (float *)N[%d], *start = seg + B * G * w * nm;\n"
-                          "  (void)S; (void)start;\n";
+  const char *seg_begin =
+      "  const int *flag = (const int *)N[%d];\n"
+      "  const i64 G = N[%d], S = (T + G - 1) / G, nm = n * n + n;\n"
+      "  float *seg = (float *)N[%d], *start = seg ? seg + B * G * w * nm : 0;\n"
+      "  (void)S; (void)start;\n";
   nt_begin(c, nt_names[RT_CU_NT_K_SEG_REDUCE]);
   fprintf(o, seg_begin, RT_CU_NF_FLAG, RT_CU_NF_NSEG, RT_CU_NF_SEG);
   fprintf(
@@ -364,7 +338,7 @@ static void nt_seg_kernels(Cu *c) {
           "  }\n"
           "}\n",
           RT_CU_NT_MAX_STATES, RT_CU_NT_MAX_STATES, RT_CU_NF_H0, RT_CU_NF_H0S);
-  nt_begin(c, nt_names[RT_CU_NT_K_SEG_APPLY]);
+  nt_begin(c, nt_names[RT_CU_NT_K_LINEAR]);
   fprintf(o, seg_begin, RT_CU_NF_FLAG, RT_CU_NF_NSEG, RT_CU_NF_SEG);
   fprintf(o,
           "  for (i64 e = (i64)blockIdx.x * blockDim.x + threadIdx.x; e < B * G * w;\n"
@@ -373,7 +347,8 @@ static void nt_seg_kernels(Cu *c) {
           "    if (!flag[b]) continue;\n"
           "    i64 lo = g * S, hi = lo + S < len ? lo + S : len;\n"
           "    float prev[%d], v[%d];\n"
-          "    for (int k = 0; k < n; k++) prev[k] = start[e * n + k];\n"
+          "    for (int k = 0; k < n; k++)\n"
+          "      prev[k] = G < 2 ? SEQ_NT_PTR(%d, k)[b * N[%d + k] + i] : start[e * n + k];\n"
           "    for (i64 tau = lo; tau < hi; tau++) {\n"
           "      i64 at = SEQ_NT_ROW(b, len, tau) * w + i;\n"
           "      for (int k = 0; k < n; k++) {\n"
@@ -389,7 +364,8 @@ static void nt_seg_kernels(Cu *c) {
           "    }\n"
           "  }\n"
           "}\n",
-          RT_CU_NT_MAX_STATES, RT_CU_NT_MAX_STATES, RT_CU_NF_F, RT_CU_NF_J, RT_CU_NF_P, RT_CU_NF_D);
+          RT_CU_NT_MAX_STATES, RT_CU_NT_MAX_STATES, RT_CU_NF_H0, RT_CU_NF_H0S, RT_CU_NF_F,
+          RT_CU_NF_J, RT_CU_NF_P, RT_CU_NF_D);
 }
 
 void cu_newton(Cu *c, IrRef r) {

@@ -195,10 +195,10 @@ static int64_t blocks(int64_t items) {
 static int linear(Solve *s) {
   int64_t B = s->r->B, w = s->w;
   if (s->nt->dense) return launch(s, RT_CU_NT_K_DENSE, B);
-  if (s->G < 2) return launch(s, RT_CU_NT_K_LINEAR, blocks(B * w));
-  return launch(s, RT_CU_NT_K_SEG_REDUCE, blocks(B * s->G * w)) ||
-         launch(s, RT_CU_NT_K_SEG_CARRY, blocks(B * w)) ||
-         launch(s, RT_CU_NT_K_SEG_APPLY, blocks(B * s->G * w));
+  if (s->G > 1 && (launch(s, RT_CU_NT_K_SEG_REDUCE, blocks(B * s->G * w)) ||
+                   launch(s, RT_CU_NT_K_SEG_CARRY, blocks(B * w))))
+    return -1;
+  return launch(s, RT_CU_NT_K_LINEAR, blocks(B * s->G * w));
 }
 
 /* What the solves did since the last reset, across threads. */

@@ -178,7 +178,8 @@ void rt_cu_newton_stats(RtCuNewtonStats *out, int reset);
 enum {
   RT_CU_NT_K_DELAY,   /* P = the guess X one step later, h0 first (XSEL 0: P = 0) */
   RT_CU_NT_K_RESID,   /* RES[b] = max |X - F| over example b's rows */
-  RT_CU_NT_K_LINEAR,  /* D = the linear recurrence's solution, J's diagonal blocks (FLAG) */
+  RT_CU_NT_K_LINEAR,  /* D = the linear recurrence's solution, J's diagonal blocks (FLAG),
+                         NSEG segments each from its start (h0 for one) */
   RT_CU_NT_K_DENSE,   /* the same with J whole */
   RT_CU_NT_K_TEST,    /* RES[b] = max |D - H| / (atol + rtol |D|), BAD[b] the first step over 1 */
   RT_CU_NT_K_ROWS,    /* OP on FLAG's examples: H = D, D -= H, C = H + LAM D, H = C */
@@ -188,7 +189,6 @@ enum {
   RT_CU_NT_K_SCATTER, /* H at step COL = the step's value there, for FLAG's examples from BAD */
   RT_CU_NT_K_SEG_REDUCE, /* LINEAR split in time: each segment's map from its start to its end */
   RT_CU_NT_K_SEG_CARRY,  /* each segment's start, from h0 through the maps before it */
-  RT_CU_NT_K_SEG_APPLY,  /* each segment's steps from its start */
   RT_CU_NT_NKERNELS
 };
 
