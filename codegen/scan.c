@@ -503,8 +503,8 @@ static void transposed_step(Lower *L, const SchedOp *op, const ScanItem *it, Sca
  * A group with SchedScanGroup.lanes runs its item (one example, a block of
  * SCHED_SCAN_LANES rows) on a transposed copy of its state and on the
  * constants copied into the same layout once per call (emit_lane_copies),
- * element of the last axis by element, two at a time where the axis is
- * even (two independent chains of the recurrence), the loop over the steps
+ * element of the last axis by element, four (or two) at a time where the
+ * axis allows (independent chains of the recurrence), the loop over the steps
  * inside: the running values are phis of that loop, the constants' vectors
  * loop-invariant, and every member is computed on vectors of the block's
  * rows (L->lanes makes the op table's constants and types vectors,
@@ -614,7 +614,12 @@ static void lanes_steps(Lower *L, const SchedOp *op, const ScanItem *it, ScanEle
   const SchedScanGroup *g = op->group;
   const IrFunc *fn = L->fn;
   int lanes = SCHED_SCAN_LANES, cplx = e->him != NULL;
-  int group = last % 2 == 0 ? 2 : 1;
+  /* Independent chains of the recurrence in flight: S4D's update is two
+   * dependent fused multiply-adds a step, 8 cycles, against 8 a step per
+   * element on two FMA ports; four elements hid it best (S4D at B = 8, one
+   * thread: 2 -> 4 elements 88.4 -> 85.0 ms, 8 spilled: 90.5;
+   * BENCHMARKS.md, 2026-12-06). */
+  int group = last % 4 == 0 ? 4 : last % 2 == 0 ? 2 : 1;
   LLVMValueRef *acc = arena_calloc(L->a, (size_t)g->nmembers + 1, sizeof *acc);
   LLVMValueRef *sums = arena_calloc(L->a, (size_t)g->nmembers + 1, sizeof *sums);
   if (!acc || !sums) {
@@ -638,8 +643,8 @@ static void lanes_steps(Lower *L, const SchedOp *op, const ScanItem *it, ScanEle
   L->lanes = 0;
   loop_end(L, &lt);
   LLVMValueRef i = loop_begin_step(L, &li, ci64(L, 0), ci64(L, last), group);
-  LLVMValueRef at[2];
-  Cx h[2], phi[2];
+  LLVMValueRef at[4];
+  Cx h[4], phi[4];
   L->lanes = lanes;
   for (int u = 0; u < group; u++) {
     at[u] = mul(L, add(L, i, ci64(L, u)), ci64(L, lanes));

@@ -41,9 +41,11 @@ static const FcCase CASES[] = {
     {"stdlib/lru.seq", "H=3,N=4"},
     {"stdlib/s4d.seq", "H=3,N=4"},
     /* Rows in vector lanes (sched/scan.c): rows a multiple of 16, a last
-     * axis odd (one element at a time) and even (two). */
+     * axis odd (one element at a time), even (two: lanes_ops below) and a
+     * multiple of four (four, once and twice over the axis). */
     {"stdlib/s4d.seq", "H=32,N=3"},
     {"stdlib/mamba_ssm.seq", "d_inner=16,d_state=4,dt_rank=2"},
+    {"stdlib/s4d.seq", "H=16,N=8"},
     /* The element code's functions on vectors, a mean, a (max, +) scan. */
     {"tests/data/models/lanes_ops.seq", "I=3,R=16,N=2"},
     {"stdlib/s5.seq", "H=3,P=4"},
