@@ -18,7 +18,7 @@
  * The examples are solved together (one evaluation of the step over every
  * token of the batch) but stop separately: a done example is evaluated at
  * its own result from then on. The step is the layer's instance, run over
- * B x T rows by cu_run_inst; the passes are the program's solver kernels
+ * B x T rows by rt_cu_run_inst; the passes are the program's solver kernels
  * (cudagen/newton.c renders them), each launched with the solve's frame
  * (RT_CU_NF_*): the linear recurrence a thread per element, or split in
  * time into segments where that is too few threads (each segment's map,
@@ -42,7 +42,7 @@ typedef struct Solve {
   CuRun *r;
   const RtCuStep *st;
   const RtCuNewton *nt;
-  int n, m, nout, nin;
+  int n, m, nout;
   int64_t w, BTw;
   int64_t *NF; /* the frame, host copy */
   int nslots;
