@@ -256,6 +256,31 @@ static void expect_crafted_refused(const RtCuProgram *p, int i, int s, int kerne
   free(insts);
 }
 
+/* Changes one byte of blob b past the source (where the structure is), the
+ * hash put back, `tries` times: each is refused by name or read, and most
+ * are refused. */
+static void changed_bytes(const unsigned char *b, size_t n, const char *source, int tries) {
+  unsigned char *c = malloc(n + 1);
+  assert_non_null(c);
+  size_t from = 32 + 4 + strlen(source);
+  int refused = 0;
+  for (int t = 0; t < tries; t++) {
+    memcpy(c, b, n);
+    size_t k = from + (size_t)((fc_urand() * 0.5 + 0.5) * (double)(n - from - 1));
+    c[k] = (unsigned char)(t % 3 == 0 ? 0xff : t % 3 == 1 ? c[k] + 1 : c[k] ^ 0x80);
+    rehash(c, n);
+    RtCuProgram *q = NULL;
+    RtError err;
+    if (rt_cu_program_read(c, n, &q, &err) == 0)
+      rt_cu_program_free(q);
+    else
+      refused += strncmp(err.msg, "CUDA plan: ", 11) == 0;
+  }
+  print_message("%d of %d plans with a changed byte (hash put back) refused\n", refused, tries);
+  assert_true(refused > tries / 2);
+  free(c);
+}
+
 static void test_plan_damaged(void **st) {
   (void)st;
   /* A model with layers: its plan has calls, with arguments and outputs. */
@@ -292,24 +317,16 @@ static void test_plan_damaged(void **st) {
   expect_refused(c, n, "format version 2", "version 2");
   /* Changed bytes with the hash put back: the structure is checked, and a
    * blob is refused or read, never a crash (run under ASan in the
-   * sanitizer build). Changes go past the source, where the structure is. */
-  const char *src = p->source;
-  size_t from = 32 + 4 + strlen(src);
-  int refused = 0, tries = 3000;
-  for (int t = 0; t < tries; t++) {
-    memcpy(c, b, n);
-    size_t k = from + (size_t)((fc_urand() * 0.5 + 0.5) * (double)(n - from - 1));
-    c[k] = (unsigned char)(t % 3 == 0 ? 0xff : t % 3 == 1 ? c[k] + 1 : c[k] ^ 0x80);
-    rehash(c, n);
-    RtCuProgram *q = NULL;
-    RtError err;
-    if (rt_cu_program_read(c, n, &q, &err) == 0)
-      rt_cu_program_free(q);
-    else
-      refused += strncmp(err.msg, "CUDA plan: ", 11) == 0;
-  }
-  print_message("%d of %d plans with a changed byte (hash put back) refused\n", refused, tries);
-  assert_true(refused > tries / 2);
+   * sanitizer build), for this plan and one with Newton solves. */
+  changed_bytes(b, n, p->source, 3000);
+  FcCompiled nm;
+  FcCase newton = {"tests/data/models/newton_layers.seq", "I=3,H=4"};
+  compile(&nm, &newton, "newton", NULL);
+  RtBlob nb = {0};
+  assert_int_equal(rt_cu_program_write(nm.pipe.cuda, &nb), 0);
+  changed_bytes(nb.data, nb.size, nm.pipe.cuda->source, 1000);
+  rt_blob_free(&nb);
+  fc_release(&nm);
   /* Programs the renderer never makes: a kernel out of range, a call to
    * its own caller (recursion), an argument out of range. */
   int li = -1, ls = -1, ci = -1, cs = -1;
