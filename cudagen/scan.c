@@ -51,12 +51,13 @@ static int is_sum(const IrNode *nd) {
  * least 16 steps to. */
 static const char *segments(Cu *c, int64_t rows) {
   return arena_printf(c->a,
-                      "  const i64 G = B * %lld >= 65536 || T < 32 ? 1\n"
-                      "                : (T / 16 < (65536 + B * %lld - 1) / (B * %lld)\n"
-                      "                       ? T / 16 : (65536 + B * %lld - 1) / (B * %lld));\n"
+                      "  const i64 G = B * %lld >= %d || T < %d ? 1\n"
+                      "                : (T / %d < (%d + B * %lld - 1) / (B * %lld)\n"
+                      "                       ? T / %d : (%d + B * %lld - 1) / (B * %lld));\n"
                       "  const i64 S = (T + G - 1) / G;\n",
-                      (long long)rows, (long long)rows, (long long)rows, (long long)rows,
-                      (long long)rows);
+                      (long long)rows, RT_CU_SPLIT_THREADS, 2 * RT_CU_SPLIT_STEPS,
+                      RT_CU_SPLIT_STEPS, RT_CU_SPLIT_THREADS, (long long)rows, (long long)rows,
+                      RT_CU_SPLIT_STEPS, RT_CU_SPLIT_THREADS, (long long)rows, (long long)rows);
 }
 
 /* Opens the loop over items (example b, segment g, row o) of a split scan,
@@ -109,7 +110,8 @@ static void segment_maps(Cu *c, const SchedOp *op, int64_t outer, int64_t last, 
   int maxplus = sn->op == IR_SCAN_MAX, w = key->w;
   char *dep = reads_state(c, g, scan);
   if (!dep) return;
-  cu_kernel_begin(c, "scan_maps", RT_CU_GRID_BMIN, (outer + CU_NT - 1) / CU_NT, 65536 / CU_NT);
+  cu_kernel_begin(c, "scan_maps", RT_CU_GRID_BMIN, (outer + CU_NT - 1) / CU_NT,
+                  RT_CU_SPLIT_THREADS / CU_NT);
   fputs(segments(c, outer), c->o);
   fprintf(c->o, "  if (G < 2) return;\n");
   segment_items_open(c, outer);
@@ -229,13 +231,15 @@ void cu_scan_group(Cu *c, const SchedOp *op) {
   int64_t ew = key->numel * key->w;
   int64_t srow = c->in->bufs.v[c->in->state_buf[g->state]].row_floats;
   if (outer == 0) return;
-  /* Scratch per example: at most T / 16 segments, each a map (two values
+  /* Scratch per example: at most T / RT_CU_SPLIT_STEPS segments, each a map (two values
    * per element) and a start (one). */
-  int ac = cu_scratch_buf(c, RT_CU_ROWS_BT, (2 * ew + 15) / 16);
-  int hs = cu_scratch_buf(c, RT_CU_ROWS_BT, (ew + 15) / 16);
+  const int64_t q = RT_CU_SPLIT_STEPS;
+  int ac = cu_scratch_buf(c, RT_CU_ROWS_BT, (2 * ew + q - 1) / q);
+  int hs = cu_scratch_buf(c, RT_CU_ROWS_BT, (ew + q - 1) / q);
   segment_maps(c, op, outer, last, ac);
   segment_starts(c, op, outer, ac, hs);
-  cu_kernel_begin(c, "scan", RT_CU_GRID_BMIN, (outer + CU_NT - 1) / CU_NT, 65536 / CU_NT);
+  cu_kernel_begin(c, "scan", RT_CU_GRID_BMIN, (outer + CU_NT - 1) / CU_NT,
+                  RT_CU_SPLIT_THREADS / CU_NT);
   fputs(segments(c, outer), c->o);
   segment_items_open(c, outer);
   fprintf(c->o,

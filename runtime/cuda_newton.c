@@ -421,11 +421,11 @@ int rt_cu_newton(CuRun *r, const RtCuStep *st, const RtDevPtr *args, const RtDev
     }
   }
   /* The linear recurrence split in time where a thread per element is too
-   * few for a device (aiming at 64K threads), in segments of at least 16
-   * steps. */
+   * few for a device (RT_CU_SPLIT_*: the fused scans' rule). */
   s.G = 1;
   if (!nt->dense) {
-    int64_t want = (65536 + B * s.w - 1) / (B * s.w), most = (T + 15) / 16;
+    int64_t want = (RT_CU_SPLIT_THREADS + B * s.w - 1) / (B * s.w),
+            most = (T + RT_CU_SPLIT_STEPS - 1) / RT_CU_SPLIT_STEPS;
     s.G = want < most ? want : most;
     if (s.G < 1) s.G = 1;
   }

@@ -162,6 +162,13 @@ typedef struct RtCuNewton {
   int64_t *in_floats;                      /* per argument: floats per row */
 } RtCuNewton;
 
+/* Splitting sequences in time (a fused scan's items, a Newton solve's
+ * linear recurrence): where an item per thread makes fewer than
+ * RT_CU_SPLIT_THREADS threads, each example's steps are split into enough
+ * segments of at least RT_CU_SPLIT_STEPS steps to make about that many. Both
+ * are guesses until measured on a device. */
+enum { RT_CU_SPLIT_THREADS = 65536, RT_CU_SPLIT_STEPS = 16 };
+
 /* What the Newton solves on devices did since the last reset, in this
  * process (seq_newton_stats adds them to the CPU's): one solve per example
  * and call; a fallback ran the step loop from its first step that failed
