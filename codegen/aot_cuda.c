@@ -193,6 +193,8 @@ static void build_module(Gen *g, const Schedule *s, const RtBlob *plan, const Im
     entry(g, "step", R, step, 6, "rt_cu_aot_step");
   }
   entry(g, "forward_device", R, fwd, 8, "rt_cu_aot_forward_device");
+  LLVMTypeRef fwd_stream[9] = {P, P, I, I, P, P, P, P, P};
+  entry(g, "forward_device_stream", R, fwd_stream, 9, "rt_cu_aot_forward_device_stream");
   entry(g, "dims", R, &P, 1, "rt_cu_aot_dims");
   entry(g, "last_error", P, NULL, 0, "rt_cu_aot_last_error");
   entry(g, "cuda_plan", P, &P, 1, "rt_cu_aot_plan");
@@ -252,6 +254,15 @@ static int write_header(Arena *a, const Schedule *s, const Images *im, const cha
           "                          const %s_inputs *in, const int32_t *lengths,\n"
           "                          const %s_states_in *state_in, %s_outputs *out,\n"
           "                          %s_states_out *state_out);\n"
+          "/* The same on a CUstream (cast to a pointer; NULL is the default stream):\n"
+          " * every copy, fill and kernel of the call is ordered on it, and the call\n"
+          " * returns when that stream has done them (it waits for the stream, not\n"
+          " * for the device). */\n"
+          "int32_t %s_forward_device_stream(const %s_params *params, void *stream,\n"
+          "                                 int64_t B, int64_t T, const %s_inputs *in,\n"
+          "                                 const int32_t *lengths,\n"
+          "                                 const %s_states_in *state_in, %s_outputs *out,\n"
+          "                                 %s_states_out *state_out);\n"
           "/* The message of this thread's last call into this library that failed\n"
           " * (\"\" after one that succeeded). */\n"
           "const char *%s_last_error(void);\n"
@@ -259,7 +270,8 @@ static int write_header(Arena *a, const Schedule *s, const Images *im, const cha
           "const char *%s_cuda_device(void);\n"
           "/* The launch plan embedded (docs/cuda.md); *size its bytes. */\n"
           "const void *%s_cuda_plan(int64_t *size);\n\n",
-          up, sym, up, up, archs, sym, sym, sym, sym, sym, sym, sym, sym, sym, sym);
+          up, sym, up, up, archs, sym, sym, sym, sym, sym, sym, sym, sym, sym, sym, sym, sym, sym,
+          sym, sym, sym);
   fputs(tail, f);
   if (fclose(f) != 0) {
     diag_error(de, (SrcLoc){0}, "cannot write %s", path);

@@ -263,7 +263,10 @@ static void cuda_drop_params(SeqModule *m) {
   m->dparams = NULL;
 }
 
-static SeqStatus cuda_upload_params(SeqModule *m) {
+/* The params' device copies, uploaded on `stream` (the call's) at the first
+ * forward after they were bound; every call waits for its stream before it
+ * returns, so a later call on another stream finds them in place. */
+static SeqStatus cuda_upload_params(SeqModule *m, void *stream) {
   if (m->dparams) return SEQ_OK;
   m->dparams = seq_malloc(sizeof *m->dparams * (size_t)(m->sig->params.n + 1));
   if (!m->dparams) return fail(m, SEQ_ERR_NOMEM, "out of memory");
@@ -271,9 +274,9 @@ static SeqStatus cuda_upload_params(SeqModule *m) {
   RtError err;
   for (int i = 0; i < m->sig->params.n; i++) {
     size_t bytes = sizeof(float) * (size_t)m->sig->params.v[i].numel;
-    if (m->dev.alloc(m->dev.ctx, bytes, &m->dparams[i], &err) ||
-        m->dev.copy(m->dev.ctx, m->dparams[i], (RtDevPtr)(uintptr_t)m->params[i], bytes, RT_CU_H2D,
-                    &err)) {
+    if (m->dev.alloc(m->dev.ctx, stream, bytes, &m->dparams[i], &err) ||
+        m->dev.copy(m->dev.ctx, stream, m->dparams[i], (RtDevPtr)(uintptr_t)m->params[i], bytes,
+                    RT_CU_H2D, &err)) {
       cuda_drop_params(m);
       return fail(m, SEQ_ERR_DEVICE, "%s", err.msg);
     }
@@ -633,7 +636,7 @@ SeqStatus seq_module_forward(SeqModule *m, int64_t B, int64_t T, const void *con
     /* One run at a time on the device (the weights' upload is lazy, and the
      * runs share the default stream anyway). */
     pthread_mutex_lock(&m->lock);
-    if ((st = cuda_upload_params(m)) == SEQ_OK) {
+    if ((st = cuda_upload_params(m, NULL)) == SEQ_OK) {
       RtError err;
       int rc = rt_cu_forward_bound(m->pipe.cuda, &m->dev, m->dparams, B, T, inputs, lengths,
                                    state_in, outputs, state_out, &err);
@@ -652,28 +655,41 @@ SeqStatus seq_module_forward(SeqModule *m, int64_t B, int64_t T, const void *con
   return status_of(m, rc, NULL);
 }
 
-static SeqStatus run_device(SeqModule *m, int64_t B, int64_t T, const void *const *inputs,
-                            const int32_t *lengths, const float *const *state_in,
-                            float *const *outputs, float *const *state_out);
+static SeqStatus run_device(SeqModule *m, void *stream, int64_t B, int64_t T,
+                            const void *const *inputs, const int32_t *lengths,
+                            const float *const *state_in, float *const *outputs,
+                            float *const *state_out);
 
-SeqStatus seq_module_forward_device(SeqModule *m, int64_t B, int64_t T, const void *const *inputs,
-                                    const int32_t *lengths, const float *const *state_in,
-                                    float *const *outputs, float *const *state_out) {
+SeqStatus seq_module_forward_device_stream(SeqModule *m, void *stream, int64_t B, int64_t T,
+                                           const void *const *inputs, const int32_t *lengths,
+                                           const float *const *state_in, float *const *outputs,
+                                           float *const *state_out) {
   SeqStatus st = check_ready(m);
   if (st != SEQ_OK) return st;
   if (!m->cu) return fail(m, SEQ_ERR_ARG, "device buffers need a module compiled for \"cuda\"");
   pthread_mutex_lock(&m->lock);
-  st = run_device(m, B, T, inputs, lengths, state_in, outputs, state_out);
+  st = run_device(m, stream, B, T, inputs, lengths, state_in, outputs, state_out);
   pthread_mutex_unlock(&m->lock);
   return st;
 }
 
-/* seq_module_forward_device under the module's lock. */
-static SeqStatus run_device(SeqModule *m, int64_t B, int64_t T, const void *const *inputs,
-                            const int32_t *lengths, const float *const *state_in,
-                            float *const *outputs, float *const *state_out) {
+SeqStatus seq_module_forward_device(SeqModule *m, int64_t B, int64_t T, const void *const *inputs,
+                                    const int32_t *lengths, const float *const *state_in,
+                                    float *const *outputs, float *const *state_out) {
+  return seq_module_forward_device_stream(m, NULL, B, T, inputs, lengths, state_in, outputs,
+                                          state_out);
+}
+
+/* seq_module_forward_device_stream under the module's lock: the module's
+ * device with the call's stream. */
+static SeqStatus run_device(SeqModule *m, void *stream, int64_t B, int64_t T,
+                            const void *const *inputs, const int32_t *lengths,
+                            const float *const *state_in, float *const *outputs,
+                            float *const *state_out) {
   SeqStatus st;
-  if ((st = cuda_upload_params(m)) != SEQ_OK) return st;
+  if ((st = cuda_upload_params(m, stream)) != SEQ_OK) return st;
+  RtCuDevice dev = m->dev;
+  dev.stream = stream;
   int ni = m->sig->inputs.n, no = m->sig->outputs.n, ns = m->sig->states.n;
   RtDevPtr *a = seq_malloc(sizeof *a * (size_t)(ni + no + 2 * ns + 1));
   if (!a) return fail(m, SEQ_ERR_NOMEM, "out of memory");
@@ -684,7 +700,7 @@ static SeqStatus run_device(SeqModule *m, int64_t B, int64_t T, const void *cons
     a[ni + no + ns + j] = state_out ? (RtDevPtr)(uintptr_t)state_out[j] : 0;
   }
   RtError err;
-  int rc = rt_cu_run(m->pipe.cuda, &m->dev, m->dparams, B, T, (ni && inputs) ? a : NULL,
+  int rc = rt_cu_run(m->pipe.cuda, &dev, m->dparams, B, T, (ni && inputs) ? a : NULL,
                      (RtDevPtr)(uintptr_t)lengths, a + ni + no, (no && outputs) ? a + ni : NULL,
                      a + ni + no + ns, &err);
   seq_free(a);

@@ -163,6 +163,16 @@ SeqStatus seq_module_step(SeqModule *m, int64_t B, const void *const *inputs,
 SeqStatus seq_module_forward_device(SeqModule *m, int64_t B, int64_t T, const void *const *inputs,
                                     const int32_t *lengths, const float *const *state_in,
                                     float *const *outputs, float *const *state_out);
+/* The same on `stream`, a CUstream of device 0's primary context cast to a
+ * pointer (NULL: the default stream): every copy, fill and kernel of the
+ * call, the weights' upload included, is ordered on it, so it follows the
+ * work the caller queued there before (a framework's current stream), and
+ * the call returns when that stream has done them (it waits for the stream,
+ * not for the device). */
+SeqStatus seq_module_forward_device_stream(SeqModule *m, void *stream, int64_t B, int64_t T,
+                                           const void *const *inputs, const int32_t *lengths,
+                                           const float *const *state_in, float *const *outputs,
+                                           float *const *state_out);
 /* What the Newton solves (the "newton" strategy, docs/algorithms.md section
  * 6) of every forward in this process, on the CPU and on CUDA devices, did
  * since the last reset: one solve

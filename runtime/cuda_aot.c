@@ -348,6 +348,15 @@ int32_t rt_cu_aot_forward_device(const RtCuAotModel *m, const void *const *param
                                  int64_t T, const void *const *inputs, const int32_t *lengths,
                                  const void *const *state_in, void *const *outputs,
                                  void *const *state_out) {
+  return rt_cu_aot_forward_device_stream(m, params, NULL, B, T, inputs, lengths, state_in, outputs,
+                                         state_out);
+}
+
+int32_t rt_cu_aot_forward_device_stream(const RtCuAotModel *m, const void *const *params,
+                                        void *stream, int64_t B, int64_t T,
+                                        const void *const *inputs, const int32_t *lengths,
+                                        const void *const *state_in, void *const *outputs,
+                                        void *const *state_out) {
   Loaded *L;
   int rc = acquire(m, 0, &L);
   if (rc) return rc;
@@ -362,12 +371,14 @@ int32_t rt_cu_aot_forward_device(const RtCuAotModel *m, const void *const *param
   RtDevPtr *d_o = dev_ptrs((const void *const *)outputs, p->noutputs, &oom);
   RtDevPtr *dso = dev_ptrs((const void *const *)state_out, p->nstates, &oom);
   RtError err;
+  RtCuDevice dev = L->dev; /* the library's device, on the call's stream */
+  dev.stream = stream;
   if (oom)
     rc = fail(m, ST_NOMEM, "out of memory");
   else
-    rc = finish(
-        m, rt_cu_run(p, &L->dev, dp, B, T, di, (RtDevPtr)(uintptr_t)lengths, dsi, d_o, dso, &err),
-        &err);
+    rc = finish(m,
+                rt_cu_run(p, &dev, dp, B, T, di, (RtDevPtr)(uintptr_t)lengths, dsi, d_o, dso, &err),
+                &err);
   free(dp);
   free(di);
   free(dsi);

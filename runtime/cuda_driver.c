@@ -55,10 +55,11 @@ typedef CuResult (*CuModuleUnloadFn)(CuModule);
 typedef CuResult (*CuModuleGetFunctionFn)(CuFunction *, CuModule, const char *);
 typedef CuResult (*CuMemAllocFn)(CuDevPtr *, size_t);
 typedef CuResult (*CuMemFreeFn)(CuDevPtr);
-typedef CuResult (*CuMemsetD8Fn)(CuDevPtr, unsigned char, size_t);
-typedef CuResult (*CuMemcpyHtoDFn)(CuDevPtr, const void *, size_t);
-typedef CuResult (*CuMemcpyDtoHFn)(void *, CuDevPtr, size_t);
-typedef CuResult (*CuMemcpyDtoDFn)(CuDevPtr, CuDevPtr, size_t);
+typedef CuResult (*CuMemsetD8Fn)(CuDevPtr, unsigned char, size_t, CuStream);
+typedef CuResult (*CuMemcpyHtoDFn)(CuDevPtr, const void *, size_t, CuStream);
+typedef CuResult (*CuMemcpyDtoHFn)(void *, CuDevPtr, size_t, CuStream);
+typedef CuResult (*CuMemcpyDtoDFn)(CuDevPtr, CuDevPtr, size_t, CuStream);
+typedef CuResult (*CuStreamSynchronizeFn)(CuStream);
 typedef CuResult (*CuLaunchKernelFn)(CuFunction, unsigned, unsigned, unsigned, unsigned, unsigned,
                                      unsigned, unsigned, CuStream, void **, void **);
 
@@ -85,6 +86,7 @@ typedef struct CuApi {
   CuMemcpyDtoHFn MemcpyDtoH;
   CuMemcpyDtoDFn MemcpyDtoD;
   CuLaunchKernelFn LaunchKernel;
+  CuStreamSynchronizeFn StreamSynchronize;
 } CuApi;
 
 static pthread_once_t cu_once = PTHREAD_ONCE_INIT;
@@ -112,11 +114,13 @@ static const char *cu_resolve(void *lib, CuApi *a) {
   CU_SYM(ModuleGetFunction, CuModuleGetFunctionFn, "cuModuleGetFunction");
   CU_SYM(MemAlloc, CuMemAllocFn, "cuMemAlloc_v2");
   CU_SYM(MemFree, CuMemFreeFn, "cuMemFree_v2");
-  CU_SYM(MemsetD8, CuMemsetD8Fn, "cuMemsetD8_v2");
-  CU_SYM(MemcpyHtoD, CuMemcpyHtoDFn, "cuMemcpyHtoD_v2");
-  CU_SYM(MemcpyDtoH, CuMemcpyDtoHFn, "cuMemcpyDtoH_v2");
-  CU_SYM(MemcpyDtoD, CuMemcpyDtoDFn, "cuMemcpyDtoD_v2");
+  /* Every copy and fill is ordered on the call's stream (RtCuDevice). */
+  CU_SYM(MemsetD8, CuMemsetD8Fn, "cuMemsetD8Async");
+  CU_SYM(MemcpyHtoD, CuMemcpyHtoDFn, "cuMemcpyHtoDAsync_v2");
+  CU_SYM(MemcpyDtoH, CuMemcpyDtoHFn, "cuMemcpyDtoHAsync_v2");
+  CU_SYM(MemcpyDtoD, CuMemcpyDtoDFn, "cuMemcpyDtoDAsync_v2");
   CU_SYM(LaunchKernel, CuLaunchKernelFn, "cuLaunchKernel");
+  CU_SYM(StreamSynchronize, CuStreamSynchronizeFn, "cuStreamSynchronize");
 #undef CU_SYM
   return NULL;
 }
@@ -286,7 +290,7 @@ void rt_cuda_close(RtCuda *c) {
 
 /* ---- the RtCuDevice ---------------------------------------------------------- */
 
-static int dev_alloc(void *ctx, size_t bytes, RtDevPtr *out, RtError *err) {
+static int dev_alloc(void *ctx, void *stream, size_t bytes, RtDevPtr *out, RtError *err) {
   CuMod *m = ctx;
   *out = 0;
   int rc = cu_enter(m->cuda, err);
@@ -300,7 +304,7 @@ static int dev_alloc(void *ctx, size_t bytes, RtDevPtr *out, RtError *err) {
     snprintf(what, sizeof what, "cuMemAlloc(%zu bytes)", bytes);
     return cu_fail(err, r, what);
   }
-  if ((r = cu.MemsetD8(p, 0, n))) {
+  if ((r = cu.MemsetD8(p, 0, n, stream))) {
     cu.MemFree(p);
     return cu_fail(err, r, "cuMemsetD8");
   }
@@ -314,8 +318,8 @@ static void dev_free(void *ctx, RtDevPtr p) {
   cu.MemFree((CuDevPtr)p);
 }
 
-static int dev_copy(void *ctx, RtDevPtr dst, RtDevPtr src, size_t bytes, RtCuCopyKind kind,
-                    RtError *err) {
+static int dev_copy(void *ctx, void *stream, RtDevPtr dst, RtDevPtr src, size_t bytes,
+                    RtCuCopyKind kind, RtError *err) {
   CuMod *m = ctx;
   if (bytes == 0) return RT_OK;
   int rc = cu_enter(m->cuda, err);
@@ -324,16 +328,23 @@ static int dev_copy(void *ctx, RtDevPtr dst, RtDevPtr src, size_t bytes, RtCuCop
   const char *call;
   switch (kind) {
   case RT_CU_H2D:
-    r = cu.MemcpyHtoD((CuDevPtr)dst, (const void *)(uintptr_t)src, bytes);
-    call = "cuMemcpyHtoD";
+    r = cu.MemcpyHtoD((CuDevPtr)dst, (const void *)(uintptr_t)src, bytes, stream);
+    call = "cuMemcpyHtoDAsync";
     break;
   case RT_CU_D2H:
-    r = cu.MemcpyDtoH((void *)(uintptr_t)dst, (CuDevPtr)src, bytes);
-    call = "cuMemcpyDtoH";
+    /* Done when this returns, whatever the host memory is (an async copy
+     * into page-locked memory would return at once). */
+    r = cu.MemcpyDtoH((void *)(uintptr_t)dst, (CuDevPtr)src, bytes, stream);
+    call = "cuMemcpyDtoHAsync";
+    if (!r) {
+      r = stream ? cu.StreamSynchronize(stream) : cu.CtxSynchronize();
+      call = stream ? "cuStreamSynchronize after cuMemcpyDtoHAsync"
+                    : "cuCtxSynchronize after cuMemcpyDtoHAsync";
+    }
     break;
   case RT_CU_D2D:
-    r = cu.MemcpyDtoD((CuDevPtr)dst, (CuDevPtr)src, bytes);
-    call = "cuMemcpyDtoD";
+    r = cu.MemcpyDtoD((CuDevPtr)dst, (CuDevPtr)src, bytes, stream);
+    call = "cuMemcpyDtoDAsync";
     break;
   default:
     return rt_fail(err, RT_ERR_ARG, "copy: bad kind %d", (int)kind);
@@ -344,20 +355,20 @@ static int dev_copy(void *ctx, RtDevPtr dst, RtDevPtr src, size_t bytes, RtCuCop
   return cu_fail(err, r, what);
 }
 
-static int dev_zero(void *ctx, RtDevPtr dst, size_t bytes, RtError *err) {
+static int dev_zero(void *ctx, void *stream, RtDevPtr dst, size_t bytes, RtError *err) {
   CuMod *m = ctx;
   if (bytes == 0) return RT_OK;
   int rc = cu_enter(m->cuda, err);
   if (rc) return rc;
-  CuResult r = cu.MemsetD8((CuDevPtr)dst, 0, bytes);
+  CuResult r = cu.MemsetD8((CuDevPtr)dst, 0, bytes, stream);
   if (!r) return RT_OK;
   char what[64];
   snprintf(what, sizeof what, "cuMemsetD8(%zu bytes)", bytes);
   return cu_fail(err, r, what);
 }
 
-static int dev_launch(void *ctx, int kernel, uint32_t grid, uint32_t block, RtDevPtr frame,
-                      RtError *err) {
+static int dev_launch(void *ctx, void *stream, int kernel, uint32_t grid, uint32_t block,
+                      RtDevPtr frame, RtError *err) {
   CuMod *m = ctx;
   if (kernel < 0 || kernel >= m->n)
     return rt_fail(err, RT_ERR_ARG, "launch: kernel %d out of range (%d kernels)", kernel, m->n);
@@ -369,7 +380,7 @@ static int dev_launch(void *ctx, int kernel, uint32_t grid, uint32_t block, RtDe
    * from here at launch. */
   CuDevPtr arg = (CuDevPtr)frame;
   void *params[1] = {&arg};
-  CuResult r = cu.LaunchKernel(m->fns[kernel], grid, 1, 1, block, 1, 1, 0, NULL, params, NULL);
+  CuResult r = cu.LaunchKernel(m->fns[kernel], grid, 1, 1, block, 1, 1, 0, stream, params, NULL);
   if (!r) return RT_OK;
   char what[400];
   snprintf(what, sizeof what, "cuLaunchKernel(%.200s, %u blocks of %u threads)", m->names[kernel],
@@ -377,10 +388,14 @@ static int dev_launch(void *ctx, int kernel, uint32_t grid, uint32_t block, RtDe
   return cu_fail(err, r, what);
 }
 
-static int dev_sync(void *ctx, RtError *err) {
+static int dev_sync(void *ctx, void *stream, RtError *err) {
   CuMod *m = ctx;
   int rc = cu_enter(m->cuda, err);
   if (rc) return rc;
+  if (stream) {
+    CuResult r = cu.StreamSynchronize(stream);
+    return r ? cu_fail(err, r, "cuStreamSynchronize") : RT_OK;
+  }
   CuResult r = cu.CtxSynchronize();
   return r ? cu_fail(err, r, "cuCtxSynchronize") : RT_OK;
 }
@@ -456,6 +471,7 @@ int rt_cuda_load(RtCuda *c, const RtBlob *image, const char *const *names, int n
   pthread_mutex_unlock(&c->lock);
 
   out->ctx = m;
+  out->stream = NULL; /* the default stream; a caller may set its own per call */
   out->alloc = dev_alloc;
   out->free = dev_free;
   out->copy = dev_copy;

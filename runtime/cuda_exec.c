@@ -22,9 +22,9 @@ int rt_cu_alloc(Run *r, size_t bytes, RtDevPtr *out) {
     if (!pl->used[i] && pl->bytes[i] == bytes) {
       pl->used[i] = 1;
       *out = pl->p[i];
-      return r->d->zero(r->d->ctx, pl->p[i], bytes, r->err);
+      return r->d->zero(r->d->ctx, r->d->stream, pl->p[i], bytes, r->err);
     }
-  if (r->d->alloc(r->d->ctx, bytes, out, r->err)) return -1;
+  if (r->d->alloc(r->d->ctx, r->d->stream, bytes, out, r->err)) return -1;
   if (pl && pl->n == pl->cap) {
     int cap = pl->cap ? 2 * pl->cap : 32;
     RtDevPtr *p = realloc(pl->p, (size_t)cap * sizeof *p);
@@ -127,8 +127,8 @@ static int over(Run *r, const RtCuStep *st, const RtDevPtr *cin, const RtDevPtr 
       return -1;
     }
     int bad = 0;
-    if (r->d->copy(r->d->ctx, (RtDevPtr)(uintptr_t)hl, sub.lengths, (size_t)r->B * sizeof *hl,
-                   RT_CU_D2H, r->err)) {
+    if (r->d->copy(r->d->ctx, r->d->stream, (RtDevPtr)(uintptr_t)hl, sub.lengths,
+                   (size_t)r->B * sizeof *hl, RT_CU_D2H, r->err)) {
       free(hl);
       return -1;
     }
@@ -136,8 +136,8 @@ static int over(Run *r, const RtCuStep *st, const RtDevPtr *cin, const RtDevPtr 
     free(hl);
     if (bad) {
       int32_t status = ST_LENGTH;
-      return r->d->copy(r->d->ctx, r->status, (RtDevPtr)(uintptr_t)&status, sizeof status,
-                        RT_CU_H2D, r->err);
+      return r->d->copy(r->d->ctx, r->d->stream, r->status, (RtDevPtr)(uintptr_t)&status,
+                        sizeof status, RT_CU_H2D, r->err);
     }
   }
   return rt_cu_run_inst(&sub, st->inst, cin, cout, st->reverse);
@@ -173,13 +173,14 @@ int rt_cu_run_inst(Run *r, int i, const RtDevPtr *inputs, const RtDevPtr *output
   for (int j = 0; j < p->nstates; j++) F[k++] = (int64_t)r->sout[j];
   for (int j = 0; j < in->nbufs; j++) F[k++] = (int64_t)bufs[j];
   if (rt_cu_alloc(r, (size_t)nslots * sizeof *F, &frame) ||
-      r->d->copy(r->d->ctx, frame, (RtDevPtr)(uintptr_t)F, (size_t)nslots * sizeof *F, RT_CU_H2D,
-                 r->err))
+      r->d->copy(r->d->ctx, r->d->stream, frame, (RtDevPtr)(uintptr_t)F, (size_t)nslots * sizeof *F,
+                 RT_CU_H2D, r->err))
     goto done;
   for (int s = 0; s < in->nsteps; s++) {
     const RtCuStep *st = &in->steps[s];
     if (st->kind == RT_CU_STEP_LAUNCH) {
-      if (r->d->launch(r->d->ctx, st->kernel, grid_of(r, st), (uint32_t)st->block, frame, r->err))
+      if (r->d->launch(r->d->ctx, r->d->stream, st->kernel, grid_of(r, st), (uint32_t)st->block,
+                       frame, r->err))
         goto done;
       continue;
     }
@@ -205,7 +206,7 @@ int rt_cu_run_inst(Run *r, int i, const RtDevPtr *inputs, const RtDevPtr *output
     if (crc) goto done;
   }
   /* The frame and the buffers outlive the launches that read them. */
-  if (r->d->sync(r->d->ctx, r->err)) goto done;
+  if (r->d->sync(r->d->ctx, r->d->stream, r->err)) goto done;
   rc = 0;
 done:
   rt_cu_free(r, frame);
@@ -219,7 +220,8 @@ done:
 static int upload(Run *r, const void *host, size_t bytes, RtDevPtr *out) {
   if (rt_cu_alloc(r, bytes, out)) return -1;
   if (!bytes || !host) return 0;
-  return r->d->copy(r->d->ctx, *out, (RtDevPtr)(uintptr_t)host, bytes, RT_CU_H2D, r->err);
+  return r->d->copy(r->d->ctx, r->d->stream, *out, (RtDevPtr)(uintptr_t)host, bytes, RT_CU_H2D,
+                    r->err);
 }
 
 /* Checks lengths (host copies) and runs the root; status from the kernels. */
@@ -232,8 +234,8 @@ static int run_root(Run *r, const int32_t *host_lengths, RtDevPtr *din, RtDevPtr
   int rc = -1;
   int32_t status = 0;
   if (rt_cu_alloc(r, sizeof(int32_t), &r->status) == 0 && rt_cu_run_inst(r, 0, din, dout, 0) == 0 &&
-      r->d->copy(r->d->ctx, (RtDevPtr)(uintptr_t)&status, r->status, sizeof status, RT_CU_D2H,
-                 r->err) == 0)
+      r->d->copy(r->d->ctx, r->d->stream, (RtDevPtr)(uintptr_t)&status, r->status, sizeof status,
+                 RT_CU_D2H, r->err) == 0)
     rc = status;
   rt_cu_free(r, r->status);
   r->status = 0;
@@ -272,8 +274,8 @@ int rt_cu_run(const RtCuProgram *p, const RtCuDevice *d, const RtDevPtr *params,
       r.sout[j] = state_out ? state_out[j] : 0;
     }
     rc = -1;
-    if (!lengths || d->copy(d->ctx, (RtDevPtr)(uintptr_t)hl, lengths, (size_t)B * sizeof *hl,
-                            RT_CU_D2H, err) == 0)
+    if (!lengths || d->copy(d->ctx, d->stream, (RtDevPtr)(uintptr_t)hl, lengths,
+                            (size_t)B * sizeof *hl, RT_CU_D2H, err) == 0)
       rc = run_root(&r, hl, (RtDevPtr *)inputs, (RtDevPtr *)outputs);
   }
   free(hl);
@@ -337,11 +339,11 @@ static int forward_host(const RtCuProgram *p, const RtCuDevice *d, const float *
   int st = run_root(&r, lengths, din, dout);
   if (st < 0) goto done;
   for (int j = 0; j < p->noutputs; j++)
-    if (d->copy(d->ctx, (RtDevPtr)(uintptr_t)outputs[j], dout[j],
+    if (d->copy(d->ctx, d->stream, (RtDevPtr)(uintptr_t)outputs[j], dout[j],
                 (size_t)(BT * p->output_floats[j]) * sizeof(float), RT_CU_D2H, err))
       goto done;
   for (int j = 0; j < ns; j++)
-    if (r.sout[j] && d->copy(d->ctx, (RtDevPtr)(uintptr_t)state_out[j], r.sout[j],
+    if (r.sout[j] && d->copy(d->ctx, d->stream, (RtDevPtr)(uintptr_t)state_out[j], r.sout[j],
                              (size_t)(B * p->state_floats[j]) * sizeof(float), RT_CU_D2H, err))
       goto done;
   rc = st;

@@ -68,12 +68,12 @@ static int dalloc(Solve *s, size_t bytes, RtDevPtr *out) {
 
 static int h2d(Solve *s, RtDevPtr dst, const void *src, size_t bytes) {
   const RtCuDevice *d = s->r->d;
-  return d->copy(d->ctx, dst, (RtDevPtr)(uintptr_t)src, bytes, RT_CU_H2D, s->r->err);
+  return d->copy(d->ctx, d->stream, dst, (RtDevPtr)(uintptr_t)src, bytes, RT_CU_H2D, s->r->err);
 }
 
 static int d2h(Solve *s, void *dst, RtDevPtr src, size_t bytes) {
   const RtCuDevice *d = s->r->d;
-  return d->copy(d->ctx, (RtDevPtr)(uintptr_t)dst, src, bytes, RT_CU_D2H, s->r->err);
+  return d->copy(d->ctx, d->stream, (RtDevPtr)(uintptr_t)dst, src, bytes, RT_CU_D2H, s->r->err);
 }
 
 /* Launches solver kernel k with the frame as it is now on the host. */
@@ -82,7 +82,7 @@ static int launch(Solve *s, int k, int64_t grid) {
   if (grid > 0x7fffffff) grid = 0x7fffffff; /* the kernels stride over their grid */
   if (h2d(s, s->frame, s->NF, (size_t)s->nslots * sizeof *s->NF)) return -1;
   const RtCuDevice *d = s->r->d;
-  return d->launch(d->ctx, s->nt->kernel + k, (uint32_t)grid, 128, s->frame, s->r->err);
+  return d->launch(d->ctx, d->stream, s->nt->kernel + k, (uint32_t)grid, 128, s->frame, s->r->err);
 }
 
 static int64_t len_of(const Solve *s, int64_t b, const int32_t *lens) {
@@ -255,8 +255,9 @@ static int iterate(Solve *s, const int32_t *lens) {
   const RtCuNewton *nt = s->nt;
   if (evaluate(s, 0, NULL)) return -1;
   for (int k = 0; k < s->n; k++)
-    if (r->d->copy(r->d->ctx, (RtDevPtr)s->NF[RT_CU_NF_H + k], (RtDevPtr)s->NF[RT_CU_NF_F + k],
-                   (size_t)s->BTw * sizeof(float), RT_CU_D2D, r->err))
+    if (r->d->copy(r->d->ctx, r->d->stream, (RtDevPtr)s->NF[RT_CU_NF_H + k],
+                   (RtDevPtr)s->NF[RT_CU_NF_F + k], (size_t)s->BTw * sizeof(float), RT_CU_D2D,
+                   r->err))
       return -1;
   if (evaluate(s, 1, s->res)) return -1;
   for (int64_t b = 0; b < B; b++) {

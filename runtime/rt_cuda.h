@@ -59,17 +59,25 @@ typedef uint64_t RtDevPtr;
 
 typedef enum { RT_CU_H2D, RT_CU_D2H, RT_CU_D2D } RtCuCopyKind;
 
+/* A device's operations, each ordered on `stream` (a CUstream; NULL is the
+ * default stream): the executor passes its device's stream field, which a
+ * caller sets on a copy of the device for one call. A copy to the host has
+ * finished when it returns; the other operations may still be in flight
+ * until sync, which waits for the stream (the whole context for NULL). */
 typedef struct RtCuDevice {
   void *ctx;
+  void *stream;
   /* Zeroed device memory; 0 bytes gives a valid address too. */
-  int (*alloc)(void *ctx, size_t bytes, RtDevPtr *out, RtError *err);
+  int (*alloc)(void *ctx, void *stream, size_t bytes, RtDevPtr *out, RtError *err);
   void (*free)(void *ctx, RtDevPtr p);
-  int (*copy)(void *ctx, RtDevPtr dst, RtDevPtr src, size_t bytes, RtCuCopyKind kind, RtError *err);
-  int (*zero)(void *ctx, RtDevPtr dst, size_t bytes, RtError *err);
+  int (*copy)(void *ctx, void *stream, RtDevPtr dst, RtDevPtr src, size_t bytes, RtCuCopyKind kind,
+              RtError *err);
+  int (*zero)(void *ctx, void *stream, RtDevPtr dst, size_t bytes, RtError *err);
   /* Launches kernel `kernel` (an index into the program's names) on a 1-D
    * grid of `grid` blocks of `block` threads; its one argument is the frame. */
-  int (*launch)(void *ctx, int kernel, uint32_t grid, uint32_t block, RtDevPtr frame, RtError *err);
-  int (*sync)(void *ctx, RtError *err);
+  int (*launch)(void *ctx, void *stream, int kernel, uint32_t grid, uint32_t block, RtDevPtr frame,
+                RtError *err);
+  int (*sync)(void *ctx, void *stream, RtError *err);
 } RtCuDevice;
 
 /* ---- the driver (cuda_driver.c) -------------------------------------------- */
@@ -371,6 +379,13 @@ int32_t rt_cu_aot_forward_device(const RtCuAotModel *m, const void *const *param
                                  int64_t T, const void *const *inputs, const int32_t *lengths,
                                  const void *const *state_in, void *const *outputs,
                                  void *const *state_out);
+/* The same on a CUstream (NULL: the default stream), as
+ * seq_module_forward_device_stream. */
+int32_t rt_cu_aot_forward_device_stream(const RtCuAotModel *m, const void *const *params,
+                                        void *stream, int64_t B, int64_t T,
+                                        const void *const *inputs, const int32_t *lengths,
+                                        const void *const *state_in, void *const *outputs,
+                                        void *const *state_out);
 int32_t rt_cu_aot_dims(const RtCuAotModel *m, int64_t *out);
 const char *rt_cu_aot_last_error(const RtCuAotModel *m);
 const void *rt_cu_aot_plan(const RtCuAotModel *m, int64_t *size);

@@ -48,6 +48,7 @@ struct EmuModule {
   size_t nallocs, cap;
   size_t total_allocs; /* ever made */
   int bad_frees;
+  int stream_misses; /* operations on a stream other than the device's */
 };
 
 int emu_available(void) {
@@ -280,10 +281,21 @@ int emu_bad_frees(const EmuModule *m) {
   return m->bad_frees;
 }
 
+int emu_stream_misses(const EmuModule *m) {
+  return m->stream_misses;
+}
+
+/* The device's stream is a tag, the module's own address (emu_device): an
+ * operation given anything else counts as a miss. */
+static void on_stream(EmuModule *m, void *stream) {
+  if (stream != (void *)m) m->stream_misses++;
+}
+
 /* ---- the device ------------------------------------------------------------------ */
 
-static int dev_alloc(void *ctx, size_t bytes, RtDevPtr *out, RtError *err) {
+static int dev_alloc(void *ctx, void *stream, size_t bytes, RtDevPtr *out, RtError *err) {
   EmuModule *m = ctx;
+  on_stream(m, stream);
   if (m->nallocs == m->cap) {
     size_t cap = m->cap ? m->cap * 2 : 16;
     EmuAlloc *a = realloc(m->allocs, cap * sizeof *a);
@@ -330,9 +342,10 @@ static int in_device(const EmuModule *m, RtDevPtr p, size_t n) {
   return 0;
 }
 
-static int dev_copy(void *ctx, RtDevPtr dst, RtDevPtr src, size_t bytes, RtCuCopyKind kind,
-                    RtError *err) {
+static int dev_copy(void *ctx, void *stream, RtDevPtr dst, RtDevPtr src, size_t bytes,
+                    RtCuCopyKind kind, RtError *err) {
   EmuModule *m = ctx;
+  on_stream(m, stream);
   int dst_dev = kind == RT_CU_H2D || kind == RT_CU_D2D;
   int src_dev = kind == RT_CU_D2H || kind == RT_CU_D2D;
   if ((dst_dev && !in_device(m, dst, bytes)) || (src_dev && !in_device(m, src, bytes))) {
@@ -348,8 +361,9 @@ static int dev_copy(void *ctx, RtDevPtr dst, RtDevPtr src, size_t bytes, RtCuCop
   return 0;
 }
 
-static int dev_zero(void *ctx, RtDevPtr dst, size_t bytes, RtError *err) {
+static int dev_zero(void *ctx, void *stream, RtDevPtr dst, size_t bytes, RtError *err) {
   EmuModule *m = ctx;
+  on_stream(m, stream);
   if (!in_device(m, dst, bytes)) {
     snprintf(err->msg, sizeof err->msg,
              "emulated device: zeroing %zu bytes at %#llx leaves the allocation", bytes,
@@ -360,9 +374,10 @@ static int dev_zero(void *ctx, RtDevPtr dst, size_t bytes, RtError *err) {
   return 0;
 }
 
-static int dev_launch(void *ctx, int kernel, uint32_t grid, uint32_t block, RtDevPtr frame,
-                      RtError *err) {
+static int dev_launch(void *ctx, void *stream, int kernel, uint32_t grid, uint32_t block,
+                      RtDevPtr frame, RtError *err) {
   EmuModule *m = ctx;
+  on_stream(m, stream);
   if (kernel < 0 || kernel >= m->nnames) {
     snprintf(err->msg, sizeof err->msg, "emulated device: no kernel %d (the module has %d)", kernel,
              m->nnames);
@@ -380,13 +395,13 @@ static int dev_launch(void *ctx, int kernel, uint32_t grid, uint32_t block, RtDe
   return 0;
 }
 
-static int dev_sync(void *ctx, RtError *err) {
-  (void)ctx;
+static int dev_sync(void *ctx, void *stream, RtError *err) {
   (void)err;
+  on_stream(ctx, stream);
   return 0;
 }
 
 RtCuDevice emu_device(EmuModule *m) {
-  RtCuDevice d = {m, dev_alloc, dev_free, dev_copy, dev_zero, dev_launch, dev_sync};
+  RtCuDevice d = {m, m, dev_alloc, dev_free, dev_copy, dev_zero, dev_launch, dev_sync};
   return d;
 }

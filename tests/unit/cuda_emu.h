@@ -39,7 +39,9 @@ int emu_build(const char *cuda_source, const char *const *kernel_names, int n, E
 void emu_free(EmuModule *m);
 
 /* The device: alloc is calloc, copy is memcpy (the device ranges must lie
- * in one allocation), launch runs the kernel by index, sync does nothing. */
+ * in one allocation), launch runs the kernel by index, sync does nothing.
+ * Its stream is a tag, the module's address: every operation must be given
+ * it (emu_stream_misses counts those that were not). */
 RtCuDevice emu_device(EmuModule *m);
 
 /* Launches a kernel by name, as the module's seq_emu_launch: 0, or nonzero
@@ -53,5 +55,7 @@ size_t emu_live_allocs(const EmuModule *m);
 /* Allocations ever made. */
 size_t emu_total_allocs(const EmuModule *m);
 int emu_bad_frees(const EmuModule *m);
+/* Operations given a stream other than the device's own. */
+int emu_stream_misses(const EmuModule *m);
 
 #endif

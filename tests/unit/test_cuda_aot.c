@@ -624,6 +624,15 @@ static const char *const fake_driver[] = {
     "#include <stdlib.h>",
     "#include <string.h>",
     "typedef unsigned long long P;",
+    "/* The stream every operation should be given (fake_want_stream), the",
+    " * operations given another, and the context-wide synchronizations. */",
+    "static void *want_stream;",
+    "static int stream_misses, ctx_syncs;",
+    "void fake_want_stream(void *s) { want_stream = s; stream_misses = ctx_syncs = 0; }",
+    "int fake_stream_misses(void) { return stream_misses; }",
+    "int fake_ctx_syncs(void) { return ctx_syncs; }",
+    "static void seen(void *st) { if (st != want_stream) stream_misses++; }",
+    "int cuStreamSynchronize(void *st) { seen(st); return st ? 0 : 1; }",
     "typedef int (*Hook)(const char *, unsigned, unsigned, const long long *);",
     "static int allocs, ctx_obj;",
     "static Hook hook;",
@@ -658,7 +667,7 @@ static const char *const fake_driver[] = {
     "int cuDevicePrimaryCtxRetain(void **c, int d) { (void)d; *c = &ctx_obj; return 0; }",
     "int cuDevicePrimaryCtxRelease_v2(int d) { (void)d; return 0; }",
     "int cuCtxSetCurrent(void *c) { (void)c; return 0; }",
-    "int cuCtxSynchronize(void) { return 0; }",
+    "int cuCtxSynchronize(void) { ctx_syncs++; return 0; }",
     "int cuModuleLoadDataEx(void **m, const void *img, unsigned n, int *o, void **v) {",
     "  const unsigned char *p = img; (void)n; (void)o; (void)v;",
     "  int elf = p[0] == 0x7f && p[1] == 'E' && p[2] == 'L' && p[3] == 'F';",
@@ -675,21 +684,22 @@ static const char *const fake_driver[] = {
     "  void *q = malloc(n); memset(q, 0xab, n); *p = (P)(uintptr_t)q; allocs++; return 0;",
     "}",
     "int cuMemFree_v2(P p) { free((void *)(uintptr_t)p); allocs--; return 0; }",
-    "int cuMemsetD8_v2(P p, unsigned char c, size_t n) {",
-    "  memset((void *)(uintptr_t)p, c, n); return 0;",
+    "int cuMemsetD8Async(P p, unsigned char c, size_t n, void *st) {",
+    "  seen(st); memset((void *)(uintptr_t)p, c, n); return 0;",
     "}",
-    "int cuMemcpyHtoD_v2(P d, const void *s, size_t n) {",
-    "  memcpy((void *)(uintptr_t)d, s, n); return 0;",
+    "int cuMemcpyHtoDAsync_v2(P d, const void *s, size_t n, void *st) {",
+    "  seen(st); memcpy((void *)(uintptr_t)d, s, n); return 0;",
     "}",
-    "int cuMemcpyDtoH_v2(void *d, P s, size_t n) {",
-    "  memcpy(d, (void *)(uintptr_t)s, n); return 0;",
+    "int cuMemcpyDtoHAsync_v2(void *d, P s, size_t n, void *st) {",
+    "  seen(st); memcpy(d, (void *)(uintptr_t)s, n); return 0;",
     "}",
-    "int cuMemcpyDtoD_v2(P d, P s, size_t n) {",
-    "  memmove((void *)(uintptr_t)d, (void *)(uintptr_t)s, n); return 0;",
+    "int cuMemcpyDtoDAsync_v2(P d, P s, size_t n, void *st) {",
+    "  seen(st); memmove((void *)(uintptr_t)d, (void *)(uintptr_t)s, n); return 0;",
     "}",
     "int cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz, unsigned bx,",
     "                   unsigned by, unsigned bz, unsigned shm, void *st, void **p, void **e) {",
-    "  (void)gy; (void)gz; (void)by; (void)bz; (void)shm; (void)st; (void)e;",
+    "  (void)gy; (void)gz; (void)by; (void)bz; (void)shm; (void)e;",
+    "  seen(st);",
     "  const long long *fr = (const long long *)(uintptr_t)*(P *)p[0];",
     "  return hook && hook((const char *)f, gx, bx, fr) == 0 ? 0 : 719;",
     "}",
@@ -697,6 +707,7 @@ static const char *const fake_driver[] = {
 
 typedef void (*SetHookFn)(int (*)(const char *, unsigned, unsigned, const long long *));
 typedef int (*CountFn)(void);
+static void *fake_lib; /* the stand-in, once fake_driver_lib built it */
 
 /* The stand-in driver, built once and named in SEQ_CUDA_DRIVER_LIB; NULL
  * where there is no C compiler. */
@@ -723,6 +734,7 @@ static void *fake_driver_lib(void) {
   lib = dlopen(so, RTLD_NOW | RTLD_LOCAL);
   assert_non_null(lib);
   ((SetHookFn)(uintptr_t)dlsym(lib, "fake_set_launch"))(fake_launch);
+  fake_lib = lib;
   setenv("SEQ_CUDA_DRIVER_LIB", so, 1);
   return lib;
 }
@@ -738,14 +750,19 @@ static void knob(const char *name, const char *value) {
 typedef int32_t (*StepFn)(const float *const *, int64_t, const void *const *, const float *const *,
                           float *const *, float *const *);
 
-/* forward_blob, forward_device (with host_device: the stand-in's device
- * memory is host memory) and chained steps against forward on the same
- * random inputs. */
+typedef int32_t (*StreamFn)(const float *const *, void *, int64_t, int64_t, const void *const *,
+                            const int32_t *, const float *const *, float *const *, float *const *);
+
+/* forward_blob, forward_device and forward_device_stream (with host_device:
+ * the stand-in's device memory is host memory; on a stream, every operation
+ * the stand-in sees must be on it and none wait for the whole device) and
+ * chained steps against forward on the same random inputs. */
 static void entry_points_agree(FcCompiled *cm, void *so, const char *symbol, int host_device) {
   const AbiSignature *sig = &cm->pipe.sched->sig;
   AbiForwardFn fwd = (AbiForwardFn)(uintptr_t)sym(so, symbol, "forward");
   BlobFn blob = (BlobFn)(uintptr_t)sym(so, symbol, "forward_blob");
   AbiForwardFn dev = (AbiForwardFn)(uintptr_t)sym(so, symbol, "forward_device");
+  StreamFn dev_stream = (StreamFn)(uintptr_t)sym(so, symbol, "forward_device_stream");
   char sname[200];
   snprintf(sname, sizeof sname, "%s_step", symbol);
   StepFn step = (StepFn)(uintptr_t)dlsym(so, sname);
@@ -753,7 +770,7 @@ static void entry_points_agree(FcCompiled *cm, void *so, const char *symbol, int
   const int64_t B = 3, T = 6;
   int ni = sig->inputs.n, no = sig->outputs.n, ns = sig->states.n;
   assert_true(ni <= 4 && no <= 4 && ns <= 8);
-  float *in[4], *out[3][4], *sout[3][8];
+  float *in[4], *out[4][4], *sout[4][8];
   int64_t total = 0;
   for (int j = 0; j < sig->params.n; j++) total += sig->params.v[j].numel;
   float *wblob = malloc((size_t)total * sizeof *wblob + 1);
@@ -765,7 +782,7 @@ static void entry_points_agree(FcCompiled *cm, void *so, const char *symbol, int
     in[i] = malloc((size_t)(B * T * sig->inputs.v[i].numel) * sizeof(float));
     for (int64_t k = 0; k < B * T * sig->inputs.v[i].numel; k++) in[i][k] = (float)fc_urand();
   }
-  for (int r = 0; r < 3; r++) {
+  for (int r = 0; r < 4; r++) {
     for (int i = 0; i < no; i++)
       out[r][i] = calloc((size_t)(B * T * sig->outputs.v[i].numel), sizeof(float));
     for (int s = 0; s < ns; s++)
@@ -775,8 +792,20 @@ static void entry_points_agree(FcCompiled *cm, void *so, const char *symbol, int
   const void *const *I = (const void *const *)in;
   assert_int_equal(fwd(W, B, T, I, NULL, NULL, out[0], sout[0]), 0);
   assert_int_equal(blob(wblob, total, B, T, I, NULL, NULL, out[1], sout[1]), 0);
-  if (host_device) assert_int_equal(dev(W, B, T, I, NULL, NULL, out[2], sout[2]), 0);
-  for (int r = 1; r < (host_device ? 3 : 2); r++) {
+  if (host_device) {
+    assert_int_equal(dev(W, B, T, I, NULL, NULL, out[2], sout[2]), 0);
+    void (*want)(void *) = (void (*)(void *))(uintptr_t)dlsym(fake_lib, "fake_want_stream");
+    CountFn misses = (CountFn)(uintptr_t)dlsym(fake_lib, "fake_stream_misses");
+    CountFn ctx_syncs = (CountFn)(uintptr_t)dlsym(fake_lib, "fake_ctx_syncs");
+    assert_true(want && misses && ctx_syncs);
+    static char stream_obj;
+    want(&stream_obj);
+    assert_int_equal(dev_stream(W, &stream_obj, B, T, I, NULL, NULL, out[3], sout[3]), 0);
+    assert_int_equal(misses(), 0);
+    assert_int_equal(ctx_syncs(), 0);
+    want(NULL);
+  }
+  for (int r = 1; r < (host_device ? 4 : 2); r++) {
     for (int i = 0; i < no; i++)
       assert_memory_equal(out[r][i], out[0][i],
                           (size_t)(B * T * sig->outputs.v[i].numel) * sizeof(float));
@@ -814,7 +843,7 @@ static void entry_points_agree(FcCompiled *cm, void *so, const char *symbol, int
     for (int s = 0; s < ns; s++) free(st[s]);
   }
   for (int i = 0; i < ni; i++) free(in[i]);
-  for (int r = 0; r < 3; r++) {
+  for (int r = 0; r < 4; r++) {
     for (int i = 0; i < no; i++) free(out[r][i]);
     for (int s = 0; s < ns; s++) free(sout[r][s]);
   }

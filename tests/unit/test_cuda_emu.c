@@ -221,20 +221,22 @@ static void need_emu(void) {
 static RtDevPtr dalloc(size_t bytes) {
   RtError err = {{0}};
   RtDevPtr p = 0;
-  if (g_dev.alloc(g_dev.ctx, bytes, &p, &err) != 0) fail_msg("alloc: %s", err.msg);
+  if (g_dev.alloc(g_dev.ctx, g_dev.stream, bytes, &p, &err) != 0) fail_msg("alloc: %s", err.msg);
   assert_true(p != 0);
   return p;
 }
 
 static void h2d(RtDevPtr dst, const void *src, size_t bytes) {
   RtError err = {{0}};
-  if (g_dev.copy(g_dev.ctx, dst, (RtDevPtr)(uintptr_t)src, bytes, RT_CU_H2D, &err) != 0)
+  if (g_dev.copy(g_dev.ctx, g_dev.stream, dst, (RtDevPtr)(uintptr_t)src, bytes, RT_CU_H2D, &err) !=
+      0)
     fail_msg("copy: %s", err.msg);
 }
 
 static void d2h(void *dst, RtDevPtr src, size_t bytes) {
   RtError err = {{0}};
-  if (g_dev.copy(g_dev.ctx, (RtDevPtr)(uintptr_t)dst, src, bytes, RT_CU_D2H, &err) != 0)
+  if (g_dev.copy(g_dev.ctx, g_dev.stream, (RtDevPtr)(uintptr_t)dst, src, bytes, RT_CU_D2H, &err) !=
+      0)
     fail_msg("copy: %s", err.msg);
 }
 
@@ -244,8 +246,8 @@ static int launch(int kernel, unsigned grid, unsigned block, const int64_t *fram
                   RtError *err) {
   RtDevPtr f = dalloc((size_t)nslots * sizeof *frame);
   h2d(f, frame, (size_t)nslots * sizeof *frame);
-  int rc = g_dev.launch(g_dev.ctx, kernel, grid, block, f, err);
-  if (rc == 0) rc = g_dev.sync(g_dev.ctx, err);
+  int rc = g_dev.launch(g_dev.ctx, g_dev.stream, kernel, grid, block, f, err);
+  if (rc == 0) rc = g_dev.sync(g_dev.ctx, g_dev.stream, err);
   g_dev.free(g_dev.ctx, f);
   return rc;
 }
@@ -425,7 +427,7 @@ static void test_frame(void **state) {
   RtDevPtr dp = dalloc(sizeof p), dc = dalloc(3 * sizeof(int32_t));
   h2d(dp, p, sizeof p);
   RtError err = {{0}};
-  assert_int_equal(g_dev.zero(g_dev.ctx, dc, 3 * sizeof(int32_t), &err), 0);
+  assert_int_equal(g_dev.zero(g_dev.ctx, g_dev.stream, dc, 3 * sizeof(int32_t), &err), 0);
   int64_t frame[3] = {N, (int64_t)dp, (int64_t)dc};
   launch_ok(K_FRAME, (N + 127) / 128, 128, frame, 3);
   d2h(got, dp, sizeof got);
@@ -440,16 +442,17 @@ static void test_frame(void **state) {
 
   /* Device-to-device copies; copies that leave an allocation fail. */
   RtDevPtr dq = dalloc(sizeof p);
-  assert_int_equal(g_dev.copy(g_dev.ctx, dq, dp, sizeof p, RT_CU_D2D, &err), 0);
+  assert_int_equal(g_dev.copy(g_dev.ctx, g_dev.stream, dq, dp, sizeof p, RT_CU_D2D, &err), 0);
   memset(got, 0, sizeof got);
   d2h(got, dq, sizeof got);
   for (int i = 0; i < N; i++) assert_float_equal(got[i], 2.0f * p[i] + 1.0f, 0);
-  assert_int_not_equal(
-      g_dev.copy(g_dev.ctx, dq + 4, (RtDevPtr)(uintptr_t)p, sizeof p, RT_CU_H2D, &err), 0);
+  assert_int_not_equal(g_dev.copy(g_dev.ctx, g_dev.stream, dq + 4, (RtDevPtr)(uintptr_t)p, sizeof p,
+                                  RT_CU_H2D, &err),
+                       0);
   assert_non_null(strstr(err.msg, "leaves the allocation"));
   /* A host address is not a frame. */
-  assert_int_not_equal(g_dev.launch(g_dev.ctx, K_FRAME, 1, 32, (RtDevPtr)(uintptr_t)frame, &err),
-                       0);
+  assert_int_not_equal(
+      g_dev.launch(g_dev.ctx, g_dev.stream, K_FRAME, 1, 32, (RtDevPtr)(uintptr_t)frame, &err), 0);
   assert_non_null(strstr(err.msg, "not device memory"));
   g_dev.free(g_dev.ctx, dp);
   g_dev.free(g_dev.ctx, dq);

@@ -286,6 +286,7 @@ static void emu_done(void *handle) {
   EmuModule *m = handle;
   assert_int_equal(emu_live_allocs(m), 0);
   assert_int_equal(emu_bad_frees(m), 0);
+  assert_int_equal(emu_stream_misses(m), 0);
   emu_free(m);
 }
 

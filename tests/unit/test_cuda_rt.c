@@ -527,10 +527,11 @@ static void test_driver_absent(void **state) {
   }
 }
 
-/* Runs both kernels of `image` through an RtCuDevice of c and checks them
- * against the host, then the driver's error paths. The real device and the
- * fake driver below go through it alike. */
-static void exercise(RtCuda *c, const RtBlob *image) {
+/* Runs both kernels of `image` through an RtCuDevice of c, its operations
+ * on `stream` (NULL: the default stream), and checks them against the host,
+ * then the driver's error paths. The real device and the fake driver below
+ * go through it alike. */
+static void exercise(RtCuda *c, const RtBlob *image, void *stream) {
   RtError err;
   const char *const names[] = {"saxpy", "block_sum"};
   enum { N = 1000 };
@@ -543,25 +544,30 @@ static void exercise(RtCuda *c, const RtBlob *image) {
   }
   RtCuDevice d;
   if (rt_cuda_load(c, image, names, 2, &d, &err) != RT_OK) fail_msg("load: %s", err.msg);
+  assert_null(d.stream);
+  d.stream = stream;
   RtDevPtr dx = 0, dy = 0, dframe = 0, dsum = 0, dnone = 0;
-  if (d.alloc(d.ctx, sizeof x, &dx, &err) || d.alloc(d.ctx, sizeof y, &dy, &err) ||
-      d.alloc(d.ctx, 4 * sizeof(int64_t), &dframe, &err) ||
-      d.alloc(d.ctx, sizeof(float), &dsum, &err) || d.alloc(d.ctx, 0, &dnone, &err))
+  if (d.alloc(d.ctx, d.stream, sizeof x, &dx, &err) ||
+      d.alloc(d.ctx, d.stream, sizeof y, &dy, &err) ||
+      d.alloc(d.ctx, d.stream, 4 * sizeof(int64_t), &dframe, &err) ||
+      d.alloc(d.ctx, d.stream, sizeof(float), &dsum, &err) ||
+      d.alloc(d.ctx, d.stream, 0, &dnone, &err))
     fail_msg("alloc: %s", err.msg);
   assert_true(dnone != 0);
   /* Memory comes zeroed. */
-  if (d.copy(d.ctx, (RtDevPtr)(uintptr_t)back, dy, sizeof back, RT_CU_D2H, &err))
+  if (d.copy(d.ctx, d.stream, (RtDevPtr)(uintptr_t)back, dy, sizeof back, RT_CU_D2H, &err))
     fail_msg("%s", err.msg);
   for (int i = 0; i < N; i++) assert_true(back[i] == 0.0f);
   float a = 2.5f;
   int32_t abits;
   memcpy(&abits, &a, 4);
   int64_t frame[4] = {N, abits, (int64_t)dx, (int64_t)dy};
-  if (d.copy(d.ctx, dx, (RtDevPtr)(uintptr_t)x, sizeof x, RT_CU_H2D, &err) ||
-      d.copy(d.ctx, dy, (RtDevPtr)(uintptr_t)y, sizeof y, RT_CU_H2D, &err) ||
-      d.copy(d.ctx, dframe, (RtDevPtr)(uintptr_t)frame, sizeof frame, RT_CU_H2D, &err) ||
-      d.launch(d.ctx, 0, (N + 127) / 128, 128, dframe, &err) || d.sync(d.ctx, &err) ||
-      d.copy(d.ctx, (RtDevPtr)(uintptr_t)back, dy, sizeof back, RT_CU_D2H, &err))
+  if (d.copy(d.ctx, d.stream, dx, (RtDevPtr)(uintptr_t)x, sizeof x, RT_CU_H2D, &err) ||
+      d.copy(d.ctx, d.stream, dy, (RtDevPtr)(uintptr_t)y, sizeof y, RT_CU_H2D, &err) ||
+      d.copy(d.ctx, d.stream, dframe, (RtDevPtr)(uintptr_t)frame, sizeof frame, RT_CU_H2D, &err) ||
+      d.launch(d.ctx, d.stream, 0, (N + 127) / 128, 128, dframe, &err) ||
+      d.sync(d.ctx, d.stream, &err) ||
+      d.copy(d.ctx, d.stream, (RtDevPtr)(uintptr_t)back, dy, sizeof back, RT_CU_D2H, &err))
     fail_msg("saxpy: %s", err.msg);
   for (int i = 0; i < N; i++)
     if (back[i] != a * x[i] + y[i])
@@ -569,31 +575,31 @@ static void exercise(RtCuda *c, const RtBlob *image) {
   /* The block sum, its result copied device to device first. */
   frame[3] = (int64_t)dsum;
   float got = 0;
-  if (d.copy(d.ctx, dframe, (RtDevPtr)(uintptr_t)frame, sizeof frame, RT_CU_H2D, &err) ||
-      d.launch(d.ctx, 1, 1, 256, dframe, &err) || d.sync(d.ctx, &err) ||
-      d.copy(d.ctx, dy, dsum, sizeof(float), RT_CU_D2D, &err) ||
-      d.copy(d.ctx, (RtDevPtr)(uintptr_t)&got, dy, sizeof got, RT_CU_D2H, &err))
+  if (d.copy(d.ctx, d.stream, dframe, (RtDevPtr)(uintptr_t)frame, sizeof frame, RT_CU_H2D, &err) ||
+      d.launch(d.ctx, d.stream, 1, 1, 256, dframe, &err) || d.sync(d.ctx, d.stream, &err) ||
+      d.copy(d.ctx, d.stream, dy, dsum, sizeof(float), RT_CU_D2D, &err) ||
+      d.copy(d.ctx, d.stream, (RtDevPtr)(uintptr_t)&got, dy, sizeof got, RT_CU_D2H, &err))
     fail_msg("block_sum: %s", err.msg);
   assert_float_equal(got, sum, 1e-3);
-  if (d.zero(d.ctx, dy, sizeof y, &err) ||
-      d.copy(d.ctx, (RtDevPtr)(uintptr_t)back, dy, sizeof back, RT_CU_D2H, &err))
+  if (d.zero(d.ctx, d.stream, dy, sizeof y, &err) ||
+      d.copy(d.ctx, d.stream, (RtDevPtr)(uintptr_t)back, dy, sizeof back, RT_CU_D2H, &err))
     fail_msg("zero: %s", err.msg);
   assert_true(back[0] == 0.0f && back[N - 1] == 0.0f);
   /* Errors name the call; no blocks is no work. */
-  assert_int_equal(d.launch(d.ctx, 2, 1, 32, dframe, &err), RT_ERR_ARG);
-  assert_int_equal(d.launch(d.ctx, 0, 0, 32, dframe, &err), RT_OK);
-  assert_int_equal(d.launch(d.ctx, 0, 1, 4096, dframe, &err), RT_ERR_ARG);
+  assert_int_equal(d.launch(d.ctx, d.stream, 2, 1, 32, dframe, &err), RT_ERR_ARG);
+  assert_int_equal(d.launch(d.ctx, d.stream, 0, 0, 32, dframe, &err), RT_OK);
+  assert_int_equal(d.launch(d.ctx, d.stream, 0, 1, 4096, dframe, &err), RT_ERR_ARG);
   if (!strstr(err.msg, "cuLaunchKernel(saxpy, 1 blocks of 4096 threads): ") ||
       !strstr(err.msg, "(CUDA_ERROR_INVALID_VALUE)"))
     fail_msg("%s", err.msg);
   RtDevPtr huge = 1;
-  assert_int_equal(d.alloc(d.ctx, (size_t)1 << 60, &huge, &err), RT_ERR_NOMEM);
+  assert_int_equal(d.alloc(d.ctx, d.stream, (size_t)1 << 60, &huge, &err), RT_ERR_NOMEM);
   assert_int_equal(huge, 0);
   if (!strstr(err.msg, "cuMemAlloc(1152921504606846976 bytes): ") ||
       !strstr(err.msg, "(CUDA_ERROR_OUT_OF_MEMORY)"))
     fail_msg("%s", err.msg);
-  assert_int_equal(d.copy(d.ctx, dy, dx, 0, RT_CU_D2D, &err), RT_OK);
-  assert_int_equal(d.zero(d.ctx, dy, 0, &err), RT_OK);
+  assert_int_equal(d.copy(d.ctx, d.stream, dy, dx, 0, RT_CU_D2D, &err), RT_OK);
+  assert_int_equal(d.zero(d.ctx, d.stream, dy, 0, &err), RT_OK);
   d.free(d.ctx, dx);
   d.free(d.ctx, dy);
   d.free(d.ctx, dframe);
@@ -646,7 +652,21 @@ static void test_device(void **state) {
     }
     if (rc) fail_msg("load (%s): %s", cubin ? "cubin" : "PTX", err.msg);
     rt_cuda_unload(&d);
-    exercise(c, &image);
+    exercise(c, &image, NULL);
+    /* Again on a non-blocking stream of the test's own (the context is
+     * current on this thread since the load above). */
+    void *cuda = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+    typedef int (*StreamCreateFn)(void **, unsigned);
+    typedef int (*StreamDestroyFn)(void *);
+    StreamCreateFn create = cuda ? (StreamCreateFn)(uintptr_t)dlsym(cuda, "cuStreamCreate") : NULL;
+    StreamDestroyFn destroy =
+        cuda ? (StreamDestroyFn)(uintptr_t)dlsym(cuda, "cuStreamDestroy_v2") : NULL;
+    void *stream = NULL;
+    if (!create || !destroy || create(&stream, 1 /* CU_STREAM_NON_BLOCKING */) != 0)
+      fail_msg("cuStreamCreate failed");
+    exercise(c, &image, stream);
+    assert_int_equal(destroy(stream), 0);
+    dlclose(cuda);
     rt_blob_free(&image);
   }
   rt_cuda_close(c);
@@ -662,6 +682,15 @@ static const char *const fake_driver[] = {
     "#include <stdlib.h>",
     "#include <string.h>",
     "typedef unsigned long long P;",
+    "/* The stream every operation should be given (fake_want_stream), the",
+    " * operations given another, and the context-wide synchronizations. */",
+    "static void *want_stream;",
+    "static int stream_misses, ctx_syncs;",
+    "void fake_want_stream(void *s) { want_stream = s; stream_misses = ctx_syncs = 0; }",
+    "int fake_stream_misses(void) { return stream_misses; }",
+    "int fake_ctx_syncs(void) { return ctx_syncs; }",
+    "static void seen(void *st) { if (st != want_stream) stream_misses++; }",
+    "int cuStreamSynchronize(void *st) { seen(st); return st ? 0 : 1; }",
     "static int allocs, mods, retained, ctx_obj;",
     "static void *current;",
     "int fake_live(void) { return allocs + mods + retained; }",
@@ -688,7 +717,7 @@ static const char *const fake_driver[] = {
     "}",
     "int cuDevicePrimaryCtxRelease_v2(int d) { (void)d; retained--; return 0; }",
     "int cuCtxSetCurrent(void *c) { current = c; return 0; }",
-    "int cuCtxSynchronize(void) { return current == &ctx_obj ? 0 : 201; }",
+    "int cuCtxSynchronize(void) { ctx_syncs++; return current == &ctx_obj ? 0 : 201; }",
     "int cuModuleLoadDataEx(void **m, const void *img, unsigned n, int *o, void **v) {",
     "  if (current != &ctx_obj) return 201;",
     "  if (strncmp(img, \"//fake\", 6) != 0) {",
@@ -713,21 +742,22 @@ static const char *const fake_driver[] = {
     "  *p = (P)(uintptr_t)q; allocs++; return 0;",
     "}",
     "int cuMemFree_v2(P p) { free((void *)(uintptr_t)p); allocs--; return 0; }",
-    "int cuMemsetD8_v2(P p, unsigned char c, size_t n) {",
-    "  memset((void *)(uintptr_t)p, c, n); return 0;",
+    "int cuMemsetD8Async(P p, unsigned char c, size_t n, void *st) {",
+    "  seen(st); memset((void *)(uintptr_t)p, c, n); return 0;",
     "}",
-    "int cuMemcpyHtoD_v2(P d, const void *s, size_t n) {",
-    "  memcpy((void *)(uintptr_t)d, s, n); return 0;",
+    "int cuMemcpyHtoDAsync_v2(P d, const void *s, size_t n, void *st) {",
+    "  seen(st); memcpy((void *)(uintptr_t)d, s, n); return 0;",
     "}",
-    "int cuMemcpyDtoH_v2(void *d, P s, size_t n) {",
-    "  memcpy(d, (void *)(uintptr_t)s, n); return 0;",
+    "int cuMemcpyDtoHAsync_v2(void *d, P s, size_t n, void *st) {",
+    "  seen(st); memcpy(d, (void *)(uintptr_t)s, n); return 0;",
     "}",
-    "int cuMemcpyDtoD_v2(P d, P s, size_t n) {",
-    "  memmove((void *)(uintptr_t)d, (void *)(uintptr_t)s, n); return 0;",
+    "int cuMemcpyDtoDAsync_v2(P d, P s, size_t n, void *st) {",
+    "  seen(st); memmove((void *)(uintptr_t)d, (void *)(uintptr_t)s, n); return 0;",
     "}",
     "int cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz, unsigned bx,",
     "                   unsigned by, unsigned bz, unsigned shm, void *st, void **p, void **e) {",
-    "  if (bx > 1024 || gy != 1 || gz != 1 || by != 1 || bz != 1 || shm || st || e || !p)",
+    "  seen(st);",
+    "  if (bx > 1024 || gy != 1 || gz != 1 || by != 1 || bz != 1 || shm || e || !p)",
     "    return 1;",
     "  const long long *fr = (const long long *)(uintptr_t)*(P *)p[0];",
     "  long long n = fr[0];",
@@ -761,11 +791,25 @@ static void test_fake_device(void **state) {
   if (!strstr(err.msg, "CUDA device 1 does not exist (1 device)")) fail_msg("%s", err.msg);
   char text[] = "//fake module";
   RtBlob image = {text, strlen(text)};
-  exercise(c, &image);
-  rt_cuda_close(c);
-  /* Nothing left: every allocation freed, modules unloaded, context released. */
   void *lib = dlopen(getenv("SEQ_CUDA_DRIVER_LIB"), RTLD_NOW | RTLD_NOLOAD);
   assert_non_null(lib);
+  void (*want)(void *) = (void (*)(void *))(uintptr_t)dlsym(lib, "fake_want_stream");
+  int (*misses)(void) = (int (*)(void))(uintptr_t)dlsym(lib, "fake_stream_misses");
+  int (*ctx_syncs)(void) = (int (*)(void))(uintptr_t)dlsym(lib, "fake_ctx_syncs");
+  assert_true(want && misses && ctx_syncs);
+  /* On the default stream, then on a stream of the caller's: every copy,
+   * fill and launch is given that stream, and sync waits for it alone. */
+  want(NULL);
+  exercise(c, &image, NULL);
+  assert_int_equal(misses(), 0);
+  assert_true(ctx_syncs() > 0);
+  static char stream_obj;
+  want(&stream_obj);
+  exercise(c, &image, &stream_obj);
+  assert_int_equal(misses(), 0);
+  assert_int_equal(ctx_syncs(), 0);
+  rt_cuda_close(c);
+  /* Nothing left: every allocation freed, modules unloaded, context released. */
   int (*live)(void) = (int (*)(void))(uintptr_t)dlsym(lib, "fake_live");
   assert_non_null(live);
   assert_int_equal(live(), 0);
