@@ -350,6 +350,50 @@ static void test_exp_functions(void **st) {
   check_exp_functions("-avx512f");
 }
 
+/* GELU as generated: its erf is a pair of polynomials (codegen/math.c,
+ * emit_erf), not a call of libm's erff per element. Against float64's
+ * 0.5 x (1 + erf(x / sqrt 2)): within 3 ulps for x >= -0.5 (below, 1 + erf
+ * cancels, in float64's formula as in float32's) and within 1e-7 (1 + |x|)
+ * everywhere; gelu(0) = 0, gelu(inf) = inf, NaN for NaN. */
+static void test_gelu(void **st) {
+  (void)st;
+  enum { N = 8192 + 4 };
+  static const char src[] = "cell Gelu(N) {\n"
+                            "  input  x: [N]\n"
+                            "  output y: [N]\n"
+                            "  step {\n"
+                            "    y = gelu(x)\n"
+                            "  }\n"
+                            "}\n";
+  SeqContext *cx = seq_context_create();
+  SeqModule *m = compile_elementwise(cx, "gelu.seq", src, N);
+  static float x[N], y[N];
+  x[0] = 0.0f;
+  x[1] = INFINITY;
+  x[2] = NAN;
+  x[3] = 1e-30f;
+  for (int k = 0; k < 4096; k++) x[4 + k] = -10.0f + 20.0f * (float)k / 4095.0f;
+  for (int k = 0; k < 4096; k++) x[4 + 4096 + k] = -3.0f + 6.0f * (float)k / 4095.0f;
+  const void *in[1] = {x};
+  float *out[1] = {y};
+  assert_int_equal(seq_module_forward(m, 1, 1, in, NULL, NULL, out, NULL), SEQ_OK);
+  assert_true(y[0] == 0.0f && isinf(y[1]) && y[1] > 0 && isnan(y[2]));
+  double worst = 0;
+  for (int k = 3; k < N; k++) {
+    double xd = x[k], ref = 0.5 * xd * (1.0 + erf(xd * 0.70710678118654752440));
+    if (fabs(y[k] - ref) > 1e-7 * (1 + fabs(xd)))
+      fail_msg("gelu(%a) = %a, float64 %a", x[k], y[k], ref);
+    if (xd >= -0.5 && ref != 0) {
+      double u = ref > 0 ? ulps(y[k], ref) : ulps(-y[k], -ref);
+      if (u > 3) fail_msg("gelu(%a) = %a, float64 %a: %.1f ulps", x[k], y[k], ref, u);
+      if (u > worst) worst = u;
+    }
+  }
+  print_message("gelu: largest error %.2f ulps for x >= -0.5\n", worst);
+  seq_module_destroy(m);
+  seq_context_destroy(cx);
+}
+
 /* sin and cos as generated (codegen/math.c: reduced in double, a float
  * polynomial, not a libm call per element) against float64 libm: within 2
  * ulps of the result over [-20000, 20000] (rotary positions times their
@@ -661,6 +705,7 @@ int main(void) {
       cmocka_unit_test(test_compile_error_diagnostics),
       cmocka_unit_test(test_log_functions),
       cmocka_unit_test(test_exp_functions),
+      cmocka_unit_test(test_gelu),
       cmocka_unit_test(test_mixed_complex_operands),
       cmocka_unit_test(test_sin_cos),
       cmocka_unit_test(test_expm),
