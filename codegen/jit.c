@@ -1,8 +1,9 @@
 /* jit.c - ORC LLJIT, as PostgreSQL's llvmjit.c uses it: one LLJIT per
  * compiled module, the runtime's functions defined as absolute symbols (so
  * lookup works even when the host executable does not export them), and a
- * process symbol generator for libm (expf is not needed, but erff, logf and
- * sinf are). */
+ * process symbol generator for libm (the real functions are inline
+ * polynomials, but pow, and complex values' hypotf, atan2f and log, call
+ * it). */
 #include "codegen/jit.h"
 
 #include <string.h>
