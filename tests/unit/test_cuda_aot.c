@@ -22,6 +22,7 @@
 
 #include "formcheck.h"
 #include "cuda_emu.h"
+#include "fake_streams.h"
 
 #include <dlfcn.h>
 #include <math.h>
@@ -624,16 +625,7 @@ static const char *const fake_driver[] = {
     "#include <stdlib.h>",
     "#include <string.h>",
     "typedef unsigned long long P;",
-    "/* The stream every operation should be given (fake_want_stream), the",
-    " * operations given another, and the context-wide synchronizations. */",
-    "static void *want_stream;",
-    "static int stream_misses, ctx_syncs;",
-    "void fake_want_stream(void *s) { want_stream = s; stream_misses = ctx_syncs = 0; }",
-    "int fake_stream_misses(void) { return stream_misses; }",
-    "int fake_ctx_syncs(void) { return ctx_syncs; }",
-    "static void seen(void *st) { if (st != want_stream) stream_misses++; }",
-    "int cuStreamSynchronize(void *st) { seen(st); return st ? 0 : 1; }",
-    "typedef int (*Hook)(const char *, unsigned, unsigned, const long long *);",
+    FAKE_DRIVER_STREAMS "typedef int (*Hook)(const char *, unsigned, unsigned, const long long *);",
     "static int allocs, ctx_obj;",
     "static Hook hook;",
     "static char loaded[16];",

@@ -12,6 +12,7 @@
  * different SEQ_NVRTC_LIB or SEQ_CUDA_DRIVER_LIB run this program again with
  * --probe in a child, which reports what the lookups gave. */
 #include "testutil.h"
+#include "fake_streams.h"
 
 #include "runtime/rt_cuda.h"
 
@@ -682,16 +683,7 @@ static const char *const fake_driver[] = {
     "#include <stdlib.h>",
     "#include <string.h>",
     "typedef unsigned long long P;",
-    "/* The stream every operation should be given (fake_want_stream), the",
-    " * operations given another, and the context-wide synchronizations. */",
-    "static void *want_stream;",
-    "static int stream_misses, ctx_syncs;",
-    "void fake_want_stream(void *s) { want_stream = s; stream_misses = ctx_syncs = 0; }",
-    "int fake_stream_misses(void) { return stream_misses; }",
-    "int fake_ctx_syncs(void) { return ctx_syncs; }",
-    "static void seen(void *st) { if (st != want_stream) stream_misses++; }",
-    "int cuStreamSynchronize(void *st) { seen(st); return st ? 0 : 1; }",
-    "static int allocs, mods, retained, ctx_obj;",
+    FAKE_DRIVER_STREAMS "static int allocs, mods, retained, ctx_obj;",
     "static void *current;",
     "int fake_live(void) { return allocs + mods + retained; }",
     "int cuInit(unsigned f) { return f ? 1 : 0; }",
