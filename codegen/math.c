@@ -157,8 +157,9 @@ static LLVMValueRef emit_sincos(Lower *L, LLVMValueRef x, int cos_shift) {
  *     erfc's size (0.16 at 1) makes under 3e-8 of the result; |x| is
  *     clamped to 4 (erf rounds to 1 from 3.92), the sign of x copied.
  * About 1 ulp in float32 with fused multiply-adds (a simulation over
- * [-5, 5] and tiny arguments; test_jit checks 2 against float64 libm);
- * erf(+-inf) = +-1, erf(-0) = -0, NaN for NaN. */
+ * [-5, 5] and tiny arguments; test_jit bounds GELU against float64, 3 ulps
+ * where 1 + erf does not cancel); erf(+-inf) = +-1, erf(-0) = -0, NaN for
+ * NaN. */
 static LLVMValueRef emit_erf(Lower *L, LLVMValueRef x) {
   LLVMBuilderRef b = L->bld;
   static const double p[] = {0.12837916572667620,   -0.37612625823996143,  0.11283585145922018,
