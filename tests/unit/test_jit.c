@@ -171,10 +171,13 @@ static double ulps(float a, double ref) {
   return fabs((double)a - ref) / step;
 }
 
-/* A cell of elementwise outputs of one input x [N], compiled at -O2. */
-static SeqModule *compile_elementwise(SeqContext *cx, const char *file, const char *src, int n) {
+/* A cell of elementwise outputs of one input x [N], compiled at -O2 for
+ * this machine, or with `features` (SeqOptions.target_features) when given. */
+static SeqModule *compile_for(SeqContext *cx, const char *file, const char *src, int n,
+                              const char *features) {
   SeqOptions opt = {0};
   opt.opt_level = 2;
+  opt.target_features = features;
   char dims[32];
   snprintf(dims, sizeof dims, "N=%d", n);
   opt.dims = dims;
@@ -182,6 +185,10 @@ static SeqModule *compile_elementwise(SeqContext *cx, const char *file, const ch
   if (seq_module_from_string(cx, file, src, &opt, &m) != SEQ_OK)
     fail_msg("compile: %s", seq_module_error(m));
   return m;
+}
+
+static SeqModule *compile_elementwise(SeqContext *cx, const char *file, const char *src, int n) {
+  return compile_for(cx, file, src, n, NULL);
 }
 
 /* log, softplus and logsigmoid as generated (codegen/math.c: an inline
@@ -289,12 +296,7 @@ static void check_exp_functions(const char *features) {
                             "  }\n"
                             "}\n";
   SeqContext *cx = seq_context_create();
-  char dims[32];
-  snprintf(dims, sizeof dims, "N=%d", (int)N);
-  SeqOptions opt = {.opt_level = 2, .dims = dims, .target_features = features};
-  SeqModule *m = NULL;
-  if (seq_module_from_string(cx, "exps.seq", src, &opt, &m) != SEQ_OK)
-    fail_msg("compile: %s", seq_module_error(m));
+  SeqModule *m = compile_for(cx, "exps.seq", src, N, features);
   static float x[N], y[N], sg[N], th[N];
   const float edges[12] = {0.0f,      -0.0f, INFINITY, -INFINITY, NAN,    88.72283f,
                            88.72284f, 89.0f, 1000.0f,  -87.33f,   -104.f, -1e30f};
