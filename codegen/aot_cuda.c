@@ -195,6 +195,8 @@ static void build_module(Gen *g, const Schedule *s, const RtBlob *plan, const Im
   entry(g, "forward_device", R, fwd, 8, "rt_cu_aot_forward_device");
   LLVMTypeRef fwd_stream[9] = {P, P, I, I, P, P, P, P, P};
   entry(g, "forward_device_stream", R, fwd_stream, 9, "rt_cu_aot_forward_device_stream");
+  LLVMTypeRef fwd_io[10] = {P, P, R, I, I, P, P, P, P, P};
+  entry(g, "forward_device_io", R, fwd_io, 10, "rt_cu_aot_forward_device_io");
   entry(g, "dims", R, &P, 1, "rt_cu_aot_dims");
   entry(g, "last_error", P, NULL, 0, "rt_cu_aot_last_error");
   entry(g, "cuda_plan", P, &P, 1, "rt_cu_aot_plan");
@@ -263,6 +265,16 @@ static int write_header(Arena *a, const Schedule *s, const Images *im, const cha
           "                                 const int32_t *lengths,\n"
           "                                 const %s_states_in *state_in, %s_outputs *out,\n"
           "                                 %s_states_out *state_out);\n"
+          "/* The same with the float inputs and outputs in bfloat16 (io = 1) or\n"
+          " * IEEE half (io = 2), two bytes an element (cast their pointers to float *\n"
+          " * in the structs); io = 0 is float32. Int inputs, lengths and the states\n"
+          " * stay int32 and float32; the kernels compute in float32, the outputs are\n"
+          " * rounded to nearest even. */\n"
+          "int32_t %s_forward_device_io(const %s_params *params, void *stream, int32_t io,\n"
+          "                             int64_t B, int64_t T, const %s_inputs *in,\n"
+          "                             const int32_t *lengths,\n"
+          "                             const %s_states_in *state_in, %s_outputs *out,\n"
+          "                             %s_states_out *state_out);\n"
           "/* The message of this thread's last call into this library that failed\n"
           " * (\"\" after one that succeeded). */\n"
           "const char *%s_last_error(void);\n"
@@ -271,7 +283,7 @@ static int write_header(Arena *a, const Schedule *s, const Images *im, const cha
           "/* The launch plan embedded (docs/cuda.md); *size its bytes. */\n"
           "const void *%s_cuda_plan(int64_t *size);\n\n",
           up, sym, up, up, archs, sym, sym, sym, sym, sym, sym, sym, sym, sym, sym, sym, sym, sym,
-          sym, sym, sym);
+          sym, sym, sym, sym, sym, sym, sym, sym, sym);
   fputs(tail, f);
   if (fclose(f) != 0) {
     diag_error(de, (SrcLoc){0}, "cannot write %s", path);

@@ -655,22 +655,36 @@ SeqStatus seq_module_forward(SeqModule *m, int64_t B, int64_t T, const void *con
   return status_of(m, rc, NULL);
 }
 
-static SeqStatus run_device(SeqModule *m, void *stream, int64_t B, int64_t T,
+static SeqStatus run_device(SeqModule *m, void *stream, SeqDtype io, int64_t B, int64_t T,
                             const void *const *inputs, const int32_t *lengths,
-                            const float *const *state_in, float *const *outputs,
+                            const float *const *state_in, void *const *outputs,
                             float *const *state_out);
+
+_Static_assert((int)SEQ_DTYPE_BF16 == (int)RT_CU_IO_BF16 && (int)SEQ_DTYPE_F16 == (int)RT_CU_IO_F16,
+               "seq.h's dtypes are the runtime's");
+
+SeqStatus seq_module_forward_device_io(SeqModule *m, void *stream, SeqDtype io, int64_t B,
+                                       int64_t T, const void *const *inputs, const int32_t *lengths,
+                                       const float *const *state_in, void *const *outputs,
+                                       float *const *state_out) {
+  SeqStatus st = check_ready(m);
+  if (st != SEQ_OK) return st;
+  if (!m->cu) return fail(m, SEQ_ERR_ARG, "device buffers need a module compiled for \"cuda\"");
+  if (io != SEQ_DTYPE_F32 && io != SEQ_DTYPE_BF16 && io != SEQ_DTYPE_F16)
+    return fail(m, SEQ_ERR_ARG,
+                "io dtype %d: expected SEQ_DTYPE_F32, SEQ_DTYPE_BF16 or SEQ_DTYPE_F16", (int)io);
+  pthread_mutex_lock(&m->lock);
+  st = run_device(m, stream, io, B, T, inputs, lengths, state_in, outputs, state_out);
+  pthread_mutex_unlock(&m->lock);
+  return st;
+}
 
 SeqStatus seq_module_forward_device_stream(SeqModule *m, void *stream, int64_t B, int64_t T,
                                            const void *const *inputs, const int32_t *lengths,
                                            const float *const *state_in, float *const *outputs,
                                            float *const *state_out) {
-  SeqStatus st = check_ready(m);
-  if (st != SEQ_OK) return st;
-  if (!m->cu) return fail(m, SEQ_ERR_ARG, "device buffers need a module compiled for \"cuda\"");
-  pthread_mutex_lock(&m->lock);
-  st = run_device(m, stream, B, T, inputs, lengths, state_in, outputs, state_out);
-  pthread_mutex_unlock(&m->lock);
-  return st;
+  return seq_module_forward_device_io(m, stream, SEQ_DTYPE_F32, B, T, inputs, lengths, state_in,
+                                      (void *const *)outputs, state_out);
 }
 
 SeqStatus seq_module_forward_device(SeqModule *m, int64_t B, int64_t T, const void *const *inputs,
@@ -680,11 +694,11 @@ SeqStatus seq_module_forward_device(SeqModule *m, int64_t B, int64_t T, const vo
                                           state_out);
 }
 
-/* seq_module_forward_device_stream under the module's lock: the module's
+/* seq_module_forward_device_io under the module's lock: the module's
  * device with the call's stream. */
-static SeqStatus run_device(SeqModule *m, void *stream, int64_t B, int64_t T,
+static SeqStatus run_device(SeqModule *m, void *stream, SeqDtype io, int64_t B, int64_t T,
                             const void *const *inputs, const int32_t *lengths,
-                            const float *const *state_in, float *const *outputs,
+                            const float *const *state_in, void *const *outputs,
                             float *const *state_out) {
   SeqStatus st;
   if ((st = cuda_upload_params(m, stream)) != SEQ_OK) return st;
@@ -700,9 +714,9 @@ static SeqStatus run_device(SeqModule *m, void *stream, int64_t B, int64_t T,
     a[ni + no + ns + j] = state_out ? (RtDevPtr)(uintptr_t)state_out[j] : 0;
   }
   RtError err;
-  int rc = rt_cu_run(m->pipe.cuda, &dev, m->dparams, B, T, (ni && inputs) ? a : NULL,
-                     (RtDevPtr)(uintptr_t)lengths, a + ni + no, (no && outputs) ? a + ni : NULL,
-                     a + ni + no + ns, &err);
+  int rc = rt_cu_run_io(m->pipe.cuda, &dev, (int)io, m->dparams, B, T, (ni && inputs) ? a : NULL,
+                        (RtDevPtr)(uintptr_t)lengths, a + ni + no, (no && outputs) ? a + ni : NULL,
+                        a + ni + no + ns, &err);
   seq_free(a);
   return status_of(m, rc, &err);
 }

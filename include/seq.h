@@ -173,6 +173,20 @@ SeqStatus seq_module_forward_device_stream(SeqModule *m, void *stream, int64_t B
                                            const void *const *inputs, const int32_t *lengths,
                                            const float *const *state_in, float *const *outputs,
                                            float *const *state_out);
+/* The element type of a device call's float inputs and outputs. */
+typedef enum { SEQ_DTYPE_F32 = 0, SEQ_DTYPE_BF16 = 1, SEQ_DTYPE_F16 = 2 } SeqDtype;
+/* seq_module_forward_device_stream with the float inputs and outputs in
+ * `io`: SEQ_DTYPE_BF16 (bfloat16) or SEQ_DTYPE_F16 (IEEE half), two bytes an
+ * element, as a framework's bf16/fp16 tensors hold them (SEQ_DTYPE_F32 is
+ * seq_module_forward_device_stream). Int inputs, lengths and the states
+ * stay int32 and float32, and the kernels compute in float32: the inputs are
+ * widened into float32 scratch on the device before the run and the outputs
+ * rounded (to nearest, ties to even) into the caller's buffers after it,
+ * on `stream`. SEQ_ERR_ARG for another `io`. */
+SeqStatus seq_module_forward_device_io(SeqModule *m, void *stream, SeqDtype io, int64_t B,
+                                       int64_t T, const void *const *inputs, const int32_t *lengths,
+                                       const float *const *state_in, void *const *outputs,
+                                       float *const *state_out);
 /* What the Newton solves (the "newton" strategy, docs/algorithms.md section
  * 6) of every forward in this process, on the CPU and on CUDA devices, did
  * since the last reset: one solve

@@ -357,6 +357,14 @@ int32_t rt_cu_aot_forward_device_stream(const RtCuAotModel *m, const void *const
                                         const void *const *inputs, const int32_t *lengths,
                                         const void *const *state_in, void *const *outputs,
                                         void *const *state_out) {
+  return rt_cu_aot_forward_device_io(m, params, stream, RT_CU_IO_F32, B, T, inputs, lengths,
+                                     state_in, outputs, state_out);
+}
+
+int32_t rt_cu_aot_forward_device_io(const RtCuAotModel *m, const void *const *params, void *stream,
+                                    int32_t io, int64_t B, int64_t T, const void *const *inputs,
+                                    const int32_t *lengths, const void *const *state_in,
+                                    void *const *outputs, void *const *state_out) {
   Loaded *L;
   int rc = acquire(m, 0, &L);
   if (rc) return rc;
@@ -376,9 +384,10 @@ int32_t rt_cu_aot_forward_device_stream(const RtCuAotModel *m, const void *const
   if (oom)
     rc = fail(m, ST_NOMEM, "out of memory");
   else
-    rc = finish(m,
-                rt_cu_run(p, &dev, dp, B, T, di, (RtDevPtr)(uintptr_t)lengths, dsi, d_o, dso, &err),
-                &err);
+    rc = finish(
+        m,
+        rt_cu_run_io(p, &dev, io, dp, B, T, di, (RtDevPtr)(uintptr_t)lengths, dsi, d_o, dso, &err),
+        &err);
   free(dp);
   free(di);
   free(dsi);

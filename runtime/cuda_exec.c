@@ -284,6 +284,95 @@ int rt_cu_run(const RtCuProgram *p, const RtCuDevice *d, const RtDevPtr *params,
   return rc;
 }
 
+static int kernel_named(const RtCuProgram *p, const char *name) {
+  for (int k = 0; k < p->nkernels; k++)
+    if (strcmp(p->kernels[k], name) == 0) return k;
+  return -1;
+}
+
+/* Launches `kernel` (seq_io_in or seq_io_out) over n elements with the
+ * frame at `frame`, whose four slots *host holds. */
+static int convert(const RtCuDevice *d, int kernel, RtDevPtr frame, const int64_t *host, int64_t n,
+                   RtError *err) {
+  if (n <= 0) return 0;
+  int64_t grid = (n + 255) / 256;
+  if (d->copy(d->ctx, d->stream, frame, (RtDevPtr)(uintptr_t)host, 4 * sizeof *host, RT_CU_H2D,
+              err))
+    return -1;
+  return d->launch(d->ctx, d->stream, kernel, (uint32_t)(grid < 4096 ? grid : 4096), 256, frame,
+                   err);
+}
+
+int rt_cu_run_io(const RtCuProgram *p, const RtCuDevice *d, int io, const RtDevPtr *params,
+                 int64_t B, int64_t T, const RtDevPtr *inputs, RtDevPtr lengths,
+                 const RtDevPtr *state_in, const RtDevPtr *outputs, const RtDevPtr *state_out,
+                 RtError *err) {
+  if (io == RT_CU_IO_F32)
+    return rt_cu_run(p, d, params, B, T, inputs, lengths, state_in, outputs, state_out, err);
+  if (io != RT_CU_IO_BF16 && io != RT_CU_IO_F16) return ST_ARG;
+  int rc = check_sizes(B, T);
+  if (rc) return rc;
+  if ((p->ninputs && !inputs) || (p->noutputs && !outputs)) return ST_ARG;
+  for (int j = 0; j < p->ninputs; j++)
+    if (!inputs[j]) return ST_ARG;
+  for (int j = 0; j < p->noutputs; j++)
+    if (!outputs[j]) return ST_ARG;
+  int kin = kernel_named(p, "seq_io_in"), kout = kernel_named(p, "seq_io_out");
+  if (kin < 0 || kout < 0) {
+    snprintf(err->msg, sizeof err->msg,
+             "this CUDA program has no kernels for 16-bit inputs and outputs (rendered by an "
+             "older seqc)");
+    return -1;
+  }
+  /* The float32 copies, and a frame of four slots per conversion: the
+   * frames are device memory the launches read, so each has its own and
+   * all live until the stream has run them. */
+  int ni = p->ninputs, no = p->noutputs;
+  RtDevPtr *fin = calloc((size_t)(ni + no) + 1, sizeof *fin), *fout = fin ? fin + ni : NULL;
+  int64_t *host = calloc(4 * (size_t)(ni + no) + 1, sizeof *host);
+  RtDevPtr frames = 0;
+  rc = -1;
+  if (!fin || !host) {
+    rc = ST_NOMEM;
+    goto done;
+  }
+  if (d->alloc(d->ctx, d->stream, 4 * (size_t)(ni + no) * sizeof *host, &frames, err)) goto done;
+  for (int j = 0; j < ni + no; j++) {
+    int in = j < ni, k = in ? j : j - ni;
+    if (in && p->input_is_int[k]) {
+      fin[j] = inputs[k];
+      continue;
+    }
+    int64_t rows = in && p->input_context && p->input_context[k] ? B : B * T;
+    int64_t n = rows * (in ? p->input_floats[k] : p->output_floats[k]);
+    if (d->alloc(d->ctx, d->stream, (size_t)n * sizeof(float), &fin[j], err)) goto done;
+    int64_t *f = host + 4 * j;
+    f[0] = n;
+    f[1] = (int64_t)(in ? inputs[k] : fin[j]);
+    f[2] = (int64_t)(in ? fin[j] : outputs[k]);
+    f[3] = io;
+    if (in && convert(d, kin, frames + (RtDevPtr)(4 * j * sizeof *host), f, n, err)) goto done;
+  }
+  rc = rt_cu_run(p, d, params, B, T, fin, lengths, state_in, fout, state_out, err);
+  /* Outputs only from a run that wrote them (not after a bad length). */
+  for (int j = 0; rc == ST_OK && j < no; j++)
+    if (convert(d, kout, frames + (RtDevPtr)(4 * (ni + j) * sizeof *host), host + 4 * (ni + j),
+                host[4 * (ni + j)], err))
+      rc = -1;
+  if (rc == ST_OK && d->sync(d->ctx, d->stream, err)) rc = -1;
+done:
+  if (rc != ST_OK && frames) { /* what was queued reads the memory freed below */
+    RtError ignored;
+    d->sync(d->ctx, d->stream, &ignored);
+  }
+  for (int j = 0; fin && j < ni + no; j++)
+    if (fin[j] && !(j < ni && p->input_is_int[j])) d->free(d->ctx, fin[j]);
+  if (frames) d->free(d->ctx, frames);
+  free(fin);
+  free(host);
+  return rc;
+}
+
 /* Host inputs and outputs; params from the host (uploaded for this call) or
  * already on the device (dparams). */
 static int forward_host(const RtCuProgram *p, const RtCuDevice *d, const float *const *params,

@@ -312,6 +312,20 @@ int rt_cu_run(const RtCuProgram *p, const RtCuDevice *d, const RtDevPtr *params,
               int64_t T, const RtDevPtr *inputs, RtDevPtr lengths, const RtDevPtr *state_in,
               const RtDevPtr *outputs, const RtDevPtr *state_out, RtError *err);
 
+/* The types a call's float inputs and outputs may have on the device. */
+enum { RT_CU_IO_F32 = 0, RT_CU_IO_BF16 = 1, RT_CU_IO_F16 = 2 };
+
+/* rt_cu_run with the float inputs and outputs in `io` (2 bytes an element
+ * for RT_CU_IO_BF16 and RT_CU_IO_F16; int inputs, lengths and the states
+ * stay int32 and float32): the program's kernels seq_io_in and seq_io_out
+ * convert them to float32 scratch before the run and the outputs back
+ * after it (rounded to nearest even), on d's stream. ABI_ERR_ARG (1) for
+ * another `io`. */
+int rt_cu_run_io(const RtCuProgram *p, const RtCuDevice *d, int io, const RtDevPtr *params,
+                 int64_t B, int64_t T, const RtDevPtr *inputs, RtDevPtr lengths,
+                 const RtDevPtr *state_in, const RtDevPtr *outputs, const RtDevPtr *state_out,
+                 RtError *err);
+
 /* ---- shared objects for the GPU (cuda_plan.c, cuda_aot.c) ------------------ */
 
 /* A program as bytes: a small versioned little-endian format with a hash
@@ -386,6 +400,12 @@ int32_t rt_cu_aot_forward_device_stream(const RtCuAotModel *m, const void *const
                                         const void *const *inputs, const int32_t *lengths,
                                         const void *const *state_in, void *const *outputs,
                                         void *const *state_out);
+/* The same with the float inputs and outputs in `io` (rt_cu_run_io), as
+ * seq_module_forward_device_io. */
+int32_t rt_cu_aot_forward_device_io(const RtCuAotModel *m, const void *const *params, void *stream,
+                                    int32_t io, int64_t B, int64_t T, const void *const *inputs,
+                                    const int32_t *lengths, const void *const *state_in,
+                                    void *const *outputs, void *const *state_out);
 int32_t rt_cu_aot_dims(const RtCuAotModel *m, int64_t *out);
 const char *rt_cu_aot_last_error(const RtCuAotModel *m);
 const void *rt_cu_aot_plan(const RtCuAotModel *m, int64_t *size);

@@ -263,3 +263,41 @@ void fc_batch_free(FcBatch *bt) {
   }
   for (int i = 0; i < bt->ni; i++) rt_tensor_free(&bt->ins[i]);
 }
+
+/* In double arithmetic, by the spacing of the target's values: apart from
+ * the kernels' integer tricks. */
+float fc_widen16(uint16_t h, int type) {
+  if (type == 1) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+  }
+  int e = (h >> 10) & 31, m = h & 1023;
+  double v = e == 31 ? (m ? NAN : INFINITY) : e == 0 ? ldexp(m, -24) : ldexp(1024 + m, e - 25);
+  return (float)((h & 0x8000) ? -v : v);
+}
+
+uint16_t fc_narrow16(float x, int type) {
+  uint32_t u;
+  memcpy(&u, &x, sizeof u);
+  uint16_t s = (uint16_t)((u >> 16) & 0x8000);
+  double a = fabs((double)x);
+  if (a == 0) return s;
+  int e;
+  frexp(a, &e); /* a in [2^(e-1), 2^e) */
+  if (type == 1) {
+    int q = e - 8 < -133 ? -133 : e - 8; /* 8 significant bits; float32's subnormals */
+    double v = ldexp(nearbyint(ldexp(a, -q)), q);
+    if (v >= 0x1p128) return s | 0x7f80;
+    float f = (float)v;
+    memcpy(&u, &f, sizeof u);
+    return (uint16_t)(s | (u >> 16));
+  }
+  if (a >= 65520.0) return s | 0x7c00;
+  int q = e - 11 < -24 ? -24 : e - 11; /* 11 significant bits; subnormals from 2^-24 */
+  double v = ldexp(nearbyint(ldexp(a, -q)), q);
+  if (v < 0x1p-14) return (uint16_t)(s | (uint16_t)ldexp(v, 24));
+  double f = frexp(v, &e);
+  return (uint16_t)(s | (uint16_t)((e + 14) << 10) | (uint16_t)((2 * f - 1) * 1024));
+}

@@ -90,4 +90,11 @@ void fc_batch_make(FcBatch *bt, FcCompiled *cm, int64_t B, int64_t T, int varian
 void fc_batch_check(const FcBatch *bt, FcCompiled *cm, const char *what, double rel);
 void fc_batch_free(FcBatch *bt);
 
+/* 16-bit floats as a device call's inputs and outputs hold them (type 1
+ * bfloat16, 2 IEEE half; rt_cu_run_io), converted by reference code:
+ * widened exactly, and x (not NaN) narrowed to nearest, ties to even,
+ * overflow to infinity. */
+float fc_widen16(uint16_t h, int type);
+uint16_t fc_narrow16(float x, int type);
+
 #endif

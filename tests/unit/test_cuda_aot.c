@@ -744,17 +744,23 @@ typedef int32_t (*StepFn)(const float *const *, int64_t, const void *const *, co
 
 typedef int32_t (*StreamFn)(const float *const *, void *, int64_t, int64_t, const void *const *,
                             const int32_t *, const float *const *, float *const *, float *const *);
+typedef int32_t (*IoFn)(const float *const *, void *, int32_t, int64_t, int64_t,
+                        const void *const *, const int32_t *, const float *const *, void *const *,
+                        float *const *);
 
 /* forward_blob, forward_device and forward_device_stream (with host_device:
  * the stand-in's device memory is host memory; on a stream, every operation
  * the stand-in sees must be on it and none wait for the whole device) and
- * chained steps against forward on the same random inputs. */
+ * chained steps against forward on the same random inputs (bfloat16
+ * values, so that forward_device_io with bfloat16 inputs and outputs gives
+ * forward's outputs rounded, bit for bit). */
 static void entry_points_agree(FcCompiled *cm, void *so, const char *symbol, int host_device) {
   const AbiSignature *sig = &cm->pipe.sched->sig;
   AbiForwardFn fwd = (AbiForwardFn)(uintptr_t)sym(so, symbol, "forward");
   BlobFn blob = (BlobFn)(uintptr_t)sym(so, symbol, "forward_blob");
   AbiForwardFn dev = (AbiForwardFn)(uintptr_t)sym(so, symbol, "forward_device");
   StreamFn dev_stream = (StreamFn)(uintptr_t)sym(so, symbol, "forward_device_stream");
+  IoFn dev_io = (IoFn)(uintptr_t)sym(so, symbol, "forward_device_io");
   char sname[200];
   snprintf(sname, sizeof sname, "%s_step", symbol);
   StepFn step = (StepFn)(uintptr_t)dlsym(so, sname);
@@ -772,7 +778,8 @@ static void entry_points_agree(FcCompiled *cm, void *so, const char *symbol, int
   for (int i = 0; i < ni; i++) {
     assert_false(sig->inputs.v[i].is_int);
     in[i] = malloc((size_t)(B * T * sig->inputs.v[i].numel) * sizeof(float));
-    for (int64_t k = 0; k < B * T * sig->inputs.v[i].numel; k++) in[i][k] = (float)fc_urand();
+    for (int64_t k = 0; k < B * T * sig->inputs.v[i].numel; k++)
+      in[i][k] = fc_widen16(fc_narrow16((float)fc_urand(), 1), 1);
   }
   for (int r = 0; r < 4; r++) {
     for (int i = 0; i < no; i++)
@@ -795,7 +802,37 @@ static void entry_points_agree(FcCompiled *cm, void *so, const char *symbol, int
     assert_int_equal(dev_stream(W, &stream_obj, B, T, I, NULL, NULL, out[3], sout[3]), 0);
     assert_int_equal(misses(), 0);
     assert_int_equal(ctx_syncs(), 0);
+    /* bfloat16 in and out, on the stream too */
+    uint16_t *in16[4], *out16[4];
+    float *sout16[8];
+    for (int i = 0; i < ni; i++) {
+      int64_t n = B * T * sig->inputs.v[i].numel;
+      in16[i] = malloc((size_t)n * sizeof **in16 + 1);
+      for (int64_t k = 0; k < n; k++) in16[i][k] = fc_narrow16(in[i][k], 1);
+    }
+    for (int i = 0; i < no; i++)
+      out16[i] = calloc((size_t)(B * T * sig->outputs.v[i].numel), sizeof **out16);
+    for (int s = 0; s < ns; s++) sout16[s] = calloc((size_t)(B * sig->states.v[s].numel), 4);
+    assert_int_equal(dev_io(W, &stream_obj, 1, B, T, (const void *const *)in16, NULL, NULL,
+                            (void *const *)out16, sout16),
+                     0);
+    assert_int_equal(misses(), 0);
+    assert_int_equal(ctx_syncs(), 0);
+    assert_int_equal(dev_io(W, &stream_obj, 3, B, T, (const void *const *)in16, NULL, NULL,
+                            (void *const *)out16, sout16),
+                     1);
     want(NULL);
+    for (int i = 0; i < no; i++)
+      for (int64_t k = 0; k < B * T * sig->outputs.v[i].numel; k++)
+        if (out16[i][k] != fc_narrow16(out[0][i][k], 1))
+          fail_msg("%s_forward_device_io: output %d[%lld] 0x%04x, forward's %a", symbol, i,
+                   (long long)k, out16[i][k], out[0][i][k]);
+    for (int s = 0; s < ns; s++)
+      assert_memory_equal(sout16[s], sout[0][s],
+                          (size_t)(B * sig->states.v[s].numel) * sizeof(float));
+    for (int i = 0; i < ni; i++) free(in16[i]);
+    for (int i = 0; i < no; i++) free(out16[i]);
+    for (int s = 0; s < ns; s++) free(sout16[s]);
   }
   for (int r = 1; r < (host_device ? 4 : 2); r++) {
     for (int i = 0; i < no; i++)

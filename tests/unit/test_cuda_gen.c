@@ -416,6 +416,258 @@ static void test_emulated_attention_long(void **st) {
   run_case_at(&c, emu_for, emu_done, long_ts, 2);
 }
 
+/* ---- 16-bit inputs and outputs (rt_cu_run_io) ------------------------------------- */
+
+static int kernel_index(const RtCuProgram *p, const char *name) {
+  for (int k = 0; k < p->nkernels; k++)
+    if (strcmp(p->kernels[k], name) == 0) return k;
+  fail_msg("no kernel %s", name);
+  return -1;
+}
+
+/* Device memory of the emulation holding n bytes of host. */
+static RtDevPtr dev_put(const RtCuDevice *d, const void *host, size_t n) {
+  RtDevPtr p = 0;
+  RtError err;
+  assert_int_equal(d->alloc(d->ctx, d->stream, n, &p, &err), 0);
+  if (host)
+    assert_int_equal(d->copy(d->ctx, d->stream, p, (RtDevPtr)(uintptr_t)host, n, RT_CU_H2D, &err),
+                     0);
+  return p;
+}
+
+static void dev_put_at(const RtCuDevice *d, RtDevPtr p, const void *host, size_t n) {
+  RtError err;
+  assert_int_equal(d->copy(d->ctx, d->stream, p, (RtDevPtr)(uintptr_t)host, n, RT_CU_H2D, &err), 0);
+}
+
+static void dev_get(const RtCuDevice *d, void *host, RtDevPtr p, size_t n) {
+  RtError err;
+  assert_int_equal(d->copy(d->ctx, d->stream, (RtDevPtr)(uintptr_t)host, p, n, RT_CU_D2H, &err), 0);
+}
+
+/* The program's seq_io_in on every 16-bit pattern and seq_io_out on each
+ * value that widens from one, the midpoints between neighbours (ties), a
+ * float either side of each midpoint and random bit patterns, against the
+ * references. */
+static void check_conversions(const RtCuProgram *p, const RtCuDevice *d) {
+  enum { NR = 200000 };
+  const int64_t n16 = 65536, nf = 4 * 65536 + NR;
+  uint16_t *h = malloc(sizeof *h * (size_t)nf);
+  float *f = malloc(sizeof *f * (size_t)nf);
+  assert_true(h && f);
+  RtDevPtr dh = dev_put(d, NULL, sizeof *h * (size_t)nf),
+           df = dev_put(d, NULL, sizeof *f * (size_t)nf);
+  RtDevPtr frame = dev_put(d, NULL, 4 * sizeof(int64_t));
+  RtError err;
+  for (int type = RT_CU_IO_BF16; type <= RT_CU_IO_F16; type++) {
+    for (int64_t i = 0; i < n16; i++) h[i] = (uint16_t)i;
+    dev_put_at(d, dh, h, sizeof *h * (size_t)n16);
+    int64_t fr[4] = {n16, (int64_t)dh, (int64_t)df, type};
+    dev_put_at(d, frame, fr, sizeof fr);
+    assert_int_equal(
+        d->launch(d->ctx, d->stream, kernel_index(p, "seq_io_in"), 64, 256, frame, &err), 0);
+    dev_get(d, f, df, sizeof *f * (size_t)n16);
+    for (int64_t i = 0; i < n16; i++) {
+      float r = fc_widen16((uint16_t)i, type);
+      if (isnan(r) ? !isnan(f[i]) : memcmp(&r, &f[i], sizeof r) != 0)
+        fail_msg("type %d: 0x%04x widens to %a, expected %a", type, (unsigned)i, f[i], r);
+    }
+    /* Then to 16 bits: the values themselves, the midpoints (rounded as
+     * doubles, exact in float32) and a float either side. */
+    int64_t m = n16;
+    for (int64_t i = 0; i + 1 < n16; i++) {
+      float a = fc_widen16((uint16_t)i, type), b = fc_widen16((uint16_t)(i + 1), type);
+      if (!isfinite(a) || !isfinite(b) || (i & 0x7fff) == 0x7fff) continue;
+      float mid = (float)(((double)a + (double)b) / 2);
+      f[m++] = mid;
+      f[m++] = nextafterf(mid, -INFINITY);
+      f[m++] = nextafterf(mid, INFINITY);
+    }
+    for (int k = 0; k < NR; k++) {
+      uint32_t u = (uint32_t)(fc_urand() * 2147483648.0) ^ ((uint32_t)(fc_urand() * 65536.0) << 16);
+      memcpy(&f[m++], &u, sizeof u);
+    }
+    assert_true(m <= nf);
+    dev_put_at(d, df, f, sizeof *f * (size_t)m);
+    int64_t fo[4] = {m, (int64_t)df, (int64_t)dh, type};
+    dev_put_at(d, frame, fo, sizeof fo);
+    assert_int_equal(
+        d->launch(d->ctx, d->stream, kernel_index(p, "seq_io_out"), 64, 256, frame, &err), 0);
+    dev_get(d, h, dh, sizeof *h * (size_t)m);
+    for (int64_t i = 0; i < m; i++) {
+      if (isnan(f[i])) {
+        if (!isnan(fc_widen16(h[i], type)) || (h[i] >> 15) != (signbit(f[i]) ? 1 : 0))
+          fail_msg("type %d: NaN %a narrows to 0x%04x", type, f[i], h[i]);
+        continue;
+      }
+      uint16_t r = fc_narrow16(f[i], type);
+      if (h[i] != r)
+        fail_msg("type %d: %a narrows to 0x%04x, expected 0x%04x", type, f[i], h[i], r);
+    }
+  }
+  d->free(d->ctx, dh);
+  d->free(d->ctx, df);
+  d->free(d->ctx, frame);
+  free(h);
+  free(f);
+}
+
+/* A forward with 16-bit float inputs and outputs equals the float32
+ * forward on the same inputs widened, with its outputs rounded, bit for bit,
+ * and leaves the same final states: the conversions are all that differs.
+ * Int inputs, lengths and the states pass as they are. A bad length is the
+ * call's status and leaves the outputs as they were. */
+static void check_io_forward(const RtCuProgram *p, const RtCuDevice *d, const DrvWeights *w, int io,
+                             int variant, int exact) {
+  enum { B = 3, T = 5, MAXT = 16 };
+  assert_true(p->nparams <= 64 && p->ninputs <= MAXT && p->noutputs <= MAXT && p->nstates <= MAXT);
+  RtDevPtr params[64], x16[MAXT], x32[MAXT], y16[MAXT], y32[MAXT], si[MAXT], so16[MAXT], so32[MAXT];
+  for (int j = 0; j < p->nparams; j++)
+    params[j] = dev_put(d, w->data[j], sizeof(float) * (size_t)p->param_floats[j]);
+  for (int j = 0; j < p->ninputs; j++) {
+    int64_t n = (p->input_context && p->input_context[j] ? B : B * T) * p->input_floats[j];
+    if (p->input_is_int[j]) {
+      int32_t *tok = malloc(sizeof *tok * (size_t)n + 1);
+      assert_non_null(tok);
+      for (int64_t k = 0; k < n; k++) tok[k] = (int32_t)(k % 7);
+      x16[j] = x32[j] = dev_put(d, tok, sizeof *tok * (size_t)n);
+      free(tok);
+      continue;
+    }
+    uint16_t *h = malloc(sizeof *h * (size_t)n + 1);
+    float *g = malloc(sizeof *g * (size_t)n + 1);
+    assert_true(h && g);
+    for (int64_t k = 0; k < n; k++) {
+      h[k] = fc_narrow16((float)fc_urand(), io);
+      g[k] = fc_widen16(h[k], io);
+    }
+    x16[j] = dev_put(d, h, sizeof *h * (size_t)n);
+    x32[j] = dev_put(d, g, sizeof *g * (size_t)n);
+    free(h);
+    free(g);
+  }
+  for (int j = 0; j < p->noutputs; j++) {
+    size_t n = (size_t)(B * T * p->output_floats[j]);
+    y32[j] = dev_put(d, NULL, n * sizeof(float));
+    y16[j] = dev_put(d, NULL, n * sizeof(uint16_t));
+  }
+  for (int j = 0; j < p->nstates; j++) {
+    size_t n = (size_t)(B * p->state_floats[j]);
+    float *v = malloc(sizeof *v * n + 1);
+    assert_non_null(v);
+    for (size_t k = 0; k < n; k++) v[k] = (float)fc_urand();
+    si[j] = variant ? dev_put(d, v, n * sizeof *v) : 0;
+    so32[j] = dev_put(d, NULL, n * sizeof(float));
+    so16[j] = dev_put(d, NULL, n * sizeof(float));
+    free(v);
+  }
+  int32_t lens[B] = {T, 0, 3};
+  RtDevPtr dl = variant ? dev_put(d, lens, sizeof lens) : 0;
+  RtError err;
+  int rc = rt_cu_run(p, d, params, B, T, x32, dl, si, y32, so32, &err);
+  if (rc) fail_msg("float32 forward: status %d (%s)", rc, rc < 0 ? err.msg : "");
+  rc = rt_cu_run_io(p, d, io, params, B, T, x16, dl, si, y16, so16, &err);
+  if (rc) fail_msg("16-bit forward: status %d (%s)", rc, rc < 0 ? err.msg : "");
+  for (int j = 0; j < p->noutputs; j++) {
+    size_t n = (size_t)(B * T * p->output_floats[j]);
+    float *a = malloc(n * sizeof *a + 1);
+    uint16_t *h = malloc(n * sizeof *h + 1);
+    assert_true(a && h);
+    dev_get(d, a, y32[j], n * sizeof *a);
+    dev_get(d, h, y16[j], n * sizeof *h);
+    for (size_t k = 0; k < n; k++)
+      if (isnan(a[k]) ? !isnan(fc_widen16(h[k], io))
+                      : h[k] != fc_narrow16(a[k], io) &&
+                            (exact || abs((int)h[k] - (int)fc_narrow16(a[k], io)) > 1))
+        fail_msg("io %d variant %d: output %d[%zu] is 0x%04x, the float32 forward's %a", io,
+                 variant, j, k, h[k], a[k]);
+    if (variant) { /* a bad length: status 4, the outputs untouched */
+      int32_t bad[B] = {T + 1, 0, 0};
+      dev_put_at(d, dl, bad, sizeof bad);
+      assert_int_equal(rt_cu_run_io(p, d, io, params, B, T, x16, dl, si, y16, so16, &err), 4);
+      uint16_t *h2 = malloc(n * sizeof *h2 + 1);
+      assert_non_null(h2);
+      dev_get(d, h2, y16[j], n * sizeof *h2);
+      assert_memory_equal(h, h2, n * sizeof *h);
+      free(h2);
+      dev_put_at(d, dl, lens, sizeof lens);
+    }
+    free(a);
+    free(h);
+  }
+  for (int j = 0; j < p->nstates; j++) {
+    size_t n = (size_t)(B * p->state_floats[j]);
+    float *a = malloc(n * sizeof *a + 1), *b = malloc(n * sizeof *b + 1);
+    assert_true(a && b);
+    dev_get(d, a, so32[j], n * sizeof *a);
+    dev_get(d, b, so16[j], n * sizeof *b);
+    for (size_t k = 0; k < n; k++)
+      if (exact ? memcmp(&a[k], &b[k], sizeof *a) != 0
+                : !(fabsf(a[k] - b[k]) <= 1e-6f * (1 + fabsf(a[k]))))
+        fail_msg("io %d variant %d: state %d[%zu] is %a, the float32 forward's %a", io, variant, j,
+                 k, b[k], a[k]);
+    free(a);
+    free(b);
+  }
+  for (int j = 0; j < p->nparams; j++) d->free(d->ctx, params[j]);
+  for (int j = 0; j < p->ninputs; j++) {
+    d->free(d->ctx, x16[j]);
+    if (x32[j] != x16[j]) d->free(d->ctx, x32[j]);
+  }
+  for (int j = 0; j < p->noutputs; j++) {
+    d->free(d->ctx, y16[j]);
+    d->free(d->ctx, y32[j]);
+  }
+  for (int j = 0; j < p->nstates; j++) {
+    if (si[j]) d->free(d->ctx, si[j]);
+    d->free(d->ctx, so16[j]);
+    d->free(d->ctx, so32[j]);
+  }
+  if (dl) d->free(d->ctx, dl);
+}
+
+/* Float inputs and outputs in bfloat16 and float16 (rt_cu_run_io) on the
+ * device dev_for gives: the conversion kernels exhaustively, then forwards
+ * of a bidirectional model (two directions, one float input), a language
+ * model (an int token input) and an attention decoder (a float context,
+ * [B, ...]). */
+static void run_io_cases(DeviceFor dev_for, DeviceDone dev_done, int exact) {
+  static const FcCase cases[] = {
+      {"examples/bigru.seq", "I=3,H=4"},
+      {"examples/lm.seq", "vocab=11,d_model=8,d_ff=16,dt_rank=2"},
+      {"examples/attention_decoder.seq", "I=3,H=4,S=5,A=3"},
+  };
+  for (int k = 0; k < 3; k++) {
+    FcCompiled cm;
+    RtCuDevice dev;
+    void *handle = NULL;
+    if (compile(&cm, &cases[k], "auto")) {
+      fc_print_diags(&cm);
+      fail_msg("%s does not render for CUDA", cases[k].file);
+    }
+    if (dev_for(&cm, &dev, &handle)) fail_msg("%s: no device program", cases[k].file);
+    const RtCuProgram *p = cm.pipe.cuda;
+    if (k == 0) check_conversions(p, &dev);
+    for (int io = RT_CU_IO_BF16; io <= RT_CU_IO_F16; io++)
+      for (int variant = 0; variant < 2; variant++)
+        check_io_forward(p, &dev, &cm.w, io, variant, exact);
+    RtError err;
+    assert_int_equal(rt_cu_run_io(p, &dev, 3, NULL, 1, 1, NULL, 0, NULL, NULL, NULL, &err), 1);
+    dev_done(handle);
+    fc_release(&cm);
+  }
+}
+
+static void test_emulated_16bit_io(void **st) {
+  (void)st;
+  if (!emu_available()) {
+    skip();
+    return;
+  }
+  run_io_cases(emu_for, emu_done, 1);
+}
+
 /* ---- on a real device, where there is one --------------------------------------- */
 
 static RtCuda *gpu;
@@ -456,6 +708,7 @@ static void test_gpu_programs_equal_interpreter(void **st) {
   print_message("device: %s (%s)\n", rt_cuda_name(gpu), rt_cuda_arch(gpu));
   for (int k = 0; k < FC_NCASES + NWIDE; k++) run_case(case_at(k), gpu_for, gpu_done);
   run_newton(gpu_for, gpu_done);
+  run_io_cases(gpu_for, gpu_done, 0);
   rt_cuda_close(gpu);
   gpu = NULL;
 }
@@ -540,6 +793,14 @@ static void test_api(void **st) {
   assert_int_equal(seq_module_from_file(cx, path, &o, &m), SEQ_ERR_ARG);
   assert_non_null(strstr(seq_module_error(m), "unknown backend 'tpu'"));
   seq_module_destroy(m);
+  /* Device buffers need a CUDA module, whatever their type. */
+  o.backend = NULL;
+  assert_int_equal(seq_module_from_file(cx, path, &o, &m), SEQ_OK);
+  assert_int_equal(
+      seq_module_forward_device_io(m, NULL, SEQ_DTYPE_BF16, 1, 1, NULL, NULL, NULL, NULL, NULL),
+      SEQ_ERR_ARG);
+  assert_non_null(strstr(seq_module_error(m), "compiled for \"cuda\""));
+  seq_module_destroy(m);
   o.backend = "cuda";
   RtCuda *c = NULL;
   RtError err;
@@ -597,15 +858,21 @@ int main(void) {
       cmocka_unit_test(test_every_program_compiles_with_nvrtc),
       cmocka_unit_test(test_emulated_attention_long),
       cmocka_unit_test(test_emulated_over_lengths),
+      cmocka_unit_test(test_emulated_16bit_io),
       cmocka_unit_test(test_emulated_programs_equal_interpreter),
       cmocka_unit_test(test_emulated_newton_equals_interpreter),
       cmocka_unit_test(test_gpu_programs_equal_interpreter),
   };
   /* CUDA_CASE=N >= 0 (debugging one case): only the emulated comparison;
-   * CUDA_NEWTON=N the same for Newton case N. CUDA_CASE=-1 (tools/gpu-check.sh
+   * CUDA_NEWTON=N the same for Newton case N; CUDA_IO=1 only the 16-bit
+   * inputs and outputs. CUDA_CASE=-1 (tools/gpu-check.sh
    * on a device) runs every test but the emulated comparisons. */
   if (getenv("CUDA_CASE") && atoi(getenv("CUDA_CASE")) >= 0) {
     const struct CMUnitTest one[] = {cmocka_unit_test(test_emulated_programs_equal_interpreter)};
+    return cmocka_run_group_tests(one, NULL, NULL);
+  }
+  if (getenv("CUDA_IO")) { /* only the 16-bit inputs and outputs */
+    const struct CMUnitTest one[] = {cmocka_unit_test(test_emulated_16bit_io)};
     return cmocka_run_group_tests(one, NULL, NULL);
   }
   if (getenv("CUDA_NEWTON")) {
