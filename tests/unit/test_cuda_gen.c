@@ -567,6 +567,12 @@ static void check_io_forward(const RtCuProgram *p, const RtCuDevice *d, const Dr
   RtError err;
   int rc = rt_cu_run(p, d, params, B, T, x32, dl, si, y32, so32, &err);
   if (rc) fail_msg("float32 forward: status %d (%s)", rc, rc < 0 ? err.msg : "");
+  /* Empty calls first (nothing to convert), then the real one. */
+  for (int e = 0; e < 2; e++) {
+    rc = rt_cu_run_io(p, d, io, params, e ? 0 : B, e ? T : 0, x16, 0, si, y16, so16, &err);
+    if (rc)
+      fail_msg("16-bit forward with B=%d: status %d (%s)", e ? 0 : B, rc, rc < 0 ? err.msg : "");
+  }
   rc = rt_cu_run_io(p, d, io, params, B, T, x16, dl, si, y16, so16, &err);
   if (rc) fail_msg("16-bit forward: status %d (%s)", rc, rc < 0 ? err.msg : "");
   for (int j = 0; j < p->noutputs; j++) {
