@@ -7,12 +7,14 @@
  * the program's intermediate buffers, launches the plan and synchronizes
  * before it returns.
  *
- * usage: cuda_bench FILE.seq DIMS B T ROUNDS [STRATEGY]
+ * usage: cuda_bench [--io=bf16|f16|f32] FILE.seq DIMS B T ROUNDS [STRATEGY]
  *        cuda_bench --compile-only [--arch=sm_XX] FILE.seq DIMS [STRATEGY]
  *        cuda_bench --copy-bw BYTES     (K, M, G suffixes: powers of 1024)
  *        cuda_bench --info
  * STRATEGY is --strategy's syntax (auto, sequential, "S=scan", ...); without
- * it the GPU's auto (the scan form where the class admits it).
+ * it the GPU's auto (the scan form where the class admits it). --io: the
+ * float inputs and outputs in bfloat16 or float16 (rt_cu_run_io: converted
+ * to and from float32 around the run), float32 by default.
  *
  * Prints, for a run:
  *   device: NAME (sm_XX, N GiB), NVRTC X.Y
@@ -75,7 +77,7 @@ static double median(double *v, int n) {
 }
 
 static int usage(void) {
-  fprintf(stderr, "usage: cuda_bench FILE.seq DIMS B T ROUNDS [STRATEGY]\n"
+  fprintf(stderr, "usage: cuda_bench [--io=bf16|f16|f32] FILE.seq DIMS B T ROUNDS [STRATEGY]\n"
                   "       cuda_bench --compile-only [--arch=sm_XX] FILE.seq DIMS [STRATEGY]\n"
                   "       cuda_bench --copy-bw BYTES\n"
                   "       cuda_bench --info\n");
@@ -189,17 +191,17 @@ static int copy_bw(size_t bytes) {
   rc = compile_cubin(src, "copy_bw.cu", rt_cuda_arch(cu), &bin, how, sizeof how);
   if (rc) goto out;
   rc = EXIT_ERR;
-  if (rt_cuda_load(cu, &bin, names, 1, &d, &err) || d.alloc(d.ctx, bytes, &a, &err) ||
-      d.alloc(d.ctx, bytes, &b, &err) || d.copy(d.ctx, b, a, bytes, RT_CU_D2D, &err) ||
-      d.sync(d.ctx, &err)) {
+  if (rt_cuda_load(cu, &bin, names, 1, &d, &err) || d.alloc(d.ctx, d.stream, bytes, &a, &err) ||
+      d.alloc(d.ctx, d.stream, bytes, &b, &err) ||
+      d.copy(d.ctx, d.stream, b, a, bytes, RT_CU_D2D, &err) || d.sync(d.ctx, d.stream, &err)) {
     fprintf(stderr, "cuda_bench: --copy-bw: %s\n", err.msg);
     goto out;
   }
   for (int r = 0; r < COPY_ROUNDS; r++) {
     double t0 = now();
     /* cuMemcpyDtoD does not wait for the copy: the sync does. */
-    if (d.copy(d.ctx, r % 2 ? a : b, r % 2 ? b : a, bytes, RT_CU_D2D, &err) ||
-        d.sync(d.ctx, &err)) {
+    if (d.copy(d.ctx, d.stream, r % 2 ? a : b, r % 2 ? b : a, bytes, RT_CU_D2D, &err) ||
+        d.sync(d.ctx, d.stream, &err)) {
       fprintf(stderr, "cuda_bench: --copy-bw: %s\n", err.msg);
       goto out;
     }
@@ -339,66 +341,95 @@ static double buffer_bytes(const RtCuProgram *g, int64_t B, int64_t T) {
   return total;
 }
 
-/* Fills n floats at dev with random values, through a host block of at
- * most 16M floats repeated over the buffer. */
+/* x in [-1, 1] as 16 bits (RT_CU_IO_BF16 or RT_CU_IO_F16), truncated:
+ * random test data, not a rounding reference. */
+static uint16_t to16(float x, int io) {
+  uint32_t u;
+  memcpy(&u, &x, sizeof u);
+  if (io == RT_CU_IO_BF16) return (uint16_t)(u >> 16);
+  int e = (int)((u >> 23) & 0xff) - 127 + 15;
+  uint16_t sign = (uint16_t)((u >> 16) & 0x8000);
+  return e <= 0 ? sign : (uint16_t)(sign | (e << 10) | ((u >> 13) & 0x3ff));
+}
+
+/* Fills n elements at dev with random values (float32, or 16-bit with io),
+ * through a host block of at most 16M floats repeated over the buffer. */
 static int upload_random(const RtCuDevice *d, RtDevPtr dev, int64_t n, float *block,
-                         int64_t block_n, RtError *err) {
-  for (int64_t off = 0; off < n; off += block_n) {
-    int64_t k = n - off < block_n ? n - off : block_n;
-    if (d->copy(d->ctx, dev + (RtDevPtr)off * sizeof(float), (RtDevPtr)(uintptr_t)block,
-                (size_t)k * sizeof(float), RT_CU_H2D, err))
-      return -1;
+                         int64_t block_n, int io, RtError *err) {
+  size_t es = io ? 2 : 4;
+  uint16_t *h = NULL;
+  if (io && !(h = malloc((size_t)block_n * sizeof *h))) {
+    snprintf(err->msg, sizeof err->msg, "out of memory");
+    return -1;
   }
-  return 0;
+  for (int64_t k = 0; io && k < block_n; k++) h[k] = to16(block[k], io);
+  int rc = 0;
+  for (int64_t off = 0; off < n && rc == 0; off += block_n) {
+    int64_t k = n - off < block_n ? n - off : block_n;
+    rc = d->copy(d->ctx, d->stream, dev + (RtDevPtr)off * es,
+                 (RtDevPtr)(uintptr_t)(io ? (void *)h : (void *)block), (size_t)k * es, RT_CU_H2D,
+                 err);
+  }
+  free(h);
+  return rc;
 }
 
 /* Uploads the weights and random inputs and allocates the outputs (device
- * buffers, once); io_bytes gets the inputs' and outputs' bytes per call. */
-static int upload_all(const Cell *c, const RtCuDevice *d, int64_t B, int64_t T, RtDevPtr *dp,
-                      RtDevPtr *din, RtDevPtr *dout, float *block, int64_t block_n,
+ * buffers, once; float inputs and outputs in 16 bits with io); io_bytes
+ * gets the inputs' and outputs' bytes per call. */
+static int upload_all(const Cell *c, const RtCuDevice *d, int64_t B, int64_t T, int io,
+                      RtDevPtr *dp, RtDevPtr *din, RtDevPtr *dout, float *block, int64_t block_n,
                       double *io_bytes, RtError *err) {
   const RtCuProgram *g = c->pipe.cuda;
   *io_bytes = 0;
   for (int j = 0; j < g->nparams; j++) {
     size_t bytes = (size_t)g->param_floats[j] * sizeof(float);
-    if (d->alloc(d->ctx, bytes, &dp[j], err) ||
-        (bytes && d->copy(d->ctx, dp[j], (RtDevPtr)(uintptr_t)c->w.data[j], bytes, RT_CU_H2D, err)))
+    if (d->alloc(d->ctx, d->stream, bytes, &dp[j], err) ||
+        (bytes && d->copy(d->ctx, d->stream, dp[j], (RtDevPtr)(uintptr_t)c->w.data[j], bytes,
+                          RT_CU_H2D, err)))
       return -1;
   }
   for (int j = 0; j < g->ninputs; j++) {
     int64_t n = B * T * g->input_floats[j];
-    *io_bytes += 4.0 * (double)n;
-    if (d->alloc(d->ctx, (size_t)n * 4, &din[j], err)) return -1;
+    int is_int = g->input_is_int && g->input_is_int[j];
+    size_t es = io && !is_int ? 2 : 4;
+    *io_bytes += (double)es * (double)n;
+    if (d->alloc(d->ctx, d->stream, (size_t)n * es, &din[j], err)) return -1;
     /* Int inputs stay zero: token 0, valid for any vocabulary. */
-    if (!(g->input_is_int && g->input_is_int[j]) &&
-        upload_random(d, din[j], n, block, block_n, err))
-      return -1;
+    if (!is_int && upload_random(d, din[j], n, block, block_n, io, err)) return -1;
   }
   for (int j = 0; j < g->noutputs; j++) {
     int64_t n = B * T * g->output_floats[j];
-    *io_bytes += 4.0 * (double)n;
-    if (d->alloc(d->ctx, (size_t)n * 4, &dout[j], err)) return -1;
+    size_t es = io ? 2 : 4;
+    *io_bytes += (double)es * (double)n;
+    if (d->alloc(d->ctx, d->stream, (size_t)n * es, &dout[j], err)) return -1;
   }
   return 0;
 }
 
 /* Whether the last values of output 0 (up to block_n) are finite; -1 if
  * they cannot be read back. */
-static int tail_finite(const RtCuProgram *g, const RtCuDevice *d, int64_t B, int64_t T,
+static int tail_finite(const RtCuProgram *g, const RtCuDevice *d, int64_t B, int64_t T, int io,
                        RtDevPtr out0, float *block, int64_t block_n, RtError *err) {
   int64_t nout = g->noutputs ? B * T * g->output_floats[0] : 0;
   int64_t tail = nout < block_n ? nout : block_n;
+  size_t es = io ? 2 : 4;
   if (tail <= 0) return 1;
-  if (d->copy(d->ctx, (RtDevPtr)(uintptr_t)block, out0 + (RtDevPtr)(nout - tail) * sizeof(float),
-              (size_t)tail * sizeof(float), RT_CU_D2H, err))
+  if (d->copy(d->ctx, d->stream, (RtDevPtr)(uintptr_t)block, out0 + (RtDevPtr)(nout - tail) * es,
+              (size_t)tail * es, RT_CU_D2H, err))
     return -1;
+  const uint16_t *h = (const uint16_t *)block;
   for (int64_t k = 0; k < tail; k++)
-    if (!isfinite(block[k])) return 0;
+    /* 16 bits: an all-ones exponent is an infinity or a NaN */
+    if (io == RT_CU_IO_BF16   ? (h[k] & 0x7f80) == 0x7f80
+        : io == RT_CU_IO_F16 ? (h[k] & 0x7c00) == 0x7c00
+                             : !isfinite(block[k]))
+      return 0;
   return 1;
 }
 
 static int bench(const char *file, const char *dims, int64_t B, int64_t T, int rounds,
-                 const char *strategy) {
+                 const char *strategy, int io) {
   const int64_t block_n = (int64_t)1 << 24;
   RtCuda *cu = NULL;
   Cell c;
@@ -442,12 +473,12 @@ static int bench(const char *file, const char *dims, int64_t B, int64_t T, int r
     goto out;
   }
   for (int64_t k = 0; k < block_n; k++) block[k] = uniform();
-  if (upload_all(&c, &d, B, T, dp, din, dout, block, block_n, &io_bytes, &err)) goto dev_fail;
+  if (upload_all(&c, &d, B, T, io, dp, din, dout, block, block_n, &io_bytes, &err)) goto dev_fail;
 
   /* One warm-up call, then the timed ones. */
   for (int r = -1; r < rounds; r++) {
     double t0 = now();
-    int st = rt_cu_run(g, &d, dp, B, T, din, 0, NULL, dout, NULL, &err);
+    int st = rt_cu_run_io(g, &d, io, dp, B, T, din, 0, NULL, dout, NULL, &err);
     double t1 = now();
     if (st < 0) goto dev_fail;
     if (st > 0) {
@@ -456,17 +487,19 @@ static int bench(const char *file, const char *dims, int64_t B, int64_t T, int r
     }
     if (r >= 0) t[r] = t1 - t0;
   }
-  finite = tail_finite(g, &d, B, T, g->noutputs ? dout[0] : 0, block, block_n, &err);
+  finite = tail_finite(g, &d, B, T, io, g->noutputs ? dout[0] : 0, block, block_n, &err);
   if (finite < 0) goto dev_fail;
 
   {
     double mn = t[0];
     for (int r = 1; r < rounds; r++) mn = fmin(mn, t[r]);
     double med = median(t, rounds);
-    printf("result file=%s dims=%s strategy=%s B=%lld T=%lld rounds=%d median_ms=%.3f min_ms=%.3f "
-           "tok_s=%.4g io_GB=%.4g io_GBps=%.4g (achieved-traffic lower bound: inputs+outputs only) "
-           "finite=%s\n",
-           file, dims, strategy ? strategy : "auto", (long long)B, (long long)T, rounds, med * 1e3,
+    printf("result file=%s dims=%s strategy=%s io=%s B=%lld T=%lld rounds=%d median_ms=%.3f "
+           "min_ms=%.3f tok_s=%.4g io_GB=%.4g io_GBps=%.4g (achieved-traffic lower bound: "
+           "inputs+outputs only) finite=%s\n",
+           file, dims, strategy ? strategy : "auto",
+           io == RT_CU_IO_BF16 ? "bf16" : io == RT_CU_IO_F16 ? "f16" : "f32", (long long)B,
+           (long long)T, rounds, med * 1e3,
            mn * 1e3, (double)(B * T) / med, io_bytes / 1e9, io_bytes / med / 1e9,
            finite ? "yes" : "no");
     if (finite)
@@ -527,10 +560,21 @@ int main(int argc, char **argv) {
     if (argc - a != 2 && argc - a != 3) return usage();
     return compile_only(argv[a], argv[a + 1], argc - a == 3 ? argv[a + 2] : NULL, arch);
   }
+  int io = RT_CU_IO_F32;
+  if (argc >= 2 && strncmp(argv[1], "--io=", 5) == 0) {
+    if (strcmp(argv[1] + 5, "bf16") == 0)
+      io = RT_CU_IO_BF16;
+    else if (strcmp(argv[1] + 5, "f16") == 0)
+      io = RT_CU_IO_F16;
+    else if (strcmp(argv[1] + 5, "f32") != 0)
+      return usage();
+    argv++;
+    argc--;
+  }
   if (argc != 6 && argc != 7) return usage();
   char *e1, *e2, *e3;
   long long B = strtoll(argv[3], &e1, 10), T = strtoll(argv[4], &e2, 10);
   long rounds = strtol(argv[5], &e3, 10);
   if (*e1 || *e2 || *e3 || B < 1 || T < 1 || rounds < 1 || rounds > 100000) return usage();
-  return bench(argv[1], argv[2], B, T, (int)rounds, argc == 7 ? argv[6] : NULL);
+  return bench(argv[1], argv[2], B, T, (int)rounds, argc == 7 ? argv[6] : NULL, io);
 }

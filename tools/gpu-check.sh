@@ -146,22 +146,6 @@ missing_deps() {
   echo "${m[*]:-}"
 }
 
-# bench/cuda_bench.c, linked as the tests link the pipeline (the static libraries of build-gpu,
-# libLLVM, jansson, xxhash).
-build_bench() {
-  local cc_bin cfg libdir
-  cc_bin=$(sed -n 's/^CMAKE_C_COMPILER:FILEPATH=//p' "$bdir/CMakeCache.txt")
-  cfg=$(sed -n 's/^SEQ_LLVM_CONFIG:FILEPATH=//p' "$bdir/CMakeCache.txt")
-  libdir=$("$cfg" --libdir)
-  mkdir -p "$bdir/bench"
-  # shellcheck disable=SC2046 # pkg-config's and llvm-config's words are separate flags
-  "${cc_bin:-cc}" -std=c11 -O2 -Wall -Wextra -Wpedantic -D_POSIX_C_SOURCE=200809L -I. -Iinclude \
-    -I"$bdir" -I"$("$cfg" --includedir)" bench/cuda_bench.c -Wl,--start-group "$bdir/libseqcg.a" \
-    "$bdir/libseqcore.a" "$bdir/libseqrt.a" -Wl,--end-group -L"$libdir" \
-    $("$cfg" --link-shared --libs) -Wl,-rpath,"$libdir" $(pkg-config --libs jansson libxxhash) \
-    -ldl -lpthread -lm -o "$bdir/bench/cuda_bench"
-}
-
 # Configure and build what the check runs (a fresh build-gpu unless it is this tree's).
 build_from_source() {
   local gen=() home
@@ -182,14 +166,12 @@ build_from_source() {
   # What ctest -L gpu and the benchmarks run, not the whole tree: the other tests are not
   # run here, and building them would only spend the budget. A test's target is its name.
   mapfile -t gpu_tests < <(ctest --test-dir "$bdir" -N -L gpu | sed -n 's/^ *Test *#[0-9]*: *//p')
-  step "build (cmake --build $bdir -j$jobs --target seqc seqcg ${gpu_tests[*]})" "$build_limit" \
-    "$logs/build.log" 0 cmake --build "$bdir" -j"$jobs" --target seqc seqcg "${gpu_tests[@]}" || {
+  # cuda_bench (bench/cuda_bench.c) is a target of tests/CMakeLists.txt, so CI compiles it.
+  step "build (cmake --build $bdir -j$jobs --target seqc seqcg cuda_bench ${gpu_tests[*]})" \
+    "$build_limit" "$logs/build.log" 0 \
+    cmake --build "$bdir" -j"$jobs" --target seqc seqcg cuda_bench "${gpu_tests[@]}" || {
     grep -E -m 20 'error|Error' "$logs/build.log"
     tail -n 15 "$logs/build.log"
-    return 1
-  }
-  step "build bench/cuda_bench.c" 120 "$logs/build-bench.log" 0 build_bench || {
-    tail -n 25 "$logs/build-bench.log"
     return 1
   }
 }
@@ -413,6 +395,7 @@ if [ "$benches" = 1 ]; then
   say ""
   say "## Benchmarks (raw)"
   row scan 120 stdlib/s4d.seq H=1536,N=4 8 65536 5
+  row scan_bf16 120 --io=bf16 stdlib/s4d.seq H=1536,N=4 8 65536 5
   row copy 60 --copy-bw "$scan_bytes"
   row lstm 90 stdlib/lstm.seq I=256,H=256 64 1024 10
   row gru 90 stdlib/gru.seq I=256,H=256 64 1024 10
@@ -510,11 +493,12 @@ torch_line=$(grep -m 1 '^cuda_peers: torch' "$peers_log" | sed 's/;.*//; s/^cuda
 table() {
   say "## seqc's CUDA backend on ${card} (driver ${driver}, ${nvrtc_line:-NVRTC ?}, commit ${commit:-unknown}); $(date -u +%Y-%m-%d)"
   say ""
-  say "fp32 throughout. seqc: bench/cuda_bench.c, median and min of timed rt_cu_run calls over device buffers after a warm-up (each call allocates and zeroes its intermediate buffers, launches, synchronizes). GB/s: the inputs' and outputs' bytes per call over the median, an achieved-traffic lower bound. Peers: ${torch_line:-PyTorch: not run}; bench/cuda_peers.py (TF32 off). 'seqc vs peer': seqc's tok/s over the peer's."
+  say "fp32 throughout but row 1b. seqc: bench/cuda_bench.c, median and min of timed rt_cu_run calls over device buffers after a warm-up (each call allocates and zeroes its intermediate buffers, launches, synchronizes). GB/s: the inputs' and outputs' bytes per call over the median, an achieved-traffic lower bound. Peers: ${torch_line:-PyTorch: not run}; bench/cuda_peers.py (TF32 off). 'seqc vs peer': seqc's tok/s over the peer's."
   say ""
   say "| # | case | shape | seqc form | seqc ms (median / min) | seqc tok/s | in+out GB/s (lower bound) | set against | its value | seqc vs it |"
   say "|---|---|---|---|---|---|---|---|---|---|"
   say "| 1 | diagonal scan: S4D (stdlib/s4d.seq, H=1536 N=4; the fused scan, no GEMM: x and y [8, 65536, 1536] are its traffic) | B=8 T=65536 | $(seqc_cols scan) | device copy (cuMemcpyDtoD of one [8, 65536, 1536] fp32 tensor, read+write) | $copy_cell | $scan_vs |"
+  say "| 1b | the same scan with x and y in bfloat16 (--io=bf16: converted to and from float32 around the run, so its kernels move float32 plus the conversions' traffic) | B=8 T=65536 | $(seqc_cols scan_bf16) | row 1's fp32 call | $(get "${log_of[scan]:-/dev/null}" result median_ms) ms | $(ratio "$(get "${log_of[scan_bf16]:-/dev/null}" result tok_s)" "$(get "${log_of[scan]:-/dev/null}" result tok_s)") |"
   say "| 2 | LSTM (stdlib/lstm.seq) | B=64 T=1024 I=H=256 | $(seqc_cols lstm) | $(peer_cols lstm "nn.LSTM, cuDNN" lstm) |"
   say "| 2b | GRU (stdlib/gru.seq) | B=64 T=1024 I=H=256 | $(seqc_cols gru) | $(peer_cols gru "nn.GRU, cuDNN" gru) |"
   say "| 3 | ParaGRU (stdlib/paragru.seq), --strategy=newton (target: >= 10x the step loop) | B=1 T=65536 I=H=256 | $(seqc_cols paragru_newton) | $(seq_peer_cols paragru paragru_newton) |"
