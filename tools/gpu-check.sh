@@ -498,7 +498,7 @@ table() {
   say "| # | case | shape | seqc form | seqc ms (median / min) | seqc tok/s | in+out GB/s (lower bound) | set against | its value | seqc vs it |"
   say "|---|---|---|---|---|---|---|---|---|---|"
   say "| 1 | diagonal scan: S4D (stdlib/s4d.seq, H=1536 N=4; the fused scan, no GEMM: x and y [8, 65536, 1536] are its traffic) | B=8 T=65536 | $(seqc_cols scan) | device copy (cuMemcpyDtoD of one [8, 65536, 1536] fp32 tensor, read+write) | $copy_cell | $scan_vs |"
-  say "| 1b | the same scan with x and y in bfloat16 (--io=bf16: converted to and from float32 around the run, so its kernels move float32 plus the conversions' traffic) | B=8 T=65536 | $(seqc_cols scan_bf16) | row 1's fp32 call | $(get "${log_of[scan]:-/dev/null}" result median_ms) ms | $(ratio "$(get "${log_of[scan_bf16]:-/dev/null}" result tok_s)" "$(get "${log_of[scan]:-/dev/null}" result tok_s)") |"
+  say "| 1b | the same scan with x and y in bfloat16 (--io=bf16: converted to and from float32 around the run, so its kernels move float32 plus the conversions' traffic) | B=8 T=65536 | $(seqc_cols scan_bf16) | row 1's fp32 call | $(num "$(get "${log_of[scan]:-/dev/null}" result median_ms)") ms | $(ratio "$(get "${log_of[scan_bf16]:-/dev/null}" result tok_s)" "$(get "${log_of[scan]:-/dev/null}" result tok_s)") |"
   say "| 2 | LSTM (stdlib/lstm.seq) | B=64 T=1024 I=H=256 | $(seqc_cols lstm) | $(peer_cols lstm "nn.LSTM, cuDNN" lstm) |"
   say "| 2b | GRU (stdlib/gru.seq) | B=64 T=1024 I=H=256 | $(seqc_cols gru) | $(peer_cols gru "nn.GRU, cuDNN" gru) |"
   say "| 3 | ParaGRU (stdlib/paragru.seq), --strategy=newton (target: >= 10x the step loop) | B=1 T=65536 I=H=256 | $(seqc_cols paragru_newton) | $(seq_peer_cols paragru paragru_newton) |"
