@@ -463,7 +463,8 @@ const char *const cu_prelude[] = {
      * edges. Frame: N[0] elements, N[1] the source, N[2] the destination,
      * N[3] the 16-bit type (1 bfloat16, 2 float16). To 16 bits: rounded to
      * nearest, ties to even; NaN stays a (quiet) NaN, overflow is infinity,
-     * float16's subnormals are kept. Integer arithmetic only, so the
+     * float16's subnormals are kept. Integer arithmetic and exact float
+     * operations only (a multiply by a power of two, rintf), so the
      * emulation and the device agree bit for bit. */
     "#ifdef SEQ_CUDA_EMU\n"
     "__device__ __forceinline__ unsigned seq_f2u(float f) {\n"

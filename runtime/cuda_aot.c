@@ -365,6 +365,8 @@ int32_t rt_cu_aot_forward_device_io(const RtCuAotModel *m, const void *const *pa
                                     int32_t io, int64_t B, int64_t T, const void *const *inputs,
                                     const int32_t *lengths, const void *const *state_in,
                                     void *const *outputs, void *const *state_out) {
+  if (io != RT_CU_IO_F32 && io != RT_CU_IO_BF16 && io != RT_CU_IO_F16)
+    return fail(m, ST_ARG, "io %d: expected 0 (float32), 1 (bfloat16) or 2 (float16)", (int)io);
   Loaded *L;
   int rc = acquire(m, 0, &L);
   if (rc) return rc;

@@ -821,6 +821,8 @@ static void entry_points_agree(FcCompiled *cm, void *so, const char *symbol, int
     assert_int_equal(dev_io(W, &stream_obj, 3, B, T, (const void *const *)in16, NULL, NULL,
                             (void *const *)out16, sout16),
                      1);
+    const char *(*last)(void) = (const char *(*)(void))(uintptr_t)sym(so, symbol, "last_error");
+    assert_non_null(strstr(last(), "io 3: expected 0 (float32)"));
     want(NULL);
     for (int i = 0; i < no; i++)
       for (int64_t k = 0; k < B * T * sig->outputs.v[i].numel; k++)
