@@ -419,9 +419,8 @@ static int tail_finite(const RtCuProgram *g, const RtCuDevice *d, int64_t B, int
               (size_t)tail * es, RT_CU_D2H, err))
     return -1;
   const uint16_t *h = (const uint16_t *)block;
-  for (int64_t k = 0; k < tail; k++)
-    /* 16 bits: an all-ones exponent is an infinity or a NaN */
-    if (io == RT_CU_IO_BF16   ? (h[k] & 0x7f80) == 0x7f80
+  for (int64_t k = 0; k < tail; k++) /* 16 bits: an all-ones exponent is an infinity or a NaN */
+    if (io == RT_CU_IO_BF16  ? (h[k] & 0x7f80) == 0x7f80
         : io == RT_CU_IO_F16 ? (h[k] & 0x7c00) == 0x7c00
                              : !isfinite(block[k]))
       return 0;
@@ -498,10 +497,11 @@ static int bench(const char *file, const char *dims, int64_t B, int64_t T, int r
            "min_ms=%.3f tok_s=%.4g io_GB=%.4g io_GBps=%.4g (achieved-traffic lower bound: "
            "inputs+outputs only) finite=%s\n",
            file, dims, strategy ? strategy : "auto",
-           io == RT_CU_IO_BF16 ? "bf16" : io == RT_CU_IO_F16 ? "f16" : "f32", (long long)B,
-           (long long)T, rounds, med * 1e3,
-           mn * 1e3, (double)(B * T) / med, io_bytes / 1e9, io_bytes / med / 1e9,
-           finite ? "yes" : "no");
+           io == RT_CU_IO_BF16  ? "bf16"
+           : io == RT_CU_IO_F16 ? "f16"
+                                : "f32",
+           (long long)B, (long long)T, rounds, med * 1e3, mn * 1e3, (double)(B * T) / med,
+           io_bytes / 1e9, io_bytes / med / 1e9, finite ? "yes" : "no");
     if (finite)
       rc = 0;
     else

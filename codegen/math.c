@@ -51,8 +51,13 @@ LLVMValueRef emit_exp(Lower *L, LLVMValueRef x) {
   LLVMValueRef r = fmuladd(L, n, cf(L, -0.693359375), x);
   r = fmuladd(L, n, cf(L, 2.12194440e-4), r);
   /* 2 e^r, highest degree first */
-  static const double c[] = {0.00138143973890692, 0.008368813432753086, 0.041668396443128586,
-                             0.1666651964187622,  0.4999999403953552,   1.0, 1.0};
+  static const double c[] = {0.00138143973890692,
+                             0.008368813432753086,
+                             0.041668396443128586,
+                             0.1666651964187622,
+                             0.4999999403953552,
+                             1.0,
+                             1.0};
   LLVMValueRef p = cf(L, 2 * c[0]);
   for (int i = 1; i < 7; i++) p = fmuladd(L, p, r, cf(L, 2 * c[i]));
   LLVMValueRef bits = LLVMBuildShl(b, LLVMBuildBitCast(b, t, et(L, L->i32), ""), ei32(L, 23), "");
