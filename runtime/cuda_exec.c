@@ -250,9 +250,10 @@ static int check_sizes(int64_t B, int64_t T) {
   return ST_OK;
 }
 
-int rt_cu_run(const RtCuProgram *p, const RtCuDevice *d, const RtDevPtr *params, int64_t B,
-              int64_t T, const RtDevPtr *inputs, RtDevPtr lengths, const RtDevPtr *state_in,
-              const RtDevPtr *outputs, const RtDevPtr *state_out, RtError *err) {
+/* rt_cu_run's and rt_cu_run_io's arguments: sizes, and every device address
+ * given. */
+static int check_device_args(const RtCuProgram *p, int64_t B, int64_t T, const RtDevPtr *params,
+                             const RtDevPtr *inputs, const RtDevPtr *outputs) {
   int rc = check_sizes(B, T);
   if (rc) return rc;
   if (!params || (p->ninputs && !inputs) || (p->noutputs && !outputs)) return ST_ARG;
@@ -262,6 +263,14 @@ int rt_cu_run(const RtCuProgram *p, const RtCuDevice *d, const RtDevPtr *params,
     if (!inputs[j]) return ST_ARG;
   for (int j = 0; j < p->noutputs; j++)
     if (!outputs[j]) return ST_ARG;
+  return ST_OK;
+}
+
+int rt_cu_run(const RtCuProgram *p, const RtCuDevice *d, const RtDevPtr *params, int64_t B,
+              int64_t T, const RtDevPtr *inputs, RtDevPtr lengths, const RtDevPtr *state_in,
+              const RtDevPtr *outputs, const RtDevPtr *state_out, RtError *err) {
+  int rc = check_device_args(p, B, T, params, inputs, outputs);
+  if (rc) return rc;
   int ns = p->nstates;
   Run r = {p, d, err, B, T, lengths, 0, (RtDevPtr *)params, NULL, NULL, NULL};
   int32_t *hl = lengths ? malloc((size_t)B * sizeof *hl + 1) : NULL;
@@ -310,13 +319,8 @@ int rt_cu_run_io(const RtCuProgram *p, const RtCuDevice *d, int io, const RtDevP
   if (io == RT_CU_IO_F32)
     return rt_cu_run(p, d, params, B, T, inputs, lengths, state_in, outputs, state_out, err);
   if (io != RT_CU_IO_BF16 && io != RT_CU_IO_F16) return ST_ARG;
-  int rc = check_sizes(B, T);
+  int rc = check_device_args(p, B, T, params, inputs, outputs);
   if (rc) return rc;
-  if ((p->ninputs && !inputs) || (p->noutputs && !outputs)) return ST_ARG;
-  for (int j = 0; j < p->ninputs; j++)
-    if (!inputs[j]) return ST_ARG;
-  for (int j = 0; j < p->noutputs; j++)
-    if (!outputs[j]) return ST_ARG;
   int kin = kernel_named(p, "seq_io_in"), kout = kernel_named(p, "seq_io_out");
   if (kin < 0 || kout < 0) {
     snprintf(err->msg, sizeof err->msg,
