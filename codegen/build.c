@@ -3,6 +3,7 @@
  * calls, the failure exit. */
 #include "codegen/llvm.h"
 
+#include <llvm-c/IRReader.h>
 #include <string.h>
 
 LLVMValueRef ci64(Lower *L, int64_t v) {
@@ -108,6 +109,55 @@ void loop_end(Lower *L, Loop *lp) {
   LLVMBuildBr(L->bld, lp->head);
   LLVMAddIncoming(lp->iv, &next, &from, 1);
   LLVMPositionBuilderAtEnd(L->bld, lp->exit);
+}
+
+/* A loop ID whose iterations' memory accesses are independent, and the
+ * access group they are tagged with:
+ *   !0 = distinct !{!0, !1}   !1 = !{!"llvm.loop.parallel_accesses", !2}
+ *   !2 = distinct !{}
+ * The C API builds only uniqued metadata, and an access group must be a
+ * distinct node without operands: the IR parser makes both, in the
+ * module's context, which owns metadata (the parsed module can go). */
+static int parallel_metadata(Lower *L, LLVMValueRef *id, LLVMValueRef *group) {
+  static const char src[] = "!seq = !{!0, !2}\n"
+                            "!0 = distinct !{!0, !1}\n"
+                            "!1 = !{!\"llvm.loop.parallel_accesses\", !2}\n"
+                            "!2 = distinct !{}\n";
+  LLVMMemoryBufferRef mb =
+      LLVMCreateMemoryBufferWithMemoryRange(src, sizeof src - 1, "parallel_accesses", 0);
+  LLVMModuleRef m = NULL;
+  char *err = NULL;
+  if (LLVMParseIRInContext(L->cx, mb, &m, &err)) { /* takes mb */
+    LLVMDisposeMessage(err);
+    return -1;
+  }
+  LLVMValueRef ops[2];
+  LLVMGetNamedMetadataOperands(m, "seq", ops);
+  *id = ops[0];
+  *group = ops[1];
+  LLVMDisposeModule(m);
+  return 0;
+}
+
+static void tag_accesses(LLVMBasicBlockRef bb, unsigned kind, LLVMValueRef group) {
+  for (LLVMValueRef x = LLVMGetFirstInstruction(bb); x; x = LLVMGetNextInstruction(x))
+    if (LLVMIsALoadInst(x) || LLVMIsAStoreInst(x)) LLVMSetMetadata(x, kind, group);
+}
+
+void loop_end_parallel(Lower *L, Loop *lp) {
+  LLVMBasicBlockRef last = LLVMGetInsertBlock(L->bld);
+  loop_end(L, lp);
+  LLVMValueRef id, group;
+  if (parallel_metadata(L, &id, &group)) return; /* a serial loop, vectorized with checks */
+  /* The loop's blocks: its head and body, and every block its body added
+   * (appended after its exit, which loop_begin made). */
+  unsigned kind = LLVMGetMDKindIDInContext(L->cx, "llvm.access.group", 17);
+  tag_accesses(lp->head, kind, group);
+  tag_accesses(lp->body, kind, group);
+  for (LLVMBasicBlockRef bb = LLVMGetNextBasicBlock(lp->exit); bb; bb = LLVMGetNextBasicBlock(bb))
+    tag_accesses(bb, kind, group);
+  LLVMSetMetadata(LLVMGetBasicBlockTerminator(last),
+                  LLVMGetMDKindIDInContext(L->cx, "llvm.loop", 9), id);
 }
 
 LLVMValueRef loop_phi(Lower *L, Loop *lp, LLVMValueRef init, const char *name) {
@@ -220,5 +270,5 @@ void copy_row(Lower *L, LLVMValueRef dst, LLVMValueRef src, int64_t numel, LLVMV
   LLVMValueRef s = gepf(L, src, mul(L, srow, ci64(L, numel)));
   LLVMValueRef k = loop_begin(L, &lk, ci64(L, 0), ci64(L, numel));
   stf(L, ldf(L, s, k), d, k);
-  loop_end(L, &lk);
+  loop_end_parallel(L, &lk); /* distinct rows of one buffer do not overlap */
 }

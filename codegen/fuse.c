@@ -135,7 +135,14 @@ void emit_fused(Lower *L, SchedClass phase, IrRef first, IrRef last) {
         for (int j = 0; j < fn->nodes.v[q].nargs; j++) inside += fn->nodes.v[q].args[j] == r;
     if (inside < n->uses) stc(L, v, rowptr(L, r), k, n->w);
   }
-  loop_end(L, &lk);
+  /* Each iteration writes its own elements and reads only elements no
+   * other iteration writes: its operands' (an in-place node or state
+   * reads the element it then writes, sched/build.c) or nodes outside the
+   * run. A scan's private copies are read at the scan's element instead. */
+  if (L->lanes || L->pl_re)
+    loop_end(L, &lk);
+  else
+    loop_end_parallel(L, &lk);
   if (bcast) loop_end(L, &lo);
   L->squeeze = 0;
   for (IrRef r = first; r <= last; r++) {

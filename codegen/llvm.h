@@ -126,6 +126,12 @@ LLVMBasicBlockRef block(Lower *L, const char *name);
 LLVMValueRef loop_begin(Lower *L, Loop *lp, LLVMValueRef lo, LLVMValueRef hi);
 LLVMValueRef loop_begin_step(Lower *L, Loop *lp, LLVMValueRef lo, LLVMValueRef hi, int64_t step);
 void loop_end(Lower *L, Loop *lp);
+/* loop_end for a loop whose iterations touch no memory another iteration
+ * touches (a fused elementwise map: each writes its own elements and reads
+ * elements no iteration writes, or its own): the vectorizer then needs no
+ * runtime overlap checks, nor a scalar copy of the loop behind them. A
+ * loop nested in the body is claimed too. */
+void loop_end_parallel(Lower *L, Loop *lp);
 /* A float accumulator carried around loop lp, starting at init; the caller
  * adds the latch value with loop_phi_next before loop_end. After the loop
  * the phi holds the final value. */

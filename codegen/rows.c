@@ -54,7 +54,13 @@ void emit_ew_nest(Lower *L, IrOp op, Nest *ns, LLVMValueRef out, int d, LLVMValu
   int64_t ost = 1;
   for (int e = d + 1; e < ns->rank; e++) ost *= ns->shape[e];
   emit_ew_nest(L, op, ns, out, d + 1, o2, add(L, oofs, mul(L, i, ci64(L, ost))));
-  loop_end(L, &lp);
+  /* The innermost loop writes an element of its own per iteration, and an
+   * operand it writes over is read at that element only (the schedule's
+   * in-place rule: same size, no broadcasting). */
+  if (d == ns->rank - 1)
+    loop_end_parallel(L, &lp);
+  else
+    loop_end(L, &lp);
 }
 
 /* Elementwise op (or broadcast copy) of the current row. */
