@@ -22,8 +22,8 @@
 # environment:
 #   GPU_CHECK_BUDGET_S   the whole check's wall-clock budget in seconds (default 540)
 #   GPU_CHECK_JOBS       build jobs (default 16)
-#   GPU_CHECK_EMU=1      also run test_cuda_gen's CPU emulation of every case (CI runs it; here
-#                        it is skipped with CUDA_CASE=-1 to leave the time to the device)
+#   GPU_CHECK_EMU=1      also run test_cuda_gen_emulated, the CPU emulation of every case (CI
+#                        runs it; here it is left out to leave the time to the device)
 #   GPU_CHECK_USE_BUNDLE=1  use the bundle even where a build could be made
 #   PYTHON               the Python with torch (default python3)
 # exit status: 0 when every step that ran passed, 1 otherwise.
@@ -346,16 +346,18 @@ fi
 if [ "$built" = 1 ] && [ "$tests" = 1 ]; then
   say ""
   say "## ctest -L gpu"
-  if [ "${GPU_CHECK_EMU:-0}" != 1 ]; then
-    export CUDA_CASE=-1
-    say "(test_cuda_gen's CPU emulation of each case is skipped here with CUDA_CASE=-1: CI runs it; GPU_CHECK_EMU=1 runs it)"
+  labels=gpu
+  if [ "${GPU_CHECK_EMU:-0}" = 1 ]; then
+    labels='gpu|emu'
+  else
+    say "(test_cuda_gen_emulated, the CPU emulation of each case, is left out here: CI runs it; GPU_CHECK_EMU=1 runs it)"
   fi
   # The tests may take what the benchmarks do not need (about 150 s of them).
   tl=$(($(left) - 150))
   [ "$tl" -gt 360 ] && tl=360
   [ "$tl" -lt 150 ] && tl=150
-  step "ctest --test-dir $bdir -L gpu --output-on-failure" "$((tl + 20))" "$logs/ctest.log" 1 \
-    ctest --test-dir "$bdir" -L gpu --output-on-failure --timeout "$tl"
+  step "ctest --test-dir $bdir -L '$labels' --output-on-failure" "$((tl + 20))" "$logs/ctest.log" 1 \
+    ctest --test-dir "$bdir" -L "$labels" --output-on-failure --timeout "$tl"
   # Whether the device part ran, or was skipped (ctest counts a skip as a pass).
   if [ -f "$bdir/Testing/Temporary/LastTest.log" ]; then
     say "-- what the tests said about the device:"
