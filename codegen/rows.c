@@ -224,7 +224,7 @@ static void emit_norm(Lower *L, const IrNode *nd, const SchedValue *n, LLVMValue
     LLVMValueRef na = LLVMBuildFAdd(L->bld, acc, e, "");
     set_reassoc(na);
     loop_phi_next(L, acc, na);
-    loop_end(L, &ls);
+    loop_end_parallel(L, &ls); /* out is the node's own buffer (a norm is never in place) */
     denom = acc;
   }
   LLVMValueRef k = loop_begin(L, &lk, ci64(L, 0), ci64(L, len));
@@ -241,7 +241,7 @@ static void emit_norm(Lower *L, const IrNode *nd, const SchedValue *n, LLVMValue
     if (nd->op == IR_LAYERNORM) v = LLVMBuildFAdd(L->bld, v, norm_operand(L, nd, 2, k), "");
   }
   stf(L, v, out, idx);
-  loop_end(L, &lk);
+  loop_end_parallel(L, &lk);
   loop_end(L, &lr);
 }
 
