@@ -105,7 +105,9 @@ static void emit_axis_copy(Lower *L, LLVMValueRef dst, LLVMValueRef src, int64_t
   LLVMValueRef d = add(L, mul(L, o, ci64(L, dst_len * inner)), add(L, k, ci64(L, dst_off * inner)));
   LLVMValueRef s = add(L, mul(L, o, ci64(L, src_len * inner)), add(L, k, ci64(L, src_off * inner)));
   stf(L, ldf(L, src, s), dst, d);
-  loop_end(L, &lk);
+  /* dst is the node's own buffer: a slice, index or concat is never
+   * written over its operand (the in-place rule is for elementwise ops). */
+  loop_end_parallel(L, &lk);
   loop_end(L, &lo);
 }
 
@@ -397,7 +399,7 @@ void emit_row(Lower *L, IrRef r) {
     LLVMValueRef pb = mul(L, p, ci64(L, Mx * Nx));
     stc(L, ldc(L, src, add(L, pb, add(L, mul(L, j, ci64(L, Nx)), i)), x->w), out,
         add(L, pb, add(L, mul(L, i, ci64(L, Mx)), j)), x->w);
-    loop_end(L, &lj);
+    loop_end_parallel(L, &lj); /* into the node's own buffer, as emit_axis_copy */
     loop_end(L, &li);
     loop_end(L, &lp);
     return;
