@@ -369,7 +369,9 @@ static void block_copy(Lower *L, const SchedScanGroup *g, const ScanItem *it, in
   } else {
     stf(L, ldf(L, re, at), row, k);
   }
-  loop_end(L, &li);
+  /* Between the state's storage and the item's copies, an element to its
+   * own place: no two iterations touch one element. */
+  loop_end_parallel(L, &li);
   loop_end(L, &lo);
 }
 
