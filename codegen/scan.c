@@ -592,7 +592,7 @@ void emit_lane_copies(Lower *L, const SchedOp *op) {
     Cx v = ldc(L, src, k, w);
     stf(L, v.re, dst, at);
     if (w == 2) stf(L, v.im, dst, add(L, at, ci64(L, last * SCHED_SCAN_LANES)));
-    loop_end(L, &lo);
+    loop_end_parallel(L, &lo); /* from a node into the group's own copy buffer */
     loop_end(L, &li);
   }
   loop_end(L, &lb);
@@ -731,7 +731,11 @@ static void element_steps(Lower *L, const SchedOp *op, const ScanItem *it, ScanE
     LLVMValueRef k = add(L, mul(L, o, ci64(L, last)), i);
     if (copies) L->pl_at = copy_index(L, g, it, last, o, i, k);
     scan_element(L, op, e, k, o, i);
-    loop_end(L, &li);
+    /* Each element of the state runs its own recurrence: an iteration
+     * reads and writes the running value, its copies and the stored
+     * members at its own element (the sums are phis), and reads only
+     * operands the group does not write. */
+    loop_end_parallel(L, &li);
     /* After the loop over the last axis, a phi holds its sum. */
     for (int m = 0; m < g->nmembers; m++)
       if (is_sum(fn->nodes.v[g->members[m]].op))
