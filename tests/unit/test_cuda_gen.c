@@ -871,8 +871,8 @@ int main(void) {
   };
   /* CUDA_CASE=N >= 0 (debugging one case): only the emulated comparison;
    * CUDA_NEWTON=N the same for Newton case N; CUDA_IO=1 only the 16-bit
-   * inputs and outputs. CUDA_CASE=-1 (tools/gpu-check.sh
-   * on a device) runs every test but the emulated comparisons. */
+   * inputs and outputs. CUDA_CASE=-1 runs every test but the emulated
+   * comparisons of the cases and Newton solves. */
   if (getenv("CUDA_CASE") && atoi(getenv("CUDA_CASE")) >= 0) {
     const struct CMUnitTest one[] = {cmocka_unit_test(test_emulated_programs_equal_interpreter)};
     return cmocka_run_group_tests(one, NULL, NULL);
