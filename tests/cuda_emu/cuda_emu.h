@@ -19,6 +19,10 @@
  *     returns; the next runnable thread (in index order) then runs. So
  *     threads really interleave at barriers, and code that relies on
  *     lock-step execution without a barrier is not hidden.
+ *   - seq_emu_set_order(1) runs blocks and threads in descending order
+ *     instead: a kernel whose results differ between the two orders has a
+ *     race (two threads touching one location with no barrier between
+ *     them) or reads what another block of the same launch writes.
  *   - __syncthreads() releases when every thread of the block has reached a
  *     __syncthreads() (any call site, as on Volta and later).
  *   - Warp-synchronous operations (__shfl*_sync, __syncwarp, votes) meet at a
@@ -50,7 +54,8 @@
  *
  * Not modelled: concurrency between blocks (a kernel that spins waiting for
  * another block, or for another thread without a barrier, hangs); data races
- * (a racy kernel runs in this one order and is not reported); the memory
+ * other than by running both orders and comparing (a racy kernel runs in
+ * the order asked for and is not reported); the memory
  * model (every write is visible at once); 2-D/3-D launches; dynamic
  * (extern) shared memory; per-kernel shared memory and register limits;
  * texture, constant-cache and half types; fast-math and FMA contraction
@@ -238,6 +243,7 @@ struct Emu {
   int cur; /* the running thread; -1: the launcher */
   int active;
   int failed;
+  int reverse; /* seq_emu_set_order: blocks and threads in descending order */
   char msg[512];
 #ifdef SEQ_EMU_ASAN
   const void *main_bottom;
@@ -339,16 +345,24 @@ static void swap_to(Ctx *from, int j, bool last) {
   asm volatile("" ::: "memory");
 }
 
-static int next_ready(unsigned from) {
-  for (unsigned i = from; i < g.n; i++)
-    if (g.th[i].state == kReady) return (int)i;
+/* The thread at place p of the scheduling order: index order, or its
+ * reverse (seq_emu_set_order). Its own inverse. */
+static unsigned at(unsigned p) {
+  return g.reverse ? g.n - 1 - p : p;
+}
+
+/* The first runnable thread from place p on, or -1. */
+static int next_ready(unsigned p) {
+  for (; p < g.n; p++)
+    if (g.th[at(p)].state == kReady) return (int)at(p);
   return -1;
 }
 
 /* Thread `me` is waiting or has returned: run the next runnable thread after
- * it, or go back to the launcher, which starts over from thread 0. */
+ * it in the order, or go back to the launcher, which starts over from the
+ * first place. */
 static void yield(int me) {
-  swap_to(&g.th[me].ctx, next_ready((unsigned)me + 1), false);
+  swap_to(&g.th[me].ctx, next_ready(at((unsigned)me) + 1), false);
 }
 
 /* A fatal error inside a kernel: the launch stops; this thread never resumes. */
@@ -684,6 +698,15 @@ static const Kernel *find(const char *name) {
 
 #pragma GCC visibility pop
 
+/* The order of later launches: 0 (the default) runs blocks and, within a
+ * block, threads in index order; 1 in descending order. A kernel whose
+ * results differ between the two depends on an order CUDA does not give:
+ * a race between threads with no barrier between them, or a block reading
+ * what another block of the same launch writes. */
+extern "C" __attribute__((visibility("default"))) void seq_emu_set_order(int reverse) {
+  seq_emu::g.reverse = reverse != 0;
+}
+
 /* 1 when the module has a kernel called `name`. */
 extern "C" __attribute__((visibility("default"))) int seq_emu_has_kernel(const char *name) {
   return seq_emu::find(name) != nullptr;
@@ -741,7 +764,7 @@ extern "C" __attribute__((visibility("default"))) int seq_emu_launch(const char 
   blockDim = dim3{block, 1, 1};
   gridDim = dim3{grid, 1, 1};
   threadIdx = uint3{0, 0, 0};
-  for (unsigned b = 0; b < grid && !g.failed; b++) run_block(b);
+  for (unsigned b = 0; b < grid && !g.failed; b++) run_block(g.reverse ? grid - 1 - b : b);
   g.active = 0;
   g.cur = -1;
   if (g.failed) {

@@ -31,6 +31,7 @@
 typedef int (*EmuLaunchFn)(const char *kernel, unsigned grid, unsigned block,
                            const long long *frame, char *msg, size_t n);
 typedef int (*EmuHasFn)(const char *kernel);
+typedef void (*EmuOrderFn)(int reverse);
 
 typedef struct EmuAlloc {
   char *p;
@@ -42,6 +43,7 @@ struct EmuModule {
   char dir[4100]; /* the build directory, removed by emu_free ("" when gone) */
   int keep;
   EmuLaunchFn launch;
+  EmuOrderFn order;
   char **names;
   int nnames;
   EmuAlloc *allocs;
@@ -224,7 +226,8 @@ int emu_build(const char *cuda_source, const char *const *kernel_names, int n, E
   }
   m->launch = (EmuLaunchFn)(uintptr_t)dlsym(m->dl, "seq_emu_launch");
   EmuHasFn has = (EmuHasFn)(uintptr_t)dlsym(m->dl, "seq_emu_has_kernel");
-  if (!m->launch || !has) {
+  m->order = (EmuOrderFn)(uintptr_t)dlsym(m->dl, "seq_emu_set_order");
+  if (!m->launch || !has || !m->order) {
     snprintf(msg, msgn, "emu_build: the module has no seq_emu_launch (was cuda_emu.h included?)");
     emu_free(m);
     return -1;
@@ -267,6 +270,10 @@ void emu_free(EmuModule *m) {
 int emu_launch_name(EmuModule *m, const char *kernel, unsigned grid, unsigned block,
                     const long long *frame, char *msg, size_t msgn) {
   return m->launch(kernel, grid, block, frame, msg, msgn);
+}
+
+void emu_set_reverse(EmuModule *m, int reverse) {
+  m->order(reverse);
 }
 
 size_t emu_live_allocs(const EmuModule *m) {

@@ -49,6 +49,11 @@ RtCuDevice emu_device(EmuModule *m);
 int emu_launch_name(EmuModule *m, const char *kernel, unsigned grid, unsigned block,
                     const long long *frame, char *msg, size_t msgn);
 
+/* Later launches run blocks and threads in descending order (reverse 1) or
+ * in index order (0, the default): a program whose results differ between
+ * the two has a race (tests/cuda_emu/cuda_emu.h). */
+void emu_set_reverse(EmuModule *m, int reverse);
+
 /* Allocations not yet freed; device frees of an address it never gave out
  * (double frees included). */
 size_t emu_live_allocs(const EmuModule *m);

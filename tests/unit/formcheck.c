@@ -228,27 +228,67 @@ void fc_batch_make(FcBatch *bt, FcCompiled *cm, int64_t B, int64_t T, int varian
   }
 }
 
-void fc_batch_check(const FcBatch *bt, FcCompiled *cm, const char *what, double rel) {
-  const IrBinding *b = &cm->pipe.bind;
-  RtTensor og[8], sg[16];
-  if (drv_run(&cm->pipe.sched->sig, cm->forward, &cm->w, b, bt->B, bt->T, bt->ins,
+static void batch_run(const FcBatch *bt, FcCompiled *cm, const char *what, RtTensor *og,
+                      RtTensor *sg) {
+  if (drv_run(&cm->pipe.sched->sig, cm->forward, &cm->w, &cm->pipe.bind, bt->B, bt->T, bt->ins,
               bt->variant ? bt->lengths : NULL, bt->variant ? bt->sin : NULL, og, sg, &cm->de)) {
     fc_print_diags(cm);
     fail_msg("%s does not run", what);
   }
+}
+
+void fc_batch_check_keep(const FcBatch *bt, FcCompiled *cm, const char *what, double rel,
+                         RtTensor *og, RtTensor *sg) {
+  const IrBinding *b = &cm->pipe.bind;
+  batch_run(bt, cm, what, og, sg);
   char name[768];
   for (int k = 0; k < bt->no; k++) {
     snprintf(name, sizeof name, "%s: output %s B=%lld T=%lld variant=%d", what,
              b->root->outputs.v[k].name, (long long)bt->B, (long long)bt->T, bt->variant);
     fc_check(name, &og[k], &bt->o32[k], &bt->o64[k], rel);
-    rt_tensor_free(&og[k]);
   }
   for (int k = 0; k < bt->ns; k++) {
     snprintf(name, sizeof name, "%s: state %s B=%lld T=%lld variant=%d", what,
              b->flat.states.v[k].name, (long long)bt->B, (long long)bt->T, bt->variant);
     fc_check(name, &sg[k], &bt->s32[k], &bt->s64[k], rel);
-    rt_tensor_free(&sg[k]);
   }
+}
+
+void fc_batch_check(const FcBatch *bt, FcCompiled *cm, const char *what, double rel) {
+  RtTensor og[8], sg[16];
+  fc_batch_check_keep(bt, cm, what, rel, og, sg);
+  fc_batch_outputs_free(bt, og, sg);
+}
+
+/* Fails unless a and b hold the same bytes (so NaNs of one pattern match). */
+static void same_bits(const char *what, const char *kind, const char *name, const FcBatch *bt,
+                      const RtTensor *a, const RtTensor *b) {
+  int64_t n = rt_numel(a);
+  if (rt_numel(b) != n || a->dtype != b->dtype)
+    fail_msg("%s: %s %s has another shape in the second run", what, kind, name);
+  size_t size = rt_dtype_size(a->dtype);
+  for (int64_t i = 0; i < n; i++)
+    if (memcmp((const char *)a->data + (size_t)i * size, (const char *)b->data + (size_t)i * size,
+               size))
+      fail_msg("%s: %s %s B=%lld T=%lld variant=%d differs between the runs at element %lld", what,
+               kind, name, (long long)bt->B, (long long)bt->T, bt->variant, (long long)i);
+}
+
+void fc_batch_same(const FcBatch *bt, FcCompiled *cm, const char *what, const RtTensor *og,
+                   const RtTensor *sg) {
+  const IrBinding *b = &cm->pipe.bind;
+  RtTensor og2[8], sg2[16];
+  batch_run(bt, cm, what, og2, sg2);
+  for (int k = 0; k < bt->no; k++)
+    same_bits(what, "output", b->root->outputs.v[k].name, bt, &og[k], &og2[k]);
+  for (int k = 0; k < bt->ns; k++)
+    same_bits(what, "state", b->flat.states.v[k].name, bt, &sg[k], &sg2[k]);
+  fc_batch_outputs_free(bt, og2, sg2);
+}
+
+void fc_batch_outputs_free(const FcBatch *bt, RtTensor *og, RtTensor *sg) {
+  for (int k = 0; k < bt->no; k++) rt_tensor_free(&og[k]);
+  for (int k = 0; k < bt->ns; k++) rt_tensor_free(&sg[k]);
 }
 
 void fc_batch_free(FcBatch *bt) {

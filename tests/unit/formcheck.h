@@ -88,6 +88,15 @@ void fc_batch_make(FcBatch *bt, FcCompiled *cm, int64_t B, int64_t T, int varian
  * batch's) and checks every output and final state (fc_check with rel);
  * `what` names the form in messages. */
 void fc_batch_check(const FcBatch *bt, FcCompiled *cm, const char *what, double rel);
+/* fc_batch_check that hands the outputs and final states over (og[0..no),
+ * sg[0..ns)), to be freed with fc_batch_outputs_free. */
+void fc_batch_check_keep(const FcBatch *bt, FcCompiled *cm, const char *what, double rel,
+                         RtTensor *og, RtTensor *sg);
+/* Runs cm->forward on the batch again and fails unless every output and
+ * final state has the bytes of og and sg (an earlier run's). */
+void fc_batch_same(const FcBatch *bt, FcCompiled *cm, const char *what, const RtTensor *og,
+                   const RtTensor *sg);
+void fc_batch_outputs_free(const FcBatch *bt, RtTensor *og, RtTensor *sg);
 void fc_batch_free(FcBatch *bt);
 
 /* 16-bit floats as a device call's inputs and outputs hold them (type 1

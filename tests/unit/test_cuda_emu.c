@@ -3,7 +3,8 @@
  * the subset seqc generates, each checked against a serial computation, run
  * through the RtCuDevice table the executor uses. They show that threads
  * interleave at __syncthreads, that shuffles exchange values between the
- * lanes of a warp, that shared memory is garbage at block start, and that
+ * lanes of a warp, that shared memory is garbage at block start, that the
+ * reverse order of blocks and threads exposes races, and that
  * misuse (a barrier in divergent code, an unknown kernel, a bad launch, a
  * compile error) is a message, not a hang. Skipped without a C++ compiler. */
 #include "testutil.h"
@@ -140,6 +141,23 @@ static const char *const kSourceParts[] = {
     "  out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, 1.0f, 1);\n"
     "}\n"
     "\n",
+    "/* Reads what another thread (F[0] 0: with no barrier between, 1: after\n"
+    " * one) or another block (2) writes: the first and the last depend on the\n"
+    " * order threads and blocks run in. */\n"
+    "extern \"C\" __global__ void order_probe(const long long *__restrict__ F) {\n"
+    "  __shared__ unsigned s[64];\n"
+    "  unsigned *out = (unsigned *)F[1];\n"
+    "  unsigned t = threadIdx.x, n = blockDim.x, i = blockIdx.x * n + t;\n"
+    "  if (F[0] == 2) {\n"
+    "    out[i] = i + 1;\n"
+    "    out[gridDim.x * n + i] = out[(i + n) % (gridDim.x * n)];\n"
+    "    return;\n"
+    "  }\n"
+    "  s[t] = i + 1;\n"
+    "  if (F[0] == 1) __syncthreads();\n"
+    "  out[i] = s[(t + 1) % n];\n"
+    "}\n"
+    "\n",
     "#ifdef SEQ_CUDA_EMU\n"
     "SEQ_EMU_KERNELS_BEGIN\n"
     "SEQ_EMU_KERNEL(saxpy)\n"
@@ -151,6 +169,7 @@ static const char *const kSourceParts[] = {
     "SEQ_EMU_KERNEL(divergent)\n"
     "SEQ_EMU_KERNEL(lane_gone)\n"
     "SEQ_EMU_KERNEL(partial)\n"
+    "SEQ_EMU_KERNEL(order_probe)\n"
     "SEQ_EMU_KERNELS_END\n"
     "#endif\n",
     NULL};
@@ -164,11 +183,12 @@ enum {
   K_SHARED,
   K_DIVERGENT,
   K_LANE,
-  K_PARTIAL
+  K_PARTIAL,
+  K_ORDER
 };
-static const char *const kNames[] = {"saxpy",     "block_sum",    "block_scan",
-                                     "shuffles",  "frame_reader", "shared_garbage",
-                                     "divergent", "lane_gone",    "partial"};
+static const char *const kNames[] = {"saxpy",        "block_sum",      "block_scan", "shuffles",
+                                     "frame_reader", "shared_garbage", "divergent",  "lane_gone",
+                                     "partial",      "order_probe"};
 
 /* kSourceParts joined. */
 static char *source(void) {
@@ -482,6 +502,49 @@ static void test_shared_garbage(void **state) {
   no_leaks();
 }
 
+/* The reverse order (emu_set_reverse) runs blocks and threads backwards:
+ * reading another thread's write with no barrier between, or another
+ * block's, gives other values than in index order; a barrier, and the
+ * reductions above, give the same. */
+static void run_probe(int64_t mode, int reverse, unsigned *out) {
+  RtDevPtr dout = dalloc(2 * 2 * 64 * sizeof *out);
+  int64_t frame[2] = {mode, (int64_t)dout};
+  emu_set_reverse(g_mod, reverse);
+  launch_ok(K_ORDER, 2, 64, frame, 2);
+  emu_set_reverse(g_mod, 0);
+  d2h(out, dout, 2 * 2 * 64 * sizeof *out);
+  g_dev.free(g_dev.ctx, dout);
+}
+
+static void test_reverse_order(void **state) {
+  (void)state;
+  need_emu();
+  unsigned fwd[256], rev[256];
+  for (int64_t mode = 0; mode < 3; mode++) {
+    run_probe(mode, 0, fwd);
+    run_probe(mode, 1, rev);
+    int differ = memcmp(fwd, rev, sizeof fwd) != 0;
+    if (mode == 1) {
+      assert_false(differ);
+      for (unsigned i = 0; i < 128; i++) assert_int_equal(fwd[i], (i / 64) * 64 + (i + 1) % 64 + 1);
+    } else if (!differ) {
+      fail_msg("order_probe mode %lld: the same values in both orders", (long long)mode);
+    }
+  }
+  /* Thread 0 of block 0 reads thread 1's slot before (index order) and
+   * after (reverse) thread 1 writes it. */
+  run_probe(0, 0, fwd);
+  run_probe(0, 1, rev);
+  assert_int_equal(fwd[0], 0xffffffffu);
+  assert_int_equal(rev[0], 2);
+  emu_set_reverse(g_mod, 1);
+  test_block_sum(state);
+  test_warp_scan(state);
+  test_shuffles(state);
+  emu_set_reverse(g_mod, 0);
+  no_leaks();
+}
+
 /* ---- errors ------------------------------------------------------------------------ */
 
 static void expect_launch_error(int kernel, unsigned grid, unsigned block, const char *needle) {
@@ -545,7 +608,7 @@ int main(void) {
       cmocka_unit_test(test_warp_scan),      cmocka_unit_test(test_shuffles),
       cmocka_unit_test(test_partial_warp),   cmocka_unit_test(test_frame),
       cmocka_unit_test(test_shared_garbage), cmocka_unit_test(test_errors),
-      cmocka_unit_test(test_build_errors),
+      cmocka_unit_test(test_build_errors),   cmocka_unit_test(test_reverse_order),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -229,6 +229,15 @@ static void test_every_program_compiles_with_nvrtc(void **st) {
 typedef int (*DeviceFor)(FcCompiled *cm, RtCuDevice *dev, void **handle);
 typedef void (*DeviceDone)(void *handle);
 
+static int emu_for(FcCompiled *cm, RtCuDevice *dev, void **handle);
+
+/* The batches an emulated program also runs in the reverse order: those
+ * with lengths and initial states, at every T but 1. */
+static int reverse_too(int64_t T, int64_t B, int variant) {
+  (void)B;
+  return variant == 1 && T > 1;
+}
+
 static void run_case_at(const FcCase *c, DeviceFor dev_for, DeviceDone dev_done, const int64_t *ts,
                         int nts) {
   FcCompiled cm[NFORMS];
@@ -255,7 +264,22 @@ static void run_case_at(const FcCase *c, DeviceFor dev_for, DeviceDone dev_done,
           cur.dev = dev[f];
           char what[512];
           snprintf(what, sizeof what, "%s --strategy=%s", c->file, FORMS[f]);
-          fc_batch_check(&bt, &cm[f], what, 0);
+          if (dev_for != emu_for || !reverse_too(ts[ti], B, variant)) {
+            fc_batch_check(&bt, &cm[f], what, 0);
+            continue;
+          }
+          /* On the emulation, once more with the blocks and threads of
+           * every launch in descending order: a race between threads, or a
+           * block reading what another block of its launch writes, changes
+           * the bits (a GPU gives neither order). */
+          RtTensor og[8], sg[16];
+          fc_batch_check_keep(&bt, &cm[f], what, 0, og, sg);
+          snprintf(what, sizeof what, "%s --strategy=%s, blocks and threads in reverse order",
+                   c->file, FORMS[f]);
+          emu_set_reverse(handle[f], 1);
+          fc_batch_same(&bt, &cm[f], what, og, sg);
+          emu_set_reverse(handle[f], 0);
+          fc_batch_outputs_free(&bt, og, sg);
         }
         fc_batch_free(&bt);
       }
@@ -331,7 +355,8 @@ static void run_newton(DeviceFor dev_for, DeviceDone dev_done) {
           RtCuNewtonStats ns;
           rt_cu_newton_stats(NULL, 1);
           size_t allocs = dev_for == emu_for ? emu_total_allocs(handle) : 0;
-          fc_batch_check(&bt, &cm, what, 0);
+          RtTensor og[8], sg[16];
+          fc_batch_check_keep(&bt, &cm, what, 0, og, sg);
           rt_cu_newton_stats(&ns, 1);
           /* The call's buffers come from its pool: a solve's many
            * evaluations of the step allocate as one does, so a longer
@@ -351,6 +376,14 @@ static void run_newton(DeviceFor dev_for, DeviceDone dev_done) {
             fail_msg("%s, T = %lld, B = %lld: %lld solves, %lld fallbacks, at most %d iterations",
                      what, (long long)TS[ti], (long long)B, (long long)ns.solves,
                      (long long)ns.fallbacks, ns.max_iter);
+          if (dev_for == emu_for && reverse_too(TS[ti], B, variant)) { /* as in run_case_at */
+            char rev[600];
+            snprintf(rev, sizeof rev, "%s, blocks and threads in reverse order", what);
+            emu_set_reverse(handle, 1);
+            fc_batch_same(&bt, &cm, rev, og, sg);
+            emu_set_reverse(handle, 0);
+          }
+          fc_batch_outputs_free(&bt, og, sg);
           fc_batch_free(&bt);
         }
     dev_done(handle);
