@@ -139,9 +139,30 @@ static int parallel_metadata(Lower *L, LLVMValueRef *id, LLVMValueRef *group) {
   return 0;
 }
 
-static void tag_accesses(LLVMBasicBlockRef bb, unsigned kind, LLVMValueRef group) {
-  for (LLVMValueRef x = LLVMGetFirstInstruction(bb); x; x = LLVMGetNextInstruction(x))
-    if (LLVMIsALoadInst(x) || LLVMIsAStoreInst(x)) LLVMSetMetadata(x, kind, group);
+/* Adds group to the access groups of bb's loads and stores. An access
+ * inside nested parallel loops is in the group of each (a list of groups:
+ * an inner loop tagged first keeps its own when its outer loop is tagged). */
+static void tag_accesses(Lower *L, LLVMBasicBlockRef bb, unsigned kind, LLVMValueRef group) {
+  for (LLVMValueRef x = LLVMGetFirstInstruction(bb); x; x = LLVMGetNextInstruction(x)) {
+    if (!LLVMIsALoadInst(x) && !LLVMIsAStoreInst(x)) continue;
+    LLVMValueRef old = LLVMGetMetadata(x, kind);
+    if (!old) {
+      LLVMSetMetadata(x, kind, group);
+      continue;
+    }
+    /* A group is an empty node, a list has the groups as operands. */
+    unsigned n = LLVMGetMDNodeNumOperands(old);
+    LLVMValueRef ops[8];
+    if (n + 1 > sizeof ops / sizeof ops[0]) continue; /* deeper nests keep the inner claims */
+    if (n == 0)
+      ops[n++] = old;
+    else
+      LLVMGetMDNodeOperands(old, ops);
+    ops[n++] = group;
+    LLVMMetadataRef md[8];
+    for (unsigned i = 0; i < n; i++) md[i] = LLVMValueAsMetadata(ops[i]);
+    LLVMSetMetadata(x, kind, LLVMMetadataAsValue(L->cx, LLVMMDNodeInContext2(L->cx, md, n)));
+  }
 }
 
 void loop_end_parallel(Lower *L, Loop *lp) {
@@ -152,10 +173,10 @@ void loop_end_parallel(Lower *L, Loop *lp) {
   /* The loop's blocks: its head and body, and every block its body added
    * (appended after its exit, which loop_begin made). */
   unsigned kind = LLVMGetMDKindIDInContext(L->cx, "llvm.access.group", 17);
-  tag_accesses(lp->head, kind, group);
-  tag_accesses(lp->body, kind, group);
+  tag_accesses(L, lp->head, kind, group);
+  tag_accesses(L, lp->body, kind, group);
   for (LLVMBasicBlockRef bb = LLVMGetNextBasicBlock(lp->exit); bb; bb = LLVMGetNextBasicBlock(bb))
-    tag_accesses(bb, kind, group);
+    tag_accesses(L, bb, kind, group);
   LLVMSetMetadata(LLVMGetBasicBlockTerminator(last),
                   LLVMGetMDKindIDInContext(L->cx, "llvm.loop", 9), id);
 }

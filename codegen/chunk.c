@@ -38,9 +38,11 @@ static void transpose_heads(Lower *L, LLVMValueRef dst, LLVMValueRef src, LLVMVa
   LLVMValueRef j = loop_begin(L, &lj, ci64(L, 0), ci64(L, cols));
   stf(L, ldf(L, src, add(L, base, add(L, mul(L, i, ci64(L, cols)), j))), dst,
       add(L, base, add(L, mul(L, j, ci64(L, rows)), i)));
-  loop_end(L, &lj);
-  loop_end(L, &li);
-  loop_end(L, &lh);
+  /* dst and src are different buffers (the state and its copy): each
+   * element is written once. */
+  loop_end_parallel(L, &lj);
+  loop_end_parallel(L, &li);
+  loop_end_parallel(L, &lh);
 }
 
 /* One item of the chunked form: example b's heads [h0, h0 + hn) and value

@@ -34,8 +34,9 @@ static void emit_complex_real_form(Lower *L, IrRef r) {
     stf(L, v.im, wr, add(L, row_im, c));
     stf(L, v.re, wr, add(L, row_im, c1));
   }
-  loop_end(L, &lk);
-  loop_end(L, &ln);
+  /* wr is the node's own: each (n, k) writes elements of its own. */
+  loop_end_parallel(L, &lk);
+  loop_end_parallel(L, &ln);
 }
 
 LLVMValueRef gemm_prepared(Lower *L, IrRef r) {

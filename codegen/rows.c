@@ -54,13 +54,11 @@ void emit_ew_nest(Lower *L, IrOp op, Nest *ns, LLVMValueRef out, int d, LLVMValu
   int64_t ost = 1;
   for (int e = d + 1; e < ns->rank; e++) ost *= ns->shape[e];
   emit_ew_nest(L, op, ns, out, d + 1, o2, add(L, oofs, mul(L, i, ci64(L, ost))));
-  /* The innermost loop writes an element of its own per iteration, and an
-   * operand it writes over is read at that element only (the schedule's
-   * in-place rule: same size, no broadcasting). */
-  if (d == ns->rank - 1)
-    loop_end_parallel(L, &lp);
-  else
-    loop_end(L, &lp);
+  /* Each element of the nest writes an element of its own, and an operand
+   * it writes over is read at that element only (the schedule's in-place
+   * rule: same size, no broadcasting): every level is parallel (an outer
+   * one is what LLVM vectorizes when the inner ones are short). */
+  loop_end_parallel(L, &lp);
 }
 
 /* Elementwise op (or broadcast copy) of the current row. */
@@ -106,9 +104,11 @@ static void emit_axis_copy(Lower *L, LLVMValueRef dst, LLVMValueRef src, int64_t
   LLVMValueRef s = add(L, mul(L, o, ci64(L, src_len * inner)), add(L, k, ci64(L, src_off * inner)));
   stf(L, ldf(L, src, s), dst, d);
   /* dst is the node's own buffer: a slice, index or concat is never
-   * written over its operand (the in-place rule is for elementwise ops). */
+   * written over its operand (the in-place rule is for elementwise ops);
+   * each o writes its own range of it. Index along a last axis copies one
+   * element per o: the outer loop is the one LLVM vectorizes. */
   loop_end_parallel(L, &lk);
-  loop_end(L, &lo);
+  loop_end_parallel(L, &lo);
 }
 
 /* Accumulates into a stack slot so the reduction can be vectorized (reassoc). */
@@ -308,7 +308,9 @@ static void emit_matmul_row(Lower *L, const IrNode *nd, LLVMValueRef out) {
         L->bld, ldf(L, out, o),
         LLVMBuildFMul(L->bld, aik, ldf(L, pb, add(L, mul(L, k, ci64(L, N)), j)), ""), "");
     stf(L, v, out, o);
-    loop_end(L, &lj);
+    /* out is the node's own buffer (a product is never in place): each j
+     * its own element of it. */
+    loop_end_parallel(L, &lj);
     loop_end(L, &lk);
   }
   loop_end(L, &li);
@@ -363,7 +365,7 @@ void emit_row(Lower *L, IrRef r) {
     LLVMValueRef diag = LLVMBuildICmp(L->bld, LLVMIntEQ,
                                       LLVMBuildSRem(L->bld, k, ci64(L, N + 1), ""), ci64(L, 0), "");
     stf(L, LLVMBuildSelect(L->bld, diag, cf(L, 1.0), cf(L, 0.0), ""), out, k);
-    loop_end(L, &lk);
+    loop_end_parallel(L, &lk); /* stores only */
     return;
   }
   case IR_INV: /* the runtime's, per matrix of the last two axes */
@@ -383,8 +385,8 @@ void emit_row(Lower *L, IrRef r) {
     LLVMValueRef i = loop_begin(L, &li, ci64(L, 0), ci64(L, N));
     LLVMValueRef pi = add(L, mul(L, p, ci64(L, N)), i);
     stc(L, ldc(L, src, add(L, mul(L, pi, ci64(L, N)), i), x->w), out, pi, x->w);
-    loop_end(L, &li);
-    loop_end(L, &lp);
+    loop_end_parallel(L, &li); /* into the node's own buffer, an element each */
+    loop_end_parallel(L, &lp);
     return;
   }
   case IR_TRANSPOSE: {
@@ -399,9 +401,9 @@ void emit_row(Lower *L, IrRef r) {
     LLVMValueRef pb = mul(L, p, ci64(L, Mx * Nx));
     stc(L, ldc(L, src, add(L, pb, add(L, mul(L, j, ci64(L, Nx)), i)), x->w), out,
         add(L, pb, add(L, mul(L, i, ci64(L, Mx)), j)), x->w);
-    loop_end_parallel(L, &lj); /* into the node's own buffer, as emit_axis_copy */
-    loop_end(L, &li);
-    loop_end(L, &lp);
+    loop_end_parallel(L, &lj); /* into the node's own buffer, an element each */
+    loop_end_parallel(L, &li);
+    loop_end_parallel(L, &lp);
     return;
   }
   case IR_SLICE:
@@ -444,7 +446,7 @@ void emit_row(Lower *L, IrRef r) {
     Loop lk;
     LLVMValueRef k = loop_begin(L, &lk, ci64(L, 0), ci64(L, sched_row_floats(n)));
     stf(L, ldf(L, src, k), out, k);
-    loop_end(L, &lk);
+    loop_end_parallel(L, &lk); /* a table row into the node's own buffer */
     return;
   }
   case IR_SUM:
@@ -474,8 +476,8 @@ void emit_row(Lower *L, IrRef r) {
       stc(L, cx_mul(L, ldc(L, pa, i, x->w), ldc(L, pb, j, y->w)), out, o, 2);
     else
       stf(L, LLVMBuildFMul(L->bld, ldf(L, pa, i), ldf(L, pb, j), ""), out, o);
-    loop_end(L, &lj);
-    loop_end(L, &li);
+    loop_end_parallel(L, &lj); /* into the node's own buffer, an element each */
+    loop_end_parallel(L, &li);
     return;
   }
   default:

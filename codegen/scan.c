@@ -119,7 +119,9 @@ void emit_delay(Lower *L, IrRef r) {
   LLVMValueRef dst = step_row(L, r, b, len, tau);
   LLVMValueRef k = loop_begin(L, &lk, ci64(L, 0), ci64(L, floats));
   stf(L, ldf(L, src, k), dst, k);
-  loop_end(L, &lk);
+  /* dst is the delay's own buffer, never its operand's (a delay is not
+   * elementwise: the in-place rule does not reach it). */
+  loop_end_parallel(L, &lk);
   loop_end(L, &lt);
   loop_end(L, &lb);
 }
@@ -168,9 +170,11 @@ void emit_window(Lower *L, IrRef r) {
   LLVMValueRef dof = mul(L, add(L, mul(L, q, ci64(L, nlen)), j), ci64(L, inner));
   LLVMValueRef k = loop_begin(L, &lk, ci64(L, 0), ci64(L, inner));
   stf(L, ldf(L, src, add(L, so, k)), dst, add(L, dof, k));
-  loop_end(L, &lk);
-  loop_end(L, &lq);
-  loop_end(L, &lj);
+  /* dst is the window's own row (a window is not elementwise: never in
+   * place), an element per (j, q, k). */
+  loop_end_parallel(L, &lk);
+  loop_end_parallel(L, &lq);
+  loop_end_parallel(L, &lj);
   loop_end(L, &lt);
   loop_end(L, &lb);
 }
@@ -210,7 +214,9 @@ void emit_conv_window(Lower *L, IrRef r) {
     acc = fadd(L, acc, fmul(L, ldf(L, wb, add(L, mul(L, d, ci64(L, K)), ci64(L, k))), x));
   }
   stf(L, acc, dst, d);
-  loop_end(L, &ld);
+  /* dst is the convolution's own row, an element per channel; it reads
+   * only operands (below too). */
+  loop_end_parallel(L, &ld);
   loop_end(L, &lh);
   /* The rest: every tap in this call's rows. */
   LLVMValueRef t = loop_begin(L, &lt, head, count);
@@ -229,7 +235,7 @@ void emit_conv_window(Lower *L, IrRef r) {
     acc = fadd(L, acc,
                fmul(L, ldf(L, wb, add(L, mul(L, d, ci64(L, K)), ci64(L, k))), ldf(L, taps[k], d)));
   stf(L, acc, dst, d);
-  loop_end(L, &ld);
+  loop_end_parallel(L, &ld);
   loop_end(L, &lt);
   loop_end(L, &lb);
 }
@@ -809,8 +815,10 @@ static void compose_steps(Lower *L, const SchedOp *op, const ScanItem *it, LLVMV
   LLVMValueRef k = add(L, mul(L, o, ci64(L, last)), i);
   stf(L, cf(L, maxplus ? 0.0 : 1.0), x, k);
   stf(L, cf(L, maxplus ? -INFINITY : 0.0), y, k);
-  loop_end(L, &li);
-  loop_end(L, &lo_);
+  /* Element k of the part's two rows in time_buf only, here and below (the
+   * members are values, nothing of the group is stored). */
+  loop_end_parallel(L, &li);
+  loop_end_parallel(L, &lo_);
   LLVMValueRef rel = loop_begin(L, &lt, lo, hi);
   at_step(L, it, rel);
   o = loop_begin(L, &lo_, it->ob, it->oend);
@@ -830,8 +838,8 @@ static void compose_steps(Lower *L, const SchedOp *op, const ScanItem *it, LLVMV
     stf(L, fmul(L, a, A), x, k);
     stf(L, fadd(L, fmul(L, a, B), bv), y, k);
   }
-  loop_end(L, &li);
-  loop_end(L, &lo_);
+  loop_end_parallel(L, &li);
+  loop_end_parallel(L, &lo_);
   loop_end(L, &lt);
 }
 
@@ -905,7 +913,8 @@ static void fold_parts(Lower *L, const SchedOp *op, LLVMValueRef P) {
   LLVMValueRef e = ldf(L, h, k), A = ldf(L, x, k), B = ldf(L, y, k);
   stf(L, e, x, k);
   stf(L, maxplus ? emit_binary(L, IR_MAX, fadd(L, A, e), B) : fadd(L, fmul(L, A, e), B), h, k);
-  loop_end(L, &lk);
+  /* Element k of the state and of the part's two rows in time_buf only. */
+  loop_end_parallel(L, &lk);
   loop_end(L, &lj);
   loop_end(L, &lb);
 }
