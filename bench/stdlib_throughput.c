@@ -14,39 +14,7 @@
 
 #include "seq.h"
 
-typedef struct Bench {
-  const char *file;
-  const char *dims;
-} Bench;
-
-static const Bench benches[] = {
-    {"stdlib/lstm.seq", "I=256,H=256"},
-    {"stdlib/gru.seq", "I=256,H=256"},
-    {"stdlib/rnn.seq", "I=256,H=256"},
-    {"stdlib/mingru.seq", "I=256,H=256"},
-    {"stdlib/minlstm.seq", "I=256,H=256"},
-    {"stdlib/lru.seq", "H=256,N=256"},
-    {"stdlib/s4d.seq", "H=256,N=64"},
-    {"stdlib/s5.seq", "H=256,P=256"},
-    {"stdlib/mamba_ssm.seq", "d_inner=512,d_state=16,dt_rank=16"},
-    {"stdlib/mamba.seq", "d_model=256,d_inner=512,d_state=16,d_conv=4,dt_rank=16"},
-    {"stdlib/mamba2.seq", "d_model=256,ngroups=1,hpg=8,headdim=64,d_state=64,d_conv=4"},
-    {"stdlib/linear_attention.seq", "I=256,NH=4,Dk=64,Dv=64"},
-    {"stdlib/retnet.seq", "I=256,NH=4,P=32,Dv=64"},
-    {"stdlib/gla.seq", "I=256,NH=4,Dk=64,Dv=64,R=16"},
-    {"stdlib/mlstm.seq", "I=256,NH=4,DH=64"},
-    {"stdlib/slstm.seq", "I=256,H=256"},
-    {"stdlib/deltanet.seq", "I=256,NH=4,Dk=64,Dv=64"},
-    {"stdlib/gated_deltanet.seq", "I=256,NH=4,Dk=64,Dv=64"},
-    {"stdlib/deltaproduct.seq", "I=256,Dk=64,Dv=64"},
-    {"stdlib/plstm.seq", "I=256,Dk=64,Dv=64,J=4"},
-    {"stdlib/gam.seq", "D=256,Mem=64,K=4"},
-    {"stdlib/paragru.seq", "I=256,H=256"},
-    {"stdlib/paralstm.seq", "I=256,H=256"},
-    {"stdlib/rwkv7.seq", "C=256,D_w=64,D_a=64,D_g=128"},
-    {"stdlib/titans.seq", "I=256,D=64,Dh=128"},
-    {"stdlib/lightnet.seq", "I=256,NH=4,Dk=64,Dv=64"},
-};
+#include "std_cells.h"
 
 enum { B = 8, T = 1024, RUNS = 5 };
 
@@ -72,7 +40,7 @@ static int cmp_double(const void *a, const void *b) {
 /* Runs one cell; prints its table row. Returns 0 on success. */
 static const char *strategy; /* argv[3]: --strategy for every cell (NULL: auto) */
 
-static int bench_one(SeqContext *cx, const char *srcdir, const Bench *bn) {
+static int bench_one(SeqContext *cx, const char *srcdir, const SeqStdCell *bn) {
   char path[1024];
   snprintf(path, sizeof path, "%s/%s", srcdir, bn->file);
   SeqOptions opt = {.opt_level = 2, .dims = bn->dims, .num_threads = 1, .strategy = strategy};
@@ -150,7 +118,7 @@ int main(int argc, char **argv) {
   printf("| cell | dims | tokens/s | ms per forward (B=%d, T=%d) | JIT compile ms |\n", B, T);
   printf("|---|---|---|---|---|\n");
   int failures = 0;
-  for (size_t i = 0; i < sizeof benches / sizeof benches[0]; i++) {
+  for (int i = 0; i < SEQ_NSTD_CELLS; i++) {
     if (only) {
       int hit = 0;
       for (const char *p = only; *p && !hit;) {
@@ -159,13 +127,13 @@ int main(int argc, char **argv) {
         if (n > 0 && n < sizeof want) {
           memcpy(want, p, n);
           want[n] = '\0';
-          hit = strstr(benches[i].file, want) != NULL;
+          hit = strstr(SEQ_STD_CELLS[i].file, want) != NULL;
         }
         p += n + (p[n] == ',');
       }
       if (!hit) continue;
     }
-    failures += bench_one(cx, srcdir, &benches[i]);
+    failures += bench_one(cx, srcdir, &SEQ_STD_CELLS[i]);
   }
   seq_context_destroy(cx);
   return failures ? 1 : 0;

@@ -25,6 +25,7 @@
 #include "driver/pipeline.h"
 #include "driver/run.h"
 #include "runtime/rt_cpu.h"
+#include "bench/std_cells.h"
 
 static const FcCase CASES[] = {
     {"examples/lstm.seq", "I=3,H=4"},
@@ -259,7 +260,7 @@ static void test_thread_splits(void **st) {
   }
 }
 
-/* Every std cell at the dims of docs/stdlib.md, under the step loop and
+/* Every std cell at the dims of docs/stdlib.md (bench/std_cells.h), under the step loop and
  * auto, compiles to element loops that LLVM vectorizes without run-time
  * overlap checks between buffers ("found.conflict", "diff.check") and the
  * scalar copy of the loop they guard: codegen claims the iterations of each
@@ -268,56 +269,27 @@ static void test_thread_splits(void **st) {
  * compiles (and runs) as before, only slower to compile: this says so. */
 static void test_std_cells_vectorize_without_overlap_checks(void **st) {
   (void)st;
-  static const FcCase cells[] = {
-      {"stdlib/lstm.seq", "I=256,H=256"},
-      {"stdlib/gru.seq", "I=256,H=256"},
-      {"stdlib/rnn.seq", "I=256,H=256"},
-      {"stdlib/mingru.seq", "I=256,H=256"},
-      {"stdlib/minlstm.seq", "I=256,H=256"},
-      {"stdlib/lru.seq", "H=256,N=256"},
-      {"stdlib/s4d.seq", "H=256,N=64"},
-      {"stdlib/lssl.seq", "H=256,N=16"},
-      {"stdlib/lssl_zoh.seq", "H=256,N=16"},
-      {"stdlib/s5.seq", "H=256,P=256"},
-      {"stdlib/mamba_ssm.seq", "d_inner=512,d_state=16,dt_rank=16"},
-      {"stdlib/mamba.seq", "d_model=256,d_inner=512,d_state=16,d_conv=4,dt_rank=16"},
-      {"stdlib/mamba2.seq", "d_model=256,ngroups=1,hpg=8,headdim=64,d_state=64,d_conv=4"},
-      {"stdlib/linear_attention.seq", "I=256,NH=4,Dk=64,Dv=64"},
-      {"stdlib/retnet.seq", "I=256,NH=4,P=32,Dv=64"},
-      {"stdlib/gla.seq", "I=256,NH=4,Dk=64,Dv=64,R=16"},
-      {"stdlib/mlstm.seq", "I=256,NH=4,DH=64"},
-      {"stdlib/slstm.seq", "I=256,H=256"},
-      {"stdlib/deltanet.seq", "I=256,NH=4,Dk=64,Dv=64"},
-      {"stdlib/gated_deltanet.seq", "I=256,NH=4,Dk=64,Dv=64"},
-      {"stdlib/deltaproduct.seq", "I=256,Dk=64,Dv=64"},
-      {"stdlib/rwkv7.seq", "C=256,D_w=64,D_a=64,D_g=128"},
-      {"stdlib/plstm.seq", "I=256,Dk=64,Dv=64,J=4"},
-      {"stdlib/gam.seq", "D=256,Mem=64,K=4"},
-      {"stdlib/paragru.seq", "I=256,H=256"},
-      {"stdlib/paralstm.seq", "I=256,H=256"},
-      {"stdlib/titans.seq", "I=256,D=64,Dh=128"},
-      {"stdlib/lightnet.seq", "I=256,NH=4,Dk=64,Dv=64"},
-  };
   static const char *const forms[] = {"sequential", "auto"};
   char path[4200];
   snprintf(path, sizeof path, "%s/cell.ll", tu_tmpdir());
-  for (size_t k = 0; k < sizeof cells / sizeof cells[0]; k++)
+  for (int k = 0; k < SEQ_NSTD_CELLS; k++)
     for (int f = 0; f < 2; f++) {
+      const FcCase cell = {SEQ_STD_CELLS[k].file, SEQ_STD_CELLS[k].dims};
       FcCompiled cm;
       PipeOptions po;
-      fc_begin(&cm, &cells[k], forms[f], &po);
+      fc_begin(&cm, &cell, forms[f], &po);
       po.goal = PIPE_OBJECT;
       po.emit = CG_EMIT_LLVM;
       po.out_path = path;
       po.cg = (CgOptions){2, NULL, NULL};
       if (pipeline_run(&cm.pipe, &po)) {
         fc_print_diags(&cm);
-        fail_msg("%s --strategy=%s does not compile", cells[k].file, forms[f]);
+        fail_msg("%s --strategy=%s does not compile", cell.file, forms[f]);
       }
       char *text = tu_read_file(path, NULL);
       assert_non_null(text);
       if (strstr(text, "found.conflict") || strstr(text, "diff.check"))
-        fail_msg("%s --strategy=%s: a loop vectorized with run-time overlap checks", cells[k].file,
+        fail_msg("%s --strategy=%s: a loop vectorized with run-time overlap checks", cell.file,
                  forms[f]);
       free(text);
       fc_release(&cm);
