@@ -233,8 +233,7 @@ static int emu_for(FcCompiled *cm, RtCuDevice *dev, void **handle);
 
 /* The batches an emulated program also runs in the reverse order: those
  * with lengths and initial states, at every T but 1. */
-static int reverse_too(int64_t T, int64_t B, int variant) {
-  (void)B;
+static int reverse_too(int64_t T, int variant) {
   return variant == 1 && T > 1;
 }
 
@@ -264,7 +263,7 @@ static void run_case_at(const FcCase *c, DeviceFor dev_for, DeviceDone dev_done,
           cur.dev = dev[f];
           char what[512];
           snprintf(what, sizeof what, "%s --strategy=%s", c->file, FORMS[f]);
-          if (dev_for != emu_for || !reverse_too(ts[ti], B, variant)) {
+          if (dev_for != emu_for || !reverse_too(ts[ti], variant)) {
             fc_batch_check(&bt, &cm[f], what, 0);
             continue;
           }
@@ -376,7 +375,7 @@ static void run_newton(DeviceFor dev_for, DeviceDone dev_done) {
             fail_msg("%s, T = %lld, B = %lld: %lld solves, %lld fallbacks, at most %d iterations",
                      what, (long long)TS[ti], (long long)B, (long long)ns.solves,
                      (long long)ns.fallbacks, ns.max_iter);
-          if (dev_for == emu_for && reverse_too(TS[ti], B, variant)) { /* as in run_case_at */
+          if (dev_for == emu_for && reverse_too(TS[ti], variant)) { /* as in run_case_at */
             char rev[600];
             snprintf(rev, sizeof rev, "%s, blocks and threads in reverse order", what);
             emu_set_reverse(handle, 1);
