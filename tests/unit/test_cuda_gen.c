@@ -237,6 +237,19 @@ static int reverse_too(int64_t T, int variant) {
   return variant == 1 && T > 1;
 }
 
+/* On the emulation, the batch once more with the blocks and threads of
+ * every launch in descending order, for the bits of og and sg: a race
+ * between threads, or a block reading what another block of its launch
+ * writes, changes them (a GPU gives neither order). */
+static void same_reversed(const FcBatch *bt, FcCompiled *cm, const char *what, void *emu,
+                          const RtTensor *og, const RtTensor *sg) {
+  char rev[600];
+  snprintf(rev, sizeof rev, "%s, blocks and threads in reverse order", what);
+  emu_set_reverse(emu, 1);
+  fc_batch_same(bt, cm, rev, og, sg);
+  emu_set_reverse(emu, 0);
+}
+
 static void run_case_at(const FcCase *c, DeviceFor dev_for, DeviceDone dev_done, const int64_t *ts,
                         int nts) {
   FcCompiled cm[NFORMS];
@@ -263,21 +276,10 @@ static void run_case_at(const FcCase *c, DeviceFor dev_for, DeviceDone dev_done,
           cur.dev = dev[f];
           char what[512];
           snprintf(what, sizeof what, "%s --strategy=%s", c->file, FORMS[f]);
-          if (dev_for != emu_for || !reverse_too(ts[ti], variant)) {
-            fc_batch_check(&bt, &cm[f], what, 0);
-            continue;
-          }
-          /* On the emulation, once more with the blocks and threads of
-           * every launch in descending order: a race between threads, or a
-           * block reading what another block of its launch writes, changes
-           * the bits (a GPU gives neither order). */
           RtTensor og[8], sg[16];
           fc_batch_check_keep(&bt, &cm[f], what, 0, og, sg);
-          snprintf(what, sizeof what, "%s --strategy=%s, blocks and threads in reverse order",
-                   c->file, FORMS[f]);
-          emu_set_reverse(handle[f], 1);
-          fc_batch_same(&bt, &cm[f], what, og, sg);
-          emu_set_reverse(handle[f], 0);
+          if (dev_for == emu_for && reverse_too(ts[ti], variant))
+            same_reversed(&bt, &cm[f], what, handle[f], og, sg);
           fc_batch_outputs_free(&bt, og, sg);
         }
         fc_batch_free(&bt);
@@ -375,13 +377,8 @@ static void run_newton(DeviceFor dev_for, DeviceDone dev_done) {
             fail_msg("%s, T = %lld, B = %lld: %lld solves, %lld fallbacks, at most %d iterations",
                      what, (long long)TS[ti], (long long)B, (long long)ns.solves,
                      (long long)ns.fallbacks, ns.max_iter);
-          if (dev_for == emu_for && reverse_too(TS[ti], variant)) { /* as in run_case_at */
-            char rev[600];
-            snprintf(rev, sizeof rev, "%s, blocks and threads in reverse order", what);
-            emu_set_reverse(handle, 1);
-            fc_batch_same(&bt, &cm, rev, og, sg);
-            emu_set_reverse(handle, 0);
-          }
+          if (dev_for == emu_for && reverse_too(TS[ti], variant))
+            same_reversed(&bt, &cm, what, handle, og, sg);
           fc_batch_outputs_free(&bt, og, sg);
           fc_batch_free(&bt);
         }
