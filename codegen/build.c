@@ -184,7 +184,7 @@ void loop_end_parallel(Lower *L, Loop *lp) {
 LLVMValueRef loop_phi(Lower *L, Loop *lp, LLVMValueRef init, const char *name) {
   LLVMBasicBlockRef cur = LLVMGetInsertBlock(L->bld);
   LLVMPositionBuilderBefore(L->bld, LLVMGetNextInstruction(lp->iv));
-  LLVMValueRef phi = LLVMBuildPhi(L->bld, L->f32, name);
+  LLVMValueRef phi = LLVMBuildPhi(L->bld, LLVMTypeOf(init), name);
   LLVMAddIncoming(phi, &init, &lp->pre, 1);
   LLVMPositionBuilderAtEnd(L->bld, cur);
   return phi;

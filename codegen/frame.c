@@ -498,6 +498,9 @@ void emit_ops(Lower *L, const SchedOp *ops, int n) {
     case SCHED_OP_GEMM:
       emit_gemm(L, op->node, class_rows(L, op->cls));
       break;
+    case SCHED_OP_ACROSS:
+      emit_across(L, op->node);
+      break;
     case SCHED_OP_CALL:
       emit_call(L, op->node);
       break;

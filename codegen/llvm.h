@@ -132,7 +132,8 @@ void loop_end(Lower *L, Loop *lp);
  * runtime overlap checks, nor a scalar copy of the loop behind them. A
  * loop nested in the body is claimed too. */
 void loop_end_parallel(Lower *L, Loop *lp);
-/* A float accumulator carried around loop lp, starting at init; the caller
+/* An accumulator carried around loop lp, starting at init (a float or a
+ * vector of them: the phi takes init's type); the caller
  * adds the latch value with loop_phi_next before loop_end. After the loop
  * the phi holds the final value. */
 LLVMValueRef loop_phi(Lower *L, Loop *lp, LLVMValueRef init, const char *name);
@@ -203,6 +204,7 @@ LLVMValueRef bcast_index(Lower *L, const SchedValue *an, const SchedValue *key, 
 LLVMValueRef rowptr(Lower *L, IrRef r);
 /* Emits node r for the current row. */
 void emit_row(Lower *L, IrRef r);
+void emit_across(Lower *L, IrRef r);
 
 /* ---- fuse.c ---- */
 void emit_fused(Lower *L, SchedClass phase, IrRef first, IrRef last);

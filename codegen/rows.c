@@ -6,6 +6,9 @@
 #include <math.h>
 #include <string.h>
 
+/* Rows of SCHED_OP_ACROSS that share each vector of its matrix (emit_across). */
+enum { ACROSS_ROWS_MAX = 8 };
+
 /* Pointer to the current row of node r (see the class comment at the top). */
 LLVMValueRef rowptr(Lower *L, IrRef r) {
   const SchedValue *n = &L->v[r];
@@ -111,23 +114,99 @@ static void emit_axis_copy(Lower *L, LLVMValueRef dst, LLVMValueRef src, int64_t
   loop_end_parallel(L, &lo);
 }
 
-/* Accumulates into a stack slot so the reduction can be vectorized (reassoc). */
-static void emit_reduce(Lower *L, const IrNode *nd, LLVMValueRef out) {
+/* Whether operand an of a fused loop over key's shape is contiguous along
+ * key's last axis (else it is the same along it: broadcast, or one element). */
+static int along_last(const Lower *L, const SchedValue *an, const SchedValue *key) {
+  if (an->numel == 1) return 0;
+  if (an->numel == key->numel) return 1;
+  Nest ns = {0};
+  ns.rank = key->rank;
+  memcpy(ns.shape, key->shape, sizeof ns.shape);
+  int arank = an->rank - (L->squeeze < an->rank ? L->squeeze : an->rank);
+  nest_operand(&ns, 0, arank, an->shape);
+  return ns.stride[0][key->rank - 1] != 0;
+}
+
+/* A folded product (sched/plan.c plan_folds) summed over its second-to-last
+ * axis: out[o, i] = sum_k a[o, k, i] * b[o, k, i], LSSL's transpose(dA) *
+ * s[:, :, None] summed over axis 1. The outputs i of a row are vector lanes
+ * and each accumulates in a register across k: an operand contiguous along
+ * i is one vector load, one the same along it a load and a splat. (The
+ * scalar order, k innermost, reads every operand with a stride of the row
+ * and sums in memory.) Rows of `inner` not a multiple of the lanes end in
+ * the scalar loop, from i = first. Rows o0 <= o < o1. Returns first. */
+static int64_t emit_reduce_lanes(Lower *L, const IrNode *nd, LLVMValueRef out, LLVMValueRef o0,
+                                 LLVMValueRef o1, int64_t len, int64_t inner) {
+  const SchedValue *x = &L->v[nd->args[0]];
+  const IrNode *xn = &L->fn->nodes.v[nd->args[0]];
+  const int lanes = SCHED_SCAN_LANES;
+  int64_t blocks = inner / lanes;
+  if (blocks == 0) return 0;
+  int contig[2];
+  for (int j = 0; j < 2; j++) contig[j] = along_last(L, &L->v[xn->args[j]], x);
+  Loop lo, lb, lk;
+  LLVMValueRef o = loop_begin(L, &lo, o0, o1);
+  LLVMValueRef i0 = mul(L, loop_begin(L, &lb, ci64(L, 0), ci64(L, blocks)), ci64(L, lanes));
+  L->lanes = lanes;
+  /* A short sum (LSSL's N = 16) is written out: as a loop, LLVM kept it
+   * rolled, with more index arithmetic than multiply-adds. */
+  int unrolled = len <= 32;
+  LLVMValueRef acc = cf(L, 0.0), phi = NULL;
+  for (int64_t u = 0; u < (unrolled ? len : 1); u++) {
+    LLVMValueRef k = unrolled ? ci64(L, u) : loop_begin(L, &lk, ci64(L, 0), ci64(L, len));
+    if (!unrolled) acc = phi = loop_phi(L, &lk, acc, "acc");
+    LLVMValueRef row = add(L, mul(L, o, ci64(L, len)), k);
+    LLVMValueRef at = add(L, mul(L, row, ci64(L, inner)), i0);
+    LLVMValueRef f[2];
+    for (int j = 0; j < 2; j++) {
+      const SchedValue *an = &L->v[xn->args[j]];
+      LLVMValueRef p = rowptr(L, xn->args[j]), ia = bcast_index(L, an, x, at, row, i0);
+      f[j] = contig[j] ? lane_load(L, p, ia) : lane_splat(L, ldf(L, p, ia));
+    }
+    acc = fadd(L, acc, fmul(L, f[0], f[1]));
+    if (!unrolled) {
+      loop_phi_next(L, phi, acc);
+      loop_end(L, &lk);
+      acc = phi;
+    }
+  }
+  LLVMValueRef res = acc;
+  if (nd->op == IR_MEAN) res = LLVMBuildFDiv(L->bld, res, cf(L, (double)(len ? len : 1)), "");
+  lane_store(L, res, out, add(L, mul(L, o, ci64(L, inner)), i0));
+  L->lanes = 0;
+  /* Each (o, block) writes its own lanes of out and reads only operands. */
+  loop_end_parallel(L, &lb);
+  loop_end_parallel(L, &lo);
+  return blocks * lanes;
+}
+
+/* The sizes a reduction splits its operand into: outer x len (reduced) x inner. */
+static void reduce_split(Lower *L, const IrNode *nd, int64_t *outer, int64_t *len, int64_t *inner) {
+  const SchedValue *x = &L->v[nd->args[0]];
+  if (nd->axis < 0) {
+    *outer = 1;
+    *len = x->numel;
+    *inner = 1;
+  } else {
+    sched_axis_split(x, nd->axis, outer, len, inner);
+  }
+  *inner *= x->w; /* a complex value reduces its parts separately */
+}
+
+/* Rows o0 <= o < o1 of a reduction. Accumulates in a register (phi) so the
+ * reduction can be vectorized (reassoc). */
+static void reduce_rows(Lower *L, const IrNode *nd, LLVMValueRef out, LLVMValueRef o0,
+                        LLVMValueRef o1) {
   const SchedValue *x = &L->v[nd->args[0]];
   LLVMValueRef src = x->folded ? NULL : rowptr(L, nd->args[0]);
   int64_t outer, len, inner;
-  if (nd->axis < 0) {
-    outer = 1;
-    len = x->numel;
-    inner = 1;
-  } else {
-    sched_axis_split(x, nd->axis, &outer, &len, &inner);
-  }
-  inner *= x->w; /* a complex value reduces its parts separately */
+  reduce_split(L, nd, &outer, &len, &inner);
+  int64_t first = x->folded && inner > 1 ? emit_reduce_lanes(L, nd, out, o0, o1, len, inner) : 0;
+  if (first == inner) return;
   double init = nd->op == IR_AMAX ? -INFINITY : nd->op == IR_AMIN ? INFINITY : 0.0;
   Loop lo, li, lk;
-  LLVMValueRef o = loop_begin(L, &lo, ci64(L, 0), ci64(L, outer));
-  LLVMValueRef i = loop_begin(L, &li, ci64(L, 0), ci64(L, inner));
+  LLVMValueRef o = loop_begin(L, &lo, o0, o1);
+  LLVMValueRef i = loop_begin(L, &li, ci64(L, first), ci64(L, inner));
   LLVMBasicBlockRef pre = LLVMGetInsertBlock(L->bld);
   (void)pre;
   LLVMValueRef acc = cf(L, init);
@@ -135,10 +214,14 @@ static void emit_reduce(Lower *L, const IrNode *nd, LLVMValueRef out) {
   LLVMValueRef phi = loop_phi(L, &lk, acc, "acc");
   LLVMValueRef at = add(L, mul(L, add(L, mul(L, o, ci64(L, len)), k), ci64(L, inner)), i);
   LLVMValueRef v;
-  if (x->folded) { /* the product made here (sched/plan.c plan_folds): inner is 1 */
+  if (x->folded) { /* the product made here (sched/plan.c plan_folds) */
     const IrNode *xn = &L->fn->nodes.v[nd->args[0]];
-    v = LLVMBuildFMul(L->bld, fused_operand(L, xn->args[0], at, o, k, x).re,
-                      fused_operand(L, xn->args[1], at, o, k, x).re, "");
+    /* Element (row, i) of the product's last axis: with inner 1 that axis
+     * is the one summed. */
+    LLVMValueRef row = inner == 1 ? o : add(L, mul(L, o, ci64(L, len)), k);
+    LLVMValueRef el = inner == 1 ? k : i;
+    v = LLVMBuildFMul(L->bld, fused_operand(L, xn->args[0], at, row, el, x).re,
+                      fused_operand(L, xn->args[1], at, row, el, x).re, "");
   } else {
     v = ldf(L, src, at);
   }
@@ -159,6 +242,189 @@ static void emit_reduce(Lower *L, const IrNode *nd, LLVMValueRef out) {
   stf(L, res, out, add(L, mul(L, o, ci64(L, inner)), i));
   loop_end(L, &li);
   loop_end(L, &lo);
+}
+
+/* The 16 vectors v (16 lanes each) folded into one vector of their lane
+ * sums, sum(v[j]) in lane j: four halving stages, each pairing two vectors
+ * whose lanes hold groups of g partial sums (a group per source vector):
+ * the low halves of the groups against the high halves, one add, groups
+ * of g / 2 and twice as many; 15 adds and 30 shuffles where a horizontal
+ * sum per vector takes 64 operations. */
+static LLVMValueRef fold16(Lower *L, LLVMValueRef *v) {
+  enum { W = 16 };
+  int src[W][W]; /* src[j][group]: the source vector of that group of v[j] */
+  for (int j = 0; j < W; j++) src[j][0] = j;
+  int n = W;
+  for (int g = W; g > 1; g /= 2, n /= 2) {
+    LLVMValueRef lo[W], hi[W];
+    for (int m = 0; m < W / g; m++)
+      for (int t = 0; t < g / 2; t++) {
+        lo[m * g + t] = ci32(L, m * g + t);
+        lo[m * g + g / 2 + t] = ci32(L, W + m * g + t);
+        hi[m * g + t] = ci32(L, m * g + g / 2 + t);
+        hi[m * g + g / 2 + t] = ci32(L, W + m * g + g / 2 + t);
+      }
+    LLVMValueRef mlo = LLVMConstVector(lo, W), mhi = LLVMConstVector(hi, W);
+    for (int j = 0; j < n / 2; j++) {
+      LLVMValueRef a = v[2 * j], b = v[2 * j + 1];
+      v[j] = fadd(L, LLVMBuildShuffleVector(L->bld, a, b, mlo, ""),
+                  LLVMBuildShuffleVector(L->bld, a, b, mhi, ""));
+      int s2[W];
+      for (int m = 0; m < W / g; m++) {
+        s2[2 * m] = src[2 * j][m];
+        s2[2 * m + 1] = src[2 * j + 1][m];
+      }
+      memcpy(src[j], s2, sizeof(int) * (size_t)(2 * W / g));
+    }
+  }
+  LLVMValueRef perm[W];
+  for (int l = 0; l < W; l++) perm[src[0][l]] = ci32(L, l);
+  return LLVMBuildShuffleVector(L->bld, v[0], v[0], LLVMConstVector(perm, W), "");
+}
+
+/* A sum or mean over a last axis of a multiple of 16 elements, 16 rows at a
+ * time (LSSL's readout sum(C * s', axis=-1), 256 rows of 16): each row's
+ * terms added as vectors, the 16 rows' vectors folded into one (fold16) and
+ * stored whole. Returns the rows done, a multiple of 16. */
+static int64_t reduce_rows16(Lower *L, const IrNode *nd, LLVMValueRef out, int64_t outer,
+                             int64_t len) {
+  enum { W = 16 };
+  const SchedValue *x = &L->v[nd->args[0]];
+  if ((nd->op != IR_SUM && nd->op != IR_MEAN) || x->w != 1 || len % W || outer < W) return 0;
+  const IrNode *xn = &L->fn->nodes.v[nd->args[0]];
+  LLVMValueRef src = x->folded ? NULL : rowptr(L, nd->args[0]), p[2] = {NULL, NULL};
+  int contig[2] = {0, 0};
+  for (int j = 0; j < 2 && x->folded; j++) {
+    p[j] = rowptr(L, xn->args[j]);
+    contig[j] = along_last(L, &L->v[xn->args[j]], x);
+  }
+  Loop lo;
+  LLVMValueRef o0 = mul(L, loop_begin(L, &lo, ci64(L, 0), ci64(L, outer / W)), ci64(L, W));
+  int saved = L->lanes;
+  L->lanes = W;
+  LLVMValueRef v[W];
+  for (int m = 0; m < W; m++) {
+    LLVMValueRef o = add(L, o0, ci64(L, m));
+    v[m] = NULL;
+    for (int64_t c = 0; c < len; c += W) {
+      LLVMValueRef at = add(L, mul(L, o, ci64(L, len)), ci64(L, c)), term;
+      if (x->folded) {
+        LLVMValueRef f[2];
+        for (int j = 0; j < 2; j++) {
+          LLVMValueRef ia = bcast_index(L, &L->v[xn->args[j]], x, at, o, ci64(L, c));
+          f[j] = contig[j] ? lane_load(L, p[j], ia) : lane_splat(L, ldf(L, p[j], ia));
+        }
+        term = fmul(L, f[0], f[1]);
+      } else {
+        term = lane_load(L, src, at);
+      }
+      v[m] = v[m] ? fadd(L, v[m], term) : term;
+    }
+  }
+  LLVMValueRef res = fold16(L, v);
+  if (nd->op == IR_MEAN) res = LLVMBuildFDiv(L->bld, res, cf(L, (double)len), "");
+  lane_store(L, res, out, o0);
+  L->lanes = saved;
+  /* Each block writes its own 16 sums and reads only the operand. */
+  loop_end_parallel(L, &lo);
+  return outer / W * W;
+}
+
+static void emit_reduce(Lower *L, const IrNode *nd, LLVMValueRef out) {
+  int64_t outer, len, inner;
+  reduce_split(L, nd, &outer, &len, &inner);
+  /* Rows of up to 4 vectors each (longer ones: the vectorizer's own loop). */
+  int64_t done = inner == 1 && len <= 64 ? reduce_rows16(L, nd, out, outer, len) : 0;
+  if (done < outer) reduce_rows(L, nd, out, ci64(L, done), ci64(L, outer));
+}
+
+/* Rows b0 .. b0 + nb - 1 of SCHED_OP_ACROSS's sum r, outputs o0 <= o < o1:
+ * out[b, o, i] = sum_k W[o, k, i] v[b, o, k] with W the time-invariant
+ * operand (sched/plan.c: contiguous along i, the other operand a row
+ * value) and i in vector lanes: each vector of W is loaded once for the nb
+ * rows, each row's accumulator in a register. */
+static void across_rows(Lower *L, IrRef r, LLVMValueRef b0, int nb, LLVMValueRef o0,
+                        LLVMValueRef o1, int64_t len, int64_t inner) {
+  const IrNode *nd = &L->fn->nodes.v[r];
+  const SchedValue *x = &L->v[nd->args[0]];
+  const IrNode *xn = &L->fn->nodes.v[nd->args[0]];
+  const int lanes = SCHED_SCAN_LANES;
+  int wj = L->v[xn->args[0]].cls == SCHED_CONST ? 0 : 1;
+  IrRef w = xn->args[wj], v = xn->args[1 - wj];
+  int vcontig = along_last(L, &L->v[v], x);
+  LLVMValueRef saved = L->r_b, vp[ACROSS_ROWS_MAX], op[ACROSS_ROWS_MAX];
+  for (int u = 0; u < nb; u++) {
+    L->r_b = add(L, b0, ci64(L, u));
+    vp[u] = rowptr(L, v);
+    op[u] = rowptr(L, r);
+  }
+  L->r_b = saved;
+  LLVMValueRef wp = rowptr(L, w);
+  Loop lo, lb, lk;
+  LLVMValueRef o = loop_begin(L, &lo, o0, o1);
+  LLVMValueRef i0 = mul(L, loop_begin(L, &lb, ci64(L, 0), ci64(L, inner / lanes)), ci64(L, lanes));
+  L->lanes = lanes;
+  /* A short sum (LSSL's N = 16) is written out: as a loop, LLVM kept it
+   * rolled, with more index arithmetic than multiply-adds. */
+  int unrolled = len <= 32;
+  LLVMValueRef acc[ACROSS_ROWS_MAX], phi[ACROSS_ROWS_MAX];
+  for (int u = 0; u < nb; u++) acc[u] = cf(L, 0.0);
+  for (int64_t t = 0; t < (unrolled ? len : 1); t++) {
+    LLVMValueRef k = unrolled ? ci64(L, t) : loop_begin(L, &lk, ci64(L, 0), ci64(L, len));
+    for (int u = 0; u < nb && !unrolled; u++) acc[u] = phi[u] = loop_phi(L, &lk, acc[u], "acc");
+    LLVMValueRef row = add(L, mul(L, o, ci64(L, len)), k);
+    LLVMValueRef at = add(L, mul(L, row, ci64(L, inner)), i0);
+    LLVMValueRef wv = lane_load(L, wp, bcast_index(L, &L->v[w], x, at, row, i0));
+    LLVMValueRef iv = bcast_index(L, &L->v[v], x, at, row, i0);
+    for (int u = 0; u < nb; u++) {
+      LLVMValueRef vv = vcontig ? lane_load(L, vp[u], iv) : lane_splat(L, ldf(L, vp[u], iv));
+      acc[u] = fadd(L, acc[u], fmul(L, wv, vv));
+    }
+    if (!unrolled) {
+      for (int u = 0; u < nb; u++) loop_phi_next(L, phi[u], acc[u]);
+      loop_end(L, &lk);
+      for (int u = 0; u < nb; u++) acc[u] = phi[u];
+    }
+  }
+  LLVMValueRef oi = add(L, mul(L, o, ci64(L, inner)), i0);
+  for (int u = 0; u < nb; u++) {
+    LLVMValueRef res = acc[u];
+    if (nd->op == IR_MEAN) res = LLVMBuildFDiv(L->bld, res, cf(L, (double)(len ? len : 1)), "");
+    lane_store(L, res, op[u], oi);
+  }
+  L->lanes = 0;
+  /* Each (o, block) writes its own lanes of the rows' outputs and reads
+   * only operands. */
+  loop_end_parallel(L, &lb);
+  loop_end_parallel(L, &lo);
+}
+
+/* SCHED_OP_ACROSS: sum r with its folded product for every row of the step,
+ * the rows of its time-invariant operand outermost, in blocks of 16 KiB
+ * read from L2 for the batch's first rows and from L1 for the others
+ * (LSSL's dA^T, 256 KiB, once per step instead of once per example), the
+ * rows in groups of 8, then 4, then one at a time. */
+void emit_across(Lower *L, IrRef r) {
+  const IrNode *nd = &L->fn->nodes.v[r];
+  int64_t outer, len, inner;
+  reduce_split(L, nd, &outer, &len, &inner);
+  int64_t per = len * inner > 0 ? 4096 / (len * inner) : 1;
+  if (per < 1) per = 1;
+  Loop lb;
+  LLVMValueRef o0 = loop_begin_step(L, &lb, ci64(L, 0), ci64(L, outer), per);
+  LLVMValueRef o1 = select_min(L, add(L, o0, ci64(L, per)), ci64(L, outer));
+  LLVMValueRef B = L->a_B, from = ci64(L, 0);
+  for (int nb = ACROSS_ROWS_MAX; nb >= 1; nb /= 2) {
+    if (nb == 2) continue;
+    /* Groups of nb from `from` while whole; the next size starts after them. */
+    LLVMValueRef end = mul(L, LLVMBuildSDiv(L->bld, B, ci64(L, nb), ""), ci64(L, nb));
+    Loop lg;
+    LLVMValueRef b0 = loop_begin_step(L, &lg, from, end, nb);
+    across_rows(L, r, b0, nb, o0, o1, len, inner);
+    loop_end(L, &lg);
+    from = end; /* end >= from: a size divides the one before */
+  }
+  loop_end(L, &lb);
 }
 
 /* Sum of f(x[k]) over a row of n, with f the identity or a square. */

@@ -522,16 +522,6 @@ static void transposed_step(Lower *L, const SchedOp *op, const ScanItem *it, Sca
  * and readout are then the eight fused multiply-adds per element the math
  * needs. */
 
-/* A phi of vectors at the head of loop lp, entering as init. */
-static LLVMValueRef lane_phi(Lower *L, Loop *lp, LLVMValueRef init) {
-  LLVMBasicBlockRef cur = LLVMGetInsertBlock(L->bld);
-  LLVMPositionBuilderBefore(L->bld, LLVMGetNextInstruction(lp->iv));
-  LLVMValueRef phi = LLVMBuildPhi(L->bld, LLVMTypeOf(init), "lane");
-  LLVMAddIncoming(phi, &init, &lp->pre, 1);
-  LLVMPositionBuilderAtEnd(L->bld, cur);
-  return phi;
-}
-
 /* Element i of the last axis, this step, on vectors of rows from ob: every
  * member in node order; the running value in *h (updated), each sum's vector
  * added to acc[m]. */
@@ -661,7 +651,8 @@ static void lanes_steps(Lower *L, const SchedOp *op, const ScanItem *it, ScanEle
   L->lanes = 0;
   rel = loop_begin(L, &lt, t0, t1);
   for (int u = 0; u < group; u++) {
-    phi[u] = (Cx){lane_phi(L, &lt, h[u].re), cplx ? lane_phi(L, &lt, h[u].im) : NULL};
+    phi[u] =
+        (Cx){loop_phi(L, &lt, h[u].re, "lane"), cplx ? loop_phi(L, &lt, h[u].im, "lane") : NULL};
     h[u] = phi[u];
   }
   at_step(L, it, rel);

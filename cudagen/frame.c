@@ -437,6 +437,9 @@ void cu_ops(Cu *c, const SchedOp *ops, int n) {
     case SCHED_OP_TIME_LOOP:
       cu_time_loop(c, op);
       break;
+    case SCHED_OP_ACROSS:
+      cu_unsupported(c, op->node, "a sum over all rows outside the step loop");
+      break;
     case SCHED_OP_COMMIT:
       cu_unsupported(c, -1, "a commit outside the step loop");
       break;

@@ -200,11 +200,16 @@ static void node_reduce(Cu *c, const IrNode *nd, const char *out) {
           "      float acc = %s;\n"
           "      for (i64 k = 0; k < %lld; k++) {\n",
           (long long)(outer * inner), (long long)inner, (long long)inner, init, (long long)len);
-  if (x->folded) { /* the product made here (sched/plan.c plan_folds): inner is 1 */
+  if (x->folded) { /* the product made here (sched/plan.c plan_folds) */
     const IrNode *xn = &c->fn->nodes.v[nd->args[0]];
-    const char *kf = arena_printf(c->a, "(o * %lld + k)", (long long)len), *a, *ai, *b, *bi;
-    cu_fused_operand(c, xn->args[0], kf, "o", "k", x, &a, &ai);
-    cu_fused_operand(c, xn->args[1], kf, "o", "k", x, &b, &bi);
+    /* Element (row, el) of the product's last axis; with inner 1 that axis
+     * is the one summed. */
+    const char *row = arena_printf(c->a, "(o * %lld + k)", (long long)len);
+    const char *kf =
+        inner == 1 ? row : arena_printf(c->a, "(%s * %lld + i)", row, (long long)inner);
+    const char *ro = inner == 1 ? "o" : row, *el = inner == 1 ? "k" : "i", *a, *ai, *b, *bi;
+    cu_fused_operand(c, xn->args[0], kf, ro, el, x, &a, &ai);
+    cu_fused_operand(c, xn->args[1], kf, ro, el, x, &b, &bi);
     fprintf(c->o, "        float x = %s * %s;\n", a, b);
   } else {
     fprintf(c->o, "        float x = %s[(o * %lld + k) * %lld + i];\n", cu_rowptr(c, nd->args[0]),

@@ -91,6 +91,8 @@ typedef struct Rw {
   IrFunc *dst;
   int fired; /* rules applied in this round */
   int failed;
+  unsigned char *kind; /* kinds(): what each of dst's first nkind nodes reads */
+  int nkind;
 } Rw;
 
 static IrNode *dnode(Rw *w, IrRef r) {
@@ -133,6 +135,7 @@ static IrRef emit(Rw *w, const IrNode *proto, int nargs, const IrRef *args, int 
 static IrRef node(Rw *w, const IrNode *proto, int nargs, const IrRef *args);
 static int distribute(Rw *w, const IrNode *proto, const IrRef *args, IrRef *out);
 static int part_inside(Rw *w, const IrNode *proto, const IrRef *args, IrRef *out);
+static IrRef binop(Rw *w, IrOp op, IrRef a, IrRef b, SrcLoc loc);
 
 /* A data-movement node (RESHAPE, BROADCAST, TRANSPOSE) of x at loc. For
  * TRANSPOSE the type is inferred and `to` is ignored. */
@@ -366,6 +369,87 @@ static int contract(Rw *w, const IrNode *sum, IrRef prod, IrRef *out) {
   return 1;
 }
 
+/* ---- a recurrent product against a time-invariant matrix, by columns ------- */
+
+/* Per node of dst: 1 if it reads a STATE (through its operands), 2 if it
+ * reads no STATE, INPUT, layer or sequence op (time-invariant: the schedule
+ * computes it once per call), 0 otherwise. dst only grows, so what is known
+ * stays true and the table is extended on demand. */
+static unsigned char *kinds(Rw *w) {
+  int n = w->dst->nodes.n;
+  if (n > w->nkind) {
+    unsigned char *k = arena_calloc(w->a, (size_t)n + 1, 1);
+    if (!k) return NULL;
+    if (w->nkind) memcpy(k, w->kind, (size_t)w->nkind);
+    for (IrRef r = w->nkind; r < n; r++) {
+      const IrNode *nd = dnode(w, r);
+      int st = nd->op == IR_STATE;
+      int inv = !st && nd->op != IR_INPUT && nd->op != IR_CALL && nd->op != IR_RESULT &&
+                !(ir_op_info[nd->op].flags & IRF_SEQ);
+      for (int j = 0; j < nd->nargs; j++) {
+        st |= k[nd->args[j]] == 1;
+        inv = inv && k[nd->args[j]] == 2;
+      }
+      k[r] = (unsigned char)(st ? 1 : inv ? 2 : 0);
+    }
+    w->kind = k;
+    w->nkind = n;
+  }
+  return w->kind;
+}
+
+/* sum(W * v, axis=-1) with W [..., I, J] time-invariant and v [..., 1, J]
+ * (or [J]) read from the state, a matrix-vector product per leading index
+ * that contract leaves (LSSL's dA @ s, [H, N, N] by [H, N]), becomes
+ *   sum(transpose(W) * v', axis=-2),  v' = v as [..., J, 1]:
+ * the same terms in the same order. Made row by row, each output is a sum
+ * along a matrix row, a reduction across vector lanes per output; made by
+ * columns, the outputs of a row are the lanes and each term is one
+ * multiply-add of a column of W^T, contiguous, with an element of v
+ * (codegen/rows.c, emit_reduce_lanes; on the GPU, neighbouring threads then
+ * read neighbouring addresses). The transpose is time-invariant too, so it is
+ * made once per call. */
+static int by_columns(Rw *w, const IrNode *sum, IrRef prod, IrRef *out) {
+  const IrNode *mul = dnode(w, prod);
+  IrType s = mul->type;
+  int rank = s.rank;
+  if (sum->op != IR_SUM || mul->op != IR_MUL || rank < 2 || sum->axis != rank - 1 ||
+      s.elem != IR_REAL || is_const_one(s.dims[rank - 2]) || is_const_one(s.dims[rank - 1]))
+    return 0;
+  unsigned char *k = kinds(w);
+  if (!k) return 0;
+  for (int m = 0; m < 2; m++) {
+    IrRef W = mul->args[m], v = mul->args[1 - m];
+    IrType wt = dnode(w, W)->type, vt = dnode(w, v)->type;
+    if (k[W] != 2 || k[v] != 1 || wt.rank < 2 || vt.rank < 1 ||
+        !dim_eq(wt.dims[wt.rank - 2], s.dims[rank - 2]) ||
+        !dim_eq(wt.dims[wt.rank - 1], s.dims[rank - 1]) ||
+        !dim_eq(vt.dims[vt.rank - 1], s.dims[rank - 1]) ||
+        (vt.rank >= 2 && !is_const_one(vt.dims[vt.rank - 2])))
+      continue;
+    /* v' = v with its last axis moved before an axis of 1. */
+    DimExpr d[SEQ_MAX_RANK];
+    int vr = vt.rank >= 2 ? vt.rank : 2;
+    if (vr > SEQ_MAX_RANK) continue;
+    for (int i = 0; i < vr - 2; i++) d[i] = vt.dims[i];
+    d[vr - 2] = vt.dims[vt.rank - 1];
+    d[vr - 1] = dim_const(1);
+    SrcLoc loc = sum->loc;
+    IrRef wT = move(w, IR_TRANSPOSE, W, (IrType){0}, loc);
+    IrRef v2 = wT != IR_NONE ? move(w, IR_RESHAPE, v, ir_type(w->a, vt.elem, vr, d), loc) : IR_NONE;
+    IrRef p = v2 != IR_NONE ? binop(w, IR_MUL, wT, v2, loc) : IR_NONE;
+    if (p == IR_NONE) return 0;
+    IrNode sp = *sum;
+    sp.axis = dnode(w, p)->type.rank - 2;
+    IrRef r = node(w, &sp, 1, &p);
+    if (r == IR_NONE || !ir_type_eq(dnode(w, r)->type, sum->type)) return 0;
+    w->fired++;
+    *out = r;
+    return 1;
+  }
+  return 0;
+}
+
 /* ---- products with the identity: the papers' S (I - beta k k^T) ------------- */
 
 /* A value of one element ([] or all axes 1), seen through broadcasts. */
@@ -528,7 +612,8 @@ static int copy_nodes(Rw *w, const IrFunc *src, int rewrite) {
     IrRef out = IR_NONE;
     /* The contraction rule needs the product to have no other user, or the
      * product would be computed anyway and the matrix product on top. */
-    if (rewrite && n->op == IR_SUM && uses[n->args[0]] == 1 && contract(w, n, args[0], &out)) {
+    if (rewrite && n->op == IR_SUM && uses[n->args[0]] == 1 &&
+        (contract(w, n, args[0], &out) || by_columns(w, n, args[0], &out))) {
       map[r] = out;
       continue;
     }
@@ -567,13 +652,13 @@ int rewrite_module(Arena *a, const IrModule *m, IrModule **out, DiagEngine *de) 
     rw->entry = dce->entry = cur->entry;
     for (int i = 0; i < cur->funcs.n; i++) {
       const IrFunc *src = cur->funcs.v[i];
-      Rw w = {a, de, copy_signature(rw, src), 0, 0};
+      Rw w = {a, de, copy_signature(rw, src), 0, 0, NULL, 0};
       if (!w.dst) {
         diag_error(de, src->loc, "out of memory");
         return -1;
       }
       if (copy_nodes(&w, src, 1)) return -1;
-      Rw d = {a, de, copy_signature(dce, w.dst), 0, 0};
+      Rw d = {a, de, copy_signature(dce, w.dst), 0, 0, NULL, 0};
       if (!d.dst) {
         diag_error(de, src->loc, "out of memory");
         return -1;

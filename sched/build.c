@@ -369,12 +369,19 @@ static SchedOp *add_op(Plan *p, OpList *list, SchedOpKind kind, SchedClass cls, 
   return &list->v[list->n - 1];
 }
 
+/* The sum that folded product q is made in (its one reader). */
+static IrRef folding_sum(const IrFunc *fn, IrRef q) {
+  for (IrRef r = q + 1; r < fn->nodes.n; r++)
+    if (fn->nodes.v[r].nargs > 0 && fn->nodes.v[r].args[0] == q) return r;
+  return IR_NONE;
+}
+
 /* Whether state st's old value is read only by elementwise members of the
  * fused run first..last, at the run's own index and no later than node nx
  * (so each element is read before the run overwrites it with nx), or by
  * step nodes before the run that compute a value of their own (a matrix
- * product of the state: done before the run starts; not a view of the
- * state's storage, nor a product folded into a later sum). */
+ * product of the state, or a product folded into a sum before the run:
+ * done before the run starts; not a view of the state's storage). */
 static int old_value_read_in_run(const Plan *p, int st, IrRef first, IrRef last, IrRef nx) {
   const IrFunc *fn = p->fn;
   const SchedValue *key = &p->v[first];
@@ -382,14 +389,30 @@ static int old_value_read_in_run(const Plan *p, int st, IrRef first, IrRef last,
     const IrNode *nd = &fn->nodes.v[r];
     if (nd->op != IR_STATE || nd->index != st) continue;
     if (read_at_end(fn, r) || p->v[r].numel != key->numel || p->v[r].w != p->v[nx].w) return 0;
+    /* The state and its reshapes (the same elements in the same places). */
+    char *view = arena_calloc(p->a, (size_t)fn->nodes.n + 1, 1);
+    if (!view) return 0;
+    view[r] = 1;
+    for (IrRef q = r + 1; q < fn->nodes.n; q++) {
+      const IrNode *qd = &fn->nodes.v[q];
+      if (qd->op != IR_RESHAPE || !view[qd->args[0]]) continue;
+      if (read_at_end(fn, q)) return 0;
+      view[q] = 1;
+    }
     for (IrRef q = 0; q < fn->nodes.n; q++) {
       const IrNode *qd = &fn->nodes.v[q];
       int reads = 0;
-      for (int j = 0; j < qd->nargs; j++) reads |= qd->args[j] == r;
-      if (!reads) continue;
+      for (int j = 0; j < qd->nargs; j++) reads |= view[qd->args[j]];
+      if (!reads || view[q]) continue;
+      if (q < first && p->v[q].folded) { /* read where its sum is made */
+        IrRef sum = folding_sum(fn, q);
+        if (sum < 0 || sum >= first || !sched_in_phase(p->in, SCHED_STEP, sum) ||
+            p->v[sum].group >= 0)
+          return 0;
+        continue;
+      }
       if (q < first) {
-        if (!sched_in_phase(p->in, SCHED_STEP, q) || sched_is_view(qd->op) || p->v[q].folded ||
-            p->v[q].group >= 0)
+        if (!sched_in_phase(p->in, SCHED_STEP, q) || sched_is_view(qd->op) || p->v[q].group >= 0)
           return 0;
         continue;
       }
@@ -459,6 +482,7 @@ static int build_phase(Plan *p, OpList *list, SchedClass phase) {
     }
     if (n->group >= 0) continue;
     SchedOpKind k = n->gemm                                      ? SCHED_OP_GEMM
+                    : n->across                                  ? SCHED_OP_ACROSS
                     : nd->op == IR_CALL                          ? SCHED_OP_CALL
                     : nd->op == IR_CAUSAL_CONV                   ? SCHED_OP_CONV
                     : nd->op == IR_SCAN || nd->op == IR_SCAN_MAX ? SCHED_OP_SCAN

@@ -542,16 +542,19 @@ int sched_window_last_only(const SchedInst *in, IrRef r) {
   return 0;
 }
 
-/* A product that only its sum over the last axis reads, in the step loop
- * (LSSL's dA @ s, [H, N, N] times [H, 1, N] summed over the last N): stored,
- * it is N times the state written and read back every step; folded into the
+/* A product that only its sum over the last or the second-to-last axis
+ * reads, in the step loop (LSSL's dA @ s, which passes/rewrite.c turns into
+ * transpose(dA) [H, N, N] times s [H, N, 1] summed over axis 1): stored, it
+ * is N times the state written and read back every step; folded into the
  * sum, each product is made where it is added. Real values, operands that a
  * fused loop over the product's shape can read. */
+enum { ACROSS_BYTES = 32 * 1024 };
+
 int plan_folds(Plan *p) {
   const IrFunc *fn = p->fn;
   for (IrRef r = 0; r < fn->nodes.n; r++) {
     const IrNode *nd = &fn->nodes.v[r];
-    const SchedValue *n = &p->v[r];
+    SchedValue *n = &p->v[r];
     if ((nd->op != IR_SUM && nd->op != IR_MEAN) || n->cls != SCHED_STEP || n->group >= 0 ||
         n->w != 1)
       continue;
@@ -559,7 +562,8 @@ int plan_folds(Plan *p) {
     const IrNode *xn = &fn->nodes.v[x];
     SchedValue *xv = &p->v[x];
     if (xn->op != IR_MUL || xv->cls != SCHED_STEP || xv->uses != 1 || xv->group >= 0 || xv->gemm ||
-        xv->w != 1 || xv->is_int || xv->rank < 2 || nd->axis != xv->rank - 1)
+        xv->w != 1 || xv->is_int || xv->rank < 2 ||
+        (nd->axis != xv->rank - 1 && nd->axis != xv->rank - 2))
       continue;
     int ok = 1;
     for (int j = 0; j < 2 && ok; j++) {
@@ -567,6 +571,17 @@ int plan_folds(Plan *p) {
       ok = a->w == 1 && !a->is_int && sched_fused_readable(a, xv, xv);
     }
     xv->folded = ok;
+    /* A time-invariant matrix by columns (passes/rewrite.c, by_columns) too
+     * big for L1 (LSSL's 256 channels of 16 x 16: 256 KiB) is read from L2
+     * for every row of the batch when each row runs the sum alone; for a
+     * block of its rows, all the batch's rows in turn, it is read once. */
+    for (int j = 0; j < 2 && ok; j++) {
+      const SchedValue *a = &p->v[xn->args[j]];
+      if (a->cls == SCHED_CONST && a->numel * 4 > ACROSS_BYTES && nd->axis == xv->rank - 2 &&
+          a->numel == xv->numel && xv->shape[xv->rank - 1] % SCHED_SCAN_LANES == 0 &&
+          p->v[xn->args[1 - j]].cls == SCHED_STEP)
+        n->across = 1;
+    }
   }
   return 0;
 }

@@ -125,6 +125,13 @@ static void print_ops(FILE *out, const SchedInst *in, const SchedOp *ops, int n,
       fprintf(out, "rows %s:\n", class_rows(in, op->cls));
       print_ops(out, in, op->body.v, op->body.n, depth + 1);
       break;
+    case SCHED_OP_ACROSS:
+      print_node(out, in, op->node);
+      fputc(' ', out);
+      print_shape(out, v);
+      fprintf(out, " of v%d mul, folded in, over %s rows, each block of the matrix once\n",
+              in->fn->nodes.v[op->node].args[0], class_rows(in, op->cls));
+      break;
     case SCHED_OP_GEMM:
       fprintf(out, "gemm v%d = %s, N=%lld K=%lld%s, over %s rows\n", op->node,
               v->gemm == SCHED_GEMM_WX ? "W @ x" : "x @ W", (long long)v->gemm_n,

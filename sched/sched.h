@@ -69,9 +69,11 @@ typedef struct SchedValue {
                              form anchored at this node (-1: none) */
   int stored;             /* a group member read outside it: written per token */
   int folded; /* an elementwise product of the step loop read only by the sum over its last
-                 axis that follows it (a batched matrix-vector product written as the
-                 language writes one): never stored, that sum multiplies as it adds
-                 (sched/plan.c, plan_folds) */
+                 or second-to-last axis that follows it (a batched matrix-vector product
+                 written as the language writes one): never stored, that sum multiplies
+                 as it adds (sched/plan.c, plan_folds) */
+  int across; /* that sum, when an operand of the product is a time-invariant matrix too big
+                 for L1 (SCHED_OP_ACROSS) */
 } SchedValue;
 
 /* ---- Buffers ---------------------------------------------------------------- */
@@ -114,6 +116,9 @@ typedef enum {
   SCHED_OP_FUSED,            /* nodes node..last of the loop's class in one element loop */
   SCHED_OP_ROWS,             /* a loop over the rows of class `cls` around `body` */
   SCHED_OP_GEMM,             /* node over all rows of its class: one runtime GEMM */
+  SCHED_OP_ACROSS,           /* node, a sum with a folded product (SchedValue.across), over
+                                all rows of its class: each block of its time-invariant
+                                operand read once for all of them (the row loop inside) */
   SCHED_OP_CALL,             /* node runs a layer over the whole sequence */
   SCHED_OP_CONV,             /* node: causal convolution over the whole sequence */
   SCHED_OP_SCAN,             /* node: scan or scan_max over the whole sequence, per example */

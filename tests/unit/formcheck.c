@@ -187,7 +187,7 @@ void fc_batch_make(FcBatch *bt, FcCompiled *cm, int64_t B, int64_t T, int varian
   bt->ni = root->inputs.n;
   bt->no = root->outputs.n;
   bt->ns = b->flat.states.n;
-  assert_true(bt->ni <= 8 && bt->no <= 8 && bt->ns <= 16 && B <= 8);
+  assert_true(bt->ni <= 8 && bt->no <= 8 && bt->ns <= 16 && B <= FC_MAX_B);
   RtError e;
   for (int i = 0; i < bt->ni; i++) {
     IrType t = root->inputs.v[i].type;

@@ -72,12 +72,14 @@ void fc_check(const char *what, const RtTensor *got, const RtTensor *ref32, cons
 /* One batch and the interpreter's results on it: B random sequences of T
  * tokens (integer inputs k % 7), with (variant 1) or without lengths and
  * random initial states. */
+enum { FC_MAX_B = 16 };
+
 typedef struct FcBatch {
-  int64_t B, T;
+  int64_t B, T; /* B <= FC_MAX_B */
   int variant;
   int ni, no, ns;
   RtTensor ins[8], sin[16];
-  int64_t lengths[8];
+  int64_t lengths[FC_MAX_B];
   RtTensor o32[8], o64[8], s32[16], s64[16];
 } FcBatch;
 

@@ -104,6 +104,13 @@ static const FcCase CASES[] = {
     {"stdlib/lssl.seq", "H=3,N=4"},
     {"stdlib/lssl_zoh.seq", "H=3,N=4"},
     {"stdlib/s4.seq", "H=3,N=4"},
+    /* dA @ s read by columns (passes/rewrite.c), 16 outputs in vector lanes:
+     * over all the batch's rows at once (dA 160 KiB), and alone per row with a
+     * scalar tail (N = 24); readouts of 16 rows at a time and the rest one by
+     * one (codegen/rows.c). */
+    {"stdlib/lssl.seq", "H=40,N=16"},
+    {"stdlib/lssl_zoh.seq", "H=5,N=24"},
+    {"tests/data/models/row_sums.seq", "R=40"},
 };
 
 /* Each form as the schedule chunks time, and the parallel forms again with
@@ -260,6 +267,41 @@ static void test_thread_splits(void **st) {
   }
 }
 
+/* A sum over all the batch's rows at once (SCHED_OP_ACROSS, codegen/rows.c)
+ * takes the rows in groups of 8, then 4, then one at a time: batches that
+ * use each size, with and without lengths and initial states. */
+static void test_across_batches(void **st) {
+  (void)st;
+  static const FcCase cases[] = {{"stdlib/lssl.seq", "H=40,N=16"},
+                                 {"tests/data/models/row_sums.seq", "R=40"}};
+  for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+    FcCompiled cm;
+    if (compile(&cm, &cases[k], "sequential", 0, 0, 0, 0) != 0) {
+      fc_print_diags(&cm);
+      fail_msg("%s does not compile", cases[k].file);
+    }
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    assert_non_null(f);
+    sched_print(f, cm.pipe.sched);
+    fclose(f);
+    if (!strstr(text, "folded in, over B rows"))
+      fail_msg("%s: no sum over all rows", cases[k].file);
+    free(text);
+    for (int64_t B = 7; B <= 13; B += 3)
+      for (int variant = 0; variant < 2; variant++) {
+        FcBatch bt;
+        fc_batch_make(&bt, &cm, B, 33, variant);
+        char what[512];
+        snprintf(what, sizeof what, "%s at B = %lld", cases[k].file, (long long)B);
+        fc_batch_check(&bt, &cm, what, 0);
+        fc_batch_free(&bt);
+      }
+    fc_release(&cm);
+  }
+}
+
 /* Every std cell at the dims of docs/stdlib.md (bench/std_cells.h), under the step loop and
  * auto, compiles to element loops that LLVM vectorizes without run-time
  * overlap checks between buffers ("found.conflict", "diff.check") and the
@@ -300,6 +342,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_forms_equal_interpreter),
       cmocka_unit_test(test_thread_splits),
+      cmocka_unit_test(test_across_batches),
       cmocka_unit_test(test_std_cells_vectorize_without_overlap_checks),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

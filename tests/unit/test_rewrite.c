@@ -254,6 +254,7 @@ static void test_small_cases(void **state) {
   check_golden("tests/golden/rewrite/contractions.seq", "tests/golden/rewrite/contractions.ir");
   check_golden("tests/golden/rewrite/algebra.seq", "tests/golden/rewrite/algebra.ir");
   check_golden("tests/golden/rewrite/identity.seq", "tests/golden/rewrite/identity.ir");
+  check_golden("tests/golden/rewrite/columns.seq", "tests/golden/rewrite/columns.ir");
 }
 
 /* The CPU backend lowers the rewritten IR: the small cases, whose products
