@@ -147,6 +147,7 @@ static int64_t emit_reduce_lanes(Lower *L, const IrNode *nd, LLVMValueRef out, L
   Loop lo, lb, lk;
   LLVMValueRef o = loop_begin(L, &lo, o0, o1);
   LLVMValueRef i0 = mul(L, loop_begin(L, &lb, ci64(L, 0), ci64(L, blocks)), ci64(L, lanes));
+  int saved = L->lanes;
   L->lanes = lanes;
   /* A short sum (LSSL's N = 16) is written out: as a loop, LLVM kept it
    * rolled, with more index arithmetic than multiply-adds. */
@@ -173,7 +174,7 @@ static int64_t emit_reduce_lanes(Lower *L, const IrNode *nd, LLVMValueRef out, L
   LLVMValueRef res = acc;
   if (nd->op == IR_MEAN) res = LLVMBuildFDiv(L->bld, res, cf(L, (double)(len ? len : 1)), "");
   lane_store(L, res, out, add(L, mul(L, o, ci64(L, inner)), i0));
-  L->lanes = 0;
+  L->lanes = saved;
   /* Each (o, block) writes its own lanes of out and reads only operands. */
   loop_end_parallel(L, &lb);
   loop_end_parallel(L, &lo);
@@ -248,8 +249,9 @@ static void reduce_rows(Lower *L, const IrNode *nd, LLVMValueRef out, LLVMValueR
  * sums, sum(v[j]) in lane j: four halving stages, each pairing two vectors
  * whose lanes hold groups of g partial sums (a group per source vector):
  * the low halves of the groups against the high halves, one add, groups
- * of g / 2 and twice as many; 15 adds and 30 shuffles where a horizontal
- * sum per vector takes 64 operations. */
+ * of g / 2 and twice as many, and a last shuffle into source order: 15
+ * adds and 31 shuffles for the 16 sums, where a horizontal sum takes 8
+ * operations per vector (128). */
 static LLVMValueRef fold16(Lower *L, LLVMValueRef *v) {
   enum { W = 16 };
   int src[W][W]; /* src[j][group]: the source vector of that group of v[j] */
@@ -363,6 +365,7 @@ static void across_rows(Lower *L, IrRef r, LLVMValueRef b0, int nb, LLVMValueRef
   Loop lo, lb, lk;
   LLVMValueRef o = loop_begin(L, &lo, o0, o1);
   LLVMValueRef i0 = mul(L, loop_begin(L, &lb, ci64(L, 0), ci64(L, inner / lanes)), ci64(L, lanes));
+  int saved_lanes = L->lanes;
   L->lanes = lanes;
   /* A short sum (LSSL's N = 16) is written out: as a loop, LLVM kept it
    * rolled, with more index arithmetic than multiply-adds. */
@@ -392,7 +395,7 @@ static void across_rows(Lower *L, IrRef r, LLVMValueRef b0, int nb, LLVMValueRef
     if (nd->op == IR_MEAN) res = LLVMBuildFDiv(L->bld, res, cf(L, (double)(len ? len : 1)), "");
     lane_store(L, res, op[u], oi);
   }
-  L->lanes = 0;
+  L->lanes = saved_lanes;
   /* Each (o, block) writes its own lanes of the rows' outputs and reads
    * only operands. */
   loop_end_parallel(L, &lb);
