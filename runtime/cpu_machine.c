@@ -24,17 +24,19 @@ static double now(void) {
 
 /* Twelve independent chains of vector FMAs: enough to cover the latency of
  * two FMA units (4-5 cycles each), so the loop runs at the issue rate. The
- * result is kept so the chains are not removed. */
+ * result is kept so the chains are not removed. MADD(a, b, c) is a * b + c
+ * as one fused instruction: written as a multiply and an add, ISO C (this
+ * project's -std=c11) keeps them two, and the loop timed half the peak. */
 #define FMA_CHAINS 12
-#define FMA_BODY(vec, lanes)                                                                      \
+#define FMA_BODY(vec, lanes, MADD)                                                                 \
   vec acc[FMA_CHAINS], x, y;                                                                       \
   for (int i = 0; i < lanes; i++) {                                                                \
     x[i] = 1.0f + 1e-7f * (float)i;                                                                \
     y[i] = 0.999999f;                                                                              \
   }                                                                                                \
-  for (int c = 0; c < FMA_CHAINS; c++) acc[c] = x * (float)(c + 1);                              \
+  for (int c = 0; c < FMA_CHAINS; c++) acc[c] = x * (float)(c + 1);                                \
   for (long it = 0; it < iters; it++)                                                              \
-    for (int c = 0; c < FMA_CHAINS; c++) acc[c] = acc[c] * y + x;                                  \
+    for (int c = 0; c < FMA_CHAINS; c++) acc[c] = MADD(acc[c], y, x);                              \
   float s = 0;                                                                                     \
   for (int c = 0; c < FMA_CHAINS; c++)                                                             \
     for (int i = 0; i < lanes; i++) s += acc[c][i];                                                \
@@ -44,23 +46,30 @@ typedef float v4 __attribute__((vector_size(16)));
 typedef float v8 __attribute__((vector_size(32)));
 typedef float v16 __attribute__((vector_size(64)));
 
+/* Without FMA (SSE2): a multiply and an add, which is what such a core runs. */
+#define MUL_ADD(a, b, c) ((a) * (b) + (c))
 static float fma_generic(long iters) {
-  FMA_BODY(v4, 4)
+  FMA_BODY(v4, 4, MUL_ADD)
 }
 #if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define MADD8(a, b, c) ((v8)_mm256_fmadd_ps((__m256)(a), (__m256)(b), (__m256)(c)))
+#define MADD16(a, b, c) ((v16)_mm512_fmadd_ps((__m512)(a), (__m512)(b), (__m512)(c)))
 __attribute__((target("avx2,fma"))) static float fma_avx2(long iters) {
-  FMA_BODY(v8, 8)
+  FMA_BODY(v8, 8, MADD8)
 }
 __attribute__((target("avx512f,fma"))) static float fma_avx512(long iters) {
-  FMA_BODY(v16, 16)
+  FMA_BODY(v16, 16, MADD16)
 }
 #endif
 
-/* Flop/s of one core: the best of a few ~2 ms bursts. */
+/* Flop/s of one core: the best of five bursts of 2.4M multiply-adds (about
+ * 0.4 ms with AVX-512: shorter ones ran before the core had raised its
+ * clock for wide vectors, and varied by 10%). */
 static double measure_flops(void) {
   const char *isa = rt_cpu_gemm_isa();
   int lanes = strcmp(isa, "avx512f") == 0 ? 16 : strcmp(isa, "avx2+fma") == 0 ? 8 : 4;
-  long iters = 20000;
+  long iters = 200000;
   double best = 0;
   volatile float sink = 0;
   for (int rep = 0; rep < 5; rep++) {
@@ -92,19 +101,50 @@ static double triad(float *a, const float *b, const float *c, size_t n, int pass
   return best;
 }
 
-/* Bytes/s of reading a buffer of n floats that stays in L2, summed over
- * eight lanes so the adds do not limit it. */
+/* Sums of n floats from b (n a multiple of 64) in four vector accumulators,
+ * so the adds do not limit the loads, with the widest vectors the code uses:
+ * with SSE2's 16-byte loads a core reads its L2 at about a third of what it
+ * can. */
+#define READ_BODY(vec, lanes)                                                                      \
+  vec s[4] = {{0}}, v;                                                                             \
+  for (size_t i = 0; i + 4 * lanes <= n; i += 4 * lanes)                                           \
+    for (int a = 0; a < 4; a++) {                                                                  \
+      memcpy(&v, b + i + (size_t)a * lanes, sizeof v);                                             \
+      s[a] += v;                                                                                   \
+    }                                                                                              \
+  float t = 0;                                                                                     \
+  for (int a = 0; a < 4; a++)                                                                      \
+    for (int l = 0; l < lanes; l++) t += s[a][l];                                                  \
+  return t;
+
+static float read_generic(const float *b, size_t n) {
+  READ_BODY(v4, 4)
+}
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("avx2"))) static float read_avx2(const float *b, size_t n) {
+  READ_BODY(v8, 8)
+}
+__attribute__((target("avx512f"))) static float read_avx512(const float *b, size_t n) {
+  READ_BODY(v16, 16)
+}
+#endif
+
+/* Bytes/s of reading a buffer of n floats that stays in L2. */
 static double l2_read(const float *b, size_t n, int passes) {
+  const char *isa = rt_cpu_gemm_isa();
+  int lanes = strcmp(isa, "avx512f") == 0 ? 16 : strcmp(isa, "avx2+fma") == 0 ? 8 : 4;
   double best = 0;
   volatile float sink = 0;
   for (int p = 0; p < passes; p++) {
-    float s[8] = {0};
     double t = now();
-    for (int rep = 0; rep < 16; rep++)
-      for (size_t i = 0; i + 8 <= n; i += 8)
-        for (int l = 0; l < 8; l++) s[l] += b[i + l];
+    for (int rep = 0; rep < 16; rep++) {
+#if defined(__x86_64__) && defined(__GNUC__)
+      sink += lanes == 16 ? read_avx512(b, n) : lanes == 8 ? read_avx2(b, n) : read_generic(b, n);
+#else
+      sink += read_generic(b, n);
+#endif
+    }
     t = now() - t;
-    for (int l = 0; l < 8; l++) sink += s[l];
     double bw = 16.0 * 4.0 * (double)n / t;
     if (bw > best) best = bw;
   }
@@ -154,7 +194,7 @@ static void measure(void) {
   machine.flops = measure_flops();
   /* 3 x 24 MiB: past the last-level cache of the machines seqc runs on. */
   size_t n = (size_t)6 << 20;
-  float *buf = malloc(3 * n * sizeof(float));
+  float *buf = aligned_alloc(64, 3 * n * sizeof(float)); /* whole vectors per cache line */
   if (buf) {
     for (size_t i = 0; i < 3 * n; i++) buf[i] = (float)(i & 7);
     machine.dram_bw = triad(buf, buf + n, buf + 2 * n, n, 3);

@@ -228,7 +228,7 @@ static void test_cli(void **st) {
 int main(void) {
   /* The cost model's machine, fixed, so `auto` (and the goldens) do not
    * depend on this machine's speed at the moment. */
-  setenv("SEQ_MACHINE", "flops=80e9,dram=15e9,l2=90e9,cores=2", 1);
+  setenv("SEQ_MACHINE", "flops=160e9,dram=15e9,l2=250e9,cores=2", 1);
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_properties),
       cmocka_unit_test(test_golden),
