@@ -87,7 +87,10 @@ done
 /usr/bin/python3 - "$RAW" <<'EOF'
 import re, statistics, sys
 raw = open(sys.argv[1]).read().splitlines()
-isa = "avx512"  # the peak the fractions are of: AVX-512's, or AVX2's under ISA=avx2
+# The peak the fractions are of: the widest ISA fma_peak measured (it prints
+# that one first: AVX-512's, or AVX2's on a machine without AVX-512), or
+# AVX2's under ISA=avx2.
+isa = next((m[1] for m in (re.match(r"fma_peak isa=(\w+)", l) for l in raw) if m), "avx512")
 for line in raw:
     if line == "isa: avx2": isa = "avx2"
 peak = {}      # threads -> max over the runs of the median-burst GFLOP/s of that ISA

@@ -222,9 +222,9 @@ int cg_aot_build(Arena *a, const Schedule *s, const CgOptions *opt, CgEmitKind k
   LLVMModuleRef mod = NULL;
   LLVMTargetMachineRef tm = NULL;
   int rc = -1;
-  if (cg_lower(a, s, ctx, &mod, de)) goto done;
   tm = cg_target_machine(opt, LLVMRelocPIC, de);
   if (!tm) goto done;
+  if (cg_lower(a, s, ctx, tm, &mod, de)) goto done;
   if (cg_optimize(mod, tm, opt ? opt->opt_level : 2, de)) goto done;
   if (kind == CG_EMIT_LLVM) {
     char *err = NULL;

@@ -28,7 +28,10 @@
  *   the weights SYM_prepare packed (prepared after params)
  * Complex values are (re, im) float pairs, in buffers and at the interface
  * (a trailing axis of 2). Returns 0 and *out (owned by the caller). */
-int cg_lower(Arena *a, const Schedule *s, LLVMContextRef ctx, LLVMModuleRef *out, DiagEngine *de);
+/* tm: the machine the module is for (its vector registers shape a few
+ * loops, cg_target_vectors); NULL: an AVX-512-sized register file. */
+int cg_lower(Arena *a, const Schedule *s, LLVMContextRef ctx, LLVMTargetMachineRef tm,
+             LLVMModuleRef *out, DiagEngine *de);
 
 /* ---- target.c ---- */
 typedef struct CgOptions {
@@ -47,6 +50,10 @@ int cg_target_check(const char *cpu, const char *features, char *msg, size_t n);
 /* A target machine for the host triple; NULL with a diagnostic on failure
  * (including every value cg_target_check refuses). */
 LLVMTargetMachineRef cg_target_machine(const CgOptions *opt, LLVMRelocMode reloc, DiagEngine *de);
+/* The vector registers of tm's target: floats per register and how many
+ * (x86-64 with AVX-512F 16 and 32, with AVX 8 and 16, else 4 and 16;
+ * AArch64 4 and 32; others 4 and 16). */
+void cg_target_vectors(LLVMTargetMachineRef tm, int *floats, int *regs);
 /* Routes ctx's LLVM diagnostics into de (never to stderr). */
 void cg_capture_diagnostics(LLVMContextRef ctx, DiagEngine *de);
 /* Verifies, then runs the default<On> pipeline. 0 on success. */

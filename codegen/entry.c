@@ -294,10 +294,13 @@ static void emit_entries(Lower *L, const char *sym) {
   }
 }
 
-int cg_lower(Arena *a, const Schedule *s, LLVMContextRef ctx, LLVMModuleRef *out, DiagEngine *de) {
+int cg_lower(Arena *a, const Schedule *s, LLVMContextRef ctx, LLVMTargetMachineRef tm,
+             LLVMModuleRef *out, DiagEngine *de) {
   *out = NULL;
   Lower L;
   memset(&L, 0, sizeof L);
+  L.vec_floats = 16, L.vec_regs = 32;
+  if (tm) cg_target_vectors(tm, &L.vec_floats, &L.vec_regs);
   L.a = a;
   L.s = s;
   L.de = de;

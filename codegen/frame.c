@@ -499,7 +499,7 @@ void emit_ops(Lower *L, const SchedOp *ops, int n) {
       emit_gemm(L, op->node, class_rows(L, op->cls));
       break;
     case SCHED_OP_ACROSS:
-      emit_across(L, op->node);
+      emit_across(L, op);
       break;
     case SCHED_OP_CALL:
       emit_call(L, op->node);

@@ -86,9 +86,9 @@ CgJit *cg_jit_compile(Arena *a, const Schedule *s, const CgOptions *opt, DiagEng
   LLVMModuleRef mod = NULL;
   CgJit *j = NULL;
   LLVMTargetMachineRef tm = NULL;
-  if (cg_lower(a, s, ctx, &mod, de)) goto fail;
   tm = cg_target_machine(opt, LLVMRelocDefault, de);
   if (!tm) goto fail;
+  if (cg_lower(a, s, ctx, tm, &mod, de)) goto fail;
   if (cg_optimize(mod, tm, opt ? opt->opt_level : 2, de)) goto fail;
   LLVMDisposeTargetMachine(tm);
   tm = NULL;

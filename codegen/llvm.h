@@ -90,6 +90,10 @@ typedef struct Lower {
    * while a rows-in-lanes scan (scan.c, lanes_steps) emits its elements,
    * when cf, ei32, ei64, ef64 and et give vectors (splats) */
   int lanes;
+  /* the target's vector registers: floats in one, and how many
+   * (cg_target_vectors); loops that keep several vectors of 16 lanes in
+   * registers size themselves by these */
+  int vec_floats, vec_regs;
 } Lower;
 
 /* ---- build.c ---- */
@@ -204,7 +208,7 @@ LLVMValueRef bcast_index(Lower *L, const SchedValue *an, const SchedValue *key, 
 LLVMValueRef rowptr(Lower *L, IrRef r);
 /* Emits node r for the current row. */
 void emit_row(Lower *L, IrRef r);
-void emit_across(Lower *L, IrRef r);
+void emit_across(Lower *L, const SchedOp *op);
 
 /* ---- fuse.c ---- */
 void emit_fused(Lower *L, SchedClass phase, IrRef first, IrRef last);
@@ -264,6 +268,8 @@ void rows_open(Lower *L, RowLoop *rl, SchedClass cls);
 /* Token rows of one item of a parallel loop: piece item % per of example
  * item / per's active steps (an empty loop where the piece is). */
 void rows_open_piece(Lower *L, RowLoop *rl, LLVMValueRef item, LLVMValueRef per);
+/* Example b as the current row of the step in hand; whether it is active. */
+LLVMValueRef enter_step_row(Lower *L, LLVMValueRef b);
 void rows_close(Lower *L, RowLoop *rl);
 void emit_chunk_loop(Lower *L, const SchedOp *op);
 void emit_time_loop(Lower *L, const SchedOp *op);

@@ -6,7 +6,8 @@
 #include <math.h>
 #include <string.h>
 
-/* Rows of SCHED_OP_ACROSS that share each vector of its matrix (emit_across). */
+/* Rows of SCHED_OP_ACROSS that share each vector of its matrix (emit_across):
+ * at most this many, and as many as the target's registers hold. */
 enum { ACROSS_ROWS_MAX = 8 };
 
 /* Pointer to the current row of node r (see the class comment at the top). */
@@ -149,9 +150,13 @@ static int64_t emit_reduce_lanes(Lower *L, const IrNode *nd, LLVMValueRef out, L
   LLVMValueRef i0 = mul(L, loop_begin(L, &lb, ci64(L, 0), ci64(L, blocks)), ci64(L, lanes));
   int saved = L->lanes;
   L->lanes = lanes;
-  /* A short sum (LSSL's N = 16) is written out: as a loop, LLVM kept it
-   * rolled, with more index arithmetic than multiply-adds. */
-  int unrolled = len <= 32;
+  /* A short sum (LSSL's N = 16) is written out where the target holds a
+   * vector of the matrix per k in registers (AVX-512: as a loop, LLVM kept
+   * it rolled, with more index arithmetic than multiply-adds). On AVX2 the
+   * loop stays: written out, LLVM loaded every row's 16 broadcasts ahead
+   * and spilled them with the matrix's vectors (LSSL B = 8 on a Zen 3:
+   * 230-240 ms unrolled, 90-127 as a loop). */
+  int unrolled = len <= 32 && L->vec_floats >= SCHED_SCAN_LANES;
   LLVMValueRef acc = cf(L, 0.0), phi = NULL;
   for (int64_t u = 0; u < (unrolled ? len : 1); u++) {
     LLVMValueRef k = unrolled ? ci64(L, u) : loop_begin(L, &lk, ci64(L, 0), ci64(L, len));
@@ -345,8 +350,65 @@ static void emit_reduce(Lower *L, const IrNode *nd, LLVMValueRef out) {
  * operand (sched/plan.c: contiguous along i, the other operand a row
  * value) and i in vector lanes: each vector of W is loaded once for the nb
  * rows, each row's accumulator in a register. */
-static void across_rows(Lower *L, IrRef r, LLVMValueRef b0, int nb, LLVMValueRef o0,
-                        LLVMValueRef o1, int64_t len, int64_t inner) {
+/* Whether node q is a state's new value written over its storage. */
+static int writes_state(const Lower *L, IrRef q) {
+  for (int s = 0; s < L->fn->states.n; s++)
+    if (L->in->state_inplace[s] && L->fn->states.v[s].next == q) return 1;
+  return 0;
+}
+
+/* The fused run epi (SCHED_OP_ACROSS's body) on row b's vector of sums
+ * acc, the sum's elements k .. k + lanes - 1 (row o, lanes from i0 of its
+ * last axis): each member from its operands' vectors in registers or loaded
+ * there, stored where read outside the run; the sum itself stored where
+ * read outside it. A state written over in place keeps its value past the
+ * example's length (as in a step's row loop, codegen/seq.c): by a select,
+ * not a branch, around which LLVM sank each row's multiply-adds into its
+ * own block and spilled the shared vectors of the matrix (LSSL on AVX2). */
+static void across_epilogue(Lower *L, IrRef r, const SchedOp *epi, LLVMValueRef b, LLVMValueRef acc,
+                            LLVMValueRef k, LLVMValueRef o, LLVMValueRef i0) {
+  const IrFunc *fn = L->fn;
+  LLVMValueRef sb = L->r_b, st = L->r_tok, stc = L->r_tokc;
+  LLVMValueRef active = enter_step_row(L, b);
+  const SchedValue *key = &L->v[epi->node];
+  L->fval[r] = acc;
+  int inside_r = 0;
+  for (IrRef q = epi->node; q <= epi->last; q++) {
+    if (!sched_in_phase(L->in, SCHED_STEP, q)) continue;
+    const IrNode *nd = &fn->nodes.v[q];
+    LLVMValueRef a[2];
+    for (int j = 0; j < nd->nargs; j++) {
+      IrRef x = nd->args[j];
+      const SchedValue *xv = &L->v[x];
+      inside_r += x == r;
+      if (L->fval[x]) {
+        a[j] = L->fval[x];
+      } else {
+        LLVMValueRef p = rowptr(L, x), at = bcast_index(L, xv, key, k, o, i0);
+        a[j] = along_last(L, xv, key) ? lane_load(L, p, at) : lane_splat(L, ldf(L, p, at));
+      }
+    }
+    LLVMValueRef v =
+        nd->nargs == 1 ? emit_unary(L, nd->op, a[0]) : emit_binary(L, nd->op, a[0], a[1]);
+    L->fval[q] = v;
+    int inside = 0;
+    for (IrRef u = q + 1; u <= epi->last; u++)
+      if (sched_in_phase(L->in, SCHED_STEP, u))
+        for (int j = 0; j < fn->nodes.v[u].nargs; j++) inside += fn->nodes.v[u].args[j] == q;
+    if (inside < L->v[q].uses) {
+      LLVMValueRef p = rowptr(L, q), out = v;
+      if (writes_state(L, q)) out = LLVMBuildSelect(L->bld, active, v, lane_load(L, p, k), "");
+      lane_store(L, out, p, k);
+    }
+  }
+  if (inside_r < L->v[r].uses) lane_store(L, acc, rowptr(L, r), k);
+  for (IrRef q = epi->node; q <= epi->last; q++) L->fval[q] = NULL;
+  L->fval[r] = NULL;
+  L->r_b = sb, L->r_tok = st, L->r_tokc = stc;
+}
+
+static void across_rows(Lower *L, IrRef r, const SchedOp *epi, LLVMValueRef b0, int nb,
+                        LLVMValueRef o0, LLVMValueRef o1, int64_t len, int64_t inner) {
   const IrNode *nd = &L->fn->nodes.v[r];
   const SchedValue *x = &L->v[nd->args[0]];
   const IrNode *xn = &L->fn->nodes.v[nd->args[0]];
@@ -367,9 +429,13 @@ static void across_rows(Lower *L, IrRef r, LLVMValueRef b0, int nb, LLVMValueRef
   LLVMValueRef i0 = mul(L, loop_begin(L, &lb, ci64(L, 0), ci64(L, inner / lanes)), ci64(L, lanes));
   int saved_lanes = L->lanes;
   L->lanes = lanes;
-  /* A short sum (LSSL's N = 16) is written out: as a loop, LLVM kept it
-   * rolled, with more index arithmetic than multiply-adds. */
-  int unrolled = len <= 32;
+  /* A short sum (LSSL's N = 16) is written out where the target holds a
+   * vector of the matrix per k in registers (AVX-512: as a loop, LLVM kept
+   * it rolled, with more index arithmetic than multiply-adds). On AVX2 the
+   * loop stays: written out, LLVM loaded every row's 16 broadcasts ahead
+   * and spilled them with the matrix's vectors (LSSL B = 8 on a Zen 3:
+   * 230-240 ms unrolled, 90-127 as a loop). */
+  int unrolled = len <= 32 && L->vec_floats >= SCHED_SCAN_LANES;
   LLVMValueRef acc[ACROSS_ROWS_MAX], phi[ACROSS_ROWS_MAX];
   for (int u = 0; u < nb; u++) acc[u] = cf(L, 0.0);
   for (int64_t t = 0; t < (unrolled ? len : 1); t++) {
@@ -393,7 +459,10 @@ static void across_rows(Lower *L, IrRef r, LLVMValueRef b0, int nb, LLVMValueRef
   for (int u = 0; u < nb; u++) {
     LLVMValueRef res = acc[u];
     if (nd->op == IR_MEAN) res = LLVMBuildFDiv(L->bld, res, cf(L, (double)(len ? len : 1)), "");
-    lane_store(L, res, op[u], oi);
+    if (epi)
+      across_epilogue(L, r, epi, add(L, b0, ci64(L, u)), res, oi, o, i0);
+    else
+      lane_store(L, res, op[u], oi);
   }
   L->lanes = saved_lanes;
   /* Each (o, block) writes its own lanes of the rows' outputs and reads
@@ -406,8 +475,14 @@ static void across_rows(Lower *L, IrRef r, LLVMValueRef b0, int nb, LLVMValueRef
  * the rows of its time-invariant operand outermost, in blocks of 16 KiB
  * read from L2 for the batch's first rows and from L1 for the others
  * (LSSL's dA^T, 256 KiB, once per step instead of once per example), the
- * rows in groups of 8, then 4, then one at a time. */
-void emit_across(Lower *L, IrRef r) {
+ * rows in groups of 8, then 4, then one at a time. A group's sums, a vector
+ * of the matrix and a splat of the row's value must fit the registers: on
+ * AVX2 (16 of 8 floats) eight rows' sums alone would take all of them, and
+ * the spills cost more than the shared loads save, so groups start at 4
+ * there (LSSL, B = 8: 175-187 ms -> 116-125 on a Zen 3), at 8 with AVX-512. */
+void emit_across(Lower *L, const SchedOp *op) {
+  IrRef r = op->node;
+  const SchedOp *epi = op->body.n ? &op->body.v[0] : NULL;
   const IrNode *nd = &L->fn->nodes.v[r];
   int64_t outer, len, inner;
   reduce_split(L, nd, &outer, &len, &inner);
@@ -417,13 +492,14 @@ void emit_across(Lower *L, IrRef r) {
   LLVMValueRef o0 = loop_begin_step(L, &lb, ci64(L, 0), ci64(L, outer), per);
   LLVMValueRef o1 = select_min(L, add(L, o0, ci64(L, per)), ci64(L, outer));
   LLVMValueRef B = L->a_B, from = ci64(L, 0);
+  int per_vec = L->vec_floats >= SCHED_SCAN_LANES ? 1 : SCHED_SCAN_LANES / L->vec_floats;
   for (int nb = ACROSS_ROWS_MAX; nb >= 1; nb /= 2) {
-    if (nb == 2) continue;
+    if (nb == 2 || (nb > 1 && (nb + 1) * per_vec + 2 > L->vec_regs)) continue;
     /* Groups of nb from `from` while whole; the next size starts after them. */
     LLVMValueRef end = mul(L, LLVMBuildSDiv(L->bld, B, ci64(L, nb), ""), ci64(L, nb));
     Loop lg;
     LLVMValueRef b0 = loop_begin_step(L, &lg, from, end, nb);
-    across_rows(L, r, b0, nb, o0, o1, len, inner);
+    across_rows(L, r, epi, b0, nb, o0, o1, len, inner);
     loop_end(L, &lg);
     from = end; /* end >= from: a size divides the one before */
   }

@@ -16,6 +16,23 @@ static void piece_range(Lower *L, LLVMValueRef item, LLVMValueRef per, LLVMValue
   *lo = a;
 }
 
+/* Makes example b the current row of the step in hand (L->t): L->r_b, and
+ * the token rows it reads. Rows past their sequence's end are computed on
+ * row 0's tokens and thrown away; that keeps the batch GEMMs dense. Returns
+ * whether b is still active at this step. */
+LLVMValueRef enter_step_row(Lower *L, LLVMValueRef b) {
+  L->r_b = b;
+  LLVMValueRef len = len_of(L, b), t = L->t;
+  LLVMValueRef isrev = LLVMBuildICmp(L->bld, LLVMIntNE, L->a_rev, ci32(L, 0), "");
+  LLVMValueRef active = LLVMBuildICmp(L->bld, LLVMIntSLT, t, len, "");
+  LLVMValueRef rt = LLVMBuildSub(L->bld, LLVMBuildSub(L->bld, len, ci64(L, 1), ""), t, "");
+  LLVMValueRef te = LLVMBuildSelect(L->bld, isrev, rt, t, "");
+  te = LLVMBuildSelect(L->bld, active, te, ci64(L, 0), "");
+  L->r_tok = add(L, mul(L, b, L->a_T), te);
+  if (L->in->chunked) L->r_tokc = add(L, mul(L, b, L->Tc), LLVMBuildSub(L->bld, t, L->t0, ""));
+  return active;
+}
+
 /* The loop over the rows of class cls: every example's, or (item != NULL,
  * token rows only) piece item % per of example item / per's active steps. */
 static void open_rows(Lower *L, RowLoop *rl, SchedClass cls, LLVMValueRef item, LLVMValueRef per) {
@@ -48,16 +65,7 @@ static void open_rows(Lower *L, RowLoop *rl, SchedClass cls, LLVMValueRef item, 
     LLVMValueRef tt = loop_begin(L, &rl->lt, t0, t1);
     L->r_tok = add(L, bT, tt);
   } else {
-    /* Rows past their sequence's end are computed on row 0's tokens and
-     * thrown away; that keeps the batch GEMMs dense. */
-    LLVMValueRef t = L->t;
-    LLVMValueRef active = LLVMBuildICmp(L->bld, LLVMIntSLT, t, len, "");
-    LLVMValueRef rt = LLVMBuildSub(L->bld, lm1, t, "");
-    LLVMValueRef te = LLVMBuildSelect(L->bld, isrev, rt, t, "");
-    te = LLVMBuildSelect(L->bld, active, te, ci64(L, 0), "");
-    L->r_tok = add(L, bT, te);
-    if (L->in->chunked)
-      L->r_tokc = add(L, mul(L, L->r_b, L->Tc), LLVMBuildSub(L->bld, t, L->t0, ""));
+    LLVMValueRef active = enter_step_row(L, L->r_b);
     /* A state written over in place must keep its value past the example's
      * length: its rows are skipped there. */
     int inplace = 0;

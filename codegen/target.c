@@ -122,6 +122,34 @@ static int is_x86_64(const char *triple) {
   return strncmp(triple, "x86_64", 6) == 0;
 }
 
+/* Whether feature list f names +name (exactly: "+avx" is not "+avx2"). */
+static int has_feature(const char *f, const char *name) {
+  size_t n = strlen(name);
+  for (const char *p = f; (p = strstr(p, name)); p++)
+    if (p > f && p[-1] == '+' && (p[n] == ',' || p[n] == 0)) return 1;
+  return 0;
+}
+
+void cg_target_vectors(LLVMTargetMachineRef tm, int *floats, int *regs) {
+  char *triple = LLVMGetTargetMachineTriple(tm);
+  char *f = LLVMGetTargetMachineFeatureString(tm);
+  const char *fs = f ? f : "";
+  *floats = 4, *regs = 16;
+  if (is_x86_64(triple)) {
+    /* A feature list that names no AVX level comes with a named CPU: AVX2
+     * then, what nearly every x86-64 CPU in use has. */
+    int any = strstr(fs, "avx") != NULL;
+    if (has_feature(fs, "avx512f"))
+      *floats = 16, *regs = 32;
+    else if (has_feature(fs, "avx") || has_feature(fs, "avx2") || !any)
+      *floats = 8;
+  } else if (strncmp(triple, "aarch64", 7) == 0 || strncmp(triple, "arm64", 5) == 0) {
+    *regs = 32;
+  }
+  LLVMDisposeMessage(f);
+  LLVMDisposeMessage(triple);
+}
+
 static int check_cpu(const char *cpu, char *msg, size_t n) {
   for (int i = 0; i < N_X86_CPUS; i++)
     if (strcmp(x86_cpus[i].name, cpu) == 0) {

@@ -34,8 +34,9 @@ static void body_ops(Cu *c, const SchedOp *ops, int n, SchedClass phase) {
     case SCHED_OP_GEMM:
       cu_gemm_step(c, op->node);
       break;
-    case SCHED_OP_ACROSS: /* a block per example: the node on its row */
+    case SCHED_OP_ACROSS: /* a block per example: the node on its row, then its body */
       cu_node(c, op->node);
+      body_ops(c, op->body.v, op->body.n, phase);
       break;
     case SCHED_OP_COMMIT:
       cu_commit(c);

@@ -446,6 +446,41 @@ static void mark_in_place(Plan *p, IrRef first, IrRef last) {
   }
 }
 
+/* Whether the step's fused run first..last, right after the SCHED_OP_ACROSS
+ * sum `sum`, can be made in that stage's stores (its body): each member a
+ * real elementwise operation over the sum's elements (the same shape, last
+ * axis in the sum's vector lanes), so it is computed from the vector of sums
+ * in registers. A state the run writes over in place is read by the sum (its
+ * folded product reads the old value): that is safe when each row of the sum
+ * is one vector, as every read of a row's old value then comes before the
+ * store of its new one. LSSL's s' = dA s + dB x: the update, then, adds to
+ * sums still in registers instead of reading them back. */
+static int epilogue_fits(const Plan *p, IrRef sum, IrRef first, IrRef last) {
+  const IrFunc *fn = p->fn;
+  const SchedValue *sv = &p->v[sum], *key = &p->v[first];
+  if (sv->rank < 1 || key->rank < 1 || key->numel != sv->numel ||
+      key->shape[key->rank - 1] != sv->shape[sv->rank - 1])
+    return 0;
+  for (IrRef r = first; r <= last; r++) {
+    if (!sched_in_phase(p->in, SCHED_STEP, r)) continue;
+    const IrNode *nd = &fn->nodes.v[r];
+    const SchedValue *n = &p->v[r];
+    if (!(ir_op_info[nd->op].flags & IRF_EW) || nd->op == IR_BROADCAST || nd->op == IR_SLICE ||
+        nd->op == IR_INDEX || nd->op == IR_OUTER || nd->nargs < 1 || nd->nargs > 2 || n->w != 1 ||
+        n->is_int || n->numel != key->numel)
+      return 0;
+    for (int j = 0; j < nd->nargs; j++)
+      if (p->v[nd->args[j]].w != 1 || p->v[nd->args[j]].is_int) return 0;
+  }
+  for (int st = 0; st < fn->states.n; st++) {
+    IrRef nx = fn->states.v[st].next;
+    if (p->in->state_inplace[st] && nx >= first && nx <= last &&
+        sv->shape[sv->rank - 1] != SCHED_SCAN_LANES)
+      return 0;
+  }
+  return 1;
+}
+
 /* The nodes of `phase` in order: runs of row-wise nodes inside loops over
  * the phase's rows (fused where they can be), broken by GEMMs, layer calls
  * and convolutions, which run over all rows at once. */
@@ -494,14 +529,21 @@ static int build_phase(Plan *p, OpList *list, SchedClass phase) {
       if (!add_op(p, list, k, phase, r, r)) return -1;
       continue;
     }
+    IrRef last = plan_fused_run_end(p, phase, r);
+    if (phase == SCHED_STEP && last > r) mark_in_place(p, r, last);
+    /* Right after a sum over all rows: in its stores, where it fits. */
+    SchedOp *prev = rows < 0 && list->n > 0 ? &list->v[list->n - 1] : NULL;
+    if (prev && prev->kind == SCHED_OP_ACROSS && epilogue_fits(p, prev->node, r, last)) {
+      if (!add_op(p, (OpList *)&prev->body, SCHED_OP_FUSED, phase, r, last)) return -1;
+      r = last;
+      continue;
+    }
     if (rows < 0) {
       if (!add_op(p, list, SCHED_OP_ROWS, phase, -1, -1)) return -1;
       rows = list->n - 1;
     }
-    IrRef last = plan_fused_run_end(p, phase, r);
     OpList *body = (OpList *)&list->v[rows].body;
     if (!add_op(p, body, last > r ? SCHED_OP_FUSED : SCHED_OP_NODE, phase, r, last)) return -1;
-    if (phase == SCHED_STEP && last > r) mark_in_place(p, r, last);
     r = last;
   }
   return 0;

@@ -129,8 +129,10 @@ static void print_ops(FILE *out, const SchedInst *in, const SchedOp *ops, int n,
       print_node(out, in, op->node);
       fputc(' ', out);
       print_shape(out, v);
-      fprintf(out, " of v%d mul, folded in, over %s rows, each block of the matrix once\n",
-              in->fn->nodes.v[op->node].args[0], class_rows(in, op->cls));
+      fprintf(out, " of v%d mul, folded in, over %s rows, each block of the matrix once%s\n",
+              in->fn->nodes.v[op->node].args[0], class_rows(in, op->cls),
+              op->body.n ? "; in its stores:" : "");
+      print_ops(out, in, op->body.v, op->body.n, depth + 1);
       break;
     case SCHED_OP_GEMM:
       fprintf(out, "gemm v%d = %s, N=%lld K=%lld%s, over %s rows\n", op->node,

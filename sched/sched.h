@@ -118,7 +118,10 @@ typedef enum {
   SCHED_OP_GEMM,             /* node over all rows of its class: one runtime GEMM */
   SCHED_OP_ACROSS,           /* node, a sum with a folded product (SchedValue.across), over
                                 all rows of its class: each block of its time-invariant
-                                operand read once for all of them (the row loop inside) */
+                                operand read once for all of them (the row loop inside);
+                                body: none, or the SCHED_OP_FUSED run after it, made from
+                                each vector of sums before it is stored (sched/build.c,
+                                epilogue_fits) */
   SCHED_OP_CALL,             /* node runs a layer over the whole sequence */
   SCHED_OP_CONV,             /* node: causal convolution over the whole sequence */
   SCHED_OP_SCAN,             /* node: scan or scan_max over the whole sequence, per example */

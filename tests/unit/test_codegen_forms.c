@@ -105,10 +105,13 @@ static const FcCase CASES[] = {
     {"stdlib/lssl_zoh.seq", "H=3,N=4"},
     {"stdlib/s4.seq", "H=3,N=4"},
     /* dA @ s read by columns (passes/rewrite.c), 16 outputs in vector lanes:
-     * over all the batch's rows at once (dA 160 KiB), and alone per row with a
-     * scalar tail (N = 24); readouts of 16 rows at a time and the rest one by
-     * one (codegen/rows.c). */
+     * over all the batch's rows at once (dA 160 KiB; the update made in that
+     * sum's stores), and alone per row with a scalar tail (N = 24); readouts
+     * of 16 rows at a time and the rest one by one (codegen/rows.c). At
+     * N = 32 each row of the sum is two vectors and the update, which writes
+     * the state the sum reads, runs after it. */
     {"stdlib/lssl.seq", "H=40,N=16"},
+    {"stdlib/lssl.seq", "H=16,N=32"},
     {"stdlib/lssl_zoh.seq", "H=5,N=24"},
     {"tests/data/models/row_sums.seq", "R=40"},
 };

@@ -40,6 +40,9 @@ static const FcCase WIDE[] = {
     {"stdlib/mingru.seq", "I=3,H=200"},
     {"stdlib/s4d.seq", "H=150,N=16"},
     {"stdlib/lstm.seq", "I=5,H=70"},
+    /* dA (40 KiB) summed over all rows, the update made in its stores on the
+     * CPU and after it here. */
+    {"stdlib/lssl.seq", "H=40,N=16"},
     /* Causal attention: small heads; heads wider than a pass of output
      * columns (32) and keys crossing shared-memory tiles (56 keys of 72
      * floats); a model with it. */
