@@ -150,13 +150,9 @@ static int64_t emit_reduce_lanes(Lower *L, const IrNode *nd, LLVMValueRef out, L
   LLVMValueRef i0 = mul(L, loop_begin(L, &lb, ci64(L, 0), ci64(L, blocks)), ci64(L, lanes));
   int saved = L->lanes;
   L->lanes = lanes;
-  /* A short sum (LSSL's N = 16) is written out where the target holds a
-   * vector of the matrix per k in registers (AVX-512: as a loop, LLVM kept
-   * it rolled, with more index arithmetic than multiply-adds). On AVX2 the
-   * loop stays: written out, LLVM loaded every row's 16 broadcasts ahead
-   * and spilled them with the matrix's vectors (LSSL B = 8 on a Zen 3:
-   * 230-240 ms unrolled, 90-127 as a loop). */
-  int unrolled = len <= 32 && L->vec_floats >= SCHED_SCAN_LANES;
+  /* A short sum (LSSL's N = 16) is written out: as a loop, LLVM kept it
+   * rolled, with more index arithmetic than multiply-adds. */
+  int unrolled = len <= 32;
   LLVMValueRef acc = cf(L, 0.0), phi = NULL;
   for (int64_t u = 0; u < (unrolled ? len : 1); u++) {
     LLVMValueRef k = unrolled ? ci64(L, u) : loop_begin(L, &lk, ci64(L, 0), ci64(L, len));
@@ -436,25 +432,36 @@ static void across_rows(Lower *L, IrRef r, const SchedOp *epi, LLVMValueRef b0, 
    * and spilled them with the matrix's vectors (LSSL B = 8 on a Zen 3:
    * 230-240 ms unrolled, 90-127 as a loop). */
   int unrolled = len <= 32 && L->vec_floats >= SCHED_SCAN_LANES;
-  LLVMValueRef acc[ACROSS_ROWS_MAX], phi[ACROSS_ROWS_MAX];
-  for (int u = 0; u < nb; u++) acc[u] = cf(L, 0.0);
-  for (int64_t t = 0; t < (unrolled ? len : 1); t++) {
-    LLVMValueRef k = unrolled ? ci64(L, t) : loop_begin(L, &lk, ci64(L, 0), ci64(L, len));
-    for (int u = 0; u < nb && !unrolled; u++) acc[u] = phi[u] = loop_phi(L, &lk, acc[u], "acc");
-    LLVMValueRef row = add(L, mul(L, o, ci64(L, len)), k);
-    LLVMValueRef at = add(L, mul(L, row, ci64(L, inner)), i0);
-    LLVMValueRef wv = lane_load(L, wp, bcast_index(L, &L->v[w], x, at, row, i0));
-    LLVMValueRef iv = bcast_index(L, &L->v[v], x, at, row, i0);
-    for (int u = 0; u < nb; u++) {
-      LLVMValueRef vv = vcontig ? lane_load(L, vp[u], iv) : lane_splat(L, ldf(L, vp[u], iv));
-      acc[u] = fadd(L, acc[u], fmul(L, wv, vv));
+  /* Fewer than 4 rows: the sum in 4 / nb partial sums over k, so that 4
+   * chains of multiply-adds are in flight (one row's alone waits on the
+   * latency of each: LSSL at B = 1). */
+  int parts = nb < 4 && len % (4 / nb) == 0 ? 4 / nb : 1;
+  LLVMValueRef acc[ACROSS_ROWS_MAX * 4], phi[ACROSS_ROWS_MAX * 4];
+  for (int u = 0; u < nb * parts; u++) acc[u] = cf(L, 0.0);
+  for (int64_t t = 0; t < (unrolled ? len : 1); t += unrolled ? parts : 1) {
+    LLVMValueRef k0 =
+        unrolled ? ci64(L, t) : loop_begin_step(L, &lk, ci64(L, 0), ci64(L, len), parts);
+    for (int u = 0; u < nb * parts && !unrolled; u++)
+      acc[u] = phi[u] = loop_phi(L, &lk, acc[u], "acc");
+    for (int q = 0; q < parts; q++) {
+      LLVMValueRef k = add(L, k0, ci64(L, q));
+      LLVMValueRef row = add(L, mul(L, o, ci64(L, len)), k);
+      LLVMValueRef at = add(L, mul(L, row, ci64(L, inner)), i0);
+      LLVMValueRef wv = lane_load(L, wp, bcast_index(L, &L->v[w], x, at, row, i0));
+      LLVMValueRef iv = bcast_index(L, &L->v[v], x, at, row, i0);
+      for (int u = 0; u < nb; u++) {
+        LLVMValueRef vv = vcontig ? lane_load(L, vp[u], iv) : lane_splat(L, ldf(L, vp[u], iv));
+        acc[q * nb + u] = fadd(L, acc[q * nb + u], fmul(L, wv, vv));
+      }
     }
     if (!unrolled) {
-      for (int u = 0; u < nb; u++) loop_phi_next(L, phi[u], acc[u]);
+      for (int u = 0; u < nb * parts; u++) loop_phi_next(L, phi[u], acc[u]);
       loop_end(L, &lk);
-      for (int u = 0; u < nb; u++) acc[u] = phi[u];
+      for (int u = 0; u < nb * parts; u++) acc[u] = phi[u];
     }
   }
+  for (int q = 1; q < parts; q++)
+    for (int u = 0; u < nb; u++) acc[u] = fadd(L, acc[u], acc[q * nb + u]);
   LLVMValueRef oi = add(L, mul(L, o, ci64(L, inner)), i0);
   for (int u = 0; u < nb; u++) {
     LLVMValueRef res = acc[u];
