@@ -15,6 +15,39 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <time.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#else
+#include <fenv.h>
+#endif
+
+/* The floating-point controls a job runs under: its caller's, on every
+ * thread (flush-to-zero and denormals-are-zero, as a host that set them
+ * expects of the whole call, and the rounding mode). Without this a batch
+ * split across the pool flushed subnormals in the caller's slices and kept
+ * them in the workers', so the numbers depended on the thread count. x86-64:
+ * MXCSR, which SSE and AVX arithmetic obey (a few cycles to read or set);
+ * elsewhere the C environment (AArch64's FPCR has flush-to-zero). */
+#if defined(__x86_64__) || defined(__i386__)
+typedef unsigned FpControls;
+static FpControls fp_get(void) {
+  /* The status flags (exceptions raised) are the thread's own: not handed on. */
+  return _mm_getcsr() & ~0x3fu;
+}
+static void fp_set(FpControls c) {
+  _mm_setcsr(c);
+}
+#else
+typedef fenv_t FpControls;
+static FpControls fp_get(void) {
+  fenv_t e;
+  fegetenv(&e);
+  return e;
+}
+static void fp_set(FpControls c) {
+  fesetenv(&c);
+}
+#endif
 
 /* About 50 us of spinning: enough to bridge the elementwise work between
  * two steps' GEMMs, or between a time chunk's stages at B = 1, short enough
@@ -57,6 +90,7 @@ typedef struct Pool {
   int nparts;
   void (*fn)(void *, int);
   void *ctx;
+  FpControls fp; /* the caller's (fp_get) */
   pthread_t threads[RT_CPU_MAX_THREADS];
 } Pool;
 
@@ -96,7 +130,9 @@ int rt_cpu_in_parallel(void) {
 
 #define PARKED 0xffffffffu
 
-static void run_parts(void) {
+/* worker: a pool thread, which takes the caller's floating-point controls
+ * for the job's parts. */
+static void run_parts(int worker) {
   int outer = get_in_part();
   set_in_part(1);
   uint64_t v = atomic_load(&pool.claim);
@@ -104,15 +140,21 @@ static void run_parts(void) {
   uint32_t n = (uint32_t)pool.nparts;
   void (*fn)(void *, int) = pool.fn;
   void *ctx = pool.ctx;
+  FpControls fp = pool.fp;
   /* Those are this job's if its number still stands: a caller renumbers the
    * word (parked) before it rewrites them, and publishes it after. */
-  if ((uint32_t)(atomic_load(&pool.claim) >> 32) == job)
+  if ((uint32_t)(atomic_load(&pool.claim) >> 32) == job && (uint32_t)(v >> 32) == job &&
+      (uint32_t)v < n) {
+    FpControls own = fp;
+    if (worker) own = fp_get(), fp_set(fp);
     while ((uint32_t)(v >> 32) == job && (uint32_t)v < n) {
       if (!atomic_compare_exchange_weak(&pool.claim, &v, v + 1)) continue; /* v reloaded */
       fn(ctx, (int)(uint32_t)v);
       atomic_fetch_add(&pool.parts_done, 1);
       v = atomic_load(&pool.claim);
     }
+    if (worker) fp_set(own);
+  }
   set_in_part(outer);
 }
 
@@ -139,7 +181,7 @@ static void *worker(void *arg) {
     }
     if (atomic_load(&pool.stop)) return NULL;
     seen = g;
-    run_parts();
+    run_parts(1);
   }
 }
 
@@ -249,6 +291,7 @@ static void run_locked(int n, void (*fn)(void *ctx, int i), void *ctx) {
   atomic_store(&pool.claim, (job << 32) | PARKED);
   pool.fn = fn;
   pool.ctx = ctx;
+  pool.fp = fp_get();
   pool.nparts = n;
   atomic_store(&pool.parts_done, 0);
   atomic_store(&pool.claim, (job & 0xffffffffu) << 32);
@@ -262,7 +305,7 @@ static void run_locked(int n, void (*fn)(void *ctx, int i), void *ctx) {
     pthread_cond_broadcast(&pool.wake);
     pthread_mutex_unlock(&pool.lock);
   }
-  run_parts();
+  run_parts(0);
   while (atomic_load(&pool.parts_done) < n) {
   }
   pthread_mutex_unlock(&pool.call_lock);

@@ -250,6 +250,60 @@ static void test_bad_length(void **st) {
 /* The decision the tests above rely on: their dims give at least 6M
  * operations per call at B = 7 (LSTM I=32,H=48: 15K per token, 420 tokens;
  * the step at I=H=256: 524K per token), so 3 threads make 3 slices. */
+/* The caller's floating-point controls hold on every thread of a call: with
+ * flush-to-zero and denormals-are-zero set by the host, a product that would
+ * be subnormal (1e-20 * 1e-20) is 0 in every slice of the batch, not only in
+ * those the calling thread runs (the pool's workers kept their own controls:
+ * half the batch got 1e-40). x86-64 only, where MXCSR holds them. */
+static void test_caller_fp_controls(void **st) {
+  (void)st;
+#if defined(__x86_64__)
+  enum { D = 8192, NB = 4, NT = 64 };
+  static const char src[] = "cell Tiny(D) {\n"
+                            "  param w: [D]\n"
+                            "  input x: [D]\n"
+                            "  state s: [D] = 0\n"
+                            "  output y: [D]\n"
+                            "  step {\n"
+                            "    s' = s + x\n"
+                            "    y = x * w\n"
+                            "  }\n"
+                            "}\n";
+  SeqContext *cx = seq_context_create();
+  SeqOptions o = {.opt_level = 2, .dims = "D=8192", .num_threads = 2};
+  SeqModule *m = NULL;
+  assert_int_equal(seq_module_from_string(cx, "tiny.seq", src, &o, &m), SEQ_OK);
+  float *w = malloc(sizeof(float) * D), *x = malloc(sizeof(float) * NB * NT * D),
+        *y = malloc(sizeof(float) * NB * NT * D);
+  for (int i = 0; i < D; i++) w[i] = 1e-20f;
+  for (int64_t i = 0; i < (int64_t)NB * NT * D; i++) x[i] = 1e-20f;
+  assert_int_equal(seq_module_bind_weight(m, "w", w, D), SEQ_OK);
+  assert_true(rt_cpu_batch_slices(NB, NT, 2 * D, 2) == 2);
+  const void *in[1] = {x};
+  float *out[1] = {y};
+  for (int flush = 0; flush < 2; flush++) {
+    unsigned saved = __builtin_ia32_stmxcsr();
+    if (flush) __builtin_ia32_ldmxcsr(saved | 0x8040); /* FTZ | DAZ */
+    SeqStatus rc = seq_module_forward(m, NB, NT, in, NULL, NULL, out, NULL);
+    __builtin_ia32_ldmxcsr(saved);
+    assert_int_equal(rc, SEQ_OK);
+    int64_t zeros = 0;
+    for (int64_t i = 0; i < (int64_t)NB * NT * D; i++) zeros += y[i] == 0.0f;
+    if (flush && zeros != (int64_t)NB * NT * D)
+      fail_msg("flush-to-zero set: %lld of %lld outputs subnormal",
+               (long long)(NB * NT * D - zeros), (long long)NB * NT * D);
+    if (!flush && zeros != 0) fail_msg("without flush-to-zero: %lld outputs 0", (long long)zeros);
+  }
+  free(w);
+  free(x);
+  free(y);
+  seq_module_destroy(m);
+  seq_context_destroy(cx);
+#else
+  skip();
+#endif
+}
+
 static void test_slices(void **st) {
   (void)st;
   assert_int_equal(rt_cpu_batch_slices(7, 60, 15360, 3), 3);
@@ -273,6 +327,7 @@ int main(void) {
       cmocka_unit_test(test_step),
       cmocka_unit_test(test_bad_length),
       cmocka_unit_test(test_two_host_threads),
+      cmocka_unit_test(test_caller_fp_controls),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
