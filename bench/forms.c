@@ -11,7 +11,9 @@
  * (SeqOptions.newton_warm: each forward starts from the last one's
  * trajectory) on the same input every round, newton-drift the same with the
  * input moved by 1% of its scale before each of that side's forwards (as
- * successive nearby inputs would).
+ * successive nearby inputs would). FORMS_FTZ=1 sets flush-to-zero and
+ * denormals-are-zero in the calling thread first (x86-64), which every
+ * thread of a call then runs under (docs/abi.md, Threads).
  * usage: forms FILE.seq DIMS B T THREADS ROUNDS [STRATEGY [BASE BASE_THREADS]] */
 #include <stdio.h>
 #include <stdlib.h>
@@ -120,6 +122,10 @@ int main(int argc, char **argv) {
   const char *base = argc > 9 ? argv[8] : "sequential";
   int64_t B = atoll(argv[3]), T = atoll(argv[4]);
   int threads = atoi(argv[5]), rounds = atoi(argv[6]);
+#if defined(__x86_64__)
+  if (getenv("FORMS_FTZ") && atoi(getenv("FORMS_FTZ")))
+    __builtin_ia32_ldmxcsr(__builtin_ia32_stmxcsr() | 0x8040);
+#endif
   int base_threads = argc > 9 ? atoi(argv[9]) : threads;
   SeqContext *cx = seq_context_create();
   Run seq, oth;
