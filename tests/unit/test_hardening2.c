@@ -198,6 +198,51 @@ static void test_target_table_knows_host(void **state) {
 #endif
 }
 
+/* The vector registers the lowering sizes its register-blocked loops by
+ * (codegen/target.c, cg_target_vectors): AVX-512's 32 of 16 floats, AVX2's 16
+ * of 8, SSE's 16 of 4, from the target machine's features; the host's as
+ * the CPU reports them. */
+static void test_target_vectors(void **state) {
+  (void)state;
+#if defined(__x86_64__)
+  static const struct {
+    const char *cpu, *features;
+    int floats, regs;
+  } cases[] = {
+      {"skylake-avx512", "+avx512f", 16, 32},
+      {"znver3", "+avx2,+fma", 8, 16},
+      {"x86-64", "-avx", 4, 16},
+  };
+  Arena *a = arena_create();
+  assert_non_null(a);
+  DiagEngine de;
+  diag_init(&de, a, stderr);
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    CgOptions o = {.opt_level = 2, .cpu = cases[i].cpu, .features = cases[i].features};
+    LLVMTargetMachineRef tm = cg_target_machine(&o, LLVMRelocDefault, &de);
+    assert_non_null(tm);
+    int floats = 0, regs = 0;
+    cg_target_vectors(tm, &floats, &regs);
+    if (floats != cases[i].floats || regs != cases[i].regs)
+      fail_msg("%s %s: %d floats x %d registers, expected %d x %d", cases[i].cpu, cases[i].features,
+               floats, regs, cases[i].floats, cases[i].regs);
+    LLVMDisposeTargetMachine(tm);
+  }
+  LLVMTargetMachineRef tm = cg_target_machine(NULL, LLVMRelocDefault, &de);
+  assert_non_null(tm);
+  int floats = 0, regs = 0;
+  cg_target_vectors(tm, &floats, &regs);
+  __builtin_cpu_init();
+  int want = __builtin_cpu_supports("avx512f") ? 16 : __builtin_cpu_supports("avx") ? 8 : 4;
+  assert_int_equal(floats, want);
+  assert_int_equal(regs, want == 16 ? 32 : 16);
+  LLVMDisposeTargetMachine(tm);
+  arena_destroy(a);
+#else
+  skip();
+#endif
+}
+
 /* The same values through seq.h: a status and a message, and the host lives. */
 static void test_target_api(void **state) {
   (void)state;
@@ -466,6 +511,7 @@ int main(void) {
       cmocka_unit_test(test_limits_are_stated),
       cmocka_unit_test(test_weightless_run),
       cmocka_unit_test(test_api_status),
+      cmocka_unit_test(test_target_vectors),
   };
   return cmocka_run_group_tests(tests, setup, NULL);
 }
