@@ -341,11 +341,6 @@ static void emit_reduce(Lower *L, const IrNode *nd, LLVMValueRef out) {
   if (done < outer) reduce_rows(L, nd, out, ci64(L, done), ci64(L, outer));
 }
 
-/* Rows b0 .. b0 + nb - 1 of SCHED_OP_ACROSS's sum r, outputs o0 <= o < o1:
- * out[b, o, i] = sum_k W[o, k, i] v[b, o, k] with W the time-invariant
- * operand (sched/plan.c: contiguous along i, the other operand a row
- * value) and i in vector lanes: each vector of W is loaded once for the nb
- * rows, each row's accumulator in a register. */
 /* Whether node q is a state's new value written over its storage. */
 static int writes_state(const Lower *L, IrRef q) {
   for (int s = 0; s < L->fn->states.n; s++)
@@ -403,6 +398,12 @@ static void across_epilogue(Lower *L, IrRef r, const SchedOp *epi, LLVMValueRef 
   L->r_b = sb, L->r_tok = st, L->r_tokc = stc;
 }
 
+/* Rows b0 .. b0 + nb - 1 of SCHED_OP_ACROSS's sum r, outputs o0 <= o < o1:
+ * out[b, o, i] = sum_k W[o, k, i] v[b, o, k] with W the time-invariant
+ * operand (sched/plan.c: contiguous along i, the other operand a row
+ * value) and i in vector lanes: each vector of W is loaded once for the nb
+ * rows, each row's accumulator in a register; epi, if any, is made from
+ * each vector of sums (across_epilogue) instead of storing it. */
 static void across_rows(Lower *L, IrRef r, const SchedOp *epi, LLVMValueRef b0, int nb,
                         LLVMValueRef o0, LLVMValueRef o1, int64_t len, int64_t inner) {
   const IrNode *nd = &L->fn->nodes.v[r];
